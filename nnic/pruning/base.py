@@ -1,0 +1,71 @@
+"""The pruner base class: compute masks, keep them applied while training, export, unwrap."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from nnic import io, masking
+from nnic.compressor import Compressor
+from nnic.masking import Masks
+from nnic.quantities import count_nonzero
+
+
+class Pruner(Compressor):
+    """A pruner computes masks for the layers its config_list selects.
+
+    Subclasses implement :meth:`calculate_masks`; :meth:`compress` attaches the masks so that they stay applied
+    while the user keeps training (see :mod:`nnic.masking`).
+    """
+
+    kind = "pruning"
+
+    def __init__(self, model: nn.Module, config_list: list[dict]) -> None:
+        super().__init__(model, config_list)
+        self.masks: Masks = {}
+
+    def calculate_masks(self) -> Masks:
+        """``{layer_name: {param_name: bool mask | None}}`` for the selected layers; True keeps."""
+        raise NotImplementedError(f"{type(self).__name__} must implement calculate_masks()")
+
+    def compress(self) -> tuple[nn.Module, Masks]:
+        """Compute and attach the masks; returns the (same) masked model and the masks."""
+        import torch
+
+        with torch.no_grad():
+            masks = self.calculate_masks()
+        masking.check_masks(self.model, masks)
+        modules = dict(self.model.named_modules())
+        for layer, per_param in masks.items():
+            for pname, mask in per_param.items():
+                if mask is not None:
+                    masking.attach_mask(modules[layer], pname, mask)
+        self.masks = masks
+        return self.model, masks
+
+    def export_model(self, model_path: io.PathLike, mask_path: io.PathLike | None = None) -> None:
+        """Write the weights with masks folded in (a plain state dict) and the masks, each atomically.
+
+        ``.safetensors`` paths are written as safetensors, others with ``torch.save``; both load with
+        ``torch.load(path, weights_only=True)`` / ``safetensors.torch.load_file``.
+        """
+        if not self.masks:
+            raise RuntimeError("export_model() needs masks: call compress() first")
+        io.save_tensors(masking.plain_state_dict(self.model), model_path)
+        if mask_path is not None:
+            io.save_masks(self.masks, mask_path)
+
+    def unwrap_model(self) -> nn.Module:
+        """Plain modules again, with the masks multiplied into the weights; returns the model."""
+        for module in self.model.modules():
+            masking.fold_masks(module)
+        return self.model
+
+    def sparsity(self) -> dict[str, float]:
+        """Fraction of zero weights in each pruned parameter, ``{"layer.param": fraction}``."""
+        modules = dict(self.model.named_modules())
+        report = {}
+        for layer, per_param in self.masks.items():
+            for pname in per_param:
+                weight = getattr(modules[layer], pname)
+                report[f"{layer}.{pname}"] = 1.0 - count_nonzero(weight) / max(weight.numel(), 1)
+        return report
