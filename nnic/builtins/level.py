@@ -39,6 +39,9 @@ class LevelPruner(Pruner):
         for layer, cfg in self.layers.items():
             masks[layer] = {}
             for pname in prunable_parameters(cfg.module):
+                bias = pname.removesuffix("weight") + "bias"
+                if isinstance(getattr(cfg.module, bias, None), torch.Tensor):
+                    masks[layer][bias] = None  # biases are kept whole
                 if "total_sparsity" in cfg.config:
                     groups[cfg.entry_index].append((layer, pname))
                 else:

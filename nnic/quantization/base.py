@@ -47,6 +47,10 @@ class Quantizer(Compressor):
         cfg = self.layers[layer].config
         return QuantSpec.from_config(cfg["quant_bits"]["weight"], cfg["quant_dtype"]["weight"], cfg["quant_scheme"]["weight"])
 
+    def weight_fake_quant(self, layer: str) -> WeightFakeQuant:
+        """The parametrization that simulates ``layer``'s quantized weight (override to change the scheme)."""
+        return WeightFakeQuant(self.weight_spec(layer))
+
     def _weight_layers(self) -> list[str]:
         return [name for name, cfg in self.layers.items() if "weight" in cfg.config["quant_types"]]
 
@@ -57,7 +61,7 @@ class Quantizer(Compressor):
             if not isinstance(getattr(module, "weight", None), torch.Tensor):
                 raise TypeError(f"{layer}: {type(module).__name__} has no weight tensor to quantize")
             if not any(isinstance(p, WeightFakeQuant) for p in _parametrizations(module, "weight")):
-                parametrize.register_parametrization(module, "weight", WeightFakeQuant(self.weight_spec(layer)), unsafe=True)
+                parametrize.register_parametrization(module, "weight", self.weight_fake_quant(layer), unsafe=True)
         self.compressed = True
         return self.model
 

@@ -1,0 +1,47 @@
+"""Masks given to nnic are checked against the model, with errors that say which mask is wrong and why."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from nnic.masking import check_masks, plain_state_dict
+from nnic.pruning import Pruner
+
+
+def model():
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
+
+
+@pytest.mark.parametrize("masks, error, message", [
+    ({"3": {"weight": torch.ones(2, 5)}}, ValueError, r"masks\['3'\]\['weight'\]: expected shape \(2, 4\) \(the parameter's\), got \(2, 5\)"),
+    ({"fc": {"weight": torch.ones(2, 4)}}, ValueError, r"masks\['fc'\]: no such layer in Sequential"),
+    ({"00": {"weight": torch.ones(4, 3, 3, 3)}}, ValueError, r"did you mean '0'"),
+    ({"3": {"kernel": torch.ones(2, 4)}}, ValueError, r"Linear '3' has no parameter 'kernel'; it has \['weight', 'bias'\]"),
+    ({"3": {"weight": torch.full((2, 4), 0.5)}}, ValueError, r"a mask holds only 0/1"),
+    ({"3": {"weight": [[1, 0]]}}, TypeError, r"masks\['3'\]\['weight'\]: expected a tensor, got list"),
+    ({"3": torch.ones(2, 4)}, TypeError, r"masks\['3'\]: expected a dict"),
+    ([("3", {})], TypeError, r"masks: expected a dict"),
+])
+def test_bad_masks_are_named(masks, error, message):
+    with pytest.raises(error, match=message):
+        check_masks(model(), masks)
+
+
+def test_float_and_bool_masks_are_both_accepted():
+    check_masks(model(), {"3": {"weight": torch.ones(2, 4), "bias": None}, "1": {"weight": torch.ones(4, dtype=torch.bool)}})
+
+
+def test_a_pruner_returning_a_bad_mask_is_stopped_before_touching_the_model():
+    class Broken(Pruner):
+        name = "broken"
+
+        def calculate_masks(self):
+            return {"3": {"weight": torch.ones(3, 3)}}
+
+    m = model()
+    before = plain_state_dict(m)
+    with pytest.raises(ValueError, match="expected shape"):
+        Broken(m, [{"sparsity": 0.5, "op_types": ["Linear"]}]).compress()
+    assert all(torch.equal(before[k], v) for k, v in plain_state_dict(m).items())
