@@ -100,7 +100,7 @@ def _interval(lo: float | None, hi: float | None, lo_closed: bool, hi_closed: bo
 
 
 def _in_range(x: float, lo: float | None, hi: float | None, lo_closed: bool, hi_closed: bool) -> bool:
-    if math.isnan(x):
+    if isinstance(x, float) and math.isnan(x):
         return False
     lo_ok = lo is None or (x >= lo if lo_closed else x > lo)
     return lo_ok and (hi is None or (x <= hi if hi_closed else x < hi))
@@ -271,8 +271,10 @@ def _resolve_names(index: int, entry: Mapping[Any, Any], keys: dict[str, Key], k
             raise ValueError(f"{_where(index)}: unknown key {written!r}{hint}{_closest(written, by_alias)}; "
                              f"allowed keys: {', '.join(sorted(by_alias))}")
         canonical = by_alias[written]
-        if canonical in names.values():
-            raise ValueError(f"{_where(index)}: {canonical!r} is given twice (as {written!r} and as an alias); "
+        twice = [w for w, c in names.items() if c == canonical]
+        if twice:
+            alias = twice[0] if written == canonical else written
+            raise ValueError(f"{_where(index)}: {canonical!r} and its alias {alias!r} are both given; "
                              f"use only {canonical!r}")
         names[written] = canonical
     return names

@@ -153,6 +153,13 @@ def test_sparsity_must_be_in_zero_one(value):
                              "pruning")
 
 
+@pytest.mark.parametrize("key, value", [("sparsity", 10**400), ("quant_bits", 10**400)])
+def test_huge_ints_are_out_of_range_not_a_crash(key, value):
+    kind, entry = ("pruning", {}) if key == "sparsity" else ("quantization", {"quant_types": ["weight"]})
+    with pytest.raises(ValueError, match=rf"^config_list\[0\]\['{key}'\]: expected .*, got 1000000"):
+        validate_config_list([{"op_types": ["Linear"], **entry, key: value}], kind)
+
+
 def test_alias_is_named_as_written_in_errors():
     with pytest.raises(ValueError, match=re.escape("config_list[0]['sparsity_per_layer']: expected a float in "
                                                    "[0, 1), got 1.5")):
@@ -195,9 +202,11 @@ def test_sparsity_and_total_sparsity_are_exclusive():
 
 
 def test_sparsity_and_its_alias_together_are_rejected():
-    with pytest.raises(ValueError, match=r"^config_list\[0\]: 'sparsity' is given twice \(as 'sparsity_per_layer' "
-                                         r"and as an alias\); use only 'sparsity'"):
+    message = r"^config_list\[0\]: 'sparsity' and its alias 'sparsity_per_layer' are both given; use only 'sparsity'"
+    with pytest.raises(ValueError, match=message):
         validate_config_list([{"sparsity": 0.5, "sparsity_per_layer": 0.5, "op_types": ["Linear"]}], "pruning")
+    with pytest.raises(ValueError, match=message):
+        validate_config_list([{"sparsity_per_layer": 0.5, "sparsity": 0.5, "op_types": ["Linear"]}], "pruning")
 
 
 def test_max_sparsity_per_layer_requires_total_sparsity():
