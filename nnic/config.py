@@ -368,7 +368,7 @@ def validate_config_list(config_list: Any, kind: str, *, extra_keys: Iterable[Ke
     from their own keys (N:M). Raises ``TypeError`` for a wrong type and ``ValueError`` otherwise.
     """
     keys = _schema(kind, extra_keys)
-    if not isinstance(config_list, (list, tuple)):
+    if not isinstance(config_list, (list, tuple)):  # a tuple is as unambiguous as a list; a dict is not
         raise TypeError(f"config_list: expected a list of dicts, got {_got(config_list)}")
     if not config_list:
         raise ValueError("config_list: expected at least one entry, got []")
@@ -453,8 +453,9 @@ def select_layers(model: nn.Module, config_list: Any, kind: str, *, extra_keys: 
                             ("max_sparsity_per_layer", cap if isinstance(cap, dict) else ())):
             for name in listed:
                 if name not in known:
+                    hint = _closest(name, names) or f" (layers with parameters: {_listing(modules)})"
                     raise ValueError(f"{_where(index, key)}: {name!r} is not a module of "
-                                     f"{type(model).__name__}{_closest(name, names)}")
+                                     f"{type(model).__name__}{hint}")
         matched = [n for n, m in modules if _matches(entry, n, m)]
         if not matched and not entry.get("exclude", False):
             raise _no_layer_error(index, entry, model, modules)
@@ -466,6 +467,6 @@ def select_layers(model: nn.Module, config_list: Any, kind: str, *, extra_keys: 
         if name in winners and not entries[winners[name]].get("exclude", False)
     }
     if not selected:
-        raise ValueError(f"config_list selects no layer of {type(model).__name__} (every matched layer is "
-                         f"excluded); layers with parameters: {_listing(modules)}")
+        raise ValueError(f"config_list selects no layer of {type(model).__name__} (its exclude entries remove "
+                         f"every layer it matches); layers with parameters: {_listing(modules)}")
     return selected

@@ -138,6 +138,14 @@ def test_valid_pruning_entry_is_normalised():
     assert type(out[0]["sparsity"]) is float and type(out[0]["op_types"]) is list
 
 
+def test_tuples_and_mappings_are_accepted_and_normalised_to_lists_and_dicts():
+    from types import MappingProxyType
+    out = validate_config_list(({"sparsity": 0.5, "op_types": ["Linear"]},
+                                MappingProxyType({"exclude": True, "op_names": ("fc",)})), "pruning")
+    assert out == [{"sparsity": 0.5, "op_types": ["Linear"]}, {"exclude": True, "op_names": ["fc"]}]
+    assert type(out[1]) is dict
+
+
 def test_returns_deep_copies_and_leaves_the_input_alone():
     given = [{"sparsity": 0.5, "op_names": ["fc"]}]
     out = validate_config_list(given, "pruning")
@@ -358,6 +366,13 @@ def test_plugin_key_default_is_filled():
     assert out[0] == {"op_types": ["Conv2d"], "sparsity": 0.5, "mode": "global", "dependency_aware": False}
 
 
+def test_plugin_key_can_be_per_quant_type():
+    bins = int_key("observer_bins", lo=1, default=2048, per_quant_type=True)
+    out = quantize({"op_types": ["Linear"], "quant_types": ["weight", "output"], "quant_bits": 8,
+                    "observer_bins": {"output": 512}}, extra_keys=(bins,))
+    assert out["observer_bins"] == {"weight": 2048, "output": 512}
+
+
 def test_plugin_keys_are_unknown_without_extra_keys():
     with pytest.raises(ValueError, match=r"^config_list\[0\]: unknown key 'n'"):
         validate_config_list([{"op_types": ["Linear"], "sparsity": 0.5, "n": 2}], "pruning")
@@ -467,6 +482,12 @@ def test_unknown_op_name_is_an_error_with_close_matches(net):
         prune(net, {"sparsity": 0.5, "op_types": ["Linear"]}, {"exclude": True, "op_names": ["block.conv1"]})
 
 
+def test_unknown_op_name_without_close_match_lists_the_layers(net):
+    with pytest.raises(ValueError, match=re.escape("config_list[0]['op_names']: 'classifier' is not a module of Net "
+                                                   "(layers with parameters: conv1 (Conv2d), bn1 (BatchNorm2d)")):
+        prune(net, {"sparsity": 0.5, "op_names": ["classifier"]})
+
+
 def test_non_exclude_entry_selecting_nothing_is_an_error(net):
     with pytest.raises(ValueError, match=re.escape(
             "config_list[1] selects no layer of Net: op_types=['Conv3d'] (no module of type 'Conv3d', did you mean "
@@ -505,8 +526,11 @@ def test_exclude_entry_selecting_nothing_is_allowed(net):
 
 
 def test_config_list_selecting_no_layer_at_all_is_an_error(net):
-    with pytest.raises(ValueError, match=r"^config_list selects no layer of Net \(every matched layer is excluded\)"):
+    with pytest.raises(ValueError, match=r"^config_list selects no layer of Net \(its exclude entries remove every "
+                                         r"layer it matches\); layers with parameters: conv1 \(Conv2d\), "):
         prune(net, {"sparsity": 0.5, "op_types": ["Linear"]}, {"exclude": True, "op_types": ["Linear"]})
+    with pytest.raises(ValueError, match=r"^config_list selects no layer of Net"):
+        prune(net, {"exclude": True, "op_types": ["Linear"]})
 
 
 def test_layers_of_a_total_sparsity_entry_form_one_group(net):
