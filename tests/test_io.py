@@ -12,7 +12,8 @@ from nnic import io
 
 def test_a_failed_write_leaves_neither_the_target_nor_a_temporary_file(tmp_path):
     def explode(tmp):
-        open(tmp, "w").write("half")
+        with open(tmp, "w") as f:
+            f.write("half")
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
