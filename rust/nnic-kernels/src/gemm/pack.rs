@@ -1,0 +1,161 @@
+//! Packed operand layouts of the int8 GEMM.
+//!
+//! - Weights `B[K, N]` (s8) are packed once into panels of [`NR`] = 32 columns; inside a panel, K runs in
+//!   groups of 4, and each group stores 32 columns × 4 consecutive k values (128 bytes): exactly what one
+//!   `vpdpbusd` pair reads. K is padded with zeros to a multiple of 4, N to a multiple of 32.
+//! - Activations `A[M, K]` are packed per call into panels of `mr` rows: for each k group, `mr` rows × 4 bytes
+//!   of **u8**. Signed activations are stored shifted (`a + 128`), the shift is undone in the epilogue
+//!   through the weights' column sums. Padding is the byte 0, which contributes nothing.
+use crate::error::{KernelError, Result};
+
+/// Columns per weight panel.
+pub const NR: usize = 32;
+/// Largest K for which the i32 accumulator is exact for s8 × s8 (|product| ≤ 2^14).
+pub const MAX_K: usize = 131_071;
+
+/// `x` rounded up to a multiple of `to`.
+#[inline]
+pub(crate) fn round_up(x: usize, to: usize) -> usize {
+    x.div_ceil(to) * to
+}
+
+/// s8 weights `B[K, N]` packed for the micro-kernels, with per-column sums (for the zero-point terms).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PackedB {
+    k: usize,
+    n: usize,
+    /// K padded to a multiple of 4.
+    kp: usize,
+    data: Vec<i8>,
+    /// `sum_k B[k, j]` for each (padded) column.
+    colsum: Vec<i32>,
+}
+
+fn check_k(k: usize) -> Result<()> {
+    if k > MAX_K {
+        return Err(KernelError::Invalid {
+            what: format!("K = {k} is too large: the int32 accumulator is exact only for K <= {MAX_K}"),
+        });
+    }
+    Ok(())
+}
+
+pub(crate) fn check_dims(m: usize, k: usize, n: usize) -> Result<()> {
+    check_k(k)?;
+    let _ = (m, n);
+    Ok(())
+}
+
+impl PackedB {
+    /// Packs `b`, row-major `[K, N]` (the layout of `torch._int_mm`'s second operand).
+    pub fn from_kn(b: &[i8], k: usize, n: usize) -> Result<PackedB> {
+        Self::pack(b, k, n, |kk, j| kk * n + j)
+    }
+
+    /// Packs `w`, row-major `[N, K]` (the layout of `nn.Linear.weight`): `B = w.T`.
+    pub fn from_nk(w: &[i8], n: usize, k: usize) -> Result<PackedB> {
+        Self::pack(w, k, n, |kk, j| j * k + kk)
+    }
+
+    fn pack(src: &[i8], k: usize, n: usize, at: impl Fn(usize, usize) -> usize) -> Result<PackedB> {
+        check_k(k)?;
+        if src.len() != k * n {
+            return Err(KernelError::Mismatch {
+                what: format!("weight has {} elements, expected K*N = {k}*{n} = {}", src.len(), k * n),
+            });
+        }
+        let kp = round_up(k.max(1), 4);
+        let np = round_up(n.max(1), NR);
+        let mut data = vec![0i8; kp * np];
+        let mut colsum = vec![0i32; np];
+        for j in 0..n {
+            let (p, c) = (j / NR, j % NR);
+            let panel = &mut data[p * kp * NR..(p + 1) * kp * NR];
+            let mut s = 0i32;
+            for kk in 0..k {
+                let v = src[at(kk, j)];
+                s += v as i32;
+                panel[(kk / 4) * NR * 4 + c * 4 + kk % 4] = v;
+            }
+            colsum[j] = s;
+        }
+        Ok(PackedB { k, n, kp, data, colsum })
+    }
+
+    /// The original `[K, N]` matrix (round trip of [`PackedB::from_kn`]).
+    pub fn to_kn(&self) -> Vec<i8> {
+        let mut out = vec![0i8; self.k * self.n];
+        for kk in 0..self.k {
+            for j in 0..self.n {
+                out[kk * self.n + j] = self.get(kk, j);
+            }
+        }
+        out
+    }
+
+    /// The `[N, K]` matrix (round trip of [`PackedB::from_nk`]).
+    pub fn to_nk(&self) -> Vec<i8> {
+        let mut out = vec![0i8; self.k * self.n];
+        for j in 0..self.n {
+            for kk in 0..self.k {
+                out[j * self.k + kk] = self.get(kk, j);
+            }
+        }
+        out
+    }
+
+    #[inline]
+    fn get(&self, kk: usize, j: usize) -> i8 {
+        self.data[(j / NR) * self.kp * NR + (kk / 4) * NR * 4 + (j % NR) * 4 + kk % 4]
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    pub fn n(&self) -> usize {
+        self.n
+    }
+    pub(crate) fn kp(&self) -> usize {
+        self.kp
+    }
+    pub(crate) fn colsum(&self) -> &[i32] {
+        &self.colsum
+    }
+    /// Bytes held (packed data and column sums).
+    pub fn nbytes(&self) -> usize {
+        self.data.len() + 4 * self.colsum.len()
+    }
+    /// Pointer to panel `p` at k group `g`.
+    #[inline]
+    pub(crate) fn panel_ptr(&self, p: usize, g: usize) -> *const i8 {
+        debug_assert!(p * self.kp * NR + g * NR * 4 <= self.data.len());
+        // SAFETY: in bounds by the layout (checked above in debug builds).
+        unsafe { self.data.as_ptr().add(p * self.kp * NR + g * NR * 4) }
+    }
+}
+
+/// Activations packed as u8 panels of `mr` rows (the last panel may have fewer rows and is packed with its
+/// own row count), plus each row's zero point (in u8 terms), scale and byte sum.
+pub(crate) struct PackedA {
+    pub m: usize,
+    pub mr: usize,
+    pub kp: usize,
+    pub data: Vec<u8>,
+    /// Zero point of each row in the u8 domain (128 for shifted s8).
+    pub zero: Vec<i32>,
+    /// Scale of each row (float path only; empty for the integer path).
+    pub scale: Vec<f32>,
+    /// `sum_k A_u8[i, k]` of each row (used with weight zero points).
+    pub rowsum: Vec<i32>,
+}
+
+impl PackedA {
+    /// Pointer to row panel `p` at k group `g`.
+    #[inline]
+    pub fn panel_ptr_rows(&self, p: usize, g: usize) -> *const u8 {
+        let rows = (self.m - p * self.mr).min(self.mr);
+        debug_assert!(p * self.kp * self.mr + g * rows * 4 <= self.data.len());
+        // SAFETY: in bounds by the layout.
+        unsafe { self.data.as_ptr().add(p * self.kp * self.mr + g * rows * 4) }
+    }
+}

@@ -1,0 +1,213 @@
+//! Packing activations into u8 row panels: s8 inputs shifted by 128, f32 inputs quantized on the fly.
+//!
+//! Activation quantization (`q_u8 = clamp(round_half_even(x / s) + z, 0, 255)`, float32 with a true
+//! division, like `nnic.quantization.qparams`):
+//! - symmetric: `s = max|x| / 127`, `z = 128` (the s8 code plus 128);
+//! - asymmetric: `s = (max(x, 0) - min(x, 0)) / 255`, `z = clamp(-round_half_even(min(x, 0) / s), 0, 255)`;
+//! - a zero range gives `s = 1`; per tensor or per row (token); or static, from a calibrated scale/zero point.
+use super::pack::PackedA;
+use super::{isa_of, Path};
+use crate::cpu::Isa;
+use crate::error::{KernelError, Result};
+use crate::pool;
+use rayon::prelude::*;
+
+/// How activations are quantized on the fly.
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub enum ActQuant {
+    /// One scale and zero point for the whole input, from its range.
+    DynamicPerTensor { symmetric: bool },
+    /// One scale and zero point per row (token), from the row's range.
+    DynamicPerRow { symmetric: bool },
+    /// A calibrated scale and a zero point in the u8 domain [0, 255] (for s8 codes with zero point `z`,
+    /// pass `z + 128`: the results are the same).
+    Static { scale: f32, zero_point: i32 },
+}
+
+impl ActQuant {
+    pub(crate) fn check(&self) -> Result<()> {
+        if let ActQuant::Static { scale, zero_point } = *self {
+            if !(scale.is_finite() && scale > 0.0) {
+                return Err(KernelError::BadScale { channel: None, value: scale });
+            }
+            if !(0..=255).contains(&zero_point) {
+                return Err(KernelError::BadZeroPoint { channel: None, value: zero_point, qmin: 0, qmax: 255 });
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the codes stay within 128 of the zero point (bounds the exact-accumulation K).
+    pub(crate) fn is_symmetric(&self) -> bool {
+        matches!(self, ActQuant::DynamicPerTensor { symmetric: true } | ActQuant::DynamicPerRow { symmetric: true })
+    }
+}
+
+/// Scale and u8 zero point for the range `[lo, hi]` (see the module doc).
+pub fn qparams(lo: f32, hi: f32, symmetric: bool) -> (f32, i32) {
+    let fix = |s: f32| if s == 0.0 { 1.0 } else { s.max(f32::MIN_POSITIVE) };
+    let (lo, hi) = (lo.min(0.0), hi.max(0.0));
+    if symmetric {
+        (fix((-lo).max(hi) / 127.0), 128)
+    } else {
+        let s = fix((hi - lo) / 255.0);
+        (s, (-(lo / s).round_ties_even()).clamp(0.0, 255.0) as i32)
+    }
+}
+
+#[inline(always)]
+fn min_max_body(x: &[f32]) -> (f32, f32, bool) {
+    let (mut lo, mut hi, mut bad) = (f32::INFINITY, f32::NEG_INFINITY, false);
+    for &v in x {
+        lo = lo.min(v);
+        hi = hi.max(v);
+        bad |= !v.is_finite();
+    }
+    (lo, hi, bad)
+}
+crate::simd::multiversion!(fn min_max(x: &[f32]) -> (f32, f32, bool) = min_max_body;);
+
+fn range(isa: Isa, x: &[f32]) -> Result<(f32, f32)> {
+    let (lo, hi, bad) = min_max(isa, x);
+    if bad {
+        let index = x.iter().position(|v| !v.is_finite()).unwrap_or(0);
+        return Err(KernelError::Invalid {
+            what: format!("x contains {} at flat index {index}: cannot quantize activations", x[index]),
+        });
+    }
+    Ok((lo, hi))
+}
+
+/// Quantizes one row into its panel (`rows` rows, row `r`); returns the byte sum.
+#[inline(always)]
+fn put_row_body(panel: &mut [u8], rows: usize, r: usize, x: &[f32], scale: f32, zero: i32) -> i32 {
+    let z = zero as f32;
+    let q = |v: f32| ((v / scale).round_ties_even() + z).clamp(0.0, 255.0) as u8;
+    let mut sum = 0i32;
+    let mut chunks = x.chunks_exact(4);
+    for (g, c) in chunks.by_ref().enumerate() {
+        let b = [q(c[0]), q(c[1]), q(c[2]), q(c[3])];
+        sum += b.iter().map(|&v| v as i32).sum::<i32>();
+        panel[g * rows * 4 + r * 4..g * rows * 4 + r * 4 + 4].copy_from_slice(&b);
+    }
+    let g = x.len() / 4;
+    for (e, &v) in chunks.remainder().iter().enumerate() {
+        let b = q(v);
+        sum += b as i32;
+        panel[g * rows * 4 + r * 4 + e] = b;
+    }
+    sum
+}
+crate::simd::multiversion!(fn put_row_f32(panel: &mut [u8], rows: usize, r: usize, x: &[f32], scale: f32, zero: i32) -> i32
+    = put_row_body;);
+
+#[inline(always)]
+fn put_row_s8_body(panel: &mut [u8], rows: usize, r: usize, a: &[i8]) -> i32 {
+    let mut sum = 0i32;
+    let mut chunks = a.chunks_exact(4);
+    for (g, c) in chunks.by_ref().enumerate() {
+        let b = [c[0] as u8 ^ 0x80, c[1] as u8 ^ 0x80, c[2] as u8 ^ 0x80, c[3] as u8 ^ 0x80];
+        sum += b.iter().map(|&v| v as i32).sum::<i32>();
+        panel[g * rows * 4 + r * 4..g * rows * 4 + r * 4 + 4].copy_from_slice(&b);
+    }
+    let g = a.len() / 4;
+    for (e, &v) in chunks.remainder().iter().enumerate() {
+        let b = v as u8 ^ 0x80;
+        sum += b as i32;
+        panel[g * rows * 4 + r * 4 + e] = b;
+    }
+    sum
+}
+crate::simd::multiversion!(fn put_row_s8(panel: &mut [u8], rows: usize, r: usize, a: &[i8]) -> i32 = put_row_s8_body;);
+
+fn packed(m: usize, kp: usize, mr: usize) -> PackedA {
+    PackedA { m, mr, kp, data: vec![0u8; m.max(1) * kp], zero: vec![0; m], scale: Vec::new(), rowsum: vec![0; m] }
+}
+
+/// Runs `f(panel_index, panel_bytes, rowsums)` over the row panels, in parallel when large.
+fn for_panels(pa: &mut PackedA, work: usize, f: impl Fn(usize, &mut [u8], &mut [i32]) + Sync) {
+    let (mr, kp, m) = (pa.mr, pa.kp, pa.m);
+    if m == 0 {
+        return;
+    }
+    let data = &mut pa.data[..m * kp];
+    if work < pool::PAR_MIN || pool::num_threads() == 1 {
+        data.chunks_mut(mr * kp).zip(pa.rowsum.chunks_mut(mr)).enumerate().for_each(|(p, (d, s))| f(p, d, s));
+    } else {
+        pool::install(|| {
+            data.par_chunks_mut(mr * kp).zip(pa.rowsum.par_chunks_mut(mr)).enumerate().for_each(|(p, (d, s))| f(p, d, s))
+        });
+    }
+}
+
+/// Packs s8 `a[m, k]` as u8 (`a + 128`, zero point 128).
+pub(crate) fn pack_s8(path: Path, a: &[i8], m: usize, k: usize, kp: usize) -> PackedA {
+    let isa = isa_of(path);
+    let mr = path.mr();
+    let mut pa = packed(m, kp, mr);
+    pa.zero.fill(128);
+    for_panels(&mut pa, m * k, |p, d, sums| {
+        let rows = sums.len();
+        for (r, s) in sums.iter_mut().enumerate() {
+            let i = p * mr + r;
+            *s = put_row_s8(isa, d, rows, r, &a[i * k..(i + 1) * k]);
+        }
+    });
+    pa
+}
+
+/// Quantizes and packs f32 `x[m, k]` as `act` says.
+pub(crate) fn pack_f32(path: Path, mr: usize, x: &[f32], m: usize, k: usize, kp: usize, act: ActQuant) -> Result<PackedA> {
+    let isa = isa_of(path);
+    let mut pa = packed(m, kp, mr);
+    let row = |i: usize| &x[i * k..(i + 1) * k];
+    match act {
+        ActQuant::Static { scale, zero_point } => {
+            pa.scale = vec![scale; m];
+            pa.zero.fill(zero_point);
+        }
+        ActQuant::DynamicPerTensor { symmetric } => {
+            let (lo, hi) = if m * k < pool::PAR_MIN {
+                range(isa, x)?
+            } else {
+                let c = pool::chunk_len(x.len(), 1);
+                pool::install(|| {
+                    x.par_chunks(c).map(|x| range(isa, x)).try_reduce(
+                        || (f32::INFINITY, f32::NEG_INFINITY),
+                        |a, b| Ok((a.0.min(b.0), a.1.max(b.1))),
+                    )
+                })?
+            };
+            let (s, z) = if m * k == 0 { (1.0, if symmetric { 128 } else { 0 }) } else { qparams(lo, hi, symmetric) };
+            pa.scale = vec![s; m];
+            pa.zero.fill(z);
+        }
+        ActQuant::DynamicPerRow { symmetric } => {
+            let params = |i: usize| -> Result<(f32, i32)> {
+                if k == 0 {
+                    return Ok((1.0, if symmetric { 128 } else { 0 }));
+                }
+                let (lo, hi) = range(isa, row(i))?;
+                Ok(qparams(lo, hi, symmetric))
+            };
+            let ps: Vec<(f32, i32)> = if m * k < pool::PAR_MIN {
+                (0..m).map(params).collect::<Result<_>>()?
+            } else {
+                pool::install(|| (0..m).into_par_iter().map(params).collect::<Result<_>>())?
+            };
+            pa.scale = ps.iter().map(|p| p.0).collect();
+            pa.zero = ps.iter().map(|p| p.1).collect();
+        }
+    }
+    let (scale, zero) = (std::mem::take(&mut pa.scale), std::mem::take(&mut pa.zero));
+    for_panels(&mut pa, m * k, |p, d, sums| {
+        let rows = sums.len();
+        for (r, s) in sums.iter_mut().enumerate() {
+            let i = p * mr + r;
+            *s = put_row_f32(isa, d, rows, r, row(i), scale[i], zero[i]);
+        }
+    });
+    pa.scale = scale;
+    pa.zero = zero;
+    Ok(pa)
+}

@@ -1,0 +1,195 @@
+//! int8 / int4 GEMM: every path against a plain i64 / f64 reference, on awkward shapes.
+use nnic_kernels::gemm::{self, int4, ActQuant, PackedB, PackedLinear, Path};
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    fn i8s(&mut self, n: usize) -> Vec<i8> {
+        (0..n).map(|_| self.next() as u8 as i8).collect()
+    }
+    fn f32s(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| (self.next() % 20001) as f32 / 10000.0 - 1.0).collect()
+    }
+}
+
+fn paths() -> Vec<Path> {
+    Path::ALL.into_iter().filter(|p| p.is_supported()).collect()
+}
+
+fn ref_mm(a: &[i8], b: &[i8], m: usize, k: usize, n: usize) -> Vec<i32> {
+    let mut c = vec![0i64; m * n];
+    for i in 0..m {
+        for kk in 0..k {
+            let av = a[i * k + kk] as i64;
+            for j in 0..n {
+                c[i * n + j] += av * b[kk * n + j] as i64;
+            }
+        }
+    }
+    c.into_iter().map(|v| i32::try_from(v).unwrap()).collect()
+}
+
+#[test]
+fn matmul_exact_all_paths() {
+    let mut rng = Rng(7);
+    let shapes = [
+        (1, 1, 1),
+        (1, 7, 3),
+        (2, 5, 33),
+        (3, 13, 31),
+        (13, 17, 65),
+        (12, 4, 32),
+        (25, 600, 47),
+        (1, 1031, 97),
+        (37, 1029, 130),
+        (200, 300, 70),
+        (130, 2051, 100),
+    ];
+    for &(m, k, n) in &shapes {
+        let a = rng.i8s(m * k);
+        let b = rng.i8s(k * n);
+        let want = ref_mm(&a, &b, m, k, n);
+        for p in paths() {
+            let mut c = vec![0i32; m * n];
+            gemm::int8_matmul(p, &a, m, k, &b, n, &mut c).unwrap();
+            assert_eq!(c, want, "path {p:?} shape {m}x{k}x{n}");
+        }
+    }
+}
+
+#[test]
+fn matmul_extremes() {
+    // All -128: the largest products; exactness of the +128 shift and compensation.
+    for p in paths() {
+        for &(m, k, n) in &[(5, 4099, 33), (14, 64, 64)] {
+            for (va, vb) in [(-128i8, -128i8), (127, -128), (-128, 127), (127, 127)] {
+                let a = vec![va; m * k];
+                let b = vec![vb; k * n];
+                let mut c = vec![0i32; m * n];
+                gemm::int8_matmul(p, &a, m, k, &b, n, &mut c).unwrap();
+                assert!(c.iter().all(|&v| v as i64 == va as i64 * vb as i64 * k as i64), "{p:?} {va} {vb}");
+            }
+        }
+    }
+}
+
+#[test]
+fn k_limit() {
+    let k = gemm::MAX_K + 1;
+    let err = gemm::int8_matmul(Path::Scalar, &vec![0; k], 1, k, &vec![0; k], 1, &mut [0]).unwrap_err();
+    assert!(err.to_string().contains("131071"), "{err}");
+    // The limit itself is fine and exact.
+    let k = gemm::MAX_K;
+    let mut c = [0i32];
+    gemm::int8_matmul(Path::active(), &vec![-128; k], 1, k, &vec![-128; k], 1, &mut c).unwrap();
+    assert_eq!(c[0] as i64, 16384 * k as i64);
+}
+
+#[test]
+fn shape_errors() {
+    assert!(gemm::int8_matmul(Path::Scalar, &[0; 5], 2, 3, &[0; 6], 2, &mut [0; 4]).is_err());
+    assert!(gemm::int8_matmul(Path::Scalar, &[0; 6], 2, 3, &[0; 5], 2, &mut [0; 4]).is_err());
+    assert!(gemm::int8_matmul(Path::Scalar, &[0; 6], 2, 3, &[0; 6], 2, &mut [0; 3]).is_err());
+    assert!(PackedLinear::new(&[0; 6], 2, 3, &[1.0; 3], &[]).is_err());
+    assert!(PackedLinear::new(&[0; 6], 2, 3, &[0.0], &[]).is_err());
+}
+
+#[test]
+fn packing_round_trips() {
+    let mut rng = Rng(3);
+    for &(k, n) in &[(1, 1), (5, 33), (64, 31), (130, 70)] {
+        let b = rng.i8s(k * n);
+        assert_eq!(PackedB::from_kn(&b, k, n).unwrap().to_kn(), b);
+        assert_eq!(PackedB::from_nk(&b, n, k).unwrap().to_nk(), b);
+        let w = PackedLinear::new(&b, n, k, &[0.5], &[]).unwrap();
+        assert_eq!(w.weight(), b);
+        let q: Vec<i8> = b.iter().map(|&v| v >> 4).collect();
+        let ng = k.div_ceil(16);
+        let s: Vec<f32> = (0..n * ng).map(|i| 0.01 + i as f32).collect();
+        let p = int4::PackedInt4::new(&q, n, k, &s, 16).unwrap();
+        assert_eq!(p.unpack(), (q, s));
+    }
+}
+
+/// Reference of the float path with the same activation quantization.
+fn ref_linear(x: &[f32], m: usize, k: usize, w: &[i8], n: usize, sw: &[f32], zw: &[i32], bias: &[f32], sym: bool) -> Vec<f32> {
+    let mut out = vec![0f32; m * n];
+    for i in 0..m {
+        let row = &x[i * k..(i + 1) * k];
+        let lo = row.iter().cloned().fold(f32::INFINITY, f32::min);
+        let hi = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let (s, z) = gemm::act_qparams(lo, hi, sym);
+        let q: Vec<i64> = row.iter().map(|&v| (((v / s).round_ties_even() + z as f32).clamp(0.0, 255.0)) as i64 - z as i64).collect();
+        for j in 0..n {
+            let zj = if zw.is_empty() { 0 } else { zw[j] } as i64;
+            let acc: i64 = (0..k).map(|kk| q[kk] * (w[j * k + kk] as i64 - zj)).sum();
+            let sj = if sw.len() == 1 { sw[0] } else { sw[j] };
+            out[i * n + j] = (acc as f64 * s as f64 * sj as f64 + bias[j] as f64) as f32;
+        }
+    }
+    out
+}
+
+#[test]
+fn linear_matches_reference() {
+    let mut rng = Rng(11);
+    for &(m, k, n) in &[(1, 9, 5), (3, 64, 40), (17, 257, 33), (40, 1000, 70)] {
+        let x = rng.f32s(m * k);
+        let w = rng.i8s(n * k);
+        let bias = rng.f32s(n);
+        let sw: Vec<f32> = (0..n).map(|j| 0.001 + j as f32 * 1e-4).collect();
+        let zw: Vec<i32> = (0..n).map(|j| (j as i32 % 7) - 3).collect();
+        for (sw, zw) in [(&sw[..1], &[][..]), (&sw[..], &zw[..])] {
+            let packed = PackedLinear::new(&w, n, k, sw, zw).unwrap();
+            for sym in [true, false] {
+                let want = ref_linear(&x, m, k, &w, n, sw, zw, &bias, sym);
+                for p in paths() {
+                    let mut out = vec![0f32; m * n];
+                    gemm::int8_linear(p, &x, m, &packed, Some(&bias), ActQuant::DynamicPerRow { symmetric: sym }, &mut out)
+                        .unwrap();
+                    for (g, w) in out.iter().zip(&want) {
+                        assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{p:?} {m}x{k}x{n}: {g} vs {w}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn int4_matches_reference() {
+    let mut rng = Rng(5);
+    for &(m, k, n, g) in &[(1, 64, 32, 32), (3, 100, 45, 32), (5, 256, 70, 64), (9, 40, 3, 8)] {
+        let x = rng.f32s(m * k);
+        let q: Vec<i8> = rng.i8s(n * k).into_iter().map(|v| v >> 4).collect();
+        let ng = k.div_ceil(g);
+        let s: Vec<f32> = (0..n * ng).map(|i| 0.01 + (i % 13) as f32 * 1e-3).collect();
+        let packed = int4::PackedInt4::new(&q, n, k, &s, g).unwrap();
+        // Reference: same per-row symmetric activation quantization, f64 accumulation.
+        let mut want = vec![0f64; m * n];
+        for i in 0..m {
+            let row = &x[i * k..(i + 1) * k];
+            let lo = row.iter().cloned().fold(f32::INFINITY, f32::min);
+            let hi = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let (sa, za) = gemm::act_qparams(lo, hi, true);
+            let qa: Vec<f64> = row.iter().map(|&v| (((v / sa).round_ties_even() + za as f32).clamp(0.0, 255.0) as i32 - za) as f64).collect();
+            for j in 0..n {
+                let mut acc = 0f64;
+                for kk in 0..k {
+                    acc += qa[kk] * q[j * k + kk] as f64 * s[j * ng + kk / g] as f64;
+                }
+                want[i * n + j] = acc * sa as f64;
+            }
+        }
+        for p in paths() {
+            let mut out = vec![0f32; m * n];
+            int4::int4_linear(p, &x, m, &packed, None, ActQuant::DynamicPerRow { symmetric: true }, &mut out).unwrap();
+            for (gv, wv) in out.iter().zip(&want) {
+                assert!((*gv as f64 - wv).abs() <= 1e-4 * (1.0 + wv.abs()), "{p:?} {m}x{k}x{n}: {gv} vs {wv}");
+            }
+        }
+    }
+}
