@@ -1,25 +1,114 @@
-//! Run-time CPU feature detection and the switch that forces the portable scalar path.
+//! Run-time CPU feature detection and the instruction-set switch used by every kernel.
+//!
+//! [`active`] is what the kernels use now: the best supported ISA unless [`set_isa`] forced another one.
+use crate::error::{KernelError, Result};
+use std::sync::atomic::{AtomicU8, Ordering};
 
-/// Instruction-set extensions that the kernels can use on this CPU, e.g. `["avx2", "avx512f", "avx512vnni"]`.
+/// A code path of the kernels.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Isa {
+    /// Portable Rust, compiled for the baseline target: the readable ground truth.
+    Scalar = 0,
+    /// x86-64 AVX2 + FMA.
+    Avx2 = 1,
+    /// x86-64 AVX-512 F/BW/DQ/VL.
+    Avx512 = 2,
+}
+
+impl Isa {
+    pub const ALL: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx512];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+
+    /// Parses `"scalar"`, `"avx2"` or `"avx512"` (case-insensitive).
+    pub fn parse(name: &str) -> Result<Isa> {
+        Isa::ALL.into_iter().find(|i| i.name().eq_ignore_ascii_case(name.trim())).ok_or_else(|| {
+            KernelError::Invalid { what: format!("unknown ISA {name:?}: expected one of scalar, avx2, avx512") }
+        })
+    }
+
+    /// Whether this CPU can run the path.
+    pub fn is_supported(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512dq")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                    && Isa::Avx2.is_supported()
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+}
+
+/// The ISAs this CPU supports, slowest first (always starts with `Scalar`).
+pub fn supported() -> Vec<Isa> {
+    Isa::ALL.into_iter().filter(|i| i.is_supported()).collect()
+}
+
+/// The fastest supported ISA.
+pub fn best() -> Isa {
+    *supported().last().expect("scalar is always supported")
+}
+
+const UNSET: u8 = u8::MAX;
+static ACTIVE: AtomicU8 = AtomicU8::new(UNSET);
+
+/// The ISA the kernels use now.
+pub fn active() -> Isa {
+    match ACTIVE.load(Ordering::Relaxed) {
+        0 => Isa::Scalar,
+        1 => Isa::Avx2,
+        2 => Isa::Avx512,
+        _ => {
+            let b = best();
+            ACTIVE.store(b as u8, Ordering::Relaxed);
+            b
+        }
+    }
+}
+
+/// Forces `isa` (or the best one for `None`); an ISA this CPU lacks is an error and changes nothing.
+pub fn set_isa(isa: Option<Isa>) -> Result<()> {
+    let isa = isa.unwrap_or_else(best);
+    if !isa.is_supported() {
+        return Err(KernelError::Invalid {
+            what: format!(
+                "ISA {:?} is not supported by this CPU (supported: {})",
+                isa.name(),
+                supported().iter().map(|i| i.name()).collect::<Vec<_>>().join(", ")
+            ),
+        });
+    }
+    ACTIVE.store(isa as u8, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Instruction-set extensions found on this CPU, e.g. `["avx2", "fma", "avx512f", ...]`.
 pub fn features() -> Vec<&'static str> {
     let mut found = Vec::new();
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") {
-            found.push("avx2");
+        macro_rules! probe {
+            ($($f:tt),*) => {$(
+                if std::arch::is_x86_feature_detected!($f) {
+                    found.push($f);
+                }
+            )*};
         }
-        if std::arch::is_x86_feature_detected!("fma") {
-            found.push("fma");
-        }
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            found.push("avx512f");
-        }
-        if std::arch::is_x86_feature_detected!("avx512bw") {
-            found.push("avx512bw");
-        }
-        if std::arch::is_x86_feature_detected!("avx512vnni") {
-            found.push("avx512vnni");
-        }
+        probe!("sse4.1", "avx", "avx2", "fma", "bmi2", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vnni");
     }
     found
 }

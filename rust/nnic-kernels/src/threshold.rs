@@ -1,0 +1,212 @@
+//! Exact k-th smallest |x| by a two-pass radix (histogram) select on the bit pattern of |x|.
+//!
+//! With the sign bit cleared, the u32 order of the bits is the float order (±0.0 are both 0, +inf is the
+//! largest number, NaN bits lie above +inf). Pass 1 histograms the high 16 bits (32768 bins) and finds the
+//! bin of the k-th value; pass 2 histograms the low 16 bits of the entries in that bin. Both passes run
+//! per group of the input (one histogram per group, merged), so the work is O(n) and parallel, and a list
+//! of slices is handled like their concatenation without building it. Inputs below `SMALL` elements use
+//! `select_nth_unstable` on a copy instead.
+use crate::cpu::{self, Isa};
+use crate::error::{KernelError, Result};
+use crate::simd::{abs_bits, first_nan, multiversion, INF_BITS};
+use crate::split;
+use crate::{pool, select_x86};
+use rayon::prelude::*;
+
+pub(crate) const HI_BINS: usize = 1 << 15;
+pub(crate) const LO_BINS: usize = 1 << 16;
+const SMALL: usize = 1 << 14;
+
+/// The outcome of a selection: the threshold and how many entries lie below / on it.
+#[derive(Clone, Debug)]
+pub struct Selection {
+    /// The k-th smallest |x| (never negative, never NaN).
+    pub threshold: f32,
+    /// `threshold.to_bits()`.
+    pub bits: u32,
+    /// Entries with |x| < threshold.
+    pub below: u64,
+    /// Entries with |x| == threshold (`below < k <= below + equal`).
+    pub equal: u64,
+    /// The groups the data was split into, and the entries equal to the threshold in each.
+    pub(crate) bounds: Vec<(usize, usize)>,
+    pub(crate) equal_per_group: Vec<u64>,
+}
+
+/// The k-th smallest |x| (1-based), exactly `torch.kthvalue(x.abs().flatten(), k)`.
+///
+/// Errors: empty `x`, `k` outside `[1, n]`, a NaN anywhere (the error names its flat index).
+pub fn kth_smallest_abs(x: &[f32], k: u64) -> Result<f32> {
+    select(&[x], k, false).map(|s| s.threshold)
+}
+
+/// The k-th smallest |x| over all slices of `xs` together, as if concatenated (nothing is copied).
+pub fn global_kth_smallest_abs(xs: &[&[f32]], k: u64) -> Result<f32> {
+    select(xs, k, true).map(|s| s.threshold)
+}
+
+pub(crate) fn nan_error(xs: &[&[f32]], list: bool) -> KernelError {
+    for (t, x) in xs.iter().enumerate() {
+        if let Some(index) = first_nan(x) {
+            let (arg, tensor) = if list { ("xs", Some(t)) } else { ("x", None) };
+            return KernelError::Nan { arg, tensor, index };
+        }
+    }
+    unreachable!("nan_error called without a NaN")
+}
+
+/// Full selection; `list` only changes how errors name the input (`xs[i]` vs `x`).
+pub fn select(xs: &[&[f32]], k: u64, list: bool) -> Result<Selection> {
+    let n: usize = xs.iter().map(|x| x.len()).sum();
+    if n == 0 {
+        return Err(KernelError::Empty { arg: if list { "xs" } else { "x" } });
+    }
+    if k < 1 || k > n as u64 {
+        return Err(KernelError::KOutOfRange { k, lo: 1, n: n as u64 });
+    }
+    if n < SMALL {
+        return select_small(xs, k, list, n);
+    }
+    let isa = cpu::active();
+    let bounds = split::plan(n);
+    let groups = split::split_ref(xs, &bounds);
+    let par = groups.len() > 1;
+
+    // Pass 1: high 16 bits.
+    let first: Vec<(Vec<u32>, u32)> = run_groups(par, &groups, |ps| pass_hi(isa, ps));
+    if first.iter().any(|(_, mx)| *mx > INF_BITS) {
+        return Err(nan_error(xs, list));
+    }
+    let mut hist = vec![0u64; HI_BINS];
+    for (h, _) in &first {
+        hist.iter_mut().zip(h).for_each(|(a, &b)| *a += b as u64);
+    }
+    let (hi, below_hi) = find_bin(&hist, k);
+    drop(first);
+
+    // Pass 2: low 16 bits of the entries in bin `hi`.
+    let second: Vec<Vec<u32>> = run_groups(par, &groups, |ps| pass_lo(isa, ps, hi));
+    let mut hist = vec![0u64; LO_BINS];
+    for h in &second {
+        hist.iter_mut().zip(h).for_each(|(a, &b)| *a += b as u64);
+    }
+    let (lo, below_lo) = find_bin(&hist, k - below_hi);
+    let bits = (hi << 16) | lo;
+    Ok(Selection {
+        threshold: f32::from_bits(bits),
+        bits,
+        below: below_hi + below_lo,
+        equal: hist[lo as usize],
+        bounds,
+        equal_per_group: second.iter().map(|h| h[lo as usize] as u64).collect(),
+    })
+}
+
+fn run_groups<'a, R: Send>(
+    par: bool,
+    groups: &[Vec<&'a [f32]>],
+    f: impl Fn(&[&'a [f32]]) -> R + Sync + Send,
+) -> Vec<R> {
+    if par {
+        pool::install(|| groups.par_iter().map(|g| f(g)).collect())
+    } else {
+        groups.iter().map(|g| f(g)).collect()
+    }
+}
+
+/// The bin holding the k-th entry (1-based) and the number of entries in the bins before it.
+fn find_bin(hist: &[u64], k: u64) -> (u32, u64) {
+    let mut below = 0u64;
+    for (b, &c) in hist.iter().enumerate() {
+        if below + c >= k {
+            return (b as u32, below);
+        }
+        below += c;
+    }
+    unreachable!("k <= total count")
+}
+
+fn select_small(xs: &[&[f32]], k: u64, list: bool, n: usize) -> Result<Selection> {
+    let mut bits: Vec<u32> = Vec::with_capacity(n);
+    for x in xs {
+        bits.extend(x.iter().map(|&v| abs_bits(v)));
+    }
+    if bits.iter().any(|&b| b > INF_BITS) {
+        return Err(nan_error(xs, list));
+    }
+    let (_, &mut t, _) = bits.select_nth_unstable((k - 1) as usize);
+    let below = bits.iter().filter(|&&b| b < t).count() as u64;
+    let equal = bits.iter().filter(|&&b| b == t).count() as u64;
+    Ok(Selection {
+        threshold: f32::from_bits(t),
+        bits: t,
+        below,
+        equal,
+        bounds: vec![(0, n)],
+        equal_per_group: vec![equal],
+    })
+}
+
+fn pass_hi(isa: Isa, pieces: &[&[f32]]) -> (Vec<u32>, u32) {
+    let mut h = vec![0u32; HI_BINS * HI_COPIES];
+    let mut mx = 0;
+    for p in pieces {
+        mx = mx.max(hist_hi(isa, *p, &mut h));
+    }
+    // Fold the interleaved copies into the first.
+    let (first, rest) = h.split_at_mut(HI_BINS);
+    for copy in rest.chunks_exact(HI_BINS) {
+        first.iter_mut().zip(copy).for_each(|(a, &b)| *a += b);
+    }
+    h.truncate(HI_BINS);
+    (h, mx)
+}
+
+fn pass_lo(isa: Isa, pieces: &[&[f32]], hi: u32) -> Vec<u32> {
+    let mut h = vec![0u32; LO_BINS];
+    for p in pieces {
+        select_x86::hist_lo(isa, *p, hi, &mut h);
+    }
+    h
+}
+
+/// Interleaved histogram copies in pass 1: neighbouring entries of the same bin then update different
+/// counters, which removes most store-to-load dependencies.
+const HI_COPIES: usize = 4;
+
+multiversion! {
+    fn hist_hi(x: &[f32], h: &mut [u32]) -> u32 = hist_hi_body;
+}
+
+/// Adds the high 16 bits of |x| to `h` (HI_COPIES interleaved histograms); returns max |x| bits.
+#[inline(always)]
+fn hist_hi_body(x: &[f32], h: &mut [u32]) -> u32 {
+    let h: &mut [u32; HI_BINS * HI_COPIES] = h.try_into().expect("histogram size");
+    let mut mx = 0u32;
+    for blk in x.chunks(2048) {
+        // Vectorised max (NaN detection), then the scatter while the block is in L1.
+        mx = mx.max(blk.iter().fold(0u32, |m, &v| m.max(abs_bits(v))));
+        let mut quads = blk.chunks_exact(HI_COPIES);
+        for q in &mut quads {
+            for (c, &v) in q.iter().enumerate() {
+                h[c * HI_BINS + (abs_bits(v) >> 16) as usize] += 1;
+            }
+        }
+        for &v in quads.remainder() {
+            h[(abs_bits(v) >> 16) as usize] += 1;
+        }
+    }
+    mx
+}
+
+/// Scalar pass 2 (ground truth of the SIMD versions in `select_x86`).
+#[inline(always)]
+pub(crate) fn hist_lo_scalar(x: &[f32], hi: u32, h: &mut [u32]) {
+    let h: &mut [u32; LO_BINS] = h.try_into().expect("histogram size");
+    for &v in x {
+        let b = abs_bits(v);
+        if b >> 16 == hi {
+            h[(b & 0xffff) as usize] += 1;
+        }
+    }
+}
