@@ -57,13 +57,26 @@ pub fn qparams(lo: f32, hi: f32, symmetric: bool) -> (f32, i32) {
 
 #[inline(always)]
 fn min_max_body(x: &[f32]) -> (f32, f32, bool) {
-    let (mut lo, mut hi, mut bad) = (f32::INFINITY, f32::NEG_INFINITY, false);
-    for &v in x {
-        lo = lo.min(v);
-        hi = hi.max(v);
-        bad |= !v.is_finite();
+    // 16 independent lanes with plain comparisons, so that LLVM vectorizes (f32::min would not).
+    const L: usize = 16;
+    let (mut lo, mut hi, mut bits) = ([f32::INFINITY; L], [f32::NEG_INFINITY; L], [0u32; L]);
+    let mut chunks = x.chunks_exact(L);
+    for c in chunks.by_ref() {
+        for e in 0..L {
+            let v = c[e];
+            lo[e] = if v < lo[e] { v } else { lo[e] };
+            hi[e] = if v > hi[e] { v } else { hi[e] };
+            bits[e] = bits[e].max(v.to_bits() & 0x7fff_ffff);
+        }
     }
-    (lo, hi, bad)
+    for (e, &v) in chunks.remainder().iter().enumerate() {
+        lo[e] = if v < lo[e] { v } else { lo[e] };
+        hi[e] = if v > hi[e] { v } else { hi[e] };
+        bits[e] = bits[e].max(v.to_bits() & 0x7fff_ffff);
+    }
+    let lo = lo.iter().fold(f32::INFINITY, |a, &b| if b < a { b } else { a });
+    let hi = hi.iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+    (lo, hi, bits.iter().any(|&b| b >= 0x7f80_0000))
 }
 crate::simd::multiversion!(fn min_max(x: &[f32]) -> (f32, f32, bool) = min_max_body;);
 
@@ -78,23 +91,38 @@ fn range(isa: Isa, x: &[f32]) -> Result<(f32, f32)> {
     Ok((lo, hi))
 }
 
+/// Copies row bytes `buf` (k values from `kk`, a multiple of 4) into their 4-byte slots of the panel.
+#[inline(always)]
+fn scatter(panel: &mut [u8], rows: usize, r: usize, kk: usize, buf: &[u8]) {
+    let mut chunks = buf.chunks_exact(4);
+    for (t, c) in chunks.by_ref().enumerate() {
+        let at = (kk / 4 + t) * rows * 4 + r * 4;
+        panel[at..at + 4].copy_from_slice(&[c[0], c[1], c[2], c[3]]);
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let at = (kk / 4 + buf.len() / 4) * rows * 4 + r * 4;
+        panel[at..at + rest.len()].copy_from_slice(rest);
+    }
+}
+
 /// Quantizes one row into its panel (`rows` rows, row `r`); returns the byte sum.
 #[inline(always)]
 fn put_row_body(panel: &mut [u8], rows: usize, r: usize, x: &[f32], scale: f32, zero: i32) -> i32 {
     let z = zero as f32;
-    let q = |v: f32| ((v / scale).round_ties_even() + z).clamp(0.0, 255.0) as u8;
     let mut sum = 0i32;
-    let mut chunks = x.chunks_exact(4);
-    for (g, c) in chunks.by_ref().enumerate() {
-        let b = [q(c[0]), q(c[1]), q(c[2]), q(c[3])];
+    let mut buf = [0u8; 64];
+    for (c, xs) in x.chunks(64).enumerate() {
+        let b = &mut buf[..xs.len()];
+        for (q, &v) in b.iter_mut().zip(xs) {
+            let t = (v / scale).round_ties_even() + z;
+            // NaN goes to 0; afterwards t is in [0, 255], so the unchecked conversion is exact (and vectorizes).
+            let t = if t > 0.0 { if t < 255.0 { t } else { 255.0 } } else { 0.0 };
+            // SAFETY: t is finite and in [0, 255].
+            *q = unsafe { t.to_int_unchecked::<i32>() } as u8;
+        }
         sum += b.iter().map(|&v| v as i32).sum::<i32>();
-        panel[g * rows * 4 + r * 4..g * rows * 4 + r * 4 + 4].copy_from_slice(&b);
-    }
-    let g = x.len() / 4;
-    for (e, &v) in chunks.remainder().iter().enumerate() {
-        let b = q(v);
-        sum += b as i32;
-        panel[g * rows * 4 + r * 4 + e] = b;
+        scatter(panel, rows, r, c * 64, b);
     }
     sum
 }
@@ -104,17 +132,14 @@ crate::simd::multiversion!(fn put_row_f32(panel: &mut [u8], rows: usize, r: usiz
 #[inline(always)]
 fn put_row_s8_body(panel: &mut [u8], rows: usize, r: usize, a: &[i8]) -> i32 {
     let mut sum = 0i32;
-    let mut chunks = a.chunks_exact(4);
-    for (g, c) in chunks.by_ref().enumerate() {
-        let b = [c[0] as u8 ^ 0x80, c[1] as u8 ^ 0x80, c[2] as u8 ^ 0x80, c[3] as u8 ^ 0x80];
+    let mut buf = [0u8; 64];
+    for (c, xs) in a.chunks(64).enumerate() {
+        let b = &mut buf[..xs.len()];
+        for (q, &v) in b.iter_mut().zip(xs) {
+            *q = v as u8 ^ 0x80;
+        }
         sum += b.iter().map(|&v| v as i32).sum::<i32>();
-        panel[g * rows * 4 + r * 4..g * rows * 4 + r * 4 + 4].copy_from_slice(&b);
-    }
-    let g = a.len() / 4;
-    for (e, &v) in chunks.remainder().iter().enumerate() {
-        let b = v as u8 ^ 0x80;
-        sum += b as i32;
-        panel[g * rows * 4 + r * 4 + e] = b;
+        scatter(panel, rows, r, c * 64, b);
     }
     sum
 }

@@ -1,0 +1,276 @@
+//! Bindings of the int8/int4 GEMM: shape and contiguity checks, GIL release, error mapping only.
+//! Outputs are caller-provided (see `nnic/gemm.py`, which allocates torch tensors and passes numpy views).
+use crate::errors::to_py;
+use nnic_kernels::gemm::{self, int4, ActQuant, PackedLinear, Path};
+use numpy::{
+    Element, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray2,
+    PyUntypedArrayMethods,
+};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+fn ro<'a, T: Element>(a: &'a PyReadonlyArray2<'_, T>, name: &str) -> PyResult<&'a [T]> {
+    a.as_slice().map_err(|_| PyValueError::new_err(format!("{name} must be a C-contiguous array")))
+}
+
+fn ro1<'a, T: Element>(a: &'a PyReadonlyArray1<'_, T>, name: &str) -> PyResult<&'a [T]> {
+    a.as_slice().map_err(|_| PyValueError::new_err(format!("{name} must be a C-contiguous array")))
+}
+
+fn rw<'a, T: Element>(a: &'a mut PyReadwriteArray2<'_, T>, name: &str) -> PyResult<&'a mut [T]> {
+    a.as_slice_mut().map_err(|_| PyValueError::new_err(format!("{name} must be a C-contiguous array")))
+}
+
+/// `None`: the path of the active ISA; else a path or ISA name that this CPU supports.
+fn path(name: Option<&str>) -> PyResult<Path> {
+    let p = match name {
+        None => Path::active(),
+        Some(n) => to_py(Path::parse(n))?,
+    };
+    if !p.is_supported() {
+        return Err(PyValueError::new_err(format!("GEMM path {:?} is not supported by this CPU", p.name())));
+    }
+    Ok(p)
+}
+
+fn shape_err(msg: String) -> PyErr {
+    PyValueError::new_err(msg)
+}
+
+fn act_quant(act: &str, symmetric: bool, scale: Option<f32>, zero_point: Option<i32>) -> PyResult<ActQuant> {
+    match act {
+        "per_tensor" => Ok(ActQuant::DynamicPerTensor { symmetric }),
+        "per_token" => Ok(ActQuant::DynamicPerRow { symmetric }),
+        "static" => match (scale, zero_point) {
+            (Some(scale), Some(zero_point)) => Ok(ActQuant::Static { scale, zero_point }),
+            _ => Err(PyValueError::new_err("act='static' needs act_scale and act_zero_point (u8 domain, 0..255)")),
+        },
+        _ => Err(PyValueError::new_err(format!("act must be 'per_tensor', 'per_token' or 'static', got {act:?}"))),
+    }
+}
+
+/// Names of the GEMM paths this CPU supports, slowest first.
+#[pyfunction]
+pub fn gemm_paths() -> Vec<&'static str> {
+    Path::ALL.into_iter().filter(|p| p.is_supported()).map(|p| p.name()).collect()
+}
+
+/// The GEMM path used now (follows `set_isa`).
+#[pyfunction]
+pub fn gemm_path() -> &'static str {
+    Path::active().name()
+}
+
+/// Exact `out[m, n] = a[m, k] @ b[k, n]` in int32 (s8 inputs).
+#[pyfunction]
+#[pyo3(signature = (a, b, out, path=None))]
+pub fn int8_matmul(
+    py: Python<'_>,
+    a: PyReadonlyArray2<'_, i8>,
+    b: PyReadonlyArray2<'_, i8>,
+    mut out: PyReadwriteArray2<'_, i32>,
+    path: Option<&str>,
+) -> PyResult<()> {
+    let p = self::path(path)?;
+    let ([m, k], [k2, n]) = (dims(&a), dims(&b));
+    if k != k2 {
+        return Err(shape_err(format!("a is [{m}, {k}] but b is [{k2}, {n}]: inner dimensions differ")));
+    }
+    let od = [out.shape()[0], out.shape()[1]];
+    if od != [m, n] {
+        return Err(shape_err(format!("out must be [{m}, {n}], got {od:?}")));
+    }
+    let (a, b) = (ro(&a, "a")?, ro(&b, "b")?);
+    let out = rw(&mut out, "out")?;
+    to_py(py.detach(|| gemm::int8_matmul(p, a, m, k, b, n, out)))
+}
+
+fn dims<T: Element>(a: &PyReadonlyArray2<'_, T>) -> [usize; 2] {
+    [a.shape()[0], a.shape()[1]]
+}
+
+/// s8 linear weights `[out_features, in_features]` packed for the GEMM, with their scales and zero points.
+#[pyclass(frozen, module = "nnic._kernels")]
+pub struct PackedInt8Weight {
+    inner: PackedLinear,
+}
+
+#[pymethods]
+impl PackedInt8Weight {
+    /// `w`: int8 `[n, k]`; `scale`: float32, 1 or `n` values; `zero_point`: int32, 0, 1 or `n` values.
+    #[new]
+    fn new(
+        py: Python<'_>,
+        w: PyReadonlyArray2<'_, i8>,
+        scale: PyReadonlyArray1<'_, f32>,
+        zero_point: PyReadonlyArray1<'_, i32>,
+    ) -> PyResult<Self> {
+        let [n, k] = dims(&w);
+        let (w, s, z) = (ro(&w, "w")?, ro1(&scale, "scale")?, ro1(&zero_point, "zero_point")?);
+        Ok(PackedInt8Weight { inner: to_py(py.detach(|| PackedLinear::new(w, n, k, s, z)))? })
+    }
+
+    #[getter]
+    fn in_features(&self) -> usize {
+        self.inner.in_features()
+    }
+    #[getter]
+    fn out_features(&self) -> usize {
+        self.inner.out_features()
+    }
+    /// Bytes held by the packed weights.
+    #[getter]
+    fn nbytes(&self) -> usize {
+        self.inner.nbytes()
+    }
+
+    /// The int8 codes `[n, k]` (unpacked copy).
+    fn weight<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<i8>>> {
+        let (n, k) = (self.inner.out_features(), self.inner.in_features());
+        PyArray1::from_vec(py, self.inner.weight()).reshape([n, k])
+    }
+    fn scale<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f32>> {
+        PyArray1::from_vec(py, self.inner.scale())
+    }
+    fn zero_point<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<i32>> {
+        PyArray1::from_vec(py, self.inner.zero_point())
+    }
+
+    /// `out[m, n] = dequant(quant(x) @ w.T) + bias` for float32 `x[m, k]`.
+    #[pyo3(signature = (x, out, bias=None, act="per_token", symmetric=false, act_scale=None, act_zero_point=None, path=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn linear(
+        &self,
+        py: Python<'_>,
+        x: PyReadonlyArray2<'_, f32>,
+        mut out: PyReadwriteArray2<'_, f32>,
+        bias: Option<PyReadonlyArray1<'_, f32>>,
+        act: &str,
+        symmetric: bool,
+        act_scale: Option<f32>,
+        act_zero_point: Option<i32>,
+        path: Option<&str>,
+    ) -> PyResult<()> {
+        let p = self::path(path)?;
+        let aq = act_quant(act, symmetric, act_scale, act_zero_point)?;
+        let [m, k] = dims(&x);
+        let n = self.inner.out_features();
+        if k != self.inner.in_features() {
+            return Err(shape_err(format!("x has {k} features, the weight expects {}", self.inner.in_features())));
+        }
+        let od = [out.shape()[0], out.shape()[1]];
+        if od != [m, n] {
+            return Err(shape_err(format!("out must be [{m}, {n}], got {od:?}")));
+        }
+        let x = ro(&x, "x")?;
+        let bias = bias.as_ref().map(|b| ro1(b, "bias")).transpose()?;
+        let out = rw(&mut out, "out")?;
+        let w = &self.inner;
+        to_py(py.detach(|| gemm::int8_linear(p, x, m, w, bias, aq, out)))
+    }
+
+    /// Exact `out[m, n] = a[m, k] @ w.T` in int32.
+    #[pyo3(signature = (a, out, path=None))]
+    fn matmul(
+        &self,
+        py: Python<'_>,
+        a: PyReadonlyArray2<'_, i8>,
+        mut out: PyReadwriteArray2<'_, i32>,
+        path: Option<&str>,
+    ) -> PyResult<()> {
+        let p = self::path(path)?;
+        let [m, k] = dims(&a);
+        let n = self.inner.out_features();
+        if k != self.inner.in_features() {
+            return Err(shape_err(format!("a has {k} columns, the weight expects {}", self.inner.in_features())));
+        }
+        let od = [out.shape()[0], out.shape()[1]];
+        if od != [m, n] {
+            return Err(shape_err(format!("out must be [{m}, {n}], got {od:?}")));
+        }
+        let a = ro(&a, "a")?;
+        let out = rw(&mut out, "out")?;
+        let w = self.inner.packed();
+        to_py(py.detach(|| gemm::matmul_i8(p, a, m, w, out)))
+    }
+}
+
+/// int4 linear weights `[n, k]` (codes in [-8, 7], two per byte) with per-group scales `[n, groups]`.
+#[pyclass(frozen, module = "nnic._kernels")]
+pub struct PackedInt4Weight {
+    inner: int4::PackedInt4,
+}
+
+#[pymethods]
+impl PackedInt4Weight {
+    #[new]
+    fn new(
+        py: Python<'_>,
+        q: PyReadonlyArray2<'_, i8>,
+        scales: PyReadonlyArray2<'_, f32>,
+        group_size: usize,
+    ) -> PyResult<Self> {
+        let [n, k] = dims(&q);
+        let (q, s) = (ro(&q, "q")?, ro(&scales, "scales")?);
+        Ok(PackedInt4Weight { inner: to_py(py.detach(|| int4::PackedInt4::new(q, n, k, s, group_size)))? })
+    }
+
+    #[getter]
+    fn in_features(&self) -> usize {
+        self.inner.in_features()
+    }
+    #[getter]
+    fn out_features(&self) -> usize {
+        self.inner.out_features()
+    }
+    #[getter]
+    fn group_size(&self) -> usize {
+        self.inner.group_size()
+    }
+    #[getter]
+    fn nbytes(&self) -> usize {
+        self.inner.nbytes()
+    }
+
+    /// `(codes [n, k] int8, scales [n, groups] float32)`.
+    #[allow(clippy::type_complexity)]
+    fn unpack<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyArray2<i8>>, Bound<'py, PyArray2<f32>>)> {
+        let (n, k) = (self.inner.out_features(), self.inner.in_features());
+        let (q, s) = self.inner.unpack();
+        let g = k.div_ceil(self.inner.group_size());
+        Ok((PyArray1::from_vec(py, q).reshape([n, k])?, PyArray1::from_vec(py, s).reshape([n, g])?))
+    }
+
+    /// `out[m, n] = quant(x) @ dequant(w).T + bias` (activations quantized on the fly, per token by default).
+    #[pyo3(signature = (x, out, bias=None, act="per_token", symmetric=true, act_scale=None, act_zero_point=None, path=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn linear(
+        &self,
+        py: Python<'_>,
+        x: PyReadonlyArray2<'_, f32>,
+        mut out: PyReadwriteArray2<'_, f32>,
+        bias: Option<PyReadonlyArray1<'_, f32>>,
+        act: &str,
+        symmetric: bool,
+        act_scale: Option<f32>,
+        act_zero_point: Option<i32>,
+        path: Option<&str>,
+    ) -> PyResult<()> {
+        let p = self::path(path)?;
+        let aq = act_quant(act, symmetric, act_scale, act_zero_point)?;
+        let [m, k] = dims(&x);
+        let n = self.inner.out_features();
+        if k != self.inner.in_features() {
+            return Err(shape_err(format!("x has {k} features, the weight expects {}", self.inner.in_features())));
+        }
+        let od = [out.shape()[0], out.shape()[1]];
+        if od != [m, n] {
+            return Err(shape_err(format!("out must be [{m}, {n}], got {od:?}")));
+        }
+        let x = ro(&x, "x")?;
+        let bias = bias.as_ref().map(|b| ro1(b, "bias")).transpose()?;
+        let out = rw(&mut out, "out")?;
+        let w = &self.inner;
+        to_py(py.detach(|| int4::int4_linear(p, x, m, w, bias, aq, out)))
+    }
+}
