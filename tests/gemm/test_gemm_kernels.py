@@ -1,0 +1,260 @@
+"""nnic.gemm: exact int32 products, float epilogue and packing round trips, on every code path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from nnic import gemm
+
+PATHS = gemm.gemm_paths()
+#: The float epilogue: int32 sum × scales (float32) + bias, against a float64 reference of the same integers.
+EPILOGUE_RTOL = 1e-5
+#: int4 path: float32 sums of per-group partial products (and of the +128 shift term), relative to the sum
+#: of the absolute values of the terms that the kernel adds up.
+INT4_RTOL = 3e-5
+
+# Awkward sizes: 1, primes, just around the tile sizes (12 rows, 32 columns, 4 k, 512 k slices).
+DIMS = st.sampled_from([1, 2, 3, 5, 7, 11, 12, 13, 17, 31, 32, 33, 47, 64, 97])
+K_DIMS = st.one_of(DIMS, st.sampled_from([127, 509, 512, 513, 1031, 2053, 3001]))
+
+
+def i8(shape):
+    return arrays(np.int8, shape, elements=st.integers(-128, 127))
+
+
+@st.composite
+def mm_case(draw):
+    m, k, n = draw(DIMS), draw(K_DIMS), draw(DIMS)
+    if draw(st.booleans()):  # uniform random values (the fill strategy alone gives mostly constant arrays)
+        rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+        return rng.integers(-128, 128, (m, k), dtype=np.int8), rng.integers(-128, 128, (k, n), dtype=np.int8)
+    return draw(i8((m, k))), draw(i8((k, n)))
+
+
+@pytest.mark.parametrize("path", PATHS)
+@given(case=mm_case())
+def test_int8_matmul_exact(path, case):
+    a, b = case
+    want = a.astype(np.int64) @ b.astype(np.int64)
+    got = gemm.int8_matmul(a, b, path=path)
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_int8_matmul_extremes(path):
+    for va, vb in [(-128, -128), (127, -128), (-128, 127)]:
+        a = np.full((13, 4099), va, np.int8)
+        b = np.full((4099, 35), vb, np.int8)
+        np.testing.assert_array_equal(gemm.int8_matmul(a, b, path=path), np.full((13, 35), va * vb * 4099))
+
+
+def test_int8_matmul_torch_in_torch_out_and_matches_int_mm():
+    a = torch.randint(-128, 128, (32, 64), dtype=torch.int8)
+    b = torch.randint(-128, 128, (64, 48), dtype=torch.int8)
+    got = gemm.int8_matmul(a, b)
+    assert isinstance(got, torch.Tensor) and got.dtype == torch.int32
+    torch.testing.assert_close(got, torch._int_mm(a, b), rtol=0, atol=0)
+    # Non-contiguous inputs are accepted (copied).
+    torch.testing.assert_close(gemm.int8_matmul(a, b.t().contiguous().t()), got, rtol=0, atol=0)
+
+
+def test_int8_matmul_largest_k_is_exact():
+    k = gemm.MAX_K
+    a = np.full((1, k), -128, np.int8)
+    assert int(gemm.int8_matmul(a, a.T.copy())[0, 0]) == 16384 * k
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "err", "match"),
+    [
+        (np.zeros((2, 3), np.int16), np.zeros((3, 2), np.int8), TypeError, "a must have dtype int8"),
+        (np.zeros((2, 3), np.int8), np.zeros((3, 2), np.float32), TypeError, "b must have dtype int8"),
+        (np.zeros((2, 3), np.int8), np.zeros((4, 2), np.int8), ValueError, "inner dimensions"),
+        (np.zeros(3, np.int8), np.zeros((3, 2), np.int8), ValueError, "must be 2-D"),
+        (np.zeros((1, gemm.MAX_K + 1), np.int8), np.zeros((gemm.MAX_K + 1, 1), np.int8), ValueError, "131071"),
+    ],
+)
+def test_int8_matmul_bad_input(a, b, err, match):
+    with pytest.raises(err, match=match):
+        gemm.int8_matmul(a, b)
+
+
+def test_bad_path_name():
+    with pytest.raises(ValueError, match="unknown GEMM path"):
+        gemm.int8_matmul(np.zeros((1, 1), np.int8), np.zeros((1, 1), np.int8), path="sse9")
+
+
+def test_follows_set_isa():
+    from nnic import kernels
+
+    before = kernels.active_isa()
+    try:
+        kernels.set_isa("scalar")
+        assert gemm.gemm_path() == "scalar"
+    finally:
+        kernels.set_isa(before)
+    assert gemm.gemm_path() in PATHS
+
+
+# --------------------------------------------------------------------------- float epilogue
+def act_qparams(lo: float, hi: float, symmetric: bool) -> tuple[np.float32, int]:
+    lo, hi = np.float32(min(lo, 0.0)), np.float32(max(hi, 0.0))
+    fix = lambda s: np.float32(1.0) if s == 0 else max(s, np.finfo(np.float32).tiny)  # noqa: E731
+    if symmetric:
+        return fix(np.float32(max(-lo, hi)) / np.float32(127)), 128
+    s = fix(np.float32(hi - lo) / np.float32(255))
+    return s, int(np.clip(-np.rint(lo / s), 0, 255))
+
+
+def ref_linear(x, w_q, scale, zero, bias, act, symmetric, act_scale=None, act_zp=None):
+    """numpy reference: the same activation quantization, exact int64 products, float64 epilogue."""
+    rows = []
+    for i in range(x.shape[0]):
+        if act == "static":
+            s, z = np.float32(act_scale), act_zp
+        elif act == "per_tensor":
+            s, z = act_qparams(x.min(initial=0), x.max(initial=0), symmetric)
+        else:
+            s, z = act_qparams(x[i].min(initial=0), x[i].max(initial=0), symmetric)
+        q = np.clip(np.rint(x[i] / s) + z, 0, 255).astype(np.int64) - z
+        acc = (w_q.astype(np.int64) - zero.astype(np.int64)[:, None]) @ q
+        rows.append(acc * np.float64(s) * scale.astype(np.float64) + (0 if bias is None else bias))
+    return np.array(rows).reshape(x.shape[0], -1)
+
+
+@st.composite
+def linear_case(draw):
+    m, k, n = draw(DIMS), draw(K_DIMS), draw(DIMS)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x = (rng.standard_normal((m, k)) * draw(st.sampled_from([1e-3, 1.0, 50.0]))).astype(np.float32)
+    w = rng.integers(-128, 128, (n, k), dtype=np.int8)
+    per_channel = draw(st.booleans())
+    scale = rng.uniform(1e-3, 1e-1, n if per_channel else 1).astype(np.float32)
+    zero = rng.integers(-20, 20, n).astype(np.int32) if draw(st.booleans()) else None
+    bias = rng.standard_normal(n).astype(np.float32) if draw(st.booleans()) else None
+    return x, w, scale, zero, bias
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("act", ["per_token", "per_tensor", "static"])
+@given(case=linear_case(), symmetric=st.booleans())
+def test_int8_linear_matches_reference(path, act, case, symmetric):
+    x, w, scale, zero, bias = case
+    packed = gemm.pack_int8_weight(w, scale, zero)
+    kw = {"act_scale": 0.05, "act_zero_point": 120} if act == "static" else {}
+    got = gemm.int8_linear(x, packed, bias, act=act, symmetric=symmetric, path=path, **kw)
+    z = np.zeros(w.shape[0], np.int32) if zero is None else zero
+    s = np.broadcast_to(scale, (w.shape[0],))
+    want = ref_linear(x, w, s, z, bias, act, symmetric, kw.get("act_scale"), kw.get("act_zero_point"))
+    tol = EPILOGUE_RTOL * (np.abs(want) + np.abs(want).max(initial=0) * 1e-3 + 1e-30)
+    assert np.all(np.abs(got - want) <= tol), np.abs(got - want).max()
+
+
+def test_int8_linear_torch_shapes_and_accuracy():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(96, 40)
+    q, s = gemm.quantize_int8_weight(lin.weight)
+    packed = gemm.pack_int8_weight(q, s)
+    x = torch.randn(2, 5, 96)
+    y = gemm.int8_linear(x, packed, lin.bias.detach())
+    assert isinstance(y, torch.Tensor) and y.shape == (2, 5, 40)
+    ref = lin(x).detach()
+    assert torch.nn.functional.cosine_similarity(y.flatten(), ref.flatten(), dim=0) > 0.999
+
+
+def test_int8_linear_bad_input():
+    packed = gemm.pack_int8_weight(np.zeros((4, 8), np.int8), 1.0)
+    with pytest.raises(TypeError, match="float32"):
+        gemm.int8_linear(np.zeros((2, 8), np.float64), packed)
+    with pytest.raises(ValueError, match=r"shape \[\.\.\., 8\]"):
+        gemm.int8_linear(np.zeros((2, 7), np.float32), packed)
+    with pytest.raises(ValueError, match="act must be one of"):
+        gemm.int8_linear(np.zeros((2, 8), np.float32), packed, act="per_channel")
+    with pytest.raises(ValueError, match="act_scale"):
+        gemm.int8_linear(np.zeros((2, 8), np.float32), packed, act="static")
+    with pytest.raises(ValueError, match="bias"):
+        gemm.int8_linear(np.zeros((2, 8), np.float32), packed, np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        gemm.int8_linear(np.full((2, 8), np.nan, np.float32), packed)
+    with pytest.raises(ValueError, match="scale must be finite"):
+        gemm.pack_int8_weight(np.zeros((4, 8), np.int8), [1.0, 0.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match=r"1 or 4"):
+        gemm.pack_int8_weight(np.zeros((4, 8), np.int8), [1.0, 1.0])
+    with pytest.raises(ValueError, match="zero_point"):
+        gemm.pack_int8_weight(np.zeros((4, 8), np.int8), 1.0, 200)
+
+
+@given(case=linear_case())
+def test_pack_int8_round_trip(case):
+    _, w, scale, zero, _ = case
+    p = gemm.pack_int8_weight(w, scale, zero)
+    np.testing.assert_array_equal(p.weight(), w)
+    np.testing.assert_array_equal(p.scale(), scale)
+    np.testing.assert_array_equal(p.zero_point(), [] if zero is None or not zero.any() else zero)
+    assert (p.out_features, p.in_features) == w.shape
+
+
+# --------------------------------------------------------------------------- int4
+@st.composite
+def int4_case(draw):
+    m, k, n = draw(DIMS), draw(K_DIMS), draw(DIMS)
+    g = draw(st.sampled_from([8, 32, 64, 128]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    q = rng.integers(-8, 8, (n, k), dtype=np.int8)
+    s = rng.uniform(1e-3, 1e-1, (n, -(-k // g))).astype(np.float32)
+    return x, q, s, g
+
+
+@pytest.mark.parametrize("path", PATHS)
+@given(case=int4_case())
+def test_int4_linear_matches_reference(path, case):
+    x, q, s, g = case
+    packed = gemm.pack_int4_weight(q, s, g)
+    got = gemm.int4_linear(x, packed, path=path)
+    w = q.astype(np.float64) * np.repeat(s, g, axis=1)[:, : q.shape[1]]
+    want = np.empty((x.shape[0], q.shape[0]))
+    size = np.empty_like(want)
+    for i in range(x.shape[0]):
+        sa, za = act_qparams(x[i].min(), x[i].max(), True)
+        qa = np.clip(np.rint(x[i] / sa) + za, 0, 255) - za
+        want[i] = (w @ qa) * sa
+        size[i] = (np.abs(w) @ (np.abs(qa) + za)) * sa
+    tol = INT4_RTOL * size
+    assert np.all(np.abs(got - want) <= tol), np.abs(got - want).max()
+
+
+@given(case=int4_case())
+def test_pack_int4_round_trip(case):
+    _, q, s, g = case
+    p = gemm.pack_int4_weight(q, s, g)
+    q2, s2 = p.unpack()
+    np.testing.assert_array_equal(q2, q)
+    np.testing.assert_array_equal(s2, s)
+    assert p.group_size == g
+
+
+def test_int4_bad_input():
+    with pytest.raises(ValueError, match=r"\[-8, 7\]"):
+        gemm.pack_int4_weight(np.full((2, 8), 9, np.int8), np.ones((2, 1), np.float32), 8)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        gemm.pack_int4_weight(np.zeros((2, 8), np.int8), np.ones((2, 1), np.float32), 6)
+    with pytest.raises(ValueError, match="scales"):
+        gemm.pack_int4_weight(np.zeros((2, 16), np.int8), np.ones((2, 1), np.float32), 8)
+
+
+def test_quantize_int4_weight_accuracy():
+    torch.manual_seed(0)
+    w = torch.randn(64, 200)
+    q, s = gemm.quantize_int4_weight(w, 32)
+    assert q.shape == (64, 200) and s.shape == (64, 7) and int(q.abs().max()) <= 7
+    packed = gemm.pack_int4_weight(q, s, 32)
+    x = torch.randn(3, 200)
+    y = gemm.int4_linear(x, packed)
+    assert torch.nn.functional.cosine_similarity(y.flatten(), (x @ w.T).flatten(), dim=0) > 0.99
