@@ -275,6 +275,8 @@ def prune_by_threshold_(w: Array, t: float) -> int:
     """
     _check_dtype(w, "w", ("float32",))
     try:
+        if isinstance(t, (str, bytes, bool, np.bool_)):
+            raise TypeError
         t = float(t)
     except (TypeError, ValueError):
         raise TypeError(f"t must be a real number, got {type(t).__name__}") from None

@@ -29,7 +29,7 @@ impl Isa {
     /// Parses `"scalar"`, `"avx2"` or `"avx512"` (case-insensitive).
     pub fn parse(name: &str) -> Result<Isa> {
         Isa::ALL.into_iter().find(|i| i.name().eq_ignore_ascii_case(name.trim())).ok_or_else(|| {
-            KernelError::Invalid { what: format!("unknown ISA {name:?}: expected one of scalar, avx2, avx512") }
+            KernelError::Invalid { what: format!("unknown ISA '{name}': expected one of scalar, avx2, avx512") }
         })
     }
 
@@ -86,7 +86,7 @@ pub fn set_isa(isa: Option<Isa>) -> Result<()> {
     if !isa.is_supported() {
         return Err(KernelError::Invalid {
             what: format!(
-                "ISA {:?} is not supported by this CPU (supported: {})",
+                "ISA '{}' is not supported by this CPU (supported: {})",
                 isa.name(),
                 supported().iter().map(|i| i.name()).collect::<Vec<_>>().join(", ")
             ),

@@ -4,11 +4,14 @@
 //! and output allocation live in `nnic/kernels.py`); outputs are written into caller-provided arrays so
 //! that torch tensors can be filled without a copy. The GIL is released around every kernel.
 mod errors;
+mod gemm;
 
 use pyo3::prelude::*;
 
 #[pymodule(gil_used = false)]
 mod _kernels {
+    #[pymodule_export]
+    use crate::gemm::{gemm_path, gemm_paths, int8_matmul, PackedInt4Weight, PackedInt8Weight};
     use crate::errors::{isa, slice, slice_mut, to_py};
     use nnic_kernels::quant::Params;
     use nnic_kernels::{cpu, mask, pack, pool, quant, reduce, threshold, Layout};
