@@ -1,0 +1,321 @@
+"""Modules that really compute in low bits: :class:`Int8Linear`, :class:`Int8Conv2d`, :class:`Int4Linear`.
+
+They hold integer weights as buffers (so ``state_dict`` and safetensors files are ~¼ / ~⅛ of float32) and a
+packed copy for the Rust GEMM, rebuilt when the buffers change (e.g. after ``load_state_dict``). CPU tensors
+run ``nnic.gemm``; CUDA tensors run ``torch._int_mm`` (int8) or a dequantized matmul (int4).
+
+Activations are quantized on the fly: ``act="per_token"`` (default; one scale per row), ``"per_tensor"``, or
+``"static"`` with a calibrated ``act_scale`` / ``act_zero_point`` (u8 domain, [0, 255]).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nnic import gemm
+
+
+def _f32(v: Any, n: int | None = None) -> torch.Tensor:
+    t = torch.as_tensor(v, dtype=torch.float32).detach().cpu().reshape(-1).clone()
+    if n is not None and t.numel() not in (1, n):
+        raise ValueError(f"expected 1 or {n} scale values, got {t.numel()}")
+    return t
+
+
+class _Int8Base(nn.Module):
+    """Shared state of the int8 modules: codes ``weight`` [out, ...], per-tensor or per-channel scales/zero
+    points, optional bias, and the activation mode."""
+
+    weight: torch.Tensor
+    weight_scale: torch.Tensor
+    weight_zero_point: torch.Tensor
+    bias: torch.Tensor | None
+
+    def _init_common(self, shape: tuple[int, ...], bias: bool, act: str, symmetric: bool,
+                     act_scale: float | None, act_zero_point: int | None) -> None:
+        if act not in gemm.ACT_MODES:
+            raise ValueError(f"act must be one of {gemm.ACT_MODES}, got {act!r}")
+        if act == "static" and (act_scale is None or act_zero_point is None):
+            raise ValueError("act='static' needs act_scale and act_zero_point")
+        self.act, self.symmetric = act, bool(symmetric)
+        self.register_buffer("weight", torch.zeros(shape, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(shape[0], dtype=torch.float32))
+        self.register_buffer("weight_zero_point", torch.zeros(shape[0], dtype=torch.int32))
+        self.register_buffer("bias", torch.zeros(shape[0]) if bias else None)
+        if act == "static":
+            self.register_buffer("act_scale", torch.tensor(float(act_scale), dtype=torch.float32))
+            self.register_buffer("act_zero_point", torch.tensor(int(act_zero_point), dtype=torch.int32))
+        self._packed: Any = None
+        self._packed_key: tuple = ()
+
+    def set_weight(self, q: torch.Tensor, scale: Any, zero_point: Any = 0) -> None:
+        """Sets the int8 codes (``w ≈ (q - zero_point) * scale``), per tensor or per output channel."""
+        if q.dtype != torch.int8 or tuple(q.shape) != tuple(self.weight.shape):
+            raise ValueError(f"weight codes must be int8 of shape {tuple(self.weight.shape)}, got {q.dtype} "
+                             f"{tuple(q.shape)}")
+        n = q.shape[0]
+        s = _f32(scale, n)
+        z = torch.as_tensor(zero_point, dtype=torch.int32).reshape(-1)
+        if z.numel() not in (1, n) or int(z.min()) < -128 or int(z.max()) > 127:
+            raise ValueError(f"zero_point must be 1 or {n} values in [-128, 127]")
+        # Stored per channel even when per tensor, so that every state_dict has the same shapes.
+        self.weight = q.detach().cpu().contiguous().clone()
+        self.weight_scale = s.expand(n).contiguous()
+        self.weight_zero_point = z.detach().cpu().expand(n).contiguous()
+        self._packed = None
+
+    def _packed_weight(self) -> gemm.PackedInt8Weight:
+        bufs = (self.weight, self.weight_scale, self.weight_zero_point)
+        key = tuple((b.data_ptr(), b._version, tuple(b.shape)) for b in bufs)
+        if self._packed is None or key != self._packed_key:
+            w2 = self.weight.reshape(self.weight.shape[0], -1)
+            z = self.weight_zero_point
+            self._packed = gemm.pack_int8_weight(w2, self.weight_scale, None if not bool(z.any()) else z)
+            self._packed_key = key
+        return self._packed
+
+    def _linear(self, x2: torch.Tensor) -> torch.Tensor:
+        """``x2[M, K]`` float → float32 ``[M, out]``."""
+        x2 = x2.float()
+        if x2.device.type == "cuda":
+            return self._linear_cuda(x2)
+        kw: dict[str, Any] = {"act": self.act, "symmetric": self.symmetric}
+        if self.act == "static":
+            kw.update(act_scale=float(self.act_scale), act_zero_point=int(self.act_zero_point))
+        return gemm.int8_linear(x2, self._packed_weight(), None if self.bias is None else self.bias.float(), **kw)
+
+    def _linear_cuda(self, x: torch.Tensor) -> torch.Tensor:
+        # Symmetric int8 activations (per token or per tensor; static ranges are used as they are), then
+        # torch._int_mm and the same float epilogue.
+        if self.act == "static":
+            s = self.act_scale.to(x.device)
+            z = self.act_zero_point.to(x.device).float() - 128
+            q = torch.clamp(torch.round(x / s) + z, -128, 127)
+            q = (q - z)  # centred codes in [-255, 255]: exact in the int64 fallback below
+            acc = _int_mm_any(q, self.weight.reshape(self.weight.shape[0], -1).t().to(x.device))
+        else:
+            amax = x.abs().amax(dim=1, keepdim=True) if self.act == "per_token" else x.abs().amax()
+            s = torch.where(amax > 0, amax / 127, torch.ones_like(amax))
+            q = torch.clamp(torch.round(x / s), -127, 127)
+            acc = _int_mm_any(q, self.weight.reshape(self.weight.shape[0], -1).t().to(x.device))
+        zw = self.weight_zero_point.to(x.device)
+        if bool(zw.any()):
+            acc = acc - q.sum(dim=1, keepdim=True) * zw.to(acc.dtype)
+        y = acc.float() * s * self.weight_scale.to(x.device)
+        return y if self.bias is None else y + self.bias
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_packed"], state["_packed_key"] = None, ()
+        return state
+
+    def _extra(self) -> str:
+        per = "per_channel" if bool((self.weight_scale != self.weight_scale[0]).any()) else "per_tensor"
+        return f"weight={per}, act={self.act}{', symmetric' if self.symmetric else ''}"
+
+
+def _int_mm_any(q: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
+    """Exact integer product of integer-valued float ``q`` and int8 ``w_t`` on CUDA."""
+    m, k = q.shape
+    if q.abs().max() <= 127 and m > 16 and k % 8 == 0 and w_t.shape[1] % 8 == 0:
+        return torch._int_mm(q.to(torch.int8), w_t.contiguous())
+    return (q.to(torch.float64) @ w_t.to(torch.float64)).round().to(torch.int64)
+
+
+class Int8Linear(_Int8Base):
+    """``y = dequant(quant(x) @ W_q.T) + bias`` with int8 weights and activations quantized on the fly."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, act: str = "per_token",
+                 symmetric: bool = False, act_scale: float | None = None, act_zero_point: int | None = None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self._init_common((out_features, in_features), bias, act, symmetric, act_scale, act_zero_point)
+
+    @classmethod
+    def from_float(cls, mod: nn.Linear, *, weight: torch.Tensor | None = None, weight_q: torch.Tensor | None = None,
+                   weight_scale: Any = None, weight_zero_point: Any = 0, per_channel: bool = True,
+                   **act_kw: Any) -> Int8Linear:
+        """From a float ``nn.Linear`` (its effective ``weight``, parametrizations included): symmetric
+        per-channel codes, or the given ``weight_q`` / ``weight_scale`` / ``weight_zero_point``."""
+        w = mod.weight if weight is None else weight
+        new = cls(mod.in_features, mod.out_features, mod.bias is not None, **act_kw)
+        if weight_q is None:
+            weight_q, weight_scale = gemm.quantize_int8_weight(w, per_channel=per_channel)
+            weight_zero_point = 0
+        new.set_weight(weight_q, weight_scale, weight_zero_point)
+        if mod.bias is not None:
+            new.bias = mod.bias.detach().float().cpu().clone()
+        return new.to(w.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        y = self._linear(x.reshape(-1, self.in_features))
+        return y.reshape(*lead, self.out_features).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, {self._extra()}"
+
+
+class Int8Conv2d(_Int8Base):
+    """int8 ``Conv2d`` (groups = 1, zero padding): 1×1 convolutions as a channels-last GEMM, others by
+    im2col (``F.unfold``). The output is NCHW-shaped with channels-last strides."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1, padding: Any = 0,
+                 dilation: Any = 1, bias: bool = True, *, act: str = "per_token", symmetric: bool = False,
+                 act_scale: float | None = None, act_zero_point: int | None = None) -> None:
+        super().__init__()
+        pair = nn.modules.utils._pair
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride = pair(kernel_size), pair(stride)
+        self.padding, self.dilation = pair(padding), pair(dilation)
+        if not all(isinstance(p, int) for p in self.padding):
+            raise ValueError(f"Int8Conv2d needs integer padding, got {padding!r}")
+        shape = (out_channels, in_channels, *self.kernel_size)
+        self._init_common(shape, bias, act, symmetric, act_scale, act_zero_point)
+
+    @staticmethod
+    def supports(mod: nn.Module) -> str | None:
+        """Why ``mod`` cannot become an :class:`Int8Conv2d` (``None`` when it can)."""
+        if not isinstance(mod, nn.Conv2d):
+            return f"{type(mod).__name__} is not a Conv2d"
+        if mod.groups != 1:
+            return f"grouped convolution (groups={mod.groups}) is not supported"
+        if mod.padding_mode != "zeros":
+            return f"padding_mode={mod.padding_mode!r} is not supported"
+        if isinstance(mod.padding, str) and mod.padding != "valid":
+            return f"padding={mod.padding!r} is not supported"
+        return None
+
+    @classmethod
+    def from_float(cls, mod: nn.Conv2d, *, weight: torch.Tensor | None = None, weight_q: torch.Tensor | None = None,
+                   weight_scale: Any = None, weight_zero_point: Any = 0, per_channel: bool = True,
+                   **act_kw: Any) -> Int8Conv2d:
+        why = cls.supports(mod)
+        if why:
+            raise ValueError(why)
+        w = mod.weight if weight is None else weight
+        padding = (0, 0) if mod.padding == "valid" else mod.padding
+        new = cls(mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, padding, mod.dilation,
+                  mod.bias is not None, **act_kw)
+        if weight_q is None:
+            q2, weight_scale = gemm.quantize_int8_weight(w, per_channel=per_channel)
+            weight_q, weight_zero_point = q2.reshape(w.shape), 0
+        new.set_weight(weight_q.reshape(w.shape), weight_scale, weight_zero_point)
+        if mod.bias is not None:
+            new.bias = mod.bias.detach().float().cpu().clone()
+        return new.to(w.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        kh, kw = self.kernel_size
+        (sh, sw), (ph, pw), (dh, dw) = self.stride, self.padding, self.dilation
+        ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+        wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        if (kh, kw) == (1, 1) and (ph, pw) == (0, 0):
+            xs = x[:, :, ::sh, ::sw] if (sh, sw) != (1, 1) else x
+            cols = xs.permute(0, 2, 3, 1).reshape(-1, c)
+        else:
+            cols = F.unfold(x, (kh, kw), (dh, dw), (ph, pw), (sh, sw)).transpose(1, 2).reshape(-1, c * kh * kw)
+        y = self._linear(cols).reshape(n, ho, wo, self.out_channels).permute(0, 3, 1, 2)
+        return y.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, {self._extra()}")
+
+
+def _pack_nibbles(q: torch.Tensor) -> torch.Tensor:
+    """int8 codes in [-8, 7] ``[N, K]`` → uint8 ``[N, ceil(K/2)]``, low nibble first."""
+    if q.shape[1] % 2:
+        q = F.pad(q, (0, 1))
+    u = (q.to(torch.int16) & 0xF).to(torch.uint8)
+    return (u[:, 0::2] | (u[:, 1::2] << 4)).contiguous()
+
+
+def _unpack_nibbles(p: torch.Tensor, k: int) -> torch.Tensor:
+    lo = (p & 0xF).to(torch.int16)
+    hi = (p >> 4).to(torch.int16)
+    u = torch.stack([lo, hi], dim=2).reshape(p.shape[0], -1)[:, :k]
+    return ((u ^ 8) - 8).to(torch.int8)
+
+
+class Int4Linear(nn.Module):
+    """int4 weights (two per byte, one scale per group of ``group_size`` inputs) × int8 activations
+    quantized per token: for small batches, where reading the weights is the cost."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, group_size: int = 32) -> None:
+        super().__init__()
+        if group_size <= 0 or group_size % 8:
+            raise ValueError(f"group_size must be a positive multiple of 8, got {group_size}")
+        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        groups = -(-in_features // group_size)
+        self.register_buffer("weight_packed", torch.zeros(out_features, (in_features + 1) // 2, dtype=torch.uint8))
+        self.register_buffer("weight_scales", torch.ones(out_features, groups))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self._packed: Any = None
+        self._packed_key: tuple = ()
+
+    @classmethod
+    def from_float(cls, mod: nn.Linear, *, weight: torch.Tensor | None = None, group_size: int = 32,
+                   weight_q: torch.Tensor | None = None, weight_scales: torch.Tensor | None = None) -> Int4Linear:
+        """From a float ``nn.Linear``: symmetric int4 codes per group, or the given codes/scales."""
+        w = mod.weight if weight is None else weight
+        new = cls(mod.in_features, mod.out_features, mod.bias is not None, group_size=group_size)
+        if weight_q is None:
+            weight_q, weight_scales = gemm.quantize_int4_weight(w, group_size)
+        new.set_weight(weight_q, weight_scales)
+        if mod.bias is not None:
+            new.bias = mod.bias.detach().float().cpu().clone()
+        return new.to(w.device)
+
+    def set_weight(self, q: torch.Tensor, scales: torch.Tensor) -> None:
+        if q.dtype != torch.int8 or tuple(q.shape) != (self.out_features, self.in_features):
+            raise ValueError(f"codes must be int8 [{self.out_features}, {self.in_features}], got {q.dtype} {tuple(q.shape)}")
+        if int(q.min()) < -8 or int(q.max()) > 7:
+            raise ValueError("int4 codes must be in [-8, 7]")
+        scales = torch.as_tensor(scales, dtype=torch.float32).detach().cpu()
+        if tuple(scales.shape) != tuple(self.weight_scales.shape):
+            raise ValueError(f"scales must have shape {tuple(self.weight_scales.shape)}, got {tuple(scales.shape)}")
+        self.weight_packed = _pack_nibbles(q.detach().cpu())
+        self.weight_scales = scales.contiguous().clone()
+        self._packed = None
+
+    def codes(self) -> torch.Tensor:
+        """The int4 codes ``[out, in]`` as int8."""
+        return _unpack_nibbles(self.weight_packed, self.in_features)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        s = self.weight_scales.repeat_interleave(self.group_size, dim=1)[:, : self.in_features]
+        return self.codes().float() * s.to(self.weight_packed.device)
+
+    def _packed_weight(self) -> gemm.PackedInt4Weight:
+        key = tuple((b.data_ptr(), b._version) for b in (self.weight_packed, self.weight_scales))
+        if self._packed is None or key != self._packed_key:
+            self._packed = gemm.pack_int4_weight(self.codes().cpu(), self.weight_scales.cpu(), self.group_size)
+            self._packed_key = key
+        return self._packed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features).float()
+        if x2.device.type == "cuda":
+            y = x2 @ self.dequantized_weight().t()
+            y = y if self.bias is None else y + self.bias
+        else:
+            y = gemm.int4_linear(x2, self._packed_weight(), None if self.bias is None else self.bias.float())
+        return y.reshape(*lead, self.out_features).to(x.dtype)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_packed"], state["_packed_key"] = None, ()
+        return state
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}"
+
+
+__all__ = ["Int4Linear", "Int8Conv2d", "Int8Linear"]

@@ -1,0 +1,168 @@
+"""Int8Linear / Int8Conv2d / Int4Linear: accuracy against float, state_dict and safetensors round trips."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nnic.quantization.modules import Int4Linear, Int8Conv2d, Int8Linear
+
+#: Outputs of an int8 layer against float32 on random data (per-channel weights, per-token activations).
+INT8_COSINE = 0.999
+INT4_COSINE = 0.99
+
+
+def cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    return F.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0).item()
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.mark.parametrize("act", ["per_token", "per_tensor"])
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_int8_linear_close_to_float(act, symmetric, per_channel):
+    lin = nn.Linear(100, 37)
+    q = Int8Linear.from_float(lin, act=act, symmetric=symmetric, per_channel=per_channel)
+    x = torch.randn(3, 7, 100)
+    y = q(x)
+    assert y.shape == (3, 7, 37) and y.dtype == torch.float32
+    assert cos(y, lin(x)) > INT8_COSINE
+
+
+def test_int8_linear_static_activations():
+    lin = nn.Linear(64, 16)
+    x = torch.randn(20, 64)
+    lo, hi = float(x.min()), float(x.max())
+    s = (hi - lo) / 255
+    q = Int8Linear.from_float(lin, act="static", act_scale=s, act_zero_point=round(-lo / s))
+    assert cos(q(x), lin(x)) > INT8_COSINE
+    with pytest.raises(ValueError, match="act_scale"):
+        Int8Linear(4, 4, act="static")
+
+
+def test_int8_linear_uses_the_codes_exactly():
+    lin = nn.Linear(32, 8, bias=False)
+    q = Int8Linear.from_float(lin, act="static", act_scale=1.0, act_zero_point=128)
+    x = torch.randint(-50, 50, (5, 32)).float()  # integer inputs: the activation codes are exact
+    want = (x.double() @ q.weight.double().t()) * q.weight_scale.double()
+    torch.testing.assert_close(q(x).double(), want, rtol=1e-6, atol=1e-6)
+
+
+def test_int8_linear_state_dict_round_trip_and_repack():
+    lin = nn.Linear(48, 24)
+    q = Int8Linear.from_float(lin)
+    x = torch.randn(4, 48)
+    y = q(x)
+    sd = q.state_dict()
+    assert sd["weight"].dtype == torch.int8 and set(sd) == {"weight", "weight_scale", "weight_zero_point", "bias"}
+    fresh = Int8Linear(48, 24)
+    fresh(x)  # packs the initial zeros: load_state_dict must invalidate that
+    fresh.load_state_dict(sd)
+    torch.testing.assert_close(fresh(x), y, rtol=0, atol=0)
+    clone = copy.deepcopy(q)
+    torch.testing.assert_close(clone(x), y, rtol=0, atol=0)
+
+
+def test_int8_linear_weight_zero_points():
+    lin = nn.Linear(40, 12)
+    w = lin.weight.detach()
+    lo, hi = w.amin(1).clamp(max=0), w.amax(1).clamp(min=0)
+    s = (hi - lo) / 255
+    z = (-128 - torch.round(lo / s)).clamp(-128, 127)
+    qw = torch.clamp(torch.round(w / s[:, None]) + z[:, None], -128, 127).to(torch.int8)
+    q = Int8Linear(40, 12)
+    q.set_weight(qw, s, z.to(torch.int32))
+    q.bias = lin.bias.detach().clone()
+    x = torch.randn(6, 40)
+    assert cos(q(x), lin(x)) > INT8_COSINE
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        lambda: nn.Conv2d(16, 24, 1),
+        lambda: nn.Conv2d(16, 24, 1, stride=2, bias=False),
+        lambda: nn.Conv2d(16, 24, 3, padding=1),
+        lambda: nn.Conv2d(16, 8, (3, 5), stride=(2, 1), padding=(1, 2), dilation=(1, 2)),
+        lambda: nn.Conv2d(3, 8, 7, stride=2, padding=3),
+        lambda: nn.Conv2d(16, 24, 3, padding="valid"),
+    ],
+)
+def test_int8_conv2d_close_to_float(conv):
+    c = conv()
+    q = Int8Conv2d.from_float(c)
+    x = torch.randn(2, c.in_channels, 13, 11)
+    y = q(x)
+    ref = c(x)
+    assert y.shape == ref.shape
+    assert cos(y, ref) > INT8_COSINE
+    # channels-last input works too (zero-copy path for 1x1)
+    torch.testing.assert_close(q(x.contiguous(memory_format=torch.channels_last)), y)
+
+
+def test_int8_conv2d_unsupported():
+    assert "grouped" in Int8Conv2d.supports(nn.Conv2d(4, 4, 3, groups=2))
+    assert "padding_mode" in Int8Conv2d.supports(nn.Conv2d(4, 4, 3, padding_mode="reflect"))
+    with pytest.raises(ValueError, match="grouped"):
+        Int8Conv2d.from_float(nn.Conv2d(4, 4, 3, groups=4))
+
+
+def test_int8_conv2d_state_dict_round_trip():
+    c = nn.Conv2d(8, 16, 3, padding=1)
+    q = Int8Conv2d.from_float(c)
+    fresh = Int8Conv2d(8, 16, 3, padding=1)
+    fresh.load_state_dict(q.state_dict())
+    x = torch.randn(1, 8, 9, 9)
+    torch.testing.assert_close(fresh(x), q(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("in_features", [64, 100, 33])
+def test_int4_linear(in_features):
+    lin = nn.Linear(in_features, 48)
+    q = Int4Linear.from_float(lin, group_size=32)
+    x = torch.randn(2, 3, in_features)
+    assert cos(q(x), lin(x)) > INT4_COSINE
+    codes = q.codes()
+    assert codes.shape == (48, in_features) and int(codes.abs().max()) <= 7
+    assert q.weight_packed.dtype == torch.uint8 and q.weight_packed.shape == (48, (in_features + 1) // 2)
+    fresh = Int4Linear(in_features, 48, group_size=32)
+    fresh.load_state_dict(q.state_dict())
+    torch.testing.assert_close(fresh(x), q(x), rtol=0, atol=0)
+    torch.testing.assert_close(fresh.codes(), codes)
+
+
+def test_safetensors_quarter_size(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 256))
+    save_file(model.state_dict(), tmp_path / "f32.safetensors")
+    qmodel = nn.Sequential(Int8Linear.from_float(model[0]), nn.ReLU(), Int8Linear.from_float(model[2]))
+    save_file(qmodel.state_dict(), tmp_path / "int8.safetensors")
+    ratio = os.path.getsize(tmp_path / "int8.safetensors") / os.path.getsize(tmp_path / "f32.safetensors")
+    assert ratio < 0.27
+    restored = nn.Sequential(Int8Linear(512, 512), nn.ReLU(), Int8Linear(512, 256))
+    restored.load_state_dict(load_file(tmp_path / "int8.safetensors"))
+    x = torch.randn(3, 512)
+    torch.testing.assert_close(restored(x), qmodel(x), rtol=0, atol=0)
+    i4 = nn.Sequential(Int4Linear.from_float(model[0]), nn.ReLU(), Int4Linear.from_float(model[2]))
+    save_file(i4.state_dict(), tmp_path / "int4.safetensors")
+    assert os.path.getsize(tmp_path / "int4.safetensors") / os.path.getsize(tmp_path / "f32.safetensors") < 0.17
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (runs torch._int_mm there)")
+def test_cuda_modules_match_cpu():
+    lin = nn.Linear(64, 32)
+    x = torch.randn(32, 64)
+    for q in (Int8Linear.from_float(lin, symmetric=True), Int4Linear.from_float(lin)):
+        y_cpu = q(x)
+        y_gpu = q.cuda()(x.cuda()).cpu()
+        assert cos(y_gpu, y_cpu) > 0.999
