@@ -50,6 +50,8 @@ _LAZY = {
     "kernels": ("nnic.kernels", None),
     "Pruner": ("nnic.pruning", "Pruner"),
     "Quantizer": ("nnic.quantization", "Quantizer"),
+    "speedup_model": ("nnic.speedup", "speedup_model"),
+    "ModelSpeedup": ("nnic.speedup", "ModelSpeedup"),
 }
 
 
@@ -67,4 +69,5 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = ["Pruner", "Quantizer", "__version__", "hookimpl", "kernels", "list_plugins", "pruner", "quantizer"]
+__all__ = ["ModelSpeedup", "Pruner", "Quantizer", "__version__", "hookimpl", "kernels", "list_plugins", "pruner", "quantizer",
+           "speedup_model"]

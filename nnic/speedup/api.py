@@ -1,0 +1,170 @@
+"""``nnic.speedup_model`` and ``nnic.ModelSpeedup``: make a masked model physically smaller."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from nnic.masking import check_masks
+from nnic.speedup.capture import split_dummy_input, trace
+from nnic.speedup.engine import (
+    Propagation, RuleTable, SpeedupError, apply, apply_masks, decide, unwrap_masks,
+)
+from nnic.speedup.engine import _placeholder_values
+from nnic.speedup.graph import Spec
+
+
+@dataclass
+class SpeedupReport:
+    """What speedup did: kept positions per shrunk module slot, and why channels were kept."""
+
+    shrunk: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    removed_groups: int = 0
+    pinned: dict[str, int] = field(default_factory=dict)  # reason -> number of channel ids
+
+    def __str__(self) -> str:
+        lines = [f"{len(self.shrunk)} modules shrunk, {self.removed_groups} channel groups removed"]
+        lines += [f"  kept {n} ids: {why}" for why, n in sorted(self.pinned.items(), key=lambda kv: -kv[1])[:10]]
+        return "\n".join(lines)
+
+
+def _close(a: Any, b: Any, rtol: float, atol: float) -> bool:
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        if a.shape != b.shape:
+            return False
+        if not a.is_floating_point():
+            return bool(torch.equal(a, b))
+        scale = float(b.detach().abs().max()) if b.numel() else 0.0
+        return bool((a.detach() - b.detach()).abs().max() <= atol + rtol * scale) if a.numel() else True
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_close(x, y, rtol, atol) for x, y in zip(a, b))
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(_close(a[k], b[k], rtol, atol) for k in a)
+    return a == b if not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor) else False
+
+
+def _clone(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
+        return type(obj)(_clone(o) for o in obj)
+    if isinstance(obj, dict):
+        return type(obj)({k: _clone(v) for k, v in obj.items()}) if type(obj) is dict else {k: _clone(v) for k, v in obj.items()}
+    if hasattr(obj, "_fields"):
+        return type(obj)(*(_clone(o) for o in obj))
+    return obj
+
+
+def _run_recording(model: nn.Module, args: tuple, kwargs: dict) -> tuple[Any, dict[str, Any]]:
+    outputs: dict[str, Any] = {}
+    hooks = []
+
+    def record(name: str, out: Any) -> None:  # a hook returning a value would replace the output
+        if name not in outputs:
+            outputs[name] = _clone(out)
+
+    for name, m in model.named_modules():
+        if name and not any(True for _ in m.children()):
+            hooks.append(m.register_forward_hook(lambda mod, i, o, name=name: record(name, o)))
+    try:
+        with torch.no_grad():
+            out = _clone(model(*args, **kwargs))
+    finally:
+        for h in hooks:
+            h.remove()
+    return out, outputs
+
+
+class ModelSpeedup:
+    """Remove the channels that ``masks`` prune, for real, from ``model`` (in place).
+
+    :param model: the model; masks already attached by a pruner (nnic parametrizations) are folded in first.
+    :param dummy_input: a tensor (the single positional argument), a tuple/list (positional arguments) or a
+        dict (keyword arguments), on the model's device.
+    :param masks: ``{layer: {param: mask}}`` (see API.md); may be empty when the weights already hold zeros.
+    :param rules: extra speedup rules, on top of those the installed plugins register.
+    :param leaf_modules: module names or classes not to trace into (kept whole unless a rule handles them).
+    :param strict: raise, instead of warning, when an op without a rule reads prunable channels.
+    :param verify: compare the result's output with the masked model's on ``dummy_input`` and raise
+        :class:`SpeedupError` naming the first differing layer.
+    """
+
+    def __init__(self, model: nn.Module, dummy_input: Any, masks: Mapping | None = None, *,
+                 rules: Iterable[Any] = (), leaf_modules: Iterable[str | type] = (), strict: bool = False,
+                 verify: bool = True, rtol: float = 1e-4, atol: float = 1e-5) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        self.model, self.dummy_input, self.masks = model, dummy_input, dict(masks or {})
+        self.rules, self.leaf_modules = list(rules), list(leaf_modules)
+        self.strict, self.verify, self.rtol, self.atol = strict, verify, rtol, atol
+        self.report = SpeedupReport()
+
+    def speedup_model(self) -> nn.Module:
+        model = self.model
+        check_masks(model, self.masks)
+        args, kwargs = split_dummy_input(model, self.dummy_input)
+        unwrap_masks(model)
+        apply_masks(model, self.masks)
+        table = RuleTable.from_registry(self.rules)
+        modes = {m: m.training for m in model.modules()}
+        try:
+            gm = trace(model, args, kwargs, leaf_types=table.leaf_types, leaf_modules=self.leaf_modules)
+            model.eval()
+            if self.verify:
+                reference, ref_layers = _run_recording(model, args, kwargs)
+            prop = Propagation(gm, table, self.strict)
+            with torch.no_grad():
+                state = prop.run(_placeholder_values(model, args, kwargs))
+            removed = decide(state)
+            self.report = self._report(state, removed)
+            self.report.shrunk = apply(model, state, removed)
+            if self.verify:
+                with torch.no_grad():
+                    got = model(*args, **kwargs)
+                if not _close(got, reference, self.rtol, self.atol):
+                    raise SpeedupError(self._mismatch(model, args, kwargs, prop, removed, ref_layers))
+        finally:
+            for m, mode in modes.items():
+                m.training = mode
+            for m in model.modules():
+                if m not in modes:
+                    m.training = model.training
+        return model
+
+    def _report(self, state, removed) -> SpeedupReport:
+        report = SpeedupReport(removed_groups=len(removed))
+        for why in state.pinned.values():
+            report.pinned[why] = report.pinned.get(why, 0) + 1
+        return report
+
+    def _mismatch(self, model, args, kwargs, prop, removed, ref_layers) -> str:
+        _, got_layers = _run_recording(model, args, kwargs)
+        state, find = prop.state, prop.state.uf.find
+        for node in prop.gm.graph.nodes:
+            if node.op != "call_module" or node.target not in ref_layers:
+                continue
+            ref, got = ref_layers[node.target], got_layers.get(node.target)
+            spec = state.specs.get(node)
+            if isinstance(spec, Spec) and isinstance(ref, torch.Tensor):
+                keep = [k for k, i in enumerate(spec.ids) if find(i) not in removed]
+                ref = ref.index_select(spec.dim, torch.tensor(keep, dtype=torch.long, device=ref.device))
+            if not _close(got, ref, self.rtol, self.atol):
+                detail = ""
+                if isinstance(got, torch.Tensor) and isinstance(ref, torch.Tensor) and got.shape == ref.shape:
+                    detail = f" (max abs difference {float((got - ref).abs().max()):.3g})"
+                elif isinstance(got, torch.Tensor) and isinstance(ref, torch.Tensor):
+                    detail = f" (shape {tuple(got.shape)}, expected {tuple(ref.shape)})"
+                return (f"verify: the sped-up model's output differs from the masked model's; first differing "
+                        f"layer: {node.target!r} ({type(model.get_submodule(node.target)).__name__}){detail}")
+        return "verify: the sped-up model's output differs from the masked model's (no single layer differs)"
+
+
+def speedup_model(model: nn.Module, dummy_input: Any, masks: Mapping | None = None, **kwargs: Any) -> nn.Module:
+    """Make ``model`` physically smaller by removing the channels ``masks`` prune; returns the same object.
+
+    Keyword arguments are those of :class:`ModelSpeedup`."""
+    return ModelSpeedup(model, dummy_input, masks, **kwargs).speedup_model()

@@ -1,0 +1,257 @@
+"""Channel labels, coupled groups and the :class:`Call` object that speedup rules work with.
+
+Every tensor of the traced graph may carry a :class:`Spec`: the dimension that holds channels and, for each
+index along it, a *channel id*. Ids are union-find elements: two ids that must be removed together (the two
+operands of a residual ``add``, a conv's output and its BatchNorm) are united into one group. A group of ids is
+removed only if nothing *pins* it (a model output, an op without a rule) and every *sink* that consumes it
+(a conv or linear reading it as input) says that removing it leaves its result unchanged.
+
+Each index also carries a ``dead`` flag: its value does not depend on the model's input (a channel whose weights
+are all zero, then a BatchNorm, then a ReLU...). A sink may drop an input channel that is dead and exactly zero,
+or dead and constant when it can fold the constant into its bias, or one that its weights never read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+
+class UnionFind:
+    """Channel ids 0, 1, 2... with union by size and path halving."""
+
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+
+    def new(self, n: int) -> list[int]:
+        start = len(self.parent)
+        self.parent.extend(range(start, start + n))
+        return list(range(start, start + n))
+
+    def find(self, i: int) -> int:
+        parent = self.parent
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+@dataclass
+class Spec:
+    """The channel labelling of one tensor: ``ids[k]`` is the channel id at index ``k`` of dimension ``dim``."""
+
+    dim: int
+    ids: list[int]
+    dead: torch.Tensor  # bool, one per index: the value there does not depend on the model's input
+
+    def __post_init__(self) -> None:
+        if len(self.ids) != int(self.dead.numel()):
+            raise ValueError(f"Spec: {len(self.ids)} ids but {int(self.dead.numel())} dead flags")
+
+    def take(self, positions: Sequence[int], dim: int | None = None) -> Spec:
+        """The spec of a tensor made of these positions (in order), along ``dim`` (default: the same)."""
+        index = torch.as_tensor(list(positions), dtype=torch.long)
+        return Spec(self.dim if dim is None else dim, [self.ids[p] for p in positions],
+                    self.dead[index] if len(positions) else self.dead[:0])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class ChannelStats:
+    """Per index along a dimension of a real tensor: all zero, all equal, and the first value."""
+
+    zero: torch.Tensor
+    uniform: torch.Tensor
+    value: torch.Tensor
+
+
+def channel_stats(value: torch.Tensor, dim: int) -> ChannelStats:
+    flat = value.detach().movedim(dim, 0).reshape(value.shape[dim], -1).double()
+    if flat.shape[1] == 0:
+        zeros = torch.zeros(flat.shape[0], dtype=torch.bool)
+        return ChannelStats(~zeros, ~zeros, torch.zeros(flat.shape[0], dtype=torch.float64))
+    hi, lo = flat.amax(1), flat.amin(1)
+    finite = torch.isfinite(flat).all(1)
+    return ChannelStats(((hi == 0) & (lo == 0) & finite).cpu(), ((hi == lo) & finite).cpu(), flat[:, 0].cpu())
+
+
+@dataclass
+class Fold:
+    """A constant input channel that a sink folds into its bias if the channel is removed."""
+
+    module: str
+    slot: str
+    position: int
+    value: float
+
+
+@dataclass
+class State:
+    """Everything propagation learns, for the decision and the shrinking that follow."""
+
+    uf: UnionFind = field(default_factory=UnionFind)
+    pinned: dict[int, str] = field(default_factory=dict)  # raw id -> why
+    blocked: dict[int, str] = field(default_factory=dict)  # raw id -> which sink cannot drop it
+    slots: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    slot_rules: dict[str, Any] = field(default_factory=dict)  # module name -> rule
+    folds: list[Fold] = field(default_factory=list)
+    calls: dict[str, int] = field(default_factory=dict)  # module name -> number of calls
+    constraints: list[Callable[[Callable[[int], bool]], Iterable[int]]] = field(default_factory=list)
+    params: list[tuple[str, int, list[int]]] = field(default_factory=list)  # (attr path, dim, ids)
+    const: set[fx.Node] = field(default_factory=set)
+    specs: dict[fx.Node, Any] = field(default_factory=dict)
+    values: dict[fx.Node, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def pin(self, ids: Iterable[int], why: str) -> None:
+        for i in ids:
+            self.pinned.setdefault(i, why)
+
+
+def _flatten(obj: Any) -> list[Any]:
+    if isinstance(obj, (list, tuple)):
+        return [x for item in obj for x in _flatten(item)]
+    if isinstance(obj, dict):
+        return [x for item in obj.values() for x in _flatten(item)]
+    return [obj]
+
+
+class Call:
+    """One call of a module, function or method during propagation; what a rule's ``propagate`` receives.
+
+    Attributes: ``node`` (the fx node), ``module`` and ``name`` (for a module call, else ``None``), ``args`` and
+    ``kwargs`` (the real values the masked model computed, nodes replaced by their values) and ``output``
+    (the real output). Inputs are inspected with :meth:`spec`, outputs declared with :meth:`set_output`.
+    """
+
+    def __init__(self, state: State, node: fx.Node, module: nn.Module | None, args: tuple, kwargs: dict,
+                 output: Any) -> None:
+        self.state, self.node, self.module = state, node, module
+        self.name = node.target if node.op == "call_module" else None
+        self.args, self.kwargs, self.output = args, kwargs, output
+        self._output_spec: Any = None
+
+    # ---- inputs
+    def spec(self, index: int | str = 0) -> Spec | None:
+        """The spec of positional argument ``index`` (or keyword argument named so), ``None`` if unlabelled."""
+        arg = self._arg_node(index)
+        spec = self.state.specs.get(arg) if isinstance(arg, fx.Node) else None
+        return spec if isinstance(spec, Spec) else None
+
+    def spec_tree(self, index: int | str = 0) -> Any:
+        """The spec structure of an argument that is a tuple/list/dict of tensors (or a tensor)."""
+        arg = self._arg_node(index)
+        return self.state.specs.get(arg) if isinstance(arg, fx.Node) else None
+
+    def _arg_node(self, index: int | str) -> Any:
+        if isinstance(index, str):
+            return self.node.kwargs.get(index)
+        return self.node.args[index] if index < len(self.node.args) else None
+
+    def value(self, index: int | str = 0) -> Any:
+        if isinstance(index, str):
+            return self.kwargs.get(index)
+        return self.args[index] if index < len(self.args) else None
+
+    def input_specs(self) -> list[Spec]:
+        """Every labelled tensor among the arguments (nested containers included)."""
+        nodes = _flatten(list(self.node.args) + list(self.node.kwargs.values()))
+        out = []
+        for n in nodes:
+            spec = self.state.specs.get(n) if isinstance(n, fx.Node) else None
+            out += [s for s in _flatten(spec) if isinstance(s, Spec)]
+        return out
+
+    def is_const(self, index: int | str = 0) -> bool:
+        """Whether argument ``index`` does not depend on the model's input (a literal, a parameter...)."""
+        arg = self._arg_node(index)
+        return not isinstance(arg, fx.Node) or arg in self.state.const
+
+    # ---- channel ids
+    def slot(self, name: str, size: int) -> list[int]:
+        """The ids of this module's channel slot ``name`` ("in", "out"...), the same for every call."""
+        if self.name is None:
+            raise RuntimeError("slot() is for module rules")
+        key = (self.name, name)
+        ids = self.state.slots.get(key)
+        if ids is None:
+            ids = self.state.slots[key] = self.state.uf.new(size)
+        elif len(ids) != size:
+            self.pin(ids, f"{self.name} is called with {size} and {len(ids)} channels in slot {name!r}")
+            return self.state.uf.new(size)
+        return ids
+
+    def new_ids(self, n: int) -> list[int]:
+        return self.state.uf.new(n)
+
+    def couple(self, a: Sequence[int], b: Sequence[int]) -> None:
+        """Unite ids pairwise: index k of ``a`` and of ``b`` are removed together or not at all."""
+        if len(a) != len(b):
+            raise ValueError(f"couple: {len(a)} and {len(b)} ids")
+        for i, j in zip(a, b):
+            self.state.uf.union(i, j)
+
+    def pin(self, ids: Iterable[int] | Spec | None, why: str | None = None) -> None:
+        """Keep these channels whatever the masks say."""
+        if ids is None:
+            return
+        if isinstance(ids, Spec):
+            ids = ids.ids
+        self.state.pin(ids, why or f"node {self.node.name} ({_describe(self.node)})")
+
+    def pin_inputs(self, why: str | None = None) -> None:
+        for spec in self.input_specs():
+            self.pin(spec, why)
+
+    def sink(self, ids: Sequence[int], removable: torch.Tensor, slot: str = "in",
+             fold: torch.Tensor | None = None, fold_values: torch.Tensor | None = None) -> None:
+        """This module consumes channels ``ids``; ``removable[k]`` says whether dropping index k keeps its
+        result exact. Where ``fold[k]``, dropping needs ``fold_values[k]`` folded into the bias (see
+        :meth:`~nnic.speedup.rules.Rule.fold`)."""
+        where = f"{self.name or self.node.name}"
+        for k, i in enumerate(ids):
+            if not bool(removable[k]):
+                self.state.blocked.setdefault(i, where)
+            elif fold is not None and bool(fold[k]):
+                self.state.folds.append(Fold(self.name, slot, k, float(fold_values[k])))
+
+    def constraint(self, fn: Callable[[Callable[[int], bool]], Iterable[int]]) -> None:
+        """Add ``fn(removed) -> ids to keep``: ``removed(id)`` tells whether an id is to be removed so far."""
+        self.state.constraints.append(fn)
+
+    def param_member(self, path: str, dim: int, ids: Sequence[int]) -> None:
+        """A parameter or buffer (``get_attr`` target ``path``) indexed by these ids along ``dim``."""
+        self.state.params.append((path, dim, list(ids)))
+
+    # ---- outputs
+    def set_output(self, spec: Any) -> None:
+        """Declare the output's spec (a :class:`Spec`, ``None``, or a tuple/list/dict of them for tuple outputs)."""
+        self._output_spec = spec
+
+    def stats(self, value: torch.Tensor, dim: int) -> ChannelStats:
+        return channel_stats(value, dim)
+
+
+def _describe(node: fx.Node) -> str:
+    if node.op == "call_module":
+        return f"module {node.target!r}"
+    if node.op == "call_method":
+        return f"method Tensor.{node.target}"
+    target = node.target
+    return f"function {getattr(target, '__module__', '') or ''}.{getattr(target, '__name__', target)}".lstrip(".")
+
+
+def describe(node: fx.Node) -> str:
+    """``"module 'layer1.0.conv1'"``, ``"function torch.cat"``, ``"method Tensor.view"``."""
+    return _describe(node)

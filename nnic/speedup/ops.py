@@ -1,0 +1,494 @@
+"""Rules for functions and tensor methods: elementwise ops, structural ops (view, permute, cat, split...),
+pooling and metadata. Registered by the built-in plugin :mod:`nnic.builtins.speedup_rules`.
+
+Structural ops are handled by running them on a *label tensor*: a float64 tensor whose value at channel k is
+``1 + k * 2**-20``. Ops that only move, copy or average values along other dimensions return valid labels, from
+which the output's channel dimension and order are read off; anything that mixes channels produces values that
+are not labels (or a channel dimension that vanished), and the channels are kept.
+"""
+
+from __future__ import annotations
+
+import builtins
+import operator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx
+
+from nnic.speedup.graph import Call, Spec
+from nnic.speedup.rules import Rule
+
+_EPS = 2.0 ** -20
+_MUL = {operator.mul, operator.imul, torch.mul, "Tensor.mul", "Tensor.mul_", "Tensor.__mul__", operator.and_}
+
+
+def _dim(d: int, ndim: int) -> int:
+    return d + ndim if d < 0 else d
+
+
+def label_tensor(x: torch.Tensor, dim: int) -> torch.Tensor:
+    shape = [1] * x.ndim
+    shape[dim] = x.shape[dim]
+    labels = 1.0 + torch.arange(x.shape[dim], dtype=torch.float64, device=x.device) * _EPS
+    return labels.reshape(shape).expand(x.shape).contiguous()
+
+
+def read_labels(out: Any, n: int) -> tuple[int, list[int]] | str | None:
+    """``(dim, positions)`` if ``out`` is a valid label tensor varying along one dim; ``"single"`` if it holds one
+    label only; ``None`` if channels were mixed."""
+    if not isinstance(out, torch.Tensor) or out.dtype != torch.float64:
+        return None
+    if out.numel() == 0:
+        return None
+    idx = (out.detach().cpu() - 1.0) / _EPS
+    pos = idx.round()
+    if (idx - pos).abs().max() > 1e-3 or pos.min() < 0 or pos.max() >= n:
+        return None
+    pos = pos.long()
+    if bool((pos == pos.flatten()[0]).all()):
+        return "single"
+    for d in range(pos.ndim):
+        rows = pos.movedim(d, 0).reshape(pos.shape[d], -1)
+        if bool((rows == rows[:, :1]).all()):
+            return d, rows[:, 0].tolist()
+    return None
+
+
+def _replace(obj: Any, target: fx.Node, node_args: Any, new: Any) -> Any:
+    """Values of ``obj`` (mirroring ``node_args``) with the value of node ``target`` replaced by ``new``."""
+    if isinstance(node_args, fx.Node):
+        return new if node_args is target else obj
+    if isinstance(node_args, (list, tuple)):
+        return type(node_args)(_replace(o, target, n, new) for o, n in zip(obj, node_args))
+    if isinstance(node_args, dict):
+        return {k: _replace(obj[k], target, n, new) for k, n in node_args.items()}
+    return obj
+
+
+def run_on_labels(call: Call, arg_node: fx.Node, labels: torch.Tensor) -> Any:
+    node = call.node
+    args = _replace(call.args, arg_node, node.args, labels)
+    kwargs = _replace(call.kwargs, arg_node, node.kwargs, labels)
+    if node.op == "call_method":
+        return getattr(args[0], node.target)(*args[1:], **kwargs)
+    if node.op == "call_module":
+        return call.module(*args, **kwargs)
+    return node.target(*args, **kwargs)
+
+
+def _first_labelled(call: Call) -> tuple[fx.Node, Spec] | None:
+    for arg in list(call.node.args) + list(call.node.kwargs.values()):
+        if isinstance(arg, fx.Node):
+            spec = call.state.specs.get(arg)
+            if isinstance(spec, Spec):
+                return arg, spec
+    return None
+
+
+def propagate_by_labels(call: Call, literal_check=None, first_only: bool = False) -> None:
+    """Read the output's spec off a run on labels; keep the channels if anything else is labelled or mixed.
+    With ``first_only`` the other arguments only give shapes (``expand_as``, ``view_as``)."""
+    found = _first_labelled(call)
+    if found is None:
+        return
+    arg_node, spec = found
+    if first_only:
+        if arg_node is not call.node.args[0]:
+            return
+    elif len(call.input_specs()) > 1:
+        call.pin_inputs()
+        return
+    x = call.state.values[arg_node]
+    try:
+        out = run_on_labels(call, arg_node, label_tensor(x, spec.dim))
+    except Exception:  # the op refuses float64: treat it as unknown
+        call.pin(spec)
+        return
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    specs = []
+    for o in outs:
+        got = read_labels(o, len(spec))
+        if isinstance(got, tuple):
+            d, positions = got
+            if literal_check is not None and not literal_check(call, d):
+                call.pin(spec, f"node {call.node.name} sets the channel count to a literal size")
+                specs.append(None)
+                continue
+            specs.append(spec.take(positions, d))
+        else:
+            if isinstance(o, torch.Tensor):
+                call.pin(spec)
+            specs.append(None)
+    call.set_output(type(out)(specs) if isinstance(out, (tuple, list)) else specs[0])
+
+
+def _shape_args(node: fx.Node) -> list[Any]:
+    rest = list(node.args[1:])
+    if "size" in node.kwargs or "shape" in node.kwargs:
+        rest = [node.kwargs.get("size", node.kwargs.get("shape"))]
+    if len(rest) == 1 and isinstance(rest[0], (list, tuple)):
+        return list(rest[0])
+    return rest
+
+
+def _literal_size_ok(call: Call, out_dim: int) -> bool:
+    """After speedup the user's own code runs: a literal size (not -1, not computed) on the channel dim breaks."""
+    shape = _shape_args(call.node)
+    if not shape or out_dim >= len(shape):
+        return True
+    arg = shape[out_dim]
+    return isinstance(arg, fx.Node) or arg == -1
+
+
+class MetadataRule(Rule):
+    """``x.size()``, ``x.dim()``, ``x.shape``...: read no channel values, keep nothing."""
+
+    name = "ops.metadata"
+    targets = ("Tensor.size", "Tensor.dim", "Tensor.numel", "Tensor.get_device", "Tensor.is_contiguous",
+               "Tensor.is_floating_point", torch._assert, builtins.isinstance, builtins.len, builtins.getattr)
+    attrs = ("shape", "dtype", "device", "ndim", "is_cuda", "requires_grad", "is_sparse", "layout")
+
+    def propagate(self, call: Call) -> None:
+        if call.node.target is getattr and call.node.args[1] not in self.attrs:
+            if call.node.args[1] in ("T", "mT", "data"):
+                propagate_by_labels(call)
+            else:
+                call.pin_inputs()
+
+
+class PointwiseRule(Rule):
+    """Elementwise ops with broadcasting: the labelled operands' channels are coupled."""
+
+    name = "ops.pointwise"
+    targets = (
+        operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.neg, operator.pow,
+        operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.and_, operator.or_,
+        operator.eq, operator.ne, operator.gt, operator.ge, operator.lt, operator.le,
+        torch.add, torch.sub, torch.mul, torch.div, torch.maximum, torch.minimum, torch.where, torch.clamp,
+        torch.relu, torch.sigmoid, torch.tanh, torch.exp, torch.neg, torch.abs, torch.sqrt, torch.rsqrt,
+        torch.pow, torch.erf, torch.clone, torch.square,
+        F.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.sigmoid, F.tanh, F.leaky_relu, F.elu,
+        F.selu, F.mish, F.softplus, F.hardtanh, F.dropout, F.dropout2d, F.dropout3d, F.alpha_dropout,
+        *(f"Tensor.{m}" for m in (
+            "add", "sub", "mul", "div", "add_", "sub_", "mul_", "div_", "relu", "relu_", "sigmoid", "sigmoid_",
+            "tanh", "exp", "neg", "abs", "sqrt", "rsqrt", "pow", "clamp", "clamp_", "clamp_min", "clip",
+            "float", "half", "double", "bfloat16", "to", "type_as", "detach", "clone", "contiguous", "masked_fill",
+            "__add__", "__radd__", "__mul__", "__rmul__", "__sub__", "__rsub__", "__truediv__", "square",
+            "hardtanh_", "erf", "sign", "round", "floor", "ceil", "reciprocal",
+        )),
+    )
+
+    def propagate(self, call: Call) -> None:
+        out = call.output
+        if not isinstance(out, torch.Tensor):
+            return
+        labelled, others = [], []
+        for arg in list(call.node.args) + list(call.node.kwargs.values()):
+            if not isinstance(arg, fx.Node):
+                continue
+            v = call.state.values.get(arg)
+            if not isinstance(v, torch.Tensor):
+                continue
+            spec = call.state.specs.get(arg)
+            offset = out.ndim - v.ndim
+            if isinstance(spec, Spec):
+                od = spec.dim + offset
+                if offset < 0 or v.shape[spec.dim] != out.shape[od]:
+                    call.pin(spec)
+                    continue
+                labelled.append((arg, v, spec, od))
+            else:
+                others.append((arg, v, offset))
+        if not labelled:
+            return
+        dims = {od for _, _, _, od in labelled}
+        if len(dims) > 1:
+            call.pin_inputs()
+            return
+        od = dims.pop()
+        n = out.shape[od]
+        ids = labelled[0][2].ids
+        dead = torch.ones(n, dtype=torch.bool)
+        for _, _, spec, _ in labelled:
+            call.couple(ids, spec.ids)
+            dead &= spec.dead
+        for arg, v, offset in others:
+            vd = od - offset
+            full = vd >= 0 and v.shape[vd] == n and n > 1
+            if full and arg.op == "get_attr":
+                call.param_member(arg.target, vd, ids)
+            elif full:
+                for _, _, spec, _ in labelled:
+                    call.pin(spec, f"node {call.node.name}: operand {arg.name} has untracked channels")
+                return
+            if arg not in call.state.const:
+                dead &= False
+        if call.node.target in _MUL:
+            for arg, v, spec, _ in labelled:
+                dead |= spec.dead & call.stats(v, spec.dim).zero
+        call.set_output(Spec(od, list(ids), dead))
+
+
+class StructuralRule(Rule):
+    """Ops that move values without mixing channels: view, reshape, flatten, permute, transpose, squeeze,
+    unsqueeze, expand, indexing, and means/maxima over other dimensions."""
+
+    name = "ops.structural"
+    targets = (
+        torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.squeeze, torch.unsqueeze, torch.movedim,
+        torch.mean, torch.amax, torch.amin, torch.t, torch.swapaxes, torch.unflatten, torch.broadcast_to,
+        *(f"Tensor.{m}" for m in (
+            "view", "reshape", "flatten", "permute", "transpose", "squeeze", "unsqueeze", "expand", "expand_as",
+            "movedim", "mean", "amax", "amin", "t", "swapaxes", "unflatten", "view_as", "reshape_as", "repeat",
+            "broadcast_to", "narrow", "select", "unbind", "flip", "roll",
+        )),
+    )
+    sized = {"view", "reshape", "expand", "repeat", "broadcast_to"}
+
+    def propagate(self, call: Call) -> None:
+        target = call.node.target
+        name = target if isinstance(target, str) else getattr(target, "__name__", "")
+        check = _literal_size_ok if name in self.sized else None
+        if name in ("narrow", "select"):
+            check = _never
+        propagate_by_labels(call, check, first_only=True)
+
+
+def _never(call: Call, out_dim: int) -> bool:
+    return False
+
+
+class GetItemRule(Rule):
+    """``x[...]`` on a tensor (only full slices on the channel dim) or on a tuple/list/dict of tensors."""
+
+    name = "ops.getitem"
+    targets = (operator.getitem,)
+
+    def propagate(self, call: Call) -> None:
+        container = call.value(0)
+        tree = call.spec_tree(0)
+        if not isinstance(container, torch.Tensor):
+            if isinstance(tree, (list, tuple, dict)):
+                try:
+                    call.set_output(tree[call.value(1)])
+                except (IndexError, KeyError, TypeError):
+                    pass
+            return
+        spec = call.spec(0)
+        if spec is None:
+            return
+        if not _index_keeps_dim(call.node.args[1], container.ndim, spec.dim):
+            call.pin(spec, f"node {call.node.name} indexes into the channel dimension")
+            return
+        propagate_by_labels(call)
+
+
+def _index_keeps_dim(index: Any, ndim: int, dim: int) -> bool:
+    items = list(index) if isinstance(index, tuple) else [index]
+    consumed = sum(1 for i in items if i is not None and i is not Ellipsis)
+    d = 0
+    for item in items:
+        if item is Ellipsis:
+            d += ndim - consumed
+            continue
+        if item is None:
+            continue
+        if d == dim:
+            return isinstance(item, slice) and item == slice(None, None, None)
+        if isinstance(item, fx.Node) or not isinstance(item, (int, slice)):
+            return False  # advanced indexing moves dimensions
+        d += 1
+    return True
+
+
+class CatRule(Rule):
+    """``torch.cat``/``torch.stack``: along the channel dim the ids are concatenated, otherwise coupled."""
+
+    name = "ops.cat"
+    targets = (torch.cat, torch.concat, torch.stack)
+
+    def propagate(self, call: Call) -> None:
+        out = call.output
+        nodes = call.node.args[0]
+        if not isinstance(out, torch.Tensor) or not isinstance(nodes, (list, tuple)):
+            call.pin_inputs()
+            return
+        stack = call.node.target is torch.stack
+        raw = call.node.args[1] if len(call.node.args) > 1 else call.node.kwargs.get("dim", 0)
+        d = _dim(raw, out.ndim)
+        pieces = []
+        for n in nodes:
+            v = call.state.values.get(n) if isinstance(n, fx.Node) else n
+            spec = call.state.specs.get(n) if isinstance(n, fx.Node) else None
+            spec = spec if isinstance(spec, Spec) else None
+            od = None if spec is None else (spec.dim + (1 if stack and spec.dim >= d else 0))
+            pieces.append((n, v, spec, od))
+        if all(p[2] is None for p in pieces):
+            return
+        if not stack and any(od == d for *_, od in pieces):
+            ids, dead = [], []
+            for n, v, spec, od in pieces:
+                if spec is not None and od == d:
+                    ids += spec.ids
+                    dead.append(spec.dead)
+                else:
+                    call.pin(spec)
+                    fresh = call.new_ids(v.shape[d])
+                    call.pin(fresh, f"node {call.node.name}: a concatenated piece has untracked channels")
+                    ids += fresh
+                    const = not isinstance(n, fx.Node) or n in call.state.const
+                    dead.append(torch.full((len(fresh),), const, dtype=torch.bool))
+            call.set_output(Spec(d, ids, torch.cat(dead)))
+            return
+        dims = {od for *_, od in pieces if od is not None}
+        if len(dims) > 1:
+            call.pin_inputs()
+            return
+        od = dims.pop()
+        first = next(p[2] for p in pieces if p[2] is not None)
+        dead = torch.ones(len(first), dtype=torch.bool)
+        for n, v, spec, _ in pieces:
+            if spec is not None:
+                call.couple(first.ids, spec.ids)
+                dead &= spec.dead
+            else:
+                vd = od - (1 if stack and od > d else 0)
+                if isinstance(n, fx.Node) and n.op == "get_attr" and v.shape[vd] == len(first):
+                    call.param_member(n.target, vd, first.ids)
+                else:
+                    call.pin_inputs(f"node {call.node.name}: a piece has untracked channels")
+                    return
+                if n not in call.state.const:
+                    dead &= False
+        call.set_output(Spec(od, list(first.ids), dead))
+
+
+class SplitRule(Rule):
+    """``split``/``chunk``: along the channel dim each piece takes its slice of ids, and every piece must lose
+    the same number of channels (so that the user's ``chunk(n)`` still cuts at the right places)."""
+
+    name = "ops.split"
+    targets = (torch.split, torch.chunk, "Tensor.split", "Tensor.chunk")
+
+    def propagate(self, call: Call) -> None:
+        spec = call.spec(0)
+        outs = call.output
+        if spec is None or not isinstance(outs, (tuple, list)):
+            return
+        x = call.value(0)
+        raw = call.node.args[2] if len(call.node.args) > 2 else call.node.kwargs.get("dim", 0)
+        d = _dim(raw, x.ndim)
+        if d != spec.dim:
+            call.set_output(tuple(spec for _ in outs))
+            return
+        sizes = [o.shape[d] for o in outs]
+        how = call.node.args[1] if len(call.node.args) > 1 else None
+        name = getattr(call.node.target, "__name__", call.node.target)
+        adaptive = "chunk" in str(name) or isinstance(how, fx.Node)
+        if not adaptive or len(set(sizes)) > 1:
+            call.pin(spec, f"node {call.node.name} splits channels at literal sizes")
+            call.set_output(tuple(None for _ in outs))
+            return
+        pieces, start = [], 0
+        for s in sizes:
+            pieces.append(spec.take(range(start, start + s)))
+            start += s
+        call.constraint(_balanced([p.ids for p in pieces]))
+        call.set_output(tuple(pieces))
+
+
+def _balanced(parts: list[list[int]]):
+    def keep(removed) -> list[int]:
+        flags = [[removed(i) for i in part] for part in parts]
+        k = min(min(sum(f) for f in flags), min(len(p) for p in parts) - 1)
+        out = []
+        for part, f in zip(parts, flags):
+            count = 0
+            for i, r in zip(part, f):
+                if r:
+                    if count < k:
+                        count += 1
+                    else:
+                        out.append(i)
+        return out
+
+    return keep
+
+
+_POOL_DIMS = {
+    F.max_pool1d: 1, F.max_pool2d: 2, F.max_pool3d: 3, F.avg_pool1d: 1, F.avg_pool2d: 2, F.avg_pool3d: 3,
+    F.adaptive_avg_pool1d: 1, F.adaptive_avg_pool2d: 2, F.adaptive_avg_pool3d: 3, F.adaptive_max_pool1d: 1,
+    F.adaptive_max_pool2d: 2, F.adaptive_max_pool3d: 3, F.lp_pool1d: 1, F.lp_pool2d: 2,
+}
+
+
+class SpatialRule(Rule):
+    """Pooling, interpolation and padding: they act on the trailing (spatial) dimensions only."""
+
+    name = "ops.spatial"
+    targets = (*_POOL_DIMS, F.interpolate, F.pad, F.pixel_shuffle, F.pixel_unshuffle)
+
+    def propagate(self, call: Call) -> None:
+        spec, x = call.spec(0), call.value(0)
+        if spec is None:
+            return
+        target = call.node.target
+        if target is F.pad:
+            pad = call.value(1) if len(call.args) > 1 else call.kwargs.get("pad")
+            k = len(pad) // 2
+        elif target in (F.pixel_shuffle, F.pixel_unshuffle):
+            call.pin(spec)
+            return
+        else:
+            k = _POOL_DIMS.get(target, x.ndim - 2)
+        if spec.dim >= x.ndim - k:
+            call.pin(spec, f"node {call.node.name} acts on the channel dimension")
+            return
+        out = call.output
+        if isinstance(out, tuple):  # max pooling with indices
+            call.set_output(tuple(spec for _ in out))
+        else:
+            call.set_output(spec)
+
+
+class SoftmaxRule(Rule):
+    """Softmax-like ops mix channels only along their ``dim``."""
+
+    name = "ops.softmax"
+    targets = (F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, "Tensor.softmax", "Tensor.log_softmax",
+               torch.cumsum, "Tensor.cumsum", F.normalize)
+
+    def propagate(self, call: Call) -> None:
+        spec, x = call.spec(0), call.value(0)
+        if spec is None:
+            return
+        raw = call.value(1) if len(call.args) > 1 else call.kwargs.get("dim", 1 if call.node.target is F.normalize else None)
+        if raw is None or _dim(raw, x.ndim) == spec.dim:
+            call.pin(spec, f"node {call.node.name} mixes channels")
+            return
+        call.set_output(spec)
+
+
+class LayerNormOpRule(Rule):
+    """``F.layer_norm``/``F.group_norm`` as functions: they mix the normalised dimensions."""
+
+    name = "ops.layer_norm"
+    targets = (F.layer_norm,)
+
+    def propagate(self, call: Call) -> None:
+        spec, x = call.spec(0), call.value(0)
+        if spec is None:
+            return
+        shape = call.value(1)
+        if spec.dim >= x.ndim - len(shape) or len(call.input_specs()) > 1:
+            call.pin_inputs(f"node {call.node.name} normalises over the channel dimension")
+            return
+        call.set_output(spec)
+
+
+OP_RULES = (MetadataRule(), PointwiseRule(), StructuralRule(), GetItemRule(), CatRule(), SplitRule(),
+            SpatialRule(), SoftmaxRule(), LayerNormOpRule())
+
+__all__ = ["OP_RULES", "label_tensor", "propagate_by_labels", "read_labels", "run_on_labels"]

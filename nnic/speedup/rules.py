@@ -1,0 +1,226 @@
+"""The speedup rule protocol, and reusable bases for the common shapes of rules.
+
+A rule is an object with:
+
+- ``name``: its registry name, by convention the qualified name of what it shrinks (``"torch.nn.Conv2d"``);
+- ``targets``: what it handles: module classes, functions (``torch.cat``, ``operator.add``) or method names
+  written ``"Tensor.view"``;
+- ``propagate(call)``: called once per call of a target during propagation, with a :class:`~nnic.speedup.graph.Call`
+  giving the real input and output values of the masked model and the inputs' channel specs. It declares the
+  output's spec (``call.set_output``), unites coupled channels (``call.couple``), says which input channels it can
+  drop (``call.sink``), keeps channels it cannot handle (``call.pin``) and adds constraints (``call.constraint``).
+  Module rules name their channel dimensions with *slots* (``call.slot("in", n)``): the same ids on every call.
+- ``shrink(module, keep)`` (module rules): ``keep`` maps each slot that loses channels to the sorted ``LongTensor``
+  of kept positions; return the smaller module (the same object changed in place, or a new one).
+- ``fold(module, slot, positions, values)`` (optional): add constant input channels that are about to be removed
+  into the bias, for sinks that said ``fold`` in :meth:`~nnic.speedup.graph.Call.sink`.
+
+A rule whose module changes class when shrunk gives the new class ``from_manifest(attrs)`` and
+``manifest_attrs()`` so that the pruned architecture can be saved and loaded without pickling.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from nnic.speedup.graph import Call, Spec
+
+
+class Rule:
+    """Base class (optional: any object with the same attributes works)."""
+
+    name: str = ""
+    targets: tuple[Any, ...] = ()
+
+    def propagate(self, call: Call) -> None:
+        raise NotImplementedError
+
+    def shrink(self, module: nn.Module, keep: dict[str, torch.Tensor]) -> nn.Module:
+        return module
+
+    def __repr__(self) -> str:
+        return f"<speedup rule {self.name}>"
+
+
+class PassThroughRule(Rule):
+    """Elementwise modules and ops: the output carries the input's channels unchanged (ReLU, Dropout...)."""
+
+    def propagate(self, call: Call) -> None:
+        spec = call.spec(0)
+        call.set_output(_same_dim(spec, call.value(0), call.output))
+
+
+def _same_dim(spec: Spec | None, x: Any, out: Any) -> Spec | None:
+    if spec is None or not isinstance(out, torch.Tensor) or not isinstance(x, torch.Tensor):
+        return None
+    if out.ndim != x.ndim or out.shape[spec.dim] != x.shape[spec.dim]:
+        return None
+    return spec
+
+
+def slice_param(module: nn.Module, name: str, index: torch.Tensor | None, dim: int) -> None:
+    """Replace ``module.<name>`` (parameter or buffer) by its slice along ``dim``, keeping its kind."""
+    if index is None:
+        return
+    t = getattr(module, name, None)
+    if t is None:
+        return
+    new = t.detach().index_select(dim, index.to(t.device)).clone()
+    if isinstance(t, nn.Parameter):
+        setattr(module, name, nn.Parameter(new, requires_grad=t.requires_grad))
+    else:
+        module._buffers[name] = new
+
+
+class PerChannelRule(Rule):
+    """Modules that act on each channel of dim 1 separately, with per-channel parameters (BatchNorm...).
+
+    ``params`` names the per-channel parameters and buffers; ``count_attr`` the attribute that holds the number
+    of channels. A channel whose weight is zero becomes input-independent (dead).
+    """
+
+    params: tuple[str, ...] = ("weight", "bias")
+    count_attr: str | None = None
+
+    def channel_dim(self, x: torch.Tensor) -> int:
+        return 1 if x.ndim > 1 else 0
+
+    def is_per_channel(self, module: nn.Module) -> bool:
+        return True
+
+    def propagate(self, call: Call) -> None:
+        x, spec = call.value(0), call.spec(0)
+        if not isinstance(x, torch.Tensor):
+            call.pin_inputs()
+            return
+        d = self.channel_dim(x)
+        if not self.is_per_channel(call.module):
+            call.set_output(_same_dim(spec, x, call.output))
+            return
+        ids = call.slot("c", x.shape[d])
+        if spec is None or spec.dim != d:
+            call.pin(ids, f"{call.name}: its input's channels are not tracked")
+            call.set_output(_same_dim(spec, x, call.output))
+            return
+        call.couple(ids, spec.ids)
+        call.set_output(Spec(d, spec.ids, self.dead_out(call.module, spec.dead)))
+
+    def dead_out(self, module: nn.Module, dead: torch.Tensor) -> torch.Tensor:
+        w = getattr(module, "weight", None)
+        if isinstance(w, torch.Tensor) and w.ndim == 1 and w.numel() == dead.numel():
+            return dead | (w.detach() == 0).cpu()
+        return dead
+
+    def shrink(self, module: nn.Module, keep: dict[str, torch.Tensor]) -> nn.Module:
+        index = keep.get("c")
+        if index is None:
+            return module
+        for name in self.params:
+            slice_param(module, name, index, 0)
+        if self.count_attr:
+            setattr(module, self.count_attr, int(index.numel()))
+        return module
+
+
+class ChannelMixRule(Rule):
+    """Modules that read input channels along one dimension and write new channels (Conv, ConvTranspose, Linear).
+
+    Subclasses give :meth:`usage` (which input channel each output channel reads, from the non-zero weights),
+    :meth:`in_dim`/:meth:`out_dim` (the activations' channel dimensions) and :meth:`shrink`. An input channel can
+    be dropped when no weight reads it, or when it is dead and zero, or dead and constant and :meth:`can_fold`.
+    An output channel is dead when every input channel it reads is dead. Grouped modules keep their groups
+    balanced: whole groups are dropped, and the kept groups lose the same number of channels each.
+    """
+
+    def in_dim(self, module: nn.Module, x: torch.Tensor) -> int:
+        return x.ndim - 1
+
+    def out_dim(self, module: nn.Module, y: torch.Tensor) -> int:
+        return y.ndim - 1
+
+    def groups(self, module: nn.Module) -> int:
+        return int(getattr(module, "groups", 1))
+
+    def usage(self, module: nn.Module) -> torch.Tensor:
+        """Bool ``[out_channels, in_channels]``: output channel o reads input channel i with a non-zero weight."""
+        raise NotImplementedError
+
+    def can_fold(self, module: nn.Module, x: torch.Tensor) -> bool:
+        return False
+
+    def propagate(self, call: Call) -> None:
+        module, x, spec = call.module, call.value(0), call.spec(0)
+        d = self.in_dim(module, x)
+        usage = self.usage(module).cpu()
+        in_ids, out_ids = call.slot("in", x.shape[d]), call.slot("out", usage.shape[0])
+        first_call = call.state.calls.get(call.name, 1) == 1
+        if spec is not None and spec.dim == d:
+            call.couple(in_ids, spec.ids)
+            dead_in = spec.dead
+            st = call.stats(x, d)
+            unused = ~usage.any(0)
+            zero = dead_in & st.zero
+            foldable = dead_in & st.uniform & ~zero & ~unused
+            if not (first_call and self.can_fold(module, x)):
+                foldable = torch.zeros_like(foldable)
+            call.sink(in_ids, unused | zero | foldable, fold=foldable, fold_values=st.value)
+        else:
+            call.pin(in_ids, f"{call.name}: its input channels are not tracked")
+            dead_in = torch.full((len(in_ids),), call.is_const(0), dtype=torch.bool)
+        if not first_call:
+            # A module called again (shared weights) cannot fold: the same bias would absorb two constants.
+            for f in call.state.folds:
+                if f.module == call.name:
+                    call.state.blocked.setdefault(in_ids[f.position], f"{call.name} (called twice)")
+        dead_out = (~usage | dead_in[None, :]).all(1)
+        y = call.output
+        if spec is not None and spec.dim != d:
+            call.pin(out_ids, f"{call.name}: its output channels would sit beside tracked ones")
+            call.set_output(_same_dim(spec, x, y))
+        else:
+            call.set_output(Spec(self.out_dim(module, y), out_ids, dead_out))
+        g = self.groups(module)
+        if g > 1 and first_call:
+            call.constraint(grouped_constraint(in_ids, out_ids, g))
+
+
+def grouped_constraint(in_ids: list[int], out_ids: list[int], groups: int):
+    """Keep a grouped module's groups balanced; drop a group only when all its inputs and outputs go."""
+    ip, op = len(in_ids) // groups, len(out_ids) // groups
+
+    def keep(removed) -> list[int]:
+        rin = [removed(i) for i in in_ids]
+        rout = [removed(i) for i in out_ids]
+        dropped = [all(rin[j * ip:(j + 1) * ip]) and all(rout[j * op:(j + 1) * op]) for j in range(groups)]
+        if all(dropped):
+            dropped[0] = False
+        kept_groups = [j for j in range(groups) if not dropped[j]]
+        out: list[int] = []
+        for r, ids, per in ((rin, in_ids, ip), (rout, out_ids, op)):
+            k = min(min(sum(r[j * per:(j + 1) * per]) for j in kept_groups), per - 1)
+            for j in kept_groups:
+                count = 0
+                for t in range(j * per, (j + 1) * per):
+                    if r[t]:
+                        if count < k:
+                            count += 1
+                        else:
+                            out.append(ids[t])
+        return out
+
+    return keep
+
+
+def block_usage(local: torch.Tensor, groups: int, n_in: int) -> torch.Tensor:
+    """Full ``[out, in]`` usage from per-group ``[out, in // groups]`` usage."""
+    if groups == 1:
+        return local
+    n_out, ip = local.shape[0], n_in // groups
+    op = n_out // groups
+    full = torch.zeros(n_out, n_in, dtype=torch.bool)
+    for j in range(groups):
+        full[j * op:(j + 1) * op, j * ip:(j + 1) * ip] = local[j * op:(j + 1) * op]
+    return full
