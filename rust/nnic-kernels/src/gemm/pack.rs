@@ -49,15 +49,15 @@ pub(crate) fn check_dims(m: usize, k: usize, n: usize) -> Result<()> {
 impl PackedB {
     /// Packs `b`, row-major `[K, N]` (the layout of `torch._int_mm`'s second operand).
     pub fn from_kn(b: &[i8], k: usize, n: usize) -> Result<PackedB> {
-        Self::pack(b, k, n, |kk, j| kk * n + j)
+        Self::pack(b, k, n, false)
     }
 
     /// Packs `w`, row-major `[N, K]` (the layout of `nn.Linear.weight`): `B = w.T`.
     pub fn from_nk(w: &[i8], n: usize, k: usize) -> Result<PackedB> {
-        Self::pack(w, k, n, |kk, j| j * k + kk)
+        Self::pack(w, k, n, true)
     }
 
-    fn pack(src: &[i8], k: usize, n: usize, at: impl Fn(usize, usize) -> usize) -> Result<PackedB> {
+    fn pack(src: &[i8], k: usize, n: usize, nk: bool) -> Result<PackedB> {
         check_k(k)?;
         if src.len() != k * n {
             return Err(KernelError::Mismatch {
@@ -68,16 +68,55 @@ impl PackedB {
         let np = round_up(n.max(1), NR);
         let mut data = vec![0i8; kp * np];
         let mut colsum = vec![0i32; np];
-        for j in 0..n {
-            let (p, c) = (j / NR, j % NR);
-            let panel = &mut data[p * kp * NR..(p + 1) * kp * NR];
-            let mut s = 0i32;
-            for kk in 0..k {
-                let v = src[at(kk, j)];
-                s += v as i32;
-                panel[(kk / 4) * NR * 4 + c * 4 + kk % 4] = v;
+        // A run of panels `p0..`: reads walk the source in memory order (for [K, N]: row by row across the
+        // run of panels, so that each source row is read sequentially once).
+        let run = |p0: usize, out: &mut [i8], sums: &mut [i32]| {
+            let panels = out.len() / (kp * NR);
+            if nk {
+                for pp in 0..panels {
+                    let cols = n.saturating_sub((p0 + pp) * NR).min(NR);
+                    let o = &mut out[pp * kp * NR..(pp + 1) * kp * NR];
+                    for c in 0..cols {
+                        let j = (p0 + pp) * NR + c;
+                        let row = &src[j * k..(j + 1) * k];
+                        let mut s = 0i32;
+                        for (kk, &v) in row.iter().enumerate() {
+                            o[(kk / 4) * NR * 4 + c * 4 + kk % 4] = v;
+                            s += v as i32;
+                        }
+                        sums[pp * NR + c] = s;
+                    }
+                }
+            } else {
+                for kk in 0..k {
+                    let (g, e) = (kk / 4, kk % 4);
+                    for pp in 0..panels {
+                        let j0 = (p0 + pp) * NR;
+                        let cols = n.saturating_sub(j0).min(NR);
+                        let row = &src[kk * n + j0..kk * n + j0 + cols];
+                        let dst = &mut out[pp * kp * NR + g * NR * 4..pp * kp * NR + (g + 1) * NR * 4];
+                        let sm = &mut sums[pp * NR..pp * NR + cols];
+                        for ((d, s), &v) in dst.chunks_exact_mut(4).zip(sm.iter_mut()).zip(row) {
+                            d[e] = v;
+                            *s += v as i32;
+                        }
+                    }
+                }
             }
-            colsum[j] = s;
+        };
+        let np_ = np / NR;
+        let threads = if k * n < crate::pool::PAR_MIN { 1 } else { crate::pool::num_threads() };
+        let per = np_.div_ceil(threads * 2).max(1);
+        if threads == 1 {
+            run(0, &mut data, &mut colsum);
+        } else {
+            use rayon::prelude::*;
+            crate::pool::install(|| {
+                data.par_chunks_mut(per * kp * NR)
+                    .zip(colsum.par_chunks_mut(per * NR))
+                    .enumerate()
+                    .for_each(|(i, (d, s))| run(i * per, d, s))
+            });
         }
         Ok(PackedB { k, n, kp, data, colsum })
     }
