@@ -84,9 +84,16 @@ def per_layer_config(layers: dict[str, LayerConfig], sparsity_of: Callable[[floa
         if "max_sparsity_per_layer" in config and isinstance(config["max_sparsity_per_layer"], float):
             config["max_sparsity_per_layer"] = max(config["max_sparsity_per_layer"], config.get("total_sparsity", 0.0))
         config["op_names"] = [cfg.name for cfg in members]
-        config["op_types"] = sorted({type(cfg.module).__name__ for cfg in members})
+        config["op_types"] = sorted({_op_type(cfg.module) for cfg in members})
         out.append(config)
     return out
+
+
+def _op_type(module: nn.Module) -> str:
+    """The class name ``op_types`` matches for ``module`` (the user's class, also once it is parametrized)."""
+    import nnic.config
+
+    return nnic.config.op_type(module) if hasattr(nnic.config, "op_type") else type(module).__name__
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 import nnic
-from nnic.builtins._iterative import IterativePruner, per_layer_config
+from nnic.builtins._iterative import IterativePruner, _op_type, per_layer_config
 from nnic.evaluator import Evaluator
 from nnic.masking import Masks
 from nnic.plugins import get_registry
@@ -72,7 +72,7 @@ class ScheduledPruner(IterativePruner):
                 current = modules[name].weight.numel()
                 relative = 1.0 - (1.0 - entry["sparsity"]) * self._original_sizes[name] / max(current, 1)
                 if relative > 0:
-                    out.append({**entry, "op_names": [name], "op_types": [type(modules[name]).__name__],
+                    out.append({**entry, "op_names": [name], "op_types": [_op_type(modules[name])],
                                 "sparsity": min(relative, 0.999999)})
         return out
 

@@ -304,5 +304,5 @@ def test_quantizing_a_pruned_model_keeps_the_zeros(digits, dense):
     model, _ = dense
     _, masks = nnic.pruner("level", model, [{"sparsity": 0.5, "op_names": ["fc1"]}]).compress()
     nnic.quantizer("ptq", model, [{"quant_types": ["weight"], "quant_bits": 4, "observer": "mse",
-                                   "op_types": ["ParametrizedLinear"], "op_names": ["fc1"]}]).compress()
+                                   "op_types": ["Linear"], "op_names": ["fc1"]}]).compress()
     assert torch.count_nonzero(model.fc1.weight[~masks["fc1"]["weight"]]) == 0
