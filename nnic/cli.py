@@ -32,7 +32,7 @@ def _plugins(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from nnic import demo
 
-    demo.run(sparsity=args.sparsity, bits=args.bits, seed=args.seed, out_dir=args.out)
+    demo.run(sparsity=args.sparsity, bits=args.bits, steps=args.steps, seed=args.seed, out_dir=args.out)
     return 0
 
 
@@ -63,6 +63,7 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="prune and quantize a small built-in model, print a before/after table")
     d.add_argument("--sparsity", type=_fraction, default=0.8)
     d.add_argument("--bits", type=_bits, default=8)
+    d.add_argument("--steps", type=int, default=100, help="fine-tuning steps after pruning (default 100)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--out", help="directory to keep the exported files in (default: a temporary one)")
     d.set_defaults(run=_demo)

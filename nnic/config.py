@@ -27,10 +27,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch import nn
+from torch.nn.utils import parametrize
 
 __all__ = [
     "DEFAULT_OP_TYPES", "NO_DEFAULT", "PRUNING_KEYS", "QUANTIZATION_KEYS", "QUANT_TYPES", "SELECTION_KEYS",
-    "Key", "LayerConfig", "bool_key", "choice_key", "float_key", "int_key", "select_layers",
+    "Key", "LayerConfig", "bool_key", "named_layers", "op_type", "choice_key", "float_key", "int_key", "select_layers",
     "validate_config_list",
 ]
 
@@ -389,8 +390,23 @@ class LayerConfig:
     config: dict[str, Any] = field(hash=False)
 
 
+def op_type(module: nn.Module) -> str:
+    """The class name ``op_types`` matches: the user's class, also once nnic has parametrized it.
+
+    ``torch.nn.utils.parametrize`` swaps a masked or fake-quantized module's class for a generated subclass
+    (``ParametrizedLinear``); a config_list written for the model must still see a ``Linear``.
+    """
+    cls = type(module)
+    return cls.__bases__[0].__name__ if parametrize.is_parametrized(module) else cls.__name__
+
+
+def named_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``model.named_modules()`` without the internals that parametrizations add (``x.parametrizations.weight``)."""
+    return [(n, m) for n, m in model.named_modules() if "parametrizations" not in n.split(".")]
+
+
 def _has_own_parameters(module: nn.Module) -> bool:
-    return next(module.parameters(recurse=False), None) is not None
+    return parametrize.is_parametrized(module) or next(module.parameters(recurse=False), None) is not None
 
 
 def _matches(entry: dict[str, Any], name: str, module: nn.Module) -> bool:
@@ -398,7 +414,7 @@ def _matches(entry: dict[str, Any], name: str, module: nn.Module) -> bool:
         types = set(entry["op_types"])
         if "default" in types:
             types.update(DEFAULT_OP_TYPES)
-        if type(module).__name__ not in types:
+        if op_type(module) not in types:
             return False
     elif not _has_own_parameters(module):  # op_names/op_partial_names alone never select containers
         return False
@@ -408,7 +424,7 @@ def _matches(entry: dict[str, Any], name: str, module: nn.Module) -> bool:
 
 
 def _listing(modules: list[tuple[str, nn.Module]], limit: int = 12) -> str:
-    layers = [f"{n or '<root>'} ({type(m).__name__})" for n, m in modules if _has_own_parameters(m)]
+    layers = [f"{n or '<root>'} ({op_type(m)})" for n, m in modules if _has_own_parameters(m)]
     more = f", ... and {len(layers) - limit} more" if len(layers) > limit else ""
     return ", ".join(layers[:limit]) + more if layers else "none"
 
@@ -417,7 +433,7 @@ def _no_layer_error(index: int, entry: dict[str, Any], model: nn.Module,
                     modules: list[tuple[str, nn.Module]]) -> ValueError:
     selectors = ", ".join(f"{s}={entry[s]!r}" for s in _SELECTORS if s in entry)
     hints = []
-    present = {type(m).__name__ for _, m in modules}
+    present = {op_type(m) for _, m in modules}
     for t in entry.get("op_types", ()):
         if t != "default" and t not in present:
             hints.append(f"no module of type {t!r}{_closest(t, present, ', {}')}")
@@ -443,7 +459,7 @@ def select_layers(model: nn.Module, config_list: Any, kind: str, *, extra_keys: 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {_got(model)}")
     entries = validate_config_list(config_list, kind, extra_keys=extra_keys, require_sparsity=require_sparsity)
-    modules = list(model.named_modules())
+    modules = named_layers(model)
     names = [n for n, _ in modules]
     known = set(names)
     winners: dict[str, int] = {}

@@ -29,9 +29,11 @@ def test_plugins_json_and_kind_filter(capsys):
 
 
 def test_demo_prunes_quantizes_and_reports(capsys, tmp_path):
-    assert main(["demo", "--sparsity", "0.5", "--bits", "4", "--out", str(tmp_path)]) == 0
+    assert main(["demo", "--sparsity", "0.5", "--bits", "4", "--steps", "5", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "Level pruning at sparsity 0.5, then Naive 4-bit" in out
+    assert "Level pruning at sparsity 0.5, fine-tuning, then Naive 4-bit" in out
+    stages = [line for line in out.splitlines() if line.startswith(("dense", "Level", "fine-tuned", "Naive"))]
+    assert len(stages) == 4 and stages[1].split()[-2] == stages[2].split()[-2]  # fine-tuning revives nothing
     total = next(line for line in out.splitlines() if line.startswith("total")).split()
     assert float(total[4]) == pytest.approx(0.5, abs=1e-3)
     assert sorted(p.name for p in tmp_path.iterdir()) == [

@@ -65,7 +65,7 @@ class Pruner(Compressor):
         modules = dict(self.model.named_modules())
         report = {}
         for layer, per_param in self.masks.items():
-            for pname in per_param:
+            for pname in (p for p, mask in per_param.items() if mask is not None):
                 weight = getattr(modules[layer], pname)
                 report[f"{layer}.{pname}"] = 1.0 - count_nonzero(weight) / max(weight.numel(), 1)
         return report

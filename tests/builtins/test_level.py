@@ -62,8 +62,8 @@ def test_ties_are_broken_by_position():
     with torch.no_grad():
         layer.weight.copy_(torch.tensor([[1.0, -1.0, 1.0, 2.0], [1.0, -1.0, 3.0, 0.5]]))
     _, masks = LevelPruner(nn.Sequential(layer), [{"sparsity": 0.5, "op_types": ["Linear"]}]).compress()
-    # 0.5 is smallest; three ties at |1| follow, of which the first two in row-major order go.
-    assert masks["0"]["weight"].tolist() == [[False, False, True, True], [True, True, True, False]]
+    # 0.5 is smallest; five weights tie at |1|, of which the first three in row-major order go.
+    assert masks["0"]["weight"].tolist() == [[False, False, False, True], [True, True, True, False]]
 
 
 @pytest.mark.parametrize("make_optimizer", [
