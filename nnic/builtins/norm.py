@@ -1,0 +1,57 @@
+"""Norm-based channel pruners: L1-norm, L2-norm and FPGM (geometric median), as a built-in plugin.
+
+Each scores the output channels of the selected layers from their weights alone (no data):
+
+- ``l1norm``: the L1 norm of the channel's weights (Li et al., *Pruning Filters for Efficient ConvNets*);
+- ``l2norm``: the L2 norm;
+- ``fpgm``: the summed distance to the other channels' weights; the channels nearest the geometric median are
+  the most replaceable (He et al., *Filter Pruning via Geometric Median*).
+
+Example::
+
+    pruner = nnic.pruner("l1norm", model, [{"sparsity": 0.5, "op_types": ["Conv2d"]}],
+                         dependency_aware=True, dummy_input=torch.rand(1, 3, 224, 224))
+    model, masks = pruner.compress()
+    nnic.speedup_model(model, torch.rand(1, 3, 224, 224), masks)
+"""
+
+from __future__ import annotations
+
+import torch
+
+import nnic
+from nnic.pruning.structured import StructuredPruner, weight_rows
+
+
+class L1NormPruner(StructuredPruner):
+    name = "l1norm"
+    aliases = ("l1",)
+    p = 1
+
+    def channel_scores(self) -> dict[str, torch.Tensor]:
+        return {n: weight_rows(cfg.module).double().norm(p=self.p, dim=1) for n, cfg in self.layers.items()}
+
+
+class L2NormPruner(L1NormPruner):
+    name = "l2norm"
+    aliases = ("l2",)
+    p = 2
+
+
+class FPGMPruner(StructuredPruner):
+    name = "fpgm"
+    aliases = ()
+
+    def channel_scores(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for n, cfg in self.layers.items():
+            rows = weight_rows(cfg.module).double()
+            out[n] = torch.cdist(rows, rows).sum(1)
+        return out
+
+
+@nnic.hookimpl
+def register_pruners(register) -> None:
+    register(L1NormPruner)
+    register(L2NormPruner)
+    register(FPGMPruner)
