@@ -123,7 +123,7 @@ def test_ptq_outlier_weights_on_digits_4_bit(digits, dense):
         nnic.quantizer("ptq", m, [{"quant_types": ["weight"], "quant_bits": 4, "observer": observer,
                                    "op_types": CONV_LINEAR}]).compress()
         accuracies[observer] = digits.evaluator().evaluate(m)
-    assert accuracies["mse"] > accuracies["minmax"] + 5
+    assert accuracies["mse"] > accuracies["minmax"] + 5  # measured: 98.0 vs 23.4
 
 
 def test_ptq_without_calibration_data_needs_a_freeze(digits, dense):
@@ -172,7 +172,7 @@ def test_4_bit_qat_beats_4_bit_naive_post_training_quantization(digits, trained_
     evaluator = digits.evaluator()
     evaluator.train(qat, max_epochs=5)
     naive_accuracy, qat_accuracy = evaluator.evaluate(naive), evaluator.evaluate(qat)
-    assert qat_accuracy > naive_accuracy + 2  # measured: 95.5 vs 91.9
+    assert qat_accuracy > naive_accuracy + 2  # measured: 96.0 vs 91.9
     calibration = q.calibration()
     for layer in ("1", "3", "5"):
         assert on_grid(qat.get_submodule(layer).weight.detach(), calibration[layer])
