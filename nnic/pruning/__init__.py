@@ -1,19 +1,37 @@
-"""Pruning: the :class:`Pruner` base class and the built-in pruners."""
+"""Pruning: the :class:`Pruner` base class and the built-in pruners, importable by class name.
 
+``from nnic.pruning import LevelPruner`` and ``nnic.pruner("level", ...)`` give the same class.
+"""
+
+import importlib
 from typing import Any
 
 from nnic.pruning.base import Pruner
 
-_BUILTINS = {"LevelPruner": "nnic.builtins.level"}
+# Lazy, because the built-in modules import this package's base classes.
+_BUILTINS = {
+    "LevelPruner": "nnic.builtins.level",
+    "L1NormPruner": "nnic.builtins.norm",
+    "L2NormPruner": "nnic.builtins.norm",
+    "FPGMPruner": "nnic.builtins.norm",
+    "SlimPruner": "nnic.builtins.slim",
+    "TaylorPruner": "nnic.builtins.taylor",
+    "APoZPruner": "nnic.builtins.activation",
+    "MeanActivationPruner": "nnic.builtins.activation",
+    "NMPruner": "nnic.builtins.nm",
+    "check_nm": "nnic.builtins.nm",
+    "AGPPruner": "nnic.builtins.scheduled",
+    "LinearPruner": "nnic.builtins.scheduled",
+    "LotteryTicketPruner": "nnic.builtins.lottery",
+    "MovementPruner": "nnic.builtins.movement",
+    "ADMMPruner": "nnic.builtins.admm",
+}
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy, because the built-in modules import this package's base class.
     if name in _BUILTINS:
-        import importlib
-
         return getattr(importlib.import_module(_BUILTINS[name]), name)
     raise AttributeError(f"module 'nnic.pruning' has no attribute {name!r}")
 
 
-__all__ = ["LevelPruner", "Pruner"]
+__all__ = ["Pruner", *_BUILTINS]
