@@ -62,22 +62,35 @@ def test_every_isa_gives_identical_results(isa):
     assert_array_equal(kernels.quantize(x, s, axis=0), ref.quantize(x, s, axis=0))
 
 
-def test_env_isa_forces_path():
-    code = "import nnic.kernels as k; print(k.active_isa())"
-    for name in kernels.supported_isas():
-        r = run_python(code, NNIC_KERNEL_ISA=name)
-        assert r.returncode == 0, r.stderr
-        assert r.stdout.strip() == name
-    r = run_python(code, NNIC_KERNEL_ISA="bogus")
-    assert r.returncode != 0 and "NNIC_KERNEL_ISA='bogus': unknown ISA" in r.stderr
-
-
-def test_env_num_threads():
-    r = run_python("import nnic.kernels as k; print(k.get_num_threads())", NNIC_NUM_THREADS="3")
+def test_env_vars_at_import():
+    """One real interpreter: both variables are read when nnic.kernels is imported."""
+    r = run_python("import nnic.kernels as k; print(k.active_isa(), k.get_num_threads())",
+                   NNIC_KERNEL_ISA="scalar", NNIC_NUM_THREADS="3")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "3"
-    r = run_python("import nnic.kernels", NNIC_NUM_THREADS="zero")
-    assert r.returncode != 0 and "NNIC_NUM_THREADS='zero'" in r.stderr
+    assert r.stdout.split() == ["scalar", "3"]
+
+
+def test_env_vars_parsing(monkeypatch):
+    """The import-time hook itself, run in this process for every ISA and for bad values."""
+    before = (kernels.active_isa(), kernels.get_num_threads())
+    try:
+        for name in kernels.supported_isas():
+            monkeypatch.setenv("NNIC_KERNEL_ISA", name)
+            kernels._apply_env()
+            assert kernels.active_isa() == name
+        monkeypatch.setenv("NNIC_KERNEL_ISA", "bogus")
+        with pytest.raises(ValueError, match="NNIC_KERNEL_ISA='bogus': unknown ISA 'bogus'"):
+            kernels._apply_env()
+        monkeypatch.delenv("NNIC_KERNEL_ISA")
+        monkeypatch.setenv("NNIC_NUM_THREADS", "zero")
+        with pytest.raises(ValueError, match="NNIC_NUM_THREADS='zero': expected an integer"):
+            kernels._apply_env()
+        monkeypatch.setenv("NNIC_NUM_THREADS", "0")
+        with pytest.raises(ValueError, match="NNIC_NUM_THREADS='0'"):
+            kernels._apply_env()
+    finally:
+        kernels.set_isa(before[0])
+        kernels.set_num_threads(before[1])
 
 
 def test_set_num_threads():

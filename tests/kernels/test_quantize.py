@@ -164,3 +164,14 @@ def test_quantize_errors(kind):
         kernels.dequantize(np.ones(2, np.int32), 1.0)
     with pytest.raises(ValueError, match=r"zero_point must be in \[-128, 127\], got 200"):
         kernels.dequantize(np.ones(2, np.int8), 1.0, 200)
+
+
+def test_streamed_large_outputs(isa):
+    """Outputs of >= 16 MiB go through non-temporal stores: still exactly the reference."""
+    n = (16 << 20) + 1001
+    x = np.random.default_rng(5).standard_normal(n).astype(np.float32)
+    q = kernels.quantize(x, 0.02, 3)
+    assert_array_equal(q, ref.quantize(x, 0.02, 3))
+    q2 = q[: 7 * (n // 7)].reshape(-1, 7)
+    s = np.linspace(0.01, 0.05, 7, dtype=np.float32)
+    assert_array_equal(kernels.dequantize(q2, s, axis=1), ref.dequantize(q2, s, axis=1))

@@ -14,6 +14,7 @@ pub mod error;
 pub mod gemm;
 pub mod layout;
 pub mod mask;
+mod nt;
 pub mod pack;
 pub mod pool;
 pub mod quant;

@@ -6,6 +6,7 @@ use crate::cpu;
 use crate::error::{KernelError, Result};
 use crate::layout::{Layout, Walk};
 use crate::pool::{self, PAR_MIN};
+use crate::nt;
 use crate::simd::{first_nan, multiversion};
 use rayon::prelude::*;
 
@@ -89,20 +90,37 @@ pub fn quantize(x: &[f32], layout: Layout, p: Params<'_>, out: &mut [u8]) -> Res
     let isa = cpu::active();
     let (lo, hi) = (p.qmin as f32, p.qmax as f32);
     let zf: Vec<f32> = p.zero_point.iter().map(|&z| z as f32).collect();
+    let stream = nt::wanted(isa, out.len());
     let nan = match layout.walk() {
         Walk::Blocks => drive(x, out, layout, |start, x, o| {
             let mut nan = false;
-            layout.for_each_run(start, start + x.len(), |c, a, b| {
-                nan |= quant_run(isa, &x[a - start..b - start], &mut o[a - start..b - start], p.scale[c], zf[c], lo, hi);
-            });
+            let mut run = |x: &[f32], o: &mut [u8], base: usize| {
+                layout.for_each_run(base, base + x.len(), |c, a, b| {
+                    let (xs, os) = (&x[a - base..b - base], &mut o[a - base..b - base]);
+                    nan |= quant_run(isa, xs, os, p.scale[c], zf[c], lo, hi);
+                });
+            };
+            if stream {
+                nt::staged(isa, o, nt::block_len::<u8>(1), |a, b, buf| run(&x[a..b], buf, start + a));
+            } else {
+                run(x, o, start);
+            }
             nan
         }),
         Walk::Pattern { row } => {
             let (s, z) = (layout.pattern(p.scale, row), layout.pattern(&zf, row));
             drive(x, out, layout, |_, x, o| {
                 let mut nan = false;
-                for (xr, or) in x.chunks(row).zip(o.chunks_mut(row)) {
-                    nan |= quant_rows(isa, xr, or, &s[..xr.len()], &z[..xr.len()], lo, hi);
+                let mut rows = |x: &[f32], o: &mut [u8]| {
+                    for (xr, or) in x.chunks(row).zip(o.chunks_mut(row)) {
+                        nan |= quant_rows(isa, xr, or, &s[..xr.len()], &z[..xr.len()], lo, hi);
+                    }
+                };
+                if stream {
+                    // Staging blocks hold whole rows, so every block starts at channel 0.
+                    nt::staged(isa, o, nt::block_len::<u8>(row), |a, b, buf| rows(&x[a..b], buf));
+                } else {
+                    rows(x, o);
                 }
                 nan
             })
@@ -160,28 +178,43 @@ pub fn dequantize(q: &[u8], signed: bool, layout: Layout, scale: &[f32], zero_po
     let (qmin, qmax) = if signed { (-128, 127) } else { (0, 255) };
     Params { scale, zero_point, qmin, qmax }.check(layout)?;
     let isa = cpu::active();
+    let stream = nt::wanted(isa, std::mem::size_of_val(out));
     match layout.walk() {
         Walk::Blocks => drive(q, out, layout, |start, q, o| {
-            layout.for_each_run(start, start + q.len(), |c, a, b| {
-                let (q, o) = (&q[a - start..b - start], &mut o[a - start..b - start]);
-                if signed {
-                    deq_run_i8(isa, q, o, scale[c], zero_point[c])
-                } else {
-                    deq_run_u8(isa, q, o, scale[c], zero_point[c])
-                }
-            });
+            let run = |q: &[u8], o: &mut [f32], base: usize| {
+                layout.for_each_run(base, base + q.len(), |c, a, b| {
+                    let (q, o) = (&q[a - base..b - base], &mut o[a - base..b - base]);
+                    if signed {
+                        deq_run_i8(isa, q, o, scale[c], zero_point[c])
+                    } else {
+                        deq_run_u8(isa, q, o, scale[c], zero_point[c])
+                    }
+                });
+            };
+            if stream {
+                nt::staged(isa, o, nt::block_len::<f32>(1), |a, b, buf| run(&q[a..b], buf, start + a));
+            } else {
+                run(q, o, start);
+            }
             false
         }),
         Walk::Pattern { row } => {
             let (s, z) = (layout.pattern(scale, row), layout.pattern(zero_point, row));
             drive(q, out, layout, |_, q, o| {
-                for (qr, or) in q.chunks(row).zip(o.chunks_mut(row)) {
-                    let (s, z) = (&s[..qr.len()], &z[..qr.len()]);
-                    if signed {
-                        deq_rows_i8(isa, qr, or, s, z)
-                    } else {
-                        deq_rows_u8(isa, qr, or, s, z)
+                let rows = |q: &[u8], o: &mut [f32]| {
+                    for (qr, or) in q.chunks(row).zip(o.chunks_mut(row)) {
+                        let (s, z) = (&s[..qr.len()], &z[..qr.len()]);
+                        if signed {
+                            deq_rows_i8(isa, qr, or, s, z)
+                        } else {
+                            deq_rows_u8(isa, qr, or, s, z)
+                        }
                     }
+                };
+                if stream {
+                    nt::staged(isa, o, nt::block_len::<f32>(row), |a, b, buf| rows(&q[a..b], buf));
+                } else {
+                    rows(q, o);
                 }
                 false
             })

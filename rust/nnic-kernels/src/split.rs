@@ -1,14 +1,14 @@
 //! Splitting a list of slices into contiguous groups of the concatenated index space, without copying.
 use crate::pool;
 
-/// Global `[start, end)` ranges that cover `total` elements: one range when it is small, else about
-/// two per thread (each below `u32::MAX` elements so that u32 histograms cannot overflow).
+/// Global `[start, end)` ranges that cover `total` elements: one when it is small, else one per pool
+/// thread (each group costs a histogram to zero and merge; each stays below 2^31 elements so that u32
+/// histograms cannot overflow).
 pub(crate) fn plan(total: usize) -> Vec<(usize, usize)> {
     if total < pool::PAR_MIN {
         return vec![(0, total)];
     }
-    let groups = (pool::num_threads() * 2).max(total.div_ceil(u32::MAX as usize >> 1)).min(total / (pool::PAR_MIN / 2));
-    let groups = groups.max(1);
+    let groups = pool::num_threads().max(total.div_ceil(u32::MAX as usize >> 1)).min(total / (pool::PAR_MIN / 2)).max(1);
     (0..groups).map(|g| (total * g / groups, total * (g + 1) / groups)).collect()
 }
 

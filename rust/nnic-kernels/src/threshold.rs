@@ -12,6 +12,7 @@ use crate::simd::{abs_bits, first_nan, multiversion, INF_BITS};
 use crate::split;
 use crate::{pool, select_x86};
 use rayon::prelude::*;
+use std::cell::RefCell;
 
 pub(crate) const HI_BINS: usize = 1 << 15;
 pub(crate) const LO_BINS: usize = 1 << 16;
@@ -147,32 +148,49 @@ fn select_small(xs: &[&[f32]], k: u64, list: bool, n: usize) -> Result<Selection
     })
 }
 
+thread_local! {
+    /// Per-thread scratch histogram, reused across calls (the pool's threads live on), so that no pass
+    /// allocates or page-faults a fresh buffer.
+    static SCRATCH: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's zeroed scratch histogram of `len` bins.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [u32]) -> R) -> R {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        s.clear();
+        s.resize(len, 0);
+        f(&mut s)
+    })
+}
+
 fn pass_hi(isa: Isa, pieces: &[&[f32]]) -> (Vec<u32>, u32) {
-    let mut h = vec![0u32; HI_BINS * HI_COPIES];
-    let mut mx = 0;
-    for p in pieces {
-        mx = mx.max(hist_hi(isa, *p, &mut h));
-    }
-    // Fold the interleaved copies into the first.
-    let (first, rest) = h.split_at_mut(HI_BINS);
-    for copy in rest.chunks_exact(HI_BINS) {
-        first.iter_mut().zip(copy).for_each(|(a, &b)| *a += b);
-    }
-    h.truncate(HI_BINS);
-    (h, mx)
+    with_scratch(HI_BINS * HI_COPIES, |h| {
+        let mut mx = 0;
+        for p in pieces {
+            mx = mx.max(hist_hi(isa, p, h));
+        }
+        // Fold the interleaved copies into the result.
+        let mut out = h[..HI_BINS].to_vec();
+        for copy in h[HI_BINS..].chunks_exact(HI_BINS) {
+            out.iter_mut().zip(copy).for_each(|(a, &b)| *a += b);
+        }
+        (out, mx)
+    })
 }
 
 fn pass_lo(isa: Isa, pieces: &[&[f32]], hi: u32) -> Vec<u32> {
-    let mut h = vec![0u32; LO_BINS];
-    for p in pieces {
-        select_x86::hist_lo(isa, *p, hi, &mut h);
-    }
-    h
+    with_scratch(LO_BINS, |h| {
+        for p in pieces {
+            select_x86::hist_lo(isa, p, hi, h);
+        }
+        h.to_vec()
+    })
 }
 
 /// Interleaved histogram copies in pass 1: neighbouring entries of the same bin then update different
 /// counters, which removes most store-to-load dependencies.
-const HI_COPIES: usize = 4;
+const HI_COPIES: usize = 2;
 
 multiversion! {
     fn hist_hi(x: &[f32], h: &mut [u32]) -> u32 = hist_hi_body;

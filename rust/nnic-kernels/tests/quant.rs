@@ -121,3 +121,27 @@ fn reductions_every_isa_every_axis() {
         }
     }
 }
+
+/// Outputs of 16 MiB and more are streamed (non-temporal stores through a staging buffer): same results.
+#[test]
+fn streamed_outputs_match_scalar() {
+    let mut rng = Rng(12);
+    let n = (16 << 20) + 4099;
+    let x = rng.normals(n, 3.0);
+    for (shape, axis) in [(vec![n], None), (vec![n / 7, 7], Some(1)), (vec![7, n / 7], Some(0))] {
+        let m: usize = shape.iter().product();
+        let l = Layout::from_shape(&shape, axis).unwrap();
+        let s: Vec<f32> = (0..l.channels).map(|c| 0.02 + 0.001 * c as f32).collect();
+        let z: Vec<i32> = (0..l.channels).map(|c| c as i32 % 5).collect();
+        let mut results = Vec::new();
+        for_each_isa(|_| {
+            let qs = q(&x[..m], l, &s, &z, -128, 127).unwrap();
+            let mut f = vec![0f32; m];
+            dequantize(&qs, true, l, &s, &z, &mut f).unwrap();
+            results.push((qs, f));
+        });
+        assert!(results.windows(2).all(|w| w[0] == w[1]), "{shape:?} {axis:?}");
+        let want = quant_ref(&x[..m], l, &s, &z, -128, 127);
+        assert!(results[0].0 == want);
+    }
+}

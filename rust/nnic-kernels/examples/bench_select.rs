@@ -1,0 +1,27 @@
+//! Quick timing of the radix select without Python: `cargo run --release --example bench_select [n] [threads]`.
+use nnic_kernels::{pool, threshold};
+use std::time::Instant;
+
+fn main() {
+    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse::<f64>().expect("number") as usize).collect();
+    let n = args.first().copied().unwrap_or(10_000_000);
+    pool::set_num_threads(args.get(1).copied().unwrap_or(1)).expect("threads");
+    let mut s = 0x9e37_79b9_7f4a_7c15u64;
+    let x: Vec<f32> = (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * ((s & 0xff) as f32 / 64.0)
+        })
+        .collect();
+    let mut times = Vec::new();
+    let mut t = 0.0;
+    for _ in 0..15 {
+        let start = Instant::now();
+        t = threshold::kth_smallest_abs(&x, n as u64 / 2).expect("select");
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!("n {n} threshold {t} median {:.2} ms min {:.2} ms", times[times.len() / 2], times[0]);
+}
