@@ -6,10 +6,10 @@ kernels load on first attribute access.
 
 from __future__ import annotations
 
-import importlib
 import importlib.metadata
 from typing import TYPE_CHECKING, Any
 
+from nnic._lazy import lazy_getattr
 from nnic.hookspecs import hookimpl
 
 if TYPE_CHECKING:
@@ -47,22 +47,13 @@ def quantizer(name: str, model: torch.nn.Module, config_list: list[dict], **kwar
 
 
 _LAZY = {
-    "kernels": ("nnic.kernels", None),
-    "Pruner": ("nnic.pruning", "Pruner"),
-    "Quantizer": ("nnic.quantization", "Quantizer"),
-    "speedup_model": ("nnic.speedup", "speedup_model"),
-    "ModelSpeedup": ("nnic.speedup", "ModelSpeedup"),
+    "kernels": "nnic.kernels",
+    "Pruner": "nnic.pruning:Pruner",
+    "Quantizer": "nnic.quantization:Quantizer",
+    "speedup_model": "nnic.speedup:speedup_model",
+    "ModelSpeedup": "nnic.speedup:ModelSpeedup",
 }
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'nnic' has no attribute {name!r}")
-    module_name, attr = _LAZY[name]
-    module = importlib.import_module(module_name)
-    value = module if attr is None else getattr(module, attr)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr("nnic", _LAZY)
 
 
 def __dir__() -> list[str]:

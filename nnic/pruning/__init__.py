@@ -3,9 +3,7 @@
 ``from nnic.pruning import LevelPruner`` and ``nnic.pruner("level", ...)`` give the same class.
 """
 
-import importlib
-from typing import Any
-
+from nnic._lazy import lazy_getattr
 from nnic.pruning.base import Pruner
 
 # Lazy, because the built-in modules import this package's base classes.
@@ -27,11 +25,7 @@ _BUILTINS = {
     "ADMMPruner": "nnic.builtins.admm",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _BUILTINS:
-        return getattr(importlib.import_module(_BUILTINS[name]), name)
-    raise AttributeError(f"module 'nnic.pruning' has no attribute {name!r}")
+__getattr__ = lazy_getattr("nnic.pruning", {name: f"{module}:{name}" for name, module in _BUILTINS.items()})
 
 
 __all__ = ["Pruner", *_BUILTINS]

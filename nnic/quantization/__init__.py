@@ -3,9 +3,7 @@
 ``from nnic.quantization import NaiveQuantizer`` and ``nnic.quantizer("naive", ...)`` give the same class.
 """
 
-import importlib
-from typing import Any
-
+from nnic._lazy import lazy_getattr
 from nnic.quantization.base import Quantizer
 from nnic.quantization.qparams import QuantSpec
 
@@ -19,11 +17,7 @@ _BUILTINS = {
     "BNNQuantizer": "nnic.builtins.bnn",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _BUILTINS:
-        return getattr(importlib.import_module(_BUILTINS[name]), name)
-    raise AttributeError(f"module 'nnic.quantization' has no attribute {name!r}")
+__getattr__ = lazy_getattr("nnic.quantization", {name: f"{module}:{name}" for name, module in _BUILTINS.items()})
 
 
 __all__ = ["QuantSpec", "Quantizer", *_BUILTINS]
