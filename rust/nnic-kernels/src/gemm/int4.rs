@@ -252,7 +252,8 @@ pub fn int4_linear(
     let pairs = w.group / 8;
     let o = OutF(out.as_mut_ptr());
     let threads = if m * n * k < (1 << 20) { 1 } else { pool::num_threads() };
-    let blocks = super::plan(m, n, MR4, threads, 64, 8 * NR);
+    let mr = pa.mr;
+    let blocks = super::plan(m, n, mr, threads, 64, 8 * NR);
     let run = |blk: Block| {
         let o = o;
         let mut f = [[0f32; NR]; MR4];
@@ -261,9 +262,9 @@ pub fn int4_linear(
             let nr = (blk.j1 - j0).min(NR);
             let b = &w.data[p * w.kp * NR / 2..(p + 1) * w.kp * NR / 2];
             let sc = &w.scales[p * groups * NR..(p + 1) * groups * NR];
-            for i0 in (blk.i0..blk.i1).step_by(MR4) {
-                let rows = (blk.i1 - i0).min(MR4);
-                let ap = pa.panel_ptr_rows(i0 / MR4, 0);
+            for i0 in (blk.i0..blk.i1).step_by(mr) {
+                let rows = (blk.i1 - i0).min(mr);
+                let ap = pa.panel_ptr_rows(i0 / mr, 0);
                 match path {
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: sizes by the layouts; VNNI checked by `path.is_supported()`.

@@ -203,8 +203,11 @@ fn drive(path: Path, m: usize, a: &PackedA, b: &PackedB, c: &mut [i32], finish: 
     let run = |blk: Block| {
         let out = out;
         let mut tile = [0i32; MR_VNNI * NR];
-        for k0 in (0..kp).step_by(KC) {
-            let kg = (kp - k0).min(KC) / 4;
+        // One row panel: no reuse of a weight micro-panel across row panels, so no K slices either (the
+        // weights stream once, sequentially, and the output is written once).
+        let kc = if blk.i1 - blk.i0 <= mr { kp } else { KC };
+        for k0 in (0..kp).step_by(kc) {
+            let kg = (kp - k0).min(kc) / 4;
             let acc = k0 > 0;
             for j0 in (blk.j0..blk.j1).step_by(NR) {
                 let nr = (blk.j1 - j0).min(NR);

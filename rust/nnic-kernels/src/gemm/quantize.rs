@@ -145,7 +145,13 @@ fn put_row_s8_body(panel: &mut [u8], rows: usize, r: usize, a: &[i8]) -> i32 {
 }
 crate::simd::multiversion!(fn put_row_s8(panel: &mut [u8], rows: usize, r: usize, a: &[i8]) -> i32 = put_row_s8_body;);
 
+/// Rows per panel: at most `mr_max`, balanced (16 rows with `mr_max = 12` are two panels of 8, not 12 + 4).
+pub(crate) fn balanced_mr(m: usize, mr_max: usize) -> usize {
+    m.max(1).div_ceil(m.max(1).div_ceil(mr_max))
+}
+
 fn packed(m: usize, kp: usize, mr: usize) -> PackedA {
+    let mr = balanced_mr(m, mr);
     PackedA { m, mr, kp, data: vec![0u8; m.max(1) * kp], zero: vec![0; m], scale: Vec::new(), rowsum: vec![0; m] }
 }
 
@@ -168,8 +174,8 @@ fn for_panels(pa: &mut PackedA, work: usize, f: impl Fn(usize, &mut [u8], &mut [
 /// Packs s8 `a[m, k]` as u8 (`a + 128`, zero point 128).
 pub(crate) fn pack_s8(path: Path, a: &[i8], m: usize, k: usize, kp: usize) -> PackedA {
     let isa = isa_of(path);
-    let mr = path.mr();
-    let mut pa = packed(m, kp, mr);
+    let mut pa = packed(m, kp, path.mr());
+    let mr = pa.mr;
     pa.zero.fill(128);
     for_panels(&mut pa, m * k, |p, d, sums| {
         let rows = sums.len();
@@ -185,6 +191,7 @@ pub(crate) fn pack_s8(path: Path, a: &[i8], m: usize, k: usize, kp: usize) -> Pa
 pub(crate) fn pack_f32(path: Path, mr: usize, x: &[f32], m: usize, k: usize, kp: usize, act: ActQuant) -> Result<PackedA> {
     let isa = isa_of(path);
     let mut pa = packed(m, kp, mr);
+    let mr = pa.mr;
     let row = |i: usize| &x[i * k..(i + 1) * k];
     match act {
         ActQuant::Static { scale, zero_point } => {
