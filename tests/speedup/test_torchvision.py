@@ -1,0 +1,85 @@
+"""Every torchvision classification family: random channel masks on every conv (and on the linear layers of
+transformer families), speedup, output equal to the masked model's, fewer parameters and FLOPs.
+
+BatchNorm biases and running means are left at torchvision's zero init (a masked channel's BN shift is then
+zero, see the issue); BN scales and running variances are randomised so that they matter.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from .helpers import channel_masks, count_flops, speedup_and_check
+
+tvm = pytest.importorskip("torchvision.models")
+
+
+def _maxvit():
+    from torchvision.models.maxvit import MaxVit
+
+    return MaxVit(input_size=(64, 64), stem_channels=16, partition_size=2, block_channels=[16, 32],
+                  block_layers=[1, 1], head_dim=8, stochastic_depth_prob=0.0, num_classes=10)
+
+
+FAMILIES = {
+    "alexnet": (lambda: tvm.alexnet(), 64),
+    "vgg": (lambda: tvm.vgg11_bn(), 32),
+    "resnet": (lambda: tvm.resnet18(), 64),
+    "resnet_bottleneck": (lambda: tvm.resnet50(), 64),
+    "resnext": (lambda: tvm.resnext50_32x4d(), 64),
+    "wide_resnet": (lambda: tvm.wide_resnet50_2(), 64),
+    "squeezenet": (lambda: tvm.squeezenet1_1(), 64),
+    "densenet": (lambda: tvm.densenet121(), 64),
+    "googlenet": (lambda: tvm.googlenet(aux_logits=False, init_weights=True), 64),
+    "inception": (lambda: tvm.inception_v3(aux_logits=False, init_weights=True), 80),
+    "shufflenet": (lambda: tvm.shufflenet_v2_x0_5(), 64),
+    "mnasnet": (lambda: tvm.mnasnet0_5(), 64),
+    "mobilenet_v2": (lambda: tvm.mobilenet_v2(width_mult=0.5), 64),
+    "mobilenet_v3": (lambda: tvm.mobilenet_v3_small(), 64),
+    "efficientnet": (lambda: tvm.efficientnet_b0(), 64),
+    "efficientnet_v2": (lambda: tvm.efficientnet_v2_s(), 64),
+    "regnet_x": (lambda: tvm.regnet_x_400mf(), 64),
+    "regnet_y": (lambda: tvm.regnet_y_400mf(), 64),
+    "convnext": (lambda: tvm.convnext_tiny(), 64),
+    "vit": (lambda: tvm.vit_b_16(image_size=32), 32),
+    "swin": (lambda: tvm.swin_t(), 64),
+    "swin_v2": (lambda: tvm.swin_v2_t(), 64),
+    "maxvit": (_maxvit, 64),
+}
+
+
+def _randomise_bn(model: nn.Module) -> None:
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.running_var.uniform_(0.5, 1.5)
+
+
+@pytest.mark.filterwarnings("ignore::nnic.speedup.SpeedupWarning")
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_family_speeds_up_with_the_masked_models_output(family):
+    build, size = FAMILIES[family]
+    torch.manual_seed(0)
+    model = build().eval()
+    _randomise_bn(model)
+    x = torch.randn(2, 3, size, size)
+    types = (nn.Conv2d, nn.Linear)
+    masks = channel_masks(model, 0.5, seed=1, types=types)
+    flops_before = count_flops(model, x)
+    before, after = speedup_and_check(model, x, masks)
+    assert after < before, f"{family}: no parameter removed"
+    assert count_flops(model, x) < flops_before, f"{family}: no FLOP removed"
+
+
+def test_a_plain_cnn_loses_what_its_masks_say():
+    """Without coupling (VGG-style), 50% channel masks on every conv remove half the channels of each."""
+    torch.manual_seed(0)
+    model = tvm.vgg11_bn().eval()
+    masks = channel_masks(model, 0.5, seed=0, types=(nn.Conv2d,))
+    speedup_and_check(model, torch.randn(1, 3, 32, 32), masks)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 64, 128, 128, 256, 256, 256, 256]
+    assert model.classifier[0].in_features == 256 * 7 * 7
