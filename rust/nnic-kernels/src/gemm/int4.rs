@@ -5,6 +5,7 @@
 //! zero-point term folded into one per-column constant at pack time. Layout: panels of 32 columns; each
 //! 128-byte row holds 8 k values × 32 columns: the low nibbles are k group `2t` (4 k values), the high
 //! nibbles k group `2t+1`, each stored as `q + 8` in [0, 15] and widened back to s8 in the kernel.
+#![allow(clippy::needless_range_loop)] // register tiles are indexed by row
 use super::pack::{round_up, PackedA, NR};
 use super::quantize::{self, ActQuant};
 use super::{isa_of, Block, Path};
@@ -32,7 +33,7 @@ pub struct PackedInt4 {
 impl PackedInt4 {
     /// Packs codes `q[n, k]` (each in [-8, 7]) with `scales[n, ceil(k / group)]`; `group` is a multiple of 8.
     pub fn new(q: &[i8], n: usize, k: usize, scales: &[f32], group: usize) -> Result<PackedInt4> {
-        if group == 0 || group % 8 != 0 {
+        if group == 0 || !group.is_multiple_of(8) {
             return Err(KernelError::Invalid { what: format!("group size must be a positive multiple of 8, got {group}") });
         }
         if q.len() != n * k {
@@ -255,6 +256,7 @@ pub fn int4_linear(
     let mr = pa.mr;
     let blocks = super::plan(m, n, mr, threads, 64, 8 * NR);
     let run = |blk: Block| {
+        #[allow(clippy::redundant_locals)] // captures the Sync wrapper, not its raw pointer field
         let o = o;
         let mut f = [[0f32; NR]; MR4];
         for j0 in (blk.j0..blk.j1).step_by(NR) {

@@ -6,6 +6,7 @@
 //! - `avx2`: `vpmaddwd` on bytes widened to i16 (exact: no `vpmaddubsw`, whose i16 pair sum saturates
 //!   for u8 × s8 products such as 255·127 + 255·127);
 //! - `vnni`: AVX-512 VNNI `vpdpbusd` (u8 × s8, four products per i32 lane, non-saturating).
+#![allow(clippy::needless_range_loop)] // register tiles are indexed by row
 use super::pack::NR;
 
 /// Rows per register tile of each path.
@@ -103,8 +104,8 @@ pub(crate) mod x86 {
             for _ in 0..kg {
                 let b0 = _mm512_loadu_si512(bp as *const __m512i);
                 let b1 = _mm512_loadu_si512(bp.add(64) as *const __m512i);
-                _mm_prefetch::<_MM_HINT_T0>(bp.add(1024) as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(bp.add(1024 + 64) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(bp.add(1024));
+                _mm_prefetch::<_MM_HINT_T0>(bp.add(1024 + 64));
                 for r in 0..MR {
                     let av = _mm512_set1_epi32((ap.add(r * 4) as *const i32).read_unaligned());
                     s[r][0] = _mm512_dpbusd_epi32(s[r][0], av, b0);
@@ -146,10 +147,10 @@ pub(crate) mod x86 {
                 let b1 = _mm512_loadu_si512(bp.add(64) as *const __m512i);
                 let b2 = _mm512_loadu_si512(bp.add(128) as *const __m512i);
                 let b3 = _mm512_loadu_si512(bp.add(192) as *const __m512i);
-                _mm_prefetch::<_MM_HINT_T0>(bp.add(2048) as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(bp.add(2048 + 64) as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(bp.add(2048 + 128) as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(bp.add(2048 + 192) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(bp.add(2048));
+                _mm_prefetch::<_MM_HINT_T0>(bp.add(2048 + 64));
+                _mm_prefetch::<_MM_HINT_T0>(bp.add(2048 + 128));
+                _mm_prefetch::<_MM_HINT_T0>(bp.add(2048 + 192));
                 for r in 0..MR {
                     let a0 = _mm512_set1_epi32((a.add(g * MR * 4 + r * 4) as *const i32).read_unaligned());
                     let a1 = _mm512_set1_epi32((a.add((g + 1) * MR * 4 + r * 4) as *const i32).read_unaligned());

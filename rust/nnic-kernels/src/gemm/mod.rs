@@ -27,6 +27,23 @@ use rayon::prelude::*;
 
 /// K values per K slice (multiple of 4): the 32-column weight micro-panel of a slice is 16 KiB.
 pub const KC: usize = 512;
+/// Block sizes `(kc, mc_panels, nc)`: `KC`, 16 row panels and 512 columns unless the environment variable
+/// `NNIC_GEMM_BLOCKING="kc,mc_panels,nc"` (a tuning aid) says otherwise.
+fn blocking() -> (usize, usize, usize) {
+    static B: std::sync::OnceLock<(usize, usize, usize)> = std::sync::OnceLock::new();
+    *B.get_or_init(|| {
+        let parse = || -> Option<(usize, usize, usize)> {
+            let v = std::env::var("NNIC_GEMM_BLOCKING").ok()?;
+            let p: Vec<usize> = v.split(',').map(|t| t.trim().parse().ok()).collect::<Option<_>>()?;
+            match p[..] {
+                [kc, mc, nc] if kc >= 4 && kc % 4 == 0 && mc >= 1 && nc >= NR && nc % NR == 0 => Some((kc, mc, nc)),
+                _ => None,
+            }
+        };
+        parse().unwrap_or((KC, 16, 16 * NR))
+    })
+}
+
 /// Problems with fewer multiply-adds run on the calling thread.
 const PAR_MIN_OPS: usize = 1 << 21;
 
@@ -119,6 +136,7 @@ fn has_vnni() -> bool {
 /// # Safety
 /// Pointers as in [`kernels::scalar`]; `path` is supported.
 #[inline]
+#[allow(clippy::too_many_arguments)]
 unsafe fn micro(path: Path, mr: usize, kg: usize, a: *const u8, b: *const i8, c: *mut i32, ldc: usize, acc: bool) {
     #[cfg(target_arch = "x86_64")]
     {
@@ -199,13 +217,15 @@ fn drive(path: Path, m: usize, a: &PackedA, b: &PackedB, c: &mut [i32], finish: 
     let out = OutPtr(c.as_mut_ptr());
     let serial = m * n * kp < PAR_MIN_OPS || pool::num_threads() == 1;
     let threads = if serial { 1 } else { pool::num_threads() };
-    let blocks = plan(m, n, mr, threads, mr * 16, 16 * NR);
+    let (kc_max, mc_panels, nc) = blocking();
+    let blocks = plan(m, n, mr, threads, mr * mc_panels, nc);
     let run = |blk: Block| {
+        #[allow(clippy::redundant_locals)] // captures the Sync wrapper, not its raw pointer field
         let out = out;
         let mut tile = [0i32; MR_VNNI * NR];
         // One row panel: no reuse of a weight micro-panel across row panels, so no K slices either (the
         // weights stream once, sequentially, and the output is written once).
-        let kc = if blk.i1 - blk.i0 <= mr { kp } else { KC };
+        let kc = if blk.i1 - blk.i0 <= mr { kp } else { kc_max };
         for k0 in (0..kp).step_by(kc) {
             let kg = (kp - k0).min(kc) / 4;
             let acc = k0 > 0;
