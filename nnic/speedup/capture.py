@@ -36,6 +36,7 @@ class _Tracer(fx.Tracer):
         self.leaf_types, self.leaf_names = leaf_types, leaf_names
         self.leaf_exact = set(leaf_types)
         self.stack: list[tuple[str, nn.Module]] = []
+        self.failed_at: tuple[str, nn.Module] | None = None
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if qualname in self.leaf_names or type(m) in self.leaf_exact:
@@ -52,6 +53,10 @@ class _Tracer(fx.Tracer):
         self.stack.append((self.path_of_module(m), m))
         try:
             return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_at is None:  # the innermost module where tracing stopped
+                self.failed_at = self.stack[-1]
+            raise
         finally:
             self.stack.pop()
 
@@ -86,7 +91,7 @@ def trace(model: nn.Module, args: tuple, kwargs: dict, *, leaf_types: Iterable[t
     try:
         graph = tracer.trace(model, concrete_args=concrete or None)
     except Exception as exc:
-        where = tracer.stack[-1] if tracer.stack else ("", model)
+        where = tracer.failed_at or ("", model)
         name = where[0] or "<root>"
         raise CaptureError(
             f"torch.fx could not trace {type(model).__name__}: stopped in module {name!r} "

@@ -77,10 +77,14 @@ class RuleTable:
 def _placeholder_values(model: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
     sig = inspect.signature(model.forward)
     bound = sig.bind_partial(*args, **kwargs)
-    values = dict(bound.arguments)
+    values = {}
     for p in sig.parameters.values():
-        if p.name not in values and p.default is not inspect.Parameter.empty:
+        if p.name in bound.arguments:
+            values[p.name] = bound.arguments[p.name]
+        elif p.default is not inspect.Parameter.empty:
             values[p.name] = p.default
+        else:
+            values[p.name] = () if p.kind is p.VAR_POSITIONAL else {} if p.kind is p.VAR_KEYWORD else None
     return values
 
 
@@ -117,10 +121,13 @@ class Propagation:
         self.output: Any = None
 
     def run(self, inputs: dict[str, Any]) -> State:
+        """``inputs``: the forward's parameter values by name, in the signature's order (placeholders are
+        matched by position: fx renames the ones it specialises)."""
         state = self.state
+        ordered = iter(inputs.values())
         for node in self.gm.graph.nodes:
             if node.op == "placeholder":
-                state.values[node] = inputs.get(node.target.lstrip("*"))
+                state.values[node] = next(ordered, None)
                 continue
             if node.op == "get_attr":
                 state.values[node] = _fetch(self.gm, node.target)
@@ -166,8 +173,8 @@ class Propagation:
             state.specs[node.args[0]] = call._output_spec
 
     def _no_rule(self, node: fx.Node, module: nn.Module | None) -> None:
-        what = describe(node)
-        kind = type(module).__qualname__ if module is not None else what
+        what = describe(node) + (f" ({type(module).__name__})" if module is not None else "")
+        kind = type(module).__qualname__ if module is not None else describe(node)
         hint = (
             "write a rule: an object with name, targets=(<the module class, function or 'Tensor.method'>,) and "
             "propagate(call) (and shrink(module, keep) for modules), registered through the "
