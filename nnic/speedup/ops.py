@@ -488,7 +488,27 @@ class LayerNormOpRule(Rule):
         call.set_output(spec)
 
 
-OP_RULES = (MetadataRule(), PointwiseRule(), StructuralRule(), GetItemRule(), CatRule(), SplitRule(),
+class SumRule(Rule):
+    """``sum``: over other dims the channels pass; over the channel dim, zero channels can go (a sink)."""
+
+    name = "ops.sum"
+    targets = (torch.sum, "Tensor.sum")
+
+    def propagate(self, call: Call) -> None:
+        spec, x = call.spec(0), call.value(0)
+        if spec is None:
+            return
+        raw = call.value(1) if len(call.args) > 1 else call.kwargs.get("dim")
+        keepdim = call.value(2) if len(call.args) > 2 else call.kwargs.get("keepdim", False)
+        dims = None if raw is None else {_dim(d, x.ndim) for d in (raw if isinstance(raw, (list, tuple)) else [raw])}
+        if dims is None or not dims or spec.dim in dims:
+            call.sink(spec.ids, spec.dead & call.stats(x, spec.dim).zero)
+            return
+        shift = 0 if keepdim else sum(1 for d in dims if d < spec.dim)
+        call.set_output(Spec(spec.dim - shift, spec.ids, spec.dead))
+
+
+OP_RULES = (SumRule(), MetadataRule(), PointwiseRule(), StructuralRule(), GetItemRule(), CatRule(), SplitRule(),
             SpatialRule(), SoftmaxRule(), LayerNormOpRule())
 
 __all__ = ["OP_RULES", "label_tensor", "propagate_by_labels", "read_labels", "run_on_labels"]

@@ -63,7 +63,7 @@ def save_pruned(model: nn.Module, directory: io.PathLike) -> Path:
     modules = {}
     for name, m in model.named_modules():
         tensors = _direct_tensors(m)
-        if not tensors:
+        if not tensors and not hasattr(m, "from_manifest"):
             continue
         modules[name] = {
             "class": _class_path(type(m)),
@@ -101,7 +101,7 @@ def load_pruned(model: nn.Module, directory: io.PathLike) -> nn.Module:
         except AttributeError:
             raise ValueError(f"load_pruned: the manifest names module {name!r}, which {type(model).__name__} "
                              f"does not have; is this the same architecture?") from None
-        ref = next(iter(_direct_tensors(m).values()), None)
+        ref = next(iter(m.parameters()), None)
         if _class_path(type(m)) != entry["class"]:
             new = _allowed_class(entry["class"]).from_manifest(entry["attrs"])
             if ref is not None:
