@@ -258,3 +258,15 @@ def test_quantize_int4_weight_accuracy():
     x = torch.randn(3, 200)
     y = gemm.int4_linear(x, packed)
     assert torch.nn.functional.cosine_similarity(y.flatten(), (x @ w.T).flatten(), dim=0) > 0.99
+
+
+def test_native_binding_rejects_non_contiguous():
+    from nnic import _kernels
+
+    a = np.zeros((4, 6), np.int8)[:, ::2]
+    with pytest.raises(ValueError, match="a must be a C-contiguous array"):
+        _kernels.int8_matmul(a, np.zeros((3, 2), np.int8), np.zeros((4, 2), np.int32))
+    with pytest.raises(ValueError, match=r"out must be \[4, 2\]"):
+        _kernels.int8_matmul(np.zeros((4, 3), np.int8), np.zeros((3, 2), np.int8), np.zeros((4, 3), np.int32))
+    # the Python layer copies non-contiguous inputs instead
+    np.testing.assert_array_equal(gemm.int8_matmul(a, np.ones((3, 2), np.int8)), np.zeros((4, 2)))
