@@ -14,7 +14,7 @@ use crate::pool;
 use rayon::prelude::*;
 
 /// Rows per register tile.
-const MR4: usize = 4;
+const MR4: usize = 8;
 
 /// Packed int4 weights of a `[n, k]` linear layer.
 #[derive(Clone, Debug, PartialEq)]
@@ -174,16 +174,21 @@ mod x86 {
         unsafe {
             let mask = _mm512_set1_epi8(0x0F);
             let eight = _mm512_set1_epi8(8);
-            let mut fa = [[_mm512_setzero_ps(); 2]; MR];
+            // Few rows: low and high nibbles accumulate separately (4 independent vpdpbusd chains per row).
+            let split = MR <= 2;
+            for fr in f.iter_mut().take(MR) {
+                *fr = [0.0; NR];
+            }
             let mut ap = a;
             let mut bp = b;
             for g in 0..groups {
                 let mut s = [[_mm512_setzero_si512(); 2]; MR];
+                let mut t = [[_mm512_setzero_si512(); 2]; MR];
                 for _ in 0..pairs {
                     let x0 = _mm512_loadu_si512(bp as *const __m512i);
                     let x1 = _mm512_loadu_si512(bp.add(64) as *const __m512i);
-                    _mm_prefetch::<_MM_HINT_T0>(bp.add(1024) as *const i8);
-                    _mm_prefetch::<_MM_HINT_T0>(bp.add(1024 + 64) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(bp.add(2048) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(bp.add(2048 + 64) as *const i8);
                     let l0 = _mm512_sub_epi8(_mm512_and_si512(x0, mask), eight);
                     let l1 = _mm512_sub_epi8(_mm512_and_si512(x1, mask), eight);
                     let h0 = _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16::<4>(x0), mask), eight);
@@ -193,22 +198,30 @@ mod x86 {
                         let a1 = _mm512_set1_epi32((ap.add(MR * 4 + r * 4) as *const i32).read_unaligned());
                         s[r][0] = _mm512_dpbusd_epi32(s[r][0], a0, l0);
                         s[r][1] = _mm512_dpbusd_epi32(s[r][1], a0, l1);
-                        s[r][0] = _mm512_dpbusd_epi32(s[r][0], a1, h0);
-                        s[r][1] = _mm512_dpbusd_epi32(s[r][1], a1, h1);
+                        if split {
+                            t[r][0] = _mm512_dpbusd_epi32(t[r][0], a1, h0);
+                            t[r][1] = _mm512_dpbusd_epi32(t[r][1], a1, h1);
+                        } else {
+                            s[r][0] = _mm512_dpbusd_epi32(s[r][0], a1, h0);
+                            s[r][1] = _mm512_dpbusd_epi32(s[r][1], a1, h1);
+                        }
                     }
                     ap = ap.add(2 * MR * 4);
                     bp = bp.add(128);
                 }
+                // Group end: f += float(sum) * scale, with f in L1 (keeps registers for the integer tile).
                 let s0 = _mm512_loadu_ps(sc.add(g * NR));
                 let s1 = _mm512_loadu_ps(sc.add(g * NR + 16));
                 for r in 0..MR {
-                    fa[r][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[r][0]), s0, fa[r][0]);
-                    fa[r][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[r][1]), s1, fa[r][1]);
+                    let (v0, v1) = if split {
+                        (_mm512_add_epi32(s[r][0], t[r][0]), _mm512_add_epi32(s[r][1], t[r][1]))
+                    } else {
+                        (s[r][0], s[r][1])
+                    };
+                    let p = f[r].as_mut_ptr();
+                    _mm512_storeu_ps(p, _mm512_fmadd_ps(_mm512_cvtepi32_ps(v0), s0, _mm512_loadu_ps(p)));
+                    _mm512_storeu_ps(p.add(16), _mm512_fmadd_ps(_mm512_cvtepi32_ps(v1), s1, _mm512_loadu_ps(p.add(16))));
                 }
-            }
-            for r in 0..MR {
-                _mm512_storeu_ps(f[r].as_mut_ptr(), fa[r][0]);
-                _mm512_storeu_ps(f[r].as_mut_ptr().add(16), fa[r][1]);
             }
         }
     }
@@ -276,7 +289,11 @@ pub fn int4_linear(
                             1 => x86::tile::<1>(groups, pairs, ap, bp, sp, &mut f),
                             2 => x86::tile::<2>(groups, pairs, ap, bp, sp, &mut f),
                             3 => x86::tile::<3>(groups, pairs, ap, bp, sp, &mut f),
-                            _ => x86::tile::<4>(groups, pairs, ap, bp, sp, &mut f),
+                            4 => x86::tile::<4>(groups, pairs, ap, bp, sp, &mut f),
+                            5 => x86::tile::<5>(groups, pairs, ap, bp, sp, &mut f),
+                            6 => x86::tile::<6>(groups, pairs, ap, bp, sp, &mut f),
+                            7 => x86::tile::<7>(groups, pairs, ap, bp, sp, &mut f),
+                            _ => x86::tile::<8>(groups, pairs, ap, bp, sp, &mut f),
                         }
                     },
                     _ => {
