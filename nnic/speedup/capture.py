@@ -88,8 +88,12 @@ def trace(model: nn.Module, args: tuple, kwargs: dict, *, leaf_types: Iterable[t
     for p in params:
         if p.name not in bound.arguments and p.default is not inspect.Parameter.empty:
             concrete[p.name] = p.default
+    has_var = any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params)
     try:
-        graph = tracer.trace(model, concrete_args=concrete or None)
+        if has_var:  # fx cannot make placeholders for *args/**kwargs: trace an explicit-argument forward
+            graph = _trace_explicit(tracer, model, bound)
+        else:
+            graph = tracer.trace(model, concrete_args=concrete or None)
     except Exception as exc:
         where = tracer.failed_at or ("", model)
         name = where[0] or "<root>"
@@ -101,3 +105,24 @@ def trace(model: nn.Module, args: tuple, kwargs: dict, *, leaf_types: Iterable[t
             f"control flow on tensor values)."
         ) from exc
     return fx.GraphModule(model, graph, class_name=type(model).__name__ + "Graph")
+
+
+def _trace_explicit(tracer: fx.Tracer, model: nn.Module, bound: inspect.BoundArguments) -> fx.Graph:
+    """Trace ``model`` through a forward whose parameters are exactly the arguments given (by name)."""
+    names = list(bound.arguments)
+    sig = bound.signature
+    call_parts = []
+    for name in names:
+        kind = sig.parameters[name].kind
+        call_parts.append(f"*{name}" if kind is inspect.Parameter.VAR_POSITIONAL else
+                          f"**{name}" if kind is inspect.Parameter.VAR_KEYWORD else f"{name}={name}")
+    source = f"def _nnic_forward(self, {', '.join(names)}):\n    return _orig(self, {', '.join(call_parts)})\n"
+    namespace: dict = {"_orig": type(model).forward}
+    exec(source, namespace)
+    original = type(model)
+    model.__class__ = type(original.__name__, (original,), {"_nnic_forward": namespace["_nnic_forward"]})
+    tracer.traced_func_name = "_nnic_forward"
+    try:
+        return tracer.trace(model)
+    finally:
+        model.__class__ = original

@@ -238,3 +238,18 @@ def test_the_report_says_why_channels_were_kept():
     ms.speedup_model()
     assert "a model output" in str(ms.report) and ms.report.removed_groups > 0
     assert masked_output is not None
+
+
+class TakesKwargs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x, *args, **kwargs):  # fx cannot make placeholders for these: traced with the given args
+        return self.b(F.relu(self.a(x)) * kwargs.get("scale", 1.0))
+
+
+def test_a_forward_with_var_args_and_kwargs_is_traced_with_the_given_arguments():
+    model = TakesKwargs()
+    speedup_and_check(model, {"x": X, "scale": 2.0}, masks_for(model))
+    assert model.a.out_channels == 4

@@ -1,0 +1,138 @@
+"""nnic speedup rules for Hugging Face transformers self-attention (whole heads) and embeddings."""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+from torch import nn
+
+import nnic
+from nnic.speedup import Rule, Spec
+
+
+def _attention_classes() -> tuple[type, ...]:
+    found = []
+    for module, names in (("transformers.models.bert.modeling_bert", ("BertSelfAttention",)),
+                          ("transformers.models.roberta.modeling_roberta", ("RobertaSelfAttention",)),
+                          ("transformers.models.vit.modeling_vit", ("ViTAttention", "ViTSelfAttention"))):
+        try:
+            mod = __import__(module, fromlist=list(names))
+        except ImportError:
+            continue
+        found += [getattr(mod, n) for n in names if hasattr(mod, n)]
+    return tuple(found)
+
+
+def _embedding_classes() -> tuple[type, ...]:
+    found = []
+    for module, name in (("transformers.models.bert.modeling_bert", "BertEmbeddings"),
+                         ("transformers.models.vit.modeling_vit", "ViTEmbeddings")):
+        try:
+            found.append(getattr(__import__(module, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
+def _projections(m: nn.Module) -> tuple[list[nn.Linear], nn.Linear | None]:
+    if hasattr(m, "query"):
+        return [m.query, m.key, m.value], None
+    return [m.q_proj, m.k_proj, m.v_proj], getattr(m, "o_proj", None)
+
+
+def _heads(m: nn.Module) -> tuple[int, int]:
+    h = m.num_attention_heads
+    d = getattr(m, "attention_head_size", None) or m.head_dim
+    return h, d
+
+
+class HFSelfAttentionRule(Rule):
+    """Whole-head pruning of BERT-style (``query``/``key``/``value``, output = the heads' context) and ViT-style
+    (``q_proj``/``k_proj``/``v_proj``/``o_proj``) self-attention."""
+
+    name = "transformers.self_attention"
+    targets = _attention_classes()
+
+    def propagate(self, call) -> None:
+        m = call.module
+        (q, k, v), o = _projections(m)
+        h, d = _heads(m)
+        x, spec = call.value(0), call.spec(0)
+        in_ids = call.slot("in", q.in_features)
+        if spec is not None and spec.dim == x.ndim - 1:
+            call.couple(in_ids, spec.ids)
+            used = torch.stack([(p.weight.detach() != 0).any(0) for p in (q, k, v)]).any(0).cpu()
+            call.sink(in_ids, ~used | (spec.dead & call.stats(x, spec.dim).zero))
+        else:
+            call.pin(in_ids)
+        v_zero = (v.weight.detach().reshape(h, d, -1) == 0).flatten(1).all(1)
+        if v.bias is not None:
+            v_zero &= (v.bias.detach().reshape(h, d) == 0).all(1)
+        v_zero = v_zero.cpu()
+        weights_used = any(u.target is operator.getitem and u.args[1] == 1 and u.users for u in call.node.users)
+        y = call.output[0] if isinstance(call.output, tuple) else call.output
+        if o is None:
+            out_ids = call.slot("out", h * d)
+            if weights_used:
+                call.pin(out_ids, f"{call.name}: its attention weights are used")
+            dead = v_zero.repeat_interleave(d)
+            heads = [out_ids[i * d:(i + 1) * d] for i in range(h)]
+            call.constraint(lambda removed: [i for g in heads if not all(removed(j) for j in g) for i in g])
+        else:
+            head_ids = call.slot("heads", h)
+            unread = (o.weight.detach().reshape(o.out_features, h, d) == 0).all(2).all(0).cpu()
+            removable = (v_zero | unread) & ~torch.tensor(weights_used)
+            call.sink(head_ids, removable, slot="heads")
+            out_ids = call.slot("out", o.out_features)
+            dead = (o.weight.detach() == 0).all(1).cpu()
+        spec_out = Spec(y.ndim - 1, out_ids, dead)
+        call.set_output((spec_out, None) if isinstance(call.output, tuple) else spec_out)
+
+    def shrink(self, module, keep):
+        (q, k, v), o = _projections(module)
+        h, d = _heads(module)
+        if o is None:
+            kout = keep.get("out")
+            heads = torch.arange(h) if kout is None else torch.unique(kout // d)
+        else:
+            heads = keep.get("heads", torch.arange(h))
+        inner = (heads[:, None] * d + torch.arange(d)[None, :]).flatten()
+        kin = keep.get("in")
+        with torch.no_grad():
+            for p in (q, k, v):
+                _shrink_linear(p, inner, kin)
+            if o is not None:
+                _shrink_linear(o, keep.get("out"), inner)
+        module.num_attention_heads = len(heads)
+        if hasattr(module, "all_head_size"):
+            module.all_head_size = len(heads) * d
+        return module
+
+
+def _shrink_linear(lin: nn.Linear, rows: torch.Tensor | None, cols: torch.Tensor | None) -> None:
+    w = lin.weight.detach()
+    if rows is not None:
+        w = w[rows.to(w.device)]
+        if lin.bias is not None:
+            lin.bias = nn.Parameter(lin.bias.detach()[rows.to(w.device)].clone(), lin.bias.requires_grad)
+    if cols is not None:
+        w = w[:, cols.to(w.device)]
+    lin.weight = nn.Parameter(w.clone(), lin.weight.requires_grad)
+    lin.out_features, lin.in_features = w.shape
+
+
+class HFEmbeddingsRule(Rule):
+    """Embedding blocks are kept whole (their LayerNorm pins the hidden size); their output is untracked."""
+
+    name = "transformers.embeddings"
+    targets = _embedding_classes()
+
+    def propagate(self, call) -> None:
+        call.pin_inputs()
+
+
+@nnic.hookimpl
+def register_speedup_rules(register) -> None:
+    register(HFSelfAttentionRule())
+    register(HFEmbeddingsRule())

@@ -1,0 +1,76 @@
+"""Hugging Face BERT and ViT: whole attention heads and FFN channels removed, outputs unchanged."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import nnic
+
+transformers = pytest.importorskip("transformers")
+
+
+def value_head_masks(linear, heads, d):
+    w = torch.ones_like(linear.weight, dtype=torch.bool)
+    b = torch.ones_like(linear.bias, dtype=torch.bool)
+    for h in heads:
+        w[h * d:(h + 1) * d], b[h * d:(h + 1) * d] = False, False
+    return {"weight": w, "bias": b}
+
+
+def ffn_masks(linear, fraction=0.5):
+    keep = torch.arange(linear.out_features) % int(1 / fraction) != 0
+    return {"weight": keep[:, None].expand_as(linear.weight).clone(), "bias": keep.clone()}
+
+
+def _main(out):
+    out = getattr(out, "last_hidden_state", out)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def check(model, masks, x):
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer, per in masks.items():
+            for p, m in per.items():
+                getattr(ref.get_submodule(layer), p).mul_(m)
+        expected = ref(x)
+    before = sum(p.numel() for p in model.parameters())
+    nnic.speedup_model(model, x, masks)
+    with torch.no_grad():
+        got = model(x)
+    torch.testing.assert_close(_main(got), _main(expected), rtol=1e-4, atol=1e-5)
+    return before, sum(p.numel() for p in model.parameters())
+
+
+def test_bert_heads_and_ffn():
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=32, attn_implementation="eager")
+    model = BertModel(cfg, add_pooling_layer=False).eval()
+    layer0, layer1 = model.encoder.layer
+    masks = {"encoder.layer.0.attention.self.value": value_head_masks(layer0.attention.self.value, [1, 2], 8),
+             "encoder.layer.1.attention.self.value": value_head_masks(layer1.attention.self.value, [3], 8),
+             "encoder.layer.0.intermediate.dense": ffn_masks(layer0.intermediate.dense)}
+    before, after = check(model, masks, torch.randint(0, 100, (2, 8)))
+    assert layer0.attention.self.num_attention_heads == 2 and layer1.attention.self.num_attention_heads == 3
+    assert layer0.attention.output.dense.in_features == 16 and layer0.intermediate.dense.out_features == 32
+    assert after < before
+
+
+def test_vit_heads():
+    from transformers import ViTConfig, ViTModel
+
+    torch.manual_seed(0)
+    cfg = ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                    intermediate_size=64, attn_implementation="eager")
+    model = ViTModel(cfg, add_pooling_layer=False).eval()
+    layer = model.layers[0]  # ViTModel's own forward branches on the input dtype: speed up its layers
+    attn = layer.attention
+    masks = {"attention.v_proj": value_head_masks(attn.v_proj, [0], 8), "mlp.fc1": ffn_masks(layer.mlp.fc1)}
+    check(layer, masks, torch.randn(2, 17, 32))
+    assert attn.num_attention_heads == 3 and attn.o_proj.in_features == 24
