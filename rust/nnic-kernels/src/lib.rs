@@ -19,6 +19,7 @@ pub mod pack;
 pub mod pool;
 pub mod quant;
 pub mod reduce;
+mod select_range;
 mod select_x86;
 mod simd;
 mod split;

@@ -71,10 +71,10 @@ fn masks(xs: &[&[f32]], k: u64, outs: Vec<&mut [bool]>, list: bool) -> Result<()
         let mut ties = ties;
         for (p, o) in pieces.iter().zip(outs) {
             match ties {
-                Ties::PruneAll => keep_gt(isa, *p, o, t),
-                Ties::KeepAll => keep_ge(isa, *p, o, t),
+                Ties::PruneAll => keep_gt(isa, p, o, t),
+                Ties::KeepAll => keep_ge(isa, p, o, t),
                 Ties::PruneFirst(left) => {
-                    let left = keep_ties(*p, o, t, left);
+                    let left = keep_ties(p, o, t, left);
                     ties = if left == 0 { Ties::KeepAll } else { Ties::PruneFirst(left) };
                 }
             }

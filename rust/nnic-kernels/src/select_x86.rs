@@ -28,7 +28,7 @@ mod x86 {
         h[(v.to_bits() & 0xffff) as usize] += 1;
     }
 
-    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,popcnt,bmi1,bmi2")]
     pub(super) fn hist_lo_avx512(x: &[f32], hi: u32, h: &mut [u32]) {
         let hh: &mut [u32; LO_BINS] = (&mut *h).try_into().expect("histogram size");
         let absm = _mm512_set1_epi32(0x7fff_ffff);
@@ -49,7 +49,7 @@ mod x86 {
         hist_lo_scalar(blocks.remainder(), hi, h)
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,popcnt,bmi1,bmi2")]
     pub(super) fn hist_lo_avx2(x: &[f32], hi: u32, h: &mut [u32]) {
         let hh: &mut [u32; LO_BINS] = (&mut *h).try_into().expect("histogram size");
         let absm = _mm256_set1_epi32(0x7fff_ffff);

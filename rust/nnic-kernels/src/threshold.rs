@@ -6,10 +6,16 @@
 //! per group of the input (one histogram per group, merged), so the work is O(n) and parallel, and a list
 //! of slices is handled like their concatenation without building it. Inputs below `SMALL` elements use
 //! `select_nth_unstable` on a copy instead.
+//!
+//! Large inputs first try a sampled select: the k/n quantile of a strided sample bounds the answer to a
+//! narrow range `(lo, hi]` (±3 standard deviations of the sample quantile), and the histogram passes then
+//! only scatter the ~2% of entries inside it ([`crate::select_range`]), which makes them memory-bound.
+//! If the k-th value is not inside the range (an unlucky or adversarial sample) the full passes run.
 use crate::cpu::{self, Isa};
 use crate::error::{KernelError, Result};
 use crate::simd::{abs_bits, first_nan, multiversion, INF_BITS};
 use crate::split;
+use crate::select_range::{hist_range, Counts, BINS};
 use crate::{pool, select_x86};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -72,6 +78,11 @@ pub fn select(xs: &[&[f32]], k: u64, list: bool) -> Result<Selection> {
     let bounds = split::plan(n);
     let groups = split::split_ref(xs, &bounds);
     let par = groups.len() > 1;
+    if n >= SAMPLE_MIN {
+        if let Some(sel) = select_sampled(xs, k, list, n, isa, &bounds, &groups)? {
+            return Ok(sel);
+        }
+    }
 
     // Pass 1: high 16 bits.
     let first: Vec<(Vec<u32>, u32)> = run_groups(par, &groups, |ps| pass_hi(isa, ps));
@@ -101,6 +112,112 @@ pub fn select(xs: &[&[f32]], k: u64, list: bool) -> Result<Selection> {
         bounds,
         equal_per_group: second.iter().map(|h| h[lo as usize] as u64).collect(),
     })
+}
+
+/// Inputs at least this large try the sampled select first.
+const SAMPLE_MIN: usize = 1 << 20;
+/// The sample: this many blocks of `SAMPLE_BLOCK` consecutive entries (one cache line), evenly spaced.
+const SAMPLE_BLOCKS: usize = 4096;
+const SAMPLE_BLOCK: usize = 16;
+
+/// |x| bits of `SAMPLE_BLOCKS` evenly spaced blocks of the concatenation of `xs` (`n` entries in all).
+fn gather_sample(xs: &[&[f32]], n: usize) -> Vec<u32> {
+    let mut out = Vec::with_capacity(SAMPLE_BLOCKS * SAMPLE_BLOCK);
+    let (mut t, mut start) = (0, 0);
+    for j in 0..SAMPLE_BLOCKS {
+        let pos = j * n / SAMPLE_BLOCKS;
+        while start + xs[t].len() <= pos {
+            start += xs[t].len();
+            t += 1;
+        }
+        let off = pos - start;
+        let end = (off + SAMPLE_BLOCK).min(xs[t].len());
+        out.extend(xs[t][off..end].iter().map(|&v| abs_bits(v)));
+    }
+    out
+}
+
+/// The sampled select (see the module docs); `None` when the k-th value is outside the sampled range.
+fn select_sampled(
+    xs: &[&[f32]],
+    k: u64,
+    list: bool,
+    n: usize,
+    isa: Isa,
+    bounds: &[(usize, usize)],
+    groups: &[Vec<&[f32]>],
+) -> Result<Option<Selection>> {
+    let par = groups.len() > 1;
+    let mut sample = gather_sample(xs, n);
+    let m = sample.len();
+    let pos = k as f64 / n as f64 * m as f64;
+    let half = 3.0 * (m as f64).sqrt();
+    let (lo_i, hi_i) = ((pos - half).floor(), (pos + half).ceil());
+    let lo = if lo_i < 0.0 { 0 } else { *sample.select_nth_unstable(lo_i as usize).1 };
+    let hi = if hi_i >= m as f64 { 0x7fff_ffff } else { *sample.select_nth_unstable(hi_i as usize).1 };
+    let width = hi - lo;
+    let shift = if width <= 1 { 0 } else { (32 - (width - 1).leading_zeros()).saturating_sub(16) };
+
+    // Pass 1: counts below / at `lo`, histogram of (lo, hi].
+    let first: Vec<(Counts, Vec<u32>)> = run_groups(par, groups, |ps| {
+        let (mut c, mut h) = (Counts::default(), vec![0u32; BINS]);
+        for p in ps {
+            hist_range(isa, p, lo, hi, shift, &mut h, &mut c);
+        }
+        (c, h)
+    });
+    if first.iter().any(|(c, _)| c.max > INF_BITS) {
+        return Err(nan_error(xs, list));
+    }
+    let below: u64 = first.iter().map(|(c, _)| c.below).sum();
+    let at_lo: u64 = first.iter().map(|(c, _)| c.at_lo).sum();
+    if k <= below {
+        return Ok(None);
+    }
+    let done = |bits: u32, below: u64, equal: u64, per_group: Vec<u64>| Selection {
+        threshold: f32::from_bits(bits),
+        bits,
+        below,
+        equal,
+        bounds: bounds.to_vec(),
+        equal_per_group: per_group,
+    };
+    if k <= below + at_lo {
+        return Ok(Some(done(lo, below, at_lo, first.iter().map(|(c, _)| c.at_lo).collect())));
+    }
+    let mut hist = vec![0u64; BINS];
+    for (_, h) in &first {
+        hist.iter_mut().zip(h).for_each(|(a, &b)| *a += b as u64);
+    }
+    let rest = k - below - at_lo;
+    if rest > hist.iter().sum::<u64>() {
+        return Ok(None);
+    }
+    let (bin, before) = find_bin(&hist, rest);
+    let below = below + at_lo + before;
+    if shift == 0 {
+        let per_group = first.iter().map(|(_, h)| h[bin as usize] as u64).collect();
+        return Ok(Some(done(lo + 1 + bin, below, hist[bin as usize], per_group)));
+    }
+    drop(first);
+
+    // Pass 2: the values of bin `bin`, one histogram bin each.
+    let base = lo + 1 + (bin << shift);
+    let top = (base + ((1u32 << shift) - 1)).min(hi);
+    let second: Vec<Vec<u32>> = run_groups(par, groups, |ps| {
+        let (mut c, mut h) = (Counts::default(), vec![0u32; BINS]);
+        for p in ps {
+            hist_range(isa, p, base - 1, top, 0, &mut h, &mut c);
+        }
+        h
+    });
+    let mut hist = vec![0u64; BINS];
+    for h in &second {
+        hist.iter_mut().zip(h).for_each(|(a, &b)| *a += b as u64);
+    }
+    let (low, before) = find_bin(&hist, k - below);
+    let per_group = second.iter().map(|h| h[low as usize] as u64).collect();
+    Ok(Some(done(base + low, below + before, hist[low as usize], per_group)))
 }
 
 fn run_groups<'a, R: Send>(

@@ -100,3 +100,42 @@ fn global_equals_concatenation() {
         }
     });
 }
+
+/// Inputs of >= 2^20 entries go through the sampled select; these shapes stress its range estimate and
+/// its fallback to the full radix passes.
+#[test]
+fn sampled_select_on_structured_inputs() {
+    let n = (1usize << 20) + 12_345;
+    let mut rng = Rng(21);
+    let normal = rng.normals(n, 1.0);
+    let mut sorted = normal.clone();
+    sorted.sort_by(|a, b| a.abs().partial_cmp(&b.abs()).unwrap());
+    let reversed: Vec<f32> = sorted.iter().rev().copied().collect();
+    // Half exact zeros (an already half-pruned layer), then normals.
+    let zeros: Vec<f32> = normal.iter().enumerate().map(|(i, &v)| if i % 2 == 0 { 0.0 } else { v }).collect();
+    // Misleading sample: the sampled cache lines hold huge values, everything else is small.
+    let mut trap = rng.normals(n, 1e-3);
+    for j in 0..4096 {
+        let p = j * n / 4096;
+        for v in &mut trap[p..(p + 16).min(n)] {
+            *v = 1e6;
+        }
+    }
+    let ties = rng.ties(n, 3);
+    let mut infs = normal.clone();
+    infs.iter_mut().step_by(3).for_each(|v| *v = f32::INFINITY);
+    for (name, x) in [("normal", &normal), ("sorted", &sorted), ("reversed", &reversed), ("zeros", &zeros),
+                      ("trap", &trap), ("ties", &ties), ("infs", &infs)] {
+        let mut abs: Vec<f32> = x.iter().map(|v| v.abs()).collect();
+        abs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        for k in [1usize, 1000, n / 4, n / 2, n / 2 + 1, 3 * n / 4, n - 3, n] {
+            for_each_isa(|isa| {
+                let s = select(&[x], k as u64, false).unwrap();
+                assert_eq!(s.threshold.to_bits(), abs[k - 1].to_bits(), "{name} {isa:?} k {k}");
+                let below = abs.partition_point(|&v| v < s.threshold) as u64;
+                let equal = abs.partition_point(|&v| v <= s.threshold) as u64 - below;
+                assert_eq!((s.below, s.equal), (below, equal), "{name} {isa:?} k {k}");
+            });
+        }
+    }
+}

@@ -38,7 +38,7 @@ impl Rng {
         (0..n)
             .map(|_| {
                 let v = (self.next_u64() % levels) as f32;
-                if self.next_u64() % 2 == 0 { -v } else { v }
+                if self.next_u64().is_multiple_of(2) { -v } else { v }
             })
             .collect()
     }
