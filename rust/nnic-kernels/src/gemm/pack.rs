@@ -19,6 +19,43 @@ pub(crate) fn round_up(x: usize, to: usize) -> usize {
     x.div_ceil(to) * to
 }
 
+/// Whether [`transpose_4x32`] can run (AVX2 present and the active ISA is not the scalar one).
+fn fast_transpose() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        crate::cpu::active() != crate::cpu::Isa::Scalar && std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Interleaves four rows of 32 bytes into 32 groups of 4 bytes (`out[4c + e] = row_e[c]`).
+///
+/// # Safety
+/// Each row pointer has 32 readable bytes, `out` 128 writable bytes; the CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn transpose_4x32(r0: *const i8, r1: *const i8, r2: *const i8, r3: *const i8, out: *mut i8) {
+    use std::arch::x86_64::*;
+    unsafe {
+        let ld = |p: *const i8| _mm256_loadu_si256(p as *const __m256i);
+        let (x0, x1, x2, x3) = (ld(r0), ld(r1), ld(r2), ld(r3));
+        let a = _mm256_unpacklo_epi8(x0, x1); // lanes: cols 0-7 | 16-23, pairs (r0, r1)
+        let b = _mm256_unpackhi_epi8(x0, x1); // cols 8-15 | 24-31
+        let c = _mm256_unpacklo_epi8(x2, x3);
+        let d = _mm256_unpackhi_epi8(x2, x3);
+        let e0 = _mm256_unpacklo_epi16(a, c); // cols 0-3 | 16-19, groups of 4
+        let e1 = _mm256_unpackhi_epi16(a, c); // cols 4-7 | 20-23
+        let e2 = _mm256_unpacklo_epi16(b, d); // cols 8-11 | 24-27
+        let e3 = _mm256_unpackhi_epi16(b, d); // cols 12-15 | 28-31
+        let o = out as *mut __m256i;
+        _mm256_storeu_si256(o, _mm256_permute2x128_si256::<0x20>(e0, e1));
+        _mm256_storeu_si256(o.add(1), _mm256_permute2x128_si256::<0x20>(e2, e3));
+        _mm256_storeu_si256(o.add(2), _mm256_permute2x128_si256::<0x31>(e0, e1));
+        _mm256_storeu_si256(o.add(3), _mm256_permute2x128_si256::<0x31>(e2, e3));
+    }
+}
+
 /// s8 weights `B[K, N]` packed for the micro-kernels, with per-column sums (for the zero-point terms).
 #[derive(Clone, Debug, PartialEq)]
 pub struct PackedB {
@@ -88,17 +125,35 @@ impl PackedB {
                     }
                 }
             } else {
-                for kk in 0..k {
-                    let (g, e) = (kk / 4, kk % 4);
+                let simd = fast_transpose();
+                for g in 0..k.div_ceil(4) {
                     for pp in 0..panels {
                         let j0 = (p0 + pp) * NR;
                         let cols = n.saturating_sub(j0).min(NR);
-                        let row = &src[kk * n + j0..kk * n + j0 + cols];
                         let dst = &mut out[pp * kp * NR + g * NR * 4..pp * kp * NR + (g + 1) * NR * 4];
                         let sm = &mut sums[pp * NR..pp * NR + cols];
-                        for ((d, s), &v) in dst.chunks_exact_mut(4).zip(sm.iter_mut()).zip(row) {
-                            d[e] = v;
-                            *s += v as i32;
+                        let rows = (k - 4 * g).min(4);
+                        for e in 0..rows {
+                            let kk = 4 * g + e;
+                            for (s, &v) in sm.iter_mut().zip(&src[kk * n + j0..kk * n + j0 + cols]) {
+                                *s += v as i32;
+                            }
+                        }
+                        if simd && rows == 4 && cols == NR {
+                            #[cfg(target_arch = "x86_64")]
+                            // SAFETY: four rows of 32 bytes exist at these offsets; `dst` has 128 bytes; AVX2 checked.
+                            unsafe {
+                                let r = |e: usize| src.as_ptr().add((4 * g + e) * n + j0);
+                                transpose_4x32(r(0), r(1), r(2), r(3), dst.as_mut_ptr());
+                            }
+                            continue;
+                        }
+                        for e in 0..rows {
+                            let kk = 4 * g + e;
+                            let row = &src[kk * n + j0..kk * n + j0 + cols];
+                            for (d, &v) in dst.chunks_exact_mut(4).zip(row) {
+                                d[e] = v;
+                            }
                         }
                     }
                 }
