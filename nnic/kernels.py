@@ -301,6 +301,14 @@ def _qrange(bits: Any, signed: bool) -> tuple[int, int]:
 
 def _params(scale: Any, zero_point: Any, axis: int | None, shape: tuple, qmin: int, qmax: int):
     """scale/zero_point as 1-D float32/int32 arrays of one value (per tensor) or one per channel."""
+    if axis is None and type(scale) is float and type(zero_point) is int:  # fast path: plain Python scalars
+        with np.errstate(over="ignore"):  # a scale beyond float32 becomes inf and is rejected below
+            s32 = np.float32(scale)
+        if not (np.isfinite(s32) and s32 > 0):
+            raise ValueError(f"scale must be finite and > 0, got {s32}")
+        if not qmin <= zero_point <= qmax:
+            raise ValueError(f"zero_point must be in [{qmin}, {qmax}], got {zero_point}")
+        return np.array([s32], np.float32), np.array([zero_point], np.int32)
     channels = 1 if axis is None else shape[axis]
     what = "a scalar" if axis is None else f"1-D with {channels} values (x.shape[{axis}])"
     s = scale.detach().cpu().numpy() if _is_torch(scale) else np.asarray(scale)
@@ -313,7 +321,8 @@ def _params(scale: Any, zero_point: Any, axis: int | None, shape: tuple, qmin: i
         ok = arr.size == 1 and arr.ndim <= 1 if axis is None else arr.ndim == 1 and arr.size == channels
         if not ok and not (axis is not None and name == "zero_point" and arr.ndim == 0):
             raise ValueError(f"{name} must be {what}, got shape {arr.shape}")
-    s = s.astype(np.float32).reshape(-1)
+    with np.errstate(over="ignore"):
+        s = s.astype(np.float32).reshape(-1)
     z = np.broadcast_to(z.reshape(-1), (channels,)) if z.size == 1 and channels != 1 else z.reshape(-1)
     bad = np.flatnonzero(~(np.isfinite(s) & (s > 0)))
     if bad.size:

@@ -210,3 +210,18 @@ def test_prune_noncontiguous_and_errors(kind):
     with pytest.raises(TypeError, match="t must be a real number, got str"):
         kernels.prune_by_threshold_(x, "0.5")
     assert kernels.prune_by_threshold_(x, torch.tensor(100.0)) == 0
+
+
+@settings(BIG, max_examples=2)
+@given(seed=st.integers(0, 2**32 - 1), half_zeros=st.booleans())
+def test_large_masks_sampled_path(isa, seed, half_zeros):
+    """>= 2^20 elements: the sampled select feeds the exact-k masks."""
+    rng = np.random.default_rng(seed)
+    n = (1 << 20) + 77
+    x = np.round(rng.standard_normal(n) * 20).astype(np.float32)
+    if half_zeros:
+        x[::2] = 0.0
+    for k in (int(rng.integers(0, n + 1)), n // 2):
+        m = kernels.smallest_abs_mask(x, k)
+        assert int((~m).sum()) == k
+        assert_array_equal(m, ref.smallest_abs_mask(x, k))

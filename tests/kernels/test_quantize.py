@@ -136,6 +136,10 @@ def test_quantize_errors(kind):
     x = as_kind(np.ones((2, 3), np.float32), kind)
     with pytest.raises(ValueError, match="scale must be finite and > 0, got 0.0$"):
         kernels.quantize(x, 0.0)
+    with pytest.raises(ValueError, match="scale must be finite and > 0, got inf$"):
+        kernels.quantize(x, 1e39)  # overflows float32
+    with pytest.raises(ValueError, match="scale must be finite and > 0, got inf for channel 0"):
+        kernels.quantize(x, [1e39, 1.0], axis=0)
     with pytest.raises(ValueError, match="scale must be finite and > 0, got nan for channel 1"):
         kernels.quantize(x, [1.0, np.nan, 1.0], axis=1)
     with pytest.raises(ValueError, match="scale must be finite and > 0, got -1.0 for channel 0"):

@@ -111,3 +111,24 @@ def test_accepts_integer_likes_and_noncontiguous(kind):
     assert kernels.kth_smallest_abs(x[:, 1::2], 5) == ref.kth_smallest_abs(x[:, 1::2], 5)
     w = torch.nn.Parameter(torch.randn(5, 5))
     assert kernels.kth_smallest_abs(w, 25) == float(w.detach().abs().max())
+
+
+@settings(BIG, max_examples=2)
+@given(seed=st.integers(0, 2**32 - 1), shape=st.sampled_from(["normal", "sorted", "half_zeros", "ties"]))
+def test_sampled_select_path(isa, seed, shape):
+    """>= 2^20 elements take the sampled select (with its fallback); same answers as a full sort."""
+    rng = np.random.default_rng(seed)
+    n = (1 << 20) + 4321
+    x = rng.standard_normal(n).astype(np.float32)
+    if shape == "sorted":
+        x = x[np.argsort(np.abs(x))]
+    elif shape == "half_zeros":
+        x[::2] = 0.0
+    elif shape == "ties":
+        x = np.round(x * 2).astype(np.float32)
+    s = np.sort(np.abs(x))
+    for k in (1, n // 4, n // 2, int(rng.integers(1, n + 1)), n):
+        assert same_float(kernels.kth_smallest_abs(x, k), s[k - 1])
+    parts = [x[: n // 3], x[n // 3:].reshape(-1, 7) if (n - n // 3) % 7 == 0 else x[n // 3:]]
+    k = int(rng.integers(1, n + 1))
+    assert same_float(kernels.global_kth_smallest_abs(parts, k), s[k - 1])
