@@ -109,14 +109,21 @@ def trace(model: nn.Module, args: tuple, kwargs: dict, *, leaf_types: Iterable[t
 
 def _trace_explicit(tracer: fx.Tracer, model: nn.Module, bound: inspect.BoundArguments) -> fx.Graph:
     """Trace ``model`` through a forward whose parameters are exactly the arguments given (by name)."""
-    names = list(bound.arguments)
-    sig = bound.signature
-    call_parts = []
-    for name in names:
-        kind = sig.parameters[name].kind
-        call_parts.append(f"*{name}" if kind is inspect.Parameter.VAR_POSITIONAL else
-                          f"**{name}" if kind is inspect.Parameter.VAR_KEYWORD else f"{name}={name}")
-    source = f"def _nnic_forward(self, {', '.join(names)}):\n    return _orig(self, {', '.join(call_parts)})\n"
+    params, call_parts = [], []
+    for name, value in bound.arguments.items():
+        kind = bound.signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_POSITIONAL:
+            names = [f"_{name}_{i}" for i in range(len(value))]
+            params += names
+            call_parts += names
+        elif kind is inspect.Parameter.VAR_KEYWORD:
+            for key in value:
+                params.append(f"_{name}_{key}")
+                call_parts.append(f"{key}=_{name}_{key}")
+        else:
+            params.append(name)
+            call_parts.append(f"{name}={name}" if kind is not inspect.Parameter.POSITIONAL_ONLY else name)
+    source = f"def _nnic_forward(self, {', '.join(params)}):\n    return _orig(self, {', '.join(call_parts)})\n"
     namespace: dict = {"_orig": type(model).forward}
     exec(source, namespace)
     original = type(model)

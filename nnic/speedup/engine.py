@@ -77,6 +77,17 @@ class RuleTable:
 def _placeholder_values(model: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
     sig = inspect.signature(model.forward)
     bound = sig.bind_partial(*args, **kwargs)
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in sig.parameters.values()):
+        flat: dict[str, Any] = {}  # the order capture's explicit-argument forward uses
+        for name, value in bound.arguments.items():
+            kind = sig.parameters[name].kind
+            if kind is inspect.Parameter.VAR_POSITIONAL:
+                flat.update({f"_{name}_{i}": v for i, v in enumerate(value)})
+            elif kind is inspect.Parameter.VAR_KEYWORD:
+                flat.update({f"_{name}_{k}": v for k, v in value.items()})
+            else:
+                flat[name] = value
+        return flat
     values = {}
     for p in sig.parameters.values():
         if p.name in bound.arguments:
