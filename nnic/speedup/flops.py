@@ -49,7 +49,11 @@ def count_flops(model: nn.Module, dummy_input: Any) -> int:
         nonlocal total
         total += _macs(m, inputs, out)
 
+    inside_attention = {id(c) for m in model.modules() if type(m).__name__ == "PrunedMultiheadAttention"
+                        for c in m.modules() if c is not m}  # its projections are counted by the attention
     for m in model.modules():
+        if id(m) in inside_attention:
+            continue
         if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear, nn.Bilinear, nn.MultiheadAttention)) or \
                 type(m).__name__ == "PrunedMultiheadAttention":
             hooks.append(m.register_forward_hook(hook))
