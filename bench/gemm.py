@@ -6,7 +6,9 @@
 Rows per (M, K, N): float32 ``torch.matmul`` (MKL), ``torch._int_mm`` (s8·s8→s32), dynamic-quantized
 ``nn.quantized.dynamic.Linear`` with every installed engine (fbgemm / onednn / x86), and nnic's
 ``int8_matmul`` (packs B on every call), prepacked ``matmul`` (s8→s32), ``int8_linear`` (f32→f32, dynamic
-per-token activations, fused epilogue) and ``int4_linear`` (int4 weights, M ≤ 16 only). Times are medians;
+per-token activations, fused epilogue) and ``int4_linear`` (int4 weights, M ≤ 16 only). All kernels of a
+shape are timed round-robin (one call each per round) so that load from other processes hits them alike;
+times are medians (``--stat min`` for the least-disturbed round);
 GOPS count 2·M·K·N; "%peak" is against the measured int8 VNNI peak (PERF.md: 1342 GOPS at 2 threads, 665
 at 1; ``--peak`` overrides) and the theoretical one from the clock (cores × GHz × 2 ports × 64 MAC × 2).
 """
@@ -34,21 +36,6 @@ SHAPES = [(1, 4096, 4096), (16, 4096, 4096), (128, 768, 3072), (512, 768, 768), 
 MEASURED_PEAK = {1: 665.0, 2: 1342.0}
 
 
-def timeit(fn, repeats: int, budget: float = 1.0) -> float:
-    """Median seconds of ``fn()`` over ``repeats`` runs (fewer when one run exceeds the budget)."""
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    once = time.perf_counter() - t0
-    n = max(3, min(repeats, int(budget / max(once, 1e-9))))
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def clock_ghz() -> float:
     try:
         mhz = [float(line.split(":")[1]) for line in open("/proc/cpuinfo") if line.startswith("cpu MHz")]
@@ -68,48 +55,75 @@ def dynamic_linear(w: torch.Tensor, engine: str):
     return lin
 
 
-def bench_shape(m: int, k: int, n: int, repeats: int, engines: list[str]) -> dict[str, float]:
+def bench_shape(m: int, k: int, n: int, repeats: int, engines: list[str], budget: float) -> dict[str, list[float]]:
     g = torch.Generator().manual_seed(0)
     a = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=g)
     w8 = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=g)
     b = w8.t().contiguous()  # [K, N] for _int_mm / int8_matmul
     x = torch.randn(m, k, generator=g)
     wf = torch.randn(n, k, generator=g) * 0.05
-    res: dict[str, float] = {}
-    res["fp32 torch.matmul (MKL)"] = timeit(lambda: torch.matmul(x, wf.t()), repeats)
+    fns = {"fp32 torch.matmul (MKL)": lambda: torch.matmul(x, wf.t())}
     try:
         torch._int_mm(a, b)
-        res["torch._int_mm"] = timeit(lambda: torch._int_mm(a, b), repeats)
+        fns["torch._int_mm"] = lambda: torch._int_mm(a, b)
     except RuntimeError as e:  # some builds refuse small M on CPU
         print(f"  torch._int_mm unavailable at this shape: {e}".splitlines()[0])
     for eng in engines:
-        with torch.no_grad(), warnings.catch_warnings():
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             lin = dynamic_linear(wf, eng)
-            res[f"torch dynamic Linear [{eng}]"] = timeit(lambda: lin(x), repeats)
+
+        def dyn(lin=lin, eng=eng):
+            torch.backends.quantized.engine = eng
+            with torch.no_grad():
+                lin(x)
+
+        fns[f"torch dynamic Linear [{eng}]"] = dyn
     an, bn = a.numpy(), b.numpy()
-    res["nnic int8_matmul (packs B each call)"] = timeit(lambda: gemm.int8_matmul(an, bn), repeats)
+    fns["nnic int8_matmul (packs B each call)"] = lambda: gemm.int8_matmul(an, bn)
     packed = gemm.pack_int8_weight(w8, 1.0)
     out = np.empty((m, n), np.int32)
-    res["nnic prepacked matmul s8->s32"] = timeit(lambda: packed.matmul(an, out), repeats)
+    fns["nnic prepacked matmul s8->s32"] = lambda: packed.matmul(an, out)
     q, s = gemm.quantize_int8_weight(wf)
     pl = gemm.pack_int8_weight(q, s)
-    res["nnic int8_linear f32->f32"] = timeit(lambda: gemm.int8_linear(x, pl), repeats)
+    fns["nnic int8_linear f32->f32"] = lambda: gemm.int8_linear(x, pl)
     if m <= 16:
         q4, s4 = gemm.quantize_int4_weight(wf, 64)
         p4 = gemm.pack_int4_weight(q4, s4, 64)
-        res["nnic int4_linear f32->f32 (g=64)"] = timeit(lambda: gemm.int4_linear(x, p4), repeats)
-    # correctness spot checks (outside the timings)
-    ref = torch._int_mm(a, b) if "torch._int_mm" in res else (a.long() @ b.long()).int()
+        fns["nnic int4_linear f32->f32 (g=64)"] = lambda: gemm.int4_linear(x, p4)
+    # correctness spot check (outside the timings)
+    ref = torch._int_mm(a, b) if "torch._int_mm" in fns else (a.long() @ b.long()).int()
     assert torch.equal(gemm.int8_matmul(a, b), ref), "nnic int8_matmul differs from torch"
-    return res
+    return timeit_interleaved(fns, repeats, budget)
+
+
+def timeit_interleaved(fns: dict, repeats: int, budget: float) -> dict[str, list[float]]:
+    """Seconds per call of each function, measured round-robin (one call of each per round), so that
+    load from other processes hits all of them alike."""
+    once = {}
+    for name, fn in fns.items():
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        once[name] = time.perf_counter() - t0
+    rounds = max(3, min(repeats, int(budget / max(sum(once.values()), 1e-9))))
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", nargs="*", default=[f"{m}x{k}x{n}" for m, k, n in SHAPES], help="MxKxN ...")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--repeats", type=int, default=15, help="max rounds per shape")
+    ap.add_argument("--budget", type=float, default=6.0, help="seconds per shape (fewer rounds when slow)")
+    ap.add_argument("--stat", choices=("median", "min"), default="median",
+                    help="median (default) or min: the least-disturbed run, on a shared machine")
     ap.add_argument("--peak", type=float, default=None, help="measured int8 peak in GOPS for --threads")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     args = ap.parse_args()
@@ -126,24 +140,27 @@ def main() -> None:
     for spec in args.shapes:
         m, k, n = (int(v) for v in spec.lower().split("x"))
         ops = 2 * m * k * n
-        res = bench_shape(m, k, n, args.repeats, engines)
-        all_res[spec] = res
-        print(f"\n(M, K, N) = ({m}, {k}, {n})")
+        times = bench_shape(m, k, n, args.repeats, engines, args.budget)
+        stat = min if args.stat == "min" else statistics.median
+        res = {name: stat(ts) for name, ts in times.items()}
+        all_res[spec] = times
+        print(f"\n(M, K, N) = ({m}, {k}, {n})   [{args.stat} of {len(next(iter(times.values())))} interleaved rounds]")
         print(f"  {'kernel':40s} {'ms':>9s} {'GOPS':>8s} {'%peak':>6s}")
         for name, t in res.items():
             print(f"  {name:40s} {t * 1e3:9.3f} {ops / t / 1e9:8.1f} {100 * ops / t / 1e9 / peak:5.0f}%")
-        best_torch_int8 = min(v for key, v in res.items() if key.startswith("torch"))
+        torch_int8 = {key: v for key, v in res.items() if key.startswith("torch")}
+        best_name = min(torch_int8, key=torch_int8.get)
         nn_mm = res["nnic prepacked matmul s8->s32"]
         nn_lin = res["nnic int8_linear f32->f32"]
         dyn = [v for key, v in res.items() if "dynamic" in key]
-        lines = [f"nnic matmul vs best torch int8: {best_torch_int8 / nn_mm:.2f}x"]
+        lines = [f"nnic matmul vs best torch int8 ({best_name}): {torch_int8[best_name] / nn_mm:.2f}x"]
         if "torch._int_mm" in res:
             lines.append(f"vs torch._int_mm: {res['torch._int_mm'] / nn_mm:.2f}x")
         if dyn:
             lines.append(f"nnic int8_linear vs best dynamic Linear: {min(dyn) / nn_lin:.2f}x")
         lines.append(f"nnic int8_linear vs fp32 MKL: {res['fp32 torch.matmul (MKL)'] / nn_lin:.2f}x")
         if "nnic int4_linear f32->f32 (g=64)" in res:
-            lines.append(f"int4 vs best torch int8: {best_torch_int8 / res['nnic int4_linear f32->f32 (g=64)']:.2f}x")
+            lines.append(f"int4 vs best torch int8: {torch_int8[best_name] / res['nnic int4_linear f32->f32 (g=64)']:.2f}x")
         print("  ratios: " + "; ".join(lines))
     if args.json:
         with contextlib.suppress(OSError):
