@@ -18,25 +18,63 @@ pub(crate) struct Counts {
     pub max: u32,
 }
 
+/// The in-range entries themselves (|x| bits), kept while there are at most `cap` of them, so that the
+/// k-th value can be picked from them instead of a second pass over the data.
+#[derive(Debug, Default)]
+pub(crate) struct Candidates {
+    pub bits: Vec<u32>,
+    pub cap: usize,
+    /// More than `cap` entries were in range: `bits` is incomplete.
+    pub overflow: bool,
+}
+
+impl Candidates {
+    pub fn with_cap(cap: usize) -> Self {
+        Candidates { bits: Vec::new(), cap, overflow: false }
+    }
+
+    #[inline]
+    fn add(&mut self, b: &[u32]) {
+        if !self.overflow {
+            if self.bits.len() + b.len() > self.cap {
+                self.overflow = true;
+                self.bits = Vec::new();
+            } else {
+                self.bits.extend_from_slice(b);
+            }
+        }
+    }
+}
+
 /// For every |x| bits `b`: `b < lo` and `b == lo` are counted, `lo < b <= hi` adds one to
 /// `h[(b - lo - 1) >> shift]`. `h` has [`BINS`] bins and `(hi - lo - 1) >> shift < BINS`.
-pub(crate) fn hist_range(isa: Isa, x: &[f32], lo: u32, hi: u32, shift: u32, h: &mut [u32], c: &mut Counts) {
+/// The in-range bits are also appended to `cand`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn hist_range(isa: Isa, x: &[f32], lo: u32, hi: u32, shift: u32, h: &mut [u32], c: &mut Counts, cand: &mut Candidates) {
     debug_assert!(h.len() == BINS && (hi <= lo || ((hi - lo - 1) >> shift) < BINS as u32));
     #[cfg(target_arch = "x86_64")]
     match isa {
         // SAFETY: `cpu::set_isa` only activates ISAs that this CPU supports.
-        Isa::Avx512 => return unsafe { x86::hist_range_avx512(x, lo, hi, shift, h, c) },
-        Isa::Avx2 => return unsafe { x86::hist_range_avx2(x, lo, hi, shift, h, c) },
+        Isa::Avx512 => return unsafe { x86::hist_range_avx512(x, lo, hi, shift, h, c, cand) },
+        Isa::Avx2 => return unsafe { x86::hist_range_avx2(x, lo, hi, shift, h, c, cand) },
         Isa::Scalar => {}
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = isa;
-    hist_range_scalar(x, lo, hi, shift, h, c)
+    hist_range_scalar(x, lo, hi, shift, h, c, cand)
 }
 
 /// The scalar pass (ground truth of the SIMD versions).
 #[inline(always)]
-pub(crate) fn hist_range_scalar(x: &[f32], lo: u32, hi: u32, shift: u32, h: &mut [u32], c: &mut Counts) {
+pub(crate) fn hist_range_scalar(
+    x: &[f32],
+    lo: u32,
+    hi: u32,
+    shift: u32,
+    h: &mut [u32],
+    c: &mut Counts,
+    cand: &mut Candidates,
+) {
     let h: &mut [u32; BINS] = h.try_into().expect("histogram size");
     let (mut below, mut at, mut max) = (0u64, 0u64, c.max);
     for &v in x {
@@ -47,6 +85,7 @@ pub(crate) fn hist_range_scalar(x: &[f32], lo: u32, hi: u32, shift: u32, h: &mut
         at += (b == lo) as u64;
         if b > lo && b <= hi {
             h[(((b - lo - 1) >> shift) as usize) & (BINS - 1)] += 1;
+            cand.add(&[b]);
         }
     }
     c.below += below;
@@ -56,7 +95,7 @@ pub(crate) fn hist_range_scalar(x: &[f32], lo: u32, hi: u32, shift: u32, h: &mut
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{hist_range_scalar, Counts, BINS};
+    use super::{hist_range_scalar, Candidates, Counts, BINS};
     use std::arch::x86_64::*;
 
     /// Row `m`: the indices of the set bits of `m`, in order, then zeros (a left-packing permutation).
@@ -89,7 +128,16 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,popcnt,bmi1,bmi2")]
-    pub(super) fn hist_range_avx512(x: &[f32], lo: u32, hi: u32, shift: u32, h: &mut [u32], c: &mut Counts) {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn hist_range_avx512(
+        x: &[f32],
+        lo: u32,
+        hi: u32,
+        shift: u32,
+        h: &mut [u32],
+        c: &mut Counts,
+        cand: &mut Candidates,
+    ) {
         let hh: &mut [u32; BINS] = (&mut *h).try_into().expect("histogram size");
         let absm = _mm512_set1_epi32(0x7fff_ffff);
         let one = _mm512_set1_epi32(1);
@@ -116,20 +164,31 @@ mod x86 {
                 for &b in &buf[..len] {
                     hh[(((b - lo - 1) >> shift) as usize) & (BINS - 1)] += 1;
                 }
+                cand.add(&buf[..len]);
                 len = 0;
             }
         }
         for &b in &buf[..len] {
             hh[(((b - lo - 1) >> shift) as usize) & (BINS - 1)] += 1;
         }
+        cand.add(&buf[..len]);
         c.below += lanes512(below);
         c.at_lo += lanes512(at);
         c.max = c.max.max(_mm512_reduce_max_epi32(maxv) as u32);
-        hist_range_scalar(blocks.remainder(), lo, hi, shift, h, c)
+        hist_range_scalar(blocks.remainder(), lo, hi, shift, h, c, cand)
     }
 
     #[target_feature(enable = "avx2,fma,popcnt,bmi1,bmi2")]
-    pub(super) fn hist_range_avx2(x: &[f32], lo: u32, hi: u32, shift: u32, h: &mut [u32], c: &mut Counts) {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn hist_range_avx2(
+        x: &[f32],
+        lo: u32,
+        hi: u32,
+        shift: u32,
+        h: &mut [u32],
+        c: &mut Counts,
+        cand: &mut Candidates,
+    ) {
         let hh: &mut [u32; BINS] = (&mut *h).try_into().expect("histogram size");
         let absm = _mm256_set1_epi32(0x7fff_ffff);
         let (lov, hiv) = (_mm256_set1_epi32(lo as i32), _mm256_set1_epi32(hi as i32));
@@ -161,12 +220,14 @@ mod x86 {
                 for &b in &buf[..len] {
                     hh[(((b - lo - 1) >> shift) as usize) & (BINS - 1)] += 1;
                 }
+                cand.add(&buf[..len]);
                 len = 0;
             }
         }
         for &b in &buf[..len] {
             hh[(((b - lo - 1) >> shift) as usize) & (BINS - 1)] += 1;
         }
+        cand.add(&buf[..len]);
         let lanes = |v: __m256i| {
             let mut l = [0u32; 8];
             // SAFETY: `l` has room for 8 lanes.
@@ -176,6 +237,6 @@ mod x86 {
         c.below += lanes(below).iter().map(|&x| x as u64).sum::<u64>();
         c.at_lo += lanes(at).iter().map(|&x| x as u64).sum::<u64>();
         c.max = c.max.max(lanes(maxv).into_iter().max().unwrap_or(0));
-        hist_range_scalar(blocks.remainder(), lo, hi, shift, h, c)
+        hist_range_scalar(blocks.remainder(), lo, hi, shift, h, c, cand)
     }
 }

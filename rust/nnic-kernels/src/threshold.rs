@@ -10,12 +10,14 @@
 //! Large inputs first try a sampled select: the k/n quantile of a strided sample bounds the answer to a
 //! narrow range `(lo, hi]` (±3 standard deviations of the sample quantile), and the histogram passes then
 //! only scatter the ~2% of entries inside it ([`crate::select_range`]), which makes them memory-bound.
-//! If the k-th value is not inside the range (an unlucky or adversarial sample) the full passes run.
+//! The in-range entries are also kept (while they are few), so the k-th value is then picked among them
+//! without a second pass. If the k-th value is not inside the range (an unlucky or adversarial sample),
+//! the full passes run.
 use crate::cpu::{self, Isa};
 use crate::error::{KernelError, Result};
 use crate::simd::{abs_bits, first_nan, multiversion, INF_BITS};
 use crate::split;
-use crate::select_range::{hist_range, Counts, BINS};
+use crate::select_range::{hist_range, Candidates, Counts, BINS};
 use crate::{pool, select_x86};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -119,6 +121,8 @@ const SAMPLE_MIN: usize = 1 << 20;
 /// The sample: this many blocks of `SAMPLE_BLOCK` consecutive entries (one cache line), evenly spaced.
 const SAMPLE_BLOCKS: usize = 4096;
 const SAMPLE_BLOCK: usize = 16;
+/// In-range entries are kept (to skip the second pass) while they are at most 1/CANDIDATE_SHARE of a group.
+const CANDIDATE_SHARE: usize = 16;
 
 /// |x| bits of `SAMPLE_BLOCKS` evenly spaced blocks of the concatenation of `xs` (`n` entries in all).
 fn gather_sample(xs: &[&[f32]], n: usize) -> Vec<u32> {
@@ -159,18 +163,20 @@ fn select_sampled(
     let shift = if width <= 1 { 0 } else { (32 - (width - 1).leading_zeros()).saturating_sub(16) };
 
     // Pass 1: counts below / at `lo`, histogram of (lo, hi].
-    let first: Vec<(Counts, Vec<u32>)> = run_groups(par, groups, |ps| {
+    let first: Vec<(Counts, Vec<u32>, Candidates)> = run_groups(par, groups, |ps| {
         let (mut c, mut h) = (Counts::default(), vec![0u32; BINS]);
+        let len: usize = ps.iter().map(|p| p.len()).sum();
+        let mut cand = Candidates::with_cap(len / CANDIDATE_SHARE);
         for p in ps {
-            hist_range(isa, p, lo, hi, shift, &mut h, &mut c);
+            hist_range(isa, p, lo, hi, shift, &mut h, &mut c, &mut cand);
         }
-        (c, h)
+        (c, h, cand)
     });
-    if first.iter().any(|(c, _)| c.max > INF_BITS) {
+    if first.iter().any(|(c, _, _)| c.max > INF_BITS) {
         return Err(nan_error(xs, list));
     }
-    let below: u64 = first.iter().map(|(c, _)| c.below).sum();
-    let at_lo: u64 = first.iter().map(|(c, _)| c.at_lo).sum();
+    let below: u64 = first.iter().map(|(c, _, _)| c.below).sum();
+    let at_lo: u64 = first.iter().map(|(c, _, _)| c.at_lo).sum();
     if k <= below {
         return Ok(None);
     }
@@ -183,10 +189,10 @@ fn select_sampled(
         equal_per_group: per_group,
     };
     if k <= below + at_lo {
-        return Ok(Some(done(lo, below, at_lo, first.iter().map(|(c, _)| c.at_lo).collect())));
+        return Ok(Some(done(lo, below, at_lo, first.iter().map(|(c, _, _)| c.at_lo).collect())));
     }
     let mut hist = vec![0u64; BINS];
-    for (_, h) in &first {
+    for (_, h, _) in &first {
         hist.iter_mut().zip(h).for_each(|(a, &b)| *a += b as u64);
     }
     let rest = k - below - at_lo;
@@ -196,8 +202,18 @@ fn select_sampled(
     let (bin, before) = find_bin(&hist, rest);
     let below = below + at_lo + before;
     if shift == 0 {
-        let per_group = first.iter().map(|(_, h)| h[bin as usize] as u64).collect();
+        let per_group = first.iter().map(|(_, h, _)| h[bin as usize] as u64).collect();
         return Ok(Some(done(lo + 1 + bin, below, hist[bin as usize], per_group)));
+    }
+    if first.iter().all(|(_, _, cand)| !cand.overflow) {
+        // The bin's entries were kept: pick the k-th among them, no second pass over the data.
+        let in_bin = |b: u32| ((b - lo - 1) >> shift) == bin;
+        let mut pool: Vec<u32> = first.iter().flat_map(|(_, _, c)| c.bits.iter().copied().filter(|&b| in_bin(b))).collect();
+        let t = *pool.select_nth_unstable((k - below - 1) as usize).1;
+        let before = pool.iter().filter(|&&b| b < t).count() as u64;
+        let per_group: Vec<u64> = first.iter().map(|(_, _, c)| c.bits.iter().filter(|&&b| b == t).count() as u64).collect();
+        let equal = per_group.iter().sum();
+        return Ok(Some(done(t, below + before, equal, per_group)));
     }
     drop(first);
 
@@ -205,9 +221,9 @@ fn select_sampled(
     let base = lo + 1 + (bin << shift);
     let top = (base + ((1u32 << shift) - 1)).min(hi);
     let second: Vec<Vec<u32>> = run_groups(par, groups, |ps| {
-        let (mut c, mut h) = (Counts::default(), vec![0u32; BINS]);
+        let (mut c, mut h, mut cand) = (Counts::default(), vec![0u32; BINS], Candidates::with_cap(0));
         for p in ps {
-            hist_range(isa, p, base - 1, top, 0, &mut h, &mut c);
+            hist_range(isa, p, base - 1, top, 0, &mut h, &mut c, &mut cand);
         }
         h
     });
