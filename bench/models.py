@@ -8,7 +8,8 @@ nnic int8: ``nnic.quantization_speedup(model, {layer: 8 for every Linear (and Co
 per-channel int8 weights and per-token dynamic int8 activations on the Rust GEMM. torch dynamic:
 ``torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, torch.qint8)`` with its default engine (it
 quantizes Linear layers only). Agreement is measured against the float32 output (BERT: last hidden state;
-ResNet: logits): cosine similarity and max |diff|. Times are medians.
+ResNet: logits): cosine similarity and max |diff|. The three variants are timed round-robin; times are
+medians (``--stat min``: the least-disturbed round, on a shared machine).
 """
 
 from __future__ import annotations
@@ -31,19 +32,24 @@ from nnic import kernels  # noqa: E402
 from nnic.quantization.speedup import quantization_speedup  # noqa: E402
 
 
-def timeit(fn, repeats: int, budget: float = 8.0) -> float:
+def timeit_interleaved(fns: dict, repeats: int, budget: float) -> dict[str, list[float]]:
+    """Seconds per call of each function, measured round-robin so that load from other processes hits all
+    of them alike."""
     with torch.inference_mode():
-        fn()
-        t0 = time.perf_counter()
-        fn()
-        once = time.perf_counter() - t0
-        n = max(3, min(repeats, int(budget / max(once, 1e-9))))
-        times = []
-        for _ in range(n):
+        once = {}
+        for name, fn in fns.items():
+            fn()
             t0 = time.perf_counter()
             fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+            once[name] = time.perf_counter() - t0
+        rounds = max(3, min(repeats, int(budget / max(sum(once.values()), 1e-9))))
+        times: dict[str, list[float]] = {name: [] for name in fns}
+        for _ in range(rounds):
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    return times
 
 
 def bert(batch: int, seq: int):
@@ -86,7 +92,9 @@ def main() -> None:
     ap.add_argument("--batches", nargs="*", type=int, default=[1, 8])
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=11)
+    ap.add_argument("--repeats", type=int, default=11, help="max rounds")
+    ap.add_argument("--budget", type=float, default=30.0, help="seconds per model and batch")
+    ap.add_argument("--stat", choices=("median", "min"), default="median")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     kernels.set_num_threads(args.threads)
@@ -102,12 +110,15 @@ def main() -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 dyn = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)
-            t_f = timeit(lambda: run(model), args.repeats)
-            t_q = timeit(lambda: run(qmodel), args.repeats)
-            t_d = timeit(lambda: run(dyn), args.repeats)
+            times = timeit_interleaved(
+                {"f": lambda: run(model), "q": lambda: run(qmodel), "d": lambda: run(dyn)}, args.repeats, args.budget
+            )
+            stat = min if args.stat == "min" else statistics.median
+            t_f, t_q, t_d = (stat(times[key]) for key in "fqd")
             with torch.inference_mode():
                 yq, yd = run(qmodel), run(dyn)
-            print(f"\n{name} batch {batch}" + (f" seq {args.seq}" if name == "bert" else ""))
+            rounds = len(times["f"])
+            print(f"\n{name} batch {batch}" + (f" seq {args.seq}" if name == "bert" else "") + f"  [{args.stat} of {rounds}]")
             print(f"  float32            {t_f * 1e3:9.1f} ms")
             print(f"  nnic int8          {t_q * 1e3:9.1f} ms  {t_f / t_q:5.2f}x float32, {t_d / t_q:5.2f}x torch "
                   f"dynamic   {agreement(yq, ref)}")

@@ -261,7 +261,7 @@ pub fn int4_linear(
     if m == 0 || n == 0 {
         return Ok(());
     }
-    let pa: PackedA = quantize::pack_f32(path, MR4, x, m, k, w.kp, act)?;
+    let pa: PackedA = quantize::pack_f32(path, MR4, x, m, k, w.kp, act, false)?;
     let groups = w.kp / w.group;
     let pairs = w.group / 8;
     let o = OutF(out.as_mut_ptr());
@@ -320,5 +320,6 @@ pub fn int4_linear(
     } else {
         pool::install(|| blocks.into_par_iter().for_each(run));
     }
+    quantize::release(pa);
     Ok(())
 }

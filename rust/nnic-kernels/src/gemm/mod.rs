@@ -287,6 +287,7 @@ pub fn matmul_i8(path: Path, a: &[i8], m: usize, b: &PackedB, out: &mut [i32]) -
         }
     };
     drive(path, m, &pa, b, out, &finish);
+    quantize::release(pa);
     Ok(())
 }
 
@@ -422,7 +423,7 @@ pub fn int8_linear(
             ),
         });
     }
-    let pa = quantize::pack_f32(path, path.mr(), x, m, k, w.b.kp(), act)?;
+    let pa = quantize::pack_f32(path, path.mr(), x, m, k, w.b.kp(), act, !w.zero.is_empty())?;
     let colsum = w.b.colsum();
     let kk = k as i32;
     // SAFETY (below): an f32 and an i32 have the same size and alignment; the buffer holds i32 partial sums
@@ -450,6 +451,7 @@ pub fn int8_linear(
         }
     };
     drive(path, m, &pa, &w.b, c, &finish);
+    quantize::release(pa);
     Ok(())
 }
 

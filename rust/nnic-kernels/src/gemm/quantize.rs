@@ -92,6 +92,8 @@ fn range(isa: Isa, x: &[f32]) -> Result<(f32, f32)> {
 }
 
 /// Copies row bytes `buf` (k values from `kk`, a multiple of 4) into their 4-byte slots of the panel.
+/// Copies row bytes `buf` (k values from `kk`, a multiple of 4) into their 4-byte slots of the panel; a
+/// last partial group is padded with zeros.
 #[inline(always)]
 fn scatter(panel: &mut [u8], rows: usize, r: usize, kk: usize, buf: &[u8]) {
     let mut chunks = buf.chunks_exact(4);
@@ -102,15 +104,27 @@ fn scatter(panel: &mut [u8], rows: usize, r: usize, kk: usize, buf: &[u8]) {
     let rest = chunks.remainder();
     if !rest.is_empty() {
         let at = (kk / 4 + buf.len() / 4) * rows * 4 + r * 4;
-        panel[at..at + rest.len()].copy_from_slice(rest);
+        let mut g = [0u8; 4];
+        g[..rest.len()].copy_from_slice(rest);
+        panel[at..at + 4].copy_from_slice(&g);
     }
 }
 
-/// Quantizes one row into its panel (`rows` rows, row `r`); returns the byte sum.
+/// Zeros the k groups of row `r` from `g0` to the end of the panel (the K padding: packed buffers are reused,
+/// not zero-initialized, so every byte is written).
 #[inline(always)]
-fn put_row_body(panel: &mut [u8], rows: usize, r: usize, x: &[f32], scale: f32, zero: i32) -> i32 {
+fn zero_tail(panel: &mut [u8], rows: usize, r: usize, g0: usize) {
+    let groups = panel.len() / (rows * 4);
+    for g in g0..groups {
+        panel[g * rows * 4 + r * 4..g * rows * 4 + r * 4 + 4].fill(0);
+    }
+}
+
+/// Quantizes one row into its panel (`rows` rows, row `r`); returns the byte sum when `sum` is set.
+#[inline(always)]
+fn put_row_body(panel: &mut [u8], rows: usize, r: usize, x: &[f32], scale: f32, zero: i32, sum: bool) -> i32 {
     let z = zero as f32;
-    let mut sum = 0i32;
+    let mut lanes = [0u32; 64];
     let mut buf = [0u8; 64];
     for (c, xs) in x.chunks(64).enumerate() {
         let b = &mut buf[..xs.len()];
@@ -121,29 +135,48 @@ fn put_row_body(panel: &mut [u8], rows: usize, r: usize, x: &[f32], scale: f32, 
             // SAFETY: t is finite and in [0, 255].
             *q = unsafe { t.to_int_unchecked::<i32>() } as u8;
         }
-        sum += b.iter().map(|&v| v as i32).sum::<i32>();
+        if sum {
+            for (l, &q) in lanes.iter_mut().zip(b.iter()) {
+                *l += q as u32;
+            }
+        }
         scatter(panel, rows, r, c * 64, b);
     }
-    sum
+    zero_tail(panel, rows, r, x.len().div_ceil(4));
+    lanes.iter().sum::<u32>() as i32
 }
-crate::simd::multiversion!(fn put_row_f32(panel: &mut [u8], rows: usize, r: usize, x: &[f32], scale: f32, zero: i32) -> i32
-    = put_row_body;);
+crate::simd::multiversion!(fn put_row_f32(panel: &mut [u8], rows: usize, r: usize, x: &[f32], scale: f32, zero: i32,
+    sum: bool) -> i32 = put_row_body;);
 
 #[inline(always)]
 fn put_row_s8_body(panel: &mut [u8], rows: usize, r: usize, a: &[i8]) -> i32 {
-    let mut sum = 0i32;
     let mut buf = [0u8; 64];
     for (c, xs) in a.chunks(64).enumerate() {
         let b = &mut buf[..xs.len()];
         for (q, &v) in b.iter_mut().zip(xs) {
             *q = v as u8 ^ 0x80;
         }
-        sum += b.iter().map(|&v| v as i32).sum::<i32>();
         scatter(panel, rows, r, c * 64, b);
     }
-    sum
+    zero_tail(panel, rows, r, a.len().div_ceil(4));
+    0
 }
 crate::simd::multiversion!(fn put_row_s8(panel: &mut [u8], rows: usize, r: usize, a: &[i8]) -> i32 = put_row_s8_body;);
+
+thread_local! {
+    /// Packed-activation buffer of this thread, reused across calls (no allocation or page faults per call).
+    static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Returns a packed buffer to this thread's cache.
+pub(crate) fn release(pa: PackedA) {
+    BUF.with(|b| {
+        let mut b = b.borrow_mut();
+        if pa.data.capacity() >= b.capacity() {
+            *b = pa.data;
+        }
+    });
+}
 
 /// Rows per panel: at most `mr_max`, balanced (16 rows with `mr_max = 12` are two panels of 8, not 12 + 4).
 pub(crate) fn balanced_mr(m: usize, mr_max: usize) -> usize {
@@ -152,7 +185,13 @@ pub(crate) fn balanced_mr(m: usize, mr_max: usize) -> usize {
 
 fn packed(m: usize, kp: usize, mr: usize) -> PackedA {
     let mr = balanced_mr(m, mr);
-    PackedA { m, mr, kp, data: vec![0u8; m.max(1) * kp], zero: vec![0; m], scale: Vec::new(), rowsum: vec![0; m] }
+    let len = m.max(1) * kp;
+    let mut data = BUF.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    if data.len() < len {
+        data.resize(len, 0);
+    }
+    data.truncate(len);
+    PackedA { m, mr, kp, data, zero: vec![0; m], scale: Vec::new(), rowsum: vec![0; m] }
 }
 
 /// Runs `f(panel_index, panel_bytes, rowsums)` over the row panels, in parallel when large.
@@ -188,7 +227,18 @@ pub(crate) fn pack_s8(path: Path, a: &[i8], m: usize, k: usize, kp: usize) -> Pa
 }
 
 /// Quantizes and packs f32 `x[m, k]` as `act` says.
-pub(crate) fn pack_f32(path: Path, mr: usize, x: &[f32], m: usize, k: usize, kp: usize, act: ActQuant) -> Result<PackedA> {
+/// With `rowsum`, also each row's byte sum (needed with weight zero points).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn pack_f32(
+    path: Path,
+    mr: usize,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    kp: usize,
+    act: ActQuant,
+    rowsum: bool,
+) -> Result<PackedA> {
     let isa = isa_of(path);
     let mut pa = packed(m, kp, mr);
     let mr = pa.mr;
@@ -236,7 +286,7 @@ pub(crate) fn pack_f32(path: Path, mr: usize, x: &[f32], m: usize, k: usize, kp:
         let rows = sums.len();
         for (r, s) in sums.iter_mut().enumerate() {
             let i = p * mr + r;
-            *s = put_row_f32(isa, d, rows, r, row(i), scale[i], zero[i]);
+            *s = put_row_f32(isa, d, rows, r, row(i), scale[i], zero[i], rowsum);
         }
     });
     pa.scale = scale;
