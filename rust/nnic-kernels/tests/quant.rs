@@ -145,3 +145,39 @@ fn streamed_outputs_match_scalar() {
         assert!(results[0].0 == want);
     }
 }
+
+/// The SIMD paths multiply by 1/scale and redo lanes near a rounding boundary with a division: values at
+/// and around every half-integer quotient, for many scales, must still equal the division reference.
+#[test]
+fn multiply_path_is_exact_near_half_integers() {
+    let mut rng = Rng(99);
+    let mut x = Vec::new();
+    let mut scales = vec![1.0f32, 0.1, 0.5, 3.0, 1e-3, 7.3e-5, 1e5, 2.0f32.powi(-126) * 4.0];
+    scales.extend((0..40).map(|_| f32::from_bits(0x3000_0000 + (rng.next_u64() % 0x1800_0000) as u32)));
+    for &s in &scales {
+        x.clear();
+        for m in -300..300 {
+            let c = (m as f32 + 0.5) * s;
+            let mut v = c;
+            for _ in 0..4 {
+                v = f32::from_bits(v.to_bits().wrapping_sub(1));
+            }
+            for _ in 0..9 {
+                x.push(v);
+                v = f32::from_bits(v.to_bits() + 1);
+            }
+            x.push(m as f32 * s);
+        }
+        let l = Layout::per_tensor(x.len());
+        for (qmin, qmax, z) in [(-128, 127, 0), (0, 255, 128), (-8, 7, 1)] {
+            let want = quant_ref(&x, l, &[s], &[z], qmin, qmax);
+            for_each_isa(|isa| assert!(q(&x, l, &[s], &[z], qmin, qmax).unwrap() == want, "{isa:?} scale {s}"));
+        }
+        // Per channel (pattern rows): the same values in 3 channels of the last axis.
+        let n3 = x.len() / 3 * 3;
+        let l = Layout::from_shape(&[n3 / 3, 3], Some(1)).unwrap();
+        let s3 = [s, s * 0.5, s * 3.0];
+        let want = quant_ref(&x[..n3], l, &s3, &[0, 1, -1], -128, 127);
+        for_each_isa(|isa| assert!(q(&x[..n3], l, &s3, &[0, 1, -1], -128, 127).unwrap() == want, "{isa:?} {s}"));
+    }
+}
