@@ -7,7 +7,7 @@
 - :func:`quantize_int4_weight`, :func:`pack_int4_weight`, :func:`int4_linear`: int4 weights (two per byte,
   per-group scales) with int8 activations quantized per token, for small batches.
 
-Activation quantization (float32, true division, round half to even): symmetric ``s = max|x| / 127`` with
+Activation quantization (float32, ``x * (1 / s)`` rounded half to even): symmetric ``s = max|x| / 127`` with
 codes in [-127, 127]; asymmetric ``s = (max(x,0) - min(x,0)) / 255`` with u8 codes and zero point
 ``z = clamp(-round(min(x,0) / s), 0, 255)``. Static: ``act_scale`` and ``act_zero_point`` in the u8 domain.
 

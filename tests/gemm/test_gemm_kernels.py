@@ -12,7 +12,8 @@ from hypothesis.extra.numpy import arrays
 from nnic import gemm
 
 PATHS = gemm.gemm_paths()
-#: The float epilogue: int32 sum × scales (float32) + bias, against a float64 reference of the same integers.
+#: The float epilogue: int32 sum × scales (float32) + bias, against a float64 reference of the same integers,
+#: relative to |sum × scales| + |bias| (the result itself may cancel to ~0).
 EPILOGUE_RTOL = 1e-5
 #: int4 path: float32 sums of per-group partial products (and of the +128 shift term), relative to the sum
 #: of the absolute values of the terms that the kernel adds up.
@@ -122,10 +123,14 @@ def ref_linear(x, w_q, scale, zero, bias, act, symmetric, act_scale=None, act_zp
             s, z = act_qparams(x.min(initial=0), x.max(initial=0), symmetric)
         else:
             s, z = act_qparams(x[i].min(initial=0), x[i].max(initial=0), symmetric)
-        q = np.clip(np.rint(x[i] / s) + z, 0, 255).astype(np.int64) - z
+        q = np.clip(np.rint(x[i] * (np.float32(1) / s)) + z, 0, 255).astype(np.int64) - z
         acc = (w_q.astype(np.int64) - zero.astype(np.int64)[:, None]) @ q
-        rows.append(acc * np.float64(s) * scale.astype(np.float64) + (0 if bias is None else bias))
-    return np.array(rows).reshape(x.shape[0], -1)
+        prod = acc * np.float64(s) * scale.astype(np.float64)
+        b = 0 if bias is None else bias.astype(np.float64)
+        rows.append((prod + b, np.abs(prod) + np.abs(b)))
+    want = np.array([r[0] for r in rows]).reshape(x.shape[0], -1)
+    size = np.array([r[1] for r in rows]).reshape(x.shape[0], -1)
+    return want, size
 
 
 @st.composite
@@ -151,8 +156,8 @@ def test_int8_linear_matches_reference(path, act, case, symmetric):
     got = gemm.int8_linear(x, packed, bias, act=act, symmetric=symmetric, path=path, **kw)
     z = np.zeros(w.shape[0], np.int32) if zero is None else zero
     s = np.broadcast_to(scale, (w.shape[0],))
-    want = ref_linear(x, w, s, z, bias, act, symmetric, kw.get("act_scale"), kw.get("act_zero_point"))
-    tol = EPILOGUE_RTOL * (np.abs(want) + np.abs(want).max(initial=0) * 1e-3 + 1e-30)
+    want, size = ref_linear(x, w, s, z, bias, act, symmetric, kw.get("act_scale"), kw.get("act_zero_point"))
+    tol = EPILOGUE_RTOL * (size + size.max(initial=0) * 1e-3 + 1e-30)
     assert np.all(np.abs(got - want) <= tol), np.abs(got - want).max()
 
 
@@ -223,7 +228,7 @@ def test_int4_linear_matches_reference(path, case):
     size = np.empty_like(want)
     for i in range(x.shape[0]):
         sa, za = act_qparams(x[i].min(), x[i].max(), True)
-        qa = np.clip(np.rint(x[i] / sa) + za, 0, 255) - za
+        qa = np.clip(np.rint(x[i] * (np.float32(1) / sa)) + za, 0, 255) - za
         want[i] = (w @ qa) * sa
         size[i] = (np.abs(w) @ (np.abs(qa) + za)) * sa
     tol = INT4_RTOL * size

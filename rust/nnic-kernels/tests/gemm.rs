@@ -122,7 +122,7 @@ fn ref_linear(x: &[f32], m: usize, k: usize, w: &[i8], n: usize, sw: &[f32], zw:
         let lo = row.iter().cloned().fold(f32::INFINITY, f32::min);
         let hi = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
         let (s, z) = gemm::act_qparams(lo, hi, sym);
-        let q: Vec<i64> = row.iter().map(|&v| (((v / s).round_ties_even() + z as f32).clamp(0.0, 255.0)) as i64 - z as i64).collect();
+        let q: Vec<i64> = row.iter().map(|&v| (((v * (1.0 / s)).round_ties_even() + z as f32).clamp(0.0, 255.0)) as i64 - z as i64).collect();
         for j in 0..n {
             let zj = if zw.is_empty() { 0 } else { zw[j] } as i64;
             let acc: i64 = (0..k).map(|kk| q[kk] * (w[j * k + kk] as i64 - zj)).sum();
@@ -175,7 +175,7 @@ fn int4_matches_reference() {
             let lo = row.iter().cloned().fold(f32::INFINITY, f32::min);
             let hi = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
             let (sa, za) = gemm::act_qparams(lo, hi, true);
-            let qa: Vec<f64> = row.iter().map(|&v| (((v / sa).round_ties_even() + za as f32).clamp(0.0, 255.0) as i32 - za) as f64).collect();
+            let qa: Vec<f64> = row.iter().map(|&v| (((v * (1.0 / sa)).round_ties_even() + za as f32).clamp(0.0, 255.0) as i32 - za) as f64).collect();
             for j in 0..n {
                 let mut acc = 0f64;
                 for kk in 0..k {

@@ -1,7 +1,8 @@
 //! Packing activations into u8 row panels: s8 inputs shifted by 128, f32 inputs quantized on the fly.
 //!
-//! Activation quantization (`q_u8 = clamp(round_half_even(x / s) + z, 0, 255)`, float32 with a true
-//! division, like `nnic.quantization.qparams`):
+//! Activation quantization: `q_u8 = clamp(round_half_even(x * inv) + z, 0, 255)` with `inv = 1 / s` in
+//! float32 (a multiplication, as `torch.quantize_per_tensor` does; numpy gets the same bits with
+//! `np.rint(x * (np.float32(1) / s))`):
 //! - symmetric: `s = max|x| / 127`, `z = 128` (the s8 code plus 128);
 //! - asymmetric: `s = (max(x, 0) - min(x, 0)) / 255`, `z = clamp(-round_half_even(min(x, 0) / s), 0, 255)`;
 //! - a zero range gives `s = 1`; per tensor or per row (token); or static, from a calibrated scale/zero point.
@@ -124,12 +125,13 @@ fn zero_tail(panel: &mut [u8], rows: usize, r: usize, g0: usize) {
 #[inline(always)]
 fn put_row_body(panel: &mut [u8], rows: usize, r: usize, x: &[f32], scale: f32, zero: i32, sum: bool) -> i32 {
     let z = zero as f32;
+    let inv = 1.0 / scale;
     let mut lanes = [0u32; 64];
     let mut buf = [0u8; 64];
     for (c, xs) in x.chunks(64).enumerate() {
         let b = &mut buf[..xs.len()];
         for (q, &v) in b.iter_mut().zip(xs) {
-            let t = (v / scale).round_ties_even() + z;
+            let t = (v * inv).round_ties_even() + z;
             // NaN goes to 0; afterwards t is in [0, 255], so the unchecked conversion is exact (and vectorizes).
             let t = if t > 0.0 { if t < 255.0 { t } else { 255.0 } } else { 0.0 };
             // SAFETY: t is finite and in [0, 255].
