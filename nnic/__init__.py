@@ -50,6 +50,7 @@ _LAZY = {
     "kernels": "nnic.kernels",
     "Pruner": "nnic.pruning:Pruner",
     "Quantizer": "nnic.quantization:Quantizer",
+    "speedup": "nnic.speedup",
     "speedup_model": "nnic.speedup:speedup_model",
     "ModelSpeedup": "nnic.speedup:ModelSpeedup",
 }
