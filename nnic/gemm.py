@@ -35,7 +35,7 @@ ACT_MODES = ("per_token", "per_tensor", "static")
 
 __all__ = [
     "ACT_MODES", "MAX_K", "PackedInt4Weight", "PackedInt8Weight", "gemm_path", "gemm_paths", "int4_linear",
-    "int8_linear", "int8_matmul", "pack_int4_weight", "pack_int8_weight", "quantize_int4_weight",
+    "int8_conv2d", "int8_linear", "int8_matmul", "pack_int4_weight", "pack_int8_weight", "quantize_int4_weight",
     "quantize_int8_weight",
 ]
 
@@ -185,6 +185,49 @@ def int8_linear(
         raise TypeError(f"packed must come from pack_int8_weight, got {type(packed).__name__}")
     kw = {"act": act, "act_scale": act_scale, "act_zero_point": act_zero_point, "path": path}
     return _run_linear(packed, x, bias, symmetric, kw)
+
+
+def int8_conv2d(
+    x: torch.Tensor,
+    packed: PackedInt8Weight,
+    bias: torch.Tensor | None = None,
+    *,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int] = (1, 1),
+    padding: tuple[int, int] = (0, 0),
+    dilation: tuple[int, int] = (1, 1),
+    act: str = "per_tensor",
+    symmetric: bool = False,
+    act_scale: float | None = None,
+    act_zero_point: int | None = None,
+    path: str | None = None,
+) -> torch.Tensor:
+    """int8 ``conv2d`` (groups = 1, zero padding) of a float32 CPU tensor ``x[N, C, H, W]``.
+
+    ``packed`` holds the weight permuted to ``[C_out, kh, kw, C_in]`` and flattened (see
+    ``Int8Conv2d``). Activations are quantized per tensor (``act="per_tensor"``) or statically; im2col runs on
+    the int8 codes. Channels-last input is used without a copy; the result is ``[N, C_out, Ho, Wo]`` with
+    channels-last strides.
+    """
+    _check(x, "x", "float32", ndim=4)
+    if act not in ("per_tensor", "static"):
+        raise ValueError(f"act must be 'per_tensor' or 'static' for convolutions, got {act!r}")
+    n = x.shape[0]
+    nhwc = x.detach().permute(0, 2, 3, 1)
+    if not nhwc.is_contiguous():
+        nhwc = nhwc.contiguous()
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
+    ho = (x.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    wo = (x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    cout = packed.out_features
+    out = torch.empty((n * ho * wo, cout), dtype=torch.float32)
+    b = None
+    if bias is not None:
+        _check(bias, "bias", "float32", ndim=1)
+        b = _np(bias, "bias")
+    packed.conv2d(nhwc.numpy(), out.numpy(), (kh, kw), (sh, sw), (ph, pw), (dh, dw), b, act, symmetric,
+                  act_scale, act_zero_point, path)
+    return out.reshape(n, ho, wo, cout).permute(0, 3, 1, 2)
 
 
 # --------------------------------------------------------------------------- int4

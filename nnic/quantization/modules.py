@@ -72,11 +72,15 @@ class _Int8Base(nn.Module):
         bufs = (self.weight, self.weight_scale, self.weight_zero_point)
         key = tuple((b.data_ptr(), b._version, tuple(b.shape)) for b in bufs)
         if self._packed is None or key != self._packed_key:
-            w2 = self.weight.reshape(self.weight.shape[0], -1)
+            w2 = self._packing_codes()
             z = self.weight_zero_point
             self._packed = gemm.pack_int8_weight(w2, self.weight_scale, None if not bool(z.any()) else z)
             self._packed_key = key
         return self._packed
+
+    def _packing_codes(self) -> torch.Tensor:
+        """The codes as ``[out, K]`` in the GEMM's K order."""
+        return self.weight.reshape(self.weight.shape[0], -1)
 
     def _linear(self, x2: torch.Tensor) -> torch.Tensor:
         """``x2[M, K]`` float → float32 ``[M, out]``."""
@@ -161,8 +165,10 @@ class Int8Linear(_Int8Base):
 
 
 class Int8Conv2d(_Int8Base):
-    """int8 ``Conv2d`` (groups = 1, zero padding): 1×1 convolutions as a channels-last GEMM, others by
-    im2col (``F.unfold``). The output is NCHW-shaped with channels-last strides."""
+    """int8 ``Conv2d`` (groups = 1, zero padding). On CPU: activations quantized per tensor (dynamic) or
+    statically, im2col on the int8 codes of the channels-last input, then the int8 GEMM (``act="per_token"``
+    means per tensor here). On CUDA: ``F.unfold`` + ``torch._int_mm``. The output is NCHW-shaped with
+    channels-last strides, so that following layers stay channels-last."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1, padding: Any = 0,
                  dilation: Any = 1, bias: bool = True, *, act: str = "per_token", symmetric: bool = False,
@@ -209,7 +215,23 @@ class Int8Conv2d(_Int8Base):
             new.bias = mod.bias.detach().float().cpu().clone()
         return new.to(w.device)
 
+    def _packing_codes(self) -> torch.Tensor:
+        # K ordered (dy, dx, c): im2col gathers whole NHWC pixels.
+        return self.weight.permute(0, 2, 3, 1).reshape(self.weight.shape[0], -1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu":
+            kw: dict[str, Any] = {"act": "static", "act_scale": float(self.act_scale),
+                                  "act_zero_point": int(self.act_zero_point)} if self.act == "static" else \
+                {"act": "per_tensor", "symmetric": self.symmetric}
+            bias = None if self.bias is None else self.bias.float()
+            y = gemm.int8_conv2d(x.float(), self._packed_weight(), bias, kernel_size=self.kernel_size,
+                                 stride=self.stride, padding=self.padding, dilation=self.dilation, **kw)
+            return y.to(x.dtype)
+        return self._forward_unfold(x)
+
+    def _forward_unfold(self, x: torch.Tensor) -> torch.Tensor:
+        """CUDA: float im2col (``F.unfold``, K ordered (c, dy, dx)) and ``torch._int_mm``."""
         n, c, h, w = x.shape
         kh, kw = self.kernel_size
         (sh, sw), (ph, pw), (dh, dw) = self.stride, self.padding, self.dilation

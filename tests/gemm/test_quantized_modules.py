@@ -166,3 +166,29 @@ def test_cuda_modules_match_cpu():
         y_cpu = q(x)
         y_gpu = q.cuda()(x.cuda()).cpu()
         assert cos(y_gpu, y_cpu) > 0.999
+
+
+@pytest.mark.parametrize("kernel", [(1, 1), (3, 3), (3, 5)])
+def test_int8_conv2d_fused_im2col_matches_dequantized_reference(kernel):
+    c = nn.Conv2d(6, 10, kernel, stride=(1, 2), padding=(kernel[0] // 2, kernel[1] // 2), dilation=(2, 1))
+    x = torch.randn(2, 6, 11, 9)
+    s, z = float(x.abs().max()) / 127, 128
+    q = Int8Conv2d.from_float(c, act="static", act_scale=s, act_zero_point=z)
+    got = q(x)  # int8 im2col on the channels-last codes (Rust)
+    inv = torch.tensor(1.0, dtype=torch.float32) / torch.tensor(s, dtype=torch.float32)
+    xq = (torch.clamp(torch.round(x * inv) + z, 0, 255) - z).double() * torch.tensor(s, dtype=torch.float32).double()
+    wq = q.weight.double() * q.weight_scale.double()[:, None, None, None]
+    want = F.conv2d(xq, wq, c.bias.double(), c.stride, c.padding, c.dilation)
+    size = F.conv2d(xq.abs(), wq.abs(), c.bias.double().abs(), c.stride, c.padding, c.dilation)
+    assert torch.all((got.double() - want).abs() <= 1e-5 * size + 1e-7)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_int8_conv2d_bad_input():
+    q = Int8Conv2d.from_float(nn.Conv2d(3, 4, 3))
+    with pytest.raises(TypeError, match="float32"):
+        from nnic import gemm
+
+        gemm.int8_conv2d(torch.zeros(1, 3, 5, 5, dtype=torch.float64), q._packed_weight(), kernel_size=(3, 3))
+    with pytest.raises(ValueError, match="geometry"):
+        q(torch.zeros(1, 3, 2, 2))

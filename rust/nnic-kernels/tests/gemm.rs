@@ -193,3 +193,61 @@ fn int4_matches_reference() {
         }
     }
 }
+
+#[test]
+fn conv2d_matches_reference() {
+    use nnic_kernels::gemm::conv::{int8_conv2d, ConvGeom};
+    let mut rng = Rng(19);
+    let cases = [
+        ConvGeom { n: 2, c: 3, h: 9, w: 7, kh: 3, kw: 3, stride: (1, 1), padding: (1, 1), dilation: (1, 1) },
+        ConvGeom { n: 1, c: 16, h: 8, w: 11, kh: 3, kw: 5, stride: (2, 1), padding: (1, 2), dilation: (1, 2) },
+        ConvGeom { n: 3, c: 5, h: 6, w: 6, kh: 1, kw: 1, stride: (2, 2), padding: (0, 0), dilation: (1, 1) },
+        ConvGeom { n: 1, c: 4, h: 5, w: 5, kh: 7, kw: 7, stride: (2, 2), padding: (3, 3), dilation: (1, 1) },
+    ];
+    for g in cases {
+        let (ho, wo) = g.out_hw().unwrap();
+        let co = 13;
+        let k = g.kh * g.kw * g.c;
+        let x = rng.f32s(g.n * g.h * g.w * g.c); // NHWC
+        let wq = rng.i8s(co * k); // [co, kh, kw, c]
+        let sw: Vec<f32> = (0..co).map(|j| 0.01 + j as f32 * 1e-3).collect();
+        let bias = rng.f32s(co);
+        let pw = PackedLinear::new(&wq, co, k, &sw, &[]).unwrap();
+        for sym in [false, true] {
+            let lo = x.iter().cloned().fold(f32::INFINITY, f32::min);
+            let hi = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let (s, z) = gemm::act_qparams(lo, hi, sym);
+            let q: Vec<i64> =
+                x.iter().map(|&v| ((v * (1.0 / s)).round_ties_even() + z as f32).clamp(0.0, 255.0) as i64 - z as i64).collect();
+            for p in paths() {
+                let mut out = vec![0f32; g.n * ho * wo * co];
+                int8_conv2d(p, &x, g, &pw, Some(&bias), ActQuant::DynamicPerTensor { symmetric: sym }, &mut out).unwrap();
+                for img in 0..g.n {
+                    for oy in 0..ho {
+                        for ox in 0..wo {
+                            for j in 0..co {
+                                let mut acc = 0i64;
+                                for dy in 0..g.kh {
+                                    for dx in 0..g.kw {
+                                        let iy = (oy * g.stride.0 + dy * g.dilation.0) as isize - g.padding.0 as isize;
+                                        let ix = (ox * g.stride.1 + dx * g.dilation.1) as isize - g.padding.1 as isize;
+                                        if iy < 0 || ix < 0 || iy as usize >= g.h || ix as usize >= g.w {
+                                            continue;
+                                        }
+                                        for c in 0..g.c {
+                                            let xv = q[((img * g.h + iy as usize) * g.w + ix as usize) * g.c + c];
+                                            acc += xv * wq[j * k + (dy * g.kw + dx) * g.c + c] as i64;
+                                        }
+                                    }
+                                }
+                                let want = acc as f64 * s as f64 * sw[j] as f64 + bias[j] as f64;
+                                let got = out[((img * ho + oy) * wo + ox) * co + j] as f64;
+                                assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()), "{p:?} {g:?}: {got} vs {want}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

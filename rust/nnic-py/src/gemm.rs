@@ -1,10 +1,11 @@
 //! Bindings of the int8/int4 GEMM: shape and contiguity checks, GIL release, error mapping only.
 //! Outputs are caller-provided (see `nnic/gemm.py`, which allocates torch tensors and passes numpy views).
 use crate::errors::to_py;
+use nnic_kernels::gemm::conv::{int8_conv2d, ConvGeom};
 use nnic_kernels::gemm::{self, int4, ActQuant, PackedLinear, Path};
 use numpy::{
     Element, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray2,
-    PyUntypedArrayMethods,
+    PyReadonlyArray4, PyUntypedArrayMethods,
 };
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -167,6 +168,57 @@ impl PackedInt8Weight {
         let out = rw(&mut out, "out")?;
         let w = &self.inner;
         to_py(py.detach(|| gemm::int8_linear(p, x, m, w, bias, aq, out)))
+    }
+
+    /// Convolution of NHWC float32 `x[n, h, w, c]` with this weight (packed as `[c_out, kh*kw*c]`, K ordered
+    /// `(dy, dx, c)`) into `out[n*ho*wo, c_out]`; activations quantized per tensor or statically.
+    #[pyo3(signature = (x, out, kernel_size, stride, padding, dilation, bias=None, act="per_tensor", symmetric=false,
+                        act_scale=None, act_zero_point=None, path=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d(
+        &self,
+        py: Python<'_>,
+        x: PyReadonlyArray4<'_, f32>,
+        mut out: PyReadwriteArray2<'_, f32>,
+        kernel_size: (usize, usize),
+        stride: (usize, usize),
+        padding: (usize, usize),
+        dilation: (usize, usize),
+        bias: Option<PyReadonlyArray1<'_, f32>>,
+        act: &str,
+        symmetric: bool,
+        act_scale: Option<f32>,
+        act_zero_point: Option<i32>,
+        path: Option<&str>,
+    ) -> PyResult<()> {
+        let p = self::path(path)?;
+        let aq = act_quant(act, symmetric, act_scale, act_zero_point)?;
+        let sh = x.shape();
+        let g = ConvGeom {
+            n: sh[0],
+            h: sh[1],
+            w: sh[2],
+            c: sh[3],
+            kh: kernel_size.0,
+            kw: kernel_size.1,
+            stride,
+            padding,
+            dilation,
+        };
+        let (ho, wo) = to_py(g.out_hw())?;
+        let od = [out.shape()[0], out.shape()[1]];
+        if od != [g.n * ho * wo, self.inner.out_features()] {
+            return Err(shape_err(format!(
+                "out must be [{}, {}], got {od:?}",
+                g.n * ho * wo,
+                self.inner.out_features()
+            )));
+        }
+        let x = x.as_slice().map_err(|_| PyValueError::new_err("x must be a C-contiguous (NHWC) array"))?;
+        let bias = bias.as_ref().map(|b| ro1(b, "bias")).transpose()?;
+        let out = rw(&mut out, "out")?;
+        let w = &self.inner;
+        to_py(py.detach(|| int8_conv2d(p, x, g, w, bias, aq, out)))
     }
 
     /// Exact `out[m, n] = a[m, k] @ w.T` in int32.

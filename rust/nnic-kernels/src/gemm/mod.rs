@@ -10,6 +10,7 @@
 //!
 //! The code path ([`Path`]) follows the kernel-wide ISA switch ([`crate::cpu::active`]): `avx512` uses
 //! VNNI when the CPU has it (else the AVX2 kernel), `avx2` the AVX2 kernel, `scalar` the portable one.
+pub mod conv;
 pub mod int4;
 mod kernels;
 mod pack;
@@ -403,8 +404,17 @@ pub fn int8_linear(
     out: &mut [f32],
 ) -> Result<()> {
     path.check()?;
-    let (k, n) = (w.b.k(), w.b.n());
+    let k = w.b.k();
     check_out("x", x, m * k)?;
+    check_linear(m, w, bias, act, out)?;
+    let pa = quantize::pack_f32(path, path.mr(), x, m, k, w.b.kp(), act, !w.zero.is_empty())?;
+    finish_linear(path, m, pa, w, bias, out);
+    Ok(())
+}
+
+/// Output, bias, activation and exact-accumulation checks of the float paths.
+pub(crate) fn check_linear(m: usize, w: &PackedLinear, bias: Option<&[f32]>, act: ActQuant, out: &[f32]) -> Result<()> {
+    let (k, n) = (w.b.k(), w.b.n());
     check_out("out", out, m * n)?;
     if let Some(b) = bias {
         check_out("bias", b, n)?;
@@ -423,7 +433,12 @@ pub fn int8_linear(
             ),
         });
     }
-    let pa = quantize::pack_f32(path, path.mr(), x, m, k, w.b.kp(), act, !w.zero.is_empty())?;
+    Ok(())
+}
+
+/// The GEMM and float epilogue of packed activations `pa` (`m` rows) with `w`, into `out[m, n]`.
+pub(crate) fn finish_linear(path: Path, m: usize, pa: PackedA, w: &PackedLinear, bias: Option<&[f32]>, out: &mut [f32]) {
+    let (k, n) = (w.b.k(), w.b.n());
     let colsum = w.b.colsum();
     let kk = k as i32;
     // SAFETY (below): an f32 and an i32 have the same size and alignment; the buffer holds i32 partial sums
@@ -452,7 +467,6 @@ pub fn int8_linear(
     };
     drive(path, m, &pa, &w.b, c, &finish);
     quantize::release(pa);
-    Ok(())
 }
 
 #[inline(always)]

@@ -81,6 +81,19 @@ fn min_max_body(x: &[f32]) -> (f32, f32, bool) {
 }
 crate::simd::multiversion!(fn min_max(x: &[f32]) -> (f32, f32, bool) = min_max_body;);
 
+/// min and max of `x` (in parallel when large); non-finite values are an error.
+pub(crate) fn tensor_range(isa: Isa, x: &[f32]) -> Result<(f32, f32)> {
+    if x.len() < pool::PAR_MIN {
+        return range(isa, x);
+    }
+    let c = pool::chunk_len(x.len(), 1);
+    pool::install(|| {
+        x.par_chunks(c)
+            .map(|x| range(isa, x))
+            .try_reduce(|| (f32::INFINITY, f32::NEG_INFINITY), |a, b| Ok((a.0.min(b.0), a.1.max(b.1))))
+    })
+}
+
 fn range(isa: Isa, x: &[f32]) -> Result<(f32, f32)> {
     let (lo, hi, bad) = min_max(isa, x);
     if bad {
@@ -96,7 +109,7 @@ fn range(isa: Isa, x: &[f32]) -> Result<(f32, f32)> {
 /// Copies row bytes `buf` (k values from `kk`, a multiple of 4) into their 4-byte slots of the panel; a
 /// last partial group is padded with zeros.
 #[inline(always)]
-fn scatter(panel: &mut [u8], rows: usize, r: usize, kk: usize, buf: &[u8]) {
+pub(crate) fn scatter(panel: &mut [u8], rows: usize, r: usize, kk: usize, buf: &[u8]) {
     let mut chunks = buf.chunks_exact(4);
     for (t, c) in chunks.by_ref().enumerate() {
         let at = (kk / 4 + t) * rows * 4 + r * 4;
@@ -114,7 +127,7 @@ fn scatter(panel: &mut [u8], rows: usize, r: usize, kk: usize, buf: &[u8]) {
 /// Zeros the k groups of row `r` from `g0` to the end of the panel (the K padding: packed buffers are reused,
 /// not zero-initialized, so every byte is written).
 #[inline(always)]
-fn zero_tail(panel: &mut [u8], rows: usize, r: usize, g0: usize) {
+pub(crate) fn zero_tail(panel: &mut [u8], rows: usize, r: usize, g0: usize) {
     let groups = panel.len() / (rows * 4);
     for g in g0..groups {
         panel[g * rows * 4 + r * 4..g * rows * 4 + r * 4 + 4].fill(0);
@@ -185,7 +198,7 @@ pub(crate) fn balanced_mr(m: usize, mr_max: usize) -> usize {
     m.max(1).div_ceil(m.max(1).div_ceil(mr_max))
 }
 
-fn packed(m: usize, kp: usize, mr: usize) -> PackedA {
+pub(crate) fn packed(m: usize, kp: usize, mr: usize) -> PackedA {
     let mr = balanced_mr(m, mr);
     let len = m.max(1) * kp;
     let mut data = BUF.with(|b| std::mem::take(&mut *b.borrow_mut()));
@@ -197,7 +210,7 @@ fn packed(m: usize, kp: usize, mr: usize) -> PackedA {
 }
 
 /// Runs `f(panel_index, panel_bytes, rowsums)` over the row panels, in parallel when large.
-fn for_panels(pa: &mut PackedA, work: usize, f: impl Fn(usize, &mut [u8], &mut [i32]) + Sync) {
+pub(crate) fn for_panels(pa: &mut PackedA, work: usize, f: impl Fn(usize, &mut [u8], &mut [i32]) + Sync) {
     let (mr, kp, m) = (pa.mr, pa.kp, pa.m);
     if m == 0 {
         return;
@@ -251,17 +264,7 @@ pub(crate) fn pack_f32(
             pa.zero.fill(zero_point);
         }
         ActQuant::DynamicPerTensor { symmetric } => {
-            let (lo, hi) = if m * k < pool::PAR_MIN {
-                range(isa, x)?
-            } else {
-                let c = pool::chunk_len(x.len(), 1);
-                pool::install(|| {
-                    x.par_chunks(c).map(|x| range(isa, x)).try_reduce(
-                        || (f32::INFINITY, f32::NEG_INFINITY),
-                        |a, b| Ok((a.0.min(b.0), a.1.max(b.1))),
-                    )
-                })?
-            };
+            let (lo, hi) = tensor_range(isa, x)?;
             let (s, z) = if m * k == 0 { (1.0, if symmetric { 128 } else { 0 }) } else { qparams(lo, hi, symmetric) };
             pa.scale = vec![s; m];
             pa.zero.fill(z);
