@@ -34,7 +34,7 @@ MAX_K = 131_071
 ACT_MODES = ("per_token", "per_tensor", "static")
 
 __all__ = [
-    "ACT_MODES", "MAX_K", "PackedInt4Weight", "PackedInt8Weight", "gemm_path", "gemm_paths", "int4_linear",
+    "ACT_MODES", "MAX_K", "PackedInt4Weight", "PackedInt8Weight", "gemm_backend", "gemm_path", "gemm_paths", "int4_linear",
     "int8_conv2d", "int8_linear", "int8_matmul", "pack_int4_weight", "pack_int8_weight", "quantize_int4_weight",
     "quantize_int8_weight",
 ]
@@ -43,6 +43,13 @@ __all__ = [
 def gemm_paths() -> list[str]:
     """GEMM code paths this CPU supports, slowest first (e.g. ``["scalar", "avx2", "avx512vnni"]``)."""
     return list(_k.gemm_paths())
+
+
+def gemm_backend() -> str:
+    """Where the GEMM's threads come from: ``"openmp"`` (PyTorch's OpenMP team, found at run time: no
+    contention with torch's spinning workers) or ``"rayon"`` (the kernels' own pool;
+    ``NNIC_GEMM_BACKEND=rayon`` forces it)."""
+    return _k.gemm_backend()
 
 
 def gemm_path() -> str:

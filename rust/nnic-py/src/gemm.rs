@@ -56,6 +56,12 @@ pub fn gemm_paths() -> Vec<&'static str> {
     Path::ALL.into_iter().filter(|p| p.is_supported()).map(|p| p.name()).collect()
 }
 
+/// Where the GEMM's threads come from: `"openmp"` (the process's OpenMP team, i.e. PyTorch's) or `"rayon"`.
+#[pyfunction]
+pub fn gemm_backend() -> &'static str {
+    gemm::par::backend()
+}
+
 /// The GEMM path used now (follows `set_isa`).
 #[pyfunction]
 pub fn gemm_path() -> &'static str {

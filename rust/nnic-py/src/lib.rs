@@ -11,7 +11,7 @@ use pyo3::prelude::*;
 #[pymodule(gil_used = false)]
 mod _kernels {
     #[pymodule_export]
-    use crate::gemm::{gemm_path, gemm_paths, int8_matmul, PackedInt4Weight, PackedInt8Weight};
+    use crate::gemm::{gemm_backend, gemm_path, gemm_paths, int8_matmul, PackedInt4Weight, PackedInt8Weight};
     use crate::errors::{isa, slice, slice_mut, to_py};
     use nnic_kernels::quant::Params;
     use nnic_kernels::{cpu, mask, pack, pool, quant, reduce, threshold, Layout};

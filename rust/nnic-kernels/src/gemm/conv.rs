@@ -9,7 +9,6 @@ use super::quantize::{self, qparams, ActQuant};
 use super::{check_linear, finish_linear, isa_of, PackedLinear, Path};
 use crate::error::{KernelError, Result};
 use crate::pool;
-use rayon::prelude::*;
 
 /// Shape and hyper-parameters of a convolution (groups = 1).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -103,17 +102,25 @@ pub fn int8_conv2d(
         quant(isa, x, inv, zf, &mut q);
     } else {
         let c = pool::chunk_len(x.len(), 64);
-        pool::install(|| x.par_chunks(c).zip(q.par_chunks_mut(c)).for_each(|(x, q)| quant(isa, x, inv, zf, q)));
+        let qs: Vec<std::sync::Mutex<&mut [u8]>> = q.chunks_mut(c).map(std::sync::Mutex::new).collect();
+        let task = |i: usize| {
+            let mut qi = qs[i].lock().unwrap_or_else(|e| e.into_inner());
+            quant(isa, &x[i * c..((i + 1) * c).min(x.len())], inv, zf, &mut qi);
+        };
+        super::par::for_each(qs.len(), pool::num_threads(), &task);
     }
     // 2. im2col from the u8 NHWC codes into the packed panels.
     let mut pa = quantize::packed(m, w.packed().kp(), path.mr());
     let mr = pa.mr;
     let need_sum = !w.zero_point().is_empty();
     let zb = z as u8;
-    quantize::for_panels(&mut pa, m * k, |p, d, sums| {
-        let rows = sums.len();
+    pa.scale = vec![s; m];
+    pa.zero = vec![z; m];
+    quantize::for_panels(&mut pa, m * k, |p, pn| {
+        let rows = pn.sums.len();
+        let d = pn.data;
         let mut buf = vec![0u8; k];
-        for (r, sum) in sums.iter_mut().enumerate() {
+        for (r, sum) in pn.sums.iter_mut().enumerate() {
             let i = p * mr + r;
             let (img, rest) = (i / (ho * wo), i % (ho * wo));
             let (oy, ox) = (rest / wo, rest % wo);
@@ -137,8 +144,6 @@ pub fn int8_conv2d(
             *sum = if need_sum { buf.iter().map(|&v| v as i32).sum() } else { 0 };
         }
     });
-    pa.scale = vec![s; m];
-    pa.zero = vec![z; m];
     finish_linear(path, m, pa, w, bias, out);
     Ok(())
 }

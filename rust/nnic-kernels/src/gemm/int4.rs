@@ -11,7 +11,6 @@ use super::quantize::{self, ActQuant};
 use super::{isa_of, Block, Path};
 use crate::error::{KernelError, Result};
 use crate::pool;
-use rayon::prelude::*;
 
 /// Rows per register tile.
 const MR4: usize = 8;
@@ -315,11 +314,7 @@ pub fn int4_linear(
             }
         }
     };
-    if threads == 1 {
-        blocks.into_iter().for_each(run);
-    } else {
-        pool::install(|| blocks.into_par_iter().for_each(run));
-    }
+    super::par::for_each(blocks.len(), threads, &|i| run(blocks[i]));
     quantize::release(pa);
     Ok(())
 }

@@ -12,6 +12,7 @@ use crate::cpu::Isa;
 use crate::error::{KernelError, Result};
 use crate::pool;
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// How activations are quantized on the fly.
 #[derive(Copy, Clone, Debug, PartialEq)]
@@ -209,20 +210,46 @@ pub(crate) fn packed(m: usize, kp: usize, mr: usize) -> PackedA {
     PackedA { m, mr, kp, data, zero: vec![0; m], scale: Vec::new(), rowsum: vec![0; m] }
 }
 
-/// Runs `f(panel_index, panel_bytes, rowsums)` over the row panels, in parallel when large.
-pub(crate) fn for_panels(pa: &mut PackedA, work: usize, f: impl Fn(usize, &mut [u8], &mut [i32]) + Sync) {
+/// One row panel's slices: packed bytes, and the row sums, scales and zero points of its rows.
+pub(crate) struct Panel<'a> {
+    pub data: &'a mut [u8],
+    pub sums: &'a mut [i32],
+    pub scale: &'a mut [f32],
+    pub zero: &'a mut [i32],
+}
+
+#[derive(Copy, Clone)]
+struct Ptrs(*mut u8, *mut i32, *mut f32, *mut i32);
+// SAFETY: every task gets the disjoint slices of its own panel.
+unsafe impl Send for Ptrs {}
+unsafe impl Sync for Ptrs {}
+
+/// Runs `f(panel_index, panel)` over the row panels (in parallel when `work` is large). `pa.scale` must have
+/// `m` entries.
+pub(crate) fn for_panels(pa: &mut PackedA, work: usize, f: impl Fn(usize, Panel<'_>) + Sync) {
     let (mr, kp, m) = (pa.mr, pa.kp, pa.m);
     if m == 0 {
         return;
     }
-    let data = &mut pa.data[..m * kp];
-    if work < pool::PAR_MIN || pool::num_threads() == 1 {
-        data.chunks_mut(mr * kp).zip(pa.rowsum.chunks_mut(mr)).enumerate().for_each(|(p, (d, s))| f(p, d, s));
-    } else {
-        pool::install(|| {
-            data.par_chunks_mut(mr * kp).zip(pa.rowsum.par_chunks_mut(mr)).enumerate().for_each(|(p, (d, s))| f(p, d, s))
-        });
-    }
+    assert!(pa.scale.len() == m && pa.zero.len() == m && pa.rowsum.len() == m && pa.data.len() >= m * kp);
+    let ptrs = Ptrs(pa.data.as_mut_ptr(), pa.rowsum.as_mut_ptr(), pa.scale.as_mut_ptr(), pa.zero.as_mut_ptr());
+    let task = |p: usize| {
+        #[allow(clippy::redundant_locals)] // captures the Sync wrapper, not its raw pointer fields
+        let ptrs = ptrs;
+        let (r0, r1) = (p * mr, ((p + 1) * mr).min(m));
+        // SAFETY: panel `p` covers rows [r0, r1) and bytes [r0 * kp, r1 * kp): disjoint between tasks, in bounds.
+        let panel = unsafe {
+            Panel {
+                data: std::slice::from_raw_parts_mut(ptrs.0.add(r0 * kp), (r1 - r0) * kp),
+                sums: std::slice::from_raw_parts_mut(ptrs.1.add(r0), r1 - r0),
+                scale: std::slice::from_raw_parts_mut(ptrs.2.add(r0), r1 - r0),
+                zero: std::slice::from_raw_parts_mut(ptrs.3.add(r0), r1 - r0),
+            }
+        };
+        f(p, panel)
+    };
+    let threads = if work < pool::PAR_MIN { 1 } else { pool::num_threads() };
+    super::par::for_each(m.div_ceil(mr), threads, &task);
 }
 
 /// Packs s8 `a[m, k]` as u8 (`a + 128`, zero point 128).
@@ -231,17 +258,18 @@ pub(crate) fn pack_s8(path: Path, a: &[i8], m: usize, k: usize, kp: usize) -> Pa
     let mut pa = packed(m, kp, path.mr());
     let mr = pa.mr;
     pa.zero.fill(128);
-    for_panels(&mut pa, m * k, |p, d, sums| {
-        let rows = sums.len();
-        for (r, s) in sums.iter_mut().enumerate() {
+    pa.scale = vec![1.0; m];
+    for_panels(&mut pa, m * k, |p, pn| {
+        let rows = pn.sums.len();
+        for r in 0..rows {
             let i = p * mr + r;
-            *s = put_row_s8(isa, d, rows, r, &a[i * k..(i + 1) * k]);
+            put_row_s8(isa, pn.data, rows, r, &a[i * k..(i + 1) * k]);
         }
     });
     pa
 }
 
-/// Quantizes and packs f32 `x[m, k]` as `act` says.
+/// Quantizes and packs f32 `x[m, k]` as `act` says (per-row ranges are taken while the row is in cache).
 /// With `rowsum`, also each row's byte sum (needed with weight zero points).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn pack_f32(
@@ -258,43 +286,51 @@ pub(crate) fn pack_f32(
     let mut pa = packed(m, kp, mr);
     let mr = pa.mr;
     let row = |i: usize| &x[i * k..(i + 1) * k];
-    match act {
+    let per_row = match act {
         ActQuant::Static { scale, zero_point } => {
             pa.scale = vec![scale; m];
             pa.zero.fill(zero_point);
+            None
         }
         ActQuant::DynamicPerTensor { symmetric } => {
-            let (lo, hi) = tensor_range(isa, x)?;
-            let (s, z) = if m * k == 0 { (1.0, if symmetric { 128 } else { 0 }) } else { qparams(lo, hi, symmetric) };
+            let (s, z) = if m * k == 0 {
+                (1.0, if symmetric { 128 } else { 0 })
+            } else {
+                let (lo, hi) = tensor_range(isa, x)?;
+                qparams(lo, hi, symmetric)
+            };
             pa.scale = vec![s; m];
             pa.zero.fill(z);
+            None
         }
         ActQuant::DynamicPerRow { symmetric } => {
-            let params = |i: usize| -> Result<(f32, i32)> {
-                if k == 0 {
-                    return Ok((1.0, if symmetric { 128 } else { 0 }));
-                }
-                let (lo, hi) = range(isa, row(i))?;
-                Ok(qparams(lo, hi, symmetric))
-            };
-            let ps: Vec<(f32, i32)> = if m * k < pool::PAR_MIN {
-                (0..m).map(params).collect::<Result<_>>()?
-            } else {
-                pool::install(|| (0..m).into_par_iter().map(params).collect::<Result<_>>())?
-            };
-            pa.scale = ps.iter().map(|p| p.0).collect();
-            pa.zero = ps.iter().map(|p| p.1).collect();
+            pa.scale = vec![1.0; m];
+            Some(symmetric)
         }
-    }
-    let (scale, zero) = (std::mem::take(&mut pa.scale), std::mem::take(&mut pa.zero));
-    for_panels(&mut pa, m * k, |p, d, sums| {
-        let rows = sums.len();
-        for (r, s) in sums.iter_mut().enumerate() {
+    };
+    let bad = AtomicBool::new(false);
+    for_panels(&mut pa, m * k, |p, pn| {
+        let rows = pn.sums.len();
+        for r in 0..rows {
             let i = p * mr + r;
-            *s = put_row_f32(isa, d, rows, r, row(i), scale[i], zero[i], rowsum);
+            if let Some(symmetric) = per_row {
+                let (s, z) = if k == 0 {
+                    (1.0, if symmetric { 128 } else { 0 })
+                } else {
+                    let (lo, hi, nonfinite) = min_max(isa, row(i));
+                    if nonfinite {
+                        bad.store(true, Ordering::Relaxed);
+                    }
+                    qparams(lo, hi, symmetric)
+                };
+                pn.scale[r] = s;
+                pn.zero[r] = z;
+            }
+            pn.sums[r] = put_row_f32(isa, pn.data, rows, r, row(i), pn.scale[r], pn.zero[r], rowsum);
         }
     });
-    pa.scale = scale;
-    pa.zero = zero;
+    if bad.load(Ordering::Relaxed) {
+        range(isa, x)?; // the error, naming the first non-finite value
+    }
     Ok(pa)
 }
