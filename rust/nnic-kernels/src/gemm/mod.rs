@@ -32,6 +32,9 @@ pub const KC: usize = 768;
 /// Emerald Rapids class cores with 2 threads (see `NNIC_GEMM_BLOCKING`).
 const MC_PANELS: usize = 8;
 const NC: usize = 8 * NR;
+/// Blocks of at most this many row panels stream whole weight panels (no K slices): the weights come from
+/// L3/DRAM and are reused by few rows, so long sequential reads beat L1 blocking.
+const SMALL_M_PANELS: usize = 2;
 /// Block sizes `(kc, mc_panels, nc)`: `KC`, `MC_PANELS` and `NC` unless the environment variable
 /// `NNIC_GEMM_BLOCKING="kc,mc_panels,nc"` (a tuning aid) says otherwise.
 fn blocking() -> (usize, usize, usize) {
@@ -228,9 +231,9 @@ fn drive(path: Path, m: usize, a: &PackedA, b: &PackedB, c: &mut [i32], finish: 
         #[allow(clippy::redundant_locals)] // captures the Sync wrapper, not its raw pointer field
         let out = out;
         let mut tile = [0i32; MR_VNNI * NR];
-        // One row panel: no reuse of a weight micro-panel across row panels, so no K slices either (the
-        // weights stream once, sequentially, and the output is written once).
-        let kc = if blk.i1 - blk.i0 <= mr { kp } else { kc_max };
+        // Few row panels: little reuse of a weight micro-panel across row panels, so no K slices either (the
+        // weights stream sequentially, and the output is written once).
+        let kc = if blk.i1 - blk.i0 <= SMALL_M_PANELS * mr { kp } else { kc_max };
         for k0 in (0..kp).step_by(kc) {
             let kg = (kp - k0).min(kc) / 4;
             let acc = k0 > 0;
