@@ -275,3 +275,20 @@ def test_native_binding_rejects_non_contiguous():
         _kernels.int8_matmul(np.zeros((4, 3), np.int8), np.zeros((3, 2), np.int8), np.zeros((4, 3), np.int32))
     # the Python layer copies non-contiguous inputs instead
     np.testing.assert_array_equal(gemm.int8_matmul(a, np.ones((3, 2), np.int8)), np.zeros((4, 2)))
+
+
+def test_thread_backends_agree():
+    """The OpenMP team (torch's, found at run time) and the rayon pool give the same exact results."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, torch; from nnic import gemm; rng = np.random.default_rng(0);"
+        "a = rng.integers(-128, 128, (300, 700), dtype=np.int8); b = rng.integers(-128, 128, (700, 200), dtype=np.int8);"
+        "assert (gemm.int8_matmul(a, b) == a.astype(np.int64) @ b.astype(np.int64)).all(); print(gemm.gemm_backend())"
+    )
+    for backend in ("", "rayon"):
+        env = {**os.environ, "NNIC_GEMM_BACKEND": backend}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == (backend or "openmp")
