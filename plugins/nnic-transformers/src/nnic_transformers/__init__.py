@@ -1,4 +1,5 @@
-"""nnic speedup rules for Hugging Face transformers self-attention (whole heads) and embeddings."""
+"""nnic speedup rules for Hugging Face transformers self-attention (whole heads), GPT-2's ``Conv1D`` and
+embeddings."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from torch import nn
 
 import nnic
 from nnic.speedup import Rule, Spec
+from nnic.speedup.rules import ChannelMixRule, slice_param
 
 
 def _attention_classes() -> tuple[type, ...]:
@@ -122,6 +124,124 @@ def _shrink_linear(lin: nn.Linear, rows: torch.Tensor | None, cols: torch.Tensor
     lin.out_features, lin.in_features = w.shape
 
 
+def _gpt2_classes() -> tuple[type, ...]:
+    try:
+        from transformers.models.gpt2.modeling_gpt2 import GPT2Attention
+    except ImportError:
+        return ()
+    return (GPT2Attention,)
+
+
+def _conv1d_classes() -> tuple[type, ...]:
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:
+        return ()
+    return (Conv1D,)
+
+
+def _weights_used(call) -> bool:
+    return any(u.target is operator.getitem and u.args[1] == 1 and u.users for u in call.node.users)
+
+
+class GPT2AttentionRule(Rule):
+    """Whole-head pruning of GPT-2 self-attention: the fused ``c_attn`` Conv1D (weight ``[embed, 3 * inner]``,
+    q|k|v blocks along the output dimension) loses each removed head's columns in the three blocks, ``c_proj``
+    (weight ``[inner, embed]``) its rows. A head goes when its value block (weights and bias) is all zero or
+    ``c_proj`` never reads it, unless the attention weights output is used. Cross-attention is kept whole."""
+
+    name = "transformers.gpt2_attention"
+    targets = _gpt2_classes()
+
+    def propagate(self, call) -> None:
+        m = call.module
+        x, spec = call.value(0), call.spec(0)
+        cross = getattr(m, "is_cross_attention", False) or call.value("encoder_hidden_states") is not None
+        w_in = m.c_attn.weight.detach()
+        in_ids = call.slot("in", w_in.shape[0])
+        if spec is not None and spec.dim == x.ndim - 1 and not cross:
+            call.couple(in_ids, spec.ids)
+            used = (w_in != 0).any(1).cpu()
+            call.sink(in_ids, ~used | (spec.dead & call.stats(x, spec.dim).zero))
+        else:
+            call.pin(in_ids, f"{call.name}: its input channels are not tracked" if not cross
+                     else f"{call.name}: cross-attention is kept whole")
+            call.pin_inputs(f"{call.name}: cross-attention is kept whole" if cross else None)
+        h, d, inner = m.num_heads, m.head_dim, m.split_size
+        head_ids = call.slot("heads", h)
+        if cross:
+            call.pin(head_ids, f"{call.name}: cross-attention is kept whole")
+        else:
+            wv = w_in[:, 2 * inner:3 * inner].reshape(-1, h, d)
+            v_zero = (wv == 0).all(2).all(0)
+            if m.c_attn.bias is not None:
+                v_zero &= (m.c_attn.bias.detach()[2 * inner:3 * inner].reshape(h, d) == 0).all(1)
+            unread = (m.c_proj.weight.detach().reshape(h, d, -1) == 0).all(2).all(1)
+            removable = (v_zero | unread).cpu() & ~torch.tensor(_weights_used(call))
+            call.sink(head_ids, removable, slot="heads")
+        w_out = m.c_proj.weight.detach()
+        out_ids = call.slot("out", w_out.shape[1])
+        if cross:
+            call.pin(out_ids, f"{call.name}: cross-attention is kept whole")
+        dead = (w_out == 0).all(0).cpu()
+        y = call.output[0] if isinstance(call.output, tuple) else call.output
+        spec_out = Spec(y.ndim - 1, out_ids, dead)
+        call.set_output((spec_out, None) if isinstance(call.output, tuple) else spec_out)
+
+    def shrink(self, module, keep):
+        h, d, inner = module.num_heads, module.head_dim, module.split_size
+        heads = keep.get("heads", torch.arange(h))
+        cols = (heads[:, None] * d + torch.arange(d)[None, :]).flatten()
+        with torch.no_grad():
+            _shrink_conv1d(module.c_attn, keep.get("in"), torch.cat([cols, cols + inner, cols + 2 * inner]))
+            _shrink_conv1d(module.c_proj, cols, keep.get("out"))
+        module.num_heads = int(len(heads))
+        module.split_size = int(len(heads)) * d
+        return module
+
+
+def _shrink_conv1d(conv: nn.Module, rows: torch.Tensor | None, cols: torch.Tensor | None) -> None:
+    """Keep input features ``rows`` and output features ``cols`` of a transformers ``Conv1D`` (weight [in, out])."""
+    w = conv.weight.detach()
+    if rows is not None:
+        w = w[rows.to(w.device)]
+    if cols is not None:
+        w = w[:, cols.to(w.device)]
+        slice_param(conv, "bias", cols, 0)
+    conv.weight = nn.Parameter(w.clone(), conv.weight.requires_grad)
+    conv.nx, conv.nf = w.shape
+
+
+class Conv1DRule(ChannelMixRule):
+    """transformers' ``Conv1D`` (GPT-2's MLP and projections): a Linear whose weight is ``[in, out]``."""
+
+    name = "transformers.pytorch_utils.conv1d"
+    targets = _conv1d_classes()
+
+    def groups(self, module) -> int:
+        return 1
+
+    def usage(self, module):
+        return (module.weight.detach() != 0).t().cpu()
+
+    def can_fold(self, module, x):
+        return True
+
+    def fold(self, module, slot, positions, values):
+        w = module.weight.detach().double()[positions.to(module.weight.device)]
+        delta = values.to(w.device) @ w
+        if module.bias is None:
+            module.bias = nn.Parameter(torch.zeros(module.nf, dtype=module.weight.dtype,
+                                                   device=module.weight.device), module.weight.requires_grad)
+        with torch.no_grad():
+            module.bias.add_(delta.to(module.bias.dtype))
+
+    def shrink(self, module, keep):
+        with torch.no_grad():
+            _shrink_conv1d(module, keep.get("in"), keep.get("out"))
+        return module
+
+
 class HFEmbeddingsRule(Rule):
     """Embedding blocks are kept whole (their LayerNorm pins the hidden size); their output is untracked."""
 
@@ -136,3 +256,5 @@ class HFEmbeddingsRule(Rule):
 def register_speedup_rules(register) -> None:
     register(HFSelfAttentionRule())
     register(HFEmbeddingsRule())
+    register(GPT2AttentionRule())
+    register(Conv1DRule())
