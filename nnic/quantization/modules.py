@@ -6,6 +6,8 @@ run ``nnic.gemm``; CUDA tensors run ``torch._int_mm`` (int8) or a dequantized ma
 
 Activations are quantized on the fly: ``act="per_token"`` (default; one scale per row), ``"per_tensor"``, or
 ``"static"`` with a calibrated ``act_scale`` / ``act_zero_point`` (u8 domain, [0, 255]).
+
+These are inference modules: no gradients flow through them (the weights are integer buffers).
 """
 
 from __future__ import annotations
