@@ -50,6 +50,7 @@ _LAZY = {
     "kernels": "nnic.kernels",
     "Pruner": "nnic.pruning:Pruner",
     "Quantizer": "nnic.quantization:Quantizer",
+    "quantization_speedup": "nnic.quantization.speedup:quantization_speedup",
     "speedup": "nnic.speedup",
     "speedup_model": "nnic.speedup:speedup_model",
     "ModelSpeedup": "nnic.speedup:ModelSpeedup",
@@ -61,5 +62,5 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = ["ModelSpeedup", "Pruner", "Quantizer", "__version__", "hookimpl", "kernels", "list_plugins", "pruner", "quantizer",
-           "speedup_model"]
+__all__ = ["ModelSpeedup", "Pruner", "Quantizer", "__version__", "hookimpl", "kernels", "list_plugins", "pruner",
+           "quantization_speedup", "quantizer", "speedup", "speedup_model"]

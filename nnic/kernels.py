@@ -34,10 +34,26 @@ import torch
 
 from nnic import _kernels as _k
 from nnic import _kernels_torch as _tk
+from nnic.gemm import (  # noqa: F401  (the GEMM kernels live in nnic.gemm; nnic.kernels is the one front door)
+    MAX_K,
+    gemm_backend,
+    gemm_path,
+    gemm_paths,
+    int4_linear,
+    int8_conv2d,
+    int8_linear,
+    int8_matmul,
+    pack_int4_weight,
+    pack_int8_weight,
+    quantize_int4_weight,
+    quantize_int8_weight,
+)
 
 Array = Union[torch.Tensor, np.ndarray]
 
 __all__ = [
+    "MAX_K", "gemm_backend", "gemm_path", "gemm_paths", "int4_linear", "int8_conv2d", "int8_linear", "int8_matmul",
+    "pack_int4_weight", "pack_int8_weight", "quantize_int4_weight", "quantize_int8_weight",
     "abs_max", "active_isa", "apply_mask_", "cpu_features", "dequantize", "get_num_threads",
     "global_kth_smallest_abs", "global_smallest_abs_masks", "kth_smallest_abs", "min_max", "pack_int4",
     "prune_by_threshold_", "quantize", "set_isa", "set_num_threads", "smallest_abs_mask", "supported_isas",

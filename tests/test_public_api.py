@@ -30,3 +30,32 @@ def test_unknown_attributes_are_attribute_errors():
         nnic.pruning.Nope  # noqa: B018
     with pytest.raises(AttributeError, match="has no attribute 'nope'"):
         nnic.nope  # noqa: B018
+
+
+def test_the_top_level_names_of_api_md_exist():
+    for name in ("__version__", "hookimpl", "list_plugins", "pruner", "quantizer", "speedup_model", "ModelSpeedup",
+                 "quantization_speedup", "kernels"):
+        assert hasattr(nnic, name), name
+    for name in ("kth_smallest_abs", "global_kth_smallest_abs", "apply_mask_", "prune_by_threshold_", "quantize",
+                 "dequantize", "pack_int4", "unpack_int4", "int8_matmul", "pack_int8_weight", "int8_linear",
+                 "cpu_features"):
+        assert callable(getattr(nnic.kernels, name)), name
+
+
+def test_prune_quantize_then_really_run_int8():
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10)).eval()
+    nnic.pruner("level", model, [{"sparsity": 0.5, "op_types": ["Linear"]}]).compress()
+    q = nnic.quantizer("naive", model, [{"quant_types": ["weight"], "quant_bits": 8, "op_types": ["Linear"]}])
+    q.compress()
+    x = torch.randn(16, 64)
+    with torch.no_grad():
+        simulated = model(x)
+    nnic.quantization_speedup(model, q.calibration())
+    assert type(model[0]).__name__ == "Int8Linear"
+    with torch.no_grad():
+        real = model(x)
+    assert float(nn.functional.cosine_similarity(real.flatten(), simulated.flatten(), dim=0)) > 0.999
