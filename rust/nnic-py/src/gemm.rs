@@ -96,6 +96,25 @@ fn dims<T: Element>(a: &PyReadonlyArray2<'_, T>) -> [usize; 2] {
     [a.shape()[0], a.shape()[1]]
 }
 
+/// Checks the input `x[m, k]` (named `name`) against the weight's `k` and `out` against `[m, n]`; returns `m`.
+fn check_linear_shapes<T: Element, U: Element>(
+    name: &str,
+    x: &PyReadonlyArray2<'_, T>,
+    out: &PyReadwriteArray2<'_, U>,
+    k_weight: usize,
+    n: usize,
+) -> PyResult<usize> {
+    let [m, k] = dims(x);
+    if k != k_weight {
+        return Err(shape_err(format!("{name} has {k} columns, the weight expects {k_weight}")));
+    }
+    let od = [out.shape()[0], out.shape()[1]];
+    if od != [m, n] {
+        return Err(shape_err(format!("out must be [{m}, {n}], got {od:?}")));
+    }
+    Ok(m)
+}
+
 /// s8 linear weights `[out_features, in_features]` packed for the GEMM, with their scales and zero points.
 #[pyclass(frozen, module = "nnic._kernels")]
 pub struct PackedInt8Weight {
@@ -160,15 +179,7 @@ impl PackedInt8Weight {
     ) -> PyResult<()> {
         let p = self::path(path)?;
         let aq = act_quant(act, symmetric, act_scale, act_zero_point)?;
-        let [m, k] = dims(&x);
-        let n = self.inner.out_features();
-        if k != self.inner.in_features() {
-            return Err(shape_err(format!("x has {k} features, the weight expects {}", self.inner.in_features())));
-        }
-        let od = [out.shape()[0], out.shape()[1]];
-        if od != [m, n] {
-            return Err(shape_err(format!("out must be [{m}, {n}], got {od:?}")));
-        }
+        let m = check_linear_shapes("x", &x, &out, self.inner.in_features(), self.inner.out_features())?;
         let x = ro(&x, "x")?;
         let bias = bias.as_ref().map(|b| ro1(b, "bias")).transpose()?;
         let out = rw(&mut out, "out")?;
@@ -237,15 +248,7 @@ impl PackedInt8Weight {
         path: Option<&str>,
     ) -> PyResult<()> {
         let p = self::path(path)?;
-        let [m, k] = dims(&a);
-        let n = self.inner.out_features();
-        if k != self.inner.in_features() {
-            return Err(shape_err(format!("a has {k} columns, the weight expects {}", self.inner.in_features())));
-        }
-        let od = [out.shape()[0], out.shape()[1]];
-        if od != [m, n] {
-            return Err(shape_err(format!("out must be [{m}, {n}], got {od:?}")));
-        }
+        let m = check_linear_shapes("a", &a, &out, self.inner.in_features(), self.inner.out_features())?;
         let a = ro(&a, "a")?;
         let out = rw(&mut out, "out")?;
         let w = self.inner.packed();
@@ -316,15 +319,7 @@ impl PackedInt4Weight {
     ) -> PyResult<()> {
         let p = self::path(path)?;
         let aq = act_quant(act, symmetric, act_scale, act_zero_point)?;
-        let [m, k] = dims(&x);
-        let n = self.inner.out_features();
-        if k != self.inner.in_features() {
-            return Err(shape_err(format!("x has {k} features, the weight expects {}", self.inner.in_features())));
-        }
-        let od = [out.shape()[0], out.shape()[1]];
-        if od != [m, n] {
-            return Err(shape_err(format!("out must be [{m}, {n}], got {od:?}")));
-        }
+        let m = check_linear_shapes("x", &x, &out, self.inner.in_features(), self.inner.out_features())?;
         let x = ro(&x, "x")?;
         let bias = bias.as_ref().map(|b| ro1(b, "bias")).transpose()?;
         let out = rw(&mut out, "out")?;
