@@ -50,7 +50,9 @@ class ScheduledPruner(IterativePruner):
         self.pruning_algorithm = pruning_algorithm
         self.total_iteration = total_iteration
         self.pruning_params = dict(pruning_params or {})
-        self._original_sizes = {name: cfg.module.weight.numel() for name, cfg in self.layers.items()
+        # Output units (rows / channels) per layer: what structured pruning plus speedup removes. Weight counts
+        # would mislead, as a layer's weight also shrinks when its producer loses channels.
+        self._original_units = {name: cfg.module.weight.shape[0] for name, cfg in self.layers.items()
                                 if hasattr(cfg.module, "weight")}
 
     def fraction(self, t: int) -> float:
@@ -64,13 +66,13 @@ class ScheduledPruner(IterativePruner):
         config = per_layer_config(self.layers, lambda s: self.sparsity_at(s, t))
         if not self.speedup:
             return config
-        # After speedup a layer is smaller: prune the part of its *current* weights that brings it to the target.
+        # After speedup a layer is smaller: prune the part of its *current* units that brings it to the target.
         modules = dict(self.model.named_modules())
         out = []
         for entry in config:
             for name in entry["op_names"]:
-                current = modules[name].weight.numel()
-                relative = 1.0 - (1.0 - entry["sparsity"]) * self._original_sizes[name] / max(current, 1)
+                current = modules[name].weight.shape[0]
+                relative = 1.0 - (1.0 - entry["sparsity"]) * self._original_units[name] / max(current, 1)
                 if relative > 0:
                     out.append({**entry, "op_names": [name], "op_types": [_op_type(modules[name])],
                                 "sparsity": min(relative, 0.999999)})

@@ -233,3 +233,16 @@ def test_admm_pulls_weights_to_a_sparse_solution_that_one_shot_pruning_lacks(dig
     evaluator.train(model, max_epochs=2)
     assert evaluator.evaluate(model) >= dense_accuracy - MARGIN
     assert math.isclose(pruner.sparsity()["fc1.weight"], 0.5)
+
+
+def test_scheduled_pruning_with_speedup_between_iterations_shrinks_the_model_for_real(digits, dense):
+    model, dense_accuracy = dense
+    evaluator = digits.evaluator()
+    config = [{"sparsity": 0.5, "op_names": ["conv1", "conv2", "fc1"]}]
+    pruner = nnic.pruner("agp", model, config, pruning_algorithm="l1norm", total_iteration=2, evaluator=evaluator,
+                         training_epochs=1, speedup=True, dummy_input=digits.x_test[:2])
+    pruner.compress()
+    # Half of every selected layer's output channels is gone from the architecture, not just masked.
+    assert (model.conv1.out_channels, model.conv2.out_channels, model.fc1.out_features) == (8, 16, 32)
+    assert (model.bn1.num_features, model.fc1.in_features, model.fc2.in_features) == (8, 16 * 16, 32)
+    assert evaluator.evaluate(model) >= dense_accuracy - 2 * MARGIN
