@@ -20,7 +20,6 @@ import contextlib
 import json
 import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -31,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nnic import gemm  # noqa: E402
 from nnic import kernels  # noqa: E402
+from _timing import timeit_interleaved  # noqa: E402
 
 SHAPES = [(1, 4096, 4096), (16, 4096, 4096), (128, 768, 3072), (512, 768, 768), (2048, 4096, 4096)]
 MEASURED_PEAK = {1: 665.0, 2: 1342.0}
@@ -95,25 +95,6 @@ def bench_shape(m: int, k: int, n: int, repeats: int, engines: list[str], budget
     ref = torch._int_mm(a, b) if "torch._int_mm" in fns else (a.long() @ b.long()).int()
     assert torch.equal(gemm.int8_matmul(a, b), ref), "nnic int8_matmul differs from torch"
     return timeit_interleaved(fns, repeats, budget)
-
-
-def timeit_interleaved(fns: dict, repeats: int, budget: float) -> dict[str, list[float]]:
-    """Seconds per call of each function, measured round-robin (one call of each per round), so that
-    load from other processes hits all of them alike."""
-    once = {}
-    for name, fn in fns.items():
-        fn()
-        t0 = time.perf_counter()
-        fn()
-        once[name] = time.perf_counter() - t0
-    rounds = max(3, min(repeats, int(budget / max(sum(once.values()), 1e-9))))
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return times
 
 
 def main() -> None:

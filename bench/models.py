@@ -18,7 +18,6 @@ import argparse
 import copy
 import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -29,27 +28,13 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nnic import kernels  # noqa: E402
+import _timing  # noqa: E402
 from nnic.quantization.speedup import quantization_speedup  # noqa: E402
 
 
 def timeit_interleaved(fns: dict, repeats: int, budget: float) -> dict[str, list[float]]:
-    """Seconds per call of each function, measured round-robin so that load from other processes hits all
-    of them alike."""
     with torch.inference_mode():
-        once = {}
-        for name, fn in fns.items():
-            fn()
-            t0 = time.perf_counter()
-            fn()
-            once[name] = time.perf_counter() - t0
-        rounds = max(3, min(repeats, int(budget / max(sum(once.values()), 1e-9))))
-        times: dict[str, list[float]] = {name: [] for name in fns}
-        for _ in range(rounds):
-            for name, fn in fns.items():
-                t0 = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t0)
-    return times
+        return _timing.timeit_interleaved(fns, repeats, budget)
 
 
 def bert(batch: int, seq: int):

@@ -159,6 +159,17 @@ class IterativePruner(Pruner):
             raise RuntimeError("speedup=True needs nnic.speedup_model, which this installation does not provide")
         speedup_model(self.model, self.dummy_input, masks)
 
+    def sparsity_at(self, target: float, t: int) -> float:
+        """The sparsity iteration ``t`` (1..T) prunes a layer whose final target is ``target`` to."""
+        raise NotImplementedError
+
+    def finish_iteration(self, t: int, masks: Masks) -> None:
+        """Fine-tune, score and record iteration ``t`` with the sparsity each layer was pruned to."""
+        self.fine_tune()
+        targets = {name: self.sparsity_at(cfg.config.get("sparsity", cfg.config.get("total_sparsity", 0.0)), t)
+                   for name, cfg in self.layers.items()}
+        self.record(t, targets, masks, self.score())
+
     def record(self, iteration: int, sparsity: dict[str, float], masks: Masks, score: float | None) -> None:
         result = IterationResult(iteration, sparsity, score, {k: dict(v) for k, v in masks.items()})
         self.history.append(result)

@@ -92,10 +92,7 @@ class ScheduledPruner(IterativePruner):
                 _, masks = nnic.pruner(self.pruning_algorithm, self.model, config, **self.pruning_params).compress()
                 if self.speedup:
                     self.run_speedup(masks)
-            self.fine_tune()
-            targets = {name: self.sparsity_at(cfg.config.get("sparsity", cfg.config.get("total_sparsity", 0.0)), t)
-                       for name, cfg in self.layers.items()}
-            self.record(t, targets, masks, self.score())
+            self.finish_iteration(t, masks)
         self.masks = masks
         return self.model, masks
 
