@@ -74,3 +74,14 @@ def test_vit_heads():
     masks = {"attention.v_proj": value_head_masks(attn.v_proj, [0], 8), "mlp.fc1": ffn_masks(layer.mlp.fc1)}
     check(layer, masks, torch.randn(2, 17, 32))
     assert attn.num_attention_heads == 3 and attn.o_proj.in_features == 24
+
+
+def test_loading_the_plugin_does_not_import_transformers():
+    """Every nnic registry lookup loads this plugin; transformers (seconds to import) waits until a speedup needs it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, nnic; infos = nnic.list_plugins('speedup_rule'); "
+            "assert any(i.distribution == 'nnic-transformers' for i in infos); print('transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

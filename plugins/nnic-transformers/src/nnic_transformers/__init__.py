@@ -3,6 +3,7 @@ embeddings."""
 
 from __future__ import annotations
 
+import functools
 import operator
 
 import torch
@@ -54,7 +55,9 @@ class HFSelfAttentionRule(Rule):
     (``q_proj``/``k_proj``/``v_proj``/``o_proj``) self-attention."""
 
     name = "transformers.self_attention"
-    targets = _attention_classes()
+    @functools.cached_property
+    def targets(self) -> tuple[type, ...]:  # resolved at speedup time: loading the plugin must not import transformers
+        return _attention_classes()
 
     def propagate(self, call) -> None:
         m = call.module
@@ -151,7 +154,9 @@ class GPT2AttentionRule(Rule):
     ``c_proj`` never reads it, unless the attention weights output is used. Cross-attention is kept whole."""
 
     name = "transformers.gpt2_attention"
-    targets = _gpt2_classes()
+    @functools.cached_property
+    def targets(self) -> tuple[type, ...]:  # resolved at speedup time: loading the plugin must not import transformers
+        return _gpt2_classes()
 
     def propagate(self, call) -> None:
         m = call.module
@@ -216,7 +221,9 @@ class Conv1DRule(ChannelMixRule):
     """transformers' ``Conv1D`` (GPT-2's MLP and projections): a Linear whose weight is ``[in, out]``."""
 
     name = "transformers.pytorch_utils.conv1d"
-    targets = _conv1d_classes()
+    @functools.cached_property
+    def targets(self) -> tuple[type, ...]:  # resolved at speedup time: loading the plugin must not import transformers
+        return _conv1d_classes()
 
     def groups(self, module) -> int:
         return 1
@@ -246,7 +253,9 @@ class HFEmbeddingsRule(Rule):
     """Embedding blocks are kept whole (their LayerNorm pins the hidden size); their output is untracked."""
 
     name = "transformers.embeddings"
-    targets = _embedding_classes()
+    @functools.cached_property
+    def targets(self) -> tuple[type, ...]:  # resolved at speedup time: loading the plugin must not import transformers
+        return _embedding_classes()
 
     def propagate(self, call) -> None:
         call.pin_inputs()
