@@ -131,10 +131,12 @@ def get_registry() -> Registry:
     """Every pruner, quantizer and speedup rule that the loaded plugins register."""
     pm = get_plugin_manager()
     registry = Registry()
+    trace = pm.trace.root.get("registry")  # prints with NNIC_TRACE_PLUGINS=1
     for hook_name, kind in HOOK_KINDS.items():
         caller = getattr(pm.hook, hook_name)
         for impl in reversed(caller.get_hookimpls()):  # pluggy's call order
             source = source_of(impl.plugin_name, impl.plugin)
+            trace(hook_name, str(source))
             try:
                 impl.function(register=Register(registry, kind, source))
             except Exception as exc:

@@ -192,3 +192,11 @@ def test_the_builtin_registry_loads_without_warnings(fresh_registry):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert nnic.list_plugins()
+
+
+def test_nnic_trace_plugins_traces_hook_calls(fresh_registry, monkeypatch, capfd):
+    monkeypatch.setenv("NNIC_TRACE_PLUGINS", "1")
+    nnic.list_plugins()
+    err = capfd.readouterr().err
+    assert "register_pruners plugin 'level' (distribution nnic" in err
+    assert "register_quantizers plugin 'naive'" in err
