@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import operator
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -12,6 +13,12 @@ from torch import nn
 import nnic
 from nnic.speedup import Rule, Spec
 from nnic.speedup.rules import ChannelMixRule, slice_param
+
+
+def _lazy_targets(find: Callable[[], tuple[type, ...]]) -> functools.cached_property:
+    """A rule's ``targets``, found at speedup time: loading the plugin (every nnic registry lookup does) must not
+    import transformers, which takes seconds."""
+    return functools.cached_property(lambda self: find())
 
 
 def _attention_classes() -> tuple[type, ...]:
@@ -55,9 +62,7 @@ class HFSelfAttentionRule(Rule):
     (``q_proj``/``k_proj``/``v_proj``/``o_proj``) self-attention."""
 
     name = "transformers.self_attention"
-    @functools.cached_property
-    def targets(self) -> tuple[type, ...]:  # resolved at speedup time: loading the plugin must not import transformers
-        return _attention_classes()
+    targets = _lazy_targets(_attention_classes)
 
     def propagate(self, call) -> None:
         m = call.module
@@ -154,9 +159,7 @@ class GPT2AttentionRule(Rule):
     ``c_proj`` never reads it, unless the attention weights output is used. Cross-attention is kept whole."""
 
     name = "transformers.gpt2_attention"
-    @functools.cached_property
-    def targets(self) -> tuple[type, ...]:  # resolved at speedup time: loading the plugin must not import transformers
-        return _gpt2_classes()
+    targets = _lazy_targets(_gpt2_classes)
 
     def propagate(self, call) -> None:
         m = call.module
@@ -221,9 +224,7 @@ class Conv1DRule(ChannelMixRule):
     """transformers' ``Conv1D`` (GPT-2's MLP and projections): a Linear whose weight is ``[in, out]``."""
 
     name = "transformers.pytorch_utils.conv1d"
-    @functools.cached_property
-    def targets(self) -> tuple[type, ...]:  # resolved at speedup time: loading the plugin must not import transformers
-        return _conv1d_classes()
+    targets = _lazy_targets(_conv1d_classes)
 
     def groups(self, module) -> int:
         return 1
@@ -253,9 +254,7 @@ class HFEmbeddingsRule(Rule):
     """Embedding blocks are kept whole (their LayerNorm pins the hidden size); their output is untracked."""
 
     name = "transformers.embeddings"
-    @functools.cached_property
-    def targets(self) -> tuple[type, ...]:  # resolved at speedup time: loading the plugin must not import transformers
-        return _embedding_classes()
+    targets = _lazy_targets(_embedding_classes)
 
     def propagate(self, call) -> None:
         call.pin_inputs()
