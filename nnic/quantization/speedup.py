@@ -42,7 +42,7 @@ def _entry(name: str, raw: Any) -> dict[str, Any]:
     return entry
 
 
-def _codes(w: torch.Tensor, entry: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _codes(name: str, w: torch.Tensor, entry: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """int codes (int64, shape of w), scales and zero points (1 or per channel) from a calibration entry."""
     bits = entry["weight_bits"]
     signed = entry.get("weight_dtype", "int") == "int"
@@ -51,6 +51,7 @@ def _codes(w: torch.Tensor, entry: dict[str, Any]) -> tuple[torch.Tensor, torch.
     scale = torch.as_tensor(entry["weight_scale"], dtype=torch.float32).reshape(-1)
     zero = torch.as_tensor(entry.get("weight_zero_point", 0), dtype=torch.int64).reshape(-1)
     w = w.detach().float().cpu()
+    _check_qparams(name, scale, zero, w.shape[0] if scheme.startswith("per_channel") else 1, scheme, tuple(w.shape))
     if scheme.startswith("per_channel"):
         axis = entry.get("weight_axis", 0)
         if axis != 0:
@@ -64,6 +65,19 @@ def _codes(w: torch.Tensor, entry: dict[str, Any]) -> tuple[torch.Tensor, torch.
         shift = 1 << (bits - 1)
         q, zero = q - shift, zero - shift
     return q, scale, zero
+
+
+def _check_qparams(name: str, scale: torch.Tensor, zero: torch.Tensor, channels: int, scheme: str,
+                   shape: tuple[int, ...]) -> None:
+    """A calibration's scales must be positive and finite, one per channel (or one), or the codes come out wrong."""
+    where = f"calibration[{name!r}]"
+    if scale.numel() != channels:
+        raise ValueError(f"{where}['weight_scale']: expected {channels} scale(s) for {scheme} on a weight of shape "
+                         f"{shape}, got {scale.numel()}")
+    if zero.numel() not in (1, channels):
+        raise ValueError(f"{where}['weight_zero_point']: expected 1 or {channels} zero point(s), got {zero.numel()}")
+    if not bool((torch.isfinite(scale) & (scale > 0)).all()):
+        raise ValueError(f"{where}['weight_scale']: expected positive finite scales, got {scale.tolist()[:8]}")
 
 
 def _static_act(entry: dict[str, Any]) -> dict[str, Any]:
@@ -108,7 +122,7 @@ def _replacement(name: str, mod: nn.Module, entry: dict[str, Any], act_kw: dict[
         s = torch.where(w2.abs().amax(1) > 0, w2.abs().amax(1) / half, torch.ones(w.shape[0]))
         q = torch.clamp(torch.round(w2 / s[:, None]), -half, half).to(torch.int8).reshape(w.shape)
         return cls.from_float(mod, weight=w, weight_q=q, weight_scale=s, **kw)
-    q, scale, zero = _codes(w, entry)
+    q, scale, zero = _codes(name, w, entry)
     centred = q - (zero.reshape((-1,) + (1,) * (q.dim() - 1)) if zero.numel() > 1 else zero)
     if bits == 4 and is_linear and int(centred.min()) >= -8 and int(centred.max()) <= 7 and "input_bits" not in entry:
         k = q.shape[1]
@@ -149,6 +163,8 @@ def quantization_speedup(
     for name in entries:
         if name not in modules or name == "":
             raise KeyError(f"calibration names layer {name!r}, which the model does not have")
+    # Build every replacement before swapping any, so a bad entry leaves the model as it was.
+    replacements: dict[str, nn.Module] = {}
     for name, entry in entries.items():
         if entry["weight_bits"] in _FLOAT_BITS:
             continue
@@ -158,7 +174,8 @@ def quantization_speedup(
         if isinstance(new, str):
             _unsupported(name, new, on_unsupported)
             continue
-        new.train(mod.training)
+        replacements[name] = new.train(mod.training)
+    for name, new in replacements.items():
         parent_name, _, attr = name.rpartition(".")
         setattr(modules[parent_name] if parent_name else model, attr, new)
     return model

@@ -166,3 +166,19 @@ def test_bad_calibration():
         quantization_speedup(model, {"0": 8}, on_unsupported="ignore")
     with pytest.raises(TypeError, match="calibration"):
         quantization_speedup(model, [("0", 8)])
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"weight_scale": -1.0}, r"calibration\['0'\]\['weight_scale'\]: expected positive finite scales"),
+    ({"weight_scale": float("inf")}, r"expected positive finite scales"),
+    ({"weight_scale": [0.1, 0.2], "weight_scheme": "per_channel_symmetric"},
+     r"calibration\['0'\]\['weight_scale'\]: expected 4 scale\(s\) for per_channel_symmetric on a weight of shape "
+     r"\(4, 4\), got 2"),
+    ({"weight_scale": [0.1] * 4, "weight_zero_point": [0, 0], "weight_scheme": "per_channel_affine"},
+     r"calibration\['0'\]\['weight_zero_point'\]: expected 1 or 4 zero point\(s\), got 2"),
+])
+def test_bad_scales_and_zero_points_are_named_and_leave_the_model_alone(entry, message):
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    with pytest.raises(ValueError, match=message):
+        quantization_speedup(model, {"1": 8, "0": {"weight_bits": 8, "weight_zero_point": 0, **entry}})
+    assert type(model[0]) is nn.Linear and type(model[1]) is nn.Linear  # the good layer was not swapped either
