@@ -18,6 +18,32 @@ from nnic.speedup.engine import _placeholder_values
 from nnic.speedup.graph import Spec
 
 
+class _Snapshot:
+    """Every module's attributes, parameters, buffers and children, and every tensor's values, so that a
+    failed speedup can put the model back exactly (rules replace parameters, modules and attributes, and
+    may fold values into tensors in place)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.modules = [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules))
+                        for m in model.modules()]
+        tensors = {id(t): t for m in model.modules() for t in (*m._parameters.values(), *m._buffers.values())
+                   if t is not None}
+        with torch.no_grad():
+            self.values = [(t, t.detach().clone()) for t in tensors.values()]
+
+    def restore(self) -> None:
+        for module, attrs, params, buffers, children in self.modules:
+            module.__dict__.clear()
+            module.__dict__.update(attrs)
+            module._parameters, module._buffers, module._modules = params, buffers, children
+        with torch.no_grad():
+            for tensor, value in self.values:
+                if tensor.shape == value.shape:
+                    tensor.copy_(value)
+                else:
+                    tensor.data = value
+
+
 @dataclass
 class SpeedupReport:
     """What speedup did: kept positions per shrunk module slot, and why channels were kept."""
@@ -90,7 +116,7 @@ class ModelSpeedup:
     :param leaf_modules: module names or classes not to trace into (kept whole unless a rule handles them).
     :param strict: raise, instead of warning, when an op without a rule reads prunable channels.
     :param verify: compare the result's output with the masked model's on ``dummy_input`` and raise
-        :class:`SpeedupError` naming the first differing layer.
+        :class:`SpeedupError` naming the first differing layer; the model is then restored to the masked model.
     """
 
     def __init__(self, model: nn.Module, dummy_input: Any, masks: Mapping | None = None, *,
@@ -121,12 +147,17 @@ class ModelSpeedup:
                 state = prop.run(_placeholder_values(model, args, kwargs))
             removed = decide(state)
             self.report = self._report(state, removed)
-            self.report.shrunk = apply(model, state, removed)
-            if self.verify:
-                with torch.no_grad():
-                    got = model(*args, **kwargs)
-                if not _close(got, reference, self.rtol, self.atol):
-                    raise SpeedupError(self._mismatch(model, args, kwargs, prop, removed, ref_layers))
+            snapshot = _Snapshot(model)
+            try:
+                self.report.shrunk = apply(model, state, removed)
+                if self.verify:
+                    with torch.no_grad():
+                        got = model(*args, **kwargs)
+                    if not _close(got, reference, self.rtol, self.atol):
+                        raise SpeedupError(self._mismatch(model, args, kwargs, prop, removed, ref_layers))
+            except BaseException:
+                snapshot.restore()  # a failed speedup leaves the (masked) model as it was, not half shrunk
+                raise
         finally:
             for m, mode in modes.items():
                 m.training = mode
