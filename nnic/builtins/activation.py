@@ -43,11 +43,7 @@ class ActivationPruner(StructuredPruner):
                 counts[n] = counts.get(n, 0) + flat.shape[1]
 
             hooks.append(cfg.module.register_forward_hook(hook))
-        try:
-            self.run_data(backward=False)
-        finally:
-            for h in hooks:
-                h.remove()
+        self.run_data(backward=False, hooks=hooks)
         missing = [n for n in self.layers if n not in sums]
         if missing:
             raise ValueError(f"{self.name}: layers {missing} were never called on the data")

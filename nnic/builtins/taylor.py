@@ -29,11 +29,7 @@ class TaylorPruner(StructuredPruner):
                 scores[n] += ((w * g).sum(1) ** 2).cpu()
 
             hooks.append(module.weight.register_hook(hook))
-        try:
-            self.run_data(backward=True)
-        finally:
-            for h in hooks:
-                h.remove()
+        self.run_data(backward=True, hooks=hooks)
         return scores
 
 

@@ -69,8 +69,18 @@ class StructuredPruner(Pruner):
         raise NotImplementedError
 
     # ---- data helpers for subclasses
-    def run_data(self, *, backward: bool) -> None:
-        """Run the user's data through the model: ``evaluator`` training steps, or one pass over ``data``."""
+    def run_data(self, *, backward: bool, hooks: Iterable[Any] = ()) -> None:
+        """Run the user's data through the model: ``evaluator`` training steps, or one pass over ``data``.
+
+        ``hooks`` (handles of the hooks that collect the pruner's statistics) are removed however the run ends.
+        """
+        try:
+            self._run_data(backward=backward)
+        finally:
+            for handle in hooks:
+                handle.remove()
+
+    def _run_data(self, *, backward: bool) -> None:
         if self.evaluator is not None:
             with torch.enable_grad():
                 self.evaluator.train(self.model, max_steps=self.training_steps)
