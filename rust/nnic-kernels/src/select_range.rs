@@ -98,6 +98,15 @@ mod x86 {
     use super::{hist_range_scalar, Candidates, Counts, BINS};
     use std::arch::x86_64::*;
 
+    /// Histograms the in-range entries gathered in `buf` (by their bits above `lo`) and keeps them as candidates.
+    #[inline(always)]
+    fn flush(hh: &mut [u32; BINS], buf: &[u32], lo: u32, shift: u32, cand: &mut Candidates) {
+        for &b in buf {
+            hh[(((b - lo - 1) >> shift) as usize) & (BINS - 1)] += 1;
+        }
+        cand.add(buf);
+    }
+
     /// Row `m`: the indices of the set bits of `m`, in order, then zeros (a left-packing permutation).
     static COMPRESS8: [[u32; 8]; 256] = {
         let mut t = [[0u32; 8]; 256];
@@ -161,17 +170,11 @@ mod x86 {
             unsafe { _mm512_storeu_si512(buf.as_mut_ptr().add(len) as *mut __m512i, _mm512_maskz_compress_epi32(inr, v)) };
             len += inr.count_ones() as usize;
             if i % (BLOCK / 16) == BLOCK / 16 - 1 {
-                for &b in &buf[..len] {
-                    hh[(((b - lo - 1) >> shift) as usize) & (BINS - 1)] += 1;
-                }
-                cand.add(&buf[..len]);
+                flush(hh, &buf[..len], lo, shift, cand);
                 len = 0;
             }
         }
-        for &b in &buf[..len] {
-            hh[(((b - lo - 1) >> shift) as usize) & (BINS - 1)] += 1;
-        }
-        cand.add(&buf[..len]);
+        flush(hh, &buf[..len], lo, shift, cand);
         c.below += lanes512(below);
         c.at_lo += lanes512(at);
         c.max = c.max.max(_mm512_reduce_max_epi32(maxv) as u32);
@@ -217,17 +220,11 @@ mod x86 {
             }
             len += inr.count_ones() as usize;
             if i % (BLOCK / 8) == BLOCK / 8 - 1 {
-                for &b in &buf[..len] {
-                    hh[(((b - lo - 1) >> shift) as usize) & (BINS - 1)] += 1;
-                }
-                cand.add(&buf[..len]);
+                flush(hh, &buf[..len], lo, shift, cand);
                 len = 0;
             }
         }
-        for &b in &buf[..len] {
-            hh[(((b - lo - 1) >> shift) as usize) & (BINS - 1)] += 1;
-        }
-        cand.add(&buf[..len]);
+        flush(hh, &buf[..len], lo, shift, cand);
         let lanes = |v: __m256i| {
             let mut l = [0u32; 8];
             // SAFETY: `l` has room for 8 lanes.
