@@ -9,7 +9,7 @@ reads ``.weight`` keeps working.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -91,15 +91,6 @@ def fold_masks(module: nn.Module) -> None:
             for i in reversed(range(len(plist))):
                 if isinstance(plist[i], ParameterMask):
                     del plist[i]
-
-
-def named_masks(model: nn.Module) -> Iterator[tuple[str, str, torch.Tensor]]:
-    """``(layer, parameter, mask)`` for every mask attached in the model."""
-    for layer, module in model.named_modules():
-        if parametrize.is_parametrized(module):
-            for name in module.parametrizations.keys():
-                for p in _masks_of(module, name):
-                    yield layer, name, p.mask
 
 
 def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
