@@ -276,16 +276,16 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
 
 def unwrap_masks(model: nn.Module) -> None:
     """Fold nnic's mask parametrizations into plain weights (speedup needs plain modules)."""
-    from nnic.masking import ParameterMask
+    from nnic.masking import ParameterMask, fold_masks
 
     for name, module in model.named_modules():
         if not parametrize.is_parametrized(module):
             continue
-        for pname in list(module.parametrizations.keys()):
+        for pname in module.parametrizations.keys():
             if not all(isinstance(p, ParameterMask) for p in module.parametrizations[pname]):
                 raise SpeedupError(f"{name}.{pname} has a parametrization other than an nnic mask; remove it "
                                    f"(e.g. unwrap the quantizer) before speedup")
-            parametrize.remove_parametrizations(module, pname, leave_parametrized=True)
+        fold_masks(module)
 
 
 def apply_masks(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tensor | None]]) -> None:
