@@ -51,8 +51,6 @@ def parameter(module: nn.Module, name: str) -> torch.Tensor:
 
 def attach_mask(module: nn.Module, name: str, mask: torch.Tensor) -> None:
     """Mask ``module.<name>`` from now on, and zero the stored values where the mask is zero."""
-    from nnic import kernels
-
     target = parameter(module, name)
     mask = mask.to(device=target.device, dtype=torch.bool)
     existing = _masks_of(module, name)
@@ -62,7 +60,17 @@ def attach_mask(module: nn.Module, name: str, mask: torch.Tensor) -> None:
         parametrize.register_parametrization(module, name, ParameterMask(mask), unsafe=True)
         target = parameter(module, name)
     with torch.no_grad():
-        kernels.apply_mask_(target.data, mask)
+        _zero_masked_(target.data, mask)
+
+
+def _zero_masked_(t: torch.Tensor, mask: torch.Tensor) -> None:
+    """``t[~mask] = 0`` in place: the Rust kernel for float32, torch for half precision and the rest."""
+    from nnic import kernels
+
+    if t.dtype == torch.float32:
+        kernels.apply_mask_(t, mask)
+    else:
+        t.masked_fill_(~mask, 0)
 
 
 def _masks_of(module: nn.Module, name: str) -> list[ParameterMask]:
@@ -76,15 +84,13 @@ def fold_masks(module: nn.Module) -> None:
 
     Other parametrizations on the same parameter (a quantizer's fake-quant, say) are kept.
     """
-    from nnic import kernels
-
     if not parametrize.is_parametrized(module):
         return
     for name in list(module.parametrizations.keys()):
         plist = module.parametrizations[name]
         with torch.no_grad():
             for p in _masks_of(module, name):
-                kernels.apply_mask_(plist.original.data, p.mask)
+                _zero_masked_(plist.original.data, p.mask)
         if all(isinstance(p, ParameterMask) for p in plist):
             parametrize.remove_parametrizations(module, name, leave_parametrized=False)
         else:

@@ -55,7 +55,8 @@ class LevelPruner(Pruner):
         return masks
 
     def _weight(self, layer: str, pname: str) -> torch.Tensor:
-        return parameter(self.layers[layer].module, pname).detach()
+        # The kernels select on float32; half-precision values convert exactly, so the order is the same.
+        return parameter(self.layers[layer].module, pname).detach().float()
 
     @staticmethod
     def _guard(layer, pname, fn, *args):

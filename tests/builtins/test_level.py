@@ -205,6 +205,17 @@ def test_sparsity_report():
     assert pruner.sparsity() == {"2.weight": 0.75}
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_models_are_pruned_exactly_and_stay_in_their_dtype(dtype):
+    model = mlp().to(dtype)
+    pruner = LevelPruner(model, [{"sparsity": 0.5, "op_types": ["Linear"]}])
+    _, masks = pruner.compress()
+    pruner.unwrap_model()
+    assert model[0].weight.dtype == dtype
+    assert torch.count_nonzero(model[0].weight) == 64 * 128 // 2
+    assert torch.count_nonzero(model[0].weight[~masks["0"]["weight"]]) == 0
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_level_pruning_on_cuda_matches_cpu():
