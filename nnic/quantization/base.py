@@ -38,10 +38,32 @@ class Quantizer(Compressor):
     """
 
     kind = "quantization"
+    #: What this quantizer can simulate; the config list is checked against it before any work. The base's
+    #: integer grid needs two levels or more (1 bit would divide by zero: NaN weights) and stays exact in float32
+    #: up to 16 bits. A subclass narrows these (``supported_bits = (2, 8)``) or, with its own fake quantization,
+    #: widens them (``bnn``: ``(1, 1)``).
+    supported_bits: tuple[int, int] = (2, 16)
+    supported_quant_types: tuple[str, ...] = ("weight", "input", "output")
 
     def __init__(self, model: nn.Module, config_list: list[dict]) -> None:
         super().__init__(model, config_list)
+        self._check_support()
         self.compressed = False
+
+    def _check_support(self) -> None:
+        """Refuse quant types and bit widths this quantizer cannot simulate, naming the config entry."""
+        allowed, (lo, hi) = self.supported_quant_types, self.supported_bits
+        for cfg in self.layers.values():
+            where = f"config_list[{cfg.entry_index}]"
+            extra = [t for t in cfg.config["quant_types"] if t not in allowed]
+            if extra:
+                raise ValueError(f"{where}['quant_types']: the {self.name} quantizer quantizes "
+                                 f"{', '.join(allowed)} only, got {cfg.config['quant_types']}")
+            for quant_type, b in cfg.config["quant_bits"].items():
+                if not lo <= b <= hi:
+                    span = f"{lo} bit" if lo == hi else f"{lo} to {hi} bits"
+                    raise ValueError(f"{where}['quant_bits']: the {self.name} quantizer supports {span}, got {b} "
+                                     f"for {quant_type!r}")
 
     def weight_spec(self, layer: str) -> QuantSpec:
         cfg = self.layers[layer].config
