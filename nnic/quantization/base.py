@@ -10,6 +10,7 @@ from torch.nn.utils import parametrize
 
 from nnic import io, masking
 from nnic.compressor import Compressor
+from nnic.quantization.calibration import Calibration, LayerCalibration, TensorCalibration
 from nnic.quantization.qparams import QuantSpec, fake_quantize, observe, qparams_from_range
 
 
@@ -117,33 +118,23 @@ class Quantizer(Compressor):
         return self.model
 
     def calibration(self) -> dict[str, dict[str, Any]]:
-        """Per layer: bits, scheme, dtype, scale and zero point of each quantized tensor (JSON-ready)."""
+        """Per layer: bits, scheme, dtype, scale and zero point of each quantized tensor (JSON-ready; the format
+        of :mod:`nnic.quantization.calibration`, whose ``Calibration.from_dict`` types and checks it)."""
         if not self.compressed:
             raise RuntimeError("calibration() needs a compressed model: call compress() first")
-        out: dict[str, dict[str, Any]] = {}
-        for quant_type in ("input", "output"):  # the weight's entries come first, as before
-            for layer in self._activation_layers(quant_type):
-                out.setdefault(layer, {})
+        layers: dict[str, LayerCalibration] = {}
         for layer in self._weight_layers():
             module = self.layers[layer].module
             fq = next(p for p in _parametrizations(module, "weight") if isinstance(p, WeightFakeQuant))
             with torch.no_grad():
                 # The fake-quant sees the weight after the parametrizations before it (a pruning mask, say).
                 scale, zero = fq.qparams(_weight_before(module, fq))
-            spec = fq.spec
-            out[layer] = {
-                "weight_bits": spec.bits,
-                "weight_dtype": "int" if spec.signed else "uint",
-                "weight_scheme": spec.scheme,
-                **({"weight_axis": spec.axis} if spec.per_channel else {}),
-                "weight_scale": scale.tolist(),
-                "weight_zero_point": zero.tolist(),
-                **out.get(layer, {}),
-            }
+            layers.setdefault(layer, LayerCalibration()).weight = _tensor_calibration(fq.spec, scale, zero)
         for quant_type in ("input", "output"):
             for layer in self._activation_layers(quant_type):
-                out[layer].update(_activation_calibration(self.layers[layer].module, layer, quant_type))
-        return out
+                setattr(layers.setdefault(layer, LayerCalibration()), quant_type,
+                        _activation_calibration(self.layers[layer].module, layer, quant_type))
+        return Calibration(layers).to_dict()
 
     def export_model(self, model_path: io.PathLike, calibration_path: io.PathLike | None = None) -> dict[str, dict[str, Any]]:
         """Write the simulated model's weights (quantized then dequantized) and the calibration JSON, atomically."""
@@ -168,8 +159,14 @@ def _weight_before(module: nn.Module, stop: nn.Module) -> torch.Tensor:
     raise LookupError("parametrization not found")
 
 
-def _activation_calibration(module: nn.Module, layer: str, quant_type: str) -> dict[str, Any]:
-    """``{input_bits, tracked_min_input, tracked_max_input, input_scale, input_zero_point, ...}`` of one layer."""
+def _tensor_calibration(spec: QuantSpec, scale: torch.Tensor, zero: torch.Tensor, **tracked: torch.Tensor
+                        ) -> TensorCalibration:
+    return TensorCalibration(spec.bits, spec.dtype, spec.scheme, spec.axis if spec.per_channel else None,
+                             scale=scale.float(), zero_point=zero.to(torch.int64), **tracked)
+
+
+def _activation_calibration(module: nn.Module, layer: str, quant_type: str) -> TensorCalibration:
+    """The spec, tracked range, scale and zero point of ``layer``'s input or output."""
     from nnic.quantization import activation
 
     fq = activation.find(module, quant_type)
@@ -181,17 +178,7 @@ def _activation_calibration(module: nn.Module, layer: str, quant_type: str) -> d
             scale, zero = fq.qparams()
     except RuntimeError as exc:
         raise RuntimeError(f"{layer} ({quant_type}): {exc}") from exc
-    spec = fq.spec
-    return {
-        f"{quant_type}_bits": spec.bits,
-        f"{quant_type}_dtype": "int" if spec.signed else "uint",
-        f"{quant_type}_scheme": spec.scheme,
-        **({f"{quant_type}_axis": spec.axis} if spec.per_channel else {}),
-        f"tracked_min_{quant_type}": lo.tolist(),
-        f"tracked_max_{quant_type}": hi.tolist(),
-        f"{quant_type}_scale": scale.tolist(),
-        f"{quant_type}_zero_point": zero.tolist(),
-    }
+    return _tensor_calibration(fq.spec, scale, zero, tracked_min=lo.float(), tracked_max=hi.float())
 
 
 def _without_activation_quant(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
