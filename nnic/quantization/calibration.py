@@ -74,23 +74,22 @@ def _got(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _numbers(where: str, value: Any, *, integral: bool) -> torch.Tensor:
-    """A number or (nested) list of numbers as a float64 tensor; refuses bools, strings, ragged lists, NaN."""
-    kind = "integers" if integral else "numbers"
+def _numbers(where: str, value: Any, *, integral: bool, expected: str | None = None) -> torch.Tensor:
+    """A number or (nested) list of finite numbers as a float64 tensor; refuses bools, strings, ragged lists,
+    NaN and infinities, and fractions where ``integral``. ``expected`` phrases the values in messages."""
+    expected = expected or ("finite integers" if integral else "finite numbers")
     if isinstance(value, torch.Tensor):
         value = value.tolist()
     try:
-        if isinstance(value, bool) or (not isinstance(value, (numbers.Real, list, tuple))):
+        if isinstance(value, bool) or not isinstance(value, (numbers.Real, list, tuple)) or _has_bool(value):
             raise TypeError
         t = torch.tensor(value, dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError):
-        raise TypeError(f"{where}: expected a number or a list of {kind}, got {_got(value)}") from None
-    if _has_bool(value):
-        raise TypeError(f"{where}: expected a number or a list of {kind}, got {_got(value)}")
+        raise TypeError(f"{where}: expected a number or a (nested) list of {expected}, got {_got(value)}") from None
     if t.numel() == 0:
         raise ValueError(f"{where}: expected at least one value, got {_got(value)}")
     if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{where}: expected finite {kind}, got {_got(value)}")
+        raise ValueError(f"{where}: expected {expected}, got {_got(value)}")
     if integral and not bool((t == t.round()).all()):
         raise ValueError(f"{where}: expected integers, got {_got(value)} (a fractional zero point would be "
                          f"truncated)")
@@ -192,7 +191,8 @@ class TensorCalibration:
             if keys["zero_point"] in entry:
                 raise ValueError(f"{where(keys['zero_point'])}: given without {keys['scale']!r}")
             return
-        scale = _numbers(where(keys["scale"]), entry[keys["scale"]], integral=False)
+        scale = _numbers(where(keys["scale"]), entry[keys["scale"]], integral=False,
+                         expected="positive finite scales")
         if not bool((scale > 0).all()):
             raise ValueError(f"{where(keys['scale'])}: expected positive finite scales, got {_got(entry[keys['scale']])}")
         expected_dim = 2 if self.group_size is not None else 1 if self.per_channel else 0
