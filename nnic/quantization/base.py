@@ -162,7 +162,7 @@ def _weight_before(module: nn.Module, stop: nn.Module) -> torch.Tensor:
 def _tensor_calibration(spec: QuantSpec, scale: torch.Tensor, zero: torch.Tensor, **tracked: torch.Tensor
                         ) -> TensorCalibration:
     return TensorCalibration(spec.bits, spec.dtype, spec.scheme, spec.axis if spec.per_channel else None,
-                             scale=scale.float(), zero_point=zero.to(torch.int64), **tracked)
+                             scale=scale.double(), zero_point=zero.to(torch.int64), **tracked)
 
 
 def _activation_calibration(module: nn.Module, layer: str, quant_type: str) -> TensorCalibration:
@@ -178,7 +178,7 @@ def _activation_calibration(module: nn.Module, layer: str, quant_type: str) -> T
             scale, zero = fq.qparams()
     except RuntimeError as exc:
         raise RuntimeError(f"{layer} ({quant_type}): {exc}") from exc
-    return _tensor_calibration(fq.spec, scale, zero, tracked_min=lo.float(), tracked_max=hi.float())
+    return _tensor_calibration(fq.spec, scale, zero, tracked_min=lo.double(), tracked_max=hi.double())
 
 
 def _without_activation_quant(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -115,8 +115,9 @@ def _int(where: str, value: Any, lo: int, hi: int | None = None) -> int:
 class TensorCalibration:
     """How one tensor (a layer's weight, input or output) is quantized: its spec and its parameters.
 
-    ``scale`` (float32) and ``zero_point`` (int64) are 0-d (per tensor), ``[channels]`` (per channel), or
-    ``[channels, groups]`` (group-wise); ``None`` when only the bit width is known (a plain ``{layer: bits}``).
+    ``scale`` (float64: the file's values exactly; kernels use them as float32) and ``zero_point`` (int64) are
+    0-d (per tensor), ``[channels]`` (per channel), or ``[channels, groups]`` (group-wise); ``None`` when only the
+    bit width is known (a plain ``{layer: bits}``, written back as ``{"weight_bits": bits, ...}``).
     """
 
     bits: int
@@ -210,7 +211,7 @@ class TensorCalibration:
             if int(zero.min()) < spec.qmin or int(zero.max()) > spec.qmax:
                 raise ValueError(f"{where(keys['zero_point'])}: expected values in [{spec.qmin}, {spec.qmax}] "
                                  f"({self.bits}-bit {self.dtype}), got {_got(entry[keys['zero_point']])}")
-        self.scale = scale.to(torch.float32).reshape(scale.shape if expected_dim else ())
+        self.scale = scale.reshape(scale.shape if expected_dim else ())
         self.zero_point = (zero.to(torch.int64).expand(scale.shape) if zero.numel() == 1 else
                            zero.to(torch.int64).reshape(scale.shape)).reshape(self.scale.shape).clone()
 
@@ -229,7 +230,7 @@ class TensorCalibration:
         if not bool((lo <= hi).all()):
             raise ValueError(f"{where(lo_key)}: the tracked range is empty: {_got(entry[lo_key])} > "
                              f"{_got(entry[hi_key])}")
-        self.tracked_min, self.tracked_max = lo.to(torch.float32), hi.to(torch.float32)
+        self.tracked_min, self.tracked_max = lo, hi
 
     def to_dict(self, t: str) -> dict[str, Any]:
         """The file's keys for tensor ``t`` (numbers for 0-d values, lists otherwise)."""
