@@ -4,8 +4,11 @@ and the most specific registered class wins."""
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 import textwrap
+import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +17,8 @@ from torch import nn
 import nnic
 from nnic.quantization import Int8Linear
 from nnic.quantization.lowering import LoweringTable
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "plugin-hooks.md"
 
 # A distribution that brings its own module type and the lowering for it.
 PLUGIN = """
@@ -125,3 +130,11 @@ def test_the_nearest_class_in_the_mro_wins_and_two_lowerings_for_one_type_are_re
     assert table.find(nn.ReLU()) is None
     with pytest.raises(ValueError, match="two lowerings handle Linear: 'base' and 'other'"):
         LoweringTable([base, L("other", (nn.Linear,))])
+
+
+def test_the_lowering_example_in_the_hook_docs_runs(fresh_registry, monkeypatch):
+    section = DOCS.read_text().split("## register_lowerings(register)", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    module = types.ModuleType("docs_lowering_example")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    exec(compile(code, str(DOCS), "exec"), module.__dict__)
