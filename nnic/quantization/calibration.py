@@ -181,7 +181,8 @@ class TensorCalibration:
                 raise ValueError(f"{where(keys['perm'])}: a permutation needs {keys['group_size']!r}")
             perm = _numbers(where(keys["perm"]), entry[keys["perm"]], integral=True).to(torch.int64)
             if perm.dim() != 1 or not torch.equal(perm.sort().values, torch.arange(perm.numel())):
-                raise ValueError(f"{where(keys['perm'])}: expected a permutation of 0..K-1, got {_got(entry[keys['perm']])}")
+                raise ValueError(f"{where(keys['perm'])}: expected a permutation of 0..K-1, got "
+                                 f"{_got(entry[keys['perm']])}")
         new = cls(bits, dtype, scheme, axis, group_size, perm)
         new._read_qparams(entry, keys, where)
         new._read_range(entry, keys, where)
@@ -195,7 +196,8 @@ class TensorCalibration:
         scale = _numbers(where(keys["scale"]), entry[keys["scale"]], integral=False,
                          expected="positive finite scales")
         if not bool((scale > 0).all()):
-            raise ValueError(f"{where(keys['scale'])}: expected positive finite scales, got {_got(entry[keys['scale']])}")
+            raise ValueError(f"{where(keys['scale'])}: expected positive finite scales, got "
+                             f"{_got(entry[keys['scale']])}")
         expected_dim = 2 if self.group_size is not None else 1 if self.per_channel else 0
         if scale.dim() != expected_dim and not (expected_dim == 0 and scale.numel() == 1):
             shape = ("[channels][groups]" if expected_dim == 2 else "a list, one per channel" if expected_dim == 1

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from nnic.quantization.calibration import LayerCalibration, TensorCalibration
-from nnic.quantization.qparams import quantize_codes, static_activation_qparams
+from nnic.quantization.qparams import QuantSpec, observe, qparams_from_range, quantize_codes, static_activation_qparams
 
 logger = logging.getLogger("nnic.quantization")
 
@@ -132,11 +132,9 @@ class Int8Lowering:
         if tc.scale is None:  # plain bits: quantize directly
             if tc.bits == 8:
                 return self.module_class.from_float(module, weight=w, **kw)
-            half = (1 << (tc.bits - 1)) - 1
-            w2 = w.detach().float().reshape(w.shape[0], -1)
-            amax = w2.abs().amax(1)
-            s = torch.where(amax > 0, amax / half, torch.ones_like(amax))
-            q = torch.clamp(torch.round(w2 / s[:, None]), -half, half).to(torch.int8).reshape(w.shape)
+            spec = QuantSpec(tc.bits, per_channel=True, axis=0)  # symmetric int codes per output channel
+            s, z = qparams_from_range(*observe(w, spec), spec)
+            q = quantize_codes(w, s, z, spec).to(torch.int8)
             return self.module_class.from_float(module, weight=w, weight_q=q, weight_scale=s, **kw)
         if tc.group_size is not None:
             return (f"group-wise {tc.bits}-bit weights have no int8 layout yet (per-tensor or per-channel scales do; "
