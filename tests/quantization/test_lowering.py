@@ -85,6 +85,14 @@ def test_the_builtin_lowerings_are_a_plugin_found_through_nnics_entry_points(fre
     assert infos["torch.nn.linear"].plugin == "lowerings"
 
 
+def test_nnic_plugins_lists_lowerings(fresh_registry, capsys):
+    from nnic.cli import main
+
+    main(["plugins", "--kind", "lowering"])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert ["torch.nn.linear", "lowering", "nnic"] == rows[-1][:3]
+
+
 def test_a_third_party_lowering_for_an_unknown_module_type_is_used(fresh_registry, tmp_path, monkeypatch):
     assert "nnic_scaled_dense.scaleddense" not in {i.name for i in nnic.list_plugins("lowering")}
     install(tmp_path, monkeypatch)
