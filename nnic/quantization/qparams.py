@@ -60,6 +60,9 @@ _TINY = torch.finfo(torch.float32).tiny
 
 def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale (float32) and zero point (int32) for observed minima ``lo`` and maxima ``hi`` (0-d or per channel)."""
+    if spec.symmetric and spec.bits < 2:  # its grid is {-1, 0}: the scale would be x / 0, the weights NaN
+        raise ValueError(f"a symmetric {spec.bits}-bit grid has no positive level: use 2 bits or more, or a binary "
+                         f"(sign) quantizer such as 'bnn'")
     lo = torch.clamp(lo.float(), max=0.0)
     hi = torch.clamp(hi.float(), min=0.0)
     if spec.symmetric:

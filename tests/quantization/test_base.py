@@ -52,3 +52,10 @@ def test_a_narrower_subclass_reports_its_own_span():
         EightBit(model(), [{"quant_types": ["weight"], "quant_bits": 4, "op_types": ["Linear"]}])
     with pytest.raises(ValueError, match=r"config_list\[0\]\['quant_types'\]: the eight quantizer quantizes weight only"):
         EightBit(model(), [{"quant_types": ["weight", "input"], "quant_bits": 8, "op_types": ["Linear"]}])
+
+
+def test_a_symmetric_1_bit_grid_is_refused_instead_of_giving_nan():
+    from nnic.quantization.qparams import QuantSpec, qparams_from_range
+
+    with pytest.raises(ValueError, match="symmetric 1-bit grid has no positive level"):
+        qparams_from_range(torch.tensor(-1.0), torch.tensor(1.0), QuantSpec(1))
