@@ -94,14 +94,17 @@ def test_old_format_dict_gives_the_quantizers_codes_and_static_activations():
     ("ptq", [{"quant_types": ["weight", "input", "output"], "quant_bits": {"weight": 4, "input": 8, "output": 8},
               "op_types": ["Conv2d", "Linear"]}]),
     ("bnn", [{"quant_types": ["weight", "output"], "quant_bits": 1, "op_types": ["Linear"]}]),
+    ("lsq", [{"quant_types": ["weight", "input"], "quant_bits": 4, "op_types": ["Conv2d", "Linear"]}]),
+    ("dorefa", [{"quant_types": ["weight"], "quant_bits": 3, "op_types": ["Conv2d", "Linear"]}]),
+    ("qat", [{"quant_types": ["weight", "output"], "quant_bits": 8, "quant_scheme": "per_channel_affine",
+              "op_types": ["Conv2d", "Linear"]}]),
 ])
 def test_every_quantizers_export_round_trips(name, config):
     model = small_model()
     kw = {"calibration_data": [torch.randn(4, 1, 4, 4)]} if name == "ptq" else {}
     q = nnic.quantizer(name, model, config, **kw)
     q.compress()
-    if name == "bnn":
-        model(torch.randn(2, 1, 4, 4))
+    model(torch.randn(2, 1, 4, 4))  # the training-time quantizers observe their first batch
     exported = q.calibration()
     assert Calibration.from_dict(exported).to_dict() == exported
 
