@@ -65,7 +65,7 @@ def _user_frame(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     for frame in reversed(frames):
         f = frame.filename.replace("\\", "/")
-        if "/torch/fx/" not in f and "/torch/_" not in f and "/nnic/speedup/" not in f:
+        if "/torch/fx/" not in f and "/torch/_" not in f and "/nnic/channels/" not in f:
             return f"{frame.filename}:{frame.lineno} ({frame.line})"
     return "unknown location"
 

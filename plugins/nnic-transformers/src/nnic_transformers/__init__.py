@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 import nnic
-from nnic.speedup import Rule, Spec
-from nnic.speedup.rules import ChannelMixRule, slice_param
+from nnic.channels import Spec
+from nnic.speedup.rules import ChannelMixRule, Rule, slice_param
 
 
 def _lazy_targets(find: Callable[[], tuple[type, ...]]) -> functools.cached_property:
