@@ -91,14 +91,14 @@ def test_verify_names_the_first_differing_layer():
             call.sink(spec.ids, torch.ones(len(spec), dtype=torch.bool))
 
     model = nn.Sequential(nn.Conv2d(3, 8, 1), Mean(), nn.Conv2d(1, 2, 1))
+    with torch.no_grad():
+        before = model(X)
     with pytest.raises(SpeedupError, match=r"first differing layer: '1' \(Mean\)"):
         nnic.speedup_model(model, X, masks_for(model), rules=[Lying()], leaf_modules=[Mean])
-    # The failed speedup left the masked model as it was: same shapes, same output.
-    masks = masks_for(model)
-    reference = masked_output(model, X, masks)
+    # The failed speedup left the model as it was: same shapes, masks not folded in, same output.
     assert model[0].out_channels == 8 and model[0].weight.shape == (8, 3, 1, 1)
     with torch.no_grad():
-        torch.testing.assert_close(model(X), reference)
+        assert torch.equal(model(X), before)
 
 
 class Odd(nn.Module):
