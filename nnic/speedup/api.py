@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from nnic.channels.capture import split_dummy_input
 from nnic.channels.graph import Spec, State
@@ -30,12 +31,19 @@ class _Snapshot:
     def __init__(self, model: nn.Module) -> None:
         self.modules = [(m, m.__class__, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules))
                         for m in model.modules()]  # the class too: mask parametrizations swap it
+        # Removing a parametrization deletes its property from the generated class: keep them to put back.
+        self.properties = {m.__class__: {k: v for k, v in vars(m.__class__).items() if isinstance(v, property)}
+                           for m in model.modules() if parametrize.is_parametrized(m)}
         tensors = {id(t): t for m in model.modules() for t in (*m._parameters.values(), *m._buffers.values())
                    if t is not None}
         with torch.no_grad():
             self.values = [(t, t.detach().clone()) for t in tensors.values()]
 
     def restore(self) -> None:
+        for cls, properties in self.properties.items():
+            for name, prop in properties.items():
+                if name not in vars(cls):
+                    setattr(cls, name, prop)
         for module, cls, attrs, params, buffers, children in self.modules:
             module.__class__ = cls
             module.__dict__.clear()

@@ -15,6 +15,9 @@ A rule is an object with:
 - ``fold(module, slot, positions, values)`` (optional): add constant input channels that are about to be removed
   into the bias, for sinks that said ``fold`` in :meth:`~nnic.channels.graph.Call.sink`.
 
+- ``shape_attrs`` (module rules): the attributes ``shrink`` changes (``("in_features", "out_features")``); a saved
+  manifest may change these, and only these, when :func:`~nnic.speedup.load_pruned` applies it.
+
 A rule whose module changes class when shrunk gives the new class ``from_manifest(attrs)`` and
 ``manifest_attrs()`` so that the pruned architecture can be saved and loaded without pickling.
 """
@@ -34,6 +37,7 @@ class Rule:
 
     name: str = ""
     targets: tuple[Any, ...] = ()
+    shape_attrs: tuple[str, ...] = ()
 
     def propagate(self, call: Call) -> None:
         raise NotImplementedError
@@ -84,6 +88,10 @@ class PerChannelRule(Rule):
 
     params: tuple[str, ...] = ("weight", "bias")
     count_attr: str | None = None
+
+    @property
+    def shape_attrs(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (self.count_attr,) if self.count_attr else ()
 
     def channel_dim(self, x: torch.Tensor) -> int:
         return 1 if x.ndim > 1 else 0

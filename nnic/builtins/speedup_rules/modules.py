@@ -54,6 +54,8 @@ def shrink_conv(m: nn.Module, keep: dict[str, torch.Tensor], transposed: bool) -
 class ConvRule(ChannelMixRule):
     """Conv1d/2d/3d, groups and depthwise included."""
 
+    shape_attrs = ("in_channels", "out_channels", "groups")
+
     def __init__(self, cls: type) -> None:
         self.targets = (cls,)
         self.name = f"torch.nn.{cls.__name__.lower()}"
@@ -109,6 +111,7 @@ def _add_bias(module: nn.Module, delta: torch.Tensor, n: int) -> None:
 class LinearRule(ChannelMixRule):
     name = "torch.nn.linear"
     targets = (nn.Linear,)
+    shape_attrs = ("in_features", "out_features")
 
     def usage(self, module):
         return (module.weight.detach() != 0).cpu()
@@ -136,6 +139,7 @@ class LinearRule(ChannelMixRule):
 class BilinearRule(Rule):
     name = "torch.nn.bilinear"
     targets = (nn.Bilinear,)
+    shape_attrs = ("in1_features", "in2_features", "out_features")
 
     def propagate(self, call: Call) -> None:
         m = call.module
@@ -171,6 +175,8 @@ class BilinearRule(Rule):
 
 class EmbeddingRule(Rule):
     """Embedding/EmbeddingBag: the embedding dimension is a new channel dim; a zero column is dead."""
+
+    shape_attrs = ("embedding_dim",)
 
     def __init__(self, cls: type) -> None:
         self.targets = (cls,)
@@ -214,6 +220,7 @@ class GroupNormRule(PerChannelRule):
 
     name = "torch.nn.groupnorm"
     targets = (nn.GroupNorm,)
+    shape_attrs = ("num_channels", "num_groups")
     params = ("weight", "bias")
     count_attr = "num_channels"
 
