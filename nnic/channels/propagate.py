@@ -193,7 +193,7 @@ class Propagation:
         if kind not in self.warned:
             self.warned.add(kind)
             warnings.warn(f"speedup: node {node.name!r} ({what}) has no speedup rule; the channels it reads are "
-                          f"kept (pass strict=True to make this an error, or {hint})", SpeedupWarning, stacklevel=5)
+                          f"kept (pass strict=True to make this an error, or {hint})", SpeedupWarning, stacklevel=6)
 
 
 def analyze(model: nn.Module, dummy_input: Any, table: RuleTable, *, leaf_modules: Iterable[str | type] = (),

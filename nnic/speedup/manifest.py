@@ -24,10 +24,6 @@ _MOVED = {"nnic.speedup.mha:PrunedMultiheadAttention": "nnic.builtins.speedup_ru
 _MISSING = object()
 
 
-def class_path(cls: type) -> str:
-    return f"{cls.__module__}:{cls.__qualname__}"
-
-
 def check_structure(manifest: Any, where: str) -> dict[str, dict[str, Any]]:
     """The manifest's ``modules`` after checking every entry's keys and value types."""
     if not isinstance(manifest, Mapping) or manifest.get("format") != FORMAT:
@@ -52,10 +48,10 @@ def check_structure(manifest: Any, where: str) -> dict[str, dict[str, Any]]:
     return dict(modules)
 
 
-def rebuildable_classes(rules: Iterable[Any]) -> dict[str, type]:
-    """``{class path: class}`` of the module classes speedup rules handle that can be rebuilt from a manifest."""
+def rebuildable_classes(rules: Iterable[Any]) -> list[type]:
+    """The module classes speedup rules handle that can be rebuilt from a manifest."""
     table = rules if isinstance(rules, RuleTable) else RuleTable(rules)
-    return {class_path(cls): cls for cls in table.modules if hasattr(cls, "from_manifest")}
+    return [cls for cls in table.modules if hasattr(cls, "from_manifest")]
 
 
 def rebuild(name: str, entry: Mapping[str, Any], old: nn.Module, allowed: Mapping[str, type]) -> nn.Module:

@@ -96,7 +96,7 @@ def load_pruned(model: nn.Module, directory: io.PathLike) -> nn.Module:
         ref = next(iter(m.parameters()), None)
         if _class_path(type(m)) != entry["class"]:
             if allowed is None:
-                allowed = manifest.rebuildable_classes(table)
+                allowed = {_class_path(cls): cls for cls in manifest.rebuildable_classes(table)}
             new = manifest.rebuild(name, entry, m, allowed)
             if ref is not None:
                 new = new.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)

@@ -14,7 +14,7 @@ from torch import nn
 import nnic
 from nnic.speedup import CaptureError, ModelSpeedup, SpeedupError, SpeedupWarning, load_pruned, save_pruned
 
-from .helpers import assert_close, channel_masks, masked_output, run, speedup_and_check
+from .helpers import assert_close, channel_masks, run, speedup_and_check
 
 
 def cnn(seed=0) -> nn.Sequential:

@@ -3,7 +3,6 @@ parameters stay shared, half-precision models verify, and bad arguments are refu
 
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
