@@ -8,6 +8,8 @@ import sys
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import nnic
@@ -163,3 +165,45 @@ def test_manifests_naming_the_old_home_of_pruned_attention_still_load(tmp_path):
     fresh = load_pruned(Wrap(), tmp_path).eval()
     assert fresh.attn.num_heads == 3
     assert_close(run(fresh, q), run(model.eval(), q))
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-2 ** 62, 2 ** 62) | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(where=st.sampled_from(["attr", "attrs", "tensor", "tensors", "entry", "class", "module"]),
+       key=st.sampled_from(["out_channels", "in_channels", "groups", "stride", "weight", "bias", "0", "x"]),
+       value=JSON)
+def test_fuzzed_manifests_load_or_raise_value_error(saved, where, key, value):
+    model, directory = saved
+    path = directory / "manifest.json"
+    original = path.read_text()
+    manifest = json.loads(original)
+    entry = manifest["modules"]["0"]
+    if where == "attr":
+        entry["attrs"][key] = value
+    elif where == "attrs":
+        entry["attrs"] = value
+    elif where == "tensor":
+        entry["tensors"][key] = value
+    elif where == "tensors":
+        entry["tensors"] = value
+    elif where == "entry":
+        manifest["modules"]["0"] = value
+    elif where == "class":
+        entry["class"] = value
+    else:
+        manifest["modules"][key] = value
+    try:
+        path.write_text(json.dumps(manifest))
+        try:
+            fresh = load_pruned(cnn(seed=1), directory)
+        except ValueError:
+            return
+        assert_close(run(fresh.eval(), X), run(model.eval(), X))  # what loads is the saved model
+    finally:
+        path.write_text(original)
