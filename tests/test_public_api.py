@@ -1,4 +1,4 @@
-"""The names API.md promises are importable, and class imports equal registry lookups."""
+"""The public names users rely on are importable, and class imports equal registry lookups."""
 
 from __future__ import annotations
 

@@ -243,7 +243,6 @@ def test_the_report_says_why_channels_were_kept():
     ms = ModelSpeedup(model, X, masks_for(model))
     ms.speedup_model()
     assert "a model output" in str(ms.report) and ms.report.removed_groups > 0
-    assert masked_output is not None
 
 
 class TakesKwargs(nn.Module):
