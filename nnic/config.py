@@ -101,7 +101,7 @@ def _interval(lo: float | None, hi: float | None, lo_closed: bool, hi_closed: bo
 
 
 def _in_range(x: float, lo: float | None, hi: float | None, lo_closed: bool, hi_closed: bool) -> bool:
-    if isinstance(x, float) and math.isnan(x):
+    if isinstance(x, float) and not math.isfinite(x):  # NaN, and the infinities every interval leaves open
         return False
     lo_ok = lo is None or (x >= lo if lo_closed else x > lo)
     return lo_ok and (hi is None or (x <= hi if hi_closed else x < hi))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import glob
 import json
 import os
@@ -184,11 +185,16 @@ def _with_export_id(data: Mapping[str, Any], export_id: str | None) -> Any:
 def save_tensors(tensors: Mapping[str, torch.Tensor], path: PathLike, *, export_id: str | None = None) -> Path:
     """Write a flat ``{name: tensor}`` mapping (a state dict) atomically, tagged with ``export_id`` if given."""
     if _is_safetensors(path):
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         plain = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
         metadata = None if export_id is None else {EXPORT_KEY: export_id}
-        return atomic_write(path, lambda tmp: save_file(_unshare(plain), tmp, metadata=metadata))
+
+        def write(tmp: str) -> None:  # bytes, not save_file: it renames its own 0600 temporary over ours
+            with open(tmp, "wb") as f:
+                f.write(save(_unshare(plain), metadata=metadata))
+
+        return atomic_write(path, write)
     plain = _with_export_id({k: v.detach() for k, v in tensors.items()}, export_id)
     return atomic_write(path, lambda tmp: torch.save(plain, tmp))
 
@@ -224,7 +230,9 @@ def load_tensors(path: PathLike) -> dict[str, Any]:
             raise ValueError(f"cannot load {str(path)!r}: not a valid safetensors file ({exc})") from exc
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (EOFError, RuntimeError) as exc:
+    except (EOFError, RuntimeError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno != errno.EINVAL:  # a missing file, a permission: not damage
+            raise
         raise ValueError(f"cannot load {str(path)!r}: truncated or not a torch.save file "
                          f"({type(exc).__name__}: {exc})") from exc
 

@@ -574,3 +574,12 @@ def test_model_must_be_a_module():
 def test_select_layers_validates_first(net):
     with pytest.raises(ValueError, match=re.escape("config_list[0]['sparsity']: expected a float in [0, 1), got 2")):
         prune(net, {"sparsity": 2, "op_types": ["Linear"]})
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_admm_rho_must_be_finite_and_the_error_names_the_key(value):
+    import nnic
+
+    with pytest.raises(ValueError, match=r"config_list\[0\]\['rho'\]: expected a float in \(0, inf\)"):
+        nnic.pruner("admm", nn.Sequential(nn.Linear(4, 4)), [{"sparsity": 0.5, "rho": value, "op_types": ["Linear"]}],
+                    evaluator=None)
