@@ -11,10 +11,8 @@ import re
 import pytest
 from torch import nn
 
-from nnic.config import (
-    DEFAULT_OP_TYPES, PRUNING_KEYS, QUANTIZATION_KEYS, SELECTION_KEYS, Key, LayerConfig, bool_key, choice_key,
-    float_key, int_key, select_layers, validate_config_list,
-)
+from nnic.config import DEFAULT_OP_TYPES, PRUNING_KEYS, QUANTIZATION_KEYS, SELECTION_KEYS, Key, bool_key, choice_key, float_key, int_key, validate_config_list
+from nnic.selection import LayerConfig, select_layers
 
 
 class Block(nn.Module):

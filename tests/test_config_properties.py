@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from nnic.config import QUANT_SCHEMES, QUANT_TYPES, select_layers, validate_config_list
+from nnic.config import QUANT_SCHEMES, QUANT_TYPES, validate_config_list
+from nnic.selection import select_layers
 
 # max_examples comes from the profile tests/conftest.py loads (dev 50, ci 200, deep 2000).
 PROFILE = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -7,7 +7,7 @@ from torch import nn
 from nnic import io, masking
 from nnic.compressor import Compressor
 from nnic.masking import Masks
-from nnic.quantities import count_nonzero
+from nnic.selection import count_nonzero
 
 
 class Pruner(Compressor):

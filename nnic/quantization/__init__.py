@@ -1,23 +1,14 @@
-"""Quantization: the :class:`Quantizer` base class, quantization parameters and the built-in quantizers.
+"""Quantization: the :class:`Quantizer` base class, quantization parameters, and every registered quantizer
+importable by its class name.
 
-``from nnic.quantization import NaiveQuantizer`` and ``nnic.quantizer("naive", ...)`` give the same class.
+``from nnic.quantization import NaiveQuantizer`` and ``nnic.quantizer("naive", ...)`` give the same class: class
+names are looked up in the plugin registry (on first use, so ``import nnic`` loads no plugin).
 """
 
-from nnic._lazy import lazy_getattr
 from nnic.quantization.base import Quantizer
 from nnic.quantization.qparams import QuantSpec
+from nnic.registry import class_lookup
 
-# Lazy, because the built-in modules import this package's base classes.
-_BUILTINS = {
-    "NaiveQuantizer": "nnic.builtins.naive",
-    "QATQuantizer": "nnic.builtins.qat",
-    "PTQQuantizer": "nnic.builtins.ptq",
-    "LSQQuantizer": "nnic.builtins.lsq",
-    "DoReFaQuantizer": "nnic.builtins.dorefa",
-    "BNNQuantizer": "nnic.builtins.bnn",
-}
+__getattr__, __dir__ = class_lookup(__name__, "quantizer", globals())
 
-__getattr__ = lazy_getattr("nnic.quantization", {name: f"{module}:{name}" for name, module in _BUILTINS.items()})
-
-
-__all__ = ["QuantSpec", "Quantizer", *_BUILTINS]
+__all__ = ["QuantSpec", "Quantizer"]
