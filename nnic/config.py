@@ -10,7 +10,7 @@ Keys are declared as :class:`Key` objects (a name, a check and a phrase saying w
 pruner or quantizer can accept its own keys, or narrow a built-in one, by passing ``extra_keys``::
 
     NM_KEYS = (int_key("n", lo=1, required=True), int_key("m", lo=1, required=True))
-    select_layers(model, config_list, "pruning", extra_keys=NM_KEYS, require_sparsity=False)
+    select_layers(model, config_list, "pruner", extra_keys=NM_KEYS, require_sparsity=False)
 
 Which layers an entry selects is :mod:`nnic.selection`'s job. This module imports only the standard library,
 so it can be used and tested on its own.
@@ -43,7 +43,6 @@ QUANT_TYPES: tuple[str, ...] = ("weight", "input", "output")
 QUANT_SCHEMES: tuple[str, ...] = (
     "per_tensor_symmetric", "per_tensor_affine", "per_channel_symmetric", "per_channel_affine",
 )
-KINDS = ("pruning", "quantization")
 _SELECTORS = ("op_types", "op_names", "op_partial_names")
 
 
@@ -188,7 +187,10 @@ QUANTIZATION_KEYS: tuple[Key, ...] = (
     Key("granularity", _granularity, "'default', 'per_tensor', 'per_channel' or an int group size > 0",
         default="default", per_quant_type=True),
 )
-_KIND_KEYS = {"pruning": PRUNING_KEYS, "quantization": QUANTIZATION_KEYS}
+#: The keys of each registry kind (:data:`nnic.registry.KINDS`) that takes a config_list.
+_KIND_KEYS = {"pruner": PRUNING_KEYS, "quantizer": QUANTIZATION_KEYS}
+#: The names this module used before it shared the registry's, still accepted from older callers.
+_OLD_KIND_NAMES = {"pruning": "pruner", "quantization": "quantizer"}
 _show = reprlib.Repr()
 _show.maxstring = _show.maxother = 60
 _show.maxlist = _show.maxtuple = _show.maxdict = _show.maxset = 8
@@ -232,8 +234,8 @@ def _narrowed(builtin: Key, key: Key) -> Key:
 
 
 def _schema(kind: str, extra_keys: Iterable[Key]) -> dict[str, Key]:
-    if kind not in KINDS:
-        raise ValueError(f"kind: expected 'pruning' or 'quantization', got {_got(kind)}")
+    if kind not in _KIND_KEYS:
+        raise ValueError(f"kind: expected 'pruner' or 'quantizer', got {_got(kind)}")
     keys = {k.name: k for k in (*SELECTION_KEYS, *_KIND_KEYS[kind])}
     builtin = set(keys)
     for key in extra_keys:
@@ -264,7 +266,7 @@ def _resolve_names(index: int, entry: Mapping[Any, Any], keys: dict[str, Key], k
         if not isinstance(written, str):
             raise TypeError(f"{_where(index)}: expected str keys, got {_got(written)}")
         if written not in by_alias:
-            other = "quantization" if kind == "pruning" else "pruning"
+            other = "quantizer" if kind == "pruner" else "pruner"
             hint = (f" ({written!r} is a {other} key; this is a {kind} config_list)"
                     if any(written == k.name or written in k.aliases for k in _KIND_KEYS[other]) else "")
             raise ValueError(f"{_where(index)}: unknown key {written!r}{hint}{_closest(written, by_alias)}; "
@@ -321,7 +323,7 @@ def _validate_entry(index: int, entry: Any, keys: dict[str, Key], kind: str,
     if not any(s in out for s in _SELECTORS):
         raise ValueError(f"{_where(index)}: expected at least one of 'op_types', 'op_names', 'op_partial_names', "
                          f"got keys {sorted(names)}")
-    if kind == "pruning":
+    if kind == "pruner":
         _check_pruning(index, out, exclude, require_sparsity)
     if not exclude:
         for key in keys.values():
@@ -366,6 +368,7 @@ def validate_config_list(config_list: Any, kind: str, *, extra_keys: Iterable[Ke
     :func:`select_layers`, which knows the model). ``require_sparsity=False`` is for pruners whose sparsity comes
     from their own keys (N:M). Raises ``TypeError`` for a wrong type and ``ValueError`` otherwise.
     """
+    kind = _OLD_KIND_NAMES.get(kind, kind) if isinstance(kind, str) else kind
     keys = _schema(kind, extra_keys)
     if not isinstance(config_list, (list, tuple)):  # a tuple is as unambiguous as a list; a dict is not
         raise TypeError(f"config_list: expected a list of dicts, got {_got(config_list)}")

@@ -17,7 +17,7 @@ class Pruner(Compressor):
     while the user keeps training (see :mod:`nnic.masking`).
     """
 
-    kind = "pruning"
+    kind = "pruner"
 
     def __init__(self, model: nn.Module, config_list: list[dict]) -> None:
         super().__init__(model, config_list)

@@ -37,7 +37,7 @@ class Quantizer(Compressor):
     written by :meth:`export_model` is what ``nnic.quantization_speedup`` consumes.
     """
 
-    kind = "quantization"
+    kind = "quantizer"
 
     def __init__(self, model: nn.Module, config_list: list[dict]) -> None:
         super().__init__(model, config_list)
