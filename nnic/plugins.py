@@ -53,13 +53,16 @@ def _env_list(var: str) -> list[str]:
     return [name.strip() for name in os.environ.get(var, "").split(",") if name.strip()]
 
 
+def _in_nnic(ep: md.EntryPoint) -> bool:
+    return ep.module == "nnic" or ep.module.startswith("nnic.")
+
+
 def _is_builtin(ep: md.EntryPoint) -> bool:
     """Whether the entry point's module is part of the imported ``nnic`` package (found, not imported)."""
-    module = ep.module
-    if module != "nnic" and not module.startswith("nnic."):
+    if not _in_nnic(ep):
         return False
     try:
-        spec = importlib.util.find_spec(module)
+        spec = importlib.util.find_spec(ep.module)
     except (ImportError, ValueError):
         return False
     package_dir = Path(__file__).resolve().parent
@@ -133,6 +136,8 @@ def _load_entry_points(pm: pluggy.PluginManager, sources: dict[str, Source], dis
             continue
         if not autoload and not builtin:
             continue
+        if _in_nnic(ep) and not builtin:
+            continue  # another nnic install's metadata naming a module this nnic does not have: not a plugin
         if pm.has_plugin(ep.name) or ep.name in values:
             if values.get(ep.name) != ep.value:
                 taken = sources.get(ep.name, f"nnic's built-in {ep.name!r}")
@@ -156,6 +161,7 @@ def _load_entry_points(pm: pluggy.PluginManager, sources: dict[str, Source], dis
 
 @functools.cache
 def _loaded() -> tuple[pluggy.PluginManager, dict[str, Source], tuple[Any, ...]]:
+    tracing = env_flag("NNIC_TRACE_PLUGINS")  # a garbled value fails here, not as every plugin's failure
     pm = pluggy.PluginManager("nnic")
     pm.add_hookspecs(hookspecs)
     for name in _env_list("NNIC_DISABLE_PLUGINS"):
@@ -164,7 +170,7 @@ def _loaded() -> tuple[pluggy.PluginManager, dict[str, Source], tuple[Any, ...]]
     disabled_builtins: list[Any] = []
     _load_entry_points(pm, sources, disabled_builtins)
     pm.check_pending()
-    if env_flag("NNIC_TRACE_PLUGINS"):
+    if tracing:
         pm.trace.root.setwriter(sys.stderr.write)
         pm.enable_tracing()
     return pm, sources, tuple(disabled_builtins)
