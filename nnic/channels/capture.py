@@ -1,10 +1,13 @@
-"""Graph capture with torch.fx: leaf modules, inputs of any structure, errors that say where tracing stopped."""
+"""Graph capture with torch.fx: leaf modules, inputs of any structure, errors that say where tracing stopped;
+and, when fx cannot trace a model's own forward, a capture that follows the real execution region by region."""
 
 from __future__ import annotations
 
+import copy
 import inspect
 import traceback
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -133,3 +136,143 @@ def _trace_explicit(tracer: fx.Tracer, model: nn.Module, bound: inspect.BoundArg
         return tracer.trace(model)
     finally:
         model.__class__ = original
+
+
+# ---- fallback: follow the real execution, region by region ---------------------------------------------------
+
+
+@dataclass
+class Part:
+    """One traced region of the model: ``prefix`` is its module's qualified name ("" for the whole model),
+    ``gm`` a GraphModule over the whole model (targets are qualified names) and ``calls`` the ``(module, args,
+    kwargs)`` of each of its recorded calls that this graph was traced for."""
+
+    prefix: str
+    gm: fx.GraphModule
+    calls: list[tuple[nn.Module, tuple, dict]]
+
+
+@dataclass
+class Capture:
+    """How the model was captured: ``kind`` is ``"fx"`` (one graph of the whole model) or ``"regions"`` (fx
+    failed on the model's own forward: the largest submodules fx can trace, each analysed on the inputs it
+    really received from the dummy input); ``not_analysed`` names each module whose forward code could not be
+    traced, and why: the channels crossing that code are kept."""
+
+    kind: str
+    parts: list[Part]
+    not_analysed: dict[str, str] = field(default_factory=dict)
+
+
+class _Call(nn.Module):
+    """A module called as a leaf or traced into, behind one ``forward`` fx can make placeholders for."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.m = module
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.m(*args, **kwargs)
+
+
+def _copy(obj: Any) -> Any:
+    """The recorded inputs must be the values the module saw then (caches and buffers mutate later)."""
+    try:
+        return copy.deepcopy(obj)
+    except Exception:  # an object that cannot be copied is passed as it is
+        return obj
+
+
+def _record_calls(model: nn.Module, args: tuple, kwargs: dict) -> dict[str, list[tuple[tuple, dict]]]:
+    """Every submodule's inputs on every call of a run on the dummy input (eval mode, no gradients)."""
+    calls: dict[str, list[tuple[tuple, dict]]] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        if name:
+            hooks.append(module.register_forward_pre_hook(
+                lambda m, a, kw, name=name: calls.setdefault(name, []).append((_copy(a), _copy(kw))),
+                with_kwargs=True))
+    try:
+        with torch.no_grad():
+            model(*args, **kwargs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return calls
+
+
+def _binding(module: nn.Module, args: tuple, kwargs: dict) -> tuple:
+    """Which arguments a call gives (positional count and keyword names): calls alike share one trace."""
+    return len(args), tuple(sorted(kwargs))
+
+
+def _trace_region(model: nn.Module, prefix: str, module: nn.Module, args: tuple, kwargs: dict,
+                  leaf_types: tuple[type, ...], leaf_names: set[str]) -> fx.GraphModule:
+    """``module`` (named ``prefix`` in ``model``) traced for these inputs, as a graph over ``model``."""
+    inner = {n[len(prefix) + 1:] for n in leaf_names if n.startswith(prefix + ".")}
+    wrapped = _Call(module)
+    gm = trace(wrapped, args, kwargs, leaf_types=leaf_types, leaf_modules={"m." + n for n in inner})
+    graph, owned = gm.graph, {}
+    for node in graph.nodes:
+        if node.op in ("call_module", "get_attr"):
+            obj = gm.get_submodule(node.target) if node.op == "call_module" else _fetch_attr(gm, node.target)
+            if node.target == "m" or node.target.startswith("m."):  # the module's own: its name in the model
+                node.target = prefix + node.target[1:]
+            owned[node.target] = obj  # fx's own constants keep their names
+    return fx.GraphModule(owned, graph, class_name=type(module).__name__ + "Region")
+
+
+def _fetch_attr(root: nn.Module, target: str) -> Any:
+    obj: Any = root
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def capture(model: nn.Module, args: tuple, kwargs: dict, *, leaf_types: Iterable[type] = (),
+            leaf_modules: Iterable[str | type] = (), fallback: bool = True) -> Capture:
+    """One fx graph of ``model``; when fx cannot trace the model's own forward (transformers' mask and cache
+    helpers, Python branches on tensor values), the regions that follow the real execution instead.
+
+    The fallback runs the model once on the dummy input, recording each submodule's inputs, then walks the
+    module tree from the top: a submodule that fx traces (on the inputs it received) is one region; one that
+    fails is named in ``not_analysed`` and its children are tried in turn. A region's inputs come from code
+    nnic could not analyse, so its input and output channels are kept; everything inside (attention heads, MLP
+    channels) is analysed as in a whole-model trace. A module called several times is analysed on every call.
+    """
+    leaf_modules = list(leaf_modules)
+    try:
+        gm = trace(model, args, kwargs, leaf_types=leaf_types, leaf_modules=leaf_modules)
+        return Capture("fx", [Part("", gm, [(model, args, kwargs)])])
+    except CaptureError as exc:
+        if not fallback:
+            raise
+        first_error = exc
+    names = {m for m in leaf_modules if isinstance(m, str)}
+    types = tuple(leaf_types) + tuple(m for m in leaf_modules if isinstance(m, type))
+    recorded = _record_calls(model, args, kwargs)
+    result = Capture("regions", [], {"": f"{type(model).__name__}: {first_error}"})
+
+    def visit(prefix: str, module: nn.Module) -> None:
+        for child_name, child in module.named_children():
+            name = f"{prefix}.{child_name}" if prefix else child_name
+            calls = recorded.get(name)
+            if not calls:  # not called itself (a ModuleList), or never run: its children may be
+                visit(name, child)
+                continue
+            groups: dict[tuple, list[tuple[tuple, dict]]] = {}
+            for a, kw in calls:
+                groups.setdefault(_binding(child, a, kw), []).append((a, kw))
+            try:
+                parts = [Part(name, _trace_region(model, name, child, *same[0], types, names),
+                              [(_Call(child), a, kw) for a, kw in same]) for same in groups.values()]
+            except CaptureError as exc:
+                result.not_analysed[name] = f"{type(child).__name__}: {exc}"
+                visit(name, child)
+                continue
+            result.parts += parts
+
+    visit("", model)
+    if not result.parts:
+        raise first_error
+    return result

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from nnic.channels.capture import split_dummy_input, trace
+from nnic.channels.capture import Capture, capture, split_dummy_input
 from nnic.channels.graph import Call, Spec, State, describe
 
 _INPLACE_OPS = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
@@ -126,29 +126,32 @@ class Propagation:
         self.state = State()
         self.warned: set[str] = set()
         self.output: Any = None
+        self.capture: Capture | None = None
 
-    def run(self, inputs: dict[str, Any]) -> State:
+    def run(self, inputs: dict[str, Any], gm: fx.GraphModule | None = None, output_why: str = "a model output") -> State:
         """``inputs``: the forward's parameter values by name, in the signature's order (placeholders are
-        matched by position: fx renames the ones it specialises)."""
+        matched by position: fx renames the ones it specialises). ``gm``: another graph over the same model
+        (a region of a fallback capture) whose output channels are kept for ``output_why``."""
         state = self.state
+        gm = self.gm if gm is None else gm
         ordered = iter(inputs.values())
-        for node in self.gm.graph.nodes:
+        for node in gm.graph.nodes:
             if node.op == "placeholder":
                 state.values[node] = next(ordered, None)
                 continue
             if node.op == "get_attr":
-                state.values[node] = _fetch(self.gm, node.target)
+                state.values[node] = _fetch(gm, node.target)
                 state.const.add(node)
                 continue
             if node.op == "output":
                 for spec in _tensors(fx.node.map_arg(node.args[0], lambda n: state.specs.get(n))):
                     if isinstance(spec, Spec):
-                        state.pin(spec.ids, "a model output")
+                        state.pin(spec.ids, output_why)
                 self.output = fx.node.map_arg(node.args[0], lambda n: state.values[n])
                 continue
             args = fx.node.map_arg(node.args, lambda n: state.values[n])
             kwargs = fx.node.map_arg(node.kwargs, lambda n: state.values[n])
-            module = self.gm.get_submodule(node.target) if node.op == "call_module" else None
+            module = gm.get_submodule(node.target) if node.op == "call_module" else None
             if module is not None:
                 state.calls[node.target] = state.calls.get(node.target, 0) + 1
                 value = module(*args, **kwargs)
@@ -197,18 +200,26 @@ class Propagation:
 
 
 def analyze(model: nn.Module, dummy_input: Any, table: RuleTable, *, leaf_modules: Iterable[str | type] = (),
-            strict: bool = False) -> Propagation:
-    """Trace ``model`` and propagate channel labels through it with ``table``'s rules, in eval mode and without
-    gradients; the model's train/eval modes are restored. The one spelling of capture + propagation that
+            strict: bool = False, fallback: bool = True) -> Propagation:
+    """Capture ``model`` (:func:`~nnic.channels.capture.capture`: fx, or regions when fx cannot trace it) and
+    propagate channel labels through it with ``table``'s rules, in eval mode and without gradients; the model's
+    train/eval modes are restored; ``prop.capture`` says how it was captured (``fallback=False``: fx or an
+    error). The one spelling of capture + propagation that
     speedup and dependency-aware pruning share."""
     args, kwargs = split_dummy_input(model, dummy_input)
     modes = {m: m.training for m in model.modules()}
     try:
-        gm = trace(model, args, kwargs, leaf_types=table.leaf_types, leaf_modules=leaf_modules)
         model.eval()
-        prop = Propagation(gm, table, strict)
+        captured = capture(model, args, kwargs, leaf_types=table.leaf_types, leaf_modules=leaf_modules,
+                           fallback=fallback)
+        prop = Propagation(captured.parts[0].gm, table, strict)
+        prop.capture = captured
         with torch.no_grad():
-            prop.run(placeholder_values(model, args, kwargs))
+            for part in captured.parts:
+                why = "a model output" if captured.kind == "fx" else \
+                    f"output of {part.prefix!r}, read by code that could not be traced"
+                for module, a, kw in part.calls:
+                    prop.run(placeholder_values(module, a, kw), part.gm, why)
     finally:
         for m, mode in modes.items():
             m.training = mode

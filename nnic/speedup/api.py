@@ -59,14 +59,22 @@ class _Snapshot:
 
 @dataclass
 class SpeedupReport:
-    """What speedup did: kept positions per shrunk module slot, and why channels were kept."""
+    """What speedup did: kept positions per shrunk module slot, and why channels were kept; ``capture`` is how
+    the model was analysed (``"fx"``: one graph; ``"regions"``: fx could not trace the model's forward, so the
+    largest traceable submodules were analysed on the inputs they really received) and ``not_analysed`` names
+    the modules whose own forward code could not be traced (the channels crossing it were kept), with why."""
 
     shrunk: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     removed_groups: int = 0
     pinned: dict[str, int] = field(default_factory=dict)  # reason -> number of channel ids
+    capture: str = "fx"
+    not_analysed: dict[str, str] = field(default_factory=dict)
 
     def __str__(self) -> str:
-        lines = [f"{len(self.shrunk)} modules shrunk, {self.removed_groups} channel groups removed"]
+        lines = [f"{len(self.shrunk)} modules shrunk, {self.removed_groups} channel groups removed "
+                 f"(capture: {self.capture})"]
+        lines += [f"  not analysed: {name or '<root>'}: {why.splitlines()[0][:160]}"
+                  for name, why in self.not_analysed.items()]
         lines += [f"  kept {n} ids: {why}" for why, n in sorted(self.pinned.items(), key=lambda kv: -kv[1])[:10]]
         return "\n".join(lines)
 
@@ -137,6 +145,9 @@ class ModelSpeedup:
     :param rules: extra speedup rules, on top of those the installed plugins register.
     :param leaf_modules: module names or classes not to trace into (kept whole unless a rule handles them).
     :param strict: raise, instead of warning, when an op without a rule reads prunable channels.
+    :param capture: ``"auto"``: torch.fx, and when fx cannot trace the model's forward, the regions that follow
+        its real execution on ``dummy_input`` (see :class:`SpeedupReport`); ``"fx"``: fx only, an untraceable
+        model raises :class:`~nnic.channels.CaptureError` naming the module and line.
     :param verify: compare the result's output with the masked model's on ``dummy_input`` and raise
         :class:`SpeedupError` naming the first differing layer.
     :param rtol, atol: verification tolerances; by default they follow the output's dtype (float16 and
@@ -150,16 +161,19 @@ class ModelSpeedup:
 
     def __init__(self, model: nn.Module, dummy_input: Any, masks: Mapping | None = None, *,
                  rules: Iterable[Any] = (), leaf_modules: Iterable[str | type] = (), strict: bool = False,
-                 verify: bool = True, rtol: float | None = None, atol: float | None = None) -> None:
+                 capture: str = "auto", verify: bool = True, rtol: float | None = None, atol: float | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
         if masks is not None and not isinstance(masks, Mapping):
             raise TypeError(f"masks: expected a dict {{layer_name: {{param_name: mask}}}} or None, got "
                             f"{type(masks).__name__} (the third argument of speedup_model is the masks; pass "
                             f"several inputs as one tuple)")
+        if capture not in ("auto", "fx"):
+            raise ValueError(f"capture: expected 'auto' or 'fx', got {capture!r}")
         _check_not_meta(model, dummy_input)
         self.model, self.dummy_input, self.masks = model, dummy_input, dict(masks or {})
         self.rules, self.leaf_modules = list(rules), list(leaf_modules)
+        self.capture = capture
         self.strict, self.verify, self.rtol, self.atol = strict, verify, rtol, atol
         self.report = SpeedupReport()
 
@@ -174,7 +188,8 @@ class ModelSpeedup:
             self._fold_masks()
             if self.verify:
                 reference, ref_layers = _run_recording(model, *split_dummy_input(model, self.dummy_input))
-            prop = analyze(model, self.dummy_input, table, leaf_modules=self.leaf_modules, strict=self.strict)
+            prop = analyze(model, self.dummy_input, table, leaf_modules=self.leaf_modules, strict=self.strict,
+                           fallback=self.capture == "auto")
             ties = tied_parameters(model)
             removed = decide(prop.state)
             self.report.shrunk = apply(model, prop.state, removed)
@@ -190,6 +205,8 @@ class ModelSpeedup:
                     raise SpeedupError(f"speedup would untie shared parameters {broken}; keep them whole with "
                                        f"leaf_modules=[...] or untie them before speedup")
             self.report = self._report(prop.state, removed, self.report.shrunk)
+            self.report.capture = prop.capture.kind
+            self.report.not_analysed = dict(prop.capture.not_analysed)
             if self.verify:
                 args, kwargs = split_dummy_input(model, self.dummy_input)
                 with torch.no_grad():
@@ -221,7 +238,7 @@ class ModelSpeedup:
     def _mismatch(self, model, args, kwargs, prop, removed, ref_layers) -> str:
         _, got_layers = _run_recording(model, args, kwargs)
         state, find = prop.state, prop.state.uf.find
-        for node in prop.gm.graph.nodes:
+        for node in (n for part in prop.capture.parts for n in part.gm.graph.nodes):
             if node.op != "call_module" or node.target not in ref_layers:
                 continue
             ref, got = ref_layers[node.target], got_layers.get(node.target)

@@ -3,6 +3,7 @@ leaf modules, structured inputs and outputs, save/load without pickling, and a p
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 
@@ -130,10 +131,34 @@ class Untraceable(nn.Module):
         return self.conv(-x)
 
 
-def test_an_untraceable_model_gets_an_error_naming_the_module_and_line():
+def test_an_untraceable_model_gets_an_error_naming_the_module_and_line_with_fx_capture():
     model = nn.Sequential(nn.Conv2d(3, 3, 1), Untraceable())
     with pytest.raises(CaptureError, match=r"module '1' \(Untraceable\) at .*test_api.py:\d+.*leaf_modules=\['1'\]"):
-        nnic.speedup_model(model, X, {})
+        nnic.speedup_model(model, X, {}, capture="fx")
+
+
+def test_an_untraceable_model_falls_back_to_regions_and_names_what_it_could_not_analyse():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 3, 1)), Untraceable())
+    masks = {"0.0": {"weight": (torch.arange(8) % 2 == 0)[:, None, None, None].expand(8, 3, 1, 1).clone(),
+                     "bias": torch.arange(8) % 2 == 0}}
+    expected = speedup_and_check_masked_output(model, masks)
+    ms = nnic.ModelSpeedup(model, X, masks)
+    ms.speedup_model()
+    assert ms.report.capture == "regions"
+    assert set(ms.report.not_analysed) == {"", "1"} and "Untraceable" in ms.report.not_analysed["1"]
+    assert model[0][0].out_channels == 4 and model[0][2].in_channels == 4  # inside a traced region
+    assert model[1].conv.in_channels == 3  # read by code that could not be traced: kept
+    assert torch.allclose(model(X), expected, atol=1e-5)
+
+
+def speedup_and_check_masked_output(model, masks):
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer, per in masks.items():
+            for p, m in per.items():
+                getattr(ref.get_submodule(layer), p).mul_(m.to(getattr(ref.get_submodule(layer), p).dtype))
+        return ref(X)
 
 
 def test_a_leaf_module_is_kept_whole():
@@ -228,7 +253,7 @@ def test_a_plugin_adds_a_rule_for_a_custom_module(fresh_registry):
     model = nn.Sequential(nn.Conv2d(3, 6, 1), Gate(6), nn.Conv2d(6, 2, 1))
     masks = masks_for(model)
     with pytest.raises(CaptureError, match=r"module '1' \(Gate\)"):
-        nnic.speedup_model(model, X, masks)
+        nnic.speedup_model(model, X, masks, capture="fx")
     fresh_registry.register(GatePlugin(), name="gate-plugin")
     assert "tests.gate" in {i.name for i in nnic.list_plugins("speedup_rule")}
     model = nn.Sequential(nn.Conv2d(3, 6, 1), Gate(6), nn.Conv2d(6, 2, 1))
