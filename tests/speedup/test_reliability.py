@@ -64,7 +64,7 @@ def test_an_untraceable_model_keeps_its_weights_and_masks(attached):
     with torch.no_grad():
         out = model(X)
     with pytest.raises(CaptureError):
-        nnic.speedup_model(model, X, masks)
+        nnic.speedup_model(model, X, masks, capture="fx")
     assert_same(model, *before)
     with torch.no_grad():
         assert torch.equal(model(X), out)
