@@ -165,14 +165,31 @@ class Capture:
 
 
 class _Call(nn.Module):
-    """A module called as a leaf or traced into, behind one ``forward`` fx can make placeholders for."""
+    """A module called as a leaf or traced into, behind one ``forward`` fx can make placeholders for; keyword
+    arguments that were plain values (``None``, flags, sizes) on the recorded call are fixed, not traced: a
+    forward's ``if encoder_hidden_states is not None`` then follows the real call."""
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, fixed: dict[str, Any] | None = None) -> None:
         super().__init__()
-        self.m = module
+        self.m, self.fixed = module, dict(fixed or {})
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.m(*args, **kwargs)
+        return self.m(*args, **self.fixed, **kwargs)
+
+
+_PLAIN = (type(None), bool, int, float, str, torch.dtype, torch.device)
+
+
+def _is_plain(value: Any) -> bool:
+    if isinstance(value, (tuple, list)):
+        return all(_is_plain(v) for v in value)
+    return isinstance(value, _PLAIN)
+
+
+def _split_plain(kwargs: dict) -> tuple[dict, dict]:
+    """(plain keyword arguments, the others)."""
+    plain = {k: v for k, v in kwargs.items() if _is_plain(v)}
+    return plain, {k: v for k, v in kwargs.items() if k not in plain}
 
 
 def _copy(obj: Any) -> Any:
@@ -201,16 +218,16 @@ def _record_calls(model: nn.Module, args: tuple, kwargs: dict) -> dict[str, list
     return calls
 
 
-def _binding(module: nn.Module, args: tuple, kwargs: dict) -> tuple:
-    """Which arguments a call gives (positional count and keyword names): calls alike share one trace."""
-    return len(args), tuple(sorted(kwargs))
+def _binding(args: tuple, kwargs: dict) -> tuple:
+    """Which arguments a call gives, and its plain keyword values: calls alike share one trace."""
+    plain, rest = _split_plain(kwargs)
+    return len(args), tuple(sorted(rest)), repr(sorted(plain.items()))
 
 
-def _trace_region(model: nn.Module, prefix: str, module: nn.Module, args: tuple, kwargs: dict,
+def _trace_region(model: nn.Module, prefix: str, wrapped: _Call, args: tuple, kwargs: dict,
                   leaf_types: tuple[type, ...], leaf_names: set[str]) -> fx.GraphModule:
-    """``module`` (named ``prefix`` in ``model``) traced for these inputs, as a graph over ``model``."""
+    """``wrapped.m`` (named ``prefix`` in ``model``) traced for these inputs, as a graph over ``model``."""
     inner = {n[len(prefix) + 1:] for n in leaf_names if n.startswith(prefix + ".")}
-    wrapped = _Call(module)
     gm = trace(wrapped, args, kwargs, leaf_types=leaf_types, leaf_modules={"m." + n for n in inner})
     graph, owned = gm.graph, {}
     for node in graph.nodes:
@@ -219,7 +236,7 @@ def _trace_region(model: nn.Module, prefix: str, module: nn.Module, args: tuple,
             if node.target == "m" or node.target.startswith("m."):  # the module's own: its name in the model
                 node.target = prefix + node.target[1:]
             owned[node.target] = obj  # fx's own constants keep their names
-    return fx.GraphModule(owned, graph, class_name=type(module).__name__ + "Region")
+    return fx.GraphModule(owned, graph, class_name=type(wrapped.m).__name__ + "Region")
 
 
 def _fetch_attr(root: nn.Module, target: str) -> Any:
@@ -262,10 +279,14 @@ def capture(model: nn.Module, args: tuple, kwargs: dict, *, leaf_types: Iterable
                 continue
             groups: dict[tuple, list[tuple[tuple, dict]]] = {}
             for a, kw in calls:
-                groups.setdefault(_binding(child, a, kw), []).append((a, kw))
+                groups.setdefault(_binding(a, kw), []).append((a, kw))
             try:
-                parts = [Part(name, _trace_region(model, name, child, *same[0], types, names),
-                              [(_Call(child), a, kw) for a, kw in same]) for same in groups.values()]
+                parts = []
+                for same in groups.values():
+                    fixed, first = _split_plain(same[0][1])
+                    wrapped = _Call(child, fixed)
+                    gm = _trace_region(model, name, wrapped, same[0][0], first, types, names)
+                    parts.append(Part(name, gm, [(wrapped, a, _split_plain(kw)[1]) for a, kw in same]))
             except CaptureError as exc:
                 result.not_analysed[name] = f"{type(child).__name__}: {exc}"
                 visit(name, child)

@@ -1,5 +1,5 @@
-"""nnic speedup rules for Hugging Face transformers self-attention (whole heads), GPT-2's ``Conv1D`` and
-embeddings."""
+"""nnic speedup rules for Hugging Face transformers self-attention (whole heads, grouped-query attention
+respected), GPT-2's ``Conv1D`` and embeddings."""
 
 from __future__ import annotations
 
@@ -10,28 +10,15 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-import nnic
 from nnic.channels import Spec
 from nnic.speedup.rules import ChannelMixRule, Rule, slice_param
+from nnic_transformers.layouts import heads_of, layout_of, layouts
 
 
 def _lazy_targets(find: Callable[[], tuple[type, ...]]) -> functools.cached_property:
     """A rule's ``targets``, found at speedup time: loading the plugin (every nnic registry lookup does) must not
     import transformers, which takes seconds."""
     return functools.cached_property(lambda self: find())
-
-
-def _attention_classes() -> tuple[type, ...]:
-    found = []
-    for module, names in (("transformers.models.bert.modeling_bert", ("BertSelfAttention",)),
-                          ("transformers.models.roberta.modeling_roberta", ("RobertaSelfAttention",)),
-                          ("transformers.models.vit.modeling_vit", ("ViTAttention", "ViTSelfAttention"))):
-        try:
-            mod = __import__(module, fromlist=list(names))
-        except ImportError:
-            continue
-        found += [getattr(mod, n) for n in names if hasattr(mod, n)]
-    return tuple(found)
 
 
 def _embedding_classes() -> tuple[type, ...]:
@@ -45,79 +32,109 @@ def _embedding_classes() -> tuple[type, ...]:
     return tuple(found)
 
 
-def _projections(m: nn.Module) -> tuple[list[nn.Linear], nn.Linear | None]:
-    if hasattr(m, "query"):
-        return [m.query, m.key, m.value], None
-    return [m.q_proj, m.k_proj, m.v_proj], getattr(m, "o_proj", None)
+def _attention_targets() -> tuple[type, ...]:
+    return tuple(cls for cls, layout in layouts().items() if not layout.fused)
 
 
-def _heads(m: nn.Module) -> tuple[int, int]:
-    h = m.num_attention_heads
-    d = getattr(m, "attention_head_size", None) or m.head_dim
-    return h, d
+def _hidden(call) -> tuple[object, object]:
+    """The hidden states argument (first positional, or ``hidden_states=``) and its spec."""
+    if call.node.args:
+        return call.value(0), call.spec(0)
+    return call.value("hidden_states"), call.spec("hidden_states")
 
 
-class HFSelfAttentionRule(Rule):
-    """Whole-head pruning of BERT-style (``query``/``key``/``value``, output = the heads' context) and ViT-style
-    (``q_proj``/``k_proj``/``v_proj``/``o_proj``) self-attention."""
+def _cross(call) -> bool:
+    return any(isinstance(call.value(k), torch.Tensor) for k in ("key_value_states", "encoder_hidden_states"))
 
-    name = "transformers.self_attention"
-    targets = _lazy_targets(_attention_classes)
-    shape_attrs = ("num_attention_heads", "all_head_size")
+
+def _with_rest(call, spec):
+    out = call.output
+    return (spec,) + (None,) * (len(out) - 1) if isinstance(out, tuple) else spec
+
+
+class AttentionRule(Rule):
+    """Whole-head pruning of the self-attention classes :mod:`~nnic_transformers.layouts` describes (BERT,
+    RoBERTa, DistilBERT, ALBERT, ViT, OPT, BART, LLaMA, Qwen2, Mistral; T5 kept whole).
+
+    The unit of removal is a key/value head with all the query heads that read it (one query head without
+    grouped-query attention): it goes when its value rows (weights and bias) are all zero, or when the output
+    projection reads none of its query heads, and the attention weights are not used downstream. Modules
+    without an output projection (BERT) expose the heads' context as their output channels instead.
+    Cross-attention, and T5's heads, are kept whole."""
+
+    name = "transformers.attention"
+    targets = _lazy_targets(_attention_targets)
+    shape_attrs = ("num_attention_heads", "all_head_size", "num_heads", "n_heads")
 
     def propagate(self, call) -> None:
         m = call.module
-        (q, k, v), o = _projections(m)
-        h, d = _heads(m)
-        x, spec = call.value(0), call.spec(0)
+        heads = heads_of(call.name, m, layout_of(m))
+        lay, d, g = heads.layout, heads.head_dim, heads.group
+        q, k, v = (getattr(m, a) for a in (lay.q, lay.k, lay.v))
+        o = getattr(m, lay.o) if lay.o else None
+        x, spec = _hidden(call)
+        whole = lay.kept_whole or ("cross-attention is kept whole" if _cross(call) else None)
         in_ids = call.slot("in", q.in_features)
-        if spec is not None and spec.dim == x.ndim - 1:
+        if spec is not None and spec.dim == x.ndim - 1 and not whole and not lay.norm_inside:
             call.couple(in_ids, spec.ids)
             used = torch.stack([(p.weight.detach() != 0).any(0) for p in (q, k, v)]).any(0).cpu()
             call.sink(in_ids, ~used | (spec.dead & call.stats(x, spec.dim).zero))
         else:
-            call.pin(in_ids)
-        v_zero = (v.weight.detach().reshape(h, d, -1) == 0).flatten(1).all(1)
+            why = f"{call.name}: {whole}" if whole else (
+                f"{call.name}: adds its input and normalises it" if lay.norm_inside else None)
+            call.pin(in_ids, why or f"{call.name}: its input channels are not tracked")
+            if whole or lay.norm_inside:
+                call.pin_inputs(why)
+        v_zero = (v.weight.detach().reshape(heads.num_kv_heads, -1) == 0).all(1)
         if v.bias is not None:
-            v_zero &= (v.bias.detach().reshape(h, d) == 0).all(1)
+            v_zero &= (v.bias.detach().reshape(heads.num_kv_heads, -1) == 0).all(1)
         v_zero = v_zero.cpu()
-        weights_used = any(u.target is operator.getitem and u.args[1] == 1 and u.users for u in call.node.users)
         y = call.output[0] if isinstance(call.output, tuple) else call.output
         if o is None:
-            out_ids = call.slot("out", h * d)
-            if weights_used:
-                call.pin(out_ids, f"{call.name}: its attention weights are used")
-            dead = v_zero.repeat_interleave(d)
-            heads = [out_ids[i * d:(i + 1) * d] for i in range(h)]
-            call.constraint(lambda removed: [i for g in heads if not all(removed(j) for j in g) for i in g])
+            out_ids = call.slot("out", heads.num_heads * d)
+            if _weights_used(call) or whole:
+                call.pin(out_ids, f"{call.name}: {whole or 'its attention weights are used'}")
+            groups = [out_ids[i * d:(i + 1) * d] for i in range(heads.num_heads)]
+            call.constraint(lambda removed: [i for grp in groups if not all(removed(j) for j in grp) for i in grp])
+            call.set_output(_with_rest(call, Spec(y.ndim - 1, out_ids, v_zero.repeat_interleave(d))))
+            return
+        head_ids = call.slot("heads", heads.num_kv_heads)
+        if whole:
+            call.pin(head_ids, f"{call.name}: {whole}")
         else:
-            head_ids = call.slot("heads", h)
-            unread = (o.weight.detach().reshape(o.out_features, h, d) == 0).all(2).all(0).cpu()
-            removable = (v_zero | unread) & ~torch.tensor(weights_used)
-            call.sink(head_ids, removable, slot="heads")
-            out_ids = call.slot("out", o.out_features)
-            dead = (o.weight.detach() == 0).all(1).cpu()
-        spec_out = Spec(y.ndim - 1, out_ids, dead)
-        call.set_output((spec_out, None) if isinstance(call.output, tuple) else spec_out)
+            unread = (o.weight.detach().reshape(o.out_features, heads.num_kv_heads, g * d) == 0).all(2).all(0).cpu()
+            call.sink(head_ids, (v_zero | unread) & ~torch.tensor(_weights_used(call)), slot="heads")
+        out_ids = call.slot("out", o.out_features)
+        if whole or lay.norm_inside:
+            call.pin(out_ids, f"{call.name}: {whole or 'adds its input and normalises it'}")
+            call.set_output(_with_rest(call, None))
+            return
+        call.set_output(_with_rest(call, Spec(y.ndim - 1, out_ids, (o.weight.detach() == 0).all(1).cpu())))
 
     def shrink(self, module, keep):
-        (q, k, v), o = _projections(module)
-        h, d = _heads(module)
+        heads = heads_of("", module, layout_of(module))
+        lay, d, g = heads.layout, heads.head_dim, heads.group
+        q, k, v = (getattr(module, a) for a in (lay.q, lay.k, lay.v))
+        o = getattr(module, lay.o) if lay.o else None
         if o is None:
             kout = keep.get("out")
-            heads = torch.arange(h) if kout is None else torch.unique(kout // d)
+            kv = torch.arange(heads.num_kv_heads) if kout is None else torch.unique(kout // d)
         else:
-            heads = keep.get("heads", torch.arange(h))
-        inner = (heads[:, None] * d + torch.arange(d)[None, :]).flatten()
+            kv = keep.get("heads", torch.arange(heads.num_kv_heads))
+        qh = (kv[:, None] * g + torch.arange(g)[None, :]).flatten()
+        q_inner = (qh[:, None] * d + torch.arange(d)[None, :]).flatten()
+        kv_inner = (kv[:, None] * d + torch.arange(d)[None, :]).flatten()
         kin = keep.get("in")
         with torch.no_grad():
-            for p in (q, k, v):
-                _shrink_linear(p, inner, kin)
+            _shrink_linear(q, q_inner, kin)
+            for p in (k, v):
+                _shrink_linear(p, kv_inner, kin)
             if o is not None:
-                _shrink_linear(o, keep.get("out"), inner)
-        module.num_attention_heads = len(heads)
-        if hasattr(module, "all_head_size"):
-            module.all_head_size = len(heads) * d
+                _shrink_linear(o, keep.get("out"), q_inner)
+        for attr in lay.counts:
+            setattr(module, attr, int(len(qh)))
+        for attr in lay.inners:
+            setattr(module, attr, int(len(qh)) * d)
         return module
 
 
@@ -150,6 +167,7 @@ def _conv1d_classes() -> tuple[type, ...]:
 
 
 def _weights_used(call) -> bool:
+    """Whether the module's second output (the attention weights) is read downstream."""
     return any(u.target is operator.getitem and u.args[1] == 1 and u.users for u in call.node.users)
 
 
@@ -263,9 +281,4 @@ class HFEmbeddingsRule(Rule):
         call.pin_inputs()
 
 
-@nnic.hookimpl
-def register_speedup_rules(register) -> None:
-    register(HFSelfAttentionRule())
-    register(HFEmbeddingsRule())
-    register(GPT2AttentionRule())
-    register(Conv1DRule())
+RULES = (AttentionRule, HFEmbeddingsRule, GPT2AttentionRule, Conv1DRule)
