@@ -3,10 +3,11 @@ and, when fx cannot trace a model's own forward, a capture that follows the real
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +65,111 @@ class _Tracer(fx.Tracer):
             self.stack.pop()
 
 
+_MISSING = object()
+
+
+class _ConcreteProxy(fx.Proxy):
+    """A proxy that knows the real value it stands for: attributes that are not tensors (``dtype``, ``shape``,
+    ``device``), ``len`` and truth values are answered from it, so Python branches follow the example."""
+
+    def _real(self) -> Any:
+        return getattr(self.tracer, "real", {}).get(self.node, _MISSING)
+
+    def __getattr__(self, k: str) -> Any:
+        real = self._real()
+        if real is not _MISSING and not k.startswith("_"):
+            value = getattr(real, k, _MISSING)
+            if value is not _MISSING and not isinstance(value, torch.Tensor) and not callable(value):
+                return value
+        return super().__getattr__(k)
+
+    def __len__(self) -> int:
+        real = self._real()
+        if real is _MISSING:
+            return super().__len__()
+        return len(real)
+
+
+@contextlib.contextmanager
+def _unpatched():
+    """Real computation during tracing: fx patches ``nn.Module.__call__``/``__getattr__`` while it traces."""
+    from torch.fx import _symbolic_trace as st
+
+    call, getattr_ = nn.Module.__call__, nn.Module.__getattr__
+    nn.Module.__call__, nn.Module.__getattr__ = st._orig_module_call, st._orig_module_getattr
+    try:
+        yield
+    finally:
+        nn.Module.__call__, nn.Module.__getattr__ = call, getattr_
+
+
+def _realize(tracer: Any, obj: Any) -> Any:
+    def one(a: Any) -> Any:
+        if isinstance(a, fx.Proxy):
+            a = a.node
+        if isinstance(a, fx.Node):
+            value = tracer.real.get(a, _MISSING)
+            if value is _MISSING:
+                raise LookupError(a.name)
+            return value
+        return a
+    return fx.node.map_aggregate(obj, one)
+
+
+class _ConcreteTracer(_Tracer):
+    """fx tracing that also computes every node's real value on the dummy input (eval mode, no gradients): the
+    graph follows the branches the example takes (dtype checks, mask helpers, ``len`` of outputs)."""
+
+    def __init__(self, leaf_types: tuple[type, ...], leaf_names: set[str], inputs: list[Any]) -> None:
+        super().__init__(leaf_types, leaf_names)
+        self.inputs, self.real, self.placeholders = inputs, {}, 0
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _ConcreteProxy(node, self)
+
+    def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
+        proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+        try:
+            with torch.no_grad(), _unpatched():
+                if kind == "placeholder":
+                    value = self.inputs[self.placeholders]
+                    self.placeholders += 1
+                elif kind == "get_attr":
+                    value = self.root
+                    for part in target.split("."):
+                        value = getattr(value, part)
+                else:
+                    a, kw = _realize(self, args), _realize(self, kwargs)
+                    if kind == "call_module":
+                        value = self.root.get_submodule(target)(*a, **kw)
+                    elif kind == "call_method":
+                        value = getattr(a[0], target)(*a[1:], **kw)
+                    else:
+                        value = target(*a, **kw)
+        except Exception:  # no real value: the node behaves as in plain fx
+            return proxy
+        self.real[proxy.node] = value
+        return proxy
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        real = self.real.get(obj.node, _MISSING)
+        if real is _MISSING:
+            return super().to_bool(obj)
+        return bool(real)
+
+    def iter(self, obj: fx.Proxy):
+        real = self.real.get(obj.node, _MISSING)
+        if real is _MISSING:
+            return super().iter(obj)
+        return iter([obj[i] for i in range(len(real))])
+
+    def keys(self, obj: fx.Proxy):
+        real = self.real.get(obj.node, _MISSING)
+        if real is _MISSING:
+            return super().keys(obj)
+        return list(real.keys())
+
+
 def _user_frame(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     for frame in reversed(frames):
@@ -74,16 +180,23 @@ def _user_frame(exc: BaseException) -> str:
 
 
 def trace(model: nn.Module, args: tuple, kwargs: dict, *, leaf_types: Iterable[type] = (),
-          leaf_modules: Iterable[str | type] = ()) -> fx.GraphModule:
+          leaf_modules: Iterable[str | type] = (), concrete: bool = False) -> fx.GraphModule:
     """A GraphModule sharing ``model``'s submodules. Modules of ``leaf_types`` and those named or typed in
-    ``leaf_modules`` are kept as single calls (not traced into)."""
+    ``leaf_modules`` are kept as single calls (not traced into). ``concrete=True`` runs the dummy input along
+    (the model must be in the mode it will be analysed in): Python branches follow it, so the graph is the
+    computation of this input, not of every input."""
     names = {m for m in leaf_modules if isinstance(m, str)}
     types = tuple(leaf_types) + tuple(m for m in leaf_modules if isinstance(m, type))
     known = dict(model.named_modules())
     unknown = sorted(n for n in names if n not in known)
     if unknown:
         raise ValueError(f"leaf_modules: {unknown} are not modules of {type(model).__name__}")
-    tracer = _Tracer(types, names)
+    if concrete:
+        from nnic.channels.propagate import placeholder_values
+
+        tracer: _Tracer = _ConcreteTracer(types, names, list(placeholder_values(model, args, kwargs).values()))
+    else:
+        tracer = _Tracer(types, names)
     sig = inspect.signature(model.forward)
     params = list(sig.parameters.values())
     bound = sig.bind_partial(*args, **kwargs)
@@ -154,9 +267,10 @@ class Part:
 
 @dataclass
 class Capture:
-    """How the model was captured: ``kind`` is ``"fx"`` (one graph of the whole model) or ``"regions"`` (fx
-    failed on the model's own forward: the largest submodules fx can trace, each analysed on the inputs it
-    really received from the dummy input); ``not_analysed`` names each module whose forward code could not be
+    """How the model was captured: ``kind`` is ``"fx"`` (one graph of the whole model), ``"concrete"`` (one
+    graph of the whole model traced along the dummy input: fx could not trace it symbolically, but its Python
+    branches, dtype checks and mask helpers resolve on the example) or ``"regions"`` (the largest submodules
+    that trace, each along the inputs it really received from the dummy input); ``not_analysed`` names each module whose forward code could not be
     traced, and why: the channels crossing that code are kept."""
 
     kind: str
@@ -200,22 +314,70 @@ def _copy(obj: Any) -> Any:
         return obj
 
 
-def _record_calls(model: nn.Module, args: tuple, kwargs: dict) -> dict[str, list[tuple[tuple, dict]]]:
-    """Every submodule's inputs on every call of a run on the dummy input (eval mode, no gradients)."""
-    calls: dict[str, list[tuple[tuple, dict]]] = {}
+def _record_calls(model: nn.Module, args: tuple, kwargs: dict) -> tuple[Any, dict[str, list[tuple[tuple, dict, Any]]]]:
+    """The model's output, and every submodule's inputs and output on every call of a run on the dummy input."""
+    calls: dict[str, list[list[Any]]] = {}
     hooks = []
     for name, module in model.named_modules():
         if name:
             hooks.append(module.register_forward_pre_hook(
-                lambda m, a, kw, name=name: calls.setdefault(name, []).append((_copy(a), _copy(kw))),
+                lambda m, a, kw, name=name: calls.setdefault(name, []).append([_copy(a), _copy(kw), None]),
                 with_kwargs=True))
+            hooks.append(module.register_forward_hook(
+                lambda m, a, out, name=name: calls[name][-1].__setitem__(2, _copy(out))))
     try:
         with torch.no_grad():
-            model(*args, **kwargs)
+            out = _copy(model(*args, **kwargs))
     finally:
         for h in hooks:
             h.remove()
-    return calls
+    return out, {k: [tuple(c) for c in v] for k, v in calls.items()}
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether a graph's output is the module's real output (tensors within float rounding)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or a.shape != b.shape:
+            return False
+        if not a.is_floating_point():
+            return bool(torch.equal(a, b))
+        scale = float(b.detach().abs().max()) if b.numel() else 0.0
+        return not b.numel() or bool((a.detach().double() - b.detach().double()).abs().max() <= 1e-5 + 1e-4 * scale)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return set(a) == set(b) and all(_same(a[k], b[k]) for k in b)
+    return True  # other objects (caches) are state, not results
+
+
+def _check_faithful(gm: fx.GraphModule, module: nn.Module, args: tuple, kwargs: dict, expected: Any,
+                    what: str) -> None:
+    """A graph traced along the example must compute the example's real output; else it is not used."""
+    from nnic.channels.propagate import placeholder_values
+
+    with torch.no_grad():
+        got = fx.Interpreter(gm).run(*_copy(list(placeholder_values(module, args, kwargs).values())))
+    if not _same(got, expected):
+        raise CaptureError(f"{what}: the graph traced along the dummy input does not reproduce its output")
+
+
+def _as_keywords(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """The call with the positional arguments from the first plain one on passed by name (so that plain
+    values can be fixed); tensors before it stay positional, where rules look for them."""
+    first = next((i for i, a in enumerate(args) if _is_plain(a)), len(args))
+    if first == len(args):
+        return args, kwargs
+    try:
+        params = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):
+        return args, kwargs
+    if len(params) < len(args) or any(p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                                      for p in params[first:len(args)]):
+        return args, kwargs
+    named = {p.name: a for p, a in zip(params[first:len(args)], args[first:])}
+    if set(named) & set(kwargs):
+        return args, kwargs
+    return args[:first], {**named, **kwargs}
 
 
 def _binding(args: tuple, kwargs: dict) -> tuple:
@@ -228,7 +390,7 @@ def _trace_region(model: nn.Module, prefix: str, wrapped: _Call, args: tuple, kw
                   leaf_types: tuple[type, ...], leaf_names: set[str]) -> fx.GraphModule:
     """``wrapped.m`` (named ``prefix`` in ``model``) traced for these inputs, as a graph over ``model``."""
     inner = {n[len(prefix) + 1:] for n in leaf_names if n.startswith(prefix + ".")}
-    gm = trace(wrapped, args, kwargs, leaf_types=leaf_types, leaf_modules={"m." + n for n in inner})
+    gm = trace(wrapped, args, kwargs, leaf_types=leaf_types, leaf_modules={"m." + n for n in inner}, concrete=True)
     graph, owned = gm.graph, {}
     for node in graph.nodes:
         if node.op in ("call_module", "get_attr"):
@@ -267,7 +429,14 @@ def capture(model: nn.Module, args: tuple, kwargs: dict, *, leaf_types: Iterable
         first_error = exc
     names = {m for m in leaf_modules if isinstance(m, str)}
     types = tuple(leaf_types) + tuple(m for m in leaf_modules if isinstance(m, type))
-    recorded = _record_calls(model, args, kwargs)
+    output, recorded = _record_calls(model, args, kwargs)
+    try:
+        gm = trace(model, _copy(args), _copy(kwargs), leaf_types=leaf_types, leaf_modules=leaf_modules,
+                   concrete=True)
+        _check_faithful(gm, model, args, kwargs, output, type(model).__name__)
+        return Capture("concrete", [Part("", gm, [(model, args, kwargs)])])
+    except CaptureError:
+        pass
     result = Capture("regions", [], {"": f"{type(model).__name__}: {first_error}"})
 
     def visit(prefix: str, module: nn.Module) -> None:
@@ -277,16 +446,18 @@ def capture(model: nn.Module, args: tuple, kwargs: dict, *, leaf_types: Iterable
             if not calls:  # not called itself (a ModuleList), or never run: its children may be
                 visit(name, child)
                 continue
-            groups: dict[tuple, list[tuple[tuple, dict]]] = {}
-            for a, kw in calls:
-                groups.setdefault(_binding(a, kw), []).append((a, kw))
+            groups: dict[tuple, list[tuple[tuple, dict, Any]]] = {}
+            for a, kw, out in calls:
+                a, kw = _as_keywords(child, a, kw)
+                groups.setdefault(_binding(a, kw), []).append((a, kw, out))
             try:
                 parts = []
                 for same in groups.values():
                     fixed, first = _split_plain(same[0][1])
                     wrapped = _Call(child, fixed)
-                    gm = _trace_region(model, name, wrapped, same[0][0], first, types, names)
-                    parts.append(Part(name, gm, [(wrapped, a, _split_plain(kw)[1]) for a, kw in same]))
+                    gm = _trace_region(model, name, wrapped, _copy(same[0][0]), _copy(first), types, names)
+                    _check_faithful(gm, wrapped, same[0][0], first, same[0][2], name)
+                    parts.append(Part(name, gm, [(wrapped, a, _split_plain(kw)[1]) for a, kw, _ in same]))
             except CaptureError as exc:
                 result.not_analysed[name] = f"{type(child).__name__}: {exc}"
                 visit(name, child)
