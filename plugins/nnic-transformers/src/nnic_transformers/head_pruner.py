@@ -65,7 +65,6 @@ class TransformerHeadPruner(Pruner):
     """
 
     name = "transformer_head"
-    config_keys = ("max_sparsity_per_layer",)
 
     def __init__(self, model: nn.Module, config_list: list[dict], *, criterion: str = "l1_weight",
                  layouts: Mapping[Any, Layout] | None = None, data: Iterable[Any] | None = None,
