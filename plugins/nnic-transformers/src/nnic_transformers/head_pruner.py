@@ -54,8 +54,8 @@ class TransformerHeadPruner(Pruner):
     """Whole attention heads (see the module docstring).
 
     :param config_list: entries select attention modules (``op_types: ["BertSelfAttention"]``, ``op_names``; an
-        entry without either selects every attention module nnic knows in the model) with ``sparsity`` or
-        ``total_sparsity``.
+        entry without ``op_types`` selects among the attention modules nnic knows in the model) with
+        ``sparsity`` or ``total_sparsity``.
     :param criterion: one of :data:`CRITERIA`.
     :param layouts: extra attention modules: ``{module class or module name: Layout}``.
     :param data: batches of model inputs (activation criteria) or ``(inputs, target)`` pairs (``taylorfo``, with
@@ -88,8 +88,8 @@ class TransformerHeadPruner(Pruner):
             raise ValueError("criterion 'taylorfo' with data=... needs loss_fn=... (loss of (output, target))")
         if isinstance(config_list, list):
             found = _attention_names(model, extra)
-            config_list = [dict(e, op_types=found) if isinstance(e, dict) and "op_types" not in e
-                           and "op_names" not in e and not e.get("exclude") else e for e in config_list]
+            config_list = [dict(e, op_types=found) if isinstance(e, dict) and "op_types" not in e else e
+                           for e in config_list]
         super().__init__(model, config_list)
         self.criterion, self.extra, self.data, self.loss_fn = criterion, extra, data, loss_fn
         self.evaluator, self.training_steps, self.training_epochs = evaluator, training_steps, training_epochs
