@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nnic import gemm  # noqa: E402
+from nnic.kernels import gemm  # noqa: E402
 from nnic import kernels  # noqa: E402
 from _timing import timeit_interleaved  # noqa: E402
 

@@ -1,6 +1,6 @@
 """The torch implementation used for tensors on other devices (CUDA), run here on CPU tensors.
 
-nnic.kernels validates the arguments and then calls nnic._kernels_torch; these tests call that path directly
+nnic.kernels validates the arguments and then calls its torch twins (nnic.kernels.twins); these tests call that path directly
 and check it against the same numpy reference as the Rust kernels.
 """
 
@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from numpy.testing import assert_array_equal
 
-from nnic import _kernels_torch as tk
 from nnic import kernels
+from nnic.kernels import twins as tk
 from nnic.testing import reference as ref
 from nnic.testing import strategies as nst
 

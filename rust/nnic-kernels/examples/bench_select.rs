@@ -22,7 +22,7 @@ fn main() {
     let mut t = 0.0;
     for _ in 0..15 {
         let start = Instant::now();
-        t = threshold::kth_smallest_abs(&x, n as u64 / 2).expect("select");
+        t = select::kth_smallest_abs(&x, n as u64 / 2).expect("select");
         times.push(start.elapsed().as_secs_f64() * 1e3);
     }
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());

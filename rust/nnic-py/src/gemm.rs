@@ -62,6 +62,12 @@ pub fn gemm_backend() -> &'static str {
     gemm::par::backend()
 }
 
+/// Forces where the GEMM's threads come from: `"openmp"` (when libgomp is loaded) or `"rayon"`.
+#[pyfunction]
+pub fn set_gemm_backend(name: &str) -> PyResult<()> {
+    to_py(gemm::par::set_backend(name))
+}
+
 /// The GEMM path used now (follows `set_isa`).
 #[pyfunction]
 pub fn gemm_path() -> &'static str {
@@ -113,6 +119,60 @@ fn check_linear_shapes<T: Element, U: Element>(
         return Err(shape_err(format!("out must be [{m}, {n}], got {od:?}")));
     }
     Ok(m)
+}
+
+/// The surface the int8 and int4 weight classes share: their shape and the float linear layer. Each class's
+/// `linear` is one call to [`linear_into`], so argument checks and GIL handling are written once.
+trait LinearWeight: Sync {
+    fn in_features(&self) -> usize;
+    fn out_features(&self) -> usize;
+    #[allow(clippy::too_many_arguments)]
+    fn run(&self, path: Path, x: &[f32], m: usize, bias: Option<&[f32]>, act: ActQuant, out: &mut [f32])
+        -> nnic_kernels::error::Result<()>;
+}
+
+impl LinearWeight for PackedLinear {
+    fn in_features(&self) -> usize {
+        PackedLinear::in_features(self)
+    }
+    fn out_features(&self) -> usize {
+        PackedLinear::out_features(self)
+    }
+    fn run(&self, path: Path, x: &[f32], m: usize, bias: Option<&[f32]>, act: ActQuant, out: &mut [f32])
+        -> nnic_kernels::error::Result<()> {
+        gemm::int8_linear(path, x, m, self, bias, act, out)
+    }
+}
+
+impl LinearWeight for int4::PackedInt4 {
+    fn in_features(&self) -> usize {
+        int4::PackedInt4::in_features(self)
+    }
+    fn out_features(&self) -> usize {
+        int4::PackedInt4::out_features(self)
+    }
+    fn run(&self, path: Path, x: &[f32], m: usize, bias: Option<&[f32]>, act: ActQuant, out: &mut [f32])
+        -> nnic_kernels::error::Result<()> {
+        int4::int4_linear(path, x, m, self, bias, act, out)
+    }
+}
+
+/// `out[m, n] = linear(x)` with weight `w`: shape checks, then the kernel with the GIL released.
+fn linear_into<W: LinearWeight>(
+    py: Python<'_>,
+    w: &W,
+    x: PyReadonlyArray2<'_, f32>,
+    mut out: PyReadwriteArray2<'_, f32>,
+    bias: Option<PyReadonlyArray1<'_, f32>>,
+    act: ActQuant,
+    path: Option<&str>,
+) -> PyResult<()> {
+    let p = self::path(path)?;
+    let m = check_linear_shapes("x", &x, &out, w.in_features(), w.out_features())?;
+    let x = ro(&x, "x")?;
+    let bias = bias.as_ref().map(|b| ro1(b, "bias")).transpose()?;
+    let out = rw(&mut out, "out")?;
+    to_py(py.detach(|| w.run(p, x, m, bias, act, out)))
 }
 
 /// s8 linear weights `[out_features, in_features]` packed for the GEMM, with their scales and zero points.
@@ -169,7 +229,7 @@ impl PackedInt8Weight {
         &self,
         py: Python<'_>,
         x: PyReadonlyArray2<'_, f32>,
-        mut out: PyReadwriteArray2<'_, f32>,
+        out: PyReadwriteArray2<'_, f32>,
         bias: Option<PyReadonlyArray1<'_, f32>>,
         act: &str,
         symmetric: bool,
@@ -177,14 +237,7 @@ impl PackedInt8Weight {
         act_zero_point: Option<i32>,
         path: Option<&str>,
     ) -> PyResult<()> {
-        let p = self::path(path)?;
-        let aq = act_quant(act, symmetric, act_scale, act_zero_point)?;
-        let m = check_linear_shapes("x", &x, &out, self.inner.in_features(), self.inner.out_features())?;
-        let x = ro(&x, "x")?;
-        let bias = bias.as_ref().map(|b| ro1(b, "bias")).transpose()?;
-        let out = rw(&mut out, "out")?;
-        let w = &self.inner;
-        to_py(py.detach(|| gemm::int8_linear(p, x, m, w, bias, aq, out)))
+        linear_into(py, &self.inner, x, out, bias, act_quant(act, symmetric, act_scale, act_zero_point)?, path)
     }
 
     /// Convolution of NHWC float32 `x[n, h, w, c]` with this weight (packed as `[c_out, kh*kw*c]`, K ordered
@@ -309,7 +362,7 @@ impl PackedInt4Weight {
         &self,
         py: Python<'_>,
         x: PyReadonlyArray2<'_, f32>,
-        mut out: PyReadwriteArray2<'_, f32>,
+        out: PyReadwriteArray2<'_, f32>,
         bias: Option<PyReadonlyArray1<'_, f32>>,
         act: &str,
         symmetric: bool,
@@ -317,13 +370,6 @@ impl PackedInt4Weight {
         act_zero_point: Option<i32>,
         path: Option<&str>,
     ) -> PyResult<()> {
-        let p = self::path(path)?;
-        let aq = act_quant(act, symmetric, act_scale, act_zero_point)?;
-        let m = check_linear_shapes("x", &x, &out, self.inner.in_features(), self.inner.out_features())?;
-        let x = ro(&x, "x")?;
-        let bias = bias.as_ref().map(|b| ro1(b, "bias")).transpose()?;
-        let out = rw(&mut out, "out")?;
-        let w = &self.inner;
-        to_py(py.detach(|| int4::int4_linear(p, x, m, w, bias, aq, out)))
+        linear_into(py, &self.inner, x, out, bias, act_quant(act, symmetric, act_scale, act_zero_point)?, path)
     }
 }
