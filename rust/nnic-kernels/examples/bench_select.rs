@@ -1,5 +1,5 @@
 //! Quick timing of the radix select without Python: `cargo run --release --example bench_select [n] [threads]`.
-use nnic_kernels::{pool, threshold};
+use nnic_kernels::{pool, select};
 use std::time::Instant;
 
 fn main() {

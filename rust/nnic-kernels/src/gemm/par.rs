@@ -56,7 +56,7 @@ fn lookup() -> Option<GompParallel> {
     None
 }
 
-/// The backend that [`for_each`] uses now: `"openmp"` or `"rayon"`.
+/// The backend that the GEMM tasks use now: `"openmp"` or `"rayon"`.
 pub fn backend() -> &'static str {
     if gomp().is_some() {
         "openmp"

@@ -1,6 +1,6 @@
 //! The GEMM's code paths ([`Path`]: scalar, AVX2, AVX-512 VNNI), which one the ISA switch selects, and
 //! the dispatch to the micro-kernel of a path. A new micro-kernel family is a new `Path` variant here plus
-//! its kernel in [`super::micro`]; the driver, packing and epilogues do not change.
+//! its kernel in `micro.rs`; the driver, packing and epilogues do not change.
 use super::micro::{self, MR_AVX2, MR_SCALAR, MR_VNNI};
 use crate::cpu::{self, Isa};
 use crate::error::{KernelError, Result};

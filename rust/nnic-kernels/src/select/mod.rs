@@ -9,7 +9,7 @@
 //!
 //! Large inputs first try a sampled select: the k/n quantile of a strided sample bounds the answer to a
 //! narrow range `(lo, hi]` (±3 standard deviations of the sample quantile), and the histogram passes then
-//! only scatter the ~2% of entries inside it ([`range`]), which makes them memory-bound.
+//! only scatter the ~2% of entries inside it (`range.rs`), which makes them memory-bound.
 //! The in-range entries are also kept (while they are few), so the k-th value is then picked among them
 //! without a second pass. If the k-th value is not inside the range (an unlucky or adversarial sample),
 //! the full passes run.
