@@ -1,5 +1,5 @@
 //! Bindings of the int8/int4 GEMM: shape and contiguity checks, GIL release, error mapping only.
-//! Outputs are caller-provided (see `nnic/gemm.py`, which allocates torch tensors and passes numpy views).
+//! Outputs are caller-provided (see `nnic/kernels/gemm.py`, which allocates torch tensors and passes numpy views).
 use crate::errors::to_py;
 use nnic_kernels::gemm::conv::{int8_conv2d, ConvGeom};
 use nnic_kernels::gemm::{self, int4, ActQuant, PackedLinear, Path};
