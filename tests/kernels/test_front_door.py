@@ -16,9 +16,8 @@ def _imports_native(tree: ast.AST) -> bool:
         if isinstance(node, ast.Import) and any(a.name == "nnic._kernels" for a in node.names):
             return True
         if isinstance(node, ast.ImportFrom):
-            if node.module == "nnic._kernels" or (node.module == "nnic" and any(a.name == "_kernels" for a in node.names)):
-                return True
-            if node.level and any(a.name == "_kernels" for a in node.names):
+            names = {a.name for a in node.names}
+            if node.module == "nnic._kernels" or ((node.module == "nnic" or node.level) and "_kernels" in names):
                 return True
     return False
 

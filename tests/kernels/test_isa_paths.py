@@ -1,4 +1,5 @@
-"""ISA switching, the NNIC_KERNEL_ISA / NNIC_NUM_THREADS / NNIC_GEMM_BACKEND env vars, the thread pool and concurrent use."""
+"""ISA switching, the NNIC_KERNEL_ISA / NNIC_NUM_THREADS / NNIC_GEMM_BACKEND env vars, the thread pool and
+concurrent use."""
 
 from __future__ import annotations
 
