@@ -175,14 +175,59 @@ fn linear_into<W: LinearWeight>(
     to_py(py.detach(|| w.run(p, x, m, bias, act, out)))
 }
 
+/// Defines a weight class's `#[pymethods]`: the surface both classes share (`in_features`, `out_features`,
+/// `nbytes` and `linear`, which runs through [`linear_into`]) plus the class's own methods (`$own`).
+/// `$symmetric` is the default of `linear`'s `symmetric` argument; `$linear_doc` its docstring.
+macro_rules! packed_weight_methods {
+    ($class:ident, symmetric = $symmetric:tt, $linear_doc:literal, { $($own:tt)* }) => {
+        #[pymethods]
+        impl $class {
+            #[getter]
+            fn in_features(&self) -> usize {
+                LinearWeight::in_features(&self.inner)
+            }
+            #[getter]
+            fn out_features(&self) -> usize {
+                LinearWeight::out_features(&self.inner)
+            }
+            /// Bytes held by the packed weights.
+            #[getter]
+            fn nbytes(&self) -> usize {
+                self.inner.nbytes()
+            }
+
+            #[doc = $linear_doc]
+            #[pyo3(signature = (x, out, bias=None, act="per_token", symmetric=$symmetric, act_scale=None,
+                                act_zero_point=None, path=None))]
+            #[allow(clippy::too_many_arguments)]
+            fn linear(
+                &self,
+                py: Python<'_>,
+                x: PyReadonlyArray2<'_, f32>,
+                out: PyReadwriteArray2<'_, f32>,
+                bias: Option<PyReadonlyArray1<'_, f32>>,
+                act: &str,
+                symmetric: bool,
+                act_scale: Option<f32>,
+                act_zero_point: Option<i32>,
+                path: Option<&str>,
+            ) -> PyResult<()> {
+                linear_into(py, &self.inner, x, out, bias, act_quant(act, symmetric, act_scale, act_zero_point)?, path)
+            }
+
+            $($own)*
+        }
+    };
+}
+
 /// s8 linear weights `[out_features, in_features]` packed for the GEMM, with their scales and zero points.
 #[pyclass(frozen, module = "nnic._kernels")]
 pub struct PackedInt8Weight {
     inner: PackedLinear,
 }
 
-#[pymethods]
-impl PackedInt8Weight {
+packed_weight_methods!(PackedInt8Weight, symmetric = false,
+    "`out[m, n] = dequant(quant(x) @ w.T) + bias` for float32 `x[m, k]`.", {
     /// `w`: int8 `[n, k]`; `scale`: float32, 1 or `n` values; `zero_point`: int32, 0, 1 or `n` values.
     #[new]
     fn new(
@@ -196,20 +241,6 @@ impl PackedInt8Weight {
         Ok(PackedInt8Weight { inner: to_py(py.detach(|| PackedLinear::new(w, n, k, s, z)))? })
     }
 
-    #[getter]
-    fn in_features(&self) -> usize {
-        self.inner.in_features()
-    }
-    #[getter]
-    fn out_features(&self) -> usize {
-        self.inner.out_features()
-    }
-    /// Bytes held by the packed weights.
-    #[getter]
-    fn nbytes(&self) -> usize {
-        self.inner.nbytes()
-    }
-
     /// The int8 codes `[n, k]` (unpacked copy).
     fn weight<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<i8>>> {
         let (n, k) = (self.inner.out_features(), self.inner.in_features());
@@ -220,24 +251,6 @@ impl PackedInt8Weight {
     }
     fn zero_point<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<i32>> {
         PyArray1::from_vec(py, self.inner.zero_point())
-    }
-
-    /// `out[m, n] = dequant(quant(x) @ w.T) + bias` for float32 `x[m, k]`.
-    #[pyo3(signature = (x, out, bias=None, act="per_token", symmetric=false, act_scale=None, act_zero_point=None, path=None))]
-    #[allow(clippy::too_many_arguments)]
-    fn linear(
-        &self,
-        py: Python<'_>,
-        x: PyReadonlyArray2<'_, f32>,
-        out: PyReadwriteArray2<'_, f32>,
-        bias: Option<PyReadonlyArray1<'_, f32>>,
-        act: &str,
-        symmetric: bool,
-        act_scale: Option<f32>,
-        act_zero_point: Option<i32>,
-        path: Option<&str>,
-    ) -> PyResult<()> {
-        linear_into(py, &self.inner, x, out, bias, act_quant(act, symmetric, act_scale, act_zero_point)?, path)
     }
 
     /// Convolution of NHWC float32 `x[n, h, w, c]` with this weight (packed as `[c_out, kh*kw*c]`, K ordered
@@ -307,7 +320,7 @@ impl PackedInt8Weight {
         let w = self.inner.packed();
         to_py(py.detach(|| gemm::matmul_i8(p, a, m, w, out)))
     }
-}
+});
 
 /// int4 linear weights `[n, k]` (codes in [-8, 7], two per byte) with per-group scales `[n, groups]`.
 #[pyclass(frozen, module = "nnic._kernels")]
@@ -315,8 +328,8 @@ pub struct PackedInt4Weight {
     inner: int4::PackedInt4,
 }
 
-#[pymethods]
-impl PackedInt4Weight {
+packed_weight_methods!(PackedInt4Weight, symmetric = true,
+    "`out[m, n] = quant(x) @ dequant(w).T + bias` (activations quantized on the fly, per token by default).", {
     #[new]
     fn new(
         py: Python<'_>,
@@ -330,20 +343,8 @@ impl PackedInt4Weight {
     }
 
     #[getter]
-    fn in_features(&self) -> usize {
-        self.inner.in_features()
-    }
-    #[getter]
-    fn out_features(&self) -> usize {
-        self.inner.out_features()
-    }
-    #[getter]
     fn group_size(&self) -> usize {
         self.inner.group_size()
-    }
-    #[getter]
-    fn nbytes(&self) -> usize {
-        self.inner.nbytes()
     }
 
     /// `(codes [n, k] int8, scales [n, groups] float32)`.
@@ -354,22 +355,4 @@ impl PackedInt4Weight {
         let g = k.div_ceil(self.inner.group_size());
         Ok((PyArray1::from_vec(py, q).reshape([n, k])?, PyArray1::from_vec(py, s).reshape([n, g])?))
     }
-
-    /// `out[m, n] = quant(x) @ dequant(w).T + bias` (activations quantized on the fly, per token by default).
-    #[pyo3(signature = (x, out, bias=None, act="per_token", symmetric=true, act_scale=None, act_zero_point=None, path=None))]
-    #[allow(clippy::too_many_arguments)]
-    fn linear(
-        &self,
-        py: Python<'_>,
-        x: PyReadonlyArray2<'_, f32>,
-        out: PyReadwriteArray2<'_, f32>,
-        bias: Option<PyReadonlyArray1<'_, f32>>,
-        act: &str,
-        symmetric: bool,
-        act_scale: Option<f32>,
-        act_zero_point: Option<i32>,
-        path: Option<&str>,
-    ) -> PyResult<()> {
-        linear_into(py, &self.inner, x, out, bias, act_quant(act, symmetric, act_scale, act_zero_point)?, path)
-    }
-}
+});
