@@ -1,8 +1,8 @@
 """Hugging Face GPT-2: whole attention heads (fused c_attn / c_proj Conv1D) and MLP channels removed, outputs
 unchanged.
 
-GPT2Model's forward builds its causal mask with ``masking_utils.create_causal_mask``, which torch.fx cannot trace,
-so each ``GPT2Block`` is sped up on its own (as the ViT test does with its layers) and the whole model is compared.
+Here each ``GPT2Block`` is sped up on its own, exercising the rules on an fx-traced block; whole models in one
+call are in test_whole_models.py.
 """
 
 from __future__ import annotations
