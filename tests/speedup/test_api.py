@@ -137,18 +137,42 @@ def test_an_untraceable_model_gets_an_error_naming_the_module_and_line_with_fx_c
         nnic.speedup_model(model, X, {}, capture="fx")
 
 
-def test_an_untraceable_model_falls_back_to_regions_and_names_what_it_could_not_analyse():
+class Opaque(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        return self.conv(x) * int(x.sum() > 0)  # a tensor value turned into a Python int
+
+
+def _half_masks():
+    keep = torch.arange(8) % 2 == 0
+    return {"0.0": {"weight": keep[:, None, None, None].expand(8, 3, 1, 1).clone(), "bias": keep}}
+
+
+def test_a_model_fx_cannot_trace_is_traced_along_the_dummy_input():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 3, 1)), Untraceable())
-    masks = {"0.0": {"weight": (torch.arange(8) % 2 == 0)[:, None, None, None].expand(8, 3, 1, 1).clone(),
-                     "bias": torch.arange(8) % 2 == 0}}
-    expected = speedup_and_check_masked_output(model, masks)
-    ms = nnic.ModelSpeedup(model, X, masks)
+    expected = speedup_and_check_masked_output(model, _half_masks())
+    ms = nnic.ModelSpeedup(model, X, _half_masks())
+    ms.speedup_model()
+    assert ms.report.capture == "concrete" and ms.report.not_analysed == {}
+    assert model[0][0].out_channels == 4 and model[0][2].in_channels == 4
+    assert torch.allclose(model(X), expected, atol=1e-5)
+
+
+def test_an_untraceable_model_falls_back_to_regions_and_names_what_it_could_not_analyse():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 3, 1)), Opaque())
+    expected = speedup_and_check_masked_output(model, _half_masks())
+    ms = nnic.ModelSpeedup(model, X, _half_masks())
     ms.speedup_model()
     assert ms.report.capture == "regions"
-    assert set(ms.report.not_analysed) == {"", "1"} and "Untraceable" in ms.report.not_analysed["1"]
+    assert set(ms.report.not_analysed) == {"", "1"} and "Opaque" in ms.report.not_analysed["1"]
     assert model[0][0].out_channels == 4 and model[0][2].in_channels == 4  # inside a traced region
     assert model[1].conv.in_channels == 3  # read by code that could not be traced: kept
+    assert "not analysed: 1" in str(ms.report)
     assert torch.allclose(model(X), expected, atol=1e-5)
 
 
