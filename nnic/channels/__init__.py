@@ -1,6 +1,7 @@
 """Channel analysis: the floor that dependency-aware pruning and speedup both stand on.
 
-- :mod:`~nnic.channels.capture`: torch.fx capture (leaf modules, inputs of any structure, errors that say where);
+- :mod:`~nnic.channels.capture`: torch.fx capture (leaf modules, inputs of any structure, errors that say where),
+  and when fx cannot trace a model, the capture that follows its real execution on the dummy input;
 - :mod:`~nnic.channels.graph`: channel ids (union-find), :class:`Spec` labels, the :class:`Call` rules receive;
 - :mod:`~nnic.channels.labels`: label tensors, to read how structural ops move channels;
 - :mod:`~nnic.channels.propagate`: the rule table and the propagation over the traced graph;
@@ -10,14 +11,14 @@ This package imports nothing above it (not the registry, not pruning, not speedu
 the rules down as an argument.
 """
 
-from nnic.channels.capture import CaptureError, split_dummy_input, trace
+from nnic.channels.capture import Capture, CaptureError, split_dummy_input, trace
 from nnic.channels.graph import Call, Spec, State, describe
 from nnic.channels.groups import channel_groups
 from nnic.channels.labels import label_tensor, propagate_by_labels, read_labels, run_on_labels
 from nnic.channels.propagate import Propagation, RuleTable, SpeedupError, SpeedupWarning, analyze
 
 __all__ = [
-    "CaptureError", "Call", "Propagation", "RuleTable", "Spec", "SpeedupError", "SpeedupWarning", "State",
+    "Capture", "CaptureError", "Call", "Propagation", "RuleTable", "Spec", "SpeedupError", "SpeedupWarning", "State",
     "analyze", "channel_groups", "describe", "label_tensor", "propagate_by_labels", "read_labels",
     "run_on_labels", "split_dummy_input", "trace",
 ]
