@@ -9,6 +9,7 @@
 //! - [`quant`]: affine int8/uint8 quantization and dequantization, per tensor or per channel.
 //! - [`pack`]: signed int4 packing.
 //! - [`reduce`]: abs-max and min/max, per tensor or per channel.
+//! - [`sparse`]: sparse × dense products for Linear weights (unstructured CSR and N:M layouts, f32 or int8 values).
 pub mod cpu;
 pub mod error;
 pub mod gemm;
@@ -22,6 +23,7 @@ pub mod reduce;
 mod select_range;
 mod select_x86;
 mod simd;
+pub mod sparse;
 mod split;
 pub mod threshold;
 
