@@ -5,6 +5,7 @@
 //! that torch tensors can be filled without a copy. The GIL is released around every kernel.
 mod errors;
 mod gemm;
+mod sparse;
 
 use pyo3::prelude::*;
 
@@ -12,6 +13,8 @@ use pyo3::prelude::*;
 mod _kernels {
     #[pymodule_export]
     use crate::gemm::{gemm_backend, gemm_path, gemm_paths, int8_matmul, PackedInt4Weight, PackedInt8Weight};
+    #[pymodule_export]
+    use crate::sparse::SparseWeight;
     use crate::errors::{isa, slice, slice_mut, to_py};
     use nnic_kernels::quant::Params;
     use nnic_kernels::{cpu, mask, pack, pool, quant, reduce, threshold, Layout};

@@ -3,7 +3,8 @@
 //! The row's values and indices stream from memory once (this is the memory-bound decode case); `x` stays in
 //! L1. AVX-512 gathers 16 lanes and AVX2 8 per instruction, two accumulators deep; N:M rows compute their
 //! columns from the nibbles in registers when the slots of a vector cover whole groups (`16 % n == 0`, resp.
-//! `8 % n == 0`), else they run the portable loop.
+//! `8 % n == 0`), and on AVX-512 pick them from two loaded vectors by a permute instead of a gather when a
+//! block spans at most 32 inputs (`m <= 2n`: 2:4, 4:8, 1:2); other patterns run the portable loop.
 use super::{row_chunks, Epilogue, OutPtr, RowCols, SparseLinear, Values};
 use crate::cpu::Isa;
 use crate::gemm::par;
@@ -174,6 +175,49 @@ mod x86 {
         }
     }
 
+    /// N:M row with `16 % n == 0` and `m <= 2n`, AVX-512: a 16-slot block covers at most 32 consecutive inputs,
+    /// loaded as two vectors and picked by one two-source permute (no gather).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+    pub(super) unsafe fn nm_perm_avx512<V: Load16>(x: &[f32], n: usize, m: usize, idx: &[u8], vals: &[V]) -> f32 {
+        let len = vals.len();
+        let (ip, vp, xp) = (idx.as_ptr(), vals.as_ptr(), x.as_ptr());
+        let span = 16 / n * m; // inputs per block, in (16, 32]
+        let hi_mask: __mmask16 = if span >= 32 { 0xffff } else { (1u16 << (span - 16)) - 1 };
+        // SAFETY: a block's inputs [off, off + span) lie inside the row's k inputs; index/value reads as in
+        // `nm_avx512`.
+        unsafe {
+            let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+            let base = _mm512_mullo_epi32(_mm512_srlv_epi32(lane, _mm512_set1_epi32(n.trailing_zeros() as i32)), _mm512_set1_epi32(m as i32));
+            let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+            let mut j = 0;
+            let mut off = 0;
+            while j + 32 <= len {
+                let n0 = _mm512_cvtepu8_epi32(nibbles(_mm_loadl_epi64(ip.add(j / 2) as *const __m128i)));
+                let n1 = _mm512_cvtepu8_epi32(nibbles(_mm_loadl_epi64(ip.add(j / 2 + 8) as *const __m128i)));
+                let x0 = _mm512_permutex2var_ps(
+                    _mm512_loadu_ps(xp.add(off)),
+                    _mm512_add_epi32(base, n0),
+                    _mm512_maskz_loadu_ps(hi_mask, xp.add(off + 16)),
+                );
+                let x1 = _mm512_permutex2var_ps(
+                    _mm512_loadu_ps(xp.add(off + span)),
+                    _mm512_add_epi32(base, n1),
+                    _mm512_maskz_loadu_ps(hi_mask, xp.add(off + span + 16)),
+                );
+                a0 = _mm512_fmadd_ps(x0, V::load16(vp.add(j), 0xffff), a0);
+                a1 = _mm512_fmadd_ps(x1, V::load16(vp.add(j + 16), 0xffff), a1);
+                off += 2 * span;
+                j += 32;
+            }
+            let mut tail = 0f32;
+            while j < len {
+                tail += (*vp.add(j)).f() * *xp.add((j / n) * m + nibble(idx, j) as usize);
+                j += 1;
+            }
+            _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + tail
+        }
+    }
+
     /// N:M row with `8 % n == 0`, AVX2.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn nm_avx2<V: Load16>(x: &[f32], n: usize, m: usize, idx: &[u8], vals: &[V]) -> f32 {
@@ -219,6 +263,9 @@ fn dot<V: Copy + Into<f32> + DotSimd>(isa: Isa, x: &[f32], cols: &RowCols<'_>, v
         match (isa, cols) {
             (Isa::Avx512, RowCols::Csr(cs)) => return x86::csr_avx512(x, cs, V::cast(vals)),
             (Isa::Avx2, RowCols::Csr(cs)) => return x86::csr_avx2(x, cs, V::cast(vals)),
+            (Isa::Avx512, RowCols::Nm { n, m, idx }) if 16 % n == 0 && *m <= 2 * n => {
+                return x86::nm_perm_avx512(x, *n, *m, idx, V::cast(vals))
+            }
             (Isa::Avx512, RowCols::Nm { n, m, idx }) if 16 % n == 0 => return x86::nm_avx512(x, *n, *m, idx, V::cast(vals)),
             (Isa::Avx512 | Isa::Avx2, RowCols::Nm { n, m, idx }) if 8 % n == 0 => return x86::nm_avx2(x, *n, *m, idx, V::cast(vals)),
             _ => {}

@@ -80,7 +80,7 @@ pub enum Index {
 }
 
 /// A sparse `[rows, k]` weight ready for [`SparseLinear::linear`].
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct SparseLinear {
     rows: usize,
     k: usize,
@@ -88,6 +88,15 @@ pub struct SparseLinear {
     values: Values,
     /// One scale per row for int8 values; empty for f32 values.
     scale: Vec<f32>,
+    /// N:M only: every slot's absolute column, decoded on the first batched product (2 bytes per slot), so
+    /// that the tiled kernels read columns as they do for CSR.
+    nm_cols: std::sync::OnceLock<Vec<u16>>,
+}
+
+impl PartialEq for SparseLinear {
+    fn eq(&self, o: &Self) -> bool {
+        (self.rows, self.k, &self.index, &self.values, &self.scale) == (o.rows, o.k, &o.index, &o.values, &o.scale)
+    }
 }
 
 /// One row's stored entries: columns (or their N:M encoding) and value range.
@@ -120,7 +129,7 @@ impl SparseLinear {
                 return Err(KernelError::Nan { arg: "values", tensor: None, index: i });
             }
         }
-        Ok(SparseLinear { rows, k, index, values, scale })
+        Ok(SparseLinear { rows, k, index, values, scale, nm_cols: std::sync::OnceLock::new() })
     }
 
     pub fn out_features(&self) -> usize {
@@ -149,6 +158,25 @@ impl SparseLinear {
             Index::Nm { idx, .. } => idx.len(),
         };
         self.values.len() * self.values.elem_bytes() + index + self.scale.len() * 4
+    }
+
+    /// The absolute column of every N:M slot (empty for CSR), decoded once.
+    pub(crate) fn nm_columns(&self) -> &[u16] {
+        self.nm_cols.get_or_init(|| match &self.index {
+            Index::Csr { .. } => Vec::new(),
+            Index::Nm { n, m, .. } => {
+                let mut all = Vec::with_capacity(self.nnz());
+                let mut row = Vec::new();
+                for r in 0..self.rows {
+                    let (range, cols) = self.row(r);
+                    if let RowCols::Nm { idx, .. } = cols {
+                        nm::decode_row(*n, *m, idx, &mut row, range.len());
+                        all.extend_from_slice(&row);
+                    }
+                }
+                all
+            }
+        })
     }
 
     /// Stored-value range of row `r` and its columns.

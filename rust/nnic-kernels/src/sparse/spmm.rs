@@ -3,9 +3,10 @@
 //! registers: 8 zmm for W = 64). The loads of `xᵀ[c]` come from L2 (a group of tiles is kept under ~1 MiB);
 //! the output row's W values are written once, through the epilogue.
 //!
-//! The loop is plain Rust compiled for each ISA ([`crate::simd::multiversion`]); W is 16, 32 or 64 (64 only
-//! with AVX-512, where 16 zmm registers hold the accumulators).
-use super::{nm, row_chunks, Epilogue, OutPtr, RowCols, SparseLinear, Values};
+//! W is 16, 32 or 64 (64 only with AVX-512, where 8 of the 32 zmm registers hold the accumulators); the AVX-512
+//! and AVX2 loops keep 2-4 independent accumulator sets to cover the FMA latency, the portable loop is the
+//! readable ground truth.
+use super::{row_chunks, Epilogue, OutPtr, RowCols, SparseLinear, Values};
 use crate::cpu::Isa;
 use crate::gemm::par;
 
@@ -28,8 +29,7 @@ impl Val for i8 {
     }
 }
 
-/// `acc[0..W] = Σ_j vals[j] · xt[cols[j] · W ..][..W]`.
-#[inline(always)]
+/// `acc[0..W] = Σ_j vals[j] · xt[cols[j] · W ..][..W]` (portable).
 fn tile<const W: usize, V: Val>(xt: &[f32], cols: &[u16], vals: &[V], acc: &mut [f32; W]) {
     let mut a = [[0f32; W]; 2];
     let n = cols.len().min(vals.len());
@@ -54,24 +54,6 @@ fn tile<const W: usize, V: Val>(xt: &[f32], cols: &[u16], vals: &[V], acc: &mut 
     for i in 0..W {
         acc[i] = a[0][i] + a[1][i];
     }
-}
-
-macro_rules! tiles {
-    ($($name:ident, $body:ident, $w:literal, $v:ty;)*) => {$(
-        #[inline(always)]
-        fn $body(xt: &[f32], cols: &[u16], vals: &[$v], acc: &mut [f32; $w]) {
-            tile::<$w, $v>(xt, cols, vals, acc)
-        }
-        crate::simd::multiversion!(fn $name(xt: &[f32], cols: &[u16], vals: &[$v], acc: &mut [f32; $w]) = $body;);
-    )*};
-}
-tiles! {
-    tile16_f32, tile16_f32_body, 16, f32;
-    tile32_f32, tile32_f32_body, 32, f32;
-    tile64_f32, tile64_f32_body, 64, f32;
-    tile16_i8, tile16_i8_body, 16, i8;
-    tile32_i8, tile32_i8_body, 32, i8;
-    tile64_i8, tile64_i8_body, 64, i8;
 }
 
 /// `xt` for tile `t`: batch rows `t·W .. t·W + W` of `x`, transposed to `[k, W]` (zero-padded).
@@ -100,20 +82,127 @@ fn width(isa: Isa, m: usize) -> usize {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::Val;
+    use std::arch::x86_64::*;
+
+    /// `acc[0..16·T] = Σ_j vals[j] · xt[cols[j]·16T ..]`, AVX-512: T zmm accumulators per set, `S` sets.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+    pub(super) unsafe fn tile_avx512<const T: usize, const S: usize, V: Val>(xt: &[f32], cols: &[u16], vals: &[V], acc: &mut [f32]) {
+        let w = 16 * T;
+        let n = cols.len().min(vals.len());
+        debug_assert!(cols[..n].iter().all(|&c| (c as usize + 1) * w <= xt.len()) && acc.len() >= w);
+        // SAFETY: every column's tile row is inside `xt` (columns < k, `xt` is `[k, w]`).
+        unsafe {
+            let mut a = [[_mm512_setzero_ps(); T]; S];
+            let xp = xt.as_ptr();
+            let mut j = 0;
+            while j + S <= n {
+                for s in 0..S {
+                    let v = _mm512_set1_ps(vals.get_unchecked(j + s).f());
+                    let row = xp.add(*cols.get_unchecked(j + s) as usize * w);
+                    for t in 0..T {
+                        a[s][t] = _mm512_fmadd_ps(v, _mm512_loadu_ps(row.add(16 * t)), a[s][t]);
+                    }
+                }
+                j += S;
+            }
+            while j < n {
+                let v = _mm512_set1_ps(vals.get_unchecked(j).f());
+                let row = xp.add(*cols.get_unchecked(j) as usize * w);
+                for t in 0..T {
+                    a[0][t] = _mm512_fmadd_ps(v, _mm512_loadu_ps(row.add(16 * t)), a[0][t]);
+                }
+                j += 1;
+            }
+            for t in 0..T {
+                let mut sum = a[0][t];
+                for s in 1..S {
+                    sum = _mm512_add_ps(sum, a[s][t]);
+                }
+                _mm512_storeu_ps(acc.as_mut_ptr().add(16 * t), sum);
+            }
+        }
+    }
+
+    /// The same with AVX2: `8·T` columns.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn tile_avx2<const T: usize, const S: usize, V: Val>(xt: &[f32], cols: &[u16], vals: &[V], acc: &mut [f32]) {
+        let w = 8 * T;
+        let n = cols.len().min(vals.len());
+        debug_assert!(cols[..n].iter().all(|&c| (c as usize + 1) * w <= xt.len()) && acc.len() >= w);
+        // SAFETY: as in `tile_avx512`.
+        unsafe {
+            let mut a = [[_mm256_setzero_ps(); T]; S];
+            let xp = xt.as_ptr();
+            let mut j = 0;
+            while j + S <= n {
+                for s in 0..S {
+                    let v = _mm256_set1_ps(vals.get_unchecked(j + s).f());
+                    let row = xp.add(*cols.get_unchecked(j + s) as usize * w);
+                    for t in 0..T {
+                        a[s][t] = _mm256_fmadd_ps(v, _mm256_loadu_ps(row.add(8 * t)), a[s][t]);
+                    }
+                }
+                j += S;
+            }
+            while j < n {
+                let v = _mm256_set1_ps(vals.get_unchecked(j).f());
+                let row = xp.add(*cols.get_unchecked(j) as usize * w);
+                for t in 0..T {
+                    a[0][t] = _mm256_fmadd_ps(v, _mm256_loadu_ps(row.add(8 * t)), a[0][t]);
+                }
+                j += 1;
+            }
+            for t in 0..T {
+                let mut sum = a[0][t];
+                for s in 1..S {
+                    sum = _mm256_add_ps(sum, a[s][t]);
+                }
+                _mm256_storeu_ps(acc.as_mut_ptr().add(8 * t), sum);
+            }
+        }
+    }
+}
+
 fn run_tile(isa: Isa, w: usize, xt: &[f32], cols: &[u16], vals: &Values, range: std::ops::Range<usize>, acc: &mut [f32; 64]) {
-    macro_rules! go {
-        ($f:ident, $n:literal, $v:expr) => {{
-            let a: &mut [f32; $n] = (&mut acc[..$n]).try_into().unwrap();
-            $f(isa, xt, cols, &$v[range], a)
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! simd {
+            ($v:expr) => {{
+                let v = &$v[range.clone()];
+                // SAFETY: `isa` is active, so supported; columns < k (checked when the layout was built).
+                unsafe {
+                    match (isa, w) {
+                        (Isa::Avx512, 16) => return x86::tile_avx512::<1, 4, _>(xt, cols, v, acc),
+                        (Isa::Avx512, 32) => return x86::tile_avx512::<2, 2, _>(xt, cols, v, acc),
+                        (Isa::Avx512, _) => return x86::tile_avx512::<4, 2, _>(xt, cols, v, acc),
+                        (Isa::Avx2, 16) => return x86::tile_avx2::<2, 3, _>(xt, cols, v, acc),
+                        (Isa::Avx2, _) => return x86::tile_avx2::<4, 2, _>(xt, cols, v, acc),
+                        _ => {}
+                    }
+                }
+            }};
+        }
+        match vals {
+            Values::F32(v) => simd!(v),
+            Values::I8(v) => simd!(v),
+        }
+    }
+    macro_rules! portable {
+        ($v:expr) => {{
+            let v = &$v[range];
+            match w {
+                16 => tile::<16, _>(xt, cols, v, (&mut acc[..16]).try_into().unwrap()),
+                32 => tile::<32, _>(xt, cols, v, (&mut acc[..32]).try_into().unwrap()),
+                _ => tile::<64, _>(xt, cols, v, acc),
+            }
         }};
     }
-    match (vals, w) {
-        (Values::F32(v), 16) => go!(tile16_f32, 16, v),
-        (Values::F32(v), 32) => go!(tile32_f32, 32, v),
-        (Values::F32(v), _) => go!(tile64_f32, 64, v),
-        (Values::I8(v), 16) => go!(tile16_i8, 16, v),
-        (Values::I8(v), 32) => go!(tile32_i8, 32, v),
-        (Values::I8(v), _) => go!(tile64_i8, 64, v),
+    match vals {
+        Values::F32(v) => portable!(v),
+        Values::I8(v) => portable!(v),
     }
 }
 
@@ -126,22 +215,19 @@ pub(super) fn run(isa: Isa, wt: &SparseLinear, x: &[f32], m: usize, epi: &Epilog
     let per_group = (TILE_GROUP_BYTES / (k.max(1) * w * 4)).clamp(1, tiles);
     let groups: Vec<(usize, usize)> = (0..tiles).step_by(per_group).map(|t| (t, (t + per_group).min(tiles))).collect();
     let chunks = row_chunks(wt, threads);
+    let decoded = wt.nm_columns();
     let o = OutPtr(out.as_mut_ptr());
     let task = |id: usize| {
         #[allow(clippy::redundant_locals)]
         let o = o;
         let (r0, r1) = chunks[id % chunks.len()];
         let (t0, t1) = groups[id / chunks.len()];
-        let mut decoded: Vec<u16> = Vec::new();
         let mut acc = [0f32; 64];
         for r in r0..r1 {
             let (range, rc) = wt.row(r);
             let cols: &[u16] = match rc {
                 RowCols::Csr(cs) => cs,
-                RowCols::Nm { n, m: gm, idx } => {
-                    nm::decode_row(n, gm, idx, &mut decoded, range.len());
-                    &decoded
-                }
+                RowCols::Nm { .. } => &decoded[range.clone()],
             };
             for t in t0..t1 {
                 run_tile(isa, w, &xt[t * k * w..(t + 1) * k * w], cols, wt.values(), range.clone(), &mut acc);
