@@ -51,6 +51,8 @@ _LAZY = {
     "Pruner": "nnic.pruning:Pruner",
     "Quantizer": "nnic.quantization:Quantizer",
     "quantization_speedup": "nnic.quantization.speedup:quantization_speedup",
+    "sparse": "nnic.sparse",
+    "sparsify": "nnic.sparse:sparsify",
     "speedup": "nnic.speedup",
     "speedup_model": "nnic.speedup:speedup_model",
     "ModelSpeedup": "nnic.speedup:ModelSpeedup",
@@ -63,4 +65,4 @@ def __dir__() -> list[str]:
 
 
 __all__ = ["ModelSpeedup", "Pruner", "Quantizer", "__version__", "hookimpl", "kernels", "list_plugins", "pruner",
-           "quantization_speedup", "quantizer", "speedup", "speedup_model"]
+           "quantization_speedup", "quantizer", "sparse", "sparsify", "speedup", "speedup_model"]

@@ -1,0 +1,13 @@
+"""Sparse execution of fine-grained (Level, N:M) sparsity on CPU: layouts, kernels, modules and the decision step.
+
+- :func:`sparsify`: turns mostly-zero Linear / Int8Linear layers into :class:`SparseLinear` where a measured
+  micro-benchmark shows a gain (see :mod:`nnic.sparse.sparsify`);
+- :class:`SparseLinear`: stores bitmask/N:M + values (float32 or int8), computes with the Rust kernels on CPU and
+  torch sparse ops on CUDA, saves with ``nnic.speedup.save_pruned`` at a size that follows the density;
+- :mod:`nnic.sparse.layout`: the storage forms; :mod:`nnic.sparse.kernels`: the kernel wrappers.
+"""
+
+from nnic.sparse.modules import SparseLinear
+from nnic.sparse.sparsify import LayerDecision, SparsifyReport, sparsify
+
+__all__ = ["LayerDecision", "SparseLinear", "SparsifyReport", "sparsify"]
