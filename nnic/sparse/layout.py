@@ -34,7 +34,7 @@ def pack_bitmask(keep: torch.Tensor) -> torch.Tensor:
     _check_2d(keep, "keep")
     n, k = keep.shape
     pad = -k % 8
-    padded = torch.nn.functional.pad(keep.to(torch.int32), (0, pad)).reshape(n, -1, 8)
+    padded = torch.nn.functional.pad(keep.to(torch.int32), (0, pad)).reshape(n, (k + pad) // 8, 8)
     return (padded * _BIT.to(keep.device)).sum(-1).to(torch.uint8)
 
 
@@ -42,7 +42,7 @@ def unpack_bitmask(bits: torch.Tensor, in_features: int) -> torch.Tensor:
     """The bool ``keep[out, in_features]`` of a bitmask."""
     _check_2d(bits, "bits")
     expanded = (bits.to(torch.int32)[..., None] & _BIT.to(bits.device)) != 0
-    return expanded.reshape(bits.shape[0], -1)[:, :in_features]
+    return expanded.reshape(bits.shape[0], bits.shape[1] * 8)[:, :in_features]
 
 
 def nm_pattern(nonzero: torch.Tensor, patterns=NM_PATTERNS) -> tuple[int, int] | None:
@@ -51,7 +51,7 @@ def nm_pattern(nonzero: torch.Tensor, patterns=NM_PATTERNS) -> tuple[int, int] |
     _check_2d(nonzero, "nonzero")
     k = nonzero.shape[1]
     for n, m in sorted(patterns, key=lambda p: p[0] / p[1]):
-        if k % m == 0 and k > 0 and int(nonzero.reshape(nonzero.shape[0], -1, m).sum(-1).max()) <= n:
+        if k % m == 0 and k > 0 and nonzero.numel() and int(nonzero.reshape(nonzero.shape[0], k // m, m).sum(-1).max()) <= n:
             return n, m
     return None
 
@@ -69,14 +69,14 @@ def pack_nm(weight: torch.Tensor, keep: torch.Tensor, n: int, m: int) -> tuple[t
     rows, k = weight.shape
     if k % m:
         raise ValueError(f"N:M needs in_features ({k}) to be a multiple of m={m}")
-    groups = keep.reshape(rows, -1, m)
+    groups = keep.reshape(rows, k // m, m)
     worst = int(groups.sum(-1).max()) if groups.numel() else 0
     if worst > n:
         raise ValueError(f"the weight keeps {worst} entries in a group of {m}: not {n}:{m} sparse")
     order_key = (~groups).to(torch.int32) * m + torch.arange(m, device=keep.device, dtype=torch.int32)
     pos = order_key.argsort(-1)[..., :n]                                    # [rows, G, n]
-    vals = torch.gather((weight * keep).reshape(rows, -1, m), 2, pos).reshape(rows, -1)
-    nib = pos.reshape(rows, -1).to(torch.uint8)
+    vals = torch.gather((weight * keep).reshape(rows, k // m, m), 2, pos).reshape(rows, k // m * n)
+    nib = pos.reshape(rows, k // m * n).to(torch.uint8)
     if nib.shape[1] % 2:
         nib = torch.nn.functional.pad(nib, (0, 1))
     index = nib[:, 0::2] | (nib[:, 1::2] << 4)
@@ -87,7 +87,7 @@ def unpack_nm(values: torch.Tensor, index: torch.Tensor, in_features: int, n: in
     """The dense ``[out, in_features]`` weight of an N:M layout (padding slots add zero)."""
     rows = index.shape[0]
     length = in_features // m * n
-    nib = torch.stack([index & 0x0F, index >> 4], -1).reshape(rows, -1)[:, :length].long()
+    nib = torch.stack([index & 0x0F, index >> 4], -1).reshape(rows, index.shape[1] * 2)[:, :length].long()
     cols = (torch.arange(length, device=index.device) // n * m)[None, :] + nib
     dense = torch.zeros(rows, in_features, dtype=values.dtype, device=values.device)
     return dense.scatter_add_(1, cols, values.reshape(rows, length))

@@ -13,6 +13,7 @@ dense int8 layer's up to float rounding of the sums. Inference only: no gradient
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -194,7 +195,9 @@ class SparseLinear(nn.Module):
         same formulas for int8 layers)."""
         key = (x.device, tuple((t.data_ptr(), t._version) for t in self._buffers.values() if t is not None))
         if self._device_weight is None or self._device_weight[0] != key:
-            self._device_weight = (key, self.dense_weight().to(x.device).to_sparse_csr())
+            with warnings.catch_warnings():  # torch calls its sparse CSR support beta on every construction
+                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+                self._device_weight = (key, self.dense_weight().to(x.device).to_sparse_csr())
         w = self._device_weight[1]
         scale = None
         if self.act is not None:

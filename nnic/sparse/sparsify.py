@@ -187,15 +187,16 @@ def sparsify(model: nn.Module, dummy_input: Any, masks: Mapping | None = None, *
         will run: each layer is timed at the rows it sees for it.
     :param masks: ``{layer: {"weight": mask}}`` to apply first (masks attached by a pruner are folded anyway).
     :param layers: names of the layers to consider (default: every Linear and Int8Linear).
-    :param min_speedup: a layer goes sparse when dense time / sparse time is at least this.
+    :param min_speedup: a layer goes sparse when dense time / sparse time is at least this (0: every layer at or
+        below ``max_density`` goes sparse, still timed and reported).
     :param max_density: layers that store more than this fraction stay dense without being timed.
     :param rounds: interleaved timing rounds (the median is used).
     :param verify: check the model's output against the dense (masked) model's and restore it on a mismatch.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    if not (isinstance(min_speedup, (int, float)) and min_speedup > 0):
-        raise ValueError(f"min_speedup must be a positive number, got {min_speedup!r}")
+    if isinstance(min_speedup, bool) or not (isinstance(min_speedup, (int, float)) and min_speedup >= 0):
+        raise ValueError(f"min_speedup must be a number >= 0, got {min_speedup!r}")
     if not (isinstance(max_density, (int, float)) and 0 < max_density <= 1):
         raise ValueError(f"max_density must be in (0, 1], got {max_density!r}")
     _fold_and_apply(model, masks)
