@@ -1,7 +1,8 @@
 """``nnic.sparsify(model, dummy_input)``: run fine-grained (Level, N:M) sparsity for real, where it pays.
 
 A step beside :func:`nnic.speedup_model`, run after it: speedup removes whole channels (structured masks), then
-``sparsify`` turns every remaining ``nn.Linear`` (or, after :func:`nnic.quantization_speedup`, every ``Int8Linear``)
+``sparsify`` turns every remaining ``nn.Linear`` (Hugging Face's ``Conv1D`` too; after :func:`nnic.quantization_speedup`, every
+``Int8Linear``)
 whose weight is mostly zeros into a :class:`~nnic.sparse.modules.SparseLinear`, *only where a micro-benchmark at
 this moment, at the batch the layer sees in ``dummy_input`` and with the current thread settings, shows the sparse
 layer faster* than the dense one by ``min_speedup``. Layers where it does not pay stay dense. Every decision, with
@@ -85,7 +86,14 @@ def _candidate_kind(m: nn.Module) -> str | None:
         return "Linear"
     if isinstance(m, _int8_linear_type()):
         return "Int8Linear"
+    if type(m).__name__ == "Conv1D" and hasattr(m, "nf") and getattr(m, "weight", None) is not None:
+        return "Conv1D"  # Hugging Face GPT-2's transposed linear: y = x @ weight + bias, weight [in, out]
     return None
+
+
+def _linear_weight(m: nn.Module) -> torch.Tensor:
+    """The ``[out, in]`` weight of a candidate layer."""
+    return m.weight.t() if _candidate_kind(m) == "Conv1D" else m.weight
 
 
 def _fold_and_apply(model: nn.Module, masks: Mapping | None) -> None:
@@ -120,7 +128,7 @@ def _record_tokens(model: nn.Module, names: list[str], args: tuple, kwargs: dict
     for name in names:
         m = model.get_submodule(name)
 
-        def hook(mod, inputs, name=name, k=m.in_features):
+        def hook(mod, inputs, name=name, k=_linear_weight(m).shape[1]):
             if name not in tokens and inputs and isinstance(inputs[0], torch.Tensor):
                 tokens[name] = inputs[0].numel() // k
         hooks.append(m.register_forward_pre_hook(hook))
@@ -167,10 +175,14 @@ def _close(a: Any, b: Any, rtol: float, atol: float) -> bool:
 
 def _candidates(module: nn.Module, kind: str) -> tuple[torch.Tensor, list[SparseLinear]]:
     """The layer's weight non-zeros and its sparse versions (CSR, and N:M when the zeros follow a pattern)."""
-    w = module.weight.detach()
+    w = _linear_weight(module).detach()
     nonzero = w != 0
     nm = layout.nm_pattern(nonzero) if w.shape[1] % 2 == 0 else None
-    build = SparseLinear.from_linear if kind == "Linear" else SparseLinear.from_int8
+    if kind == "Int8Linear":
+        build = SparseLinear.from_int8
+    else:
+        def build(mod, nm=None):
+            return SparseLinear.from_dense(w.float(), mod.bias, nm=nm)
     mods = [build(module)]
     if nm is not None:
         mods.append(build(module, nm=nm))
@@ -206,7 +218,7 @@ def sparsify(model: nn.Module, dummy_input: Any, masks: Mapping | None = None, *
     else:
         for n in layers:
             if n not in modules or not _candidate_kind(modules[n]):
-                raise ValueError(f"layers: {n!r} is not a Linear or Int8Linear of the model")
+                raise ValueError(f"layers: {n!r} is not a Linear, Conv1D or Int8Linear of the model")
         names = list(layers)
     args, kwargs = _split_input(dummy_input)
     was_training = model.training
@@ -217,8 +229,9 @@ def sparsify(model: nn.Module, dummy_input: Any, masks: Mapping | None = None, *
     try:
         for name in names:
             module, kind = modules[name], _candidate_kind(modules[name])
-            out_f, in_f = module.weight.shape
-            density = float((module.weight != 0).sum()) / max(1, module.weight.numel())
+            weight = _linear_weight(module)
+            out_f, in_f = weight.shape
+            density = float((weight != 0).sum()) / max(1, weight.numel())
             d = report.layers[name] = LayerDecision(name, kind, (out_f, in_f), tokens.get(name, 0), density)
             if name not in tokens:
                 d.reason = "not run by the dummy input"
@@ -226,7 +239,7 @@ def sparsify(model: nn.Module, dummy_input: Any, masks: Mapping | None = None, *
             if density > max_density:
                 d.reason = f"density {density:.2f} above max_density {max_density}"
                 continue
-            if module.weight.device.type != "cpu":
+            if weight.device.type != "cpu":
                 d.reason = "not on CPU (the decision is measured on CPU; build SparseLinear directly for CUDA)"
                 continue
             if in_f > layout.MAX_IN_FEATURES:

@@ -168,3 +168,19 @@ def test_verify_failure_restores_the_model(monkeypatch):
     with pytest.raises(ValueError, match="verify"):
         sparsify(model, torch.randn(2, 64), min_speedup=0.0)
     assert [model[0], model[2], model[4]] == layers
+
+
+def test_hugging_face_gpt2_conv1d_layers_go_sparse():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(6)
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=32, vocab_size=100)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if type(m).__name__ == "Conv1D":
+                m.weight.mul_(torch.rand_like(m.weight) < 0.2)
+    ids = torch.randint(0, 100, (1, 9))
+    want = model(ids).logits
+    report = sparsify(model, ids, min_speedup=0.0)
+    assert len(report.sparse_layers) == 8 and report.layers["transformer.h.0.mlp.c_fc"].kind == "Conv1D"
+    torch.testing.assert_close(model(ids).logits, want, rtol=RTOL, atol=ATOL)
