@@ -119,6 +119,7 @@ fn bitmask_round_trip_and_bad_layouts_are_errors() {
     let w = random_csr(&mut rng, 9, 21, 0.4, false);
     let bits = csr::to_bitmask(&w).unwrap();
     let Values::F32(v) = w.values().clone() else { unreachable!() };
+    let bits = bits.to_vec();
     assert_eq!(csr::from_bitmask(9, 21, &bits, Values::F32(v.clone()), vec![]).unwrap(), w);
     let short = csr::from_bitmask(9, 21, &bits[1..], Values::F32(v.clone()), vec![]).unwrap_err();
     assert!(short.to_string().contains("bitmask has"), "{short}");

@@ -2,7 +2,8 @@
 //!
 //! The bitmask is the storage form (what files hold): row `r` owns `ceil(k / 8)` bytes, bit `c % 8` of byte
 //! `c / 8` (least significant first, as `numpy.packbits(..., bitorder="little")`) set when column `c` is
-//! stored; the values follow in row-major order of the set bits. Indices are rebuilt from it in one pass.
+//! stored; the values follow in row-major order of the set bits. Indices are rebuilt from it in one pass, and
+//! the bitmask is kept: batch-1 products of denser layers read it instead of the indices (fewer bytes).
 use super::{Index, SparseLinear, Values};
 use crate::error::{KernelError, Result};
 
@@ -48,18 +49,11 @@ pub fn from_bitmask(rows: usize, k: usize, bits: &[u8], values: Values, scale: V
             what: format!("the bitmask sets {} bits but {} values were given", cols.len(), values.len()),
         });
     }
-    SparseLinear::new(rows, k, Index::Csr { row_ptr, cols }, values, scale)
+    SparseLinear::new(rows, k, Index::Csr { row_ptr, cols, bits: bits.to_vec() }, values, scale)
 }
 
 /// The bitmask of a CSR weight (`rows · ceil(k / 8)` bytes); `None` for other layouts.
-pub fn to_bitmask(w: &SparseLinear) -> Option<Vec<u8>> {
-    let Index::Csr { row_ptr, cols } = w.index() else { return None };
-    let stride = w.in_features().div_ceil(8);
-    let mut bits = vec![0u8; w.out_features() * stride];
-    for r in 0..w.out_features() {
-        for &c in &cols[row_ptr[r]..row_ptr[r + 1]] {
-            bits[r * stride + c as usize / 8] |= 1 << (c % 8);
-        }
-    }
+pub fn to_bitmask(w: &SparseLinear) -> Option<&[u8]> {
+    let Index::Csr { bits, .. } = w.index() else { return None };
     Some(bits)
 }

@@ -72,8 +72,9 @@ impl Values {
 /// Where the stored values sit.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Index {
-    /// Row `r` stores columns `cols[row_ptr[r]..row_ptr[r + 1]]` (ascending).
-    Csr { row_ptr: Vec<usize>, cols: Vec<u16> },
+    /// Row `r` stores columns `cols[row_ptr[r]..row_ptr[r + 1]]` (ascending), also given by the row's
+    /// `ceil(k / 8)` bytes of the bitmask `bits`.
+    Csr { row_ptr: Vec<usize>, cols: Vec<u16>, bits: Vec<u8> },
     /// `n` slots in every group of `m` inputs; slot `j` of a row is at column `(j / n) · m + idx(j)`, with
     /// `idx(j)` the low (even `j`) or high (odd `j`) nibble of byte `j / 2` of the row's index bytes.
     Nm { n: usize, m: usize, idx: Vec<u8> },
@@ -151,13 +152,42 @@ impl SparseLinear {
     pub fn nnz(&self) -> usize {
         self.values.len()
     }
-    /// Bytes of the compute layout: values, indices, row pointers, scales (what a batch-1 product reads).
+    /// Bytes held: values, indices, bitmask, row pointers, scales.
     pub fn nbytes(&self) -> usize {
         let index = match &self.index {
-            Index::Csr { row_ptr, cols } => row_ptr.len() * std::mem::size_of::<usize>() + cols.len() * 2,
+            Index::Csr { row_ptr, cols, bits } => row_ptr.len() * std::mem::size_of::<usize>() + cols.len() * 2 + bits.len(),
             Index::Nm { idx, .. } => idx.len(),
         };
         self.values.len() * self.values.elem_bytes() + index + self.scale.len() * 4
+    }
+
+    /// Whether batch-1 products on `isa` read the bitmask instead of the column indices: with AVX-512 (which
+    /// expands packed values under a mask) when the bitmask is the smaller index, `k / 8` bytes against 2
+    /// bytes per stored value, with a margin for its cost per column (measured break-even: density ~ 1/8).
+    pub(crate) fn gemv_uses_bitmask(&self, isa: cpu::Isa) -> bool {
+        matches!(self.index, Index::Csr { .. }) && isa == cpu::Isa::Avx512 && 8 * self.nnz() >= self.rows * self.k
+    }
+
+    /// Bytes a batch-1 product reads from the weight on the active ISA: values and their index (bitmask, or
+    /// column indices and row pointers, or nibbles) and scales.
+    pub fn stream_bytes(&self) -> usize {
+        let index = match &self.index {
+            Index::Csr { bits, .. } if self.gemv_uses_bitmask(cpu::active()) => bits.len(),
+            Index::Csr { row_ptr, cols, .. } => row_ptr.len() * std::mem::size_of::<usize>() + cols.len() * 2,
+            Index::Nm { idx, .. } => idx.len(),
+        };
+        self.values.len() * self.values.elem_bytes() + index + self.scale.len() * 4
+    }
+
+    /// Row `r`'s bytes of the bitmask (CSR only).
+    pub(crate) fn row_bits(&self, r: usize) -> &[u8] {
+        match &self.index {
+            Index::Csr { bits, .. } => {
+                let stride = self.k.div_ceil(8);
+                &bits[r * stride..(r + 1) * stride]
+            }
+            Index::Nm { .. } => &[],
+        }
     }
 
     /// The absolute column of every N:M slot (empty for CSR), decoded once.
@@ -182,7 +212,7 @@ impl SparseLinear {
     /// Stored-value range of row `r` and its columns.
     pub(crate) fn row(&self, r: usize) -> (std::ops::Range<usize>, RowCols<'_>) {
         match &self.index {
-            Index::Csr { row_ptr, cols } => {
+            Index::Csr { row_ptr, cols, .. } => {
                 let range = row_ptr[r]..row_ptr[r + 1];
                 (range.clone(), RowCols::Csr(&cols[range]))
             }
