@@ -45,12 +45,16 @@ def unpack_bitmask(bits: torch.Tensor, in_features: int) -> torch.Tensor:
     return expanded.reshape(bits.shape[0], bits.shape[1] * 8)[:, :in_features]
 
 
-def nm_pattern(nonzero: torch.Tensor, patterns=NM_PATTERNS) -> tuple[int, int] | None:
+def nm_pattern(nonzero: torch.Tensor, patterns=NM_PATTERNS, max_padding: float = 0.25) -> tuple[int, int] | None:
     """The most compact ``(n, m)`` of ``patterns`` such that every group of ``m`` consecutive entries of each row
-    of the bool ``nonzero[out, in]`` holds at most ``n`` True values; None when none fits."""
+    of the bool ``nonzero[out, in]`` holds at most ``n`` True values, and the N:M slots exceed the non-zeros by
+    at most ``max_padding`` (so an unstructured 90 % layer is not called 8:16); None when none fits."""
     _check_2d(nonzero, "nonzero")
     k = nonzero.shape[1]
+    nnz = int(nonzero.sum())
     for n, m in sorted(patterns, key=lambda p: p[0] / p[1]):
+        if nonzero.numel() * n / m > (1 + max_padding) * nnz:
+            continue
         if k % m == 0 and k > 0 and nonzero.numel() and int(nonzero.reshape(nonzero.shape[0], k // m, m).sum(-1).max()) <= n:
             return n, m
     return None
