@@ -98,7 +98,7 @@ def layer_cases(repeats: int, budget: float) -> list[dict]:
             d, s, c = med(t["dense"]), med(t["sparse"]), med(t["switch"])
             rows.append({"case": name, "batch": batch, "dense_ms": d * 1e3, "sparse_ms": s * 1e3,
                          "ratio": d / s, "switch": decision.chosen, "switch_ratio": d / c,
-                         "target": TARGETS.get((name, batch)), "sparse_bytes": sp._packed_weight().nbytes,
+                         "target": TARGETS.get((name, batch)), "sparse_bytes": sp._packed_weight().stream_bytes,
                          "layout": sp.layout})
             print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -121,7 +121,7 @@ def int8_case(repeats: int, budget: float) -> dict:
     f, i, s = med(t["fp32"]), med(t["int8"]), med(t["sparse_int8"])
     row = {"case": "90% int8 values", "batch": 1, "fp32_ms": f * 1e3, "dense_int8_ms": i * 1e3,
            "sparse_int8_ms": s * 1e3, "vs_fp32": f / s, "vs_dense_int8": i / s, "targets": [8.0, 2.0],
-           "sparse_bytes": sp8._packed_weight().nbytes}
+           "sparse_bytes": sp8._packed_weight().stream_bytes}
     print(json.dumps(row), flush=True)
     return row
 

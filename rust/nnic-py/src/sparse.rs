@@ -86,10 +86,15 @@ impl SparseWeight {
     fn nnz(&self) -> usize {
         self.inner.nnz()
     }
-    /// Bytes of the compute layout (values, indices, row pointers, scales).
+    /// Bytes held (values, indices, bitmask, row pointers, scales).
     #[getter]
     fn nbytes(&self) -> usize {
         self.inner.nbytes()
+    }
+    /// Bytes of the weight a batch-1 product reads on the active code path (values and the index it uses).
+    #[getter]
+    fn stream_bytes(&self) -> usize {
+        self.inner.stream_bytes()
     }
     /// `"csr"` or `"n:m"` (e.g. `"2:4"`).
     #[getter]
