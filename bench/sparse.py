@@ -261,7 +261,7 @@ def main() -> None:
     _clock = CLOCK[a.clock]
     torch.set_num_threads(a.threads)
     kernels.set_num_threads(a.threads)
-    print(f"threads={a.threads} clock={a.clock} isa={kernels.active_isa()} backend={nnic.gemm.gemm_backend()}",
+    print(f"threads={a.threads} clock={a.clock} isa={kernels.active_isa()} backend={kernels.gemm_backend()}",
           flush=True)
     results: dict = {}
     if "layer" in a.only or "bandwidth" in a.only:

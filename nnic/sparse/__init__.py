@@ -4,7 +4,8 @@
   micro-benchmark shows a gain (see :mod:`nnic.sparse.sparsify`);
 - :class:`SparseLinear`: stores bitmask/N:M + values (float32 or int8), computes with the Rust kernels on CPU and
   torch sparse ops on CUDA, saves with ``nnic.speedup.save_pruned`` at a size that follows the density;
-- :mod:`nnic.sparse.layout`: the storage forms; :mod:`nnic.sparse.kernels`: the kernel wrappers.
+- :mod:`nnic.sparse.layout`: the storage forms and :func:`~nnic.sparse.layout.pack_sparse_weight`; the kernels
+  are in :mod:`nnic.kernels.sparse` (``nnic.kernels.sparse_linear``...).
 """
 
 from nnic.sparse.modules import SparseLinear

@@ -95,3 +95,25 @@ def unpack_nm(values: torch.Tensor, index: torch.Tensor, in_features: int, n: in
     cols = (torch.arange(length, device=index.device) // n * m)[None, :] + nib
     dense = torch.zeros(rows, in_features, dtype=values.dtype, device=values.device)
     return dense.scatter_add_(1, cols, values.reshape(rows, length))
+
+
+def pack_sparse_weight(weight: torch.Tensor, keep: torch.Tensor | None = None, *, nm: tuple[int, int] | None = None,
+                       scale=None):
+    """The kernels' :class:`~nnic.kernels.SparseWeight` of ``weight[out, in]`` (float32, or int8 codes with
+    ``scale``: one float per output row) where ``keep`` (default: ``weight != 0``): CSR, or N:M with ``nm=(n, m)``."""
+    from nnic import kernels
+
+    _check_2d(weight, "weight")
+    if weight.dtype not in (torch.float32, torch.int8):
+        raise TypeError(f"weight must be float32 (or int8 codes with scale), got {weight.dtype}")
+    keep = weight != 0 if keep is None else keep
+    if keep.shape != weight.shape:
+        raise ValueError(f"keep has shape {tuple(keep.shape)}, expected the weight's {tuple(weight.shape)}")
+    keep = keep.to(device=weight.device, dtype=torch.bool)
+    if weight.shape[1] > MAX_IN_FEATURES:
+        raise ValueError(f"in_features = {weight.shape[1]} is too large for the sparse kernels (at most "
+                         f"{MAX_IN_FEATURES})")
+    if nm is None:
+        return kernels.sparse_weight_csr(pack_bitmask(keep), weight.shape[1], weight[keep].contiguous(), scale)
+    values, index = pack_nm(weight, keep, *nm)
+    return kernels.sparse_weight_nm(index, weight.shape[1], nm[0], nm[1], values, scale)

@@ -3,7 +3,7 @@
 It holds its weight in the storage form of :mod:`nnic.sparse.layout` as buffers (bitmask + values, or N:M values
 + nibble indices; float32 values, or int8 codes with one scale per output channel), so ``state_dict`` and
 ``nnic.speedup.save_pruned`` files shrink with the density, and a compute copy for the Rust kernels, rebuilt
-when the buffers change (``load_state_dict``, ``.to()``). CPU tensors run :func:`nnic.sparse.kernels.sparse_linear`;
+when the buffers change (``load_state_dict``, ``.to()``). CPU tensors run :func:`nnic.kernels.sparse_linear`;
 other devices use torch's sparse CSR matmul (N:M weights are expanded into the same CSR form there).
 
 int8 layers made from :class:`~nnic.quantization.modules.Int8Linear` keep its activation quantization
@@ -19,8 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from nnic import kernels
 from nnic.sparse import layout
-from nnic.sparse.kernels import ACT_MODES, pack_sparse_weight, sparse_linear
+
+ACT_MODES = kernels.SPARSE_ACT_MODES
 
 __all__ = ["SparseLinear"]
 
@@ -32,7 +34,7 @@ class SparseLinear(nn.Module):
 
     :param nm: ``(n, m)`` for the N:M layout, None for the unstructured (bitmask / CSR) one.
     :param dtype: ``"float32"`` values, or ``"int8"`` codes with ``weight_scale``.
-    :param act: activation quantization of int8 layers (see :data:`nnic.sparse.kernels.ACT_MODES`).
+    :param act: activation quantization of int8 layers (see :data:`nnic.kernels.SPARSE_ACT_MODES`).
     """
 
     def __init__(self, in_features: int, out_features: int, *, bias: bool = True, nm: tuple[int, int] | None = None,
@@ -144,15 +146,36 @@ class SparseLinear(nn.Module):
         """Bytes of this layer's tensors in a state dict (what a safetensors file holds for it)."""
         return sum(t.numel() * t.element_size() for t in self._buffers.values() if t is not None)
 
+    def stored_mask(self) -> torch.Tensor:
+        """Bool ``[out, in]``: where a value is stored (N:M padding slots excluded when their value is 0)."""
+        return self._dense_values() != 0 if self.nm is not None else layout.unpack_bitmask(self.mask_bits, self.in_features)
+
+    def _dense_values(self) -> torch.Tensor:
+        """The stored values scattered into ``[out, in]``, in their own dtype (float32, or int8 codes)."""
+        if self.nm is None:
+            w = torch.zeros(self.out_features, self.in_features, dtype=self.values.dtype, device=self.values.device)
+            w[layout.unpack_bitmask(self.mask_bits, self.in_features)] = self.values
+            return w
+        return layout.unpack_nm(self.values.float(), self.index, self.in_features, *self.nm).to(self.values.dtype)
+
     def dense_weight(self) -> torch.Tensor:
         """The dense float32 ``[out, in]`` weight (int8 codes times their scales)."""
-        values = self.values.float()
-        if self.nm is None:
-            w = torch.zeros(self.out_features, self.in_features, device=values.device)
-            w[layout.unpack_bitmask(self.mask_bits, self.in_features)] = values
-        else:
-            w = layout.unpack_nm(values, self.index, self.in_features, *self.nm)
+        w = self._dense_values().float()
         return w if self.weight_scale is None else w * self.weight_scale[:, None]
+
+    def select(self, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> SparseLinear:
+        """A new layer with only output channels ``rows`` and inputs ``cols`` (sorted positions; None keeps all):
+        what speedup does when channels around this layer are removed. Keeps the N:M layout while it still fits."""
+        w, bias, scale = self._dense_values(), self.bias, self.weight_scale
+        if rows is not None:
+            w, bias = w[rows], None if bias is None else bias[rows]
+            scale = None if scale is None else scale[rows]
+        if cols is not None:
+            w = w[:, cols]
+        nm = self.nm if self.nm and w.shape[1] % self.nm[1] == 0 and layout.nm_pattern(w != 0, (self.nm,), 1e9) else None
+        static = {"act_scale": float(self.act_scale), "act_zero_point": int(self.act_zero_point)} \
+            if self.act == "static" else {}
+        return SparseLinear.from_dense(w, bias, nm=nm, weight_scale=scale, act=self.act, **static)
 
     def _packed_weight(self):
         bufs = [t for t in (self.values, getattr(self, "mask_bits", None), getattr(self, "index", None),
@@ -160,18 +183,11 @@ class SparseLinear(nn.Module):
         key = tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in bufs)
         if self._packed is None or key != self._packed_key:
             scale = None if self.weight_scale is None else self.weight_scale.cpu()
+            values = self.values.cpu()
             if self.nm is None:
-                from nnic.sparse.kernels import SparseWeight
-
-                self._packed = SparseWeight.csr(self.mask_bits.cpu().contiguous().numpy(), self.in_features,
-                                                self.values.cpu().contiguous().numpy(),
-                                                None if scale is None else scale.numpy())
+                self._packed = kernels.sparse_weight_csr(self.mask_bits.cpu(), self.in_features, values, scale)
             else:
-                from nnic.sparse.kernels import SparseWeight
-
-                self._packed = SparseWeight.nm(self.index.cpu().contiguous().numpy(), self.in_features, self.nm[0],
-                                               self.nm[1], self.values.cpu().contiguous().numpy(),
-                                               None if scale is None else scale.numpy())
+                self._packed = kernels.sparse_weight_nm(self.index.cpu(), self.in_features, *self.nm, values, scale)
             self._packed_key = key
         return self._packed
 
@@ -185,7 +201,7 @@ class SparseLinear(nn.Module):
             kw = {}
             if self.act == "static":
                 kw = {"act_scale": float(self.act_scale), "act_zero_point": int(self.act_zero_point)}
-            y = sparse_linear(x2.contiguous(), self._packed_weight(), self.bias, act=self.act, **kw)
+            y = kernels.sparse_linear(x2.contiguous(), self._packed_weight(), self.bias, act=self.act, **kw)
         else:
             y = self._forward_torch_sparse(x2)
         return y.reshape(*lead, self.out_features)

@@ -1,4 +1,4 @@
-"""Sparse Linear kernels against dense numpy references, on every ISA path, both layouts and value types."""
+"""nnic.kernels sparse Linear kernels against dense numpy references, on every ISA path, both layouts and value types."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from nnic import kernels
+from nnic.kernels import sparse_linear
 from nnic.sparse import layout
-from nnic.sparse.kernels import SparseWeight, pack_sparse_weight, sparse_linear
+from nnic.sparse.layout import pack_sparse_weight
 
 #: The ``isa`` fixture (set once per path) is not reset between examples, by design.
 SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -98,29 +100,25 @@ def test_nm_equals_the_dense_product(isa, case, int8):
                                            ("per_tensor", False), ("per_tensor_symmetric", True)])
 def test_int8_activations_match_the_dense_int8_gemm(isa, act, symmetric):
     """Same weight codes, same activation quantization: the sparse product equals nnic's dense int8 GEMM."""
-    from nnic import gemm
-
     rng = np.random.default_rng(0)
     codes = rng.integers(-127, 128, (48, 300)).astype(np.int8) * (rng.random((48, 300)) < 0.1)
     scale = rng.uniform(0.01, 0.02, 48).astype(np.float32)
     bias = rng.standard_normal(48).astype(np.float32)
     packed = pack_sparse_weight(torch.from_numpy(codes.astype(np.int8)), scale=scale)
-    dense = gemm.pack_int8_weight(torch.from_numpy(codes.astype(np.int8)), torch.from_numpy(scale))
+    dense = kernels.pack_int8_weight(torch.from_numpy(codes.astype(np.int8)), torch.from_numpy(scale))
     for batch in (1, 3, 8, 37):
         x = torch.from_numpy(rng.standard_normal((batch, 300)).astype(np.float32))
-        want = gemm.int8_linear(x, dense, torch.from_numpy(bias), act=act.split("_sym")[0], symmetric=symmetric)
+        want = kernels.int8_linear(x, dense, torch.from_numpy(bias), act=act.split("_sym")[0], symmetric=symmetric)
         got = sparse_linear(x, packed, torch.from_numpy(bias), act=act)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_static_activation_quantization_matches_the_dense_int8_gemm(isa):
-    from nnic import gemm
-
     rng = np.random.default_rng(1)
     codes = (rng.integers(-127, 128, (20, 64)) * (rng.random((20, 64)) < 0.2)).astype(np.int8)
     scale = np.full(20, 0.02, np.float32)
     x = torch.from_numpy(rng.standard_normal((5, 64)).astype(np.float32))
-    want = gemm.int8_linear(x, gemm.pack_int8_weight(torch.from_numpy(codes), torch.from_numpy(scale)), None,
+    want = kernels.int8_linear(x, kernels.pack_int8_weight(torch.from_numpy(codes), torch.from_numpy(scale)), None,
                             act="static", act_scale=0.02, act_zero_point=120)
     got = sparse_linear(x, pack_sparse_weight(torch.from_numpy(codes), scale=scale), act="static", act_scale=0.02,
                         act_zero_point=120)
@@ -181,7 +179,9 @@ def test_bad_input_is_a_clear_error():
         codes = pack_sparse_weight(torch.ones(2, 4, dtype=torch.int8), scale=[1.0, 1.0])
         sparse_linear(torch.tensor([[1.0, float("nan"), 0.0, 0.0]]), codes, act="per_token")
     with pytest.raises(ValueError, match="bitmask has"):
-        SparseWeight.csr(np.zeros((2, 1), np.uint8), 16, np.zeros(0, np.float32))
+        kernels.sparse_weight_csr(np.zeros((2, 1), np.uint8), 16, np.zeros(0, np.float32))
+    with pytest.raises(ValueError, match="int8 values need scale"):
+        kernels.sparse_weight_csr(np.zeros((2, 2), np.uint8), 16, np.zeros(0, np.int8))
     with pytest.raises(TypeError, match="SparseWeight"):
         sparse_linear(torch.randn(2, 16), w)
 

@@ -184,3 +184,24 @@ def test_hugging_face_gpt2_conv1d_layers_go_sparse():
     report = sparsify(model, ids, min_speedup=0.0)
     assert len(report.sparse_layers) == 8 and report.layers["transformer.h.0.mlp.c_fc"].kind == "Conv1D"
     torch.testing.assert_close(model(ids).logits, want, rtol=RTOL, atol=ATOL)
+
+
+def test_speedup_model_shrinks_sparse_layers_through_their_rule():
+    """Channels removed upstream disappear from a SparseLinear's inputs too (rule: nnic.builtins.sparse_rules)."""
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)).eval()
+    with torch.no_grad():
+        model[2].weight.mul_(torch.rand_like(model[2].weight) < 0.3)
+    model[2] = SparseLinear.from_linear(model[2])
+    rows = torch.ones(32, dtype=torch.bool)
+    rows[::3] = False
+    masks = {"0": {"weight": rows[:, None].expand(32, 16).clone(), "bias": rows.clone()}}
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        model[0].weight.mul_(masks["0"]["weight"])
+        model[0].bias.mul_(rows)
+    want = model(x)
+    nnic.speedup_model(model, x, masks)
+    assert model[0].out_features == int(rows.sum()) and model[2].in_features == int(rows.sum())
+    assert isinstance(model[2], SparseLinear)
+    torch.testing.assert_close(model(x), want, rtol=RTOL, atol=ATOL)
