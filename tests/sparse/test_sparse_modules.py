@@ -187,7 +187,7 @@ def test_hugging_face_gpt2_conv1d_layers_go_sparse():
 
 
 def test_speedup_model_shrinks_sparse_layers_through_their_rule():
-    """Channels removed upstream disappear from a SparseLinear's inputs too (rule: nnic.builtins.sparse_rules)."""
+    """Channels removed upstream disappear from a SparseLinear's inputs too (rule: nnic.builtins.sparse)."""
     torch.manual_seed(7)
     model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)).eval()
     with torch.no_grad():
@@ -205,3 +205,18 @@ def test_speedup_model_shrinks_sparse_layers_through_their_rule():
     assert model[0].out_features == int(rows.sum()) and model[2].in_features == int(rows.sum())
     assert isinstance(model[2], SparseLinear)
     torch.testing.assert_close(model(x), want, rtol=RTOL, atol=ATOL)
+
+
+def test_quantization_speedup_after_sparsify_gives_the_int8_models_outputs():
+    """sparsify first, then quantization_speedup (lowering in nnic.builtins.sparse): the dense int8 model's codes."""
+    model, reference = _mlp(8), _mlp(8)
+    _level(model, 0.9)
+    _level(reference, 0.9)
+    x = torch.randn(5, 64)
+    nnic.quantization_speedup(reference, {"0": 8, "2": 8})
+    sparsify(model, x, min_speedup=0.0)
+    nnic.quantization_speedup(model, {"0": 8, "2": 8})
+    assert model[0].dtype_name == "int8" and model[2].dtype_name == "int8" and model[4].dtype_name == "float32"
+    codes = reference[2].weight
+    assert torch.equal(model[2].values, codes[codes != 0])
+    torch.testing.assert_close(model(x), reference(x), rtol=RTOL, atol=ATOL)
