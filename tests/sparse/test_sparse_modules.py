@@ -220,3 +220,17 @@ def test_quantization_speedup_after_sparsify_gives_the_int8_models_outputs():
     codes = reference[2].weight
     assert torch.equal(model[2].values, codes[codes != 0])
     torch.testing.assert_close(model(x), reference(x), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("act,symmetric", [("per_token", False), ("per_token", True), ("per_tensor", False)])
+def test_torch_sparse_fallback_of_int8_layers_matches_the_kernels(act, symmetric):
+    """What CUDA tensors run (torch sparse CSR + the same activation quantization), checked on CPU."""
+    torch.manual_seed(9)
+    model = nn.Sequential(nn.Linear(40, 24))
+    with torch.no_grad():
+        model[0].weight.mul_(torch.rand_like(model[0].weight) < 0.25)
+    nnic.quantization_speedup(model, {"0": 8}, act=act, symmetric=symmetric)
+    sp = SparseLinear.from_int8(model[0])
+    x = torch.randn(7, 40)
+    torch.testing.assert_close(sp._forward_torch_sparse(x), sp(x), rtol=RTOL, atol=ATOL)
+    torch.testing.assert_close(sp(x), model[0](x), rtol=RTOL, atol=ATOL)
