@@ -23,6 +23,8 @@ _BUILTINS = {
     "LotteryTicketPruner": "nnic.builtins.lottery",
     "MovementPruner": "nnic.builtins.movement",
     "ADMMPruner": "nnic.builtins.admm",
+    "WandaPruner": "nnic.builtins.wanda",
+    "SparseGPTPruner": "nnic.builtins.sparsegpt",
 }
 
 __getattr__ = lazy_getattr("nnic.pruning", {name: f"{module}:{name}" for name, module in _BUILTINS.items()})

@@ -15,6 +15,10 @@ _BUILTINS = {
     "LSQQuantizer": "nnic.builtins.lsq",
     "DoReFaQuantizer": "nnic.builtins.dorefa",
     "BNNQuantizer": "nnic.builtins.bnn",
+    "RTNQuantizer": "nnic.builtins.rtn",
+    "GPTQQuantizer": "nnic.builtins.gptq",
+    "AWQQuantizer": "nnic.builtins.awq",
+    "SmoothQuantizer": "nnic.builtins.smoothquant",
 }
 
 __getattr__ = lazy_getattr("nnic.quantization", {name: f"{module}:{name}" for name, module in _BUILTINS.items()})
