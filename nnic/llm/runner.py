@@ -264,6 +264,10 @@ class SequentialRunner:
     def run(self, algorithm: LayerAlgorithm) -> list[LayerReport]:
         """Compress every selected layer; on any error restore the weights and re-raise."""
         backup: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            return self._run_all(algorithm, backup)
+
+    def _run_all(self, algorithm: LayerAlgorithm, backup: dict[str, torch.Tensor]) -> list[LayerReport]:
         try:
             inputs = self._capture()
             todo = [(i, b) for i, b in enumerate(self.blocks) if any(o == i for o in self.owner.values())]

@@ -104,6 +104,6 @@ def train_tiny_gpt(model: nn.Module, data: bytes, *, steps: int, batch_size: int
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     model.eval()
     return losses
