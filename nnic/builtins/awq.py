@@ -1,9 +1,11 @@
 """AWQ: activation-aware weight quantization: scale salient input channels up before group-wise rounding.
 
 Lin et al. 2024, "AWQ: Activation-aware Weight Quantization for LLM Compression and Acceleration". For the
-layers that read one input (q, k, v), a per-input-channel scale ``s = mean|x|^alpha`` is searched over a grid
-of ``alpha`` (``alpha = 0`` is plain RTN) to minimise the layers' output error on calibration tokens; then each
-group's clipping range is searched the same way, and the weights are quantized as ``Q(W s) / s``.
+layers that read one normalisation layer's output (q, k, v after the attention norm; the MLP's first layers
+after its norm), a per-input-channel scale ``s = mean|x|^alpha`` is searched over a grid of ``alpha``
+(``alpha = 0`` is plain RTN) to minimise the layers' output error on calibration tokens; the norm's weight is
+divided by ``s`` and the layers' weights multiplied by it, an exact transformation, so the quantized layers
+keep the plain group-wise layout. Then each group's clipping range is searched the same way (for every layer).
 """
 
 from __future__ import annotations
@@ -88,9 +90,24 @@ class AWQQuantizer(OneShotQuantizer):
     def quantize_group(self, names: list[str], modules: list[nn.Module]) -> None:
         stats = [self._stats.pop(n) for n in names]
         x = self._sample(stats[0]["rows"])
-        mean_abs = stats[0]["abs_sum"] / stats[0]["tokens"]
         weights = [L.weight_matrix(m).to(x.device) for m in modules]
         grids = [self.grid(n) for n in names]
+        s = torch.ones(x.shape[1], device=x.device)
+        if self.runner.can_fold(names, x.shape[1]):
+            s = self._search_scale(x, stats[0]["abs_sum"] / stats[0]["tokens"], weights, grids)
+            self.runner.fold_scale(names, s)
+        for name, module, grid, w in zip(names, modules, grids, weights):
+            ws = w * s
+            clip = (_search_clip(grid, ws, x / s, self.clip_grid, self.max_shrink) if self.clip_grid
+                    else torch.ones(1, device=w.device))
+            scale, zero = grid.all_params(ws, clip)
+            cols = w.shape[1]
+            L.set_weight_matrix(module, grid.fake(ws, grid.expand(scale, cols), grid.expand(zero, cols)))
+            self.state[name] = GroupQuant(grid, scale.cpu(), zero.cpu())
+
+    def _search_scale(self, x: torch.Tensor, mean_abs: torch.Tensor, weights: list[torch.Tensor],
+                      grids: list[GroupGrid]) -> torch.Tensor:
+        """``mean|x|^alpha`` (normalised) for the ``alpha`` of the grid with the least output error on ``x``."""
         best, best_err = torch.ones_like(mean_abs), float("inf")
         for i in range(self.n_grid):
             s = mean_abs.pow(i / self.n_grid).clamp(min=1e-4)
@@ -98,15 +115,7 @@ class AWQQuantizer(OneShotQuantizer):
             err = sum(_output_error(x, g.fake_all(w * s) / s - w) for g, w in zip(grids, weights))
             if err < best_err:
                 best, best_err = s, err
-        for name, module, grid, w in zip(names, modules, grids, weights):
-            ws = w * best
-            clip = (_search_clip(grid, ws, x / best, self.clip_grid, self.max_shrink) if self.clip_grid
-                    else torch.ones(1, device=w.device))
-            scale, zero = grid.all_params(ws, clip)
-            cols = w.shape[1]
-            deq = grid.fake(ws, grid.expand(scale, cols), grid.expand(zero, cols))
-            L.set_weight_matrix(module, deq / best)
-            self.state[name] = GroupQuant(grid, scale.cpu(), zero.cpu(), input_scale=(1 / best).cpu())
+        return best
 
 
 @nnic.hookimpl

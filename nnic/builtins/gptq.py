@@ -65,7 +65,7 @@ class GPTQQuantizer(OneShotQuantizer):
             w, scale, zero = gptq_quantize(L.weight_matrix(module).to(h.device), h, grid, act_order=c["act_order"],
                                            damp=c["damp"], block_size=c["block_size"])
             L.set_weight_matrix(module, w)
-            self.state[name] = GroupQuant(grid, scale.cpu(), zero.cpu(), extra={"weight_act_order": c["act_order"]})
+            self.state[name] = GroupQuant(grid, scale.cpu(), zero.cpu())
 
 
 @nnic.hookimpl

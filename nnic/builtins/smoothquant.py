@@ -1,10 +1,12 @@
 """SmoothQuant: migrate activation outliers into the weights, then int8 weights and int8 activations (W8A8).
 
 Xiao et al. 2023, "SmoothQuant: Accurate and Efficient Post-Training Quantization for Large Language Models".
-For the layers reading one input, ``s_j = max|X_j|^alpha / max|W_:j|^(1 - alpha)`` divides input channel j and
-multiplies the weights' column j, so an outlier channel no longer sets the range of the whole activation
-tensor. Weights are then quantized per output channel (symmetric int8) and the smoothed activations per
-tensor with a static range from the calibration data.
+For the layers reading one normalisation layer's output (q, k, v; the MLP's first layers),
+``s_j = max|X_j|^alpha / max|W_:j|^(1 - alpha)`` divides input channel j (folded into the norm's weight and
+bias, an exact transformation) and multiplies the weights' column j, so an outlier channel no longer sets the
+range of the whole activation tensor. Weights are then quantized per output channel (int8) and every selected
+layer's input per tensor with a static range from the calibration data, which is the calibration format
+``quantization_speedup`` runs as static int8 activations.
 """
 
 from __future__ import annotations
@@ -23,27 +25,20 @@ from nnic.llm.oneshot import OneShotQuantizer
 from nnic.quantization import activation
 from nnic.quantization.qparams import QuantSpec, fake_quantize, qparams_from_range
 
-__all__ = ["SmoothQuantizer", "SmoothedInputQuant"]
+__all__ = ["SmoothQuantizer", "StaticInputQuant"]
 
 
-class SmoothedInputQuant(nn.Module):
-    """Input fake quantization in the smoothed domain: ``x -> fake_quant(x * c) / c``.
+class StaticInputQuant(nn.Module):
+    """Input fake quantization with a fixed, calibrated per-tensor scale and zero point."""
 
-    The layer's weight holds ``dequantize(codes) * c``, so the layer computes ``fake_quant(x * c) @ deq^T``,
-    exactly what the int8 layer computes.
-    """
-
-    def __init__(self, channel_scale: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
-                 spec: QuantSpec) -> None:
+    def __init__(self, scale: torch.Tensor, zero_point: torch.Tensor, spec: QuantSpec) -> None:
         super().__init__()
         self.spec = spec
-        self.register_buffer("channel_scale", channel_scale)
         self.register_buffer("scale", scale)
         self.register_buffer("zero_point", zero_point)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = self.channel_scale.to(x.dtype)
-        return fake_quantize(x * c, self.scale, self.zero_point, self.spec) / c
+        return fake_quantize(x, self.scale, self.zero_point, self.spec)
 
 
 class SmoothQuantizer(OneShotQuantizer):
@@ -90,27 +85,27 @@ class SmoothQuantizer(OneShotQuantizer):
         for n in names:
             self._stats.pop(n)
         weights = [L.weight_matrix(m).to(lo.device) for m in modules]
-        x_max = torch.maximum(-lo, hi).clamp(min=1e-5)
-        w_max = torch.stack([w.abs().amax(0) for w in weights]).amax(0).clamp(min=1e-5)
-        alpha = self.layers[names[0]].config["alpha"]
-        s = (x_max.pow(alpha) / w_max.pow(1 - alpha)).clamp(min=1e-5)
-        c = 1 / s
+        s = torch.ones_like(lo)
+        if self.runner.can_fold(names, lo.numel()):
+            x_max = torch.maximum(-lo, hi).clamp(min=1e-5)
+            w_max = torch.stack([w.abs().amax(0) for w in weights]).amax(0).clamp(min=1e-5)
+            alpha = self.layers[names[0]].config["alpha"]
+            s = (x_max.pow(alpha) / w_max.pow(1 - alpha)).clamp(min=1e-5)
+            self.runner.fold_scale(names, s)
+        a_lo, a_hi = float((lo / s).min()), float((hi / s).max())
         for name, module, w in zip(names, modules, weights):
             cfg = self.layers[name].config
             grid = self.grid(name)
             ws = w * s
             scale, zero = grid.all_params(ws)
-            deq = grid.fake(ws, scale, zero)
-            L.set_weight_matrix(module, deq * c)
+            L.set_weight_matrix(module, grid.fake(ws, scale, zero))
             spec = QuantSpec.from_config(8, cfg["quant_dtype"]["input"], cfg["quant_scheme"]["input"])
-            a_lo, a_hi = (lo * c).min(), (hi * c).max()
-            a_scale, a_zero = qparams_from_range(a_lo, a_hi, spec)
-            activation.attach(module, "input", SmoothedInputQuant(c.clone(), a_scale, a_zero, spec))
+            a_scale, a_zero = qparams_from_range(torch.tensor(a_lo), torch.tensor(a_hi), spec)
+            activation.attach(module, "input", StaticInputQuant(a_scale, a_zero, spec))
             self._attached.append(module)
-            self.state[name] = GroupQuant(grid, scale.cpu(), zero.cpu(), input_scale=c.cpu(), extra={
+            self.state[name] = GroupQuant(grid, scale.cpu(), zero.cpu(), extra={
                 "input_bits": 8, "input_dtype": cfg["quant_dtype"]["input"],
-                "input_scheme": cfg["quant_scheme"]["input"],
-                "tracked_min_input": float(a_lo), "tracked_max_input": float(a_hi),
+                "input_scheme": cfg["quant_scheme"]["input"], "tracked_min_input": a_lo, "tracked_max_input": a_hi,
                 "input_scale": float(a_scale), "input_zero_point": int(a_zero)})
 
     def undo(self) -> None:

@@ -69,35 +69,29 @@ class GroupGrid:
 
 @dataclass
 class GroupQuant:
-    """One quantized layer: its grid, per-group scales and zero points, and an optional input channel scale.
+    """One quantized layer: its grid and its ``[out, groups]`` scales and zero points (plus extra entries).
 
-    The low-bit layer computes ``y = (x * input_scale) @ dequantize(codes)^T + b``; ``input_scale`` is AWQ's
-    or SmoothQuant's per-input-channel factor (``None``: 1). The simulated float layer holds
-    ``W_hat = dequantize(codes) * input_scale`` (column-wise), so the codes come back exactly as
-    ``round(W_hat / input_scale / scale) + zero_point``.
+    The simulated float layer holds exactly ``dequantize(codes)``, so the codes come back as
+    ``round(W / scale) + zero_point``.
     """
 
     grid: GroupGrid
     scale: torch.Tensor
     zero_point: torch.Tensor
-    input_scale: torch.Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def calibration(self) -> dict[str, Any]:
-        """The layer's calibration entry (JSON-ready), in the ``naive`` format extended for groups."""
+        """The layer's calibration entry (JSON-ready): per channel, with ``weight_group_size`` when group-wise."""
         g = self.grid
-        scheme = "symmetric" if g.symmetric else "affine"
         out: dict[str, Any] = {
             "weight_bits": g.bits,
             "weight_dtype": "int" if g.symmetric else "uint",
-            "weight_scheme": f"per_group_{scheme}" if g.group_size else f"per_channel_{scheme}",
+            "weight_scheme": f"per_channel_{'symmetric' if g.symmetric else 'affine'}",
             "weight_axis": 0,
             "weight_scale": (self.scale if g.group_size else self.scale[:, 0]).tolist(),
             "weight_zero_point": (self.zero_point if g.group_size else self.zero_point[:, 0]).tolist(),
         }
         if g.group_size:
             out["weight_group_size"] = g.group_size
-        if self.input_scale is not None:
-            out["input_channel_scale"] = self.input_scale.tolist()
         out.update(self.extra)
         return out

@@ -73,8 +73,13 @@ def _first(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def _device(model: nn.Module) -> torch.device:
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
+def _is_norm(module: nn.Module) -> bool:
+    """LayerNorm, RMSNorm and the models' own norm classes (``LlamaRMSNorm``...), recognised by class name."""
+    return type(module).__name__.endswith("Norm") or isinstance(module, nn.LayerNorm)
+
+
+def _device(module: nn.Module) -> torch.device:
+    return next((p.device for p in module.parameters()), torch.device("cpu"))
 
 
 def _call(model: nn.Module, batch: Any, device: torch.device) -> None:
@@ -123,6 +128,8 @@ class SequentialRunner:
         self.reports: list[LayerReport] = []
         self.activation_bytes = 0
         self.peak_activation_bytes = 0
+        self._feeders: dict[str, nn.Module] = {}
+        self._norm_backup: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
     # -- capture ---------------------------------------------------------------------------------------------
     def _capture(self) -> list[tuple[tuple, dict]]:
@@ -177,9 +184,13 @@ class SequentialRunner:
 
     def _stages(self, block_name: str, block: nn.Module, names: list[str],
                 inputs: list[tuple[tuple, dict]]) -> list[list[str]]:
-        """Selected layers grouped by the tensor they read, in the order the block runs them (batch 0)."""
+        """Selected layers grouped by the tensor they read, in the order the block runs them (batch 0).
+
+        Also records which normalisation layer, if any, produced each group's input (see :meth:`fold_scale`).
+        """
         seen: dict[str, tuple] = {}
         order: list[str] = []
+        norm_out: dict[tuple, list[nn.Module]] = {}
 
         def hook(name: str) -> Callable:
             def record(_m: nn.Module, args: tuple) -> None:
@@ -191,7 +202,12 @@ class SequentialRunner:
                     raise _Stop
             return record
 
+        def record_norm(m: nn.Module, _args: tuple, out: Any) -> None:
+            if isinstance(out, torch.Tensor):
+                norm_out.setdefault((out.data_ptr(), tuple(out.shape)), []).append(m)
+
         handles = [self.layers[n].register_forward_pre_hook(hook(n)) for n in names]
+        handles += [m.register_forward_hook(record_norm) for m in block.modules() if _is_norm(m)]
         try:
             self._forward_all(block, inputs[:1], keep=False)
         finally:
@@ -203,7 +219,35 @@ class SequentialRunner:
         groups: dict[tuple, list[str]] = {}
         for n in order:
             groups.setdefault(seen[n], []).append(n)
+        for key, group in groups.items():
+            feeders = norm_out.get(key, [])
+            if len(feeders) == 1:
+                self._feeders[group[0]] = feeders[0]
         return list(groups.values())
+
+    def can_fold(self, names: list[str], channels: int) -> bool:
+        """Whether :meth:`fold_scale` can scale the input of ``names`` exactly."""
+        weight = getattr(self._feeders.get(names[0]), "weight", None)
+        return isinstance(weight, torch.Tensor) and tuple(weight.shape) == (channels,)
+
+    def fold_scale(self, names: list[str], inverse: torch.Tensor) -> bool:
+        """Divide the input of the layers ``names`` (one stage group) by ``inverse``, if that is exact.
+
+        Exact when their input is the output of a normalisation layer with an affine weight (LayerNorm,
+        RMSNorm: the pre-attention and pre-MLP norms of GPT-2, OPT, LLaMA...): its weight and bias are divided
+        by ``inverse``. AWQ and SmoothQuant multiply the layers' weight columns by ``inverse`` afterwards. Returns
+        False (and changes nothing) when there is no such layer.
+        """
+        if not self.can_fold(names, inverse.numel()):
+            return False
+        norm = self._feeders[names[0]]
+        weight = norm.weight
+        bias = getattr(norm, "bias", None)
+        for pname, t in (("weight", weight), ("bias", bias)):
+            if isinstance(t, torch.Tensor):
+                self._norm_backup.setdefault((id(norm), pname), (t, t.detach().clone()))
+                t.data.div_(inverse.to(t.device, t.dtype))
+        return True
 
     def _observe(self, block_name: str, block: nn.Module, names: list[str], inputs: list[tuple[tuple, dict]],
                  algorithm: LayerAlgorithm) -> None:
@@ -278,9 +322,13 @@ class SequentialRunner:
             with torch.no_grad():
                 for name, saved in backup.items():
                     parameter(self.layers[name], "weight").copy_(saved)
+                for t, saved in self._norm_backup.values():
+                    t.copy_(saved)
             algorithm.undo()
             self.reports.clear()
             raise
+        finally:
+            self._norm_backup.clear()
         return self.reports
 
     def _run_block(self, block_name: str, block: nn.Module, names: list[str], inputs: list[tuple[tuple, dict]],
