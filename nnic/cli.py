@@ -52,12 +52,13 @@ def _bits(text: str) -> int:
 
 def parser() -> argparse.ArgumentParser:
     import nnic
+    from nnic.registry import KINDS
 
     p = argparse.ArgumentParser(prog="nnic", description=__doc__)
     p.add_argument("--version", action="version", version=f"nnic {nnic.__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    pl = sub.add_parser("plugins", help="list installed pruners, quantizers and speedup rules")
-    pl.add_argument("--kind", choices=("pruner", "quantizer", "speedup_rule"))
+    pl = sub.add_parser("plugins", help="list installed pruners, quantizers, speedup rules and lowerings")
+    pl.add_argument("--kind", choices=KINDS)
     pl.add_argument("--json", action="store_true", help="print JSON instead of a table")
     pl.set_defaults(run=_plugins)
     d = sub.add_parser("demo", help="prune and quantize a small built-in model, print a before/after table")
