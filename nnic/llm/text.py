@@ -2,8 +2,8 @@
 
 No download: the corpus is the standard library's own ``.py`` sources. Files are split by name (every fifth
 file in sorted order is held out), so the held-out text is code the model never trained on. Tokens are bytes
-(vocabulary 256), so no tokenizer is needed either. :func:`train_tiny_gpt` needs ``transformers`` (GPT-2 with
-its ``Conv1D`` layers), imported only there.
+(vocabulary 256), so no tokenizer is needed either. :func:`tiny_gpt` needs ``transformers`` (GPT-2 with its
+``Conv1D`` layers, or LLaMA), imported only there.
 """
 
 from __future__ import annotations
@@ -75,14 +75,24 @@ def perplexity(model: nn.Module, tokens: torch.Tensor, batch_size: int = 16) -> 
 
 
 def tiny_gpt(n_embd: int = 128, n_layer: int = 2, n_head: int = 4, n_positions: int = 128, seed: int = 0,
-             **config: Any) -> nn.Module:
-    """A byte-level GPT-2 (transformers' ``GPT2LMHeadModel``, random init, no dropout)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+             arch: str = "gpt2", **config: Any) -> nn.Module:
+    """A byte-level causal LM, random init, no dropout: transformers' GPT-2 (``Conv1D`` layers) or, with
+    ``arch="llama"``, a LLaMA (``nn.Linear`` layers, RMSNorm, rotary positions; ``n_inner`` = MLP width)."""
+    import transformers
 
     torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=256, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
-                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **config)
-    return GPT2LMHeadModel(cfg)
+    if arch == "gpt2":
+        cfg = transformers.GPT2Config(vocab_size=256, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
+                                      n_head=n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                      bos_token_id=0, eos_token_id=0, **config)
+        return transformers.GPT2LMHeadModel(cfg)
+    if arch == "llama":
+        cfg = transformers.LlamaConfig(vocab_size=256, hidden_size=n_embd, num_hidden_layers=n_layer,
+                                       num_attention_heads=n_head, max_position_embeddings=n_positions,
+                                       intermediate_size=config.pop("n_inner", 4 * n_embd), bos_token_id=0,
+                                       eos_token_id=0, tie_word_embeddings=True, **config)
+        return transformers.LlamaForCausalLM(cfg)
+    raise ValueError(f"arch: expected 'gpt2' or 'llama', got {arch!r}")
 
 
 def train_tiny_gpt(model: nn.Module, data: bytes, *, steps: int, batch_size: int = 32, seq_len: int = 128,
