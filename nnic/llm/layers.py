@@ -15,7 +15,8 @@ from torch import nn
 from nnic.config import op_type
 from nnic.masking import parameter
 
-__all__ = ["in_features", "is_conv1d", "is_supported", "set_weight_matrix", "to_parameter_layout", "weight_matrix"]
+__all__ = ["check_supported", "in_features", "is_conv1d", "is_supported", "set_weight_matrix", "to_parameter_layout",
+           "weight_matrix"]
 
 
 def is_conv1d(module: nn.Module) -> bool:

@@ -13,13 +13,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from nnic import io
 from nnic.config import Key, choice_key, int_key, select_layers
 from nnic.llm import layers as L
 from nnic.llm.groupquant import GroupGrid, GroupQuant
 from nnic.llm.patterns import SCOPES
 from nnic.llm.runner import LayerReport, SequentialRunner
-from nnic.masking import Masks, plain_state_dict
+from nnic.masking import Masks
 from nnic.pruning.base import Pruner
 from nnic.quantization.base import Quantizer
 
@@ -195,16 +194,8 @@ class OneShotQuantizer(_OneShot, Quantizer):
         raise NotImplementedError
 
     def calibration(self) -> dict[str, dict[str, Any]]:
+        """Each layer's :class:`GroupQuant` in the calibration format (``export_model`` writes it)."""
         if not self.compressed:
             raise RuntimeError("calibration() needs a compressed model: call compress() first")
         return {name: self.state[name].calibration() for name in self.layers}
-
-    def export_model(self, model_path: io.PathLike, calibration_path: io.PathLike | None = None) -> dict[str, Any]:
-        calibration = self.calibration()
-        from nnic.quantization.base import _without_activation_quant
-
-        io.save_tensors(_without_activation_quant(plain_state_dict(self.model)), model_path)
-        if calibration_path is not None:
-            io.save_json(calibration, calibration_path)
-        return calibration
 
