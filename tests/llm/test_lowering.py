@@ -87,3 +87,45 @@ def test_export_writes_weights_and_a_calibration_that_loads(tmp_path):
     tc = loaded["transformer.h.0.attn.c_attn"].weight
     s = tc.scale.float().repeat_interleave(32, dim=1)
     torch.testing.assert_close(codes / s, (codes / s).round(), rtol=0, atol=1e-4)  # on the grid
+
+
+FOLDABLE = {"llama": ["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.gate_proj"],
+            "opt": ["model.decoder.layers.0.self_attn.q_proj", "model.decoder.layers.0.fc1"]}
+NOT_FOLDABLE = {"llama": ["model.layers.0.self_attn.o_proj", "model.layers.0.mlp.down_proj"],
+                "opt": ["model.decoder.layers.0.self_attn.out_proj", "model.decoder.layers.0.fc2"]}
+
+
+@pytest.mark.parametrize("arch", ["llama", "opt"])
+def test_channel_scales_fold_into_the_norms_that_feed_the_layers(arch):
+    """AWQ and SmoothQuant scale input channels only where the scale folds into the norm before the layers
+    (q/k/v after the attention norm, the MLP's first layers after its norm); at 8 bits the model computes what
+    it computed before, up to the 8-bit rounding."""
+    model = hf_model(arch)
+    x = token_batches(n=1, seq=24, seed=5)[0]
+    before = logits(model, x)
+    cfg = [{"quant_types": ["weight"], "quant_bits": 8, "group_size": 32, "op_types": ["Linear"]}, EXCLUDE]
+    q = nnic.quantizer("awq", model, cfg, calibration_data=token_batches(), progress=False, clip_grid=0)
+    q.compress()
+    assert all(q.runner.can_fold([name], 64) for name in FOLDABLE[arch])
+    assert not any(q.runner.can_fold([name], 64) for name in NOT_FOLDABLE[arch])
+    assert cosine(logits(model, x), before) > 0.999  # 8-bit weights alone; folding itself is exact (below)
+
+
+def test_folding_a_scale_is_exact():
+    model = hf_model("llama")
+    x = token_batches(n=1, seq=24, seed=5)[0]
+    before = logits(model, x)
+    q = nnic.quantizer("awq", model, [{"quant_types": ["weight"], "quant_bits": 8, "group_size": 32,
+                                       "op_names": ["model.layers.0.self_attn.q_proj"]}],
+                       calibration_data=token_batches(), progress=False)
+    q.compress()
+    group = ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj", "model.layers.0.self_attn.v_proj"]
+    s = torch.linspace(0.5, 2.0, 64)
+    norm = model.model.layers[0].input_layernorm
+    norm_before = norm.weight.detach().clone()
+    with torch.no_grad():
+        assert q.runner.fold_scale(group, s)
+        for name in group:
+            dict(model.named_modules())[name].weight.mul_(s)
+    torch.testing.assert_close(norm.weight.detach(), norm_before / s)
+    torch.testing.assert_close(logits(model, x), before, rtol=1e-3, atol=1e-3)

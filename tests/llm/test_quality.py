@@ -38,7 +38,7 @@ def lm():
 def ppl_after(lm, kind: str, name: str, config_list: list[dict], **kw) -> float:
     model, heldout, calibration = lm
     model = copy.deepcopy(model)
-    if name not in ("level", "nm", "rtn"):
+    if name not in ("level", "nm", "rtn", "ptq"):
         kw = {"calibration_data": calibration, "progress": False, **kw}
     c = (nnic.pruner if kind == "pruner" else nnic.quantizer)(name, model, config_list, **kw)
     c.compress()
