@@ -14,7 +14,7 @@ import nnic
 from nnic.llm import layers as L
 from nnic.llm.oneshot import OneShotPruner
 from nnic.llm.patterns import nm_keep, prune_lowest
-from nnic.quantities import amount
+from nnic.selection import amount
 
 __all__ = ["WandaPruner"]
 

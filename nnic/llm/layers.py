@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nnic.config import op_type
+from nnic.selection import op_type
 from nnic.masking import parameter
 
 __all__ = ["check_supported", "in_features", "is_conv1d", "is_supported", "set_weight_matrix", "to_parameter_layout",

@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from nnic.config import Key, choice_key, int_key, select_layers
+from nnic.config import Key, choice_key, int_key
+from nnic.selection import select_layers
 from nnic.llm import layers as L
 from nnic.llm.groupquant import GroupGrid, GroupQuant
 from nnic.llm.patterns import SCOPES

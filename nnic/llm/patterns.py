@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from nnic.quantities import amount
+from nnic.selection import amount
 
 __all__ = ["SCOPES", "block_quota", "nm_keep", "prune_lowest"]
 
