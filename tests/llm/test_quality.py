@@ -98,5 +98,5 @@ def test_smoothquant_w8a8_beats_plain_w8a8_with_outlier_activation_channels(lm):
     cfg = [{"quant_types": ["weight", "input"], "quant_bits": 8, "quant_scheme": schemes, "op_types": ["Conv1D"]}]
     plain = ppl_after((outliers, heldout, calibration), "quantizer", "ptq", cfg, calibration_data=calibration)
     smooth = ppl_after((outliers, heldout, calibration), "quantizer", "smoothquant", [{**cfg[0], "alpha": 0.5}])
-    # measured increases over dense: plain W8A8 ~, SmoothQuant ~
+    # measured increases over dense (seed 0): plain W8A8 +0.333 (+0.004 without the outliers), SmoothQuant +0.001
     assert smooth - dense < 0.5 * (plain - dense)
