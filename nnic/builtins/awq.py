@@ -54,7 +54,8 @@ class AWQQuantizer(OneShotQuantizer):
     :param max_shrink: how far a group's range may shrink (default 0.2; the paper's 0.5 lowered each layer's
         output error further on the test model but raised its perplexity: clipping the largest weights costs
         more than the layer-wise error shows).
-    :param max_tokens: calibration tokens kept per layer for the searches (default 4096, spread over batches).
+    :param max_tokens: calibration tokens kept per layer for the searches (default 4096: every k-th token of
+        every batch, k doubling whenever more would be kept).
 
     Example::
 
@@ -81,14 +82,17 @@ class AWQQuantizer(OneShotQuantizer):
                          calibration_steps=calibration_steps, progress=progress)
 
     def observe(self, name: str, module: nn.Module, x: torch.Tensor) -> None:
-        st = self._stats.setdefault(name, {"abs_sum": 0, "tokens": 0, "rows": []})
+        st = self._stats.setdefault(name, {"abs_sum": 0, "tokens": 0, "rows": [], "stride": 1})
         st["abs_sum"] = st["abs_sum"] + x.abs().sum(0)
         st["tokens"] += x.shape[0]
-        st["rows"].append(x[:: max(1, x.shape[0] // 512)])
+        st["rows"].append(x[:: st["stride"]])
+        if sum(r.shape[0] for r in st["rows"]) > self.max_tokens:  # keep every other row from now on
+            st["rows"] = [torch.cat(st["rows"])[::2]]
+            st["stride"] *= 2
 
-    def _sample(self, rows: list[torch.Tensor]) -> torch.Tensor:
-        x = torch.cat(rows)
-        return x[:: max(1, -(-x.shape[0] // self.max_tokens))]
+    @staticmethod
+    def _sample(rows: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(rows)
 
     def quantize_group(self, names: list[str], modules: list[nn.Module]) -> None:
         stats = [self._stats.pop(n) for n in names]
