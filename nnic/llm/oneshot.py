@@ -1,7 +1,7 @@
 """Bases of the one-shot LLM pruners and quantizers: config keys, calibration, the sequential run, reports.
 
 A one-shot algorithm implements the :class:`~nnic.llm.runner.LayerAlgorithm` callbacks (``observe`` and
-``compress``); these bases validate the config_list up front (so a bad entry changes nothing), hand the
+``compress_group``); these bases validate the config_list up front (so a bad entry changes nothing), hand the
 selected layers to :class:`~nnic.llm.runner.SequentialRunner`, and keep its per-layer report.
 """
 
@@ -57,9 +57,6 @@ class _OneShot:
     def report(self) -> dict[str, float]:
         """``{layer: relative output error}`` measured on the calibration inputs, in compression order."""
         return {r.name: r.relative_error for r in self.reports}
-
-    def block_done(self, names: list[str], modules: list[nn.Module]) -> None:
-        pass
 
     def undo(self) -> None:
         self._stats.clear()

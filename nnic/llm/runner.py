@@ -44,9 +44,6 @@ class LayerAlgorithm(Protocol):
     def compress_group(self, names: list[str], modules: list[nn.Module]) -> None:
         """Compress layers that read the same input (``names``), all observed; write their new weights."""
 
-    def block_done(self, names: list[str], modules: list[nn.Module]) -> None:
-        """Called after a block is compressed, before its outputs are computed (attach activation quant)."""
-
     def undo(self) -> None:
         """Forget everything attached to the model (called when the run fails)."""
 
@@ -350,7 +347,6 @@ class SequentialRunner:
                 algorithm.compress_group(group, [self.layers[n] for n in group])
                 for n in group:
                     timing[n] = (time.perf_counter() - t0) / len(group)
-        algorithm.block_done(names, [self.layers[n] for n in names])
         errors = self._outputs(block, names, originals, inputs)
         for n in names:
             self.reports.append(LayerReport(n, block_name, errors[n], timing[n]))

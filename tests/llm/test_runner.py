@@ -73,9 +73,6 @@ class Recorder:
         for m in modules:
             m.weight.data.zero_()
 
-    def block_done(self, names, modules):
-        pass
-
     def undo(self):
         pass
 
