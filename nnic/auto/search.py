@@ -75,7 +75,7 @@ def _objective(model: nn.Module, evaluator: Any, dummy_input: Any, space: Search
 
     baseline, measure = settings["baseline"], MeasureSettings(**settings["measure"])
     steps, evals = settings["fine_tune_steps"], settings["fine_tune_evals"]
-    can_prune = settings["prune_trials"] and len(goals.objectives) == 1 and steps > 0
+    can_prune = settings["prune_trials"] is not False and len(goals.objectives) == 1 and steps > 0
 
     def objective(trial: optuna.Trial) -> Sequence[float]:
         config = space.suggest(trial)
@@ -121,6 +121,30 @@ def _record(trial: Any, goals: Goals, measured: Mapping[str, float], baseline: M
     trial.set_user_attr("measured", dict(measured))
     for key, value in zip(goals.constraints, goals.constraint_values(measured, baseline)):
         trial.set_constraint(key, value)
+
+
+_PRUNERS = {"median": "MedianPruner", "percentile": "PercentilePruner", "threshold": "ThresholdPruner",
+            "hyperband": "HyperbandPruner", "successive_halving": "SuccessiveHalvingPruner", "patient": "PatientPruner"}
+
+
+def _trial_pruner(spec: bool | Mapping[str, Any]) -> Any:
+    """Optuna's pruner for ``prune_trials``: ``True`` (median of earlier trials at the same fine-tuning step,
+    after 5 trials), ``False``, or ``{"name": "threshold", "lower": 90.0}`` (any Optuna pruner by name, with
+    its keywords; JSON, so that workers elsewhere build the same)."""
+    import optuna
+
+    if spec is True:
+        return optuna.pruners.MedianPruner(n_startup_trials=5)
+    if spec is False:
+        return optuna.pruners.NopPruner()
+    if not isinstance(spec, Mapping) or spec.get("name") not in _PRUNERS:
+        raise ValueError(f"prune_trials: expected True, False or {{'name': one of {sorted(_PRUNERS)}, ...}}, "
+                         f"got {spec!r}")
+    kwargs = {k: v for k, v in spec.items() if k != "name"}
+    try:
+        return getattr(optuna.pruners, _PRUNERS[spec["name"]])(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"prune_trials: {exc}") from exc
 
 
 def _copy(model: nn.Module) -> nn.Module:
@@ -219,7 +243,7 @@ def auto_compress(model: nn.Module, evaluator: Any, dummy_input: Any, *, constra
                   objectives: str | Sequence[str] = "score", space: Mapping[str, Any] | None = None,
                   n_trials: int = 50, strategy: str = "tpe", strategy_options: Mapping[str, Any] | None = None,
                   storage: str | None = None, study_name: str | None = None, out_dir: str | os.PathLike | None = None,
-                  fine_tune_steps: int = 0, fine_tune_evals: int = 4, prune_trials: bool = True,
+                  fine_tune_steps: int = 0, fine_tune_evals: int = 4, prune_trials: bool | Mapping[str, Any] = True,
                   measure: Mapping[str, Any] | None = None, seed: int = 0, sensitivity: float | None = None,
                   progress: bool = True, heartbeat_s: int = 5, join: bool = False) -> AutoResult:
     """Search per-layer sparsity, weight bits and the pruner for ``constraints``/``objectives``, measured.
@@ -241,7 +265,9 @@ def auto_compress(model: nn.Module, evaluator: Any, dummy_input: Any, *, constra
     :param study_name: the study's name in the storage (default ``"nnic-auto"``).
     :param out_dir: where the trials table, Pareto plot, best config lists (and, by default, the study) go.
     :param fine_tune_steps: optimizer steps of fine-tuning per trial (0: none), evaluated ``fine_tune_evals``
-        times so that Optuna can prune hopeless trials (``prune_trials``, one objective only).
+        times (and once before) so that Optuna can prune hopeless trials (one objective only).
+    :param prune_trials: ``True`` (Optuna's median pruner), ``False``, or ``{"name": "threshold", "lower": 90}``
+        (an Optuna pruner by name with its keywords).
     :param measure: latency measurement: ``threads`` (1), ``batch``, ``warmup`` (3), ``repeats`` (20).
     :param seed: seeds the sampler and every trial's fine-tuning.
     :param sensitivity: narrow each group's upper sparsity bound to where one layer alone loses at most this
@@ -263,6 +289,7 @@ def auto_compress(model: nn.Module, evaluator: Any, dummy_input: Any, *, constra
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise TypeError(f"seed: expected an int, got {seed!r}")
     goals = make_goals(constraints, objectives)
+    _trial_pruner(prune_trials)  # checked before any work
     strategy_obj = get_strategy(strategy, dict(strategy_options or {}))  # unknown names fail before any work
     if len(goals.objectives) > 1 and not strategy_obj.multi_objective:
         raise ValueError(f"strategy {strategy!r} searches one objective; objectives {list(goals.objectives)} need "
@@ -278,7 +305,7 @@ def auto_compress(model: nn.Module, evaluator: Any, dummy_input: Any, *, constra
         asked = {"request": {"space": space, "sensitivity": sensitivity}, "goals": goals.to_dict(),
                  "strategy": strategy, "strategy_options": dict(strategy_options or {}),
                  "fine_tune_steps": fine_tune_steps, "fine_tune_evals": fine_tune_evals,
-                 "measure": measure_settings.to_dict(), "seed": seed, "prune_trials": prune_trials}
+                 "measure": measure_settings.to_dict(), "seed": seed, "prune_trials": prune_trials if isinstance(prune_trials, bool) else dict(prune_trials)}
         if study_name in existing:
             study = optuna.load_study(study_name=study_name, storage=rdb)
             settings = study_settings(study)
@@ -312,8 +339,7 @@ def auto_compress(model: nn.Module, evaluator: Any, dummy_input: Any, *, constra
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             sampler = strategy_obj.sampler(context)
-        pruner = (optuna.pruners.MedianPruner(n_startup_trials=5) if settings["prune_trials"]
-                  and len(goals.objectives) == 1 else optuna.pruners.NopPruner())
+        pruner = _trial_pruner(settings["prune_trials"] if len(goals.objectives) == 1 else False)
         study = optuna.load_study(study_name=study_name, storage=rdb, sampler=sampler, pruner=pruner)
         objective = _objective(model, evaluator, dummy_input, space_obj, goals, settings)
         _run(study, objective, n_trials, goals, settings["baseline"], progress, poll_s=min(2.0, heartbeat_s / 2))
@@ -328,6 +354,14 @@ def _shown(url: str) -> str:
     from nnic.auto.storage import redact
 
     return repr(redact(url))
+
+
+def study_exists(storage: str, study_name: str) -> bool:
+    """Whether ``storage`` holds a study named ``study_name`` (``ValueError`` when it cannot be reached)."""
+    import optuna
+
+    rdb = open_storage(storage_url(storage, None))
+    return study_name in [s.study_name for s in optuna.get_all_study_summaries(rdb, include_best_trial=False)]
 
 
 def load_result(storage: str, study_name: str = "nnic-auto", *, model_inputs: tuple[Any, Any] | None = None
@@ -350,4 +384,4 @@ def load_result(storage: str, study_name: str = "nnic-auto", *, model_inputs: tu
                           settings=settings, model_inputs=model_inputs, study_name=study_name)
 
 
-__all__ = ["auto_compress", "load_result"]
+__all__ = ["auto_compress", "load_result", "study_exists"]

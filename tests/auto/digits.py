@@ -1,6 +1,7 @@
 """A small digits classifier trained in a second or two (sklearn's 8x8 digits, shipped with scikit-learn).
 
-Importable by tests and by worker processes (``tests.auto.digits:spec`` is an auto-compress spec).
+Importable by tests and by worker processes (``digits:spec`` is an auto-compress spec when tests/auto is on
+the path).
 """
 
 from __future__ import annotations
@@ -44,5 +45,17 @@ def trained_model(width: int = 256, epochs: int = 8, seed: int = 0) -> nn.Module
 
 
 def spec() -> tuple[nn.Module, LoopEvaluator, torch.Tensor]:
-    """The spec a worker imports: ``tests.auto.digits:spec``."""
+    """The spec a worker imports (``digits:spec`` with tests/auto on the path)."""
     return trained_model(), evaluator(), data()[2][:64]
+
+
+def search_options(n_trials: int = 8, fine_tune_steps: int = 30) -> dict:
+    """auto_compress options shared by the multi-process tests (kept small: every trial takes about a second)."""
+    return {"constraints": {"flops": 0.6}, "n_trials": n_trials, "fine_tune_steps": fine_tune_steps,
+            "space": {"bits": [8, "float"], "sparsity": (0.0, 0.8)}, "measure": {"repeats": 5, "warmup": 1},
+            "strategy": "random"}
+
+
+def spec_with_options() -> tuple:
+    """``digits:spec_with_options``: the spec plus the search options (the first worker creates the study)."""
+    return (*spec(), search_options(int(__import__("os").environ.get("NNIC_TEST_TRIALS", "8"))))
