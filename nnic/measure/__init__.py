@@ -11,10 +11,10 @@ search are built on.
 from nnic.measure.flops import FlopsCount, count_flops, count_nonzero_params, count_params, layer_macs, params_per_layer
 from nnic.measure.groups import ChannelGroup, ChannelGroups, channel_groups
 from nnic.measure.latency import LatencyStats, measure_latency
-from nnic.measure.size import plain_state_dict, size_on_disk
+from nnic.measure.size import size_on_disk
 
 __all__ = [
     "ChannelGroup", "ChannelGroups", "FlopsCount", "LatencyStats", "channel_groups", "count_flops",
-    "count_nonzero_params", "count_params", "layer_macs", "measure_latency", "params_per_layer", "plain_state_dict",
+    "count_nonzero_params", "count_params", "layer_macs", "measure_latency", "params_per_layer",
     "size_on_disk",
 ]
