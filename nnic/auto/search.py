@@ -26,7 +26,7 @@ from nnic.auto.space import SearchSpace, build_space
 from nnic.auto.storage import (
     open_storage, settings_conflict, storage_url, store_settings, study_settings,
 )
-from nnic.auto.strategy import StrategyContext, get_strategy
+from nnic.auto.strategy import StrategyContext, get_strategy, make_sampler
 from nnic.auto.trial import MeasureSettings, costs, fine_tune, lower, seeded, shrink
 
 # Settings that define a search: a call that asks for other values cannot join a study made with these.
@@ -209,6 +209,8 @@ def _run(study: Any, objective: Any, n_trials: int, goals: Goals, baseline: Mapp
             before = len(study.get_trials(deepcopy=False))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                # Samplers without constraint handling (CMA-ES, random) say so; the result filters feasibility.
+                warnings.filterwarnings("ignore", "Constraints have been set, but", UserWarning)
                 study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
             mine = [t for t in study.get_trials(deepcopy=False)[before:]
                     if t.user_attrs.get("worker") == f"{platform.node()}:{os.getpid()}"]
@@ -294,6 +296,7 @@ def auto_compress(model: nn.Module, evaluator: Any, dummy_input: Any, *, constra
     if len(goals.objectives) > 1 and not strategy_obj.multi_objective:
         raise ValueError(f"strategy {strategy!r} searches one objective; objectives {list(goals.objectives)} need "
                          f"a Pareto search: use 'nsga2', 'tpe' or 'random'")
+    make_sampler(strategy_obj, StrategyContext(seed, goals.directions, n_trials))  # bad options fail here
     measure_settings = MeasureSettings.from_user(measure)
     study_name = study_name or "nnic-auto"
     out = Path(out_dir) if out_dir is not None else None
@@ -336,9 +339,7 @@ def auto_compress(model: nn.Module, evaluator: Any, dummy_input: Any, *, constra
         context = StrategyContext(
             seed=settings["seed"] + 7919 * started_with + (os.getpid() if join else 0),
             directions=goals.directions, n_trials=n_trials)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            sampler = strategy_obj.sampler(context)
+        sampler = make_sampler(strategy_obj, context)
         pruner = _trial_pruner(settings["prune_trials"] if len(goals.objectives) == 1 else False)
         study = optuna.load_study(study_name=study_name, storage=rdb, sampler=sampler, pruner=pruner)
         objective = _objective(model, evaluator, dummy_input, space_obj, goals, settings)

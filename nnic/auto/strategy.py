@@ -76,6 +76,21 @@ class Strategy:
         raise NotImplementedError(f"strategy {self.name!r} does not implement sampler(context)")
 
 
+def make_sampler(strategy: Strategy, context: StrategyContext) -> optuna.samplers.BaseSampler:
+    """``strategy.sampler(context)``, with Optuna's experimental-feature warnings silenced and a bad option
+    reported as ``strategy_options`` of that strategy."""
+    import warnings
+
+    import optuna
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return strategy.sampler(context)
+    except TypeError as exc:
+        raise TypeError(f"strategy_options for strategy {strategy.name!r}: {exc}") from exc
+
+
 def get_strategy(name: str, options: dict[str, Any] | None = None) -> Strategy:
     """The registered strategy ``name`` built with ``options``; the error lists the registered names."""
     from nnic.plugins import get_registry
@@ -83,10 +98,12 @@ def get_strategy(name: str, options: dict[str, Any] | None = None) -> Strategy:
     if not isinstance(name, str):
         raise TypeError(f"strategy: expected a registered strategy name (str), got {type(name).__name__}")
     info = get_registry().get("strategy", name)
+    if options is not None and not isinstance(options, dict):
+        raise TypeError(f"strategy_options: expected a dict, got {type(options).__name__}")
     try:
         return info.obj(**(options or {}))
     except TypeError as exc:
         raise TypeError(f"strategy_options for strategy {name!r}: {exc}") from exc
 
 
-__all__ = ["Strategy", "StrategyContext", "constraint_values", "get_strategy"]
+__all__ = ["Strategy", "StrategyContext", "constraint_values", "get_strategy", "make_sampler"]
