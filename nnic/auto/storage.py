@@ -44,6 +44,17 @@ def storage_url(storage: str | None, out_dir: Path | None) -> str:
     return storage
 
 
+def _driver_url(url: str) -> str:
+    """``postgresql://`` through psycopg2 (the ``auto`` extra's driver) unless psycopg 3 is installed, which
+    SQLAlchemy 2.1 picks by default for a bare ``postgresql://``."""
+    import importlib.util
+
+    scheme, sep, rest = url.partition("://")
+    if scheme in ("postgresql", "postgres") and importlib.util.find_spec("psycopg") is None:
+        return f"postgresql+psycopg2{sep}{rest}"
+    return url
+
+
 def open_storage(url: str, *, heartbeat_s: int = 5) -> Any:
     """Optuna RDB storage with heartbeats and retries; ``ValueError`` naming the URL when it cannot be reached."""
     import optuna
@@ -61,7 +72,7 @@ def open_storage(url: str, *, heartbeat_s: int = 5) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s, grace_period=3 * heartbeat_s,
+                _driver_url(url), engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s, grace_period=3 * heartbeat_s,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
