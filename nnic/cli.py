@@ -7,8 +7,6 @@ import json
 import sys
 from collections.abc import Sequence
 
-from nnic.registry import KINDS
-
 
 def _plugins(args: argparse.Namespace) -> int:
     import nnic
@@ -54,11 +52,12 @@ def _bits(text: str) -> int:
 
 def parser() -> argparse.ArgumentParser:
     import nnic
+    from nnic.registry import KINDS
 
     p = argparse.ArgumentParser(prog="nnic", description=__doc__)
     p.add_argument("--version", action="version", version=f"nnic {nnic.__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    pl = sub.add_parser("plugins", help="list installed pruners, quantizers and speedup rules")
+    pl = sub.add_parser("plugins", help="list installed pruners, quantizers, speedup rules, lowerings and strategies")
     pl.add_argument("--kind", choices=KINDS)
     pl.add_argument("--json", action="store_true", help="print JSON instead of a table")
     pl.set_defaults(run=_plugins)

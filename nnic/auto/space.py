@@ -127,7 +127,7 @@ class SearchSpace:
 
 def output_layers(model: nn.Module, dummy_input: Any) -> set[str]:
     """Layers whose output tensor is (a view of) one of the model's outputs: pruning them would drop outputs."""
-    from nnic.speedup.capture import split_dummy_input
+    from nnic.channels.capture import split_dummy_input
 
     produced: dict[str, Any] = {}
     hooks = [m.register_forward_hook(lambda mod, i, o, name=name: produced.__setitem__(name, o))
