@@ -34,6 +34,13 @@ class LatencyStats:
     warmup: int
     samples_ms: tuple[float, ...]
 
+    @classmethod
+    def from_samples(cls, samples_ms: list[float], *, threads: int, batch: int | None, warmup: int) -> LatencyStats:
+        ordered = sorted(samples_ms)
+        return cls(median_ms=statistics.median(ordered), p90_ms=ordered[math.ceil(0.9 * len(ordered)) - 1],
+                   min_ms=ordered[0], repeats=len(ordered), threads=threads, batch=batch, warmup=warmup,
+                   samples_ms=tuple(samples_ms))
+
     def __str__(self) -> str:
         batch = f", batch {self.batch}" if self.batch is not None else ""
         return (f"median {self.median_ms:.3f} ms, p90 {self.p90_ms:.3f} ms, min {self.min_ms:.3f} ms "
@@ -83,8 +90,25 @@ def measure_latency(model: nn.Module, example_input: Any, *, threads: int | None
                 samples.append((time.perf_counter_ns() - start) / 1e6)
     finally:
         torch.set_num_threads(previous)
-    ordered = sorted(samples)
-    return LatencyStats(
-        median_ms=statistics.median(ordered), p90_ms=ordered[math.ceil(0.9 * len(ordered)) - 1], min_ms=ordered[0],
-        repeats=repeats, threads=used, batch=batch, warmup=warmup, samples_ms=tuple(samples),
-    )
+    return LatencyStats.from_samples(samples, threads=used, batch=batch, warmup=warmup)
+
+
+def measure_latencies(models: dict[str, nn.Module], example_input: Any, *, rounds: int = 3,
+                      threads: int | None = None, batch: int | None = None, warmup: int = 3,
+                      repeats: int = 20) -> dict[str, LatencyStats]:
+    """Latency of several models compared fairly: ``rounds`` interleaved rounds (A, B, A, B, ...), each model
+    running ``ceil(repeats / rounds)`` timed runs per round after its warm-up, so that a change in machine load
+    affects every model alike; the statistics are over all of a model's runs."""
+    _positive_int("rounds", rounds)
+    _positive_int("repeats", repeats)
+    per_round = math.ceil(repeats / rounds)
+    samples: dict[str, list[float]] = {name: [] for name in models}
+    used = {}
+    for _ in range(rounds):
+        for name, model in models.items():
+            stats = measure_latency(model, example_input, threads=threads, batch=batch, warmup=warmup,
+                                    repeats=per_round)
+            samples[name] += stats.samples_ms
+            used[name] = stats.threads
+    return {name: LatencyStats.from_samples(s, threads=used[name], batch=batch, warmup=warmup)
+            for name, s in samples.items()}
