@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nnic.measure._inputs import call, eval_mode, with_batch
+from nnic.measure._inputs import call, eval_mode, num_threads, with_batch
 
 
 @dataclass(frozen=True)
@@ -73,23 +73,16 @@ def measure_latency(model: nn.Module, example_input: Any, *, threads: int | None
     _positive_int("repeats", repeats)
     x = with_batch(example_input, batch) if batch is not None else example_input
     sync = torch.cuda.synchronize if _uses_cuda(model, x) else (lambda: None)
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        used = torch.get_num_threads()
-        samples = []
-        with eval_mode(model), torch.inference_mode():
-            for _ in range(warmup):
-                call(model, x)
+    samples = []
+    with num_threads(threads) as used, eval_mode(model), torch.inference_mode():
+        for _ in range(warmup):
+            call(model, x)
+        sync()
+        for _ in range(repeats):
+            start = time.perf_counter_ns()
+            call(model, x)
             sync()
-            for _ in range(repeats):
-                start = time.perf_counter_ns()
-                call(model, x)
-                sync()
-                samples.append((time.perf_counter_ns() - start) / 1e6)
-    finally:
-        torch.set_num_threads(previous)
+            samples.append((time.perf_counter_ns() - start) / 1e6)
     return LatencyStats.from_samples(samples, threads=used, batch=batch, warmup=warmup)
 
 
