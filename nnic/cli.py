@@ -7,6 +7,8 @@ import json
 import sys
 from collections.abc import Sequence
 
+from nnic.registry import KINDS
+
 
 def _plugins(args: argparse.Namespace) -> int:
     import nnic
@@ -57,7 +59,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"nnic {nnic.__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     pl = sub.add_parser("plugins", help="list installed pruners, quantizers and speedup rules")
-    pl.add_argument("--kind", choices=("pruner", "quantizer", "speedup_rule"))
+    pl.add_argument("--kind", choices=KINDS)
     pl.add_argument("--json", action="store_true", help="print JSON instead of a table")
     pl.set_defaults(run=_plugins)
     d = sub.add_parser("demo", help="prune and quantize a small built-in model, print a before/after table")
@@ -67,6 +69,9 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--out", help="directory to keep the exported files in (default: a temporary one)")
     d.set_defaults(run=_demo)
+    from nnic.auto.cli import add_auto_command
+
+    add_auto_command(sub)
     return p
 
 
