@@ -63,7 +63,7 @@ def prune(run: Run, spec: dict[str, Any]) -> dict[str, Any]:
 
 def fine_tune(run: Run, spec: dict[str, Any]) -> dict[str, Any]:
     evaluator = _evaluator(run, "fine-tune", spec["optimizer"], spec["lr"], spec["weight_decay"])
-    steps = evaluator.train(run.model, max_steps=spec["steps"], max_epochs=spec["epochs"])
+    steps = evaluator.train(run.model, max_steps=spec.get("steps"), max_epochs=spec.get("epochs"))
     run.model.eval()
     return {"optimizer_steps": steps}
 
@@ -120,7 +120,8 @@ def auto(run: Run, spec: dict[str, Any]) -> dict[str, Any]:
     import nnic
 
     evaluator = _evaluator(run, "auto: training")
-    result = nnic.auto_compress(run.model, evaluator, run.example_input, out_dir=run.stage_dir, **spec["kwargs"])
-    run.model = result.apply(run.model)
+    options = {"progress": not run.progress.quiet, **spec["kwargs"]}
+    result = nnic.auto_compress(run.model, evaluator, run.example_input, out_dir=run.stage_dir, **options)
+    run.model = result.apply(run.model, dummy_input=run.example_input, evaluator=evaluator)
     run.extras["auto"] = result
     return {"out_dir": str(run.stage_dir)}

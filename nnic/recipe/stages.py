@@ -108,14 +108,21 @@ def _validate_fine_tune(where: Where, spec: dict, seen: list[str], has_data: boo
         raise where.error("fine_tune needs training batches: add a data section to the recipe")
     if "epochs" in spec and "steps" in spec:
         raise where.error("give epochs or steps, not both")
-    return {"stage": "fine_tune",
-            "epochs": check_int(where.key("epochs"), spec.get("epochs", None if "steps" in spec else 1), 1,
-                                optional="steps" in spec),
-            "steps": check_int(where.key("steps"), spec.get("steps"), 1, optional=True),
-            "lr": check_float(where.key("lr"), spec.get("lr", 1e-3), 0.0),
-            "optimizer": check_str(where.key("optimizer"), spec.get("optimizer", "adam"), OPTIMIZERS),
-            "weight_decay": 0.0 if spec.get("weight_decay", 0) == 0 else
-            check_float(where.key("weight_decay"), spec["weight_decay"], 0.0)}
+    out: dict[str, Any] = {"stage": "fine_tune"}
+    if "steps" in spec:
+        out["steps"] = check_int(where.key("steps"), spec["steps"], 1)
+    else:
+        out["epochs"] = check_int(where.key("epochs"), spec.get("epochs", 1), 1)
+    out.update(lr=check_float(where.key("lr"), spec.get("lr", 1e-3), 0.0),
+               optimizer=check_str(where.key("optimizer"), spec.get("optimizer", "adam"), OPTIMIZERS),
+               weight_decay=_non_negative(where.key("weight_decay"), spec.get("weight_decay", 0.0)))
+    return out
+
+
+def _non_negative(where: Where, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise where.expected("a number >= 0", value)
+    return float(value)
 
 
 def _validate_speedup(where: Where, spec: dict, seen: list[str], has_data: bool) -> dict:

@@ -110,10 +110,10 @@ def layer_note(before: LayerRow | None, after: LayerRow | None) -> str:
     notes = []
     if after.simulated:
         notes.append("simulated quantization only")
-    if after.params and after.zero_fraction >= 0.01 and after.type == before.type and not after.simulated \
-            and after.bits in (16, 32, 64) and after.params >= before.params * 0.99:
+    if after.masked:
         notes.append(f"masked but not sped up ({after.zero_fraction:.0%} zeros still computed)")
-    shrunk = after.params < before.params or after.type != before.type or (after.bits or 32) < (before.bits or 32)
+    shrunk = after.params < before.params or after.type != before.type or (
+        not after.simulated and (after.bits or 32) < (before.bits or 32))
     if shrunk and before.time_ms and after.time_ms and after.time_ms >= before.time_ms:
         notes.append("no faster here")
     return "; ".join(notes)

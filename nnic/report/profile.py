@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from nnic.config import op_type
 from nnic.measure import count_flops, params_per_layer, size_on_disk
 from nnic.measure._inputs import call, eval_mode, num_threads
 
@@ -32,6 +33,7 @@ class LayerRow:
     bits: int | None
     simulated: bool
     time_ms: float | None
+    masked: bool = False
 
     @property
     def zero_fraction(self) -> float:
@@ -109,6 +111,14 @@ def _quiet_profiler_log() -> Iterator[None]:
                     print(line, file=sys.stderr)
 
 
+def is_masked(m: nn.Module) -> bool:
+    """Whether a pruner's mask is attached to one of the module's parameters."""
+    from nnic.masking import ParameterMask
+
+    return parametrize.is_parametrized(m) and any(
+        isinstance(p, ParameterMask) for plist in m.parametrizations.values() for p in plist)
+
+
 def layer_times(model: nn.Module, example_input: Any, layers: list[str], *, runs: int = 5, warmup: int = 2,
                 threads: int | None = None) -> dict[str, float]:
     """Milliseconds per forward spent in each of ``layers`` (qualified names), by ``torch.profiler``."""
@@ -173,7 +183,7 @@ def profile_model(model: nn.Module, example_input: Any, *, times: bool = True,
     rows = []
     for n in names:
         bits, simulated = weight_bits(modules[n])
-        rows.append(LayerRow(n or "(model)", type(modules[n]).__name__, totals[n][0], totals[n][1],
-                             flops.per_layer.get(n, 0), bits, simulated, timed.get(n)))
+        rows.append(LayerRow(n or "(model)", op_type(modules[n]), totals[n][0], totals[n][1],
+                             flops.per_layer.get(n, 0), bits, simulated, timed.get(n), is_masked(modules[n])))
     return ModelProfile(rows, sum(v[0] for v in params.values()), sum(v[1] for v in params.values()),
                         flops.total, size_on_disk(model))
