@@ -89,18 +89,19 @@ def measure_latency(model: nn.Module, example_input: Any, *, threads: int | None
 def measure_latencies(models: dict[str, nn.Module], example_input: Any, *, rounds: int = 3,
                       threads: int | None = None, batch: int | None = None, warmup: int = 3,
                       repeats: int = 20) -> dict[str, LatencyStats]:
-    """Latency of several models compared fairly: ``rounds`` interleaved rounds (A, B, A, B, ...), each model
-    running ``ceil(repeats / rounds)`` timed runs per round after its warm-up, so that a change in machine load
-    affects every model alike; the statistics are over all of a model's runs."""
+    """Latency of several models compared fairly: ``rounds`` interleaved rounds (A, B, A, B, ...); in each,
+    every model runs its warm-up and then its share of the ``repeats`` timed runs (spread as evenly as
+    possible), so that a change in machine load affects every model alike. The statistics are over all of a
+    model's ``repeats`` runs."""
     _positive_int("rounds", rounds)
     _positive_int("repeats", repeats)
-    per_round = math.ceil(repeats / rounds)
+    shares = [repeats // rounds + (1 if i < repeats % rounds else 0) for i in range(rounds)]
     samples: dict[str, list[float]] = {name: [] for name in models}
     used = {}
-    for _ in range(rounds):
+    for share in (s for s in shares if s):
         for name, model in models.items():
             stats = measure_latency(model, example_input, threads=threads, batch=batch, warmup=warmup,
-                                    repeats=per_round)
+                                    repeats=share)
             samples[name] += stats.samples_ms
             used[name] = stats.threads
     return {name: LatencyStats.from_samples(s, threads=used[name], batch=batch, warmup=warmup)

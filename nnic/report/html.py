@@ -17,7 +17,7 @@ _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
 th, td { border-bottom: 1px solid #ddd; padding: 0.25em 0.7em; text-align: right; }
-th:first-child, td:first-child, td.text { text-align: left; }
+th:first-child, td:first-child, .text { text-align: left; }
 ul.notes li { margin: 0.3em 0; }
 img { max-width: 100%; display: block; margin: 0.5em 0 1.5em; }
 .small { color: #666; font-size: 0.85em; }
@@ -25,8 +25,8 @@ img { max-width: 100%; display: block; margin: 0.5em 0 1.5em; }
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], text_columns: tuple[int, ...] = (0,)) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     text = ' class="text"'
+    head = "".join(f"<th{text if i in text_columns else ''}>{html.escape(h)}</th>" for i, h in enumerate(header))
     body = "".join(
         "<tr>" + "".join(f"<td{text if i in text_columns else ''}>{html.escape(str(v))}</td>"
                          for i, v in enumerate(row)) + "</tr>" for row in rows)
