@@ -185,17 +185,14 @@ def validate(raw: Any, source: str = "<recipe>", base_dir: Path | None = None) -
 
 
 def parse(text: str, source: str) -> Any:
-    """YAML (a superset of JSON) when PyYAML is installed, JSON otherwise; a parse error names the file."""
+    """JSON for ``.json`` files, YAML (PyYAML's safe loader) otherwise; a parse error names the file."""
     if source.endswith(".json"):
         try:
             return json.loads(text)
         except json.JSONDecodeError as exc:
             raise RecipeError(f"{source}: not valid JSON: {exc}") from None
-    try:
-        import yaml
-    except ImportError:
-        raise RecipeError(f"{source}: reading YAML recipes needs PyYAML: pip install 'nnic[cli]' "
-                          f"(or write the recipe as .json)") from None
+    import yaml
+
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -43,7 +43,12 @@ def render_html(report: CompressionReport) -> str:
     if report.notes:
         parts.append("<h2>What compression bought, and what it did not</h2><ul class='notes'>"
                      + "".join(f"<li>{html.escape(n)}</li>" for n in report.notes) + "</ul>")
-    for caption, png in figures(report).items():
+    try:
+        drawn = figures(report)
+    except ImportError:  # matplotlib is an extra: the tables stand on their own
+        drawn = dict(report.images)
+        parts.append("<p class='small'>The figures need matplotlib: pip install 'nnic[cli]'.</p>")
+    for caption, png in drawn.items():
         data = base64.b64encode(png).decode("ascii")
         parts.append(f"<h2>{html.escape(caption)}</h2><img alt='{html.escape(caption)}' "
                      f"src='data:image/png;base64,{data}'>")

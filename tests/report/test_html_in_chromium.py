@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs chromium on PATH (.ci/run installs it with apt)")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="needs chromium on PATH (.ci/run installs it with apt)")
 
 # Appended to a copy of the page: reports how many images there are and how many failed to decode.
 PROBE = """<script>window.addEventListener('load', () => { const imgs = [...document.images];
@@ -37,6 +37,7 @@ def load(page: Path) -> tuple[list[str], str]:
     return console_messages(run.stderr), run.stdout
 
 
+@needs_chromium
 def test_the_console_check_catches_a_broken_page(tmp_path):
     """The check below is not vacuous: a script error and an undecodable image are both seen."""
     page = tmp_path / "broken.html"
@@ -46,6 +47,7 @@ def test_the_console_check_catches_a_broken_page(tmp_path):
     assert any("nnic-probe images=1 broken=1" in m for m in messages)
 
 
+@needs_chromium
 def test_the_report_loads_cleanly_and_its_plots_are_visible(report, tmp_path):
     report.save(tmp_path)
     page = tmp_path / "report.html"
@@ -65,3 +67,12 @@ def test_the_report_loads_cleanly_and_its_plots_are_visible(report, tmp_path):
     assert non_white.mean() > 0.02  # tables and plots cover a visible part of it
     colored = (np.abs(pixels[..., 0] - pixels[..., 2]) > 0.2)  # the plots' blue/orange bars, not grey text
     assert colored.sum() > 1000
+
+
+def test_ci_installs_chromium_as_the_readme_says():
+    root = Path(__file__).resolve().parents[2]
+    ci = [line for line in (root / ".ci/run").read_text().splitlines() if "chromium" in line and "apt-get" in line]
+    quick_start = (root / "README.md").read_text().split("## Quick start", 1)[1].split("## ", 1)[0]
+    readme = [line for line in quick_start.splitlines() if "chromium" in line and "apt-get" in line]
+    assert len(ci) == 1 and readme == ci
+    assert ci[0].startswith("command -v chromium >/dev/null ||")  # installs only when missing
