@@ -74,6 +74,20 @@ def register_speedup_rules(register: Register) -> None:
 
 
 @hookspec
+def register_lowerings(register: Register) -> None:
+    """Register quantized lowerings: how a module type becomes a module that computes in low bits, for
+    ``nnic.quantization_speedup``.
+
+    :param register: call ``register(lowering, name=None, aliases=())`` once per lowering: an object with
+        ``name`` (by convention the qualified module type, lower-case: ``"torch.nn.linear"``), ``targets`` (the
+        module classes it handles) and ``lower(module, layer, context)`` returning the replacement module or a
+        string saying why there is none (see :mod:`nnic.quantization.lowering`).
+
+    .. versionadded:: 0.2
+    """
+
+
+@hookspec
 def register_strategies(register: Register) -> None:
     """Register search strategies for :func:`nnic.auto_compress`: how the next trial's configuration is chosen.
 

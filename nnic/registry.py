@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-KINDS = ("pruner", "quantizer", "speedup_rule", "strategy")
+KINDS = ("pruner", "quantizer", "speedup_rule", "lowering", "strategy")
 
 
 class PluginError(Exception):
@@ -147,5 +147,6 @@ HOOK_KINDS: dict[str, str] = {
     "register_pruners": "pruner",
     "register_quantizers": "quantizer",
     "register_speedup_rules": "speedup_rule",
+    "register_lowerings": "lowering",
     "register_strategies": "strategy",
 }

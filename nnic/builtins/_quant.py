@@ -1,4 +1,4 @@
-"""What the built-in quantizers share: config checks, straight-through rounding, calibration runs.
+"""What the built-in quantizers share: straight-through rounding, calibration runs.
 
 Not a plugin itself (no hooks): ``qat``, ``ptq``, ``lsq``, ``dorefa`` and ``bnn`` build on it.
 """
@@ -11,24 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["check_config", "grad_scale", "round_ste", "run_batches"]
-
-
-def check_config(quantizer: Any, *, quant_types: Iterable[str], bits: tuple[int, int]) -> None:
-    """Refuse quant types and bit widths the quantizer does not support, naming the config entry."""
-    allowed = tuple(quant_types)
-    lo, hi = bits
-    for cfg in quantizer.layers.values():
-        where = f"config_list[{cfg.entry_index}]"
-        extra = [t for t in cfg.config["quant_types"] if t not in allowed]
-        if extra:
-            raise ValueError(f"{where}['quant_types']: the {quantizer.name} quantizer quantizes "
-                             f"{', '.join(allowed)} only, got {cfg.config['quant_types']}")
-        for quant_type, b in cfg.config["quant_bits"].items():
-            if not lo <= b <= hi:
-                span = f"{lo} bit" if lo == hi else f"{lo} to {hi} bits"
-                raise ValueError(f"{where}['quant_bits']: the {quantizer.name} quantizer supports {span}, got {b} "
-                                 f"for {quant_type!r}")
+__all__ = ["grad_scale", "round_ste", "run_batches"]
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:

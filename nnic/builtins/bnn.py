@@ -14,10 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
 import nnic
-from nnic.builtins._quant import check_config
 from nnic.quantization.activation import ActivationFakeQuant
 from nnic.quantization.base import Quantizer, WeightFakeQuant
 from nnic.quantization.observers import MinMaxObserver
@@ -70,10 +68,8 @@ class BNNQuantizer(Quantizer):
 
     name = "bnn"
     aliases = ("binary",)
-
-    def __init__(self, model: nn.Module, config_list: list[dict]) -> None:
-        super().__init__(model, config_list)
-        check_config(self, quant_types=("weight", "output"), bits=(1, 1))
+    supported_bits = (1, 1)
+    supported_quant_types = ("weight", "output")
 
     def weight_fake_quant(self, layer: str) -> BinaryWeight:
         return BinaryWeight(QuantSpec(1, True, True))

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import nnic
-from nnic.builtins._quant import check_config, round_ste
+from nnic.builtins._quant import round_ste
 from nnic.quantization.base import Quantizer, WeightFakeQuant
 from nnic.quantization.qparams import QuantSpec
 
@@ -54,10 +54,11 @@ class DoReFaQuantizer(Quantizer):
     """
 
     name = "dorefa"
+    supported_bits = (2, 8)
+    supported_quant_types = ("weight",)
 
     def __init__(self, model: nn.Module, config_list: list[dict]) -> None:
         super().__init__(model, config_list)
-        check_config(self, quant_types=("weight",), bits=(2, 8))
         for cfg in self.layers.values():
             if not cfg.config["quant_scheme"]["weight"].endswith("symmetric") or cfg.config["quant_dtype"]["weight"] != "int":
                 raise ValueError(f"config_list[{cfg.entry_index}]['quant_scheme']: DoReFa's grid is symmetric: "

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 import nnic
-from nnic.builtins._quant import check_config, grad_scale, round_ste
+from nnic.builtins._quant import grad_scale, round_ste
 from nnic.quantization.activation import ActivationFakeQuant
 from nnic.quantization.base import Quantizer, WeightFakeQuant
 from nnic.quantization.observers import MinMaxObserver
@@ -117,10 +117,10 @@ class LSQQuantizer(Quantizer):
     """
 
     name = "lsq"
+    supported_bits = (2, 8)
 
     def __init__(self, model: nn.Module, config_list: list[dict]) -> None:
         super().__init__(model, config_list)
-        check_config(self, quant_types=("weight", "input", "output"), bits=(2, 8))
         for cfg in self.layers.values():
             for quant_type in ("input", "output"):
                 if quant_type in cfg.config["quant_types"] and cfg.config["quant_scheme"][quant_type].startswith(

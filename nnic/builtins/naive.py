@@ -21,6 +21,7 @@ class NaiveQuantizer(Quantizer):
     """
 
     name = "naive"
+    supported_bits = (2, 8)
 
     def __init__(self, model, config_list) -> None:
         super().__init__(model, config_list)
@@ -31,9 +32,6 @@ class NaiveQuantizer(Quantizer):
                     f"{where}['quant_types']: the naive quantizer quantizes weights only, got "
                     f"{cfg.config['quant_types']}; use the 'ptq' or 'qat' quantizer for inputs and outputs"
                 )
-            bits = cfg.config["quant_bits"]["weight"]
-            if not 2 <= bits <= 8:
-                raise ValueError(f"{where}['quant_bits']: the naive quantizer supports 2 to 8 bits, got {bits}")
 
 
 @nnic.hookimpl

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import nnic
-from nnic.builtins._quant import check_config, run_batches
+from nnic.builtins._quant import run_batches
 from nnic.config import Key, choice_key, float_key
 from nnic.quantization.activation import ActivationFakeQuant, find
 from nnic.quantization.base import Quantizer, WeightFakeQuant
@@ -66,6 +66,7 @@ class PTQQuantizer(Quantizer):
 
     name = "ptq"
     aliases = ("observer",)
+    supported_bits = (2, 8)
     config_keys: tuple[Key, ...] = (
         choice_key("observer", tuple(OBSERVERS), default="minmax", per_quant_type=True),
         float_key("percentile", 0, 100, lo_closed=False, hi_closed=True, default=99.99),
@@ -74,7 +75,6 @@ class PTQQuantizer(Quantizer):
     def __init__(self, model: nn.Module, config_list: list[dict], *, calibration_data: Iterable[Any] | None = None,
                  calibration_steps: int | None = None, observer_options: dict[str, Any] | None = None) -> None:
         super().__init__(model, config_list)
-        check_config(self, quant_types=("weight", "input", "output"), bits=(2, 8))
         self.calibration_data = calibration_data
         self.calibration_steps = calibration_steps
         self.observer_options = dict(observer_options or {})

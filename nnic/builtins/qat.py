@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 import nnic
-from nnic.builtins._quant import check_config
 from nnic.config import int_key
 from nnic.quantization.activation import ActivationFakeQuant, find
 from nnic.quantization.base import Quantizer, WeightFakeQuant, _weight_before
@@ -118,12 +117,12 @@ class QATQuantizer(Quantizer):
     """
 
     name = "qat"
+    supported_bits = (2, 8)
     config_keys = (int_key("quant_start_step", lo=0, default=0),)
 
     def __init__(self, model: nn.Module, config_list: list[dict], *, ema_decay: float = 0.99, fold_bn: bool = False,
                  dummy_input: Any = None) -> None:
         super().__init__(model, config_list)
-        check_config(self, quant_types=("weight", "input", "output"), bits=(2, 8))
         if not 0 <= ema_decay < 1:
             raise ValueError(f"ema_decay: expected a float in [0, 1), got {ema_decay!r}")
         self.ema_decay = ema_decay

@@ -10,6 +10,7 @@ from torch.nn.utils import parametrize
 
 from nnic import io, masking
 from nnic.compressor import Compressor
+from nnic.quantization.calibration import Calibration, LayerCalibration, TensorCalibration
 from nnic.quantization.qparams import QuantSpec, fake_quantize, observe, qparams_from_range
 
 
@@ -38,10 +39,32 @@ class Quantizer(Compressor):
     """
 
     kind = "quantization"
+    #: What this quantizer can simulate; the config list is checked against it before any work. The base's
+    #: integer grid needs two levels or more (1 bit would divide by zero: NaN weights) and stays exact in float32
+    #: up to 16 bits. A subclass narrows these (``supported_bits = (2, 8)``) or, with its own fake quantization,
+    #: widens them (``bnn``: ``(1, 1)``).
+    supported_bits: tuple[int, int] = (2, 16)
+    supported_quant_types: tuple[str, ...] = ("weight", "input", "output")
 
     def __init__(self, model: nn.Module, config_list: list[dict]) -> None:
         super().__init__(model, config_list)
+        self._check_support()
         self.compressed = False
+
+    def _check_support(self) -> None:
+        """Refuse quant types and bit widths this quantizer cannot simulate, naming the config entry."""
+        allowed, (lo, hi) = self.supported_quant_types, self.supported_bits
+        for cfg in self.layers.values():
+            where = f"config_list[{cfg.entry_index}]"
+            extra = [t for t in cfg.config["quant_types"] if t not in allowed]
+            if extra:
+                raise ValueError(f"{where}['quant_types']: the {self.name} quantizer quantizes "
+                                 f"{', '.join(allowed)} only, got {cfg.config['quant_types']}")
+            for quant_type, b in cfg.config["quant_bits"].items():
+                if not lo <= b <= hi:
+                    span = f"{lo} bit" if lo == hi else f"{lo} to {hi} bits"
+                    raise ValueError(f"{where}['quant_bits']: the {self.name} quantizer supports {span}, got {b} "
+                                     f"for {quant_type!r}")
 
     def weight_spec(self, layer: str) -> QuantSpec:
         cfg = self.layers[layer].config
@@ -95,33 +118,23 @@ class Quantizer(Compressor):
         return self.model
 
     def calibration(self) -> dict[str, dict[str, Any]]:
-        """Per layer: bits, scheme, dtype, scale and zero point of each quantized tensor (JSON-ready)."""
+        """Per layer: bits, scheme, dtype, scale and zero point of each quantized tensor (JSON-ready; the format
+        of :mod:`nnic.quantization.calibration`, whose ``Calibration.from_dict`` types and checks it)."""
         if not self.compressed:
             raise RuntimeError("calibration() needs a compressed model: call compress() first")
-        out: dict[str, dict[str, Any]] = {}
-        for quant_type in ("input", "output"):  # the weight's entries come first, as before
-            for layer in self._activation_layers(quant_type):
-                out.setdefault(layer, {})
+        layers: dict[str, LayerCalibration] = {}
         for layer in self._weight_layers():
             module = self.layers[layer].module
             fq = next(p for p in _parametrizations(module, "weight") if isinstance(p, WeightFakeQuant))
             with torch.no_grad():
                 # The fake-quant sees the weight after the parametrizations before it (a pruning mask, say).
                 scale, zero = fq.qparams(_weight_before(module, fq))
-            spec = fq.spec
-            out[layer] = {
-                "weight_bits": spec.bits,
-                "weight_dtype": "int" if spec.signed else "uint",
-                "weight_scheme": spec.scheme,
-                **({"weight_axis": spec.axis} if spec.per_channel else {}),
-                "weight_scale": scale.tolist(),
-                "weight_zero_point": zero.tolist(),
-                **out.get(layer, {}),
-            }
+            layers.setdefault(layer, LayerCalibration()).weight = _tensor_calibration(fq.spec, scale, zero)
         for quant_type in ("input", "output"):
             for layer in self._activation_layers(quant_type):
-                out[layer].update(_activation_calibration(self.layers[layer].module, layer, quant_type))
-        return out
+                setattr(layers.setdefault(layer, LayerCalibration()), quant_type,
+                        _activation_calibration(self.layers[layer].module, layer, quant_type))
+        return Calibration(layers).to_dict()
 
     def export_model(self, model_path: io.PathLike, calibration_path: io.PathLike | None = None) -> dict[str, dict[str, Any]]:
         """Write the simulated model's weights (quantized then dequantized) and the calibration JSON, atomically."""
@@ -146,8 +159,14 @@ def _weight_before(module: nn.Module, stop: nn.Module) -> torch.Tensor:
     raise LookupError("parametrization not found")
 
 
-def _activation_calibration(module: nn.Module, layer: str, quant_type: str) -> dict[str, Any]:
-    """``{input_bits, tracked_min_input, tracked_max_input, input_scale, input_zero_point, ...}`` of one layer."""
+def _tensor_calibration(spec: QuantSpec, scale: torch.Tensor, zero: torch.Tensor, **tracked: torch.Tensor
+                        ) -> TensorCalibration:
+    return TensorCalibration(spec.bits, spec.dtype, spec.scheme, spec.axis if spec.per_channel else None,
+                             scale=scale.double(), zero_point=zero.to(torch.int64), **tracked)
+
+
+def _activation_calibration(module: nn.Module, layer: str, quant_type: str) -> TensorCalibration:
+    """The spec, tracked range, scale and zero point of ``layer``'s input or output."""
     from nnic.quantization import activation
 
     fq = activation.find(module, quant_type)
@@ -159,17 +178,7 @@ def _activation_calibration(module: nn.Module, layer: str, quant_type: str) -> d
             scale, zero = fq.qparams()
     except RuntimeError as exc:
         raise RuntimeError(f"{layer} ({quant_type}): {exc}") from exc
-    spec = fq.spec
-    return {
-        f"{quant_type}_bits": spec.bits,
-        f"{quant_type}_dtype": "int" if spec.signed else "uint",
-        f"{quant_type}_scheme": spec.scheme,
-        **({f"{quant_type}_axis": spec.axis} if spec.per_channel else {}),
-        f"tracked_min_{quant_type}": lo.tolist(),
-        f"tracked_max_{quant_type}": hi.tolist(),
-        f"{quant_type}_scale": scale.tolist(),
-        f"{quant_type}_zero_point": zero.tolist(),
-    }
+    return _tensor_calibration(fq.spec, scale, zero, tracked_min=lo.double(), tracked_max=hi.double())
 
 
 def _without_activation_quant(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

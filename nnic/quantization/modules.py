@@ -21,6 +21,14 @@ from torch import nn
 from nnic import gemm
 
 
+def _check_float_input(module: nn.Module, x: Any) -> None:
+    """Integer input would be truncated on the way back; float ``nn.Linear`` / ``nn.Conv2d`` refuse it too."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{type(module).__name__}: input must be a tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{type(module).__name__}: input must be a floating-point tensor, got {x.dtype}")
+
+
 def _f32(v: Any, n: int | None = None) -> torch.Tensor:
     t = torch.as_tensor(v, dtype=torch.float32).detach().cpu().reshape(-1).clone()
     if n is not None and t.numel() not in (1, n):
@@ -158,6 +166,7 @@ class Int8Linear(_Int8Base):
         return new.to(w.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_float_input(self, x)
         lead = x.shape[:-1]
         y = self._linear(x.reshape(-1, self.in_features))
         return y.reshape(*lead, self.out_features).to(x.dtype)
@@ -222,6 +231,12 @@ class Int8Conv2d(_Int8Base):
         return self.weight.permute(0, 2, 3, 1).reshape(self.weight.shape[0], -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_float_input(self, x)
+        if x.dim() == 3:  # unbatched (C, H, W), as nn.Conv2d accepts
+            return self.forward(x.unsqueeze(0)).squeeze(0)
+        if x.dim() != 4:
+            raise ValueError(f"Int8Conv2d: expected a 3-D (unbatched) or 4-D (batched) input, got {x.dim()}-D "
+                             f"{tuple(x.shape)}")
         if x.device.type == "cpu":
             kw: dict[str, Any] = {"act": "static", "act_scale": float(self.act_scale),
                                   "act_zero_point": int(self.act_zero_point)} if self.act == "static" else \
@@ -324,6 +339,7 @@ class Int4Linear(nn.Module):
         return self._packed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_float_input(self, x)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features).float()
         if x2.device.type == "cuda":

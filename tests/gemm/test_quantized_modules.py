@@ -192,3 +192,29 @@ def test_int8_conv2d_bad_input():
         gemm.int8_conv2d(torch.zeros(1, 3, 5, 5, dtype=torch.float64), q._packed_weight(), kernel_size=(3, 3))
     with pytest.raises(ValueError, match="geometry"):
         q(torch.zeros(1, 3, 2, 2))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: Int8Linear.from_float(nn.Linear(8, 4)),
+    lambda: Int4Linear.from_float(nn.Linear(16, 4), group_size=8),
+    lambda: Int8Conv2d.from_float(nn.Conv2d(2, 3, 3)),
+])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.bool])
+def test_integer_input_is_refused_like_float_modules_do(make, dtype):
+    torch.manual_seed(0)
+    mod = make()
+    shape = (2, 2, 5, 5) if isinstance(mod, Int8Conv2d) else (2, mod.in_features)
+    with pytest.raises(TypeError, match=rf"{type(mod).__name__}: input must be a floating-point tensor, got "):
+        mod(torch.ones(shape, dtype=dtype))
+
+
+def test_int8_conv2d_accepts_unbatched_input_like_conv2d():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 5, 3, padding=1)
+    q = Int8Conv2d.from_float(conv)
+    x = torch.randn(3, 8, 8)
+    y = q(x)
+    assert y.shape == conv(x).shape == (5, 8, 8)
+    assert torch.equal(y, q(x.unsqueeze(0))[0])
+    with pytest.raises(ValueError, match="Int8Conv2d: expected a 3-D .unbatched. or 4-D .batched. input, got 2-D"):
+        q(torch.randn(8, 8))
