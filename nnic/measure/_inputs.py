@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -35,6 +37,24 @@ def with_batch(example_input: Any, batch: int) -> Any:
     if isinstance(example_input, dict):
         return {k: with_batch(v, batch) for k, v in example_input.items()}
     return example_input
+
+
+@contextlib.contextmanager
+def num_threads(threads: int | None) -> Iterator[int]:
+    """Run with ``threads`` threads (the current setting when ``None``), restored afterwards; yields the
+    number in use. Both torch's intra-op pool and nnic's kernel pool (which the int8 GEMM runs on) are set:
+    a low-bit model measured "at 1 thread" must not run its kernels on more."""
+    from nnic import kernels
+
+    previous = torch.get_num_threads(), kernels.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+        kernels.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous[0])
+        kernels.set_num_threads(previous[1])
 
 
 class eval_mode:

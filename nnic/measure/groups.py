@@ -60,7 +60,9 @@ def _components(per_layer: dict[str, list[int]]) -> list[ChannelGroup]:
 
 def channel_groups(model: nn.Module, example_input: Any) -> ChannelGroups:
     """Trace ``model`` on ``example_input`` and gather its coupled channels (the model is not changed)."""
-    from nnic.speedup.coupling import channel_groups as per_channel_groups
+    from nnic.channels import channel_groups as per_channel_groups
+    from nnic.plugins import get_registry
 
-    per_layer = per_channel_groups(model, example_input)
+    rules = [info.obj for info in get_registry().list("speedup_rule")]  # those speedup shrinks with
+    per_layer = per_channel_groups(model, example_input, rules)
     return ChannelGroups(per_layer, tuple(_components(per_layer)))

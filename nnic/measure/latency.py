@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nnic.measure._inputs import call, eval_mode, with_batch
+from nnic.measure._inputs import call, eval_mode, num_threads, with_batch
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,13 @@ class LatencyStats:
     batch: int | None
     warmup: int
     samples_ms: tuple[float, ...]
+
+    @classmethod
+    def from_samples(cls, samples_ms: list[float], *, threads: int, batch: int | None, warmup: int) -> LatencyStats:
+        ordered = sorted(samples_ms)
+        return cls(median_ms=statistics.median(ordered), p90_ms=ordered[math.ceil(0.9 * len(ordered)) - 1],
+                   min_ms=ordered[0], repeats=len(ordered), threads=threads, batch=batch, warmup=warmup,
+                   samples_ms=tuple(samples_ms))
 
     def __str__(self) -> str:
         batch = f", batch {self.batch}" if self.batch is not None else ""
@@ -66,25 +73,36 @@ def measure_latency(model: nn.Module, example_input: Any, *, threads: int | None
     _positive_int("repeats", repeats)
     x = with_batch(example_input, batch) if batch is not None else example_input
     sync = torch.cuda.synchronize if _uses_cuda(model, x) else (lambda: None)
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        used = torch.get_num_threads()
-        samples = []
-        with eval_mode(model), torch.inference_mode():
-            for _ in range(warmup):
-                call(model, x)
+    samples = []
+    with num_threads(threads) as used, eval_mode(model), torch.inference_mode():
+        for _ in range(warmup):
+            call(model, x)
+        sync()
+        for _ in range(repeats):
+            start = time.perf_counter_ns()
+            call(model, x)
             sync()
-            for _ in range(repeats):
-                start = time.perf_counter_ns()
-                call(model, x)
-                sync()
-                samples.append((time.perf_counter_ns() - start) / 1e6)
-    finally:
-        torch.set_num_threads(previous)
-    ordered = sorted(samples)
-    return LatencyStats(
-        median_ms=statistics.median(ordered), p90_ms=ordered[math.ceil(0.9 * len(ordered)) - 1], min_ms=ordered[0],
-        repeats=repeats, threads=used, batch=batch, warmup=warmup, samples_ms=tuple(samples),
-    )
+            samples.append((time.perf_counter_ns() - start) / 1e6)
+    return LatencyStats.from_samples(samples, threads=used, batch=batch, warmup=warmup)
+
+
+def measure_latencies(models: dict[str, nn.Module], example_input: Any, *, rounds: int = 3,
+                      threads: int | None = None, batch: int | None = None, warmup: int = 3,
+                      repeats: int = 20) -> dict[str, LatencyStats]:
+    """Latency of several models compared fairly: ``rounds`` interleaved rounds (A, B, A, B, ...); in each,
+    every model runs its warm-up and then its share of the ``repeats`` timed runs (spread as evenly as
+    possible), so that a change in machine load affects every model alike. The statistics are over all of a
+    model's ``repeats`` runs."""
+    _positive_int("rounds", rounds)
+    _positive_int("repeats", repeats)
+    shares = [repeats // rounds + (1 if i < repeats % rounds else 0) for i in range(rounds)]
+    samples: dict[str, list[float]] = {name: [] for name in models}
+    used = {}
+    for share in (s for s in shares if s):
+        for name, model in models.items():
+            stats = measure_latency(model, example_input, threads=threads, batch=batch, warmup=warmup,
+                                    repeats=share)
+            samples[name] += stats.samples_ms
+            used[name] = stats.threads
+    return {name: LatencyStats.from_samples(s, threads=used[name], batch=batch, warmup=warmup)
+            for name, s in samples.items()}

@@ -88,3 +88,22 @@ def test_channel_groups_couple_the_branches_of_a_residual_add():
     text = str(groups)
     assert text.splitlines()[0].startswith("2 channel groups")
     assert "stem, body" in text
+
+
+def test_interleaved_latencies_time_each_model_in_every_round():
+    calls = []
+
+    class Named(nn.Module):
+        def __init__(self, name: str) -> None:
+            super().__init__()
+            self.name = name
+
+        def forward(self, x):
+            calls.append(self.name)
+            return x
+
+    from nnic.measure import measure_latencies
+
+    stats = measure_latencies({"a": Named("a"), "b": Named("b")}, torch.zeros(1), rounds=2, warmup=1, repeats=4)
+    assert calls == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3  # per round: 1 warm-up + 2 timed each
+    assert stats["a"].repeats == stats["b"].repeats == 4
