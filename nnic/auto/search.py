@@ -308,36 +308,32 @@ def auto_compress(model: nn.Module, evaluator: Any, dummy_input: Any, *, constra
         asked = {"request": {"space": space, "sensitivity": sensitivity}, "goals": goals.to_dict(),
                  "strategy": strategy, "strategy_options": dict(strategy_options or {}),
                  "fine_tune_steps": fine_tune_steps, "fine_tune_evals": fine_tune_evals,
-                 "measure": measure_settings.to_dict(), "seed": seed, "prune_trials": prune_trials if isinstance(prune_trials, bool) else dict(prune_trials)}
+                 "measure": measure_settings.to_dict(), "seed": seed,
+                 "prune_trials": prune_trials if isinstance(prune_trials, bool) else dict(prune_trials)}
+        joined = join
         if study_name in existing:
             study = optuna.load_study(study_name=study_name, storage=rdb)
-            settings = study_settings(study)
-            if settings is None:
-                raise ValueError(f"study {study_name!r} in {url!r} was not made by nnic.auto_compress (it has no "
-                                 f"'nnic' settings); choose another study_name")
-            differ = [] if join else settings_conflict(settings, asked, SEARCH_KEYS)
-            if differ:
-                raise ValueError(f"study {study_name!r} in storage {_shown(url)} was made with other settings "
-                                 f"({', '.join(differ)} differ); use another study_name or out_dir, or the same "
-                                 f"settings to resume it. Nothing in the study was changed.")
+            settings = _stored_settings(study, url, None if join else asked)
         elif join:
             raise ValueError(f"study {study_name!r} does not exist in storage {_shown(url)}; start it with "
                              f"nnic.auto_compress(...) first (workers join an existing study)")
         else:
             settings = {**asked, **_resolve(model, evaluator, dummy_input, space, goals, measure_settings,
                                             sensitivity, progress)}
-            study = optuna.create_study(study_name=study_name, storage=rdb, directions=list(goals.directions),
-                                        load_if_exists=True)
-            if study_settings(study, wait_s=0) is None:
+            try:
+                study = optuna.create_study(study_name=study_name, storage=rdb, directions=list(goals.directions))
+            except optuna.exceptions.DuplicatedStudyError:  # another worker created it meanwhile: join it
+                study = optuna.load_study(study_name=study_name, storage=rdb)
+                settings, joined = _stored_settings(study, url, asked), True
+            else:
                 store_settings(study, settings)
-            settings = study_settings(study)
 
         space_obj = SearchSpace.from_dict(settings["space"])
         goals = make_goals(settings["goals"]["constraints"], settings["goals"]["objectives"])
         strategy_obj = get_strategy(settings["strategy"], settings["strategy_options"])
         started_with = len(study.get_trials(deepcopy=False))
         context = StrategyContext(
-            seed=settings["seed"] + 7919 * started_with + (os.getpid() if join else 0),
+            seed=settings["seed"] + 7919 * started_with + (os.getpid() if joined else 0),
             directions=goals.directions, n_trials=n_trials)
         sampler = make_sampler(strategy_obj, context)
         pruner = _trial_pruner(settings["prune_trials"] if len(goals.objectives) == 1 else False)
@@ -349,6 +345,21 @@ def auto_compress(model: nn.Module, evaluator: Any, dummy_input: Any, *, constra
     if out is not None:
         result.save(out)
     return result
+
+
+def _stored_settings(study: Any, url: str, asked: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The study's settings (waiting a little while its creator stores them); with ``asked``, refuse a study
+    made for another search."""
+    settings = study_settings(study)
+    if settings is None:
+        raise ValueError(f"study {study.study_name!r} in storage {_shown(url)} was not made by nnic.auto_compress "
+                         f"(it has no 'nnic' settings); choose another study_name")
+    differ = [] if asked is None else settings_conflict(settings, asked, SEARCH_KEYS)
+    if differ:
+        raise ValueError(f"study {study.study_name!r} in storage {_shown(url)} was made with other settings "
+                         f"({', '.join(differ)} differ); use another study_name or out_dir, or the same settings "
+                         f"to resume it. Nothing in the study was changed.")
+    return settings
 
 
 def _shown(url: str) -> str:

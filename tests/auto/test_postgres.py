@@ -59,15 +59,14 @@ def _until(condition, procs, timeout=400.0, what=""):
 
 def test_two_workers_share_a_study_and_a_killed_one_loses_nothing():
     study_name = f"digits-{uuid.uuid4().hex[:8]}"
-    a = _worker(study_name)
-    b = None
+    # Both start together: whichever creates the study first, the other joins it (creation is atomic).
+    a, b = _worker(study_name), _worker(study_name)
     try:
-        _until(lambda: study_exists(URL, study_name) and optuna.load_study(
-            study_name=study_name, storage=_db()).user_attrs.get("nnic"), [a], what="worker A to create the study")
-        b = _worker(study_name)
         b_tag = f":{b.pid}"
 
         def b_running_after_finishing_one():
+            if not study_exists(URL, study_name):
+                return None
             trials = optuna.load_study(study_name=study_name, storage=_db()).get_trials(deepcopy=False)
             mine = [t for t in trials if t.user_attrs.get("worker", "").endswith(b_tag)]
             done = [t for t in mine if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
