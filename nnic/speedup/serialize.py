@@ -58,9 +58,12 @@ def _direct_tensors(m: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_pruned(model: nn.Module, directory: io.PathLike) -> Path:
-    """Write ``manifest.json`` and ``model.safetensors`` into ``directory`` (created if missing), atomically each."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    """Write ``manifest.json`` and ``model.safetensors`` into ``directory``, all or nothing.
+
+    The two files are written into a fresh directory that replaces ``directory`` in one rename
+    (:func:`nnic.io.atomic_directory`), so a save that is killed or fails leaves the previous save complete. The
+    directory is the saved artefact: it must be new, empty, or hold only a previous save.
+    """
     modules = {}
     for name, m in model.named_modules():
         tensors = _direct_tensors(m)
@@ -71,9 +74,15 @@ def save_pruned(model: nn.Module, directory: io.PathLike) -> Path:
             "attrs": _attrs(m),
             "tensors": {k: list(t.shape) for k, t in tensors.items()},
         }
-    io.save_tensors(model.state_dict(), directory / WEIGHTS)
-    io.save_json({"format": FORMAT, "modules": modules}, directory / MANIFEST)
-    return directory
+    state = model.state_dict()
+
+    def write(new: Path) -> None:
+        io.save_tensors(state, new / WEIGHTS)
+        io.save_json({"format": FORMAT, "modules": modules}, new / MANIFEST)
+
+    Path(directory).parent.mkdir(parents=True, exist_ok=True)
+    io.atomic_directory(directory, write, owned=(MANIFEST, WEIGHTS))
+    return Path(directory)
 
 
 def load_pruned(model: nn.Module, directory: io.PathLike) -> nn.Module:
@@ -86,6 +95,13 @@ def load_pruned(model: nn.Module, directory: io.PathLike) -> nn.Module:
     directory = Path(directory)
     modules = manifest.check_structure(io.load_json(directory / MANIFEST), str(directory / MANIFEST))
     table = RuleTable(registered_rules())
+    state = io.load_tensors(directory / WEIGHTS)
+    for name, entry in modules.items():  # the weights must be what the manifest says, before the model changes
+        for k, shape in entry["tensors"].items():
+            saved = state.get(f"{name}.{k}" if name else k)
+            if saved is not None and list(saved.shape) != list(shape):
+                raise ValueError(f"load_pruned: {directory / MANIFEST}['modules'][{name!r}]['tensors'][{k!r}] says "
+                                 f"{list(shape)}, but {WEIGHTS} holds {list(saved.shape)}")
     allowed: dict[str, type] | None = None
     for name, entry in modules.items():
         try:
@@ -118,6 +134,14 @@ def load_pruned(model: nn.Module, directory: io.PathLike) -> nn.Module:
                 setattr(m, k, nn.Parameter(new_t, requires_grad=t.requires_grad if t is not None else True))
             else:
                 m._buffers[k] = new_t
-    state = io.load_tensors(directory / WEIGHTS)
+    expected = model.state_dict()
+    wrong = sorted(set(expected) ^ set(state)) or [k for k in state if state[k].shape != expected[k].shape]
+    if wrong:
+        k = wrong[0]
+        what = ("is missing from" if k in expected and k not in state else "is not a tensor of the model, yet is in"
+                if k not in expected else f"has shape {list(state[k].shape)} in")
+        raise ValueError(f"load_pruned: {k!r} {what} {directory / WEIGHTS}"
+                         + (f", where the manifest's shapes give {list(expected[k].shape)}" if k in expected
+                            and k in state else "") + "; the manifest and the weights do not belong together")
     model.load_state_dict(state, strict=True)
     return model
