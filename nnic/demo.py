@@ -105,6 +105,8 @@ def run(out_dir: str | Path | None = None, *, quiet: bool = False) -> Any:
     out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="nnic-demo-"))
     recipe = load_recipe(example("digits"))
     result = compress(recipe, out, quiet=quiet)
+    from nnic.report.text import latency_caption
+
     table = Table(title="nnic demo: digits CNN, channel pruning 60 % + fine-tune + speedup + int8",
                   title_justify="left")
     for h in ("", "dense", "compressed", "compressed/dense"):
@@ -113,6 +115,7 @@ def run(out_dir: str | Path | None = None, *, quiet: bool = False) -> Any:
         table.add_row(*row)
     console = Console()
     console.print(table)
+    console.print(latency_caption(result.report))
     for note in result.report.notes:
         console.print(f"• {note}")
     console.print(f"recipe: {example('digits')}\nreport: {out / 'report.html'}  (nnic report {out})")

@@ -126,7 +126,7 @@ def compress(recipe: Recipe, out: str | Path, *, quiet: bool = False, report: bo
             _write_status(out, status)
         with progress.step("save the compressed model"):
             save_model(run.model, out / "model", recipe.spec["model"])
-            if run.masks is not None or any(s["stage"] == "prune" for s in recipe.stages):
+            if any(s["stage"] == "prune" for s in recipe.stages):
                 last = max(i for i, s in enumerate(recipe.stages) if s["stage"] == "prune")
                 shutil.copyfile(out / "stages" / f"{last:02d}-prune" / "masks.safetensors", out / "masks.safetensors")
             if run.calibration is not None:
