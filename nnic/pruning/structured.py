@@ -30,7 +30,7 @@ from torch import nn
 
 from nnic.masking import Masks
 from nnic.pruning.base import Pruner
-from nnic.quantities import amount
+from nnic.selection import amount
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d,
           nn.InstanceNorm3d)

@@ -83,7 +83,7 @@ def _config_list(where: Where, cls: type, config_list: Any, kwargs: dict[str, An
     base = kwargs.get("pruning_algorithm")
     if isinstance(base, str):  # scheduled pruners take the keys of the pruner they schedule
         keys += tuple(get_registry().get("pruner", base).obj.config_keys)
-    require_sparsity = cls.kind == "pruning" and not any(k.name in ("n", "m") for k in keys)
+    require_sparsity = cls.kind == "pruner" and not any(k.name in ("n", "m") for k in keys)
     try:
         validate_config_list(config_list, cls.kind, extra_keys=keys, require_sparsity=require_sparsity)
     except (TypeError, ValueError) as exc:

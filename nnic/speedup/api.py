@@ -133,7 +133,7 @@ class ModelSpeedup:
     :param model: the model; masks already attached by a pruner (nnic parametrizations) are folded in first.
     :param dummy_input: a tensor (the single positional argument), a tuple/list (positional arguments) or a
         dict (keyword arguments), on the model's device.
-    :param masks: ``{layer: {param: mask}}`` (see API.md); may be empty when the weights already hold zeros.
+    :param masks: ``{layer: {param: mask}}`` (as :mod:`nnic.masking` defines them); may be empty when the weights already hold zeros.
     :param rules: extra speedup rules, on top of those the installed plugins register.
     :param leaf_modules: module names or classes not to trace into (kept whole unless a rule handles them).
     :param strict: raise, instead of warning, when an op without a rule reads prunable channels.

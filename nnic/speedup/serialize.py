@@ -58,9 +58,12 @@ def _direct_tensors(m: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_pruned(model: nn.Module, directory: io.PathLike) -> Path:
-    """Write ``manifest.json`` and ``model.safetensors`` into ``directory`` (created if missing), atomically each."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    """Write ``manifest.json`` and ``model.safetensors`` into ``directory``, all or nothing.
+
+    The two files are written into a fresh directory that replaces ``directory`` in one rename
+    (:func:`nnic.io.atomic_directory`), so a save that is killed or fails leaves the previous save complete. The
+    directory is the saved artefact: it must be new, empty, or hold only a previous save.
+    """
     modules = {}
     for name, m in model.named_modules():
         tensors = _direct_tensors(m)
@@ -71,9 +74,15 @@ def save_pruned(model: nn.Module, directory: io.PathLike) -> Path:
             "attrs": _attrs(m),
             "tensors": {k: list(t.shape) for k, t in tensors.items()},
         }
-    io.save_tensors(model.state_dict(), directory / WEIGHTS)
-    io.save_json({"format": FORMAT, "modules": modules}, directory / MANIFEST)
-    return directory
+    state = model.state_dict()
+
+    def write(new: Path) -> None:
+        io.save_tensors(state, new / WEIGHTS)
+        io.save_json({"format": FORMAT, "modules": modules}, new / MANIFEST)
+
+    Path(directory).parent.mkdir(parents=True, exist_ok=True)
+    io.atomic_directory(directory, write, owned=(MANIFEST, WEIGHTS))
+    return Path(directory)
 
 
 def load_pruned(model: nn.Module, directory: io.PathLike) -> nn.Module:
