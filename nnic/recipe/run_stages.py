@@ -123,5 +123,5 @@ def auto(run: Run, spec: dict[str, Any]) -> dict[str, Any]:
     options = {"progress": not run.progress.quiet, **spec["kwargs"]}
     result = nnic.auto_compress(run.model, evaluator, run.example_input, out_dir=run.stage_dir, **options)
     run.model = result.apply(run.model, dummy_input=run.example_input, evaluator=evaluator)
-    run.extras["auto"] = result
+    run.extras["search results"] = result  # its plot() goes into the report
     return {"out_dir": str(run.stage_dir)}

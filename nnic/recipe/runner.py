@@ -37,6 +37,10 @@ from nnic.recipe.stages import stage_kind
 
 log = logging.getLogger("nnic.recipe")
 
+#: What a run writes into its folder (and removes there first, so a failed run cannot show an older one's).
+OUTPUTS = ("stages", "model", "masks.safetensors", "calibration.json", "report.json", "report.html", "status.json",
+           "recipe.json")
+
 
 class StageFailed(RuntimeError):
     """Stage ``index`` (``stage``) raised; the earlier stages' outputs are in the output folder."""
@@ -98,8 +102,12 @@ def compress(recipe: Recipe, out: str | Path, *, quiet: bool = False, report: bo
     """Run every stage of ``recipe`` in order, writing into ``out`` (see the module docstring)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if (out / "stages").exists():
-        shutil.rmtree(out / "stages")  # a previous run's stages would mix with this one's
+    for stale in OUTPUTS:  # a previous run's outputs would pass for this one's
+        path = out / stale
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
     io.save_json({**recipe.spec, "versions": _versions()}, out / "recipe.json")
     status: dict[str, Any] = {"recipe": recipe.name, "stages": [
         {"index": i, "stage": s["stage"], "status": "not run"} for i, s in enumerate(recipe.stages)]}
@@ -126,7 +134,7 @@ def compress(recipe: Recipe, out: str | Path, *, quiet: bool = False, report: bo
             _write_status(out, status)
         with progress.step("save the compressed model"):
             save_model(run.model, out / "model", recipe.spec["model"])
-            if run.masks is not None or any(s["stage"] == "prune" for s in recipe.stages):
+            if any(s["stage"] == "prune" for s in recipe.stages):
                 last = max(i for i, s in enumerate(recipe.stages) if s["stage"] == "prune")
                 shutil.copyfile(out / "stages" / f"{last:02d}-prune" / "masks.safetensors", out / "masks.safetensors")
             if run.calibration is not None:

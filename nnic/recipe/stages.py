@@ -44,11 +44,12 @@ class StageKind:
 # ---- validation helpers --------------------------------------------------------------------------------------
 def _registered(where: Where, kind: str, name: Any) -> type:
     from nnic.plugins import get_registry
+    from nnic.registry import PluginConflictError, UnknownPluginError
 
     check_str(where, name)
     try:
         return get_registry().get(kind, name).obj
-    except Exception as exc:  # UnknownPluginError, PluginConflictError
+    except (UnknownPluginError, PluginConflictError) as exc:
         raise where.error(str(exc)) from None
 
 
@@ -77,13 +78,13 @@ def _needs(cls: type, name: str) -> bool:
 def _config_list(where: Where, cls: type, config_list: Any, kwargs: dict[str, Any]) -> list[dict[str, Any]]:
     """The algorithm's own check of its config_list, its messages prefixed with the stage's place."""
     from nnic.config import validate_config_list
-    from nnic.plugins import get_registry
 
     keys = tuple(getattr(cls, "config_keys", ()) or ())
-    base = kwargs.get("pruning_algorithm")
-    if isinstance(base, str):  # scheduled pruners take the keys of the pruner they schedule
-        keys += tuple(get_registry().get("pruner", base).obj.config_keys)
-    require_sparsity = cls.kind == "pruning" and not any(k.name in ("n", "m") for k in keys)
+    if "pruning_algorithm" in kwargs:  # scheduled pruners take the keys of the pruner they schedule
+        base = _registered(where.key("kwargs").key("pruning_algorithm"), "pruner", kwargs["pruning_algorithm"])
+        keys += tuple(base.config_keys)
+    # N:M pruners take their sparsity from n and m, not from a sparsity key
+    require_sparsity = cls.kind == "pruner" and not any(k.name in ("n", "m") for k in keys)
     try:
         validate_config_list(config_list, cls.kind, extra_keys=keys, require_sparsity=require_sparsity)
     except (TypeError, ValueError) as exc:

@@ -34,7 +34,7 @@ class LayerComparison:
 @dataclass
 class CompressionReport:
     """``before`` and ``after`` profiles, the agreement of their outputs, the run's stages, notes in plain
-    words, and any figures a step added (``images``: ``{title: PNG bytes}``, e.g. a sensitivity plot)."""
+    words, and any figures a step added (``images``: ``{title: PNG bytes}``, e.g. a search's Pareto front)."""
 
     before: ModelProfile
     after: ModelProfile
@@ -202,12 +202,18 @@ def build_report(dense: nn.Module, compressed: nn.Module, example_input: Any, *,
 
 
 def _images(extras: dict[str, Any]) -> dict[str, bytes]:
-    """Figures that steps produced (sensitivity analysis, search): any extra with a ``to_png()``."""
+    """Figures of the steps that produced results with a ``plot(path)`` (a sensitivity analysis, a search)."""
+    import tempfile
+
     out = {}
     for name, value in extras.items():
-        if hasattr(value, "to_png"):
+        if not callable(getattr(value, "plot", None)):
+            continue
+        with tempfile.TemporaryDirectory(prefix="nnic-figure-") as tmp:
+            path = Path(tmp) / "figure.png"
             try:
-                out[name] = value.to_png()
+                value.plot(path)
+                out[name] = path.read_bytes()
             except Exception as exc:  # a figure is a bonus: the report stands without it, and says so
                 log.warning("report: the %s figure could not be drawn (%s: %s)", name, type(exc).__name__, exc)
     return out

@@ -8,7 +8,7 @@ import html
 from typing import TYPE_CHECKING
 
 from nnic.report.plots import figures
-from nnic.report.text import LAYER_HEADER, layer_rows, totals_rows
+from nnic.report.text import LAYER_HEADER, latency_caption, layer_rows, totals_rows
 
 if TYPE_CHECKING:
     from nnic.report.compare import CompressionReport
@@ -39,7 +39,8 @@ def render_html(report: CompressionReport) -> str:
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>",
              f"<style>{_STYLE}</style></head><body><h1>{title}</h1>",
              f"<p class='small'>{html.escape(', '.join(f'{k} {v}' for k, v in env.items() if k != 'measure'))}</p>",
-             "<h2>Before and after</h2>", _table(("", "before", "after", "after/before"), totals_rows(report))]
+             "<h2>Before and after</h2>", _table(("", "before", "after", "after/before"), totals_rows(report)),
+             f"<p class='small'>{html.escape(latency_caption(report))}</p>"]
     if report.notes:
         parts.append("<h2>What compression bought, and what it did not</h2><ul class='notes'>"
                      + "".join(f"<li>{html.escape(n)}</li>" for n in report.notes) + "</ul>")

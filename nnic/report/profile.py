@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from nnic.config import op_type
+from nnic.selection import op_type
 from nnic.measure import count_flops, params_per_layer, size_on_disk
 from nnic.measure._inputs import call, eval_mode, num_threads
 

@@ -36,8 +36,7 @@ def totals_rows(report: CompressionReport) -> list[tuple[str, str, str, str]]:
             ("size on disk", _mb(b.size_bytes), _mb(a.size_bytes), _ratio(b.size_bytes, a.size_bytes))]
     if b.latency and a.latency:
         lb, la = b.latency, a.latency
-        how = f"batch {la['batch'] or 'as given'}, {la['threads']} threads"
-        rows.append((f"latency median ({how})", _n(lb["median_ms"], " ms"), _n(la["median_ms"], " ms"),
+        rows.append(("latency median", _n(lb["median_ms"], " ms"), _n(la["median_ms"], " ms"),
                      _ratio(lb["median_ms"], la["median_ms"])))
         rows.append(("latency p90", _n(lb["p90_ms"], " ms"), _n(la["p90_ms"], " ms"),
                      _ratio(lb["p90_ms"], la["p90_ms"])))
@@ -47,6 +46,16 @@ def totals_rows(report: CompressionReport) -> list[tuple[str, str, str, str]]:
         if key in report.agreement:
             rows.append((label, "", f"{report.agreement[key]:.4f}", ""))
     return rows
+
+
+def latency_caption(report: CompressionReport) -> str:
+    """How the latency was measured, in one line."""
+    la = report.after.latency
+    if not la:
+        return ""
+    batch = f"batch {la['batch']}" if la["batch"] else "the example input's batch"
+    return (f"latency: {batch}, {la['threads']} thread{'s' if la['threads'] != 1 else ''}, "
+            f"{la['repeats']} timed runs per model after {la['warmup']} warm-up runs, models interleaved")
 
 
 def layer_rows(report: CompressionReport) -> list[tuple[str, ...]]:
@@ -84,6 +93,7 @@ def render_text(report: CompressionReport, width: int | None = None) -> str:
     for row in totals_rows(report):
         totals.add_row(*row)
     console.print(totals)
+    console.print(latency_caption(report))
     for note in report.notes:
         console.print(f"• {note}")
     layers = Table(title="per layer", title_justify="left")

@@ -80,6 +80,8 @@ def test_a_failed_stage_keeps_earlier_outputs_and_names_itself(tmp_path):
     recipe = validate(tiny([PRUNE, {"stage": "fine_tune", "steps": 2},
                             {"stage": "quantization_speedup", "bits": {"no_such_layer": 8}}, {"stage": "speedup"}]),
                       "t.yaml")
+    (tmp_path / "model").mkdir()  # an earlier run's outputs must not pass for this one's
+    (tmp_path / "report.json").write_text("{}")
     with pytest.raises(StageFailed) as exc:
         compress(recipe, tmp_path, quiet=True)
     assert exc.value.index == 2 and exc.value.stage == "quantization_speedup"

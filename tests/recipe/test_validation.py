@@ -81,6 +81,15 @@ def test_mistakes_name_the_file_the_stage_and_the_key(path, value, message):
     assert str(exc.value).startswith(message)
 
 
+def test_a_scheduled_pruner_is_checked_with_the_pruner_it_schedules():
+    agp = {"stage": "prune", "pruner": "agp", "config_list": [{"sparsity": 0.5, "op_types": ["Conv2d"]}],
+           "kwargs": {"pruning_algorithm": "l1nrom", "total_iteration": 2}}
+    with pytest.raises(RecipeError, match=r"r.yaml: stages\[0\].kwargs.pruning_algorithm: no pruner named 'l1nrom'"):
+        validate(_with("stages", [agp]), "r.yaml")
+    agp["kwargs"]["pruning_algorithm"] = "l1norm"
+    assert validate(_with("stages", [agp]), "r.yaml").stages[0]["kwargs"]["pruning_algorithm"] == "l1norm"
+
+
 def test_stages_that_need_an_earlier_stage_or_data_say_so():
     no_prune = _with("stages", [{"stage": "speedup"}])
     with pytest.raises(RecipeError, match=r"stages\[0\]: speedup removes what a prune stage masked"):

@@ -60,7 +60,7 @@ def test_text_table_has_totals_and_one_row_per_layer(report):
     assert "nnic report: small-cnn" in text
     assert re.search(r"params\s+│\s+[\d,]+\s+│\s+[\d,]+\s+│\s+0\.\d\d×", text)
     assert "Conv2d → Int8Conv2d" in text and "32 → 8" in text
-    assert "latency median (batch as given, 1 threads)" in text
+    assert "latency: the example input's batch, 1 thread, 5 timed runs per model after 1 warm-up runs" in text
 
 
 def test_html_is_one_self_contained_file_with_png_figures(report, tmp_path):
@@ -119,3 +119,27 @@ def test_attention_rows_absorb_their_projections():
     assert [r.name for r in profile.layers] == ["attn", "head"]
     assert profile.layers[0].params == sum(p.numel() for p in model.attn.parameters())
     assert profile.layers[0].time_ms is None
+
+
+def test_results_with_a_plot_become_report_figures(compressed_pair):
+    from nnic.report import build_report
+
+    class Curves:
+        def plot(self, path):
+            import matplotlib
+
+            matplotlib.use("Agg")
+            from matplotlib.figure import Figure
+
+            fig = Figure()
+            fig.add_subplot().plot([0, 1], [1, 0])
+            fig.savefig(path, format="png")
+
+    class Broken:
+        def plot(self, path):
+            raise RuntimeError("no data")
+
+    dense, model, x = compressed_pair
+    report = build_report(dense, model, x, measure={"threads": 1, "warmup": 0, "repeats": 1},
+                          extras={"sensitivity": Curves(), "search": Broken()})
+    assert list(report.images) == ["sensitivity"] and report.images["sensitivity"].startswith(b"\x89PNG")
