@@ -259,7 +259,9 @@ def auto_compress(model: nn.Module, evaluator: Any, dummy_input: Any, *, constra
         :mod:`nnic.auto.goals`.
     :param objectives: one metric (best trial) or several (Pareto front), e.g. ``("score", "latency_ms")``.
     :param space: the search space (see :mod:`nnic.auto.space`).
-    :param n_trials: finished trials the study should hold when this call returns (all workers together).
+    :param n_trials: finished trials the study should hold when this call returns (all workers together; a
+        worker waits while others run the last ones, so only workers that start a last trial at the same
+        instant can finish one more).
     :param strategy: a registered strategy name (``nnic plugins --kind strategy``): tpe, random, cmaes, nsga2,
         sa, or a plugin's; ``strategy_options`` go to it.
     :param storage: a database URL (``postgresql://...``) to share the study between machines; ``None`` keeps
