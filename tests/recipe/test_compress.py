@@ -114,3 +114,12 @@ def test_an_auto_stage_searches_applies_the_best_trial_and_plots_it(tmp_path):
     assert (tmp_path / "stages" / "00-auto" / "trials.json").is_file()
     assert result.report.after.macs <= 0.9 * result.report.before.macs  # the constraint the search met
     assert list(result.report.images) == ["search results"]  # its Pareto plot, in the HTML report
+
+
+def test_a_factory_that_raises_is_named_by_its_recipe_section(tmp_path):
+    from nnic.recipe import RecipeError
+
+    spec = tiny([PRUNE])
+    spec["model"]["kwargs"] = {"widht": 4}
+    with pytest.raises(RecipeError, match=r"t.yaml: model: building it failed: TypeError: .*widht"):
+        compress(validate(spec, "t.yaml"), tmp_path, quiet=True)
