@@ -30,6 +30,7 @@ from torch import nn
 from nnic import io
 from nnic.recipe.artifacts import save_model
 from nnic.recipe.data import Data
+from nnic.recipe.errors import RecipeError
 from nnic.recipe.progress import Progress
 from nnic.recipe.resolve import build_data, build_example_input, build_model
 from nnic.recipe.schema import Recipe
@@ -88,13 +89,25 @@ def _write_status(out: Path, status: dict[str, Any]) -> None:
     io.save_json(status, out / "status.json")
 
 
+def _built(section: str, build: Any, source: str) -> Any:
+    """``build()``; an error in the user's factory names the recipe section it came from."""
+    try:
+        return build()
+    except RecipeError:
+        raise
+    except Exception as exc:
+        raise RecipeError(f"{source}: {section}: building it failed: {type(exc).__name__}: {exc}") from exc
+
+
 def prepare(recipe: Recipe, out: Path, progress: Progress) -> Run:
     """Build the model, example input and data of ``recipe`` (seeded), for a run into ``out``."""
     torch.manual_seed(recipe.spec["seed"])
+    spec, source = recipe.spec, recipe.source
     with progress.step("build the model"):
-        model = build_model(recipe.spec["model"], recipe.base_dir, recipe.source)
-        example_input = build_example_input(recipe.spec["example_input"], recipe.source, recipe.spec["seed"])
-        data = build_data(recipe.spec["data"], recipe.source)
+        model = _built("model", lambda: build_model(spec["model"], recipe.base_dir, source), source)
+        example_input = _built("example_input", lambda: build_example_input(spec["example_input"], source,
+                                                                            spec["seed"]), source)
+        data = _built("data", lambda: build_data(spec["data"], source), source)
     return Run(recipe, out, progress, model, example_input, data)
 
 

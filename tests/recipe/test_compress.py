@@ -103,3 +103,23 @@ def test_the_same_recipe_gives_the_same_model(tmp_path):
     b = compress(copy.deepcopy(recipe), tmp_path / "b", quiet=True, report=False)
     for (n1, p1), (n2, p2) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
         assert n1 == n2 and torch.equal(p1, p2), n1
+
+
+@pytest.mark.slow
+def test_an_auto_stage_searches_applies_the_best_trial_and_plots_it(tmp_path):
+    pytest.importorskip("optuna")
+    auto = {"stage": "auto", "kwargs": {"n_trials": 2, "constraints": {"flops": 0.9},
+                                        "measure": {"repeats": 2, "warmup": 1}}}
+    result = compress(validate(tiny([auto]), "t.yaml"), tmp_path, quiet=True)
+    assert (tmp_path / "stages" / "00-auto" / "trials.json").is_file()
+    assert result.report.after.macs <= 0.9 * result.report.before.macs  # the constraint the search met
+    assert list(result.report.images) == ["search results"]  # its Pareto plot, in the HTML report
+
+
+def test_a_factory_that_raises_is_named_by_its_recipe_section(tmp_path):
+    from nnic.recipe import RecipeError
+
+    spec = tiny([PRUNE])
+    spec["model"]["kwargs"] = {"widht": 4}
+    with pytest.raises(RecipeError, match=r"t.yaml: model: building it failed: TypeError: .*widht"):
+        compress(validate(spec, "t.yaml"), tmp_path, quiet=True)
