@@ -185,15 +185,15 @@ class SequentialRunner:
 
         Also records which normalisation layer, if any, produced each group's input (see :meth:`fold_scale`).
         """
-        seen: dict[str, tuple] = {}
+        # Tensors are kept (not just their addresses) until the pass ends, so no address is reused meanwhile.
+        seen: dict[str, torch.Tensor] = {}
         order: list[str] = []
-        norm_out: dict[tuple, list[nn.Module]] = {}
+        norm_out: list[tuple[nn.Module, torch.Tensor]] = []
 
         def hook(name: str) -> Callable:
             def record(_m: nn.Module, args: tuple) -> None:
                 if name not in seen:
-                    x = args[0]
-                    seen[name] = (x.data_ptr(), tuple(x.shape))
+                    seen[name] = args[0]
                     order.append(name)
                 if len(order) == len(names):
                     raise _Stop
@@ -201,7 +201,7 @@ class SequentialRunner:
 
         def record_norm(m: nn.Module, _args: tuple, out: Any) -> None:
             if isinstance(out, torch.Tensor):
-                norm_out.setdefault((out.data_ptr(), tuple(out.shape)), []).append(m)
+                norm_out.append((m, out))
 
         handles = [self.layers[n].register_forward_pre_hook(hook(n)) for n in names]
         handles += [m.register_forward_hook(record_norm) for m in block.modules() if _is_norm(m)]
@@ -213,11 +213,11 @@ class SequentialRunner:
         missing = [n for n in names if n not in seen]
         if missing:
             raise ValueError(f"{block_name}: the block's forward pass never calls {missing}; exclude them")
-        groups: dict[tuple, list[str]] = {}
+        groups: dict[int, list[str]] = {}
         for n in order:
-            groups.setdefault(seen[n], []).append(n)
-        for key, group in groups.items():
-            feeders = norm_out.get(key, [])
+            groups.setdefault(id(seen[n]), []).append(n)
+        for group in groups.values():
+            feeders = [m for m, out in norm_out if out is seen[group[0]]]
             if len(feeders) == 1:
                 self._feeders[group[0]] = feeders[0]
         return list(groups.values())
