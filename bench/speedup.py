@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import nnic
-from nnic.speedup.flops import count_flops, count_params
+from nnic.measure import count_flops, count_params
 
 
 class Encoder(nn.Module):

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import nnic
-from nnic.speedup.flops import count_flops, count_params
+from nnic.measure import count_flops, count_params
 
 PRODUCERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
 
