@@ -47,6 +47,7 @@ def quantizer(name: str, model: torch.nn.Module, config_list: list[dict], **kwar
 
 
 _LAZY = {
+    "export_onnx": "nnic.export:export_onnx",
     "kernels": "nnic.kernels",
     "Pruner": "nnic.pruning:Pruner",
     "Quantizer": "nnic.quantization:Quantizer",
@@ -62,5 +63,5 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = ["ModelSpeedup", "Pruner", "Quantizer", "__version__", "hookimpl", "kernels", "list_plugins", "pruner",
+__all__ = ["ModelSpeedup", "Pruner", "Quantizer", "__version__", "export_onnx", "hookimpl", "kernels", "list_plugins", "pruner",
            "quantization_speedup", "quantizer", "speedup", "speedup_model"]

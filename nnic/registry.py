@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-KINDS = ("pruner", "quantizer", "speedup_rule", "lowering")
+KINDS = ("pruner", "quantizer", "speedup_rule", "lowering", "onnx_export")
 
 
 class PluginError(Exception):
@@ -148,4 +148,5 @@ HOOK_KINDS: dict[str, str] = {
     "register_quantizers": "quantizer",
     "register_speedup_rules": "speedup_rule",
     "register_lowerings": "lowering",
+    "register_onnx_exporters": "onnx_export",
 }
