@@ -94,7 +94,7 @@ def register_onnx_exporters(register: Register) -> None:
 
     :param register: call ``register(handler, name=None, aliases=())`` once per handler: an object with ``name``
         (by convention the qualified module type, lower-case), ``kind`` (the verification tolerance: ``"float"``,
-        ``"int8"``, ``"int8_static"``, ``"int4"``), ``targets`` (the module classes it handles) and
+        ``"int8"``, ``"int4"``), ``targets`` (the module classes it handles) and
         ``stand_in(module, options)`` returning a module torch can export in its place, or a string saying why
         there is none (see :mod:`nnic.export.handlers`).
 

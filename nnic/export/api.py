@@ -106,7 +106,7 @@ def _write(flat: Flat, inputs: Inputs, path: str, *, opset: int, output_names: l
     fd, tmp = tempfile.mkstemp(prefix=".nnic-export-", suffix=".onnx", dir=directory)
     os.close(fd)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), torch.no_grad():
             # The TorchScript exporter warns that it is deprecated, and the tracer about Python values in models
             # it records as constants; verification checks what was recorded.
             warnings.simplefilter("ignore")
@@ -200,12 +200,18 @@ def _output_names(model: nn.Module, inputs: Inputs) -> list[str]:
         return [name for name, _ in flatten_outputs(inputs.call(model, inputs.tensors))]
 
 
+def _brief(err: Exception) -> str:
+    """The first line of an exporter error (some print whole tensors after it)."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:400] if text else ''}"
+
+
 def _located(flat: Flat, inputs: Inputs, opset: int, err: Exception) -> ExportError:
     found = failing_module(flat.model, lambda: flat(*inputs.tensors), opset)
     if found is None:
-        return ExportError(f"torch's ONNX exporter failed on the model's own forward: {err}")
+        return ExportError(f"torch's ONNX exporter failed on the model's own forward: {_brief(err)}")
     name, module, inner = found
-    return ExportError(f"module {name!r} ({type(module).__name__}) cannot be exported to ONNX: {inner}; register an "
+    return ExportError(f"module {name!r} ({type(module).__name__}) cannot be exported to ONNX: {_brief(inner)}; register an "
                        f"export handler for {type(module).__qualname__} (see nnic.export.handlers)")
 
 

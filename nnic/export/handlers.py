@@ -9,7 +9,7 @@ A handler is an object with
 
 - ``name``: lower-case, by convention the qualified name of the module type (``"nnic.int8linear"``);
 - ``kind``: the export kind its output is verified with (a key of :data:`nnic.export.verify.TOLERANCES`:
-  ``"float"``, ``"int8"``, ``"int8_static"``, ``"int4"``);
+  ``"float"``, ``"int8"``, ``"int4"``);
 - ``targets``: the module classes it handles (subclasses match; the nearest class in the MRO wins);
 - ``stand_in(module, options)``: a module torch can export in ``module``'s place, or a string saying why there
   is none. Return a plain float module (a sparse layer exported dense), or a :class:`SymbolicStandIn` whose

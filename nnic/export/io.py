@@ -84,6 +84,9 @@ class Flat(nn.Module):
     def __init__(self, model: nn.Module, inputs: Inputs) -> None:
         super().__init__()
         self.model, self.inputs = model, inputs
+        # In the model's mode: torch's exporter restores the wrapper's mode afterwards, recursively, and a fresh
+        # module's default (training) would leave BatchNorm/Dropout of an eval model in training mode.
+        self.training = model.training
 
     def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple(t for _, t in flatten_outputs(self.inputs.call(self.model, tensors)))

@@ -45,7 +45,7 @@ def failing_module(model: nn.Module, run: Any, opset: int) -> tuple[str, nn.Modu
     """The innermost module (name, module, error) that cannot be exported on its own, or None."""
     for name, module, args in record_calls(model, run):
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(module, args, io.BytesIO(), opset_version=opset, dynamo=False)
         except Exception as err:  # noqa: BLE001 - any exporter failure is the evidence we look for
