@@ -96,7 +96,7 @@ def main() -> None:
     model = LastHidden(bert())
     qmodel = nnic.quantization_speedup(copy.deepcopy(model), {
         n: 8 for n, m in model.named_modules() if isinstance(m, nn.Linear)})
-    example = torch.randint(0, 30522, (1, args.seq))
+    example = {"input_ids": torch.randint(0, 30522, (1, args.seq))}
     tmp = Path(tempfile.mkdtemp(prefix="nnic-bench-onnx-"))
     files = {}
     for fmt in ("integer", "qdq"):
