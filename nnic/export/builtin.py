@@ -9,6 +9,9 @@
   weight), the layout other runtimes (TensorRT, OpenVINO) read.
   onnxruntime quantizes dynamic activations per tensor (``DynamicQuantizeLinear``), nnic per token by default:
   outputs agree to int8 accuracy, not bit for bit (tolerance ``"int8"``); static activations agree closely.
+- ``nnic.sparse.SparseLinear`` (when nnic has it): exported dense, as ONNX has no sparse matmul that
+  onnxruntime runs faster on CPU: float layers as a plain ``MatMul`` (``Gemm``), int8 layers as the
+  ``Int8Linear`` they were made from (same codes, scales and activation quantization).
 - ``Int4Linear``: onnxruntime's ``com.microsoft`` ``MatMulNBits`` (4-bit blocks of 16-128 inputs, unsigned codes
   around the default zero point 8) when nnic's group size nests into such blocks; otherwise, or with
   ``int4_matmulnbits=False``, the dequantized float weight (a plain ``MatMul``), with a warning.
@@ -158,8 +161,44 @@ class Int4LinearExport:
         return dense
 
 
+class SparseLinearExport:
+    """Sparse layers exported dense (the file stores every weight; onnxruntime has no faster sparse kernel)."""
+
+    name = "nnic.sparselinear"
+    kind = "int8"  # the loosest of its forms: int8 layers quantize activations as Int8Linear does
+
+    @property
+    def targets(self) -> tuple[type, ...]:
+        try:
+            from nnic.sparse.modules import SparseLinear
+        except ImportError:  # an nnic without sparse modules
+            return ()
+        return (SparseLinear,)
+
+    def stand_in(self, module: nn.Module, options: ExportOptions) -> nn.Module | str:
+        dense = module.dense_weight().float()
+        if module.weight_scale is None:
+            linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+            with torch.no_grad():
+                linear.weight.copy_(dense)
+                if module.bias is not None:
+                    linear.bias.copy_(module.bias)
+            return linear
+        act = module.act or "per_token"
+        static = {"act_scale": float(module.act_scale), "act_zero_point": int(module.act_zero_point)} \
+            if act == "static" else {}
+        q = Int8Linear(module.in_features, module.out_features, module.bias is not None,
+                       act=act.removesuffix("_symmetric"), symmetric=act.endswith("_symmetric"), **static)
+        scale = module.weight_scale.float()
+        q.set_weight(torch.round(dense / scale[:, None]).to(torch.int8), scale)
+        if module.bias is not None:
+            q.bias = module.bias.detach().float().clone()
+        return SymbolicStandIn(module, _int8_linear_symbolic(q, options))
+
+
 @nnic.hookimpl
 def register_onnx_exporters(register: Any) -> None:
     register(Int8LinearExport())
     register(Int8Conv2dExport())
     register(Int4LinearExport())
+    register(SparseLinearExport())
