@@ -6,10 +6,10 @@ kernels load on first attribute access.
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 from typing import TYPE_CHECKING, Any
 
-from nnic._lazy import lazy_getattr
 from nnic.hookspecs import hookimpl
 
 if TYPE_CHECKING:
@@ -56,12 +56,20 @@ _LAZY = {
     "speedup_model": "nnic.speedup:speedup_model",
     "ModelSpeedup": "nnic.speedup:ModelSpeedup",
 }
-__getattr__ = lazy_getattr("nnic", _LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    """The torch-dependent names, imported on first access so that ``import nnic`` stays cheap."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'nnic' has no attribute {name!r}")
+    module_name, _, attr = _LAZY[name].partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, attr) if attr else module
 
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = ["ModelSpeedup", "Pruner", "Quantizer", "__version__", "export_onnx", "hookimpl", "kernels", "list_plugins", "pruner",
-           "quantization_speedup", "quantizer", "speedup", "speedup_model"]
+__all__ = ["ModelSpeedup", "Pruner", "Quantizer", "__version__", "export_onnx", "hookimpl", "kernels", "list_plugins",
+           "pruner", "quantization_speedup", "quantizer", "speedup", "speedup_model"]

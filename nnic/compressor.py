@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from nnic.config import LayerConfig, select_layers
+from nnic.selection import LayerConfig, select_layers
 
 
 class Compressor:

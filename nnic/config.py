@@ -1,4 +1,4 @@
-"""NNI-compatible ``config_list`` validation and layer selection.
+"""NNI-compatible ``config_list`` validation: the schema of every key, and the messages users fix files by.
 
 A config_list is a list of dicts. For a given layer the *last* matching dict wins, and a matching dict with
 ``exclude: True`` removes the layer. Every mistake is reported as ``TypeError`` (wrong type) or ``ValueError``
@@ -10,9 +10,10 @@ Keys are declared as :class:`Key` objects (a name, a check and a phrase saying w
 pruner or quantizer can accept its own keys, or narrow a built-in one, by passing ``extra_keys``::
 
     NM_KEYS = (int_key("n", lo=1, required=True), int_key("m", lo=1, required=True))
-    select_layers(model, config_list, "pruning", extra_keys=NM_KEYS, require_sparsity=False)
+    select_layers(model, config_list, "pruner", extra_keys=NM_KEYS, require_sparsity=False)
 
-This module imports only the standard library and torch, so it can be used and tested on its own.
+Which layers an entry selects is :mod:`nnic.selection`'s job. This module imports only the standard library,
+so it can be used and tested on its own.
 """
 
 from __future__ import annotations
@@ -23,16 +24,13 @@ import math
 import numbers
 import reprlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
-from torch import nn
-from torch.nn.utils import parametrize
 
 __all__ = [
-    "DEFAULT_OP_TYPES", "NO_DEFAULT", "PRUNING_KEYS", "QUANTIZATION_KEYS", "QUANT_TYPES", "SELECTION_KEYS",
-    "Key", "LayerConfig", "bool_key", "named_layers", "op_type", "choice_key", "float_key", "int_key", "select_layers",
-    "validate_config_list",
+    "DEFAULT_OP_TYPES", "NO_DEFAULT", "PRUNING_KEYS", "QUANTIZATION_KEYS", "QUANT_SCHEMES", "QUANT_TYPES",
+    "SELECTION_KEYS", "Key", "bool_key", "choice_key", "float_key", "int_key", "validate_config_list",
 ]
 
 #: What ``op_types: ["default"]`` means: every module type that computes with a weight.
@@ -45,7 +43,6 @@ QUANT_TYPES: tuple[str, ...] = ("weight", "input", "output")
 QUANT_SCHEMES: tuple[str, ...] = (
     "per_tensor_symmetric", "per_tensor_affine", "per_channel_symmetric", "per_channel_affine",
 )
-KINDS = ("pruning", "quantization")
 _SELECTORS = ("op_types", "op_names", "op_partial_names")
 
 
@@ -101,7 +98,7 @@ def _interval(lo: float | None, hi: float | None, lo_closed: bool, hi_closed: bo
 
 
 def _in_range(x: float, lo: float | None, hi: float | None, lo_closed: bool, hi_closed: bool) -> bool:
-    if isinstance(x, float) and math.isnan(x):
+    if isinstance(x, float) and not math.isfinite(x):  # NaN, and the infinities every interval leaves open
         return False
     lo_ok = lo is None or (x >= lo if lo_closed else x > lo)
     return lo_ok and (hi is None or (x <= hi if hi_closed else x < hi))
@@ -190,7 +187,10 @@ QUANTIZATION_KEYS: tuple[Key, ...] = (
     Key("granularity", _granularity, "'default', 'per_tensor', 'per_channel' or an int group size > 0",
         default="default", per_quant_type=True),
 )
-_KIND_KEYS = {"pruning": PRUNING_KEYS, "quantization": QUANTIZATION_KEYS}
+#: The keys of each registry kind (:data:`nnic.registry.KINDS`) that takes a config_list.
+_KIND_KEYS = {"pruner": PRUNING_KEYS, "quantizer": QUANTIZATION_KEYS}
+#: The names this module used before it shared the registry's, still accepted from older callers.
+_OLD_KIND_NAMES = {"pruning": "pruner", "quantization": "quantizer"}
 _show = reprlib.Repr()
 _show.maxstring = _show.maxother = 60
 _show.maxlist = _show.maxtuple = _show.maxdict = _show.maxset = 8
@@ -234,8 +234,8 @@ def _narrowed(builtin: Key, key: Key) -> Key:
 
 
 def _schema(kind: str, extra_keys: Iterable[Key]) -> dict[str, Key]:
-    if kind not in KINDS:
-        raise ValueError(f"kind: expected 'pruning' or 'quantization', got {_got(kind)}")
+    if kind not in _KIND_KEYS:
+        raise ValueError(f"kind: expected 'pruner' or 'quantizer', got {_got(kind)}")
     keys = {k.name: k for k in (*SELECTION_KEYS, *_KIND_KEYS[kind])}
     builtin = set(keys)
     for key in extra_keys:
@@ -266,7 +266,7 @@ def _resolve_names(index: int, entry: Mapping[Any, Any], keys: dict[str, Key], k
         if not isinstance(written, str):
             raise TypeError(f"{_where(index)}: expected str keys, got {_got(written)}")
         if written not in by_alias:
-            other = "quantization" if kind == "pruning" else "pruning"
+            other = "quantizer" if kind == "pruner" else "pruner"
             hint = (f" ({written!r} is a {other} key; this is a {kind} config_list)"
                     if any(written == k.name or written in k.aliases for k in _KIND_KEYS[other]) else "")
             raise ValueError(f"{_where(index)}: unknown key {written!r}{hint}{_closest(written, by_alias)}; "
@@ -323,7 +323,7 @@ def _validate_entry(index: int, entry: Any, keys: dict[str, Key], kind: str,
     if not any(s in out for s in _SELECTORS):
         raise ValueError(f"{_where(index)}: expected at least one of 'op_types', 'op_names', 'op_partial_names', "
                          f"got keys {sorted(names)}")
-    if kind == "pruning":
+    if kind == "pruner":
         _check_pruning(index, out, exclude, require_sparsity)
     if not exclude:
         for key in keys.values():
@@ -368,121 +368,10 @@ def validate_config_list(config_list: Any, kind: str, *, extra_keys: Iterable[Ke
     :func:`select_layers`, which knows the model). ``require_sparsity=False`` is for pruners whose sparsity comes
     from their own keys (N:M). Raises ``TypeError`` for a wrong type and ``ValueError`` otherwise.
     """
+    kind = _OLD_KIND_NAMES.get(kind, kind) if isinstance(kind, str) else kind
     keys = _schema(kind, extra_keys)
     if not isinstance(config_list, (list, tuple)):  # a tuple is as unambiguous as a list; a dict is not
         raise TypeError(f"config_list: expected a list of dicts, got {_got(config_list)}")
     if not config_list:
         raise ValueError("config_list: expected at least one entry, got []")
     return [_validate_entry(i, entry, keys, kind, require_sparsity) for i, entry in enumerate(config_list)]
-
-
-@dataclass(frozen=True)
-class LayerConfig:
-    """A selected layer with the config_list entry that won for it.
-
-    ``entry_index`` identifies the entry, so layers sharing a ``total_sparsity`` group share an ``entry_index``.
-    ``config`` is this layer's own copy of the normalised entry.
-    """
-
-    name: str
-    module: nn.Module = field(repr=False)
-    entry_index: int
-    config: dict[str, Any] = field(hash=False)
-
-
-def op_type(module: nn.Module) -> str:
-    """The class name ``op_types`` matches: the user's class, also once nnic has parametrized it.
-
-    ``torch.nn.utils.parametrize`` swaps a masked or fake-quantized module's class for a generated subclass
-    (``ParametrizedLinear``); a config_list written for the model must still see a ``Linear``.
-    """
-    cls = type(module)
-    return cls.__bases__[0].__name__ if parametrize.is_parametrized(module) else cls.__name__
-
-
-def named_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``model.named_modules()`` without the internals that parametrizations add (``x.parametrizations.weight``)."""
-    return [(n, m) for n, m in model.named_modules() if "parametrizations" not in n.split(".")]
-
-
-def _has_own_parameters(module: nn.Module) -> bool:
-    return parametrize.is_parametrized(module) or next(module.parameters(recurse=False), None) is not None
-
-
-def _matches(entry: dict[str, Any], name: str, module: nn.Module) -> bool:
-    if "op_types" in entry:
-        types = set(entry["op_types"])
-        if "default" in types:
-            types.update(DEFAULT_OP_TYPES)
-        if op_type(module) not in types:
-            return False
-    elif not _has_own_parameters(module):  # op_names/op_partial_names alone never select containers
-        return False
-    if "op_names" in entry and name not in entry["op_names"]:
-        return False
-    return "op_partial_names" not in entry or any(p in name for p in entry["op_partial_names"])
-
-
-def _listing(modules: list[tuple[str, nn.Module]], limit: int = 12) -> str:
-    layers = [f"{n or '<root>'} ({op_type(m)})" for n, m in modules if _has_own_parameters(m)]
-    more = f", ... and {len(layers) - limit} more" if len(layers) > limit else ""
-    return ", ".join(layers[:limit]) + more if layers else "none"
-
-
-def _no_layer_error(index: int, entry: dict[str, Any], model: nn.Module,
-                    modules: list[tuple[str, nn.Module]]) -> ValueError:
-    selectors = ", ".join(f"{s}={entry[s]!r}" for s in _SELECTORS if s in entry)
-    hints = []
-    present = {op_type(m) for _, m in modules}
-    for t in entry.get("op_types", ()):
-        if t != "default" and t not in present:
-            hints.append(f"no module of type {t!r}{_closest(t, present, ', {}')}")
-    if "op_types" not in entry:
-        by_name = dict(modules)
-        hints += [f"{n!r} has no parameters of its own (name its layers, or give op_types)"
-                  for n in entry.get("op_names", ()) if not _has_own_parameters(by_name[n])]
-    hint = f" ({'; '.join(hints)})" if hints else ""
-    return ValueError(f"{_where(index)} selects no layer of {type(model).__name__}: {selectors}{hint}; "
-                      f"layers with parameters: {_listing(modules)}")
-
-
-def select_layers(model: nn.Module, config_list: Any, kind: str, *, extra_keys: Iterable[Key] = (),
-                  require_sparsity: bool = True) -> dict[str, LayerConfig]:
-    """Validate ``config_list`` and return ``{qualified_name: LayerConfig}`` in ``model.named_modules()`` order.
-
-    A layer is kept when the last entry matching it is not an ``exclude`` entry. Within an entry the given
-    selectors are ANDed; without ``op_types`` only modules with parameters of their own are selected. Mistakes
-    that would silently compress nothing are errors: an ``op_names`` name (or ``max_sparsity_per_layer`` key)
-    that is not a module of the model, a non-exclude entry that matches no layer, and a config_list that selects
-    no layer at all.
-    """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module, got {_got(model)}")
-    entries = validate_config_list(config_list, kind, extra_keys=extra_keys, require_sparsity=require_sparsity)
-    modules = named_layers(model)
-    names = [n for n, _ in modules]
-    known = set(names)
-    winners: dict[str, int] = {}
-    for index, entry in enumerate(entries):
-        cap = entry.get("max_sparsity_per_layer")
-        for key, listed in (("op_names", entry.get("op_names", ())),
-                            ("max_sparsity_per_layer", cap if isinstance(cap, dict) else ())):
-            for name in listed:
-                if name not in known:
-                    hint = _closest(name, names) or f" (layers with parameters: {_listing(modules)})"
-                    raise ValueError(f"{_where(index, key)}: {name!r} is not a module of "
-                                     f"{type(model).__name__}{hint}")
-        matched = [n for n, m in modules if _matches(entry, n, m)]
-        if not matched and not entry.get("exclude", False):
-            raise _no_layer_error(index, entry, model, modules)
-        for name in matched:
-            winners[name] = index
-    selected = {
-        name: LayerConfig(name, module, winners[name], copy.deepcopy(entries[winners[name]]))
-        for name, module in modules
-        if name in winners and not entries[winners[name]].get("exclude", False)
-    }
-    if not selected:
-        raise ValueError(f"config_list selects no layer of {type(model).__name__} (its exclude entries remove "
-                         f"every layer it matches); layers with parameters: {_listing(modules)}")
-    return selected

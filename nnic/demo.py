@@ -17,7 +17,7 @@ from torch import nn
 
 import nnic
 from nnic import io
-from nnic.quantities import count_nonzero
+from nnic.selection import count_nonzero
 
 
 def demo_model() -> nn.Module:

@@ -11,10 +11,8 @@ import re
 import pytest
 from torch import nn
 
-from nnic.config import (
-    DEFAULT_OP_TYPES, PRUNING_KEYS, QUANTIZATION_KEYS, SELECTION_KEYS, Key, LayerConfig, bool_key, choice_key,
-    float_key, int_key, select_layers, validate_config_list,
-)
+from nnic.config import DEFAULT_OP_TYPES, PRUNING_KEYS, QUANTIZATION_KEYS, SELECTION_KEYS, Key, bool_key, choice_key, float_key, int_key, validate_config_list
+from nnic.selection import LayerConfig, select_layers
 
 
 class Block(nn.Module):
@@ -44,7 +42,7 @@ def net() -> Net:
 
 
 def prune(model: nn.Module, *entries: dict, **kw) -> dict[str, LayerConfig]:
-    return select_layers(model, list(entries), "pruning", **kw)
+    return select_layers(model, list(entries), "pruner", **kw)
 
 
 def names(selected: dict[str, LayerConfig]) -> list[str]:
@@ -56,27 +54,27 @@ def names(selected: dict[str, LayerConfig]) -> list[str]:
 @pytest.mark.parametrize("bad", [{"sparsity": 0.5}, "sparsity", None, 3])
 def test_config_list_must_be_a_list(bad):
     with pytest.raises(TypeError, match=r"^config_list: expected a list of dicts, got "):
-        validate_config_list(bad, "pruning")
+        validate_config_list(bad, "pruner")
 
 
 def test_each_entry_must_be_a_dict():
     with pytest.raises(TypeError, match=r"^config_list\[1\]: expected a dict, got \['op_types'\]"):
-        validate_config_list([{"sparsity": 0.5, "op_types": ["Linear"]}, ["op_types"]], "pruning")
+        validate_config_list([{"sparsity": 0.5, "op_types": ["Linear"]}, ["op_types"]], "pruner")
 
 
 def test_empty_config_list_is_rejected():
     with pytest.raises(ValueError, match=r"^config_list: expected at least one entry, got \[\]"):
-        validate_config_list([], "pruning")
+        validate_config_list([], "pruner")
 
 
 def test_kind_must_be_pruning_or_quantization():
-    with pytest.raises(ValueError, match=r"^kind: expected 'pruning' or 'quantization', got 'prune'"):
+    with pytest.raises(ValueError, match=r"^kind: expected 'pruner' or 'quantizer', got 'prune'"):
         validate_config_list([{"sparsity": 0.5, "op_types": ["Linear"]}], "prune")
 
 
 def test_keys_must_be_strings():
     with pytest.raises(TypeError, match=r"^config_list\[0\]: expected str keys, got 1"):
-        validate_config_list([{"op_types": ["Linear"], 1: 0.5}], "pruning")
+        validate_config_list([{"op_types": ["Linear"], 1: 0.5}], "pruner")
 
 
 # ------------------------------------------------------------------------------------------------- unknown keys
@@ -86,16 +84,16 @@ def test_unknown_key_is_named_with_a_suggestion_and_the_allowed_keys():
             "config_list[0]: unknown key 'sparsty' (did you mean 'sparsity' or 'total_sparsity'?); allowed keys: "
             "exclude, max_sparsity_per_layer, op_names, op_partial_names, op_types, sparsity, sparsity_per_layer, "
             "total_sparsity")):
-        validate_config_list([{"op_types": ["Linear"], "sparsty": 0.5}], "pruning")
+        validate_config_list([{"op_types": ["Linear"], "sparsty": 0.5}], "pruner")
 
 
 def test_key_of_the_other_kind_says_so():
     with pytest.raises(ValueError, match=r"^config_list\[0\]: unknown key 'quant_bits' \('quant_bits' is a "
-                                         r"quantization key; this is a pruning config_list\)"):
-        validate_config_list([{"op_types": ["Linear"], "sparsity": 0.5, "quant_bits": 8}], "pruning")
-    with pytest.raises(ValueError, match=r"unknown key 'sparsity' \('sparsity' is a pruning key"):
+                                         r"quantizer key; this is a pruner config_list\)"):
+        validate_config_list([{"op_types": ["Linear"], "sparsity": 0.5, "quant_bits": 8}], "pruner")
+    with pytest.raises(ValueError, match=r"unknown key 'sparsity' \('sparsity' is a pruner key"):
         validate_config_list([{"op_types": ["Linear"], "quant_types": ["weight"], "quant_bits": 8,
-                               "sparsity": 0.5}], "quantization")
+                               "sparsity": 0.5}], "quantizer")
 
 
 # ---------------------------------------------------------------------------------------------- selection keys
@@ -103,26 +101,26 @@ def test_key_of_the_other_kind_says_so():
 def test_entry_needs_at_least_one_selector():
     with pytest.raises(ValueError, match=r"^config_list\[0\]: expected at least one of 'op_types', 'op_names', "
                                          r"'op_partial_names', got keys \['sparsity'\]"):
-        validate_config_list([{"sparsity": 0.5}], "pruning")
+        validate_config_list([{"sparsity": 0.5}], "pruner")
 
 
 def test_op_types_given_as_a_bare_string_is_a_type_error():
     with pytest.raises(TypeError, match=r"^config_list\[0\]\['op_types'\]: expected a non-empty list of module "
                                         r"class names \(str\), got 'Linear'"):
-        validate_config_list([{"sparsity": 0.5, "op_types": "Linear"}], "pruning")
+        validate_config_list([{"sparsity": 0.5, "op_types": "Linear"}], "pruner")
 
 
 @pytest.mark.parametrize("key", ["op_types", "op_names", "op_partial_names"])
 def test_selector_lists_must_be_non_empty_lists_of_str(key):
     with pytest.raises(ValueError, match=rf"^config_list\[0\]\['{key}'\]: expected a non-empty list .*, got \[\]"):
-        validate_config_list([{"sparsity": 0.5, key: []}], "pruning")
+        validate_config_list([{"sparsity": 0.5, key: []}], "pruner")
     with pytest.raises(TypeError, match=rf"^config_list\[0\]\['{key}'\]: expected a non-empty list .*, got \[1\]"):
-        validate_config_list([{"sparsity": 0.5, key: [1]}], "pruning")
+        validate_config_list([{"sparsity": 0.5, key: [1]}], "pruner")
 
 
 def test_exclude_must_be_a_bool():
     with pytest.raises(TypeError, match=r"^config_list\[0\]\['exclude'\]: expected a bool, got 1"):
-        validate_config_list([{"op_types": ["Linear"], "exclude": 1}], "pruning")
+        validate_config_list([{"op_types": ["Linear"], "exclude": 1}], "pruner")
 
 
 # ------------------------------------------------------------------------------------------------- pruning keys
@@ -130,25 +128,25 @@ def test_exclude_must_be_a_bool():
 def test_valid_pruning_entry_is_normalised():
     given = [{"sparsity_per_layer": 0, "op_types": ("Linear",)}, {"total_sparsity": 0.5, "op_names": ["fc"],
                                                                   "max_sparsity_per_layer": 1}]
-    assert validate_config_list(given, "pruning") == [
+    assert validate_config_list(given, "pruner") == [
         {"sparsity": 0.0, "op_types": ["Linear"]},
         {"total_sparsity": 0.5, "op_names": ["fc"], "max_sparsity_per_layer": 1.0},
     ]
-    out = validate_config_list(given, "pruning")
+    out = validate_config_list(given, "pruner")
     assert type(out[0]["sparsity"]) is float and type(out[0]["op_types"]) is list
 
 
 def test_tuples_and_mappings_are_accepted_and_normalised_to_lists_and_dicts():
     from types import MappingProxyType
     out = validate_config_list(({"sparsity": 0.5, "op_types": ["Linear"]},
-                                MappingProxyType({"exclude": True, "op_names": ("fc",)})), "pruning")
+                                MappingProxyType({"exclude": True, "op_names": ("fc",)})), "pruner")
     assert out == [{"sparsity": 0.5, "op_types": ["Linear"]}, {"exclude": True, "op_names": ["fc"]}]
     assert type(out[1]) is dict
 
 
 def test_returns_deep_copies_and_leaves_the_input_alone():
     given = [{"sparsity": 0.5, "op_names": ["fc"]}]
-    out = validate_config_list(given, "pruning")
+    out = validate_config_list(given, "pruner")
     out[0]["op_names"].append("conv1")
     assert given == [{"sparsity": 0.5, "op_names": ["fc"]}]
 
@@ -158,12 +156,12 @@ def test_sparsity_must_be_in_zero_one(value):
     with pytest.raises(ValueError, match=re.escape(
             f"config_list[1]['sparsity']: expected a float in [0, 1), got {value!r}")):
         validate_config_list([{"sparsity": 0.1, "op_types": ["Linear"]}, {"sparsity": value, "op_names": ["fc"]}],
-                             "pruning")
+                             "pruner")
 
 
 @pytest.mark.parametrize("key, value", [("sparsity", 10**400), ("quant_bits", 10**400)])
 def test_huge_ints_are_out_of_range_not_a_crash(key, value):
-    kind, entry = ("pruning", {}) if key == "sparsity" else ("quantization", {"quant_types": ["weight"]})
+    kind, entry = ("pruner", {}) if key == "sparsity" else ("quantizer", {"quant_types": ["weight"]})
     with pytest.raises(ValueError, match=rf"^config_list\[0\]\['{key}'\]: expected .*, got 1000000"):
         validate_config_list([{"op_types": ["Linear"], **entry, key: value}], kind)
 
@@ -171,56 +169,56 @@ def test_huge_ints_are_out_of_range_not_a_crash(key, value):
 def test_alias_is_named_as_written_in_errors():
     with pytest.raises(ValueError, match=re.escape("config_list[0]['sparsity_per_layer']: expected a float in "
                                                    "[0, 1), got 1.5")):
-        validate_config_list([{"sparsity_per_layer": 1.5, "op_types": ["Linear"]}], "pruning")
+        validate_config_list([{"sparsity_per_layer": 1.5, "op_types": ["Linear"]}], "pruner")
 
 
 def test_bool_is_not_a_number():
     with pytest.raises(TypeError, match=r"^config_list\[0\]\['sparsity'\]: expected a float in \[0, 1\), got True"):
-        validate_config_list([{"sparsity": True, "op_types": ["Linear"]}], "pruning")
+        validate_config_list([{"sparsity": True, "op_types": ["Linear"]}], "pruner")
 
 
 def test_string_sparsity_is_a_type_error():
     with pytest.raises(TypeError, match=r"^config_list\[0\]\['total_sparsity'\]: expected a float in \[0, 1\), "
                                         r"got '0.5'"):
-        validate_config_list([{"total_sparsity": "0.5", "op_types": ["Linear"]}], "pruning")
+        validate_config_list([{"total_sparsity": "0.5", "op_types": ["Linear"]}], "pruner")
 
 
 def test_pruning_entry_needs_sparsity_or_total_sparsity():
     with pytest.raises(ValueError, match=r"^config_list\[0\]: missing required key 'sparsity' \(or "
                                          r"'total_sparsity'\); an entry that only selects layers needs "
                                          r"'exclude': True"):
-        validate_config_list([{"op_types": ["Linear"]}], "pruning")
+        validate_config_list([{"op_types": ["Linear"]}], "pruner")
 
 
 def test_exclude_entry_needs_no_sparsity():
     out = validate_config_list([{"sparsity": 0.5, "op_types": ["Linear"]}, {"exclude": True, "op_names": ["fc"]}],
-                               "pruning")
+                               "pruner")
     assert out[1] == {"exclude": True, "op_names": ["fc"]}
 
 
 def test_exclude_false_entry_still_needs_sparsity():
     with pytest.raises(ValueError, match=r"config_list\[0\]: missing required key 'sparsity'"):
-        validate_config_list([{"op_types": ["Linear"], "exclude": False}], "pruning")
+        validate_config_list([{"op_types": ["Linear"], "exclude": False}], "pruner")
 
 
 def test_sparsity_and_total_sparsity_are_exclusive():
     with pytest.raises(ValueError, match=r"^config_list\[0\]: expected one of 'sparsity' and 'total_sparsity', "
                                          r"got both"):
-        validate_config_list([{"sparsity": 0.5, "total_sparsity": 0.5, "op_types": ["Linear"]}], "pruning")
+        validate_config_list([{"sparsity": 0.5, "total_sparsity": 0.5, "op_types": ["Linear"]}], "pruner")
 
 
 def test_sparsity_and_its_alias_together_are_rejected():
     message = r"^config_list\[0\]: 'sparsity' and its alias 'sparsity_per_layer' are both given; use only 'sparsity'"
     with pytest.raises(ValueError, match=message):
-        validate_config_list([{"sparsity": 0.5, "sparsity_per_layer": 0.5, "op_types": ["Linear"]}], "pruning")
+        validate_config_list([{"sparsity": 0.5, "sparsity_per_layer": 0.5, "op_types": ["Linear"]}], "pruner")
     with pytest.raises(ValueError, match=message):
-        validate_config_list([{"sparsity_per_layer": 0.5, "sparsity": 0.5, "op_types": ["Linear"]}], "pruning")
+        validate_config_list([{"sparsity_per_layer": 0.5, "sparsity": 0.5, "op_types": ["Linear"]}], "pruner")
 
 
 def test_max_sparsity_per_layer_requires_total_sparsity():
     with pytest.raises(ValueError, match=r"^config_list\[0\]\['max_sparsity_per_layer'\]: expected "
                                          r"'total_sparsity' in the same entry"):
-        validate_config_list([{"sparsity": 0.5, "max_sparsity_per_layer": 0.9, "op_types": ["Linear"]}], "pruning")
+        validate_config_list([{"sparsity": 0.5, "max_sparsity_per_layer": 0.9, "op_types": ["Linear"]}], "pruner")
 
 
 def test_max_sparsity_per_layer_below_total_sparsity_is_rejected():
@@ -228,7 +226,7 @@ def test_max_sparsity_per_layer_below_total_sparsity_is_rejected():
             "config_list[0]['max_sparsity_per_layer']: expected a float in [0.6, 1] (at least the entry's "
             "total_sparsity), got 0.5")):
         validate_config_list([{"total_sparsity": 0.6, "max_sparsity_per_layer": 0.5, "op_types": ["Linear"]}],
-                             "pruning")
+                             "pruner")
 
 
 @pytest.mark.parametrize("cap", [0, 1.01, {"fc": 0.0}, {"fc": "0.9"}])
@@ -237,19 +235,19 @@ def test_max_sparsity_per_layer_is_in_zero_one_closed_or_a_dict_of_them(cap):
             "config_list[0]['max_sparsity_per_layer']: expected a float in (0, 1] or a dict {op_name: float in "
             "(0, 1]}, got ")):
         validate_config_list([{"total_sparsity": 0.5, "max_sparsity_per_layer": cap, "op_types": ["Linear"]}],
-                             "pruning")
+                             "pruner")
 
 
 def test_max_sparsity_per_layer_dict_is_kept():
     out = validate_config_list([{"total_sparsity": 0.5, "max_sparsity_per_layer": {"fc": 1, "conv1": 0.7},
-                                 "op_types": ["default"]}], "pruning")
+                                 "op_types": ["default"]}], "pruner")
     assert out[0]["max_sparsity_per_layer"] == {"fc": 1.0, "conv1": 0.7}
 
 
 # -------------------------------------------------------------------------------------------- quantization keys
 
 def quantize(entry: dict, **kw) -> dict:
-    return validate_config_list([entry], "quantization", **kw)[0]
+    return validate_config_list([entry], "quantizer", **kw)[0]
 
 
 def test_quant_values_are_expanded_per_quant_type_with_defaults():
@@ -345,23 +343,23 @@ NM_KEYS = (int_key("n", lo=1, required=True), int_key("m", lo=1, required=True))
 
 
 def test_plugin_keys_are_accepted_and_checked():
-    out = validate_config_list([{"op_types": ["Linear"], "n": 2, "m": 4}], "pruning", extra_keys=NM_KEYS,
+    out = validate_config_list([{"op_types": ["Linear"], "n": 2, "m": 4}], "pruner", extra_keys=NM_KEYS,
                                require_sparsity=False)
     assert out == [{"op_types": ["Linear"], "n": 2, "m": 4}]
     with pytest.raises(ValueError, match=re.escape("config_list[0]['m']: expected an int in [1, inf), got 0")):
-        validate_config_list([{"op_types": ["Linear"], "n": 2, "m": 0}], "pruning", extra_keys=NM_KEYS,
+        validate_config_list([{"op_types": ["Linear"], "n": 2, "m": 0}], "pruner", extra_keys=NM_KEYS,
                              require_sparsity=False)
 
 
 def test_required_plugin_key_must_be_given():
     with pytest.raises(ValueError, match=re.escape("config_list[0]: missing required key 'm' (an int in [1, inf))")):
-        validate_config_list([{"op_types": ["Linear"], "n": 2}], "pruning", extra_keys=NM_KEYS,
+        validate_config_list([{"op_types": ["Linear"], "n": 2}], "pruner", extra_keys=NM_KEYS,
                              require_sparsity=False)
 
 
 def test_plugin_key_default_is_filled():
     keys = (bool_key("dependency_aware", default=False), choice_key("mode", ("normal", "global"), default="normal"))
-    out = validate_config_list([{"op_types": ["Conv2d"], "sparsity": 0.5, "mode": "global"}], "pruning",
+    out = validate_config_list([{"op_types": ["Conv2d"], "sparsity": 0.5, "mode": "global"}], "pruner",
                                extra_keys=keys)
     assert out[0] == {"op_types": ["Conv2d"], "sparsity": 0.5, "mode": "global", "dependency_aware": False}
 
@@ -375,7 +373,7 @@ def test_plugin_key_can_be_per_quant_type():
 
 def test_plugin_keys_are_unknown_without_extra_keys():
     with pytest.raises(ValueError, match=r"^config_list\[0\]: unknown key 'n'"):
-        validate_config_list([{"op_types": ["Linear"], "sparsity": 0.5, "n": 2}], "pruning")
+        validate_config_list([{"op_types": ["Linear"], "sparsity": 0.5, "n": 2}], "pruner")
 
 
 def test_plugin_can_narrow_a_builtin_key():
@@ -391,17 +389,17 @@ def test_plugin_can_narrow_a_builtin_key():
 
 def test_narrowing_cannot_loosen_a_builtin_key():
     with pytest.raises(ValueError, match=re.escape("config_list[0]['sparsity']: expected a float in [0, 2), got 1.5")):
-        validate_config_list([{"sparsity": 1.5, "op_types": ["Linear"]}], "pruning",
+        validate_config_list([{"sparsity": 1.5, "op_types": ["Linear"]}], "pruner",
                              extra_keys=(float_key("sparsity", 0, 2),))
 
 
 def test_custom_check_failures_become_standard_errors():
     alpha = Key("alpha", lambda v: v > 0, "a positive number")
     with pytest.raises(TypeError, match=re.escape("config_list[0]['alpha']: expected a positive number, got 'x'")):
-        validate_config_list([{"op_types": ["Linear"], "sparsity": 0.5, "alpha": "x"}], "pruning",
+        validate_config_list([{"op_types": ["Linear"], "sparsity": 0.5, "alpha": "x"}], "pruner",
                              extra_keys=(alpha,))
     with pytest.raises(ValueError, match=re.escape("config_list[0]['alpha']: expected a positive number, got -1")):
-        validate_config_list([{"op_types": ["Linear"], "sparsity": 0.5, "alpha": -1}], "pruning",
+        validate_config_list([{"op_types": ["Linear"], "sparsity": 0.5, "alpha": -1}], "pruner",
                              extra_keys=(alpha,))
 
 
@@ -412,7 +410,7 @@ def test_custom_check_failures_become_standard_errors():
 ])
 def test_extra_keys_cannot_clash(extra, message):
     with pytest.raises(ValueError, match="^" + re.escape(message)):
-        validate_config_list([{"sparsity": 0.5, "op_types": ["Linear"]}], "pruning", extra_keys=extra)
+        validate_config_list([{"sparsity": 0.5, "op_types": ["Linear"]}], "pruner", extra_keys=extra)
 
 
 # -------------------------------------------------------------------------------------------------- selection
@@ -467,7 +465,7 @@ def test_names_without_op_types_select_only_modules_with_own_parameters(net):
 
 def test_op_types_select_modules_without_parameters(net):
     selected = select_layers(net, [{"quant_types": ["output"], "quant_bits": 8, "op_types": ["ReLU"]}],
-                             "quantization")
+                             "quantizer")
     assert names(selected) == ["relu", "head.1"]
 
 
@@ -561,16 +559,33 @@ def test_layer_config_holds_the_module_and_its_own_copy_of_the_entry(net):
 def test_quantization_selection_carries_normalised_entries(net):
     selected = select_layers(net, [{"quant_types": ["weight"], "quant_bits": 8, "op_types": ["default"]},
                                    {"quant_types": ["weight", "input"], "quant_bits": 4, "op_names": ["fc"]}],
-                             "quantization")
+                             "quantizer")
     assert selected["fc"].config["quant_bits"] == {"weight": 4, "input": 4}
     assert selected["conv1"].config["quant_scheme"] == {"weight": "per_tensor_symmetric"}
 
 
 def test_model_must_be_a_module():
     with pytest.raises(TypeError, match=r"^model: expected a torch.nn.Module, got \{\}"):
-        select_layers({}, [{"sparsity": 0.5, "op_types": ["Linear"]}], "pruning")
+        select_layers({}, [{"sparsity": 0.5, "op_types": ["Linear"]}], "pruner")
 
 
 def test_select_layers_validates_first(net):
     with pytest.raises(ValueError, match=re.escape("config_list[0]['sparsity']: expected a float in [0, 1), got 2")):
         prune(net, {"sparsity": 2, "op_types": ["Linear"]})
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_admm_rho_must_be_finite_and_the_error_names_the_key(value):
+    import nnic
+
+    with pytest.raises(ValueError, match=r"config_list\[0\]\['rho'\]: expected a float in \(0, inf\)"):
+        nnic.pruner("admm", nn.Sequential(nn.Linear(4, 4)), [{"sparsity": 0.5, "rho": value, "op_types": ["Linear"]}],
+                    evaluator=None)
+
+
+def test_kinds_are_the_registrys_names_and_the_old_names_still_validate():
+    from nnic.registry import KINDS
+
+    entry = [{"sparsity": 0.5, "op_types": ["Linear"]}]
+    assert {"pruner", "quantizer"} <= set(KINDS)
+    assert validate_config_list(entry, "pruner") == validate_config_list(entry, "pruning")

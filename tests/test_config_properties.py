@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from nnic.config import QUANT_SCHEMES, QUANT_TYPES, select_layers, validate_config_list
+from nnic.config import QUANT_SCHEMES, QUANT_TYPES, validate_config_list
+from nnic.selection import select_layers
 
 # max_examples comes from the profile tests/conftest.py loads (dev 50, ci 200, deep 2000).
 PROFILE = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -69,7 +70,7 @@ VALID = {
                                    st.sampled_from(["per_group", 0]))),
 }
 ODD_KEYS = st.sampled_from(["sparsty", "quant_bit", "", "n", *VALID]) | st.text(max_size=4) | st.integers(0, 3)
-OPTIONAL = {"pruning": ["max_sparsity_per_layer"], "quantization": ["quant_dtype", "quant_scheme", "granularity"]}
+OPTIONAL = {"pruner": ["max_sparsity_per_layer"], "quantizer": ["quant_dtype", "quant_scheme", "granularity"]}
 
 
 def rarely(draw: st.DrawFn, one_in: int) -> bool:
@@ -84,9 +85,9 @@ def entries(draw: st.DrawFn, kind: str) -> object:
     keys = draw(st.lists(st.sampled_from(["op_types", "op_names", "op_partial_names", "exclude"]), min_size=1,
                          max_size=2, unique=True))
     if not rarely(draw, 8):  # the keys an entry of this kind needs
-        keys += ([draw(st.sampled_from(["sparsity", "sparsity_per_layer", "total_sparsity"]))] if kind == "pruning"
+        keys += ([draw(st.sampled_from(["sparsity", "sparsity_per_layer", "total_sparsity"]))] if kind == "pruner"
                  else ["quant_types", "quant_bits"])
-    if kind == "quantization" or "total_sparsity" in keys or rarely(draw, 8):
+    if kind == "quantizer" or "total_sparsity" in keys or rarely(draw, 8):
         keys += draw(st.lists(st.sampled_from(OPTIONAL[kind]), max_size=2, unique=True))
     if rarely(draw, 15):
         keys.append(draw(ODD_KEYS))
@@ -97,7 +98,7 @@ def config_lists(kind: str) -> st.SearchStrategy:
     return st.integers(0, 9).flatmap(lambda n: junk if n == 0 else st.lists(entries(kind), max_size=4))
 
 
-kinds_and_lists = st.sampled_from(["pruning", "quantization"]).flatmap(lambda k: st.tuples(st.just(k), config_lists(k)))
+kinds_and_lists = st.sampled_from(["pruner", "quantizer"]).flatmap(lambda k: st.tuples(st.just(k), config_lists(k)))
 
 
 def assert_located(error: Exception) -> None:
@@ -152,7 +153,7 @@ def valid_pruning_lists(draw: st.DrawFn) -> list[dict]:
 
 def select_or_none(config_list: list[dict]) -> dict | None:
     try:
-        return select_layers(MODEL, config_list, "pruning")
+        return select_layers(MODEL, config_list, "pruner")
     except ValueError as error:
         assert_located(error)
         return None
@@ -185,7 +186,7 @@ def test_appending_an_entry_makes_it_win_for_its_layer(config_list, name, sparsi
 @given(quant_types, st.integers(1, 32), st.sampled_from(["int", "uint"]))
 def test_quant_values_expand_to_exactly_the_entry_quant_types(types, bits, dtype):
     entry = validate_config_list([{"op_types": ["Linear"], "quant_types": types, "quant_bits": bits,
-                                   "quant_dtype": {types[0]: dtype}}], "quantization")[0]
+                                   "quant_dtype": {types[0]: dtype}}], "quantizer")[0]
     for key in ("quant_bits", "quant_dtype", "quant_scheme", "granularity"):
         assert list(entry[key]) == types
     assert entry["quant_bits"] == dict.fromkeys(types, bits)
@@ -196,7 +197,7 @@ def test_quant_values_expand_to_exactly_the_entry_quant_types(types, bits, dtype
 @given(st.floats() | st.integers(-5, 5) | st.integers() | st.sampled_from([10**400, -10**400]))
 def test_sparsity_is_accepted_exactly_in_zero_one(value):
     try:
-        out = validate_config_list([{"op_types": ["Linear"], "sparsity": value}], "pruning")
+        out = validate_config_list([{"op_types": ["Linear"], "sparsity": value}], "pruner")
     except ValueError as error:
         assert not (0 <= value < 1)
         assert str(error).startswith("config_list[0]['sparsity']: expected a float in [0, 1), got ")

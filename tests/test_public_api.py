@@ -1,6 +1,9 @@
-"""The names API.md promises are importable, and class imports equal registry lookups."""
+"""The public names users rely on are importable, and class imports equal registry lookups."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import pytest
 
@@ -10,10 +13,20 @@ import nnic.quantization
 
 
 @pytest.mark.parametrize("package, kind", [(nnic.pruning, "pruner"), (nnic.quantization, "quantizer")])
-def test_every_builtin_class_is_importable_and_is_the_registered_one(package, kind):
-    registered = {info.obj for info in nnic.list_plugins(kind) if info.distribution == "nnic"}
-    exported = {getattr(package, name) for name in package.__all__ if isinstance(getattr(package, name), type)}
-    assert registered <= exported
+def test_every_registered_class_is_importable_by_class_name_and_is_the_registered_one(package, kind):
+    registered = [info.obj for info in nnic.list_plugins(kind)]
+    assert {"LevelPruner", "NaiveQuantizer"} & {cls.__name__ for cls in registered}
+    for cls in registered:
+        assert getattr(package, cls.__name__) is cls
+        assert cls.__name__ in dir(package)
+
+
+def test_class_imports_do_not_load_plugins_until_asked():
+    code = ("import sys, nnic.pruning, nnic.quantization; print('nnic.builtins.level' in sys.modules); "
+            "from nnic.pruning import LevelPruner; print(LevelPruner is nnic.pruner('level', "
+            "__import__('torch').nn.Linear(2, 2), [{'sparsity': 0.5, 'op_types': ['Linear']}]).__class__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "True"]
 
 
 def test_the_registry_names_of_api_md_exist():

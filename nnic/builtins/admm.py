@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import nnic
-from nnic.builtins._iterative import masks_from_scores
+from nnic.pruning.iterative import masks_from_scores
 from nnic.config import float_key
 from nnic.evaluator import Evaluator
 from nnic.masking import Masks, attach_mask

@@ -10,7 +10,7 @@ import nnic
 from nnic import kernels
 from nnic.masking import Masks, parameter, prunable_parameters
 from nnic.pruning.base import Pruner
-from nnic.quantities import amount
+from nnic.selection import amount
 
 
 class LevelPruner(Pruner):

@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 import nnic
-from nnic.builtins._iterative import IterativePruner, per_layer_config, rewind, snapshot
+from nnic.pruning.iterative import IterativePruner, per_layer_config, rewind, snapshot
 from nnic.evaluator import Evaluator
 from nnic.masking import Masks
 from nnic.plugins import get_registry
@@ -32,7 +32,7 @@ class LotteryTicketPruner(IterativePruner):
         with fine-tuning, no rewinding).
     :param train_first: train before the first pruning step (set ``False`` when the model is already trained
         and ``rewind_state`` holds its initial weights).
-    :param rewind_state: what to rewind to, as returned by :func:`nnic.builtins._iterative.snapshot`; the
+    :param rewind_state: what to rewind to, as returned by :func:`nnic.pruning.iterative.snapshot`; the
         weights at construction by default.
 
     Example::

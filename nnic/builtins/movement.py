@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import nnic
-from nnic.builtins._iterative import masks_from_scores
+from nnic.pruning.iterative import masks_from_scores
 from nnic.evaluator import Evaluator
 from nnic.masking import Masks, attach_mask
 from nnic.pruning.base import Pruner

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 import nnic
-from nnic.config import int_key, select_layers
+from nnic.config import int_key
+from nnic.selection import select_layers
 from nnic.masking import Masks, parameter, prunable_parameters
 from nnic.pruning.base import Pruner
 

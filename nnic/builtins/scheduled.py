@@ -3,7 +3,7 @@
 Iteration t of T prunes with the base pruner (``level`` by default, or any registered pruner: ``l1norm``,
 ``fpgm``...) to the scheduled sparsity, optionally runs speedup, fine-tunes through the evaluator and scores the
 result. The last iteration reaches exactly the configured sparsity; the best-scored iteration is kept
-(:meth:`~nnic.builtins._iterative.IterativePruner.get_best_result`).
+(:meth:`~nnic.pruning.iterative.IterativePruner.get_best_result`).
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from typing import Any
 from torch import nn
 
 import nnic
-from nnic.builtins._iterative import IterativePruner, _op_type, per_layer_config
 from nnic.evaluator import Evaluator
 from nnic.masking import Masks
 from nnic.plugins import get_registry
+from nnic.pruning.iterative import IterativePruner, per_layer_config
+from nnic.selection import op_type
 
 __all__ = ["AGPPruner", "LinearPruner", "ScheduledPruner"]
 
@@ -74,7 +75,7 @@ class ScheduledPruner(IterativePruner):
                 current = modules[name].weight.shape[0]
                 relative = 1.0 - (1.0 - entry["sparsity"]) * self._original_units[name] / max(current, 1)
                 if relative > 0:
-                    out.append({**entry, "op_names": [name], "op_types": [_op_type(modules[name])],
+                    out.append({**entry, "op_names": [name], "op_types": [op_type(modules[name])],
                                 "sparsity": min(relative, 0.999999)})
         return out
 

@@ -7,7 +7,7 @@ from torch import nn
 from nnic import io, masking
 from nnic.compressor import Compressor
 from nnic.masking import Masks
-from nnic.quantities import count_nonzero
+from nnic.selection import count_nonzero
 
 
 class Pruner(Compressor):
@@ -17,7 +17,7 @@ class Pruner(Compressor):
     while the user keeps training (see :mod:`nnic.masking`).
     """
 
-    kind = "pruning"
+    kind = "pruner"
 
     def __init__(self, model: nn.Module, config_list: list[dict]) -> None:
         super().__init__(model, config_list)
@@ -46,13 +46,15 @@ class Pruner(Compressor):
         """Write the weights with masks folded in (a plain state dict) and the masks, each atomically.
 
         ``.safetensors`` paths are written as safetensors, others with ``torch.save``; both load with
-        ``torch.load(path, weights_only=True)`` / ``safetensors.torch.load_file``.
+        ``torch.load(path, weights_only=True)`` / ``safetensors.torch.load_file``. Both files carry one export id,
+        so :func:`nnic.io.load_export` refuses a pair left mixed by an export interrupted between the two files.
         """
         if not self.masks:
             raise RuntimeError("export_model() needs masks: call compress() first")
-        io.save_tensors(masking.plain_state_dict(self.model), model_path)
+        export = io.new_export_id()
+        io.save_tensors(masking.plain_state_dict(self.model), model_path, export_id=export)
         if mask_path is not None:
-            io.save_masks(self.masks, mask_path)
+            io.save_masks(self.masks, mask_path, export_id=export)
 
     def unwrap_model(self) -> nn.Module:
         """Plain modules again, with the masks multiplied into the weights; returns the model."""

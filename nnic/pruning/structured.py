@@ -30,7 +30,7 @@ from torch import nn
 
 from nnic.masking import Masks
 from nnic.pruning.base import Pruner
-from nnic.quantities import amount
+from nnic.selection import amount
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d,
           nn.InstanceNorm3d)
@@ -152,9 +152,11 @@ class StructuredPruner(Pruner):
         return min(amount(cap, n), n - 1)
 
     def _dependency_aware(self, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        from nnic.speedup.coupling import channel_groups
+        from nnic.channels.groups import channel_groups
+        from nnic.plugins import get_registry
 
-        groups = channel_groups(self.model, self.dummy_input)  # layer -> list of root ids per out channel
+        rules = [info.obj for info in get_registry().list("speedup_rule")]  # the rules speedup will shrink with
+        groups = channel_groups(self.model, self.dummy_input, rules)  # layer -> list of root ids per out channel
         self._coupled = groups
         parent: dict[str, str] = {name: name for name in self.layers}
 

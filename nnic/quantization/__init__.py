@@ -1,27 +1,31 @@
-"""Quantization: the :class:`Quantizer` base class, quantization parameters and the built-in quantizers.
+"""Quantization: the :class:`Quantizer` base class, quantization parameters, the typed calibration, the int8/int4
+modules, and every registered quantizer importable by its class name.
 
-``from nnic.quantization import NaiveQuantizer`` and ``nnic.quantizer("naive", ...)`` give the same class.
+``from nnic.quantization import NaiveQuantizer`` and ``nnic.quantizer("naive", ...)`` give the same class: class
+names are looked up in the plugin registry (on first use, so ``import nnic`` loads no plugin).
 """
 
-from nnic._lazy import lazy_getattr
+import importlib
+from typing import Any
+
 from nnic.quantization.base import Quantizer
 from nnic.quantization.calibration import Calibration, LayerCalibration, TensorCalibration
 from nnic.quantization.qparams import QuantSpec
-
-# Lazy, because the built-in modules import this package's base classes.
-_BUILTINS = {
-    "NaiveQuantizer": "nnic.builtins.naive",
-    "QATQuantizer": "nnic.builtins.qat",
-    "PTQQuantizer": "nnic.builtins.ptq",
-    "LSQQuantizer": "nnic.builtins.lsq",
-    "DoReFaQuantizer": "nnic.builtins.dorefa",
-    "BNNQuantizer": "nnic.builtins.bnn",
-}
+from nnic.registry import class_lookup
 
 # The int modules load the GEMM kernels: only when asked for.
-_MODULES = {name: f"nnic.quantization.modules:{name}" for name in ("Int4Linear", "Int8Conv2d", "Int8Linear")}
-__getattr__ = lazy_getattr("nnic.quantization", {**{name: f"{module}:{name}" for name, module in _BUILTINS.items()},
-                                                 **_MODULES})
+_MODULES = ("Int4Linear", "Int8Conv2d", "Int8Linear")
+_registered, _registered_dir = class_lookup(__name__, "quantizer", globals())
 
 
-__all__ = ["Calibration", "LayerCalibration", "QuantSpec", "Quantizer", "TensorCalibration", *_MODULES, *_BUILTINS]
+def __getattr__(name: str) -> Any:
+    if name in _MODULES:
+        return getattr(importlib.import_module("nnic.quantization.modules"), name)
+    return _registered(name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(_registered_dir()) | set(_MODULES))
+
+
+__all__ = ["Calibration", "LayerCalibration", "QuantSpec", "Quantizer", "TensorCalibration", *_MODULES]

@@ -38,7 +38,7 @@ class Quantizer(Compressor):
     written by :meth:`export_model` is what ``nnic.quantization_speedup`` consumes.
     """
 
-    kind = "quantization"
+    kind = "quantizer"
     #: What this quantizer can simulate; the config list is checked against it before any work. The base's
     #: integer grid needs two levels or more (1 bit would divide by zero: NaN weights) and stays exact in float32
     #: up to 16 bits. A subclass narrows these (``supported_bits = (2, 8)``) or, with its own fake quantization,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-SCHEMES = ("per_tensor_symmetric", "per_tensor_affine", "per_channel_symmetric", "per_channel_affine")
+from nnic.config import QUANT_SCHEMES as SCHEMES  # one list, owned by the config schema
 
 
 @dataclass(frozen=True)

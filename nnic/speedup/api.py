@@ -8,14 +8,19 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
+from nnic.channels.capture import split_dummy_input
+from nnic.channels.graph import Spec, State
+from nnic.channels.propagate import RuleTable, SpeedupError, analyze
 from nnic.masking import check_masks
-from nnic.speedup.capture import split_dummy_input, trace
-from nnic.speedup.engine import (
-    Propagation, RuleTable, SpeedupError, apply, apply_masks, decide, unwrap_masks,
-)
-from nnic.speedup.engine import _placeholder_values
-from nnic.speedup.graph import Spec
+from nnic.speedup.engine import apply, apply_masks, decide, unwrap_masks
+from nnic.speedup.ties import retie, tied_parameters
+
+# Verification tolerances (rtol, atol) by dtype: shrinking changes summation order, whose rounding grows with
+# the dtype's epsilon; float32's tolerances would fail every half-precision model.
+_TOLERANCES = {torch.float16: (1e-2, 1e-3), torch.bfloat16: (5e-2, 1e-2)}
+_DEFAULT_TOLERANCE = (1e-4, 1e-5)
 
 
 class _Snapshot:
@@ -24,15 +29,23 @@ class _Snapshot:
     may fold values into tensors in place)."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.modules = [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules))
-                        for m in model.modules()]
+        self.modules = [(m, m.__class__, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules))
+                        for m in model.modules()]  # the class too: mask parametrizations swap it
+        # Removing a parametrization deletes its property from the generated class: keep them to put back.
+        self.properties = {m.__class__: {k: v for k, v in vars(m.__class__).items() if isinstance(v, property)}
+                           for m in model.modules() if parametrize.is_parametrized(m)}
         tensors = {id(t): t for m in model.modules() for t in (*m._parameters.values(), *m._buffers.values())
                    if t is not None}
         with torch.no_grad():
             self.values = [(t, t.detach().clone()) for t in tensors.values()]
 
     def restore(self) -> None:
-        for module, attrs, params, buffers, children in self.modules:
+        for cls, properties in self.properties.items():
+            for name, prop in properties.items():
+                if name not in vars(cls):
+                    setattr(cls, name, prop)
+        for module, cls, attrs, params, buffers, children in self.modules:
+            module.__class__ = cls
             module.__dict__.clear()
             module.__dict__.update(attrs)
             module._parameters, module._buffers, module._modules = params, buffers, children
@@ -41,7 +54,7 @@ class _Snapshot:
                 if tensor.shape == value.shape:
                     tensor.copy_(value)
                 else:
-                    tensor.data = value
+                    tensor.data = value.clone()  # the snapshot stays intact for another restore
 
 
 @dataclass
@@ -58,12 +71,20 @@ class SpeedupReport:
         return "\n".join(lines)
 
 
-def _close(a: Any, b: Any, rtol: float, atol: float) -> bool:
+def tolerance(dtype: torch.dtype, rtol: float | None = None, atol: float | None = None) -> tuple[float, float]:
+    """The verification tolerances for outputs of ``dtype``; explicit values win."""
+    default_rtol, default_atol = _TOLERANCES.get(dtype, _DEFAULT_TOLERANCE)
+    return (default_rtol if rtol is None else rtol), (default_atol if atol is None else atol)
+
+
+def _close(a: Any, b: Any, rtol: float | None, atol: float | None) -> bool:
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
         if a.shape != b.shape:
             return False
         if not a.is_floating_point():
             return bool(torch.equal(a, b))
+        rtol, atol = tolerance(b.dtype, rtol, atol)
+        a, b = a.double(), b.double()
         scale = float(b.detach().abs().max()) if b.numel() else 0.0
         return bool((a.detach() - b.detach()).abs().max() <= atol + rtol * scale) if a.numel() else True
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
@@ -86,6 +107,7 @@ def _clone(obj: Any) -> Any:
 
 
 def _run_recording(model: nn.Module, args: tuple, kwargs: dict) -> tuple[Any, dict[str, Any]]:
+    """The model's output and each leaf module's first output, cloned."""
     outputs: dict[str, Any] = {}
     hooks = []
 
@@ -111,19 +133,31 @@ class ModelSpeedup:
     :param model: the model; masks already attached by a pruner (nnic parametrizations) are folded in first.
     :param dummy_input: a tensor (the single positional argument), a tuple/list (positional arguments) or a
         dict (keyword arguments), on the model's device.
-    :param masks: ``{layer: {param: mask}}`` (see API.md); may be empty when the weights already hold zeros.
+    :param masks: ``{layer: {param: mask}}`` (as :mod:`nnic.masking` defines them); may be empty when the weights already hold zeros.
     :param rules: extra speedup rules, on top of those the installed plugins register.
     :param leaf_modules: module names or classes not to trace into (kept whole unless a rule handles them).
     :param strict: raise, instead of warning, when an op without a rule reads prunable channels.
     :param verify: compare the result's output with the masked model's on ``dummy_input`` and raise
-        :class:`SpeedupError` naming the first differing layer; the model is then restored to the masked model.
+        :class:`SpeedupError` naming the first differing layer.
+    :param rtol, atol: verification tolerances; by default they follow the output's dtype (float16 and
+        bfloat16 get looser ones than float32).
+
+    A speedup that fails for any reason (untraceable model, wrong dummy input, failed verification...) leaves
+    the model exactly as it was: masks attached, weights, modules and train/eval modes untouched. Parameters
+    shared by several modules (an output layer tied to an embedding) stay shared: where the modules would
+    lose different channels, those channels are kept.
     """
 
     def __init__(self, model: nn.Module, dummy_input: Any, masks: Mapping | None = None, *,
                  rules: Iterable[Any] = (), leaf_modules: Iterable[str | type] = (), strict: bool = False,
-                 verify: bool = True, rtol: float = 1e-4, atol: float = 1e-5) -> None:
+                 verify: bool = True, rtol: float | None = None, atol: float | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        if masks is not None and not isinstance(masks, Mapping):
+            raise TypeError(f"masks: expected a dict {{layer_name: {{param_name: mask}}}} or None, got "
+                            f"{type(masks).__name__} (the third argument of speedup_model is the masks; pass "
+                            f"several inputs as one tuple)")
+        _check_not_meta(model, dummy_input)
         self.model, self.dummy_input, self.masks = model, dummy_input, dict(masks or {})
         self.rules, self.leaf_modules = list(rules), list(leaf_modules)
         self.strict, self.verify, self.rtol, self.atol = strict, verify, rtol, atol
@@ -132,32 +166,39 @@ class ModelSpeedup:
     def speedup_model(self) -> nn.Module:
         model = self.model
         check_masks(model, self.masks)
-        args, kwargs = split_dummy_input(model, self.dummy_input)
-        unwrap_masks(model)
-        apply_masks(model, self.masks)
-        table = RuleTable.from_registry(self.rules)
+        split_dummy_input(model, self.dummy_input)  # its TypeError before any work
+        table = RuleTable(registered_rules() + self.rules)
         modes = {m: m.training for m in model.modules()}
+        snapshot = _Snapshot(model)  # before the masks are folded: a failure must not leave zeroed weights
         try:
-            gm = trace(model, args, kwargs, leaf_types=table.leaf_types, leaf_modules=self.leaf_modules)
-            model.eval()
+            self._fold_masks()
             if self.verify:
-                reference, ref_layers = _run_recording(model, args, kwargs)
-            prop = Propagation(gm, table, self.strict)
-            with torch.no_grad():
-                state = prop.run(_placeholder_values(model, args, kwargs))
-            removed = decide(state)
-            self.report = self._report(state, removed)
-            snapshot = _Snapshot(model)
-            try:
-                self.report.shrunk = apply(model, state, removed)
-                if self.verify:
-                    with torch.no_grad():
-                        got = model(*args, **kwargs)
-                    if not _close(got, reference, self.rtol, self.atol):
-                        raise SpeedupError(self._mismatch(model, args, kwargs, prop, removed, ref_layers))
-            except BaseException:
-                snapshot.restore()  # a failed speedup leaves the (masked) model as it was, not half shrunk
-                raise
+                reference, ref_layers = _run_recording(model, *split_dummy_input(model, self.dummy_input))
+            prop = analyze(model, self.dummy_input, table, leaf_modules=self.leaf_modules, strict=self.strict)
+            ties = tied_parameters(model)
+            removed = decide(prop.state)
+            self.report.shrunk = apply(model, prop.state, removed)
+            broken = retie(model, ties)
+            if broken:  # keep the channels of modules whose shared parameter would come apart, and redo
+                snapshot.restore()
+                self._fold_masks()
+                _pin_tied(model, prop.state, broken)
+                removed = decide(prop.state)
+                self.report.shrunk = apply(model, prop.state, removed)
+                broken = retie(model, ties)
+                if broken:
+                    raise SpeedupError(f"speedup would untie shared parameters {broken}; keep them whole with "
+                                       f"leaf_modules=[...] or untie them before speedup")
+            self.report = self._report(prop.state, removed, self.report.shrunk)
+            if self.verify:
+                args, kwargs = split_dummy_input(model, self.dummy_input)
+                with torch.no_grad():
+                    got = model(*args, **kwargs)
+                if not _close(got, reference, self.rtol, self.atol):
+                    raise SpeedupError(self._mismatch(model, args, kwargs, prop, removed, ref_layers))
+        except BaseException:
+            snapshot.restore()  # a failed speedup leaves the model as it was, masks included
+            raise
         finally:
             for m, mode in modes.items():
                 m.training = mode
@@ -166,8 +207,13 @@ class ModelSpeedup:
                     m.training = model.training
         return model
 
-    def _report(self, state, removed) -> SpeedupReport:
-        report = SpeedupReport(removed_groups=len(removed))
+    def _fold_masks(self) -> None:
+        unwrap_masks(self.model)
+        apply_masks(self.model, self.masks)
+        self.model.eval()
+
+    def _report(self, state: State, removed: set[int], shrunk: dict) -> SpeedupReport:
+        report = SpeedupReport(shrunk=shrunk, removed_groups=len(removed))
         for why in state.pinned.values():
             report.pinned[why] = report.pinned.get(why, 0) + 1
         return report
@@ -192,6 +238,46 @@ class ModelSpeedup:
                 return (f"verify: the sped-up model's output differs from the masked model's; first differing "
                         f"layer: {node.target!r} ({type(model.get_submodule(node.target)).__name__}){detail}")
         return "verify: the sped-up model's output differs from the masked model's (no single layer differs)"
+
+
+def registered_rules() -> list[Any]:
+    """The speedup rules the installed plugins (nnic's built-ins included) register."""
+    from nnic.plugins import get_registry
+
+    return [info.obj for info in get_registry().list("speedup_rule")]
+
+
+def _check_not_meta(model: nn.Module, dummy_input: Any) -> None:
+    for name, t in (*model.named_parameters(), *model.named_buffers()):
+        if t.is_meta:
+            raise ValueError(f"model: {name!r} is on the meta device (no values); speedup reads the weights: "
+                             f"materialize the model first (to_empty(device=...) and load its weights)")
+    for t in _flat_tensors(dummy_input):
+        if t.is_meta:
+            raise ValueError("dummy_input: holds a tensor on the meta device; pass real values")
+
+
+def _flat_tensors(obj: Any) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [t for o in obj for t in _flat_tensors(o)]
+    if isinstance(obj, Mapping):
+        return [t for o in obj.values() for t in _flat_tensors(o)]
+    return []
+
+
+def _pin_tied(model: nn.Module, state: State, broken: list[list[str]]) -> None:
+    """Keep every channel of the modules (and graph constants) that hold a parameter of a broken tie."""
+    for names in broken:
+        why = f"parameter shared by {', '.join(names)}"
+        owners = {n.rpartition(".")[0] for n in names}
+        for (module, _slot), ids in state.slots.items():
+            if module in owners:
+                state.pin(ids, why)
+        for path, _dim, ids in state.params:
+            if path in names:
+                state.pin(ids, why)
 
 
 def speedup_model(model: nn.Module, dummy_input: Any, masks: Mapping | None = None, **kwargs: Any) -> nn.Module:

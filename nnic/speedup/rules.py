@@ -5,7 +5,7 @@ A rule is an object with:
 - ``name``: its registry name, by convention the qualified name of what it shrinks (``"torch.nn.Conv2d"``);
 - ``targets``: what it handles: module classes, functions (``torch.cat``, ``operator.add``) or method names
   written ``"Tensor.view"``;
-- ``propagate(call)``: called once per call of a target during propagation, with a :class:`~nnic.speedup.graph.Call`
+- ``propagate(call)``: called once per call of a target during propagation, with a :class:`~nnic.channels.graph.Call`
   giving the real input and output values of the masked model and the inputs' channel specs. It declares the
   output's spec (``call.set_output``), unites coupled channels (``call.couple``), says which input channels it can
   drop (``call.sink``), keeps channels it cannot handle (``call.pin``) and adds constraints (``call.constraint``).
@@ -13,7 +13,10 @@ A rule is an object with:
 - ``shrink(module, keep)`` (module rules): ``keep`` maps each slot that loses channels to the sorted ``LongTensor``
   of kept positions; return the smaller module (the same object changed in place, or a new one).
 - ``fold(module, slot, positions, values)`` (optional): add constant input channels that are about to be removed
-  into the bias, for sinks that said ``fold`` in :meth:`~nnic.speedup.graph.Call.sink`.
+  into the bias, for sinks that said ``fold`` in :meth:`~nnic.channels.graph.Call.sink`.
+
+- ``shape_attrs`` (module rules): the attributes ``shrink`` changes (``("in_features", "out_features")``); a saved
+  manifest may change these, and only these, when :func:`~nnic.speedup.load_pruned` applies it.
 
 A rule whose module changes class when shrunk gives the new class ``from_manifest(attrs)`` and
 ``manifest_attrs()`` so that the pruned architecture can be saved and loaded without pickling.
@@ -26,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nnic.speedup.graph import Call, Spec
+from nnic.channels.graph import Call, Spec
 
 
 class Rule:
@@ -34,6 +37,7 @@ class Rule:
 
     name: str = ""
     targets: tuple[Any, ...] = ()
+    shape_attrs: tuple[str, ...] = ()
 
     def propagate(self, call: Call) -> None:
         raise NotImplementedError
@@ -84,6 +88,10 @@ class PerChannelRule(Rule):
 
     params: tuple[str, ...] = ("weight", "bias")
     count_attr: str | None = None
+
+    @property
+    def shape_attrs(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (self.count_attr,) if self.count_attr else ()
 
     def channel_dim(self, x: torch.Tensor) -> int:
         return 1 if x.ndim > 1 else 0

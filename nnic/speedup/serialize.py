@@ -10,7 +10,6 @@ loads the weights.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,10 @@ import torch
 from torch import nn
 
 from nnic import io
+from nnic.channels.propagate import RuleTable
+from nnic.speedup import manifest
 
-FORMAT = "nnic.pruned/1"
+FORMAT = manifest.FORMAT
 MANIFEST, WEIGHTS = "manifest.json", "model.safetensors"
 _SKIP = {"training"}
 
@@ -57,9 +58,12 @@ def _direct_tensors(m: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_pruned(model: nn.Module, directory: io.PathLike) -> Path:
-    """Write ``manifest.json`` and ``model.safetensors`` into ``directory`` (created if missing), atomically each."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    """Write ``manifest.json`` and ``model.safetensors`` into ``directory``, all or nothing.
+
+    The two files are written into a fresh directory that replaces ``directory`` in one rename
+    (:func:`nnic.io.atomic_directory`), so a save that is killed or fails leaves the previous save complete. The
+    directory is the saved artefact: it must be new, empty, or hold only a previous save.
+    """
     modules = {}
     for name, m in model.named_modules():
         tensors = _direct_tensors(m)
@@ -70,32 +74,29 @@ def save_pruned(model: nn.Module, directory: io.PathLike) -> Path:
             "attrs": _attrs(m),
             "tensors": {k: list(t.shape) for k, t in tensors.items()},
         }
-    io.save_tensors(model.state_dict(), directory / WEIGHTS)
-    io.save_json({"format": FORMAT, "modules": modules}, directory / MANIFEST)
-    return directory
+    state = model.state_dict()
 
+    def write(new: Path) -> None:
+        io.save_tensors(state, new / WEIGHTS)
+        io.save_json({"format": FORMAT, "modules": modules}, new / MANIFEST)
 
-def _allowed_class(path: str) -> type:
-    module_name, _, qualname = path.partition(":")
-    allowed = module_name == "nnic" or module_name.startswith("nnic.") or module_name.startswith("nnic_")
-    if not allowed:
-        raise ValueError(f"load_pruned: refusing to construct {path}: only nnic's own and nnic plugin "
-                         f"(nnic_*) module classes are rebuilt from a manifest")
-    obj: Any = importlib.import_module(module_name)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    if not hasattr(obj, "from_manifest"):
-        raise ValueError(f"load_pruned: {path} has no from_manifest(attrs)")
-    return obj
+    Path(directory).parent.mkdir(parents=True, exist_ok=True)
+    io.atomic_directory(directory, write, owned=(MANIFEST, WEIGHTS))
+    return Path(directory)
 
 
 def load_pruned(model: nn.Module, directory: io.PathLike) -> nn.Module:
-    """Give a freshly constructed ``model`` the pruned shapes saved in ``directory`` and load the weights."""
+    """Give a freshly constructed ``model`` the pruned shapes saved in ``directory`` and load the weights.
+
+    The manifest is checked before the model changes (see :mod:`nnic.speedup.manifest`): a malformed one, a
+    class no installed speedup rule handles, or an attribute change a rule does not declare raises ValueError."""
+    from nnic.speedup.api import registered_rules
+
     directory = Path(directory)
-    manifest = io.load_json(directory / MANIFEST)
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"load_pruned: {directory / MANIFEST} is not a {FORMAT} manifest")
-    for name, entry in manifest["modules"].items():
+    modules = manifest.check_structure(io.load_json(directory / MANIFEST), str(directory / MANIFEST))
+    table = RuleTable(registered_rules())
+    allowed: dict[str, type] | None = None
+    for name, entry in modules.items():
         try:
             m = model.get_submodule(name)
         except AttributeError:
@@ -103,7 +104,9 @@ def load_pruned(model: nn.Module, directory: io.PathLike) -> nn.Module:
                              f"does not have; is this the same architecture?") from None
         ref = next(iter(m.parameters()), None)
         if _class_path(type(m)) != entry["class"]:
-            new = _allowed_class(entry["class"]).from_manifest(entry["attrs"])
+            if allowed is None:
+                allowed = {_class_path(cls): cls for cls in manifest.rebuildable_classes(table)}
+            new = manifest.rebuild(name, entry, m, allowed)
             if ref is not None:
                 new = new.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
             new.train(m.training)
@@ -111,17 +114,17 @@ def load_pruned(model: nn.Module, directory: io.PathLike) -> nn.Module:
             setattr(model.get_submodule(parent), attr, new)
             m = new
         else:
-            for k, v in entry["attrs"].items():
-                current = getattr(m, k, None)
-                setattr(m, k, tuple(v) if isinstance(current, tuple) and isinstance(v, list) else v)
+            manifest.apply_attrs(name, m, entry["attrs"], table.for_module(m))
         tensors = _direct_tensors(m)
         for k, shape in entry["tensors"].items():
             t = tensors.get(k)
-            if t is None or list(t.shape) == shape:
+            new_shape = manifest.tensor_shape(name, m, k, shape, t)
+            if new_shape is None:
                 continue
-            new_t = torch.empty(shape, dtype=t.dtype, device=t.device)
-            if isinstance(t, nn.Parameter):
-                setattr(m, k, nn.Parameter(new_t, requires_grad=t.requires_grad))
+            like = t if t is not None else (ref if ref is not None else torch.empty(0))
+            new_t = torch.empty(new_shape, dtype=like.dtype, device=like.device)
+            if t is None or isinstance(t, nn.Parameter):
+                setattr(m, k, nn.Parameter(new_t, requires_grad=t.requires_grad if t is not None else True))
             else:
                 m._buffers[k] = new_t
     state = io.load_tensors(directory / WEIGHTS)

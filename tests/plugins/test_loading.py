@@ -171,10 +171,12 @@ def test_a_plugin_registered_by_hand_is_found(fresh_registry):
 
 
 def test_names_must_be_lower_case(fresh_registry):
+    from nnic.builtins.level import LevelPruner
+
     class Plugin:
         @nnic.hookimpl
         def register_pruners(self, register):
-            register(object, name="Upper")
+            register(LevelPruner, name="Upper")
 
     fresh_registry.register(Plugin(), name="upper")
     with pytest.warns(PluginLoadWarning, match="names must be lower-case"):

@@ -14,7 +14,7 @@ from torch import nn
 import nnic
 from nnic.speedup import CaptureError, ModelSpeedup, SpeedupError, SpeedupWarning, load_pruned, save_pruned
 
-from .helpers import assert_close, channel_masks, masked_output, run, speedup_and_check
+from .helpers import assert_close, channel_masks, run, speedup_and_check
 
 
 def cnn(seed=0) -> nn.Sequential:
@@ -91,14 +91,14 @@ def test_verify_names_the_first_differing_layer():
             call.sink(spec.ids, torch.ones(len(spec), dtype=torch.bool))
 
     model = nn.Sequential(nn.Conv2d(3, 8, 1), Mean(), nn.Conv2d(1, 2, 1))
+    with torch.no_grad():
+        before = model(X)
     with pytest.raises(SpeedupError, match=r"first differing layer: '1' \(Mean\)"):
         nnic.speedup_model(model, X, masks_for(model), rules=[Lying()], leaf_modules=[Mean])
-    # The failed speedup left the masked model as it was: same shapes, same output.
-    masks = masks_for(model)
-    reference = masked_output(model, X, masks)
+    # The failed speedup left the model as it was: same shapes, masks not folded in, same output.
     assert model[0].out_channels == 8 and model[0].weight.shape == (8, 3, 1, 1)
     with torch.no_grad():
-        torch.testing.assert_close(model(X), reference)
+        assert torch.equal(model(X), before)
 
 
 class Odd(nn.Module):
@@ -243,7 +243,6 @@ def test_the_report_says_why_channels_were_kept():
     ms = ModelSpeedup(model, X, masks_for(model))
     ms.speedup_model()
     assert "a model output" in str(ms.report) and ms.report.removed_groups > 0
-    assert masked_output is not None
 
 
 class TakesKwargs(nn.Module):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import nnic
-from nnic.speedup.mha import PrunedMultiheadAttention
+from nnic.builtins.speedup_rules.attention import PrunedMultiheadAttention
 
 from .helpers import channel_masks, speedup_and_check
 

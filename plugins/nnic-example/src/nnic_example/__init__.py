@@ -11,7 +11,7 @@ import torch
 import nnic
 from nnic.masking import parameter, prunable_parameters
 from nnic.pruning import Pruner
-from nnic.quantities import amount
+from nnic.selection import amount
 from nnic.quantization import Quantizer
 from nnic.quantization.base import WeightFakeQuant
 from nnic.quantization.qparams import QuantSpec

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 import nnic
-from nnic.speedup import Rule, Spec
-from nnic.speedup.rules import ChannelMixRule, slice_param
+from nnic.channels import Spec
+from nnic.speedup.rules import ChannelMixRule, Rule, slice_param
 
 
 def _lazy_targets(find: Callable[[], tuple[type, ...]]) -> functools.cached_property:
@@ -63,6 +63,7 @@ class HFSelfAttentionRule(Rule):
 
     name = "transformers.self_attention"
     targets = _lazy_targets(_attention_classes)
+    shape_attrs = ("num_attention_heads", "all_head_size")
 
     def propagate(self, call) -> None:
         m = call.module
@@ -160,6 +161,7 @@ class GPT2AttentionRule(Rule):
 
     name = "transformers.gpt2_attention"
     targets = _lazy_targets(_gpt2_classes)
+    shape_attrs = ("num_heads", "split_size")
 
     def propagate(self, call) -> None:
         m = call.module
@@ -225,6 +227,7 @@ class Conv1DRule(ChannelMixRule):
 
     name = "transformers.pytorch_utils.conv1d"
     targets = _lazy_targets(_conv1d_classes)
+    shape_attrs = ("nx", "nf")
 
     def groups(self, module) -> int:
         return 1

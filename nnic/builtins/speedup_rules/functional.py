@@ -1,10 +1,8 @@
-"""Rules for functions and tensor methods: elementwise ops, structural ops (view, permute, cat, split...),
-pooling and metadata. Registered by the built-in plugin :mod:`nnic.builtins.speedup_rules`.
+"""Built-in rules for functions and tensor methods: elementwise ops, structural ops (view, permute, cat,
+split...), pooling and metadata.
 
-Structural ops are handled by running them on a *label tensor*: a float64 tensor whose value at channel k is
-``1 + k * 2**-20``. Ops that only move, copy or average values along other dimensions return valid labels, from
-which the output's channel dimension and order are read off; anything that mixes channels produces values that
-are not labels (or a channel dimension that vanished), and the channels are kept.
+Structural ops are handled by running them on a label tensor (:mod:`nnic.channels.labels`): ops that only move
+values return valid labels, from which the output's channel dimension and order are read off.
 """
 
 from __future__ import annotations
@@ -17,111 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from nnic.speedup.graph import Call, Spec
+from nnic.channels.graph import Call, Spec
+from nnic.channels.labels import propagate_by_labels
 from nnic.speedup.rules import Rule
 
-_EPS = 2.0 ** -20
 _MUL = {operator.mul, operator.imul, torch.mul, "Tensor.mul", "Tensor.mul_", "Tensor.__mul__", operator.and_}
 
 
 def _dim(d: int, ndim: int) -> int:
     return d + ndim if d < 0 else d
-
-
-def label_tensor(x: torch.Tensor, dim: int) -> torch.Tensor:
-    shape = [1] * x.ndim
-    shape[dim] = x.shape[dim]
-    labels = 1.0 + torch.arange(x.shape[dim], dtype=torch.float64, device=x.device) * _EPS
-    return labels.reshape(shape).expand(x.shape).contiguous()
-
-
-def read_labels(out: Any, n: int) -> tuple[int, list[int]] | str | None:
-    """``(dim, positions)`` if ``out`` is a valid label tensor varying along one dim; ``"single"`` if it holds one
-    label only; ``None`` if channels were mixed."""
-    if not isinstance(out, torch.Tensor) or out.dtype != torch.float64:
-        return None
-    if out.numel() == 0:
-        return None
-    idx = (out.detach().cpu() - 1.0) / _EPS
-    pos = idx.round()
-    if (idx - pos).abs().max() > 1e-3 or pos.min() < 0 or pos.max() >= n:
-        return None
-    pos = pos.long()
-    if bool((pos == pos.flatten()[0]).all()):
-        return "single"
-    for d in range(pos.ndim):
-        rows = pos.movedim(d, 0).reshape(pos.shape[d], -1)
-        if bool((rows == rows[:, :1]).all()):
-            return d, rows[:, 0].tolist()
-    return None
-
-
-def _replace(obj: Any, target: fx.Node, node_args: Any, new: Any) -> Any:
-    """Values of ``obj`` (mirroring ``node_args``) with the value of node ``target`` replaced by ``new``."""
-    if isinstance(node_args, fx.Node):
-        return new if node_args is target else obj
-    if isinstance(node_args, (list, tuple)):
-        return type(node_args)(_replace(o, target, n, new) for o, n in zip(obj, node_args))
-    if isinstance(node_args, dict):
-        return {k: _replace(obj[k], target, n, new) for k, n in node_args.items()}
-    return obj
-
-
-def run_on_labels(call: Call, arg_node: fx.Node, labels: torch.Tensor) -> Any:
-    node = call.node
-    args = _replace(call.args, arg_node, node.args, labels)
-    kwargs = _replace(call.kwargs, arg_node, node.kwargs, labels)
-    if node.op == "call_method":
-        return getattr(args[0], node.target)(*args[1:], **kwargs)
-    if node.op == "call_module":
-        return call.module(*args, **kwargs)
-    return node.target(*args, **kwargs)
-
-
-def _first_labelled(call: Call) -> tuple[fx.Node, Spec] | None:
-    for arg in list(call.node.args) + list(call.node.kwargs.values()):
-        if isinstance(arg, fx.Node):
-            spec = call.state.specs.get(arg)
-            if isinstance(spec, Spec):
-                return arg, spec
-    return None
-
-
-def propagate_by_labels(call: Call, literal_check=None, first_only: bool = False) -> None:
-    """Read the output's spec off a run on labels; keep the channels if anything else is labelled or mixed.
-    With ``first_only`` the other arguments only give shapes (``expand_as``, ``view_as``)."""
-    found = _first_labelled(call)
-    if found is None:
-        return
-    arg_node, spec = found
-    if first_only:
-        if arg_node is not call.node.args[0]:
-            return
-    elif len(call.input_specs()) > 1:
-        call.pin_inputs()
-        return
-    x = call.state.values[arg_node]
-    try:
-        out = run_on_labels(call, arg_node, label_tensor(x, spec.dim))
-    except Exception:  # the op refuses float64: treat it as unknown
-        call.pin(spec)
-        return
-    outs = out if isinstance(out, (tuple, list)) else (out,)
-    specs = []
-    for o in outs:
-        got = read_labels(o, len(spec))
-        if isinstance(got, tuple):
-            d, positions = got
-            if literal_check is not None and not literal_check(call, d):
-                call.pin(spec, f"node {call.node.name} sets the channel count to a literal size")
-                specs.append(None)
-                continue
-            specs.append(spec.take(positions, d))
-        else:
-            if isinstance(o, torch.Tensor):
-                call.pin(spec)
-            specs.append(None)
-    call.set_output(type(out)(specs) if isinstance(out, (tuple, list)) else specs[0])
 
 
 def _shape_args(node: fx.Node) -> list[Any]:
@@ -511,4 +413,4 @@ class SumRule(Rule):
 OP_RULES = (SumRule(), MetadataRule(), PointwiseRule(), StructuralRule(), GetItemRule(), CatRule(), SplitRule(),
             SpatialRule(), SoftmaxRule(), LayerNormOpRule())
 
-__all__ = ["OP_RULES", "label_tensor", "propagate_by_labels", "read_labels", "run_on_labels"]
+__all__ = ["OP_RULES"]

@@ -1,7 +1,7 @@
-"""Built-in speedup rules: how torch.nn modules shrink, and the function/method op rules.
-
-Registered through the ``register_speedup_rules`` hook, like any plugin's rules. Names are the lower-cased
-qualified names of what each rule shrinks (``torch.nn.conv2d``).
+"""Built-in speedup rules for ``torch.nn`` modules (and torchvision's StochasticDepth): how each propagates
+channels and how it shrinks. Names are the lower-cased qualified names of what each rule shrinks
+(``torch.nn.conv2d``). ``shape_attrs`` lists the attributes a shrink changes, which are the only ones a saved
+manifest may change when it is loaded (:func:`nnic.speedup.load_pruned`).
 """
 
 from __future__ import annotations
@@ -9,10 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-import nnic
-from nnic.speedup.graph import Call, Spec
-from nnic.speedup.mha import MultiheadAttentionRule
-from nnic.speedup.ops import OP_RULES, propagate_by_labels
+from nnic.channels.graph import Call, Spec
+from nnic.channels.labels import propagate_by_labels
 from nnic.speedup.rules import ChannelMixRule, PassThroughRule, PerChannelRule, Rule, block_usage, slice_param
 
 
@@ -55,6 +53,8 @@ def shrink_conv(m: nn.Module, keep: dict[str, torch.Tensor], transposed: bool) -
 
 class ConvRule(ChannelMixRule):
     """Conv1d/2d/3d, groups and depthwise included."""
+
+    shape_attrs = ("in_channels", "out_channels", "groups")
 
     def __init__(self, cls: type) -> None:
         self.targets = (cls,)
@@ -111,6 +111,7 @@ def _add_bias(module: nn.Module, delta: torch.Tensor, n: int) -> None:
 class LinearRule(ChannelMixRule):
     name = "torch.nn.linear"
     targets = (nn.Linear,)
+    shape_attrs = ("in_features", "out_features")
 
     def usage(self, module):
         return (module.weight.detach() != 0).cpu()
@@ -138,6 +139,7 @@ class LinearRule(ChannelMixRule):
 class BilinearRule(Rule):
     name = "torch.nn.bilinear"
     targets = (nn.Bilinear,)
+    shape_attrs = ("in1_features", "in2_features", "out_features")
 
     def propagate(self, call: Call) -> None:
         m = call.module
@@ -173,6 +175,8 @@ class BilinearRule(Rule):
 
 class EmbeddingRule(Rule):
     """Embedding/EmbeddingBag: the embedding dimension is a new channel dim; a zero column is dead."""
+
+    shape_attrs = ("embedding_dim",)
 
     def __init__(self, cls: type) -> None:
         self.targets = (cls,)
@@ -216,6 +220,7 @@ class GroupNormRule(PerChannelRule):
 
     name = "torch.nn.groupnorm"
     targets = (nn.GroupNorm,)
+    shape_attrs = ("num_channels", "num_groups")
     params = ("weight", "bias")
     count_attr = "num_channels"
 
@@ -332,7 +337,7 @@ class ActivationRule(PassThroughRule):
     targets = _ACTIVATIONS
 
 
-def _torchvision_rules() -> list[Rule]:
+def torchvision_rules() -> list[Rule]:
     try:
         from torchvision.ops import StochasticDepth, stochastic_depth
     except Exception:  # torchvision is optional
@@ -342,18 +347,12 @@ def _torchvision_rules() -> list[Rule]:
     return [rule]
 
 
-def builtin_rules() -> list[Rule]:
+def module_rules() -> list[Rule]:
     rules: list[Rule] = [ConvRule(c) for c in (nn.Conv1d, nn.Conv2d, nn.Conv3d)]
     rules += [ConvTransposeRule(c) for c in (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)]
     rules += [LinearRule(), BilinearRule(), EmbeddingRule(nn.Embedding), EmbeddingRule(nn.EmbeddingBag)]
     rules += [NormRule(c) for c in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
                                     nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)]
     rules += [PReLURule(), GroupNormRule(), LayerNormRule(), SpatialModuleRule(), FlattenRule(),
-              SoftmaxModuleRule(), ActivationRule(), MultiheadAttentionRule()]
-    return rules + list(OP_RULES) + _torchvision_rules()
-
-
-@nnic.hookimpl
-def register_speedup_rules(register) -> None:
-    for rule in builtin_rules():
-        register(rule)
+              SoftmaxModuleRule(), ActivationRule()]
+    return rules + torchvision_rules()

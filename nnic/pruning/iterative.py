@@ -1,7 +1,8 @@
 """What the training-aware pruners share: score-based exact masks, sparsity schedules over a base pruner,
 per-iteration results with the best one kept, and weight snapshots for rewinding.
 
-Not a plugin itself (no hooks): ``scheduled``, ``lottery``, ``movement`` and ``admm`` build on it.
+Public, for nnic's ``scheduled``, ``lottery``, ``movement`` and ``admm`` pruners and for third-party plugins alike
+(see docs/writing-a-plugin.md); not a plugin itself (no hooks).
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ import torch
 from torch import nn
 
 import nnic
-from nnic.config import LayerConfig
 from nnic.evaluator import Evaluator
 from nnic.masking import Masks, attach_mask, parameter, prunable_parameters
 from nnic.pruning.base import Pruner
-from nnic.quantities import amount
+from nnic.selection import LayerConfig, amount, op_type
 
 __all__ = ["IterationResult", "IterativePruner", "mask_from_scores", "masks_from_scores", "per_layer_config"]
 
@@ -84,16 +84,9 @@ def per_layer_config(layers: dict[str, LayerConfig], sparsity_of: Callable[[floa
         if "max_sparsity_per_layer" in config and isinstance(config["max_sparsity_per_layer"], float):
             config["max_sparsity_per_layer"] = max(config["max_sparsity_per_layer"], config.get("total_sparsity", 0.0))
         config["op_names"] = [cfg.name for cfg in members]
-        config["op_types"] = sorted({_op_type(cfg.module) for cfg in members})
+        config["op_types"] = sorted({op_type(cfg.module) for cfg in members})
         out.append(config)
     return out
-
-
-def _op_type(module: nn.Module) -> str:
-    """The class name ``op_types`` matches for ``module`` (the user's class, also once it is parametrized)."""
-    import nnic.config
-
-    return nnic.config.op_type(module) if hasattr(nnic.config, "op_type") else type(module).__name__
 
 
 @dataclass

@@ -6,7 +6,7 @@
 //! - symmetric: `s = max|x| / 127`, `z = 128` (the s8 code plus 128);
 //! - asymmetric: `s = (max(x, 0) - min(x, 0)) / 255`, `z = clamp(-round_half_even(min(x, 0) / s), 0, 255)`;
 //! - a zero range gives `s = 1`; per tensor or per row (token); or static, from a calibrated scale/zero point.
-use super::pack::PackedA;
+use super::panels::PackedA;
 use super::{isa_of, Path};
 use crate::cpu::Isa;
 use crate::error::{KernelError, Result};

@@ -11,72 +11,38 @@ Activation quantization (float32, ``x * (1 / s)`` rounded half to even): symmetr
 codes in [-127, 127]; asymmetric ``s = (max(x,0) - min(x,0)) / 255`` with u8 codes and zero point
 ``z = clamp(-round(min(x,0) / s), 0, 255)``. Static: ``act_scale`` and ``act_zero_point`` in the u8 domain.
 
-The code path follows ``nnic.kernels.set_isa`` / ``NNIC_KERNEL_ISA`` (``avx512`` uses AVX512-VNNI when the
+The code path follows :func:`nnic.kernels.set_isa` / ``NNIC_KERNEL_ISA`` (``avx512`` uses AVX512-VNNI when the
 CPU has it); ``path=`` forces one per call (``"scalar"``, ``"avx2"``, ``"avx512vnni"``). The GIL is released
 while the kernels run.
 """
 
 from __future__ import annotations
 
-from typing import Any, Union
+import os
+from typing import Any
 
 import numpy as np
 import torch
 
-from nnic import _kernels as _k
+from nnic.kernels import twins
+from nnic.kernels.adapters import Array, as_int, check_dtype, cpu_numpy, is_torch, plain
+from nnic.kernels.runtime import native
 
-Array = Union[torch.Tensor, np.ndarray]
-PackedInt8Weight = _k.PackedInt8Weight
-PackedInt4Weight = _k.PackedInt4Weight
+PackedInt8Weight = native.PackedInt8Weight
+PackedInt4Weight = native.PackedInt4Weight
 
 #: Largest K for which int32 accumulation of int8 products is exact.
 MAX_K = 131_071
 ACT_MODES = ("per_token", "per_tensor", "static")
 
 __all__ = [
-    "ACT_MODES", "MAX_K", "PackedInt4Weight", "PackedInt8Weight", "gemm_backend", "gemm_path", "gemm_paths", "int4_linear",
-    "int8_conv2d", "int8_linear", "int8_matmul", "pack_int4_weight", "pack_int8_weight", "quantize_int4_weight",
-    "quantize_int8_weight",
+    "ACT_MODES", "MAX_K", "PackedInt4Weight", "PackedInt8Weight", "int4_linear", "int8_conv2d", "int8_linear",
+    "int8_matmul", "pack_int4_weight", "pack_int8_weight", "quantize_int4_weight", "quantize_int8_weight",
 ]
 
 
-def gemm_paths() -> list[str]:
-    """GEMM code paths this CPU supports, slowest first (e.g. ``["scalar", "avx2", "avx512vnni"]``)."""
-    return list(_k.gemm_paths())
-
-
-def gemm_backend() -> str:
-    """Where the GEMM's threads come from: ``"openmp"`` (PyTorch's OpenMP team, found at run time: no
-    contention with torch's spinning workers) or ``"rayon"`` (the kernels' own pool;
-    ``NNIC_GEMM_BACKEND=rayon`` forces it)."""
-    return _k.gemm_backend()
-
-
-def gemm_path() -> str:
-    """The GEMM code path used now."""
-    return _k.gemm_path()
-
-
-def _name(x: Array) -> str:
-    return str(x.dtype).removeprefix("torch.")
-
-
 def _check(x: Any, name: str, dtype: str, ndim: int | None = 2) -> None:
-    if not isinstance(x, (torch.Tensor, np.ndarray)):
-        raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
-    if _name(x) != dtype:
-        raise TypeError(f"{name} must have dtype {dtype}, got {_name(x)}")
-    if ndim is not None and x.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(x.shape)}")
-
-
-def _np(x: Array, name: str) -> np.ndarray:
-    """A C-contiguous numpy view (or copy) of a CPU tensor / array."""
-    if isinstance(x, torch.Tensor):
-        if x.device.type != "cpu":
-            raise ValueError(f"{name} is on {x.device}; the packed kernels run on CPU tensors")
-        return x.detach().contiguous().numpy()
-    return np.ascontiguousarray(x)
+    check_dtype(x, name, (dtype,), ndim)
 
 
 def _check_k(k: int) -> None:
@@ -97,22 +63,14 @@ def int8_matmul(a: Array, b: Array, *, path: str | None = None) -> Array:
     if k != k2:
         raise ValueError(f"a is [{m}, {k}] but b is [{k2}, {n}]: inner dimensions differ")
     _check_k(k)
-    if isinstance(a, torch.Tensor) and a.device.type == "cuda":
-        return _int_mm_cuda(a, torch.as_tensor(b, device=a.device))
+    if isinstance(a, torch.Tensor) and a.device.type != "cpu":
+        return twins.int_mm(a, torch.as_tensor(b, device=a.device)).to(torch.int32)
     if isinstance(a, torch.Tensor) != isinstance(b, torch.Tensor):
         raise TypeError("a and b must both be torch tensors or both numpy arrays")
     out_t = torch.empty((m, n), dtype=torch.int32) if isinstance(a, torch.Tensor) else None
     out = out_t.numpy() if out_t is not None else np.empty((m, n), np.int32)
-    _k.int8_matmul(_np(a, "a"), _np(b, "b"), out, path)
+    native.int8_matmul(cpu_numpy(a, "a"), cpu_numpy(b, "b"), out, path)
     return out_t if out_t is not None else out
-
-
-def _int_mm_cuda(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    m, k = a.shape
-    n = b.shape[1]
-    if m > 16 and k % 8 == 0 and n % 8 == 0:
-        return torch._int_mm(a.contiguous(), b.contiguous())
-    return (a.to(torch.int64) @ b.to(torch.int64)).to(torch.int32)
 
 
 # --------------------------------------------------------------------------- int8 linear
@@ -130,19 +88,28 @@ def pack_int8_weight(w_q: Array, scale: Any, zero_point: Any = None) -> PackedIn
     """Packs int8 codes ``w_q[N, K]`` (``w ≈ (w_q - zero_point) * scale``) for :func:`int8_linear`.
 
     ``scale``: a float or 1 / N values (per output channel), finite and > 0; ``zero_point``: ``None``, an int
-    or N ints in [-128, 127]. The zero-point compensation terms are precomputed here.
+    or N ints in [-128, 127]. Both are scalars or 1-D: a 2-D scale (say ``[N, 1]``) is refused rather than
+    flattened, since it usually means per-group scales this packing does not have. The zero-point
+    compensation terms are precomputed here.
     """
     _check(w_q, "w_q", "int8")
     _check_k(w_q.shape[1])
-    s = np.ascontiguousarray(np.asarray(_plain(scale), dtype=np.float32).reshape(-1))
-    z = np.zeros(0, np.int32) if zero_point is None else np.asarray(_plain(zero_point), dtype=np.int64).reshape(-1)
+    s = _per_channel(scale, "scale", np.float32)
+    z = np.zeros(0, np.int64) if zero_point is None else _per_channel(zero_point, "zero_point", np.int64)
     if z.size and (z.min() < -128 or z.max() > 127):
         raise ValueError(f"zero_point must be in [-128, 127], got values in [{z.min()}, {z.max()}]")
-    return _k.PackedInt8Weight(_np(w_q, "w_q"), s, np.ascontiguousarray(z.astype(np.int32)))
+    return native.PackedInt8Weight(cpu_numpy(w_q, "w_q"), s, np.ascontiguousarray(z.astype(np.int32)))
 
 
-def _plain(v: Any) -> Any:
-    return v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v
+def _per_channel(v: Any, name: str, dtype: type) -> np.ndarray:
+    """A scalar or 1-D per-channel parameter as a contiguous 1-D array (the channel count is checked natively)."""
+    a = np.asarray(plain(v))
+    if a.ndim > 1:
+        raise ValueError(f"{name} must be a scalar or 1-D (one value per output channel), got shape {a.shape}")
+    if a.dtype.kind not in ("fiu" if dtype is np.float32 else "iu"):
+        raise TypeError(f"{name} must be {'real' if dtype is np.float32 else 'integer'}, got dtype {a.dtype}")
+    with np.errstate(over="ignore"):
+        return np.ascontiguousarray(a.astype(dtype).reshape(-1))
 
 
 def _linear_args(x: Array, k: int, act: str) -> tuple[np.ndarray, tuple[int, ...]]:
@@ -152,7 +119,7 @@ def _linear_args(x: Array, k: int, act: str) -> tuple[np.ndarray, tuple[int, ...
     if act not in ACT_MODES:
         raise ValueError(f"act must be one of {ACT_MODES}, got {act!r}")
     lead = tuple(x.shape[:-1])
-    return _np(x, "x").reshape(-1, k), lead
+    return cpu_numpy(x, "x").reshape(-1, k), lead
 
 
 def _run_linear(packed: Any, x: Array, bias: Array | None, symmetric: bool, kw: dict) -> Array:
@@ -166,7 +133,7 @@ def _run_linear(packed: Any, x: Array, bias: Array | None, symmetric: bool, kw: 
         _check(bias, "bias", "float32", ndim=1)
         if bias.shape[0] != n:
             raise ValueError(f"bias must have {n} values, got {bias.shape[0]}")
-        b = _np(bias, "bias")
+        b = cpu_numpy(bias, "bias")
     packed.linear(x2, out, b, kw["act"], symmetric, kw.get("act_scale"), kw.get("act_zero_point"), kw.get("path"))
     res = out_t if out_t is not None else out
     return res.reshape(*lead, n)
@@ -217,29 +184,63 @@ def int8_conv2d(
     channels-last strides.
     """
     _check(x, "x", "float32", ndim=4)
+    if not isinstance(packed, PackedInt8Weight):
+        raise TypeError(f"packed must come from pack_int8_weight, got {type(packed).__name__}")
     if act not in ("per_tensor", "static"):
         raise ValueError(f"act must be 'per_tensor' or 'static' for convolutions, got {act!r}")
-    n = x.shape[0]
+    n, _, h, w = x.shape
+    (kh, kw), (sh, sw) = _pair(kernel_size, "kernel_size", 1), _pair(stride, "stride", 1)
+    (ph, pw), (dh, dw) = _pair(padding, "padding", 0), _pair(dilation, "dilation", 1)
+    ho, wo = _conv_out(h, kh, sh, ph, dh, "height"), _conv_out(w, kw, sw, pw, dw, "width")
+    cout = packed.out_features
+    _check_fits(4 * n * ho * wo * cout, f"the output [{n}, {cout}, {ho}, {wo}] (padding={padding}, stride={stride})")
     nhwc = x.detach().permute(0, 2, 3, 1)
     if not nhwc.is_contiguous():
         nhwc = nhwc.contiguous()
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
-    ho = (x.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    wo = (x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    cout = packed.out_features
     out = torch.empty((n * ho * wo, cout), dtype=torch.float32)
     b = None
     if bias is not None:
         _check(bias, "bias", "float32", ndim=1)
-        b = _np(bias, "bias")
+        b = cpu_numpy(bias, "bias")
     packed.conv2d(nhwc.numpy(), out.numpy(), (kh, kw), (sh, sw), (ph, pw), (dh, dw), b, act, symmetric,
                   act_scale, act_zero_point, path)
     return out.reshape(n, ho, wo, cout).permute(0, 3, 1, 2)
 
 
+def _pair(v: Any, name: str, lo: int) -> tuple[int, int]:
+    """Two integers >= lo (a convolution's kernel_size, stride, padding or dilation)."""
+    if not isinstance(v, (tuple, list)) or len(v) != 2:
+        raise TypeError(f"{name} must be a pair of integers, got {v!r}")
+    pair = (as_int(v[0], f"{name}[0]"), as_int(v[1], f"{name}[1]"))
+    for i, p in enumerate(pair):
+        if p < lo:
+            raise ValueError(f"{name}[{i}] must be >= {lo}, got {p}")
+    return pair
+
+
+def _conv_out(size: int, k: int, s: int, p: int, d: int, what: str) -> int:
+    """Output extent along one spatial dim; a kernel wider than the padded input is a geometry error."""
+    span = d * (k - 1) + 1
+    if size + 2 * p < span:
+        raise ValueError(f"invalid convolution geometry: the padded input {what} {size} + 2*{p} is smaller than "
+                         f"the dilated kernel ({span})")
+    return (size + 2 * p - span) // s + 1
+
+
+def _check_fits(nbytes: int, what: str) -> None:
+    """Refuses, before allocating, a buffer larger than this machine's physical memory."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        ram = 1 << 48
+    if nbytes > ram:
+        raise ValueError(f"{what} needs {nbytes / 2**30:.3g} GiB, more than this machine's {ram / 2**30:.3g} GiB")
+
+
 # --------------------------------------------------------------------------- int4
 def quantize_int4_weight(w: torch.Tensor, group_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int4 codes ``[N, K]`` (int8 values in [-7, 7]) and scales ``[N, ceil(K / group_size)]``."""
+    group_size = as_int(group_size, "group_size")
     if group_size <= 0 or group_size % 8:
         raise ValueError(f"group_size must be a positive multiple of 8, got {group_size}")
     w = w.detach().float().reshape(w.shape[0], -1)
@@ -256,7 +257,10 @@ def pack_int4_weight(q: Array, scales: Array, group_size: int) -> PackedInt4Weig
     """Packs int4 codes ``q[N, K]`` (int8 values in [-8, 7]) with per-group scales ``[N, ceil(K/group_size)]``."""
     _check(q, "q", "int8")
     _check(scales, "scales", "float32")
-    return _k.PackedInt4Weight(_np(q, "q"), _np(scales, "scales"), int(group_size))
+    g = as_int(group_size, "group_size")
+    if g <= 0 or g % 8:
+        raise ValueError(f"group_size must be a positive multiple of 8, got {g}")
+    return native.PackedInt4Weight(cpu_numpy(q, "q"), cpu_numpy(scales, "scales"), g)
 
 
 def int4_linear(

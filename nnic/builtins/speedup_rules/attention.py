@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnic.speedup.graph import Call, Spec
+from nnic.channels.graph import Call, Spec
 from nnic.speedup.rules import Rule
 
 

@@ -1,6 +1,6 @@
 mod common;
 use common::{for_each_isa, kth_ref, Rng};
-use nnic_kernels::threshold::{global_kth_smallest_abs, kth_smallest_abs, select};
+use nnic_kernels::select::{global_kth_smallest_abs, kth_smallest_abs, select};
 use nnic_kernels::KernelError;
 
 #[test]

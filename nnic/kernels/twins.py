@@ -1,13 +1,16 @@
-"""Torch implementations of :mod:`nnic.kernels` for tensors on other devices (CUDA), same semantics.
+"""The torch twins of the Rust kernels: what :mod:`nnic.kernels` and the low-bit modules run for tensors
+on other devices (CUDA), with the same semantics. Every torch/CUDA code path of the kernels lives here.
 
-Arguments arrive validated by :mod:`nnic.kernels` (dtypes, shapes, k ranges, quantization parameters as
-numpy arrays); these functions only compute. They work on any device, so tests run them on CPU tensors.
+Arguments arrive validated by the front door (dtypes, shapes, k ranges, quantization parameters as numpy
+arrays); these functions only compute. They work on any device, so the tests run them on CPU tensors and
+compare them with the same numpy references as the Rust kernels.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 def _check_nan(x: torch.Tensor, name: str) -> None:
@@ -154,3 +157,60 @@ def min_max(x: torch.Tensor, axis):
         return x.clone(), x.clone()
     dims = _reduce_dims(x, axis)
     return x.amin(dim=dims), x.amax(dim=dims)
+
+
+# --------------------------------------------------------------------------- integer GEMM
+def int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Exact integer product of integer-valued ``a[M, K]`` (int8 codes, or float codes such as centred u8
+    ones in [-255, 255]) and int8 ``b[K, N]``.
+
+    ``torch._int_mm`` (int32) where it applies (codes fit int8, M > 16, K and N multiples of 8), else a
+    float64 matmul (int64): exact, since every partial sum stays far below 2**53 for K <= 131071.
+    """
+    m, k = a.shape
+    n = b.shape[1]
+    if m > 16 and k % 8 == 0 and n % 8 == 0 and (a.dtype == torch.int8 or bool(a.abs().max() <= 127)):
+        return torch._int_mm(a.to(torch.int8).contiguous(), b.contiguous())
+    return (a.to(torch.float64) @ b.to(torch.float64)).round().to(torch.int64)
+
+
+def int8_linear(x: torch.Tensor, w_codes: torch.Tensor, w_scale: torch.Tensor, w_zero_point: torch.Tensor,
+                bias: torch.Tensor | None, act: str, symmetric: bool = True, act_scale: torch.Tensor | None = None,
+                act_zero_point: torch.Tensor | None = None) -> torch.Tensor:
+    """Twin of ``PackedInt8Weight.linear`` for float32 ``x[M, K]`` and int8 codes ``w_codes[N, K]``.
+
+    Dynamic activations are quantized symmetrically (per token or per tensor; ``symmetric`` is accepted for
+    the CPU signature, the integer product is the same), static ones with the calibrated u8 scale and zero
+    point; then :func:`int_mm` and the float epilogue (weight zero points, scales, bias).
+    """
+    w_t = w_codes.t().to(x.device)
+    if act == "static":
+        s = act_scale.to(x.device)
+        z = act_zero_point.to(x.device).float() - 128
+        q = torch.clamp(torch.round(x / s) + z, -128, 127)
+        q = q - z  # centred codes in [-255, 255]: exact in int_mm's float64 fallback
+    else:
+        amax = x.abs().amax(dim=1, keepdim=True) if act == "per_token" else x.abs().amax()
+        s = torch.where(amax > 0, amax / 127, torch.ones_like(amax))
+        q = torch.clamp(torch.round(x / s), -127, 127)
+    acc = int_mm(q, w_t)
+    zw = w_zero_point.to(x.device)
+    if bool(zw.any()):
+        acc = acc - q.sum(dim=1, keepdim=True) * zw.to(acc.dtype)
+    y = acc.float() * s * w_scale.to(x.device)
+    return y if bias is None else y + bias
+
+
+def im2col(x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+           dilation: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+    """Float im2col of ``x[N, C, H, W]``: ``(cols[N*Ho*Wo, C*kh*kw], Ho, Wo)`` with K ordered (c, dy, dx)."""
+    n, c, h, w = x.shape
+    kh, kw = kernel_size
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    if (kh, kw) == (1, 1) and (ph, pw) == (0, 0):
+        xs = x[:, :, ::sh, ::sw] if (sh, sw) != (1, 1) else x
+        return xs.permute(0, 2, 3, 1).reshape(-1, c), ho, wo
+    cols = F.unfold(x, (kh, kw), (dh, dw), (ph, pw), (sh, sw)).transpose(1, 2).reshape(-1, c * kh * kw)
+    return cols, ho, wo

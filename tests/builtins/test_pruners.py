@@ -13,7 +13,7 @@ from torch import nn
 import nnic
 from nnic.builtins.nm import NMPruner, check_nm, nm_mask, nm_violations
 from nnic.builtins.scheduled import AGPPruner
-from nnic.quantities import amount
+from nnic.selection import amount
 
 CONV_LINEAR = ["Conv2d", "Linear"]
 MARGIN = 2.0  # accuracy points a pruned, fine-tuned model may lose against the dense one

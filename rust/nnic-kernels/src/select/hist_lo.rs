@@ -1,7 +1,10 @@
 //! SIMD pass 2 of the radix select: compare 8/16 lanes against the selected high bin at once and only
 //! touch the histogram for matching lanes (a small fraction of all entries).
 use crate::cpu::Isa;
-use crate::threshold::hist_lo_scalar;
+use crate::simd::abs_bits;
+
+/// Bins of pass 2: the low 16 bits of |x| inside the selected high bin.
+pub(crate) const LO_BINS: usize = 1 << 16;
 
 /// Adds the low 16 bits of |x| of the entries whose high 16 bits equal `hi` to `h` (65536 bins).
 pub(crate) fn hist_lo(isa: Isa, x: &[f32], hi: u32, h: &mut [u32]) {
@@ -17,10 +20,22 @@ pub(crate) fn hist_lo(isa: Isa, x: &[f32], hi: u32, h: &mut [u32]) {
     hist_lo_scalar(x, hi, h)
 }
 
+/// Scalar pass 2 (ground truth of the SIMD versions below).
+#[inline(always)]
+pub(crate) fn hist_lo_scalar(x: &[f32], hi: u32, h: &mut [u32]) {
+    let h: &mut [u32; LO_BINS] = h.try_into().expect("histogram size");
+    for &v in x {
+        let b = abs_bits(v);
+        if b >> 16 == hi {
+            h[(b & 0xffff) as usize] += 1;
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::hist_lo_scalar;
-    use crate::threshold::LO_BINS;
+    use super::LO_BINS;
     use std::arch::x86_64::*;
 
     #[inline(always)]

@@ -9,21 +9,23 @@
 //!
 //! Large inputs first try a sampled select: the k/n quantile of a strided sample bounds the answer to a
 //! narrow range `(lo, hi]` (±3 standard deviations of the sample quantile), and the histogram passes then
-//! only scatter the ~2% of entries inside it ([`crate::select_range`]), which makes them memory-bound.
+//! only scatter the ~2% of entries inside it (`range.rs`), which makes them memory-bound.
 //! The in-range entries are also kept (while they are few), so the k-th value is then picked among them
 //! without a second pass. If the k-th value is not inside the range (an unlucky or adversarial sample),
 //! the full passes run.
 use crate::cpu::{self, Isa};
 use crate::error::{KernelError, Result};
 use crate::simd::{abs_bits, first_nan, multiversion, INF_BITS};
-use crate::split;
-use crate::select_range::{hist_range, Candidates, Counts, BINS};
-use crate::{pool, select_x86};
+mod hist_lo;
+mod range;
+
+use crate::{pool, split};
+use hist_lo::{hist_lo, LO_BINS};
+use range::{hist_range, Candidates, Counts, BINS};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
 pub(crate) const HI_BINS: usize = 1 << 15;
-pub(crate) const LO_BINS: usize = 1 << 16;
 const SMALL: usize = 1 << 14;
 
 /// The outcome of a selection: the threshold and how many entries lie below / on it.
@@ -315,7 +317,7 @@ fn pass_hi(isa: Isa, pieces: &[&[f32]]) -> (Vec<u32>, u32) {
 fn pass_lo(isa: Isa, pieces: &[&[f32]], hi: u32) -> Vec<u32> {
     with_scratch(LO_BINS, |h| {
         for p in pieces {
-            select_x86::hist_lo(isa, p, hi, h);
+            hist_lo(isa, p, hi, h);
         }
         h.to_vec()
     })
@@ -348,16 +350,4 @@ fn hist_hi_body(x: &[f32], h: &mut [u32]) -> u32 {
         }
     }
     mx
-}
-
-/// Scalar pass 2 (ground truth of the SIMD versions in `select_x86`).
-#[inline(always)]
-pub(crate) fn hist_lo_scalar(x: &[f32], hi: u32, h: &mut [u32]) {
-    let h: &mut [u32; LO_BINS] = h.try_into().expect("histogram size");
-    for &v in x {
-        let b = abs_bits(v);
-        if b >> 16 == hi {
-            h[(b & 0xffff) as usize] += 1;
-        }
-    }
 }

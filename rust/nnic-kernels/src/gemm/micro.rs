@@ -1,13 +1,13 @@
 //! Micro-kernels: `C[mr, 32] (+)= A_panel · B_panel` over `kg` groups of 4 k values, in wrapping i32.
 //!
-//! All paths read the same packed layouts (see [`super::pack`]) and compute `sum_k a_u8 * b_s8` exactly
+//! All paths read the same packed layouts (see [`super::panels`]) and compute `sum_k a_u8 * b_s8` exactly
 //! (modulo 2^32, which the epilogue relies on):
 //! - `scalar`: plain Rust, the readable ground truth;
 //! - `avx2`: `vpmaddwd` on bytes widened to i16 (exact: no `vpmaddubsw`, whose i16 pair sum saturates
 //!   for u8 × s8 products such as 255·127 + 255·127);
 //! - `vnni`: AVX-512 VNNI `vpdpbusd` (u8 × s8, four products per i32 lane, non-saturating).
 #![allow(clippy::needless_range_loop)] // register tiles are indexed by row
-use super::pack::NR;
+use super::panels::NR;
 
 /// Rows per register tile of each path.
 pub(crate) const MR_SCALAR: usize = 4;

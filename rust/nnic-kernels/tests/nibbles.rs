@@ -1,5 +1,5 @@
 mod common;
-use nnic_kernels::pack::{pack_int4, unpack_int4};
+use nnic_kernels::nibbles::{pack_int4, unpack_int4};
 use nnic_kernels::KernelError;
 
 #[test]

@@ -1,0 +1,23 @@
+"""Channel analysis: the floor that dependency-aware pruning and speedup both stand on.
+
+- :mod:`~nnic.channels.capture`: torch.fx capture (leaf modules, inputs of any structure, errors that say where);
+- :mod:`~nnic.channels.graph`: channel ids (union-find), :class:`Spec` labels, the :class:`Call` rules receive;
+- :mod:`~nnic.channels.labels`: label tensors, to read how structural ops move channels;
+- :mod:`~nnic.channels.propagate`: the rule table and the propagation over the traced graph;
+- :mod:`~nnic.channels.groups`: coupled output channels, for dependency-aware pruning.
+
+This package imports nothing above it (not the registry, not pruning, not speedup): whoever calls it hands
+the rules down as an argument.
+"""
+
+from nnic.channels.capture import CaptureError, split_dummy_input, trace
+from nnic.channels.graph import Call, Spec, State, describe
+from nnic.channels.groups import channel_groups
+from nnic.channels.labels import label_tensor, propagate_by_labels, read_labels, run_on_labels
+from nnic.channels.propagate import Propagation, RuleTable, SpeedupError, SpeedupWarning, analyze
+
+__all__ = [
+    "CaptureError", "Call", "Propagation", "RuleTable", "Spec", "SpeedupError", "SpeedupWarning", "State",
+    "analyze", "channel_groups", "describe", "label_tensor", "propagate_by_labels", "read_labels",
+    "run_on_labels", "split_dummy_input", "trace",
+]

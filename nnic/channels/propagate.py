@@ -1,0 +1,218 @@
+"""Channel propagation: run the traced graph on real values, calling each node's rule.
+
+The rules come in as a :class:`RuleTable` built by the caller (speedup or dependency-aware pruning): this floor
+knows the rule *protocol* (``targets``, ``propagate(call)``), never where rules are registered.
+"""
+
+from __future__ import annotations
+
+import inspect
+import operator
+import warnings
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from nnic.channels.capture import split_dummy_input, trace
+from nnic.channels.graph import Call, Spec, State, describe
+
+_INPLACE_OPS = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
+
+
+class SpeedupWarning(UserWarning):
+    """Channel propagation (speedup, dependency-aware pruning) kept channels it could have removed (an op without a rule), or similar."""
+
+
+class SpeedupError(RuntimeError):
+    """Channel propagation or speedup could not proceed (strict mode and an op without a rule) or the result differs (verify)."""
+
+
+class RuleTable:
+    """Rules by module class, by function and by ``"Tensor.method"`` name."""
+
+    def __init__(self, rules: Iterable[Any]) -> None:
+        self.modules: dict[type, Any] = {}
+        self.functions: dict[Any, Any] = {}
+        self.methods: dict[str, Any] = {}
+        for rule in rules:
+            for target in getattr(rule, "targets", ()):
+                if isinstance(target, type):
+                    self.modules[target] = rule
+                elif isinstance(target, str):
+                    self.methods[target.removeprefix("Tensor.").removeprefix("torch.Tensor.")] = rule
+                else:
+                    self.functions[target] = rule
+
+    def for_module(self, module: nn.Module) -> Any:
+        kind = type(module)
+        if kind in self.modules:
+            return self.modules[kind]
+        for base in kind.__mro__[1:]:
+            if base in self.modules:
+                # A subclass with its own forward computes something else: it needs its own rule.
+                return self.modules[base] if kind.forward is base.forward else None
+        return None
+
+    def for_node(self, node: fx.Node, module: nn.Module | None) -> Any:
+        if node.op == "call_module":
+            return self.for_module(module)
+        if node.op == "call_method":
+            return self.methods.get(node.target)
+        try:
+            return self.functions.get(node.target)
+        except TypeError:  # unhashable target
+            return None
+
+    @property
+    def leaf_types(self) -> tuple[type, ...]:
+        return tuple(self.modules)
+
+
+def placeholder_values(model: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
+    sig = inspect.signature(model.forward)
+    bound = sig.bind_partial(*args, **kwargs)
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in sig.parameters.values()):
+        flat: dict[str, Any] = {}  # the order capture's explicit-argument forward uses
+        for name, value in bound.arguments.items():
+            kind = sig.parameters[name].kind
+            if kind is inspect.Parameter.VAR_POSITIONAL:
+                flat.update({f"_{name}_{i}": v for i, v in enumerate(value)})
+            elif kind is inspect.Parameter.VAR_KEYWORD:
+                flat.update({f"_{name}_{k}": v for k, v in value.items()})
+            else:
+                flat[name] = value
+        return flat
+    values = {}
+    for p in sig.parameters.values():
+        if p.name in bound.arguments:
+            values[p.name] = bound.arguments[p.name]
+        elif p.default is not inspect.Parameter.empty:
+            values[p.name] = p.default
+        else:
+            values[p.name] = () if p.kind is p.VAR_POSITIONAL else {} if p.kind is p.VAR_KEYWORD else None
+    return values
+
+
+def _fetch(root: nn.Module, target: str) -> Any:
+    obj: Any = root
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _is_inplace(node: fx.Node, module: nn.Module | None) -> bool:
+    if node.op == "call_method":
+        return node.target.endswith("_") and not node.target.endswith("__")
+    if node.op == "call_module":
+        return bool(getattr(module, "inplace", False))
+    return node.target in _INPLACE_OPS or bool(node.kwargs.get("inplace", False))
+
+
+def _tensors(obj: Any) -> list[Any]:
+    if isinstance(obj, (list, tuple)):
+        return [t for o in obj for t in _tensors(o)]
+    if isinstance(obj, Mapping):
+        return [t for o in obj.values() for t in _tensors(o)]
+    return [obj]
+
+
+class Propagation:
+    """Runs the traced graph on the dummy input (masked weights, eval mode), calling each node's rule."""
+
+    def __init__(self, gm: fx.GraphModule, table: RuleTable, strict: bool) -> None:
+        self.gm, self.table, self.strict = gm, table, strict
+        self.state = State()
+        self.warned: set[str] = set()
+        self.output: Any = None
+
+    def run(self, inputs: dict[str, Any]) -> State:
+        """``inputs``: the forward's parameter values by name, in the signature's order (placeholders are
+        matched by position: fx renames the ones it specialises)."""
+        state = self.state
+        ordered = iter(inputs.values())
+        for node in self.gm.graph.nodes:
+            if node.op == "placeholder":
+                state.values[node] = next(ordered, None)
+                continue
+            if node.op == "get_attr":
+                state.values[node] = _fetch(self.gm, node.target)
+                state.const.add(node)
+                continue
+            if node.op == "output":
+                for spec in _tensors(fx.node.map_arg(node.args[0], lambda n: state.specs.get(n))):
+                    if isinstance(spec, Spec):
+                        state.pin(spec.ids, "a model output")
+                self.output = fx.node.map_arg(node.args[0], lambda n: state.values[n])
+                continue
+            args = fx.node.map_arg(node.args, lambda n: state.values[n])
+            kwargs = fx.node.map_arg(node.kwargs, lambda n: state.values[n])
+            module = self.gm.get_submodule(node.target) if node.op == "call_module" else None
+            if module is not None:
+                state.calls[node.target] = state.calls.get(node.target, 0) + 1
+                value = module(*args, **kwargs)
+            elif node.op == "call_method":
+                value = getattr(args[0], node.target)(*args[1:], **kwargs)
+            else:
+                value = node.target(*args, **kwargs)
+            state.values[node] = value
+            if all(n in state.const for n in node.all_input_nodes):
+                state.const.add(node)
+            self._propagate(node, module, args, kwargs, value)
+        return state
+
+    def _propagate(self, node: fx.Node, module: nn.Module | None, args, kwargs, value) -> None:
+        state = self.state
+        rule = self.table.for_node(node, module)
+        call = Call(state, node, module, args, kwargs, value)
+        if rule is None:
+            labelled = call.input_specs()
+            if labelled:
+                self._no_rule(node, module)
+                call.pin_inputs(f"{describe(node)} has no speedup rule")
+            return
+        if module is not None:
+            state.slot_rules[node.target] = rule
+        rule.propagate(call)
+        state.specs[node] = call._output_spec
+        if _is_inplace(node, module) and node.args and isinstance(node.args[0], fx.Node):
+            state.specs[node.args[0]] = call._output_spec
+
+    def _no_rule(self, node: fx.Node, module: nn.Module | None) -> None:
+        what = describe(node) + (f" ({type(module).__name__})" if module is not None else "")
+        kind = type(module).__qualname__ if module is not None else describe(node)
+        hint = (
+            "write a rule: an object with name, targets=(<the module class, function or 'Tensor.method'>,) and "
+            "propagate(call) (and shrink(module, keep) for modules), registered through the "
+            "register_speedup_rules hook or passed as speedup_model(..., rules=[...]); see docs/plugin-hooks.md"
+        )
+        if self.strict:
+            raise SpeedupError(f"node {node.name!r} ({what}, op {node.op}) reads pruned channels and has no "
+                               f"speedup rule; {hint}")
+        if kind not in self.warned:
+            self.warned.add(kind)
+            warnings.warn(f"speedup: node {node.name!r} ({what}) has no speedup rule; the channels it reads are "
+                          f"kept (pass strict=True to make this an error, or {hint})", SpeedupWarning, stacklevel=6)
+
+
+def analyze(model: nn.Module, dummy_input: Any, table: RuleTable, *, leaf_modules: Iterable[str | type] = (),
+            strict: bool = False) -> Propagation:
+    """Trace ``model`` and propagate channel labels through it with ``table``'s rules, in eval mode and without
+    gradients; the model's train/eval modes are restored. The one spelling of capture + propagation that
+    speedup and dependency-aware pruning share."""
+    args, kwargs = split_dummy_input(model, dummy_input)
+    modes = {m: m.training for m in model.modules()}
+    try:
+        gm = trace(model, args, kwargs, leaf_types=table.leaf_types, leaf_modules=leaf_modules)
+        model.eval()
+        prop = Propagation(gm, table, strict)
+        with torch.no_grad():
+            prop.run(placeholder_values(model, args, kwargs))
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    return prop
+
+
+__all__ = ["Propagation", "RuleTable", "SpeedupError", "SpeedupWarning", "analyze", "placeholder_values"]
