@@ -70,6 +70,8 @@ def session(path: str, threads: int):
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    # Idle onnxruntime workers spin by default and would steal the cores from the torch runs interleaved with them.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
@@ -93,7 +95,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     kernels.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, onnxruntime {ort.__version__}, threads {args.threads}, seq {args.seq}")
-    model = LastHidden(bert())
+    model = LastHidden(bert()).eval()
     qmodel = nnic.quantization_speedup(copy.deepcopy(model), {
         n: 8 for n, m in model.named_modules() if isinstance(m, nn.Linear)})
     example = {"input_ids": torch.randint(0, 30522, (1, args.seq))}

@@ -160,7 +160,7 @@ def export_onnx(model: nn.Module, example_input: Any, path: str | os.PathLike, *
     options = ExportOptions(int8_format=int8_format, int4_matmulnbits=int4_matmulnbits, opset=opset)
     table = ExportTable.from_registry(handlers)
 
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]  # restored one by one: train(True) would recurse
     model.eval()
     try:
         with torch.no_grad():
@@ -189,7 +189,8 @@ def export_onnx(model: nn.Module, example_input: Any, path: str | os.PathLike, *
         if verify:
             result.errors = _verify(model, inputs, result, outputs, tolerance, dynamic_batch=dynamic_axes is True)
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
     return result
 
 

@@ -42,10 +42,11 @@ def test_float_model_exports_verified_with_dynamic_batch(tmp_path):
     np.testing.assert_allclose(run(tmp_path / "m.onnx", {"input": x5})[0], expected, rtol=1e-4, atol=1e-5)
 
 
-def test_model_mode_is_kept_and_exported_in_eval(tmp_path):
+def test_every_module_keeps_its_mode(tmp_path):
     model = small_cnn().train()
+    model[1].eval()  # a frozen BatchNorm inside a training model, or an eval model in a fresh (training) wrapper
     nnic.export_onnx(model, torch.randn(2, 3, 16, 16), tmp_path / "m.onnx")
-    assert model.training
+    assert model.training and not model[1].training and model[0].training
 
 
 def test_speedup_model_exports(tmp_path):
