@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from nnic.export.handlers import ExportOptions, ExportTable, SymbolicStandIn
-from nnic.export.io import Flat, Inputs
+from nnic.export.io import Flat, Inputs, flatten_outputs
 from nnic.export.locate import failing_module
 from nnic.export.verify import TOLERANCES, VerificationError, compare, run_onnxruntime
 
@@ -164,8 +164,9 @@ def export_onnx(model: nn.Module, example_input: Any, path: str | os.PathLike, *
     model.eval()
     try:
         with torch.no_grad():
-            outputs = Flat(model, inputs)(*inputs.tensors)
-        names = list(output_names) if output_names is not None else _output_names(model, inputs)
+            pairs = flatten_outputs(inputs.call(model, inputs.tensors))
+        outputs = tuple(t for _, t in pairs)
+        names = list(output_names) if output_names is not None else [name for name, _ in pairs]
         if len(names) != len(outputs):
             raise ValueError(f"output_names: the model has {len(outputs)} outputs, got {len(names)} names")
         if dynamic_axes is True:
@@ -194,13 +195,6 @@ def export_onnx(model: nn.Module, example_input: Any, path: str | os.PathLike, *
     return result
 
 
-def _output_names(model: nn.Module, inputs: Inputs) -> list[str]:
-    from nnic.export.io import flatten_outputs
-
-    with torch.no_grad():
-        return [name for name, _ in flatten_outputs(inputs.call(model, inputs.tensors))]
-
-
 def _brief(err: Exception) -> str:
     """The first line of an exporter error (some print whole tensors after it)."""
     text = str(err).strip().splitlines()
@@ -212,8 +206,8 @@ def _located(flat: Flat, inputs: Inputs, opset: int, err: Exception) -> ExportEr
     if found is None:
         return ExportError(f"torch's ONNX exporter failed on the model's own forward: {_brief(err)}")
     name, module, inner = found
-    return ExportError(f"module {name!r} ({type(module).__name__}) cannot be exported to ONNX: {_brief(inner)}; register an "
-                       f"export handler for {type(module).__qualname__} (see nnic.export.handlers)")
+    return ExportError(f"module {name!r} ({type(module).__name__}) cannot be exported to ONNX: {_brief(inner)}; "
+                       f"register an export handler for {type(module).__qualname__} (see nnic.export.handlers)")
 
 
 def _verify(model: nn.Module, inputs: Inputs, result: ExportResult, outputs: tuple[torch.Tensor, ...],

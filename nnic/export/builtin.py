@@ -110,7 +110,8 @@ def _int4_symbolic(module: Int4Linear, block: int):
     codes[:, :k] = module.codes().to(torch.int16)
     u = (codes + 8).to(torch.uint8).reshape(n, blocks, block)  # padding columns hold code 0 (value 0)
     packed = (u[..., 0::2] | (u[..., 1::2] << 4)).contiguous()  # low nibble first, like nnic's layout
-    group_of_block = torch.clamp(torch.arange(blocks) * block // module.group_size, max=module.weight_scales.shape[1] - 1)
+    last_group = module.weight_scales.shape[1] - 1
+    group_of_block = torch.clamp(torch.arange(blocks) * block // module.group_size, max=last_group)
     scales = module.weight_scales.float()[:, group_of_block].reshape(-1).contiguous()
     bias = module.bias
 

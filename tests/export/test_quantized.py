@@ -135,7 +135,8 @@ def test_a_handler_exports_a_custom_module(tmp_path):
 def test_a_handler_that_refuses_is_named(tmp_path):
     model = nn.Sequential(nn.Linear(8, 8), Doubler())
     with pytest.raises(ExportError, match=r"module '1' \(Doubler\) cannot be exported to ONNX: odd sizes only"):
-        nnic.export_onnx(model, torch.randn(2, 8), tmp_path / "m.onnx", handlers=[DoublerExport(reason="odd sizes only")])
+        nnic.export_onnx(model, torch.randn(2, 8), tmp_path / "m.onnx",
+                         handlers=[DoublerExport(reason="odd sizes only")])
 
 
 class Pair(nn.Module):
