@@ -7,20 +7,30 @@ pass rate; models that fail are listed with the error.
 
     python bench/torchvision_coverage.py                 # every model
     python bench/torchvision_coverage.py --only resnet   # names containing "resnet"
+    python bench/torchvision_coverage.py --onnx          # also nnic.export_onnx each sped-up model, verified in
+                                                         # onnxruntime (at the example's batch and twice it)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 import time
 import traceback
 import warnings
 
-import torch
-import torchvision
-from torch import nn
+import sys
+from pathlib import Path
 
-import nnic
+# bench/onnx.py is named like the onnx package that --onnx needs: this folder must not shadow it.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+from torch import nn  # noqa: E402
+
+import nnic  # noqa: E402
 
 # Models whose architecture fixes the input size (position embeddings, windows) or needs a minimum one.
 INPUT_SIZE = {"vit": 224, "swin": 224, "maxvit": 224, "inception": 96}
@@ -44,8 +54,9 @@ def random_channel_masks(model: nn.Module, fraction: float, seed: int) -> dict:
     return masks
 
 
-def run_one(name: str, fraction: float) -> tuple[float, float]:
-    """Speed up one model; returns (parameters after / before, seconds spent in speedup_model)."""
+def run_one(name: str, fraction: float, onnx_dir: str | None = None) -> tuple[float, float]:
+    """Speed up one model (and export it to ``onnx_dir`` when given); returns (parameters after / before, seconds
+    spent in speedup_model)."""
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None).eval()
     size = input_size(name)
@@ -58,6 +69,13 @@ def run_one(name: str, fraction: float) -> tuple[float, float]:
         nnic.speedup_model(model, x, masks, verify=True)
     seconds = time.perf_counter() - start
     after = sum(p.numel() for p in model.parameters())
+    if onnx_dir is not None:
+        path = os.path.join(onnx_dir, f"{name}.onnx")
+        try:
+            nnic.export_onnx(model, x, path, verify=True)
+        finally:
+            if os.path.exists(path):
+                os.remove(path)
     return after / before, seconds
 
 
@@ -65,13 +83,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help="substring of the model names to run")
     parser.add_argument("--fraction", type=float, default=0.5)
+    parser.add_argument("--onnx", action="store_true", help="export each sped-up model to ONNX and verify it")
     args = parser.parse_args()
+    onnx_dir = tempfile.mkdtemp(prefix="nnic-coverage-onnx-") if args.onnx else None
     torch.set_grad_enabled(False)
     names = [n for n in torchvision.models.list_models(module=torchvision.models) if args.only in n]
     rows, failures = [], []
     for name in names:
         try:
-            ratio, seconds = run_one(name, args.fraction)
+            ratio, seconds = run_one(name, args.fraction, onnx_dir)
             rows.append(f"| {name} | ok | {ratio:.2f} | {seconds:.1f} |")
         except Exception as exc:  # a coverage report lists every failure instead of stopping at the first
             failures.append((name, f"{type(exc).__name__}: {exc}".splitlines()[0][:300]))
@@ -81,7 +101,8 @@ def main() -> None:
     print("\n| model | speedup | params after / before | seconds |\n|---|---|---|---|")
     print("\n".join(rows))
     passed = len(names) - len(failures)
-    print(f"\n{passed} of {len(names)} torchvision classification models sped up and verified "
+    what = "sped up, exported to ONNX and verified in onnxruntime" if args.onnx else "sped up and verified"
+    print(f"\n{passed} of {len(names)} torchvision classification models {what} "
           f"({100 * passed / max(len(names), 1):.1f} %)")
     for name, error in failures:
         print(f"- {name}: {error}")

@@ -47,6 +47,7 @@ def quantizer(name: str, model: torch.nn.Module, config_list: list[dict], **kwar
 
 
 _LAZY = {
+    "export_onnx": "nnic.export:export_onnx",
     "auto_compress": "nnic.auto:auto_compress",
     "sensitivity": "nnic.auto:sensitivity",
     "kernels": "nnic.kernels",
@@ -74,6 +75,6 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = ["ModelSpeedup", "Pruner", "Quantizer", "__version__", "auto_compress", "hookimpl", "kernels", "list_plugins",
-           "pruner", "quantization_speedup", "quantizer", "sensitivity", "sparse", "sparsify", "speedup",
-           "speedup_model"]
+__all__ = ["ModelSpeedup", "Pruner", "Quantizer", "__version__", "auto_compress", "export_onnx", "hookimpl", "kernels",
+           "list_plugins", "pruner", "quantization_speedup", "quantizer", "sensitivity", "sparse", "sparsify",
+           "speedup", "speedup_model"]

@@ -98,3 +98,18 @@ def register_strategies(register: Register) -> None:
 
     .. versionadded:: 0.2
     """
+
+
+@hookspec
+def register_onnx_exporters(register: Register) -> None:
+    """Register ONNX export handlers: how a module type torch's exporter does not know is written into an ONNX
+    graph by ``nnic.export_onnx``.
+
+    :param register: call ``register(handler, name=None, aliases=())`` once per handler: an object with ``name``
+        (by convention the qualified module type, lower-case), ``kind`` (the verification tolerance: ``"float"``,
+        ``"int8"``, ``"int4"``), ``targets`` (the module classes it handles) and
+        ``stand_in(module, options)`` returning a module torch can export in its place, or a string saying why
+        there is none (see :mod:`nnic.export.handlers`).
+
+    .. versionadded:: 0.2
+    """

@@ -23,7 +23,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-KINDS = ("pruner", "quantizer", "speedup_rule", "lowering", "strategy")
+KINDS = ("pruner", "quantizer", "speedup_rule", "lowering", "strategy", "onnx_export")
 
 HOOK_KINDS: dict[str, str] = {
     "register_pruners": "pruner",
@@ -31,6 +31,7 @@ HOOK_KINDS: dict[str, str] = {
     "register_speedup_rules": "speedup_rule",
     "register_lowerings": "lowering",
     "register_strategies": "strategy",
+    "register_onnx_exporters": "onnx_export",
 }
 
 #: The class a registered object of a kind must be (a subclass of), as ``"module:Class"``, imported on use.

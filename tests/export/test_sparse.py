@@ -1,0 +1,29 @@
+"""Sparse layers (nnic.sparse.SparseLinear) export dense and match, float and int8. Runs where nnic has sparse
+modules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import nnic
+
+pytest.importorskip("onnx")
+sparse = pytest.importorskip("nnic.sparse.modules")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_sparse_linear_exports_dense(tmp_path, dtype):
+    from nnic.quantization.modules import Int8Linear
+
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 32)
+    with torch.no_grad():
+        lin.weight[torch.rand_like(lin.weight) < 0.8] = 0
+    layer = sparse.SparseLinear.from_linear(lin) if dtype == "float32" else \
+        sparse.SparseLinear.from_int8(Int8Linear.from_float(lin))
+    model = nn.Sequential(layer, nn.ReLU(), nn.Linear(32, 4)).eval()
+    result = nnic.export_onnx(model, torch.randn(3, 64), tmp_path / "s.onnx")
+    assert result.handled == {"int8": ["0"]}
+    assert result.errors["output"] <= (1e-4 if dtype == "float32" else nnic.export.TOLERANCES["int8"])
