@@ -25,11 +25,13 @@ from nnic.speedup import load_pruned, save_pruned, speedup_model
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
 KILLS = 6
+MAX_KILLS = 40  # when none of the first KILLS landed mid-write (a fast disk, a loaded machine), keep killing
 
 
 def kill_while_writing(directory: Path, write: Callable[[int], None], check: Callable[[], int | None],
                        expected: set[str], *, seed: int) -> None:
-    """Write version 0, then KILLS times: fork a child writing 1, 0, 1, ..., SIGKILL it, run ``check``.
+    """Write version 0, then KILLS times (more, up to MAX_KILLS, until one lands mid-write): fork a child writing
+    1, 0, 1, ..., SIGKILL it, run ``check``.
 
     The child reports each completed write through a pipe; the parent lets one or two complete, then kills at a
     random moment of the next ones. ``check`` loads the artefact and returns the version it found (None for a pair
@@ -39,7 +41,7 @@ def kill_while_writing(directory: Path, write: Callable[[int], None], check: Cal
     write(0)
     assert check() == 0
     seen, interrupted = [], 0
-    for _ in range(KILLS):
+    while len(seen) < KILLS or (not interrupted and len(seen) < MAX_KILLS):
         done_r, done_w = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: never returns into pytest
