@@ -8,9 +8,9 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-import nnic
 from torch import nn
 
+import nnic
 from nnic.quantization.modules import Int4Linear, Int8Conv2d, Int8Linear
 
 #: Outputs of an int8 layer against float32 on random data (per-channel weights, per-token activations).
