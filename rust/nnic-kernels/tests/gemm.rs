@@ -263,3 +263,47 @@ fn conv2d_matches_reference() {
         }
     }
 }
+
+/// A GEMM whose helpers cannot start (every pool thread is held by another job) still finishes, exactly, on
+/// the calling thread: the caller never waits for a helper that has not claimed a task.
+#[test]
+fn gemm_finishes_while_every_pool_thread_is_busy() {
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let (m, k, n) = (64, 1024, 512);
+    let mut rng = Rng(23);
+    let (a, b) = (rng.i8s(m * k), rng.i8s(k * n));
+    let packed = PackedB::from_kn(&b, k, n).unwrap(); // packing runs on the pool: before it is blocked
+    let threads = nnic_kernels::pool::num_threads();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let release_rx = std::sync::Arc::new(std::sync::Mutex::new(release_rx));
+    let (started_tx, started_rx) = mpsc::channel::<()>();
+    for _ in 0..threads {
+        let (rx, started) = (release_rx.clone(), started_tx.clone());
+        nnic_kernels::pool::spawn(move || {
+            started.send(()).unwrap();
+            let _ = rx.lock().unwrap().recv();
+        });
+    }
+    for _ in 0..threads {
+        started_rx.recv().unwrap(); // every pool thread now holds a blocked job
+    }
+    let (done_tx, done_rx) = mpsc::channel();
+    let a2 = a.clone();
+    std::thread::spawn(move || {
+        let mut out = vec![0i32; m * n];
+        gemm::matmul_i8(Path::active(), &a2, m, &packed, &mut out).unwrap();
+        done_tx.send(out).unwrap();
+    });
+    // A hang guard, not a timing check: the old scheduler never returned here.
+    let got = done_rx.recv_timeout(Duration::from_secs(120)).expect("the GEMM waited for busy pool threads");
+    for _ in 0..threads {
+        release_tx.send(()).unwrap();
+    }
+    for i in (0..m).step_by(7) {
+        for j in (0..n).step_by(5) {
+            let want: i32 = (0..k).map(|kk| a[i * k + kk] as i32 * b[kk * n + j] as i32).sum();
+            assert_eq!(got[i * n + j], want);
+        }
+    }
+}
