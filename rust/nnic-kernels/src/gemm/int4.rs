@@ -6,6 +6,7 @@
 //! the `za_i` term folds into one per-column constant at pack time, the rest runs in the tiles of
 //! [`super::int4_micro`] (layout documented there). Threads split the output into blocks of rows × 32-column
 //! panels, taken dynamically.
+#![allow(clippy::needless_range_loop)] // the epilogue indexes the register tile by row and column
 use super::act_pack::{self, ActQuant};
 use super::int4_micro::{tile_mv, MR4};
 use super::panels::{round_up, PackedA, NR};
