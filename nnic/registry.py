@@ -23,19 +23,21 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-KINDS = ("pruner", "quantizer", "speedup_rule", "lowering")
+KINDS = ("pruner", "quantizer", "speedup_rule", "lowering", "strategy")
 
 HOOK_KINDS: dict[str, str] = {
     "register_pruners": "pruner",
     "register_quantizers": "quantizer",
     "register_speedup_rules": "speedup_rule",
     "register_lowerings": "lowering",
+    "register_strategies": "strategy",
 }
 
 #: The class a registered object of a kind must be (a subclass of), as ``"module:Class"``, imported on use.
 EXPECTED: dict[str, str] = {
     "pruner": "nnic.pruning.base:Pruner",
     "quantizer": "nnic.quantization.base:Quantizer",
+    "strategy": "nnic.auto.strategy:Strategy",
 }
 
 

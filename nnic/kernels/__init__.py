@@ -9,6 +9,7 @@ nnic imports either. Its modules, one job each:
 - :mod:`.select`: exact k-th smallest ``|x|``, keep-masks with exactly k pruned, in-place masking.
 - :mod:`.quant`: affine (de)quantization, int4 nibble packing, abs-max / min-max reductions.
 - :mod:`.gemm`: int8 / int4 GEMM: exact int8 products, prepacked linear and conv2d with fused epilogues.
+- :mod:`.sparse`: sparse Linear products (CSR from a bitmask, N:M; float32 or int8 values).
 - :mod:`.twins`: the torch implementations used for tensors on other devices (CUDA), same semantics.
 
 Conventions shared by every function:
@@ -58,6 +59,7 @@ from nnic.kernels.runtime import (
     set_num_threads,
     supported_isas,
 )
+from nnic.kernels.sparse import SPARSE_ACT_MODES, SparseWeight, sparse_linear, sparse_weight_csr, sparse_weight_nm
 from nnic.kernels.select import (
     apply_mask_,
     global_kth_smallest_abs,
@@ -68,10 +70,11 @@ from nnic.kernels.select import (
 )
 
 __all__ = [
-    "ACT_MODES", "MAX_K", "PackedInt4Weight", "PackedInt8Weight", "abs_max", "active_isa", "apply_mask_",
+    "ACT_MODES", "MAX_K", "PackedInt4Weight", "PackedInt8Weight", "SPARSE_ACT_MODES", "SparseWeight", "abs_max", "active_isa", "apply_mask_",
     "cpu_features", "dequantize", "gemm_backend", "gemm_path", "gemm_paths", "get_num_threads",
     "global_kth_smallest_abs", "global_smallest_abs_masks", "int4_linear", "int8_conv2d", "int8_linear",
     "int8_matmul", "kth_smallest_abs", "min_max", "pack_int4", "pack_int4_weight", "pack_int8_weight",
     "prune_by_threshold_", "quantize", "quantize_int4_weight", "quantize_int8_weight", "set_gemm_backend",
-    "set_isa", "set_num_threads", "smallest_abs_mask", "supported_isas", "twins", "unpack_int4",
+    "set_isa", "set_num_threads", "smallest_abs_mask", "sparse_linear", "sparse_weight_csr", "sparse_weight_nm",
+    "supported_isas", "twins", "unpack_int4",
 ]

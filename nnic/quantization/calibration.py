@@ -214,7 +214,7 @@ class TensorCalibration:
                 raise ValueError(f"{where(keys['zero_point'])}: expected values in [{spec.qmin}, {spec.qmax}] "
                                  f"({self.bits}-bit {self.dtype}), got {_got(entry[keys['zero_point']])}")
         self.scale = scale.reshape(scale.shape if expected_dim else ())
-        self.zero_point = (zero.to(torch.int64).expand(scale.shape) if zero.numel() == 1 else
+        self.zero_point = (zero.to(torch.int64).reshape(()).expand(scale.shape) if zero.numel() == 1 else
                            zero.to(torch.int64).reshape(scale.shape)).reshape(self.scale.shape).clone()
 
     def _read_range(self, entry: Mapping[str, Any], keys: dict[str, str], where: _Where) -> None:

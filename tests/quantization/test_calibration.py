@@ -231,3 +231,10 @@ def test_a_bad_permutation_is_named():
     entry = {**_group_entry(torch.randn(4, 16), 8), "weight_perm": [0] * 16}
     with pytest.raises(ValueError, match=r"\['weight_perm'\]: expected a permutation of 0..K-1"):
         LayerCalibration.from_dict("fc", entry)
+
+
+def test_a_one_element_zero_point_list_beside_a_per_tensor_scale_is_that_zero_point():
+    # Found by the fuzz test above: [0.0] next to a scalar scale raised torch's RuntimeError from expand.
+    cal = Calibration.from_dict({"fc1": {**GOOD, "weight_zero_point": [0.0]}})
+    assert cal.to_dict()["fc1"]["weight_zero_point"] == Calibration.from_dict({"fc1": GOOD}).to_dict()["fc1"][
+        "weight_zero_point"]

@@ -12,6 +12,7 @@
 //! - [`quant`]: affine int8/uint8 quantization and dequantization, per tensor or per channel.
 //! - [`nibbles`]: signed int4 values two per byte (the storage format of int4 tensors).
 //! - [`reduce`]: abs-max and min/max, per tensor or per channel.
+//! - [`sparse`]: sparse × dense products for Linear weights (unstructured CSR and N:M layouts, f32 or int8 values).
 //! - [`gemm`]: int8 / int4 GEMM: path dispatch, the blocked driver, `PackedLinear`, epilogues, conv2d (see
 //!   its module doc for its files).
 //!
@@ -54,6 +55,7 @@ pub mod quant;
 pub mod reduce;
 pub mod select;
 mod simd;
+pub mod sparse;
 mod split;
 
 pub use cpu::Isa;

@@ -5,6 +5,7 @@
 //! that torch tensors can be filled without a copy. The GIL is released around every kernel.
 mod errors;
 mod gemm;
+mod sparse;
 
 use pyo3::prelude::*;
 
@@ -14,6 +15,8 @@ mod _kernels {
     use crate::gemm::{
         gemm_backend, gemm_path, gemm_paths, int8_matmul, set_gemm_backend, PackedInt4Weight, PackedInt8Weight,
     };
+    #[pymodule_export]
+    use crate::sparse::SparseWeight;
     use crate::errors::{isa, slice, slice_mut, to_py};
     use nnic_kernels::quant::Params;
     use nnic_kernels::{cpu, mask, nibbles, pool, quant, reduce, select, Layout};
