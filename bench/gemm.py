@@ -2,6 +2,7 @@
 
     python bench/gemm.py                      # the issue's shapes, 2 threads
     python bench/gemm.py --shapes 16x4096x4096 --threads 1 --repeats 21
+    python bench/gemm.py --contention --shapes 1x4096x4096 16x4096x4096 128x4096x4096   # beside a neighbour
 
 Rows per (M, K, N): float32 ``torch.matmul`` (MKL), ``torch._int_mm`` (s8·s8→s32), dynamic-quantized
 ``nn.quantized.dynamic.Linear`` with every installed engine (fbgemm / onednn / x86), and nnic's
@@ -11,6 +12,11 @@ shape are timed round-robin (one call each per round) so that load from other pr
 times are medians (``--stat min`` for the least-disturbed round);
 GOPS count 2·M·K·N; "%peak" is against the measured int8 VNNI peak (PERF.md: 1342 GOPS at 2 threads, 665
 at 1; ``--peak`` overrides) and the theoretical one from the clock (cores × GHz × 2 ports × 64 MAC × 2).
+
+``--contention`` measures every shape twice: quiet, then beside a neighbour (another torch process, started
+with the ``spawn`` method, doing float32 matmuls on ``--neighbour-threads`` threads until the benchmark stops
+it), and prints nnic's ratio to the best dynamic-quantized torch Linear (``quantize_dynamic``'s module) in
+both settings and their quotient (the issue's goal: contended ratio >= 0.9x the quiet one).
 """
 
 from __future__ import annotations
@@ -87,13 +93,44 @@ def bench_shape(m: int, k: int, n: int, repeats: int, engines: list[str], budget
     pl = kernels.pack_int8_weight(q, s)
     fns["nnic int8_linear f32->f32"] = lambda: kernels.int8_linear(x, pl)
     if m <= 16:
-        q4, s4 = kernels.quantize_int4_weight(wf, 64)
-        p4 = kernels.pack_int4_weight(q4, s4, 64)
-        fns["nnic int4_linear f32->f32 (g=64)"] = lambda: kernels.int4_linear(x, p4)
+        for gs in (32, 128):
+            q4, s4 = kernels.quantize_int4_weight(wf, gs)
+            p4 = kernels.pack_int4_weight(q4, s4, gs)
+            fns[f"nnic int4_linear f32->f32 (g={gs})"] = lambda p4=p4: kernels.int4_linear(x, p4)
     # correctness spot check (outside the timings)
     ref = torch._int_mm(a, b) if "torch._int_mm" in fns else (a.long() @ b.long()).int()
     assert torch.equal(kernels.int8_matmul(a, b), ref), "nnic int8_matmul differs from torch"
     return timeit_interleaved(fns, repeats, budget)
+
+
+def neighbour(stop, threads: int) -> None:
+    """A process that keeps the cores busy with float matmuls until ``stop`` is set (spawned by the bench)."""
+    torch.set_num_threads(threads)
+    a = torch.randn(512, 512)
+    while not stop.is_set():
+        for _ in range(8):
+            a = torch.tanh(a @ a * 0.05)
+
+
+@contextlib.contextmanager
+def neighbour_running(threads: int):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    stop = ctx.Event()
+    proc = ctx.Process(target=neighbour, args=(stop, threads), daemon=True)
+    proc.start()
+    try:
+        import time
+
+        time.sleep(2.0)  # let it import torch and start multiplying
+        yield
+    finally:
+        stop.set()
+        proc.join(10)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join()
 
 
 def main() -> None:
@@ -106,6 +143,8 @@ def main() -> None:
                     help="median (default) or min: the least-disturbed run, on a shared machine")
     ap.add_argument("--peak", type=float, default=None, help="measured int8 peak in GOPS for --threads")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
+    ap.add_argument("--contention", action="store_true", help="also measure beside a neighbour torch process")
+    ap.add_argument("--neighbour-threads", type=int, default=1, help="threads of the neighbour's matmuls")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -117,34 +156,54 @@ def main() -> None:
     print(f"torch {torch.__version__}, threads {args.threads}, nnic path {kernels.gemm_path()}, engines {engines}")
     print(f"int8 peak: measured {peak:.0f} GOPS, theoretical {theo:.0f} GOPS ({ghz:.2f} GHz x 2 VNNI ports x 64 MAC)")
     all_res = {}
+    summary = []
+    settings = ["quiet", "contended"] if args.contention else ["quiet"]
     for spec in args.shapes:
         m, k, n = (int(v) for v in spec.lower().split("x"))
-        ops = 2 * m * k * n
-        times = bench_shape(m, k, n, args.repeats, engines, args.budget)
-        stat = min if args.stat == "min" else statistics.median
-        res = {name: stat(ts) for name, ts in times.items()}
-        all_res[spec] = times
-        print(f"\n(M, K, N) = ({m}, {k}, {n})   [{args.stat} of {len(next(iter(times.values())))} interleaved rounds]")
-        print(f"  {'kernel':40s} {'ms':>9s} {'GOPS':>8s} {'%peak':>6s}")
-        for name, t in res.items():
-            print(f"  {name:40s} {t * 1e3:9.3f} {ops / t / 1e9:8.1f} {100 * ops / t / 1e9 / peak:5.0f}%")
-        torch_int8 = {key: v for key, v in res.items() if key.startswith("torch")}
-        best_name = min(torch_int8, key=torch_int8.get)
-        nn_mm = res["nnic prepacked matmul s8->s32"]
-        nn_lin = res["nnic int8_linear f32->f32"]
-        dyn = [v for key, v in res.items() if "dynamic" in key]
-        lines = [f"nnic matmul vs best torch int8 ({best_name}): {torch_int8[best_name] / nn_mm:.2f}x"]
-        if "torch._int_mm" in res:
-            lines.append(f"vs torch._int_mm: {res['torch._int_mm'] / nn_mm:.2f}x")
-        if dyn:
-            lines.append(f"nnic int8_linear vs best dynamic Linear: {min(dyn) / nn_lin:.2f}x")
-        lines.append(f"nnic int8_linear vs fp32 MKL: {res['fp32 torch.matmul (MKL)'] / nn_lin:.2f}x")
-        if "nnic int4_linear f32->f32 (g=64)" in res:
-            lines.append(f"int4 vs best torch int8: {torch_int8[best_name] / res['nnic int4_linear f32->f32 (g=64)']:.2f}x")
-        print("  ratios: " + "; ".join(lines))
+        ratios = {}
+        for setting in settings:
+            ctx = neighbour_running(args.neighbour_threads) if setting == "contended" else contextlib.nullcontext()
+            with ctx:
+                times = bench_shape(m, k, n, args.repeats, engines, args.budget)
+            all_res[f"{spec} {setting}"] = times
+            ratios[setting] = report(m, k, n, times, args.stat, peak, setting)
+        summary.append((spec, ratios))
+    if args.contention:
+        print("\nnnic int8_linear vs best dynamic-quantized torch Linear, quiet and beside the neighbour:")
+        print(f"  {'(M, K, N)':18s} {'quiet':>7s} {'contended':>9s} {'contended/quiet':>15s}")
+        for spec, r in summary:
+            print(f"  {spec:18s} {r['quiet']:6.2f}x {r['contended']:8.2f}x {r['contended'] / r['quiet']:14.2f}x")
     if args.json:
         with contextlib.suppress(OSError):
             args.json.write_text(json.dumps(all_res, indent=1))
+
+
+def report(m: int, k: int, n: int, times: dict[str, list[float]], stat_name: str, peak: float, setting: str) -> float:
+    """Prints one shape's table and ratios; returns nnic int8_linear's ratio to the best dynamic Linear."""
+    ops = 2 * m * k * n
+    stat = min if stat_name == "min" else statistics.median
+    res = {name: stat(ts) for name, ts in times.items()}
+    print(f"\n(M, K, N) = ({m}, {k}, {n}), {setting}   [{stat_name} of {len(next(iter(times.values())))} interleaved "
+          f"rounds]")
+    print(f"  {'kernel':40s} {'ms':>9s} {'GOPS':>8s} {'%peak':>6s}")
+    for name, t in res.items():
+        print(f"  {name:40s} {t * 1e3:9.3f} {ops / t / 1e9:8.1f} {100 * ops / t / 1e9 / peak:5.0f}%")
+    torch_int8 = {key: v for key, v in res.items() if key.startswith("torch")}
+    best_name = min(torch_int8, key=torch_int8.get)
+    nn_mm = res["nnic prepacked matmul s8->s32"]
+    nn_lin = res["nnic int8_linear f32->f32"]
+    dyn = [v for key, v in res.items() if "dynamic" in key]
+    lines = [f"nnic matmul vs best torch int8 ({best_name}): {torch_int8[best_name] / nn_mm:.2f}x"]
+    if "torch._int_mm" in res:
+        lines.append(f"vs torch._int_mm: {res['torch._int_mm'] / nn_mm:.2f}x")
+    if dyn:
+        lines.append(f"nnic int8_linear vs best dynamic Linear: {min(dyn) / nn_lin:.2f}x")
+    lines.append(f"nnic int8_linear vs fp32 MKL: {res['fp32 torch.matmul (MKL)'] / nn_lin:.2f}x")
+    for name in res:
+        if name.startswith("nnic int4_linear"):
+            lines.append(f"{name.split()[-1]} int4 vs nnic int8_linear: {nn_lin / res[name]:.2f}x")
+    print("  ratios: " + "; ".join(lines))
+    return min(dyn) / nn_lin if dyn else float("nan")
 
 
 if __name__ == "__main__":

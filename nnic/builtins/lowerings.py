@@ -3,10 +3,11 @@
 A plugin like any other (``register_lowerings``); a third-party plugin adds a module type the same way.
 
 - 2-8 bits: the int8 twin (codes exactly the quantizer's; see :class:`~nnic.quantization.lowering.Int8Lowering`).
-- 4 bits on a Linear: :class:`~nnic.quantization.modules.Int4Linear` (two codes per byte) when the centred codes
-  fit in [-8, 7] (symmetric schemes) and the inputs are not quantized; per channel (one group spanning the
-  inputs), per group when the calibration has a group size (a multiple of 8, no permutation), or per group of 32
-  from plain bits. Affine 4-bit codes run on the int8 GEMM instead.
+- 4 bits on a Linear (and 2-3 bits when group-wise): :class:`~nnic.quantization.modules.Int4Linear` (two codes
+  per byte) when the inputs are not quantized (weight-only: the one-shot ``rtn``/``gptq``/``awq`` quantizers,
+  ``naive``/``ptq`` 4-bit): symmetric or affine (per-group zero points), per channel (one group spanning the
+  inputs), per group when the calibration has a group size (a multiple of 8; a GPTQ act-order permutation
+  gathers the inputs), or per group of 32 from plain bits.
 """
 
 from __future__ import annotations
@@ -29,24 +30,38 @@ class LinearLowering(Int8Lowering):
     def lower(self, module: nn.Module, layer: LayerCalibration, context: LoweringContext) -> nn.Module | str:
         tc = layer.weight
         assert tc is not None
-        if tc.bits != 4 or layer.input is not None:
+        int4 = tc.bits == 4 or (tc.bits < 4 and tc.group_size is not None)
+        if not int4 or layer.input is not None:
             return super().lower(module, layer, context)
         w = module.weight
         if tc.scale is None:
             return Int4Linear.from_float(module, weight=w, group_size=32)
-        if tc.perm is not None or (tc.group_size is not None and tc.group_size % 8):
+        if tc.group_size is not None and tc.group_size % 8:
             return super().lower(module, layer, context)
         q, scale, zero = weight_codes(w, tc, context)
-        centred = q - broadcast(zero, q, tc.spec, tc.group_size)
-        if int(centred.min()) < -8 or int(centred.max()) > 7:
-            return super().lower(module, layer, context)
-        if tc.group_size is not None:
-            return Int4Linear.from_float(module, weight=w, group_size=tc.group_size, weight_q=centred.to(torch.int8),
-                                         weight_scales=scale.contiguous())
-        gs = -(-q.shape[1] // 8) * 8  # one group spanning K: one scale per channel (or tensor)
-        scales = scale.reshape(-1).expand(q.shape[0]).reshape(-1, 1).contiguous()
-        return Int4Linear.from_float(module, weight=w, group_size=gs, weight_q=centred.to(torch.int8),
-                                     weight_scales=scales)
+        if tc.group_size is None:  # one group spanning K: one scale (and zero point) per channel or tensor
+            gs = -(-q.shape[1] // 8) * 8
+            scale = scale.reshape(-1).expand(q.shape[0]).reshape(-1, 1)
+            zero = zero.reshape(-1).expand(q.shape[0]).reshape(-1, 1)
+        else:
+            gs = tc.group_size
+            zero = zero.reshape(scale.shape)
+        if tc.perm is not None:  # codes in the permuted column order the groups run over
+            q = q[:, tc.perm]
+        if _fits_int4(q) and _fits_int4(zero):
+            zeros = None if not bool(zero.any()) else zero.to(torch.int8)
+            return Int4Linear.from_float(module, weight=w, group_size=gs, weight_q=q.to(torch.int8),
+                                         weight_scales=scale.contiguous(), weight_zero_points=zeros,
+                                         input_perm=tc.perm)
+        centred = q - broadcast(zero, q, tc.spec, gs)  # symmetric codes stored with an offset zero point
+        if _fits_int4(centred):
+            return Int4Linear.from_float(module, weight=w, group_size=gs, weight_q=centred.to(torch.int8),
+                                         weight_scales=scale.contiguous(), input_perm=tc.perm)
+        return super().lower(module, layer, context)
+
+
+def _fits_int4(t: torch.Tensor) -> bool:
+    return t.numel() == 0 or (int(t.min()) >= -8 and int(t.max()) <= 7)
 
 
 class Conv2dLowering(Int8Lowering):

@@ -5,7 +5,8 @@
   ``dequant(quant(x) @ w_q.T) + bias`` with activations quantized on the fly (dynamic per token or per
   tensor, or static from a calibrated scale/zero point) and a fused float epilogue.
 - :func:`quantize_int4_weight`, :func:`pack_int4_weight`, :func:`int4_linear`: int4 weights (two per byte,
-  per-group scales) with int8 activations quantized per token, for small batches.
+  per-group scales and optional zero points, groups of any multiple of 8: 32/64/128 in practice) with int8
+  activations quantized per token, for decoding and small batches (AVX-512 VNNI, AVX2 or portable tiles).
 
 Activation quantization (float32, ``x * (1 / s)`` rounded half to even): symmetric ``s = max|x| / 127`` with
 codes in [-127, 127]; asymmetric ``s = (max(x,0) - min(x,0)) / 255`` with u8 codes and zero point
@@ -253,14 +254,19 @@ def quantize_int4_weight(w: torch.Tensor, group_size: int = 32) -> tuple[torch.T
     return q.contiguous(), scale.contiguous()
 
 
-def pack_int4_weight(q: Array, scales: Array, group_size: int) -> PackedInt4Weight:
-    """Packs int4 codes ``q[N, K]`` (int8 values in [-8, 7]) with per-group scales ``[N, ceil(K/group_size)]``."""
+def pack_int4_weight(q: Array, scales: Array, group_size: int, zero_points: Array | None = None) -> PackedInt4Weight:
+    """Packs int4 codes ``q[N, K]`` (int8 values in [-8, 7]) with per-group scales ``[N, ceil(K/group_size)]``
+    and optional per-group zero points of the same shape (integers in [-8, 7]; ``w = s * (q - z)``)."""
     _check(q, "q", "int8")
     _check(scales, "scales", "float32")
     g = as_int(group_size, "group_size")
     if g <= 0 or g % 8:
         raise ValueError(f"group_size must be a positive multiple of 8, got {g}")
-    return native.PackedInt4Weight(cpu_numpy(q, "q"), cpu_numpy(scales, "scales"), g)
+    z = None
+    if zero_points is not None:
+        _check(zero_points, "zero_points", "int8")
+        z = cpu_numpy(zero_points, "zero_points")
+    return native.PackedInt4Weight(cpu_numpy(q, "q"), cpu_numpy(scales, "scales"), g, z)
 
 
 def int4_linear(

@@ -252,10 +252,16 @@ def _unpack_nibbles(p: torch.Tensor, k: int) -> torch.Tensor:
 
 
 class Int4Linear(nn.Module):
-    """int4 weights (two per byte, one scale per group of ``group_size`` inputs) × int8 activations
-    quantized per token: for small batches, where reading the weights is the cost."""
+    """int4 weights (two per byte, one scale per group of ``group_size`` inputs, optional per-group zero
+    points) × int8 activations quantized per token: for decoding and small batches, where reading the weights
+    is the cost. ``w = scale * (q - zero_point)`` per group, codes and zero points in [-8, 7].
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, group_size: int = 32) -> None:
+    ``input_perm`` (a GPTQ act-order permutation) says which input column each code column holds: groups run
+    over permuted columns, so the input is gathered by it before the GEMM (``x[..., perm]``).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, group_size: int = 32,
+                 affine: bool = False, permuted: bool = False) -> None:
         super().__init__()
         if group_size <= 0 or group_size % 8:
             raise ValueError(f"group_size must be a positive multiple of 8, got {group_size}")
@@ -263,24 +269,34 @@ class Int4Linear(nn.Module):
         groups = -(-in_features // group_size)
         self.register_buffer("weight_packed", torch.zeros(out_features, (in_features + 1) // 2, dtype=torch.uint8))
         self.register_buffer("weight_scales", torch.ones(out_features, groups))
+        self.register_buffer("weight_zero_points",
+                             torch.zeros(out_features, groups, dtype=torch.int8) if affine else None)
+        self.register_buffer("input_perm", torch.arange(in_features) if permuted else None)
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
         self._packed: Any = None
         self._packed_key: tuple = ()
 
     @classmethod
     def from_float(cls, mod: nn.Linear, *, weight: torch.Tensor | None = None, group_size: int = 32,
-                   weight_q: torch.Tensor | None = None, weight_scales: torch.Tensor | None = None) -> Int4Linear:
-        """From a float ``nn.Linear``: symmetric int4 codes per group, or the given codes/scales."""
+                   weight_q: torch.Tensor | None = None, weight_scales: torch.Tensor | None = None,
+                   weight_zero_points: torch.Tensor | None = None, input_perm: torch.Tensor | None = None
+                   ) -> Int4Linear:
+        """From a float ``nn.Linear``: symmetric int4 codes per group, or the given codes, scales, zero points
+        and input permutation (codes then in permuted column order)."""
         w = mod.weight if weight is None else weight
-        new = cls(mod.in_features, mod.out_features, mod.bias is not None, group_size=group_size)
+        new = cls(mod.in_features, mod.out_features, mod.bias is not None, group_size=group_size,
+                  affine=weight_zero_points is not None, permuted=input_perm is not None)
         if weight_q is None:
             weight_q, weight_scales = kernels.quantize_int4_weight(w, group_size)
-        new.set_weight(weight_q, weight_scales)
+        new.set_weight(weight_q, weight_scales, weight_zero_points, input_perm)
         if mod.bias is not None:
             new.bias = mod.bias.detach().float().cpu().clone()
         return new.to(w.device)
 
-    def set_weight(self, q: torch.Tensor, scales: torch.Tensor) -> None:
+    def set_weight(self, q: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor | None = None,
+                   input_perm: torch.Tensor | None = None) -> None:
+        """Codes ``q[out, in]`` (int8 in [-8, 7]), ``scales[out, groups]``, optional ``zero_points[out, groups]``
+        (integers in [-8, 7]) and ``input_perm`` (a permutation of the inputs)."""
         if q.dtype != torch.int8 or tuple(q.shape) != (self.out_features, self.in_features):
             raise ValueError(f"codes must be int8 [{self.out_features}, {self.in_features}], got {q.dtype} {tuple(q.shape)}")
         if int(q.min()) < -8 or int(q.max()) > 7:
@@ -288,22 +304,48 @@ class Int4Linear(nn.Module):
         scales = torch.as_tensor(scales, dtype=torch.float32).detach().cpu()
         if tuple(scales.shape) != tuple(self.weight_scales.shape):
             raise ValueError(f"scales must have shape {tuple(self.weight_scales.shape)}, got {tuple(scales.shape)}")
+        if zero_points is not None:
+            z = torch.as_tensor(zero_points).detach().cpu()
+            if tuple(z.shape) != tuple(scales.shape) or z.is_floating_point() or z.is_complex():
+                raise ValueError(f"zero_points must be integers of shape {tuple(scales.shape)}, got {z.dtype} "
+                                 f"{tuple(z.shape)}")
+            if z.numel() and (int(z.min()) < -8 or int(z.max()) > 7):
+                raise ValueError(f"int4 zero points must be in [-8, 7], got [{int(z.min())}, {int(z.max())}]")
+            zero_points = z.to(torch.int8).contiguous()
+        if input_perm is not None:
+            perm = torch.as_tensor(input_perm).detach().cpu().long().reshape(-1)
+            if not torch.equal(torch.sort(perm).values, torch.arange(self.in_features)):
+                raise ValueError(f"input_perm must be a permutation of {self.in_features} inputs")
+            input_perm = perm
         self.weight_packed = _pack_nibbles(q.detach().cpu())
         self.weight_scales = scales.contiguous().clone()
+        self.weight_zero_points = zero_points
+        self.input_perm = input_perm
         self._packed = None
 
     def codes(self) -> torch.Tensor:
-        """The int4 codes ``[out, in]`` as int8."""
+        """The int4 codes ``[out, in]`` as int8 (in permuted column order when ``input_perm`` is set)."""
         return _unpack_nibbles(self.weight_packed, self.in_features)
 
     def dequantized_weight(self) -> torch.Tensor:
-        s = self.weight_scales.repeat_interleave(self.group_size, dim=1)[:, : self.in_features]
-        return self.codes().float() * s.to(self.weight_packed.device)
+        """The float weight ``[out, in]`` in the inputs' own order."""
+        dev = self.weight_packed.device
+        expand = lambda t: t.repeat_interleave(self.group_size, dim=1)[:, : self.in_features]  # noqa: E731
+        q = self.codes().float()
+        if self.weight_zero_points is not None:
+            q = q - expand(self.weight_zero_points.float())
+        w = q * expand(self.weight_scales).to(dev)
+        if self.input_perm is not None:
+            w = w[:, torch.argsort(self.input_perm.to(dev))]
+        return w
 
     def _packed_weight(self) -> kernels.PackedInt4Weight:
-        key = tuple((b.data_ptr(), b._version) for b in (self.weight_packed, self.weight_scales))
+        bufs = [b for b in (self.weight_packed, self.weight_scales, self.weight_zero_points) if b is not None]
+        key = tuple((b.data_ptr(), b._version) for b in bufs)
         if self._packed is None or key != self._packed_key:
-            self._packed = kernels.pack_int4_weight(self.codes().cpu(), self.weight_scales.cpu(), self.group_size)
+            z = None if self.weight_zero_points is None else self.weight_zero_points.cpu()
+            self._packed = kernels.pack_int4_weight(self.codes().cpu(), self.weight_scales.cpu(), self.group_size,
+                                                    zero_points=z)
             self._packed_key = key
         return self._packed
 
@@ -315,6 +357,8 @@ class Int4Linear(nn.Module):
             y = x2 @ self.dequantized_weight().t()
             y = y if self.bias is None else y + self.bias
         else:
+            if self.input_perm is not None:
+                x2 = x2.index_select(1, self.input_perm)
             y = kernels.int4_linear(x2, self._packed_weight(), None if self.bias is None else self.bias.float())
         return y.reshape(*lead, self.out_features).to(x.dtype)
 
@@ -324,7 +368,9 @@ class Int4Linear(nn.Module):
         return state
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}"
+        extra = (", affine" if self.weight_zero_points is not None else "") + (
+            ", input_perm" if self.input_perm is not None else "")
+        return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}{extra}"
 
 
 __all__ = ["Int4Linear", "Int8Conv2d", "Int8Linear"]

@@ -214,20 +214,24 @@ def int4_case(draw):
     x = rng.standard_normal((m, k)).astype(np.float32)
     q = rng.integers(-8, 8, (n, k), dtype=np.int8)
     s = rng.uniform(1e-3, 1e-1, (n, -(-k // g))).astype(np.float32)
-    return x, q, s, g
+    z = rng.integers(-8, 8, s.shape, dtype=np.int8) if draw(st.booleans()) else None
+    return x, q, s, g, z
 
 
 @pytest.mark.parametrize("path", PATHS)
-@given(case=int4_case())
-def test_int4_linear_matches_reference(path, case):
-    x, q, s, g = case
-    packed = gemm.pack_int4_weight(q, s, g)
-    got = gemm.int4_linear(x, packed, path=path)
-    w = q.astype(np.float64) * np.repeat(s, g, axis=1)[:, : q.shape[1]]
+@given(case=int4_case(), symmetric=st.booleans())
+def test_int4_linear_matches_reference(path, case, symmetric):
+    """Group-wise int4 weights (symmetric, or affine with per-group zero points) × int8 activations quantized
+    per token (symmetric or asymmetric), against a float64 reference of the same integer codes."""
+    x, q, s, g, z = case
+    packed = gemm.pack_int4_weight(q, s, g, zero_points=z)
+    got = gemm.int4_linear(x, packed, symmetric=symmetric, path=path)
+    zw = 0 if z is None else np.repeat(z, g, axis=1)[:, : q.shape[1]]
+    w = (q.astype(np.float64) - zw) * np.repeat(s, g, axis=1)[:, : q.shape[1]]
     want = np.empty((x.shape[0], q.shape[0]))
     size = np.empty_like(want)
     for i in range(x.shape[0]):
-        sa, za = act_qparams(x[i].min(), x[i].max(), True)
+        sa, za = act_qparams(x[i].min(), x[i].max(), symmetric)
         qa = np.clip(np.rint(x[i] * (np.float32(1) / sa)) + za, 0, 255) - za
         want[i] = (w @ qa) * sa
         size[i] = (np.abs(w) @ (np.abs(qa) + za)) * sa
@@ -237,11 +241,16 @@ def test_int4_linear_matches_reference(path, case):
 
 @given(case=int4_case())
 def test_pack_int4_round_trip(case):
-    _, q, s, g = case
-    p = gemm.pack_int4_weight(q, s, g)
-    q2, s2 = p.unpack()
+    _, q, s, g, z = case
+    p = gemm.pack_int4_weight(q, s, g, zero_points=z)
+    q2, s2, z2 = p.unpack()
     np.testing.assert_array_equal(q2, q)
     np.testing.assert_array_equal(s2, s)
+    if z is None or not z.any():  # all-zero zero points pack as symmetric weights
+        assert z2 is None and not p.affine
+    else:
+        np.testing.assert_array_equal(z2, z)
+        assert p.affine
     assert p.group_size == g
 
 
@@ -252,6 +261,12 @@ def test_int4_bad_input():
         gemm.pack_int4_weight(np.zeros((2, 8), np.int8), np.ones((2, 1), np.float32), 6)
     with pytest.raises(ValueError, match="scales"):
         gemm.pack_int4_weight(np.zeros((2, 16), np.int8), np.ones((2, 1), np.float32), 8)
+    with pytest.raises(ValueError, match=r"zero_point.*\[-8, 7\]"):
+        gemm.pack_int4_weight(np.zeros((2, 8), np.int8), np.ones((2, 1), np.float32), 8, np.full((2, 1), 8, np.int8))
+    with pytest.raises(ValueError, match="zero points have 1 elements"):
+        gemm.pack_int4_weight(np.zeros((2, 8), np.int8), np.ones((2, 1), np.float32), 8, np.zeros((1, 1), np.int8))
+    with pytest.raises(TypeError, match="zero_points must have dtype int8"):
+        gemm.pack_int4_weight(np.zeros((2, 8), np.int8), np.ones((2, 1), np.float32), 8, np.zeros((2, 1), np.int32))
 
 
 def test_quantize_int4_weight_accuracy():

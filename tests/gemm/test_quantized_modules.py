@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import nnic
 from nnic.quantization.modules import Int4Linear, Int8Conv2d, Int8Linear
 
 #: Outputs of an int8 layer against float32 on random data (per-channel weights, per-token activations).
@@ -218,3 +219,67 @@ def test_int8_conv2d_accepts_unbatched_input_like_conv2d():
     assert torch.equal(y, q(x.unsqueeze(0))[0])
     with pytest.raises(ValueError, match="Int8Conv2d: expected a 3-D .unbatched. or 4-D .batched. input, got 2-D"):
         q(torch.randn(8, 8))
+
+
+# --------------------------------------------------------------------------- group-wise calibrations on int4
+def _affine_group_entry(w: torch.Tensor, group_size: int, bits: int = 4, perm: torch.Tensor | None = None) -> dict:
+    """An asymmetric (uint codes, per-group zero points) group-wise calibration, as rtn/awq write them."""
+    cols = w if perm is None else w[:, perm]
+    g = cols.reshape(w.shape[0], -1, group_size)
+    lo, hi = g.amin(dim=2).clamp(max=0), g.amax(dim=2).clamp(min=0)
+    qmax = (1 << bits) - 1
+    scale = ((hi - lo) / qmax).clamp_min(1e-8)
+    zero = torch.clamp(torch.round(-lo / scale), 0, qmax).to(torch.int64)
+    entry = {"weight_bits": bits, "weight_dtype": "uint", "weight_scheme": "per_channel_affine", "weight_axis": 0,
+             "weight_group_size": group_size, "weight_scale": scale.tolist(), "weight_zero_point": zero.tolist()}
+    if perm is not None:
+        entry["weight_perm"] = perm.tolist()
+    return entry
+
+
+def _fake_quant(w: torch.Tensor, entry: dict) -> torch.Tensor:
+    """The float weight the calibration describes (the quantizer's simulated weight), in the inputs' order."""
+    gs, qmax = entry["weight_group_size"], (1 << entry["weight_bits"]) - 1
+    perm = torch.tensor(entry["weight_perm"]) if "weight_perm" in entry else torch.arange(w.shape[1])
+    s = torch.tensor(entry["weight_scale"]).repeat_interleave(gs, 1)
+    z = torch.tensor(entry["weight_zero_point"]).repeat_interleave(gs, 1).float()
+    cols = w[:, perm]
+    deq = (torch.clamp(torch.round(cols / s) + z, 0, qmax) - z) * s
+    out = torch.empty_like(deq)
+    out[:, perm] = deq
+    return out
+
+
+@pytest.mark.parametrize("bits,group_size,permuted", [(4, 32, False), (4, 64, True), (4, 128, False), (3, 32, False)])
+def test_affine_group_wise_calibrations_run_on_int4(bits, group_size, permuted):
+    """rtn/gptq/awq-style weight-only calibrations (uint codes, per-group zero points, act-order permutations)
+    lower to Int4Linear with those exact codes: the module's weight is the calibration's simulated weight, and
+    its output is the float layer with that weight, up to the int8 activation quantization."""
+    torch.manual_seed(0)
+    fc = nn.Linear(256, 48)
+    perm = torch.randperm(256) if permuted else None
+    entry = _affine_group_entry(fc.weight.detach(), group_size, bits, perm)
+    model = nn.Sequential(fc)
+    want_w = _fake_quant(fc.weight.detach(), entry)
+    x = torch.randn(5, 256)
+    want = F.linear(x, want_w, fc.bias.detach())
+    nnic.quantization_speedup(model, {"0": entry})
+    q = model[0]
+    assert isinstance(q, Int4Linear) and q.group_size == group_size
+    assert (q.weight_zero_points is not None) and ((q.input_perm is not None) == permuted)
+    torch.testing.assert_close(q.dequantized_weight(), want_w, rtol=0, atol=1e-6)
+    assert cos(q(x), want) > 0.9999
+    fresh = Int4Linear(256, 48, group_size=group_size, affine=True, permuted=permuted)
+    fresh.load_state_dict(q.state_dict())
+    torch.testing.assert_close(fresh(x), q(x), rtol=0, atol=0)
+
+
+def test_int4_zero_points_out_of_range_are_refused():
+    lin = nn.Linear(16, 4)
+    q = torch.zeros(4, 16, dtype=torch.int8)
+    with pytest.raises(ValueError, match=r"zero points must be in \[-8, 7\]"):
+        Int4Linear.from_float(lin, group_size=8, weight_q=q, weight_scales=torch.ones(4, 2),
+                              weight_zero_points=torch.full((4, 2), 9))
+    with pytest.raises(ValueError, match="input_perm must be a permutation of 16"):
+        Int4Linear.from_float(lin, group_size=8, weight_q=q, weight_scales=torch.ones(4, 2),
+                              input_perm=torch.zeros(16, dtype=torch.long))

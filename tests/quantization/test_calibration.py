@@ -70,7 +70,8 @@ def test_an_old_format_file_loads_and_runs(tmp_path):
     model.add_module("flat", nn.Flatten())
     model.add_module("fc", nn.Linear(8, 3))
     nnic.quantization_speedup(model, cal)
-    assert isinstance(model.conv, Int8Conv2d) and isinstance(model.fc, Int8Linear)  # affine int4 runs on int8
+    assert isinstance(model.conv, Int8Conv2d) and isinstance(model.fc, Int4Linear)  # affine int4: zero points
+    assert int(model.fc.weight_zero_points.unique()) == 7 - 8  # uint zero point 7, shifted into the signed range
 
 
 def test_old_format_dict_gives_the_quantizers_codes_and_static_activations():

@@ -54,6 +54,11 @@ pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     pool().install(f)
 }
 
+/// Runs `f` on a thread of the kernel pool, without waiting for it (a sleeping worker is woken).
+pub fn spawn(f: impl FnOnce() + Send + 'static) {
+    pool().spawn(f)
+}
+
 /// Elements below which kernels run inline on the calling thread.
 pub const PAR_MIN: usize = 1 << 16;
 

@@ -109,8 +109,11 @@ fn packing_round_trips() {
         let q: Vec<i8> = b.iter().map(|&v| v >> 4).collect();
         let ng = k.div_ceil(16);
         let s: Vec<f32> = (0..n * ng).map(|i| 0.01 + i as f32).collect();
-        let p = int4::PackedInt4::new(&q, n, k, &s, 16).unwrap();
-        assert_eq!(p.unpack(), (q, s));
+        let p = int4::PackedInt4::new(&q, n, k, &s, &[], 16).unwrap();
+        assert_eq!(p.unpack(), (q.clone(), s.clone(), vec![]));
+        let z: Vec<i8> = (0..n * ng).map(|i| (i % 16) as i8 - 8).collect();
+        let p = int4::PackedInt4::new(&q, n, k, &s, &z, 16).unwrap();
+        assert_eq!(p.unpack(), (q, s, z));
     }
 }
 
@@ -162,36 +165,45 @@ fn linear_matches_reference() {
 #[test]
 fn int4_matches_reference() {
     let mut rng = Rng(5);
-    for &(m, k, n, g) in &[(1, 64, 32, 32), (3, 100, 45, 32), (5, 256, 70, 64), (9, 40, 3, 8)] {
+    for &(m, k, n, g) in &[(1, 64, 32, 32), (3, 100, 45, 32), (5, 256, 70, 64), (9, 40, 3, 8), (13, 384, 64, 128)] {
         let x = rng.f32s(m * k);
         let q: Vec<i8> = rng.i8s(n * k).into_iter().map(|v| v >> 4).collect();
         let ng = k.div_ceil(g);
         let s: Vec<f32> = (0..n * ng).map(|i| 0.01 + (i % 13) as f32 * 1e-3).collect();
-        let packed = int4::PackedInt4::new(&q, n, k, &s, g).unwrap();
-        // Reference: same per-row symmetric activation quantization, f64 accumulation.
-        let mut want = vec![0f64; m * n];
-        for i in 0..m {
-            let row = &x[i * k..(i + 1) * k];
-            let lo = row.iter().cloned().fold(f32::INFINITY, f32::min);
-            let hi = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-            let (sa, za) = gemm::act_qparams(lo, hi, true);
-            let qa: Vec<f64> = row.iter().map(|&v| (((v * (1.0 / sa)).round_ties_even() + za as f32).clamp(0.0, 255.0) as i32 - za) as f64).collect();
-            for j in 0..n {
-                let mut acc = 0f64;
-                for kk in 0..k {
-                    acc += qa[kk] * q[j * k + kk] as f64 * s[j * ng + kk / g] as f64;
+        let zeros: Vec<i8> = rng.i8s(n * ng).into_iter().map(|v| v >> 4).collect();
+        for (zw, sym) in [(&[][..], true), (&zeros[..], true), (&zeros[..], false), (&[][..], false)] {
+            let packed = int4::PackedInt4::new(&q, n, k, &s, zw, g).unwrap();
+            // Reference: the same per-row activation quantization, f64 accumulation.
+            let mut want = vec![0f64; m * n];
+            for i in 0..m {
+                let row = &x[i * k..(i + 1) * k];
+                let lo = row.iter().cloned().fold(f32::INFINITY, f32::min);
+                let hi = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                let (sa, za) = gemm::act_qparams(lo, hi, sym);
+                let qa: Vec<f64> = row
+                    .iter()
+                    .map(|&v| (((v * (1.0 / sa)).round_ties_even() + za as f32).clamp(0.0, 255.0) as i32 - za) as f64)
+                    .collect();
+                for j in 0..n {
+                    let mut acc = 0f64;
+                    for kk in 0..k {
+                        let z = if zw.is_empty() { 0 } else { zw[j * ng + kk / g] } as f64;
+                        acc += qa[kk] * (q[j * k + kk] as f64 - z) * s[j * ng + kk / g] as f64;
+                    }
+                    want[i * n + j] = acc * sa as f64;
                 }
-                want[i * n + j] = acc * sa as f64;
             }
-        }
-        for p in paths() {
-            let mut out = vec![0f32; m * n];
-            int4::int4_linear(p, &x, m, &packed, None, ActQuant::DynamicPerRow { symmetric: true }, &mut out).unwrap();
-            for (gv, wv) in out.iter().zip(&want) {
-                assert!((*gv as f64 - wv).abs() <= 1e-4 * (1.0 + wv.abs()), "{p:?} {m}x{k}x{n}: {gv} vs {wv}");
+            for p in paths() {
+                let mut out = vec![0f32; m * n];
+                int4::int4_linear(p, &x, m, &packed, None, ActQuant::DynamicPerRow { symmetric: sym }, &mut out).unwrap();
+                for (gv, wv) in out.iter().zip(&want) {
+                    assert!((*gv as f64 - wv).abs() <= 1e-4 * (1.0 + wv.abs()), "{p:?} {m}x{k}x{n} g{g}: {gv} vs {wv}");
+                }
             }
         }
     }
+    assert!(int4::PackedInt4::new(&[0; 8], 1, 8, &[1.0], &[9], 8).is_err());
+    assert!(int4::PackedInt4::new(&[0; 8], 1, 8, &[1.0], &[0, 0], 8).is_err());
 }
 
 #[test]
@@ -248,6 +260,50 @@ fn conv2d_matches_reference() {
                     }
                 }
             }
+        }
+    }
+}
+
+/// A GEMM whose helpers cannot start (every pool thread is held by another job) still finishes, exactly, on
+/// the calling thread: the caller never waits for a helper that has not claimed a task.
+#[test]
+fn gemm_finishes_while_every_pool_thread_is_busy() {
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let (m, k, n) = (64, 1024, 512);
+    let mut rng = Rng(23);
+    let (a, b) = (rng.i8s(m * k), rng.i8s(k * n));
+    let packed = PackedB::from_kn(&b, k, n).unwrap(); // packing runs on the pool: before it is blocked
+    let threads = nnic_kernels::pool::num_threads();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let release_rx = std::sync::Arc::new(std::sync::Mutex::new(release_rx));
+    let (started_tx, started_rx) = mpsc::channel::<()>();
+    for _ in 0..threads {
+        let (rx, started) = (release_rx.clone(), started_tx.clone());
+        nnic_kernels::pool::spawn(move || {
+            started.send(()).unwrap();
+            let _ = rx.lock().unwrap().recv();
+        });
+    }
+    for _ in 0..threads {
+        started_rx.recv().unwrap(); // every pool thread now holds a blocked job
+    }
+    let (done_tx, done_rx) = mpsc::channel();
+    let a2 = a.clone();
+    std::thread::spawn(move || {
+        let mut out = vec![0i32; m * n];
+        gemm::matmul_i8(Path::active(), &a2, m, &packed, &mut out).unwrap();
+        done_tx.send(out).unwrap();
+    });
+    // A hang guard, not a timing check: the old scheduler never returned here.
+    let got = done_rx.recv_timeout(Duration::from_secs(120)).expect("the GEMM waited for busy pool threads");
+    for _ in 0..threads {
+        release_tx.send(()).unwrap();
+    }
+    for i in (0..m).step_by(7) {
+        for j in (0..n).step_by(5) {
+            let want: i32 = (0..k).map(|kk| a[i * k + kk] as i32 * b[kk * n + j] as i32).sum();
+            assert_eq!(got[i * n + j], want);
         }
     }
 }

@@ -331,15 +331,18 @@ pub struct PackedInt4Weight {
 packed_weight_methods!(PackedInt4Weight, symmetric = true,
     "`out[m, n] = quant(x) @ dequant(w).T + bias` (activations quantized on the fly, per token by default).", {
     #[new]
+    #[pyo3(signature = (q, scales, group_size, zero_points=None))]
     fn new(
         py: Python<'_>,
         q: PyReadonlyArray2<'_, i8>,
         scales: PyReadonlyArray2<'_, f32>,
         group_size: usize,
+        zero_points: Option<PyReadonlyArray2<'_, i8>>,
     ) -> PyResult<Self> {
         let [n, k] = dims(&q);
         let (q, s) = (ro(&q, "q")?, ro(&scales, "scales")?);
-        Ok(PackedInt4Weight { inner: to_py(py.detach(|| int4::PackedInt4::new(q, n, k, s, group_size)))? })
+        let z = zero_points.as_ref().map(|z| ro(z, "zero_points")).transpose()?.unwrap_or(&[]);
+        Ok(PackedInt4Weight { inner: to_py(py.detach(|| int4::PackedInt4::new(q, n, k, s, z, group_size)))? })
     }
 
     #[getter]
@@ -347,12 +350,21 @@ packed_weight_methods!(PackedInt4Weight, symmetric = true,
         self.inner.group_size()
     }
 
-    /// `(codes [n, k] int8, scales [n, groups] float32)`.
+    #[getter]
+    fn affine(&self) -> bool {
+        self.inner.is_affine()
+    }
+
+    /// `(codes [n, k] int8, scales [n, groups] float32, zero points [n, groups] int8 or None)`.
     #[allow(clippy::type_complexity)]
-    fn unpack<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyArray2<i8>>, Bound<'py, PyArray2<f32>>)> {
+    fn unpack<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<(Bound<'py, PyArray2<i8>>, Bound<'py, PyArray2<f32>>, Option<Bound<'py, PyArray2<i8>>>)> {
         let (n, k) = (self.inner.out_features(), self.inner.in_features());
-        let (q, s) = self.inner.unpack();
+        let (q, s, z) = self.inner.unpack();
         let g = k.div_ceil(self.inner.group_size());
-        Ok((PyArray1::from_vec(py, q).reshape([n, k])?, PyArray1::from_vec(py, s).reshape([n, g])?))
+        let z = if z.is_empty() { None } else { Some(PyArray1::from_vec(py, z).reshape([n, g])?) };
+        Ok((PyArray1::from_vec(py, q).reshape([n, k])?, PyArray1::from_vec(py, s).reshape([n, g])?, z))
     }
 });

@@ -19,13 +19,15 @@
 //! - `driver`: blocking, the parallel blocked driver, exact `i32` products;
 //! - `epilogue`: the integer and float epilogues run on each finished block;
 //! - [`linear`]: [`PackedLinear`] and [`int8_linear`];
-//! - [`conv`]: int8 conv2d by im2col into the activation panels; [`int4`]: int4 weights;
+//! - [`conv`]: int8 conv2d by im2col into the activation panels; [`int4`]: int4 weights (tiles in
+//!   `int4_micro`);
 //! - [`par`]: where the parallel tasks run (OpenMP team or the kernel pool).
 mod act_pack;
 pub mod conv;
 mod driver;
 mod epilogue;
 pub mod int4;
+mod int4_micro;
 pub mod linear;
 mod micro;
 mod panels;

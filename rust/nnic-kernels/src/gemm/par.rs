@@ -5,12 +5,17 @@
 //! threads right after one (the normal case inside a model) shares the cores with those spinning threads
 //! and loses up to half its speed. Running on the same team reuses the spinning threads instead.
 //! [`set_backend`]`("rayon")` forces the kernel pool (the Python runtime applies `NNIC_GEMM_BACKEND` with it).
+//!
+//! On the kernel pool, the calling thread never waits for a helper that has not started: it takes tasks from
+//! the shared counter itself, while helpers woken on the pool take tasks as they arrive; it then waits only
+//! for tasks a helper has claimed (a short spin, then a condition variable: no core is burnt while a
+//! descheduled helper finishes). A helper that arrives after the last task is claimed leaves at once. So a
+//! helper descheduled by another process costs at most the task it holds, not a static share of the work.
 use crate::error::{KernelError, Result};
 use crate::pool;
-use rayon::prelude::*;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 type GompParallel = unsafe extern "C" fn(extern "C" fn(*mut c_void), *mut c_void, u32, u32);
 
@@ -106,6 +111,82 @@ pub(crate) fn for_each(n: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
                 panic!("a GEMM task panicked");
             }
         }
-        None => pool::install(|| (0..n).into_par_iter().with_max_len(1).for_each(f)),
+        None => on_pool(n, threads, f),
+    }
+}
+
+/// Tasks shared by the calling thread and the helpers it wakes on the kernel pool.
+struct Shared {
+    /// The task body; dereferenced only for a claimed task (`i < n`), and the caller returns only after every
+    /// claimed task is done, so it outlives each use.
+    f: *const (dyn Fn(usize) + Sync),
+    next: AtomicUsize,
+    done: AtomicUsize,
+    n: usize,
+    panicked: AtomicBool,
+    lock: Mutex<()>,
+    all_done: Condvar,
+}
+// SAFETY: `f` is `Sync` and used only while valid (see above); the rest are thread-safe types.
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// Claims and runs tasks until none is left.
+    fn work(&self) {
+        loop {
+            let i = self.next.fetch_add(1, Ordering::AcqRel);
+            if i >= self.n {
+                return;
+            }
+            if !self.panicked.load(Ordering::Relaxed) {
+                // SAFETY: task `i` is claimed and not yet counted done, so the caller is still waiting.
+                let f = unsafe { &*self.f };
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(i))).is_err() {
+                    self.panicked.store(true, Ordering::Relaxed);
+                }
+            }
+            if self.done.fetch_add(1, Ordering::AcqRel) + 1 == self.n {
+                let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+                self.all_done.notify_all();
+            }
+        }
+    }
+}
+
+/// [`for_each`] on the calling thread plus up to `threads - 1` helpers of the kernel pool (see the module
+/// docs).
+fn on_pool(n: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
+    // SAFETY: only the lifetime is erased; `Shared::f` documents why every dereference is in time.
+    let f: &'static (dyn Fn(usize) + Sync) = unsafe { std::mem::transmute(f) };
+    let shared = Arc::new(Shared {
+        f,
+        next: AtomicUsize::new(0),
+        done: AtomicUsize::new(0),
+        n,
+        panicked: AtomicBool::new(false),
+        lock: Mutex::new(()),
+        all_done: Condvar::new(),
+    });
+    for _ in 1..threads.min(pool::num_threads()).max(1) {
+        let s = shared.clone();
+        pool::spawn(move || s.work());
+    }
+    shared.work();
+    let mut spins = 0u32;
+    while shared.done.load(Ordering::Acquire) < n {
+        if spins < 1 << 12 {
+            spins += 1;
+            std::hint::spin_loop();
+            continue;
+        }
+        let guard = shared.lock.lock().unwrap_or_else(|e| e.into_inner());
+        if shared.done.load(Ordering::Acquire) < n {
+            // The last helper notifies under the lock after counting its task, so no wakeup is lost.
+            drop(shared.all_done.wait(guard).unwrap_or_else(|e| e.into_inner()));
+        }
+    }
+    if shared.panicked.load(Ordering::Relaxed) {
+        panic!("a GEMM task panicked");
     }
 }

@@ -1,0 +1,242 @@
+"""Decoder tokens per second on CPU: float32, bfloat16, torch dynamic int8, nnic int8, nnic int4 (and torchao's
+CPU int8/int4 weight-only paths when torchao is installed and runs), on LLaMA- and GPT-2-shaped models built
+from transformers configs with random weights.
+
+    python bench/decode.py                                   # ~110M LLaMA + GPT-2 (124M), batch 1, short run
+    python bench/decode.py --models llama-1b --batch 1 4     # ~1.1B LLaMA (about 10 GiB for all variants)
+    python bench/decode.py --prompt 128 --new 64 --rounds 5 --variants fp32 nnic-int4
+
+Each round runs every variant once (interleaved A, B, C, A, B, C, ... so that load from other processes hits
+them alike): a prefill of ``--prompt`` random tokens, then ``--new`` greedy decode steps with the KV cache
+(``DynamicCache``), timed separately; the tables give medians over rounds. Decode tokens/s counts
+``batch x new`` tokens. "GB/s" is the weight bytes read per decode step (every Linear weight, scales and zero
+points included, once per step whatever the batch) times steps per second, and "%bw" divides it by the copy
+bandwidth measured in the same run (``dst.copy_(src)`` of 512 MiB, read + write bytes, best of 5).
+GPT-2's ``Conv1D`` layers are turned into ``nn.Linear`` first (same function), so that every variant sees the
+same Linear layers. nnic int4 is symmetric per group of ``--group-size`` (32) with per-token int8 activations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import nnic  # noqa: E402
+from nnic import kernels  # noqa: E402
+
+MODELS = {
+    # name: (family, config kwargs)
+    "llama-110m": ("llama", dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
+                                 num_key_value_heads=4, vocab_size=32000, max_position_embeddings=1024)),
+    "llama-1b": ("llama", dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+                               num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048)),
+    "gpt2": ("gpt2", dict(n_embd=768, n_layer=12, n_head=12, vocab_size=50257, n_positions=1024)),
+    "gpt2-large": ("gpt2", dict(n_embd=1280, n_layer=36, n_head=20, vocab_size=50257, n_positions=1024)),
+}
+VARIANTS = ("fp32", "bf16", "torch-dynamic-int8", "nnic-int8", "nnic-int4", "torchao-int8", "torchao-int4")
+
+
+def build(name: str) -> nn.Module:
+    import transformers
+
+    family, kw = MODELS[name]
+    torch.manual_seed(0)
+    if family == "llama":
+        cfg = transformers.LlamaConfig(**kw, attn_implementation="sdpa")
+        model = transformers.LlamaForCausalLM(cfg)
+    else:
+        cfg = transformers.GPT2Config(**kw, attn_implementation="sdpa")
+        model = transformers.GPT2LMHeadModel(cfg)
+        conv1d_to_linear(model)
+    return model.eval()
+
+
+def conv1d_to_linear(model: nn.Module) -> None:
+    """GPT-2's ``Conv1D`` (``x @ W + b``, W ``[in, out]``) as the equivalent ``nn.Linear``."""
+    from transformers.pytorch_utils import Conv1D
+
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, Conv1D):
+                lin = nn.Linear(child.weight.shape[0], child.weight.shape[1])
+                lin.weight = nn.Parameter(child.weight.detach().t().contiguous())
+                lin.bias = nn.Parameter(child.bias.detach().clone())
+                setattr(parent, name, lin)
+
+
+def linear_names(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+
+
+def untie(model: nn.Module) -> None:
+    """A quantized output layer must not take the (float) embedding with it: give it its own weight."""
+    head = model.get_output_embeddings()
+    if head is not None and head.weight is model.get_input_embeddings().weight:
+        head.weight = nn.Parameter(head.weight.detach().clone())
+
+
+def variant(base: nn.Module, kind: str, group_size: int) -> nn.Module | None:
+    """The model for one variant (a copy of ``base``), or None with a message when it cannot run here."""
+    if kind == "bf16":
+        return copy.deepcopy(base).to(torch.bfloat16)
+    m = copy.deepcopy(base)
+    untie(m)
+    if kind == "fp32":
+        return m
+    names = linear_names(m)
+    if kind == "torch-dynamic-int8":
+        return torch.ao.quantization.quantize_dynamic(m, {nn.Linear}, dtype=torch.qint8)
+    if kind == "nnic-int8":
+        return nnic.quantization_speedup(m, {n: 8 for n in names})
+    if kind == "nnic-int4":
+        from nnic.quantization import Int4Linear
+
+        for n in names:
+            parent, _, leaf = n.rpartition(".")
+            owner = m.get_submodule(parent) if parent else m
+            setattr(owner, leaf, Int4Linear.from_float(getattr(owner, leaf), group_size=group_size))
+        return m
+    if kind.startswith("torchao"):
+        try:
+            from torchao.quantization import Int8WeightOnlyConfig, Int4WeightOnlyConfig, quantize_
+        except Exception as e:  # not installed, or an install that does not import with this torch
+            print(f"  {kind}: skipped (torchao does not import: {type(e).__name__}: {str(e)[:80]})")
+            return None
+        try:
+            if kind == "torchao-int8":
+                quantize_(m, Int8WeightOnlyConfig())
+            else:
+                m = m.to(torch.bfloat16)
+                quantize_(m, Int4WeightOnlyConfig(group_size=group_size, int4_packing_format="opaque"))
+            return m
+        except Exception as e:
+            print(f"  {kind}: skipped (torchao refused: {type(e).__name__}: {str(e)[:120]})")
+            return None
+    raise ValueError(f"unknown variant {kind!r}")
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of every Linear-like layer's weights, as stored for the kernels (read once per decode step)."""
+    from nnic.quantization import Int4Linear, Int8Linear
+
+    total = 0
+    for mod in model.modules():
+        if isinstance(mod, Int4Linear):
+            total += mod._packed_weight().nbytes
+        elif isinstance(mod, Int8Linear):
+            total += mod._packed_weight().nbytes
+        elif isinstance(mod, torch.ao.nn.quantized.dynamic.Linear):
+            w = mod.weight()
+            total += w.numel() + 8 * w.q_per_channel_scales().numel() if w.qscheme() in (
+                torch.per_channel_affine, torch.per_channel_symmetric) else w.numel()
+        elif isinstance(mod, nn.Linear):
+            total += _tensor_bytes(mod.weight)
+    return total
+
+
+def _tensor_bytes(t: torch.Tensor) -> int:
+    """Storage bytes of a tensor, or of the inner tensors of a tensor subclass (torchao's packed weights)."""
+    if type(t) not in (torch.Tensor, nn.Parameter) and hasattr(t, "__tensor_flatten__"):
+        names, _ = t.__tensor_flatten__()
+        return sum(_tensor_bytes(getattr(t, n)) for n in names)
+    return t.numel() * t.element_size()
+
+
+@torch.inference_mode()
+def run_once(model: nn.Module, ids: torch.Tensor, new: int) -> tuple[float, float, torch.Tensor]:
+    """(prefill seconds, decode seconds, generated tokens) for greedy decoding with the KV cache."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    t0 = time.perf_counter()
+    out = model(input_ids=ids, past_key_values=cache, use_cache=True)
+    nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+    t1 = time.perf_counter()
+    toks = [nxt]
+    for _ in range(new - 1):
+        out = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        toks.append(nxt)
+    t2 = time.perf_counter()
+    return t1 - t0, t2 - t1, torch.cat(toks, 1)
+
+
+def copy_bandwidth() -> float:
+    """Bytes per second of ``dst.copy_(src)`` (read + write), best of 5, 512 MiB buffers."""
+    src = torch.ones(1 << 27)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.numel() * 4 / best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="*", default=["llama-110m", "gpt2"], choices=sorted(MODELS))
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--batch", nargs="*", type=int, default=[1])
+    ap.add_argument("--prompt", type=int, default=128, help="prompt tokens (prefill)")
+    ap.add_argument("--new", type=int, default=32, help="generated tokens (decode steps); the issue's setting is 64")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians are reported)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--group-size", type=int, default=32, help="int4 group size (32, 64, 128)")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    kernels.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    bw = copy_bandwidth()
+    print(f"torch {torch.__version__}, threads {args.threads}, nnic path {kernels.gemm_path()}, "
+          f"copy_ bandwidth {bw / 1e9:.1f} GB/s; prompt {args.prompt}, new {args.new}, medians of {args.rounds} "
+          f"interleaved rounds")
+    for name in args.models:
+        base = build(name)
+        params = sum(p.numel() for p in base.parameters())
+        models = {}
+        for kind in args.variants:
+            m = variant(base, kind, args.group_size)
+            if m is not None:
+                models[kind] = m
+        wbytes = {k: weight_bytes(m) for k, m in models.items()}
+        vocab = base.config.vocab_size
+        for batch in args.batch:
+            g = torch.Generator().manual_seed(batch)
+            ids = torch.randint(0, vocab, (batch, args.prompt), generator=g)
+            times: dict[str, list[tuple[float, float]]] = {k: [] for k in models}
+            first: dict[str, torch.Tensor] = {}
+            for k, m in models.items():  # warm-up (packing, caches), and the tokens each variant generates
+                first[k] = run_once(m, ids, min(args.new, 8))[2]
+            for _ in range(args.rounds):
+                for k, m in models.items():
+                    pre, dec, _ = run_once(m, ids, args.new)
+                    times[k].append((pre, dec))
+            print(f"\n{name} ({params / 1e6:.0f}M parameters), batch {batch}")
+            print(f"  {'variant':20s} {'prefill ms':>10s} {'decode tok/s':>12s} {'vs fp32':>8s} {'weights MB':>10s} "
+                  f"{'GB/s':>6s} {'%bw':>5s} {'same tokens as fp32 (of 8)':>26s}")
+            ref = statistics.median(d for _, d in times["fp32"]) if "fp32" in times else None
+            for k in models:
+                pre = statistics.median(p for p, _ in times[k])
+                dec = statistics.median(d for _, d in times[k])
+                steps = (args.new - 1) / dec
+                gbs = wbytes[k] * steps / 1e9
+                same = (first[k] == first["fp32"]).float().mean().item() * 8 if "fp32" in first else float("nan")
+                print(f"  {k:20s} {pre * 1e3:10.1f} {batch * steps:12.1f} {(ref / dec if ref else float('nan')):7.2f}x "
+                      f"{wbytes[k] / 1e6:10.0f} {gbs:6.1f} {100 * gbs * 1e9 / bw:4.0f}% {same:26.1f}")
+        del models, base
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+//! The int4 tiles: `f[r][c] = sum_g s[g][c] · sum_{k in g} a_u8[r, k] · (nib[k, c] - z[g][c])` for up to
+//! [`MR4`] rows and one 32-column panel, one per path (portable, AVX2, AVX-512 VNNI).
+//!
+//! Layouts (see [`super::int4`]): a 128-byte weight row holds 8 k values × 32 columns, column `c` at bytes
+//! `4c..4c+4`; the low nibbles are k group `2t`, the high nibbles k group `2t+1`, each stored as `q + 8` in
+//! [0, 15]. `z[g][c]` is the stored zero point `zero + 8` (8 for symmetric weights), so `nib - z = q - zero`
+//! lies in [-15, 15]: a valid s8 operand of `vpdpbusd` and `vpmaddubsw` (whose i16 pair sums stay below
+//! 2·255·15, no saturation). Integer sums run per group and are scaled into `f` at each group end.
+//! Activations: k group `j` of the panel holds `rows × 4` bytes (row stride 4).
+#![allow(clippy::needless_range_loop)] // register tiles are indexed by row
+use super::panels::NR;
+
+/// Rows per register tile.
+pub(super) const MR4: usize = 8;
+
+/// Portable tile over `rows` rows; `z` holds `groups × 32` stored zero points.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn tile_body(
+    rows: usize,
+    groups: usize,
+    pairs: usize,
+    a: &[u8],
+    b: &[u8],
+    sc: &[f32],
+    z: &[u8],
+    f: &mut [[f32; NR]; MR4],
+) {
+    for fr in f.iter_mut() {
+        *fr = [0.0; NR];
+    }
+    for g in 0..groups {
+        let zg = &z[g * NR..(g + 1) * NR];
+        let mut acc = [[0i32; NR]; MR4];
+        for t in 0..pairs {
+            let tt = g * pairs + t;
+            let bb = &b[tt * 128..tt * 128 + 128];
+            for (r, accr) in acc.iter_mut().enumerate().take(rows) {
+                let a0 = &a[(2 * tt) * rows * 4 + r * 4..][..4];
+                let a1 = &a[(2 * tt + 1) * rows * 4 + r * 4..][..4];
+                for (c, acc) in accr.iter_mut().enumerate() {
+                    let zc = zg[c] as i32;
+                    let mut s = 0i32;
+                    for e in 0..4 {
+                        let byte = bb[c * 4 + e];
+                        s += a0[e] as i32 * ((byte & 0x0F) as i32 - zc) + a1[e] as i32 * ((byte >> 4) as i32 - zc);
+                    }
+                    *acc += s;
+                }
+            }
+        }
+        let s = &sc[g * NR..(g + 1) * NR];
+        for r in 0..rows {
+            for c in 0..NR {
+                f[r][c] += s[c] * acc[r][c] as f32;
+            }
+        }
+    }
+}
+crate::simd::multiversion!(pub(super) fn tile_mv(rows: usize, groups: usize, pairs: usize, a: &[u8], b: &[u8],
+    sc: &[f32], z: &[u8], f: &mut [[f32; NR]; MR4]) = tile_body;);
+
+#[cfg(target_arch = "x86_64")]
+pub(super) mod x86 {
+    use super::{MR4, NR};
+    use std::arch::x86_64::*;
+
+    /// VNNI tile of `MR` rows (see [`super::tile_body`]).
+    ///
+    /// # Safety
+    /// `a`: `2 * groups * pairs` k groups of `MR` rows; `b`: `groups * pairs * 128` bytes; `sc`: `groups * 32`
+    /// floats; `z`: `groups * 32` bytes; the CPU has AVX-512 VNNI.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(crate) unsafe fn vnni<const MR: usize>(
+        groups: usize,
+        pairs: usize,
+        a: *const u8,
+        b: *const u8,
+        sc: *const f32,
+        z: *const u8,
+        f: &mut [[f32; NR]; MR4],
+    ) {
+        unsafe {
+            let mask = _mm512_set1_epi8(0x0F);
+            let bcast = _mm512_set1_epi32(0x0101_0101);
+            // 16 stored zero points, each repeated in the 4 bytes of its column's lane.
+            let zv = |p: *const u8| _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i)), bcast);
+            // Few rows: low and high nibbles accumulate separately (4 independent vpdpbusd chains per row).
+            let split = MR <= 2;
+            for fr in f.iter_mut().take(MR) {
+                *fr = [0.0; NR];
+            }
+            let mut ap = a;
+            let mut bp = b;
+            for g in 0..groups {
+                let (z0, z1) = (zv(z.add(g * NR)), zv(z.add(g * NR + 16)));
+                let mut s = [[_mm512_setzero_si512(); 2]; MR];
+                let mut t = [[_mm512_setzero_si512(); 2]; MR];
+                for _ in 0..pairs {
+                    let x0 = _mm512_loadu_si512(bp as *const __m512i);
+                    let x1 = _mm512_loadu_si512(bp.add(64) as *const __m512i);
+                    _mm_prefetch::<_MM_HINT_T0>(bp.add(2048) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(bp.add(2048 + 64) as *const i8);
+                    let l0 = _mm512_sub_epi8(_mm512_and_si512(x0, mask), z0);
+                    let l1 = _mm512_sub_epi8(_mm512_and_si512(x1, mask), z1);
+                    let h0 = _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16::<4>(x0), mask), z0);
+                    let h1 = _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16::<4>(x1), mask), z1);
+                    for r in 0..MR {
+                        let a0 = _mm512_set1_epi32((ap.add(r * 4) as *const i32).read_unaligned());
+                        let a1 = _mm512_set1_epi32((ap.add(MR * 4 + r * 4) as *const i32).read_unaligned());
+                        s[r][0] = _mm512_dpbusd_epi32(s[r][0], a0, l0);
+                        s[r][1] = _mm512_dpbusd_epi32(s[r][1], a0, l1);
+                        if split {
+                            t[r][0] = _mm512_dpbusd_epi32(t[r][0], a1, h0);
+                            t[r][1] = _mm512_dpbusd_epi32(t[r][1], a1, h1);
+                        } else {
+                            s[r][0] = _mm512_dpbusd_epi32(s[r][0], a1, h0);
+                            s[r][1] = _mm512_dpbusd_epi32(s[r][1], a1, h1);
+                        }
+                    }
+                    ap = ap.add(2 * MR * 4);
+                    bp = bp.add(128);
+                }
+                // Group end: f += float(sum) * scale, with f in L1 (keeps registers for the integer tile).
+                let s0 = _mm512_loadu_ps(sc.add(g * NR));
+                let s1 = _mm512_loadu_ps(sc.add(g * NR + 16));
+                for r in 0..MR {
+                    let (v0, v1) = if split {
+                        (_mm512_add_epi32(s[r][0], t[r][0]), _mm512_add_epi32(s[r][1], t[r][1]))
+                    } else {
+                        (s[r][0], s[r][1])
+                    };
+                    let p = f[r].as_mut_ptr();
+                    _mm512_storeu_ps(p, _mm512_fmadd_ps(_mm512_cvtepi32_ps(v0), s0, _mm512_loadu_ps(p)));
+                    _mm512_storeu_ps(p.add(16), _mm512_fmadd_ps(_mm512_cvtepi32_ps(v1), s1, _mm512_loadu_ps(p.add(16))));
+                }
+            }
+        }
+    }
+
+    /// AVX2 tile of `MR` (≤ 4) rows starting at row `r0` of a panel of `rows` rows, 16 columns at a time:
+    /// `vpmaddubsw` (u8 × s8 pairs to i16, exact here) then `vpmaddwd` by ones into i32.
+    ///
+    /// # Safety
+    /// As [`vnni`] with `rows` rows per k group (`r0 + MR <= rows`), and the CPU has AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn avx2<const MR: usize>(
+        groups: usize,
+        pairs: usize,
+        a: *const u8,
+        rows: usize,
+        r0: usize,
+        b: *const u8,
+        sc: *const f32,
+        z: *const u8,
+        f: &mut [[f32; NR]; MR4],
+    ) {
+        unsafe {
+            let mask = _mm256_set1_epi8(0x0F);
+            let ones = _mm256_set1_epi16(1);
+            let bcast = _mm256_set1_epi32(0x0101_0101);
+            let zv = |p: *const u8| _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i)), bcast);
+            let stride = rows * 4;
+            for r in 0..MR {
+                f[r0 + r] = [0.0; NR];
+            }
+            for half in 0..2 {
+                let mut ap = a.add(r0 * 4);
+                let mut bp = b.add(half * 64);
+                for g in 0..groups {
+                    let zc = z.add(g * NR + half * 16);
+                    let (z0, z1) = (zv(zc), zv(zc.add(8)));
+                    let mut s = [[_mm256_setzero_si256(); 2]; MR];
+                    for _ in 0..pairs {
+                        let x0 = _mm256_loadu_si256(bp as *const __m256i);
+                        let x1 = _mm256_loadu_si256(bp.add(32) as *const __m256i);
+                        let l0 = _mm256_sub_epi8(_mm256_and_si256(x0, mask), z0);
+                        let l1 = _mm256_sub_epi8(_mm256_and_si256(x1, mask), z1);
+                        let h0 = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16::<4>(x0), mask), z0);
+                        let h1 = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16::<4>(x1), mask), z1);
+                        for r in 0..MR {
+                            let a0 = _mm256_set1_epi32((ap.add(r * 4) as *const i32).read_unaligned());
+                            let a1 = _mm256_set1_epi32((ap.add(stride + r * 4) as *const i32).read_unaligned());
+                            // |pair| <= 2 * 255 * 15, so the i16 sum of two pairs stays below 2^15.
+                            let p0 = _mm256_add_epi16(_mm256_maddubs_epi16(a0, l0), _mm256_maddubs_epi16(a1, h0));
+                            let p1 = _mm256_add_epi16(_mm256_maddubs_epi16(a0, l1), _mm256_maddubs_epi16(a1, h1));
+                            s[r][0] = _mm256_add_epi32(s[r][0], _mm256_madd_epi16(p0, ones));
+                            s[r][1] = _mm256_add_epi32(s[r][1], _mm256_madd_epi16(p1, ones));
+                        }
+                        ap = ap.add(2 * stride);
+                        bp = bp.add(128);
+                    }
+                    let s0 = _mm256_loadu_ps(sc.add(g * NR + half * 16));
+                    let s1 = _mm256_loadu_ps(sc.add(g * NR + half * 16 + 8));
+                    for r in 0..MR {
+                        let p = f[r0 + r].as_mut_ptr().add(half * 16);
+                        _mm256_storeu_ps(p, _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[r][0]), s0, _mm256_loadu_ps(p)));
+                        _mm256_storeu_ps(p.add(8), _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[r][1]), s1, _mm256_loadu_ps(p.add(8))));
+                    }
+                }
+            }
+        }
+    }
+}
