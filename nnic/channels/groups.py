@@ -48,6 +48,8 @@ def coupling(model: nn.Module, dummy_input: Any, rules: RuleTable | Iterable[Any
         if len(ins) == len(ids):
             for a, b in zip(ins, ids):
                 uf.union(a, b)
+        elif m.groups < len(ins):  # inputs in blocks of their own
+            grouped.append((ins, m.groups))
         if m.groups < len(ids):  # depthwise blocks hold one channel: any selection is balanced
             grouped.append((ids, m.groups))
     groups = {name: [uf.find(i) for i in ids] for (name, slot), ids in state.slots.items() if slot in ("out", "c")}

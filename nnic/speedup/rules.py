@@ -192,10 +192,10 @@ class ChannelMixRule(Rule):
             call.set_output(Spec(self.out_dim(module, y), out_ids, dead_out))
         g = self.groups(module)
         if g > 1 and first_call:
-            call.constraint(grouped_constraint(in_ids, out_ids, g))
+            call.constraint(grouped_constraint(in_ids, out_ids, g, call.name))
 
 
-def grouped_constraint(in_ids: list[int], out_ids: list[int], groups: int):
+def grouped_constraint(in_ids: list[int], out_ids: list[int], groups: int, where: str = "a grouped module"):
     """Keep a grouped module's groups balanced; drop a group only when all its inputs and outputs go."""
     ip, op = len(in_ids) // groups, len(out_ids) // groups
 
@@ -219,6 +219,7 @@ def grouped_constraint(in_ids: list[int], out_ids: list[int], groups: int):
                             out.append(ids[t])
         return out
 
+    keep.what = f"{where}'s {groups} groups must lose as many channels each"  # type: ignore[attr-defined]
     return keep
 
 

@@ -297,11 +297,11 @@ class SplitRule(Rule):
         for s in sizes:
             pieces.append(spec.take(range(start, start + s)))
             start += s
-        call.constraint(_balanced([p.ids for p in pieces]))
+        call.constraint(_balanced([p.ids for p in pieces], call.node.name))
         call.set_output(tuple(pieces))
 
 
-def _balanced(parts: list[list[int]]):
+def _balanced(parts: list[list[int]], where: str):
     def keep(removed) -> list[int]:
         flags = [[removed(i) for i in part] for part in parts]
         k = min(min(sum(f) for f in flags), min(len(p) for p in parts) - 1)
@@ -316,6 +316,7 @@ def _balanced(parts: list[list[int]]):
                         out.append(i)
         return out
 
+    keep.what = f"node {where} splits into pieces that must lose as many channels each"  # type: ignore[attr-defined]
     return keep
 
 

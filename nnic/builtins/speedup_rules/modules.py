@@ -11,6 +11,7 @@ from torch import nn
 
 from nnic.channels.graph import Call, Spec
 from nnic.channels.labels import propagate_by_labels
+from nnic.builtins.speedup_rules.layer_norm import LayerNormRule
 from nnic.speedup.rules import ChannelMixRule, PassThroughRule, PerChannelRule, Rule, block_usage, slice_param
 
 
@@ -241,6 +242,7 @@ class GroupNormRule(PerChannelRule):
         def whole_groups(removed):
             return [i for g in groups if not all(removed(x) for x in g) for i in g]
 
+        whole_groups.what = f"{call.name} removes whole groups only"  # type: ignore[attr-defined]
         call.constraint(whole_groups)
 
     def shrink(self, module, keep):
@@ -248,22 +250,6 @@ class GroupNormRule(PerChannelRule):
         super().shrink(module, keep)
         module.num_groups = module.num_channels // per
         return module
-
-
-class LayerNormRule(Rule):
-    """LayerNorm mixes the normalised (trailing) dimensions: their channels are kept."""
-
-    name = "torch.nn.layernorm"
-    targets = (nn.LayerNorm, nn.RMSNorm)
-
-    def propagate(self, call: Call) -> None:
-        spec, x = call.spec(0), call.value(0)
-        if spec is None:
-            return
-        if spec.dim >= x.ndim - len(call.module.normalized_shape):
-            call.pin(spec, f"{call.name} normalises over the channel dimension")
-            return
-        call.set_output(spec)
 
 
 class SpatialModuleRule(Rule):
