@@ -81,6 +81,7 @@ class SpeedupReport:
 
     def __str__(self) -> str:
         lines = [f"{len(self.shrunk)} modules shrunk, {self.removed_groups} channel groups removed"]
+        lines += [f"  kept {n} ids: {why}" for why, n in sorted(self.pinned.items(), key=lambda kv: -kv[1])[:10]]
         lines += [f"  kept {g.channels} masked channels of {', '.join(g.modules[:4])}"
                   f"{' ...' if len(g.modules) > 4 else ''}: {g.reason}" for g in self.kept_groups[:10]]
         return "\n".join(lines)
@@ -187,9 +188,8 @@ class ModelSpeedup:
         snapshot = _Snapshot(model)  # before the masks are folded: a failure must not leave zeroed weights
         try:
             self._fold_masks()
-            if self.verify:
-                reference, ref_layers = _run_recording(model, *split_dummy_input(model, self.dummy_input))
             prop = analyze(model, self.dummy_input, table, leaf_modules=self.leaf_modules, strict=self.strict)
+            reference = _clone(prop.output)  # propagation ran the masked model: its output is the reference
             ties = tied_parameters(model)
             why: dict[int, str] = {}
             removed = decide(prop.state, why)
@@ -212,7 +212,7 @@ class ModelSpeedup:
                 with torch.no_grad():
                     got = model(*args, **kwargs)
                 if not _close(got, reference, self.rtol, self.atol):
-                    raise SpeedupError(self._mismatch(model, args, kwargs, prop, removed, ref_layers))
+                    raise SpeedupError(self._mismatch(model, args, kwargs, prop, removed, snapshot))
         except BaseException:
             snapshot.restore()  # a failed speedup leaves the model as it was, masks included
             raise
@@ -237,8 +237,14 @@ class ModelSpeedup:
         report.kept_groups = kept_groups(prop, why)
         return report
 
-    def _mismatch(self, model, args, kwargs, prop, removed, ref_layers) -> str:
+    def _mismatch(self, model, args, kwargs, prop, removed, snapshot: _Snapshot) -> str:
+        """Which layer differs first: the sped-up model's layer outputs against the masked model's (the model
+        is put back to the masked one to record them; the caller restores it anyway)."""
         _, got_layers = _run_recording(model, args, kwargs)
+        kinds = {n: type(m).__name__ for n, m in model.named_modules()}  # the sped-up modules' classes
+        snapshot.restore()
+        self._fold_masks()
+        _, ref_layers = _run_recording(model, args, kwargs)
         state, find = prop.state, prop.state.uf.find
         for node in prop.gm.graph.nodes:
             if node.op != "call_module" or node.target not in ref_layers:
@@ -255,7 +261,7 @@ class ModelSpeedup:
                 elif isinstance(got, torch.Tensor) and isinstance(ref, torch.Tensor):
                     detail = f" (shape {tuple(got.shape)}, expected {tuple(ref.shape)})"
                 return (f"verify: the sped-up model's output differs from the masked model's; first differing "
-                        f"layer: {node.target!r} ({type(model.get_submodule(node.target)).__name__}){detail}")
+                        f"layer: {node.target!r} ({kinds.get(node.target, '?')}){detail}")
         return "verify: the sped-up model's output differs from the masked model's (no single layer differs)"
 
 

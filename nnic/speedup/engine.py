@@ -20,7 +20,7 @@ def decide(state: State, why: dict[int, str] | None = None) -> set[int]:
     find = uf.find
     reasons: dict[int, str] = {} if why is None else why
     for i, reason in state.blocked.items():
-        reasons.setdefault(find(i), f"{reason} reads it with non-zero values")
+        reasons.setdefault(find(i), f"{reason!r} reads it, and it is not zero there")
     for i, reason in state.pinned.items():
         reasons[find(i)] = reason
     removed = {find(i) for i in range(len(uf.parent))} - set(reasons)

@@ -168,7 +168,7 @@ class ChannelMixRule(Rule):
         if spec is not None and spec.dim == d:
             call.couple(in_ids, spec.ids)
             dead_in = spec.dead
-            st = call.stats(x, d)
+            st = call.stats(x, d, dead_in)
             unused = ~usage.any(0)
             zero = dead_in & st.zero
             foldable = dead_in & st.uniform & ~zero & ~unused

@@ -113,13 +113,16 @@ def test_layer_norm_keeps_channels_whose_weight_is_not_masked():
     keep = torch.ones(8, dtype=torch.bool)
     keep[:4] = False
     masks = {"0": {"weight": keep[:, None].expand(8, 6).clone(), "bias": keep.clone()}}
-    expected = masked_output(model, torch.randn(3, 6), masks)
-    speedup = nnic.ModelSpeedup(model, torch.randn(3, 6), masks)
+    x = torch.randn(3, 6)
+    expected = masked_output(model, x, masks)
+    speedup = nnic.ModelSpeedup(model, x, masks)
     speedup.speedup_model()
+    assert_close(run(model, x), expected)
     assert model[0].out_features == 8 and isinstance(model[1], nn.LayerNorm)
-    reasons = [g.reason for g in speedup.report.kept_groups]
-    assert reasons and all("'1'" in r for r in reasons), reasons
-    del expected
+    kept = speedup.report.kept_groups
+    assert sum(g.channels for g in kept) == 4  # the four masked channels, and why: the Linear after the norm
+    assert all("'2' reads it, and it is not zero there" == g.reason and "0" in g.modules for g in kept), kept
+    assert "'2' reads it" in str(speedup.report)
 
 
 @pytest.mark.parametrize("dim", [-1, 1])
