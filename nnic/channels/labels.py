@@ -41,9 +41,9 @@ def read_labels(out: Any, n: int) -> tuple[int, list[int]] | str | None:
     if bool((pos == pos.flatten()[0]).all()):
         return "single"
     origin = (0,) * pos.ndim
-    varying = [d for d in range(pos.ndim) if pos.shape[d] > 1
-               and bool(pos[origin[:d] + (1,) + origin[d + 1:]] != pos[origin])]
-    if len(varying) != 1:  # one full comparison, along the one dimension whose first step changes the label
+    lines = [pos[origin[:d] + (slice(None),) + origin[d + 1:]] for d in range(pos.ndim)]
+    varying = [d for d, line in enumerate(lines) if bool((line != line[0]).any())]
+    if len(varying) != 1:  # one full comparison, along the one dimension whose line through 0 changes label
         return None
     d = varying[0]
     rows = pos.movedim(d, 0).reshape(pos.shape[d], -1)

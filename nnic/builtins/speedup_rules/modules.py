@@ -33,18 +33,23 @@ def shrink_conv(m: nn.Module, keep: dict[str, torch.Tensor], transposed: bool) -
     if g == 1:
         w = w[kin.to(dev)][:, kout.to(dev)] if transposed else w[kout.to(dev)][:, kin.to(dev)]
         new_groups = 1
-    else:
-        kept_groups = sorted(set((kout // op).tolist()))
-        blocks, sizes = [], set()
-        for j in kept_groups:
-            ins, outs = kin[(kin // ip) == j], kout[(kout // op) == j]
-            sizes.add((len(ins), len(outs)))
-            block = w[ins.to(dev)][:, (outs - j * op).to(dev)] if transposed else w[outs.to(dev)][:, (ins - j * ip).to(dev)]
-            blocks.append(block)
-        if len(sizes) != 1 or int(sum(((kin // ip) == j).sum() for j in kept_groups)) != len(kin):
+    else:  # kept groups keep equal numbers of inputs and outputs: one gather for all of them
+        gin, gout = kin // ip, kout // op
+        kept_groups = torch.unique(gout)
+        n = len(kept_groups)
+        per_in, per_out = len(kin) // n, len(kout) // n
+        balanced = (torch.equal(torch.unique(gin), kept_groups) and per_in * n == len(kin) and per_out * n == len(kout)
+                    and bool((torch.bincount(gin, minlength=g)[kept_groups] == per_in).all())
+                    and bool((torch.bincount(gout, minlength=g)[kept_groups] == per_out).all()))
+        if not balanced:
             raise RuntimeError(f"speedup: unbalanced groups for {type(m).__name__} (internal error)")
-        w = torch.cat(blocks, 0)
-        new_groups = len(kept_groups)
+        if transposed:  # [in, out/groups, *k]
+            cols = (kout - gout * op).reshape(n, per_out).repeat_interleave(per_in, 0)
+            w = w[kin.to(dev)[:, None], cols.to(dev)]
+        else:
+            cols = (kin - gin * ip).reshape(n, per_in).repeat_interleave(per_out, 0)
+            w = w[kout.to(dev)[:, None], cols.to(dev)]
+        new_groups = n
     m.weight = _param(w, m.weight.requires_grad)
     if m.bias is not None:
         slice_param(m, "bias", kout, 0)
@@ -67,8 +72,10 @@ class ConvRule(ChannelMixRule):
     out_dim = in_dim
 
     def usage(self, module):
-        local = (module.weight.detach() != 0).flatten(2).any(2).cpu()
-        return block_usage(local, module.groups, module.in_channels)
+        return block_usage(*self.grouped_usage(module), module.in_channels)
+
+    def grouped_usage(self, module):
+        return (module.weight.detach() != 0).flatten(2).any(2).cpu(), module.groups
 
     def can_fold(self, module, x):
         pad = module.padding
@@ -85,14 +92,11 @@ class ConvRule(ChannelMixRule):
 class ConvTransposeRule(ConvRule):
     """ConvTranspose1d/2d/3d (weight ``[in, out/groups, *k]``), groups included; never folds constants."""
 
-    def usage(self, module):
-        g, cin, cout = module.groups, module.in_channels, module.out_channels
+    def grouped_usage(self, module):
+        g = module.groups
         local_t = (module.weight.detach() != 0).flatten(2).any(2).cpu()  # [in, out/g]
-        ip, op = cin // g, cout // g
-        full = torch.zeros(cout, cin, dtype=torch.bool)
-        for j in range(g):
-            full[j * op:(j + 1) * op, j * ip:(j + 1) * ip] = local_t[j * ip:(j + 1) * ip].T
-        return full
+        ip = module.in_channels // g
+        return local_t.reshape(g, ip, -1).transpose(1, 2).reshape(module.out_channels, ip), g
 
     def can_fold(self, module, x):
         return False
