@@ -28,7 +28,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nnic import gemm  # noqa: E402
 from nnic import kernels  # noqa: E402
 from _timing import timeit_interleaved  # noqa: E402
 
@@ -80,20 +79,20 @@ def bench_shape(m: int, k: int, n: int, repeats: int, engines: list[str], budget
 
         fns[f"torch dynamic Linear [{eng}]"] = dyn
     an, bn = a.numpy(), b.numpy()
-    fns["nnic int8_matmul (packs B each call)"] = lambda: gemm.int8_matmul(an, bn)
-    packed = gemm.pack_int8_weight(w8, 1.0)
+    fns["nnic int8_matmul (packs B each call)"] = lambda: kernels.int8_matmul(an, bn)
+    packed = kernels.pack_int8_weight(w8, 1.0)
     out = np.empty((m, n), np.int32)
     fns["nnic prepacked matmul s8->s32"] = lambda: packed.matmul(an, out)
-    q, s = gemm.quantize_int8_weight(wf)
-    pl = gemm.pack_int8_weight(q, s)
-    fns["nnic int8_linear f32->f32"] = lambda: gemm.int8_linear(x, pl)
+    q, s = kernels.quantize_int8_weight(wf)
+    pl = kernels.pack_int8_weight(q, s)
+    fns["nnic int8_linear f32->f32"] = lambda: kernels.int8_linear(x, pl)
     if m <= 16:
-        q4, s4 = gemm.quantize_int4_weight(wf, 64)
-        p4 = gemm.pack_int4_weight(q4, s4, 64)
-        fns["nnic int4_linear f32->f32 (g=64)"] = lambda: gemm.int4_linear(x, p4)
+        q4, s4 = kernels.quantize_int4_weight(wf, 64)
+        p4 = kernels.pack_int4_weight(q4, s4, 64)
+        fns["nnic int4_linear f32->f32 (g=64)"] = lambda: kernels.int4_linear(x, p4)
     # correctness spot check (outside the timings)
     ref = torch._int_mm(a, b) if "torch._int_mm" in fns else (a.long() @ b.long()).int()
-    assert torch.equal(gemm.int8_matmul(a, b), ref), "nnic int8_matmul differs from torch"
+    assert torch.equal(kernels.int8_matmul(a, b), ref), "nnic int8_matmul differs from torch"
     return timeit_interleaved(fns, repeats, budget)
 
 
@@ -115,7 +114,7 @@ def main() -> None:
     ghz = clock_ghz()
     theo = args.threads * ghz * 2 * 64 * 2
     peak = args.peak or MEASURED_PEAK.get(args.threads, theo)
-    print(f"torch {torch.__version__}, threads {args.threads}, nnic path {gemm.gemm_path()}, engines {engines}")
+    print(f"torch {torch.__version__}, threads {args.threads}, nnic path {kernels.gemm_path()}, engines {engines}")
     print(f"int8 peak: measured {peak:.0f} GOPS, theoretical {theo:.0f} GOPS ({ghz:.2f} GHz x 2 VNNI ports x 64 MAC)")
     all_res = {}
     for spec in args.shapes:

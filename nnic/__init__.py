@@ -47,10 +47,14 @@ def quantizer(name: str, model: torch.nn.Module, config_list: list[dict], **kwar
 
 
 _LAZY = {
+    "auto_compress": "nnic.auto:auto_compress",
+    "sensitivity": "nnic.auto:sensitivity",
     "kernels": "nnic.kernels",
     "Pruner": "nnic.pruning:Pruner",
     "Quantizer": "nnic.quantization:Quantizer",
     "quantization_speedup": "nnic.quantization.speedup:quantization_speedup",
+    "sparse": "nnic.sparse",
+    "sparsify": "nnic.sparse:sparsify",
     "speedup": "nnic.speedup",
     "speedup_model": "nnic.speedup:speedup_model",
     "ModelSpeedup": "nnic.speedup:ModelSpeedup",
@@ -70,5 +74,6 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = ["ModelSpeedup", "Pruner", "Quantizer", "__version__", "hookimpl", "kernels", "list_plugins", "pruner",
-           "quantization_speedup", "quantizer", "speedup", "speedup_model"]
+__all__ = ["ModelSpeedup", "Pruner", "Quantizer", "__version__", "auto_compress", "hookimpl", "kernels", "list_plugins",
+           "pruner", "quantization_speedup", "quantizer", "sensitivity", "sparse", "sparsify", "speedup",
+           "speedup_model"]

@@ -85,3 +85,16 @@ def register_lowerings(register: Register) -> None:
 
     .. versionadded:: 0.2
     """
+
+
+@hookspec
+def register_strategies(register: Register) -> None:
+    """Register search strategies for :func:`nnic.auto_compress`: how the next trial's configuration is chosen.
+
+    :param register: call ``register(StrategyClass, name=None, aliases=())`` once per strategy: a subclass of
+        :class:`nnic.auto.Strategy` whose ``sampler(context)`` returns an Optuna sampler. The name defaults to
+        the class attribute ``name``; names are unique across installed plugins (a clash raises
+        ``PluginConflictError`` naming both plugins when looked up).
+
+    .. versionadded:: 0.2
+    """

@@ -254,3 +254,26 @@ __all__ = [
     "reload",
     "source_of",
 ]
+
+
+def class_lookup(package: str, kind: str, namespace: dict[str, Any]) -> tuple[Any, Any]:
+    """A package's ``__getattr__`` and ``__dir__`` serving the registered classes of ``kind`` by class name.
+
+    What ``from nnic.pruning import LevelPruner`` uses: the registry is the one table of algorithms, so a class is
+    importable exactly when it is registered (third-party plugins' classes included).
+    """
+
+    def classes() -> dict[str, type]:
+        return {info.obj.__name__: info.obj for info in get_registry().list(kind) if isinstance(info.obj, type)}
+
+    def __getattr__(name: str) -> Any:
+        if not name.startswith("_"):
+            found = classes().get(name)
+            if found is not None:
+                return found
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    def __dir__() -> list[str]:
+        return sorted(set(namespace) | set(classes()))
+
+    return __getattr__, __dir__

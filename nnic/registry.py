@@ -23,19 +23,21 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-KINDS = ("pruner", "quantizer", "speedup_rule", "lowering")
+KINDS = ("pruner", "quantizer", "speedup_rule", "lowering", "strategy")
 
 HOOK_KINDS: dict[str, str] = {
     "register_pruners": "pruner",
     "register_quantizers": "quantizer",
     "register_speedup_rules": "speedup_rule",
     "register_lowerings": "lowering",
+    "register_strategies": "strategy",
 }
 
 #: The class a registered object of a kind must be (a subclass of), as ``"module:Class"``, imported on use.
 EXPECTED: dict[str, str] = {
     "pruner": "nnic.pruning.base:Pruner",
     "quantizer": "nnic.quantization.base:Quantizer",
+    "strategy": "nnic.auto.strategy:Strategy",
 }
 
 
@@ -231,28 +233,3 @@ class Register:
         if bad:
             raise PluginError(f"{self._source} registered {self._kind} names {bad!r}: names must be lower-case strings")
         self._registry.add(PluginInfo(name, self._kind, obj, self._source, tuple(given)))
-
-
-def class_lookup(package: str, kind: str, namespace: dict[str, Any]) -> tuple[Any, Any]:
-    """A package's ``__getattr__`` and ``__dir__`` serving the registered classes of ``kind`` by class name.
-
-    What ``from nnic.pruning import LevelPruner`` uses: the registry is the one table of algorithms, so a class is
-    importable exactly when it is registered (third-party plugins' classes included).
-    """
-
-    def classes() -> dict[str, type]:
-        from nnic.plugins import get_registry
-
-        return {info.obj.__name__: info.obj for info in get_registry().list(kind) if isinstance(info.obj, type)}
-
-    def __getattr__(name: str) -> Any:
-        if not name.startswith("_"):
-            found = classes().get(name)
-            if found is not None:
-                return found
-        raise AttributeError(f"module {package!r} has no attribute {name!r}")
-
-    def __dir__() -> list[str]:
-        return sorted(set(namespace) | set(classes()))
-
-    return __getattr__, __dir__

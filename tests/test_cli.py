@@ -28,27 +28,36 @@ def test_plugins_json_and_kind_filter(capsys):
     assert (naive["plugin"], naive["distribution"], naive["aliases"]) == ("naive", "nnic", [])
 
 
-def test_demo_prunes_quantizes_and_reports(capsys, tmp_path):
-    assert main(["demo", "--sparsity", "0.5", "--bits", "4", "--steps", "5", "--out", str(tmp_path)]) == 0
+@pytest.mark.slow
+def test_demo_runs_the_digits_recipe_and_prints_one_before_after_table(capsys, tmp_path):
+    assert main(["demo", "--out", str(tmp_path), "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "Level pruning at sparsity 0.5, fine-tuning, then Naive 4-bit" in out
-    stages = [line for line in out.splitlines() if line.startswith(("dense", "Level", "fine-tuned", "Naive"))]
-    assert len(stages) == 4 and stages[1].split()[-2] == stages[2].split()[-2]  # fine-tuning revives nothing
-    total = next(line for line in out.splitlines() if line.startswith("total")).split()
-    assert float(total[4]) == pytest.approx(0.5, abs=1e-3)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "calibration.json", "masks.safetensors", "pruned.safetensors", "quantized.safetensors"]
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:5]]
+            for line in out.splitlines() if line.startswith("│")}
+    assert {"accuracy (%)", "params", "MACs (FLOPs)", "size on disk"} <= set(rows)
+    assert float(rows["params"][2].rstrip("×")) < 0.5 and float(rows["size on disk"][2].rstrip("×")) < 0.15
+    assert float(rows["accuracy (%)"][1]) > 90  # the compressed model still reads digits
+    assert str(tmp_path / "report.html") in out.replace("\n", "")
+    assert (tmp_path / "report.html").is_file() and (tmp_path / "model" / "model.safetensors").is_file()
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["demo", "--sparsity", "1.5"], "expected a sparsity in [0, 1), got 1.5"),
-    (["demo", "--bits", "12"], "expected 2 to 8 bits, got 12"),
     (["plugins", "--kind", "nope"], "invalid choice"),
+    (["compress", "-o", "x"], "give a RECIPE file or --example NAME"),
+    (["compress", "--example", "mnist", "-o", "x"], "no example recipe named 'mnist'; available: digits"),
+    (["bench", "nowhere"], "nowhere: not a folder written by nnic compress"),
+    (["report"], "give OUT (a folder written by nnic compress) or --model SPEC --input-shape SHAPE"),
+    (["report", "--model", "nnic.demo:DigitsCNN"], "--model needs --input-shape"),
+    (["report", "--model", "x:y", "--input-shape", "1,0"], "expected comma-separated positive ints"),
+    (["sensitivity", "--example", "digits", "-o", "s.png", "--sparsities", "0.5,1.5"],
+     "expected sparsities in (0, 1)"),
 ])
 def test_bad_arguments_are_explained(capsys, argv, message):
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    assert exc.value.code == 2 and message in capsys.readouterr().err
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own checks
+        code = exc.code
+    assert code == 2 and message in capsys.readouterr().err
 
 
 def test_the_installed_console_script_runs():

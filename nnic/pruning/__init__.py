@@ -5,7 +5,7 @@ looked up in the plugin registry (on first use, so ``import nnic`` loads no plug
 """
 
 from nnic.pruning.base import Pruner
-from nnic.registry import class_lookup
+from nnic.plugins import class_lookup
 
 __getattr__, __dir__ = class_lookup(__name__, "pruner", globals())
 

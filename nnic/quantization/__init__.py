@@ -11,7 +11,7 @@ from typing import Any
 from nnic.quantization.base import Quantizer
 from nnic.quantization.calibration import Calibration, LayerCalibration, TensorCalibration
 from nnic.quantization.qparams import QuantSpec
-from nnic.registry import class_lookup
+from nnic.plugins import class_lookup
 
 # The int modules load the GEMM kernels: only when asked for.
 _MODULES = ("Int4Linear", "Int8Conv2d", "Int8Linear")

@@ -2,7 +2,8 @@
 
 They hold integer weights as buffers (so ``state_dict`` and safetensors files are ~¼ / ~⅛ of float32) and a
 packed copy for the Rust GEMM, rebuilt when the buffers change (e.g. after ``load_state_dict``). CPU tensors
-run ``nnic.gemm``; CUDA tensors run ``torch._int_mm`` (int8) or a dequantized matmul (int4).
+run :mod:`nnic.kernels`; CUDA tensors run its torch twins (``torch._int_mm`` for int8) or a dequantized
+matmul (int4).
 
 Activations are quantized on the fly: ``act="per_token"`` (default; one scale per row), ``"per_tensor"``, or
 ``"static"`` with a calibrated ``act_scale`` / ``act_zero_point`` (u8 domain, [0, 255]).
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnic import gemm
+from nnic import kernels
 
 
 def _check_float_input(module: nn.Module, x: Any) -> None:
@@ -47,8 +48,8 @@ class _Int8Base(nn.Module):
 
     def _init_common(self, shape: tuple[int, ...], bias: bool, act: str, symmetric: bool,
                      act_scale: float | None, act_zero_point: int | None) -> None:
-        if act not in gemm.ACT_MODES:
-            raise ValueError(f"act must be one of {gemm.ACT_MODES}, got {act!r}")
+        if act not in kernels.ACT_MODES:
+            raise ValueError(f"act must be one of {kernels.ACT_MODES}, got {act!r}")
         if act == "static" and (act_scale is None or act_zero_point is None):
             raise ValueError("act='static' needs act_scale and act_zero_point")
         self.act, self.symmetric = act, bool(symmetric)
@@ -78,13 +79,13 @@ class _Int8Base(nn.Module):
         self.weight_zero_point = z.detach().cpu().expand(n).contiguous()
         self._packed = None
 
-    def _packed_weight(self) -> gemm.PackedInt8Weight:
+    def _packed_weight(self) -> kernels.PackedInt8Weight:
         bufs = (self.weight, self.weight_scale, self.weight_zero_point)
         key = tuple((b.data_ptr(), b._version, tuple(b.shape)) for b in bufs)
         if self._packed is None or key != self._packed_key:
             w2 = self._packing_codes()
             z = self.weight_zero_point
-            self._packed = gemm.pack_int8_weight(w2, self.weight_scale, None if not bool(z.any()) else z)
+            self._packed = kernels.pack_int8_weight(w2, self.weight_scale, None if not bool(z.any()) else z)
             self._packed_key = key
         return self._packed
 
@@ -100,27 +101,12 @@ class _Int8Base(nn.Module):
         kw: dict[str, Any] = {"act": self.act, "symmetric": self.symmetric}
         if self.act == "static":
             kw.update(act_scale=float(self.act_scale), act_zero_point=int(self.act_zero_point))
-        return gemm.int8_linear(x2, self._packed_weight(), None if self.bias is None else self.bias.float(), **kw)
+        return kernels.int8_linear(x2, self._packed_weight(), None if self.bias is None else self.bias.float(), **kw)
 
     def _linear_cuda(self, x: torch.Tensor) -> torch.Tensor:
-        # Symmetric int8 activations (per token or per tensor; static ranges are used as they are), then
-        # torch._int_mm and the same float epilogue.
-        if self.act == "static":
-            s = self.act_scale.to(x.device)
-            z = self.act_zero_point.to(x.device).float() - 128
-            q = torch.clamp(torch.round(x / s) + z, -128, 127)
-            q = (q - z)  # centred codes in [-255, 255]: exact in the int64 fallback below
-            acc = _int_mm_any(q, self.weight.reshape(self.weight.shape[0], -1).t().to(x.device))
-        else:
-            amax = x.abs().amax(dim=1, keepdim=True) if self.act == "per_token" else x.abs().amax()
-            s = torch.where(amax > 0, amax / 127, torch.ones_like(amax))
-            q = torch.clamp(torch.round(x / s), -127, 127)
-            acc = _int_mm_any(q, self.weight.reshape(self.weight.shape[0], -1).t().to(x.device))
-        zw = self.weight_zero_point.to(x.device)
-        if bool(zw.any()):
-            acc = acc - q.sum(dim=1, keepdim=True) * zw.to(acc.dtype)
-        y = acc.float() * s * self.weight_scale.to(x.device)
-        return y if self.bias is None else y + self.bias
+        static = (self.act_scale, self.act_zero_point) if self.act == "static" else (None, None)
+        return kernels.twins.int8_linear(x, self.weight.reshape(self.weight.shape[0], -1), self.weight_scale,
+                                         self.weight_zero_point, self.bias, self.act, self.symmetric, *static)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -130,14 +116,6 @@ class _Int8Base(nn.Module):
     def _extra(self) -> str:
         per = "per_channel" if bool((self.weight_scale != self.weight_scale[0]).any()) else "per_tensor"
         return f"weight={per}, act={self.act}{', symmetric' if self.symmetric else ''}"
-
-
-def _int_mm_any(q: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
-    """Exact integer product of integer-valued float ``q`` and int8 ``w_t`` on CUDA."""
-    m, k = q.shape
-    if q.abs().max() <= 127 and m > 16 and k % 8 == 0 and w_t.shape[1] % 8 == 0:
-        return torch._int_mm(q.to(torch.int8), w_t.contiguous())
-    return (q.to(torch.float64) @ w_t.to(torch.float64)).round().to(torch.int64)
 
 
 class Int8Linear(_Int8Base):
@@ -158,7 +136,7 @@ class Int8Linear(_Int8Base):
         w = mod.weight if weight is None else weight
         new = cls(mod.in_features, mod.out_features, mod.bias is not None, **act_kw)
         if weight_q is None:
-            weight_q, weight_scale = gemm.quantize_int8_weight(w, per_channel=per_channel)
+            weight_q, weight_scale = kernels.quantize_int8_weight(w, per_channel=per_channel)
             weight_zero_point = 0
         new.set_weight(weight_q, weight_scale, weight_zero_point)
         if mod.bias is not None:
@@ -219,7 +197,7 @@ class Int8Conv2d(_Int8Base):
         new = cls(mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, padding, mod.dilation,
                   mod.bias is not None, **act_kw)
         if weight_q is None:
-            q2, weight_scale = gemm.quantize_int8_weight(w, per_channel=per_channel)
+            q2, weight_scale = kernels.quantize_int8_weight(w, per_channel=per_channel)
             weight_q, weight_zero_point = q2.reshape(w.shape), 0
         new.set_weight(weight_q.reshape(w.shape), weight_scale, weight_zero_point)
         if mod.bias is not None:
@@ -242,24 +220,15 @@ class Int8Conv2d(_Int8Base):
                                   "act_zero_point": int(self.act_zero_point)} if self.act == "static" else \
                 {"act": "per_tensor", "symmetric": self.symmetric}
             bias = None if self.bias is None else self.bias.float()
-            y = gemm.int8_conv2d(x.float(), self._packed_weight(), bias, kernel_size=self.kernel_size,
+            y = kernels.int8_conv2d(x.float(), self._packed_weight(), bias, kernel_size=self.kernel_size,
                                  stride=self.stride, padding=self.padding, dilation=self.dilation, **kw)
             return y.to(x.dtype)
         return self._forward_unfold(x)
 
     def _forward_unfold(self, x: torch.Tensor) -> torch.Tensor:
-        """CUDA: float im2col (``F.unfold``, K ordered (c, dy, dx)) and ``torch._int_mm``."""
-        n, c, h, w = x.shape
-        kh, kw = self.kernel_size
-        (sh, sw), (ph, pw), (dh, dw) = self.stride, self.padding, self.dilation
-        ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-        wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-        if (kh, kw) == (1, 1) and (ph, pw) == (0, 0):
-            xs = x[:, :, ::sh, ::sw] if (sh, sw) != (1, 1) else x
-            cols = xs.permute(0, 2, 3, 1).reshape(-1, c)
-        else:
-            cols = F.unfold(x, (kh, kw), (dh, dw), (ph, pw), (sh, sw)).transpose(1, 2).reshape(-1, c * kh * kw)
-        y = self._linear(cols).reshape(n, ho, wo, self.out_channels).permute(0, 3, 1, 2)
+        """CUDA: float im2col (K ordered (c, dy, dx)) and the int8 twin of the GEMM."""
+        cols, ho, wo = kernels.twins.im2col(x, self.kernel_size, self.stride, self.padding, self.dilation)
+        y = self._linear(cols).reshape(x.shape[0], ho, wo, self.out_channels).permute(0, 3, 1, 2)
         return y.to(x.dtype)
 
     def extra_repr(self) -> str:
@@ -305,7 +274,7 @@ class Int4Linear(nn.Module):
         w = mod.weight if weight is None else weight
         new = cls(mod.in_features, mod.out_features, mod.bias is not None, group_size=group_size)
         if weight_q is None:
-            weight_q, weight_scales = gemm.quantize_int4_weight(w, group_size)
+            weight_q, weight_scales = kernels.quantize_int4_weight(w, group_size)
         new.set_weight(weight_q, weight_scales)
         if mod.bias is not None:
             new.bias = mod.bias.detach().float().cpu().clone()
@@ -331,10 +300,10 @@ class Int4Linear(nn.Module):
         s = self.weight_scales.repeat_interleave(self.group_size, dim=1)[:, : self.in_features]
         return self.codes().float() * s.to(self.weight_packed.device)
 
-    def _packed_weight(self) -> gemm.PackedInt4Weight:
+    def _packed_weight(self) -> kernels.PackedInt4Weight:
         key = tuple((b.data_ptr(), b._version) for b in (self.weight_packed, self.weight_scales))
         if self._packed is None or key != self._packed_key:
-            self._packed = gemm.pack_int4_weight(self.codes().cpu(), self.weight_scales.cpu(), self.group_size)
+            self._packed = kernels.pack_int4_weight(self.codes().cpu(), self.weight_scales.cpu(), self.group_size)
             self._packed_key = key
         return self._packed
 
@@ -346,7 +315,7 @@ class Int4Linear(nn.Module):
             y = x2 @ self.dequantized_weight().t()
             y = y if self.bias is None else y + self.bias
         else:
-            y = gemm.int4_linear(x2, self._packed_weight(), None if self.bias is None else self.bias.float())
+            y = kernels.int4_linear(x2, self._packed_weight(), None if self.bias is None else self.bias.float())
         return y.reshape(*lead, self.out_features).to(x.dtype)
 
     def __getstate__(self) -> dict:

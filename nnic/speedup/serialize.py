@@ -95,6 +95,13 @@ def load_pruned(model: nn.Module, directory: io.PathLike) -> nn.Module:
     directory = Path(directory)
     modules = manifest.check_structure(io.load_json(directory / MANIFEST), str(directory / MANIFEST))
     table = RuleTable(registered_rules())
+    state = io.load_tensors(directory / WEIGHTS)
+    for name, entry in modules.items():  # the weights must be what the manifest says, before the model changes
+        for k, shape in entry["tensors"].items():
+            saved = state.get(f"{name}.{k}" if name else k)
+            if saved is not None and list(saved.shape) != list(shape):
+                raise ValueError(f"load_pruned: {directory / MANIFEST}['modules'][{name!r}]['tensors'][{k!r}] says "
+                                 f"{list(shape)}, but {WEIGHTS} holds {list(saved.shape)}")
     allowed: dict[str, type] | None = None
     for name, entry in modules.items():
         try:
@@ -127,6 +134,14 @@ def load_pruned(model: nn.Module, directory: io.PathLike) -> nn.Module:
                 setattr(m, k, nn.Parameter(new_t, requires_grad=t.requires_grad if t is not None else True))
             else:
                 m._buffers[k] = new_t
-    state = io.load_tensors(directory / WEIGHTS)
+    expected = model.state_dict()
+    wrong = sorted(set(expected) ^ set(state)) or [k for k in state if state[k].shape != expected[k].shape]
+    if wrong:
+        k = wrong[0]
+        what = ("is missing from" if k in expected and k not in state else "is not a tensor of the model, yet is in"
+                if k not in expected else f"has shape {list(state[k].shape)} in")
+        raise ValueError(f"load_pruned: {k!r} {what} {directory / WEIGHTS}"
+                         + (f", where the manifest's shapes give {list(expected[k].shape)}" if k in expected
+                            and k in state else "") + "; the manifest and the weights do not belong together")
     model.load_state_dict(state, strict=True)
     return model

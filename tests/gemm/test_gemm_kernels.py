@@ -1,4 +1,4 @@
-"""nnic.gemm: exact int32 products, float epilogue and packing round trips, on every code path."""
+"""nnic.kernels (GEMM): exact int32 products, float epilogue and packing round trips, on every code path."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from nnic import gemm
+from nnic import kernels as gemm
 
 PATHS = gemm.gemm_paths()
 #: The float epilogue: int32 sum × scales (float32) + bias, against a float64 reference of the same integers,
@@ -266,7 +266,7 @@ def test_quantize_int4_weight_accuracy():
 
 
 def test_native_binding_rejects_non_contiguous():
-    from nnic import _kernels
+    from nnic.kernels.runtime import native as _kernels
 
     a = np.zeros((4, 6), np.int8)[:, ::2]
     with pytest.raises(ValueError, match="a must be a C-contiguous array"):
@@ -284,7 +284,7 @@ def test_thread_backends_agree():
     import sys
 
     code = (
-        "import numpy as np, torch; from nnic import gemm; rng = np.random.default_rng(0);"
+        "import numpy as np, torch; from nnic import kernels as gemm; rng = np.random.default_rng(0);"
         "a = rng.integers(-128, 128, (300, 700), dtype=np.int8); b = rng.integers(-128, 128, (700, 200), dtype=np.int8);"
         "assert (gemm.int8_matmul(a, b) == a.astype(np.int64) @ b.astype(np.int64)).all(); print(gemm.gemm_backend())"
     )
@@ -292,3 +292,41 @@ def test_thread_backends_agree():
         env = {**os.environ, "NNIC_GEMM_BACKEND": backend}
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         assert out.stdout.strip() == (backend or "openmp")
+
+
+def _conv_weight():
+    return gemm.pack_int8_weight(np.ones((4, 27), np.int8), np.float32(0.1))
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"stride": (0, 1)}, r"stride\[0\] must be >= 1, got 0"),
+    ({"padding": (-1, 0)}, r"padding\[0\] must be >= 0, got -1"),
+    ({"padding": (2**40, 2**40)}, r"padding=\(1099511627776, 1099511627776\).* GiB, more than this machine"),
+    ({"dilation": (1, 0)}, r"dilation\[1\] must be >= 1, got 0"),
+    ({"kernel_size": (3, 3.0)}, r"kernel_size\[1\] must be an integer"),
+])
+def test_int8_conv2d_rejects_bad_geometry_before_allocating(kw, match):
+    """Bad strides/paddings are ValueErrors naming the argument, raised before the output is allocated
+    (padding 2**40 used to attempt a ~633 TB allocation; stride 0 raised ZeroDivisionError)."""
+    args = {"kernel_size": (3, 3), **kw}
+    with pytest.raises((ValueError, TypeError), match=match):
+        gemm.int8_conv2d(torch.zeros(1, 3, 5, 5), _conv_weight(), **args)
+
+
+def test_pack_int4_weight_rejects_a_bad_group_size():
+    q, s = np.zeros((4, 16), np.int8), np.ones((4, 2), np.float32)
+    for g in (-8, 0, 12):
+        with pytest.raises(ValueError, match=f"group_size must be a positive multiple of 8, got {g}"):
+            gemm.pack_int4_weight(q, s, g)
+    with pytest.raises(TypeError, match="group_size must be an integer"):
+        gemm.pack_int4_weight(q, s, 8.0)
+
+
+def test_pack_int8_weight_rejects_a_2d_scale():
+    """A [N, 1] scale (per-group shaped) used to be flattened silently; it must be a scalar or 1-D."""
+    w = np.zeros((4, 8), np.int8)
+    with pytest.raises(ValueError, match=r"scale must be a scalar or 1-D .* got shape \(4, 1\)"):
+        gemm.pack_int8_weight(w, np.ones((4, 1), np.float32))
+    with pytest.raises(ValueError, match=r"zero_point must be a scalar or 1-D"):
+        gemm.pack_int8_weight(w, np.ones(4, np.float32), np.zeros((4, 1), np.int64))
+    assert gemm.pack_int8_weight(w, torch.ones(4)).out_features == 4

@@ -187,7 +187,7 @@ def test_int8_conv2d_fused_im2col_matches_dequantized_reference(kernel):
 def test_int8_conv2d_bad_input():
     q = Int8Conv2d.from_float(nn.Conv2d(3, 4, 3))
     with pytest.raises(TypeError, match="float32"):
-        from nnic import gemm
+        from nnic import kernels as gemm
 
         gemm.int8_conv2d(torch.zeros(1, 3, 5, 5, dtype=torch.float64), q._packed_weight(), kernel_size=(3, 3))
     with pytest.raises(ValueError, match="geometry"):

@@ -1,4 +1,5 @@
-"""ISA switching, the NNIC_KERNEL_ISA / NNIC_NUM_THREADS env vars, the thread pool and concurrent use."""
+"""ISA switching, the NNIC_KERNEL_ISA / NNIC_NUM_THREADS / NNIC_GEMM_BACKEND env vars, the thread pool and
+concurrent use."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from numpy.testing import assert_array_equal
 
 from nnic import kernels
+from nnic.kernels import runtime
 from nnic.testing import reference as ref
 
 
@@ -76,21 +78,37 @@ def test_env_vars_parsing(monkeypatch):
     try:
         for name in kernels.supported_isas():
             monkeypatch.setenv("NNIC_KERNEL_ISA", name)
-            kernels._apply_env()
+            runtime.apply_env()
             assert kernels.active_isa() == name
         monkeypatch.setenv("NNIC_KERNEL_ISA", "bogus")
         with pytest.raises(ValueError, match="NNIC_KERNEL_ISA='bogus': unknown ISA 'bogus'"):
-            kernels._apply_env()
+            runtime.apply_env()
         monkeypatch.delenv("NNIC_KERNEL_ISA")
         monkeypatch.setenv("NNIC_NUM_THREADS", "zero")
         with pytest.raises(ValueError, match="NNIC_NUM_THREADS='zero': expected an integer"):
-            kernels._apply_env()
+            runtime.apply_env()
         monkeypatch.setenv("NNIC_NUM_THREADS", "0")
         with pytest.raises(ValueError, match="NNIC_NUM_THREADS='0'"):
-            kernels._apply_env()
+            runtime.apply_env()
+        monkeypatch.delenv("NNIC_NUM_THREADS")
+        monkeypatch.setenv("NNIC_GEMM_BACKEND", "tbb")
+        with pytest.raises(ValueError, match="NNIC_GEMM_BACKEND='tbb': GEMM backend must be one of"):
+            runtime.apply_env()
     finally:
         kernels.set_isa(before[0])
         kernels.set_num_threads(before[1])
+        kernels.set_gemm_backend("openmp")
+
+
+def test_env_vars_apply_to_a_process_that_only_runs_int8_linear():
+    """The environment is applied when the native module is first loaded, whichever door a process takes:
+    here only the quantized modules (no explicit ``import nnic.kernels``)."""
+    code = ("import sys, torch; from nnic.quantization.modules import Int8Linear;"
+            "m = Int8Linear.from_float(torch.nn.Linear(8, 4)); m(torch.randn(2, 8));"
+            "k = sys.modules['nnic._kernels']; print(k.active_isa(), k.get_num_threads(), k.gemm_backend())")
+    r = run_python(code, NNIC_KERNEL_ISA="scalar", NNIC_NUM_THREADS="3", NNIC_GEMM_BACKEND="rayon")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["scalar", "3", "rayon"]
 
 
 def test_set_num_threads():

@@ -179,3 +179,27 @@ def test_streamed_large_outputs(isa):
     q2 = q[: 7 * (n // 7)].reshape(-1, 7)
     s = np.linspace(0.01, 0.05, 7, dtype=np.float32)
     assert_array_equal(kernels.dequantize(q2, s, axis=1), ref.dequantize(q2, s, axis=1))
+
+
+def test_out_overlapping_the_input_is_refused(kind):
+    """An ``out`` that shares memory with the input used to give wrong values silently (dequantize wrote
+    float32 over the int8 codes it was still reading: 191 of 256 wrong). It is a ValueError now."""
+    buf = np.zeros(256, np.float32)
+    buf_k = as_kind(buf, kind)
+    q = buf_k.view(torch.int8)[:256] if kind == "torch" else buf_k.view(np.int8)[:256]
+    q[:] = 3
+    with pytest.raises(ValueError, match="out overlaps q in memory"):
+        kernels.dequantize(q, 0.5, out=buf_k)
+    x = as_kind(np.linspace(-1, 1, 64, dtype=np.float32), kind)
+    codes = x.view(torch.int8)[:64] if kind == "torch" else x.view(np.int8)[:64]
+    with pytest.raises(ValueError, match="out overlaps x in memory"):
+        kernels.quantize(x, 0.1, out=codes)
+    # the same out, now a separate buffer of the same shape, works and is exact
+    sep = torch.empty(256, dtype=torch.float32) if kind == "torch" else np.empty(256, np.float32)
+    assert_array_equal(to_np(kernels.dequantize(q, 0.5, out=sep)), np.full(256, 1.5, np.float32))
+    # views of one buffer that do not overlap are fine
+    big = np.zeros(512, np.float32)
+    big_k = as_kind(big, kind)
+    src = (big_k.view(torch.int8) if kind == "torch" else big_k.view(np.int8))[:256]
+    src[:] = 2
+    assert_array_equal(to_np(kernels.dequantize(src, 0.25, out=big_k[256:])), np.full(256, 0.5, np.float32))

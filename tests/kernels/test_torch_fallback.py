@@ -1,6 +1,6 @@
 """The torch implementation used for tensors on other devices (CUDA), run here on CPU tensors.
 
-nnic.kernels validates the arguments and then calls nnic._kernels_torch; these tests call that path directly
+nnic.kernels validates the arguments and then calls its torch twins (nnic.kernels.twins); these tests call that path directly
 and check it against the same numpy reference as the Rust kernels.
 """
 
@@ -9,13 +9,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from numpy.testing import assert_array_equal
 
-from nnic import _kernels_torch as tk
 from nnic import kernels
+from nnic.kernels import twins as tk
 from nnic.testing import reference as ref
 from nnic.testing import strategies as nst
 
@@ -124,3 +125,46 @@ def test_cuda_dispatch_matches_cpu():
     w = xc.clone()
     kernels.apply_mask_(w, kernels.smallest_abs_mask(xc, 700))
     assert int((w == 0).sum()) >= 700
+
+
+# --------------------------------------------------------------------------- GEMM twins (what CUDA tensors run)
+@pytest.mark.parametrize("m, k, n", [(3, 10, 5), (32, 64, 24)])  # the int64 fallback, then torch._int_mm
+def test_int_mm_is_the_exact_integer_product(m, k, n):
+    g = torch.Generator().manual_seed(m)
+    a = torch.randint(-128, 128, (m, k), generator=g, dtype=torch.int8)
+    b = torch.randint(-128, 128, (k, n), generator=g, dtype=torch.int8)
+    want = a.long() @ b.long()
+    assert torch.equal(tk.int_mm(a, b).long(), want)
+    centred = torch.randint(-255, 256, (m, k), generator=g).float()  # static u8 codes minus their zero point
+    assert torch.equal(tk.int_mm(centred, b).long(), centred.long() @ b.long())
+
+
+@pytest.mark.parametrize("act", ["per_token", "per_tensor", "static"])
+def test_int8_linear_twin_matches_its_integer_formula(act):
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(20, 48, generator=g)
+    w = torch.randint(-127, 128, (16, 48), generator=g, dtype=torch.int8)
+    ws, wz = torch.rand(16, generator=g) * 0.01 + 1e-3, torch.randint(-3, 4, (16,), generator=g, dtype=torch.int32)
+    bias = torch.randn(16, generator=g)
+    a_s, a_z = torch.tensor(0.02), torch.tensor(130, dtype=torch.int32)
+    static = (a_s, a_z) if act == "static" else (None, None)
+    y = tk.int8_linear(x, w, ws, wz, bias, act, True, *static)
+    if act == "static":
+        q, s = torch.clamp(torch.round(x / a_s) + (a_z - 128), -128, 127) - (a_z - 128), a_s.double()
+    else:
+        amax = x.abs().amax(dim=1, keepdim=True) if act == "per_token" else x.abs().amax()
+        s = (amax / 127).double()
+        q = torch.clamp(torch.round(x / (amax / 127)), -127, 127)
+    want = (q.double() @ (w.double() - wz.double()[:, None]).T) * s * ws.double() + bias.double()
+    torch.testing.assert_close(y.double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_im2col_twin_gives_the_convolution():
+    g = torch.Generator().manual_seed(3)
+    x, w = torch.randn(2, 3, 9, 7, generator=g), torch.randn(4, 3, 3, 2, generator=g)
+    for stride, padding, dilation in (((1, 1), (0, 0), (1, 1)), ((2, 1), (1, 2), (1, 2))):
+        cols, ho, wo = tk.im2col(x, (3, 2), stride, padding, dilation)
+        y = (cols @ w.reshape(4, -1).T).reshape(2, ho, wo, 4).permute(0, 3, 1, 2)
+        torch.testing.assert_close(y, F.conv2d(x, w, None, stride, padding, dilation), rtol=1e-5, atol=1e-5)
+    cols, ho, wo = tk.im2col(x, (1, 1), (2, 2), (0, 0), (1, 1))
+    torch.testing.assert_close(cols, x[:, :, ::2, ::2].permute(0, 2, 3, 1).reshape(-1, 3))

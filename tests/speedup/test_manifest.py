@@ -207,3 +207,15 @@ def test_fuzzed_manifests_load_or_raise_value_error(saved, where, key, value):
         assert_close(run(fresh.eval(), X), run(model.eval(), X))  # what loads is the saved model
     finally:
         path.write_text(original)
+
+
+@pytest.mark.parametrize("change", [
+    lambda m: m["modules"]["0"]["tensors"].__setitem__("weight", [8, 3, 3, 3]),  # shape the weights file lacks
+    lambda m: m["modules"]["0"]["tensors"].__setitem__("bias", [1]),
+    lambda m: m["modules"]["0"].__setitem__("tensors", {}),                       # no shapes: the fresh model's size
+])
+def test_a_manifest_that_disagrees_with_the_weights_file_is_a_value_error(saved, change):
+    _, directory = saved
+    edit(directory, change)
+    with pytest.raises(ValueError, match="weight|bias"):
+        load_pruned(cnn(seed=1), directory)

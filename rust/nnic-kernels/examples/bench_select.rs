@@ -1,5 +1,5 @@
 //! Quick timing of the radix select without Python: `cargo run --release --example bench_select [n] [threads]`.
-use nnic_kernels::{pool, threshold};
+use nnic_kernels::{pool, select};
 use std::time::Instant;
 
 fn main() {
@@ -22,7 +22,7 @@ fn main() {
     let mut t = 0.0;
     for _ in 0..15 {
         let start = Instant::now();
-        t = threshold::kth_smallest_abs(&x, n as u64 / 2).expect("select");
+        t = select::kth_smallest_abs(&x, n as u64 / 2).expect("select");
         times.push(start.elapsed().as_secs_f64() * 1e3);
     }
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());

@@ -5,7 +5,7 @@ use crate::error::{KernelError, Result};
 use crate::pool::{self, PAR_MIN};
 use crate::simd::{abs_bits, multiversion, INF_BITS};
 use crate::split;
-use crate::threshold::{nan_error, select};
+use crate::select::{nan_error, select};
 use rayon::prelude::*;
 
 /// Writes into `out` a keep-mask of `x` with exactly `k` entries `false` (pruned): every entry with

@@ -8,13 +8,10 @@ static POOL: RwLock<Option<Arc<ThreadPool>>> = RwLock::new(None);
 /// Upper bound accepted by [`set_num_threads`].
 pub const MAX_THREADS: usize = 1024;
 
-/// The default thread count: `NNIC_NUM_THREADS` when it is a positive integer, else the CPU count.
+/// The default thread count: the CPU count. (`NNIC_NUM_THREADS` is read in one place, the Python runtime,
+/// which calls [`set_num_threads`] before any kernel runs.)
 pub fn default_threads() -> usize {
-    std::env::var("NNIC_NUM_THREADS")
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .filter(|&n| (1..=MAX_THREADS).contains(&n))
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn build(n: usize) -> Result<Arc<ThreadPool>> {

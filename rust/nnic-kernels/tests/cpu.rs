@@ -23,5 +23,5 @@ fn thread_pool_resizes() {
     assert!(pool::set_num_threads(0).is_err());
     pool::set_num_threads(1).unwrap();
     let x = vec![1.0f32; 200_000];
-    assert_eq!(nnic_kernels::threshold::kth_smallest_abs(&x, 5).unwrap(), 1.0);
+    assert_eq!(nnic_kernels::select::kth_smallest_abs(&x, 5).unwrap(), 1.0);
 }

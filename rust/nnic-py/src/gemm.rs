@@ -1,5 +1,5 @@
 //! Bindings of the int8/int4 GEMM: shape and contiguity checks, GIL release, error mapping only.
-//! Outputs are caller-provided (see `nnic/gemm.py`, which allocates torch tensors and passes numpy views).
+//! Outputs are caller-provided (see `nnic/kernels/gemm.py`, which allocates torch tensors and passes numpy views).
 use crate::errors::to_py;
 use nnic_kernels::gemm::conv::{int8_conv2d, ConvGeom};
 use nnic_kernels::gemm::{self, int4, ActQuant, PackedLinear, Path};
@@ -62,6 +62,12 @@ pub fn gemm_backend() -> &'static str {
     gemm::par::backend()
 }
 
+/// Forces where the GEMM's threads come from: `"openmp"` (when libgomp is loaded) or `"rayon"`.
+#[pyfunction]
+pub fn set_gemm_backend(name: &str) -> PyResult<()> {
+    to_py(gemm::par::set_backend(name))
+}
+
 /// The GEMM path used now (follows `set_isa`).
 #[pyfunction]
 pub fn gemm_path() -> &'static str {
@@ -115,14 +121,113 @@ fn check_linear_shapes<T: Element, U: Element>(
     Ok(m)
 }
 
+/// The surface the int8 and int4 weight classes share: their shape and the float linear layer. Each class's
+/// `linear` is one call to [`linear_into`], so argument checks and GIL handling are written once.
+trait LinearWeight: Sync {
+    fn in_features(&self) -> usize;
+    fn out_features(&self) -> usize;
+    #[allow(clippy::too_many_arguments)]
+    fn run(&self, path: Path, x: &[f32], m: usize, bias: Option<&[f32]>, act: ActQuant, out: &mut [f32])
+        -> nnic_kernels::error::Result<()>;
+}
+
+impl LinearWeight for PackedLinear {
+    fn in_features(&self) -> usize {
+        PackedLinear::in_features(self)
+    }
+    fn out_features(&self) -> usize {
+        PackedLinear::out_features(self)
+    }
+    fn run(&self, path: Path, x: &[f32], m: usize, bias: Option<&[f32]>, act: ActQuant, out: &mut [f32])
+        -> nnic_kernels::error::Result<()> {
+        gemm::int8_linear(path, x, m, self, bias, act, out)
+    }
+}
+
+impl LinearWeight for int4::PackedInt4 {
+    fn in_features(&self) -> usize {
+        int4::PackedInt4::in_features(self)
+    }
+    fn out_features(&self) -> usize {
+        int4::PackedInt4::out_features(self)
+    }
+    fn run(&self, path: Path, x: &[f32], m: usize, bias: Option<&[f32]>, act: ActQuant, out: &mut [f32])
+        -> nnic_kernels::error::Result<()> {
+        int4::int4_linear(path, x, m, self, bias, act, out)
+    }
+}
+
+/// `out[m, n] = linear(x)` with weight `w`: shape checks, then the kernel with the GIL released.
+fn linear_into<W: LinearWeight>(
+    py: Python<'_>,
+    w: &W,
+    x: PyReadonlyArray2<'_, f32>,
+    mut out: PyReadwriteArray2<'_, f32>,
+    bias: Option<PyReadonlyArray1<'_, f32>>,
+    act: ActQuant,
+    path: Option<&str>,
+) -> PyResult<()> {
+    let p = self::path(path)?;
+    let m = check_linear_shapes("x", &x, &out, w.in_features(), w.out_features())?;
+    let x = ro(&x, "x")?;
+    let bias = bias.as_ref().map(|b| ro1(b, "bias")).transpose()?;
+    let out = rw(&mut out, "out")?;
+    to_py(py.detach(|| w.run(p, x, m, bias, act, out)))
+}
+
+/// Defines a weight class's `#[pymethods]`: the surface both classes share (`in_features`, `out_features`,
+/// `nbytes` and `linear`, which runs through [`linear_into`]) plus the class's own methods (`$own`).
+/// `$symmetric` is the default of `linear`'s `symmetric` argument; `$linear_doc` its docstring.
+macro_rules! packed_weight_methods {
+    ($class:ident, symmetric = $symmetric:tt, $linear_doc:literal, { $($own:tt)* }) => {
+        #[pymethods]
+        impl $class {
+            #[getter]
+            fn in_features(&self) -> usize {
+                LinearWeight::in_features(&self.inner)
+            }
+            #[getter]
+            fn out_features(&self) -> usize {
+                LinearWeight::out_features(&self.inner)
+            }
+            /// Bytes held by the packed weights.
+            #[getter]
+            fn nbytes(&self) -> usize {
+                self.inner.nbytes()
+            }
+
+            #[doc = $linear_doc]
+            #[pyo3(signature = (x, out, bias=None, act="per_token", symmetric=$symmetric, act_scale=None,
+                                act_zero_point=None, path=None))]
+            #[allow(clippy::too_many_arguments)]
+            fn linear(
+                &self,
+                py: Python<'_>,
+                x: PyReadonlyArray2<'_, f32>,
+                out: PyReadwriteArray2<'_, f32>,
+                bias: Option<PyReadonlyArray1<'_, f32>>,
+                act: &str,
+                symmetric: bool,
+                act_scale: Option<f32>,
+                act_zero_point: Option<i32>,
+                path: Option<&str>,
+            ) -> PyResult<()> {
+                linear_into(py, &self.inner, x, out, bias, act_quant(act, symmetric, act_scale, act_zero_point)?, path)
+            }
+
+            $($own)*
+        }
+    };
+}
+
 /// s8 linear weights `[out_features, in_features]` packed for the GEMM, with their scales and zero points.
 #[pyclass(frozen, module = "nnic._kernels")]
 pub struct PackedInt8Weight {
     inner: PackedLinear,
 }
 
-#[pymethods]
-impl PackedInt8Weight {
+packed_weight_methods!(PackedInt8Weight, symmetric = false,
+    "`out[m, n] = dequant(quant(x) @ w.T) + bias` for float32 `x[m, k]`.", {
     /// `w`: int8 `[n, k]`; `scale`: float32, 1 or `n` values; `zero_point`: int32, 0, 1 or `n` values.
     #[new]
     fn new(
@@ -136,20 +241,6 @@ impl PackedInt8Weight {
         Ok(PackedInt8Weight { inner: to_py(py.detach(|| PackedLinear::new(w, n, k, s, z)))? })
     }
 
-    #[getter]
-    fn in_features(&self) -> usize {
-        self.inner.in_features()
-    }
-    #[getter]
-    fn out_features(&self) -> usize {
-        self.inner.out_features()
-    }
-    /// Bytes held by the packed weights.
-    #[getter]
-    fn nbytes(&self) -> usize {
-        self.inner.nbytes()
-    }
-
     /// The int8 codes `[n, k]` (unpacked copy).
     fn weight<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<i8>>> {
         let (n, k) = (self.inner.out_features(), self.inner.in_features());
@@ -160,31 +251,6 @@ impl PackedInt8Weight {
     }
     fn zero_point<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<i32>> {
         PyArray1::from_vec(py, self.inner.zero_point())
-    }
-
-    /// `out[m, n] = dequant(quant(x) @ w.T) + bias` for float32 `x[m, k]`.
-    #[pyo3(signature = (x, out, bias=None, act="per_token", symmetric=false, act_scale=None, act_zero_point=None, path=None))]
-    #[allow(clippy::too_many_arguments)]
-    fn linear(
-        &self,
-        py: Python<'_>,
-        x: PyReadonlyArray2<'_, f32>,
-        mut out: PyReadwriteArray2<'_, f32>,
-        bias: Option<PyReadonlyArray1<'_, f32>>,
-        act: &str,
-        symmetric: bool,
-        act_scale: Option<f32>,
-        act_zero_point: Option<i32>,
-        path: Option<&str>,
-    ) -> PyResult<()> {
-        let p = self::path(path)?;
-        let aq = act_quant(act, symmetric, act_scale, act_zero_point)?;
-        let m = check_linear_shapes("x", &x, &out, self.inner.in_features(), self.inner.out_features())?;
-        let x = ro(&x, "x")?;
-        let bias = bias.as_ref().map(|b| ro1(b, "bias")).transpose()?;
-        let out = rw(&mut out, "out")?;
-        let w = &self.inner;
-        to_py(py.detach(|| gemm::int8_linear(p, x, m, w, bias, aq, out)))
     }
 
     /// Convolution of NHWC float32 `x[n, h, w, c]` with this weight (packed as `[c_out, kh*kw*c]`, K ordered
@@ -254,7 +320,7 @@ impl PackedInt8Weight {
         let w = self.inner.packed();
         to_py(py.detach(|| gemm::matmul_i8(p, a, m, w, out)))
     }
-}
+});
 
 /// int4 linear weights `[n, k]` (codes in [-8, 7], two per byte) with per-group scales `[n, groups]`.
 #[pyclass(frozen, module = "nnic._kernels")]
@@ -262,8 +328,8 @@ pub struct PackedInt4Weight {
     inner: int4::PackedInt4,
 }
 
-#[pymethods]
-impl PackedInt4Weight {
+packed_weight_methods!(PackedInt4Weight, symmetric = true,
+    "`out[m, n] = quant(x) @ dequant(w).T + bias` (activations quantized on the fly, per token by default).", {
     #[new]
     fn new(
         py: Python<'_>,
@@ -277,20 +343,8 @@ impl PackedInt4Weight {
     }
 
     #[getter]
-    fn in_features(&self) -> usize {
-        self.inner.in_features()
-    }
-    #[getter]
-    fn out_features(&self) -> usize {
-        self.inner.out_features()
-    }
-    #[getter]
     fn group_size(&self) -> usize {
         self.inner.group_size()
-    }
-    #[getter]
-    fn nbytes(&self) -> usize {
-        self.inner.nbytes()
     }
 
     /// `(codes [n, k] int8, scales [n, groups] float32)`.
@@ -301,29 +355,4 @@ impl PackedInt4Weight {
         let g = k.div_ceil(self.inner.group_size());
         Ok((PyArray1::from_vec(py, q).reshape([n, k])?, PyArray1::from_vec(py, s).reshape([n, g])?))
     }
-
-    /// `out[m, n] = quant(x) @ dequant(w).T + bias` (activations quantized on the fly, per token by default).
-    #[pyo3(signature = (x, out, bias=None, act="per_token", symmetric=true, act_scale=None, act_zero_point=None, path=None))]
-    #[allow(clippy::too_many_arguments)]
-    fn linear(
-        &self,
-        py: Python<'_>,
-        x: PyReadonlyArray2<'_, f32>,
-        mut out: PyReadwriteArray2<'_, f32>,
-        bias: Option<PyReadonlyArray1<'_, f32>>,
-        act: &str,
-        symmetric: bool,
-        act_scale: Option<f32>,
-        act_zero_point: Option<i32>,
-        path: Option<&str>,
-    ) -> PyResult<()> {
-        let p = self::path(path)?;
-        let aq = act_quant(act, symmetric, act_scale, act_zero_point)?;
-        let m = check_linear_shapes("x", &x, &out, self.inner.in_features(), self.inner.out_features())?;
-        let x = ro(&x, "x")?;
-        let bias = bias.as_ref().map(|b| ro1(b, "bias")).transpose()?;
-        let out = rw(&mut out, "out")?;
-        let w = &self.inner;
-        to_py(py.detach(|| int4::int4_linear(p, x, m, w, bias, aq, out)))
-    }
-}
+});

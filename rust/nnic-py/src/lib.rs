@@ -1,20 +1,25 @@
 //! Thin PyO3 bindings: argument checks, GIL release and error mapping only; the work is in `nnic_kernels`.
 //!
 //! Every function takes C-contiguous numpy arrays of one dtype (the torch/numpy adaptation, dtype checks
-//! and output allocation live in `nnic/kernels.py`); outputs are written into caller-provided arrays so
+//! and output allocation live in the `nnic.kernels` package); outputs are written into caller-provided arrays so
 //! that torch tensors can be filled without a copy. The GIL is released around every kernel.
 mod errors;
 mod gemm;
+mod sparse;
 
 use pyo3::prelude::*;
 
 #[pymodule(gil_used = false)]
 mod _kernels {
     #[pymodule_export]
-    use crate::gemm::{gemm_backend, gemm_path, gemm_paths, int8_matmul, PackedInt4Weight, PackedInt8Weight};
+    use crate::gemm::{
+        gemm_backend, gemm_path, gemm_paths, int8_matmul, set_gemm_backend, PackedInt4Weight, PackedInt8Weight,
+    };
+    #[pymodule_export]
+    use crate::sparse::SparseWeight;
     use crate::errors::{isa, slice, slice_mut, to_py};
     use nnic_kernels::quant::Params;
-    use nnic_kernels::{cpu, mask, pack, pool, quant, reduce, threshold, Layout};
+    use nnic_kernels::{cpu, mask, nibbles, pool, quant, reduce, select, Layout};
     use numpy::{PyArray1, PyReadonlyArray1, PyReadonlyArrayDyn, PyReadwriteArrayDyn, PyUntypedArrayMethods};
     use pyo3::prelude::*;
 
@@ -22,14 +27,14 @@ mod _kernels {
     #[pyfunction]
     fn kth_smallest_abs(py: Python<'_>, x: PyReadonlyArrayDyn<'_, f32>, k: u64) -> PyResult<f32> {
         let x = slice(&x, "x")?;
-        to_py(py.detach(|| threshold::kth_smallest_abs(x, k)))
+        to_py(py.detach(|| select::kth_smallest_abs(x, k)))
     }
 
     /// k-th smallest |x| over a list of contiguous float32 arrays.
     #[pyfunction]
     fn global_kth_smallest_abs(py: Python<'_>, xs: Vec<PyReadonlyArrayDyn<'_, f32>>, k: u64) -> PyResult<f32> {
         let xs = xs.iter().enumerate().map(|(i, x)| slice(x, &format!("xs[{i}]"))).collect::<PyResult<Vec<_>>>()?;
-        to_py(py.detach(|| threshold::global_kth_smallest_abs(&xs, k)))
+        to_py(py.detach(|| select::global_kth_smallest_abs(&xs, k)))
     }
 
     /// Writes the keep-mask with exactly k pruned entries of `x` into `out` (bool, same size).
@@ -121,7 +126,7 @@ mod _kernels {
     fn pack_int4(py: Python<'_>, q: PyReadonlyArrayDyn<'_, i8>, mut out: PyReadwriteArrayDyn<'_, u8>) -> PyResult<()> {
         let q = slice(&q, "q")?;
         let out = slice_mut(&mut out, "out")?;
-        to_py(py.detach(|| pack::pack_int4(q, out)))
+        to_py(py.detach(|| nibbles::pack_int4(q, out)))
     }
 
     /// Unpacks `out.size` sign-extended int4 values from `p`.
@@ -129,7 +134,7 @@ mod _kernels {
     fn unpack_int4(py: Python<'_>, p: PyReadonlyArrayDyn<'_, u8>, mut out: PyReadwriteArrayDyn<'_, i8>) -> PyResult<()> {
         let p = slice(&p, "p")?;
         let out = slice_mut(&mut out, "out")?;
-        to_py(py.detach(|| pack::unpack_int4(p, out)))
+        to_py(py.detach(|| nibbles::unpack_int4(p, out)))
     }
 
     /// max |x| per tensor (`axis=None`, 1 value) or per slice along `axis`.

@@ -5,7 +5,7 @@
 //! The weights are a [`PackedLinear`] of shape `[c_out, kh * kw * c_in]` with K ordered `(dy, dx, c)` (i.e.
 //! the conv weight permuted to `[c_out, kh, kw, c_in]`). Zero padding is the activation zero point (the code
 //! of 0.0). The output is `[n * ho * wo, c_out]` (NHWC).
-use super::quantize::{self, qparams, ActQuant};
+use super::act_pack::{self, qparams, ActQuant};
 use super::{check_linear, finish_linear, isa_of, PackedLinear, Path};
 use crate::error::{KernelError, Result};
 use crate::pool;
@@ -85,7 +85,7 @@ pub fn int8_conv2d(
             if x.is_empty() {
                 (1.0, if symmetric { 128 } else { 0 })
             } else {
-                let (lo, hi) = quantize::tensor_range(isa, x)?;
+                let (lo, hi) = act_pack::tensor_range(isa, x)?;
                 qparams(lo, hi, symmetric)
             }
         }
@@ -110,13 +110,13 @@ pub fn int8_conv2d(
         super::par::for_each(qs.len(), pool::num_threads(), &task);
     }
     // 2. im2col from the u8 NHWC codes into the packed panels.
-    let mut pa = quantize::packed(m, w.packed().kp(), path.mr());
+    let mut pa = act_pack::packed(m, w.packed().kp(), path.mr());
     let mr = pa.mr;
     let need_sum = !w.zero_point().is_empty();
     let zb = z as u8;
     pa.scale = vec![s; m];
     pa.zero = vec![z; m];
-    quantize::for_panels(&mut pa, m * k, |p, pn| {
+    act_pack::for_panels(&mut pa, m * k, |p, pn| {
         let rows = pn.sums.len();
         let d = pn.data;
         let mut buf = vec![0u8; k];
@@ -138,9 +138,9 @@ pub fn int8_conv2d(
                 }
             }
             for (c, chunk) in buf.chunks(64).enumerate() {
-                quantize::scatter(d, rows, r, c * 64, chunk);
+                act_pack::scatter(d, rows, r, c * 64, chunk);
             }
-            quantize::zero_tail(d, rows, r, k.div_ceil(4));
+            act_pack::zero_tail(d, rows, r, k.div_ceil(4));
             *sum = if need_sum { buf.iter().map(|&v| v as i32).sum() } else { 0 };
         }
     });

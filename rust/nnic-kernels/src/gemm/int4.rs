@@ -6,8 +6,8 @@
 //! 128-byte row holds 8 k values × 32 columns: the low nibbles are k group `2t` (4 k values), the high
 //! nibbles k group `2t+1`, each stored as `q + 8` in [0, 15] and widened back to s8 in the kernel.
 #![allow(clippy::needless_range_loop)] // register tiles are indexed by row
-use super::pack::{round_up, PackedA, NR};
-use super::quantize::{self, ActQuant};
+use super::panels::{round_up, PackedA, NR};
+use super::act_pack::{self, ActQuant};
 use super::{isa_of, Block, Path};
 use crate::error::{KernelError, Result};
 use crate::pool;
@@ -260,7 +260,7 @@ pub fn int4_linear(
     if m == 0 || n == 0 {
         return Ok(());
     }
-    let pa: PackedA = quantize::pack_f32(path, MR4, x, m, k, w.kp, act, false)?;
+    let pa: PackedA = act_pack::pack_f32(path, MR4, x, m, k, w.kp, act, false)?;
     let groups = w.kp / w.group;
     let pairs = w.group / 8;
     let o = OutF(out.as_mut_ptr());
@@ -315,6 +315,6 @@ pub fn int4_linear(
         }
     };
     super::par::for_each(blocks.len(), threads, &|i| run(blocks[i]));
-    quantize::release(pa);
+    act_pack::release(pa);
     Ok(())
 }

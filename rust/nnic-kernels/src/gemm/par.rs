@@ -4,7 +4,8 @@
 //! Why: PyTorch's OpenMP workers spin for milliseconds after each torch op. A GEMM that runs on other
 //! threads right after one (the normal case inside a model) shares the cores with those spinning threads
 //! and loses up to half its speed. Running on the same team reuses the spinning threads instead.
-//! `NNIC_GEMM_BACKEND=rayon` (read once) forces the kernel pool.
+//! [`set_backend`]`("rayon")` forces the kernel pool (the Python runtime applies `NNIC_GEMM_BACKEND` with it).
+use crate::error::{KernelError, Result};
 use crate::pool;
 use rayon::prelude::*;
 use std::ffi::c_void;
@@ -13,15 +14,30 @@ use std::sync::OnceLock;
 
 type GompParallel = unsafe extern "C" fn(extern "C" fn(*mut c_void), *mut c_void, u32, u32);
 
-/// libgomp's `GOMP_parallel`, when the process has it loaded with global symbols.
+/// Whether [`set_backend`] forced the kernel pool.
+static FORCE_RAYON: AtomicBool = AtomicBool::new(false);
+
+/// libgomp's `GOMP_parallel`, when the process has it loaded with global symbols and the kernel pool is
+/// not forced.
 fn gomp() -> Option<GompParallel> {
     static F: OnceLock<Option<GompParallel>> = OnceLock::new();
-    *F.get_or_init(|| {
-        if std::env::var("NNIC_GEMM_BACKEND").is_ok_and(|v| v.trim().eq_ignore_ascii_case("rayon")) {
-            return None;
+    if FORCE_RAYON.load(Ordering::Relaxed) {
+        return None;
+    }
+    *F.get_or_init(lookup)
+}
+
+/// `"openmp"`: the process's OpenMP team when libgomp is loaded (else the kernel pool); `"rayon"`: always
+/// the kernel pool. Errors: another name.
+pub fn set_backend(name: &str) -> Result<()> {
+    match name {
+        "openmp" => FORCE_RAYON.store(false, Ordering::Relaxed),
+        "rayon" => FORCE_RAYON.store(true, Ordering::Relaxed),
+        _ => {
+            return Err(KernelError::Invalid { what: format!("GEMM backend must be 'openmp' or 'rayon', got {name:?}") })
         }
-        lookup()
-    })
+    }
+    Ok(())
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -40,7 +56,7 @@ fn lookup() -> Option<GompParallel> {
     None
 }
 
-/// The backend that [`for_each`] uses now: `"openmp"` or `"rayon"`.
+/// The backend that the GEMM tasks use now: `"openmp"` or `"rayon"`.
 pub fn backend() -> &'static str {
     if gomp().is_some() {
         "openmp"

@@ -1,0 +1,283 @@
+"""Sparse execution benchmark: nnic's sparse Linear kernels against dense float32 MKL ``F.linear``, in one run.
+
+    python bench/sparse.py                  # every case of the issue's table, 2 threads
+    python bench/sparse.py --only layer --threads 1 --json out.json
+
+Cases (ratios are dense time / sparse time, both measured in this run, interleaved round-robin, medians):
+- ``layer``: a 4096x4096 Linear at 90 % / 70 % unstructured (Level) and 2:4 sparsity, batch 1 / 16 / 128, as
+  ``SparseLinear`` modules (CSR, or N:M for 2:4); plus what ``nnic.sparsify`` decides at each point (the
+  switch keeps dense where sparse loses); plus int8 values at 90 %, batch 1, against dense fp32 and nnic's dense
+  int8 layer (``Int8Linear``, same activation quantization);
+- ``bandwidth``: at batch 1, bytes of the compressed weight per second, against ``copy_`` of a buffer of the same
+  size (read bandwidth of the copy; the weight is read once per call, so this is the ceiling);
+- ``storage``: state-dict bytes of the sparse layer against the dense float32 weight;
+- ``bert``: a BERT-base-shaped encoder (random init, seq 128, batch 1), Level 90 % on the encoder Linears, end to
+  end, float32 values and int8 values (``quantization_speedup`` then ``sparsify``);
+- ``gpt2``: a GPT-2-small-shaped decoder (12 x 768, 3072 FFN, 50257 vocabulary; random init, untied output
+  layer), Level 70 % on every Linear, one-token decode step with a 128-token KV cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import nnic  # noqa: E402
+from nnic import kernels  # noqa: E402
+from nnic.sparse import SparseLinear, sparsify  # noqa: E402
+import _timing  # noqa: E402
+
+CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = CLOCK["wall"]
+
+
+def timeit_interleaved(fns: dict, repeats: int, budget: float) -> dict[str, list[float]]:
+    """Round-robin timing on the chosen clock: wall time, or this process's CPU time (``--clock cpu``, for
+    ``--threads 1`` on a loaded machine: time spent waiting for a core is not counted)."""
+    return _timing.timeit_interleaved(fns, repeats, budget, clock=_clock)
+
+
+TARGETS = {
+    ("90%", 1): 5.0, ("90%", 16): 3.0, ("90%", 128): 1.5,
+    ("70%", 1): 2.0, ("70%", 16): 1.3, ("70%", 128): 1.0,
+    ("2:4", 1): 1.5, ("2:4", 16): 1.2,
+}
+
+
+def med(ts: list[float]) -> float:
+    return statistics.median(ts)
+
+
+def level_(w: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Zero the smallest |w| (exactly floor(sparsity * n)), as the Level pruner does."""
+    k = int(sparsity * w.numel())
+    if k:
+        t = w.abs().flatten().kthvalue(k).values
+        w[w.abs() <= t] = 0
+    return w
+
+
+def nm_(w: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    from nnic.builtins.nm import nm_mask
+
+    return w.mul_(nm_mask(w, n, m))
+
+
+def layer_cases(repeats: int, budget: float) -> list[dict]:
+    g = torch.Generator().manual_seed(0)
+    dense_w = torch.randn(4096, 4096, generator=g) / 64
+    rows = []
+    patterns = {"90%": lambda w: level_(w, 0.9), "70%": lambda w: level_(w, 0.7), "2:4": lambda w: nm_(w, 2, 4)}
+    for name, prune in patterns.items():
+        w = prune(dense_w.clone())
+        lin = nn.Linear(4096, 4096, bias=False)
+        with torch.no_grad():
+            lin.weight.copy_(w)
+        sp = SparseLinear.from_linear(lin, nm=(2, 4) if name == "2:4" else None)
+        for batch in (1, 16, 128):
+            x = torch.randn(batch, 4096, generator=g)
+            # the switch: what sparsify decides for this layer at this batch
+            model = nn.Sequential(nn.Linear(4096, 4096, bias=False))
+            with torch.no_grad():
+                model[0].weight.copy_(w)
+            decision = sparsify(model, x, max_density=1.0, verify=False).layers["0"]
+            chosen = model[0]
+            with torch.no_grad():
+                t = timeit_interleaved({"dense": lambda: F.linear(x, w), "sparse": lambda: sp(x),
+                                        "switch": lambda: chosen(x)}, repeats, budget)
+            d, s, c = med(t["dense"]), med(t["sparse"]), med(t["switch"])
+            rows.append({"case": name, "batch": batch, "dense_ms": d * 1e3, "sparse_ms": s * 1e3,
+                         "ratio": d / s, "switch": decision.chosen, "switch_ratio": d / c,
+                         "target": TARGETS.get((name, batch)), "sparse_bytes": sp._packed_weight().stream_bytes,
+                         "layout": sp.layout})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def int8_case(repeats: int, budget: float) -> dict:
+    g = torch.Generator().manual_seed(1)
+    lin = nn.Linear(4096, 4096)
+    with torch.no_grad():
+        lin.weight.copy_(level_(torch.randn(4096, 4096, generator=g) / 64, 0.9))
+    w = lin.weight.detach().clone()
+    model = nn.Sequential(lin)
+    nnic.quantization_speedup(model, {"0": 8})
+    dense_int8 = model[0]
+    sp8 = SparseLinear.from_int8(dense_int8)
+    x = torch.randn(1, 4096, generator=g)
+    with torch.no_grad():
+        t = timeit_interleaved({"fp32": lambda: F.linear(x, w, lin.bias), "int8": lambda: dense_int8(x),
+                                "sparse_int8": lambda: sp8(x)}, repeats, budget)
+    f, i, s = med(t["fp32"]), med(t["int8"]), med(t["sparse_int8"])
+    row = {"case": "90% int8 values", "batch": 1, "fp32_ms": f * 1e3, "dense_int8_ms": i * 1e3,
+           "sparse_int8_ms": s * 1e3, "vs_fp32": f / s, "vs_dense_int8": i / s, "targets": [8.0, 2.0],
+           "sparse_bytes": sp8._packed_weight().stream_bytes}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def bandwidth(rows: list[dict], int8_row: dict, repeats: int, budget: float) -> list[dict]:
+    out = []
+    cases = [(r["case"], r["sparse_bytes"], r["sparse_ms"]) for r in rows if r["batch"] == 1]
+    cases.append(("90% int8 values", int8_row["sparse_bytes"], int8_row["sparse_int8_ms"]))
+    for name, nbytes, ms in cases:
+        src = torch.empty(nbytes // 4, dtype=torch.float32).normal_()
+        dst = torch.empty_like(src)
+        t = med(timeit_interleaved({"copy": lambda: dst.copy_(src)}, repeats, budget)["copy"])
+        copy_gbs = nbytes / t / 1e9
+        kernel_gbs = nbytes / (ms / 1e3) / 1e9
+        out.append({"case": name, "compressed_MB": nbytes / 1e6, "kernel_GBps": kernel_gbs, "copy_GBps": copy_gbs,
+                    "fraction": kernel_gbs / copy_gbs})
+        print(json.dumps(out[-1]), flush=True)
+    return out
+
+
+def storage() -> list[dict]:
+    g = torch.Generator().manual_seed(2)
+    w = level_(torch.randn(4096, 4096, generator=g), 0.9)
+    fp32 = SparseLinear.from_dense(w)
+    codes = torch.clamp(torch.round(w / (w.abs().amax(1, keepdim=True) / 127)), -127, 127).to(torch.int8)
+    int8 = SparseLinear.from_dense(codes, weight_scale=w.abs().amax(1) / 127)
+    dense = w.numel() * 4
+    rows = [{"case": f"storage 90% {n}", "bytes": m.storage_bytes(), "fraction": m.storage_bytes() / dense,
+             "target": t} for n, m, t in (("fp32", fp32, 0.15), ("int8", int8, 0.06))]
+    for r in rows:
+        print(json.dumps(r), flush=True)
+    return rows
+
+
+def _prune_linears(model: nn.Module, sparsity: float, prefix: str = "") -> None:
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if isinstance(m, nn.Linear) and name.startswith(prefix):
+                level_(m.weight, sparsity)
+
+
+def bert(repeats: int, budget: float) -> dict:
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(3)
+    dense = BertModel(BertConfig(), add_pooling_layer=False).eval()
+    ids = torch.randint(0, dense.config.vocab_size, (1, 128))
+    _prune_linears(dense, 0.9, "encoder")
+    import copy
+
+    sp = copy.deepcopy(dense)
+    report = sparsify(sp, ids)
+    q = copy.deepcopy(dense)
+    nnic.quantization_speedup(q, {n: 8 for n, m in q.named_modules() if isinstance(m, nn.Linear) and n.startswith("encoder")})
+    report8 = sparsify(q, ids)
+    with torch.no_grad():
+        ref = dense(ids).last_hidden_state
+        cos = F.cosine_similarity(q(ids).last_hidden_state.flatten(), ref.flatten(), 0).item()
+        err = (sp(ids).last_hidden_state - ref).abs().max().item()
+        t = timeit_interleaved({"dense": lambda: dense(ids), "sparse": lambda: sp(ids), "sparse_int8": lambda: q(ids)},
+                               repeats, budget)
+    d = med(t["dense"])
+    row = {"case": "BERT-base encoder, Level 90%, seq 128, batch 1", "dense_ms": d * 1e3,
+           "sparse_ms": med(t["sparse"]) * 1e3, "ratio": d / med(t["sparse"]), "int8_ratio": d / med(t["sparse_int8"]),
+           "sparse_layers": f"{len(report.sparse_layers)}/{len(report.layers)}",
+           "int8_sparse_layers": f"{len(report8.sparse_layers)}/{len(report8.layers)}",
+           "max_abs_err_fp32": err, "int8_cosine": cos, "targets": [1.8, 3.0]}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+class _Block(nn.Module):
+    def __init__(self, d: int, heads: int) -> None:
+        super().__init__()
+        self.heads, self.ln1, self.ln2 = heads, nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.fc, self.out = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+    def forward(self, x, cache):
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(d, -1)
+        split = lambda z: z.view(b, -1, self.heads, d // self.heads).transpose(1, 2)  # noqa: E731
+        q, k, v = split(q), torch.cat([cache[0], split(k)], 2), torch.cat([cache[1], split(v)], 2)
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, d)
+        x = x + self.proj(a)
+        return x + self.out(F.gelu(self.fc(self.ln2(x))))
+
+
+class GPT2Shaped(nn.Module):
+    """GPT-2 small's shapes with nn.Linear layers (12 x 768, 12 heads, 3072 FFN, 50257 vocabulary, untied head)."""
+
+    def __init__(self, layers: int = 12, d: int = 768, heads: int = 12, vocab: int = 50257) -> None:
+        super().__init__()
+        self.emb, self.pos = nn.Embedding(vocab, d), nn.Embedding(1024, d)
+        self.blocks = nn.ModuleList(_Block(d, heads) for _ in range(layers))
+        self.ln, self.head = nn.LayerNorm(d), nn.Linear(d, vocab, bias=False)
+
+    def forward(self, ids, caches):
+        x = self.emb(ids) + self.pos(torch.tensor([caches[0][0].shape[2]]))
+        for blk, cache in zip(self.blocks, caches):
+            x = blk(x, cache)
+        return self.head(self.ln(x))
+
+
+def gpt2(repeats: int, budget: float) -> dict:
+    import copy
+
+    torch.manual_seed(4)
+    dense = GPT2Shaped().eval()
+    _prune_linears(dense, 0.7)
+    caches = [(torch.randn(1, 12, 128, 64), torch.randn(1, 12, 128, 64)) for _ in range(12)]
+    ids = torch.randint(0, 50257, (1, 1))
+    sp = copy.deepcopy(dense)
+    report = sparsify(sp, (ids, caches))
+    with torch.no_grad():
+        err = (sp(ids, caches) - dense(ids, caches)).abs().max().item()
+        t = timeit_interleaved({"dense": lambda: dense(ids, caches), "sparse": lambda: sp(ids, caches)}, repeats, budget)
+    d = med(t["dense"])
+    row = {"case": "GPT-2-small-shaped decoder, Level 70%, one-token decode (128 cached)", "dense_ms": d * 1e3,
+           "sparse_ms": med(t["sparse"]) * 1e3, "ratio": d / med(t["sparse"]),
+           "sparse_layers": f"{len(report.sparse_layers)}/{len(report.layers)}", "max_abs_err": err, "target": 2.0}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=21)
+    ap.add_argument("--budget", type=float, default=4.0, help="seconds per timing group")
+    ap.add_argument("--only", nargs="*", default=["layer", "bandwidth", "storage", "bert", "gpt2"])
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--clock", choices=sorted(CLOCK), default="wall",
+                    help="wall time, or process CPU time (meaningful with --threads 1 on a loaded machine)")
+    a = ap.parse_args()
+    global _clock
+    _clock = CLOCK[a.clock]
+    torch.set_num_threads(a.threads)
+    kernels.set_num_threads(a.threads)
+    print(f"threads={a.threads} clock={a.clock} isa={kernels.active_isa()} backend={kernels.gemm_backend()}",
+          flush=True)
+    results: dict = {}
+    if "layer" in a.only or "bandwidth" in a.only:
+        results["layer"] = layer_cases(a.repeats, a.budget)
+        results["int8"] = int8_case(a.repeats, a.budget)
+    if "bandwidth" in a.only:
+        results["bandwidth"] = bandwidth(results["layer"], results["int8"], a.repeats, a.budget)
+    if "storage" in a.only:
+        results["storage"] = storage()
+    if "bert" in a.only:
+        results["bert"] = bert(max(5, a.repeats // 3), a.budget * 2)
+    if "gpt2" in a.only:
+        results["gpt2"] = gpt2(a.repeats, a.budget)
+    if a.json:
+        a.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

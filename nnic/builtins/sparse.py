@@ -1,0 +1,72 @@
+"""Built-in plugin for :class:`~nnic.sparse.SparseLinear`: its speedup rule and its quantized lowering.
+
+- The speedup rule lets ``speedup_model`` run on a model that already holds sparse layers (their input and output
+  channels are removed like a Linear's, reading which weights are stored), and lets ``load_pruned`` rebuild
+  ``SparseLinear`` modules from a manifest (it rebuilds only classes that an installed rule handles).
+- The lowering lets ``quantization_speedup`` run after ``sparsify``: a float32 ``SparseLinear`` becomes an int8
+  one with exactly the codes, scales and activation quantization the dense Linear's ``Int8Linear`` would have
+  (stored where those codes are non-zero; weights with zero points, or 4-bit group-wise codes, have no sparse int8
+  form and say so).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import nnic
+from nnic.quantization.calibration import LayerCalibration
+from nnic.quantization.lowering import Int8Lowering, LoweringContext
+from nnic.quantization.modules import Int8Linear
+from nnic.sparse import layout
+from nnic.sparse.modules import SparseLinear
+from nnic.speedup.rules import ChannelMixRule
+
+
+class SparseLinearRule(ChannelMixRule):
+    name = "nnic.sparse.sparselinear"
+    targets = (SparseLinear,)
+    shape_attrs = ("in_features", "out_features")
+
+    def usage(self, module: nn.Module) -> torch.Tensor:
+        return module.stored_mask().cpu()
+
+    def shrink(self, module: nn.Module, keep: dict[str, torch.Tensor]) -> nn.Module:
+        return module.select(keep.get("out"), keep.get("in")).train(module.training)
+
+
+class _DenseInt8(Int8Lowering):
+    """The Linear lowering's int8 path, applied to the dense equivalent of a sparse layer."""
+
+    name, targets, module_class = "nnic.sparse.dense-int8", (nn.Linear,), Int8Linear
+
+
+class SparseLinearLowering:
+    name = "nnic.sparse.sparselinear"
+    targets = (SparseLinear,)
+
+    def lower(self, module: nn.Module, layer: LayerCalibration, context: LoweringContext) -> nn.Module | str:
+        if module.dtype_name != "float32":
+            return "the layer already holds int8 values"
+        dense = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+        with torch.no_grad():
+            dense.weight.copy_(module.dense_weight())
+            if module.bias is not None:
+                dense.bias.copy_(module.bias)
+        q = _DenseInt8().lower(dense, layer, context)
+        if isinstance(q, str):
+            return q
+        if bool(q.weight_zero_point.any()):
+            return "int8 codes with zero points have no sparse form (pruned weights are not code 0)"
+        nm = module.nm if module.nm and layout.nm_pattern(q.weight != 0, (module.nm,), 1e9) else None
+        return SparseLinear.from_int8(q, nm=nm)
+
+
+@nnic.hookimpl
+def register_speedup_rules(register) -> None:
+    register(SparseLinearRule())
+
+
+@nnic.hookimpl
+def register_lowerings(register) -> None:
+    register(SparseLinearLowering())

@@ -1,0 +1,80 @@
+"""Fast CPU kernels for pruning and quantization (Rust, multithreaded, SIMD), for torch tensors and numpy arrays.
+
+This package is the one door to the native module ``nnic._kernels`` and to its torch twins: nothing else in
+nnic imports either. Its modules, one job each:
+
+- :mod:`.runtime`: loads the native module once and applies ``NNIC_KERNEL_ISA``, ``NNIC_NUM_THREADS`` and
+  ``NNIC_GEMM_BACKEND`` then; code paths and threads (:func:`set_isa`, :func:`set_num_threads`, ...).
+- :mod:`.adapters`: torch <-> numpy, dtype/shape/contiguity/device/overlap checks shared by every kernel.
+- :mod:`.select`: exact k-th smallest ``|x|``, keep-masks with exactly k pruned, in-place masking.
+- :mod:`.quant`: affine (de)quantization, int4 nibble packing, abs-max / min-max reductions.
+- :mod:`.gemm`: int8 / int4 GEMM: exact int8 products, prepacked linear and conv2d with fused epilogues.
+- :mod:`.sparse`: sparse Linear products (CSR from a bitmask, N:M; float32 or int8 values).
+- :mod:`.twins`: the torch implementations used for tensors on other devices (CUDA), same semantics.
+
+Conventions shared by every function:
+
+- Inputs are ``torch.Tensor`` or ``numpy.ndarray``; outputs have the kind of the (first) input: torch in,
+  torch out (on the same device); numpy in, numpy out.
+- CPU tensors are handed to Rust without a copy (``t.detach().numpy()``) when they are C-contiguous;
+  non-contiguous inputs are copied to a contiguous buffer first. In-place kernels (``apply_mask_``,
+  ``prune_by_threshold_``) also accept non-contiguous tensors and views: they work on a contiguous copy and
+  write it back. Autograd is bypassed (the data is changed in place like ``w.data``).
+- Tensors on other devices (CUDA) run the torch twins (:mod:`.twins`) with the same semantics.
+- Float kernels take float32 only; float16/bfloat16/float64 raise ``TypeError`` (convert with ``.float()``
+  or ``.astype(np.float32)``).
+- Bad input raises ``ValueError`` or ``TypeError`` naming the argument, what was expected and what was given;
+  NaN inputs raise ``ValueError`` naming the flat (C-order) index of the first NaN. A caller-given ``out=``
+  that overlaps the input in memory is refused (the kernels would read values they already overwrote).
+- The GIL is released while a Rust kernel runs; kernels use their own thread pool (:func:`set_num_threads`).
+"""
+
+from __future__ import annotations
+
+from nnic.kernels import twins
+from nnic.kernels.gemm import (
+    ACT_MODES,
+    MAX_K,
+    PackedInt4Weight,
+    PackedInt8Weight,
+    int4_linear,
+    int8_conv2d,
+    int8_linear,
+    int8_matmul,
+    pack_int4_weight,
+    pack_int8_weight,
+    quantize_int4_weight,
+    quantize_int8_weight,
+)
+from nnic.kernels.quant import abs_max, dequantize, min_max, pack_int4, quantize, unpack_int4
+from nnic.kernels.runtime import (
+    active_isa,
+    cpu_features,
+    gemm_backend,
+    gemm_path,
+    gemm_paths,
+    get_num_threads,
+    set_gemm_backend,
+    set_isa,
+    set_num_threads,
+    supported_isas,
+)
+from nnic.kernels.sparse import SPARSE_ACT_MODES, SparseWeight, sparse_linear, sparse_weight_csr, sparse_weight_nm
+from nnic.kernels.select import (
+    apply_mask_,
+    global_kth_smallest_abs,
+    global_smallest_abs_masks,
+    kth_smallest_abs,
+    prune_by_threshold_,
+    smallest_abs_mask,
+)
+
+__all__ = [
+    "ACT_MODES", "MAX_K", "PackedInt4Weight", "PackedInt8Weight", "SPARSE_ACT_MODES", "SparseWeight", "abs_max", "active_isa", "apply_mask_",
+    "cpu_features", "dequantize", "gemm_backend", "gemm_path", "gemm_paths", "get_num_threads",
+    "global_kth_smallest_abs", "global_smallest_abs_masks", "int4_linear", "int8_conv2d", "int8_linear",
+    "int8_matmul", "kth_smallest_abs", "min_max", "pack_int4", "pack_int4_weight", "pack_int8_weight",
+    "prune_by_threshold_", "quantize", "quantize_int4_weight", "quantize_int8_weight", "set_gemm_backend",
+    "set_isa", "set_num_threads", "smallest_abs_mask", "sparse_linear", "sparse_weight_csr", "sparse_weight_nm",
+    "supported_isas", "twins", "unpack_int4",
+]

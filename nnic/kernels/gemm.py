@@ -1,0 +1,281 @@
+"""int8 / int4 GEMM for torch tensors and numpy arrays: the Rust kernels on CPU, torch ops on CUDA.
+
+- :func:`int8_matmul` is the exact ``int32 = int8 @ int8`` product (like ``torch._int_mm``, any M).
+- :func:`pack_int8_weight` packs linear weights once; :func:`int8_linear` then computes
+  ``dequant(quant(x) @ w_q.T) + bias`` with activations quantized on the fly (dynamic per token or per
+  tensor, or static from a calibrated scale/zero point) and a fused float epilogue.
+- :func:`quantize_int4_weight`, :func:`pack_int4_weight`, :func:`int4_linear`: int4 weights (two per byte,
+  per-group scales) with int8 activations quantized per token, for small batches.
+
+Activation quantization (float32, ``x * (1 / s)`` rounded half to even): symmetric ``s = max|x| / 127`` with
+codes in [-127, 127]; asymmetric ``s = (max(x,0) - min(x,0)) / 255`` with u8 codes and zero point
+``z = clamp(-round(min(x,0) / s), 0, 255)``. Static: ``act_scale`` and ``act_zero_point`` in the u8 domain.
+
+The code path follows :func:`nnic.kernels.set_isa` / ``NNIC_KERNEL_ISA`` (``avx512`` uses AVX512-VNNI when the
+CPU has it); ``path=`` forces one per call (``"scalar"``, ``"avx2"``, ``"avx512vnni"``). The GIL is released
+while the kernels run.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+
+from nnic.kernels import twins
+from nnic.kernels.adapters import Array, as_int, check_dtype, cpu_numpy, is_torch, plain
+from nnic.kernels.runtime import native
+
+PackedInt8Weight = native.PackedInt8Weight
+PackedInt4Weight = native.PackedInt4Weight
+
+#: Largest K for which int32 accumulation of int8 products is exact.
+MAX_K = 131_071
+ACT_MODES = ("per_token", "per_tensor", "static")
+
+__all__ = [
+    "ACT_MODES", "MAX_K", "PackedInt4Weight", "PackedInt8Weight", "int4_linear", "int8_conv2d", "int8_linear",
+    "int8_matmul", "pack_int4_weight", "pack_int8_weight", "quantize_int4_weight", "quantize_int8_weight",
+]
+
+
+def _check(x: Any, name: str, dtype: str, ndim: int | None = 2) -> None:
+    check_dtype(x, name, (dtype,), ndim)
+
+
+def _check_k(k: int) -> None:
+    if k > MAX_K:
+        raise ValueError(f"K = {k} is too large: int32 accumulation is exact only for K <= {MAX_K}")
+
+
+# --------------------------------------------------------------------------- exact int8 product
+def int8_matmul(a: Array, b: Array, *, path: str | None = None) -> Array:
+    """Exact ``a @ b`` in int32 for int8 ``a[M, K]`` and ``b[K, N]`` (numpy in, numpy out; torch in, torch out).
+
+    CUDA tensors use ``torch._int_mm`` (which needs M > 16 and K, N multiples of 8 there; other shapes fall
+    back to an int32 matmul on the device).
+    """
+    _check(a, "a", "int8")
+    _check(b, "b", "int8")
+    (m, k), (k2, n) = a.shape, b.shape
+    if k != k2:
+        raise ValueError(f"a is [{m}, {k}] but b is [{k2}, {n}]: inner dimensions differ")
+    _check_k(k)
+    if isinstance(a, torch.Tensor) and a.device.type != "cpu":
+        return twins.int_mm(a, torch.as_tensor(b, device=a.device)).to(torch.int32)
+    if isinstance(a, torch.Tensor) != isinstance(b, torch.Tensor):
+        raise TypeError("a and b must both be torch tensors or both numpy arrays")
+    out_t = torch.empty((m, n), dtype=torch.int32) if isinstance(a, torch.Tensor) else None
+    out = out_t.numpy() if out_t is not None else np.empty((m, n), np.int32)
+    native.int8_matmul(cpu_numpy(a, "a"), cpu_numpy(b, "b"), out, path)
+    return out_t if out_t is not None else out
+
+
+# --------------------------------------------------------------------------- int8 linear
+def quantize_int8_weight(w: torch.Tensor, *, per_channel: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 codes (in [-127, 127]) and float32 scales (``[N]`` or ``[1]``) of a float ``w[N, ...]``."""
+    w = w.detach().float().reshape(w.shape[0], -1)
+    amax = w.abs().amax(dim=1) if per_channel else w.abs().amax().reshape(1)
+    scale = torch.where(amax > 0, amax / 127, torch.ones_like(amax)).clamp_min(torch.finfo(torch.float32).tiny)
+    s = scale[:, None] if per_channel else scale
+    q = torch.clamp(torch.round(w / s), -127, 127).to(torch.int8)
+    return q, scale
+
+
+def pack_int8_weight(w_q: Array, scale: Any, zero_point: Any = None) -> PackedInt8Weight:
+    """Packs int8 codes ``w_q[N, K]`` (``w ≈ (w_q - zero_point) * scale``) for :func:`int8_linear`.
+
+    ``scale``: a float or 1 / N values (per output channel), finite and > 0; ``zero_point``: ``None``, an int
+    or N ints in [-128, 127]. Both are scalars or 1-D: a 2-D scale (say ``[N, 1]``) is refused rather than
+    flattened, since it usually means per-group scales this packing does not have. The zero-point
+    compensation terms are precomputed here.
+    """
+    _check(w_q, "w_q", "int8")
+    _check_k(w_q.shape[1])
+    s = _per_channel(scale, "scale", np.float32)
+    z = np.zeros(0, np.int64) if zero_point is None else _per_channel(zero_point, "zero_point", np.int64)
+    if z.size and (z.min() < -128 or z.max() > 127):
+        raise ValueError(f"zero_point must be in [-128, 127], got values in [{z.min()}, {z.max()}]")
+    return native.PackedInt8Weight(cpu_numpy(w_q, "w_q"), s, np.ascontiguousarray(z.astype(np.int32)))
+
+
+def _per_channel(v: Any, name: str, dtype: type) -> np.ndarray:
+    """A scalar or 1-D per-channel parameter as a contiguous 1-D array (the channel count is checked natively)."""
+    a = np.asarray(plain(v))
+    if a.ndim > 1:
+        raise ValueError(f"{name} must be a scalar or 1-D (one value per output channel), got shape {a.shape}")
+    if a.dtype.kind not in ("fiu" if dtype is np.float32 else "iu"):
+        raise TypeError(f"{name} must be {'real' if dtype is np.float32 else 'integer'}, got dtype {a.dtype}")
+    with np.errstate(over="ignore"):
+        return np.ascontiguousarray(a.astype(dtype).reshape(-1))
+
+
+def _linear_args(x: Array, k: int, act: str) -> tuple[np.ndarray, tuple[int, ...]]:
+    _check(x, "x", "float32", ndim=None)
+    if x.ndim < 1 or x.shape[-1] != k:
+        raise ValueError(f"x must have shape [..., {k}], got {tuple(x.shape)}")
+    if act not in ACT_MODES:
+        raise ValueError(f"act must be one of {ACT_MODES}, got {act!r}")
+    lead = tuple(x.shape[:-1])
+    return cpu_numpy(x, "x").reshape(-1, k), lead
+
+
+def _run_linear(packed: Any, x: Array, bias: Array | None, symmetric: bool, kw: dict) -> Array:
+    k, n = packed.in_features, packed.out_features
+    x2, lead = _linear_args(x, k, kw["act"])
+    is_torch = isinstance(x, torch.Tensor)
+    out_t = torch.empty((x2.shape[0], n), dtype=torch.float32) if is_torch else None
+    out = out_t.numpy() if out_t is not None else np.empty((x2.shape[0], n), np.float32)
+    b = None
+    if bias is not None:
+        _check(bias, "bias", "float32", ndim=1)
+        if bias.shape[0] != n:
+            raise ValueError(f"bias must have {n} values, got {bias.shape[0]}")
+        b = cpu_numpy(bias, "bias")
+    packed.linear(x2, out, b, kw["act"], symmetric, kw.get("act_scale"), kw.get("act_zero_point"), kw.get("path"))
+    res = out_t if out_t is not None else out
+    return res.reshape(*lead, n)
+
+
+def int8_linear(
+    x: Array,
+    packed: PackedInt8Weight,
+    bias: Array | None = None,
+    *,
+    act: str = "per_token",
+    symmetric: bool = False,
+    act_scale: float | None = None,
+    act_zero_point: int | None = None,
+    path: str | None = None,
+) -> Array:
+    """``dequant(quant(x) @ w_q.T) + bias`` for float32 ``x[..., K]`` on CPU; returns float32 ``[..., N]``.
+
+    ``act``: ``"per_token"`` (one scale per row of x), ``"per_tensor"``, or ``"static"`` (then ``act_scale``
+    and ``act_zero_point`` in [0, 255] are required). ``symmetric`` selects symmetric dynamic quantization.
+    """
+    if not isinstance(packed, PackedInt8Weight):
+        raise TypeError(f"packed must come from pack_int8_weight, got {type(packed).__name__}")
+    kw = {"act": act, "act_scale": act_scale, "act_zero_point": act_zero_point, "path": path}
+    return _run_linear(packed, x, bias, symmetric, kw)
+
+
+def int8_conv2d(
+    x: torch.Tensor,
+    packed: PackedInt8Weight,
+    bias: torch.Tensor | None = None,
+    *,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int] = (1, 1),
+    padding: tuple[int, int] = (0, 0),
+    dilation: tuple[int, int] = (1, 1),
+    act: str = "per_tensor",
+    symmetric: bool = False,
+    act_scale: float | None = None,
+    act_zero_point: int | None = None,
+    path: str | None = None,
+) -> torch.Tensor:
+    """int8 ``conv2d`` (groups = 1, zero padding) of a float32 CPU tensor ``x[N, C, H, W]``.
+
+    ``packed`` holds the weight permuted to ``[C_out, kh, kw, C_in]`` and flattened (see
+    ``Int8Conv2d``). Activations are quantized per tensor (``act="per_tensor"``) or statically; im2col runs on
+    the int8 codes. Channels-last input is used without a copy; the result is ``[N, C_out, Ho, Wo]`` with
+    channels-last strides.
+    """
+    _check(x, "x", "float32", ndim=4)
+    if not isinstance(packed, PackedInt8Weight):
+        raise TypeError(f"packed must come from pack_int8_weight, got {type(packed).__name__}")
+    if act not in ("per_tensor", "static"):
+        raise ValueError(f"act must be 'per_tensor' or 'static' for convolutions, got {act!r}")
+    n, _, h, w = x.shape
+    (kh, kw), (sh, sw) = _pair(kernel_size, "kernel_size", 1), _pair(stride, "stride", 1)
+    (ph, pw), (dh, dw) = _pair(padding, "padding", 0), _pair(dilation, "dilation", 1)
+    ho, wo = _conv_out(h, kh, sh, ph, dh, "height"), _conv_out(w, kw, sw, pw, dw, "width")
+    cout = packed.out_features
+    _check_fits(4 * n * ho * wo * cout, f"the output [{n}, {cout}, {ho}, {wo}] (padding={padding}, stride={stride})")
+    nhwc = x.detach().permute(0, 2, 3, 1)
+    if not nhwc.is_contiguous():
+        nhwc = nhwc.contiguous()
+    out = torch.empty((n * ho * wo, cout), dtype=torch.float32)
+    b = None
+    if bias is not None:
+        _check(bias, "bias", "float32", ndim=1)
+        b = cpu_numpy(bias, "bias")
+    packed.conv2d(nhwc.numpy(), out.numpy(), (kh, kw), (sh, sw), (ph, pw), (dh, dw), b, act, symmetric,
+                  act_scale, act_zero_point, path)
+    return out.reshape(n, ho, wo, cout).permute(0, 3, 1, 2)
+
+
+def _pair(v: Any, name: str, lo: int) -> tuple[int, int]:
+    """Two integers >= lo (a convolution's kernel_size, stride, padding or dilation)."""
+    if not isinstance(v, (tuple, list)) or len(v) != 2:
+        raise TypeError(f"{name} must be a pair of integers, got {v!r}")
+    pair = (as_int(v[0], f"{name}[0]"), as_int(v[1], f"{name}[1]"))
+    for i, p in enumerate(pair):
+        if p < lo:
+            raise ValueError(f"{name}[{i}] must be >= {lo}, got {p}")
+    return pair
+
+
+def _conv_out(size: int, k: int, s: int, p: int, d: int, what: str) -> int:
+    """Output extent along one spatial dim; a kernel wider than the padded input is a geometry error."""
+    span = d * (k - 1) + 1
+    if size + 2 * p < span:
+        raise ValueError(f"invalid convolution geometry: the padded input {what} {size} + 2*{p} is smaller than "
+                         f"the dilated kernel ({span})")
+    return (size + 2 * p - span) // s + 1
+
+
+def _check_fits(nbytes: int, what: str) -> None:
+    """Refuses, before allocating, a buffer larger than this machine's physical memory."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        ram = 1 << 48
+    if nbytes > ram:
+        raise ValueError(f"{what} needs {nbytes / 2**30:.3g} GiB, more than this machine's {ram / 2**30:.3g} GiB")
+
+
+# --------------------------------------------------------------------------- int4
+def quantize_int4_weight(w: torch.Tensor, group_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int4 codes ``[N, K]`` (int8 values in [-7, 7]) and scales ``[N, ceil(K / group_size)]``."""
+    group_size = as_int(group_size, "group_size")
+    if group_size <= 0 or group_size % 8:
+        raise ValueError(f"group_size must be a positive multiple of 8, got {group_size}")
+    w = w.detach().float().reshape(w.shape[0], -1)
+    n, k = w.shape
+    g = -(-k // group_size)
+    wp = torch.nn.functional.pad(w, (0, g * group_size - k)).reshape(n, g, group_size)
+    amax = wp.abs().amax(dim=2)
+    scale = torch.where(amax > 0, amax / 7, torch.ones_like(amax)).clamp_min(torch.finfo(torch.float32).tiny)
+    q = torch.clamp(torch.round(wp / scale[..., None]), -7, 7).reshape(n, -1)[:, :k].to(torch.int8)
+    return q.contiguous(), scale.contiguous()
+
+
+def pack_int4_weight(q: Array, scales: Array, group_size: int) -> PackedInt4Weight:
+    """Packs int4 codes ``q[N, K]`` (int8 values in [-8, 7]) with per-group scales ``[N, ceil(K/group_size)]``."""
+    _check(q, "q", "int8")
+    _check(scales, "scales", "float32")
+    g = as_int(group_size, "group_size")
+    if g <= 0 or g % 8:
+        raise ValueError(f"group_size must be a positive multiple of 8, got {g}")
+    return native.PackedInt4Weight(cpu_numpy(q, "q"), cpu_numpy(scales, "scales"), g)
+
+
+def int4_linear(
+    x: Array,
+    packed: PackedInt4Weight,
+    bias: Array | None = None,
+    *,
+    act: str = "per_token",
+    symmetric: bool = True,
+    act_scale: float | None = None,
+    act_zero_point: int | None = None,
+    path: str | None = None,
+) -> Array:
+    """``quant(x) @ dequant(w).T + bias`` with int4 weights; same activation options as :func:`int8_linear`."""
+    if not isinstance(packed, PackedInt4Weight):
+        raise TypeError(f"packed must come from pack_int4_weight, got {type(packed).__name__}")
+    kw = {"act": act, "act_scale": act_scale, "act_zero_point": act_zero_point, "path": path}
+    return _run_linear(packed, x, bias, symmetric, kw)

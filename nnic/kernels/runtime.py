@@ -1,0 +1,120 @@
+"""The native module, loaded once, with the environment applied once: code paths, threads, GEMM backend.
+
+Every kernel reaches Rust through :data:`native` of this module, so the first use of any kernel (a pruner,
+``Int8Linear``, a benchmark) has already applied the environment — not only an explicit
+``import nnic.kernels``. Read when the native module is first loaded:
+
+- ``NNIC_KERNEL_ISA=scalar|avx2|avx512`` forces a code path (:func:`set_isa`);
+- ``NNIC_NUM_THREADS=n`` sets the kernel thread count (default: the CPU count);
+- ``NNIC_GEMM_BACKEND=openmp|rayon`` where the GEMM's threads come from (default ``openmp``: PyTorch's
+  OpenMP team when it is loaded, else the kernels' pool; ``rayon`` always the kernels' pool).
+
+A bad value is a ``ValueError`` naming the variable, raised by the import that loads the native module.
+"""
+
+from __future__ import annotations
+
+import os
+
+from nnic import _kernels as native
+from nnic.kernels.adapters import as_int
+
+__all__ = ["active_isa", "apply_env", "cpu_features", "gemm_backend", "gemm_path", "gemm_paths", "get_num_threads",
+           "native", "set_gemm_backend", "set_isa", "set_num_threads", "supported_isas"]
+
+GEMM_BACKENDS = ("openmp", "rayon")
+
+
+def cpu_features() -> list[str]:
+    """Instruction-set extensions found on this CPU, e.g. ``["avx2", "fma", "avx512f", ...]``."""
+    return list(native.cpu_features())
+
+
+def supported_isas() -> list[str]:
+    """Kernel code paths this CPU can run, slowest first: a subset of ``["scalar", "avx2", "avx512"]``."""
+    return list(native.supported_isas())
+
+
+def active_isa() -> str:
+    """The code path the kernels use now: ``"avx512"``, ``"avx2"`` or ``"scalar"``."""
+    return native.active_isa()
+
+
+def set_isa(name: str | None = None) -> None:
+    """Forces a code path (``"scalar"``, ``"avx2"``, ``"avx512"``); ``None`` selects the best available.
+
+    The GEMM follows it (``avx512`` uses AVX512-VNNI when the CPU has it).
+
+    :raises ValueError: unknown name, or a path this CPU lacks (nothing changes then).
+    """
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"name must be a str or None, got {type(name).__name__}")
+    native.set_isa(name)
+
+
+def set_num_threads(n: int) -> None:
+    """Sets the threads of the kernels' own pool (independent of torch's and rayon's global pools).
+
+    :raises ValueError: n outside [1, 1024].
+    """
+    n = as_int(n, "n")
+    if not 1 <= n <= 1024:
+        raise ValueError(f"n must be in [1, 1024], got {n}")
+    native.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """Threads of the kernels' pool."""
+    return int(native.get_num_threads())
+
+
+def gemm_paths() -> list[str]:
+    """GEMM code paths this CPU supports, slowest first (e.g. ``["scalar", "avx2", "avx512vnni"]``)."""
+    return list(native.gemm_paths())
+
+
+def gemm_path() -> str:
+    """The GEMM code path used now (it follows :func:`set_isa`)."""
+    return native.gemm_path()
+
+
+def gemm_backend() -> str:
+    """Where the GEMM's threads come from: ``"openmp"`` (PyTorch's OpenMP team, found at run time: no
+    contention with torch's spinning workers) or ``"rayon"`` (the kernels' own pool)."""
+    return native.gemm_backend()
+
+
+def set_gemm_backend(name: str) -> None:
+    """``"openmp"``: the process's OpenMP team when libgomp is loaded (else the kernels' pool); ``"rayon"``:
+    always the kernels' pool.
+
+    :raises ValueError: another name.
+    """
+    if not isinstance(name, str) or name not in GEMM_BACKENDS:
+        raise ValueError(f"GEMM backend must be one of {GEMM_BACKENDS}, got {name!r}")
+    native.set_gemm_backend(name)
+
+
+def apply_env() -> None:
+    """Applies ``NNIC_KERNEL_ISA``, ``NNIC_NUM_THREADS`` and ``NNIC_GEMM_BACKEND`` (run once, at load)."""
+    isa = os.environ.get("NNIC_KERNEL_ISA", "").strip()
+    if isa:
+        try:
+            set_isa(isa)
+        except ValueError as exc:
+            raise ValueError(f"NNIC_KERNEL_ISA={isa!r}: {exc}") from None
+    threads = os.environ.get("NNIC_NUM_THREADS", "").strip()
+    if threads:
+        try:
+            set_num_threads(int(threads))
+        except ValueError as exc:
+            raise ValueError(f"NNIC_NUM_THREADS={threads!r}: expected an integer in [1, 1024] ({exc})") from None
+    backend = os.environ.get("NNIC_GEMM_BACKEND", "").strip().lower()
+    if backend:
+        try:
+            set_gemm_backend(backend)
+        except ValueError as exc:
+            raise ValueError(f"NNIC_GEMM_BACKEND={backend!r}: {exc}") from None
+
+
+apply_env()

@@ -1,0 +1,83 @@
+"""Sparse Linear kernels: products over the stored weights only (Rust on CPU; ``SparseLinear`` falls back to torch
+sparse ops on other devices).
+
+- :func:`sparse_weight_csr` / :func:`sparse_weight_nm` build a :class:`SparseWeight` from the storage forms of
+  :mod:`nnic.sparse.layout` (a row-major bitmask and its values; or N:M values and nibble indices), float32
+  values or int8 codes with one scale per output row. Building checks the layout once (bits past
+  ``in_features``, index range, value count, NaN values, scales), so products need no per-call checks.
+- :func:`sparse_linear` computes ``act(x) @ W.T (· scales) + bias`` as float32.
+
+The code path follows :func:`set_isa` / ``NNIC_KERNEL_ISA``: AVX-512 gathers, bitmask expansion and N:M
+permutes; AVX2 gathers; portable loops. Threads follow :func:`set_num_threads` (on PyTorch's OpenMP team when
+torch is loaded, as the GEMM). The GIL is released. See the Rust crate's ``sparse`` module for the non-finite
+input policy (what the dense product of the zero-filled weight gives).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from nnic.kernels.adapters import Array, check_dtype, cpu_numpy, is_torch
+from nnic.kernels.runtime import native
+
+SparseWeight = native.SparseWeight
+#: Activation modes of :func:`sparse_linear`: float (None), or quantized on the fly exactly as
+#: :func:`int8_linear` does (``per_token`` / ``per_tensor``, asymmetric u8 or ``_symmetric``; ``static``).
+SPARSE_ACT_MODES = (None, "per_token", "per_token_symmetric", "per_tensor", "per_tensor_symmetric", "static")
+
+__all__ = ["SPARSE_ACT_MODES", "SparseWeight", "sparse_linear", "sparse_weight_csr", "sparse_weight_nm"]
+
+
+def _values(values: Array) -> np.ndarray:
+    check_dtype(values, "values", ("float32", "int8"), ndim=1)
+    return cpu_numpy(values, "values")
+
+
+def _scale(scale: Any, values: np.ndarray) -> np.ndarray | None:
+    if (values.dtype == np.int8) != (scale is not None):
+        raise ValueError("int8 values need scale (one per output row); float32 values take none")
+    if scale is None:
+        return None
+    return np.ascontiguousarray(torch.as_tensor(scale, dtype=torch.float32).detach().cpu().reshape(-1).numpy())
+
+
+def sparse_weight_csr(bits: Array, in_features: int, values: Array, scale: Any = None) -> SparseWeight:
+    """A CSR weight from its bitmask ``bits[out, ceil(in / 8)]`` (uint8, least significant bit first) and the
+    stored values in row-major order (float32, or int8 codes with ``scale``: one per output row)."""
+    check_dtype(bits, "bits", ("uint8",), ndim=2)
+    v = _values(values)
+    return SparseWeight.csr(cpu_numpy(bits, "bits"), int(in_features), v, _scale(scale, v))
+
+
+def sparse_weight_nm(index: Array, in_features: int, n: int, m: int, values: Array, scale: Any = None) -> SparseWeight:
+    """An N:M weight from its nibble indices ``index[out, ceil(L / 2)]`` (uint8) and values ``[out * L]``,
+    ``L = in / m * n``."""
+    check_dtype(index, "index", ("uint8",), ndim=2)
+    v = _values(values)
+    return SparseWeight.nm(cpu_numpy(index, "index"), int(in_features), int(n), int(m), v, _scale(scale, v))
+
+
+def sparse_linear(x: Array, weight: SparseWeight, bias: Array | None = None, *, act: str | None = None,
+                  act_scale: float | None = None, act_zero_point: int | None = None) -> Array:
+    """``act(x)[M, in] @ W.T (· scales) + bias`` as float32 (numpy in, numpy out; torch in, torch out).
+
+    ``act`` quantizes activations on the fly exactly as :func:`int8_linear` does (see :data:`SPARSE_ACT_MODES`;
+    ``static`` takes ``act_scale`` and ``act_zero_point`` in the u8 domain); None keeps them float."""
+    if not isinstance(weight, SparseWeight):
+        raise TypeError(f"weight must be a SparseWeight (sparse_weight_csr / sparse_weight_nm), got "
+                        f"{type(weight).__name__}")
+    if act not in SPARSE_ACT_MODES:
+        raise ValueError(f"act must be one of {SPARSE_ACT_MODES}, got {act!r}")
+    check_dtype(x, "x", ("float32",), ndim=2)
+    xn = cpu_numpy(x, "x")
+    b = None
+    if bias is not None:
+        check_dtype(bias, "bias", ("float32",), ndim=1)
+        b = cpu_numpy(bias, "bias")
+    out_t = torch.empty((xn.shape[0], weight.out_features), dtype=torch.float32) if is_torch(x) else None
+    out = out_t.numpy() if out_t is not None else np.empty((xn.shape[0], weight.out_features), np.float32)
+    weight.linear(xn, out, b, act, act_scale, act_zero_point)
+    return out_t if out_t is not None else out

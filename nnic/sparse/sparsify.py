@@ -1,0 +1,275 @@
+"""``nnic.sparsify(model, dummy_input)``: run fine-grained (Level, N:M) sparsity for real, where it pays.
+
+A step beside :func:`nnic.speedup_model`, run after it: speedup removes whole channels (structured masks), then
+``sparsify`` turns every remaining ``nn.Linear`` (Hugging Face's ``Conv1D`` too; after :func:`nnic.quantization_speedup`, every
+``Int8Linear``)
+whose weight is mostly zeros into a :class:`~nnic.sparse.modules.SparseLinear`, *only where a micro-benchmark at
+this moment, at the batch the layer sees in ``dummy_input`` and with the current thread settings, shows the sparse
+layer faster* than the dense one by ``min_speedup``. Layers where it does not pay stay dense. Every decision, with
+the measured times and an estimated break-even density, is in the returned :class:`SparsifyReport`.
+
+Masks attached by a pruner (parametrizations) are folded into the weights first; ``masks`` passed explicitly are
+applied (weights zeroed) before the zeros are read. The stored pattern is the weight's non-zeros, so a layer's
+output is the masked layer's within float rounding (``verify`` checks the whole model and restores it on failure).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from nnic.sparse import layout
+from nnic.sparse.modules import SparseLinear
+
+__all__ = ["LayerDecision", "SparsifyReport", "sparsify"]
+
+
+@dataclass
+class LayerDecision:
+    """What :func:`sparsify` measured and decided for one layer (times in milliseconds per call)."""
+
+    name: str
+    kind: str                       # "Linear" or "Int8Linear"
+    shape: tuple[int, int]          # (out_features, in_features)
+    tokens: int                     # rows per call at the dummy input's batch
+    density: float                  # stored fraction of the weight
+    layout: str | None = None       # best sparse layout measured ("csr", "2:4", ...)
+    dense_ms: float | None = None
+    sparse_ms: float | None = None
+    speedup: float | None = None    # dense_ms / sparse_ms
+    break_even_density: float | None = None  # density at which sparse would tie dense (time ~ stored values)
+    chosen: str = "dense"           # "sparse" or "dense"
+    reason: str = ""
+
+
+@dataclass
+class SparsifyReport:
+    """Per-layer decisions of :func:`sparsify`; ``str()`` is a table, :meth:`to_dict` JSON-ready."""
+
+    layers: dict[str, LayerDecision] = field(default_factory=dict)
+    threads: int = 1
+
+    @property
+    def sparse_layers(self) -> list[str]:
+        return [n for n, d in self.layers.items() if d.chosen == "sparse"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"threads": self.threads, "layers": {n: asdict(d) for n, d in self.layers.items()}}
+
+    def __str__(self) -> str:
+        head = f"{len(self.sparse_layers)} of {len(self.layers)} layers sparse ({self.threads} threads)"
+        rows = [head, f"{'layer':30} {'shape':>12} {'tokens':>6} {'density':>7} {'layout':>6} {'dense ms':>9} "
+                      f"{'sparse ms':>9} {'speedup':>7} {'break-even':>10}  decision"]
+        for d in self.layers.values():
+            f = lambda v, p=3: "-" if v is None else f"{v:.{p}f}"  # noqa: E731
+            rows.append(f"{d.name[:30]:30} {f'{d.shape[0]}x{d.shape[1]}':>12} {d.tokens:>6} {d.density:>7.3f} "
+                        f"{d.layout or '-':>6} {f(d.dense_ms):>9} {f(d.sparse_ms):>9} {f(d.speedup, 2):>7} "
+                        f"{f(d.break_even_density):>10}  {d.chosen}: {d.reason}")
+        return "\n".join(rows)
+
+
+def _int8_linear_type() -> type:
+    from nnic.quantization.modules import Int8Linear
+
+    return Int8Linear
+
+
+def _candidate_kind(m: nn.Module) -> str | None:
+    if isinstance(m, nn.Linear):
+        return "Linear"
+    if isinstance(m, _int8_linear_type()):
+        return "Int8Linear"
+    if type(m).__name__ == "Conv1D" and hasattr(m, "nf") and getattr(m, "weight", None) is not None:
+        return "Conv1D"  # Hugging Face GPT-2's transposed linear: y = x @ weight + bias, weight [in, out]
+    return None
+
+
+def _linear_weight(m: nn.Module) -> torch.Tensor:
+    """The ``[out, in]`` weight of a candidate layer."""
+    return m.weight.t() if _candidate_kind(m) == "Conv1D" else m.weight
+
+
+def _fold_and_apply(model: nn.Module, masks: Mapping | None) -> None:
+    from nnic.masking import ParameterMask, check_masks, fold_masks
+
+    if masks:
+        check_masks(model, masks)
+    for name, module in model.named_modules():
+        if parametrize.is_parametrized(module) and _candidate_kind(module):
+            if all(isinstance(p, ParameterMask) for ps in module.parametrizations.values() for p in ps):
+                fold_masks(module)
+    with torch.no_grad():
+        for name, per_param in (masks or {}).items():
+            module = model.get_submodule(name)
+            for pname, mask in per_param.items():
+                if mask is not None:
+                    p = getattr(module, pname)
+                    p.mul_(mask.to(device=p.device, dtype=torch.bool).to(p.dtype))
+
+
+def _split_input(dummy_input: Any) -> tuple[tuple, dict]:
+    if isinstance(dummy_input, dict):
+        return (), dict(dummy_input)
+    if isinstance(dummy_input, (tuple, list)):
+        return tuple(dummy_input), {}
+    return (dummy_input,), {}
+
+
+def _record_tokens(model: nn.Module, names: list[str], args: tuple, kwargs: dict) -> tuple[Any, dict[str, int]]:
+    tokens: dict[str, int] = {}
+    hooks = []
+    for name in names:
+        m = model.get_submodule(name)
+
+        def hook(mod, inputs, name=name, k=_linear_weight(m).shape[1]):
+            if name not in tokens and inputs and isinstance(inputs[0], torch.Tensor):
+                tokens[name] = inputs[0].numel() // k
+        hooks.append(m.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            out = model(*args, **kwargs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return out, tokens
+
+
+def _median_ms(fns: list, x: torch.Tensor, rounds: int) -> list[float]:
+    """Median per-call time of each function, measured in interleaved rounds (A, B, A, B...)."""
+    with torch.no_grad():
+        reps = []
+        for f in fns:  # warm up (packing, caches) and size each round to about 2 ms
+            f(x)
+            t = time.perf_counter()
+            f(x)
+            reps.append(max(1, min(50, int(2e-3 / max(time.perf_counter() - t, 1e-6)))))
+        times: list[list[float]] = [[] for _ in fns]
+        for _ in range(rounds):
+            for i, f in enumerate(fns):
+                t = time.perf_counter()
+                for _ in range(reps[i]):
+                    f(x)
+                times[i].append((time.perf_counter() - t) / reps[i] * 1e3)
+    return [statistics.median(t) for t in times]
+
+
+def _close(a: Any, b: Any, rtol: float, atol: float) -> bool:
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        if a.shape != b.shape:
+            return False
+        scale = float(b.detach().abs().max()) if b.numel() else 0.0
+        return bool(((a - b).abs().max() <= atol + rtol * scale)) if a.numel() else True
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_close(x, y, rtol, atol) for x, y in zip(a, b))
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(_close(a[k], b[k], rtol, atol) for k in a)
+    return True
+
+
+def _candidates(module: nn.Module, kind: str) -> tuple[torch.Tensor, list[SparseLinear]]:
+    """The layer's weight non-zeros and its sparse versions (CSR, and N:M when the zeros follow a pattern)."""
+    w = _linear_weight(module).detach()
+    nonzero = w != 0
+    nm = layout.nm_pattern(nonzero) if w.shape[1] % 2 == 0 else None
+    if kind == "Int8Linear":
+        build = SparseLinear.from_int8
+    else:
+        def build(mod, nm=None):
+            return SparseLinear.from_dense(w.float(), mod.bias, nm=nm)
+    mods = [build(module)]
+    if nm is not None:
+        mods.append(build(module, nm=nm))
+    return nonzero, mods
+
+
+def sparsify(model: nn.Module, dummy_input: Any, masks: Mapping | None = None, *, layers: list[str] | None = None,
+             min_speedup: float = 1.1, max_density: float = 0.7, rounds: int = 7, verify: bool = True,
+             rtol: float = 1e-4, atol: float = 1e-5) -> SparsifyReport:
+    """Replace mostly-zero Linear / Int8Linear layers of ``model`` (in place) by :class:`SparseLinear` where that is
+    measured to be faster; returns the :class:`SparsifyReport`.
+
+    :param dummy_input: a tensor, tuple (positional arguments) or dict (keyword arguments) at the batch the model
+        will run: each layer is timed at the rows it sees for it.
+    :param masks: ``{layer: {"weight": mask}}`` to apply first (masks attached by a pruner are folded anyway).
+    :param layers: names of the layers to consider (default: every Linear and Int8Linear).
+    :param min_speedup: a layer goes sparse when dense time / sparse time is at least this (0: every layer at or
+        below ``max_density`` goes sparse, still timed and reported).
+    :param max_density: layers that store more than this fraction stay dense without being timed.
+    :param rounds: interleaved timing rounds (the median is used).
+    :param verify: check the model's output against the dense (masked) model's and restore it on a mismatch.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(min_speedup, bool) or not (isinstance(min_speedup, (int, float)) and min_speedup >= 0):
+        raise ValueError(f"min_speedup must be a number >= 0, got {min_speedup!r}")
+    if not (isinstance(max_density, (int, float)) and 0 < max_density <= 1):
+        raise ValueError(f"max_density must be in (0, 1], got {max_density!r}")
+    _fold_and_apply(model, masks)
+    modules = dict(model.named_modules())
+    if layers is None:
+        names = [n for n, m in modules.items() if n and _candidate_kind(m)]
+    else:
+        for n in layers:
+            if n not in modules or not _candidate_kind(modules[n]):
+                raise ValueError(f"layers: {n!r} is not a Linear, Conv1D or Int8Linear of the model")
+        names = list(layers)
+    args, kwargs = _split_input(dummy_input)
+    was_training = model.training
+    model.eval()
+    reference, tokens = _record_tokens(model, names, args, kwargs)
+    report = SparsifyReport(threads=torch.get_num_threads())
+    replaced: dict[str, nn.Module] = {}
+    try:
+        for name in names:
+            module, kind = modules[name], _candidate_kind(modules[name])
+            weight = _linear_weight(module)
+            out_f, in_f = weight.shape
+            density = float((weight != 0).sum()) / max(1, weight.numel())
+            d = report.layers[name] = LayerDecision(name, kind, (out_f, in_f), tokens.get(name, 0), density)
+            if name not in tokens:
+                d.reason = "not run by the dummy input"
+                continue
+            if density > max_density:
+                d.reason = f"density {density:.2f} above max_density {max_density}"
+                continue
+            if weight.device.type != "cpu":
+                d.reason = "not on CPU (the decision is measured on CPU; build SparseLinear directly for CUDA)"
+                continue
+            if in_f > layout.MAX_IN_FEATURES:
+                d.reason = f"in_features above {layout.MAX_IN_FEATURES}"
+                continue
+            _, cands = _candidates(module, kind)
+            x = torch.randn(max(1, d.tokens), in_f)
+            times = _median_ms([module, *cands], x, rounds)
+            best = min(range(len(cands)), key=lambda i: times[i + 1])
+            d.layout, d.dense_ms, d.sparse_ms = cands[best].layout, times[0], times[best + 1]
+            d.speedup = d.dense_ms / d.sparse_ms
+            d.break_even_density = min(1.0, density * d.speedup)
+            if d.speedup >= min_speedup:
+                d.chosen, d.reason = "sparse", f"{d.speedup:.2f}x faster at {d.tokens} rows"
+                replaced[name] = module
+                parent, _, attr = name.rpartition(".")
+                setattr(model.get_submodule(parent) if parent else model, attr, cands[best])
+            else:
+                d.reason = f"sparse only {d.speedup:.2f}x (< min_speedup {min_speedup})"
+        if verify and replaced:
+            with torch.no_grad():
+                got = model(*args, **kwargs)
+            if not _close(got, reference, rtol, atol):
+                raise ValueError("sparsify: verify: the sparse model's output differs from the dense model's; "
+                                 f"layers made sparse: {sorted(replaced)}")
+    except BaseException:
+        for name, module in replaced.items():
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, attr, module)
+        raise
+    finally:
+        model.train(was_training)
+    return report

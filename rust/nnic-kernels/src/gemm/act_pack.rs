@@ -1,0 +1,336 @@
+//! Packing activations into u8 row panels: s8 inputs shifted by 128, f32 inputs quantized on the fly.
+//!
+//! Activation quantization: `q_u8 = clamp(round_half_even(x * inv) + z, 0, 255)` with `inv = 1 / s` in
+//! float32 (a multiplication, as `torch.quantize_per_tensor` does; numpy gets the same bits with
+//! `np.rint(x * (np.float32(1) / s))`):
+//! - symmetric: `s = max|x| / 127`, `z = 128` (the s8 code plus 128);
+//! - asymmetric: `s = (max(x, 0) - min(x, 0)) / 255`, `z = clamp(-round_half_even(min(x, 0) / s), 0, 255)`;
+//! - a zero range gives `s = 1`; per tensor or per row (token); or static, from a calibrated scale/zero point.
+use super::panels::PackedA;
+use super::{isa_of, Path};
+use crate::cpu::Isa;
+use crate::error::{KernelError, Result};
+use crate::pool;
+use rayon::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// How activations are quantized on the fly.
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub enum ActQuant {
+    /// One scale and zero point for the whole input, from its range.
+    DynamicPerTensor { symmetric: bool },
+    /// One scale and zero point per row (token), from the row's range.
+    DynamicPerRow { symmetric: bool },
+    /// A calibrated scale and a zero point in the u8 domain [0, 255] (for s8 codes with zero point `z`,
+    /// pass `z + 128`: the results are the same).
+    Static { scale: f32, zero_point: i32 },
+}
+
+impl ActQuant {
+    pub(crate) fn check(&self) -> Result<()> {
+        if let ActQuant::Static { scale, zero_point } = *self {
+            if !(scale.is_finite() && scale > 0.0) {
+                return Err(KernelError::BadScale { channel: None, value: scale });
+            }
+            if !(0..=255).contains(&zero_point) {
+                return Err(KernelError::BadZeroPoint { channel: None, value: zero_point, qmin: 0, qmax: 255 });
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the codes stay within 128 of the zero point (bounds the exact-accumulation K).
+    pub(crate) fn is_symmetric(&self) -> bool {
+        matches!(self, ActQuant::DynamicPerTensor { symmetric: true } | ActQuant::DynamicPerRow { symmetric: true })
+    }
+}
+
+/// Scale and u8 zero point for the range `[lo, hi]` (see the module doc).
+pub fn qparams(lo: f32, hi: f32, symmetric: bool) -> (f32, i32) {
+    let fix = |s: f32| if s == 0.0 { 1.0 } else { s.max(f32::MIN_POSITIVE) };
+    let (lo, hi) = (lo.min(0.0), hi.max(0.0));
+    if symmetric {
+        (fix((-lo).max(hi) / 127.0), 128)
+    } else {
+        let s = fix((hi - lo) / 255.0);
+        (s, (-(lo / s).round_ties_even()).clamp(0.0, 255.0) as i32)
+    }
+}
+
+#[inline(always)]
+fn min_max_body(x: &[f32]) -> (f32, f32, bool) {
+    // 16 independent lanes with plain comparisons, so that LLVM vectorizes (f32::min would not).
+    const L: usize = 16;
+    let (mut lo, mut hi, mut bits) = ([f32::INFINITY; L], [f32::NEG_INFINITY; L], [0u32; L]);
+    let mut chunks = x.chunks_exact(L);
+    for c in chunks.by_ref() {
+        for e in 0..L {
+            let v = c[e];
+            lo[e] = if v < lo[e] { v } else { lo[e] };
+            hi[e] = if v > hi[e] { v } else { hi[e] };
+            bits[e] = bits[e].max(v.to_bits() & 0x7fff_ffff);
+        }
+    }
+    for (e, &v) in chunks.remainder().iter().enumerate() {
+        lo[e] = if v < lo[e] { v } else { lo[e] };
+        hi[e] = if v > hi[e] { v } else { hi[e] };
+        bits[e] = bits[e].max(v.to_bits() & 0x7fff_ffff);
+    }
+    let lo = lo.iter().fold(f32::INFINITY, |a, &b| if b < a { b } else { a });
+    let hi = hi.iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+    (lo, hi, bits.iter().any(|&b| b >= 0x7f80_0000))
+}
+crate::simd::multiversion!(fn min_max(x: &[f32]) -> (f32, f32, bool) = min_max_body;);
+
+/// min and max of `x` (in parallel when large); non-finite values are an error.
+pub(crate) fn tensor_range(isa: Isa, x: &[f32]) -> Result<(f32, f32)> {
+    if x.len() < pool::PAR_MIN {
+        return range(isa, x);
+    }
+    let c = pool::chunk_len(x.len(), 1);
+    pool::install(|| {
+        x.par_chunks(c)
+            .map(|x| range(isa, x))
+            .try_reduce(|| (f32::INFINITY, f32::NEG_INFINITY), |a, b| Ok((a.0.min(b.0), a.1.max(b.1))))
+    })
+}
+
+fn range(isa: Isa, x: &[f32]) -> Result<(f32, f32)> {
+    let (lo, hi, bad) = min_max(isa, x);
+    if bad {
+        let index = x.iter().position(|v| !v.is_finite()).unwrap_or(0);
+        return Err(KernelError::Invalid {
+            what: format!("x contains {} at flat index {index}: cannot quantize activations", x[index]),
+        });
+    }
+    Ok((lo, hi))
+}
+
+/// Copies row bytes `buf` (k values from `kk`, a multiple of 4) into their 4-byte slots of the panel.
+/// Copies row bytes `buf` (k values from `kk`, a multiple of 4) into their 4-byte slots of the panel; a
+/// last partial group is padded with zeros.
+#[inline(always)]
+pub(crate) fn scatter(panel: &mut [u8], rows: usize, r: usize, kk: usize, buf: &[u8]) {
+    let mut chunks = buf.chunks_exact(4);
+    for (t, c) in chunks.by_ref().enumerate() {
+        let at = (kk / 4 + t) * rows * 4 + r * 4;
+        panel[at..at + 4].copy_from_slice(&[c[0], c[1], c[2], c[3]]);
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let at = (kk / 4 + buf.len() / 4) * rows * 4 + r * 4;
+        let mut g = [0u8; 4];
+        g[..rest.len()].copy_from_slice(rest);
+        panel[at..at + 4].copy_from_slice(&g);
+    }
+}
+
+/// Zeros the k groups of row `r` from `g0` to the end of the panel (the K padding: packed buffers are reused,
+/// not zero-initialized, so every byte is written).
+#[inline(always)]
+pub(crate) fn zero_tail(panel: &mut [u8], rows: usize, r: usize, g0: usize) {
+    let groups = panel.len() / (rows * 4);
+    for g in g0..groups {
+        panel[g * rows * 4 + r * 4..g * rows * 4 + r * 4 + 4].fill(0);
+    }
+}
+
+/// Quantizes one row into its panel (`rows` rows, row `r`); returns the byte sum when `sum` is set.
+#[inline(always)]
+fn put_row_body(panel: &mut [u8], rows: usize, r: usize, x: &[f32], scale: f32, zero: i32, sum: bool) -> i32 {
+    let z = zero as f32;
+    let inv = 1.0 / scale;
+    let mut lanes = [0u32; 64];
+    let mut buf = [0u8; 64];
+    for (c, xs) in x.chunks(64).enumerate() {
+        let b = &mut buf[..xs.len()];
+        for (q, &v) in b.iter_mut().zip(xs) {
+            let t = (v * inv).round_ties_even() + z;
+            // NaN goes to 0; afterwards t is in [0, 255], so the unchecked conversion is exact (and vectorizes).
+            let t = if t > 0.0 { if t < 255.0 { t } else { 255.0 } } else { 0.0 };
+            // SAFETY: t is finite and in [0, 255].
+            *q = unsafe { t.to_int_unchecked::<i32>() } as u8;
+        }
+        if sum {
+            for (l, &q) in lanes.iter_mut().zip(b.iter()) {
+                *l += q as u32;
+            }
+        }
+        scatter(panel, rows, r, c * 64, b);
+    }
+    zero_tail(panel, rows, r, x.len().div_ceil(4));
+    lanes.iter().sum::<u32>() as i32
+}
+crate::simd::multiversion!(fn put_row_f32(panel: &mut [u8], rows: usize, r: usize, x: &[f32], scale: f32, zero: i32,
+    sum: bool) -> i32 = put_row_body;);
+
+#[inline(always)]
+fn put_row_s8_body(panel: &mut [u8], rows: usize, r: usize, a: &[i8]) -> i32 {
+    let mut buf = [0u8; 64];
+    for (c, xs) in a.chunks(64).enumerate() {
+        let b = &mut buf[..xs.len()];
+        for (q, &v) in b.iter_mut().zip(xs) {
+            *q = v as u8 ^ 0x80;
+        }
+        scatter(panel, rows, r, c * 64, b);
+    }
+    zero_tail(panel, rows, r, a.len().div_ceil(4));
+    0
+}
+crate::simd::multiversion!(fn put_row_s8(panel: &mut [u8], rows: usize, r: usize, a: &[i8]) -> i32 = put_row_s8_body;);
+
+thread_local! {
+    /// Packed-activation buffer of this thread, reused across calls (no allocation or page faults per call).
+    static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Returns a packed buffer to this thread's cache.
+pub(crate) fn release(pa: PackedA) {
+    BUF.with(|b| {
+        let mut b = b.borrow_mut();
+        if pa.data.capacity() >= b.capacity() {
+            *b = pa.data;
+        }
+    });
+}
+
+/// Rows per panel: at most `mr_max`, balanced (16 rows with `mr_max = 12` are two panels of 8, not 12 + 4).
+pub(crate) fn balanced_mr(m: usize, mr_max: usize) -> usize {
+    m.max(1).div_ceil(m.max(1).div_ceil(mr_max))
+}
+
+pub(crate) fn packed(m: usize, kp: usize, mr: usize) -> PackedA {
+    let mr = balanced_mr(m, mr);
+    let len = m.max(1) * kp;
+    let mut data = BUF.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    if data.len() < len {
+        data.resize(len, 0);
+    }
+    data.truncate(len);
+    PackedA { m, mr, kp, data, zero: vec![0; m], scale: Vec::new(), rowsum: vec![0; m] }
+}
+
+/// One row panel's slices: packed bytes, and the row sums, scales and zero points of its rows.
+pub(crate) struct Panel<'a> {
+    pub data: &'a mut [u8],
+    pub sums: &'a mut [i32],
+    pub scale: &'a mut [f32],
+    pub zero: &'a mut [i32],
+}
+
+#[derive(Copy, Clone)]
+struct Ptrs(*mut u8, *mut i32, *mut f32, *mut i32);
+// SAFETY: every task gets the disjoint slices of its own panel.
+unsafe impl Send for Ptrs {}
+unsafe impl Sync for Ptrs {}
+
+/// Runs `f(panel_index, panel)` over the row panels (in parallel when `work` is large). `pa.scale` must have
+/// `m` entries.
+pub(crate) fn for_panels(pa: &mut PackedA, work: usize, f: impl Fn(usize, Panel<'_>) + Sync) {
+    let (mr, kp, m) = (pa.mr, pa.kp, pa.m);
+    if m == 0 {
+        return;
+    }
+    assert!(pa.scale.len() == m && pa.zero.len() == m && pa.rowsum.len() == m && pa.data.len() >= m * kp);
+    let ptrs = Ptrs(pa.data.as_mut_ptr(), pa.rowsum.as_mut_ptr(), pa.scale.as_mut_ptr(), pa.zero.as_mut_ptr());
+    let task = |p: usize| {
+        #[allow(clippy::redundant_locals)] // captures the Sync wrapper, not its raw pointer fields
+        let ptrs = ptrs;
+        let (r0, r1) = (p * mr, ((p + 1) * mr).min(m));
+        // SAFETY: panel `p` covers rows [r0, r1) and bytes [r0 * kp, r1 * kp): disjoint between tasks, in bounds.
+        let panel = unsafe {
+            Panel {
+                data: std::slice::from_raw_parts_mut(ptrs.0.add(r0 * kp), (r1 - r0) * kp),
+                sums: std::slice::from_raw_parts_mut(ptrs.1.add(r0), r1 - r0),
+                scale: std::slice::from_raw_parts_mut(ptrs.2.add(r0), r1 - r0),
+                zero: std::slice::from_raw_parts_mut(ptrs.3.add(r0), r1 - r0),
+            }
+        };
+        f(p, panel)
+    };
+    let threads = if work < pool::PAR_MIN { 1 } else { pool::num_threads() };
+    super::par::for_each(m.div_ceil(mr), threads, &task);
+}
+
+/// Packs s8 `a[m, k]` as u8 (`a + 128`, zero point 128).
+pub(crate) fn pack_s8(path: Path, a: &[i8], m: usize, k: usize, kp: usize) -> PackedA {
+    let isa = isa_of(path);
+    let mut pa = packed(m, kp, path.mr());
+    let mr = pa.mr;
+    pa.zero.fill(128);
+    pa.scale = vec![1.0; m];
+    for_panels(&mut pa, m * k, |p, pn| {
+        let rows = pn.sums.len();
+        for r in 0..rows {
+            let i = p * mr + r;
+            put_row_s8(isa, pn.data, rows, r, &a[i * k..(i + 1) * k]);
+        }
+    });
+    pa
+}
+
+/// Quantizes and packs f32 `x[m, k]` as `act` says (per-row ranges are taken while the row is in cache).
+/// With `rowsum`, also each row's byte sum (needed with weight zero points).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn pack_f32(
+    path: Path,
+    mr: usize,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    kp: usize,
+    act: ActQuant,
+    rowsum: bool,
+) -> Result<PackedA> {
+    let isa = isa_of(path);
+    let mut pa = packed(m, kp, mr);
+    let mr = pa.mr;
+    let row = |i: usize| &x[i * k..(i + 1) * k];
+    let per_row = match act {
+        ActQuant::Static { scale, zero_point } => {
+            pa.scale = vec![scale; m];
+            pa.zero.fill(zero_point);
+            None
+        }
+        ActQuant::DynamicPerTensor { symmetric } => {
+            let (s, z) = if m * k == 0 {
+                (1.0, if symmetric { 128 } else { 0 })
+            } else {
+                let (lo, hi) = tensor_range(isa, x)?;
+                qparams(lo, hi, symmetric)
+            };
+            pa.scale = vec![s; m];
+            pa.zero.fill(z);
+            None
+        }
+        ActQuant::DynamicPerRow { symmetric } => {
+            pa.scale = vec![1.0; m];
+            Some(symmetric)
+        }
+    };
+    let bad = AtomicBool::new(false);
+    for_panels(&mut pa, m * k, |p, pn| {
+        let rows = pn.sums.len();
+        for r in 0..rows {
+            let i = p * mr + r;
+            if let Some(symmetric) = per_row {
+                let (s, z) = if k == 0 {
+                    (1.0, if symmetric { 128 } else { 0 })
+                } else {
+                    let (lo, hi, nonfinite) = min_max(isa, row(i));
+                    if nonfinite {
+                        bad.store(true, Ordering::Relaxed);
+                    }
+                    qparams(lo, hi, symmetric)
+                };
+                pn.scale[r] = s;
+                pn.zero[r] = z;
+            }
+            pn.sums[r] = put_row_f32(isa, pn.data, rows, r, row(i), pn.scale[r], pn.zero[r], rowsum);
+        }
+    });
+    if bad.load(Ordering::Relaxed) {
+        range(isa, x)?; // the error, naming the first non-finite value
+    }
+    Ok(pa)
+}

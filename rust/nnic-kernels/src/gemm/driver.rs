@@ -1,0 +1,169 @@
+//! The blocked driver (BLIS-like): output blocks of `mc × nc` on the kernel pool, K slices of [`KC`],
+//! 32-column weight panels, row panels of activations, the micro-kernel of the [`Path`] on each tile, and a
+//! caller-given `finish` (the epilogue) once per block while it is in cache. Also the exact `i32`
+//! products [`matmul_i8`] / [`int8_matmul`], whose epilogue only undoes the activation shift.
+use super::act_pack;
+use super::epilogue::epilogue_int;
+use super::panels::{self, PackedA, PackedB, NR};
+use super::par;
+use super::micro::MR_VNNI;
+use super::path::{micro_kernel, Path};
+use crate::error::{KernelError, Result};
+use crate::pool;
+
+/// K values per K slice (multiple of 4): the 32-column weight micro-panel of a slice is 24 KiB (L1: 48 KiB).
+pub const KC: usize = 768;
+/// Row panels per output block (8 × 12 rows) and columns per block (8 panels): measured best on Sapphire /
+/// Emerald Rapids class cores with 2 threads (see `NNIC_GEMM_BLOCKING`).
+const MC_PANELS: usize = 8;
+const NC: usize = 8 * NR;
+/// Blocks of at most this many row panels stream whole weight panels (no K slices): the weights come from
+/// L3/DRAM and are reused by few rows, so long sequential reads beat L1 blocking.
+const SMALL_M_PANELS: usize = 2;
+/// Block sizes `(kc, mc_panels, nc)`: `KC`, `MC_PANELS` and `NC` unless the environment variable
+/// `NNIC_GEMM_BLOCKING="kc,mc_panels,nc"` (a tuning aid) says otherwise.
+fn blocking() -> (usize, usize, usize) {
+    static B: std::sync::OnceLock<(usize, usize, usize)> = std::sync::OnceLock::new();
+    *B.get_or_init(|| {
+        let parse = || -> Option<(usize, usize, usize)> {
+            let v = std::env::var("NNIC_GEMM_BLOCKING").ok()?;
+            let p: Vec<usize> = v.split(',').map(|t| t.trim().parse().ok()).collect::<Option<_>>()?;
+            match p[..] {
+                [kc, mc, nc] if kc >= 4 && kc % 4 == 0 && mc >= 1 && nc >= NR && nc % NR == 0 => Some((kc, mc, nc)),
+                _ => None,
+            }
+        };
+        parse().unwrap_or((KC, MC_PANELS, NC))
+    })
+}
+
+/// Problems with fewer multiply-adds run on the calling thread.
+const PAR_MIN_OPS: usize = 1 << 21;
+
+/// Raw output pointer shared by the block tasks (each writes a disjoint block).
+#[derive(Copy, Clone)]
+struct OutPtr(*mut i32);
+// SAFETY: tasks write disjoint blocks.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// An output block `[i0, i1) × [j0, j1)`.
+#[derive(Copy, Clone, Debug)]
+pub(crate) struct Block {
+    pub i0: usize,
+    pub i1: usize,
+    pub j0: usize,
+    pub j1: usize,
+}
+
+/// Splits `m × n` into blocks: at most `mc` rows (multiple of `mr`) × `nc` columns (multiple of 32), made
+/// smaller until there are about 4 blocks per thread.
+pub(crate) fn plan(m: usize, n: usize, mr: usize, threads: usize, mut mc: usize, mut nc: usize) -> Vec<Block> {
+    let count = |mc: usize, nc: usize| m.div_ceil(mc) * n.div_ceil(nc);
+    mc = mc.min(panels::round_up(m, mr));
+    nc = nc.min(panels::round_up(n, NR));
+    let want = 4 * threads;
+    while count(mc, nc) < want && nc > 4 * NR {
+        nc = panels::round_up(nc / 2, NR);
+    }
+    while count(mc, nc) < want && mc > 2 * mr {
+        mc = panels::round_up(mc / 2, mr);
+    }
+    let mut out = Vec::new();
+    for i0 in (0..m).step_by(mc) {
+        for j0 in (0..n).step_by(nc) {
+            out.push(Block { i0, i1: (i0 + mc).min(m), j0, j1: (j0 + nc).min(n) });
+        }
+    }
+    out
+}
+
+/// `C[m, n] = A · B` in wrapping i32 into `c` (row stride `n`), then `finish(block, c)` on each block.
+pub(super) fn drive(path: Path, m: usize, a: &PackedA, b: &PackedB, c: &mut [i32], finish: &(dyn Fn(Block, *mut i32) + Sync)) {
+    let n = b.n();
+    let kp = b.kp();
+    debug_assert_eq!(c.len(), m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let mr = a.mr;
+    let out = OutPtr(c.as_mut_ptr());
+    let serial = m * n * kp < PAR_MIN_OPS || pool::num_threads() == 1;
+    let threads = if serial { 1 } else { pool::num_threads() };
+    let (kc_max, mc_panels, nc) = blocking();
+    let blocks = plan(m, n, mr, threads, mr * mc_panels, nc);
+    let run = |blk: Block| {
+        #[allow(clippy::redundant_locals)] // captures the Sync wrapper, not its raw pointer field
+        let out = out;
+        let mut tile = [0i32; MR_VNNI * NR];
+        // Few row panels: little reuse of a weight micro-panel across row panels, so no K slices either (the
+        // weights stream sequentially, and the output is written once).
+        let kc = if blk.i1 - blk.i0 <= SMALL_M_PANELS * mr { kp } else { kc_max };
+        for k0 in (0..kp).step_by(kc) {
+            let kg = (kp - k0).min(kc) / 4;
+            let acc = k0 > 0;
+            for j0 in (blk.j0..blk.j1).step_by(NR) {
+                let nr = (blk.j1 - j0).min(NR);
+                let bp = b.panel_ptr(j0 / NR, k0 / 4);
+                for i0 in (blk.i0..blk.i1).step_by(mr) {
+                    let rows = (blk.i1 - i0).min(mr);
+                    let ap = a.panel_ptr_rows(i0 / mr, k0 / 4);
+                    // SAFETY: the block is inside the output; the tile holds `rows` rows of 32.
+                    unsafe {
+                        let cp = out.0.add(i0 * n + j0);
+                        if nr == NR {
+                            micro_kernel(path, rows, kg, ap, bp, cp, n, acc);
+                        } else {
+                            if acc {
+                                for r in 0..rows {
+                                    std::ptr::copy_nonoverlapping(cp.add(r * n), tile.as_mut_ptr().add(r * NR), nr);
+                                }
+                            }
+                            micro_kernel(path, rows, kg, ap, bp, tile.as_mut_ptr(), NR, acc);
+                            for r in 0..rows {
+                                std::ptr::copy_nonoverlapping(tile.as_ptr().add(r * NR), cp.add(r * n), nr);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        finish(blk, out.0);
+    };
+    par::for_each(blocks.len(), threads, &|i| run(blocks[i]));
+}
+
+pub(super) fn check_out<T>(what: &str, got: &[T], want: usize) -> Result<()> {
+    if got.len() != want {
+        return Err(KernelError::Mismatch { what: format!("{what} has {} elements, expected {want}", got.len()) });
+    }
+    Ok(())
+}
+
+/// Exact `out[m, n] = a[m, k] · b` (i32), with `b` prepacked ([`PackedB::from_kn`]).
+pub fn matmul_i8(path: Path, a: &[i8], m: usize, b: &PackedB, out: &mut [i32]) -> Result<()> {
+    path.check()?;
+    let (k, n) = (b.k(), b.n());
+    check_out("a", a, m * k)?;
+    check_out("out", out, m * n)?;
+    let pa = act_pack::pack_s8(path, a, m, k, b.kp());
+    let colsum = b.colsum();
+    let finish = |blk: Block, c: *mut i32| {
+        for i in blk.i0..blk.i1 {
+            // SAFETY: row `i` of the block is inside the output and owned by this task.
+            let row = unsafe { std::slice::from_raw_parts_mut(c.add(i * n + blk.j0), blk.j1 - blk.j0) };
+            epilogue_int(path, row, &colsum[blk.j0..blk.j1], 128);
+        }
+    };
+    drive(path, m, &pa, b, out, &finish);
+    act_pack::release(pa);
+    Ok(())
+}
+
+/// Exact `out = a[m, k] · b[k, n]` for row-major `b` (packs `b`, then [`matmul_i8`]).
+pub fn int8_matmul(path: Path, a: &[i8], m: usize, k: usize, b: &[i8], n: usize, out: &mut [i32]) -> Result<()> {
+    panels::check_dims(m, k, n)?;
+    check_out("a", a, m * k)?;
+    let pb = PackedB::from_kn(b, k, n)?;
+    matmul_i8(path, a, m, &pb, out)
+}

@@ -1,0 +1,184 @@
+//! Micro-kernels: `C[mr, 32] (+)= A_panel · B_panel` over `kg` groups of 4 k values, in wrapping i32.
+//!
+//! All paths read the same packed layouts (see [`super::panels`]) and compute `sum_k a_u8 * b_s8` exactly
+//! (modulo 2^32, which the epilogue relies on):
+//! - `scalar`: plain Rust, the readable ground truth;
+//! - `avx2`: `vpmaddwd` on bytes widened to i16 (exact: no `vpmaddubsw`, whose i16 pair sum saturates
+//!   for u8 × s8 products such as 255·127 + 255·127);
+//! - `vnni`: AVX-512 VNNI `vpdpbusd` (u8 × s8, four products per i32 lane, non-saturating).
+#![allow(clippy::needless_range_loop)] // register tiles are indexed by row
+use super::panels::NR;
+
+/// Rows per register tile of each path.
+pub(crate) const MR_SCALAR: usize = 4;
+pub(crate) const MR_AVX2: usize = 4;
+pub(crate) const MR_VNNI: usize = 12;
+
+/// Portable kernel. `c` has row stride `ldc`; `acc` adds to it instead of overwriting.
+///
+/// # Safety
+/// `a` must hold `kg * mr * 4` bytes, `b` `kg * 128` bytes (stride 128), `c` `mr` rows of 32 at `ldc`.
+pub(crate) unsafe fn scalar(mr: usize, kg: usize, a: *const u8, b: *const i8, c: *mut i32, ldc: usize, acc: bool) {
+    let mut t = [[0i32; NR]; MR_SCALAR];
+    // SAFETY: sizes are the caller's contract.
+    let (a, b) = unsafe { (std::slice::from_raw_parts(a, kg * mr * 4), std::slice::from_raw_parts(b, kg * NR * 4)) };
+    for g in 0..kg {
+        let bg = &b[g * NR * 4..(g + 1) * NR * 4];
+        for r in 0..mr {
+            let ar = &a[(g * mr + r) * 4..(g * mr + r) * 4 + 4];
+            for (j, bj) in bg.chunks_exact(4).enumerate() {
+                let mut s = 0i32;
+                for e in 0..4 {
+                    s = s.wrapping_add(ar[e] as i32 * bj[e] as i32);
+                }
+                t[r][j] = t[r][j].wrapping_add(s);
+            }
+        }
+    }
+    for (r, tr) in t.iter().enumerate().take(mr) {
+        for (j, &v) in tr.iter().enumerate() {
+            // SAFETY: caller's contract.
+            unsafe {
+                let p = c.add(r * ldc + j);
+                *p = if acc { (*p).wrapping_add(v) } else { v };
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86 {
+    use std::arch::x86_64::*;
+
+    /// AVX2 kernel for `MR` ≤ 4 rows, two halves of 16 columns.
+    ///
+    /// # Safety
+    /// As [`super::scalar`], and the CPU has AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn avx2<const MR: usize>(kg: usize, a: *const u8, b: *const i8, c: *mut i32, ldc: usize, acc: bool) {
+        unsafe {
+            let lo_mask = _mm256_set1_epi32(0x00FF_00FF);
+            for half in 0..2 {
+                let mut s = [[_mm256_setzero_si256(); 2]; MR];
+                let bh = b.add(half * 64);
+                for g in 0..kg {
+                    let x0 = _mm256_loadu_si256(bh.add(g * 128) as *const __m256i);
+                    let x1 = _mm256_loadu_si256(bh.add(g * 128 + 32) as *const __m256i);
+                    // i16 lanes: (k0, k2) and (k1, k3) of each column, sign-extended.
+                    let e0 = _mm256_srai_epi16::<8>(_mm256_slli_epi16::<8>(x0));
+                    let o0 = _mm256_srai_epi16::<8>(x0);
+                    let e1 = _mm256_srai_epi16::<8>(_mm256_slli_epi16::<8>(x1));
+                    let o1 = _mm256_srai_epi16::<8>(x1);
+                    let ag = a.add(g * MR * 4);
+                    for r in 0..MR {
+                        let av = _mm256_set1_epi32((ag.add(r * 4) as *const i32).read_unaligned());
+                        let ae = _mm256_and_si256(av, lo_mask);
+                        let ao = _mm256_srli_epi16::<8>(av);
+                        let p0 = _mm256_add_epi32(_mm256_madd_epi16(ae, e0), _mm256_madd_epi16(ao, o0));
+                        let p1 = _mm256_add_epi32(_mm256_madd_epi16(ae, e1), _mm256_madd_epi16(ao, o1));
+                        s[r][0] = _mm256_add_epi32(s[r][0], p0);
+                        s[r][1] = _mm256_add_epi32(s[r][1], p1);
+                    }
+                }
+                for (r, sr) in s.iter().enumerate() {
+                    for (h, &v) in sr.iter().enumerate() {
+                        let p = c.add(r * ldc + half * 16 + h * 8) as *mut __m256i;
+                        let v = if acc { _mm256_add_epi32(_mm256_loadu_si256(p), v) } else { v };
+                        _mm256_storeu_si256(p, v);
+                    }
+                }
+            }
+        }
+    }
+
+    /// AVX-512 VNNI kernel for `MR` ≤ 12 rows × 32 columns (2 × `MR` zmm accumulators).
+    ///
+    /// # Safety
+    /// As [`super::scalar`], and the CPU has AVX-512F/BW and AVX512-VNNI.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(crate) unsafe fn vnni<const MR: usize>(kg: usize, a: *const u8, b: *const i8, c: *mut i32, ldc: usize, acc: bool) {
+        unsafe {
+            let mut s = [[_mm512_setzero_si512(); 2]; MR];
+            let mut ap = a;
+            let mut bp = b;
+            for _ in 0..kg {
+                let b0 = _mm512_loadu_si512(bp as *const __m512i);
+                let b1 = _mm512_loadu_si512(bp.add(64) as *const __m512i);
+                _mm_prefetch::<_MM_HINT_T0>(bp.add(1024));
+                _mm_prefetch::<_MM_HINT_T0>(bp.add(1024 + 64));
+                for r in 0..MR {
+                    let av = _mm512_set1_epi32((ap.add(r * 4) as *const i32).read_unaligned());
+                    s[r][0] = _mm512_dpbusd_epi32(s[r][0], av, b0);
+                    s[r][1] = _mm512_dpbusd_epi32(s[r][1], av, b1);
+                }
+                ap = ap.add(MR * 4);
+                bp = bp.add(128);
+            }
+            for (r, sr) in s.iter().enumerate() {
+                for (h, &v) in sr.iter().enumerate() {
+                    let p = c.add(r * ldc + h * 16) as *mut __m512i;
+                    let v = if acc { _mm512_add_epi32(_mm512_loadu_si512(p), v) } else { v };
+                    _mm512_storeu_si512(p, v);
+                }
+            }
+        }
+    }
+
+    /// VNNI kernel for 1 or 2 rows: k groups split over two accumulator sets to hide `vpdpbusd` latency.
+    ///
+    /// # Safety
+    /// As [`vnni`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(crate) unsafe fn vnni_small<const MR: usize>(
+        kg: usize,
+        a: *const u8,
+        b: *const i8,
+        c: *mut i32,
+        ldc: usize,
+        acc: bool,
+    ) {
+        unsafe {
+            let mut s = [[_mm512_setzero_si512(); 2]; MR];
+            let mut t = [[_mm512_setzero_si512(); 2]; MR];
+            let mut g = 0;
+            while g + 2 <= kg {
+                let bp = b.add(g * 128);
+                let b0 = _mm512_loadu_si512(bp as *const __m512i);
+                let b1 = _mm512_loadu_si512(bp.add(64) as *const __m512i);
+                let b2 = _mm512_loadu_si512(bp.add(128) as *const __m512i);
+                let b3 = _mm512_loadu_si512(bp.add(192) as *const __m512i);
+                _mm_prefetch::<_MM_HINT_T0>(bp.add(2048));
+                _mm_prefetch::<_MM_HINT_T0>(bp.add(2048 + 64));
+                _mm_prefetch::<_MM_HINT_T0>(bp.add(2048 + 128));
+                _mm_prefetch::<_MM_HINT_T0>(bp.add(2048 + 192));
+                for r in 0..MR {
+                    let a0 = _mm512_set1_epi32((a.add(g * MR * 4 + r * 4) as *const i32).read_unaligned());
+                    let a1 = _mm512_set1_epi32((a.add((g + 1) * MR * 4 + r * 4) as *const i32).read_unaligned());
+                    s[r][0] = _mm512_dpbusd_epi32(s[r][0], a0, b0);
+                    s[r][1] = _mm512_dpbusd_epi32(s[r][1], a0, b1);
+                    t[r][0] = _mm512_dpbusd_epi32(t[r][0], a1, b2);
+                    t[r][1] = _mm512_dpbusd_epi32(t[r][1], a1, b3);
+                }
+                g += 2;
+            }
+            if g < kg {
+                let bp = b.add(g * 128);
+                let b0 = _mm512_loadu_si512(bp as *const __m512i);
+                let b1 = _mm512_loadu_si512(bp.add(64) as *const __m512i);
+                for r in 0..MR {
+                    let a0 = _mm512_set1_epi32((a.add(g * MR * 4 + r * 4) as *const i32).read_unaligned());
+                    s[r][0] = _mm512_dpbusd_epi32(s[r][0], a0, b0);
+                    s[r][1] = _mm512_dpbusd_epi32(s[r][1], a0, b1);
+                }
+            }
+            for r in 0..MR {
+                for h in 0..2 {
+                    let v = _mm512_add_epi32(s[r][h], t[r][h]);
+                    let p = c.add(r * ldc + h * 16) as *mut __m512i;
+                    let v = if acc { _mm512_add_epi32(_mm512_loadu_si512(p), v) } else { v };
+                    _mm512_storeu_si512(p, v);
+                }
+            }
+        }
+    }
+}

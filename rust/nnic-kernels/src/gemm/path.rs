@@ -1,0 +1,135 @@
+//! The GEMM's code paths ([`Path`]: scalar, AVX2, AVX-512 VNNI), which one the ISA switch selects, and
+//! the dispatch to the micro-kernel of a path. A new micro-kernel family is a new `Path` variant here plus
+//! its kernel in `micro.rs`; the driver, packing and epilogues do not change.
+use super::micro::{self, MR_AVX2, MR_SCALAR, MR_VNNI};
+use crate::cpu::{self, Isa};
+use crate::error::{KernelError, Result};
+
+/// A micro-kernel family.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// Portable Rust.
+    Scalar,
+    /// AVX2 `vpmaddwd` (exact).
+    Avx2,
+    /// AVX-512 VNNI `vpdpbusd`.
+    Vnni,
+}
+
+impl Path {
+    pub const ALL: [Path; 3] = [Path::Scalar, Path::Avx2, Path::Vnni];
+
+    /// The path used for the kernel-wide ISA `isa`.
+    pub fn for_isa(isa: Isa) -> Path {
+        match isa {
+            Isa::Avx512 if has_vnni() => Path::Vnni,
+            Isa::Avx512 | Isa::Avx2 => Path::Avx2,
+            Isa::Scalar => Path::Scalar,
+        }
+    }
+
+    /// The path of the active ISA.
+    pub fn active() -> Path {
+        Path::for_isa(cpu::active())
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Path::Scalar => "scalar",
+            Path::Avx2 => "avx2",
+            Path::Vnni => "avx512vnni",
+        }
+    }
+
+    /// Parses a path name or an ISA name (`"avx512"` means VNNI when present).
+    pub fn parse(name: &str) -> Result<Path> {
+        let n = name.trim().to_ascii_lowercase();
+        if let Some(p) = Path::ALL.into_iter().find(|p| p.name() == n) {
+            return Ok(p);
+        }
+        if n == "vnni" {
+            return Ok(Path::Vnni);
+        }
+        Isa::parse(&n).map(Path::for_isa).map_err(|_| KernelError::Invalid {
+            what: format!("unknown GEMM path {name:?}: expected one of scalar, avx2, avx512, avx512vnni"),
+        })
+    }
+
+    pub fn is_supported(self) -> bool {
+        match self {
+            Path::Scalar => true,
+            Path::Avx2 => Isa::Avx2.is_supported(),
+            Path::Vnni => Isa::Avx512.is_supported() && has_vnni(),
+        }
+    }
+
+    pub(crate) fn check(self) -> Result<()> {
+        if self.is_supported() {
+            Ok(())
+        } else {
+            Err(KernelError::Invalid { what: format!("GEMM path {:?} is not supported by this CPU", self.name()) })
+        }
+    }
+
+    pub(crate) fn mr(self) -> usize {
+        match self {
+            Path::Scalar => MR_SCALAR,
+            Path::Avx2 => MR_AVX2,
+            Path::Vnni => MR_VNNI,
+        }
+    }
+}
+
+fn has_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Runs the micro-kernel of `path` for a panel of `mr` rows (≤ `path.mr()`).
+///
+/// # Safety
+/// Pointers as in [`micro::scalar`]; `path` is supported.
+#[inline]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn micro_kernel(path: Path, mr: usize, kg: usize, a: *const u8, b: *const i8, c: *mut i32, ldc: usize, acc: bool) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use micro::x86::*;
+        // SAFETY: caller's contract.
+        unsafe {
+            macro_rules! pick {
+                ($f:ident; $($n:literal)*) => {
+                    match mr { $($n => $f::<$n>(kg, a, b, c, ldc, acc),)* _ => unreachable!() }
+                };
+            }
+            match path {
+                Path::Vnni => match mr {
+                    1 => vnni_small::<1>(kg, a, b, c, ldc, acc),
+                    2 => vnni_small::<2>(kg, a, b, c, ldc, acc),
+                    _ => pick!(vnni; 3 4 5 6 7 8 9 10 11 12),
+                },
+                Path::Avx2 => pick!(avx2; 1 2 3 4),
+                Path::Scalar => micro::scalar(mr, kg, a, b, c, ldc, acc),
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    // SAFETY: caller's contract.
+    unsafe {
+        let _ = path;
+        micro::scalar(mr, kg, a, b, c, ldc, acc)
+    }
+}
+
+/// The ISA whose multiversioned loops (epilogues, activation quantization) go with `path`.
+pub(crate) fn isa_of(path: Path) -> Isa {
+    match path {
+        Path::Vnni => Isa::Avx512,
+        Path::Avx2 => Isa::Avx2,
+        Path::Scalar => Isa::Scalar,
+    }
+}

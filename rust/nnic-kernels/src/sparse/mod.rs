@@ -1,0 +1,371 @@
+//! Sparse × dense products for Linear layers: `out[m, r] = sa_m · s_r · Σ_k W[r, k] · x[m, k] + bias[r]`, summed
+//! over the stored entries of `W` only.
+//!
+//! A [`SparseLinear`] holds one index layout ([`Index`]) and one value type ([`Values`]):
+//! - [`Index::Csr`] ([`csr`]): rows of u16 column indices (K ≤ 65 536), built from a row-major bitmask, the
+//!   storage form (K·N/8 bytes plus the values), so that an unstructured (Level) mask of any density works;
+//! - [`Index::Nm`] ([`nm`]): N:M, at most N stored values in every group of M consecutive inputs (M ≤ 16), each
+//!   with its 4-bit position in the group, two per byte: 2:4 costs half a byte of index per stored value.
+//! - values are f32, or i8 codes with one scale per output row `s_r` (int8 weights).
+//!
+//! Activations: f32 as they are (`sa_m = 1`), or quantized on the fly exactly as the int8 GEMM does
+//! ([`crate::gemm::ActQuant`]): the kernels then sum integer-valued floats `c · (q - z)`, which is exact while
+//! the partial sums stay below 2^24, and scale once in the epilogue, so the result equals the dense int8 GEMM's
+//! up to float rounding of the epilogue.
+//!
+//! Kernels: for fewer than [`GEMV_MAX_M`] input rows, one gather-and-FMA dot product per output row ([`gemv`];
+//! AVX-512 and AVX2 gathers, or portable code, from [`crate::cpu::active`]); for more, `x` is transposed into
+//! tiles of W batch columns and every stored value adds `v · xᵀ[k, tile]` to a W-wide accumulator that stays
+//! in registers ([`spmm`]). Work is split over output rows, balanced by stored values, on the GEMM's task
+//! runner ([`crate::gemm::par`]: PyTorch's OpenMP team when present, else the kernel pool).
+//!
+//! Non-finite activations give what the dense product of the zero-filled weight gives: a NaN in `x[m]` makes
+//! row `m` of the output NaN, and an infinity at input `k` makes NaN every output that does not store `k`
+//! (`0 · inf = NaN`); activation quantization rejects them, as the int8 GEMM does.
+pub mod act;
+pub mod csr;
+mod gemv;
+pub mod nm;
+mod spmm;
+
+use crate::error::{KernelError, Result};
+use crate::gemm::ActQuant;
+use crate::{cpu, pool};
+
+/// Batches with fewer rows than this run the gather kernels row by row; larger ones the tiled kernels.
+pub const GEMV_MAX_M: usize = 4;
+/// Stored values × rows below which a product runs on the calling thread.
+const PAR_MIN_WORK: usize = 1 << 16;
+
+/// The stored values.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Values {
+    F32(Vec<f32>),
+    /// int8 codes; the matching per-row scales live in [`SparseLinear::scale`].
+    I8(Vec<i8>),
+}
+
+impl Values {
+    pub fn len(&self) -> usize {
+        match self {
+            Values::F32(v) => v.len(),
+            Values::I8(v) => v.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn elem_bytes(&self) -> usize {
+        match self {
+            Values::F32(_) => 4,
+            Values::I8(_) => 1,
+        }
+    }
+    fn get(&self, j: usize) -> f32 {
+        match self {
+            Values::F32(v) => v[j],
+            Values::I8(v) => v[j] as f32,
+        }
+    }
+}
+
+/// Where the stored values sit.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Index {
+    /// Row `r` stores columns `cols[row_ptr[r]..row_ptr[r + 1]]` (ascending), also given by the row's
+    /// `ceil(k / 8)` bytes of the bitmask `bits`.
+    Csr { row_ptr: Vec<usize>, cols: Vec<u16>, bits: Vec<u8> },
+    /// `n` slots in every group of `m` inputs; slot `j` of a row is at column `(j / n) · m + idx(j)`, with
+    /// `idx(j)` the low (even `j`) or high (odd `j`) nibble of byte `j / 2` of the row's index bytes.
+    Nm { n: usize, m: usize, idx: Vec<u8> },
+}
+
+/// A sparse `[rows, k]` weight ready for [`SparseLinear::linear`].
+#[derive(Clone, Debug)]
+pub struct SparseLinear {
+    rows: usize,
+    k: usize,
+    index: Index,
+    values: Values,
+    /// One scale per row for int8 values; empty for f32 values.
+    scale: Vec<f32>,
+    /// N:M only: every slot's absolute column, decoded on the first batched product (2 bytes per slot), so
+    /// that the tiled kernels read columns as they do for CSR.
+    nm_cols: std::sync::OnceLock<Vec<u16>>,
+}
+
+impl PartialEq for SparseLinear {
+    fn eq(&self, o: &Self) -> bool {
+        (self.rows, self.k, &self.index, &self.values, &self.scale) == (o.rows, o.k, &o.index, &o.values, &o.scale)
+    }
+}
+
+/// One row's stored entries: columns (or their N:M encoding) and value range.
+pub(crate) enum RowCols<'a> {
+    Csr(&'a [u16]),
+    Nm { n: usize, m: usize, idx: &'a [u8] },
+}
+
+impl SparseLinear {
+    pub(crate) fn new(rows: usize, k: usize, index: Index, values: Values, scale: Vec<f32>) -> Result<SparseLinear> {
+        match (&values, scale.len()) {
+            (Values::F32(_), 0) => {}
+            (Values::F32(_), s) => {
+                return Err(KernelError::Mismatch { what: format!("float32 values take no scale, got {s} values") })
+            }
+            (Values::I8(_), s) if s != rows => {
+                return Err(KernelError::Mismatch {
+                    what: format!("int8 values need one scale per output row ({rows}), got {s}"),
+                })
+            }
+            (Values::I8(_), _) => {}
+        }
+        for (c, &s) in scale.iter().enumerate() {
+            if !(s.is_finite() && s > 0.0) {
+                return Err(KernelError::BadScale { channel: Some(c), value: s });
+            }
+        }
+        if let Values::F32(v) = &values {
+            if let Some(i) = crate::simd::first_nan(v) {
+                return Err(KernelError::Nan { arg: "values", tensor: None, index: i });
+            }
+        }
+        Ok(SparseLinear { rows, k, index, values, scale, nm_cols: std::sync::OnceLock::new() })
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.rows
+    }
+    pub fn in_features(&self) -> usize {
+        self.k
+    }
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+    pub fn values(&self) -> &Values {
+        &self.values
+    }
+    pub fn scale(&self) -> &[f32] {
+        &self.scale
+    }
+    /// Stored values (N:M padding slots included).
+    pub fn nnz(&self) -> usize {
+        self.values.len()
+    }
+    /// Bytes held: values, indices, bitmask, row pointers, scales.
+    pub fn nbytes(&self) -> usize {
+        let index = match &self.index {
+            Index::Csr { row_ptr, cols, bits } => row_ptr.len() * std::mem::size_of::<usize>() + cols.len() * 2 + bits.len(),
+            Index::Nm { idx, .. } => idx.len(),
+        };
+        self.values.len() * self.values.elem_bytes() + index + self.scale.len() * 4
+    }
+
+    /// Whether batch-1 products on `isa` read the bitmask instead of the column indices: with AVX-512 (which
+    /// expands packed values under a mask) when the bitmask is the smaller index, `k / 8` bytes against 2
+    /// bytes per stored value, with a margin for its cost per column (measured break-even: density ~ 1/8).
+    pub(crate) fn gemv_uses_bitmask(&self, isa: cpu::Isa) -> bool {
+        matches!(self.index, Index::Csr { .. }) && isa == cpu::Isa::Avx512 && 8 * self.nnz() >= self.rows * self.k
+    }
+
+    /// Bytes a batch-1 product reads from the weight on the active ISA: values and their index (bitmask, or
+    /// column indices and row pointers, or nibbles) and scales.
+    pub fn stream_bytes(&self) -> usize {
+        let index = match &self.index {
+            Index::Csr { bits, .. } if self.gemv_uses_bitmask(cpu::active()) => bits.len(),
+            Index::Csr { row_ptr, cols, .. } => row_ptr.len() * std::mem::size_of::<usize>() + cols.len() * 2,
+            Index::Nm { idx, .. } => idx.len(),
+        };
+        self.values.len() * self.values.elem_bytes() + index + self.scale.len() * 4
+    }
+
+    /// Row `r`'s bytes of the bitmask (CSR only).
+    pub(crate) fn row_bits(&self, r: usize) -> &[u8] {
+        match &self.index {
+            Index::Csr { bits, .. } => {
+                let stride = self.k.div_ceil(8);
+                &bits[r * stride..(r + 1) * stride]
+            }
+            Index::Nm { .. } => &[],
+        }
+    }
+
+    /// The absolute column of every N:M slot (empty for CSR), decoded once.
+    pub(crate) fn nm_columns(&self) -> &[u16] {
+        self.nm_cols.get_or_init(|| match &self.index {
+            Index::Csr { .. } => Vec::new(),
+            Index::Nm { n, m, .. } => {
+                let mut all = Vec::with_capacity(self.nnz());
+                let mut row = Vec::new();
+                for r in 0..self.rows {
+                    let (range, cols) = self.row(r);
+                    if let RowCols::Nm { idx, .. } = cols {
+                        nm::decode_row(*n, *m, idx, &mut row, range.len());
+                        all.extend_from_slice(&row);
+                    }
+                }
+                all
+            }
+        })
+    }
+
+    /// Stored-value range of row `r` and its columns.
+    pub(crate) fn row(&self, r: usize) -> (std::ops::Range<usize>, RowCols<'_>) {
+        match &self.index {
+            Index::Csr { row_ptr, cols, .. } => {
+                let range = row_ptr[r]..row_ptr[r + 1];
+                (range.clone(), RowCols::Csr(&cols[range]))
+            }
+            Index::Nm { n, m, idx } => {
+                let len = self.k / m * n;
+                let bytes = len.div_ceil(2);
+                (r * len..(r + 1) * len, RowCols::Nm { n: *n, m: *m, idx: &idx[r * bytes..(r + 1) * bytes] })
+            }
+        }
+    }
+
+    /// Whether row `r` stores column `c`.
+    fn stores(&self, r: usize, c: usize) -> bool {
+        match self.row(r).1 {
+            RowCols::Csr(cols) => cols.binary_search(&(c as u16)).is_ok(),
+            RowCols::Nm { n, m, idx } => {
+                let g = c / m;
+                (g * n..(g + 1) * n).any(|j| nm::nibble(idx, j) as usize == c % m)
+            }
+        }
+    }
+
+    /// The dense `[rows, k]` weight (int8 codes times their scales), for checks and references.
+    pub fn to_dense(&self) -> Vec<f32> {
+        let mut w = vec![0f32; self.rows * self.k];
+        for r in 0..self.rows {
+            let s = self.scale.get(r).copied().unwrap_or(1.0);
+            let (range, cols) = self.row(r);
+            for (j, vi) in range.enumerate() {
+                let c = match &cols {
+                    RowCols::Csr(cs) => cs[j] as usize,
+                    RowCols::Nm { n, m, idx } => (j / n) * m + nm::nibble(idx, j) as usize,
+                };
+                w[r * self.k + c] += self.values.get(vi) * s;
+            }
+        }
+        w
+    }
+
+    /// `out[m, rows] = act(x)[m, k] · Wᵀ (· scales) + bias`, see the module doc.
+    pub fn linear(&self, x: &[f32], m: usize, bias: Option<&[f32]>, act: Option<ActQuant>, out: &mut [f32]) -> Result<()> {
+        if x.len() != m * self.k {
+            return Err(KernelError::Mismatch { what: format!("x has {} elements, expected {m} x {}", x.len(), self.k) });
+        }
+        if out.len() != m * self.rows {
+            return Err(KernelError::Mismatch {
+                what: format!("out has {} elements, expected {m} x {}", out.len(), self.rows),
+            });
+        }
+        if let Some(b) = bias {
+            if b.len() != self.rows {
+                return Err(KernelError::Mismatch {
+                    what: format!("bias has {} elements, expected {} (out_features)", b.len(), self.rows),
+                });
+            }
+        }
+        if m == 0 || self.rows == 0 {
+            return Ok(());
+        }
+        let quant = act.map(|a| act::fake_quant(x, m, self.k, a)).transpose()?;
+        let (xs, row_scale) = match &quant {
+            Some(q) => (&q.codes[..], Some(&q.scale[..])),
+            None => (x, None),
+        };
+        let isa = cpu::active();
+        let threads = if self.nnz() * m < PAR_MIN_WORK { 1 } else { pool::num_threads() };
+        let epi = Epilogue { scale: &self.scale, row_scale, bias };
+        if m < GEMV_MAX_M {
+            gemv::run(isa, self, xs, m, &epi, out, threads);
+        } else {
+            spmm::run(isa, self, xs, m, &epi, out, threads);
+        }
+        if quant.is_none() {
+            self.fix_non_finite(x, m, bias, out);
+        }
+        Ok(())
+    }
+
+    /// Gives rows of `x` with NaN/inf what the dense product gives (see the module doc); a cold path.
+    fn fix_non_finite(&self, x: &[f32], m: usize, bias: Option<&[f32]>, out: &mut [f32]) {
+        let _ = bias; // a NaN stays NaN whatever the bias
+        for i in 0..m {
+            let row = &x[i * self.k..(i + 1) * self.k];
+            if row.iter().all(|v| v.is_finite()) {
+                continue;
+            }
+            let o = &mut out[i * self.rows..(i + 1) * self.rows];
+            if row.iter().any(|v| v.is_nan()) {
+                o.fill(f32::NAN);
+                continue;
+            }
+            let infs: Vec<usize> = (0..self.k).filter(|&c| row[c].is_infinite()).collect();
+            for (r, v) in o.iter_mut().enumerate() {
+                if infs.iter().any(|&c| !self.stores(r, c)) {
+                    *v = f32::NAN;
+                }
+            }
+        }
+    }
+}
+
+/// The scaling applied to each output: `acc · row_scale[m] · scale[r] + bias[r]`.
+pub(crate) struct Epilogue<'a> {
+    pub scale: &'a [f32],
+    pub row_scale: Option<&'a [f32]>,
+    pub bias: Option<&'a [f32]>,
+}
+
+impl Epilogue<'_> {
+    #[inline(always)]
+    pub fn apply(&self, acc: f32, m: usize, r: usize) -> f32 {
+        let mut s = acc;
+        if let Some(rs) = self.row_scale {
+            s *= rs[m] * self.scale.get(r).copied().unwrap_or(1.0);
+        } else if let Some(&sc) = self.scale.get(r) {
+            s *= sc;
+        }
+        match self.bias {
+            Some(b) => s + b[r],
+            None => s,
+        }
+    }
+}
+
+/// Splits rows `0..rows` into about `4 · threads` ranges of similar work (stored values + a per-row cost).
+pub(crate) fn row_chunks(w: &SparseLinear, threads: usize) -> Vec<(usize, usize)> {
+    let rows = w.rows;
+    let tasks = (threads * 4).clamp(1, rows.max(1));
+    if tasks == 1 {
+        return vec![(0, rows)];
+    }
+    let cost = |r: usize| w.row(r).0.len() + 16;
+    let total: usize = (0..rows).map(cost).sum();
+    let per = total.div_ceil(tasks);
+    let mut out = Vec::with_capacity(tasks);
+    let (mut start, mut acc) = (0, 0);
+    for r in 0..rows {
+        acc += cost(r);
+        if acc >= per {
+            out.push((start, r + 1));
+            start = r + 1;
+            acc = 0;
+        }
+    }
+    if start < rows {
+        out.push((start, rows));
+    }
+    out
+}
+
+/// Output pointer shared by tasks that write disjoint elements.
+#[derive(Copy, Clone)]
+pub(crate) struct OutPtr(pub *mut f32);
+// SAFETY: every task writes its own rows of the output.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}

@@ -1,0 +1,150 @@
+//! Bindings of the sparse Linear kernels: argument checks, GIL release and error mapping only.
+use crate::errors::to_py;
+use nnic_kernels::gemm::ActQuant;
+use nnic_kernels::sparse::{csr, nm, Index, SparseLinear, Values};
+use numpy::{PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray2, PyUntypedArrayMethods};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+
+fn contiguous<'a, T: numpy::Element>(a: &'a PyReadonlyArray1<'_, T>, name: &str) -> PyResult<&'a [T]> {
+    a.as_slice().map_err(|_| PyValueError::new_err(format!("{name} must be a C-contiguous array")))
+}
+
+/// f32 or i8 values (numpy 1-D), as the kernels' value type.
+fn values(v: &Bound<'_, PyAny>) -> PyResult<Values> {
+    if let Ok(a) = v.extract::<PyReadonlyArray1<'_, f32>>() {
+        return Ok(Values::F32(contiguous(&a, "values")?.to_vec()));
+    }
+    if let Ok(a) = v.extract::<PyReadonlyArray1<'_, i8>>() {
+        return Ok(Values::I8(contiguous(&a, "values")?.to_vec()));
+    }
+    Err(PyTypeError::new_err("values must be a 1-D float32 or int8 numpy array"))
+}
+
+fn scale(s: Option<PyReadonlyArray1<'_, f32>>) -> PyResult<Vec<f32>> {
+    s.map(|s| contiguous(&s, "scale").map(|v| v.to_vec())).transpose().map(Option::unwrap_or_default)
+}
+
+fn act(act: Option<&str>, scale: Option<f32>, zero_point: Option<i32>) -> PyResult<Option<ActQuant>> {
+    Ok(match act {
+        None | Some("none") => None,
+        Some("per_token") => Some(ActQuant::DynamicPerRow { symmetric: false }),
+        Some("per_token_symmetric") => Some(ActQuant::DynamicPerRow { symmetric: true }),
+        Some("per_tensor") => Some(ActQuant::DynamicPerTensor { symmetric: false }),
+        Some("per_tensor_symmetric") => Some(ActQuant::DynamicPerTensor { symmetric: true }),
+        Some("static") => match (scale, zero_point) {
+            (Some(scale), Some(zero_point)) => Some(ActQuant::Static { scale, zero_point }),
+            _ => return Err(PyValueError::new_err("act='static' needs act_scale and act_zero_point")),
+        },
+        Some(other) => {
+            return Err(PyValueError::new_err(format!(
+                "act must be None, 'per_token', 'per_token_symmetric', 'per_tensor', 'per_tensor_symmetric' or 'static', got {other:?}"
+            )))
+        }
+    })
+}
+
+/// A sparse Linear weight `[out_features, in_features]` in a compute layout (CSR or N:M), f32 or int8 values.
+#[pyclass(frozen, module = "nnic._kernels")]
+pub struct SparseWeight {
+    inner: SparseLinear,
+}
+
+#[pymethods]
+impl SparseWeight {
+    /// Unstructured: `bits` is the row-major bitmask `[rows, ceil(k / 8)]` (uint8, little bit order), `values` the
+    /// stored values in row-major order (float32, or int8 codes with `scale`, one per row).
+    #[staticmethod]
+    #[pyo3(signature = (bits, k, values, scale=None))]
+    fn csr(py: Python<'_>, bits: PyReadonlyArray2<'_, u8>, k: usize, values: &Bound<'_, PyAny>, scale: Option<PyReadonlyArray1<'_, f32>>) -> PyResult<Self> {
+        let rows = bits.shape()[0];
+        let b = bits.as_slice().map_err(|_| PyValueError::new_err("bits must be a C-contiguous array"))?;
+        let (v, s) = (self::values(values)?, self::scale(scale)?);
+        Ok(SparseWeight { inner: to_py(py.detach(|| csr::from_bitmask(rows, k, b, v, s)))? })
+    }
+
+    /// N:M: `values` `[rows * L]` and nibble-packed in-group positions `idx` `[rows, ceil(L / 2)]`, `L = k / m * n`.
+    #[staticmethod]
+    #[pyo3(signature = (idx, k, n, m, values, scale=None))]
+    fn nm(py: Python<'_>, idx: PyReadonlyArray2<'_, u8>, k: usize, n: usize, m: usize, values: &Bound<'_, PyAny>, scale: Option<PyReadonlyArray1<'_, f32>>) -> PyResult<Self> {
+        let rows = idx.shape()[0];
+        let i = idx.as_slice().map_err(|_| PyValueError::new_err("idx must be a C-contiguous array"))?.to_vec();
+        let (v, s) = (self::values(values)?, self::scale(scale)?);
+        Ok(SparseWeight { inner: to_py(py.detach(|| nm::from_parts(rows, k, n, m, i, v, s)))? })
+    }
+
+    #[getter]
+    fn in_features(&self) -> usize {
+        self.inner.in_features()
+    }
+    #[getter]
+    fn out_features(&self) -> usize {
+        self.inner.out_features()
+    }
+    /// Stored values (N:M padding slots included).
+    #[getter]
+    fn nnz(&self) -> usize {
+        self.inner.nnz()
+    }
+    /// Bytes held (values, indices, bitmask, row pointers, scales).
+    #[getter]
+    fn nbytes(&self) -> usize {
+        self.inner.nbytes()
+    }
+    /// Bytes of the weight a batch-1 product reads on the active code path (values and the index it uses).
+    #[getter]
+    fn stream_bytes(&self) -> usize {
+        self.inner.stream_bytes()
+    }
+    /// `"csr"` or `"n:m"` (e.g. `"2:4"`).
+    #[getter]
+    fn layout(&self) -> String {
+        match self.inner.index() {
+            Index::Csr { .. } => "csr".into(),
+            Index::Nm { n, m, .. } => format!("{n}:{m}"),
+        }
+    }
+    /// `"float32"` or `"int8"`.
+    #[getter]
+    fn dtype(&self) -> &'static str {
+        match self.inner.values() {
+            Values::F32(_) => "float32",
+            Values::I8(_) => "int8",
+        }
+    }
+
+    /// The dense float32 weight (int8 codes times their scales).
+    fn to_dense<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let (n, k) = (self.inner.out_features(), self.inner.in_features());
+        PyArray1::from_vec(py, py.detach(|| self.inner.to_dense())).reshape([n, k])
+    }
+
+    /// `out[m, n] = act(x) @ W.T (· scales) + bias` for float32 `x[m, k]`.
+    #[pyo3(signature = (x, out, bias=None, act=None, act_scale=None, act_zero_point=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn linear(
+        &self,
+        py: Python<'_>,
+        x: PyReadonlyArray2<'_, f32>,
+        mut out: PyReadwriteArray2<'_, f32>,
+        bias: Option<PyReadonlyArray1<'_, f32>>,
+        act: Option<&str>,
+        act_scale: Option<f32>,
+        act_zero_point: Option<i32>,
+    ) -> PyResult<()> {
+        let aq = self::act(act, act_scale, act_zero_point)?;
+        let (m, k) = (x.shape()[0], x.shape()[1]);
+        if k != self.inner.in_features() {
+            return Err(PyValueError::new_err(format!("x has {k} columns, the weight expects {}", self.inner.in_features())));
+        }
+        let od = [out.shape()[0], out.shape()[1]];
+        if od != [m, self.inner.out_features()] {
+            return Err(PyValueError::new_err(format!("out must be [{m}, {}], got {od:?}", self.inner.out_features())));
+        }
+        let x = x.as_slice().map_err(|_| PyValueError::new_err("x must be a C-contiguous array"))?;
+        let bias = bias.as_ref().map(|b| contiguous(b, "bias")).transpose()?;
+        let out = out.as_slice_mut().map_err(|_| PyValueError::new_err("out must be a C-contiguous array"))?;
+        let w = &self.inner;
+        to_py(py.detach(|| w.linear(x, m, bias, aq, out)))
+    }
+}

@@ -1,0 +1,105 @@
+"""Two worker processes on one study in PostgreSQL (the many-machines set-up, on localhost): every trial is
+counted once, each worker's best is what the database says afterwards, and killing a worker mid-trial loses
+nothing: its trial goes stale (no heartbeat), is marked failed and is retried by the surviving worker.
+
+Needs ``NNIC_TEST_POSTGRES_URL`` (``.ci/run`` starts a throw-away server and sets it; see ``.ci/postgres.sh``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import nnic
+from nnic.auto.search import study_exists
+from nnic.auto.storage import open_storage
+
+from .conftest import PYTHON, subprocess_env
+
+URL = os.environ.get("NNIC_TEST_POSTGRES_URL")
+N_TRIALS = 10
+
+if URL is None and os.environ.get("CI"):
+    raise RuntimeError("NNIC_TEST_POSTGRES_URL is not set: .ci/run must start PostgreSQL (.ci/postgres.sh)")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(URL is None, reason="no PostgreSQL: set NNIC_TEST_POSTGRES_URL "
+                                                   "(.ci/run starts one with .ci/postgres.sh)")]
+
+
+def _db():
+    return open_storage(URL)
+
+
+def _worker(study: str) -> subprocess.Popen:
+    env = {**subprocess_env(), "NNIC_TEST_TRIALS": str(N_TRIALS)}
+    return subprocess.Popen([PYTHON, "-m", "nnic.cli", "auto", "worker", "--storage", URL, "--study", study,
+                             "--heartbeat-s", "1", "--no-progress", "digits:spec_with_options"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _until(condition, procs, timeout=400.0, what=""):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in procs:
+            if p.poll() is not None:
+                pytest.fail(f"a worker exited with {p.returncode} while waiting for {what}: {p.communicate()[1][-3000:]}")
+        got = condition()
+        if got:
+            return got
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def test_two_workers_share_a_study_and_a_killed_one_loses_nothing():
+    study_name = f"digits-{uuid.uuid4().hex[:8]}"
+    # Both start together: whichever creates the study first, the other joins it (creation is atomic).
+    a, b = _worker(study_name), _worker(study_name)
+    try:
+        b_tag = f":{b.pid}"
+
+        def b_running_after_finishing_one():
+            if not study_exists(URL, study_name):
+                return None
+            trials = optuna.load_study(study_name=study_name, storage=_db()).get_trials(deepcopy=False)
+            mine = [t for t in trials if t.user_attrs.get("worker", "").endswith(b_tag)]
+            done = [t for t in mine if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+            running = [t for t in mine if t.state == TrialState.RUNNING]
+            return running[0] if done and running else None
+
+        killed = _until(b_running_after_finishing_one, [a, b], what="worker B to be inside its second trial")
+        b.send_signal(signal.SIGKILL)
+        b.communicate()
+        out, err = a.communicate(timeout=900)
+        assert a.returncode == 0, err[-3000:]
+    finally:
+        for p in (a, b):
+            if p is not None and p.returncode is None:
+                p.kill()
+                p.communicate()  # closes the pipes
+
+    trials = optuna.load_study(study_name=study_name, storage=_db()).get_trials()
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == N_TRIALS  # every trial counted once: none lost, none twice
+    workers = {t.user_attrs["worker"].rsplit(":", 1)[1] for t in finished}
+    assert workers == {str(a.pid), str(b.pid)}  # both did real work
+    # The killed worker's trial was failed by heartbeat and retried, with its parameters, by the survivor.
+    assert trials[killed.number].state == TrialState.FAIL
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retries) == 1 and retries[0].params == killed.params and retries[0] in finished
+    assert retries[0].user_attrs["worker"].endswith(f":{a.pid}")
+    assert [t.number for t in trials if t.state == TrialState.FAIL] == [killed.number]
+    # What worker A reported is what the database says afterwards.
+    reported = json.loads(out.strip().splitlines()[-1])
+    stored = nnic.auto.load_result(URL, study_name)
+    assert reported["finished"] == len(stored.trials) == N_TRIALS
+    assert stored.best is not None
+    assert reported["best"] == {"number": stored.best.number, "measured": stored.best.measured}
+    feasible = [t for t in stored.trials if t.state == "COMPLETE" and t.measured["flops"] <= 0.6]
+    assert stored.best.measured["score"] == max(t.measured["score"] for t in feasible)

@@ -1,0 +1,202 @@
+"""nnic.kernels sparse Linear kernels against dense numpy references, on every ISA path, both layouts and value types."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from nnic import kernels
+from nnic.kernels import sparse_linear
+from nnic.sparse import layout
+from nnic.sparse.layout import pack_sparse_weight
+
+#: The ``isa`` fixture (set once per path) is not reset between examples, by design.
+SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+#: float32 sums in a different order than numpy's: error relative to Σ|w·x| + |bias|, per output.
+RTOL = 2e-6
+
+
+def _check_close(got: np.ndarray, w: np.ndarray, x: np.ndarray, bias: np.ndarray | None) -> None:
+    want = x.astype(np.float64) @ w.T.astype(np.float64) + (0 if bias is None else bias.astype(np.float64))
+    mag = np.abs(x.astype(np.float64)) @ np.abs(w.T.astype(np.float64)) + (0 if bias is None else np.abs(bias))
+    k = max(1, w.shape[1])
+    assert np.all(np.abs(got - want) <= RTOL * np.sqrt(k) * mag + 1e-6), np.max(np.abs(got - want))
+
+
+@st.composite
+def sparse_case(draw):
+    rows = draw(st.sampled_from([1, 2, 5, 16, 33]))
+    k = draw(st.sampled_from([1, 3, 8, 16, 17, 64, 100, 257]))
+    m = draw(st.sampled_from([1, 2, 3, 4, 5, 16, 17, 40, 70]))
+    density = draw(st.sampled_from([0.0, 0.02, 0.1, 0.3, 0.7, 1.0]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    w = rng.standard_normal((rows, k)).astype(np.float32)
+    keep = rng.random((rows, k)) < density
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    bias = rng.standard_normal(rows).astype(np.float32) if draw(st.booleans()) else None
+    return w * keep, keep, x, bias
+
+
+@SETTINGS
+@given(case=sparse_case())
+def test_csr_float32_equals_the_dense_product(isa, case):
+    w, keep, x, bias = case
+    packed = pack_sparse_weight(torch.from_numpy(w), torch.from_numpy(keep))
+    assert packed.nnz == keep.sum() and packed.layout == "csr"
+    np.testing.assert_array_equal(packed.to_dense(), w)
+    _check_close(sparse_linear(x, packed, bias), w, x, bias)
+
+
+@SETTINGS
+@given(case=sparse_case())
+def test_csr_int8_codes_times_row_scales(isa, case):
+    w, keep, x, bias = case
+    codes = np.clip(np.round(w * 40), -127, 127).astype(np.int8) * keep
+    scale = np.linspace(0.01, 0.05, w.shape[0]).astype(np.float32)
+    packed = pack_sparse_weight(torch.from_numpy(codes), scale=torch.from_numpy(scale))
+    assert packed.dtype == "int8"
+    _check_close(sparse_linear(x, packed, bias), codes * scale[:, None], x, bias)
+
+
+@st.composite
+def nm_case(draw):
+    n, m = draw(st.sampled_from([(2, 4), (1, 4), (1, 2), (4, 8), (2, 8), (3, 5), (8, 16), (16, 16)]))
+    rows = draw(st.sampled_from([1, 3, 16, 31]))
+    k = m * draw(st.sampled_from([1, 2, 5, 8, 17, 33]))
+    batch = draw(st.sampled_from([1, 2, 4, 9, 33, 70]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    w = rng.standard_normal((rows, k)).astype(np.float32)
+    # keep at most n per group (sometimes fewer: padding slots)
+    scores = rng.random((rows, k // m, m))
+    kept = np.argsort(scores, -1)[..., : draw(st.integers(0, n))]
+    keep = np.zeros((rows, k // m, m), bool)
+    np.put_along_axis(keep, kept, True, -1)
+    keep = keep.reshape(rows, k)
+    x = rng.standard_normal((batch, k)).astype(np.float32)
+    return n, m, w * keep, keep, x
+
+
+@SETTINGS
+@given(case=nm_case(), int8=st.booleans())
+def test_nm_equals_the_dense_product(isa, case, int8):
+    n, m, w, keep, x = case
+    if int8:
+        codes = np.clip(np.round(w * 30), -127, 127).astype(np.int8)
+        scale = np.full(w.shape[0], 0.03, np.float32)
+        packed = pack_sparse_weight(torch.from_numpy(codes), torch.from_numpy(keep), nm=(n, m), scale=scale)
+        dense = codes * keep * scale[:, None]
+    else:
+        packed = pack_sparse_weight(torch.from_numpy(w), torch.from_numpy(keep), nm=(n, m))
+        dense = w
+    assert packed.layout == f"{n}:{m}" and packed.nnz == w.shape[0] * w.shape[1] // m * n
+    np.testing.assert_allclose(packed.to_dense(), dense, rtol=1e-6)
+    _check_close(sparse_linear(x, packed), dense, x, None)
+
+
+@pytest.mark.parametrize("act,symmetric", [("per_token", False), ("per_token_symmetric", True),
+                                           ("per_tensor", False), ("per_tensor_symmetric", True)])
+def test_int8_activations_match_the_dense_int8_gemm(isa, act, symmetric):
+    """Same weight codes, same activation quantization: the sparse product equals nnic's dense int8 GEMM."""
+    rng = np.random.default_rng(0)
+    codes = rng.integers(-127, 128, (48, 300)).astype(np.int8) * (rng.random((48, 300)) < 0.1)
+    scale = rng.uniform(0.01, 0.02, 48).astype(np.float32)
+    bias = rng.standard_normal(48).astype(np.float32)
+    packed = pack_sparse_weight(torch.from_numpy(codes.astype(np.int8)), scale=scale)
+    dense = kernels.pack_int8_weight(torch.from_numpy(codes.astype(np.int8)), torch.from_numpy(scale))
+    for batch in (1, 3, 8, 37):
+        x = torch.from_numpy(rng.standard_normal((batch, 300)).astype(np.float32))
+        want = kernels.int8_linear(x, dense, torch.from_numpy(bias), act=act.split("_sym")[0], symmetric=symmetric)
+        got = sparse_linear(x, packed, torch.from_numpy(bias), act=act)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_static_activation_quantization_matches_the_dense_int8_gemm(isa):
+    rng = np.random.default_rng(1)
+    codes = (rng.integers(-127, 128, (20, 64)) * (rng.random((20, 64)) < 0.2)).astype(np.int8)
+    scale = np.full(20, 0.02, np.float32)
+    x = torch.from_numpy(rng.standard_normal((5, 64)).astype(np.float32))
+    want = kernels.int8_linear(x, kernels.pack_int8_weight(torch.from_numpy(codes), torch.from_numpy(scale)), None,
+                            act="static", act_scale=0.02, act_zero_point=120)
+    got = sparse_linear(x, pack_sparse_weight(torch.from_numpy(codes), scale=scale), act="static", act_scale=0.02,
+                        act_zero_point=120)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_empty_layers_all_zero_rows_and_empty_batches():
+    w = torch.zeros(4, 6)
+    w[1, 2] = 3.0                                            # rows 0, 2, 3 store nothing
+    bias = torch.arange(4.0)
+    packed = pack_sparse_weight(w)
+    x = torch.randn(5, 6)
+    torch.testing.assert_close(sparse_linear(x, packed, bias), x @ w.T + bias)
+    assert sparse_linear(torch.zeros(0, 6), packed).shape == (0, 4)
+    none_out = pack_sparse_weight(torch.zeros(0, 6))
+    assert sparse_linear(x, none_out).shape == (5, 0)
+    no_in = pack_sparse_weight(torch.zeros(3, 0))
+    torch.testing.assert_close(sparse_linear(torch.zeros(2, 0), no_in, torch.ones(3)), torch.ones(2, 3))
+
+
+def test_non_contiguous_and_numpy_inputs():
+    w = torch.randn(8, 32) * (torch.rand(8, 32) < 0.3)
+    packed = pack_sparse_weight(w)
+    x = torch.randn(32, 5).t()                              # non-contiguous view
+    torch.testing.assert_close(sparse_linear(x, packed), x @ w.T, rtol=1e-5, atol=1e-5)
+    out = sparse_linear(x.contiguous().numpy(), packed)
+    assert isinstance(out, np.ndarray)
+
+
+def test_non_finite_inputs_follow_the_dense_product():
+    w = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 1.0]])
+    packed = pack_sparse_weight(w)
+    x = torch.tensor([[float("inf"), 1.0, 1.0], [1.0, float("nan"), 1.0], [1.0, 2.0, 3.0]])
+    got, want = sparse_linear(x, packed), x @ w.T
+    torch.testing.assert_close(got, want, equal_nan=True)
+
+
+def test_bad_input_is_a_clear_error():
+    w = torch.randn(4, 16) * (torch.rand(4, 16) < 0.5)
+    packed = pack_sparse_weight(w)
+    with pytest.raises(ValueError, match="x has 15 columns"):
+        sparse_linear(torch.randn(2, 15), packed)
+    with pytest.raises(TypeError, match="float32"):
+        sparse_linear(torch.randn(2, 16, dtype=torch.float64), packed)
+    with pytest.raises(ValueError, match="bias has 3"):
+        sparse_linear(torch.randn(2, 16), packed, torch.zeros(3))
+    with pytest.raises(ValueError, match="keep has shape"):
+        pack_sparse_weight(w, torch.ones(4, 15, dtype=torch.bool))
+    with pytest.raises(ValueError, match="NaN"):
+        pack_sparse_weight(torch.full((2, 8), float("nan")))
+    with pytest.raises(ValueError, match="not 2:4 sparse"):
+        pack_sparse_weight(torch.ones(2, 8), nm=(2, 4))
+    with pytest.raises(ValueError, match="multiple of m=4"):
+        pack_sparse_weight(torch.zeros(2, 6), nm=(2, 4))
+    with pytest.raises(ValueError, match="too large"):
+        pack_sparse_weight(torch.zeros(1, 70_000))
+    with pytest.raises(ValueError, match="non-finite"):
+        codes = pack_sparse_weight(torch.ones(2, 4, dtype=torch.int8), scale=[1.0, 1.0])
+        sparse_linear(torch.tensor([[1.0, float("nan"), 0.0, 0.0]]), codes, act="per_token")
+    with pytest.raises(ValueError, match="bitmask has"):
+        kernels.sparse_weight_csr(np.zeros((2, 1), np.uint8), 16, np.zeros(0, np.float32))
+    with pytest.raises(ValueError, match="int8 values need scale"):
+        kernels.sparse_weight_csr(np.zeros((2, 2), np.uint8), 16, np.zeros(0, np.int8))
+    with pytest.raises(TypeError, match="SparseWeight"):
+        sparse_linear(torch.randn(2, 16), w)
+
+
+def test_bitmask_and_nm_forms_round_trip():
+    torch.manual_seed(0)
+    keep = torch.rand(7, 21) < 0.4
+    assert torch.equal(layout.unpack_bitmask(layout.pack_bitmask(keep), 21), keep)
+    packed = np.packbits(keep.numpy(), axis=1, bitorder="little")
+    assert np.array_equal(layout.pack_bitmask(keep).numpy(), packed)
+    w = torch.randn(5, 16)
+    from nnic.builtins.nm import nm_mask
+
+    mask = nm_mask(w, 2, 4)
+    assert layout.nm_pattern(mask) == (2, 4)
+    values, index = layout.pack_nm(w, mask, 2, 4)
+    assert torch.equal(layout.unpack_nm(values, index, 16, 2, 4), w * mask)
+    assert layout.nm_pattern(torch.ones(2, 8, dtype=torch.bool)) is None

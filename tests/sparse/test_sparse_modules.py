@@ -1,0 +1,222 @@
+"""SparseLinear and sparsify(): outputs equal the masked model's, int8 composes, files follow the density."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+import nnic
+from nnic.sparse import SparseLinear, sparsify
+from nnic.speedup import load_pruned, save_pruned
+
+#: float32 sums in another order than MKL's, relative to the largest output.
+RTOL, ATOL = 1e-5, 1e-5
+
+
+def _level(model: nn.Module, sparsity: float, **kw) -> dict:
+    _, masks = nnic.pruner("level", model, [{"sparsity": sparsity, "op_types": ["Linear"], **kw}]).compress()
+    return masks
+
+
+def _mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 96), nn.GELU(), nn.Linear(96, 10)).eval()
+
+
+@pytest.mark.parametrize("nm", [None, (2, 4)])
+def test_layer_equals_the_masked_linear(nm):
+    torch.manual_seed(1)
+    lin = nn.Linear(48, 32)
+    with torch.no_grad():
+        if nm:
+            from nnic.builtins.nm import nm_mask
+
+            lin.weight.mul_(nm_mask(lin.weight, *nm))
+        else:
+            lin.weight.mul_(torch.rand_like(lin.weight) < 0.2)
+    sp = SparseLinear.from_linear(lin, nm=nm)
+    for shape in [(1, 48), (5, 48), (2, 7, 48), (70, 48)]:
+        x = torch.randn(shape)
+        torch.testing.assert_close(sp(x), lin(x), rtol=RTOL, atol=ATOL)
+    torch.testing.assert_close(sp.dense_weight(), lin.weight.detach())
+    # the torch sparse fallback (what CUDA tensors run) computes the same on CPU
+    x = torch.randn(6, 48)
+    torch.testing.assert_close(sp._forward_torch_sparse(x), lin(x), rtol=RTOL, atol=ATOL)
+
+
+def test_whole_model_equals_the_masked_model_and_records_decisions():
+    model = _mlp()
+    _level(model, 0.9)
+    x = torch.randn(4, 64)
+    want = model(x).detach()
+    report = sparsify(model, x, min_speedup=0.0)          # every layer sparse: check the outputs
+    assert report.sparse_layers == ["0", "2", "4"]
+    assert all(isinstance(model[i], SparseLinear) for i in (0, 2, 4))
+    torch.testing.assert_close(model(x), want, rtol=RTOL, atol=ATOL)
+    d = report.layers["2"]
+    assert d.tokens == 4 and d.shape == (96, 128) and abs(d.density - 0.1) < 0.01
+    assert d.dense_ms > 0 and d.sparse_ms > 0 and d.speedup == pytest.approx(d.dense_ms / d.sparse_ms)
+    assert d.break_even_density == pytest.approx(min(1.0, d.density * d.speedup))
+    assert "sparse" in str(report) and report.to_dict()["layers"]["2"]["chosen"] == "sparse"
+
+
+def test_layers_where_sparse_does_not_pay_stay_dense():
+    model = _mlp()
+    _level(model, 0.5)
+    report = sparsify(model, torch.randn(2, 64), min_speedup=1e9)
+    assert report.sparse_layers == [] and all(isinstance(model[i], nn.Linear) for i in (0, 2, 4))
+    assert all("min_speedup" in d.reason for d in report.layers.values())
+    dense = _mlp()
+    report = sparsify(dense, torch.randn(2, 64))
+    assert all("max_density" in d.reason for d in report.layers.values())
+
+
+def test_structured_then_fine_grained_masks_in_one_model():
+    """Channels removed first by speedup_model, then the remaining fine-grained zeros executed sparse."""
+    model = _mlp(3)
+    x = torch.randn(3, 64)
+    _, masks = nnic.pruner("l1norm", model, [{"sparsity": 0.5, "op_names": ["0"]}]).compress()
+    nnic.pruner("level", model, [{"sparsity": 0.8, "op_names": ["2", "4"]}]).compress()
+    want = model(x).detach()
+    nnic.speedup_model(model, x, masks)
+    assert model[0].out_features == 64
+    sparsify(model, x, min_speedup=0.0)
+    assert isinstance(model[2], SparseLinear) and model[2].in_features == 64
+    torch.testing.assert_close(model(x), want, rtol=RTOL, atol=ATOL)
+
+
+def test_composes_with_quantization_speedup():
+    """Int8Linear -> sparse int8 values, same codes and activation quantization: the int8 model's outputs."""
+    model = _mlp(4)
+    _level(model, 0.9)
+    q = nnic.quantizer("naive", model, [{"quant_types": ["weight"], "quant_bits": 8, "op_types": ["Linear"],
+                                         "quant_scheme": "per_channel_symmetric"}])
+    q.compress()
+    calibration = q.calibration()
+    nnic.quantization_speedup(model, calibration)
+    x = torch.randn(5, 64)
+    codes = model[2].weight.clone()
+    want = model(x)
+    sparsify(model, x, min_speedup=0.0)
+    assert isinstance(model[2], SparseLinear) and model[2].dtype_name == "int8"
+    assert torch.equal(model[2].values, codes[codes != 0])  # the quantizer's codes, bit for bit
+    torch.testing.assert_close(model(x), want, rtol=RTOL, atol=ATOL)
+
+
+def test_save_and_load_without_pickle_at_a_size_that_follows_the_density(tmp_path):
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(1024, 1024, bias=False))
+    _level(model, 0.9)
+    x = torch.randn(2, 1024)
+    sparsify(model, x, min_speedup=0.0)
+    want = model(x)
+    save_pruned(model, tmp_path / "fp32")
+    size = os.path.getsize(tmp_path / "fp32" / "model.safetensors")
+    assert size <= 0.15 * 1024 * 1024 * 4, size               # bitmask 3.1 % + values 10 %
+    fresh = nn.Sequential(nn.Linear(1024, 1024, bias=False))
+    load_pruned(fresh, tmp_path / "fp32")
+    assert isinstance(fresh[0], SparseLinear)
+    torch.testing.assert_close(fresh(x), want)
+    # int8 values: <= 6 % of dense float32
+    sp8 = SparseLinear.from_dense(torch.where(model[0].dense_weight() != 0, 3, 0).to(torch.int8),
+                                  weight_scale=torch.full((1024,), 0.01))
+    m8 = nn.Sequential(sp8)
+    save_pruned(m8, tmp_path / "int8")
+    assert os.path.getsize(tmp_path / "int8" / "model.safetensors") <= 0.06 * 1024 * 1024 * 4
+    fresh8 = nn.Sequential(nn.Linear(1024, 1024, bias=False))
+    load_pruned(fresh8, tmp_path / "int8")
+    torch.testing.assert_close(fresh8(x), m8(x))
+
+
+def test_bad_input_is_a_clear_error():
+    lin = nn.Linear(8, 4)
+    with pytest.raises(ValueError, match="input has 7 features"):
+        SparseLinear.from_linear(lin)(torch.randn(2, 7))
+    with pytest.raises(ValueError, match="NaN"):
+        SparseLinear.from_dense(torch.full((2, 8), float("nan")))
+    with pytest.raises(ValueError, match="weight_scale"):
+        SparseLinear.from_dense(torch.ones(2, 8, dtype=torch.int8))
+    model = _mlp()
+    with pytest.raises(ValueError, match="not a Linear"):
+        sparsify(model, torch.randn(1, 64), layers=["1"])
+    with pytest.raises(ValueError, match="mask"):
+        sparsify(model, torch.randn(1, 64), masks={"0": {"weight": torch.ones(3, 3)}})
+    with pytest.raises(ValueError, match="min_speedup"):
+        sparsify(model, torch.randn(1, 64), min_speedup=-1)
+
+
+def test_nan_input_gives_the_masked_models_nan_rows():
+    model = _mlp()
+    _level(model, 0.9)
+    x = torch.randn(3, 64)
+    x[1, 5] = float("nan")
+    want = model(x).detach()
+    sparsify(model, torch.randn(3, 64), min_speedup=0.0)
+    got = model(x)
+    assert torch.isnan(got[1]).all() and torch.isnan(want[1]).all()
+    torch.testing.assert_close(got[[0, 2]], want[[0, 2]], rtol=RTOL, atol=ATOL)
+
+
+def test_verify_failure_restores_the_model(monkeypatch):
+    model = _mlp()
+    _level(model, 0.9)
+    layers = [model[0], model[2], model[4]]
+    monkeypatch.setattr(SparseLinear, "forward", lambda self, x: torch.zeros(*x.shape[:-1], self.out_features))
+    with pytest.raises(ValueError, match="verify"):
+        sparsify(model, torch.randn(2, 64), min_speedup=0.0)
+    assert [model[0], model[2], model[4]] == layers
+
+
+def test_hugging_face_gpt2_conv1d_layers_go_sparse():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(6)
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=32, vocab_size=100)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if type(m).__name__ == "Conv1D":
+                m.weight.mul_(torch.rand_like(m.weight) < 0.2)
+    ids = torch.randint(0, 100, (1, 9))
+    want = model(ids).logits
+    report = sparsify(model, ids, min_speedup=0.0)
+    assert len(report.sparse_layers) == 8 and report.layers["transformer.h.0.mlp.c_fc"].kind == "Conv1D"
+    torch.testing.assert_close(model(ids).logits, want, rtol=RTOL, atol=ATOL)
+
+
+def test_speedup_model_shrinks_sparse_layers_through_their_rule():
+    """Channels removed upstream disappear from a SparseLinear's inputs too (rule: nnic.builtins.sparse)."""
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)).eval()
+    with torch.no_grad():
+        model[2].weight.mul_(torch.rand_like(model[2].weight) < 0.3)
+    model[2] = SparseLinear.from_linear(model[2])
+    rows = torch.ones(32, dtype=torch.bool)
+    rows[::3] = False
+    masks = {"0": {"weight": rows[:, None].expand(32, 16).clone(), "bias": rows.clone()}}
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        model[0].weight.mul_(masks["0"]["weight"])
+        model[0].bias.mul_(rows)
+    want = model(x)
+    nnic.speedup_model(model, x, masks)
+    assert model[0].out_features == int(rows.sum()) and model[2].in_features == int(rows.sum())
+    assert isinstance(model[2], SparseLinear)
+    torch.testing.assert_close(model(x), want, rtol=RTOL, atol=ATOL)
+
+
+def test_quantization_speedup_after_sparsify_gives_the_int8_models_outputs():
+    """sparsify first, then quantization_speedup (lowering in nnic.builtins.sparse): the dense int8 model's codes."""
+    model, reference = _mlp(8), _mlp(8)
+    _level(model, 0.9)
+    _level(reference, 0.9)
+    x = torch.randn(5, 64)
+    nnic.quantization_speedup(reference, {"0": 8, "2": 8})
+    sparsify(model, x, min_speedup=0.0)
+    nnic.quantization_speedup(model, {"0": 8, "2": 8})
+    assert model[0].dtype_name == "int8" and model[2].dtype_name == "int8" and model[4].dtype_name == "float32"
+    codes = reference[2].weight
+    assert torch.equal(model[2].values, codes[codes != 0])
+    torch.testing.assert_close(model(x), reference(x), rtol=RTOL, atol=ATOL)
