@@ -10,8 +10,8 @@ channels of every Conv2d and Linear but the classifier, by L1 magnitude.
 
 Per model it prints the parameter and FLOP ratios (pruned / dense; FLOPs from ``torch.utils.flop_counter``), the
 median wall time of each (rounds interleaved nnic, TP, nnic, TP...), their ratio, whether nnic's output equals
-the masked model's, and the largest group of masked channels nnic kept, with the reason its report gives. 2 threads. Torch-Pruning is a bench
-dependency only (``pip install torch-pruning``).
+the masked model's, and the largest group of masked channels nnic kept, with the reason its report gives.
+2 threads. Torch-Pruning is a bench dependency only (``pip install torch-pruning``).
 
     python bench/depth.py                           # the families of issue 16
     python bench/depth.py --models resnet50 convnext_tiny --rounds 3
