@@ -188,8 +188,9 @@ class ModelSpeedup:
         snapshot = _Snapshot(model)  # before the masks are folded: a failure must not leave zeroed weights
         try:
             self._fold_masks()
+            if self.verify:
+                reference, ref_layers = _run_recording(model, *split_dummy_input(model, self.dummy_input))
             prop = analyze(model, self.dummy_input, table, leaf_modules=self.leaf_modules, strict=self.strict)
-            reference = _clone(prop.output)  # propagation ran the masked model: its output is the reference
             ties = tied_parameters(model)
             why: dict[int, str] = {}
             removed = decide(prop.state, why)
@@ -212,7 +213,7 @@ class ModelSpeedup:
                 with torch.no_grad():
                     got = model(*args, **kwargs)
                 if not _close(got, reference, self.rtol, self.atol):
-                    raise SpeedupError(self._mismatch(model, args, kwargs, prop, removed, snapshot))
+                    raise SpeedupError(self._mismatch(model, args, kwargs, prop, removed, ref_layers))
         except BaseException:
             snapshot.restore()  # a failed speedup leaves the model as it was, masks included
             raise
@@ -237,14 +238,9 @@ class ModelSpeedup:
         report.kept_groups = kept_groups(prop, why)
         return report
 
-    def _mismatch(self, model, args, kwargs, prop, removed, snapshot: _Snapshot) -> str:
-        """Which layer differs first: the sped-up model's layer outputs against the masked model's (the model
-        is put back to the masked one to record them; the caller restores it anyway)."""
+    def _mismatch(self, model, args, kwargs, prop, removed, ref_layers) -> str:
         _, got_layers = _run_recording(model, args, kwargs)
-        kinds = {n: type(m).__name__ for n, m in model.named_modules()}  # the sped-up modules' classes
-        snapshot.restore()
-        self._fold_masks()
-        _, ref_layers = _run_recording(model, args, kwargs)
+        kinds = {n: type(m).__name__ for n, m in model.named_modules()}
         state, find = prop.state, prop.state.uf.find
         for node in prop.gm.graph.nodes:
             if node.op != "call_module" or node.target not in ref_layers:
