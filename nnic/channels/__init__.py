@@ -13,12 +13,13 @@ the rules down as an argument.
 
 from nnic.channels.capture import Capture, CaptureError, split_dummy_input, trace
 from nnic.channels.graph import Call, Spec, State, describe
-from nnic.channels.groups import channel_groups
+from nnic.channels.groups import Coupling, channel_groups, coupling
 from nnic.channels.labels import label_tensor, propagate_by_labels, read_labels, run_on_labels
 from nnic.channels.propagate import Propagation, RuleTable, SpeedupError, SpeedupWarning, analyze
 
 __all__ = [
-    "Capture", "CaptureError", "Call", "Propagation", "RuleTable", "Spec", "SpeedupError", "SpeedupWarning", "State",
-    "analyze", "channel_groups", "describe", "label_tensor", "propagate_by_labels", "read_labels",
+    "Capture", "CaptureError", "Call", "Coupling", "Propagation", "RuleTable", "Spec", "SpeedupError",
+    "SpeedupWarning", "State", "analyze", "channel_groups", "coupling", "describe", "label_tensor",
+    "propagate_by_labels", "read_labels",
     "run_on_labels", "split_dummy_input", "trace",
 ]

@@ -76,14 +76,32 @@ class ChannelStats:
     value: torch.Tensor
 
 
-def channel_stats(value: torch.Tensor, dim: int) -> ChannelStats:
-    flat = value.detach().movedim(dim, 0).reshape(value.shape[dim], -1).double()
+def channel_stats(value: torch.Tensor, dim: int, where: torch.Tensor | None = None) -> ChannelStats:
+    """Stats of each index along ``dim``; with ``where`` (bool, one per index) only of those indices, the others
+    read as neither zero nor uniform. Computed in the tensor's own dtype (min and max are exact in any), over
+    the selected channels only: rules ask about the few dead channels of large activations."""
+    n = value.shape[dim]
+    zero = torch.zeros(n, dtype=torch.bool)
+    uniform = torch.zeros(n, dtype=torch.bool)
+    first = torch.zeros(n, dtype=torch.float64)
+    v = value.detach()
+    if v.dtype == torch.bool:
+        v = v.to(torch.uint8)
+    index = torch.arange(n) if where is None else where.cpu().nonzero().flatten()
+    if index.numel() == 0:
+        return ChannelStats(zero, uniform, first)
+    if where is not None:
+        v = v.index_select(dim, index.to(v.device))
+    flat = v.movedim(dim, 0).reshape(len(index), -1)
     if flat.shape[1] == 0:
-        zeros = torch.zeros(flat.shape[0], dtype=torch.bool)
-        return ChannelStats(~zeros, ~zeros, torch.zeros(flat.shape[0], dtype=torch.float64))
+        zero[index], uniform[index] = True, True
+        return ChannelStats(zero, uniform, first)
     hi, lo = flat.amax(1), flat.amin(1)
-    finite = torch.isfinite(flat).all(1)
-    return ChannelStats(((hi == 0) & (lo == 0) & finite).cpu(), ((hi == lo) & finite).cpu(), flat[:, 0].cpu())
+    finite = torch.isfinite(hi) & torch.isfinite(lo)  # a NaN anywhere in a channel makes its max NaN
+    zero[index] = ((hi == 0) & (lo == 0) & finite).cpu()
+    uniform[index] = ((hi == lo) & finite).cpu()
+    first[index] = flat[:, 0].double().cpu()
+    return ChannelStats(zero, uniform, first)
 
 
 @dataclass
@@ -239,8 +257,9 @@ class Call:
         """Declare the output's spec (a :class:`Spec`, ``None``, or a tuple/list/dict of them for tuple outputs)."""
         self._output_spec = spec
 
-    def stats(self, value: torch.Tensor, dim: int) -> ChannelStats:
-        return channel_stats(value, dim)
+    def stats(self, value: torch.Tensor, dim: int, where: torch.Tensor | None = None) -> ChannelStats:
+        """Per channel along ``dim``: all zero, all equal, first value (only at ``where``, if given)."""
+        return channel_stats(value, dim, where)
 
 
 def _describe(node: fx.Node) -> str:

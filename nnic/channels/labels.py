@@ -40,10 +40,15 @@ def read_labels(out: Any, n: int) -> tuple[int, list[int]] | str | None:
     pos = pos.long()
     if bool((pos == pos.flatten()[0]).all()):
         return "single"
-    for d in range(pos.ndim):
-        rows = pos.movedim(d, 0).reshape(pos.shape[d], -1)
-        if bool((rows == rows[:, :1]).all()):
-            return d, rows[:, 0].tolist()
+    origin = (0,) * pos.ndim
+    lines = [pos[origin[:d] + (slice(None),) + origin[d + 1:]] for d in range(pos.ndim)]
+    varying = [d for d, line in enumerate(lines) if bool((line != line[0]).any())]
+    if len(varying) != 1:  # one full comparison, along the one dimension whose line through 0 changes label
+        return None
+    d = varying[0]
+    rows = pos.movedim(d, 0).reshape(pos.shape[d], -1)
+    if bool((rows == rows[:, :1]).all()):
+        return d, rows[:, 0].tolist()
     return None
 
 

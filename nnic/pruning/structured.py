@@ -152,11 +152,12 @@ class StructuredPruner(Pruner):
         return min(amount(cap, n), n - 1)
 
     def _dependency_aware(self, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        from nnic.channels.groups import channel_groups
+        from nnic.channels.groups import coupling
         from nnic.plugins import get_registry
 
         rules = [info.obj for info in get_registry().list("speedup_rule")]  # the rules speedup will shrink with
-        groups = channel_groups(self.model, self.dummy_input, rules)  # layer -> list of root ids per out channel
+        found = coupling(self.model, self.dummy_input, rules)
+        groups = found.groups  # layer -> list of root ids per out channel
         self._coupled = groups
         parent: dict[str, str] = {name: name for name in self.layers}
 
@@ -188,8 +189,7 @@ class StructuredPruner(Pruner):
                            for n in names)
             smallest = min(len(set(groups[n])) for n in names)
             n_prune = smallest - self._keep_count(smallest, amount(sparsity, smallest))
-            order = sorted(roots, key=lambda r: (total[r], r))
-            pruned_roots.update(order[:n_prune])
+            pruned_roots.update(self._select(roots, total, n_prune, sparsity, found.blocks))
         pruned = {}
         for name in self.layers:
             if name in groups:
@@ -204,6 +204,27 @@ class StructuredPruner(Pruner):
                 if bool(flags.any()):
                     pruned[name] = flags
         return pruned
+
+    def _select(self, roots: list[int], total: dict[int, float], n_prune: int, sparsity: float,
+                blocks: list[list[list[int]]]) -> list[int]:
+        """The ``n_prune`` lowest-scored roots; where the roots are a grouped convolution's blocks, the same
+        number from every block (speedup removes a grouped convolution's channels only in equal numbers)."""
+        def lowest(candidates: list[int], k: int) -> list[int]:
+            return sorted(candidates, key=lambda r: (total[r], r))[:k]
+
+        present = set(roots)
+        parts = next((b for b in blocks if all(r in present for part in b for r in part)), None)
+        if parts is None:
+            return lowest(roots, n_prune)
+        chosen: list[int] = []
+        for part in parts:
+            per = len(set(part))
+            chosen += lowest(sorted(set(part)), per - self._keep_count(per, amount(sparsity, per)))
+        inside = {r for part in parts for r in part}
+        rest = [r for r in roots if r not in inside]
+        if rest:
+            chosen += lowest(rest, len(rest) - self._keep_count(len(rest), amount(sparsity, len(rest))))
+        return chosen
 
     def _masks(self, pruned: dict[str, torch.Tensor]) -> Masks:
         modules = dict(self.model.named_modules())

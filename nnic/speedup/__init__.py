@@ -10,11 +10,11 @@ for module types and ops come from plugins (``register_speedup_rules``; nnic's o
 from nnic.channels.capture import CaptureError
 from nnic.channels.graph import Call, Spec
 from nnic.channels.propagate import SpeedupError, SpeedupWarning
-from nnic.speedup.api import ModelSpeedup, SpeedupReport, speedup_model
+from nnic.speedup.api import KeptGroup, ModelSpeedup, SpeedupReport, speedup_model
 from nnic.speedup.rules import ChannelMixRule, PassThroughRule, PerChannelRule, Rule
 from nnic.speedup.serialize import load_pruned, save_pruned
 
 __all__ = [
     "CaptureError", "Call", "ChannelMixRule", "ModelSpeedup", "PassThroughRule", "PerChannelRule", "Rule", "Spec",
-    "SpeedupError", "SpeedupReport", "SpeedupWarning", "load_pruned", "save_pruned", "speedup_model",
+    "KeptGroup", "SpeedupError", "SpeedupReport", "SpeedupWarning", "load_pruned", "save_pruned", "speedup_model",
 ]

@@ -12,7 +12,7 @@ from torch.nn.utils import parametrize
 
 from nnic.channels.capture import split_dummy_input
 from nnic.channels.graph import Spec, State
-from nnic.channels.propagate import RuleTable, SpeedupError, analyze
+from nnic.channels.propagate import Propagation, RuleTable, SpeedupError, analyze
 from nnic.masking import check_masks
 from nnic.speedup.engine import apply, apply_masks, decide, unwrap_masks
 from nnic.speedup.ties import retie, tied_parameters
@@ -58,17 +58,31 @@ class _Snapshot:
 
 
 @dataclass
+class KeptGroup:
+    """Channels the masks asked to remove (their producers' weights are zero) that speedup kept, and why:
+    ``channels`` of them, coupled across ``modules``, kept for ``reason``."""
+
+    reason: str
+    channels: int
+    modules: list[str]
+
+
+@dataclass
 class SpeedupReport:
-    """What speedup did: kept positions per shrunk module slot, and why channels were kept; ``capture`` is how
-    the model was analysed (``"fx"``: one graph; ``"regions"``: fx could not trace the model's forward, so the
-    largest traceable submodules were analysed on the inputs they really received) and ``not_analysed`` names
-    the modules whose own forward code could not be traced (the channels crossing it were kept), with why."""
+    """What speedup did: kept positions per shrunk module slot, and why channels were kept.
+
+    ``pinned`` counts channel ids by the reason they were pinned (model outputs included); ``kept_groups``
+    lists, per coupled group of modules and reason, the masked channels speedup could not remove. ``capture`` is
+    how the model was analysed (``"fx"``: one graph; ``"regions"``: fx could not trace the model's forward, so the
+    largest traceable submodules were analysed on the inputs they really received) and ``not_analysed`` names the
+    modules whose own forward code could not be traced (the channels crossing it were kept), with why."""
 
     shrunk: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     removed_groups: int = 0
     pinned: dict[str, int] = field(default_factory=dict)  # reason -> number of channel ids
     capture: str = "fx"
     not_analysed: dict[str, str] = field(default_factory=dict)
+    kept_groups: list[KeptGroup] = field(default_factory=list)
 
     def __str__(self) -> str:
         lines = [f"{len(self.shrunk)} modules shrunk, {self.removed_groups} channel groups removed "
@@ -76,6 +90,8 @@ class SpeedupReport:
         lines += [f"  not analysed: {name or '<root>'}: {why.splitlines()[0][:160]}"
                   for name, why in self.not_analysed.items()]
         lines += [f"  kept {n} ids: {why}" for why, n in sorted(self.pinned.items(), key=lambda kv: -kv[1])[:10]]
+        lines += [f"  kept {g.channels} masked channels of {', '.join(g.modules[:4])}"
+                  f"{' ...' if len(g.modules) > 4 else ''}: {g.reason}" for g in self.kept_groups[:10]]
         return "\n".join(lines)
 
 
@@ -197,20 +213,22 @@ class ModelSpeedup:
             prop = analyze(model, self.dummy_input, table, leaf_modules=self.leaf_modules, strict=self.strict,
                            fallback=self.capture == "auto")
             ties = tied_parameters(model)
-            removed = decide(prop.state)
+            why: dict[int, str] = {}
+            removed = decide(prop.state, why)
             self.report.shrunk = apply(model, prop.state, removed)
             broken = retie(model, ties)
             if broken:  # keep the channels of modules whose shared parameter would come apart, and redo
                 snapshot.restore()
                 self._fold_masks()
                 _pin_tied(model, prop.state, broken)
-                removed = decide(prop.state)
+                why.clear()
+                removed = decide(prop.state, why)
                 self.report.shrunk = apply(model, prop.state, removed)
                 broken = retie(model, ties)
                 if broken:
                     raise SpeedupError(f"speedup would untie shared parameters {broken}; keep them whole with "
                                        f"leaf_modules=[...] or untie them before speedup")
-            self.report = self._report(prop.state, removed, self.report.shrunk)
+            self.report = self._report(prop, removed, why, self.report.shrunk)
             self.report.capture = prop.capture.kind
             self.report.not_analysed = dict(prop.capture.not_analysed)
             if self.verify:
@@ -235,14 +253,17 @@ class ModelSpeedup:
         apply_masks(self.model, self.masks)
         self.model.eval()
 
-    def _report(self, state: State, removed: set[int], shrunk: dict) -> SpeedupReport:
+    def _report(self, prop: Propagation, removed: set[int], why: dict[int, str], shrunk: dict) -> SpeedupReport:
+        state = prop.state
         report = SpeedupReport(shrunk=shrunk, removed_groups=len(removed))
-        for why in state.pinned.values():
-            report.pinned[why] = report.pinned.get(why, 0) + 1
+        for reason in state.pinned.values():
+            report.pinned[reason] = report.pinned.get(reason, 0) + 1
+        report.kept_groups = kept_groups(prop, why)
         return report
 
     def _mismatch(self, model, args, kwargs, prop, removed, ref_layers) -> str:
         _, got_layers = _run_recording(model, args, kwargs)
+        kinds = {n: type(m).__name__ for n, m in model.named_modules()}
         state, find = prop.state, prop.state.uf.find
         for node in (n for part in prop.capture.parts for n in part.gm.graph.nodes):
             if node.op != "call_module" or node.target not in ref_layers:
@@ -259,8 +280,36 @@ class ModelSpeedup:
                 elif isinstance(got, torch.Tensor) and isinstance(ref, torch.Tensor):
                     detail = f" (shape {tuple(got.shape)}, expected {tuple(ref.shape)})"
                 return (f"verify: the sped-up model's output differs from the masked model's; first differing "
-                        f"layer: {node.target!r} ({type(model.get_submodule(node.target)).__name__}){detail}")
+                        f"layer: {node.target!r} ({kinds.get(node.target, '?')}){detail}")
         return "verify: the sped-up model's output differs from the masked model's (no single layer differs)"
+
+
+def kept_groups(prop: Propagation, why: dict[int, str]) -> list[KeptGroup]:
+    """The masked channels that stay, by reason and coupled modules, most channels first. A channel counts as
+    masked when a module produced it as input-independent (its weights there are zero)."""
+    state = prop.state
+    find = state.uf.find
+    asked: set[int] = set()
+    nodes = (n for part in prop.capture.parts for n in part.gm.graph.nodes) if prop.capture else prop.gm.graph.nodes
+    for node in nodes:
+        spec = state.specs.get(node)
+        if node.op == "call_module" and isinstance(spec, Spec) and bool(spec.dead.any()):
+            asked.update(find(i) for i, d in zip(spec.ids, spec.dead.tolist()) if d)
+    kept = {r: reason for r, reason in why.items() if r in asked}
+    if not kept:
+        return []
+    modules: dict[int, set[str]] = {}
+    for (module, _slot), ids in state.slots.items():
+        for i in ids:
+            r = find(i)
+            if r in kept:
+                modules.setdefault(r, set()).add(module)
+    counts: dict[tuple[str, tuple[str, ...]], int] = {}
+    for r, reason in kept.items():
+        key = (reason, tuple(sorted(modules.get(r, ()))))
+        counts[key] = counts.get(key, 0) + 1
+    groups = [KeptGroup(reason, n, list(names)) for (reason, names), n in counts.items()]
+    return sorted(groups, key=lambda g: (-g.channels, g.reason))
 
 
 def registered_rules() -> list[Any]:

@@ -14,12 +14,16 @@ from nnic.channels.propagate import SpeedupError
 from nnic.speedup.rules import slice_param
 
 
-def decide(state: State) -> set[int]:
-    """The roots of the channel groups to remove."""
+def decide(state: State, why: dict[int, str] | None = None) -> set[int]:
+    """The roots of the channel groups to remove. ``why``, if given, receives the reason each kept root is kept."""
     uf = state.uf
     find = uf.find
-    bad = {find(i) for i in state.pinned} | {find(i) for i in state.blocked}
-    removed = {find(i) for i in range(len(uf.parent))} - bad
+    reasons: dict[int, str] = {} if why is None else why
+    for i, reason in state.blocked.items():
+        reasons.setdefault(find(i), f"{reason!r} reads it, and it is not zero there")
+    for i, reason in state.pinned.items():
+        reasons[find(i)] = reason
+    removed = {find(i) for i in range(len(uf.parent))} - set(reasons)
 
     def is_removed(i: int) -> bool:
         return find(i) in removed
@@ -27,14 +31,16 @@ def decide(state: State) -> set[int]:
     changed = True
     while changed:
         changed = False
-        for ids in state.slots.values():
+        for (module, slot), ids in state.slots.items():
             if ids and all(is_removed(i) for i in ids):
                 removed.discard(find(ids[0]))
+                reasons[find(ids[0])] = f"{module} keeps at least one channel (slot {slot!r})"
                 changed = True
         for constraint in state.constraints:
             for i in constraint(is_removed):
                 if find(i) in removed:
                     removed.discard(find(i))
+                    reasons[find(i)] = f"balance: {getattr(constraint, 'what', 'equal blocks')}"
                     changed = True
     return removed
 

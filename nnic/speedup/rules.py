@@ -156,20 +156,29 @@ class ChannelMixRule(Rule):
         """Bool ``[out_channels, in_channels]``: output channel o reads input channel i with a non-zero weight."""
         raise NotImplementedError
 
+    def grouped_usage(self, module: nn.Module) -> tuple[torch.Tensor, int]:
+        """``(local, groups)``: bool ``[out_channels, in_channels // groups]``, what each output channel reads
+        of its group's inputs. Grouped modules override this (a full ``usage`` matrix of a depthwise
+        convolution is channels squared); the default wraps :meth:`usage` as one group."""
+        return self.usage(module), 1
+
     def can_fold(self, module: nn.Module, x: torch.Tensor) -> bool:
         return False
 
     def propagate(self, call: Call) -> None:
         module, x, spec = call.module, call.value(0), call.spec(0)
         d = self.in_dim(module, x)
-        usage = self.usage(module).cpu()
-        in_ids, out_ids = call.slot("in", x.shape[d]), call.slot("out", usage.shape[0])
+        local, g_use = self.grouped_usage(module)
+        local = local.cpu()
+        n_out, ip = local.shape
+        blocks = local.reshape(g_use, n_out // g_use, ip)  # [group, out in group, in in group]
+        in_ids, out_ids = call.slot("in", x.shape[d]), call.slot("out", n_out)
         first_call = call.state.calls.get(call.name, 1) == 1
         if spec is not None and spec.dim == d:
             call.couple(in_ids, spec.ids)
             dead_in = spec.dead
-            st = call.stats(x, d)
-            unused = ~usage.any(0)
+            st = call.stats(x, d, dead_in)
+            unused = ~blocks.any(1).reshape(-1)
             zero = dead_in & st.zero
             foldable = dead_in & st.uniform & ~zero & ~unused
             if not (first_call and self.can_fold(module, x)):
@@ -183,7 +192,7 @@ class ChannelMixRule(Rule):
             for f in call.state.folds:
                 if f.module == call.name:
                     call.state.blocked.setdefault(in_ids[f.position], f"{call.name} (called twice)")
-        dead_out = (~usage | dead_in[None, :]).all(1)
+        dead_out = (~blocks | dead_in.reshape(g_use, 1, ip)).all(2).reshape(-1)
         y = call.output
         if spec is not None and spec.dim != d:
             call.pin(out_ids, f"{call.name}: its output channels would sit beside tracked ones")
@@ -192,10 +201,10 @@ class ChannelMixRule(Rule):
             call.set_output(Spec(self.out_dim(module, y), out_ids, dead_out))
         g = self.groups(module)
         if g > 1 and first_call:
-            call.constraint(grouped_constraint(in_ids, out_ids, g))
+            call.constraint(grouped_constraint(in_ids, out_ids, g, call.name))
 
 
-def grouped_constraint(in_ids: list[int], out_ids: list[int], groups: int):
+def grouped_constraint(in_ids: list[int], out_ids: list[int], groups: int, where: str = "a grouped module"):
     """Keep a grouped module's groups balanced; drop a group only when all its inputs and outputs go."""
     ip, op = len(in_ids) // groups, len(out_ids) // groups
 
@@ -219,6 +228,7 @@ def grouped_constraint(in_ids: list[int], out_ids: list[int], groups: int):
                             out.append(ids[t])
         return out
 
+    keep.what = f"{where}'s {groups} groups must lose as many channels each"  # type: ignore[attr-defined]
     return keep
 
 

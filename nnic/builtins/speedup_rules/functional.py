@@ -129,7 +129,7 @@ class PointwiseRule(Rule):
                 dead &= False
         if call.node.target in _MUL:
             for arg, v, spec, _ in labelled:
-                dead |= spec.dead & call.stats(v, spec.dim).zero
+                dead |= spec.dead & call.stats(v, spec.dim, spec.dead).zero
         call.set_output(Spec(od, list(ids), dead))
 
 
@@ -155,7 +155,24 @@ class StructuralRule(Rule):
         check = _literal_size_ok if name in self.sized else None
         if name in ("narrow", "select"):
             check = _never
+        if name == "permute" and self._permute(call):
+            return
         propagate_by_labels(call, check, first_only=True)
+
+    @staticmethod
+    def _permute(call: Call) -> bool:
+        """A permute moves the channel dimension to where the permutation says: no labels needed (it is the
+        channels-last block's hot op, on full-size activations)."""
+        spec, x = call.spec(0), call.value(0)
+        if spec is None or len(call.input_specs()) != 1 or not isinstance(x, torch.Tensor):
+            return False
+        dims = call.kwargs.get("dims", call.args[1:])
+        if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
+            dims = dims[0]
+        if not all(isinstance(d, int) for d in dims) or len(dims) != x.ndim:
+            return False
+        call.set_output(Spec([_dim(d, x.ndim) for d in dims].index(spec.dim), spec.ids, spec.dead))
+        return True
 
 
 def _never(call: Call, out_dim: int) -> bool:
@@ -297,11 +314,11 @@ class SplitRule(Rule):
         for s in sizes:
             pieces.append(spec.take(range(start, start + s)))
             start += s
-        call.constraint(_balanced([p.ids for p in pieces]))
+        call.constraint(_balanced([p.ids for p in pieces], call.node.name))
         call.set_output(tuple(pieces))
 
 
-def _balanced(parts: list[list[int]]):
+def _balanced(parts: list[list[int]], where: str):
     def keep(removed) -> list[int]:
         flags = [[removed(i) for i in part] for part in parts]
         k = min(min(sum(f) for f in flags), min(len(p) for p in parts) - 1)
@@ -316,6 +333,7 @@ def _balanced(parts: list[list[int]]):
                         out.append(i)
         return out
 
+    keep.what = f"node {where} splits into pieces that must lose as many channels each"  # type: ignore[attr-defined]
     return keep
 
 
@@ -404,7 +422,7 @@ class SumRule(Rule):
         keepdim = call.value(2) if len(call.args) > 2 else call.kwargs.get("keepdim", False)
         dims = None if raw is None else {_dim(d, x.ndim) for d in (raw if isinstance(raw, (list, tuple)) else [raw])}
         if dims is None or not dims or spec.dim in dims:
-            call.sink(spec.ids, spec.dead & call.stats(x, spec.dim).zero)
+            call.sink(spec.ids, spec.dead & call.stats(x, spec.dim, spec.dead).zero)
             return
         shift = 0 if keepdim else sum(1 for d in dims if d < spec.dim)
         call.set_output(Spec(spec.dim - shift, spec.ids, spec.dead))

@@ -11,6 +11,7 @@ from torch import nn
 
 from nnic.channels.graph import Call, Spec
 from nnic.channels.labels import propagate_by_labels
+from nnic.builtins.speedup_rules.layer_norm import LayerNormRule
 from nnic.speedup.rules import ChannelMixRule, PassThroughRule, PerChannelRule, Rule, block_usage, slice_param
 
 
@@ -32,18 +33,23 @@ def shrink_conv(m: nn.Module, keep: dict[str, torch.Tensor], transposed: bool) -
     if g == 1:
         w = w[kin.to(dev)][:, kout.to(dev)] if transposed else w[kout.to(dev)][:, kin.to(dev)]
         new_groups = 1
-    else:
-        kept_groups = sorted(set((kout // op).tolist()))
-        blocks, sizes = [], set()
-        for j in kept_groups:
-            ins, outs = kin[(kin // ip) == j], kout[(kout // op) == j]
-            sizes.add((len(ins), len(outs)))
-            block = w[ins.to(dev)][:, (outs - j * op).to(dev)] if transposed else w[outs.to(dev)][:, (ins - j * ip).to(dev)]
-            blocks.append(block)
-        if len(sizes) != 1 or int(sum(((kin // ip) == j).sum() for j in kept_groups)) != len(kin):
+    else:  # kept groups keep equal numbers of inputs and outputs: one gather for all of them
+        gin, gout = kin // ip, kout // op
+        kept_groups = torch.unique(gout)
+        n = len(kept_groups)
+        per_in, per_out = len(kin) // n, len(kout) // n
+        balanced = (torch.equal(torch.unique(gin), kept_groups) and per_in * n == len(kin) and per_out * n == len(kout)
+                    and bool((torch.bincount(gin, minlength=g)[kept_groups] == per_in).all())
+                    and bool((torch.bincount(gout, minlength=g)[kept_groups] == per_out).all()))
+        if not balanced:
             raise RuntimeError(f"speedup: unbalanced groups for {type(m).__name__} (internal error)")
-        w = torch.cat(blocks, 0)
-        new_groups = len(kept_groups)
+        if transposed:  # [in, out/groups, *k]
+            cols = (kout - gout * op).reshape(n, per_out).repeat_interleave(per_in, 0)
+            w = w[kin.to(dev)[:, None], cols.to(dev)]
+        else:
+            cols = (kin - gin * ip).reshape(n, per_in).repeat_interleave(per_out, 0)
+            w = w[kout.to(dev)[:, None], cols.to(dev)]
+        new_groups = n
     m.weight = _param(w, m.weight.requires_grad)
     if m.bias is not None:
         slice_param(m, "bias", kout, 0)
@@ -66,8 +72,10 @@ class ConvRule(ChannelMixRule):
     out_dim = in_dim
 
     def usage(self, module):
-        local = (module.weight.detach() != 0).flatten(2).any(2).cpu()
-        return block_usage(local, module.groups, module.in_channels)
+        return block_usage(*self.grouped_usage(module), module.in_channels)
+
+    def grouped_usage(self, module):
+        return (module.weight.detach() != 0).flatten(2).any(2).cpu(), module.groups
 
     def can_fold(self, module, x):
         pad = module.padding
@@ -84,14 +92,11 @@ class ConvRule(ChannelMixRule):
 class ConvTransposeRule(ConvRule):
     """ConvTranspose1d/2d/3d (weight ``[in, out/groups, *k]``), groups included; never folds constants."""
 
-    def usage(self, module):
-        g, cin, cout = module.groups, module.in_channels, module.out_channels
+    def grouped_usage(self, module):
+        g = module.groups
         local_t = (module.weight.detach() != 0).flatten(2).any(2).cpu()  # [in, out/g]
-        ip, op = cin // g, cout // g
-        full = torch.zeros(cout, cin, dtype=torch.bool)
-        for j in range(g):
-            full[j * op:(j + 1) * op, j * ip:(j + 1) * ip] = local_t[j * ip:(j + 1) * ip].T
-        return full
+        ip = module.in_channels // g
+        return local_t.reshape(g, ip, -1).transpose(1, 2).reshape(module.out_channels, ip), g
 
     def can_fold(self, module, x):
         return False
@@ -152,7 +157,7 @@ class BilinearRule(Rule):
             ids = call.slot(slot, usage.shape[1])
             if spec is not None and spec.dim == x.ndim - 1:
                 call.couple(ids, spec.ids)
-                zero = spec.dead & call.stats(x, spec.dim).zero
+                zero = spec.dead & call.stats(x, spec.dim, spec.dead).zero
                 call.sink(ids, ~usage.any(0) | zero, slot=slot)
                 deads.append(spec.dead)
             else:
@@ -241,6 +246,7 @@ class GroupNormRule(PerChannelRule):
         def whole_groups(removed):
             return [i for g in groups if not all(removed(x) for x in g) for i in g]
 
+        whole_groups.what = f"{call.name} removes whole groups only"  # type: ignore[attr-defined]
         call.constraint(whole_groups)
 
     def shrink(self, module, keep):
@@ -248,22 +254,6 @@ class GroupNormRule(PerChannelRule):
         super().shrink(module, keep)
         module.num_groups = module.num_channels // per
         return module
-
-
-class LayerNormRule(Rule):
-    """LayerNorm mixes the normalised (trailing) dimensions: their channels are kept."""
-
-    name = "torch.nn.layernorm"
-    targets = (nn.LayerNorm, nn.RMSNorm)
-
-    def propagate(self, call: Call) -> None:
-        spec, x = call.spec(0), call.value(0)
-        if spec is None:
-            return
-        if spec.dim >= x.ndim - len(call.module.normalized_shape):
-            call.pin(spec, f"{call.name} normalises over the channel dimension")
-            return
-        call.set_output(spec)
 
 
 class SpatialModuleRule(Rule):
