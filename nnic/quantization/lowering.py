@@ -138,7 +138,7 @@ class Int8Lowering:
             return self.module_class.from_float(module, weight=w, weight_q=q, weight_scale=s, **kw)
         if tc.group_size is not None:
             return (f"group-wise {tc.bits}-bit weights have no int8 layout yet (per-tensor or per-channel scales do; "
-                    f"4-bit symmetric Linear weights run group-wise on int4)")
+                    f"group-wise Linear weights of 2 to 4 bits run on int4)")
         q, scale, zero = weight_codes(w, tc, context)
         if int(q.min()) < -128 or int(q.max()) > 127 or int(zero.min()) < -128 or int(zero.max()) > 127:
             return "weight codes do not fit int8"

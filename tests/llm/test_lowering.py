@@ -59,7 +59,7 @@ def test_smoothquant_runs_as_int8_with_static_activations():
     assert cosine(logits(model, x), simulated) > 0.999
 
 
-def test_layouts_without_a_fast_kernel_say_so_and_stay_exactly_the_simulated_model(caplog):
+def test_3_bit_affine_groups_run_on_the_int4_kernel_as_the_simulated_model():
     model = hf_model("llama")
     cfg = [{"quant_types": ["weight"], "quant_bits": 3, "group_size": 32, "quant_scheme": "per_channel_affine",
             "op_types": ["Linear"]}, EXCLUDE]
@@ -67,11 +67,24 @@ def test_layouts_without_a_fast_kernel_say_so_and_stay_exactly_the_simulated_mod
     q.compress()
     x = token_batches(n=1, seq=24, seed=5)[0]
     simulated = logits(model, x)
-    with pytest.raises(ValueError, match="group-wise 3-bit weights have no int8 layout yet"):
+    nnic.quantization_speedup(model, q.calibration())
+    assert len([m for m in model.modules() if isinstance(m, Int4Linear)]) == len(q.calibration())
+    assert cosine(logits(model, x), simulated) > 0.999
+
+
+def test_layouts_without_a_fast_kernel_say_so_and_stay_exactly_the_simulated_model(caplog):
+    model = hf_model("llama")
+    cfg = [{"quant_types": ["weight"], "quant_bits": 6, "group_size": 32, "quant_scheme": "per_channel_affine",
+            "op_types": ["Linear"]}, EXCLUDE]
+    q = nnic.quantizer("gptq", model, cfg, calibration_data=token_batches(), progress=False)
+    q.compress()
+    x = token_batches(n=1, seq=24, seed=5)[0]
+    simulated = logits(model, x)
+    with pytest.raises(ValueError, match="group-wise 6-bit weights have no int8 layout yet"):
         nnic.quantization_speedup(model, q.calibration())
     with caplog.at_level(logging.WARNING, logger="nnic.quantization"):
         nnic.quantization_speedup(model, q.calibration(), on_unsupported="warn")
-    assert "group-wise 3-bit weights have no int8 layout yet" in caplog.text
+    assert "group-wise 6-bit weights have no int8 layout yet" in caplog.text
     torch.testing.assert_close(logits(model, x), simulated, rtol=0, atol=0)
 
 
