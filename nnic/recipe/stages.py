@@ -12,8 +12,8 @@
                            take it. Writes ``calibration.json``.
 ``quantization_speedup``   ``kwargs`` for ``nnic.quantization_speedup``; ``bits`` (``{layer: bits}``) when no
                            ``quantize`` stage came first, else the last calibration is used.
-``export``                 ``path`` (``model.onnx``), ``verify`` (true): ``nnic.export_onnx`` (when installed).
-``auto``                   ``kwargs`` for ``nnic.auto_compress`` (when installed).
+``export``                 ``path`` (``model.onnx``), ``verify`` (true): ``nnic.export_onnx``.
+``auto``                   ``kwargs`` for ``nnic.auto_compress``.
 =========================  ====================================================================================
 """
 
@@ -167,11 +167,6 @@ def _validate_quantization_speedup(where: Where, spec: dict, seen: list[str], ha
 
 
 def _validate_export(where: Where, spec: dict, seen: list[str], has_data: bool) -> dict:
-    import nnic
-
-    if not hasattr(nnic, "export_onnx"):
-        raise where.error("the export stage needs nnic.export_onnx, which this nnic does not provide yet; "
-                          "remove the stage (the compressed model is saved in OUT/model either way)")
     path = check_str(where.key("path"), spec.get("path", "model.onnx"))
     if not isinstance(spec.get("verify", True), bool):
         raise where.key("verify").expected("true or false", spec["verify"])
@@ -179,10 +174,6 @@ def _validate_export(where: Where, spec: dict, seen: list[str], has_data: bool) 
 
 
 def _validate_auto(where: Where, spec: dict, seen: list[str], has_data: bool) -> dict:
-    import nnic
-
-    if not hasattr(nnic, "auto_compress"):
-        raise where.error("the auto stage needs nnic.auto_compress, which this nnic does not provide yet")
     if not has_data:
         raise where.error("auto compression scores candidates: add a data section (eval batches and a metric)")
     return {"stage": "auto", "kwargs": check_kwargs(where.key("kwargs"), spec.get("kwargs"))}

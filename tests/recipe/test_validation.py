@@ -106,16 +106,6 @@ def test_stages_that_need_an_earlier_stage_or_data_say_so():
         validate(trains, "r.yaml")
 
 
-def test_export_without_export_onnx_is_an_error_not_a_stub(monkeypatch):
-    import nnic
-
-    if hasattr(nnic, "export_onnx"):
-        pytest.skip("this nnic has export_onnx")  # the stage then runs it; tested with the exporter
-    with pytest.raises(RecipeError, match=r"stages\[0\]: the export stage needs nnic.export_onnx, which this nnic "
-                                          r"does not provide yet"):
-        validate(_with("stages", [{"stage": "export"}]), "r.yaml")
-
-
 def test_files_yaml_and_json_and_their_syntax_errors(tmp_path):
     (tmp_path / "r.json").write_text(json.dumps(GOOD))
     assert load_recipe(tmp_path / "r.json").name == "tiny"
