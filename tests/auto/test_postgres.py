@@ -58,6 +58,15 @@ def _until(condition, procs, timeout=400.0, what=""):
 
 
 def test_two_workers_share_a_study_and_a_killed_one_loses_nothing():
+    # The SIGKILL can land just after worker B finished the trial it was seen running (a race of this test, not
+    # of nnic): then no trial was interrupted, so the scenario runs again on a new study, three times at most.
+    for _attempt in range(3):
+        if _two_workers_and_a_kill():
+            return
+    pytest.fail("three times in a row the kill landed after worker B's trial had finished")
+
+
+def _two_workers_and_a_kill() -> bool:
     study_name = f"digits-{uuid.uuid4().hex[:8]}"
     # Both start together: whichever creates the study first, the other joins it (creation is atomic).
     a, b = _worker(study_name), _worker(study_name)
@@ -85,6 +94,8 @@ def test_two_workers_share_a_study_and_a_killed_one_loses_nothing():
                 p.communicate()  # closes the pipes
 
     trials = optuna.load_study(study_name=study_name, storage=_db()).get_trials()
+    if trials[killed.number].state != TrialState.FAIL and not any(t.state == TrialState.FAIL for t in trials):
+        return False  # the kill missed: B had already finished the trial
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == N_TRIALS  # every trial counted once: none lost, none twice
     workers = {t.user_attrs["worker"].rsplit(":", 1)[1] for t in finished}
@@ -103,3 +114,4 @@ def test_two_workers_share_a_study_and_a_killed_one_loses_nothing():
     assert reported["best"] == {"number": stored.best.number, "measured": stored.best.measured}
     feasible = [t for t in stored.trials if t.state == "COMPLETE" and t.measured["flops"] <= 0.6]
     assert stored.best.measured["score"] == max(t.measured["score"] for t in feasible)
+    return True
