@@ -120,7 +120,7 @@ class AutoResult:
         head = (f"study {self.study_name!r}: {len(self.trials)} finished trials, {len(self.feasible)} feasible; "
                 f"constraints {self.goals.constraints or 'none'}; objectives {list(self.goals.objectives)}\n"
                 f"latency: median of {m['repeats']} runs in {m.get('rounds', 1)} round(s) interleaved with the dense "
-                f"model, each after {m['warmup']} warm-up, {m['threads']} thread(s)"
+                f"model, each after {m['warmup']} warm-up, {m['threads']} thread(s), {m.get('clock', 'wall')} clock"
                 + (f", batch {m['batch']}" if m["batch"] else "") + "\n")
         rows = [("", "trial", *_COLUMNS), ("dense", "-", *_cells(self.baseline))]
         if self.best is not None:

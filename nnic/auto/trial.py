@@ -30,20 +30,28 @@ class MeasureSettings:
     example input's first sample repeated; ``None``: the example input as given), and ``repeats`` timed runs
     per model spread over ``rounds`` interleaved rounds (dense, trial, dense, trial, ...), each round after
     ``warmup`` untimed runs. A trial's latency is its ratio to the dense model measured in the same rounds, so
-    that machine load during the search moves both alike and cancels out."""
+    that machine load during the search moves both alike and cancels out. ``clock``: ``"cpu"`` (the default
+    for one thread: the process's CPU time per run, which other processes' load does not inflate) or
+    ``"wall"`` (the default for more threads)."""
 
     threads: int = 1
     batch: int | None = None
     warmup: int = 3
     repeats: int = 20
     rounds: int = 5
+    clock: str = "cpu"
 
     @classmethod
     def from_user(cls, measure: Mapping[str, Any] | None) -> MeasureSettings:
         measure = dict(measure or {})
-        unknown = sorted(set(measure) - {"threads", "batch", "warmup", "repeats", "rounds"})
+        unknown = sorted(set(measure) - {"threads", "batch", "warmup", "repeats", "rounds", "clock"})
         if unknown:
-            raise ValueError(f"measure: unknown key(s) {unknown}; expected threads, batch, warmup, repeats, rounds")
+            raise ValueError(f"measure: unknown key(s) {unknown}; expected threads, batch, warmup, repeats, rounds, "
+                             f"clock")
+        measure.setdefault("clock", "cpu" if measure.get("threads", 1) == 1 else "wall")
+        if measure["clock"] not in ("cpu", "wall") or (measure["clock"] == "cpu" and measure.get("threads", 1) != 1):
+            raise ValueError(f"measure['clock']: expected 'wall', or 'cpu' with one thread, got {measure['clock']!r} "
+                             f"with threads={measure.get('threads', 1)!r}")
         out = cls(**measure)
         for key, minimum in (("threads", 1), ("warmup", 0), ("repeats", 1), ("batch", 1), ("rounds", 1)):
             value = getattr(out, key)
@@ -104,10 +112,17 @@ def costs(float_model: nn.Module, lowered: nn.Module, dummy_input: Any, measure:
     when the study was made), so figures from different moments, loads or machines compare;
     ``latency_raw_ms`` is the median as measured now. Without ``reference`` (the dense model itself),
     ``latency_ms`` is the median of ``measure.repeats`` runs and the ratio is 1."""
-    from nnic.measure import count_flops, count_params, measure_latencies, measure_latency, size_on_disk
+    from nnic.measure import (
+        count_flops,
+        count_params,
+        measure_latencies,
+        measure_latency,
+        size_on_disk,
+    )
 
     flops, params = int(count_flops(float_model, dummy_input)), count_params(float_model)
-    timing = dict(threads=measure.threads, batch=measure.batch, warmup=measure.warmup, repeats=measure.repeats)
+    timing = {"threads": measure.threads, "batch": measure.batch, "warmup": measure.warmup,
+              "repeats": measure.repeats, "clock": measure.clock}
     if reference is None:
         latency = measure_latency(lowered, dummy_input, **timing)
         ratio, absolute = 1.0, latency.median_ms

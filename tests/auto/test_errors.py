@@ -94,6 +94,10 @@ def test_other_bad_arguments(model, evaluator, example, tmp_path):
         nnic.auto_compress(model, evaluator, example, n_trials=0, out_dir=tmp_path, **FAST)
     with pytest.raises(ValueError, match=r"measure\['repeats'\]: expected an int >= 1, got 0"):
         nnic.auto_compress(model, evaluator, example, out_dir=tmp_path, measure={"repeats": 0}, progress=False)
+    with pytest.raises(ValueError, match=r"measure\['clock'\]: expected 'wall', or 'cpu' with one thread, got 'cpu' "
+                                         r"with threads=2"):
+        nnic.auto_compress(model, evaluator, example, out_dir=tmp_path, measure={"clock": "cpu", "threads": 2},
+                           progress=False)
     with pytest.raises(ValueError, match=r"strategy 'sa' searches one objective"):
         nnic.auto_compress(model, evaluator, example, objectives=("score", "latency_ms"), strategy="sa",
                            out_dir=tmp_path, **FAST)
