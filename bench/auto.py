@@ -1,14 +1,17 @@
 """Benchmark of ``nnic.auto_compress``.
 
-``python bench/auto.py digits``: on sklearn's digits, the Pareto front of accuracy against measured latency
-that the search finds in a fixed budget, against uniform sparsity at 30/50/70 % with the same pruner (l1norm)
-and the same fine-tuning budget. For each uniform point it reports the most accurate found configuration at
-equal or lower latency. The latencies compared there are measured again at the end, the uniform model and the
-found one interleaved (A, B, A, B, ... rounds, median), so that machine noise does not pick the winner.
+``python bench/auto.py digits [--quick]``: on sklearn's digits, the Pareto front of accuracy against measured
+latency that the search finds in a fixed budget, against uniform sparsity at 30/50/70 % with the same pruner
+(l1norm) and the same fine-tuning budget. The uniform points are the study's first trials (``start_points``),
+so they are built exactly as the search builds every trial. For each, it reports the most accurate other
+configuration no slower than it, and the fastest one at least as accurate; every latency compared there is
+measured again at the end, dense, uniform and found model interleaved (rounds, median, process CPU time), and
+"no slower" allows a stated tolerance for noise.
 
-``python bench/auto.py scale [--model resnet18|mobilenet_v2] [--workers 1 2]``: the search on a real network
-with a proxy evaluator (output agreement with the dense model on random inputs: logits' cosine similarity; no
-fine-tuning): seconds per trial and trials per hour with 1 and 2 local worker processes sharing one study file.
+``python bench/auto.py scale [--quick] [--model resnet18 mobilenet_v2] [--workers 1 2]``: the search on real
+networks with a proxy evaluator (output agreement with the dense model on random inputs: logits' cosine
+similarity; no fine-tuning): seconds per trial and trials per hour with 1 and 2 local worker processes
+sharing one study file.
 """
 
 from __future__ import annotations
@@ -113,15 +116,16 @@ def digits(args: argparse.Namespace) -> None:
         u = row["uniform"]
         cells = [f"{s:.0%}", f"{u.measured['score']:.2f} % / {row['u_ratio']:.3f}"]
         if row["accurate"]:
-            t, f, _ = row["accurate"]
+            t, f, uu = row["accurate"]
             gain = t.measured["score"] - u.measured["score"]
-            cells += [f"#{t.number} {_describe(t)}", f"{t.measured['score']:.2f} %", f"{f:.3f}", f"{gain:+.2f}"]
+            cells += [f"#{t.number} {_describe(t)}", f"{t.measured['score']:.2f} %", f"{f:.3f} (uniform {uu:.3f})",
+                      f"{gain:+.2f}"]
         else:
             gain = None
             cells += ["none (the uniform point itself is the result)", "", "", ""]
         if row["fast"]:
             t, f, uu = row["fast"]
-            cells += [f"#{t.number}", f"{f:.3f}", f"{f / uu:.2f}x"]
+            cells += [f"#{t.number}", f"{f:.3f} (uniform {uu:.3f})", f"{f / uu:.2f}x"]
         else:
             cells += ["none", "", ""]
         print("| " + " | ".join(cells) + " |")
@@ -190,35 +194,52 @@ def _ready(url: str) -> bool:
     return True
 
 
-def scale(args: argparse.Namespace) -> None:
+def _scale_run(model: str, workers: int, trials: int, size: int) -> dict:
+    """One study on ``model`` with ``workers`` local worker processes sharing its SQLite file."""
+    import optuna
+
     import nnic
 
-    for workers in args.workers:
-        with tempfile.TemporaryDirectory(prefix="nnic-bench-auto-") as tmp:
-            url = f"sqlite:///{tmp}/study.db"
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
-                   "BENCH_TRIALS": str(args.trials), "BENCH_SIZE": str(args.size), "OMP_NUM_THREADS": "1",
-                   "NNIC_DISABLE_PLUGIN_AUTOLOAD": "1"}
-            cmd = [sys.executable, "-m", "nnic.cli", "auto", "worker", "--storage", url, "--study", "bench",
-                   "--no-progress", f"auto:{args.model}_spec"]
-            first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
-            while not _ready(url):
-                time.sleep(0.5)
-            others = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True) for _ in range(workers - 1)]
-            for p in (first, *others):
-                p.communicate()
-            result = nnic.auto.load_result(url, "bench")
-            import optuna
+    with tempfile.TemporaryDirectory(prefix="nnic-bench-auto-") as tmp:
+        url = f"sqlite:///{tmp}/study.db"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+               "BENCH_TRIALS": str(trials), "BENCH_SIZE": str(size), "OMP_NUM_THREADS": "1",
+               "NNIC_DISABLE_PLUGIN_AUTOLOAD": "1"}
+        cmd = [sys.executable, "-m", "nnic.cli", "auto", "worker", "--storage", url, "--study", "bench",
+               "--no-progress", f"auto:{model}_spec"]
+        first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
+        while not _ready(url):
+            if first.poll() is not None:
+                raise RuntimeError(f"the first {model} worker exited with {first.returncode}")
+            time.sleep(0.5)
+        others = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True) for _ in range(workers - 1)]
+        for p in (first, *others):
+            p.communicate()
+            if p.returncode:
+                raise RuntimeError(f"a {model} worker exited with {p.returncode}")
+        result = nnic.auto.load_result(url, "bench")
+        study = optuna.load_study(study_name="bench", storage=nnic.auto.storage.open_storage(url))
+        done = [t for t in study.get_trials() if t.state.name in ("COMPLETE", "PRUNED")]
+        span = (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds()
+        per_trial = statistics.median((t.datetime_complete - t.datetime_start).total_seconds() for t in done)
+        return {"model": model, "workers": workers, "trials": len(done), "span": span, "per_trial": per_trial,
+                "per_hour": 3600 * len(done) / span, "best": result.best, "load": os.getloadavg()[0]}
 
-            study = optuna.load_study(study_name="bench", storage=nnic.auto.storage.open_storage(url))
-            done = [t for t in study.get_trials() if t.datetime_complete is not None and t.state.name == "COMPLETE"]
-            span = (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds()
-            per_trial = statistics.median((t.datetime_complete - t.datetime_start).total_seconds() for t in done)
-            print(f"{args.model} {args.size}px, {workers} worker(s): {len(done)} trials in {span:.0f} s of search "
-                  f"(first trial start to last end): {per_trial:.1f} s per trial (median), "
-                  f"{3600 * len(done) / span:.0f} trials/hour; best agreement "
-                  f"{result.best.measured['score'] if result.best else float('nan'):.1f} % at flops "
-                  f"{result.best.measured['flops'] if result.best else float('nan'):.2f}")
+
+def scale(args: argparse.Namespace) -> None:
+    if args.quick:
+        args.trials, args.size = min(args.trials, 4), min(args.size, 96)
+    rows = [_scale_run(m, w, args.trials, args.size) for m in args.model for w in args.workers]
+    print(f"\nproxy evaluator (logits' cosine similarity with the dense model on 16 random inputs, %), no "
+          f"fine-tuning, flops <= 0.6, {args.size} px, tpe; latency timed in-trial against the dense model")
+    print("\n| network | workers | finished trials | wall time (first start to last end) | s per trial (median) "
+          "| trials per hour | best agreement @ flops | load average (1 min, at the end) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        best = r["best"]
+        found = f"{best.measured['score']:.1f} % @ {best.measured['flops']:.2f}" if best else "none feasible"
+        print(f"| {r['model']} | {r['workers']} | {r['trials']} | {r['span']:.0f} s | {r['per_trial']:.1f} | "
+              f"{r['per_hour']:.0f} | {found} | {r['load']:.1f} |")
 
 
 def main() -> None:
@@ -235,10 +256,11 @@ def main() -> None:
     d.add_argument("--out")
     d.set_defaults(run=digits)
     s = sub.add_parser("scale")
-    s.add_argument("--model", default="resnet18", choices=("resnet18", "mobilenet_v2"))
+    s.add_argument("--model", nargs="+", default=["resnet18", "mobilenet_v2"], choices=("resnet18", "mobilenet_v2"))
     s.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     s.add_argument("--trials", type=int, default=8)
     s.add_argument("--size", type=int, default=128, help="input height and width")
+    s.add_argument("--quick", action="store_true", help="4 trials at 96 px per run (a few minutes in all)")
     s.set_defaults(run=scale)
     args = p.parse_args()
     args.run(args)

@@ -34,7 +34,7 @@ def make_objective(model: nn.Module, evaluator: Any, dummy_input: Any, space: Se
     for a study that should end with ``n_trials`` finished trials."""
     import optuna
 
-    baseline, measure = settings["baseline"], MeasureSettings(**settings["measure"])
+    baseline, measure = settings["baseline"], MeasureSettings.from_user(settings["measure"])
     steps, evals = settings["fine_tune_steps"], settings["fine_tune_evals"]
     can_prune = settings["prune_trials"] is not False and len(goals.objectives) == 1 and steps > 0
 
