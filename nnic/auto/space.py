@@ -217,6 +217,32 @@ def _choices(where: str, value: Any) -> tuple[int | str, ...]:
     return tuple(dict.fromkeys(value)) or (FLOAT,)
 
 
+def _lowerable(name: str, module: nn.Module, choices: tuple[int | str, ...], *, strict: bool) -> tuple[int | str, ...]:
+    """The ``choices`` that ``nnic.quantization_speedup`` can lower this layer to (tried on a copy): a layer
+    with no low-bit module (a grouped convolution, say) keeps float. ``strict``: the user named the layer, so a
+    choice that cannot be lowered is a ``ValueError`` with the reason."""
+    import copy
+
+    import nnic
+
+    kept = []
+    for bits in choices:
+        if bits == FLOAT:
+            kept.append(bits)
+            continue
+        holder = nn.Module()
+        holder.add_module("layer", copy.deepcopy(module))
+        try:
+            nnic.quantization_speedup(holder, {"layer": int(bits)})
+        except ValueError as exc:
+            if strict:
+                reason = str(exc).split("stays float: ", 1)[-1]
+                raise ValueError(f"space['bits'][{name!r}]: {bits} bits cannot be lowered: {reason}") from None
+            continue
+        kept.append(bits)
+    return tuple(kept) or (FLOAT,)
+
+
 def _check_pruner(name: Any) -> str:
     from nnic.plugins import get_registry
     from nnic.pruning.structured import StructuredPruner
@@ -294,10 +320,11 @@ def build_space(model: nn.Module, dummy_input: Any, space: Mapping[str, Any] | N
         for n in bits:
             if n not in quantizable:
                 raise ValueError(f"space['bits']: {n!r} is not a Linear or Conv2d layer of the model")
-        per_bits = {n: _choices(f"space['bits'][{n!r}]", bits[n]) for n in bits}
+        per_bits = {n: _lowerable(n, modules[n], _choices(f"space['bits'][{n!r}]", bits[n]), strict=True)
+                    for n in bits}
     else:
         choices = _choices("space['bits']", bits)
-        per_bits = {n: choices for n in quantizable}
+        per_bits = {n: _lowerable(n, modules[n], choices, strict=False) for n in quantizable}
     per_bits = {n: c for n, c in per_bits.items() if c != (FLOAT,)}
 
     resolved = SearchSpace(pruners, groups, ranges, per_bits, float(step))

@@ -7,6 +7,7 @@ import time
 
 import optuna
 import pytest
+import torch
 
 import nnic
 
@@ -105,3 +106,19 @@ def test_other_bad_arguments(model, evaluator, example, tmp_path):
         nnic.auto_compress(model, evaluator, example, prune_trials={"name": "never"}, out_dir=tmp_path, **FAST)
     with pytest.raises(TypeError, match=r"evaluator: expected an nnic.evaluator.Evaluator"):
         nnic.auto_compress(model, None, example, out_dir=tmp_path, **FAST)
+
+
+def test_layers_without_a_low_bit_module_keep_float_and_naming_one_is_refused():
+    from torch import nn
+
+    from nnic.auto.space import build_space
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=8), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(8 * 4 * 4, 10)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    space = build_space(net, x, {"bits": [8, "float"]})
+    assert "2" not in space.bits  # the depthwise convolution has no int8 module: not searched
+    assert space.bits["0"] == (8, "float") and space.bits["5"] == (8, "float")
+    with pytest.raises(ValueError, match=r"space\['bits'\]\['2'\]: 8 bits cannot be lowered: grouped convolution"):
+        build_space(net, x, {"bits": {"2": [8, "float"]}})
