@@ -96,18 +96,19 @@ def run_trials(study: Any, objective: Callable[[Any], Any], n_trials: int, goals
             if finished + running >= n_trials:
                 time.sleep(poll_s)  # the last trials are running elsewhere (queued ones would be surplus)
                 continue
-            before = len(study.get_trials(deepcopy=False))
+            ran: list[Any] = []  # the trial this call ran (a new one, or one popped from the queue)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 # Samplers without constraint handling (CMA-ES, random) say so; the result filters feasibility.
                 warnings.filterwarnings("ignore", "Constraints have been set, but", UserWarning)
-                study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
-            mine = [t for t in study.get_trials(deepcopy=False)[before:] if t.user_attrs.get("worker") == worker_id()]
-            if mine and mine[-1].state == optuna.trial.TrialState.FAIL and not mine[-1].user_attrs.get("surplus"):
+                study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False,
+                               callbacks=[lambda _study, trial, out=ran: out.append(trial)])
+            last = ran[-1] if ran else None
+            if last is not None and last.state == optuna.trial.TrialState.FAIL and not last.user_attrs.get("surplus"):
                 failures += 1
                 if failures >= MAX_CONSECUTIVE_FAILURES:
                     raise RuntimeError(f"auto_compress: {failures} trials in a row failed; the last one "
-                                       f"(#{mine[-1].number}) raised:\n{mine[-1].user_attrs.get('error', '?')}")
+                                       f"(#{last.number}) raised:\n{last.user_attrs.get('error', '?')}")
             else:
                 failures = 0
     finally:

@@ -122,3 +122,20 @@ def test_layers_without_a_low_bit_module_keep_float_and_naming_one_is_refused():
     assert space.bits["0"] == (8, "float") and space.bits["5"] == (8, "float")
     with pytest.raises(ValueError, match=r"space\['bits'\]\['2'\]: 8 bits cannot be lowered: grouped convolution"):
         build_space(net, x, {"bits": {"2": [8, "float"]}})
+
+
+def test_a_search_whose_trials_keep_failing_stops_with_the_error(model, evaluator, example, tmp_path):
+    class Breaks:
+        """Scores the dense model, then raises on every trial (the first ones queued as start points)."""
+
+        calls = 0
+
+        def evaluate(self, m):
+            Breaks.calls += 1
+            if Breaks.calls > 1:
+                raise RuntimeError("the evaluator broke")
+            return evaluator.evaluate(m)
+
+    with pytest.raises(RuntimeError, match=r"3 trials in a row failed; the last one \(#2\) raised:\n(.|\n)*"
+                                           r"the evaluator broke"):
+        nnic.auto_compress(model, Breaks(), example, n_trials=5, start_points=(0.3, 0.5), out_dir=tmp_path, **FAST)

@@ -14,7 +14,7 @@ FAST = {"measure": {"repeats": 4, "warmup": 1, "rounds": 2}, "progress": False}
 def test_start_points_run_first_as_uniform_float_configurations(model, evaluator, example, tmp_path):
     result = nnic.auto_compress(model, evaluator, example, n_trials=3, start_points=(0.3, 0.7), seed=2,
                                 space={"sparsity": (0.0, 0.8), "bits": [8, "float"]}, out_dir=tmp_path, **FAST)
-    first, second, third = result.trials
+    first, second, _ = result.trials
     assert [t.start_point for t in result.trials] == [True, True, False]
     for t, s in ((first, 0.3), (second, 0.7)):
         assert set(t.configuration.sparsity.values()) == {s}  # every searched layer at the uniform sparsity
