@@ -108,7 +108,7 @@ def digits(args: argparse.Namespace) -> None:
     rows = [_compare(model, result, uniform[s], x, args.batch, args.tolerance) for s in UNIFORM]
     print(f"\nlatency: ratio to the dense model, measured again at the end (process CPU time; dense, uniform, "
           f"found interleaved, 5 rounds x 5 runs, median); 'no slower' allows {args.tolerance:.0%} for noise")
-    print("\n| uniform | uniform acc. / latency | most accurate found, no slower | acc. | latency | gain "
+    print("\n| uniform | uniform acc. / latency | most accurate trial, no slower | acc. | latency | gain "
           "| fastest found, as accurate | latency | vs uniform |")
     print("|---|---|---|---|---|---|---|---|---|")
     met = []

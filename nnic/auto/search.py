@@ -164,10 +164,10 @@ def auto_compress(model: nn.Module, evaluator: Any, dummy_input: Any, *, constra
             except optuna.exceptions.DuplicatedStudyError:  # another worker created it meanwhile: join it
                 study = optuna.load_study(study_name=study_name, storage=rdb)
                 settings, joined = _stored_settings(study, url, asked), True
-            else:
-                store_settings(study, settings)
+            else:  # queued before the settings are stored: workers joining wait for those, so start points go first
                 for params in settings["start_params"]:
                     study.enqueue_trial(params, user_attrs={"start_point": True})
+                store_settings(study, settings)
 
         space_obj = SearchSpace.from_dict(settings["space"])
         goals = make_goals(settings["goals"]["constraints"], settings["goals"]["objectives"])
