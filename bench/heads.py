@@ -23,7 +23,7 @@ import torch.nn.functional as F
 import nnic
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _timing import timeit_interleaved  # noqa: E402
+from _timing import timeit_interleaved
 
 CRITERIA = ("l1_weight", "l2_weight", "l1_activation", "l2_activation", "taylorfo")
 
@@ -86,7 +86,7 @@ def main() -> None:
             heads = sum(h.num_heads for h in find_heads(model))
             total = sum(h.num_heads for h in find_heads(dense))
             with torch.no_grad():
-                times = timeit_interleaved({"dense": lambda: dense(ids), "pruned": lambda: model(ids)},
+                times = timeit_interleaved({"dense": lambda m=dense: m(ids), "pruned": lambda m=model: m(ids)},
                                            args.repeats, budget=60.0, clock=clock)
             ratio = statistics.median(times["dense"]) / statistics.median(times["pruned"])
             n = sum(p.numel() for p in model.parameters())

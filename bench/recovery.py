@@ -18,7 +18,14 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from distill_recovery import EXPERIMENTS, accuracy, held_out, one_thread, recovered, trained  # noqa: E402
+from distill_recovery import (
+    EXPERIMENTS,
+    accuracy,
+    held_out,
+    one_thread,
+    recovered,
+    trained,
+)
 
 
 def spread(values: list[float]) -> str:

@@ -15,16 +15,23 @@ from nnic.evaluator import Evaluator
 
 pytest.importorskip("sklearn.datasets")
 
-from distill_recovery import (  # noqa: E402  (tests/ is on the path)
-    EXPERIMENTS, accuracy, batches, digits, half_the_heads, held_out, one_thread, recovered, trained,
+from distill_recovery import (
+    EXPERIMENTS,
+    accuracy,
+    batches,
+    digits,
+    half_the_heads,
+    held_out,
+    one_thread,
+    recovered,
+    trained,
 )
 
 
 @pytest.fixture(scope="module")
-def setup():
-    x, y, train, test = digits()
+def cnn():
     build, epochs, _, _ = EXPERIMENTS["digits CNN, half the conv channels"]
-    return trained(build, epochs), x, y, train, test
+    return trained(build, epochs)
 
 
 def _gains(teacher, pruned, epochs, seeds):
@@ -34,8 +41,8 @@ def _gains(teacher, pruned, epochs, seeds):
     return plain, distilled
 
 
-def test_distillation_recovers_more_than_plain_fine_tuning_at_the_same_step_budget(setup):
-    teacher = setup[0]
+def test_distillation_recovers_more_than_plain_fine_tuning_at_the_same_step_budget(cnn):
+    teacher = cnn
     _, _, prune, epochs = EXPERIMENTS["digits CNN, half the conv channels"]
     plain, distilled = _gains(teacher, prune(teacher), epochs, (0, 1))  # 26 steps each
     assert accuracy(teacher, held_out()) > 85
@@ -64,8 +71,8 @@ def test_distillation_recovers_more_on_a_tiny_transformer_with_half_its_heads_re
     assert min(distilled) > after, (after, distilled)
 
 
-def test_hidden_states_are_matched_and_the_loop_fits_an_evaluator(setup):
-    teacher, x, y, train, _ = setup
+def test_hidden_states_are_matched_and_the_loop_fits_an_evaluator(cnn):
+    teacher, (x, _, train, _) = cnn, digits()
     student = copy.deepcopy(teacher)
     with torch.no_grad():
         student[2].weight.mul_(0.5)
@@ -80,8 +87,8 @@ def test_hidden_states_are_matched_and_the_loop_fits_an_evaluator(setup):
     assert after < before
 
 
-def test_mistakes_are_named(setup):
-    teacher, x, y, train, _ = setup
+def test_mistakes_are_named(cnn):
+    teacher, train = cnn, digits()[2]
     with pytest.raises(ValueError, match="temperature"):
         distillation_loop(teacher, [], temperature=0)
     with pytest.raises(ValueError, match="alpha"):
