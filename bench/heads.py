@@ -4,7 +4,7 @@ whole model: fx, or the capture that follows the real execution), latency vs den
 sequence 128, interleaved rounds, median).
 
     python bench/heads.py            # 12 layers, as the real models (about 20 min on 2 quiet cores)
-    python bench/heads.py --quick    # 2 layers, sequence 64, 3 rounds: every row in a few minutes
+    python bench/heads.py --quick    # 2 layers, sequence 64: every row in a few minutes
     python bench/heads.py --clock cpu  # 1 thread, the calling thread's CPU time: steadier on a shared machine
 """
 
@@ -53,12 +53,12 @@ def main() -> None:
     ap.add_argument("--criteria", default=",".join(CRITERIA))
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="wall: 2 threads, wall time; cpu: 1 thread, its CPU time (time.thread_time)")
-    ap.add_argument("--quick", action="store_true", help="2 layers, sequence 64, 3 rounds (overrides the above)")
+    ap.add_argument("--quick", action="store_true", help="2 layers, sequence 64 (overrides the above)")
     args = ap.parse_args()
     from nnic_transformers import find_heads  # the plugin; it imports transformers
 
     if args.quick:
-        args.layers, args.seq, args.repeats = 2, 64, 3
+        args.layers, args.seq = 2, 64
     torch.set_num_threads(2 if args.clock == "wall" else 1)
     clock = time.perf_counter if args.clock == "wall" else time.thread_time
     gen = torch.Generator().manual_seed(0)
