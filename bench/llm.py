@@ -9,7 +9,9 @@
 The model (``nnic.llm.text.tiny_gpt(arch="llama")``: RMSNorm, rotary positions, SwiGLU MLP, ``nn.Linear``
 layers) trains on the standard library's top-level sources; perplexity is measured on files it never saw.
 Every method compresses every Linear of the blocks (``lm_head``, tied to the embedding, stays float) with the
-same calibration windows. Sparsity 50 % is per row for nnic's one-shot pruners (magnitude: per layer).
+same calibration windows. Sparsity 50 % is per row for nnic's one-shot pruners unless the row says
+"per layer" (magnitude: per layer; llm-compressor's SparseGPT: per block of 128 columns over all rows, like
+nnic's "per layer").
 Wall time is the compression call alone. ``--peer`` installs ``llmcompressor`` into a separate virtual
 environment under ``--peer-venv`` (it pins its own transformers/torch; the current environment is never
 changed) and runs its ``oneshot`` with ``GPTQModifier`` / ``SparseGPTModifier`` on the saved model in a
@@ -42,6 +44,10 @@ def methods(bits: list[int], group: int) -> list[tuple[str, str, str, list[dict]
     out = [("magnitude 50 %", "pruner", "level", [{"sparsity": 0.5, "op_types": LAYERS}, EXCLUDE]),
            ("wanda 50 %", "pruner", "wanda", [{"sparsity": 0.5, "op_types": LAYERS}, EXCLUDE]),
            ("sparsegpt 50 %", "pruner", "sparsegpt", [{"sparsity": 0.5, "op_types": LAYERS}, EXCLUDE]),
+           ("wanda 50 % per layer", "pruner", "wanda",
+            [{"sparsity": 0.5, "sparsity_scope": "layer", "op_types": LAYERS}, EXCLUDE]),
+           ("sparsegpt 50 % per layer", "pruner", "sparsegpt",  # the paper's (and llm-compressor's) choice
+            [{"sparsity": 0.5, "sparsity_scope": "layer", "op_types": LAYERS}, EXCLUDE]),
            ("magnitude 2:4", "pruner", "nm", [{"n": 2, "m": 4, "op_types": LAYERS}, EXCLUDE]),
            ("wanda 2:4", "pruner", "wanda", [{"n": 2, "m": 4, "op_types": LAYERS}, EXCLUDE]),
            ("sparsegpt 2:4", "pruner", "sparsegpt", [{"n": 2, "m": 4, "op_types": LAYERS}, EXCLUDE])]

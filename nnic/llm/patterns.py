@@ -18,7 +18,8 @@ SCOPES = ("row", "layer")
 
 def prune_lowest(scores: torch.Tensor, k: int, scope: str) -> torch.Tensor:
     """Keep-mask pruning the ``k`` lowest scores of each row (``"row"``) or of the matrix (``"layer"``)."""
-    keep = torch.ones_like(scores, dtype=torch.bool)
+    # a fresh contiguous mask: scores of a transposed weight (GPT-2's Conv1D) have transposed strides
+    keep = torch.ones(scores.shape, dtype=torch.bool, device=scores.device)
     if k <= 0:
         return keep
     if scope == "row":

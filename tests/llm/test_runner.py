@@ -37,6 +37,17 @@ def test_every_layer_of_every_block_is_compressed_with_a_reported_error(arch):
     assert all(float((~m["weight"]).float().mean()) == 0.5 for m in masks.values())
 
 
+@pytest.mark.parametrize("name", ["wanda", "sparsegpt"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])  # Conv1D weights are stored [in, out]: a transposed view
+def test_per_layer_scope_prunes_exactly_half_of_each_layer(arch, name):
+    cfg = [{"op_types": ["Linear", "Conv1D"], "sparsity": 0.5, "sparsity_scope": "layer"},
+           {"exclude": True, "op_names": ["lm_head"]}]
+    _, masks = nnic.pruner(name, hf_model(arch), cfg, calibration_data=token_batches(), progress=False).compress()
+    assert masks and all(int((~m["weight"]).sum()) == m["weight"].numel() // 2 for m in masks.values())
+    rows = torch.cat([(~m["weight"]).float().mean(1) for m in masks.values()])
+    assert rows.std() > 0  # per layer, not per row: rows lose different shares
+
+
 class Doubler(nn.Module):
     def __init__(self):
         super().__init__()
