@@ -75,9 +75,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _report_of_models(args: argparse.Namespace) -> Any:
     from nnic.recipe import load_model
-    from nnic.recipe.resolve import build_example_input, build_model
-    from nnic.recipe.schema import check_callable_path
+    from nnic.recipe.artifacts import build_model
+    from nnic.recipe.checks import check_callable_path
     from nnic.recipe.errors import Where
+    from nnic.recipe.resolve import build_example_input
     from nnic.report import build_report
 
     check_callable_path(Where("--model"), args.model)
@@ -112,9 +113,9 @@ def _report(args: argparse.Namespace) -> int:
 
 def _models_of_run(out: Path) -> tuple[Any, Any, Any, Any]:
     """The dense model (rebuilt from the run's recipe), the compressed one, the example input and the data."""
+    from nnic import io
     from nnic.recipe import load_model, validate
     from nnic.recipe.runner import Progress, prepare
-    from nnic import io
 
     if not (out / "recipe.json").is_file():
         raise UsageError(f"{out}: not a folder written by nnic compress (no recipe.json)")
@@ -149,7 +150,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
-    d, c = stats["dense"], stats["compressed"]
+    d = stats["dense"]
     print(f"nnic bench {args.out}: {d.repeats} timed runs per model after {d.warmup} warm-up runs, in "
           f"{args.rounds} interleaved rounds; batch {d.batch or 'as in the recipe'}, {d.threads} threads; "
           f"torch.inference_mode, eval mode")

@@ -21,6 +21,7 @@ from torch.nn.utils import parametrize
 
 from nnic import io
 from nnic.recipe.errors import RecipeError
+from nnic.recipe.resolve import build_fresh_model, resolve_path
 
 SOURCE = "source.json"
 
@@ -96,9 +97,15 @@ def _replace_constructed_modules(model: nn.Module, manifest: dict[str, Any]) -> 
         setattr(model.get_submodule(parent), attr, _constructed(cls, entry["attrs"], entry["tensors"]))
 
 
+def build_model(spec: dict[str, Any], base_dir: Path, source: str) -> nn.Module:
+    """The model a recipe's ``model`` section names, in eval mode: built by code, or a saved one loaded."""
+    if "saved" in spec:
+        return load_model(resolve_path(base_dir, spec["saved"]))
+    return build_fresh_model(spec, base_dir, source)
+
+
 def load_model(directory: str | Path) -> nn.Module:
     """The model saved by :func:`save_model` in ``directory``, rebuilt and loaded (eval mode)."""
-    from nnic.recipe.resolve import build_model
     from nnic.speedup import load_pruned
 
     directory = Path(directory)

@@ -29,13 +29,15 @@ def import_object(path: str, where: str) -> Any:
     return obj
 
 
-def _path(base_dir: Path, text: str) -> Path:
+def resolve_path(base_dir: Path, text: str) -> Path:
+    """``text`` as a path; a relative one is relative to the recipe's folder."""
     p = Path(text).expanduser()
     return p if p.is_absolute() else base_dir / p
 
 
-def build_model(spec: dict[str, Any], base_dir: Path, source: str) -> nn.Module:
-    """A fresh model from ``spec`` (the recipe's normalised ``model`` section), in eval mode."""
+def build_fresh_model(spec: dict[str, Any], base_dir: Path, source: str) -> nn.Module:
+    """A model built by code from ``spec`` (the recipe's normalised ``model`` section: a factory, a torchvision
+    name or a Hugging Face config, optionally with saved weights), in eval mode."""
     kwargs = spec.get("kwargs", {})
     if "factory" in spec:
         model = import_object(spec["factory"], f"{source}: model.factory")(**kwargs)
@@ -51,15 +53,13 @@ def build_model(spec: dict[str, Any], base_dir: Path, source: str) -> nn.Module:
     elif "huggingface" in spec:
         model = _huggingface(spec["huggingface"], source)
     else:
-        from nnic.recipe.artifacts import load_model
-
-        return load_model(_path(base_dir, spec["saved"]))
+        raise RecipeError(f"{source}: model: a saved model is loaded by nnic.recipe.artifacts.build_model")
     if not isinstance(model, nn.Module):
         raise RecipeError(f"{source}: model: the factory returned {type(model).__name__}, not a torch.nn.Module")
     if "weights" in spec:
         from nnic import io
 
-        state = io.load_tensors(_path(base_dir, spec["weights"]))
+        state = io.load_tensors(resolve_path(base_dir, spec["weights"]))
         model.load_state_dict(state)
     return model.eval()
 

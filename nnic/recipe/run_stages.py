@@ -6,18 +6,24 @@ JSON-ready summary for the report."""
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from nnic import io
 from nnic.recipe.progress import Tracked
-from nnic.recipe.stages import accepts
 
 if TYPE_CHECKING:
-    from nnic.recipe.runner import Run
+    from nnic.recipe.run import Run
 
 _OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+
+
+def accepts(cls: type, name: str) -> bool:
+    params = inspect.signature(cls.__init__).parameters
+    return name in params
 
 
 def _evaluator(run: Run, description: str, optimizer: str = "adam", lr: float = 1e-3, weight_decay: float = 0.0,
@@ -142,3 +148,10 @@ def auto(run: Run, spec: dict[str, Any]) -> dict[str, Any]:
     run.model = result.apply(run.model, dummy_input=run.example_input, evaluator=evaluator)
     run.extras["search results"] = result  # its plot() goes into the report
     return {"out_dir": str(run.stage_dir)}
+
+
+#: What each stage does, by name (its keys and checks: :mod:`nnic.recipe.stages`, same names).
+RUN: dict[str, Callable[[Run, dict[str, Any]], dict[str, Any]]] = {
+    "prune": prune, "fine_tune": fine_tune, "speedup": speedup, "quantize": quantize,
+    "quantization_speedup": quantization_speedup, "sparsify": sparsify, "export": export, "auto": auto,
+}

@@ -20,7 +20,7 @@ import logging
 import shutil
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +28,13 @@ import torch
 from torch import nn
 
 from nnic import io
-from nnic.recipe.artifacts import save_model
-from nnic.recipe.data import Data
+from nnic.recipe.artifacts import build_model, save_model
 from nnic.recipe.errors import RecipeError
 from nnic.recipe.progress import Progress
-from nnic.recipe.resolve import build_data, build_example_input, build_model
+from nnic.recipe.resolve import build_data, build_example_input
+from nnic.recipe.run import Run
+from nnic.recipe.run_stages import RUN
 from nnic.recipe.schema import Recipe
-from nnic.recipe.stages import stage_kind
 
 log = logging.getLogger("nnic.recipe")
 
@@ -50,22 +50,6 @@ class StageFailed(RuntimeError):
         self.index, self.stage, self.cause, self.out = index, stage, cause, out
         done = f"the outputs of stages 0-{index - 1} are in {out / 'stages'}" if index else "no stage finished"
         super().__init__(f"stage {index} ({stage}) failed: {type(cause).__name__}: {cause}; {done}")
-
-
-@dataclass
-class Run:
-    """The state a recipe's stages share."""
-
-    recipe: Recipe
-    out: Path
-    progress: Progress
-    model: nn.Module
-    example_input: Any
-    data: Data | None
-    masks: dict | None = None
-    calibration: dict | None = None
-    stage_dir: Path = Path()
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -134,7 +118,7 @@ def compress(recipe: Recipe, out: str | Path, *, quiet: bool = False, report: bo
             run.stage_dir.mkdir(parents=True, exist_ok=True)
             start = time.perf_counter()
             try:
-                entry["summary"] = stage_kind(spec["stage"]).run(run, spec)
+                entry["summary"] = RUN[spec["stage"]](run, spec)
                 with progress.step(f"save stage {i} ({spec['stage']})"):
                     save_model(run.model, run.stage_dir / "model", recipe.spec["model"])
             except Exception as exc:

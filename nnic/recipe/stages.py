@@ -26,13 +26,16 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from nnic.recipe.checks import (
+    check_float,
+    check_int,
+    check_keys,
+    check_kwargs,
+    check_str,
+)
 from nnic.recipe.errors import RecipeError, Where, got
-from nnic.recipe.schema import check_float, check_int, check_keys, check_kwargs, check_str
-
-if TYPE_CHECKING:
-    from nnic.recipe.runner import Run
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
@@ -42,7 +45,6 @@ class StageKind:
     keys: tuple[str, ...]
     required: tuple[str, ...]
     validate: Callable[[Where, dict[str, Any], list[str], bool], dict[str, Any]]
-    run: Callable[[Run, dict[str, Any]], dict[str, Any]]
 
 
 # ---- validation helpers --------------------------------------------------------------------------------------
@@ -67,11 +69,6 @@ def _check_arguments(where: Where, cls: type, kwargs: dict[str, Any], what: str)
     for key in kwargs:
         if key not in accepted:
             raise where.key(key).error(f"{what} does not take this argument (it takes: {', '.join(accepted)})")
-
-
-def accepts(cls: type, name: str) -> bool:
-    params = inspect.signature(cls.__init__).parameters
-    return name in params
 
 
 def _needs(cls: type, name: str) -> bool:
@@ -199,26 +196,23 @@ def _validate_auto(where: Where, spec: dict, seen: list[str], has_data: bool) ->
 
 
 def _table() -> dict[str, StageKind]:
-    from nnic.recipe import run_stages as r
-
+    """Every stage's keys and check; what each does is :data:`nnic.recipe.run_stages.RUN`, under the same names."""
     return {
-        "prune": StageKind(("stage", "pruner", "config_list", "kwargs"), ("pruner", "config_list"),
-                           _validate_prune, r.prune),
+        "prune": StageKind(("stage", "pruner", "config_list", "kwargs"), ("pruner", "config_list"), _validate_prune),
         "fine_tune": StageKind(("stage", "epochs", "steps", "lr", "optimizer", "weight_decay"), (),
-                               _validate_fine_tune, r.fine_tune),
-        "speedup": StageKind(("stage", "kwargs"), (), _validate_speedup, r.speedup),
+                               _validate_fine_tune),
+        "speedup": StageKind(("stage", "kwargs"), (), _validate_speedup),
         "quantize": StageKind(("stage", "quantizer", "config_list", "kwargs", "calibration_batches"),
-                              ("quantizer", "config_list"), _validate_quantize, r.quantize),
-        "quantization_speedup": StageKind(("stage", "kwargs", "bits"), (), _validate_quantization_speedup,
-                                          r.quantization_speedup),
-        "sparsify": StageKind(("stage", "kwargs", "batch"), (), _validate_sparsify, r.sparsify),
-        "export": StageKind(("stage", "path", "verify"), (), _validate_export, r.export),
-        "auto": StageKind(("stage", "kwargs"), (), _validate_auto, r.auto),
+                              ("quantizer", "config_list"), _validate_quantize),
+        "quantization_speedup": StageKind(("stage", "kwargs", "bits"), (), _validate_quantization_speedup),
+        "sparsify": StageKind(("stage", "kwargs", "batch"), (), _validate_sparsify),
+        "export": StageKind(("stage", "path", "verify"), (), _validate_export),
+        "auto": StageKind(("stage", "kwargs"), (), _validate_auto),
     }
 
 
-def stage_kind(name: str) -> StageKind:
-    return _table()[name]
+#: The stage names, in the order the docs list them.
+STAGES = tuple(_table())
 
 
 def validate_stages(where: Where, stages: Any, *, has_data: bool) -> list[dict[str, Any]]:

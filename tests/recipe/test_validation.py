@@ -146,3 +146,10 @@ def test_the_shipped_example_is_a_valid_recipe():
                                                     "quantize", "quantization_speedup", "sparsify"]
     with pytest.raises(RecipeError, match="no example recipe named 'mnist'; available: digits"):
         example("mnist")
+
+
+def test_every_checked_stage_has_an_action_and_every_action_a_check():
+    from nnic.recipe.run_stages import RUN
+    from nnic.recipe.stages import STAGES
+
+    assert list(RUN) == list(STAGES)
