@@ -91,7 +91,7 @@ def test_nnic_plugins_lists_lowerings(fresh_registry, capsys):
 
     main(["plugins", "--kind", "lowering"])
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
-    assert ["torch.nn.linear", "lowering", "nnic"] == rows[-1][:3]
+    assert ["torch.nn.linear", "lowering", "nnic"] in [row[:3] for row in rows]
 
 
 def test_a_third_party_lowering_for_an_unknown_module_type_is_used(fresh_registry, tmp_path, monkeypatch):
