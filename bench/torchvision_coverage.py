@@ -5,7 +5,7 @@ downloaded): random 50 % output-channel masks on every Conv2d and Linear, ``spee
 (which checks the output against the masked model's), and the parameter ratio; with ``--onnx``, also
 ``nnic.export_onnx`` of the sped-up model, verified in onnxruntime (at the example's batch and twice it).
 
-Models run smallest first (parameters counted on the meta device, nothing allocated), each in its own process
+Models run smallest first (parameter counts from the weights' metadata, nothing downloaded), each in its own process
 with a time limit, so that one slow or crashing model costs its own row only. With ``--out FILE`` the markdown
 table is rewritten (atomically) after every model and a rerun skips the models the file already has, so a run cut
 short by ``--budget`` or by the machine goes on where it stopped.
@@ -48,7 +48,11 @@ def input_size(name: str) -> int:
 
 
 def parameter_count(name: str) -> int:
-    """The model's parameter count, built on the meta device (no memory, no initialisation)."""
+    """The model's parameter count: from its weights' metadata (nothing downloaded), else built on the meta
+    device (no memory, no initialisation)."""
+    for weights in torchvision.models.get_model_weights(name):
+        if "num_params" in weights.meta:
+            return int(weights.meta["num_params"])
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return sum(p.numel() for p in torchvision.models.get_model(name, weights=None).parameters())
