@@ -17,7 +17,7 @@ A kind with such a table subclasses :class:`TypeTable` and sets :attr:`~TypeTabl
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from nnic.registry import PluginInfo
 
@@ -68,7 +68,7 @@ class TypeTable:
                 self._origin[target] = info
 
     @classmethod
-    def from_registry(cls, extra: Iterable[Any] = ()) -> TypeTable:
+    def from_registry(cls, extra: Iterable[Any] = ()) -> Self:
         """Every object registered for :attr:`kind`, plus ``extra`` ones the caller passes."""
         from nnic.plugins import get_registry
 
