@@ -16,7 +16,7 @@ from torch import nn
 
 import nnic
 from nnic.quantization.calibration import LayerCalibration
-from nnic.quantization.lowering import Int8Lowering, LoweringContext
+from nnic.quantization.lowering import Int8Lowering, LoweringContext, float_linear
 from nnic.quantization.modules import Int8Linear
 from nnic.sparse import layout
 from nnic.sparse.modules import SparseLinear
@@ -48,12 +48,7 @@ class SparseLinearLowering:
     def lower(self, module: nn.Module, layer: LayerCalibration, context: LoweringContext) -> nn.Module | str:
         if module.dtype_name != "float32":
             return "the layer already holds int8 values"
-        dense = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
-        with torch.no_grad():
-            dense.weight.copy_(module.dense_weight())
-            if module.bias is not None:
-                dense.bias.copy_(module.bias)
-        q = _DenseInt8().lower(dense, layer, context)
+        q = _DenseInt8().lower(float_linear(module.dense_weight(), module.bias), layer, context)
         if isinstance(q, str):
             return q
         if bool(q.weight_zero_point.any()):

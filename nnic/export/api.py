@@ -99,6 +99,18 @@ def _export_kind(handled: dict[str, list[str]]) -> str:
     return max(kinds, key=TOLERANCES.__getitem__)
 
 
+@contextlib.contextmanager
+def _mha_fastpath(enabled: bool) -> Iterator[None]:
+    """``nn.MultiheadAttention``'s inference fast path (a fused native op the exporter has no ONNX form for: ViT,
+    ``nn.TransformerEncoderLayer``) switched as given, restored afterwards; the slow path computes the same."""
+    before = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(enabled)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(before)
+
+
 def _write(flat: Flat, inputs: Inputs, path: str, *, opset: int, output_names: list[str],
            dynamic_axes: dict[str, dict[int, str]] | None) -> None:
     """torch.onnx.export into a temporary file beside ``path``, renamed over it once complete."""
@@ -106,7 +118,7 @@ def _write(flat: Flat, inputs: Inputs, path: str, *, opset: int, output_names: l
     fd, tmp = tempfile.mkstemp(prefix=".nnic-export-", suffix=".onnx", dir=directory)
     os.close(fd)
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), _mha_fastpath(False):
             # The TorchScript exporter warns that it is deprecated, and the tracer about Python values in models
             # it records as constants; verification checks what was recorded.
             warnings.simplefilter("ignore")

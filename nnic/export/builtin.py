@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -27,6 +28,7 @@ from torch import nn
 
 import nnic
 from nnic.export.handlers import ExportOptions, SymbolicStandIn
+from nnic.quantization.lowering import float_linear
 from nnic.quantization.modules import Int4Linear, Int8Conv2d, Int8Linear
 
 logger = logging.getLogger("nnic.export")
@@ -48,23 +50,40 @@ def _weight_zero_point(module: nn.Module) -> torch.Tensor | None:
     return None if not bool(z.any()) else z.to(torch.int8)
 
 
+def _qdq(g: Any, x: Any, module: nn.Module, weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,
+         axis: int) -> tuple[Any, Any]:
+    """The QDQ layout's float operands: the activation quantized and dequantized again, and the int8 ``weight``
+    dequantized per channel along ``axis`` (its zero points, or zeros)."""
+    c = SymbolicStandIn.const
+    xq, xs, xz = _act_quantize(g, x, module)
+    channels = weight.shape[axis]
+    wz = c(g, torch.zeros(channels, dtype=torch.int8) if zero is None else zero)
+    return g.op("DequantizeLinear", xq, xs, xz), g.op("DequantizeLinear", c(g, weight), c(g, scale), wz, axis_i=axis)
+
+
+def _integer(g: Any, op: str, x: Any, module: nn.Module, weight: torch.Tensor, zero: torch.Tensor | None,
+             scale: torch.Tensor, bias: torch.Tensor | None, **attrs: Any) -> Any:
+    """The integer layout: ``op`` (``MatMulInteger`` / ``ConvInteger``) on the activation's and the weight's
+    codes, its int32 accumulator cast to float and scaled by activation × weight scales (``scale`` shaped to
+    broadcast over the output), plus ``bias`` (shaped likewise)."""
+    c = SymbolicStandIn.const
+    xq, xs, xz = _act_quantize(g, x, module)
+    args = [xq, c(g, weight), xz] + ([] if zero is None else [c(g, zero)])
+    acc = g.op("Cast", g.op(op, *args, **attrs), to_i=_FLOAT)
+    y = g.op("Mul", acc, g.op("Mul", xs, c(g, scale)))
+    return y if bias is None else g.op("Add", y, c(g, bias.float()))
+
+
 def _int8_linear_symbolic(module: Int8Linear, options: ExportOptions):
     w_t = module.weight.t().contiguous()  # [K, N]
     scale, zero, bias = module.weight_scale.float(), _weight_zero_point(module), module.bias
 
     def symbolic(g: Any, x: Any) -> Any:
-        c = SymbolicStandIn.const
-        xq, xs, xz = _act_quantize(g, x, module)
-        if options.int8_format == "qdq":
-            xd = g.op("DequantizeLinear", xq, xs, xz)
-            wz = c(g, torch.zeros(w_t.shape[1], dtype=torch.int8) if zero is None else zero)
-            wd = g.op("DequantizeLinear", c(g, w_t), c(g, scale), wz, axis_i=1)
-            y = g.op("MatMul", xd, wd)
-        else:
-            args = [xq, c(g, w_t), xz] + ([] if zero is None else [c(g, zero)])
-            acc = g.op("Cast", g.op("MatMulInteger", *args), to_i=_FLOAT)
-            y = g.op("Mul", acc, g.op("Mul", xs, c(g, scale)))
-        return y if bias is None else g.op("Add", y, c(g, bias.float()))
+        if options.int8_format != "qdq":
+            return _integer(g, "MatMulInteger", x, module, w_t, zero, scale, bias)
+        xd, wd = _qdq(g, x, module, w_t, scale, zero, axis=1)
+        y = g.op("MatMul", xd, wd)
+        return y if bias is None else g.op("Add", y, SymbolicStandIn.const(g, bias.float()))
 
     return symbolic
 
@@ -79,18 +98,13 @@ def _int8_conv_symbolic(module: Int8Conv2d, options: ExportOptions):
     qdq = options.int8_format == "qdq" or (zero is not None and bool((zero != zero[0]).any()))
 
     def symbolic(g: Any, x: Any) -> Any:
-        c = SymbolicStandIn.const
-        xq, xs, xz = _act_quantize(g, x, module)
-        if qdq:
-            xd = g.op("DequantizeLinear", xq, xs, xz)
-            wz = c(g, torch.zeros(out, dtype=torch.int8) if zero is None else zero)
-            wd = g.op("DequantizeLinear", c(g, module.weight), c(g, scale), wz, axis_i=0)
-            inputs = [xd, wd] + ([] if bias is None else [c(g, bias.float())])
-            return g.op("Conv", *inputs, **attrs)
-        args = [xq, c(g, module.weight), xz] + ([] if zero is None else [c(g, zero[:1].reshape(()))])
-        acc = g.op("Cast", g.op("ConvInteger", *args, **attrs), to_i=_FLOAT)
-        y = g.op("Mul", acc, g.op("Mul", xs, c(g, scale.reshape(1, out, 1, 1))))
-        return y if bias is None else g.op("Add", y, c(g, bias.float().reshape(1, out, 1, 1)))
+        if not qdq:
+            return _integer(g, "ConvInteger", x, module, module.weight, None if zero is None else zero[:1].reshape(()),
+                            scale.reshape(1, out, 1, 1), None if bias is None else bias.reshape(1, out, 1, 1),
+                            **attrs)
+        xd, wd = _qdq(g, x, module, module.weight, scale, zero, axis=0)
+        inputs = [xd, wd] + ([] if bias is None else [SymbolicStandIn.const(g, bias.float())])
+        return g.op("Conv", *inputs, **attrs)
 
     return symbolic
 
@@ -124,22 +138,16 @@ def _int4_symbolic(module: Int4Linear, block: int):
     return symbolic
 
 
-class Int8LinearExport:
-    name = "nnic.int8linear"
+class Int8Export:
+    """An int8 module type written by a symbolic builder (``builder(module, options) -> symbolic``)."""
+
     kind = "int8"
-    targets = (Int8Linear,)
 
-    def stand_in(self, module: Int8Linear, options: ExportOptions) -> nn.Module | str:
-        return SymbolicStandIn(module, _int8_linear_symbolic(module, options))
+    def __init__(self, name: str, target: type[nn.Module], builder: Callable[[Any, ExportOptions], Any]) -> None:
+        self.name, self.targets, self.builder = name, (target,), builder
 
-
-class Int8Conv2dExport:
-    name = "nnic.int8conv2d"
-    kind = "int8"
-    targets = (Int8Conv2d,)
-
-    def stand_in(self, module: Int8Conv2d, options: ExportOptions) -> nn.Module | str:
-        return SymbolicStandIn(module, _int8_conv_symbolic(module, options))
+    def stand_in(self, module: nn.Module, options: ExportOptions) -> nn.Module | str:
+        return SymbolicStandIn(module, self.builder(module, options))
 
 
 class Int4LinearExport:
@@ -154,12 +162,7 @@ class Int4LinearExport:
         logger.warning("Int4Linear(group_size=%d) is exported with a dequantized float weight (%s)",
                        module.group_size, "MatMulNBits disabled" if not options.int4_matmulnbits else
                        "its groups do not nest into MatMulNBits blocks of 16-128")
-        dense = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
-        with torch.no_grad():
-            dense.weight.copy_(module.dequantized_weight())
-            if module.bias is not None:
-                dense.bias.copy_(module.bias)
-        return dense
+        return float_linear(module.dequantized_weight(), module.bias)
 
 
 class SparseLinearExport:
@@ -179,12 +182,7 @@ class SparseLinearExport:
     def stand_in(self, module: nn.Module, options: ExportOptions) -> nn.Module | str:
         dense = module.dense_weight().float()
         if module.weight_scale is None:
-            linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
-            with torch.no_grad():
-                linear.weight.copy_(dense)
-                if module.bias is not None:
-                    linear.bias.copy_(module.bias)
-            return linear
+            return float_linear(dense, module.bias)
         act = module.act or "per_token"
         static = {"act_scale": float(module.act_scale), "act_zero_point": int(module.act_zero_point)} \
             if act == "static" else {}
@@ -199,7 +197,7 @@ class SparseLinearExport:
 
 @nnic.hookimpl
 def register_onnx_exporters(register: Any) -> None:
-    register(Int8LinearExport())
-    register(Int8Conv2dExport())
+    register(Int8Export("nnic.int8linear", Int8Linear, _int8_linear_symbolic))
+    register(Int8Export("nnic.int8conv2d", Int8Conv2d, _int8_conv_symbolic))
     register(Int4LinearExport())
     register(SparseLinearExport())

@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from nnic.type_table import TypeTable
+
 __all__ = ["ExportOptions", "ExportTable", "SymbolicStandIn"]
 
 
@@ -92,28 +94,9 @@ class SymbolicStandIn(nn.Module):
         return g.op("Constant", value_t=value.detach().cpu().contiguous())
 
 
-class ExportTable:
-    """Export handlers by module class; a module is handled by the one registered for the nearest class in its
-    MRO. Same contract as :class:`nnic.quantization.lowering.LoweringTable`."""
+class ExportTable(TypeTable):
+    """Export handlers by module class (the ``register_onnx_exporters`` hook's objects); see
+    :class:`~nnic.type_table.TypeTable`."""
 
-    def __init__(self, handlers: list[Any]) -> None:
-        self._by_type: dict[type, Any] = {}
-        for handler in handlers:
-            for target in getattr(handler, "targets", ()):
-                other = self._by_type.get(target)
-                if other is not None and other is not handler:
-                    raise ValueError(f"two ONNX export handlers handle {target.__qualname__}: {other.name!r} and "
-                                     f"{handler.name!r}; disable one plugin")
-                self._by_type[target] = handler
-
-    @classmethod
-    def from_registry(cls, extra: list[Any] | tuple[Any, ...] = ()) -> ExportTable:
-        from nnic.plugins import get_registry
-
-        return cls([info.obj for info in get_registry().list("onnx_export")] + list(extra))
-
-    def find(self, module: nn.Module) -> Any | None:
-        for klass in type(module).__mro__:
-            if klass in self._by_type:
-                return self._by_type[klass]
-        return None
+    kind = "onnx_export"
+    noun = "ONNX export handlers"

@@ -25,10 +25,11 @@ from torch import nn
 
 from nnic.quantization.calibration import LayerCalibration, TensorCalibration
 from nnic.quantization.qparams import QuantSpec, observe, qparams_from_range, quantize_codes, static_activation_qparams
+from nnic.type_table import TypeTable
 
 logger = logging.getLogger("nnic.quantization")
 
-__all__ = ["Int8Lowering", "LoweringContext", "LoweringTable", "weight_codes"]
+__all__ = ["Int8Lowering", "LoweringContext", "LoweringTable", "float_linear", "weight_codes"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,18 @@ class LoweringContext:
 
     def where(self, key: str | None = None) -> str:
         return f"calibration[{self.name!r}]" + (f"[{key!r}]" if key is not None else "")
+
+
+def float_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    """A plain float32 ``nn.Linear`` holding copies of ``weight`` (``[out, in]``) and ``bias``, on the weight's
+    device: the form other layer types take to reuse the Linear lowering (or be exported as a ``MatMul``)."""
+    out_features, in_features = weight.shape
+    linear = nn.Linear(in_features, out_features, bias=bias is not None, device=weight.device)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        if bias is not None:
+            linear.bias.copy_(bias)
+    return linear
 
 
 def weight_codes(weight: torch.Tensor, tc: TensorCalibration, context: LoweringContext
@@ -146,30 +159,8 @@ class Int8Lowering:
                                             weight_zero_point=zero, **kw)
 
 
-class LoweringTable:
-    """Lowerings by module class; a module is lowered by the one registered for the nearest class in its MRO."""
+class LoweringTable(TypeTable):
+    """Lowerings by module class (the ``register_lowerings`` hook's objects); see :class:`~nnic.type_table.TypeTable`."""
 
-    def __init__(self, lowerings: list[Any]) -> None:
-        self._by_type: dict[type, Any] = {}
-        for lowering in lowerings:
-            for target in getattr(lowering, "targets", ()):
-                other = self._by_type.get(target)
-                if other is not None and other is not lowering:
-                    raise ValueError(f"two lowerings handle {target.__qualname__}: {other.name!r} and "
-                                     f"{lowering.name!r}; disable one plugin")
-                self._by_type[target] = lowering
-
-    @classmethod
-    def from_registry(cls, extra: list[Any] | tuple[Any, ...] = ()) -> LoweringTable:
-        from nnic.plugins import get_registry
-
-        return cls([info.obj for info in get_registry().list("lowering")] + list(extra))
-
-    def find(self, module: nn.Module) -> Any | None:
-        for klass in type(module).__mro__:
-            if klass in self._by_type:
-                return self._by_type[klass]
-        return None
-
-    def known(self) -> list[str]:
-        return sorted(t.__name__ for t in self._by_type)
+    kind = "lowering"
+    noun = "lowerings"

@@ -165,3 +165,15 @@ def test_bad_example_input_is_named(tmp_path):
         nnic.export_onnx(nn.Linear(4, 2), {"x": torch.randn(1, 4), "mask": [1, 2]}, tmp_path / "m.onnx")
     with pytest.raises(TypeError, match="model: expected a torch.nn.Module"):
         nnic.export_onnx(lambda x: x, torch.randn(1, 4), tmp_path / "m.onnx")
+
+
+def test_multihead_attention_exports_through_its_slow_path_and_the_fast_path_is_restored(tmp_path):
+    """In eval mode without grad, nn.MultiheadAttention runs a fused native op that has no ONNX form (torchvision's
+    ViT, nn.TransformerEncoderLayer); the export traces the equivalent slow path instead."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(d_model=16, nhead=4, dim_feedforward=32, dropout=0.0, batch_first=True)
+    model = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False).eval()
+    assert torch.backends.mha.get_fastpath_enabled()
+    result = nnic.export_onnx(model, torch.randn(2, 5, 16), tmp_path / "encoder.onnx")
+    assert result.errors["output"] <= nnic.export.TOLERANCES["float"]
+    assert torch.backends.mha.get_fastpath_enabled()

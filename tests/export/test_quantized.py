@@ -12,6 +12,7 @@ from torch import nn
 
 import nnic
 from nnic.export import ExportError, SymbolicStandIn, VerificationError
+from nnic.quantization import Int8Linear
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -130,6 +131,18 @@ def test_a_handler_exports_a_custom_module(tmp_path):
         nnic.export_onnx(model, torch.randn(2, 8), tmp_path / "m.onnx")
     result = nnic.export_onnx(model, torch.randn(2, 8), tmp_path / "m.onnx", handlers=[DoublerExport()])
     assert result.handled == {"float": ["1"]} and result.errors["output"] < 1e-5
+
+
+def test_a_second_handler_for_a_registered_type_is_refused_naming_both(tmp_path):
+    class Int8LinearToo(DoublerExport):
+        name, targets = "tests.int8linear", (Int8Linear,)
+
+    with pytest.raises(ValueError, match=r"two ONNX export handlers handle Int8Linear: 'nnic\.int8linear' \(from "
+                                         r"plugin 'onnx_export' \(distribution nnic .*\)\) and 'tests\.int8linear' "
+                                         r"\(passed by the caller\); disable one plugin \(NNIC_DISABLE_PLUGINS=onnx_export\)"):
+        nnic.export_onnx(nn.Sequential(nn.Linear(8, 8)), torch.randn(2, 8), tmp_path / "m.onnx",
+                         handlers=[Int8LinearToo()])
+    assert not (tmp_path / "m.onnx").exists()
 
 
 def test_a_handler_that_refuses_is_named(tmp_path):

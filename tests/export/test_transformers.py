@@ -51,14 +51,16 @@ def pruned_bert() -> nn.Module:
     return model
 
 
-@pytest.mark.parametrize("stage", ["pruned", "pruned+int8"])
+@pytest.mark.parametrize("stage", ["pruned", "pruned+int8", "pruned+int8-qdq"])
 def test_bert(tmp_path, stage):
     model = pruned_bert()
-    if stage == "pruned+int8":
+    if stage != "pruned":
         nnic.quantization_speedup(model, linear_layers(model))
     ids, mask = torch.randint(0, 100, (2, 16)), torch.ones(2, 16, dtype=torch.long)
     mask[1, 12:] = 0
-    result = nnic.export_onnx(model, {"input_ids": ids, "attention_mask": mask}, tmp_path / "bert.onnx")
+    int8_format = "qdq" if stage.endswith("qdq") else "integer"
+    result = nnic.export_onnx(model, {"input_ids": ids, "attention_mask": mask}, tmp_path / "bert.onnx",
+                              int8_format=int8_format)
     assert result.output_names == ["last_hidden_state"]
     assert result.kind == ("float" if stage == "pruned" else "int8")
     assert result.errors["last_hidden_state"] <= nnic.export.TOLERANCES[result.kind]
@@ -96,32 +98,34 @@ def pruned_gpt2() -> nn.Module:
     return model
 
 
-def conv1d_as_linear(model: nn.Module) -> nn.Module:
-    """transformers' Conv1D (weight [in, out]) as the equivalent nn.Linear: nnic has no Conv1D lowering yet."""
+def lowered(model: nn.Module) -> nn.Module:
+    """int8 ``quantization_speedup`` of every Linear and GPT-2 Conv1D (nnic-transformers' Conv1D lowering)."""
     from transformers.pytorch_utils import Conv1D
 
-    for name, m in list(model.named_modules()):
-        if isinstance(m, Conv1D):
-            lin = nn.Linear(m.weight.shape[0], m.weight.shape[1])
-            with torch.no_grad():
-                lin.weight.copy_(m.weight.t())
-                lin.bias.copy_(m.bias)
-            parent, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent), attr, lin)
+    layers = {name: 8 for name, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))}
+    nnic.quantization_speedup(model, layers)
+    assert not any(isinstance(m, (nn.Linear, Conv1D)) for m in model.modules())
     return model
 
 
-@pytest.mark.parametrize("stage", ["pruned", "pruned+int8"])
+@pytest.mark.parametrize("stage", ["pruned", "pruned+int8", "pruned+int8-qdq"])
 def test_gpt2(tmp_path, stage):
     model = pruned_gpt2()
-    if stage == "pruned+int8":
-        nnic.quantization_speedup(conv1d_as_linear(model), linear_layers(model))
     ids = torch.randint(0, 100, (2, 12))
     # With an attention mask, as a tokenizer gives: without one, transformers looks for packed sequences with
     # torch.diff, which torch's ONNX exporter cannot convert (the error names the op).
     feeds = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    result = nnic.export_onnx(model, feeds, tmp_path / "gpt2.onnx")
+    if stage != "pruned":
+        with torch.no_grad():
+            float_logits = model(**feeds).logits
+        lowered(model)
+        with torch.no_grad():
+            int8_logits = model(**feeds).logits
+        assert float((int8_logits - float_logits).abs().max() / float_logits.abs().max()) < 0.05
+    int8_format = "qdq" if stage.endswith("qdq") else "integer"
+    result = nnic.export_onnx(model, feeds, tmp_path / "gpt2.onnx", int8_format=int8_format)
     assert result.output_names == ["logits"]
+    assert result.kind == ("float" if stage == "pruned" else "int8")
     assert result.errors["logits"] <= nnic.export.TOLERANCES[result.kind]
     ids2 = torch.randint(0, 100, (1, 20))
     got = session_run(tmp_path / "gpt2.onnx", {"input_ids": ids2, "attention_mask": torch.ones_like(ids2)})[0]

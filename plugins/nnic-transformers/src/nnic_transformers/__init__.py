@@ -1,5 +1,6 @@
 """nnic plugin for Hugging Face transformers: the ``transformer_head`` pruner (whole attention heads, grouped-query
-attention respected), speedup rules for transformers' attention classes, GPT-2's ``Conv1D`` and embeddings, and
+attention respected), speedup rules for transformers' attention classes, GPT-2's ``Conv1D`` and embeddings, the
+``Conv1D`` lowering for ``nnic.quantization_speedup`` (int8 / int4, as the Linear it is), and
 :func:`pruned_config` to write a pruned model's shape back into its config for ``save_pretrained``.
 
 Loading the plugin (every nnic registry lookup does) does not import transformers."""
@@ -9,6 +10,7 @@ from __future__ import annotations
 import nnic
 from nnic_transformers.head_pruner import TransformerHeadPruner
 from nnic_transformers.layouts import Heads, Layout, find_heads
+from nnic_transformers.lowerings import Conv1DLowering
 from nnic_transformers.pretrained import pruned_config
 from nnic_transformers.rules import RULES
 
@@ -22,6 +24,11 @@ def register_speedup_rules(register) -> None:
 @nnic.hookimpl
 def register_pruners(register) -> None:
     register(TransformerHeadPruner, name="transformer_head")
+
+
+@nnic.hookimpl
+def register_lowerings(register) -> None:
+    register(Conv1DLowering())
 
 
 __all__ = ["Heads", "Layout", "TransformerHeadPruner", "find_heads", "pruned_config"]
