@@ -208,10 +208,10 @@ class ModelSpeedup:
         snapshot = _Snapshot(model)  # before the masks are folded: a failure must not leave zeroed weights
         try:
             self._fold_masks()
-            if self.verify:
-                reference, ref_layers = _run_recording(model, *split_dummy_input(model, self.dummy_input))
             prop = analyze(model, self.dummy_input, table, leaf_modules=self.leaf_modules, strict=self.strict,
                            fallback=self.capture == "auto")
+            if self.verify:
+                reference = _reference(model, self.dummy_input, prop)
             ties = tied_parameters(model)
             why: dict[int, str] = {}
             removed = decide(prop.state, why)
@@ -236,7 +236,7 @@ class ModelSpeedup:
                 with torch.no_grad():
                     got = model(*args, **kwargs)
                 if not _close(got, reference, self.rtol, self.atol):
-                    raise SpeedupError(self._mismatch(model, args, kwargs, prop, removed, ref_layers))
+                    raise SpeedupError(self._mismatch(model, args, kwargs, prop, removed, snapshot))
         except BaseException:
             snapshot.restore()  # a failed speedup leaves the model as it was, masks included
             raise
@@ -261,8 +261,13 @@ class ModelSpeedup:
         report.kept_groups = kept_groups(prop, why)
         return report
 
-    def _mismatch(self, model, args, kwargs, prop, removed, ref_layers) -> str:
+    def _mismatch(self, model, args, kwargs, prop, removed, snapshot: _Snapshot) -> str:
+        """Which layer differs first: the sped-up model's layers, then the masked model's (put back from the
+        snapshot; the caller restores it again when it raises)."""
         _, got_layers = _run_recording(model, args, kwargs)
+        snapshot.restore()
+        self._fold_masks()
+        _, ref_layers = _run_recording(model, args, kwargs)
         kinds = {n: type(m).__name__ for n, m in model.named_modules()}
         state, find = prop.state, prop.state.uf.find
         for node in (n for part in prop.capture.parts for n in part.gm.graph.nodes):
@@ -282,6 +287,17 @@ class ModelSpeedup:
                 return (f"verify: the sped-up model's output differs from the masked model's; first differing "
                         f"layer: {node.target!r} ({kinds.get(node.target, '?')}){detail}")
         return "verify: the sped-up model's output differs from the masked model's (no single layer differs)"
+
+
+def _reference(model: nn.Module, dummy_input: Any, prop: Propagation) -> Any:
+    """The masked model's output, to verify against. A capture of the whole model (``"fx"``, ``"concrete"``)
+    computed it during propagation, on the same weights and input: no second forward. A region capture did not
+    run the model's own code between its regions, so the model runs once more."""
+    if prop.capture is not None and prop.capture.kind in ("fx", "concrete"):
+        return _clone(prop.output)
+    args, kwargs = split_dummy_input(model, dummy_input)
+    with torch.no_grad():
+        return _clone(model(*args, **kwargs))
 
 
 def kept_groups(prop: Propagation, why: dict[int, str]) -> list[KeptGroup]:

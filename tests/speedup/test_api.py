@@ -82,6 +82,16 @@ class Mean(nn.Module):
         return x.mean(1, keepdim=True)
 
 
+def test_verify_takes_the_masked_output_from_the_analysis():
+    """The analysis already ran the masked model on the dummy input: verification reuses that output, and runs
+    the model itself once, the sped-up one; the masked model's output is what it checks against."""
+    model = cnn()
+    calls = []
+    model.register_forward_hook(lambda m, i, o: calls.append(o.shape))
+    nnic.speedup_model(model, X, masks_for(model))
+    assert calls == [(2, 4)] and model[0].out_channels == 4
+
+
 def test_verify_names_the_first_differing_layer():
     class Lying(nnic.speedup.Rule):
         """A wrong rule: says the channel mean does not need any of its input channels."""
