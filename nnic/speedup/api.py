@@ -48,7 +48,8 @@ class _Snapshot:
             module.__class__ = cls
             module.__dict__.clear()
             module.__dict__.update(attrs)
-            module._parameters, module._buffers, module._modules = params, buffers, children
+            # Copies: a restored model may be changed again (and restored again) after this.
+            module._parameters, module._buffers, module._modules = dict(params), dict(buffers), dict(children)
         with torch.no_grad():
             for tensor, value in self.values:
                 if tensor.shape == value.shape:
@@ -269,7 +270,7 @@ class ModelSpeedup:
         self._fold_masks()
         _, ref_layers = _run_recording(model, args, kwargs)
         kinds = {n: type(m).__name__ for n, m in model.named_modules()}
-        state, find = prop.state, prop.state.uf.find
+        state, find = prop.state, prop.state.uf.roots().__getitem__
         for node in (n for part in prop.capture.parts for n in part.gm.graph.nodes):
             if node.op != "call_module" or node.target not in ref_layers:
                 continue
@@ -304,7 +305,7 @@ def kept_groups(prop: Propagation, why: dict[int, str]) -> list[KeptGroup]:
     """The masked channels that stay, by reason and coupled modules, most channels first. A channel counts as
     masked when a module produced it as input-independent (its weights there are zero)."""
     state = prop.state
-    find = state.uf.find
+    find = state.uf.roots().__getitem__
     asked: set[int] = set()
     nodes = (n for part in prop.capture.parts for n in part.gm.graph.nodes) if prop.capture else prop.gm.graph.nodes
     for node in nodes:

@@ -16,14 +16,14 @@ from nnic.speedup.rules import slice_param
 
 def decide(state: State, why: dict[int, str] | None = None) -> set[int]:
     """The roots of the channel groups to remove. ``why``, if given, receives the reason each kept root is kept."""
-    uf = state.uf
-    find = uf.find
+    roots = state.uf.roots()
+    find = roots.__getitem__
     reasons: dict[int, str] = {} if why is None else why
     for i, reason in state.blocked.items():
         reasons.setdefault(find(i), f"{reason!r} reads it, and it is not zero there")
     for i, reason in state.pinned.items():
         reasons[find(i)] = reason
-    removed = {find(i) for i in range(len(uf.parent))} - set(reasons)
+    removed = set(roots) - set(reasons)
 
     def is_removed(i: int) -> bool:
         return find(i) in removed
@@ -52,7 +52,7 @@ def _kept(ids: list[int], removed: set[int], find) -> torch.Tensor | None:
 
 def apply(model: nn.Module, state: State, removed: set[int]) -> dict[str, dict[str, torch.Tensor]]:
     """Fold constants, shrink modules and slice parameters; returns ``{module: {slot: kept positions}}``."""
-    find = state.uf.find
+    find = state.uf.roots().__getitem__
     keeps: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
     for (name, slot), ids in state.slots.items():
         index = _kept(ids, removed, find)
