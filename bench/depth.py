@@ -99,7 +99,8 @@ def run_tp(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, Clock]:
     import torch_pruning as tp
 
     head = model.get_submodule(classifier(model))
-    with Clock() as clock:
+    with Clock() as clock, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its notes on unwrapped parameters (layer scales), every round
         pruner = tp.pruner.MetaPruner(model, x, importance=tp.importance.MagnitudeImportance(p=1),
                                       pruning_ratio=0.5, ignored_layers=[head])
         pruner.step()

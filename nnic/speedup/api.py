@@ -311,7 +311,8 @@ def kept_groups(prop: Propagation, why: dict[int, str]) -> list[KeptGroup]:
     for node in nodes:
         spec = state.specs.get(node)
         if node.op == "call_module" and isinstance(spec, Spec) and bool(spec.dead.any()):
-            asked.update(find(i) for i, d in zip(spec.ids, spec.dead.tolist()) if d)
+            ids = spec.ids
+            asked.update(find(ids[k]) for k in spec.dead.nonzero().flatten().tolist())
     kept = {r: reason for r, reason in why.items() if r in asked}
     if not kept:
         return []
