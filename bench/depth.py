@@ -147,6 +147,9 @@ def main() -> None:
     args = parser.parse_args()
     names = all_models() if args.all else QUICK if args.quick else args.models or DEFAULT
     torch.set_num_threads(2)
+    import torch_pruning  # noqa: F401  imported, and nnic's plugins loaded, before any round is timed
+
+    nnic.list_plugins()
     print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print("| model | params nnic | params TP | FLOPs nnic | FLOPs TP | nnic s (wall / cpu) | TP s (wall / cpu) | "
           "time ratio (wall / cpu) | depth ok | output = masked | masked channels kept (largest group): why |")

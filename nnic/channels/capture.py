@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from nnic.channels import reuse
+
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
@@ -419,9 +421,14 @@ def capture(model: nn.Module, args: tuple, kwargs: dict, *, leaf_types: Iterable
     nnic could not analyse, so its input and output channels are kept; everything inside (attention heads, MLP
     channels) is analysed as in a whole-model trace. A module called several times is analysed on every call.
     """
-    leaf_modules = list(leaf_modules)
+    leaf_modules, leaf_types = list(leaf_modules), tuple(leaf_types)
+    key = reuse.fingerprint(model, args, kwargs, leaf_types, leaf_modules)
+    gm = reuse.recall(model, key)
+    if gm is not None:  # traced before (dependency-aware pruning, then speedup): the same graph
+        return Capture("fx", [Part("", gm, [(model, args, kwargs)])])
     try:
         gm = trace(model, args, kwargs, leaf_types=leaf_types, leaf_modules=leaf_modules)
+        reuse.remember(model, key, gm)
         return Capture("fx", [Part("", gm, [(model, args, kwargs)])])
     except CaptureError as exc:
         if not fallback:
