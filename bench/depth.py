@@ -125,8 +125,8 @@ def bench_model(name: str, rounds: int, size: int) -> dict:
         if row["tp_error"] is None:
             try:
                 model, clock = run_tp(copy.deepcopy(dense).eval(), x)
+                row.update(pt=params(model) / p0, ft=flops(model, x) / f0)  # its model must still run
                 row["tp"].append(clock)
-                row.update(pt=params(model) / p0, ft=flops(model, x) / f0)
             except Exception as exc:  # Torch-Pruning fails on some models: report, keep going
                 row["tp_error"] = type(exc).__name__
     return row
