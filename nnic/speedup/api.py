@@ -318,10 +318,8 @@ def kept_groups(prop: Propagation, why: dict[int, str]) -> list[KeptGroup]:
         return []
     modules: dict[int, set[str]] = {}
     for (module, _slot), ids in state.slots.items():
-        for i in ids:
-            r = find(i)
-            if r in kept:
-                modules.setdefault(r, set()).add(module)
+        for r in kept.keys() & {find(i) for i in ids}:
+            modules.setdefault(r, set()).add(module)
     counts: dict[tuple[str, tuple[str, ...]], int] = {}
     for r, reason in kept.items():
         key = (reason, tuple(sorted(modules.get(r, ()))))
