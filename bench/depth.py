@@ -17,6 +17,7 @@ Torch-Pruning fails. 2 threads. Torch-Pruning is a bench dependency only (``pip 
 
     python bench/depth.py --quick                   # 7 families, 3 rounds: a few minutes
     python bench/depth.py --all --rounds 1          # every torchvision classifier up to 200M parameters
+    python bench/depth.py --all --rounds 1 --size 64   # the same, depth only in a fraction of the time
     python bench/depth.py --models resnet50 convnext_tiny --rounds 5
 """
 
@@ -43,6 +44,12 @@ DEFAULT = ["resnet50", "densenet121", "convnext_tiny", "regnet_x_400mf", "regnet
 QUICK = ["resnet50", "convnext_tiny", "regnet_x_400mf", "densenet121", "mobilenet_v3_large", "efficientnet_b0",
          "vit_b_16"]
 MAX_PARAMS = 200_000_000
+# Models whose architecture fixes the input size (position embeddings, attention windows) or needs a minimum.
+MIN_SIZE = {"vit": 224, "maxvit": 224, "inception": 96, "swin": 96}
+
+
+def input_size(name: str, size: int) -> int:
+    return max([size] + [need for prefix, need in MIN_SIZE.items() if name.startswith(prefix)])
 
 
 def all_models() -> list[str]:
@@ -117,7 +124,8 @@ def bench_model(name: str, rounds: int, size: int) -> dict:
     """One row: interleaved rounds of nnic and Torch-Pruning on copies of one dense model."""
     torch.manual_seed(0)
     dense = torchvision.models.get_model(name, weights=None).eval()
-    x = torch.randn(1, 3, size, size)
+    side = input_size(name, size)
+    x = torch.randn(1, 3, side, side)
     p0, f0 = params(dense), flops(dense, x)
     row: dict = {"name": name, "nnic": [], "tp": [], "tp_error": None, "error": None}
     for _ in range(rounds):
@@ -149,7 +157,8 @@ def main() -> None:
     group.add_argument("--quick", action="store_true", help=f"the {len(QUICK)} families {', '.join(QUICK)}")
     group.add_argument("--all", action="store_true", help="every torchvision classifier up to 200M parameters")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per model (median)")
-    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--size", type=int, default=224,
+                        help="input side (ViT and MaxViT always get 224, Inception and Swin at least 96)")
     args = parser.parse_args()
     names = all_models() if args.all else QUICK if args.quick else args.models or DEFAULT
     torch.set_num_threads(2)
