@@ -5,7 +5,7 @@ Only a symbolic (``"fx"``) graph is reused: it depends on the model's code, modu
 which arguments are given, never on weight or input values, so masking the weights between the two analyses
 does not change it. A concrete or region capture follows the input's values and is always redone. The graph is
 kept per model object (weakly: it goes with the model) together with a fingerprint of everything a symbolic trace
-reads: every module's class and plain attributes (sizes, flags, strides), every parameter's and buffer's name
+reads: every module's class, forward and plain attributes (sizes, flags, strides), every parameter's and buffer's name
 and shape, the leaf modules and the arguments' structure. Any difference, including a speedup that shrank the
 model in between, traces again. A reused graph is rebound to the model's current modules and tensors, so
 parameters replaced since (masks folded in) are the ones the analysis reads.
@@ -48,7 +48,7 @@ def fingerprint(model: nn.Module, args: tuple, kwargs: dict, leaf_types: Iterabl
         attrs = tuple(sorted((k, repr(v)) for k, v in vars(m).items() if not k.startswith("_") and _plain(v)))
         tensors = tuple((k, tuple(t.shape)) for k, t in (*m._parameters.items(), *m._buffers.items())
                         if t is not None)
-        modules.append((name, type(m), m.training, attrs, tensors))
+        modules.append((name, type(m), type(m).forward, m.training, attrs, tensors))  # forward: patched since?
     leaves = tuple(sorted(repr(m) for m in leaf_modules)) + tuple(sorted(t.__qualname__ for t in leaf_types))
     return tuple(modules), leaves, _arg_shape(args), _arg_shape(kwargs)
 
