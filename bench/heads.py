@@ -3,8 +3,9 @@ attention heads pruned by each ``transformer_head`` criterion, sped up in one ``
 whole model: fx, or the capture that follows the real execution), latency vs dense (CPU float32, batch 1,
 sequence 128, interleaved rounds, median).
 
-    python bench/heads.py                        # 12 layers, as the real models
-    python bench/heads.py --layers 4 --repeats 5 # quicker
+    python bench/heads.py            # 12 layers, as the real models (about 20 min on 2 quiet cores)
+    python bench/heads.py --quick    # 2 layers, sequence 64: every row in a few minutes
+    python bench/heads.py --clock cpu  # 1 thread, the calling thread's CPU time: steadier on a shared machine
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 import nnic
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _timing import timeit_interleaved  # noqa: E402
+from _timing import timeit_interleaved
 
 CRITERIA = ("l1_weight", "l2_weight", "l1_activation", "l2_activation", "taylorfo")
 
@@ -47,11 +48,19 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--seq", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--models", default="bert,gpt2")
     ap.add_argument("--criteria", default=",".join(CRITERIA))
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall: 2 threads, wall time; cpu: 1 thread, its CPU time (time.thread_time)")
+    ap.add_argument("--quick", action="store_true", help="2 layers, sequence 64 (overrides the above)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    from nnic_transformers import find_heads  # the plugin; it imports transformers
+
+    if args.quick:
+        args.layers, args.seq = 2, 64
+    torch.set_num_threads(2 if args.clock == "wall" else 1)
+    clock = time.perf_counter if args.clock == "wall" else time.thread_time
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 1000, (1, args.seq), generator=gen)
     calib = [torch.randint(0, 1000, (2, args.seq), generator=gen) for _ in range(2)]
@@ -74,13 +83,11 @@ def main() -> None:
             speedup = nnic.ModelSpeedup(model, ids, masks)
             speedup.speedup_model()
             took = time.perf_counter() - t0
-            from nnic_transformers import find_heads
-
             heads = sum(h.num_heads for h in find_heads(model))
             total = sum(h.num_heads for h in find_heads(dense))
             with torch.no_grad():
-                times = timeit_interleaved({"dense": lambda: dense(ids), "pruned": lambda: model(ids)},
-                                           args.repeats, budget=60.0)
+                times = timeit_interleaved({"dense": lambda m=dense: m(ids), "pruned": lambda m=model: m(ids)},
+                                           args.repeats, budget=60.0, clock=clock)
             ratio = statistics.median(times["dense"]) / statistics.median(times["pruned"])
             n = sum(p.numel() for p in model.parameters())
             print(f"| {kind} ({args.layers} layers) | {criterion} | {speedup.report.capture} | {heads}/{total} | "

@@ -2,19 +2,25 @@
 
 Metrics of a trial (and of the dense model, the baseline):
 
-=============== ======================================================================= ==========
-key             meaning                                                                 direction
-=============== ======================================================================= ==========
-``score``       the evaluator's score after pruning, fine-tuning and quantization        maximize
-``flops``       multiply-accumulates of the compressed model / the dense model's         minimize
-``params``      parameters of the compressed model / the dense model's                   minimize
-``size_bytes``  bytes of the compressed model saved as safetensors (integer codes)       minimize
-``latency_ms``  median measured forward time on this machine (see ``measure=``)          minimize
-=============== ======================================================================= ==========
+================= ===================================================================== =========
+key               meaning                                                               direction
+================= ===================================================================== =========
+``score``         the evaluator's score after pruning, fine-tuning and quantization     maximize
+``flops``         multiply-accumulates of the compressed model / the dense model's      minimize
+``params``        parameters of the compressed model / the dense model's                minimize
+``size_bytes``    bytes of the compressed model saved as safetensors (integer codes)    minimize
+``latency_ratio`` median forward time / the dense model's, timed in interleaved rounds  minimize
+``latency_ms``    ``latency_ratio`` times the dense model's median forward time         minimize
+================= ===================================================================== =========
 
-A constraint bounds a metric: ``{"flops": 0.5}`` means at most half the dense FLOPs, ``{"latency_ms": 2.0}``
-at most 2 ms, ``{"score": 95.0}`` a score of at least 95, and ``{"score_drop": 1.0}`` at most one point below
-the dense model's score. Constraint values are normalised so that ``<= 0`` is met (Optuna's convention).
+Latency is measured as a ratio to the dense model, both timed in the same interleaved rounds during the trial
+(see :func:`nnic.auto.trial.costs`), so load on the machine cancels out; ``latency_ms`` is that ratio times the
+dense latency measured when the study was made.
+
+A constraint bounds a metric: ``{"flops": 0.5}`` means at most half the dense FLOPs, ``{"latency_ratio": 0.5}``
+at most half the dense latency, ``{"latency_ms": 2.0}`` at most 2 ms, ``{"score": 95.0}`` a score of at
+least 95, and ``{"score_drop": 1.0}`` at most one point below the dense model's score. Constraint values are
+normalised so that ``<= 0`` is met (Optuna's convention).
 """
 
 from __future__ import annotations
@@ -24,9 +30,10 @@ from dataclasses import dataclass
 from typing import Any
 
 METRICS = {"score": "maximize", "flops": "minimize", "params": "minimize", "size_bytes": "minimize",
-           "latency_ms": "minimize"}
+           "latency_ms": "minimize", "latency_ratio": "minimize"}
 CONSTRAINTS = (*METRICS, "score_drop")
-_NOISY = {"latency_ms": 1.25}  # a measured bound is impossible only when the cheapest point misses it by this
+# A measured bound is impossible only when the cheapest point misses it by this factor.
+_NOISY = {"latency_ms": 1.25, "latency_ratio": 1.25}
 
 
 @dataclass(frozen=True)
@@ -84,7 +91,7 @@ def make_goals(constraints: Mapping[str, float] | None, objectives: str | Sequen
             raise ValueError(f"constraints: unknown key {key!r}; expected some of {list(CONSTRAINTS)}")
         if isinstance(bound, bool) or not isinstance(bound, (int, float)) or bound != bound:
             raise TypeError(f"constraints[{key!r}]: expected a number, got {bound!r}")
-        if key in ("flops", "params", "size_bytes", "latency_ms") and bound <= 0:
+        if key in ("flops", "params", "size_bytes", "latency_ms", "latency_ratio") and bound <= 0:
             raise ValueError(f"constraints[{key!r}]: expected a positive bound, got {bound!r} (impossible)")
         if key == "score_drop" and bound < 0:
             raise ValueError(f"constraints['score_drop']: expected a non-negative number of points, got {bound!r}")

@@ -22,7 +22,7 @@ from torch import nn
 from nnic.auto.goals import METRICS, Goals
 from nnic.auto.space import Configuration, SearchSpace
 
-_COLUMNS = ("score", "flops", "params", "size_bytes", "latency_ms")
+_COLUMNS = ("score", "flops", "params", "size_bytes", "latency_ms", "latency_ratio")
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class TrialRecord:
     constraints: tuple[float, ...]
     seed: int
     retried_from: int | None = None
+    start_point: bool = False  # one of the study's ``start_points`` (run first, as given)
 
     @property
     def feasible(self) -> bool:
@@ -44,6 +45,7 @@ class TrialRecord:
     def to_dict(self) -> dict[str, Any]:
         return {"number": self.number, "state": self.state, "feasible": self.feasible, "measured": self.measured,
                 "constraints": list(self.constraints), "seed": self.seed, "retried_from": self.retried_from,
+                "start_point": self.start_point,
                 "configuration": self.configuration.to_dict(),
                 "pruning_config_list": self.configuration.pruning_config_list(),
                 "quantization_config_list": self.configuration.quantization_config_list()}
@@ -117,12 +119,13 @@ class AutoResult:
         m = self.settings["measure"]
         head = (f"study {self.study_name!r}: {len(self.trials)} finished trials, {len(self.feasible)} feasible; "
                 f"constraints {self.goals.constraints or 'none'}; objectives {list(self.goals.objectives)}\n"
-                f"latency: median of {m['repeats']} runs after {m['warmup']} warm-up, {m['threads']} thread(s)"
+                f"latency: median of {m['repeats']} runs in {m.get('rounds', 1)} round(s) interleaved with the dense "
+                f"model, each after {m['warmup']} warm-up, {m['threads']} thread(s), {m.get('clock', 'wall')} clock"
                 + (f", batch {m['batch']}" if m["batch"] else "") + "\n")
-        rows = [("", "trial", *_COLUMNS), ("dense", "-", *(_fmt(k, self.baseline[k]) for k in _COLUMNS))]
+        rows = [("", "trial", *_COLUMNS), ("dense", "-", *_cells(self.baseline))]
         if self.best is not None:
-            rows.append(("best", str(self.best.number), *(_fmt(k, self.best.measured[k]) for k in _COLUMNS)))
-        rows += [("pareto", str(t.number), *(_fmt(k, t.measured[k]) for k in _COLUMNS)) for t in self.pareto]
+            rows.append(("best", str(self.best.number), *_cells(self.best.measured)))
+        rows += [("pareto", str(t.number), *_cells(t.measured)) for t in self.pareto]
         widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
         table = "\n".join("  ".join(cell.rjust(w) for cell, w in zip(r, widths)) for r in rows)
         return head + table
@@ -175,7 +178,7 @@ class AutoResult:
         if x_key in self.goals.constraints:
             ax.axvline(self.goals.constraints[x_key], ls="--", c="tab:orange", label=f"{x_key} bound")
         ax.set_xlabel(x_key + (" (measured)" if x_key == "latency_ms" else " (ratio to dense)"
-                               if x_key in ("flops", "params") else ""))
+                               if x_key in ("flops", "params", "latency_ratio") else ""))
         ax.set_ylabel("score")
         ax.set_title(f"auto_compress: {self.study_name}")
         ax.legend(fontsize=8)
@@ -184,8 +187,13 @@ class AutoResult:
         _write_atomic(Path(path), buf.getvalue())
 
 
+def _cells(measured: Mapping[str, float]) -> list[str]:
+    """One table row (a study made before a metric existed shows it as nan)."""
+    return [_fmt(k, measured.get(k, math.nan)) for k in _COLUMNS]
+
+
 def _fmt(key: str, value: float) -> str:
-    if key == "size_bytes":
+    if key == "size_bytes" and math.isfinite(value):
         return f"{int(value)}"
     if key == "latency_ms":
         return f"{value:.3f}"
@@ -213,7 +221,8 @@ def records(study: Any, space: SearchSpace) -> list[TrialRecord]:
             continue
         out.append(TrialRecord(t.number, t.state.name, Configuration.from_dict(t.user_attrs["configuration"]),
                                dict(t.user_attrs["measured"]), tuple(t.constraints.values()),
-                               int(t.user_attrs["seed"]), t.system_attrs.get("failed_trial")))
+                               int(t.user_attrs["seed"]), t.system_attrs.get("failed_trial"),
+                               bool(t.user_attrs.get("start_point"))))
     return sorted(out, key=lambda r: r.number)
 
 

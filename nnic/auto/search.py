@@ -7,13 +7,8 @@ and several processes or machines running the same search share it.
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import os
-import platform
-import sys
-import time
-import traceback
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,22 +16,23 @@ from typing import Any
 from torch import nn
 
 from nnic.auto.goals import Goals, make_goals
+from nnic.auto.objective import make_objective, trial_pruner
 from nnic.auto.result import AutoResult, records
+from nnic.auto.runner import quiet_optuna, run_trials
 from nnic.auto.space import SearchSpace, build_space
 from nnic.auto.storage import (
-    open_storage, settings_conflict, storage_url, store_settings, study_settings,
+    open_storage,
+    settings_conflict,
+    storage_url,
+    store_settings,
+    study_settings,
 )
 from nnic.auto.strategy import StrategyContext, get_strategy, make_sampler
-from nnic.auto.trial import MeasureSettings, costs, fine_tune, lower, seeded, shrink
+from nnic.auto.trial import MeasureSettings, costs, lower, shrink
 
 # Settings that define a search: a call that asks for other values cannot join a study made with these.
 SEARCH_KEYS = ("request", "goals", "strategy", "strategy_options", "fine_tune_steps", "fine_tune_evals", "measure",
-               "seed", "prune_trials")
-MAX_CONSECUTIVE_FAILURES = 3
-
-
-class _Hopeless(Exception):
-    """Raised inside fine-tuning when Optuna's pruner gives up on the trial."""
+               "seed", "prune_trials", "start_points")
 
 
 def _positive(name: str, value: Any, minimum: int = 1) -> int:
@@ -46,8 +42,6 @@ def _positive(name: str, value: Any, minimum: int = 1) -> int:
 
 
 def _baseline(model: nn.Module, evaluator: Any, dummy_input: Any, measure: MeasureSettings) -> dict[str, float]:
-    import copy
-
     dense = copy.deepcopy(model)
     out = costs(dense, dense, dummy_input, measure)
     out["score"] = float(evaluator.evaluate(dense))
@@ -55,9 +49,13 @@ def _baseline(model: nn.Module, evaluator: Any, dummy_input: Any, measure: Measu
 
 
 def _resolve(model: nn.Module, evaluator: Any, dummy_input: Any, space: Any, goals: Goals,
-             measure: MeasureSettings, sensitivity: float | None, progress: bool) -> dict[str, Any]:
-    """The resolved space and the dense model's measurements; checks the constraints against the cheapest point."""
+             measure: MeasureSettings, sensitivity: float | None, start_points: Sequence[Any],
+             progress: bool) -> dict[str, Any]:
+    """The resolved space, the Optuna parameters of the start points and the dense model's measurements;
+    checks the constraints against the cheapest point."""
     resolved = build_space(model, dummy_input, space)
+    for i, point in enumerate(start_points):  # bad points fail before the sensitivity run and measurements
+        resolved.start_params(point, f"start_points[{i}]")
     if sensitivity is not None:
         from nnic.auto.sensitivity import narrow
 
@@ -65,180 +63,9 @@ def _resolve(model: nn.Module, evaluator: Any, dummy_input: Any, space: Any, goa
     baseline = _baseline(model, evaluator, dummy_input, measure)
     cheapest = resolved.most_compressed()
     small = shrink(model, dummy_input, cheapest)
-    goals.check_reachable(costs(small, lower(small, cheapest), dummy_input, measure, baseline))
-    return {"space": resolved.to_dict(), "baseline": baseline}
-
-
-def _objective(model: nn.Module, evaluator: Any, dummy_input: Any, space: SearchSpace, goals: Goals,
-               settings: Mapping[str, Any]) -> Any:
-    import optuna
-
-    baseline, measure = settings["baseline"], MeasureSettings(**settings["measure"])
-    steps, evals = settings["fine_tune_steps"], settings["fine_tune_evals"]
-    can_prune = settings["prune_trials"] is not False and len(goals.objectives) == 1 and steps > 0
-
-    def objective(trial: optuna.Trial) -> Sequence[float]:
-        config = space.suggest(trial)
-        seed = settings["seed"] * 100_003 + trial.number
-        trial.set_user_attr("configuration", config.to_dict())
-        trial.set_user_attr("seed", seed)
-        trial.set_user_attr("worker", f"{platform.node()}:{os.getpid()}")
-        try:
-            with seeded(seed):
-                small = shrink(model, dummy_input, config, evaluator)
-                probe = lower(_copy(small), config)
-                measured: dict[str, float] = costs(small, probe, dummy_input, measure, baseline)
-                cost_ok = all(v <= 0 for k, v in zip(goals.constraints, goals.constraint_values(
-                    {**measured, "score": baseline["score"]}, baseline)) if k not in ("score", "score_drop"))
-                if steps > 0 and cost_ok:
-                    def on_score(step: int, score: float) -> None:
-                        measured["score"] = score
-                        if can_prune:
-                            trial.report(score, step)
-                            if trial.should_prune():
-                                raise _Hopeless(f"score {score:.4g} after {step} fine-tuning steps")
-
-                    on_score(0, evaluator.evaluate(small))
-                    fine_tune(small, evaluator, steps, evaluations=evals, on_score=on_score)
-                    final = lower(small, config)
-                else:
-                    final = probe  # over a cost bound: not worth fine-tuning, scored as pruned
-                measured["score"] = float(evaluator.evaluate(final))
-        except _Hopeless as exc:
-            _record(trial, goals, measured, baseline)
-            raise optuna.TrialPruned(str(exc)) from None
-        except Exception:
-            trial.set_user_attr("error", traceback.format_exc(limit=8)[-4000:])
-            raise
-        _record(trial, goals, measured, baseline)
-        return goals.objective_values(measured)
-
-    return objective
-
-
-def _record(trial: Any, goals: Goals, measured: Mapping[str, float], baseline: Mapping[str, float]) -> None:
-    """Store what was measured, and the constraint values where Optuna's samplers read them."""
-    trial.set_user_attr("measured", dict(measured))
-    for key, value in zip(goals.constraints, goals.constraint_values(measured, baseline)):
-        trial.set_constraint(key, value)
-
-
-_PRUNERS = {"median": "MedianPruner", "percentile": "PercentilePruner", "threshold": "ThresholdPruner",
-            "hyperband": "HyperbandPruner", "successive_halving": "SuccessiveHalvingPruner", "patient": "PatientPruner"}
-
-
-def _trial_pruner(spec: bool | Mapping[str, Any]) -> Any:
-    """Optuna's pruner for ``prune_trials``: ``True`` (median of earlier trials at the same fine-tuning step,
-    after 5 trials), ``False``, or ``{"name": "threshold", "lower": 90.0}`` (any Optuna pruner by name, with
-    its keywords; JSON, so that workers elsewhere build the same)."""
-    import optuna
-
-    if spec is True:
-        return optuna.pruners.MedianPruner(n_startup_trials=5)
-    if spec is False:
-        return optuna.pruners.NopPruner()
-    if not isinstance(spec, Mapping) or spec.get("name") not in _PRUNERS:
-        raise ValueError(f"prune_trials: expected True, False or {{'name': one of {sorted(_PRUNERS)}, ...}}, "
-                         f"got {spec!r}")
-    kwargs = {k: v for k, v in spec.items() if k != "name"}
-    try:
-        return getattr(optuna.pruners, _PRUNERS[spec["name"]])(**kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"prune_trials: {exc}") from exc
-
-
-def _copy(model: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(model)
-
-
-def _counts(study: Any) -> tuple[int, int, int]:
-    """(finished, running, waiting) trials."""
-    from optuna.trial import TrialState
-
-    states = [t.state for t in study.get_trials(deepcopy=False)]
-    finished = sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states)
-    return finished, states.count(TrialState.RUNNING), states.count(TrialState.WAITING)
-
-
-def _fail_stale(study: Any) -> None:
-    import optuna
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
-
-
-def _best_text(study: Any, goals: Goals, baseline: Mapping[str, float]) -> str:
-    from optuna.trial import TrialState
-
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if all(c <= 0 for c in t.constraints.values())]
-    if not done:
-        return "no feasible trial yet"
-    key = goals.objectives[0]
-    pick = max if goals.directions[0] == "maximize" else min
-    best = pick(done, key=lambda t: t.user_attrs["measured"][key])
-    m = best.user_attrs["measured"]
-    return f"best #{best.number}: score {m['score']:.4g}, latency {m['latency_ms']:.3g} ms, flops {m['flops']:.2f}"
-
-
-def _run(study: Any, objective: Any, n_trials: int, goals: Goals, baseline: Mapping[str, float],
-         progress: bool, poll_s: float) -> None:
-    """Run trials until the study has ``n_trials`` finished ones; wait while other workers finish the last
-    ones (or their heartbeats go stale, which re-queues their trials here)."""
-    import optuna
-    from tqdm.auto import tqdm
-
-    finished, _, _ = _counts(study)
-    bar = tqdm(total=n_trials, initial=min(finished, n_trials), desc="auto_compress", unit="trial",
-               disable=not progress, file=sys.stderr, dynamic_ncols=True)
-    failures = 0
-    try:
-        while True:
-            _fail_stale(study)
-            finished, running, waiting = _counts(study)
-            bar.update(min(finished, n_trials) - bar.n)
-            bar.set_postfix_str(_best_text(study, goals, baseline), refresh=True)
-            if finished >= n_trials:
-                return
-            if finished + running >= n_trials and not waiting:
-                time.sleep(poll_s)  # the last trials are running elsewhere
-                continue
-            before = len(study.get_trials(deepcopy=False))
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                # Samplers without constraint handling (CMA-ES, random) say so; the result filters feasibility.
-                warnings.filterwarnings("ignore", "Constraints have been set, but", UserWarning)
-                study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
-            mine = [t for t in study.get_trials(deepcopy=False)[before:]
-                    if t.user_attrs.get("worker") == f"{platform.node()}:{os.getpid()}"]
-            if mine and mine[-1].state == optuna.trial.TrialState.FAIL:
-                failures += 1
-                if failures >= MAX_CONSECUTIVE_FAILURES:
-                    raise RuntimeError(f"auto_compress: {failures} trials in a row failed; the last one "
-                                       f"(#{mine[-1].number}) raised:\n{mine[-1].user_attrs.get('error', '?')}")
-            else:
-                failures = 0
-    finally:
-        bar.close()
-
-
-def _quiet_optuna() -> contextlib.AbstractContextManager:
-    import optuna
-
-    level = optuna.logging.get_verbosity()
-
-    @contextlib.contextmanager
-    def quiet():
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        try:
-            yield
-        finally:
-            optuna.logging.set_verbosity(level)
-
-    return quiet()
+    goals.check_reachable(costs(small, lower(small, cheapest), dummy_input, measure, baseline, reference=model))
+    starts = [resolved.start_params(p, f"start_points[{i}]") for i, p in enumerate(start_points)]
+    return {"space": resolved.to_dict(), "baseline": baseline, "start_params": starts}
 
 
 def auto_compress(model: nn.Module, evaluator: Any, dummy_input: Any, *, constraints: Mapping[str, float] | None = None,
@@ -247,7 +74,8 @@ def auto_compress(model: nn.Module, evaluator: Any, dummy_input: Any, *, constra
                   storage: str | None = None, study_name: str | None = None, out_dir: str | os.PathLike | None = None,
                   fine_tune_steps: int = 0, fine_tune_evals: int = 4, prune_trials: bool | Mapping[str, Any] = True,
                   measure: Mapping[str, Any] | None = None, seed: int = 0, sensitivity: float | None = None,
-                  progress: bool = True, heartbeat_s: int = 5, join: bool = False) -> AutoResult:
+                  start_points: Sequence[Any] = (), progress: bool = True, heartbeat_s: int = 5,
+                  join: bool = False) -> AutoResult:
     """Search per-layer sparsity, weight bits and the pruner for ``constraints``/``objectives``, measured.
 
     :param model: the trained dense model (never changed; trials work on copies).
@@ -259,9 +87,8 @@ def auto_compress(model: nn.Module, evaluator: Any, dummy_input: Any, *, constra
         :mod:`nnic.auto.goals`.
     :param objectives: one metric (best trial) or several (Pareto front), e.g. ``("score", "latency_ms")``.
     :param space: the search space (see :mod:`nnic.auto.space`).
-    :param n_trials: finished trials the study should hold when this call returns (all workers together; a
-        worker waits while others run the last ones, so only workers that start a last trial at the same
-        instant can finish one more).
+    :param n_trials: finished trials the study should hold when this call returns (all workers together:
+        exactly that many, see :mod:`nnic.auto.runner`).
     :param strategy: a registered strategy name (``nnic plugins --kind strategy``): tpe, random, cmaes, nsga2,
         sa, or a plugin's; ``strategy_options`` go to it.
     :param storage: a database URL (``postgresql://...``) to share the study between machines; ``None`` keeps
@@ -276,6 +103,10 @@ def auto_compress(model: nn.Module, evaluator: Any, dummy_input: Any, *, constra
     :param seed: seeds the sampler and every trial's fine-tuning.
     :param sensitivity: narrow each group's upper sparsity bound to where one layer alone loses at most this
         many points of score (a :func:`nnic.sensitivity` run on the first pruner); ``None``: do not narrow.
+    :param start_points: configurations the study runs first (Optuna's ``enqueue_trial``, once, when the
+        study is made), e.g. ``(0.3, 0.5, 0.7)``: uniform sparsity in float, so the result holds a point at
+        least as good as each of these hand-picked baselines; see :meth:`SearchSpace.start_params` for the dict
+        form. Every start point is one of the ``n_trials``.
     :param heartbeat_s: heartbeat interval of running trials; one silent for three intervals is failed and
         retried.
     :param join: only join an existing study (its stored settings win; the CLI worker uses this).
@@ -293,25 +124,31 @@ def auto_compress(model: nn.Module, evaluator: Any, dummy_input: Any, *, constra
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise TypeError(f"seed: expected an int, got {seed!r}")
     goals = make_goals(constraints, objectives)
-    _trial_pruner(prune_trials)  # checked before any work
+    trial_pruner(prune_trials)  # checked before any work
     strategy_obj = get_strategy(strategy, dict(strategy_options or {}))  # unknown names fail before any work
     if len(goals.objectives) > 1 and not strategy_obj.multi_objective:
         raise ValueError(f"strategy {strategy!r} searches one objective; objectives {list(goals.objectives)} need "
                          f"a Pareto search: use 'nsga2', 'tpe' or 'random'")
     make_sampler(strategy_obj, StrategyContext(seed, goals.directions, n_trials))  # bad options fail here
     measure_settings = MeasureSettings.from_user(measure)
+    if isinstance(start_points, (str, Mapping)) or not isinstance(start_points, Sequence):
+        raise TypeError(f"start_points: expected a list of sparsities or dicts, got {type(start_points).__name__}")
+    if len(start_points) > n_trials:
+        raise ValueError(f"start_points: {len(start_points)} points but n_trials is {n_trials}; every start point "
+                         f"is one of the n_trials")
     study_name = study_name or "nnic-auto"
     out = Path(out_dir) if out_dir is not None else None
     url = storage_url(storage, out)
     rdb = open_storage(url, heartbeat_s=heartbeat_s)
 
-    with _quiet_optuna():
+    with quiet_optuna():
         existing = [s.study_name for s in optuna.get_all_study_summaries(rdb, include_best_trial=False)]
         asked = {"request": {"space": space, "sensitivity": sensitivity}, "goals": goals.to_dict(),
                  "strategy": strategy, "strategy_options": dict(strategy_options or {}),
                  "fine_tune_steps": fine_tune_steps, "fine_tune_evals": fine_tune_evals,
                  "measure": measure_settings.to_dict(), "seed": seed,
-                 "prune_trials": prune_trials if isinstance(prune_trials, bool) else dict(prune_trials)}
+                 "prune_trials": prune_trials if isinstance(prune_trials, bool) else dict(prune_trials),
+                 "start_points": list(start_points)}
         joined = join
         if study_name in existing:
             study = optuna.load_study(study_name=study_name, storage=rdb)
@@ -321,13 +158,15 @@ def auto_compress(model: nn.Module, evaluator: Any, dummy_input: Any, *, constra
                              f"nnic.auto_compress(...) first (workers join an existing study)")
         else:
             settings = {**asked, **_resolve(model, evaluator, dummy_input, space, goals, measure_settings,
-                                            sensitivity, progress)}
+                                            sensitivity, start_points, progress)}
             try:
                 study = optuna.create_study(study_name=study_name, storage=rdb, directions=list(goals.directions))
             except optuna.exceptions.DuplicatedStudyError:  # another worker created it meanwhile: join it
                 study = optuna.load_study(study_name=study_name, storage=rdb)
                 settings, joined = _stored_settings(study, url, asked), True
-            else:
+            else:  # queued before the settings are stored: workers joining wait for those, so start points go first
+                for params in settings["start_params"]:
+                    study.enqueue_trial(params, user_attrs={"start_point": True})
                 store_settings(study, settings)
 
         space_obj = SearchSpace.from_dict(settings["space"])
@@ -338,10 +177,10 @@ def auto_compress(model: nn.Module, evaluator: Any, dummy_input: Any, *, constra
             seed=settings["seed"] + 7919 * started_with + (os.getpid() if joined else 0),
             directions=goals.directions, n_trials=n_trials)
         sampler = make_sampler(strategy_obj, context)
-        pruner = _trial_pruner(settings["prune_trials"] if len(goals.objectives) == 1 else False)
+        pruner = trial_pruner(settings["prune_trials"] if len(goals.objectives) == 1 else False)
         study = optuna.load_study(study_name=study_name, storage=rdb, sampler=sampler, pruner=pruner)
-        objective = _objective(model, evaluator, dummy_input, space_obj, goals, settings)
-        _run(study, objective, n_trials, goals, settings["baseline"], progress, poll_s=min(2.0, heartbeat_s / 2))
+        objective = make_objective(model, evaluator, dummy_input, space_obj, goals, settings, n_trials)
+        run_trials(study, objective, n_trials, goals, progress=progress, poll_s=min(2.0, heartbeat_s / 2))
         result = AutoResult(records(study, space_obj), baseline=settings["baseline"], goals=goals, space=space_obj,
                             settings=settings, model_inputs=(dummy_input, evaluator), study_name=study_name)
     if out is not None:
@@ -384,7 +223,7 @@ def load_result(storage: str, study_name: str = "nnic-auto", *, model_inputs: tu
     import optuna
 
     rdb = open_storage(storage_url(storage, None))
-    with _quiet_optuna():
+    with quiet_optuna():
         try:
             study = optuna.load_study(study_name=study_name, storage=rdb)
         except KeyError as exc:

@@ -104,6 +104,47 @@ class SearchSpace:
         bits = {layer: params.get(f"bits:{layer}", c[0]) for layer, c in self.bits.items()}
         return self._configuration(pruner, values, bits)
 
+    def start_params(self, point: Any, where: str) -> dict[str, Any]:
+        """Optuna parameters (for ``enqueue_trial``) of a start point: a number (every group at that sparsity,
+        the highest-precision bits each layer allows, the first pruner) or a dict with any of ``"sparsity"`` (a
+        number, or ``{group: number}``; groups left out get the lowest sparsity of their range), ``"bits"`` (a
+        choice, or ``{layer: choice}``) and ``"pruner"``. Sparsities are clipped to each group's range and
+        rounded to the grid; ``ValueError`` naming ``where`` for anything else."""
+        if isinstance(point, (int, float)) and not isinstance(point, bool):
+            point = {"sparsity": point}
+        if not isinstance(point, Mapping) or set(point) - {"sparsity", "bits", "pruner"}:
+            raise ValueError(f"{where}: expected a sparsity in [0, 1) or a dict with keys among 'sparsity', "
+                             f"'bits', 'pruner', got {point!r}")
+        params: dict[str, Any] = {}
+        pruner = point.get("pruner", self.pruners[0])
+        if pruner not in self.pruners:
+            raise ValueError(f"{where}['pruner']: {pruner!r} is not among the searched pruners {list(self.pruners)}")
+        if len(self.pruners) > 1:
+            params["pruner"] = pruner
+        sparsity = point.get("sparsity", {})
+        per_group = sparsity if isinstance(sparsity, Mapping) else dict.fromkeys(self.sparsity, sparsity)
+        for group, value in per_group.items():
+            if group not in self.sparsity:
+                raise ValueError(f"{where}['sparsity']: {group!r} is not a searched group {sorted(self.sparsity)}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise ValueError(f"{where}['sparsity']: expected numbers in [0, 1), got {value!r}")
+            lo, hi = self.sparsity[group]
+            if hi > lo:
+                steps = round((min(max(float(value), lo), hi) - lo) / self.step)
+                params[f"sparsity:{group}"] = round(min(lo + steps * self.step, hi), 6)
+        bits = point.get("bits", {})
+        per_layer = bits if isinstance(bits, Mapping) else dict.fromkeys(self.bits, bits)
+        for layer in per_layer:
+            if layer not in self.bits:
+                raise ValueError(f"{where}['bits']: {layer!r} is not a layer with a choice of bits")
+        for layer, choices in self.bits.items():
+            value = per_layer.get(layer, max(choices, key=lambda b: math.inf if b == FLOAT else b))
+            if value not in choices:
+                raise ValueError(f"{where}['bits']: {value!r} is not among {layer!r}'s choices {list(choices)}")
+            if len(choices) > 1:
+                params[f"bits:{layer}"] = value
+        return params
+
     def most_compressed(self) -> Configuration:
         """Every group at its highest sparsity, every layer at its fewest bits: the cheapest point."""
         lowest = {layer: min(c, key=lambda b: math.inf if b == FLOAT else b) for layer, c in self.bits.items()}
@@ -174,6 +215,32 @@ def _choices(where: str, value: Any) -> tuple[int | str, ...]:
     if not isinstance(value, Sequence) or any(v not in _BITS or isinstance(v, bool) for v in value):
         raise ValueError(f"{where}: expected a list of bits among 4, 8 and 'float', got {value!r}")
     return tuple(dict.fromkeys(value)) or (FLOAT,)
+
+
+def _lowerable(name: str, module: nn.Module, choices: tuple[int | str, ...], *, strict: bool) -> tuple[int | str, ...]:
+    """The ``choices`` that ``nnic.quantization_speedup`` can lower this layer to (tried on a copy): a layer
+    with no low-bit module (a grouped convolution, say) keeps float. ``strict``: the user named the layer, so a
+    choice that cannot be lowered is a ``ValueError`` with the reason."""
+    import copy
+
+    import nnic
+
+    kept = []
+    for bits in choices:
+        if bits == FLOAT:
+            kept.append(bits)
+            continue
+        holder = nn.Module()
+        holder.add_module("layer", copy.deepcopy(module))
+        try:
+            nnic.quantization_speedup(holder, {"layer": int(bits)})
+        except ValueError as exc:
+            if strict:
+                reason = str(exc).split("stays float: ", 1)[-1]
+                raise ValueError(f"space['bits'][{name!r}]: {bits} bits cannot be lowered: {reason}") from None
+            continue
+        kept.append(bits)
+    return tuple(kept) or (FLOAT,)
 
 
 def _check_pruner(name: Any) -> str:
@@ -253,10 +320,11 @@ def build_space(model: nn.Module, dummy_input: Any, space: Mapping[str, Any] | N
         for n in bits:
             if n not in quantizable:
                 raise ValueError(f"space['bits']: {n!r} is not a Linear or Conv2d layer of the model")
-        per_bits = {n: _choices(f"space['bits'][{n!r}]", bits[n]) for n in bits}
+        per_bits = {n: _lowerable(n, modules[n], _choices(f"space['bits'][{n!r}]", bits[n]), strict=True)
+                    for n in bits}
     else:
         choices = _choices("space['bits']", bits)
-        per_bits = {n: choices for n in quantizable}
+        per_bits = {n: _lowerable(n, modules[n], choices, strict=False) for n in quantizable}
     per_bits = {n: c for n, c in per_bits.items() if c != (FLOAT,)}
 
     resolved = SearchSpace(pruners, groups, ranges, per_bits, float(step))

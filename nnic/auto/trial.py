@@ -26,23 +26,34 @@ from nnic.auto.space import Configuration
 
 @dataclass(frozen=True)
 class MeasureSettings:
-    """How latency is measured (``nnic.measure.measure_latency``): intra-op ``threads``, ``batch`` rows (the
-    example input's first sample repeated; ``None``: the example input as given), ``warmup`` untimed runs, then
-    the median of ``repeats`` timed runs."""
+    """How latency is measured (``nnic.measure.measure_latencies``): intra-op ``threads``, ``batch`` rows (the
+    example input's first sample repeated; ``None``: the example input as given), and ``repeats`` timed runs
+    per model spread over ``rounds`` interleaved rounds (dense, trial, dense, trial, ...), each round after
+    ``warmup`` untimed runs. A trial's latency is its ratio to the dense model measured in the same rounds, so
+    that machine load during the search moves both alike and cancels out. ``clock``: ``"cpu"`` (the default
+    for one thread: the process's CPU time per run, which other processes' load does not inflate) or
+    ``"wall"`` (the default for more threads)."""
 
     threads: int = 1
     batch: int | None = None
     warmup: int = 3
     repeats: int = 20
+    rounds: int = 5
+    clock: str = "cpu"
 
     @classmethod
     def from_user(cls, measure: Mapping[str, Any] | None) -> MeasureSettings:
         measure = dict(measure or {})
-        unknown = sorted(set(measure) - {"threads", "batch", "warmup", "repeats"})
+        unknown = sorted(set(measure) - {"threads", "batch", "warmup", "repeats", "rounds", "clock"})
         if unknown:
-            raise ValueError(f"measure: unknown key(s) {unknown}; expected threads, batch, warmup, repeats")
+            raise ValueError(f"measure: unknown key(s) {unknown}; expected threads, batch, warmup, repeats, rounds, "
+                             f"clock")
+        measure.setdefault("clock", "cpu" if measure.get("threads", 1) == 1 else "wall")
+        if measure["clock"] not in ("cpu", "wall") or (measure["clock"] == "cpu" and measure.get("threads", 1) != 1):
+            raise ValueError(f"measure['clock']: expected 'wall', or 'cpu' with one thread, got {measure['clock']!r} "
+                             f"with threads={measure.get('threads', 1)!r}")
         out = cls(**measure)
-        for key, minimum in (("threads", 1), ("warmup", 0), ("repeats", 1), ("batch", 1)):
+        for key, minimum in (("threads", 1), ("warmup", 0), ("repeats", 1), ("batch", 1), ("rounds", 1)):
             value = getattr(out, key)
             if value is None and key == "batch":
                 continue
@@ -92,16 +103,40 @@ def lower(model: nn.Module, config: Configuration) -> nn.Module:
 
 
 def costs(float_model: nn.Module, lowered: nn.Module, dummy_input: Any, measure: MeasureSettings,
-          dense: Mapping[str, float] | None = None) -> dict[str, float]:
+          dense: Mapping[str, float] | None = None, reference: nn.Module | None = None) -> dict[str, float]:
     """Measured cost of a compressed model: ``flops``/``params`` (ratios to ``dense``, absolute counts when it
-    is ``None``), ``size_bytes`` and ``latency_ms`` (median; ``latency_p90_ms`` beside it)."""
-    from nnic.measure import count_flops, count_params, measure_latency, size_on_disk
+    is ``None``), ``size_bytes``, and latency.
+
+    With the dense ``reference`` model, the two are timed in interleaved rounds and ``latency_ratio`` is the
+    ratio of their medians; ``latency_ms`` is that ratio times the dense latency in ``dense`` (measured once,
+    when the study was made), so figures from different moments, loads or machines compare;
+    ``latency_raw_ms`` is the median as measured now. Without ``reference`` (the dense model itself),
+    ``latency_ms`` is the median of ``measure.repeats`` runs and the ratio is 1."""
+    from nnic.measure import (
+        count_flops,
+        count_params,
+        measure_latencies,
+        measure_latency,
+        size_on_disk,
+    )
 
     flops, params = int(count_flops(float_model, dummy_input)), count_params(float_model)
-    latency = measure_latency(lowered, dummy_input, threads=measure.threads, batch=measure.batch,
-                              warmup=measure.warmup, repeats=measure.repeats)
+    timing = {"threads": measure.threads, "batch": measure.batch, "warmup": measure.warmup,
+              "repeats": measure.repeats, "clock": measure.clock}
+    if reference is None:
+        latency = measure_latency(lowered, dummy_input, **timing)
+        ratio, absolute = 1.0, latency.median_ms
+    else:
+        if dense is None:
+            raise ValueError("costs: a reference model needs the dense model's measurements (dense=...)")
+        both = measure_latencies({"dense": reference, "trial": lowered}, dummy_input,
+                                 rounds=min(measure.rounds, measure.repeats), **timing)
+        latency = both["trial"]
+        ratio = latency.median_ms / both["dense"].median_ms
+        absolute = ratio * dense["latency_ms"]
     out = {"flops_count": flops, "params_count": params, "size_bytes": size_on_disk(lowered),
-           "latency_ms": latency.median_ms, "latency_p90_ms": latency.p90_ms}
+           "latency_ms": absolute, "latency_ratio": ratio, "latency_raw_ms": latency.median_ms,
+           "latency_p90_ms": latency.p90_ms}
     out["flops"] = flops / dense["flops_count"] if dense else 1.0
     out["params"] = params / dense["params_count"] if dense else 1.0
     return out

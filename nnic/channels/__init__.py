@@ -1,7 +1,10 @@
 """Channel analysis: the floor that dependency-aware pruning and speedup both stand on.
 
-- :mod:`~nnic.channels.capture`: torch.fx capture (leaf modules, inputs of any structure, errors that say where),
-  and when fx cannot trace a model, the capture that follows its real execution on the dummy input;
+- :mod:`~nnic.channels.capture`: how a model is captured, fx first, then the fallbacks below, and what was not analysed;
+- :mod:`~nnic.channels.tracing`: the fx path (leaf modules, inputs of any structure, errors that say where);
+- :mod:`~nnic.channels.concrete`: fx tracing along the dummy input (Python branches follow the example);
+- :mod:`~nnic.channels.execution`: the real run's recorded calls, and the check that a graph reproduces them;
+- :mod:`~nnic.channels.regions`: the largest submodules that trace, when the whole model does not;
 - :mod:`~nnic.channels.graph`: channel ids (union-find), :class:`Spec` labels, the :class:`Call` rules receive;
 - :mod:`~nnic.channels.labels`: label tensors, to read how structural ops move channels;
 - :mod:`~nnic.channels.propagate`: the rule table and the propagation over the traced graph;

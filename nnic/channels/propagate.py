@@ -6,7 +6,6 @@ knows the rule *protocol* (``targets``, ``propagate(call)``), never where rules 
 
 from __future__ import annotations
 
-import inspect
 import operator
 import warnings
 from collections.abc import Iterable, Mapping
@@ -15,8 +14,9 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from nnic.channels.capture import Capture, capture, split_dummy_input
+from nnic.channels.capture import Capture, capture
 from nnic.channels.graph import Call, Spec, State, describe
+from nnic.channels.tracing import placeholder_values, split_dummy_input
 
 _INPLACE_OPS = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
 
@@ -68,31 +68,6 @@ class RuleTable:
     @property
     def leaf_types(self) -> tuple[type, ...]:
         return tuple(self.modules)
-
-
-def placeholder_values(model: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
-    sig = inspect.signature(model.forward)
-    bound = sig.bind_partial(*args, **kwargs)
-    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in sig.parameters.values()):
-        flat: dict[str, Any] = {}  # the order capture's explicit-argument forward uses
-        for name, value in bound.arguments.items():
-            kind = sig.parameters[name].kind
-            if kind is inspect.Parameter.VAR_POSITIONAL:
-                flat.update({f"_{name}_{i}": v for i, v in enumerate(value)})
-            elif kind is inspect.Parameter.VAR_KEYWORD:
-                flat.update({f"_{name}_{k}": v for k, v in value.items()})
-            else:
-                flat[name] = value
-        return flat
-    values = {}
-    for p in sig.parameters.values():
-        if p.name in bound.arguments:
-            values[p.name] = bound.arguments[p.name]
-        elif p.default is not inspect.Parameter.empty:
-            values[p.name] = p.default
-        else:
-            values[p.name] = () if p.kind is p.VAR_POSITIONAL else {} if p.kind is p.VAR_KEYWORD else None
-    return values
 
 
 def _fetch(root: nn.Module, target: str) -> Any:

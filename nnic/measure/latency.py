@@ -5,6 +5,12 @@ current setting when ``None``; restored afterwards), on ``example_input`` (or on
 ``batch`` rows). ``warmup`` untimed runs come first (allocator, caches, one-time packing of low-bit weights),
 then ``repeats`` runs each timed alone with ``time.perf_counter_ns`` (CUDA is synchronised before the clock is
 read). The median is the figure to compare; p90 shows the noise; min is the best case the machine allowed.
+
+``clock="cpu"`` times each run by the CPU time of this process (``time.process_time_ns``: every thread of it,
+torch's and nnic's kernel pool alike) instead of the wall clock. On a quiet machine the two agree for one
+thread; on a shared one the CPU time leaves out the time other processes held the core, which inflates
+long runs more than short ones (a run longer than a scheduler slice is preempted more often), so compared
+models keep their true ratio. It measures one-thread latency only: with more threads it would add them up.
 """
 
 from __future__ import annotations
@@ -64,31 +70,40 @@ def _uses_cuda(model: nn.Module, example_input: Any) -> bool:
     return any(t.is_cuda for t in tensors)
 
 
+_CLOCKS = {"wall": time.perf_counter_ns, "cpu": time.process_time_ns}
+
+
 def measure_latency(model: nn.Module, example_input: Any, *, threads: int | None = None, batch: int | None = None,
-                    warmup: int = 3, repeats: int = 20) -> LatencyStats:
+                    warmup: int = 3, repeats: int = 20, clock: str = "wall") -> LatencyStats:
     """Forward-pass latency of ``model`` on ``example_input`` (see the module docstring for the method)."""
     if threads is not None:
         _positive_int("threads", threads)
     _positive_int("warmup", warmup, minimum=0)
     _positive_int("repeats", repeats)
+    if clock not in _CLOCKS:
+        raise ValueError(f"measure_latency: clock must be 'wall' or 'cpu', got {clock!r}")
     x = with_batch(example_input, batch) if batch is not None else example_input
-    sync = torch.cuda.synchronize if _uses_cuda(model, x) else (lambda: None)
+    cuda = _uses_cuda(model, x)
+    if clock == "cpu" and (threads != 1 or cuda):
+        raise ValueError("measure_latency: clock='cpu' times one CPU thread: it needs threads=1 and a CPU model")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    now = _CLOCKS[clock]
     samples = []
     with num_threads(threads) as used, eval_mode(model), torch.inference_mode():
         for _ in range(warmup):
             call(model, x)
         sync()
         for _ in range(repeats):
-            start = time.perf_counter_ns()
+            start = now()
             call(model, x)
             sync()
-            samples.append((time.perf_counter_ns() - start) / 1e6)
+            samples.append((now() - start) / 1e6)
     return LatencyStats.from_samples(samples, threads=used, batch=batch, warmup=warmup)
 
 
 def measure_latencies(models: dict[str, nn.Module], example_input: Any, *, rounds: int = 3,
                       threads: int | None = None, batch: int | None = None, warmup: int = 3,
-                      repeats: int = 20) -> dict[str, LatencyStats]:
+                      repeats: int = 20, clock: str = "wall") -> dict[str, LatencyStats]:
     """Latency of several models compared fairly: ``rounds`` interleaved rounds (A, B, A, B, ...); in each,
     every model runs its warm-up and then its share of the ``repeats`` timed runs (spread as evenly as
     possible), so that a change in machine load affects every model alike. The statistics are over all of a
@@ -101,7 +116,7 @@ def measure_latencies(models: dict[str, nn.Module], example_input: Any, *, round
     for share in (s for s in shares if s):
         for name, model in models.items():
             stats = measure_latency(model, example_input, threads=threads, batch=batch, warmup=warmup,
-                                    repeats=share)
+                                    repeats=share, clock=clock)
             samples[name] += stats.samples_ms
             used[name] = stats.threads
     return {name: LatencyStats.from_samples(s, threads=used[name], batch=batch, warmup=warmup)

@@ -104,7 +104,24 @@ def quantization_speedup(run: Run, spec: dict[str, Any]) -> dict[str, Any]:
         nnic.quantization_speedup(run.model, calibration, **spec["kwargs"])
     lowered = {name: type(m).__name__ for name, m in run.model.named_modules()
                if name in calibration and type(m).__module__.startswith("nnic.")}
+    if run.masks:  # a lowered layer's masked weights are its (zero) codes now
+        run.masks = {name: ms for name, ms in run.masks.items() if name not in lowered} or None
     return {"layers_lowered": len(lowered), "modules": sorted(set(lowered.values()))}
+
+
+def sparsify(run: Run, spec: dict[str, Any]) -> dict[str, Any]:
+    import nnic
+    from nnic.measure._inputs import num_threads, with_batch
+
+    measure = run.recipe.spec["measure"]  # decide at the batch and threads the report measures
+    batch = spec.get("batch") or measure["batch"]
+    example = with_batch(run.example_input, batch) if batch else run.example_input
+    with run.progress.step("sparsify (timing each layer dense and sparse)"), num_threads(measure["threads"]):
+        report = nnic.sparsify(run.model, example, run.masks, **spec["kwargs"])
+    run.masks = None  # folded into the sparse (or dense) weights
+    io.save_json(report.to_dict(), run.stage_dir / "sparsify.json")
+    return {"sparse_layers": report.sparse_layers,
+            "kept_dense": {n: d.reason for n, d in report.layers.items() if d.chosen != "sparse"}}
 
 
 def export(run: Run, spec: dict[str, Any]) -> dict[str, Any]:

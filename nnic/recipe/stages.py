@@ -12,6 +12,10 @@
                            take it. Writes ``calibration.json``.
 ``quantization_speedup``   ``kwargs`` for ``nnic.quantization_speedup``; ``bits`` (``{layer: bits}``) when no
                            ``quantize`` stage came first, else the last calibration is used.
+``sparsify``               ``kwargs`` for ``nnic.sparsify`` (``min_speedup``, ``max_density``, ``layers``,
+                           ``rounds``, ``verify``); ``batch``: the batch each layer is timed at (default: the
+                           report's ``measure.batch``; its ``threads`` too). Mostly-zero Linear / Int8Linear layers become
+                           ``SparseLinear`` where measured faster. Writes ``sparsify.json`` (every decision).
 ``export``                 ``path`` (``model.onnx``), ``verify`` (true): ``nnic.export_onnx``.
 ``auto``                   ``kwargs`` for ``nnic.auto_compress``.
 =========================  ====================================================================================
@@ -166,6 +170,21 @@ def _validate_quantization_speedup(where: Where, spec: dict, seen: list[str], ha
     return out
 
 
+_SPARSIFY_KWARGS = ("min_speedup", "max_density", "layers", "rounds", "verify", "rtol", "atol")
+
+
+def _validate_sparsify(where: Where, spec: dict, seen: list[str], has_data: bool) -> dict:
+    kwargs = check_kwargs(where.key("kwargs"), spec.get("kwargs"))
+    for key in kwargs:
+        if key not in _SPARSIFY_KWARGS:
+            raise where.key("kwargs").key(key).error(
+                f"sparsify does not take this argument (it takes: {', '.join(_SPARSIFY_KWARGS)})")
+    out: dict[str, Any] = {"stage": "sparsify", "kwargs": kwargs}
+    if "batch" in spec:
+        out["batch"] = check_int(where.key("batch"), spec["batch"], 1)
+    return out
+
+
 def _validate_export(where: Where, spec: dict, seen: list[str], has_data: bool) -> dict:
     path = check_str(where.key("path"), spec.get("path", "model.onnx"))
     if not isinstance(spec.get("verify", True), bool):
@@ -192,6 +211,7 @@ def _table() -> dict[str, StageKind]:
                               ("quantizer", "config_list"), _validate_quantize, r.quantize),
         "quantization_speedup": StageKind(("stage", "kwargs", "bits"), (), _validate_quantization_speedup,
                                           r.quantization_speedup),
+        "sparsify": StageKind(("stage", "kwargs", "batch"), (), _validate_sparsify, r.sparsify),
         "export": StageKind(("stage", "path", "verify"), (), _validate_export, r.export),
         "auto": StageKind(("stage", "kwargs"), (), _validate_auto, r.auto),
     }

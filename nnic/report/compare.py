@@ -21,6 +21,8 @@ log = logging.getLogger("nnic.report")
 
 #: A compressed model whose median latency is not at least this much below the dense one's bought no speed.
 BREAK_EVEN = 0.95
+#: A dense layer at least this much zeros carries fine-grained sparsity that buys no time where it runs dense.
+DENSE_ZEROS = 0.5
 
 
 @dataclass
@@ -112,6 +114,9 @@ def layer_note(before: LayerRow | None, after: LayerRow | None) -> str:
         notes.append("simulated quantization only")
     if after.masked:
         notes.append(f"masked but not sped up ({after.zero_fraction:.0%} zeros still computed)")
+    elif after.zero_fraction >= DENSE_ZEROS and after.type.endswith(("Linear", "Conv1d", "Conv2d", "Conv3d")) \
+            and not after.type.startswith("Sparse"):  # a BatchNorm's zero shift is no sparsity
+        notes.append(f"{after.zero_fraction:.0%} zeros computed densely")
     shrunk = after.params < before.params or after.type != before.type or (
         not after.simulated and (after.bits or 32) < (before.bits or 32))
     if shrunk and before.time_ms and after.time_ms and after.time_ms >= before.time_ms:
@@ -153,6 +158,11 @@ def model_notes(report: CompressionReport) -> list[str]:
         notes.append(f"{len(masked)} layer(s) masked but not sped up: their zeros are still stored and computed "
                      f"({', '.join(masked[:5])}{', ...' if len(masked) > 5 else ''}); a speedup stage removes "
                      f"pruned channels for real")
+    dense_zeros = [c.name for c in comparisons if "zeros computed densely" in c.note]
+    if dense_zeros:
+        notes.append(f"{len(dense_zeros)} layer(s) run dense with their fine-grained zeros "
+                     f"({', '.join(dense_zeros[:5])}{', ...' if len(dense_zeros) > 5 else ''}): sparse kernels pay "
+                     f"only below a density they measure (nnic.sparsify decides per layer and records why)")
     if simulated:
         notes.append(f"{len(simulated)} layer(s) with simulated quantization only: float weights that take "
                      f"quantized values, no smaller or faster until quantization_speedup")

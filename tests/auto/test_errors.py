@@ -7,6 +7,7 @@ import time
 
 import optuna
 import pytest
+import torch
 
 import nnic
 
@@ -94,6 +95,10 @@ def test_other_bad_arguments(model, evaluator, example, tmp_path):
         nnic.auto_compress(model, evaluator, example, n_trials=0, out_dir=tmp_path, **FAST)
     with pytest.raises(ValueError, match=r"measure\['repeats'\]: expected an int >= 1, got 0"):
         nnic.auto_compress(model, evaluator, example, out_dir=tmp_path, measure={"repeats": 0}, progress=False)
+    with pytest.raises(ValueError, match=r"measure\['clock'\]: expected 'wall', or 'cpu' with one thread, got 'cpu' "
+                                         r"with threads=2"):
+        nnic.auto_compress(model, evaluator, example, out_dir=tmp_path, measure={"clock": "cpu", "threads": 2},
+                           progress=False)
     with pytest.raises(ValueError, match=r"strategy 'sa' searches one objective"):
         nnic.auto_compress(model, evaluator, example, objectives=("score", "latency_ms"), strategy="sa",
                            out_dir=tmp_path, **FAST)
@@ -101,3 +106,36 @@ def test_other_bad_arguments(model, evaluator, example, tmp_path):
         nnic.auto_compress(model, evaluator, example, prune_trials={"name": "never"}, out_dir=tmp_path, **FAST)
     with pytest.raises(TypeError, match=r"evaluator: expected an nnic.evaluator.Evaluator"):
         nnic.auto_compress(model, None, example, out_dir=tmp_path, **FAST)
+
+
+def test_layers_without_a_low_bit_module_keep_float_and_naming_one_is_refused():
+    from torch import nn
+
+    from nnic.auto.space import build_space
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=8), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(8 * 4 * 4, 10)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    space = build_space(net, x, {"bits": [8, "float"]})
+    assert "2" not in space.bits  # the depthwise convolution has no int8 module: not searched
+    assert space.bits["0"] == (8, "float") and space.bits["5"] == (8, "float")
+    with pytest.raises(ValueError, match=r"space\['bits'\]\['2'\]: 8 bits cannot be lowered: grouped convolution"):
+        build_space(net, x, {"bits": {"2": [8, "float"]}})
+
+
+def test_a_search_whose_trials_keep_failing_stops_with_the_error(model, evaluator, example, tmp_path):
+    class Breaks:
+        """Scores the dense model, then raises on every trial (the first ones queued as start points)."""
+
+        calls = 0
+
+        def evaluate(self, m):
+            Breaks.calls += 1
+            if Breaks.calls > 1:
+                raise RuntimeError("the evaluator broke")
+            return evaluator.evaluate(m)
+
+    with pytest.raises(RuntimeError, match=r"3 trials in a row failed; the last one \(#2\) raised:\n(.|\n)*"
+                                           r"the evaluator broke"):
+        nnic.auto_compress(model, Breaks(), example, n_trials=5, start_points=(0.3, 0.5), out_dir=tmp_path, **FAST)

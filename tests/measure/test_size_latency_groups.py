@@ -64,10 +64,30 @@ def test_latency_runs_the_given_batch_in_eval_mode_under_inference_mode():
     ({"threads": 1.5}, "threads must be an int >= 1, got 1.5"),
     ({"warmup": -1}, "warmup must be an int >= 0, got -1"),
     ({"batch": 0}, "batch: expected a positive int, got 0"),
+    ({"clock": "tsc"}, "clock must be 'wall' or 'cpu', got 'tsc'"),
+    ({"clock": "cpu", "threads": 2}, "clock='cpu' times one CPU thread: it needs threads=1"),
 ])
 def test_latency_rejects_bad_settings_by_name(kw, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
         measure_latency(_mlp(), torch.randn(1, 256), **kw)
+
+
+class _Waits(nn.Module):
+    """A forward pass that mostly waits (as a run preempted by other processes does): wall time, no CPU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import time
+
+        time.sleep(0.02)
+        return x + 1
+
+
+def test_the_cpu_clock_leaves_out_time_the_process_was_not_running():
+    x = torch.randn(1, 8)
+    wall = measure_latency(_Waits(), x, threads=1, warmup=0, repeats=3, clock="wall")
+    cpu = measure_latency(_Waits(), x, threads=1, warmup=0, repeats=3, clock="cpu")
+    assert wall.min_ms >= 20.0  # slept 20 ms each run
+    assert cpu.median_ms < wall.median_ms / 4  # sleeping costs no CPU time
 
 
 def test_channel_groups_couple_the_branches_of_a_residual_add():

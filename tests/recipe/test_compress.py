@@ -76,6 +76,40 @@ def test_masked_and_simulated_models_are_called_what_they_are(tmp_path):
     assert type(loaded.classifier[0]) is torch.nn.Linear
 
 
+def test_a_sparsify_stage_moves_fine_grained_zeros_to_sparse_kernels_and_records_why(tmp_path):
+    level = {"stage": "prune", "pruner": "level", "config_list": [{"sparsity": 0.9, "op_names": ["classifier.0"]}]}
+    # min_speedup 0: every layer at or below max_density goes sparse (still timed), so the outcome is not a race
+    sparsify = {"stage": "sparsify", "kwargs": {"min_speedup": 0.0, "rounds": 1}, "batch": 4}
+    result = compress(validate(tiny([level, QUANTIZE, {"stage": "quantization_speedup"}, sparsify]), "t.yaml"),
+                      tmp_path, quiet=True)
+
+    assert type(result.model.classifier[0]).__name__ == "SparseLinear"  # int8 codes, 90 % of them zero
+    assert type(result.model.classifier[2]).__name__ == "Int8Linear"  # dense: above max_density
+    summary = io.load_json(tmp_path / "status.json")["stages"][3]["summary"]
+    assert summary["sparse_layers"] == ["classifier.0"]
+    assert "above max_density" in summary["kept_dense"]["classifier.2"]
+    decisions = io.load_json(tmp_path / "stages" / "03-sparsify" / "sparsify.json")["layers"]
+    assert decisions["classifier.0"]["tokens"] == 4 and decisions["classifier.0"]["dense_ms"] > 0
+    loaded = load_model(tmp_path)  # pickle-free, sparse layer included
+    x = torch.rand(3, 1, 8, 8)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(x), result.model(x))
+    assert result.report.after.size_bytes < result.report.before.size_bytes / 2
+
+
+def test_fine_grained_zeros_that_run_dense_are_called_what_they_are(tmp_path):
+    level = {"stage": "prune", "pruner": "level", "config_list": [{"sparsity": 0.9, "op_names": ["classifier.0"]}]}
+    keep_dense = {"stage": "sparsify", "kwargs": {"max_density": 0.01}}  # nothing is sparse enough to try
+    result = compress(validate(tiny([level, QUANTIZE, {"stage": "quantization_speedup"}, keep_dense]), "t.yaml"),
+                      tmp_path, quiet=True)
+    rows = {c.name: c for c in result.report.layers()}
+    assert type(result.model.classifier[0]).__name__ == "Int8Linear"
+    assert rows["classifier.0"].note.startswith("89% zeros computed densely")  # 90 % of the weights, no bias
+    assert rows["features.1"].note == ""  # a BatchNorm's zero shift is not sparsity
+    assert any(n.startswith("1 layer(s) run dense with their fine-grained zeros (classifier.0)")
+               for n in result.report.notes)
+
+
 def test_a_failed_stage_keeps_earlier_outputs_and_names_itself(tmp_path):
     recipe = validate(tiny([PRUNE, {"stage": "fine_tune", "steps": 2},
                             {"stage": "quantization_speedup", "bits": {"no_such_layer": 8}}, {"stage": "speedup"}]),

@@ -81,6 +81,18 @@ def test_mistakes_name_the_file_the_stage_and_the_key(path, value, message):
     assert str(exc.value).startswith(message)
 
 
+@pytest.mark.parametrize("spec, message", [
+    ({"stage": "sparsify", "kwargs": {"min_speed": 2}},
+     "recipe.yaml: stages[0].kwargs.min_speed: sparsify does not take this argument (it takes: min_speedup,"),
+    ({"stage": "sparsify", "batch": 0}, "recipe.yaml: stages[0].batch: expected an int >= 1, got 0"),
+    ({"stage": "sparsify", "threads": 2}, "recipe.yaml: stages[0].threads: unknown key (allowed: stage, kwargs, batch)"),
+])
+def test_a_sparsify_stage_is_checked_like_the_others(spec, message):
+    with pytest.raises(RecipeError) as exc:
+        validate({**GOOD, "stages": [spec]}, "recipe.yaml")
+    assert str(exc.value).startswith(message)
+
+
 def test_a_scheduled_pruner_is_checked_with_the_pruner_it_schedules():
     agp = {"stage": "prune", "pruner": "agp", "config_list": [{"sparsity": 0.5, "op_types": ["Conv2d"]}],
            "kwargs": {"pruning_algorithm": "l1nrom", "total_iteration": 2}}
@@ -130,7 +142,7 @@ def test_the_shipped_example_is_a_valid_recipe():
     from nnic.recipe import example
 
     recipe = load_recipe(example("digits"))
-    assert [s["stage"] for s in recipe.stages] == ["prune", "fine_tune", "speedup", "quantize",
-                                                    "quantization_speedup"]
+    assert [s["stage"] for s in recipe.stages] == ["prune", "fine_tune", "speedup", "prune", "fine_tune",
+                                                    "quantize", "quantization_speedup", "sparsify"]
     with pytest.raises(RecipeError, match="no example recipe named 'mnist'; available: digits"):
         example("mnist")

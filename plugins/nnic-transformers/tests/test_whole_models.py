@@ -4,15 +4,13 @@ the sped-up model computes what the masked one did. Random-init models from smal
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
 import nnic
 
 T = pytest.importorskip("transformers")
-from nnic_transformers import find_heads  # noqa: E402
+from nnic_transformers import find_heads
 
 ids = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(1))
 
@@ -77,6 +75,28 @@ def _randomise_biases(model):
                 p.normal_(0, 0.1)
 
 
+def _masked_heads(masks, h):
+    """Query heads whose rows the pruner zeroed in ``h``'s query projection (weight masks are [out, in]; GPT-2's
+    fused Conv1D is [in, q|k|v])."""
+    weight = masks[f"{h.name}.{h.layout.q}"]["weight"]
+    rows = weight[0, : h.num_heads * h.head_dim] if h.layout.fused else weight[: h.num_heads * h.head_dim, 0]
+    return sum(1 for i in range(h.num_heads) if not rows[i * h.head_dim:(i + 1) * h.head_dim].any())
+
+
+def _removed(h, heads, kv_heads):
+    """Whether ``h``'s projection weights themselves have only ``heads`` query (``kv_heads`` key/value) heads."""
+    d, m = h.head_dim, h.module
+    if h.layout.fused:  # GPT-2: c_attn [in, 3 * inner], c_proj [inner, out]
+        return (getattr(m, h.layout.q).weight.shape[1] == 3 * heads * d
+                and getattr(m, h.layout.o).weight.shape[0] == heads * d)
+    shapes = [getattr(m, h.layout.q).out_features == heads * d,
+              getattr(m, h.layout.k).out_features == kv_heads * d,
+              getattr(m, h.layout.v).out_features == kv_heads * d]
+    if h.layout.o is not None:
+        shapes.append(getattr(m, h.layout.o).in_features == heads * d)
+    return all(shapes)
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_half_the_heads_pruned_and_removed_in_one_call(family):
     build, x = FAMILIES[family]
@@ -85,29 +105,34 @@ def test_half_the_heads_pruned_and_removed_in_one_call(family):
     _randomise_biases(model)
     before = {h.name: (h.num_heads, h.num_kv_heads) for h in find_heads(model)}
     assert before, "the layouts find the family's attention modules"
+    params = sum(p.numel() for p in model.parameters())
     pruner = nnic.pruner("transformer_head", model, [{"sparsity": 0.5}], criterion="l2_weight")
     _, masks = pruner.compress()
+    for h in find_heads(model):  # every attention module, T5's and cross-attention too, loses half its heads
+        assert _masked_heads(masks, h) == h.num_heads // 2, h.name
     with torch.no_grad():
         expected = _logits(_call(model, x))
-    masked = copy.deepcopy(model)
     speedup = nnic.ModelSpeedup(model, x, masks)
     speedup.speedup_model()
     with torch.no_grad():
         got = _logits(_call(model, x))
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     assert speedup.report.capture in ("fx", "concrete", "regions")
-    after = {h.name: (h.num_heads, h.num_kv_heads) for h in find_heads(model)}
+    after = {h.name: h for h in find_heads(model)}
+    removed = 0
     for name, (h, kvh) in before.items():
-        module = model.get_submodule(name)
         if family == "t5" or "encoder_attn" in name or "EncDec" in name:
+            assert _removed(after[name], h, kvh), name  # kept whole: the report says why
             continue  # T5 shares a per-head position bias across layers; cross-attention is kept whole
-        assert after[name] == (h // 2, kvh // 2), (name, before[name], after[name])
+        assert (after[name].num_heads, after[name].num_kv_heads) == (h // 2, kvh // 2), (name, before[name])
+        assert _removed(after[name], h // 2, kvh // 2), name  # the weights themselves, not a count
+        removed += 1
         if kvh != h:  # grouped-query attention: each kept key/value head keeps all its query heads
-            assert module.q_proj.out_features == (h // 2) * module.head_dim
-            assert module.k_proj.out_features == (kvh // 2) * module.head_dim
+            assert after[name].group == h // kvh
     if family == "t5":
         assert any("T5" in why for why in speedup.report.pinned), speedup.report
-    del masked
+    else:
+        assert removed and sum(p.numel() for p in model.parameters()) < params
 
 
 def test_a_region_capture_names_what_it_could_not_analyse():

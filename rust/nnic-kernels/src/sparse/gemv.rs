@@ -222,6 +222,21 @@ mod x86 {
         }
     }
 
+    /// `Σ_{j0 <= j < len} vals[j] · x[column of slot j]` for the slots after the last whole vector block.
+    #[inline(always)]
+    fn nm_tail<V: Load16>(x: &[f32], n: usize, m: usize, idx: &[u8], vals: &[V], j0: usize) -> f32 {
+        (j0..vals.len()).map(|j| vals[j].f() * x[(j / n) * m + nibble(idx, j) as usize]).sum()
+    }
+
+    /// Lane `l`'s group start `(l / n) · m` for the 16 slots of one block (`n` a power of two).
+    #[inline(always)]
+    unsafe fn nm_base512(n: usize, m: usize) -> __m512i {
+        unsafe {
+            let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+            _mm512_mullo_epi32(_mm512_srlv_epi32(lane, _mm512_set1_epi32(n.trailing_zeros() as i32)), _mm512_set1_epi32(m as i32))
+        }
+    }
+
     /// N:M row with `16 % n == 0`, AVX-512: slot `j` at column `(j / n) · m + nibble(j)`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
     pub(super) unsafe fn nm_avx512<V: Load16>(x: &[f32], n: usize, m: usize, idx: &[u8], vals: &[V]) -> f32 {
@@ -229,8 +244,7 @@ mod x86 {
         let (ip, vp, xp) = (idx.as_ptr(), vals.as_ptr(), x.as_ptr());
         // SAFETY: 16-slot blocks read 8 index bytes and 16 values inside the row; columns < k = x.len().
         unsafe {
-            let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-            let base = _mm512_mullo_epi32(_mm512_srlv_epi32(lane, _mm512_set1_epi32(n.trailing_zeros() as i32)), _mm512_set1_epi32(m as i32));
+            let base = nm_base512(n, m);
             let step = (16 / n * m) as i32;
             let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
             let mut off = base;
@@ -246,11 +260,7 @@ mod x86 {
                 off = _mm512_add_epi32(off1, _mm512_set1_epi32(step));
                 j += 32;
             }
-            let mut tail = 0f32;
-            while j < len {
-                tail += (*vp.add(j)).f() * *xp.add((j / n) * m + nibble(idx, j) as usize);
-                j += 1;
-            }
+            let tail = nm_tail(x, n, m, idx, vals, j);
             _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + tail
         }
     }
@@ -266,8 +276,7 @@ mod x86 {
         // SAFETY: a block's inputs [off, off + span) lie inside the row's k inputs; index/value reads as in
         // `nm_avx512`.
         unsafe {
-            let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-            let base = _mm512_mullo_epi32(_mm512_srlv_epi32(lane, _mm512_set1_epi32(n.trailing_zeros() as i32)), _mm512_set1_epi32(m as i32));
+            let base = nm_base512(n, m);
             let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
             let mut j = 0;
             let mut off = 0;
@@ -289,11 +298,7 @@ mod x86 {
                 off += 2 * span;
                 j += 32;
             }
-            let mut tail = 0f32;
-            while j < len {
-                tail += (*vp.add(j)).f() * *xp.add((j / n) * m + nibble(idx, j) as usize);
-                j += 1;
-            }
+            let tail = nm_tail(x, n, m, idx, vals, j);
             _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + tail
         }
     }
@@ -324,11 +329,7 @@ mod x86 {
                 off = _mm256_add_epi32(off1, step);
                 j += 16;
             }
-            let mut tail = 0f32;
-            while j < len {
-                tail += (*vp.add(j)).f() * *xp.add((j / n) * m + nibble(idx, j) as usize);
-                j += 1;
-            }
+            let tail = nm_tail(x, n, m, idx, vals, j);
             hsum256(_mm256_add_ps(a0, a1)) + tail
         }
     }

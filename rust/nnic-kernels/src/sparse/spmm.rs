@@ -87,16 +87,66 @@ mod x86 {
     use super::Val;
     use std::arch::x86_64::*;
 
-    /// `part[i][0..16·T] += Σ_{j in spans[i]} vals[j] · xt[cols[j]·16T ..]`, AVX-512: T zmm accumulators per set,
-    /// `S` sets.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-    pub(super) unsafe fn block_avx512<const T: usize, const S: usize, V: Val>(
+    /// One register of f32 lanes: what [`block`] needs of AVX-512 (`__m512`) and AVX2 (`__m256`). Every method
+    /// is `#[inline(always)]`, so it compiles inside the `#[target_feature]` wrapper that calls `block`.
+    trait Lanes: Copy {
+        const N: usize;
+        unsafe fn zero() -> Self;
+        unsafe fn splat(v: f32) -> Self;
+        unsafe fn load(p: *const f32) -> Self;
+        unsafe fn store(self, p: *mut f32);
+        /// `self · b + c`
+        unsafe fn fmadd(self, b: Self, c: Self) -> Self;
+        unsafe fn add(self, b: Self) -> Self;
+    }
+
+    macro_rules! lanes {
+        ($t:ty, $n:expr, $zero:ident, $set1:ident, $load:ident, $store:ident, $fmadd:ident, $add:ident) => {
+            impl Lanes for $t {
+                const N: usize = $n;
+                #[inline(always)]
+                unsafe fn zero() -> Self {
+                    unsafe { $zero() }
+                }
+                #[inline(always)]
+                unsafe fn splat(v: f32) -> Self {
+                    unsafe { $set1(v) }
+                }
+                #[inline(always)]
+                unsafe fn load(p: *const f32) -> Self {
+                    unsafe { $load(p) }
+                }
+                #[inline(always)]
+                unsafe fn store(self, p: *mut f32) {
+                    unsafe { $store(p, self) }
+                }
+                #[inline(always)]
+                unsafe fn fmadd(self, b: Self, c: Self) -> Self {
+                    unsafe { $fmadd(self, b, c) }
+                }
+                #[inline(always)]
+                unsafe fn add(self, b: Self) -> Self {
+                    unsafe { $add(self, b) }
+                }
+            }
+        };
+    }
+    lanes!(__m512, 16, _mm512_setzero_ps, _mm512_set1_ps, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_fmadd_ps, _mm512_add_ps);
+    lanes!(__m256, 8, _mm256_setzero_ps, _mm256_set1_ps, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_fmadd_ps, _mm256_add_ps);
+
+    /// `part[i][0..N·T] += Σ_{j in spans[i]} vals[j] · xt[cols[j]·N·T ..]` with T registers of N lanes per
+    /// accumulator set and `S` sets (independent FMA chains that cover the FMA latency).
+    ///
+    /// # Safety
+    /// The registers' ISA is active; spans index `cols`/`vals`; every column's tile row is inside `xt` (columns
+    /// < k, `xt` is `[k, N·T]`); `part` holds `spans.len()` rows of `N·T`.
+    #[inline(always)]
+    unsafe fn block<R: Lanes, const T: usize, const S: usize, V: Val>(
         xt: &[f32], cols: &[u16], vals: &[V], spans: &[(usize, usize)], part: &mut [f32],
     ) {
-        let w = 16 * T;
+        let w = R::N * T;
         debug_assert!(part.len() >= spans.len() * w);
-        // SAFETY: spans index `cols`/`vals` (checked by the caller); every column's tile row is inside `xt`
-        // (columns < k, `xt` is `[k, w]`); row `i` of `part` is `part[i·w..(i+1)·w]`.
+        // SAFETY: see the function's contract; row `i` of `part` is `part[i·w..(i+1)·w]`.
         unsafe {
             let xp = xt.as_ptr();
             for (i, &(j0, j1)) in spans.iter().enumerate() {
@@ -104,88 +154,56 @@ mod x86 {
                     continue;
                 }
                 let pp = part.as_mut_ptr().add(i * w);
-                let mut a = [[_mm512_setzero_ps(); T]; S];
+                let mut a = [[R::zero(); T]; S];
                 for t in 0..T {
-                    a[0][t] = _mm512_loadu_ps(pp.add(16 * t));
+                    a[0][t] = R::load(pp.add(R::N * t));
                 }
                 let mut j = j0;
                 while j + S <= j1 {
                     for s in 0..S {
-                        let v = _mm512_set1_ps(vals.get_unchecked(j + s).f());
+                        let v = R::splat(vals.get_unchecked(j + s).f());
                         let row = xp.add(*cols.get_unchecked(j + s) as usize * w);
                         for t in 0..T {
-                            a[s][t] = _mm512_fmadd_ps(v, _mm512_loadu_ps(row.add(16 * t)), a[s][t]);
+                            a[s][t] = v.fmadd(R::load(row.add(R::N * t)), a[s][t]);
                         }
                     }
                     j += S;
                 }
                 while j < j1 {
-                    let v = _mm512_set1_ps(vals.get_unchecked(j).f());
+                    let v = R::splat(vals.get_unchecked(j).f());
                     let row = xp.add(*cols.get_unchecked(j) as usize * w);
                     for t in 0..T {
-                        a[0][t] = _mm512_fmadd_ps(v, _mm512_loadu_ps(row.add(16 * t)), a[0][t]);
+                        a[0][t] = v.fmadd(R::load(row.add(R::N * t)), a[0][t]);
                     }
                     j += 1;
                 }
                 for t in 0..T {
                     let mut sum = a[0][t];
-                    for s in 1..S {
-                        sum = _mm512_add_ps(sum, a[s][t]);
+                    for acc in &a[1..] {
+                        sum = sum.add(acc[t]);
                     }
-                    _mm512_storeu_ps(pp.add(16 * t), sum);
+                    sum.store(pp.add(R::N * t));
                 }
             }
         }
     }
 
-    /// The same with AVX2: `8·T` columns.
+    /// [`block`] on AVX-512 registers: `16·T` batch columns.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+    pub(super) unsafe fn block_avx512<const T: usize, const S: usize, V: Val>(
+        xt: &[f32], cols: &[u16], vals: &[V], spans: &[(usize, usize)], part: &mut [f32],
+    ) {
+        // SAFETY: the caller's contract is `block`'s, and this function enables AVX-512.
+        unsafe { block::<__m512, T, S, V>(xt, cols, vals, spans, part) }
+    }
+
+    /// [`block`] on AVX2 registers: `8·T` batch columns.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn block_avx2<const T: usize, const S: usize, V: Val>(
         xt: &[f32], cols: &[u16], vals: &[V], spans: &[(usize, usize)], part: &mut [f32],
     ) {
-        let w = 8 * T;
-        debug_assert!(part.len() >= spans.len() * w);
-        // SAFETY: spans index `cols`/`vals` (checked by the caller); every column's tile row is inside `xt`
-        // (columns < k, `xt` is `[k, w]`); row `i` of `part` is `part[i·w..(i+1)·w]`.
-        unsafe {
-            let xp = xt.as_ptr();
-            for (i, &(j0, j1)) in spans.iter().enumerate() {
-                if j0 == j1 {
-                    continue;
-                }
-                let pp = part.as_mut_ptr().add(i * w);
-                let mut a = [[_mm256_setzero_ps(); T]; S];
-                for t in 0..T {
-                    a[0][t] = _mm256_loadu_ps(pp.add(8 * t));
-                }
-                let mut j = j0;
-                while j + S <= j1 {
-                    for s in 0..S {
-                        let v = _mm256_set1_ps(vals.get_unchecked(j + s).f());
-                        let row = xp.add(*cols.get_unchecked(j + s) as usize * w);
-                        for t in 0..T {
-                            a[s][t] = _mm256_fmadd_ps(v, _mm256_loadu_ps(row.add(8 * t)), a[s][t]);
-                        }
-                    }
-                    j += S;
-                }
-                while j < j1 {
-                    let v = _mm256_set1_ps(vals.get_unchecked(j).f());
-                    let row = xp.add(*cols.get_unchecked(j) as usize * w);
-                    for t in 0..T {
-                        a[0][t] = _mm256_fmadd_ps(v, _mm256_loadu_ps(row.add(8 * t)), a[0][t]);
-                    }
-                    j += 1;
-                }
-                for t in 0..T {
-                    let mut sum = a[0][t];
-                    for s in 1..S {
-                        sum = _mm256_add_ps(sum, a[s][t]);
-                    }
-                    _mm256_storeu_ps(pp.add(8 * t), sum);
-                }
-            }
-        }
+        // SAFETY: as above, with AVX2.
+        unsafe { block::<__m256, T, S, V>(xt, cols, vals, spans, part) }
     }
 }
 

@@ -1,0 +1,124 @@
+"""The concrete path of capture: fx tracing that computes every node's real value on the dummy input as it
+goes, so that Python branches, ``dtype``/``shape`` checks and ``len`` of outputs follow the example.
+
+Why: transformers' mask, cache and dtype helpers stop symbolic fx, yet on one given input they take one
+branch. The graph is then the computation of *this* input, which is why capture checks it reproduces the
+real output before using it (:func:`~nnic.channels.execution.check_faithful`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from nnic.channels.tracing import Tracer
+
+_MISSING = object()
+
+
+class _ConcreteProxy(fx.Proxy):
+    """A proxy that knows the real value it stands for: attributes that are not tensors (``dtype``, ``shape``,
+    ``device``), ``len`` and truth values are answered from it, so Python branches follow the example."""
+
+    def _real(self) -> Any:
+        return getattr(self.tracer, "real", {}).get(self.node, _MISSING)
+
+    def __getattr__(self, k: str) -> Any:
+        real = self._real()
+        if real is not _MISSING and not k.startswith("_"):
+            value = getattr(real, k, _MISSING)
+            if value is not _MISSING and not isinstance(value, torch.Tensor) and not callable(value):
+                return value
+        return super().__getattr__(k)
+
+    def __len__(self) -> int:
+        real = self._real()
+        if real is _MISSING:
+            return super().__len__()
+        return len(real)
+
+
+@contextlib.contextmanager
+def _unpatched():
+    """Real computation during tracing: fx patches ``nn.Module.__call__``/``__getattr__`` while it traces."""
+    from torch.fx import _symbolic_trace as st
+
+    call, getattr_ = nn.Module.__call__, nn.Module.__getattr__
+    nn.Module.__call__, nn.Module.__getattr__ = st._orig_module_call, st._orig_module_getattr
+    try:
+        yield
+    finally:
+        nn.Module.__call__, nn.Module.__getattr__ = call, getattr_
+
+
+def _realize(tracer: Any, obj: Any) -> Any:
+    def one(a: Any) -> Any:
+        if isinstance(a, fx.Proxy):
+            a = a.node
+        if isinstance(a, fx.Node):
+            value = tracer.real.get(a, _MISSING)
+            if value is _MISSING:
+                raise LookupError(a.name)
+            return value
+        return a
+    return fx.node.map_aggregate(obj, one)
+
+
+class ConcreteTracer(Tracer):
+    """fx tracing that also computes every node's real value on the dummy input (eval mode, no gradients): the
+    graph follows the branches the example takes (dtype checks, mask helpers, ``len`` of outputs)."""
+
+    def __init__(self, leaf_types: tuple[type, ...], leaf_names: set[str], inputs: list[Any]) -> None:
+        super().__init__(leaf_types, leaf_names)
+        self.inputs, self.real, self.placeholders = inputs, {}, 0
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _ConcreteProxy(node, self)
+
+    def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
+        proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+        try:
+            with torch.no_grad(), _unpatched():
+                if kind == "placeholder":
+                    value = self.inputs[self.placeholders]
+                    self.placeholders += 1
+                elif kind == "get_attr":
+                    value = self.root
+                    for part in target.split("."):
+                        value = getattr(value, part)
+                else:
+                    a, kw = _realize(self, args), _realize(self, kwargs)
+                    if kind == "call_module":
+                        value = self.root.get_submodule(target)(*a, **kw)
+                    elif kind == "call_method":
+                        value = getattr(a[0], target)(*a[1:], **kw)
+                    else:
+                        value = target(*a, **kw)
+        except Exception:  # no real value: the node behaves as in plain fx
+            return proxy
+        self.real[proxy.node] = value
+        return proxy
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        real = self.real.get(obj.node, _MISSING)
+        if real is _MISSING:
+            return super().to_bool(obj)
+        return bool(real)
+
+    def iter(self, obj: fx.Proxy):
+        real = self.real.get(obj.node, _MISSING)
+        if real is _MISSING:
+            return super().iter(obj)
+        return iter([obj[i] for i in range(len(real))])
+
+    def keys(self, obj: fx.Proxy):
+        real = self.real.get(obj.node, _MISSING)
+        if real is _MISSING:
+            return super().keys(obj)
+        return list(real.keys())
+
+
+__all__ = ["ConcreteTracer"]
