@@ -68,8 +68,9 @@ def all_models() -> list[str]:
 
 
 def classifier(model: nn.Module) -> str:
-    """The name of the model's last Linear layer (its classifier)."""
-    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+    """The name of the model's classifier: its last Linear layer, or its last Conv2d (SqueezeNet has no Linear)."""
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)][-1]
 
 
 def params(model: nn.Module) -> int:
