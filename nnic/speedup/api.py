@@ -234,8 +234,13 @@ class ModelSpeedup:
             self.report.not_analysed = dict(prop.capture.not_analysed)
             if self.verify:
                 args, kwargs = split_dummy_input(model, self.dummy_input)
-                with torch.no_grad():
-                    got = model(*args, **kwargs)
+                try:
+                    with torch.no_grad():
+                        got = model(*args, **kwargs)
+                except Exception as exc:  # a rule shrank what another module still reads at its old size
+                    raise SpeedupError(f"verify: the sped-up model fails on the dummy input ({type(exc).__name__}: "
+                                       f"{exc}); a speedup rule removed channels that code it does not see still "
+                                       f"reads (keep that module whole with leaf_modules=[...])") from exc
                 if not _close(got, reference, self.rtol, self.atol):
                     raise SpeedupError(self._mismatch(model, args, kwargs, prop, removed, snapshot))
         except BaseException:
