@@ -4,23 +4,28 @@ Both libraries get the same random-init model (seeded), the same input and the s
 channels of every Conv2d and Linear but the classifier, by L1 magnitude.
 
 - nnic: ``nnic.pruner("l1norm", ..., dependency_aware=True)``, ``compress()``, then ``nnic.speedup_model``
-  (``verify=True``: the output is checked against the masked model's);
+  (``verify=True``: the output is checked against the masked model's, and a mismatch raises);
 - Torch-Pruning: ``tp.pruner.MetaPruner`` with ``tp.importance.MagnitudeImportance(p=1)``, ``pruning_ratio=0.5``,
   the classifier in ``ignored_layers``, then ``step()``.
 
 Per model it prints the parameter and FLOP ratios (pruned / dense; FLOPs from ``torch.utils.flop_counter``), the
-median wall time of each (rounds interleaved nnic, TP, nnic, TP...), their ratio, whether nnic's output equals
-the masked model's, and the largest group of masked channels nnic kept, with the reason its report gives.
-2 threads. Torch-Pruning is a bench dependency only (``pip install torch-pruning``).
+median wall time and process CPU time of each (rounds interleaved nnic, TP, nnic, TP...), their ratios, whether
+the depth goal holds (nnic's parameter ratio at most Torch-Pruning's + 0.01), whether nnic's output equals the
+masked model's, and the largest group of masked channels nnic kept, with the reason its report gives. A summary
+follows: median and largest time ratios over the models both handle, the rows that miss a goal, the models
+Torch-Pruning fails. 2 threads. Torch-Pruning is a bench dependency only (``pip install 'nnic[bench]'``).
 
-    python bench/depth.py                           # the families of issue 16
-    python bench/depth.py --models resnet50 convnext_tiny --rounds 3
+    python bench/depth.py --quick                   # 7 families, 3 rounds: a few minutes
+    python bench/depth.py --all --rounds 1          # every torchvision classifier up to 200M parameters
+    python bench/depth.py --all --rounds 1 --size 64   # the same, depth only in a fraction of the time
+    python bench/depth.py --models resnet50 convnext_tiny --rounds 5
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import time
 import warnings
@@ -32,13 +37,40 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import nnic
 
+warnings.filterwarnings("ignore", category=FutureWarning)  # GoogLeNet's and Inception's notes on their init
+
 DEFAULT = ["resnet50", "densenet121", "convnext_tiny", "regnet_x_400mf", "regnet_y_400mf", "regnet_x_800mf",
            "resnext50_32x4d", "mobilenet_v2", "efficientnet_b0"]
+QUICK = ["resnet50", "convnext_tiny", "regnet_x_400mf", "densenet121", "mobilenet_v3_large", "efficientnet_b0",
+         "vit_b_16"]
+MAX_PARAMS = 200_000_000
+# Models whose architecture fixes the input size (position embeddings, attention windows) or needs a minimum.
+MIN_SIZE = {"vit": 224, "maxvit": 224, "inception": 96, "swin": 96}
+
+
+def input_size(name: str, size: int) -> int:
+    return max([size] + [need for prefix, need in MIN_SIZE.items() if name.startswith(prefix)])
+
+
+def all_models() -> list[str]:
+    """Every torchvision classifier up to 200M parameters (counted on the meta device where the model builds
+    there: nothing is allocated)."""
+    names = []
+    for name in torchvision.models.list_models(module=torchvision.models):
+        try:
+            with torch.device("meta"):
+                n = params(torchvision.models.get_model(name, weights=None))
+        except NotImplementedError:  # RegNet computes its widths with tensors: build it for real
+            n = params(torchvision.models.get_model(name, weights=None))
+        if n <= MAX_PARAMS:
+            names.append(name)
+    return names
 
 
 def classifier(model: nn.Module) -> str:
-    """The name of the model's last Linear layer (its classifier)."""
-    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+    """The name of the model's classifier: its last Linear layer, or its last Conv2d (SqueezeNet has no Linear)."""
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)][-1]
 
 
 def params(model: nn.Module) -> int:
@@ -51,73 +83,122 @@ def flops(model: nn.Module, x: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
-def run_nnic(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, float, bool, str]:
+class Clock:
+    """Wall and process CPU seconds of one block."""
+
+    def __enter__(self) -> Clock:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
+def run_nnic(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, Clock, str]:
     head = classifier(model)
-    start = time.perf_counter()
-    cfg = [{"sparsity": 0.5, "op_types": ["Conv2d", "Linear"]}, {"exclude": True, "op_names": [head]}]
-    pruner = nnic.pruner("l1norm", model, cfg, dependency_aware=True, dummy_input=x)
-    _, masks = pruner.compress()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        speedup = nnic.ModelSpeedup(model, x, masks, verify=True)
-        speedup.speedup_model()
-    seconds = time.perf_counter() - start
+    with Clock() as clock:
+        cfg = [{"sparsity": 0.5, "op_types": ["Conv2d", "Linear"]}, {"exclude": True, "op_names": [head]}]
+        pruner = nnic.pruner("l1norm", model, cfg, dependency_aware=True, dummy_input=x)
+        _, masks = pruner.compress()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            speedup = nnic.ModelSpeedup(model, x, masks, verify=True)
+            speedup.speedup_model()
     report = speedup.report
     why = f"{report.kept_groups[0].channels}: {report.kept_groups[0].reason}" if report.kept_groups else "-"
-    return model, seconds, True, why
+    return model, clock, why
 
 
-def run_tp(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, float]:
+def run_tp(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, Clock]:
     import torch_pruning as tp
 
     head = model.get_submodule(classifier(model))
-    start = time.perf_counter()
-    pruner = tp.pruner.MetaPruner(model, x, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=0.5,
-                                  ignored_layers=[head])
-    pruner.step()
-    return model, time.perf_counter() - start
+    with Clock() as clock, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its notes on unwrapped parameters (layer scales), every round
+        pruner = tp.pruner.MetaPruner(model, x, importance=tp.importance.MagnitudeImportance(p=1),
+                                      pruning_ratio=0.5, ignored_layers=[head])
+        pruner.step()
+    return model, clock
+
+
+def bench_model(name: str, rounds: int, size: int) -> dict:
+    """One row: interleaved rounds of nnic and Torch-Pruning on copies of one dense model."""
+    torch.manual_seed(0)
+    dense = torchvision.models.get_model(name, weights=None).eval()
+    side = input_size(name, size)
+    x = torch.randn(1, 3, side, side)
+    p0, f0 = params(dense), flops(dense, x)
+    row: dict = {"name": name, "nnic": [], "tp": [], "tp_error": None, "error": None}
+    for _ in range(rounds):
+        try:
+            model, clock, why = run_nnic(copy.deepcopy(dense), x)
+        except Exception as exc:  # a failed nnic speedup is a row of its own, never a crash of the table
+            row["error"] = f"{type(exc).__name__}: {str(exc)[:80]}"
+            break
+        row["nnic"].append(clock)
+        row.update(pn=params(model) / p0, fn=flops(model, x) / f0, why=why)
+        if row["tp_error"] is None:
+            try:
+                model, clock = run_tp(copy.deepcopy(dense).eval(), x)
+                row.update(pt=params(model) / p0, ft=flops(model, x) / f0)  # its model must still run
+                row["tp"].append(clock)
+            except Exception as exc:  # Torch-Pruning fails on some models: report, keep going
+                row["tp_error"] = type(exc).__name__
+    return row
+
+
+def median(clocks: list[Clock], attr: str) -> float:
+    return statistics.median(getattr(c, attr) for c in clocks)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="*", default=DEFAULT)
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--models", nargs="*", default=None)
+    group.add_argument("--quick", action="store_true", help=f"the {len(QUICK)} families {', '.join(QUICK)}")
+    group.add_argument("--all", action="store_true", help="every torchvision classifier up to 200M parameters")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per model (median)")
-    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--size", type=int, default=224,
+                        help="input side (ViT and MaxViT always get 224, Inception and Swin at least 96)")
     args = parser.parse_args()
+    names = all_models() if args.all else QUICK if args.quick else args.models or DEFAULT
     torch.set_num_threads(2)
-    print("| model | params nnic | params TP | FLOPs nnic | FLOPs TP | time nnic s | time TP s | time ratio | "
-          "output = masked | masked channels kept (largest group): why |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    time_ratios = []
-    for name in args.models:
-        torch.manual_seed(0)
-        dense = torchvision.models.get_model(name, weights=None).eval()
-        x = torch.randn(1, 3, args.size, args.size)
-        p0, f0 = params(dense), flops(dense, x)
-        t_nnic, t_tp, row = [], [], {}
-        for _ in range(args.rounds):
-            model, seconds, ok, why = run_nnic(copy.deepcopy(dense), x)
-            t_nnic.append(seconds)
-            row.update(pn=params(model) / p0, fn=flops(model, x) / f0, ok=ok, why=why)
-            try:
-                model, seconds = run_tp(copy.deepcopy(dense).eval(), x)
-                t_tp.append(seconds)
-                row.update(pt=params(model) / p0, ft=flops(model, x) / f0)
-            except Exception as exc:  # Torch-Pruning fails on some models: report, keep going
-                row.update(pt=None, ft=None, tp_error=f"{type(exc).__name__}")
-                break
-        tn = statistics.median(t_nnic)
-        if t_tp:
-            tt = statistics.median(t_tp)
-            time_ratios.append(tn / tt)
-            tp_cols = f"{row['pt']:.3f} | {row['fn']:.3f} | {row['ft']:.3f} | {tn:.2f} | {tt:.2f} | {tn / tt:.2f}"
+    import torch_pruning  # noqa: F401  imported, and nnic's plugins loaded, before any round is timed
+
+    nnic.list_plugins()
+    print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print("| model | params nnic | params TP | FLOPs nnic | FLOPs TP | nnic s (wall / cpu) | TP s (wall / cpu) | "
+          "time ratio (wall / cpu) | depth ok | output = masked | masked channels kept (largest group): why |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    wall_ratios, cpu_ratios, missed, tp_fails, failed = [], [], [], [], []
+    for name in names:
+        row = bench_model(name, args.rounds, args.size)
+        if row["error"]:
+            failed.append(name)
+            print(f"| {name} | fails: {row['error']} | | | | | | | | NO | |", flush=True)
+            continue
+        nw, nc = median(row["nnic"], "wall"), median(row["nnic"], "cpu")
+        if row["tp"]:
+            tw, tc = median(row["tp"], "wall"), median(row["tp"], "cpu")
+            wall_ratios.append(nw / tw)
+            cpu_ratios.append(nc / tc)
+            ok = row["pn"] <= row["pt"] + 0.01
+            if not ok:
+                missed.append(f"{name} ({row['pn']:.3f} vs {row['pt']:.3f})")
+            tp_cols = (f"{row['pt']:.3f} | {row['fn']:.3f} | {row['ft']:.3f} | {nw:.2f} / {nc:.2f} | "
+                       f"{tw:.2f} / {tc:.2f} | {nw / tw:.2f} / {nc / tc:.2f} | {'yes' if ok else 'NO'}")
         else:
-            tp_cols = f"fails ({row['tp_error']}) | {row['fn']:.3f} | | {tn:.2f} | | "
-        print(f"| {name} | {row['pn']:.3f} | {tp_cols} | {'yes' if row['ok'] else 'NO'} | {row['why'][:60]} |",
-              flush=True)
-    if time_ratios:
-        print(f"\nmedian time ratio nnic / TP: {statistics.median(time_ratios):.2f} "
-              f"(max {max(time_ratios):.2f}) over {len(time_ratios)} models")
+            tp_fails.append(name)
+            tp_cols = f"fails ({row['tp_error']}) | {row['fn']:.3f} | | {nw:.2f} / {nc:.2f} | | | "
+        print(f"| {name} | {row['pn']:.3f} | {tp_cols} | yes | {row['why'][:70]} |", flush=True)
+    print(f"\nload average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    if wall_ratios:
+        print(f"time ratio nnic / TP over the {len(wall_ratios)} models both handle: wall median "
+              f"{statistics.median(wall_ratios):.2f} (max {max(wall_ratios):.2f}), CPU median "
+              f"{statistics.median(cpu_ratios):.2f} (max {max(cpu_ratios):.2f})")
+    print(f"depth goal missed on {len(missed)}: {', '.join(missed) or '-'}")
+    print(f"Torch-Pruning fails on {len(tp_fails)} (nnic passes them): {', '.join(tp_fails) or '-'}")
+    print(f"nnic fails on {len(failed)}: {', '.join(failed) or '-'}")
 
 
 if __name__ == "__main__":

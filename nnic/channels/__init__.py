@@ -8,7 +8,9 @@
 - :mod:`~nnic.channels.graph`: channel ids (union-find), :class:`Spec` labels, the :class:`Call` rules receive;
 - :mod:`~nnic.channels.labels`: label tensors, to read how structural ops move channels;
 - :mod:`~nnic.channels.propagate`: the rule table and the propagation over the traced graph;
-- :mod:`~nnic.channels.groups`: coupled output channels, for dependency-aware pruning.
+- :mod:`~nnic.channels.groups`: coupled output channels, for dependency-aware pruning;
+- :mod:`~nnic.channels.reuse`: the symbolic graph of a model, kept so that the speedup after dependency-aware
+  pruning does not trace the same model again.
 
 This package imports nothing above it (not the registry, not pruning, not speedup): whoever calls it hands
 the rules down as an argument.

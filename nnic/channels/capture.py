@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from nnic.channels import reuse
 from nnic.channels.execution import check_faithful, copy_value, record_calls
 from nnic.channels.regions import Part, find_regions
 from nnic.channels.tracing import CaptureError, split_dummy_input, trace
@@ -39,9 +40,14 @@ def capture(model: nn.Module, args: tuple, kwargs: dict, *, leaf_types: Iterable
     module tree from the top (:func:`~nnic.channels.regions.find_regions`). A module called several times is
     analysed on every call.
     """
-    leaf_modules = list(leaf_modules)
+    leaf_modules, leaf_types = list(leaf_modules), tuple(leaf_types)
+    key = reuse.fingerprint(model, args, kwargs, leaf_types, leaf_modules)
+    gm = reuse.recall(model, key)
+    if gm is not None:  # traced before (dependency-aware pruning, then speedup): the same graph
+        return Capture("fx", [Part("", gm, [(model, args, kwargs)])])
     try:
         gm = trace(model, args, kwargs, leaf_types=leaf_types, leaf_modules=leaf_modules)
+        reuse.remember(model, key, gm)
         return Capture("fx", [Part("", gm, [(model, args, kwargs)])])
     except CaptureError as exc:
         if not fallback:

@@ -44,6 +44,30 @@ class UnionFind:
         if ra != rb:
             self.parent[max(ra, rb)] = min(ra, rb)
 
+    def union_pairs(self, a: Iterable[int], b: Iterable[int]) -> None:
+        """``union(i, j)`` for each pair, in one loop (propagation couples whole channel lists at a time: a
+        ResNet-50 couples some 160 000 pairs, and a call per pair and per find was most of its analysis)."""
+        parent = self.parent
+        for i, j in zip(a, b):
+            while parent[i] != i:
+                parent[i] = i = parent[parent[i]]
+            while parent[j] != j:
+                parent[j] = j = parent[parent[j]]
+            if i < j:
+                parent[j] = i
+            elif j < i:
+                parent[i] = j
+
+    def roots(self) -> list[int]:
+        """``find(i)`` of every id, in one pass, for reading the groups once propagation is done. A parent is
+        never larger than its child (unions hang the larger root under the smaller), so ascending ids see
+        their parent's root already computed."""
+        parent = self.parent
+        out = list(parent)
+        for i, p in enumerate(parent):
+            out[i] = out[p]
+        return out
+
 
 @dataclass
 class Spec:
@@ -217,8 +241,8 @@ class Call:
         """Unite ids pairwise: index k of ``a`` and of ``b`` are removed together or not at all."""
         if len(a) != len(b):
             raise ValueError(f"couple: {len(a)} and {len(b)} ids")
-        for i, j in zip(a, b):
-            self.state.uf.union(i, j)
+        if a is not b:
+            self.state.uf.union_pairs(a, b)
 
     def pin(self, ids: Iterable[int] | Spec | None, why: str | None = None) -> None:
         """Keep these channels whatever the masks say."""
@@ -238,10 +262,11 @@ class Call:
         result exact. Where ``fold[k]``, dropping needs ``fold_values[k]`` folded into the bias (see
         :meth:`~nnic.speedup.rules.Rule.fold`)."""
         where = f"{self.name or self.node.name}"
-        for k, i in enumerate(ids):
-            if not bool(removable[k]):
-                self.state.blocked.setdefault(i, where)
-            elif fold is not None and bool(fold[k]):
+        blocked, removable = self.state.blocked, torch.as_tensor(removable, dtype=torch.bool).cpu()
+        for k in (~removable).nonzero().flatten().tolist():
+            blocked.setdefault(ids[k], where)
+        if fold is not None:
+            for k in (torch.as_tensor(fold, dtype=torch.bool).cpu() & removable).nonzero().flatten().tolist():
                 self.state.folds.append(Fold(self.name, slot, k, float(fold_values[k])))
 
     def constraint(self, fn: Callable[[Callable[[int], bool]], Iterable[int]]) -> None:

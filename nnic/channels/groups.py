@@ -52,11 +52,12 @@ def coupling(model: nn.Module, dummy_input: Any, rules: RuleTable | Iterable[Any
             grouped.append((ins, m.groups))
         if m.groups < len(ids):  # depthwise blocks hold one channel: any selection is balanced
             grouped.append((ids, m.groups))
-    groups = {name: [uf.find(i) for i in ids] for (name, slot), ids in state.slots.items() if slot in ("out", "c")}
+    find = uf.roots().__getitem__
+    groups = {name: [find(i) for i in ids] for (name, slot), ids in state.slots.items() if slot in ("out", "c")}
     blocks = []
     for ids, g in grouped:
         per = len(ids) // g
-        blocks.append([[uf.find(i) for i in ids[j * per:(j + 1) * per]] for j in range(g)])
+        blocks.append([[find(i) for i in ids[j * per:(j + 1) * per]] for j in range(g)])
     return Coupling(groups, blocks)
 
 

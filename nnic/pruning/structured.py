@@ -183,8 +183,8 @@ class StructuredPruner(Pruner):
             roots = sorted({r for n in names for r in groups[n]})
             total = {r: 0.0 for r in roots}
             for n in names:
-                for pos, r in enumerate(groups[n]):
-                    total[r] += float(scores[n][pos])
+                for r, score in zip(groups[n], scores[n].tolist()):
+                    total[r] += score
             sparsity = min(self.layers[n].config.get("sparsity", self.layers[n].config.get("total_sparsity", 0.0))
                            for n in names)
             smallest = min(len(set(groups[n])) for n in names)

@@ -48,7 +48,8 @@ class _Snapshot:
             module.__class__ = cls
             module.__dict__.clear()
             module.__dict__.update(attrs)
-            module._parameters, module._buffers, module._modules = params, buffers, children
+            # Copies: a restored model may be changed again (and restored again) after this.
+            module._parameters, module._buffers, module._modules = dict(params), dict(buffers), dict(children)
         with torch.no_grad():
             for tensor, value in self.values:
                 if tensor.shape == value.shape:
@@ -208,10 +209,10 @@ class ModelSpeedup:
         snapshot = _Snapshot(model)  # before the masks are folded: a failure must not leave zeroed weights
         try:
             self._fold_masks()
-            if self.verify:
-                reference, ref_layers = _run_recording(model, *split_dummy_input(model, self.dummy_input))
             prop = analyze(model, self.dummy_input, table, leaf_modules=self.leaf_modules, strict=self.strict,
                            fallback=self.capture == "auto")
+            if self.verify:
+                reference = _reference(model, self.dummy_input, prop)
             ties = tied_parameters(model)
             why: dict[int, str] = {}
             removed = decide(prop.state, why)
@@ -233,10 +234,15 @@ class ModelSpeedup:
             self.report.not_analysed = dict(prop.capture.not_analysed)
             if self.verify:
                 args, kwargs = split_dummy_input(model, self.dummy_input)
-                with torch.no_grad():
-                    got = model(*args, **kwargs)
+                try:
+                    with torch.no_grad():
+                        got = model(*args, **kwargs)
+                except Exception as exc:  # a rule shrank what another module still reads at its old size
+                    raise SpeedupError(f"verify: the sped-up model fails on the dummy input ({type(exc).__name__}: "
+                                       f"{exc}); a speedup rule removed channels that code it does not see still "
+                                       f"reads (keep that module whole with leaf_modules=[...])") from exc
                 if not _close(got, reference, self.rtol, self.atol):
-                    raise SpeedupError(self._mismatch(model, args, kwargs, prop, removed, ref_layers))
+                    raise SpeedupError(self._mismatch(model, args, kwargs, prop, removed, snapshot))
         except BaseException:
             snapshot.restore()  # a failed speedup leaves the model as it was, masks included
             raise
@@ -261,10 +267,15 @@ class ModelSpeedup:
         report.kept_groups = kept_groups(prop, why)
         return report
 
-    def _mismatch(self, model, args, kwargs, prop, removed, ref_layers) -> str:
+    def _mismatch(self, model, args, kwargs, prop, removed, snapshot: _Snapshot) -> str:
+        """Which layer differs first: the sped-up model's layers, then the masked model's (put back from the
+        snapshot; the caller restores it again when it raises)."""
         _, got_layers = _run_recording(model, args, kwargs)
+        snapshot.restore()
+        self._fold_masks()
+        _, ref_layers = _run_recording(model, args, kwargs)
         kinds = {n: type(m).__name__ for n, m in model.named_modules()}
-        state, find = prop.state, prop.state.uf.find
+        state, find = prop.state, prop.state.uf.roots().__getitem__
         for node in (n for part in prop.capture.parts for n in part.gm.graph.nodes):
             if node.op != "call_module" or node.target not in ref_layers:
                 continue
@@ -284,26 +295,36 @@ class ModelSpeedup:
         return "verify: the sped-up model's output differs from the masked model's (no single layer differs)"
 
 
+def _reference(model: nn.Module, dummy_input: Any, prop: Propagation) -> Any:
+    """The masked model's output, to verify against. A capture of the whole model (``"fx"``, ``"concrete"``)
+    computed it during propagation, on the same weights and input: no second forward. A region capture did not
+    run the model's own code between its regions, so the model runs once more."""
+    if prop.capture is not None and prop.capture.kind in ("fx", "concrete"):
+        return _clone(prop.output)
+    args, kwargs = split_dummy_input(model, dummy_input)
+    with torch.no_grad():
+        return _clone(model(*args, **kwargs))
+
+
 def kept_groups(prop: Propagation, why: dict[int, str]) -> list[KeptGroup]:
     """The masked channels that stay, by reason and coupled modules, most channels first. A channel counts as
     masked when a module produced it as input-independent (its weights there are zero)."""
     state = prop.state
-    find = state.uf.find
+    find = state.uf.roots().__getitem__
     asked: set[int] = set()
     nodes = (n for part in prop.capture.parts for n in part.gm.graph.nodes) if prop.capture else prop.gm.graph.nodes
     for node in nodes:
         spec = state.specs.get(node)
         if node.op == "call_module" and isinstance(spec, Spec) and bool(spec.dead.any()):
-            asked.update(find(i) for i, d in zip(spec.ids, spec.dead.tolist()) if d)
+            ids = spec.ids
+            asked.update(find(ids[k]) for k in spec.dead.nonzero().flatten().tolist())
     kept = {r: reason for r, reason in why.items() if r in asked}
     if not kept:
         return []
     modules: dict[int, set[str]] = {}
     for (module, _slot), ids in state.slots.items():
-        for i in ids:
-            r = find(i)
-            if r in kept:
-                modules.setdefault(r, set()).add(module)
+        for r in kept.keys() & {find(i) for i in ids}:
+            modules.setdefault(r, set()).add(module)
     counts: dict[tuple[str, tuple[str, ...]], int] = {}
     for r, reason in kept.items():
         key = (reason, tuple(sorted(modules.get(r, ()))))

@@ -16,14 +16,14 @@ from nnic.speedup.rules import slice_param
 
 def decide(state: State, why: dict[int, str] | None = None) -> set[int]:
     """The roots of the channel groups to remove. ``why``, if given, receives the reason each kept root is kept."""
-    uf = state.uf
-    find = uf.find
+    roots = state.uf.roots()
+    find = roots.__getitem__
     reasons: dict[int, str] = {} if why is None else why
     for i, reason in state.blocked.items():
         reasons.setdefault(find(i), f"{reason!r} reads it, and it is not zero there")
     for i, reason in state.pinned.items():
         reasons[find(i)] = reason
-    removed = {find(i) for i in range(len(uf.parent))} - set(reasons)
+    removed = set(roots) - set(reasons)
 
     def is_removed(i: int) -> bool:
         return find(i) in removed
@@ -45,17 +45,20 @@ def decide(state: State, why: dict[int, str] | None = None) -> set[int]:
     return removed
 
 
-def _kept(ids: list[int], removed: set[int], find) -> torch.Tensor | None:
-    keep = [k for k, i in enumerate(ids) if find(i) not in removed]
-    return None if len(keep) == len(ids) else torch.tensor(keep, dtype=torch.long)
+def _kept(ids: list[int], gone: torch.Tensor) -> torch.Tensor | None:
+    """The positions of ``ids`` that stay (``gone[i]``: id i is removed), or ``None`` when all do."""
+    lost = gone[torch.tensor(ids, dtype=torch.long)]
+    return None if not bool(lost.any()) else (~lost).nonzero().flatten()
 
 
 def apply(model: nn.Module, state: State, removed: set[int]) -> dict[str, dict[str, torch.Tensor]]:
     """Fold constants, shrink modules and slice parameters; returns ``{module: {slot: kept positions}}``."""
-    find = state.uf.find
+    roots = state.uf.roots()
+    find = roots.__getitem__
+    gone = torch.tensor([r in removed for r in roots], dtype=torch.bool)
     keeps: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
     for (name, slot), ids in state.slots.items():
-        index = _kept(ids, removed, find)
+        index = _kept(ids, gone)
         if index is not None:
             keeps[name][slot] = index
     folds: dict[tuple[str, str], list] = defaultdict(list)
@@ -79,7 +82,7 @@ def apply(model: nn.Module, state: State, removed: set[int]) -> dict[str, dict[s
             if path in done:
                 continue
             done.add(path)
-            index = _kept(ids, removed, find)
+            index = _kept(ids, gone)
             if index is not None:
                 owner_name, _, attr = path.rpartition(".")
                 owner = model.get_submodule(owner_name)

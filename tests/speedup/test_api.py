@@ -82,6 +82,43 @@ class Mean(nn.Module):
         return x.mean(1, keepdim=True)
 
 
+def test_verify_takes_the_masked_output_from_the_analysis():
+    """The analysis already ran the masked model on the dummy input: verification reuses that output, and runs
+    the model itself once, the sped-up one; the masked model's output is what it checks against."""
+    model = cnn()
+    calls = []
+    model.register_forward_hook(lambda m, i, o: calls.append(o.shape))
+    nnic.speedup_model(model, X, masks_for(model))
+    assert calls == [(2, 4)] and model[0].out_channels == 4
+
+
+class Scale(nn.Module):
+    """Multiplies by a stored per-channel weight: it reads its input at its original width."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.rand(8))
+
+    def forward(self, x):
+        return x * self.weight.view(1, -1, 1, 1)
+
+
+def test_a_sped_up_model_that_does_not_run_is_a_speedup_error_and_restored():
+    class Careless(nnic.speedup.Rule):
+        """A wrong rule: passes channels through Scale and never shrinks its weight."""
+        name, targets = "test.careless", (Scale,)
+
+        def propagate(self, call):
+            call.set_output(call.spec(0))
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), Scale(), nn.Conv2d(8, 2, 1))
+    masks = {"0": {"weight": (torch.arange(8) % 2 == 0).view(8, 1, 1, 1).expand(8, 3, 1, 1),
+                   "bias": torch.arange(8) % 2 == 0}}
+    with pytest.raises(SpeedupError, match="sped-up model fails on the dummy input"):
+        nnic.speedup_model(model, X, masks, rules=[Careless()], leaf_modules=[Scale])
+    assert model[0].out_channels == 8 and model[2].in_channels == 8
+
+
 def test_verify_names_the_first_differing_layer():
     class Lying(nnic.speedup.Rule):
         """A wrong rule: says the channel mean does not need any of its input channels."""

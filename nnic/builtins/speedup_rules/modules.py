@@ -30,8 +30,12 @@ def shrink_conv(m: nn.Module, keep: dict[str, torch.Tensor], transposed: bool) -
     kin, kout = _all(keep.get("in"), cin), _all(keep.get("out"), cout)
     w = m.weight.detach()
     dev = w.device
-    if g == 1:
-        w = w[kin.to(dev)][:, kout.to(dev)] if transposed else w[kout.to(dev)][:, kin.to(dev)]
+    if g == 1:  # one copy per sliced dimension, none for a dimension kept whole
+        rows, cols = (keep.get("in"), keep.get("out")) if transposed else (keep.get("out"), keep.get("in"))
+        if rows is not None:
+            w = w.index_select(0, rows.to(dev))
+        if cols is not None:
+            w = w.index_select(1, cols.to(dev))
         new_groups = 1
     else:  # kept groups keep equal numbers of inputs and outputs: one gather for all of them
         gin, gout = kin // ip, kout // op
@@ -50,8 +54,9 @@ def shrink_conv(m: nn.Module, keep: dict[str, torch.Tensor], transposed: bool) -
             cols = (kin - gin * ip).reshape(n, per_in).repeat_interleave(per_out, 0)
             w = w[kout.to(dev)[:, None], cols.to(dev)]
         new_groups = n
-    m.weight = _param(w, m.weight.requires_grad)
-    if m.bias is not None:
+    fresh = w.data_ptr() != m.weight.data_ptr()  # indexing made a new tensor: no second copy
+    m.weight = nn.Parameter(w.detach() if fresh else w.detach().clone(), requires_grad=m.weight.requires_grad)
+    if m.bias is not None and "out" in keep:
         slice_param(m, "bias", kout, 0)
     m.in_channels, m.out_channels, m.groups = len(kin), len(kout), new_groups
     return m

@@ -85,3 +85,30 @@ def test_loading_the_plugin_does_not_import_transformers():
             "assert any(i.distribution == 'nnic-transformers' for i in infos); print('transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_speeding_up_a_model_without_transformers_classes_does_not_import_transformers():
+    """The rule table reads the plugin's targets from the transformers modules already imported: a model with
+    no transformers class (a torchvision CNN) is sped up without the seconds of importing transformers."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch, nnic; from torch import nn; "
+            "m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)); "
+            "masks = {'0': {'weight': torch.arange(8).view(8, 1, 1, 1).expand(8, 3, 3, 3) % 2 == 0}}; "
+            "nnic.speedup_model(m, torch.randn(1, 3, 8, 8), masks); "
+            "assert m[0].out_channels == 4, m; print('transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_rules_find_classes_imported_after_the_plugin_loaded():
+    """Targets are read per speedup, not cached at plugin load: a transformers model class imported later is
+    still covered (this test process may have loaded the registry before importing any transformers model)."""
+    import nnic
+    from transformers.models.gpt2.modeling_gpt2 import GPT2Attention
+    from transformers.pytorch_utils import Conv1D
+
+    targets = {t for info in nnic.list_plugins("speedup_rule") if info.distribution == "nnic-transformers"
+               for t in info.obj.targets}
+    assert {GPT2Attention, Conv1D} <= targets

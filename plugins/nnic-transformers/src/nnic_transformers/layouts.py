@@ -2,12 +2,14 @@
 
 This module is the plugin's model-family knowledge: which attributes hold the query/key/value/output
 projections, the head size and the head count, so that the head pruner, the speedup rule and the config
-writer read heads the same way. Classes are looked up lazily (importing transformers takes seconds).
+writer read heads the same way. Classes are looked up only among the modules already imported
+(:func:`loaded_class`): importing transformers takes seconds, and a model holding one of these classes has
+imported its module already.
 """
 
 from __future__ import annotations
 
-import functools
+import sys
 from dataclasses import dataclass
 
 from torch import nn
@@ -65,16 +67,23 @@ _TABLE: dict[tuple[str, str], Layout] = {
 }
 
 
-@functools.cache
+def loaded_class(module: str, name: str) -> type | None:
+    """``module.name`` if ``module`` is already imported, else ``None`` (never imports anything).
+
+    A model that holds an instance of a class (or of a subclass) has imported the class's module, so a rule table
+    built from the imported modules alone misses no class the model being sped up contains; and a speedup of a
+    torchvision model does not pay for importing transformers."""
+    found = getattr(sys.modules.get(module), name, None)
+    return found if isinstance(found, type) else None
+
+
 def layouts() -> dict[type, Layout]:
-    """The attention classes of the installed transformers, with their layouts."""
+    """The attention classes of the transformers modules imported so far, with their layouts."""
     found: dict[type, Layout] = {}
     for (module, name), layout in _TABLE.items():
-        try:
-            cls = getattr(__import__(module, fromlist=[name]), name)
-        except (ImportError, AttributeError):
-            continue
-        found[cls] = layout
+        cls = loaded_class(module, name)
+        if cls is not None:
+            found[cls] = layout
     return found
 
 

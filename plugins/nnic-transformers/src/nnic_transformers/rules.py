@@ -3,7 +3,6 @@ respected), GPT-2's ``Conv1D`` and embeddings."""
 
 from __future__ import annotations
 
-import functools
 import operator
 from collections.abc import Callable
 
@@ -12,24 +11,20 @@ from torch import nn
 
 from nnic.channels import Spec
 from nnic.speedup.rules import ChannelMixRule, Rule, slice_param
-from nnic_transformers.layouts import heads_of, layout_of, layouts
+from nnic_transformers.layouts import heads_of, layout_of, layouts, loaded_class
 
 
-def _lazy_targets(find: Callable[[], tuple[type, ...]]) -> functools.cached_property:
-    """A rule's ``targets``, found at speedup time: loading the plugin (every nnic registry lookup does) must not
-    import transformers, which takes seconds."""
-    return functools.cached_property(lambda self: find())
+def _lazy_targets(find: Callable[[], tuple[type, ...]]) -> property:
+    """A rule's ``targets``, read when a speedup builds its rule table, from the transformers modules imported by
+    then (:func:`~nnic_transformers.layouts.loaded_class`): neither loading the plugin (every nnic registry lookup
+    does) nor speeding up a model without transformers classes imports transformers, which takes seconds."""
+    return property(lambda self: find())
 
 
 def _embedding_classes() -> tuple[type, ...]:
-    found = []
-    for module, name in (("transformers.models.bert.modeling_bert", "BertEmbeddings"),
-                         ("transformers.models.vit.modeling_vit", "ViTEmbeddings")):
-        try:
-            found.append(getattr(__import__(module, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            continue
-    return tuple(found)
+    found = (loaded_class("transformers.models.bert.modeling_bert", "BertEmbeddings"),
+             loaded_class("transformers.models.vit.modeling_vit", "ViTEmbeddings"))
+    return tuple(cls for cls in found if cls is not None)
 
 
 def _attention_targets() -> tuple[type, ...]:
@@ -151,19 +146,13 @@ def _shrink_linear(lin: nn.Linear, rows: torch.Tensor | None, cols: torch.Tensor
 
 
 def _gpt2_classes() -> tuple[type, ...]:
-    try:
-        from transformers.models.gpt2.modeling_gpt2 import GPT2Attention
-    except ImportError:
-        return ()
-    return (GPT2Attention,)
+    cls = loaded_class("transformers.models.gpt2.modeling_gpt2", "GPT2Attention")
+    return () if cls is None else (cls,)
 
 
 def _conv1d_classes() -> tuple[type, ...]:
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:
-        return ()
-    return (Conv1D,)
+    cls = loaded_class("transformers.pytorch_utils", "Conv1D")
+    return () if cls is None else (cls,)
 
 
 def _weights_used(call) -> bool:

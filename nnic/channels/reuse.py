@@ -1,0 +1,71 @@
+"""One fx trace per model shape: dependency-aware pruning and the speedup after it analyse the same model on the
+same dummy input, and the second analysis reuses the first one's graph instead of tracing again.
+
+Only a symbolic (``"fx"``) graph is reused: it depends on the model's code, module tree and attributes and on
+which arguments are given, never on weight or input values, so masking the weights between the two analyses
+does not change it. A concrete or region capture follows the input's values and is always redone. The graph is
+kept per model object (weakly: it goes with the model) together with a fingerprint of everything a symbolic trace
+reads: every module's class, forward and plain attributes (sizes, flags, strides), every parameter's and buffer's name
+and shape, the leaf modules and the arguments' structure. Any difference, including a speedup that shrank the
+model in between, traces again. A reused graph is rebound to the model's current modules and tensors, so
+parameters replaced since (masks folded in) are the ones the analysis reads.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+_PLAIN = (type(None), bool, int, float, str, torch.dtype, torch.device)
+_GRAPHS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, fx.Graph, str]] = weakref.WeakKeyDictionary()
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, (tuple, list)):
+        return all(_plain(v) for v in value)
+    return isinstance(value, _PLAIN)
+
+
+def _arg_shape(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return ("tensor", tuple(obj.shape), obj.dtype, obj.device.type)
+    if isinstance(obj, (tuple, list)):
+        return (type(obj).__name__, tuple(_arg_shape(o) for o in obj))
+    if isinstance(obj, dict):
+        return ("dict", tuple((k, _arg_shape(v)) for k, v in obj.items()))
+    return ("value", repr(obj)) if _plain(obj) else ("object", type(obj).__qualname__, id(obj))
+
+
+def fingerprint(model: nn.Module, args: tuple, kwargs: dict, leaf_types: Iterable[type],
+                leaf_modules: Iterable[str | type]) -> tuple:
+    """Everything a symbolic trace of ``model`` on these arguments reads, as a comparable tuple."""
+    modules = []
+    for name, m in model.named_modules():
+        attrs = tuple(sorted((k, repr(v)) for k, v in vars(m).items() if not k.startswith("_") and _plain(v)))
+        tensors = tuple((k, tuple(t.shape)) for k, t in (*m._parameters.items(), *m._buffers.items())
+                        if t is not None)
+        modules.append((name, type(m), type(m).forward, m.training, attrs, tensors))  # forward: patched since?
+    leaves = tuple(sorted(repr(m) for m in leaf_modules)) + tuple(sorted(t.__qualname__ for t in leaf_types))
+    return tuple(modules), leaves, _arg_shape(args), _arg_shape(kwargs)
+
+
+def recall(model: nn.Module, key: tuple) -> fx.GraphModule | None:
+    """The graph traced before for this fingerprint, bound to the model's current modules and tensors."""
+    found = _GRAPHS.get(model)
+    if found is None or found[0] != key:
+        return None
+    _, graph, class_name = found
+    try:
+        return fx.GraphModule(model, graph, class_name=class_name)
+    except AttributeError:  # a target that lives on the traced module only (an fx constant): trace again
+        del _GRAPHS[model]
+        return None
+
+
+def remember(model: nn.Module, key: tuple, gm: fx.GraphModule) -> None:
+    """Keep ``gm``'s graph for the next analysis of ``model`` with the same fingerprint (one per model)."""
+    _GRAPHS[model] = (key, gm.graph, type(gm).__name__)
