@@ -13,11 +13,12 @@ for, and a call with different settings is refused instead of mixing two searche
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,7 @@ def open_storage(url: str, *, heartbeat_s: int = 5) -> Any:
     else:
         engine_kwargs = {"pool_pre_ping": True}
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _creation_lock(url):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(
                 _driver_url(url), engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s, grace_period=3 * heartbeat_s,
@@ -77,6 +78,30 @@ def open_storage(url: str, *, heartbeat_s: int = 5) -> Any:
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"storage {redact(url)!r} cannot be reached: {first}") from exc
+
+
+@contextlib.contextmanager
+def _creation_lock(url: str) -> Iterator[None]:
+    """Held while a process opens an SQLite study file: Optuna creates the tables of a new file on opening, and
+    two local workers starting at once would both try ("table ... already exists"). A lock file beside the
+    database serialises the opening; servers (PostgreSQL) handle concurrent sessions themselves."""
+    match = re.match(r"sqlite:///(.+)$", url)
+    if match is None or match.group(1) == ":memory:":
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # no POSIX locks (Windows): open unserialised
+        yield
+        return
+    lock_path = Path(match.group(1) + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def study_settings(study: Any, *, wait_s: float = 60.0) -> dict[str, Any] | None:

@@ -4,6 +4,7 @@ out atomically) stops before any work and is recorded as a failed ``surplus`` tr
 
 from __future__ import annotations
 
+import multiprocessing
 import subprocess
 
 import optuna
@@ -67,3 +68,22 @@ def test_two_local_workers_finish_exactly_n_trials(tmp_path):
     assert all(t.state == TrialState.FAIL and t.user_attrs.get("surplus") for t in others), others
     # Surplus trials stopped before any work: nothing was sampled or measured for them.
     assert all(not t.params and "measured" not in t.user_attrs for t in others)
+
+
+def _open_at_once(url: str, barrier) -> int:
+    import optuna
+
+    from nnic.auto.storage import open_storage
+
+    barrier.wait()  # every process opens the fresh file at the same moment
+    return len(optuna.get_all_study_summaries(open_storage(url), include_best_trial=False))
+
+
+def test_local_workers_opening_a_new_study_file_at_once_all_get_it(tmp_path):
+    # Optuna creates the tables of a new SQLite file when it opens it; unserialised, processes starting together
+    # collided on "table ... already exists" (most of 6 failed, every time it was tried)
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Manager() as manager, ctx.Pool(6) as pool:
+        for attempt in range(3):
+            url, barrier = f"sqlite:///{tmp_path / f'study{attempt}.db'}", manager.Barrier(6)
+            assert pool.starmap(_open_at_once, [(url, barrier)] * 6) == [0] * 6
