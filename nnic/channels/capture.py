@@ -14,7 +14,8 @@ from torch import nn
 from nnic.channels import reuse
 from nnic.channels.execution import check_faithful, copy_value, record_calls
 from nnic.channels.regions import Part, find_regions
-from nnic.channels.tracing import CaptureError, split_dummy_input, trace
+from nnic.channels.tracer import CaptureError, split_dummy_input
+from nnic.channels.tracing import trace
 
 
 @dataclass

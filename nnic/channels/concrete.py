@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from nnic.channels.tracing import Tracer
+from nnic.channels.tracer import Tracer
 
 _MISSING = object()
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from nnic.channels.tracing import CaptureError, placeholder_values
+from nnic.channels.tracer import CaptureError, placeholder_values
 
 
 def copy_value(obj: Any) -> Any:

@@ -16,7 +16,7 @@ from torch import fx, nn
 
 from nnic.channels.capture import Capture, capture
 from nnic.channels.graph import Call, Spec, State, describe
-from nnic.channels.tracing import placeholder_values, split_dummy_input
+from nnic.channels.tracer import placeholder_values, split_dummy_input
 
 _INPLACE_OPS = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
 

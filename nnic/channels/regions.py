@@ -16,7 +16,8 @@ import torch
 from torch import fx, nn
 
 from nnic.channels.execution import check_faithful, copy_value
-from nnic.channels.tracing import CaptureError, trace
+from nnic.channels.tracer import CaptureError
+from nnic.channels.tracing import trace
 
 _PLAIN = (type(None), bool, int, float, str, torch.dtype, torch.device)
 

@@ -1,8 +1,9 @@
-"""The fx path of capture: one symbolic trace of a model with leaf modules, inputs of any structure
-(``*args``/``**kwargs`` forwards included), and an error that names the module and line where tracing stopped.
+"""The fx path of capture: one trace of a model with leaf modules, inputs of any structure (``*args``/``**kwargs``
+forwards included), symbolic or along the dummy input (:mod:`~nnic.channels.concrete`), and an error that names
+the module and line where tracing stopped.
 
-Why its own module: every capture (:mod:`~nnic.channels.capture`) starts here, and the concrete tracer
-(:mod:`~nnic.channels.concrete`) and the region fallback (:mod:`~nnic.channels.regions`) trace through it.
+Why its own module: every capture (:mod:`~nnic.channels.capture`) starts here, and the region fallback
+(:mod:`~nnic.channels.regions`) traces through it.
 """
 
 from __future__ import annotations
@@ -10,89 +11,11 @@ from __future__ import annotations
 import inspect
 import traceback
 from collections.abc import Iterable
-from typing import Any
 
-import torch
 from torch import fx, nn
 
-_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
-
-
-class CaptureError(RuntimeError):
-    """The model could not be traced; the message names the module and line, and what to do."""
-
-
-def split_dummy_input(model: nn.Module, dummy_input: Any) -> tuple[tuple, dict]:
-    """A tensor is the single positional argument; a tuple or list gives the positional arguments; a dict gives
-    keyword arguments (wrap a single tuple/list argument as ``(arg,)``)."""
-    if isinstance(dummy_input, torch.Tensor):
-        return (dummy_input,), {}
-    if isinstance(dummy_input, (tuple, list)):
-        return tuple(dummy_input), {}
-    if isinstance(dummy_input, dict):
-        return (), dict(dummy_input)
-    raise TypeError(f"dummy_input: expected a tensor, a tuple/list of positional arguments or a dict of keyword "
-                    f"arguments, got {type(dummy_input).__name__}")
-
-
-def placeholder_values(model: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
-    """The values of a traced ``model``'s placeholders for this call, in the graph's order (for a ``*args`` or
-    ``**kwargs`` forward, the order of :func:`trace`'s explicit-argument forward)."""
-    sig = inspect.signature(model.forward)
-    bound = sig.bind_partial(*args, **kwargs)
-    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in sig.parameters.values()):
-        flat: dict[str, Any] = {}
-        for name, value in bound.arguments.items():
-            kind = sig.parameters[name].kind
-            if kind is inspect.Parameter.VAR_POSITIONAL:
-                flat.update({f"_{name}_{i}": v for i, v in enumerate(value)})
-            elif kind is inspect.Parameter.VAR_KEYWORD:
-                flat.update({f"_{name}_{k}": v for k, v in value.items()})
-            else:
-                flat[name] = value
-        return flat
-    values = {}
-    for p in sig.parameters.values():
-        if p.name in bound.arguments:
-            values[p.name] = bound.arguments[p.name]
-        elif p.default is not inspect.Parameter.empty:
-            values[p.name] = p.default
-        else:
-            values[p.name] = () if p.kind is p.VAR_POSITIONAL else {} if p.kind is p.VAR_KEYWORD else None
-    return values
-
-
-class Tracer(fx.Tracer):
-    """fx tracing with nnic's leaf modules, remembering the innermost module where tracing stopped."""
-
-    def __init__(self, leaf_types: tuple[type, ...], leaf_names: set[str]) -> None:
-        super().__init__()
-        self.leaf_types, self.leaf_names = leaf_types, leaf_names
-        self.leaf_exact = set(leaf_types)
-        self.stack: list[tuple[str, nn.Module]] = []
-        self.failed_at: tuple[str, nn.Module] | None = None
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if qualname in self.leaf_names or type(m) in self.leaf_exact:
-            return True
-        if self.leaf_types and isinstance(m, self.leaf_types):
-            # A subclass is a leaf only if it computes what its base does (it keeps the base's forward).
-            bases = [b for b in type(m).__mro__[1:] if b in self.leaf_exact]
-            return type(m).forward is bases[0].forward
-        if isinstance(m, _CONTAINERS):
-            return False
-        return m.__module__.startswith("torch.nn") and not any(True for _ in m.children())
-
-    def call_module(self, m: nn.Module, forward, args, kwargs):
-        self.stack.append((self.path_of_module(m), m))
-        try:
-            return super().call_module(m, forward, args, kwargs)
-        except Exception:
-            if self.failed_at is None:  # the innermost module where tracing stopped
-                self.failed_at = self.stack[-1]
-            raise
-        finally:
-            self.stack.pop()
+from nnic.channels.concrete import ConcreteTracer
+from nnic.channels.tracer import CaptureError, Tracer, placeholder_values
 
 
 def _user_frame(exc: BaseException) -> str:
@@ -117,8 +40,6 @@ def trace(model: nn.Module, args: tuple, kwargs: dict, *, leaf_types: Iterable[t
     if unknown:
         raise ValueError(f"leaf_modules: {unknown} are not modules of {type(model).__name__}")
     if concrete:
-        from nnic.channels.concrete import ConcreteTracer  # it builds on Tracer, above
-
         tracer: Tracer = ConcreteTracer(types, names, list(placeholder_values(model, args, kwargs).values()))
     else:
         tracer = Tracer(types, names)
@@ -176,4 +97,4 @@ def _trace_explicit(tracer: fx.Tracer, model: nn.Module, bound: inspect.BoundArg
         model.__class__ = original
 
 
-__all__ = ["CaptureError", "Tracer", "placeholder_values", "split_dummy_input", "trace"]
+__all__ = ["trace"]
