@@ -95,6 +95,29 @@ def test_squeeze_excite_with_view_and_expand_as():
     assert model.conv.out_channels == 12 and model.fc2.out_features == 12 and model.fc1.in_features == 12
 
 
+class SizedByInput(nn.Module):
+    """MaxViT's attention pattern: heads split off the channels (kept whole), then merged back with a size read
+    off the block's input, ``reshape(B, N, x.shape[-1])``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.inner, self.head = nn.Linear(8, 16), nn.Linear(16, 16), nn.Linear(16, 4)
+
+    def forward(self, tokens):
+        x = self.embed(tokens)
+        b, n, d = x.shape
+        heads = self.inner(x).reshape(b, n, 2, 8).transpose(2, 3)
+        return self.head(heads.transpose(2, 3).reshape(b, n, d))
+
+
+def test_a_size_read_off_another_tensors_channels_keeps_both():
+    torch.manual_seed(0)
+    model = SizedByInput()
+    masks = {"embed": rows(model.embed, [0, 3, 9])}
+    speedup_and_check(model, torch.randn(2, 5, 8), masks)  # before: the reshape broke on the smaller model
+    assert model.embed.out_features == 16 and model.inner.out_features == 16
+
+
 class Concat(nn.Module):
     def __init__(self) -> None:
         super().__init__()

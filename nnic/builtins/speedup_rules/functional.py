@@ -35,6 +35,21 @@ def _shape_args(node: fx.Node) -> list[Any]:
     return rest
 
 
+def _size_source(node: fx.Node) -> tuple[fx.Node, int] | None:
+    """``(tensor, dim)`` when ``node`` reads one dimension's size of a tensor (``x.shape[d]``, ``x.size(d)``,
+    ``x.size()[d]``), else ``None``."""
+    if node.op == "call_method" and node.target == "size" and len(node.args) == 2 and isinstance(node.args[1], int):
+        return (node.args[0], node.args[1]) if isinstance(node.args[0], fx.Node) else None
+    if node.op != "call_function" or node.target is not operator.getitem or not isinstance(node.args[1], int):
+        return None
+    sizes = node.args[0]
+    if not isinstance(sizes, fx.Node):
+        return None
+    shape_of = (sizes.op == "call_function" and sizes.target is getattr and sizes.args[1] == "shape") or (
+        sizes.op == "call_method" and sizes.target == "size" and len(sizes.args) == 1)
+    return (sizes.args[0], node.args[1]) if shape_of and isinstance(sizes.args[0], fx.Node) else None
+
+
 def _literal_size_ok(call: Call, out_dim: int) -> bool:
     """After speedup the user's own code runs: a literal size (not -1, not computed) on the channel dim breaks."""
     shape = _shape_args(call.node)
@@ -42,6 +57,30 @@ def _literal_size_ok(call: Call, out_dim: int) -> bool:
         return True
     arg = shape[out_dim]
     return isinstance(arg, fx.Node) or arg == -1
+
+
+def _couple_sizes_of_other_channels(call: Call) -> None:
+    """A size read off another tensor's channel dimension (``y.view(b, x.size(1), 1, 1)``, ``out.reshape(B, N,
+    x.shape[-1])``) follows *that* tensor's channel count after speedup. A reshaped tensor with as many channels
+    loses the same ones (their ids are coupled: the squeeze-excite gate of the channels it scales); one without
+    labelled channels (MaxViT's attention output, kept whole) or with another count keeps them all, and the other
+    tensor keeps its own, else the user's reshape breaks on the smaller model."""
+    own = call.spec(0)
+    for arg in _shape_args(call.node):
+        source = _size_source(arg) if isinstance(arg, fx.Node) else None
+        if source is None:
+            continue
+        tensor, dim = source
+        spec, value = call.state.specs.get(tensor), call.state.values.get(tensor)
+        if not isinstance(spec, Spec) or not isinstance(value, torch.Tensor) or _dim(dim, value.ndim) != spec.dim:
+            continue
+        if own is not None and len(own.ids) == len(spec.ids):
+            call.couple(own.ids, spec.ids)
+            continue
+        why = f"node {call.node.name} sizes a dimension by {tensor.name}'s channel count"
+        call.pin(spec, why)
+        if own is not None:
+            call.pin(own, why)
 
 
 class MetadataRule(Rule):
@@ -153,6 +192,8 @@ class StructuralRule(Rule):
         target = call.node.target
         name = target if isinstance(target, str) else getattr(target, "__name__", "")
         check = _literal_size_ok if name in self.sized else None
+        if name in self.sized:
+            _couple_sizes_of_other_channels(call)
         if name in ("narrow", "select"):
             check = _never
         if name == "permute" and self._permute(call):
