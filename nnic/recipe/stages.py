@@ -14,8 +14,8 @@
                            ``quantize`` stage came first, else the last calibration is used.
 ``sparsify``               ``kwargs`` for ``nnic.sparsify`` (``min_speedup``, ``max_density``, ``layers``,
                            ``rounds``, ``verify``); ``batch``: the batch each layer is timed at (default: the
-                           report's ``measure.batch``; its ``threads`` too). Mostly-zero Linear / Int8Linear layers become
-                           ``SparseLinear`` where measured faster. Writes ``sparsify.json`` (every decision).
+                           report's ``measure.batch``; its ``threads`` too). Mostly-zero Linear / Int8Linear
+                           layers become ``SparseLinear`` where measured faster. Writes ``sparsify.json``.
 ``export``                 ``path`` (``model.onnx``), ``verify`` (true): ``nnic.export_onnx``.
 ``auto``                   ``kwargs`` for ``nnic.auto_compress``.
 =========================  ====================================================================================
@@ -24,7 +24,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,9 +66,15 @@ def _check_arguments(where: Where, cls: type, kwargs: dict[str, Any], what: str)
         return
     accepted = [n for n, p in params.items() if n not in ("self", "model", "config_list")
                 and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    _takes_only(where, kwargs, accepted, what)
+
+
+def _takes_only(where: Where, kwargs: dict[str, Any], accepted: Sequence[str], what: str) -> dict[str, Any]:
+    """``kwargs`` when ``what`` takes every key of it; else an error at the first key it does not take."""
     for key in kwargs:
         if key not in accepted:
             raise where.key(key).error(f"{what} does not take this argument (it takes: {', '.join(accepted)})")
+    return kwargs
 
 
 def _needs(cls: type, name: str) -> bool:
@@ -130,11 +136,8 @@ def _non_negative(where: Where, value: Any) -> float:
 def _validate_speedup(where: Where, spec: dict, seen: list[str], has_data: bool) -> dict:
     if "prune" not in seen:
         raise where.error("speedup removes what a prune stage masked: put a prune stage before it")
-    kwargs = check_kwargs(where.key("kwargs"), spec.get("kwargs"))
-    for key in kwargs:
-        if key not in ("strict", "verify", "rtol", "atol", "leaf_modules"):
-            raise where.key("kwargs").key(key).error("speedup_model does not take this argument "
-                                                     "(it takes: strict, verify, rtol, atol, leaf_modules)")
+    kwargs = _takes_only(where.key("kwargs"), check_kwargs(where.key("kwargs"), spec.get("kwargs")),
+                         ("strict", "verify", "rtol", "atol", "leaf_modules"), "speedup_model")
     return {"stage": "speedup", "kwargs": kwargs}
 
 
@@ -148,11 +151,8 @@ def _validate_quantize(where: Where, spec: dict, seen: list[str], has_data: bool
 
 
 def _validate_quantization_speedup(where: Where, spec: dict, seen: list[str], has_data: bool) -> dict:
-    kwargs = check_kwargs(where.key("kwargs"), spec.get("kwargs"))
-    for key in kwargs:
-        if key not in ("on_unsupported", "act", "symmetric"):
-            raise where.key("kwargs").key(key).error("quantization_speedup does not take this argument "
-                                                     "(it takes: on_unsupported, act, symmetric)")
+    kwargs = _takes_only(where.key("kwargs"), check_kwargs(where.key("kwargs"), spec.get("kwargs")),
+                         ("on_unsupported", "act", "symmetric"), "quantization_speedup")
     out: dict[str, Any] = {"stage": "quantization_speedup", "kwargs": kwargs}
     if "bits" in spec:
         bits = spec["bits"]
@@ -171,11 +171,8 @@ _SPARSIFY_KWARGS = ("min_speedup", "max_density", "layers", "rounds", "verify", 
 
 
 def _validate_sparsify(where: Where, spec: dict, seen: list[str], has_data: bool) -> dict:
-    kwargs = check_kwargs(where.key("kwargs"), spec.get("kwargs"))
-    for key in kwargs:
-        if key not in _SPARSIFY_KWARGS:
-            raise where.key("kwargs").key(key).error(
-                f"sparsify does not take this argument (it takes: {', '.join(_SPARSIFY_KWARGS)})")
+    kwargs = _takes_only(where.key("kwargs"), check_kwargs(where.key("kwargs"), spec.get("kwargs")),
+                         _SPARSIFY_KWARGS, "sparsify")
     out: dict[str, Any] = {"stage": "sparsify", "kwargs": kwargs}
     if "batch" in spec:
         out["batch"] = check_int(where.key("batch"), spec["batch"], 1)

@@ -148,6 +148,11 @@ def _agreement(dense: nn.Module, compressed: nn.Module, example_input: Any, data
     return out
 
 
+def _first_names(names: list[str], n: int = 5) -> str:
+    """The first ``n`` names, comma-separated, with ``...`` when there are more."""
+    return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
+
+
 def model_notes(report: CompressionReport) -> list[str]:
     """Plain words on the whole model: where compression bought nothing."""
     before, after, notes = report.before, report.after, []
@@ -156,13 +161,12 @@ def model_notes(report: CompressionReport) -> list[str]:
     simulated = [c.name for c in comparisons if "simulated quantization only" in c.note]
     if masked:
         notes.append(f"{len(masked)} layer(s) masked but not sped up: their zeros are still stored and computed "
-                     f"({', '.join(masked[:5])}{', ...' if len(masked) > 5 else ''}); a speedup stage removes "
-                     f"pruned channels for real")
+                     f"({_first_names(masked)}); a speedup stage removes pruned channels for real")
     dense_zeros = [c.name for c in comparisons if "zeros computed densely" in c.note]
     if dense_zeros:
         notes.append(f"{len(dense_zeros)} layer(s) run dense with their fine-grained zeros "
-                     f"({', '.join(dense_zeros[:5])}{', ...' if len(dense_zeros) > 5 else ''}): sparse kernels pay "
-                     f"only below a density they measure (nnic.sparsify decides per layer and records why)")
+                     f"({_first_names(dense_zeros)}): sparse kernels pay only below a density they measure "
+                     f"(nnic.sparsify decides per layer and records why)")
     if simulated:
         notes.append(f"{len(simulated)} layer(s) with simulated quantization only: float weights that take "
                      f"quantized values, no smaller or faster until quantization_speedup")

@@ -191,8 +191,9 @@ class StructuralRule(Rule):
     def propagate(self, call: Call) -> None:
         target = call.node.target
         name = target if isinstance(target, str) else getattr(target, "__name__", "")
-        check = _literal_size_ok if name in self.sized else None
+        check = None
         if name in self.sized:
+            check = _literal_size_ok
             _couple_sizes_of_other_channels(call)
         if name in ("narrow", "select"):
             check = _never
