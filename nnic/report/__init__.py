@@ -5,8 +5,9 @@ bought nothing, as terminal tables, JSON, and one self-contained HTML file with 
 ``CompressionReport.load(OUT)`` reads the report ``nnic compress`` wrote; ``profile_model`` profiles one model.
 """
 
-from nnic.report.compare import CompressionReport, LayerComparison, build_report, layer_note
+from nnic.report.compare import CompressionReport, build_report
+from nnic.report.content import LayerComparison, ReportContent, layer_note
 from nnic.report.profile import LayerRow, ModelProfile, layer_times, profile_model, weight_bits
 
-__all__ = ["CompressionReport", "LayerComparison", "LayerRow", "ModelProfile", "build_report", "layer_note",
-           "layer_times", "profile_model", "weight_bits"]
+__all__ = ["CompressionReport", "LayerComparison", "LayerRow", "ModelProfile", "ReportContent", "build_report",
+           "layer_note", "layer_times", "profile_model", "weight_bits"]

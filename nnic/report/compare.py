@@ -7,77 +7,29 @@ import datetime
 import logging
 import os
 import platform
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import torch
 from torch import nn
 
 from nnic import io
-from nnic.report.profile import LayerRow, ModelProfile, profile_model
+from nnic.report.content import ReportContent
+from nnic.report.html import render_html
+from nnic.report.profile import profile_model
+from nnic.report.text import render_text
 
 log = logging.getLogger("nnic.report")
 
 #: A compressed model whose median latency is not at least this much below the dense one's bought no speed.
 BREAK_EVEN = 0.95
-#: A dense layer at least this much zeros carries fine-grained sparsity that buys no time where it runs dense.
-DENSE_ZEROS = 0.5
 
 
-@dataclass
-class LayerComparison:
-    name: str
-    before: LayerRow | None
-    after: LayerRow | None
-    note: str = ""
-
-
-@dataclass
-class CompressionReport:
-    """``before`` and ``after`` profiles, the agreement of their outputs, the run's stages, notes in plain
-    words, and any figures a step added (``images``: ``{title: PNG bytes}``, e.g. a search's Pareto front)."""
-
-    before: ModelProfile
-    after: ModelProfile
-    agreement: dict[str, float] = field(default_factory=dict)
-    metric_name: str | None = None
-    notes: list[str] = field(default_factory=list)
-    stages: list[dict[str, Any]] = field(default_factory=list)
-    recipe: dict[str, Any] | None = None
-    environment: dict[str, Any] = field(default_factory=dict)
-    images: dict[str, bytes] = field(default_factory=dict)
-
-    def layers(self) -> list[LayerComparison]:
-        """The layers of both models matched by name, in the dense model's order (new layers last)."""
-        after = {r.name: r for r in self.after.layers}
-        out = [LayerComparison(r.name, r, after.pop(r.name, None)) for r in self.before.layers]
-        out += [LayerComparison(name, None, r) for name, r in after.items()]
-        for row in out:
-            row.note = layer_note(row.before, row.after)
-        return out
-
-    # ---- files
-    def to_dict(self) -> dict[str, Any]:
-        import base64
-
-        return {"format": "nnic.report/1", "before": self.before.to_dict(), "after": self.after.to_dict(),
-                "agreement": self.agreement, "metric_name": self.metric_name, "notes": self.notes,
-                "stages": self.stages, "recipe": self.recipe, "environment": self.environment,
-                "images": {k: base64.b64encode(v).decode("ascii") for k, v in self.images.items()}}
+class CompressionReport(ReportContent):
+    """A report that saves itself (``report.json`` + a self-contained ``report.html``) and prints as a table."""
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> CompressionReport:
-        import base64
-
-        if not isinstance(d, dict) or d.get("format") != "nnic.report/1":
-            raise ValueError("not an nnic report (expected a JSON object with format 'nnic.report/1')")
-        return cls(ModelProfile.from_dict(d["before"]), ModelProfile.from_dict(d["after"]), d["agreement"],
-                   d["metric_name"], d["notes"], d["stages"], d["recipe"], d["environment"],
-                   {k: base64.b64decode(v) for k, v in d.get("images", {}).items()})
-
-    @classmethod
-    def load(cls, path: str | Path) -> CompressionReport:
+    def load(cls, path: str | Path) -> Self:
         path = Path(path)
         if path.is_dir():
             path = path / "report.json"
@@ -87,41 +39,16 @@ class CompressionReport:
 
     def save(self, directory: str | Path) -> None:
         """Write ``report.json`` and the self-contained ``report.html`` into ``directory``."""
-        from nnic.report.html import render_html
-
         directory = Path(directory)
         io.save_json(self.to_dict(), directory / "report.json")
         html = render_html(self)
         io.atomic_write(directory / "report.html", lambda tmp: Path(tmp).write_text(html, encoding="utf-8"))
 
     def text(self, width: int | None = None) -> str:
-        from nnic.report.text import render_text
-
         return render_text(self, width)
 
     def __str__(self) -> str:
         return self.text()
-
-
-def layer_note(before: LayerRow | None, after: LayerRow | None) -> str:
-    """What compression bought one layer, in words, where it bought nothing or less than it seems."""
-    if after is None:
-        return "removed"
-    if before is None:
-        return "added"
-    notes = []
-    if after.simulated:
-        notes.append("simulated quantization only")
-    if after.masked:
-        notes.append(f"masked but not sped up ({after.zero_fraction:.0%} zeros still computed)")
-    elif after.zero_fraction >= DENSE_ZEROS and after.type.endswith(("Linear", "Conv1d", "Conv2d", "Conv3d")) \
-            and not after.type.startswith("Sparse"):  # a BatchNorm's zero shift is no sparsity
-        notes.append(f"{after.zero_fraction:.0%} zeros computed densely")
-    shrunk = after.params < before.params or after.type != before.type or (
-        not after.simulated and (after.bits or 32) < (before.bits or 32))
-    if shrunk and before.time_ms and after.time_ms and after.time_ms >= before.time_ms:
-        notes.append("no faster here")
-    return "; ".join(notes)
 
 
 def _agreement(dense: nn.Module, compressed: nn.Module, example_input: Any, data: Any) -> dict[str, float]:

@@ -11,7 +11,7 @@ from nnic.report.plots import figures
 from nnic.report.text import LAYER_HEADER, latency_caption, layer_rows, totals_rows
 
 if TYPE_CHECKING:
-    from nnic.report.compare import CompressionReport
+    from nnic.report.content import ReportContent
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -33,7 +33,7 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], text_columns: t
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def render_html(report: CompressionReport) -> str:
+def render_html(report: ReportContent) -> str:
     title = html.escape(f"nnic report: {(report.recipe or {}).get('name', 'model')}")
     env = report.environment
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>",

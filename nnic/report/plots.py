@@ -6,7 +6,7 @@ import io as _io
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from nnic.report.compare import CompressionReport
+    from nnic.report.content import ReportContent
 
 BEFORE, AFTER = "#8c8c8c", "#1f77b4"
 
@@ -30,7 +30,7 @@ def _figure(n_rows: int, ncols: int = 1, width: float = 9.0) -> tuple[Any, Any]:
     return plt.subplots(1, ncols, figsize=(width, max(2.5, 0.28 * n_rows + 1.2)), squeeze=False)
 
 
-def sparsity_and_bits(report: CompressionReport) -> bytes:
+def sparsity_and_bits(report: ReportContent) -> bytes:
     """Per layer: the fraction of weights removed or zero after compression, and the weight bits."""
     rows = [c for c in report.layers() if c.before is not None and c.before.params]
     names = [c.name for c in rows]
@@ -52,7 +52,7 @@ def sparsity_and_bits(report: CompressionReport) -> bytes:
     return _png(fig)
 
 
-def latency(report: CompressionReport) -> bytes | None:
+def latency(report: ReportContent) -> bytes | None:
     """Median latency before/after, with the p90 as a whisker."""
     lb, la = report.before.latency, report.after.latency
     if not lb or not la:
@@ -68,7 +68,7 @@ def latency(report: CompressionReport) -> bytes | None:
     return _png(fig)
 
 
-def layer_times(report: CompressionReport) -> bytes | None:
+def layer_times(report: ReportContent) -> bytes | None:
     """Per-layer time before/after (torch.profiler)."""
     rows = [c for c in report.layers() if (c.before and c.before.time_ms is not None)
             or (c.after and c.after.time_ms is not None)]
@@ -88,7 +88,7 @@ def layer_times(report: CompressionReport) -> bytes | None:
     return _png(fig)
 
 
-def figures(report: CompressionReport) -> dict[str, bytes]:
+def figures(report: ReportContent) -> dict[str, bytes]:
     """Every figure of the report, by title, the report's extra images (sensitivity, search) last."""
     out = {"Sparsity and bits per layer": sparsity_and_bits(report)}
     for title, draw in (("Latency before and after", latency), ("Time per layer", layer_times)):

@@ -6,7 +6,7 @@ import io as _io
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from nnic.report.compare import CompressionReport
+    from nnic.report.content import ReportContent
 
 
 def _n(v: float | int | None, unit: str = "") -> str:
@@ -27,7 +27,7 @@ def _mb(v: int) -> str:
     return f"{v / 1e6:.3f} MB" if v >= 1e5 else f"{v:,} B"
 
 
-def totals_rows(report: CompressionReport) -> list[tuple[str, str, str, str]]:
+def totals_rows(report: ReportContent) -> list[tuple[str, str, str, str]]:
     """``(quantity, before, after, after/before)`` rows, shared by the terminal and HTML renderings."""
     b, a = report.before, report.after
     rows = [("params", _n(b.params), _n(a.params), _ratio(b.params, a.params)),
@@ -48,7 +48,7 @@ def totals_rows(report: CompressionReport) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def latency_caption(report: CompressionReport) -> str:
+def latency_caption(report: ReportContent) -> str:
     """How the latency was measured, in one line."""
     la = report.after.latency
     if not la:
@@ -58,7 +58,7 @@ def latency_caption(report: CompressionReport) -> str:
             f"{la['repeats']} timed runs per model after {la['warmup']} warm-up runs, models interleaved")
 
 
-def layer_rows(report: CompressionReport) -> list[tuple[str, ...]]:
+def layer_rows(report: ReportContent) -> list[tuple[str, ...]]:
     """One row of strings per layer: name, types, params, zeros, MACs, bits, time, note."""
     out = []
     for c in report.layers():
@@ -80,7 +80,7 @@ def layer_rows(report: CompressionReport) -> list[tuple[str, ...]]:
 LAYER_HEADER = ("layer", "type", "params", "zeros", "MACs", "bits", "time ms (profiler)", "note")
 
 
-def render_text(report: CompressionReport, width: int | None = None) -> str:
+def render_text(report: ReportContent, width: int | None = None) -> str:
     from rich.console import Console
     from rich.table import Table
 
