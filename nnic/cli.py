@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -317,6 +318,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except StageFailed as exc:
         print(f"nnic: error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `nnic plugins | head`: the reader left early, which is no error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush cannot fail again
         return 1
 
 

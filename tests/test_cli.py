@@ -65,3 +65,13 @@ def test_the_installed_console_script_runs():
     assert exe, "the nnic console script is not installed"
     out = subprocess.run([exe, "plugins"], capture_output=True, text=True, check=True).stdout
     assert "level" in out
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """``nnic plugins | head -1``: the pipe closes before the table is written."""
+    exe = shutil.which("nnic")
+    with subprocess.Popen([exe, "plugins"], stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        proc.stdout.close()  # before the CLI has imported anything, so every write meets a closed pipe
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=120) == 1
+    assert "Traceback" not in err, err
