@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nnic.export.files import staged_onnx
 from nnic.export.handlers import ExportOptions, ExportTable, SymbolicStandIn
 from nnic.export.io import Flat, Inputs, flatten_outputs
 from nnic.export.locate import failing_module
@@ -113,23 +113,15 @@ def _mha_fastpath(enabled: bool) -> Iterator[None]:
 
 def _write(flat: Flat, inputs: Inputs, path: str, *, opset: int, output_names: list[str],
            dynamic_axes: dict[str, dict[int, str]] | None) -> None:
-    """torch.onnx.export into a temporary file beside ``path``, renamed over it once complete."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".nnic-export-", suffix=".onnx", dir=directory)
-    os.close(fd)
-    try:
-        with warnings.catch_warnings(), torch.no_grad(), _mha_fastpath(False):
-            # The TorchScript exporter warns that it is deprecated, and the tracer about Python values in models
-            # it records as constants; verification checks what was recorded.
-            warnings.simplefilter("ignore")
-            torch.onnx.export(flat, tuple(inputs.tensors), tmp, dynamo=False, opset_version=opset,
-                              input_names=inputs.names, output_names=output_names, dynamic_axes=dynamic_axes,
-                              do_constant_folding=True)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """torch.onnx.export into a staging folder beside ``path``, published there once complete (weights past
+    2 GB in one ``<path>.data`` file: see :mod:`nnic.export.files`)."""
+    with staged_onnx(path) as staged, warnings.catch_warnings(), torch.no_grad(), _mha_fastpath(False):
+        # The TorchScript exporter warns that it is deprecated, and the tracer about Python values in models
+        # it records as constants; verification checks what was recorded.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(flat, tuple(inputs.tensors), staged, dynamo=False, opset_version=opset,
+                          input_names=inputs.names, output_names=output_names, dynamic_axes=dynamic_axes,
+                          do_constant_folding=True)
 
 
 def export_onnx(model: nn.Module, example_input: Any, path: str | os.PathLike, *, verify: bool | None = None,
