@@ -156,3 +156,18 @@ def test_bad_arguments_are_refused_by_name():
                                                    "op_types": ["LlamaDecoderLayer"]}])
     with pytest.raises(ValueError, match="PrunedRMSNorm"):
         PrunedRMSNorm(65, 64)
+
+
+def test_a_residual_write_whose_bias_is_not_masked_keeps_its_channels():
+    """o_proj rows masked but not their biases: the residual stream is the bias there, not zero, so
+    the channels stay (and the output is still the masked model's)."""
+    masks = nnic.pruner("transformer_hidden", decoder(attention_bias=True),
+                        [{"sparsity": 0.25}]).compress()[1]
+    weights_only = {layer: {p: m for p, m in per.items() if p != "bias"} for layer, per in masks.items()}
+    model = decoder(attention_bias=True)
+    with torch.no_grad():
+        nnic.speedup.engine.apply_masks(model, weights_only)
+    want = logits(model)
+    nnic.speedup_model(model, WHOLE, weights_only)
+    assert model.model.embed_tokens.embedding_dim == 64
+    assert_close(logits(model), want)
