@@ -9,7 +9,8 @@ from transformers configs with random weights.
 
 ``pruned`` (LLaMA models) prunes ``--prune`` of the attention heads (``transformer_head``, ``l1_weight``: whole
 key/value heads with all of their query heads, ``floor(p x kv heads)`` per layer) and of the MLP channels
-(``l1norm`` across gate/up/down, dependency-aware) with nnic, records the masked model's greedy tokens on every
+(``l1norm`` across gate/up/down, dependency-aware), and with ``--prune-hidden`` that much of the hidden size
+(``transformer_hidden``) with nnic, records the masked model's greedy tokens on every
 batch's prompt, speeds the model up (float32) and checks that it generates the same ``--new`` tokens; then it is
 timed in the same rounds as the others ("vs fp32" is its ratio to dense float32).
 
@@ -139,30 +140,35 @@ def variant(base: nn.Module, kind: str, group_size: int) -> nn.Module | None:
     raise ValueError(f"unknown variant {kind!r}")
 
 
-def pruned(base: nn.Module, fraction: float, prompts: list[torch.Tensor], new: int) -> tuple[nn.Module, str]:
-    """A copy of ``base`` with ``fraction`` of its heads (grouped-query units) and MLP channels pruned and sped
-    up, and a line saying what went and whether it generates the masked model's tokens on every prompt."""
-    if not 0 < fraction < 1:
-        raise ValueError(f"--prune: expected a fraction in (0, 1), got {fraction}")
+def pruned(base: nn.Module, fraction: float, prompts: list[torch.Tensor], new: int,
+           hidden: float = 0.0) -> tuple[nn.Module, str]:
+    """A copy of ``base`` with ``fraction`` of its heads (grouped-query units) and MLP channels (and ``hidden`` of
+    its hidden size) pruned and sped up, and a line saying what went and whether it generates the masked model's
+    tokens on every prompt."""
+    if not 0 < fraction < 1 or not 0 <= hidden < 1:
+        raise ValueError(f"--prune / --prune-hidden: expected fractions in (0, 1) / [0, 1), got {fraction}, {hidden}")
     if not all(hasattr(m, "gate_proj") for m in (layer.mlp for layer in base.model.layers)):
         raise ValueError("--prune: the pruned variant is for LLaMA-shaped models (gate/up/down MLPs)")
     m = copy.deepcopy(base)
-    dummy = prompts[0][:1, :8]
-    heads = nnic.pruner("transformer_head", m, [{"sparsity": fraction}], criterion="l1_weight").compress()[1]
+    dummy = {"input_ids": prompts[0][:1, :8], "use_cache": False}  # no cache object: one graph of the whole model
+    masks = nnic.pruner("transformer_head", m, [{"sparsity": fraction}], criterion="l1_weight").compress()[1]
     mlp_names = [n for n, _ in m.named_modules() if n.endswith(("mlp.gate_proj", "mlp.up_proj"))]
-    mlp = nnic.pruner("l1norm", m, [{"sparsity": fraction, "op_names": mlp_names}], dependency_aware=True,
-                      dummy_input=dummy).compress()[1]
+    masks.update(nnic.pruner("l1norm", m, [{"sparsity": fraction, "op_names": mlp_names}], dependency_aware=True,
+                             dummy_input=dummy).compress()[1])
+    if hidden:  # after the others: its masks include theirs
+        masks.update(nnic.pruner("transformer_hidden", m, [{"sparsity": hidden}], round_to=32).compress()[1])
     masked = [run_once(m, ids, new)[2] for ids in prompts]
     params = sum(p.numel() for p in m.parameters())
     t0 = time.perf_counter()
-    nnic.speedup_model(m, dummy, {**heads, **mlp})
+    nnic.speedup_model(m, dummy, masks)
     took = time.perf_counter() - t0
     same = [int((run_once(m, ids, new)[2] == want).all(0).sum()) for ids, want in zip(prompts, masked)]
     attn, mlp_layer = m.model.layers[0].self_attn, m.model.layers[0].mlp
     kept = (f"heads {attn.q_proj.out_features // attn.head_dim}/{base.config.num_attention_heads}, "
-            f"MLP {mlp_layer.gate_proj.out_features}/{base.config.intermediate_size}")
+            f"MLP {mlp_layer.gate_proj.out_features}/{base.config.intermediate_size}, "
+            f"hidden {attn.q_proj.in_features}/{base.config.hidden_size}")
     ratio = sum(p.numel() for p in m.parameters()) / params
-    line = (f"  pruned {fraction:.0%}: {kept} per layer, parameters x{ratio:.3f}, speedup took {took:.1f} s; greedy "
+    line = (f"  pruned {fraction:.0%}{f' + hidden {hidden:.0%}' if hidden else ''}: {kept} per layer, parameters x{ratio:.3f}, speedup took {took:.1f} s; greedy "
             f"tokens equal to the masked model's: {', '.join(f'{s}/{new}' for s in same)} (per prompt)")
     if any(s != new for s in same):
         line += "  <-- DIFFERENT"
@@ -244,6 +250,8 @@ def main() -> None:
     ap.add_argument("--group-size", type=int, default=32, help="int4 group size (32, 64, 128)")
     ap.add_argument("--prune", type=float, default=0.3, help="fraction of heads and MLP channels the pruned "
                     "variant removes")
+    ap.add_argument("--prune-hidden", type=float, default=0.0, help="fraction of the hidden size the pruned variant "
+                    "also removes (transformer_hidden, kept count a multiple of 32)")
     args = ap.parse_args()
     global CLOCK
     if args.clock == "cpu":
@@ -268,7 +276,7 @@ def main() -> None:
                 if MODELS[name][0] != "llama":
                     print(f"  pruned: skipped for {name} (LLaMA-shaped models only)")
                     continue
-                m, note = pruned(base, args.prune, prompts, args.new)
+                m, note = pruned(base, args.prune, prompts, args.new, args.prune_hidden)
                 notes.append(note)
             else:
                 m = variant(base, kind, args.group_size)
