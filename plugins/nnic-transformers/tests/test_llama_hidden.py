@@ -108,13 +108,14 @@ def test_combined_with_heads_and_mlp_channels_and_round_to():
     assert torch.equal(generate(model), want)
 
 
-def test_saved_and_reloaded_with_the_manifest_and_with_save_pretrained(tmp_path):
-    model = decoder()
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_saved_and_reloaded_with_the_manifest_and_with_save_pretrained(tmp_path, family):
+    model = decoder(family)
     masks = nnic.pruner("transformer_hidden", model, [{"sparsity": 0.25}]).compress()[1]
     nnic.speedup_model(model, WHOLE, masks)
     want_logits, want_tokens = logits(model), generate(model)
     nnic.speedup.save_pruned(model, tmp_path / "nnic")
-    fresh = nnic.speedup.load_pruned(decoder(), tmp_path / "nnic")
+    fresh = nnic.speedup.load_pruned(decoder(family), tmp_path / "nnic")
     assert isinstance(fresh.model.norm, PrunedRMSNorm)
     assert torch.equal(logits(fresh), want_logits) and torch.equal(generate(fresh), want_tokens)
 
@@ -127,7 +128,7 @@ def test_saved_and_reloaded_with_the_manifest_and_with_save_pretrained(tmp_path)
     assert model.config.hidden_size == 48
     assert model.config.rms_norm_eps == pytest.approx(1e-6 * 64 / 48)
     model.save_pretrained(tmp_path / "hf")
-    reloaded = T.LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    reloaded = FAMILIES[family][0].from_pretrained(tmp_path / "hf").eval()
     assert_close(logits(reloaded), want_logits)
     assert torch.equal(generate(reloaded), want_tokens)
 
@@ -156,6 +157,9 @@ def test_bad_arguments_are_refused_by_name():
                                                    "op_types": ["LlamaDecoderLayer"]}])
     with pytest.raises(ValueError, match="PrunedRMSNorm"):
         PrunedRMSNorm(65, 64)
+    model.model.layers[1].input_layernorm = torch.nn.LayerNorm(64)
+    with pytest.raises(ValueError, match=r"model.layers.1.input_layernorm is a LayerNorm; hidden-size pruning knows"):
+        nnic.pruner("transformer_hidden", model, [{"sparsity": 0.25}])
 
 
 def test_a_residual_write_whose_bias_is_not_masked_keeps_its_channels():

@@ -28,6 +28,7 @@ from torch.nn.utils import parametrize
 from nnic.masking import Masks, ParameterMask, parameter
 from nnic.pruning import Pruner
 from nnic.selection import amount
+from nnic_transformers.norms import rms_norm_classes
 
 CRITERIA = ("l1_weight", "l2_weight")
 _READERS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj")
@@ -56,6 +57,12 @@ def stack_members(model: nn.Module, name: str) -> list[Member]:
         raise ValueError(f"transformer_hidden: {name!r} ({type(stack).__name__}) is not a LLaMA-style decoder stack "
                          f"(embed_tokens, layers, norm)")
     p = f"{name}." if name else ""
+    norms = rms_norm_classes()
+    for norm_name, norm in [("norm", stack.norm)] + [(f"layers.{i}.{n}", _get(layer, n)) for i, layer in
+                                                      enumerate(stack.layers) for n in _NORMS]:
+        if not isinstance(norm, norms):
+            raise ValueError(f"transformer_hidden: {p}{norm_name} is a {type(norm).__name__}; hidden-size pruning "
+                             f"knows the RMSNorms of LLaMA, Qwen2 and Mistral ({', '.join(c.__name__ for c in norms)})")
     members = [Member(f"{p}embed_tokens", "weight", 1)]
     for i, layer in enumerate(stack.layers):
         at = f"{p}layers.{i}"
