@@ -140,16 +140,17 @@ def variant(base: nn.Module, kind: str, group_size: int) -> nn.Module | None:
     raise ValueError(f"unknown variant {kind!r}")
 
 
-def pruned(base: nn.Module, fraction: float, prompts: list[torch.Tensor], new: int,
+def pruned(m: nn.Module, fraction: float, prompts: list[torch.Tensor], new: int,
            hidden: float = 0.0) -> tuple[nn.Module, str]:
-    """A copy of ``base`` with ``fraction`` of its heads (grouped-query units) and MLP channels (and ``hidden`` of
-    its hidden size) pruned and sped up, and a line saying what went and whether it generates the masked model's
-    tokens on every prompt."""
+    """``m`` with ``fraction`` of its heads (grouped-query units) and MLP channels (and ``hidden`` of its hidden
+    size) pruned and sped up in place, and a line saying what went and whether it generates the masked model's
+    tokens on every prompt. Called before the other variants exist: speedup holds a copy of the weights while it
+    works, which for a 1B model is the memory of another model."""
     if not 0 < fraction < 1 or not 0 <= hidden < 1:
         raise ValueError(f"--prune / --prune-hidden: expected fractions in (0, 1) / [0, 1), got {fraction}, {hidden}")
-    if not all(hasattr(m, "gate_proj") for m in (layer.mlp for layer in base.model.layers)):
+    if not all(hasattr(mlp, "gate_proj") for mlp in (layer.mlp for layer in m.model.layers)):
         raise ValueError("--prune: the pruned variant is for LLaMA-shaped models (gate/up/down MLPs)")
-    m = copy.deepcopy(base)
+    dense = copy.deepcopy(m.config)
     dummy = {"input_ids": prompts[0][:1, :8], "use_cache": False}  # no cache object: one graph of the whole model
     masks = nnic.pruner("transformer_head", m, [{"sparsity": fraction}], criterion="l1_weight").compress()[1]
     mlp_names = [n for n, _ in m.named_modules() if n.endswith(("mlp.gate_proj", "mlp.up_proj"))]
@@ -164,9 +165,9 @@ def pruned(base: nn.Module, fraction: float, prompts: list[torch.Tensor], new: i
     took = time.perf_counter() - t0
     same = [int((run_once(m, ids, new)[2] == want).all(0).sum()) for ids, want in zip(prompts, masked)]
     attn, mlp_layer = m.model.layers[0].self_attn, m.model.layers[0].mlp
-    kept = (f"heads {attn.q_proj.out_features // attn.head_dim}/{base.config.num_attention_heads}, "
-            f"MLP {mlp_layer.gate_proj.out_features}/{base.config.intermediate_size}, "
-            f"hidden {attn.q_proj.in_features}/{base.config.hidden_size}")
+    kept = (f"heads {attn.q_proj.out_features // attn.head_dim}/{dense.num_attention_heads}, "
+            f"MLP {mlp_layer.gate_proj.out_features}/{dense.intermediate_size}, "
+            f"hidden {attn.q_proj.in_features}/{dense.hidden_size}")
     ratio = sum(p.numel() for p in m.parameters()) / params
     line = (f"  pruned {fraction:.0%}{f' + hidden {hidden:.0%}' if hidden else ''}: {kept} per layer, parameters x{ratio:.3f}, speedup took {took:.1f} s; greedy "
             f"tokens equal to the masked model's: {', '.join(f'{s}/{new}' for s in same)} (per prompt)")
@@ -265,23 +266,22 @@ def main() -> None:
           f"copy_ bandwidth {bw / 1e9:.1f} GB/s; clock {args.clock}; prompt {args.prompt}, new {args.new}, medians of {args.rounds} "
           f"interleaved rounds")
     for name in args.models:
-        base = build(name)
-        params = sum(p.numel() for p in base.parameters())
-        vocab = base.config.vocab_size
+        family, kw = MODELS[name]
+        vocab = kw["vocab_size"]
         prompts = [torch.randint(0, vocab, (batch, args.prompt), generator=torch.Generator().manual_seed(batch))
                    for batch in args.batch]
-        models, notes = {}, []
+        built, notes = {}, []
+        if "pruned" in args.variants and family != "llama":
+            print(f"  pruned: skipped for {name} (LLaMA-shaped models only)")
+        elif "pruned" in args.variants:  # first, from its own copy of the (seeded) model: see pruned()
+            built["pruned"], note = pruned(build(name), args.prune, prompts, args.new, args.prune_hidden)
+            notes.append(note)
+        base = build(name)
+        params = sum(p.numel() for p in base.parameters())
         for kind in args.variants:
-            if kind == "pruned":
-                if MODELS[name][0] != "llama":
-                    print(f"  pruned: skipped for {name} (LLaMA-shaped models only)")
-                    continue
-                m, note = pruned(base, args.prune, prompts, args.new, args.prune_hidden)
-                notes.append(note)
-            else:
-                m = variant(base, kind, args.group_size)
-            if m is not None:
-                models[kind] = m
+            if kind != "pruned":
+                built[kind] = variant(base, kind, args.group_size)
+        models = {k: built[k] for k in args.variants if built.get(k) is not None}
         wbytes = {k: weight_bytes(m) for k, m in models.items()}
         for batch, ids in zip(args.batch, prompts):
             times: dict[str, list[tuple[float, float]]] = {k: [] for k in models}
