@@ -169,7 +169,8 @@ def pruned(m: nn.Module, fraction: float, prompts: list[torch.Tensor], new: int,
             f"MLP {mlp_layer.gate_proj.out_features}/{dense.intermediate_size}, "
             f"hidden {attn.q_proj.in_features}/{dense.hidden_size}")
     ratio = sum(p.numel() for p in m.parameters()) / params
-    line = (f"  pruned {fraction:.0%}{f' + hidden {hidden:.0%}' if hidden else ''}: {kept} per layer, parameters x{ratio:.3f}, speedup took {took:.1f} s; greedy "
+    what = f"{fraction:.0%}" + (f" + hidden {hidden:.0%}" if hidden else "")
+    line = (f"  pruned {what}: {kept} per layer, parameters x{ratio:.3f}, speedup took {took:.1f} s; greedy "
             f"tokens equal to the masked model's: {', '.join(f'{s}/{new}' for s in same)} (per prompt)")
     if any(s != new for s in same):
         line += "  <-- DIFFERENT"
@@ -263,8 +264,8 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     bw = copy_bandwidth()
     print(f"torch {torch.__version__}, threads {args.threads}, nnic path {kernels.gemm_path()}, "
-          f"copy_ bandwidth {bw / 1e9:.1f} GB/s; clock {args.clock}; prompt {args.prompt}, new {args.new}, medians of {args.rounds} "
-          f"interleaved rounds")
+          f"copy_ bandwidth {bw / 1e9:.1f} GB/s; clock {args.clock}; prompt {args.prompt}, new {args.new}, "
+          f"medians of {args.rounds} interleaved rounds")
     for name in args.models:
         family, kw = MODELS[name]
         vocab = kw["vocab_size"]

@@ -23,9 +23,9 @@ FAMILIES = {"llama": (T.LlamaForCausalLM, T.LlamaConfig), "qwen2": (T.Qwen2ForCa
 def decoder(family="llama", **kw):
     cls, config_cls = FAMILIES[family]
     torch.manual_seed(0)
-    cfg = config_cls(**{**dict(hidden_size=64, intermediate_size=96, num_attention_heads=8, num_key_value_heads=2,
-                               num_hidden_layers=2, vocab_size=100, max_position_embeddings=64, pad_token_id=0,
-                               bos_token_id=1, eos_token_id=2), **kw})
+    cfg = config_cls(**{"hidden_size": 64, "intermediate_size": 96, "num_attention_heads": 8,
+                        "num_key_value_heads": 2, "num_hidden_layers": 2, "vocab_size": 100,
+                        "max_position_embeddings": 64, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw})
     model = cls(cfg).eval()
     with torch.no_grad():  # norms away from 1, so that a wrong divisor or weight shows
         for m in model.modules():

@@ -46,8 +46,8 @@ class Member:
 
 
 def _is_stack(module: nn.Module) -> bool:
-    return all(hasattr(module, a) for a in ("embed_tokens", "layers", "norm")) and isinstance(
-        getattr(module, "layers"), nn.ModuleList)
+    has = all(hasattr(module, a) for a in ("embed_tokens", "layers", "norm"))
+    return has and isinstance(module.layers, nn.ModuleList)
 
 
 def stack_members(model: nn.Module, name: str) -> list[Member]:
@@ -121,7 +121,7 @@ class HiddenSizePruner(Pruner):
             config_list = [dict(e, op_types=found) if isinstance(e, dict) and "op_types" not in e else e
                            for e in config_list]
         super().__init__(model, config_list)
-        for name, cfg in self.layers.items():
+        for cfg in self.layers.values():
             if "total_sparsity" in cfg.config:
                 raise ValueError(f"config_list[{cfg.entry_index}]: transformer_hidden takes 'sparsity' (one hidden "
                                  f"size per decoder stack), not 'total_sparsity'")

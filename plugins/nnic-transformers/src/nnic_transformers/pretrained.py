@@ -4,8 +4,9 @@ rebuild it.
 A transformers config holds one head count and one MLP width for all layers, so this works when every layer
 was pruned to the same shape, in families whose config says the head size explicitly (LLaMA, Qwen2, Mistral:
 ``head_dim``). A pruned hidden size needs its norms in the config's form first (:func:`standard_norms`: an exact
-rewrite that moves the kept divisor into the weights and ``rms_norm_eps``). Anything else (layers of different widths, a hidden size derived from the head count) raises,
-naming what differs; nnic's own manifest (:func:`nnic.speedup.save_pruned`) saves any pruned shape.
+rewrite that moves the kept divisor into the weights and ``rms_norm_eps``). Anything else (layers of different
+widths, a hidden size derived from the head count) raises, naming what differs; nnic's own manifest
+(:func:`nnic.speedup.save_pruned`) saves any pruned shape.
 """
 
 from __future__ import annotations
