@@ -5,6 +5,14 @@ from transformers configs with random weights.
     python bench/decode.py                                   # ~110M LLaMA + GPT-2 (124M), batch 1, short run
     python bench/decode.py --models llama-1b --batch 1 4     # ~1.1B LLaMA (about 10 GiB for all variants)
     python bench/decode.py --prompt 128 --new 64 --rounds 5 --variants fp32 nnic-int4
+    python bench/decode.py --models llama-110m --variants fp32 pruned --prune 0.3   # structured pruning
+
+``pruned`` (LLaMA models) prunes ``--prune`` of the attention heads (``transformer_head``, ``l1_weight``: whole
+key/value heads with all of their query heads, ``floor(p x kv heads)`` per layer) and of the MLP channels
+(``l1norm`` across gate/up/down, dependency-aware), and with ``--prune-hidden`` that much of the hidden size
+(``transformer_hidden``) with nnic, records the masked model's greedy tokens on every
+batch's prompt, speeds the model up (float32) and checks that it generates the same ``--new`` tokens; then it is
+timed in the same rounds as the others ("vs fp32" is its ratio to dense float32).
 
 Each round runs every variant once (interleaved A, B, C, A, B, C, ... so that load from other processes hits
 them alike): a prefill of ``--prompt`` random tokens, then ``--new`` greedy decode steps with the KV cache
@@ -43,7 +51,7 @@ MODELS = {
     "gpt2": ("gpt2", dict(n_embd=768, n_layer=12, n_head=12, vocab_size=50257, n_positions=1024)),
     "gpt2-large": ("gpt2", dict(n_embd=1280, n_layer=36, n_head=20, vocab_size=50257, n_positions=1024)),
 }
-VARIANTS = ("fp32", "bf16", "torch-dynamic-int8", "nnic-int8", "nnic-int4", "torchao-int8", "torchao-int4")
+VARIANTS = ("fp32", "bf16", "torch-dynamic-int8", "nnic-int8", "nnic-int4", "torchao-int8", "torchao-int4", "pruned")
 
 
 def build(name: str) -> nn.Module:
@@ -78,10 +86,15 @@ def linear_names(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
 
 
+def tied(model: nn.Module) -> bool:
+    head = model.get_output_embeddings()
+    return head is not None and head.weight is model.get_input_embeddings().weight
+
+
 def untie(model: nn.Module) -> None:
     """A quantized output layer must not take the (float) embedding with it: give it its own weight."""
-    head = model.get_output_embeddings()
-    if head is not None and head.weight is model.get_input_embeddings().weight:
+    if tied(model):
+        head = model.get_output_embeddings()
         head.weight = nn.Parameter(head.weight.detach().clone())
 
 
@@ -89,6 +102,8 @@ def variant(base: nn.Module, kind: str, group_size: int) -> nn.Module | None:
     """The model for one variant (a copy of ``base``), or None with a message when it cannot run here."""
     if kind == "bf16":
         return copy.deepcopy(base).to(torch.bfloat16)
+    if kind == "fp32" and not tied(base):
+        return base  # never changed: timing only reads it (one copy less of a 1B model)
     m = copy.deepcopy(base)
     untie(m)
     if kind == "fp32":
@@ -125,6 +140,43 @@ def variant(base: nn.Module, kind: str, group_size: int) -> nn.Module | None:
     raise ValueError(f"unknown variant {kind!r}")
 
 
+def pruned(m: nn.Module, fraction: float, prompts: list[torch.Tensor], new: int,
+           hidden: float = 0.0) -> tuple[nn.Module, str]:
+    """``m`` with ``fraction`` of its heads (grouped-query units) and MLP channels (and ``hidden`` of its hidden
+    size) pruned and sped up in place, and a line saying what went and whether it generates the masked model's
+    tokens on every prompt. Called before the other variants exist: speedup holds a copy of the weights while it
+    works, which for a 1B model is the memory of another model."""
+    if not 0 < fraction < 1 or not 0 <= hidden < 1:
+        raise ValueError(f"--prune / --prune-hidden: expected fractions in (0, 1) / [0, 1), got {fraction}, {hidden}")
+    if not all(hasattr(mlp, "gate_proj") for mlp in (layer.mlp for layer in m.model.layers)):
+        raise ValueError("--prune: the pruned variant is for LLaMA-shaped models (gate/up/down MLPs)")
+    dense = copy.deepcopy(m.config)
+    dummy = {"input_ids": prompts[0][:1, :8], "use_cache": False}  # no cache object: one graph of the whole model
+    masks = nnic.pruner("transformer_head", m, [{"sparsity": fraction}], criterion="l1_weight").compress()[1]
+    mlp_names = [n for n, _ in m.named_modules() if n.endswith(("mlp.gate_proj", "mlp.up_proj"))]
+    masks.update(nnic.pruner("l1norm", m, [{"sparsity": fraction, "op_names": mlp_names}], dependency_aware=True,
+                             dummy_input=dummy).compress()[1])
+    if hidden:  # after the others: its masks include theirs
+        masks.update(nnic.pruner("transformer_hidden", m, [{"sparsity": hidden}], round_to=32).compress()[1])
+    masked = [run_once(m, ids, new)[2] for ids in prompts]
+    params = sum(p.numel() for p in m.parameters())
+    t0 = time.perf_counter()
+    nnic.speedup_model(m, dummy, masks)
+    took = time.perf_counter() - t0
+    same = [int((run_once(m, ids, new)[2] == want).all(0).sum()) for ids, want in zip(prompts, masked)]
+    attn, mlp_layer = m.model.layers[0].self_attn, m.model.layers[0].mlp
+    kept = (f"heads {attn.q_proj.out_features // attn.head_dim}/{dense.num_attention_heads}, "
+            f"MLP {mlp_layer.gate_proj.out_features}/{dense.intermediate_size}, "
+            f"hidden {attn.q_proj.in_features}/{dense.hidden_size}")
+    ratio = sum(p.numel() for p in m.parameters()) / params
+    what = f"{fraction:.0%}" + (f" + hidden {hidden:.0%}" if hidden else "")
+    line = (f"  pruned {what}: {kept} per layer, parameters x{ratio:.3f}, speedup took {took:.1f} s; greedy "
+            f"tokens equal to the masked model's: {', '.join(f'{s}/{new}' for s in same)} (per prompt)")
+    if any(s != new for s in same):
+        line += "  <-- DIFFERENT"
+    return m.eval(), line
+
+
 def weight_bytes(model: nn.Module) -> int:
     """Bytes of every Linear-like layer's weights, as stored for the kernels (read once per decode step)."""
     from nnic.quantization import Int4Linear, Int8Linear
@@ -152,34 +204,37 @@ def _tensor_bytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
+CLOCK = time.perf_counter  # --clock cpu: time.thread_time (one thread)
+
+
 @torch.inference_mode()
 def run_once(model: nn.Module, ids: torch.Tensor, new: int) -> tuple[float, float, torch.Tensor]:
     """(prefill seconds, decode seconds, generated tokens) for greedy decoding with the KV cache."""
     from transformers import DynamicCache
 
     cache = DynamicCache()
-    t0 = time.perf_counter()
+    t0 = CLOCK()
     out = model(input_ids=ids, past_key_values=cache, use_cache=True)
     nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-    t1 = time.perf_counter()
+    t1 = CLOCK()
     toks = [nxt]
     for _ in range(new - 1):
         out = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
         nxt = out.logits[:, -1].argmax(-1, keepdim=True)
         toks.append(nxt)
-    t2 = time.perf_counter()
+    t2 = CLOCK()
     return t1 - t0, t2 - t1, torch.cat(toks, 1)
 
 
 def copy_bandwidth() -> float:
-    """Bytes per second of ``dst.copy_(src)`` (read + write), best of 5, 512 MiB buffers."""
+    """Bytes per second of ``dst.copy_(src)`` (read + write), best of 5, 512 MiB buffers, on the bench's clock."""
     src = torch.ones(1 << 27)
     dst = torch.empty_like(src)
     best = float("inf")
     for _ in range(5):
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         dst.copy_(src)
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, CLOCK() - t0)
     return 2 * src.numel() * 4 / best
 
 
@@ -192,29 +247,44 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=32, help="generated tokens (decode steps); the issue's setting is 64")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians are reported)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="cpu: one thread, timed by its own CPU time (steadier on a shared machine)")
     ap.add_argument("--group-size", type=int, default=32, help="int4 group size (32, 64, 128)")
+    ap.add_argument("--prune", type=float, default=0.3, help="fraction of heads and MLP channels the pruned "
+                    "variant removes")
+    ap.add_argument("--prune-hidden", type=float, default=0.0, help="fraction of the hidden size the pruned variant "
+                    "also removes (transformer_hidden, kept count a multiple of 32)")
     args = ap.parse_args()
+    global CLOCK
+    if args.clock == "cpu":
+        CLOCK, args.threads = time.thread_time, 1
 
     torch.set_num_threads(args.threads)
     kernels.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     bw = copy_bandwidth()
     print(f"torch {torch.__version__}, threads {args.threads}, nnic path {kernels.gemm_path()}, "
-          f"copy_ bandwidth {bw / 1e9:.1f} GB/s; prompt {args.prompt}, new {args.new}, medians of {args.rounds} "
-          f"interleaved rounds")
+          f"copy_ bandwidth {bw / 1e9:.1f} GB/s; clock {args.clock}; prompt {args.prompt}, new {args.new}, "
+          f"medians of {args.rounds} interleaved rounds")
     for name in args.models:
+        family, kw = MODELS[name]
+        vocab = kw["vocab_size"]
+        prompts = [torch.randint(0, vocab, (batch, args.prompt), generator=torch.Generator().manual_seed(batch))
+                   for batch in args.batch]
+        built, notes = {}, []
+        if "pruned" in args.variants and family != "llama":
+            print(f"  pruned: skipped for {name} (LLaMA-shaped models only)")
+        elif "pruned" in args.variants:  # first, from its own copy of the (seeded) model: see pruned()
+            built["pruned"], note = pruned(build(name), args.prune, prompts, args.new, args.prune_hidden)
+            notes.append(note)
         base = build(name)
         params = sum(p.numel() for p in base.parameters())
-        models = {}
         for kind in args.variants:
-            m = variant(base, kind, args.group_size)
-            if m is not None:
-                models[kind] = m
+            if kind != "pruned":
+                built[kind] = variant(base, kind, args.group_size)
+        models = {k: built[k] for k in args.variants if built.get(k) is not None}
         wbytes = {k: weight_bytes(m) for k, m in models.items()}
-        vocab = base.config.vocab_size
-        for batch in args.batch:
-            g = torch.Generator().manual_seed(batch)
-            ids = torch.randint(0, vocab, (batch, args.prompt), generator=g)
+        for batch, ids in zip(args.batch, prompts):
             times: dict[str, list[tuple[float, float]]] = {k: [] for k in models}
             first: dict[str, torch.Tensor] = {}
             for k, m in models.items():  # warm-up (packing, caches), and the tokens each variant generates
@@ -224,6 +294,8 @@ def main() -> None:
                     pre, dec, _ = run_once(m, ids, args.new)
                     times[k].append((pre, dec))
             print(f"\n{name} ({params / 1e6:.0f}M parameters), batch {batch}")
+            for note in notes:
+                print(note)
             print(f"  {'variant':20s} {'prefill ms':>10s} {'decode tok/s':>12s} {'vs fp32':>8s} {'weights MB':>10s} "
                   f"{'GB/s':>6s} {'%bw':>5s} {'same tokens as fp32 (of 8)':>26s}")
             ref = statistics.median(d for _, d in times["fp32"]) if "fp32" in times else None

@@ -17,11 +17,12 @@ from nnic_transformers import find_heads, pruned_config  # noqa: E402
 PROMPT = torch.randint(0, 100, (1, 6), generator=torch.Generator().manual_seed(3))
 
 
-def llama(cls=None, config_cls=None):
+def llama(cls=None, config_cls=None, **kw):
     torch.manual_seed(0)
-    cfg = (config_cls or T.LlamaConfig)(hidden_size=64, intermediate_size=96, num_attention_heads=8,
-                                        num_key_value_heads=2, num_hidden_layers=2, vocab_size=100,
-                                        max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    cfg = (config_cls or T.LlamaConfig)(**{**dict(hidden_size=64, intermediate_size=96, num_attention_heads=8,
+                                                  num_key_value_heads=2, num_hidden_layers=2, vocab_size=100,
+                                                  max_position_embeddings=64, pad_token_id=0, bos_token_id=1,
+                                                  eos_token_id=2), **kw})
     return (cls or T.LlamaForCausalLM)(cfg).eval()
 
 
@@ -53,6 +54,20 @@ def test_heads_and_mlp_pruned_generate_the_masked_models_tokens(family):
     for h in find_heads(model):
         assert (h.num_heads, h.num_kv_heads) == (4, 1)  # a key/value head went with all 4 of its query heads
     assert sum(p.numel() for p in model.parameters()) < 0.8 * n_before
+
+
+def test_the_decode_benchmarks_30_percent_generates_the_masked_models_tokens():
+    """bench/decode.py's pruned variant on a small LLaMA: 30 % of the key/value heads (with their query heads)
+    and of the MLP channels, the masked model's 24 greedy tokens, with and without a cache for the dummy input."""
+    for dummy in (PROMPT, {"input_ids": PROMPT, "use_cache": False}):
+        model = llama(num_attention_heads=12, num_key_value_heads=4, hidden_size=96, intermediate_size=160)
+        masks = prune(model, heads=0.3, mlp=0.3)
+        expected = generate(model, 24)
+        nnic.speedup_model(model, dummy, masks)
+        assert torch.equal(generate(model, 24), expected)
+        for h in find_heads(model):
+            assert (h.num_heads, h.num_kv_heads) == (9, 3)  # floor(0.3 * 4) = 1 key/value head, 3 query heads
+        assert model.model.layers[1].mlp.down_proj.in_features == 112  # 160 - floor(0.3 * 160)
 
 
 def test_saved_and_reloaded_with_the_manifest_and_with_save_pretrained(tmp_path):

@@ -1,7 +1,9 @@
 """nnic plugin for Hugging Face transformers: the ``transformer_head`` pruner (whole attention heads, grouped-query
-attention respected), speedup rules for transformers' attention classes, GPT-2's ``Conv1D`` and embeddings, the
-``Conv1D`` lowering for ``nnic.quantization_speedup`` (int8 / int4, as the Linear it is), and
-:func:`pruned_config` to write a pruned model's shape back into its config for ``save_pretrained``.
+attention respected), the ``transformer_hidden`` pruner (the hidden size of LLaMA / Qwen2 / Mistral decoders),
+speedup rules for transformers' attention classes, RMSNorms, GPT-2's ``Conv1D`` and embeddings, the ``Conv1D``
+lowering for ``nnic.quantization_speedup`` (int8 / int4, as the Linear it is), and :func:`pruned_config` (with
+:func:`standard_norms` after hidden-size pruning) to write a pruned model's shape back into its config for
+``save_pretrained``.
 
 Loading the plugin (every nnic registry lookup does) does not import transformers."""
 
@@ -9,21 +11,24 @@ from __future__ import annotations
 
 import nnic
 from nnic_transformers.head_pruner import TransformerHeadPruner
+from nnic_transformers.hidden_pruner import HiddenSizePruner
 from nnic_transformers.layouts import Heads, Layout, find_heads
 from nnic_transformers.lowerings import Conv1DLowering
+from nnic_transformers.norms import PrunedRMSNorm, RMSNormRule, standard_norms
 from nnic_transformers.pretrained import pruned_config
 from nnic_transformers.rules import RULES
 
 
 @nnic.hookimpl
 def register_speedup_rules(register) -> None:
-    for rule in RULES:
+    for rule in (*RULES, RMSNormRule):
         register(rule())
 
 
 @nnic.hookimpl
 def register_pruners(register) -> None:
     register(TransformerHeadPruner, name="transformer_head")
+    register(HiddenSizePruner, name="transformer_hidden")
 
 
 @nnic.hookimpl
@@ -31,4 +36,5 @@ def register_lowerings(register) -> None:
     register(Conv1DLowering())
 
 
-__all__ = ["Heads", "Layout", "TransformerHeadPruner", "find_heads", "pruned_config"]
+__all__ = ["Heads", "HiddenSizePruner", "Layout", "PrunedRMSNorm", "TransformerHeadPruner", "find_heads",
+           "pruned_config", "standard_norms"]

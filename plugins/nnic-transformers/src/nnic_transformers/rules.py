@@ -104,7 +104,10 @@ class AttentionRule(Rule):
             call.pin(out_ids, f"{call.name}: {whole or 'adds its input and normalises it'}")
             call.set_output(_with_rest(call, None))
             return
-        call.set_output(_with_rest(call, Spec(y.ndim - 1, out_ids, (o.weight.detach() == 0).all(1).cpu())))
+        dead = (o.weight.detach() == 0).all(1)
+        if o.bias is not None:  # a zero row still writes its bias
+            dead &= o.bias.detach() == 0
+        call.set_output(_with_rest(call, Spec(y.ndim - 1, out_ids, dead.cpu())))
 
     def shrink(self, module, keep):
         heads = heads_of("", module, layout_of(module))
