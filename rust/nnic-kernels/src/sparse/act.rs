@@ -4,10 +4,22 @@
 use crate::error::{KernelError, Result};
 use crate::gemm::{act_qparams, ActQuant};
 
-/// Centred codes `[m, k]` and one activation scale per row.
+/// Centred codes `[m, k]`, one activation scale and zero point per row.
 pub struct Quantized {
     pub codes: Vec<f32>,
     pub scale: Vec<f32>,
+    pub zero: Vec<i32>,
+}
+
+impl Quantized {
+    /// The stored (uncentred) u8 codes `q = c + z` of rows `0..m`, for integer dot products.
+    pub fn u8_codes(&self, k: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.codes.len());
+        for (i, &z) in self.zero.iter().enumerate() {
+            out.extend(self.codes[i * k..(i + 1) * k].iter().map(|&c| (c as i32 + z) as u8));
+        }
+        out
+    }
 }
 
 fn range(x: &[f32]) -> (f32, f32) {
@@ -40,5 +52,5 @@ pub fn fake_quant(x: &[f32], m: usize, k: usize, act: ActQuant) -> Result<Quanti
             *c = ((v * inv).round_ties_even() + zf).clamp(0.0, 255.0) - zf;
         }
     }
-    Ok(Quantized { codes, scale: params.iter().map(|p| p.0).collect() })
+    Ok(Quantized { codes, scale: params.iter().map(|p| p.0).collect(), zero: params.iter().map(|p| p.1).collect() })
 }
