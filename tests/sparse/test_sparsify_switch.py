@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import sys
+import time
 
 import pytest
 import torch
@@ -133,3 +134,18 @@ def test_judge_needs_the_median_and_most_rounds():
 def test_rounds_must_be_a_positive_int(rounds):
     with pytest.raises(ValueError, match="rounds"):
         sparsify(_model(), torch.randn(1, 64), rounds=rounds)
+
+
+def test_one_thread_is_timed_on_cpu_time_several_on_wall_time():
+    from nnic import kernels
+
+    before = torch.get_num_threads(), kernels.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        kernels.set_num_threads(1)
+        assert sparsify_mod._pick_clock() is time.thread_time
+        kernels.set_num_threads(2)
+        assert sparsify_mod._pick_clock() is time.perf_counter
+    finally:
+        torch.set_num_threads(before[0])
+        kernels.set_num_threads(before[1])

@@ -196,7 +196,7 @@ fn int8_reference(w: &SparseLinear, x: &[f32], m: usize, act: ActQuant) -> Vec<f
     for i in 0..m {
         for r in 0..n {
             let s = w.scale()[r];
-            let codes: i64 = (0..k).map(|c| (d[r * k + c] / s).round() as i64 * q.codes[i * k + c] as i64).sum();
+            let codes: i64 = (0..k).map(|c| (d[r * k + c] / s).round() as i64 * (q.q[i * k + c] as i64 - q.zero[i] as i64)).sum();
             out[i * n + r] = codes as f64 * q.scale[i] as f64 * s as f64;
         }
     }

@@ -482,11 +482,11 @@ pub(super) fn run_vnni(w: &SparseLinear, xq: &[u8], zero: &[i32], m: usize, epi:
         let (r0, r1) = chunks[t];
         for i in 0..m {
             let xi = &xq[i * k..(i + 1) * k];
-            for r in r0..r1 {
+            for (r, &sum) in (r0..r1).zip(&sums[r0..r1]) {
                 let range = w.row(r).0;
                 // SAFETY: the caller checked the CPU (gemv_uses_vnni); the row's bits set range.len() bits.
                 let dot = unsafe { x86::bitmask_vnni(xi, w.row_bits(r), &v[range.clone()], v.len() - range.end) };
-                let acc = dot as i64 - zero[i] as i64 * sums[r] as i64;
+                let acc = dot as i64 - zero[i] as i64 * sum as i64;
                 // SAFETY: row r of output row i belongs to this task only.
                 unsafe { *o.0.add(i * rows + r) = epi.apply(acc as f32, i, r) };
             }

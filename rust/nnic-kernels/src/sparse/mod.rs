@@ -294,19 +294,21 @@ impl SparseLinear {
             return Ok(());
         }
         let quant = act.map(|a| act::fake_quant(x, m, self.k, a)).transpose()?;
-        let (xs, row_scale) = match &quant {
-            Some(q) => (&q.codes[..], Some(&q.scale[..])),
-            None => (x, None),
-        };
         let isa = cpu::active();
         let threads = if self.nnz() * m < PAR_MIN_WORK { 1 } else { pool::num_threads() };
+        #[cfg(target_arch = "x86_64")]
+        if let Some(q) = quant.as_ref().filter(|_| m < GEMV_MAX_M && self.gemv_uses_vnni(isa)) {
+            let epi = Epilogue { scale: &self.scale, row_scale: Some(&q.scale), bias };
+            gemv::run_vnni(self, &q.q, &q.zero, m, &epi, out, threads);
+            return Ok(());
+        }
+        let centred = quant.as_ref().map(|q| q.centred(self.k));
+        let (xs, row_scale) = match (&quant, &centred) {
+            (Some(q), Some(c)) => (&c[..], Some(&q.scale[..])),
+            _ => (x, None),
+        };
         let epi = Epilogue { scale: &self.scale, row_scale, bias };
-        if m < GEMV_MAX_M && quant.is_some() && self.gemv_uses_vnni(isa) {
-            #[cfg(target_arch = "x86_64")]
-            if let Some(q) = &quant {
-                gemv::run_vnni(self, &q.u8_codes(self.k), &q.zero, m, &epi, out, threads);
-            }
-        } else if m < GEMV_MAX_M {
+        if m < GEMV_MAX_M {
             gemv::run(isa, self, xs, m, &epi, out, threads);
         } else {
             spmm::run(isa, self, xs, m, &epi, out, threads);
