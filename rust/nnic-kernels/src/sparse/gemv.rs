@@ -202,17 +202,28 @@ mod x86 {
             let (mut a0, mut a1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
             let mut c = 0;
             let mut used = 0usize;
-            while c + 128 <= k {
-                let w0 = (bp.add(c / 8) as *const u64).read_unaligned();
-                let w1 = (bp.add(c / 8 + 8) as *const u64).read_unaligned();
-                let (n0, n1) = (w0.count_ones() as usize, w1.count_ones() as usize);
-                let v0 = _mm512_maskz_expand_epi8(w0, load(vp, used, n0));
-                let v1 = _mm512_maskz_expand_epi8(w1, load(vp.add(n0), used + n0, n1));
-                a0 = _mm512_dpbusd_epi32(a0, _mm512_loadu_si512(xp.add(c) as *const __m512i), v0);
-                a1 = _mm512_dpbusd_epi32(a1, _mm512_loadu_si512(xp.add(c + 64) as *const __m512i), v1);
-                vp = vp.add(n0 + n1);
-                used += n0 + n1;
-                c += 128;
+            // 256 inputs per step: four words, their value offsets from popcounts, four independent expands
+            while c + 256 <= k {
+                let wp = bp.add(c / 8) as *const u64;
+                let (w0, w1, w2, w3) = (wp.read_unaligned(), wp.add(1).read_unaligned(), wp.add(2).read_unaligned(), wp.add(3).read_unaligned());
+                let o1 = w0.count_ones() as usize;
+                let o2 = o1 + w1.count_ones() as usize;
+                let o3 = o2 + w2.count_ones() as usize;
+                let n = o3 + w3.count_ones() as usize;
+                let (v0, v1, v2, v3) = if used + o3 + 64 <= readable {
+                    let l = |o: usize| _mm512_loadu_si512(vp.add(o) as *const __m512i);
+                    (l(0), l(o1), l(o2), l(o3))
+                } else {
+                    (load(vp, used, o1), load(vp.add(o1), used + o1, o2 - o1), load(vp.add(o2), used + o2, o3 - o2), load(vp.add(o3), used + o3, n - o3))
+                };
+                let xl = |o: usize| _mm512_loadu_si512(xp.add(c + o) as *const __m512i);
+                a0 = _mm512_dpbusd_epi32(a0, xl(0), _mm512_maskz_expand_epi8(w0, v0));
+                a1 = _mm512_dpbusd_epi32(a1, xl(64), _mm512_maskz_expand_epi8(w1, v1));
+                a0 = _mm512_dpbusd_epi32(a0, xl(128), _mm512_maskz_expand_epi8(w2, v2));
+                a1 = _mm512_dpbusd_epi32(a1, xl(192), _mm512_maskz_expand_epi8(w3, v3));
+                vp = vp.add(n);
+                used += n;
+                c += 256;
             }
             while c < k {
                 let rem = (k - c).min(64);
