@@ -156,6 +156,8 @@ def _pick_clock():
     if torch.get_num_threads() == 1 and kernels.get_num_threads() == 1:
         return time.thread_time
     return time.perf_counter
+
+
 #: Each timed sample repeats a call for about this long, so that timer resolution and call overhead vanish.
 _SAMPLE_S = 3e-3
 #: Sparse must win in at least this fraction of the paired rounds, whatever the median ratio says.

@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from nnic.sparse import SparseLinear, sparsify
 import nnic.sparse.sparsify  # noqa: F401  (the module; nnic.sparse.sparsify is the function)
+from nnic.sparse import SparseLinear, sparsify
 
 sparsify_mod = sys.modules["nnic.sparse.sparsify"]
 
