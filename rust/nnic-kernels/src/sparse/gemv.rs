@@ -33,6 +33,28 @@ mod x86 {
     use super::super::nm::nibble;
     use std::arch::x86_64::*;
 
+    /// Prefetches the cache lines from [`PF_AHEAD`] bytes after `p` to `PF_AHEAD + span` (one per 64 bytes, at
+    /// least one): the batch-1 kernels stream their compressed weights once, and on the machine they were
+    /// measured on the hardware prefetchers alone kept them at half the bandwidth a dense GEMV reaches (2:4,
+    /// 4096x4096, one thread: 3.7 ms without, 1.8 ms with). Prefetches never fault, so reading past the end is
+    /// harmless; the address is formed with `wrapping_add` for the same reason.
+    #[inline(always)]
+    unsafe fn pf<T>(p: *const T, span: usize) {
+        let base = (p as *const i8).wrapping_add(PF_AHEAD);
+        let mut o = 0;
+        loop {
+            // SAFETY: a prefetch does not access memory architecturally.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(o)) };
+            o += 64;
+            if o >= span {
+                break;
+            }
+        }
+    }
+
+    /// How far ahead [`pf`] fetches: about 2 KB keeps a single core's stream at the dense GEMV's bandwidth.
+    const PF_AHEAD: usize = 2048;
+
     /// 16 values as f32 (from f32 or i8), `mask` lanes (others 0).
     pub(super) trait Load16: Copy {
         unsafe fn load16(p: *const Self, mask: __mmask16) -> __m512;
@@ -102,6 +124,8 @@ mod x86 {
             let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
             let mut j = 0;
             while j + 32 <= n {
+                pf(vp.add(j), 128); // values: 16 to 128 bytes per step
+                pf(cp.add(j), 0);
                 let i0 = _mm512_cvtepu16_epi32(_mm256_loadu_si256(cp.add(j) as *const __m256i));
                 let i1 = _mm512_cvtepu16_epi32(_mm256_loadu_si256(cp.add(j + 16) as *const __m256i));
                 let x0 = _mm512_i32gather_ps::<4>(i0, xp);
@@ -139,6 +163,8 @@ mod x86 {
             let mut c = 0;
             let mut used = 0usize;
             while c + 64 <= k {
+                pf(vp, 192);
+                pf(bp.add(c / 8), 0);
                 let word = (bp.add(c / 8) as *const u64).read_unaligned();
                 let mp = bp.add(c / 8) as *const __mmask16;
                 let o1 = (word & 0xffff).count_ones() as usize;
@@ -204,6 +230,8 @@ mod x86 {
             let mut used = 0usize;
             // 256 inputs per step: four words, their value offsets from popcounts, four independent expands
             while c + 256 <= k {
+                pf(vp, 256);
+                pf(bp.add(c / 8), 0);
                 let wp = bp.add(c / 8) as *const u64;
                 let (w0, w1, w2, w3) = (wp.read_unaligned(), wp.add(1).read_unaligned(), wp.add(2).read_unaligned(), wp.add(3).read_unaligned());
                 let o1 = w0.count_ones() as usize;
@@ -252,6 +280,8 @@ mod x86 {
             let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
             let mut j = 0;
             while j + 16 <= n {
+                pf(vp.add(j), 64);
+                pf(cp.add(j), 0);
                 let i0 = _mm256_cvtepu16_epi32(_mm_loadu_si128(cp.add(j) as *const __m128i));
                 let i1 = _mm256_cvtepu16_epi32(_mm_loadu_si128(cp.add(j + 8) as *const __m128i));
                 let x0 = _mm256_i32gather_ps::<4>(xp, i0);
@@ -315,6 +345,8 @@ mod x86 {
             let mut off = base;
             let mut j = 0;
             while j + 32 <= len {
+                pf(vp.add(j), 128);
+                pf(ip.add(j / 2), 0);
                 let n0 = _mm512_cvtepu8_epi32(nibbles(_mm_loadl_epi64(ip.add(j / 2) as *const __m128i)));
                 let n1 = _mm512_cvtepu8_epi32(nibbles(_mm_loadl_epi64(ip.add(j / 2 + 8) as *const __m128i)));
                 let off1 = _mm512_add_epi32(off, _mm512_set1_epi32(step));
@@ -346,6 +378,8 @@ mod x86 {
             let mut j = 0;
             let mut off = 0;
             while j + 32 <= len {
+                pf(vp.add(j), 128);
+                pf(ip.add(j / 2), 0);
                 let n0 = _mm512_cvtepu8_epi32(nibbles(_mm_loadl_epi64(ip.add(j / 2) as *const __m128i)));
                 let n1 = _mm512_cvtepu8_epi32(nibbles(_mm_loadl_epi64(ip.add(j / 2 + 8) as *const __m128i)));
                 let x0 = _mm512_permutex2var_ps(
@@ -382,6 +416,8 @@ mod x86 {
             let mut off = base;
             let mut j = 0;
             while j + 16 <= len {
+                pf(vp.add(j), 64);
+                pf(ip.add(j / 2), 0);
                 let b = _mm_loadl_epi64(ip.add(j / 2) as *const __m128i);
                 let nb = nibbles(b);
                 let n0 = _mm256_cvtepu8_epi32(nb);
