@@ -58,7 +58,7 @@ def test_whole_model_equals_the_masked_model_and_records_decisions():
     torch.testing.assert_close(model(x), want, rtol=RTOL, atol=ATOL)
     d = report.layers["2"]
     assert d.tokens == 4 and d.shape == (96, 128) and abs(d.density - 0.1) < 0.01
-    assert d.dense_ms > 0 and d.sparse_ms > 0 and d.speedup == pytest.approx(d.dense_ms / d.sparse_ms)
+    assert d.dense_ms > 0 and d.sparse_ms > 0 and d.speedup > 0 and 0 <= d.win_fraction <= 1  # paired-round median
     assert d.break_even_density == pytest.approx(min(1.0, d.density * d.speedup))
     assert "sparse" in str(report) and report.to_dict()["layers"]["2"]["chosen"] == "sparse"
 

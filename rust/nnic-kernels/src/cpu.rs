@@ -96,6 +96,17 @@ pub fn set_isa(isa: Option<Isa>) -> Result<()> {
     Ok(())
 }
 
+/// Whether the AVX-512 path may use byte expansion (VBMI2) and `vpdpbusd` (VNNI): the int8 sparse kernels'
+/// integer dot products.
+pub fn has_vnni_vbmi2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512vnni") && std::arch::is_x86_feature_detected!("avx512vbmi2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// Instruction-set extensions found on this CPU, e.g. `["avx2", "fma", "avx512f", ...]`.
 pub fn features() -> Vec<&'static str> {
     let mut found = Vec::new();
@@ -108,7 +119,7 @@ pub fn features() -> Vec<&'static str> {
                 }
             )*};
         }
-        probe!("sse4.1", "avx", "avx2", "fma", "bmi2", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vnni");
+        probe!("sse4.1", "avx", "avx2", "fma", "bmi2", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vnni", "avx512vbmi2");
     }
     found
 }

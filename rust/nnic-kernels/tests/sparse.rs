@@ -186,3 +186,44 @@ fn shape_errors_name_the_argument() {
     assert!(w.linear(&[0.0; 8], 1, Some(&[0.0]), None, &mut out).unwrap_err().to_string().contains("bias"));
     assert!(w.linear(&[0.0; 8], 1, None, None, &mut out[..1]).unwrap_err().to_string().contains("out has"));
 }
+
+/// `Σ_c code[r, c] · (q[i, c] - z_i)` in exact integers with the kernels' activation quantization, times scales.
+fn int8_reference(w: &SparseLinear, x: &[f32], m: usize, act: ActQuant) -> Vec<f64> {
+    let (n, k) = (w.out_features(), w.in_features());
+    let q = nnic_kernels::sparse::act::fake_quant(x, m, k, act).unwrap();
+    let d = w.to_dense();
+    let mut out = vec![0f64; m * n];
+    for i in 0..m {
+        for r in 0..n {
+            let s = w.scale()[r];
+            let codes: i64 = (0..k).map(|c| (d[r * k + c] / s).round() as i64 * (q.q[i * k + c] as i64 - q.zero[i] as i64)).sum();
+            out[i * n + r] = codes as f64 * q.scale[i] as f64 * s as f64;
+        }
+    }
+    out
+}
+
+#[test]
+fn int8_activations_at_small_batches_are_exact_integer_sums_on_every_path() {
+    // the batch-1 integer kernels (AVX-512 VNNI: 64-input blocks, pairs of them, masked tails) at densities on
+    // both sides of their 1/16 switch, and codes at the int8 extremes
+    let mut rng = Rng(11);
+    for &k in &[1usize, 7, 63, 64, 65, 127, 128, 129, 300, 1000] {
+        for &density in &[0.03, 0.07, 0.3, 0.9, 1.0] {
+            let w = random_csr(&mut rng, 9, k, density, true);
+            for m in 1..=3 {
+                let x = rng.normals(m * k, 3.0);
+                for act in [ActQuant::DynamicPerRow { symmetric: false }, ActQuant::DynamicPerTensor { symmetric: true }] {
+                    let want = int8_reference(&w, &x, m, act);
+                    let mut out = vec![f32::NAN; m * 9];
+                    for_each_isa(|isa| {
+                        w.linear(&x, m, None, Some(act), &mut out).unwrap();
+                        for (j, (&g, &e)) in out.iter().zip(&want).enumerate() {
+                            assert!((g as f64 - e).abs() <= 1e-6 * e.abs() + 1e-6, "{isa:?} k={k} d={density} m={m} #{j}: {g} vs {e}");
+                        }
+                    });
+                }
+            }
+        }
+    }
+}

@@ -1,44 +1,96 @@
 //! Activation quantization for int8 sparse layers, with the int8 GEMM's exact formulas
-//! ([`crate::gemm::act_qparams`]): the codes are returned centred, `q - z`, as floats (exact integers), with one
-//! scale per row, so that the sparse kernels sum `c · (q - z)` and the epilogue multiplies by `s_a · s_w` once.
+//! ([`crate::gemm::act_qparams`]): u8 codes `q = clamp(round_half_even(x / s) + z, 0, 255)` with one scale and
+//! zero point per row. The integer kernels take `q` as it is (and subtract `z · Σ codes` per row); the float
+//! kernels take the centred codes `q - z` as floats (exact integers). Either way the epilogue multiplies by
+//! `s_a · s_w` once. The loops are multiversioned, so rounding is one vector instruction, not a libm call.
+use crate::cpu::{self, Isa};
 use crate::error::{KernelError, Result};
 use crate::gemm::{act_qparams, ActQuant};
 
-/// Centred codes `[m, k]` and one activation scale per row.
+/// u8 codes `[m, k]`, one activation scale and zero point per row.
 pub struct Quantized {
-    pub codes: Vec<f32>,
+    pub q: Vec<u8>,
     pub scale: Vec<f32>,
+    pub zero: Vec<i32>,
 }
 
-fn range(x: &[f32]) -> (f32, f32) {
-    x.iter().fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+impl Quantized {
+    /// The centred codes `q - z` as floats, `[m, k]`.
+    pub fn centred(&self, k: usize) -> Vec<f32> {
+        let mut out = vec![0f32; self.q.len()];
+        let isa = cpu::active();
+        for (i, &z) in self.zero.iter().enumerate() {
+            centre_row(isa, &self.q[i * k..(i + 1) * k], z as f32, &mut out[i * k..(i + 1) * k]);
+        }
+        out
+    }
 }
 
-/// Quantizes `x[m, k]` as `act` says (dynamic per row or per tensor, or static).
+#[inline(always)]
+fn min_max_body(x: &[f32]) -> (f32, f32, bool) {
+    // independent lanes and plain comparisons, so that LLVM vectorizes; `bad` flags NaN / infinity
+    let (mut lo, mut hi, mut bad) = ([0f32; 16], [0f32; 16], [false; 16]);
+    let mut chunks = x.chunks_exact(16);
+    for c in chunks.by_ref() {
+        for e in 0..16 {
+            let v = c[e];
+            lo[e] = if v < lo[e] { v } else { lo[e] };
+            hi[e] = if v > hi[e] { v } else { hi[e] };
+            bad[e] |= !v.is_finite();
+        }
+    }
+    let mut out = (0f32, 0f32, false);
+    for e in 0..16 {
+        out = (out.0.min(lo[e]), out.1.max(hi[e]), out.2 | bad[e]);
+    }
+    for &v in chunks.remainder() {
+        out = (out.0.min(v), out.1.max(v), out.2 | !v.is_finite());
+    }
+    out
+}
+crate::simd::multiversion!(fn min_max(x: &[f32]) -> (f32, f32, bool) = min_max_body;);
+
+#[inline(always)]
+fn quant_row_body(x: &[f32], inv: f32, z: f32, q: &mut [u8]) {
+    for (o, &v) in q.iter_mut().zip(x) {
+        let t = (v * inv).round_ties_even() + z;
+        let t = if t > 0.0 { if t < 255.0 { t } else { 255.0 } } else { 0.0 };
+        // SAFETY: t is finite (inputs were checked) and in [0, 255].
+        *o = unsafe { t.to_int_unchecked::<i32>() } as u8;
+    }
+}
+crate::simd::multiversion!(fn quant_row(x: &[f32], inv: f32, z: f32, q: &mut [u8]) = quant_row_body;);
+
+#[inline(always)]
+fn centre_row_body(q: &[u8], z: f32, out: &mut [f32]) {
+    for (o, &v) in out.iter_mut().zip(q) {
+        *o = v as f32 - z;
+    }
+}
+crate::simd::multiversion!(fn centre_row(q: &[u8], z: f32, out: &mut [f32]) = centre_row_body;);
+
+/// Quantizes `x[m, k]` as `act` says (dynamic per row or per tensor, or static); non-finite inputs are an error.
 pub fn fake_quant(x: &[f32], m: usize, k: usize, act: ActQuant) -> Result<Quantized> {
-    if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+    act.check()?;
+    let isa: Isa = cpu::active();
+    let ranges: Vec<(f32, f32, bool)> = (0..m).map(|i| min_max(isa, &x[i * k..(i + 1) * k])).collect();
+    if ranges.iter().any(|r| r.2) {
+        let i = x.iter().position(|v| !v.is_finite()).unwrap_or(0);
         return Err(KernelError::Invalid {
             what: format!("x contains a non-finite value ({}) at flat index {i}: int8 activations need finite inputs", x[i]),
         });
     }
-    act.check()?;
     let params: Vec<(f32, i32)> = match act {
         ActQuant::Static { scale, zero_point } => vec![(scale, zero_point); m],
         ActQuant::DynamicPerTensor { symmetric } => {
-            let (lo, hi) = range(x);
+            let (lo, hi) = ranges.iter().fold((0f32, 0f32), |(lo, hi), r| (lo.min(r.0), hi.max(r.1)));
             vec![act_qparams(lo, hi, symmetric); m]
         }
-        ActQuant::DynamicPerRow { symmetric } => {
-            (0..m).map(|i| { let (lo, hi) = range(&x[i * k..(i + 1) * k]); act_qparams(lo, hi, symmetric) }).collect()
-        }
+        ActQuant::DynamicPerRow { symmetric } => ranges.iter().map(|r| act_qparams(r.0, r.1, symmetric)).collect(),
     };
-    let mut codes = vec![0f32; m * k];
-    for i in 0..m {
-        let (s, z) = params[i];
-        let (inv, zf) = (1.0 / s, z as f32);
-        for (c, &v) in codes[i * k..(i + 1) * k].iter_mut().zip(&x[i * k..(i + 1) * k]) {
-            *c = ((v * inv).round_ties_even() + zf).clamp(0.0, 255.0) - zf;
-        }
+    let mut q = vec![0u8; m * k];
+    for (i, &(s, z)) in params.iter().enumerate() {
+        quant_row(isa, &x[i * k..(i + 1) * k], 1.0 / s, z as f32, &mut q[i * k..(i + 1) * k]);
     }
-    Ok(Quantized { codes, scale: params.iter().map(|p| p.0).collect() })
+    Ok(Quantized { q, scale: params.iter().map(|p| p.0).collect(), zero: params.iter().map(|p| p.1).collect() })
 }

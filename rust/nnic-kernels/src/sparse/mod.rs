@@ -92,6 +92,8 @@ pub struct SparseLinear {
     /// N:M only: every slot's absolute column, decoded on the first batched product (2 bytes per slot), so
     /// that the tiled kernels read columns as they do for CSR.
     nm_cols: std::sync::OnceLock<Vec<u16>>,
+    /// int8 values only: every row's sum of codes, for integer dot products with uncentred activation codes.
+    code_sums: std::sync::OnceLock<Vec<i32>>,
 }
 
 impl PartialEq for SparseLinear {
@@ -130,7 +132,7 @@ impl SparseLinear {
                 return Err(KernelError::Nan { arg: "values", tensor: None, index: i });
             }
         }
-        Ok(SparseLinear { rows, k, index, values, scale, nm_cols: std::sync::OnceLock::new() })
+        Ok(SparseLinear { rows, k, index, values, scale, nm_cols: Default::default(), code_sums: Default::default() })
     }
 
     pub fn out_features(&self) -> usize {
@@ -168,11 +170,22 @@ impl SparseLinear {
         matches!(self.index, Index::Csr { .. }) && isa == cpu::Isa::Avx512 && 8 * self.nnz() >= self.rows * self.k
     }
 
-    /// Bytes a batch-1 product reads from the weight on the active ISA: values and their index (bitmask, or
-    /// column indices and row pointers, or nibbles) and scales.
+    /// Whether batch-1 products with int8 activations run integer dot products from the bitmask (AVX-512 with
+    /// VNNI and VBMI2, int8 values): `k / 8` bytes of bitmask against 2 bytes per stored code for the gathers, so
+    /// from density 1/16.
+    pub(crate) fn gemv_uses_vnni(&self, isa: cpu::Isa) -> bool {
+        matches!((&self.index, &self.values), (Index::Csr { .. }, Values::I8(_)))
+            && isa == cpu::Isa::Avx512
+            && cpu::has_vnni_vbmi2()
+            && 16 * self.nnz() >= self.rows * self.k
+    }
+
+    /// Bytes a batch-1 product reads from the weight on the active ISA (int8 values: with int8 activations):
+    /// values and their index (bitmask, or column indices and row pointers, or nibbles) and scales.
     pub fn stream_bytes(&self) -> usize {
+        let isa = cpu::active();
         let index = match &self.index {
-            Index::Csr { bits, .. } if self.gemv_uses_bitmask(cpu::active()) => bits.len(),
+            Index::Csr { bits, .. } if self.gemv_uses_bitmask(isa) || self.gemv_uses_vnni(isa) => bits.len(),
             Index::Csr { row_ptr, cols, .. } => row_ptr.len() * std::mem::size_of::<usize>() + cols.len() * 2,
             Index::Nm { idx, .. } => idx.len(),
         };
@@ -188,6 +201,14 @@ impl SparseLinear {
             }
             Index::Nm { .. } => &[],
         }
+    }
+
+    /// Every row's sum of int8 codes (empty for f32 values), computed once.
+    pub(crate) fn code_sums(&self) -> &[i32] {
+        self.code_sums.get_or_init(|| match &self.values {
+            Values::F32(_) => Vec::new(),
+            Values::I8(v) => (0..self.rows).map(|r| v[self.row(r).0].iter().map(|&c| c as i32).sum()).collect(),
+        })
     }
 
     /// The absolute column of every N:M slot (empty for CSR), decoded once.
@@ -273,12 +294,19 @@ impl SparseLinear {
             return Ok(());
         }
         let quant = act.map(|a| act::fake_quant(x, m, self.k, a)).transpose()?;
-        let (xs, row_scale) = match &quant {
-            Some(q) => (&q.codes[..], Some(&q.scale[..])),
-            None => (x, None),
-        };
         let isa = cpu::active();
         let threads = if self.nnz() * m < PAR_MIN_WORK { 1 } else { pool::num_threads() };
+        #[cfg(target_arch = "x86_64")]
+        if let Some(q) = quant.as_ref().filter(|_| m < GEMV_MAX_M && self.gemv_uses_vnni(isa)) {
+            let epi = Epilogue { scale: &self.scale, row_scale: Some(&q.scale), bias };
+            gemv::run_vnni(self, &q.q, &q.zero, m, &epi, out, threads);
+            return Ok(());
+        }
+        let centred = quant.as_ref().map(|q| q.centred(self.k));
+        let (xs, row_scale) = match (&quant, &centred) {
+            (Some(q), Some(c)) => (&c[..], Some(&q.scale[..])),
+            _ => (x, None),
+        };
         let epi = Epilogue { scale: &self.scale, row_scale, bias };
         if m < GEMV_MAX_M {
             gemv::run(isa, self, xs, m, &epi, out, threads);
