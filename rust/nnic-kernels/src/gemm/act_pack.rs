@@ -147,6 +147,7 @@ fn code(v: f32, inv: f32, z: f32) -> u8 {
 /// Quantizes `x` (the row's values from column `kk`, a multiple of 4) into the panel (`rows` rows, row
 /// `r`) and zeros the row's K padding; returns the byte sum when `sum` is set.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn put_row_body(panel: &mut [u8], rows: usize, r: usize, kk: usize, x: &[f32], inv: f32, z: f32, sum: bool) -> i32 {
     let mut lanes = [0u32; 64];
     let mut buf = [0u8; 64];
