@@ -81,8 +81,9 @@ class _Int8Base(nn.Module):
         self._packed = None
 
     def _packed_weight(self) -> kernels.PackedInt8Weight:
-        bufs = (self.weight, self.weight_scale, self.weight_zero_point)
-        key = tuple((b.data_ptr(), b._version, tuple(b.shape)) for b in bufs)
+        w, s, z = self.weight, self.weight_scale, self.weight_zero_point
+        # Checked on every call (flat, no generator: this is per-layer overhead at small batch sizes).
+        key = (w.data_ptr(), w._version, w.shape, s.data_ptr(), s._version, s.shape, z.data_ptr(), z._version, z.shape)
         if self._packed is None or key != self._packed_key:
             w2 = self._packing_codes()
             z = self.weight_zero_point
