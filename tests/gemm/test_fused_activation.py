@@ -126,3 +126,18 @@ def test_fused_activation_exports_to_onnx(tmp_path, fmt):
     fuse_activation(m, "up", "act")
     result = nnic.export_onnx(m, torch.randn(3, 16), tmp_path / "mlp.onnx", int8_format=fmt)
     assert max(result.errors.values()) <= nnic.export.TOLERANCES[result.kind]
+
+
+def test_a_fused_layer_is_not_made_sparse():
+    from nnic.sparse import SparseLinear, sparsify
+
+    torch.manual_seed(3)
+    m = MLP(nn.ReLU()).eval()
+    with torch.no_grad():
+        m.up.weight[:, ::2] = 0  # half the weights are zero: a sparsify candidate but for the activation
+    m.up, m.down = Int8Linear.from_float(m.up), Int8Linear.from_float(m.down)
+    fuse_activation(m, "up", "act")
+    with pytest.raises(ValueError, match="fused 'relu' activation has no sparse form"):
+        SparseLinear.from_int8(m.up)
+    report = sparsify(m, torch.randn(4, 16), layers=["up"], max_density=0.9, rounds=1)
+    assert isinstance(m.up, Int8Linear) and "fused 'relu'" in report.layers["up"].reason
