@@ -3,6 +3,8 @@
     python bench/gemm.py                      # the issue's shapes, 2 threads
     python bench/gemm.py --shapes 16x4096x4096 --threads 1 --repeats 21
     python bench/gemm.py --contention --shapes 1x4096x4096 16x4096x4096 128x4096x4096   # beside a neighbour
+    python bench/gemm.py --bert                                # BERT-base encoder, batch 8, seq 128
+    python bench/gemm.py --threads 1 --clock cpu               # on a loaded machine: CPU time, one thread
 
 Rows per (M, K, N): float32 ``torch.matmul`` (MKL), ``torch._int_mm`` (s8·s8→s32), dynamic-quantized
 ``nn.quantized.dynamic.Linear`` with every installed engine (fbgemm / onednn / x86), and nnic's
@@ -17,6 +19,13 @@ at 1; ``--peak`` overrides) and the theoretical one from the clock (cores × GHz
 with the ``spawn`` method, doing float32 matmuls on ``--neighbour-threads`` threads until the benchmark stops
 it), and prints nnic's ratio to the best dynamic-quantized torch Linear (``quantize_dynamic``'s module) in
 both settings and their quotient (the issue's goal: contended ratio >= 0.9x the quiet one).
+
+``--bert`` times a BERT-base encoder (12 x 768, FFN 3072, random init, sequence ``--seq``, batch ``--bert-batch``)
+instead: float32, ``torch.ao.quantization.quantize_dynamic`` (every installed engine; the best is the baseline),
+nnic int8 (``quantization_speedup`` on every Linear: per-channel weights, per-token activations), and nnic int8
+with the MLP's GELU fused into the GEMM epilogue (``nnic_transformers.fuse_mlp_activations``); interleaved
+rounds, agreement as cosine with float32. ``--clock cpu`` times process CPU time instead of wall time (with
+``--threads 1`` it is immune to other processes' load; with more threads it adds the threads' CPU up).
 """
 
 from __future__ import annotations
@@ -24,8 +33,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import copy
 import statistics
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -60,7 +71,8 @@ def dynamic_linear(w: torch.Tensor, engine: str):
     return lin
 
 
-def bench_shape(m: int, k: int, n: int, repeats: int, engines: list[str], budget: float) -> dict[str, list[float]]:
+def bench_shape(m: int, k: int, n: int, repeats: int, engines: list[str], budget: float,
+                clock=time.perf_counter) -> dict[str, list[float]]:
     g = torch.Generator().manual_seed(0)
     a = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=g)
     w8 = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=g)
@@ -100,7 +112,55 @@ def bench_shape(m: int, k: int, n: int, repeats: int, engines: list[str], budget
     # correctness spot check (outside the timings)
     ref = torch._int_mm(a, b) if "torch._int_mm" in fns else (a.long() @ b.long()).int()
     assert torch.equal(kernels.int8_matmul(a, b), ref), "nnic int8_matmul differs from torch"
-    return timeit_interleaved(fns, repeats, budget)
+    return timeit_interleaved(fns, repeats, budget, clock)
+
+
+def bench_bert(batch: int, seq: int, engines: list[str], repeats: int, budget: float, stat_name: str, clock) -> None:
+    """The BERT-base encoder: float32, torch dynamic int8 per engine, nnic int8, nnic int8 with fused GELU."""
+    from nnic_transformers import fuse_mlp_activations
+    from torch import nn
+    from transformers import BertConfig, BertModel
+
+    import nnic
+
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(), add_pooling_layer=False).eval()
+    ids = torch.randint(0, model.config.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(1))
+    q = nnic.quantization_speedup(copy.deepcopy(model), {n: 8 for n, m in model.named_modules()
+                                                         if isinstance(m, nn.Linear)})
+    fused = copy.deepcopy(q)
+    fuse_mlp_activations(fused)
+    models = {"float32 torch": (model, None)}
+    for eng in engines:
+        torch.backends.quantized.engine = eng
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            models[f"torch quantize_dynamic [{eng}]"] = (
+                torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8), eng)
+    models["nnic int8"] = (q, None)
+    models["nnic int8, GELU fused"] = (fused, None)
+
+    def call(m, eng):
+        def f():
+            if eng:
+                torch.backends.quantized.engine = eng
+            return m(input_ids=ids).last_hidden_state
+        return f
+
+    fns = {name: call(*me) for name, me in models.items()}
+    with torch.inference_mode():
+        times = timeit_interleaved(fns, repeats, budget, clock)
+        outs = {name: f() for name, f in fns.items()}
+    stat = min if stat_name == "min" else statistics.median
+    res = {name: stat(ts) for name, ts in times.items()}
+    ref = outs["float32 torch"].flatten().double()
+    dyn = {name: t for name, t in res.items() if name.startswith("torch quantize_dynamic")}
+    best = min(dyn, key=dyn.get)
+    print(f"\nBERT-base encoder, batch {batch}, seq {seq}   [{stat_name} of {len(times['nnic int8'])} interleaved rounds]")
+    for name, t in res.items():
+        cos = torch.nn.functional.cosine_similarity(outs[name].flatten().double(), ref, dim=0).item()
+        print(f"  {name:34s} {t * 1e3:9.1f} ms  {res['float32 torch'] / t:5.2f}x float32  "
+              f"{dyn[best] / t:5.2f}x best quantize_dynamic   cos {cos:.5f}")
 
 
 def neighbour(stop, threads: int) -> None:
@@ -145,7 +205,13 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     ap.add_argument("--contention", action="store_true", help="also measure beside a neighbour torch process")
     ap.add_argument("--neighbour-threads", type=int, default=1, help="threads of the neighbour's matmuls")
+    ap.add_argument("--bert", action="store_true", help="time the BERT-base encoder instead of GEMM shapes")
+    ap.add_argument("--bert-batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall (default) or cpu: process CPU time, for --threads 1 on a loaded machine")
     args = ap.parse_args()
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
 
     torch.set_num_threads(args.threads)
     kernels.set_num_threads(args.threads)
@@ -154,7 +220,11 @@ def main() -> None:
     theo = args.threads * ghz * 2 * 64 * 2
     peak = args.peak or MEASURED_PEAK.get(args.threads, theo)
     print(f"torch {torch.__version__}, threads {args.threads}, nnic path {kernels.gemm_path()}, engines {engines}")
-    print(f"int8 peak: measured {peak:.0f} GOPS, theoretical {theo:.0f} GOPS ({ghz:.2f} GHz x 2 VNNI ports x 64 MAC)")
+    print(f"int8 peak: measured {peak:.0f} GOPS, theoretical {theo:.0f} GOPS ({ghz:.2f} GHz x 2 VNNI ports x 64 MAC); "
+          f"clock {args.clock}")
+    if args.bert:
+        bench_bert(args.bert_batch, args.seq, engines, args.repeats, args.budget * 10, args.stat, clock)
+        return
     all_res = {}
     summary = []
     settings = ["quiet", "contended"] if args.contention else ["quiet"]
@@ -164,7 +234,7 @@ def main() -> None:
         for setting in settings:
             ctx = neighbour_running(args.neighbour_threads) if setting == "contended" else contextlib.nullcontext()
             with ctx:
-                times = bench_shape(m, k, n, args.repeats, engines, args.budget)
+                times = bench_shape(m, k, n, args.repeats, engines, args.budget, clock)
             all_res[f"{spec} {setting}"] = times
             ratios[setting] = report(m, k, n, times, args.stat, peak, setting)
         summary.append((spec, ratios))

@@ -9,13 +9,15 @@ interleaved rounds) at the same thread count:
 
 - ``float32 torch``: the float model in torch;
 - ``nnic int8``: ``nnic.quantization_speedup`` (every Linear: per-channel int8 weights, per-token dynamic int8
-  activations) on nnic's Rust GEMM;
+  activations) on nnic's Rust GEMM; ``nnic int8, GELU fused``: the same after
+  ``nnic_transformers.fuse_mlp_activations`` (the MLP's GELU computed in the GEMM epilogue);
 - ``ort: nnic export (integer)`` / ``(qdq)``: that model written by ``nnic.export_onnx`` with
   ``int8_format="integer"`` (DynamicQuantizeLinear + MatMulInteger) and ``"qdq"`` (Quantize/DequantizeLinear
   around float MatMul), run by onnxruntime;
 - ``ort: quantize_dynamic``: the float model exported to ONNX, then
   ``onnxruntime.quantization.quantize_dynamic(..., per_channel=True, weight_type=QInt8)``.
 
+``--clock cpu`` times process CPU time instead of wall time (use it with ``--threads 1`` on a loaded machine).
 Agreement: cosine similarity and max |diff| of the last hidden state against float32 torch. Each ONNX file is
 exported once at batch 1 and run at every batch (the batch and sequence axes are dynamic).
 """
@@ -27,6 +29,7 @@ import copy
 import statistics
 import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -88,16 +91,23 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=11, help="max rounds")
     ap.add_argument("--budget", type=float, default=40.0, help="seconds per batch")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="wall time, or process CPU time")
     args = ap.parse_args()
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     torch.set_num_threads(args.threads)
     kernels.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, onnxruntime {ort.__version__}, threads {args.threads}, seq {args.seq}")
+    from nnic_transformers import fuse_mlp_activations
+
+    print(f"torch {torch.__version__}, onnxruntime {ort.__version__}, threads {args.threads}, seq {args.seq}, "
+          f"clock {args.clock}")
     model = LastHidden(bert()).eval()
     qmodel = nnic.quantization_speedup(copy.deepcopy(model), {
         n: 8 for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+    fused = copy.deepcopy(qmodel)
+    fuse_mlp_activations(fused)
     example = {"input_ids": torch.randint(0, 30522, (1, args.seq))}
     tmp = Path(tempfile.mkdtemp(prefix="nnic-bench-onnx-"))
     files = {}
@@ -121,13 +131,14 @@ def main() -> None:
         fns = {
             "float32 torch": lambda: model(ids),
             "nnic int8": lambda: qmodel(ids),
+            "nnic int8, GELU fused": lambda: fused(ids),
             "ort: nnic export (integer)": lambda: sessions["integer"].run(None, feed),
             "ort: nnic export (qdq)": lambda: sessions["qdq"].run(None, feed),
             "ort: quantize_dynamic": lambda: sessions["ort"].run(None, feed),
         }
         with torch.inference_mode():
-            times = _timing.timeit_interleaved(fns, args.repeats, args.budget)
-            outputs = {"float32 torch": ref, "nnic int8": qmodel(ids)}
+            times = _timing.timeit_interleaved(fns, args.repeats, args.budget, clock)
+            outputs = {"float32 torch": ref, "nnic int8": qmodel(ids), "nnic int8, GELU fused": fused(ids)}
         outputs.update({k: fns[k]()[0] for k in fns if k.startswith("ort")})
         med = {k: statistics.median(v) for k, v in times.items()}
         print(f"\nbatch {batch}  [median of {len(times['nnic int8'])} rounds]")

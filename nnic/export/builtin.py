@@ -1,7 +1,7 @@
 """nnic's own ONNX export handlers (a built-in plugin of the ``register_onnx_exporters`` hook).
 
 - ``Int8Linear`` / ``Int8Conv2d``: int8 weight codes and their per-channel scales as initializers, activations
-  quantized in the graph. ``int8_format="integer"`` (the default: onnxruntime runs it fastest, see the README's
+  quantized in the graph; an ``Int8Linear``'s fused activation follows as ``Relu`` or the ``Erf`` form of GELU. ``int8_format="integer"`` (the default: onnxruntime runs it fastest, see the README's
   ONNX section) writes ``DynamicQuantizeLinear`` (or ``QuantizeLinear`` with the calibrated static range) →
   ``MatMulInteger`` / ``ConvInteger`` → ``Cast`` → ``Mul`` by the activation × weight scales (→ ``Add`` bias),
   the pattern onnxruntime fuses into its int8 GEMM. ``int8_format="qdq"`` writes ``QuantizeLinear`` /
@@ -74,16 +74,29 @@ def _integer(g: Any, op: str, x: Any, module: nn.Module, weight: torch.Tensor, z
     return y if bias is None else g.op("Add", y, c(g, bias.float()))
 
 
+def _activation(g: Any, y: Any, kind: str | None) -> Any:
+    """An ``Int8Linear``'s fused activation as ONNX nodes: ``Relu``, or GELU as ``y/2 · (1 + Erf(y/√2))`` (opset
+    17 has no Gelu; onnxruntime fuses this pattern into its own)."""
+    if kind is None:
+        return y
+    if kind == "relu":
+        return g.op("Relu", y)
+    c = SymbolicStandIn.const
+    erf = g.op("Erf", g.op("Div", y, c(g, torch.tensor(2.0**0.5))))
+    return g.op("Mul", g.op("Mul", y, c(g, torch.tensor(0.5))), g.op("Add", erf, c(g, torch.tensor(1.0))))
+
+
 def _int8_linear_symbolic(module: Int8Linear, options: ExportOptions):
     w_t = module.weight.t().contiguous()  # [K, N]
     scale, zero, bias = module.weight_scale.float(), _weight_zero_point(module), module.bias
 
     def symbolic(g: Any, x: Any) -> Any:
         if options.int8_format != "qdq":
-            return _integer(g, "MatMulInteger", x, module, w_t, zero, scale, bias)
+            return _activation(g, _integer(g, "MatMulInteger", x, module, w_t, zero, scale, bias), module.activation)
         xd, wd = _qdq(g, x, module, w_t, scale, zero, axis=1)
         y = g.op("MatMul", xd, wd)
-        return y if bias is None else g.op("Add", y, SymbolicStandIn.const(g, bias.float()))
+        y = y if bias is None else g.op("Add", y, SymbolicStandIn.const(g, bias.float()))
+        return _activation(g, y, module.activation)
 
     return symbolic
 

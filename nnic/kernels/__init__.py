@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from nnic.kernels import twins
 from nnic.kernels.gemm import (
+    ACTIVATIONS,
     ACT_MODES,
     MAX_K,
     PackedInt4Weight,
@@ -70,7 +71,7 @@ from nnic.kernels.select import (
 )
 
 __all__ = [
-    "ACT_MODES", "MAX_K", "PackedInt4Weight", "PackedInt8Weight", "SPARSE_ACT_MODES", "SparseWeight", "abs_max", "active_isa", "apply_mask_",
+    "ACTIVATIONS", "ACT_MODES", "MAX_K", "PackedInt4Weight", "PackedInt8Weight", "SPARSE_ACT_MODES", "SparseWeight", "abs_max", "active_isa", "apply_mask_",
     "cpu_features", "dequantize", "gemm_backend", "gemm_path", "gemm_paths", "get_num_threads",
     "global_kth_smallest_abs", "global_smallest_abs_masks", "int4_linear", "int8_conv2d", "int8_linear",
     "int8_matmul", "kth_smallest_abs", "min_max", "pack_int4", "pack_int4_weight", "pack_int8_weight",

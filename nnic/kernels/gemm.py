@@ -3,7 +3,7 @@
 - :func:`int8_matmul` is the exact ``int32 = int8 @ int8`` product (like ``torch._int_mm``, any M).
 - :func:`pack_int8_weight` packs linear weights once; :func:`int8_linear` then computes
   ``dequant(quant(x) @ w_q.T) + bias`` with activations quantized on the fly (dynamic per token or per
-  tensor, or static from a calibrated scale/zero point) and a fused float epilogue.
+  tensor, or static from a calibrated scale/zero point) and a fused float epilogue (optionally ReLU or GELU).
 - :func:`quantize_int4_weight`, :func:`pack_int4_weight`, :func:`int4_linear`: int4 weights (two per byte,
   per-group scales and optional zero points, groups of any multiple of 8: 32/64/128 in practice) with int8
   activations quantized per token, for decoding and small batches (AVX-512 VNNI, AVX2 or portable tiles).
@@ -35,9 +35,11 @@ PackedInt4Weight = native.PackedInt4Weight
 #: Largest K for which int32 accumulation of int8 products is exact.
 MAX_K = 131_071
 ACT_MODES = ("per_token", "per_tensor", "static")
+#: Activations the int8 linear epilogue can apply (``"none"`` is ``activation=None``).
+ACTIVATIONS = ("none", "relu", "gelu")
 
 __all__ = [
-    "ACT_MODES", "MAX_K", "PackedInt4Weight", "PackedInt8Weight", "int4_linear", "int8_conv2d", "int8_linear",
+    "ACTIVATIONS", "ACT_MODES", "MAX_K", "PackedInt4Weight", "PackedInt8Weight", "int4_linear", "int8_conv2d", "int8_linear",
     "int8_matmul", "pack_int4_weight", "pack_int8_weight", "quantize_int4_weight", "quantize_int8_weight",
 ]
 
@@ -113,31 +115,41 @@ def _per_channel(v: Any, name: str, dtype: type) -> np.ndarray:
         return np.ascontiguousarray(a.astype(dtype).reshape(-1))
 
 
-def _linear_args(x: Array, k: int, act: str) -> tuple[np.ndarray, tuple[int, ...]]:
-    _check(x, "x", "float32", ndim=None)
-    if x.ndim < 1 or x.shape[-1] != k:
-        raise ValueError(f"x must have shape [..., {k}], got {tuple(x.shape)}")
-    if act not in ACT_MODES:
-        raise ValueError(f"act must be one of {ACT_MODES}, got {act!r}")
-    lead = tuple(x.shape[:-1])
-    return cpu_numpy(x, "x").reshape(-1, k), lead
+def _numpy_view(x: Array, name: str) -> np.ndarray:
+    """The data of a CPU float32 tensor/array as numpy, zero-copy for the usual contiguous CPU tensor (the
+    common case is tested first: this runs once per layer call, so its cost shows at small batch sizes)."""
+    if type(x) is torch.Tensor and x.is_cpu and not x.requires_grad and x.is_contiguous() and not x.is_conj() \
+            and not x.is_neg():
+        return x.numpy()
+    return cpu_numpy(x, name)
 
 
 def _run_linear(packed: Any, x: Array, bias: Array | None, symmetric: bool, kw: dict) -> Array:
     k, n = packed.in_features, packed.out_features
-    x2, lead = _linear_args(x, k, kw["act"])
-    is_torch = isinstance(x, torch.Tensor)
-    out_t = torch.empty((x2.shape[0], n), dtype=torch.float32) if is_torch else None
-    out = out_t.numpy() if out_t is not None else np.empty((x2.shape[0], n), np.float32)
+    _check(x, "x", "float32", ndim=None)
+    if x.ndim < 1 or x.shape[-1] != k:
+        raise ValueError(f"x must have shape [..., {k}], got {tuple(x.shape)}")
+    if kw["act"] not in ACT_MODES:
+        raise ValueError(f"act must be one of {ACT_MODES}, got {kw['act']!r}")
+    activation = kw.get("activation") or "none"
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be None or one of {ACTIVATIONS[1:]}, got {activation!r}")
+    lead = tuple(x.shape[:-1])
+    x2 = _numpy_view(x, "x").reshape(-1, k)
+    if isinstance(x, torch.Tensor):
+        res = torch.empty((x2.shape[0], n), dtype=torch.float32)
+        out = res.numpy()
+    else:
+        res = out = np.empty((x2.shape[0], n), np.float32)
     b = None
     if bias is not None:
         _check(bias, "bias", "float32", ndim=1)
         if bias.shape[0] != n:
             raise ValueError(f"bias must have {n} values, got {bias.shape[0]}")
-        b = cpu_numpy(bias, "bias")
-    packed.linear(x2, out, b, kw["act"], symmetric, kw.get("act_scale"), kw.get("act_zero_point"), kw.get("path"))
-    res = out_t if out_t is not None else out
-    return res.reshape(*lead, n)
+        b = _numpy_view(bias, "bias")
+    packed.linear(x2, out, b, kw["act"], symmetric, kw.get("act_scale"), kw.get("act_zero_point"), kw.get("path"),
+                  activation)
+    return res if len(lead) == 1 else res.reshape(*lead, n)
 
 
 def int8_linear(
@@ -149,16 +161,20 @@ def int8_linear(
     symmetric: bool = False,
     act_scale: float | None = None,
     act_zero_point: int | None = None,
+    activation: str | None = None,
     path: str | None = None,
 ) -> Array:
-    """``dequant(quant(x) @ w_q.T) + bias`` for float32 ``x[..., K]`` on CPU; returns float32 ``[..., N]``.
+    """``f(dequant(quant(x) @ w_q.T) + bias)`` for float32 ``x[..., K]`` on CPU; returns float32 ``[..., N]``.
 
     ``act``: ``"per_token"`` (one scale per row of x), ``"per_tensor"``, or ``"static"`` (then ``act_scale``
     and ``act_zero_point`` in [0, 255] are required). ``symmetric`` selects symmetric dynamic quantization.
+    ``activation``: ``None``, ``"relu"`` or ``"gelu"`` (exact, erf form, as ``torch.nn.functional.gelu``),
+    applied in the GEMM's epilogue while each output block is in cache, instead of a pass of its own.
     """
     if not isinstance(packed, PackedInt8Weight):
         raise TypeError(f"packed must come from pack_int8_weight, got {type(packed).__name__}")
-    kw = {"act": act, "act_scale": act_scale, "act_zero_point": act_zero_point, "path": path}
+    kw = {"act": act, "act_scale": act_scale, "act_zero_point": act_zero_point, "path": path,
+          "activation": activation}
     return _run_linear(packed, x, bias, symmetric, kw)
 
 

@@ -15,17 +15,20 @@ from nnic.plugins import class_lookup
 
 # The int modules load the GEMM kernels: only when asked for.
 _MODULES = ("Int4Linear", "Int8Conv2d", "Int8Linear")
+_FUSION = ("activation_kind", "fuse_activation")
 _registered, _registered_dir = class_lookup(__name__, "quantizer", globals())
 
 
 def __getattr__(name: str) -> Any:
     if name in _MODULES:
         return getattr(importlib.import_module("nnic.quantization.modules"), name)
+    if name in _FUSION:
+        return getattr(importlib.import_module("nnic.quantization.fusion"), name)
     return _registered(name)
 
 
 def __dir__() -> list[str]:
-    return sorted(set(_registered_dir()) | set(_MODULES))
+    return sorted(set(_registered_dir()) | set(_MODULES) | set(_FUSION))
 
 
-__all__ = ["Calibration", "LayerCalibration", "QuantSpec", "Quantizer", "TensorCalibration", *_MODULES]
+__all__ = ["Calibration", "LayerCalibration", "QuantSpec", "Quantizer", "TensorCalibration", *_MODULES, *_FUSION]

@@ -60,6 +60,7 @@ class _Int8Base(nn.Module):
         if act == "static":
             self.register_buffer("act_scale", torch.tensor(float(act_scale), dtype=torch.float32))
             self.register_buffer("act_zero_point", torch.tensor(int(act_zero_point), dtype=torch.int32))
+        self.activation: str | None = None
         self._packed: Any = None
         self._packed_key: tuple = ()
 
@@ -80,8 +81,9 @@ class _Int8Base(nn.Module):
         self._packed = None
 
     def _packed_weight(self) -> kernels.PackedInt8Weight:
-        bufs = (self.weight, self.weight_scale, self.weight_zero_point)
-        key = tuple((b.data_ptr(), b._version, tuple(b.shape)) for b in bufs)
+        w, s, z = self.weight, self.weight_scale, self.weight_zero_point
+        # Checked on every call (flat, no generator: this is per-layer overhead at small batch sizes).
+        key = (w.data_ptr(), w._version, w.shape, s.data_ptr(), s._version, s.shape, z.data_ptr(), z._version, z.shape)
         if self._packed is None or key != self._packed_key:
             w2 = self._packing_codes()
             z = self.weight_zero_point
@@ -96,17 +98,19 @@ class _Int8Base(nn.Module):
     def _linear(self, x2: torch.Tensor) -> torch.Tensor:
         """``x2[M, K]`` float → float32 ``[M, out]``."""
         x2 = x2.float()
-        if x2.device.type == "cuda":
+        if x2.is_cuda:
             return self._linear_cuda(x2)
         kw: dict[str, Any] = {"act": self.act, "symmetric": self.symmetric}
         if self.act == "static":
             kw.update(act_scale=float(self.act_scale), act_zero_point=int(self.act_zero_point))
-        return kernels.int8_linear(x2, self._packed_weight(), None if self.bias is None else self.bias.float(), **kw)
+        return kernels.int8_linear(x2, self._packed_weight(), None if self.bias is None else self.bias.float(),
+                                   activation=self.activation, **kw)
 
     def _linear_cuda(self, x: torch.Tensor) -> torch.Tensor:
         static = (self.act_scale, self.act_zero_point) if self.act == "static" else (None, None)
-        return kernels.twins.int8_linear(x, self.weight.reshape(self.weight.shape[0], -1), self.weight_scale,
-                                         self.weight_zero_point, self.bias, self.act, self.symmetric, *static)
+        y = kernels.twins.int8_linear(x, self.weight.reshape(self.weight.shape[0], -1), self.weight_scale,
+                                      self.weight_zero_point, self.bias, self.act, self.symmetric, *static)
+        return F.relu(y) if self.activation == "relu" else F.gelu(y) if self.activation == "gelu" else y
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -119,13 +123,19 @@ class _Int8Base(nn.Module):
 
 
 class Int8Linear(_Int8Base):
-    """``y = dequant(quant(x) @ W_q.T) + bias`` with int8 weights and activations quantized on the fly."""
+    """``y = f(dequant(quant(x) @ W_q.T) + bias)`` with int8 weights and activations quantized on the fly;
+    ``f`` is ``activation`` (``None``, ``"relu"`` or ``"gelu"``, the exact erf GELU), computed in the GEMM's
+    epilogue (see :func:`fuse_activation`)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, act: str = "per_token",
-                 symmetric: bool = False, act_scale: float | None = None, act_zero_point: int | None = None) -> None:
+                 symmetric: bool = False, act_scale: float | None = None, act_zero_point: int | None = None,
+                 activation: str | None = None) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self._init_common((out_features, in_features), bias, act, symmetric, act_scale, act_zero_point)
+        if activation not in (None, *kernels.ACTIVATIONS[1:]):
+            raise ValueError(f"activation must be None or one of {kernels.ACTIVATIONS[1:]}, got {activation!r}")
+        self.activation = activation
 
     @classmethod
     def from_float(cls, mod: nn.Linear, *, weight: torch.Tensor | None = None, weight_q: torch.Tensor | None = None,
@@ -145,12 +155,15 @@ class Int8Linear(_Int8Base):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_float_input(self, x)
-        lead = x.shape[:-1]
-        y = self._linear(x.reshape(-1, self.in_features))
-        return y.reshape(*lead, self.out_features).to(x.dtype)
+        if x.dim() == 2:
+            y = self._linear(x)
+        else:
+            y = self._linear(x.reshape(-1, self.in_features)).reshape(*x.shape[:-1], self.out_features)
+        return y if y.dtype == x.dtype else y.to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, {self._extra()}"
+        fused = f", activation={self.activation}" if self.activation else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, {self._extra()}{fused}"
 
 
 class Int8Conv2d(_Int8Base):

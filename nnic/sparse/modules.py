@@ -120,6 +120,9 @@ class SparseLinear(nn.Module):
 
         if not isinstance(q, Int8Linear):
             raise TypeError(f"expected an Int8Linear, got {type(q).__name__}")
+        if q.activation is not None:
+            raise ValueError(f"Int8Linear with a fused {q.activation!r} activation has no sparse form: SparseLinear "
+                             f"applies none")
         if bool(q.weight_zero_point.any()):
             raise ValueError("Int8Linear with non-zero weight zero points has no sparse form (pruned weights are "
                              "not code 0); quantize the weights symmetrically")

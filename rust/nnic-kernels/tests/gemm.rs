@@ -1,5 +1,5 @@
 //! int8 / int4 GEMM: every path against a plain i64 / f64 reference, on awkward shapes.
-use nnic_kernels::gemm::{self, int4, ActQuant, PackedB, PackedLinear, Path};
+use nnic_kernels::gemm::{self, int4, ActQuant, Activation, PackedB, PackedLinear, Path};
 
 struct Rng(u64);
 impl Rng {
@@ -151,8 +151,8 @@ fn linear_matches_reference() {
                 let want = ref_linear(&x, m, k, &w, n, sw, zw, &bias, sym);
                 for p in paths() {
                     let mut out = vec![0f32; m * n];
-                    gemm::int8_linear(p, &x, m, &packed, Some(&bias), ActQuant::DynamicPerRow { symmetric: sym }, &mut out)
-                        .unwrap();
+                    let act = ActQuant::DynamicPerRow { symmetric: sym };
+                    gemm::int8_linear(p, &x, m, &packed, Some(&bias), act, Activation::Identity, &mut out).unwrap();
                     for (g, w) in out.iter().zip(&want) {
                         assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{p:?} {m}x{k}x{n}: {g} vs {w}");
                     }
@@ -160,6 +160,70 @@ fn linear_matches_reference() {
             }
         }
     }
+}
+
+/// erf in f64: its Taylor series for |x| <= 3 (cancellation below 1e-12 there), else 1 - the asymptotic erfc
+/// series (six terms: error below 1e-9).
+fn erf64(x: f64) -> f64 {
+    let a = x.abs();
+    let v = if a <= 3.0 {
+        let (mut term, mut sum, mut n) = (a, a, 0.0);
+        while term.abs() > 1e-18 {
+            n += 1.0;
+            term *= -a * a / n;
+            sum += term / (2.0 * n + 1.0);
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    } else {
+        let (mut t, mut s) = (1.0, 1.0);
+        for i in 1..6 {
+            t *= -(2.0 * i as f64 - 1.0) / (2.0 * a * a);
+            s += t;
+        }
+        1.0 - (-a * a).exp() / (a * std::f64::consts::PI.sqrt()) * s
+    };
+    v.copysign(x)
+}
+
+#[test]
+fn linear_activations_are_applied_in_the_epilogue() {
+    // The fused ReLU / GELU equal the activation applied to the plain output (GELU within float32 rounding
+    // of the exact erf form), on every path and with and without weight zero points.
+    let mut rng = Rng(23);
+    let (m, k, n) = (37, 300, 70);
+    let x: Vec<f32> = rng.f32s(m * k).into_iter().map(|v| 3.0 * v).collect();
+    let w = rng.i8s(n * k);
+    let bias = rng.f32s(n);
+    let sw: Vec<f32> = (0..n).map(|j| 0.002 + j as f32 * 2e-4).collect();
+    let zw: Vec<i32> = (0..n).map(|j| (j as i32 % 5) - 2).collect();
+    for zw in [&[][..], &zw[..]] {
+        let packed = PackedLinear::new(&w, n, k, &sw, zw).unwrap();
+        let act = ActQuant::DynamicPerRow { symmetric: false };
+        for p in paths() {
+            let run = |a: Activation| {
+                let mut out = vec![0f32; m * n];
+                gemm::int8_linear(p, &x, m, &packed, Some(&bias), act, a, &mut out).unwrap();
+                out
+            };
+            let (plain, relu, gelu) = (run(Activation::Identity), run(Activation::Relu), run(Activation::Gelu));
+            assert!(plain.iter().any(|&v| v < -1.0) && plain.iter().any(|&v| v > 1.0), "outputs span both signs");
+            for ((&v, &r), &g) in plain.iter().zip(&relu).zip(&gelu) {
+                assert_eq!(r, v.max(0.0), "{p:?} relu({v})");
+                let v = v as f64;
+                let want = 0.5 * v * (1.0 + erf64(v / std::f64::consts::SQRT_2));
+                assert!((g as f64 - want).abs() <= 1e-6 * (1.0 + want.abs()), "{p:?} gelu({v}) = {g}, want {want}");
+            }
+        }
+    }
+}
+
+#[test]
+fn activation_names_parse() {
+    assert_eq!(Activation::parse("gelu").unwrap(), Activation::Gelu);
+    assert_eq!(Activation::parse("relu").unwrap(), Activation::Relu);
+    assert_eq!(Activation::parse("none").unwrap(), Activation::Identity);
+    let e = Activation::parse("swish").unwrap_err().to_string();
+    assert!(e.contains("swish") && e.contains("gelu"), "{e}");
 }
 
 #[test]

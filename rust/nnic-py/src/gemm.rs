@@ -2,7 +2,7 @@
 //! Outputs are caller-provided (see `nnic/kernels/gemm.py`, which allocates torch tensors and passes numpy views).
 use crate::errors::to_py;
 use nnic_kernels::gemm::conv::{int8_conv2d, ConvGeom};
-use nnic_kernels::gemm::{self, int4, ActQuant, PackedLinear, Path};
+use nnic_kernels::gemm::{self, int4, ActQuant, Activation, PackedLinear, Path};
 use numpy::{
     Element, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray2,
     PyReadonlyArray4, PyUntypedArrayMethods,
@@ -127,8 +127,8 @@ trait LinearWeight: Sync {
     fn in_features(&self) -> usize;
     fn out_features(&self) -> usize;
     #[allow(clippy::too_many_arguments)]
-    fn run(&self, path: Path, x: &[f32], m: usize, bias: Option<&[f32]>, act: ActQuant, out: &mut [f32])
-        -> nnic_kernels::error::Result<()>;
+    fn run(&self, path: Path, x: &[f32], m: usize, bias: Option<&[f32]>, act: ActQuant, activation: Activation,
+        out: &mut [f32]) -> nnic_kernels::error::Result<()>;
 }
 
 impl LinearWeight for PackedLinear {
@@ -138,9 +138,9 @@ impl LinearWeight for PackedLinear {
     fn out_features(&self) -> usize {
         PackedLinear::out_features(self)
     }
-    fn run(&self, path: Path, x: &[f32], m: usize, bias: Option<&[f32]>, act: ActQuant, out: &mut [f32])
-        -> nnic_kernels::error::Result<()> {
-        gemm::int8_linear(path, x, m, self, bias, act, out)
+    fn run(&self, path: Path, x: &[f32], m: usize, bias: Option<&[f32]>, act: ActQuant, activation: Activation,
+        out: &mut [f32]) -> nnic_kernels::error::Result<()> {
+        gemm::int8_linear(path, x, m, self, bias, act, activation, out)
     }
 }
 
@@ -151,8 +151,13 @@ impl LinearWeight for int4::PackedInt4 {
     fn out_features(&self) -> usize {
         int4::PackedInt4::out_features(self)
     }
-    fn run(&self, path: Path, x: &[f32], m: usize, bias: Option<&[f32]>, act: ActQuant, out: &mut [f32])
-        -> nnic_kernels::error::Result<()> {
+    fn run(&self, path: Path, x: &[f32], m: usize, bias: Option<&[f32]>, act: ActQuant, activation: Activation,
+        out: &mut [f32]) -> nnic_kernels::error::Result<()> {
+        if activation != Activation::Identity {
+            return Err(nnic_kernels::error::KernelError::Invalid {
+                what: format!("int4 linear has no fused activation (got {activation:?}); apply it after the layer"),
+            });
+        }
         int4::int4_linear(path, x, m, self, bias, act, out)
     }
 }
@@ -165,14 +170,16 @@ fn linear_into<W: LinearWeight>(
     mut out: PyReadwriteArray2<'_, f32>,
     bias: Option<PyReadonlyArray1<'_, f32>>,
     act: ActQuant,
+    activation: &str,
     path: Option<&str>,
 ) -> PyResult<()> {
     let p = self::path(path)?;
+    let activation = to_py(Activation::parse(activation))?;
     let m = check_linear_shapes("x", &x, &out, w.in_features(), w.out_features())?;
     let x = ro(&x, "x")?;
     let bias = bias.as_ref().map(|b| ro1(b, "bias")).transpose()?;
     let out = rw(&mut out, "out")?;
-    to_py(py.detach(|| w.run(p, x, m, bias, act, out)))
+    to_py(py.detach(|| w.run(p, x, m, bias, act, activation, out)))
 }
 
 /// Defines a weight class's `#[pymethods]`: the surface both classes share (`in_features`, `out_features`,
@@ -198,7 +205,7 @@ macro_rules! packed_weight_methods {
 
             #[doc = $linear_doc]
             #[pyo3(signature = (x, out, bias=None, act="per_token", symmetric=$symmetric, act_scale=None,
-                                act_zero_point=None, path=None))]
+                                act_zero_point=None, path=None, activation="none"))]
             #[allow(clippy::too_many_arguments)]
             fn linear(
                 &self,
@@ -211,8 +218,10 @@ macro_rules! packed_weight_methods {
                 act_scale: Option<f32>,
                 act_zero_point: Option<i32>,
                 path: Option<&str>,
+                activation: &str,
             ) -> PyResult<()> {
-                linear_into(py, &self.inner, x, out, bias, act_quant(act, symmetric, act_scale, act_zero_point)?, path)
+                let aq = act_quant(act, symmetric, act_scale, act_zero_point)?;
+                linear_into(py, &self.inner, x, out, bias, aq, activation, path)
             }
 
             $($own)*

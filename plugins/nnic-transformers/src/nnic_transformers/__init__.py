@@ -1,7 +1,8 @@
 """nnic plugin for Hugging Face transformers: the ``transformer_head`` pruner (whole attention heads, grouped-query
 attention respected), the ``transformer_hidden`` pruner (the hidden size of LLaMA / Qwen2 / Mistral decoders),
 speedup rules for transformers' attention classes, RMSNorms, GPT-2's ``Conv1D`` and embeddings, the ``Conv1D``
-lowering for ``nnic.quantization_speedup`` (int8 / int4, as the Linear it is), and :func:`pruned_config` (with
+lowering for ``nnic.quantization_speedup`` (int8 / int4, as the Linear it is), :func:`fuse_mlp_activations`
+(BERT-style MLP activations into the int8 GEMM's epilogue), and :func:`pruned_config` (with
 :func:`standard_norms` after hidden-size pruning) to write a pruned model's shape back into its config for
 ``save_pretrained``.
 
@@ -10,6 +11,7 @@ Loading the plugin (every nnic registry lookup does) does not import transformer
 from __future__ import annotations
 
 import nnic
+from nnic_transformers.fusion import fuse_mlp_activations
 from nnic_transformers.head_pruner import TransformerHeadPruner
 from nnic_transformers.hidden_pruner import HiddenSizePruner
 from nnic_transformers.layouts import Heads, Layout, find_heads
@@ -37,4 +39,4 @@ def register_lowerings(register) -> None:
 
 
 __all__ = ["Heads", "HiddenSizePruner", "Layout", "PrunedRMSNorm", "TransformerHeadPruner", "find_heads",
-           "pruned_config", "standard_norms"]
+           "fuse_mlp_activations", "pruned_config", "standard_norms"]

@@ -106,7 +106,6 @@ fn range(isa: Isa, x: &[f32]) -> Result<(f32, f32)> {
     Ok((lo, hi))
 }
 
-/// Copies row bytes `buf` (k values from `kk`, a multiple of 4) into their 4-byte slots of the panel.
 /// Copies row bytes `buf` (k values from `kk`, a multiple of 4) into their 4-byte slots of the panel; a
 /// last partial group is padded with zeros.
 #[inline(always)]
@@ -135,34 +134,97 @@ pub(crate) fn zero_tail(panel: &mut [u8], rows: usize, r: usize, g0: usize) {
     }
 }
 
-/// Quantizes one row into its panel (`rows` rows, row `r`); returns the byte sum when `sum` is set.
+/// The u8 code of `v`: `clamp(round_half_even(v * inv) + z, 0, 255)`, NaN to 0.
 #[inline(always)]
-fn put_row_body(panel: &mut [u8], rows: usize, r: usize, x: &[f32], scale: f32, zero: i32, sum: bool) -> i32 {
-    let z = zero as f32;
-    let inv = 1.0 / scale;
+fn code(v: f32, inv: f32, z: f32) -> u8 {
+    let t = (v * inv).round_ties_even() + z;
+    // NaN goes to 0; afterwards t is in [0, 255], so the unchecked conversion is exact (and vectorizes).
+    let t = if t > 0.0 { if t < 255.0 { t } else { 255.0 } } else { 0.0 };
+    // SAFETY: t is finite and in [0, 255].
+    unsafe { t.to_int_unchecked::<i32>() as u8 }
+}
+
+/// Quantizes `x` (the row's values from column `kk`, a multiple of 4) into the panel (`rows` rows, row
+/// `r`) and zeros the row's K padding; returns the byte sum when `sum` is set.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn put_row_body(panel: &mut [u8], rows: usize, r: usize, kk: usize, x: &[f32], inv: f32, z: f32, sum: bool) -> i32 {
     let mut lanes = [0u32; 64];
     let mut buf = [0u8; 64];
     for (c, xs) in x.chunks(64).enumerate() {
         let b = &mut buf[..xs.len()];
         for (q, &v) in b.iter_mut().zip(xs) {
-            let t = (v * inv).round_ties_even() + z;
-            // NaN goes to 0; afterwards t is in [0, 255], so the unchecked conversion is exact (and vectorizes).
-            let t = if t > 0.0 { if t < 255.0 { t } else { 255.0 } } else { 0.0 };
-            // SAFETY: t is finite and in [0, 255].
-            *q = unsafe { t.to_int_unchecked::<i32>() } as u8;
+            *q = code(v, inv, z);
         }
         if sum {
             for (l, &q) in lanes.iter_mut().zip(b.iter()) {
                 *l += q as u32;
             }
         }
-        scatter(panel, rows, r, c * 64, b);
+        scatter(panel, rows, r, kk + c * 64, b);
     }
-    zero_tail(panel, rows, r, x.len().div_ceil(4));
+    zero_tail(panel, rows, r, (kk + x.len()).div_ceil(4));
     lanes.iter().sum::<u32>() as i32
 }
-crate::simd::multiversion!(fn put_row_f32(panel: &mut [u8], rows: usize, r: usize, x: &[f32], scale: f32, zero: i32,
-    sum: bool) -> i32 = put_row_body;);
+crate::simd::multiversion!(fn put_row_mv(panel: &mut [u8], rows: usize, r: usize, kk: usize, x: &[f32], inv: f32,
+    z: f32, sum: bool) -> i32 = put_row_body;);
+
+/// Quantizes row `r` of a panel of `rows` rows from `x` with `scale` and u8 zero point `zero` (see the module
+/// doc); returns the row's byte sum when `sum` is set. AVX-512 quantizes 16 values per step and stores their
+/// four k groups straight into the panel; the other ISAs run the multiversioned loop (its ground truth).
+#[allow(clippy::too_many_arguments)]
+fn put_row_f32(isa: Isa, panel: &mut [u8], rows: usize, r: usize, x: &[f32], scale: f32, zero: i32, sum: bool) -> i32 {
+    let (inv, z) = (1.0 / scale, zero as f32);
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        let full = x.len() / 16 * 16;
+        assert!(panel.len() >= x.len().div_ceil(4) * rows * 4 && r < rows);
+        // SAFETY: AVX-512 is active (so supported); the panel holds every k group of row `r` (checked above).
+        let s = unsafe { x86::put_row16(panel.as_mut_ptr(), rows, r, &x[..full], inv, z, sum) };
+        return s.wrapping_add(put_row_mv(Isa::Scalar, panel, rows, r, full, &x[full..], inv, z, sum));
+    }
+    put_row_mv(isa, panel, rows, r, 0, x, inv, z, sum)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// [`super::put_row_body`] for `x.len()` a multiple of 16, without the K padding: 16 values per step,
+    /// bit-exact with it (`max` with 0 first sends NaN to 0, as there).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F/BW; `panel` holds `x.len() / 4` k groups of `rows` rows × 4 bytes, and `r < rows`.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn put_row16(panel: *mut u8, rows: usize, r: usize, x: &[f32], inv: f32, z: f32, sum: bool) -> i32 {
+        unsafe {
+            let (vinv, vz) = (_mm512_set1_ps(inv), _mm512_set1_ps(z));
+            let (lo, hi) = (_mm512_setzero_ps(), _mm512_set1_ps(255.0));
+            let mut acc = _mm512_setzero_si512();
+            let stride = rows * 4;
+            let mut dst = panel.add(r * 4);
+            for c in x.chunks_exact(16) {
+                let v = _mm512_mul_ps(_mm512_loadu_ps(c.as_ptr()), vinv);
+                let t = _mm512_add_ps(_mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v), vz);
+                let q = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(t, lo), hi));
+                if sum {
+                    acc = _mm512_add_epi32(acc, q);
+                }
+                let b = _mm512_cvtepi32_epi8(q);
+                if rows == 1 {
+                    _mm_storeu_si128(dst as *mut __m128i, b);
+                } else {
+                    (dst as *mut i32).write_unaligned(_mm_cvtsi128_si32(b));
+                    (dst.add(stride) as *mut i32).write_unaligned(_mm_extract_epi32::<1>(b));
+                    (dst.add(2 * stride) as *mut i32).write_unaligned(_mm_extract_epi32::<2>(b));
+                    (dst.add(3 * stride) as *mut i32).write_unaligned(_mm_extract_epi32::<3>(b));
+                }
+                dst = dst.add(4 * stride);
+            }
+            if sum { _mm512_reduce_add_epi32(acc) } else { 0 }
+        }
+    }
+}
 
 #[inline(always)]
 fn put_row_s8_body(panel: &mut [u8], rows: usize, r: usize, a: &[i8]) -> i32 {

@@ -6,7 +6,7 @@
 //! the conv weight permuted to `[c_out, kh, kw, c_in]`). Zero padding is the activation zero point (the code
 //! of 0.0). The output is `[n * ho * wo, c_out]` (NHWC).
 use super::act_pack::{self, qparams, ActQuant};
-use super::{check_linear, finish_linear, isa_of, PackedLinear, Path};
+use super::{check_linear, finish_linear, isa_of, Activation, PackedLinear, Path};
 use crate::error::{KernelError, Result};
 use crate::pool;
 
@@ -144,7 +144,7 @@ pub fn int8_conv2d(
             *sum = if need_sum { buf.iter().map(|&v| v as i32).sum() } else { 0 };
         }
     });
-    finish_linear(path, m, pa, w, bias, out);
+    finish_linear(path, m, pa, w, bias, Activation::Identity, out);
     Ok(())
 }
 
@@ -174,7 +174,7 @@ mod tests {
         // the same through int8_linear: NHWC rows are the linear layer's rows
         let rows = x.clone();
         let mut want = vec![0f32; n * h * w * co];
-        super::super::int8_linear(Path::Scalar, &rows, n * h * w, &pw, None, act, &mut want).unwrap();
+        super::super::int8_linear(Path::Scalar, &rows, n * h * w, &pw, None, act, Activation::Identity, &mut want).unwrap();
         assert_eq!(out, want);
     }
 }

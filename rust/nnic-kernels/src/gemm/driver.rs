@@ -91,6 +91,11 @@ pub(super) fn drive(path: Path, m: usize, a: &PackedA, b: &PackedB, c: &mut [i32
     let serial = m * n * kp < PAR_MIN_OPS || pool::num_threads() == 1;
     let threads = if serial { 1 } else { pool::num_threads() };
     let (kc_max, mc_panels, nc) = blocking();
+    // Up to twice the usual block height, all rows form one block: each weight panel is then read once from
+    // L3/DRAM instead of once per row block (M = 128 at K = N = 4096: 15 % faster when the weights are not
+    // cached), and the activation block still fits L2.
+    let panels_m = m.div_ceil(mr);
+    let mc_panels = if panels_m <= 2 * mc_panels { panels_m } else { mc_panels };
     let blocks = plan(m, n, mr, threads, mr * mc_panels, nc);
     let run = |blk: Block| {
         #[allow(clippy::redundant_locals)] // captures the Sync wrapper, not its raw pointer field

@@ -1,8 +1,78 @@
 //! Epilogues: what runs on each finished output block of the i32 accumulator while it is in cache.
 //! [`epilogue_int`] undoes the +128 activation shift of exact products; [`epilogue_f32`] applies the zero-point
-//! compensation, activation and weight scales and the bias, writing float32. Both are multiversioned loops
-//! (see the crate's SIMD style), picked by the ISA of the GEMM path.
+//! compensation, activation and weight scales, the bias and an optional [`Activation`] (GELU after the first
+//! Linear of a transformer's MLP, ReLU), writing float32: the activation costs no pass over the output of its
+//! own. Both are multiversioned loops (see the crate's SIMD style), picked by the ISA of the GEMM path.
 use super::path::{isa_of, Path};
+use crate::error::{KernelError, Result};
+
+/// An element-wise function applied to the float output in the epilogue.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Activation {
+    Identity,
+    /// `max(x, 0)`.
+    Relu,
+    /// `x/2 · (1 + erf(x/√2))`, the exact GELU (torch's default; erf as [`erf`]).
+    Gelu,
+}
+
+impl Activation {
+    /// Parses `"none"` / `"identity"`, `"relu"` or `"gelu"`.
+    pub fn parse(name: &str) -> Result<Activation> {
+        match name {
+            "none" | "identity" => Ok(Activation::Identity),
+            "relu" => Ok(Activation::Relu),
+            "gelu" => Ok(Activation::Gelu),
+            _ => Err(KernelError::Invalid {
+                what: format!("activation must be 'none', 'relu' or 'gelu', got {name:?}"),
+            }),
+        }
+    }
+}
+
+/// erf for float32: Eigen's rational approximation `x·P(x²)/Q(x²)` on [-4, 4] (erf is ±1 in float32 beyond;
+/// max abs error 4e-7), branch-free so that the epilogue loop vectorizes.
+#[inline(always)]
+#[allow(clippy::excessive_precision)]
+pub(crate) fn erf(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = x2.mul_add(-2.72614225801306e-10, 2.77068142495902e-08);
+    p = x2.mul_add(p, -2.10102402082508e-06);
+    p = x2.mul_add(p, -5.69250639462346e-05);
+    p = x2.mul_add(p, -7.34990630326855e-04);
+    p = x2.mul_add(p, -2.95459980854025e-03);
+    p = x2.mul_add(p, -1.60960333262415e-02);
+    let mut q = x2.mul_add(-1.45660718464996e-05, -2.13374055278905e-04);
+    q = x2.mul_add(q, -1.68282697438203e-03);
+    q = x2.mul_add(q, -7.37332916720468e-03);
+    q = x2.mul_add(q, -1.42647390514189e-02);
+    x * p / q
+}
+
+#[inline(always)]
+pub(crate) fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+#[inline(always)]
+fn activate(row: &mut [i32], act: Activation) {
+    // The row holds f32 bit patterns by now; one loop per activation keeps each one vectorizable.
+    match act {
+        Activation::Identity => {}
+        Activation::Relu => {
+            for v in row.iter_mut() {
+                let x = f32::from_bits(*v as u32);
+                *v = (if x > 0.0 { x } else { 0.0 }).to_bits() as i32;
+            }
+        }
+        Activation::Gelu => {
+            for v in row.iter_mut() {
+                *v = gelu(f32::from_bits(*v as u32)).to_bits() as i32;
+            }
+        }
+    }
+}
 
 #[inline(always)]
 fn epilogue_int_body(row: &mut [i32], colsum: &[i32], zero: i32) {
@@ -27,6 +97,7 @@ fn epilogue_f32_body(
     sa: f32,
     sw: &[f32],
     bias: Option<&[f32]>,
+    act: Activation,
 ) {
     let n = row.len();
     let (colsum, sw) = (&colsum[..n], &sw[..n]);
@@ -51,9 +122,11 @@ fn epilogue_f32_body(
             }
         }
     }
+    activate(row, act);
 }
 crate::simd::multiversion!(fn epilogue_f32_mv(
-    row: &mut [i32], colsum: &[i32], za: i32, zw: Option<&[i32]>, r: i32, sa: f32, sw: &[f32], bias: Option<&[f32]>
+    row: &mut [i32], colsum: &[i32], za: i32, zw: Option<&[i32]>, r: i32, sa: f32, sw: &[f32], bias: Option<&[f32]>,
+    act: Activation
 ) = epilogue_f32_body;);
 
 #[allow(clippy::too_many_arguments)]
@@ -67,6 +140,7 @@ pub(super) fn epilogue_f32(
     sa: f32,
     sw: &[f32],
     bias: Option<&[f32]>,
+    act: Activation,
 ) {
-    epilogue_f32_mv(isa_of(path), row, colsum, za, zw, r, sa, sw, bias)
+    epilogue_f32_mv(isa_of(path), row, colsum, za, zw, r, sa, sw, bias, act)
 }

@@ -2,7 +2,7 @@
 //! path [`int8_linear`] `f32 = dequant(quant(x) · W_s8ᵀ) + bias` built on the driver and the f32 epilogue.
 use super::act_pack::{self, ActQuant};
 use super::driver::{check_out, drive, Block};
-use super::epilogue::epilogue_f32;
+use super::epilogue::{epilogue_f32, Activation};
 use super::panels::{self, PackedA, PackedB, NR};
 use super::path::Path;
 use crate::error::{KernelError, Result};
@@ -87,8 +87,10 @@ impl PackedLinear {
     }
 }
 
-/// `out[m, n] = dequant(quant(x) · qᵀ) + bias` for `x[m, k]` (f32), with activations quantized on the fly
-/// as `act` says. Exact in the integer part: `out = sa_i · sw_j · sum_k (qa - za_i)(qw - zw_j) + bias_j`.
+/// `out[m, n] = f(dequant(quant(x) · qᵀ) + bias)` for `x[m, k]` (f32), with activations quantized on the fly
+/// as `act` says and `f` the `activation`. Exact in the integer part: `out = f(sa_i · sw_j · sum_k (qa - za_i)
+/// (qw - zw_j) + bias_j)`.
+#[allow(clippy::too_many_arguments)]
 pub fn int8_linear(
     path: Path,
     x: &[f32],
@@ -96,6 +98,7 @@ pub fn int8_linear(
     w: &PackedLinear,
     bias: Option<&[f32]>,
     act: ActQuant,
+    activation: Activation,
     out: &mut [f32],
 ) -> Result<()> {
     path.check()?;
@@ -103,7 +106,7 @@ pub fn int8_linear(
     check_out("x", x, m * k)?;
     check_linear(m, w, bias, act, out)?;
     let pa = act_pack::pack_f32(path, path.mr(), x, m, k, w.b.kp(), act, !w.zero.is_empty())?;
-    finish_linear(path, m, pa, w, bias, out);
+    finish_linear(path, m, pa, w, bias, activation, out);
     Ok(())
 }
 
@@ -131,8 +134,17 @@ pub(crate) fn check_linear(m: usize, w: &PackedLinear, bias: Option<&[f32]>, act
     Ok(())
 }
 
-/// The GEMM and float epilogue of packed activations `pa` (`m` rows) with `w`, into `out[m, n]`.
-pub(crate) fn finish_linear(path: Path, m: usize, pa: PackedA, w: &PackedLinear, bias: Option<&[f32]>, out: &mut [f32]) {
+/// The GEMM and float epilogue (with `activation`) of packed activations `pa` (`m` rows) with `w`, into
+/// `out[m, n]`.
+pub(crate) fn finish_linear(
+    path: Path,
+    m: usize,
+    pa: PackedA,
+    w: &PackedLinear,
+    bias: Option<&[f32]>,
+    activation: Activation,
+    out: &mut [f32],
+) {
     let (k, n) = (w.b.k(), w.b.n());
     let colsum = w.b.colsum();
     let kk = k as i32;
@@ -157,6 +169,7 @@ pub(crate) fn finish_linear(path: Path, m: usize, pa: PackedA, w: &PackedLinear,
                 pa.scale[i],
                 &w.scale[cols.clone()],
                 bias.map(|b| &b[cols.clone()]),
+                activation,
             );
         }
     };

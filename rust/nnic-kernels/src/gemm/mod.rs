@@ -17,7 +17,7 @@
 //! - `panels`: the packed operand layouts ([`PackedB`] weight panels, activation row panels);
 //! - `act_pack`: activations into u8 row panels (s8 shifted, or f32 quantized on the fly: [`ActQuant`]);
 //! - `driver`: blocking, the parallel blocked driver, exact `i32` products;
-//! - `epilogue`: the integer and float epilogues run on each finished block;
+//! - `epilogue`: the integer and float epilogues run on each finished block ([`Activation`]: GELU / ReLU);
 //! - [`linear`]: [`PackedLinear`] and [`int8_linear`];
 //! - [`conv`]: int8 conv2d by im2col into the activation panels; [`int4`]: int4 weights (tiles in
 //!   `int4_micro`);
@@ -36,6 +36,7 @@ pub mod path;
 
 pub use act_pack::{qparams as act_qparams, ActQuant};
 pub use driver::{int8_matmul, matmul_i8, KC};
+pub use epilogue::Activation;
 pub use linear::{int8_linear, PackedLinear};
 pub use panels::{PackedB, MAX_K, NR};
 pub use path::Path;

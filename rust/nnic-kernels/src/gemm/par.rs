@@ -11,11 +11,42 @@
 //! for tasks a helper has claimed (a short spin, then a condition variable: no core is burnt while a
 //! descheduled helper finishes). A helper that arrives after the last task is claimed leaves at once. So a
 //! helper descheduled by another process costs at most the task it holds, not a static share of the work.
+//!
+//! The OpenMP team cannot do that: `GOMP_parallel` returns only when every team thread has passed the region,
+//! so a thread that another process keeps off its core stalls the GEMM for a scheduler time slice (milliseconds)
+//! even when the other threads took all its tasks. So each run on the team records how late its last thread
+//! arrived; when one arrives more than [`LATE`] after the start (a neighbour holds a core), the GEMMs of the
+//! next [`AVOID`] run on the kernel pool instead, and then the team is tried again.
 use crate::error::{KernelError, Result};
 use crate::pool;
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// A team thread that arrives this long after the region started was kept off its core by another process
+/// (waking a sleeping OpenMP thread takes tens of microseconds).
+const LATE: Duration = Duration::from_micros(500);
+/// How long the GEMMs avoid the team after a late arrival.
+const AVOID: Duration = Duration::from_millis(500);
+
+/// Nanoseconds since [`epoch`] until which the team is avoided (0: not avoided).
+static AVOID_UNTIL: AtomicU64 = AtomicU64::new(0);
+
+fn epoch() -> Instant {
+    static E: OnceLock<Instant> = OnceLock::new();
+    *E.get_or_init(Instant::now)
+}
+
+fn nanos_since_epoch(t: Instant) -> u64 {
+    t.saturating_duration_since(epoch()).as_nanos() as u64
+}
+
+/// Whether a recent run on the team found a thread late (see the module docs).
+fn team_contended() -> bool {
+    let until = AVOID_UNTIL.load(Ordering::Relaxed);
+    until != 0 && nanos_since_epoch(Instant::now()) < until
+}
 
 type GompParallel = unsafe extern "C" fn(extern "C" fn(*mut c_void), *mut c_void, u32, u32);
 
@@ -75,11 +106,15 @@ struct Job<'a> {
     next: AtomicUsize,
     n: usize,
     panicked: AtomicBool,
+    start: Instant,
+    /// The latest arrival of a team thread, in nanoseconds after `start`.
+    last_arrival: AtomicU64,
 }
 
 extern "C" fn trampoline(data: *mut c_void) {
     // SAFETY: `data` is the `Job` that `for_each` keeps alive until `GOMP_parallel` returns.
     let job = unsafe { &*(data as *const Job) };
+    job.last_arrival.fetch_max(job.start.elapsed().as_nanos() as u64, Ordering::Relaxed);
     loop {
         let i = job.next.fetch_add(1, Ordering::Relaxed);
         if i >= job.n || job.panicked.load(Ordering::Relaxed) {
@@ -103,15 +138,26 @@ pub(crate) fn for_each(n: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
         return;
     }
     match gomp() {
-        Some(parallel) => {
-            let job = Job { f, next: AtomicUsize::new(0), n, panicked: AtomicBool::new(false) };
+        Some(parallel) if !team_contended() => {
+            let start = Instant::now();
+            let job = Job {
+                f,
+                next: AtomicUsize::new(0),
+                n,
+                panicked: AtomicBool::new(false),
+                start,
+                last_arrival: AtomicU64::new(0),
+            };
             // SAFETY: `trampoline` only reads `job`, which outlives the call; flags 0 = default binding.
             unsafe { parallel(trampoline, &job as *const Job as *mut c_void, threads as u32, 0) };
+            if job.last_arrival.load(Ordering::Relaxed) > LATE.as_nanos() as u64 {
+                AVOID_UNTIL.store(nanos_since_epoch(Instant::now() + AVOID).max(1), Ordering::Relaxed);
+            }
             if job.panicked.load(Ordering::Relaxed) {
                 panic!("a GEMM task panicked");
             }
         }
-        None => on_pool(n, threads, f),
+        _ => on_pool(n, threads, f),
     }
 }
 
