@@ -17,19 +17,22 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import fx, nn
 
 
 class UnionFind:
-    """Channel ids 0, 1, 2... with union by size and path halving."""
+    """Channel ids 0, 1, 2... with union by size and path halving; every root is its group's smallest id."""
 
     def __init__(self) -> None:
         self.parent: list[int] = []
+        self._roots: np.ndarray | None = None  # every id's root, until the next change
 
     def new(self, n: int) -> list[int]:
         start = len(self.parent)
         self.parent.extend(range(start, start + n))
+        self._roots = None
         return list(range(start, start + n))
 
     def find(self, i: int) -> int:
@@ -43,11 +46,13 @@ class UnionFind:
         ra, rb = self.find(a), self.find(b)
         if ra != rb:
             self.parent[max(ra, rb)] = min(ra, rb)
+            self._roots = None
 
     def union_pairs(self, a: Iterable[int], b: Iterable[int]) -> None:
         """``union(i, j)`` for each pair, in one loop (propagation couples whole channel lists at a time: a
         ResNet-50 couples some 160 000 pairs, and a call per pair and per find was most of its analysis)."""
         parent = self.parent
+        self._roots = None
         for i, j in zip(a, b):
             while parent[i] != i:
                 parent[i] = i = parent[parent[i]]
@@ -58,15 +63,24 @@ class UnionFind:
             elif j < i:
                 parent[i] = j
 
+    def root_array(self) -> np.ndarray:
+        """``find(i)`` of every id as an int64 array (read-only), computed once until the next union: speedup's
+        decision, shrinking and report all read it. A parent is never larger than its child, so pointer
+        jumping (``root = root[root]``) reaches the roots in a few vectorised passes."""
+        if self._roots is None:
+            r = np.asarray(self.parent, dtype=np.int64)
+            while True:
+                up = r[r]
+                if np.array_equal(up, r):
+                    break
+                r = up
+            r.setflags(write=False)
+            self._roots = r
+        return self._roots
+
     def roots(self) -> list[int]:
-        """``find(i)`` of every id, in one pass, for reading the groups once propagation is done. A parent is
-        never larger than its child (unions hang the larger root under the smaller), so ascending ids see
-        their parent's root already computed."""
-        parent = self.parent
-        out = list(parent)
-        for i, p in enumerate(parent):
-            out[i] = out[p]
-        return out
+        """``find(i)`` of every id, as a list."""
+        return self.root_array().tolist()
 
 
 @dataclass
@@ -155,10 +169,21 @@ class State:
     specs: dict[fx.Node, Any] = field(default_factory=dict)
     values: dict[fx.Node, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # Only the coupling is wanted (dependency-aware pruning on the dense model): sinks are not recorded and
+    # channel statistics read as "neither zero nor uniform", so rules skip the work that only speedup reads.
+    structure_only: bool = False
 
     def pin(self, ids: Iterable[int], why: str) -> None:
         for i in ids:
             self.pinned.setdefault(i, why)
+
+    def roots_of(self, ids: Sequence[int]) -> np.ndarray:
+        """The roots of ``ids`` (an int64 array): a slice of :meth:`UnionFind.root_array` for the consecutive
+        ids a slot holds, a gather otherwise."""
+        roots = self.uf.root_array()
+        if ids and ids[-1] - ids[0] == len(ids) - 1 and ids == list(range(ids[0], ids[-1] + 1)):
+            return roots[ids[0]:ids[-1] + 1]
+        return roots[np.asarray(ids, dtype=np.int64)] if ids else roots[:0]
 
 
 def _flatten(obj: Any) -> list[Any]:
@@ -261,6 +286,8 @@ class Call:
         """This module consumes channels ``ids``; ``removable[k]`` says whether dropping index k keeps its
         result exact. Where ``fold[k]``, dropping needs ``fold_values[k]`` folded into the bias (see
         :meth:`~nnic.speedup.rules.Rule.fold`)."""
+        if self.state.structure_only:
+            return
         where = f"{self.name or self.node.name}"
         blocked, removable = self.state.blocked, torch.as_tensor(removable, dtype=torch.bool).cpu()
         for k in (~removable).nonzero().flatten().tolist():
@@ -283,7 +310,10 @@ class Call:
         self._output_spec = spec
 
     def stats(self, value: torch.Tensor, dim: int, where: torch.Tensor | None = None) -> ChannelStats:
-        """Per channel along ``dim``: all zero, all equal, first value (only at ``where``, if given)."""
+        """Per channel along ``dim``: all zero, all equal, first value (only at ``where``, if given). A
+        structure-only propagation reads every channel as neither zero nor uniform, without looking."""
+        if self.state.structure_only:
+            return channel_stats(value, dim, torch.zeros(value.shape[dim], dtype=torch.bool))
         return channel_stats(value, dim, where)
 
 

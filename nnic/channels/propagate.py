@@ -96,9 +96,9 @@ def _tensors(obj: Any) -> list[Any]:
 class Propagation:
     """Runs the traced graph on the dummy input (masked weights, eval mode), calling each node's rule."""
 
-    def __init__(self, gm: fx.GraphModule, table: RuleTable, strict: bool) -> None:
+    def __init__(self, gm: fx.GraphModule, table: RuleTable, strict: bool, structure_only: bool = False) -> None:
         self.gm, self.table, self.strict = gm, table, strict
-        self.state = State()
+        self.state = State(structure_only=structure_only)
         self.warned: set[str] = set()
         self.output: Any = None
         self.capture: Capture | None = None
@@ -175,19 +175,20 @@ class Propagation:
 
 
 def analyze(model: nn.Module, dummy_input: Any, table: RuleTable, *, leaf_modules: Iterable[str | type] = (),
-            strict: bool = False, fallback: bool = True) -> Propagation:
+            strict: bool = False, fallback: bool = True, structure_only: bool = False) -> Propagation:
     """Capture ``model`` (:func:`~nnic.channels.capture.capture`: fx, or regions when fx cannot trace it) and
     propagate channel labels through it with ``table``'s rules, in eval mode and without gradients; the model's
     train/eval modes are restored; ``prop.capture`` says how it was captured (``fallback=False``: fx or an
-    error). The one spelling of capture + propagation that
-    speedup and dependency-aware pruning share."""
+    error). ``structure_only=True`` asks only for the coupling (ids, couplings, pins, constraints: what
+    dependency-aware pruning reads), not for what speedup decides with (dead channels, sinks, folds). The one
+    spelling of capture + propagation that speedup and dependency-aware pruning share."""
     args, kwargs = split_dummy_input(model, dummy_input)
     modes = {m: m.training for m in model.modules()}
     try:
         model.eval()
         captured = capture(model, args, kwargs, leaf_types=table.leaf_types, leaf_modules=leaf_modules,
                            fallback=fallback)
-        prop = Propagation(captured.parts[0].gm, table, strict)
+        prop = Propagation(captured.parts[0].gm, table, strict, structure_only)
         prop.capture = captured
         with torch.no_grad():
             for part in captured.parts:

@@ -166,8 +166,11 @@ class ChannelMixRule(Rule):
         return False
 
     def propagate(self, call: Call) -> None:
-        module, x, spec = call.module, call.value(0), call.spec(0)
+        module, x, spec, y = call.module, call.value(0), call.spec(0), call.output
         d = self.in_dim(module, x)
+        if call.state.structure_only:  # the coupling only: no weight is read (usage is a pass over all of them)
+            self._couple_only(call, x, d, y)
+            return
         local, g_use = self.grouped_usage(module)
         local = local.cpu()
         n_out, ip = local.shape
@@ -193,7 +196,23 @@ class ChannelMixRule(Rule):
                 if f.module == call.name:
                     call.state.blocked.setdefault(in_ids[f.position], f"{call.name} (called twice)")
         dead_out = (~blocks | dead_in.reshape(g_use, 1, ip)).all(2).reshape(-1)
-        y = call.output
+        self._output(call, x, d, y, out_ids, dead_out, in_ids, first_call)
+
+    def _couple_only(self, call: Call, x: torch.Tensor, d: int, y: torch.Tensor) -> None:
+        """:meth:`propagate` of a structure-only propagation: the same ids, couplings, pins and constraints,
+        no usage, sinks or dead channels."""
+        spec = call.spec(0)
+        in_ids, out_ids = call.slot("in", x.shape[d]), call.slot("out", y.shape[self.out_dim(call.module, y)])
+        if spec is not None and spec.dim == d:
+            call.couple(in_ids, spec.ids)
+        else:
+            call.pin(in_ids, f"{call.name}: its input channels are not tracked")
+        self._output(call, x, d, y, out_ids, torch.zeros(len(out_ids), dtype=torch.bool), in_ids,
+                     call.state.calls.get(call.name, 1) == 1)
+
+    def _output(self, call: Call, x: torch.Tensor, d: int, y: torch.Tensor, out_ids: list[int],
+                dead_out: torch.Tensor, in_ids: list[int], first_call: bool) -> None:
+        spec, module = call.spec(0), call.module
         if spec is not None and spec.dim != d:
             call.pin(out_ids, f"{call.name}: its output channels would sit beside tracked ones")
             call.set_output(_same_dim(spec, x, y))
