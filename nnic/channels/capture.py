@@ -24,11 +24,15 @@ class Capture:
     graph of the whole model traced along the dummy input: fx could not trace it symbolically, but its Python
     branches, dtype checks and mask helpers resolve on the example) or ``"regions"`` (the largest submodules
     that trace, each along the inputs it really received from the dummy input); ``not_analysed`` names each
-    module whose forward code could not be traced, and why: the channels crossing that code are kept."""
+    module whose forward code could not be traced, and why: the channels crossing that code are kept.
+    ``key`` is the fingerprint of an ``"fx"`` capture (:mod:`~nnic.channels.reuse`), ``reused`` whether its graph
+    came from an earlier analysis of the same model."""
 
     kind: str
     parts: list[Part]
     not_analysed: dict[str, str] = field(default_factory=dict)
+    key: tuple | None = None
+    reused: bool = False
 
 
 def capture(model: nn.Module, args: tuple, kwargs: dict, *, leaf_types: Iterable[type] = (),
@@ -45,11 +49,11 @@ def capture(model: nn.Module, args: tuple, kwargs: dict, *, leaf_types: Iterable
     key = reuse.fingerprint(model, args, kwargs, leaf_types, leaf_modules)
     gm = reuse.recall(model, key)
     if gm is not None:  # traced before (dependency-aware pruning, then speedup): the same graph
-        return Capture("fx", [Part("", gm, [(model, args, kwargs)])])
+        return Capture("fx", [Part("", gm, [(model, args, kwargs)])], key=key, reused=True)
     try:
         gm = trace(model, args, kwargs, leaf_types=leaf_types, leaf_modules=leaf_modules)
         reuse.remember(model, key, gm)
-        return Capture("fx", [Part("", gm, [(model, args, kwargs)])])
+        return Capture("fx", [Part("", gm, [(model, args, kwargs)])], key=key)
     except CaptureError as exc:
         if not fallback:
             raise

@@ -22,16 +22,44 @@ import torch
 from torch import fx, nn
 
 
+@dataclass(frozen=True)
+class UnionRecord:
+    """A union-find's unions and their result, kept so that another propagation asking for exactly the same
+    unions over as many ids adopts the result instead of computing it again (the groups are a function of
+    the pairs and the id count alone)."""
+
+    size: int
+    pairs: list[tuple[list[int], list[int]]]
+    parent: list[int]
+    roots: np.ndarray
+
+
 class UnionFind:
-    """Channel ids 0, 1, 2... with union by size and path halving; every root is its group's smallest id."""
+    """Channel ids 0, 1, 2...; every root is its group's smallest id.
+
+    Unions are recorded as they are asked for and applied (path halving, the larger root hung under the
+    smaller) when a root is first read: propagation only writes unions, and speedup and pruning read the
+    groups once it is done, so a propagation whose unions match a recorded one (:meth:`adopt`) never runs
+    them."""
 
     def __init__(self) -> None:
-        self.parent: list[int] = []
+        self._parent: list[int] = []
+        self.pairs: list[tuple[list[int], list[int]]] = []  # every union asked for, in order
+        self._applied = 0  # pairs[:_applied] are in _parent
         self._roots: np.ndarray | None = None  # every id's root, until the next change
 
+    @property
+    def size(self) -> int:
+        return len(self._parent)
+
+    @property
+    def parent(self) -> list[int]:
+        self._flush()
+        return self._parent
+
     def new(self, n: int) -> list[int]:
-        start = len(self.parent)
-        self.parent.extend(range(start, start + n))
+        start = len(self._parent)
+        self._parent.extend(range(start, start + n))
         self._roots = None
         return list(range(start, start + n))
 
@@ -43,25 +71,29 @@ class UnionFind:
         return i
 
     def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-            self._roots = None
+        self.union_pairs([a], [b])
 
     def union_pairs(self, a: Iterable[int], b: Iterable[int]) -> None:
-        """``union(i, j)`` for each pair, in one loop (propagation couples whole channel lists at a time: a
-        ResNet-50 couples some 160 000 pairs, and a call per pair and per find was most of its analysis)."""
-        parent = self.parent
+        """``union(i, j)`` for each pair (propagation couples whole channel lists at a time: a ResNet-50
+        couples some 160 000 pairs, and a call per pair and per find was most of its analysis)."""
+        a, b = list(a), list(b)
+        n = min(len(a), len(b))
+        self.pairs.append((a[:n], b[:n]) if n < max(len(a), len(b)) else (a, b))
         self._roots = None
-        for i, j in zip(a, b):
-            while parent[i] != i:
-                parent[i] = i = parent[parent[i]]
-            while parent[j] != j:
-                parent[j] = j = parent[parent[j]]
-            if i < j:
-                parent[j] = i
-            elif j < i:
-                parent[i] = j
+
+    def _flush(self) -> None:
+        parent = self._parent
+        for a, b in self.pairs[self._applied:]:
+            for i, j in zip(a, b):
+                while parent[i] != i:
+                    parent[i] = i = parent[parent[i]]
+                while parent[j] != j:
+                    parent[j] = j = parent[parent[j]]
+                if i < j:
+                    parent[j] = i
+                elif j < i:
+                    parent[i] = j
+        self._applied = len(self.pairs)
 
     def root_array(self) -> np.ndarray:
         """``find(i)`` of every id as an int64 array (read-only), computed once until the next union: speedup's
@@ -81,6 +113,19 @@ class UnionFind:
     def roots(self) -> list[int]:
         """``find(i)`` of every id, as a list."""
         return self.root_array().tolist()
+
+    def record(self) -> UnionRecord:
+        """The unions so far and their result (copies: this union-find may go on uniting)."""
+        roots = self.root_array()
+        return UnionRecord(self.size, list(self.pairs), list(self._parent), roots)
+
+    def adopt(self, record: UnionRecord) -> bool:
+        """Take ``record``'s result if it was computed from exactly these unions over as many ids (then nothing
+        is applied here); returns whether it was."""
+        if record.size != self.size or len(record.pairs) != len(self.pairs) or record.pairs != self.pairs:
+            return False
+        self._parent, self._applied, self._roots = list(record.parent), len(self.pairs), record.roots
+        return True
 
 
 @dataclass

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from nnic.channels import reuse
 from nnic.channels.capture import Capture, capture
 from nnic.channels.graph import Call, Spec, State, describe
 from nnic.channels.tracer import placeholder_values, split_dummy_input
@@ -102,6 +103,7 @@ class Propagation:
         self.warned: set[str] = set()
         self.output: Any = None
         self.capture: Capture | None = None
+        self.groups_reused = False  # the groups came from an earlier propagation with the same unions
 
     def run(self, inputs: dict[str, Any], gm: fx.GraphModule | None = None, output_why: str = "a model output") -> State:
         """``inputs``: the forward's parameter values by name, in the signature's order (placeholders are
@@ -196,6 +198,11 @@ def analyze(model: nn.Module, dummy_input: Any, table: RuleTable, *, leaf_module
                     f"output of {part.prefix!r}, read by code that could not be traced"
                 for module, a, kw in part.calls:
                     prop.run(placeholder_values(module, a, kw), part.gm, why)
+        if captured.key is not None:  # an fx graph: the next analysis of this model may ask for the same unions
+            known = reuse.recall_unions(model, captured.key)
+            prop.groups_reused = known is not None and prop.state.uf.adopt(known)
+            if not prop.groups_reused:
+                reuse.remember_unions(model, captured.key, prop.state.uf.record())
     finally:
         for m, mode in modes.items():
             m.training = mode

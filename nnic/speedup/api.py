@@ -256,8 +256,7 @@ class ModelSpeedup:
         return model
 
     def _fold_masks(self) -> None:
-        unwrap_masks(self.model)
-        apply_masks(self.model, self.masks)
+        apply_masks(self.model, self.masks, unwrap_masks(self.model))
         self.model.eval()
 
     def _report(self, prop: Propagation, removed: set[int], why: dict[int, str], shrunk: dict) -> SpeedupReport:

@@ -56,6 +56,11 @@ def decide(state: State, why: dict[int, str] | None = None) -> set[int]:
     def is_removed(i: int) -> bool:  # constraints ask id by id: plain lists and sets beat numpy scalars here
         return find(i) in removed
 
+    def many(ids) -> np.ndarray:  # or a whole list at once (see nnic.speedup.rules.removed_flags)
+        return gone[roots[np.asarray(ids, dtype=np.int64)]]
+
+    is_removed.many = many  # type: ignore[attr-defined]
+
     def keep(root: int, reason: str) -> None:
         removed.discard(root)
         gone[root] = False
@@ -127,26 +132,44 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name), attr, new)
 
 
-def unwrap_masks(model: nn.Module) -> None:
-    """Fold nnic's mask parametrizations into plain weights (speedup needs plain modules)."""
+def unwrap_masks(model: nn.Module) -> dict[tuple[str, str], list[torch.Tensor]]:
+    """Fold nnic's mask parametrizations into plain weights (speedup needs plain modules); returns the masks
+    folded, ``{(layer, parameter): [mask, ...]}``."""
     from nnic.masking import ParameterMask, fold_masks
 
+    folded: dict[tuple[str, str], list[torch.Tensor]] = {}
     for name, module in model.named_modules():
         if not parametrize.is_parametrized(module):
             continue
         for pname in module.parametrizations.keys():
-            if not all(isinstance(p, ParameterMask) for p in module.parametrizations[pname]):
+            plist = module.parametrizations[pname]
+            if not all(isinstance(p, ParameterMask) for p in plist):
                 raise SpeedupError(f"{name}.{pname} has a parametrization other than an nnic mask; remove it "
                                    f"(e.g. unwrap the quantizer) before speedup")
+            folded[(name, pname)] = [p.mask for p in plist]
         fold_masks(module)
+    return folded
 
 
-def apply_masks(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tensor | None]]) -> None:
+def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """One tensor seen twice (a parametrization keeps a view of the mask it was given): same memory, layout and
+    dtype, so the same values."""
+    return (a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
+            and a.device == b.device)
+
+
+def apply_masks(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tensor | None]],
+                folded: Mapping[tuple[str, str], list[torch.Tensor]] | None = None) -> None:
+    """Multiply the weights by ``masks``; a mask that :func:`unwrap_masks` has just folded into its parameter
+    (``folded``: the pruner's masks, given back to speedup) is already in it, and is not applied twice."""
+    folded = folded or {}
     with torch.no_grad():
         for layer, per_param in masks.items():
             module = model.get_submodule(layer)
             for pname, mask in per_param.items():
                 if mask is None:
+                    continue
+                if mask.dtype == torch.bool and any(_same_tensor(mask, m) for m in folded.get((layer, pname), ())):
                     continue
                 p = getattr(module, pname)
                 p.mul_(mask.to(device=p.device, dtype=torch.bool).to(p.dtype))
