@@ -191,18 +191,20 @@ class StructuredPruner(Pruner):
             smallest = min(len(np.unique(ids[n])) for n in names)
             n_prune = smallest - self._keep_count(smallest, amount(sparsity, smallest))
             chosen.append(self._select(roots, total, n_prune, sparsity, found.blocks))
-        pruned_roots = np.unique(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
+        is_pruned = np.zeros(max((int(i.max()) + 1 for i in ids.values() if i.size), default=0), dtype=bool)
+        if chosen:
+            is_pruned[np.concatenate(chosen)] = True
         pruned = {}
         for name in self.layers:
             if name in groups:
-                pruned[name] = torch.from_numpy(np.isin(ids[name], pruned_roots))
+                pruned[name] = torch.from_numpy(is_pruned[ids[name]])
             else:  # not traced (not called): prune alone
                 n = scores[name].numel()
                 pruned[name] = _lowest(scores[name], n - self._keep_count(n, amount(self.layers[name].config.get("sparsity", 0.0), n)))
         # Every other layer coupled to a pruned channel is masked too.
         for name, layer_ids in ids.items():
             if name not in pruned:
-                flags = np.isin(layer_ids, pruned_roots)
+                flags = is_pruned[layer_ids]
                 if flags.any():
                     pruned[name] = torch.from_numpy(flags)
         return pruned
