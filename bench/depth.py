@@ -13,12 +13,14 @@ median wall time and process CPU time of each (rounds interleaved nnic, TP, nnic
 the depth goal holds (nnic's parameter ratio at most Torch-Pruning's + 0.01), whether nnic's output equals the
 masked model's, and the largest group of masked channels nnic kept, with the reason its report gives. A summary
 follows: median and largest time ratios over the models both handle, the rows that miss a goal, the models
-Torch-Pruning fails. 2 threads. Torch-Pruning is a bench dependency only (``pip install 'nnic[bench]'``).
+Torch-Pruning fails. 2 threads (``--threads``). Torch-Pruning is a bench dependency only
+(``pip install 'nnic[bench]'``).
 
     python bench/depth.py --quick                   # 7 families, 3 rounds: a few minutes
     python bench/depth.py --all --rounds 1          # every torchvision classifier up to 200M parameters
     python bench/depth.py --all --rounds 1 --size 64   # the same, depth only in a fraction of the time
     python bench/depth.py --models resnet50 convnext_tiny --rounds 5
+    python bench/depth.py --quick --threads 1       # single-threaded CPU time: comparable on a loaded machine
 """
 
 from __future__ import annotations
@@ -158,15 +160,17 @@ def main() -> None:
     group.add_argument("--quick", action="store_true", help=f"the {len(QUICK)} families {', '.join(QUICK)}")
     group.add_argument("--all", action="store_true", help="every torchvision classifier up to 200M parameters")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per model (median)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch threads (1: CPU time compares the single-threaded work of both, under load too)")
     parser.add_argument("--size", type=int, default=224,
                         help="input side (ViT and MaxViT always get 224, Inception and Swin at least 96)")
     args = parser.parse_args()
     names = all_models() if args.all else QUICK if args.quick else args.models or DEFAULT
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     import torch_pruning  # noqa: F401  imported, and nnic's plugins loaded, before any round is timed
 
     nnic.list_plugins()
-    print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; {args.threads} thread(s)")
     print("| model | params nnic | params TP | FLOPs nnic | FLOPs TP | nnic s (wall / cpu) | TP s (wall / cpu) | "
           "time ratio (wall / cpu) | depth ok | output = masked | masked channels kept (largest group): why |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

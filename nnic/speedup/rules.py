@@ -74,7 +74,7 @@ def slice_param(module: nn.Module, name: str, index: torch.Tensor | None, dim: i
     t = getattr(module, name, None)
     if t is None:
         return
-    new = t.detach().index_select(dim, index.to(t.device)).clone()
+    new = t.detach().index_select(dim, index.to(t.device))  # a new tensor already: no second copy
     if isinstance(t, nn.Parameter):
         setattr(module, name, nn.Parameter(new, requires_grad=t.requires_grad))
     else:
