@@ -179,7 +179,7 @@ def channel_stats(value: torch.Tensor, dim: int, where: torch.Tensor | None = No
     if flat.shape[1] == 0:
         zero[index], uniform[index] = True, True
         return ChannelStats(zero, uniform, first)
-    hi, lo = flat.amax(1), flat.amin(1)
+    lo, hi = torch.aminmax(flat, dim=1)
     finite = torch.isfinite(hi) & torch.isfinite(lo)  # a NaN anywhere in a channel makes its max NaN
     zero[index] = ((hi == 0) & (lo == 0) & finite).cpu()
     uniform[index] = ((hi == lo) & finite).cpu()

@@ -197,7 +197,9 @@ class ChannelMixRule(Rule):
             for f in call.state.folds:
                 if f.module == call.name:
                     call.state.blocked.setdefault(in_ids[f.position], f"{call.name} (called twice)")
-        dead_out = (~blocks | dead_in.reshape(g_use, 1, ip)).all(2).reshape(-1)
+        # An output channel is dead when every input it reads is dead: when it reads no live input.
+        reads_live = blocks.any(2) if not bool(dead_in.any()) else (blocks & ~dead_in.reshape(g_use, 1, ip)).any(2)
+        dead_out = ~reads_live.reshape(-1)
         self._output(call, x, d, y, out_ids, dead_out, in_ids, first_call)
 
     def _couple_only(self, call: Call, x: torch.Tensor, d: int, y: torch.Tensor) -> None:
