@@ -12,10 +12,12 @@ from typing import Any
 
 import torch
 from torch import fx, nn
+from torch.fx import _symbolic_trace as st
 
 from nnic.channels.tracer import Tracer
 
 _MISSING = object()
+_ORIGINAL_CALL = st._orig_module_call  # nn.Module.__call__ as it was before fx patched it
 
 
 class _ConcreteProxy(fx.Proxy):
@@ -90,8 +92,8 @@ class ValueTracer(Tracer):
                         value = getattr(value, part)
                 else:
                     a, kw = _realize(self, args), _realize(self, kwargs)
-                    if kind == "call_module":
-                        value = self.root.get_submodule(target)(*a, **kw)
+                    if kind == "call_module":  # around fx's call wrapper, which rescans globals per call
+                        value = _ORIGINAL_CALL(self.root.get_submodule(target), *a, **kw)
                     elif kind == "call_method":
                         value = getattr(a[0], target)(*a[1:], **kw)
                     else:
