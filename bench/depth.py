@@ -13,17 +13,20 @@ median wall time and process CPU time of each (rounds interleaved nnic, TP, nnic
 the depth goal holds (nnic's parameter ratio at most Torch-Pruning's + 0.01), whether nnic's output equals the
 masked model's, and the largest group of masked channels nnic kept, with the reason its report gives. A summary
 follows: median and largest time ratios over the models both handle, the rows that miss a goal, the models
-Torch-Pruning fails. 2 threads. Torch-Pruning is a bench dependency only (``pip install 'nnic[bench]'``).
+Torch-Pruning fails. 2 threads (``--threads``). Torch-Pruning is a bench dependency only
+(``pip install 'nnic[bench]'``).
 
     python bench/depth.py --quick                   # 7 families, 3 rounds: a few minutes
     python bench/depth.py --all --rounds 1          # every torchvision classifier up to 200M parameters
     python bench/depth.py --all --rounds 1 --size 64   # the same, depth only in a fraction of the time
     python bench/depth.py --models resnet50 convnext_tiny --rounds 5
+    python bench/depth.py --quick --threads 1       # single-threaded CPU time: comparable on a loaded machine
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import statistics
@@ -109,11 +112,33 @@ def run_nnic(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, Clock, str]:
     return model, clock, why
 
 
-def run_tp(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, Clock]:
+@contextlib.contextmanager
+def memory_limit(gib: float):
+    """At most ``gib`` GiB more of heap for the block (Linux ``RLIMIT_DATA``): Torch-Pruning's dependency graph
+    grows past 7-23 GB on Swin and MaxViT, on a machine others share; beyond the limit it fails with
+    MemoryError (a row of its own) instead. No limit where the platform has none."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+        with open("/proc/self/status") as status:
+            data = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmData:"))
+    except (ImportError, OSError, StopIteration):
+        yield
+        return
+    cap = data + int(gib * 2**30)
+    resource.setrlimit(resource.RLIMIT_DATA, (cap if hard == resource.RLIM_INFINITY else min(cap, hard), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
+
+
+def run_tp(model: nn.Module, x: torch.Tensor, memory_gib: float = 6.0) -> tuple[nn.Module, Clock]:
     import torch_pruning as tp
 
     head = model.get_submodule(classifier(model))
-    with Clock() as clock, warnings.catch_warnings():
+    with memory_limit(memory_gib), Clock() as clock, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # its notes on unwrapped parameters (layer scales), every round
         pruner = tp.pruner.MetaPruner(model, x, importance=tp.importance.MagnitudeImportance(p=1),
                                       pruning_ratio=0.5, ignored_layers=[head])
@@ -121,7 +146,7 @@ def run_tp(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, Clock]:
     return model, clock
 
 
-def bench_model(name: str, rounds: int, size: int) -> dict:
+def bench_model(name: str, rounds: int, size: int, tp_memory_gib: float = 6.0) -> dict:
     """One row: interleaved rounds of nnic and Torch-Pruning on copies of one dense model."""
     torch.manual_seed(0)
     dense = torchvision.models.get_model(name, weights=None).eval()
@@ -139,7 +164,7 @@ def bench_model(name: str, rounds: int, size: int) -> dict:
         row.update(pn=params(model) / p0, fn=flops(model, x) / f0, why=why)
         if row["tp_error"] is None:
             try:
-                model, clock = run_tp(copy.deepcopy(dense).eval(), x)
+                model, clock = run_tp(copy.deepcopy(dense).eval(), x, tp_memory_gib)
                 row.update(pt=params(model) / p0, ft=flops(model, x) / f0)  # its model must still run
                 row["tp"].append(clock)
             except Exception as exc:  # Torch-Pruning fails on some models: report, keep going
@@ -158,21 +183,25 @@ def main() -> None:
     group.add_argument("--quick", action="store_true", help=f"the {len(QUICK)} families {', '.join(QUICK)}")
     group.add_argument("--all", action="store_true", help="every torchvision classifier up to 200M parameters")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per model (median)")
+    parser.add_argument("--tp-memory-gib", type=float, default=6.0,
+                        help="heap Torch-Pruning may grow by per model before it fails with MemoryError")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch threads (1: CPU time compares the single-threaded work of both, under load too)")
     parser.add_argument("--size", type=int, default=224,
                         help="input side (ViT and MaxViT always get 224, Inception and Swin at least 96)")
     args = parser.parse_args()
     names = all_models() if args.all else QUICK if args.quick else args.models or DEFAULT
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     import torch_pruning  # noqa: F401  imported, and nnic's plugins loaded, before any round is timed
 
     nnic.list_plugins()
-    print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; {args.threads} thread(s)")
     print("| model | params nnic | params TP | FLOPs nnic | FLOPs TP | nnic s (wall / cpu) | TP s (wall / cpu) | "
           "time ratio (wall / cpu) | depth ok | output = masked | masked channels kept (largest group): why |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     wall_ratios, cpu_ratios, missed, tp_fails, failed = [], [], [], [], []
     for name in names:
-        row = bench_model(name, args.rounds, args.size)
+        row = bench_model(name, args.rounds, args.size, args.tp_memory_gib)
         if row["error"]:
             failed.append(name)
             print(f"| {name} | fails: {row['error']} | | | | | | | | NO | |", flush=True)

@@ -24,32 +24,40 @@ class Capture:
     graph of the whole model traced along the dummy input: fx could not trace it symbolically, but its Python
     branches, dtype checks and mask helpers resolve on the example) or ``"regions"`` (the largest submodules
     that trace, each along the inputs it really received from the dummy input); ``not_analysed`` names each
-    module whose forward code could not be traced, and why: the channels crossing that code are kept."""
+    module whose forward code could not be traced, and why: the channels crossing that code are kept.
+    ``key`` is the fingerprint of an ``"fx"`` capture (:mod:`~nnic.channels.reuse`), ``reused`` whether its graph
+    came from an earlier analysis of the same model, ``values`` every node's value on the dummy input when the
+    graph was traced just now (computed while tracing: the propagation reads them instead of running the model
+    again)."""
 
     kind: str
     parts: list[Part]
     not_analysed: dict[str, str] = field(default_factory=dict)
+    key: tuple | None = None
+    reused: bool = False
+    values: dict = field(default_factory=dict)
 
 
 def capture(model: nn.Module, args: tuple, kwargs: dict, *, leaf_types: Iterable[type] = (),
-            leaf_modules: Iterable[str | type] = (), fallback: bool = True) -> Capture:
+            leaf_modules: Iterable[str | type] = (), fallback: bool = True, values: bool = False) -> Capture:
     """One fx graph of ``model``; when fx cannot trace the model's own forward (transformers' mask and cache
     helpers, Python branches on tensor values), the regions that follow the real execution instead.
 
     The fallback runs the model once on the dummy input, recording each submodule's inputs, then tries the
     whole model traced along that input (kept only if it reproduces the real output), and else walks the
     module tree from the top (:func:`~nnic.channels.regions.find_regions`). A module called several times is
-    analysed on every call.
+    analysed on every call. ``values=True``: a graph traced now carries every node's value (``Capture.values``).
     """
     leaf_modules, leaf_types = list(leaf_modules), tuple(leaf_types)
     key = reuse.fingerprint(model, args, kwargs, leaf_types, leaf_modules)
     gm = reuse.recall(model, key)
     if gm is not None:  # traced before (dependency-aware pruning, then speedup): the same graph
-        return Capture("fx", [Part("", gm, [(model, args, kwargs)])])
+        return Capture("fx", [Part("", gm, [(model, args, kwargs)])], key=key, reused=True)
     try:
-        gm = trace(model, args, kwargs, leaf_types=leaf_types, leaf_modules=leaf_modules)
+        known: dict | None = {} if values else None
+        gm = trace(model, args, kwargs, leaf_types=leaf_types, leaf_modules=leaf_modules, values=known)
         reuse.remember(model, key, gm)
-        return Capture("fx", [Part("", gm, [(model, args, kwargs)])])
+        return Capture("fx", [Part("", gm, [(model, args, kwargs)])], key=key, values=known or {})
     except CaptureError as exc:
         if not fallback:
             raise

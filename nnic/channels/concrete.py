@@ -8,15 +8,16 @@ real output before using it (:func:`~nnic.channels.execution.check_faithful`).
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch
 from torch import fx, nn
+from torch.fx import _symbolic_trace as st
 
 from nnic.channels.tracer import Tracer
 
 _MISSING = object()
+_ORIGINAL_CALL = st._orig_module_call  # nn.Module.__call__ as it was before fx patched it
 
 
 class _ConcreteProxy(fx.Proxy):
@@ -41,19 +42,6 @@ class _ConcreteProxy(fx.Proxy):
         return len(real)
 
 
-@contextlib.contextmanager
-def _unpatched():
-    """Real computation during tracing: fx patches ``nn.Module.__call__``/``__getattr__`` while it traces."""
-    from torch.fx import _symbolic_trace as st
-
-    call, getattr_ = nn.Module.__call__, nn.Module.__getattr__
-    nn.Module.__call__, nn.Module.__getattr__ = st._orig_module_call, st._orig_module_getattr
-    try:
-        yield
-    finally:
-        nn.Module.__call__, nn.Module.__getattr__ = call, getattr_
-
-
 def _realize(tracer: Any, obj: Any) -> Any:
     def one(a: Any) -> Any:
         if isinstance(a, fx.Proxy):
@@ -67,21 +55,34 @@ def _realize(tracer: Any, obj: Any) -> Any:
     return fx.node.map_aggregate(obj, one)
 
 
-class ConcreteTracer(Tracer):
-    """fx tracing that also computes every node's real value on the dummy input (eval mode, no gradients): the
-    graph follows the branches the example takes (dtype checks, mask helpers, ``len`` of outputs)."""
+class ValueTracer(Tracer):
+    """fx's symbolic tracing that also computes every node's real value on the dummy input (eval mode, no
+    gradients) as it records the node, without letting the values steer the trace: the graph is the symbolic
+    one, and the values (``real``: node -> value) spare the propagation that follows a forward of its own."""
 
     def __init__(self, leaf_types: tuple[type, ...], leaf_names: set[str], inputs: list[Any]) -> None:
         super().__init__(leaf_types, leaf_names)
         self.inputs, self.real, self.placeholders = inputs, {}, 0
+        self.computing = False  # computing a value: module calls and attributes are the real ones
 
-    def proxy(self, node: fx.Node) -> fx.Proxy:
-        return _ConcreteProxy(node, self)
+    # fx patches nn.Module.__call__ and __getattr__ while it traces; swapping them back for each value would
+    # reset the method caches of every Module class (milliseconds a node). These two hooks are where the patches
+    # land: while a value is computed they answer with the real call and the real attribute.
+    def call_module(self, m: nn.Module, forward, args, kwargs):
+        if self.computing:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
+        if self.computing:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
 
     def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+        self.computing = True
         try:
-            with torch.no_grad(), _unpatched():
+            with torch.no_grad():
                 if kind == "placeholder":
                     value = self.inputs[self.placeholders]
                     self.placeholders += 1
@@ -91,16 +92,26 @@ class ConcreteTracer(Tracer):
                         value = getattr(value, part)
                 else:
                     a, kw = _realize(self, args), _realize(self, kwargs)
-                    if kind == "call_module":
-                        value = self.root.get_submodule(target)(*a, **kw)
+                    if kind == "call_module":  # around fx's call wrapper, which rescans globals per call
+                        value = _ORIGINAL_CALL(self.root.get_submodule(target), *a, **kw)
                     elif kind == "call_method":
                         value = getattr(a[0], target)(*a[1:], **kw)
                     else:
                         value = target(*a, **kw)
         except Exception:  # no real value: the node behaves as in plain fx
             return proxy
+        finally:
+            self.computing = False
         self.real[proxy.node] = value
         return proxy
+
+
+class ConcreteTracer(ValueTracer):
+    """fx tracing that also computes every node's real value on the dummy input (eval mode, no gradients): the
+    graph follows the branches the example takes (dtype checks, mask helpers, ``len`` of outputs)."""
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _ConcreteProxy(node, self)
 
     def to_bool(self, obj: fx.Proxy) -> bool:
         real = self.real.get(obj.node, _MISSING)
@@ -121,4 +132,4 @@ class ConcreteTracer(Tracer):
         return list(real.keys())
 
 
-__all__ = ["ConcreteTracer"]
+__all__ = ["ConcreteTracer", "ValueTracer"]

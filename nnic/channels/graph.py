@@ -17,19 +17,50 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import fx, nn
 
 
+@dataclass(frozen=True)
+class UnionRecord:
+    """A union-find's unions and their result, kept so that another propagation asking for exactly the same
+    unions over as many ids adopts the result instead of computing it again (the groups are a function of
+    the pairs and the id count alone)."""
+
+    size: int
+    pairs: list[tuple[list[int], list[int]]]
+    parent: list[int]
+    roots: np.ndarray
+
+
 class UnionFind:
-    """Channel ids 0, 1, 2... with union by size and path halving."""
+    """Channel ids 0, 1, 2...; every root is its group's smallest id.
+
+    Unions are recorded as they are asked for and applied (path halving, the larger root hung under the
+    smaller) when a root is first read: propagation only writes unions, and speedup and pruning read the
+    groups once it is done, so a propagation whose unions match a recorded one (:meth:`adopt`) never runs
+    them."""
 
     def __init__(self) -> None:
-        self.parent: list[int] = []
+        self._parent: list[int] = []
+        self.pairs: list[tuple[list[int], list[int]]] = []  # every union asked for, in order
+        self._applied = 0  # pairs[:_applied] are in _parent
+        self._roots: np.ndarray | None = None  # every id's root, until the next change
+
+    @property
+    def size(self) -> int:
+        return len(self._parent)
+
+    @property
+    def parent(self) -> list[int]:
+        self._flush()
+        return self._parent
 
     def new(self, n: int) -> list[int]:
-        start = len(self.parent)
-        self.parent.extend(range(start, start + n))
+        start = len(self._parent)
+        self._parent.extend(range(start, start + n))
+        self._roots = None
         return list(range(start, start + n))
 
     def find(self, i: int) -> int:
@@ -40,33 +71,61 @@ class UnionFind:
         return i
 
     def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
+        self.union_pairs([a], [b])
 
     def union_pairs(self, a: Iterable[int], b: Iterable[int]) -> None:
-        """``union(i, j)`` for each pair, in one loop (propagation couples whole channel lists at a time: a
-        ResNet-50 couples some 160 000 pairs, and a call per pair and per find was most of its analysis)."""
-        parent = self.parent
-        for i, j in zip(a, b):
-            while parent[i] != i:
-                parent[i] = i = parent[parent[i]]
-            while parent[j] != j:
-                parent[j] = j = parent[parent[j]]
-            if i < j:
-                parent[j] = i
-            elif j < i:
-                parent[i] = j
+        """``union(i, j)`` for each pair (propagation couples whole channel lists at a time: a ResNet-50
+        couples some 160 000 pairs, and a call per pair and per find was most of its analysis)."""
+        a, b = list(a), list(b)
+        n = min(len(a), len(b))
+        self.pairs.append((a[:n], b[:n]) if n < max(len(a), len(b)) else (a, b))
+        self._roots = None
+
+    def _flush(self) -> None:
+        parent = self._parent
+        for a, b in self.pairs[self._applied:]:
+            for i, j in zip(a, b):
+                while parent[i] != i:
+                    parent[i] = i = parent[parent[i]]
+                while parent[j] != j:
+                    parent[j] = j = parent[parent[j]]
+                if i < j:
+                    parent[j] = i
+                elif j < i:
+                    parent[i] = j
+        self._applied = len(self.pairs)
+
+    def root_array(self) -> np.ndarray:
+        """``find(i)`` of every id as an int64 array (read-only), computed once until the next union: speedup's
+        decision, shrinking and report all read it. A parent is never larger than its child, so pointer
+        jumping (``root = root[root]``) reaches the roots in a few vectorised passes."""
+        if self._roots is None:
+            r = np.asarray(self.parent, dtype=np.int64)
+            while True:
+                up = r[r]
+                if np.array_equal(up, r):
+                    break
+                r = up
+            r.setflags(write=False)
+            self._roots = r
+        return self._roots
 
     def roots(self) -> list[int]:
-        """``find(i)`` of every id, in one pass, for reading the groups once propagation is done. A parent is
-        never larger than its child (unions hang the larger root under the smaller), so ascending ids see
-        their parent's root already computed."""
-        parent = self.parent
-        out = list(parent)
-        for i, p in enumerate(parent):
-            out[i] = out[p]
-        return out
+        """``find(i)`` of every id, as a list."""
+        return self.root_array().tolist()
+
+    def record(self) -> UnionRecord:
+        """The unions so far and their result (copies: this union-find may go on uniting)."""
+        roots = self.root_array()
+        return UnionRecord(self.size, list(self.pairs), list(self._parent), roots)
+
+    def adopt(self, record: UnionRecord) -> bool:
+        """Take ``record``'s result if it was computed from exactly these unions over as many ids (then nothing
+        is applied here); returns whether it was."""
+        if record.size != self.size or len(record.pairs) != len(self.pairs) or record.pairs != self.pairs:
+            return False
+        self._parent, self._applied, self._roots = list(record.parent), len(self.pairs), record.roots
+        return True
 
 
 @dataclass
@@ -120,7 +179,7 @@ def channel_stats(value: torch.Tensor, dim: int, where: torch.Tensor | None = No
     if flat.shape[1] == 0:
         zero[index], uniform[index] = True, True
         return ChannelStats(zero, uniform, first)
-    hi, lo = flat.amax(1), flat.amin(1)
+    lo, hi = torch.aminmax(flat, dim=1)
     finite = torch.isfinite(hi) & torch.isfinite(lo)  # a NaN anywhere in a channel makes its max NaN
     zero[index] = ((hi == 0) & (lo == 0) & finite).cpu()
     uniform[index] = ((hi == lo) & finite).cpu()
@@ -155,10 +214,21 @@ class State:
     specs: dict[fx.Node, Any] = field(default_factory=dict)
     values: dict[fx.Node, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # Only the coupling is wanted (dependency-aware pruning on the dense model): sinks are not recorded and
+    # channel statistics read as "neither zero nor uniform", so rules skip the work that only speedup reads.
+    structure_only: bool = False
 
     def pin(self, ids: Iterable[int], why: str) -> None:
         for i in ids:
             self.pinned.setdefault(i, why)
+
+    def roots_of(self, ids: Sequence[int]) -> np.ndarray:
+        """The roots of ``ids`` (an int64 array): a slice of :meth:`UnionFind.root_array` for the consecutive
+        ids a slot holds, a gather otherwise."""
+        roots = self.uf.root_array()
+        if ids and ids[-1] - ids[0] == len(ids) - 1 and ids == list(range(ids[0], ids[-1] + 1)):
+            return roots[ids[0]:ids[-1] + 1]
+        return roots[np.asarray(ids, dtype=np.int64)] if ids else roots[:0]
 
 
 def _flatten(obj: Any) -> list[Any]:
@@ -261,6 +331,8 @@ class Call:
         """This module consumes channels ``ids``; ``removable[k]`` says whether dropping index k keeps its
         result exact. Where ``fold[k]``, dropping needs ``fold_values[k]`` folded into the bias (see
         :meth:`~nnic.speedup.rules.Rule.fold`)."""
+        if self.state.structure_only:
+            return
         where = f"{self.name or self.node.name}"
         blocked, removable = self.state.blocked, torch.as_tensor(removable, dtype=torch.bool).cpu()
         for k in (~removable).nonzero().flatten().tolist():
@@ -283,7 +355,10 @@ class Call:
         self._output_spec = spec
 
     def stats(self, value: torch.Tensor, dim: int, where: torch.Tensor | None = None) -> ChannelStats:
-        """Per channel along ``dim``: all zero, all equal, first value (only at ``where``, if given)."""
+        """Per channel along ``dim``: all zero, all equal, first value (only at ``where``, if given). A
+        structure-only propagation reads every channel as neither zero nor uniform, without looking."""
+        if self.state.structure_only:
+            return channel_stats(value, dim, torch.zeros(value.shape[dim], dtype=torch.bool))
         return channel_stats(value, dim, where)
 
 

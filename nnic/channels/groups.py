@@ -37,7 +37,7 @@ def coupling(model: nn.Module, dummy_input: Any, rules: RuleTable | Iterable[Any
     table = rules if isinstance(rules, RuleTable) else RuleTable(rules)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # an op without a rule only makes the groups coarser here
-        state = analyze(model, dummy_input, table).state
+        state = analyze(model, dummy_input, table, structure_only=True).state
     uf = state.uf
     grouped = []
     for (name, slot), ids in state.slots.items():
@@ -46,18 +46,16 @@ def coupling(model: nn.Module, dummy_input: Any, rules: RuleTable | Iterable[Any
             continue
         ins = state.slots[(name, "in")]
         if len(ins) == len(ids):
-            for a, b in zip(ins, ids):
-                uf.union(a, b)
+            uf.union_pairs(ins, ids)
         elif m.groups < len(ins):  # inputs in blocks of their own
             grouped.append((ins, m.groups))
         if m.groups < len(ids):  # depthwise blocks hold one channel: any selection is balanced
             grouped.append((ids, m.groups))
-    find = uf.roots().__getitem__
-    groups = {name: [find(i) for i in ids] for (name, slot), ids in state.slots.items() if slot in ("out", "c")}
+    groups = {name: state.roots_of(ids).tolist() for (name, slot), ids in state.slots.items() if slot in ("out", "c")}
     blocks = []
     for ids, g in grouped:
         per = len(ids) // g
-        blocks.append([[find(i) for i in ids[j * per:(j + 1) * per]] for j in range(g)])
+        blocks.append(state.roots_of(ids).reshape(g, per).tolist())
     return Coupling(groups, blocks)
 
 

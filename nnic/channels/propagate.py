@@ -14,10 +14,14 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from nnic.channels import reuse
 from nnic.channels.capture import Capture, capture
 from nnic.channels.graph import Call, Spec, State, describe
 from nnic.channels.tracer import placeholder_values, split_dummy_input
 
+_MISSING = object()
+_SHAPE_INPLACE = {"unsqueeze_", "squeeze_", "t_", "transpose_", "swapdims_", "swapaxes_", "resize_", "resize_as_",
+                  "as_strided_", "set_"}
 _INPLACE_OPS = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
 
 
@@ -85,6 +89,21 @@ def _is_inplace(node: fx.Node, module: nn.Module | None) -> bool:
     return node.target in _INPLACE_OPS or bool(node.kwargs.get("inplace", False))
 
 
+def _compute(node: fx.Node, module: nn.Module | None, args: tuple, kwargs: dict) -> Any:
+    if module is not None:
+        return module(*args, **kwargs)
+    if node.op == "call_method":
+        return getattr(args[0], node.target)(*args[1:], **kwargs)
+    return node.target(*args, **kwargs)
+
+
+def _shapes_hold(gm: fx.GraphModule) -> bool:
+    """Whether every value computed while tracing still has the shape it had when its node ran: no in-place op
+    changes a shape (``unsqueeze_``...). Other in-place ops (``relu_``, ``+=``) change values after their node,
+    which is why only a structure-only propagation, which reads shapes, takes values from the trace."""
+    return not any(n.op == "call_method" and n.target in _SHAPE_INPLACE for n in gm.graph.nodes)
+
+
 def _tensors(obj: Any) -> list[Any]:
     if isinstance(obj, (list, tuple)):
         return [t for o in obj for t in _tensors(o)]
@@ -96,17 +115,21 @@ def _tensors(obj: Any) -> list[Any]:
 class Propagation:
     """Runs the traced graph on the dummy input (masked weights, eval mode), calling each node's rule."""
 
-    def __init__(self, gm: fx.GraphModule, table: RuleTable, strict: bool) -> None:
+    def __init__(self, gm: fx.GraphModule, table: RuleTable, strict: bool, structure_only: bool = False) -> None:
         self.gm, self.table, self.strict = gm, table, strict
-        self.state = State()
+        self.state = State(structure_only=structure_only)
         self.warned: set[str] = set()
         self.output: Any = None
         self.capture: Capture | None = None
+        self.groups_reused = False  # the groups came from an earlier propagation with the same unions
 
-    def run(self, inputs: dict[str, Any], gm: fx.GraphModule | None = None, output_why: str = "a model output") -> State:
+    def run(self, inputs: dict[str, Any], gm: fx.GraphModule | None = None, output_why: str = "a model output",
+            known: Mapping[fx.Node, Any] | None = None) -> State:
         """``inputs``: the forward's parameter values by name, in the signature's order (placeholders are
         matched by position: fx renames the ones it specialises). ``gm``: another graph over the same model
-        (a region of a fallback capture) whose output channels are kept for ``output_why``."""
+        (a region of a fallback capture) whose output channels are kept for ``output_why``. ``known``: values
+        of nodes already computed on these inputs (while tracing), not computed again."""
+        known = known or {}
         state = self.state
         gm = self.gm if gm is None else gm
         ordered = iter(inputs.values())
@@ -129,11 +152,9 @@ class Propagation:
             module = gm.get_submodule(node.target) if node.op == "call_module" else None
             if module is not None:
                 state.calls[node.target] = state.calls.get(node.target, 0) + 1
-                value = module(*args, **kwargs)
-            elif node.op == "call_method":
-                value = getattr(args[0], node.target)(*args[1:], **kwargs)
-            else:
-                value = node.target(*args, **kwargs)
+            value = known.get(node, _MISSING)
+            if value is _MISSING:
+                value = _compute(node, module, args, kwargs)
             state.values[node] = value
             if all(n in state.const for n in node.all_input_nodes):
                 state.const.add(node)
@@ -175,26 +196,34 @@ class Propagation:
 
 
 def analyze(model: nn.Module, dummy_input: Any, table: RuleTable, *, leaf_modules: Iterable[str | type] = (),
-            strict: bool = False, fallback: bool = True) -> Propagation:
+            strict: bool = False, fallback: bool = True, structure_only: bool = False) -> Propagation:
     """Capture ``model`` (:func:`~nnic.channels.capture.capture`: fx, or regions when fx cannot trace it) and
     propagate channel labels through it with ``table``'s rules, in eval mode and without gradients; the model's
     train/eval modes are restored; ``prop.capture`` says how it was captured (``fallback=False``: fx or an
-    error). The one spelling of capture + propagation that
-    speedup and dependency-aware pruning share."""
+    error). ``structure_only=True`` asks only for the coupling (ids, couplings, pins, constraints: what
+    dependency-aware pruning reads), not for what speedup decides with (dead channels, sinks, folds). The one
+    spelling of capture + propagation that speedup and dependency-aware pruning share."""
     args, kwargs = split_dummy_input(model, dummy_input)
     modes = {m: m.training for m in model.modules()}
     try:
         model.eval()
         captured = capture(model, args, kwargs, leaf_types=table.leaf_types, leaf_modules=leaf_modules,
-                           fallback=fallback)
-        prop = Propagation(captured.parts[0].gm, table, strict)
+                           fallback=fallback, values=structure_only)
+        prop = Propagation(captured.parts[0].gm, table, strict, structure_only)
         prop.capture = captured
         with torch.no_grad():
             for part in captured.parts:
                 why = "a model output" if captured.kind == "fx" else \
                     f"output of {part.prefix!r}, read by code that could not be traced"
+                # Values computed while tracing, for the shapes a structure-only propagation reads.
+                known = captured.values if structure_only and _shapes_hold(part.gm) else None
                 for module, a, kw in part.calls:
-                    prop.run(placeholder_values(module, a, kw), part.gm, why)
+                    prop.run(placeholder_values(module, a, kw), part.gm, why, known=known)
+        if captured.key is not None:  # an fx graph: the next analysis of this model may ask for the same unions
+            record = reuse.recall_unions(model, captured.key)
+            prop.groups_reused = record is not None and prop.state.uf.adopt(record)
+            if not prop.groups_reused:
+                reuse.remember_unions(model, captured.key, prop.state.uf.record())
     finally:
         for m, mode in modes.items():
             m.training = mode

@@ -1,5 +1,6 @@
 """One fx trace per model shape: dependency-aware pruning and the speedup after it analyse the same model on the
-same dummy input, and the second analysis reuses the first one's graph instead of tracing again.
+same dummy input, and the second analysis reuses the first one's graph instead of tracing again, and the first
+one's channel groups when its propagation asks for exactly the same unions (:class:`~nnic.channels.graph.UnionRecord`).
 
 Only a symbolic (``"fx"``) graph is reused: it depends on the model's code, module tree and attributes and on
 which arguments are given, never on weight or input values, so masking the weights between the two analyses
@@ -8,7 +9,12 @@ kept per model object (weakly: it goes with the model) together with a fingerpri
 reads: every module's class, forward and plain attributes (sizes, flags, strides), every parameter's and buffer's name
 and shape, the leaf modules and the arguments' structure. Any difference, including a speedup that shrank the
 model in between, traces again. A reused graph is rebound to the model's current modules and tensors, so
-parameters replaced since (masks folded in) are the ones the analysis reads.
+parameters replaced since (masks folded in) are the ones the analysis reads; when every module and tensor the
+graph names is still the very object it was bound to, the GraphModule itself is reused (no code generation).
+
+The groups are a function of the unions and the id count alone, so reusing them needs no trust in the
+fingerprint: a propagation records its unions without applying them, and adopts the remembered result only if
+the two lists are equal.
 """
 
 from __future__ import annotations
@@ -20,8 +26,11 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from nnic.channels.graph import UnionRecord
+
 _PLAIN = (type(None), bool, int, float, str, torch.dtype, torch.device)
-_GRAPHS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, fx.Graph, str]] = weakref.WeakKeyDictionary()
+_GRAPHS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, fx.GraphModule]] = weakref.WeakKeyDictionary()
+_UNIONS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, UnionRecord]] = weakref.WeakKeyDictionary()
 
 
 def _plain(value: Any) -> bool:
@@ -53,19 +62,49 @@ def fingerprint(model: nn.Module, args: tuple, kwargs: dict, leaf_types: Iterabl
     return tuple(modules), leaves, _arg_shape(args), _arg_shape(kwargs)
 
 
+def _fetch(root: nn.Module, target: str) -> Any:
+    obj: Any = root
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _bound_to(gm: fx.GraphModule, model: nn.Module) -> bool:
+    """Whether every module and attribute ``gm``'s graph names is the same object in ``model``."""
+    try:
+        return all(_fetch(gm, n.target) is _fetch(model, n.target)
+                   for n in gm.graph.nodes if n.op in ("call_module", "get_attr"))
+    except AttributeError:
+        return False
+
+
 def recall(model: nn.Module, key: tuple) -> fx.GraphModule | None:
     """The graph traced before for this fingerprint, bound to the model's current modules and tensors."""
     found = _GRAPHS.get(model)
     if found is None or found[0] != key:
         return None
-    _, graph, class_name = found
+    gm = found[1]
+    if _bound_to(gm, model):
+        return gm
     try:
-        return fx.GraphModule(model, graph, class_name=class_name)
+        gm = fx.GraphModule(model, gm.graph, class_name=type(gm).__name__)
     except AttributeError:  # a target that lives on the traced module only (an fx constant): trace again
         del _GRAPHS[model]
         return None
+    _GRAPHS[model] = (key, gm)
+    return gm
 
 
 def remember(model: nn.Module, key: tuple, gm: fx.GraphModule) -> None:
-    """Keep ``gm``'s graph for the next analysis of ``model`` with the same fingerprint (one per model)."""
-    _GRAPHS[model] = (key, gm.graph, type(gm).__name__)
+    """Keep ``gm`` for the next analysis of ``model`` with the same fingerprint (one per model)."""
+    _GRAPHS[model] = (key, gm)
+
+
+def recall_unions(model: nn.Module, key: tuple) -> UnionRecord | None:
+    """The unions (and groups) of the last propagation over ``model``'s graph with this fingerprint."""
+    found = _UNIONS.get(model)
+    return found[1] if found is not None and found[0] == key else None
+
+
+def remember_unions(model: nn.Module, key: tuple, record: UnionRecord) -> None:
+    _UNIONS[model] = (key, record)

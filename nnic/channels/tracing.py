@@ -11,10 +11,11 @@ from __future__ import annotations
 import inspect
 import traceback
 from collections.abc import Iterable
+from typing import Any
 
 from torch import fx, nn
 
-from nnic.channels.concrete import ConcreteTracer
+from nnic.channels.concrete import ConcreteTracer, ValueTracer
 from nnic.channels.tracer import CaptureError, Tracer, placeholder_values
 
 
@@ -28,19 +29,23 @@ def _user_frame(exc: BaseException) -> str:
 
 
 def trace(model: nn.Module, args: tuple, kwargs: dict, *, leaf_types: Iterable[type] = (),
-          leaf_modules: Iterable[str | type] = (), concrete: bool = False) -> fx.GraphModule:
+          leaf_modules: Iterable[str | type] = (), concrete: bool = False,
+          values: dict[fx.Node, Any] | None = None) -> fx.GraphModule:
     """A GraphModule sharing ``model``'s submodules. Modules of ``leaf_types`` and those named or typed in
     ``leaf_modules`` are kept as single calls (not traced into). ``concrete=True`` runs the dummy input along
     (the model must be in the mode it will be analysed in): Python branches follow it, so the graph is the
-    computation of this input, not of every input."""
+    computation of this input, not of every input. ``values``, if given, receives each node's real value on
+    the dummy input, computed while tracing (symbolically or not): the analysis then needs no forward of its
+    own."""
     names = {m for m in leaf_modules if isinstance(m, str)}
     types = tuple(leaf_types) + tuple(m for m in leaf_modules if isinstance(m, type))
     known = dict(model.named_modules())
     unknown = sorted(n for n in names if n not in known)
     if unknown:
         raise ValueError(f"leaf_modules: {unknown} are not modules of {type(model).__name__}")
-    if concrete:
-        tracer: Tracer = ConcreteTracer(types, names, list(placeholder_values(model, args, kwargs).values()))
+    if concrete or values is not None:
+        kind = ConcreteTracer if concrete else ValueTracer
+        tracer: Tracer = kind(types, names, list(placeholder_values(model, args, kwargs).values()))
     else:
         tracer = Tracer(types, names)
     sig = inspect.signature(model.forward)
@@ -66,6 +71,8 @@ def trace(model: nn.Module, args: tuple, kwargs: dict, *, leaf_types: Iterable[t
             f"pruned through it, or write a speedup rule for it), or make its forward traceable (no Python "
             f"control flow on tensor values)."
         ) from exc
+    if values is not None:
+        values.update(tracer.real)
     return fx.GraphModule(model, graph, class_name=type(model).__name__ + "Graph")
 
 

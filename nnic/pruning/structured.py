@@ -25,6 +25,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -176,55 +177,59 @@ class StructuredPruner(Pruner):
         members: dict[str, list[str]] = defaultdict(list)
         for name in self.layers:
             members[find(name)].append(name)
-        pruned_roots: set[int] = set()
+        ids = {n: np.asarray(g, dtype=np.int64) for n, g in groups.items()}
+        chosen: list[np.ndarray] = []
         for names in members.values():
             if not all(n in groups for n in names):
                 continue
-            roots = sorted({r for n in names for r in groups[n]})
-            total = {r: 0.0 for r in roots}
+            roots = np.unique(np.concatenate([ids[n] for n in names]))
+            total = np.zeros(len(roots))  # the coupled channels' summed scores, per group
             for n in names:
-                for r, score in zip(groups[n], scores[n].tolist()):
-                    total[r] += score
+                total += np.bincount(np.searchsorted(roots, ids[n]), weights=scores[n].numpy(), minlength=len(roots))
             sparsity = min(self.layers[n].config.get("sparsity", self.layers[n].config.get("total_sparsity", 0.0))
                            for n in names)
-            smallest = min(len(set(groups[n])) for n in names)
+            smallest = min(len(np.unique(ids[n])) for n in names)
             n_prune = smallest - self._keep_count(smallest, amount(sparsity, smallest))
-            pruned_roots.update(self._select(roots, total, n_prune, sparsity, found.blocks))
+            chosen.append(self._select(roots, total, n_prune, sparsity, found.blocks))
+        is_pruned = np.zeros(max((int(i.max()) + 1 for i in ids.values() if i.size), default=0), dtype=bool)
+        if chosen:
+            is_pruned[np.concatenate(chosen)] = True
         pruned = {}
         for name in self.layers:
             if name in groups:
-                pruned[name] = torch.tensor([r in pruned_roots for r in groups[name]])
+                pruned[name] = torch.from_numpy(is_pruned[ids[name]])
             else:  # not traced (not called): prune alone
                 n = scores[name].numel()
                 pruned[name] = _lowest(scores[name], n - self._keep_count(n, amount(self.layers[name].config.get("sparsity", 0.0), n)))
         # Every other layer coupled to a pruned channel is masked too.
-        for name, roots in groups.items():
+        for name, layer_ids in ids.items():
             if name not in pruned:
-                flags = torch.tensor([r in pruned_roots for r in roots])
-                if bool(flags.any()):
-                    pruned[name] = flags
+                flags = is_pruned[layer_ids]
+                if flags.any():
+                    pruned[name] = torch.from_numpy(flags)
         return pruned
 
-    def _select(self, roots: list[int], total: dict[int, float], n_prune: int, sparsity: float,
-                blocks: list[list[list[int]]]) -> list[int]:
-        """The ``n_prune`` lowest-scored roots; where the roots are a grouped convolution's blocks, the same
-        number from every block (speedup removes a grouped convolution's channels only in equal numbers)."""
-        def lowest(candidates: list[int], k: int) -> list[int]:
-            return sorted(candidates, key=lambda r: (total[r], r))[:k]
+    def _select(self, roots: np.ndarray, total: np.ndarray, n_prune: int, sparsity: float,
+                blocks: list[list[list[int]]]) -> np.ndarray:
+        """The ``n_prune`` lowest-scored of ``roots`` (sorted; ``total`` their scores, ties to the lower id);
+        where the roots are a grouped convolution's blocks, the same number from every block (speedup removes a
+        grouped convolution's channels only in equal numbers)."""
+        def lowest(candidates: np.ndarray, k: int) -> np.ndarray:
+            at = np.searchsorted(roots, candidates)
+            return candidates[np.lexsort((candidates, total[at]))[:max(k, 0)]]
 
-        present = set(roots)
+        present = set(roots.tolist())
         parts = next((b for b in blocks if all(r in present for part in b for r in part)), None)
         if parts is None:
             return lowest(roots, n_prune)
-        chosen: list[int] = []
+        chosen = []
         for part in parts:
-            per = len(set(part))
-            chosen += lowest(sorted(set(part)), per - self._keep_count(per, amount(sparsity, per)))
-        inside = {r for part in parts for r in part}
-        rest = [r for r in roots if r not in inside]
-        if rest:
-            chosen += lowest(rest, len(rest) - self._keep_count(len(rest), amount(sparsity, len(rest))))
-        return chosen
+            unique = np.unique(np.asarray(part, dtype=np.int64))
+            chosen.append(lowest(unique, len(unique) - self._keep_count(len(unique), amount(sparsity, len(unique)))))
+        rest = np.setdiff1d(roots, np.asarray([r for part in parts for r in part], dtype=np.int64))
+        if len(rest):
+            chosen.append(lowest(rest, len(rest) - self._keep_count(len(rest), amount(sparsity, len(rest)))))
+        return np.concatenate(chosen)
 
     def _masks(self, pruned: dict[str, torch.Tensor]) -> Masks:
         modules = dict(self.model.named_modules())

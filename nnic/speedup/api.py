@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -255,8 +256,7 @@ class ModelSpeedup:
         return model
 
     def _fold_masks(self) -> None:
-        unwrap_masks(self.model)
-        apply_masks(self.model, self.masks)
+        apply_masks(self.model, self.masks, unwrap_masks(self.model))
         self.model.eval()
 
     def _report(self, prop: Propagation, removed: set[int], why: dict[int, str], shrunk: dict) -> SpeedupReport:
@@ -275,7 +275,7 @@ class ModelSpeedup:
         self._fold_masks()
         _, ref_layers = _run_recording(model, args, kwargs)
         kinds = {n: type(m).__name__ for n, m in model.named_modules()}
-        state, find = prop.state, prop.state.uf.roots().__getitem__
+        state, find = prop.state, prop.state.uf.roots().__getitem__  # only when verification failed
         for node in (n for part in prop.capture.parts for n in part.gm.graph.nodes):
             if node.op != "call_module" or node.target not in ref_layers:
                 continue
@@ -310,20 +310,22 @@ def kept_groups(prop: Propagation, why: dict[int, str]) -> list[KeptGroup]:
     """The masked channels that stay, by reason and coupled modules, most channels first. A channel counts as
     masked when a module produced it as input-independent (its weights there are zero)."""
     state = prop.state
-    find = state.uf.roots().__getitem__
-    asked: set[int] = set()
+    roots = state.uf.root_array()
+    asked = np.zeros(len(roots), dtype=bool)  # by root id
     nodes = (n for part in prop.capture.parts for n in part.gm.graph.nodes) if prop.capture else prop.gm.graph.nodes
     for node in nodes:
         spec = state.specs.get(node)
         if node.op == "call_module" and isinstance(spec, Spec) and bool(spec.dead.any()):
-            ids = spec.ids
-            asked.update(find(ids[k]) for k in spec.dead.nonzero().flatten().tolist())
-    kept = {r: reason for r, reason in why.items() if r in asked}
+            asked[state.roots_of(spec.ids)[spec.dead.numpy()]] = True
+    kept = {r: reason for r, reason in why.items() if asked[r]}
     if not kept:
         return []
+    is_kept = np.zeros(len(roots), dtype=bool)
+    is_kept[np.fromiter(kept.keys(), dtype=np.int64, count=len(kept))] = True
     modules: dict[int, set[str]] = {}
     for (module, _slot), ids in state.slots.items():
-        for r in kept.keys() & {find(i) for i in ids}:
+        slot_roots = state.roots_of(ids)
+        for r in np.unique(slot_roots[is_kept[slot_roots]]).tolist():
             modules.setdefault(r, set()).add(module)
     counts: dict[tuple[str, tuple[str, ...]], int] = {}
     for r, reason in kept.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -14,56 +15,92 @@ from nnic.channels.propagate import SpeedupError
 from nnic.speedup.rules import slice_param
 
 
+def _reasons_by_root(roots: np.ndarray, table: dict[int, str], last: bool) -> list[tuple[int, str]]:
+    """``(root, reason)`` per root of ``table``'s ids (raw id -> reason), roots in the order their first id
+    appears; the reason of the root's first id, or of its last with ``last=True``. One vectorised pass over
+    what may be every channel of the model (a dense model's sinks block all of them)."""
+    if not table:
+        return []
+    r = roots[np.fromiter(table.keys(), dtype=np.int64, count=len(table))]
+    texts = list(table.values())
+    unique, first = np.unique(r, return_index=True)
+    pick = first
+    if last:
+        _, from_end = np.unique(r[::-1], return_index=True)
+        pick = len(r) - 1 - from_end
+    order = np.argsort(first, kind="stable")
+    return [(int(unique[k]), texts[int(pick[k])]) for k in order]
+
+
 def decide(state: State, why: dict[int, str] | None = None) -> set[int]:
     """The roots of the channel groups to remove. ``why``, if given, receives the reason each kept root is kept."""
-    roots = state.uf.roots()
-    find = roots.__getitem__
+    roots = state.uf.root_array()
     reasons: dict[int, str] = {} if why is None else why
-    for i, reason in state.blocked.items():
-        reasons.setdefault(find(i), f"{reason!r} reads it, and it is not zero there")
-    for i, reason in state.pinned.items():
-        reasons[find(i)] = reason
-    removed = set(roots) - set(reasons)
+    texts: dict[str, str] = {}
+    for root, reason in _reasons_by_root(roots, state.blocked, last=False):
+        if root not in reasons:
+            text = texts.get(reason)
+            if text is None:
+                text = texts[reason] = f"{reason!r} reads it, and it is not zero there"
+            reasons[root] = text
+    for root, reason in _reasons_by_root(roots, state.pinned, last=True):
+        reasons[root] = reason
+    gone = np.zeros(len(roots), dtype=bool)  # by root id: the group goes
+    gone[roots] = True
+    if reasons:
+        gone[np.fromiter(reasons.keys(), dtype=np.int64, count=len(reasons))] = False
+    removed = set(np.flatnonzero(gone).tolist())
 
-    def is_removed(i: int) -> bool:
+    find = roots.tolist().__getitem__ if state.constraints else None
+
+    def is_removed(i: int) -> bool:  # constraints ask id by id: plain lists and sets beat numpy scalars here
         return find(i) in removed
 
+    def many(ids) -> np.ndarray:  # or a whole list at once (see nnic.speedup.rules.removed_flags)
+        return gone[roots[np.asarray(ids, dtype=np.int64)]]
+
+    is_removed.many = many  # type: ignore[attr-defined]
+
+    def keep(root: int, reason: str) -> None:
+        removed.discard(root)
+        gone[root] = False
+        reasons[root] = reason
+
+    slots = [(module, slot, state.roots_of(ids)) for (module, slot), ids in state.slots.items() if ids]
     changed = True
     while changed:
         changed = False
-        for (module, slot), ids in state.slots.items():
-            if ids and all(is_removed(i) for i in ids):
-                removed.discard(find(ids[0]))
-                reasons[find(ids[0])] = f"{module} keeps at least one channel (slot {slot!r})"
+        for module, slot, slot_roots in slots:
+            if gone[slot_roots].all():
+                keep(int(slot_roots[0]), f"{module} keeps at least one channel (slot {slot!r})")
                 changed = True
         for constraint in state.constraints:
             for i in constraint(is_removed):
                 if find(i) in removed:
-                    removed.discard(find(i))
-                    reasons[find(i)] = f"balance: {getattr(constraint, 'what', 'equal blocks')}"
+                    keep(find(i), f"balance: {getattr(constraint, 'what', 'equal blocks')}")
                     changed = True
     return removed
 
 
-def _kept(ids: list[int], gone: torch.Tensor) -> torch.Tensor | None:
-    """The positions of ``ids`` that stay (``gone[i]``: id i is removed), or ``None`` when all do."""
-    lost = gone[torch.tensor(ids, dtype=torch.long)]
-    return None if not bool(lost.any()) else (~lost).nonzero().flatten()
+def _kept(lost: np.ndarray) -> torch.Tensor | None:
+    """The positions that stay (``lost[k]``: position k is removed), or ``None`` when all do."""
+    return torch.from_numpy(np.flatnonzero(~lost)) if lost.any() else None
 
 
 def apply(model: nn.Module, state: State, removed: set[int]) -> dict[str, dict[str, torch.Tensor]]:
     """Fold constants, shrink modules and slice parameters; returns ``{module: {slot: kept positions}}``."""
-    roots = state.uf.roots()
-    find = roots.__getitem__
-    gone = torch.tensor([r in removed for r in roots], dtype=torch.bool)
+    roots = state.uf.root_array()
+    gone_root = np.zeros(len(roots), dtype=bool)
+    if removed:
+        gone_root[np.fromiter(removed, dtype=np.int64, count=len(removed))] = True
     keeps: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
     for (name, slot), ids in state.slots.items():
-        index = _kept(ids, gone)
+        index = _kept(gone_root[state.roots_of(ids)])
         if index is not None:
             keeps[name][slot] = index
     folds: dict[tuple[str, str], list] = defaultdict(list)
     for f in state.folds:
-        if find(state.slots[(f.module, f.slot)][f.position]) in removed:
+        if gone_root[roots[state.slots[(f.module, f.slot)][f.position]]]:
             folds[(f.module, f.slot)].append(f)
     with torch.no_grad():
         for (name, slot), fs in folds.items():
@@ -82,7 +119,7 @@ def apply(model: nn.Module, state: State, removed: set[int]) -> dict[str, dict[s
             if path in done:
                 continue
             done.add(path)
-            index = _kept(ids, gone)
+            index = _kept(gone_root[state.roots_of(ids)])
             if index is not None:
                 owner_name, _, attr = path.rpartition(".")
                 owner = model.get_submodule(owner_name)
@@ -95,26 +132,44 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name), attr, new)
 
 
-def unwrap_masks(model: nn.Module) -> None:
-    """Fold nnic's mask parametrizations into plain weights (speedup needs plain modules)."""
+def unwrap_masks(model: nn.Module) -> dict[tuple[str, str], list[torch.Tensor]]:
+    """Fold nnic's mask parametrizations into plain weights (speedup needs plain modules); returns the masks
+    folded, ``{(layer, parameter): [mask, ...]}``."""
     from nnic.masking import ParameterMask, fold_masks
 
+    folded: dict[tuple[str, str], list[torch.Tensor]] = {}
     for name, module in model.named_modules():
         if not parametrize.is_parametrized(module):
             continue
         for pname in module.parametrizations.keys():
-            if not all(isinstance(p, ParameterMask) for p in module.parametrizations[pname]):
+            plist = module.parametrizations[pname]
+            if not all(isinstance(p, ParameterMask) for p in plist):
                 raise SpeedupError(f"{name}.{pname} has a parametrization other than an nnic mask; remove it "
                                    f"(e.g. unwrap the quantizer) before speedup")
+            folded[(name, pname)] = [p.mask for p in plist]
         fold_masks(module)
+    return folded
 
 
-def apply_masks(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tensor | None]]) -> None:
+def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """One tensor seen twice (a parametrization keeps a view of the mask it was given): same memory, layout and
+    dtype, so the same values."""
+    return (a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
+            and a.device == b.device)
+
+
+def apply_masks(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tensor | None]],
+                folded: Mapping[tuple[str, str], list[torch.Tensor]] | None = None) -> None:
+    """Multiply the weights by ``masks``; a mask that :func:`unwrap_masks` has just folded into its parameter
+    (``folded``: the pruner's masks, given back to speedup) is already in it, and is not applied twice."""
+    folded = folded or {}
     with torch.no_grad():
         for layer, per_param in masks.items():
             module = model.get_submodule(layer)
             for pname, mask in per_param.items():
                 if mask is None:
+                    continue
+                if mask.dtype == torch.bool and any(_same_tensor(mask, m) for m in folded.get((layer, pname), ())):
                     continue
                 p = getattr(module, pname)
                 p.mul_(mask.to(device=p.device, dtype=torch.bool).to(p.dtype))

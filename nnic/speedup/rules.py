@@ -24,8 +24,10 @@ A rule whose module changes class when shrunk gives the new class ``from_manifes
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -72,7 +74,7 @@ def slice_param(module: nn.Module, name: str, index: torch.Tensor | None, dim: i
     t = getattr(module, name, None)
     if t is None:
         return
-    new = t.detach().index_select(dim, index.to(t.device)).clone()
+    new = t.detach().index_select(dim, index.to(t.device))  # a new tensor already: no second copy
     if isinstance(t, nn.Parameter):
         setattr(module, name, nn.Parameter(new, requires_grad=t.requires_grad))
     else:
@@ -166,8 +168,11 @@ class ChannelMixRule(Rule):
         return False
 
     def propagate(self, call: Call) -> None:
-        module, x, spec = call.module, call.value(0), call.spec(0)
+        module, x, spec, y = call.module, call.value(0), call.spec(0), call.output
         d = self.in_dim(module, x)
+        if call.state.structure_only:  # the coupling only: no weight is read (usage is a pass over all of them)
+            self._couple_only(call, x, d, y)
+            return
         local, g_use = self.grouped_usage(module)
         local = local.cpu()
         n_out, ip = local.shape
@@ -192,8 +197,26 @@ class ChannelMixRule(Rule):
             for f in call.state.folds:
                 if f.module == call.name:
                     call.state.blocked.setdefault(in_ids[f.position], f"{call.name} (called twice)")
-        dead_out = (~blocks | dead_in.reshape(g_use, 1, ip)).all(2).reshape(-1)
-        y = call.output
+        # An output channel is dead when every input it reads is dead: when it reads no live input.
+        reads_live = blocks.any(2) if not bool(dead_in.any()) else (blocks & ~dead_in.reshape(g_use, 1, ip)).any(2)
+        dead_out = ~reads_live.reshape(-1)
+        self._output(call, x, d, y, out_ids, dead_out, in_ids, first_call)
+
+    def _couple_only(self, call: Call, x: torch.Tensor, d: int, y: torch.Tensor) -> None:
+        """:meth:`propagate` of a structure-only propagation: the same ids, couplings, pins and constraints,
+        no usage, sinks or dead channels."""
+        spec = call.spec(0)
+        in_ids, out_ids = call.slot("in", x.shape[d]), call.slot("out", y.shape[self.out_dim(call.module, y)])
+        if spec is not None and spec.dim == d:
+            call.couple(in_ids, spec.ids)
+        else:
+            call.pin(in_ids, f"{call.name}: its input channels are not tracked")
+        self._output(call, x, d, y, out_ids, torch.zeros(len(out_ids), dtype=torch.bool), in_ids,
+                     call.state.calls.get(call.name, 1) == 1)
+
+    def _output(self, call: Call, x: torch.Tensor, d: int, y: torch.Tensor, out_ids: list[int],
+                dead_out: torch.Tensor, in_ids: list[int], first_call: bool) -> None:
+        spec, module = call.spec(0), call.module
         if spec is not None and spec.dim != d:
             call.pin(out_ids, f"{call.name}: its output channels would sit beside tracked ones")
             call.set_output(_same_dim(spec, x, y))
@@ -204,29 +227,35 @@ class ChannelMixRule(Rule):
             call.constraint(grouped_constraint(in_ids, out_ids, g, call.name))
 
 
+def removed_flags(removed: Callable[[int], bool], ids: Sequence[int]) -> np.ndarray:
+    """``removed(i)`` for each of ``ids`` as a bool array: one vectorised call where the caller offers one
+    (speedup's decision gives ``removed.many``), else id by id."""
+    many = getattr(removed, "many", None)
+    if many is not None:
+        return many(ids)
+    return np.fromiter((removed(i) for i in ids), dtype=bool, count=len(ids))
+
+
+def _keep_balanced(flags: np.ndarray, kept_blocks: np.ndarray) -> np.ndarray:
+    """``flags`` ``[blocks, per block]`` (removed so far): in every kept block, the removed positions past the
+    first ``k`` stay, ``k`` being the fewest any kept block removes (at most ``per - 1``)."""
+    k = min(int(flags[kept_blocks].sum(1).min()), flags.shape[1] - 1)
+    return flags & (np.cumsum(flags, axis=1) > k) & kept_blocks[:, None]
+
+
 def grouped_constraint(in_ids: list[int], out_ids: list[int], groups: int, where: str = "a grouped module"):
     """Keep a grouped module's groups balanced; drop a group only when all its inputs and outputs go."""
-    ip, op = len(in_ids) // groups, len(out_ids) // groups
+    ins, outs = np.asarray(in_ids, dtype=np.int64), np.asarray(out_ids, dtype=np.int64)
 
     def keep(removed) -> list[int]:
-        rin = [removed(i) for i in in_ids]
-        rout = [removed(i) for i in out_ids]
-        dropped = [all(rin[j * ip:(j + 1) * ip]) and all(rout[j * op:(j + 1) * op]) for j in range(groups)]
-        if all(dropped):
+        rin = removed_flags(removed, in_ids).reshape(groups, -1)
+        rout = removed_flags(removed, out_ids).reshape(groups, -1)
+        dropped = rin.all(1) & rout.all(1)
+        if dropped.all():
             dropped[0] = False
-        kept_groups = [j for j in range(groups) if not dropped[j]]
-        out: list[int] = []
-        for r, ids, per in ((rin, in_ids, ip), (rout, out_ids, op)):
-            k = min(min(sum(r[j * per:(j + 1) * per]) for j in kept_groups), per - 1)
-            for j in kept_groups:
-                count = 0
-                for t in range(j * per, (j + 1) * per):
-                    if r[t]:
-                        if count < k:
-                            count += 1
-                        else:
-                            out.append(ids[t])
-        return out
+        kept = ~dropped
+        return np.concatenate([ins[_keep_balanced(rin, kept).reshape(-1)],
+                               outs[_keep_balanced(rout, kept).reshape(-1)]]).tolist()
 
     keep.what = f"{where}'s {groups} groups must lose as many channels each"  # type: ignore[attr-defined]
     return keep

@@ -105,3 +105,103 @@ def test_a_second_speedup_of_a_shrunk_model_traces_it_again(traces):
     assert model.a.out_channels == 4
     nnic.speedup_model(model, X, {})
     assert traces[0] == 2
+
+
+@pytest.fixture
+def analyses(monkeypatch):
+    """Every propagation speedup runs, as it comes back from ``analyze``."""
+    import nnic.speedup.api as speedup_api
+
+    seen = []
+    real = speedup_api.analyze
+
+    def spying(*args, **kwargs):
+        seen.append(real(*args, **kwargs))
+        return seen[-1]
+
+    monkeypatch.setattr(speedup_api, "analyze", spying)
+    return seen
+
+
+def masked_output(model: nn.Module) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(X)
+
+
+def prune(model: nn.Module) -> dict:
+    cfg = [{"sparsity": 0.5, "op_types": ["Conv2d"]}]
+    return nnic.pruner("l1norm", model, cfg, dependency_aware=True, dummy_input=X).compress()[1]
+
+
+def test_speedup_after_pruning_adopts_the_pruning_groups_and_gives_what_a_fresh_analysis_gives(analyses):
+    torch.manual_seed(0)
+    model = Block()
+    masks = prune(model)
+    fresh = Block()
+    fresh.load_state_dict(nnic.masking.plain_state_dict(model))  # the same masked weights, never analysed
+    expected = masked_output(model)
+    nnic.speedup_model(model, X, masks)
+    nnic.speedup_model(fresh, X, {})
+    reused, computed = analyses
+    assert reused.capture.reused and reused.groups_reused  # the pruner's graph and groups
+    assert not computed.capture.reused and not computed.groups_reused
+    assert reused.state.uf.roots() == computed.state.uf.roots()
+    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in fresh.state_dict().items()}
+    torch.testing.assert_close(masked_output(model), expected)
+
+
+def test_a_model_changed_between_pruning_and_speedup_is_analysed_again(analyses):
+    torch.manual_seed(0)
+    model = Block()
+    masks = prune(model)
+    model.head = nn.Linear(8, 3)  # a new classifier: another fingerprint
+    expected = masked_output(model)
+    nnic.speedup_model(model, X, masks)
+    (prop,) = analyses
+    assert not prop.capture.reused and not prop.groups_reused
+    assert model.a.out_channels == 4
+    torch.testing.assert_close(masked_output(model), expected)
+
+
+class CoupleFirstTwo:
+    """A rule for ``torch.relu`` that also couples the first two channels: another union than pruning asked for."""
+
+    name = "test.relu_couples_first_two"
+    targets = (torch.relu,)
+
+    def propagate(self, call):
+        spec = call.spec(0)
+        if spec is not None:
+            call.couple(spec.ids[:1], spec.ids[1:2])
+        call.set_output(spec)
+
+
+def test_other_unions_than_the_pruning_ones_are_never_adopted(analyses):
+    torch.manual_seed(0)
+    model = Block()
+    masks = prune(model)
+    expected = masked_output(model)
+    nnic.speedup_model(model, X, masks, rules=[CoupleFirstTwo()])
+    (prop,) = analyses
+    assert prop.capture.reused and not prop.groups_reused  # same graph, other groups
+    ids = prop.state.slots[("a", "out")]
+    assert prop.state.uf.find(ids[0]) == prop.state.uf.find(ids[1])
+    torch.testing.assert_close(masked_output(model), expected)
+
+
+def test_union_find_adopts_a_record_only_of_the_same_unions():
+    from nnic.channels.graph import UnionFind
+
+    def build(pairs):
+        uf = UnionFind()
+        uf.new(6)
+        for a, b in pairs:
+            uf.union_pairs(a, b)
+        return uf
+
+    record = build([([0, 1], [2, 3])]).record()
+    same, other, bigger = build([([0, 1], [2, 3])]), build([([0, 1], [3, 2])]), build([([0, 1], [2, 3])])
+    bigger.new(1)
+    assert same.adopt(record) and same.roots() == [0, 1, 0, 1, 4, 5]
+    assert not other.adopt(record) and other.roots() == [0, 1, 1, 0, 4, 5]
+    assert not bigger.adopt(record) and bigger.roots() == [0, 1, 0, 1, 4, 5, 6]

@@ -80,7 +80,10 @@ class ConvRule(ChannelMixRule):
         return block_usage(*self.grouped_usage(module), module.in_channels)
 
     def grouped_usage(self, module):
-        return (module.weight.detach() != 0).flatten(2).any(2).cpu(), module.groups
+        w = module.weight.detach()
+        if w.shape[2:].numel() == 1:  # a point-wise kernel: the weight is the usage, no reduction over it
+            return (w.reshape(w.shape[0], w.shape[1]) != 0).cpu(), module.groups
+        return (w != 0).flatten(2).any(2).cpu(), module.groups
 
     def can_fold(self, module, x):
         pad = module.padding
