@@ -11,6 +11,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from nnic.auto.storage import open_storage
+
 from .conftest import PYTHON, subprocess_env
 
 N_TRIALS = 8
@@ -24,7 +26,9 @@ nnic.auto_compress(model, evaluator, x, out_dir=sys.argv[1], heartbeat_s=1, prog
 
 
 def _study(db):
-    return optuna.load_study(study_name="nnic-auto", storage=f"sqlite:///{db}")
+    """The study, opened the way workers open it: under the creation lock, so that polling while the search
+    creates the file's tables cannot make either side meet a half-made schema ("table ... already exists")."""
+    return optuna.load_study(study_name="nnic-auto", storage=open_storage(f"sqlite:///{db}"))
 
 
 def _wait_for_a_running_trial_after(db, finished: int, proc: subprocess.Popen, timeout: float = 300):
