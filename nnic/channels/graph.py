@@ -361,6 +361,12 @@ class Call:
             return channel_stats(value, dim, torch.zeros(value.shape[dim], dtype=torch.bool))
         return channel_stats(value, dim, where)
 
+    def zero_dead(self, value: torch.Tensor, spec: Spec, dim: int | None = None) -> torch.Tensor:
+        """Per channel of ``spec``: dead, and all zero in ``value`` along ``dim`` (``spec.dim`` by default), which
+        is what lets a layer reading ``value`` drop that input channel."""
+        d = spec.dim if dim is None else dim
+        return spec.dead & self.stats(value, d, spec.dead).zero
+
 
 def _describe(node: fx.Node) -> str:
     if node.op == "call_module":

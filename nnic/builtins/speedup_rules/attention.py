@@ -138,7 +138,7 @@ class MultiheadAttentionRule(Rule):
             if spec is not None and spec.dim == x.ndim - 1:
                 call.couple(ids, spec.ids)
                 unused = ~(w.detach() != 0).any(0).cpu()
-                call.sink(ids, unused | (spec.dead & call.stats(x, spec.dim, spec.dead).zero), slot=slot)
+                call.sink(ids, unused | call.zero_dead(x, spec), slot=slot)
             else:
                 call.pin(ids)
         wv, bv, out = p["w"][2].detach(), p["b"][2], p["out"]

@@ -168,7 +168,7 @@ class PointwiseRule(Rule):
                 dead &= False
         if call.node.target in _MUL:
             for arg, v, spec, _ in labelled:
-                dead |= spec.dead & call.stats(v, spec.dim, spec.dead).zero
+                dead |= call.zero_dead(v, spec)
         call.set_output(Spec(od, list(ids), dead))
 
 
@@ -464,7 +464,7 @@ class SumRule(Rule):
         keepdim = call.value(2) if len(call.args) > 2 else call.kwargs.get("keepdim", False)
         dims = None if raw is None else {_dim(d, x.ndim) for d in (raw if isinstance(raw, (list, tuple)) else [raw])}
         if dims is None or not dims or spec.dim in dims:
-            call.sink(spec.ids, spec.dead & call.stats(x, spec.dim, spec.dead).zero)
+            call.sink(spec.ids, call.zero_dead(x, spec))
             return
         shift = 0 if keepdim else sum(1 for d in dims if d < spec.dim)
         call.set_output(Spec(spec.dim - shift, spec.ids, spec.dead))

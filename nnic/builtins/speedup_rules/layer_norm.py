@@ -106,7 +106,7 @@ class LayerNormRule(Rule):
             return
         ids = call.slot("c", x.shape[d])
         call.couple(ids, spec.ids)
-        zero = spec.dead & call.stats(x, d, spec.dead).zero
+        zero = call.zero_dead(x, spec, d)
         call.sink(ids, zero, slot="c")
         w = getattr(m, "weight", None)
         weight_zero = (w.detach() == 0).cpu() if w is not None else torch.zeros(len(ids), dtype=torch.bool)

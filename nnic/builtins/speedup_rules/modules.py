@@ -165,7 +165,7 @@ class BilinearRule(Rule):
             ids = call.slot(slot, usage.shape[1])
             if spec is not None and spec.dim == x.ndim - 1:
                 call.couple(ids, spec.ids)
-                zero = spec.dead & call.stats(x, spec.dim, spec.dead).zero
+                zero = call.zero_dead(x, spec)
                 call.sink(ids, ~usage.any(0) | zero, slot=slot)
                 deads.append(spec.dead)
             else:

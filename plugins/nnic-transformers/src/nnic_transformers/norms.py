@@ -93,7 +93,7 @@ class RMSNormRule(Rule):
             return
         ids = call.slot("c", x.shape[-1])
         call.couple(ids, spec.ids)
-        zero = spec.dead & call.stats(x, spec.dim, spec.dead).zero
+        zero = call.zero_dead(x, spec)
         call.sink(ids, zero, slot="c")
         call.set_output(Spec(spec.dim, spec.ids, zero))
 

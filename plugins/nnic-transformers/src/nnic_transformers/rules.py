@@ -73,7 +73,7 @@ class AttentionRule(Rule):
         if spec is not None and spec.dim == x.ndim - 1 and not whole and not lay.norm_inside:
             call.couple(in_ids, spec.ids)
             used = torch.stack([(p.weight.detach() != 0).any(0) for p in (q, k, v)]).any(0).cpu()
-            call.sink(in_ids, ~used | (spec.dead & call.stats(x, spec.dim).zero))
+            call.sink(in_ids, ~used | call.zero_dead(x, spec))
         else:
             why = f"{call.name}: {whole}" if whole else (
                 f"{call.name}: adds its input and normalises it" if lay.norm_inside else None)
@@ -182,7 +182,7 @@ class GPT2AttentionRule(Rule):
         if spec is not None and spec.dim == x.ndim - 1 and not cross:
             call.couple(in_ids, spec.ids)
             used = (w_in != 0).any(1).cpu()
-            call.sink(in_ids, ~used | (spec.dead & call.stats(x, spec.dim).zero))
+            call.sink(in_ids, ~used | call.zero_dead(x, spec))
         else:
             call.pin(in_ids, f"{call.name}: its input channels are not tracked" if not cross
                      else f"{call.name}: cross-attention is kept whole")
