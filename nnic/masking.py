@@ -79,6 +79,12 @@ def _masks_of(module: nn.Module, name: str) -> list[ParameterMask]:
     return [p for p in module.parametrizations[name] if isinstance(p, ParameterMask)]
 
 
+def current_mask(module: nn.Module, name: str) -> torch.Tensor | None:
+    """The mask in force on ``module.<name>`` (attached by :func:`attach_mask`), or ``None``."""
+    found = _masks_of(module, name)
+    return found[0].mask if found else None
+
+
 def fold_masks(module: nn.Module) -> None:
     """Remove the module's masks, leaving plain parameters with the masks multiplied in.
 

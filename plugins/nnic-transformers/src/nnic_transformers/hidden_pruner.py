@@ -23,9 +23,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
-from nnic.masking import Masks, ParameterMask, parameter
+from nnic.masking import Masks, current_mask, parameter
 from nnic.pruning import Pruner
 from nnic.selection import amount
 from nnic_transformers.norms import rms_norm_classes
@@ -92,13 +91,6 @@ def _get(module: nn.Module, path: str) -> object:
     return module
 
 
-def _existing_mask(module: nn.Module, pname: str) -> torch.Tensor | None:
-    if not parametrize.is_parametrized(module, pname):
-        return None
-    found = [p.mask for p in module.parametrizations[pname] if isinstance(p, ParameterMask)]
-    return found[0] if found else None
-
-
 class HiddenSizePruner(Pruner):
     """The hidden size of LLaMA / Qwen2 / Mistral decoders (see the module docstring).
 
@@ -158,7 +150,7 @@ class HiddenSizePruner(Pruner):
                 shape = [1] * t.ndim
                 shape[m.dim] = n
                 mask = keep.to(t.device).reshape(shape).expand_as(t).clone()
-                old = _existing_mask(module, m.param)
+                old = current_mask(module, m.param)
                 masks.setdefault(m.module, {})[m.param] = mask if old is None else mask & old
         return masks
 
