@@ -35,15 +35,13 @@ def staged_onnx(path: str) -> Iterator[str]:
 
 def publish(staged: str, path: str) -> None:
     """Move the exporter's file ``staged`` to ``path``, gathering external weights into ``<path>.data``."""
-    import onnx
-    from onnx.external_data_helper import uses_external_data
-
-    model = onnx.load(staged, load_external_data=False)
-    if not any(uses_external_data(t) for t in _tensors(model)):
+    staging = os.path.dirname(staged)
+    if os.listdir(staging) == [os.path.basename(staged)]:  # the weights are inside the model: nothing to gather
         os.replace(staged, path)
         return
-    staging = os.path.dirname(staged)
-    onnx.load_external_data_for_model(model, staging)
+    import onnx
+
+    model = onnx.load(staged)  # with the external tensors, read from beside it
     data_name = os.path.basename(path) + ".data"
     if os.path.exists(os.path.join(staging, data_name)):
         raise FileExistsError(f"{path}: the exporter wrote a tensor file named {data_name!r}; choose another name")
@@ -52,11 +50,3 @@ def publish(staged: str, path: str) -> None:
                     size_threshold=EXTERNAL_THRESHOLD)
     os.replace(os.path.join(staging, data_name), os.path.join(os.path.dirname(os.path.abspath(path)), data_name))
     os.replace(gathered, path)
-
-
-def _tensors(model) -> Iterator:  # onnx.ModelProto; onnx is an optional extra, imported lazily
-    yield from model.graph.initializer
-    for node in model.graph.node:
-        for attribute in node.attribute:
-            if attribute.HasField("t"):
-                yield attribute.t
