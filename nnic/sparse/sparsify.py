@@ -27,6 +27,7 @@ from torch.nn.utils import parametrize
 
 from nnic.sparse import layout
 from nnic.sparse.modules import SparseLinear
+from nnic.speedup.api import outputs_close
 
 __all__ = ["LayerDecision", "SparsifyReport", "sparsify"]
 
@@ -239,19 +240,6 @@ def _measure(fns: list, x: torch.Tensor, rounds: int, min_speedup: float, tokens
     return best, times, verdict
 
 
-def _close(a: Any, b: Any, rtol: float, atol: float) -> bool:
-    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
-        if a.shape != b.shape:
-            return False
-        scale = float(b.detach().abs().max()) if b.numel() else 0.0
-        return bool(((a - b).abs().max() <= atol + rtol * scale)) if a.numel() else True
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_close(x, y, rtol, atol) for x, y in zip(a, b))
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-        return a.keys() == b.keys() and all(_close(a[k], b[k], rtol, atol) for k in a)
-    return True
-
-
 def _candidates(module: nn.Module, kind: str) -> tuple[torch.Tensor, list[SparseLinear]]:
     """The layer's weight non-zeros and its sparse versions (CSR, and N:M when the zeros follow a pattern)."""
     w = _linear_weight(module).detach()
@@ -346,7 +334,7 @@ def sparsify(model: nn.Module, dummy_input: Any, masks: Mapping | None = None, *
         if verify and replaced:
             with torch.no_grad():
                 got = model(*args, **kwargs)
-            if not _close(got, reference, rtol, atol):
+            if not outputs_close(got, reference, rtol, atol):
                 raise ValueError("sparsify: verify: the sparse model's output differs from the dense model's; "
                                  f"layers made sparse: {sorted(replaced)}")
     except BaseException:

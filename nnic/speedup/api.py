@@ -103,7 +103,9 @@ def tolerance(dtype: torch.dtype, rtol: float | None = None, atol: float | None 
     return (default_rtol if rtol is None else rtol), (default_atol if atol is None else atol)
 
 
-def _close(a: Any, b: Any, rtol: float | None, atol: float | None) -> bool:
+def outputs_close(a: Any, b: Any, rtol: float | None, atol: float | None) -> bool:
+    """Whether model output ``a`` matches the reference ``b`` (tensors, or tuples/lists/mappings of them): float
+    tensors within ``atol + rtol * max|b|`` (defaults per dtype: :func:`tolerance`), others exactly."""
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
         if a.shape != b.shape:
             return False
@@ -114,9 +116,9 @@ def _close(a: Any, b: Any, rtol: float | None, atol: float | None) -> bool:
         scale = float(b.detach().abs().max()) if b.numel() else 0.0
         return bool((a.detach() - b.detach()).abs().max() <= atol + rtol * scale) if a.numel() else True
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_close(x, y, rtol, atol) for x, y in zip(a, b))
+        return len(a) == len(b) and all(outputs_close(x, y, rtol, atol) for x, y in zip(a, b))
     if isinstance(a, Mapping) and isinstance(b, Mapping):
-        return a.keys() == b.keys() and all(_close(a[k], b[k], rtol, atol) for k in a)
+        return a.keys() == b.keys() and all(outputs_close(a[k], b[k], rtol, atol) for k in a)
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         return False
     if isinstance(b, (int, float, complex, str, bytes, bool, type(None))):
@@ -242,7 +244,7 @@ class ModelSpeedup:
                     raise SpeedupError(f"verify: the sped-up model fails on the dummy input ({type(exc).__name__}: "
                                        f"{exc}); a speedup rule removed channels that code it does not see still "
                                        f"reads (keep that module whole with leaf_modules=[...])") from exc
-                if not _close(got, reference, self.rtol, self.atol):
+                if not outputs_close(got, reference, self.rtol, self.atol):
                     raise SpeedupError(self._mismatch(model, args, kwargs, prop, removed, snapshot))
         except BaseException:
             snapshot.restore()  # a failed speedup leaves the model as it was, masks included
@@ -284,7 +286,7 @@ class ModelSpeedup:
             if isinstance(spec, Spec) and isinstance(ref, torch.Tensor):
                 keep = [k for k, i in enumerate(spec.ids) if find(i) not in removed]
                 ref = ref.index_select(spec.dim, torch.tensor(keep, dtype=torch.long, device=ref.device))
-            if not _close(got, ref, self.rtol, self.atol):
+            if not outputs_close(got, ref, self.rtol, self.atol):
                 detail = ""
                 if isinstance(got, torch.Tensor) and isinstance(ref, torch.Tensor) and got.shape == ref.shape:
                     detail = f" (max abs difference {float((got - ref).abs().max()):.3g})"
