@@ -70,11 +70,8 @@ class UnionFind:
             i = parent[i]
         return i
 
-    def union(self, a: int, b: int) -> None:
-        self.union_pairs([a], [b])
-
     def union_pairs(self, a: Iterable[int], b: Iterable[int]) -> None:
-        """``union(i, j)`` for each pair (propagation couples whole channel lists at a time: a ResNet-50
+        """Unite ``a[k]`` with ``b[k]`` for each k (propagation couples whole channel lists at a time: a ResNet-50
         couples some 160 000 pairs, and a call per pair and per find was most of its analysis)."""
         a, b = list(a), list(b)
         n = min(len(a), len(b))
