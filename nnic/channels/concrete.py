@@ -14,7 +14,7 @@ import torch
 from torch import fx, nn
 from torch.fx import _symbolic_trace as st
 
-from nnic.channels.tracer import Tracer
+from nnic.channels.tracer import Tracer, fetch_attr
 
 _MISSING = object()
 _ORIGINAL_CALL = st._orig_module_call  # nn.Module.__call__ as it was before fx patched it
@@ -87,9 +87,7 @@ class ValueTracer(Tracer):
                     value = self.inputs[self.placeholders]
                     self.placeholders += 1
                 elif kind == "get_attr":
-                    value = self.root
-                    for part in target.split("."):
-                        value = getattr(value, part)
+                    value = fetch_attr(self.root, target)
                 else:
                     a, kw = _realize(self, args), _realize(self, kwargs)
                     if kind == "call_module":  # around fx's call wrapper, which rescans globals per call

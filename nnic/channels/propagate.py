@@ -17,7 +17,7 @@ from torch import fx, nn
 from nnic.channels import reuse
 from nnic.channels.capture import Capture, capture
 from nnic.channels.graph import Call, Spec, State, describe
-from nnic.channels.tracer import placeholder_values, split_dummy_input
+from nnic.channels.tracer import fetch_attr, placeholder_values, split_dummy_input
 
 _MISSING = object()
 _SHAPE_INPLACE = {"unsqueeze_", "squeeze_", "t_", "transpose_", "swapdims_", "swapaxes_", "resize_", "resize_as_",
@@ -72,13 +72,6 @@ class RuleTable:
     @property
     def leaf_types(self) -> tuple[type, ...]:
         return tuple(self.modules)
-
-
-def _fetch(root: nn.Module, target: str) -> Any:
-    obj: Any = root
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def _is_inplace(node: fx.Node, module: nn.Module | None) -> bool:
@@ -138,7 +131,7 @@ class Propagation:
                 state.values[node] = next(ordered, None)
                 continue
             if node.op == "get_attr":
-                state.values[node] = _fetch(gm, node.target)
+                state.values[node] = fetch_attr(gm, node.target)
                 state.const.add(node)
                 continue
             if node.op == "output":

@@ -16,7 +16,7 @@ import torch
 from torch import fx, nn
 
 from nnic.channels.execution import check_faithful, copy_value
-from nnic.channels.tracer import CaptureError
+from nnic.channels.tracer import CaptureError, fetch_attr
 from nnic.channels.tracing import trace
 
 _PLAIN = (type(None), bool, int, float, str, torch.dtype, torch.device)
@@ -91,18 +91,11 @@ def _trace_region(model: nn.Module, prefix: str, wrapped: _Call, args: tuple, kw
     graph, owned = gm.graph, {}
     for node in graph.nodes:
         if node.op in ("call_module", "get_attr"):
-            obj = gm.get_submodule(node.target) if node.op == "call_module" else _fetch_attr(gm, node.target)
+            obj = gm.get_submodule(node.target) if node.op == "call_module" else fetch_attr(gm, node.target)
             if node.target == "m" or node.target.startswith("m."):  # the module's own: its name in the model
                 node.target = prefix + node.target[1:]
             owned[node.target] = obj  # fx's own constants keep their names
     return fx.GraphModule(owned, graph, class_name=type(wrapped.m).__name__ + "Region")
-
-
-def _fetch_attr(root: nn.Module, target: str) -> Any:
-    obj: Any = root
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def find_regions(model: nn.Module, recorded: dict[str, list[tuple[tuple, dict, Any]]],

@@ -27,6 +27,7 @@ import torch
 from torch import fx, nn
 
 from nnic.channels.graph import UnionRecord
+from nnic.channels.tracer import fetch_attr
 
 _PLAIN = (type(None), bool, int, float, str, torch.dtype, torch.device)
 _GRAPHS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, fx.GraphModule]] = weakref.WeakKeyDictionary()
@@ -62,17 +63,10 @@ def fingerprint(model: nn.Module, args: tuple, kwargs: dict, leaf_types: Iterabl
     return tuple(modules), leaves, _arg_shape(args), _arg_shape(kwargs)
 
 
-def _fetch(root: nn.Module, target: str) -> Any:
-    obj: Any = root
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def _bound_to(gm: fx.GraphModule, model: nn.Module) -> bool:
     """Whether every module and attribute ``gm``'s graph names is the same object in ``model``."""
     try:
-        return all(_fetch(gm, n.target) is _fetch(model, n.target)
+        return all(fetch_attr(gm, n.target) is fetch_attr(model, n.target)
                    for n in gm.graph.nodes if n.op in ("call_module", "get_attr"))
     except AttributeError:
         return False

@@ -92,4 +92,12 @@ class Tracer(fx.Tracer):
             self.stack.pop()
 
 
-__all__ = ["CaptureError", "Tracer", "placeholder_values", "split_dummy_input"]
+def fetch_attr(root: nn.Module, target: str) -> Any:
+    """What an fx ``get_attr`` / ``call_module`` target (``"layer1.0.conv1.weight"``) names under ``root``."""
+    obj: Any = root
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+__all__ = ["CaptureError", "Tracer", "fetch_attr", "placeholder_values", "split_dummy_input"]
