@@ -22,6 +22,9 @@ points included, once per step whatever the batch) times steps per second, and "
 bandwidth measured in the same run (``dst.copy_(src)`` of 512 MiB, read + write bytes, best of 5).
 GPT-2's ``Conv1D`` layers are turned into ``nn.Linear`` first (same function), so that every variant sees the
 same Linear layers. nnic int4 is symmetric per group of ``--group-size`` (32) with per-token int8 activations.
+Every Linear is quantized, the vocabulary projection (``lm_head``) included. The nnic variants run each block's
+q/k/v and gate/up projections as one GEMM each (``nnic_transformers.fuse_projections``, same outputs) unless
+``--no-fuse``.
 """
 
 from __future__ import annotations
@@ -111,15 +114,20 @@ def variant(base: nn.Module, kind: str, group_size: int) -> nn.Module | None:
     names = linear_names(m)
     if kind == "torch-dynamic-int8":
         return torch.ao.quantization.quantize_dynamic(m, {nn.Linear}, dtype=torch.qint8)
-    if kind == "nnic-int8":
-        return nnic.quantization_speedup(m, {n: 8 for n in names})
-    if kind == "nnic-int4":
-        from nnic.quantization import Int4Linear
+    if kind in ("nnic-int8", "nnic-int4"):
+        if kind == "nnic-int8":
+            m = nnic.quantization_speedup(m, {n: 8 for n in names})
+        else:
+            from nnic.quantization import Int4Linear
 
-        for n in names:
-            parent, _, leaf = n.rpartition(".")
-            owner = m.get_submodule(parent) if parent else m
-            setattr(owner, leaf, Int4Linear.from_float(getattr(owner, leaf), group_size=group_size))
+            for n in names:
+                parent, _, leaf = n.rpartition(".")
+                owner = m.get_submodule(parent) if parent else m
+                setattr(owner, leaf, Int4Linear.from_float(getattr(owner, leaf), group_size=group_size))
+        if FUSE:
+            from nnic_transformers import fuse_projections
+
+            fuse_projections(m)  # q/k/v and gate/up as one GEMM each: exactly the same outputs
         return m
     if kind.startswith("torchao"):
         try:
@@ -205,6 +213,7 @@ def _tensor_bytes(t: torch.Tensor) -> int:
 
 
 CLOCK = time.perf_counter  # --clock cpu: time.thread_time (one thread)
+FUSE = True  # --no-fuse: nnic variants keep q/k/v and gate/up as separate GEMMs
 
 
 @torch.inference_mode()
@@ -254,8 +263,11 @@ def main() -> None:
                     "variant removes")
     ap.add_argument("--prune-hidden", type=float, default=0.0, help="fraction of the hidden size the pruned variant "
                     "also removes (transformer_hidden, kept count a multiple of 32)")
+    ap.add_argument("--no-fuse", action="store_true", help="nnic int8/int4: keep q/k/v and gate/up as separate "
+                    "GEMMs (default: one GEMM each, nnic_transformers.fuse_projections)")
     args = ap.parse_args()
-    global CLOCK
+    global CLOCK, FUSE
+    FUSE = not args.no_fuse
     if args.clock == "cpu":
         CLOCK, args.threads = time.thread_time, 1
 
