@@ -22,9 +22,9 @@ points included, once per step whatever the batch) times steps per second, and "
 bandwidth measured in the same run (``dst.copy_(src)`` of 512 MiB, read + write bytes, best of 5).
 GPT-2's ``Conv1D`` layers are turned into ``nn.Linear`` first (same function), so that every variant sees the
 same Linear layers. nnic int4 is symmetric per group of ``--group-size`` (32) with per-token int8 activations.
-Every Linear is quantized, the vocabulary projection (``lm_head``) included. The nnic variants run each block's
-q/k/v and gate/up projections as one GEMM each (``nnic_transformers.fuse_projections``, same outputs) unless
-``--no-fuse``.
+Every Linear is quantized, the vocabulary projection (``lm_head``) included unless ``--float-lm-head``. The nnic variants run each block's
+q/k/v and gate/up projections as one GEMM each (``nnic_transformers.fuse_projections``, same outputs);
+``nnic-int8-unfused`` / ``nnic-int4-unfused`` (on request) keep them separate.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ MODELS = {
     "gpt2-large": ("gpt2", dict(n_embd=1280, n_layer=36, n_head=20, vocab_size=50257, n_positions=1024)),
 }
 VARIANTS = ("fp32", "bf16", "torch-dynamic-int8", "nnic-int8", "nnic-int4", "torchao-int8", "torchao-int4", "pruned")
+UNFUSED = ("nnic-int8-unfused", "nnic-int4-unfused")  # on request: the nnic variants without fuse_projections
 
 
 def build(name: str) -> nn.Module:
@@ -112,10 +113,13 @@ def variant(base: nn.Module, kind: str, group_size: int) -> nn.Module | None:
     if kind == "fp32":
         return m
     names = linear_names(m)
+    if FLOAT_LM_HEAD:
+        head = m.get_output_embeddings()
+        names = [n for n in names if m.get_submodule(n) is not head]
     if kind == "torch-dynamic-int8":
         return torch.ao.quantization.quantize_dynamic(m, {nn.Linear}, dtype=torch.qint8)
-    if kind in ("nnic-int8", "nnic-int4"):
-        if kind == "nnic-int8":
+    if kind.startswith(("nnic-int8", "nnic-int4")):
+        if kind.startswith("nnic-int8"):
             m = nnic.quantization_speedup(m, {n: 8 for n in names})
         else:
             from nnic.quantization import Int4Linear
@@ -124,7 +128,7 @@ def variant(base: nn.Module, kind: str, group_size: int) -> nn.Module | None:
                 parent, _, leaf = n.rpartition(".")
                 owner = m.get_submodule(parent) if parent else m
                 setattr(owner, leaf, Int4Linear.from_float(getattr(owner, leaf), group_size=group_size))
-        if FUSE:
+        if not kind.endswith("-unfused"):
             from nnic_transformers import fuse_projections
 
             fuse_projections(m)  # q/k/v and gate/up as one GEMM each: exactly the same outputs
@@ -213,7 +217,7 @@ def _tensor_bytes(t: torch.Tensor) -> int:
 
 
 CLOCK = time.perf_counter  # --clock cpu: time.thread_time (one thread)
-FUSE = True  # --no-fuse: nnic variants keep q/k/v and gate/up as separate GEMMs
+FLOAT_LM_HEAD = False  # --float-lm-head: the quantized variants keep the vocabulary projection in float32
 
 
 @torch.inference_mode()
@@ -250,7 +254,7 @@ def copy_bandwidth() -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="*", default=["llama-110m", "gpt2"], choices=sorted(MODELS))
-    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=VARIANTS + UNFUSED)
     ap.add_argument("--batch", nargs="*", type=int, default=[1])
     ap.add_argument("--prompt", type=int, default=128, help="prompt tokens (prefill)")
     ap.add_argument("--new", type=int, default=32, help="generated tokens (decode steps); the issue's setting is 64")
@@ -263,11 +267,11 @@ def main() -> None:
                     "variant removes")
     ap.add_argument("--prune-hidden", type=float, default=0.0, help="fraction of the hidden size the pruned variant "
                     "also removes (transformer_hidden, kept count a multiple of 32)")
-    ap.add_argument("--no-fuse", action="store_true", help="nnic int8/int4: keep q/k/v and gate/up as separate "
-                    "GEMMs (default: one GEMM each, nnic_transformers.fuse_projections)")
+    ap.add_argument("--float-lm-head", action="store_true", help="the quantized variants keep the vocabulary "
+                    "projection (lm_head) in float32 (default: quantized like every other Linear)")
     args = ap.parse_args()
-    global CLOCK, FUSE
-    FUSE = not args.no_fuse
+    global CLOCK, FLOAT_LM_HEAD
+    FLOAT_LM_HEAD = args.float_lm_head
     if args.clock == "cpu":
         CLOCK, args.threads = time.thread_time, 1
 
