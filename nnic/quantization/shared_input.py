@@ -24,6 +24,22 @@ from nnic.quantization.modules import Int4Linear, Int8Linear
 _FUSABLE = (Int4Linear, Int8Linear)
 
 
+class _Latest:
+    """The fused output for one input tensor, and which parts have not taken their slice yet (a plain object: it
+    changes on every call, and attribute writes on an ``nn.Module`` are slow)."""
+
+    __slots__ = ("input", "version", "outputs", "pending")
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.input: torch.Tensor | None = None
+        self.version = 0
+        self.outputs: tuple[torch.Tensor, ...] = ()
+        self.pending: set[int] = set()
+
+
 class SharedInputLinear(nn.Module):
     """The fused layer ``fused`` (output rows of the parts one after another, ``splits`` of them each) and the
     output of its latest call, kept until every part has taken its slice."""
@@ -33,22 +49,21 @@ class SharedInputLinear(nn.Module):
         if sum(splits) != fused.out_features or not all(s > 0 for s in splits):
             raise ValueError(f"splits {splits} must be positive and add up to out_features = {fused.out_features}")
         self.fused, self.splits = fused, list(splits)
-        self._input: torch.Tensor | None = None
-        self._version = 0
-        self._outputs: tuple[torch.Tensor, ...] = ()
-        self._pending: set[int] = set()
+        self._latest = _Latest()
 
     def output(self, x: torch.Tensor, part: int) -> torch.Tensor:
         """Part ``part``'s output for ``x``: a slice of the fused output computed for this very tensor (unchanged
-        since), else of a new fused GEMM. The cache is dropped once every part has taken its slice."""
+        since), else of a new fused GEMM. The output is dropped once every part has taken its slice."""
+        latest = self._latest
         version = 0 if x.is_inference() else x._version
-        if not (x is self._input and version == self._version and part in self._pending):
-            self._outputs = torch.split(self.fused(x), self.splits, dim=-1)
-            self._input, self._version, self._pending = x, version, set(range(len(self.splits)))
-        self._pending.discard(part)
-        y = self._outputs[part]
-        if not self._pending:
-            self._input, self._outputs = None, ()
+        if not (x is latest.input and version == latest.version and part in latest.pending):
+            latest.outputs = torch.split(self._modules["fused"](x), self.splits, dim=-1)
+            latest.input, latest.version, latest.pending = x, version, set(range(len(self.splits)))
+        pending = latest.pending
+        pending.discard(part)
+        y = latest.outputs[part]
+        if not pending:
+            latest.clear()
         return y
 
     def extra_repr(self) -> str:

@@ -61,7 +61,7 @@ def test_fused_outputs_equal_the_separate_layers_bit_for_bit(case, lead):
         assert torch.equal(fused(x), block(x))
     with torch.no_grad():  # outside inference mode the input's version counter is checked too
         assert torch.equal(fused(x), block(x))
-    assert shared._input is None and shared._outputs == ()  # nothing kept after every part took its slice
+    assert shared._latest.input is None and shared._latest.outputs == ()  # nothing kept after every part took its slice
 
 
 def test_a_part_called_on_another_input_gets_its_own_exact_output():
