@@ -375,9 +375,7 @@ class Int4Linear(nn.Module):
         else:
             if self.input_perm is not None:
                 x2 = x2.index_select(1, self.input_perm)
-            bias = self.bias
-            y = kernels.int4_linear(x2, self._packed_weight(), bias if bias is None or bias.dtype == torch.float32
-                                    else bias.float())
+            y = kernels.int4_linear(x2, self._packed_weight(), None if self.bias is None else self.bias.float())
         if x.dim() != 2:
             y = y.reshape(*x.shape[:-1], self.out_features)
         return y if y.dtype == x.dtype else y.to(x.dtype)

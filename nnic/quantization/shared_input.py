@@ -90,8 +90,9 @@ class SharedInputPart(nn.Module):
 def fuse_shared_input(parent: nn.Module, names: list[str], fused_name: str) -> SharedInputLinear:
     """Fuses the layers ``parent.<name>`` for ``name`` in ``names`` (all :class:`Int4Linear` or all
     :class:`Int8Linear`, same input size and the same quantization settings, see below) into one GEMM held as
-    ``parent.<fused_name>``; each named layer becomes a :class:`SharedInputPart`. The caller guarantees that
-    ``parent`` calls them on the same input tensor.
+    ``parent.<fused_name>``; each named layer becomes a :class:`SharedInputPart`. It saves work when ``parent``
+    calls them on one input tensor; a part called on another input still gets its exact output (from a fused GEMM
+    of its own). One fused model serves one thread at a time: the shared output is per module, not per call.
 
     Same settings: int4 layers need one group size and one input permutation (GPTQ act-order), int8 layers
     one activation mode (and static range), symmetry and no fused activation. Bias and zero points may differ

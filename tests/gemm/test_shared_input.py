@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from nnic import kernels
 from nnic.quantization import Int4Linear, Int8Linear, SharedInputPart, fuse_shared_input
 
 
@@ -39,9 +40,17 @@ def int4(lin: nn.Linear, affine: bool = False, group_size: int = 32) -> Int4Line
     return Int4Linear.from_float(lin, group_size=group_size, weight_q=q, weight_scales=s, weight_zero_points=z)
 
 
+def int4_act_order(lin: nn.Linear) -> Int4Linear:
+    """GPTQ act order: groups over permuted columns; layers that share an input share the permutation."""
+    perm = torch.randperm(lin.in_features, generator=torch.Generator().manual_seed(2))
+    q, s = kernels.quantize_int4_weight(lin.weight.detach()[:, perm], 32)
+    return Int4Linear.from_float(lin, group_size=32, weight_q=q, weight_scales=s, input_perm=perm)
+
+
 CASES = {
     "int4 symmetric": lambda ls: [int4(lin) for lin in ls],
     "int4 affine and symmetric mixed": lambda ls: [int4(ls[0], affine=True), int4(ls[1]), int4(ls[2], affine=True)],
+    "int4 act order": lambda ls: [int4_act_order(lin) for lin in ls],
     "int8 per token": lambda ls: [Int8Linear.from_float(lin) for lin in ls],
     "int8 static": lambda ls: [Int8Linear.from_float(lin, act="static", act_scale=0.02, act_zero_point=128)
                                for lin in ls],
@@ -102,6 +111,8 @@ def test_layers_that_cannot_share_a_gemm_are_refused_by_name():
                                 Int8Linear.from_float(ls[1], act="static", act_scale=0.03, act_zero_point=128),
                                 Int8Linear.from_float(ls[2], act="static", act_scale=0.02, act_zero_point=128)),
                           ["a", "b", "c"], "abc")
+    with pytest.raises(ValueError, match=r"Block\.c .*a different input permutation"):
+        fuse_shared_input(Block(int4_act_order(ls[0]), int4_act_order(ls[1]), int4(ls[2])), ["a", "b", "c"], "abc")
     with pytest.raises(ValueError, match="in_features 64 != 96"):
         fuse_shared_input(Block(int4(ls[0]), int4(nn.Linear(64, 32)), int4(ls[2])), ["a", "b", "c"], "abc")
     block = Block(*[int4(lin) for lin in ls])
