@@ -6,6 +6,7 @@ from transformers configs with random weights.
     python bench/decode.py --models llama-1b --batch 1 4     # ~1.1B LLaMA (about 10 GiB for all variants)
     python bench/decode.py --prompt 128 --new 64 --rounds 5 --variants fp32 nnic-int4
     python bench/decode.py --models llama-110m --variants fp32 pruned --prune 0.3   # structured pruning
+    python bench/decode.py --models llama-1b --variants nnic-int4 --profile          # where a decode step goes
 
 ``pruned`` (LLaMA models) prunes ``--prune`` of the attention heads (``transformer_head``, ``l1_weight``: whole
 key/value heads with all of their query heads, ``floor(p x kv heads)`` per layer) and of the MLP channels
@@ -239,6 +240,47 @@ def run_once(model: nn.Module, ids: torch.Tensor, new: int) -> tuple[float, floa
     return t1 - t0, t2 - t1, torch.cat(toks, 1)
 
 
+@torch.inference_mode()
+def profile(model: nn.Module, ids: torch.Tensor, steps: int) -> list[tuple[str, float, int]]:
+    """Where a decode step goes: (module kind, ms per step, calls per step) for ``steps`` KV-cached greedy steps
+    after a prefill of ``ids``, timed by forward hooks on every module (kinds: the last part of the module's name,
+    ``layers.N`` as ``layer``, the whole model as ``total``, a ``fuse_projections`` GEMM as ``qkv_proj (fused
+    GEMM)``), largest first. Times are inclusive: a block's time contains its projections', and the first part of
+    a fused group (``q_proj``) contains the fused GEMM. Hooks add a few microseconds per module call."""
+    from transformers import DynamicCache
+
+    spent: dict[str, float] = {}
+    calls: dict[str, int] = {}
+    started: dict[str, float] = {}
+    handles = []
+    for name, mod in model.named_modules():
+        parts = name.split(".")
+        kind = ("total" if not name else "layer" if parts[-1].isdigit()
+                else f"{parts[-2]} (fused GEMM)" if parts[-1] == "fused" and len(parts) > 1 else parts[-1])
+
+        def pre(mod, args, name=name):
+            started[name] = time.perf_counter()
+
+        def post(mod, args, out, name=name, kind=kind):
+            spent[kind] = spent.get(kind, 0.0) + time.perf_counter() - started.pop(name)
+            calls[kind] = calls.get(kind, 0) + 1
+
+        handles += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
+    try:
+        out = model(input_ids=ids, past_key_values=DynamicCache(), use_cache=True)
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        spent.clear()
+        calls.clear()
+        for _ in range(steps):
+            out = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
+            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+    finally:
+        for h in handles:
+            h.remove()
+    rows = [(k, 1e3 * v / steps, calls[k] // steps) for k, v in spent.items()]
+    return sorted(rows, key=lambda r: -r[1])
+
+
 def copy_bandwidth() -> float:
     """Bytes per second of ``dst.copy_(src)`` (read + write), best of 5, 512 MiB buffers, on the bench's clock."""
     src = torch.ones(1 << 27)
@@ -267,6 +309,8 @@ def main() -> None:
                     "variant removes")
     ap.add_argument("--prune-hidden", type=float, default=0.0, help="fraction of the hidden size the pruned variant "
                     "also removes (transformer_hidden, kept count a multiple of 32)")
+    ap.add_argument("--profile", action="store_true", help="instead of timing: where one decode step goes, per "
+                    "module kind (projections, norms, attention, lm_head, ...), for each variant")
     ap.add_argument("--float-lm-head", action="store_true", help="the quantized variants keep the vocabulary "
                     "projection (lm_head) in float32 (default: quantized like every other Linear)")
     args = ap.parse_args()
@@ -300,6 +344,13 @@ def main() -> None:
                 built[kind] = variant(base, kind, args.group_size)
         models = {k: built[k] for k in args.variants if built.get(k) is not None}
         wbytes = {k: weight_bytes(m) for k, m in models.items()}
+        if args.profile:
+            for k, m in models.items():
+                run_once(m, prompts[0], 4)  # warm-up
+                print(f"\n{name} {k}, batch {args.batch[0]}: per decode step, by module kind (forward hooks)")
+                for kind, ms, n in profile(m, prompts[0], args.new):
+                    print(f"  {kind:28s} {ms:8.3f} ms  {n:4d} calls")
+            continue
         for batch, ids in zip(args.batch, prompts):
             times: dict[str, list[tuple[float, float]]] = {k: [] for k in models}
             first: dict[str, torch.Tensor] = {}
