@@ -158,8 +158,10 @@ class ChannelStats:
 
 def channel_stats(value: torch.Tensor, dim: int, where: torch.Tensor | None = None) -> ChannelStats:
     """Stats of each index along ``dim``; with ``where`` (bool, one per index) only of those indices, the others
-    read as neither zero nor uniform. Computed in the tensor's own dtype (min and max are exact in any), over
-    the selected channels only: rules ask about the few dead channels of large activations."""
+    read as neither zero nor uniform. Computed in the tensor's own dtype (min and max are exact in any) by
+    reductions over the other dimensions, on the tensor in place: gathering the selected channels first copies
+    them (and a channels-last tensor once more to lay them out), which costs more than reducing them all unless
+    few are asked about (rules ask about the dead channels of large activations: half of them after pruning)."""
     n = value.shape[dim]
     zero = torch.zeros(n, dtype=torch.bool)
     uniform = torch.zeros(n, dtype=torch.bool)
@@ -170,17 +172,19 @@ def channel_stats(value: torch.Tensor, dim: int, where: torch.Tensor | None = No
     index = torch.arange(n) if where is None else where.cpu().nonzero().flatten()
     if index.numel() == 0:
         return ChannelStats(zero, uniform, first)
-    if where is not None:
-        v = v.index_select(dim, index.to(v.device))
-    flat = v.movedim(dim, 0).reshape(len(index), -1)
-    if flat.shape[1] == 0:
+    if v.numel() == 0:
         zero[index], uniform[index] = True, True
         return ChannelStats(zero, uniform, first)
-    lo, hi = torch.aminmax(flat, dim=1)
+    gathered = 4 * index.numel() < n  # a few channels: gather them; else reduce all and keep what was asked
+    if gathered:
+        v = v.index_select(dim, index.to(v.device))
+    other = tuple(d for d in range(v.ndim) if d != dim)
+    hi, lo = (v.amax(dim=other), v.amin(dim=other)) if other else (v, v)
     finite = torch.isfinite(hi) & torch.isfinite(lo)  # a NaN anywhere in a channel makes its max NaN
-    zero[index] = ((hi == 0) & (lo == 0) & finite).cpu()
-    uniform[index] = ((hi == lo) & finite).cpu()
-    first[index] = flat[:, 0].double().cpu()
+    rows = slice(None) if gathered else index
+    zero[index] = ((hi == 0) & (lo == 0) & finite).cpu()[rows]
+    uniform[index] = ((hi == lo) & finite).cpu()[rows]
+    first[index] = v.movedim(dim, -1)[(0,) * (v.ndim - 1)].double().cpu()[rows]  # each channel's first value
     return ChannelStats(zero, uniform, first)
 
 

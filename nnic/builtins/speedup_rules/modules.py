@@ -140,11 +140,12 @@ class LinearRule(ChannelMixRule):
         kin, kout = keep.get("in"), keep.get("out")
         w = module.weight.detach()
         if kout is not None:
-            w = w[kout.to(w.device)]
+            w = w.index_select(0, kout.to(w.device))
             slice_param(module, "bias", kout, 0)
         if kin is not None:
-            w = w[:, kin.to(w.device)]
-        module.weight = _param(w, module.weight.requires_grad)
+            w = w.index_select(1, kin.to(w.device))
+        fresh = w.data_ptr() != module.weight.data_ptr()  # one copy per sliced dimension, no third one
+        module.weight = nn.Parameter(w if fresh else w.clone(), requires_grad=module.weight.requires_grad)
         module.out_features, module.in_features = w.shape
         return module
 
