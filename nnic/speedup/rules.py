@@ -182,13 +182,14 @@ class ChannelMixRule(Rule):
         if spec is not None and spec.dim == d:
             call.couple(in_ids, spec.ids)
             dead_in = spec.dead
-            st = call.stats(x, d, dead_in)
             unused = ~blocks.any(1).reshape(-1)
-            zero = dead_in & st.zero
-            foldable = dead_in & st.uniform & ~zero & ~unused
-            if not (first_call and self.can_fold(module, x)):
-                foldable = torch.zeros_like(foldable)
-            call.sink(in_ids, unused | zero | foldable, fold=foldable, fold_values=st.value)
+            if first_call and self.can_fold(module, x):
+                st = call.stats(x, d, dead_in)
+                zero = dead_in & st.zero
+                foldable = dead_in & st.uniform & ~zero & ~unused
+                call.sink(in_ids, unused | zero | foldable, fold=foldable, fold_values=st.value)
+            else:  # only zero channels can go: one pass over them, not the statistics for folding
+                call.sink(in_ids, unused | call.zero_dead(x, spec, d))
         else:
             call.pin(in_ids, f"{call.name}: its input channels are not tracked")
             dead_in = torch.full((len(in_ids),), call.is_const(0), dtype=torch.bool)

@@ -1,5 +1,5 @@
-"""Per-channel statistics that speedup's rules read (all zero, all equal, first value), checked against a plain
-numpy loop over the channels: every layout (the channel dimension first, last or in between, non-contiguous
+"""Per-channel statistics that speedup's rules read (all zero, all equal, first value; all zero alone in one
+pass), checked against a plain numpy loop over the channels: every layout (the channel dimension first, last or in between, non-contiguous
 views), selections of few and of many channels, NaN and infinity, empty dimensions, integer and bool tensors."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nnic.channels.graph import channel_stats
+from nnic.channels.graph import channel_stats, channel_zero
 
 
 def reference(value: np.ndarray, dim: int, where: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -60,6 +60,7 @@ def test_channel_stats_match_a_per_channel_loop(case):
     assert np.array_equal(got.uniform.numpy(), uniform)
     known = uniform  # the first value is read only where a channel is uniform (a constant to fold)
     assert np.array_equal(got.value.numpy()[known], first[known])
+    assert np.array_equal(channel_zero(value, dim, where).numpy(), zero)  # the one-pass form agrees
 
 
 def test_unselected_channels_read_as_neither_zero_nor_uniform():
