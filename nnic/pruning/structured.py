@@ -268,10 +268,10 @@ def _coupled_layers(layers: list[str], ids: dict[str, np.ndarray]) -> list[list[
         roots = np.concatenate([ids[name] for name in traced])
         owner = np.repeat(np.asarray([index[name] for name in traced], dtype=np.int64),
                           [ids[name].size for name in traced])
-        _, at = np.unique(roots, return_inverse=True)
-        first = np.full(int(at.max()) + 1, len(layers), dtype=np.int64)
-        np.minimum.at(first, at, owner)  # each group's first layer: unite every layer with it
-        for a, b in np.unique(np.stack([first[at], owner], 1), axis=0).tolist():
+        first = np.full(int(roots.max()) + 1, len(layers), dtype=np.int64)
+        np.minimum.at(first, roots, owner)  # each group's first layer: unite every layer with it
+        pairs = np.unique(first[roots] * len(layers) + owner)  # distinct (first layer, layer), as one int each
+        for a, b in zip((pairs // len(layers)).tolist(), (pairs % len(layers)).tolist()):
             while parent[a] != a:
                 a = parent[a]
             while parent[b] != b:
