@@ -1,5 +1,5 @@
-"""Per-channel statistics that speedup's rules read (all zero, all equal, first value; all zero alone in one
-pass), checked against a plain numpy loop over the channels: every layout (the channel dimension first, last or in between, non-contiguous
+"""Per-channel statistics that speedup's rules read (all zero, all equal, first value; all zero
+alone), checked against a plain numpy loop over the channels: every layout (the channel dimension first, last or in between, non-contiguous
 views), selections of few and of many channels, NaN and infinity, empty dimensions, integer and bool tensors."""
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def test_channel_stats_match_a_per_channel_loop(case):
     assert np.array_equal(got.uniform.numpy(), uniform)
     known = uniform  # the first value is read only where a channel is uniform (a constant to fold)
     assert np.array_equal(got.value.numpy()[known], first[known])
-    assert np.array_equal(channel_zero(value, dim, where).numpy(), zero)  # the one-pass form agrees
+    assert np.array_equal(channel_zero(value, dim, where).numpy(), zero)  # the zero-only form agrees
 
 
 def test_unselected_channels_read_as_neither_zero_nor_uniform():
