@@ -2,14 +2,14 @@
 machine others load: the protocol of ``bench/depth.py`` (same models, request and input), timed as interleaved
 rounds of single-threaded thread CPU time.
 
-Two long-lived worker processes, one importing nnic from ``--before`` (a checkout of the older code: ``git
-worktree add /tmp/before <commit>``, with its built extension ``nnic/_kernels*.so`` copied in) and one from this
+Two long-lived worker processes, one importing nnic from ``--before`` (the older code, e.g. ``mkdir DIR; git
+archive <commit> | tar -x -C DIR``, with the built extension ``nnic/_kernels*.so`` copied in) and one from this
 tree, never run at the same time: per model a warm-up round each, then ``--rounds`` of (before, now,
 Torch-Pruning in the "now" worker); medians. Other users' load slows both versions alike within a round, which
 ``bench/depth.py``'s two concurrent processes do not guarantee.
 
-    python bench/depth_ab.py --before /tmp/before                    # the --quick models but ViT and DenseNet
-    python bench/depth_ab.py --before /tmp/before --models resnet50 --rounds 9
+    python bench/depth_ab.py --before DIR                    # the --quick models but ViT and DenseNet
+    python bench/depth_ab.py --before DIR --models resnet50 --rounds 9
 """
 
 from __future__ import annotations
