@@ -156,32 +156,62 @@ class ChannelStats:
     value: torch.Tensor
 
 
-def channel_stats(value: torch.Tensor, dim: int, where: torch.Tensor | None = None) -> ChannelStats:
-    """Stats of each index along ``dim``; with ``where`` (bool, one per index) only of those indices, the others
-    read as neither zero nor uniform. Computed in the tensor's own dtype (min and max are exact in any), over
-    the selected channels only: rules ask about the few dead channels of large activations."""
+def _asked(value: torch.Tensor, dim: int, where: torch.Tensor | None) -> tuple[torch.Tensor, tuple[int, ...], torch.Tensor, Any] | None:
+    """What a per-channel reduction reads: ``(tensor, the dimensions to reduce, the asked channels' positions,
+    which rows of the reduction are theirs)``, or ``None`` when no channel is asked about. The reductions run
+    on the tensor in place over its other dimensions: gathering the asked channels first copies them (and a
+    channels-last tensor once more to lay them out), which costs more than reducing them all unless few are
+    asked about (rules ask about the dead channels of large activations: half of them after pruning)."""
     n = value.shape[dim]
-    zero = torch.zeros(n, dtype=torch.bool)
-    uniform = torch.zeros(n, dtype=torch.bool)
-    first = torch.zeros(n, dtype=torch.float64)
     v = value.detach()
     if v.dtype == torch.bool:
         v = v.to(torch.uint8)
     index = torch.arange(n) if where is None else where.cpu().nonzero().flatten()
     if index.numel() == 0:
-        return ChannelStats(zero, uniform, first)
-    if where is not None:
+        return None
+    gathered = 4 * index.numel() < n  # a few channels: gather them; else reduce all and keep what was asked
+    if gathered:
         v = v.index_select(dim, index.to(v.device))
-    flat = v.movedim(dim, 0).reshape(len(index), -1)
-    if flat.shape[1] == 0:
+    return v, tuple(d for d in range(v.ndim) if d != dim), index, slice(None) if gathered else index
+
+
+def channel_stats(value: torch.Tensor, dim: int, where: torch.Tensor | None = None) -> ChannelStats:
+    """Stats of each index along ``dim``; with ``where`` (bool, one per index) only of those indices, the others
+    read as neither zero nor uniform. Computed in the tensor's own dtype (min and max are exact in any)."""
+    n = value.shape[dim]
+    zero = torch.zeros(n, dtype=torch.bool)
+    uniform = torch.zeros(n, dtype=torch.bool)
+    first = torch.zeros(n, dtype=torch.float64)
+    asked = _asked(value, dim, where)
+    if asked is None:
+        return ChannelStats(zero, uniform, first)
+    v, other, index, rows = asked
+    if v.numel() == 0:
         zero[index], uniform[index] = True, True
         return ChannelStats(zero, uniform, first)
-    lo, hi = torch.aminmax(flat, dim=1)
+    hi, lo = (v.amax(dim=other), v.amin(dim=other)) if other else (v, v)
     finite = torch.isfinite(hi) & torch.isfinite(lo)  # a NaN anywhere in a channel makes its max NaN
-    zero[index] = ((hi == 0) & (lo == 0) & finite).cpu()
-    uniform[index] = ((hi == lo) & finite).cpu()
-    first[index] = flat[:, 0].double().cpu()
+    zero[index] = ((hi == 0) & (lo == 0) & finite).cpu()[rows]
+    uniform[index] = ((hi == lo) & finite).cpu()[rows]
+    first[index] = v.movedim(dim, -1)[(0,) * (v.ndim - 1)].double().cpu()[rows]  # each channel's first value
     return ChannelStats(zero, uniform, first)
+
+
+def channel_zero(value: torch.Tensor, dim: int, where: torch.Tensor | None = None) -> torch.Tensor:
+    """``channel_stats(value, dim, where).zero`` without the uniformity and first values: what a sink that
+    cannot fold constants asks. Max and min (NaN and infinity read as non-zero), not ``any``: torch's ``any``
+    over the large dimensions of an activation takes several times as long as both."""
+    zero = torch.zeros(value.shape[dim], dtype=torch.bool)
+    asked = _asked(value, dim, where)
+    if asked is None:
+        return zero
+    v, other, index, rows = asked
+    if v.numel() == 0:
+        zero[index] = True
+        return zero
+    hi, lo = (v.amax(dim=other), v.amin(dim=other)) if other else (v, v)
+    zero[index] = ((hi == 0) & (lo == 0)).cpu()[rows]
+    return zero
 
 
 @dataclass
@@ -362,7 +392,9 @@ class Call:
         """Per channel of ``spec``: dead, and all zero in ``value`` along ``dim`` (``spec.dim`` by default), which
         is what lets a layer reading ``value`` drop that input channel."""
         d = spec.dim if dim is None else dim
-        return spec.dead & self.stats(value, d, spec.dead).zero
+        if self.state.structure_only:
+            return torch.zeros(len(spec.ids), dtype=torch.bool)
+        return spec.dead & channel_zero(value, d, spec.dead)
 
 
 def _describe(node: fx.Node) -> str:

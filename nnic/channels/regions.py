@@ -16,7 +16,7 @@ import torch
 from torch import fx, nn
 
 from nnic.channels.execution import check_faithful, copy_value
-from nnic.channels.tracer import CaptureError, fetch_attr
+from nnic.channels.tracer import CaptureError, fetch_attr, graph_module
 from nnic.channels.tracing import trace
 
 _PLAIN = (type(None), bool, int, float, str, torch.dtype, torch.device)
@@ -95,7 +95,7 @@ def _trace_region(model: nn.Module, prefix: str, wrapped: _Call, args: tuple, kw
             if node.target == "m" or node.target.startswith("m."):  # the module's own: its name in the model
                 node.target = prefix + node.target[1:]
             owned[node.target] = obj  # fx's own constants keep their names
-    return fx.GraphModule(owned, graph, class_name=type(wrapped.m).__name__ + "Region")
+    return graph_module(owned, graph, type(wrapped.m).__name__ + "Region")
 
 
 def find_regions(model: nn.Module, recorded: dict[str, list[tuple[tuple, dict, Any]]],

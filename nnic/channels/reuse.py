@@ -27,7 +27,7 @@ import torch
 from torch import fx, nn
 
 from nnic.channels.graph import UnionRecord
-from nnic.channels.tracer import fetch_attr
+from nnic.channels.tracer import fetch_attr, graph_module
 
 _PLAIN = (type(None), bool, int, float, str, torch.dtype, torch.device)
 _GRAPHS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, fx.GraphModule]] = weakref.WeakKeyDictionary()
@@ -81,7 +81,7 @@ def recall(model: nn.Module, key: tuple) -> fx.GraphModule | None:
     if _bound_to(gm, model):
         return gm
     try:
-        gm = fx.GraphModule(model, gm.graph, class_name=type(gm).__name__)
+        gm = graph_module(model, gm.graph, type(gm).__name__)
     except AttributeError:  # a target that lives on the traced module only (an fx constant): trace again
         del _GRAPHS[model]
         return None

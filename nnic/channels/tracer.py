@@ -92,6 +92,18 @@ class Tracer(fx.Tracer):
             self.stack.pop()
 
 
+def graph_module(root: nn.Module, graph: fx.Graph, class_name: str) -> fx.GraphModule:
+    """An fx GraphModule of ``graph`` over ``root``'s modules whose Python code is generated when it is first
+    run, not when it is made: channel analysis walks the graph's nodes and never calls most of the modules it
+    builds (the code generation was a tenth of tracing a MobileNet). A plain GraphModule where torch has no
+    lazy one."""
+    try:
+        from torch.fx._lazy_graph_module import _LazyGraphModule as kind
+    except ImportError:  # pragma: no cover - older torch
+        kind = fx.GraphModule
+    return kind(root, graph, class_name=class_name)
+
+
 def fetch_attr(root: nn.Module, target: str) -> Any:
     """What an fx ``get_attr`` / ``call_module`` target (``"layer1.0.conv1.weight"``) names under ``root``."""
     obj: Any = root
@@ -100,4 +112,4 @@ def fetch_attr(root: nn.Module, target: str) -> Any:
     return obj
 
 
-__all__ = ["CaptureError", "Tracer", "fetch_attr", "placeholder_values", "split_dummy_input"]
+__all__ = ["CaptureError", "Tracer", "fetch_attr", "graph_module", "placeholder_values", "split_dummy_input"]

@@ -16,7 +16,7 @@ from typing import Any
 from torch import fx, nn
 
 from nnic.channels.concrete import ConcreteTracer, ValueTracer
-from nnic.channels.tracer import CaptureError, Tracer, placeholder_values
+from nnic.channels.tracer import CaptureError, Tracer, graph_module, placeholder_values
 
 
 def _user_frame(exc: BaseException) -> str:
@@ -73,7 +73,7 @@ def trace(model: nn.Module, args: tuple, kwargs: dict, *, leaf_types: Iterable[t
         ) from exc
     if values is not None:
         values.update(tracer.real)
-    return fx.GraphModule(model, graph, class_name=type(model).__name__ + "Graph")
+    return graph_module(model, graph, type(model).__name__ + "Graph")
 
 
 def _trace_explicit(tracer: fx.Tracer, model: nn.Module, bound: inspect.BoundArguments) -> fx.Graph:

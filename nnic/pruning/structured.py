@@ -160,26 +160,9 @@ class StructuredPruner(Pruner):
         found = coupling(self.model, self.dummy_input, rules)
         groups = found.groups  # layer -> list of root ids per out channel
         self._coupled = groups
-        parent: dict[str, str] = {name: name for name in self.layers}
-
-        def find(a: str) -> str:
-            while parent[a] != a:
-                a = parent[a]
-            return a
-
-        by_root: dict[int, list[str]] = defaultdict(list)
-        for name in self.layers:
-            for r in set(groups.get(name, ())):
-                by_root[r].append(name)
-        for names in by_root.values():
-            for other in names[1:]:
-                parent[find(other)] = find(names[0])
-        members: dict[str, list[str]] = defaultdict(list)
-        for name in self.layers:
-            members[find(name)].append(name)
         ids = {n: np.asarray(g, dtype=np.int64) for n, g in groups.items()}
         chosen: list[np.ndarray] = []
-        for names in members.values():
+        for names in _coupled_layers(list(self.layers), ids):
             if not all(n in groups for n in names):
                 continue
             roots = np.unique(np.concatenate([ids[n] for n in names]))
@@ -271,6 +254,37 @@ class StructuredPruner(Pruner):
                     out[name] = nxt_name
                     break
         return out
+
+
+def _coupled_layers(layers: list[str], ids: dict[str, np.ndarray]) -> list[list[str]]:
+    """``layers`` partitioned into sets that share a channel group (transitively), each in ``layers``' order,
+    the sets in the order of their first layer; a layer without ``ids`` stands alone. Vectorised: a
+    ConvNeXt's residual stream is one group that some forty layers share channel by channel, and a Python
+    union per (channel, layer) pair was a fifth of its pruning."""
+    index = {name: k for k, name in enumerate(layers)}
+    traced = [name for name in layers if name in ids and ids[name].size]
+    parent = list(range(len(layers)))
+    if traced:
+        roots = np.concatenate([ids[name] for name in traced])
+        owner = np.repeat(np.asarray([index[name] for name in traced], dtype=np.int64),
+                          [ids[name].size for name in traced])
+        first = np.full(int(roots.max()) + 1, len(layers), dtype=np.int64)
+        np.minimum.at(first, roots, owner)  # each group's first layer: unite every layer with it
+        pairs = np.unique(first[roots] * len(layers) + owner)  # distinct (first layer, layer), as one int each
+        for a, b in zip((pairs // len(layers)).tolist(), (pairs % len(layers)).tolist()):
+            while parent[a] != a:
+                a = parent[a]
+            while parent[b] != b:
+                parent[b] = parent[parent[b]]
+                b = parent[b]
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    members: dict[int, list[str]] = defaultdict(list)
+    for k, name in enumerate(layers):
+        while parent[k] != parent[parent[k]]:
+            parent[k] = parent[parent[k]]
+        members[parent[k]].append(name)
+    return list(members.values())
 
 
 def _row_mask(module: nn.Module, keep: torch.Tensor) -> torch.Tensor:

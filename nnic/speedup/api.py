@@ -30,12 +30,13 @@ class _Snapshot:
     may fold values into tensors in place)."""
 
     def __init__(self, model: nn.Module) -> None:
+        modules = list(model.modules())  # one walk of the module tree (a MobileNet's has some 300 modules)
         self.modules = [(m, m.__class__, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules))
-                        for m in model.modules()]  # the class too: mask parametrizations swap it
+                        for m in modules]  # the class too: mask parametrizations swap it
         # Removing a parametrization deletes its property from the generated class: keep them to put back.
         self.properties = {m.__class__: {k: v for k, v in vars(m.__class__).items() if isinstance(v, property)}
-                           for m in model.modules() if parametrize.is_parametrized(m)}
-        tensors = {id(t): t for m in model.modules() for t in (*m._parameters.values(), *m._buffers.values())
+                           for m in modules if parametrize.is_parametrized(m)}
+        tensors = {id(t): t for m in modules for t in (*m._parameters.values(), *m._buffers.values())
                    if t is not None}
         with torch.no_grad():
             self.values = [(t, t.detach().clone()) for t in tensors.values()]
@@ -208,8 +209,8 @@ class ModelSpeedup:
         check_masks(model, self.masks)
         split_dummy_input(model, self.dummy_input)  # its TypeError before any work
         table = RuleTable(registered_rules() + self.rules)
-        modes = {m: m.training for m in model.modules()}
         snapshot = _Snapshot(model)  # before the masks are folded: a failure must not leave zeroed weights
+        modes = {m: m.training for m, *_ in snapshot.modules}
         try:
             self._fold_masks()
             prop = analyze(model, self.dummy_input, table, leaf_modules=self.leaf_modules, strict=self.strict,

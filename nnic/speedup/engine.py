@@ -15,12 +15,13 @@ from nnic.channels.propagate import SpeedupError
 from nnic.speedup.rules import slice_param
 
 
-def _reasons_by_root(roots: np.ndarray, table: dict[int, str], last: bool) -> list[tuple[int, str]]:
-    """``(root, reason)`` per root of ``table``'s ids (raw id -> reason), roots in the order their first id
+def _reasons_by_root(roots: np.ndarray, table: dict[int, str], last: bool) -> dict[int, str]:
+    """``{root: reason}`` per root of ``table``'s ids (raw id -> reason), roots in the order their first id
     appears; the reason of the root's first id, or of its last with ``last=True``. One vectorised pass over
-    what may be every channel of the model (a dense model's sinks block all of them)."""
+    what may be every channel of the model (a dense model's sinks block all of them), and plain ints out of
+    it: a numpy scalar per root cost more than the pass."""
     if not table:
-        return []
+        return {}
     r = roots[np.fromiter(table.keys(), dtype=np.int64, count=len(table))]
     texts = list(table.values())
     unique, first = np.unique(r, return_index=True)
@@ -29,22 +30,18 @@ def _reasons_by_root(roots: np.ndarray, table: dict[int, str], last: bool) -> li
         _, from_end = np.unique(r[::-1], return_index=True)
         pick = len(r) - 1 - from_end
     order = np.argsort(first, kind="stable")
-    return [(int(unique[k]), texts[int(pick[k])]) for k in order]
+    return dict(zip(unique[order].tolist(), [texts[k] for k in pick[order].tolist()]))
 
 
 def decide(state: State, why: dict[int, str] | None = None) -> set[int]:
-    """The roots of the channel groups to remove. ``why``, if given, receives the reason each kept root is kept."""
+    """The roots of the channel groups to remove. ``why``, if given (empty), receives the reason each kept
+    root is kept: a pin's reason, else the first sink that reads the channel."""
     roots = state.uf.root_array()
     reasons: dict[int, str] = {} if why is None else why
-    texts: dict[str, str] = {}
-    for root, reason in _reasons_by_root(roots, state.blocked, last=False):
-        if root not in reasons:
-            text = texts.get(reason)
-            if text is None:
-                text = texts[reason] = f"{reason!r} reads it, and it is not zero there"
-            reasons[root] = text
-    for root, reason in _reasons_by_root(roots, state.pinned, last=True):
-        reasons[root] = reason
+    blocked = _reasons_by_root(roots, state.blocked, last=False)
+    texts = {reason: f"{reason!r} reads it, and it is not zero there" for reason in set(blocked.values())}
+    reasons.update(zip(blocked.keys(), map(texts.__getitem__, blocked.values())))
+    reasons.update(_reasons_by_root(roots, state.pinned, last=True))  # a pin's reason wins
     gone = np.zeros(len(roots), dtype=bool)  # by root id: the group goes
     gone[roots] = True
     if reasons:

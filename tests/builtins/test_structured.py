@@ -3,9 +3,12 @@ coupling, data-driven scores, and masks that speedup turns into a smaller model 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import nnic
@@ -173,3 +176,36 @@ def test_activation_pruners_drop_the_channels_that_never_fire(name):
 def test_every_structured_pruner_is_a_registered_plugin():
     names = {info.name for info in nnic.list_plugins("pruner")}
     assert {"l1norm", "l2norm", "fpgm", "slim", "taylor", "apoz", "mean_activation"} <= names
+
+
+def _coupled_reference(layers, ids):
+    """Layers sharing a group id, transitively, by repeated merging of id sets (the plain definition)."""
+    sets = [({name}, set(ids.get(name, ()))) for name in layers]
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(sets)):
+            for j in range(i + 1, len(sets)):
+                if sets[i][1] & sets[j][1]:
+                    sets[i] = (sets[i][0] | sets[j][0], sets[i][1] | sets[j][1])
+                    del sets[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return {frozenset(names) for names, _ in sets}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.lists(st.integers(0, 30), max_size=6)), min_size=1, max_size=12))
+def test_coupled_layers_are_the_transitive_closure_of_shared_groups(per_layer):
+    """Dependency-aware pruning chooses channels per set of layers that share a channel group; the vectorised
+    grouping gives the sets the plain definition gives, each in layer order, sets in order of first layer."""
+    from nnic.pruning.structured import _coupled_layers
+
+    layers = [f"l{k}" for k in range(len(per_layer))]
+    ids = {name: np.asarray(g, dtype=np.int64) for name, g in zip(layers, per_layer) if g is not None}
+    got = _coupled_layers(layers, ids)
+    assert {frozenset(g) for g in got} == _coupled_reference(layers, ids)
+    assert all(g == sorted(g, key=layers.index) for g in got)
+    assert [layers.index(g[0]) for g in got] == sorted(layers.index(g[0]) for g in got)

@@ -3,9 +3,12 @@ attention heads and FFN channels."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import nnic
@@ -192,3 +195,18 @@ def test_attention_weights_in_use_keep_every_head():
     model = WithWeights().eval()
     speedup_and_check(model, torch.randn(5, 2, 16), {"attn": head_masks(model.attn, [1])})
     assert isinstance(model.attn, nn.MultiheadAttention)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 5), min_size=1, max_size=4), st.data())
+def test_any_along_is_numpys_any_on_every_layout(shape, data):
+    """The byte-max form of ``any`` that the channel-mixing rules reduce usage matrices with: numpy's ``any`` on
+    every dimension, empty ones and non-contiguous views included."""
+    from nnic.speedup.rules import any_along
+
+    flags = torch.from_numpy(np.asarray(data.draw(st.lists(st.booleans(), min_size=int(np.prod(shape)),
+                                                            max_size=int(np.prod(shape)))), dtype=bool).reshape(shape))
+    if data.draw(st.booleans()):
+        flags = flags.transpose(0, -1)
+    dim = data.draw(st.integers(0, flags.ndim - 1))
+    assert np.array_equal(any_along(flags, dim).numpy(), flags.numpy().any(dim))

@@ -80,10 +80,9 @@ class ConvRule(ChannelMixRule):
         return block_usage(*self.grouped_usage(module), module.in_channels)
 
     def grouped_usage(self, module):
-        w = module.weight.detach()
-        if w.shape[2:].numel() == 1:  # a point-wise kernel: the weight is the usage, no reduction over it
-            return (w.reshape(w.shape[0], w.shape[1]) != 0).cpu(), module.groups
-        return (w != 0).flatten(2).any(2).cpu(), module.groups
+        # any() of the float weight over each kernel: one pass, no bool copy of the weight (-0.0 reads as zero,
+        # NaN as non-zero, as with != 0).
+        return module.weight.detach().flatten(2).any(2).cpu(), module.groups
 
     def can_fold(self, module, x):
         pad = module.padding
@@ -102,7 +101,7 @@ class ConvTransposeRule(ConvRule):
 
     def grouped_usage(self, module):
         g = module.groups
-        local_t = (module.weight.detach() != 0).flatten(2).any(2).cpu()  # [in, out/g]
+        local_t = module.weight.detach().flatten(2).any(2).cpu()  # [in, out/g]
         ip = module.in_channels // g
         return local_t.reshape(g, ip, -1).transpose(1, 2).reshape(module.out_channels, ip), g
 
@@ -140,11 +139,12 @@ class LinearRule(ChannelMixRule):
         kin, kout = keep.get("in"), keep.get("out")
         w = module.weight.detach()
         if kout is not None:
-            w = w[kout.to(w.device)]
+            w = w.index_select(0, kout.to(w.device))
             slice_param(module, "bias", kout, 0)
         if kin is not None:
-            w = w[:, kin.to(w.device)]
-        module.weight = _param(w, module.weight.requires_grad)
+            w = w.index_select(1, kin.to(w.device))
+        fresh = w.data_ptr() != module.weight.data_ptr()  # one copy per sliced dimension, no third one
+        module.weight = nn.Parameter(w if fresh else w.clone(), requires_grad=module.weight.requires_grad)
         module.out_features, module.in_features = w.shape
         return module
 
