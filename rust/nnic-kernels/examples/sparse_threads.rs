@@ -1,5 +1,7 @@
-//! Why batch-1 sparse products do or do not scale to two threads, without Python:
-//! `cargo run --release --example sparse_threads [calls]`.
+//! Why sparse products do or do not scale to two threads, without Python:
+//! `cargo run --release --example sparse_threads [calls] [case prefix]` (batch 1), with `BATCHED=1` (batch 16 and
+//! 128: the calling thread's CPU time at one and two threads), or `TRANSPOSE=1` (the batched kernels' input
+//! transposition, row by row against column blocks).
 //!
 //! For each layout (4096x4096: 90 % CSR, 70 % bitmask, 2:4, 90 % int8 VNNI) it prints, as thread CPU time per call
 //! (not inflated by other processes while a thread waits for a core):
@@ -90,6 +92,46 @@ fn time_calls(w: &SparseLinear, x: &[f32], act: Option<ActQuant>, calls: usize) 
 fn main() {
     let calls: usize = std::env::args().nth(1).map_or(400, |a| a.parse().expect("calls"));
     let only = std::env::args().nth(2);
+    if std::env::var("TRANSPOSE").is_ok() {
+        // the batched kernels' transposition of x[m, k] into [k, W] tiles: row by row over all of k (as it was)
+        // against 128-column blocks (as spmm.rs does it now, here on one thread), interleaved, thread CPU time
+        let row_by_row = |x: &[f32], m: usize, k: usize, w: usize, xt: &mut [f32]| {
+            for t in 0..m.div_ceil(w) {
+                for i in 0..w.min(m - t * w) {
+                    for c in 0..k {
+                        xt[t * k * w + c * w + i] = x[(t * w + i) * k + c];
+                    }
+                }
+            }
+        };
+        let blocked = |x: &[f32], m: usize, k: usize, w: usize, xt: &mut [f32]| {
+            for t in 0..m.div_ceil(w) {
+                for c0 in (0..k).step_by(128) {
+                    for i in 0..w.min(m - t * w) {
+                        for c in c0..(c0 + 128).min(k) {
+                            xt[t * k * w + c * w + i] = x[(t * w + i) * k + c];
+                        }
+                    }
+                }
+            }
+        };
+        let mut rng = Rng(2);
+        for (m, w) in [(16usize, 16usize), (128, 64)] {
+            let x: Vec<f32> = (0..m * 4096).map(|_| rng.f()).collect();
+            let mut xt = vec![0f32; m.div_ceil(w) * w * 4096];
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            for _ in 0..31 {
+                let c0 = thread_cpu();
+                row_by_row(&x, m, 4096, w, &mut xt);
+                a.push((thread_cpu() - c0) * 1e6);
+                let c0 = thread_cpu();
+                blocked(&x, m, 4096, w, std::hint::black_box(&mut xt));
+                b.push((thread_cpu() - c0) * 1e6);
+            }
+            println!("transpose {m} x 4096 (W = {w}): row by row {:.0} us, 128-column blocks {:.0} us (one thread)", median(a), median(b));
+        }
+        return;
+    }
     if std::env::var("BATCHED").is_ok() {
         let mut rng = Rng(1);
         let w = csr(&mut rng, 4096, 4096, 0.1, false);
