@@ -16,6 +16,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -181,18 +182,30 @@ class SparseLinear(nn.Module):
         return SparseLinear.from_dense(w, bias, nm=nm, weight_scale=scale, act=self.act, **static)
 
     def _packed_weight(self):
-        bufs = [t for t in (self.values, getattr(self, "mask_bits", None), getattr(self, "index", None),
-                            self.weight_scale) if t is not None]
-        key = tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in bufs)
-        if self._packed is None or key != self._packed_key:
-            scale = None if self.weight_scale is None else self.weight_scale.cpu()
-            values = self.values.cpu()
+        """The kernels' form of the weight, rebuilt when a weight buffer was replaced or changed in place."""
+        return self._compute_form()[0]
+
+    def _compute_form(self) -> tuple[Any, np.ndarray | None]:
+        """The packed weight and the bias as a numpy view, cached: per call only the buffers' identities and
+        versions are compared (a tuple of their shapes and pointers cost more than the product of a small layer)."""
+        b = self._buffers
+        srcs = (b["values"], b.get("mask_bits"), b.get("index"), b.get("weight_scale"), b.get("bias"))
+        key = tuple(-1 if t is None else t._version for t in srcs)
+        cached = self._packed
+        if cached is None or key != self._packed_key or any(a is not c for a, c in zip(srcs, cached[2])):
+            values, scale = srcs[0].cpu(), None if srcs[3] is None else srcs[3].cpu()
             if self.nm is None:
-                self._packed = kernels.sparse_weight_csr(self.mask_bits.cpu(), self.in_features, values, scale)
+                packed = kernels.sparse_weight_csr(srcs[1].cpu(), self.in_features, values, scale)
             else:
-                self._packed = kernels.sparse_weight_nm(self.index.cpu(), self.in_features, *self.nm, values, scale)
-            self._packed_key = key
-        return self._packed
+                packed = kernels.sparse_weight_nm(srcs[2].cpu(), self.in_features, *self.nm, values, scale)
+            bias = None if srcs[4] is None else srcs[4].detach().cpu().float().contiguous().numpy()
+            cached = (packed, bias, srcs)
+            self._packed, self._packed_key = cached, key
+        return cached[0], cached[1]
+
+    def _apply(self, fn, recurse=True):
+        self._packed = None  # .to() / .cuda() replace the buffers: do not keep the old ones alive in the cache
+        return super()._apply(fn, recurse)
 
     # ------------------------------------------------------------------ compute
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -201,10 +214,13 @@ class SparseLinear(nn.Module):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features).float()
         if x2.device.type == "cpu":
-            kw = {}
-            if self.act == "static":
-                kw = {"act_scale": float(self.act_scale), "act_zero_point": int(self.act_zero_point)}
-            y = kernels.sparse_linear(x2.contiguous(), self._packed_weight(), self.bias, act=self.act, **kw)
+            # the native call directly: everything kernels.sparse_linear checks is known here (float32 2-D CPU
+            # input, a validated act mode, a packed weight and a float32 bias), and its checks cost as much as
+            # the product of a small layer
+            packed, bias = self._compute_form()
+            static = (float(self.act_scale), int(self.act_zero_point)) if self.act == "static" else (None, None)
+            y = torch.empty((x2.shape[0], self.out_features), dtype=torch.float32)
+            packed.linear(x2.detach().contiguous().numpy(), y.numpy(), bias, self.act, *static)
         else:
             y = self._forward_torch_sparse(x2)
         return y.reshape(*lead, self.out_features)

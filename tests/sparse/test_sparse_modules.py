@@ -47,6 +47,29 @@ def test_layer_equals_the_masked_linear(nm):
     torch.testing.assert_close(sp._forward_torch_sparse(x), lin(x), rtol=RTOL, atol=ATOL)
 
 
+def test_the_cached_kernel_weight_follows_every_change_of_the_buffers():
+    """The packed weight and bias are cached between calls; loading a state dict, editing a buffer in place or
+    replacing it must still give the new layer's output (the cache checks identities and versions)."""
+    torch.manual_seed(4)
+    a, b = nn.Linear(40, 24), nn.Linear(40, 24)
+    with torch.no_grad():
+        keep = torch.rand(24, 40) < 0.3
+        a.weight.mul_(keep)
+        b.weight.copy_(torch.randn(24, 40) * keep)
+    sp, sp_b = SparseLinear.from_linear(a), SparseLinear.from_linear(b)
+    x = torch.randn(3, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(sp(x), a(x), rtol=RTOL, atol=ATOL)
+        sp.load_state_dict(sp_b.state_dict())           # same pattern, new values and bias: copied in place
+        torch.testing.assert_close(sp(x), b(x), rtol=RTOL, atol=ATOL)
+        sp.bias.add_(1.0)                               # an in-place edit of one buffer
+        torch.testing.assert_close(sp(x), b(x) + 1.0, rtol=RTOL, atol=ATOL)
+        sp.bias = torch.zeros(24)                       # a replaced buffer
+        torch.testing.assert_close(sp(x), b(x) - b.bias, rtol=RTOL, atol=ATOL)
+        sp.double().float()                             # .to() round trip drops and rebuilds the cache
+        torch.testing.assert_close(sp(x), b(x) - b.bias, rtol=RTOL, atol=ATOL)
+
+
 def test_whole_model_equals_the_masked_model_and_records_decisions():
     model = _mlp()
     _level(model, 0.9)

@@ -2,6 +2,7 @@
 mod common;
 use common::{for_each_isa, Rng};
 use nnic_kernels::gemm::ActQuant;
+use nnic_kernels::pool;
 use nnic_kernels::sparse::{csr, nm, SparseLinear, Values};
 
 /// Dense reference `x · Wᵀ + bias` in f64 from the layout's own dense weight.
@@ -226,4 +227,40 @@ fn int8_activations_at_small_batches_are_exact_integer_sums_on_every_path() {
             }
         }
     }
+}
+
+#[test]
+fn products_split_over_threads_equal_the_one_thread_product_bit_for_bit() {
+    // Large enough that the rows are split into tasks and the batch transposition into column blocks (both
+    // above PAR_MIN_WORK), with a batch that is not a multiple of the tile width and k not one of the 128-column
+    // block: every output row is summed in the same order whatever the split, so the results must be identical.
+    // (inside for_each_isa: it holds the lock that keeps other tests from switching the ISA between the two runs)
+    for_each_isa(|_| {
+        let mut rng = Rng(19);
+        let layers = [
+            random_csr(&mut rng, 301, 1100, 0.3, false),
+            random_csr(&mut rng, 257, 900, 0.1, true),
+            random_nm(&mut rng, 203, 1104, 2, 4, false),
+        ];
+        for w in &layers {
+            let (n, k) = (w.out_features(), w.in_features());
+            for m in [1, 3, 70] {
+                let x = rng.normals(m * k, 1.0);
+                let bias = rng.normals(n, 1.0);
+                let act = [None, Some(ActQuant::DynamicPerRow { symmetric: false })];
+                for a in act {
+                    let run = |threads: usize| {
+                        pool::set_num_threads(threads).unwrap();
+                        let mut out = vec![f32::NAN; m * n];
+                        w.linear(&x, m, Some(&bias), a, &mut out).unwrap();
+                        out
+                    };
+                    let one = run(1);
+                    let three = run(3);
+                    assert!(one.iter().zip(&three).all(|(p, q)| p.to_bits() == q.to_bits()), "m={m} act={a:?}");
+                }
+            }
+        }
+    });
+    pool::set_num_threads(pool::default_threads()).unwrap();
 }

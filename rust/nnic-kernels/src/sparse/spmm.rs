@@ -56,19 +56,33 @@ fn tile<const W: usize, V: Val>(xt: &[f32], cols: &[u16], vals: &[V], acc: &mut 
     }
 }
 
-/// `xt` for tile `t`: batch rows `t·W .. t·W + W` of `x`, transposed to `[k, W]` (zero-padded).
-fn transpose_tiles(x: &[f32], m: usize, k: usize, w: usize) -> Vec<f32> {
+/// Columns per transposition task: a task writes `TRANSPOSE_COLS · W` floats (at most 32 KB), which stay in L1
+/// while its W source rows are read in order.
+const TRANSPOSE_COLS: usize = 128;
+
+/// `xt` for tile `t`: batch rows `t·W .. t·W + W` of `x`, transposed to `[k, W]` (zero-padded), in blocks of
+/// [`TRANSPOSE_COLS`] columns spread over `threads`. (Row by row over all of `k`, on the calling thread, it
+/// took 0.1 ms at 16 x 4096 and 1.3-1.9 ms at 128 x 4096 before any helper started: ~10 % of the product.)
+fn transpose_tiles(x: &[f32], m: usize, k: usize, w: usize, threads: usize) -> Vec<f32> {
     let tiles = m.div_ceil(w);
     let mut xt = vec![0f32; tiles * k * w];
-    for t in 0..tiles {
-        let dst = &mut xt[t * k * w..(t + 1) * k * w];
+    let blocks = k.div_ceil(TRANSPOSE_COLS);
+    let dst = OutPtr(xt.as_mut_ptr());
+    let task = |id: usize| {
+        #[allow(clippy::redundant_locals)]
+        let dst = dst;
+        let (t, b) = (id / blocks, id % blocks);
+        let (c0, c1) = (b * TRANSPOSE_COLS, ((b + 1) * TRANSPOSE_COLS).min(k));
         for i in 0..w.min(m - t * w) {
-            let src = &x[(t * w + i) * k..(t * w + i + 1) * k];
-            for (c, &v) in src.iter().enumerate() {
-                dst[c * w + i] = v;
+            let src = &x[(t * w + i) * k + c0..(t * w + i) * k + c1];
+            for (c, &v) in (c0..c1).zip(src) {
+                // SAFETY: element (t, c, i) of `xt` lies inside it and belongs to this task's column block only.
+                unsafe { *dst.0.add(t * k * w + c * w + i) = v };
             }
         }
-    }
+    };
+    let threads = if m * k < super::PAR_MIN_WORK { 1 } else { threads };
+    par::for_each(tiles * blocks, threads, &task);
     xt
 }
 
@@ -261,7 +275,7 @@ fn run_block(isa: Isa, w: usize, xt: &[f32], cols: &[u16], vals: &Values, spans:
 pub(super) fn run(isa: Isa, wt: &SparseLinear, x: &[f32], m: usize, epi: &Epilogue<'_>, out: &mut [f32], threads: usize) {
     let (k, rows) = (wt.in_features(), wt.out_features());
     let w = width(isa, m);
-    let xt = transpose_tiles(x, m, k, w);
+    let xt = transpose_tiles(x, m, k, w, threads);
     let tiles = m.div_ceil(w);
     let per_group = (TILE_GROUP_BYTES / (k.max(1) * w * 4)).clamp(1, tiles);
     let groups: Vec<(usize, usize)> = (0..tiles).step_by(per_group).map(|t| (t, (t + per_group).min(tiles))).collect();

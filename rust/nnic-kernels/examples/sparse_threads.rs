@@ -1,0 +1,181 @@
+//! Why sparse products do or do not scale to two threads, without Python:
+//! `cargo run --release --example sparse_threads [calls] [case prefix]` (batch 1), with `BATCHED=1` (batch 16 and
+//! 128: the calling thread's CPU time at one and two threads), or `TRANSPOSE=1` (the batched kernels' input
+//! transposition, row by row against column blocks).
+//!
+//! For each layout (4096x4096: 90 % CSR, 70 % bitmask, 2:4, 90 % int8 VNNI) it prints, as thread CPU time per call
+//! (not inflated by other processes while a thread waits for a core):
+//! - `alone`: one thread, one call after another;
+//! - `pair`: two threads each running their own one-thread calls at the same time on the same weight: what one
+//!   core gets from the memory system when the other streams too (the ceiling of a two-thread split);
+//! - `split`: the calling thread's CPU time and the wall time of one two-thread call.
+use nnic_kernels::gemm::ActQuant;
+use nnic_kernels::pool;
+use nnic_kernels::sparse::{csr, nm, SparseLinear, Values};
+use std::time::Instant;
+
+fn thread_cpu() -> f64 {
+    #[repr(C)]
+    struct Ts {
+        s: i64,
+        ns: i64,
+    }
+    extern "C" {
+        fn clock_gettime(clk: i32, ts: *mut Ts) -> i32;
+    }
+    let mut t = Ts { s: 0, ns: 0 };
+    // SAFETY: CLOCK_THREAD_CPUTIME_ID = 3 on Linux; `t` is a valid timespec.
+    unsafe { clock_gettime(3, &mut t) };
+    t.s as f64 + t.ns as f64 * 1e-9
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn f(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    }
+}
+
+fn csr(rng: &mut Rng, n: usize, k: usize, density: f64, int8: bool) -> SparseLinear {
+    let stride = k.div_ceil(8);
+    let mut bits = vec![0u8; n * stride];
+    let mut count = 0;
+    for r in 0..n {
+        for c in 0..k {
+            if (rng.next() % 10_000) as f64 / 10_000.0 < density {
+                bits[r * stride + c / 8] |= 1 << (c % 8);
+                count += 1;
+            }
+        }
+    }
+    let v = if int8 { Values::I8((0..count).map(|_| (rng.next() % 255) as i8).collect()) } else { Values::F32((0..count).map(|_| rng.f()).collect()) };
+    let s = if int8 { vec![0.01; n] } else { vec![] };
+    csr::from_bitmask(n, k, &bits, v, s).unwrap()
+}
+
+fn two_four(rng: &mut Rng, rows: usize, k: usize) -> SparseLinear {
+    let (len, bytes) = nm::row_sizes(k, 2, 4);
+    let mut idx = vec![0u8; rows * bytes];
+    for r in 0..rows {
+        for slot in 0..len {
+            let p = (slot % 2) as u8 * 2 + (rng.next() % 2) as u8;
+            idx[r * bytes + slot / 2] |= p << ((slot & 1) * 4);
+        }
+    }
+    nm::from_parts(rows, k, 2, 4, idx, Values::F32((0..rows * len).map(|_| rng.f()).collect()), vec![]).unwrap()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// (thread CPU µs per call, wall µs per call), medians over `calls` single calls.
+fn time_calls(w: &SparseLinear, x: &[f32], act: Option<ActQuant>, calls: usize) -> (f64, f64) {
+    let mut out = vec![0f32; w.out_features()];
+    let (mut c, mut t) = (Vec::new(), Vec::new());
+    for _ in 0..calls {
+        let (c0, t0) = (thread_cpu(), Instant::now());
+        w.linear(x, 1, None, act, &mut out).unwrap();
+        c.push((thread_cpu() - c0) * 1e6);
+        t.push(t0.elapsed().as_secs_f64() * 1e6);
+    }
+    (median(c), median(t))
+}
+
+fn main() {
+    let calls: usize = std::env::args().nth(1).map_or(400, |a| a.parse().expect("calls"));
+    let only = std::env::args().nth(2);
+    if std::env::var("TRANSPOSE").is_ok() {
+        // the batched kernels' transposition of x[m, k] into [k, W] tiles: row by row over all of k (as it was)
+        // against 128-column blocks (as spmm.rs does it now, here on one thread), interleaved, thread CPU time
+        let row_by_row = |x: &[f32], m: usize, k: usize, w: usize, xt: &mut [f32]| {
+            for t in 0..m.div_ceil(w) {
+                for i in 0..w.min(m - t * w) {
+                    for c in 0..k {
+                        xt[t * k * w + c * w + i] = x[(t * w + i) * k + c];
+                    }
+                }
+            }
+        };
+        let blocked = |x: &[f32], m: usize, k: usize, w: usize, xt: &mut [f32]| {
+            for t in 0..m.div_ceil(w) {
+                for c0 in (0..k).step_by(128) {
+                    for i in 0..w.min(m - t * w) {
+                        for c in c0..(c0 + 128).min(k) {
+                            xt[t * k * w + c * w + i] = x[(t * w + i) * k + c];
+                        }
+                    }
+                }
+            }
+        };
+        let mut rng = Rng(2);
+        for (m, w) in [(16usize, 16usize), (128, 64)] {
+            let x: Vec<f32> = (0..m * 4096).map(|_| rng.f()).collect();
+            let mut xt = vec![0f32; m.div_ceil(w) * w * 4096];
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            for _ in 0..31 {
+                let c0 = thread_cpu();
+                row_by_row(&x, m, 4096, w, &mut xt);
+                a.push((thread_cpu() - c0) * 1e6);
+                let c0 = thread_cpu();
+                blocked(&x, m, 4096, w, std::hint::black_box(&mut xt));
+                b.push((thread_cpu() - c0) * 1e6);
+            }
+            println!("transpose {m} x 4096 (W = {w}): row by row {:.0} us, 128-column blocks {:.0} us (one thread)", median(a), median(b));
+        }
+        return;
+    }
+    if std::env::var("BATCHED").is_ok() {
+        let mut rng = Rng(1);
+        let w = csr(&mut rng, 4096, 4096, 0.1, false);
+        for m in [16usize, 128] {
+            let x: Vec<f32> = (0..m * 4096).map(|_| rng.f()).collect();
+            let mut out = vec![0f32; m * 4096];
+            for th in [1, 2] {
+                pool::set_num_threads(th).unwrap();
+                let mut c = Vec::new();
+                for _ in 0..20 {
+                    let c0 = thread_cpu();
+                    w.linear(&x, m, None, None, &mut out).unwrap();
+                    c.push((thread_cpu() - c0) * 1e6);
+                }
+                println!("batch {m} threads {th}: caller cpu {:.0} us", median(c));
+            }
+        }
+        return;
+    }
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let k = 4096;
+    let x: Vec<f32> = (0..k).map(|_| rng.f()).collect();
+    let act = Some(ActQuant::DynamicPerRow { symmetric: false });
+    let cases: Vec<(&str, SparseLinear, Option<ActQuant>)> = vec![
+        ("90% csr", csr(&mut rng, 4096, k, 0.1, false), None),
+        ("70% bitmask", csr(&mut rng, 4096, k, 0.3, false), None),
+        ("2:4", two_four(&mut rng, 4096, k), None),
+        ("90% int8", csr(&mut rng, 4096, k, 0.1, true), act),
+    ];
+    for (name, w, act) in cases.iter().filter(|c| only.as_deref().is_none_or(|o| c.0.starts_with(o))) {
+        pool::set_num_threads(1).unwrap();
+        time_calls(w, &x, *act, 20);
+        let alone = time_calls(w, &x, *act, calls);
+        let pair: Vec<(f64, f64)> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..2).map(|_| s.spawn(|| time_calls(w, &x, *act, calls))).collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        pool::set_num_threads(2).unwrap();
+        time_calls(w, &x, *act, 20);
+        let split = time_calls(w, &x, *act, calls);
+        let mb = w.stream_bytes() as f64 / 1e6;
+        println!(
+            "{name:12} {mb:5.2} MB  alone {:6.1} us ({:4.1} GB/s)  pair {:6.1} / {:6.1} us ({:4.1} GB/s each)  split: caller cpu {:6.1} us, wall {:6.1} us ({:4.1} GB/s)",
+            alone.0, mb * 1e3 / alone.0, pair[0].0, pair[1].0, mb * 1e3 / pair[0].0.max(pair[1].0), split.0, split.1, mb * 1e3 / split.1
+        );
+    }
+}
