@@ -18,9 +18,9 @@
 //! arrived; when one arrives more than [`LATE`] after the start (a neighbour holds a core), the GEMMs of the
 //! next [`AVOID`] run on the kernel pool instead, and then the team is tried again.
 use crate::error::{KernelError, Result};
-use crate::pool;
+use crate::team;
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -161,7 +161,7 @@ pub(crate) fn for_each(n: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
     }
 }
 
-/// Tasks shared by the calling thread and the helpers it wakes on the kernel pool.
+/// Tasks shared by the calling thread and the helpers it wakes on the GEMM team ([`crate::team`]).
 struct Shared {
     /// The task body; dereferenced only for a claimed task (`i < n`), and the caller returns only after every
     /// claimed task is done, so it outlives each use.
@@ -169,6 +169,8 @@ struct Shared {
     next: AtomicUsize,
     done: AtomicUsize,
     n: usize,
+    /// Helpers still allowed to join (`threads - 1` at the start).
+    seats: AtomicIsize,
     panicked: AtomicBool,
     lock: Mutex<()>,
     all_done: Condvar,
@@ -198,9 +200,16 @@ impl Shared {
             }
         }
     }
+
+    /// A helper's part: take a seat if one is left, then tasks.
+    fn join(&self) {
+        if self.next.load(Ordering::Relaxed) < self.n && self.seats.fetch_sub(1, Ordering::AcqRel) > 0 {
+            self.work();
+        }
+    }
 }
 
-/// [`for_each`] on the calling thread plus up to `threads - 1` helpers of the kernel pool (see the module
+/// [`for_each`] on the calling thread plus up to `threads - 1` helpers of the GEMM team (see the module
 /// docs).
 fn on_pool(n: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
     // SAFETY: only the lifetime is erased; `Shared::f` documents why every dereference is in time.
@@ -210,13 +219,15 @@ fn on_pool(n: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
         next: AtomicUsize::new(0),
         done: AtomicUsize::new(0),
         n,
+        seats: AtomicIsize::new(threads as isize - 1),
         panicked: AtomicBool::new(false),
         lock: Mutex::new(()),
         all_done: Condvar::new(),
     });
-    for _ in 1..threads.min(pool::num_threads()).max(1) {
+    let team = team::team();
+    if team.helpers() > 0 {
         let s = shared.clone();
-        pool::spawn(move || s.work());
+        team.publish(Arc::new(move || s.join()));
     }
     shared.work();
     let mut spins = 0u32;
@@ -234,5 +245,63 @@ fn on_pool(n: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
     }
     if shared.panicked.load(Ordering::Relaxed) {
         panic!("a GEMM task panicked");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::thread::ThreadId;
+
+    /// A helper that stalls inside a task (as when another process takes its core) holds only that task:
+    /// the caller runs every other one meanwhile and then waits for the one the helper claimed.
+    #[test]
+    fn a_stalled_helper_costs_only_the_task_it_holds() {
+        let caller = std::thread::current().id();
+        let n = 64;
+        let mut helper_tasks = Vec::new();
+        for _attempt in 0..20 {
+            let ran: Vec<Mutex<Option<ThreadId>>> = (0..n).map(|_| Mutex::new(None)).collect();
+            let stalled = AtomicUsize::new(0);
+            on_pool(n, 2, &|i| {
+                let me = std::thread::current().id();
+                if me != caller && stalled.fetch_add(1, Ordering::Relaxed) == 0 {
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+                *ran[i].lock().unwrap() = Some(me);
+            });
+            let who: Vec<ThreadId> = ran.iter().map(|r| r.lock().unwrap().expect("every task ran once")).collect();
+            let by_helper = who.iter().filter(|&&t| t != caller).count();
+            if by_helper > 0 {
+                helper_tasks.push(by_helper);
+            }
+        }
+        // A helper joined in some attempts (the pool has 2+ threads on every CI machine; with 1 nothing joins)
+        // and then ran exactly the task it stalled in: the caller took all the rest.
+        if team::team().helpers() > 0 {
+            assert!(!helper_tasks.is_empty(), "no helper ever joined in 20 attempts");
+        }
+        assert!(helper_tasks.iter().all(|&c| c == 1), "tasks run by the stalled helper per attempt: {helper_tasks:?}");
+    }
+
+    /// Several callers at once (each publishes its job; a newer one replaces an untaken older one): every
+    /// task of every call runs exactly once.
+    #[test]
+    fn concurrent_callers_each_run_every_task_once() {
+        std::thread::scope(|s| {
+            for c in 0..4 {
+                s.spawn(move || {
+                    for round in 0..50 {
+                        let n = 1 + (c * 7 + round) % 40;
+                        let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+                        on_pool(n, 4, &|i| {
+                            hits[i].fetch_add(1, Ordering::Relaxed);
+                        });
+                        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "caller {c} round {round}");
+                    }
+                });
+            }
+        });
     }
 }
