@@ -108,7 +108,7 @@ impl Team {
             let inner = inner.clone();
             std::thread::Builder::new()
                 .name(format!("nnic-gemm-{i}"))
-                .spawn(move || helper(&inner))
+                .spawn(move || helper(&inner, 0))
                 .expect("cannot start a GEMM helper thread");
         }
         Team { inner, helpers }
@@ -142,8 +142,9 @@ impl Drop for Team {
     }
 }
 
-fn helper(inner: &Inner) {
-    let mut seen = inner.epoch.load(Ordering::Acquire);
+/// A helper's loop; `seen` is the epoch when the team was made (a job published before the thread got to
+/// run is still taken).
+fn helper(inner: &Inner, mut seen: u64) {
     loop {
         let bound = SPIN_NS.load(Ordering::Relaxed);
         let t0 = Instant::now();
