@@ -20,6 +20,11 @@ with the ``spawn`` method, doing float32 matmuls on ``--neighbour-threads`` thre
 it), and prints nnic's ratio to the best dynamic-quantized torch Linear (``quantize_dynamic``'s module) in
 both settings and their quotient (the issue's goal: contended ratio >= 0.9x the quiet one).
 
+After each shape the GEMM helpers' counters are printed (``kernels.gemm_team_stats``: GEMMs handed to the
+kernels' own helper threads, the share a helper took while still polling rather than after a kernel wake-up,
+and the polling time per GEMM, which is what the bound ``--spin`` (microseconds, default 50) costs the other
+processes at most). ``NNIC_GEMM_BACKEND=rayon`` puts every GEMM on those helpers instead of torch's team.
+
 ``--bert`` times a BERT-base encoder (12 x 768, FFN 3072, random init, sequence ``--seq``, batch ``--bert-batch``)
 instead: float32, ``torch.ao.quantization.quantize_dynamic`` (every installed engine; the best is the baseline),
 nnic int8 (``quantization_speedup`` on every Linear: per-channel weights, per-token activations), and nnic int8
@@ -208,6 +213,8 @@ def main() -> None:
     ap.add_argument("--bert", action="store_true", help="time the BERT-base encoder instead of GEMM shapes")
     ap.add_argument("--bert-batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--spin", type=float, default=None,
+                    help="microseconds the GEMM helpers poll for the next GEMM before parking (default: 50)")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="wall (default) or cpu: process CPU time, for --threads 1 on a loaded machine")
     args = ap.parse_args()
@@ -215,11 +222,14 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     kernels.set_num_threads(args.threads)
+    if args.spin is not None:
+        kernels.set_gemm_spin_us(args.spin)
     engines = [e for e in ("fbgemm", "onednn", "x86") if e in torch.backends.quantized.supported_engines]
     ghz = clock_ghz()
     theo = args.threads * ghz * 2 * 64 * 2
     peak = args.peak or MEASURED_PEAK.get(args.threads, theo)
-    print(f"torch {torch.__version__}, threads {args.threads}, nnic path {kernels.gemm_path()}, engines {engines}")
+    print(f"torch {torch.__version__}, threads {args.threads}, nnic path {kernels.gemm_path()}, GEMM backend "
+          f"{kernels.gemm_backend()}, helper poll bound {kernels.gemm_spin_us():.0f} us, engines {engines}")
     print(f"int8 peak: measured {peak:.0f} GOPS, theoretical {theo:.0f} GOPS ({ghz:.2f} GHz x 2 VNNI ports x 64 MAC); "
           f"clock {args.clock}")
     if args.bert:
@@ -234,9 +244,12 @@ def main() -> None:
         for setting in settings:
             ctx = neighbour_running(args.neighbour_threads) if setting == "contended" else contextlib.nullcontext()
             with ctx:
+                kernels.gemm_team_stats(reset=True)
                 times = bench_shape(m, k, n, args.repeats, engines, args.budget, clock)
+                team = kernels.gemm_team_stats()
             all_res[f"{spec} {setting}"] = times
             ratios[setting] = report(m, k, n, times, args.stat, peak, setting)
+            print(f"  GEMM helpers: {team_line(team)}")
         summary.append((spec, ratios))
     if args.contention:
         print("\nnnic int8_linear vs best dynamic-quantized torch Linear, quiet and beside the neighbour:")
@@ -246,6 +259,15 @@ def main() -> None:
     if args.json:
         with contextlib.suppress(OSError):
             args.json.write_text(json.dumps(all_res, indent=1))
+
+
+def team_line(s: dict[str, int]) -> str:
+    """The helpers' counters in words (see ``kernels.gemm_team_stats``)."""
+    if not s["jobs"]:
+        return "no GEMM ran on nnic's own helpers (all on torch's OpenMP team, or on one thread)"
+    taken = s["taken_spinning"] + s["taken_parked"]
+    return (f"{s['jobs']} GEMMs on nnic's own helpers, {taken} taken by a helper ({s['taken_spinning']} while polling, "
+            f"{s['taken_parked']} after a wake-up), polling {s['spin_ns'] / 1e3 / s['jobs']:.1f} us per GEMM")
 
 
 def report(m: int, k: int, n: int, times: dict[str, list[float]], stat_name: str, peak: float, setting: str) -> float:

@@ -1,5 +1,5 @@
 //! Where the GEMM's parallel tasks run: on the process's OpenMP team when libgomp is loaded (PyTorch loads
-//! it), else on the kernel pool ([`crate::pool`]).
+//! it), else on the kernels' own threads (the GEMM team, [`crate::team`], sized by [`crate::pool`]).
 //!
 //! Why: PyTorch's OpenMP workers spin for milliseconds after each torch op. A GEMM that runs on other
 //! threads right after one (the normal case inside a model) shares the cores with those spinning threads
@@ -7,9 +7,10 @@
 //! [`set_backend`]`("rayon")` forces the kernel pool (the Python runtime applies `NNIC_GEMM_BACKEND` with it).
 //!
 //! On the kernel pool, the calling thread never waits for a helper that has not started: it takes tasks from
-//! the shared counter itself, while helpers woken on the pool take tasks as they arrive; it then waits only
-//! for tasks a helper has claimed (a short spin, then a condition variable: no core is burnt while a
-//! descheduled helper finishes). A helper that arrives after the last task is claimed leaves at once. So a
+//! the shared counter itself, while the helpers of the GEMM team ([`crate::team`]: polling a bounded time
+//! after each GEMM, else parked) take tasks as they arrive; it then waits only for tasks a helper has claimed
+//! (polling for at most the same bound, then a condition variable: no core is burnt while a descheduled
+//! helper finishes). A helper that arrives after the last task is claimed leaves at once. So a
 //! helper descheduled by another process costs at most the task it holds, not a static share of the work.
 //!
 //! The OpenMP team cannot do that: `GOMP_parallel` returns only when every team thread has passed the region,
@@ -230,10 +231,13 @@ fn on_pool(n: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
         team.publish(Arc::new(move || s.join()));
     }
     shared.work();
-    let mut spins = 0u32;
+    // Tasks a helper claimed are short (one output block), so poll for them first, but no longer than the
+    // helpers' own bound: a helper that lost its core to another process is waited for asleep.
+    let (t0, bound) = (Instant::now(), team::spin());
+    let mut polls = 0u32;
     while shared.done.load(Ordering::Acquire) < n {
-        if spins < 1 << 12 {
-            spins += 1;
+        polls = polls.wrapping_add(1);
+        if polls % 64 != 0 || t0.elapsed() < bound {
             std::hint::spin_loop();
             continue;
         }
