@@ -22,8 +22,8 @@ from nnic import _kernels as native
 from nnic.kernels.adapters import as_int
 
 __all__ = ["active_isa", "apply_env", "cpu_features", "gemm_backend", "gemm_path", "gemm_paths", "get_num_threads",
-           "gemm_spin_us", "gemm_team_stats", "native", "set_gemm_backend", "set_gemm_spin_us", "set_isa", "set_num_threads",
-           "supported_isas"]
+           "gemm_spin_us", "gemm_team_stats", "native", "set_gemm_backend", "set_gemm_spin_us", "set_isa",
+           "set_num_threads", "supported_isas"]
 
 GEMM_BACKENDS = ("openmp", "rayon")
 

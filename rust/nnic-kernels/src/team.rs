@@ -71,7 +71,11 @@ pub fn spin() -> Duration {
 pub fn set_spin(d: Duration) -> crate::error::Result<()> {
     if d > MAX_SPIN {
         return Err(crate::error::KernelError::Invalid {
-            what: format!("the GEMM helpers' spin must be at most {} us, got {} us", MAX_SPIN.as_micros(), d.as_micros()),
+            what: format!(
+                "the GEMM helpers' spin must be at most {} us, got {} us",
+                MAX_SPIN.as_micros(),
+                d.as_micros()
+            ),
         });
     }
     SPIN_NS.store(d.as_nanos() as u64, Ordering::Relaxed);
