@@ -53,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nnic import kernels  # noqa: E402
 from _timing import timeit_interleaved  # noqa: E402
 
+OWN_HELPERS = "nnic int8_linear, nnic's own helpers"
 SHAPES = [(1, 4096, 4096), (16, 4096, 4096), (128, 768, 3072), (512, 768, 768), (2048, 4096, 4096)]
 MEASURED_PEAK = {1: 665.0, 2: 1342.0}
 
@@ -109,6 +110,16 @@ def bench_shape(m: int, k: int, n: int, repeats: int, engines: list[str], budget
     q, s = kernels.quantize_int8_weight(wf)
     pl = kernels.pack_int8_weight(q, s)
     fns["nnic int8_linear f32->f32"] = lambda: kernels.int8_linear(x, pl)
+    if kernels.gemm_backend() == "openmp":  # the same call on nnic's own helpers, in the same rounds
+
+        def own_helpers():
+            kernels.set_gemm_backend("rayon")
+            try:
+                kernels.int8_linear(x, pl)
+            finally:
+                kernels.set_gemm_backend("openmp")
+
+        fns[OWN_HELPERS] = own_helpers
     if m <= 16:
         for gs in (32, 128):
             q4, s4 = kernels.quantize_int4_weight(wf, gs)
@@ -290,6 +301,8 @@ def report(m: int, k: int, n: int, times: dict[str, list[float]], stat_name: str
         lines.append(f"vs torch._int_mm: {res['torch._int_mm'] / nn_mm:.2f}x")
     if dyn:
         lines.append(f"nnic int8_linear vs best dynamic Linear: {min(dyn) / nn_lin:.2f}x")
+    if dyn and OWN_HELPERS in res:
+        lines.append(f"on nnic's own helpers (NNIC_GEMM_BACKEND=rayon): {min(dyn) / res[OWN_HELPERS]:.2f}x")
     lines.append(f"nnic int8_linear vs fp32 MKL: {res['fp32 torch.matmul (MKL)'] / nn_lin:.2f}x")
     for name in res:
         if name.startswith("nnic int4_linear"):
