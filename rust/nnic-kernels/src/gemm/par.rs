@@ -237,7 +237,7 @@ fn on_pool(n: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
     let mut polls = 0u32;
     while shared.done.load(Ordering::Acquire) < n {
         polls = polls.wrapping_add(1);
-        if polls % 64 != 0 || t0.elapsed() < bound {
+        if polls & 63 != 0 || t0.elapsed() < bound {
             std::hint::spin_loop();
             continue;
         }
