@@ -6,6 +6,7 @@ from transformers configs with random weights.
     python bench/decode.py --models llama-1b --batch 1 4     # ~1.1B LLaMA (about 10 GiB for all variants)
     python bench/decode.py --prompt 128 --new 64 --rounds 5 --variants fp32 nnic-int4
     python bench/decode.py --models llama-110m --variants fp32 pruned --prune 0.3   # structured pruning
+    python bench/decode.py --models llama-1b --variants nnic-int4 --profile          # where a decode step goes
 
 ``pruned`` (LLaMA models) prunes ``--prune`` of the attention heads (``transformer_head``, ``l1_weight``: whole
 key/value heads with all of their query heads, ``floor(p x kv heads)`` per layer) and of the MLP channels
@@ -22,6 +23,9 @@ points included, once per step whatever the batch) times steps per second, and "
 bandwidth measured in the same run (``dst.copy_(src)`` of 512 MiB, read + write bytes, best of 5).
 GPT-2's ``Conv1D`` layers are turned into ``nn.Linear`` first (same function), so that every variant sees the
 same Linear layers. nnic int4 is symmetric per group of ``--group-size`` (32) with per-token int8 activations.
+Every Linear is quantized, the vocabulary projection (``lm_head``) included unless ``--float-lm-head``. The nnic variants run each block's
+q/k/v and gate/up projections as one GEMM each (``nnic_transformers.fuse_projections``, same outputs);
+``nnic-int8-unfused`` / ``nnic-int4-unfused`` (on request) keep them separate.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ MODELS = {
     "gpt2-large": ("gpt2", dict(n_embd=1280, n_layer=36, n_head=20, vocab_size=50257, n_positions=1024)),
 }
 VARIANTS = ("fp32", "bf16", "torch-dynamic-int8", "nnic-int8", "nnic-int4", "torchao-int8", "torchao-int4", "pruned")
+UNFUSED = ("nnic-int8-unfused", "nnic-int4-unfused")  # on request: the nnic variants without fuse_projections
 
 
 def build(name: str) -> nn.Module:
@@ -109,17 +114,25 @@ def variant(base: nn.Module, kind: str, group_size: int) -> nn.Module | None:
     if kind == "fp32":
         return m
     names = linear_names(m)
+    if FLOAT_LM_HEAD:
+        head = m.get_output_embeddings()
+        names = [n for n in names if m.get_submodule(n) is not head]
     if kind == "torch-dynamic-int8":
         return torch.ao.quantization.quantize_dynamic(m, {nn.Linear}, dtype=torch.qint8)
-    if kind == "nnic-int8":
-        return nnic.quantization_speedup(m, {n: 8 for n in names})
-    if kind == "nnic-int4":
-        from nnic.quantization import Int4Linear
+    if kind.startswith(("nnic-int8", "nnic-int4")):
+        if kind.startswith("nnic-int8"):
+            m = nnic.quantization_speedup(m, {n: 8 for n in names})
+        else:
+            from nnic.quantization import Int4Linear
 
-        for n in names:
-            parent, _, leaf = n.rpartition(".")
-            owner = m.get_submodule(parent) if parent else m
-            setattr(owner, leaf, Int4Linear.from_float(getattr(owner, leaf), group_size=group_size))
+            for n in names:
+                parent, _, leaf = n.rpartition(".")
+                owner = m.get_submodule(parent) if parent else m
+                setattr(owner, leaf, Int4Linear.from_float(getattr(owner, leaf), group_size=group_size))
+        if not kind.endswith("-unfused"):
+            from nnic_transformers import fuse_projections
+
+            fuse_projections(m)  # q/k/v and gate/up as one GEMM each: exactly the same outputs
         return m
     if kind.startswith("torchao"):
         try:
@@ -205,6 +218,7 @@ def _tensor_bytes(t: torch.Tensor) -> int:
 
 
 CLOCK = time.perf_counter  # --clock cpu: time.thread_time (one thread)
+FLOAT_LM_HEAD = False  # --float-lm-head: the quantized variants keep the vocabulary projection in float32
 
 
 @torch.inference_mode()
@@ -226,6 +240,47 @@ def run_once(model: nn.Module, ids: torch.Tensor, new: int) -> tuple[float, floa
     return t1 - t0, t2 - t1, torch.cat(toks, 1)
 
 
+@torch.inference_mode()
+def profile(model: nn.Module, ids: torch.Tensor, steps: int) -> list[tuple[str, float, int]]:
+    """Where a decode step goes: (module kind, ms per step, calls per step) for ``steps`` KV-cached greedy steps
+    after a prefill of ``ids``, timed by forward hooks on every module (kinds: the last part of the module's name,
+    ``layers.N`` as ``layer``, the whole model as ``total``, a ``fuse_projections`` GEMM as ``qkv_proj (fused
+    GEMM)``), largest first. Times are inclusive: a block's time contains its projections', and the first part of
+    a fused group (``q_proj``) contains the fused GEMM. Hooks add a few microseconds per module call."""
+    from transformers import DynamicCache
+
+    spent: dict[str, float] = {}
+    calls: dict[str, int] = {}
+    started: dict[str, float] = {}
+    handles = []
+    for name, mod in model.named_modules():
+        parts = name.split(".")
+        kind = ("total" if not name else "layer" if parts[-1].isdigit()
+                else f"{parts[-2]} (fused GEMM)" if parts[-1] == "fused" and len(parts) > 1 else parts[-1])
+
+        def pre(mod, args, name=name):
+            started[name] = time.perf_counter()
+
+        def post(mod, args, out, name=name, kind=kind):
+            spent[kind] = spent.get(kind, 0.0) + time.perf_counter() - started.pop(name)
+            calls[kind] = calls.get(kind, 0) + 1
+
+        handles += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
+    try:
+        out = model(input_ids=ids, past_key_values=DynamicCache(), use_cache=True)
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        spent.clear()
+        calls.clear()
+        for _ in range(steps):
+            out = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
+            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+    finally:
+        for h in handles:
+            h.remove()
+    rows = [(k, 1e3 * v / steps, calls[k] // steps) for k, v in spent.items()]
+    return sorted(rows, key=lambda r: -r[1])
+
+
 def copy_bandwidth() -> float:
     """Bytes per second of ``dst.copy_(src)`` (read + write), best of 5, 512 MiB buffers, on the bench's clock."""
     src = torch.ones(1 << 27)
@@ -241,7 +296,7 @@ def copy_bandwidth() -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="*", default=["llama-110m", "gpt2"], choices=sorted(MODELS))
-    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=VARIANTS + UNFUSED)
     ap.add_argument("--batch", nargs="*", type=int, default=[1])
     ap.add_argument("--prompt", type=int, default=128, help="prompt tokens (prefill)")
     ap.add_argument("--new", type=int, default=32, help="generated tokens (decode steps); the issue's setting is 64")
@@ -254,8 +309,13 @@ def main() -> None:
                     "variant removes")
     ap.add_argument("--prune-hidden", type=float, default=0.0, help="fraction of the hidden size the pruned variant "
                     "also removes (transformer_hidden, kept count a multiple of 32)")
+    ap.add_argument("--profile", action="store_true", help="instead of timing: where one decode step goes, per "
+                    "module kind (projections, norms, attention, lm_head, ...), for each variant")
+    ap.add_argument("--float-lm-head", action="store_true", help="the quantized variants keep the vocabulary "
+                    "projection (lm_head) in float32 (default: quantized like every other Linear)")
     args = ap.parse_args()
-    global CLOCK
+    global CLOCK, FLOAT_LM_HEAD
+    FLOAT_LM_HEAD = args.float_lm_head
     if args.clock == "cpu":
         CLOCK, args.threads = time.thread_time, 1
 
@@ -284,6 +344,13 @@ def main() -> None:
                 built[kind] = variant(base, kind, args.group_size)
         models = {k: built[k] for k in args.variants if built.get(k) is not None}
         wbytes = {k: weight_bytes(m) for k, m in models.items()}
+        if args.profile:
+            for k, m in models.items():
+                run_once(m, prompts[0], 4)  # warm-up
+                print(f"\n{name} {k}, batch {args.batch[0]}: per decode step, by module kind (forward hooks)")
+                for kind, ms, n in profile(m, prompts[0], args.new):
+                    print(f"  {kind:28s} {ms:8.3f} ms  {n:4d} calls")
+            continue
         for batch, ids in zip(args.batch, prompts):
             times: dict[str, list[tuple[float, float]]] = {k: [] for k in models}
             first: dict[str, torch.Tensor] = {}

@@ -16,6 +16,7 @@ from nnic.plugins import class_lookup
 # The int modules load the GEMM kernels: only when asked for.
 _MODULES = ("Int4Linear", "Int8Conv2d", "Int8Linear")
 _FUSION = ("activation_kind", "fuse_activation")
+_SHARED = ("SharedInputLinear", "SharedInputPart", "fuse_shared_input")
 _registered, _registered_dir = class_lookup(__name__, "quantizer", globals())
 
 
@@ -24,11 +25,13 @@ def __getattr__(name: str) -> Any:
         return getattr(importlib.import_module("nnic.quantization.modules"), name)
     if name in _FUSION:
         return getattr(importlib.import_module("nnic.quantization.fusion"), name)
+    if name in _SHARED:
+        return getattr(importlib.import_module("nnic.quantization.shared_input"), name)
     return _registered(name)
 
 
 def __dir__() -> list[str]:
-    return sorted(set(_registered_dir()) | set(_MODULES) | set(_FUSION))
+    return sorted(set(_registered_dir()) | set(_MODULES) | set(_FUSION) | set(_SHARED))
 
 
-__all__ = ["Calibration", "LayerCalibration", "QuantSpec", "Quantizer", "TensorCalibration", *_MODULES, *_FUSION]
+__all__ = ["Calibration", "LayerCalibration", "QuantSpec", "Quantizer", "TensorCalibration", *_MODULES, *_FUSION, *_SHARED]

@@ -353,8 +353,10 @@ class Int4Linear(nn.Module):
         return w
 
     def _packed_weight(self) -> kernels.PackedInt4Weight:
-        bufs = [b for b in (self.weight_packed, self.weight_scales, self.weight_zero_points) if b is not None]
-        key = tuple((b.data_ptr(), b._version) for b in bufs)
+        # Checked on every call, flat (this is per-layer overhead of every decode step).
+        wp, ws, wz = self.weight_packed, self.weight_scales, self.weight_zero_points
+        key = (wp.data_ptr(), wp._version, ws.data_ptr(), ws._version,
+               None if wz is None else (wz.data_ptr(), wz._version))
         if self._packed is None or key != self._packed_key:
             z = None if self.weight_zero_points is None else self.weight_zero_points.cpu()
             self._packed = kernels.pack_int4_weight(self.codes().cpu(), self.weight_scales.cpu(), self.group_size,
@@ -364,16 +366,19 @@ class Int4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_float_input(self, x)
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features).float()
-        if x2.device.type == "cuda":
+        x2 = x.reshape(-1, self.in_features)
+        if x2.dtype != torch.float32:
+            x2 = x2.float()
+        if x2.is_cuda:
             y = x2 @ self.dequantized_weight().t()
             y = y if self.bias is None else y + self.bias
         else:
             if self.input_perm is not None:
                 x2 = x2.index_select(1, self.input_perm)
             y = kernels.int4_linear(x2, self._packed_weight(), None if self.bias is None else self.bias.float())
-        return y.reshape(*lead, self.out_features).to(x.dtype)
+        if x.dim() != 2:
+            y = y.reshape(*x.shape[:-1], self.out_features)
+        return y if y.dtype == x.dtype else y.to(x.dtype)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()

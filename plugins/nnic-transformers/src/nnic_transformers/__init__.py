@@ -2,7 +2,8 @@
 attention respected), the ``transformer_hidden`` pruner (the hidden size of LLaMA / Qwen2 / Mistral decoders),
 speedup rules for transformers' attention classes, RMSNorms, GPT-2's ``Conv1D`` and embeddings, the ``Conv1D``
 lowering for ``nnic.quantization_speedup`` (int8 / int4, as the Linear it is), :func:`fuse_mlp_activations`
-(BERT-style MLP activations into the int8 GEMM's epilogue), and :func:`pruned_config` (with
+(BERT-style MLP activations into the int8 GEMM's epilogue), :func:`fuse_projections` (a decoder block's
+q/k/v and gate/up projections as one int4/int8 GEMM each), and :func:`pruned_config` (with
 :func:`standard_norms` after hidden-size pruning) to write a pruned model's shape back into its config for
 ``save_pretrained``.
 
@@ -11,7 +12,7 @@ Loading the plugin (every nnic registry lookup does) does not import transformer
 from __future__ import annotations
 
 import nnic
-from nnic_transformers.fusion import fuse_mlp_activations
+from nnic_transformers.fusion import fuse_mlp_activations, fuse_projections
 from nnic_transformers.head_pruner import TransformerHeadPruner
 from nnic_transformers.hidden_pruner import HiddenSizePruner
 from nnic_transformers.layouts import Heads, Layout, find_heads
@@ -39,4 +40,4 @@ def register_lowerings(register) -> None:
 
 
 __all__ = ["Heads", "HiddenSizePruner", "Layout", "PrunedRMSNorm", "TransformerHeadPruner", "find_heads",
-           "fuse_mlp_activations", "pruned_config", "standard_norms"]
+           "fuse_mlp_activations", "fuse_projections", "pruned_config", "standard_norms"]

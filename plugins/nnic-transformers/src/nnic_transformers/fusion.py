@@ -1,4 +1,6 @@
-"""Fusing the MLP activation of Hugging Face encoders into nnic's int8 GEMM (see ``nnic.quantization.fusion``).
+"""Fusions for Hugging Face models after ``nnic.quantization_speedup``: the MLP activation of encoders into nnic's
+int8 GEMM (see ``nnic.quantization.fusion``), and the projections of decoder blocks that read one input into one
+GEMM (see ``nnic.quantization.shared_input``).
 
 BERT's ``BertIntermediate`` computes ``intermediate_act_fn(dense(x))``; transformers copies that class into
 many models (RoBERTa, ELECTRA, XLM-R, ...). A module qualifies when its ``forward`` is the same code as
@@ -32,4 +34,33 @@ def fuse_mlp_activations(model: nn.Module) -> list[str]:
         if isinstance(dense, Int8Linear) and dense.activation is None and activation_kind(act) is not None:
             fuse_activation(m, "dense", "intermediate_act_fn")
             fused.append(name)
+    return fused
+
+
+#: Layers that a decoder block calls on one input (LLaMA, Qwen2, Mistral, and others that use these names), and
+#: the name the fused GEMM takes on their parent.
+SHARED_INPUT_GROUPS = ((("q_proj", "k_proj", "v_proj"), "qkv_proj"), (("gate_proj", "up_proj"), "gate_up_proj"))
+
+
+def fuse_projections(model: nn.Module) -> list[str]:
+    """Runs the query/key/value projections of every attention block, and the gate/up projections of every gated
+    MLP, as one int4 or int8 GEMM each (``nnic.quantization.shared_input``: one activation quantization and one
+    kernel call instead of three or two; outputs exactly those of the separate layers); returns the names of the
+    fused GEMMs (``model.layers.0.self_attn.qkv_proj``, ...).
+
+    A group is fused when its layers are all ``Int4Linear`` or all ``Int8Linear`` with the same settings (so, after
+    ``quantization_speedup`` of every projection, or ``Int4Linear.from_float``); other groups are left alone. Fusing
+    only changes how the outputs are computed: a parent that called the layers on different inputs would still get
+    exact outputs (each call then runs the whole fused GEMM). Apply it to the model you run, after loading: the
+    fused layout is not what ``save_pretrained`` or nnic's manifest describe."""
+    from nnic.quantization.shared_input import fuse_shared_input, why_not_shared
+
+    fused = []
+    for name, parent in list(model.named_modules()):
+        for names, fused_name in SHARED_INPUT_GROUPS:
+            layers = [getattr(parent, n, None) for n in names]
+            if hasattr(parent, fused_name) or any(why_not_shared(layers[0], lin) for lin in layers):
+                continue
+            fuse_shared_input(parent, list(names), fused_name)
+            fused.append(f"{name}.{fused_name}" if name else fused_name)
     return fused

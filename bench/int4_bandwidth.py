@@ -1,0 +1,86 @@
+"""GB/s of the int4 GEMV (``int4_linear`` at M = 1) against nnic int8 and ``copy_``, with the weights in L3 and
+streamed from DRAM.
+
+    python bench/int4_bandwidth.py                      # 2 threads, wall time, 4096 x 4096, groups of 32
+    python bench/int4_bandwidth.py --threads 1 --clock cpu --quick
+
+"hot": one packed weight called again and again (L3-resident when it fits); "cold": ``--cold`` different packed
+weights of the same shape called in turn (more bytes than the L3 holds, so each call streams from DRAM). GB/s is
+the packed bytes (codes, scales, column sums) per call over the call's time; ``copy_`` counts read + write bytes
+of a 256 MiB float32 copy. Each round runs every case once (interleaved), the table gives medians over rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from nnic import kernels  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", type=int, nargs=2, default=[4096, 4096], metavar=("N", "K"))
+    ap.add_argument("--group-size", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="cpu: one thread's CPU time")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--cold", type=int, default=36, help="weights cycled for the DRAM case (36 x 10.5 MB > 260 MB L3)")
+    ap.add_argument("--quick", action="store_true", help="3 rounds")
+    args = ap.parse_args()
+    if args.clock == "cpu":
+        args.threads = 1
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
+    rounds = 3 if args.quick else args.rounds
+    torch.set_num_threads(args.threads)
+    kernels.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    n, k = args.shape
+    w = torch.randn(n, k)
+    q4, s4 = kernels.quantize_int4_weight(w, args.group_size)
+    q8, s8 = kernels.quantize_int8_weight(w)
+    int4 = [kernels.pack_int4_weight(q4, s4, args.group_size) for _ in range(args.cold)]
+    int8 = [kernels.pack_int8_weight(q8, s8) for _ in range(args.cold)]
+    x = torch.randn(1, k)
+    big = torch.ones(1 << 26)
+    dst = torch.empty_like(big)
+
+    def rate(nbytes: int, fn, reps: int) -> float:
+        t0 = clock()
+        for i in range(reps):
+            fn(i)
+        return nbytes * reps / (clock() - t0)
+
+    cases = {
+        "int4 hot": lambda: rate(int4[0].nbytes, lambda i: kernels.int4_linear(x, int4[0]), 50),
+        "int8 hot": lambda: rate(int8[0].nbytes, lambda i: kernels.int8_linear(x, int8[0]), 50),
+        "int4 cold": lambda: rate(int4[0].nbytes, lambda i: kernels.int4_linear(x, int4[i % args.cold]), 2 * args.cold),
+        "int8 cold": lambda: rate(int8[0].nbytes, lambda i: kernels.int8_linear(x, int8[i % args.cold]), 2 * args.cold),
+        "copy_": lambda: rate(2 * big.numel() * 4, lambda i: dst.copy_(big), 3),
+    }
+    for fn in cases.values():  # warm-up
+        fn()
+    res: dict[str, list[float]] = {c: [] for c in cases}
+    for _ in range(rounds):
+        for c, fn in cases.items():
+            res[c].append(fn())
+    med = {c: statistics.median(v) for c, v in res.items()}
+    print(f"{n} x {k}, groups of {args.group_size}, threads {args.threads}, clock {args.clock}, medians of {rounds} "
+          f"rounds; packed int4 {int4[0].nbytes / 1e6:.1f} MB, int8 {int8[0].nbytes / 1e6:.1f} MB")
+    for c, v in med.items():
+        print(f"  {c:10s} {v / 1e9:6.1f} GB/s")
+    for where in ("hot", "cold"):
+        t4, t8 = int4[0].nbytes / med[f"int4 {where}"], int8[0].nbytes / med[f"int8 {where}"]
+        print(f"  {where}: int4 is {t8 / t4:.2f}x nnic int8 per call; int4 at {100 * med[f'int4 {where}'] / med['copy_']:.0f} % "
+              f"of copy_ GB/s")
+
+
+if __name__ == "__main__":
+    main()
