@@ -27,8 +27,9 @@ processes at most). ``NNIC_GEMM_BACKEND=rayon`` puts every GEMM on those helpers
 
 ``--bert`` times a BERT-base encoder (12 x 768, FFN 3072, random init, sequence ``--seq``, batch ``--bert-batch``)
 instead: float32, ``torch.ao.quantization.quantize_dynamic`` (every installed engine; the best is the baseline),
-nnic int8 (``quantization_speedup`` on every Linear: per-channel weights, per-token activations), and nnic int8
-with the MLP's GELU fused into the GEMM epilogue (``nnic_transformers.fuse_mlp_activations``); interleaved
+nnic int8 (``quantization_speedup`` on every Linear: per-channel weights, per-token activations), nnic int8
+with the MLP's GELU fused into the GEMM epilogue (``nnic_transformers.fuse_mlp_activations``), and that with
+each self-attention's query/key/value as one GEMM (``nnic_transformers.fuse_projections``); interleaved
 rounds, agreement as cosine with float32. ``--clock cpu`` times process CPU time instead of wall time (with
 ``--threads 1`` it is immune to other processes' load; with more threads it adds the threads' CPU up).
 """
@@ -133,7 +134,7 @@ def bench_shape(m: int, k: int, n: int, repeats: int, engines: list[str], budget
 
 def bench_bert(batch: int, seq: int, engines: list[str], repeats: int, budget: float, stat_name: str, clock) -> None:
     """The BERT-base encoder: float32, torch dynamic int8 per engine, nnic int8, nnic int8 with fused GELU."""
-    from nnic_transformers import fuse_mlp_activations
+    from nnic_transformers import fuse_mlp_activations, fuse_projections
     from torch import nn
     from transformers import BertConfig, BertModel
 
@@ -146,6 +147,8 @@ def bench_bert(batch: int, seq: int, engines: list[str], repeats: int, budget: f
                                                          if isinstance(m, nn.Linear)})
     fused = copy.deepcopy(q)
     fuse_mlp_activations(fused)
+    shared = copy.deepcopy(fused)
+    fuse_projections(shared)
     models = {"float32 torch": (model, None)}
     for eng in engines:
         torch.backends.quantized.engine = eng
@@ -155,6 +158,7 @@ def bench_bert(batch: int, seq: int, engines: list[str], repeats: int, budget: f
                 torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8), eng)
     models["nnic int8"] = (q, None)
     models["nnic int8, GELU fused"] = (fused, None)
+    models["nnic int8, GELU fused, one QKV GEMM"] = (shared, None)
 
     def call(m, eng):
         def f():
