@@ -20,10 +20,16 @@ with the ``spawn`` method, doing float32 matmuls on ``--neighbour-threads`` thre
 it), and prints nnic's ratio to the best dynamic-quantized torch Linear (``quantize_dynamic``'s module) in
 both settings and their quotient (the issue's goal: contended ratio >= 0.9x the quiet one).
 
+After each shape the GEMM helpers' counters are printed (``kernels.gemm_team_stats``: GEMMs handed to the
+kernels' own helper threads, the share a helper took while still polling rather than after a kernel wake-up,
+and the polling time per GEMM, which is what the bound ``--spin`` (microseconds, default 50) costs the other
+processes at most). ``NNIC_GEMM_BACKEND=rayon`` puts every GEMM on those helpers instead of torch's team.
+
 ``--bert`` times a BERT-base encoder (12 x 768, FFN 3072, random init, sequence ``--seq``, batch ``--bert-batch``)
 instead: float32, ``torch.ao.quantization.quantize_dynamic`` (every installed engine; the best is the baseline),
-nnic int8 (``quantization_speedup`` on every Linear: per-channel weights, per-token activations), and nnic int8
-with the MLP's GELU fused into the GEMM epilogue (``nnic_transformers.fuse_mlp_activations``); interleaved
+nnic int8 (``quantization_speedup`` on every Linear: per-channel weights, per-token activations), nnic int8
+with the MLP's GELU fused into the GEMM epilogue (``nnic_transformers.fuse_mlp_activations``), and that with
+each self-attention's query/key/value as one GEMM (``nnic_transformers.fuse_projections``); interleaved
 rounds, agreement as cosine with float32. ``--clock cpu`` times process CPU time instead of wall time (with
 ``--threads 1`` it is immune to other processes' load; with more threads it adds the threads' CPU up).
 """
@@ -48,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nnic import kernels  # noqa: E402
 from _timing import timeit_interleaved  # noqa: E402
 
+OWN_HELPERS = "nnic int8_linear, nnic's own helpers"
 SHAPES = [(1, 4096, 4096), (16, 4096, 4096), (128, 768, 3072), (512, 768, 768), (2048, 4096, 4096)]
 MEASURED_PEAK = {1: 665.0, 2: 1342.0}
 
@@ -104,6 +111,16 @@ def bench_shape(m: int, k: int, n: int, repeats: int, engines: list[str], budget
     q, s = kernels.quantize_int8_weight(wf)
     pl = kernels.pack_int8_weight(q, s)
     fns["nnic int8_linear f32->f32"] = lambda: kernels.int8_linear(x, pl)
+    if kernels.gemm_backend() == "openmp":  # the same call on nnic's own helpers, in the same rounds
+
+        def own_helpers():
+            kernels.set_gemm_backend("rayon")
+            try:
+                kernels.int8_linear(x, pl)
+            finally:
+                kernels.set_gemm_backend("openmp")
+
+        fns[OWN_HELPERS] = own_helpers
     if m <= 16:
         for gs in (32, 128):
             q4, s4 = kernels.quantize_int4_weight(wf, gs)
@@ -117,7 +134,7 @@ def bench_shape(m: int, k: int, n: int, repeats: int, engines: list[str], budget
 
 def bench_bert(batch: int, seq: int, engines: list[str], repeats: int, budget: float, stat_name: str, clock) -> None:
     """The BERT-base encoder: float32, torch dynamic int8 per engine, nnic int8, nnic int8 with fused GELU."""
-    from nnic_transformers import fuse_mlp_activations
+    from nnic_transformers import fuse_mlp_activations, fuse_projections
     from torch import nn
     from transformers import BertConfig, BertModel
 
@@ -130,6 +147,8 @@ def bench_bert(batch: int, seq: int, engines: list[str], repeats: int, budget: f
                                                          if isinstance(m, nn.Linear)})
     fused = copy.deepcopy(q)
     fuse_mlp_activations(fused)
+    shared = copy.deepcopy(fused)
+    fuse_projections(shared)
     models = {"float32 torch": (model, None)}
     for eng in engines:
         torch.backends.quantized.engine = eng
@@ -139,6 +158,7 @@ def bench_bert(batch: int, seq: int, engines: list[str], repeats: int, budget: f
                 torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8), eng)
     models["nnic int8"] = (q, None)
     models["nnic int8, GELU fused"] = (fused, None)
+    models["nnic int8, GELU fused, one QKV GEMM"] = (shared, None)
 
     def call(m, eng):
         def f():
@@ -208,6 +228,8 @@ def main() -> None:
     ap.add_argument("--bert", action="store_true", help="time the BERT-base encoder instead of GEMM shapes")
     ap.add_argument("--bert-batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--spin", type=float, default=None,
+                    help="microseconds the GEMM helpers poll for the next GEMM before parking (default: 50)")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="wall (default) or cpu: process CPU time, for --threads 1 on a loaded machine")
     args = ap.parse_args()
@@ -215,11 +237,14 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     kernels.set_num_threads(args.threads)
+    if args.spin is not None:
+        kernels.set_gemm_spin_us(args.spin)
     engines = [e for e in ("fbgemm", "onednn", "x86") if e in torch.backends.quantized.supported_engines]
     ghz = clock_ghz()
     theo = args.threads * ghz * 2 * 64 * 2
     peak = args.peak or MEASURED_PEAK.get(args.threads, theo)
-    print(f"torch {torch.__version__}, threads {args.threads}, nnic path {kernels.gemm_path()}, engines {engines}")
+    print(f"torch {torch.__version__}, threads {args.threads}, nnic path {kernels.gemm_path()}, GEMM backend "
+          f"{kernels.gemm_backend()}, helper poll bound {kernels.gemm_spin_us():.0f} us, engines {engines}")
     print(f"int8 peak: measured {peak:.0f} GOPS, theoretical {theo:.0f} GOPS ({ghz:.2f} GHz x 2 VNNI ports x 64 MAC); "
           f"clock {args.clock}")
     if args.bert:
@@ -234,9 +259,12 @@ def main() -> None:
         for setting in settings:
             ctx = neighbour_running(args.neighbour_threads) if setting == "contended" else contextlib.nullcontext()
             with ctx:
+                kernels.gemm_team_stats(reset=True)
                 times = bench_shape(m, k, n, args.repeats, engines, args.budget, clock)
+                team = kernels.gemm_team_stats()
             all_res[f"{spec} {setting}"] = times
             ratios[setting] = report(m, k, n, times, args.stat, peak, setting)
+            print(f"  GEMM helpers: {team_line(team)}")
         summary.append((spec, ratios))
     if args.contention:
         print("\nnnic int8_linear vs best dynamic-quantized torch Linear, quiet and beside the neighbour:")
@@ -246,6 +274,15 @@ def main() -> None:
     if args.json:
         with contextlib.suppress(OSError):
             args.json.write_text(json.dumps(all_res, indent=1))
+
+
+def team_line(s: dict[str, int]) -> str:
+    """The helpers' counters in words (see ``kernels.gemm_team_stats``)."""
+    if not s["jobs"]:
+        return "no GEMM ran on nnic's own helpers (all on torch's OpenMP team, or on one thread)"
+    taken = s["taken_spinning"] + s["taken_parked"]
+    return (f"{s['jobs']} GEMMs on nnic's own helpers, {taken} taken by a helper ({s['taken_spinning']} while polling, "
+            f"{s['taken_parked']} after a wake-up), polling {s['spin_ns'] / 1e3 / s['jobs']:.1f} us per GEMM")
 
 
 def report(m: int, k: int, n: int, times: dict[str, list[float]], stat_name: str, peak: float, setting: str) -> float:
@@ -268,6 +305,8 @@ def report(m: int, k: int, n: int, times: dict[str, list[float]], stat_name: str
         lines.append(f"vs torch._int_mm: {res['torch._int_mm'] / nn_mm:.2f}x")
     if dyn:
         lines.append(f"nnic int8_linear vs best dynamic Linear: {min(dyn) / nn_lin:.2f}x")
+    if dyn and OWN_HELPERS in res:
+        lines.append(f"on nnic's own helpers (NNIC_GEMM_BACKEND=rayon): {min(dyn) / res[OWN_HELPERS]:.2f}x")
     lines.append(f"nnic int8_linear vs fp32 MKL: {res['fp32 torch.matmul (MKL)'] / nn_lin:.2f}x")
     for name in res:
         if name.startswith("nnic int4_linear"):

@@ -10,7 +10,8 @@ interleaved rounds) at the same thread count:
 - ``float32 torch``: the float model in torch;
 - ``nnic int8``: ``nnic.quantization_speedup`` (every Linear: per-channel int8 weights, per-token dynamic int8
   activations) on nnic's Rust GEMM; ``nnic int8, GELU fused``: the same after
-  ``nnic_transformers.fuse_mlp_activations`` (the MLP's GELU computed in the GEMM epilogue);
+  ``nnic_transformers.fuse_mlp_activations`` (the MLP's GELU computed in the GEMM epilogue); ``GELU + QKV
+  fused``: also each self-attention's query/key/value as one GEMM (``nnic_transformers.fuse_projections``);
 - ``ort: nnic export (integer)`` / ``(qdq)``: that model written by ``nnic.export_onnx`` with
   ``int8_format="integer"`` (DynamicQuantizeLinear + MatMulInteger) and ``"qdq"`` (Quantize/DequantizeLinear
   around float MatMul), run by onnxruntime;
@@ -99,7 +100,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     kernels.set_num_threads(args.threads)
-    from nnic_transformers import fuse_mlp_activations
+    from nnic_transformers import fuse_mlp_activations, fuse_projections
 
     print(f"torch {torch.__version__}, onnxruntime {ort.__version__}, threads {args.threads}, seq {args.seq}, "
           f"clock {args.clock}")
@@ -108,6 +109,8 @@ def main() -> None:
         n: 8 for n, m in model.named_modules() if isinstance(m, nn.Linear)})
     fused = copy.deepcopy(qmodel)
     fuse_mlp_activations(fused)
+    shared = copy.deepcopy(fused)
+    fuse_projections(shared)
     example = {"input_ids": torch.randint(0, 30522, (1, args.seq))}
     tmp = Path(tempfile.mkdtemp(prefix="nnic-bench-onnx-"))
     files = {}
@@ -132,13 +135,15 @@ def main() -> None:
             "float32 torch": lambda: model(ids),
             "nnic int8": lambda: qmodel(ids),
             "nnic int8, GELU fused": lambda: fused(ids),
+            "nnic int8, GELU + QKV fused": lambda: shared(ids),
             "ort: nnic export (integer)": lambda: sessions["integer"].run(None, feed),
             "ort: nnic export (qdq)": lambda: sessions["qdq"].run(None, feed),
             "ort: quantize_dynamic": lambda: sessions["ort"].run(None, feed),
         }
         with torch.inference_mode():
             times = _timing.timeit_interleaved(fns, args.repeats, args.budget, clock)
-            outputs = {"float32 torch": ref, "nnic int8": qmodel(ids), "nnic int8, GELU fused": fused(ids)}
+            outputs = {"float32 torch": ref, "nnic int8": qmodel(ids), "nnic int8, GELU fused": fused(ids),
+                       "nnic int8, GELU + QKV fused": shared(ids)}
         outputs.update({k: fns[k]()[0] for k in fns if k.startswith("ort")})
         med = {k: statistics.median(v) for k, v in times.items()}
         print(f"\nbatch {batch}  [median of {len(times['nnic int8'])} rounds]")

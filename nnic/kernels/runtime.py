@@ -7,7 +7,9 @@ Every kernel reaches Rust through :data:`native` of this module, so the first us
 - ``NNIC_KERNEL_ISA=scalar|avx2|avx512`` forces a code path (:func:`set_isa`);
 - ``NNIC_NUM_THREADS=n`` sets the kernel thread count (default: the CPU count);
 - ``NNIC_GEMM_BACKEND=openmp|rayon`` where the GEMM's threads come from (default ``openmp``: PyTorch's
-  OpenMP team when it is loaded, else the kernels' pool; ``rayon`` always the kernels' pool).
+  OpenMP team when it is loaded, else the kernels' pool; ``rayon`` always the kernels' pool);
+- ``NNIC_GEMM_SPIN_US=us`` how long the kernels' GEMM helpers poll for the next GEMM before parking
+  (:func:`set_gemm_spin_us`, default 50).
 
 A bad value is a ``ValueError`` naming the variable, raised by the import that loads the native module.
 """
@@ -20,7 +22,8 @@ from nnic import _kernels as native
 from nnic.kernels.adapters import as_int
 
 __all__ = ["active_isa", "apply_env", "cpu_features", "gemm_backend", "gemm_path", "gemm_paths", "get_num_threads",
-           "native", "set_gemm_backend", "set_isa", "set_num_threads", "supported_isas"]
+           "gemm_spin_us", "gemm_team_stats", "native", "set_gemm_backend", "set_gemm_spin_us", "set_isa",
+           "set_num_threads", "supported_isas"]
 
 GEMM_BACKENDS = ("openmp", "rayon")
 
@@ -95,8 +98,37 @@ def set_gemm_backend(name: str) -> None:
     native.set_gemm_backend(name)
 
 
+def gemm_spin_us() -> float:
+    """Microseconds a GEMM helper of the kernels' pool polls for the next GEMM before it parks."""
+    return float(native.gemm_spin_us())
+
+
+def set_gemm_spin_us(us: float) -> None:
+    """Sets how long the GEMM's helper threads poll for the next GEMM before parking (0 to 10000 us; 0 parks
+    at once). Polling lets a layer that follows within the bound start without a kernel wake-up (tens of us);
+    it holds the helper's core for at most the bound after each GEMM. :func:`gemm_team_stats` measures both.
+
+    :raises ValueError: outside [0, 10000] or not a number.
+    """
+    if isinstance(us, bool) or not isinstance(us, (int, float)):
+        raise TypeError(f"us must be a number of microseconds, got {type(us).__name__}")
+    if not 0 <= us <= 10_000:  # also refuses NaN
+        raise ValueError(f"us must be in [0, 10000] microseconds, got {us}")
+    native.set_gemm_spin_us(float(us))
+
+
+def gemm_team_stats(reset: bool = False) -> dict[str, int]:
+    """What the GEMM's helper threads did since start (or the last ``reset=True``): ``jobs`` (GEMMs handed
+    to them), ``taken_spinning`` / ``taken_parked`` (jobs a helper took while polling / after a wake-up), and
+    ``spin_ns`` (nanoseconds they polled, all helpers together: the cost of the bound). GEMMs on torch's
+    OpenMP team do not count."""
+    jobs, spinning, parked, spin_ns = native.gemm_team_stats(bool(reset))
+    return {"jobs": jobs, "taken_spinning": spinning, "taken_parked": parked, "spin_ns": spin_ns}
+
+
 def apply_env() -> None:
-    """Applies ``NNIC_KERNEL_ISA``, ``NNIC_NUM_THREADS`` and ``NNIC_GEMM_BACKEND`` (run once, at load)."""
+    """Applies ``NNIC_KERNEL_ISA``, ``NNIC_NUM_THREADS``, ``NNIC_GEMM_BACKEND`` and ``NNIC_GEMM_SPIN_US`` (run
+    once, at load)."""
     isa = os.environ.get("NNIC_KERNEL_ISA", "").strip()
     if isa:
         try:
@@ -115,6 +147,12 @@ def apply_env() -> None:
             set_gemm_backend(backend)
         except ValueError as exc:
             raise ValueError(f"NNIC_GEMM_BACKEND={backend!r}: {exc}") from None
+    spin = os.environ.get("NNIC_GEMM_SPIN_US", "").strip()
+    if spin:
+        try:
+            set_gemm_spin_us(float(spin))
+        except ValueError as exc:
+            raise ValueError(f"NNIC_GEMM_SPIN_US={spin!r}: expected microseconds in [0, 10000] ({exc})") from None
 
 
 apply_env()

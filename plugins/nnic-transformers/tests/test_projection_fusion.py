@@ -52,3 +52,17 @@ def test_groups_with_a_float_layer_are_left_alone():
     assert fused == ["model.layers.0.mlp.gate_up_proj", "model.layers.1.mlp.gate_up_proj"]
     assert isinstance(q.model.layers[0].self_attn.k_proj, nn.Linear)
     assert fuse_projections(llama()) == []
+
+
+def test_fused_bert_self_attention_gives_the_same_hidden_states():
+    """BERT's self-attention calls query/key/value on one hidden state: one int8 GEMM of 3 x hidden outputs."""
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                  vocab_size=100, max_position_embeddings=64)
+    q = quantized(transformers.BertModel(cfg, add_pooling_layer=False).eval(), 8)
+    fused = copy.deepcopy(q)
+    assert fuse_projections(fused) == [f"encoder.layer.{i}.attention.self.qkv" for i in range(2)]
+    assert fused.encoder.layer[0].attention.self.qkv.splits == [64, 64, 64]
+    ids = torch.randint(0, 100, (3, 17), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.equal(fused(input_ids=ids).last_hidden_state, q(input_ids=ids).last_hidden_state)

@@ -18,8 +18,9 @@
 //!
 //! Infrastructure:
 //! - [`cpu`]: CPU feature detection and the process-wide ISA switch ([`Isa`]).
-//! - [`pool`]: the kernels' own rayon pool (resizable). [`error`]: [`KernelError`]. [`layout`]: per-tensor /
-//!   per-channel walks ([`Layout`]).
+//! - [`pool`]: the kernels' own rayon pool (resizable); [`team`]: the GEMM's helper threads (a bounded poll
+//!   for the next GEMM, then park). [`error`]: [`KernelError`]. [`layout`]: per-tensor / per-channel walks
+//!   ([`Layout`]).
 //! - `simd` (private): the `multiversion!` macro and bit helpers; `nt`: streaming stores for large outputs;
 //!   `split`: a list of slices split into groups of the concatenated index space.
 //!
@@ -56,6 +57,7 @@ pub mod reduce;
 pub mod select;
 mod simd;
 pub mod sparse;
+pub mod team;
 mod split;
 
 pub use cpu::Isa;

@@ -68,6 +68,33 @@ pub fn set_gemm_backend(name: &str) -> PyResult<()> {
     to_py(gemm::par::set_backend(name))
 }
 
+/// How long the GEMM's helper threads poll for the next GEMM before parking, in microseconds.
+#[pyfunction]
+pub fn gemm_spin_us() -> f64 {
+    nnic_kernels::team::spin().as_secs_f64() * 1e6
+}
+
+/// Sets the helpers' poll bound in microseconds (0 ..= 10000; 0: park after each GEMM).
+#[pyfunction]
+pub fn set_gemm_spin_us(us: f64) -> PyResult<()> {
+    if !(us.is_finite() && us >= 0.0) {
+        return Err(PyValueError::new_err(format!("spin must be a finite number of microseconds >= 0, got {us}")));
+    }
+    to_py(nnic_kernels::team::set_spin(std::time::Duration::from_nanos((us * 1e3) as u64)))
+}
+
+/// Counters of the GEMM's helper threads: `(jobs, taken_spinning, taken_parked, spin_ns)`; `reset` zeroes
+/// them after reading.
+#[pyfunction]
+#[pyo3(signature = (reset=false))]
+pub fn gemm_team_stats(reset: bool) -> (u64, u64, u64, u64) {
+    let s = nnic_kernels::team::stats();
+    if reset {
+        nnic_kernels::team::reset_stats();
+    }
+    (s.jobs, s.taken_spinning, s.taken_parked, s.spin_ns)
+}
+
 /// The GEMM path used now (follows `set_isa`).
 #[pyfunction]
 pub fn gemm_path() -> &'static str {

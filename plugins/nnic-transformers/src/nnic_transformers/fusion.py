@@ -37,9 +37,10 @@ def fuse_mlp_activations(model: nn.Module) -> list[str]:
     return fused
 
 
-#: Layers that a decoder block calls on one input (LLaMA, Qwen2, Mistral, and others that use these names), and
-#: the name the fused GEMM takes on their parent.
-SHARED_INPUT_GROUPS = ((("q_proj", "k_proj", "v_proj"), "qkv_proj"), (("gate_proj", "up_proj"), "gate_up_proj"))
+#: Layers that a block calls on one input (LLaMA, Qwen2, Mistral, and others that use these names; BERT-style
+#: encoders' self-attention), and the name the fused GEMM takes on their parent.
+SHARED_INPUT_GROUPS = ((("q_proj", "k_proj", "v_proj"), "qkv_proj"), (("gate_proj", "up_proj"), "gate_up_proj"),
+                       (("query", "key", "value"), "qkv"))
 
 
 def fuse_projections(model: nn.Module) -> list[str]:

@@ -1,5 +1,5 @@
 //! Where the GEMM's parallel tasks run: on the process's OpenMP team when libgomp is loaded (PyTorch loads
-//! it), else on the kernel pool ([`crate::pool`]).
+//! it), else on the kernels' own threads (the GEMM team, [`crate::team`], sized by [`crate::pool`]).
 //!
 //! Why: PyTorch's OpenMP workers spin for milliseconds after each torch op. A GEMM that runs on other
 //! threads right after one (the normal case inside a model) shares the cores with those spinning threads
@@ -7,9 +7,10 @@
 //! [`set_backend`]`("rayon")` forces the kernel pool (the Python runtime applies `NNIC_GEMM_BACKEND` with it).
 //!
 //! On the kernel pool, the calling thread never waits for a helper that has not started: it takes tasks from
-//! the shared counter itself, while helpers woken on the pool take tasks as they arrive; it then waits only
-//! for tasks a helper has claimed (a short spin, then a condition variable: no core is burnt while a
-//! descheduled helper finishes). A helper that arrives after the last task is claimed leaves at once. So a
+//! the shared counter itself, while the helpers of the GEMM team ([`crate::team`]: polling a bounded time
+//! after each GEMM, else parked) take tasks as they arrive; it then waits only for tasks a helper has claimed
+//! (polling for at most the same bound, then a condition variable: no core is burnt while a descheduled
+//! helper finishes). A helper that arrives after the last task is claimed leaves at once. So a
 //! helper descheduled by another process costs at most the task it holds, not a static share of the work.
 //!
 //! The OpenMP team cannot do that: `GOMP_parallel` returns only when every team thread has passed the region,
@@ -18,9 +19,9 @@
 //! arrived; when one arrives more than [`LATE`] after the start (a neighbour holds a core), the GEMMs of the
 //! next [`AVOID`] run on the kernel pool instead, and then the team is tried again.
 use crate::error::{KernelError, Result};
-use crate::pool;
+use crate::team;
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -161,7 +162,7 @@ pub(crate) fn for_each(n: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
     }
 }
 
-/// Tasks shared by the calling thread and the helpers it wakes on the kernel pool.
+/// Tasks shared by the calling thread and the helpers it wakes on the GEMM team ([`crate::team`]).
 struct Shared {
     /// The task body; dereferenced only for a claimed task (`i < n`), and the caller returns only after every
     /// claimed task is done, so it outlives each use.
@@ -169,6 +170,8 @@ struct Shared {
     next: AtomicUsize,
     done: AtomicUsize,
     n: usize,
+    /// Helpers still allowed to join (`threads - 1` at the start).
+    seats: AtomicIsize,
     panicked: AtomicBool,
     lock: Mutex<()>,
     all_done: Condvar,
@@ -198,9 +201,16 @@ impl Shared {
             }
         }
     }
+
+    /// A helper's part: take a seat if one is left, then tasks.
+    fn join(&self) {
+        if self.next.load(Ordering::Relaxed) < self.n && self.seats.fetch_sub(1, Ordering::AcqRel) > 0 {
+            self.work();
+        }
+    }
 }
 
-/// [`for_each`] on the calling thread plus up to `threads - 1` helpers of the kernel pool (see the module
+/// [`for_each`] on the calling thread plus up to `threads - 1` helpers of the GEMM team (see the module
 /// docs).
 fn on_pool(n: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
     // SAFETY: only the lifetime is erased; `Shared::f` documents why every dereference is in time.
@@ -210,19 +220,24 @@ fn on_pool(n: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
         next: AtomicUsize::new(0),
         done: AtomicUsize::new(0),
         n,
+        seats: AtomicIsize::new(threads as isize - 1),
         panicked: AtomicBool::new(false),
         lock: Mutex::new(()),
         all_done: Condvar::new(),
     });
-    for _ in 1..threads.min(pool::num_threads()).max(1) {
+    let team = team::team();
+    if team.helpers() > 0 {
         let s = shared.clone();
-        pool::spawn(move || s.work());
+        team.publish(Arc::new(move || s.join()));
     }
     shared.work();
-    let mut spins = 0u32;
+    // Tasks a helper claimed are short (one output block), so poll for them first, but no longer than the
+    // helpers' own bound: a helper that lost its core to another process is waited for asleep.
+    let (t0, bound) = (Instant::now(), team::spin());
+    let mut polls = 0u32;
     while shared.done.load(Ordering::Acquire) < n {
-        if spins < 1 << 12 {
-            spins += 1;
+        polls = polls.wrapping_add(1);
+        if polls & 63 != 0 || t0.elapsed() < bound {
             std::hint::spin_loop();
             continue;
         }
@@ -234,5 +249,81 @@ fn on_pool(n: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
     }
     if shared.panicked.load(Ordering::Relaxed) {
         panic!("a GEMM task panicked");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::thread::ThreadId;
+
+    /// The tests below publish jobs to the one process-wide team; a newer job replaces an untaken one, so they
+    /// take turns.
+    static SERIAL: Mutex<()> = Mutex::new(());
+
+    /// A helper that stalls inside a task (as when another process takes its core) holds only that task:
+    /// the caller runs every other one meanwhile and then waits for the one the helper claimed.
+    #[test]
+    fn a_stalled_helper_costs_only_the_task_it_holds() {
+        let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        if team::team().helpers() == 0 {
+            return; // a one-CPU machine: the caller runs everything, nothing to stall
+        }
+        let caller = std::thread::current().id();
+        let n = 32;
+        let mut joined = 0;
+        // Another GEMM of the process can replace this job before a helper takes it: then the attempt runs
+        // on the caller alone and another is made.
+        for _attempt in 0..30 {
+            let ran: Vec<Mutex<Option<ThreadId>>> = (0..n).map(|_| Mutex::new(None)).collect();
+            let helper_started = AtomicBool::new(false);
+            on_pool(n, 2, &|i| {
+                let me = std::thread::current().id();
+                if me == caller {
+                    // The caller's first task gives a helper time to join (a wait, not a timing check).
+                    let t0 = Instant::now();
+                    while i == 0 && !helper_started.load(Ordering::Acquire) && t0.elapsed() < Duration::from_secs(2) {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                } else if !helper_started.swap(true, Ordering::AcqRel) {
+                    std::thread::sleep(Duration::from_millis(300)); // stalled inside its first task
+                }
+                *ran[i].lock().unwrap() = Some(me);
+            });
+            let who: Vec<ThreadId> = ran.iter().map(|r| r.lock().unwrap().expect("every task ran once")).collect();
+            let by_helper = who.iter().filter(|&&t| t != caller).count();
+            if helper_started.load(Ordering::Acquire) {
+                assert_eq!(by_helper, 1, "the stalled helper ran only the task it held");
+                joined += 1;
+                if joined == 2 {
+                    return;
+                }
+            } else {
+                assert_eq!(by_helper, 0);
+            }
+        }
+        panic!("a helper joined only {joined} of 30 attempts");
+    }
+
+    /// Several callers at once (each publishes its job; a newer one replaces an untaken older one): every
+    /// task of every call runs exactly once.
+    #[test]
+    fn concurrent_callers_each_run_every_task_once() {
+        let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        std::thread::scope(|s| {
+            for c in 0..4 {
+                s.spawn(move || {
+                    for round in 0..50 {
+                        let n = 1 + (c * 7 + round) % 40;
+                        let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+                        on_pool(n, 4, &|i| {
+                            hits[i].fetch_add(1, Ordering::Relaxed);
+                        });
+                        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "caller {c} round {round}");
+                    }
+                });
+            }
+        });
     }
 }

@@ -1,0 +1,92 @@
+"""The GEMM's helper threads on the kernels' pool (``rust/nnic-kernels/src/team.rs``): a bounded poll for the
+next GEMM, then park; the bound is settable and its effect counted."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from nnic import kernels
+from nnic.kernels import runtime
+
+
+@pytest.fixture
+def pool_of_two():
+    before = (kernels.get_num_threads(), kernels.gemm_backend(), kernels.gemm_spin_us())
+    kernels.set_num_threads(2)
+    kernels.set_gemm_backend("rayon")
+    try:
+        yield
+    finally:
+        kernels.set_num_threads(before[0])
+        kernels.set_gemm_backend("openmp")
+        kernels.set_gemm_spin_us(before[2])
+
+
+def _problem(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    a = rng.integers(-128, 128, (16, 2048), dtype=np.int8)
+    w = rng.integers(-128, 128, (512, 2048), dtype=np.int8)
+    return a, kernels.pack_int8_weight(w, 1.0), a.astype(np.int64) @ w.T.astype(np.int64)
+
+
+@pytest.mark.parametrize("spin_us", [0, 50, 2000])
+def test_gemms_stay_exact_whatever_the_spin(pool_of_two, spin_us):
+    kernels.set_gemm_spin_us(spin_us)
+    assert kernels.gemm_spin_us() == pytest.approx(spin_us)
+    a, packed, want = _problem()
+    out = np.empty(want.shape, np.int32)
+    for _ in range(30):
+        packed.matmul(a, out)
+        assert np.array_equal(out, want)
+
+
+def test_back_to_back_gemms_find_a_polling_helper(pool_of_two):
+    """With a generous bound a helper is still polling when the next GEMM is published, and the counters
+    say so (each GEMM here is ~1e7 multiply-adds, above the size that runs on the caller alone). Other
+    processes can keep the helper off its core for many GEMMs, so the loop runs until it is seen, under a
+    hang guard."""
+    kernels.set_gemm_spin_us(5000)
+    a, packed, want = _problem(1)
+    out = np.empty(want.shape, np.int32)
+    kernels.gemm_team_stats(reset=True)
+    deadline = time.monotonic() + 120
+    calls = 0
+    while kernels.gemm_team_stats()["taken_spinning"] == 0:
+        assert time.monotonic() < deadline, f"no GEMM helper took a job while polling in {calls} GEMMs"
+        packed.matmul(a, out)
+        calls += 1
+    s = kernels.gemm_team_stats()
+    assert np.array_equal(out, want)
+    assert s["jobs"] >= calls > 0
+    assert s["taken_spinning"] + s["taken_parked"] <= s["jobs"]
+    assert s["spin_ns"] > 0
+
+
+@pytest.mark.parametrize("bad, exc, match", [
+    (-1, ValueError, r"us must be in \[0, 10000\] microseconds, got -1"),
+    (10_001, ValueError, "got 10001"),
+    (float("nan"), ValueError, "got nan"),
+    ("50", TypeError, "us must be a number of microseconds, got str"),
+    (True, TypeError, "got bool"),
+])
+def test_bad_spin_is_refused_and_changes_nothing(bad, exc, match):
+    before = kernels.gemm_spin_us()
+    with pytest.raises(exc, match=match):
+        kernels.set_gemm_spin_us(bad)
+    assert kernels.gemm_spin_us() == before
+
+
+def test_env_spin_is_checked(monkeypatch):
+    before = kernels.gemm_spin_us()
+    try:
+        monkeypatch.setenv("NNIC_GEMM_SPIN_US", "lots")
+        with pytest.raises(ValueError, match="NNIC_GEMM_SPIN_US='lots': expected microseconds"):
+            runtime.apply_env()
+        monkeypatch.setenv("NNIC_GEMM_SPIN_US", "20")
+        runtime.apply_env()
+        assert kernels.gemm_spin_us() == pytest.approx(20)
+    finally:
+        kernels.set_gemm_spin_us(before)
