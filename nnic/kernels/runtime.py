@@ -128,31 +128,22 @@ def gemm_team_stats(reset: bool = False) -> dict[str, int]:
 
 def apply_env() -> None:
     """Applies ``NNIC_KERNEL_ISA``, ``NNIC_NUM_THREADS``, ``NNIC_GEMM_BACKEND`` and ``NNIC_GEMM_SPIN_US`` (run
-    once, at load)."""
-    isa = os.environ.get("NNIC_KERNEL_ISA", "").strip()
-    if isa:
+    once, at load); a bad value raises ``ValueError`` naming the variable and what it expects."""
+    settings = (
+        ("NNIC_KERNEL_ISA", str, set_isa, None),
+        ("NNIC_NUM_THREADS", int, set_num_threads, "an integer in [1, 1024]"),
+        ("NNIC_GEMM_BACKEND", str.lower, set_gemm_backend, None),
+        ("NNIC_GEMM_SPIN_US", float, set_gemm_spin_us, "microseconds in [0, 10000]"),
+    )
+    for name, parse, setter, expected in settings:
+        raw = os.environ.get(name, "").strip()
+        if not raw:
+            continue
         try:
-            set_isa(isa)
+            setter(parse(raw))
         except ValueError as exc:
-            raise ValueError(f"NNIC_KERNEL_ISA={isa!r}: {exc}") from None
-    threads = os.environ.get("NNIC_NUM_THREADS", "").strip()
-    if threads:
-        try:
-            set_num_threads(int(threads))
-        except ValueError as exc:
-            raise ValueError(f"NNIC_NUM_THREADS={threads!r}: expected an integer in [1, 1024] ({exc})") from None
-    backend = os.environ.get("NNIC_GEMM_BACKEND", "").strip().lower()
-    if backend:
-        try:
-            set_gemm_backend(backend)
-        except ValueError as exc:
-            raise ValueError(f"NNIC_GEMM_BACKEND={backend!r}: {exc}") from None
-    spin = os.environ.get("NNIC_GEMM_SPIN_US", "").strip()
-    if spin:
-        try:
-            set_gemm_spin_us(float(spin))
-        except ValueError as exc:
-            raise ValueError(f"NNIC_GEMM_SPIN_US={spin!r}: expected microseconds in [0, 10000] ({exc})") from None
+            hint = f"expected {expected} ({exc})" if expected else str(exc)
+            raise ValueError(f"{name}={raw!r}: {hint}") from None
 
 
 apply_env()
