@@ -7,6 +7,7 @@ from transformers configs with random weights.
     python bench/decode.py --prompt 128 --new 64 --rounds 5 --variants fp32 nnic-int4
     python bench/decode.py --models llama-110m --variants fp32 pruned --prune 0.3   # structured pruning
     python bench/decode.py --models llama-1b --variants nnic-int4 --profile          # where a decode step goes
+    python bench/decode.py --models llama-110m --variants fp32 nnic-int4 --fast-decode  # with and without fast_decode
 
 ``pruned`` (LLaMA models) prunes ``--prune`` of the attention heads (``transformer_head``, ``l1_weight``: whole
 key/value heads with all of their query heads, ``floor(p x kv heads)`` per layer) and of the MLP channels
@@ -25,7 +26,9 @@ GPT-2's ``Conv1D`` layers are turned into ``nn.Linear`` first (same function), s
 same Linear layers. nnic int4 is symmetric per group of ``--group-size`` (32) with per-token int8 activations.
 Every Linear is quantized, the vocabulary projection (``lm_head``) included unless ``--float-lm-head``. The nnic variants run each block's
 q/k/v and gate/up projections as one GEMM each (``nnic_transformers.fuse_projections``, same outputs);
-``nnic-int8-unfused`` / ``nnic-int4-unfused`` (on request) keep them separate.
+``nnic-int8-unfused`` / ``nnic-int4-unfused`` (on request) keep them separate. ``--fast-decode`` adds, for every
+nnic variant K, ``K+fast``: the same model after ``nnic_transformers.fast_decode`` (RMSNorms as one ``F.rms_norm``
+call: float32 logits bit-identical, checked on the warm-up tokens), timed in the same interleaved rounds.
 """
 
 from __future__ import annotations
@@ -190,6 +193,20 @@ def pruned(m: nn.Module, fraction: float, prompts: list[torch.Tensor], new: int,
     return m.eval(), line
 
 
+def with_fast_decode(models: dict[str, nn.Module]) -> dict[str, nn.Module]:
+    """``models`` with ``K+fast`` after each nnic variant ``K``: a copy after ``nnic_transformers.fast_decode``."""
+    from nnic_transformers import fast_decode
+
+    out = {}
+    for k, m in models.items():
+        out[k] = m
+        if k.startswith("nnic-"):
+            fast = copy.deepcopy(m)
+            if fast_decode(fast):
+                out[f"{k}+fast"] = fast
+    return out
+
+
 def weight_bytes(model: nn.Module) -> int:
     """Bytes of every Linear-like layer's weights, as stored for the kernels (read once per decode step)."""
     from nnic.quantization import Int4Linear, Int8Linear
@@ -311,6 +328,8 @@ def main() -> None:
                     "also removes (transformer_hidden, kept count a multiple of 32)")
     ap.add_argument("--profile", action="store_true", help="instead of timing: where one decode step goes, per "
                     "module kind (projections, norms, attention, lm_head, ...), for each variant")
+    ap.add_argument("--fast-decode", action="store_true", help="also time every nnic variant after "
+                    "nnic_transformers.fast_decode (as K+fast, same rounds)")
     ap.add_argument("--float-lm-head", action="store_true", help="the quantized variants keep the vocabulary "
                     "projection (lm_head) in float32 (default: quantized like every other Linear)")
     args = ap.parse_args()
@@ -343,6 +362,8 @@ def main() -> None:
             if kind != "pruned":
                 built[kind] = variant(base, kind, args.group_size)
         models = {k: built[k] for k in args.variants if built.get(k) is not None}
+        if args.fast_decode:
+            models = with_fast_decode(models)
         wbytes = {k: weight_bytes(m) for k, m in models.items()}
         if args.profile:
             for k, m in models.items():
@@ -356,6 +377,7 @@ def main() -> None:
             first: dict[str, torch.Tensor] = {}
             for k, m in models.items():  # warm-up (packing, caches), and the tokens each variant generates
                 first[k] = run_once(m, ids, min(args.new, 8))[2]
+            fast_same = {k: torch.equal(first[k], first[k[:-len("+fast")]]) for k in models if k.endswith("+fast")}
             for _ in range(args.rounds):
                 for k, m in models.items():
                     pre, dec, _ = run_once(m, ids, args.new)
@@ -363,6 +385,8 @@ def main() -> None:
             print(f"\n{name} ({params / 1e6:.0f}M parameters), batch {batch}")
             for note in notes:
                 print(note)
+            for k, same in fast_same.items():
+                print(f"  {k}: warm-up tokens {'equal to' if same else 'DIFFERENT from'} {k[:-len('+fast')]}'s")
             print(f"  {'variant':20s} {'prefill ms':>10s} {'decode tok/s':>12s} {'vs fp32':>8s} {'weights MB':>10s} "
                   f"{'GB/s':>6s} {'%bw':>5s} {'same tokens as fp32 (of 8)':>26s}")
             ref = statistics.median(d for _, d in times["fp32"]) if "fp32" in times else None
