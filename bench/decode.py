@@ -27,13 +27,15 @@ same Linear layers. nnic int4 is symmetric per group of ``--group-size`` (32) wi
 Every Linear is quantized, the vocabulary projection (``lm_head``) included unless ``--float-lm-head``. The nnic variants run each block's
 q/k/v and gate/up projections as one GEMM each (``nnic_transformers.fuse_projections``, same outputs);
 ``nnic-int8-unfused`` / ``nnic-int4-unfused`` (on request) keep them separate. ``--fast-decode`` adds, for every
-nnic variant K, ``K+fast``: the same model after ``nnic_transformers.fast_decode`` (RMSNorms as one ``F.rms_norm``
-call: float32 logits bit-identical, checked on the warm-up tokens), timed in the same interleaved rounds.
+nnic variant K, ``K+fast``: the same model object (same weights) run with ``nnic_transformers.fast_decode``'s
+RMSNorms (one ``F.rms_norm`` call: float32 logits bit-identical; the warm-up tokens are compared), swapped in for
+its runs only, timed in the same interleaved rounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import statistics
 import sys
@@ -193,18 +195,43 @@ def pruned(m: nn.Module, fraction: float, prompts: list[torch.Tensor], new: int,
     return m.eval(), line
 
 
+FAST_NORMS: dict[str, tuple[dict[str, nn.Module], dict[str, nn.Module]]] = {}  # "K+fast": (fast, original) norms
+
+
 def with_fast_decode(models: dict[str, nn.Module]) -> dict[str, nn.Module]:
-    """``models`` with ``K+fast`` after each nnic variant ``K``: a copy after ``nnic_transformers.fast_decode``."""
-    from nnic_transformers import fast_decode
+    """``models`` with ``K+fast`` after each nnic variant ``K``: the same model object (same weights, same memory),
+    whose RMSNorms :func:`running` swaps for ``nnic_transformers.fast_decode``'s while ``K+fast`` runs."""
+    from nnic_transformers import FastRMSNorm, fast_decode
 
     out = {}
     for k, m in models.items():
         out[k] = m
         if k.startswith("nnic-"):
-            fast = copy.deepcopy(m)
-            if fast_decode(fast):
-                out[f"{k}+fast"] = fast
+            original = {n: mod for n, mod in m.named_modules()}
+            names = fast_decode(m)
+            fast = {n: m.get_submodule(n) for n in names if isinstance(m.get_submodule(n), FastRMSNorm)}
+            set_modules(m, {n: original[n] for n in names})
+            if fast:
+                out[f"{k}+fast"] = m
+                FAST_NORMS[f"{k}+fast"] = (fast, {n: original[n] for n in fast})
     return out
+
+
+def set_modules(model: nn.Module, modules: dict[str, nn.Module]) -> None:
+    for name, mod in modules.items():
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, leaf, mod)
+
+
+@contextlib.contextmanager
+def running(kind: str, model: nn.Module):
+    """``model`` as variant ``kind`` runs it: with the fast norms in place for a ``+fast`` variant."""
+    fast, original = FAST_NORMS.get(kind, ({}, {}))
+    set_modules(model, fast)
+    try:
+        yield model
+    finally:
+        set_modules(model, original)
 
 
 def weight_bytes(model: nn.Module) -> int:
@@ -366,21 +393,24 @@ def main() -> None:
             models = with_fast_decode(models)
         wbytes = {k: weight_bytes(m) for k, m in models.items()}
         if args.profile:
-            for k, m in models.items():
-                run_once(m, prompts[0], 4)  # warm-up
-                print(f"\n{name} {k}, batch {args.batch[0]}: per decode step, by module kind (forward hooks)")
-                for kind, ms, n in profile(m, prompts[0], args.new):
-                    print(f"  {kind:28s} {ms:8.3f} ms  {n:4d} calls")
+            for k, mod in models.items():
+                with running(k, mod) as m:
+                    run_once(m, prompts[0], 4)  # warm-up
+                    print(f"\n{name} {k}, batch {args.batch[0]}: per decode step, by module kind (forward hooks)")
+                    for kind, ms, n in profile(m, prompts[0], args.new):
+                        print(f"  {kind:28s} {ms:8.3f} ms  {n:4d} calls")
             continue
         for batch, ids in zip(args.batch, prompts):
             times: dict[str, list[tuple[float, float]]] = {k: [] for k in models}
             first: dict[str, torch.Tensor] = {}
-            for k, m in models.items():  # warm-up (packing, caches), and the tokens each variant generates
-                first[k] = run_once(m, ids, min(args.new, 8))[2]
+            for k, mod in models.items():  # warm-up (packing, caches), and the tokens each variant generates
+                with running(k, mod) as m:
+                    first[k] = run_once(m, ids, min(args.new, 8))[2]
             fast_same = {k: torch.equal(first[k], first[k[:-len("+fast")]]) for k in models if k.endswith("+fast")}
             for _ in range(args.rounds):
-                for k, m in models.items():
-                    pre, dec, _ = run_once(m, ids, args.new)
+                for k, mod in models.items():
+                    with running(k, mod) as m:
+                        pre, dec, _ = run_once(m, ids, args.new)
                     times[k].append((pre, dec))
             print(f"\n{name} ({params / 1e6:.0f}M parameters), batch {batch}")
             for note in notes:
