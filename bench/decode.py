@@ -7,6 +7,7 @@ from transformers configs with random weights.
     python bench/decode.py --prompt 128 --new 64 --rounds 5 --variants fp32 nnic-int4
     python bench/decode.py --models llama-110m --variants fp32 pruned --prune 0.3   # structured pruning
     python bench/decode.py --models llama-1b --variants nnic-int4 --profile          # where a decode step goes
+    python bench/decode.py --models llama-110m --variants fp32 nnic-int4 --fast-decode  # with and without fast_decode
 
 ``pruned`` (LLaMA models) prunes ``--prune`` of the attention heads (``transformer_head``, ``l1_weight``: whole
 key/value heads with all of their query heads, ``floor(p x kv heads)`` per layer) and of the MLP channels
@@ -25,12 +26,16 @@ GPT-2's ``Conv1D`` layers are turned into ``nn.Linear`` first (same function), s
 same Linear layers. nnic int4 is symmetric per group of ``--group-size`` (32) with per-token int8 activations.
 Every Linear is quantized, the vocabulary projection (``lm_head``) included unless ``--float-lm-head``. The nnic variants run each block's
 q/k/v and gate/up projections as one GEMM each (``nnic_transformers.fuse_projections``, same outputs);
-``nnic-int8-unfused`` / ``nnic-int4-unfused`` (on request) keep them separate.
+``nnic-int8-unfused`` / ``nnic-int4-unfused`` (on request) keep them separate. ``--fast-decode`` adds, for every
+nnic variant K, ``K+fast``: the same model object (same weights) run with ``nnic_transformers.fast_decode``'s
+RMSNorms (one ``F.rms_norm`` call: float32 logits bit-identical; the warm-up tokens are compared), swapped in for
+its runs only, timed in the same interleaved rounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import statistics
 import sys
@@ -190,6 +195,45 @@ def pruned(m: nn.Module, fraction: float, prompts: list[torch.Tensor], new: int,
     return m.eval(), line
 
 
+FAST_NORMS: dict[str, tuple[dict[str, nn.Module], dict[str, nn.Module]]] = {}  # "K+fast": (fast, original) norms
+
+
+def with_fast_decode(models: dict[str, nn.Module]) -> dict[str, nn.Module]:
+    """``models`` with ``K+fast`` after each nnic variant ``K``: the same model object (same weights, same memory),
+    whose RMSNorms :func:`running` swaps for ``nnic_transformers.fast_decode``'s while ``K+fast`` runs."""
+    from nnic_transformers import FastRMSNorm, fast_decode
+
+    out = {}
+    for k, m in models.items():
+        out[k] = m
+        if k.startswith("nnic-"):
+            original = {n: mod for n, mod in m.named_modules()}
+            names = fast_decode(m)
+            fast = {n: m.get_submodule(n) for n in names if isinstance(m.get_submodule(n), FastRMSNorm)}
+            set_modules(m, {n: original[n] for n in names})
+            if fast:
+                out[f"{k}+fast"] = m
+                FAST_NORMS[f"{k}+fast"] = (fast, {n: original[n] for n in fast})
+    return out
+
+
+def set_modules(model: nn.Module, modules: dict[str, nn.Module]) -> None:
+    for name, mod in modules.items():
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, leaf, mod)
+
+
+@contextlib.contextmanager
+def running(kind: str, model: nn.Module):
+    """``model`` as variant ``kind`` runs it: with the fast norms in place for a ``+fast`` variant."""
+    fast, original = FAST_NORMS.get(kind, ({}, {}))
+    set_modules(model, fast)
+    try:
+        yield model
+    finally:
+        set_modules(model, original)
+
+
 def weight_bytes(model: nn.Module) -> int:
     """Bytes of every Linear-like layer's weights, as stored for the kernels (read once per decode step)."""
     from nnic.quantization import Int4Linear, Int8Linear
@@ -311,6 +355,8 @@ def main() -> None:
                     "also removes (transformer_hidden, kept count a multiple of 32)")
     ap.add_argument("--profile", action="store_true", help="instead of timing: where one decode step goes, per "
                     "module kind (projections, norms, attention, lm_head, ...), for each variant")
+    ap.add_argument("--fast-decode", action="store_true", help="also time every nnic variant after "
+                    "nnic_transformers.fast_decode (as K+fast, same rounds)")
     ap.add_argument("--float-lm-head", action="store_true", help="the quantized variants keep the vocabulary "
                     "projection (lm_head) in float32 (default: quantized like every other Linear)")
     args = ap.parse_args()
@@ -343,26 +389,34 @@ def main() -> None:
             if kind != "pruned":
                 built[kind] = variant(base, kind, args.group_size)
         models = {k: built[k] for k in args.variants if built.get(k) is not None}
+        if args.fast_decode:
+            models = with_fast_decode(models)
         wbytes = {k: weight_bytes(m) for k, m in models.items()}
         if args.profile:
-            for k, m in models.items():
-                run_once(m, prompts[0], 4)  # warm-up
-                print(f"\n{name} {k}, batch {args.batch[0]}: per decode step, by module kind (forward hooks)")
-                for kind, ms, n in profile(m, prompts[0], args.new):
-                    print(f"  {kind:28s} {ms:8.3f} ms  {n:4d} calls")
+            for k, mod in models.items():
+                with running(k, mod) as m:
+                    run_once(m, prompts[0], 4)  # warm-up
+                    print(f"\n{name} {k}, batch {args.batch[0]}: per decode step, by module kind (forward hooks)")
+                    for kind, ms, n in profile(m, prompts[0], args.new):
+                        print(f"  {kind:28s} {ms:8.3f} ms  {n:4d} calls")
             continue
         for batch, ids in zip(args.batch, prompts):
             times: dict[str, list[tuple[float, float]]] = {k: [] for k in models}
             first: dict[str, torch.Tensor] = {}
-            for k, m in models.items():  # warm-up (packing, caches), and the tokens each variant generates
-                first[k] = run_once(m, ids, min(args.new, 8))[2]
+            for k, mod in models.items():  # warm-up (packing, caches), and the tokens each variant generates
+                with running(k, mod) as m:
+                    first[k] = run_once(m, ids, min(args.new, 8))[2]
+            fast_same = {k: torch.equal(first[k], first[k[:-len("+fast")]]) for k in models if k.endswith("+fast")}
             for _ in range(args.rounds):
-                for k, m in models.items():
-                    pre, dec, _ = run_once(m, ids, args.new)
+                for k, mod in models.items():
+                    with running(k, mod) as m:
+                        pre, dec, _ = run_once(m, ids, args.new)
                     times[k].append((pre, dec))
             print(f"\n{name} ({params / 1e6:.0f}M parameters), batch {batch}")
             for note in notes:
                 print(note)
+            for k, same in fast_same.items():
+                print(f"  {k}: warm-up tokens {'equal to' if same else 'DIFFERENT from'} {k[:-len('+fast')]}'s")
             print(f"  {'variant':20s} {'prefill ms':>10s} {'decode tok/s':>12s} {'vs fp32':>8s} {'weights MB':>10s} "
                   f"{'GB/s':>6s} {'%bw':>5s} {'same tokens as fp32 (of 8)':>26s}")
             ref = statistics.median(d for _, d in times["fp32"]) if "fp32" in times else None
