@@ -112,44 +112,46 @@ def main() -> None:
     shared = copy.deepcopy(fused)
     fuse_projections(shared)
     example = {"input_ids": torch.randint(0, 30522, (1, args.seq))}
-    tmp = Path(tempfile.mkdtemp(prefix="nnic-bench-onnx-"))
-    files = {}
-    for fmt in ("integer", "qdq"):
-        result = nnic.export_onnx(qmodel, example, tmp / f"nnic-{fmt}.onnx", int8_format=fmt)
-        print(f"nnic export ({fmt}): verified at batch 1 and 2, error {max(result.errors.values()):.3g} of the peak "
-              f"(tolerance {nnic.export.TOLERANCES[result.kind]})")
-        files[fmt] = str(result.path)
-    nnic.export_onnx(model, example, tmp / "float.onnx")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        quantize_dynamic(str(tmp / "float.onnx"), str(tmp / "ort-dynamic.onnx"), per_channel=True,
-                         weight_type=QuantType.QInt8)
-    sessions = {"integer": session(files["integer"], args.threads), "qdq": session(files["qdq"], args.threads),
-                "ort": session(str(tmp / "ort-dynamic.onnx"), args.threads)}
-    for batch in args.batches:
-        ids = torch.randint(0, 30522, (batch, args.seq), generator=torch.Generator().manual_seed(batch))
-        feed = {"input_ids": ids.numpy()}
-        with torch.inference_mode():
-            ref = model(ids)
-        fns = {
-            "float32 torch": lambda: model(ids),
-            "nnic int8": lambda: qmodel(ids),
-            "nnic int8, GELU fused": lambda: fused(ids),
-            "nnic int8, GELU + QKV fused": lambda: shared(ids),
-            "ort: nnic export (integer)": lambda: sessions["integer"].run(None, feed),
-            "ort: nnic export (qdq)": lambda: sessions["qdq"].run(None, feed),
-            "ort: quantize_dynamic": lambda: sessions["ort"].run(None, feed),
-        }
-        with torch.inference_mode():
-            times = _timing.timeit_interleaved(fns, args.repeats, args.budget, clock)
-            outputs = {"float32 torch": ref, "nnic int8": qmodel(ids), "nnic int8, GELU fused": fused(ids),
-                       "nnic int8, GELU + QKV fused": shared(ids)}
-        outputs.update({k: fns[k]()[0] for k in fns if k.startswith("ort")})
-        med = {k: statistics.median(v) for k, v in times.items()}
-        print(f"\nbatch {batch}  [median of {len(times['nnic int8'])} rounds]")
-        for k, t in med.items():
-            print(f"  {k:28s} {t * 1e3:8.1f} ms  {med['float32 torch'] / t:5.2f}x float32  "
-                  f"{med['ort: quantize_dynamic'] / t:5.2f}x ort quantize_dynamic   {agreement(outputs[k], ref)}")
+    # the exported models (~0.9 GB) are removed when the run ends, on success or error
+    with tempfile.TemporaryDirectory(prefix="nnic-bench-onnx-") as tmp_name:
+        tmp = Path(tmp_name)
+        files = {}
+        for fmt in ("integer", "qdq"):
+            result = nnic.export_onnx(qmodel, example, tmp / f"nnic-{fmt}.onnx", int8_format=fmt)
+            print(f"nnic export ({fmt}): verified at batch 1 and 2, error {max(result.errors.values()):.3g} of the peak "
+                  f"(tolerance {nnic.export.TOLERANCES[result.kind]})")
+            files[fmt] = str(result.path)
+        nnic.export_onnx(model, example, tmp / "float.onnx")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_dynamic(str(tmp / "float.onnx"), str(tmp / "ort-dynamic.onnx"), per_channel=True,
+                             weight_type=QuantType.QInt8)
+        sessions = {"integer": session(files["integer"], args.threads), "qdq": session(files["qdq"], args.threads),
+                    "ort": session(str(tmp / "ort-dynamic.onnx"), args.threads)}
+        for batch in args.batches:
+            ids = torch.randint(0, 30522, (batch, args.seq), generator=torch.Generator().manual_seed(batch))
+            feed = {"input_ids": ids.numpy()}
+            with torch.inference_mode():
+                ref = model(ids)
+            fns = {
+                "float32 torch": lambda: model(ids),
+                "nnic int8": lambda: qmodel(ids),
+                "nnic int8, GELU fused": lambda: fused(ids),
+                "nnic int8, GELU + QKV fused": lambda: shared(ids),
+                "ort: nnic export (integer)": lambda: sessions["integer"].run(None, feed),
+                "ort: nnic export (qdq)": lambda: sessions["qdq"].run(None, feed),
+                "ort: quantize_dynamic": lambda: sessions["ort"].run(None, feed),
+            }
+            with torch.inference_mode():
+                times = _timing.timeit_interleaved(fns, args.repeats, args.budget, clock)
+                outputs = {"float32 torch": ref, "nnic int8": qmodel(ids), "nnic int8, GELU fused": fused(ids),
+                           "nnic int8, GELU + QKV fused": shared(ids)}
+            outputs.update({k: fns[k]()[0] for k in fns if k.startswith("ort")})
+            med = {k: statistics.median(v) for k, v in times.items()}
+            print(f"\nbatch {batch}  [median of {len(times['nnic int8'])} rounds]")
+            for k, t in med.items():
+                print(f"  {k:28s} {t * 1e3:8.1f} ms  {med['float32 torch'] / t:5.2f}x float32  "
+                      f"{med['ort: quantize_dynamic'] / t:5.2f}x ort quantize_dynamic   {agreement(outputs[k], ref)}")
 
 
 if __name__ == "__main__":
