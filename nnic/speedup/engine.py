@@ -12,7 +12,7 @@ from torch.nn.utils import parametrize
 
 from nnic.channels.graph import State
 from nnic.channels.propagate import SpeedupError
-from nnic.speedup.rules import slice_param
+from nnic.speedup.rules import replace_module, slice_param
 
 
 def _reasons_by_root(roots: np.ndarray, table: dict[int, str], last: bool) -> dict[int, str]:
@@ -110,7 +110,7 @@ def apply(model: nn.Module, state: State, removed: set[int]) -> dict[str, dict[s
             new = state.slot_rules[name].shrink(module, keep)
             if new is not None and new is not module:
                 new.train(module.training)
-                _set_submodule(model, name, new)
+                replace_module(model, name, new)
         done = set()
         for path, dim, ids in state.params:
             if path in done:
@@ -122,11 +122,6 @@ def apply(model: nn.Module, state: State, removed: set[int]) -> dict[str, dict[s
                 owner = model.get_submodule(owner_name)
                 slice_param(owner, attr, index, dim)
     return dict(keeps)
-
-
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent_name), attr, new)
 
 
 def unwrap_masks(model: nn.Module) -> dict[tuple[str, str], list[torch.Tensor]]:

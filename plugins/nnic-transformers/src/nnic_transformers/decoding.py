@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnic.speedup.rules import replace_module
+
 from nnic_transformers.norms import rms_norm_classes
 
 
@@ -62,8 +64,7 @@ def fast_decode(model: nn.Module) -> list[str]:
     for name, module in list(model.named_modules()):
         if not name or type(module) not in classes:  # the root cannot be swapped in place
             continue
-        parent, _, leaf = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, leaf, FastRMSNorm(module))
+        replace_module(model, name, FastRMSNorm(module))
         swapped.append(name)
     return swapped
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from nnic.channels import Spec
-from nnic.speedup.rules import Rule, slice_param
+from nnic.speedup.rules import Rule, replace_module, slice_param
 from nnic_transformers.layouts import loaded_class
 from nnic_transformers.rules import _lazy_targets
 
@@ -137,8 +137,7 @@ def standard_norms(model: nn.Module) -> nn.Module:
             new.weight = nn.Parameter((m.weight.double() * math.sqrt(m.full_features / m.num_features)).to(
                 m.weight.dtype), m.weight.requires_grad)
             new.train(m.training)
-            parent, _, leaf = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, leaf, new)
+            replace_module(model, name, new)
     return model
 
 
