@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnic.speedup.rules import replace_module
-
 from nnic_transformers.norms import rms_norm_classes
 
 
