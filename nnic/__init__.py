@@ -58,6 +58,7 @@ _LAZY = {
     "sparsify": "nnic.sparse:sparsify",
     "speedup": "nnic.speedup",
     "speedup_model": "nnic.speedup:speedup_model",
+    "prune_and_speedup": "nnic.speedup:prune_and_speedup",
     "ModelSpeedup": "nnic.speedup:ModelSpeedup",
 }
 
@@ -76,5 +77,5 @@ def __dir__() -> list[str]:
 
 
 __all__ = ["ModelSpeedup", "Pruner", "Quantizer", "__version__", "auto_compress", "export_onnx", "hookimpl", "kernels",
-           "list_plugins", "pruner", "quantization_speedup", "quantizer", "sensitivity", "sparse", "sparsify",
-           "speedup", "speedup_model"]
+           "list_plugins", "prune_and_speedup", "pruner", "quantization_speedup", "quantizer", "sensitivity", "sparse",
+           "sparsify", "speedup", "speedup_model"]

@@ -29,18 +29,28 @@ class Pruner(Compressor):
 
     def compress(self) -> tuple[nn.Module, Masks]:
         """Compute and attach the masks; returns the (same) masked model and the masks."""
+        masks = self.checked_masks()
+        self.attach(masks)
+        return self.model, masks
+
+    def checked_masks(self) -> Masks:
+        """The masks :meth:`compress` would attach, computed and checked against the model, nothing attached:
+        what a step that consumes the masks at once (:func:`nnic.speedup.prune_and_speedup`) starts from."""
         import torch
 
         with torch.no_grad():
             masks = self.calculate_masks()
         masking.check_masks(self.model, masks)
+        return masks
+
+    def attach(self, masks: Masks) -> None:
+        """Attach ``masks`` (from :meth:`checked_masks`) as :meth:`compress` does, and keep them as ``self.masks``."""
         modules = dict(self.model.named_modules())
         for layer, per_param in masks.items():
             for pname, mask in per_param.items():
                 if mask is not None:
                     masking.attach_mask(modules[layer], pname, mask)
         self.masks = masks
-        return self.model, masks
 
     def export_model(self, model_path: io.PathLike, mask_path: io.PathLike | None = None) -> None:
         """Write the weights with masks folded in (a plain state dict) and the masks, each atomically.
