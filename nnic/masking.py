@@ -60,11 +60,13 @@ def attach_mask(module: nn.Module, name: str, mask: torch.Tensor) -> None:
         parametrize.register_parametrization(module, name, ParameterMask(mask), unsafe=True)
         target = parameter(module, name)
     with torch.no_grad():
-        _zero_masked_(target.data, mask)
+        zero_masked_(target.data, mask)
 
 
-def _zero_masked_(t: torch.Tensor, mask: torch.Tensor) -> None:
-    """``t[~mask] = 0`` in place: the Rust kernel for float32, torch for half precision and the rest."""
+def zero_masked_(t: torch.Tensor, mask: torch.Tensor) -> None:
+    """``t[~mask] = 0`` in place (``mask``: bool, ``t``'s shape): the Rust kernel for float32, torch for half
+    precision and the rest. What attaching a mask does to the stored values, and what speedup does with masks
+    given to it."""
     from nnic import kernels
 
     if t.dtype == torch.float32:
@@ -96,7 +98,7 @@ def fold_masks(module: nn.Module) -> None:
         plist = module.parametrizations[name]
         with torch.no_grad():
             for p in _masks_of(module, name):
-                _zero_masked_(plist.original.data, p.mask)
+                zero_masked_(plist.original.data, p.mask)
         if all(isinstance(p, ParameterMask) for p in plist):
             parametrize.remove_parametrizations(module, name, leave_parametrized=False)
         else:

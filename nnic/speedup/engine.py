@@ -12,6 +12,7 @@ from torch.nn.utils import parametrize
 
 from nnic.channels.graph import State
 from nnic.channels.propagate import SpeedupError
+from nnic.masking import zero_masked_
 from nnic.speedup.rules import replace_module, slice_param
 
 
@@ -152,7 +153,8 @@ def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def apply_masks(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tensor | None]],
                 folded: Mapping[tuple[str, str], list[torch.Tensor]] | None = None) -> None:
-    """Multiply the weights by ``masks``; a mask that :func:`unwrap_masks` has just folded into its parameter
+    """Zero the weights where ``masks`` are zero (as attaching them does: no weight-sized float copy of each
+    mask to multiply by); a mask that :func:`unwrap_masks` has just folded into its parameter
     (``folded``: the pruner's masks, given back to speedup) is already in it, and is not applied twice."""
     folded = folded or {}
     with torch.no_grad():
@@ -164,7 +166,7 @@ def apply_masks(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tensor 
                 if mask.dtype == torch.bool and any(_same_tensor(mask, m) for m in folded.get((layer, pname), ())):
                     continue
                 p = getattr(module, pname)
-                p.mul_(mask.to(device=p.device, dtype=torch.bool).to(p.dtype))
+                zero_masked_(p.data, mask.to(device=p.device, dtype=torch.bool))
 
 
 __all__ = ["apply", "apply_masks", "decide", "unwrap_masks"]
