@@ -3,8 +3,10 @@
 Both libraries get the same random-init model (seeded), the same input and the same request: half of the output
 channels of every Conv2d and Linear but the classifier, by L1 magnitude.
 
-- nnic: ``nnic.pruner("l1norm", ..., dependency_aware=True)``, ``compress()``, then ``nnic.speedup_model``
-  (``verify=True``: the output is checked against the masked model's, and a mismatch raises);
+- nnic: ``nnic.pruner("l1norm", ..., dependency_aware=True)`` then ``nnic.prune_and_speedup(pruner)`` (the masks
+  go straight into speedup; ``--two-calls``: ``compress()`` then ``nnic.ModelSpeedup(...).speedup_model()``, the
+  masks attached as parametrizations in between), ``verify=True``: the output is checked against the masked
+  model's, and a mismatch raises;
 - Torch-Pruning: ``tp.pruner.MetaPruner`` with ``tp.importance.MagnitudeImportance(p=1)``, ``pruning_ratio=0.5``,
   the classifier in ``ignored_layers``, then ``step()``.
 
@@ -21,6 +23,7 @@ Torch-Pruning fails. 2 threads (``--threads``). Torch-Pruning is a bench depende
     python bench/depth.py --all --rounds 1 --size 64   # the same, depth only in a fraction of the time
     python bench/depth.py --models resnet50 convnext_tiny --rounds 5
     python bench/depth.py --quick --threads 1       # single-threaded CPU time: comparable on a loaded machine
+    python bench/depth.py --quick --two-calls       # compress() and speedup_model as two calls
 """
 
 from __future__ import annotations
@@ -97,17 +100,26 @@ class Clock:
         self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
 
 
-def run_nnic(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, Clock, str]:
-    head = classifier(model)
-    with Clock() as clock:
-        cfg = [{"sparsity": 0.5, "op_types": ["Conv2d", "Linear"]}, {"exclude": True, "op_names": [head]}]
-        pruner = nnic.pruner("l1norm", model, cfg, dependency_aware=True, dummy_input=x)
-        _, masks = pruner.compress()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+def prune_and_speedup(model: nn.Module, x: torch.Tensor, two_calls: bool = False) -> nnic.speedup.SpeedupReport:
+    """nnic's side of the comparison: ``nnic.prune_and_speedup`` (the masks go straight into speedup), or with
+    ``two_calls`` ``pruner.compress()`` then ``ModelSpeedup(...).speedup_model()`` (the masks attached as
+    parametrizations first, for training in between). An nnic without the helper (an older checkout timed by
+    ``bench/depth_ab.py``) takes the two calls. Returns speedup's report."""
+    cfg = [{"sparsity": 0.5, "op_types": ["Conv2d", "Linear"]}, {"exclude": True, "op_names": [classifier(model)]}]
+    pruner = nnic.pruner("l1norm", model, cfg, dependency_aware=True, dummy_input=x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if two_calls or not hasattr(nnic, "prune_and_speedup"):
+            _, masks = pruner.compress()
             speedup = nnic.ModelSpeedup(model, x, masks, verify=True)
             speedup.speedup_model()
-    report = speedup.report
+            return speedup.report
+        return nnic.prune_and_speedup(pruner, verify=True).report
+
+
+def run_nnic(model: nn.Module, x: torch.Tensor, two_calls: bool = False) -> tuple[nn.Module, Clock, str]:
+    with Clock() as clock:
+        report = prune_and_speedup(model, x, two_calls)
     why = f"{report.kept_groups[0].channels}: {report.kept_groups[0].reason}" if report.kept_groups else "-"
     return model, clock, why
 
@@ -146,7 +158,7 @@ def run_tp(model: nn.Module, x: torch.Tensor, memory_gib: float = 6.0) -> tuple[
     return model, clock
 
 
-def bench_model(name: str, rounds: int, size: int, tp_memory_gib: float = 6.0) -> dict:
+def bench_model(name: str, rounds: int, size: int, tp_memory_gib: float = 6.0, two_calls: bool = False) -> dict:
     """One row: interleaved rounds of nnic and Torch-Pruning on copies of one dense model."""
     torch.manual_seed(0)
     dense = torchvision.models.get_model(name, weights=None).eval()
@@ -156,7 +168,7 @@ def bench_model(name: str, rounds: int, size: int, tp_memory_gib: float = 6.0) -
     row: dict = {"name": name, "nnic": [], "tp": [], "tp_error": None, "error": None}
     for _ in range(rounds):
         try:
-            model, clock, why = run_nnic(copy.deepcopy(dense), x)
+            model, clock, why = run_nnic(copy.deepcopy(dense), x, two_calls)
         except Exception as exc:  # a failed nnic speedup is a row of its own, never a crash of the table
             row["error"] = f"{type(exc).__name__}: {str(exc)[:80]}"
             break
@@ -187,6 +199,9 @@ def main() -> None:
                         help="heap Torch-Pruning may grow by per model before it fails with MemoryError")
     parser.add_argument("--threads", type=int, default=2,
                         help="torch threads (1: CPU time compares the single-threaded work of both, under load too)")
+    parser.add_argument("--two-calls", action="store_true",
+                        help="time pruner.compress() then speedup_model (masks attached in between) instead of "
+                             "nnic.prune_and_speedup")
     parser.add_argument("--size", type=int, default=224,
                         help="input side (ViT and MaxViT always get 224, Inception and Swin at least 96)")
     args = parser.parse_args()
@@ -195,13 +210,14 @@ def main() -> None:
     import torch_pruning  # noqa: F401  imported, and nnic's plugins loaded, before any round is timed
 
     nnic.list_plugins()
-    print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; {args.threads} thread(s)")
+    print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; {args.threads} thread(s); nnic: "
+          f"{'compress() + speedup_model' if args.two_calls else 'prune_and_speedup'}")
     print("| model | params nnic | params TP | FLOPs nnic | FLOPs TP | nnic s (wall / cpu) | TP s (wall / cpu) | "
           "time ratio (wall / cpu) | depth ok | output = masked | masked channels kept (largest group): why |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     wall_ratios, cpu_ratios, missed, tp_fails, failed = [], [], [], [], []
     for name in names:
-        row = bench_model(name, args.rounds, args.size, args.tp_memory_gib)
+        row = bench_model(name, args.rounds, args.size, args.tp_memory_gib, args.two_calls)
         if row["error"]:
             failed.append(name)
             print(f"| {name} | fails: {row['error']} | | | | | | | | NO | |", flush=True)

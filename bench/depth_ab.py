@@ -5,11 +5,13 @@ rounds of single-threaded thread CPU time.
 Two long-lived worker processes, one importing nnic from ``--before`` (the older code, e.g. ``mkdir DIR; git
 archive <commit> | tar -x -C DIR``, with the built extension ``nnic/_kernels*.so`` copied in) and one from this
 tree, never run at the same time: per model a warm-up round each, then ``--rounds`` of (before, now,
-Torch-Pruning in the "now" worker); medians. Other users' load slows both versions alike within a round, which
+Torch-Pruning in the "now" worker); medians. nnic runs ``nnic.prune_and_speedup`` where the version has it, else
+``compress()`` then ``speedup_model``; ``--two-calls`` adds this tree's two-call path as a column. Other users' load slows both versions alike within a round, which
 ``bench/depth.py``'s two concurrent processes do not guarantee.
 
     python bench/depth_ab.py --before DIR                    # the --quick models but ViT and DenseNet
     python bench/depth_ab.py --before DIR --models resnet50 --rounds 9
+    python bench/depth_ab.py --before DIR --two-calls        # and compress() + speedup_model of this tree
 """
 
 from __future__ import annotations
@@ -28,14 +30,16 @@ MODELS = ["resnet50", "convnext_tiny", "regnet_x_400mf", "mobilenet_v3_large", "
 
 
 def worker() -> None:
-    """Answer ``nnic NAME`` / ``tp NAME`` lines with the thread CPU seconds of one run on a fresh copy."""
+    """Answer ``nnic NAME`` (``nnic.prune_and_speedup``, or the two calls where this nnic has no helper),
+    ``nnic2 NAME`` (``compress()`` then ``speedup_model``) and ``tp NAME`` lines with the thread CPU seconds of
+    one run on a fresh copy."""
     import torch
     import torchvision
 
     import nnic
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from depth import classifier, input_size, run_tp
+    from depth import input_size, prune_and_speedup, run_tp
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
@@ -54,9 +58,7 @@ def worker() -> None:
         if what == "tp":
             run_tp(model, x)
         else:
-            cfg = [{"sparsity": 0.5, "op_types": ["Conv2d", "Linear"]}, {"exclude": True, "op_names": [classifier(model)]}]
-            _, masks = nnic.pruner("l1norm", model, cfg, dependency_aware=True, dummy_input=x).compress()
-            nnic.ModelSpeedup(model, x, masks, verify=True).speedup_model()
+            prune_and_speedup(model, x, two_calls=what == "nnic2")
         print(time.thread_time() - start, flush=True)
 
 
@@ -65,6 +67,8 @@ def main() -> None:
     parser.add_argument("--before", required=True, help="a checkout of the older code (its nnic/ is imported)")
     parser.add_argument("--models", nargs="*", default=MODELS)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--two-calls", action="store_true",
+                        help="also time this tree's compress() then speedup_model in the same rounds (a column)")
     args = parser.parse_args()
     before = Path(args.before).resolve()
     if not (before / "nnic" / "__init__.py").is_file():
@@ -83,22 +87,29 @@ def main() -> None:
         return float(answer)
 
     print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; 1 thread, thread CPU time")
-    print("| model | nnic before s | nnic now s | Torch-Pruning s | ratio before | ratio now |\n|---|---|---|---|---|---|")
-    ratios: list[tuple[float, float]] = []
+    extra = " nnic now, two calls s | ratio two calls |" if args.two_calls else ""
+    print(f"| model | nnic before s | nnic now s | Torch-Pruning s | ratio before | ratio now |{extra}\n"
+          f"|---|---|---|---|---|---|{'---|---|' if args.two_calls else ''}")
+    ratios: list[tuple[float, ...]] = []
     for name in args.models:
         ask(old, "nnic", name)  # warm-up: imports, first-call caches
         ask(new, "nnic", name)
-        a, b, t = [], [], []
+        a, b, c, t = [], [], [], []
         for _ in range(args.rounds):
             a.append(ask(old, "nnic", name))
             b.append(ask(new, "nnic", name))
+            if args.two_calls:
+                c.append(ask(new, "nnic2", name))
             t.append(ask(new, "tp", name))
         ma, mb, mt = statistics.median(a), statistics.median(b), statistics.median(t)
-        ratios.append((ma / mt, mb / mt))
-        print(f"| {name} | {ma:.3f} | {mb:.3f} | {mt:.3f} | {ma / mt:.2f} | {mb / mt:.2f} |", flush=True)
+        mc = statistics.median(c) if c else float("nan")
+        ratios.append((ma / mt, mb / mt, mc / mt))
+        two = f" {mc:.3f} | {mc / mt:.2f} |" if c else ""
+        print(f"| {name} | {ma:.3f} | {mb:.3f} | {mt:.3f} | {ma / mt:.2f} | {mb / mt:.2f} |{two}", flush=True)
     print(f"\nload average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(f"median ratio nnic / TP: before {statistics.median(r[0] for r in ratios):.2f}, "
-          f"now {statistics.median(r[1] for r in ratios):.2f}")
+          f"now {statistics.median(r[1] for r in ratios):.2f}"
+          + (f", now with two calls {statistics.median(r[2] for r in ratios):.2f}" if args.two_calls else ""))
     for proc in (old, new):
         proc.stdin.close()
         proc.wait()

@@ -11,18 +11,28 @@ the weights after taking the snapshot it restores on failure. The result is the 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from torch import nn
 
 from nnic.masking import Masks
 from nnic.pruning.base import Pruner
-from nnic.speedup.api import ModelSpeedup
+from nnic.speedup.api import ModelSpeedup, SpeedupReport
 
 
-def prune_and_speedup(pruner: Pruner, dummy_input: Any = None, **kwargs: Any) -> tuple[nn.Module, Masks]:
-    """Prune with ``pruner`` and physically remove what it prunes; returns ``(model, masks)`` as
-    ``pruner.compress()`` does, the model (the same object) already shrunk.
+class Pruned(NamedTuple):
+    """What :func:`prune_and_speedup` gives: the model (the same object, shrunk), the pruner's masks (over the
+    original shapes, as ``compress()`` returns them) and speedup's report (what it removed, and why it kept any
+    masked channels)."""
+
+    model: nn.Module
+    masks: Masks
+    report: SpeedupReport
+
+
+def prune_and_speedup(pruner: Pruner, dummy_input: Any = None, **kwargs: Any) -> Pruned:
+    """Prune with ``pruner`` and physically remove what it prunes: ``model, masks, report =
+    nnic.prune_and_speedup(pruner)``, the model already shrunk.
 
     :param pruner: any nnic pruner. Pruners that keep the base ``compress`` (the structured and magnitude ones)
         skip the mask parametrizations that ``compress()`` attaches and speedup would fold again at once;
@@ -44,16 +54,18 @@ def prune_and_speedup(pruner: Pruner, dummy_input: Any = None, **kwargs: Any) ->
                              f"(a tensor, a tuple of positional arguments or a dict of keyword arguments)")
     if type(pruner).compress is not Pruner.compress:  # a pruner with its own compress: its own steps first
         model, masks = pruner.compress()
-        ModelSpeedup(model, dummy_input, masks, **kwargs).speedup_model()
-        return model, masks
+        speedup = ModelSpeedup(model, dummy_input, masks, **kwargs)
+        speedup.speedup_model()
+        return Pruned(model, masks, speedup.report)
     masks = pruner.checked_masks()
     try:
-        ModelSpeedup(pruner.model, dummy_input, masks, **kwargs).speedup_model()
+        speedup = ModelSpeedup(pruner.model, dummy_input, masks, **kwargs)
+        speedup.speedup_model()
     except BaseException:
         pruner.attach(masks)  # speedup put the model back as it was given: mask it as compress() would
         raise
     pruner.masks = masks
-    return pruner.model, masks
+    return Pruned(pruner.model, masks, speedup.report)
 
 
-__all__ = ["prune_and_speedup"]
+__all__ = ["Pruned", "prune_and_speedup"]

@@ -27,8 +27,8 @@ def _two_ways(model: nn.Module, x: torch.Tensor, cfg: list[dict]):
     _, masks_a = nnic.pruner("l1norm", a, cfg, dependency_aware=True, dummy_input=x).compress()
     nnic.speedup_model(a, x, masks_a)
     pruner = nnic.pruner("l1norm", b, cfg, dependency_aware=True, dummy_input=x)
-    got, masks_b = nnic.prune_and_speedup(pruner)
-    assert got is b and pruner.masks is masks_b
+    got, masks_b, report = nnic.prune_and_speedup(pruner)
+    assert got is b and pruner.masks is masks_b and report.removed_groups > 0
     return a, masks_a, b, masks_b
 
 
@@ -94,7 +94,7 @@ def test_a_pruner_with_its_own_compress_runs_it_first():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
     pruner = Counting(model, [{"sparsity": 0.5, "op_types": ["Linear"]}])
-    got, masks = nnic.prune_and_speedup(pruner, torch.randn(3, 8))
+    got, masks, _ = nnic.prune_and_speedup(pruner, torch.randn(3, 8))
     assert calls == [pruner] and got is model and masks is pruner.masks
     assert not any(parametrize.is_parametrized(m) for m in model.modules())
 
