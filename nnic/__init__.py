@@ -8,16 +8,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nnic.hookspecs import hookimpl
-
-if TYPE_CHECKING:
-    import torch
-
-    from nnic.pruning import Pruner
-    from nnic.quantization import Quantizer
-    from nnic.registry import PluginInfo
 
 try:
     __version__ = importlib.metadata.version("nnic")
@@ -25,28 +18,10 @@ except importlib.metadata.PackageNotFoundError:  # running from a source tree th
     __version__ = "0.0.0+unknown"
 
 
-def list_plugins(kind: str | None = None) -> list[PluginInfo]:
-    """Every registered pruner, quantizer and speedup rule (or those of one ``kind``), with their source."""
-    from nnic.plugins import get_registry
-
-    return get_registry().list(kind)
-
-
-def pruner(name: str, model: torch.nn.Module, config_list: list[dict], **kwargs: Any) -> Pruner:
-    """The pruner registered as ``name``, built on ``model`` with ``config_list``; see ``nnic.list_plugins()``."""
-    from nnic.plugins import get_registry
-
-    return get_registry().get("pruner", name).obj(model, config_list, **kwargs)
-
-
-def quantizer(name: str, model: torch.nn.Module, config_list: list[dict], **kwargs: Any) -> Quantizer:
-    """The quantizer registered as ``name``, built on ``model`` with ``config_list``."""
-    from nnic.plugins import get_registry
-
-    return get_registry().get("quantizer", name).obj(model, config_list, **kwargs)
-
-
 _LAZY = {
+    "list_plugins": "nnic.api:list_plugins",
+    "pruner": "nnic.api:pruner",
+    "quantizer": "nnic.api:quantizer",
     "export_onnx": "nnic.export:export_onnx",
     "auto_compress": "nnic.auto:auto_compress",
     "sensitivity": "nnic.auto:sensitivity",
@@ -64,7 +39,8 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    """The torch-dependent names, imported on first access so that ``import nnic`` stays cheap."""
+    """Every public name but ``hookimpl``, imported on first access so that ``import nnic`` stays cheap (and this
+    face of the package imports nothing above the ground floor)."""
     if name not in _LAZY:
         raise AttributeError(f"module 'nnic' has no attribute {name!r}")
     module_name, _, attr = _LAZY[name].partition(":")

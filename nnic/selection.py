@@ -18,7 +18,7 @@ from torch.nn.utils import parametrize
 
 from nnic.config import _SELECTORS, DEFAULT_OP_TYPES, Key, _closest, _got, _where, validate_config_list
 
-__all__ = ["LayerConfig", "amount", "count_nonzero", "named_layers", "op_type", "select_layers"]
+__all__ = ["LayerConfig", "amount", "count_nonzero", "named_layers", "op_type", "replace_module", "select_layers"]
 
 
 def count_nonzero(t: torch.Tensor) -> int:
@@ -57,6 +57,15 @@ def op_type(module: nn.Module) -> str:
 def named_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """``model.named_modules()`` without the internals that parametrizations add (``x.parametrizations.weight``)."""
     return [(n, m) for n, m in model.named_modules() if "parametrizations" not in n.split(".")]
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` where ``model``'s submodule ``name`` (dotted, not the root) is.
+
+    The one place that edits the module tree by name: speedup's shrink, quantization's lowering, sparsify's swap,
+    export's stand-ins, loading a manifest and a recipe's rebuild all go through it."""
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent), attr, new)
 
 
 def _has_own_parameters(module: nn.Module) -> bool:

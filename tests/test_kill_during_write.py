@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import random
+import select
 import signal
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +28,8 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
 KILLS = 6
 MAX_KILLS = 40  # when none of the first KILLS landed mid-write (a fast disk, a loaded machine), keep killing
+CHILD_TIMEOUT_S = 120  # one write takes well under a second; a child silent this long is stuck
+PIPE_BUF = 4096  # a pipe write up to this size arrives whole
 
 
 def kill_while_writing(directory: Path, write: Callable[[int], None], check: Callable[[], int | None],
@@ -53,11 +57,13 @@ def kill_while_writing(directory: Path, write: Callable[[int], None], check: Cal
                     version = 1 - version
                     write(version)
                     os.write(done_w, b".")
+            except BaseException:  # tell the parent why, instead of a bare end of the pipe
+                os.write(done_w, traceback.format_exc().encode()[-PIPE_BUF:])
             finally:
                 os._exit(0)
         os.close(done_w)
         for _ in range(rng.randint(1, 2)):
-            assert os.read(done_r, 1) == b"."
+            _await_one_write(done_r, pid)
         time.sleep(rng.uniform(0.0, 0.03))
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
@@ -68,6 +74,22 @@ def kill_while_writing(directory: Path, write: Callable[[int], None], check: Cal
     write(0)
     assert check() == 0
     assert {p.name for p in directory.iterdir()} == expected  # what the killed writers left is cleaned up
+
+
+def _await_one_write(done_r: int, pid: int) -> None:
+    """Wait for the child's report of one completed write; a child that died or stalls fails the test naming why
+    (its traceback, or the wait) rather than as a bare assertion on the pipe or a hang."""
+    ready, _, _ = select.select([done_r], [], [], CHILD_TIMEOUT_S)
+    report = os.read(done_r, 1) if ready else b""
+    if report == b".":
+        return
+    if report:
+        report += os.read(done_r, PIPE_BUF)
+    os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    why = report.decode(errors="replace") if report else (
+        f"no report in {CHILD_TIMEOUT_S} s" if not ready else f"it ended with wait status {status} and no traceback")
+    pytest.fail(f"the writing child did not complete a write: {why}")
 
 
 def versioned_state(version: int) -> dict[str, torch.Tensor]:

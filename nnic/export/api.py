@@ -25,6 +25,7 @@ from nnic.export.handlers import ExportOptions, ExportTable, SymbolicStandIn
 from nnic.export.io import Flat, Inputs, flatten_outputs
 from nnic.export.locate import failing_module
 from nnic.export.verify import TOLERANCES, VerificationError, compare, run_onnxruntime
+from nnic.selection import replace_module
 
 __all__ = ["ExportError", "ExportResult", "export_onnx"]
 
@@ -67,7 +68,7 @@ def _require(module: str) -> None:
 def _stand_ins(model: nn.Module, table: ExportTable, options: ExportOptions) -> Iterator[dict[str, list[str]]]:
     """Swaps every module a handler knows for its stand-in (not descending into handled modules), restoring the
     originals afterwards; yields ``{handler kind: [module names]}``."""
-    swapped: list[tuple[nn.Module, str, nn.Module, nn.Module]] = []
+    swapped: list[tuple[str, nn.Module, nn.Module]] = []
     handled: dict[str, list[str]] = {}
     skip: list[str] = []
     try:
@@ -81,15 +82,13 @@ def _stand_ins(model: nn.Module, table: ExportTable, options: ExportOptions) -> 
             new = handler.stand_in(module, options)
             if isinstance(new, str):
                 raise ExportError(f"module {name!r} ({type(module).__name__}) cannot be exported to ONNX: {new}")
-            parent_name, _, attr = name.rpartition(".")
-            parent = model.get_submodule(parent_name)
-            setattr(parent, attr, new)
-            swapped.append((parent, attr, module, new))
+            replace_module(model, name, new)
+            swapped.append((name, module, new))
             handled.setdefault(handler.kind, []).append(name)
         yield handled
     finally:
-        for parent, attr, module, new in reversed(swapped):
-            setattr(parent, attr, module)
+        for name, module, new in reversed(swapped):
+            replace_module(model, name, module)
             if isinstance(new, SymbolicStandIn):
                 new.release()
 

@@ -26,6 +26,7 @@ from torch import nn
 
 from nnic.quantization.calibration import Calibration
 from nnic.quantization.lowering import LoweringContext, LoweringTable
+from nnic.selection import replace_module
 
 logger = logging.getLogger("nnic.quantization")
 
@@ -98,8 +99,7 @@ def quantization_speedup(
             continue
         replacements[name] = new.train(mod.training)
     for name, new in replacements.items():
-        parent_name, _, attr = name.rpartition(".")
-        setattr(modules[parent_name] if parent_name else model, attr, new)
+        replace_module(model, name, new)
     return model
 
 

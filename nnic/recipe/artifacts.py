@@ -22,6 +22,7 @@ from torch.nn.utils import parametrize
 from nnic import io
 from nnic.recipe.errors import RecipeError
 from nnic.recipe.resolve import build_fresh_model, resolve_path
+from nnic.selection import replace_module
 
 SOURCE = "source.json"
 
@@ -93,8 +94,7 @@ def _replace_constructed_modules(model: nn.Module, manifest: dict[str, Any]) -> 
             cls = getattr(cls, part)
         if hasattr(cls, "from_manifest"):
             continue
-        parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent), attr, _constructed(cls, entry["attrs"], entry["tensors"]))
+        replace_module(model, name, _constructed(cls, entry["attrs"], entry["tensors"]))
 
 
 def build_model(spec: dict[str, Any], base_dir: Path, source: str) -> nn.Module:

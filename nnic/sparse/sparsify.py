@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from nnic.selection import replace_module
 from nnic.sparse import layout
 from nnic.sparse.modules import SparseLinear
 from nnic.speedup.api import outputs_close
@@ -329,8 +330,7 @@ def sparsify(model: nn.Module, dummy_input: Any, masks: Mapping | None = None, *
             if verdict.sparse:
                 d.chosen = "sparse"
                 replaced[name] = module
-                parent, _, attr = name.rpartition(".")
-                setattr(model.get_submodule(parent) if parent else model, attr, cands[best - 1])
+                replace_module(model, name, cands[best - 1])
         if verify and replaced:
             with torch.no_grad():
                 got = model(*args, **kwargs)
@@ -339,8 +339,7 @@ def sparsify(model: nn.Module, dummy_input: Any, masks: Mapping | None = None, *
                                  f"layers made sparse: {sorted(replaced)}")
     except BaseException:
         for name, module in replaced.items():
-            parent, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, attr, module)
+            replace_module(model, name, module)
         raise
     finally:
         model.train(was_training)

@@ -13,7 +13,8 @@ from torch.nn.utils import parametrize
 from nnic.channels.graph import State
 from nnic.channels.propagate import SpeedupError
 from nnic.masking import zero_masked_
-from nnic.speedup.rules import replace_module, slice_param
+from nnic.selection import replace_module
+from nnic.speedup.rules import slice_param
 
 
 def _reasons_by_root(roots: np.ndarray, table: dict[int, str], last: bool) -> dict[int, str]:

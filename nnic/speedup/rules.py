@@ -67,13 +67,6 @@ def _same_dim(spec: Spec | None, x: Any, out: Any) -> Spec | None:
     return spec
 
 
-def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Put ``new`` where ``model``'s submodule ``name`` (dotted, not the root) is: what a shrink or swap does to
-    the module tree."""
-    parent, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent), attr, new)
-
-
 def slice_param(module: nn.Module, name: str, index: torch.Tensor | None, dim: int) -> None:
     """Replace ``module.<name>`` (parameter or buffer) by its slice along ``dim``, keeping its kind."""
     if index is None:

@@ -18,6 +18,7 @@ from torch import nn
 
 from nnic import io
 from nnic.channels.propagate import RuleTable
+from nnic.selection import replace_module
 from nnic.speedup import manifest
 
 FORMAT = manifest.FORMAT
@@ -117,8 +118,7 @@ def load_pruned(model: nn.Module, directory: io.PathLike) -> nn.Module:
             if ref is not None:
                 new = new.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
             new.train(m.training)
-            parent, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent), attr, new)
+            replace_module(model, name, new)
             m = new
         else:
             manifest.apply_attrs(name, m, entry["attrs"], table.for_module(m))

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnic.speedup.rules import replace_module
+from nnic.selection import replace_module
 from nnic_transformers.norms import rms_norm_classes
 
 

@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from nnic.channels import Spec
-from nnic.speedup.rules import Rule, replace_module, slice_param
+from nnic.selection import replace_module
+from nnic.speedup.rules import Rule, slice_param
 from nnic_transformers.layouts import loaded_class
 from nnic_transformers.rules import _lazy_targets
 
