@@ -12,12 +12,12 @@ from nnic.channels.capture import CaptureError
 from nnic.channels.graph import Call, Spec
 from nnic.channels.propagate import SpeedupError, SpeedupWarning
 from nnic.speedup.api import KeptGroup, ModelSpeedup, SpeedupReport, speedup_model
-from nnic.speedup.fused import prune_and_speedup
+from nnic.speedup.fused import Pruned, prune_and_speedup
 from nnic.speedup.rules import ChannelMixRule, PassThroughRule, PerChannelRule, Rule
 from nnic.speedup.serialize import load_pruned, save_pruned
 
 __all__ = [
     "CaptureError", "Call", "ChannelMixRule", "ModelSpeedup", "PassThroughRule", "PerChannelRule", "Rule", "Spec",
-    "KeptGroup", "SpeedupError", "SpeedupReport", "SpeedupWarning", "load_pruned", "prune_and_speedup", "save_pruned",
-    "speedup_model",
+    "KeptGroup", "Pruned", "SpeedupError", "SpeedupReport", "SpeedupWarning", "load_pruned", "prune_and_speedup",
+    "save_pruned", "speedup_model",
 ]
