@@ -34,12 +34,13 @@ __all__ = ["Int8Lowering", "LoweringContext", "LoweringTable", "float_linear", "
 
 @dataclass(frozen=True)
 class LoweringContext:
-    """What a lowering needs besides the module and its calibration: the layer's name (for messages) and the
-    caller's dynamic activation choices."""
+    """What a lowering needs besides the module and its calibration: the layer's name (for messages), the
+    caller's dynamic activation choices and the dtype int4 group scales are stored in."""
 
     name: str
     act: str = "per_token"
     symmetric: bool = False
+    int4_scale_dtype: torch.dtype = torch.float16
 
     def where(self, key: str | None = None) -> str:
         return f"calibration[{self.name!r}]" + (f"[{key!r}]" if key is not None else "")
