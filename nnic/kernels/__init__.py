@@ -48,6 +48,7 @@ from nnic.kernels.gemm import (
     pack_int8_weight,
     quantize_int4_weight,
     quantize_int8_weight,
+    run_packed_linear,
 )
 from nnic.kernels.quant import abs_max, dequantize, min_max, pack_int4, quantize, unpack_int4
 from nnic.kernels.runtime import (
@@ -81,7 +82,7 @@ __all__ = [
     "gemm_team_stats", "get_num_threads",
     "global_kth_smallest_abs", "global_smallest_abs_masks", "int4_group_scales", "int4_linear", "int8_conv2d", "int8_linear",
     "int8_matmul", "kth_smallest_abs", "min_max", "pack_int4", "pack_int4_weight", "pack_int8_weight",
-    "prune_by_threshold_", "quantize", "quantize_int4_weight", "quantize_int8_weight", "set_gemm_backend", "set_gemm_spin_us",
+    "prune_by_threshold_", "quantize", "quantize_int4_weight", "quantize_int8_weight", "run_packed_linear", "set_gemm_backend", "set_gemm_spin_us",
     "set_isa", "set_num_threads", "smallest_abs_mask", "sparse_linear", "sparse_weight_csr", "sparse_weight_nm",
     "supported_isas", "twins", "unpack_int4",
 ]

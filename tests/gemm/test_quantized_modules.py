@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import nnic
+from nnic import kernels as gemm
 from nnic.quantization.modules import Int4Linear, Int8Conv2d, Int8Linear
 
 #: Outputs of an int8 layer against float32 on random data (per-channel weights, per-token activations).
@@ -139,6 +140,39 @@ def test_int4_linear(in_features):
     fresh.load_state_dict(q.state_dict())
     torch.testing.assert_close(fresh(x), q(x), rtol=0, atol=0)
     torch.testing.assert_close(fresh.codes(), codes)
+
+
+@pytest.mark.parametrize("make", [
+    lambda lin: Int4Linear.from_float(lin, group_size=32),
+    lambda lin: Int8Linear.from_float(lin),
+    lambda lin: Int8Linear.from_float(lin, act="static", act_scale=0.05, act_zero_point=128),
+])
+def test_direct_kernel_call_gives_the_checked_paths_outputs(make):
+    """A contiguous float32 CPU input goes straight to the kernel (the per-token decode case); any other input
+    takes the checked path. Both give the same values: the functional kernels' outputs on the same input."""
+    torch.manual_seed(0)
+    lin = nn.Linear(96, 40)
+    q = make(lin)
+    packed, bias = q._packed_weight(), q.bias
+    if isinstance(q, Int4Linear):
+        want = lambda x: gemm.int4_linear(x, packed, bias)  # noqa: E731
+    else:
+        kw = {"act": q.act, "symmetric": q.symmetric}
+        if q.act == "static":
+            kw.update(act_scale=float(q.act_scale), act_zero_point=int(q.act_zero_point))
+        want = lambda x: gemm.int8_linear(x, packed, bias, **kw)  # noqa: E731
+    x = torch.randn(2, 5, 96)
+    for given in (x, x[0], x[:1, :1], x.transpose(0, 1), x.double(), x.clone().requires_grad_()):
+        got = q(given)
+        assert got.shape == (*given.shape[:-1], 40) and got.dtype == given.dtype
+        torch.testing.assert_close(got.float(), want(given.detach().float().contiguous()), rtol=0, atol=0)
+    with torch.inference_mode():
+        torch.testing.assert_close(q(x), want(x), rtol=0, atol=0)
+    for bad in (torch.zeros(3, 95), torch.zeros(())):
+        with pytest.raises(ValueError, match=r"input must have shape \[\.\.\., 96\]"):
+            q(bad)
+    with pytest.raises(TypeError, match="floating-point"):
+        q(torch.zeros(3, 96, dtype=torch.int64))
 
 
 def test_int4_linear_scales_are_float16_by_default_and_reload_in_their_saved_dtype(tmp_path):
