@@ -40,7 +40,7 @@ ACT_MODES = ("per_token", "per_tensor", "static")
 ACTIVATIONS = ("none", "relu", "gelu")
 
 __all__ = [
-    "ACTIVATIONS", "ACT_MODES", "INT4_SCALE_DTYPES", "MAX_K", "PackedInt4Weight", "PackedInt8Weight", "int4_linear", "int8_conv2d", "int8_linear",
+    "ACTIVATIONS", "ACT_MODES", "DEFAULT_INT4_SCALE_DTYPE", "INT4_SCALE_DTYPES", "MAX_K", "PackedInt4Weight", "PackedInt8Weight", "int4_linear", "int8_conv2d", "int8_linear",
     "int4_group_scales", "int8_matmul", "pack_int4_weight", "pack_int8_weight", "quantize_int4_weight",
     "quantize_int8_weight", "run_packed_linear",
 ]
@@ -270,6 +270,8 @@ def _check_fits(nbytes: int, what: str) -> None:
 # --------------------------------------------------------------------------- int4
 #: Dtypes int4 group scales are stored in: half precision (2 bytes per group, as GGUF/GPTQ/AWQ keep them) or float32.
 INT4_SCALE_DTYPES = (torch.float16, torch.float32)
+#: The one default of ``Int4Linear`` and ``quantization_speedup`` (README: "16-bit group scales" for why).
+DEFAULT_INT4_SCALE_DTYPE = torch.float16
 
 
 def int4_group_scales(scales: Any, dtype: torch.dtype, name: str = "scales") -> torch.Tensor:

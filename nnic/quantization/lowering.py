@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nnic.kernels import DEFAULT_INT4_SCALE_DTYPE
 from nnic.quantization.calibration import LayerCalibration, TensorCalibration
 from nnic.quantization.qparams import QuantSpec, observe, qparams_from_range, quantize_codes, static_activation_qparams
 from nnic.type_table import TypeTable
@@ -40,7 +41,7 @@ class LoweringContext:
     name: str
     act: str = "per_token"
     symmetric: bool = False
-    int4_scale_dtype: torch.dtype = torch.float16
+    int4_scale_dtype: torch.dtype = DEFAULT_INT4_SCALE_DTYPE
 
     def where(self, key: str | None = None) -> str:
         return f"calibration[{self.name!r}]" + (f"[{key!r}]" if key is not None else "")

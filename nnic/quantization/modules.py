@@ -301,7 +301,7 @@ class Int4Linear(nn.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, group_size: int = 32,
-                 affine: bool = False, permuted: bool = False, scale_dtype: torch.dtype = torch.float16) -> None:
+                 affine: bool = False, permuted: bool = False, scale_dtype: torch.dtype = kernels.DEFAULT_INT4_SCALE_DTYPE) -> None:
         super().__init__()
         if group_size <= 0 or group_size % 8:
             raise ValueError(f"group_size must be a positive multiple of 8, got {group_size}")
@@ -322,7 +322,7 @@ class Int4Linear(nn.Module):
     def from_float(cls, mod: nn.Linear, *, weight: torch.Tensor | None = None, group_size: int = 32,
                    weight_q: torch.Tensor | None = None, weight_scales: torch.Tensor | None = None,
                    weight_zero_points: torch.Tensor | None = None, input_perm: torch.Tensor | None = None,
-                   scale_dtype: torch.dtype = torch.float16) -> Int4Linear:
+                   scale_dtype: torch.dtype = kernels.DEFAULT_INT4_SCALE_DTYPE) -> Int4Linear:
         """From a float ``nn.Linear``: symmetric int4 codes per group (nearest to the scales as stored in
         ``scale_dtype``), or the given codes, scales (rounded to ``scale_dtype``), zero points and input
         permutation (codes then in permuted column order)."""

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nnic.kernels import DEFAULT_INT4_SCALE_DTYPE, INT4_SCALE_DTYPES
 from nnic.quantization.calibration import Calibration
 from nnic.quantization.lowering import LoweringContext, LoweringTable
 
@@ -60,7 +61,7 @@ def quantization_speedup(
     on_unsupported: str = "error",
     act: str = "per_token",
     symmetric: bool = False,
-    int4_scale_dtype: torch.dtype = torch.float16,
+    int4_scale_dtype: torch.dtype = DEFAULT_INT4_SCALE_DTYPE,
 ) -> nn.Module:
     """Replaces every layer named in ``calibration`` by its real low-bit module; returns ``model`` (changed in
     place). See the module docstring for the rules.
@@ -80,7 +81,7 @@ def quantization_speedup(
         raise ValueError(f"on_unsupported must be 'error' or 'warn', got {on_unsupported!r}")
     if act not in ("per_token", "per_tensor"):
         raise ValueError(f"act must be 'per_token' or 'per_tensor', got {act!r}")
-    if int4_scale_dtype not in (torch.float16, torch.float32):
+    if int4_scale_dtype not in INT4_SCALE_DTYPES:
         raise ValueError(f"int4_scale_dtype must be torch.float16 or torch.float32, got {int4_scale_dtype!r}")
     calibration = Calibration.from_dict(calibration)
     modules = {name: mod for name, mod in model.named_modules() if name}
