@@ -23,10 +23,10 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 MODELS = {
-    "tiny": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
-                 num_key_value_heads=2, vocab_size=8000, max_position_embeddings=512),
-    "llama-110m": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
-                       num_key_value_heads=4, vocab_size=32000, max_position_embeddings=1024),
+    "tiny": {"hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4, "num_attention_heads": 8,
+             "num_key_value_heads": 2, "vocab_size": 8000, "max_position_embeddings": 512},
+    "llama-110m": {"hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 12, "num_attention_heads": 12,
+                   "num_key_value_heads": 4, "vocab_size": 32000, "max_position_embeddings": 1024},
 }
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from nnic.kernels import twins
-from nnic.kernels.adapters import Array, as_int, check_dtype, cpu_numpy, is_torch, plain
+from nnic.kernels.adapters import Array, as_int, check_dtype, cpu_numpy, plain
 from nnic.kernels.runtime import native
 
 PackedInt8Weight = native.PackedInt8Weight

@@ -25,7 +25,13 @@ from torch import nn
 
 from nnic.kernels import DEFAULT_INT4_SCALE_DTYPE
 from nnic.quantization.calibration import LayerCalibration, TensorCalibration
-from nnic.quantization.qparams import QuantSpec, observe, qparams_from_range, quantize_codes, static_activation_qparams
+from nnic.quantization.qparams import (
+    QuantSpec,
+    observe,
+    qparams_from_range,
+    quantize_codes,
+    static_activation_qparams,
+)
 from nnic.type_table import TypeTable
 
 logger = logging.getLogger("nnic.quantization")

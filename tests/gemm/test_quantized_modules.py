@@ -154,13 +154,13 @@ def test_direct_kernel_call_gives_the_checked_paths_outputs(make):
     lin = nn.Linear(96, 40)
     q = make(lin)
     packed, bias = q._packed_weight(), q.bias
-    if isinstance(q, Int4Linear):
-        want = lambda x: gemm.int4_linear(x, packed, bias)  # noqa: E731
-    else:
-        kw = {"act": q.act, "symmetric": q.symmetric}
-        if q.act == "static":
-            kw.update(act_scale=float(q.act_scale), act_zero_point=int(q.act_zero_point))
-        want = lambda x: gemm.int8_linear(x, packed, bias, **kw)  # noqa: E731
+
+    def want(x: torch.Tensor) -> torch.Tensor:
+        if isinstance(q, Int4Linear):
+            return gemm.int4_linear(x, packed, bias)
+        static = {"act_scale": float(q.act_scale), "act_zero_point": int(q.act_zero_point)} if q.act == "static" else {}
+        return gemm.int8_linear(x, packed, bias, act=q.act, symmetric=q.symmetric, **static)
+
     x = torch.randn(2, 5, 96)
     for given in (x, x[0], x[:1, :1], x.transpose(0, 1), x.double(), x.clone().requires_grad_()):
         got = q(given)
@@ -188,8 +188,8 @@ def test_int4_linear_scales_are_float16_by_default_and_reload_in_their_saved_dty
     assert half._packed_weight().scale_dtype == "float16" and full._packed_weight().scale_dtype == "float32"
     assert full._packed_weight().nbytes - half._packed_weight().nbytes == 2 * 64 * 8
     # each scale rounded once (and the codes nearest for it): a small difference next to int4's own error
-    err = lambda q: float((q(x) - lin(x)).detach().norm())  # noqa: E731
-    assert cos(half(x), full(x)) > 0.9999 and err(half) < 1.05 * err(full)
+    err = {q: float((q(x) - lin(x)).detach().norm()) for q in (half, full)}
+    assert cos(half(x), full(x)) > 0.9999 and err[half] < 1.05 * err[full]
     for q in (half, full):
         save_file(q.state_dict(), tmp_path / "q.safetensors")
         fresh = Int4Linear(256, 64)
