@@ -23,7 +23,8 @@ them alike): a prefill of ``--prompt`` random tokens, then ``--new`` greedy deco
 points included, once per step whatever the batch) times steps per second, and "%bw" divides it by the copy
 bandwidth measured in the same run (``dst.copy_(src)`` of 512 MiB, read + write bytes, best of 5).
 GPT-2's ``Conv1D`` layers are turned into ``nn.Linear`` first (same function), so that every variant sees the
-same Linear layers. nnic int4 is symmetric per group of ``--group-size`` (32) with per-token int8 activations.
+same Linear layers. nnic int4 is symmetric per group of ``--group-size`` (32), float16 group scales (``nnic-int4-f32scales``, on
+request: float32), with per-token int8 activations.
 Every Linear is quantized, the vocabulary projection (``lm_head``) included unless ``--float-lm-head``. The nnic variants run each block's
 q/k/v and gate/up projections as one GEMM each (``nnic_transformers.fuse_projections``, same outputs);
 ``nnic-int8-unfused`` / ``nnic-int4-unfused`` (on request) keep them separate. ``--fast-decode`` adds, for every
@@ -61,7 +62,8 @@ MODELS = {
     "gpt2-large": ("gpt2", dict(n_embd=1280, n_layer=36, n_head=20, vocab_size=50257, n_positions=1024)),
 }
 VARIANTS = ("fp32", "bf16", "torch-dynamic-int8", "nnic-int8", "nnic-int4", "torchao-int8", "torchao-int4", "pruned")
-UNFUSED = ("nnic-int8-unfused", "nnic-int4-unfused")  # on request: the nnic variants without fuse_projections
+# On request: the nnic variants without fuse_projections, and nnic int4 with float32 group scales (default float16).
+EXTRA = ("nnic-int8-unfused", "nnic-int4-unfused", "nnic-int4-f32scales")
 
 
 def build(name: str) -> nn.Module:
@@ -130,10 +132,12 @@ def variant(base: nn.Module, kind: str, group_size: int) -> nn.Module | None:
         else:
             from nnic.quantization import Int4Linear
 
+            scales = torch.float32 if kind.endswith("-f32scales") else torch.float16
             for n in names:
                 parent, _, leaf = n.rpartition(".")
                 owner = m.get_submodule(parent) if parent else m
-                setattr(owner, leaf, Int4Linear.from_float(getattr(owner, leaf), group_size=group_size))
+                setattr(owner, leaf, Int4Linear.from_float(getattr(owner, leaf), group_size=group_size,
+                                                           scale_dtype=scales))
         if not kind.endswith("-unfused"):
             from nnic_transformers import fuse_projections
 
@@ -340,7 +344,7 @@ def copy_bandwidth() -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="*", default=["llama-110m", "gpt2"], choices=sorted(MODELS))
-    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=VARIANTS + UNFUSED)
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=VARIANTS + EXTRA)
     ap.add_argument("--batch", nargs="*", type=int, default=[1])
     ap.add_argument("--prompt", type=int, default=128, help="prompt tokens (prefill)")
     ap.add_argument("--new", type=int, default=32, help="generated tokens (decode steps); the issue's setting is 64")

@@ -5,8 +5,9 @@ streamed from DRAM.
     python bench/int4_bandwidth.py --threads 1 --clock cpu --quick
 
 "hot": one packed weight called again and again (L3-resident when it fits); "cold": ``--cold`` different packed
-weights of the same shape called in turn (more bytes than the L3 holds, so each call streams from DRAM). GB/s is
-the packed bytes (codes, scales, column sums) per call over the call's time; ``copy_`` counts read + write bytes
+weights of the same shape called in turn (more bytes than the L3 holds, so each call streams from DRAM). ``int4``
+stores its group scales in float16 (nnic's default), ``int4-f32`` in float32 (same codes). GB/s is the packed
+bytes (codes, scales, column sums) per call over the call's time; ``copy_`` counts read + write bytes
 of a 256 MiB float32 copy. Each round runs every case once (interleaved), the table gives medians over rounds.
 """
 
@@ -44,10 +45,14 @@ def main() -> None:
     torch.manual_seed(0)
     n, k = args.shape
     w = torch.randn(n, k)
-    q4, s4 = kernels.quantize_int4_weight(w, args.group_size)
+    q4, s4 = kernels.quantize_int4_weight(w, args.group_size, torch.float16)
     q8, s8 = kernels.quantize_int8_weight(w)
-    int4 = [kernels.pack_int4_weight(q4, s4, args.group_size) for _ in range(args.cold)]
-    int8 = [kernels.pack_int8_weight(q8, s8) for _ in range(args.cold)]
+    packs = {
+        "int4": [kernels.pack_int4_weight(q4, s4, args.group_size) for _ in range(args.cold)],
+        "int4-f32": [kernels.pack_int4_weight(q4, s4.float(), args.group_size) for _ in range(args.cold)],
+        "int8": [kernels.pack_int8_weight(q8, s8) for _ in range(args.cold)],
+    }
+    run = {"int4": kernels.int4_linear, "int4-f32": kernels.int4_linear, "int8": kernels.int8_linear}
     x = torch.randn(1, k)
     big = torch.ones(1 << 26)
     dst = torch.empty_like(big)
@@ -58,13 +63,14 @@ def main() -> None:
             fn(i)
         return nbytes * reps / (clock() - t0)
 
-    cases = {
-        "int4 hot": lambda: rate(int4[0].nbytes, lambda i: kernels.int4_linear(x, int4[0]), 50),
-        "int8 hot": lambda: rate(int8[0].nbytes, lambda i: kernels.int8_linear(x, int8[0]), 50),
-        "int4 cold": lambda: rate(int4[0].nbytes, lambda i: kernels.int4_linear(x, int4[i % args.cold]), 2 * args.cold),
-        "int8 cold": lambda: rate(int8[0].nbytes, lambda i: kernels.int8_linear(x, int8[i % args.cold]), 2 * args.cold),
-        "copy_": lambda: rate(2 * big.numel() * 4, lambda i: dst.copy_(big), 3),
-    }
+    def case(kind: str, cold: bool):
+        ws, f = packs[kind], run[kind]
+        if cold:
+            return lambda: rate(ws[0].nbytes, lambda i: f(x, ws[i % args.cold]), 2 * args.cold)
+        return lambda: rate(ws[0].nbytes, lambda i: f(x, ws[0]), 50)
+
+    cases = {f"{kind} {where}": case(kind, where == "cold") for where in ("hot", "cold") for kind in packs}
+    cases["copy_"] = lambda: rate(2 * big.numel() * 4, lambda i: dst.copy_(big), 3)
     for fn in cases.values():  # warm-up
         fn()
     res: dict[str, list[float]] = {c: [] for c in cases}
@@ -72,14 +78,18 @@ def main() -> None:
         for c, fn in cases.items():
             res[c].append(fn())
     med = {c: statistics.median(v) for c, v in res.items()}
+    mb = ", ".join(f"{kind} {ws[0].nbytes / 1e6:.2f} MB" for kind, ws in packs.items())
     print(f"{n} x {k}, groups of {args.group_size}, threads {args.threads}, clock {args.clock}, medians of {rounds} "
-          f"rounds; packed int4 {int4[0].nbytes / 1e6:.1f} MB, int8 {int8[0].nbytes / 1e6:.1f} MB")
+          f"rounds; packed {mb}")
     for c, v in med.items():
-        print(f"  {c:10s} {v / 1e9:6.1f} GB/s")
+        print(f"  {c:14s} {v / 1e9:6.1f} GB/s")
+    call = {c: packs[c.split()[0]][0].nbytes / med[c] for c in med if c != "copy_"}  # seconds per call
     for where in ("hot", "cold"):
-        t4, t8 = int4[0].nbytes / med[f"int4 {where}"], int8[0].nbytes / med[f"int8 {where}"]
-        print(f"  {where}: int4 is {t8 / t4:.2f}x nnic int8 per call; int4 at {100 * med[f'int4 {where}'] / med['copy_']:.0f} % "
-              f"of copy_ GB/s")
+        for kind in ("int4", "int4-f32"):
+            print(f"  {where}: {kind} is {call[f'int8 {where}'] / call[f'{kind} {where}']:.2f}x nnic int8 per call, at "
+                  f"{100 * med[f'{kind} {where}'] / med['copy_']:.0f} % of copy_ GB/s")
+        print(f"  {where}: float16 scales {call[f'int4-f32 {where}'] / call[f'int4 {where}']:.3f}x float32 scales per call "
+              f"(bytes ratio {packs['int4-f32'][0].nbytes / packs['int4'][0].nbytes:.3f})")
 
 
 if __name__ == "__main__":

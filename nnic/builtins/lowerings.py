@@ -7,7 +7,8 @@ A plugin like any other (``register_lowerings``); a third-party plugin adds a mo
   per byte) when the inputs are not quantized (weight-only: the one-shot ``rtn``/``gptq``/``awq`` quantizers,
   ``naive``/``ptq`` 4-bit): symmetric or affine (per-group zero points), per channel (one group spanning the
   inputs), per group when the calibration has a group size (a multiple of 8; a GPTQ act-order permutation
-  gathers the inputs), or per group of 32 from plain bits.
+  gathers the inputs), or per group of 32 from plain bits; scales stored in the context's ``int4_scale_dtype``
+  (float16 unless the caller of ``quantization_speedup`` asks for float32).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class LinearLowering(Int8Lowering):
             return super().lower(module, layer, context)
         w = module.weight
         if tc.scale is None:
-            return Int4Linear.from_float(module, weight=w, group_size=32)
+            return Int4Linear.from_float(module, weight=w, group_size=32, scale_dtype=context.int4_scale_dtype)
         if tc.group_size is not None and tc.group_size % 8:
             return super().lower(module, layer, context)
         q, scale, zero = weight_codes(w, tc, context)
@@ -52,11 +53,12 @@ class LinearLowering(Int8Lowering):
             zeros = None if not bool(zero.any()) else zero.to(torch.int8)
             return Int4Linear.from_float(module, weight=w, group_size=gs, weight_q=q.to(torch.int8),
                                          weight_scales=scale.contiguous(), weight_zero_points=zeros,
-                                         input_perm=tc.perm)
+                                         input_perm=tc.perm, scale_dtype=context.int4_scale_dtype)
         centred = q - broadcast(zero, q, tc.spec, gs)  # symmetric codes stored with an offset zero point
         if _fits_int4(centred):
             return Int4Linear.from_float(module, weight=w, group_size=gs, weight_q=centred.to(torch.int8),
-                                         weight_scales=scale.contiguous(), input_perm=tc.perm)
+                                         weight_scales=scale.contiguous(), input_perm=tc.perm,
+                                         scale_dtype=context.int4_scale_dtype)
         return super().lower(module, layer, context)
 
 

@@ -35,9 +35,12 @@ from nnic.kernels import twins
 from nnic.kernels.gemm import (
     ACTIVATIONS,
     ACT_MODES,
+    DEFAULT_INT4_SCALE_DTYPE,
+    INT4_SCALE_DTYPES,
     MAX_K,
     PackedInt4Weight,
     PackedInt8Weight,
+    int4_group_scales,
     int4_linear,
     int8_conv2d,
     int8_linear,
@@ -46,6 +49,7 @@ from nnic.kernels.gemm import (
     pack_int8_weight,
     quantize_int4_weight,
     quantize_int8_weight,
+    run_packed_linear,
 )
 from nnic.kernels.quant import abs_max, dequantize, min_max, pack_int4, quantize, unpack_int4
 from nnic.kernels.runtime import (
@@ -74,12 +78,12 @@ from nnic.kernels.select import (
 )
 
 __all__ = [
-    "ACTIVATIONS", "ACT_MODES", "MAX_K", "PackedInt4Weight", "PackedInt8Weight", "SPARSE_ACT_MODES", "SparseWeight", "abs_max", "active_isa", "apply_mask_",
+    "ACTIVATIONS", "ACT_MODES", "DEFAULT_INT4_SCALE_DTYPE", "INT4_SCALE_DTYPES", "MAX_K", "PackedInt4Weight", "PackedInt8Weight", "SPARSE_ACT_MODES", "SparseWeight", "abs_max", "active_isa", "apply_mask_",
     "cpu_features", "dequantize", "gemm_backend", "gemm_path", "gemm_paths", "gemm_spin_us",
     "gemm_team_stats", "get_num_threads",
-    "global_kth_smallest_abs", "global_smallest_abs_masks", "int4_linear", "int8_conv2d", "int8_linear",
+    "global_kth_smallest_abs", "global_smallest_abs_masks", "int4_group_scales", "int4_linear", "int8_conv2d", "int8_linear",
     "int8_matmul", "kth_smallest_abs", "min_max", "pack_int4", "pack_int4_weight", "pack_int8_weight",
-    "prune_by_threshold_", "quantize", "quantize_int4_weight", "quantize_int8_weight", "set_gemm_backend", "set_gemm_spin_us",
+    "prune_by_threshold_", "quantize", "quantize_int4_weight", "quantize_int8_weight", "run_packed_linear", "set_gemm_backend", "set_gemm_spin_us",
     "set_isa", "set_num_threads", "smallest_abs_mask", "sparse_linear", "sparse_weight_csr", "sparse_weight_nm",
     "supported_isas", "twins", "unpack_int4",
 ]

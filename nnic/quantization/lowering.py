@@ -23,8 +23,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from nnic.kernels import DEFAULT_INT4_SCALE_DTYPE
 from nnic.quantization.calibration import LayerCalibration, TensorCalibration
-from nnic.quantization.qparams import QuantSpec, observe, qparams_from_range, quantize_codes, static_activation_qparams
+from nnic.quantization.qparams import (
+    QuantSpec,
+    observe,
+    qparams_from_range,
+    quantize_codes,
+    static_activation_qparams,
+)
 from nnic.type_table import TypeTable
 
 logger = logging.getLogger("nnic.quantization")
@@ -34,12 +41,13 @@ __all__ = ["Int8Lowering", "LoweringContext", "LoweringTable", "float_linear", "
 
 @dataclass(frozen=True)
 class LoweringContext:
-    """What a lowering needs besides the module and its calibration: the layer's name (for messages) and the
-    caller's dynamic activation choices."""
+    """What a lowering needs besides the module and its calibration: the layer's name (for messages), the
+    caller's dynamic activation choices and the dtype int4 group scales are stored in."""
 
     name: str
     act: str = "per_token"
     symmetric: bool = False
+    int4_scale_dtype: torch.dtype = DEFAULT_INT4_SCALE_DTYPE
 
     def where(self, key: str | None = None) -> str:
         return f"calibration[{self.name!r}]" + (f"[{key!r}]" if key is not None else "")

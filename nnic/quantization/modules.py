@@ -22,12 +22,26 @@ from torch import nn
 from nnic import kernels
 
 
-def _check_float_input(module: nn.Module, x: Any) -> None:
-    """Integer input would be truncated on the way back; float ``nn.Linear`` / ``nn.Conv2d`` refuse it too."""
+def _check_float_input(module: nn.Module, x: Any, k: int | None = None) -> None:
+    """Integer input would be truncated on the way back; float ``nn.Linear`` / ``nn.Conv2d`` refuse it too.
+    ``k``: the size the last dimension must have (linear layers)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{type(module).__name__}: input must be a tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise TypeError(f"{type(module).__name__}: input must be a floating-point tensor, got {x.dtype}")
+    if k is not None and x.shape[-1:] != (k,):
+        raise ValueError(f"{type(module).__name__}: input must have shape [..., {k}], got {tuple(x.shape)}")
+
+
+def _kernel_input(x: Any, k: int, bias: torch.Tensor | None) -> torch.Tensor | None:
+    """``x`` as ``[M, k]`` when a layer may call its CPU kernel directly (:func:`nnic.kernels.run_packed_linear`):
+    a contiguous CPU float32 tensor without autograd whose last dimension is ``k``, and a float32 bias or none.
+    Else ``None``, and the layer takes the checked path, which converts what it can and names what it cannot.
+    A decode step calls each layer once on one token: this check costs ~1 µs where the checked path costs ~12."""
+    if type(x) is torch.Tensor and x.dtype is torch.float32 and x.is_cpu and x.shape[-1:] == (k,) and \
+            x.is_contiguous() and not x.requires_grad and (bias is None or bias.dtype is torch.float32):
+        return x.view(-1, k)
+    return None
 
 
 def _f32(v: Any, n: int | None = None) -> torch.Tensor:
@@ -154,7 +168,14 @@ class Int8Linear(_Int8Base):
         return new.to(w.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_float_input(self, x)
+        x2 = _kernel_input(x, self.in_features, self.bias)
+        if x2 is not None:
+            static = (float(self.act_scale), int(self.act_zero_point)) if self.act == "static" else (None, None)
+            y = torch.empty(x2.shape[0], self.out_features)
+            kernels.run_packed_linear(self._packed_weight(), x2, y, None if self.bias is None else self.bias.numpy(),
+                                      self.act, self.symmetric, *static, None, self.activation or "none")
+            return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
+        _check_float_input(self, x, self.in_features)
         if x.dim() == 2:
             y = self._linear(x)
         else:
@@ -271,17 +292,25 @@ class Int4Linear(nn.Module):
 
     ``input_perm`` (a GPTQ act-order permutation) says which input column each code column holds: groups run
     over permuted columns, so the input is gathered by it before the GEMM (``x[..., perm]``).
+
+    ``scale_dtype``: the scales are stored (buffer, state dict and kernel) in float16 by default, as GGUF, GPTQ
+    and AWQ store them: a group of 32 codes then reads 18 bytes instead of 20 per output, and decoding is bound
+    by those bytes. The effect is one rounding of each scale (relative 2**-11 at most, against int4's own
+    rounding of up to half a step per weight); ``torch.float32`` keeps them exact. Loading a state dict adopts
+    the dtype of its ``weight_scales``, so a saved module reloads to the same outputs either way.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, group_size: int = 32,
-                 affine: bool = False, permuted: bool = False) -> None:
+                 affine: bool = False, permuted: bool = False, scale_dtype: torch.dtype = kernels.DEFAULT_INT4_SCALE_DTYPE) -> None:
         super().__init__()
         if group_size <= 0 or group_size % 8:
             raise ValueError(f"group_size must be a positive multiple of 8, got {group_size}")
+        if scale_dtype not in kernels.INT4_SCALE_DTYPES:
+            raise ValueError(f"scale_dtype must be torch.float16 or torch.float32, got {scale_dtype}")
         self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
         groups = -(-in_features // group_size)
         self.register_buffer("weight_packed", torch.zeros(out_features, (in_features + 1) // 2, dtype=torch.uint8))
-        self.register_buffer("weight_scales", torch.ones(out_features, groups))
+        self.register_buffer("weight_scales", torch.ones(out_features, groups, dtype=scale_dtype))
         self.register_buffer("weight_zero_points",
                              torch.zeros(out_features, groups, dtype=torch.int8) if affine else None)
         self.register_buffer("input_perm", torch.arange(in_features) if permuted else None)
@@ -292,15 +321,16 @@ class Int4Linear(nn.Module):
     @classmethod
     def from_float(cls, mod: nn.Linear, *, weight: torch.Tensor | None = None, group_size: int = 32,
                    weight_q: torch.Tensor | None = None, weight_scales: torch.Tensor | None = None,
-                   weight_zero_points: torch.Tensor | None = None, input_perm: torch.Tensor | None = None
-                   ) -> Int4Linear:
-        """From a float ``nn.Linear``: symmetric int4 codes per group, or the given codes, scales, zero points
-        and input permutation (codes then in permuted column order)."""
+                   weight_zero_points: torch.Tensor | None = None, input_perm: torch.Tensor | None = None,
+                   scale_dtype: torch.dtype = kernels.DEFAULT_INT4_SCALE_DTYPE) -> Int4Linear:
+        """From a float ``nn.Linear``: symmetric int4 codes per group (nearest to the scales as stored in
+        ``scale_dtype``), or the given codes, scales (rounded to ``scale_dtype``), zero points and input
+        permutation (codes then in permuted column order)."""
         w = mod.weight if weight is None else weight
         new = cls(mod.in_features, mod.out_features, mod.bias is not None, group_size=group_size,
-                  affine=weight_zero_points is not None, permuted=input_perm is not None)
+                  affine=weight_zero_points is not None, permuted=input_perm is not None, scale_dtype=scale_dtype)
         if weight_q is None:
-            weight_q, weight_scales = kernels.quantize_int4_weight(w, group_size)
+            weight_q, weight_scales = kernels.quantize_int4_weight(w, group_size, scale_dtype)
         new.set_weight(weight_q, weight_scales, weight_zero_points, input_perm)
         if mod.bias is not None:
             new.bias = mod.bias.detach().float().cpu().clone()
@@ -308,15 +338,17 @@ class Int4Linear(nn.Module):
 
     def set_weight(self, q: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor | None = None,
                    input_perm: torch.Tensor | None = None) -> None:
-        """Codes ``q[out, in]`` (int8 in [-8, 7]), ``scales[out, groups]``, optional ``zero_points[out, groups]``
-        (integers in [-8, 7]) and ``input_perm`` (a permutation of the inputs)."""
+        """Codes ``q[out, in]`` (int8 in [-8, 7]), ``scales[out, groups]`` (stored in the module's
+        :attr:`scale_dtype`), optional ``zero_points[out, groups]`` (integers in [-8, 7]) and ``input_perm`` (a
+        permutation of the inputs)."""
         if q.dtype != torch.int8 or tuple(q.shape) != (self.out_features, self.in_features):
             raise ValueError(f"codes must be int8 [{self.out_features}, {self.in_features}], got {q.dtype} {tuple(q.shape)}")
         if int(q.min()) < -8 or int(q.max()) > 7:
             raise ValueError("int4 codes must be in [-8, 7]")
-        scales = torch.as_tensor(scales, dtype=torch.float32).detach().cpu()
+        scales = torch.as_tensor(scales).detach().cpu()
         if tuple(scales.shape) != tuple(self.weight_scales.shape):
             raise ValueError(f"scales must have shape {tuple(self.weight_scales.shape)}, got {tuple(scales.shape)}")
+        scales = kernels.int4_group_scales(scales, self.scale_dtype)
         if zero_points is not None:
             z = torch.as_tensor(zero_points).detach().cpu()
             if tuple(z.shape) != tuple(scales.shape) or z.is_floating_point() or z.is_complex():
@@ -331,10 +363,26 @@ class Int4Linear(nn.Module):
                 raise ValueError(f"input_perm must be a permutation of {self.in_features} inputs")
             input_perm = perm
         self.weight_packed = _pack_nibbles(q.detach().cpu())
-        self.weight_scales = scales.contiguous().clone()
+        self.weight_scales = scales
         self.weight_zero_points = zero_points
         self.input_perm = input_perm
         self._packed = None
+
+    @property
+    def scale_dtype(self) -> torch.dtype:
+        """The dtype the group scales are stored in (``torch.float16`` or ``torch.float32``)."""
+        return self.weight_scales.dtype
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        # The saved scales' dtype is part of the saved module (float16 or float32 scales give different outputs):
+        # adopt it, rather than rounding float32 scales into a float16 buffer.
+        saved = state_dict.get(prefix + "weight_scales")
+        if isinstance(saved, torch.Tensor) and saved.dtype in kernels.INT4_SCALE_DTYPES and \
+                saved.dtype != self.weight_scales.dtype:
+            self.weight_scales = torch.empty_like(self.weight_scales, dtype=saved.dtype)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def codes(self) -> torch.Tensor:
         """The int4 codes ``[out, in]`` as int8 (in permuted column order when ``input_perm`` is set)."""
@@ -347,7 +395,7 @@ class Int4Linear(nn.Module):
         q = self.codes().float()
         if self.weight_zero_points is not None:
             q = q - expand(self.weight_zero_points.float())
-        w = q * expand(self.weight_scales).to(dev)
+        w = q * expand(self.weight_scales.float()).to(dev)
         if self.input_perm is not None:
             w = w[:, torch.argsort(self.input_perm.to(dev))]
         return w
@@ -365,7 +413,12 @@ class Int4Linear(nn.Module):
         return self._packed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_float_input(self, x)
+        x2 = _kernel_input(x, self.in_features, self.bias) if self.input_perm is None else None
+        if x2 is not None:
+            y = torch.empty(x2.shape[0], self.out_features)
+            kernels.run_packed_linear(self._packed_weight(), x2, y, None if self.bias is None else self.bias.numpy())
+            return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
+        _check_float_input(self, x, self.in_features)
         x2 = x.reshape(-1, self.in_features)
         if x2.dtype != torch.float32:
             x2 = x2.float()
@@ -388,7 +441,9 @@ class Int4Linear(nn.Module):
     def extra_repr(self) -> str:
         extra = (", affine" if self.weight_zero_points is not None else "") + (
             ", input_perm" if self.input_perm is not None else "")
-        return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}{extra}"
+        scales = str(self.scale_dtype).removeprefix("torch.")
+        return (f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}"
+                f", scales={scales}{extra}")
 
 
 __all__ = ["Int4Linear", "Int8Conv2d", "Int8Linear"]

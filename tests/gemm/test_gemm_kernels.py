@@ -214,6 +214,11 @@ def int4_case(draw):
     x = rng.standard_normal((m, k)).astype(np.float32)
     q = rng.integers(-8, 8, (n, k), dtype=np.int8)
     s = rng.uniform(1e-3, 1e-1, (n, -(-k // g))).astype(np.float32)
+    scales = draw(st.sampled_from(["float32", "float16", "float16-subnormal"]))
+    if scales == "float16":
+        s = s.astype(np.float16)
+    elif scales == "float16-subnormal":  # below float16's smallest normal 2**-14: the widening's other branch
+        s = rng.uniform(1e-7, 1e-4, s.shape).astype(np.float16)
     z = rng.integers(-8, 8, s.shape, dtype=np.int8) if draw(st.booleans()) else None
     return x, q, s, g, z
 
@@ -221,8 +226,9 @@ def int4_case(draw):
 @pytest.mark.parametrize("path", PATHS)
 @given(case=int4_case(), symmetric=st.booleans())
 def test_int4_linear_matches_reference(path, case, symmetric):
-    """Group-wise int4 weights (symmetric, or affine with per-group zero points) × int8 activations quantized
-    per token (symmetric or asymmetric), against a float64 reference of the same integer codes."""
+    """Group-wise int4 weights (symmetric, or affine with per-group zero points; float32 or float16 group
+    scales, normal and subnormal) × int8 activations quantized per token (symmetric or asymmetric), against a
+    float64 reference of the same integer codes and the same scale values."""
     x, q, s, g, z = case
     packed = gemm.pack_int4_weight(q, s, g, zero_points=z)
     got = gemm.int4_linear(x, packed, symmetric=symmetric, path=path)
@@ -245,7 +251,12 @@ def test_pack_int4_round_trip(case):
     p = gemm.pack_int4_weight(q, s, g, zero_points=z)
     q2, s2, z2 = p.unpack()
     np.testing.assert_array_equal(q2, q)
-    np.testing.assert_array_equal(s2, s)
+    assert s2.dtype == np.float32 and p.scale_dtype == s.dtype.name
+    np.testing.assert_array_equal(s2, s.astype(np.float32))  # half scales widen exactly
+    bits = p.scale_bits()
+    assert (bits is None) == (s.dtype == np.float32)
+    if bits is not None:
+        np.testing.assert_array_equal(bits, s.view(np.uint16))
     if z is None or not z.any():  # all-zero zero points pack as symmetric weights
         assert z2 is None and not p.affine
     else:
@@ -267,6 +278,44 @@ def test_int4_bad_input():
         gemm.pack_int4_weight(np.zeros((2, 8), np.int8), np.ones((2, 1), np.float32), 8, np.zeros((1, 1), np.int8))
     with pytest.raises(TypeError, match="zero_points must have dtype int8"):
         gemm.pack_int4_weight(np.zeros((2, 8), np.int8), np.ones((2, 1), np.float32), 8, np.zeros((2, 1), np.int32))
+
+
+def test_half_scales_take_half_the_scale_bytes_and_torch_tensors_pack_too():
+    q = torch.zeros(64, 256, dtype=torch.int8)
+    b32 = gemm.pack_int4_weight(q, torch.ones(64, 8), 32).nbytes
+    b16 = gemm.pack_int4_weight(q, torch.ones(64, 8, dtype=torch.float16), 32).nbytes
+    assert b32 - b16 == 2 * 64 * 8
+    with pytest.raises(TypeError, match="scales must have dtype float32 or float16, got bfloat16"):
+        gemm.pack_int4_weight(q, torch.ones(64, 8, dtype=torch.bfloat16), 32)
+    for bad in (0.0, float("inf"), -1.0, float("nan")):
+        with pytest.raises(ValueError, match="scale"):
+            gemm.pack_int4_weight(q, torch.full((64, 8), bad, dtype=torch.float16), 32)
+
+
+def test_int4_group_scales_rounds_to_half_and_names_what_does_not_fit():
+    s = torch.tensor([[1e-3, 0.1, 3e-6, 2.0**-25 * 1.01]])
+    h = gemm.int4_group_scales(s, torch.float16)
+    assert h.dtype == torch.float16 and torch.equal(h, s.half())
+    assert torch.equal(gemm.int4_group_scales(s, torch.float32), s)
+    with pytest.raises(ValueError, match=r"scales\[1\] = 70000 is not a positive finite float16 scale .*float32"):
+        gemm.int4_group_scales(torch.tensor([1.0, 7e4]), torch.float16)
+    with pytest.raises(ValueError, match=r"weight_scales\[0\] = 1e-09 .*float16.*float32"):
+        gemm.int4_group_scales(torch.tensor([1e-9]), torch.float16, "weight_scales")
+    with pytest.raises(ValueError, match="torch.float16 or torch.float32, got torch.bfloat16"):
+        gemm.int4_group_scales(s, torch.bfloat16)
+    with pytest.raises(TypeError, match="floating point"):
+        gemm.int4_group_scales(torch.ones(2, dtype=torch.int32), torch.float16)
+
+
+@pytest.mark.parametrize("scale_dtype", [torch.float16, torch.float32])
+def test_quantize_int4_weight_codes_are_nearest_for_the_stored_scales(scale_dtype):
+    torch.manual_seed(1)
+    w = torch.randn(16, 96)
+    q, s = gemm.quantize_int4_weight(w, 32, scale_dtype)
+    assert s.dtype == scale_dtype
+    step = s.float().repeat_interleave(32, 1)
+    # every code is the nearest in [-7, 7] for the scale as stored
+    assert torch.all((w - q.float() * step).abs() <= step / 2 * (1 + 1e-6) + (w.abs() - 7 * step).clamp_min(0))
 
 
 def test_quantize_int4_weight_accuracy():

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import nnic
+from nnic import kernels as gemm
 from nnic.quantization.modules import Int4Linear, Int8Conv2d, Int8Linear
 
 #: Outputs of an int8 layer against float32 on random data (per-channel weights, per-token activations).
@@ -141,6 +142,67 @@ def test_int4_linear(in_features):
     torch.testing.assert_close(fresh.codes(), codes)
 
 
+@pytest.mark.parametrize("make", [
+    lambda lin: Int4Linear.from_float(lin, group_size=32),
+    lambda lin: Int8Linear.from_float(lin),
+    lambda lin: Int8Linear.from_float(lin, act="static", act_scale=0.05, act_zero_point=128),
+])
+def test_direct_kernel_call_gives_the_checked_paths_outputs(make):
+    """A contiguous float32 CPU input goes straight to the kernel (the per-token decode case); any other input
+    takes the checked path. Both give the same values: the functional kernels' outputs on the same input."""
+    torch.manual_seed(0)
+    lin = nn.Linear(96, 40)
+    q = make(lin)
+    packed, bias = q._packed_weight(), q.bias
+
+    def want(x: torch.Tensor) -> torch.Tensor:
+        if isinstance(q, Int4Linear):
+            return gemm.int4_linear(x, packed, bias)
+        static = {"act_scale": float(q.act_scale), "act_zero_point": int(q.act_zero_point)} if q.act == "static" else {}
+        return gemm.int8_linear(x, packed, bias, act=q.act, symmetric=q.symmetric, **static)
+
+    x = torch.randn(2, 5, 96)
+    for given in (x, x[0], x[:1, :1], x.transpose(0, 1), x.double(), x.clone().requires_grad_()):
+        got = q(given)
+        assert got.shape == (*given.shape[:-1], 40) and got.dtype == given.dtype
+        torch.testing.assert_close(got.float(), want(given.detach().float().contiguous()), rtol=0, atol=0)
+    with torch.inference_mode():
+        torch.testing.assert_close(q(x), want(x), rtol=0, atol=0)
+    for bad in (torch.zeros(3, 95), torch.zeros(())):
+        with pytest.raises(ValueError, match=r"input must have shape \[\.\.\., 96\]"):
+            q(bad)
+    with pytest.raises(TypeError, match="floating-point"):
+        q(torch.zeros(3, 96, dtype=torch.int64))
+
+
+def test_int4_linear_scales_are_float16_by_default_and_reload_in_their_saved_dtype(tmp_path):
+    """Half scales: 2 bytes per group in the buffer and the file; a module saved with float32 scales (or by an
+    older nnic) reloads into a default (float16) module with its own float32 scales, so outputs stay equal."""
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    lin = nn.Linear(256, 64)
+    x = torch.randn(3, 256)
+    half, full = Int4Linear.from_float(lin), Int4Linear.from_float(lin, scale_dtype=torch.float32)
+    assert half.scale_dtype == torch.float16 and full.scale_dtype == torch.float32
+    assert half._packed_weight().scale_dtype == "float16" and full._packed_weight().scale_dtype == "float32"
+    assert full._packed_weight().nbytes - half._packed_weight().nbytes == 2 * 64 * 8
+    # each scale rounded once (and the codes nearest for it): a small difference next to int4's own error
+    err = {q: float((q(x) - lin(x)).detach().norm()) for q in (half, full)}
+    assert cos(half(x), full(x)) > 0.9999 and err[half] < 1.05 * err[full]
+    for q in (half, full):
+        save_file(q.state_dict(), tmp_path / "q.safetensors")
+        fresh = Int4Linear(256, 64)
+        fresh.load_state_dict(load_file(tmp_path / "q.safetensors"))
+        assert fresh.scale_dtype == q.scale_dtype
+        torch.testing.assert_close(fresh(x), q(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="scale_dtype must be torch.float16 or torch.float32"):
+        Int4Linear(16, 4, scale_dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match=r"scales\[0\] = 1e\+06 is not a positive finite float16"):
+        Int4Linear.from_float(nn.Linear(8, 1), group_size=8, weight_q=torch.zeros(1, 8, dtype=torch.int8),
+                              weight_scales=torch.full((1, 1), 1e6))
+
+
 def test_safetensors_quarter_size(tmp_path):
     from safetensors.torch import load_file, save_file
 
@@ -237,35 +299,38 @@ def _affine_group_entry(w: torch.Tensor, group_size: int, bits: int = 4, perm: t
     return entry
 
 
-def _fake_quant(w: torch.Tensor, entry: dict) -> torch.Tensor:
-    """The float weight the calibration describes (the quantizer's simulated weight), in the inputs' order."""
+def _fake_quant(w: torch.Tensor, entry: dict, scale_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The float weight the calibration describes (the quantizer's simulated weight), in the inputs' order;
+    with its codes scaled by the scales as stored in ``scale_dtype``."""
     gs, qmax = entry["weight_group_size"], (1 << entry["weight_bits"]) - 1
     perm = torch.tensor(entry["weight_perm"]) if "weight_perm" in entry else torch.arange(w.shape[1])
     s = torch.tensor(entry["weight_scale"]).repeat_interleave(gs, 1)
     z = torch.tensor(entry["weight_zero_point"]).repeat_interleave(gs, 1).float()
     cols = w[:, perm]
-    deq = (torch.clamp(torch.round(cols / s) + z, 0, qmax) - z) * s
+    deq = (torch.clamp(torch.round(cols / s) + z, 0, qmax) - z) * s.to(scale_dtype).float()
     out = torch.empty_like(deq)
     out[:, perm] = deq
     return out
 
 
+@pytest.mark.parametrize("scale_dtype", [torch.float16, torch.float32])
 @pytest.mark.parametrize("bits,group_size,permuted", [(4, 32, False), (4, 64, True), (4, 128, False), (3, 32, False)])
-def test_affine_group_wise_calibrations_run_on_int4(bits, group_size, permuted):
+def test_affine_group_wise_calibrations_run_on_int4(bits, group_size, permuted, scale_dtype):
     """rtn/gptq/awq-style weight-only calibrations (uint codes, per-group zero points, act-order permutations)
-    lower to Int4Linear with those exact codes: the module's weight is the calibration's simulated weight, and
-    its output is the float layer with that weight, up to the int8 activation quantization."""
+    lower to Int4Linear with those exact codes: the module's weight is the calibration's simulated weight (each
+    scale rounded to float16 when stored so), and its output is the float layer with that weight, up to the
+    int8 activation quantization."""
     torch.manual_seed(0)
     fc = nn.Linear(256, 48)
     perm = torch.randperm(256) if permuted else None
     entry = _affine_group_entry(fc.weight.detach(), group_size, bits, perm)
     model = nn.Sequential(fc)
-    want_w = _fake_quant(fc.weight.detach(), entry)
+    want_w = _fake_quant(fc.weight.detach(), entry, scale_dtype)
     x = torch.randn(5, 256)
     want = F.linear(x, want_w, fc.bias.detach())
-    nnic.quantization_speedup(model, {"0": entry})
+    nnic.quantization_speedup(model, {"0": entry}, int4_scale_dtype=scale_dtype)
     q = model[0]
-    assert isinstance(q, Int4Linear) and q.group_size == group_size
+    assert isinstance(q, Int4Linear) and q.group_size == group_size and q.weight_scales.dtype == scale_dtype
     assert (q.weight_zero_points is not None) and ((q.input_perm is not None) == permuted)
     torch.testing.assert_close(q.dequantized_weight(), want_w, rtol=0, atol=1e-6)
     assert cos(q(x), want) > 0.9999

@@ -197,11 +197,15 @@ def test_group_wise_4_bit_linear_runs_on_int4_with_the_calibrations_scales():
     fc = nn.Linear(64, 8)
     model = nn.Sequential(fc)
     entry = _group_entry(fc.weight.detach(), 16)
-    expected_w = (torch.round(fc.weight.detach() / torch.tensor(entry["weight_scale"]).repeat_interleave(16, 1))
-                  * torch.tensor(entry["weight_scale"]).repeat_interleave(16, 1))
-    nnic.quantization_speedup(model, {"0": entry})
+    scale = torch.tensor(entry["weight_scale"]).repeat_interleave(16, 1)
+    codes = torch.round(fc.weight.detach() / scale)
+    half = nnic.quantization_speedup(copy.deepcopy(model), {"0": entry})  # default: scales stored in float16
+    nnic.quantization_speedup(model, {"0": entry}, int4_scale_dtype=torch.float32)
     assert isinstance(model[0], Int4Linear) and model[0].group_size == 16
-    assert torch.allclose(model[0].dequantized_weight(), expected_w, atol=1e-6)
+    assert torch.allclose(model[0].dequantized_weight(), codes * scale, atol=1e-6)
+    # the same codes; each scale rounded once to float16
+    assert torch.equal(half[0].codes(), model[0].codes()) and half[0].weight_scales.dtype == torch.float16
+    assert torch.allclose(half[0].dequantized_weight(), codes * scale.half().float(), atol=1e-6)
     assert Calibration.from_dict({"0": entry}).to_dict() == {"0": entry}
 
 

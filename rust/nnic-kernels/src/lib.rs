@@ -11,6 +11,7 @@
 //! - [`mask`]: masks with exactly k pruned entries, mask application, fused threshold pruning.
 //! - [`quant`]: affine int8/uint8 quantization and dequantization, per tensor or per channel.
 //! - [`nibbles`]: signed int4 values two per byte (the storage format of int4 tensors).
+//! - [`half`]: IEEE half-precision bits to `f32` (the 16-bit group scales of int4 weights).
 //! - [`reduce`]: abs-max and min/max, per tensor or per channel.
 //! - [`sparse`]: sparse × dense products for Linear weights (unstructured CSR and N:M layouts, f32 or int8 values).
 //! - [`gemm`]: int8 / int4 GEMM: path dispatch, the blocked driver, `PackedLinear`, epilogues, conv2d (see
@@ -47,6 +48,7 @@
 pub mod cpu;
 pub mod error;
 pub mod gemm;
+pub mod half;
 pub mod layout;
 pub mod mask;
 mod nt;

@@ -233,10 +233,20 @@ fn int4_matches_reference() {
         let x = rng.f32s(m * k);
         let q: Vec<i8> = rng.i8s(n * k).into_iter().map(|v| v >> 4).collect();
         let ng = k.div_ceil(g);
-        let s: Vec<f32> = (0..n * ng).map(|i| 0.01 + (i % 13) as f32 * 1e-3).collect();
+        // Half-precision scales: bits around 2^-7..2^-6 (normal), and the f32 values they stand for.
+        let s16: Vec<u16> = (0..n * ng).map(|i| 0x2000 + (i % 977) as u16).collect();
+        let s32: Vec<f32> = (0..n * ng).map(|i| 0.01 + (i % 13) as f32 * 1e-3).collect();
         let zeros: Vec<i8> = rng.i8s(n * ng).into_iter().map(|v| v >> 4).collect();
-        for (zw, sym) in [(&[][..], true), (&zeros[..], true), (&zeros[..], false), (&[][..], false)] {
-            let packed = int4::PackedInt4::new(&q, n, k, &s, zw, g).unwrap();
+        for (zw, sym, half) in [(&[][..], true, false), (&zeros[..], true, false), (&zeros[..], false, false),
+                                (&[][..], false, false), (&[][..], true, true), (&zeros[..], false, true)] {
+            let (packed, s) = if half {
+                let p = int4::PackedInt4::new(&q, n, k, int4::GroupScales::F16(&s16), zw, g).unwrap();
+                (p, s16.iter().map(|&h| nnic_kernels::half::f16_to_f32(h)).collect::<Vec<f32>>())
+            } else {
+                (int4::PackedInt4::new(&q, n, k, &s32, zw, g).unwrap(), s32.clone())
+            };
+            assert_eq!(packed.has_f16_scales(), half);
+            assert_eq!(packed.unpack().1, s);
             // Reference: the same per-row activation quantization, f64 accumulation.
             let mut want = vec![0f64; m * n];
             for i in 0..m {
@@ -268,6 +278,15 @@ fn int4_matches_reference() {
     }
     assert!(int4::PackedInt4::new(&[0; 8], 1, 8, &[1.0], &[9], 8).is_err());
     assert!(int4::PackedInt4::new(&[0; 8], 1, 8, &[1.0], &[0, 0], 8).is_err());
+    // Half scales must be finite and positive too (0x0000 is 0, 0x7c00 is +inf, 0xbc00 is -1).
+    for bad in [0x0000u16, 0x7c00, 0xbc00, 0x7e00] {
+        assert!(int4::PackedInt4::new(&[0; 8], 1, 8, int4::GroupScales::F16(&[bad]), &[], 8).is_err());
+    }
+    // Half scales hold 2 bytes per group and column instead of 4.
+    let (q, s16, s32) = (vec![0i8; 64 * 256], vec![0x3c00u16; 64 * 8], vec![1f32; 64 * 8]);
+    let b16 = int4::PackedInt4::new(&q, 64, 256, int4::GroupScales::F16(&s16), &[], 32).unwrap().nbytes();
+    let b32 = int4::PackedInt4::new(&q, 64, 256, &s32, &[], 32).unwrap().nbytes();
+    assert_eq!(b32 - b16, 2 * 64 * 8);
 }
 
 #[test]

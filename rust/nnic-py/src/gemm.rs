@@ -7,7 +7,7 @@ use numpy::{
     Element, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray2,
     PyReadonlyArray4, PyUntypedArrayMethods,
 };
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 fn ro<'a, T: Element>(a: &'a PyReadonlyArray2<'_, T>, name: &str) -> PyResult<&'a [T]> {
@@ -358,7 +358,8 @@ packed_weight_methods!(PackedInt8Weight, symmetric = false,
     }
 });
 
-/// int4 linear weights `[n, k]` (codes in [-8, 7], two per byte) with per-group scales `[n, groups]`.
+/// int4 linear weights `[n, k]` (codes in [-8, 7], two per byte) with per-group scales `[n, groups]`
+/// (float32, or IEEE half-precision bits given as uint16).
 #[pyclass(frozen, module = "nnic._kernels")]
 pub struct PackedInt4Weight {
     inner: int4::PackedInt4,
@@ -366,19 +367,31 @@ pub struct PackedInt4Weight {
 
 packed_weight_methods!(PackedInt4Weight, symmetric = true,
     "`out[m, n] = quant(x) @ dequant(w).T + bias` (activations quantized on the fly, per token by default).", {
+    /// `scales`: float32 `[n, groups]`, or uint16 `[n, groups]` holding half-precision bits.
     #[new]
     #[pyo3(signature = (q, scales, group_size, zero_points=None))]
     fn new(
         py: Python<'_>,
         q: PyReadonlyArray2<'_, i8>,
-        scales: PyReadonlyArray2<'_, f32>,
+        scales: &Bound<'_, PyAny>,
         group_size: usize,
         zero_points: Option<PyReadonlyArray2<'_, i8>>,
     ) -> PyResult<Self> {
         let [n, k] = dims(&q);
-        let (q, s) = (ro(&q, "q")?, ro(&scales, "scales")?);
+        let q = ro(&q, "q")?;
         let z = zero_points.as_ref().map(|z| ro(z, "zero_points")).transpose()?.unwrap_or(&[]);
-        Ok(PackedInt4Weight { inner: to_py(py.detach(|| int4::PackedInt4::new(q, n, k, s, z, group_size)))? })
+        let inner = if let Ok(s) = scales.extract::<PyReadonlyArray2<'_, f32>>() {
+            let s = ro(&s, "scales")?;
+            py.detach(|| int4::PackedInt4::new(q, n, k, s, z, group_size))
+        } else if let Ok(s) = scales.extract::<PyReadonlyArray2<'_, u16>>() {
+            let s = ro(&s, "scales")?;
+            py.detach(|| int4::PackedInt4::new(q, n, k, int4::GroupScales::F16(s), z, group_size))
+        } else {
+            return Err(PyTypeError::new_err(
+                "scales must be a 2-D float32 array, or uint16 holding half-precision bits",
+            ));
+        };
+        Ok(PackedInt4Weight { inner: to_py(inner)? })
     }
 
     #[getter]
@@ -391,7 +404,14 @@ packed_weight_methods!(PackedInt4Weight, symmetric = true,
         self.inner.is_affine()
     }
 
-    /// `(codes [n, k] int8, scales [n, groups] float32, zero points [n, groups] int8 or None)`.
+    /// `"float16"` when the scales are stored as half-precision bits, else `"float32"`.
+    #[getter]
+    fn scale_dtype(&self) -> &'static str {
+        if self.inner.has_f16_scales() { "float16" } else { "float32" }
+    }
+
+    /// `(codes [n, k] int8, scales [n, groups] float32, zero points [n, groups] int8 or None)`; half-precision
+    /// scales come widened (exactly) to float32, their bits from `scale_bits`.
     #[allow(clippy::type_complexity)]
     fn unpack<'py>(
         &self,
@@ -402,5 +422,11 @@ packed_weight_methods!(PackedInt4Weight, symmetric = true,
         let g = k.div_ceil(self.inner.group_size());
         let z = if z.is_empty() { None } else { Some(PyArray1::from_vec(py, z).reshape([n, g])?) };
         Ok((PyArray1::from_vec(py, q).reshape([n, k])?, PyArray1::from_vec(py, s).reshape([n, g])?, z))
+    }
+
+    /// The half-precision bits of the scales `[n, groups]` (uint16), or None when they are float32.
+    fn scale_bits<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyArray2<u16>>>> {
+        let (n, g) = (self.inner.out_features(), self.inner.in_features().div_ceil(self.inner.group_size()));
+        self.inner.f16_scales().map(|b| PyArray1::from_vec(py, b).reshape([n, g])).transpose()
     }
 });

@@ -6,13 +6,79 @@
 //! the `za_i` term folds into one per-column constant at pack time, the rest runs in the tiles of
 //! [`super::int4_micro`] (layout documented there). Threads split the output into blocks of rows × 32-column
 //! panels, taken dynamically.
+//!
+//! Scales are stored as given: `f32`, or IEEE half precision ([`GroupScales::F16`], as GGUF, GPTQ and AWQ
+//! keep them), which makes a group of 32 codes 18 bytes instead of 20 (0.5625 bytes per weight instead of
+//! 0.625); the tiles widen them exactly to `f32` at each group end, so the result is the one of the `f32`
+//! values of the half scales.
 #![allow(clippy::needless_range_loop)] // the epilogue indexes the register tile by row and column
 use super::act_pack::{self, ActQuant};
-use super::int4_micro::{tile_mv, MR4};
+use super::int4_micro::{tile_mv, ScalePanel, MR4};
 use super::panels::{round_up, PackedA, NR};
 use super::{isa_of, Block, Path};
 use crate::error::{KernelError, Result};
+use crate::half::f16_to_f32;
 use crate::pool;
+
+/// Per-group scales `[n, ceil(k / group)]` as given to [`PackedInt4::new`].
+#[derive(Copy, Clone, Debug)]
+pub enum GroupScales<'a> {
+    /// `f32` scales.
+    F32(&'a [f32]),
+    /// IEEE 754 half-precision bits.
+    F16(&'a [u16]),
+}
+
+impl<'a> From<&'a [f32]> for GroupScales<'a> {
+    fn from(s: &'a [f32]) -> Self {
+        GroupScales::F32(s)
+    }
+}
+
+impl<'a> From<&'a Vec<f32>> for GroupScales<'a> {
+    fn from(s: &'a Vec<f32>) -> Self {
+        GroupScales::F32(s)
+    }
+}
+
+impl<'a, const N: usize> From<&'a [f32; N]> for GroupScales<'a> {
+    fn from(s: &'a [f32; N]) -> Self {
+        GroupScales::F32(s)
+    }
+}
+
+impl GroupScales<'_> {
+    fn len(&self) -> usize {
+        match self {
+            GroupScales::F32(s) => s.len(),
+            GroupScales::F16(s) => s.len(),
+        }
+    }
+    fn get(&self, i: usize) -> f32 {
+        match self {
+            GroupScales::F32(s) => s[i],
+            GroupScales::F16(s) => f16_to_f32(s[i]),
+        }
+    }
+}
+
+/// Packed scales, `[panel][group][32]`, in the format they were given in.
+#[derive(Clone, Debug, PartialEq)]
+enum Scales {
+    F32(Vec<f32>),
+    F16(Vec<u16>),
+}
+
+impl Scales {
+    /// The scales of panel `p` (`groups × 32`).
+    fn panel(&self, p: usize, groups: usize) -> ScalePanel<'_> {
+        let r = p * groups * NR..(p + 1) * groups * NR;
+        match self {
+            Scales::F32(s) => ScalePanel::F32(&s[r]),
+            Scales::F16(s) => ScalePanel::F16(&s[r]),
+        }
+    }
+}
 
 /// Packed int4 weights of a `[n, k]` linear layer.
 #[derive(Clone, Debug, PartialEq)]
@@ -22,8 +88,7 @@ pub struct PackedInt4 {
     group: usize,
     kp: usize,
     data: Vec<u8>,
-    /// `[panel][group][32]`.
-    scales: Vec<f32>,
+    scales: Scales,
     /// Stored zero points `zw + 8`, `[panel][group][32]`; empty when every zero point is 0.
     zeros: Vec<u8>,
     /// `sum_g s[j, g] · sum_{k in g} q[j, k]` per padded column.
@@ -31,9 +96,12 @@ pub struct PackedInt4 {
 }
 
 impl PackedInt4 {
-    /// Packs codes `q[n, k]` (each in [-8, 7]) with `scales[n, ceil(k / group)]` and zero points `zeros`
-    /// (empty, or `[n, ceil(k / group)]` values in [-8, 7]); `group` is a multiple of 8.
-    pub fn new(q: &[i8], n: usize, k: usize, scales: &[f32], zeros: &[i8], group: usize) -> Result<PackedInt4> {
+    /// Packs codes `q[n, k]` (each in [-8, 7]) with `scales[n, ceil(k / group)]` (`f32`, or half-precision
+    /// bits: [`GroupScales`]) and zero points `zeros` (empty, or `[n, ceil(k / group)]` values in [-8, 7]);
+    /// `group` is a multiple of 8.
+    pub fn new<'a>(q: &[i8], n: usize, k: usize, scales: impl Into<GroupScales<'a>>, zeros: &[i8], group: usize)
+        -> Result<PackedInt4> {
+        let scales = scales.into();
         if group == 0 || !group.is_multiple_of(8) {
             return Err(KernelError::Invalid { what: format!("group size must be a positive multiple of 8, got {group}") });
         }
@@ -59,14 +127,17 @@ impl PackedInt4 {
             }
         }
         let affine = zeros.iter().any(|&z| z != 0);
-        if let Some((i, &s)) = scales.iter().enumerate().find(|(_, s)| !(s.is_finite() && **s > 0.0)) {
+        if let Some((i, s)) = (0..scales.len()).map(|i| (i, scales.get(i))).find(|(_, s)| !(s.is_finite() && *s > 0.0)) {
             return Err(KernelError::BadScale { channel: Some(i), value: s });
         }
         let kp = round_up(k.max(1), group);
         let np = round_up(n.max(1), NR);
         let gp = kp / group;
         let mut data = vec![0x88u8; np * kp / 2];
-        let mut sc = vec![0f32; np * gp];
+        let mut sc = match scales {
+            GroupScales::F32(_) => Scales::F32(vec![0f32; np * gp]),
+            GroupScales::F16(_) => Scales::F16(vec![0u16; np * gp]),
+        };
         let mut csum = vec![0f32; np];
         let mut zs = if affine { vec![8u8; np * gp] } else { Vec::new() };
         for j in 0..n {
@@ -81,8 +152,13 @@ impl PackedInt4 {
             }
             let mut cs = 0f32;
             for g in 0..ng {
-                let s = scales[j * ng + g];
-                sc[(p * gp + g) * NR + c] = s;
+                let s = scales.get(j * ng + g);
+                let at = (p * gp + g) * NR + c;
+                match (&mut sc, scales) {
+                    (Scales::F32(v), GroupScales::F32(from)) => v[at] = from[j * ng + g],
+                    (Scales::F16(v), GroupScales::F16(from)) => v[at] = from[j * ng + g],
+                    _ => unreachable!("the packed format follows the given one"),
+                }
                 let zw = if affine { zeros[j * ng + g] as i32 } else { 0 };
                 if affine {
                     zs[(p * gp + g) * NR + c] = (zw + 8) as u8;
@@ -106,15 +182,24 @@ impl PackedInt4 {
     }
     /// Bytes held.
     pub fn nbytes(&self) -> usize {
-        self.data.len() + self.zeros.len() + 4 * (self.scales.len() + self.csum.len())
+        let scales = match &self.scales {
+            Scales::F32(s) => 4 * s.len(),
+            Scales::F16(s) => 2 * s.len(),
+        };
+        self.data.len() + self.zeros.len() + scales + 4 * self.csum.len()
+    }
+    /// Whether the scales are stored as half-precision bits.
+    pub fn has_f16_scales(&self) -> bool {
+        matches!(self.scales, Scales::F16(_))
     }
     /// Whether the weights have zero points.
     pub fn is_affine(&self) -> bool {
         !self.zeros.is_empty()
     }
 
-    /// The codes `[n, k]`, scales `[n, groups]` and zero points (`[n, groups]`, or empty when symmetric):
-    /// the round trip of [`PackedInt4::new`].
+    /// The codes `[n, k]`, scales `[n, groups]` (as `f32`: exact for half-precision scales, see
+    /// [`PackedInt4::f16_scales`]) and zero points (`[n, groups]`, or empty when symmetric): the round trip
+    /// of [`PackedInt4::new`].
     pub fn unpack(&self) -> (Vec<i8>, Vec<f32>, Vec<i8>) {
         let ng = self.k.div_ceil(self.group);
         let gp = self.kp / self.group;
@@ -130,13 +215,20 @@ impl PackedInt4 {
                 q[j * self.k + kk] = nib as i8 - 8;
             }
             for g in 0..ng {
-                s[j * ng + g] = self.scales[(p * gp + g) * NR + c];
+                s[j * ng + g] = self.scales.panel(p, gp).get(g, c);
                 if self.is_affine() {
                     z[j * ng + g] = self.zeros[(p * gp + g) * NR + c] as i8 - 8;
                 }
             }
         }
         (q, s, z)
+    }
+
+    /// The half-precision bits of the scales `[n, groups]`, when they are stored so.
+    pub fn f16_scales(&self) -> Option<Vec<u16>> {
+        let Scales::F16(v) = &self.scales else { return None };
+        let (ng, gp) = (self.k.div_ceil(self.group), self.kp / self.group);
+        Some((0..self.n * ng).map(|i| v[((i / ng) / NR * gp + i % ng) * NR + (i / ng) % NR]).collect())
     }
 }
 
@@ -190,7 +282,7 @@ pub fn int4_linear(
             let p = j0 / NR;
             let nr = (blk.j1 - j0).min(NR);
             let b = &w.data[p * w.kp * NR / 2..(p + 1) * w.kp * NR / 2];
-            let sc = &w.scales[p * groups * NR..(p + 1) * groups * NR];
+            let sc = w.scales.panel(p, groups);
             for i0 in (blk.i0..blk.i1).step_by(mr) {
                 let rows = (blk.i1 - i0).min(mr);
                 let ap = pa.panel_ptr_rows(i0 / mr, 0);
@@ -217,43 +309,59 @@ pub fn int4_linear(
 /// Runs the tile of `path` for `rows` (≤ [`MR4`]) rows of the activation panel at `ap` (`rows × kp` bytes)
 /// against one weight panel `b` with its scales `sc` and stored zero points `z` (`groups × 32` each).
 #[allow(clippy::too_many_arguments)]
-fn tile(path: Path, rows: usize, groups: usize, pairs: usize, ap: *const u8, b: &[u8], sc: &[f32], z: &[u8],
+fn tile(path: Path, rows: usize, groups: usize, pairs: usize, ap: *const u8, b: &[u8], sc: ScalePanel<'_>, z: &[u8],
         f: &mut [[f32; NR]; MR4]) {
     debug_assert!(b.len() >= groups * pairs * 128 && sc.len() >= groups * NR && z.len() >= groups * NR);
     #[cfg(target_arch = "x86_64")]
     {
         use super::int4_micro::x86;
-        let (bp, sp, zp) = (b.as_ptr(), sc.as_ptr(), z.as_ptr());
-        match path {
-            // SAFETY: sizes by the layouts (checked above); VNNI checked by the caller (`path.is_supported()`).
-            Path::Vnni => unsafe {
+        let (bp, zp) = (b.as_ptr(), z.as_ptr());
+        let (sp, half) = match sc {
+            ScalePanel::F32(s) => (s.as_ptr() as *const u8, false),
+            ScalePanel::F16(s) => (s.as_ptr() as *const u8, true),
+        };
+        macro_rules! vnni {
+            ($h:literal) => {
                 match rows {
-                    1 => x86::vnni::<1>(groups, pairs, ap, bp, sp, zp, f),
-                    2 => x86::vnni::<2>(groups, pairs, ap, bp, sp, zp, f),
-                    3 => x86::vnni::<3>(groups, pairs, ap, bp, sp, zp, f),
-                    4 => x86::vnni::<4>(groups, pairs, ap, bp, sp, zp, f),
-                    5 => x86::vnni::<5>(groups, pairs, ap, bp, sp, zp, f),
-                    6 => x86::vnni::<6>(groups, pairs, ap, bp, sp, zp, f),
-                    7 => x86::vnni::<7>(groups, pairs, ap, bp, sp, zp, f),
-                    _ => x86::vnni::<8>(groups, pairs, ap, bp, sp, zp, f),
+                    1 => x86::vnni::<1, $h>(groups, pairs, ap, bp, sp, zp, f),
+                    2 => x86::vnni::<2, $h>(groups, pairs, ap, bp, sp, zp, f),
+                    3 => x86::vnni::<3, $h>(groups, pairs, ap, bp, sp, zp, f),
+                    4 => x86::vnni::<4, $h>(groups, pairs, ap, bp, sp, zp, f),
+                    5 => x86::vnni::<5, $h>(groups, pairs, ap, bp, sp, zp, f),
+                    6 => x86::vnni::<6, $h>(groups, pairs, ap, bp, sp, zp, f),
+                    7 => x86::vnni::<7, $h>(groups, pairs, ap, bp, sp, zp, f),
+                    _ => x86::vnni::<8, $h>(groups, pairs, ap, bp, sp, zp, f),
                 }
-                return;
-            },
-            // SAFETY: as above; AVX2 (and FMA, which every AVX2 path of the crate assumes) checked by the caller.
-            Path::Avx2 => unsafe {
+            };
+        }
+        macro_rules! avx2 {
+            ($h:literal) => {{
                 let mut r0 = 0;
                 while r0 < rows {
                     match rows - r0 {
-                        1 => x86::avx2::<1>(groups, pairs, ap, rows, r0, bp, sp, zp, f),
-                        2 => x86::avx2::<2>(groups, pairs, ap, rows, r0, bp, sp, zp, f),
-                        3 => x86::avx2::<3>(groups, pairs, ap, rows, r0, bp, sp, zp, f),
-                        _ => x86::avx2::<4>(groups, pairs, ap, rows, r0, bp, sp, zp, f),
+                        1 => x86::avx2::<1, $h>(groups, pairs, ap, rows, r0, bp, sp, zp, f),
+                        2 => x86::avx2::<2, $h>(groups, pairs, ap, rows, r0, bp, sp, zp, f),
+                        3 => x86::avx2::<3, $h>(groups, pairs, ap, rows, r0, bp, sp, zp, f),
+                        _ => x86::avx2::<4, $h>(groups, pairs, ap, rows, r0, bp, sp, zp, f),
                     }
                     r0 += 4;
                 }
+            }};
+        }
+        match path {
+            // SAFETY: sizes by the layouts (checked above); VNNI checked by the caller (`path.is_supported()`).
+            Path::Vnni => unsafe {
+                if half { vnni!(true) } else { vnni!(false) }
                 return;
             },
-            Path::Scalar => {}
+            // SAFETY: as above; AVX2 (and FMA, which every AVX2 path of the crate assumes) checked by the caller,
+            // F16C (the tile converts half scales) here: CPUs with AVX2 have it, the portable tile covers one
+            // that would not.
+            Path::Avx2 if std::arch::is_x86_feature_detected!("f16c") => unsafe {
+                if half { avx2!(true) } else { avx2!(false) }
+                return;
+            },
+            Path::Avx2 | Path::Scalar => {}
         }
     }
     // SAFETY: the panel holds `rows * kp` bytes, `kp = groups * pairs * 8`.

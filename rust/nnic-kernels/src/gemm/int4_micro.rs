@@ -7,13 +7,40 @@
 //! lies in [-15, 15]: a valid s8 operand of `vpdpbusd` and `vpmaddubsw` (whose i16 pair sums stay below
 //! 2·255·15, no saturation). Integer sums run per group and are scaled into `f` at each group end.
 //! Activations: k group `j` of the panel holds `rows × 4` bytes (row stride 4).
+//! Scales come as `f32` or as half-precision bits ([`ScalePanel`]), `groups × 32` per panel; the tiles widen
+//! half scales to `f32` (exactly) when they apply them.
 #![allow(clippy::needless_range_loop)] // register tiles are indexed by row
 use super::panels::NR;
+use crate::half::f16_to_f32;
 
 /// Rows per register tile.
 pub(super) const MR4: usize = 8;
 
-/// Portable tile over `rows` rows; `z` holds `groups × 32` stored zero points.
+/// One weight panel's scales, `[group][32]`.
+#[derive(Copy, Clone, Debug)]
+pub(super) enum ScalePanel<'a> {
+    F32(&'a [f32]),
+    F16(&'a [u16]),
+}
+
+impl ScalePanel<'_> {
+    pub(super) fn len(&self) -> usize {
+        match self {
+            ScalePanel::F32(s) => s.len(),
+            ScalePanel::F16(s) => s.len(),
+        }
+    }
+    /// The scale of group `g`, column `c`.
+    #[inline(always)]
+    pub(super) fn get(&self, g: usize, c: usize) -> f32 {
+        match self {
+            ScalePanel::F32(s) => s[g * NR + c],
+            ScalePanel::F16(s) => f16_to_f32(s[g * NR + c]),
+        }
+    }
+}
+
+/// Portable tile over `rows` rows; `sc` and `z` hold `groups × 32` scales and stored zero points.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn tile_body(
@@ -22,7 +49,7 @@ pub(super) fn tile_body(
     pairs: usize,
     a: &[u8],
     b: &[u8],
-    sc: &[f32],
+    sc: ScalePanel<'_>,
     z: &[u8],
     f: &mut [[f32; NR]; MR4],
 ) {
@@ -49,7 +76,7 @@ pub(super) fn tile_body(
                 }
             }
         }
-        let s = &sc[g * NR..(g + 1) * NR];
+        let s: [f32; NR] = std::array::from_fn(|c| sc.get(g, c));
         for r in 0..rows {
             for c in 0..NR {
                 f[r][c] += s[c] * acc[r][c] as f32;
@@ -58,25 +85,57 @@ pub(super) fn tile_body(
     }
 }
 crate::simd::multiversion!(pub(super) fn tile_mv(rows: usize, groups: usize, pairs: usize, a: &[u8], b: &[u8],
-    sc: &[f32], z: &[u8], f: &mut [[f32; NR]; MR4]) = tile_body;);
+    sc: ScalePanel<'_>, z: &[u8], f: &mut [[f32; NR]; MR4]) = tile_body;);
 
 #[cfg(target_arch = "x86_64")]
 pub(super) mod x86 {
     use super::{MR4, NR};
     use std::arch::x86_64::*;
 
-    /// VNNI tile of `MR` rows (see [`super::tile_body`]).
+    /// 16 scales at `p` as `f32`: half-precision bits when `H` (`vcvtph2ps`), else `f32`.
+    ///
+    /// # Safety
+    /// `p` points to 16 scales of that format; the CPU has AVX-512F.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn scales16<const H: bool>(p: *const u8) -> __m512 {
+        unsafe {
+            if H {
+                _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+            } else {
+                _mm512_loadu_ps(p as *const f32)
+            }
+        }
+    }
+
+    /// 8 scales at `p` as `f32`, as [`scales16`].
+    ///
+    /// # Safety
+    /// `p` points to 8 scales of that format; the CPU has AVX and F16C.
+    #[inline]
+    #[target_feature(enable = "avx,f16c")]
+    unsafe fn scales8<const H: bool>(p: *const u8) -> __m256 {
+        unsafe {
+            if H {
+                _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+            } else {
+                _mm256_loadu_ps(p as *const f32)
+            }
+        }
+    }
+
+    /// VNNI tile of `MR` rows (see [`super::tile_body`]); `H`: the scales are half-precision bits.
     ///
     /// # Safety
     /// `a`: `2 * groups * pairs` k groups of `MR` rows; `b`: `groups * pairs * 128` bytes; `sc`: `groups * 32`
-    /// floats; `z`: `groups * 32` bytes; the CPU has AVX-512 VNNI.
+    /// scales (`f32`, or `u16` when `H`); `z`: `groups * 32` bytes; the CPU has AVX-512 VNNI.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub(crate) unsafe fn vnni<const MR: usize>(
+    pub(crate) unsafe fn vnni<const MR: usize, const H: bool>(
         groups: usize,
         pairs: usize,
         a: *const u8,
         b: *const u8,
-        sc: *const f32,
+        sc: *const u8,
         z: *const u8,
         f: &mut [[f32; NR]; MR4],
     ) {
@@ -122,8 +181,9 @@ pub(super) mod x86 {
                     bp = bp.add(128);
                 }
                 // Group end: f += float(sum) * scale, with f in L1 (keeps registers for the integer tile).
-                let s0 = _mm512_loadu_ps(sc.add(g * NR));
-                let s1 = _mm512_loadu_ps(sc.add(g * NR + 16));
+                let w = if H { 2 } else { 4 };
+                let s0 = scales16::<H>(sc.add(g * NR * w));
+                let s1 = scales16::<H>(sc.add((g * NR + 16) * w));
                 for r in 0..MR {
                     let (v0, v1) = if split {
                         (_mm512_add_epi32(s[r][0], t[r][0]), _mm512_add_epi32(s[r][1], t[r][1]))
@@ -142,17 +202,18 @@ pub(super) mod x86 {
     /// `vpmaddubsw` (u8 × s8 pairs to i16, exact here) then `vpmaddwd` by ones into i32.
     ///
     /// # Safety
-    /// As [`vnni`] with `rows` rows per k group (`r0 + MR <= rows`), and the CPU has AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
+    /// As [`vnni`] with `rows` rows per k group (`r0 + MR <= rows`), and the CPU has AVX2 and FMA (and F16C
+    /// when `H`).
+    #[target_feature(enable = "avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
-    pub(crate) unsafe fn avx2<const MR: usize>(
+    pub(crate) unsafe fn avx2<const MR: usize, const H: bool>(
         groups: usize,
         pairs: usize,
         a: *const u8,
         rows: usize,
         r0: usize,
         b: *const u8,
-        sc: *const f32,
+        sc: *const u8,
         z: *const u8,
         f: &mut [[f32; NR]; MR4],
     ) {
@@ -191,8 +252,9 @@ pub(super) mod x86 {
                         ap = ap.add(2 * stride);
                         bp = bp.add(128);
                     }
-                    let s0 = _mm256_loadu_ps(sc.add(g * NR + half * 16));
-                    let s1 = _mm256_loadu_ps(sc.add(g * NR + half * 16 + 8));
+                    let w = if H { 2 } else { 4 };
+                    let s0 = scales8::<H>(sc.add((g * NR + half * 16) * w));
+                    let s1 = scales8::<H>(sc.add((g * NR + half * 16 + 8) * w));
                     for r in 0..MR {
                         let p = f[r0 + r].as_mut_ptr().add(half * 16);
                         _mm256_storeu_ps(p, _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[r][0]), s0, _mm256_loadu_ps(p)));
