@@ -8,10 +8,16 @@
 //! - `alone`: one thread, one call after another;
 //! - `pair`: two threads each running their own one-thread calls at the same time on the same weight: what one
 //!   core gets from the memory system when the other streams too (the ceiling of a two-thread split);
-//! - `split`: the calling thread's CPU time and the wall time of one two-thread call.
+//! - `split`: the calling thread's CPU time and the wall time of one two-thread call;
+//!
+//! and, for each, core clock cycles per stored value (N:M: per slot, padding included): thread CPU time times the
+//! core clock, which is measured first (a chain of dependent integer adds, one cycle each); for `split`, wall
+//! time times the clock times two threads, so a perfect split costs what `alone` costs. It also prints the
+//! density from which this process's batch-1 products read the bitmask instead of gathering (measured once,
+//! `sparse::bitmask_break_even`).
 use nnic_kernels::gemm::ActQuant;
 use nnic_kernels::pool;
-use nnic_kernels::sparse::{csr, nm, SparseLinear, Values};
+use nnic_kernels::sparse::{self, csr, nm, SparseLinear, Values};
 use std::time::Instant;
 
 fn thread_cpu() -> f64 {
@@ -69,6 +75,24 @@ fn two_four(rng: &mut Rng, rows: usize, k: usize) -> SparseLinear {
         }
     }
     nm::from_parts(rows, k, 2, 4, idx, Values::F32((0..rows * len).map(|_| rng.f()).collect()), vec![]).unwrap()
+}
+
+/// Core clock in GHz: 2^24 dependent one-cycle adds, thread CPU time, best of 15.
+fn core_ghz() -> f64 {
+    let n: u64 = 1 << 24;
+    let best = (0..15)
+        .map(|_| {
+            let c0 = thread_cpu();
+            let mut acc = 0u64;
+            for i in 0..n {
+                // SAFETY: one register add; the chain through `acc` makes each wait for the previous one.
+                unsafe { std::arch::asm!("add {a}, {b}", a = inout(reg) acc, b = in(reg) i, options(pure, nomem, nostack)) };
+            }
+            std::hint::black_box(acc);
+            thread_cpu() - c0
+        })
+        .fold(f64::INFINITY, f64::min);
+    n as f64 / best / 1e9
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -151,6 +175,13 @@ fn main() {
         }
         return;
     }
+    let ghz = core_ghz();
+    let isa = nnic_kernels::cpu::active();
+    println!(
+        "core clock {ghz:.2} GHz (measured), ISA {}, batch-1 bitmask kernel from density {:.3} (measured once per process)",
+        isa.name(),
+        sparse::bitmask_break_even(isa)
+    );
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let k = 4096;
     let x: Vec<f32> = (0..k).map(|_| rng.f()).collect();
@@ -173,9 +204,10 @@ fn main() {
         time_calls(w, &x, *act, 20);
         let split = time_calls(w, &x, *act, calls);
         let mb = w.stream_bytes() as f64 / 1e6;
+        let cyc = |us: f64| us * 1e3 * ghz / w.nnz() as f64;
         println!(
-            "{name:12} {mb:5.2} MB  alone {:6.1} us ({:4.1} GB/s)  pair {:6.1} / {:6.1} us ({:4.1} GB/s each)  split: caller cpu {:6.1} us, wall {:6.1} us ({:4.1} GB/s)",
-            alone.0, mb * 1e3 / alone.0, pair[0].0, pair[1].0, mb * 1e3 / pair[0].0.max(pair[1].0), split.0, split.1, mb * 1e3 / split.1
+            "{name:12} {mb:5.2} MB  alone {:6.1} us ({:4.1} GB/s, {:4.2} cyc/value)  pair {:6.1} / {:6.1} us ({:4.1} GB/s each)  split: caller cpu {:6.1} us, wall {:6.1} us ({:4.1} GB/s, {:4.2} thread-cyc/value)",
+            alone.0, mb * 1e3 / alone.0, cyc(alone.0), pair[0].0, pair[1].0, mb * 1e3 / pair[0].0.max(pair[1].0), split.0, split.1, mb * 1e3 / split.1, 2.0 * cyc(split.1)
         );
     }
 }

@@ -23,11 +23,13 @@
 //! row `m` of the output NaN, and an infinity at input `k` makes NaN every output that does not store `k`
 //! (`0 · inf = NaN`); activation quantization rejects them, as the int8 GEMM does.
 pub mod act;
+mod choose;
 pub mod csr;
 mod gemv;
 pub mod nm;
 mod spmm;
 
+pub use choose::bitmask_break_even;
 use crate::error::{KernelError, Result};
 use crate::gemm::ActQuant;
 use crate::{cpu, pool};
@@ -161,13 +163,6 @@ impl SparseLinear {
             Index::Nm { idx, .. } => idx.len(),
         };
         self.values.len() * self.values.elem_bytes() + index + self.scale.len() * 4
-    }
-
-    /// Whether batch-1 products on `isa` read the bitmask instead of the column indices: with AVX-512 (which
-    /// expands packed values under a mask) when the bitmask is the smaller index, `k / 8` bytes against 2
-    /// bytes per stored value, with a margin for its cost per column (measured break-even: density ~ 1/8).
-    pub(crate) fn gemv_uses_bitmask(&self, isa: cpu::Isa) -> bool {
-        matches!(self.index, Index::Csr { .. }) && isa == cpu::Isa::Avx512 && 8 * self.nnz() >= self.rows * self.k
     }
 
     /// Whether batch-1 products with int8 activations run integer dot products from the bitmask (AVX-512 with
