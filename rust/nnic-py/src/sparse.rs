@@ -96,6 +96,11 @@ impl SparseWeight {
     fn stream_bytes(&self) -> usize {
         self.inner.stream_bytes()
     }
+    /// The batch-1 kernel on the active ISA: "vnni", "bitmask", "gather" or "n:m" (see the Rust docs).
+    #[pyo3(signature = (int8_activations=false))]
+    fn gemv_kernel(&self, int8_activations: bool) -> &'static str {
+        self.inner.gemv_kernel(int8_activations)
+    }
     /// `"csr"` or `"n:m"` (e.g. `"2:4"`).
     #[getter]
     fn layout(&self) -> String {

@@ -175,6 +175,18 @@ impl SparseLinear {
             && 16 * self.nnz() >= self.rows * self.k
     }
 
+    /// The kernel that batch-1 products run on the active ISA: `"vnni"` (int8 codes from the bitmask, with int8
+    /// activations), `"bitmask"` (values expanded under the bitmask), `"gather"` (CSR column indices) or `"n:m"`.
+    pub fn gemv_kernel(&self, int8_activations: bool) -> &'static str {
+        let isa = cpu::active();
+        match &self.index {
+            Index::Nm { .. } => "n:m",
+            Index::Csr { .. } if int8_activations && self.gemv_uses_vnni(isa) => "vnni",
+            Index::Csr { .. } if self.gemv_uses_bitmask(isa) => "bitmask",
+            Index::Csr { .. } => "gather",
+        }
+    }
+
     /// Bytes a batch-1 product reads from the weight on the active ISA (int8 values: with int8 activations):
     /// values and their index (bitmask, or column indices and row pointers, or nibbles) and scales.
     pub fn stream_bytes(&self) -> usize {
