@@ -9,15 +9,18 @@
 //! - `pair`: two threads each running their own one-thread calls at the same time on the same weight: what one
 //!   core gets from the memory system when the other streams too (the ceiling of a two-thread split);
 //! - `split`: the calling thread's CPU time and the wall time of one two-thread call;
+//! - with `PROBE=1` instead: what bounds the batch-1 kernels, as loops of one instruction kind over the real
+//!   weights (not products): the 90 % weight's 16-lane gathers alone (no values, no FMA), and the bitmask
+//!   expansions alone (mask move + `vexpandps` per 16 inputs, mask move + `vpexpandb` per 64), in cycles per
+//!   stored value and per block, beside the kernels themselves;
 //!
 //! and, for each, core clock cycles per stored value (N:M: per slot, padding included): thread CPU time times the
 //! core clock, which is measured first (a chain of dependent integer adds, one cycle each); for `split`, wall
 //! time times the clock times two threads, so a perfect split costs what `alone` costs. It also prints the
-//! density from which this process's batch-1 products read the bitmask instead of gathering (measured once,
-//! `sparse::bitmask_break_even`).
+//! density from which batch-1 products read the bitmask instead of gathering (`sparse::bitmask_break_even`).
 use nnic_kernels::gemm::ActQuant;
 use nnic_kernels::pool;
-use nnic_kernels::sparse::{self, csr, nm, SparseLinear, Values};
+use nnic_kernels::sparse::{self, csr, nm, Index, SparseLinear, Values};
 use std::time::Instant;
 
 fn thread_cpu() -> f64 {
@@ -113,6 +116,89 @@ fn time_calls(w: &SparseLinear, x: &[f32], act: Option<ActQuant>, calls: usize) 
     (median(c), median(t))
 }
 
+
+/// The gathers of a CSR weight alone: every row's column indices gathered from `x` 16 at a time and summed
+/// (no values, no FMA, no tail), the kernel's loop with everything but the gathers taken out.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn gathers_only(w: &SparseLinear, x: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let Index::Csr { row_ptr, cols, .. } = w.index() else { return 0.0 };
+    let mut acc = _mm512_setzero_ps();
+    for r in 0..w.out_features() {
+        let (a, b) = (row_ptr[r], row_ptr[r + 1]);
+        let mut j = a;
+        while j + 16 <= b {
+            // SAFETY: 16 indices inside the row; every index < k = x.len().
+            let i = unsafe { _mm512_cvtepu16_epi32(_mm256_loadu_si256(cols.as_ptr().add(j) as *const __m256i)) };
+            acc = _mm512_add_ps(acc, unsafe { _mm512_i32gather_ps::<4>(i, x.as_ptr()) });
+            j += 16;
+        }
+    }
+    _mm512_reduce_add_ps(acc)
+}
+
+/// The expansions of a bitmask alone: per `lanes` inputs (16: `vexpandps`, 64: `vpexpandb`) one mask move and one
+/// expansion of a fixed register, summed (no value loads, no products).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi2")]
+unsafe fn expansions_only(bits: &[u8], lanes: usize) -> i32 {
+    use std::arch::x86_64::*;
+    let src = _mm512_set1_epi8(1);
+    let mut acc = _mm512_setzero_si512();
+    let words = bits.len() / 8;
+    for i in 0..words {
+        // SAFETY: i < bits.len() / 8.
+        let word = unsafe { (bits.as_ptr() as *const u64).add(i).read_unaligned() };
+        if lanes == 64 {
+            acc = _mm512_add_epi32(acc, _mm512_maskz_expand_epi8(word, src));
+        } else {
+            for q in 0..4 {
+                let m = (word >> (16 * q)) as u16;
+                acc = _mm512_add_epi32(acc, _mm512_castps_si512(_mm512_maskz_expand_ps(m, _mm512_castsi512_ps(src))));
+            }
+        }
+    }
+    _mm512_reduce_add_epi32(acc)
+}
+
+/// `PROBE=1`: the instruction floors of the batch-1 kernels (see the module docs), one thread.
+#[cfg(target_arch = "x86_64")]
+fn probe(ghz: f64, cases: &[(&str, SparseLinear, Option<ActQuant>)], x: &[f32], calls: usize) {
+    if nnic_kernels::cpu::active() != nnic_kernels::cpu::Isa::Avx512 || !nnic_kernels::cpu::has_vnni_vbmi2() {
+        println!("PROBE needs AVX-512 with VBMI2");
+        return;
+    }
+    pool::set_num_threads(1).unwrap();
+    for (name, w, act) in cases {
+        let Index::Csr { bits, .. } = w.index() else { continue };
+        let lanes = if act.is_some() { 64 } else { 16 };
+        let blocks = (w.out_features() * w.in_features()).div_ceil(lanes) as f64;
+        let (mut kernel, mut gathers, mut expands) = (Vec::new(), Vec::new(), Vec::new());
+        let mut out = vec![0f32; w.out_features()];
+        for _ in 0..calls {
+            let c0 = thread_cpu();
+            w.linear(x, 1, None, *act, &mut out).unwrap();
+            kernel.push(thread_cpu() - c0);
+            let c0 = thread_cpu();
+            // SAFETY: AVX-512 checked above; the weight's indices are < k.
+            std::hint::black_box(unsafe { gathers_only(w, x) });
+            gathers.push(thread_cpu() - c0);
+            let c0 = thread_cpu();
+            // SAFETY: AVX-512 with VBMI2 checked above.
+            std::hint::black_box(unsafe { expansions_only(bits, lanes) });
+            expands.push(thread_cpu() - c0);
+        }
+        let cyc = |v: Vec<f64>| median(v) * 1e9 * ghz;
+        let (k, g, e) = (cyc(kernel), cyc(gathers), cyc(expands));
+        let nnz = w.nnz() as f64;
+        println!(
+            "{name:12} kernel ({}) {:5.2} cyc/value = {:5.2} per {lanes}-input block | gathers alone {:5.2} cyc/value | mask move + expansion alone {:5.2} cyc/value = {:5.2} per {lanes}-input block",
+            w.gemv_kernel(act.is_some()), k / nnz, k / blocks, g / nnz, e / nnz, e / blocks
+        );
+    }
+}
+
 fn main() {
     let calls: usize = std::env::args().nth(1).map_or(400, |a| a.parse().expect("calls"));
     let only = std::env::args().nth(2);
@@ -178,7 +264,7 @@ fn main() {
     let ghz = core_ghz();
     let isa = nnic_kernels::cpu::active();
     println!(
-        "core clock {ghz:.2} GHz (measured), ISA {}, batch-1 bitmask kernel from density {:.3} (measured once per process)",
+        "core clock {ghz:.2} GHz (measured), ISA {}, batch-1 bitmask kernel from density {:.3}",
         isa.name(),
         sparse::bitmask_break_even(isa)
     );
@@ -192,6 +278,11 @@ fn main() {
         ("2:4", two_four(&mut rng, 4096, k), None),
         ("90% int8", csr(&mut rng, 4096, k, 0.1, true), act),
     ];
+    if std::env::var("PROBE").is_ok() {
+        #[cfg(target_arch = "x86_64")]
+        probe(ghz, &cases, &x, calls.min(60));
+        return;
+    }
     for (name, w, act) in cases.iter().filter(|c| only.as_deref().is_none_or(|o| c.0.starts_with(o))) {
         pool::set_num_threads(1).unwrap();
         time_calls(w, &x, *act, 20);

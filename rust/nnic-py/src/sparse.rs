@@ -153,3 +153,16 @@ impl SparseWeight {
         to_py(py.detach(|| w.linear(x, m, bias, aq, out)))
     }
 }
+
+/// The density from which batch-1 CSR products read the bitmask on the active ISA (`inf`: never).
+#[pyfunction]
+pub fn sparse_bitmask_break_even() -> f64 {
+    nnic_kernels::sparse::bitmask_break_even(nnic_kernels::cpu::active())
+}
+
+/// Sets that density (None: the default, 1/8).
+#[pyfunction]
+#[pyo3(signature = (density=None))]
+pub fn set_sparse_bitmask_break_even(density: Option<f64>) -> PyResult<()> {
+    to_py(nnic_kernels::sparse::set_bitmask_break_even(density))
+}

@@ -482,17 +482,10 @@ impl DotSimd for i8 {
 
 /// `out[i, r] = epilogue(dot(row r, x[i]))` for the `m` rows of `x`, output rows split over `threads`.
 pub(super) fn run(isa: Isa, w: &SparseLinear, x: &[f32], m: usize, epi: &Epilogue<'_>, out: &mut [f32], threads: usize) {
-    run_with(isa, w, x, m, epi, out, threads, w.gemv_uses_bitmask(isa));
-}
-
-/// [`run`] with the CSR kernel chosen by the caller: `bitmask` (only with AVX-512 active and a CSR weight) reads
-/// the bitmask and expands the values, else the column indices are gathered ([`super::choose`] times both).
-#[allow(clippy::too_many_arguments)]
-pub(super) fn run_with(isa: Isa, w: &SparseLinear, x: &[f32], m: usize, epi: &Epilogue<'_>, out: &mut [f32], threads: usize, bitmask: bool) {
     let (k, rows) = (w.in_features(), w.out_features());
     let chunks = row_chunks(w, threads);
     let o = OutPtr(out.as_mut_ptr());
-    let bitmask = bitmask && isa == Isa::Avx512 && matches!(w.index(), super::Index::Csr { .. });
+    let bitmask = w.gemv_uses_bitmask(isa);
     let task = |t: usize| {
         #[allow(clippy::redundant_locals)]
         let o = o;

@@ -29,7 +29,7 @@ mod gemv;
 pub mod nm;
 mod spmm;
 
-pub use choose::bitmask_break_even;
+pub use choose::{bitmask_break_even, set_bitmask_break_even};
 use crate::error::{KernelError, Result};
 use crate::gemm::ActQuant;
 use crate::{cpu, pool};
