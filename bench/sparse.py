@@ -5,9 +5,13 @@
 
 Cases (ratios are dense time / sparse time, both measured in this run, interleaved round-robin, medians):
 - ``layer``: a 4096x4096 Linear at 90 % / 70 % unstructured (Level) and 2:4 sparsity, batch 1 / 16 / 128, as
-  ``SparseLinear`` modules (CSR, or N:M for 2:4); plus what ``nnic.sparsify`` decides at each point (the
-  switch keeps dense where sparse loses); plus int8 values at 90 %, batch 1, against dense fp32 and nnic's dense
-  int8 layer (``Int8Linear``, same activation quantization);
+  ``SparseLinear`` modules (CSR, or N:M for 2:4), and 80 % at batch 1 (the "kernel" field names the batch-1
+  kernel: gathers or bitmask expansion, see ``kernels.sparse_bitmask_break_even``); plus what ``nnic.sparsify``
+  decides at each point (the switch keeps dense where sparse loses); plus int8 values at 90 %, batch 1, against
+  dense fp32 and nnic's dense int8 layer (``Int8Linear``, same activation quantization);
+- ``kernels`` (not in the default set): the two batch-1 kernels of unstructured weights, column-index gathers and
+  bitmask expansion, on one 4096x4096 weight per density (0.10-0.35), each call right after a dense MKL call as
+  in a model (interleaved, medians): where they break even (``kernels.sparse_bitmask_break_even``, 1/8);
 - ``bandwidth``: at batch 1, bytes of the compressed weight per second, against ``copy_`` of a buffer of the same
   size (read bandwidth of the copy; the weight is read once per call, so this is the ceiling);
 - ``storage``: state-dict bytes of the sparse layer against the dense float32 weight;
@@ -77,14 +81,15 @@ def layer_cases(repeats: int, budget: float) -> list[dict]:
     g = torch.Generator().manual_seed(0)
     dense_w = torch.randn(4096, 4096, generator=g) / 64
     rows = []
-    patterns = {"90%": lambda w: level_(w, 0.9), "70%": lambda w: level_(w, 0.7), "2:4": lambda w: nm_(w, 2, 4)}
+    patterns = {"90%": lambda w: level_(w, 0.9), "80%": lambda w: level_(w, 0.8), "70%": lambda w: level_(w, 0.7),
+                "2:4": lambda w: nm_(w, 2, 4)}
     for name, prune in patterns.items():
         w = prune(dense_w.clone())
         lin = nn.Linear(4096, 4096, bias=False)
         with torch.no_grad():
             lin.weight.copy_(w)
         sp = SparseLinear.from_linear(lin, nm=(2, 4) if name == "2:4" else None)
-        for batch in (1, 16, 128):
+        for batch in (1,) if name == "80%" else (1, 16, 128):
             x = torch.randn(batch, 4096, generator=g)
             # the switch: what sparsify decides for this layer at this batch
             model = nn.Sequential(nn.Linear(4096, 4096, bias=False))
@@ -99,7 +104,7 @@ def layer_cases(repeats: int, budget: float) -> list[dict]:
             rows.append({"case": name, "batch": batch, "dense_ms": d * 1e3, "sparse_ms": s * 1e3,
                          "ratio": d / s, "switch": decision.chosen, "switch_ratio": d / c,
                          "target": TARGETS.get((name, batch)), "sparse_bytes": sp._packed_weight().stream_bytes,
-                         "layout": sp.layout})
+                         "layout": sp.layout, "kernel": sp._packed_weight().gemv_kernel() if batch == 1 else "tiled"})
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -121,9 +126,41 @@ def int8_case(repeats: int, budget: float) -> dict:
     f, i, s = med(t["fp32"]), med(t["int8"]), med(t["sparse_int8"])
     row = {"case": "90% int8 values", "batch": 1, "fp32_ms": f * 1e3, "dense_int8_ms": i * 1e3,
            "sparse_int8_ms": s * 1e3, "vs_fp32": f / s, "vs_dense_int8": i / s, "targets": [8.0, 2.0],
-           "sparse_bytes": sp8._packed_weight().stream_bytes}
+           "sparse_bytes": sp8._packed_weight().stream_bytes, "kernel": sp8._packed_weight().gemv_kernel(True)}
     print(json.dumps(row), flush=True)
     return row
+
+
+def kernel_choice(repeats: int) -> list[dict]:
+    """Bitmask against gather batch-1 kernel on the same weight: the break-even density pinned to 0 (always the
+    bitmask) or 2 (never), alternating, each call after a dense ``F.linear`` of the same size (which streams 64 MB,
+    as other layers do between two calls of a layer in a model); the median of the paired per-round ratios."""
+    g = torch.Generator().manual_seed(5)
+    dense_w = torch.randn(4096, 4096, generator=g) / 64
+    x = torch.randn(1, 4096, generator=g)
+    out = []
+    for sparsity in (0.9, 0.85, 0.8, 0.75, 0.7, 0.65):
+        w = level_(dense_w.clone(), sparsity)
+        sp = SparseLinear.from_dense(w)
+        t: dict[str, list[float]] = {"bitmask": [], "gather": []}
+        try:
+            with torch.no_grad():
+                for r in range(max(repeats, 5) * 2):
+                    pins = (("gather", 2.0), ("bitmask", 0.0))
+                    for name, pin in pins if r % 2 else pins[::-1]:
+                        kernels.set_sparse_bitmask_break_even(pin)
+                        F.linear(x, w)
+                        t0 = _clock()
+                        sp(x)
+                        t[name].append(_clock() - t0)
+        finally:
+            kernels.set_sparse_bitmask_break_even(None)
+        paired = statistics.median(b / c for b, c in zip(t["bitmask"], t["gather"]))
+        out.append({"case": "batch-1 kernel", "density": round(1 - sparsity, 2), "bitmask_ms": med(t["bitmask"]) * 1e3,
+                    "gather_ms": med(t["gather"]) * 1e3, "bitmask_over_gather": paired,
+                    "chosen": sp._packed_weight().gemv_kernel()})
+        print(json.dumps(out[-1]), flush=True)
+    return out
 
 
 def bandwidth(rows: list[dict], int8_row: dict, repeats: int, budget: float) -> list[dict]:
@@ -267,6 +304,8 @@ def main() -> None:
     if "layer" in a.only or "bandwidth" in a.only:
         results["layer"] = layer_cases(a.repeats, a.budget)
         results["int8"] = int8_case(a.repeats, a.budget)
+    if "kernels" in a.only:
+        results["kernels"] = kernel_choice(a.repeats)
     if "bandwidth" in a.only:
         results["bandwidth"] = bandwidth(results["layer"], results["int8"], a.repeats, a.budget)
     if "storage" in a.only:

@@ -67,7 +67,15 @@ from nnic.kernels.runtime import (
     set_num_threads,
     supported_isas,
 )
-from nnic.kernels.sparse import SPARSE_ACT_MODES, SparseWeight, sparse_linear, sparse_weight_csr, sparse_weight_nm
+from nnic.kernels.sparse import (
+    SPARSE_ACT_MODES,
+    SparseWeight,
+    set_sparse_bitmask_break_even,
+    sparse_bitmask_break_even,
+    sparse_linear,
+    sparse_weight_csr,
+    sparse_weight_nm,
+)
 from nnic.kernels.select import (
     apply_mask_,
     global_kth_smallest_abs,
@@ -83,7 +91,8 @@ __all__ = [
     "gemm_team_stats", "get_num_threads",
     "global_kth_smallest_abs", "global_smallest_abs_masks", "int4_group_scales", "int4_linear", "int8_conv2d", "int8_linear",
     "int8_matmul", "kth_smallest_abs", "min_max", "pack_int4", "pack_int4_weight", "pack_int8_weight",
-    "prune_by_threshold_", "quantize", "quantize_int4_weight", "quantize_int8_weight", "run_packed_linear", "set_gemm_backend", "set_gemm_spin_us",
-    "set_isa", "set_num_threads", "smallest_abs_mask", "sparse_linear", "sparse_weight_csr", "sparse_weight_nm",
+    "prune_by_threshold_", "quantize", "quantize_int4_weight", "quantize_int8_weight", "run_packed_linear",
+    "set_gemm_backend", "set_gemm_spin_us", "set_isa", "set_num_threads", "set_sparse_bitmask_break_even",
+    "smallest_abs_mask", "sparse_bitmask_break_even", "sparse_linear", "sparse_weight_csr", "sparse_weight_nm",
     "supported_isas", "twins", "unpack_int4",
 ]

@@ -28,7 +28,30 @@ SparseWeight = native.SparseWeight
 #: :func:`int8_linear` does (``per_token`` / ``per_tensor``, asymmetric u8 or ``_symmetric``; ``static``).
 SPARSE_ACT_MODES = (None, "per_token", "per_token_symmetric", "per_tensor", "per_tensor_symmetric", "static")
 
-__all__ = ["SPARSE_ACT_MODES", "SparseWeight", "sparse_linear", "sparse_weight_csr", "sparse_weight_nm"]
+__all__ = ["SPARSE_ACT_MODES", "SparseWeight", "set_sparse_bitmask_break_even", "sparse_bitmask_break_even",
+           "sparse_linear", "sparse_weight_csr", "sparse_weight_nm"]
+
+
+def sparse_bitmask_break_even() -> float:
+    """The density from which batch-1 products of unstructured (CSR) weights read the bitmask and expand the
+    values instead of gathering ``x`` at their column indices (``inf``: never, as off AVX-512). 1/8 unless set
+    with :func:`set_sparse_bitmask_break_even`: where the two kernels break even when the weight comes from
+    memory, as in a model (with one small layer hot in cache the gathers are cheaper, up to ~0.3; see
+    docs/sparse.md). ``SparseWeight.gemv_kernel()`` names the kernel a weight runs."""
+    return float(native.sparse_bitmask_break_even())
+
+
+def set_sparse_bitmask_break_even(density: float | None = None) -> None:
+    """Sets the density of :func:`sparse_bitmask_break_even` (a float >= 0; above 1: never the bitmask), or with
+    None restores the default 1/8; process-wide, read at every product (e.g. to compare the kernels on a weight).
+
+    :raises TypeError: not a number. :raises ValueError: negative or NaN.
+    """
+    if density is not None and (isinstance(density, bool) or not isinstance(density, (int, float))):
+        raise TypeError(f"density must be a number or None, got {type(density).__name__}")
+    if density is not None and not density >= 0:  # also refuses NaN
+        raise ValueError(f"density must be >= 0, got {density}")
+    native.set_sparse_bitmask_break_even(None if density is None else float(density))
 
 
 def _values(values: Array) -> np.ndarray:

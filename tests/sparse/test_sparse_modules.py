@@ -47,6 +47,37 @@ def test_layer_equals_the_masked_linear(nm):
     torch.testing.assert_close(sp._forward_torch_sparse(x), lin(x), rtol=RTOL, atol=ATOL)
 
 
+def test_the_batch1_kernel_follows_the_break_even_density_and_both_give_the_masked_output():
+    from nnic import kernels
+
+    torch.manual_seed(2)
+    lin = nn.Linear(256, 40)
+    with torch.no_grad():
+        lin.weight.mul_(torch.rand_like(lin.weight) < 0.2)  # density ~0.2
+    sp = SparseLinear.from_linear(lin)
+    x = torch.randn(1, 256)
+    avx512 = kernels.active_isa() == "avx512"
+    assert kernels.sparse_bitmask_break_even() == (0.125 if avx512 else float("inf"))
+    try:
+        outs = {}
+        for pin, expect in ((0.5, "gather"), (0.1, "bitmask" if avx512 else "gather")):
+            kernels.set_sparse_bitmask_break_even(pin)  # read at every product: the same weight switches
+            assert sp._packed_weight().gemv_kernel() == expect
+            outs[expect] = sp(x)
+            torch.testing.assert_close(outs[expect], lin(x), rtol=RTOL, atol=ATOL)
+        with pytest.raises(ValueError, match=">= 0"):
+            kernels.set_sparse_bitmask_break_even(float("nan"))
+        with pytest.raises(ValueError, match=">= 0"):
+            kernels.set_sparse_bitmask_break_even(-1)
+        with pytest.raises(TypeError, match="number"):
+            kernels.set_sparse_bitmask_break_even("0.2")
+    finally:
+        kernels.set_sparse_bitmask_break_even(None)
+    assert kernels.sparse_bitmask_break_even() == (0.125 if avx512 else float("inf"))
+    nm = SparseLinear.from_dense(torch.tensor([[1.0, 0.0, 2.0, 0.0]]), nm=(2, 4))
+    assert nm._packed_weight().gemv_kernel() == "n:m"
+
+
 def test_the_cached_kernel_weight_follows_every_change_of_the_buffers():
     """The packed weight and bias are cached between calls; loading a state dict, editing a buffer in place or
     replacing it must still give the new layer's output (the cache checks identities and versions)."""

@@ -8,10 +8,19 @@
 //! - `alone`: one thread, one call after another;
 //! - `pair`: two threads each running their own one-thread calls at the same time on the same weight: what one
 //!   core gets from the memory system when the other streams too (the ceiling of a two-thread split);
-//! - `split`: the calling thread's CPU time and the wall time of one two-thread call.
+//! - `split`: the calling thread's CPU time and the wall time of one two-thread call;
+//! - with `PROBE=1` instead: what bounds the batch-1 kernels, as loops of one instruction kind over the real
+//!   weights (not products): the 90 % weight's 16-lane gathers alone (no values, no FMA), and the bitmask
+//!   expansions alone (mask move + `vexpandps` per 16 inputs, mask move + `vpexpandb` per 64), in cycles per
+//!   stored value and per block, beside the kernels themselves;
+//!
+//! and, for each, core clock cycles per stored value (N:M: per slot, padding included): thread CPU time times the
+//! core clock, which is measured first (a chain of dependent integer adds, one cycle each); for `split`, wall
+//! time times the clock times two threads, so a perfect split costs what `alone` costs. It also prints the
+//! density from which batch-1 products read the bitmask instead of gathering (`sparse::bitmask_break_even`).
 use nnic_kernels::gemm::ActQuant;
 use nnic_kernels::pool;
-use nnic_kernels::sparse::{csr, nm, SparseLinear, Values};
+use nnic_kernels::sparse::{self, csr, nm, Index, SparseLinear, Values};
 use std::time::Instant;
 
 fn thread_cpu() -> f64 {
@@ -71,6 +80,24 @@ fn two_four(rng: &mut Rng, rows: usize, k: usize) -> SparseLinear {
     nm::from_parts(rows, k, 2, 4, idx, Values::F32((0..rows * len).map(|_| rng.f()).collect()), vec![]).unwrap()
 }
 
+/// Core clock in GHz: 2^24 dependent one-cycle adds, thread CPU time, best of 15.
+fn core_ghz() -> f64 {
+    let n: u64 = 1 << 24;
+    let best = (0..15)
+        .map(|_| {
+            let c0 = thread_cpu();
+            let mut acc = 0u64;
+            for i in 0..n {
+                // SAFETY: one register add; the chain through `acc` makes each wait for the previous one.
+                unsafe { std::arch::asm!("add {a}, {b}", a = inout(reg) acc, b = in(reg) i, options(pure, nomem, nostack)) };
+            }
+            std::hint::black_box(acc);
+            thread_cpu() - c0
+        })
+        .fold(f64::INFINITY, f64::min);
+    n as f64 / best / 1e9
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -87,6 +114,89 @@ fn time_calls(w: &SparseLinear, x: &[f32], act: Option<ActQuant>, calls: usize) 
         t.push(t0.elapsed().as_secs_f64() * 1e6);
     }
     (median(c), median(t))
+}
+
+
+/// The gathers of a CSR weight alone: every row's column indices gathered from `x` 16 at a time and summed
+/// (no values, no FMA, no tail), the kernel's loop with everything but the gathers taken out.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn gathers_only(w: &SparseLinear, x: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let Index::Csr { row_ptr, cols, .. } = w.index() else { return 0.0 };
+    let mut acc = _mm512_setzero_ps();
+    for r in 0..w.out_features() {
+        let (a, b) = (row_ptr[r], row_ptr[r + 1]);
+        let mut j = a;
+        while j + 16 <= b {
+            // SAFETY: 16 indices inside the row; every index < k = x.len().
+            let i = unsafe { _mm512_cvtepu16_epi32(_mm256_loadu_si256(cols.as_ptr().add(j) as *const __m256i)) };
+            acc = _mm512_add_ps(acc, unsafe { _mm512_i32gather_ps::<4>(i, x.as_ptr()) });
+            j += 16;
+        }
+    }
+    _mm512_reduce_add_ps(acc)
+}
+
+/// The expansions of a bitmask alone: per `lanes` inputs (16: `vexpandps`, 64: `vpexpandb`) one mask move and one
+/// expansion of a fixed register, summed (no value loads, no products).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi2")]
+unsafe fn expansions_only(bits: &[u8], lanes: usize) -> i32 {
+    use std::arch::x86_64::*;
+    let src = _mm512_set1_epi8(1);
+    let mut acc = _mm512_setzero_si512();
+    let words = bits.len() / 8;
+    for i in 0..words {
+        // SAFETY: i < bits.len() / 8.
+        let word = unsafe { (bits.as_ptr() as *const u64).add(i).read_unaligned() };
+        if lanes == 64 {
+            acc = _mm512_add_epi32(acc, _mm512_maskz_expand_epi8(word, src));
+        } else {
+            for q in 0..4 {
+                let m = (word >> (16 * q)) as u16;
+                acc = _mm512_add_epi32(acc, _mm512_castps_si512(_mm512_maskz_expand_ps(m, _mm512_castsi512_ps(src))));
+            }
+        }
+    }
+    _mm512_reduce_add_epi32(acc)
+}
+
+/// `PROBE=1`: the instruction floors of the batch-1 kernels (see the module docs), one thread.
+#[cfg(target_arch = "x86_64")]
+fn probe(ghz: f64, cases: &[(&str, SparseLinear, Option<ActQuant>)], x: &[f32], calls: usize) {
+    if nnic_kernels::cpu::active() != nnic_kernels::cpu::Isa::Avx512 || !nnic_kernels::cpu::has_vnni_vbmi2() {
+        println!("PROBE needs AVX-512 with VBMI2");
+        return;
+    }
+    pool::set_num_threads(1).unwrap();
+    for (name, w, act) in cases {
+        let Index::Csr { bits, .. } = w.index() else { continue };
+        let lanes = if act.is_some() { 64 } else { 16 };
+        let blocks = (w.out_features() * w.in_features()).div_ceil(lanes) as f64;
+        let (mut kernel, mut gathers, mut expands) = (Vec::new(), Vec::new(), Vec::new());
+        let mut out = vec![0f32; w.out_features()];
+        for _ in 0..calls {
+            let c0 = thread_cpu();
+            w.linear(x, 1, None, *act, &mut out).unwrap();
+            kernel.push(thread_cpu() - c0);
+            let c0 = thread_cpu();
+            // SAFETY: AVX-512 checked above; the weight's indices are < k.
+            std::hint::black_box(unsafe { gathers_only(w, x) });
+            gathers.push(thread_cpu() - c0);
+            let c0 = thread_cpu();
+            // SAFETY: AVX-512 with VBMI2 checked above.
+            std::hint::black_box(unsafe { expansions_only(bits, lanes) });
+            expands.push(thread_cpu() - c0);
+        }
+        let cyc = |v: Vec<f64>| median(v) * 1e9 * ghz;
+        let (k, g, e) = (cyc(kernel), cyc(gathers), cyc(expands));
+        let nnz = w.nnz() as f64;
+        println!(
+            "{name:12} kernel ({}) {:5.2} cyc/value = {:5.2} per {lanes}-input block | gathers alone {:5.2} cyc/value | mask move + expansion alone {:5.2} cyc/value = {:5.2} per {lanes}-input block",
+            w.gemv_kernel(act.is_some()), k / nnz, k / blocks, g / nnz, e / nnz, e / blocks
+        );
+    }
 }
 
 fn main() {
@@ -151,6 +261,13 @@ fn main() {
         }
         return;
     }
+    let ghz = core_ghz();
+    let isa = nnic_kernels::cpu::active();
+    println!(
+        "core clock {ghz:.2} GHz (measured), ISA {}, batch-1 bitmask kernel from density {:.3}",
+        isa.name(),
+        sparse::bitmask_break_even(isa)
+    );
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let k = 4096;
     let x: Vec<f32> = (0..k).map(|_| rng.f()).collect();
@@ -161,6 +278,11 @@ fn main() {
         ("2:4", two_four(&mut rng, 4096, k), None),
         ("90% int8", csr(&mut rng, 4096, k, 0.1, true), act),
     ];
+    if std::env::var("PROBE").is_ok() {
+        #[cfg(target_arch = "x86_64")]
+        probe(ghz, &cases, &x, calls.min(60));
+        return;
+    }
     for (name, w, act) in cases.iter().filter(|c| only.as_deref().is_none_or(|o| c.0.starts_with(o))) {
         pool::set_num_threads(1).unwrap();
         time_calls(w, &x, *act, 20);
@@ -173,9 +295,10 @@ fn main() {
         time_calls(w, &x, *act, 20);
         let split = time_calls(w, &x, *act, calls);
         let mb = w.stream_bytes() as f64 / 1e6;
+        let cyc = |us: f64| us * 1e3 * ghz / w.nnz() as f64;
         println!(
-            "{name:12} {mb:5.2} MB  alone {:6.1} us ({:4.1} GB/s)  pair {:6.1} / {:6.1} us ({:4.1} GB/s each)  split: caller cpu {:6.1} us, wall {:6.1} us ({:4.1} GB/s)",
-            alone.0, mb * 1e3 / alone.0, pair[0].0, pair[1].0, mb * 1e3 / pair[0].0.max(pair[1].0), split.0, split.1, mb * 1e3 / split.1
+            "{name:12} {mb:5.2} MB  alone {:6.1} us ({:4.1} GB/s, {:4.2} cyc/value)  pair {:6.1} / {:6.1} us ({:4.1} GB/s each)  split: caller cpu {:6.1} us, wall {:6.1} us ({:4.1} GB/s, {:4.2} thread-cyc/value)",
+            alone.0, mb * 1e3 / alone.0, cyc(alone.0), pair[0].0, pair[1].0, mb * 1e3 / pair[0].0.max(pair[1].0), split.0, split.1, mb * 1e3 / split.1, 2.0 * cyc(split.1)
         );
     }
 }

@@ -17,7 +17,7 @@ mod _kernels {
         set_gemm_spin_us, PackedInt4Weight, PackedInt8Weight,
     };
     #[pymodule_export]
-    use crate::sparse::SparseWeight;
+    use crate::sparse::{set_sparse_bitmask_break_even, sparse_bitmask_break_even, SparseWeight};
     use crate::errors::{isa, slice, slice_mut, to_py};
     use nnic_kernels::quant::Params;
     use nnic_kernels::{cpu, mask, nibbles, pool, quant, reduce, select, Layout};

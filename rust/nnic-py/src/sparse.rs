@@ -96,6 +96,11 @@ impl SparseWeight {
     fn stream_bytes(&self) -> usize {
         self.inner.stream_bytes()
     }
+    /// The batch-1 kernel on the active ISA: "vnni", "bitmask", "gather" or "n:m" (see the Rust docs).
+    #[pyo3(signature = (int8_activations=false))]
+    fn gemv_kernel(&self, int8_activations: bool) -> &'static str {
+        self.inner.gemv_kernel(int8_activations)
+    }
     /// `"csr"` or `"n:m"` (e.g. `"2:4"`).
     #[getter]
     fn layout(&self) -> String {
@@ -147,4 +152,17 @@ impl SparseWeight {
         let w = &self.inner;
         to_py(py.detach(|| w.linear(x, m, bias, aq, out)))
     }
+}
+
+/// The density from which batch-1 CSR products read the bitmask on the active ISA (`inf`: never).
+#[pyfunction]
+pub fn sparse_bitmask_break_even() -> f64 {
+    nnic_kernels::sparse::bitmask_break_even(nnic_kernels::cpu::active())
+}
+
+/// Sets that density (None: the default, 1/8).
+#[pyfunction]
+#[pyo3(signature = (density=None))]
+pub fn set_sparse_bitmask_break_even(density: Option<f64>) -> PyResult<()> {
+    to_py(nnic_kernels::sparse::set_bitmask_break_even(density))
 }

@@ -23,11 +23,13 @@
 //! row `m` of the output NaN, and an infinity at input `k` makes NaN every output that does not store `k`
 //! (`0 · inf = NaN`); activation quantization rejects them, as the int8 GEMM does.
 pub mod act;
+mod choose;
 pub mod csr;
 mod gemv;
 pub mod nm;
 mod spmm;
 
+pub use choose::{bitmask_break_even, set_bitmask_break_even};
 use crate::error::{KernelError, Result};
 use crate::gemm::ActQuant;
 use crate::{cpu, pool};
@@ -163,13 +165,6 @@ impl SparseLinear {
         self.values.len() * self.values.elem_bytes() + index + self.scale.len() * 4
     }
 
-    /// Whether batch-1 products on `isa` read the bitmask instead of the column indices: with AVX-512 (which
-    /// expands packed values under a mask) when the bitmask is the smaller index, `k / 8` bytes against 2
-    /// bytes per stored value, with a margin for its cost per column (measured break-even: density ~ 1/8).
-    pub(crate) fn gemv_uses_bitmask(&self, isa: cpu::Isa) -> bool {
-        matches!(self.index, Index::Csr { .. }) && isa == cpu::Isa::Avx512 && 8 * self.nnz() >= self.rows * self.k
-    }
-
     /// Whether batch-1 products with int8 activations run integer dot products from the bitmask (AVX-512 with
     /// VNNI and VBMI2, int8 values): `k / 8` bytes of bitmask against 2 bytes per stored code for the gathers, so
     /// from density 1/16.
@@ -178,6 +173,18 @@ impl SparseLinear {
             && isa == cpu::Isa::Avx512
             && cpu::has_vnni_vbmi2()
             && 16 * self.nnz() >= self.rows * self.k
+    }
+
+    /// The kernel that batch-1 products run on the active ISA: `"vnni"` (int8 codes from the bitmask, with int8
+    /// activations), `"bitmask"` (values expanded under the bitmask), `"gather"` (CSR column indices) or `"n:m"`.
+    pub fn gemv_kernel(&self, int8_activations: bool) -> &'static str {
+        let isa = cpu::active();
+        match &self.index {
+            Index::Nm { .. } => "n:m",
+            Index::Csr { .. } if int8_activations && self.gemv_uses_vnni(isa) => "vnni",
+            Index::Csr { .. } if self.gemv_uses_bitmask(isa) => "bitmask",
+            Index::Csr { .. } => "gather",
+        }
     }
 
     /// Bytes a batch-1 product reads from the weight on the active ISA (int8 values: with int8 activations):
