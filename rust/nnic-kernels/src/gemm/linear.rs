@@ -176,3 +176,4 @@ pub(crate) fn finish_linear(
     drive(path, m, &pa, &w.b, c, &finish);
     act_pack::release(pa);
 }
+
