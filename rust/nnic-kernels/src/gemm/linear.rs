@@ -176,4 +176,3 @@ pub(crate) fn finish_linear(
     drive(path, m, &pa, &w.b, c, &finish);
     act_pack::release(pa);
 }
-
