@@ -15,9 +15,9 @@ use crate::pool;
 /// in L2, not L1: the tile reads 128 bytes of it per 24 `vpdpbusd` (about 10 bytes a cycle, a fraction of
 /// what L2 delivers, and its stream prefetch hides the latency), while longer slices write the accumulator
 /// tiles back to the output less often and stream A and B in fewer, longer runs. Measured against 768 (24 KiB,
-/// L1-resident), interleaved in one process, one thread: 1.05× at 128×4096×4096, 1.06× at 512×4096×4096,
-/// 1.04× at 1024×3072×768, 1.16× at 2048×4096×4096 (1.00× at K = 768, where both are one slice). A slice of the
-/// largest row block (16 panels of 12 rows) still fits L2 (768 KiB of 2 MiB).
+/// L1-resident), interleaved in one process, one thread, two runs: 1.05× at 128×4096×4096, 1.03–1.06× at
+/// 512×4096×4096, 1.02–1.04× at 1024×3072×768, 1.09–1.16× at 2048×4096×4096 (0.99–1.01× at K = 768, where both
+/// are one slice). A slice of the largest row block (16 panels of 12 rows) still fits L2 (768 KiB of 2 MiB).
 pub const KC: usize = 4096;
 /// Row panels per output block (8 × 12 rows) and columns per block (8 panels): measured best on Sapphire /
 /// Emerald Rapids class cores with 2 threads (see `NNIC_GEMM_BLOCKING`).
