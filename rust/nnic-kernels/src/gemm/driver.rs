@@ -118,9 +118,11 @@ pub(super) fn drive(path: Path, m: usize, a: &PackedA, b: &PackedB, c: &mut [i32
                 let nr = (blk.j1 - j0).min(NR);
                 let bp = b.panel_ptr(j0 / NR, k0 / 4);
                 // The weight micro-panel of the next column panel of this K slice (same `kg`): the first row
-                // panel's tile prefetches it into L2 while the other row panels reuse this one from L1. The last
-                // column panel has none (the next K slice's first panel has another length; small blocks stream).
-                let next = if !small && j0 + NR < blk.j1 { b.panel_ptr(j0 / NR + 1, k0 / 4) } else { std::ptr::null() };
+                // panel's tile prefetches it into L2 while the other row panels reuse this one from cache. The
+                // last column panel has none (the next K slice's first panel has another length); small blocks
+                // stream their weights once and prefetch within the panel.
+                let next =
+                    if !small && j0 + NR < blk.j1 { b.panel_ptr(j0 / NR + 1, k0 / 4) } else { std::ptr::null() };
                 for i0 in (blk.i0..blk.i1).step_by(mr) {
                     let rows = (blk.i1 - i0).min(mr);
                     let next = if i0 == blk.i0 { next } else { std::ptr::null() };
@@ -184,4 +186,3 @@ pub fn int8_matmul(path: Path, a: &[i8], m: usize, k: usize, b: &[i8], n: usize,
     let pb = PackedB::from_kn(b, k, n)?;
     matmul_i8(path, a, m, &pb, out)
 }
-
