@@ -20,7 +20,9 @@ with the ``spawn`` method, doing float32 matmuls on ``--neighbour-threads`` thre
 it), and prints nnic's ratio to the best dynamic-quantized torch Linear (``quantize_dynamic``'s module) in
 both settings and their quotient (the issue's goal: contended ratio >= 0.9x the quiet one).
 
-After each shape the GEMM helpers' counters are printed (``kernels.gemm_team_stats``: GEMMs handed to the
+After each shape the OpenMP team's counters are printed (``kernels.gemm_openmp_stats``: per GEMM, how long after
+the start its last thread arrived, how long the region lasted after the last task, and the share of tasks the
+caller's team mates took), and the GEMM helpers' counters (``kernels.gemm_team_stats``: GEMMs handed to the
 kernels' own helper threads, the share a helper took while still polling rather than after a kernel wake-up,
 and the polling time per GEMM, which is what the bound ``--spin`` (microseconds, default 50) costs the other
 processes at most). ``NNIC_GEMM_BACKEND=rayon`` puts every GEMM on those helpers instead of torch's team.
@@ -112,11 +114,14 @@ def bench_shape(m: int, k: int, n: int, repeats: int, engines: list[str], budget
     pl = kernels.pack_int8_weight(q, s)
     fns["nnic int8_linear f32->f32"] = lambda: kernels.int8_linear(x, pl)
     if kernels.gemm_backend() == "openmp":  # the same call on nnic's own helpers, in the same rounds
+        # Its own copy of the weights: it runs right after the default call, which would otherwise leave it the
+        # same 16 MB hot in L3 while every other kernel reads weights that other calls have pushed out since.
+        pl_own = kernels.pack_int8_weight(q, s)
 
         def own_helpers():
             kernels.set_gemm_backend("rayon")
             try:
-                kernels.int8_linear(x, pl)
+                kernels.int8_linear(x, pl_own)
             finally:
                 kernels.set_gemm_backend("openmp")
 
@@ -260,11 +265,13 @@ def main() -> None:
             ctx = neighbour_running(args.neighbour_threads) if setting == "contended" else contextlib.nullcontext()
             with ctx:
                 kernels.gemm_team_stats(reset=True)
+                kernels.gemm_openmp_stats(reset=True)
                 times = bench_shape(m, k, n, args.repeats, engines, args.budget, clock)
-                team = kernels.gemm_team_stats()
+                team, omp = kernels.gemm_team_stats(), kernels.gemm_openmp_stats()
             all_res[f"{spec} {setting}"] = times
             ratios[setting] = report(m, k, n, times, args.stat, peak, setting)
             print(f"  GEMM helpers: {team_line(team)}")
+            print(f"  torch's OpenMP team: {openmp_line(omp)}")
         summary.append((spec, ratios))
     if args.contention:
         print("\nnnic int8_linear vs best dynamic-quantized torch Linear, quiet and beside the neighbour:")
@@ -283,6 +290,18 @@ def team_line(s: dict[str, int]) -> str:
     taken = s["taken_spinning"] + s["taken_parked"]
     return (f"{s['jobs']} GEMMs on nnic's own helpers, {taken} taken by a helper ({s['taken_spinning']} while polling, "
             f"{s['taken_parked']} after a wake-up), polling {s['spin_ns'] / 1e3 / s['jobs']:.1f} us per GEMM")
+
+
+def openmp_line(s: dict[str, int]) -> str:
+    """The OpenMP team's counters in words (see ``kernels.gemm_openmp_stats``): per GEMM, the fork (start to the
+    last thread's arrival), the join (no task left to the region's end), the region, and the team's share of
+    the tasks."""
+    if not s["runs"]:
+        return "no GEMM ran on it"
+    per = {key: s[key] / s["runs"] / 1e3 for key in ("arrival_ns", "tail_ns", "region_ns")}
+    return (f"{s['runs']} GEMMs ({s['late']} with a thread over 0.5 ms late); per GEMM: last thread in after "
+            f"{per['arrival_ns']:.1f} us, region {per['region_ns']:.1f} us of which {per['tail_ns']:.1f} us after the "
+            f"last task; tasks taken by the team's other threads {s['tasks_by_team']} of {s['tasks']}")
 
 
 def report(m: int, k: int, n: int, times: dict[str, list[float]], stat_name: str, peak: float, setting: str) -> float:

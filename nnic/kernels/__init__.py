@@ -56,6 +56,7 @@ from nnic.kernels.runtime import (
     active_isa,
     cpu_features,
     gemm_backend,
+    gemm_openmp_stats,
     gemm_path,
     gemm_paths,
     gemm_spin_us,
@@ -86,8 +87,9 @@ from nnic.kernels.select import (
 )
 
 __all__ = [
-    "ACTIVATIONS", "ACT_MODES", "DEFAULT_INT4_SCALE_DTYPE", "INT4_SCALE_DTYPES", "MAX_K", "PackedInt4Weight", "PackedInt8Weight", "SPARSE_ACT_MODES", "SparseWeight", "abs_max", "active_isa", "apply_mask_",
-    "cpu_features", "dequantize", "gemm_backend", "gemm_path", "gemm_paths", "gemm_spin_us",
+    "ACTIVATIONS", "ACT_MODES", "DEFAULT_INT4_SCALE_DTYPE", "INT4_SCALE_DTYPES", "MAX_K", "PackedInt4Weight",
+    "PackedInt8Weight", "SPARSE_ACT_MODES", "SparseWeight", "abs_max", "active_isa", "apply_mask_",
+    "cpu_features", "dequantize", "gemm_backend", "gemm_openmp_stats", "gemm_path", "gemm_paths", "gemm_spin_us",
     "gemm_team_stats", "get_num_threads",
     "global_kth_smallest_abs", "global_smallest_abs_masks", "int4_group_scales", "int4_linear", "int8_conv2d", "int8_linear",
     "int8_matmul", "kth_smallest_abs", "min_max", "pack_int4", "pack_int4_weight", "pack_int8_weight",

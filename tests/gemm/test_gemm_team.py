@@ -90,3 +90,30 @@ def test_env_spin_is_checked(monkeypatch):
         assert kernels.gemm_spin_us() == pytest.approx(20)
     finally:
         kernels.set_gemm_spin_us(before)
+
+
+def test_openmp_team_counters_account_for_every_task():
+    """GEMMs on torch's OpenMP team are counted: every run's tasks, the team mates' share of them, and a fork
+    and a join that both fit inside the region (two threads; libgomp is loaded with torch)."""
+    before = (kernels.get_num_threads(), kernels.gemm_backend())
+    kernels.set_num_threads(2)
+    kernels.set_gemm_backend("openmp")
+    try:
+        if kernels.gemm_backend() != "openmp":
+            pytest.skip("libgomp is not loaded in this process")
+        a, packed, want = _problem(2)
+        out = np.empty(want.shape, np.int32)
+        kernels.gemm_openmp_stats(reset=True)
+        for _ in range(5):
+            packed.matmul(a, out)
+        s = kernels.gemm_openmp_stats()
+        assert np.array_equal(out, want)
+        # A run that found a thread late sends later GEMMs to nnic's helpers, which these counters do not see.
+        assert 1 <= s["runs"] <= 5 and s["late"] <= s["runs"]
+        assert s["tasks"] >= 2 * s["runs"] and 0 <= s["tasks_by_team"] <= s["tasks"]
+        assert 0 < s["region_ns"] and s["arrival_ns"] <= s["region_ns"] and s["tail_ns"] <= s["region_ns"]
+        assert kernels.gemm_openmp_stats(reset=True) == s
+        assert kernels.gemm_openmp_stats()["runs"] == 0
+    finally:
+        kernels.set_num_threads(before[0])
+        kernels.set_gemm_backend(before[1])

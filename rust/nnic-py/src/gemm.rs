@@ -95,6 +95,18 @@ pub fn gemm_team_stats(reset: bool) -> (u64, u64, u64, u64) {
     (s.jobs, s.taken_spinning, s.taken_parked, s.spin_ns)
 }
 
+/// Counters of the GEMMs run on the OpenMP team: `(runs, late, tasks, tasks_by_team, arrival_ns, tail_ns,
+/// region_ns)`; `reset` zeroes them after reading.
+#[pyfunction]
+#[pyo3(signature = (reset=false))]
+pub fn gemm_openmp_stats(reset: bool) -> (u64, u64, u64, u64, u64, u64, u64) {
+    let s = gemm::par::team_stats();
+    if reset {
+        gemm::par::reset_team_stats();
+    }
+    (s.runs, s.late, s.tasks, s.tasks_by_team, s.arrival_ns, s.tail_ns, s.region_ns)
+}
+
 /// The GEMM path used now (follows `set_isa`).
 #[pyfunction]
 pub fn gemm_path() -> &'static str {

@@ -145,7 +145,8 @@ fn code(v: f32, inv: f32, z: f32) -> u8 {
 }
 
 /// Quantizes `x` (the row's values from column `kk`, a multiple of 4) into the panel (`rows` rows, row
-/// `r`) and zeros the row's K padding; returns the byte sum when `sum` is set.
+/// `r`); returns the byte sum when `sum` is set. The K padding after the row's last value is the caller's
+/// ([`zero_tail`]).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn put_row_body(panel: &mut [u8], rows: usize, r: usize, kk: usize, x: &[f32], inv: f32, z: f32, sum: bool) -> i32 {
@@ -163,35 +164,93 @@ fn put_row_body(panel: &mut [u8], rows: usize, r: usize, kk: usize, x: &[f32], i
         }
         scatter(panel, rows, r, kk + c * 64, b);
     }
-    zero_tail(panel, rows, r, (kk + x.len()).div_ceil(4));
     lanes.iter().sum::<u32>() as i32
 }
 crate::simd::multiversion!(fn put_row_mv(panel: &mut [u8], rows: usize, r: usize, kk: usize, x: &[f32], inv: f32,
     z: f32, sum: bool) -> i32 = put_row_body;);
 
-/// Quantizes row `r` of a panel of `rows` rows from `x` with `scale` and u8 zero point `zero` (see the module
-/// doc); returns the row's byte sum when `sum` is set. AVX-512 quantizes 16 values per step and stores their
-/// four k groups straight into the panel; the other ISAs run the multiversioned loop (its ground truth).
+/// Quantizes the values `x` of row `r` from column `kk` (a multiple of 4) into a panel of `rows` rows with
+/// `scale` and u8 zero point `zero` (see the module doc); returns their byte sum when `sum` is set. AVX-512
+/// quantizes 16 values per step and stores their four k groups straight into the panel; the other ISAs run
+/// the multiversioned loop (its ground truth).
 #[allow(clippy::too_many_arguments)]
-fn put_row_f32(isa: Isa, panel: &mut [u8], rows: usize, r: usize, x: &[f32], scale: f32, zero: i32, sum: bool) -> i32 {
+fn put_row_f32(isa: Isa, panel: &mut [u8], rows: usize, r: usize, kk: usize, x: &[f32], scale: f32, zero: i32, sum: bool) -> i32 {
     let (inv, z) = (1.0 / scale, zero as f32);
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 {
         let full = x.len() / 16 * 16;
-        assert!(panel.len() >= x.len().div_ceil(4) * rows * 4 && r < rows);
-        // SAFETY: AVX-512 is active (so supported); the panel holds every k group of row `r` (checked above).
-        let s = unsafe { x86::put_row16(panel.as_mut_ptr(), rows, r, &x[..full], inv, z, sum) };
-        return s.wrapping_add(put_row_mv(Isa::Scalar, panel, rows, r, full, &x[full..], inv, z, sum));
+        assert!(kk % 4 == 0 && panel.len() >= (kk + x.len()).div_ceil(4) * rows * 4 && r < rows);
+        // SAFETY: AVX-512 is active (so supported); the panel holds k groups `kk / 4` up to the last value's of
+        // row `r` (checked above).
+        let s = unsafe { x86::put_row16(panel.as_mut_ptr().add(kk / 4 * rows * 4), rows, r, &x[..full], inv, z, sum) };
+        return s.wrapping_add(put_row_mv(Isa::Scalar, panel, rows, r, kk + full, &x[full..], inv, z, sum));
     }
-    put_row_mv(isa, panel, rows, r, 0, x, inv, z, sum)
+    put_row_mv(isa, panel, rows, r, kk, x, inv, z, sum)
 }
+
+/// Quantizes the columns from `kk` (a multiple of 4) of every row of a panel into it, `x(r)` being row `r`'s
+/// values there (one length for all rows), with each row's `scale` and `zero`; adds the byte sums to `sums`
+/// (one per row) when `sum` is set. AVX-512 quantizes four rows at a time ([`x86::put_rows4`]); the other
+/// rows, a last part shorter than 16 values and the other ISAs go row by row ([`put_row_f32`]).
+#[allow(clippy::too_many_arguments)]
+fn put_panel_cols<'a>(
+    isa: Isa,
+    panel: &mut [u8],
+    kk: usize,
+    x: &dyn Fn(usize) -> &'a [f32],
+    scale: &[f32],
+    zero: &[i32],
+    sum: bool,
+    sums: &mut [i32],
+) {
+    let rows = sums.len();
+    let len = x(0).len();
+    let mut done = 0; // columns already put for rows below `quads`
+    let mut quads = 0;
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && rows >= 4 {
+        done = len / 16 * 16;
+        quads = rows / 4 * 4;
+        assert!(kk % 4 == 0 && panel.len() >= (kk + len).div_ceil(4) * rows * 4);
+        for r in (0..quads).step_by(4) {
+            let xs = [0, 1, 2, 3].map(|i| &x(r + i)[..done]);
+            let inv = [0, 1, 2, 3].map(|i| 1.0 / scale[r + i]);
+            let z = [0, 1, 2, 3].map(|i| zero[r + i] as f32);
+            // SAFETY: AVX-512 is active (so supported); the panel holds the k groups of these columns (checked
+            // above) and `r + 4 <= rows`.
+            unsafe { x86::put_rows4(panel.as_mut_ptr().add(kk / 4 * rows * 4), rows, r, xs, inv, z, sum, &mut sums[r..r + 4]) };
+        }
+    }
+    for r in 0..rows {
+        let from = if r < quads { done } else { 0 };
+        let s = put_row_f32(isa, panel, rows, r, kk + from, &x(r)[from..], scale[r], zero[r], sum);
+        sums[r] = sums[r].wrapping_add(s);
+    }
+}
+
+/// Columns that every row of a panel quantizes before the next columns: the panel bytes of one step
+/// (`CHUNK / 4` k groups × `rows` × 4 bytes, 3 KiB for 12 rows) are then filled completely while they are in
+/// L1. Filling whole rows one after another instead touches every cache line of the panel once per row (36
+/// KiB per row at K = 3072, more than L1 holds beside the row). With [`x86::put_rows4`], the quantization
+/// pass at BERT's 1024 × 3072 went from 0.92 to 0.77 ms (one thread, static ranges, CPU time).
+const CHUNK: usize = 256;
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
+    /// The 16 codes of `x[0..16]` as i32 lanes (see [`super::code`]: `max` with 0 first sends NaN to 0).
+    #[inline(always)]
+    unsafe fn codes16(x: *const f32, vinv: __m512, vz: __m512) -> __m512i {
+        unsafe {
+            let v = _mm512_mul_ps(_mm512_loadu_ps(x), vinv);
+            let t = _mm512_add_ps(_mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v), vz);
+            _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(t, _mm512_setzero_ps()), _mm512_set1_ps(255.0)))
+        }
+    }
+
     /// [`super::put_row_body`] for `x.len()` a multiple of 16, without the K padding: 16 values per step,
-    /// bit-exact with it (`max` with 0 first sends NaN to 0, as there).
+    /// bit-exact with it.
     ///
     /// # Safety
     /// The CPU has AVX-512F/BW; `panel` holds `x.len() / 4` k groups of `rows` rows × 4 bytes, and `r < rows`.
@@ -199,14 +258,11 @@ mod x86 {
     pub(super) unsafe fn put_row16(panel: *mut u8, rows: usize, r: usize, x: &[f32], inv: f32, z: f32, sum: bool) -> i32 {
         unsafe {
             let (vinv, vz) = (_mm512_set1_ps(inv), _mm512_set1_ps(z));
-            let (lo, hi) = (_mm512_setzero_ps(), _mm512_set1_ps(255.0));
             let mut acc = _mm512_setzero_si512();
             let stride = rows * 4;
             let mut dst = panel.add(r * 4);
             for c in x.chunks_exact(16) {
-                let v = _mm512_mul_ps(_mm512_loadu_ps(c.as_ptr()), vinv);
-                let t = _mm512_add_ps(_mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v), vz);
-                let q = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(t, lo), hi));
+                let q = codes16(c.as_ptr(), vinv, vz);
                 if sum {
                     acc = _mm512_add_epi32(acc, q);
                 }
@@ -222,6 +278,60 @@ mod x86 {
                 dst = dst.add(4 * stride);
             }
             if sum { _mm512_reduce_add_epi32(acc) } else { 0 }
+        }
+    }
+
+    /// [`put_row16`] for the four rows `r..r + 4` at once (`x[i]`: row `r + i`'s values, all of one length, a
+    /// multiple of 16): each row's 16 codes of a step are four k groups, and a 4 × 4 transpose of those dwords
+    /// gives, per k group, the four rows' 16 bytes side by side as the panel lays them out: four 16-byte stores
+    /// instead of sixteen 4-byte stores and twelve extracts. Adds the rows' byte sums to `sums` when `sum` is set.
+    ///
+    /// # Safety
+    /// As [`put_row16`], with `r + 4 <= rows`.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn put_rows4(
+        panel: *mut u8,
+        rows: usize,
+        r: usize,
+        x: [&[f32]; 4],
+        inv: [f32; 4],
+        z: [f32; 4],
+        sum: bool,
+        sums: &mut [i32],
+    ) {
+        unsafe {
+            let vinv = inv.map(|v| _mm512_set1_ps(v));
+            let vz = z.map(|v| _mm512_set1_ps(v));
+            let mut acc = [_mm512_setzero_si512(); 4];
+            let stride = rows * 4;
+            let mut dst = panel.add(r * 4);
+            let len = x[0].len();
+            debug_assert!(len % 16 == 0 && x.iter().all(|v| v.len() == len) && r + 4 <= rows);
+            let mut c = 0;
+            while c < len {
+                let mut b = [_mm_setzero_si128(); 4];
+                for i in 0..4 {
+                    let q = codes16(x[i].as_ptr().add(c), vinv[i], vz[i]);
+                    if sum {
+                        acc[i] = _mm512_add_epi32(acc[i], q);
+                    }
+                    b[i] = _mm512_cvtepi32_epi8(q);
+                }
+                let (lo01, lo23) = (_mm_unpacklo_epi32(b[0], b[1]), _mm_unpacklo_epi32(b[2], b[3]));
+                let (hi01, hi23) = (_mm_unpackhi_epi32(b[0], b[1]), _mm_unpackhi_epi32(b[2], b[3]));
+                _mm_storeu_si128(dst as *mut __m128i, _mm_unpacklo_epi64(lo01, lo23));
+                _mm_storeu_si128(dst.add(stride) as *mut __m128i, _mm_unpackhi_epi64(lo01, lo23));
+                _mm_storeu_si128(dst.add(2 * stride) as *mut __m128i, _mm_unpacklo_epi64(hi01, hi23));
+                _mm_storeu_si128(dst.add(3 * stride) as *mut __m128i, _mm_unpackhi_epi64(hi01, hi23));
+                dst = dst.add(4 * stride);
+                c += 16;
+            }
+            if sum {
+                for i in 0..4 {
+                    sums[i] = sums[i].wrapping_add(_mm512_reduce_add_epi32(acc[i]));
+                }
+            }
         }
     }
 }
@@ -373,13 +483,12 @@ pub(crate) fn pack_f32(
     let bad = AtomicBool::new(false);
     for_panels(&mut pa, m * k, |p, pn| {
         let rows = pn.sums.len();
-        for r in 0..rows {
-            let i = p * mr + r;
-            if let Some(symmetric) = per_row {
+        if let Some(symmetric) = per_row {
+            for r in 0..rows {
                 let (s, z) = if k == 0 {
                     (1.0, if symmetric { 128 } else { 0 })
                 } else {
-                    let (lo, hi, nonfinite) = min_max(isa, row(i));
+                    let (lo, hi, nonfinite) = min_max(isa, row(p * mr + r));
                     if nonfinite {
                         bad.store(true, Ordering::Relaxed);
                     }
@@ -388,11 +497,60 @@ pub(crate) fn pack_f32(
                 pn.scale[r] = s;
                 pn.zero[r] = z;
             }
-            pn.sums[r] = put_row_f32(isa, pn.data, rows, r, row(i), pn.scale[r], pn.zero[r], rowsum);
+        }
+        for kk in (0..k).step_by(CHUNK) {
+            let cols = kk..(kk + CHUNK).min(k);
+            put_panel_cols(isa, pn.data, kk, &|r| &row(p * mr + r)[cols.clone()], pn.scale, pn.zero, rowsum, pn.sums);
+        }
+        for r in 0..rows {
+            zero_tail(pn.data, rows, r, k.div_ceil(4));
         }
     });
     if bad.load(Ordering::Relaxed) {
         range(isa, x)?; // the error, naming the first non-finite value
     }
     Ok(pa)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every path packs f32 activations into the same bytes, row sums, scales and zero points as the portable
+    /// one: AVX-512's four-row transposed stores (`put_rows4`), its single rows and the scalar tails cover panels
+    /// of 1 to 13 rows and K around the 16-value steps and the column chunks.
+    #[test]
+    fn f32_packing_is_identical_on_every_path() {
+        let mut seed = 7u64;
+        let mut next = move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 40.0
+        };
+        let acts = [
+            ActQuant::DynamicPerRow { symmetric: true },
+            ActQuant::DynamicPerRow { symmetric: false },
+            ActQuant::DynamicPerTensor { symmetric: false },
+            ActQuant::Static { scale: 0.07, zero_point: 117 },
+        ];
+        for m in [1, 3, 4, 5, 8, 12, 13, 29] {
+            for k in [1usize, 15, 16, 17, 63, 255, 256, 257, 1000, 3001] {
+                let x: Vec<f32> = (0..m * k).map(|_| next()).collect();
+                let kp = k.div_ceil(4) * 4;
+                for act in acts {
+                    let want = pack_f32(Path::Scalar, 12, &x, m, k, kp, act, true).unwrap();
+                    for path in Path::ALL.into_iter().filter(|p| p.is_supported()) {
+                        let got = pack_f32(path, 12, &x, m, k, kp, act, true).unwrap();
+                        let what = format!("{path:?} m={m} k={k} {act:?}");
+                        assert_eq!(got.mr, want.mr, "{what}");
+                        assert_eq!(got.data[..m * kp], want.data[..m * kp], "{what}: bytes");
+                        assert_eq!(got.rowsum, want.rowsum, "{what}: row sums");
+                        assert_eq!(got.scale, want.scale, "{what}: scales");
+                        assert_eq!(got.zero, want.zero, "{what}: zero points");
+                        release(got);
+                    }
+                    release(want);
+                }
+            }
+        }
+    }
 }

@@ -93,10 +93,24 @@ pub(crate) mod x86 {
 
     /// AVX-512 VNNI kernel for `MR` ≤ 12 rows × 32 columns (2 × `MR` zmm accumulators).
     ///
+    /// `next`, when not null, is the weight micro-panel the driver multiplies after this one (`kg` groups of
+    /// 128 bytes): its lines are prefetched into L2 alongside, two per k group, so that it arrives from L3/DRAM
+    /// while this tile computes instead of stalling the next tile's first row panel.
+    ///
     /// # Safety
-    /// As [`super::scalar`], and the CPU has AVX-512F/BW and AVX512-VNNI.
+    /// As [`super::scalar`], and the CPU has AVX-512F/BW and AVX512-VNNI; `next` is null or points into an
+    /// allocation (a prefetch never faults, but the address arithmetic must stay in bounds).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub(crate) unsafe fn vnni<const MR: usize>(kg: usize, a: *const u8, b: *const i8, c: *mut i32, ldc: usize, acc: bool) {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn vnni<const MR: usize>(
+        kg: usize,
+        a: *const u8,
+        b: *const i8,
+        c: *mut i32,
+        ldc: usize,
+        acc: bool,
+        next: *const i8,
+    ) {
         unsafe {
             let mut s = [[_mm512_setzero_si512(); 2]; MR];
             let mut ap = a;
@@ -106,6 +120,11 @@ pub(crate) mod x86 {
                 let b1 = _mm512_loadu_si512(bp.add(64) as *const __m512i);
                 _mm_prefetch::<_MM_HINT_T0>(bp.add(1024));
                 _mm_prefetch::<_MM_HINT_T0>(bp.add(1024 + 64));
+                if !next.is_null() {
+                    let np = next.add(bp.offset_from(b) as usize);
+                    _mm_prefetch::<_MM_HINT_T1>(np);
+                    _mm_prefetch::<_MM_HINT_T1>(np.add(64));
+                }
                 for r in 0..MR {
                     let av = _mm512_set1_epi32((ap.add(r * 4) as *const i32).read_unaligned());
                     s[r][0] = _mm512_dpbusd_epi32(s[r][0], av, b0);

@@ -5,8 +5,8 @@
 //! Structure (BLIS-like): weights are packed once ([`PackedB`]), activations per call into row panels;
 //! the output is split into blocks of `mc × nc` that run on the kernel pool; inside a block, K runs in
 //! slices of [`KC`] (the partial sums live in the output buffer itself), then panels of 32 columns (the
-//! weight micro-panel stays in L1) and row panels (the activation block stays in L2); the micro-kernel
-//! keeps an `mr × 32` tile in registers. The epilogue runs once per block, while it is in cache.
+//! weight micro-panel stays in L2 and is reused by every row panel; the next one is prefetched) and row
+//! panels (the activation block stays in L2); the micro-kernel keeps an `mr × 32` tile in registers. The epilogue runs once per block, while it is in cache.
 //!
 //! The code path ([`Path`]) follows the kernel-wide ISA switch ([`crate::cpu::active`]): `avx512` uses
 //! VNNI when the CPU has it (else the AVX2 kernel), `avx2` the AVX2 kernel, `scalar` the portable one.

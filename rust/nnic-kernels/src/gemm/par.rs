@@ -108,14 +108,20 @@ struct Job<'a> {
     n: usize,
     panicked: AtomicBool,
     start: Instant,
+    caller: std::thread::ThreadId,
     /// The latest arrival of a team thread, in nanoseconds after `start`.
     last_arrival: AtomicU64,
+    /// When the last thread found no task left, in nanoseconds after `start`.
+    last_done: AtomicU64,
+    /// Tasks run by team threads other than the caller.
+    by_team: AtomicUsize,
 }
 
 extern "C" fn trampoline(data: *mut c_void) {
     // SAFETY: `data` is the `Job` that `for_each` keeps alive until `GOMP_parallel` returns.
     let job = unsafe { &*(data as *const Job) };
     job.last_arrival.fetch_max(job.start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    let mut ran = 0;
     loop {
         let i = job.next.fetch_add(1, Ordering::Relaxed);
         if i >= job.n || job.panicked.load(Ordering::Relaxed) {
@@ -125,6 +131,61 @@ extern "C" fn trampoline(data: *mut c_void) {
         if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (job.f)(i))).is_err() {
             job.panicked.store(true, Ordering::Relaxed);
         }
+        ran += 1;
+    }
+    job.last_done.fetch_max(job.start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    if std::thread::current().id() != job.caller {
+        job.by_team.fetch_add(ran, Ordering::Relaxed);
+    }
+}
+
+/// What the GEMMs on the OpenMP team did since the process started (or [`reset_team_stats`]), in total: where
+/// the time of a team run goes besides the tasks themselves.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct TeamStats {
+    /// GEMMs run on the team.
+    pub runs: u64,
+    /// Of those, runs whose last thread arrived more than [`LATE`] after the start (the next [`AVOID`] of GEMMs
+    /// went to the kernel pool).
+    pub late: u64,
+    /// Tasks, and tasks taken by team threads other than the caller (about half with two threads when the
+    /// team starts at once; few when its threads wake late).
+    pub tasks: u64,
+    pub tasks_by_team: u64,
+    /// Nanoseconds from a run's start until its last thread arrived (the fork), summed.
+    pub arrival_ns: u64,
+    /// Nanoseconds from the moment no task was left until `GOMP_parallel` returned (the join), summed.
+    pub tail_ns: u64,
+    /// Nanoseconds inside `GOMP_parallel`, summed.
+    pub region_ns: u64,
+}
+
+static TEAM_COUNTERS: [AtomicU64; 7] = [const { AtomicU64::new(0) }; 7];
+
+/// The counters of GEMMs on the OpenMP team.
+pub fn team_stats() -> TeamStats {
+    let c = |i: usize| TEAM_COUNTERS[i].load(Ordering::Relaxed);
+    TeamStats { runs: c(0), late: c(1), tasks: c(2), tasks_by_team: c(3), arrival_ns: c(4), tail_ns: c(5), region_ns: c(6) }
+}
+
+/// Sets the counters of [`team_stats`] to zero.
+pub fn reset_team_stats() {
+    TEAM_COUNTERS.iter().for_each(|c| c.store(0, Ordering::Relaxed));
+}
+
+fn count_team_run(job: &Job, region_ns: u64, late: bool) {
+    let done = job.last_done.load(Ordering::Relaxed);
+    let add = [
+        1,
+        late as u64,
+        job.n as u64,
+        job.by_team.load(Ordering::Relaxed) as u64,
+        job.last_arrival.load(Ordering::Relaxed),
+        region_ns.saturating_sub(done),
+        region_ns,
+    ];
+    for (c, v) in TEAM_COUNTERS.iter().zip(add) {
+        c.fetch_add(v, Ordering::Relaxed);
     }
 }
 
@@ -147,13 +208,19 @@ pub(crate) fn for_each(n: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
                 n,
                 panicked: AtomicBool::new(false),
                 start,
+                caller: std::thread::current().id(),
                 last_arrival: AtomicU64::new(0),
+                last_done: AtomicU64::new(0),
+                by_team: AtomicUsize::new(0),
             };
             // SAFETY: `trampoline` only reads `job`, which outlives the call; flags 0 = default binding.
             unsafe { parallel(trampoline, &job as *const Job as *mut c_void, threads as u32, 0) };
-            if job.last_arrival.load(Ordering::Relaxed) > LATE.as_nanos() as u64 {
+            let region_ns = start.elapsed().as_nanos() as u64;
+            let late = job.last_arrival.load(Ordering::Relaxed) > LATE.as_nanos() as u64;
+            if late {
                 AVOID_UNTIL.store(nanos_since_epoch(Instant::now() + AVOID).max(1), Ordering::Relaxed);
             }
+            count_team_run(&job, region_ns, late);
             if job.panicked.load(Ordering::Relaxed) {
                 panic!("a GEMM task panicked");
             }

@@ -89,30 +89,41 @@ fn has_vnni() -> bool {
     false
 }
 
-/// Runs the micro-kernel of `path` for a panel of `mr` rows (≤ `path.mr()`).
+/// Runs the micro-kernel of `path` for a panel of `mr` rows (≤ `path.mr()`); `next` (or null) is the weight
+/// micro-panel of the driver's next tile, which the VNNI tile prefetches into L2 (see [`micro::x86::vnni`]).
 ///
 /// # Safety
-/// Pointers as in [`micro::scalar`]; `path` is supported.
+/// Pointers as in [`micro::scalar`]; `path` is supported; `next` is null or a micro-panel of `kg` groups.
 #[inline]
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn micro_kernel(path: Path, mr: usize, kg: usize, a: *const u8, b: *const i8, c: *mut i32, ldc: usize, acc: bool) {
+pub(super) unsafe fn micro_kernel(
+    path: Path,
+    mr: usize,
+    kg: usize,
+    a: *const u8,
+    b: *const i8,
+    c: *mut i32,
+    ldc: usize,
+    acc: bool,
+    next: *const i8,
+) {
     #[cfg(target_arch = "x86_64")]
     {
         use micro::x86::*;
         // SAFETY: caller's contract.
         unsafe {
             macro_rules! pick {
-                ($f:ident; $($n:literal)*) => {
-                    match mr { $($n => $f::<$n>(kg, a, b, c, ldc, acc),)* _ => unreachable!() }
+                ($f:ident $args:tt; $($n:literal)*) => {
+                    match mr { $($n => $f::<$n> $args,)* _ => unreachable!() }
                 };
             }
             match path {
                 Path::Vnni => match mr {
                     1 => vnni_small::<1>(kg, a, b, c, ldc, acc),
                     2 => vnni_small::<2>(kg, a, b, c, ldc, acc),
-                    _ => pick!(vnni; 3 4 5 6 7 8 9 10 11 12),
+                    _ => pick!(vnni (kg, a, b, c, ldc, acc, next); 3 4 5 6 7 8 9 10 11 12),
                 },
-                Path::Avx2 => pick!(avx2; 1 2 3 4),
+                Path::Avx2 => pick!(avx2 (kg, a, b, c, ldc, acc); 1 2 3 4),
                 Path::Scalar => micro::scalar(mr, kg, a, b, c, ldc, acc),
             }
         }
@@ -120,7 +131,7 @@ pub(super) unsafe fn micro_kernel(path: Path, mr: usize, kg: usize, a: *const u8
     #[cfg(not(target_arch = "x86_64"))]
     // SAFETY: caller's contract.
     unsafe {
-        let _ = path;
+        let _ = (path, next);
         micro::scalar(mr, kg, a, b, c, ldc, acc)
     }
 }
