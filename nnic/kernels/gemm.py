@@ -40,7 +40,7 @@ ACT_MODES = ("per_token", "per_tensor", "static")
 ACTIVATIONS = ("none", "relu", "gelu")
 
 __all__ = [
-    "ACTIVATIONS", "ACT_MODES", "DEFAULT_INT4_SCALE_DTYPE", "INT4_SCALE_DTYPES", "MAX_K", "PackedInt4Weight", "PackedInt8Weight", "int4_linear", "int8_conv2d", "int8_linear",
+    "ACTIVATIONS", "ACT_MODES", "DEFAULT_INT4_SCALE_DTYPE", "INT4_SCALE_DTYPES", "MAX_K", "PackedInt4Weight", "PackedInt8Weight", "check_int4_scale_dtype", "int4_linear", "int8_conv2d", "int8_linear",
     "int4_group_scales", "int8_matmul", "pack_int4_weight", "pack_int8_weight", "quantize_int4_weight",
     "quantize_int8_weight", "run_packed_linear",
 ]
@@ -274,13 +274,19 @@ INT4_SCALE_DTYPES = (torch.float16, torch.float32)
 DEFAULT_INT4_SCALE_DTYPE = torch.float16
 
 
+def check_int4_scale_dtype(dtype: Any, name: str = "scale_dtype") -> None:
+    """A ``ValueError`` naming ``name`` unless ``dtype`` is one of :data:`INT4_SCALE_DTYPES`: the one check of
+    every argument that chooses how int4 group scales are stored."""
+    if dtype not in INT4_SCALE_DTYPES:
+        raise ValueError(f"{name} must be torch.float16 or torch.float32, got {dtype!r}")
+
+
 def int4_group_scales(scales: Any, dtype: torch.dtype, name: str = "scales") -> torch.Tensor:
     """``scales`` as a contiguous CPU tensor of ``dtype`` (one of :data:`INT4_SCALE_DTYPES`), rounded to nearest
     when narrowed to float16. Every value must stay finite and positive there: a scale above float16's 65504, or
     one below half its smallest subnormal (2**-25, which would round to 0), is a ``ValueError`` naming ``name``
     and the offending value. Subnormal float16 scales (below 2**-14) keep an absolute error of at most 2**-25."""
-    if dtype not in INT4_SCALE_DTYPES:
-        raise ValueError(f"{name}: int4 scale dtype must be torch.float16 or torch.float32, got {dtype}")
+    check_int4_scale_dtype(dtype, f"{name}: int4 scale dtype")
     t = torch.as_tensor(plain(scales)).detach().cpu()
     if not t.is_floating_point():
         raise TypeError(f"{name} must be floating point, got {t.dtype}")

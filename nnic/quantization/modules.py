@@ -44,6 +44,16 @@ def _kernel_input(x: Any, k: int, bias: torch.Tensor | None) -> torch.Tensor | N
     return None
 
 
+def _run_direct(layer: nn.Module, x: torch.Tensor, x2: torch.Tensor, *kernel_args: Any) -> torch.Tensor:
+    """``layer``'s output for ``x`` (viewed as ``x2`` by :func:`_kernel_input`) from one call of its packed
+    weight's kernel, shaped like ``x`` with ``out_features`` last; ``kernel_args``: the activation settings of
+    :func:`nnic.kernels.run_packed_linear` after the bias."""
+    y = torch.empty(x2.shape[0], layer.out_features)
+    bias = None if layer.bias is None else layer.bias.numpy()
+    kernels.run_packed_linear(layer._packed_weight(), x2, y, bias, *kernel_args)
+    return y if x.dim() == 2 else y.view(*x.shape[:-1], layer.out_features)
+
+
 def _f32(v: Any, n: int | None = None) -> torch.Tensor:
     t = torch.as_tensor(v, dtype=torch.float32).detach().cpu().reshape(-1).clone()
     if n is not None and t.numel() not in (1, n):
@@ -171,10 +181,7 @@ class Int8Linear(_Int8Base):
         x2 = _kernel_input(x, self.in_features, self.bias)
         if x2 is not None:
             static = (float(self.act_scale), int(self.act_zero_point)) if self.act == "static" else (None, None)
-            y = torch.empty(x2.shape[0], self.out_features)
-            kernels.run_packed_linear(self._packed_weight(), x2, y, None if self.bias is None else self.bias.numpy(),
-                                      self.act, self.symmetric, *static, None, self.activation or "none")
-            return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
+            return _run_direct(self, x, x2, self.act, self.symmetric, *static, None, self.activation or "none")
         _check_float_input(self, x, self.in_features)
         if x.dim() == 2:
             y = self._linear(x)
@@ -305,8 +312,7 @@ class Int4Linear(nn.Module):
         super().__init__()
         if group_size <= 0 or group_size % 8:
             raise ValueError(f"group_size must be a positive multiple of 8, got {group_size}")
-        if scale_dtype not in kernels.INT4_SCALE_DTYPES:
-            raise ValueError(f"scale_dtype must be torch.float16 or torch.float32, got {scale_dtype}")
+        kernels.check_int4_scale_dtype(scale_dtype)
         self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
         groups = -(-in_features // group_size)
         self.register_buffer("weight_packed", torch.zeros(out_features, (in_features + 1) // 2, dtype=torch.uint8))
@@ -415,9 +421,7 @@ class Int4Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = _kernel_input(x, self.in_features, self.bias) if self.input_perm is None else None
         if x2 is not None:
-            y = torch.empty(x2.shape[0], self.out_features)
-            kernels.run_packed_linear(self._packed_weight(), x2, y, None if self.bias is None else self.bias.numpy())
-            return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
+            return _run_direct(self, x, x2)
         _check_float_input(self, x, self.in_features)
         x2 = x.reshape(-1, self.in_features)
         if x2.dtype != torch.float32:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nnic.kernels import DEFAULT_INT4_SCALE_DTYPE, INT4_SCALE_DTYPES
+from nnic.kernels import DEFAULT_INT4_SCALE_DTYPE, check_int4_scale_dtype
 from nnic.quantization.calibration import Calibration
 from nnic.quantization.lowering import LoweringContext, LoweringTable
 from nnic.selection import replace_module
@@ -82,8 +82,7 @@ def quantization_speedup(
         raise ValueError(f"on_unsupported must be 'error' or 'warn', got {on_unsupported!r}")
     if act not in ("per_token", "per_tensor"):
         raise ValueError(f"act must be 'per_token' or 'per_tensor', got {act!r}")
-    if int4_scale_dtype not in INT4_SCALE_DTYPES:
-        raise ValueError(f"int4_scale_dtype must be torch.float16 or torch.float32, got {int4_scale_dtype!r}")
+    check_int4_scale_dtype(int4_scale_dtype, "int4_scale_dtype")
     calibration = Calibration.from_dict(calibration)
     modules = {name: mod for name, mod in model.named_modules() if name}
     names = _lowerable(calibration, modules)
