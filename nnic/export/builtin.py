@@ -1,8 +1,8 @@
 """nnic's own ONNX export handlers (a built-in plugin of the ``register_onnx_exporters`` hook).
 
 - ``Int8Linear`` / ``Int8Conv2d``: int8 weight codes and their per-channel scales as initializers, activations
-  quantized in the graph; an ``Int8Linear``'s fused activation follows as ``Relu`` or the ``Erf`` form of GELU. ``int8_format="integer"`` (the default: onnxruntime runs it fastest, see the README's
-  ONNX section) writes ``DynamicQuantizeLinear`` (or ``QuantizeLinear`` with the calibrated static range) →
+  quantized in the graph; an ``Int8Linear``'s fused activation follows as ``Relu`` or the ``Erf`` form of GELU. ``int8_format="integer"`` (the default: onnxruntime runs it fastest, see
+  docs/performance/onnx.md) writes ``DynamicQuantizeLinear`` (or ``QuantizeLinear`` with the calibrated static range) →
   ``MatMulInteger`` / ``ConvInteger`` → ``Cast`` → ``Mul`` by the activation × weight scales (→ ``Add`` bias),
   the pattern onnxruntime fuses into its int8 GEMM. ``int8_format="qdq"`` writes ``QuantizeLinear`` /
   ``DequantizeLinear`` pairs around a float ``MatMul`` / ``Conv`` (per-channel ``DequantizeLinear`` on the

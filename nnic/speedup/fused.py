@@ -3,8 +3,8 @@
 Why a helper: ``pruner.compress()`` attaches every mask as a parametrization so that the masks stay applied
 while the user trains, and ``speedup_model`` folds them straight back out before it analyses the model. When
 nothing happens in between (prune, then shrink at once: no fine-tuning with the masks), attaching and folding
-are work whose result nobody reads: 0.03-0.1 s of a torchvision classifier's 0.3-0.7 s (see the README's
-"Structured pruning depth" section). The helper hands the masks to speedup directly, which multiplies them into
+are work whose result nobody reads: 0.03-0.1 s of a torchvision classifier's 0.3-0.7 s (see
+docs/performance/pruning-depth.md). The helper hands the masks to speedup directly, which multiplies them into
 the weights after taking the snapshot it restores on failure. The result is the model ``compress()`` then
 ``speedup_model`` give, verified the same way.
 """
