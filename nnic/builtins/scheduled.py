@@ -90,9 +90,11 @@ class ScheduledPruner(IterativePruner):
         for t in range(1, self.total_iteration + 1):
             config = self._iteration_config(t)
             if config:
-                _, masks = nnic.pruner(self.pruning_algorithm, self.model, config, **self.pruning_params).compress()
-                if self.speedup:
-                    self.run_speedup(masks)
+                step = nnic.pruner(self.pruning_algorithm, self.model, config, **self.pruning_params)
+                if self.speedup:  # prune and shrink at once: no mask parametrizations attached only to be folded
+                    masks = nnic.prune_and_speedup(step, self.dummy_input).masks
+                else:
+                    _, masks = step.compress()
             self.finish_iteration(t, masks)
         self.masks = masks
         return self.model, masks

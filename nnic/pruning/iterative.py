@@ -15,7 +15,6 @@ from typing import Any
 import torch
 from torch import nn
 
-import nnic
 from nnic.evaluator import Evaluator
 from nnic.masking import Masks, attach_mask, parameter, prunable_parameters
 from nnic.pruning.base import Pruner
@@ -145,12 +144,6 @@ class IterativePruner(Pruner):
         if self.evaluator is None or self.evaluator.evaluating_func is None:
             return None
         return self.evaluator.evaluate(self.model)
-
-    def run_speedup(self, masks: Masks) -> None:
-        speedup_model = getattr(nnic, "speedup_model", None)
-        if speedup_model is None:
-            raise RuntimeError("speedup=True needs nnic.speedup_model, which this installation does not provide")
-        speedup_model(self.model, self.dummy_input, masks)
 
     def sparsity_at(self, target: float, t: int) -> float:
         """The sparsity iteration ``t`` (1..T) prunes a layer whose final target is ``target`` to."""
