@@ -199,25 +199,25 @@ def pruned(m: nn.Module, fraction: float, prompts: list[torch.Tensor], new: int,
     return m.eval(), line
 
 
-FAST_NORMS: dict[str, tuple[dict[str, nn.Module], dict[str, nn.Module]]] = {}  # "K+fast": (fast, original) norms
+FAST_MODULES: dict[str, tuple[dict[str, nn.Module], dict[str, nn.Module]]] = {}  # "K+fast": (fast, original) modules
 
 
 def with_fast_decode(models: dict[str, nn.Module]) -> dict[str, nn.Module]:
     """``models`` with ``K+fast`` after each nnic variant ``K``: the same model object (same weights, same memory),
-    whose RMSNorms :func:`running` swaps for ``nnic_transformers.fast_decode``'s while ``K+fast`` runs."""
-    from nnic_transformers import FastRMSNorm, fast_decode
+    whose decoder layers and RMSNorms :func:`running` swaps for ``nnic_transformers.fast_decode``'s while ``K+fast`` runs."""
+    from nnic_transformers import fast_decode
 
     out = {}
     for k, m in models.items():
         out[k] = m
         if k.startswith("nnic-"):
             original = {n: mod for n, mod in m.named_modules()}
-            names = fast_decode(m)
-            fast = {n: m.get_submodule(n) for n in names if isinstance(m.get_submodule(n), FastRMSNorm)}
+            names = fast_decode(m)  # decoder layers first, then norms: put back in that order
+            fast = {n: m.get_submodule(n) for n in names}
             set_modules(m, {n: original[n] for n in names})
             if fast:
                 out[f"{k}+fast"] = m
-                FAST_NORMS[f"{k}+fast"] = (fast, {n: original[n] for n in fast})
+                FAST_MODULES[f"{k}+fast"] = (fast, {n: original[n] for n in fast})
     return out
 
 
@@ -229,8 +229,8 @@ def set_modules(model: nn.Module, modules: dict[str, nn.Module]) -> None:
 
 @contextlib.contextmanager
 def running(kind: str, model: nn.Module):
-    """``model`` as variant ``kind`` runs it: with the fast norms in place for a ``+fast`` variant."""
-    fast, original = FAST_NORMS.get(kind, ({}, {}))
+    """``model`` as variant ``kind`` runs it: with the fast layers and norms in place for a ``+fast`` variant."""
+    fast, original = FAST_MODULES.get(kind, ({}, {}))
     set_modules(model, fast)
     try:
         yield model
@@ -329,6 +329,65 @@ def profile(model: nn.Module, ids: torch.Tensor, steps: int) -> list[tuple[str, 
     return sorted(rows, key=lambda r: -r[1])
 
 
+@torch.inference_mode()
+def op_counts(model: nn.Module, ids: torch.Tensor, steps: int) -> tuple[dict[str, float], dict[str, float], int]:
+    """The torch ops one KV-cached decode step runs (after a prefill of ``ids``), as the dispatcher sees them
+    (``TorchDispatchMode``: views and in-place ops included, composites already decomposed), averaged over ``steps``
+    steps: (ops per step inside the decoder layers by op name, outside them by op name, decoder layers per step).
+    nnic's kernels are called through numpy and are not torch ops (they are the GEMV rows of :func:`profile`)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from transformers import DynamicCache
+
+    layers = [m for n, m in model.named_modules() if n.split(".")[-1].isdigit()]
+    inside = [0]
+    counts: tuple[dict[str, float], dict[str, float]] = ({}, {})
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            table = counts[0] if inside[0] else counts[1]
+            name = func.overloadpacket.__name__
+            table[name] = table.get(name, 0) + 1
+            return func(*args, **(kwargs or {}))
+
+    def enter(*_):
+        inside[0] += 1
+
+    def leave(*_):
+        inside[0] -= 1
+
+    handles = [h for m in layers for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
+    try:
+        out = model(input_ids=ids, past_key_values=DynamicCache(), use_cache=True)
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        with Count():
+            for _ in range(steps):
+                out = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
+                nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+    finally:
+        for h in handles:
+            h.remove()
+    per_step = tuple({k: v / steps for k, v in sorted(t.items(), key=lambda kv: -kv[1])} for t in counts)
+    return per_step[0], per_step[1], len(layers)
+
+
+def dispatch_cost(hidden: int) -> dict[str, float]:
+    """Microseconds per call, on the bench's clock (median of 2000), of small torch ops on a one-token hidden state
+    ``[1, 1, hidden]``: what each op of a decode step costs besides its arithmetic."""
+    x, y = torch.randn(1, 1, hidden), torch.randn(1, 1, hidden)
+    ops = {"add": lambda: x + y, "mul": lambda: x * y, "view": lambda: x.view(1, -1),
+           "transpose": lambda: x.transpose(0, 1), "cat (2 halves)": lambda: torch.cat((x, y), -1)}
+    out = {}
+    with torch.inference_mode():
+        for name, op in ops.items():
+            t = []
+            for _ in range(2000):
+                t0 = CLOCK()
+                op()
+                t.append(CLOCK() - t0)
+            out[name] = 1e6 * statistics.median(t)
+    return out
+
+
 def copy_bandwidth() -> float:
     """Bytes per second of ``dst.copy_(src)`` (read + write), best of 5, 512 MiB buffers, on the bench's clock."""
     src = torch.ones(1 << 27)
@@ -403,6 +462,13 @@ def main() -> None:
                     print(f"\n{name} {k}, batch {args.batch[0]}: per decode step, by module kind (forward hooks)")
                     for kind, ms, n in profile(m, prompts[0], args.new):
                         print(f"  {kind:28s} {ms:8.3f} ms  {n:4d} calls")
+                    in_layers, outside, n_layers = op_counts(m, prompts[0], 4)
+                    print(f"  torch ops per decode step: {sum(in_layers.values()) / n_layers:.0f} per decoder "
+                          f"layer x {n_layers}, {sum(outside.values()):.0f} outside the layers")
+                    print("    per layer: " + ", ".join(f"{k} {v / n_layers:g}" for k, v in in_layers.items()))
+                    print("    outside:   " + ", ".join(f"{k} {v:g}" for k, v in outside.items()))
+            print("\n  dispatch cost of one small op (us, one token): " + ", ".join(
+                f"{k} {v:.2f}" for k, v in dispatch_cost(kw.get("hidden_size", kw.get("n_embd", 768))).items()))
             continue
         for batch, ids in zip(args.batch, prompts):
             times: dict[str, list[tuple[float, float]]] = {k: [] for k in models}
