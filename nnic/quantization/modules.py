@@ -177,11 +177,15 @@ class Int8Linear(_Int8Base):
             new.bias = mod.bias.detach().float().cpu().clone()
         return new.to(w.device)
 
+    def kernel_args(self) -> tuple:
+        """The activation settings this layer passes to :func:`nnic.kernels.run_packed_linear` after the bias."""
+        static = (float(self.act_scale), int(self.act_zero_point)) if self.act == "static" else (None, None)
+        return (self.act, self.symmetric, *static, None, self.activation or "none")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = _kernel_input(x, self.in_features, self.bias)
         if x2 is not None:
-            static = (float(self.act_scale), int(self.act_zero_point)) if self.act == "static" else (None, None)
-            return _run_direct(self, x, x2, self.act, self.symmetric, *static, None, self.activation or "none")
+            return _run_direct(self, x, x2, *self.kernel_args())
         _check_float_input(self, x, self.in_features)
         if x.dim() == 2:
             y = self._linear(x)
@@ -418,10 +422,15 @@ class Int4Linear(nn.Module):
             self._packed_key = key
         return self._packed
 
+    def kernel_args(self) -> tuple:
+        """The activation settings this layer passes to :func:`nnic.kernels.run_packed_linear` after the bias
+        (int4 layers quantize activations per token: the defaults)."""
+        return ()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = _kernel_input(x, self.in_features, self.bias) if self.input_perm is None else None
         if x2 is not None:
-            return _run_direct(self, x, x2)
+            return _run_direct(self, x, x2, *self.kernel_args())
         _check_float_input(self, x, self.in_features)
         x2 = x.reshape(-1, self.in_features)
         if x2.dtype != torch.float32:
