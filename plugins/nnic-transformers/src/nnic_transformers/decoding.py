@@ -1,4 +1,5 @@
-"""An exact decode fast path for LLaMA / Qwen2 / Mistral decoders: the per-token work outside the GEMVs.
+"""An exact decode fast path for LLaMA / Qwen2 / Mistral decoders: the per-token work outside the GEMVs (the
+norms here; whole decoder layers in :mod:`nnic_transformers.decode_layer`).
 
 A decode step of a compressed 1B decoder spends about a quarter of its time outside the weight GEMVs (README,
 "Where a decode token goes"). Part of it is the RMSNorm: transformers writes it as ~7 tensor ops (cast, pow,
