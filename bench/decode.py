@@ -388,6 +388,51 @@ def dispatch_cost(hidden: int) -> dict[str, float]:
     return out
 
 
+@torch.inference_mode()
+def lm_head_error(name: str, group_size: int, tokens: int = 128, batch: int = 4) -> None:
+    """What quantizing the vocabulary projection costs in logits: the float32 model against models whose
+    ``lm_head`` alone is int8 / int4 (the rest float32: the head's own error), and whose every other Linear is int4
+    with the head float32 / int8 / int4 (what the decode variants run); teacher-forced on ``batch x tokens`` random
+    tokens. Columns: RMS of the logit error (and of the float logits), mean KL(float || quantized) of the next-token
+    distributions, the share of positions whose top-1 token equals the float model's. Random-weight models are
+    near-uniform predictors: compare rows with each other, not with published numbers."""
+    from nnic.quantization import Int4Linear, Int8Linear
+
+    base = build(name)
+    ids = torch.randint(0, MODELS[name][1]["vocab_size"], (batch, tokens), generator=torch.Generator().manual_seed(0))
+    want = base(input_ids=ids).logits.float()
+    p = torch.log_softmax(want, -1)
+
+    def lowered(head_bits: int | None, body_bits: int | None) -> nn.Module:
+        m = copy.deepcopy(base)
+        untie(m)
+        head = m.get_output_embeddings()
+        for n in linear_names(m):
+            bits = head_bits if m.get_submodule(n) is head else body_bits
+            if bits is None:
+                continue
+            parent, _, leaf = n.rpartition(".")
+            owner = m.get_submodule(parent) if parent else m
+            lin = getattr(owner, leaf)
+            setattr(owner, leaf, Int8Linear.from_float(lin) if bits == 8 else
+                    Int4Linear.from_float(lin, group_size=group_size))
+        return m
+
+    print(f"\n{name}: lm_head quantization error ({batch} x {tokens} random tokens, teacher-forced, int4 g{group_size})")
+    print(f"  {'lm_head':8s} {'rest':8s} {'logits RMS err':>14s} {'KL(float||q)':>12s} {'top-1 = float':>13s}")
+    print(f"  {'float32':8s} {'float32':8s} {0:14.4f} {0:12.2e} {1:13.3f}   (float logits RMS "
+          f"{want.pow(2).mean().sqrt().item():.4f})")
+    for body in (None, 4):
+        for head in ((8, 4) if body is None else (None, 8, 4)):
+            got = lowered(head, body)(input_ids=ids).logits.float()
+            q = torch.log_softmax(got, -1)
+            kl = (p.exp() * (p - q)).sum(-1).mean().item()
+            top1 = (got.argmax(-1) == want.argmax(-1)).float().mean().item()
+            label = lambda b: "float32" if b is None else f"int{b}"  # noqa: E731
+            print(f"  {label(head):8s} {label(body):8s} {(got - want).pow(2).mean().sqrt().item():14.4f} "
+                  f"{kl:12.2e} {top1:13.3f}")
+
+
 def copy_bandwidth() -> float:
     """Bytes per second of ``dst.copy_(src)`` (read + write), best of 5, 512 MiB buffers, on the bench's clock."""
     src = torch.ones(1 << 27)
@@ -420,6 +465,8 @@ def main() -> None:
                     "module kind (projections, norms, attention, lm_head, ...), for each variant")
     ap.add_argument("--fast-decode", action="store_true", help="also time every nnic variant after "
                     "nnic_transformers.fast_decode (as K+fast, same rounds)")
+    ap.add_argument("--lm-head-error", action="store_true", help="instead of timing: the logit error of an int8 / "
+                    "int4 lm_head against float32, alone and beside an int4 body (no timing)")
     ap.add_argument("--float-lm-head", action="store_true", help="the quantized variants keep the vocabulary "
                     "projection (lm_head) in float32 (default: quantized like every other Linear)")
     args = ap.parse_args()
@@ -431,6 +478,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     kernels.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
+    if args.lm_head_error:
+        for name in args.models:
+            lm_head_error(name, args.group_size)
+        return
     bw = copy_bandwidth()
     print(f"torch {torch.__version__}, threads {args.threads}, nnic path {kernels.gemm_path()}, "
           f"copy_ bandwidth {bw / 1e9:.1f} GB/s; clock {args.clock}; prompt {args.prompt}, new {args.new}, "
