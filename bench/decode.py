@@ -294,7 +294,9 @@ def profile(model: nn.Module, ids: torch.Tensor, steps: int) -> list[tuple[str, 
     after a prefill of ``ids``, timed by forward hooks on every module (kinds: the last part of the module's name,
     ``layers.N`` as ``layer``, the whole model as ``total``, a ``fuse_projections`` GEMM as ``qkv_proj (fused
     GEMM)``), largest first. Times are inclusive: a block's time contains its projections', and the first part of
-    a fused group (``q_proj``) contains the fused GEMM. Hooks add a few microseconds per module call."""
+    a fused group (``q_proj``) contains the fused GEMM. Hooks add a few microseconds per module call. Timed on the
+    bench's clock (``--clock cpu``: the thread's CPU time, which other processes' load does not inflate). A
+    ``fast_decode`` layer calls its projections without module hooks: its GEMVs are inside ``layer``."""
     from transformers import DynamicCache
 
     spent: dict[str, float] = {}
@@ -307,10 +309,10 @@ def profile(model: nn.Module, ids: torch.Tensor, steps: int) -> list[tuple[str, 
                 else f"{parts[-2]} (fused GEMM)" if parts[-1] == "fused" and len(parts) > 1 else parts[-1])
 
         def pre(mod, args, name=name):
-            started[name] = time.perf_counter()
+            started[name] = CLOCK()
 
         def post(mod, args, out, name=name, kind=kind):
-            spent[kind] = spent.get(kind, 0.0) + time.perf_counter() - started.pop(name)
+            spent[kind] = spent.get(kind, 0.0) + CLOCK() - started.pop(name)
             calls[kind] = calls.get(kind, 0) + 1
 
         handles += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
