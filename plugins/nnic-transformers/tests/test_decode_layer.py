@@ -100,6 +100,13 @@ def test_prefill_hidden_states_and_state_dict_are_unchanged():
         step_a = ref(a.logits[:, -1:].argmax(-1), cache=a.cache, use_cache=True, output_hidden_states=True)
         step_b = fast(b.logits[:, -1:].argmax(-1), cache=b.cache, use_cache=True, output_hidden_states=True)
         assert all(torch.equal(x, y) for x, y in zip(step_a.hidden_states, step_b.hidden_states))
+    with torch.no_grad():  # not inference mode: the fast path's kept arrays work there too
+        pa, pb = ref(ids, use_cache=True), fast(ids, use_cache=True)
+        nxt = pa.logits[:, -1:].argmax(-1)
+        assert torch.equal(fast(nxt, cache=pb.cache).logits, ref(nxt, cache=pa.cache).logits)
+    # Grad mode: the original forward runs (the kernels are not differentiable), same values.
+    cache_a, cache_b = ref(ids, use_cache=True).cache, fast(ids, use_cache=True).cache
+    torch.testing.assert_close(fast(nxt, cache=cache_b).logits, ref(nxt, cache=cache_a).logits, rtol=0, atol=0)
     assert fast_decode(fast) == []  # idempotent
     twin = copy.deepcopy(fast)  # a copy of a swapped model runs on its own weights
     assert twin.model.layers[0].self_attn is not fast.model.layers[0].self_attn

@@ -13,13 +13,16 @@ the same function for one-token steps with about half the ops:
   transformers' own elementwise formula ``x cos + rotate_half(x) sin``, so every value is computed by the same
   float operations;
 - the norms are ``F.rms_norm`` (as :class:`~nnic_transformers.decoding.FastRMSNorm`: float32 bit-identical);
-- ``o_proj`` / ``down_proj`` run through their forward (no module-call overhead, no hooks).
+- the four GEMMs read and write arrays kept per layer and batch size (``_StepIO``), called on the packed
+  weights directly (no module call, no hooks, no fresh numpy view per call).
 
 The cache update and the attention are transformers' own calls (``cache.update``, the configured attention
 function with the module's arguments), so the result is **bit-identical** in float32 to the layer's own forward
 (tests: ``torch.equal`` on logits of KV-cached decode and greedy tokens, LLaMA, Qwen2 and Mistral, int4 and
-int8). Anything else (prefill, other dtypes, gradients, attention weights requested, unfused or float
-projections) runs the original class's forward.
+int8). Anything else (prefill, other dtypes, grad mode, attention weights requested, unfused or float
+projections) runs the original class's forward. Like ``fuse_projections``, a swapped model serves one thread at a
+time (the kept arrays are per layer), and it is for the model you run: ``copy.deepcopy`` works, pickling the whole
+module does not (its class is made at run time; state dicts are unchanged).
 """
 
 from __future__ import annotations
@@ -95,7 +98,7 @@ class FastDecoderLayer(nn.Module):
     def _decode_ready(self, hidden_states: torch.Tensor, cache, position_embeddings, kwargs: dict) -> bool:
         return (hidden_states.dim() == 3 and hidden_states.shape[1] == 1 and cache is not None
                 and position_embeddings is not None and type(hidden_states) is torch.Tensor
-                and hidden_states.dtype is torch.float32 and hidden_states.is_cpu and not hidden_states.requires_grad
+                and hidden_states.dtype is torch.float32 and hidden_states.is_cpu and not torch.is_grad_enabled()
                 and not self.training and not kwargs.get("output_attentions")
                 and self.self_attn.config._attn_implementation == "sdpa" and self._float32_norms())
 
