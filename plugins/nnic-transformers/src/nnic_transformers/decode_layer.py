@@ -171,11 +171,13 @@ class _StepIO:
         import numpy as np
 
         self.arrays: dict[str, tuple] = {}
-        for name, (k, n) in shapes.items():
-            x, y = np.zeros((batch, k), np.float32), np.zeros((batch, n), np.float32)
-            xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-            setattr(self, f"{name}_in", xt.view(batch, 1, k))
-            self.arrays[name] = (x, y, yt.view(batch, 1, n))
+        # Normal tensors even when first called under inference mode, so that later steps outside it (no_grad)
+        # may write them.
+        with torch.inference_mode(False):
+            for name, (k, n) in shapes.items():
+                x, y = np.zeros((batch, k), np.float32), np.zeros((batch, n), np.float32)
+                setattr(self, f"{name}_in", torch.from_numpy(x).view(batch, 1, k))
+                self.arrays[name] = (x, y, torch.from_numpy(y).view(batch, 1, n))
 
     def gemm(self, layer: nn.Module, name: str) -> torch.Tensor:
         """``layer``'s output for the input in ``<name>_in``, written into (and returned as) ``name``'s output."""
