@@ -8,6 +8,7 @@ from transformers configs with random weights.
     python bench/decode.py --models llama-110m --variants fp32 pruned --prune 0.3   # structured pruning
     python bench/decode.py --models llama-1b --variants nnic-int4 --profile          # where a decode step goes
     python bench/decode.py --models llama-110m --variants fp32 nnic-int4 --fast-decode  # with and without fast_decode
+    python bench/decode.py --models llama-110m --lm-head-error                         # logit error of a low-bit lm_head
 
 ``pruned`` (LLaMA models) prunes ``--prune`` of the attention heads (``transformer_head``, ``l1_weight``: whole
 key/value heads with all of their query heads, ``floor(p x kv heads)`` per layer) and of the MLP channels
@@ -29,8 +30,10 @@ Every Linear is quantized, the vocabulary projection (``lm_head``) included unle
 q/k/v and gate/up projections as one GEMM each (``nnic_transformers.fuse_projections``, same outputs);
 ``nnic-int8-unfused`` / ``nnic-int4-unfused`` (on request) keep them separate. ``--fast-decode`` adds, for every
 nnic variant K, ``K+fast``: the same model object (same weights) run with ``nnic_transformers.fast_decode``'s
-RMSNorms (one ``F.rms_norm`` call: float32 logits bit-identical; the warm-up tokens are compared), swapped in for
-its runs only, timed in the same interleaved rounds.
+decoder layers (one-token steps with about half the torch ops) and RMSNorms (one ``F.rms_norm`` call), float32
+logits bit-identical (the warm-up tokens are compared), swapped in for its runs only, timed in the same
+interleaved rounds. ``--profile`` also counts the torch ops of a decode step per decoder layer and times one small
+op; ``--lm-head-error`` measures (no timing) what an int8 / int4 ``lm_head`` does to the logits.
 """
 
 from __future__ import annotations
