@@ -8,6 +8,7 @@ from transformers configs with random weights.
     python bench/decode.py --models llama-110m --variants fp32 pruned --prune 0.3   # structured pruning
     python bench/decode.py --models llama-1b --variants nnic-int4 --profile          # where a decode step goes
     python bench/decode.py --models llama-110m --variants fp32 nnic-int4 --fast-decode  # with and without fast_decode
+    python bench/decode.py --models llama-110m --lm-head-error                         # logit error of a low-bit lm_head
 
 ``pruned`` (LLaMA models) prunes ``--prune`` of the attention heads (``transformer_head``, ``l1_weight``: whole
 key/value heads with all of their query heads, ``floor(p x kv heads)`` per layer) and of the MLP channels
@@ -29,8 +30,10 @@ Every Linear is quantized, the vocabulary projection (``lm_head``) included unle
 q/k/v and gate/up projections as one GEMM each (``nnic_transformers.fuse_projections``, same outputs);
 ``nnic-int8-unfused`` / ``nnic-int4-unfused`` (on request) keep them separate. ``--fast-decode`` adds, for every
 nnic variant K, ``K+fast``: the same model object (same weights) run with ``nnic_transformers.fast_decode``'s
-RMSNorms (one ``F.rms_norm`` call: float32 logits bit-identical; the warm-up tokens are compared), swapped in for
-its runs only, timed in the same interleaved rounds.
+decoder layers (one-token steps with about half the torch ops) and RMSNorms (one ``F.rms_norm`` call), float32
+logits bit-identical (the warm-up tokens are compared), swapped in for its runs only, timed in the same
+interleaved rounds. ``--profile`` also counts the torch ops of a decode step per decoder layer and times one small
+op; ``--lm-head-error`` measures (no timing) what an int8 / int4 ``lm_head`` does to the logits.
 """
 
 from __future__ import annotations
@@ -199,25 +202,25 @@ def pruned(m: nn.Module, fraction: float, prompts: list[torch.Tensor], new: int,
     return m.eval(), line
 
 
-FAST_NORMS: dict[str, tuple[dict[str, nn.Module], dict[str, nn.Module]]] = {}  # "K+fast": (fast, original) norms
+FAST_MODULES: dict[str, tuple[dict[str, nn.Module], dict[str, nn.Module]]] = {}  # "K+fast": (fast, original) modules
 
 
 def with_fast_decode(models: dict[str, nn.Module]) -> dict[str, nn.Module]:
     """``models`` with ``K+fast`` after each nnic variant ``K``: the same model object (same weights, same memory),
-    whose RMSNorms :func:`running` swaps for ``nnic_transformers.fast_decode``'s while ``K+fast`` runs."""
-    from nnic_transformers import FastRMSNorm, fast_decode
+    whose decoder layers and RMSNorms :func:`running` swaps for ``nnic_transformers.fast_decode``'s while ``K+fast`` runs."""
+    from nnic_transformers import fast_decode
 
     out = {}
     for k, m in models.items():
         out[k] = m
         if k.startswith("nnic-"):
             original = {n: mod for n, mod in m.named_modules()}
-            names = fast_decode(m)
-            fast = {n: m.get_submodule(n) for n in names if isinstance(m.get_submodule(n), FastRMSNorm)}
+            names = fast_decode(m)  # decoder layers first, then norms: put back in that order
+            fast = {n: m.get_submodule(n) for n in names}
             set_modules(m, {n: original[n] for n in names})
             if fast:
                 out[f"{k}+fast"] = m
-                FAST_NORMS[f"{k}+fast"] = (fast, {n: original[n] for n in fast})
+                FAST_MODULES[f"{k}+fast"] = (fast, {n: original[n] for n in fast})
     return out
 
 
@@ -229,8 +232,8 @@ def set_modules(model: nn.Module, modules: dict[str, nn.Module]) -> None:
 
 @contextlib.contextmanager
 def running(kind: str, model: nn.Module):
-    """``model`` as variant ``kind`` runs it: with the fast norms in place for a ``+fast`` variant."""
-    fast, original = FAST_NORMS.get(kind, ({}, {}))
+    """``model`` as variant ``kind`` runs it: with the fast layers and norms in place for a ``+fast`` variant."""
+    fast, original = FAST_MODULES.get(kind, ({}, {}))
     set_modules(model, fast)
     try:
         yield model
@@ -294,7 +297,9 @@ def profile(model: nn.Module, ids: torch.Tensor, steps: int) -> list[tuple[str, 
     after a prefill of ``ids``, timed by forward hooks on every module (kinds: the last part of the module's name,
     ``layers.N`` as ``layer``, the whole model as ``total``, a ``fuse_projections`` GEMM as ``qkv_proj (fused
     GEMM)``), largest first. Times are inclusive: a block's time contains its projections', and the first part of
-    a fused group (``q_proj``) contains the fused GEMM. Hooks add a few microseconds per module call."""
+    a fused group (``q_proj``) contains the fused GEMM. Hooks add a few microseconds per module call. Timed on the
+    bench's clock (``--clock cpu``: the thread's CPU time, which other processes' load does not inflate). A
+    ``fast_decode`` layer calls its projections without module hooks: its GEMVs are inside ``layer``."""
     from transformers import DynamicCache
 
     spent: dict[str, float] = {}
@@ -307,10 +312,10 @@ def profile(model: nn.Module, ids: torch.Tensor, steps: int) -> list[tuple[str, 
                 else f"{parts[-2]} (fused GEMM)" if parts[-1] == "fused" and len(parts) > 1 else parts[-1])
 
         def pre(mod, args, name=name):
-            started[name] = time.perf_counter()
+            started[name] = CLOCK()
 
         def post(mod, args, out, name=name, kind=kind):
-            spent[kind] = spent.get(kind, 0.0) + time.perf_counter() - started.pop(name)
+            spent[kind] = spent.get(kind, 0.0) + CLOCK() - started.pop(name)
             calls[kind] = calls.get(kind, 0) + 1
 
         handles += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
@@ -327,6 +332,110 @@ def profile(model: nn.Module, ids: torch.Tensor, steps: int) -> list[tuple[str, 
             h.remove()
     rows = [(k, 1e3 * v / steps, calls[k] // steps) for k, v in spent.items()]
     return sorted(rows, key=lambda r: -r[1])
+
+
+@torch.inference_mode()
+def op_counts(model: nn.Module, ids: torch.Tensor, steps: int) -> tuple[dict[str, float], dict[str, float], int]:
+    """The torch ops one KV-cached decode step runs (after a prefill of ``ids``), as the dispatcher sees them
+    (``TorchDispatchMode``: views and in-place ops included, composites already decomposed), averaged over ``steps``
+    steps: (ops per step inside the decoder layers by op name, outside them by op name, decoder layers per step).
+    nnic's kernels are called through numpy and are not torch ops (they are the GEMV rows of :func:`profile`)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from transformers import DynamicCache
+
+    layers = [m for n, m in model.named_modules() if n.split(".")[-1].isdigit()]
+    inside = [0]
+    counts: tuple[dict[str, float], dict[str, float]] = ({}, {})
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            table = counts[0] if inside[0] else counts[1]
+            name = func.overloadpacket.__name__
+            table[name] = table.get(name, 0) + 1
+            return func(*args, **(kwargs or {}))
+
+    def enter(*_):
+        inside[0] += 1
+
+    def leave(*_):
+        inside[0] -= 1
+
+    handles = [h for m in layers for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
+    try:
+        out = model(input_ids=ids, past_key_values=DynamicCache(), use_cache=True)
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        with Count():
+            for _ in range(steps):
+                out = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
+                nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+    finally:
+        for h in handles:
+            h.remove()
+    per_step = tuple({k: v / steps for k, v in sorted(t.items(), key=lambda kv: -kv[1])} for t in counts)
+    return per_step[0], per_step[1], len(layers)
+
+
+def dispatch_cost(hidden: int) -> dict[str, float]:
+    """Microseconds per call, on the bench's clock (median of 2000), of small torch ops on a one-token hidden state
+    ``[1, 1, hidden]``: what each op of a decode step costs besides its arithmetic."""
+    x, y = torch.randn(1, 1, hidden), torch.randn(1, 1, hidden)
+    ops = {"add": lambda: x + y, "mul": lambda: x * y, "view": lambda: x.view(1, -1),
+           "transpose": lambda: x.transpose(0, 1), "cat (2 halves)": lambda: torch.cat((x, y), -1)}
+    out = {}
+    with torch.inference_mode():
+        for name, op in ops.items():
+            t = []
+            for _ in range(2000):
+                t0 = CLOCK()
+                op()
+                t.append(CLOCK() - t0)
+            out[name] = 1e6 * statistics.median(t)
+    return out
+
+
+@torch.inference_mode()
+def lm_head_error(name: str, group_size: int, tokens: int = 128, batch: int = 4) -> None:
+    """What quantizing the vocabulary projection costs in logits: the float32 model against models whose
+    ``lm_head`` alone is int8 / int4 (the rest float32: the head's own error), and whose every other Linear is int4
+    with the head float32 / int8 / int4 (what the decode variants run); teacher-forced on ``batch x tokens`` random
+    tokens. Columns: RMS of the logit error (and of the float logits), mean KL(float || quantized) of the next-token
+    distributions, the share of positions whose top-1 token equals the float model's. Random-weight models are
+    near-uniform predictors: compare rows with each other, not with published numbers."""
+    from nnic.quantization import Int4Linear, Int8Linear
+
+    base = build(name)
+    ids = torch.randint(0, MODELS[name][1]["vocab_size"], (batch, tokens), generator=torch.Generator().manual_seed(0))
+    want = base(input_ids=ids).logits.float()
+    p = torch.log_softmax(want, -1)
+
+    def lowered(head_bits: int | None, body_bits: int | None) -> nn.Module:
+        m = copy.deepcopy(base)
+        untie(m)
+        head = m.get_output_embeddings()
+        for n in linear_names(m):
+            bits = head_bits if m.get_submodule(n) is head else body_bits
+            if bits is None:
+                continue
+            parent, _, leaf = n.rpartition(".")
+            owner = m.get_submodule(parent) if parent else m
+            lin = getattr(owner, leaf)
+            setattr(owner, leaf, Int8Linear.from_float(lin) if bits == 8 else
+                    Int4Linear.from_float(lin, group_size=group_size))
+        return m
+
+    print(f"\n{name}: lm_head quantization error ({batch} x {tokens} random tokens, teacher-forced, int4 g{group_size})")
+    print(f"  {'lm_head':8s} {'rest':8s} {'logits RMS err':>14s} {'KL(float||q)':>12s} {'top-1 = float':>13s}")
+    print(f"  {'float32':8s} {'float32':8s} {0:14.4f} {0:12.2e} {1:13.3f}   (float logits RMS "
+          f"{want.pow(2).mean().sqrt().item():.4f})")
+    for body in (None, 4):
+        for head in ((8, 4) if body is None else (None, 8, 4)):
+            got = lowered(head, body)(input_ids=ids).logits.float()
+            q = torch.log_softmax(got, -1)
+            kl = (p.exp() * (p - q)).sum(-1).mean().item()
+            top1 = (got.argmax(-1) == want.argmax(-1)).float().mean().item()
+            label = lambda b: "float32" if b is None else f"int{b}"  # noqa: E731
+            print(f"  {label(head):8s} {label(body):8s} {(got - want).pow(2).mean().sqrt().item():14.4f} "
+                  f"{kl:12.2e} {top1:13.3f}")
 
 
 def copy_bandwidth() -> float:
@@ -361,6 +470,8 @@ def main() -> None:
                     "module kind (projections, norms, attention, lm_head, ...), for each variant")
     ap.add_argument("--fast-decode", action="store_true", help="also time every nnic variant after "
                     "nnic_transformers.fast_decode (as K+fast, same rounds)")
+    ap.add_argument("--lm-head-error", action="store_true", help="instead of timing: the logit error of an int8 / "
+                    "int4 lm_head against float32, alone and beside an int4 body (no timing)")
     ap.add_argument("--float-lm-head", action="store_true", help="the quantized variants keep the vocabulary "
                     "projection (lm_head) in float32 (default: quantized like every other Linear)")
     args = ap.parse_args()
@@ -372,6 +483,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     kernels.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
+    if args.lm_head_error:
+        for name in args.models:
+            lm_head_error(name, args.group_size)
+        return
     bw = copy_bandwidth()
     print(f"torch {torch.__version__}, threads {args.threads}, nnic path {kernels.gemm_path()}, "
           f"copy_ bandwidth {bw / 1e9:.1f} GB/s; clock {args.clock}; prompt {args.prompt}, new {args.new}, "
@@ -403,6 +518,13 @@ def main() -> None:
                     print(f"\n{name} {k}, batch {args.batch[0]}: per decode step, by module kind (forward hooks)")
                     for kind, ms, n in profile(m, prompts[0], args.new):
                         print(f"  {kind:28s} {ms:8.3f} ms  {n:4d} calls")
+                    in_layers, outside, n_layers = op_counts(m, prompts[0], 4)
+                    print(f"  torch ops per decode step: {sum(in_layers.values()) / n_layers:.0f} per decoder "
+                          f"layer x {n_layers}, {sum(outside.values()):.0f} outside the layers")
+                    print("    per layer: " + ", ".join(f"{k} {v / n_layers:g}" for k, v in in_layers.items()))
+                    print("    outside:   " + ", ".join(f"{k} {v:g}" for k, v in outside.items()))
+            print("\n  dispatch cost of one small op (us, one token): " + ", ".join(
+                f"{k} {v:.2f}" for k, v in dispatch_cost(kw.get("hidden_size", kw.get("n_embd", 768))).items()))
             continue
         for batch, ids in zip(args.batch, prompts):
             times: dict[str, list[tuple[float, float]]] = {k: [] for k in models}

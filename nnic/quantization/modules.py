@@ -54,6 +54,12 @@ def _run_direct(layer: nn.Module, x: torch.Tensor, x2: torch.Tensor, *kernel_arg
     return y if x.dim() == 2 else y.view(*x.shape[:-1], layer.out_features)
 
 
+def _version(t: torch.Tensor) -> int:
+    """``t``'s in-place version counter for the packed-weight cache key; 0 for an inference tensor (a layer built
+    under ``torch.inference_mode()``), which has none: its replacement still shows in the key's ``data_ptr``."""
+    return 0 if t.is_inference() else t._version
+
+
 def _f32(v: Any, n: int | None = None) -> torch.Tensor:
     t = torch.as_tensor(v, dtype=torch.float32).detach().cpu().reshape(-1).clone()
     if n is not None and t.numel() not in (1, n):
@@ -107,7 +113,8 @@ class _Int8Base(nn.Module):
     def _packed_weight(self) -> kernels.PackedInt8Weight:
         w, s, z = self.weight, self.weight_scale, self.weight_zero_point
         # Checked on every call (flat, no generator: this is per-layer overhead at small batch sizes).
-        key = (w.data_ptr(), w._version, w.shape, s.data_ptr(), s._version, s.shape, z.data_ptr(), z._version, z.shape)
+        key = (w.data_ptr(), _version(w), w.shape, s.data_ptr(), _version(s), s.shape, z.data_ptr(), _version(z),
+               z.shape)
         if self._packed is None or key != self._packed_key:
             w2 = self._packing_codes()
             z = self.weight_zero_point
@@ -177,11 +184,15 @@ class Int8Linear(_Int8Base):
             new.bias = mod.bias.detach().float().cpu().clone()
         return new.to(w.device)
 
+    def kernel_args(self) -> tuple:
+        """The activation settings this layer passes to :func:`nnic.kernels.run_packed_linear` after the bias."""
+        static = (float(self.act_scale), int(self.act_zero_point)) if self.act == "static" else (None, None)
+        return (self.act, self.symmetric, *static, None, self.activation or "none")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = _kernel_input(x, self.in_features, self.bias)
         if x2 is not None:
-            static = (float(self.act_scale), int(self.act_zero_point)) if self.act == "static" else (None, None)
-            return _run_direct(self, x, x2, self.act, self.symmetric, *static, None, self.activation or "none")
+            return _run_direct(self, x, x2, *self.kernel_args())
         _check_float_input(self, x, self.in_features)
         if x.dim() == 2:
             y = self._linear(x)
@@ -409,8 +420,8 @@ class Int4Linear(nn.Module):
     def _packed_weight(self) -> kernels.PackedInt4Weight:
         # Checked on every call, flat (this is per-layer overhead of every decode step).
         wp, ws, wz = self.weight_packed, self.weight_scales, self.weight_zero_points
-        key = (wp.data_ptr(), wp._version, ws.data_ptr(), ws._version,
-               None if wz is None else (wz.data_ptr(), wz._version))
+        key = (wp.data_ptr(), _version(wp), ws.data_ptr(), _version(ws),
+               None if wz is None else (wz.data_ptr(), _version(wz)))
         if self._packed is None or key != self._packed_key:
             z = None if self.weight_zero_points is None else self.weight_zero_points.cpu()
             self._packed = kernels.pack_int4_weight(self.codes().cpu(), self.weight_scales.cpu(), self.group_size,
@@ -418,10 +429,15 @@ class Int4Linear(nn.Module):
             self._packed_key = key
         return self._packed
 
+    def kernel_args(self) -> tuple:
+        """The activation settings this layer passes to :func:`nnic.kernels.run_packed_linear` after the bias
+        (int4 layers quantize activations per token: the defaults)."""
+        return ()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = _kernel_input(x, self.in_features, self.bias) if self.input_perm is None else None
         if x2 is not None:
-            return _run_direct(self, x, x2)
+            return _run_direct(self, x, x2, *self.kernel_args())
         _check_float_input(self, x, self.in_features)
         x2 = x.reshape(-1, self.in_features)
         if x2.dtype != torch.float32:

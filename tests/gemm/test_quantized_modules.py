@@ -175,6 +175,29 @@ def test_direct_kernel_call_gives_the_checked_paths_outputs(make):
         q(torch.zeros(3, 96, dtype=torch.int64))
 
 
+@pytest.mark.parametrize("make", [
+    lambda lin: Int4Linear.from_float(lin, group_size=32),
+    lambda lin: Int8Linear.from_float(lin),
+])
+def test_layers_built_under_inference_mode_run_and_see_new_weights(make):
+    """Inference tensors have no version counter: the packed-weight cache must not need one, and a weight that
+    is replaced afterwards is still packed afresh."""
+    torch.manual_seed(0)
+    lin, other = nn.Linear(64, 24), nn.Linear(64, 24)
+    x = torch.randn(3, 64)
+    with torch.inference_mode():
+        q = make(lin)
+        got = q(x)
+        assert torch.equal(got, make(copy.deepcopy(lin))(x))
+        fresh = make(other)
+        if isinstance(q, Int4Linear):
+            q.weight_packed, q.weight_scales = fresh.weight_packed, fresh.weight_scales
+        else:
+            q.weight, q.weight_scale = fresh.weight, fresh.weight_scale
+        q.bias = fresh.bias
+        assert torch.equal(q(x), fresh(x))
+
+
 def test_int4_linear_scales_are_float16_by_default_and_reload_in_their_saved_dtype(tmp_path):
     """Half scales: 2 bytes per group in the buffer and the file; a module saved with float32 scales (or by an
     older nnic) reloads into a default (float16) module with its own float32 scales, so outputs stay equal."""

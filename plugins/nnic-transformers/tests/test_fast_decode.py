@@ -70,7 +70,7 @@ def test_quantized_and_fused_decoder_stays_bit_identical():
                                                      if isinstance(m, nn.Linear)})
     fuse_projections(q)
     fast = copy.deepcopy(q)
-    assert len(fast_decode(fast)) == 5
+    assert fast_decode(fast)[:2] == ["model.layers.0", "model.layers.1"]  # then the 5 norms
     ids = torch.randint(0, 100, (1, 17), generator=torch.Generator().manual_seed(2))
     want, want_tokens = decode_logits(q, ids, 6)
     got, got_tokens = decode_logits(fast, ids, 6)

@@ -1,4 +1,5 @@
-"""An exact decode fast path for LLaMA / Qwen2 / Mistral decoders: the per-token work outside the GEMVs.
+"""An exact decode fast path for LLaMA / Qwen2 / Mistral decoders: the per-token work outside the GEMVs (the
+norms here; whole decoder layers in :mod:`nnic_transformers.decode_layer`).
 
 A decode step of a compressed 1B decoder spends about a quarter of its time outside the weight GEMVs (README,
 "Where a decode token goes"). Part of it is the RMSNorm: transformers writes it as ~7 tensor ops (cast, pow,
@@ -50,16 +51,26 @@ class FastRMSNorm(nn.Module):
 
 
 def fast_decode(model: nn.Module) -> list[str]:
-    """Swaps, in place, every transformers LLaMA/Qwen2/Mistral RMSNorm of ``model`` for a :class:`FastRMSNorm`
+    """Swaps, in place, every decoder layer of ``model`` whose projections are fused low-bit GEMMs (after
+    ``quantization_speedup`` and ``fuse_projections``) for a
+    :class:`~nnic_transformers.decode_layer.FastDecoderLayer` (one-token steps with about half the torch ops,
+    float32 outputs bit-identical), then every transformers LLaMA/Qwen2/Mistral RMSNorm for a :class:`FastRMSNorm`
     (one ``F.rms_norm`` call instead of ~7 ops; float32 outputs bit-identical, other dtypes unchanged); returns
-    the names of the swapped modules. Opt-in and idempotent (a second call swaps nothing); parameters are shared,
-    not copied. Apply it to the model you run (after ``quantization_speedup`` / ``fuse_projections`` or before:
-    they do not touch norms); ``save_pretrained`` still works (same state-dict keys), but a model meant to be
-    pruned should be pruned before, since the speedup rules know transformers' classes."""
+    the names of the swapped modules, layers first. Opt-in and idempotent (a second call swaps nothing);
+    parameters and submodules are shared, not copied. Apply it to the model you run, after
+    ``quantization_speedup`` / ``fuse_projections`` (layers whose projections are not fused keep their forward;
+    the norms are swapped either way); ``save_pretrained`` still works (same state-dict keys), but a model meant
+    to be pruned should be pruned before, since the speedup rules know transformers' classes."""
+    from nnic_transformers.decode_layer import FastDecoderLayer, fast_decoder_layer, why_not_fast
+
     if not isinstance(model, nn.Module):
         raise TypeError(f"fast_decode: model must be a torch.nn.Module, got {type(model).__qualname__}")
-    classes = rms_norm_classes()
     swapped = []
+    for name, module in list(model.named_modules()):
+        if name and not isinstance(module, FastDecoderLayer) and why_not_fast(module) is None:
+            replace_module(model, name, fast_decoder_layer(module))
+            swapped.append(name)
+    classes = rms_norm_classes()
     for name, module in list(model.named_modules()):
         if not name or type(module) not in classes:  # the root cannot be swapped in place
             continue

@@ -1,0 +1,246 @@
+"""A decode step of a LLaMA / Qwen2 / Mistral decoder layer with the fewest torch ops: the per-token work outside
+the GEMVs.
+
+At batch 1 a decode step of a compressed model is ~90 torch ops per layer (transformers' attention, rotary, norms
+and glue, plus the views, output allocations and numpy hand-offs of the quantized layers' module calls) beside four
+GEMVs; on a 110M model each GEMV's kernel takes a few tens of microseconds and each op 1.5-3 us plus its Python, so
+that glue is a large part of the token (README, "Where a decode token goes"). :class:`FastDecoderLayer` computes
+the same function for one-token steps with about half the ops:
+
+- the fused q/k/v GEMM (``fuse_projections``' ``qkv_proj``) and the fused gate/up GEMM are called once, directly
+  (their forward, not the parts' slice bookkeeping);
+- rotary runs once on the query and key heads together (they are adjacent in the fused output), with
+  transformers' own elementwise formula ``x cos + rotate_half(x) sin``, so every value is computed by the same
+  float operations;
+- the norms are ``F.rms_norm`` (as :class:`~nnic_transformers.decoding.FastRMSNorm`: float32 bit-identical);
+- the four GEMMs read and write arrays kept per layer and batch size (``_StepIO``), called on the packed
+  weights directly (no module call, no hooks, no fresh numpy view per call).
+
+The cache update and the attention are transformers' own calls (``cache.update``, the configured attention
+function with the module's arguments), so the result is **bit-identical** in float32 to the layer's own forward
+(tests: ``torch.equal`` on logits of KV-cached decode and greedy tokens, LLaMA, Qwen2 and Mistral, int4 and
+int8). Anything else (prefill, other dtypes, grad mode, attention weights requested, unfused or float
+projections) runs the original class's forward. Like ``fuse_projections``, a swapped model serves one thread at a
+time (the kept arrays are per layer), and it is for the model you run: ``copy.deepcopy`` works, pickling the whole
+module does not (its class is made at run time; state dicts are unchanged).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nnic_transformers.layouts import loaded_class
+from nnic_transformers.norms import rms_norm_classes
+
+# (module, decoder layer class, attention class, MLP class) whose forwards this module reproduces.
+_DECODERS = (("transformers.models.llama.modeling_llama", "LlamaDecoderLayer", "LlamaAttention", "LlamaMLP"),
+             ("transformers.models.qwen2.modeling_qwen2", "Qwen2DecoderLayer", "Qwen2Attention", "Qwen2MLP"),
+             ("transformers.models.mistral.modeling_mistral", "MistralDecoderLayer", "MistralAttention",
+              "MistralMLP"))
+
+
+def decoder_layer_classes() -> dict[type, tuple[type, type]]:
+    """The transformers decoder layer classes imported so far -> (attention class, MLP class); never imports
+    transformers."""
+    found = {}
+    for module, layer, attn, mlp in _DECODERS:
+        classes = [loaded_class(module, name) for name in (layer, attn, mlp)]
+        if all(c is not None for c in classes):
+            found[classes[0]] = (classes[1], classes[2])
+    return found
+
+
+def why_not_fast(layer: nn.Module) -> str | None:
+    """Why :class:`FastDecoderLayer` cannot take ``layer`` (``None`` when it can): the layer must be a LLaMA /
+    Qwen2 / Mistral decoder layer whose q/k/v and gate/up projections ``fuse_projections`` fused into int4 / int8
+    GEMMs, with ``o_proj`` and ``down_proj`` quantized too and SiLU as the MLP activation."""
+    from nnic.quantization import Int4Linear, Int8Linear
+    from nnic.quantization.shared_input import SharedInputLinear, SharedInputPart
+
+    classes = decoder_layer_classes()
+    if type(layer) not in classes:
+        return f"{type(layer).__qualname__} is not a LLaMA / Qwen2 / Mistral decoder layer"
+    attn_cls, mlp_cls = classes[type(layer)]
+    attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+    if type(attn) is not attn_cls or type(mlp) is not mlp_cls:
+        return "its attention or MLP is not the transformers class"
+    for parent, fused, parts, outs in ((attn, "qkv_proj", ("q_proj", "k_proj", "v_proj"), ("o_proj",)),
+                                       (mlp, "gate_up_proj", ("gate_proj", "up_proj"), ("down_proj",))):
+        shared = getattr(parent, fused, None)
+        if not isinstance(shared, SharedInputLinear):
+            return f"{fused} is not fused (run nnic_transformers.fuse_projections after quantization_speedup)"
+        got = [getattr(parent, n, None) for n in parts]
+        if not all(isinstance(p, SharedInputPart) and p.shared is shared and p.index == i for i, p in enumerate(got)):
+            return f"{', '.join(parts)} are not the parts of {fused}, in that order"
+        for lin in (shared.fused, *(getattr(parent, n) for n in outs)):
+            if not isinstance(lin, (Int4Linear, Int8Linear)):
+                return f"{type(lin).__name__} in {fused} / {outs[0]}: expected Int4Linear or Int8Linear"
+            if getattr(lin, "input_perm", None) is not None:
+                return f"{fused} / {outs[0]} permute their input (act order)"
+    if type(mlp.act_fn).__name__ != "SiLUActivation":
+        return f"MLP activation {type(mlp.act_fn).__name__}: expected SiLU"
+    for norm in (layer.input_layernorm, layer.post_attention_layernorm):
+        if type(norm) not in rms_norm_classes() and type(norm).__name__ != "FastRMSNorm":
+            return f"norm {type(norm).__name__}: expected a transformers RMSNorm"
+    return None
+
+
+class FastDecoderLayer(nn.Module):
+    """Stands where a decoder layer was, sharing its submodules (same names, same state dict), and runs one-token
+    steps with fewer ops (module docstring). ``type(self).reference`` is the replaced class, whose forward runs
+    every other call. Built by :func:`fast_decoder_layer`, which subclasses it per decoder class so that
+    ``isinstance(layer, LlamaDecoderLayer)`` still holds (transformers records hidden states by that class)."""
+
+    reference: type
+
+    def _decode_ready(self, hidden_states: torch.Tensor, cache, position_embeddings, kwargs: dict) -> bool:
+        return (hidden_states.dim() == 3 and hidden_states.shape[1] == 1 and cache is not None
+                and position_embeddings is not None and type(hidden_states) is torch.Tensor
+                and hidden_states.dtype is torch.float32 and hidden_states.is_cpu and not torch.is_grad_enabled()
+                and not self.training and not kwargs.get("output_attentions")
+                and self.self_attn.config._attn_implementation == "sdpa" and self._float32_norms())
+
+    def _float32_norms(self) -> bool:
+        return self.input_layernorm.weight.dtype is torch.float32 and \
+            self.post_attention_layernorm.weight.dtype is torch.float32
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, cache=None, use_cache: bool | None = False,
+                position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None, **kwargs) -> torch.Tensor:
+        if "past_key_values" in kwargs and cache is None:  # transformers' deprecated spelling of ``cache``
+            cache = kwargs.pop("past_key_values")
+        if not self._decode_ready(hidden_states, cache, position_embeddings, kwargs):
+            return self.reference.forward(self, hidden_states, attention_mask=attention_mask,
+                                          position_ids=position_ids, cache=cache, use_cache=use_cache,
+                                          position_embeddings=position_embeddings, **kwargs)
+        attn, mlp = self.self_attn, self.mlp
+        b, d = hidden_states.shape[0], attn.head_dim
+        io = self._io(b)
+        io.qkv_in.copy_(_rms_norm(self.input_layernorm, hidden_states))
+        qkv = io.gemm(attn.qkv_proj.fused, "qkv")  # [B, 1, (heads + 2 kv heads) * head_dim]
+        q_out, k_out = attn.qkv_proj.splits[0], attn.qkv_proj.splits[1]
+        heads, kv_heads = q_out // d, k_out // d
+        qk = qkv[..., :q_out + k_out].view(b, 1, heads + kv_heads, d).transpose(1, 2)
+        # A copy: a cache may keep the tensor it is given, and ``qkv`` is overwritten by the next step.
+        value = qkv[..., q_out + k_out:].view(b, 1, kv_heads, d).transpose(1, 2).clone()
+        cos, sin = position_embeddings
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        half = d // 2
+        # transformers' apply_rotary_pos_emb, once for query and key heads: (x * cos) + (rotate_half(x) * sin).
+        qk = (qk * cos) + (torch.cat((-qk[..., half:], qk[..., :half]), dim=-1) * sin)
+        query, key = qk[:, :heads], qk[:, heads:]
+        # The attention's own keyword arguments, as the layer and the attention forward pass them on.
+        kw = {"position_ids": position_ids, "use_cache": use_cache, **kwargs}
+        key, value = cache.update(key, value, attn.layer_idx, kwargs=kw)
+        if hasattr(attn, "sliding_window"):  # Qwen2 / Mistral
+            kw["sliding_window"] = attn.sliding_window
+        out, _ = _attention(attn)(attn, query, key, value, attention_mask, dropout=0.0, scaling=attn.scaling, **kw)
+        io.o_in.copy_(out.view(b, 1, -1))
+        h = hidden_states + io.gemm(attn.o_proj, "o")
+        io.gate_up_in.copy_(_rms_norm(self.post_attention_layernorm, h))
+        gate_up = io.gemm(mlp.gate_up_proj.fused, "gate_up")
+        inner = mlp.gate_up_proj.splits[0]
+        torch.mul(F.silu(gate_up[..., :inner]), gate_up[..., inner:], out=io.down_in)
+        return h + io.gemm(mlp.down_proj, "down")
+
+    def _io(self, batch: int) -> _StepIO:
+        held = self.__dict__.get("_step_io")
+        if held is None:
+            held = self.__dict__["_step_io"] = _Held()
+        io = held.by_batch.get(batch)
+        if io is None:
+            attn, mlp = self.self_attn, self.mlp
+            io = held.by_batch[batch] = _StepIO(batch, {
+                "qkv": (attn.qkv_proj.fused.in_features, attn.qkv_proj.fused.out_features),
+                "o": (attn.o_proj.in_features, attn.o_proj.out_features),
+                "gate_up": (mlp.gate_up_proj.fused.in_features, mlp.gate_up_proj.fused.out_features),
+                "down": (mlp.down_proj.in_features, mlp.down_proj.out_features)})
+        return io
+
+
+class _StepIO:
+    """The inputs and outputs of a layer's four GEMMs for one batch size, allocated once: each is a numpy array
+    and a torch tensor over the same memory. A numpy view made afresh from a torch tensor for every kernel call
+    cost 8-17 us more per call than a kept one (measured: 22 us kernel, 31 / 39 us with a fresh input / output
+    view); a decode step makes four such calls per layer. Outputs are read (or copied) before the next step
+    overwrites them."""
+
+    def __init__(self, batch: int, shapes: dict[str, tuple[int, int]]) -> None:
+        import numpy as np
+
+        self.arrays: dict[str, tuple] = {}
+        # Normal tensors even when first called under inference mode, so that later steps outside it (no_grad)
+        # may write them.
+        with torch.inference_mode(False):
+            for name, (k, n) in shapes.items():
+                x, y = np.zeros((batch, k), np.float32), np.zeros((batch, n), np.float32)
+                setattr(self, f"{name}_in", torch.from_numpy(x).view(batch, 1, k))
+                self.arrays[name] = (x, y, torch.from_numpy(y).view(batch, 1, n))
+
+    def gemm(self, layer: nn.Module, name: str) -> torch.Tensor:
+        """``layer``'s output for the input in ``<name>_in``, written into (and returned as) ``name``'s output."""
+        x, y, out = self.arrays[name]
+        bias = None if layer.bias is None else layer.bias.numpy()
+        layer._packed_weight().linear(x, y, bias, *_linear_args(layer))
+        return out
+
+
+def _linear_args(layer: nn.Module) -> tuple:
+    """The packed weight's ``linear`` arguments after the bias, with the layer's activation settings
+    (:func:`nnic.kernels.run_packed_linear`'s defaults filled in)."""
+    args = layer.kernel_args()
+    return args + ("per_token", True, None, None, None, "none")[len(args):]
+
+
+class _Held:
+    """The per-batch :class:`_StepIO` of one layer; a copy of the layer (``copy.deepcopy``, pickling) starts
+    without any, since a copied torch view would no longer share memory with its copied numpy array."""
+
+    def __init__(self) -> None:
+        self.by_batch: dict[int, _StepIO] = {}
+
+    def __deepcopy__(self, memo: dict) -> _Held:
+        return _Held()
+
+    def __reduce__(self):
+        return (_Held, ())
+
+
+def _rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """transformers' RMSNorm of float32 ``x`` with float32 weights, in one op (bit-identical: see FastRMSNorm)."""
+    eps = norm.variance_epsilon
+    return F.rms_norm(x, norm.weight.shape, norm.weight, eps)
+
+
+def _attention(attn: nn.Module):
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    return ALL_ATTENTION_FUNCTIONS.get_interface(attn.config._attn_implementation, None)
+
+
+_SUBCLASSES: dict[type, type] = {}
+
+
+def fast_decoder_layer(layer: nn.Module) -> FastDecoderLayer:
+    """A :class:`FastDecoderLayer` sharing ``layer``'s submodules and attributes (its class subclasses both
+    :class:`FastDecoderLayer` and ``type(layer)``). Raises ``ValueError`` saying why when ``layer`` does not
+    qualify (:func:`why_not_fast`)."""
+    why = why_not_fast(layer)
+    if why:
+        raise ValueError(f"fast_decoder_layer: {why}")
+    cls = type(layer)
+    sub = _SUBCLASSES.get(cls)
+    if sub is None:
+        sub = type(f"Fast{cls.__name__}", (FastDecoderLayer, cls),
+                   {"reference": cls, "forward": FastDecoderLayer.forward, "__module__": __name__})
+        _SUBCLASSES[cls] = sub
+    new = sub.__new__(sub)
+    # Its own dicts (submodules, parameters, hooks...), holding the same objects: a module swapped in later on one
+    # layer object does not change the other, so the original can be put back.
+    new.__dict__.update({k: type(v)(v) if isinstance(v, dict) else v for k, v in layer.__dict__.items()})
+    return new
+
+
+__all__ = ["FastDecoderLayer", "decoder_layer_classes", "fast_decoder_layer", "why_not_fast"]
