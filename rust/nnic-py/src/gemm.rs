@@ -95,16 +95,31 @@ pub fn gemm_team_stats(reset: bool) -> (u64, u64, u64, u64) {
     (s.jobs, s.taken_spinning, s.taken_parked, s.spin_ns)
 }
 
-/// Counters of the GEMMs run on the OpenMP team: `(runs, late, tasks, tasks_by_team, arrival_ns, tail_ns,
-/// region_ns)`; `reset` zeroes them after reading.
+/// Counters of the parallel runs on the OpenMP team: `(runs, late, tasks, tasks_by_team, arrival_ns, tail_ns,
+/// region_ns, wait_ns)`; `reset` zeroes them after reading.
 #[pyfunction]
 #[pyo3(signature = (reset=false))]
-pub fn gemm_openmp_stats(reset: bool) -> (u64, u64, u64, u64, u64, u64, u64) {
+pub fn gemm_openmp_stats(reset: bool) -> (u64, u64, u64, u64, u64, u64, u64, u64) {
     let s = gemm::par::team_stats();
     if reset {
         gemm::par::reset_team_stats();
     }
-    (s.runs, s.late, s.tasks, s.tasks_by_team, s.arrival_ns, s.tail_ns, s.region_ns)
+    stats_tuple(s)
+}
+
+/// The same counters for the runs on nnic's own helpers (`late`: runs no helper took a task of).
+#[pyfunction]
+#[pyo3(signature = (reset=false))]
+pub fn gemm_pool_stats(reset: bool) -> (u64, u64, u64, u64, u64, u64, u64, u64) {
+    let s = gemm::par::pool_stats();
+    if reset {
+        gemm::par::reset_pool_stats();
+    }
+    stats_tuple(s)
+}
+
+fn stats_tuple(s: gemm::par::TeamStats) -> (u64, u64, u64, u64, u64, u64, u64, u64) {
+    (s.runs, s.late, s.tasks, s.tasks_by_team, s.arrival_ns, s.tail_ns, s.region_ns, s.wait_ns)
 }
 
 /// The GEMM path used now (follows `set_isa`).

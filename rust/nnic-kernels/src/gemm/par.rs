@@ -115,6 +115,8 @@ struct Job<'a> {
     last_done: AtomicU64,
     /// Tasks run by team threads other than the caller.
     by_team: AtomicUsize,
+    /// When the caller found no task left, in nanoseconds after `start`.
+    caller_done: AtomicU64,
 }
 
 extern "C" fn trampoline(data: *mut c_void) {
@@ -133,60 +135,110 @@ extern "C" fn trampoline(data: *mut c_void) {
         }
         ran += 1;
     }
-    job.last_done.fetch_max(job.start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    let done = job.start.elapsed().as_nanos() as u64;
+    job.last_done.fetch_max(done, Ordering::Relaxed);
     if std::thread::current().id() != job.caller {
         job.by_team.fetch_add(ran, Ordering::Relaxed);
+    } else {
+        job.caller_done.store(done, Ordering::Relaxed);
     }
 }
 
-/// What the GEMMs on the OpenMP team did since the process started (or [`reset_team_stats`]), in total: where
-/// the time of a team run goes besides the tasks themselves.
+/// Where the time of parallel runs goes besides the tasks themselves, summed over runs since the process started
+/// (or the last reset): one set for runs on the OpenMP team ([`team_stats`]), one for runs on nnic's own
+/// helpers ([`pool_stats`]).
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct TeamStats {
-    /// GEMMs run on the team.
+    /// Runs.
     pub runs: u64,
-    /// Of those, runs whose last thread arrived more than [`LATE`] after the start (the next [`AVOID`] of GEMMs
-    /// went to the kernel pool).
+    /// OpenMP team: runs whose last thread arrived more than [`LATE`] after the start (the next [`AVOID`] of
+    /// runs went to the kernel pool). Own helpers: runs in which no helper took a task (the caller ran all).
     pub late: u64,
-    /// Tasks, and tasks taken by team threads other than the caller (about half with two threads when the
-    /// team starts at once; few when its threads wake late).
+    /// Tasks, and tasks taken by threads other than the caller (about half with two threads when the helper
+    /// starts at once; few when it wakes late).
     pub tasks: u64,
     pub tasks_by_team: u64,
-    /// Nanoseconds from a run's start until its last thread arrived (the fork), summed.
+    /// Nanoseconds from a run's start until its last (OpenMP) or first (own helpers) other thread arrived,
+    /// summed over the runs it arrived in: the fork, or the hand-off.
     pub arrival_ns: u64,
-    /// Nanoseconds from the moment no task was left until `GOMP_parallel` returned (the join), summed.
+    /// Nanoseconds from the moment no task was left until the run returned (the join), summed.
     pub tail_ns: u64,
-    /// Nanoseconds inside `GOMP_parallel`, summed.
+    /// Nanoseconds of the whole run, summed.
     pub region_ns: u64,
+    /// Nanoseconds the caller spent after it found no task left (waiting for tasks other threads still ran,
+    /// then the join), summed: what the split costs the caller beyond its own share.
+    pub wait_ns: u64,
 }
 
-static TEAM_COUNTERS: [AtomicU64; 7] = [const { AtomicU64::new(0) }; 7];
+const FIELDS: usize = 8;
 
-/// The counters of GEMMs on the OpenMP team.
+/// Counters of one backend's runs, in the order of [`TeamStats`]'s fields.
+struct Counters([AtomicU64; FIELDS]);
+
+impl Counters {
+    const fn new() -> Counters {
+        Counters([const { AtomicU64::new(0) }; FIELDS])
+    }
+
+    fn read(&self) -> TeamStats {
+        let c = |i: usize| self.0[i].load(Ordering::Relaxed);
+        TeamStats {
+            runs: c(0),
+            late: c(1),
+            tasks: c(2),
+            tasks_by_team: c(3),
+            arrival_ns: c(4),
+            tail_ns: c(5),
+            region_ns: c(6),
+            wait_ns: c(7),
+        }
+    }
+
+    fn reset(&self) {
+        self.0.iter().for_each(|c| c.store(0, Ordering::Relaxed));
+    }
+
+    /// Adds one run: `late` as defined per backend, `done` when the last thread found no task left and
+    /// `caller_done` when the caller did, both in nanoseconds after the start.
+    #[allow(clippy::too_many_arguments)]
+    fn add(&self, late: bool, tasks: usize, by_team: usize, arrival_ns: u64, done: u64, caller_done: u64, region_ns: u64) {
+        let add = [
+            1,
+            late as u64,
+            tasks as u64,
+            by_team as u64,
+            arrival_ns,
+            region_ns.saturating_sub(done),
+            region_ns,
+            region_ns.saturating_sub(caller_done),
+        ];
+        for (c, v) in self.0.iter().zip(add) {
+            c.fetch_add(v, Ordering::Relaxed);
+        }
+    }
+}
+
+static OPENMP_RUNS: Counters = Counters::new();
+static POOL_RUNS: Counters = Counters::new();
+
+/// The counters of runs on the OpenMP team.
 pub fn team_stats() -> TeamStats {
-    let c = |i: usize| TEAM_COUNTERS[i].load(Ordering::Relaxed);
-    TeamStats { runs: c(0), late: c(1), tasks: c(2), tasks_by_team: c(3), arrival_ns: c(4), tail_ns: c(5), region_ns: c(6) }
+    OPENMP_RUNS.read()
 }
 
 /// Sets the counters of [`team_stats`] to zero.
 pub fn reset_team_stats() {
-    TEAM_COUNTERS.iter().for_each(|c| c.store(0, Ordering::Relaxed));
+    OPENMP_RUNS.reset()
 }
 
-fn count_team_run(job: &Job, region_ns: u64, late: bool) {
-    let done = job.last_done.load(Ordering::Relaxed);
-    let add = [
-        1,
-        late as u64,
-        job.n as u64,
-        job.by_team.load(Ordering::Relaxed) as u64,
-        job.last_arrival.load(Ordering::Relaxed),
-        region_ns.saturating_sub(done),
-        region_ns,
-    ];
-    for (c, v) in TEAM_COUNTERS.iter().zip(add) {
-        c.fetch_add(v, Ordering::Relaxed);
-    }
+/// The counters of runs on nnic's own helpers ([`crate::team`]).
+pub fn pool_stats() -> TeamStats {
+    POOL_RUNS.read()
+}
+
+/// Sets the counters of [`pool_stats`] to zero.
+pub fn reset_pool_stats() {
+    POOL_RUNS.reset()
 }
 
 /// Runs `f(i)` for every `i` in `0..n`, on up to `threads` threads (tasks taken in order, dynamically).
@@ -212,6 +264,7 @@ pub(crate) fn for_each(n: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
                 last_arrival: AtomicU64::new(0),
                 last_done: AtomicU64::new(0),
                 by_team: AtomicUsize::new(0),
+                caller_done: AtomicU64::new(0),
             };
             // SAFETY: `trampoline` only reads `job`, which outlives the call; flags 0 = default binding.
             unsafe { parallel(trampoline, &job as *const Job as *mut c_void, threads as u32, 0) };
@@ -220,7 +273,15 @@ pub(crate) fn for_each(n: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
             if late {
                 AVOID_UNTIL.store(nanos_since_epoch(Instant::now() + AVOID).max(1), Ordering::Relaxed);
             }
-            count_team_run(&job, region_ns, late);
+            OPENMP_RUNS.add(
+                late,
+                n,
+                job.by_team.load(Ordering::Relaxed),
+                job.last_arrival.load(Ordering::Relaxed),
+                job.last_done.load(Ordering::Relaxed),
+                job.caller_done.load(Ordering::Relaxed),
+                region_ns,
+            );
             if job.panicked.load(Ordering::Relaxed) {
                 panic!("a GEMM task panicked");
             }
@@ -242,18 +303,30 @@ struct Shared {
     panicked: AtomicBool,
     lock: Mutex<()>,
     all_done: Condvar,
+    start: Instant,
+    /// When the first helper arrived, in nanoseconds after `start` (`u64::MAX`: none yet).
+    first_arrival: AtomicU64,
+    /// Tasks run by helpers.
+    by_helpers: AtomicUsize,
+    /// When the last thread found no task left, in nanoseconds after `start`.
+    last_done: AtomicU64,
 }
 // SAFETY: `f` is `Sync` and used only while valid (see above); the rest are thread-safe types.
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
 impl Shared {
-    /// Claims and runs tasks until none is left.
-    fn work(&self) {
+    /// Claims and runs tasks until none is left (`helper`: on a helper thread, counted as such).
+    fn work(&self, helper: bool) {
         loop {
             let i = self.next.fetch_add(1, Ordering::AcqRel);
             if i >= self.n {
+                self.last_done.fetch_max(self.start.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 return;
+            }
+            if helper {
+                // counted before the task is reported done, so the caller reads every helper task
+                self.by_helpers.fetch_add(1, Ordering::Relaxed);
             }
             if !self.panicked.load(Ordering::Relaxed) {
                 // SAFETY: task `i` is claimed and not yet counted done, so the caller is still waiting.
@@ -271,8 +344,9 @@ impl Shared {
 
     /// A helper's part: take a seat if one is left, then tasks.
     fn join(&self) {
+        self.first_arrival.fetch_min(self.start.elapsed().as_nanos() as u64, Ordering::Relaxed);
         if self.next.load(Ordering::Relaxed) < self.n && self.seats.fetch_sub(1, Ordering::AcqRel) > 0 {
-            self.work();
+            self.work(true);
         }
     }
 }
@@ -291,13 +365,18 @@ fn on_pool(n: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
         panicked: AtomicBool::new(false),
         lock: Mutex::new(()),
         all_done: Condvar::new(),
+        start: Instant::now(),
+        first_arrival: AtomicU64::new(u64::MAX),
+        by_helpers: AtomicUsize::new(0),
+        last_done: AtomicU64::new(0),
     });
     let team = team::team();
     if team.helpers() > 0 {
         let s = shared.clone();
         team.publish(Arc::new(move || s.join()));
     }
-    shared.work();
+    shared.work(false);
+    let caller_done = shared.start.elapsed().as_nanos() as u64;
     // Tasks a helper claimed are short (one output block), so poll for them first, but no longer than the
     // helpers' own bound: a helper that lost its core to another process is waited for asleep.
     let (t0, bound) = (Instant::now(), team::spin());
@@ -314,6 +393,11 @@ fn on_pool(n: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
             drop(shared.all_done.wait(guard).unwrap_or_else(|e| e.into_inner()));
         }
     }
+    let region_ns = shared.start.elapsed().as_nanos() as u64;
+    let arrival = shared.first_arrival.load(Ordering::Relaxed);
+    let by_helpers = shared.by_helpers.load(Ordering::Relaxed);
+    let done = shared.last_done.load(Ordering::Relaxed).max(caller_done);
+    POOL_RUNS.add(by_helpers == 0, n, by_helpers, if arrival == u64::MAX { 0 } else { arrival }, done, caller_done, region_ns);
     if shared.panicked.load(Ordering::Relaxed) {
         panic!("a GEMM task panicked");
     }
