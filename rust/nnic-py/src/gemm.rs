@@ -1,6 +1,6 @@
 //! Bindings of the int8/int4 GEMM: shape and contiguity checks, GIL release, error mapping only.
 //! Outputs are caller-provided (see `nnic/kernels/gemm.py`, which allocates torch tensors and passes numpy views).
-use crate::errors::to_py;
+use crate::errors::{slice, slice_mut, to_py};
 use nnic_kernels::gemm::conv::{int8_conv2d, ConvGeom};
 use nnic_kernels::gemm::{self, int4, ActQuant, Activation, PackedLinear, Path};
 use numpy::{
@@ -11,15 +11,15 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 fn ro<'a, T: Element>(a: &'a PyReadonlyArray2<'_, T>, name: &str) -> PyResult<&'a [T]> {
-    a.as_slice().map_err(|_| PyValueError::new_err(format!("{name} must be a C-contiguous array")))
+    slice(a, name)
 }
 
 fn ro1<'a, T: Element>(a: &'a PyReadonlyArray1<'_, T>, name: &str) -> PyResult<&'a [T]> {
-    a.as_slice().map_err(|_| PyValueError::new_err(format!("{name} must be a C-contiguous array")))
+    slice(a, name)
 }
 
 fn rw<'a, T: Element>(a: &'a mut PyReadwriteArray2<'_, T>, name: &str) -> PyResult<&'a mut [T]> {
-    a.as_slice_mut().map_err(|_| PyValueError::new_err(format!("{name} must be a C-contiguous array")))
+    slice_mut(a, name)
 }
 
 /// `None`: the path of the active ISA; else a path or ISA name that this CPU supports.
@@ -360,7 +360,7 @@ packed_weight_methods!(PackedInt8Weight, symmetric = false,
                 self.inner.out_features()
             )));
         }
-        let x = x.as_slice().map_err(|_| PyValueError::new_err("x must be a C-contiguous (NHWC) array"))?;
+        let x = slice(&x, "x (NHWC)")?;
         let bias = bias.as_ref().map(|b| ro1(b, "bias")).transpose()?;
         let out = rw(&mut out, "out")?;
         let w = &self.inner;

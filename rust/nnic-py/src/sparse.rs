@@ -1,5 +1,5 @@
 //! Bindings of the sparse Linear kernels: argument checks, GIL release and error mapping only.
-use crate::errors::to_py;
+use crate::errors::{slice, slice_mut, to_py};
 use nnic_kernels::gemm::ActQuant;
 use nnic_kernels::sparse::{csr, nm, Index, SparseLinear, Values};
 use numpy::{
@@ -11,7 +11,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 fn contiguous<'a, T: numpy::Element>(a: &'a PyReadonlyArray1<'_, T>, name: &str) -> PyResult<&'a [T]> {
-    a.as_slice().map_err(|_| PyValueError::new_err(format!("{name} must be a C-contiguous array")))
+    slice(a, name)
 }
 
 /// f32 or i8 values (numpy 1-D), as the kernels' value type.
@@ -62,7 +62,7 @@ impl SparseWeight {
     #[pyo3(signature = (bits, k, values, scale=None))]
     fn csr(py: Python<'_>, bits: PyReadonlyArray2<'_, u8>, k: usize, values: &Bound<'_, PyAny>, scale: Option<PyReadonlyArray1<'_, f32>>) -> PyResult<Self> {
         let rows = bits.shape()[0];
-        let b = bits.as_slice().map_err(|_| PyValueError::new_err("bits must be a C-contiguous array"))?;
+        let b = slice(&bits, "bits")?;
         let (v, s) = (self::values(values)?, self::scale(scale)?);
         Ok(SparseWeight { inner: to_py(py.detach(|| csr::from_bitmask(rows, k, b, v, s)))? })
     }
@@ -72,7 +72,7 @@ impl SparseWeight {
     #[pyo3(signature = (idx, k, n, m, values, scale=None))]
     fn nm(py: Python<'_>, idx: PyReadonlyArray2<'_, u8>, k: usize, n: usize, m: usize, values: &Bound<'_, PyAny>, scale: Option<PyReadonlyArray1<'_, f32>>) -> PyResult<Self> {
         let rows = idx.shape()[0];
-        let i = idx.as_slice().map_err(|_| PyValueError::new_err("idx must be a C-contiguous array"))?.to_vec();
+        let i = slice(&idx, "idx")?.to_vec();
         let (v, s) = (self::values(values)?, self::scale(scale)?);
         Ok(SparseWeight { inner: to_py(py.detach(|| nm::from_parts(rows, k, n, m, i, v, s)))? })
     }
@@ -150,9 +150,9 @@ impl SparseWeight {
         if od != [m, self.inner.out_features()] {
             return Err(PyValueError::new_err(format!("out must be [{m}, {}], got {od:?}", self.inner.out_features())));
         }
-        let x = x.as_slice().map_err(|_| PyValueError::new_err("x must be a C-contiguous array"))?;
+        let x = slice(&x, "x")?;
         let bias = bias.as_ref().map(|b| contiguous(b, "bias")).transpose()?;
-        let out = out.as_slice_mut().map_err(|_| PyValueError::new_err("out must be a C-contiguous array"))?;
+        let out = slice_mut(&mut out, "out")?;
         let w = &self.inner;
         to_py(py.detach(|| w.linear(x, m, bias, aq, out)))
     }
@@ -179,9 +179,9 @@ impl SparseWeight {
             return Err(PyValueError::new_err(format!("x must have shape [..., {k}], got {shape:?}")));
         }
         let m: usize = shape[..shape.len() - 1].iter().product();
-        let xs: Cow<'_, [f32]> = match x.as_slice() {
+        let xs: Cow<'_, [f32]> = match slice(&x, "x") {
             Ok(s) => Cow::Borrowed(s),
-            Err(_) => Cow::Owned(x.as_array().iter().copied().collect()),
+            Err(_) => Cow::Owned(x.as_array().iter().copied().collect()), // in C order, whatever the strides
         };
         let bias = bias.as_ref().map(|b| contiguous(b, "bias")).transpose()?;
         let mut dims = shape.to_vec();
