@@ -82,9 +82,11 @@ def counters(backend: str, reset: bool = False) -> dict[str, int]:
     return (kernels.gemm_openmp_stats if backend == "openmp" else kernels.gemm_pool_stats)(reset=reset)
 
 
-def measure(rounds: int, threads: tuple[int, ...]) -> None:
+def measure(rounds: int, threads: tuple[int, ...], only: list[str] | None) -> None:
     torch.set_num_threads(max(threads))
     for name, (module, native, w, x) in cases().items():
+        if only and not any(o in name for o in only):
+            continue
         configs = [(t, b, before, call) for t in threads for b in (BACKENDS if t > 1 else ("openmp",))
                    for before in ("mkl", "idle") for call in ("module", "native")]
         if name == "int8 GEMV M=1":  # its module is the native call's only wrapper: time the module alone
@@ -133,9 +135,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=200)
     ap.add_argument("--quick", action="store_true", help="60 rounds")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--only", nargs="*", default=None, help="cases whose name contains one of these ('fp32', 'int8', 'GEMV')")
     a = ap.parse_args()
     print(os.popen("uptime").read().strip())
-    measure(60 if a.quick else a.rounds, tuple(sorted(a.threads)))
+    measure(60 if a.quick else a.rounds, tuple(sorted(a.threads)), a.only)
 
 
 if __name__ == "__main__":
