@@ -16,8 +16,13 @@
 //! The OpenMP team cannot do that: `GOMP_parallel` returns only when every team thread has passed the region,
 //! so a thread that another process keeps off its core stalls the GEMM for a scheduler time slice (milliseconds)
 //! even when the other threads took all its tasks. So each run on the team records how late its last thread
-//! arrived; when one arrives more than [`LATE`] after the start (a neighbour holds a core), the GEMMs of the
-//! next [`AVOID`] run on the kernel pool instead, and then the team is tried again.
+//! arrived; when one arrives more than [`LATE`] after the start (a neighbour holds a core), the runs of the
+//! next [`AVOID`] go to the kernel pool instead, and then the team is tried again. A retry that finds a thread
+//! late again doubles the window (up to [`MAX_AVOID`]); a run whose threads all arrive in time resets it. Why:
+//! with a neighbour that stays, every retry stalled for a scheduler slice (measured under load 5-7 with
+//! `bench/handoff.py`: a 90 % batch-1 sparse product's caller waited 9-17 ms for the late thread, against a
+//! 0.3-1 ms product; `bench/gemm.py`'s M=1 rows found 8 of 8 team runs late), and calls that come less than once
+//! per window, as in a benchmark's interleaved rounds or a server's requests, retried on every call.
 use crate::error::{KernelError, Result};
 use crate::team;
 use std::ffi::c_void;
@@ -28,8 +33,24 @@ use std::time::{Duration, Instant};
 /// A team thread that arrives this long after the region started was kept off its core by another process
 /// (waking a sleeping OpenMP thread takes tens of microseconds).
 const LATE: Duration = Duration::from_micros(500);
-/// How long the GEMMs avoid the team after a late arrival.
+/// How long the runs avoid the team after a late arrival.
 const AVOID: Duration = Duration::from_millis(500);
+/// The longest window: after a late retry the window doubles up to this.
+const MAX_AVOID: Duration = Duration::from_secs(8);
+
+/// The window that the next late run starts, in nanoseconds ([`AVOID`] until a retry is late again).
+static AVOID_NS: AtomicU64 = AtomicU64::new(AVOID.as_nanos() as u64);
+
+/// The window after a run on the team: `late` starts `window` (and the next late run's window doubles it, up to
+/// [`MAX_AVOID`]); a run on time starts none and resets the next one to [`AVOID`]. Returns (this run's window,
+/// the next late run's window), in nanoseconds.
+fn avoid_window(late: bool, window: u64) -> (Option<u64>, u64) {
+    if late {
+        (Some(window), (window * 2).min(MAX_AVOID.as_nanos() as u64))
+    } else {
+        (None, AVOID.as_nanos() as u64)
+    }
+}
 
 /// Nanoseconds since [`epoch`] until which the team is avoided (0: not avoided).
 static AVOID_UNTIL: AtomicU64 = AtomicU64::new(0);
@@ -151,8 +172,8 @@ extern "C" fn trampoline(data: *mut c_void) {
 pub struct TeamStats {
     /// Runs.
     pub runs: u64,
-    /// OpenMP team: runs whose last thread arrived more than [`LATE`] after the start (the next [`AVOID`] of
-    /// runs went to the kernel pool). Own helpers: runs in which no helper took a task (the caller ran all).
+    /// OpenMP team: runs whose last thread arrived more than [`LATE`] after the start (the runs of the next
+    /// [`AVOID`], or longer after a late retry, went to the kernel pool). Own helpers: runs in which no helper took a task (the caller ran all).
     pub late: u64,
     /// Tasks, and tasks taken by threads other than the caller (about half with two threads when the helper
     /// starts at once; few when it wakes late).
@@ -270,8 +291,10 @@ pub(crate) fn for_each(n: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
             unsafe { parallel(trampoline, &job as *const Job as *mut c_void, threads as u32, 0) };
             let region_ns = start.elapsed().as_nanos() as u64;
             let late = job.last_arrival.load(Ordering::Relaxed) > LATE.as_nanos() as u64;
-            if late {
-                AVOID_UNTIL.store(nanos_since_epoch(Instant::now() + AVOID).max(1), Ordering::Relaxed);
+            let (now_avoid, next) = avoid_window(late, AVOID_NS.load(Ordering::Relaxed));
+            AVOID_NS.store(next, Ordering::Relaxed);
+            if let Some(w) = now_avoid {
+                AVOID_UNTIL.store(nanos_since_epoch(Instant::now() + Duration::from_nanos(w)).max(1), Ordering::Relaxed);
             }
             OPENMP_RUNS.add(
                 late,
@@ -455,6 +478,22 @@ mod tests {
             }
         }
         panic!("a helper joined only {joined} of 30 attempts");
+    }
+
+    /// The window after a late run doubles with each late retry up to the bound, and a run on time resets it.
+    #[test]
+    fn late_retries_double_the_window_up_to_the_bound_and_a_run_on_time_resets_it() {
+        let (first, max) = (AVOID.as_nanos() as u64, MAX_AVOID.as_nanos() as u64);
+        let mut window = first;
+        let mut seen = Vec::new();
+        for _ in 0..8 {
+            let (now, next) = avoid_window(true, window);
+            seen.push(now.unwrap());
+            window = next;
+        }
+        assert_eq!(&seen[..3], &[first, 2 * first, 4 * first]);
+        assert!(seen.windows(2).all(|w| w[1] == (2 * w[0]).min(max)) && *seen.last().unwrap() == max);
+        assert_eq!(avoid_window(false, window), (None, first));
     }
 
     /// Several callers at once (each publishes its job; a newer one replaces an untaken older one): every
