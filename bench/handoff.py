@@ -135,7 +135,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=200)
     ap.add_argument("--quick", action="store_true", help="60 rounds")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--only", nargs="*", default=None, help="cases whose name contains one of these ('fp32', 'int8', 'GEMV')")
+    ap.add_argument("--only", nargs="*", default=None,
+                    help="cases whose name contains one of these ('fp32', 'int8', 'GEMV')")
     a = ap.parse_args()
     print(os.popen("uptime").read().strip())
     measure(60 if a.quick else a.rounds, tuple(sorted(a.threads)), a.only)

@@ -229,7 +229,8 @@ def test_forward_returns_a_new_output_of_any_input_layout():
         assert isinstance(got, np.ndarray) and got.dtype == np.float32 and got.shape == (*xi.shape[:-1], 8)
         torch.testing.assert_close(torch.from_numpy(got), xi @ w.T + bias, rtol=1e-5, atol=1e-5)
     xf = np.asfortranarray(x[0].numpy())  # Fortran order: numpy calls it contiguous, but not in C order
-    torch.testing.assert_close(torch.from_numpy(packed.forward(xf, bias.numpy())), x[0] @ w.T + bias, rtol=1e-5, atol=1e-5)
+    got = torch.from_numpy(packed.forward(xf, bias.numpy()))
+    torch.testing.assert_close(got, x[0] @ w.T + bias, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="x must be a C-contiguous array"):
         packed.linear(xf, np.empty((3, 8), np.float32))
     with pytest.raises(ValueError, match=r"x must have shape \[\.\.\., 32\], got \[2, 31\]"):

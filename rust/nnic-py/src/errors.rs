@@ -24,7 +24,10 @@ pub fn slice<'a, T: Element, D: Dimension>(a: &'a PyReadonlyArray<'_, T, D>, nam
 }
 
 /// The data of a writable array as a mutable slice in C order (see [`slice`]).
-pub fn slice_mut<'a, T: Element, D: Dimension>(a: &'a mut PyReadwriteArray<'_, T, D>, name: &str) -> pyo3::PyResult<&'a mut [T]> {
+pub fn slice_mut<'a, T: Element, D: Dimension>(
+    a: &'a mut PyReadwriteArray<'_, T, D>,
+    name: &str,
+) -> pyo3::PyResult<&'a mut [T]> {
     if !a.is_c_contiguous() {
         return Err(not_contiguous(name));
     }

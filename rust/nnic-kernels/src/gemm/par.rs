@@ -173,7 +173,8 @@ pub struct TeamStats {
     /// Runs.
     pub runs: u64,
     /// OpenMP team: runs whose last thread arrived more than [`LATE`] after the start (the runs of the next
-    /// [`AVOID`], or longer after a late retry, went to the kernel pool). Own helpers: runs in which no helper took a task (the caller ran all).
+    /// [`AVOID`], or longer after a late retry, went to the kernel pool). Own helpers: runs in which no helper
+    /// took a task (the caller ran them all).
     pub late: u64,
     /// Tasks, and tasks taken by threads other than the caller (about half with two threads when the helper
     /// starts at once; few when it wakes late).
@@ -222,7 +223,16 @@ impl Counters {
     /// Adds one run: `late` as defined per backend, `done` when the last thread found no task left and
     /// `caller_done` when the caller did, both in nanoseconds after the start.
     #[allow(clippy::too_many_arguments)]
-    fn add(&self, late: bool, tasks: usize, by_team: usize, arrival_ns: u64, done: u64, caller_done: u64, region_ns: u64) {
+    fn add(
+        &self,
+        late: bool,
+        tasks: usize,
+        by_team: usize,
+        arrival_ns: u64,
+        done: u64,
+        caller_done: u64,
+        region_ns: u64,
+    ) {
         let add = [
             1,
             late as u64,
@@ -294,7 +304,8 @@ pub(crate) fn for_each(n: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
             let (now_avoid, next) = avoid_window(late, AVOID_NS.load(Ordering::Relaxed));
             AVOID_NS.store(next, Ordering::Relaxed);
             if let Some(w) = now_avoid {
-                AVOID_UNTIL.store(nanos_since_epoch(Instant::now() + Duration::from_nanos(w)).max(1), Ordering::Relaxed);
+                let until = nanos_since_epoch(Instant::now() + Duration::from_nanos(w)).max(1);
+                AVOID_UNTIL.store(until, Ordering::Relaxed);
             }
             OPENMP_RUNS.add(
                 late,
@@ -420,7 +431,8 @@ fn on_pool(n: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
     let arrival = shared.first_arrival.load(Ordering::Relaxed);
     let by_helpers = shared.by_helpers.load(Ordering::Relaxed);
     let done = shared.last_done.load(Ordering::Relaxed).max(caller_done);
-    POOL_RUNS.add(by_helpers == 0, n, by_helpers, if arrival == u64::MAX { 0 } else { arrival }, done, caller_done, region_ns);
+    let arrival = if arrival == u64::MAX { 0 } else { arrival };
+    POOL_RUNS.add(by_helpers == 0, n, by_helpers, arrival, done, caller_done, region_ns);
     if shared.panicked.load(Ordering::Relaxed) {
         panic!("a GEMM task panicked");
     }
