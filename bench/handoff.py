@@ -14,9 +14,11 @@ Each case is timed in one process, every configuration once per round (interleav
 - one thread (``threads=1``, the caller alone) against two.
 
 Per row: wall and caller-thread CPU time (``time.thread_time``) per call, and from the runs' counters
-(``kernels.gemm_openmp_stats`` / ``kernels.gemm_pool_stats``, per run): when the other thread arrived
-(``arrive``), the caller's wait after its own last task (``wait``: the end barrier), the join after the last task
-(``tail``) and the other thread's share of the tasks (``share``). ``uptime`` is printed beside the numbers: on a
+(``kernels.gemm_openmp_stats`` / ``kernels.gemm_pool_stats``, per run, of the runner that ran the call): when the
+other thread arrived (``arrive``), the caller's wait after its own last task (``wait``: the end barrier), the join
+after the last task (``tail``), the other thread's share of the tasks (``share``), the runs that thread did not
+join (``alone``; OpenMP: runs it joined late) and the calls that ran on the OpenMP team (``on team``: with backend
+``openmp`` the rest ran on nnic's own helpers, while the team was avoided after a late thread). ``uptime`` is printed beside the numbers: on a
 loaded machine the wall times of two threads mostly measure the neighbours; the counters and CPU times do not.
 """
 
@@ -78,8 +80,10 @@ def cases() -> dict[str, tuple[nn.Module, callable, torch.Tensor]]:
     }
 
 
-def counters(backend: str, reset: bool = False) -> dict[str, int]:
-    return (kernels.gemm_openmp_stats if backend == "openmp" else kernels.gemm_pool_stats)(reset=reset)
+def counters(reset: bool = False) -> dict[str, dict[str, int]]:
+    """Both runners' counters: a call with backend ``openmp`` runs on nnic's own helpers while the team is avoided
+    (after a late team thread), so each call is attributed to the runner that ran it."""
+    return {"openmp": kernels.gemm_openmp_stats(reset=reset), "own": kernels.gemm_pool_stats(reset=reset)}
 
 
 def measure(rounds: int, threads: tuple[int, ...], only: list[str] | None) -> None:
@@ -106,19 +110,21 @@ def measure(rounds: int, threads: tuple[int, ...], only: list[str] | None) -> No
                             F.linear(x, w)
                         else:
                             time.sleep(0.002)
-                        counters(b, reset=True)
+                        counters(reset=True)
                         t0, c0 = time.perf_counter(), time.thread_time()
                         fn[call]()
                         c1, t1 = time.thread_time(), time.perf_counter()
                         wall[c].append((t1 - t0) * 1e6)
                         cpu[c].append((c1 - c0) * 1e6)
-                        runs[c].append(counters(b))
+                        runs[c].append(counters())
         kernels.set_gemm_backend("openmp")
         print(f"\n{name}   (load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}; {rounds} rounds; medians, us)")
         print(f"{'threads':>7} {'backend':>7} {'before':>6} {'call':>6} {'wall':>7} {'cpu':>7} "
-              f"{'arrive':>7} {'wait':>7} {'tail':>6} {'share':>6} {'alone':>6}")
+              f"{'arrive':>7} {'wait':>7} {'tail':>6} {'share':>6} {'alone':>6} {'on team':>7}")
         for c in configs:
-            rs = [r for r in runs[c] if r["runs"]]
+            on_team = [r["openmp"]["runs"] > 0 for r in runs[c] if r["openmp"]["runs"] or r["own"]["runs"]]
+            rs = [r["openmp"] if r["openmp"]["runs"] else r["own"] for r in runs[c]]
+            rs = [r for r in rs if r["runs"]]
 
             def per_run(key: str) -> str:
                 vals = [r[key] / r["runs"] / 1e3 for r in rs]
@@ -127,7 +133,8 @@ def measure(rounds: int, threads: tuple[int, ...], only: list[str] | None) -> No
             alone = sum(r["late"] for r in rs) / max(1, sum(r["runs"] for r in rs)) if rs else float("nan")
             print(f"{c[0]:>7} {c[1]:>7} {c[2]:>6} {c[3]:>6} {statistics.median(wall[c]):7.0f} "
                   f"{statistics.median(cpu[c]):7.0f} {per_run('arrival_ns')} {per_run('wait_ns')} "
-                  f"{per_run('tail_ns')[1:]} {share:6.2f} {alone:6.2f}")
+                  f"{per_run('tail_ns')[1:]} {share:6.2f} {alone:6.2f} "
+                  f"{sum(on_team) / max(1, len(on_team)):7.2f}")
 
 
 def main() -> None:
