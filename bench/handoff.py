@@ -98,7 +98,7 @@ def measure(rounds: int, threads: tuple[int, ...], only: list[str] | None) -> No
         wall = {c: [] for c in configs}
         cpu = {c: [] for c in configs}
         runs = {c: [] for c in configs}
-        fn = {"module": lambda: module(x), "native": native}
+        fn = {"module": lambda module=module, x=x: module(x), "native": native}
         with torch.no_grad():
             for _ in range(rounds):
                 for t in threads:
@@ -126,7 +126,7 @@ def measure(rounds: int, threads: tuple[int, ...], only: list[str] | None) -> No
             rs = [r["openmp"] if r["openmp"]["runs"] else r["own"] for r in runs[c]]
             rs = [r for r in rs if r["runs"]]
 
-            def per_run(key: str) -> str:
+            def per_run(key: str, rs: list = rs) -> str:
                 vals = [r[key] / r["runs"] / 1e3 for r in rs]
                 return f"{statistics.median(vals):7.0f}" if vals else f"{'-':>7}"
             share = statistics.median(r["tasks_by_team"] / r["tasks"] for r in rs) if rs else float("nan")
