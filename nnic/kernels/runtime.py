@@ -22,7 +22,7 @@ from nnic import _kernels as native
 from nnic.kernels.adapters import as_int
 
 __all__ = ["active_isa", "apply_env", "cpu_features", "gemm_backend", "gemm_openmp_stats", "gemm_path", "gemm_paths",
-           "gemm_spin_us", "gemm_team_stats", "get_num_threads", "native", "set_gemm_backend", "set_gemm_spin_us",
+           "gemm_pool_stats", "gemm_spin_us", "gemm_team_stats", "get_num_threads", "native", "set_gemm_backend", "set_gemm_spin_us",
            "set_isa", "set_num_threads", "supported_isas"]
 
 GEMM_BACKENDS = ("openmp", "rayon")
@@ -126,15 +126,26 @@ def gemm_team_stats(reset: bool = False) -> dict[str, int]:
     return {"jobs": jobs, "taken_spinning": spinning, "taken_parked": parked, "spin_ns": spin_ns}
 
 
+_RUN_STATS = ("runs", "late", "tasks", "tasks_by_team", "arrival_ns", "tail_ns", "region_ns", "wait_ns")
+
+
 def gemm_openmp_stats(reset: bool = False) -> dict[str, int]:
-    """What the GEMMs on torch's OpenMP team did since start (or the last ``reset=True``), summed over runs:
-    ``runs``; ``late`` (runs whose last thread arrived over 0.5 ms after the start, which send the next 0.5 s of
-    GEMMs to nnic's own helpers); ``tasks`` and ``tasks_by_team`` (taken by team threads other than the caller:
-    about half with two threads when the team starts at once); ``arrival_ns`` (start to the last thread's
-    arrival: the fork), ``tail_ns`` (no task left to the region's end: the join) and ``region_ns`` (the whole
-    parallel region). GEMMs on nnic's own helpers count in :func:`gemm_team_stats` instead."""
-    names = ("runs", "late", "tasks", "tasks_by_team", "arrival_ns", "tail_ns", "region_ns")
-    return dict(zip(names, native.gemm_openmp_stats(bool(reset))))
+    """What the parallel runs (GEMMs, sparse products) on torch's OpenMP team did since start (or the last
+    ``reset=True``), summed over runs: ``runs``; ``late`` (runs whose last thread arrived over 0.5 ms after the
+    start, which send the next 0.5 s of runs to nnic's own helpers, twice as long after each late retry, up to
+    8 s); ``tasks`` and ``tasks_by_team`` (taken by team threads other than the caller: about half with two
+    threads when the team starts at once); ``arrival_ns`` (start to the last thread's arrival: the fork),
+    ``tail_ns`` (no task left to the region's end: the join), ``region_ns`` (the whole parallel region) and
+    ``wait_ns`` (the caller's own last task to the region's end: what waiting for the others cost it). Runs on
+    nnic's own helpers count in :func:`gemm_pool_stats` instead."""
+    return dict(zip(_RUN_STATS, native.gemm_openmp_stats(bool(reset))))
+
+
+def gemm_pool_stats(reset: bool = False) -> dict[str, int]:
+    """The counters of :func:`gemm_openmp_stats` for the parallel runs on nnic's own helper threads (the
+    ``rayon`` backend, and the fallback after a late OpenMP thread): ``late`` counts the runs in which no helper
+    took a task (the caller ran them all) and ``arrival_ns`` sums the first helper's arrival."""
+    return dict(zip(_RUN_STATS, native.gemm_pool_stats(bool(reset))))
 
 
 def apply_env() -> None:

@@ -185,23 +185,26 @@ class SparseLinear(nn.Module):
         """The kernels' form of the weight, rebuilt when a weight buffer was replaced or changed in place."""
         return self._compute_form()[0]
 
-    def _compute_form(self) -> tuple[Any, np.ndarray | None]:
-        """The packed weight and the bias as a numpy view, cached: per call only the buffers' identities and
-        versions are compared (a tuple of their shapes and pointers cost more than the product of a small layer)."""
+    def _compute_form(self) -> tuple[Any, np.ndarray | None, float | None, int | None]:
+        """The packed weight, the bias as a numpy view and the static activation scale and zero point (None
+        unless ``act="static"``), cached: per call only the buffers' identities and versions are compared (a
+        tuple of their shapes and pointers cost more than the product of a small layer)."""
         b = self._buffers
-        srcs = (b["values"], b.get("mask_bits"), b.get("index"), b.get("weight_scale"), b.get("bias"))
+        srcs = (b["values"], b.get("mask_bits"), b.get("index"), b.get("weight_scale"), b.get("bias"),
+                b.get("act_scale"), b.get("act_zero_point"))
         key = tuple(-1 if t is None else t._version for t in srcs)
         cached = self._packed
-        if cached is None or key != self._packed_key or any(a is not c for a, c in zip(srcs, cached[2])):
+        if cached is None or key != self._packed_key or any(a is not c for a, c in zip(srcs, cached[-1])):
             values, scale = srcs[0].cpu(), None if srcs[3] is None else srcs[3].cpu()
             if self.nm is None:
                 packed = kernels.sparse_weight_csr(srcs[1].cpu(), self.in_features, values, scale)
             else:
                 packed = kernels.sparse_weight_nm(srcs[2].cpu(), self.in_features, *self.nm, values, scale)
             bias = None if srcs[4] is None else srcs[4].detach().cpu().float().contiguous().numpy()
-            cached = (packed, bias, srcs)
+            static = (float(srcs[5]), int(srcs[6])) if self.act == "static" else (None, None)
+            cached = (packed, bias, *static, srcs)
             self._packed, self._packed_key = cached, key
-        return cached[0], cached[1]
+        return cached[:4]
 
     def _apply(self, fn, recurse=True):
         self._packed = None  # .to() / .cuda() replace the buffers: do not keep the old ones alive in the cache
@@ -211,19 +214,16 @@ class SparseLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"SparseLinear: input has {x.shape[-1]} features, expected {self.in_features}")
+        if x.is_cpu:
+            # One native call (the checks of kernels.sparse_linear are known to hold here: a packed weight, a
+            # float32 bias, a validated act mode): each torch or Python call around a kernel costs microseconds,
+            # and tens of them right after a large product evicted their code and data (docs/sparse.md).
+            if x.dtype != torch.float32:
+                x = x.float()
+            packed, bias, act_scale, act_zero_point = self._compute_form()
+            return torch.from_numpy(packed.forward(x.detach().numpy(), bias, self.act, act_scale, act_zero_point))
         lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features).float()
-        if x2.device.type == "cpu":
-            # the native call directly: everything kernels.sparse_linear checks is known here (float32 2-D CPU
-            # input, a validated act mode, a packed weight and a float32 bias), and its checks cost as much as
-            # the product of a small layer
-            packed, bias = self._compute_form()
-            static = (float(self.act_scale), int(self.act_zero_point)) if self.act == "static" else (None, None)
-            y = torch.empty((x2.shape[0], self.out_features), dtype=torch.float32)
-            packed.linear(x2.detach().contiguous().numpy(), y.numpy(), bias, self.act, *static)
-        else:
-            y = self._forward_torch_sparse(x2)
-        return y.reshape(*lead, self.out_features)
+        return self._forward_torch_sparse(x.reshape(-1, self.in_features).float()).reshape(*lead, self.out_features)
 
     def _forward_torch_sparse(self, x: torch.Tensor) -> torch.Tensor:
         """Other devices: torch's sparse CSR matmul of the dequantized values (activations fake-quantized with the

@@ -215,3 +215,27 @@ def test_bitmask_and_nm_forms_round_trip():
     values, index = layout.pack_nm(w, mask, 2, 4)
     assert torch.equal(layout.unpack_nm(values, index, 16, 2, 4), w * mask)
     assert layout.nm_pattern(torch.ones(2, 8, dtype=torch.bool)) is None
+
+
+def test_forward_returns_a_new_output_of_any_input_layout():
+    """``SparseWeight.forward``, the module's one native call: the product of ``linear`` as a new array shaped
+    like ``x`` with out_features last, for C-contiguous and strided inputs; shape errors name the expectation."""
+    w = torch.randn(8, 32) * (torch.rand(8, 32) < 0.3)
+    bias = torch.randn(8)
+    packed = pack_sparse_weight(w)
+    x = torch.randn(2, 3, 32)
+    for xi in (x, x[:, 1], x[:, :, ::1].transpose(0, 1), x[0, 0]):
+        got = packed.forward(xi.numpy(), bias.numpy())
+        assert isinstance(got, np.ndarray) and got.dtype == np.float32 and got.shape == (*xi.shape[:-1], 8)
+        torch.testing.assert_close(torch.from_numpy(got), xi @ w.T + bias, rtol=1e-5, atol=1e-5)
+    xf = np.asfortranarray(x[0].numpy())  # Fortran order: numpy calls it contiguous, but not in C order
+    got = torch.from_numpy(packed.forward(xf, bias.numpy()))
+    torch.testing.assert_close(got, x[0] @ w.T + bias, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="x must be a C-contiguous array"):
+        packed.linear(xf, np.empty((3, 8), np.float32))
+    with pytest.raises(ValueError, match=r"x must have shape \[\.\.\., 32\], got \[2, 31\]"):
+        packed.forward(np.zeros((2, 31), np.float32))
+    with pytest.raises(ValueError, match="bias has 3"):
+        packed.forward(np.zeros((2, 32), np.float32), np.zeros(3, np.float32))
+    with pytest.raises(TypeError):
+        packed.forward(np.zeros((2, 32), np.float64))

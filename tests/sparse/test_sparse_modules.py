@@ -288,3 +288,32 @@ def test_torch_sparse_fallback_of_int8_layers_matches_the_kernels(act, symmetric
     x = torch.randn(7, 40)
     torch.testing.assert_close(sp._forward_torch_sparse(x), sp(x), rtol=RTOL, atol=ATOL)
     torch.testing.assert_close(sp(x), model[0](x), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("dtype, act", [("float32", None), ("int8", "per_token"), ("int8", "static")])
+def test_every_input_form_gives_the_masked_layers_output(dtype, act):
+    """The module's one native call takes what nn.Linear takes: 1-D, 2-D and 3-D inputs, non-contiguous views,
+    float64 (computed in float32), inputs that require grad, empty batches; the output is a fresh float32
+    tensor shaped like the input with out_features last, which the caller may keep and change."""
+    torch.manual_seed(3)
+    w = torch.randn(24, 40) * (torch.rand(24, 40) < 0.25)
+    bias = torch.randn(24)
+    if dtype == "int8":
+        codes = torch.randint(-127, 128, (24, 40), dtype=torch.int8) * (w != 0)
+        static = {"act_scale": 0.05, "act_zero_point": 7} if act == "static" else {}
+        sp = SparseLinear.from_dense(codes, bias, weight_scale=torch.rand(24) / 50 + 1e-3, act=act, **static)
+    else:
+        sp = SparseLinear.from_dense(w, bias)
+    x3 = torch.randn(3, 5, 40)
+    inputs = [x3[0, 0], x3[0], x3, torch.randn(40, 6).t(), x3[:, ::2], x3.double(), x3.clone().requires_grad_(),
+              torch.zeros(0, 40)]
+    for x in inputs:
+        y = sp(x)
+        want = sp._forward_torch_sparse(x.detach().reshape(-1, 40).float()).reshape(*x.shape[:-1], 24)
+        assert y.dtype == torch.float32 and y.shape == (*x.shape[:-1], 24)
+        torch.testing.assert_close(y, want, rtol=RTOL, atol=ATOL)
+    y = sp(x3)
+    y.add_(1.0)  # the output is the caller's own
+    torch.testing.assert_close(sp(x3), y - 1.0)
+    with pytest.raises(ValueError, match="input has 39 features, expected 40"):
+        sp(torch.randn(2, 39))

@@ -1,6 +1,6 @@
 //! Bindings of the int8/int4 GEMM: shape and contiguity checks, GIL release, error mapping only.
 //! Outputs are caller-provided (see `nnic/kernels/gemm.py`, which allocates torch tensors and passes numpy views).
-use crate::errors::to_py;
+use crate::errors::{slice, slice_mut, to_py};
 use nnic_kernels::gemm::conv::{int8_conv2d, ConvGeom};
 use nnic_kernels::gemm::{self, int4, ActQuant, Activation, PackedLinear, Path};
 use numpy::{
@@ -11,15 +11,15 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 fn ro<'a, T: Element>(a: &'a PyReadonlyArray2<'_, T>, name: &str) -> PyResult<&'a [T]> {
-    a.as_slice().map_err(|_| PyValueError::new_err(format!("{name} must be a C-contiguous array")))
+    slice(a, name)
 }
 
 fn ro1<'a, T: Element>(a: &'a PyReadonlyArray1<'_, T>, name: &str) -> PyResult<&'a [T]> {
-    a.as_slice().map_err(|_| PyValueError::new_err(format!("{name} must be a C-contiguous array")))
+    slice(a, name)
 }
 
 fn rw<'a, T: Element>(a: &'a mut PyReadwriteArray2<'_, T>, name: &str) -> PyResult<&'a mut [T]> {
-    a.as_slice_mut().map_err(|_| PyValueError::new_err(format!("{name} must be a C-contiguous array")))
+    slice_mut(a, name)
 }
 
 /// `None`: the path of the active ISA; else a path or ISA name that this CPU supports.
@@ -95,16 +95,31 @@ pub fn gemm_team_stats(reset: bool) -> (u64, u64, u64, u64) {
     (s.jobs, s.taken_spinning, s.taken_parked, s.spin_ns)
 }
 
-/// Counters of the GEMMs run on the OpenMP team: `(runs, late, tasks, tasks_by_team, arrival_ns, tail_ns,
-/// region_ns)`; `reset` zeroes them after reading.
+/// Counters of the parallel runs on the OpenMP team: `(runs, late, tasks, tasks_by_team, arrival_ns, tail_ns,
+/// region_ns, wait_ns)`; `reset` zeroes them after reading.
 #[pyfunction]
 #[pyo3(signature = (reset=false))]
-pub fn gemm_openmp_stats(reset: bool) -> (u64, u64, u64, u64, u64, u64, u64) {
+pub fn gemm_openmp_stats(reset: bool) -> (u64, u64, u64, u64, u64, u64, u64, u64) {
     let s = gemm::par::team_stats();
     if reset {
         gemm::par::reset_team_stats();
     }
-    (s.runs, s.late, s.tasks, s.tasks_by_team, s.arrival_ns, s.tail_ns, s.region_ns)
+    stats_tuple(s)
+}
+
+/// The same counters for the runs on nnic's own helpers (`late`: runs no helper took a task of).
+#[pyfunction]
+#[pyo3(signature = (reset=false))]
+pub fn gemm_pool_stats(reset: bool) -> (u64, u64, u64, u64, u64, u64, u64, u64) {
+    let s = gemm::par::pool_stats();
+    if reset {
+        gemm::par::reset_pool_stats();
+    }
+    stats_tuple(s)
+}
+
+fn stats_tuple(s: gemm::par::TeamStats) -> (u64, u64, u64, u64, u64, u64, u64, u64) {
+    (s.runs, s.late, s.tasks, s.tasks_by_team, s.arrival_ns, s.tail_ns, s.region_ns, s.wait_ns)
 }
 
 /// The GEMM path used now (follows `set_isa`).
@@ -345,7 +360,7 @@ packed_weight_methods!(PackedInt8Weight, symmetric = false,
                 self.inner.out_features()
             )));
         }
-        let x = x.as_slice().map_err(|_| PyValueError::new_err("x must be a C-contiguous (NHWC) array"))?;
+        let x = slice(&x, "x (NHWC)")?;
         let bias = bias.as_ref().map(|b| ro1(b, "bias")).transpose()?;
         let out = rw(&mut out, "out")?;
         let w = &self.inner;

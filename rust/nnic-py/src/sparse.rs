@@ -1,13 +1,17 @@
 //! Bindings of the sparse Linear kernels: argument checks, GIL release and error mapping only.
-use crate::errors::to_py;
+use crate::errors::{slice, slice_mut, to_py};
 use nnic_kernels::gemm::ActQuant;
 use nnic_kernels::sparse::{csr, nm, Index, SparseLinear, Values};
-use numpy::{PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray2, PyUntypedArrayMethods};
+use numpy::{
+    PyArray1, PyArray2, PyArrayDyn, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArrayDyn, PyReadwriteArray2,
+    PyUntypedArrayMethods,
+};
+use std::borrow::Cow;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 fn contiguous<'a, T: numpy::Element>(a: &'a PyReadonlyArray1<'_, T>, name: &str) -> PyResult<&'a [T]> {
-    a.as_slice().map_err(|_| PyValueError::new_err(format!("{name} must be a C-contiguous array")))
+    slice(a, name)
 }
 
 /// f32 or i8 values (numpy 1-D), as the kernels' value type.
@@ -58,7 +62,7 @@ impl SparseWeight {
     #[pyo3(signature = (bits, k, values, scale=None))]
     fn csr(py: Python<'_>, bits: PyReadonlyArray2<'_, u8>, k: usize, values: &Bound<'_, PyAny>, scale: Option<PyReadonlyArray1<'_, f32>>) -> PyResult<Self> {
         let rows = bits.shape()[0];
-        let b = bits.as_slice().map_err(|_| PyValueError::new_err("bits must be a C-contiguous array"))?;
+        let b = slice(&bits, "bits")?;
         let (v, s) = (self::values(values)?, self::scale(scale)?);
         Ok(SparseWeight { inner: to_py(py.detach(|| csr::from_bitmask(rows, k, b, v, s)))? })
     }
@@ -68,7 +72,7 @@ impl SparseWeight {
     #[pyo3(signature = (idx, k, n, m, values, scale=None))]
     fn nm(py: Python<'_>, idx: PyReadonlyArray2<'_, u8>, k: usize, n: usize, m: usize, values: &Bound<'_, PyAny>, scale: Option<PyReadonlyArray1<'_, f32>>) -> PyResult<Self> {
         let rows = idx.shape()[0];
-        let i = idx.as_slice().map_err(|_| PyValueError::new_err("idx must be a C-contiguous array"))?.to_vec();
+        let i = slice(&idx, "idx")?.to_vec();
         let (v, s) = (self::values(values)?, self::scale(scale)?);
         Ok(SparseWeight { inner: to_py(py.detach(|| nm::from_parts(rows, k, n, m, i, v, s)))? })
     }
@@ -146,11 +150,51 @@ impl SparseWeight {
         if od != [m, self.inner.out_features()] {
             return Err(PyValueError::new_err(format!("out must be [{m}, {}], got {od:?}", self.inner.out_features())));
         }
-        let x = x.as_slice().map_err(|_| PyValueError::new_err("x must be a C-contiguous array"))?;
+        let x = slice(&x, "x")?;
         let bias = bias.as_ref().map(|b| contiguous(b, "bias")).transpose()?;
-        let out = out.as_slice_mut().map_err(|_| PyValueError::new_err("out must be a C-contiguous array"))?;
+        let out = slice_mut(&mut out, "out")?;
         let w = &self.inner;
         to_py(py.detach(|| w.linear(x, m, bias, aq, out)))
+    }
+
+    /// The same product as a new float32 array: `x[..., in_features]` of any strides (copied when not
+    /// C-contiguous) gives `[..., out_features]`. One native call per product, for `SparseLinear`: the
+    /// Python and torch calls around a kernel (allocate, view, reshape) cost more than the kernel's own
+    /// hand-off to its second thread, and more still right after a product that evicted their code and data from
+    /// the caches (see docs/sparse.md).
+    #[pyo3(signature = (x, bias=None, act=None, act_scale=None, act_zero_point=None))]
+    fn forward<'py>(
+        &self,
+        py: Python<'py>,
+        x: PyReadonlyArrayDyn<'py, f32>,
+        bias: Option<PyReadonlyArray1<'py, f32>>,
+        act: Option<&str>,
+        act_scale: Option<f32>,
+        act_zero_point: Option<i32>,
+    ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+        let aq = self::act(act, act_scale, act_zero_point)?;
+        let (k, n) = (self.inner.in_features(), self.inner.out_features());
+        let shape = x.shape();
+        if shape.last() != Some(&k) {
+            return Err(PyValueError::new_err(format!("x must have shape [..., {k}], got {shape:?}")));
+        }
+        let m: usize = shape[..shape.len() - 1].iter().product();
+        let xs: Cow<'_, [f32]> = match slice(&x, "x") {
+            Ok(s) => Cow::Borrowed(s),
+            Err(_) => Cow::Owned(x.as_array().iter().copied().collect()), // in C order, whatever the strides
+        };
+        let bias = bias.as_ref().map(|b| contiguous(b, "bias")).transpose()?;
+        let mut dims = shape.to_vec();
+        *dims.last_mut().expect("x has a last axis") = n;
+        // SAFETY: every element is written by the product before Python sees the array (m rows of n outputs).
+        let y = unsafe { PyArrayDyn::<f32>::new(py, dims, false) };
+        {
+            let mut rw = y.readwrite();
+            let out = rw.as_slice_mut().expect("a new array is C-contiguous");
+            let w = &self.inner;
+            to_py(py.detach(|| w.linear(&xs, m, bias, aq, out)))?;
+        }
+        Ok(y)
     }
 }
 

@@ -16,8 +16,13 @@
 //! The OpenMP team cannot do that: `GOMP_parallel` returns only when every team thread has passed the region,
 //! so a thread that another process keeps off its core stalls the GEMM for a scheduler time slice (milliseconds)
 //! even when the other threads took all its tasks. So each run on the team records how late its last thread
-//! arrived; when one arrives more than [`LATE`] after the start (a neighbour holds a core), the GEMMs of the
-//! next [`AVOID`] run on the kernel pool instead, and then the team is tried again.
+//! arrived; when one arrives more than [`LATE`] after the start (a neighbour holds a core), the runs of the
+//! next [`AVOID`] go to the kernel pool instead, and then the team is tried again. A retry that finds a thread
+//! late again doubles the window (up to [`MAX_AVOID`]); a run whose threads all arrive in time resets it. Why:
+//! with a neighbour that stays, every retry stalled for a scheduler slice (measured under load 5-7 with
+//! `bench/handoff.py`: a 90 % batch-1 sparse product's caller waited 9-17 ms for the late thread, against a
+//! 0.3-1 ms product; `bench/gemm.py`'s M=1 rows found 8 of 8 team runs late), and calls that come less than once
+//! per window, as in a benchmark's interleaved rounds or a server's requests, retried on every call.
 use crate::error::{KernelError, Result};
 use crate::team;
 use std::ffi::c_void;
@@ -28,8 +33,24 @@ use std::time::{Duration, Instant};
 /// A team thread that arrives this long after the region started was kept off its core by another process
 /// (waking a sleeping OpenMP thread takes tens of microseconds).
 const LATE: Duration = Duration::from_micros(500);
-/// How long the GEMMs avoid the team after a late arrival.
+/// How long the runs avoid the team after a late arrival.
 const AVOID: Duration = Duration::from_millis(500);
+/// The longest window: after a late retry the window doubles up to this.
+const MAX_AVOID: Duration = Duration::from_secs(8);
+
+/// The window that the next late run starts, in nanoseconds ([`AVOID`] until a retry is late again).
+static AVOID_NS: AtomicU64 = AtomicU64::new(AVOID.as_nanos() as u64);
+
+/// The window after a run on the team: `late` starts `window` (and the next late run's window doubles it, up to
+/// [`MAX_AVOID`]); a run on time starts none and resets the next one to [`AVOID`]. Returns (this run's window,
+/// the next late run's window), in nanoseconds.
+fn avoid_window(late: bool, window: u64) -> (Option<u64>, u64) {
+    if late {
+        (Some(window), (window * 2).min(MAX_AVOID.as_nanos() as u64))
+    } else {
+        (None, AVOID.as_nanos() as u64)
+    }
+}
 
 /// Nanoseconds since [`epoch`] until which the team is avoided (0: not avoided).
 static AVOID_UNTIL: AtomicU64 = AtomicU64::new(0);
@@ -115,6 +136,8 @@ struct Job<'a> {
     last_done: AtomicU64,
     /// Tasks run by team threads other than the caller.
     by_team: AtomicUsize,
+    /// When the caller found no task left, in nanoseconds after `start`.
+    caller_done: AtomicU64,
 }
 
 extern "C" fn trampoline(data: *mut c_void) {
@@ -133,60 +156,120 @@ extern "C" fn trampoline(data: *mut c_void) {
         }
         ran += 1;
     }
-    job.last_done.fetch_max(job.start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    let done = job.start.elapsed().as_nanos() as u64;
+    job.last_done.fetch_max(done, Ordering::Relaxed);
     if std::thread::current().id() != job.caller {
         job.by_team.fetch_add(ran, Ordering::Relaxed);
+    } else {
+        job.caller_done.store(done, Ordering::Relaxed);
     }
 }
 
-/// What the GEMMs on the OpenMP team did since the process started (or [`reset_team_stats`]), in total: where
-/// the time of a team run goes besides the tasks themselves.
+/// Where the time of parallel runs goes besides the tasks themselves, summed over runs since the process started
+/// (or the last reset): one set for runs on the OpenMP team ([`team_stats`]), one for runs on nnic's own
+/// helpers ([`pool_stats`]).
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct TeamStats {
-    /// GEMMs run on the team.
+    /// Runs.
     pub runs: u64,
-    /// Of those, runs whose last thread arrived more than [`LATE`] after the start (the next [`AVOID`] of GEMMs
-    /// went to the kernel pool).
+    /// OpenMP team: runs whose last thread arrived more than [`LATE`] after the start (the runs of the next
+    /// [`AVOID`], or longer after a late retry, went to the kernel pool). Own helpers: runs in which no helper
+    /// took a task (the caller ran them all).
     pub late: u64,
-    /// Tasks, and tasks taken by team threads other than the caller (about half with two threads when the
-    /// team starts at once; few when its threads wake late).
+    /// Tasks, and tasks taken by threads other than the caller (about half with two threads when the helper
+    /// starts at once; few when it wakes late).
     pub tasks: u64,
     pub tasks_by_team: u64,
-    /// Nanoseconds from a run's start until its last thread arrived (the fork), summed.
+    /// Nanoseconds from a run's start until its last (OpenMP) or first (own helpers) other thread arrived,
+    /// summed over the runs it arrived in: the fork, or the hand-off.
     pub arrival_ns: u64,
-    /// Nanoseconds from the moment no task was left until `GOMP_parallel` returned (the join), summed.
+    /// Nanoseconds from the moment no task was left until the run returned (the join), summed.
     pub tail_ns: u64,
-    /// Nanoseconds inside `GOMP_parallel`, summed.
+    /// Nanoseconds of the whole run, summed.
     pub region_ns: u64,
+    /// Nanoseconds the caller spent after it found no task left (waiting for tasks other threads still ran,
+    /// then the join), summed: what the split costs the caller beyond its own share.
+    pub wait_ns: u64,
 }
 
-static TEAM_COUNTERS: [AtomicU64; 7] = [const { AtomicU64::new(0) }; 7];
+const FIELDS: usize = 8;
 
-/// The counters of GEMMs on the OpenMP team.
+/// Counters of one backend's runs, in the order of [`TeamStats`]'s fields.
+struct Counters([AtomicU64; FIELDS]);
+
+impl Counters {
+    const fn new() -> Counters {
+        Counters([const { AtomicU64::new(0) }; FIELDS])
+    }
+
+    fn read(&self) -> TeamStats {
+        let c = |i: usize| self.0[i].load(Ordering::Relaxed);
+        TeamStats {
+            runs: c(0),
+            late: c(1),
+            tasks: c(2),
+            tasks_by_team: c(3),
+            arrival_ns: c(4),
+            tail_ns: c(5),
+            region_ns: c(6),
+            wait_ns: c(7),
+        }
+    }
+
+    fn reset(&self) {
+        self.0.iter().for_each(|c| c.store(0, Ordering::Relaxed));
+    }
+
+    /// Adds one run: `late` as defined per backend, `done` when the last thread found no task left and
+    /// `caller_done` when the caller did, both in nanoseconds after the start.
+    #[allow(clippy::too_many_arguments)]
+    fn add(
+        &self,
+        late: bool,
+        tasks: usize,
+        by_team: usize,
+        arrival_ns: u64,
+        done: u64,
+        caller_done: u64,
+        region_ns: u64,
+    ) {
+        let add = [
+            1,
+            late as u64,
+            tasks as u64,
+            by_team as u64,
+            arrival_ns,
+            region_ns.saturating_sub(done),
+            region_ns,
+            region_ns.saturating_sub(caller_done),
+        ];
+        for (c, v) in self.0.iter().zip(add) {
+            c.fetch_add(v, Ordering::Relaxed);
+        }
+    }
+}
+
+static OPENMP_RUNS: Counters = Counters::new();
+static POOL_RUNS: Counters = Counters::new();
+
+/// The counters of runs on the OpenMP team.
 pub fn team_stats() -> TeamStats {
-    let c = |i: usize| TEAM_COUNTERS[i].load(Ordering::Relaxed);
-    TeamStats { runs: c(0), late: c(1), tasks: c(2), tasks_by_team: c(3), arrival_ns: c(4), tail_ns: c(5), region_ns: c(6) }
+    OPENMP_RUNS.read()
 }
 
 /// Sets the counters of [`team_stats`] to zero.
 pub fn reset_team_stats() {
-    TEAM_COUNTERS.iter().for_each(|c| c.store(0, Ordering::Relaxed));
+    OPENMP_RUNS.reset()
 }
 
-fn count_team_run(job: &Job, region_ns: u64, late: bool) {
-    let done = job.last_done.load(Ordering::Relaxed);
-    let add = [
-        1,
-        late as u64,
-        job.n as u64,
-        job.by_team.load(Ordering::Relaxed) as u64,
-        job.last_arrival.load(Ordering::Relaxed),
-        region_ns.saturating_sub(done),
-        region_ns,
-    ];
-    for (c, v) in TEAM_COUNTERS.iter().zip(add) {
-        c.fetch_add(v, Ordering::Relaxed);
-    }
+/// The counters of runs on nnic's own helpers ([`crate::team`]).
+pub fn pool_stats() -> TeamStats {
+    POOL_RUNS.read()
+}
+
+/// Sets the counters of [`pool_stats`] to zero.
+pub fn reset_pool_stats() {
+    POOL_RUNS.reset()
 }
 
 /// Runs `f(i)` for every `i` in `0..n`, on up to `threads` threads (tasks taken in order, dynamically).
@@ -212,15 +295,27 @@ pub(crate) fn for_each(n: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
                 last_arrival: AtomicU64::new(0),
                 last_done: AtomicU64::new(0),
                 by_team: AtomicUsize::new(0),
+                caller_done: AtomicU64::new(0),
             };
             // SAFETY: `trampoline` only reads `job`, which outlives the call; flags 0 = default binding.
             unsafe { parallel(trampoline, &job as *const Job as *mut c_void, threads as u32, 0) };
             let region_ns = start.elapsed().as_nanos() as u64;
             let late = job.last_arrival.load(Ordering::Relaxed) > LATE.as_nanos() as u64;
-            if late {
-                AVOID_UNTIL.store(nanos_since_epoch(Instant::now() + AVOID).max(1), Ordering::Relaxed);
+            let (now_avoid, next) = avoid_window(late, AVOID_NS.load(Ordering::Relaxed));
+            AVOID_NS.store(next, Ordering::Relaxed);
+            if let Some(w) = now_avoid {
+                let until = nanos_since_epoch(Instant::now() + Duration::from_nanos(w)).max(1);
+                AVOID_UNTIL.store(until, Ordering::Relaxed);
             }
-            count_team_run(&job, region_ns, late);
+            OPENMP_RUNS.add(
+                late,
+                n,
+                job.by_team.load(Ordering::Relaxed),
+                job.last_arrival.load(Ordering::Relaxed),
+                job.last_done.load(Ordering::Relaxed),
+                job.caller_done.load(Ordering::Relaxed),
+                region_ns,
+            );
             if job.panicked.load(Ordering::Relaxed) {
                 panic!("a GEMM task panicked");
             }
@@ -242,18 +337,30 @@ struct Shared {
     panicked: AtomicBool,
     lock: Mutex<()>,
     all_done: Condvar,
+    start: Instant,
+    /// When the first helper arrived, in nanoseconds after `start` (`u64::MAX`: none yet).
+    first_arrival: AtomicU64,
+    /// Tasks run by helpers.
+    by_helpers: AtomicUsize,
+    /// When the last thread found no task left, in nanoseconds after `start`.
+    last_done: AtomicU64,
 }
 // SAFETY: `f` is `Sync` and used only while valid (see above); the rest are thread-safe types.
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
 impl Shared {
-    /// Claims and runs tasks until none is left.
-    fn work(&self) {
+    /// Claims and runs tasks until none is left (`helper`: on a helper thread, counted as such).
+    fn work(&self, helper: bool) {
         loop {
             let i = self.next.fetch_add(1, Ordering::AcqRel);
             if i >= self.n {
+                self.last_done.fetch_max(self.start.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 return;
+            }
+            if helper {
+                // counted before the task is reported done, so the caller reads every helper task
+                self.by_helpers.fetch_add(1, Ordering::Relaxed);
             }
             if !self.panicked.load(Ordering::Relaxed) {
                 // SAFETY: task `i` is claimed and not yet counted done, so the caller is still waiting.
@@ -271,8 +378,9 @@ impl Shared {
 
     /// A helper's part: take a seat if one is left, then tasks.
     fn join(&self) {
+        self.first_arrival.fetch_min(self.start.elapsed().as_nanos() as u64, Ordering::Relaxed);
         if self.next.load(Ordering::Relaxed) < self.n && self.seats.fetch_sub(1, Ordering::AcqRel) > 0 {
-            self.work();
+            self.work(true);
         }
     }
 }
@@ -291,13 +399,18 @@ fn on_pool(n: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
         panicked: AtomicBool::new(false),
         lock: Mutex::new(()),
         all_done: Condvar::new(),
+        start: Instant::now(),
+        first_arrival: AtomicU64::new(u64::MAX),
+        by_helpers: AtomicUsize::new(0),
+        last_done: AtomicU64::new(0),
     });
     let team = team::team();
     if team.helpers() > 0 {
         let s = shared.clone();
         team.publish(Arc::new(move || s.join()));
     }
-    shared.work();
+    shared.work(false);
+    let caller_done = shared.start.elapsed().as_nanos() as u64;
     // Tasks a helper claimed are short (one output block), so poll for them first, but no longer than the
     // helpers' own bound: a helper that lost its core to another process is waited for asleep.
     let (t0, bound) = (Instant::now(), team::spin());
@@ -314,6 +427,12 @@ fn on_pool(n: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
             drop(shared.all_done.wait(guard).unwrap_or_else(|e| e.into_inner()));
         }
     }
+    let region_ns = shared.start.elapsed().as_nanos() as u64;
+    let arrival = shared.first_arrival.load(Ordering::Relaxed);
+    let by_helpers = shared.by_helpers.load(Ordering::Relaxed);
+    let done = shared.last_done.load(Ordering::Relaxed).max(caller_done);
+    let arrival = if arrival == u64::MAX { 0 } else { arrival };
+    POOL_RUNS.add(by_helpers == 0, n, by_helpers, arrival, done, caller_done, region_ns);
     if shared.panicked.load(Ordering::Relaxed) {
         panic!("a GEMM task panicked");
     }
@@ -371,6 +490,22 @@ mod tests {
             }
         }
         panic!("a helper joined only {joined} of 30 attempts");
+    }
+
+    /// The window after a late run doubles with each late retry up to the bound, and a run on time resets it.
+    #[test]
+    fn late_retries_double_the_window_up_to_the_bound_and_a_run_on_time_resets_it() {
+        let (first, max) = (AVOID.as_nanos() as u64, MAX_AVOID.as_nanos() as u64);
+        let mut window = first;
+        let mut seen = Vec::new();
+        for _ in 0..8 {
+            let (now, next) = avoid_window(true, window);
+            seen.push(now.unwrap());
+            window = next;
+        }
+        assert_eq!(&seen[..3], &[first, 2 * first, 4 * first]);
+        assert!(seen.windows(2).all(|w| w[1] == (2 * w[0]).min(max)) && *seen.last().unwrap() == max);
+        assert_eq!(avoid_window(false, window), (None, first));
     }
 
     /// Several callers at once (each publishes its job; a newer one replaces an untaken older one): every
