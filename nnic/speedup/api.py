@@ -14,8 +14,8 @@ from torch.nn.utils import parametrize
 from nnic.channels.capture import split_dummy_input
 from nnic.channels.graph import Spec, State
 from nnic.channels.propagate import Propagation, RuleTable, SpeedupError, analyze
-from nnic.masking import check_masks
-from nnic.speedup.engine import apply, apply_masks, decide, unwrap_masks
+from nnic.masking import ParameterMask, check_masks
+from nnic.speedup.engine import apply, apply_masks, decide, same_tensor, unwrap_masks
 from nnic.speedup.ties import retie, tied_parameters
 
 # Verification tolerances (rtol, atol) by dtype: shrinking changes summation order, whose rounding grows with
@@ -29,10 +29,11 @@ class _Snapshot:
     failed speedup can put the model back exactly (rules replace parameters, modules and attributes, and
     may fold values into tensors in place).
 
-    ``remasked``: tensors the caller masks again after a failure (:func:`~nnic.speedup.prune_and_speedup`
-    attaches the same masks, which zero the same positions). Speedup writes into them in place only where
-    their masks are zero, so they are not copied: the snapshot keeps each one's storage, and a tensor whose
-    storage was replaced gets it back. A step that may write elsewhere in a module's tensors (a rule's
+    ``remasked``: tensors that are masked again after a failure (the originals behind attached mask
+    parametrizations, which the restore puts back; the weights :func:`~nnic.speedup.prune_and_speedup` masks,
+    which it then attaches). Speedup writes into them in place only where those masks are zero, which is
+    hidden again afterwards (and held zeros already where the masks were attached), so they are not copied:
+    the snapshot keeps each one's storage, and a tensor whose storage was replaced gets it back. A step that may write elsewhere in a module's tensors (a rule's
     ``fold``, a plugin rule's ``shrink``) calls :meth:`protect` first, which copies them then. Copying every
     tensor was 0.03-0.05 s of a torchvision classifier's speedup, most of it for the masked weights."""
 
@@ -237,7 +238,7 @@ class ModelSpeedup:
         split_dummy_input(model, self.dummy_input)  # its TypeError before any work
         table = RuleTable(registered_rules() + self.rules)
         # Before the masks are folded: a failure must not leave zeroed weights (unless they are masked again).
-        snapshot = _Snapshot(model, self._masked_tensors() if remasked else ())
+        snapshot = _Snapshot(model, self._masked_tensors(remasked))
         modes = {m: m.training for m, *_ in snapshot.modules}
         try:
             self._fold_masks()
@@ -286,10 +287,22 @@ class ModelSpeedup:
                     m.training = model.training
         return model
 
-    def _masked_tensors(self) -> list[torch.Tensor]:
-        """The stored tensors that ``self.masks`` mask (not attached ones: those are parametrizations)."""
+    def _masked_tensors(self, remasked: bool) -> list[torch.Tensor]:
+        """The stored tensors whose values speedup changes only under masks that hide them again after a
+        failure, so that the restore need not copy them (:class:`_Snapshot`): the originals behind attached
+        mask parametrizations (the restore attaches them again; masks given for the same parameter must be
+        those very masks), and with ``remasked`` those that ``self.masks`` mask."""
         out = []
-        for layer, per_param in self.masks.items():
+        for name, module in self.model.named_modules():
+            if not parametrize.is_parametrized(module):
+                continue
+            for pname in module.parametrizations.keys():
+                plist = module.parametrizations[pname]
+                attached = [p.mask for p in plist if isinstance(p, ParameterMask)]
+                given = (self.masks.get(name) or {}).get(pname)
+                if len(attached) == len(plist) and (given is None or any(same_tensor(given, m) for m in attached)):
+                    out.append(plist.original)
+        for layer, per_param in self.masks.items() if remasked else ():
             module = self.model.get_submodule(layer)
             for pname, mask in per_param.items():
                 if mask is not None and not parametrize.is_parametrized(module, pname):

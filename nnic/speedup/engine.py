@@ -161,7 +161,7 @@ def unwrap_masks(model: nn.Module) -> dict[tuple[str, str], list[torch.Tensor]]:
     return folded
 
 
-def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+def same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
     """One tensor seen twice (a parametrization keeps a view of the mask it was given): same memory, layout and
     dtype, so the same values."""
     return (a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
@@ -180,10 +180,10 @@ def apply_masks(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tensor 
             for pname, mask in per_param.items():
                 if mask is None:
                     continue
-                if mask.dtype == torch.bool and any(_same_tensor(mask, m) for m in folded.get((layer, pname), ())):
+                if mask.dtype == torch.bool and any(same_tensor(mask, m) for m in folded.get((layer, pname), ())):
                     continue
                 p = getattr(module, pname)
                 zero_masked_(p.data, mask.to(device=p.device, dtype=torch.bool))
 
 
-__all__ = ["apply", "apply_masks", "decide", "unwrap_masks"]
+__all__ = ["apply", "apply_masks", "decide", "same_tensor", "unwrap_masks"]
