@@ -291,7 +291,8 @@ class ModelSpeedup:
         """The stored tensors whose values speedup changes only under masks that hide them again after a
         failure, so that the restore need not copy them (:class:`_Snapshot`): the originals behind attached
         mask parametrizations (the restore attaches them again; masks given for the same parameter must be
-        those very masks), and with ``remasked`` those that ``self.masks`` mask."""
+        those very masks) and their masks (never written), and with ``remasked`` those that ``self.masks``
+        mask."""
         out = []
         for name, module in self.model.named_modules():
             if not parametrize.is_parametrized(module):
@@ -302,6 +303,7 @@ class ModelSpeedup:
                 given = (self.masks.get(name) or {}).get(pname)
                 if len(attached) == len(plist) and (given is None or any(same_tensor(given, m) for m in attached)):
                     out.append(plist.original)
+                out += attached  # the masks themselves: read, never written
         for layer, per_param in self.masks.items() if remasked else ():
             module = self.model.get_submodule(layer)
             for pname, mask in per_param.items():
