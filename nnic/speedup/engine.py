@@ -18,22 +18,29 @@ from nnic.selection import replace_module
 from nnic.speedup.rules import slice_param
 
 
-def _reasons_by_root(roots: np.ndarray, table: dict[int, str], last: bool) -> dict[int, str]:
-    """``{root: reason}`` per root of ``table``'s ids (raw id -> reason), roots in the order their first id
-    appears; the reason of the root's first id, or of its last with ``last=True``. One vectorised pass over
-    what may be every channel of the model (a dense model's sinks block all of them), and plain ints out of
-    it: a numpy scalar per root cost more than the pass."""
+def _reasons_by_root(roots: np.ndarray, table: dict[int, str] | list[tuple[np.ndarray, str]],
+                     last: bool) -> dict[int, str]:
+    """``{root: reason}`` per root of ``table``'s ids (raw id -> reason, or runs of ids with one reason each),
+    roots in the order their first id appears; the reason of the root's first id, or of its last with
+    ``last=True``. One vectorised pass over what may be every channel of the model (a dense model's sinks
+    block all of them), and plain ints out of it: a numpy scalar per root cost more than the pass."""
     if not table:
         return {}
-    r = roots[np.fromiter(table.keys(), dtype=np.int64, count=len(table))]
-    texts = list(table.values())
+    if isinstance(table, dict):
+        ids = np.fromiter(table.keys(), dtype=np.int64, count=len(table))
+        texts, text_of = list(table.values()), None
+    else:  # runs: one reason per run, looked up through each id's run number
+        ids = np.concatenate([run for run, _ in table])
+        texts, text_of = [why for _, why in table], np.repeat(np.arange(len(table)), [len(run) for run, _ in table])
+    r = roots[ids]
     unique, first = np.unique(r, return_index=True)
     pick = first
     if last:
         _, from_end = np.unique(r[::-1], return_index=True)
         pick = len(r) - 1 - from_end
     order = np.argsort(first, kind="stable")
-    return dict(zip(unique[order].tolist(), [texts[k] for k in pick[order].tolist()]))
+    picked = pick[order] if text_of is None else text_of[pick[order]]
+    return dict(zip(unique[order].tolist(), [texts[k] for k in picked.tolist()]))
 
 
 def decide(state: State, why: dict[int, str] | None = None) -> set[int]:
@@ -41,7 +48,7 @@ def decide(state: State, why: dict[int, str] | None = None) -> set[int]:
     root is kept: a pin's reason, else the first sink that reads the channel."""
     roots = state.uf.root_array()
     reasons: dict[int, str] = {} if why is None else why
-    blocked = _reasons_by_root(roots, state.blocked, last=False)
+    blocked = _reasons_by_root(roots, state.blocked_runs, last=False)
     texts = {reason: f"{reason!r} reads it, and it is not zero there" for reason in set(blocked.values())}
     reasons.update(zip(blocked.keys(), map(texts.__getitem__, blocked.values())))
     reasons.update(_reasons_by_root(roots, state.pinned, last=True))  # a pin's reason wins

@@ -197,7 +197,7 @@ class ChannelMixRule(Rule):
             # A module called again (shared weights) cannot fold: the same bias would absorb two constants.
             for f in call.state.folds:
                 if f.module == call.name:
-                    call.state.blocked.setdefault(in_ids[f.position], f"{call.name} (called twice)")
+                    call.state.block([in_ids[f.position]], f"{call.name} (called twice)")
         # An output channel is dead when every input it reads is dead: when it reads no live input.
         live = blocks if not bool(dead_in.any()) else blocks & ~dead_in.reshape(g_use, 1, ip)
         reads_live = any_along(live, 2)
