@@ -297,7 +297,7 @@ class ModelSpeedup:
         for name, module in self.model.named_modules():
             if not parametrize.is_parametrized(module):
                 continue
-            for pname in module.parametrizations.keys():
+            for pname in module.parametrizations:
                 plist = module.parametrizations[pname]
                 attached = [p.mask for p in plist if isinstance(p, ParameterMask)]
                 given = (self.masks.get(name) or {}).get(pname)
