@@ -11,7 +11,9 @@ A rule is an object with:
   drop (``call.sink``), keeps channels it cannot handle (``call.pin``) and adds constraints (``call.constraint``).
   Module rules name their channel dimensions with *slots* (``call.slot("in", n)``): the same ids on every call.
 - ``shrink(module, keep)`` (module rules): ``keep`` maps each slot that loses channels to the sorted ``LongTensor``
-  of kept positions; return the smaller module (the same object changed in place, or a new one).
+  of kept positions; return the smaller module (the same object changed in place, or a new one). Writing into
+  the module's tensors in place is allowed: speedup copies them first for the restore on failure (it skips
+  that copy for nnic's own shrinks, which only replace tensors).
 - ``fold(module, slot, positions, values)`` (optional): add constant input channels that are about to be removed
   into the bias, for sinks that said ``fold`` in :meth:`~nnic.channels.graph.Call.sink`.
 
