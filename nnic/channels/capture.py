@@ -27,8 +27,9 @@ class Capture:
     module whose forward code could not be traced, and why: the channels crossing that code are kept.
     ``key`` is the fingerprint of an ``"fx"`` capture (:mod:`~nnic.channels.reuse`), ``reused`` whether its graph
     came from an earlier analysis of the same model, ``values`` every node's value on the dummy input when the
-    graph was traced just now (computed while tracing: the propagation reads them instead of running the model
-    again)."""
+    graph was traced just now (computed while tracing: a structure-only propagation reads them instead of
+    running the model again), large tensors as stand-ins of their shape, dtype and device
+    (:class:`~nnic.channels.concrete.ValueTracer`)."""
 
     kind: str
     parts: list[Part]

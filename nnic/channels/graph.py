@@ -230,7 +230,8 @@ class State:
 
     uf: UnionFind = field(default_factory=UnionFind)
     pinned: dict[int, str] = field(default_factory=dict)  # raw id -> why
-    blocked: dict[int, str] = field(default_factory=dict)  # raw id -> which sink cannot drop it
+    # Which sink cannot drop which raw ids: (ids, sink) runs in the order the sinks said so (see block()).
+    blocked_runs: list[tuple[np.ndarray, str]] = field(default_factory=list)
     slots: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     slot_rules: dict[str, Any] = field(default_factory=dict)  # module name -> rule
     folds: list[Fold] = field(default_factory=list)
@@ -248,6 +249,23 @@ class State:
     def pin(self, ids: Iterable[int], why: str) -> None:
         for i in ids:
             self.pinned.setdefault(i, why)
+
+    def block(self, ids: Sequence[int] | np.ndarray, where: str) -> None:
+        """Sink ``where`` cannot drop these raw ids (the first sink to say so is the one reported). Kept as
+        runs, not id by id: sinks block thousands of channels of a dense model, and the decision reads
+        them once, vectorised."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.size:
+            self.blocked_runs.append((ids, where))
+
+    @property
+    def blocked(self) -> dict[int, str]:
+        """``{raw id: the first sink that cannot drop it}``."""
+        out: dict[int, str] = {}
+        for ids, where in self.blocked_runs:
+            for i in ids.tolist():
+                out.setdefault(i, where)
+        return out
 
     def roots_of(self, ids: Sequence[int]) -> np.ndarray:
         """The roots of ``ids`` (an int64 array): a slice of :meth:`UnionFind.root_array` for the consecutive
@@ -361,9 +379,10 @@ class Call:
         if self.state.structure_only:
             return
         where = f"{self.name or self.node.name}"
-        blocked, removable = self.state.blocked, torch.as_tensor(removable, dtype=torch.bool).cpu()
-        for k in (~removable).nonzero().flatten().tolist():
-            blocked.setdefault(ids[k], where)
+        removable = torch.as_tensor(removable, dtype=torch.bool).cpu()
+        kept = (~removable).nonzero().flatten().numpy()
+        if kept.size:
+            self.state.block(np.asarray(ids, dtype=np.int64)[kept], where)
         if fold is not None:
             for k in (torch.as_tensor(fold, dtype=torch.bool).cpu() & removable).nonzero().flatten().tolist():
                 self.state.folds.append(Fold(self.name, slot, k, float(fold_values[k])))

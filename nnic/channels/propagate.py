@@ -188,6 +188,26 @@ class Propagation:
                           f"kept (pass strict=True to make this an error, or {hint})", SpeedupWarning, stacklevel=6)
 
 
+def _all_known(gm: fx.GraphModule, values: Mapping[fx.Node, Any]) -> bool:
+    """Whether the trace computed every node's value (else the propagation computes them all: it would
+    compute the missing ones from the stand-ins of large values)."""
+    return all(n in values for n in gm.graph.nodes if n.op not in ("placeholder", "get_attr", "output"))
+
+
+def _propagate(captured: Capture, table: RuleTable, strict: bool, structure_only: bool,
+               use_known: bool) -> Propagation:
+    prop = Propagation(captured.parts[0].gm, table, strict, structure_only)
+    prop.capture = captured
+    with torch.no_grad():
+        for part in captured.parts:
+            why = "a model output" if captured.kind == "fx" else \
+                f"output of {part.prefix!r}, read by code that could not be traced"
+            for module, a, kw in part.calls:
+                prop.run(placeholder_values(module, a, kw), part.gm, why,
+                         known=captured.values if use_known else None)
+    return prop
+
+
 def analyze(model: nn.Module, dummy_input: Any, table: RuleTable, *, leaf_modules: Iterable[str | type] = (),
             strict: bool = False, fallback: bool = True, structure_only: bool = False) -> Propagation:
     """Capture ``model`` (:func:`~nnic.channels.capture.capture`: fx, or regions when fx cannot trace it) and
@@ -202,16 +222,16 @@ def analyze(model: nn.Module, dummy_input: Any, table: RuleTable, *, leaf_module
         model.eval()
         captured = capture(model, args, kwargs, leaf_types=table.leaf_types, leaf_modules=leaf_modules,
                            fallback=fallback, values=structure_only)
-        prop = Propagation(captured.parts[0].gm, table, strict, structure_only)
-        prop.capture = captured
-        with torch.no_grad():
-            for part in captured.parts:
-                why = "a model output" if captured.kind == "fx" else \
-                    f"output of {part.prefix!r}, read by code that could not be traced"
-                # Values computed while tracing, for the shapes a structure-only propagation reads.
-                known = captured.values if structure_only and _shapes_hold(part.gm) else None
-                for module, a, kw in part.calls:
-                    prop.run(placeholder_values(module, a, kw), part.gm, why, known=known)
+        # Values computed while tracing, for the shapes a structure-only propagation reads (large ones as
+        # stand-ins: nnic.channels.concrete.ValueTracer); if a rule fails on them, the values are computed.
+        use_known = structure_only and all(_shapes_hold(p.gm) and _all_known(p.gm, captured.values)
+                                           for p in captured.parts)
+        try:
+            prop = _propagate(captured, table, strict, structure_only, use_known)
+        except Exception:
+            if not use_known:
+                raise
+            prop = _propagate(captured, table, strict, structure_only, False)
         if captured.key is not None:  # an fx graph: the next analysis of this model may ask for the same unions
             record = reuse.recall_unions(model, captured.key)
             prop.groups_reused = record is not None and prop.state.uf.adopt(record)

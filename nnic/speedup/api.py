@@ -14,8 +14,8 @@ from torch.nn.utils import parametrize
 from nnic.channels.capture import split_dummy_input
 from nnic.channels.graph import Spec, State
 from nnic.channels.propagate import Propagation, RuleTable, SpeedupError, analyze
-from nnic.masking import check_masks
-from nnic.speedup.engine import apply, apply_masks, decide, unwrap_masks
+from nnic.masking import ParameterMask, check_masks
+from nnic.speedup.engine import apply, apply_masks, decide, same_tensor, unwrap_masks
 from nnic.speedup.ties import retie, tied_parameters
 
 # Verification tolerances (rtol, atol) by dtype: shrinking changes summation order, whose rounding grows with
@@ -27,9 +27,17 @@ _DEFAULT_TOLERANCE = (1e-4, 1e-5)
 class _Snapshot:
     """Every module's attributes, parameters, buffers and children, and every tensor's values, so that a
     failed speedup can put the model back exactly (rules replace parameters, modules and attributes, and
-    may fold values into tensors in place)."""
+    may fold values into tensors in place).
 
-    def __init__(self, model: nn.Module) -> None:
+    ``remasked``: tensors that are masked again after a failure (the originals behind attached mask
+    parametrizations, which the restore puts back; the weights :func:`~nnic.speedup.prune_and_speedup` masks,
+    which it then attaches). Speedup writes into them in place only where those masks are zero, which is
+    hidden again afterwards (and held zeros already where the masks were attached), so they are not copied:
+    the snapshot keeps each one's storage, and a tensor whose storage was replaced gets it back. A step that may write elsewhere in a module's tensors (a rule's
+    ``fold``, a plugin rule's ``shrink``) calls :meth:`protect` first, which copies them then. Copying every
+    tensor was 0.03-0.05 s of a torchvision classifier's speedup, most of it for the masked weights."""
+
+    def __init__(self, model: nn.Module, remasked: Iterable[torch.Tensor] = ()) -> None:
         modules = list(model.modules())  # one walk of the module tree (a MobileNet's has some 300 modules)
         self.modules = [(m, m.__class__, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules))
                         for m in modules]  # the class too: mask parametrizations swap it
@@ -38,8 +46,18 @@ class _Snapshot:
                            for m in modules if parametrize.is_parametrized(m)}
         tensors = {id(t): t for m in modules for t in (*m._parameters.values(), *m._buffers.values())
                    if t is not None}
+        skip = {id(t) for t in remasked} & tensors.keys()
+        self.storage = {i: (tensors[i], tensors[i].detach()) for i in skip}  # id -> (tensor, its storage now)
         with torch.no_grad():
-            self.values = [(t, t.detach().clone()) for t in tensors.values()]
+            self.values = [(t, t.detach().clone()) for i, t in tensors.items() if i not in skip]
+
+    def protect(self, module: nn.Module) -> None:
+        """Copy ``module``'s tensors that are kept by storage only, before something writes into them."""
+        for t in (*module._parameters.values(), *module._buffers.values()):
+            kept = self.storage.pop(id(t), None) if t is not None else None
+            if kept is not None:
+                with torch.no_grad():
+                    self.values.append((t, t.detach().clone()))
 
     def restore(self) -> None:
         for cls, properties in self.properties.items():
@@ -58,6 +76,10 @@ class _Snapshot:
                     tensor.copy_(value)
                 else:
                     tensor.data = value.clone()  # the snapshot stays intact for another restore
+            for tensor, storage in self.storage.values():
+                if tensor.data_ptr() != storage.data_ptr() or tensor.shape != storage.shape \
+                        or tensor.stride() != storage.stride():
+                    tensor.data = storage
 
 
 @dataclass
@@ -205,11 +227,18 @@ class ModelSpeedup:
         self.report = SpeedupReport()
 
     def speedup_model(self) -> nn.Module:
+        return self._run(remasked=False)
+
+    def _run(self, remasked: bool) -> nn.Module:
+        """:meth:`speedup_model`; ``remasked=True`` when the caller attaches ``self.masks`` again if this
+        fails (:func:`~nnic.speedup.prune_and_speedup`), so the masked weights' values under their masks need
+        not be kept for the restore (:class:`_Snapshot`)."""
         model = self.model
         check_masks(model, self.masks)
         split_dummy_input(model, self.dummy_input)  # its TypeError before any work
         table = RuleTable(registered_rules() + self.rules)
-        snapshot = _Snapshot(model)  # before the masks are folded: a failure must not leave zeroed weights
+        # Before the masks are folded: a failure must not leave zeroed weights (unless they are masked again).
+        snapshot = _Snapshot(model, self._masked_tensors(remasked))
         modes = {m: m.training for m, *_ in snapshot.modules}
         try:
             self._fold_masks()
@@ -220,7 +249,7 @@ class ModelSpeedup:
             ties = tied_parameters(model)
             why: dict[int, str] = {}
             removed = decide(prop.state, why)
-            self.report.shrunk = apply(model, prop.state, removed)
+            self.report.shrunk = apply(model, prop.state, removed, snapshot.protect)
             broken = retie(model, ties)
             if broken:  # keep the channels of modules whose shared parameter would come apart, and redo
                 snapshot.restore()
@@ -228,7 +257,7 @@ class ModelSpeedup:
                 _pin_tied(model, prop.state, broken)
                 why.clear()
                 removed = decide(prop.state, why)
-                self.report.shrunk = apply(model, prop.state, removed)
+                self.report.shrunk = apply(model, prop.state, removed, snapshot.protect)
                 broken = retie(model, ties)
                 if broken:
                     raise SpeedupError(f"speedup would untie shared parameters {broken}; keep them whole with "
@@ -257,6 +286,30 @@ class ModelSpeedup:
                 if m not in modes:
                     m.training = model.training
         return model
+
+    def _masked_tensors(self, remasked: bool) -> list[torch.Tensor]:
+        """The stored tensors whose values speedup changes only under masks that hide them again after a
+        failure, so that the restore need not copy them (:class:`_Snapshot`): the originals behind attached
+        mask parametrizations (the restore attaches them again; masks given for the same parameter must be
+        those very masks) and their masks (never written), and with ``remasked`` those that ``self.masks``
+        mask."""
+        out = []
+        for name, module in self.model.named_modules():
+            if not parametrize.is_parametrized(module):
+                continue
+            for pname in module.parametrizations:
+                plist = module.parametrizations[pname]
+                attached = [p.mask for p in plist if isinstance(p, ParameterMask)]
+                given = (self.masks.get(name) or {}).get(pname)
+                if len(attached) == len(plist) and (given is None or any(same_tensor(given, m) for m in attached)):
+                    out.append(plist.original)
+                out += attached  # the masks themselves: read, never written
+        for layer, per_param in self.masks.items() if remasked else ():
+            module = self.model.get_submodule(layer)
+            for pname, mask in per_param.items():
+                if mask is not None and not parametrize.is_parametrized(module, pname):
+                    out.append(getattr(module, pname))
+        return out
 
     def _fold_masks(self) -> None:
         apply_masks(self.model, self.masks, unwrap_masks(self.model))

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,22 +18,29 @@ from nnic.selection import replace_module
 from nnic.speedup.rules import slice_param
 
 
-def _reasons_by_root(roots: np.ndarray, table: dict[int, str], last: bool) -> dict[int, str]:
-    """``{root: reason}`` per root of ``table``'s ids (raw id -> reason), roots in the order their first id
-    appears; the reason of the root's first id, or of its last with ``last=True``. One vectorised pass over
-    what may be every channel of the model (a dense model's sinks block all of them), and plain ints out of
-    it: a numpy scalar per root cost more than the pass."""
+def _reasons_by_root(roots: np.ndarray, table: dict[int, str] | list[tuple[np.ndarray, str]],
+                     last: bool) -> dict[int, str]:
+    """``{root: reason}`` per root of ``table``'s ids (raw id -> reason, or runs of ids with one reason each),
+    roots in the order their first id appears; the reason of the root's first id, or of its last with
+    ``last=True``. One vectorised pass over what may be every channel of the model (a dense model's sinks
+    block all of them), and plain ints out of it: a numpy scalar per root cost more than the pass."""
     if not table:
         return {}
-    r = roots[np.fromiter(table.keys(), dtype=np.int64, count=len(table))]
-    texts = list(table.values())
+    if isinstance(table, dict):
+        ids = np.fromiter(table.keys(), dtype=np.int64, count=len(table))
+        texts, text_of = list(table.values()), None
+    else:  # runs: one reason per run, looked up through each id's run number
+        ids = np.concatenate([run for run, _ in table])
+        texts, text_of = [why for _, why in table], np.repeat(np.arange(len(table)), [len(run) for run, _ in table])
+    r = roots[ids]
     unique, first = np.unique(r, return_index=True)
     pick = first
     if last:
         _, from_end = np.unique(r[::-1], return_index=True)
         pick = len(r) - 1 - from_end
     order = np.argsort(first, kind="stable")
-    return dict(zip(unique[order].tolist(), [texts[k] for k in pick[order].tolist()]))
+    picked = pick[order] if text_of is None else text_of[pick[order]]
+    return dict(zip(unique[order].tolist(), [texts[k] for k in picked.tolist()]))
 
 
 def decide(state: State, why: dict[int, str] | None = None) -> set[int]:
@@ -40,7 +48,7 @@ def decide(state: State, why: dict[int, str] | None = None) -> set[int]:
     root is kept: a pin's reason, else the first sink that reads the channel."""
     roots = state.uf.root_array()
     reasons: dict[int, str] = {} if why is None else why
-    blocked = _reasons_by_root(roots, state.blocked, last=False)
+    blocked = _reasons_by_root(roots, state.blocked_runs, last=False)
     texts = {reason: f"{reason!r} reads it, and it is not zero there" for reason in set(blocked.values())}
     reasons.update(zip(blocked.keys(), map(texts.__getitem__, blocked.values())))
     reasons.update(_reasons_by_root(roots, state.pinned, last=True))  # a pin's reason wins
@@ -86,8 +94,19 @@ def _kept(lost: np.ndarray) -> torch.Tensor | None:
     return torch.from_numpy(np.flatnonzero(~lost)) if lost.any() else None
 
 
-def apply(model: nn.Module, state: State, removed: set[int]) -> dict[str, dict[str, torch.Tensor]]:
-    """Fold constants, shrink modules and slice parameters; returns ``{module: {slot: kept positions}}``."""
+def _writes_in_place(rule: Any) -> bool:
+    """Whether ``rule.shrink`` may write into the module's existing tensors. nnic's own shrinks only replace
+    them (slices, new parameters); a plugin's is not known to."""
+    shrink = getattr(type(rule), "shrink", None)
+    return not getattr(shrink, "__module__", "").startswith("nnic.")
+
+
+def apply(model: nn.Module, state: State, removed: set[int],
+          before_write: Callable[[nn.Module], None] | None = None) -> dict[str, dict[str, torch.Tensor]]:
+    """Fold constants, shrink modules and slice parameters; returns ``{module: {slot: kept positions}}``.
+    ``before_write(module)`` is called before a step that may write into ``module``'s tensors in place (a
+    fold; a shrink that is not nnic's own), so that the caller can keep their values first."""
+    before_write = before_write or (lambda module: None)
     roots = state.uf.root_array()
     gone_root = np.zeros(len(roots), dtype=bool)
     if removed:
@@ -104,12 +123,16 @@ def apply(model: nn.Module, state: State, removed: set[int]) -> dict[str, dict[s
     with torch.no_grad():
         for (name, slot), fs in folds.items():
             module = model.get_submodule(name)
+            before_write(module)
             positions = torch.tensor([f.position for f in fs], dtype=torch.long)
             values = torch.tensor([f.value for f in fs], dtype=torch.float64)
             state.slot_rules[name].fold(module, slot, positions, values)
         for name, keep in keeps.items():
             module = model.get_submodule(name)
-            new = state.slot_rules[name].shrink(module, keep)
+            rule = state.slot_rules[name]
+            if _writes_in_place(rule):
+                before_write(module)
+            new = rule.shrink(module, keep)
             if new is not None and new is not module:
                 new.train(module.training)
                 replace_module(model, name, new)
@@ -145,7 +168,7 @@ def unwrap_masks(model: nn.Module) -> dict[tuple[str, str], list[torch.Tensor]]:
     return folded
 
 
-def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+def same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
     """One tensor seen twice (a parametrization keeps a view of the mask it was given): same memory, layout and
     dtype, so the same values."""
     return (a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
@@ -164,10 +187,10 @@ def apply_masks(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tensor 
             for pname, mask in per_param.items():
                 if mask is None:
                     continue
-                if mask.dtype == torch.bool and any(_same_tensor(mask, m) for m in folded.get((layer, pname), ())):
+                if mask.dtype == torch.bool and any(same_tensor(mask, m) for m in folded.get((layer, pname), ())):
                     continue
                 p = getattr(module, pname)
                 zero_masked_(p.data, mask.to(device=p.device, dtype=torch.bool))
 
 
-__all__ = ["apply", "apply_masks", "decide", "unwrap_masks"]
+__all__ = ["apply", "apply_masks", "decide", "same_tensor", "unwrap_masks"]

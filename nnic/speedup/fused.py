@@ -60,7 +60,7 @@ def prune_and_speedup(pruner: Pruner, dummy_input: Any = None, **kwargs: Any) ->
     masks = pruner.checked_masks()
     try:
         speedup = ModelSpeedup(pruner.model, dummy_input, masks, **kwargs)
-        speedup.speedup_model()
+        speedup._run(remasked=True)  # the masks are attached below if it fails: values under them need no copy
     except BaseException:
         pruner.attach(masks)  # speedup put the model back as it was given: mask it as compress() would
         raise

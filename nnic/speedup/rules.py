@@ -11,7 +11,9 @@ A rule is an object with:
   drop (``call.sink``), keeps channels it cannot handle (``call.pin``) and adds constraints (``call.constraint``).
   Module rules name their channel dimensions with *slots* (``call.slot("in", n)``): the same ids on every call.
 - ``shrink(module, keep)`` (module rules): ``keep`` maps each slot that loses channels to the sorted ``LongTensor``
-  of kept positions; return the smaller module (the same object changed in place, or a new one).
+  of kept positions; return the smaller module (the same object changed in place, or a new one). Writing into
+  the module's tensors in place is allowed: speedup copies them first for the restore on failure (it skips
+  that copy for nnic's own shrinks, which only replace tensors).
 - ``fold(module, slot, positions, values)`` (optional): add constant input channels that are about to be removed
   into the bias, for sinks that said ``fold`` in :meth:`~nnic.channels.graph.Call.sink`.
 
@@ -197,7 +199,7 @@ class ChannelMixRule(Rule):
             # A module called again (shared weights) cannot fold: the same bias would absorb two constants.
             for f in call.state.folds:
                 if f.module == call.name:
-                    call.state.blocked.setdefault(in_ids[f.position], f"{call.name} (called twice)")
+                    call.state.block([in_ids[f.position]], f"{call.name} (called twice)")
         # An output channel is dead when every input it reads is dead: when it reads no live input.
         live = blocks if not bool(dead_in.any()) else blocks & ~dead_in.reshape(g_use, 1, ip)
         reads_live = any_along(live, 2)

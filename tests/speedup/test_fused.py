@@ -82,6 +82,54 @@ def test_a_failed_speedup_leaves_the_model_as_compress_leaves_it():
     assert torch.equal(run(model, x), run(compressed, x))
 
 
+def test_a_failed_speedup_after_a_fold_into_a_masked_layer_leaves_the_model_as_compress_leaves_it():
+    """Masked weights are not copied before speedup (the masks are attached again on failure); a fold writes
+    into a whole bias, masked or not, so the layer is copied before it: the restore undoes the fold."""
+    torch.manual_seed(0)  # hardsigmoid(0) = 0.5: the dead channels of "0" reach "2" as constants, folded there
+    model = nn.Sequential(nn.Linear(4, 8), nn.Hardsigmoid(), nn.Linear(8, 6), Mean(), nn.Linear(1, 2)).eval()
+    x = torch.randn(3, 4)
+    cfg = [{"sparsity": 0.5, "op_names": ["0", "2"]}]
+    compressed = copy.deepcopy(model)
+    nnic.pruner("l1norm", compressed, cfg).compress()
+    folded = []
+    rule = next(r for r in nnic.speedup.api.registered_rules() if nn.Linear in getattr(r, "targets", ()))
+    original_fold = type(rule).fold
+
+    def recording_fold(self, module, *args):
+        folded.append(module)
+        return original_fold(self, module, *args)
+
+    pruner = nnic.pruner("l1norm", model, cfg)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(rule), "fold", recording_fold)
+        with pytest.raises(SpeedupError, match="verify"):
+            nnic.prune_and_speedup(pruner, x, rules=[Lying()], leaf_modules=[Mean])
+    assert folded == [model[2]]  # the failure came after a fold into a masked layer's bias
+    for k, v in compressed.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+    assert torch.equal(run(model, x), run(compressed, x))
+
+
+def test_the_snapshot_keeps_remasked_tensors_by_storage_and_copies_them_when_protected():
+    from nnic.speedup.api import _Snapshot
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    w0, w1 = model[0].weight, model[1].weight
+    snapshot = _Snapshot(model, remasked=[w0, w1])
+    assert len(snapshot.storage) == 2 and len(snapshot.values) == 2  # the two biases copied, not the weights
+    with torch.no_grad():
+        w0.data = torch.zeros(5, 5)  # storage replaced: given back
+        snapshot.protect(model[1])  # copied now: an in-place write after it is undone
+        w1.add_(1.0)
+        model[1].bias.mul_(3.0)
+    snapshot.restore()
+    assert model[0].weight is w0 and model[1].weight is w1
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
 def test_a_pruner_with_its_own_compress_runs_it_first():
     calls = []
     base = type(nnic.pruner("level", nn.Linear(2, 2), [{"sparsity": 0.5, "op_types": ["Linear"]}]))

@@ -102,6 +102,28 @@ def test_a_failed_verification_restores_masks_a_pruner_attached():
     assert nn.utils.parametrize.is_parametrized(model[0], "weight")
 
 
+@pytest.mark.parametrize("given", ["attached", "other"])
+def test_a_failed_verification_with_attached_masks_restores_every_value(given):
+    """The originals behind attached masks are not copied when speedup only writes under those masks; masks
+    given beside them that zero other positions make speedup copy them first."""
+    class Lying(nnic.speedup.Rule):
+        name, targets = "test.lying-mean", (Mean,)
+
+        def propagate(self, call):
+            call.sink(call.spec(0).ids, torch.ones(len(call.spec(0)), dtype=torch.bool))
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), Mean(), nn.Conv2d(1, 2, 1))
+    _, masks = nnic.pruner("l1norm", model, [{"sparsity": 0.5, "op_names": ["0"]}]).compress()
+    if given == "other":  # the complement: zeroes the rows the attached mask keeps
+        masks = {"0": {"weight": ~masks["0"]["weight"]}}
+    before = snapshot(model)
+    assert bool(before[0]["0.parametrizations.weight.original"].ne(0).any())
+    with pytest.raises(SpeedupError, match="verify"):
+        nnic.speedup_model(model, X, masks, rules=[Lying()], leaf_modules=[Mean])
+    assert_same(model, *before)
+
+
 def test_masks_given_as_a_tensor_are_a_type_error():
     model = cnn()
     with pytest.raises(TypeError, match=r"masks: expected a dict"):
