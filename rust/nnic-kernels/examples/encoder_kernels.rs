@@ -23,7 +23,7 @@ fn thread_cpu() -> Option<f64> {
     let mut t = Timespec { sec: 0, nsec: 0 };
     // SAFETY: `t` is a valid, writable timespec; the call only writes it.
     let rc = unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut t) };
-    (rc == 0 && cfg!(all(target_os = "linux", target_pointer_width = "64"))).then(|| t.sec as f64 + t.nsec as f64 * 1e-9)
+    (rc == 0 && cfg!(all(target_os = "linux", target_pointer_width = "64"))).then_some(t.sec as f64 + t.nsec as f64 * 1e-9)
 }
 
 /// Minimum seconds of `n` calls: thread CPU time where Linux reports it, else wall time.

@@ -8,7 +8,8 @@
 //! [`QUERY_BLOCK`] query rows computes the scores block with a register-tiled product, turns each score row into
 //! probabilities in place (max, exp, sum, scale: one pass in L1), multiplies by `V` read in place from the
 //! projection rows, and writes the block's context into the output rows. Nothing of size `seq × seq` per head is
-//! ever written to memory.
+//! ever written to memory. The pairs run where the GEMMs run (`gemm::par`: torch's OpenMP team when it is loaded,
+//! whose threads are still spinning from the previous op, else the kernels' own threads).
 //!
 //! The products accumulate in the order of the head dimension (Q Kᵀ) and of the keys (P V), the same order a
 //! plain loop uses, with fused multiply-adds; the exponential is a degree-6 polynomial after range reduction
@@ -16,9 +17,9 @@
 //! rounding. NaN in a score row makes that row's output NaN, as in torch.
 use crate::cpu::{self, Isa};
 use crate::error::{KernelError, Result};
+use crate::gemm::par;
 use crate::pool;
 use crate::simd::multiversion;
-use rayon::prelude::*;
 
 /// Query rows per block: the scores block is `QUERY_BLOCK × seq` floats (16 KiB at seq 128).
 const QUERY_BLOCK: usize = 32;
@@ -59,7 +60,7 @@ fn check_operand(name: &'static str, op: &Operand<'_>, shape: &Shape) -> Result<
         });
     }
     let end = (tokens - 1).checked_mul(op.row_stride).and_then(|v| v.checked_add(op.offset + hidden));
-    if end.map_or(true, |end| end > op.data.len()) {
+    if end.is_none_or(|end| end > op.data.len()) {
         return Err(KernelError::Mismatch {
             what: format!(
                 "{name}: {tokens} rows of {hidden} values at offset {} with row_stride {} do not fit in its {} values",
@@ -117,11 +118,7 @@ pub fn attention(
         let mask = mask.map_or(&[][..], |m| &m[b * seq..(b + 1) * seq]);
         head(isa, &q, &k, &v, shape, b, h, scale, mask, &out);
     };
-    if batch * heads == 1 || pool::num_threads() == 1 {
-        (0..batch * heads).for_each(task);
-    } else {
-        pool::install(|| (0..batch * heads).into_par_iter().for_each(task));
-    }
+    par::for_each(batch * heads, pool::num_threads(), &task);
     Ok(())
 }
 
@@ -333,7 +330,7 @@ pub(crate) fn exp_body(x: f32) -> f32 {
     let p = p.mul_add(r, 8.333_452e-3);
     let p = p.mul_add(r, 4.166_579_6e-2);
     let p = p.mul_add(r, 1.666_666_5e-1);
-    let p = p.mul_add(r, 5.000_000_1e-1);
+    let p = p.mul_add(r, 0.5);
     let y = p.mul_add(r * r, r) + 1.0;
     // 2^n from n's bits: integer operations only (an `as i32` conversion would saturate lane by lane)
     y * f32::from_bits(t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23)

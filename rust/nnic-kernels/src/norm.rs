@@ -4,14 +4,15 @@
 //! torch runs the add and the norm as two kernels: the sum is written out, read back for the statistics and read
 //! a third time for the normalisation, each pass over a fresh 3 MB tensor at BERT-base batch 8. Here each row
 //! (768 floats, 3 KiB: it stays in L1) is summed into `out`, its mean and variance taken from that L1 copy, and
-//! normalised in place. The statistics are the two-pass ones torch uses (mean, then the mean of squared
+//! normalised in place. Row blocks run where the GEMMs run (`gemm::par`: torch's OpenMP team when it is
+//! loaded, else the kernels' threads). The statistics are the two-pass ones torch uses (mean, then the mean of squared
 //! deviations), summed in 16 independent lanes so that the wider ISA copies vectorise them; the result differs
-//! from torch's only by float32 rounding. Rows are split over the kernel pool.
+//! from torch's only by float32 rounding.
 use crate::cpu;
 use crate::error::{KernelError, Result};
 use crate::pool::{self, PAR_MIN};
+use crate::gemm::par;
 use crate::simd::multiversion;
-use rayon::prelude::*;
 
 /// Lanes of the per-row sums (a multiple of every ISA's f32 vector width).
 const LANES: usize = 16;
@@ -34,7 +35,7 @@ pub fn skip_layer_norm(
     if beta.len() != cols {
         return Err(KernelError::Mismatch { what: format!("beta has {} values, gamma {cols}", beta.len()) });
     }
-    if x.len() % cols != 0 {
+    if !x.len().is_multiple_of(cols) {
         return Err(KernelError::Mismatch {
             what: format!("x has {} values, not a whole number of rows of {cols} (the length of gamma)", x.len()),
         });
@@ -53,15 +54,37 @@ pub fn skip_layer_norm(
             skip_norm_row(isa, x, r, gamma, beta, eps, o);
         }
     };
-    if x.len() < PAR_MIN || pool::num_threads() == 1 {
-        job(x, residual, out);
-        return Ok(());
-    }
-    let c = pool::chunk_len(x.len(), cols).max(cols);
-    pool::install(|| {
-        out.par_chunks_mut(c).zip(x.par_chunks(c)).zip(residual.par_chunks(c)).for_each(|((o, x), r)| job(x, r, o))
-    });
+    let threads = if x.len() < PAR_MIN { 1 } else { pool::num_threads() };
+    let rows = x.len() / cols;
+    let per = rows.div_ceil(threads * 4).max(1);
+    let out = OutChunks { ptr: out.as_mut_ptr(), len: out.len() };
+    let task = |i: usize| {
+        let (a, b) = (i * per * cols, ((i + 1) * per).min(rows) * cols);
+        // SAFETY: task `i` alone writes rows [i * per, (i + 1) * per) of `out`; `a <= b <= out.len`.
+        let o = unsafe { out.rows(a, b) };
+        job(&x[a..b], &residual[a..b], o);
+    };
+    par::for_each(rows.div_ceil(per), threads, &task);
     Ok(())
+}
+
+/// `out`, shared by the tasks of [`skip_layer_norm`], each of which writes its own rows only.
+struct OutChunks {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: the tasks write disjoint row ranges (see `rows`), and `skip_layer_norm` holds the `&mut` meanwhile.
+unsafe impl Sync for OutChunks {}
+
+impl OutChunks {
+    /// `out[a..b]`. Safety: no other live reference covers any of it.
+    #[allow(clippy::mut_from_ref)] // the point of this type: disjoint rows handed to concurrent tasks
+    unsafe fn rows(&self, a: usize, b: usize) -> &mut [f32] {
+        assert!(a <= b && b <= self.len, "skip_layer_norm rows out of bounds");
+        // SAFETY: in bounds (checked); exclusive by the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(a), b - a) }
+    }
 }
 
 multiversion! {
