@@ -123,3 +123,12 @@ def test_decoders_and_other_blocks_are_left_alone():
     decoder = bert(is_decoder=True)
     names = fuse_encoder(decoder)
     assert not any(n.endswith("attention.self") for n in names)  # causal self-attention keeps its code
+
+
+def test_other_dtypes_run_the_original_code():
+    model = bert().to(torch.bfloat16)
+    fused = copy.deepcopy(model)
+    fuse_encoder(fused)
+    kw = inputs()
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(**kw).last_hidden_state, model(**kw).last_hidden_state)

@@ -12,7 +12,8 @@ Modules qualify by code, not by class: a module whose ``forward`` is the same co
 ``BertSelfAttention`` (or ``BertSelfOutput`` / ``BertOutput``) is wrapped, so the many "copied from BERT"
 encoders (RoBERTa, ELECTRA, XLM-R, ...) are too, and anything else is left alone. A wrapped module runs its
 original ``forward`` whenever the fused one would not compute the same thing: in training (dropout), with a cache
-or cross-attention inputs, or with an attention mask that is not one padding mask per sequence.
+or cross-attention inputs, with an attention mask that is not one padding mask per sequence, or in a dtype other
+than float32 (the kernels compute in float32).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class FusedSelfAttention(nn.Module):
         inner = self.inner
         mask = False
         if not (self.training or cache is not None or kwargs.get("encoder_hidden_states") is not None
-                or hidden_states.dim() != 3):
+                or hidden_states.dim() != 3 or hidden_states.dtype != torch.float32):
             mask = self._key_mask(attention_mask, hidden_states.shape[0], hidden_states.shape[1])
         if mask is False:
             return inner(hidden_states, attention_mask=attention_mask, cache=cache, **kwargs)
@@ -72,13 +73,15 @@ class SkipLayerNormOutput(nn.Module):
         inner = self.inner
         norm = inner.LayerNorm
         if self.training or not isinstance(norm, nn.LayerNorm) or len(norm.normalized_shape) != 1 \
-                or norm.weight is None or norm.bias is None:
+                or norm.weight is None or norm.bias is None or norm.weight.dtype != torch.float32 \
+                or input_tensor.dtype != torch.float32:
             return inner(hidden_states, input_tensor)
         from nnic import kernels
 
         h = inner.dense(hidden_states)
-        out = kernels.skip_layer_norm(h.float(), input_tensor.float(), norm.weight, norm.bias, norm.eps)
-        return out.to(h.dtype)
+        if h.dtype != torch.float32:
+            return norm(inner.dropout(h) + input_tensor)
+        return kernels.skip_layer_norm(h, input_tensor, norm.weight, norm.bias, norm.eps)
 
 
 def _forward_classes() -> tuple[type, type, type]:
