@@ -12,6 +12,8 @@ interleaved rounds) at the same thread count:
   activations) on nnic's Rust GEMM; ``nnic int8, GELU fused``: the same after
   ``nnic_transformers.fuse_mlp_activations`` (the MLP's GELU computed in the GEMM epilogue); ``GELU + QKV
   fused``: also each self-attention's query/key/value as one GEMM (``nnic_transformers.fuse_projections``);
+  ``all fused``: also the attention and each residual + LayerNorm on nnic's fused encoder kernels
+  (``nnic_transformers.fuse_encoder``: the attention reads the QKV GEMM's output in place);
 - ``ort: nnic export (integer)`` / ``(qdq)``: that model written by ``nnic.export_onnx`` with
   ``int8_format="integer"`` (DynamicQuantizeLinear + MatMulInteger) and ``"qdq"`` (Quantize/DequantizeLinear
   around float MatMul), run by onnxruntime;
@@ -100,7 +102,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     kernels.set_num_threads(args.threads)
-    from nnic_transformers import fuse_mlp_activations, fuse_projections
+    from nnic_transformers import fuse_encoder, fuse_mlp_activations, fuse_projections
 
     print(f"torch {torch.__version__}, onnxruntime {ort.__version__}, threads {args.threads}, seq {args.seq}, "
           f"clock {args.clock}")
@@ -111,6 +113,8 @@ def main() -> None:
     fuse_mlp_activations(fused)
     shared = copy.deepcopy(fused)
     fuse_projections(shared)
+    encoder = copy.deepcopy(shared)
+    fuse_encoder(encoder)
     example = {"input_ids": torch.randint(0, 30522, (1, args.seq))}
     # the exported models (~0.9 GB) are removed when the run ends, on success or error
     with tempfile.TemporaryDirectory(prefix="nnic-bench-onnx-") as tmp_name:
@@ -138,6 +142,7 @@ def main() -> None:
                 "nnic int8": lambda: qmodel(ids),
                 "nnic int8, GELU fused": lambda: fused(ids),
                 "nnic int8, GELU + QKV fused": lambda: shared(ids),
+                "nnic int8, all fused": lambda: encoder(ids),
                 "ort: nnic export (integer)": lambda: sessions["integer"].run(None, feed),
                 "ort: nnic export (qdq)": lambda: sessions["qdq"].run(None, feed),
                 "ort: quantize_dynamic": lambda: sessions["ort"].run(None, feed),
@@ -145,7 +150,7 @@ def main() -> None:
             with torch.inference_mode():
                 times = _timing.timeit_interleaved(fns, args.repeats, args.budget, clock)
                 outputs = {"float32 torch": ref, "nnic int8": qmodel(ids), "nnic int8, GELU fused": fused(ids),
-                           "nnic int8, GELU + QKV fused": shared(ids)}
+                           "nnic int8, GELU + QKV fused": shared(ids), "nnic int8, all fused": encoder(ids)}
             outputs.update({k: fns[k]()[0] for k in fns if k.startswith("ort")})
             med = {k: statistics.median(v) for k, v in times.items()}
             print(f"\nbatch {batch}  [median of {len(times['nnic int8'])} rounds]")

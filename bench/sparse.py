@@ -16,7 +16,9 @@ Cases (ratios are dense time / sparse time, both measured in this run, interleav
   size (read bandwidth of the copy; the weight is read once per call, so this is the ceiling);
 - ``storage``: state-dict bytes of the sparse layer against the dense float32 weight;
 - ``bert``: a BERT-base-shaped encoder (random init, seq 128, batch 1), Level 90 % on the encoder Linears, end to
-  end, float32 values and int8 values (``quantization_speedup`` then ``sparsify``);
+  end, float32 values and int8 values (``quantization_speedup`` then ``sparsify``), each also with the attention
+  and residual + LayerNorm on nnic's fused encoder kernels (``nnic_transformers.fuse_encoder``: ``fused_ratio``,
+  ``int8_fused_ratio``);
 - ``gpt2``: a GPT-2-small-shaped decoder (12 x 768, 3072 FFN, 50257 vocabulary; random init, untied output
   layer), Level 70 % on every Linear, one-token decode step with a 128-token KV cache.
 """
@@ -201,6 +203,7 @@ def _prune_linears(model: nn.Module, sparsity: float, prefix: str = "") -> None:
 
 
 def bert(repeats: int, budget: float) -> dict:
+    from nnic_transformers import fuse_encoder
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(3)
@@ -218,14 +221,20 @@ def bert(repeats: int, budget: float) -> dict:
         ref = dense(ids).last_hidden_state
         cos = F.cosine_similarity(q(ids).last_hidden_state.flatten(), ref.flatten(), 0).item()
         err = (sp(ids).last_hidden_state - ref).abs().max().item()
-        t = timeit_interleaved({"dense": lambda: dense(ids), "sparse": lambda: sp(ids), "sparse_int8": lambda: q(ids)},
+        fused, fused8 = copy.deepcopy(sp), copy.deepcopy(q)
+        fuse_encoder(fused)
+        fuse_encoder(fused8)
+        err_fused = (fused(ids).last_hidden_state - ref).abs().max().item()
+        t = timeit_interleaved({"dense": lambda: dense(ids), "sparse": lambda: sp(ids), "sparse_int8": lambda: q(ids),
+                                "sparse_fused": lambda: fused(ids), "sparse_int8_fused": lambda: fused8(ids)},
                                repeats, budget)
     d = med(t["dense"])
     row = {"case": "BERT-base encoder, Level 90%, seq 128, batch 1", "dense_ms": d * 1e3,
            "sparse_ms": med(t["sparse"]) * 1e3, "ratio": d / med(t["sparse"]), "int8_ratio": d / med(t["sparse_int8"]),
            "sparse_layers": f"{len(report.sparse_layers)}/{len(report.layers)}",
            "int8_sparse_layers": f"{len(report8.sparse_layers)}/{len(report8.layers)}",
-           "max_abs_err_fp32": err, "int8_cosine": cos, "targets": [1.8, 3.0]}
+           "fused_ratio": d / med(t["sparse_fused"]), "int8_fused_ratio": d / med(t["sparse_int8_fused"]),
+           "max_abs_err_fp32": err, "max_abs_err_fp32_fused": err_fused, "int8_cosine": cos, "targets": [1.8, 3.0]}
     print(json.dumps(row), flush=True)
     return row
 

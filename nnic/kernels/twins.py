@@ -214,3 +214,17 @@ def im2col(x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, int
         return xs.permute(0, 2, 3, 1).reshape(-1, c), ho, wo
     cols = F.unfold(x, (kh, kw), (dh, dw), (ph, pw), (sh, sw)).transpose(1, 2).reshape(-1, c * kh * kw)
     return cols, ho, wo
+
+
+def skip_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                    eps: float) -> torch.Tensor:
+    return F.layer_norm(x.float() + residual.float(), (weight.numel(),), weight.float(), bias.float(), eps)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, scale: float,
+              mask: torch.Tensor | None) -> torch.Tensor:
+    b, s, hidden = q.shape
+    q4, k4, v4 = (t.float().reshape(b, s, heads, hidden // heads).transpose(1, 2) for t in (q, k, v))
+    m = None if mask is None else mask.to(q4.device)[:, None, None, :]
+    out = F.scaled_dot_product_attention(q4, k4, v4, attn_mask=m, scale=scale)
+    return out.transpose(1, 2).reshape(b, s, hidden).contiguous()

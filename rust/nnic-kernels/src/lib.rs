@@ -14,6 +14,8 @@
 //! - [`half`]: IEEE half-precision bits to `f32` (the 16-bit group scales of int4 weights).
 //! - [`reduce`]: abs-max and min/max, per tensor or per channel.
 //! - [`sparse`]: sparse × dense products for Linear weights (unstructured CSR and N:M layouts, f32 or int8 values).
+//! - [`attention`]: an encoder's multi-head self-attention, read from the projections' rows and written into the
+//!   output projection's rows; [`norm`]: LayerNorm of a residual sum (skip LayerNorm).
 //! - [`gemm`]: int8 / int4 GEMM: path dispatch, the blocked driver, `PackedLinear`, epilogues, conv2d (see
 //!   its module doc for its files).
 //!
@@ -45,6 +47,7 @@
 //!
 //! Never detect CPU features in a kernel: [`cpu::active`] is the one switch (the Python side sets it from
 //! `NNIC_KERNEL_ISA`), so the tests can run every path on one machine.
+pub mod attention;
 pub mod cpu;
 pub mod error;
 pub mod gemm;
@@ -53,6 +56,7 @@ pub mod layout;
 pub mod mask;
 mod nt;
 pub mod nibbles;
+pub mod norm;
 pub mod pool;
 pub mod quant;
 pub mod reduce;

@@ -9,11 +9,15 @@ BERT's, so a model whose intermediate block does anything else is left alone.
 
 from __future__ import annotations
 
+import inspect
+
 from torch import nn
 
 
 def _same_code(a, b) -> bool:
-    ca, cb = a.__code__, b.__code__
+    """Whether functions ``a`` and ``b`` run the same code (decorators such as transformers' ``deprecate_kwarg``
+    unwrapped: their wrappers are one code object for every function they wrap)."""
+    ca, cb = inspect.unwrap(a).__code__, inspect.unwrap(b).__code__
     return (ca.co_code, ca.co_names, ca.co_consts) == (cb.co_code, cb.co_names, cb.co_consts)
 
 

@@ -1,0 +1,143 @@
+"""Where an int8 BERT-base forward spends its time, per op class: nnic's own path (with and without the fused encoder
+kernels) against onnxruntime running its own ``quantize_dynamic`` model.
+
+    python bench/encoder_profile.py                          # batch 8, seq 128, 2 threads
+    python bench/encoder_profile.py --threads 1 --rounds 3   # one thread (on a loaded machine: see the CPU column)
+
+The model is bench/onnx.py's (BERT-base, random init, seed 0, every Linear int8, GELU in the GEMM epilogue, one
+QKV GEMM per layer). nnic's forwards run under ``torch.profiler``; each nnic kernel call is wrapped in a
+``record_function`` so that its time counts as one class (its self time is the kernel). Classes: int8 GEMMs
+(activation quantization included: it is inside the kernel call), attention (torch's SDPA or nnic's kernel),
+LayerNorm and residual adds (torch's two ops, or nnic's skip LayerNorm), embeddings, other torch ops; "Python and
+glue" is the forward's wall time minus all of these. onnxruntime's rows are its own profile
+(``SessionOptions.enable_profiling``), per op type, summed over the same number of runs. Printed per forward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import copy
+import json
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+_BENCH = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]  # bench/onnx.py shadows the onnx package
+sys.path.insert(0, str(_BENCH.parent))
+
+import nnic  # noqa: E402
+from bench.onnx import LastHidden, bert, session  # noqa: E402
+from nnic import kernels  # noqa: E402
+
+#: torch profiler keys -> op class (anything else: "other torch ops").
+CLASSES = {"nnic int8 GEMM": "int8 GEMMs (+ activation quantization)",
+           "aten::_scaled_dot_product_flash_attention_for_cpu": "attention", "nnic attention": "attention",
+           "aten::native_layer_norm": "LayerNorm + residual add", "aten::add": "LayerNorm + residual add",
+           "nnic skip_layer_norm": "LayerNorm + residual add", "aten::index_select": "embeddings"}
+
+
+def _traced(fn, label: str):
+    def run(*args, **kw):
+        with torch.profiler.record_function(label):
+            return fn(*args, **kw)
+    return run
+
+
+def profile_nnic(model: nn.Module, ids: torch.Tensor, rounds: int) -> dict[str, float]:
+    """Milliseconds per forward per op class, and the forward's wall and process CPU time."""
+    with torch.inference_mode():
+        model(ids)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            t0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(rounds):
+                model(ids)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    per: dict[str, float] = collections.Counter()
+    for e in prof.key_averages():
+        per[CLASSES.get(e.key, "other torch ops")] += e.self_cpu_time_total / 1e3 / rounds
+    per["Python and glue (wall - ops)"] = wall * 1e3 / rounds - sum(per.values())
+    return {"forward wall": wall * 1e3 / rounds, "forward process CPU": cpu * 1e3 / rounds, **per}
+
+
+def profile_ort(path: str, ids: torch.Tensor, threads: int, rounds: int, tmp: Path) -> dict[str, float]:
+    import onnxruntime as ort
+
+    s = session(path, threads)
+    feed = {"input_ids": ids.numpy()}
+    s.run(None, feed)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.enable_profiling, options.profile_file_prefix = True, str(tmp / "ort-profile")
+    s = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    s.run(None, feed)  # the first run (allocations, kernel choice) is dropped below
+    t0 = time.perf_counter()
+    for _ in range(rounds):
+        s.run(None, feed)
+    wall = time.perf_counter() - t0
+    events = json.loads(Path(s.end_profiling()).read_text())
+    runs = [e for e in events if e.get("name") == "model_run"]
+    start = runs[1]["ts"] if len(runs) > 1 else 0
+    per: dict[str, float] = collections.Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= start:
+            per[e["args"]["op_name"]] += e["dur"] / 1e3 / rounds
+    return {"forward wall": wall * 1e3 / rounds, **dict(per.most_common())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--no-ort", action="store_true", help="skip onnxruntime (its export takes about a minute)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    kernels.set_num_threads(args.threads)
+    from nnic.quantization.modules import Int8Linear
+    from nnic_transformers import fuse_encoder, fuse_mlp_activations, fuse_projections
+
+    Int8Linear.forward = _traced(Int8Linear.forward, "nnic int8 GEMM")
+    kernels.attention = _traced(kernels.attention, "nnic attention")
+    kernels.skip_layer_norm = _traced(kernels.skip_layer_norm, "nnic skip_layer_norm")
+    model = LastHidden(bert()).eval()
+    q = nnic.quantization_speedup(copy.deepcopy(model), {
+        n: 8 for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+    fuse_mlp_activations(q)
+    fuse_projections(q)
+    fused = copy.deepcopy(q)
+    fuse_encoder(fused)
+    ids = torch.randint(0, 30522, (args.batch, args.seq), generator=torch.Generator().manual_seed(args.batch))
+    print(f"batch {args.batch}, seq {args.seq}, threads {args.threads}, {args.rounds} forwards each; ms per forward")
+    tables = {"nnic int8 (GELU + QKV fused)": profile_nnic(q, ids, args.rounds),
+              "nnic int8 + fuse_encoder": profile_nnic(fused, ids, args.rounds)}
+    if not args.no_ort:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        with tempfile.TemporaryDirectory(prefix="nnic-bench-profile-") as name:
+            tmp = Path(name)
+            nnic.export_onnx(model, {"input_ids": ids[:1]}, tmp / "float.onnx")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                quantize_dynamic(str(tmp / "float.onnx"), str(tmp / "ort.onnx"), per_channel=True,
+                                 weight_type=QuantType.QInt8)
+            tables["onnxruntime quantize_dynamic"] = profile_ort(str(tmp / "ort.onnx"), ids, args.threads,
+                                                                 args.rounds, tmp)
+    for title, rows in tables.items():
+        print(f"\n{title}")
+        total = rows["forward wall"]
+        for k, v in rows.items():
+            share = "" if k.startswith("forward") else f"{100 * v / total:5.1f} %"
+            print(f"  {k:42s} {v:8.1f} {share}")
+
+
+if __name__ == "__main__":
+    main()

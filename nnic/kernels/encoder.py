@@ -1,0 +1,115 @@
+"""Fused encoder ops: multi-head self-attention and LayerNorm of a residual sum ("skip LayerNorm").
+
+BERT-style encoders spend about a quarter of an int8 forward outside their GEMMs: torch's attention reads the
+projections through ``[batch, heads, seq, head_dim]`` views and copies its result back to ``[batch, seq,
+hidden]``, and every block adds its residual and normalises in two kernels over fresh tensors. These two run in
+Rust instead (``nnic_kernels::attention`` / ``nnic_kernels::norm``): the attention reads Q, K and V where the
+projections wrote them (one fused QKV output is read in place, through its row stride) and writes the context
+rows the output projection reads; the skip LayerNorm sums and normalises each row in one pass in L1.
+
+Both compute in float32 and equal torch's ``scaled_dot_product_attention`` / ``layer_norm(x + residual)`` up to
+float32 rounding (the products accumulate in another order; the exponential is a polynomial with ~1 ulp error).
+CPU float32 tensors run the kernels; tensors on other devices run the torch twins (:mod:`.twins`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from nnic.kernels import twins
+from nnic.kernels.adapters import Array, check_dtype, on_device
+from nnic.kernels.runtime import native
+
+
+def _torch(x: Array, name: str) -> torch.Tensor:
+    check_dtype(x, name, ("float32",))
+    return torch.from_numpy(np.asarray(x)) if isinstance(x, np.ndarray) else x.detach()
+
+
+def _kind(first: Array, out: torch.Tensor) -> Array:
+    return out.numpy() if isinstance(first, np.ndarray) else out
+
+
+def skip_layer_norm(x: Array, residual: Array, weight: Array, bias: Array, eps: float = 1e-5) -> Array:
+    """``layer_norm(x + residual, (n,), weight, bias, eps)`` over the last dimension (``n = weight.numel()``), in
+    one pass: the residual block ending of BERT-style encoders (onnxruntime's ``SkipLayerNormalization``).
+    ``x`` and ``residual`` have the same shape with ``n`` last; all float32. Returns a new tensor/array."""
+    xt, rt, wt, bt = (_torch(a, n) for a, n in ((x, "x"), (residual, "residual"), (weight, "weight"), (bias, "bias")))
+    if xt.shape != rt.shape:
+        raise ValueError(f"skip_layer_norm: residual has shape {tuple(rt.shape)}, x has {tuple(xt.shape)}")
+    n = wt.numel()
+    if xt.dim() == 0 or xt.shape[-1] != n or wt.dim() != 1 or bt.shape != wt.shape:
+        raise ValueError(f"skip_layer_norm: weight and bias must be 1-D with x's last dimension; got x "
+                         f"{tuple(xt.shape)}, weight {tuple(wt.shape)}, bias {tuple(bt.shape)}")
+    eps = float(eps)
+    if not (math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"skip_layer_norm: eps must be finite and >= 0, got {eps}")
+    if any(on_device(t) for t in (xt, rt, wt, bt)):
+        return twins.skip_layer_norm(xt, rt, wt, bt, eps)
+    out = torch.empty(xt.shape, dtype=torch.float32)
+    if out.numel():
+        native.skip_layer_norm(xt.contiguous().numpy(), rt.contiguous().numpy(), wt.contiguous().numpy(),
+                                 bt.contiguous().numpy(), eps, out.numpy())
+    return _kind(x, out)
+
+
+def _rows(t: torch.Tensor, name: str, batch: int, seq: int, hidden: int) -> tuple[np.ndarray, int]:
+    """``t`` ([batch, seq, hidden]) as a flat array of the buffer it views and its row stride: a column slice of
+    a contiguous ``[batch, seq, width]`` buffer (one part of a fused QKV output) is read in place; any other
+    layout is copied first."""
+    if tuple(t.shape) != (batch, seq, hidden):
+        raise ValueError(f"attention: {name} has shape {tuple(t.shape)}, expected {(batch, seq, hidden)} "
+                         f"(like q)")
+    stride = t.stride(1) if seq > 1 else max(t.stride(0), hidden)
+    in_place = t.stride(2) == 1 and stride >= hidden and (batch == 1 or t.stride(0) == seq * stride)
+    if not in_place:
+        t, stride = t.contiguous(), hidden
+    span = (batch * seq - 1) * stride + hidden
+    return t.as_strided((span,), (1,), t.storage_offset()).numpy(), stride
+
+
+def attention(q: Array, k: Array, v: Array, heads: int, scale: float | None = None, mask: Array | None = None) -> Array:
+    """``softmax(q_h k_hᵀ · scale + mask) v_h`` for every head ``h``, heads concatenated: the attention of an
+    encoder (no causal mask, no dropout). ``q``, ``k``, ``v``: float32 ``[batch, seq, heads * head_dim]``;
+    column slices of one ``[batch, seq, 3 * hidden]`` QKV output are read in place. ``scale`` defaults to
+    ``head_dim ** -0.5``. ``mask``: optional additive key mask, ``[batch, seq]`` or ``[batch, 1, 1, seq]``
+    (``0`` keeps a key, a large negative number drops it), or a boolean one (``True`` keeps). Returns
+    ``[batch, seq, hidden]``, contiguous."""
+    qt, kt, vt = _torch(q, "q"), _torch(k, "k"), _torch(v, "v")
+    if qt.dim() != 3:
+        raise ValueError(f"attention: q must be [batch, seq, heads * head_dim], got shape {tuple(qt.shape)}")
+    batch, seq, hidden = qt.shape
+    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1 or hidden % heads:
+        raise ValueError(f"attention: heads must be a positive integer dividing q's last dimension {hidden}, "
+                         f"got {heads!r}")
+    head_dim = hidden // heads
+    scale = head_dim ** -0.5 if scale is None else float(scale)
+    if not math.isfinite(scale):
+        raise ValueError(f"attention: scale must be finite, got {scale}")
+    m = None if mask is None else _key_mask(mask, batch, seq)
+    if any(on_device(t) for t in (qt, kt, vt)):
+        return twins.attention(qt, kt, vt, heads, scale, m)
+    out = torch.empty(batch, seq, hidden, dtype=torch.float32)
+    if out.numel():
+        (qa, qs), (ka, ks), (va, vs) = (_rows(t, n, batch, seq, hidden) for t, n in ((qt, "q"), (kt, "k"), (vt, "v")))
+        native.attention(qa, 0, qs, ka, 0, ks, va, 0, vs, batch, seq, heads, head_dim, scale,
+                           None if m is None else m.contiguous().numpy(), out.view(-1, hidden).numpy())
+    return _kind(q, out)
+
+
+def _key_mask(mask: Array, batch: int, seq: int) -> torch.Tensor:
+    """The additive float32 ``[batch, seq]`` key mask of ``mask``."""
+    m = torch.from_numpy(np.asarray(mask)) if isinstance(mask, np.ndarray) else mask.detach()
+    if m.dim() == 4 and m.shape[1] == 1 and m.shape[2] == 1:
+        m = m[:, 0, 0]
+    if tuple(m.shape) != (batch, seq):
+        raise ValueError(f"attention: mask must be [batch, seq] or [batch, 1, 1, seq] = {(batch, seq)}, got shape "
+                         f"{tuple(m.shape)}")
+    if m.dtype == torch.bool:
+        return torch.zeros(m.shape).masked_fill_(~m.cpu(), torch.finfo(torch.float32).min).to(m.device)
+    if not m.is_floating_point():
+        raise TypeError(f"attention: mask must be float or bool, got {m.dtype}")
+    return m.float()

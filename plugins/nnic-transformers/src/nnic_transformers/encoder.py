@@ -1,0 +1,121 @@
+"""BERT-style encoder blocks on nnic's fused encoder kernels (:mod:`nnic.kernels.encoder`): the self-attention as
+one kernel that reads Q, K and V where the projections wrote them, and each block's residual add + LayerNorm
+(``BertSelfOutput``, ``BertOutput``) as one skip LayerNorm.
+
+Hugging Face's BERT attention views each projection as ``[batch, heads, seq, head_dim]``, runs
+``scaled_dot_product_attention`` and copies the result back into ``[batch, seq, hidden]``; its block endings add
+the residual and normalise in two passes over fresh tensors. Together these are about a quarter of an int8
+BERT-base forward on nnic's GEMMs. With :func:`nnic_transformers.fuse_projections` applied first, the query, key
+and value are column slices of one GEMM output, which the attention kernel reads in place.
+
+Modules qualify by code, not by class: a module whose ``forward`` is the same code as BERT's
+``BertSelfAttention`` (or ``BertSelfOutput`` / ``BertOutput``) is wrapped, so the many "copied from BERT"
+encoders (RoBERTa, ELECTRA, XLM-R, ...) are too, and anything else is left alone. A wrapped module runs its
+original ``forward`` whenever the fused one would not compute the same thing: in training (dropout), with a cache
+or cross-attention inputs, with an attention mask that is not one padding mask per sequence, or in a dtype other
+than float32 (the kernels compute in float32).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from nnic_transformers.fusion import _same_code
+
+
+class FusedSelfAttention(nn.Module):
+    """A BERT-style self-attention (``inner``, its projections kept) computed by :func:`nnic.kernels.attention`.
+    Returns ``(context, None)`` like the original (no attention weights)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def _key_mask(self, mask: torch.Tensor | None, batch: int, seq: int) -> torch.Tensor | None | bool:
+        """The ``[batch, seq]`` key mask of transformers' ``[batch, 1, seq|1, seq]`` mask, or ``False`` when it
+        varies between query rows (a causal or 2-D mask: the kernel takes one mask row per sequence)."""
+        if mask is None:
+            return None
+        if mask.dim() != 4 or mask.shape[0] != batch or mask.shape[1] != 1 or mask.shape[-1] != seq:
+            return False
+        rows = mask[:, 0]
+        first = rows[:, :1]
+        if rows.shape[1] != 1 and not bool((rows == first).all()):
+            return False
+        return first[:, 0]
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, cache=None,
+                **kwargs):
+        inner = self.inner
+        mask = False
+        if not (self.training or cache is not None or kwargs.get("encoder_hidden_states") is not None
+                or hidden_states.dim() != 3 or hidden_states.dtype != torch.float32):
+            mask = self._key_mask(attention_mask, hidden_states.shape[0], hidden_states.shape[1])
+        if mask is False:
+            return inner(hidden_states, attention_mask=attention_mask, cache=cache, **kwargs)
+        from nnic import kernels
+
+        q, k, v = inner.query(hidden_states), inner.key(hidden_states), inner.value(hidden_states)
+        out = kernels.attention(q, k, v, inner.num_attention_heads, inner.scaling, mask)
+        return out.to(hidden_states.dtype), None
+
+
+class SkipLayerNormOutput(nn.Module):
+    """A BERT-style block ending (``inner``: ``dense``, ``dropout``, ``LayerNorm``) whose residual add and
+    LayerNorm run as one :func:`nnic.kernels.skip_layer_norm`."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        inner = self.inner
+        norm = inner.LayerNorm
+        if self.training or not isinstance(norm, nn.LayerNorm) or len(norm.normalized_shape) != 1 \
+                or norm.weight is None or norm.bias is None or norm.weight.dtype != torch.float32 \
+                or input_tensor.dtype != torch.float32:
+            return inner(hidden_states, input_tensor)
+        from nnic import kernels
+
+        h = inner.dense(hidden_states)
+        if h.dtype != torch.float32:
+            return norm(inner.dropout(h) + input_tensor)
+        return kernels.skip_layer_norm(h, input_tensor, norm.weight, norm.bias, norm.eps)
+
+
+def _forward_classes() -> tuple[type, type, type]:
+    from transformers.models.bert.modeling_bert import BertOutput, BertSelfAttention, BertSelfOutput
+
+    return BertSelfAttention, BertSelfOutput, BertOutput
+
+
+def fuse_encoder(model: nn.Module) -> list[str]:
+    """Wraps, in place, every BERT-style self-attention in :class:`FusedSelfAttention` and every BERT-style block
+    ending (residual add + LayerNorm) in :class:`SkipLayerNormOutput`; returns the wrapped modules' names. The
+    outputs equal the unwrapped model's up to float32 rounding. Apply it to the model you run, in eval mode, after
+    ``quantization_speedup`` and :func:`nnic_transformers.fuse_projections` (either order works for the
+    outputs; the attention reads a fused QKV output in place). The wrapped layout (``...self.inner.query``) is
+    not what ``save_pretrained`` or nnic's manifest describe. Calling it twice wraps nothing new."""
+    from nnic.selection import replace_module
+
+    attention, *outputs = _forward_classes()
+    wrapped: list[str] = []
+    done = [f"{n}." for n, m in model.named_modules() if isinstance(m, (FusedSelfAttention, SkipLayerNormOutput))]
+    for name, m in list(model.named_modules()):
+        if not name or isinstance(m, (FusedSelfAttention, SkipLayerNormOutput)) or name.startswith(tuple(done)):
+            continue
+        forward = type(m).forward
+        if _same_code(forward, attention.forward) and not getattr(m, "is_decoder", False):
+            new: nn.Module = FusedSelfAttention(m)
+        elif any(_same_code(forward, cls.forward) for cls in outputs):
+            new = SkipLayerNormOutput(m)
+        else:
+            continue
+        new.train(m.training)
+        replace_module(model, name, new)
+        wrapped.append(name)
+    return wrapped
+
+
+__all__ = ["FusedSelfAttention", "SkipLayerNormOutput", "fuse_encoder"]

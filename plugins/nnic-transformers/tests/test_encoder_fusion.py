@@ -1,0 +1,134 @@
+"""``fuse_encoder``: BERT-style self-attention and residual + LayerNorm block endings on nnic's fused encoder
+kernels, with the unfused model's output (float32 rounding apart); anything the kernels do not compute (training,
+decoders, masks that differ between query rows) runs the original code."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import nnic
+
+transformers = pytest.importorskip("transformers")
+from nnic_transformers import (  # noqa: E402
+    FusedSelfAttention,
+    SkipLayerNormOutput,
+    fuse_encoder,
+    fuse_mlp_activations,
+    fuse_projections,
+)
+
+LAYER_BLOCKS = ("attention.self", "attention.output", "output")
+
+
+def bert(model_cls=None, attn="sdpa", **kw) -> nn.Module:
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    cfg = BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                     vocab_size=200, max_position_embeddings=64, **kw)
+    cfg._attn_implementation = attn
+    return (model_cls or BertModel)(cfg, add_pooling_layer=False).eval()
+
+
+def inputs(batch: int = 3, seq: int = 24) -> dict:
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 200, (batch, seq), generator=g)
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    mask[1, seq // 2:] = 0  # a padded sequence
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("padded", [False, True])
+def test_float_bert_gives_the_same_output_within_float32_rounding(attn, padded):
+    model = bert(attn=attn)
+    fused = copy.deepcopy(model)
+    names = fuse_encoder(fused)
+    assert names == [f"encoder.layer.{i}.{b}" for i in range(2) for b in LAYER_BLOCKS]
+    assert isinstance(fused.encoder.layer[0].attention.self, FusedSelfAttention)
+    assert isinstance(fused.encoder.layer[1].output, SkipLayerNormOutput)
+    kw = inputs()
+    if not padded:
+        kw.pop("attention_mask")
+    with torch.inference_mode():
+        want, got = model(**kw).last_hidden_state, fused(**kw).last_hidden_state
+    valid = kw.get("attention_mask", torch.ones(3, 24)).bool()  # padded positions' outputs are not used
+    torch.testing.assert_close(got[valid], want[valid], atol=2e-5, rtol=1e-5)
+    assert fuse_encoder(fused) == []  # already wrapped
+
+
+def test_int8_bert_with_one_qkv_gemm_reads_it_in_place_with_the_same_output():
+    q = nnic.quantization_speedup(copy.deepcopy(bert()), {
+        n: 8 for n, m in bert().named_modules() if isinstance(m, nn.Linear)})
+    fuse_mlp_activations(q)
+    fuse_projections(q)
+    fused = copy.deepcopy(q)
+    assert len(fuse_encoder(fused)) == 6
+    kw = inputs()
+    with torch.inference_mode():
+        want, got = q(**kw).last_hidden_state, fused(**kw).last_hidden_state
+    valid = kw["attention_mask"].bool()
+    # float32 rounding differences can move an activation across an int8 rounding boundary in the next layer:
+    # a code step there (1/255 of a token's range) is the scale of the largest differences
+    cos = torch.nn.functional.cosine_similarity(got[valid].flatten(), want[valid].flatten(), 0)
+    assert cos > 0.99999
+    assert (got[valid] - want[valid]).abs().max() < 0.05
+
+
+def test_training_mode_runs_the_original_code():
+    model = bert(hidden_dropout_prob=0.5, attention_probs_dropout_prob=0.5)
+    fused = copy.deepcopy(model)
+    fuse_encoder(fused)
+    model.train()
+    fused.train()
+    kw = inputs()
+    torch.manual_seed(5)
+    want = model(**kw).last_hidden_state
+    torch.manual_seed(5)
+    got = fused(**kw).last_hidden_state
+    torch.testing.assert_close(got, want)  # same dropout draws: the same code ran
+    got.sum().backward()  # and it trains
+    assert fused.encoder.layer[0].attention.self.inner.query.weight.grad is not None
+
+
+def test_masks_that_differ_between_query_rows_run_the_original_attention():
+    model = bert()
+    fused = copy.deepcopy(model)
+    fuse_encoder(fused)
+    attention = fused.encoder.layer[0].attention.self
+    h = torch.randn(2, 6, 64)
+    causal = torch.full((6, 6), float("-inf")).triu(1).expand(2, 1, 6, 6)
+    with torch.inference_mode():
+        want = model.encoder.layer[0].attention.self(h, attention_mask=causal)[0]
+        got, weights = attention(h, attention_mask=causal)
+    torch.testing.assert_close(got, want)
+    padding = torch.zeros(2, 1, 6, 6)
+    padding[1, :, :, 4:] = torch.finfo(torch.float32).min
+    with torch.inference_mode():
+        want = model.encoder.layer[0].attention.self(h, attention_mask=padding)[0]
+        got, weights = attention(h, attention_mask=padding)
+    assert weights is None  # the fused kernel ran
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+
+
+def test_decoders_and_other_blocks_are_left_alone():
+    from transformers import GPT2Config, GPT2Model
+
+    gpt2 = GPT2Model(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=50, n_positions=16)).eval()
+    assert fuse_encoder(gpt2) == []
+    decoder = bert(is_decoder=True)
+    names = fuse_encoder(decoder)
+    assert not any(n.endswith("attention.self") for n in names)  # causal self-attention keeps its code
+
+
+def test_other_dtypes_run_the_original_code():
+    model = bert().to(torch.bfloat16)
+    fused = copy.deepcopy(model)
+    fuse_encoder(fused)
+    kw = inputs()
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(**kw).last_hidden_state, model(**kw).last_hidden_state)

@@ -1,0 +1,126 @@
+//! LayerNorm of a residual sum in one pass over memory: `out = LayerNorm(x + residual) * gamma + beta` per row
+//! (BERT's `*SelfOutput` / `*Output` blocks; onnxruntime's `SkipLayerNormalization`).
+//!
+//! torch runs the add and the norm as two kernels: the sum is written out, read back for the statistics and read
+//! a third time for the normalisation, each pass over a fresh 3 MB tensor at BERT-base batch 8. Here each row
+//! (768 floats, 3 KiB: it stays in L1) is summed into `out`, its mean and variance taken from that L1 copy, and
+//! normalised in place. Row blocks run where the GEMMs run (`gemm::par`: torch's OpenMP team when it is
+//! loaded, else the kernels' threads). The statistics are the two-pass ones torch uses (mean, then the mean of squared
+//! deviations), summed in 16 independent lanes so that the wider ISA copies vectorise them; the result differs
+//! from torch's only by float32 rounding.
+use crate::cpu;
+use crate::error::{KernelError, Result};
+use crate::pool::{self, PAR_MIN};
+use crate::gemm::par;
+use crate::simd::multiversion;
+
+/// Lanes of the per-row sums (a multiple of every ISA's f32 vector width).
+const LANES: usize = 16;
+
+/// `out[r] = (h - mean(h)) / sqrt(var(h) + eps) * gamma + beta` with `h = x[r] + residual[r]`, for every row `r`
+/// of `cols` values (`x`, `residual` and `out` are row-major `[rows, cols]`; `gamma` and `beta` have `cols`
+/// values). `var` is the biased variance, as in torch's `layer_norm`.
+pub fn skip_layer_norm(
+    x: &[f32],
+    residual: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    out: &mut [f32],
+) -> Result<()> {
+    let cols = gamma.len();
+    if cols == 0 {
+        return Err(KernelError::Empty { arg: "gamma" });
+    }
+    if beta.len() != cols {
+        return Err(KernelError::Mismatch { what: format!("beta has {} values, gamma {cols}", beta.len()) });
+    }
+    if !x.len().is_multiple_of(cols) {
+        return Err(KernelError::Mismatch {
+            what: format!("x has {} values, not a whole number of rows of {cols} (the length of gamma)", x.len()),
+        });
+    }
+    for (name, len) in [("residual", residual.len()), ("out", out.len())] {
+        if len != x.len() {
+            return Err(KernelError::Mismatch { what: format!("{name} has {len} values, x has {}", x.len()) });
+        }
+    }
+    if !(eps.is_finite() && eps >= 0.0) {
+        return Err(KernelError::Invalid { what: format!("eps must be finite and >= 0, got {eps}") });
+    }
+    let isa = cpu::active();
+    let job = |x: &[f32], r: &[f32], o: &mut [f32]| {
+        for ((x, r), o) in x.chunks_exact(cols).zip(r.chunks_exact(cols)).zip(o.chunks_exact_mut(cols)) {
+            skip_norm_row(isa, x, r, gamma, beta, eps, o);
+        }
+    };
+    let threads = if x.len() < PAR_MIN { 1 } else { pool::num_threads() };
+    let rows = x.len() / cols;
+    let per = rows.div_ceil(threads * 4).max(1);
+    let out = OutChunks { ptr: out.as_mut_ptr(), len: out.len() };
+    let task = |i: usize| {
+        let (a, b) = (i * per * cols, ((i + 1) * per).min(rows) * cols);
+        // SAFETY: task `i` alone writes rows [i * per, (i + 1) * per) of `out`; `a <= b <= out.len`.
+        let o = unsafe { out.rows(a, b) };
+        job(&x[a..b], &residual[a..b], o);
+    };
+    par::for_each(rows.div_ceil(per), threads, &task);
+    Ok(())
+}
+
+/// `out`, shared by the tasks of [`skip_layer_norm`], each of which writes its own rows only.
+struct OutChunks {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: the tasks write disjoint row ranges (see `rows`), and `skip_layer_norm` holds the `&mut` meanwhile.
+unsafe impl Sync for OutChunks {}
+
+impl OutChunks {
+    /// `out[a..b]`. Safety: no other live reference covers any of it.
+    #[allow(clippy::mut_from_ref)] // the point of this type: disjoint rows handed to concurrent tasks
+    unsafe fn rows(&self, a: usize, b: usize) -> &mut [f32] {
+        assert!(a <= b && b <= self.len, "skip_layer_norm rows out of bounds");
+        // SAFETY: in bounds (checked); exclusive by the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(a), b - a) }
+    }
+}
+
+multiversion! {
+    fn skip_norm_row(x: &[f32], r: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) = skip_norm_row_body;
+}
+
+/// Sum of `f(i)` over `0..n` in [`LANES`] independent lanes (vectorisable without reassociating floats).
+#[inline(always)]
+fn lane_sum(n: usize, f: impl Fn(usize) -> f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let full = n - n % LANES;
+    for base in (0..full).step_by(LANES) {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += f(base + l);
+        }
+    }
+    for (l, i) in (full..n).enumerate() {
+        acc[l] += f(i);
+    }
+    acc.iter().sum()
+}
+
+#[inline(always)]
+fn skip_norm_row_body(x: &[f32], r: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) {
+    let n = out.len();
+    let (x, r, gamma, beta) = (&x[..n], &r[..n], &gamma[..n], &beta[..n]);
+    for ((o, &a), &b) in out.iter_mut().zip(x).zip(r) {
+        *o = a + b;
+    }
+    let mean = lane_sum(n, |i| out[i]) / n as f32;
+    let var = lane_sum(n, |i| {
+        let d = out[i] - mean;
+        d * d
+    }) / n as f32;
+    let rstd = 1.0 / (var + eps).sqrt();
+    for ((o, &g), &b) in out.iter_mut().zip(gamma).zip(beta) {
+        *o = (*o - mean) * rstd * g + b;
+    }
+}

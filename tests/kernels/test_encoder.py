@@ -1,0 +1,131 @@
+"""nnic.kernels.attention and skip_layer_norm against float64 numpy references, on every ISA path; bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from nnic import kernels
+
+#: The ``isa`` fixture (set once per path) is not reset between examples, by design.
+SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+def attention_ref(q: np.ndarray, k: np.ndarray, v: np.ndarray, heads: int, scale: float,
+                  mask: np.ndarray | None) -> np.ndarray:
+    b, s, hidden = q.shape
+    d = hidden // heads
+    q4, k4, v4 = (t.astype(np.float64).reshape(b, s, heads, d).transpose(0, 2, 1, 3) for t in (q, k, v))
+    scores = q4 @ k4.transpose(0, 1, 3, 2) * scale
+    if mask is not None:
+        scores = scores + mask.astype(np.float64)[:, None, None, :]
+    p = np.exp(scores - scores.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    return (p @ v4).transpose(0, 2, 1, 3).reshape(b, s, hidden)
+
+
+@st.composite
+def attention_case(draw):
+    batch = draw(st.sampled_from([1, 2, 3]))
+    seq = draw(st.sampled_from([1, 2, 5, 31, 33, 64, 70]))
+    heads = draw(st.sampled_from([1, 2, 3, 4]))
+    head_dim = draw(st.sampled_from([1, 7, 16, 32, 33, 64]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    qkv = (rng.standard_normal((batch, seq, 3 * heads * head_dim)) * draw(st.sampled_from([0.1, 1.0, 4.0])))
+    mask = None
+    if draw(st.booleans()):
+        mask = np.where(rng.random((batch, seq)) < 0.3, -1e9, 0.0).astype(np.float32)
+        mask[:, 0] = 0.0  # every sequence keeps a key
+    return qkv.astype(np.float32), heads, mask, draw(st.booleans())
+
+
+@SETTINGS
+@given(case=attention_case())
+def test_attention_matches_float64_reference(isa, case):
+    qkv, heads, mask, fused = case
+    hidden = qkv.shape[-1] // 3
+    t = torch.from_numpy(qkv)
+    q, k, v = t.split(hidden, -1) if fused else (p.contiguous() for p in t.split(hidden, -1))
+    scale = (hidden // heads) ** -0.5
+    got = kernels.attention(q, k, v, heads, mask=None if mask is None else torch.from_numpy(mask)).numpy()
+    want = attention_ref(q.numpy(), k.numpy(), v.numpy(), heads, scale, mask)
+    # a convex combination of v's rows: error relative to max |v| (float32 products of up to 64 terms, exp ~1 ulp)
+    assert np.abs(got - want).max() <= 2e-5 * (1 + np.abs(qkv).max() ** 2)
+
+
+@SETTINGS
+@given(rows=st.sampled_from([1, 2, 9, 100]), cols=st.sampled_from([1, 2, 15, 16, 17, 768, 1000]),
+       scale=st.sampled_from([1e-3, 1.0, 1e3]), seed=st.integers(0, 2**32 - 1))
+def test_skip_layer_norm_matches_float64_reference(isa, rows, cols, scale, seed):
+    rng = np.random.default_rng(seed)
+    x, r = (rng.standard_normal((rows, cols)).astype(np.float32) * scale for _ in range(2))
+    w, b = rng.standard_normal(cols).astype(np.float32), rng.standard_normal(cols).astype(np.float32)
+    got = kernels.skip_layer_norm(x, r, w, b, 1e-12)
+    assert isinstance(got, np.ndarray)
+    h = x.astype(np.float64) + r
+    mean = h.mean(-1, keepdims=True)
+    want = (h - mean) / np.sqrt(((h - mean) ** 2).mean(-1, keepdims=True) + 1e-12) * w + b
+    assert np.abs(got - want).max() <= 1e-5 * (1 + np.abs(w).max() * 4 + np.abs(b).max())
+
+
+def test_attention_reads_fused_qkv_in_place_and_equals_torch():
+    torch.manual_seed(0)
+    qkv = torch.randn(2, 9, 3 * 48)
+    q, k, v = qkv.split(48, -1)
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[1, 6:] = False
+    got = kernels.attention(q, k, v, 4, mask=mask)
+    want = kernels.twins.attention(q, k, v, 4, 12 ** -0.5, torch.zeros(2, 9).masked_fill(~mask, -1e30))
+    assert got.shape == (2, 9, 48) and got.is_contiguous()
+    assert (got - want).abs().max() < 1e-5
+    # the [batch, 1, 1, seq] form of transformers' extended masks is the same mask
+    additive = torch.zeros(2, 1, 1, 9).masked_fill(~mask[:, None, None], -1e30)
+    assert torch.equal(kernels.attention(q, k, v, 4, mask=additive), got)
+
+
+def test_skip_layer_norm_equals_torch_layer_norm_of_the_sum():
+    torch.manual_seed(1)
+    x, r = torch.randn(3, 5, 64), torch.randn(3, 5, 64)
+    w, b = torch.randn(64), torch.randn(64)
+    got = kernels.skip_layer_norm(x, r, w, b, 1e-12)
+    assert got.shape == x.shape
+    assert (got - F.layer_norm(x + r, (64,), w, b, 1e-12)).abs().max() < 1e-5
+
+
+def test_nan_propagates_to_its_rows_only():
+    qkv = torch.randn(1, 4, 3 * 8)
+    qkv[0, 2, 0] = float("nan")  # the query of token 2
+    out = kernels.attention(*qkv.split(8, -1), 2)
+    assert out[0, 2, :4].isnan().all() and not out[0, [0, 1, 3]].isnan().any()
+    x = torch.randn(3, 8)
+    x[1, 3] = float("nan")
+    y = kernels.skip_layer_norm(x, torch.zeros(3, 8), torch.ones(8), torch.zeros(8))
+    assert y[1].isnan().all() and not y[[0, 2]].isnan().any()
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda q: kernels.attention(q, q, q, 5), ValueError, "heads must be a positive integer dividing"),
+    (lambda q: kernels.attention(q, q, q, True), ValueError, "heads"),
+    (lambda q: kernels.attention(q, q[:, :3], q, 4), ValueError, "k has shape"),
+    (lambda q: kernels.attention(q[0], q[0], q[0], 4), ValueError, "q must be"),
+    (lambda q: kernels.attention(q.double(), q, q, 4), TypeError, "float32"),
+    (lambda q: kernels.attention(q, q, q, 4, scale=float("inf")), ValueError, "scale must be finite"),
+    (lambda q: kernels.attention(q, q, q, 4, mask=torch.zeros(2, 3)), ValueError, "mask must be"),
+    (lambda q: kernels.attention(q, q, q, 4, mask=torch.zeros(2, 4, dtype=torch.int64)), TypeError, "mask must be"),
+    (lambda q: kernels.skip_layer_norm(q, q[:, :2], torch.ones(16), torch.zeros(16)), ValueError, "residual"),
+    (lambda q: kernels.skip_layer_norm(q, q, torch.ones(8), torch.zeros(8)), ValueError, "weight and bias"),
+    (lambda q: kernels.skip_layer_norm(q, q, torch.ones(16), torch.zeros(16), -1.0), ValueError, "eps"),
+])
+def test_bad_input_is_a_clear_error(call, error, match):
+    with pytest.raises(error, match=match):
+        call(torch.randn(2, 4, 16))
+
+
+def test_empty_batch_gives_empty_outputs():
+    q = torch.zeros(0, 4, 16)
+    assert kernels.attention(q, q, q, 2).shape == (0, 4, 16)
+    assert kernels.skip_layer_norm(q, q, torch.ones(16), torch.zeros(16)).shape == (0, 4, 16)
