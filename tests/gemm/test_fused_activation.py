@@ -17,8 +17,10 @@ from nnic import kernels
 from nnic.quantization import Int8Linear, activation_kind, fuse_activation
 
 PATHS = kernels.gemm_paths()
-#: Float32 GELU from the epilogue's erf (max abs error 4e-7) against the exact erf in float64.
-GELU_ATOL, GELU_RTOL = 1e-6, 2e-6
+#: Float32 GELU from the epilogue's erf (max abs error ``ERF_ATOL``) against the exact erf in float64: the erf's
+#: error reaches the result multiplied by ``x / 2`` (``gelu = x/2 * (1 + erf(x/√2))``), so the bound grows with |x|
+#: where GELU itself is near 0 (x around -3, seen by hypothesis: 1.06e-6 against a flat 1.01e-6).
+GELU_ATOL, GELU_RTOL, ERF_ATOL = 1e-6, 2e-6, 4e-7
 #: Against torch's float32 GELU: both sides round ``1 + erf(x/√2)`` in float32, which cancels for negative x.
 TORCH_GELU_ATOL = 3e-6
 
@@ -51,7 +53,8 @@ def test_fused_activation_is_the_activation_of_the_plain_output(path, c, act):
     gelu = kernels.int8_linear(x, packed, bias, act=act, path=path, activation="gelu")
     np.testing.assert_array_equal(relu, np.maximum(plain, 0))
     want = gelu64(plain)
-    assert np.all(np.abs(gelu - want) <= GELU_ATOL + GELU_RTOL * np.abs(want)), np.abs(gelu - want).max()
+    bound = GELU_ATOL + GELU_RTOL * np.abs(want) + ERF_ATOL * np.abs(plain) / 2
+    assert np.all(np.abs(gelu - want) <= bound), np.abs(gelu - want).max()
 
 
 def test_fused_gelu_matches_torch_gelu_on_torch_tensors():
