@@ -31,7 +31,8 @@ processes at most). ``NNIC_GEMM_BACKEND=rayon`` puts every GEMM on those helpers
 instead: float32, ``torch.ao.quantization.quantize_dynamic`` (every installed engine; the best is the baseline),
 nnic int8 (``quantization_speedup`` on every Linear: per-channel weights, per-token activations), nnic int8
 with the MLP's GELU fused into the GEMM epilogue (``nnic_transformers.fuse_mlp_activations``), and that with
-each self-attention's query/key/value as one GEMM (``nnic_transformers.fuse_projections``); interleaved
+each self-attention's query/key/value as one GEMM (``nnic_transformers.fuse_projections``), and that with the
+attention and residual + LayerNorm on the fused encoder kernels (``nnic_transformers.fuse_encoder``); interleaved
 rounds, agreement as cosine with float32. ``--clock cpu`` times process CPU time instead of wall time (with
 ``--threads 1`` it is immune to other processes' load; with more threads it adds the threads' CPU up).
 """
@@ -138,8 +139,9 @@ def bench_shape(m: int, k: int, n: int, repeats: int, engines: list[str], budget
 
 
 def bench_bert(batch: int, seq: int, engines: list[str], repeats: int, budget: float, stat_name: str, clock) -> None:
-    """The BERT-base encoder: float32, torch dynamic int8 per engine, nnic int8, nnic int8 with fused GELU."""
-    from nnic_transformers import fuse_mlp_activations, fuse_projections
+    """The BERT-base encoder: float32, torch dynamic int8 per engine, nnic int8, nnic int8 with fused GELU, also
+    with one QKV GEMM, and also with the attention and residual + LayerNorm on the fused encoder kernels."""
+    from nnic_transformers import fuse_encoder, fuse_mlp_activations, fuse_projections
     from torch import nn
     from transformers import BertConfig, BertModel
 
@@ -154,6 +156,8 @@ def bench_bert(batch: int, seq: int, engines: list[str], repeats: int, budget: f
     fuse_mlp_activations(fused)
     shared = copy.deepcopy(fused)
     fuse_projections(shared)
+    encoder = copy.deepcopy(shared)
+    fuse_encoder(encoder)
     models = {"float32 torch": (model, None)}
     for eng in engines:
         torch.backends.quantized.engine = eng
@@ -164,6 +168,7 @@ def bench_bert(batch: int, seq: int, engines: list[str], repeats: int, budget: f
     models["nnic int8"] = (q, None)
     models["nnic int8, GELU fused"] = (fused, None)
     models["nnic int8, GELU fused, one QKV GEMM"] = (shared, None)
+    models["nnic int8, all fused (fuse_encoder)"] = (encoder, None)
 
     def call(m, eng):
         def f():
