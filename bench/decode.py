@@ -45,6 +45,7 @@ import statistics
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -291,6 +292,20 @@ def run_once(model: nn.Module, ids: torch.Tensor, new: int) -> tuple[float, floa
     return t1 - t0, t2 - t1, torch.cat(toks, 1)
 
 
+def prefill_then_decode(model: nn.Module, ids: torch.Tensor, steps: int,
+                        around_steps: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> None:
+    """A prefill of ``ids`` into a fresh cache, then ``steps`` KV-cached greedy steps inside ``around_steps()``
+    (what :func:`profile` and :func:`op_counts` measure: the steps, not the prefill)."""
+    from transformers import DynamicCache
+
+    out = model(input_ids=ids, past_key_values=DynamicCache(), use_cache=True)
+    nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+    with around_steps():
+        for _ in range(steps):
+            out = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
+            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+
+
 @torch.inference_mode()
 def profile(model: nn.Module, ids: torch.Tensor, steps: int) -> list[tuple[str, float, int]]:
     """Where a decode step goes: (module kind, ms per step, calls per step) for ``steps`` KV-cached greedy steps
@@ -300,8 +315,6 @@ def profile(model: nn.Module, ids: torch.Tensor, steps: int) -> list[tuple[str, 
     a fused group (``q_proj``) contains the fused GEMM. Hooks add a few microseconds per module call. Timed on the
     bench's clock (``--clock cpu``: the thread's CPU time, which other processes' load does not inflate). A
     ``fast_decode`` layer calls its projections without module hooks: its GEMVs are inside ``layer``."""
-    from transformers import DynamicCache
-
     spent: dict[str, float] = {}
     calls: dict[str, int] = {}
     started: dict[str, float] = {}
@@ -319,14 +332,13 @@ def profile(model: nn.Module, ids: torch.Tensor, steps: int) -> list[tuple[str, 
             calls[kind] = calls.get(kind, 0) + 1
 
         handles += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
-    try:
-        out = model(input_ids=ids, past_key_values=DynamicCache(), use_cache=True)
-        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+    def start_counting() -> contextlib.AbstractContextManager:
         spent.clear()
         calls.clear()
-        for _ in range(steps):
-            out = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
-            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        return contextlib.nullcontext()
+
+    try:
+        prefill_then_decode(model, ids, steps, start_counting)
     finally:
         for h in handles:
             h.remove()
@@ -341,7 +353,6 @@ def op_counts(model: nn.Module, ids: torch.Tensor, steps: int) -> tuple[dict[str
     steps: (ops per step inside the decoder layers by op name, outside them by op name, decoder layers per step).
     nnic's kernels are called through numpy and are not torch ops (they are the GEMV rows of :func:`profile`)."""
     from torch.utils._python_dispatch import TorchDispatchMode
-    from transformers import DynamicCache
 
     layers = [m for n, m in model.named_modules() if n.split(".")[-1].isdigit()]
     inside = [0]
@@ -362,12 +373,7 @@ def op_counts(model: nn.Module, ids: torch.Tensor, steps: int) -> tuple[dict[str
 
     handles = [h for m in layers for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
     try:
-        out = model(input_ids=ids, past_key_values=DynamicCache(), use_cache=True)
-        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-        with Count():
-            for _ in range(steps):
-                out = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
-                nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        prefill_then_decode(model, ids, steps, Count)
     finally:
         for h in handles:
             h.remove()
