@@ -170,6 +170,9 @@ class _StepIO:
     def __init__(self, batch: int, shapes: dict[str, tuple[int, int]]) -> None:
         import numpy as np
 
+        from nnic.kernels import run_packed_linear
+
+        self.run = run_packed_linear  # the one call of a packed weight's kernel, imported once per layer
         self.arrays: dict[str, tuple] = {}
         # Normal tensors even when first called under inference mode, so that later steps outside it (no_grad)
         # may write them.
@@ -183,15 +186,8 @@ class _StepIO:
         """``layer``'s output for the input in ``<name>_in``, written into (and returned as) ``name``'s output."""
         x, y, out = self.arrays[name]
         bias = None if layer.bias is None else layer.bias.numpy()
-        layer._packed_weight().linear(x, y, bias, *_linear_args(layer))
+        self.run(layer._packed_weight(), x, y, bias, *layer.kernel_args())
         return out
-
-
-def _linear_args(layer: nn.Module) -> tuple:
-    """The packed weight's ``linear`` arguments after the bias, with the layer's activation settings
-    (:func:`nnic.kernels.run_packed_linear`'s defaults filled in)."""
-    args = layer.kernel_args()
-    return args + ("per_token", True, None, None, None, "none")[len(args):]
 
 
 class _Held:
