@@ -24,9 +24,13 @@ from nnic.kernels.adapters import Array, check_dtype, on_device
 from nnic.kernels.runtime import native
 
 
+def _as_tensor(x: Array) -> torch.Tensor:
+    return torch.from_numpy(x) if isinstance(x, np.ndarray) else x.detach()
+
+
 def _torch(x: Array, name: str) -> torch.Tensor:
     check_dtype(x, name, ("float32",))
-    return torch.from_numpy(np.asarray(x)) if isinstance(x, np.ndarray) else x.detach()
+    return _as_tensor(x)
 
 
 def _kind(first: Array, out: torch.Tensor) -> Array:
@@ -102,7 +106,7 @@ def attention(q: Array, k: Array, v: Array, heads: int, scale: float | None = No
 
 def _key_mask(mask: Array, batch: int, seq: int) -> torch.Tensor:
     """The additive float32 ``[batch, seq]`` key mask of ``mask``."""
-    m = torch.from_numpy(np.asarray(mask)) if isinstance(mask, np.ndarray) else mask.detach()
+    m = _as_tensor(mask)
     if m.dim() == 4 and m.shape[1] == 1 and m.shape[2] == 1:
         m = m[:, 0, 0]
     if tuple(m.shape) != (batch, seq):
