@@ -258,15 +258,6 @@ class State:
         if ids.size:
             self.blocked_runs.append((ids, where))
 
-    @property
-    def blocked(self) -> dict[int, str]:
-        """``{raw id: the first sink that cannot drop it}``."""
-        out: dict[int, str] = {}
-        for ids, where in self.blocked_runs:
-            for i in ids.tolist():
-                out.setdefault(i, where)
-        return out
-
     def roots_of(self, ids: Sequence[int]) -> np.ndarray:
         """The roots of ``ids`` (an int64 array): a slice of :meth:`UnionFind.root_array` for the consecutive
         ids a slot holds, a gather otherwise."""
