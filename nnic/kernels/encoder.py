@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from nnic.kernels import twins
-from nnic.kernels.adapters import Array, check_dtype, on_device
+from nnic.kernels.adapters import Array, check_dtype, float_output, on_device
 from nnic.kernels.runtime import native
 
 
@@ -53,7 +53,7 @@ def skip_layer_norm(x: Array, residual: Array, weight: Array, bias: Array, eps: 
         raise ValueError(f"skip_layer_norm: eps must be finite and >= 0, got {eps}")
     if any(on_device(t) for t in (xt, rt, wt, bt)):
         return twins.skip_layer_norm(xt, rt, wt, bt, eps)
-    out = torch.empty(xt.shape, dtype=torch.float32)
+    out = float_output(*xt.shape)
     if out.numel():
         native.skip_layer_norm(xt.contiguous().numpy(), rt.contiguous().numpy(), wt.contiguous().numpy(),
                                  bt.contiguous().numpy(), eps, out.numpy())
@@ -96,7 +96,7 @@ def attention(q: Array, k: Array, v: Array, heads: int, scale: float | None = No
     m = None if mask is None else _key_mask(mask, batch, seq)
     if any(on_device(t) for t in (qt, kt, vt)):
         return twins.attention(qt, kt, vt, heads, scale, m)
-    out = torch.empty(batch, seq, hidden, dtype=torch.float32)
+    out = float_output(batch, seq, hidden)
     if out.numel():
         (qa, qs), (ka, ks), (va, vs) = (_rows(t, n, batch, seq, hidden) for t, n in ((qt, "q"), (kt, "k"), (vt, "v")))
         native.attention(qa, 0, qs, ka, 0, ks, va, 0, vs, batch, seq, heads, head_dim, scale,

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from nnic.kernels import twins
-from nnic.kernels.adapters import Array, as_int, check_dtype, cpu_numpy, plain
+from nnic.kernels.adapters import Array, as_int, check_dtype, cpu_numpy, float_output, plain
 from nnic.kernels.runtime import native
 
 PackedInt8Weight = native.PackedInt8Weight
@@ -144,8 +144,7 @@ def _run_linear(packed: Any, x: Array, bias: Array | None, symmetric: bool, kw: 
             raise ValueError(f"bias must have {n} values, got {bias.shape[0]}")
         b = _numpy_view(bias, "bias")
     x2 = _numpy_view(x, "x").reshape(-1, k)
-    res = torch.empty((x2.shape[0], n), dtype=torch.float32) if isinstance(x, torch.Tensor) else \
-        np.empty((x2.shape[0], n), np.float32)
+    res = float_output(x2.shape[0], n) if isinstance(x, torch.Tensor) else np.empty((x2.shape[0], n), np.float32)
     run_packed_linear(packed, x2, res, b, kw["act"], symmetric, kw.get("act_scale"), kw.get("act_zero_point"),
                       kw.get("path"), activation)
     return res if len(lead) == 1 else res.reshape(*lead, n)
@@ -227,7 +226,7 @@ def int8_conv2d(
     nhwc = x.detach().permute(0, 2, 3, 1)
     if not nhwc.is_contiguous():
         nhwc = nhwc.contiguous()
-    out = torch.empty((n * ho * wo, cout), dtype=torch.float32)
+    out = float_output(n * ho * wo, cout)
     b = None
     if bias is not None:
         _check(bias, "bias", "float32", ndim=1)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnic import kernels
+from nnic.kernels.adapters import float_output
 
 
 def _check_float_input(module: nn.Module, x: Any, k: int | None = None) -> None:
@@ -48,7 +49,7 @@ def _run_direct(layer: nn.Module, x: torch.Tensor, x2: torch.Tensor, *kernel_arg
     """``layer``'s output for ``x`` (viewed as ``x2`` by :func:`_kernel_input`) from one call of its packed
     weight's kernel, shaped like ``x`` with ``out_features`` last; ``kernel_args``: the activation settings of
     :func:`nnic.kernels.run_packed_linear` after the bias."""
-    y = torch.empty(x2.shape[0], layer.out_features)
+    y = float_output(x2.shape[0], layer.out_features)
     bias = None if layer.bias is None else layer.bias.numpy()
     kernels.run_packed_linear(layer._packed_weight(), x2, y, bias, *kernel_args)
     return y if x.dim() == 2 else y.view(*x.shape[:-1], layer.out_features)

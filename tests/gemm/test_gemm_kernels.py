@@ -173,6 +173,27 @@ def test_int8_linear_torch_shapes_and_accuracy():
     assert torch.nn.functional.cosine_similarity(y.flatten(), ref.flatten(), dim=0) > 0.999
 
 
+def test_large_outputs_come_from_huge_page_buffers_and_equal_a_torch_allocated_one():
+    """Outputs of 4 MiB and more are numpy-allocated (numpy advises huge pages for them); the values are those of
+    the same call into a ``torch.empty`` output, and the result is an ordinary contiguous float32 tensor."""
+    from nnic.kernels.adapters import HUGE_OUTPUT_BYTES, float_output
+
+    rng = np.random.default_rng(3)
+    k, n = 64, 1024
+    m = HUGE_OUTPUT_BYTES // (4 * n) + 5
+    w = rng.integers(-127, 128, (n, k), dtype=np.int8)
+    packed = gemm.pack_int8_weight(w, rng.uniform(1e-3, 1e-2, n).astype(np.float32))
+    x = torch.from_numpy(rng.standard_normal((m, k)).astype(np.float32))
+    y = gemm.int8_linear(x, packed)
+    ref = torch.empty(m, n)
+    gemm.run_packed_linear(packed, x, ref, None, "per_token", False)
+    assert y.dtype == torch.float32 and y.shape == (m, n) and y.is_contiguous()
+    assert torch.equal(y, ref)
+    assert not y.untyped_storage().resizable()  # numpy owns the buffer (torch.empty's storage is resizable)
+    small = float_output(2, 3)
+    assert small.shape == (2, 3) and small.dtype == torch.float32 and small.untyped_storage().resizable()
+
+
 def test_int8_linear_bad_input():
     packed = gemm.pack_int8_weight(np.zeros((4, 8), np.int8), 1.0)
     with pytest.raises(TypeError, match="float32"):
