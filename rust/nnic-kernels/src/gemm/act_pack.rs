@@ -223,6 +223,9 @@ fn put_panel_cols<'a>(
     }
     for r in 0..rows {
         let from = if r < quads { done } else { 0 };
+        if from == len {
+            continue; // all of this row's columns are in (a per-row call costs ~40 ns: 0.15 ns a value at K = 3072)
+        }
         let s = put_row_f32(isa, panel, rows, r, kk + from, &x(r)[from..], scale[r], zero[r], sum);
         sums[r] = sums[r].wrapping_add(s);
     }
@@ -239,14 +242,26 @@ const CHUNK: usize = 256;
 mod x86 {
     use std::arch::x86_64::*;
 
-    /// The 16 codes of `x[0..16]` as i32 lanes (see [`super::code`]: `max` with 0 first sends NaN to 0).
+    /// The 16 codes of `x[0..16]` as i32 lanes in [0, 255], bit-exact with [`super::code`]: `v = x * inv` is
+    /// clamped to ±1024 (`max` first, which sends NaN to -1024 and so to code 0; beyond ±1024 every code is 0 or 255
+    /// anyway, as `z` is in [0, 255]), converted with round-half-even, `z` added and the sum clamped in integers
+    /// (`max` with 0 here, the 255 side by the caller's unsigned saturating narrowing). Six vector µops per 16
+    /// values where rounding, adding and clamping in float took nine: quantization is compute-bound once its rows
+    /// are in L2 (measured 7.4 cycles per 16 values before, one thread).
     #[inline(always)]
-    unsafe fn codes16(x: *const f32, vinv: __m512, vz: __m512) -> __m512i {
+    unsafe fn codes16(x: *const f32, vinv: __m512, vz: __m512i) -> __m512i {
         unsafe {
             let v = _mm512_mul_ps(_mm512_loadu_ps(x), vinv);
-            let t = _mm512_add_ps(_mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v), vz);
-            _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(t, _mm512_setzero_ps()), _mm512_set1_ps(255.0)))
+            let v = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(-1024.0)), _mm512_set1_ps(1024.0));
+            let q = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+            _mm512_max_epi32(_mm512_add_epi32(q, vz), _mm512_setzero_si512())
         }
+    }
+
+    /// The codes of [`codes16`] (non-negative i32 lanes) as 16 bytes, values above 255 saturated to 255.
+    #[inline(always)]
+    unsafe fn bytes16(q: __m512i) -> __m128i {
+        _mm512_cvtusepi32_epi8(q)
     }
 
     /// [`super::put_row_body`] for `x.len()` a multiple of 16, without the K padding: 16 values per step,
@@ -257,16 +272,16 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx512bw")]
     pub(super) unsafe fn put_row16(panel: *mut u8, rows: usize, r: usize, x: &[f32], inv: f32, z: f32, sum: bool) -> i32 {
         unsafe {
-            let (vinv, vz) = (_mm512_set1_ps(inv), _mm512_set1_ps(z));
+            let (vinv, vz) = (_mm512_set1_ps(inv), _mm512_set1_epi32(z as i32));
             let mut acc = _mm512_setzero_si512();
             let stride = rows * 4;
             let mut dst = panel.add(r * 4);
             for c in x.chunks_exact(16) {
                 let q = codes16(c.as_ptr(), vinv, vz);
+                let b = bytes16(q);
                 if sum {
-                    acc = _mm512_add_epi32(acc, q);
+                    acc = _mm512_add_epi32(acc, _mm512_cvtepu8_epi32(b));
                 }
-                let b = _mm512_cvtepi32_epi8(q);
                 if rows == 1 {
                     _mm_storeu_si128(dst as *mut __m128i, b);
                 } else {
@@ -302,7 +317,7 @@ mod x86 {
     ) {
         unsafe {
             let vinv = inv.map(|v| _mm512_set1_ps(v));
-            let vz = z.map(|v| _mm512_set1_ps(v));
+            let vz = z.map(|v| _mm512_set1_epi32(v as i32));
             let mut acc = [_mm512_setzero_si512(); 4];
             let stride = rows * 4;
             let mut dst = panel.add(r * 4);
@@ -312,11 +327,10 @@ mod x86 {
             while c < len {
                 let mut b = [_mm_setzero_si128(); 4];
                 for i in 0..4 {
-                    let q = codes16(x[i].as_ptr().add(c), vinv[i], vz[i]);
+                    b[i] = bytes16(codes16(x[i].as_ptr().add(c), vinv[i], vz[i]));
                     if sum {
-                        acc[i] = _mm512_add_epi32(acc[i], q);
+                        acc[i] = _mm512_add_epi32(acc[i], _mm512_cvtepu8_epi32(b[i]));
                     }
-                    b[i] = _mm512_cvtepi32_epi8(q);
                 }
                 let (lo01, lo23) = (_mm_unpacklo_epi32(b[0], b[1]), _mm_unpacklo_epi32(b[2], b[3]));
                 let (hi01, hi23) = (_mm_unpackhi_epi32(b[0], b[1]), _mm_unpackhi_epi32(b[2], b[3]));
@@ -553,4 +567,33 @@ mod tests {
             }
         }
     }
+
+    /// Static ranges quantize whatever comes: every path gives the portable path's codes for NaN (0), infinities,
+    /// values far beyond the clamp (|x / s| up to 1e30, where the vector path clamps before converting), exact
+    /// ties around it and around the u8 ends, for zero points 0, 128 and 255.
+    #[test]
+    fn extreme_static_inputs_quantize_alike_on_every_path() {
+        let s = 0.5f32;
+        let mut x = vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1e30, -1e30, f32::MAX, -0.0, 0.0];
+        for t in [0.25f32, 0.75, 63.75, 64.25, 127.25, 127.75, 511.75, 512.25, 1023.75, 1024.25, 5000.0] {
+            x.extend([t, -t, t + 0.5, -t - 0.5]);
+        }
+        for m in [1usize, 4, 12] {
+            let k = x.len() * 2 + 3;
+            let xs: Vec<f32> = (0..m * k).map(|i| x[(i * 7 + i / k) % x.len()]).collect();
+            let kp = k.div_ceil(4) * 4;
+            for zero_point in [0, 128, 255] {
+                let act = ActQuant::Static { scale: s, zero_point };
+                let want = pack_f32(Path::Scalar, 12, &xs, m, k, kp, act, true).unwrap();
+                for path in Path::ALL.into_iter().filter(|p| p.is_supported()) {
+                    let got = pack_f32(path, 12, &xs, m, k, kp, act, true).unwrap();
+                    assert_eq!(got.data[..m * kp], want.data[..m * kp], "{path:?} m={m} z={zero_point}: bytes");
+                    assert_eq!(got.rowsum, want.rowsum, "{path:?} m={m} z={zero_point}: row sums");
+                    release(got);
+                }
+                release(want);
+            }
+        }
+    }
 }
+
