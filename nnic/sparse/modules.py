@@ -13,6 +13,8 @@ dense int8 layer's up to float rounding of the sums. Inference only: no gradient
 ``activation`` (``"relu"``, ``"gelu"``: the exact erf form) runs in the kernels' epilogue on each task's outputs
 while they are in cache, as ``Int8Linear.activation`` does: a transformer MLP's ``act(fc(x))`` then costs no torch
 call between the product and the next layer (:func:`nnic.quantization.fusion.fuse_activation` moves it there).
+Like the other fusions it is not saved: the file describes the model's own modules, whose activation module a
+loaded model runs again, so fuse after loading.
 """
 
 from __future__ import annotations
@@ -258,16 +260,16 @@ class SparseLinear(nn.Module):
 
     # ------------------------------------------------------------------ files
     def manifest_attrs(self) -> dict[str, Any]:
+        # no ``activation``: the parent's activation module, which fusion replaced by nn.Identity, is rebuilt on load
         return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None,
                 "nm": None if self.nm is None else list(self.nm), "dtype": self.dtype_name, "act": self.act,
-                "nnz": self.nnz, "activation": self.activation}
+                "nnz": self.nnz}
 
     @classmethod
     def from_manifest(cls, attrs: dict[str, Any]) -> SparseLinear:
         nm = attrs.get("nm")
         return cls(attrs["in_features"], attrs["out_features"], bias=attrs["bias"], nm=None if nm is None else tuple(nm),
-                   dtype=attrs["dtype"], act=attrs.get("act"), nnz=attrs.get("nnz", 0),
-                   activation=attrs.get("activation"))
+                   dtype=attrs["dtype"], act=attrs.get("act"), nnz=attrs.get("nnz", 0))
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, layout={self.layout}, "
