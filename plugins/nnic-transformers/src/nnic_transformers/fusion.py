@@ -28,7 +28,11 @@ def fuse_mlp_activations(model: nn.Module) -> list[str]:
     (the tanh GELU, SiLU) are skipped."""
     from transformers.models.bert.modeling_bert import BertIntermediate
 
-    from nnic.quantization.fusion import activation_kind, fusable_layers, fuse_activation
+    from nnic.quantization.fusion import (
+        activation_kind,
+        fusable_layers,
+        fuse_activation,
+    )
 
     fused = []
     for name, m in model.named_modules():
