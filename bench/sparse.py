@@ -18,9 +18,11 @@ Cases (ratios are dense time / sparse time, both measured in this run, interleav
 - ``bert``: a BERT-base-shaped encoder (random init, seq 128, batch 1), Level 90 % on the encoder Linears, end to
   end, float32 values and int8 values (``quantization_speedup`` then ``sparsify``), each also with the attention
   and residual + LayerNorm on nnic's fused encoder kernels (``nnic_transformers.fuse_encoder``: ``fused_ratio``,
-  ``int8_fused_ratio``);
+  ``int8_fused_ratio``), and each with the MLP's GELU in the sparse (or int8) layer's epilogue
+  (``nnic_transformers.fuse_mlp_activations``: ``gelu_ratio``, ``int8_gelu_ratio``);
 - ``gpt2``: a GPT-2-small-shaped decoder (12 x 768, 3072 FFN, 50257 vocabulary; random init, untied output
-  layer), Level 70 % on every Linear, one-token decode step with a 128-token KV cache.
+  layer), Level 70 % on every Linear, one-token decode step with a 128-token KV cache; ``gelu_ratio``: with each
+  block's GELU in its sparse ``fc`` layer's epilogue (``nnic.quantization.fuse_activation``).
 """
 
 from __future__ import annotations
@@ -203,7 +205,7 @@ def _prune_linears(model: nn.Module, sparsity: float, prefix: str = "") -> None:
 
 
 def bert(repeats: int, budget: float) -> dict:
-    from nnic_transformers import fuse_encoder
+    from nnic_transformers import fuse_encoder, fuse_mlp_activations
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(3)
@@ -225,8 +227,13 @@ def bert(repeats: int, budget: float) -> dict:
         fuse_encoder(fused)
         fuse_encoder(fused8)
         err_fused = (fused(ids).last_hidden_state - ref).abs().max().item()
+        gelu, gelu8 = copy.deepcopy(sp), copy.deepcopy(q)
+        fuse_mlp_activations(gelu)
+        fuse_mlp_activations(gelu8)
+        err_gelu = (gelu(ids).last_hidden_state - ref).abs().max().item()
         t = timeit_interleaved({"dense": lambda: dense(ids), "sparse": lambda: sp(ids), "sparse_int8": lambda: q(ids),
-                                "sparse_fused": lambda: fused(ids), "sparse_int8_fused": lambda: fused8(ids)},
+                                "sparse_fused": lambda: fused(ids), "sparse_int8_fused": lambda: fused8(ids),
+                                "sparse_gelu": lambda: gelu(ids), "sparse_int8_gelu": lambda: gelu8(ids)},
                                repeats, budget)
     d = med(t["dense"])
     row = {"case": "BERT-base encoder, Level 90%, seq 128, batch 1", "dense_ms": d * 1e3,
@@ -234,7 +241,9 @@ def bert(repeats: int, budget: float) -> dict:
            "sparse_layers": f"{len(report.sparse_layers)}/{len(report.layers)}",
            "int8_sparse_layers": f"{len(report8.sparse_layers)}/{len(report8.layers)}",
            "fused_ratio": d / med(t["sparse_fused"]), "int8_fused_ratio": d / med(t["sparse_int8_fused"]),
-           "max_abs_err_fp32": err, "max_abs_err_fp32_fused": err_fused, "int8_cosine": cos, "targets": [1.8, 3.0]}
+           "gelu_ratio": d / med(t["sparse_gelu"]), "int8_gelu_ratio": d / med(t["sparse_int8_gelu"]),
+           "max_abs_err_fp32": err, "max_abs_err_fp32_fused": err_fused, "max_abs_err_fp32_gelu": err_gelu,
+           "int8_cosine": cos, "targets": [1.8, 3.0]}
     print(json.dumps(row), flush=True)
     return row
 
@@ -244,7 +253,7 @@ class _Block(nn.Module):
         super().__init__()
         self.heads, self.ln1, self.ln2 = heads, nn.LayerNorm(d), nn.LayerNorm(d)
         self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
-        self.fc, self.out = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+        self.fc, self.act, self.out = nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d)
 
     def forward(self, x, cache):
         b, t, d = x.shape
@@ -253,7 +262,7 @@ class _Block(nn.Module):
         q, k, v = split(q), torch.cat([cache[0], split(k)], 2), torch.cat([cache[1], split(v)], 2)
         a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, d)
         x = x + self.proj(a)
-        return x + self.out(F.gelu(self.fc(self.ln2(x))))
+        return x + self.out(self.act(self.fc(self.ln2(x))))
 
 
 class GPT2Shaped(nn.Module):
@@ -282,12 +291,19 @@ def gpt2(repeats: int, budget: float) -> dict:
     ids = torch.randint(0, 50257, (1, 1))
     sp = copy.deepcopy(dense)
     report = sparsify(sp, (ids, caches))
+    from nnic.quantization import fuse_activation
+
+    gelu = copy.deepcopy(sp)
+    fused = sum(1 for blk in gelu.blocks if isinstance(blk.fc, SparseLinear) and fuse_activation(blk, "fc", "act"))
     with torch.no_grad():
         err = (sp(ids, caches) - dense(ids, caches)).abs().max().item()
-        t = timeit_interleaved({"dense": lambda: dense(ids, caches), "sparse": lambda: sp(ids, caches)}, repeats, budget)
+        err_gelu = (gelu(ids, caches) - dense(ids, caches)).abs().max().item()
+        t = timeit_interleaved({"dense": lambda: dense(ids, caches), "sparse": lambda: sp(ids, caches),
+                                "sparse_gelu": lambda: gelu(ids, caches)}, repeats, budget)
     d = med(t["dense"])
     row = {"case": "GPT-2-small-shaped decoder, Level 70%, one-token decode (128 cached)", "dense_ms": d * 1e3,
            "sparse_ms": med(t["sparse"]) * 1e3, "ratio": d / med(t["sparse"]),
+           "gelu_ratio": d / med(t["sparse_gelu"]), "gelu_fused_blocks": fused, "max_abs_err_gelu": err_gelu,
            "sparse_layers": f"{len(report.sparse_layers)}/{len(report.layers)}", "max_abs_err": err, "target": 2.0}
     print(json.dumps(row), flush=True)
     return row

@@ -54,6 +54,7 @@ class SparseLinearLowering:
         if bool(q.weight_zero_point.any()):
             return "int8 codes with zero points have no sparse form (pruned weights are not code 0)"
         nm = module.nm if module.nm and layout.nm_pattern(q.weight != 0, (module.nm,), 1e9) else None
+        q.activation = module.activation  # a fused activation stays fused
         return SparseLinear.from_int8(q, nm=nm)
 
 

@@ -195,7 +195,9 @@ class SparseLinearExport:
     def stand_in(self, module: nn.Module, options: ExportOptions) -> nn.Module | str:
         dense = module.dense_weight().float()
         if module.weight_scale is None:
-            return float_linear(dense, module.bias)
+            linear = float_linear(dense, module.bias)
+            fused = {"relu": nn.ReLU, "gelu": nn.GELU}.get(module.activation)
+            return linear if fused is None else nn.Sequential(linear, fused())
         act = module.act or "per_token"
         static = {"act_scale": float(module.act_scale), "act_zero_point": int(module.act_zero_point)} \
             if act == "static" else {}
@@ -205,6 +207,7 @@ class SparseLinearExport:
         q.set_weight(torch.round(dense / scale[:, None]).to(torch.int8), scale)
         if module.bias is not None:
             q.bias = module.bias.detach().float().clone()
+        q.activation = module.activation
         return SymbolicStandIn(module, _int8_linear_symbolic(q, options))
 
 

@@ -84,16 +84,21 @@ def sparse_weight_nm(index: Array, in_features: int, n: int, m: int, values: Arr
 
 
 def sparse_linear(x: Array, weight: SparseWeight, bias: Array | None = None, *, act: str | None = None,
-                  act_scale: float | None = None, act_zero_point: int | None = None) -> Array:
-    """``act(x)[M, in] @ W.T (· scales) + bias`` as float32 (numpy in, numpy out; torch in, torch out).
+                  act_scale: float | None = None, act_zero_point: int | None = None,
+                  activation: str | None = None) -> Array:
+    """``activation(act(x)[M, in] @ W.T (· scales) + bias)`` as float32 (numpy in, numpy out; torch in, torch out).
 
     ``act`` quantizes activations on the fly exactly as :func:`int8_linear` does (see :data:`SPARSE_ACT_MODES`;
-    ``static`` takes ``act_scale`` and ``act_zero_point`` in the u8 domain); None keeps them float."""
+    ``static`` takes ``act_scale`` and ``act_zero_point`` in the u8 domain); None keeps them float.
+    ``activation`` (None, ``"relu"`` or ``"gelu"``, the exact erf form) runs in the epilogue, on each task's
+    outputs while they are in cache."""
     if not isinstance(weight, SparseWeight):
         raise TypeError(f"weight must be a SparseWeight (sparse_weight_csr / sparse_weight_nm), got "
                         f"{type(weight).__name__}")
     if act not in SPARSE_ACT_MODES:
         raise ValueError(f"act must be one of {SPARSE_ACT_MODES}, got {act!r}")
+    if activation not in (None, "relu", "gelu"):
+        raise ValueError(f"activation must be None, 'relu' or 'gelu', got {activation!r}")
     check_dtype(x, "x", ("float32",), ndim=2)
     xn = cpu_numpy(x, "x")
     b = None
@@ -102,5 +107,5 @@ def sparse_linear(x: Array, weight: SparseWeight, bias: Array | None = None, *, 
         b = cpu_numpy(bias, "bias")
     out_t = torch.empty((xn.shape[0], weight.out_features), dtype=torch.float32) if is_torch(x) else None
     out = out_t.numpy() if out_t is not None else np.empty((xn.shape[0], weight.out_features), np.float32)
-    weight.linear(xn, out, b, act, act_scale, act_zero_point)
+    weight.linear(xn, out, b, act, act_scale, act_zero_point, activation)
     return out_t if out_t is not None else out

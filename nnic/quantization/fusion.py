@@ -1,9 +1,12 @@
-"""Moving an element-wise activation into the int8 GEMM's epilogue.
+"""Moving an element-wise activation into the epilogue of nnic's int8 GEMM or sparse kernels.
 
 A transformer MLP computes ``act(dense(x))``: after ``quantization_speedup`` the GEMM writes ``dense``'s float
 output and the activation reads and writes it again (a 12 MB pass per BERT-base layer at batch 8 and sequence
 128, plus its allocation). :func:`fuse_activation` gives the activation to the :class:`Int8Linear` instead,
 which applies it to each output block while it is in cache, and puts ``nn.Identity`` where the activation was.
+A :class:`~nnic.sparse.SparseLinear` takes it the same way (its kernels apply it to each task's outputs): for a
+sparse model the saving is mostly the torch call itself, which right after a product that streamed the weights
+through the caches costs far more than its arithmetic.
 Which modules compute ``act(linear(x))`` is model knowledge: the caller names them (``nnic-transformers``
 finds them in Hugging Face models).
 """
@@ -29,17 +32,27 @@ def activation_kind(module: nn.Module) -> str | None:
     return None
 
 
-def fuse_activation(parent: nn.Module, linear: str, activation: str) -> str:
-    """Fuses ``parent.<activation>`` into the epilogue of ``parent.<linear>`` (an :class:`Int8Linear`) and
-    replaces it with ``nn.Identity``; returns the activation's kind. The caller guarantees that ``parent``
-    applies that activation to that linear layer's output and uses the output nowhere else.
+def fusable_layers() -> tuple[type, ...]:
+    """The layer classes whose kernels apply a fused activation (``.activation``): ``Int8Linear`` and
+    ``SparseLinear`` (imported when asked, so that importing the quantization package does not load the sparse one)."""
+    from nnic.sparse.modules import SparseLinear
 
-    Raises ``TypeError`` when ``linear`` is not an ``Int8Linear``, ``ValueError`` when it already has an
-    activation or when the activation module is not one the epilogue computes (:func:`activation_kind`)."""
+    return Int8Linear, SparseLinear
+
+
+def fuse_activation(parent: nn.Module, linear: str, activation: str) -> str:
+    """Fuses ``parent.<activation>`` into the epilogue of ``parent.<linear>`` (an :class:`Int8Linear` or a
+    :class:`~nnic.sparse.SparseLinear`) and replaces it with ``nn.Identity``; returns the activation's kind. The
+    caller guarantees that ``parent`` applies that activation to that linear layer's output and uses the output
+    nowhere else.
+
+    Raises ``TypeError`` when ``linear`` is neither, ``ValueError`` when it already has an activation or when the
+    activation module is not one the epilogue computes (:func:`activation_kind`)."""
     lin, act = getattr(parent, linear, None), getattr(parent, activation, None)
     where = f"{type(parent).__name__}.{linear}"
-    if not isinstance(lin, Int8Linear):
-        raise TypeError(f"{where} must be an Int8Linear to take a fused activation, got {type(lin).__name__}")
+    if not isinstance(lin, fusable_layers()):
+        raise TypeError(f"{where} must be an Int8Linear or a SparseLinear to take a fused activation, got "
+                        f"{type(lin).__name__}")
     if lin.activation is not None:
         raise ValueError(f"{where} already applies {lin.activation!r}")
     kind = activation_kind(act) if isinstance(act, nn.Module) else None

@@ -9,6 +9,12 @@ other devices use torch's sparse CSR matmul (N:M weights are expanded into the s
 int8 layers made from :class:`~nnic.quantization.modules.Int8Linear` keep its activation quantization
 (``act``): the kernels sum ``code · (q - z)`` of the same integer codes and scale once, so the output equals the
 dense int8 layer's up to float rounding of the sums. Inference only: no gradients flow (values are buffers).
+
+``activation`` (``"relu"``, ``"gelu"``: the exact erf form) runs in the kernels' epilogue on each task's outputs
+while they are in cache, as ``Int8Linear.activation`` does: a transformer MLP's ``act(fc(x))`` then costs no torch
+call between the product and the next layer (:func:`nnic.quantization.fusion.fuse_activation` moves it there).
+Like the other fusions it is not saved: the file describes the model's own modules, whose activation module a
+loaded model runs again, so fuse after loading.
 """
 
 from __future__ import annotations
@@ -18,33 +24,40 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nnic import kernels
 from nnic.sparse import layout
 
 ACT_MODES = kernels.SPARSE_ACT_MODES
+#: Element-wise functions the kernels apply after the bias (None: none).
+ACTIVATIONS = (None, "relu", "gelu")
 
 __all__ = ["SparseLinear"]
 
 
 class SparseLinear(nn.Module):
-    """``y = act(x) @ W.T (· weight_scale) + bias`` with ``W`` stored sparse.
+    """``y = activation(act(x) @ W.T (· weight_scale) + bias)`` with ``W`` stored sparse.
 
     Build it with :meth:`from_dense`, :meth:`from_linear` or :meth:`from_int8`.
 
     :param nm: ``(n, m)`` for the N:M layout, None for the unstructured (bitmask / CSR) one.
     :param dtype: ``"float32"`` values, or ``"int8"`` codes with ``weight_scale``.
     :param act: activation quantization of int8 layers (see :data:`nnic.kernels.SPARSE_ACT_MODES`).
+    :param activation: applied to the output in the kernels' epilogue (see :data:`ACTIVATIONS`).
     """
 
     def __init__(self, in_features: int, out_features: int, *, bias: bool = True, nm: tuple[int, int] | None = None,
-                 dtype: str = "float32", act: str | None = None, nnz: int = 0) -> None:
+                 dtype: str = "float32", act: str | None = None, nnz: int = 0, activation: str | None = None) -> None:
         super().__init__()
         if dtype not in ("float32", "int8"):
             raise ValueError(f"dtype must be 'float32' or 'int8', got {dtype!r}")
         if act not in ACT_MODES:
             raise ValueError(f"act must be one of {ACT_MODES}, got {act!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        self.activation = activation
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.nm = None if nm is None else (int(nm[0]), int(nm[1]))
         self.dtype_name, self.act = dtype, act
@@ -70,7 +83,8 @@ class SparseLinear(nn.Module):
     @classmethod
     def from_dense(cls, weight: torch.Tensor, bias: torch.Tensor | None = None, *, keep: torch.Tensor | None = None,
                    nm: tuple[int, int] | None = None, weight_scale: Any = None, act: str | None = None,
-                   act_scale: float | None = None, act_zero_point: int | None = None) -> SparseLinear:
+                   act_scale: float | None = None, act_zero_point: int | None = None,
+                   activation: str | None = None) -> SparseLinear:
         """From a dense ``weight[out, in]`` (float32, or int8 codes with ``weight_scale``) stored where ``keep``
         (default: its non-zeros)."""
         layout._check_2d(weight, "weight")
@@ -84,7 +98,8 @@ class SparseLinear(nn.Module):
         if in_f > layout.MAX_IN_FEATURES:
             raise ValueError(f"in_features = {in_f} is too large for the sparse kernels (at most {layout.MAX_IN_FEATURES})")
         dtype = "int8" if w.dtype == torch.int8 else "float32"
-        mod = cls(in_f, out_f, bias=bias is not None, nm=nm, dtype=dtype, act=act, nnz=int(keep.sum()))
+        mod = cls(in_f, out_f, bias=bias is not None, nm=nm, dtype=dtype, act=act, nnz=int(keep.sum()),
+                  activation=activation)
         if mod.nm is None:
             mod.mask_bits = layout.pack_bitmask(keep)
             mod.values = w[keep].contiguous()
@@ -116,20 +131,18 @@ class SparseLinear(nn.Module):
     @classmethod
     def from_int8(cls, q: nn.Module, *, nm: tuple[int, int] | None = None) -> SparseLinear:
         """From an :class:`~nnic.quantization.modules.Int8Linear` with zero weight zero points: the same codes,
-        scales, bias and activation quantization, stored where the codes are non-zero."""
+        scales, bias, activation quantization and fused activation, stored where the codes are non-zero."""
         from nnic.quantization.modules import Int8Linear
 
         if not isinstance(q, Int8Linear):
             raise TypeError(f"expected an Int8Linear, got {type(q).__name__}")
-        if q.activation is not None:
-            raise ValueError(f"Int8Linear with a fused {q.activation!r} activation has no sparse form: SparseLinear "
-                             f"applies none")
         if bool(q.weight_zero_point.any()):
             raise ValueError("Int8Linear with non-zero weight zero points has no sparse form (pruned weights are "
                              "not code 0); quantize the weights symmetrically")
         act = q.act if q.act == "static" else q.act + ("_symmetric" if q.symmetric else "")
         static = {"act_scale": float(q.act_scale), "act_zero_point": int(q.act_zero_point)} if q.act == "static" else {}
-        return cls.from_dense(q.weight, q.bias, nm=nm, weight_scale=q.weight_scale, act=act, **static)
+        return cls.from_dense(q.weight, q.bias, nm=nm, weight_scale=q.weight_scale, act=act, activation=q.activation,
+                              **static)
 
     # ------------------------------------------------------------------ state
     @property
@@ -179,7 +192,8 @@ class SparseLinear(nn.Module):
         nm = self.nm if self.nm and w.shape[1] % self.nm[1] == 0 and layout.nm_pattern(w != 0, (self.nm,), 1e9) else None
         static = {"act_scale": float(self.act_scale), "act_zero_point": int(self.act_zero_point)} \
             if self.act == "static" else {}
-        return SparseLinear.from_dense(w, bias, nm=nm, weight_scale=scale, act=self.act, **static)
+        return SparseLinear.from_dense(w, bias, nm=nm, weight_scale=scale, act=self.act, activation=self.activation,
+                                       **static)
 
     def _packed_weight(self):
         """The kernels' form of the weight, rebuilt when a weight buffer was replaced or changed in place."""
@@ -221,13 +235,14 @@ class SparseLinear(nn.Module):
             if x.dtype != torch.float32:
                 x = x.float()
             packed, bias, act_scale, act_zero_point = self._compute_form()
-            return torch.from_numpy(packed.forward(x.detach().numpy(), bias, self.act, act_scale, act_zero_point))
+            return torch.from_numpy(packed.forward(x.detach().numpy(), bias, self.act, act_scale, act_zero_point,
+                                                   self.activation))
         lead = x.shape[:-1]
         return self._forward_torch_sparse(x.reshape(-1, self.in_features).float()).reshape(*lead, self.out_features)
 
     def _forward_torch_sparse(self, x: torch.Tensor) -> torch.Tensor:
         """Other devices: torch's sparse CSR matmul of the dequantized values (activations fake-quantized with the
-        same formulas for int8 layers)."""
+        same formulas for int8 layers), then the activation."""
         key = (x.device, tuple((t.data_ptr(), t._version) for t in self._buffers.values() if t is not None))
         if self._device_weight is None or self._device_weight[0] != key:
             with warnings.catch_warnings():  # torch calls its sparse CSR support beta on every construction
@@ -240,10 +255,12 @@ class SparseLinear(nn.Module):
         y = torch.sparse.mm(w, x.t()).t()
         if scale is not None:
             y = y * scale
-        return y if self.bias is None else y + self.bias.to(y.device)
+        y = y if self.bias is None else y + self.bias.to(y.device)
+        return F.relu(y) if self.activation == "relu" else F.gelu(y) if self.activation == "gelu" else y
 
     # ------------------------------------------------------------------ files
     def manifest_attrs(self) -> dict[str, Any]:
+        # no ``activation``: the parent's activation module, which fusion replaced by nn.Identity, is rebuilt on load
         return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None,
                 "nm": None if self.nm is None else list(self.nm), "dtype": self.dtype_name, "act": self.act,
                 "nnz": self.nnz}
@@ -256,7 +273,8 @@ class SparseLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, layout={self.layout}, "
-                f"dtype={self.dtype_name}, density={self.density:.3f}" + (f", act={self.act}" if self.act else ""))
+                f"dtype={self.dtype_name}, density={self.density:.3f}" + (f", act={self.act}" if self.act else "")
+                + (f", activation={self.activation}" if self.activation else ""))
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()

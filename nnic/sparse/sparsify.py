@@ -316,9 +316,6 @@ def sparsify(model: nn.Module, dummy_input: Any, masks: Mapping | None = None, *
             if in_f > layout.MAX_IN_FEATURES:
                 d.reason = f"in_features above {layout.MAX_IN_FEATURES}"
                 continue
-            if getattr(module, "activation", None) is not None:
-                d.reason = f"applies a fused {module.activation!r} activation, which SparseLinear has not"
-                continue
             _, cands = _candidates(module, kind)
             x = torch.randn(max(1, d.tokens), in_f)
             best, times, verdict = _measure([module, *cands], x, rounds, min_speedup, d.tokens)

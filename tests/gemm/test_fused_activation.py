@@ -131,16 +131,20 @@ def test_fused_activation_exports_to_onnx(tmp_path, fmt):
     assert max(result.errors.values()) <= nnic.export.TOLERANCES[result.kind]
 
 
-def test_a_fused_layer_is_not_made_sparse():
+def test_a_fused_layer_goes_sparse_with_its_activation():
+    """The sparse kernels apply a fused activation too: ``SparseLinear.from_int8`` and ``sparsify`` keep it, and the
+    output is the fused int8 layer's."""
     from nnic.sparse import SparseLinear, sparsify
 
     torch.manual_seed(3)
     m = MLP(nn.ReLU()).eval()
     with torch.no_grad():
-        m.up.weight[:, ::2] = 0  # half the weights are zero: a sparsify candidate but for the activation
+        m.up.weight[:, ::2] = 0  # half the weights are zero: a sparsify candidate
     m.up, m.down = Int8Linear.from_float(m.up), Int8Linear.from_float(m.down)
     fuse_activation(m, "up", "act")
-    with pytest.raises(ValueError, match="fused 'relu' activation has no sparse form"):
-        SparseLinear.from_int8(m.up)
-    report = sparsify(m, torch.randn(4, 16), layers=["up"], max_density=0.9, rounds=1)
-    assert isinstance(m.up, Int8Linear) and "fused 'relu'" in report.layers["up"].reason
+    x = torch.randn(4, 16)
+    want = m(x)
+    assert SparseLinear.from_int8(m.up).activation == "relu"
+    report = sparsify(m, x, layers=["up"], max_density=0.9, rounds=1, min_speedup=0.0)
+    assert "up" in report.sparse_layers and isinstance(m.up, SparseLinear) and m.up.activation == "relu"
+    torch.testing.assert_close(m(x), want, rtol=1e-5, atol=1e-5)

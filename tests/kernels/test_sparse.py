@@ -96,6 +96,68 @@ def test_nm_equals_the_dense_product(isa, case, int8):
     _check_close(sparse_linear(x, packed), dense, x, None)
 
 
+def _activated(y: np.ndarray, activation: str) -> np.ndarray:
+    """The reference activation in float64 (torch's exact erf GELU, ReLU)."""
+    t = torch.from_numpy(np.asarray(y, np.float64))
+    return (torch.nn.functional.gelu(t) if activation == "gelu" else torch.relu(t)).numpy()
+
+
+@SETTINGS
+@given(case=sparse_case(), nm=st.booleans(), activation=st.sampled_from(["gelu", "relu"]))
+def test_fused_activation_equals_the_activation_of_the_product(isa, case, nm, activation):
+    """``activation=`` applies GELU / ReLU after the bias in the kernels' epilogue, on the batch-1 and the tiled
+    kernels, CSR and 2:4: the activation of the unfused product, within float tolerance (GELU's slope is at most
+    1.13, and its erf approximation errs by at most 4e-7 x)."""
+    w, keep, x, bias = case
+    if nm:
+        k4 = w.shape[1] // 4 * 4
+        w, keep, x = w[:, :k4], keep[:, :k4].copy(), x[:, :k4]
+        keep.reshape(w.shape[0], -1, 4)[..., 2:] = False  # at most 2 of every 4 kept
+        w = w * keep
+        if k4 == 0:
+            return
+    packed = pack_sparse_weight(torch.from_numpy(w), torch.from_numpy(keep), nm=(2, 4) if nm else None)
+    plain = sparse_linear(x, packed, bias)
+    got = sparse_linear(x, packed, bias, activation=activation)
+    np.testing.assert_allclose(got, _activated(plain, activation), rtol=1e-6, atol=1e-6)
+    # and against the dense float64 reference
+    want = x.astype(np.float64) @ w.T.astype(np.float64) + (0 if bias is None else bias)
+    mag = np.abs(x.astype(np.float64)) @ np.abs(w.T.astype(np.float64)) + (0 if bias is None else np.abs(bias))
+    err = np.abs(got - _activated(want, activation))
+    assert np.all(err <= 1.2 * RTOL * np.sqrt(max(1, w.shape[1])) * mag + 2e-6), err.max()
+
+
+@pytest.mark.parametrize("activation", ["gelu", "relu"])
+def test_fused_activation_of_int8_activations_matches_the_dense_int8_gemm(isa, activation):
+    """int8 values and activations (the VNNI batch-1 kernel where the CPU has it, the float kernels elsewhere)
+    with a fused activation: the dense int8 GEMM's fused-activation output."""
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((40, 300)).astype(np.float32) * (rng.random((40, 300)) < 0.1)
+    codes = np.clip(np.round(w * 40), -128, 127).astype(np.int8)
+    scale = np.linspace(0.01, 0.05, 40).astype(np.float32)
+    packed = pack_sparse_weight(torch.from_numpy(codes), scale=torch.from_numpy(scale))
+    dense = kernels.pack_int8_weight(torch.from_numpy(codes), torch.from_numpy(scale))
+    bias = torch.from_numpy(rng.standard_normal(40).astype(np.float32))
+    for m in (1, 3, 17):
+        x = torch.from_numpy(rng.standard_normal((m, 300)).astype(np.float32))
+        want = kernels.int8_linear(x, dense, bias, act="per_token", activation=activation)
+        got = sparse_linear(x, packed, bias, act="per_token", activation=activation)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_activation_keeps_nan_rows_and_rejects_unknown_names():
+    w = torch.randn(6, 16) * (torch.rand(6, 16) < 0.5)
+    packed = pack_sparse_weight(w)
+    x = torch.randn(2, 16)
+    x[1, 3] = float("nan")
+    got = sparse_linear(x, packed, activation="relu")
+    assert torch.isnan(got[1]).all() and not torch.isnan(got[0]).any()  # ReLU keeps NaN as torch's does
+    with pytest.raises(ValueError, match="activation must be None, 'relu' or 'gelu', got 'tanh'"):
+        sparse_linear(x, packed, activation="tanh")
+    with pytest.raises(ValueError, match="activation must be"):
+        packed.forward(x.numpy(), None, None, None, None, "silu")
+
+
 @pytest.mark.parametrize("act,symmetric", [("per_token", False), ("per_token_symmetric", True),
                                            ("per_tensor", False), ("per_tensor_symmetric", True)])
 def test_int8_activations_match_the_dense_int8_gemm(isa, act, symmetric):

@@ -160,6 +160,67 @@ def test_composes_with_quantization_speedup():
     torch.testing.assert_close(model(x), want, rtol=RTOL, atol=ATOL)
 
 
+class _Block(nn.Module):
+    """``down(act(up(x)))``: the MLP shape whose activation moves into ``up``'s epilogue."""
+
+    def __init__(self, act: nn.Module) -> None:
+        super().__init__()
+        self.up, self.act, self.down = nn.Linear(64, 256), act, nn.Linear(256, 64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(self.act(self.up(x)))
+
+
+@pytest.mark.parametrize("act, kind", [(nn.GELU(), "gelu"), (nn.ReLU(), "relu")])
+def test_fused_activation_runs_in_the_kernels_and_survives_save_load_int8_and_device_fallback(tmp_path, act, kind):
+    """fuse_activation moves the MLP's activation into the sparse layer: same outputs (the kernels and the torch
+    fallback), kept by quantization_speedup's sparse lowering; not saved, like every fusion: a loaded model runs
+    its own activation module (once)."""
+    from nnic.quantization import fuse_activation
+
+    torch.manual_seed(8)
+    model = _Block(act).eval()
+    _level(model, 0.9)
+    sparsify(model, torch.randn(3, 64), min_speedup=0.0)
+    assert isinstance(model.up, SparseLinear)
+    x = torch.randn(5, 64)
+    want = model(x)
+    assert fuse_activation(model, "up", "act") == kind
+    assert isinstance(model.act, nn.Identity) and model.up.activation == kind and f"activation={kind}" in repr(model.up)
+    torch.testing.assert_close(model(x), want, rtol=RTOL, atol=ATOL)
+    torch.testing.assert_close(model.down(model.up._forward_torch_sparse(x)), want, rtol=RTOL, atol=ATOL)
+    with pytest.raises(ValueError, match="already applies"):
+        fuse_activation(model, "up", "act")
+    save_pruned(model, tmp_path / "m")
+    fresh = _Block(act).eval()
+    load_pruned(fresh, tmp_path / "m")
+    assert isinstance(fresh.up, SparseLinear) and fresh.up.activation is None and not isinstance(fresh.act, nn.Identity)
+    torch.testing.assert_close(fresh(x), want, rtol=RTOL, atol=ATOL)
+    # int8 values from the fused float layer keep the activation: the int8 model's output, activation included
+    nnic.quantization_speedup(model, {"up": 8, "down": 8})
+    assert model.up.dtype_name == "int8" and model.up.activation == kind
+    torch.testing.assert_close(model(x), want, rtol=0.05, atol=0.05)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        SparseLinear(4, 4, activation="tanh")
+
+
+def test_an_int8_layer_with_a_fused_activation_goes_sparse_with_it():
+    """An Int8Linear that already applies GELU (``fuse_activation`` after ``quantization_speedup``) becomes a
+    SparseLinear that applies it too: the int8 layer's outputs, activation included."""
+    from nnic.quantization import Int8Linear, fuse_activation
+
+    torch.manual_seed(9)
+    model = _Block(nn.GELU()).eval()
+    _level(model, 0.9)
+    model.up = Int8Linear.from_float(model.up)
+    fuse_activation(model, "up", "act")
+    x = torch.randn(4, 64)
+    want = model(x)
+    report = sparsify(model, x, min_speedup=0.0, layers=["up"])
+    assert "up" in report.sparse_layers and model.up.activation == "gelu"
+    torch.testing.assert_close(model(x), want, rtol=RTOL, atol=ATOL)
+
+
 def test_save_and_load_without_pickle_at_a_size_that_follows_the_density(tmp_path):
     torch.manual_seed(5)
     model = nn.Sequential(nn.Linear(1024, 1024, bias=False))

@@ -264,3 +264,38 @@ fn products_split_over_threads_equal_the_one_thread_product_bit_for_bit() {
     });
     pool::set_num_threads(pool::default_threads()).unwrap();
 }
+
+/// GELU (erf form) in f64, the reference of the fused activation.
+fn gelu64(v: f64) -> f64 {
+    // erf by its series / continued fraction is not in std: Abramowitz-Stegun 7.1.26 errs by 1.5e-7, enough here
+    let (s, a) = (v.signum(), (v / std::f64::consts::SQRT_2).abs());
+    let t = 1.0 / (1.0 + 0.3275911 * a);
+    let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
+    0.5 * v * (1.0 + s * (1.0 - poly * (-a * a).exp()))
+}
+
+#[test]
+fn fused_activations_follow_the_bias_on_every_path() {
+    use nnic_kernels::gemm::Activation;
+    for_each_isa(|isa| {
+        let mut rng = Rng(41);
+        for w in [random_csr(&mut rng, 37, 300, 0.1, false), random_csr(&mut rng, 37, 300, 0.4, true), random_nm(&mut rng, 37, 296, 2, 4, false)] {
+            let (n, k) = (w.out_features(), w.in_features());
+            for m in [1, 3, 20] {
+                let x = rng.normals(m * k, 1.0);
+                let bias = rng.normals(n, 1.0);
+                let mut plain = vec![0f32; m * n];
+                w.linear(&x, m, Some(&bias), None, &mut plain).unwrap();
+                for act in [Activation::Relu, Activation::Gelu] {
+                    let mut got = vec![f32::NAN; m * n];
+                    w.linear_act(&x, m, Some(&bias), None, act, &mut got).unwrap();
+                    for (g, &p) in got.iter().zip(&plain) {
+                        let want = if act == Activation::Relu { p.max(0.0) as f64 } else { gelu64(p as f64) };
+                        let err = (*g as f64 - want).abs();
+                        assert!(err <= 1e-6 * (1.0 + p.abs() as f64), "{isa:?} m={m} {act:?}: {g} vs {want} (from {p})");
+                    }
+                }
+            }
+        }
+    });
+}

@@ -1,6 +1,6 @@
 //! Bindings of the sparse Linear kernels: argument checks, GIL release and error mapping only.
 use crate::errors::{slice, slice_mut, to_py};
-use nnic_kernels::gemm::ActQuant;
+use nnic_kernels::gemm::{ActQuant, Activation};
 use nnic_kernels::sparse::{csr, nm, Index, SparseLinear, Values};
 use numpy::{
     PyArray1, PyArray2, PyArrayDyn, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArrayDyn, PyReadwriteArray2,
@@ -46,6 +46,11 @@ fn act(act: Option<&str>, scale: Option<f32>, zero_point: Option<i32>) -> PyResu
             )))
         }
     })
+}
+
+/// The element-wise function after the bias: None / "none", "relu" or "gelu" (the exact, erf form).
+fn activation(name: Option<&str>) -> PyResult<Activation> {
+    name.map_or(Ok(Activation::Identity), |n| to_py(Activation::parse(n)))
 }
 
 /// A sparse Linear weight `[out_features, in_features]` in a compute layout (CSR or N:M), f32 or int8 values.
@@ -128,8 +133,8 @@ impl SparseWeight {
         PyArray1::from_vec(py, py.detach(|| self.inner.to_dense())).reshape([n, k])
     }
 
-    /// `out[m, n] = act(x) @ W.T (· scales) + bias` for float32 `x[m, k]`.
-    #[pyo3(signature = (x, out, bias=None, act=None, act_scale=None, act_zero_point=None))]
+    /// `out[m, n] = activation(act(x) @ W.T (· scales) + bias)` for float32 `x[m, k]`.
+    #[pyo3(signature = (x, out, bias=None, act=None, act_scale=None, act_zero_point=None, activation=None))]
     #[allow(clippy::too_many_arguments)]
     fn linear(
         &self,
@@ -140,8 +145,10 @@ impl SparseWeight {
         act: Option<&str>,
         act_scale: Option<f32>,
         act_zero_point: Option<i32>,
+        activation: Option<&str>,
     ) -> PyResult<()> {
         let aq = self::act(act, act_scale, act_zero_point)?;
+        let activation = self::activation(activation)?;
         let (m, k) = (x.shape()[0], x.shape()[1]);
         if k != self.inner.in_features() {
             return Err(PyValueError::new_err(format!("x has {k} columns, the weight expects {}", self.inner.in_features())));
@@ -154,7 +161,7 @@ impl SparseWeight {
         let bias = bias.as_ref().map(|b| contiguous(b, "bias")).transpose()?;
         let out = slice_mut(&mut out, "out")?;
         let w = &self.inner;
-        to_py(py.detach(|| w.linear(x, m, bias, aq, out)))
+        to_py(py.detach(|| w.linear_act(x, m, bias, aq, activation, out)))
     }
 
     /// The same product as a new float32 array: `x[..., in_features]` of any strides (copied when not
@@ -162,7 +169,8 @@ impl SparseWeight {
     /// Python and torch calls around a kernel (allocate, view, reshape) cost more than the kernel's own
     /// hand-off to its second thread, and more still right after a product that evicted their code and data from
     /// the caches (see docs/sparse.md).
-    #[pyo3(signature = (x, bias=None, act=None, act_scale=None, act_zero_point=None))]
+    #[pyo3(signature = (x, bias=None, act=None, act_scale=None, act_zero_point=None, activation=None))]
+    #[allow(clippy::too_many_arguments)]
     fn forward<'py>(
         &self,
         py: Python<'py>,
@@ -171,8 +179,10 @@ impl SparseWeight {
         act: Option<&str>,
         act_scale: Option<f32>,
         act_zero_point: Option<i32>,
+        activation: Option<&str>,
     ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
         let aq = self::act(act, act_scale, act_zero_point)?;
+        let activation = self::activation(activation)?;
         let (k, n) = (self.inner.in_features(), self.inner.out_features());
         let shape = x.shape();
         if shape.last() != Some(&k) {
@@ -192,7 +202,7 @@ impl SparseWeight {
             let mut rw = y.readwrite();
             let out = rw.as_slice_mut().expect("a new array is C-contiguous");
             let w = &self.inner;
-            to_py(py.detach(|| w.linear(&xs, m, bias, aq, out)))?;
+            to_py(py.detach(|| w.linear_act(&xs, m, bias, aq, activation, out)))?;
         }
         Ok(y)
     }

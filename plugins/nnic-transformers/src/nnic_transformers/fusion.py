@@ -23,19 +23,23 @@ def _same_code(a, b) -> bool:
 
 def fuse_mlp_activations(model: nn.Module) -> list[str]:
     """Moves the activation of every BERT-style intermediate block whose ``dense`` layer is an ``Int8Linear``
-    (after ``nnic.quantization_speedup``) into that layer's GEMM epilogue; returns the names of the fused
-    blocks. Blocks whose activation the epilogue does not compute (the tanh GELU, SiLU) are skipped."""
+    (after ``nnic.quantization_speedup``) or a ``SparseLinear`` (after ``nnic.sparsify``) into that layer's
+    kernel epilogue; returns the names of the fused blocks. Blocks whose activation the epilogue does not compute
+    (the tanh GELU, SiLU) are skipped."""
     from transformers.models.bert.modeling_bert import BertIntermediate
 
-    from nnic.quantization.fusion import activation_kind, fuse_activation
-    from nnic.quantization.modules import Int8Linear
+    from nnic.quantization.fusion import (
+        activation_kind,
+        fusable_layers,
+        fuse_activation,
+    )
 
     fused = []
     for name, m in model.named_modules():
         if not _same_code(type(m).forward, BertIntermediate.forward):
             continue
         dense, act = getattr(m, "dense", None), getattr(m, "intermediate_act_fn", None)
-        if isinstance(dense, Int8Linear) and dense.activation is None and activation_kind(act) is not None:
+        if isinstance(dense, fusable_layers()) and dense.activation is None and activation_kind(act) is not None:
             fuse_activation(m, "dense", "intermediate_act_fn")
             fused.append(name)
     return fused

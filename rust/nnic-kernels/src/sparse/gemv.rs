@@ -507,6 +507,8 @@ pub(super) fn run(isa: Isa, w: &SparseLinear, x: &[f32], m: usize, epi: &Epilogu
                 // SAFETY: row r of output row i belongs to this task only.
                 unsafe { *o.0.add(i * rows + r) = epi.apply(acc, i, r) };
             }
+            // SAFETY: rows r0..r1 of output row i are this task's, all written above.
+            unsafe { epi.activate(o.0.add(i * rows + r0), r1 - r0) };
         }
     };
     par::for_each(chunks.len(), threads, &task);
@@ -537,6 +539,8 @@ pub(super) fn run_vnni(w: &SparseLinear, xq: &[u8], zero: &[i32], m: usize, epi:
                 // SAFETY: row r of output row i belongs to this task only.
                 unsafe { *o.0.add(i * rows + r) = epi.apply(acc as f32, i, r) };
             }
+            // SAFETY: rows r0..r1 of output row i are this task's, all written above.
+            unsafe { epi.activate(o.0.add(i * rows + r0), r1 - r0) };
         }
     };
     par::for_each(chunks.len(), threads, &task);

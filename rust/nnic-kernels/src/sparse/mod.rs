@@ -19,6 +19,10 @@
 //! in registers ([`spmm`]). Work is split over output rows, balanced by stored values, on the GEMM's task
 //! runner ([`crate::gemm::par`]: PyTorch's OpenMP team when present, else the kernel pool).
 //!
+//! An element-wise [`Activation`] (GELU, ReLU) can follow the bias ([`SparseLinear::linear_act`]): each task
+//! applies it to the outputs it has just written, while they are in L1, so a transformer MLP's activation costs
+//! no pass over the output and no torch call of its own.
+//!
 //! Non-finite activations give what the dense product of the zero-filled weight gives: a NaN in `x[m]` makes
 //! row `m` of the output NaN, and an infinity at input `k` makes NaN every output that does not store `k`
 //! (`0 · inf = NaN`); activation quantization rejects them, as the int8 GEMM does.
@@ -31,7 +35,7 @@ mod spmm;
 
 pub use choose::{bitmask_break_even, set_bitmask_break_even};
 use crate::error::{KernelError, Result};
-use crate::gemm::ActQuant;
+use crate::gemm::{ActQuant, Activation};
 use crate::{cpu, pool};
 
 /// Batches with fewer rows than this run the gather kernels row by row; larger ones the tiled kernels.
@@ -290,6 +294,19 @@ impl SparseLinear {
 
     /// `out[m, rows] = act(x)[m, k] · Wᵀ (· scales) + bias`, see the module doc.
     pub fn linear(&self, x: &[f32], m: usize, bias: Option<&[f32]>, act: Option<ActQuant>, out: &mut [f32]) -> Result<()> {
+        self.linear_act(x, m, bias, act, Activation::Identity, out)
+    }
+
+    /// [`linear`](Self::linear) followed by `activation` on every output (`gelu(act(x) · Wᵀ + bias)`).
+    pub fn linear_act(
+        &self,
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        act: Option<ActQuant>,
+        activation: Activation,
+        out: &mut [f32],
+    ) -> Result<()> {
         if x.len() != m * self.k {
             return Err(KernelError::Mismatch { what: format!("x has {} elements, expected {m} x {}", x.len(), self.k) });
         }
@@ -313,7 +330,7 @@ impl SparseLinear {
         let threads = if self.nnz() * m < PAR_MIN_WORK { 1 } else { pool::num_threads() };
         #[cfg(target_arch = "x86_64")]
         if let Some(q) = quant.as_ref().filter(|_| m < GEMV_MAX_M && self.gemv_uses_vnni(isa)) {
-            let epi = Epilogue { scale: &self.scale, row_scale: Some(&q.scale), bias };
+            let epi = Epilogue { scale: &self.scale, row_scale: Some(&q.scale), bias, activation, isa };
             gemv::run_vnni(self, &q.q, &q.zero, m, &epi, out, threads);
             return Ok(());
         }
@@ -322,14 +339,14 @@ impl SparseLinear {
             (Some(q), Some(c)) => (&c[..], Some(&q.scale[..])),
             _ => (x, None),
         };
-        let epi = Epilogue { scale: &self.scale, row_scale, bias };
+        let epi = Epilogue { scale: &self.scale, row_scale, bias, activation, isa };
         if m < GEMV_MAX_M {
             gemv::run(isa, self, xs, m, &epi, out, threads);
         } else {
             spmm::run(isa, self, xs, m, &epi, out, threads);
         }
         if quant.is_none() {
-            self.fix_non_finite(x, m, bias, out);
+            self.fix_non_finite(x, m, bias, out); // NaN stays NaN through the activation
         }
         Ok(())
     }
@@ -357,11 +374,14 @@ impl SparseLinear {
     }
 }
 
-/// The scaling applied to each output: `acc · row_scale[m] · scale[r] + bias[r]`.
+/// The scaling applied to each output: `acc · row_scale[m] · scale[r] + bias[r]`, then `activation` (applied by
+/// [`Epilogue::activate`] to a run of finished outputs: a vectorized loop, not a scalar call per output).
 pub(crate) struct Epilogue<'a> {
     pub scale: &'a [f32],
     pub row_scale: Option<&'a [f32]>,
     pub bias: Option<&'a [f32]>,
+    pub activation: Activation,
+    pub isa: cpu::Isa,
 }
 
 impl Epilogue<'_> {
@@ -378,7 +398,29 @@ impl Epilogue<'_> {
             None => s,
         }
     }
+
+    /// Applies the activation to `len` finished outputs from `p` (one batch row's run of output rows).
+    ///
+    /// # Safety
+    /// `p..p + len` must be initialized outputs that no other thread reads or writes meanwhile.
+    #[inline]
+    pub unsafe fn activate(&self, p: *mut f32, len: usize) {
+        if self.activation != Activation::Identity {
+            // SAFETY: the caller's contract.
+            activate_mv(self.isa, unsafe { std::slice::from_raw_parts_mut(p, len) }, self.activation);
+        }
+    }
 }
+
+#[inline(always)]
+fn activate_body(out: &mut [f32], activation: Activation) {
+    match activation {
+        Activation::Identity => {}
+        Activation::Relu => out.iter_mut().for_each(|v| *v = if *v > 0.0 { *v } else if v.is_nan() { *v } else { 0.0 }),
+        Activation::Gelu => out.iter_mut().for_each(|v| *v = crate::gemm::gelu(*v)),
+    }
+}
+crate::simd::multiversion!(fn activate_mv(out: &mut [f32], activation: Activation) = activate_body;);
 
 /// Tasks per thread of a parallel product: claimed dynamically, so a thread that starts late (woken, or kept off
 /// its core by another process) takes fewer, and the last task bounds the tail imbalance.

@@ -316,6 +316,8 @@ pub(super) fn run(isa: Isa, wt: &SparseLinear, x: &[f32], m: usize, epi: &Epilog
                     // SAFETY: output row r belongs to this task for the batch rows of its tile group.
                     unsafe { *o.0.add(mi * rows + r) = epi.apply(part[i * w + ti], mi, r) };
                 }
+                // SAFETY: rows r0..r1 of batch row mi are this task's, all written above.
+                unsafe { epi.activate(o.0.add(mi * rows + r0), r1 - r0) };
             }
         }
     };
