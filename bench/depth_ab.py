@@ -6,12 +6,13 @@ Two long-lived worker processes, one importing nnic from ``--before`` (the older
 archive <commit> | tar -x -C DIR``, with the built extension ``nnic/_kernels*.so`` copied in) and one from this
 tree, never run at the same time: per model a warm-up round each, then ``--rounds`` of (before, now,
 Torch-Pruning in the "now" worker); medians. nnic runs ``nnic.prune_and_speedup`` where the version has it, else
-``compress()`` then ``speedup_model``; ``--two-calls`` adds this tree's two-call path as a column. Other users' load slows both versions alike within a round, which
+``compress()`` then ``speedup_model``; ``--two-calls`` adds the two-call path of both versions as columns (before
+two calls, now two calls, in the same rounds). Other users' load slows both versions alike within a round, which
 ``bench/depth.py``'s two concurrent processes do not guarantee.
 
     python bench/depth_ab.py --before DIR                    # the --quick models but ViT and DenseNet
     python bench/depth_ab.py --before DIR --models resnet50 --rounds 9
-    python bench/depth_ab.py --before DIR --two-calls        # and compress() + speedup_model of this tree
+    python bench/depth_ab.py --before DIR --two-calls        # and compress() + speedup_model of both
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=MODELS)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--two-calls", action="store_true",
-                        help="also time this tree's compress() then speedup_model in the same rounds (a column)")
+                        help="also time compress() then speedup_model of both versions in the same rounds (columns)")
     args = parser.parse_args()
     before = Path(args.before).resolve()
     if not (before / "nnic" / "__init__.py").is_file():
@@ -87,29 +88,33 @@ def main() -> None:
         return float(answer)
 
     print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; 1 thread, thread CPU time")
-    extra = " nnic now, two calls s | ratio two calls |" if args.two_calls else ""
+    extra = " before, two calls s | now, two calls s | ratio two calls before | ratio two calls now |" \
+        if args.two_calls else ""
     print(f"| model | nnic before s | nnic now s | Torch-Pruning s | ratio before | ratio now |{extra}\n"
-          f"|---|---|---|---|---|---|{'---|---|' if args.two_calls else ''}")
+          f"|---|---|---|---|---|---|{'---|---|---|---|' if args.two_calls else ''}")
     ratios: list[tuple[float, ...]] = []
     for name in args.models:
         ask(old, "nnic", name)  # warm-up: imports, first-call caches
         ask(new, "nnic", name)
-        a, b, c, t = [], [], [], []
+        a, b, c2, d2, t = [], [], [], [], []
         for _ in range(args.rounds):
             a.append(ask(old, "nnic", name))
             b.append(ask(new, "nnic", name))
             if args.two_calls:
-                c.append(ask(new, "nnic2", name))
+                c2.append(ask(old, "nnic2", name))
+                d2.append(ask(new, "nnic2", name))
             t.append(ask(new, "tp", name))
         ma, mb, mt = statistics.median(a), statistics.median(b), statistics.median(t)
-        mc = statistics.median(c) if c else float("nan")
-        ratios.append((ma / mt, mb / mt, mc / mt))
-        two = f" {mc:.3f} | {mc / mt:.2f} |" if c else ""
+        mc = statistics.median(c2) if c2 else float("nan")
+        md = statistics.median(d2) if d2 else float("nan")
+        ratios.append((ma / mt, mb / mt, mc / mt, md / mt))
+        two = f" {mc:.3f} | {md:.3f} | {mc / mt:.2f} | {md / mt:.2f} |" if c2 else ""
         print(f"| {name} | {ma:.3f} | {mb:.3f} | {mt:.3f} | {ma / mt:.2f} | {mb / mt:.2f} |{two}", flush=True)
     print(f"\nload average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(f"median ratio nnic / TP: before {statistics.median(r[0] for r in ratios):.2f}, "
           f"now {statistics.median(r[1] for r in ratios):.2f}"
-          + (f", now with two calls {statistics.median(r[2] for r in ratios):.2f}" if args.two_calls else ""))
+          + (f"; two calls: before {statistics.median(r[2] for r in ratios):.2f}, "
+             f"now {statistics.median(r[3] for r in ratios):.2f}" if args.two_calls else ""))
     for proc in (old, new):
         proc.stdin.close()
         proc.wait()

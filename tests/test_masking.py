@@ -45,3 +45,38 @@ def test_a_pruner_returning_a_bad_mask_is_stopped_before_touching_the_model():
     with pytest.raises(ValueError, match="expected shape"):
         Broken(m, [{"sparsity": 0.5, "op_types": ["Linear"]}]).compress()
     assert all(torch.equal(before[k], v) for k, v in plain_state_dict(m).items())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("numel", [7, 4095, 4096, 20000])  # both sides of the kernel's size threshold
+def test_zeroing_under_a_mask_gives_positive_zeros_on_either_path(dtype, numel):
+    from nnic.masking import zero_masked_
+
+    g = torch.Generator().manual_seed(numel)
+    t = torch.randn(numel, generator=g).to(dtype)
+    t[::5] = float("nan")  # a masked NaN becomes zero as well: no multiplication
+    mask = torch.rand(numel, generator=g) < 0.5
+    expected = torch.where(mask, t, torch.zeros((), dtype=dtype))
+    zero_masked_(t, mask)
+    assert torch.equal(t[mask].isnan(), expected[mask].isnan())
+    assert torch.equal(t[mask & ~t.isnan()], expected[mask & ~expected.isnan()])
+    assert bool((t[~mask] == 0).all()) and not bool(t[~mask].signbit().any())
+
+
+def test_unwrap_masks_refuses_a_foreign_parametrization_before_folding_anything():
+    from torch.nn.utils import parametrize
+
+    from nnic.masking import attach_mask
+    from nnic.speedup.api import SpeedupError
+    from nnic.speedup.engine import unwrap_masks
+
+    class Double(nn.Module):
+        def forward(self, x):
+            return 2 * x
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    attach_mask(model[0], "weight", torch.ones(4, 4, dtype=torch.bool).tril())
+    parametrize.register_parametrization(model[1], "weight", Double())
+    with pytest.raises(SpeedupError, match=r"1\.weight has a parametrization other than an nnic mask"):
+        unwrap_masks(model)
+    assert parametrize.is_parametrized(model[0], "weight")  # nothing folded

@@ -151,21 +151,17 @@ def apply(model: nn.Module, state: State, removed: set[int],
 
 def unwrap_masks(model: nn.Module) -> dict[tuple[str, str], list[torch.Tensor]]:
     """Fold nnic's mask parametrizations into plain weights (speedup needs plain modules); returns the masks
-    folded, ``{(layer, parameter): [mask, ...]}``."""
+    folded, ``{(layer, parameter): [mask, ...]}``. Checks every module first, so a parametrization that is not
+    an nnic mask raises before anything is folded."""
     from nnic.masking import ParameterMask, fold_masks
 
-    folded: dict[tuple[str, str], list[torch.Tensor]] = {}
-    for name, module in model.named_modules():
-        if not parametrize.is_parametrized(module):
-            continue
-        for pname in module.parametrizations.keys():
-            plist = module.parametrizations[pname]
+    parametrized = [(name, m) for name, m in model.named_modules() if parametrize.is_parametrized(m)]
+    for name, module in parametrized:
+        for pname, plist in module.parametrizations.items():
             if not all(isinstance(p, ParameterMask) for p in plist):
                 raise SpeedupError(f"{name}.{pname} has a parametrization other than an nnic mask; remove it "
                                    f"(e.g. unwrap the quantizer) before speedup")
-            folded[(name, pname)] = [p.mask for p in plist]
-        fold_masks(module)
-    return folded
+    return {(name, pname): masks for name, module in parametrized for pname, masks in fold_masks(module)}
 
 
 def same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
