@@ -27,6 +27,7 @@ class SparseLinearRule(ChannelMixRule):
     name = "nnic.sparse.sparselinear"
     targets = (SparseLinear,)
     shape_attrs = ("in_features", "out_features")
+    shrink_in_place = False  # its shrink replaces the tensors it slices
 
     def usage(self, module: nn.Module) -> torch.Tensor:
         return module.stored_mask().cpu()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from typing import Any
 
 import numpy as np
 import torch
@@ -94,18 +93,12 @@ def _kept(lost: np.ndarray) -> torch.Tensor | None:
     return torch.from_numpy(np.flatnonzero(~lost)) if lost.any() else None
 
 
-def _writes_in_place(rule: Any) -> bool:
-    """Whether ``rule.shrink`` may write into the module's existing tensors. nnic's own shrinks only replace
-    them (slices, new parameters); a plugin's is not known to."""
-    shrink = getattr(type(rule), "shrink", None)
-    return not getattr(shrink, "__module__", "").startswith("nnic.")
-
-
 def apply(model: nn.Module, state: State, removed: set[int],
           before_write: Callable[[nn.Module], None] | None = None) -> dict[str, dict[str, torch.Tensor]]:
     """Fold constants, shrink modules and slice parameters; returns ``{module: {slot: kept positions}}``.
     ``before_write(module)`` is called before a step that may write into ``module``'s tensors in place (a
-    fold; a shrink that is not nnic's own), so that the caller can keep their values first."""
+    fold; a shrink whose rule does not say ``shrink_in_place = False``), so that the caller can keep their values
+    first."""
     before_write = before_write or (lambda module: None)
     roots = state.uf.root_array()
     gone_root = np.zeros(len(roots), dtype=bool)
@@ -130,7 +123,7 @@ def apply(model: nn.Module, state: State, removed: set[int],
         for name, keep in keeps.items():
             module = model.get_submodule(name)
             rule = state.slot_rules[name]
-            if _writes_in_place(rule):
+            if getattr(rule, "shrink_in_place", True):
                 before_write(module)
             new = rule.shrink(module, keep)
             if new is not None and new is not module:

@@ -12,8 +12,10 @@ A rule is an object with:
   Module rules name their channel dimensions with *slots* (``call.slot("in", n)``): the same ids on every call.
 - ``shrink(module, keep)`` (module rules): ``keep`` maps each slot that loses channels to the sorted ``LongTensor``
   of kept positions; return the smaller module (the same object changed in place, or a new one). Writing into
-  the module's tensors in place is allowed: speedup copies them first for the restore on failure (it skips
-  that copy for nnic's own shrinks, which only replace tensors).
+  the module's tensors in place is allowed: speedup copies them first for the restore on failure.
+- ``shrink_in_place`` (default ``True``): whether ``shrink`` may write into the module's existing tensors. A rule
+  whose ``shrink`` only replaces them (``slice_param``, new parameters or modules) says ``False``, and speedup
+  skips that copy.
 - ``fold(module, slot, positions, values)`` (optional): add constant input channels that are about to be removed
   into the bias, for sinks that said ``fold`` in :meth:`~nnic.channels.graph.Call.sink`.
 
@@ -42,6 +44,7 @@ class Rule:
     name: str = ""
     targets: tuple[Any, ...] = ()
     shape_attrs: tuple[str, ...] = ()
+    shrink_in_place: bool = True
 
     def propagate(self, call: Call) -> None:
         raise NotImplementedError

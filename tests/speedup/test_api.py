@@ -13,7 +13,15 @@ import torch.nn.functional as F
 from torch import nn
 
 import nnic
-from nnic.speedup import CaptureError, ModelSpeedup, SpeedupError, SpeedupWarning, load_pruned, save_pruned
+from nnic.builtins.speedup_rules.modules import ConvRule
+from nnic.speedup import (
+    CaptureError,
+    ModelSpeedup,
+    SpeedupError,
+    SpeedupWarning,
+    load_pruned,
+    save_pruned,
+)
 
 from .helpers import assert_close, channel_masks, run, speedup_and_check
 
@@ -137,6 +145,45 @@ def test_verify_names_the_first_differing_layer():
     assert model[0].out_channels == 8 and model[0].weight.shape == (8, 3, 1, 1)
     with torch.no_grad():
         assert torch.equal(model(X), before)
+
+
+class WritingConvRule(ConvRule):
+    """A plugin's Conv2d rule whose shrink writes into the (masked) weight before slicing it."""
+    name = "tests.writing_conv"
+    shrink_in_place = True
+
+    def shrink(self, module, keep):
+        with torch.no_grad():
+            module.weight.mul_(2.0)
+        return super().shrink(module, keep)
+
+
+class EveryChannelUnused(nnic.speedup.Rule):
+    """A wrong rule: says Mean needs none of its input channels, so verification fails after the shrinks."""
+    name, targets = "test.every_channel_unused", (Mean,)
+
+    def propagate(self, call):
+        spec = call.spec(0)
+        call.sink(spec.ids, torch.ones(len(spec), dtype=torch.bool))
+
+
+@pytest.mark.parametrize("in_place", [True, False])
+def test_a_failed_speedup_undoes_in_place_shrinks_unless_the_rule_says_it_only_replaces_tensors(in_place):
+    """A pruner's masked weights are kept by storage for the restore, not copied; before a shrink that may write
+    into its module's tensors (``shrink_in_place``, the default) speedup copies them, so a failure leaves the model
+    as ``compress()`` leaves it. A rule that declares ``shrink_in_place = False`` is trusted to only replace
+    tensors, and is not copied."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), Mean(), nn.Conv2d(1, 2, 1))
+    cfg = [{"sparsity": 0.5, "op_names": ["0"]}]
+    compressed = copy.deepcopy(model)
+    nnic.pruner("l1norm", compressed, cfg).compress()
+    rule = WritingConvRule(nn.Conv2d)
+    rule.shrink_in_place = in_place
+    with pytest.raises(SpeedupError, match="verify"):
+        nnic.prune_and_speedup(nnic.pruner("l1norm", model, cfg), X, rules=[rule, EveryChannelUnused()],
+                               leaf_modules=[Mean])
+    assert torch.equal(run(model, X), run(compressed, X)) == in_place
 
 
 class Odd(nn.Module):

@@ -125,6 +125,7 @@ class MultiheadAttentionRule(Rule):
 
     name = "torch.nn.multiheadattention"
     targets = (nn.MultiheadAttention, PrunedMultiheadAttention)
+    shrink_in_place = False  # its shrink replaces the tensors it slices
 
     def propagate(self, call: Call) -> None:
         m, p = call.module, _parts(call.module)

@@ -79,6 +79,7 @@ class LayerNormRule(Rule):
 
     name = "torch.nn.layernorm"
     shape_attrs = ("num_features",)
+    shrink_in_place = False  # its shrink replaces the tensors it slices
 
     def __init__(self) -> None:
         self.channels_first = _layer_norm_2d()

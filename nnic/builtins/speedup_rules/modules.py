@@ -66,6 +66,7 @@ class ConvRule(ChannelMixRule):
     """Conv1d/2d/3d, groups and depthwise included."""
 
     shape_attrs = ("in_channels", "out_channels", "groups")
+    shrink_in_place = False  # its shrink replaces the tensors it slices
 
     def __init__(self, cls: type) -> None:
         self.targets = (cls,)
@@ -124,6 +125,7 @@ class LinearRule(ChannelMixRule):
     name = "torch.nn.linear"
     targets = (nn.Linear,)
     shape_attrs = ("in_features", "out_features")
+    shrink_in_place = False  # its shrink replaces the tensors it slices
 
     def usage(self, module):
         return (module.weight.detach() != 0).cpu()
@@ -153,6 +155,7 @@ class BilinearRule(Rule):
     name = "torch.nn.bilinear"
     targets = (nn.Bilinear,)
     shape_attrs = ("in1_features", "in2_features", "out_features")
+    shrink_in_place = False  # its shrink replaces the tensors it slices
 
     def propagate(self, call: Call) -> None:
         m = call.module
@@ -190,6 +193,7 @@ class EmbeddingRule(Rule):
     """Embedding/EmbeddingBag: the embedding dimension is a new channel dim; a zero column is dead."""
 
     shape_attrs = ("embedding_dim",)
+    shrink_in_place = False  # its shrink replaces the tensors it slices
 
     def __init__(self, cls: type) -> None:
         self.targets = (cls,)
@@ -212,6 +216,7 @@ class NormRule(PerChannelRule):
 
     params = ("weight", "bias", "running_mean", "running_var")
     count_attr = "num_features"
+    shrink_in_place = False  # its shrink replaces the tensors it slices
 
     def __init__(self, cls: type) -> None:
         self.targets = (cls,)
@@ -223,6 +228,7 @@ class PReLURule(PerChannelRule):
     targets = (nn.PReLU,)
     params = ("weight",)
     count_attr = "num_parameters"
+    shrink_in_place = False  # its shrink replaces the tensors it slices
 
     def is_per_channel(self, module):
         return module.num_parameters > 1
@@ -236,6 +242,7 @@ class GroupNormRule(PerChannelRule):
     shape_attrs = ("num_channels", "num_groups")
     params = ("weight", "bias")
     count_attr = "num_channels"
+    shrink_in_place = False  # its shrink replaces the tensors it slices
 
     def propagate(self, call: Call) -> None:
         super().propagate(call)

@@ -84,6 +84,7 @@ class RMSNormRule(Rule):
     name = "transformers.rms_norm"
     shape_attrs = ("num_features",)
     targets = _lazy_targets(lambda: (*rms_norm_classes(), PrunedRMSNorm))
+    shrink_in_place = False  # its shrink replaces the tensors it slices
 
     def propagate(self, call) -> None:
         spec, x = call.spec(0), call.value(0)

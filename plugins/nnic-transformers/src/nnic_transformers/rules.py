@@ -60,6 +60,7 @@ class AttentionRule(Rule):
     name = "transformers.attention"
     targets = _lazy_targets(_attention_targets)
     shape_attrs = ("num_attention_heads", "all_head_size", "num_heads", "n_heads")
+    shrink_in_place = False  # its shrink replaces the tensors it slices
 
     def propagate(self, call) -> None:
         m = call.module
@@ -172,6 +173,7 @@ class GPT2AttentionRule(Rule):
     name = "transformers.gpt2_attention"
     targets = _lazy_targets(_gpt2_classes)
     shape_attrs = ("num_heads", "split_size")
+    shrink_in_place = False  # its shrink replaces the tensors it slices
 
     def propagate(self, call) -> None:
         m = call.module
@@ -238,6 +240,7 @@ class Conv1DRule(ChannelMixRule):
     name = "transformers.pytorch_utils.conv1d"
     targets = _lazy_targets(_conv1d_classes)
     shape_attrs = ("nx", "nf")
+    shrink_in_place = False  # its shrink replaces the tensors it slices
 
     def groups(self, module) -> int:
         return 1
