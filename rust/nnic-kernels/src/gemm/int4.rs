@@ -292,14 +292,23 @@ pub fn int4_linear(
                 let ap = pa.panel_ptr_rows(i0 / mr, 0);
                 let nap = &na[i0 * groups..(i0 + rows) * groups];
                 tile(path, rows, groups, pairs, ap, nap, b, sc, z, affine, &mut f);
+                let cs = &w.csum[j0..j0 + nr];
                 for r in 0..rows {
                     let i = i0 + r;
                     let (sa, za) = (pa.scale[i], (pa.zero[i] - 128) as f32);
-                    for c in 0..nr {
-                        let j = j0 + c;
-                        let v = sa * (f[r][c] - za * w.csum[j]) + bias.map_or(0.0, |b| b[j]);
-                        // SAFETY: (i, j) is inside this task's block.
-                        unsafe { *o.0.add(i * n + j) = v };
+                    // SAFETY: row i, columns j0..j0 + nr are inside this task's block.
+                    let y = unsafe { std::slice::from_raw_parts_mut(o.0.add(i * n + j0), nr) };
+                    match bias {
+                        Some(b) => {
+                            for ((y, (&f, &c)), &b) in y.iter_mut().zip(f[r].iter().zip(cs)).zip(&b[j0..j0 + nr]) {
+                                *y = sa * (f - za * c) + b;
+                            }
+                        }
+                        None => {
+                            for (y, (&f, &c)) in y.iter_mut().zip(f[r].iter().zip(cs)) {
+                                *y = sa * (f - za * c);
+                            }
+                        }
                     }
                 }
             }
@@ -319,17 +328,24 @@ fn signed_activations(pa: &mut PackedA, k: usize, group: usize) -> Vec<i32> {
     let mut na = vec![0i32; m * groups];
     for (p, panel) in pa.data[..m * kp].chunks_mut(mr * kp).enumerate() {
         let rows = panel.len() / kp;
+        for v in panel.iter_mut() {
+            *v ^= 0x80;
+        }
+        for r in 0..rows {
+            for kk in k..kp {
+                panel[(kk / 4) * rows * 4 + r * 4 + kk % 4] = 0;
+            }
+        }
         let sums = &mut na[p * mr * groups..(p * mr + rows) * groups];
-        for (j, quad) in panel.chunks_exact_mut(rows * 4).enumerate() {
-            let g = j * 4 / group;
-            for r in 0..rows {
-                let mut sum = 0i32;
-                for e in 0..4 {
-                    let v = if j * 4 + e < k { quad[r * 4 + e] as i32 - 128 } else { 0 };
-                    quad[r * 4 + e] = v as i8 as u8;
-                    sum += v;
+        for (chunk, s) in panel.chunks_exact(group * rows).zip(sums.chunks_exact_mut(rows)) {
+            if rows == 1 {
+                s[0] = -chunk.iter().map(|&v| v as i8 as i32).sum::<i32>();
+                continue;
+            }
+            for quad in chunk.chunks_exact(rows * 4) {
+                for (r, sr) in s.iter_mut().enumerate() {
+                    *sr -= quad[r * 4..r * 4 + 4].iter().map(|&v| v as i8 as i32).sum::<i32>();
                 }
-                sums[g * rows + r] -= sum;
             }
         }
     }
