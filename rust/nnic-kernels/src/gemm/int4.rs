@@ -420,3 +420,44 @@ fn tile(path: Path, rows: usize, groups: usize, pairs: usize, ap: *const u8, na:
     let a = unsafe { std::slice::from_raw_parts(ap, rows * groups * pairs * 8) };
     tile_mv(isa_of(path), rows, groups, pairs, a, b, sc, z, f);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The integer sums at their largest: every activation at a code extreme and every weight code -8 or 7,
+    /// with zero points at the other extreme, in groups around the VNNI tile's limit for in-place high nibbles
+    /// ([`SPLIT_MAX_PAIRS`] pairs: 16 · nib · a summed over half a group) and for one to three rows (the
+    /// split and unsplit tiles), on every path, against an exact i64 reference. Scales of 1 and activations
+    /// whose codes are their values make the expected outputs integers that `f32` holds exactly (below 2^24 · 2^13).
+    #[test]
+    fn largest_sums_are_exact_around_the_split_limit() {
+        let paths: Vec<Path> = Path::ALL.into_iter().filter(|p| p.is_supported()).collect();
+        for group in [8 * SPLIT_MAX_PAIRS, 8 * SPLIT_MAX_PAIRS + 8] {
+            let (n, k) = (33, group);
+            for (m, code) in [(1, 127.0f32), (2, -127.0), (3, 127.0)] {
+                for affine in [false, true] {
+                    // Codes of column j: all -8 (even j) or all 7 (odd j); zero points 7 / -8 when affine.
+                    let q: Vec<i8> = (0..n * k).map(|i| if (i / k) % 2 == 0 { -8 } else { 7 }).collect();
+                    let zeros: Vec<i8> = if affine { (0..n).map(|j| if j % 2 == 0 { 7 } else { -8 }).collect() } else { vec![] };
+                    let w = PackedInt4::new(&q, n, k, &vec![1.0f32; n], &zeros, group).unwrap();
+                    // Static activations with scale 1, zero point 128: the codes are the values.
+                    let x: Vec<f32> = (0..m * k).map(|i| if (i / k) % 2 == 0 { code } else { -code }).collect();
+                    let act = ActQuant::Static { scale: 1.0, zero_point: 128 };
+                    for &path in &paths {
+                        let mut out = vec![0f32; m * n];
+                        int4_linear(path, &x, m, &w, None, act, &mut out).unwrap();
+                        for i in 0..m {
+                            for j in 0..n {
+                                let zw = zeros.get(j).copied().unwrap_or(0) as i64;
+                                let qa = x[i * k] as i64;
+                                let want = (q[j * k] as i64 - zw) * qa * k as i64;
+                                assert_eq!(out[i * n + j] as i64, want, "{path:?} group {group} m {m} row {i} col {j}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
