@@ -5,8 +5,8 @@
 //! symmetric). `y[i, j] = sa_i · (sum_g s[j, g] · sum_{k in g} (qa[i, k] - za_i) · (q - zw)[j, k]) + bias_j`
 //! with u8 activation codes `qa`; the tiles of [`super::int4_micro`] (layout documented there) take them as
 //! signed bytes `qa - 128` ([`signed_activations`]), and the remaining `(128 - za_i)` term folds into one
-//! per-column constant at pack time (it vanishes for symmetric activations, whose `za_i` is 128). Threads split the output into blocks of rows × 32-column
-//! panels, taken dynamically.
+//! per-column constant at pack time (it vanishes for symmetric activations, whose `za_i` is 128). Threads split
+//! the output into blocks of rows × 32-column panels, taken dynamically.
 //!
 //! Scales are stored as given: `f32`, or IEEE half precision ([`GroupScales::F16`], as GGUF, GPTQ and AWQ
 //! keep them), which makes a group of 32 codes 18 bytes instead of 20 (0.5625 bytes per weight instead of
@@ -438,11 +438,12 @@ mod tests {
             for (m, code) in [(1, 127.0f32), (2, -127.0), (3, 127.0)] {
                 for affine in [false, true] {
                     // Codes of column j: all -8 (even j) or all 7 (odd j); zero points 7 / -8 when affine.
-                    let q: Vec<i8> = (0..n * k).map(|i| if (i / k) % 2 == 0 { -8 } else { 7 }).collect();
-                    let zeros: Vec<i8> = if affine { (0..n).map(|j| if j % 2 == 0 { 7 } else { -8 }).collect() } else { vec![] };
+                    let q: Vec<i8> = (0..n * k).map(|i| if (i / k).is_multiple_of(2) { -8 } else { 7 }).collect();
+                    let zero = |j: usize| if j.is_multiple_of(2) { 7 } else { -8 };
+                    let zeros: Vec<i8> = if affine { (0..n).map(zero).collect() } else { vec![] };
                     let w = PackedInt4::new(&q, n, k, &vec![1.0f32; n], &zeros, group).unwrap();
                     // Static activations with scale 1, zero point 128: the codes are the values.
-                    let x: Vec<f32> = (0..m * k).map(|i| if (i / k) % 2 == 0 { code } else { -code }).collect();
+                    let x: Vec<f32> = (0..m * k).map(|i| if (i / k).is_multiple_of(2) { code } else { -code }).collect();
                     let act = ActQuant::Static { scale: 1.0, zero_point: 128 };
                     for &path in &paths {
                         let mut out = vec![0f32; m * n];

@@ -218,7 +218,8 @@ pub(super) mod x86 {
                     let (h0, h1) = if S {
                         (_mm512_and_si512(x0, hi), _mm512_and_si512(x1, hi))
                     } else {
-                        (_mm512_and_si512(_mm512_srli_epi16::<4>(x0), lo), _mm512_and_si512(_mm512_srli_epi16::<4>(x1), lo))
+                        let shifted = |x| _mm512_and_si512(_mm512_srli_epi16::<4>(x), lo);
+                        (shifted(x0), shifted(x1))
                     };
                     for r in 0..MR {
                         let a0 = _mm512_set1_epi32((ap.add(r * 4) as *const i32).read_unaligned());
