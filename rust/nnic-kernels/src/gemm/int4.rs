@@ -2,10 +2,11 @@
 //! quantized on the fly, for small M, where the weight bytes dominate the cost.
 //!
 //! `w[j, k] = s[j, g] · (q[j, k] - zw[j, g])` with codes and zero points in [-8, 7] (zero points absent:
-//! symmetric). `y[i, j] = sa_i · (sum_g s[j, g] · sum_{k in g} (qa[i, k] - za_i) · (q - zw)[j, k]) + bias_j`;
-//! the `za_i` term folds into one per-column constant at pack time, the rest runs in the tiles of
-//! [`super::int4_micro`] (layout documented there). Threads split the output into blocks of rows × 32-column
-//! panels, taken dynamically.
+//! symmetric). `y[i, j] = sa_i · (sum_g s[j, g] · sum_{k in g} (qa[i, k] - za_i) · (q - zw)[j, k]) + bias_j`
+//! with u8 activation codes `qa`; the tiles of [`super::int4_micro`] (layout documented there) take them as
+//! signed bytes `qa - 128` ([`signed_activations`]), and the remaining `(128 - za_i)` term folds into one
+//! per-column constant at pack time (it vanishes for symmetric activations, whose `za_i` is 128). Threads split
+//! the output into blocks of rows × 32-column panels, taken dynamically.
 //!
 //! Scales are stored as given: `f32`, or IEEE half precision ([`GroupScales::F16`], as GGUF, GPTQ and AWQ
 //! keep them), which makes a group of 32 codes 18 bytes instead of 20 (0.5625 bytes per weight instead of
@@ -13,7 +14,7 @@
 //! values of the half scales.
 #![allow(clippy::needless_range_loop)] // the epilogue indexes the register tile by row and column
 use super::act_pack::{self, ActQuant};
-use super::int4_micro::{tile_mv, ScalePanel, MR4};
+use super::int4_micro::{tile_mv, ScalePanel, MR4, SPLIT_MAX_PAIRS};
 use super::panels::{round_up, PackedA, NR};
 use super::{isa_of, Block, Path};
 use crate::error::{KernelError, Result};
@@ -266,11 +267,13 @@ pub fn int4_linear(
     if m == 0 || n == 0 {
         return Ok(());
     }
-    let pa: PackedA = act_pack::pack_f32(path, MR4, x, m, k, w.kp, act, false)?;
+    let mut pa: PackedA = act_pack::pack_f32(path, MR4, x, m, k, w.kp, act, false)?;
+    let na = signed_activations(&mut pa, k, w.group);
     let groups = w.kp / w.group;
     let pairs = w.group / 8;
     let o = OutF(out.as_mut_ptr());
-    let eights = vec![8u8; groups * NR]; // the stored zero point of symmetric weights
+    let affine = w.is_affine();
+    let eights = vec![8u8; groups * NR]; // the stored zero point of symmetric weights (the portable tile's)
     let threads = if m * n * k < (1 << 20) { 1 } else { pool::num_threads() };
     let mr = pa.mr;
     let blocks = super::plan(m, n, mr, threads, 64, 8 * NR);
@@ -283,19 +286,29 @@ pub fn int4_linear(
             let nr = (blk.j1 - j0).min(NR);
             let b = &w.data[p * w.kp * NR / 2..(p + 1) * w.kp * NR / 2];
             let sc = w.scales.panel(p, groups);
+            let z = if affine { &w.zeros[p * groups * NR..(p + 1) * groups * NR] } else { &eights[..] };
             for i0 in (blk.i0..blk.i1).step_by(mr) {
                 let rows = (blk.i1 - i0).min(mr);
                 let ap = pa.panel_ptr_rows(i0 / mr, 0);
-                let z = if w.zeros.is_empty() { &eights[..] } else { &w.zeros[p * groups * NR..(p + 1) * groups * NR] };
-                tile(path, rows, groups, pairs, ap, b, sc, z, &mut f);
+                let nap = &na[i0 * groups..(i0 + rows) * groups];
+                tile(path, rows, groups, pairs, ap, nap, b, sc, z, affine, &mut f);
+                let cs = &w.csum[j0..j0 + nr];
                 for r in 0..rows {
                     let i = i0 + r;
-                    let (sa, za) = (pa.scale[i], pa.zero[i] as f32);
-                    for c in 0..nr {
-                        let j = j0 + c;
-                        let v = sa * (f[r][c] - za * w.csum[j]) + bias.map_or(0.0, |b| b[j]);
-                        // SAFETY: (i, j) is inside this task's block.
-                        unsafe { *o.0.add(i * n + j) = v };
+                    let (sa, za) = (pa.scale[i], (pa.zero[i] - 128) as f32);
+                    // SAFETY: row i, columns j0..j0 + nr are inside this task's block.
+                    let y = unsafe { std::slice::from_raw_parts_mut(o.0.add(i * n + j0), nr) };
+                    match bias {
+                        Some(b) => {
+                            for ((y, (&f, &c)), &b) in y.iter_mut().zip(f[r].iter().zip(cs)).zip(&b[j0..j0 + nr]) {
+                                *y = sa * (f - za * c) + b;
+                            }
+                        }
+                        None => {
+                            for (y, (&f, &c)) in y.iter_mut().zip(f[r].iter().zip(cs)) {
+                                *y = sa * (f - za * c);
+                            }
+                        }
                     }
                 }
             }
@@ -306,31 +319,69 @@ pub fn int4_linear(
     Ok(())
 }
 
-/// Runs the tile of `path` for `rows` (≤ [`MR4`]) rows of the activation panel at `ap` (`rows × kp` bytes)
-/// against one weight panel `b` with its scales `sc` and stored zero points `z` (`groups × 32` each).
+/// Turns the u8 codes of the activation panels into signed bytes `qa - 128` in place (padding past `k` stays 0)
+/// and returns `na[i][g] = -sum_{k in g} (qa[i, k] - 128)` for each row `i` and k group `g` of `group` values,
+/// laid out so that a panel of `rows` rows starting at row `i0` finds its `[g][rows]` sums at `i0 * groups`.
+fn signed_activations(pa: &mut PackedA, k: usize, group: usize) -> Vec<i32> {
+    let (m, mr, kp) = (pa.m, pa.mr, pa.kp);
+    let groups = kp / group;
+    let mut na = vec![0i32; m * groups];
+    for (p, panel) in pa.data[..m * kp].chunks_mut(mr * kp).enumerate() {
+        let rows = panel.len() / kp;
+        for v in panel.iter_mut() {
+            *v ^= 0x80;
+        }
+        for r in 0..rows {
+            for kk in k..kp {
+                panel[(kk / 4) * rows * 4 + r * 4 + kk % 4] = 0;
+            }
+        }
+        let sums = &mut na[p * mr * groups..(p * mr + rows) * groups];
+        for (chunk, s) in panel.chunks_exact(group * rows).zip(sums.chunks_exact_mut(rows)) {
+            if rows == 1 {
+                s[0] = -chunk.iter().map(|&v| v as i8 as i32).sum::<i32>();
+                continue;
+            }
+            for quad in chunk.chunks_exact(rows * 4) {
+                for (r, sr) in s.iter_mut().enumerate() {
+                    *sr -= quad[r * 4..r * 4 + 4].iter().map(|&v| v as i8 as i32).sum::<i32>();
+                }
+            }
+        }
+    }
+    na
+}
+
+/// Runs the tile of `path` for `rows` (≤ [`MR4`]) rows of the signed activation panel at `ap` (`rows × kp`
+/// bytes, with their group sums `na`, `groups × rows`) against one weight panel `b` with its scales `sc` and
+/// stored zero points `z` (`groups × 32` each; all 8 unless `affine`).
 #[allow(clippy::too_many_arguments)]
-fn tile(path: Path, rows: usize, groups: usize, pairs: usize, ap: *const u8, b: &[u8], sc: ScalePanel<'_>, z: &[u8],
-        f: &mut [[f32; NR]; MR4]) {
+fn tile(path: Path, rows: usize, groups: usize, pairs: usize, ap: *const u8, na: &[i32], b: &[u8], sc: ScalePanel<'_>,
+        z: &[u8], affine: bool, f: &mut [[f32; NR]; MR4]) {
     debug_assert!(b.len() >= groups * pairs * 128 && sc.len() >= groups * NR && z.len() >= groups * NR);
+    debug_assert!(na.len() == groups * rows);
     #[cfg(target_arch = "x86_64")]
     {
         use super::int4_micro::x86;
-        let (bp, zp) = (b.as_ptr(), z.as_ptr());
+        let (bp, zp, np) = (b.as_ptr(), z.as_ptr(), na.as_ptr());
         let (sp, half) = match sc {
             ScalePanel::F32(s) => (s.as_ptr() as *const u8, false),
             ScalePanel::F16(s) => (s.as_ptr() as *const u8, true),
         };
+        let split = pairs <= SPLIT_MAX_PAIRS;
         macro_rules! vnni {
             ($h:literal) => {
-                match rows {
-                    1 => x86::vnni::<1, $h>(groups, pairs, ap, bp, sp, zp, f),
-                    2 => x86::vnni::<2, $h>(groups, pairs, ap, bp, sp, zp, f),
-                    3 => x86::vnni::<3, $h>(groups, pairs, ap, bp, sp, zp, f),
-                    4 => x86::vnni::<4, $h>(groups, pairs, ap, bp, sp, zp, f),
-                    5 => x86::vnni::<5, $h>(groups, pairs, ap, bp, sp, zp, f),
-                    6 => x86::vnni::<6, $h>(groups, pairs, ap, bp, sp, zp, f),
-                    7 => x86::vnni::<7, $h>(groups, pairs, ap, bp, sp, zp, f),
-                    _ => x86::vnni::<8, $h>(groups, pairs, ap, bp, sp, zp, f),
+                match (rows, split) {
+                    (1, true) => x86::vnni::<1, $h, true>(groups, pairs, ap, np, bp, sp, zp, affine, f),
+                    (2, true) => x86::vnni::<2, $h, true>(groups, pairs, ap, np, bp, sp, zp, affine, f),
+                    (1, false) => x86::vnni::<1, $h, false>(groups, pairs, ap, np, bp, sp, zp, affine, f),
+                    (2, false) => x86::vnni::<2, $h, false>(groups, pairs, ap, np, bp, sp, zp, affine, f),
+                    (3, _) => x86::vnni::<3, $h, false>(groups, pairs, ap, np, bp, sp, zp, affine, f),
+                    (4, _) => x86::vnni::<4, $h, false>(groups, pairs, ap, np, bp, sp, zp, affine, f),
+                    (5, _) => x86::vnni::<5, $h, false>(groups, pairs, ap, np, bp, sp, zp, affine, f),
+                    (6, _) => x86::vnni::<6, $h, false>(groups, pairs, ap, np, bp, sp, zp, affine, f),
+                    (7, _) => x86::vnni::<7, $h, false>(groups, pairs, ap, np, bp, sp, zp, affine, f),
+                    _ => x86::vnni::<8, $h, false>(groups, pairs, ap, np, bp, sp, zp, affine, f),
                 }
             };
         }
@@ -339,10 +390,10 @@ fn tile(path: Path, rows: usize, groups: usize, pairs: usize, ap: *const u8, b: 
                 let mut r0 = 0;
                 while r0 < rows {
                     match rows - r0 {
-                        1 => x86::avx2::<1, $h>(groups, pairs, ap, rows, r0, bp, sp, zp, f),
-                        2 => x86::avx2::<2, $h>(groups, pairs, ap, rows, r0, bp, sp, zp, f),
-                        3 => x86::avx2::<3, $h>(groups, pairs, ap, rows, r0, bp, sp, zp, f),
-                        _ => x86::avx2::<4, $h>(groups, pairs, ap, rows, r0, bp, sp, zp, f),
+                        1 => x86::avx2::<1, $h>(groups, pairs, ap, np, rows, r0, bp, sp, zp, affine, f),
+                        2 => x86::avx2::<2, $h>(groups, pairs, ap, np, rows, r0, bp, sp, zp, affine, f),
+                        3 => x86::avx2::<3, $h>(groups, pairs, ap, np, rows, r0, bp, sp, zp, affine, f),
+                        _ => x86::avx2::<4, $h>(groups, pairs, ap, np, rows, r0, bp, sp, zp, affine, f),
                     }
                     r0 += 4;
                 }
@@ -364,7 +415,50 @@ fn tile(path: Path, rows: usize, groups: usize, pairs: usize, ap: *const u8, b: 
             Path::Avx2 | Path::Scalar => {}
         }
     }
+    let _ = (na, affine); // the portable tile subtracts the zero points itself
     // SAFETY: the panel holds `rows * kp` bytes, `kp = groups * pairs * 8`.
     let a = unsafe { std::slice::from_raw_parts(ap, rows * groups * pairs * 8) };
     tile_mv(isa_of(path), rows, groups, pairs, a, b, sc, z, f);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The integer sums at their largest: every activation at a code extreme and every weight code -8 or 7,
+    /// with zero points at the other extreme, in groups around the VNNI tile's limit for in-place high nibbles
+    /// ([`SPLIT_MAX_PAIRS`] pairs: 16 · nib · a summed over half a group) and for one to three rows (the
+    /// split and unsplit tiles), on every path, against an exact i64 reference. Scales of 1 and activations
+    /// whose codes are their values make the expected outputs integers that `f32` holds exactly (below 2^24 · 2^13).
+    #[test]
+    fn largest_sums_are_exact_around_the_split_limit() {
+        let paths: Vec<Path> = Path::ALL.into_iter().filter(|p| p.is_supported()).collect();
+        for group in [8 * SPLIT_MAX_PAIRS, 8 * SPLIT_MAX_PAIRS + 8] {
+            let (n, k) = (33, group);
+            for (m, code) in [(1, 127.0f32), (2, -127.0), (3, 127.0)] {
+                for affine in [false, true] {
+                    // Codes of column j: all -8 (even j) or all 7 (odd j); zero points 7 / -8 when affine.
+                    let q: Vec<i8> = (0..n * k).map(|i| if (i / k).is_multiple_of(2) { -8 } else { 7 }).collect();
+                    let zero = |j: usize| if j.is_multiple_of(2) { 7 } else { -8 };
+                    let zeros: Vec<i8> = if affine { (0..n).map(zero).collect() } else { vec![] };
+                    let w = PackedInt4::new(&q, n, k, &vec![1.0f32; n], &zeros, group).unwrap();
+                    // Static activations with scale 1, zero point 128: the codes are the values.
+                    let x: Vec<f32> = (0..m * k).map(|i| if (i / k).is_multiple_of(2) { code } else { -code }).collect();
+                    let act = ActQuant::Static { scale: 1.0, zero_point: 128 };
+                    for &path in &paths {
+                        let mut out = vec![0f32; m * n];
+                        int4_linear(path, &x, m, &w, None, act, &mut out).unwrap();
+                        for i in 0..m {
+                            for j in 0..n {
+                                let zw = zeros.get(j).copied().unwrap_or(0) as i64;
+                                let qa = x[i * k] as i64;
+                                let want = (q[j * k] as i64 - zw) * qa * k as i64;
+                                assert_eq!(out[i * n + j] as i64, want, "{path:?} group {group} m {m} row {i} col {j}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -1,20 +1,31 @@
-//! The int4 tiles: `f[r][c] = sum_g s[g][c] · sum_{k in g} a_u8[r, k] · (nib[k, c] - z[g][c])` for up to
+//! The int4 tiles: `f[r][c] = sum_g s[g][c] · sum_{k in g} a_s8[r, k] · (nib[k, c] - z[g][c])` for up to
 //! [`MR4`] rows and one 32-column panel, one per path (portable, AVX2, AVX-512 VNNI).
 //!
 //! Layouts (see [`super::int4`]): a 128-byte weight row holds 8 k values × 32 columns, column `c` at bytes
 //! `4c..4c+4`; the low nibbles are k group `2t`, the high nibbles k group `2t+1`, each stored as `q + 8` in
-//! [0, 15]. `z[g][c]` is the stored zero point `zero + 8` (8 for symmetric weights), so `nib - z = q - zero`
-//! lies in [-15, 15]: a valid s8 operand of `vpdpbusd` and `vpmaddubsw` (whose i16 pair sums stay below
-//! 2·255·15, no saturation). Integer sums run per group and are scaled into `f` at each group end.
-//! Activations: k group `j` of the panel holds `rows × 4` bytes (row stride 4).
-//! Scales come as `f32` or as half-precision bits ([`ScalePanel`]), `groups × 32` per panel; the tiles widen
-//! half scales to `f32` (exactly) when they apply them.
+//! [0, 15]. `z[g][c]` is the stored zero point `zero + 8` (8 for symmetric weights), so `nib - z = q - zero`.
+//! Activations are signed bytes (the u8 codes minus 128, padding 0): k group `j` of the panel holds `rows × 4`
+//! bytes (row stride 4), and `na[g][r] = -sum_{k in g} a_s8[r, k]` comes with them.
+//!
+//! Why signed activations: the nibbles are then the *unsigned* operand of `vpdpbusd` / `vpmaddubsw`, used as
+//! they are masked out of the byte, and the zero point enters once per group, as the accumulator's initial
+//! value `z · na` (`sum a · (nib - z) = sum a · nib + z · na`), instead of a byte subtraction per 64 weights.
+//! The VNNI tile for one or two rows does not even shift the high nibbles: `byte & 0xF0` is `16 · nib`
+//! (at most 240, a valid u8), accumulated apart and divided by 16 (exactly: an arithmetic shift) at the group
+//! end; that leaves two `vpandd` and two `vpdpbusd` per 64 bytes of weights. (`vpmaddubsw` saturates its i16
+//! pair sums, so the AVX2 tile shifts: `240 · 128 · 2` would not fit.) Integer sums run per group and are
+//! scaled into `f` at each group end. Scales come as `f32` or as half-precision bits ([`ScalePanel`]),
+//! `groups × 32` per panel; the tiles widen half scales to `f32` (exactly) when they apply them.
 #![allow(clippy::needless_range_loop)] // register tiles are indexed by row
 use super::panels::NR;
 use crate::half::f16_to_f32;
 
 /// Rows per register tile.
 pub(super) const MR4: usize = 8;
+
+/// Most k pairs per group for the VNNI tile's in-place high nibbles: their accumulator sums `16 · nib · a`,
+/// at most `(group / 2) · 240 · 128`, which stays inside i32 for groups of up to 65536 (8192 pairs).
+pub(super) const SPLIT_MAX_PAIRS: usize = 8192;
 
 /// One weight panel's scales, `[group][32]`.
 #[derive(Copy, Clone, Debug)]
@@ -40,7 +51,8 @@ impl ScalePanel<'_> {
     }
 }
 
-/// Portable tile over `rows` rows; `sc` and `z` hold `groups × 32` scales and stored zero points.
+/// Portable tile over `rows` rows; `sc` and `z` hold `groups × 32` scales and stored zero points. It sums
+/// `a · (nib - z)` directly (the same integers as the SIMD tiles' `a · nib + z · na`), so it needs no `na`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn tile_body(
@@ -70,7 +82,8 @@ pub(super) fn tile_body(
                     let mut s = 0i32;
                     for e in 0..4 {
                         let byte = bb[c * 4 + e];
-                        s += a0[e] as i32 * ((byte & 0x0F) as i32 - zc) + a1[e] as i32 * ((byte >> 4) as i32 - zc);
+                        s += a0[e] as i8 as i32 * ((byte & 0x0F) as i32 - zc)
+                            + a1[e] as i8 as i32 * ((byte >> 4) as i32 - zc);
                     }
                     *acc += s;
                 }
@@ -124,104 +137,153 @@ pub(super) mod x86 {
         }
     }
 
-    /// VNNI tile of `MR` rows (see [`super::tile_body`]); `H`: the scales are half-precision bits.
+    /// The accumulator's initial value for row `r` of group `g`: `z · na[g][r]`, with `z` the 16 stored zero
+    /// points at `zp` when `affine`, else 8.
     ///
     /// # Safety
-    /// `a`: `2 * groups * pairs` k groups of `MR` rows; `b`: `groups * pairs * 128` bytes; `sc`: `groups * 32`
-    /// scales (`f32`, or `u16` when `H`); `z`: `groups * 32` bytes; the CPU has AVX-512 VNNI.
+    /// `zp` points to 16 bytes when `affine`; the CPU has AVX-512F.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn zero_term16(affine: bool, zp: *const u8, na: i32) -> __m512i {
+        unsafe {
+            if affine {
+                _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128(zp as *const __m128i)), _mm512_set1_epi32(na))
+            } else {
+                _mm512_set1_epi32(8 * na)
+            }
+        }
+    }
+
+    /// [`zero_term16`] for 8 columns.
+    ///
+    /// # Safety
+    /// `zp` points to 8 bytes when `affine`; the CPU has AVX2.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn zero_term8(affine: bool, zp: *const u8, na: i32) -> __m256i {
+        unsafe {
+            if affine {
+                _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64(zp as *const __m128i)), _mm256_set1_epi32(na))
+            } else {
+                _mm256_set1_epi32(8 * na)
+            }
+        }
+    }
+
+    /// Bytes ahead of the weight pointer that the tiles prefetch (into L1), 16 k-pairs: far enough that a
+    /// line streamed from DRAM arrives in time at the GEMV's rate, near enough to stay inside the panel's run.
+    const PREFETCH: usize = 2048;
+
+    /// VNNI tile of `MR` rows (see the module doc); `H`: the scales are half-precision bits; `S` (one or two
+    /// rows, groups of at most [`super::SPLIT_MAX_PAIRS`] pairs): high nibbles used in place, as `16 · nib`, with
+    /// their own accumulators (four independent `vpdpbusd` chains per row).
+    ///
+    /// # Safety
+    /// `a`: `2 * groups * pairs` k groups of `MR` rows of signed bytes; `na`: `groups * MR` sums; `b`:
+    /// `groups * pairs * 128` bytes; `sc`: `groups * 32` scales (`f32`, or `u16` when `H`); `z`: `groups * 32`
+    /// bytes when `affine`; the CPU has AVX-512 VNNI.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub(crate) unsafe fn vnni<const MR: usize, const H: bool>(
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn vnni<const MR: usize, const H: bool, const S: bool>(
         groups: usize,
         pairs: usize,
         a: *const u8,
+        na: *const i32,
         b: *const u8,
         sc: *const u8,
         z: *const u8,
+        affine: bool,
         f: &mut [[f32; NR]; MR4],
     ) {
         unsafe {
-            let mask = _mm512_set1_epi8(0x0F);
-            let bcast = _mm512_set1_epi32(0x0101_0101);
-            // 16 stored zero points, each repeated in the 4 bytes of its column's lane.
-            let zv = |p: *const u8| _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i)), bcast);
-            // Few rows: low and high nibbles accumulate separately (4 independent vpdpbusd chains per row).
-            let split = MR <= 2;
-            for fr in f.iter_mut().take(MR) {
-                *fr = [0.0; NR];
-            }
+            let lo = _mm512_set1_epi8(0x0F);
+            let hi = _mm512_set1_epi8(0xF0u8 as i8);
+            let mut fv = [[_mm512_setzero_ps(); 2]; MR];
             let mut ap = a;
             let mut bp = b;
             for g in 0..groups {
-                let (z0, z1) = (zv(z.add(g * NR)), zv(z.add(g * NR + 16)));
                 let mut s = [[_mm512_setzero_si512(); 2]; MR];
                 let mut t = [[_mm512_setzero_si512(); 2]; MR];
+                for r in 0..MR {
+                    let n = *na.add(g * MR + r);
+                    s[r][0] = zero_term16(affine, z.add(g * NR), n);
+                    s[r][1] = zero_term16(affine, z.add(g * NR + 16), n);
+                }
                 for _ in 0..pairs {
                     let x0 = _mm512_loadu_si512(bp as *const __m512i);
                     let x1 = _mm512_loadu_si512(bp.add(64) as *const __m512i);
-                    _mm_prefetch::<_MM_HINT_T0>(bp.add(2048) as *const i8);
-                    _mm_prefetch::<_MM_HINT_T0>(bp.add(2048 + 64) as *const i8);
-                    let l0 = _mm512_sub_epi8(_mm512_and_si512(x0, mask), z0);
-                    let l1 = _mm512_sub_epi8(_mm512_and_si512(x1, mask), z1);
-                    let h0 = _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16::<4>(x0), mask), z0);
-                    let h1 = _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16::<4>(x1), mask), z1);
+                    _mm_prefetch::<_MM_HINT_T0>(bp.add(PREFETCH) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(bp.add(PREFETCH + 64) as *const i8);
+                    let (l0, l1) = (_mm512_and_si512(x0, lo), _mm512_and_si512(x1, lo));
+                    let (h0, h1) = if S {
+                        (_mm512_and_si512(x0, hi), _mm512_and_si512(x1, hi))
+                    } else {
+                        let shifted = |x| _mm512_and_si512(_mm512_srli_epi16::<4>(x), lo);
+                        (shifted(x0), shifted(x1))
+                    };
                     for r in 0..MR {
                         let a0 = _mm512_set1_epi32((ap.add(r * 4) as *const i32).read_unaligned());
                         let a1 = _mm512_set1_epi32((ap.add(MR * 4 + r * 4) as *const i32).read_unaligned());
-                        s[r][0] = _mm512_dpbusd_epi32(s[r][0], a0, l0);
-                        s[r][1] = _mm512_dpbusd_epi32(s[r][1], a0, l1);
-                        if split {
-                            t[r][0] = _mm512_dpbusd_epi32(t[r][0], a1, h0);
-                            t[r][1] = _mm512_dpbusd_epi32(t[r][1], a1, h1);
+                        s[r][0] = _mm512_dpbusd_epi32(s[r][0], l0, a0);
+                        s[r][1] = _mm512_dpbusd_epi32(s[r][1], l1, a0);
+                        if S {
+                            t[r][0] = _mm512_dpbusd_epi32(t[r][0], h0, a1);
+                            t[r][1] = _mm512_dpbusd_epi32(t[r][1], h1, a1);
                         } else {
-                            s[r][0] = _mm512_dpbusd_epi32(s[r][0], a1, h0);
-                            s[r][1] = _mm512_dpbusd_epi32(s[r][1], a1, h1);
+                            s[r][0] = _mm512_dpbusd_epi32(s[r][0], h0, a1);
+                            s[r][1] = _mm512_dpbusd_epi32(s[r][1], h1, a1);
                         }
                     }
                     ap = ap.add(2 * MR * 4);
                     bp = bp.add(128);
                 }
-                // Group end: f += float(sum) * scale, with f in L1 (keeps registers for the integer tile).
+                // Group end: f += float(sum) * scale.
                 let w = if H { 2 } else { 4 };
                 let s0 = scales16::<H>(sc.add(g * NR * w));
                 let s1 = scales16::<H>(sc.add((g * NR + 16) * w));
                 for r in 0..MR {
-                    let (v0, v1) = if split {
-                        (_mm512_add_epi32(s[r][0], t[r][0]), _mm512_add_epi32(s[r][1], t[r][1]))
+                    let (v0, v1) = if S {
+                        (_mm512_add_epi32(s[r][0], _mm512_srai_epi32::<4>(t[r][0])),
+                         _mm512_add_epi32(s[r][1], _mm512_srai_epi32::<4>(t[r][1])))
                     } else {
                         (s[r][0], s[r][1])
                     };
-                    let p = f[r].as_mut_ptr();
-                    _mm512_storeu_ps(p, _mm512_fmadd_ps(_mm512_cvtepi32_ps(v0), s0, _mm512_loadu_ps(p)));
-                    _mm512_storeu_ps(p.add(16), _mm512_fmadd_ps(_mm512_cvtepi32_ps(v1), s1, _mm512_loadu_ps(p.add(16))));
+                    fv[r][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v0), s0, fv[r][0]);
+                    fv[r][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v1), s1, fv[r][1]);
                 }
+            }
+            for r in 0..MR {
+                _mm512_storeu_ps(f[r].as_mut_ptr(), fv[r][0]);
+                _mm512_storeu_ps(f[r].as_mut_ptr().add(16), fv[r][1]);
             }
         }
     }
 
     /// AVX2 tile of `MR` (≤ 4) rows starting at row `r0` of a panel of `rows` rows, 16 columns at a time:
-    /// `vpmaddubsw` (u8 × s8 pairs to i16, exact here) then `vpmaddwd` by ones into i32.
+    /// `vpmaddubsw` (u8 nibbles × s8 activations to i16, exact: `|pair sum| <= 2 · 15 · 128`) then `vpmaddwd`
+    /// by ones into i32.
     ///
     /// # Safety
-    /// As [`vnni`] with `rows` rows per k group (`r0 + MR <= rows`), and the CPU has AVX2 and FMA (and F16C
-    /// when `H`).
+    /// As [`vnni`] with `rows` rows per k group and `groups * rows` sums at `na` (`r0 + MR <= rows`), and the
+    /// CPU has AVX2 and FMA (and F16C when `H`).
     #[target_feature(enable = "avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn avx2<const MR: usize, const H: bool>(
         groups: usize,
         pairs: usize,
         a: *const u8,
+        na: *const i32,
         rows: usize,
         r0: usize,
         b: *const u8,
         sc: *const u8,
         z: *const u8,
+        affine: bool,
         f: &mut [[f32; NR]; MR4],
     ) {
         unsafe {
             let mask = _mm256_set1_epi8(0x0F);
             let ones = _mm256_set1_epi16(1);
-            let bcast = _mm256_set1_epi32(0x0101_0101);
-            let zv = |p: *const u8| _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i)), bcast);
             let stride = rows * 4;
             for r in 0..MR {
                 f[r0 + r] = [0.0; NR];
@@ -231,21 +293,23 @@ pub(super) mod x86 {
                 let mut bp = b.add(half * 64);
                 for g in 0..groups {
                     let zc = z.add(g * NR + half * 16);
-                    let (z0, z1) = (zv(zc), zv(zc.add(8)));
                     let mut s = [[_mm256_setzero_si256(); 2]; MR];
+                    for r in 0..MR {
+                        let n = *na.add(g * rows + r0 + r);
+                        s[r] = [zero_term8(affine, zc, n), zero_term8(affine, zc.add(8), n)];
+                    }
                     for _ in 0..pairs {
                         let x0 = _mm256_loadu_si256(bp as *const __m256i);
                         let x1 = _mm256_loadu_si256(bp.add(32) as *const __m256i);
-                        let l0 = _mm256_sub_epi8(_mm256_and_si256(x0, mask), z0);
-                        let l1 = _mm256_sub_epi8(_mm256_and_si256(x1, mask), z1);
-                        let h0 = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16::<4>(x0), mask), z0);
-                        let h1 = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16::<4>(x1), mask), z1);
+                        let l0 = _mm256_and_si256(x0, mask);
+                        let l1 = _mm256_and_si256(x1, mask);
+                        let h0 = _mm256_and_si256(_mm256_srli_epi16::<4>(x0), mask);
+                        let h1 = _mm256_and_si256(_mm256_srli_epi16::<4>(x1), mask);
                         for r in 0..MR {
                             let a0 = _mm256_set1_epi32((ap.add(r * 4) as *const i32).read_unaligned());
                             let a1 = _mm256_set1_epi32((ap.add(stride + r * 4) as *const i32).read_unaligned());
-                            // |pair| <= 2 * 255 * 15, so the i16 sum of two pairs stays below 2^15.
-                            let p0 = _mm256_add_epi16(_mm256_maddubs_epi16(a0, l0), _mm256_maddubs_epi16(a1, h0));
-                            let p1 = _mm256_add_epi16(_mm256_maddubs_epi16(a0, l1), _mm256_maddubs_epi16(a1, h1));
+                            let p0 = _mm256_add_epi16(_mm256_maddubs_epi16(l0, a0), _mm256_maddubs_epi16(h0, a1));
+                            let p1 = _mm256_add_epi16(_mm256_maddubs_epi16(l1, a0), _mm256_maddubs_epi16(h1, a1));
                             s[r][0] = _mm256_add_epi32(s[r][0], _mm256_madd_epi16(p0, ones));
                             s[r][1] = _mm256_add_epi32(s[r][1], _mm256_madd_epi16(p1, ones));
                         }
