@@ -40,9 +40,10 @@ ACT_MODES = ("per_token", "per_tensor", "static")
 ACTIVATIONS = ("none", "relu", "gelu")
 
 __all__ = [
-    "ACTIVATIONS", "ACT_MODES", "DEFAULT_INT4_SCALE_DTYPE", "INT4_SCALE_DTYPES", "MAX_K", "PackedInt4Weight", "PackedInt8Weight", "check_int4_scale_dtype", "int4_linear", "int8_conv2d", "int8_linear",
-    "int4_group_scales", "int8_matmul", "pack_int4_weight", "pack_int8_weight", "quantize_int4_weight",
-    "quantize_int8_weight", "run_packed_linear",
+    "ACTIVATIONS", "ACT_MODES", "DEFAULT_INT4_SCALE_DTYPE", "INT4_SCALE_DTYPES", "MAX_K", "PackedInt4Weight",
+    "PackedInt8Weight", "check_int4_scale_dtype", "int4_linear", "int8_conv2d", "int8_linear", "int4_group_scales",
+    "int8_matmul", "pack_int4_weight", "pack_int8_weight", "quantize_int4_weight", "quantize_int8_weight",
+    "run_packed_linear",
 ]
 
 
@@ -294,7 +295,8 @@ def int4_group_scales(scales: Any, dtype: torch.dtype, name: str = "scales") -> 
     if bool(bad.any()):
         i = int(bad.reshape(-1).nonzero()[0])
         v = float(t.reshape(-1)[i])
-        hint = " (pass scale_dtype=torch.float32 to keep it)" if dtype == torch.float16 and math.isfinite(v) and v > 0 else ""
+        lost_in_half = dtype == torch.float16 and math.isfinite(v) and v > 0  # fine in float32, 0 or inf in float16
+        hint = " (pass scale_dtype=torch.float32 to keep it)" if lost_in_half else ""
         raise ValueError(f"{name}[{i}] = {v:.6g} is not a positive finite {str(dtype).removeprefix('torch.')} scale"
                          f"{hint}")
     return out.clone() if out.data_ptr() == t.data_ptr() else out
