@@ -8,6 +8,7 @@ place per rule, so that the selection, quantization and GEMM kernels check alike
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Sequence
 from typing import Any, Union
@@ -132,10 +133,7 @@ def float_output(*shape: int) -> torch.Tensor:
     same first writes fault 512 times less often: a fresh 2048 x 4096 output cost 8193 faults and 15 ms of CPU
     through ``torch.empty``, 528 faults and 6 ms through numpy (one thread, written once). Smaller outputs use
     ``torch.empty`` (no numpy round trip for a decode step's few KB)."""
-    nbytes = 4
-    for d in shape:
-        nbytes *= d
-    if nbytes < HUGE_OUTPUT_BYTES:
+    if 4 * math.prod(shape) < HUGE_OUTPUT_BYTES:
         return torch.empty(shape, dtype=torch.float32)
     return torch.from_numpy(np.empty(shape, dtype=np.float32))
 

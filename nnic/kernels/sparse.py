@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from nnic.kernels.adapters import Array, check_dtype, cpu_numpy, is_torch
+from nnic.kernels.gemm import ACTIVATIONS
 from nnic.kernels.runtime import native
 
 SparseWeight = native.SparseWeight
@@ -97,7 +98,7 @@ def sparse_linear(x: Array, weight: SparseWeight, bias: Array | None = None, *, 
                         f"{type(weight).__name__}")
     if act not in SPARSE_ACT_MODES:
         raise ValueError(f"act must be one of {SPARSE_ACT_MODES}, got {act!r}")
-    if activation not in (None, "relu", "gelu"):
+    if activation not in (None, *ACTIVATIONS[1:]):
         raise ValueError(f"activation must be None, 'relu' or 'gelu', got {activation!r}")
     check_dtype(x, "x", ("float32",), ndim=2)
     xn = cpu_numpy(x, "x")

@@ -201,6 +201,12 @@ def int8_linear(x: torch.Tensor, w_codes: torch.Tensor, w_scale: torch.Tensor, w
     return y if bias is None else y + bias
 
 
+def activation(y: torch.Tensor, kind: str | None) -> torch.Tensor:
+    """Twin of the kernels' fused activation (``int8_linear``'s and the sparse kernels' ``activation``): None,
+    ``"relu"`` or ``"gelu"`` (the exact erf form)."""
+    return F.relu(y) if kind == "relu" else F.gelu(y) if kind == "gelu" else y
+
+
 def im2col(x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
            dilation: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
     """Float im2col of ``x[N, C, H, W]``: ``(cols[N*Ho*Wo, C*kh*kw], Ho, Wo)`` with K ordered (c, dy, dx)."""

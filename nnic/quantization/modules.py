@@ -142,7 +142,7 @@ class _Int8Base(nn.Module):
         static = (self.act_scale, self.act_zero_point) if self.act == "static" else (None, None)
         y = kernels.twins.int8_linear(x, self.weight.reshape(self.weight.shape[0], -1), self.weight_scale,
                                       self.weight_zero_point, self.bias, self.act, self.symmetric, *static)
-        return F.relu(y) if self.activation == "relu" else F.gelu(y) if self.activation == "gelu" else y
+        return kernels.twins.activation(y, self.activation)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()

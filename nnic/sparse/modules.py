@@ -24,15 +24,14 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nnic import kernels
 from nnic.sparse import layout
 
 ACT_MODES = kernels.SPARSE_ACT_MODES
-#: Element-wise functions the kernels apply after the bias (None: none).
-ACTIVATIONS = (None, "relu", "gelu")
+#: Element-wise functions the kernels apply after the bias (None: none), as for ``Int8Linear``.
+ACTIVATIONS = (None, *kernels.ACTIVATIONS[1:])
 
 __all__ = ["SparseLinear"]
 
@@ -256,7 +255,7 @@ class SparseLinear(nn.Module):
         if scale is not None:
             y = y * scale
         y = y if self.bias is None else y + self.bias.to(y.device)
-        return F.relu(y) if self.activation == "relu" else F.gelu(y) if self.activation == "gelu" else y
+        return kernels.twins.activation(y, self.activation)
 
     # ------------------------------------------------------------------ files
     def manifest_attrs(self) -> dict[str, Any]:
