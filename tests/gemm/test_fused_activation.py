@@ -148,3 +148,15 @@ def test_a_fused_layer_goes_sparse_with_its_activation():
     report = sparsify(m, x, layers=["up"], max_density=0.9, rounds=1, min_speedup=0.0)
     assert "up" in report.sparse_layers and isinstance(m.up, SparseLinear) and m.up.activation == "relu"
     torch.testing.assert_close(m(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_fused_relu_keeps_a_nan_as_torch_does():
+    """A NaN bias gives NaN outputs through the fused ReLU, as ``torch.relu`` gives, not zeros."""
+    torch.manual_seed(0)
+    lin = nn.Linear(8, 4)
+    with torch.no_grad():
+        lin.bias[0] = float("nan")
+    q = Int8Linear.from_float(lin)
+    q.activation = "relu"
+    y = q(torch.randn(3, 8))
+    assert bool(y[:, 0].isnan().all()) and not bool(y[:, 1:].isnan().any())

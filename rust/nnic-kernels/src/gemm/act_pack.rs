@@ -260,9 +260,13 @@ mod x86 {
     }
 
     /// The codes of [`codes16`] (non-negative i32 lanes) as 16 bytes, values above 255 saturated to 255.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F (callers run on the AVX-512 paths).
     #[inline(always)]
     unsafe fn bytes16(q: __m512i) -> __m128i {
-        _mm512_cvtusepi32_epi8(q)
+        // SAFETY: the caller's contract.
+        unsafe { _mm512_cvtusepi32_epi8(q) }
     }
 
     /// [`super::put_row_body`] for `x.len()` a multiple of 16, without the K padding: 16 values per step,

@@ -55,6 +55,16 @@ pub(crate) fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
+/// `max(x, 0)` that keeps a NaN NaN, as torch's `relu` does (a NaN bias must not come out as 0).
+#[inline(always)]
+pub(crate) fn relu(x: f32) -> f32 {
+    if x > 0.0 || x.is_nan() {
+        x
+    } else {
+        0.0
+    }
+}
+
 #[inline(always)]
 fn activate(row: &mut [i32], act: Activation) {
     // The row holds f32 bit patterns by now; one loop per activation keeps each one vectorizable.
@@ -63,7 +73,7 @@ fn activate(row: &mut [i32], act: Activation) {
         Activation::Relu => {
             for v in row.iter_mut() {
                 let x = f32::from_bits(*v as u32);
-                *v = (if x > 0.0 { x } else { 0.0 }).to_bits() as i32;
+                *v = relu(x).to_bits() as i32;
             }
         }
         Activation::Gelu => {

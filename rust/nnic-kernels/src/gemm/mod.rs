@@ -37,7 +37,7 @@ pub mod path;
 pub use act_pack::{qparams as act_qparams, ActQuant};
 pub use driver::{int8_matmul, matmul_i8, KC};
 pub use epilogue::Activation;
-pub(crate) use epilogue::gelu;
+pub(crate) use epilogue::{gelu, relu};
 pub use linear::{int8_linear, PackedLinear};
 pub use panels::{PackedB, MAX_K, NR};
 pub use path::Path;

@@ -416,7 +416,7 @@ impl Epilogue<'_> {
 fn activate_body(out: &mut [f32], activation: Activation) {
     match activation {
         Activation::Identity => {}
-        Activation::Relu => out.iter_mut().for_each(|v| *v = if *v > 0.0 { *v } else if v.is_nan() { *v } else { 0.0 }),
+        Activation::Relu => out.iter_mut().for_each(|v| *v = crate::gemm::relu(*v)),
         Activation::Gelu => out.iter_mut().for_each(|v| *v = crate::gemm::gelu(*v)),
     }
 }
