@@ -15,7 +15,7 @@ from nnic.plugins import class_lookup
 
 # The int modules load the GEMM kernels: only when asked for.
 _MODULES = ("Int4Linear", "Int8Conv2d", "Int8Linear")
-_FUSION = ("activation_kind", "fuse_activation")
+_FUSION = ("activation_kind", "fuse_activation", "takes_activation")
 _SHARED = ("SharedInputLinear", "SharedInputPart", "fuse_shared_input")
 _registered, _registered_dir = class_lookup(__name__, "quantizer", globals())
 

@@ -2,7 +2,7 @@
 
 A transformer MLP computes ``act(dense(x))``: after ``quantization_speedup`` the GEMM writes ``dense``'s float
 output and the activation reads and writes it again (a 12 MB pass per BERT-base layer at batch 8 and sequence
-128, plus its allocation). :func:`fuse_activation` gives the activation to the :class:`Int8Linear` instead,
+128, plus its allocation). :func:`fuse_activation` gives the activation to the ``Int8Linear`` instead,
 which applies it to each output block while it is in cache, and puts ``nn.Identity`` where the activation was.
 A :class:`~nnic.sparse.SparseLinear` takes it the same way (its kernels apply it to each task's outputs): for a
 sparse model the saving is mostly the torch call itself, which right after a product that streamed the weights
@@ -16,7 +16,6 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from nnic.quantization.modules import Int8Linear
 
 
 def activation_kind(module: nn.Module) -> str | None:
@@ -32,26 +31,26 @@ def activation_kind(module: nn.Module) -> str | None:
     return None
 
 
-def fusable_layers() -> tuple[type, ...]:
-    """The layer classes whose kernels apply a fused activation (``.activation``): ``Int8Linear`` and
-    ``SparseLinear`` (imported when asked, so that importing the quantization package does not load the sparse one)."""
-    from nnic.sparse.modules import SparseLinear
-
-    return Int8Linear, SparseLinear
+def takes_activation(layer: object) -> bool:
+    """Whether ``layer`` applies a fused activation in its kernels' epilogue: its class declares
+    ``takes_fused_activation = True`` and reads its ``activation`` attribute (``Int8Linear``, ``SparseLinear``).
+    A declaration rather than a list of classes, so that this module needs no layer type above it and a
+    third-party layer can take part."""
+    return bool(getattr(type(layer), "takes_fused_activation", False))
 
 
 def fuse_activation(parent: nn.Module, linear: str, activation: str) -> str:
-    """Fuses ``parent.<activation>`` into the epilogue of ``parent.<linear>`` (an :class:`Int8Linear` or a
-    :class:`~nnic.sparse.SparseLinear`) and replaces it with ``nn.Identity``; returns the activation's kind. The
-    caller guarantees that ``parent`` applies that activation to that linear layer's output and uses the output
-    nowhere else.
+    """Fuses ``parent.<activation>`` into the epilogue of ``parent.<linear>`` (a layer that
+    :func:`takes_activation`: an ``Int8Linear`` or a :class:`~nnic.sparse.SparseLinear`) and replaces it with
+    ``nn.Identity``; returns the activation's kind. The caller guarantees that ``parent`` applies that activation
+    to that linear layer's output and uses the output nowhere else.
 
-    Raises ``TypeError`` when ``linear`` is neither, ``ValueError`` when it already has an activation or when the
+    Raises ``TypeError`` when ``linear`` takes no fused activation, ``ValueError`` when it already has an activation or when the
     activation module is not one the epilogue computes (:func:`activation_kind`)."""
     lin, act = getattr(parent, linear, None), getattr(parent, activation, None)
     where = f"{type(parent).__name__}.{linear}"
-    if not isinstance(lin, fusable_layers()):
-        raise TypeError(f"{where} must be an Int8Linear or a SparseLinear to take a fused activation, got "
+    if not takes_activation(lin):
+        raise TypeError(f"{where} must be a layer that takes a fused activation (Int8Linear, SparseLinear), got "
                         f"{type(lin).__name__}")
     if lin.activation is not None:
         raise ValueError(f"{where} already applies {lin.activation!r}")

@@ -159,6 +159,9 @@ class Int8Linear(_Int8Base):
     ``f`` is ``activation`` (``None``, ``"relu"`` or ``"gelu"``, the exact erf GELU), computed in the GEMM's
     epilogue (see :func:`fuse_activation`)."""
 
+    #: Its GEMM's epilogue applies ``activation`` (see :func:`nnic.quantization.fusion.takes_activation`).
+    takes_fused_activation = True
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, act: str = "per_token",
                  symmetric: bool = False, act_scale: float | None = None, act_zero_point: int | None = None,
                  activation: str | None = None) -> None:

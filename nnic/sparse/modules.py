@@ -47,6 +47,9 @@ class SparseLinear(nn.Module):
     :param activation: applied to the output in the kernels' epilogue (see :data:`ACTIVATIONS`).
     """
 
+    #: Its kernels' epilogue applies ``activation`` (see :func:`nnic.quantization.fusion.takes_activation`).
+    takes_fused_activation = True
+
     def __init__(self, in_features: int, out_features: int, *, bias: bool = True, nm: tuple[int, int] | None = None,
                  dtype: str = "float32", act: str | None = None, nnz: int = 0, activation: str | None = None) -> None:
         super().__init__()

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from nnic import kernels
-from nnic.quantization import Int8Linear, activation_kind, fuse_activation
+from nnic.quantization import Int8Linear, activation_kind, fuse_activation, takes_activation
 
 PATHS = kernels.gemm_paths()
 #: Float32 GELU from the epilogue's erf (max abs error ``ERF_ATOL``) against the exact erf in float64: the erf's
@@ -106,7 +106,7 @@ def test_fuse_activation_keeps_the_output_and_moves_the_activation(act, kind):
 
 def test_fuse_activation_refuses_what_it_cannot_fuse():
     m = MLP(nn.GELU(approximate="tanh"))
-    with pytest.raises(TypeError, match=r"MLP.up must be an Int8Linear"):
+    with pytest.raises(TypeError, match=r"MLP.up must be a layer that takes a fused activation .* got Linear"):
         fuse_activation(m, "up", "act")
     m.up = Int8Linear.from_float(m.up)
     with pytest.raises(ValueError, match=r"MLP.act \(GELU\) is not an activation"):
@@ -116,6 +116,28 @@ def test_fuse_activation_refuses_what_it_cannot_fuse():
     with pytest.raises(ValueError, match="already applies 'relu'"):
         fuse_activation(m, "up", "act")
     assert activation_kind(nn.SiLU()) is None and activation_kind(nn.GELU()) == "gelu"
+
+
+def test_any_layer_that_declares_it_takes_a_fused_activation():
+    """The layers are found by a declaration, not a list: a third-party layer whose class says
+    ``takes_fused_activation = True`` (and applies ``self.activation``) is fused like nnic's own."""
+
+    class Epilogue(nn.Linear):
+        takes_fused_activation = True
+        activation = None
+
+        def forward(self, x):
+            y = super().forward(x)
+            return torch.relu(y) if self.activation == "relu" else y
+
+    torch.manual_seed(4)
+    m = MLP(nn.ReLU()).eval()
+    m.up = Epilogue(16, 48)
+    x = torch.randn(3, 16)
+    before = m(x)
+    assert takes_activation(m.up) and not takes_activation(m.down)
+    assert fuse_activation(m, "up", "act") == "relu"
+    torch.testing.assert_close(m(x), before)
 
 
 @pytest.mark.parametrize("fmt", ["integer", "qdq"])

@@ -28,18 +28,14 @@ def fuse_mlp_activations(model: nn.Module) -> list[str]:
     (the tanh GELU, SiLU) are skipped."""
     from transformers.models.bert.modeling_bert import BertIntermediate
 
-    from nnic.quantization.fusion import (
-        activation_kind,
-        fusable_layers,
-        fuse_activation,
-    )
+    from nnic.quantization.fusion import activation_kind, fuse_activation, takes_activation
 
     fused = []
     for name, m in model.named_modules():
         if not _same_code(type(m).forward, BertIntermediate.forward):
             continue
         dense, act = getattr(m, "dense", None), getattr(m, "intermediate_act_fn", None)
-        if isinstance(dense, fusable_layers()) and dense.activation is None and activation_kind(act) is not None:
+        if takes_activation(dense) and dense.activation is None and activation_kind(act) is not None:
             fuse_activation(m, "dense", "intermediate_act_fn")
             fused.append(name)
     return fused
