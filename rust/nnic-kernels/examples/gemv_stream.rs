@@ -4,9 +4,10 @@
 //! The weights live in enough copies (over 400 MB) that each call reads a copy no call touched in the last
 //! 250 MB, so every call streams from DRAM as a model's layer does (the L3 of the machines this ran on holds up
 //! to 260 MB). Per round, interleaved, one call of each case on the next copy:
-//! - `read 1t`: one thread sums the bytes of a copy (64-byte loads, `vpsadbw`-like adds): one core's stream;
-//! - `read 2t`: the same on two threads, each its contiguous half (a spinning partner, so no hand-off cost):
-//!   the ceiling of a two-thread GEMV;
+//! - `read 1t`: one thread sums a copy as 64-bit words (64-byte loads, four accumulators, `prefetcht1` 4 KiB
+//!   ahead as the GEMV tile does): one core's stream;
+//! - `read 2t`: the same on two threads, each its contiguous half (the partner polls for 200 µs after each job,
+//!   so it is awake when the next round's read starts): the ceiling of a two-thread GEMV;
 //! - `gemv 1t` / `gemv 2t`: `int8_linear` (f32 in and out, per-token activations) on one / two threads of the
 //!   kernel pool (this process has no OpenMP team: the two-thread call runs on nnic's own helpers);
 //! - `i32 2t`: the exact s8 product (`matmul_i8`), no float epilogue.
@@ -15,8 +16,8 @@
 //! threads. Report the load average beside the numbers (other processes share the memory bus).
 //!
 //! With `PROBE=1` instead: one thread's read rate with software prefetch of each hint (`prefetcht0/t1/t2/nta`)
-//! and distance, in thread CPU time: what the GEMV tile's prefetch ([`gemm`'s `GEMV_AHEAD`]) is chosen from.
-//! `PF=bytes` sets the read cases' prefetch distance (`prefetcht0`, default 2048, 0: none).
+//! and distance, in thread CPU time: what the GEMV tile's prefetch (`GEMV_AHEAD` in `src/gemm/micro.rs`) was
+//! chosen from. `PF=bytes` sets the read cases' prefetch distance (default 4096, 0: none).
 use nnic_kernels::gemm::{int8_linear, matmul_i8, ActQuant, Activation, PackedLinear, Path};
 use nnic_kernels::pool;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -33,8 +34,8 @@ impl Rng {
     }
 }
 
-/// Sum of the bytes of `b` (as wrapping u64 words): 64-byte AVX-512 loads, four independent accumulators, and
-/// software prefetch [`PF`] bytes ahead (like the GEMV tile's), so that it reads at the memory system's speed.
+/// Sum of `b` as wrapping u64 words: 64-byte AVX-512 loads, four independent accumulators, and `prefetcht1`
+/// [`pf`] bytes ahead (as the GEMV tile), so that it reads at the memory system's speed.
 fn byte_sum(b: &[u8]) -> u64 {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
@@ -47,13 +48,13 @@ fn byte_sum(b: &[u8]) -> u64 {
 /// Prefetch distance of the read probe, bytes (`PF` in the environment; 0: none).
 fn pf() -> usize {
     static P: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *P.get_or_init(|| std::env::var("PF").ok().and_then(|v| v.parse().ok()).unwrap_or(2048))
+    *P.get_or_init(|| std::env::var("PF").ok().and_then(|v| v.parse().ok()).unwrap_or(4096))
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn byte_sum_avx512(b: &[u8]) -> u64 {
-    unsafe { byte_sum_hint::<{ std::arch::x86_64::_MM_HINT_T0 }>(b, pf()) }
+    unsafe { byte_sum_hint::<{ std::arch::x86_64::_MM_HINT_T1 }>(b, pf()) }
 }
 
 #[cfg(target_arch = "x86_64")]
