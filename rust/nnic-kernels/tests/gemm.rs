@@ -49,6 +49,10 @@ fn matmul_exact_all_paths() {
         (130, 2051, 100),
         // Rows enough for the K-sliced blocks, K over two slices of `KC` with a partial third.
         (40, 2 * gemm::KC + 809, 70),
+        // Two row panels sharing each streamed weight panel: K in three slices of 512 and a partial fourth,
+        // a partial last column panel accumulated across slices.
+        (16, 3 * 512 + 7, 70),
+        (24, 1031, 33),
     ];
     for &(m, k, n) in &shapes {
         let a = rng.i8s(m * k);
@@ -141,7 +145,7 @@ fn ref_linear(x: &[f32], m: usize, k: usize, w: &[i8], n: usize, sw: &[f32], zw:
 #[test]
 fn linear_matches_reference() {
     let mut rng = Rng(11);
-    for &(m, k, n) in &[(1, 9, 5), (3, 64, 40), (17, 257, 33), (40, 1000, 70), (30, 2 * gemm::KC + 809, 37)] {
+    for &(m, k, n) in &[(1, 9, 5), (3, 64, 40), (17, 257, 33), (16, 1543, 70), (40, 1000, 70), (30, 2 * gemm::KC + 809, 37)] {
         let x = rng.f32s(m * k);
         let w = rng.i8s(n * k);
         let bias = rng.f32s(n);

@@ -103,47 +103,57 @@ pub(super) fn drive(path: Path, m: usize, a: &PackedA, b: &PackedB, c: &mut [i32
     let panels_m = m.div_ceil(mr);
     let mc_panels = if panels_m <= 2 * mc_panels { panels_m } else { mc_panels };
     let blocks = plan(m, n, mr, threads, mr * mc_panels, nc);
-    let run = |blk: Block| {
+    // The tiles of one weight micro-panel (column panel `j0`, K slice from `k0` of `kg` groups) with every row
+    // panel of the block; `next` and `stream` as [`micro_kernel`] says.
+    let panel_tiles = |blk: Block, j0: usize, k0: usize, kg: usize, next: *const i8, stream: bool| {
         #[allow(clippy::redundant_locals)] // captures the Sync wrapper, not its raw pointer field
         let out = out;
         let mut tile = [0i32; MR_VNNI * NR];
-        // Few row panels: little reuse of a weight micro-panel across row panels, so no K slices either (the
-        // weights stream sequentially, and the output is written once).
-        let small = blk.i1 - blk.i0 <= SMALL_M_PANELS * mr;
-        let kc = if small { kp } else { kc_max };
-        for k0 in (0..kp).step_by(kc) {
-            let kg = (kp - k0).min(kc) / 4;
-            let acc = k0 > 0;
-            for j0 in (blk.j0..blk.j1).step_by(NR) {
-                let nr = (blk.j1 - j0).min(NR);
-                let bp = b.panel_ptr(j0 / NR, k0 / 4);
-                // The weight micro-panel of the next column panel of this K slice (same `kg`): the first row
-                // panel's tile prefetches it into L2 while the other row panels reuse this one from cache. The
-                // last column panel has none (the next K slice's first panel has another length); small blocks
-                // stream their weights once and prefetch within the panel.
-                let next =
-                    if !small && j0 + NR < blk.j1 { b.panel_ptr(j0 / NR + 1, k0 / 4) } else { std::ptr::null() };
-                for i0 in (blk.i0..blk.i1).step_by(mr) {
-                    let rows = (blk.i1 - i0).min(mr);
-                    let next = if i0 == blk.i0 { next } else { std::ptr::null() };
-                    let ap = a.panel_ptr_rows(i0 / mr, k0 / 4);
-                    // SAFETY: the block is inside the output; the tile holds `rows` rows of 32.
-                    unsafe {
-                        let cp = out.0.add(i0 * n + j0);
-                        if nr == NR {
-                            micro_kernel(path, rows, kg, ap, bp, cp, n, acc, next);
-                        } else {
-                            if acc {
-                                for r in 0..rows {
-                                    std::ptr::copy_nonoverlapping(cp.add(r * n), tile.as_mut_ptr().add(r * NR), nr);
-                                }
-                            }
-                            micro_kernel(path, rows, kg, ap, bp, tile.as_mut_ptr(), NR, acc, next);
-                            for r in 0..rows {
-                                std::ptr::copy_nonoverlapping(tile.as_ptr().add(r * NR), cp.add(r * n), nr);
-                            }
+        let acc = k0 > 0;
+        let nr = (blk.j1 - j0).min(NR);
+        let bp = b.panel_ptr(j0 / NR, k0 / 4);
+        for i0 in (blk.i0..blk.i1).step_by(mr) {
+            let rows = (blk.i1 - i0).min(mr);
+            let next = if i0 == blk.i0 { next } else { std::ptr::null() };
+            let ap = a.panel_ptr_rows(i0 / mr, k0 / 4);
+            // SAFETY: the block is inside the output; the tile holds `rows` rows of 32.
+            unsafe {
+                let cp = out.0.add(i0 * n + j0);
+                if nr == NR {
+                    micro_kernel(path, rows, kg, ap, bp, cp, n, acc, next, stream);
+                } else {
+                    if acc {
+                        for r in 0..rows {
+                            std::ptr::copy_nonoverlapping(cp.add(r * n), tile.as_mut_ptr().add(r * NR), nr);
                         }
                     }
+                    micro_kernel(path, rows, kg, ap, bp, tile.as_mut_ptr(), NR, acc, next, stream);
+                    for r in 0..rows {
+                        std::ptr::copy_nonoverlapping(tile.as_ptr().add(r * NR), cp.add(r * n), nr);
+                    }
+                }
+            }
+        }
+    };
+    let run = |blk: Block| {
+        #[allow(clippy::redundant_locals)] // captures the Sync wrapper, not its raw pointer field
+        let out = out;
+        if blk.i1 - blk.i0 <= SMALL_M_PANELS * mr {
+            // Few row panels: little reuse of a weight micro-panel, so no K slices: the weights stream once,
+            // sequentially, panel after panel, and the output is written once. (K slices of 512-2048 that keep
+            // a slice in L1 for the second row panel at M = 16 measured no better than whole panels.)
+            for j0 in (blk.j0..blk.j1).step_by(NR) {
+                panel_tiles(blk, j0, 0, kp / 4, std::ptr::null(), true);
+            }
+        } else {
+            for k0 in (0..kp).step_by(kc_max) {
+                let kg = (kp - k0).min(kc_max) / 4;
+                for j0 in (blk.j0..blk.j1).step_by(NR) {
+                    // The weight micro-panel of the next column panel of this K slice (same `kg`): the first row
+                    // panel's tile prefetches it into L2 while the other row panels reuse this one from cache.
+                    // The last column panel has none (the next K slice's first panel has another length).
+                    let next = if j0 + NR < blk.j1 { b.panel_ptr(j0 / NR + 1, k0 / 4) } else { std::ptr::null() };
+                    panel_tiles(blk, j0, k0, kg, next, false);
                 }
             }
         }

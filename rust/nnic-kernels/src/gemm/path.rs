@@ -90,7 +90,8 @@ fn has_vnni() -> bool {
 }
 
 /// Runs the micro-kernel of `path` for a panel of `mr` rows (≤ `path.mr()`); `next` (or null) is the weight
-/// micro-panel of the driver's next tile, which the VNNI tile prefetches into L2 (see [`micro::x86::vnni`]).
+/// micro-panel of the driver's next tile, which the VNNI tile prefetches into L2, and `stream` says that the
+/// weights are read once from DRAM (both: see [`micro::x86::vnni`]).
 ///
 /// # Safety
 /// Pointers as in [`micro::scalar`]; `path` is supported; `next` is null or a micro-panel of `kg` groups.
@@ -106,6 +107,7 @@ pub(super) unsafe fn micro_kernel(
     ldc: usize,
     acc: bool,
     next: *const i8,
+    stream: bool,
 ) {
     #[cfg(target_arch = "x86_64")]
     {
@@ -121,7 +123,7 @@ pub(super) unsafe fn micro_kernel(
                 Path::Vnni => match mr {
                     1 => vnni_small::<1>(kg, a, b, c, ldc, acc),
                     2 => vnni_small::<2>(kg, a, b, c, ldc, acc),
-                    _ => pick!(vnni (kg, a, b, c, ldc, acc, next); 3 4 5 6 7 8 9 10 11 12),
+                    _ => pick!(vnni (kg, a, b, c, ldc, acc, next, stream); 3 4 5 6 7 8 9 10 11 12),
                 },
                 Path::Avx2 => pick!(avx2 (kg, a, b, c, ldc, acc); 1 2 3 4),
                 Path::Scalar => micro::scalar(mr, kg, a, b, c, ldc, acc),
@@ -131,7 +133,7 @@ pub(super) unsafe fn micro_kernel(
     #[cfg(not(target_arch = "x86_64"))]
     // SAFETY: caller's contract.
     unsafe {
-        let _ = (path, next);
+        let _ = (path, next, stream);
         micro::scalar(mr, kg, a, b, c, ldc, acc)
     }
 }
