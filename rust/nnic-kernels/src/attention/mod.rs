@@ -1,0 +1,460 @@
+//! Multi-head self-attention of an encoder: `softmax(Q Kᵀ · scale + mask) V` for every (sequence, head), read
+//! straight from the projections' output rows and written straight into the `[tokens, heads · head_dim]` rows the
+//! output projection reads.
+//!
+//! In torch, BERT's attention views each projection as `[batch, heads, seq, head_dim]` (strided), runs
+//! `scaled_dot_product_attention` and copies the result back to `[batch, seq, hidden]`. Here one task per
+//! (sequence, head) runs five stages on per-thread buffers ([`Scratch`]): it packs that head's `Kᵀ` (in panels of
+//! [`KEY_PANEL`] keys) and a contiguous copy of `V` once; then for each block of [`QUERY_BLOCK`] query rows it
+//! computes the scores block `scale · Q Kᵀ` with a register-tiled product, turns each score row into unnormalised
+//! probabilities in place (mask, max, exp, sum: two passes in L1), multiplies by `V`, and writes each context row
+//! times its `1 / sum` into the output rows. Nothing of size `seq × seq` per head is ever written to memory. The
+//! pairs run where the GEMMs run (`gemm::par`: torch's OpenMP team when it is loaded, whose threads are still
+//! spinning from the previous op, else the kernels' own threads). `profile` times the stages one by one
+//! (`examples/attention_parts.rs`).
+//!
+//! Paths: AVX-512 has its own products (6 × 64 register tiles of 24 accumulators, near the FMA peak), `Kᵀ` packing
+//! (16 × 16 register transposes) and softmax (the exponential on 16 lanes), in [`x86`]; the portable code below,
+//! compiled for the baseline and for AVX2 by `multiversion!`, is their ground truth.
+//!
+//! The products accumulate in the order of the head dimension (Q Kᵀ) and of the keys (P V), the same order a
+//! plain loop uses, with fused multiply-adds, on every path; the exponential is a degree-6 polynomial after range
+//! reduction (relative error ~1 ulp over the range that matters, [`exp_body`]). The result differs from torch's
+//! by float32 rounding. NaN in a score row makes that row's output NaN, as in torch.
+use crate::cpu::{self, Isa};
+use crate::error::{KernelError, Result};
+use crate::gemm::par;
+use crate::pool;
+use crate::simd::multiversion;
+
+#[cfg(target_arch = "x86_64")]
+mod x86;
+#[doc(hidden)]
+pub mod profile;
+
+/// Query rows per block: the scores block is `QUERY_BLOCK × seq` floats (24 KiB at seq 128); a multiple of both
+/// paths' tile rows (4 portable, 6 AVX-512).
+const QUERY_BLOCK: usize = 48;
+/// Keys per panel of the packed `Kᵀ`: each panel, `[head_dim, KEY_PANEL]`, is contiguous (16 KiB at head_dim 64),
+/// so that the scores' product streams one L1-resident panel per column block instead of rows 4 × seq bytes apart.
+const KEY_PANEL: usize = 64;
+/// Rows × columns of the portable products' register tile (4 × 32 floats).
+const TILE_ROWS: usize = 4;
+const TILE_COLS: usize = 32;
+
+/// Where one of Q, K, V is: token `t` (`t = sequence · seq + position`) has its `heads · head_dim` values at
+/// `data[offset + t · row_stride ..]`, head `h` at `+ h · head_dim`. A fused QKV projection's output is one buffer
+/// passed three times with offsets `0`, `hidden` and `2 · hidden`.
+#[derive(Clone, Copy, Debug)]
+pub struct Operand<'a> {
+    pub data: &'a [f32],
+    pub offset: usize,
+    pub row_stride: usize,
+}
+
+/// The attention's sizes: `batch` sequences of `seq` tokens, `heads` heads of `head_dim` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub batch: usize,
+    pub seq: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+}
+
+impl Shape {
+    fn hidden(&self) -> usize {
+        self.heads * self.head_dim
+    }
+}
+
+fn check_operand(name: &'static str, op: &Operand<'_>, shape: &Shape) -> Result<()> {
+    let (tokens, hidden) = (shape.batch * shape.seq, shape.hidden());
+    if op.row_stride < hidden {
+        return Err(KernelError::Invalid {
+            what: format!("{name}: row_stride {} is below heads * head_dim = {hidden}", op.row_stride),
+        });
+    }
+    let end = (tokens - 1).checked_mul(op.row_stride).and_then(|v| v.checked_add(op.offset + hidden));
+    if end.is_none_or(|end| end > op.data.len()) {
+        return Err(KernelError::Mismatch {
+            what: format!(
+                "{name}: {tokens} rows of {hidden} values at offset {} with row_stride {} do not fit in its {} values",
+                op.offset,
+                op.row_stride,
+                op.data.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// `out[t, h·d .. (h+1)·d] = softmax(q_h(t) · K_hᵀ · scale + mask[sequence]) · V_h` for every token `t` and head
+/// `h`, where the keys and values are those of `t`'s own sequence. `mask` (optional, `[batch, seq]`) is added to
+/// every score row of its sequence (one value per key: a padding mask, `0` or a large negative number). `out` is
+/// `[batch · seq, heads · head_dim]`, row-major. The (sequence, head) pairs run on the kernel pool.
+pub fn attention(
+    q: Operand<'_>,
+    k: Operand<'_>,
+    v: Operand<'_>,
+    shape: Shape,
+    scale: f32,
+    mask: Option<&[f32]>,
+    out: &mut [f32],
+) -> Result<()> {
+    let Shape { batch, seq, heads, head_dim } = shape;
+    for (name, n) in [("batch", batch), ("seq", seq), ("heads", heads), ("head_dim", head_dim)] {
+        if n == 0 {
+            return Err(KernelError::Invalid { what: format!("{name} must be >= 1, got 0") });
+        }
+    }
+    check_operand("q", &q, &shape)?;
+    check_operand("k", &k, &shape)?;
+    check_operand("v", &v, &shape)?;
+    let hidden = shape.hidden();
+    if out.len() != batch * seq * hidden {
+        return Err(KernelError::Mismatch {
+            what: format!("out has {} values, expected batch * seq * heads * head_dim = {}", out.len(), batch * seq * hidden),
+        });
+    }
+    if let Some(m) = mask {
+        if m.len() != batch * seq {
+            return Err(KernelError::Mismatch {
+                what: format!("mask has {} values, expected batch * seq = {}", m.len(), batch * seq),
+            });
+        }
+    }
+    if !scale.is_finite() {
+        return Err(KernelError::Invalid { what: format!("scale must be finite, got {scale}") });
+    }
+    let isa = cpu::active();
+    let out = OutRows { ptr: out.as_mut_ptr(), len: out.len() };
+    let task = |pair: usize| {
+        let (b, h) = (pair / heads, pair % heads);
+        let mask = mask.map_or(&[][..], |m| &m[b * seq..(b + 1) * seq]);
+        head(isa, &q, &k, &v, shape, b, h, scale, mask, &out);
+    };
+    par::for_each(batch * heads, pool::num_threads(), &task);
+    Ok(())
+}
+
+/// The output buffer shared by the tasks. Each task writes only its own head's columns (`h·d .. (h+1)·d`) of its
+/// own sequence's rows, so no two tasks write the same element.
+struct OutRows {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: the tasks write disjoint elements (see `OutRows`), and `attention` holds the `&mut` for their lifetime.
+unsafe impl Sync for OutRows {}
+
+impl OutRows {
+    /// `[at, at + src.len()) = src · factor`.
+    fn write_scaled(&self, at: usize, src: &[f32], factor: f32) {
+        assert!(at + src.len() <= self.len, "attention output write out of bounds");
+        // SAFETY: in bounds (checked above); disjoint from every other task's writes (see `OutRows`).
+        let dst = unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), src.len()) };
+        for (o, &x) in dst.iter_mut().zip(src) {
+            *o = x * factor;
+        }
+    }
+}
+
+/// Per-thread working buffers of [`head`], kept between calls (a task allocates nothing once its thread has run
+/// one pair of the same shape).
+#[derive(Default)]
+pub(crate) struct Scratch {
+    /// This head's `Kᵀ` in panels of [`KEY_PANEL`] keys, `[seq / KEY_PANEL, head_dim, KEY_PANEL]` (the last panel
+    /// padded): the scores' right-hand operand.
+    kt: Vec<f32>,
+    /// This head's values, `[seq, head_dim]`, contiguous (the projection rows are `row_stride` apart: 9 KiB for a
+    /// fused BERT-base QKV, which maps every row to the same few L1 sets).
+    v: Vec<f32>,
+    /// One query block's rows of `Q`, `[QUERY_BLOCK, head_dim]`, contiguous (as `v`; the products broadcast
+    /// every value of them, and a strided row costs a cache or TLB miss on each of its first values).
+    q: Vec<f32>,
+    /// One query block's scores, then its unnormalised probabilities, `[QUERY_BLOCK, seq]`.
+    scores: Vec<f32>,
+    /// One query block's context before normalisation, `[QUERY_BLOCK, head_dim]`.
+    ctx: Vec<f32>,
+    /// `1 / sum` of each probability row of the block.
+    inv: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// One (sequence `b`, head `h`) pair: the stages of [`Stage`], block by block.
+#[allow(clippy::too_many_arguments)]
+fn head(isa: Isa, q: &Operand<'_>, k: &Operand<'_>, v: &Operand<'_>, shape: Shape, b: usize, h: usize, scale: f32,
+        mask: &[f32], out: &OutRows) {
+    SCRATCH.with_borrow_mut(|s| {
+        pack_kv(isa, k, v, shape, b, h, s);
+        for i0 in (0..shape.seq).step_by(QUERY_BLOCK) {
+            let m = QUERY_BLOCK.min(shape.seq - i0);
+            scores(isa, q, shape, b, h, i0, m, scale, s);
+            softmax(isa, m, shape.seq, mask, s);
+            context(isa, m, shape, s);
+            write(shape, b, h, i0, m, s, out);
+        }
+    })
+}
+
+/// Row `t` of sequence `b`'s head `h` in `op`: where its `head_dim` values start.
+fn row(op: &Operand<'_>, shape: Shape, b: usize, h: usize, t: usize) -> usize {
+    op.offset + (b * shape.seq + t) * op.row_stride + h * shape.head_dim
+}
+
+/// Stage 1: `Kᵀ` and a contiguous copy of `V` into the scratch buffers.
+fn pack_kv(isa: Isa, k: &Operand<'_>, v: &Operand<'_>, shape: Shape, b: usize, h: usize, s: &mut Scratch) {
+    let (seq, d) = (shape.seq, shape.head_dim);
+    s.kt.resize(seq.div_ceil(KEY_PANEL) * d * KEY_PANEL, 0.0);
+    s.v.resize(seq * d, 0.0);
+    for j in 0..seq {
+        let at = row(v, shape, b, h, j);
+        s.v[j * d..(j + 1) * d].copy_from_slice(&v.data[at..at + d]);
+    }
+    let k0 = row(k, shape, b, h, 0);
+    transpose(isa, &k.data[k0..k0 + (seq - 1) * k.row_stride + d], k.row_stride, seq, d, &mut s.kt);
+}
+
+/// Stage 2: the block's scores, `scale · Q[i0 .. i0 + m] Kᵀ`.
+#[allow(clippy::too_many_arguments)]
+fn scores(isa: Isa, q: &Operand<'_>, shape: Shape, b: usize, h: usize, i0: usize, m: usize, scale: f32,
+          s: &mut Scratch) {
+    let (seq, d) = (shape.seq, shape.head_dim);
+    s.scores.resize(QUERY_BLOCK.min(seq) * seq, 0.0);
+    s.q.resize(QUERY_BLOCK.min(seq) * d, 0.0);
+    for r in 0..m {
+        let at = row(q, shape, b, h, i0 + r);
+        s.q[r * d..(r + 1) * d].copy_from_slice(&q.data[at..at + d]);
+    }
+    for (p, panel) in s.kt.chunks_exact(d * KEY_PANEL).enumerate() {
+        let (j, n) = (p * KEY_PANEL, KEY_PANEL.min(seq - p * KEY_PANEL));
+        matmul(isa, &s.q, d, panel, KEY_PANEL, m, d, n, scale, &mut s.scores[j..], seq);
+    }
+}
+
+/// Stage 3: each score row, plus the mask, into unnormalised probabilities `e^(x - max)`, and `1 / sum` of each.
+fn softmax(isa: Isa, m: usize, seq: usize, mask: &[f32], s: &mut Scratch) {
+    s.inv.resize(QUERY_BLOCK, 0.0);
+    for (r, inv) in s.scores[..m * seq].chunks_exact_mut(seq).zip(&mut s.inv) {
+        *inv = softmax_row(isa, r, mask);
+    }
+}
+
+/// Stage 4: the block's context before normalisation, `P V`.
+fn context(isa: Isa, m: usize, shape: Shape, s: &mut Scratch) {
+    let (seq, d) = (shape.seq, shape.head_dim);
+    s.ctx.resize(QUERY_BLOCK * d, 0.0);
+    matmul(isa, &s.scores[..m * seq], seq, &s.v, d, m, seq, d, 1.0, &mut s.ctx, d);
+}
+
+/// Stage 5: each context row times its `1 / sum` into the output rows.
+fn write(shape: Shape, b: usize, h: usize, i0: usize, m: usize, s: &Scratch, out: &OutRows) {
+    let d = shape.head_dim;
+    for (r, c) in s.ctx[..m * d].chunks_exact(d).enumerate() {
+        out.write_scaled((b * shape.seq + i0 + r) * shape.hidden() + h * d, c, s.inv[r]);
+    }
+}
+
+/// `c[m × n] = alpha · a[m × kk] · b[kk × n]` (row-major with strides `lda`, `ldb`, `ldc`) in register tiles,
+/// summing in the order of `kk`.
+#[allow(clippy::too_many_arguments)]
+fn matmul(isa: Isa, a: &[f32], lda: usize, b: &[f32], ldb: usize, m: usize, kk: usize, n: usize, alpha: f32,
+          c: &mut [f32], ldc: usize) {
+    assert!(
+        (m - 1) * lda + kk <= a.len() && (kk - 1) * ldb + n <= b.len() && (m - 1) * ldc + n <= c.len(),
+        "attention matmul operands out of bounds"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        // SAFETY: the CPU has AVX-512 (`cpu::active` only selects supported ISAs); bounds checked above.
+        return unsafe { x86::matmul(a.as_ptr(), lda, b.as_ptr(), ldb, m, kk, n, alpha, c.as_mut_ptr(), ldc) };
+    }
+    let mut i = 0;
+    while i + TILE_ROWS <= m {
+        rows4(isa, &a[i * lda..], lda, b, ldb, kk, n, alpha, &mut c[i * ldc..], ldc);
+        i += TILE_ROWS;
+    }
+    for i in i..m {
+        rows1(isa, &a[i * lda..], lda, b, ldb, kk, n, alpha, &mut c[i * ldc..], ldc);
+    }
+}
+
+/// `out = xᵀ` in panels of [`KEY_PANEL`] columns: `x` holds `rows` rows of `cols` values, `ldx` apart; `out` is
+/// `[rows / KEY_PANEL, cols, KEY_PANEL]`, the last panel padded (its padding is left as it was).
+fn transpose(isa: Isa, x: &[f32], ldx: usize, rows: usize, cols: usize, out: &mut [f32]) {
+    assert!(
+        (rows - 1) * ldx + cols <= x.len() && rows.div_ceil(KEY_PANEL) * KEY_PANEL * cols <= out.len(),
+        "attention transpose out of bounds"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        // SAFETY: as in `matmul`.
+        return unsafe { x86::transpose(x.as_ptr(), ldx, rows, cols, out.as_mut_ptr()) };
+    }
+    transpose_portable(isa, x, ldx, rows, cols, out)
+}
+
+/// In place: `row = e^(row + mask - max)` (`mask` empty: none); returns `1 / sum(row)`.
+fn softmax_row(isa: Isa, row: &mut [f32], mask: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        assert!(mask.is_empty() || mask.len() >= row.len(), "attention mask shorter than the row");
+        // SAFETY: as in `matmul`.
+        return unsafe { x86::softmax_row(row, mask) };
+    }
+    softmax_portable(isa, row, mask)
+}
+
+multiversion! {
+    fn rows4(a: &[f32], lda: usize, b: &[f32], ldb: usize, kk: usize, n: usize, alpha: f32, c: &mut [f32], ldc: usize) = tile_rows::<4>;
+}
+multiversion! {
+    fn rows1(a: &[f32], lda: usize, b: &[f32], ldb: usize, kk: usize, n: usize, alpha: f32, c: &mut [f32], ldc: usize) = tile_rows::<1>;
+}
+multiversion! {
+    fn transpose_portable(x: &[f32], ldx: usize, rows: usize, cols: usize, out: &mut [f32]) = transpose_body;
+}
+multiversion! {
+    fn softmax_portable(row: &mut [f32], mask: &[f32]) -> f32 = softmax_body;
+}
+
+/// `R` (1 or 4) rows of `c = alpha · a · b`, [`TILE_COLS`] columns at a time with the `R × TILE_COLS` accumulators
+/// in registers (four named row accumulators: LLVM keeps those in registers, where an `[[f32; 32]; R]` array
+/// indexed by row stayed on the stack). The portable and AVX2 path; AVX-512 has its own tiles ([`x86`]).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn tile_rows<const R: usize>(a: &[f32], lda: usize, b: &[f32], ldb: usize, kk: usize, n: usize, alpha: f32,
+                             c: &mut [f32], ldc: usize) {
+    let full = n - n % TILE_COLS;
+    let a0 = &a[..kk];
+    let row = |r: usize| if r < R { &a[r * lda..r * lda + kk] } else { a0 };
+    let (a1, a2, a3) = (row(1), row(2), row(3));
+    for j0 in (0..full).step_by(TILE_COLS) {
+        let (mut c0, mut c1, mut c2, mut c3) = ([0.0f32; TILE_COLS], [0.0f32; TILE_COLS], [0.0f32; TILE_COLS],
+                                                [0.0f32; TILE_COLS]);
+        for p in 0..kk {
+            let br: &[f32; TILE_COLS] = b[p * ldb + j0..p * ldb + j0 + TILE_COLS].try_into().unwrap();
+            let v0 = a0[p];
+            for t in 0..TILE_COLS {
+                c0[t] = v0.mul_add(br[t], c0[t]);
+            }
+            if R == 4 {
+                let (v1, v2, v3) = (a1[p], a2[p], a3[p]);
+                for t in 0..TILE_COLS {
+                    c1[t] = v1.mul_add(br[t], c1[t]);
+                    c2[t] = v2.mul_add(br[t], c2[t]);
+                    c3[t] = v3.mul_add(br[t], c3[t]);
+                }
+            }
+        }
+        for (r, acc) in [c0, c1, c2, c3].iter().enumerate().take(R) {
+            for (o, &x) in c[r * ldc + j0..r * ldc + j0 + TILE_COLS].iter_mut().zip(acc) {
+                *o = x * alpha;
+            }
+        }
+    }
+    if full < n {
+        tile_edge::<R>(a, lda, b, ldb, kk, full, n, alpha, c, ldc);
+    }
+}
+
+/// The last `n - j0` (< [`TILE_COLS`]) columns of [`tile_rows`], in the same summation order.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn tile_edge<const R: usize>(a: &[f32], lda: usize, b: &[f32], ldb: usize, kk: usize, j0: usize, n: usize,
+                             alpha: f32, c: &mut [f32], ldc: usize) {
+    let w = n - j0;
+    let mut acc = [[0.0f32; TILE_COLS]; R];
+    for p in 0..kk {
+        let br = &b[p * ldb + j0..p * ldb + n];
+        for r in 0..R {
+            let av = a[r * lda + p];
+            for t in 0..w {
+                acc[r][t] = av.mul_add(br[t], acc[r][t]);
+            }
+        }
+    }
+    for r in 0..R {
+        for (o, &x) in c[r * ldc + j0..r * ldc + n].iter_mut().zip(&acc[r][..w]) {
+            *o = x * alpha;
+        }
+    }
+}
+
+/// `out[panel r / KEY_PANEL][c][r % KEY_PANEL] = x[r · ldx + c]` for `rows × cols` values, in 8 × 8 blocks.
+#[inline(always)]
+fn transpose_body(x: &[f32], ldx: usize, rows: usize, cols: usize, out: &mut [f32]) {
+    for r0 in (0..rows).step_by(8) {
+        for c0 in (0..cols).step_by(8) {
+            for r in r0..(r0 + 8).min(rows) {
+                let panel = &mut out[r / KEY_PANEL * cols * KEY_PANEL..];
+                for c in c0..(c0 + 8).min(cols) {
+                    panel[c * KEY_PANEL + r % KEY_PANEL] = x[r * ldx + c];
+                }
+            }
+        }
+    }
+}
+
+/// Lanes of the softmax's running max and sum (a multiple of every ISA's f32 vector width).
+const LANES: usize = 16;
+
+/// In place: `row = e^(row + mask - max)` (`mask` empty: none), returning `1 / sum(row)`: the normalisation is
+/// applied to the `head_dim` context values of the row ([`write`]) instead of its `seq` probabilities. The max
+/// and the sum run in [`LANES`] independent lanes so that they vectorise.
+#[inline(always)]
+fn softmax_body(row: &mut [f32], mask: &[f32]) -> f32 {
+    let n = row.len();
+    if !mask.is_empty() {
+        row.iter_mut().zip(&mask[..n]).for_each(|(x, &m)| *x += m);
+    }
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for ch in &mut chunks {
+        for l in 0..LANES {
+            lanes[l] = if ch[l] > lanes[l] { ch[l] } else { lanes[l] };
+        }
+    }
+    let max = chunks.remainder().iter().chain(&lanes).fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+    let mut sums = [0.0f32; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for ch in &mut chunks {
+        for l in 0..LANES {
+            ch[l] = exp_body(ch[l] - max);
+            sums[l] += ch[l];
+        }
+    }
+    let mut sum: f32 = sums.iter().sum();
+    for x in chunks.into_remainder() {
+        *x = exp_body(*x - max);
+        sum += *x;
+    }
+    1.0 / sum
+}
+
+/// `e^x` for `x <= 0` (the shifted scores): `x = n ln 2 + r`, `|r| <= ln 2 / 2`, `e^r` by Cephes' degree-6
+/// polynomial, times `2^n` built in the exponent bits. Below -87.3 (where `e^x` leaves the normal floats) the
+/// result is `e^-87.3` ≈ 1e-38, nothing beside the row's largest term `e^0 = 1`. NaN stays NaN.
+#[inline(always)]
+pub(crate) fn exp_body(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer
+    let x = if x < -87.3 { -87.3 } else { x };
+    let t = x * LOG2E + ROUND; // its low mantissa bits hold n = round(x log2 e) as a two's-complement integer
+    let n = t - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.987_569_1e-4f32;
+    let p = p.mul_add(r, 1.398_199_9e-3);
+    let p = p.mul_add(r, 8.333_452e-3);
+    let p = p.mul_add(r, 4.166_579_6e-2);
+    let p = p.mul_add(r, 1.666_666_5e-1);
+    let p = p.mul_add(r, 0.5);
+    let y = p.mul_add(r * r, r) + 1.0;
+    // 2^n from n's bits: integer operations only (an `as i32` conversion would saturate lane by lane)
+    y * f32::from_bits(t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23)
+}
