@@ -3,11 +3,13 @@
 //!
 //!     cargo run --release -p nnic-kernels --example attention_parts [-- ROUNDS [BATCH SEQ HEADS HEAD_DIM]]
 //!
-//! CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`), summed per stage over the (sequence, head) pairs; the ISAs run in interleaved
-//! rounds and each number is the median over rounds.
+//! CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`), summed per stage over the (sequence, head) pairs;
+//! the ISAs run in interleaved rounds and each number is the median over rounds. Then the whole kernel
+//! (`attention`, which also prefetches each thread's next pair) on one thread (its CPU time) and on two (wall).
 use nnic_kernels::attention::profile::{stage_seconds, STAGES};
-use nnic_kernels::attention::{Operand, Shape};
-use nnic_kernels::cpu;
+use nnic_kernels::attention::{attention, Operand, Shape};
+use std::time::Instant;
+use nnic_kernels::{cpu, pool};
 
 /// This thread's CPU time in seconds.
 fn thread_cpu() -> f64 {
@@ -71,4 +73,37 @@ fn main() {
         println!(" {:>9.3} {:>11.1} {:>9.1} {:>10.3}", total * 1e3, macs / med(&|t| t[1]) / 1e9,
                  macs / med(&|t| t[3]) / 1e9, med(&|t| t[2]) / exps * 1e9);
     }
+    let whole = whole_calls(rounds, &isas, || {
+        attention(op(0), op(1), op(2), shape, scale, None, &mut out).expect("valid operands");
+    });
+    println!("\nwhole kernel: ms per call, GMAC/s of both products together");
+    for (isa, (c, w)) in isas.iter().zip(whole) {
+        println!("{:8} 1 thread (CPU) {:>8.3} ms {:>6.1} GMAC/s   2 threads (wall) {:>8.3} ms {:>6.1} GMAC/s", isa.name(),
+                 c * 1e3, 2.0 * macs / c / 1e9, w * 1e3, 2.0 * macs / w / 1e9);
+    }
+}
+
+/// Median thread-CPU seconds of `attention` on one kernel thread and median wall seconds on two, per ISA.
+fn whole_calls(rounds: usize, isas: &[cpu::Isa], mut call: impl FnMut()) -> Vec<(f64, f64)> {
+    let mut t = vec![(Vec::new(), Vec::new()); isas.len()];
+    for threads in [1, 2] {
+        pool::set_num_threads(threads).expect("thread count");
+        for r in 0..rounds + 1 {
+            for (i, &isa) in isas.iter().enumerate() {
+                cpu::set_isa(Some(isa)).expect("supported ISA");
+                let (c0, w0) = (thread_cpu(), Instant::now());
+                call();
+                let (c, w) = (thread_cpu() - c0, w0.elapsed().as_secs_f64());
+                if r > 0 {
+                    if threads == 1 { t[i].0.push(c) } else { t[i].1.push(w) }
+                }
+            }
+        }
+    }
+    cpu::set_isa(None).expect("reset");
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    t.iter_mut().map(|(c, w)| (med(c), med(w))).collect()
 }

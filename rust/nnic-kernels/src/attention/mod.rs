@@ -128,12 +128,16 @@ pub fn attention(
     }
     let isa = cpu::active();
     let out = OutRows { ptr: out.as_mut_ptr(), len: out.len() };
+    let threads = pool::num_threads();
     let task = |pair: usize| {
         let (b, h) = (pair / heads, pair % heads);
         let mask = mask.map_or(&[][..], |m| &m[b * seq..(b + 1) * seq]);
-        head(isa, &q, &k, &v, shape, b, h, scale, mask, &out);
+        // The tasks are taken in order, one at a time per thread: this thread's next pair is most likely `threads`
+        // further on.
+        let next = Some(pair + threads).filter(|&p| p < batch * heads).map(|p| (p / heads, p % heads));
+        head(isa, [&q, &k, &v], shape, b, h, next, scale, mask, &out);
     };
-    par::for_each(batch * heads, pool::num_threads(), &task);
+    par::for_each(batch * heads, threads, &task);
     Ok(())
 }
 
@@ -148,6 +152,24 @@ struct OutRows {
 unsafe impl Sync for OutRows {}
 
 impl OutRows {
+    /// Asks for the output rows `rows` of pair (`b`, `h`) to be brought into L2 (see [`prefetch_rows`]): the
+    /// context rows are written there, each line read for ownership first.
+    fn prefetch(&self, shape: Shape, b: usize, h: usize, rows: std::ops::Range<usize>) {
+        #[cfg(target_arch = "x86_64")]
+        for t in rows {
+            let at = (b * shape.seq + t) * shape.hidden() + h * shape.head_dim;
+            for line in (0..shape.head_dim).step_by(16).chain([shape.head_dim - 1]) {
+                // SAFETY: a prefetch does not access memory architecturally; the address is inside the buffer.
+                unsafe {
+                    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+                    _mm_prefetch::<_MM_HINT_T1>(self.ptr.add(at + line).cast::<i8>());
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (shape, b, h, rows);
+    }
+
     /// `[at, at + src.len()) = src · factor`.
     fn write_scaled(&self, at: usize, src: &[f32], factor: f32) {
         assert!(at + src.len() <= self.len, "attention output write out of bounds");
@@ -186,18 +208,46 @@ thread_local! {
 
 /// One (sequence `b`, head `h`) pair: the stages of [`Stage`], block by block.
 #[allow(clippy::too_many_arguments)]
-fn head(isa: Isa, q: &Operand<'_>, k: &Operand<'_>, v: &Operand<'_>, shape: Shape, b: usize, h: usize, scale: f32,
-        mask: &[f32], out: &OutRows) {
+fn head(isa: Isa, [q, k, v]: [&Operand<'_>; 3], shape: Shape, b: usize, h: usize, next: Option<(usize, usize)>,
+        scale: f32, mask: &[f32], out: &OutRows) {
     SCRATCH.with_borrow_mut(|s| {
         pack_kv(isa, k, v, shape, b, h, s);
         for i0 in (0..shape.seq).step_by(QUERY_BLOCK) {
             let m = QUERY_BLOCK.min(shape.seq - i0);
+            if let Some((nb, nh)) = next {
+                prefetch_rows([q, k, v], shape, nb, nh, i0..i0 + m);
+                out.prefetch(shape, nb, nh, i0..i0 + m);
+            }
             scores(isa, q, shape, b, h, i0, m, scale, s);
             softmax(isa, m, shape.seq, mask, s);
             context(isa, m, shape, s);
             write(shape, b, h, i0, m, s, out);
         }
     })
+}
+
+/// Asks for rows `rows` of pair (`b`, `h`)'s Q, K and V to be brought into L2 (one prefetch per 64-byte line).
+/// Why: each row is a few lines at the start of a 4 KiB page of its own (the projection rows are `row_stride`
+/// apart), which the hardware prefetchers do not cross, so a task that loads its rows on demand waits on each
+/// one; [`head`] asks for its next pair's rows (and output rows) a block at a time while its products run.
+/// Measured at BERT-base's shape on one thread (A/B in one process, 40 interleaved rounds, thread CPU time): the
+/// input rows 4 % faster, the output rows 3-5 % more.
+fn prefetch_rows(ops: [&Operand<'_>; 3], shape: Shape, b: usize, h: usize, rows: std::ops::Range<usize>) {
+    #[cfg(target_arch = "x86_64")]
+    for op in ops {
+        for t in rows.clone() {
+            let at = row(op, shape, b, h, t);
+            for line in (0..shape.head_dim).step_by(16).chain([shape.head_dim - 1]) {
+                // SAFETY: a prefetch does not access memory architecturally; the address is inside `op.data`.
+                unsafe {
+                    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+                    _mm_prefetch::<_MM_HINT_T1>(op.data.as_ptr().add(at + line).cast());
+                }
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (ops, shape, b, h, rows);
 }
 
 /// Row `t` of sequence `b`'s head `h` in `op`: where its `head_dim` values start.
