@@ -3,22 +3,14 @@
 //!
 //!     cargo run --release -p nnic-kernels --example attention_parts [-- ROUNDS [BATCH SEQ HEADS HEAD_DIM]]
 //!
-//! CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`), summed per stage over the (sequence, head) pairs;
-//! the ISAs run in interleaved rounds and each number is the median over rounds. Then the whole kernel
-//! (`attention`, which also prefetches each thread's next pair) on one thread (its CPU time) and on two (wall).
-use nnic_kernels::attention::profile::{stage_seconds, STAGES};
-use nnic_kernels::attention::{attention, Operand, Shape};
+//! CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`; wall time off Linux), summed per stage over the (sequence, head) pairs;
+//! the ISAs run in interleaved rounds and each number is the median over rounds. The whole kernel (which also
+//! prefetches each thread's next pair): `examples/encoder_kernels.rs`, and `python bench/encoder_profile.py
+//! --attention` (one thread and two).
+use nnic_kernels::attention::profile::{stage_seconds, thread_cpu, STAGES};
+use nnic_kernels::attention::{Operand, Shape};
 use std::time::Instant;
-use nnic_kernels::{cpu, pool};
-
-/// This thread's CPU time in seconds.
-fn thread_cpu() -> f64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid timespec to write; the clock id is a constant the kernel knows.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
-    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
-}
+use nnic_kernels::cpu;
 
 fn main() {
     let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("arguments are integers")).collect();
@@ -41,11 +33,13 @@ fn main() {
     let op = |part: usize| Operand { data: &qkv, offset: part * hidden, row_stride: 3 * hidden };
     let mut out = vec![0.0f32; batch * seq * hidden];
     let scale = 1.0 / (head_dim as f32).sqrt();
+    let start = Instant::now();
+    let clock = || thread_cpu().unwrap_or_else(|| start.elapsed().as_secs_f64());
     let isas = cpu::supported();
     let mut times = vec![vec![[0.0f64; 5]; rounds]; isas.len()];
     for r in 0..rounds + 1 {
         for (i, &isa) in isas.iter().enumerate() {
-            let t = stage_seconds(isa, op(0), op(1), op(2), shape, scale, &mut out, thread_cpu);
+            let t = stage_seconds(isa, op(0), op(1), op(2), shape, scale, &mut out, clock);
             if r > 0 {
                 times[i][r - 1] = t; // round 0 warms up
             }
@@ -73,37 +67,5 @@ fn main() {
         println!(" {:>9.3} {:>11.1} {:>9.1} {:>10.3}", total * 1e3, macs / med(&|t| t[1]) / 1e9,
                  macs / med(&|t| t[3]) / 1e9, med(&|t| t[2]) / exps * 1e9);
     }
-    let whole = whole_calls(rounds, &isas, || {
-        attention(op(0), op(1), op(2), shape, scale, None, &mut out).expect("valid operands");
-    });
-    println!("\nwhole kernel: ms per call, GMAC/s of both products together");
-    for (isa, (c, w)) in isas.iter().zip(whole) {
-        println!("{:8} 1 thread (CPU) {:>8.3} ms {:>6.1} GMAC/s   2 threads (wall) {:>8.3} ms {:>6.1} GMAC/s", isa.name(),
-                 c * 1e3, 2.0 * macs / c / 1e9, w * 1e3, 2.0 * macs / w / 1e9);
-    }
 }
 
-/// Median thread-CPU seconds of `attention` on one kernel thread and median wall seconds on two, per ISA.
-fn whole_calls(rounds: usize, isas: &[cpu::Isa], mut call: impl FnMut()) -> Vec<(f64, f64)> {
-    let mut t = vec![(Vec::new(), Vec::new()); isas.len()];
-    for threads in [1, 2] {
-        pool::set_num_threads(threads).expect("thread count");
-        for r in 0..rounds + 1 {
-            for (i, &isa) in isas.iter().enumerate() {
-                cpu::set_isa(Some(isa)).expect("supported ISA");
-                let (c0, w0) = (thread_cpu(), Instant::now());
-                call();
-                let (c, w) = (thread_cpu() - c0, w0.elapsed().as_secs_f64());
-                if r > 0 {
-                    if threads == 1 { t[i].0.push(c) } else { t[i].1.push(w) }
-                }
-            }
-        }
-    }
-    cpu::set_isa(None).expect("reset");
-    let med = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    t.iter_mut().map(|(c, w)| (med(c), med(w))).collect()
-}
