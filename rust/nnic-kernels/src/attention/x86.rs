@@ -1,7 +1,6 @@
 //! AVX-512 stages of the attention: the two products in 6 × 64 register tiles, `Kᵀ` by 16 × 16 in-register
-//! transposes, and the softmax row with the exponential on 16 lanes. The portable functions of the parent module
-//! ([`super::tile_rows`], [`super::transpose_body`], [`super::softmax_body`], [`super::exp_body`]) are their
-//! ground truth; the tests run both.
+//! transposes, and the softmax row with the exponential on 16 lanes. The portable stages ([`super::portable`]:
+//! `tile_rows`, `transpose_body`, `softmax_body`, `exp_body`) are their ground truth; the tests run both.
 //!
 //! Why these tiles: an FMA has 4 cycles of latency and two ports issue one each per cycle, so at least 8
 //! independent accumulators must be in flight; the compiler's code for the portable 4 × 32 tile keeps 8 and
@@ -104,7 +103,7 @@ unsafe fn tile<const R: usize, const W: usize>(a: *const f32, lda: usize, b: *co
     }
 }
 
-/// [`super::transpose_body`] (`Kᵀ` in panels of `KEY_PANEL` keys), 16 × 16 blocks transposed in registers.
+/// `portable::transpose_body` (`Kᵀ` in panels of `KEY_PANEL` keys), 16 × 16 blocks transposed in registers.
 ///
 /// # Safety
 /// The CPU has AVX-512F; `x` holds `(rows-1)·ldx + cols` values, `out` `rows.div_ceil(KEY_PANEL) · KEY_PANEL · cols`.
@@ -167,7 +166,7 @@ fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
     }
 }
 
-/// [`super::softmax_body`] on 16 lanes: two passes over the row (mask and max, then exp and sum).
+/// `portable::softmax_body` on 16 lanes: two passes over the row (mask and max, then exp and sum).
 ///
 /// # Safety
 /// The CPU has AVX-512F; `mask` is empty or holds at least `row.len()` values.
@@ -203,7 +202,7 @@ pub(super) unsafe fn softmax_row(row: &mut [f32], mask: &[f32]) -> f32 {
     1.0 / _mm512_reduce_add_ps(sum)
 }
 
-/// [`super::exp_body`] on 16 lanes, the same constants and steps.
+/// `portable::exp_body` on 16 lanes, the same constants and steps.
 #[inline(always)]
 fn exp16(x: __m512) -> __m512 {
     const ROUND: f32 = 12_582_912.0;
