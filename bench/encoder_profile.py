@@ -3,6 +3,12 @@ kernels) against onnxruntime running its own ``quantize_dynamic`` model.
 
     python bench/encoder_profile.py                          # batch 8, seq 128, 2 threads
     python bench/encoder_profile.py --threads 1 --rounds 3   # one thread (on a loaded machine: see the CPU column)
+    python bench/encoder_profile.py --attention               # the attention kernel alone, per ISA path
+
+``--attention`` times ``nnic.kernels.attention`` alone at the model's shape (one fused QKV buffer read in place),
+on every ISA path this CPU has, in interleaved rounds: one thread (that thread's CPU time) and two threads (wall),
+in ms per call and GMAC/s of its two products together. Where its time goes stage by stage (K packing, Q Kᵀ,
+softmax, P V, output writes; ns per exponential): ``cargo run --release -p nnic-kernels --example attention_parts``.
 
 The model is bench/onnx.py's (BERT-base, random init, seed 0, every Linear int8, GELU in the GEMM epilogue, one
 QKV GEMM per layer). nnic's forwards run under ``torch.profiler``; each nnic kernel call is wrapped in a
@@ -19,6 +25,7 @@ import argparse
 import collections
 import copy
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -92,6 +99,33 @@ def profile_ort(path: str, ids: torch.Tensor, threads: int, rounds: int, tmp: Pa
     return {"forward wall": wall * 1e3 / rounds, **dict(per.most_common())}
 
 
+def attention_alone(batch: int, seq: int, rounds: int, heads: int = 12, head_dim: int = 64) -> None:
+    """Prints ``nnic.kernels.attention``'s time per call at BERT-base's shape on every ISA path (see the module doc)."""
+    hidden = heads * head_dim
+    qkv = torch.randn(batch, seq, 3 * hidden, generator=torch.Generator().manual_seed(0))
+    q, k, v = qkv.split(hidden, -1)
+    macs = 2 * batch * heads * seq * seq * head_dim
+    before = kernels.active_isa()
+    times: dict[tuple[str, int], list[float]] = collections.defaultdict(list)
+    for threads, clock in ((1, time.thread_time), (2, time.perf_counter)):
+        torch.set_num_threads(threads)
+        kernels.set_num_threads(threads)
+        for r in range(rounds + 1):
+            for isa in kernels.supported_isas():
+                kernels.set_isa(isa)
+                t0 = clock()
+                kernels.attention(q, k, v, heads)
+                if r:  # round 0 warms up
+                    times[isa, threads].append(clock() - t0)
+    kernels.set_isa(before)
+    print(f"attention alone: batch {batch}, seq {seq}, {heads} heads of {head_dim}; median of {rounds} interleaved "
+          f"rounds")
+    for isa in kernels.supported_isas():
+        one, two = (statistics.median(times[isa, t]) for t in (1, 2))
+        print(f"  {isa:8s} 1 thread (CPU) {one * 1e3:8.2f} ms {macs / one / 1e9:6.1f} GMAC/s   "
+              f"2 threads (wall) {two * 1e3:8.2f} ms {macs / two / 1e9:6.1f} GMAC/s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=8)
@@ -99,7 +133,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--no-ort", action="store_true", help="skip onnxruntime (its export takes about a minute)")
+    ap.add_argument("--attention", action="store_true", help="time the attention kernel alone (see above)")
     args = ap.parse_args()
+    if args.attention:
+        attention_alone(args.batch, args.seq, max(args.rounds, 15))
+        return
     torch.set_num_threads(args.threads)
     kernels.set_num_threads(args.threads)
     from nnic.quantization.modules import Int8Linear

@@ -31,9 +31,11 @@ def attention_ref(q: np.ndarray, k: np.ndarray, v: np.ndarray, heads: int, scale
 @st.composite
 def attention_case(draw):
     batch = draw(st.sampled_from([1, 2, 3]))
-    seq = draw(st.sampled_from([1, 2, 5, 31, 33, 64, 70]))
+    # seq across the query block (48) and key panel (64) edges; head_dim across the 16-lane vectors of the AVX-512
+    # tiles (BERT's 64, and 32 / 80 / 128 of other encoders)
+    seq = draw(st.sampled_from([1, 2, 5, 31, 33, 47, 49, 64, 70, 130]))
     heads = draw(st.sampled_from([1, 2, 3, 4]))
-    head_dim = draw(st.sampled_from([1, 7, 16, 32, 33, 64]))
+    head_dim = draw(st.sampled_from([1, 7, 16, 32, 33, 64, 80, 128]))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     qkv = (rng.standard_normal((batch, seq, 3 * heads * head_dim)) * draw(st.sampled_from([0.1, 1.0, 4.0])))
     mask = None
@@ -100,11 +102,16 @@ def test_skip_layer_norm_equals_torch_layer_norm_of_the_sum():
     assert (got - F.layer_norm(x + r, (64,), w, b, 1e-12)).abs().max() < 1e-5
 
 
-def test_nan_propagates_to_its_rows_only():
-    qkv = torch.randn(1, 4, 3 * 8)
-    qkv[0, 2, 0] = float("nan")  # the query of token 2
-    out = kernels.attention(*qkv.split(8, -1), 2)
-    assert out[0, 2, :4].isnan().all() and not out[0, [0, 1, 3]].isnan().any()
+def test_nan_propagates_to_its_rows_only(isa):
+    qkv = torch.randn(1, 70, 3 * 64, generator=torch.Generator().manual_seed(3))
+    qkv[0, 2, 0] = float("nan")  # the query of token 2, head 0
+    out = kernels.attention(*qkv.split(64, -1), 2)
+    assert out[0, 2, :32].isnan().all() and not out[0, 2, 32:].isnan().any()
+    assert not out[0, [t for t in range(70) if t != 2]].isnan().any()
+    qkv[0, 2, 0] = 0.0
+    qkv[0, 66, 64 + 40] = float("nan")  # the key of token 66, head 1 (in the second key panel): every row of head 1
+    out = kernels.attention(*qkv.split(64, -1), 2)
+    assert out[0, :, 32:].isnan().all() and not out[0, :, :32].isnan().any()
     x = torch.randn(3, 8)
     x[1, 3] = float("nan")
     y = kernels.skip_layer_norm(x, torch.zeros(3, 8), torch.ones(8), torch.zeros(8))

@@ -1,30 +1,11 @@
 //! Times the encoder kernels at BERT-base shapes on one thread, on every ISA or the one named:
 //! `cargo run --release --example encoder_kernels [scalar|avx2|avx512]`. The kernel pool has one thread, so the
 //! attention runs on the calling thread (its CPU time is measured); the skip LayerNorm's rows run on the pool's.
+use nnic_kernels::attention::profile::thread_cpu;
 use nnic_kernels::attention::{attention, Operand, Shape};
 use nnic_kernels::norm::skip_layer_norm;
 use nnic_kernels::{cpu, pool};
 use std::time::Instant;
-
-#[repr(C)]
-struct Timespec {
-    sec: i64,
-    nsec: i64,
-}
-
-extern "C" {
-    fn clock_gettime(clock: i32, tp: *mut Timespec) -> i32;
-}
-
-/// Seconds this thread has run on a CPU (POSIX `CLOCK_THREAD_CPUTIME_ID` on Linux x86-64: other processes' load
-/// does not enter it).
-fn thread_cpu() -> Option<f64> {
-    const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
-    let mut t = Timespec { sec: 0, nsec: 0 };
-    // SAFETY: `t` is a valid, writable timespec; the call only writes it.
-    let rc = unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut t) };
-    (rc == 0 && cfg!(all(target_os = "linux", target_pointer_width = "64"))).then_some(t.sec as f64 + t.nsec as f64 * 1e-9)
-}
 
 /// Minimum seconds of `n` calls: thread CPU time where Linux reports it, else wall time.
 fn best_of(n: usize, mut f: impl FnMut()) -> f64 {

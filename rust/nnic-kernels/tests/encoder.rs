@@ -77,7 +77,11 @@ fn attention_matches_float64_on_fused_qkv_rows() {
     let mut rng = Rng(11);
     for_each_isa(|isa| {
         for (batch, seq, heads, head_dim, masked) in
-            [(1, 1, 1, 1, false), (2, 5, 3, 7, true), (2, 37, 2, 64, false), (1, 70, 4, 33, true), (3, 33, 2, 16, true)]
+            // seq across the query block (48) and key panel (64) edges, head_dim across the AVX-512 tile's 16-lane
+            // vectors (32 / 64 / 80 / 128 and odd sizes)
+            [(1, 1, 1, 1, false), (2, 5, 3, 7, true), (2, 37, 2, 64, false), (1, 70, 4, 33, true), (3, 33, 2, 16, true),
+             (1, 49, 2, 80, true), (2, 130, 1, 32, false), (1, 128, 2, 64, true), (1, 65, 1, 128, true),
+             (1, 97, 1, 17, false)]
         {
             let s = Shape { batch, seq, heads, head_dim };
             let hid = heads * head_dim;
@@ -101,12 +105,14 @@ fn attention_nan_in_a_score_row_makes_that_row_nan() {
     let s = Shape { batch: 1, seq: 4, heads: 1, head_dim: 2 };
     let mut qkv = vec![0.5f32; 4 * 6];
     qkv[2 * 6] = f32::NAN; // query of token 2
-    let mut out = vec![0.0; 8];
     let op = |offset| Operand { data: &qkv, offset, row_stride: 6 };
-    attention(op(0), op(2), op(4), s, 1.0, None, &mut out).unwrap();
-    for (t, row) in out.chunks(2).enumerate() {
-        assert_eq!(row.iter().all(|v| v.is_nan()), t == 2, "token {t}: {row:?}");
-    }
+    for_each_isa(|isa| {
+        let mut out = vec![0.0; 8];
+        attention(op(0), op(2), op(4), s, 1.0, None, &mut out).unwrap();
+        for (t, row) in out.chunks(2).enumerate() {
+            assert_eq!(row.iter().all(|v| v.is_nan()), t == 2, "{isa:?} token {t}: {row:?}");
+        }
+    });
 }
 
 #[test]
@@ -122,4 +128,31 @@ fn attention_refuses_operands_that_do_not_fit() {
     assert!(attention(op(0, 24), op(8, 24), op(16, 24), s, 1.0, None, &mut out[..47]).is_err());
     let zero = Shape { seq: 0, ..s };
     assert!(attention(op(0, 24), op(8, 24), op(16, 24), zero, 1.0, None, &mut out).is_err());
+}
+
+#[test]
+fn attention_keys_masked_with_minus_infinity_get_no_weight_and_fully_masked_rows_attend_uniformly() {
+    let s = Shape { batch: 1, seq: 20, heads: 1, head_dim: 16 };
+    let mut rng = Rng(5);
+    let qkv = rng.normals(20 * 48, 1.0);
+    let op = |offset| Operand { data: &qkv, offset, row_stride: 48 };
+    for_each_isa(|isa| {
+        // keys 3, 7, ... masked with -inf: the result equals the attention over the other keys alone
+        let mask: Vec<f32> = (0..20).map(|j| if j % 4 == 3 { f32::NEG_INFINITY } else { 0.0 }).collect();
+        let mut out = vec![0.0; 20 * 16];
+        attention(op(0), op(16), op(32), s, 0.25, Some(&mask), &mut out).unwrap();
+        let want = attention_ref(&qkv, s, 0.25, Some(&mask));
+        for (i, (&o, &w)) in out.iter().zip(&want).enumerate() {
+            assert!((o as f64 - w).abs() <= 2e-5, "{isa:?} at {i}: {o} vs {w}");
+        }
+        // every key masked with f32::MIN (a boolean mask's fill): the scores vanish in the sum, all weights equal
+        let mask = vec![f32::MIN; 20];
+        attention(op(0), op(16), op(32), s, 0.25, Some(&mask), &mut out).unwrap();
+        for c in 0..16 {
+            let mean = (0..20).map(|j| qkv[j * 48 + 32 + c] as f64).sum::<f64>() / 20.0;
+            for t in 0..20 {
+                assert!((out[t * 16 + c] as f64 - mean).abs() <= 1e-5, "{isa:?} token {t} column {c}");
+            }
+        }
+    });
 }

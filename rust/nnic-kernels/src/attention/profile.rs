@@ -1,0 +1,66 @@
+//! Where one thread's attention time goes, stage by stage (`examples/attention_parts.rs` prints it). Not part of
+//! the kernels' API: it runs the same stage functions as [`super::attention`], one (sequence, head) pair after
+//! another on the calling thread, and sums the time of each stage on the caller's clock (the example passes
+//! [`thread_cpu`], which a busy machine does not inflate as it does wall time).
+use super::{context, pack_kv, scores, softmax, write, Operand, OutRows, Scratch, Shape, QUERY_BLOCK};
+use crate::cpu::Isa;
+
+#[repr(C)]
+struct Timespec {
+    sec: i64,
+    nsec: i64,
+}
+
+extern "C" {
+    fn clock_gettime(clock: i32, tp: *mut Timespec) -> i32;
+}
+
+/// Seconds this thread has run on a CPU (POSIX `CLOCK_THREAD_CPUTIME_ID` on Linux x86-64: other processes' load
+/// does not enter it); `None` elsewhere. For the examples' timings.
+pub fn thread_cpu() -> Option<f64> {
+    const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
+    if !cfg!(all(target_os = "linux", target_pointer_width = "64")) {
+        return None;
+    }
+    let mut t = Timespec { sec: 0, nsec: 0 };
+    // SAFETY: `t` is a valid, writable timespec; the call only writes it.
+    let rc = unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    (rc == 0).then_some(t.sec as f64 + t.nsec as f64 * 1e-9)
+}
+
+/// Stages of one pair, in order.
+pub const STAGES: [&str; 5] = ["pack K^T and V", "Q K^T", "softmax (exp)", "P V", "output writes"];
+
+/// Seconds spent in each of [`STAGES`] by one attention over `shape` on this thread, with `isa`, as told by
+/// `clock` (seconds from any origin). The caller checks the operands (as [`super::attention`] does); this panics on out-of-bounds ones.
+#[allow(clippy::too_many_arguments)]
+pub fn stage_seconds(isa: Isa, q: Operand<'_>, k: Operand<'_>, v: Operand<'_>, shape: Shape, scale: f32,
+                     out: &mut [f32], clock: impl Fn() -> f64) -> [f64; 5] {
+    let out = OutRows { ptr: out.as_mut_ptr(), len: out.len() };
+    let mut s = Scratch::default();
+    let mut t = [0.0f64; 5];
+    let mut lap = |i: usize, since: &mut f64| {
+        let now = clock();
+        t[i] += now - *since;
+        *since = now;
+    };
+    for b in 0..shape.batch {
+        for h in 0..shape.heads {
+            let mut since = clock();
+            pack_kv(isa, &k, &v, shape, b, h, &mut s);
+            lap(0, &mut since);
+            for i0 in (0..shape.seq).step_by(QUERY_BLOCK) {
+                let m = QUERY_BLOCK.min(shape.seq - i0);
+                scores(isa, &q, shape, b, h, i0, m, scale, &mut s);
+                lap(1, &mut since);
+                softmax(isa, m, shape.seq, &[], &mut s);
+                lap(2, &mut since);
+                context(isa, m, shape, &mut s);
+                lap(3, &mut since);
+                write(shape, b, h, i0, m, &s, &out);
+                lap(4, &mut since);
+            }
+        }
+    }
+    t
+}

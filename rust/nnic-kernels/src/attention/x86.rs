@@ -1,0 +1,225 @@
+//! AVX-512 stages of the attention: the two products in 6 × 64 register tiles, `Kᵀ` by 16 × 16 in-register
+//! transposes, and the softmax row with the exponential on 16 lanes. The portable stages ([`super::portable`]:
+//! `tile_rows`, `transpose_body`, `softmax_body`, `exp_body`) are their ground truth; the tests run both.
+//!
+//! Why these tiles: an FMA has 4 cycles of latency and two ports issue one each per cycle, so at least 8
+//! independent accumulators must be in flight; the compiler's code for the portable 4 × 32 tile keeps 8 and
+//! reaches about a fifth of the FMA peak. A 6 × 64 tile keeps 24 accumulators (of 32 registers) and loads 4
+//! vectors of `B` and broadcasts 6 values of `A` per 24 FMAs. `P V` at head_dim 64 is one tile wide, `Q Kᵀ` at
+//! seq 128 two. Edge tiles (fewer rows, fewer than 64 columns) are the same kernel instantiated for their size,
+//! the last vector's columns masked, so the summation order is the same everywhere: the order of `kk`.
+use super::KEY_PANEL;
+use std::arch::x86_64::*;
+
+/// Rows of the register tile.
+const MR: usize = 6;
+/// Vectors of 16 columns of the register tile.
+const NV: usize = 4;
+
+/// Lanes `0 .. n` of a 16-lane mask (`n <= 16`).
+#[inline(always)]
+fn lanes(n: usize) -> __mmask16 {
+    ((1u32 << n) - 1) as __mmask16
+}
+
+/// `c[m × n] = alpha · a[m × kk] · b[kk × n]` (row strides `lda`, `ldb`, `ldc`).
+///
+/// # Safety
+/// The CPU has AVX-512F; `a`, `b` and `c` hold the rows described (`(m-1)·lda + kk` values of `a`, and so on).
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn matmul(a: *const f32, lda: usize, b: *const f32, ldb: usize, m: usize, kk: usize, n: usize,
+                            alpha: f32, c: *mut f32, ldc: usize) {
+    macro_rules! tile {
+        ($r:expr, $w:expr, $($args:expr),*) => {
+            match ($r, $w) {
+                (6, 4) => tile::<6, 4>($($args),*), (6, 3) => tile::<6, 3>($($args),*),
+                (6, 2) => tile::<6, 2>($($args),*), (6, 1) => tile::<6, 1>($($args),*),
+                (5, 4) => tile::<5, 4>($($args),*), (5, 3) => tile::<5, 3>($($args),*),
+                (5, 2) => tile::<5, 2>($($args),*), (5, 1) => tile::<5, 1>($($args),*),
+                (4, 4) => tile::<4, 4>($($args),*), (4, 3) => tile::<4, 3>($($args),*),
+                (4, 2) => tile::<4, 2>($($args),*), (4, 1) => tile::<4, 1>($($args),*),
+                (3, 4) => tile::<3, 4>($($args),*), (3, 3) => tile::<3, 3>($($args),*),
+                (3, 2) => tile::<3, 2>($($args),*), (3, 1) => tile::<3, 1>($($args),*),
+                (2, 4) => tile::<2, 4>($($args),*), (2, 3) => tile::<2, 3>($($args),*),
+                (2, 2) => tile::<2, 2>($($args),*), (2, 1) => tile::<2, 1>($($args),*),
+                (1, 4) => tile::<1, 4>($($args),*), (1, 3) => tile::<1, 3>($($args),*),
+                (1, 2) => tile::<1, 2>($($args),*), (1, 1) => tile::<1, 1>($($args),*),
+                _ => unreachable!("tile rows in 1..=6, vectors in 1..=4"),
+            }
+        };
+    }
+    // Column panels outside, row tiles inside: one panel of `b` (`kk × 64` values) serves every row tile from L1.
+    let mut j = 0;
+    while j < n {
+        let cols = (n - j).min(16 * NV);
+        let w = cols.div_ceil(16);
+        let tail = lanes(cols - 16 * (w - 1));
+        let mut i = 0;
+        while i < m {
+            let r = (m - i).min(MR);
+            // SAFETY: the tile reads rows i .. i + r of `a`, columns j .. j + cols of `b` and writes the same of
+            // `c`: inside the caller's bounds.
+            unsafe { tile!(r, w, a.add(i * lda), lda, b.add(j), ldb, kk, alpha, tail, c.add(i * ldc + j), ldc) };
+            i += r;
+        }
+        j += cols;
+    }
+}
+
+/// One `R × 16·W` tile: `c = alpha · a · b`, the last vector's columns limited to `tail`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+unsafe fn tile<const R: usize, const W: usize>(a: *const f32, lda: usize, b: *const f32, ldb: usize, kk: usize,
+                                               alpha: f32, tail: __mmask16, c: *mut f32, ldc: usize) {
+    // SAFETY (whole body): the caller's bounds; the last vector's loads and stores are masked to `tail`.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); W]; R];
+        for p in 0..kk {
+            let bp = b.add(p * ldb);
+            let mut bv = [_mm512_setzero_ps(); W];
+            for v in 0..W {
+                bv[v] = if v + 1 == W { _mm512_maskz_loadu_ps(tail, bp.add(16 * v)) } else { _mm512_loadu_ps(bp.add(16 * v)) };
+            }
+            for r in 0..R {
+                let av = _mm512_set1_ps(*a.add(r * lda + p));
+                for v in 0..W {
+                    acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
+                }
+            }
+        }
+        let al = _mm512_set1_ps(alpha);
+        for r in 0..R {
+            for v in 0..W {
+                let x = _mm512_mul_ps(acc[r][v], al);
+                let at = c.add(r * ldc + 16 * v);
+                if v + 1 == W {
+                    _mm512_mask_storeu_ps(at, tail, x);
+                } else {
+                    _mm512_storeu_ps(at, x);
+                }
+            }
+        }
+    }
+}
+
+/// `portable::transpose_body` (`Kᵀ` in panels of `KEY_PANEL` keys), 16 × 16 blocks transposed in registers.
+///
+/// # Safety
+/// The CPU has AVX-512F; `x` holds `(rows-1)·ldx + cols` values, `out` `rows.div_ceil(KEY_PANEL) · KEY_PANEL · cols`.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn transpose(x: *const f32, ldx: usize, rows: usize, cols: usize, out: *mut f32) {
+    for r0 in (0..rows).step_by(16) {
+        let nr = (rows - r0).min(16);
+        let panel = r0 / KEY_PANEL * cols * KEY_PANEL; // 16 divides KEY_PANEL: a block never straddles two panels
+        for c0 in (0..cols).step_by(16) {
+            let nc = (cols - c0).min(16);
+            let cm = lanes(nc);
+            let mut v = [_mm512_setzero_ps(); 16];
+            for (r, vr) in v.iter_mut().enumerate().take(nr) {
+                // SAFETY: row r0 + r < rows, columns c0 .. c0 + nc < cols (masked).
+                *vr = unsafe { _mm512_maskz_loadu_ps(cm, x.add((r0 + r) * ldx + c0)) };
+            }
+            let t = transpose16(v);
+            let rm = lanes(nr);
+            for (c, tc) in t.iter().enumerate().take(nc) {
+                // SAFETY: output row c0 + c < cols, columns r0 .. r0 + nr <= rows (masked).
+                unsafe { _mm512_mask_storeu_ps(out.add(panel + (c0 + c) * KEY_PANEL + r0 % KEY_PANEL), rm, *tc) };
+            }
+        }
+    }
+}
+
+/// The transpose of a 16 × 16 block held as 16 row vectors: pairs of rows interleaved (`unpack*_ps`), then pairs
+/// of pairs (`unpack*_pd`), leaving in 128-bit lane `L` of vector `4i + k` rows `4i .. 4i + 3` of column
+/// `4L + k`; two rounds of `shuffle_f32x4` gather each column's four lanes.
+#[inline(always)]
+fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+    // SAFETY: register-only intrinsics of AVX-512F, which the callers enable.
+    unsafe {
+        let mut t = [_mm512_setzero_ps(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+        }
+        let mut u = [_mm512_setzero_ps(); 16];
+        for i in 0..4 {
+            let (a, b, c, d) = (t[4 * i], t[4 * i + 1], t[4 * i + 2], t[4 * i + 3]);
+            let pd = _mm512_castps_pd;
+            u[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(a), pd(c)));
+            u[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(a), pd(c)));
+            u[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(b), pd(d)));
+            u[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(b), pd(d)));
+        }
+        let mut out = [_mm512_setzero_ps(); 16];
+        for k in 0..4 {
+            let even01 = _mm512_shuffle_f32x4::<0x88>(u[k], u[4 + k]); // lanes 0, 2 of rows 0-3, 4-7
+            let odd01 = _mm512_shuffle_f32x4::<0xDD>(u[k], u[4 + k]); // lanes 1, 3
+            let even23 = _mm512_shuffle_f32x4::<0x88>(u[8 + k], u[12 + k]);
+            let odd23 = _mm512_shuffle_f32x4::<0xDD>(u[8 + k], u[12 + k]);
+            out[k] = _mm512_shuffle_f32x4::<0x88>(even01, even23);
+            out[8 + k] = _mm512_shuffle_f32x4::<0xDD>(even01, even23);
+            out[4 + k] = _mm512_shuffle_f32x4::<0x88>(odd01, odd23);
+            out[12 + k] = _mm512_shuffle_f32x4::<0xDD>(odd01, odd23);
+        }
+        out
+    }
+}
+
+/// `portable::softmax_body` on 16 lanes: two passes over the row (mask and max, then exp and sum).
+///
+/// # Safety
+/// The CPU has AVX-512F; `mask` is empty or holds at least `row.len()` values.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn softmax_row(row: &mut [f32], mask: &[f32]) -> f32 {
+    let n = row.len();
+    let p = row.as_mut_ptr();
+    let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
+    for j in (0..n).step_by(16) {
+        let m = lanes((n - j).min(16));
+        // SAFETY: lanes j .. j + 16 masked to the row (and to the mask, as long as the row).
+        unsafe {
+            let mut x = _mm512_mask_loadu_ps(_mm512_set1_ps(f32::NEG_INFINITY), m, p.add(j));
+            if !mask.is_empty() {
+                x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(m, mask.as_ptr().add(j)));
+                _mm512_mask_storeu_ps(p.add(j), m, x);
+            }
+            mx = _mm512_max_ps(mx, x);
+        }
+    }
+    // max skips a NaN score, as the portable path's does; that score's exp is NaN, and so are the sum and the row.
+    let max = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+    let mut sum = _mm512_setzero_ps();
+    for j in (0..n).step_by(16) {
+        let m = lanes((n - j).min(16));
+        // SAFETY: as above.
+        unsafe {
+            let e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, p.add(j)), max));
+            _mm512_mask_storeu_ps(p.add(j), m, e);
+            sum = _mm512_mask_add_ps(sum, m, sum, e);
+        }
+    }
+    1.0 / _mm512_reduce_add_ps(sum)
+}
+
+/// `portable::exp_body` on 16 lanes, the same constants and steps.
+#[inline(always)]
+fn exp16(x: __m512) -> __m512 {
+    const ROUND: f32 = 12_582_912.0;
+    // SAFETY: register-only intrinsics of AVX-512F, which the callers enable.
+    unsafe {
+        let x = _mm512_max_ps(_mm512_set1_ps(-87.3), x); // NaN in x stays NaN (max returns its second operand)
+        let t = _mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)), _mm512_set1_ps(ROUND));
+        let n = _mm512_sub_ps(t, _mm512_set1_ps(ROUND));
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm512_set1_ps(1.987_569_1e-4);
+        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
+        let y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0));
+        let bits = _mm512_sub_epi32(_mm512_castps_si512(t), _mm512_castps_si512(_mm512_set1_ps(ROUND)));
+        let two_n = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(bits, _mm512_set1_epi32(127))));
+        _mm512_mul_ps(y, two_n)
+    }
+}
