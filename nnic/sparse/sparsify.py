@@ -5,7 +5,9 @@ A step beside :func:`nnic.speedup_model`, run after it: speedup removes whole ch
 ``Int8Linear``)
 whose weight is mostly zeros into a :class:`~nnic.sparse.modules.SparseLinear`, *only where a micro-benchmark at
 this moment, at the batch the layer sees in ``dummy_input`` and with the current thread settings, shows the sparse
-layer faster* than the dense one by ``min_speedup``. Layers where it does not pay stay dense. Every decision, with
+layer faster* than the dense one by ``min_speedup`` (with each layer's weights evicted from the caches before every
+timed call when the model is larger than the last-level cache, as the model meets them). Layers where it does not
+pay stay dense. Every decision, with
 the measured times and an estimated break-even density, is in the returned :class:`SparsifyReport`.
 
 Masks attached by a pruner (parametrizations) are folded into the weights first; ``masks`` passed explicitly are
