@@ -75,6 +75,7 @@ from nnic.kernels.runtime import (
 from nnic.kernels.sparse import (
     SPARSE_ACT_MODES,
     SparseWeight,
+    flush_caches,
     set_sparse_bitmask_break_even,
     sparse_bitmask_break_even,
     sparse_linear,
@@ -93,12 +94,12 @@ from nnic.kernels.select import (
 __all__ = [
     "ACTIVATIONS", "ACT_MODES", "DEFAULT_INT4_SCALE_DTYPE", "INT4_SCALE_DTYPES", "MAX_K", "PackedInt4Weight",
     "PackedInt8Weight", "SPARSE_ACT_MODES", "SparseWeight", "abs_max", "active_isa", "apply_mask_", "attention",
-    "check_int4_scale_dtype", "cpu_features", "dequantize", "gemm_backend", "gemm_openmp_stats", "gemm_path",
-    "gemm_paths", "gemm_pool_stats", "gemm_spin_us", "gemm_team_stats", "get_num_threads", "global_kth_smallest_abs",
-    "global_smallest_abs_masks", "int4_group_scales", "int4_linear", "int8_conv2d", "int8_linear", "int8_matmul",
-    "kth_smallest_abs", "min_max", "pack_int4", "pack_int4_weight", "pack_int8_weight", "prune_by_threshold_",
-    "quantize", "quantize_int4_weight", "quantize_int8_weight", "run_packed_linear", "set_gemm_backend",
-    "set_gemm_spin_us", "set_isa", "set_num_threads", "set_sparse_bitmask_break_even", "skip_layer_norm",
-    "smallest_abs_mask", "sparse_bitmask_break_even", "sparse_linear", "sparse_weight_csr", "sparse_weight_nm",
-    "supported_isas", "twins", "unpack_int4",
+    "check_int4_scale_dtype", "cpu_features", "dequantize", "flush_caches", "gemm_backend", "gemm_openmp_stats",
+    "gemm_path", "gemm_paths", "gemm_pool_stats", "gemm_spin_us", "gemm_team_stats", "get_num_threads",
+    "global_kth_smallest_abs", "global_smallest_abs_masks", "int4_group_scales", "int4_linear", "int8_conv2d",
+    "int8_linear", "int8_matmul", "kth_smallest_abs", "min_max", "pack_int4", "pack_int4_weight", "pack_int8_weight",
+    "prune_by_threshold_", "quantize", "quantize_int4_weight", "quantize_int8_weight", "run_packed_linear",
+    "set_gemm_backend", "set_gemm_spin_us", "set_isa", "set_num_threads", "set_sparse_bitmask_break_even",
+    "skip_layer_norm", "smallest_abs_mask", "sparse_bitmask_break_even", "sparse_linear", "sparse_weight_csr",
+    "sparse_weight_nm", "supported_isas", "twins", "unpack_int4",
 ]

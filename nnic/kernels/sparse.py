@@ -29,7 +29,7 @@ SparseWeight = native.SparseWeight
 #: :func:`int8_linear` does (``per_token`` / ``per_tensor``, asymmetric u8 or ``_symmetric``; ``static``).
 SPARSE_ACT_MODES = (None, "per_token", "per_token_symmetric", "per_tensor", "per_tensor_symmetric", "static")
 
-__all__ = ["SPARSE_ACT_MODES", "SparseWeight", "set_sparse_bitmask_break_even", "sparse_bitmask_break_even",
+__all__ = ["SPARSE_ACT_MODES", "SparseWeight", "flush_caches", "set_sparse_bitmask_break_even", "sparse_bitmask_break_even",
            "sparse_linear", "sparse_weight_csr", "sparse_weight_nm"]
 
 
@@ -53,6 +53,41 @@ def set_sparse_bitmask_break_even(density: float | None = None) -> None:
     if density is not None and not density >= 0:  # also refuses NaN
         raise ValueError(f"density must be >= 0, got {density}")
     native.set_sparse_bitmask_break_even(None if density is None else float(density))
+
+
+def flush_caches(*objs: Any) -> None:
+    """Evicts the memory of each object from the CPU caches (all levels), so that the next call reading it reads
+    it from memory: what a layer meets inside a model whose weights do not fit in the caches (a decode step).
+
+    Takes torch tensors (their whole CPU storage, any layout), numpy arrays, :class:`SparseWeight` (its values,
+    index, scales and derived layouts), and ``nn.Module`` (every parameter and buffer, and the ``SparseWeight`` of
+    an :class:`nnic.sparse.SparseLinear`, through its ``_flush_native_caches``). Other native objects (e.g. the packed dense int8 weight) are not
+    reachable and stay cached. A no-op off x86-64.
+
+    :raises TypeError: an object of another type. :raises ValueError: a numpy array that is not C-contiguous.
+    """
+    for i, obj in enumerate(objs):
+        if isinstance(obj, SparseWeight):
+            obj.flush_caches()
+        elif isinstance(obj, torch.Tensor):
+            if obj.device.type == "cpu" and obj.untyped_storage().nbytes():
+                raw = torch.empty(0, dtype=torch.uint8).set_(obj.untyped_storage())
+                native.flush_caches(raw.numpy())
+        elif isinstance(obj, np.ndarray):
+            if not obj.flags.c_contiguous:
+                raise ValueError(f"flush_caches: argument {i}: a numpy array must be C-contiguous (a copy would be "
+                                 "flushed instead of it)")
+            if obj.nbytes:
+                native.flush_caches(obj.reshape(-1).view(np.uint8))
+        elif isinstance(obj, torch.nn.Module):
+            flush_caches(*obj.parameters(), *(b for b in obj.buffers() if b is not None))
+            for m in obj.modules():  # native weights the module keeps beside its tensors (SparseLinear's)
+                native_flush = getattr(m, "_flush_native_caches", None)
+                if native_flush is not None:
+                    native_flush()
+        else:
+            raise TypeError(f"flush_caches: argument {i} must be a torch tensor, numpy array, SparseWeight or "
+                            f"nn.Module, got {type(obj).__name__}")
 
 
 def _values(values: Array) -> np.ndarray:

@@ -222,6 +222,11 @@ class SparseLinear(nn.Module):
             self._packed, self._packed_key = cached, key
         return cached[:4]
 
+    def _flush_native_caches(self) -> None:
+        """Evicts the packed weight from the CPU caches (see :func:`nnic.kernels.flush_caches`, which calls this)."""
+        if self._packed is not None:
+            self._packed[0].flush_caches()
+
     def _apply(self, fn, recurse=True):
         self._packed = None  # .to() / .cuda() replace the buffers: do not keep the old ones alive in the cache
         return super()._apply(fn, recurse)

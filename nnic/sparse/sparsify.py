@@ -5,7 +5,9 @@ A step beside :func:`nnic.speedup_model`, run after it: speedup removes whole ch
 ``Int8Linear``)
 whose weight is mostly zeros into a :class:`~nnic.sparse.modules.SparseLinear`, *only where a micro-benchmark at
 this moment, at the batch the layer sees in ``dummy_input`` and with the current thread settings, shows the sparse
-layer faster* than the dense one by ``min_speedup``. Layers where it does not pay stay dense. Every decision, with
+layer faster* than the dense one by ``min_speedup`` (with each layer's weights evicted from the caches before every
+timed call when the model is larger than the last-level cache, as the model meets them). Layers where it does not
+pay stay dense. Every decision, with
 the measured times and an estimated break-even density, is in the returned :class:`SparsifyReport`.
 
 Masks attached by a pruner (parametrizations) are folded into the weights first; ``masks`` passed explicitly are
@@ -19,6 +21,7 @@ import statistics
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -48,6 +51,7 @@ class LayerDecision:
     speedup: float | None = None    # median over interleaved rounds of dense / sparse time (paired by round)
     win_fraction: float | None = None  # fraction of rounds in which sparse won (by half of min_speedup - 1)
     break_even_density: float | None = None  # density at which sparse would tie dense (time ~ stored values)
+    cold: bool = False              # timed with its weights evicted from the caches before every call
     chosen: str = "dense"           # "sparse" or "dense"
     reason: str = ""
 
@@ -166,26 +170,66 @@ _SAMPLE_S = 3e-3
 _MIN_WIN_FRACTION = 0.75
 
 
-def _round_ms(fns: list, x: torch.Tensor, rounds: int) -> list[list[float]]:
+def _round_ms(fns: list, x: torch.Tensor, rounds: int, flush: list | None = None) -> list[list[float]]:
     """Per-call milliseconds of each function in each of ``rounds`` interleaved rounds (A, B, A, B...; the order
-    rotates every round so that no function always runs first after another's cache traffic)."""
+    rotates every round so that no function always runs first after another's cache traffic).
+
+    With ``flush`` (one callable per function), every call is preceded by its flush (evicting that function's
+    weights from the caches, see :func:`_flushes`) and only the call is timed."""
     clock = _clock or _pick_clock()
+
+    def timed(i: int, reps: int) -> float:
+        if flush is None:
+            t = clock()
+            for _ in range(reps):
+                fns[i](x)
+            return clock() - t
+        total = 0.0
+        for _ in range(reps):
+            flush[i]()
+            t = clock()
+            fns[i](x)
+            total += clock() - t
+        return total
+
     with torch.no_grad():
         reps = []
-        for f in fns:  # warm up (packing, caches) and size each sample to about _SAMPLE_S
+        for i, f in enumerate(fns):  # warm up (packing, caches) and size each sample to about _SAMPLE_S
             f(x)
-            t = clock()
-            f(x)
-            reps.append(max(1, min(100, int(_SAMPLE_S / max(clock() - t, 1e-7)))))
+            reps.append(max(1, min(100, int(_SAMPLE_S / max(timed(i, 1), 1e-7)))))
         times: list[list[float]] = [[] for _ in fns]
         for r in range(rounds):
             for j in range(len(fns)):
                 i = (j + r) % len(fns)
-                t = clock()
-                for _ in range(reps[i]):
-                    fns[i](x)
-                times[i].append((clock() - t) / reps[i] * 1e3)
+                times[i].append(timed(i, reps[i]) / reps[i] * 1e3)
     return times
+
+
+def _last_level_cache_bytes() -> int | None:
+    """Size of the CPU's last-level cache (Linux sysfs), or None where it cannot be read."""
+    best: tuple[int, int] | None = None
+    for d in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            level = int((d / "level").read_text())
+            text = (d / "size").read_text().strip().upper()
+            size = int(text.rstrip("KMG")) * {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        except (OSError, ValueError):
+            continue
+        best = max(best or (level, size), (level, size))
+    return None if best is None else best[1]
+
+
+def _model_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()) if t is not None)
+
+
+def _flushes(module: nn.Module, cands: list[nn.Module]) -> list:
+    """One callable per timed function (the dense module, then each candidate) that evicts its weights from the
+    caches: in a model larger than the last-level cache, every layer meets its weights cold (in a decode step a
+    dense GPT-2 layer took 1.7-3x longer than when timed call after call with warm weights)."""
+    from nnic import kernels
+
+    return [lambda m=m: kernels.flush_caches(m) for m in (module, *cands)]
 
 
 @dataclass
@@ -223,12 +267,13 @@ def _judge(dense: list[float], sparse: list[float], tokens: int, min_speedup: fl
                                          f"{len(ratios)} rounds)")
 
 
-def _measure(fns: list, x: torch.Tensor, rounds: int, min_speedup: float, tokens: int) -> tuple[int, list, _Verdict]:
+def _measure(fns: list, x: torch.Tensor, rounds: int, min_speedup: float, tokens: int,
+             flush: list | None = None) -> tuple[int, list, _Verdict]:
     """Times the dense layer ``fns[0]`` against its sparse candidates; returns the best candidate's position
     (1-based in ``fns``), every function's per-round times and the verdict. A close call (median within 15 % of
     ``min_speedup``, or a median that says sparse while the win count does not) is measured again with as many
     rounds more, and decided on all of them."""
-    times = _round_ms(fns, x, rounds)
+    times = _round_ms(fns, x, rounds, flush)
     for attempt in range(2):
         best = 1 + min(range(len(fns) - 1), key=lambda i: statistics.median(times[i + 1]))
         verdict = _judge(times[0], times[best], tokens, min_speedup)
@@ -236,7 +281,7 @@ def _measure(fns: list, x: torch.Tensor, rounds: int, min_speedup: float, tokens
                                      or (verdict.speedup >= min_speedup and not verdict.sparse))
         if attempt or not close:
             break
-        more = _round_ms(fns, x, rounds)
+        more = _round_ms(fns, x, rounds, flush)
         times = [a + b for a, b in zip(times, more)]
     return best, times, verdict
 
@@ -258,8 +303,8 @@ def _candidates(module: nn.Module, kind: str) -> tuple[torch.Tensor, list[Sparse
 
 
 def sparsify(model: nn.Module, dummy_input: Any, masks: Mapping | None = None, *, layers: list[str] | None = None,
-             min_speedup: float = 1.1, max_density: float = 0.7, rounds: int = 9, verify: bool = True,
-             rtol: float = 1e-4, atol: float = 1e-5) -> SparsifyReport:
+             min_speedup: float = 1.1, max_density: float = 0.7, rounds: int = 9, cold: bool | None = None,
+             verify: bool = True, rtol: float = 1e-4, atol: float = 1e-5) -> SparsifyReport:
     """Replace mostly-zero Linear / Int8Linear layers of ``model`` (in place) by :class:`SparseLinear` where that is
     measured to be faster; returns the :class:`SparsifyReport`.
 
@@ -272,6 +317,12 @@ def sparsify(model: nn.Module, dummy_input: Any, masks: Mapping | None = None, *
         sparse, still timed and reported).
     :param max_density: layers that store more than this fraction stay dense without being timed.
     :param rounds: interleaved timing rounds (paired ratios, median; a close call gets as many rounds more).
+    :param cold: time every call with the layer's weights evicted from the CPU caches first, as the model meets
+        them when its weights do not fit in the last-level cache (each layer's weights are pushed out by the rest
+        of the model before it runs again; a decode step's dense layers take 1.7-3x longer than with warm
+        weights). None (default): cold when the model's parameters and buffers exceed the last-level cache.
+        ``Int8Linear`` layers are timed warm either way (the dense int8 GEMM's packed weight cannot be evicted
+        from Python, and timing only the sparse side cold would be unfair to it).
     :param verify: check the model's output against the dense (masked) model's and restore it on a mismatch.
     """
     if not isinstance(model, nn.Module):
@@ -282,6 +333,8 @@ def sparsify(model: nn.Module, dummy_input: Any, masks: Mapping | None = None, *
         raise ValueError(f"max_density must be in (0, 1], got {max_density!r}")
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
+    if cold is not None and not isinstance(cold, bool):
+        raise TypeError(f"cold must be True, False or None, got {type(cold).__name__}")
     _fold_and_apply(model, masks)
     modules = dict(model.named_modules())
     if layers is None:
@@ -295,6 +348,9 @@ def sparsify(model: nn.Module, dummy_input: Any, masks: Mapping | None = None, *
     was_training = model.training
     model.eval()
     reference, tokens = _record_tokens(model, names, args, kwargs)
+    if cold is None:
+        llc = _last_level_cache_bytes()
+        cold = llc is not None and _model_bytes(model) > llc
     report = SparsifyReport(threads=torch.get_num_threads())
     replaced: dict[str, nn.Module] = {}
     try:
@@ -318,12 +374,14 @@ def sparsify(model: nn.Module, dummy_input: Any, masks: Mapping | None = None, *
                 continue
             _, cands = _candidates(module, kind)
             x = torch.randn(max(1, d.tokens), in_f)
-            best, times, verdict = _measure([module, *cands], x, rounds, min_speedup, d.tokens)
+            d.cold = cold and kind != "Int8Linear"
+            flush = _flushes(module, cands) if d.cold else None
+            best, times, verdict = _measure([module, *cands], x, rounds, min_speedup, d.tokens, flush)
             d.layout = cands[best - 1].layout
             d.dense_ms, d.sparse_ms = statistics.median(times[0]), statistics.median(times[best])
             d.speedup, d.win_fraction = verdict.speedup, verdict.win_fraction
             d.break_even_density = min(1.0, density * d.speedup)
-            d.reason = verdict.reason
+            d.reason = verdict.reason + (" (cold weights)" if d.cold else "")
             if verdict.sparse:
                 d.chosen = "sparse"
                 replaced[name] = module

@@ -301,3 +301,57 @@ def test_forward_returns_a_new_output_of_any_input_layout():
         packed.forward(np.zeros((2, 32), np.float32), np.zeros(3, np.float32))
     with pytest.raises(TypeError):
         packed.forward(np.zeros((2, 32), np.float64))
+
+
+@st.composite
+def quad_case(draw):
+    """Integer weights and inputs at the batched int8 kernel's boundaries: rows past a 128-row group and a 64-row
+    tile, inputs past a K block (256) and not a whole number of quads, all-zero rows, every density."""
+    rows = draw(st.sampled_from([1, 7, 65, 130]))
+    k = draw(st.sampled_from([3, 5, 64, 255, 256, 257, 600]))
+    m = draw(st.sampled_from([4, 5, 16, 17, 100, 128, 130, 200]))
+    density = draw(st.sampled_from([0.0, 0.05, 0.1, 0.3, 1.0]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    codes = (rng.integers(-128, 128, (rows, k)) * (rng.random((rows, k)) < density)).astype(np.int8)
+    zero = int(draw(st.sampled_from([0, 1, 128, 200, 255])))
+    x = rng.integers(-zero, 256 - zero, (m, k)).astype(np.float32)  # static scale 1: codes = x + zero exactly
+    return codes, x, zero
+
+
+@SETTINGS
+@given(case=quad_case())
+def test_batched_int8_sums_are_exact_on_every_isa(isa, case):
+    """int8 values with int8 activations at 4+ rows (the K-quad kernel: AVX-512 VNNI, or the portable loop; the
+    float tiles on AVX2): with unit scales the output is the integer sum Σ w · (q - z), bit for bit."""
+    codes, x, zero = case
+    packed = pack_sparse_weight(torch.from_numpy(codes), scale=np.ones(codes.shape[0], np.float32))
+    assert packed.batched_kernel(True) == ("tiled" if kernels.active_isa() == "avx2" else "quad")
+    assert packed.batched_kernel(False) == "tiled"
+    want = x.astype(np.int64) @ codes.T.astype(np.int64)
+    assert np.abs(want).max(initial=0) < 2**24  # float32 holds the sums exactly
+    got = sparse_linear(x, packed, act="static", act_scale=1.0, act_zero_point=zero)
+    np.testing.assert_array_equal(got, want.astype(np.float32))
+
+
+def test_flush_caches_keeps_every_value_and_rejects_what_it_cannot_flush():
+    rng = np.random.default_rng(3)
+    codes = (rng.integers(-127, 128, (64, 300)) * (rng.random((64, 300)) < 0.1)).astype(np.int8)
+    packed = pack_sparse_weight(torch.from_numpy(codes), scale=np.full(64, 0.02, np.float32))
+    x = rng.standard_normal((20, 300)).astype(np.float32)
+    before = sparse_linear(x, packed, act="per_token")
+    lin = torch.nn.Linear(300, 64)
+    t = torch.randn(30, 40).t()  # not contiguous: its whole storage is flushed
+    t_before, w_before = t.clone(), lin.weight.detach().clone()
+    kernels.flush_caches(packed, lin, t, x, np.zeros(0), torch.zeros(0))
+    np.testing.assert_array_equal(sparse_linear(x, packed, act="per_token"), before)
+    assert torch.equal(t, t_before) and torch.equal(lin.weight, w_before)
+    from nnic.sparse import SparseLinear
+
+    module = torch.nn.Sequential(SparseLinear.from_dense(torch.from_numpy(codes.astype(np.float32))))
+    y = module(torch.from_numpy(x))
+    kernels.flush_caches(module)  # parameters, buffers and the packed weight the SparseLinear keeps
+    torch.testing.assert_close(module(torch.from_numpy(x)), y, rtol=0, atol=0)
+    with pytest.raises(TypeError, match="argument 1 must be a torch tensor"):
+        kernels.flush_caches(packed, [1, 2])
+    with pytest.raises(ValueError, match="C-contiguous"):
+        kernels.flush_caches(x.T)

@@ -149,3 +149,75 @@ def test_one_thread_is_timed_on_cpu_time_several_on_wall_time():
     finally:
         torch.set_num_threads(before[0])
         kernels.set_num_threads(before[1])
+
+
+class CacheClock(FakeClock):
+    """A FakeClock whose layers cost more on the first call after their weights were evicted (``flush``)."""
+
+    def __init__(self, warm: dict[str, float], cold: dict[str, float]) -> None:
+        super().__init__(dense_s=0.0, sparse_s=0.0, seed=0, noise=0.0)
+        self.warm, self.cold_cost, self.is_cold = warm, cold, {"dense": False, "sparse": False}
+        self.flushes = 0
+
+    def run(self, kind: str) -> None:
+        self.calls += 1
+        self.now += (self.cold_cost if self.is_cold[kind] else self.warm)[kind]
+        self.is_cold[kind] = False
+
+    def flush(self, kind: str) -> None:
+        self.flushes += 1
+        self.is_cold[kind] = True
+
+
+def test_cold_timing_evicts_before_every_call_and_sees_what_decode_sees(scripted, monkeypatch):
+    """Dense and sparse tie with warm weights, but with the weights evicted before every call (as in a decode step
+    of a model larger than the caches) dense costs 2.5x and sparse 1.2x: warm timing keeps the layer dense, cold
+    timing makes it sparse, and says so; every timed call was preceded by an eviction."""
+    clock = scripted(dense_s=0.0, sparse_s=0.0, seed=0, noise=0.0)  # patches the layers to call clock.run
+    cache = CacheClock(warm={"dense": 1e-3, "sparse": 1e-3}, cold={"dense": 2.5e-3, "sparse": 1.2e-3})
+    clock.run = cache.run
+    monkeypatch.setattr(sparsify_mod, "_clock", cache)
+    monkeypatch.setattr(sparsify_mod, "_flushes",
+                        lambda module, cands: [lambda: cache.flush("dense")] + [lambda: cache.flush("sparse")] * len(cands))
+    warm = sparsify(_model(), torch.randn(1, 64), cold=False, verify=False).layers["0"]
+    assert warm.chosen == "dense" and not warm.cold and cache.flushes == 0
+    cache.calls = 0
+    model = _model()
+    d = sparsify(model, torch.randn(1, 64), cold=True, verify=False).layers["0"]
+    assert d.chosen == "sparse" and d.cold and "(cold weights)" in d.reason and isinstance(model[0], SparseLinear)
+    assert abs(d.speedup - 2.5 / 1.2) < 0.01
+    # untimed: the forward that records each layer's rows, and one warm-up call per timed function (dense, CSR);
+    # every other call is timed, and each follows its own eviction
+    assert cache.flushes == cache.calls - 3 > 0, (cache.flushes, cache.calls)
+
+
+def test_cold_is_automatic_for_models_larger_than_the_last_level_cache(monkeypatch):
+    seen = []
+    monkeypatch.setattr(sparsify_mod, "_measure",
+                        lambda fns, x, rounds, min_speedup, tokens, flush=None: seen.append(flush) or
+                        (1, [[1.0] * rounds, [2.0] * rounds], sparsify_mod._Verdict(0.5, 0.0, False, "slower")))
+    model = _model()
+    model_bytes = sparsify_mod._model_bytes(model)
+    assert model_bytes == (64 * 48 + 48) * 4
+    for llc, want in [(model_bytes - 1, True), (model_bytes * 100, False), (None, False)]:
+        monkeypatch.setattr(sparsify_mod, "_last_level_cache_bytes", lambda llc=llc: llc)
+        d = sparsify(model, torch.randn(1, 64), verify=False).layers["0"]
+        assert d.cold is want and (seen[-1] is not None) is want, (llc, d)
+    with pytest.raises(TypeError, match="cold must be True, False or None"):
+        sparsify(model, torch.randn(1, 64), cold="yes")
+
+
+def test_the_flushes_evict_the_dense_layer_and_each_candidate(monkeypatch):
+    from nnic import kernels
+
+    flushed = []
+    monkeypatch.setattr(kernels, "flush_caches", lambda *objs: flushed.extend(objs))
+    dense, cand = nn.Linear(8, 4), SparseLinear.from_dense(torch.eye(4, 8))
+    for f in sparsify_mod._flushes(dense, [cand]):
+        f()
+    assert flushed == [dense, cand]
+
+
+def test_the_last_level_cache_size_is_read_from_sysfs_or_none():
+    llc = sparsify_mod._last_level_cache_bytes()
+    assert llc is None or llc >= 1 << 20

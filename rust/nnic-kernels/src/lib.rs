@@ -48,6 +48,7 @@
 //! Never detect CPU features in a kernel: [`cpu::active`] is the one switch (the Python side sets it from
 //! `NNIC_KERNEL_ISA`), so the tests can run every path on one machine.
 pub mod attention;
+pub mod cache;
 pub mod cpu;
 pub mod error;
 pub mod gemm;

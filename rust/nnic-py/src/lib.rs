@@ -20,7 +20,7 @@ mod _kernels {
     #[pymodule_export]
     use crate::encoder::{attention, skip_layer_norm};
     #[pymodule_export]
-    use crate::sparse::{set_sparse_bitmask_break_even, sparse_bitmask_break_even, SparseWeight};
+    use crate::sparse::{flush_caches, set_sparse_bitmask_break_even, sparse_bitmask_break_even, SparseWeight};
     use crate::errors::{isa, slice, slice_mut, to_py};
     use nnic_kernels::quant::Params;
     use nnic_kernels::{cpu, mask, nibbles, pool, quant, reduce, select, Layout};

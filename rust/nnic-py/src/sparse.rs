@@ -110,6 +110,17 @@ impl SparseWeight {
     fn gemv_kernel(&self, int8_activations: bool) -> &'static str {
         self.inner.gemv_kernel(int8_activations)
     }
+    /// The batched kernel (4 rows and more) on the active ISA: "quad" (int8 values with int8 activations: integer
+    /// dot products over the nonzero K-quads) or "tiled" (see the Rust docs).
+    #[pyo3(signature = (int8_activations=false))]
+    fn batched_kernel(&self, int8_activations: bool) -> &'static str {
+        self.inner.batched_kernel(int8_activations)
+    }
+    /// Evicts everything a product reads from the CPU caches, so that the next product reads the weight from
+    /// memory, as in a model whose weights do not fit in the caches.
+    fn flush_caches(&self, py: Python<'_>) {
+        py.detach(|| self.inner.flush_caches())
+    }
     /// `"csr"` or `"n:m"` (e.g. `"2:4"`).
     #[getter]
     fn layout(&self) -> String {
@@ -206,6 +217,14 @@ impl SparseWeight {
         }
         Ok(y)
     }
+}
+
+/// Evicts the bytes of a contiguous uint8 array (any buffer viewed as bytes) from the CPU caches.
+#[pyfunction]
+pub fn flush_caches(py: Python<'_>, data: PyReadonlyArray1<'_, u8>) -> PyResult<()> {
+    let bytes = contiguous(&data, "data")?;
+    py.detach(|| nnic_kernels::cache::flush(bytes));
+    Ok(())
 }
 
 /// The density from which batch-1 CSR products read the bitmask on the active ISA (`inf`: never).

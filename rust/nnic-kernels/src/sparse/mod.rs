@@ -16,7 +16,9 @@
 //! Kernels: for fewer than [`GEMV_MAX_M`] input rows, one gather-and-FMA dot product per output row ([`gemv`];
 //! AVX-512 and AVX2 gathers, or portable code, from [`crate::cpu::active`]); for more, `x` is transposed into
 //! tiles of W batch columns and every stored value adds `v · xᵀ[k, tile]` to a W-wide accumulator that stays
-//! in registers ([`spmm`]). Work is split over output rows, balanced by stored values, on the GEMM's task
+//! in registers ([`spmm`]); int8 values with int8 activations instead run integer dot products over the
+//! nonzero K-quads of each row (`vpdpbusd` with AVX-512 VNNI, portable code on the scalar ISA; [`quad`]), exact
+//! like the dense int8 GEMM. Work is split over output rows, balanced by stored values, on the GEMM's task
 //! runner ([`crate::gemm::par`]: PyTorch's OpenMP team when present, else the kernel pool).
 //!
 //! An element-wise [`Activation`] (GELU, ReLU) can follow the bias ([`SparseLinear::linear_act`]): each task
@@ -31,6 +33,7 @@ mod choose;
 pub mod csr;
 mod gemv;
 pub mod nm;
+mod quad;
 mod spmm;
 
 pub use choose::{bitmask_break_even, set_bitmask_break_even};
@@ -100,6 +103,9 @@ pub struct SparseLinear {
     nm_cols: std::sync::OnceLock<Vec<u16>>,
     /// int8 values only: every row's sum of codes, for integer dot products with uncentred activation codes.
     code_sums: std::sync::OnceLock<Vec<i32>>,
+    /// int8 values in CSR only: the nonzero K-quads of every row, built on the first batched product with int8
+    /// activations where [`quad`] runs (not saved: the bitmask and codes are the storage form).
+    quads: std::sync::OnceLock<Option<quad::Quads>>,
 }
 
 impl PartialEq for SparseLinear {
@@ -138,7 +144,7 @@ impl SparseLinear {
                 return Err(KernelError::Nan { arg: "values", tensor: None, index: i });
             }
         }
-        Ok(SparseLinear { rows, k, index, values, scale, nm_cols: Default::default(), code_sums: Default::default() })
+        Ok(SparseLinear { rows, k, index, values, scale, nm_cols: Default::default(), code_sums: Default::default(), quads: Default::default() })
     }
 
     pub fn out_features(&self) -> usize {
@@ -167,6 +173,34 @@ impl SparseLinear {
             Index::Nm { idx, .. } => idx.len(),
         };
         self.values.len() * self.values.elem_bytes() + index + self.scale.len() * 4
+    }
+
+    /// Evicts everything a product reads (values, index, scales, the derived N:M columns and quads) from the CPU
+    /// caches ([`crate::cache::flush`]): for timing the layer as a large model's forward meets it.
+    pub fn flush_caches(&self) {
+        use crate::cache::{bytes_of, flush};
+        match &self.values {
+            Values::F32(v) => flush(bytes_of(v)),
+            Values::I8(v) => flush(bytes_of(v)),
+        }
+        match &self.index {
+            Index::Csr { row_ptr, cols, bits } => {
+                flush(bytes_of(row_ptr));
+                flush(bytes_of(cols));
+                flush(bits);
+            }
+            Index::Nm { idx, .. } => flush(idx),
+        }
+        flush(bytes_of(&self.scale));
+        if let Some(c) = self.nm_cols.get() {
+            flush(bytes_of(c));
+        }
+        if let Some(s) = self.code_sums.get() {
+            flush(bytes_of(s));
+        }
+        if let Some(Some(q)) = self.quads.get() {
+            q.flush_caches();
+        }
     }
 
     /// Whether batch-1 products with int8 activations run integer dot products from the bitmask (AVX-512 with
@@ -220,6 +254,24 @@ impl SparseLinear {
             Values::F32(_) => Vec::new(),
             Values::I8(v) => (0..self.rows).map(|r| v[self.row(r).0].iter().map(|&c| c as i32).sum()).collect(),
         })
+    }
+
+    /// The K-quads that a batched product of `m` rows with int8 activations runs on `isa` (int8 values in CSR,
+    /// `m ≥ GEMV_MAX_M`, see [`quad::applies`]), built once; `None` where the float tiled kernels run.
+    fn quads_for(&self, isa: cpu::Isa, m: usize) -> Option<&quad::Quads> {
+        if m < GEMV_MAX_M || !quad::applies(isa) || !matches!(self.values, Values::I8(_)) {
+            return None;
+        }
+        self.quads.get_or_init(|| quad::Quads::of(self)).as_ref()
+    }
+
+    /// The kernel that batched products (`m ≥ GEMV_MAX_M`) run on the active ISA: `"quad"` (int8 values with int8
+    /// activations: integer dot products over nonzero K-quads) or `"tiled"` (float tiles).
+    pub fn batched_kernel(&self, int8_activations: bool) -> &'static str {
+        let quads = int8_activations
+            && matches!((&self.index, &self.values), (Index::Csr { .. }, Values::I8(_)))
+            && quad::applies(cpu::active());
+        if quads { "quad" } else { "tiled" }
     }
 
     /// The absolute column of every N:M slot (empty for CSR), decoded once.
@@ -334,6 +386,11 @@ impl SparseLinear {
             gemv::run_vnni(self, &q.q, &q.zero, m, &epi, out, threads);
             return Ok(());
         }
+        if let (Some(q), Some(quads)) = (quant.as_ref(), self.quads_for(isa, m)) {
+            let epi = Epilogue { scale: &self.scale, row_scale: Some(&q.scale), bias, activation, isa };
+            quad::run(isa, self, quads, &q.q, &q.zero, m, &epi, out, threads);
+            return Ok(());
+        }
         let centred = quant.as_ref().map(|q| q.centred(self.k));
         let (xs, row_scale) = match (&quant, &centred) {
             (Some(q), Some(c)) => (&c[..], Some(&q.scale[..])),
@@ -399,6 +456,13 @@ impl Epilogue<'_> {
         }
     }
 
+    /// [`apply`](Self::apply) to output row `r` of batch rows `m0..m0 + acc.len()`, in place (a loop that
+    /// vectorizes: the batched int8 kernels finish a column of outputs at a time).
+    #[inline]
+    pub fn apply_col(&self, acc: &mut [f32], m0: usize, r: usize) {
+        apply_col_mv(self.isa, acc, self.row_scale.map(|rs| &rs[m0..m0 + acc.len()]), self.scale.get(r).copied(), self.bias.map(|b| b[r]));
+    }
+
     /// Applies the activation to `len` finished outputs from `p` (one batch row's run of output rows).
     ///
     /// # Safety
@@ -411,6 +475,20 @@ impl Epilogue<'_> {
         }
     }
 }
+
+#[inline(always)]
+fn apply_col_body(acc: &mut [f32], row_scale: Option<&[f32]>, scale: Option<f32>, bias: Option<f32>) {
+    // the same operations in the same order as `Epilogue::apply`
+    match (row_scale, scale) {
+        (Some(rs), sc) => acc.iter_mut().zip(rs).for_each(|(a, &r)| *a *= r * sc.unwrap_or(1.0)),
+        (None, Some(sc)) => acc.iter_mut().for_each(|a| *a *= sc),
+        (None, None) => {}
+    }
+    if let Some(b) = bias {
+        acc.iter_mut().for_each(|a| *a += b);
+    }
+}
+crate::simd::multiversion!(fn apply_col_mv(acc: &mut [f32], row_scale: Option<&[f32]>, scale: Option<f32>, bias: Option<f32>) = apply_col_body;);
 
 #[inline(always)]
 fn activate_body(out: &mut [f32], activation: Activation) {

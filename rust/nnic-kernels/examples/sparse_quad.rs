@@ -1,0 +1,101 @@
+//! Batched int8 sparse products against nnic's dense VNNI int8 GEMM, without Python:
+//! `cargo run --release --example sparse_quad [rounds] [density]`.
+//!
+//! For BERT-base's shapes at 128 rows (M × K × N: 128×768×768, 128×768×3072, 128×3072×768) and a random
+//! unstructured int8 weight (default density 0.1), it times `int8_linear` (dense, prepacked) and the sparse
+//! layer (same codes, same per-token activation quantization) in interleaved rounds, and prints medians of
+//! one-thread thread CPU time and of two-thread wall time, the ratio dense / sparse, the kernel the sparse
+//! layer ran (`quad` or `tiled`) and the largest output difference (float rounding of the epilogue only).
+use nnic_kernels::gemm::{int8_linear, ActQuant, Activation, PackedLinear, Path};
+use nnic_kernels::pool;
+use nnic_kernels::sparse::{csr, SparseLinear, Values};
+use std::time::Instant;
+
+fn thread_cpu() -> f64 {
+    #[repr(C)]
+    struct Ts {
+        s: i64,
+        ns: i64,
+    }
+    extern "C" {
+        fn clock_gettime(clk: i32, ts: *mut Ts) -> i32;
+    }
+    let mut t = Ts { s: 0, ns: 0 };
+    // SAFETY: CLOCK_THREAD_CPUTIME_ID = 3 on Linux; `t` is a valid timespec.
+    unsafe { clock_gettime(3, &mut t) };
+    t.s as f64 + t.ns as f64 * 1e-9
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// A random `n × k` int8 weight with `density` nonzeros: the sparse layer and the dense one of the same codes.
+fn layer(rng: &mut Rng, n: usize, k: usize, density: f64) -> (SparseLinear, PackedLinear) {
+    let stride = k.div_ceil(8);
+    let (mut bits, mut codes, mut dense) = (vec![0u8; n * stride], Vec::new(), vec![0i8; n * k]);
+    for r in 0..n {
+        for c in 0..k {
+            if (rng.next() % 10_000) as f64 / 10_000.0 < density {
+                let v = ((rng.next() % 254) as i32 - 127) as i8;
+                bits[r * stride + c / 8] |= 1 << (c % 8);
+                codes.push(v);
+                dense[r * k + c] = v;
+            }
+        }
+    }
+    let scale: Vec<f32> = (0..n).map(|r| 0.01 + r as f32 * 1e-5).collect();
+    let sparse = csr::from_bitmask(n, k, &bits, Values::I8(codes), scale.clone()).unwrap();
+    (sparse, PackedLinear::new(&dense, n, k, &scale, &[]).unwrap())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let rounds: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(30);
+    let density: f64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(0.1);
+    let act = ActQuant::DynamicPerRow { symmetric: false };
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    println!("density {density}, {rounds} interleaved rounds, medians; ratio = dense / sparse");
+    for (m, k, n) in [(128usize, 768usize, 768usize), (128, 768, 3072), (128, 3072, 768)] {
+        let (sp, de) = layer(&mut rng, n, k, density);
+        let x: Vec<f32> = (0..m * k).map(|_| (rng.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5).collect();
+        let (mut o_s, mut o_d) = (vec![0f32; m * n], vec![0f32; m * n]);
+        let dense = |o: &mut [f32]| int8_linear(Path::active(), &x, m, &de, None, act, Activation::Identity, o).unwrap();
+        let sparse = |o: &mut [f32]| sp.linear(&x, m, None, Some(act), o).unwrap();
+        sparse(&mut o_s);
+        dense(&mut o_d);
+        let diff = o_s.iter().zip(&o_d).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let mag = o_d.iter().map(|v| v.abs()).fold(0f32, f32::max);
+        for threads in [1usize, 2] {
+            pool::set_num_threads(threads).unwrap();
+            let (mut ts, mut td) = (Vec::new(), Vec::new());
+            for _ in 0..rounds {
+                for (which, t) in [(0, &mut td), (1, &mut ts)] {
+                    let (c0, w0) = (thread_cpu(), Instant::now());
+                    if which == 0 { dense(&mut o_d) } else { sparse(&mut o_s) }
+                    let dt = if threads == 1 { thread_cpu() - c0 } else { w0.elapsed().as_secs_f64() };
+                    t.push(dt * 1e6);
+                }
+            }
+            let (d, s) = (median(td), median(ts));
+            println!(
+                "{m}x{k}x{n} {threads} thread{} ({}): dense {d:8.1} µs  sparse {s:8.1} µs  ratio {:.2}  kernel {}  max diff {diff:.2e} of {mag:.2e}",
+                if threads == 1 { " " } else { "s" },
+                if threads == 1 { "thread CPU" } else { "wall" },
+                d / s,
+                sp.batched_kernel(true),
+            );
+        }
+    }
+}

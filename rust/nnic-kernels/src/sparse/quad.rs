@@ -1,0 +1,344 @@
+//! Batched int8 kernels (int8 values, int8 activations, `m ≥ GEMV_MAX_M` rows): integer dot products over
+//! **K-quads**, the unit `vpdpbusd` multiplies.
+//!
+//! Why: at 128 rows the dense VNNI GEMM ([`crate::gemm`]) does 64 useful multiply-adds per instruction, while
+//! the float tiled kernels ([`super::spmm`]) do 16 per stored value; at 90 % zeros they lost every BERT-base
+//! layer to it. Here each output row keeps its nonzero quads (4 consecutive inputs, the zeros inside a quad
+//! kept): at 90 % unstructured about `1 - 0.9⁴ ≈ 34 %` of the quads hold a value, so the product takes ~2.9×
+//! fewer `vpdpbusd` than the dense one, each still doing 16 rows × 4 inputs.
+//!
+//! Layout, derived once from the CSR weight ([`Quads`]): per output row and per block of [`KB_QUADS`] quads,
+//! the nonzero quads' positions (u16) and their 4 codes (one i32). Activations are the u8 codes of
+//! [`super::act`] (the int8 GEMM's quantization), packed per call as `[k/4][mp][4]` (`mp` = `m` rounded up to
+//! 16, zero padded), so that the 16 rows × 4 inputs one instruction reads are one 64-byte line.
+//!
+//! Loop (per task: a range of output rows × a group of up to [`GROUP_ROWS`] batch rows): for each K block
+//! (its slice of the packed activations, ≤ 32 KiB, stays in L1), for each output row, each stored quad is
+//! broadcast once and multiplied into up to 8 accumulators of 16 rows: one 64-byte load per `vpdpbusd`, from
+//! L1. The i32 partial sums of the task wait in a small buffer between K blocks. Sums are exact (|u8 · s8| ≤
+//! 2¹⁵, K ≤ 2¹⁶); the zero points are subtracted per output as `z_m · Σ codes_r`, then the epilogue scales.
+//!
+//! The portable loop is the readable ground truth and runs on the scalar ISA; AVX-512 with VNNI runs the
+//! `vpdpbusd` loop; AVX2 (no VNNI) keeps the float tiled kernels.
+use super::{row_chunks, Epilogue, RowCols, SparseLinear, Values};
+use crate::cpu::{self, Isa};
+use crate::gemm::par;
+
+/// Quads per K block: with [`GROUP_ROWS`] rows, the block's packed activations take `64 · 128 · 4` = 32 KiB.
+pub(crate) const KB_QUADS: usize = 64;
+/// Batch rows per task group: 8 accumulators of 16 rows.
+const GROUP_ROWS: usize = 128;
+/// Output rows whose i32 partial sums (`ROW_TILE · GROUP_ROWS · 4` bytes) go through all K blocks together.
+const ROW_TILE: usize = 64;
+
+/// The nonzero K-quads of every output row, split into blocks of [`KB_QUADS`] quads.
+#[derive(Clone, Debug)]
+pub(crate) struct Quads {
+    /// K blocks per row.
+    nkb: usize,
+    /// Row `r`'s quads in K block `b` are `ptr[r · nkb + b] .. ptr[r · nkb + b + 1]`.
+    ptr: Vec<u32>,
+    /// Each quad's position (`k / 4`).
+    pos: Vec<u16>,
+    /// Each quad's 4 codes, little-endian in an i32 (a `vpdpbusd` broadcast operand).
+    val: Vec<i32>,
+}
+
+impl Quads {
+    /// Builds the quads of a CSR weight with int8 values (`None` otherwise).
+    pub(crate) fn of(w: &SparseLinear) -> Option<Quads> {
+        let Values::I8(v) = w.values() else { return None };
+        let (rows, k) = (w.out_features(), w.in_features());
+        let nkb = k.div_ceil(4 * KB_QUADS).max(1);
+        let mut q = Quads { nkb, ptr: Vec::with_capacity(rows * nkb + 1), pos: Vec::new(), val: Vec::new() };
+        q.ptr.push(0);
+        for r in 0..rows {
+            let (range, RowCols::Csr(cols)) = w.row(r) else { return None };
+            let (mut b, mut last) = (0, None);
+            for (&c, &code) in cols.iter().zip(&v[range]) {
+                let p = c as usize / 4;
+                if last != Some(p) {
+                    while p / KB_QUADS > b {
+                        q.ptr.push(q.pos.len() as u32);
+                        b += 1;
+                    }
+                    q.pos.push(p as u16);
+                    q.val.push(0);
+                    last = Some(p);
+                }
+                *q.val.last_mut().expect("pushed above") |= ((code as u8) as i32) << (8 * (c as usize % 4));
+            }
+            while b < nkb {
+                q.ptr.push(q.pos.len() as u32);
+                b += 1;
+            }
+        }
+        Some(q)
+    }
+
+    /// Evicts the quads from the CPU caches (see [`SparseLinear::flush_caches`]).
+    pub(crate) fn flush_caches(&self) {
+        use crate::cache::{bytes_of, flush};
+        flush(bytes_of(&self.ptr));
+        flush(bytes_of(&self.pos));
+        flush(bytes_of(&self.val));
+    }
+}
+
+/// Whether batched int8 products run on quads on `isa`: the portable loop on the scalar ISA, `vpdpbusd` with
+/// AVX-512 VNNI.
+pub(crate) fn applies(isa: Isa) -> bool {
+    match isa {
+        Isa::Scalar => true,
+        Isa::Avx512 => cpu::has_vnni_vbmi2(),
+        Isa::Avx2 => false,
+    }
+}
+
+/// `xq[m, k]` (u8) as `[k/4][mp][4]`, zero padded to `mp = m` rounded up to 16 rows and to whole quads.
+///
+/// Written in order, quad by quad: the 4-byte reads go `k` bytes apart, but the `m` lines they touch stay in L1
+/// for 16 quads. Whole quads are copied as one u32 (a copy of a run-time length calls `memcpy`: 60-100 µs at
+/// 128 × 768).
+fn pack_quads(xq: &[u8], m: usize, k: usize, mp: usize) -> Vec<u8> {
+    let kq = k.div_ceil(4);
+    let mut xp = vec![0u8; kq * mp * 4];
+    for (g, line) in xp.chunks_exact_mut(mp * 4).enumerate() {
+        let c0 = 4 * g;
+        for (i, dst) in line.chunks_exact_mut(4).take(m).enumerate() {
+            let src = &xq[i * k + c0..(i + 1) * k];
+            if let Some(quad) = src.first_chunk::<4>() {
+                *dst.first_chunk_mut::<4>().expect("4-byte chunks") = *quad;
+            } else {
+                dst[..src.len()].copy_from_slice(src); // the last, partial quad
+            }
+        }
+    }
+    xp
+}
+
+#[inline(always)]
+fn centre_body(acc: &[i32], zero: &[i32], sum: i32, out: &mut [f32]) {
+    for ((o, &a), &z) in out.iter_mut().zip(acc).zip(zero) {
+        // exact: the true sum Σ w · (q - z) fits in i32 (|w · (q - z)| ≤ 2^15, K ≤ 2^16), so wrapping gives it
+        *o = a.wrapping_sub(z.wrapping_mul(sum)) as f32;
+    }
+}
+crate::simd::multiversion!(fn centre(acc: &[i32], zero: &[i32], sum: i32, out: &mut [f32]) = centre_body;);
+
+/// `part[i][0..16·nb] += Σ_quads dpbusd(xp[pos][rows], quad)` for the task's rows `i` in one K block (portable).
+#[allow(clippy::too_many_arguments)]
+fn block_scalar(q: &Quads, kb: usize, r0: usize, r1: usize, xp: &[u8], mp: usize, i0: usize, nb: usize, part: &mut [i32]) {
+    let w = nb * 16;
+    for (i, r) in (r0..r1).enumerate() {
+        let (j0, j1) = (q.ptr[r * q.nkb + kb] as usize, q.ptr[r * q.nkb + kb + 1] as usize);
+        let acc = &mut part[i * w..(i + 1) * w];
+        for j in j0..j1 {
+            let wq = q.val[j].to_le_bytes().map(|b| b as i8 as i32);
+            let base = (q.pos[j] as usize * mp + i0) * 4;
+            for (t, a) in acc.iter_mut().enumerate() {
+                let x = &xp[base + 4 * t..base + 4 * t + 4];
+                *a += (0..4).map(|e| x[e] as i32 * wq[e]).sum::<i32>();
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::Quads;
+    use std::arch::x86_64::*;
+
+    /// [`super::store_col`] for whole blocks of 16 outputs; returns how many it stored.
+    ///
+    /// # Safety
+    /// As [`super::store_col`], and the CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn store_col(fin: &[f32], fs: usize, ti: usize, n: usize, out: *mut f32) -> usize {
+        unsafe {
+            let idx = _mm512_mullo_epi32(
+                _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                _mm512_set1_epi32(fs as i32),
+            );
+            let mut i = 0;
+            while i + 16 <= n {
+                let v = _mm512_i32gather_ps::<4>(idx, fin.as_ptr().add(i * fs + ti));
+                _mm512_storeu_ps(out.add(i), v);
+                i += 16;
+            }
+            i
+        }
+    }
+
+    /// [`super::block_scalar`] with `NB` accumulators of 16 rows and `vpdpbusd`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F/BW and VNNI; `xp` holds `[k/4][mp][4]` with `i0 + 16·NB ≤ mp`; `part` holds
+    /// `(r1 - r0) · 16 · NB` values; `r1 ≤ rows`, `kb < nkb`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn block_vnni<const NB: usize>(
+        q: &Quads, kb: usize, r0: usize, r1: usize, xp: &[u8], mp: usize, i0: usize, part: &mut [i32],
+    ) {
+        unsafe {
+            let xb = xp.as_ptr().add(i0 * 4);
+            let stride = mp * 4;
+            for (i, r) in (r0..r1).enumerate() {
+                let (j0, j1) = (*q.ptr.get_unchecked(r * q.nkb + kb) as usize, *q.ptr.get_unchecked(r * q.nkb + kb + 1) as usize);
+                if j0 == j1 {
+                    continue;
+                }
+                let pp = part.as_mut_ptr().add(i * NB * 16);
+                let mut acc = [_mm512_setzero_si512(); NB];
+                for (b, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_loadu_si512(pp.add(16 * b) as *const __m512i);
+                }
+                for j in j0..j1 {
+                    let wq = _mm512_set1_epi32(*q.val.get_unchecked(j));
+                    let src = xb.add(*q.pos.get_unchecked(j) as usize * stride);
+                    for (b, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_dpbusd_epi32(*a, _mm512_loadu_si512(src.add(64 * b) as *const __m512i), wq);
+                    }
+                }
+                for (b, a) in acc.iter().enumerate() {
+                    _mm512_storeu_si512(pp.add(16 * b) as *mut __m512i, *a);
+                }
+            }
+        }
+    }
+}
+
+/// `out[i] = fin[i · fs + ti]` for `i < n`: one batch row's outputs from the column `ti` of `fin`, 16 at a time
+/// with AVX-512 (a gather and one 64-byte store: one scalar store per output filled the store buffer with
+/// misses, 100+ µs of a 400 µs product at 128 × 768 × 768).
+///
+/// # Safety
+/// `out` has `n` writable floats; `fin` holds `n` rows of `fs` with `ti < fs`.
+unsafe fn store_col(isa: Isa, fin: &[f32], fs: usize, ti: usize, n: usize, out: *mut f32) {
+    debug_assert!(ti < fs && n * fs <= fin.len() + fs);
+    let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        // SAFETY: AVX-512 is active; every gathered index i · fs + ti (i < n) lies in `fin`.
+        unsafe { i = x86::store_col(fin, fs, ti, n, out) };
+    }
+    let _ = isa;
+    for i in i..n {
+        // SAFETY: the caller's contract.
+        unsafe { *out.add(i) = fin[i * fs + ti] };
+    }
+}
+
+/// One K block of a task: `nb` accumulators of 16 rows from row `i0` of the packed activations.
+#[allow(clippy::too_many_arguments)]
+fn block(isa: Isa, q: &Quads, kb: usize, r0: usize, r1: usize, xp: &[u8], mp: usize, i0: usize, nb: usize, part: &mut [i32]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        macro_rules! go {
+            ($($n:literal)*) => {
+                match nb {
+                    // SAFETY: `applies` checked VNNI for AVX-512; the group's rows lie inside `mp`, `part` is sized
+                    // for them, the caller's rows and block are in range.
+                    $($n => return unsafe { x86::block_vnni::<$n>(q, kb, r0, r1, xp, mp, i0, part) },)*
+                    _ => unreachable!("at most 8 accumulators"),
+                }
+            };
+        }
+        go!(1 2 3 4 5 6 7 8);
+    }
+    let _ = isa;
+    block_scalar(q, kb, r0, r1, xp, mp, i0, nb, part)
+}
+
+/// `out[i, r] = epilogue(Σ_k W[r, k] · (xq[i, k] - zero[i]))` for int8 values and u8 activation codes.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn run(
+    isa: Isa, w: &SparseLinear, q: &Quads, xq: &[u8], zero: &[i32], m: usize, epi: &Epilogue<'_>, out: &mut [f32],
+    threads: usize,
+) {
+    let (k, rows) = (w.in_features(), w.out_features());
+    let mp = m.div_ceil(16) * 16;
+    let xp = pack_quads(xq, m, k, mp);
+    let sums = w.code_sums();
+    let groups: Vec<usize> = (0..mp).step_by(GROUP_ROWS).collect();
+    let chunks = row_chunks(w, threads);
+    let o = super::OutPtr(out.as_mut_ptr());
+    let task = |id: usize| {
+        #[allow(clippy::redundant_locals)]
+        let o = o;
+        let (r0, r1) = chunks[id % chunks.len()];
+        let i0 = groups[id / chunks.len()];
+        let nb = (mp - i0).min(GROUP_ROWS) / 16;
+        let wd = nb * 16;
+        let mut part = vec![0i32; ROW_TILE.min(r1 - r0) * wd];
+        // rows of `fin` 16 floats longer than a power of two, so that reading down a column spreads over L1's sets
+        let fs = wd + 16;
+        let mut fin = vec![0f32; ROW_TILE.min(r1 - r0) * fs];
+        for t0 in (r0..r1).step_by(ROW_TILE) {
+            let t1 = (t0 + ROW_TILE).min(r1);
+            let part = &mut part[..(t1 - t0) * wd];
+            part.fill(0);
+            for kb in 0..q.nkb {
+                block(isa, q, kb, t0, t1, &xp, mp, i0, nb, part);
+            }
+            // per output row: the zero-point term and the epilogue along its batch rows (vectorized), into
+            // `fin[i][ti]`; then batch row by batch row into `out`, along the output rows
+            let used = wd.min(m - i0);
+            for (i, r) in (t0..t1).enumerate() {
+                let f = &mut fin[i * fs..i * fs + used];
+                centre(isa, &part[i * wd..i * wd + used], &zero[i0..i0 + used], sums[r], f);
+                epi.apply_col(f, i0, r);
+            }
+            for ti in 0..used {
+                let mi = i0 + ti;
+                // SAFETY: outputs t0..t1 of batch row mi belong to this task only; `fin` holds t1 - t0 rows of fs.
+                unsafe {
+                    store_col(isa, &fin, fs, ti, t1 - t0, o.0.add(mi * rows + t0));
+                    epi.activate(o.0.add(mi * rows + t0), t1 - t0);
+                }
+            }
+        }
+    };
+    par::for_each(chunks.len() * groups.len(), threads, &task);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sparse::csr;
+
+    #[test]
+    fn quads_hold_every_stored_code_once_in_its_block() {
+        let (rows, k) = (5usize, 600usize);
+        let stride = k.div_ceil(8);
+        let mut bits = vec![0u8; rows * stride];
+        let mut codes = Vec::new();
+        for r in 0..rows {
+            for c in 0..k {
+                if (r * 7 + c * 13) % 11 < 2 || (r == 3 && (256..264).contains(&c)) {
+                    bits[r * stride + c / 8] |= 1 << (c % 8);
+                    codes.push(((r * 31 + c) % 255) as i8);
+                }
+            }
+        }
+        let w = csr::from_bitmask(rows, k, &bits, Values::I8(codes), vec![1.0; rows]).unwrap();
+        let q = Quads::of(&w).unwrap();
+        let dense = w.to_dense();
+        let mut rebuilt = vec![0f32; rows * k];
+        for r in 0..rows {
+            for b in 0..q.nkb {
+                let (j0, j1) = (q.ptr[r * q.nkb + b] as usize, q.ptr[r * q.nkb + b + 1] as usize);
+                for j in j0..j1 {
+                    let p = q.pos[j] as usize;
+                    assert_eq!(p / KB_QUADS, b, "row {r}: quad {p} filed under block {b}");
+                    assert!(j == j0 || q.pos[j - 1] < q.pos[j], "row {r}: quads ascending, each once");
+                    for (e, byte) in q.val[j].to_le_bytes().iter().enumerate() {
+                        rebuilt[r * k + 4 * p + e] = *byte as i8 as f32;
+                    }
+                }
+            }
+        }
+        assert_eq!(rebuilt, dense);
+        assert_eq!(q.ptr.len(), rows * q.nkb + 1);
+    }
+}
