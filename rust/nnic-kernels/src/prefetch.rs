@@ -8,6 +8,11 @@
 //! that prefix in cache. [`cancel`] (the GEMM bindings call it before every int4/int8 linear) stops the walk within
 //! [`CHUNK`] bytes, so the walker never competes with a GEMV for a core.
 //!
+//! `NNIC_PREFETCH` (read once) chooses how lines are touched: `load` (default: one plain load per line; the
+//! loads are independent, so the core keeps as many fills in flight as it can, and the hardware streamers see a
+//! sequential walk), `t2` (`prefetcht2` per line: a hint that allocates no register and may be dropped), or `off`
+//! (queue nothing: the callers' cost without the walk, for measuring).
+//!
 //! Lifetimes by construction: a queued span holds an [`Arc`] of its weight ([`Resident`]), so the bytes stay
 //! allocated until the walker has dropped it, whatever the caller frees meanwhile; there is no raw pointer in the
 //! queue. Spans are byte ranges of the weight's [`Resident::regions`] (concatenated), checked by [`Span::new`].
@@ -116,6 +121,24 @@ pub fn stats() -> Stats {
 /// (at most `4 * MAX_SPANS`, oldest dropped first).
 type Walked = Vec<(Weak<dyn Resident>, usize, usize)>;
 
+/// How the walker touches a line (`NNIC_PREFETCH`, see the module doc).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Touch {
+    Load,
+    HintT2,
+    Off,
+}
+
+/// The touch mode, from `NNIC_PREFETCH` at first use (an unknown value is `load`, the default).
+pub fn touch_mode() -> Touch {
+    static M: OnceLock<Touch> = OnceLock::new();
+    *M.get_or_init(|| match std::env::var("NNIC_PREFETCH").as_deref() {
+        Ok("off") => Touch::Off,
+        Ok("t2") => Touch::HintT2,
+        _ => Touch::Load,
+    })
+}
+
 struct State {
     queue: VecDeque<Span>,
     walked: Walked,
@@ -164,6 +187,9 @@ pub fn warm(spans: Vec<Span>) -> Result<()> {
         return Err(KernelError::Invalid {
             what: format!("prefetch queue takes at most {MAX_SPANS} spans, got {}", spans.len()),
         });
+    }
+    if touch_mode() == Touch::Off {
+        return Ok(());
     }
     let s = shared();
     let mut st = lock(s);
@@ -275,6 +301,7 @@ fn walker(s: &'static Shared) {
 /// Touches `span`'s lines in order while `go(offset)` holds (checked every [`CHUNK`] bytes); returns the offset
 /// reached.
 fn walk(span: &Span, go: impl Fn(usize) -> bool) -> usize {
+    let mode = touch_mode();
     let mut base = 0; // offset of the current region in the concatenation
     let mut at = span.start;
     for r in span.owner.regions() {
@@ -289,7 +316,7 @@ fn walk(span: &Span, go: impl Fn(usize) -> bool) -> usize {
                 return at;
             }
             let stop = (at + CHUNK).min(hi).min(span.end);
-            touch(&r[at - lo..stop - lo]);
+            touch(&r[at - lo..stop - lo], mode);
             at = stop;
         }
         if at >= span.end {
@@ -299,10 +326,19 @@ fn walk(span: &Span, go: impl Fn(usize) -> bool) -> usize {
     at.max(span.start).min(span.end)
 }
 
-/// One load per 64-byte line of `b`: the loads are independent, so the core keeps as many line fills in flight as
-/// it can, and the lines land in its caches (and the shared L3) on the way.
+/// Touches each 64-byte line of `b` once, as `mode` says.
 #[inline(never)]
-fn touch(b: &[u8]) {
+fn touch(b: &[u8], mode: Touch) {
+    #[cfg(target_arch = "x86_64")]
+    if mode == Touch::HintT2 {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T2};
+        for i in (0..b.len()).step_by(LINE) {
+            // SAFETY: a prefetch hint never faults; the address is inside `b`.
+            unsafe { _mm_prefetch::<_MM_HINT_T2>(b.as_ptr().add(i) as *const i8) };
+        }
+        return;
+    }
+    let _ = mode;
     let mut acc = 0u8;
     let mut i = 0;
     while i < b.len() {
