@@ -85,6 +85,10 @@ impl Span {
     }
 }
 
+fn addr(r: &dyn Resident) -> usize {
+    r as *const dyn Resident as *const () as usize
+}
+
 fn same(a: &dyn Resident, w: &Weak<dyn Resident>) -> bool {
     std::ptr::addr_eq(a as *const dyn Resident, w.as_ptr())
 }
@@ -146,6 +150,10 @@ struct State {
     generation: u64,
     /// The walker is inside a span (outside the lock).
     walking: bool,
+    /// `(generation, weight address)` of recent cancels by a running weight: a walk stopped by its own weight's
+    /// GEMM must not record progress that the GEMM has since overwritten in the cache's terms (the address is
+    /// compared only against a span that keeps its weight alive, so it cannot name another object).
+    ran: VecDeque<(u64, usize)>,
 }
 
 struct Shared {
@@ -161,7 +169,7 @@ fn shared() -> &'static Shared {
     static S: OnceLock<&'static Shared> = OnceLock::new();
     S.get_or_init(|| {
         let s: &'static Shared = Box::leak(Box::new(Shared {
-            state: Mutex::new(State { queue: VecDeque::new(), walked: Vec::new(), generation: 0, walking: false }),
+            state: Mutex::new(State { queue: VecDeque::new(), walked: Vec::new(), generation: 0, walking: false, ran: VecDeque::new() }),
             wake: Condvar::new(),
             idle: Condvar::new(),
             generation: AtomicU64::new(0),
@@ -234,6 +242,13 @@ pub fn cancel(ran: Option<&dyn Resident>) {
     }
     st.generation += 1;
     s.generation.store(st.generation, Ordering::Release);
+    if let Some(r) = ran {
+        if st.ran.len() >= MAX_SPANS {
+            st.ran.pop_front();
+        }
+        let at = (st.generation, addr(r));
+        st.ran.push_back(at);
+    }
     if !st.queue.is_empty() || st.walking {
         CANCELLED.fetch_add(1, Ordering::Relaxed);
     }
@@ -284,6 +299,11 @@ fn walker(s: &'static Shared) {
         let reached = walk(&span, |_| s.generation.load(Ordering::Acquire) == generation);
         BYTES.fetch_add((reached - span.start) as u64, Ordering::Relaxed);
         let mut st = lock(s);
+        let own = addr(&*span.owner);
+        if st.ran.iter().any(|&(g, a)| g > generation && a == own) {
+            drop(st);
+            continue; // its own GEMM stopped the walk: nothing to remember
+        }
         match st.walked.iter_mut().find(|w| span.is(&w.0) && w.1 <= span.start && span.start <= w.2) {
             Some(w) => w.2 = w.2.max(reached),
             None => {
@@ -360,12 +380,19 @@ mod tests {
         }
     }
 
+    /// The walker is one per process: tests that queue or cancel take turns.
+    fn serial() -> MutexGuard<'static, ()> {
+        static SERIAL: Mutex<()> = Mutex::new(());
+        SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn weight(sizes: &[usize]) -> Arc<dyn Resident> {
         Arc::new(Bytes(sizes.iter().map(|&n| vec![1u8; n]).collect()))
     }
 
     #[test]
     fn bad_ranges_are_refused() {
+        let _turn = serial();
         let w = weight(&[100, 28]);
         assert!(Span::new(w.clone(), 0, 128).is_ok());
         let e = Span::new(w.clone(), 0, 129).err().unwrap().to_string();
@@ -390,8 +417,24 @@ mod tests {
         assert_eq!(walk(&Span::new(w, 10_100, 10_300).unwrap(), |_| true), 10_300);
     }
 
+    /// Whenever the cancel lands (before the walk starts, during it, or after it), a weight that ran is not
+    /// remembered as walked: the walker does not record progress that its own GEMM stopped.
+    #[test]
+    fn a_weight_stopped_by_its_own_gemm_is_not_remembered() {
+        let _turn = serial();
+        for pause_us in [0u64, 50, 300] {
+            let w = weight(&[64 << 20]);
+            warm(vec![Span::whole(w.clone())]).unwrap();
+            std::thread::sleep(Duration::from_micros(pause_us));
+            cancel(Some(&*w));
+            assert!(wait_idle(Duration::from_secs(10)));
+            assert!(!walked_past(&*w, 0), "pause {pause_us} us");
+        }
+    }
+
     #[test]
     fn a_queued_weight_outlives_its_caller_and_resumes() {
+        let _turn = serial();
         let w = weight(&[1 << 20]);
         let weak = Arc::downgrade(&w);
         warm(vec![Span::whole(w.clone())]).unwrap();
