@@ -32,8 +32,8 @@ q/k/v and gate/up projections as one GEMM each (``nnic_transformers.fuse_project
 nnic variant K, ``K+fast``: the same model object (same weights) run with ``nnic_transformers.fast_decode``'s
 decoder layers (one-token steps with about half the torch ops) and RMSNorms (one ``F.rms_norm`` call), float32
 logits bit-identical (the warm-up tokens are compared), swapped in for its runs only, timed in the same
-interleaved rounds; ``K+fast`` runs without the background prefetch of the next GEMMs' weights, and ``--prefetch``
-adds ``K+fast+pf`` with it (``fast_decode``'s default). ``--profile`` also counts the torch ops of a decode step per decoder layer and times one small
+interleaved rounds; ``--prefetch`` adds ``K+fast+pf``, the same with ``fast_decode(model, prefetch=True)``
+(the next GEMMs' weights walked into the cache by a background thread while the small ops run). ``--profile`` also counts the torch ops of a decode step per decoder layer and times one small
 op; ``--lm-head-error`` measures (no timing) what an int8 / int4 ``lm_head`` does to the logits.
 """
 
@@ -210,8 +210,8 @@ FAST_MODULES: dict[str, tuple[dict[str, nn.Module], dict[str, nn.Module]]] = {} 
 def with_fast_decode(models: dict[str, nn.Module], prefetch: bool = False) -> dict[str, nn.Module]:
     """``models`` with ``K+fast`` after each nnic variant ``K``: the same model object (same weights, same memory),
     whose decoder layers and RMSNorms :func:`running` swaps for ``nnic_transformers.fast_decode``'s while ``K+fast``
-    runs. ``K+fast`` runs without the background prefetch of the next weights; ``prefetch`` adds ``K+fast+pf``,
-    with it (``fast_decode``'s default)."""
+    runs (``fast_decode``'s default: no background prefetch of the next weights); ``prefetch`` adds ``K+fast+pf``,
+    with it (``fast_decode(model, prefetch=True)``)."""
     from nnic_transformers import fast_decode
 
     out = {}

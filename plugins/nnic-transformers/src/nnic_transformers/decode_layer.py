@@ -16,8 +16,8 @@ the same function for one-token steps with about half the ops:
 - the four GEMMs read and write arrays kept per layer and batch size (``_StepIO``), called on the packed
   weights directly (no module call, no hooks, no fresh numpy view per call).
 
-While the small ops run, the other core is idle and so is DRAM: after each GEMM the layer hands the next two
-GEMMs' packed weights (across layers: :func:`link_layers` chains them, and the last layer's successor is the
+While the small ops run, the other core is idle and so is DRAM: with ``fast_decode(model, prefetch=True)``, after
+each GEMM the layer hands the next two GEMMs' packed weights (across layers: :func:`link_layers` chains them, and the last layer's successor is the
 model's low-bit ``lm_head``) to ``nnic.kernels.prefetch_weights``, whose background thread walks them into the
 cache until the next GEMM starts (which stops it). Only reads: outputs are unchanged.
 

@@ -50,7 +50,7 @@ class FastRMSNorm(nn.Module):
         return self.reference.forward(self, hidden_states)
 
 
-def fast_decode(model: nn.Module, *, prefetch: bool = True) -> list[str]:
+def fast_decode(model: nn.Module, *, prefetch: bool = False) -> list[str]:
     """Swaps, in place, every decoder layer of ``model`` whose projections are fused low-bit GEMMs (after
     ``quantization_speedup`` and ``fuse_projections``) for a
     :class:`~nnic_transformers.decode_layer.FastDecoderLayer` (one-token steps with about half the torch ops,
@@ -62,10 +62,12 @@ def fast_decode(model: nn.Module, *, prefetch: bool = True) -> list[str]:
     the norms are swapped either way); ``save_pretrained`` still works (same state-dict keys), but a model meant
     to be pruned should be pruned before, since the speedup rules know transformers' classes.
 
-    ``prefetch`` (default on): after each of its GEMMs a fast layer queues the next two GEMMs' packed weights
-    (the next layer's, then the model's low-bit ``lm_head``) for ``nnic.kernels.prefetch_weights``, which walks
-    them into the cache on the idle core while the small ops run (outputs unchanged; README, "Group-wise int4
-    kernels"). A second call re-links the layers with its own ``prefetch`` setting."""
+    ``prefetch`` (opt-in): after each of its GEMMs a fast layer queues the next two GEMMs' packed weights (the
+    next layer's, then the model's low-bit ``lm_head``) for ``nnic.kernels.prefetch_weights``, whose background
+    thread walks them into the cache on idle cycles of the other core while the small ops run (outputs unchanged).
+    It costs a few microseconds per GEMM and pays only where the weights do not fit in the cache and a core is
+    idle between GEMVs; ``bench/decode.py --fast-decode --prefetch`` measures both. A second call re-links the
+    layers with its own ``prefetch`` setting."""
     from nnic.quantization import Int4Linear, Int8Linear
     from nnic_transformers.decode_layer import FastDecoderLayer, fast_decoder_layer, link_layers, why_not_fast
 
