@@ -21,7 +21,8 @@ gap. GB/s counts the calls' own time only (the gaps excluded); "per step" adds t
 o 2048 x 2048, gate/up fused 11264 x 2048, down 2048 x 5632, then lm_head 32000 x 2048; int4 g32, float16 scales:
 584 MB, more than the L3) with the small ops between them replaced by spins of the measured length
 (``--layer-gaps-us``, after each of the four GEMVs), with and without ``prefetch_weights`` of the next two GEMVs
-after each one (what ``fast_decode`` does), interleaved; it prints ms per token of each.
+after each one (what ``fast_decode(model, prefetch=True)`` does), in rounds of 3 tokens each whose order alternates;
+it prints ms per token of each and what the walker did.
 """
 
 from __future__ import annotations
@@ -182,8 +183,8 @@ def decode_steps(args: argparse.Namespace, clock, rounds: int) -> None:
         token(pf)
     res: dict[bool, list[float]] = {False: [], True: []}
     before = kernels.prefetch_stats()
-    for _ in range(rounds):
-        for pf in (False, True):
+    for r in range(rounds):
+        for pf in (False, True) if r % 2 == 0 else (True, False):  # alternating order: no position bias
             for _ in range(3):
                 res[pf].append(token(pf))
     after = kernels.prefetch_stats()
