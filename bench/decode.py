@@ -32,7 +32,8 @@ q/k/v and gate/up projections as one GEMM each (``nnic_transformers.fuse_project
 nnic variant K, ``K+fast``: the same model object (same weights) run with ``nnic_transformers.fast_decode``'s
 decoder layers (one-token steps with about half the torch ops) and RMSNorms (one ``F.rms_norm`` call), float32
 logits bit-identical (the warm-up tokens are compared), swapped in for its runs only, timed in the same
-interleaved rounds. ``--profile`` also counts the torch ops of a decode step per decoder layer and times one small
+interleaved rounds; ``--prefetch`` adds ``K+fast+pf``, the same with ``fast_decode(model, prefetch=True)``
+(the next GEMMs' weights walked into the cache by a background thread while the small ops run). ``--profile`` also counts the torch ops of a decode step per decoder layer and times one small
 op; ``--lm-head-error`` measures (no timing) what an int8 / int4 ``lm_head`` does to the logits.
 """
 
@@ -206,22 +207,26 @@ def pruned(m: nn.Module, fraction: float, prompts: list[torch.Tensor], new: int,
 FAST_MODULES: dict[str, tuple[dict[str, nn.Module], dict[str, nn.Module]]] = {}  # "K+fast": (fast, original) modules
 
 
-def with_fast_decode(models: dict[str, nn.Module]) -> dict[str, nn.Module]:
+def with_fast_decode(models: dict[str, nn.Module], prefetch: bool = False) -> dict[str, nn.Module]:
     """``models`` with ``K+fast`` after each nnic variant ``K``: the same model object (same weights, same memory),
-    whose decoder layers and RMSNorms :func:`running` swaps for ``nnic_transformers.fast_decode``'s while ``K+fast`` runs."""
+    whose decoder layers and RMSNorms :func:`running` swaps for ``nnic_transformers.fast_decode``'s while ``K+fast``
+    runs (``fast_decode``'s default: no background prefetch of the next weights); ``prefetch`` adds ``K+fast+pf``,
+    with it (``fast_decode(model, prefetch=True)``)."""
     from nnic_transformers import fast_decode
 
     out = {}
     for k, m in models.items():
         out[k] = m
-        if k.startswith("nnic-"):
+        if not k.startswith("nnic-"):
+            continue
+        for suffix, pf in (("+fast", False), ("+fast+pf", True)) if prefetch else (("+fast", False),):
             original = {n: mod for n, mod in m.named_modules()}
-            names = fast_decode(m)  # decoder layers first, then norms: put back in that order
+            names = fast_decode(m, prefetch=pf)  # decoder layers first, then norms: put back in that order
             fast = {n: m.get_submodule(n) for n in names}
             set_modules(m, {n: original[n] for n in names})
             if fast:
-                out[f"{k}+fast"] = m
-                FAST_MODULES[f"{k}+fast"] = (fast, {n: original[n] for n in fast})
+                out[f"{k}{suffix}"] = m
+                FAST_MODULES[f"{k}{suffix}"] = (fast, {n: original[n] for n in fast})
     return out
 
 
@@ -476,6 +481,8 @@ def main() -> None:
                     "module kind (projections, norms, attention, lm_head, ...), for each variant")
     ap.add_argument("--fast-decode", action="store_true", help="also time every nnic variant after "
                     "nnic_transformers.fast_decode (as K+fast, same rounds)")
+    ap.add_argument("--prefetch", action="store_true", help="with --fast-decode: K+fast runs without the background "
+                    "prefetch of the next weights, and K+fast+pf with it (same rounds)")
     ap.add_argument("--lm-head-error", action="store_true", help="instead of timing: the logit error of an int8 / "
                     "int4 lm_head against float32, alone and beside an int4 body (no timing)")
     ap.add_argument("--float-lm-head", action="store_true", help="the quantized variants keep the vocabulary "
@@ -515,7 +522,7 @@ def main() -> None:
                 built[kind] = variant(base, kind, args.group_size)
         models = {k: built[k] for k in args.variants if built.get(k) is not None}
         if args.fast_decode:
-            models = with_fast_decode(models)
+            models = with_fast_decode(models, args.prefetch)
         wbytes = {k: weight_bytes(m) for k, m in models.items()}
         if args.profile:
             for k, mod in models.items():
@@ -538,7 +545,8 @@ def main() -> None:
             for k, mod in models.items():  # warm-up (packing, caches), and the tokens each variant generates
                 with running(k, mod) as m:
                     first[k] = run_once(m, ids, min(args.new, 8))[2]
-            fast_same = {k: torch.equal(first[k], first[k[:-len("+fast")]]) for k in models if k.endswith("+fast")}
+            base_of = lambda k: k.split("+")[0]  # noqa: E731
+            fast_same = {k: torch.equal(first[k], first[base_of(k)]) for k in models if "+fast" in k}
             for _ in range(args.rounds):
                 for k, mod in models.items():
                     with running(k, mod) as m:
@@ -548,7 +556,7 @@ def main() -> None:
             for note in notes:
                 print(note)
             for k, same in fast_same.items():
-                print(f"  {k}: warm-up tokens {'equal to' if same else 'DIFFERENT from'} {k[:-len('+fast')]}'s")
+                print(f"  {k}: warm-up tokens {'equal to' if same else 'DIFFERENT from'} {base_of(k)}'s")
             print(f"  {'variant':20s} {'prefill ms':>10s} {'decode tok/s':>12s} {'vs fp32':>8s} {'weights MB':>10s} "
                   f"{'GB/s':>6s} {'%bw':>5s} {'same tokens as fp32 (of 8)':>26s}")
             ref = statistics.median(d for _, d in times["fp32"]) if "fp32" in times else None

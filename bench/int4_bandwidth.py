@@ -3,12 +3,26 @@ streamed from DRAM.
 
     python bench/int4_bandwidth.py                      # 2 threads, wall time, 4096 x 4096, groups of 32
     python bench/int4_bandwidth.py --threads 1 --clock cpu --quick
+    python bench/int4_bandwidth.py --gap-us 100 --quick   # + the cold calls with a gap, prefetched or not
+    python bench/int4_bandwidth.py --decode-steps         # a 1B decoder's GEMV chain with its small-op gaps
 
 "hot": one packed weight called again and again (L3-resident when it fits); "cold": ``--cold`` different packed
 weights of the same shape called in turn (more bytes than the L3 holds, so each call streams from DRAM). ``int4``
 stores its group scales in float16 (nnic's default), ``int4-f32`` in float32 (same codes). GB/s is the packed
 bytes (codes, scales, column sums) per call over the call's time; ``copy_`` counts read + write bytes
 of a 256 MiB float32 copy. Each round runs every case once (interleaved), the table gives medians over rounds.
+
+``--gap-us G`` adds the decode pattern: the cold calls separated by G µs of other work on the calling thread (a
+spin), as the small ops of a decode step separate its GEMVs; "gap" leaves the other core idle then, "gap+pf" hands
+the next weight to ``kernels.prefetch_weights`` right after each call, so its first bytes are warmed during the
+gap. GB/s counts the calls' own time only (the gaps excluded); "per step" adds the gap.
+
+``--decode-steps`` times the GEMVs of one decode token of the LLaMA ~1B shape (22 layers of q/k/v fused 2560 x 2048,
+o 2048 x 2048, gate/up fused 11264 x 2048, down 2048 x 5632, then lm_head 32000 x 2048; int4 g32, float16 scales:
+584 MB, more than the L3) with the small ops between them replaced by spins of the measured length
+(``--layer-gaps-us``, after each of the four GEMVs), with and without ``prefetch_weights`` of the next two GEMVs
+after each one (what ``fast_decode(model, prefetch=True)`` does), in rounds of 3 tokens each whose order alternates;
+it prints ms per token of each and what the walker did.
 """
 
 from __future__ import annotations
@@ -35,6 +49,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--cold", type=int, default=36, help="weights cycled for the DRAM case (36 x 10.5 MB > 260 MB L3)")
     ap.add_argument("--quick", action="store_true", help="3 rounds")
+    ap.add_argument("--gap-us", type=float, default=0.0, help="also time cold calls separated by this much other work")
+    ap.add_argument("--decode-steps", action="store_true", help="instead: a 1B decoder's GEMVs with gaps, prefetched "
+                    "or not (see above)")
+    ap.add_argument("--layer-gaps-us", type=float, nargs=4, default=[200.0, 50.0, 20.0, 60.0],
+                    metavar=("QKV", "O", "GATE_UP", "DOWN"), help="spin after each GEMV of a layer (--decode-steps)")
     args = ap.parse_args()
     if args.clock == "cpu":
         args.threads = 1
@@ -43,6 +62,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     kernels.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.decode_steps:
+        decode_steps(args, clock, rounds)
+        return
     n, k = args.shape
     w = torch.randn(n, k)
     q4, s4 = kernels.quantize_int4_weight(w, args.group_size, torch.float16)
@@ -69,7 +91,30 @@ def main() -> None:
             return lambda: rate(ws[0].nbytes, lambda i: f(x, ws[i % args.cold]), 2 * args.cold)
         return lambda: rate(ws[0].nbytes, lambda i: f(x, ws[0]), 50)
 
+    def gapped(kind: str, prefetch: bool):
+        """Cold calls with ``args.gap_us`` of spinning after each (the next weight prefetched meanwhile, or not);
+        the rate of the calls alone."""
+        ws, f, gap = packs[kind], run[kind], args.gap_us * 1e-6
+
+        def go() -> float:
+            spent = 0.0
+            for i in range(2 * args.cold):
+                t0 = clock()
+                f(x, ws[i % args.cold])
+                spent += clock() - t0
+                if prefetch:
+                    kernels.prefetch_weights([ws[(i + 1) % args.cold]])
+                end = time.perf_counter() + gap
+                while time.perf_counter() < end:
+                    pass
+            return ws[0].nbytes * 2 * args.cold / spent
+        return go
+
     cases = {f"{kind} {where}": case(kind, where == "cold") for where in ("hot", "cold") for kind in packs}
+    if args.gap_us > 0:
+        for kind in ("int4", "int8"):
+            cases[f"{kind} gap"] = gapped(kind, False)
+            cases[f"{kind} gap+pf"] = gapped(kind, True)
     cases["copy_"] = lambda: rate(2 * big.numel() * 4, lambda i: dst.copy_(big), 3)
     for fn in cases.values():  # warm-up
         fn()
@@ -83,6 +128,12 @@ def main() -> None:
           f"rounds; packed {mb}")
     for c, v in med.items():
         print(f"  {c:14s} {v / 1e9:6.1f} GB/s")
+    if args.gap_us > 0:
+        for kind in ("int4", "int8"):
+            a, b = med[f"{kind} gap"], med[f"{kind} gap+pf"]
+            nb, gap = packs[kind][0].nbytes, args.gap_us * 1e-6
+            print(f"  {kind}, {args.gap_us:g} us gaps: prefetched calls {b / a:.3f}x the calls without, per step "
+                  f"(call + gap) {(nb / a + gap) / (nb / b + gap):.3f}x; walker {kernels.prefetch_stats()}")
     call = {c: packs[c.split()[0]][0].nbytes / med[c] for c in med if c != "copy_"}  # seconds per call
     for where in ("hot", "cold"):
         for kind in ("int4", "int4-f32"):
@@ -90,6 +141,63 @@ def main() -> None:
                   f"{100 * med[f'{kind} {where}'] / med['copy_']:.0f} % of copy_ GB/s")
         print(f"  {where}: float16 scales {call[f'int4-f32 {where}'] / call[f'int4 {where}']:.3f}x float32 scales per call "
               f"(bytes ratio {packs['int4-f32'][0].nbytes / packs['int4'][0].nbytes:.3f})")
+
+
+def spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def decode_steps(args: argparse.Namespace, clock, rounds: int) -> None:
+    """ms per token of a 1B decoder's GEMV chain with small-op gaps, prefetched or not (module docstring)."""
+    shapes = [(2560, 2048), (2048, 2048), (11264, 2048), (2048, 5632)]
+    packed: dict[tuple[int, int], list] = {}
+    chain = []
+    for layer in range(22):
+        for j, (n, k) in enumerate(shapes):
+            q = torch.randint(-7, 8, (n, k), dtype=torch.int8)
+            s = (torch.rand(n, k // args.group_size) * 0.01 + 1e-3).half()
+            chain.append((kernels.pack_int4_weight(q, s, args.group_size), args.layer_gaps_us[j] * 1e-6))
+    q = torch.randint(-7, 8, (32000, 2048), dtype=torch.int8)
+    chain.append((kernels.pack_int4_weight(q, (torch.rand(32000, 2048 // args.group_size) * 0.01 + 1e-3).half(),
+                                           args.group_size), 300e-6))  # sampling, embedding, first norm
+    del packed
+    xs = {k: torch.randn(1, k) for k in (2048, 5632)}
+    total = sum(w.nbytes for w, _ in chain)
+
+    def token(prefetch: bool) -> float:
+        spent = 0.0
+        for i, (w, gap) in enumerate(chain):
+            t0 = clock()
+            kernels.int4_linear(xs[w.in_features], w)
+            spent += clock() - t0
+            if prefetch:
+                kernels.prefetch_weights([chain[(i + 1) % len(chain)][0], chain[(i + 2) % len(chain)][0]])
+            t0 = clock()
+            spin(gap)
+            spent += clock() - t0
+        return spent
+
+    for pf in (False, True):  # warm-up
+        token(pf)
+    res: dict[bool, list[float]] = {False: [], True: []}
+    before = kernels.prefetch_stats()
+    for r in range(rounds):
+        for pf in (False, True) if r % 2 == 0 else (True, False):  # alternating order: no position bias
+            for _ in range(3):
+                res[pf].append(token(pf))
+    after = kernels.prefetch_stats()
+    gaps = sum(g for _, g in chain)
+    a, b = statistics.median(res[False]), statistics.median(res[True])
+    print(f"1B decode GEMV chain: {len(chain)} int4 GEMVs, {total / 1e6:.0f} MB, gaps {gaps * 1e3:.1f} ms per token; "
+          f"threads {args.threads}, clock {args.clock}, medians of {3 * rounds} tokens (interleaved)")
+    print(f"  without prefetch {a * 1e3:7.2f} ms per token ({total / (a - gaps) / 1e9:.1f} GB/s in the GEMVs)")
+    print(f"  with prefetch    {b * 1e3:7.2f} ms per token ({total / (b - gaps) / 1e9:.1f} GB/s in the GEMVs): "
+          f"{a / b:.3f}x")
+    walked = (after["bytes"] - before["bytes"]) / (3 * rounds)
+    print(f"  walker per token: {walked / 1e6:.0f} MB walked ({100 * walked / total:.0f} % of the weights), "
+          f"{(after['cancelled'] - before['cancelled']) / (3 * rounds):.0f} walks stopped by a GEMV")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ nnic imports either. Its modules, one job each:
 - :mod:`.select`: exact k-th smallest ``|x|``, keep-masks with exactly k pruned, in-place masking.
 - :mod:`.quant`: affine (de)quantization, int4 nibble packing, abs-max / min-max reductions.
 - :mod:`.gemm`: int8 / int4 GEMM: exact int8 products, prepacked linear and conv2d with fused epilogues.
+- :mod:`.prefetch`: warming the next packed weights into the caches on an idle core while small ops run.
 - :mod:`.sparse`: sparse Linear products (CSR from a bitmask, N:M; float32 or int8 values).
 - :mod:`.encoder`: fused encoder ops: multi-head attention read in place from the projections, skip LayerNorm.
 - :mod:`.twins`: the torch implementations used for tensors on other devices (CUDA), same semantics.
@@ -54,6 +55,7 @@ from nnic.kernels.gemm import (
     quantize_int8_weight,
     run_packed_linear,
 )
+from nnic.kernels.prefetch import cancel_prefetch, prefetch_stats, prefetch_wait, prefetch_weights
 from nnic.kernels.quant import abs_max, dequantize, min_max, pack_int4, quantize, unpack_int4
 from nnic.kernels.runtime import (
     active_isa,
@@ -94,12 +96,13 @@ from nnic.kernels.select import (
 __all__ = [
     "ACTIVATIONS", "ACT_MODES", "DEFAULT_INT4_SCALE_DTYPE", "INT4_SCALE_DTYPES", "MAX_K", "PackedInt4Weight",
     "PackedInt8Weight", "SPARSE_ACT_MODES", "SparseWeight", "abs_max", "active_isa", "apply_mask_", "attention",
-    "check_int4_scale_dtype", "cpu_features", "dequantize", "flush_caches", "gemm_backend", "gemm_openmp_stats",
-    "gemm_path", "gemm_paths", "gemm_pool_stats", "gemm_spin_us", "gemm_team_stats", "get_num_threads",
-    "global_kth_smallest_abs", "global_smallest_abs_masks", "int4_group_scales", "int4_linear", "int8_conv2d",
-    "int8_linear", "int8_matmul", "kth_smallest_abs", "min_max", "pack_int4", "pack_int4_weight", "pack_int8_weight",
-    "prune_by_threshold_", "quantize", "quantize_int4_weight", "quantize_int8_weight", "run_packed_linear",
-    "set_gemm_backend", "set_gemm_spin_us", "set_isa", "set_num_threads", "set_sparse_bitmask_break_even",
-    "skip_layer_norm", "smallest_abs_mask", "sparse_bitmask_break_even", "sparse_linear", "sparse_weight_csr",
-    "sparse_weight_nm", "supported_isas", "twins", "unpack_int4",
+    "cancel_prefetch", "check_int4_scale_dtype", "cpu_features", "dequantize", "flush_caches", "gemm_backend",
+    "gemm_openmp_stats", "gemm_path", "gemm_paths", "gemm_pool_stats", "gemm_spin_us", "gemm_team_stats",
+    "get_num_threads", "global_kth_smallest_abs", "global_smallest_abs_masks", "int4_group_scales", "int4_linear",
+    "int8_conv2d", "int8_linear", "int8_matmul", "kth_smallest_abs", "min_max", "pack_int4", "pack_int4_weight",
+    "pack_int8_weight", "prefetch_stats", "prefetch_wait", "prefetch_weights", "prune_by_threshold_", "quantize",
+    "quantize_int4_weight", "quantize_int8_weight", "run_packed_linear", "set_gemm_backend", "set_gemm_spin_us",
+    "set_isa", "set_num_threads", "set_sparse_bitmask_break_even", "skip_layer_norm", "smallest_abs_mask",
+    "sparse_bitmask_break_even", "sparse_linear", "sparse_weight_csr", "sparse_weight_nm", "supported_isas", "twins",
+    "unpack_int4",
 ]

@@ -123,3 +123,36 @@ def test_layers_that_do_not_qualify_keep_their_forward():
     assert "is not a LLaMA / Qwen2 / Mistral decoder layer" in why_not_fast(nn.Linear(2, 2))
     with pytest.raises(ValueError, match="fast_decoder_layer: qkv_proj is not fused"):
         fast_decoder_layer(float_model.model.layers[0])
+
+
+def test_prefetch_links_each_gemm_to_the_next_two_and_keeps_outputs_bit_identical():
+    """``fast_decode(model, prefetch=True)``: after each GEMM the next two GEMMs' packed weights (across layers, then
+    the low-bit lm_head) are queued for the background walk; logits and tokens stay those of the model without it;
+    a copy starts unlinked; ``prefetch=False`` queues nothing."""
+    from nnic import kernels
+
+    ref = quantized("llama", 4)
+    fast = copy.deepcopy(ref)
+    fast_decode(fast, prefetch=True)
+    layers = fast.model.layers
+    gemms = [g for layer in layers for g in layer.gemms()] + [fast.lm_head]
+    for i, layer in enumerate(layers):
+        link = layer.__dict__["_decode_link"]
+        assert link.prefetch
+        for step in range(4):
+            at = 4 * i + step
+            assert [id(m) for m in link.ahead[step]] == [id(m) for m in gemms[at + 1:at + 3]]
+    assert layers[-1].__dict__["_decode_link"].ahead[3] == (fast.lm_head,)
+    ids = torch.randint(0, 100, (1, 10), generator=torch.Generator().manual_seed(11))
+    before = kernels.prefetch_stats()["jobs"]
+    got, got_tokens = decode_logits(fast, ids, 5)
+    queued = kernels.prefetch_stats()["jobs"] - before
+    want, want_tokens = decode_logits(ref, ids, 5)
+    assert torch.equal(got, want) and torch.equal(got_tokens, want_tokens)
+    assert queued >= 4 * 4 * len(layers)  # four decode steps x four GEMMs per layer (prefill runs no fast path)
+    assert copy.deepcopy(fast).model.layers[0].__dict__["_decode_link"].ahead == ((), (), (), ())
+    fast_decode(fast)  # re-linked without prefetch
+    assert not layers[0].__dict__["_decode_link"].prefetch
+    before = kernels.prefetch_stats()["jobs"]
+    assert torch.equal(decode_logits(fast, ids, 5)[0], want)
+    assert kernels.prefetch_stats()["jobs"] == before

@@ -3,12 +3,14 @@
 use crate::errors::{slice, slice_mut, to_py};
 use nnic_kernels::gemm::conv::{int8_conv2d, ConvGeom};
 use nnic_kernels::gemm::{self, int4, ActQuant, Activation, PackedLinear, Path};
+use nnic_kernels::prefetch::{self, Resident};
 use numpy::{
     Element, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray2,
     PyReadonlyArray4, PyUntypedArrayMethods,
 };
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use std::sync::Arc;
 
 fn ro<'a, T: Element>(a: &'a PyReadonlyArray2<'_, T>, name: &str) -> PyResult<&'a [T]> {
     slice(a, name)
@@ -216,8 +218,10 @@ impl LinearWeight for int4::PackedInt4 {
     }
 }
 
-/// `out[m, n] = linear(x)` with weight `w`: shape checks, then the kernel with the GIL released.
-fn linear_into<W: LinearWeight>(
+/// `out[m, n] = linear(x)` with weight `w`: shape checks, then the kernel with the GIL released. A background
+/// prefetch walk is stopped first (`nnic_kernels::prefetch`: it must not take a core from the GEMM), and `w`'s
+/// walked record forgotten.
+fn linear_into<W: LinearWeight + Resident>(
     py: Python<'_>,
     w: &W,
     x: PyReadonlyArray2<'_, f32>,
@@ -233,6 +237,7 @@ fn linear_into<W: LinearWeight>(
     let x = ro(&x, "x")?;
     let bias = bias.as_ref().map(|b| ro1(b, "bias")).transpose()?;
     let out = rw(&mut out, "out")?;
+    prefetch::cancel(Some(w));
     to_py(py.detach(|| w.run(p, x, m, bias, act, activation, out)))
 }
 
@@ -245,11 +250,11 @@ macro_rules! packed_weight_methods {
         impl $class {
             #[getter]
             fn in_features(&self) -> usize {
-                LinearWeight::in_features(&self.inner)
+                LinearWeight::in_features(&*self.inner)
             }
             #[getter]
             fn out_features(&self) -> usize {
-                LinearWeight::out_features(&self.inner)
+                LinearWeight::out_features(&*self.inner)
             }
             /// Bytes held by the packed weights.
             #[getter]
@@ -275,7 +280,7 @@ macro_rules! packed_weight_methods {
                 activation: &str,
             ) -> PyResult<()> {
                 let aq = act_quant(act, symmetric, act_scale, act_zero_point)?;
-                linear_into(py, &self.inner, x, out, bias, aq, activation, path)
+                linear_into(py, &*self.inner, x, out, bias, aq, activation, path)
             }
 
             $($own)*
@@ -286,7 +291,8 @@ macro_rules! packed_weight_methods {
 /// s8 linear weights `[out_features, in_features]` packed for the GEMM, with their scales and zero points.
 #[pyclass(frozen, module = "nnic._kernels")]
 pub struct PackedInt8Weight {
-    inner: PackedLinear,
+    /// Shared with queued prefetch walks (`crate::prefetch`), which keep it alive until they are done.
+    pub(crate) inner: Arc<PackedLinear>,
 }
 
 packed_weight_methods!(PackedInt8Weight, symmetric = false,
@@ -301,7 +307,7 @@ packed_weight_methods!(PackedInt8Weight, symmetric = false,
     ) -> PyResult<Self> {
         let [n, k] = dims(&w);
         let (w, s, z) = (ro(&w, "w")?, ro1(&scale, "scale")?, ro1(&zero_point, "zero_point")?);
-        Ok(PackedInt8Weight { inner: to_py(py.detach(|| PackedLinear::new(w, n, k, s, z)))? })
+        Ok(PackedInt8Weight { inner: Arc::new(to_py(py.detach(|| PackedLinear::new(w, n, k, s, z)))?) })
     }
 
     /// The int8 codes `[n, k]` (unpacked copy).
@@ -389,7 +395,8 @@ packed_weight_methods!(PackedInt8Weight, symmetric = false,
 /// (float32, or IEEE half-precision bits given as uint16).
 #[pyclass(frozen, module = "nnic._kernels")]
 pub struct PackedInt4Weight {
-    inner: int4::PackedInt4,
+    /// Shared with queued prefetch walks (`crate::prefetch`), which keep it alive until they are done.
+    pub(crate) inner: Arc<int4::PackedInt4>,
 }
 
 packed_weight_methods!(PackedInt4Weight, symmetric = true,
@@ -418,7 +425,7 @@ packed_weight_methods!(PackedInt4Weight, symmetric = true,
                 "scales must be a 2-D float32 array, or uint16 holding half-precision bits",
             ));
         };
-        Ok(PackedInt4Weight { inner: to_py(inner)? })
+        Ok(PackedInt4Weight { inner: Arc::new(to_py(inner)?) })
     }
 
     #[getter]

@@ -6,6 +6,7 @@
 mod encoder;
 mod errors;
 mod gemm;
+mod prefetch;
 mod sparse;
 
 use pyo3::prelude::*;
@@ -19,6 +20,8 @@ mod _kernels {
     };
     #[pymodule_export]
     use crate::encoder::{attention, skip_layer_norm};
+    #[pymodule_export]
+    use crate::prefetch::{cancel_prefetch, prefetch_stats, prefetch_wait, prefetch_weights};
     #[pymodule_export]
     use crate::sparse::{flush_caches, set_sparse_bitmask_break_even, sparse_bitmask_break_even, SparseWeight};
     use crate::errors::{isa, slice, slice_mut, to_py};

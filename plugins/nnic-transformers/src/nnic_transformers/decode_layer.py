@@ -16,6 +16,11 @@ the same function for one-token steps with about half the ops:
 - the four GEMMs read and write arrays kept per layer and batch size (``_StepIO``), called on the packed
   weights directly (no module call, no hooks, no fresh numpy view per call).
 
+While the small ops run, the other core is idle and so is DRAM: with ``fast_decode(model, prefetch=True)``, after
+each GEMM the layer hands the next two GEMMs' packed weights (across layers: :func:`link_layers` chains them, and the last layer's successor is the
+model's low-bit ``lm_head``) to ``nnic.kernels.prefetch_weights``, whose background thread walks them into the
+cache until the next GEMM starts (which stops it). Only reads: outputs are unchanged.
+
 The cache update and the attention are transformers' own calls (``cache.update``, the configured attention
 function with the module's arguments), so the result is **bit-identical** in float32 to the layer's own forward
 (tests: ``torch.equal`` on logits of KV-cached decode and greedy tokens, LLaMA, Qwen2 and Mistral, int4 and
@@ -120,6 +125,7 @@ class FastDecoderLayer(nn.Module):
         io = self._io(b)
         io.qkv_in.copy_(_rms_norm(self.input_layernorm, hidden_states))
         qkv = io.gemm(attn.qkv_proj.fused, "qkv")  # [B, 1, (heads + 2 kv heads) * head_dim]
+        self._prefetch_after(0)
         q_out, k_out = attn.qkv_proj.splits[0], attn.qkv_proj.splits[1]
         heads, kv_heads = q_out // d, k_out // d
         qk = qkv[..., :q_out + k_out].view(b, 1, heads + kv_heads, d).transpose(1, 2)
@@ -138,12 +144,28 @@ class FastDecoderLayer(nn.Module):
             kw["sliding_window"] = attn.sliding_window
         out, _ = _attention(attn)(attn, query, key, value, attention_mask, dropout=0.0, scaling=attn.scaling, **kw)
         io.o_in.copy_(out.view(b, 1, -1))
-        h = hidden_states + io.gemm(attn.o_proj, "o")
+        o = io.gemm(attn.o_proj, "o")
+        self._prefetch_after(1)
+        h = hidden_states + o
         io.gate_up_in.copy_(_rms_norm(self.post_attention_layernorm, h))
         gate_up = io.gemm(mlp.gate_up_proj.fused, "gate_up")
+        self._prefetch_after(2)
         inner = mlp.gate_up_proj.splits[0]
         torch.mul(F.silu(gate_up[..., :inner]), gate_up[..., inner:], out=io.down_in)
-        return h + io.gemm(mlp.down_proj, "down")
+        down = io.gemm(mlp.down_proj, "down")
+        self._prefetch_after(3)
+        return h + down
+
+    def gemms(self) -> tuple[nn.Module, nn.Module, nn.Module, nn.Module]:
+        """The layer's four low-bit GEMMs in the order a decode step runs them."""
+        attn, mlp = self.self_attn, self.mlp
+        return attn.qkv_proj.fused, attn.o_proj, mlp.gate_up_proj.fused, mlp.down_proj
+
+    def _prefetch_after(self, step: int) -> None:
+        """Queues the packed weights of the two GEMMs after GEMM ``step`` (0-3) for the background walk."""
+        link = self.__dict__.get("_decode_link")
+        if link is not None and link.prefetch and link.ahead[step]:
+            link.warm([m._packed_weight() for m in link.ahead[step]])
 
     def _io(self, batch: int) -> _StepIO:
         held = self.__dict__.get("_step_io")
@@ -204,6 +226,36 @@ class _Held:
         return (_Held, ())
 
 
+class _Link:
+    """The GEMMs that follow each of a layer's four in a decode step (its own, then the next layer's, or the model's
+    low-bit ``lm_head`` after the last layer), fixed when the layers are linked, and whether to prefetch them.
+    Kept in the layer's ``__dict__`` (not a submodule: no state-dict entry, no recursion); a copy of the layer
+    (``copy.deepcopy``, pickling) starts unlinked, since it would otherwise point into the original model."""
+
+    AHEAD = 2  # GEMMs queued after each GEMM: the next one, and the one after it for a gap the first fills
+
+    def __init__(self, ahead: tuple[tuple[nn.Module, ...], ...] = ((), (), (), ()), prefetch: bool = False) -> None:
+        from nnic.kernels import prefetch_weights
+
+        self.ahead, self.prefetch, self.warm = ahead, prefetch, prefetch_weights
+
+    def __deepcopy__(self, memo: dict) -> _Link:
+        return _Link()
+
+    def __reduce__(self):
+        return (_Link, ())
+
+
+def link_layers(layers: list[FastDecoderLayer], lm_head: nn.Module | None, prefetch: bool) -> None:
+    """Chains ``layers`` (in the order a decode step runs them) and ``lm_head`` (a low-bit output projection, or
+    None) for :meth:`FastDecoderLayer._prefetch_after`; ``prefetch=False`` turns the warming off. Link again after
+    swapping any of these modules."""
+    seq = [g for layer in layers for g in layer.gemms()] + ([lm_head] if lm_head is not None else [])
+    for i, layer in enumerate(layers):
+        ahead = tuple(tuple(seq[4 * i + step + 1:4 * i + step + 1 + _Link.AHEAD]) for step in range(4))
+        layer.__dict__["_decode_link"] = _Link(ahead, prefetch)
+
+
 def _rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """transformers' RMSNorm of float32 ``x`` with float32 weights, in one op (bit-identical: see FastRMSNorm)."""
     eps = norm.variance_epsilon
@@ -239,4 +291,4 @@ def fast_decoder_layer(layer: nn.Module) -> FastDecoderLayer:
     return new
 
 
-__all__ = ["FastDecoderLayer", "decoder_layer_classes", "fast_decoder_layer", "why_not_fast"]
+__all__ = ["FastDecoderLayer", "decoder_layer_classes", "fast_decoder_layer", "link_layers", "why_not_fast"]

@@ -50,7 +50,7 @@ class FastRMSNorm(nn.Module):
         return self.reference.forward(self, hidden_states)
 
 
-def fast_decode(model: nn.Module) -> list[str]:
+def fast_decode(model: nn.Module, *, prefetch: bool = False) -> list[str]:
     """Swaps, in place, every decoder layer of ``model`` whose projections are fused low-bit GEMMs (after
     ``quantization_speedup`` and ``fuse_projections``) for a
     :class:`~nnic_transformers.decode_layer.FastDecoderLayer` (one-token steps with about half the torch ops,
@@ -60,8 +60,16 @@ def fast_decode(model: nn.Module) -> list[str]:
     parameters and submodules are shared, not copied. Apply it to the model you run, after
     ``quantization_speedup`` / ``fuse_projections`` (layers whose projections are not fused keep their forward;
     the norms are swapped either way); ``save_pretrained`` still works (same state-dict keys), but a model meant
-    to be pruned should be pruned before, since the speedup rules know transformers' classes."""
-    from nnic_transformers.decode_layer import FastDecoderLayer, fast_decoder_layer, why_not_fast
+    to be pruned should be pruned before, since the speedup rules know transformers' classes.
+
+    ``prefetch`` (opt-in): after each of its GEMMs a fast layer queues the next two GEMMs' packed weights (the
+    next layer's, then the model's low-bit ``lm_head``) for ``nnic.kernels.prefetch_weights``, whose background
+    thread walks them into the cache on idle cycles of the other core while the small ops run (outputs unchanged).
+    It costs a few microseconds per GEMM and pays only where the weights do not fit in the cache and a core is
+    idle between GEMVs; ``bench/decode.py --fast-decode --prefetch`` measures both. A second call re-links the
+    layers with its own ``prefetch`` setting."""
+    from nnic.quantization import Int4Linear, Int8Linear
+    from nnic_transformers.decode_layer import FastDecoderLayer, fast_decoder_layer, link_layers, why_not_fast
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"fast_decode: model must be a torch.nn.Module, got {type(model).__qualname__}")
@@ -76,6 +84,9 @@ def fast_decode(model: nn.Module) -> list[str]:
             continue
         replace_module(model, name, FastRMSNorm(module))
         swapped.append(name)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    lowbit_head = head if isinstance(head, (Int4Linear, Int8Linear)) else None
+    link_layers([m for m in model.modules() if isinstance(m, FastDecoderLayer)], lowbit_head, prefetch)
     return swapped
 
 

@@ -233,6 +233,30 @@ impl PackedInt4 {
     }
 }
 
+impl crate::prefetch::Resident for PackedInt4 {
+    /// The GEMV's read order: blocks of 8 panels (the tasks' column blocks, taken in order), each block's codes
+    /// then its scales and zero points (the column sums are read once per panel, 128 bytes: left out).
+    fn regions(&self) -> Vec<&[u8]> {
+        let panels = self.data.len() / (self.kp * NR / 2);
+        let gp = self.kp / self.group;
+        let (scales, w): (&[u8], usize) = match &self.scales {
+            // SAFETY: plain numbers reinterpreted as their bytes (alignment 1, same length in bytes).
+            Scales::F32(s) => (unsafe { std::slice::from_raw_parts(s.as_ptr() as *const u8, 4 * s.len()) }, 4),
+            Scales::F16(s) => (unsafe { std::slice::from_raw_parts(s.as_ptr() as *const u8, 2 * s.len()) }, 2),
+        };
+        let mut out = Vec::new();
+        for p0 in (0..panels).step_by(8) {
+            let p1 = (p0 + 8).min(panels);
+            out.push(&self.data[p0 * self.kp * NR / 2..p1 * self.kp * NR / 2]);
+            out.push(&scales[p0 * gp * NR * w..p1 * gp * NR * w]);
+            if !self.zeros.is_empty() {
+                out.push(&self.zeros[p0 * gp * NR..p1 * gp * NR]);
+            }
+        }
+        out
+    }
+}
+
 #[derive(Copy, Clone)]
 struct OutF(*mut f32);
 // SAFETY: tasks write disjoint blocks.
