@@ -7,6 +7,9 @@ the path).
 from __future__ import annotations
 
 import functools
+import os
+import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -57,5 +60,25 @@ def search_options(n_trials: int = 8, fine_tune_steps: int = 30) -> dict:
 
 
 def spec_with_options() -> tuple:
-    """``digits:spec_with_options``: the spec plus the search options (the first worker creates the study)."""
-    return (*spec(), search_options(int(__import__("os").environ.get("NNIC_TEST_TRIALS", "8"))))
+    """``digits:spec_with_options``: the spec plus the search options (the first worker creates the study).
+
+    With ``NNIC_TEST_START_TOGETHER=DIR:N`` the worker waits, its model trained, until N workers have reached this
+    point (each leaves a file in DIR), so a test that asks every worker to run trials does not depend on how fast
+    each process imports torch and trains: a worker ready seconds before the other could otherwise take them all.
+    """
+    ready = os.environ.get("NNIC_TEST_START_TOGETHER")
+    loaded = spec()
+    if ready:
+        folder, count = ready.rsplit(":", 1)
+        _wait_for_workers(Path(folder), int(count))
+    return (*loaded, search_options(int(os.environ.get("NNIC_TEST_TRIALS", "8"))))
+
+
+def _wait_for_workers(folder: Path, count: int, timeout_s: float = 600.0) -> None:
+    (folder / str(os.getpid())).touch()
+    deadline = time.monotonic() + timeout_s
+    while len(list(folder.iterdir())) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"NNIC_TEST_START_TOGETHER: {count} workers expected in {folder}, "
+                               f"{len(list(folder.iterdir()))} arrived within {timeout_s:.0f} s")
+        time.sleep(0.05)

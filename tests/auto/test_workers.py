@@ -51,10 +51,12 @@ def test_queued_and_running_trials_ahead_count_failed_ones_do_not():
 def test_two_local_workers_finish_exactly_n_trials(tmp_path):
     n = 7
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    env = {**subprocess_env(), "NNIC_TEST_TRIALS": str(n)}
+    (tmp_path / "ready").mkdir()
+    env = {**subprocess_env(), "NNIC_TEST_TRIALS": str(n), "NNIC_TEST_START_TOGETHER": f"{tmp_path / 'ready'}:2"}
     cmd = [PYTHON, "-m", "nnic.cli", "auto", "worker", "--storage", url, "--study", "digits", "--heartbeat-s", "2",
            "--no-progress", "digits:spec_with_options"]
-    # Started together: whichever makes the study first, the other joins it; both run trials to the end.
+    # Started together (each waits, its model trained, for the other): whichever makes the study first, the other
+    # joins it; both run trials to the end.
     workers = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for _ in range(2)]
     for w in workers:
