@@ -151,10 +151,21 @@ class PerChannelRule(Rule):
         dead = self.dead_out(call.module, spec.dead)
         const = None
         if call.state.value_free and bool(dead.any()) and self.exact_on_probe(call.module):
-            # Live channels probe as 0: where the weight is zero the output is then the constant it holds.
-            probe = Spec(d, spec.ids, spec.dead, torch.where(spec.dead, spec.known(), torch.zeros(len(spec))))
-            const = self._probe(call, probe, x)
+            const = self._constants(call, spec, x, dead)
         call.set_output(Spec(d, spec.ids, dead, only_dead(const, dead)))
+
+    def _constants(self, call: Call, spec: Spec, x: torch.Tensor, dead: torch.Tensor) -> torch.Tensor | None:
+        """The dead channels' constants. Where the weight is zero the output is the bias whatever the input (a
+        pruned channel masked in its norm layer too: the common case, no probe); the others from a probe, in
+        which live channels read 0 (their constants are dropped after)."""
+        m = call.module
+        w, b = getattr(m, "weight", None), getattr(m, "bias", None)
+        if isinstance(w, torch.Tensor) and isinstance(b, torch.Tensor) and w.ndim == 1 and b.shape == w.shape:
+            w_zero = (w.detach() == 0).cpu()
+            if not bool((dead & ~w_zero).any()):
+                return b.detach().double().cpu()
+        probe = Spec(spec.dim, spec.ids, spec.dead, torch.where(spec.dead, spec.known(), torch.zeros(len(spec))))
+        return self._probe(call, probe, x)
 
     def _probe(self, call: Call, spec: Spec, x: torch.Tensor) -> torch.Tensor | None:
         shape = [1] * x.ndim
