@@ -519,7 +519,8 @@ class SumRule(Rule):
             call.sink(spec.ids, call.zero_dead(x, spec))
             return
         shift = 0 if keepdim else sum(1 for d in dims if d < spec.dim)
-        call.set_output(spec.zero_only().with_const(spec.zero_only().const, spec.dim - shift))
+        kept = spec.zero_only()  # a float sum of a constant need not be a multiple of it; of zeros it is zero
+        call.set_output(kept.with_const(kept.const, spec.dim - shift))
 
 
 OP_RULES = (SumRule(), MetadataRule(), PointwiseRule(), StructuralRule(), GetItemRule(), CatRule(), SplitRule(),
