@@ -58,6 +58,8 @@ def capture(model: nn.Module, args: tuple, kwargs: dict, *, leaf_types: Iterable
         known: dict | None = {} if values else None
         gm = trace(model, args, kwargs, leaf_types=leaf_types, leaf_modules=leaf_modules, values=known)
         reuse.remember(model, key, gm)
+        if known:
+            reuse.remember_values(model, key, args, kwargs, known)
         return Capture("fx", [Part("", gm, [(model, args, kwargs)])], key=key, values=known or {})
     except CaptureError as exc:
         if not fallback:

@@ -9,6 +9,11 @@ removed only if nothing *pins* it (a model output, an op without a rule) and eve
 Each index also carries a ``dead`` flag: its value does not depend on the model's input (a channel whose weights
 are all zero, then a BatchNorm, then a ReLU...). A sink may drop an input channel that is dead and exactly zero,
 or dead and constant when it can fold the constant into its bias, or one that its weights never read.
+
+Whether a dead channel is zero (or which constant it holds) is read off the masked model's activations, or, in a
+*value-free* propagation (:attr:`State.value_free`), off :attr:`Spec.const`: the constant each dead channel holds
+for every input, derived by the rules from the masks and parameters alone. A question that the constants cannot
+answer raises :class:`NeedsValues`, and the caller runs the propagation on real values instead.
 """
 
 from __future__ import annotations
@@ -125,23 +130,54 @@ class UnionFind:
         return True
 
 
+class NeedsValues(Exception):
+    """A value-free propagation met a question only the activations answer (a dead channel of unknown value read
+    by a sink, a rule without a value-free form): the caller propagates on the masked model's values instead."""
+
+
 @dataclass
 class Spec:
-    """The channel labelling of one tensor: ``ids[k]`` is the channel id at index ``k`` of dimension ``dim``."""
+    """The channel labelling of one tensor: ``ids[k]`` is the channel id at index ``k`` of dimension ``dim``.
+
+    ``const`` (value-free propagation only): float64, one per index, the value a dead channel holds at every
+    position for every input, NaN where it is not known (or the channel is live); ``None``: none known."""
 
     dim: int
     ids: list[int]
     dead: torch.Tensor  # bool, one per index: the value there does not depend on the model's input
+    const: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if len(self.ids) != int(self.dead.numel()):
             raise ValueError(f"Spec: {len(self.ids)} ids but {int(self.dead.numel())} dead flags")
+        if self.const is not None and int(self.const.numel()) != len(self.ids):
+            raise ValueError(f"Spec: {len(self.ids)} ids but {int(self.const.numel())} constants")
 
     def take(self, positions: Sequence[int], dim: int | None = None) -> Spec:
         """The spec of a tensor made of these positions (in order), along ``dim`` (default: the same)."""
         index = torch.as_tensor(list(positions), dtype=torch.long)
-        return Spec(self.dim if dim is None else dim, [self.ids[p] for p in positions],
-                    self.dead[index] if len(positions) else self.dead[:0])
+        pick = (lambda t: t[index] if len(positions) else t[:0])
+        return Spec(self.dim if dim is None else dim, [self.ids[p] for p in positions], pick(self.dead),
+                    None if self.const is None else pick(self.const))
+
+    def with_const(self, const: torch.Tensor | None, dim: int | None = None) -> Spec:
+        """The same channels (along ``dim``, default the same) holding other constants."""
+        return Spec(self.dim if dim is None else dim, self.ids, self.dead, const)
+
+    def known(self) -> torch.Tensor:
+        """The constants, NaN where unknown (all NaN when ``const`` is ``None``)."""
+        if self.const is None:
+            return torch.full((len(self.ids),), float("nan"), dtype=torch.float64)
+        return self.const
+
+    def zero_only(self) -> Spec:
+        """The spec of a tensor that averages, pads or resamples this one along other dimensions: a zero
+        channel stays exactly zero, another constant may not (a float mean of equal values need not equal
+        them; zero padding breaks uniformity)."""
+        if self.const is None:
+            return self
+        c = self.const
+        return self.with_const(torch.where(c == 0, c, torch.full_like(c, float("nan"))))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -245,6 +281,9 @@ class State:
     # Only the coupling is wanted (dependency-aware pruning on the dense model): sinks are not recorded and
     # channel statistics read as "neither zero nor uniform", so rules skip the work that only speedup reads.
     structure_only: bool = False
+    # Speedup without the masked forward: values are the trace's (shapes only), and whether a dead channel is
+    # zero comes from Spec.const; what the constants cannot answer raises NeedsValues.
+    value_free: bool = False
 
     def pin(self, ids: Iterable[int], why: str) -> None:
         for i in ids:
@@ -393,10 +432,23 @@ class Call:
 
     def stats(self, value: torch.Tensor, dim: int, where: torch.Tensor | None = None) -> ChannelStats:
         """Per channel along ``dim``: all zero, all equal, first value (only at ``where``, if given). A
-        structure-only propagation reads every channel as neither zero nor uniform, without looking."""
+        structure-only propagation reads every channel as neither zero nor uniform, without looking. A
+        value-free one has no values to read (:meth:`dead_stats` answers from the constants)."""
         if self.state.structure_only:
             return channel_stats(value, dim, torch.zeros(value.shape[dim], dtype=torch.bool))
+        if self.state.value_free:
+            raise NeedsValues(f"{self.name or self.node.name}: asks for channel statistics of values")
         return channel_stats(value, dim, where)
+
+    def dead_stats(self, value: torch.Tensor, spec: Spec, dim: int | None = None) -> ChannelStats:
+        """:meth:`stats` of ``spec``'s dead channels in ``value`` along ``dim`` (``spec.dim`` by default); in a
+        value-free propagation, from the constants (every dead channel's must be known)."""
+        d = spec.dim if dim is None else dim
+        if not self.state.value_free or self.state.structure_only:
+            return self.stats(value, d, spec.dead)
+        c = self._dead_constants(spec)
+        dead = spec.dead
+        return ChannelStats(dead & (c == 0), dead.clone(), torch.where(dead, c, torch.zeros_like(c)))
 
     def zero_dead(self, value: torch.Tensor, spec: Spec, dim: int | None = None) -> torch.Tensor:
         """Per channel of ``spec``: dead, and all zero in ``value`` along ``dim`` (``spec.dim`` by default), which
@@ -404,7 +456,17 @@ class Call:
         d = spec.dim if dim is None else dim
         if self.state.structure_only:
             return torch.zeros(len(spec.ids), dtype=torch.bool)
+        if self.state.value_free:
+            return spec.dead & (self._dead_constants(spec) == 0)
         return spec.dead & channel_zero(value, d, spec.dead)
+
+    def _dead_constants(self, spec: Spec) -> torch.Tensor:
+        """``spec``'s constants, every dead channel's known, else :class:`NeedsValues`."""
+        c = spec.known()
+        if bool(torch.isnan(c[spec.dead]).any()):
+            raise NeedsValues(f"{self.name or self.node.name} ({_describe(self.node)}) reads dead channels whose "
+                              f"value the masks alone do not give")
+        return c
 
 
 def _describe(node: fx.Node) -> str:

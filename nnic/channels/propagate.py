@@ -1,5 +1,12 @@
 """Channel propagation: run the traced graph on real values, calling each node's rule.
 
+Speedup after dependency-aware pruning first tries a *value-free* propagation: the graph and every node's value
+come from the pruning's trace (shapes only: it ran on the unmasked weights), and which dead channels are zero
+comes from the constants the rules derive from the masks (:mod:`~nnic.channels.constants`), so the masked model
+does not run. A rule without a value-free form, or a dead channel whose value the masks alone do not give (a
+BatchNorm whose bias keeps a pruned channel at a constant that then meets padding), raises
+:class:`~nnic.channels.graph.NeedsValues`, and the propagation runs on the masked model's values as before.
+
 The rules come in as a :class:`RuleTable` built by the caller (speedup or dependency-aware pruning): this floor
 knows the rule *protocol* (``targets``, ``propagate(call)``), never where rules are registered.
 """
@@ -16,7 +23,7 @@ from torch import fx, nn
 
 from nnic.channels import reuse
 from nnic.channels.capture import Capture, capture
-from nnic.channels.graph import Call, Spec, State, describe
+from nnic.channels.graph import Call, NeedsValues, Spec, State, describe
 from nnic.channels.tracer import fetch_attr, placeholder_values, split_dummy_input
 
 _MISSING = object()
@@ -108,9 +115,12 @@ def _tensors(obj: Any) -> list[Any]:
 class Propagation:
     """Runs the traced graph on the dummy input (masked weights, eval mode), calling each node's rule."""
 
-    def __init__(self, gm: fx.GraphModule, table: RuleTable, strict: bool, structure_only: bool = False) -> None:
+    def __init__(self, gm: fx.GraphModule, table: RuleTable, strict: bool, structure_only: bool = False,
+                 value_free: bool = False) -> None:
         self.gm, self.table, self.strict = gm, table, strict
-        self.state = State(structure_only=structure_only)
+        self.state = State(structure_only=structure_only, value_free=value_free)
+        # Why the propagation ran on the masked model's values ("" when it did not: value-free).
+        self.values_why = "" if value_free else "asked for"
         self.warned: set[str] = set()
         self.output: Any = None
         self.capture: Capture | None = None
@@ -138,18 +148,21 @@ class Propagation:
                 for spec in _tensors(fx.node.map_arg(node.args[0], lambda n: state.specs.get(n))):
                     if isinstance(spec, Spec):
                         state.pin(spec.ids, output_why)
-                self.output = fx.node.map_arg(node.args[0], lambda n: state.values[n])
+                if not state.value_free:  # the trace's values are not the masked model's output
+                    self.output = fx.node.map_arg(node.args[0], lambda n: state.values[n])
                 continue
             args = fx.node.map_arg(node.args, lambda n: state.values[n])
             kwargs = fx.node.map_arg(node.kwargs, lambda n: state.values[n])
             module = gm.get_submodule(node.target) if node.op == "call_module" else None
             if module is not None:
                 state.calls[node.target] = state.calls.get(node.target, 0) + 1
-            value = known.get(node, _MISSING)
+            is_const = all(n in state.const for n in node.all_input_nodes)
+            # A value-free propagation computes what depends on parameters only (the trace saw them unmasked).
+            value = _MISSING if state.value_free and is_const else known.get(node, _MISSING)
             if value is _MISSING:
                 value = _compute(node, module, args, kwargs)
             state.values[node] = value
-            if all(n in state.const for n in node.all_input_nodes):
+            if is_const:
                 state.const.add(node)
             self._propagate(node, module, args, kwargs, value)
         return state
@@ -164,6 +177,8 @@ class Propagation:
                 self._no_rule(node, module)
                 call.pin_inputs(f"{describe(node)} has no speedup rule")
             return
+        if state.value_free and not getattr(rule, "value_free", False):
+            raise NeedsValues(f"{describe(node)}: rule {getattr(rule, 'name', rule)!r} has no value-free form")
         if module is not None:
             state.slot_rules[node.target] = rule
         rule.propagate(call)
@@ -195,27 +210,54 @@ def _all_known(gm: fx.GraphModule, values: Mapping[fx.Node, Any]) -> bool:
 
 
 def _propagate(captured: Capture, table: RuleTable, strict: bool, structure_only: bool,
-               use_known: bool) -> Propagation:
-    prop = Propagation(captured.parts[0].gm, table, strict, structure_only)
+               use_known: bool, value_free: bool = False, known: Mapping[fx.Node, Any] | None = None) -> Propagation:
+    prop = Propagation(captured.parts[0].gm, table, strict, structure_only, value_free)
     prop.capture = captured
+    known = captured.values if known is None else known
     with torch.no_grad():
         for part in captured.parts:
             why = "a model output" if captured.kind == "fx" else \
                 f"output of {part.prefix!r}, read by code that could not be traced"
             for module, a, kw in part.calls:
-                prop.run(placeholder_values(module, a, kw), part.gm, why,
-                         known=captured.values if use_known else None)
+                prop.run(placeholder_values(module, a, kw), part.gm, why, known=known if use_known else None)
+    return prop
+
+
+def _value_free(model: nn.Module, captured: Capture, args: tuple, kwargs: dict, table: RuleTable,
+                strict: bool) -> Propagation | str:
+    """The value-free propagation over the pruning's trace values, or why there is none."""
+    if captured.kind != "fx" or captured.key is None:
+        return f"capture {captured.kind!r}: no trace values"
+    known = captured.values or reuse.recall_values(model, captured.key, args, kwargs)
+    if not known:
+        return "no trace values of this model and input (the structure pass of dependency-aware pruning keeps them)"
+    gm = captured.parts[0].gm
+    if not (_shapes_hold(gm) and _all_known(gm, known)):
+        return "the trace's values do not cover the graph"
+    try:
+        with warnings.catch_warnings(record=True) as caught:  # given again only if this propagation is the one
+            warnings.simplefilter("always")
+            prop = _propagate(captured, table, strict, False, True, value_free=True, known=known)
+    except NeedsValues as exc:
+        return str(exc)
+    except Exception as exc:  # a rule that fails on the trace's stand-ins: the values will do
+        return f"{type(exc).__name__}: {exc}"
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return prop
 
 
 def analyze(model: nn.Module, dummy_input: Any, table: RuleTable, *, leaf_modules: Iterable[str | type] = (),
-            strict: bool = False, fallback: bool = True, structure_only: bool = False) -> Propagation:
+            strict: bool = False, fallback: bool = True, structure_only: bool = False,
+            value_free: bool = False) -> Propagation:
     """Capture ``model`` (:func:`~nnic.channels.capture.capture`: fx, or regions when fx cannot trace it) and
     propagate channel labels through it with ``table``'s rules, in eval mode and without gradients; the model's
     train/eval modes are restored; ``prop.capture`` says how it was captured (``fallback=False``: fx or an
     error). ``structure_only=True`` asks only for the coupling (ids, couplings, pins, constraints: what
-    dependency-aware pruning reads), not for what speedup decides with (dead channels, sinks, folds). The one
-    spelling of capture + propagation that speedup and dependency-aware pruning share."""
+    dependency-aware pruning reads), not for what speedup decides with (dead channels, sinks, folds).
+    ``value_free=True`` tries the value-free propagation first (see the module docstring) and runs on values
+    when it cannot; ``prop.values_why`` says why it did ("" when it did not). The one spelling of capture +
+    propagation that speedup and dependency-aware pruning share."""
     args, kwargs = split_dummy_input(model, dummy_input)
     modes = {m: m.training for m in model.modules()}
     try:
@@ -226,12 +268,18 @@ def analyze(model: nn.Module, dummy_input: Any, table: RuleTable, *, leaf_module
         # stand-ins: nnic.channels.concrete.ValueTracer); if a rule fails on them, the values are computed.
         use_known = structure_only and all(_shapes_hold(p.gm) and _all_known(p.gm, captured.values)
                                            for p in captured.parts)
-        try:
-            prop = _propagate(captured, table, strict, structure_only, use_known)
-        except Exception:
-            if not use_known:
-                raise
-            prop = _propagate(captured, table, strict, structure_only, False)
+        found = _value_free(model, captured, args, kwargs, table, strict) if value_free and not structure_only \
+            else "asked for"
+        if isinstance(found, Propagation):
+            prop = found
+        else:
+            try:
+                prop = _propagate(captured, table, strict, structure_only, use_known)
+            except Exception:
+                if not use_known:
+                    raise
+                prop = _propagate(captured, table, strict, structure_only, False)
+            prop.values_why = found
         if captured.key is not None:  # an fx graph: the next analysis of this model may ask for the same unions
             record = reuse.recall_unions(model, captured.key)
             prop.groups_reused = record is not None and prop.state.uf.adopt(record)

@@ -15,6 +15,11 @@ graph names is still the very object it was bound to, the GraphModule itself is 
 The groups are a function of the unions and the id count alone, so reusing them needs no trust in the
 fingerprint: a propagation records its unions without applying them, and adopts the remembered result only if
 the two lists are equal.
+
+The values a trace computed (:class:`~nnic.channels.concrete.ValueTracer`: every node's, large ones as stand-ins
+of their shape) are kept too, for one later value-free propagation (speedup after dependency-aware pruning)
+that reads shapes and literals only: they count only for the same graph and the very same input tensors,
+unchanged since (same objects, same version counters), and are handed out once.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from nnic.channels.tracer import fetch_attr, graph_module
 _PLAIN = (type(None), bool, int, float, str, torch.dtype, torch.device)
 _GRAPHS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, fx.GraphModule]] = weakref.WeakKeyDictionary()
 _UNIONS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, UnionRecord]] = weakref.WeakKeyDictionary()
+_VALUES: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, list[tuple[torch.Tensor, int]], dict]] = \
+    weakref.WeakKeyDictionary()
 
 
 def _plain(value: Any) -> bool:
@@ -102,3 +109,36 @@ def recall_unions(model: nn.Module, key: tuple) -> UnionRecord | None:
 
 def remember_unions(model: nn.Module, key: tuple, record: UnionRecord) -> None:
     _UNIONS[model] = (key, record)
+
+
+def _inputs(args: tuple, kwargs: dict) -> list[tuple[torch.Tensor, int]]:
+    flat: list[torch.Tensor] = []
+
+    def walk(obj: Any) -> None:
+        if isinstance(obj, torch.Tensor):
+            flat.append(obj)
+        elif isinstance(obj, (tuple, list)):
+            for o in obj:
+                walk(o)
+        elif isinstance(obj, dict):
+            for o in obj.values():
+                walk(o)
+
+    walk(args)
+    walk(kwargs)
+    return [(t, t._version) for t in flat]
+
+
+def remember_values(model: nn.Module, key: tuple, args: tuple, kwargs: dict, values: dict) -> None:
+    """Keep the values a trace of ``model`` on these inputs computed (one set per model)."""
+    _VALUES[model] = (key, _inputs(args, kwargs), values)
+
+
+def recall_values(model: nn.Module, key: tuple, args: tuple, kwargs: dict) -> dict | None:
+    """The values kept for this fingerprint and these very inputs (unchanged since), handed out once."""
+    found = _VALUES.pop(model, None)
+    if found is None or found[0] != key:
+        return None
+    now = _inputs(args, kwargs)
+    same = len(now) == len(found[1]) and all(a is b and va == vb for (a, va), (b, vb) in zip(now, found[1]))
+    return found[2] if same else None

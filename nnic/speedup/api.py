@@ -108,10 +108,13 @@ class SpeedupReport:
     capture: str = "fx"
     not_analysed: dict[str, str] = field(default_factory=dict)
     kept_groups: list[KeptGroup] = field(default_factory=list)
+    # "value-free": the dead channels came from the masks alone (no forward of the masked model); else
+    # "values: <why>", the propagation ran on the masked model's values.
+    propagation: str = "values"
 
     def __str__(self) -> str:
         lines = [f"{len(self.shrunk)} modules shrunk, {self.removed_groups} channel groups removed "
-                 f"(capture: {self.capture})"]
+                 f"(capture: {self.capture}; propagation: {self.propagation.splitlines()[0][:160]})"]
         lines += [f"  not analysed: {name or '<root>'}: {why.splitlines()[0][:160]}"
                   for name, why in self.not_analysed.items()]
         lines += [f"  kept {n} ids: {why}" for why, n in sorted(self.pinned.items(), key=lambda kv: -kv[1])[:10]]
@@ -201,6 +204,10 @@ class ModelSpeedup:
         :class:`SpeedupError` naming the first differing layer.
     :param rtol, atol: verification tolerances; by default they follow the output's dtype (float16 and
         bfloat16 get looser ones than float32).
+    :param value_free: after dependency-aware pruning of the same model on the same input, derive the dead
+        channels from the masks and the pruning's trace (no forward of the masked model) when every rule on
+        the graph can; verification then runs the masked model once for its reference. ``False``: always
+        propagate on the masked model's values. The report's ``propagation`` says which ran, and why.
 
     A speedup that fails for any reason (untraceable model, wrong dummy input, failed verification...) leaves
     the model exactly as it was: masks attached, weights, modules and train/eval modes untouched. Parameters
@@ -210,7 +217,8 @@ class ModelSpeedup:
 
     def __init__(self, model: nn.Module, dummy_input: Any, masks: Mapping | None = None, *,
                  rules: Iterable[Any] = (), leaf_modules: Iterable[str | type] = (), strict: bool = False,
-                 capture: str = "auto", verify: bool = True, rtol: float | None = None, atol: float | None = None) -> None:
+                 capture: str = "auto", verify: bool = True, rtol: float | None = None, atol: float | None = None,
+                 value_free: bool = True) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
         if masks is not None and not isinstance(masks, Mapping):
@@ -224,6 +232,7 @@ class ModelSpeedup:
         self.rules, self.leaf_modules = list(rules), list(leaf_modules)
         self.capture = capture
         self.strict, self.verify, self.rtol, self.atol = strict, verify, rtol, atol
+        self.value_free = value_free
         self.report = SpeedupReport()
 
     def speedup_model(self) -> nn.Module:
@@ -243,7 +252,7 @@ class ModelSpeedup:
         try:
             self._fold_masks()
             prop = analyze(model, self.dummy_input, table, leaf_modules=self.leaf_modules, strict=self.strict,
-                           fallback=self.capture == "auto")
+                           fallback=self.capture == "auto", value_free=self.value_free)
             if self.verify:
                 reference = _reference(model, self.dummy_input, prop)
             ties = tied_parameters(model)
@@ -264,6 +273,7 @@ class ModelSpeedup:
                                        f"leaf_modules=[...] or untie them before speedup")
             self.report = self._report(prop, removed, why, self.report.shrunk)
             self.report.capture = prop.capture.kind
+            self.report.propagation = f"values: {prop.values_why}" if prop.values_why else "value-free"
             self.report.not_analysed = dict(prop.capture.not_analysed)
             if self.verify:
                 args, kwargs = split_dummy_input(model, self.dummy_input)
@@ -353,9 +363,10 @@ class ModelSpeedup:
 
 def _reference(model: nn.Module, dummy_input: Any, prop: Propagation) -> Any:
     """The masked model's output, to verify against. A capture of the whole model (``"fx"``, ``"concrete"``)
-    computed it during propagation, on the same weights and input: no second forward. A region capture did not
-    run the model's own code between its regions, so the model runs once more."""
-    if prop.capture is not None and prop.capture.kind in ("fx", "concrete"):
+    propagated on values computed it, on the same weights and input: no second forward. A value-free
+    propagation ran nothing, and a region capture did not run the model's own code between its regions, so
+    the model runs once more."""
+    if prop.capture is not None and prop.capture.kind in ("fx", "concrete") and prop.values_why:
         return _clone(prop.output)
     args, kwargs = split_dummy_input(model, dummy_input)
     with torch.no_grad():

@@ -19,6 +19,12 @@ A rule is an object with:
 - ``fold(module, slot, positions, values)`` (optional): add constant input channels that are about to be removed
   into the bias, for sinks that said ``fold`` in :meth:`~nnic.channels.graph.Call.sink`.
 
+- ``value_free`` (default ``False``): whether ``propagate`` also works in a value-free propagation (speedup
+  without the masked model's forward): it reads only shapes, dtypes, literals and the module's parameters from
+  the call's values (which are then the trace's, of the unmasked model), asks about dead channels only through
+  ``call.zero_dead``/``call.dead_stats``, and gives each output spec's dead channels their constant
+  (:attr:`~nnic.channels.graph.Spec.const`, see :mod:`nnic.channels.constants`) where it can. A propagation
+  meeting a rule without it runs on the masked model's values instead.
 - ``shape_attrs`` (module rules): the attributes ``shrink`` changes (``("in_features", "out_features")``); a saved
   manifest may change these, and only these, when :func:`~nnic.speedup.load_pruned` applies it.
 
@@ -35,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nnic.channels.constants import only_dead, probe_constants, uniform_along
 from nnic.channels.graph import Call, Spec
 
 
@@ -45,6 +52,7 @@ class Rule:
     targets: tuple[Any, ...] = ()
     shape_attrs: tuple[str, ...] = ()
     shrink_in_place: bool = True
+    value_free: bool = False
 
     def propagate(self, call: Call) -> None:
         raise NotImplementedError
@@ -57,11 +65,17 @@ class Rule:
 
 
 class PassThroughRule(Rule):
-    """Elementwise modules and ops: the output carries the input's channels unchanged (ReLU, Dropout...)."""
+    """Elementwise modules and ops: the output carries the input's channels unchanged (ReLU, Dropout...); a
+    dead channel's constant is the op's value on it (a probe)."""
+
+    value_free = True
 
     def propagate(self, call: Call) -> None:
         spec = call.spec(0)
-        call.set_output(_same_dim(spec, call.value(0), call.output))
+        out = _same_dim(spec, call.value(0), call.output)
+        if out is not None and call.state.value_free:
+            out = out.with_const(only_dead(probe_constants(call, out.dim, len(out)), out.dead))
+        call.set_output(out)
 
 
 def _same_dim(spec: Spec | None, x: Any, out: Any) -> Spec | None:
@@ -70,6 +84,12 @@ def _same_dim(spec: Spec | None, x: Any, out: Any) -> Spec | None:
     if out.ndim != x.ndim or out.shape[spec.dim] != x.shape[spec.dim]:
         return None
     return spec
+
+
+def _unknown_values(call: Call, spec: Spec | None) -> Spec | None:
+    """``spec`` for an output whose values the rule does not follow (a value-free propagation's constants
+    are then unknown)."""
+    return spec.with_const(None) if spec is not None and call.state.value_free else spec
 
 
 def slice_param(module: nn.Module, name: str, index: torch.Tensor | None, dim: int) -> None:
@@ -95,6 +115,13 @@ class PerChannelRule(Rule):
 
     params: tuple[str, ...] = ("weight", "bias")
     count_attr: str | None = None
+    value_free = True
+
+    def exact_on_probe(self, module: nn.Module) -> bool:
+        """Whether ``module`` computes each element from that element and per-channel parameters alone, so that
+        a probe of one element per channel gives a dead channel's constant (BatchNorm with running statistics:
+        yes; statistics over the input: no, its dead channels' constants stay unknown)."""
+        return False
 
     @property
     def shape_attrs(self) -> tuple[str, ...]:  # type: ignore[override]
@@ -113,15 +140,39 @@ class PerChannelRule(Rule):
             return
         d = self.channel_dim(x)
         if not self.is_per_channel(call.module):
-            call.set_output(_same_dim(spec, x, call.output))
+            call.set_output(_unknown_values(call, _same_dim(spec, x, call.output)))
             return
         ids = call.slot("c", x.shape[d])
         if spec is None or spec.dim != d:
             call.pin(ids, f"{call.name}: its input's channels are not tracked")
-            call.set_output(_same_dim(spec, x, call.output))
+            call.set_output(_unknown_values(call, _same_dim(spec, x, call.output)))
             return
         call.couple(ids, spec.ids)
-        call.set_output(Spec(d, spec.ids, self.dead_out(call.module, spec.dead)))
+        dead = self.dead_out(call.module, spec.dead)
+        const = None
+        if call.state.value_free and bool(dead.any()) and self.exact_on_probe(call.module):
+            const = self._constants(call, spec, x, dead)
+        call.set_output(Spec(d, spec.ids, dead, only_dead(const, dead)))
+
+    def _constants(self, call: Call, spec: Spec, x: torch.Tensor, dead: torch.Tensor) -> torch.Tensor | None:
+        """The dead channels' constants. Where the weight is zero the output is the bias whatever the input (a
+        pruned channel masked in its norm layer too: the common case, no probe); the others from a probe, in
+        which live channels read 0 (their constants are dropped after)."""
+        m = call.module
+        w, b = getattr(m, "weight", None), getattr(m, "bias", None)
+        if isinstance(w, torch.Tensor) and isinstance(b, torch.Tensor) and w.ndim == 1 and b.shape == w.shape:
+            w_zero = (w.detach() == 0).cpu()
+            if not bool((dead & ~w_zero).any()):
+                return b.detach().double().cpu()
+        probe = Spec(spec.dim, spec.ids, spec.dead, torch.where(spec.dead, spec.known(), torch.zeros(len(spec))))
+        return self._probe(call, probe, x)
+
+    def _probe(self, call: Call, spec: Spec, x: torch.Tensor) -> torch.Tensor | None:
+        shape = [1] * x.ndim
+        shape[spec.dim] = len(spec)
+        with torch.no_grad():
+            out = call.module(spec.const.to(x.dtype).reshape(shape))
+        return uniform_along(out, spec.dim)
 
     def dead_out(self, module: nn.Module, dead: torch.Tensor) -> torch.Tensor:
         w = getattr(module, "weight", None)
@@ -149,6 +200,8 @@ class ChannelMixRule(Rule):
     An output channel is dead when every input channel it reads is dead. Grouped modules keep their groups
     balanced: whole groups are dropped, and the kept groups lose the same number of channels each.
     """
+
+    value_free = True
 
     def in_dim(self, module: nn.Module, x: torch.Tensor) -> int:
         return x.ndim - 1
@@ -189,7 +242,7 @@ class ChannelMixRule(Rule):
             dead_in = spec.dead
             unused = ~any_along(blocks, 1).reshape(-1)
             if first_call and self.can_fold(module, x):
-                st = call.stats(x, d, dead_in)
+                st = call.dead_stats(x, spec, d)
                 zero = dead_in & st.zero
                 foldable = dead_in & st.uniform & ~zero & ~unused
                 call.sink(in_ids, unused | zero | foldable, fold=foldable, fold_values=st.value)
@@ -207,7 +260,26 @@ class ChannelMixRule(Rule):
         live = blocks if not bool(dead_in.any()) else blocks & ~dead_in.reshape(g_use, 1, ip)
         reads_live = any_along(live, 2)
         dead_out = ~reads_live.reshape(-1)
-        self._output(call, x, d, y, out_ids, dead_out, in_ids, first_call)
+        const = None
+        if call.state.value_free and bool(dead_out.any()):
+            const = self._constants(module, blocks, dead_in, spec if spec is not None and spec.dim == d else None,
+                                    dead_out)
+        self._output(call, x, d, y, out_ids, dead_out, in_ids, first_call, const)
+
+    def _constants(self, module: nn.Module, blocks: torch.Tensor, dead_in: torch.Tensor, spec: Spec | None,
+                   dead_out: torch.Tensor) -> torch.Tensor | None:
+        """A dead output channel's constant: the bias there when every dead input it reads is zero (zero
+        inputs, zero padding: the bias everywhere); unknown when it reads a non-zero or unknown constant
+        (padding makes the borders differ)."""
+        bias = getattr(module, "bias", None)
+        const = (bias.detach().double().cpu() if isinstance(bias, torch.Tensor)
+                 else torch.zeros(len(dead_out), dtype=torch.float64))
+        bad = dead_in & ~(spec.known() == 0) if spec is not None else dead_in
+        if bool(bad.any()):
+            g, _, ip = blocks.shape
+            reads_bad = any_along(blocks & bad.reshape(g, 1, ip), 2).reshape(-1)
+            const = torch.where(reads_bad, torch.full_like(const, float("nan")), const)
+        return only_dead(const, dead_out)
 
     def _couple_only(self, call: Call, x: torch.Tensor, d: int, y: torch.Tensor) -> None:
         """:meth:`propagate` of a structure-only propagation: the same ids, couplings, pins and constraints,
@@ -222,13 +294,13 @@ class ChannelMixRule(Rule):
                      call.state.calls.get(call.name, 1) == 1)
 
     def _output(self, call: Call, x: torch.Tensor, d: int, y: torch.Tensor, out_ids: list[int],
-                dead_out: torch.Tensor, in_ids: list[int], first_call: bool) -> None:
+                dead_out: torch.Tensor, in_ids: list[int], first_call: bool, const: torch.Tensor | None = None) -> None:
         spec, module = call.spec(0), call.module
         if spec is not None and spec.dim != d:
             call.pin(out_ids, f"{call.name}: its output channels would sit beside tracked ones")
-            call.set_output(_same_dim(spec, x, y))
+            call.set_output(_unknown_values(call, _same_dim(spec, x, y)))  # along another dimension: values unknown
         else:
-            call.set_output(Spec(self.out_dim(module, y), out_ids, dead_out))
+            call.set_output(Spec(self.out_dim(module, y), out_ids, dead_out, const))
         g = self.groups(module)
         if g > 1 and first_call:
             call.constraint(grouped_constraint(in_ids, out_ids, g, call.name))

@@ -126,6 +126,7 @@ class MultiheadAttentionRule(Rule):
     name = "torch.nn.multiheadattention"
     targets = (nn.MultiheadAttention, PrunedMultiheadAttention)
     shrink_in_place = False  # its shrink replaces the tensors it slices
+    value_free = True
 
     def propagate(self, call: Call) -> None:
         m, p = call.module, _parts(call.module)
@@ -157,8 +158,13 @@ class MultiheadAttentionRule(Rule):
         call.sink(heads, removable, slot="heads")
         out_ids = call.slot("out", out.out_features)
         dead = (out.weight.detach() == 0).all(1).cpu()
+        const = None
+        if call.state.value_free and bool(dead.any()):  # a zero row of the output projection: its bias there
+            b = out.bias
+            const = b.detach().double().cpu() if b is not None else torch.zeros(len(out_ids), dtype=torch.float64)
+            const = torch.where(dead, const, torch.full_like(const, float("nan")))
         y = call.output[0]
-        call.set_output((Spec(y.ndim - 1, out_ids, dead), None))
+        call.set_output((Spec(y.ndim - 1, out_ids, dead, const), None))
 
     def shrink(self, module, keep):
         p = _parts(module)

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from nnic.channels.graph import Call, Spec
+from nnic.channels.constants import only_dead, probe_constants
+from nnic.channels.graph import Call, NeedsValues, Spec
 from nnic.channels.labels import propagate_by_labels
 from nnic.speedup.rules import Rule
 
@@ -87,6 +88,7 @@ class MetadataRule(Rule):
     """``x.size()``, ``x.dim()``, ``x.shape``...: read no channel values, keep nothing."""
 
     name = "ops.metadata"
+    value_free = True
     targets = ("Tensor.size", "Tensor.dim", "Tensor.numel", "Tensor.get_device", "Tensor.is_contiguous",
                "Tensor.is_floating_point", torch._assert, builtins.isinstance, builtins.len, builtins.getattr)
     attrs = ("shape", "dtype", "device", "ndim", "is_cuda", "requires_grad", "is_sparse", "layout")
@@ -103,6 +105,7 @@ class PointwiseRule(Rule):
     """Elementwise ops with broadcasting: the labelled operands' channels are coupled."""
 
     name = "ops.pointwise"
+    value_free = True
     targets = (
         operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.neg, operator.pow,
         operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.and_, operator.or_,
@@ -166,10 +169,17 @@ class PointwiseRule(Rule):
                 return
             if arg not in call.state.const:
                 dead &= False
+        zero = torch.zeros(n, dtype=torch.bool)
         if call.node.target in _MUL:
             for arg, v, spec, _ in labelled:
-                dead |= call.zero_dead(v, spec)
-        call.set_output(Spec(od, list(ids), dead))
+                zero |= call.zero_dead(v, spec)
+            dead |= zero
+        const = None
+        if call.state.value_free and bool(dead.any()):
+            const = probe_constants(call, od, n)
+            const = torch.full((n,), float("nan"), dtype=torch.float64) if const is None else const
+            const = only_dead(torch.where(zero, torch.zeros_like(const), const), dead)  # 0 * anything is 0
+        call.set_output(Spec(od, list(ids), dead, const))
 
 
 class StructuralRule(Rule):
@@ -177,6 +187,7 @@ class StructuralRule(Rule):
     unsqueeze, expand, indexing, and means/maxima over other dimensions."""
 
     name = "ops.structural"
+    value_free = True
     targets = (
         torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.squeeze, torch.unsqueeze, torch.movedim,
         torch.mean, torch.amax, torch.amin, torch.t, torch.swapaxes, torch.unflatten, torch.broadcast_to,
@@ -200,6 +211,9 @@ class StructuralRule(Rule):
         if name == "permute" and self._permute(call):
             return
         propagate_by_labels(call, check, first_only=True)
+        out = call._output_spec
+        if name == "mean" and isinstance(out, Spec):  # a float mean of equal values need not equal them
+            call.set_output(out.zero_only())
 
     @staticmethod
     def _permute(call: Call) -> bool:
@@ -213,7 +227,7 @@ class StructuralRule(Rule):
             dims = dims[0]
         if not all(isinstance(d, int) for d in dims) or len(dims) != x.ndim:
             return False
-        call.set_output(Spec([_dim(d, x.ndim) for d in dims].index(spec.dim), spec.ids, spec.dead))
+        call.set_output(spec.with_const(spec.const, [_dim(d, x.ndim) for d in dims].index(spec.dim)))
         return True
 
 
@@ -225,6 +239,7 @@ class GetItemRule(Rule):
     """``x[...]`` on a tensor (only full slices on the channel dim) or on a tuple/list/dict of tensors."""
 
     name = "ops.getitem"
+    value_free = True
     targets = (operator.getitem,)
 
     def propagate(self, call: Call) -> None:
@@ -232,6 +247,8 @@ class GetItemRule(Rule):
         tree = call.spec_tree(0)
         if not isinstance(container, torch.Tensor):
             if isinstance(tree, (list, tuple, dict)):
+                if call.state.value_free and isinstance(call.node.args[1], fx.Node):
+                    raise NeedsValues(f"node {call.node.name} indexes a container with a computed index")
                 try:
                     call.set_output(tree[call.value(1)])
                 except (IndexError, KeyError, TypeError):
@@ -268,6 +285,7 @@ class CatRule(Rule):
     """``torch.cat``/``torch.stack``: along the channel dim the ids are concatenated, otherwise coupled."""
 
     name = "ops.cat"
+    value_free = True
     targets = (torch.cat, torch.concat, torch.stack)
 
     def propagate(self, call: Call) -> None:
@@ -289,11 +307,12 @@ class CatRule(Rule):
         if all(p[2] is None for p in pieces):
             return
         if not stack and any(od == d for *_, od in pieces):
-            ids, dead = [], []
+            ids, dead, values = [], [], []
             for n, v, spec, od in pieces:
                 if spec is not None and od == d:
                     ids += spec.ids
                     dead.append(spec.dead)
+                    values.append(spec.known())
                 else:
                     call.pin(spec)
                     fresh = call.new_ids(v.shape[d])
@@ -301,7 +320,9 @@ class CatRule(Rule):
                     ids += fresh
                     const = not isinstance(n, fx.Node) or n in call.state.const
                     dead.append(torch.full((len(fresh),), const, dtype=torch.bool))
-            call.set_output(Spec(d, ids, torch.cat(dead)))
+                    values.append(torch.full((len(fresh),), float("nan"), dtype=torch.float64))
+            dead = torch.cat(dead)
+            call.set_output(Spec(d, ids, dead, only_dead(torch.cat(values), dead) if call.state.value_free else None))
             return
         dims = {od for *_, od in pieces if od is not None}
         if len(dims) > 1:
@@ -310,10 +331,12 @@ class CatRule(Rule):
         od = dims.pop()
         first = next(p[2] for p in pieces if p[2] is not None)
         dead = torch.ones(len(first), dtype=torch.bool)
+        const = first.known()  # a channel holds one constant if every piece holds that one there
         for n, v, spec, _ in pieces:
             if spec is not None:
                 call.couple(first.ids, spec.ids)
                 dead &= spec.dead
+                const = torch.where(spec.known() == const, const, torch.full_like(const, float("nan")))
             else:
                 vd = od - (1 if stack and od > d else 0)
                 if isinstance(n, fx.Node) and n.op == "get_attr" and v.shape[vd] == len(first):
@@ -323,7 +346,8 @@ class CatRule(Rule):
                     return
                 if n not in call.state.const:
                     dead &= False
-        call.set_output(Spec(od, list(first.ids), dead))
+                const = torch.full_like(const, float("nan"))
+        call.set_output(Spec(od, list(first.ids), dead, only_dead(const, dead) if call.state.value_free else None))
 
 
 class SplitRule(Rule):
@@ -331,6 +355,7 @@ class SplitRule(Rule):
     the same number of channels (so that the user's ``chunk(n)`` still cuts at the right places)."""
 
     name = "ops.split"
+    value_free = True
     targets = (torch.split, torch.chunk, "Tensor.split", "Tensor.chunk")
 
     def propagate(self, call: Call) -> None:
@@ -386,10 +411,32 @@ _POOL_DIMS = {
 }
 
 
+_MAX_POOLS = {F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
+              F.adaptive_max_pool3d}
+
+
+def _pad_mode(call: Call) -> tuple[str, float]:
+    mode = call.value(2) if len(call.args) > 2 else call.kwargs.get("mode", "constant")
+    value = call.value(3) if len(call.args) > 3 else call.kwargs.get("value", None)
+    return mode, 0.0 if value is None else value
+
+
+def spatial_constants(spec: Spec, exact: bool, pad: tuple[str, float] | None = None) -> Spec:
+    """A spatial op's output constants: a max pool's (or a padding that repeats the input's values) are the
+    input's; averaging, resampling and zero padding keep only the zeros; padding with another value, none."""
+    if pad is not None:
+        mode, value = pad
+        if mode != "constant":
+            return spec
+        return spec.zero_only() if value == 0 else spec.with_const(None)
+    return spec if exact else spec.zero_only()
+
+
 class SpatialRule(Rule):
     """Pooling, interpolation and padding: they act on the trailing (spatial) dimensions only."""
 
     name = "ops.spatial"
+    value_free = True
     targets = (*_POOL_DIMS, F.interpolate, F.pad, F.pixel_shuffle, F.pixel_unshuffle)
 
     def propagate(self, call: Call) -> None:
@@ -409,6 +456,8 @@ class SpatialRule(Rule):
             call.pin(spec, f"node {call.node.name} acts on the channel dimension")
             return
         out = call.output
+        if call.state.value_free:
+            spec = spatial_constants(spec, target in _MAX_POOLS, _pad_mode(call) if target is F.pad else None)
         if isinstance(out, tuple):  # max pooling with indices
             call.set_output(tuple(spec for _ in out))
         else:
@@ -419,6 +468,7 @@ class SoftmaxRule(Rule):
     """Softmax-like ops mix channels only along their ``dim``."""
 
     name = "ops.softmax"
+    value_free = True
     targets = (F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, "Tensor.softmax", "Tensor.log_softmax",
                torch.cumsum, "Tensor.cumsum", F.normalize)
 
@@ -430,13 +480,14 @@ class SoftmaxRule(Rule):
         if raw is None or _dim(raw, x.ndim) == spec.dim:
             call.pin(spec, f"node {call.node.name} mixes channels")
             return
-        call.set_output(spec)
+        call.set_output(spec.with_const(None) if call.state.value_free else spec)
 
 
 class LayerNormOpRule(Rule):
     """``F.layer_norm``/``F.group_norm`` as functions: they mix the normalised dimensions."""
 
     name = "ops.layer_norm"
+    value_free = True
     targets = (F.layer_norm,)
 
     def propagate(self, call: Call) -> None:
@@ -447,13 +498,14 @@ class LayerNormOpRule(Rule):
         if spec.dim >= x.ndim - len(shape) or len(call.input_specs()) > 1:
             call.pin_inputs(f"node {call.node.name} normalises over the channel dimension")
             return
-        call.set_output(spec)
+        call.set_output(spec.with_const(None) if call.state.value_free else spec)
 
 
 class SumRule(Rule):
     """``sum``: over other dims the channels pass; over the channel dim, zero channels can go (a sink)."""
 
     name = "ops.sum"
+    value_free = True
     targets = (torch.sum, "Tensor.sum")
 
     def propagate(self, call: Call) -> None:
@@ -467,10 +519,11 @@ class SumRule(Rule):
             call.sink(spec.ids, call.zero_dead(x, spec))
             return
         shift = 0 if keepdim else sum(1 for d in dims if d < spec.dim)
-        call.set_output(Spec(spec.dim - shift, spec.ids, spec.dead))
+        kept = spec.zero_only()  # a float sum of a constant need not be a multiple of it; of zeros it is zero
+        call.set_output(kept.with_const(kept.const, spec.dim - shift))
 
 
 OP_RULES = (SumRule(), MetadataRule(), PointwiseRule(), StructuralRule(), GetItemRule(), CatRule(), SplitRule(),
             SpatialRule(), SoftmaxRule(), LayerNormOpRule())
 
-__all__ = ["OP_RULES"]
+__all__ = ["OP_RULES", "spatial_constants"]

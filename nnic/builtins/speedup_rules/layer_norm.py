@@ -80,6 +80,7 @@ class LayerNormRule(Rule):
     name = "torch.nn.layernorm"
     shape_attrs = ("num_features",)
     shrink_in_place = False  # its shrink replaces the tensors it slices
+    value_free = True
 
     def __init__(self) -> None:
         self.channels_first = _layer_norm_2d()
@@ -103,7 +104,7 @@ class LayerNormRule(Rule):
             if spec.dim in normalised or d == spec.dim:
                 call.pin(spec, f"{call.name} normalises over the channel dimension")
                 return
-            call.set_output(spec)
+            call.set_output(spec.with_const(None) if call.state.value_free else spec)
             return
         ids = call.slot("c", x.shape[d])
         call.couple(ids, spec.ids)
@@ -111,7 +112,13 @@ class LayerNormRule(Rule):
         call.sink(ids, zero, slot="c")
         w = getattr(m, "weight", None)
         weight_zero = (w.detach() == 0).cpu() if w is not None else torch.zeros(len(ids), dtype=torch.bool)
-        call.set_output(Spec(d, spec.ids, zero & weight_zero))
+        dead = zero & weight_zero
+        const = None
+        if call.state.value_free and bool(dead.any()):  # a zero weight: the bias there, whatever the input
+            b = getattr(m, "bias", None)
+            const = b.detach().double().cpu() if b is not None else torch.zeros(len(ids), dtype=torch.float64)
+            const = torch.where(dead, const, torch.full_like(const, float("nan")))
+        call.set_output(Spec(d, spec.ids, dead, const))
 
     def shrink(self, module: nn.Module, keep: dict[str, torch.Tensor]) -> nn.Module:
         index = keep.get("c")

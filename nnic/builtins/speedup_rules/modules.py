@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nnic.builtins.speedup_rules.functional import spatial_constants
 from nnic.channels.graph import Call, Spec
 from nnic.channels.labels import propagate_by_labels
 from nnic.builtins.speedup_rules.layer_norm import LayerNormRule
@@ -194,6 +195,7 @@ class EmbeddingRule(Rule):
 
     shape_attrs = ("embedding_dim",)
     shrink_in_place = False  # its shrink replaces the tensors it slices
+    value_free = True
 
     def __init__(self, cls: type) -> None:
         self.targets = (cls,)
@@ -203,7 +205,8 @@ class EmbeddingRule(Rule):
         m, y = call.module, call.output
         ids = call.slot("out", m.embedding_dim)
         dead = (m.weight.detach() == 0).all(0).cpu()
-        call.set_output(Spec(y.ndim - 1, ids, dead))
+        const = torch.where(dead, 0.0, float("nan")).double() if call.state.value_free and bool(dead.any()) else None
+        call.set_output(Spec(y.ndim - 1, ids, dead, const))
 
     def shrink(self, module, keep):
         slice_param(module, "weight", keep.get("out"), 1)
@@ -221,6 +224,11 @@ class NormRule(PerChannelRule):
     def __init__(self, cls: type) -> None:
         self.targets = (cls,)
         self.name = f"torch.nn.{cls.__name__.lower()}"
+
+    def exact_on_probe(self, module):
+        # Running statistics: an affine map per channel (instance or batch statistics read the input).
+        return isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is not None \
+            and module.running_var is not None and not module.training
 
 
 class PReLURule(PerChannelRule):
@@ -275,6 +283,7 @@ class SpatialModuleRule(Rule):
     """Pooling, padding and upsampling modules: they act on the trailing (spatial) dimensions only."""
 
     name = "torch.nn.pooling"
+    value_free = True
 
     def __init__(self) -> None:
         names = ["MaxPool", "AvgPool", "AdaptiveAvgPool", "AdaptiveMaxPool", "LPPool", "ZeroPad", "ConstantPad",
@@ -296,12 +305,20 @@ class SpatialModuleRule(Rule):
             call.pin(spec, f"{call.name} acts on the channel dimension")
             return
         out = call.output
+        if call.state.value_free:
+            m = call.module
+            pad = None
+            if "Pad" in type(m).__name__:
+                pad = ("constant", float(getattr(m, "value", 0.0))) if hasattr(m, "value") or "Zero" in type(m).__name__ \
+                    else ("repeat", 0.0)
+            spec = spatial_constants(spec, "MaxPool" in type(m).__name__, pad)
         call.set_output(tuple(spec for _ in out) if isinstance(out, tuple) else spec)
 
 
 class FlattenRule(Rule):
     name = "torch.nn.flatten"
     targets = (nn.Flatten, nn.Unflatten)
+    value_free = True
 
     def propagate(self, call: Call) -> None:
         spec, x = call.spec(0), call.value(0)
@@ -315,6 +332,7 @@ class FlattenRule(Rule):
 class SoftmaxModuleRule(Rule):
     name = "torch.nn.softmax"
     targets = (nn.Softmax, nn.LogSoftmax, nn.Softmin)
+    value_free = True
 
     def propagate(self, call: Call) -> None:
         spec, x = call.spec(0), call.value(0)
@@ -324,7 +342,7 @@ class SoftmaxModuleRule(Rule):
         if dim is None or dim % x.ndim == spec.dim:
             call.pin(spec, f"{call.name} mixes channels")
             return
-        call.set_output(spec)
+        call.set_output(spec.with_const(None) if call.state.value_free else spec)
 
 
 _ACTIVATIONS = tuple(getattr(nn, n) for n in (
