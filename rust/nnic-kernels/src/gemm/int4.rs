@@ -14,7 +14,7 @@
 //! values of the half scales.
 #![allow(clippy::needless_range_loop)] // the epilogue indexes the register tile by row and column
 use super::act_pack::{self, ActQuant};
-use super::int4_micro::{tile_mv, ScalePanel, MR4, SPLIT_MAX_PAIRS};
+use super::int4_micro::{tile_mv, Panel, MR4, SPLIT_MAX_PAIRS};
 use super::panels::{round_up, PackedA, NR};
 use super::{isa_of, Block, Path};
 use crate::error::{KernelError, Result};
@@ -63,23 +63,11 @@ impl GroupScales<'_> {
     }
 }
 
-/// Packed scales, `[panel][group][32]`, in the format they were given in.
-#[derive(Clone, Debug, PartialEq)]
-enum Scales {
-    F32(Vec<f32>),
-    F16(Vec<u16>),
-}
-
-impl Scales {
-    /// The scales of panel `p` (`groups × 32`).
-    fn panel(&self, p: usize, groups: usize) -> ScalePanel<'_> {
-        let r = p * groups * NR..(p + 1) * groups * NR;
-        match self {
-            Scales::F32(s) => ScalePanel::F32(&s[r]),
-            Scales::F16(s) => ScalePanel::F16(&s[r]),
-        }
-    }
-}
+/// One cache line, the unit of [`PackedInt4`]'s buffer: panels and group blocks start on line boundaries, so the
+/// tiles' 64-byte loads never split a line (a plain `Vec<u8>` of this size starts 16 bytes into one).
+#[derive(Copy, Clone, Debug, PartialEq)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
 
 /// Packed int4 weights of a `[n, k]` linear layer.
 #[derive(Clone, Debug, PartialEq)]
@@ -88,8 +76,12 @@ pub struct PackedInt4 {
     k: usize,
     group: usize,
     kp: usize,
-    data: Vec<u8>,
-    scales: Scales,
+    /// Panels of 32 columns, each `kp / group` blocks of `stride` bytes: the group's codes, then its 32 scales
+    /// (layout: [`super::int4_micro`]).
+    data: Vec<Line>,
+    stride: usize,
+    /// The scales are half-precision bits (else `f32`).
+    half: bool,
     /// Stored zero points `zw + 8`, `[panel][group][32]`; empty when every zero point is 0.
     zeros: Vec<u8>,
     /// `sum_g s[j, g] · sum_{k in g} q[j, k]` per padded column.
@@ -134,42 +126,53 @@ impl PackedInt4 {
         let kp = round_up(k.max(1), group);
         let np = round_up(n.max(1), NR);
         let gp = kp / group;
-        let mut data = vec![0x88u8; np * kp / 2];
-        let mut sc = match scales {
-            GroupScales::F32(_) => Scales::F32(vec![0f32; np * gp]),
-            GroupScales::F16(_) => Scales::F16(vec![0u16; np * gp]),
-        };
+        let pairs = group / 8;
+        let half = matches!(scales, GroupScales::F16(_));
+        let stride = Panel::stride_of(pairs, half);
+        let mut data = vec![Line([0x88; 64]); np / NR * gp * stride / 64];
         let mut csum = vec![0f32; np];
         let mut zs = if affine { vec![8u8; np * gp] } else { Vec::new() };
-        for j in 0..n {
-            let (p, c) = (j / NR, j % NR);
-            let panel = &mut data[p * kp * NR / 2..(p + 1) * kp * NR / 2];
-            let row = &q[j * k..(j + 1) * k];
-            for (kk, &v) in row.iter().enumerate() {
-                let (t, hi, e) = (kk / 8, (kk / 4) % 2, kk % 4);
-                let byte = &mut panel[t * 128 + c * 4 + e];
-                let nib = (v + 8) as u8;
-                *byte = if hi == 1 { (*byte & 0x0F) | (nib << 4) } else { (*byte & 0xF0) | nib };
-            }
-            let mut cs = 0f32;
-            for g in 0..ng {
-                let s = scales.get(j * ng + g);
-                let at = (p * gp + g) * NR + c;
-                match (&mut sc, scales) {
-                    (Scales::F32(v), GroupScales::F32(from)) => v[at] = from[j * ng + g],
-                    (Scales::F16(v), GroupScales::F16(from)) => v[at] = from[j * ng + g],
-                    _ => unreachable!("the packed format follows the given one"),
+        {
+            let bytes = lines_mut(&mut data);
+            for j in 0..n {
+                let (p, c) = (j / NR, j % NR);
+                let panel = &mut bytes[p * gp * stride..(p + 1) * gp * stride];
+                let row = &q[j * k..(j + 1) * k];
+                for (kk, &v) in row.iter().enumerate() {
+                    let (g, r) = (kk / group, kk % group);
+                    let (t, hi, e) = (r / 8, (r / 4) % 2, r % 4);
+                    let byte = &mut panel[g * stride + t * 128 + c * 4 + e];
+                    let nib = (v + 8) as u8;
+                    *byte = if hi == 1 { (*byte & 0x0F) | (nib << 4) } else { (*byte & 0xF0) | nib };
                 }
-                let zw = if affine { zeros[j * ng + g] as i32 } else { 0 };
-                if affine {
-                    zs[(p * gp + g) * NR + c] = (zw + 8) as u8;
+                let mut cs = 0f32;
+                for g in 0..ng {
+                    let s = scales.get(j * ng + g);
+                    let at = g * stride + pairs * 128;
+                    match scales {
+                        GroupScales::F32(from) => panel[at + 4 * c..at + 4 * c + 4].copy_from_slice(&from[j * ng + g].to_le_bytes()),
+                        GroupScales::F16(from) => panel[at + 2 * c..at + 2 * c + 2].copy_from_slice(&from[j * ng + g].to_le_bytes()),
+                    }
+                    let zw = if affine { zeros[j * ng + g] as i32 } else { 0 };
+                    if affine {
+                        zs[(p * gp + g) * NR + c] = (zw + 8) as u8;
+                    }
+                    let sum: i32 = row[g * group..((g + 1) * group).min(k)].iter().map(|&v| v as i32 - zw).sum();
+                    cs += s * sum as f32;
                 }
-                let sum: i32 = row[g * group..((g + 1) * group).min(k)].iter().map(|&v| v as i32 - zw).sum();
-                cs += s * sum as f32;
+                csum[j] = cs;
             }
-            csum[j] = cs;
+            // Scales of the padding columns: 0 (their outputs are never written).
+            let w = if half { 2 } else { 4 };
+            for j in n..np {
+                let (p, c) = (j / NR, j % NR);
+                for g in 0..gp {
+                    let at = (p * gp + g) * stride + pairs * 128 + w * c;
+                    bytes[at..at + w].fill(0);
+                }
+            }
         }
-        Ok(PackedInt4 { n, k, group, kp, data, scales: sc, zeros: zs, csum })
+        Ok(PackedInt4 { n, k, group, kp, data, stride, half, zeros: zs, csum })
     }
 
     pub fn in_features(&self) -> usize {
@@ -183,19 +186,34 @@ impl PackedInt4 {
     }
     /// Bytes held.
     pub fn nbytes(&self) -> usize {
-        let scales = match &self.scales {
-            Scales::F32(s) => 4 * s.len(),
-            Scales::F16(s) => 2 * s.len(),
-        };
-        self.data.len() + self.zeros.len() + scales + 4 * self.csum.len()
+        64 * self.data.len() + self.zeros.len() + 4 * self.csum.len()
     }
     /// Whether the scales are stored as half-precision bits.
     pub fn has_f16_scales(&self) -> bool {
-        matches!(self.scales, Scales::F16(_))
+        self.half
     }
     /// Whether the weights have zero points.
     pub fn is_affine(&self) -> bool {
         !self.zeros.is_empty()
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `Line` is 64 plain bytes (`repr(C)`, no padding); the slice covers exactly the vector's lines.
+        unsafe { std::slice::from_raw_parts(self.data.as_ptr() as *const u8, 64 * self.data.len()) }
+    }
+
+    /// Weight panel `p` (32 columns).
+    fn panel(&self, p: usize) -> Panel<'_> {
+        let groups = self.kp / self.group;
+        let len = groups * self.stride;
+        Panel {
+            bytes: &self.bytes()[p * len..(p + 1) * len],
+            zeros: if self.is_affine() { &self.zeros[p * groups * NR..(p + 1) * groups * NR] } else { &[] },
+            groups,
+            pairs: self.group / 8,
+            stride: self.stride,
+            half: self.half,
+        }
     }
 
     /// The codes `[n, k]`, scales `[n, groups]` (as `f32`: exact for half-precision scales, see
@@ -203,22 +221,21 @@ impl PackedInt4 {
     /// of [`PackedInt4::new`].
     pub fn unpack(&self) -> (Vec<i8>, Vec<f32>, Vec<i8>) {
         let ng = self.k.div_ceil(self.group);
-        let gp = self.kp / self.group;
         let mut q = vec![0i8; self.n * self.k];
         let mut s = vec![0f32; self.n * ng];
         let mut z = if self.is_affine() { vec![0i8; self.n * ng] } else { Vec::new() };
         for j in 0..self.n {
-            let (p, c) = (j / NR, j % NR);
-            let panel = &self.data[p * self.kp * NR / 2..];
+            let (w, c) = (self.panel(j / NR), j % NR);
             for kk in 0..self.k {
-                let byte = panel[(kk / 8) * 128 + c * 4 + kk % 4];
-                let nib = if (kk / 4) % 2 == 1 { byte >> 4 } else { byte & 0x0F };
+                let r = kk % self.group;
+                let byte = w.codes(kk / self.group, r / 8)[c * 4 + r % 4];
+                let nib = if (r / 4) % 2 == 1 { byte >> 4 } else { byte & 0x0F };
                 q[j * self.k + kk] = nib as i8 - 8;
             }
             for g in 0..ng {
-                s[j * ng + g] = self.scales.panel(p, gp).get(g, c);
+                s[j * ng + g] = w.scale(g, c);
                 if self.is_affine() {
-                    z[j * ng + g] = self.zeros[(p * gp + g) * NR + c] as i8 - 8;
+                    z[j * ng + g] = w.zero(g, c) as i8 - 8;
                 }
             }
         }
@@ -227,28 +244,37 @@ impl PackedInt4 {
 
     /// The half-precision bits of the scales `[n, groups]`, when they are stored so.
     pub fn f16_scales(&self) -> Option<Vec<u16>> {
-        let Scales::F16(v) = &self.scales else { return None };
-        let (ng, gp) = (self.k.div_ceil(self.group), self.kp / self.group);
-        Some((0..self.n * ng).map(|i| v[((i / ng) / NR * gp + i % ng) * NR + (i / ng) % NR]).collect())
+        if !self.half {
+            return None;
+        }
+        let ng = self.k.div_ceil(self.group);
+        let at = |j: usize, g: usize| {
+            let w = self.panel(j / NR);
+            let i = g * w.stride + w.pairs * 128 + 2 * (j % NR);
+            u16::from_le_bytes([w.bytes[i], w.bytes[i + 1]])
+        };
+        Some((0..self.n * ng).map(|i| at(i / ng, i % ng)).collect())
     }
+}
+
+fn lines_mut(v: &mut [Line]) -> &mut [u8] {
+    // SAFETY: as `PackedInt4::bytes`.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, 64 * v.len()) }
 }
 
 impl crate::prefetch::Resident for PackedInt4 {
     /// The GEMV's read order: blocks of 8 panels (the tasks' column blocks, taken in order), each block's codes
-    /// then its scales and zero points (the column sums are read once per panel, 128 bytes: left out).
+    /// and scales (one stream) then its zero points (the column sums are read once per panel, 128 bytes: left
+    /// out).
     fn regions(&self) -> Vec<&[u8]> {
-        let panels = self.data.len() / (self.kp * NR / 2);
         let gp = self.kp / self.group;
-        let (scales, w): (&[u8], usize) = match &self.scales {
-            // SAFETY: plain numbers reinterpreted as their bytes (alignment 1, same length in bytes).
-            Scales::F32(s) => (unsafe { std::slice::from_raw_parts(s.as_ptr() as *const u8, 4 * s.len()) }, 4),
-            Scales::F16(s) => (unsafe { std::slice::from_raw_parts(s.as_ptr() as *const u8, 2 * s.len()) }, 2),
-        };
+        let plen = gp * self.stride;
+        let bytes = self.bytes();
+        let panels = bytes.len() / plen;
         let mut out = Vec::new();
         for p0 in (0..panels).step_by(8) {
             let p1 = (p0 + 8).min(panels);
-            out.push(&self.data[p0 * self.kp * NR / 2..p1 * self.kp * NR / 2]);
-            out.push(&scales[p0 * gp * NR * w..p1 * gp * NR * w]);
+            out.push(&bytes[p0 * plen..p1 * plen]);
             if !self.zeros.is_empty() {
                 out.push(&self.zeros[p0 * gp * NR..p1 * gp * NR]);
             }
@@ -292,12 +318,10 @@ pub fn int4_linear(
         return Ok(());
     }
     let mut pa: PackedA = act_pack::pack_f32(path, MR4, x, m, k, w.kp, act, false)?;
-    let na = signed_activations(&mut pa, k, w.group);
-    let groups = w.kp / w.group;
-    let pairs = w.group / 8;
-    let o = OutF(out.as_mut_ptr());
     let affine = w.is_affine();
-    let eights = vec![8u8; groups * NR]; // the stored zero point of symmetric weights (the portable tile's)
+    let na = signed_activations(&mut pa, k, w.group, if affine { 1 } else { 8 });
+    let groups = w.kp / w.group;
+    let o = OutF(out.as_mut_ptr());
     let threads = if m * n * k < (1 << 20) { 1 } else { pool::num_threads() };
     let mr = pa.mr;
     let blocks = super::plan(m, n, mr, threads, 64, 8 * NR);
@@ -308,14 +332,12 @@ pub fn int4_linear(
         for j0 in (blk.j0..blk.j1).step_by(NR) {
             let p = j0 / NR;
             let nr = (blk.j1 - j0).min(NR);
-            let b = &w.data[p * w.kp * NR / 2..(p + 1) * w.kp * NR / 2];
-            let sc = w.scales.panel(p, groups);
-            let z = if affine { &w.zeros[p * groups * NR..(p + 1) * groups * NR] } else { &eights[..] };
+            let panel = w.panel(p);
             for i0 in (blk.i0..blk.i1).step_by(mr) {
                 let rows = (blk.i1 - i0).min(mr);
                 let ap = pa.panel_ptr_rows(i0 / mr, 0);
                 let nap = &na[i0 * groups..(i0 + rows) * groups];
-                tile(path, rows, groups, pairs, ap, nap, b, sc, z, affine, &mut f);
+                tile(path, rows, ap, nap, panel, &mut f);
                 let cs = &w.csum[j0..j0 + nr];
                 for r in 0..rows {
                     let i = i0 + r;
@@ -344,9 +366,11 @@ pub fn int4_linear(
 }
 
 /// Turns the u8 codes of the activation panels into signed bytes `qa - 128` in place (padding past `k` stays 0)
-/// and returns `na[i][g] = -sum_{k in g} (qa[i, k] - 128)` for each row `i` and k group `g` of `group` values,
-/// laid out so that a panel of `rows` rows starting at row `i0` finds its `[g][rows]` sums at `i0 * groups`.
-fn signed_activations(pa: &mut PackedA, k: usize, group: usize) -> Vec<i32> {
+/// and returns `na[i][g] = -mult · sum_{k in g} (qa[i, k] - 128)` for each row `i` and k group `g` of `group`
+/// values, laid out so that a panel of `rows` rows starting at row `i0` finds its `[g][rows]` sums at
+/// `i0 * groups`. `mult` is 8 for symmetric weights (their stored zero point, so that the tiles broadcast the
+/// zero-point term as it is), else 1 (the tiles multiply by each column's zero point).
+fn signed_activations(pa: &mut PackedA, k: usize, group: usize, mult: i32) -> Vec<i32> {
     let (m, mr, kp) = (pa.m, pa.mr, pa.kp);
     let groups = kp / group;
     let mut na = vec![0i32; m * groups];
@@ -373,39 +397,37 @@ fn signed_activations(pa: &mut PackedA, k: usize, group: usize) -> Vec<i32> {
             }
         }
     }
+    if mult != 1 {
+        na.iter_mut().for_each(|v| *v *= mult);
+    }
     na
 }
 
 /// Runs the tile of `path` for `rows` (≤ [`MR4`]) rows of the signed activation panel at `ap` (`rows × kp`
-/// bytes, with their group sums `na`, `groups × rows`) against one weight panel `b` with its scales `sc` and
-/// stored zero points `z` (`groups × 32` each; all 8 unless `affine`).
-#[allow(clippy::too_many_arguments)]
-fn tile(path: Path, rows: usize, groups: usize, pairs: usize, ap: *const u8, na: &[i32], b: &[u8], sc: ScalePanel<'_>,
-        z: &[u8], affine: bool, f: &mut [[f32; NR]; MR4]) {
-    debug_assert!(b.len() >= groups * pairs * 128 && sc.len() >= groups * NR && z.len() >= groups * NR);
+/// bytes, with their group sums `na`, `groups × rows`) against one weight panel `w`.
+fn tile(path: Path, rows: usize, ap: *const u8, na: &[i32], w: Panel<'_>, f: &mut [[f32; NR]; MR4]) {
+    let (groups, pairs, stride) = (w.groups, w.pairs, w.stride);
+    debug_assert!(w.bytes.len() == groups * stride && (w.zeros.is_empty() || w.zeros.len() == groups * NR));
     debug_assert!(na.len() == groups * rows);
     #[cfg(target_arch = "x86_64")]
     {
         use super::int4_micro::x86;
-        let (bp, zp, np) = (b.as_ptr(), z.as_ptr(), na.as_ptr());
-        let (sp, half) = match sc {
-            ScalePanel::F32(s) => (s.as_ptr() as *const u8, false),
-            ScalePanel::F16(s) => (s.as_ptr() as *const u8, true),
-        };
+        let affine = !w.zeros.is_empty();
+        let (bp, zp, np) = (w.bytes.as_ptr(), w.zeros.as_ptr(), na.as_ptr());
         let split = pairs <= SPLIT_MAX_PAIRS;
         macro_rules! vnni {
             ($h:literal) => {
                 match (rows, split) {
-                    (1, true) => x86::vnni::<1, $h, true>(groups, pairs, ap, np, bp, sp, zp, affine, f),
-                    (2, true) => x86::vnni::<2, $h, true>(groups, pairs, ap, np, bp, sp, zp, affine, f),
-                    (1, false) => x86::vnni::<1, $h, false>(groups, pairs, ap, np, bp, sp, zp, affine, f),
-                    (2, false) => x86::vnni::<2, $h, false>(groups, pairs, ap, np, bp, sp, zp, affine, f),
-                    (3, _) => x86::vnni::<3, $h, false>(groups, pairs, ap, np, bp, sp, zp, affine, f),
-                    (4, _) => x86::vnni::<4, $h, false>(groups, pairs, ap, np, bp, sp, zp, affine, f),
-                    (5, _) => x86::vnni::<5, $h, false>(groups, pairs, ap, np, bp, sp, zp, affine, f),
-                    (6, _) => x86::vnni::<6, $h, false>(groups, pairs, ap, np, bp, sp, zp, affine, f),
-                    (7, _) => x86::vnni::<7, $h, false>(groups, pairs, ap, np, bp, sp, zp, affine, f),
-                    _ => x86::vnni::<8, $h, false>(groups, pairs, ap, np, bp, sp, zp, affine, f),
+                    (1, true) => x86::vnni::<1, $h, true>(groups, pairs, stride, ap, np, bp, zp, affine, f),
+                    (2, true) => x86::vnni::<2, $h, true>(groups, pairs, stride, ap, np, bp, zp, affine, f),
+                    (1, false) => x86::vnni::<1, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, f),
+                    (2, false) => x86::vnni::<2, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, f),
+                    (3, _) => x86::vnni::<3, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, f),
+                    (4, _) => x86::vnni::<4, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, f),
+                    (5, _) => x86::vnni::<5, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, f),
+                    (6, _) => x86::vnni::<6, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, f),
+                    (7, _) => x86::vnni::<7, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, f),
+                    _ => x86::vnni::<8, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, f),
                 }
             };
         }
@@ -414,10 +436,10 @@ fn tile(path: Path, rows: usize, groups: usize, pairs: usize, ap: *const u8, na:
                 let mut r0 = 0;
                 while r0 < rows {
                     match rows - r0 {
-                        1 => x86::avx2::<1, $h>(groups, pairs, ap, np, rows, r0, bp, sp, zp, affine, f),
-                        2 => x86::avx2::<2, $h>(groups, pairs, ap, np, rows, r0, bp, sp, zp, affine, f),
-                        3 => x86::avx2::<3, $h>(groups, pairs, ap, np, rows, r0, bp, sp, zp, affine, f),
-                        _ => x86::avx2::<4, $h>(groups, pairs, ap, np, rows, r0, bp, sp, zp, affine, f),
+                        1 => x86::avx2::<1, $h>(groups, pairs, stride, ap, np, rows, r0, bp, zp, affine, f),
+                        2 => x86::avx2::<2, $h>(groups, pairs, stride, ap, np, rows, r0, bp, zp, affine, f),
+                        3 => x86::avx2::<3, $h>(groups, pairs, stride, ap, np, rows, r0, bp, zp, affine, f),
+                        _ => x86::avx2::<4, $h>(groups, pairs, stride, ap, np, rows, r0, bp, zp, affine, f),
                     }
                     r0 += 4;
                 }
@@ -426,28 +448,53 @@ fn tile(path: Path, rows: usize, groups: usize, pairs: usize, ap: *const u8, na:
         match path {
             // SAFETY: sizes by the layouts (checked above); VNNI checked by the caller (`path.is_supported()`).
             Path::Vnni => unsafe {
-                if half { vnni!(true) } else { vnni!(false) }
+                if w.half { vnni!(true) } else { vnni!(false) }
                 return;
             },
             // SAFETY: as above; AVX2 (and FMA, which every AVX2 path of the crate assumes) checked by the caller,
             // F16C (the tile converts half scales) here: CPUs with AVX2 have it, the portable tile covers one
             // that would not.
             Path::Avx2 if std::arch::is_x86_feature_detected!("f16c") => unsafe {
-                if half { avx2!(true) } else { avx2!(false) }
+                if w.half { avx2!(true) } else { avx2!(false) }
                 return;
             },
             Path::Avx2 | Path::Scalar => {}
         }
     }
-    let _ = (na, affine); // the portable tile subtracts the zero points itself
+    let _ = na; // the portable tile subtracts the zero points itself
     // SAFETY: the panel holds `rows * kp` bytes, `kp = groups * pairs * 8`.
     let a = unsafe { std::slice::from_raw_parts(ap, rows * groups * pairs * 8) };
-    tile_mv(isa_of(path), rows, groups, pairs, a, b, sc, z, f);
+    tile_mv(isa_of(path), rows, a, w, f);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every group block starts on a cache line (the buffer is line aligned and the stride a whole number of
+    /// lines, for every group size and scale format), and its scales follow its codes: the round trip holds.
+    #[test]
+    fn group_blocks_are_whole_lines_with_their_scales() {
+        for group in [8usize, 32, 40, 64, 128] {
+            for half in [false, true] {
+                let (n, k): (usize, usize) = (45, 3 * group + 8);
+                let ng = k.div_ceil(group);
+                let q: Vec<i8> = (0..n * k).map(|i| (i % 16) as i8 - 8).collect();
+                let s16: Vec<u16> = (0..n * ng).map(|i| 0x2000 + i as u16).collect();
+                let s32: Vec<f32> = s16.iter().map(|&h| f16_to_f32(h)).collect();
+                let w = if half {
+                    PackedInt4::new(&q, n, k, GroupScales::F16(&s16), &[], group).unwrap()
+                } else {
+                    PackedInt4::new(&q, n, k, &s32, &[], group).unwrap()
+                };
+                assert_eq!(w.bytes().as_ptr() as usize % 64, 0);
+                assert_eq!(w.stride % 64, 0);
+                assert_eq!(w.stride, group / 8 * 128 + if half { 64 } else { 128 });
+                assert_eq!(w.unpack(), (q, s32, vec![]));
+                assert_eq!(w.f16_scales().is_some(), half);
+            }
+        }
+    }
 
     /// The integer sums at their largest: every activation at a code extreme and every weight code -8 or 7,
     /// with zero points at the other extreme, in groups around the VNNI tile's limit for in-place high nibbles

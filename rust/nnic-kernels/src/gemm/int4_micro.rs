@@ -1,11 +1,17 @@
 //! The int4 tiles: `f[r][c] = sum_g s[g][c] · sum_{k in g} a_s8[r, k] · (nib[k, c] - z[g][c])` for up to
 //! [`MR4`] rows and one 32-column panel, one per path (portable, AVX2, AVX-512 VNNI).
 //!
-//! Layouts (see [`super::int4`]): a 128-byte weight row holds 8 k values × 32 columns, column `c` at bytes
-//! `4c..4c+4`; the low nibbles are k group `2t`, the high nibbles k group `2t+1`, each stored as `q + 8` in
-//! [0, 15]. `z[g][c]` is the stored zero point `zero + 8` (8 for symmetric weights), so `nib - z = q - zero`.
-//! Activations are signed bytes (the u8 codes minus 128, padding 0): k group `j` of the panel holds `rows × 4`
-//! bytes (row stride 4), and `na[g][r] = -sum_{k in g} a_s8[r, k]` comes with them.
+//! Layout (see [`super::int4`]): a weight panel is one stream of `groups` blocks of [`Panel::stride`] bytes, one
+//! per k group, in the order the tiles read them: `pairs` rows of 128 bytes (8 k values × 32 columns, column `c`
+//! at bytes `4c..4c+4`; in row `t` the low nibbles are k values `8t..8t+4` and the high nibbles `8t+4..8t+8` of
+//! the group, each stored as `q + 8` in [0, 15]), then the group's 32 scales (`f32`, or half-precision bits). The
+//! stride is a whole number of 64-byte lines (`pairs · 128 + 32 · 4` or `+ 32 · 2`) and the buffer is line
+//! aligned, so no load splits a cache line, and the scales arrive with the codes they scale: the tiles prefetch
+//! one stream instead of two (before, the scales were a second array, fetched by demand misses at every 4 KiB page
+//! of it). `z[g][c]` is the stored zero point `zero + 8` (a separate `groups × 32` array of affine weights; 8 for
+//! symmetric ones), so `nib - z = q - zero`. Activations are signed bytes (the u8 codes minus 128, padding 0):
+//! k quad `j` of the panel holds `rows × 4` bytes (row stride 4), and `na[g][r]` comes with them: `-sum_{k in g}
+//! a_s8[r, k]`, times 8 for symmetric weights (their zero-point term, ready to broadcast).
 //!
 //! Why signed activations: the nibbles are then the *unsigned* operand of `vpdpbusd` / `vpmaddubsw`, used as
 //! they are masked out of the byte, and the zero point enters once per group, as the accumulator's initial
@@ -14,8 +20,7 @@
 //! (at most 240, a valid u8), accumulated apart and divided by 16 (exactly: an arithmetic shift) at the group
 //! end; that leaves two `vpandd` and two `vpdpbusd` per 64 bytes of weights. (`vpmaddubsw` saturates its i16
 //! pair sums, so the AVX2 tile shifts: `240 · 128 · 2` would not fit.) Integer sums run per group and are
-//! scaled into `f` at each group end. Scales come as `f32` or as half-precision bits ([`ScalePanel`]),
-//! `groups × 32` per panel; the tiles widen half scales to `f32` (exactly) when they apply them.
+//! scaled into `f` at each group end; the tiles widen half scales to `f32` (exactly) when they apply them.
 #![allow(clippy::needless_range_loop)] // register tiles are indexed by row
 use super::panels::NR;
 use crate::half::f16_to_f32;
@@ -27,58 +32,63 @@ pub(super) const MR4: usize = 8;
 /// at most `(group / 2) · 240 · 128`, which stays inside i32 for groups of up to 65536 (8192 pairs).
 pub(super) const SPLIT_MAX_PAIRS: usize = 8192;
 
-/// One weight panel's scales, `[group][32]`.
+/// One weight panel (32 columns): `groups` blocks of `stride` bytes (codes, then scales: module doc) and the
+/// stored zero points (`groups × 32`, or empty for symmetric weights, whose stored zero point is 8).
 #[derive(Copy, Clone, Debug)]
-pub(super) enum ScalePanel<'a> {
-    F32(&'a [f32]),
-    F16(&'a [u16]),
+pub(super) struct Panel<'a> {
+    pub(super) bytes: &'a [u8],
+    pub(super) zeros: &'a [u8],
+    pub(super) groups: usize,
+    pub(super) pairs: usize,
+    pub(super) stride: usize,
+    /// The scales are half-precision bits (else `f32`).
+    pub(super) half: bool,
 }
 
-impl ScalePanel<'_> {
-    pub(super) fn len(&self) -> usize {
-        match self {
-            ScalePanel::F32(s) => s.len(),
-            ScalePanel::F16(s) => s.len(),
-        }
+impl Panel<'_> {
+    /// Bytes per group block: `pairs` code rows and 32 scales of 2 (`half`) or 4 bytes, a multiple of 64.
+    pub(super) fn stride_of(pairs: usize, half: bool) -> usize {
+        pairs * 128 + NR * if half { 2 } else { 4 }
+    }
+    /// Row `t` of group `g`'s codes (128 bytes).
+    #[inline(always)]
+    pub(super) fn codes(&self, g: usize, t: usize) -> &[u8] {
+        &self.bytes[g * self.stride + t * 128..][..128]
     }
     /// The scale of group `g`, column `c`.
     #[inline(always)]
-    pub(super) fn get(&self, g: usize, c: usize) -> f32 {
-        match self {
-            ScalePanel::F32(s) => s[g * NR + c],
-            ScalePanel::F16(s) => f16_to_f32(s[g * NR + c]),
+    pub(super) fn scale(&self, g: usize, c: usize) -> f32 {
+        let at = g * self.stride + self.pairs * 128;
+        if self.half {
+            f16_to_f32(u16::from_le_bytes([self.bytes[at + 2 * c], self.bytes[at + 2 * c + 1]]))
+        } else {
+            f32::from_le_bytes(self.bytes[at + 4 * c..at + 4 * c + 4].try_into().expect("4 bytes"))
         }
+    }
+    /// The stored zero point (`zero + 8`) of group `g`, column `c`.
+    #[inline(always)]
+    pub(super) fn zero(&self, g: usize, c: usize) -> i32 {
+        if self.zeros.is_empty() { 8 } else { self.zeros[g * NR + c] as i32 }
     }
 }
 
-/// Portable tile over `rows` rows; `sc` and `z` hold `groups × 32` scales and stored zero points. It sums
-/// `a · (nib - z)` directly (the same integers as the SIMD tiles' `a · nib + z · na`), so it needs no `na`.
+/// Portable tile over `rows` rows of the signed activation panel `a`. It sums `a · (nib - z)` directly (the
+/// same integers as the SIMD tiles' `a · nib + z · na`), so it needs no `na`.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-pub(super) fn tile_body(
-    rows: usize,
-    groups: usize,
-    pairs: usize,
-    a: &[u8],
-    b: &[u8],
-    sc: ScalePanel<'_>,
-    z: &[u8],
-    f: &mut [[f32; NR]; MR4],
-) {
+pub(super) fn tile_body(rows: usize, a: &[u8], w: Panel<'_>, f: &mut [[f32; NR]; MR4]) {
     for fr in f.iter_mut() {
         *fr = [0.0; NR];
     }
-    for g in 0..groups {
-        let zg = &z[g * NR..(g + 1) * NR];
+    for g in 0..w.groups {
         let mut acc = [[0i32; NR]; MR4];
-        for t in 0..pairs {
-            let tt = g * pairs + t;
-            let bb = &b[tt * 128..tt * 128 + 128];
+        for t in 0..w.pairs {
+            let tt = g * w.pairs + t;
+            let bb = w.codes(g, t);
             for (r, accr) in acc.iter_mut().enumerate().take(rows) {
                 let a0 = &a[(2 * tt) * rows * 4 + r * 4..][..4];
                 let a1 = &a[(2 * tt + 1) * rows * 4 + r * 4..][..4];
                 for (c, acc) in accr.iter_mut().enumerate() {
-                    let zc = zg[c] as i32;
+                    let zc = w.zero(g, c);
                     let mut s = 0i32;
                     for e in 0..4 {
                         let byte = bb[c * 4 + e];
@@ -89,7 +99,7 @@ pub(super) fn tile_body(
                 }
             }
         }
-        let s: [f32; NR] = std::array::from_fn(|c| sc.get(g, c));
+        let s: [f32; NR] = std::array::from_fn(|c| w.scale(g, c));
         for r in 0..rows {
             for c in 0..NR {
                 f[r][c] += s[c] * acc[r][c] as f32;
@@ -97,8 +107,8 @@ pub(super) fn tile_body(
         }
     }
 }
-crate::simd::multiversion!(pub(super) fn tile_mv(rows: usize, groups: usize, pairs: usize, a: &[u8], b: &[u8],
-    sc: ScalePanel<'_>, z: &[u8], f: &mut [[f32; NR]; MR4]) = tile_body;);
+crate::simd::multiversion!(pub(super) fn tile_mv(rows: usize, a: &[u8], w: Panel<'_>, f: &mut [[f32; NR]; MR4])
+    = tile_body;);
 
 #[cfg(target_arch = "x86_64")]
 pub(super) mod x86 {
@@ -137,8 +147,8 @@ pub(super) mod x86 {
         }
     }
 
-    /// The accumulator's initial value for row `r` of group `g`: `z · na[g][r]`, with `z` the 16 stored zero
-    /// points at `zp` when `affine`, else 8.
+    /// The accumulator's initial value for one row of a group: `z · na` with `z` the 16 stored zero points at
+    /// `zp` when `affine`, else `na` as it is (symmetric weights' sums come multiplied by their zero point 8).
     ///
     /// # Safety
     /// `zp` points to 16 bytes when `affine`; the CPU has AVX-512F.
@@ -149,7 +159,7 @@ pub(super) mod x86 {
             if affine {
                 _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128(zp as *const __m128i)), _mm512_set1_epi32(na))
             } else {
-                _mm512_set1_epi32(8 * na)
+                _mm512_set1_epi32(na)
             }
         }
     }
@@ -165,32 +175,43 @@ pub(super) mod x86 {
             if affine {
                 _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64(zp as *const __m128i)), _mm256_set1_epi32(na))
             } else {
-                _mm256_set1_epi32(8 * na)
+                _mm256_set1_epi32(na)
             }
         }
     }
 
-    /// Bytes ahead of the weight pointer that the tiles prefetch (into L1), 16 k-pairs: far enough that a
-    /// line streamed from DRAM arrives in time at the GEMV's rate, near enough to stay inside the panel's run.
-    const PREFETCH: usize = 2048;
+    /// How far ahead (bytes) the VNNI tile prefetches its weight stream into L2 (`prefetcht1`, every line of it,
+    /// scales included): a stream from DRAM needs more lines in flight than L1's fill buffers hold. Against
+    /// `prefetcht0` 2 KiB ahead on the codes only (the scales were a second array then), with the one-stream
+    /// layout, cold 4096² GEMV, one thread, CPU time, quiet machine: 4, 8 and 16 KiB ahead within 1 % of one
+    /// another, adding `prefetcht0` 1 KiB ahead nothing, one prefetch per 128 bytes (the adjacent line left to
+    /// the hardware) 0.89×, no software prefetch 0.72×; at two threads 4 KiB was as fast as 8 KiB or faster.
+    const AHEAD: usize = 4096;
+
+    /// Prefetches the line `AHEAD` bytes after `p` into L2 (wrapping address arithmetic: a prefetch never faults,
+    /// past the end of the buffer included).
+    #[inline(always)]
+    unsafe fn prefetch(p: *const u8) {
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(AHEAD) as *const i8) }
+    }
 
     /// VNNI tile of `MR` rows (see the module doc); `H`: the scales are half-precision bits; `S` (one or two
     /// rows, groups of at most [`super::SPLIT_MAX_PAIRS`] pairs): high nibbles used in place, as `16 · nib`, with
     /// their own accumulators (four independent `vpdpbusd` chains per row).
     ///
     /// # Safety
-    /// `a`: `2 * groups * pairs` k groups of `MR` rows of signed bytes; `na`: `groups * MR` sums; `b`:
-    /// `groups * pairs * 128` bytes; `sc`: `groups * 32` scales (`f32`, or `u16` when `H`); `z`: `groups * 32`
-    /// bytes when `affine`; the CPU has AVX-512 VNNI.
+    /// `a`: `2 * groups * pairs` k quads of `MR` rows of signed bytes; `na`: `groups * MR` sums; `b`: `groups`
+    /// blocks of `stride` bytes (`pairs * 128` of codes, then 32 scales: `f32`, or `u16` when `H`); `z`:
+    /// `groups * 32` bytes when `affine`; the CPU has AVX-512 VNNI.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn vnni<const MR: usize, const H: bool, const S: bool>(
         groups: usize,
         pairs: usize,
+        stride: usize,
         a: *const u8,
         na: *const i32,
         b: *const u8,
-        sc: *const u8,
         z: *const u8,
         affine: bool,
         f: &mut [[f32; NR]; MR4],
@@ -200,8 +221,8 @@ pub(super) mod x86 {
             let hi = _mm512_set1_epi8(0xF0u8 as i8);
             let mut fv = [[_mm512_setzero_ps(); 2]; MR];
             let mut ap = a;
-            let mut bp = b;
             for g in 0..groups {
+                let blk = b.add(g * stride);
                 let mut s = [[_mm512_setzero_si512(); 2]; MR];
                 let mut t = [[_mm512_setzero_si512(); 2]; MR];
                 for r in 0..MR {
@@ -209,11 +230,12 @@ pub(super) mod x86 {
                     s[r][0] = zero_term16(affine, z.add(g * NR), n);
                     s[r][1] = zero_term16(affine, z.add(g * NR + 16), n);
                 }
+                let mut bp = blk;
                 for _ in 0..pairs {
                     let x0 = _mm512_loadu_si512(bp as *const __m512i);
                     let x1 = _mm512_loadu_si512(bp.add(64) as *const __m512i);
-                    _mm_prefetch::<_MM_HINT_T0>(bp.add(PREFETCH) as *const i8);
-                    _mm_prefetch::<_MM_HINT_T0>(bp.add(PREFETCH + 64) as *const i8);
+                    prefetch(bp);
+                    prefetch(bp.add(64));
                     let (l0, l1) = (_mm512_and_si512(x0, lo), _mm512_and_si512(x1, lo));
                     let (h0, h1) = if S {
                         (_mm512_and_si512(x0, hi), _mm512_and_si512(x1, hi))
@@ -237,10 +259,17 @@ pub(super) mod x86 {
                     ap = ap.add(2 * MR * 4);
                     bp = bp.add(128);
                 }
-                // Group end: f += float(sum) * scale.
+                // Group end: f += float(sum) * scale; the scales follow the codes (1 or 2 lines).
+                prefetch(bp);
+                if !H {
+                    prefetch(bp.add(64));
+                }
                 let w = if H { 2 } else { 4 };
-                let s0 = scales16::<H>(sc.add(g * NR * w));
-                let s1 = scales16::<H>(sc.add((g * NR + 16) * w));
+                let s0 = scales16::<H>(bp);
+                let s1 = scales16::<H>(bp.add(16 * w));
+                if affine {
+                    _mm_prefetch::<_MM_HINT_T1>(z.wrapping_add(g * NR + AHEAD / stride * NR) as *const i8);
+                }
                 for r in 0..MR {
                     let (v0, v1) = if S {
                         (_mm512_add_epi32(s[r][0], _mm512_srai_epi32::<4>(t[r][0])),
@@ -264,19 +293,19 @@ pub(super) mod x86 {
     /// by ones into i32.
     ///
     /// # Safety
-    /// As [`vnni`] with `rows` rows per k group and `groups * rows` sums at `na` (`r0 + MR <= rows`), and the
+    /// As [`vnni`] with `rows` rows per k quad and `groups * rows` sums at `na` (`r0 + MR <= rows`), and the
     /// CPU has AVX2 and FMA (and F16C when `H`).
     #[target_feature(enable = "avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn avx2<const MR: usize, const H: bool>(
         groups: usize,
         pairs: usize,
+        stride: usize,
         a: *const u8,
         na: *const i32,
         rows: usize,
         r0: usize,
         b: *const u8,
-        sc: *const u8,
         z: *const u8,
         affine: bool,
         f: &mut [[f32; NR]; MR4],
@@ -284,20 +313,22 @@ pub(super) mod x86 {
         unsafe {
             let mask = _mm256_set1_epi8(0x0F);
             let ones = _mm256_set1_epi16(1);
-            let stride = rows * 4;
+            let step = rows * 4;
+            let w = if H { 2 } else { 4 };
             for r in 0..MR {
                 f[r0 + r] = [0.0; NR];
             }
             for half in 0..2 {
                 let mut ap = a.add(r0 * 4);
-                let mut bp = b.add(half * 64);
                 for g in 0..groups {
+                    let blk = b.add(g * stride);
                     let zc = z.add(g * NR + half * 16);
                     let mut s = [[_mm256_setzero_si256(); 2]; MR];
                     for r in 0..MR {
                         let n = *na.add(g * rows + r0 + r);
                         s[r] = [zero_term8(affine, zc, n), zero_term8(affine, zc.add(8), n)];
                     }
+                    let mut bp = blk.add(half * 64);
                     for _ in 0..pairs {
                         let x0 = _mm256_loadu_si256(bp as *const __m256i);
                         let x1 = _mm256_loadu_si256(bp.add(32) as *const __m256i);
@@ -307,18 +338,17 @@ pub(super) mod x86 {
                         let h1 = _mm256_and_si256(_mm256_srli_epi16::<4>(x1), mask);
                         for r in 0..MR {
                             let a0 = _mm256_set1_epi32((ap.add(r * 4) as *const i32).read_unaligned());
-                            let a1 = _mm256_set1_epi32((ap.add(stride + r * 4) as *const i32).read_unaligned());
+                            let a1 = _mm256_set1_epi32((ap.add(step + r * 4) as *const i32).read_unaligned());
                             let p0 = _mm256_add_epi16(_mm256_maddubs_epi16(l0, a0), _mm256_maddubs_epi16(h0, a1));
                             let p1 = _mm256_add_epi16(_mm256_maddubs_epi16(l1, a0), _mm256_maddubs_epi16(h1, a1));
                             s[r][0] = _mm256_add_epi32(s[r][0], _mm256_madd_epi16(p0, ones));
                             s[r][1] = _mm256_add_epi32(s[r][1], _mm256_madd_epi16(p1, ones));
                         }
-                        ap = ap.add(2 * stride);
+                        ap = ap.add(2 * step);
                         bp = bp.add(128);
                     }
-                    let w = if H { 2 } else { 4 };
-                    let s0 = scales8::<H>(sc.add((g * NR + half * 16) * w));
-                    let s1 = scales8::<H>(sc.add((g * NR + half * 16 + 8) * w));
+                    let sp = blk.add(pairs * 128 + half * 16 * w);
+                    let (s0, s1) = (scales8::<H>(sp), scales8::<H>(sp.add(8 * w)));
                     for r in 0..MR {
                         let p = f[r0 + r].as_mut_ptr().add(half * 16);
                         _mm256_storeu_ps(p, _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[r][0]), s0, _mm256_loadu_ps(p)));
