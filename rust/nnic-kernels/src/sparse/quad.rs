@@ -95,15 +95,17 @@ pub(crate) fn applies(isa: Isa) -> bool {
     }
 }
 
-/// `xq[m, k]` (u8) as `[k/4][mp][4]`, zero padded to `mp = m` rounded up to 16 rows and to whole quads.
+/// `xq[m, k]` (u8) as `[k/4][mp][4]`, zero padded to `mp = m` rounded up to 16 rows and to whole quads; returns
+/// the buffer and the offset where that layout starts, on a 64-byte line.
 ///
 /// Written in order, quad by quad: the 4-byte reads go `k` bytes apart, but the `m` lines they touch stay in L1
 /// for 16 quads. Whole quads are copied as one u32 (a copy of a run-time length calls `memcpy`: 60-100 µs at
-/// 128 × 768).
-fn pack_quads(xq: &[u8], m: usize, k: usize, mp: usize) -> Vec<u8> {
+/// 128 × 768). Line-aligned because every `vpdpbusd` of the kernel loads one 64-byte run of it: at the
+/// allocator's 16-byte alignment each load was split over two lines (see [`aligned`]).
+fn pack_quads(xq: &[u8], m: usize, k: usize, mp: usize) -> (Vec<u8>, usize) {
     let kq = k.div_ceil(4);
-    let mut xp = vec![0u8; kq * mp * 4];
-    for (g, line) in xp.chunks_exact_mut(mp * 4).enumerate() {
+    let (mut buf, off) = aligned::<u8>(kq * mp * 4);
+    for (g, line) in buf[off..].chunks_exact_mut(mp * 4).enumerate() {
         let c0 = 4 * g;
         for (i, dst) in line.chunks_exact_mut(4).take(m).enumerate() {
             let src = &xq[i * k + c0..(i + 1) * k];
@@ -114,7 +116,19 @@ fn pack_quads(xq: &[u8], m: usize, k: usize, mp: usize) -> Vec<u8> {
             }
         }
     }
-    xp
+    (buf, off)
+}
+
+/// A zeroed buffer with `n` elements from the returned offset on, which starts on a 64-byte line.
+///
+/// The kernel's 64-byte loads and stores (activation runs, partial sums) each touched two lines at the
+/// allocator's 16-byte alignment: split loads, counted twice against L1's load ports.
+fn aligned<T: Copy + Default>(n: usize) -> (Vec<T>, usize) {
+    let slack = 64 / std::mem::size_of::<T>();
+    let buf = vec![T::default(); n + slack];
+    let off = buf.as_ptr().align_offset(64);
+    debug_assert!(off < slack);
+    (buf, off)
 }
 
 #[inline(always)]
@@ -258,7 +272,8 @@ pub(super) fn run(
 ) {
     let (k, rows) = (w.in_features(), w.out_features());
     let mp = m.div_ceil(16) * 16;
-    let xp = pack_quads(xq, m, k, mp);
+    let (xbuf, xoff) = pack_quads(xq, m, k, mp);
+    let xp = &xbuf[xoff..];
     let sums = w.code_sums();
     let groups: Vec<usize> = (0..mp).step_by(GROUP_ROWS).collect();
     let chunks = row_chunks(w, threads);
@@ -270,7 +285,8 @@ pub(super) fn run(
         let i0 = groups[id / chunks.len()];
         let nb = (mp - i0).min(GROUP_ROWS) / 16;
         let wd = nb * 16;
-        let mut part = vec![0i32; ROW_TILE.min(r1 - r0) * wd];
+        let (mut pbuf, poff) = aligned::<i32>(ROW_TILE.min(r1 - r0) * wd);
+        let part = &mut pbuf[poff..];
         // rows of `fin` 16 floats longer than a power of two, so that reading down a column spreads over L1's sets
         let fs = wd + 16;
         let mut fin = vec![0f32; ROW_TILE.min(r1 - r0) * fs];
@@ -279,7 +295,7 @@ pub(super) fn run(
             let part = &mut part[..(t1 - t0) * wd];
             part.fill(0);
             for kb in 0..q.nkb {
-                block(isa, q, kb, t0, t1, &xp, mp, i0, nb, part);
+                block(isa, q, kb, t0, t1, xp, mp, i0, nb, part);
             }
             // per output row: the zero-point term and the epilogue along its batch rows (vectorized), into
             // `fin[i][ti]`; then batch row by batch row into `out`, along the output rows
