@@ -98,13 +98,21 @@ pub(crate) fn applies(isa: Isa) -> bool {
 /// `xq[m, k]` (u8) as `[k/4][mp][4]`, zero padded to `mp = m` rounded up to 16 rows and to whole quads; returns
 /// the buffer and the offset where that layout starts, on a 64-byte line.
 ///
-/// Written in order, quad by quad: the 4-byte reads go `k` bytes apart, but the `m` lines they touch stay in L1
-/// for 16 quads. Whole quads are copied as one u32 (a copy of a run-time length calls `memcpy`: 60-100 µs at
-/// 128 × 768). Line-aligned because every `vpdpbusd` of the kernel loads one 64-byte run of it: at the
-/// allocator's 16-byte alignment each load was split over two lines (see [`aligned`]).
-fn pack_quads(xq: &[u8], m: usize, k: usize, mp: usize) -> (Vec<u8>, usize) {
+/// A quad is 4 bytes, so this is a transposition of `[m][k/4]` 32-bit elements ([`transpose32`]: 16 × 16
+/// blocks in registers on AVX-512) when `k % 4 == 0`; otherwise quad by quad, each copied as one u32 (a copy of a
+/// run-time length calls `memcpy`: 60-100 µs at 128 × 768). Line-aligned because every `vpdpbusd` of the kernel
+/// loads one 64-byte run of it: at the allocator's 16-byte alignment each load was split over two lines (see
+/// [`aligned`]).
+fn pack_quads(isa: Isa, xq: &[u8], m: usize, k: usize, mp: usize) -> (Vec<u8>, usize) {
     let kq = k.div_ceil(4);
     let (mut buf, off) = aligned::<u8>(kq * mp * 4);
+    if k % 4 == 0 {
+        assert!(xq.len() >= m * k, "pack_quads: {} activation codes for {m} x {k}", xq.len());
+        // SAFETY: element (i, g) of the source is xq[i·k + 4g .. +4] (i < m, g < kq), inside xq; element (g, i) of
+        // the destination is buf[off + 4(g·mp + i) .. +4], inside the kq · mp · 4 bytes from off.
+        unsafe { transpose32(isa, xq.as_ptr() as *const u32, kq, m, kq, buf[off..].as_mut_ptr() as *mut u32, mp) };
+        return (buf, off);
+    }
     for (g, line) in buf[off..].chunks_exact_mut(mp * 4).enumerate() {
         let c0 = 4 * g;
         for (i, dst) in line.chunks_exact_mut(4).take(m).enumerate() {
@@ -117,6 +125,37 @@ fn pack_quads(xq: &[u8], m: usize, k: usize, mp: usize) -> (Vec<u8>, usize) {
         }
     }
     (buf, off)
+}
+
+/// `dst[c · ds + r] = src[r · ss + c]` for `r < rows`, `c < cols`: a transposition of 32-bit elements at any
+/// alignment, in 16 × 16 blocks held in registers on AVX-512 (16 loads, 64 shuffles, 16 stores per block), the
+/// edges element by element. The kernel's two transpositions (activation quads in, outputs out) went through
+/// L1 one element at a time before: a gather per 16 outputs and a u32 copy per quad, 7 % of a 128 × 768 × 768
+/// product.
+///
+/// # Safety
+/// `src` is readable at every `r · ss + c` and `dst` writable at every `c · ds + r` (`r < rows`, `c < cols`), as
+/// 4-byte elements.
+unsafe fn transpose32(isa: Isa, src: *const u32, ss: usize, rows: usize, cols: usize, dst: *mut u32, ds: usize) {
+    let (mut rb, mut cb) = (0, 0); // rows and columns done in whole blocks
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        (rb, cb) = (rows / 16 * 16, cols / 16 * 16);
+        for r in (0..rb).step_by(16) {
+            for c in (0..cb).step_by(16) {
+                // SAFETY: the block's 16 rows and 16 columns lie inside rows × cols (the caller's contract).
+                unsafe { x86::transpose16(src.add(r * ss + c), ss, dst.add(c * ds + r), ds) };
+            }
+        }
+    }
+    let _ = isa;
+    for r in 0..rows {
+        let c0 = if r < rb { cb } else { 0 };
+        for c in c0..cols {
+            // SAFETY: the caller's contract.
+            unsafe { dst.add(c * ds + r).write_unaligned(src.add(r * ss + c).read_unaligned()) };
+        }
+    }
 }
 
 /// A zeroed buffer with `n` elements from the returned offset on, which starts on a 64-byte line.
@@ -163,32 +202,44 @@ mod x86 {
     use super::Quads;
     use std::arch::x86_64::*;
 
-    /// [`super::store_col`] for whole blocks of 16 outputs; returns how many it stored.
+    /// [`super::transpose32`] of one 16 × 16 block: unpack pairs of rows (32-bit, then 64-bit), then pick
+    /// 128-bit lanes across the four groups of four rows.
     ///
     /// # Safety
-    /// As [`super::store_col`], and the CPU has AVX-512F.
+    /// `src` is readable at `r · ss + c` and `dst` writable at `c · ds + r` for `r, c < 16`; the CPU has
+    /// AVX-512F.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn store_col(fin: &[f32], fs: usize, ti: usize, n: usize, out: *mut f32) -> usize {
+    pub(super) unsafe fn transpose16(src: *const u32, ss: usize, dst: *mut u32, ds: usize) {
         unsafe {
-            let idx = _mm512_mullo_epi32(
-                _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                _mm512_set1_epi32(fs as i32),
-            );
-            let mut i = 0;
-            while i + 16 <= n {
-                let v = _mm512_i32gather_ps::<4>(idx, fin.as_ptr().add(i * fs + ti));
-                _mm512_storeu_ps(out.add(i), v);
-                i += 16;
+            let r: [__m512i; 16] = std::array::from_fn(|i| _mm512_loadu_si512(src.add(i * ss) as *const __m512i));
+            // t[2i], t[2i+1]: rows 2i and 2i+1 interleaved, elements 0-1 and 2-3 of each 128-bit lane
+            let t: [__m512i; 16] = std::array::from_fn(|j| {
+                let (a, b) = (r[j & !1], r[j | 1]);
+                if j % 2 == 0 { _mm512_unpacklo_epi32(a, b) } else { _mm512_unpackhi_epi32(a, b) }
+            });
+            // u[4i+e]: lane L holds column 4L+e of rows 4i..4i+4
+            let u: [__m512i; 16] = std::array::from_fn(|j| {
+                let (i, e) = (j / 4, j % 4);
+                let (a, b) = (t[4 * i + e / 2], t[4 * i + 2 + e / 2]);
+                if e % 2 == 0 { _mm512_unpacklo_epi64(a, b) } else { _mm512_unpackhi_epi64(a, b) }
+            });
+            for e in 0..4 {
+                let (v, w) = (_mm512_shuffle_i32x4::<0x88>(u[e], u[4 + e]), _mm512_shuffle_i32x4::<0xdd>(u[e], u[4 + e]));
+                let (v2, w2) = (_mm512_shuffle_i32x4::<0x88>(u[8 + e], u[12 + e]), _mm512_shuffle_i32x4::<0xdd>(u[8 + e], u[12 + e]));
+                let col = |lane: usize| dst.add((4 * lane + e) * ds) as *mut __m512i;
+                _mm512_storeu_si512(col(0), _mm512_shuffle_i32x4::<0x88>(v, v2));
+                _mm512_storeu_si512(col(1), _mm512_shuffle_i32x4::<0x88>(w, w2));
+                _mm512_storeu_si512(col(2), _mm512_shuffle_i32x4::<0xdd>(v, v2));
+                _mm512_storeu_si512(col(3), _mm512_shuffle_i32x4::<0xdd>(w, w2));
             }
-            i
         }
     }
 
     /// [`super::block_scalar`] with `NB` accumulators of 16 rows and `vpdpbusd`.
     ///
     /// # Safety
-    /// The CPU has AVX-512F/BW and VNNI; `xp` holds `[k/4][mp][4]` with `i0 + 16·NB ≤ mp`; `part` holds
-    /// `(r1 - r0) · 16 · NB` values; `r1 ≤ rows`, `kb < nkb`.
+    /// The CPU has AVX-512F/BW and VNNI; `xp` holds `[k/4][mp][4]` with `i0 + 16·NB ≤ mp`, starting on a
+    /// 64-byte line; `part` holds `(r1 - r0) · 16 · NB` values from a 64-byte line on; `r1 ≤ rows`, `kb < nkb`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn block_vnni<const NB: usize>(
@@ -205,41 +256,20 @@ mod x86 {
                 let pp = part.as_mut_ptr().add(i * NB * 16);
                 let mut acc = [_mm512_setzero_si512(); NB];
                 for (b, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_loadu_si512(pp.add(16 * b) as *const __m512i);
+                    *a = _mm512_load_si512(pp.add(16 * b) as *const __m512i);
                 }
                 for j in j0..j1 {
                     let wq = _mm512_set1_epi32(*q.val.get_unchecked(j));
                     let src = xb.add(*q.pos.get_unchecked(j) as usize * stride);
                     for (b, a) in acc.iter_mut().enumerate() {
-                        *a = _mm512_dpbusd_epi32(*a, _mm512_loadu_si512(src.add(64 * b) as *const __m512i), wq);
+                        *a = _mm512_dpbusd_epi32(*a, _mm512_load_si512(src.add(64 * b) as *const __m512i), wq);
                     }
                 }
                 for (b, a) in acc.iter().enumerate() {
-                    _mm512_storeu_si512(pp.add(16 * b) as *mut __m512i, *a);
+                    _mm512_store_si512(pp.add(16 * b) as *mut __m512i, *a);
                 }
             }
         }
-    }
-}
-
-/// `out[i] = fin[i · fs + ti]` for `i < n`: one batch row's outputs from the column `ti` of `fin`, 16 at a time
-/// with AVX-512 (a gather and one 64-byte store: one scalar store per output filled the store buffer with
-/// misses, 100+ µs of a 400 µs product at 128 × 768 × 768).
-///
-/// # Safety
-/// `out` has `n` writable floats; `fin` holds `n` rows of `fs` with `ti < fs`.
-unsafe fn store_col(isa: Isa, fin: &[f32], fs: usize, ti: usize, n: usize, out: *mut f32) {
-    debug_assert!(ti < fs && n * fs <= fin.len() + fs);
-    let mut i = 0;
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 {
-        // SAFETY: AVX-512 is active; every gathered index i · fs + ti (i < n) lies in `fin`.
-        unsafe { i = x86::store_col(fin, fs, ti, n, out) };
-    }
-    let _ = isa;
-    for i in i..n {
-        // SAFETY: the caller's contract.
-        unsafe { *out.add(i) = fin[i * fs + ti] };
     }
 }
 
@@ -272,7 +302,7 @@ pub(super) fn run(
 ) {
     let (k, rows) = (w.in_features(), w.out_features());
     let mp = m.div_ceil(16) * 16;
-    let (xbuf, xoff) = pack_quads(xq, m, k, mp);
+    let (xbuf, xoff) = pack_quads(isa, xq, m, k, mp);
     let xp = &xbuf[xoff..];
     let sums = w.code_sums();
     let groups: Vec<usize> = (0..mp).step_by(GROUP_ROWS).collect();
@@ -287,7 +317,8 @@ pub(super) fn run(
         let wd = nb * 16;
         let (mut pbuf, poff) = aligned::<i32>(ROW_TILE.min(r1 - r0) * wd);
         let part = &mut pbuf[poff..];
-        // rows of `fin` 16 floats longer than a power of two, so that reading down a column spreads over L1's sets
+        // rows of `fin` 16 floats longer than a power of two, so that the 16 rows a transposed block reads spread
+        // over L1's sets
         let fs = wd + 16;
         let mut fin = vec![0f32; ROW_TILE.min(r1 - r0) * fs];
         for t0 in (r0..r1).step_by(ROW_TILE) {
@@ -298,19 +329,19 @@ pub(super) fn run(
                 block(isa, q, kb, t0, t1, xp, mp, i0, nb, part);
             }
             // per output row: the zero-point term and the epilogue along its batch rows (vectorized), into
-            // `fin[i][ti]`; then batch row by batch row into `out`, along the output rows
+            // `fin[i][ti]`; then transposed into `out`, whose rows are batch rows
             let used = wd.min(m - i0);
             for (i, r) in (t0..t1).enumerate() {
                 let f = &mut fin[i * fs..i * fs + used];
                 centre(isa, &part[i * wd..i * wd + used], &zero[i0..i0 + used], sums[r], f);
                 epi.apply_col(f, i0, r);
             }
-            for ti in 0..used {
-                let mi = i0 + ti;
-                // SAFETY: outputs t0..t1 of batch row mi belong to this task only; `fin` holds t1 - t0 rows of fs.
-                unsafe {
-                    store_col(isa, &fin, fs, ti, t1 - t0, o.0.add(mi * rows + t0));
-                    epi.activate(o.0.add(mi * rows + t0), t1 - t0);
+            // SAFETY: outputs t0..t1 of batch rows i0..i0+used belong to this task only (out is m × rows); `fin`
+            // holds t1 - t0 rows of fs ≥ used floats.
+            unsafe {
+                transpose32(isa, fin.as_ptr() as *const u32, fs, t1 - t0, used, o.0.add(i0 * rows + t0) as *mut u32, rows);
+                for ti in 0..used {
+                    epi.activate(o.0.add((i0 + ti) * rows + t0), t1 - t0);
                 }
             }
         }
@@ -322,6 +353,27 @@ pub(super) fn run(
 mod tests {
     use super::*;
     use crate::sparse::csr;
+
+    #[test]
+    fn transpose32_moves_every_element_on_every_isa() {
+        for isa in cpu::supported() {
+            for (rows, cols) in [(16, 16), (33, 50), (5, 7), (64, 128), (17, 16), (0, 3)] {
+                let (ss, ds) = (cols + 3, rows + 5);
+                let src: Vec<u32> = (0..rows * ss).map(|i| i as u32 * 2654435761).collect();
+                let mut dst = vec![u32::MAX; cols * ds];
+                // SAFETY: src holds rows × ss and dst cols × ds elements.
+                unsafe { transpose32(isa, src.as_ptr(), ss, rows, cols, dst.as_mut_ptr(), ds) };
+                for r in 0..rows {
+                    for c in 0..cols {
+                        assert_eq!(dst[c * ds + r], src[r * ss + c], "{isa:?} {rows}x{cols}: ({r}, {c})");
+                    }
+                }
+                for c in 0..cols {
+                    assert!(dst[c * ds + rows..(c + 1) * ds].iter().all(|&v| v == u32::MAX), "{isa:?}: wrote past a row");
+                }
+            }
+        }
+    }
 
     #[test]
     fn quads_hold_every_stored_code_once_in_its_block() {
