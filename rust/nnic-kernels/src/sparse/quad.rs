@@ -113,7 +113,7 @@ fn pack_quads(isa: Isa, xq: &[u8], m: usize, k: usize, mp: usize) -> (Vec<u8>, u
         unsafe { transpose32(isa, xq.as_ptr() as *const u32, kq, m, kq, buf[off..].as_mut_ptr() as *mut u32, mp) };
         return (buf, off);
     }
-    for (g, line) in buf[off..].chunks_exact_mut(mp * 4).enumerate() {
+    for (g, line) in buf[off..off + kq * mp * 4].chunks_exact_mut(mp * 4).enumerate() {
         let c0 = 4 * g;
         for (i, dst) in line.chunks_exact_mut(4).take(m).enumerate() {
             let src = &xq[i * k + c0..(i + 1) * k];
