@@ -28,6 +28,8 @@ use crate::gemm::par;
 pub(crate) const KB_QUADS: usize = 64;
 /// Batch rows per task group: 8 accumulators of 16 rows.
 const GROUP_ROWS: usize = 128;
+/// Quads per task of [`pack_quads`]' transposition.
+const PACK_QUADS: usize = 64;
 /// Output rows whose i32 partial sums (`ROW_TILE · GROUP_ROWS · 4` bytes) go through all K blocks together.
 const ROW_TILE: usize = 64;
 
@@ -103,14 +105,24 @@ pub(crate) fn applies(isa: Isa) -> bool {
 /// run-time length calls `memcpy`: 60-100 µs at 128 × 768). Line-aligned because every `vpdpbusd` of the kernel
 /// loads one 64-byte run of it: at the allocator's 16-byte alignment each load was split over two lines (see
 /// [`aligned`]).
-fn pack_quads(isa: Isa, xq: &[u8], m: usize, k: usize, mp: usize) -> (Vec<u8>, usize) {
+fn pack_quads(isa: Isa, xq: &[u8], m: usize, k: usize, mp: usize, threads: usize) -> (Vec<u8>, usize) {
     let kq = k.div_ceil(4);
     let (mut buf, off) = aligned::<u8>(kq * mp * 4);
     if k % 4 == 0 {
         assert!(xq.len() >= m * k, "pack_quads: {} activation codes for {m} x {k}", xq.len());
-        // SAFETY: element (i, g) of the source is xq[i·k + 4g .. +4] (i < m, g < kq), inside xq; element (g, i) of
-        // the destination is buf[off + 4(g·mp + i) .. +4], inside the kq · mp · 4 bytes from off.
-        unsafe { transpose32(isa, xq.as_ptr() as *const u32, kq, m, kq, buf[off..].as_mut_ptr() as *mut u32, mp) };
+        // blocks of PACK_QUADS quads over the threads: it runs before any product task
+        let dst = super::OutPtr(buf[off..].as_mut_ptr() as *mut f32);
+        let task = |b: usize| {
+            let c = b * PACK_QUADS;
+            // SAFETY: element (i, g) of the source is xq[i·k + 4g .. +4] (i < m, g < kq), inside xq; element (g, i)
+            // of the destination is buf[off + 4(g·mp + i) .. +4], inside the kq · mp · 4 bytes from off; task b
+            // writes the destination rows g in c..c + PACK_QUADS only.
+            unsafe {
+                let (src, out) = ((xq.as_ptr() as *const u32).add(c), ({ &dst }.0 as *mut u32).add(c * mp));
+                transpose32(isa, src, kq, m, PACK_QUADS.min(kq - c), out, mp);
+            }
+        };
+        par::for_each(kq.div_ceil(PACK_QUADS), if m * k < super::PAR_MIN_WORK { 1 } else { threads }, &task);
         return (buf, off);
     }
     for (g, line) in buf[off..off + kq * mp * 4].chunks_exact_mut(mp * 4).enumerate() {
@@ -302,7 +314,7 @@ pub(super) fn run(
 ) {
     let (k, rows) = (w.in_features(), w.out_features());
     let mp = m.div_ceil(16) * 16;
-    let (xbuf, xoff) = pack_quads(isa, xq, m, k, mp);
+    let (xbuf, xoff) = pack_quads(isa, xq, m, k, mp, threads);
     let xp = &xbuf[xoff..];
     let sums = w.code_sums();
     let groups: Vec<usize> = (0..mp).step_by(GROUP_ROWS).collect();
