@@ -108,7 +108,7 @@ pub(crate) fn applies(isa: Isa) -> bool {
 fn pack_quads(isa: Isa, xq: &[u8], m: usize, k: usize, mp: usize, threads: usize) -> (Vec<u8>, usize) {
     let kq = k.div_ceil(4);
     let (mut buf, off) = aligned::<u8>(kq * mp * 4);
-    if k % 4 == 0 {
+    if k.is_multiple_of(4) {
         assert!(xq.len() >= m * k, "pack_quads: {} activation codes for {m} x {k}", xq.len());
         // blocks of PACK_QUADS quads over the threads: it runs before any product task
         let dst = super::OutPtr(buf[off..].as_mut_ptr() as *mut f32);
