@@ -306,6 +306,28 @@ fn block(isa: Isa, q: &Quads, kb: usize, r0: usize, r1: usize, xp: &[u8], mp: us
     block_scalar(q, kb, r0, r1, xp, mp, i0, nb, part)
 }
 
+/// `chunks` (consecutive output-row ranges covering `0..rows`) with every boundary moved to a multiple of 16 rows
+/// (the nearest; empty ranges dropped), so that no two tasks write the same 64-byte line of an output row.
+///
+/// Each task writes its rows of all the batch rows: with boundaries anywhere (48-row tasks at 768 outputs), every
+/// boundary put one line per batch row under two cores' stores (128 × 768 → 3072, two threads, quiet: 575-613 →
+/// 519-522 µs; the other BERT-base shapes within 3 %).
+fn line_chunks(chunks: Vec<(usize, usize)>, rows: usize) -> Vec<(usize, usize)> {
+    let mut out: Vec<(usize, usize)> = Vec::with_capacity(chunks.len());
+    let mut start = 0;
+    for (i, &(_, end)) in chunks.iter().enumerate() {
+        let end = if i + 1 == chunks.len() { rows } else { ((end + 8) / 16 * 16).min(rows) };
+        if end > start {
+            out.push((start, end));
+            start = end;
+        }
+    }
+    if out.is_empty() {
+        out.push((0, rows));
+    }
+    out
+}
+
 /// `out[i, r] = epilogue(Σ_k W[r, k] · (xq[i, k] - zero[i]))` for int8 values and u8 activation codes.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn run(
@@ -318,7 +340,7 @@ pub(super) fn run(
     let xp = &xbuf[xoff..];
     let sums = w.code_sums();
     let groups: Vec<usize> = (0..mp).step_by(GROUP_ROWS).collect();
-    let chunks = row_chunks(w, threads);
+    let chunks = line_chunks(row_chunks(w, threads), rows);
     let o = super::OutPtr(out.as_mut_ptr());
     let task = |id: usize| {
         #[allow(clippy::redundant_locals)]
@@ -365,6 +387,25 @@ pub(super) fn run(
 mod tests {
     use super::*;
     use crate::sparse::csr;
+
+    #[test]
+    fn line_chunks_cover_the_rows_with_boundaries_on_lines() {
+        for (chunks, rows) in [
+            (vec![(0, 48), (48, 96), (96, 144), (144, 200)], 200),
+            (vec![(0, 3), (3, 5), (5, 9)], 9),
+            (vec![(0, 100)], 100),
+            (vec![(0, 7), (7, 30), (30, 33)], 33),
+        ] {
+            let got = line_chunks(chunks.clone(), rows);
+            assert_eq!(got.first().map(|c| c.0), Some(0), "{chunks:?}");
+            assert_eq!(got.last().map(|c| c.1), Some(rows), "{chunks:?}");
+            for w in got.windows(2) {
+                assert_eq!(w[0].1, w[1].0, "{chunks:?}: contiguous");
+                assert_eq!(w[0].1 % 16, 0, "{chunks:?}: boundary on a 16-row line");
+            }
+            assert!(got.iter().all(|c| c.1 > c.0), "{chunks:?}: no empty task");
+        }
+    }
 
     #[test]
     fn transpose32_moves_every_element_on_every_isa() {
