@@ -25,7 +25,11 @@ Cases (ratios are dense time / sparse time, both measured in this run, interleav
   block's GELU in its sparse ``fc`` layer's epilogue (``nnic.quantization.fuse_activation``);
   ``ratio_warm_switch``: the same model sparsified with ``cold=False`` (every layer timed with warm weights, the
   switch before cold timing), timed in the same rounds. ``cold_switch`` (here and for ``bert``): whether
-  ``sparsify`` timed the layers with their weights evicted (automatic: the model exceeds the last-level cache).
+  ``sparsify`` timed the layers with their weights evicted (automatic: the model exceeds the last-level cache);
+- ``gpt2split`` (not in the default set): the same decode step, dense and sparse in one process, split by layer
+  kind (qkv, proj, fc, out, head: summed per step by forward hooks) and the rest of the step (attention,
+  LayerNorm, GELU, embeddings), with each kind's dense / sparse ratio and what ``sparsify`` decided for the
+  output layer (``head``, untied, 50257 x 768).
 """
 
 from __future__ import annotations
@@ -319,6 +323,61 @@ def gpt2(repeats: int, budget: float) -> dict:
     return row
 
 
+def _kind_of(name: str, module: nn.Module) -> str | None:
+    """The GPT2Shaped layer kind a module is timed under (``qkv``, ``proj``, ``fc``, ``out``, ``head``)."""
+    if isinstance(module, (nn.Linear, SparseLinear)):
+        return name.rsplit(".", 1)[-1]
+    return None
+
+
+def gpt2_split(repeats: int) -> dict:
+    """One decode step of the 70 % GPT-2 split by layer kind, dense against sparse (``sparsify`` as in ``gpt2``) in
+    the same process: forward hooks around every Linear / ``SparseLinear`` read the clock, the steps alternate
+    dense, sparse, sparse, dense...; per kind the median over steps of its summed time, and the rest of the
+    step (attention, LayerNorm, GELU, embeddings, the hooks themselves) as the step minus its layers."""
+    import copy
+
+    torch.manual_seed(4)
+    dense = GPT2Shaped().eval()
+    _prune_linears(dense, 0.7)
+    caches = [(torch.randn(1, 12, 128, 64), torch.randn(1, 12, 128, 64)) for _ in range(12)]
+    ids = torch.randint(0, 50257, (1, 1))
+    sp = copy.deepcopy(dense)
+    report = sparsify(sp, (ids, caches))
+    spent: dict[tuple[str, str], list[float]] = {}
+    steps: dict[str, list[float]] = {"dense": [], "sparse": []}
+    for tag, model in (("dense", dense), ("sparse", sp)):
+        started: dict[str, float] = {}
+        for name, m in model.named_modules():
+            kind = _kind_of(name, m)
+            if kind is not None:
+                m.register_forward_pre_hook(lambda mod, inp, name=name: started.__setitem__(name, _clock()))
+                m.register_forward_hook(lambda mod, inp, out, name=name, kind=kind, tag=tag:
+                                        spent.setdefault((tag, kind), []).append(_clock() - started[name]))
+    n = max(repeats, 5)
+    with torch.no_grad():
+        for r in range(2 * n):
+            tag, model = (("dense", dense), ("sparse", sp))[(r + r // 2) % 2]  # dense, sparse, sparse, dense, ...
+            t = _clock()
+            model(ids, caches)
+            steps[tag].append(_clock() - t)
+    row: dict = {"case": "GPT-2 70% decode step by layer kind (ms; median over steps)",
+                 "sparse_layers": f"{len(report.sparse_layers)}/{len(report.layers)}",
+                 "head": {k: getattr(report.layers["head"], k) for k in ("chosen", "dense_ms", "sparse_ms", "speedup")}}
+    for tag in ("dense", "sparse"):
+        per_kind = {}
+        for (t, kind), times in spent.items():
+            if t == tag:
+                calls = len(times) // n
+                per_kind[kind] = med([sum(times[i * calls:(i + 1) * calls]) for i in range(n)]) * 1e3
+        step = med(steps[tag]) * 1e3
+        row[tag] = {"step_ms": step, **per_kind, "rest_ms": step - sum(per_kind.values())}
+    row["ratio"] = row["dense"]["step_ms"] / row["sparse"]["step_ms"]
+    row["layer_ratios"] = {k: row["dense"][k] / row["sparse"][k] for k in row["sparse"] if k != "step_ms"}
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
@@ -349,6 +408,8 @@ def main() -> None:
         results["bert"] = bert(max(5, a.repeats // 3), a.budget * 2)
     if "gpt2" in a.only:
         results["gpt2"] = gpt2(a.repeats, a.budget)
+    if "gpt2split" in a.only:
+        results["gpt2split"] = gpt2_split(a.repeats)
     if a.json:
         a.json.write_text(json.dumps(results, indent=1))
 

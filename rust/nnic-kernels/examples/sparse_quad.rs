@@ -6,6 +6,11 @@
 //! layer (same codes, same per-token activation quantization) in interleaved rounds, and prints medians of
 //! one-thread thread CPU time and of two-thread wall time, the ratio dense / sparse, the kernel the sparse
 //! layer ran (`quad` or `tiled`) and the largest output difference (float rounding of the epilogue only).
+//!
+//! It also measures this core's `vpdpbusd` peak (16 independent register-only chains, one thread) and prints,
+//! at one thread, the fraction of that peak each product reaches, counting the instructions it needs: dense
+//! `m/16 · k/4 · n`, sparse `m/16 ·` (nonzero K-quads) — including everything around the products
+//! (activation quantization, packing, epilogue), so it is the end-to-end efficiency of the call.
 use nnic_kernels::gemm::{int8_linear, ActQuant, Activation, PackedLinear, Path};
 use nnic_kernels::pool;
 use nnic_kernels::sparse::{csr, SparseLinear, Values};
@@ -41,8 +46,48 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// A random `n × k` int8 weight with `density` nonzeros: the sparse layer and the dense one of the same codes.
-fn layer(rng: &mut Rng, n: usize, k: usize, density: f64) -> (SparseLinear, PackedLinear) {
+/// `vpdpbusd` per second on one thread: 16 independent accumulators (5 cycles of latency each), register
+/// operands only, thread CPU time; None without AVX-512 VNNI.
+fn vpdpbusd_peak() -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !(std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512vnni")) {
+            return None;
+        }
+        #[target_feature(enable = "avx512f,avx512vnni")]
+        unsafe fn chains(iters: usize) -> i32 {
+            use std::arch::x86_64::*;
+            let (a, b) = (_mm512_set1_epi8(1), _mm512_set1_epi8(-1));
+            let mut acc = [_mm512_setzero_si512(); 16];
+            for _ in 0..iters {
+                for c in acc.iter_mut() {
+                    *c = _mm512_dpbusd_epi32(*c, a, b);
+                }
+            }
+            acc.iter().fold(0, |s, c| s.wrapping_add(_mm512_reduce_add_epi32(*c)))
+        }
+        let iters = 2_000_000;
+        let mut best = 0f64;
+        for _ in 0..5 {
+            let t = thread_cpu();
+            // SAFETY: the features were detected above.
+            std::hint::black_box(unsafe { chains(iters) });
+            best = best.max((16 * iters) as f64 / (thread_cpu() - t));
+        }
+        Some(best)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    None
+}
+
+/// Nonzero K-quads (4 consecutive inputs of a row, any code nonzero) of a row-major `n × k` int8 weight.
+fn nonzero_quads(dense: &[i8], n: usize, k: usize) -> usize {
+    (0..n).map(|r| dense[r * k..(r + 1) * k].chunks(4).filter(|q| q.iter().any(|&c| c != 0)).count()).sum()
+}
+
+/// A random `n × k` int8 weight with `density` nonzeros: the sparse layer, the dense one of the same codes and
+/// the weight's nonzero K-quads.
+fn layer(rng: &mut Rng, n: usize, k: usize, density: f64) -> (SparseLinear, PackedLinear, usize) {
     let stride = k.div_ceil(8);
     let (mut bits, mut codes, mut dense) = (vec![0u8; n * stride], Vec::new(), vec![0i8; n * k]);
     for r in 0..n {
@@ -57,7 +102,7 @@ fn layer(rng: &mut Rng, n: usize, k: usize, density: f64) -> (SparseLinear, Pack
     }
     let scale: Vec<f32> = (0..n).map(|r| 0.01 + r as f32 * 1e-5).collect();
     let sparse = csr::from_bitmask(n, k, &bits, Values::I8(codes), scale.clone()).unwrap();
-    (sparse, PackedLinear::new(&dense, n, k, &scale, &[]).unwrap())
+    (sparse, PackedLinear::new(&dense, n, k, &scale, &[]).unwrap(), nonzero_quads(&dense, n, k))
 }
 
 fn main() {
@@ -67,8 +112,14 @@ fn main() {
     let act = ActQuant::DynamicPerRow { symmetric: false };
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     println!("density {density}, {rounds} interleaved rounds, medians; ratio = dense / sparse");
+    let peak = vpdpbusd_peak();
+    if let Some(p) = peak {
+        println!("vpdpbusd peak, one thread: {:.2} G/s", p / 1e9);
+    }
     for (m, k, n) in [(128usize, 768usize, 768usize), (128, 768, 3072), (128, 3072, 768)] {
-        let (sp, de) = layer(&mut rng, n, k, density);
+        let (sp, de, quads) = layer(&mut rng, n, k, density);
+        let groups = m.div_ceil(16) as f64;
+        let (need_d, need_s) = (groups * (k.div_ceil(4) * n) as f64, groups * quads as f64);
         let x: Vec<f32> = (0..m * k).map(|_| (rng.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5).collect();
         let (mut o_s, mut o_d) = (vec![0f32; m * n], vec![0f32; m * n]);
         let dense = |o: &mut [f32]| int8_linear(Path::active(), &x, m, &de, None, act, Activation::Identity, o).unwrap();
@@ -96,6 +147,15 @@ fn main() {
                 d / s,
                 sp.batched_kernel(true),
             );
+            if let (Some(p), 1) = (peak, threads) {
+                println!(
+                    "    of the vpdpbusd peak: dense {:.0} %, sparse {:.0} % ({:.1} % of the quads nonzero: {:.2}x fewer instructions)",
+                    100.0 * need_d / (d * 1e-6) / p,
+                    100.0 * need_s / (s * 1e-6) / p,
+                    100.0 * quads as f64 / (k.div_ceil(4) * n) as f64,
+                    need_d / need_s,
+                );
+            }
         }
     }
 }

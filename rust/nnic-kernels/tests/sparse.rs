@@ -191,7 +191,7 @@ fn shape_errors_name_the_argument() {
 /// `Σ_c code[r, c] · (q[i, c] - z_i)` in exact integers with the kernels' activation quantization, times scales.
 fn int8_reference(w: &SparseLinear, x: &[f32], m: usize, act: ActQuant) -> Vec<f64> {
     let (n, k) = (w.out_features(), w.in_features());
-    let q = nnic_kernels::sparse::act::fake_quant(x, m, k, act).unwrap();
+    let q = nnic_kernels::sparse::act::fake_quant(x, m, k, act, 2).unwrap();
     let d = w.to_dense();
     let mut out = vec![0f64; m * n];
     for i in 0..m {

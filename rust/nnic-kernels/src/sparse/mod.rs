@@ -44,7 +44,7 @@ use crate::{cpu, pool};
 /// Batches with fewer rows than this run the gather kernels row by row; larger ones the tiled kernels.
 pub const GEMV_MAX_M: usize = 4;
 /// Stored values × rows below which a product runs on the calling thread.
-const PAR_MIN_WORK: usize = 1 << 16;
+pub(crate) const PAR_MIN_WORK: usize = 1 << 16;
 
 /// The stored values.
 #[derive(Clone, Debug, PartialEq)]
@@ -377,9 +377,9 @@ impl SparseLinear {
         if m == 0 || self.rows == 0 {
             return Ok(());
         }
-        let quant = act.map(|a| act::fake_quant(x, m, self.k, a)).transpose()?;
         let isa = cpu::active();
         let threads = if self.nnz() * m < PAR_MIN_WORK { 1 } else { pool::num_threads() };
+        let quant = act.map(|a| act::fake_quant(x, m, self.k, a, threads)).transpose()?;
         #[cfg(target_arch = "x86_64")]
         if let Some(q) = quant.as_ref().filter(|_| m < GEMV_MAX_M && self.gemv_uses_vnni(isa)) {
             let epi = Epilogue { scale: &self.scale, row_scale: Some(&q.scale), bias, activation, isa };
