@@ -21,7 +21,8 @@
 //! - [`linear`]: [`PackedLinear`] and [`int8_linear`];
 //! - [`conv`]: int8 conv2d by im2col into the activation panels; [`int4`]: int4 weights (tiles in
 //!   `int4_micro`);
-//! - [`par`]: where the parallel tasks run (OpenMP team or the kernel pool).
+//! - [`par`]: where the parallel tasks run (OpenMP team or the kernel pool);
+//! - [`profile`]: the stages of one linear layer timed apart, and the VNNI peak (for `examples/gemm_parts.rs`).
 mod act_pack;
 pub mod conv;
 mod driver;
@@ -33,6 +34,7 @@ mod micro;
 mod panels;
 pub mod par;
 pub mod path;
+pub mod profile;
 
 pub use act_pack::{qparams as act_qparams, ActQuant};
 pub use driver::{int8_matmul, matmul_i8, KC};
