@@ -17,6 +17,7 @@ pub const STAGES: [&str; 3] = ["quantize + pack x", "product (i32)", "epilogue (
 /// (which must be `Sync`: the epilogue runs on the pool's threads). The epilogue runs on each finished block
 /// while it is in cache, as there, and is timed block by block: with more than one thread, its summed time is
 /// divided by the thread count (an estimate of its share of the wall time) and the product is the rest.
+#[allow(clippy::too_many_arguments)]
 pub fn stage_seconds(
     path: Path,
     x: &[f32],
