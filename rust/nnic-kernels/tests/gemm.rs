@@ -396,3 +396,21 @@ fn gemm_finishes_while_every_pool_thread_is_busy() {
         }
     }
 }
+
+#[test]
+fn nonfinite_activation_is_named_by_its_flat_index_in_large_inputs() {
+    // Per-tensor ranges of large inputs run in chunks in parallel; the error still names the value's index in
+    // the whole input, not in its chunk.
+    let (m, k, n) = (300, 768, 32);
+    let w = Rng(5).i8s(n * k);
+    let packed = PackedLinear::new(&w, n, k, &[0.01], &[]).unwrap();
+    let bad = 200 * k + 17;
+    let mut x = Rng(6).f32s(m * k);
+    x[bad] = f32::NAN;
+    for p in paths() {
+        let mut out = vec![0f32; m * n];
+        let act = ActQuant::DynamicPerTensor { symmetric: false };
+        let e = gemm::int8_linear(p, &x, m, &packed, None, act, Activation::Identity, &mut out).unwrap_err().to_string();
+        assert!(e.contains(&format!("flat index {bad}")), "{p:?}: {e}");
+    }
+}
