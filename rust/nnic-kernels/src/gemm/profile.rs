@@ -5,7 +5,7 @@
 use super::act_pack::{self, ActQuant};
 use super::driver::{drive, Block};
 use super::epilogue::{epilogue_f32, Activation};
-use super::linear::{check_linear, PackedLinear};
+use super::linear::{check_linear, finish_linear, PackedLinear};
 use super::path::Path;
 use crate::error::Result;
 use crate::pool;
@@ -54,7 +54,7 @@ pub fn stage_seconds(
         }
         *epilogue.lock().unwrap() += clock() - t;
     };
-    drive(path, m, &pa, b, c, &finish);
+    drive(path, m, &pa, b, c, &finish, None);
     let t2 = clock();
     act_pack::release(pa);
     let e = epilogue.into_inner().unwrap() / pool::num_threads() as f64;
@@ -95,4 +95,25 @@ mod x86 {
         }
         std::hint::black_box(t);
     }
+}
+
+/// `int8_linear(path, x, m, w, None, act, activation, out)` with the epilogue run as a pass over each finished
+/// block instead of in the VNNI tiles' registers (what it did before the tiles could): the baseline that
+/// `examples/gemm_parts.rs` times against in the same rounds.
+#[allow(clippy::too_many_arguments)]
+pub fn int8_linear_block_epilogue(
+    path: Path,
+    x: &[f32],
+    m: usize,
+    w: &PackedLinear,
+    act: ActQuant,
+    activation: Activation,
+    out: &mut [f32],
+) -> Result<()> {
+    path.check()?;
+    check_linear(m, w, None, act, out)?;
+    let b = w.packed();
+    let pa = act_pack::pack_f32(path, path.mr(), x, m, w.in_features(), b.kp(), act, !w.zero_point().is_empty())?;
+    finish_linear(path, m, pa, w, None, activation, out, false);
+    Ok(())
 }
