@@ -6,7 +6,8 @@
 //! the output is split into blocks of `mc × nc` that run on the kernel pool; inside a block, K runs in
 //! slices of [`KC`] (the partial sums live in the output buffer itself), then panels of 32 columns (the
 //! weight micro-panel stays in L2 and is reused by every row panel; the next one is prefetched) and row
-//! panels (the activation block stays in L2); the micro-kernel keeps an `mr × 32` tile in registers. The epilogue runs once per block, while it is in cache.
+//! panels (the activation block stays in L2); the micro-kernel keeps an `mr × 32` tile in registers. The epilogue runs once per block, while it is in cache, or (VNNI, K within one slice) in
+//! the tile's registers before the store.
 //!
 //! The code path ([`Path`]) follows the kernel-wide ISA switch ([`crate::cpu::active`]): `avx512` uses
 //! VNNI when the CPU has it (else the AVX2 kernel), `avx2` the AVX2 kernel, `scalar` the portable one.

@@ -15,7 +15,8 @@ pub const STAGES: [&str; 3] = ["quantize + pack x", "product (i32)", "epilogue (
 
 /// Seconds of each of [`STAGES`] for one `int8_linear(path, x, m, w, None, act, activation)`, as told by `clock`
 /// (which must be `Sync`: the epilogue runs on the pool's threads). The epilogue runs on each finished block
-/// while it is in cache, as there, and is timed block by block: with more than one thread, its summed time is
+/// while it is in cache (as `int8_linear` did before its VNNI tiles applied it in registers; the non-VNNI paths
+/// and K beyond one slice still do), and is timed block by block: with more than one thread, its summed time is
 /// divided by the thread count (an estimate of its share of the wall time) and the product is the rest.
 #[allow(clippy::too_many_arguments)]
 pub fn stage_seconds(
