@@ -396,3 +396,54 @@ fn gemm_finishes_while_every_pool_thread_is_busy() {
         }
     }
 }
+
+#[test]
+fn nonfinite_activation_is_named_by_its_flat_index_in_large_inputs() {
+    // Per-tensor ranges of large inputs run in chunks in parallel; the error still names the value's index in
+    // the whole input, not in its chunk.
+    let (m, k, n) = (300, 768, 32);
+    let w = Rng(5).i8s(n * k);
+    let packed = PackedLinear::new(&w, n, k, &[0.01], &[]).unwrap();
+    let bad = 200 * k + 17;
+    let mut x = Rng(6).f32s(m * k);
+    x[bad] = f32::NAN;
+    for p in paths() {
+        let mut out = vec![0f32; m * n];
+        let act = ActQuant::DynamicPerTensor { symmetric: false };
+        let e = gemm::int8_linear(p, &x, m, &packed, None, act, Activation::Identity, &mut out).unwrap_err().to_string();
+        assert!(e.contains(&format!("flat index {bad}")), "{p:?}: {e}");
+    }
+}
+
+#[test]
+fn every_path_gives_the_same_float_bits() {
+    // The integer products are exact and the epilogues do the same float operations in the same order, so the
+    // float outputs are bit-identical on every path: also where the VNNI tile finishes its registers itself (K up
+    // to one K slice, any M including the 1-2 row tiles, partial column panels) and where it does not (K > KC).
+    let mut rng = Rng(41);
+    for (m, k, n) in [(1, 300, 70), (2, 64, 33), (5, 7, 32), (13, 300, 7), (40, 768, 96), (300, 96, 40), (30, 4100, 33)] {
+        let x: Vec<f32> = rng.f32s(m * k).into_iter().map(|v| 4.0 * v).collect();
+        let w = rng.i8s(n * k);
+        let bias: Vec<f32> = rng.f32s(n);
+        let sw: Vec<f32> = (0..n).map(|j| 0.001 + j as f32 * 3e-5).collect();
+        let zw: Vec<i32> = (0..n).map(|j| (j as i32 % 7) - 3).collect();
+        for zw in [&[][..], &zw[..]] {
+            let packed = PackedLinear::new(&w, n, k, &sw, zw).unwrap();
+            for act in [ActQuant::DynamicPerRow { symmetric: false }, ActQuant::DynamicPerTensor { symmetric: true }] {
+                for a in [Activation::Identity, Activation::Relu, Activation::Gelu] {
+                    for b in [None, Some(&bias[..])] {
+                        let run = |p: Path| {
+                            let mut out = vec![0f32; m * n];
+                            gemm::int8_linear(p, &x, m, &packed, b, act, a, &mut out).unwrap();
+                            out.iter().map(|v| v.to_bits()).collect::<Vec<u32>>()
+                        };
+                        let want = run(Path::Scalar);
+                        for p in paths() {
+                            assert_eq!(run(p), want, "{p:?} {m}x{k}x{n} {act:?} {a:?} bias {} zw {}", b.is_some(), zw.len());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -11,7 +11,6 @@ use super::{isa_of, Path};
 use crate::cpu::Isa;
 use crate::error::{KernelError, Result};
 use crate::pool;
-use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// How activations are quantized on the fly.
@@ -83,20 +82,23 @@ fn min_max_body(x: &[f32]) -> (f32, f32, bool) {
 crate::simd::multiversion!(fn min_max(x: &[f32]) -> (f32, f32, bool) = min_max_body;);
 
 /// min and max of `x` (in parallel when large); non-finite values are an error.
+///
+/// The chunks run where the GEMM's own tasks run ([`super::par::for_each`]: the OpenMP team inside PyTorch), not
+/// on the rayon pool: a second team woken right before the GEMM's shares the cores with the first one's spinning
+/// threads (see [`super::par`]).
 pub(crate) fn tensor_range(isa: Isa, x: &[f32]) -> Result<(f32, f32)> {
-    if x.len() < pool::PAR_MIN {
-        return range(isa, x);
-    }
-    let c = pool::chunk_len(x.len(), 1);
-    pool::install(|| {
-        x.par_chunks(c)
-            .map(|x| range(isa, x))
-            .try_reduce(|| (f32::INFINITY, f32::NEG_INFINITY), |a, b| Ok((a.0.min(b.0), a.1.max(b.1))))
-    })
-}
-
-fn range(isa: Isa, x: &[f32]) -> Result<(f32, f32)> {
-    let (lo, hi, bad) = min_max(isa, x);
+    let (lo, hi, bad) = if x.len() < pool::PAR_MIN {
+        min_max(isa, x)
+    } else {
+        let c = pool::chunk_len(x.len(), 1);
+        let parts: Vec<std::sync::OnceLock<(f32, f32, bool)>> = (0..x.len().div_ceil(c)).map(|_| Default::default()).collect();
+        super::par::for_each(parts.len(), pool::num_threads(), &|i| {
+            let _ = parts[i].set(min_max(isa, &x[i * c..((i + 1) * c).min(x.len())]));
+        });
+        parts.iter().map(|p| *p.get().expect("every chunk ran")).fold((f32::INFINITY, f32::NEG_INFINITY, false), |a, b| {
+            (a.0.min(b.0), a.1.max(b.1), a.2 || b.2)
+        })
+    };
     if bad {
         let index = x.iter().position(|v| !v.is_finite()).unwrap_or(0);
         return Err(KernelError::Invalid {
@@ -526,7 +528,7 @@ pub(crate) fn pack_f32(
         }
     });
     if bad.load(Ordering::Relaxed) {
-        range(isa, x)?; // the error, naming the first non-finite value
+        tensor_range(isa, x)?; // the error, naming the first non-finite value
     }
     Ok(pa)
 }

@@ -3,7 +3,7 @@
 //! caller-given `finish` (the epilogue) once per block while it is in cache. Also the exact `i32`
 //! products [`matmul_i8`] / [`int8_matmul`], whose epilogue only undoes the activation shift.
 use super::act_pack;
-use super::epilogue::epilogue_int;
+use super::epilogue::{epilogue_int, TileEpilogue};
 use super::panels::{self, PackedA, PackedB, NR};
 use super::par;
 use super::micro::MR_VNNI;
@@ -84,8 +84,19 @@ pub(crate) fn plan(m: usize, n: usize, mr: usize, threads: usize, mut mc: usize,
     out
 }
 
-/// `C[m, n] = A · B` in wrapping i32 into `c` (row stride `n`), then `finish(block, c)` on each block.
-pub(super) fn drive(path: Path, m: usize, a: &PackedA, b: &PackedB, c: &mut [i32], finish: &(dyn Fn(Block, *mut i32) + Sync)) {
+/// `C[m, n] = A · B` in wrapping i32 into `c` (row stride `n`), then `finish(block, c)` on each block; or, with
+/// `epi` on the VNNI path, for blocks whose tiles see all of K at once (every block when K ≤ [`KC`]), the tiles
+/// apply `epi` to their registers and store f32 (the same bits as `finish` would give: see [`TileEpilogue`]) and
+/// `finish` is not called for those blocks.
+pub(super) fn drive(
+    path: Path,
+    m: usize,
+    a: &PackedA,
+    b: &PackedB,
+    c: &mut [i32],
+    finish: &(dyn Fn(Block, *mut i32) + Sync),
+    epi: Option<&TileEpilogue>,
+) {
     let n = b.n();
     let kp = b.kp();
     debug_assert_eq!(c.len(), m * n);
@@ -105,7 +116,8 @@ pub(super) fn drive(path: Path, m: usize, a: &PackedA, b: &PackedB, c: &mut [i32
     let blocks = plan(m, n, mr, threads, mr * mc_panels, nc);
     // The tiles of one weight micro-panel (column panel `j0`, K slice from `k0` of `kg` groups) with every row
     // panel of the block; `next` and `stream` as [`micro_kernel`] says.
-    let panel_tiles = |blk: Block, j0: usize, k0: usize, kg: usize, next: *const i8, stream: bool| {
+    let epi = epi.filter(|_| path == Path::Vnni);
+    let panel_tiles = |blk: Block, j0: usize, k0: usize, kg: usize, next: *const i8, stream: bool, fused: bool| {
         #[allow(clippy::redundant_locals)] // captures the Sync wrapper, not its raw pointer field
         let out = out;
         let mut tile = [0i32; MR_VNNI * NR];
@@ -116,18 +128,20 @@ pub(super) fn drive(path: Path, m: usize, a: &PackedA, b: &PackedB, c: &mut [i32
             let rows = (blk.i1 - i0).min(mr);
             let next = if i0 == blk.i0 { next } else { std::ptr::null() };
             let ap = a.panel_ptr_rows(i0 / mr, k0 / 4);
+            let at = epi.filter(|_| fused).map(|e| e.at(i0, j0));
+            let at = at.as_ref();
             // SAFETY: the block is inside the output; the tile holds `rows` rows of 32.
             unsafe {
                 let cp = out.0.add(i0 * n + j0);
                 if nr == NR {
-                    micro_kernel(path, rows, kg, ap, bp, cp, n, acc, next, stream);
+                    micro_kernel(path, rows, kg, ap, bp, cp, n, acc, next, stream, at);
                 } else {
                     if acc {
                         for r in 0..rows {
                             std::ptr::copy_nonoverlapping(cp.add(r * n), tile.as_mut_ptr().add(r * NR), nr);
                         }
                     }
-                    micro_kernel(path, rows, kg, ap, bp, tile.as_mut_ptr(), NR, acc, next, stream);
+                    micro_kernel(path, rows, kg, ap, bp, tile.as_mut_ptr(), NR, acc, next, stream, at);
                     for r in 0..rows {
                         std::ptr::copy_nonoverlapping(tile.as_ptr().add(r * NR), cp.add(r * n), nr);
                     }
@@ -138,12 +152,15 @@ pub(super) fn drive(path: Path, m: usize, a: &PackedA, b: &PackedB, c: &mut [i32
     let run = |blk: Block| {
         #[allow(clippy::redundant_locals)] // captures the Sync wrapper, not its raw pointer field
         let out = out;
-        if blk.i1 - blk.i0 <= SMALL_M_PANELS * mr {
+        let small = blk.i1 - blk.i0 <= SMALL_M_PANELS * mr;
+        // The tiles finish the block themselves when each sees the whole of K.
+        let fused = epi.is_some() && (small || kp <= kc_max);
+        if small {
             // Few row panels: little reuse of a weight micro-panel, so no K slices: the weights stream once,
             // sequentially, panel after panel, and the output is written once. (K slices of 512-2048 that keep
             // a slice in L1 for the second row panel at M = 16 measured no better than whole panels.)
             for j0 in (blk.j0..blk.j1).step_by(NR) {
-                panel_tiles(blk, j0, 0, kp / 4, std::ptr::null(), true);
+                panel_tiles(blk, j0, 0, kp / 4, std::ptr::null(), true, fused);
             }
         } else {
             for k0 in (0..kp).step_by(kc_max) {
@@ -153,11 +170,13 @@ pub(super) fn drive(path: Path, m: usize, a: &PackedA, b: &PackedB, c: &mut [i32
                     // panel's tile prefetches it into L2 while the other row panels reuse this one from cache.
                     // The last column panel has none (the next K slice's first panel has another length).
                     let next = if j0 + NR < blk.j1 { b.panel_ptr(j0 / NR + 1, k0 / 4) } else { std::ptr::null() };
-                    panel_tiles(blk, j0, k0, kg, next, false);
+                    panel_tiles(blk, j0, k0, kg, next, false, fused);
                 }
             }
         }
-        finish(blk, out.0);
+        if !fused {
+            finish(blk, out.0);
+        }
     };
     par::for_each(blocks.len(), threads, &|i| run(blocks[i]));
 }
@@ -184,7 +203,7 @@ pub fn matmul_i8(path: Path, a: &[i8], m: usize, b: &PackedB, out: &mut [i32]) -
             epilogue_int(path, row, &colsum[blk.j0..blk.j1], 128);
         }
     };
-    drive(path, m, &pa, b, out, &finish);
+    drive(path, m, &pa, b, out, &finish, None);
     act_pack::release(pa);
     Ok(())
 }

@@ -154,3 +154,52 @@ pub(super) fn epilogue_f32(
 ) {
     epilogue_f32_mv(isa_of(path), row, colsum, za, zw, r, sa, sw, bias, act)
 }
+
+/// The float epilogue of a whole linear layer in the form the VNNI tile applies to its accumulator registers
+/// before storing them (`x86::finish_tile` in `micro.rs`), so that the i32 products never reach memory: the
+/// same operations as [`epilogue_f32`], in the same order, so the bits are the same. Column arrays hold the
+/// weights' padded columns (a multiple of 32: the tile reads 32 at a time); row arrays hold `m` rows.
+pub(crate) struct TileEpilogue<'a> {
+    pub colsum: &'a [i32],
+    pub sw: &'a [f32],
+    /// Weight zero points, when any is not 0.
+    pub zw: Option<&'a [i32]>,
+    /// The bias padded with zeros to the columns of `colsum`.
+    pub bias: Option<Vec<f32>>,
+    /// Activation zero point, `K·za - rowsum` (the weight zero-point term) and scale of each row.
+    pub za: &'a [i32],
+    pub r: Vec<i32>,
+    pub sa: &'a [f32],
+    pub act: Activation,
+}
+
+/// [`TileEpilogue`] at one tile: its pointers start at the tile's first row and column.
+#[derive(Copy, Clone)]
+pub(crate) struct TileAt {
+    pub colsum: *const i32,
+    pub sw: *const f32,
+    pub zw: *const i32,
+    pub bias: *const f32,
+    pub za: *const i32,
+    pub r: *const i32,
+    pub sa: *const f32,
+    pub act: Activation,
+}
+
+impl TileEpilogue<'_> {
+    /// The pointers for the tile at row `i0`, column `j0` (a multiple of 32).
+    pub(crate) fn at(&self, i0: usize, j0: usize) -> TileAt {
+        debug_assert!(j0 + 32 <= self.colsum.len() && j0 + 32 <= self.sw.len() && i0 < self.za.len());
+        let col = |v: Option<&[i32]>| v.map_or(std::ptr::null(), |v| v[j0..j0 + 32].as_ptr());
+        TileAt {
+            colsum: self.colsum[j0..].as_ptr(),
+            sw: self.sw[j0..].as_ptr(),
+            zw: col(self.zw),
+            bias: self.bias.as_ref().map_or(std::ptr::null(), |b| b[j0..j0 + 32].as_ptr()),
+            za: self.za[i0..].as_ptr(),
+            r: self.r[i0..].as_ptr(),
+            sa: self.sa[i0..].as_ptr(),
+            act: self.act,
+        }
+    }
+}

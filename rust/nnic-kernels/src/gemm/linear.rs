@@ -2,7 +2,7 @@
 //! path [`int8_linear`] `f32 = dequant(quant(x) · W_s8ᵀ) + bias` built on the driver and the f32 epilogue.
 use super::act_pack::{self, ActQuant};
 use super::driver::{check_out, drive, Block};
-use super::epilogue::{epilogue_f32, Activation};
+use super::epilogue::{epilogue_f32, Activation, TileEpilogue};
 use super::panels::{self, PackedA, PackedB, NR};
 use super::path::Path;
 use crate::error::{KernelError, Result};
@@ -106,7 +106,7 @@ pub fn int8_linear(
     check_out("x", x, m * k)?;
     check_linear(m, w, bias, act, out)?;
     let pa = act_pack::pack_f32(path, path.mr(), x, m, k, w.b.kp(), act, !w.zero.is_empty())?;
-    finish_linear(path, m, pa, w, bias, activation, out);
+    finish_linear(path, m, pa, w, bias, activation, out, true);
     Ok(())
 }
 
@@ -135,7 +135,9 @@ pub(crate) fn check_linear(m: usize, w: &PackedLinear, bias: Option<&[f32]>, act
 }
 
 /// The GEMM and float epilogue (with `activation`) of packed activations `pa` (`m` rows) with `w`, into
-/// `out[m, n]`.
+/// `out[m, n]`; `in_tiles`: the VNNI tiles apply the epilogue to their registers where they can (see [`drive`]),
+/// else it runs on each finished block (the same bits; `false` only to measure the difference).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn finish_linear(
     path: Path,
     m: usize,
@@ -144,6 +146,7 @@ pub(crate) fn finish_linear(
     bias: Option<&[f32]>,
     activation: Activation,
     out: &mut [f32],
+    in_tiles: bool,
 ) {
     let (k, n) = (w.b.k(), w.b.n());
     let colsum = w.b.colsum();
@@ -173,6 +176,17 @@ pub(crate) fn finish_linear(
             );
         }
     };
-    drive(path, m, &pa, &w.b, c, &finish);
+    let np = colsum.len();
+    let epi = TileEpilogue {
+        colsum,
+        sw: &w.scale,
+        zw: (!w.zero.is_empty()).then_some(&w.zero[..]),
+        bias: bias.map(|b| (0..np).map(|j| if j < n { b[j] } else { 0.0 }).collect()),
+        za: &pa.zero,
+        r: (0..m).map(|i| kk.wrapping_mul(pa.zero[i]).wrapping_sub(pa.rowsum[i])).collect(),
+        sa: &pa.scale,
+        act: activation,
+    };
+    drive(path, m, &pa, &w.b, c, &finish, in_tiles.then_some(&epi));
     act_pack::release(pa);
 }

@@ -48,6 +48,7 @@ pub(crate) unsafe fn scalar(mr: usize, kg: usize, a: *const u8, b: *const i8, c:
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86 {
+    use super::super::epilogue::{Activation, TileAt};
     use std::arch::x86_64::*;
 
     /// How far ahead (bytes) the 1-2 row tile prefetches its weight stream, into L2 (`prefetcht1`). Why L2 and
@@ -130,8 +131,12 @@ pub(crate) mod x86 {
         acc: bool,
         next: *const i8,
         stream: bool,
+        epi: Option<&TileAt>,
     ) {
         unsafe {
+            // The output tile's lines, requested for writing now so that they arrive while the tile computes
+            // (see [`prefetch_tile`]).
+            prefetch_tile::<MR>(c, ldc);
             let mut s = [[_mm512_setzero_si512(); 2]; MR];
             let mut ap = a;
             let mut bp = b;
@@ -158,12 +163,104 @@ pub(crate) mod x86 {
                 ap = ap.add(MR * 4);
                 bp = bp.add(128);
             }
+            if let Some(e) = epi {
+                finish_tile::<MR>(&s, c, ldc, e);
+                return;
+            }
             for (r, sr) in s.iter().enumerate() {
                 for (h, &v) in sr.iter().enumerate() {
                     let p = c.add(r * ldc + h * 16) as *mut __m512i;
                     let v = if acc { _mm512_add_epi32(_mm512_loadu_si512(p), v) } else { v };
                     _mm512_storeu_si512(p, v);
                 }
+            }
+        }
+    }
+
+    /// Applies the float epilogue `e` to the accumulators `s` (`MR` rows × 32 columns, exact i32 products) and
+    /// stores the f32 results at `c`: the operations of `epilogue_f32_body` in the same order (zero-point terms in
+    /// wrapping i32, conversion, `sa · sw`, bias, activation), so the bits equal those of the pass over memory
+    /// that it replaces. Why: that pass read the block back from L2 after the tiles had stored it (about 0.25 ns
+    /// a value at BERT-base's shapes, one thread); here the values are in registers.
+    ///
+    /// # Safety
+    /// As [`vnni`]; `e`'s pointers hold 32 columns and `MR` rows; `c` holds `MR` rows of 32 at `ldc`.
+    #[inline(always)]
+    unsafe fn finish_tile<const MR: usize>(s: &[[__m512i; 2]; MR], c: *mut i32, ldc: usize, e: &TileAt) {
+        unsafe {
+            let li = |p: *const i32, h: usize| _mm512_loadu_si512(p.add(16 * h) as *const __m512i);
+            let lf = |p: *const f32, h: usize| _mm512_loadu_ps(p.add(16 * h));
+            let cs = [li(e.colsum, 0), li(e.colsum, 1)];
+            let sw = [lf(e.sw, 0), lf(e.sw, 1)];
+            let zw = (!e.zw.is_null()).then(|| [li(e.zw, 0), li(e.zw, 1)]);
+            let bias = (!e.bias.is_null()).then(|| [lf(e.bias, 0), lf(e.bias, 1)]);
+            for r in 0..MR {
+                let za = _mm512_set1_epi32(*e.za.add(r));
+                let sa = _mm512_set1_ps(*e.sa.add(r));
+                for h in 0..2 {
+                    let mut v = s[r][h];
+                    if let Some(zw) = zw {
+                        v = _mm512_add_epi32(v, _mm512_mullo_epi32(zw[h], _mm512_set1_epi32(*e.r.add(r))));
+                    }
+                    v = _mm512_sub_epi32(v, _mm512_mullo_epi32(za, cs[h]));
+                    let mut f = _mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_mul_ps(sa, sw[h]));
+                    if let Some(b) = bias {
+                        f = _mm512_add_ps(f, b[h]);
+                    }
+                    let f = match e.act {
+                        Activation::Identity => f,
+                        Activation::Relu => {
+                            // `relu`: x where x > 0 or NaN, else +0 (so -0 becomes +0, as there).
+                            let keep = _mm512_cmp_ps_mask::<_CMP_NLE_UQ>(f, _mm512_setzero_ps());
+                            _mm512_mask_blend_ps(keep, _mm512_setzero_ps(), f)
+                        }
+                        Activation::Gelu => gelu16(f),
+                    };
+                    _mm512_storeu_ps(c.add(r * ldc + 16 * h) as *mut f32, f);
+                }
+            }
+        }
+    }
+
+    /// `super::super::epilogue::gelu` on 16 lanes, operation for operation (`clamp` as max/min: a NaN becomes
+    /// -4 there instead of staying NaN, and the product with `x` makes the result NaN all the same).
+    #[inline(always)]
+    #[allow(clippy::excessive_precision)]
+    unsafe fn gelu16(x: __m512) -> __m512 {
+        unsafe {
+            let c = _mm512_set1_ps;
+            let t = _mm512_mul_ps(x, c(std::f32::consts::FRAC_1_SQRT_2));
+            let t = _mm512_min_ps(_mm512_max_ps(t, c(-4.0)), c(4.0));
+            let t2 = _mm512_mul_ps(t, t);
+            let mut p = _mm512_fmadd_ps(t2, c(-2.72614225801306e-10), c(2.77068142495902e-08));
+            p = _mm512_fmadd_ps(t2, p, c(-2.10102402082508e-06));
+            p = _mm512_fmadd_ps(t2, p, c(-5.69250639462346e-05));
+            p = _mm512_fmadd_ps(t2, p, c(-7.34990630326855e-04));
+            p = _mm512_fmadd_ps(t2, p, c(-2.95459980854025e-03));
+            p = _mm512_fmadd_ps(t2, p, c(-1.60960333262415e-02));
+            let mut q = _mm512_fmadd_ps(t2, c(-1.45660718464996e-05), c(-2.13374055278905e-04));
+            q = _mm512_fmadd_ps(t2, q, c(-1.68282697438203e-03));
+            q = _mm512_fmadd_ps(t2, q, c(-7.37332916720468e-03));
+            q = _mm512_fmadd_ps(t2, q, c(-1.42647390514189e-02));
+            let erf = _mm512_div_ps(_mm512_mul_ps(t, p), q);
+            _mm512_mul_ps(_mm512_mul_ps(c(0.5), x), _mm512_add_ps(c(1.0), erf))
+        }
+    }
+
+    /// Prefetches the `MR` rows × 128 bytes of an output tile for writing (`prefetchw`). Why: the tile's stores
+    /// come after its whole K loop, and at BERT-base's M = 1024 with N = 2304-3072 the output (9-13 MB of i32) is
+    /// not in L2 when a tile stores it: the stores then wait for their lines from L3 at the end of every tile.
+    ///
+    /// # Safety
+    /// None beyond the CPU having SSE (a prefetch never faults).
+    #[inline(always)]
+    unsafe fn prefetch_tile<const MR: usize>(c: *mut i32, ldc: usize) {
+        for r in 0..MR {
+            let p = c.wrapping_add(r * ldc) as *const i8;
+            // SAFETY: prefetches do not fault.
+            unsafe {
+                _mm_prefetch::<_MM_HINT_ET0>(p);
+                _mm_prefetch::<_MM_HINT_ET0>(p.wrapping_add(64));
             }
         }
     }
@@ -181,6 +278,7 @@ pub(crate) mod x86 {
         c: *mut i32,
         ldc: usize,
         acc: bool,
+        epi: Option<&TileAt>,
     ) {
         unsafe {
             let mut s = [[_mm512_setzero_si512(); 2]; MR];
@@ -217,7 +315,16 @@ pub(crate) mod x86 {
             }
             for r in 0..MR {
                 for h in 0..2 {
-                    let v = _mm512_add_epi32(s[r][h], t[r][h]);
+                    s[r][h] = _mm512_add_epi32(s[r][h], t[r][h]);
+                }
+            }
+            if let Some(e) = epi {
+                finish_tile::<MR>(&s, c, ldc, e);
+                return;
+            }
+            for r in 0..MR {
+                for h in 0..2 {
+                    let v = s[r][h];
                     let p = c.add(r * ldc + h * 16) as *mut __m512i;
                     let v = if acc { _mm512_add_epi32(_mm512_loadu_si512(p), v) } else { v };
                     _mm512_storeu_si512(p, v);

@@ -6,7 +6,8 @@
 //! the output is split into blocks of `mc × nc` that run on the kernel pool; inside a block, K runs in
 //! slices of [`KC`] (the partial sums live in the output buffer itself), then panels of 32 columns (the
 //! weight micro-panel stays in L2 and is reused by every row panel; the next one is prefetched) and row
-//! panels (the activation block stays in L2); the micro-kernel keeps an `mr × 32` tile in registers. The epilogue runs once per block, while it is in cache.
+//! panels (the activation block stays in L2); the micro-kernel keeps an `mr × 32` tile in registers. The epilogue runs once per block, while it is in cache, or (VNNI, K within one slice) in
+//! the tile's registers before the store.
 //!
 //! The code path ([`Path`]) follows the kernel-wide ISA switch ([`crate::cpu::active`]): `avx512` uses
 //! VNNI when the CPU has it (else the AVX2 kernel), `avx2` the AVX2 kernel, `scalar` the portable one.
@@ -21,7 +22,8 @@
 //! - [`linear`]: [`PackedLinear`] and [`int8_linear`];
 //! - [`conv`]: int8 conv2d by im2col into the activation panels; [`int4`]: int4 weights (tiles in
 //!   `int4_micro`);
-//! - [`par`]: where the parallel tasks run (OpenMP team or the kernel pool).
+//! - [`par`]: where the parallel tasks run (OpenMP team or the kernel pool);
+//! - [`profile`]: the stages of one linear layer timed apart, and the VNNI peak (for `examples/gemm_parts.rs`).
 mod act_pack;
 pub mod conv;
 mod driver;
@@ -33,6 +35,7 @@ mod micro;
 mod panels;
 pub mod par;
 pub mod path;
+pub mod profile;
 
 pub use act_pack::{qparams as act_qparams, ActQuant};
 pub use driver::{int8_matmul, matmul_i8, KC};

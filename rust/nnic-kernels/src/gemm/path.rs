@@ -1,6 +1,7 @@
 //! The GEMM's code paths ([`Path`]: scalar, AVX2, AVX-512 VNNI), which one the ISA switch selects, and
 //! the dispatch to the micro-kernel of a path. A new micro-kernel family is a new `Path` variant here plus
 //! its kernel in `micro.rs`; the driver, packing and epilogues do not change.
+use super::epilogue::TileAt;
 use super::micro::{self, MR_AVX2, MR_SCALAR, MR_VNNI};
 use crate::cpu::{self, Isa};
 use crate::error::{KernelError, Result};
@@ -91,7 +92,8 @@ fn has_vnni() -> bool {
 
 /// Runs the micro-kernel of `path` for a panel of `mr` rows (≤ `path.mr()`); `next` (or null) is the weight
 /// micro-panel of the driver's next tile, which the VNNI tile prefetches into L2, and `stream` says that the
-/// weights are read once from DRAM (both: see [`micro::x86::vnni`]).
+/// weights are read once from DRAM (both: see [`micro::x86::vnni`]); `epi`, only on the VNNI path and for a
+/// tile's whole product (`acc` false), finishes the tile in registers and stores f32 (see `TileEpilogue`).
 ///
 /// # Safety
 /// Pointers as in [`micro::scalar`]; `path` is supported; `next` is null or a micro-panel of `kg` groups.
@@ -108,7 +110,9 @@ pub(super) unsafe fn micro_kernel(
     acc: bool,
     next: *const i8,
     stream: bool,
+    epi: Option<&TileAt>,
 ) {
+    debug_assert!(epi.is_none() || (path == Path::Vnni && !acc), "only the VNNI tile finishes a whole product");
     #[cfg(target_arch = "x86_64")]
     {
         use micro::x86::*;
@@ -121,9 +125,9 @@ pub(super) unsafe fn micro_kernel(
             }
             match path {
                 Path::Vnni => match mr {
-                    1 => vnni_small::<1>(kg, a, b, c, ldc, acc),
-                    2 => vnni_small::<2>(kg, a, b, c, ldc, acc),
-                    _ => pick!(vnni (kg, a, b, c, ldc, acc, next, stream); 3 4 5 6 7 8 9 10 11 12),
+                    1 => vnni_small::<1>(kg, a, b, c, ldc, acc, epi),
+                    2 => vnni_small::<2>(kg, a, b, c, ldc, acc, epi),
+                    _ => pick!(vnni (kg, a, b, c, ldc, acc, next, stream, epi); 3 4 5 6 7 8 9 10 11 12),
                 },
                 Path::Avx2 => pick!(avx2 (kg, a, b, c, ldc, acc); 1 2 3 4),
                 Path::Scalar => micro::scalar(mr, kg, a, b, c, ldc, acc),
@@ -133,7 +137,7 @@ pub(super) unsafe fn micro_kernel(
     #[cfg(not(target_arch = "x86_64"))]
     // SAFETY: caller's contract.
     unsafe {
-        let _ = (path, next, stream);
+        let _ = (path, next, stream, epi);
         micro::scalar(mr, kg, a, b, c, ldc, acc)
     }
 }
