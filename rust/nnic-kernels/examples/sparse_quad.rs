@@ -17,18 +17,7 @@ use nnic_kernels::sparse::{csr, SparseLinear, Values};
 use std::time::Instant;
 
 fn thread_cpu() -> f64 {
-    #[repr(C)]
-    struct Ts {
-        s: i64,
-        ns: i64,
-    }
-    extern "C" {
-        fn clock_gettime(clk: i32, ts: *mut Ts) -> i32;
-    }
-    let mut t = Ts { s: 0, ns: 0 };
-    // SAFETY: CLOCK_THREAD_CPUTIME_ID = 3 on Linux; `t` is a valid timespec.
-    unsafe { clock_gettime(3, &mut t) };
-    t.s as f64 + t.ns as f64 * 1e-9
+    nnic_kernels::attention::profile::thread_cpu().expect("a thread CPU clock (Linux)")
 }
 
 struct Rng(u64);
