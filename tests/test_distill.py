@@ -51,11 +51,15 @@ def test_distillation_recovers_more_than_plain_fine_tuning_at_the_same_step_budg
     assert sum(distilled) > sum(plain), (plain, distilled)
 
 
-def test_distillation_recovers_more_on_a_tiny_transformer_with_half_its_heads_removed():
+def test_distillation_recovers_a_tiny_transformer_with_half_its_heads_removed():
     """A tiny ViT trained here on the digits (2x2-pixel patches) loses half its heads and gets 52 steps.
 
-    Measured over data orders 0-4 (bench/recovery.py): distillation ahead by 1.7 to 3.0 points (of 597
-    held-out digits) on every order; the assertion asks for 1 point on the mean of orders 0 and 1."""
+    Distillation's lead over plain fine-tuning on this model depends on the machine: over data orders 0-4
+    (bench/recovery.py) +1.7 to +3.0 points (of 597 held-out digits) on the Intel part of 2026-11-30, -2.2 to +0.3
+    on the AMD Zen 4 of 2026-12-01 (+0.3 on orders 0 and 1; alpha 0.8 or 1.0 and 8 epochs moved it within the
+    same spread). What holds on both: the heads are really gone, both recoveries win back most of what pruning
+    cost (47-50 % after pruning, 68-76 % after either), and distillation is not behind by more than a point
+    on the mean of orders 0 and 1."""
     pytest.importorskip("transformers")
     find_heads = pytest.importorskip("nnic_transformers").find_heads
     build, teacher_epochs, _, epochs = EXPERIMENTS["tiny ViT, half the heads"]
@@ -68,9 +72,8 @@ def test_distillation_recovers_more_on_a_tiny_transformer_with_half_its_heads_re
         dense, after = accuracy(teacher, held_out()), accuracy(pruned, held_out())
         assert dense > 85 and after < dense - 10, (dense, after)  # the heads mattered
         plain, distilled = _gains(teacher, pruned, epochs, (0, 1))
-    gain = (sum(distilled) - sum(plain)) / len(plain)
-    assert gain >= 1.0, (plain, distilled)
-    assert min(distilled) > after, (after, distilled)
+    assert min(distilled) > after + 10 and min(plain) > after + 10, (after, plain, distilled)
+    assert (sum(distilled) - sum(plain)) / len(plain) > -1.0, (plain, distilled)
 
 
 def test_hidden_states_are_matched_and_the_loop_fits_an_evaluator(cnn):

@@ -35,14 +35,17 @@ def lm():
     return model, heldout, calibration
 
 
-def ppl_after(lm, kind: str, name: str, config_list: list[dict], **kw) -> float:
-    model, heldout, calibration = lm
+def compressed_copy(lm, kind: str, name: str, config_list: list[dict], **kw) -> torch.nn.Module:
+    model, _, calibration = lm
     model = copy.deepcopy(model)
     if name not in ("level", "nm", "rtn", "ptq"):
         kw = {"calibration_data": calibration, "progress": False, **kw}
-    c = (nnic.pruner if kind == "pruner" else nnic.quantizer)(name, model, config_list, **kw)
-    c.compress()
-    return text.perplexity(model, heldout)
+    (nnic.pruner if kind == "pruner" else nnic.quantizer)(name, model, config_list, **kw).compress()
+    return model
+
+
+def ppl_after(lm, kind: str, name: str, config_list: list[dict], **kw) -> float:
+    return text.perplexity(compressed_copy(lm, kind, name, config_list, **kw), lm[1])
 
 
 def test_the_model_learned_something(lm):
@@ -51,14 +54,57 @@ def test_the_model_learned_something(lm):
 
 
 @pytest.mark.parametrize("pattern, baseline", [({"sparsity": 0.5}, "level"), ({"n": 2, "m": 4}, "nm")])
-def test_sparsegpt_and_wanda_beat_magnitude_at_the_same_sparsity(lm, pattern, baseline):
+def test_sparsegpt_beats_magnitude_at_the_same_sparsity(lm, pattern, baseline):
     cfg = [{**pattern, "op_types": ["Conv1D"]}]
     dense = text.perplexity(lm[0], lm[1])
     magnitude = ppl_after(lm, "pruner", baseline, cfg)
-    # measured increases over dense (seed 0 / 1): 50 %: magnitude 0.21 / 0.22, wanda 0.14 / 0.19,
-    # sparsegpt 0.06 / -0.01; 2:4: magnitude 0.14 / 1.0, wanda 0.12 / 0.33, sparsegpt -0.02 / 0.09
+    # measured increases over dense: 50 %: magnitude 0.21 / 0.22 (Intel, seeds 0 / 1), 0.07 / 0.23 / 0.44 (AMD
+    # Zen 4, seeds 0-2), sparsegpt 0.06 / -0.01 and 0.02 / 0.04 / 0.08; 2:4: magnitude 0.14 / 1.0 and
+    # 0.26 / 0.49 / 1.78, sparsegpt -0.02 / 0.09 and 0.07 / 0.11 / 0.08
     assert ppl_after(lm, "pruner", "sparsegpt", cfg) - dense < 0.6 * (magnitude - dense)
-    assert ppl_after(lm, "pruner", "wanda", cfg) < magnitude
+
+
+def test_wanda_beats_magnitude_at_half_the_weights(lm):
+    # measured increases over dense: magnitude 0.21 / 0.22 (Intel, seeds 0 / 1), 0.07 / 0.23 / 0.44 (AMD Zen 4,
+    # seeds 0-2); wanda 0.14 / 0.19 and 0.01 / 0.04 / 0.25
+    cfg = [{"sparsity": 0.5, "op_types": ["Conv1D"]}]
+    assert ppl_after(lm, "pruner", "wanda", cfg) < ppl_after(lm, "pruner", "level", cfg)
+
+
+def test_wanda_keeps_layer_outputs_closer_than_magnitude_at_2_4(lm):
+    """At 2:4 this small model's perplexity does not order Wanda and magnitude pruning: the order flips with the
+    seed and the machine (increases over dense, magnitude vs wanda: Intel seed 0 0.14 vs 0.12, AMD Zen 4 seed 0
+    0.26 vs 0.41, seed 2 1.78 vs 0.68). What Wanda promises is smaller layer outputs' error on the data it saw,
+    and that holds: each pruned layer's output error on held-out text (dense inputs), relative to its output,
+    averaged over the layers, is 0.025-0.030 for Wanda against 0.051-0.053 for magnitude (AMD, seeds 0-2)."""
+    model, heldout, _ = lm
+    cfg = [{"n": 2, "m": 4, "op_types": ["Conv1D"]}]
+    errors = {name: mean_layer_output_error(model, compressed_copy(lm, "pruner", name, cfg), heldout[:64])
+              for name in ("nm", "wanda")}
+    assert errors["wanda"] < 0.75 * errors["nm"], errors
+
+
+
+def mean_layer_output_error(dense: torch.nn.Module, pruned: torch.nn.Module, tokens: torch.Tensor) -> float:
+    """Mean over the Conv1D layers of ||pruned(x) - dense(x)||^2 / ||dense(x) - bias||^2, x the dense model's
+    input to that layer on ``tokens``."""
+    from transformers.pytorch_utils import Conv1D
+
+    layers = {n: m for n, m in dense.named_modules() if isinstance(m, Conv1D)}
+    inputs: dict[str, torch.Tensor] = {}
+    hooks = [m.register_forward_hook(lambda m, i, o, n=n: inputs.__setitem__(n, i[0].detach()))
+             for n, m in layers.items()]
+    try:
+        with torch.no_grad():
+            dense(tokens)
+    finally:
+        for h in hooks:
+            h.remove()
+    pruned_layers = dict(pruned.named_modules())
+    with torch.no_grad():
+        errors = [float(((pruned_layers[n](x) - layers[n](x)) ** 2).sum()
+                        / ((layers[n](x) - layers[n].bias) ** 2).sum()) for n, x in inputs.items()]
+    return sum(errors) / len(errors)
 
 
 @pytest.mark.parametrize("bits, group", [(3, 0), (3, 32)])
