@@ -33,8 +33,8 @@ nnic variant K, ``K+fast``: the same model object (same weights) run with ``nnic
 decoder layers (one-token steps with about half the torch ops) and RMSNorms (one ``F.rms_norm`` call), float32
 logits bit-identical (the warm-up tokens are compared), swapped in for its runs only, timed in the same
 interleaved rounds; ``--prefetch`` adds ``K+fast+pf``, the same with ``fast_decode(model, prefetch=True)``
-(the next GEMMs' weights walked into the cache by a background thread while the small ops run). ``--profile`` also counts the torch ops of a decode step per decoder layer and times one small
-op; ``--lm-head-error`` measures (no timing) what an int8 / int4 ``lm_head`` does to the logits.
+(the next GEMMs' weights walked into the cache by a background thread while the small ops run). ``--profile`` also counts the torch ops of a decode step per decoder layer, lists them by self CPU time
+(``torch.profiler``), times the GEMMs inside ``fast_decode`` layers and times one small op; ``--lm-head-error`` measures (no timing) what an int8 / int4 ``lm_head`` does to the logits.
 """
 
 from __future__ import annotations
