@@ -33,8 +33,8 @@ nnic variant K, ``K+fast``: the same model object (same weights) run with ``nnic
 decoder layers (one-token steps with about half the torch ops) and RMSNorms (one ``F.rms_norm`` call), float32
 logits bit-identical (the warm-up tokens are compared), swapped in for its runs only, timed in the same
 interleaved rounds; ``--prefetch`` adds ``K+fast+pf``, the same with ``fast_decode(model, prefetch=True)``
-(the next GEMMs' weights walked into the cache by a background thread while the small ops run). ``--profile`` also counts the torch ops of a decode step per decoder layer and times one small
-op; ``--lm-head-error`` measures (no timing) what an int8 / int4 ``lm_head`` does to the logits.
+(the next GEMMs' weights walked into the cache by a background thread while the small ops run). ``--profile`` also counts the torch ops of a decode step per decoder layer, lists them by self CPU time
+(``torch.profiler``), times the GEMMs inside ``fast_decode`` layers and times one small op; ``--lm-head-error`` measures (no timing) what an int8 / int4 ``lm_head`` does to the logits.
 """
 
 from __future__ import annotations
@@ -343,11 +343,56 @@ def profile(model: nn.Module, ids: torch.Tensor, steps: int) -> list[tuple[str, 
         return contextlib.nullcontext()
 
     try:
-        prefill_then_decode(model, ids, steps, start_counting)
+        with fast_layer_gemms_timed(spent, calls):
+            prefill_then_decode(model, ids, steps, start_counting)
     finally:
         for h in handles:
             h.remove()
     rows = [(k, 1e3 * v / steps, calls[k] // steps) for k, v in spent.items()]
+    return sorted(rows, key=lambda r: -r[1])
+
+
+@contextlib.contextmanager
+def fast_layer_gemms_timed(spent: dict[str, float], calls: dict[str, int]):
+    """Inside: every GEMM a ``fast_decode`` layer runs (which no module hook sees) adds its time to ``spent`` under
+    ``<name> GEMM (fast)`` (``qkv``, ``o``, ``gate_up``, ``down``), on the bench's clock."""
+    from nnic_transformers.decode_layer import _StepIO
+
+    plain = _StepIO.gemm
+
+    def timed(io, layer, name):
+        t0 = CLOCK()
+        out = plain(io, layer, name)
+        kind = f"{name} GEMM (fast)"
+        spent[kind] = spent.get(kind, 0.0) + CLOCK() - t0
+        calls[kind] = calls.get(kind, 0) + 1
+        return out
+
+    _StepIO.gemm = timed
+    try:
+        yield
+    finally:
+        _StepIO.gemm = plain
+
+
+@torch.inference_mode()
+def op_times(model: nn.Module, ids: torch.Tensor, steps: int) -> list[tuple[str, float, float]]:
+    """(torch op, self CPU ms per decode step, calls per step) of ``steps`` KV-cached greedy steps after a prefill,
+    from ``torch.profiler`` (self time: an op's own time without the ops it calls; nnic's GEMMs are not torch ops
+    and appear in :func:`profile`), largest first."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    held = {}
+
+    @contextlib.contextmanager
+    def profiled():
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            yield
+        held["prof"] = prof
+
+    prefill_then_decode(model, ids, steps, profiled)
+    rows = [(e.key, e.self_cpu_time_total / 1e3 / steps, e.count / steps) for e in held["prof"].key_averages()]
     return sorted(rows, key=lambda r: -r[1])
 
 
@@ -536,6 +581,11 @@ def main() -> None:
                           f"layer x {n_layers}, {sum(outside.values()):.0f} outside the layers")
                     print("    per layer: " + ", ".join(f"{k} {v / n_layers:g}" for k, v in in_layers.items()))
                     print("    outside:   " + ", ".join(f"{k} {v:g}" for k, v in outside.items()))
+                    ops = op_times(m, prompts[0], args.new)
+                    print(f"  torch ops by self CPU time per decode step (torch.profiler; "
+                          f"{sum(ms for _, ms, _ in ops):.2f} ms in all):")
+                    for op, ms, n in ops[:14]:
+                        print(f"    {op:36s} {ms:7.3f} ms {n:6.1f} calls")
             print("\n  dispatch cost of one small op (us, one token): " + ", ".join(
                 f"{k} {v:.2f}" for k, v in dispatch_cost(kw.get("hidden_size", kw.get("n_embd", 768))).items()))
             continue

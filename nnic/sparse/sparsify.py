@@ -21,13 +21,13 @@ import statistics
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from nnic.kernels.runtime import last_level_cache_bytes as _last_level_cache_bytes
 from nnic.selection import replace_module
 from nnic.sparse import layout
 from nnic.sparse.modules import SparseLinear
@@ -203,20 +203,6 @@ def _round_ms(fns: list, x: torch.Tensor, rounds: int, flush: list | None = None
                 i = (j + r) % len(fns)
                 times[i].append(timed(i, reps[i]) / reps[i] * 1e3)
     return times
-
-
-def _last_level_cache_bytes() -> int | None:
-    """Size of the CPU's last-level cache (Linux sysfs), or None where it cannot be read."""
-    best: tuple[int, int] | None = None
-    for d in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
-        try:
-            level = int((d / "level").read_text())
-            text = (d / "size").read_text().strip().upper()
-            size = int(text.rstrip("KMG")) * {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
-        except (OSError, ValueError):
-            continue
-        best = max(best or (level, size), (level, size))
-    return None if best is None else best[1]
 
 
 def _model_bytes(model: nn.Module) -> int:

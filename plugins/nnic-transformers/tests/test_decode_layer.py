@@ -85,6 +85,41 @@ def test_a_decode_step_runs_about_half_the_torch_ops():
     assert per_layer_fast < 0.7 * per_layer_ref, (per_layer_fast, per_layer_ref)
 
 
+class _ThreadsOf(TorchDispatchMode):
+    """Records torch's intra-op thread count at every call of one op."""
+
+    def __init__(self, op: str) -> None:
+        super().__init__()
+        self.op, self.seen = op, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ == self.op:
+            self.seen.append(torch.get_num_threads())
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_decode_step_runs_its_torch_ops_on_one_thread_and_restores_the_thread_count():
+    """The small ops of a one-token step (attention over the cache, the cache's ``cat``, norms) are too small to
+    split, and on torch's team each may wait for a descheduled second thread; the GEMMs keep their own threads."""
+    fast = quantized("llama", 4)
+    fast_decode(fast)
+    ids = torch.randint(0, 100, (1, 8), generator=torch.Generator().manual_seed(12))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.inference_mode():
+            out = fast(input_ids=ids, use_cache=True)
+            with _ThreadsOf("scaled_dot_product_attention") as step:
+                fast(input_ids=out.logits[:, -1:].argmax(-1), cache=out.cache, use_cache=True)
+            assert torch.get_num_threads() == 2
+            with _ThreadsOf("scaled_dot_product_attention") as prefill:
+                fast(input_ids=ids, use_cache=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert step.seen == [1] * len(fast.model.layers)
+    assert prefill.seen == [2] * len(fast.model.layers)  # prefill runs the original forward, on the team
+
+
 def test_prefill_hidden_states_and_state_dict_are_unchanged():
     ref = quantized("llama", 4)
     fast = copy.deepcopy(ref)

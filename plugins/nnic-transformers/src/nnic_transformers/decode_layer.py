@@ -14,7 +14,12 @@ the same function for one-token steps with about half the ops:
   float operations;
 - the norms are ``F.rms_norm`` (as :class:`~nnic_transformers.decoding.FastRMSNorm`: float32 bit-identical);
 - the four GEMMs read and write arrays kept per layer and batch size (``_StepIO``), called on the packed
-  weights directly (no module call, no hooks, no fresh numpy view per call).
+  weights directly (no module call, no hooks, no fresh numpy view per call);
+- torch's own ops of the step run on one thread (:data:`SMALL_OP_THREADS`; the GEMMs keep nnic's threads): at one
+  token they are a few kilobytes each (the cache's ``cat``, attention over it, norms), too small to split, and on
+  torch's OpenMP team each one waits at its barrier for the second thread, which on a shared machine may be
+  descheduled for milliseconds (a 139 KB ``cat`` took 4 us on one thread, 6 us median but 8 ms at the 90th
+  percentile on two, load 5). Same values: none of these ops splits a reduction across threads at this size.
 
 While the small ops run, the other core is idle and so is DRAM: with ``fast_decode(model, prefetch=True)``, after
 each GEMM the layer hands the next two GEMMs' packed weights (across layers: :func:`link_layers` chains them, and the last layer's successor is the
@@ -120,6 +125,17 @@ class FastDecoderLayer(nn.Module):
             return self.reference.forward(self, hidden_states, attention_mask=attention_mask,
                                           position_ids=position_ids, cache=cache, use_cache=use_cache,
                                           position_embeddings=position_embeddings, **kwargs)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(SMALL_OP_THREADS or threads)
+        try:
+            return self._decode_step(hidden_states, attention_mask, position_ids, cache, use_cache,
+                                     position_embeddings, kwargs)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _decode_step(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None,
+                     position_ids: torch.Tensor | None, cache, use_cache: bool | None,
+                     position_embeddings: tuple[torch.Tensor, torch.Tensor], kwargs: dict) -> torch.Tensor:
         attn, mlp = self.self_attn, self.mlp
         b, d = hidden_states.shape[0], attn.head_dim
         io = self._io(b)
@@ -151,7 +167,8 @@ class FastDecoderLayer(nn.Module):
         gate_up = io.gemm(mlp.gate_up_proj.fused, "gate_up")
         self._prefetch_after(2)
         inner = mlp.gate_up_proj.splits[0]
-        torch.mul(F.silu(gate_up[..., :inner]), gate_up[..., inner:], out=io.down_in)
+        # In place in the kept GEMM output (read only here): no fresh tensor for silu(gate).
+        torch.mul(F.silu(gate_up[..., :inner], inplace=True), gate_up[..., inner:], out=io.down_in)
         down = io.gemm(mlp.down_proj, "down")
         self._prefetch_after(3)
         return h + down
@@ -165,7 +182,7 @@ class FastDecoderLayer(nn.Module):
         """Queues the packed weights of the two GEMMs after GEMM ``step`` (0-3) for the background walk."""
         link = self.__dict__.get("_decode_link")
         if link is not None and link.prefetch and link.ahead[step]:
-            link.warm([m._packed_weight() for m in link.ahead[step]])
+            link.warm([m._packed_weight() for m in link.ahead[step]], link.budget)
 
     def _io(self, batch: int) -> _StepIO:
         held = self.__dict__.get("_step_io")
@@ -236,8 +253,14 @@ class _Link:
 
     def __init__(self, ahead: tuple[tuple[nn.Module, ...], ...] = ((), (), (), ()), prefetch: bool = False) -> None:
         from nnic.kernels import prefetch_weights
+        from nnic.kernels.runtime import last_level_cache_bytes
 
         self.ahead, self.prefetch, self.warm = ahead, prefetch, prefetch_weights
+        llc = last_level_cache_bytes()
+        # Bytes queued per GEMM: half the last-level cache, so that a walk never evicts its own first lines (nor
+        # the KV cache and activations) before the GEMM reads them. With a 32 MiB L3 the next two GEMMs of an int8
+        # 1B layer (gate/up 23 MB + down 11.5 MB) would not fit; with a 260 MB L3 the cap never bound.
+        self.budget = None if llc is None else llc // 2
 
     def __deepcopy__(self, memo: dict) -> _Link:
         return _Link()
@@ -267,6 +290,9 @@ def _attention(attn: nn.Module):
 
     return ALL_ATTENTION_FUNCTIONS.get_interface(attn.config._attn_implementation, None)
 
+
+#: torch's intra-op threads for the torch ops of a one-token step (module docstring); ``None`` leaves torch's setting.
+SMALL_OP_THREADS: int | None = 1
 
 _SUBCLASSES: dict[type, type] = {}
 

@@ -56,14 +56,17 @@ def fast_decode(model: nn.Module, *, prefetch: bool = False) -> list[str]:
     :class:`~nnic_transformers.decode_layer.FastDecoderLayer` (one-token steps with about half the torch ops,
     float32 outputs bit-identical), then every transformers LLaMA/Qwen2/Mistral RMSNorm for a :class:`FastRMSNorm`
     (one ``F.rms_norm`` call instead of ~7 ops; float32 outputs bit-identical, other dtypes unchanged); returns
-    the names of the swapped modules, layers first. Opt-in and idempotent (a second call swaps nothing);
+    the names of the swapped modules, layers first. A fast layer runs the torch ops of a one-token step on one
+    thread (``decode_layer.SMALL_OP_THREADS``; its GEMMs keep nnic's threads): they are too small to split, and on
+    torch's OpenMP team each waits for the team's other threads at its barrier. Opt-in and idempotent (a second call swaps nothing);
     parameters and submodules are shared, not copied. Apply it to the model you run, after
     ``quantization_speedup`` / ``fuse_projections`` (layers whose projections are not fused keep their forward;
     the norms are swapped either way); ``save_pretrained`` still works (same state-dict keys), but a model meant
     to be pruned should be pruned before, since the speedup rules know transformers' classes.
 
     ``prefetch`` (opt-in): after each of its GEMMs a fast layer queues the next two GEMMs' packed weights (the
-    next layer's, then the model's low-bit ``lm_head``) for ``nnic.kernels.prefetch_weights``, whose background
+    next layer's, then the model's low-bit ``lm_head``; at most half the last-level cache's bytes) for
+    ``nnic.kernels.prefetch_weights``, whose background
     thread walks them into the cache on idle cycles of the other core while the small ops run (outputs unchanged).
     It costs a few microseconds per GEMM and pays only where the weights do not fit in the cache and a core is
     idle between GEMVs; ``bench/decode.py --fast-decode --prefetch`` measures both. A second call re-links the
