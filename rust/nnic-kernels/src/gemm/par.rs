@@ -1,5 +1,6 @@
 //! Where the GEMM's parallel tasks run: on the process's OpenMP team when libgomp is loaded (PyTorch loads
-//! it), else on the kernels' own threads (the GEMM team, [`crate::team`], sized by [`crate::pool`]).
+//! it), else on the kernels' own threads (the GEMM team, [`crate::team`], sized by [`crate::pool`]); short runs
+//! ([`for_each_short`]: GEMMs of a few rows) always on the kernels' own threads.
 //!
 //! Why: PyTorch's OpenMP workers spin for milliseconds after each torch op. A GEMM that runs on other
 //! threads right after one (the normal case inside a model) shares the cores with those spinning threads
