@@ -25,9 +25,9 @@ def pool_of_two():
         kernels.set_gemm_spin_us(before[2])
 
 
-def _problem(seed: int = 0):
+def _problem(seed: int = 0, m: int = 16):
     rng = np.random.default_rng(seed)
-    a = rng.integers(-128, 128, (16, 2048), dtype=np.int8)
+    a = rng.integers(-128, 128, (m, 2048), dtype=np.int8)
     w = rng.integers(-128, 128, (512, 2048), dtype=np.int8)
     return a, kernels.pack_int8_weight(w, 1.0), a.astype(np.int64) @ w.T.astype(np.int64)
 
@@ -92,36 +92,57 @@ def test_env_spin_is_checked(monkeypatch):
         kernels.set_gemm_spin_us(before)
 
 
-def test_openmp_team_counters_account_for_every_task():
-    """GEMMs on torch's OpenMP team are counted: every run's tasks, the team mates' share of them, and a fork
-    and a join that both fit inside the region (two threads; libgomp is loaded with torch)."""
+@pytest.fixture
+def openmp_team_of_two():
     before = (kernels.get_num_threads(), kernels.gemm_backend())
     kernels.set_num_threads(2)
     kernels.set_gemm_backend("openmp")
     try:
         if kernels.gemm_backend() != "openmp":
             pytest.skip("libgomp is not loaded in this process")
-        a, packed, want = _problem(2)
-        out = np.empty(want.shape, np.int32)
-        kernels.gemm_openmp_stats(reset=True)
-        # A run that found a thread late sends the GEMMs of the next 0.5-8 s to nnic's helpers, which these
-        # counters do not see (other processes can make one late): GEMMs until the team ran one, under a guard.
-        deadline, calls = time.monotonic() + 60, 0
-        while calls < 5 or kernels.gemm_openmp_stats()["runs"] == 0:
-            assert time.monotonic() < deadline, f"no GEMM ran on the OpenMP team in {calls} calls"
-            packed.matmul(a, out)
-            calls += 1
-        s = kernels.gemm_openmp_stats()
-        assert np.array_equal(out, want)
-        assert 1 <= s["runs"] <= calls and s["late"] <= s["runs"]
-        assert s["tasks"] >= 2 * s["runs"] and 0 <= s["tasks_by_team"] <= s["tasks"]
-        assert 0 < s["region_ns"] and s["arrival_ns"] <= s["region_ns"] and s["tail_ns"] <= s["region_ns"]
-        assert s["tail_ns"] <= s["wait_ns"] <= s["region_ns"]  # the caller waits at least for the join
-        assert kernels.gemm_openmp_stats(reset=True) == s
-        assert kernels.gemm_openmp_stats()["runs"] == 0
+        yield
     finally:
         kernels.set_num_threads(before[0])
         kernels.set_gemm_backend(before[1])
+
+
+def test_openmp_team_counters_account_for_every_task(openmp_team_of_two):
+    """GEMMs on torch's OpenMP team are counted: every run's tasks, the team mates' share of them, and a fork
+    and a join that both fit inside the region (two threads; libgomp is loaded with torch). 64 rows: GEMMs of a
+    few rows run on nnic's own helpers (see the next test)."""
+    a, packed, want = _problem(2, m=64)
+    out = np.empty(want.shape, np.int32)
+    kernels.gemm_openmp_stats(reset=True)
+    # A run that found a thread late sends the GEMMs of the next 0.5-8 s to nnic's helpers, which these
+    # counters do not see (other processes can make one late): GEMMs until the team ran one, under a guard.
+    deadline, calls = time.monotonic() + 60, 0
+    while calls < 5 or kernels.gemm_openmp_stats()["runs"] == 0:
+        assert time.monotonic() < deadline, f"no GEMM ran on the OpenMP team in {calls} calls"
+        packed.matmul(a, out)
+        calls += 1
+    s = kernels.gemm_openmp_stats()
+    assert np.array_equal(out, want)
+    assert 1 <= s["runs"] <= calls and s["late"] <= s["runs"]
+    assert s["tasks"] >= 2 * s["runs"] and 0 <= s["tasks_by_team"] <= s["tasks"]
+    assert 0 < s["region_ns"] and s["arrival_ns"] <= s["region_ns"] and s["tail_ns"] <= s["region_ns"]
+    assert s["tail_ns"] <= s["wait_ns"] <= s["region_ns"]  # the caller waits at least for the join
+    assert kernels.gemm_openmp_stats(reset=True) == s
+    assert kernels.gemm_openmp_stats()["runs"] == 0
+
+
+def test_a_gemm_of_few_rows_runs_on_the_own_helpers_even_on_the_openmp_backend(openmp_team_of_two):
+    """A product of at most two row panels (here 16 rows) is a short run bounded by the weights' bandwidth: it goes
+    to nnic's own helpers, whose caller never waits for a thread that has not started, not to the OpenMP team,
+    whose end barrier waits for its last thread (see ``for_each_short`` in ``gemm/par.rs``)."""
+    a, packed, want = _problem(4, m=16)
+    out = np.empty(want.shape, np.int32)
+    kernels.gemm_openmp_stats(reset=True)
+    kernels.gemm_pool_stats(reset=True)
+    for _ in range(5):
+        packed.matmul(a, out)
+    assert np.array_equal(out, want)
+    assert kernels.gemm_pool_stats()["runs"] == 5
+    assert kernels.gemm_openmp_stats()["runs"] == 0
 
 
 def test_own_helper_counters_account_for_every_task(pool_of_two):
