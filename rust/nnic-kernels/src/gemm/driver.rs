@@ -7,7 +7,7 @@ use super::epilogue::{epilogue_int, TileEpilogue};
 use super::panels::{self, PackedA, PackedB, NR};
 use super::par;
 use super::micro::MR_VNNI;
-use super::path::{micro_kernel, Path};
+use super::path::{isa_of, micro_kernel, Path};
 use crate::error::{KernelError, Result};
 use crate::pool;
 
@@ -221,7 +221,7 @@ pub fn matmul_i8(path: Path, a: &[i8], m: usize, b: &PackedB, out: &mut [i32]) -
         for i in blk.i0..blk.i1 {
             // SAFETY: row `i` of the block is inside the output and owned by this task.
             let row = unsafe { std::slice::from_raw_parts_mut(c.add(i * n + blk.j0), blk.j1 - blk.j0) };
-            epilogue_int(path, row, &colsum[blk.j0..blk.j1], 128);
+            epilogue_int(isa_of(path), row, &colsum[blk.j0..blk.j1], 128);
         }
     };
     drive(path, m, &pa, b, out, &finish, None);

@@ -2,8 +2,9 @@
 //! [`epilogue_int`] undoes the +128 activation shift of exact products; [`epilogue_f32`] applies the zero-point
 //! compensation, activation and weight scales, the bias and an optional [`Activation`] (GELU after the first
 //! Linear of a transformer's MLP, ReLU), writing float32: the activation costs no pass over the output of its
-//! own. Both are multiversioned loops (see the crate's SIMD style), picked by the ISA of the GEMM path.
-use super::path::{isa_of, Path};
+//! own. Both are multiversioned loops (see the crate's SIMD style), picked by the ISA the caller names (the GEMM
+//! path's, `path::isa_of`), so this module needs nothing of the paths that call it.
+use crate::cpu::Isa;
 use crate::error::{KernelError, Result};
 
 /// An element-wise function applied to the float output in the epilogue.
@@ -92,8 +93,8 @@ fn epilogue_int_body(row: &mut [i32], colsum: &[i32], zero: i32) {
 }
 crate::simd::multiversion!(fn epilogue_int_mv(row: &mut [i32], colsum: &[i32], zero: i32) = epilogue_int_body;);
 
-pub(super) fn epilogue_int(path: Path, row: &mut [i32], colsum: &[i32], zero: i32) {
-    epilogue_int_mv(isa_of(path), row, colsum, zero)
+pub(super) fn epilogue_int(isa: Isa, row: &mut [i32], colsum: &[i32], zero: i32) {
+    epilogue_int_mv(isa, row, colsum, zero)
 }
 
 #[inline(always)]
@@ -141,7 +142,7 @@ crate::simd::multiversion!(fn epilogue_f32_mv(
 
 #[allow(clippy::too_many_arguments)]
 pub(super) fn epilogue_f32(
-    path: Path,
+    isa: Isa,
     row: &mut [i32],
     colsum: &[i32],
     za: i32,
@@ -152,7 +153,7 @@ pub(super) fn epilogue_f32(
     bias: Option<&[f32]>,
     act: Activation,
 ) {
-    epilogue_f32_mv(isa_of(path), row, colsum, za, zw, r, sa, sw, bias, act)
+    epilogue_f32_mv(isa, row, colsum, za, zw, r, sa, sw, bias, act)
 }
 
 /// The float epilogue of a whole linear layer in the form the VNNI tile applies to its accumulator registers

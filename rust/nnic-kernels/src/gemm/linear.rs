@@ -4,7 +4,7 @@ use super::act_pack::{self, ActQuant};
 use super::driver::{check_out, drive, Block};
 use super::epilogue::{epilogue_f32, Activation, TileEpilogue};
 use super::panels::{self, PackedA, PackedB, NR};
-use super::path::Path;
+use super::path::{isa_of, Path};
 use crate::error::{KernelError, Result};
 
 /// Prepacked weights of a linear layer: s8 codes `w[n, k]`, per-tensor or per-output-channel scales, and
@@ -163,7 +163,7 @@ pub(crate) fn finish_linear(
             let r = kk.wrapping_mul(za).wrapping_sub(pa.rowsum[i]);
             let zw = if w.zero.is_empty() { None } else { Some(&w.zero[cols.clone()]) };
             epilogue_f32(
-                path,
+                isa_of(path),
                 row,
                 &colsum[cols.clone()],
                 za,

@@ -6,7 +6,7 @@ use super::act_pack::{self, ActQuant};
 use super::driver::{drive, Block};
 use super::epilogue::{epilogue_f32, Activation};
 use super::linear::{check_linear, finish_linear, PackedLinear};
-use super::path::Path;
+use super::path::{isa_of, Path};
 use crate::error::Result;
 use crate::pool;
 
@@ -51,7 +51,7 @@ pub fn stage_seconds(
             let r = (k as i32).wrapping_mul(pa.zero[i]).wrapping_sub(pa.rowsum[i]);
             let zw = (!zw.is_empty()).then(|| &zw[blk.j0..blk.j1]);
             let cols = blk.j0..blk.j1;
-            epilogue_f32(path, row, &colsum[cols.clone()], pa.zero[i], zw, r, pa.scale[i], &scale[cols], None, activation);
+            epilogue_f32(isa_of(path), row, &colsum[cols.clone()], pa.zero[i], zw, r, pa.scale[i], &scale[cols], None, activation);
         }
         *epilogue.lock().unwrap() += clock() - t;
     };
