@@ -96,7 +96,7 @@ def _candidate_kind(m: nn.Module) -> str | None:
         return "Linear"
     if isinstance(m, _int8_linear_type()):
         return "Int8Linear"
-    if isinstance(m, nn.Conv2d):
+    if isinstance(m, nn.Conv2d) and type(m).forward is nn.Conv2d.forward:  # a subclass's own forward is not a conv
         return "Conv2d"
     if type(m).__name__ == "Conv1D" and hasattr(m, "nf") and getattr(m, "weight", None) is not None:
         return "Conv1D"  # Hugging Face GPT-2's transposed linear: y = x @ weight + bias, weight [in, out]
