@@ -12,8 +12,11 @@ Cases (ratios are dense time / sparse time, both measured in this run, interleav
 - ``kernels`` (not in the default set): the two batch-1 kernels of unstructured weights, column-index gathers and
   bitmask expansion, on one 4096x4096 weight per density (0.10-0.35), each call right after a dense MKL call as
   in a model (interleaved, medians): where they break even (``kernels.sparse_bitmask_break_even``, 1/8);
-- ``bandwidth``: at batch 1, bytes of the compressed weight per second, against ``copy_`` of a buffer of the same
-  size (read bandwidth of the copy; the weight is read once per call, so this is the ceiling);
+- ``bandwidth``: at batch 1, bytes of the compressed weight per second against memory bandwidth, measured once
+  on 256 MiB (not cache) and interleaved with the kernels' rounds: ``copy_`` (read + write traffic, the fractions'
+  denominator) and a read-only ``sum``; with the weight warm (one call before: L3-resident where it fits,
+  ``fits_llc``) and cold (evicted from every cache before each call, as in a model larger than the cache), beside
+  dense float32 ``F.linear`` in the same rounds (``ratio_warm``, ``ratio_cold``);
 - ``storage``: state-dict bytes of the sparse layer against the dense float32 weight;
 - ``bert``: a BERT-base-shaped encoder (random init, seq 128, batch 1), Level 90 % on the encoder Linears, end to
   end, float32 values and int8 values (``quantization_speedup`` then ``sparsify``), each also with the attention
@@ -35,6 +38,7 @@ Cases (ratios are dense time / sparse time, both measured in this run, interleav
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -49,7 +53,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import nnic  # noqa: E402
 from nnic import kernels  # noqa: E402
-from nnic.sparse import SparseLinear, sparsify  # noqa: E402
+from nnic.sparse import SparseLinear, SparsifyReport, sparsify  # noqa: E402
+from nnic.sparse.sparsify import _last_level_cache_bytes  # noqa: E402
 import _timing  # noqa: E402
 
 CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
@@ -88,18 +93,27 @@ def nm_(w: torch.Tensor, n: int, m: int) -> torch.Tensor:
     return w.mul_(nm_mask(w, n, m))
 
 
-def layer_cases(repeats: int, budget: float) -> list[dict]:
+def _layer_weights() -> dict[str, tuple[torch.Tensor, SparseLinear]]:
+    """The 4096x4096 weight of the ``layer`` cases per pattern (90 %, 80 %, 70 % Level; 2:4), pruned, and its
+    ``SparseLinear`` (CSR, or N:M for 2:4)."""
     g = torch.Generator().manual_seed(0)
     dense_w = torch.randn(4096, 4096, generator=g) / 64
-    rows = []
     patterns = {"90%": lambda w: level_(w, 0.9), "80%": lambda w: level_(w, 0.8), "70%": lambda w: level_(w, 0.7),
                 "2:4": lambda w: nm_(w, 2, 4)}
+    out = {}
     for name, prune in patterns.items():
         w = prune(dense_w.clone())
         lin = nn.Linear(4096, 4096, bias=False)
         with torch.no_grad():
             lin.weight.copy_(w)
-        sp = SparseLinear.from_linear(lin, nm=(2, 4) if name == "2:4" else None)
+        out[name] = w, SparseLinear.from_linear(lin, nm=(2, 4) if name == "2:4" else None)
+    return out
+
+
+def layer_cases(repeats: int, budget: float) -> list[dict]:
+    g = torch.Generator().manual_seed(10)
+    rows = []
+    for name, (w, sp) in _layer_weights().items():
         for batch in (1,) if name == "80%" else (1, 16, 128):
             x = torch.randn(batch, 4096, generator=g)
             # the switch: what sparsify decides for this layer at this batch
@@ -120,17 +134,23 @@ def layer_cases(repeats: int, budget: float) -> list[dict]:
     return rows
 
 
-def int8_case(repeats: int, budget: float) -> dict:
+def _int8_layer() -> tuple[nn.Linear, nn.Module, SparseLinear]:
+    """The 90 % int8-values case: the pruned float32 Linear (4096x4096, bias), nnic's dense int8 layer of it
+    (``quantization_speedup``) and the ``SparseLinear`` of that int8 layer."""
     g = torch.Generator().manual_seed(1)
     lin = nn.Linear(4096, 4096)
     with torch.no_grad():
         lin.weight.copy_(level_(torch.randn(4096, 4096, generator=g) / 64, 0.9))
-    w = lin.weight.detach().clone()
-    model = nn.Sequential(lin)
+    model = nn.Sequential(nn.Linear(4096, 4096))
+    model.load_state_dict({"0." + k: v for k, v in lin.state_dict().items()})
     nnic.quantization_speedup(model, {"0": 8})
-    dense_int8 = model[0]
-    sp8 = SparseLinear.from_int8(dense_int8)
-    x = torch.randn(1, 4096, generator=g)
+    return lin, model[0], SparseLinear.from_int8(model[0])
+
+
+def int8_case(repeats: int, budget: float) -> dict:
+    lin, dense_int8, sp8 = _int8_layer()
+    w = lin.weight.detach()
+    x = torch.randn(1, 4096, generator=torch.Generator().manual_seed(11))
     with torch.no_grad():
         t = timeit_interleaved({"fp32": lambda: F.linear(x, w, lin.bias), "int8": lambda: dense_int8(x),
                                 "sparse_int8": lambda: sp8(x)}, repeats, budget)
@@ -174,19 +194,76 @@ def kernel_choice(repeats: int) -> list[dict]:
     return out
 
 
-def bandwidth(rows: list[dict], int8_row: dict, repeats: int, budget: float) -> list[dict]:
-    out = []
-    cases = [(r["case"], r["sparse_bytes"], r["sparse_ms"]) for r in rows if r["batch"] == 1]
-    cases.append(("90% int8 values", int8_row["sparse_bytes"], int8_row["sparse_int8_ms"]))
-    for name, nbytes, ms in cases:
-        src = torch.empty(nbytes // 4, dtype=torch.float32).normal_()
-        dst = torch.empty_like(src)
-        t = med(timeit_interleaved({"copy": lambda: dst.copy_(src)}, repeats, budget)["copy"])
-        copy_gbs = nbytes / t / 1e9
-        kernel_gbs = nbytes / (ms / 1e3) / 1e9
-        out.append({"case": name, "compressed_MB": nbytes / 1e6, "kernel_GBps": kernel_gbs, "copy_GBps": copy_gbs,
-                    "fraction": kernel_gbs / copy_gbs})
-        print(json.dumps(out[-1]), flush=True)
+#: The memory references stream 256 MiB, well above any last-level cache (32 MiB on the AMD Zen 4 host), so that
+#: they measure memory, not cache, bandwidth.
+REFERENCE_BYTES = 256 << 20
+#: Calls per timed sample of a batch-1 kernel (each ~0.1-1 ms): summed, so that timer resolution vanishes.
+CALLS = 5
+
+
+def _sample(fn, before=None) -> float:
+    """Seconds per call of ``fn`` over :data:`CALLS` calls, each preceded (untimed) by ``before`` when given."""
+    total = 0.0
+    for _ in range(CALLS):
+        if before is not None:
+            before()
+        t0 = _clock()
+        fn()
+        total += _clock() - t0
+    return total / CALLS
+
+
+def _gbps(nbytes: int, times: list[float]) -> float:
+    return nbytes / med(times) / 1e9
+
+
+def bandwidth(repeats: int) -> dict:
+    """Batch-1 bytes of the compressed weight per second against memory bandwidth, the weights warm and cold.
+
+    The references, measured once: ``dst.copy_(src)`` of :data:`REFERENCE_BYTES`, counted as the memory traffic it
+    makes (read + write, ``copy_GBps``: the fractions' denominator), and ``src.sum()`` of the same buffer
+    (``read_GBps``: what a read-only stream such as a batch-1 kernel's reaches from memory). Per case the sparse
+    layer warm (one untimed call first brings its weight into the caches: L3-resident when it fits,
+    ``fits_llc``), the sparse layer cold (its weight evicted with ``kernels.flush_caches`` before every call: it
+    comes from memory, as in a model larger than the cache) and the dense float32 ``F.linear`` (64 MB: always from
+    memory). All of them run once per round, the rounds repeat, every figure is a median over rounds. A kernel's
+    GB/s counts the bytes of its compressed weight (``stream_bytes``), read once per call."""
+    llc = _last_level_cache_bytes()
+    layers = {name: (w, sp) for name, (w, sp) in _layer_weights().items() if name != "80%"}
+    lin, _, sp8 = _int8_layer()
+    layers["90% int8 values"] = lin.weight.detach(), sp8
+    src = torch.ones(REFERENCE_BYTES // 4)
+    dst = torch.empty_like(src)
+    x = torch.randn(1, 4096, generator=torch.Generator().manual_seed(12))
+    fns = {"copy": lambda: _sample(lambda: dst.copy_(src)), "sum": lambda: _sample(src.sum)}
+    for name, (w, sp) in layers.items():
+        fns[f"{name} dense"] = lambda w=w: _sample(lambda: F.linear(x, w))
+        fns[f"{name} warm"] = lambda sp=sp: _sample(lambda: sp(x), before=lambda: sp(x))
+        fns[f"{name} cold"] = lambda sp=sp: _sample(lambda: sp(x), before=lambda: kernels.flush_caches(sp))
+    with torch.no_grad():
+        for fn in fns.values():  # warm-up: packing, page faults
+            fn()
+        t: dict[str, list[float]] = {name: [] for name in fns}
+        for _ in range(max(repeats, 5)):
+            for name, fn in fns.items():
+                t[name].append(fn())
+    copy_gbs = _gbps(2 * REFERENCE_BYTES, t["copy"])
+    out = {"reference": {"MB": REFERENCE_BYTES / 1e6, "copy_GBps": copy_gbs,
+                         "copy_GBps_range": [2 * REFERENCE_BYTES / f / 1e9 for f in (max(t["copy"]), min(t["copy"]))],
+                         "read_GBps": _gbps(REFERENCE_BYTES, t["sum"]), "rounds": len(t["copy"]),
+                         "llc_MB": None if llc is None else llc / 1e6}, "cases": []}
+    print(json.dumps(out["reference"]), flush=True)
+    for name, (_, sp) in layers.items():
+        nbytes = sp._packed_weight().stream_bytes
+        d, warm, cold = (med(t[f"{name} {k}"]) for k in ("dense", "warm", "cold"))
+        row = {"case": name, "compressed_MB": nbytes / 1e6, "fits_llc": llc is not None and nbytes <= llc,
+               "warm_ms": warm * 1e3, "cold_ms": cold * 1e3, "dense_ms": d * 1e3,
+               "warm_GBps": nbytes / warm / 1e9, "cold_GBps": nbytes / cold / 1e9,
+               "warm_fraction": nbytes / warm / 1e9 / copy_gbs, "cold_fraction": nbytes / cold / 1e9 / copy_gbs,
+               "cold_fraction_of_read": nbytes / cold / 1e9 / out["reference"]["read_GBps"],
+               "ratio_warm": d / warm, "ratio_cold": d / cold}
+        out["cases"].append(row)
+        print(json.dumps(row), flush=True)
     return out
 
 
@@ -219,8 +296,6 @@ def bert(repeats: int, budget: float) -> dict:
     dense = BertModel(BertConfig(), add_pooling_layer=False).eval()
     ids = torch.randint(0, dense.config.vocab_size, (1, 128))
     _prune_linears(dense, 0.9, "encoder")
-    import copy
-
     sp = copy.deepcopy(dense)
     report = sparsify(sp, ids)
     q = copy.deepcopy(dense)
@@ -289,16 +364,20 @@ class GPT2Shaped(nn.Module):
         return self.head(self.ln(x))
 
 
-def gpt2(repeats: int, budget: float) -> dict:
-    import copy
-
+def _gpt2_decode() -> tuple[GPT2Shaped, GPT2Shaped, SparsifyReport, torch.Tensor, list]:
+    """The ``gpt2`` cases' decode step: the 70 % dense model, its ``sparsify``-ed copy (with cold weights: the model
+    exceeds the last-level cache) and the report, one token's ids and the 12 layers' 128-token KV caches."""
     torch.manual_seed(4)
     dense = GPT2Shaped().eval()
     _prune_linears(dense, 0.7)
     caches = [(torch.randn(1, 12, 128, 64), torch.randn(1, 12, 128, 64)) for _ in range(12)]
     ids = torch.randint(0, 50257, (1, 1))
     sp = copy.deepcopy(dense)
-    report = sparsify(sp, (ids, caches))  # the model exceeds the last-level cache: timed with cold weights
+    return dense, sp, sparsify(sp, (ids, caches)), ids, caches
+
+
+def gpt2(repeats: int, budget: float) -> dict:
+    dense, sp, report, ids, caches = _gpt2_decode()
     warm = copy.deepcopy(dense)
     report_warm = sparsify(warm, (ids, caches), cold=False)  # the switch as before: every layer timed warm
     from nnic.quantization import fuse_activation
@@ -335,15 +414,7 @@ def gpt2_split(repeats: int) -> dict:
     the same process: forward hooks around every Linear / ``SparseLinear`` read the clock, the steps alternate
     dense, sparse, sparse, dense...; per kind the median over steps of its summed time, and the rest of the
     step (attention, LayerNorm, GELU, embeddings, the hooks themselves) as the step minus its layers."""
-    import copy
-
-    torch.manual_seed(4)
-    dense = GPT2Shaped().eval()
-    _prune_linears(dense, 0.7)
-    caches = [(torch.randn(1, 12, 128, 64), torch.randn(1, 12, 128, 64)) for _ in range(12)]
-    ids = torch.randint(0, 50257, (1, 1))
-    sp = copy.deepcopy(dense)
-    report = sparsify(sp, (ids, caches))
+    dense, sp, report, ids, caches = _gpt2_decode()
     spent: dict[tuple[str, str], list[float]] = {}
     steps: dict[str, list[float]] = {"dense": [], "sparse": []}
     for tag, model in (("dense", dense), ("sparse", sp)):
@@ -395,13 +466,13 @@ def main() -> None:
     print(f"threads={a.threads} clock={a.clock} isa={kernels.active_isa()} backend={kernels.gemm_backend()}",
           flush=True)
     results: dict = {}
-    if "layer" in a.only or "bandwidth" in a.only:
+    if "layer" in a.only:
         results["layer"] = layer_cases(a.repeats, a.budget)
         results["int8"] = int8_case(a.repeats, a.budget)
     if "kernels" in a.only:
         results["kernels"] = kernel_choice(a.repeats)
     if "bandwidth" in a.only:
-        results["bandwidth"] = bandwidth(results["layer"], results["int8"], a.repeats, a.budget)
+        results["bandwidth"] = bandwidth(a.repeats)
     if "storage" in a.only:
         results["storage"] = storage()
     if "bert" in a.only:

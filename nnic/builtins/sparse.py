@@ -1,4 +1,5 @@
-"""Built-in plugin for :class:`~nnic.sparse.SparseLinear`: its speedup rule and its quantized lowering.
+"""Built-in plugin for :class:`~nnic.sparse.SparseLinear` and :class:`~nnic.sparse.SparseConv2d`: their speedup
+rules and the sparse layer's quantized lowering.
 
 - The speedup rule lets ``speedup_model`` run on a model that already holds sparse layers (their input and output
   channels are removed like a Linear's, reading which weights are stored), and lets ``load_pruned`` rebuild
@@ -19,6 +20,7 @@ from nnic.quantization.calibration import LayerCalibration
 from nnic.quantization.lowering import Int8Lowering, LoweringContext, float_linear
 from nnic.quantization.modules import Int8Linear
 from nnic.sparse import layout
+from nnic.sparse.conv import SparseConv2d
 from nnic.sparse.modules import SparseLinear
 from nnic.speedup.rules import ChannelMixRule
 
@@ -31,6 +33,27 @@ class SparseLinearRule(ChannelMixRule):
 
     def usage(self, module: nn.Module) -> torch.Tensor:
         return module.stored_mask().cpu()
+
+    def shrink(self, module: nn.Module, keep: dict[str, torch.Tensor]) -> nn.Module:
+        return module.select(keep.get("out"), keep.get("in")).train(module.training)
+
+
+class SparseConv2dRule(ChannelMixRule):
+    """A sparse convolution's channels, as ``Conv2d``'s (``groups == 1``): output channel o reads input channel c
+    when any of its kernel taps over c is stored."""
+
+    name = "nnic.sparse.sparseconv2d"
+    targets = (SparseConv2d,)
+    shape_attrs = ("in_channels", "out_channels")
+    shrink_in_place = False  # its shrink builds a new layer
+
+    def in_dim(self, module: nn.Module, x: torch.Tensor) -> int:
+        return 1
+
+    out_dim = in_dim
+
+    def usage(self, module: nn.Module) -> torch.Tensor:
+        return module.stored_mask().flatten(2).any(2).cpu()
 
     def shrink(self, module: nn.Module, keep: dict[str, torch.Tensor]) -> nn.Module:
         return module.select(keep.get("out"), keep.get("in")).train(module.training)
@@ -62,6 +85,7 @@ class SparseLinearLowering:
 @nnic.hookimpl
 def register_speedup_rules(register) -> None:
     register(SparseLinearRule())
+    register(SparseConv2dRule())
 
 
 @nnic.hookimpl

@@ -2,8 +2,9 @@
 
 A step beside :func:`nnic.speedup_model`, run after it: speedup removes whole channels (structured masks), then
 ``sparsify`` turns every remaining ``nn.Linear`` (Hugging Face's ``Conv1D`` too; after :func:`nnic.quantization_speedup`, every
-``Int8Linear``)
-whose weight is mostly zeros into a :class:`~nnic.sparse.modules.SparseLinear`, *only where a micro-benchmark at
+``Int8Linear``) whose weight is mostly zeros into a :class:`~nnic.sparse.modules.SparseLinear`, and every ``nn.Conv2d``
+(``groups == 1``, zero padding) into a :class:`~nnic.sparse.conv.SparseConv2d` (the same kernels on its patches),
+*only where a micro-benchmark at
 this moment, at the batch the layer sees in ``dummy_input`` and with the current thread settings, shows the sparse
 layer faster* than the dense one by ``min_speedup`` (with each layer's weights evicted from the caches before every
 timed call when the model is larger than the last-level cache, as the model meets them). Layers where it does not
@@ -17,6 +18,7 @@ output is the masked layer's within float rounding (``verify`` checks the whole 
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Mapping
@@ -30,6 +32,7 @@ from torch.nn.utils import parametrize
 from nnic.kernels.runtime import last_level_cache_bytes as _last_level_cache_bytes
 from nnic.selection import replace_module
 from nnic.sparse import layout
+from nnic.sparse.conv import SparseConv2d, unsupported_conv
 from nnic.sparse.modules import SparseLinear
 from nnic.speedup.api import outputs_close
 
@@ -41,8 +44,8 @@ class LayerDecision:
     """What :func:`sparsify` measured and decided for one layer (times in milliseconds per call)."""
 
     name: str
-    kind: str                       # "Linear" or "Int8Linear"
-    shape: tuple[int, int]          # (out_features, in_features)
+    kind: str                       # "Linear", "Conv1D", "Int8Linear" or "Conv2d"
+    shape: tuple[int, int]          # (out_features, in_features); a Conv2d's (out_channels, C*kh*kw)
     tokens: int                     # rows per call at the dummy input's batch
     density: float                  # stored fraction of the weight
     layout: str | None = None       # best sparse layout measured ("csr", "2:4", ...)
@@ -93,14 +96,17 @@ def _candidate_kind(m: nn.Module) -> str | None:
         return "Linear"
     if isinstance(m, _int8_linear_type()):
         return "Int8Linear"
+    if isinstance(m, nn.Conv2d) and type(m).forward is nn.Conv2d.forward:  # a subclass's own forward is not a conv
+        return "Conv2d"
     if type(m).__name__ == "Conv1D" and hasattr(m, "nf") and getattr(m, "weight", None) is not None:
         return "Conv1D"  # Hugging Face GPT-2's transposed linear: y = x @ weight + bias, weight [in, out]
     return None
 
 
 def _linear_weight(m: nn.Module) -> torch.Tensor:
-    """The ``[out, in]`` weight of a candidate layer."""
-    return m.weight.t() if _candidate_kind(m) == "Conv1D" else m.weight
+    """The ``[out, in]`` weight of a candidate layer (a convolution's ``[out, C*kh*kw]``, as its matmul sees it)."""
+    kind = _candidate_kind(m)
+    return m.weight.t() if kind == "Conv1D" else m.weight.flatten(1) if kind == "Conv2d" else m.weight
 
 
 def _fold_and_apply(model: nn.Module, masks: Mapping | None) -> None:
@@ -129,23 +135,27 @@ def _split_input(dummy_input: Any) -> tuple[tuple, dict]:
     return (dummy_input,), {}
 
 
-def _record_tokens(model: nn.Module, names: list[str], args: tuple, kwargs: dict) -> tuple[Any, dict[str, int]]:
-    tokens: dict[str, int] = {}
+def _record_inputs(model: nn.Module, names: list[str], args: tuple, kwargs: dict
+                   ) -> tuple[Any, dict[str, tuple[int, torch.Size]]]:
+    """The model's output, and per layer run: the rows of its matmul per call (a convolution's output pixels) and
+    the shape of its first input (what its timing feeds it)."""
+    seen: dict[str, tuple[int, torch.Size]] = {}
     hooks = []
     for name in names:
         m = model.get_submodule(name)
 
-        def hook(mod, inputs, name=name, k=_linear_weight(m).shape[1]):
-            if name not in tokens and inputs and isinstance(inputs[0], torch.Tensor):
-                tokens[name] = inputs[0].numel() // k
-        hooks.append(m.register_forward_pre_hook(hook))
+        def hook(mod, inputs, output, name=name, dim=-3 if _candidate_kind(m) == "Conv2d" else -1):
+            if name not in seen and inputs and isinstance(inputs[0], torch.Tensor) and isinstance(output, torch.Tensor):
+                rows = math.prod(s for i, s in enumerate(output.shape) if i != dim % output.ndim)
+                seen[name] = rows, inputs[0].shape
+        hooks.append(m.register_forward_hook(hook))
     try:
         with torch.no_grad():
             out = model(*args, **kwargs)
     finally:
         for h in hooks:
             h.remove()
-    return out, tokens
+    return out, seen
 
 
 #: The clock the micro-benchmark reads (seconds); None picks one per run (:func:`_pick_clock`); tests replace it
@@ -272,13 +282,16 @@ def _measure(fns: list, x: torch.Tensor, rounds: int, min_speedup: float, tokens
     return best, times, verdict
 
 
-def _candidates(module: nn.Module, kind: str) -> tuple[torch.Tensor, list[SparseLinear]]:
+def _candidates(module: nn.Module, kind: str) -> tuple[torch.Tensor, list[nn.Module]]:
     """The layer's weight non-zeros and its sparse versions (CSR, and N:M when the zeros follow a pattern)."""
     w = _linear_weight(module).detach()
     nonzero = w != 0
     nm = layout.nm_pattern(nonzero) if w.shape[1] % 2 == 0 else None
     if kind == "Int8Linear":
         build = SparseLinear.from_int8
+    elif kind == "Conv2d":
+        def build(mod, nm=None):
+            return SparseConv2d.from_conv(mod, nm=nm)
     else:
         def build(mod, nm=None):
             return SparseLinear.from_dense(w.float(), mod.bias, nm=nm)
@@ -328,12 +341,12 @@ def sparsify(model: nn.Module, dummy_input: Any, masks: Mapping | None = None, *
     else:
         for n in layers:
             if n not in modules or not _candidate_kind(modules[n]):
-                raise ValueError(f"layers: {n!r} is not a Linear, Conv1D or Int8Linear of the model")
+                raise ValueError(f"layers: {n!r} is not a Linear, Conv1D, Int8Linear or Conv2d of the model")
         names = list(layers)
     args, kwargs = _split_input(dummy_input)
     was_training = model.training
     model.eval()
-    reference, tokens = _record_tokens(model, names, args, kwargs)
+    reference, seen = _record_inputs(model, names, args, kwargs)
     if cold is None:
         llc = _last_level_cache_bytes()
         cold = llc is not None and _model_bytes(model) > llc
@@ -345,8 +358,9 @@ def sparsify(model: nn.Module, dummy_input: Any, masks: Mapping | None = None, *
             weight = _linear_weight(module)
             out_f, in_f = weight.shape
             density = float((weight != 0).sum()) / max(1, weight.numel())
-            d = report.layers[name] = LayerDecision(name, kind, (out_f, in_f), tokens.get(name, 0), density)
-            if name not in tokens:
+            tokens, in_shape = seen.get(name, (0, None))
+            d = report.layers[name] = LayerDecision(name, kind, (out_f, in_f), tokens, density)
+            if in_shape is None:
                 d.reason = "not run by the dummy input"
                 continue
             if density > max_density:
@@ -358,8 +372,11 @@ def sparsify(model: nn.Module, dummy_input: Any, masks: Mapping | None = None, *
             if in_f > layout.MAX_IN_FEATURES:
                 d.reason = f"in_features above {layout.MAX_IN_FEATURES}"
                 continue
+            if kind == "Conv2d" and unsupported_conv(module):
+                d.reason = unsupported_conv(module)
+                continue
             _, cands = _candidates(module, kind)
-            x = torch.randn(max(1, d.tokens), in_f)
+            x = torch.randn(in_shape) if kind == "Conv2d" else torch.randn(max(1, d.tokens), in_f)
             d.cold = cold and kind != "Int8Linear"
             flush = _flushes(module, cands) if d.cold else None
             best, times, verdict = _measure([module, *cands], x, rounds, min_speedup, d.tokens, flush)

@@ -4,8 +4,8 @@
 its plain attributes such as ``out_channels``, and the shape of each tensor) and ``model.safetensors``.
 ``load_pruned(fresh_model, directory)`` re-applies the shapes to a freshly constructed model of the original
 architecture (modules that speedup replaced by another class are rebuilt through that class's
-``from_manifest(attrs)``; only classes from ``nnic`` or from installed speedup-rule plugins are accepted), then
-loads the weights.
+``from_manifest(attrs)``, which builds their submodules too; only classes from ``nnic`` or from installed
+speedup-rule plugins are accepted), then loads the weights.
 """
 
 from __future__ import annotations
@@ -104,6 +104,7 @@ def load_pruned(model: nn.Module, directory: io.PathLike) -> nn.Module:
                 raise ValueError(f"load_pruned: {directory / MANIFEST}['modules'][{name!r}]['tensors'][{k!r}] says "
                                  f"{list(shape)}, but {WEIGHTS} holds {list(saved.shape)}")
     allowed: dict[str, type] | None = None
+    rebuilt: list[str] = []  # modules built from the manifest: their from_manifest also built their children
     for name, entry in modules.items():
         try:
             m = model.get_submodule(name)
@@ -120,7 +121,8 @@ def load_pruned(model: nn.Module, directory: io.PathLike) -> nn.Module:
             new.train(m.training)
             replace_module(model, name, new)
             m = new
-        else:
+            rebuilt.append(name)
+        elif not any(name.startswith(f"{r}.") for r in rebuilt):
             manifest.apply_attrs(name, m, entry["attrs"], table.for_module(m))
         tensors = _direct_tensors(m)
         for k, shape in entry["tensors"].items():

@@ -378,3 +378,73 @@ def test_every_input_form_gives_the_masked_layers_output(dtype, act):
     torch.testing.assert_close(sp(x3), y - 1.0)
     with pytest.raises(ValueError, match="input has 39 features, expected 40"):
         sp(torch.randn(2, 39))
+
+
+@pytest.mark.parametrize("n, m", [(1, 4), (2, 8), (4, 8), (1, 2)])
+def test_general_n_m_masks_of_the_nm_pruner_run_in_their_layout(n, m):
+    """Any N:M of the ``nm`` pruner, not only 2:4: the pattern is recognised, the N:M layer equals the masked one,
+    and sparsify (which times it against CSR) keeps the masked model's output."""
+    from nnic.masking import fold_masks
+    from nnic.sparse import layout
+
+    model = _mlp(10)
+    nnic.pruner("nm", model, [{"op_types": ["Linear"], "n": n, "m": m}]).compress()
+    for i in (0, 2, 4):
+        fold_masks(model[i])
+    x = torch.randn(4, 64)
+    want = model(x).detach()
+    assert layout.nm_pattern(model[2].weight != 0) == (n, m)
+    sp = SparseLinear.from_linear(model[2], nm=(n, m))
+    assert sp.layout == f"{n}:{m}" and sp._packed_weight().gemv_kernel() == "n:m"
+    hidden = model[1](model[0](x))
+    torch.testing.assert_close(sp(hidden), model[2](hidden), rtol=RTOL, atol=ATOL)
+    report = sparsify(model, x, min_speedup=0.0)
+    assert report.sparse_layers == ["0", "2", "4"] and report.layers["2"].layout in ("csr", f"{n}:{m}")
+    torch.testing.assert_close(model(x), want, rtol=RTOL, atol=ATOL)
+
+
+def test_non_cpu_inputs_take_the_torch_sparse_path(monkeypatch):
+    """The forward's device dispatch, exercised on CPU: with tensors reporting a device other than the CPU, the
+    layers run torch's sparse CSR matmul (what CUDA runs), and the whole model still gives the masked output."""
+    from nnic.sparse import SparseConv2d
+
+    torch.manual_seed(11)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10)).eval()
+    _, masks = nnic.pruner("level", model, [{"sparsity": 0.8, "op_types": ["Linear", "Conv2d"]}]).compress()
+    x = torch.randn(2, 3, 6, 6)
+    want = model(x).detach()
+    sparsify(model, x, min_speedup=0.0)
+    assert isinstance(model[0], SparseConv2d) and isinstance(model[3], SparseLinear)
+    calls = []
+    monkeypatch.setattr(SparseLinear, "_forward_torch_sparse",
+                        lambda self, t, f=SparseLinear._forward_torch_sparse: calls.append(t.shape) or f(self, t))
+    with monkeypatch.context() as m:
+        m.setattr(torch.Tensor, "is_cpu", property(lambda self: False))
+        got = model(x)
+    assert calls == [torch.Size([2 * 6 * 6, 27]), torch.Size([2, 8 * 6 * 6])]  # both layers, on their own rows
+    torch.testing.assert_close(got, want, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors is a no-op")  # nn.Linear of an empty layer
+def test_empty_layers_and_all_zero_rows_give_the_masked_output():
+    """Layers with no inputs, no outputs or no stored weight, and all-zero rows: outputs equal nn.Linear's
+    (bias only where nothing is stored), in the layer and through sparsify."""
+    torch.manual_seed(12)
+    x = torch.randn(3, 16)
+    for out_f, in_f in ((0, 16), (8, 0), (0, 0)):
+        lin = nn.Linear(in_f, out_f)
+        sp = SparseLinear.from_linear(lin)
+        xi = torch.randn(3, in_f)
+        assert sp(xi).shape == (3, out_f)
+        torch.testing.assert_close(sp(xi), lin(xi))
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8), nn.Linear(8, 0), nn.Linear(0, 4))
+    with torch.no_grad():
+        model[0].weight.mul_(torch.rand_like(model[0].weight) < 0.1)
+        model[0].weight[5:20] = 0          # all-zero rows
+        model[2].weight.zero_()            # nothing stored: the bias
+    want, want_empty = model[:3](x).detach(), model(x).detach()
+    report = sparsify(model, x, min_speedup=0.0)
+    assert report.sparse_layers == ["0", "2", "3", "4"] and report.layers["2"].density == 0.0
+    assert report.layers["3"].tokens == 3 and report.layers["4"].tokens == 3
+    torch.testing.assert_close(model[:3](x), want, rtol=RTOL, atol=ATOL)
+    torch.testing.assert_close(model(x), want_empty)  # no inputs: the bias
