@@ -143,22 +143,38 @@ class ValueTracer(Tracer):
 
     def _compute(self, node: fx.Node, kind: str, target: Any, a: tuple, kw: dict) -> Any:
         unreal = any(n in self.unreal for n in node.all_input_nodes)
-        if kind == "call_module":  # around fx's call wrapper, which rescans globals per call
-            module = self.root.get_submodule(target)
-            value = zeros_of(module, a, kw, self.stand_in_min) if self.shapes_only else None
+        module = self.root.get_submodule(target) if kind == "call_module" else None
+        if module is not None and self.shapes_only:
+            value = zeros_of(module, a, kw, self.stand_in_min)
             if value is not None:
                 self.unreal.add(node)
                 return value
-            value = _ORIGINAL_CALL(module, *a, **kw)
-        elif kind == "call_method":
-            value = getattr(a[0], target)(*a[1:], **kw)
-        else:
-            value = target(*a, **kw)
+        try:
+            value = _run(kind, target, module, a, kw)
+        except Exception:
+            if not unreal:
+                raise
+            # An op that writes into its input (``out += identity``) refuses a zero-memory stand-in.
+            value = _run(kind, target, module, _materialized(a), _materialized(kw))
         if unreal and not _value_independent(kind, target, a):
             self.unreal.add(node)
             if self.unsure is None and (_steers(value) or target in ("item", "tolist")):
                 self.unsure = node.name
         return value
+
+
+def _run(kind: str, target: Any, module: nn.Module | None, a: tuple, kw: dict) -> Any:
+    if module is not None:  # around fx's call wrapper, which rescans globals per call
+        return _ORIGINAL_CALL(module, *a, **kw)
+    if kind == "call_method":
+        return getattr(a[0], target)(*a[1:], **kw)
+    return target(*a, **kw)
+
+
+def _materialized(obj: Any) -> Any:
+    """``obj`` with every expanded tensor (a stand-in) copied into memory of its own."""
+    return fx.node.map_aggregate(obj, lambda t: t.contiguous() if isinstance(t, torch.Tensor) and 0 in t.stride()
+                                 and t.numel() > 1 else t)
 
 
 # Ops whose result depends on their input's shape, dtype and device only: exact on an unreal input.

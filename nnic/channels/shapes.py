@@ -56,13 +56,14 @@ def output_shape(module: nn.Module, args: tuple, kwargs: dict) -> tuple[int, ...
 
 
 def zeros_of(module: nn.Module, args: tuple, kwargs: dict, at_least: float) -> torch.Tensor | None:
-    """Zeros shaped as ``module``'s output when it is known and holds at least ``at_least`` elements, else
-    ``None``."""
+    """Zeros shaped as ``module``'s output, without memory (one zero, expanded: allocating and clearing them
+    cost as much as a MobileNet's small convolutions), when the shape is known and holds at least ``at_least``
+    elements; else ``None``."""
     shape = output_shape(module, args, kwargs)
     if shape is None or math.prod(shape) < at_least:
         return None
     x: Any = args[0]
-    return torch.zeros(shape, dtype=x.dtype, device=x.device)
+    return torch.zeros((), dtype=x.dtype, device=x.device).expand(shape)
 
 
 __all__ = ["output_shape", "zeros_of"]

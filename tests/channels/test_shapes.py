@@ -62,4 +62,5 @@ def test_zeros_only_for_outputs_at_least_as_large_as_asked():
     conv, x = nn.Conv2d(4, 6, 3, padding=1), torch.randn(1, 4, 8, 8)
     zeros = zeros_of(conv, (x,), {}, at_least=6 * 64)
     assert zeros.shape == (1, 6, 8, 8) and zeros.dtype == x.dtype and not zeros.any()
+    assert set(zeros.stride()) == {0}  # no memory of its own
     assert zeros_of(conv, (x,), {}, at_least=6 * 64 + 1) is None

@@ -57,6 +57,25 @@ def test_layers_whose_large_output_has_a_known_shape_are_not_run():
     assert calls == ["head"]  # the convolutions' 32 x 32 x 32 outputs are zeros of their shape; the head runs
 
 
+class InPlace(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 32, 3, padding=1), nn.Conv2d(3, 32, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        y += self.b(x)
+        return torch.relu_(y)
+
+
+def test_ops_writing_into_a_layer_that_did_not_run_still_get_values():
+    model, x = InPlace().eval(), torch.randn(1, 3, 32, 32)
+    values: dict = {}
+    gm = trace(model, (x,), {}, values=values)
+    computed = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
+    assert all(n in values and values[n].shape == (1, 32, 32, 32) for n in computed)
+
+
 class Routed(nn.Module):
     """An index computed off a convolution's output picks the channels that go on: its value matters."""
 
