@@ -72,11 +72,11 @@ class ValueTracer(Tracer):
     stand_in_min = 1 << 14  # elements
 
     # A layer whose output would become a stand-in and whose shape :mod:`~nnic.channels.shapes` knows is not
-    # run: its value is zeros of that shape (ResNet-50's trace 0.20 -> 0.07 s). What is computed from such a
-    # value ("unreal") has the right shape and the wrong values; nothing the structure pass reads depends on
-    # floating-point values, but an integer or bool tensor (indices, masks, sizes) or a Python number read
-    # off one may steer shapes or channels: then ``unsure`` says which node, and the caller traces again
-    # with ``shapes_only=False``.
+    # run: its value is a stand-in from the start (ResNet-50's trace 0.20 -> 0.05 s). What is computed from
+    # such a value ("unreal", small values included) has the right shape and the wrong values; nothing the
+    # structure pass reads depends on floating-point values, but an integer or bool tensor (indices, masks)
+    # or an ``item()``/``tolist()`` computed off one may steer shapes or channels: then ``unsure`` names the
+    # node, and the caller traces again with ``shapes_only=False`` (every layer run, every small value real).
     def __init__(self, leaf_types: tuple[type, ...], leaf_names: set[str], inputs: list[Any],
                  shapes_only: bool = True) -> None:
         super().__init__(leaf_types, leaf_names)
@@ -86,7 +86,7 @@ class ValueTracer(Tracer):
         self.shadowed: set[fx.Node] = set()  # nodes whose ``real`` entry is a stand-in
         self.shapes_only = shapes_only
         self.unreal: set[fx.Node] = set()  # nodes computed from a layer that was not run
-        self.unsure: str | None = None  # the first node whose value steers shapes and is unreal
+        self.unsure: str | None = None  # the first unreal node whose value may steer shapes or channels
 
     def value_of(self, node: fx.Node) -> Any:
         """``node``'s real value; ``LookupError`` if it has none (its computation failed, or its value was

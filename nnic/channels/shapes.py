@@ -2,8 +2,8 @@
 
 Why: the dependency-aware pruner's trace (:class:`~nnic.channels.concrete.ValueTracer`) reads only the shape
 of a large activation, yet computing it was a dense forward of the model: on ResNet-50 the convolutions were
-two thirds of the trace. A layer listed here whose output is large gets a zero tensor of the right shape
-instead; a layer or an input this module is unsure of (another dtype, a channel count that does not match,
+two thirds of the trace. A layer listed here whose output is large gets zeros of the right shape (without
+memory) instead; a layer or an input this module is unsure of (another dtype, a channel count that does not match,
 a subclass with its own forward) gets ``None``, and the layer runs.
 """
 
