@@ -15,6 +15,7 @@ import torch
 from torch import fx, nn
 from torch.fx import _symbolic_trace as st
 
+from nnic.channels.shapes import zeros_of
 from nnic.channels.tracer import Tracer, fetch_attr
 
 _MISSING = object()
@@ -70,12 +71,22 @@ class ValueTracer(Tracer):
     # than in a plain forward. Small values (masks, indices, sizes) stay as they are; rules may read them.
     stand_in_min = 1 << 14  # elements
 
-    def __init__(self, leaf_types: tuple[type, ...], leaf_names: set[str], inputs: list[Any]) -> None:
+    # A layer whose output would become a stand-in and whose shape :mod:`~nnic.channels.shapes` knows is not
+    # run: its value is a stand-in from the start (ResNet-50's trace 0.20 -> 0.05 s). What is computed from
+    # such a value ("unreal", small values included) has the right shape and the wrong values; nothing the
+    # structure pass reads depends on floating-point values, but an integer or bool tensor (indices, masks)
+    # or an ``item()``/``tolist()`` computed off one may steer shapes or channels: then ``unsure`` names the
+    # node, and the caller traces again with ``shapes_only=False`` (every layer run, every small value real).
+    def __init__(self, leaf_types: tuple[type, ...], leaf_names: set[str], inputs: list[Any],
+                 shapes_only: bool = True) -> None:
         super().__init__(leaf_types, leaf_names)
         self.inputs, self.real, self.placeholders = inputs, {}, 0
         self.computing = False  # computing a value: module calls and attributes are the real ones
         self.live: weakref.WeakValueDictionary[fx.Node, torch.Tensor] = weakref.WeakValueDictionary()
         self.shadowed: set[fx.Node] = set()  # nodes whose ``real`` entry is a stand-in
+        self.shapes_only = shapes_only
+        self.unreal: set[fx.Node] = set()  # nodes computed from a layer that was not run
+        self.unsure: str | None = None  # the first unreal node whose value may steer shapes or channels
 
     def value_of(self, node: fx.Node) -> Any:
         """``node``'s real value; ``LookupError`` if it has none (its computation failed, or its value was
@@ -122,18 +133,74 @@ class ValueTracer(Tracer):
                     value = fetch_attr(self.root, target)
                 else:
                     a, kw = _realize(self, args), _realize(self, kwargs)
-                    if kind == "call_module":  # around fx's call wrapper, which rescans globals per call
-                        value = _ORIGINAL_CALL(self.root.get_submodule(target), *a, **kw)
-                    elif kind == "call_method":
-                        value = getattr(a[0], target)(*a[1:], **kw)
-                    else:
-                        value = target(*a, **kw)
+                    value = self._compute(proxy.node, kind, target, a, kw)
         except Exception:  # no real value: the node behaves as in plain fx
             return proxy
         finally:
             self.computing = False
         self._record(proxy, kind, value)
         return proxy
+
+    def _compute(self, node: fx.Node, kind: str, target: Any, a: tuple, kw: dict) -> Any:
+        unreal = any(n in self.unreal for n in node.all_input_nodes)
+        module = self.root.get_submodule(target) if kind == "call_module" else None
+        if module is not None and self.shapes_only:
+            value = zeros_of(module, a, kw, self.stand_in_min)
+            if value is not None:
+                self.unreal.add(node)
+                return value
+        try:
+            value = _run(kind, target, module, a, kw)
+        except Exception:
+            if not unreal:
+                raise
+            # An op that writes into its input (``out += identity``) refuses a zero-memory stand-in.
+            value = _run(kind, target, module, _materialized(a), _materialized(kw))
+        if unreal and not _value_independent(kind, target, a):
+            self.unreal.add(node)
+            if self.unsure is None and (_steers(value) or target in ("item", "tolist")):
+                self.unsure = node.name
+        return value
+
+
+def _run(kind: str, target: Any, module: nn.Module | None, a: tuple, kw: dict) -> Any:
+    if module is not None:  # around fx's call wrapper, which rescans globals per call
+        return _ORIGINAL_CALL(module, *a, **kw)
+    if kind == "call_method":
+        return getattr(a[0], target)(*a[1:], **kw)
+    return target(*a, **kw)
+
+
+def _materialized(obj: Any) -> Any:
+    """``obj`` with every expanded tensor (a stand-in) copied into memory of its own."""
+    return fx.node.map_aggregate(obj, lambda t: t.contiguous() if isinstance(t, torch.Tensor) and 0 in t.stride()
+                                 and t.numel() > 1 else t)
+
+
+# Ops whose result depends on their input's shape, dtype and device only: exact on an unreal input.
+_SHAPE_METHODS = {"size", "dim", "numel", "nelement", "new_zeros", "new_ones", "new_full", "new_empty"}
+_SHAPE_ATTRS = {"shape", "ndim", "dtype", "device"}
+_SHAPE_FUNCTIONS = {torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like}
+
+
+def _value_independent(kind: str, target: Any, args: tuple) -> bool:
+    if kind == "call_method":
+        return target in _SHAPE_METHODS
+    if target is getattr:
+        return len(args) > 1 and args[1] in _SHAPE_ATTRS
+    return kind == "call_function" and target in _SHAPE_FUNCTIONS
+
+
+def _steers(value: Any) -> bool:
+    """Whether ``value`` holds an integer or bool tensor: indices, masks or sizes that may steer shapes or
+    channels."""
+    if isinstance(value, torch.Tensor):
+        return not (value.is_floating_point() or value.is_complex())
+    if isinstance(value, (list, tuple)):
+        return any(_steers(v) for v in value)
+    if isinstance(value, dict):
+        return any(_steers(v) for v in value.values())
+    return False
 
 
 class ConcreteTracer(ValueTracer):

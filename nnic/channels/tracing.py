@@ -43,11 +43,15 @@ def trace(model: nn.Module, args: tuple, kwargs: dict, *, leaf_types: Iterable[t
     unknown = sorted(n for n in names if n not in known)
     if unknown:
         raise ValueError(f"leaf_modules: {unknown} are not modules of {type(model).__name__}")
-    if concrete or values is not None:
-        kind = ConcreteTracer if concrete else ValueTracer
-        tracer: Tracer = kind(types, names, list(placeholder_values(model, args, kwargs).values()))
-    else:
-        tracer = Tracer(types, names)
+
+    def tracer_for(shapes_only: bool) -> Tracer:
+        if concrete:
+            return ConcreteTracer(types, names, list(placeholder_values(model, args, kwargs).values()))
+        if values is not None:
+            return ValueTracer(types, names, list(placeholder_values(model, args, kwargs).values()), shapes_only)
+        return Tracer(types, names)
+
+    tracer = tracer_for(shapes_only=True)
     sig = inspect.signature(model.forward)
     params = list(sig.parameters.values())
     bound = sig.bind_partial(*args, **kwargs)
@@ -56,11 +60,17 @@ def trace(model: nn.Module, args: tuple, kwargs: dict, *, leaf_types: Iterable[t
         if p.name not in bound.arguments and p.default is not inspect.Parameter.empty:
             defaults[p.name] = p.default
     has_var = any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params)
-    try:
+
+    def run(tracer: Tracer) -> fx.Graph:
         if has_var:  # fx cannot make placeholders for *args/**kwargs: trace an explicit-argument forward
-            graph = _trace_explicit(tracer, model, bound)
-        else:
-            graph = tracer.trace(model, concrete_args=defaults or None)
+            return _trace_explicit(tracer, model, bound)
+        return tracer.trace(model, concrete_args=defaults or None)
+
+    try:
+        graph = run(tracer)
+        if getattr(tracer, "unsure", None):  # a value computed off a layer that did not run may steer the graph
+            tracer = tracer_for(shapes_only=False)
+            graph = run(tracer)
     except Exception as exc:
         where = tracer.failed_at or ("", model)
         name = where[0] or "<root>"
