@@ -25,9 +25,7 @@ the start its last thread arrived, how long the region lasted after the last tas
 caller's team mates took), and the GEMM helpers' counters (``kernels.gemm_team_stats``: GEMMs handed to the
 kernels' own helper threads, the share a helper took while still polling rather than after a kernel wake-up,
 and the polling time per GEMM, which is what the bound ``--spin`` (microseconds, default 50) costs the other
-processes at most). ``NNIC_GEMM_BACKEND=rayon`` puts every GEMM on those helpers instead of torch's team;
-GEMMs of at most two row panels (M <= 24 on the VNNI path) run there on either backend, so at M = 1 and 16
-the default and own-helper rows time the same code (their difference is the noise of the run).
+processes at most). ``NNIC_GEMM_BACKEND=rayon`` puts every GEMM on those helpers instead of torch's team.
 
 ``--bert`` times a BERT-base encoder (12 x 768, FFN 3072, random init, sequence ``--seq``, batch ``--bert-batch``)
 instead: float32, ``torch.ao.quantization.quantize_dynamic`` (every installed engine; the best is the baseline),

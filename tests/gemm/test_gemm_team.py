@@ -108,8 +108,7 @@ def openmp_team_of_two():
 
 def test_openmp_team_counters_account_for_every_task(openmp_team_of_two):
     """GEMMs on torch's OpenMP team are counted: every run's tasks, the team mates' share of them, and a fork
-    and a join that both fit inside the region (two threads; libgomp is loaded with torch). 64 rows: GEMMs of a
-    few rows run on nnic's own helpers (see the next test)."""
+    and a join that both fit inside the region (two threads; libgomp is loaded with torch)."""
     a, packed, want = _problem(2, m=64)
     out = np.empty(want.shape, np.int32)
     kernels.gemm_openmp_stats(reset=True)
@@ -127,21 +126,6 @@ def test_openmp_team_counters_account_for_every_task(openmp_team_of_two):
     assert 0 < s["region_ns"] and s["arrival_ns"] <= s["region_ns"] and s["tail_ns"] <= s["region_ns"]
     assert s["tail_ns"] <= s["wait_ns"] <= s["region_ns"]  # the caller waits at least for the join
     assert kernels.gemm_openmp_stats(reset=True) == s
-    assert kernels.gemm_openmp_stats()["runs"] == 0
-
-
-def test_a_gemm_of_few_rows_runs_on_the_own_helpers_even_on_the_openmp_backend(openmp_team_of_two):
-    """A product of at most two row panels (here 16 rows) is a short run bounded by the weights' bandwidth: it goes
-    to nnic's own helpers, whose caller never waits for a thread that has not started, not to the OpenMP team,
-    whose end barrier waits for its last thread (see ``for_each_short`` in ``gemm/par.rs``)."""
-    a, packed, want = _problem(4, m=16)
-    out = np.empty(want.shape, np.int32)
-    kernels.gemm_openmp_stats(reset=True)
-    kernels.gemm_pool_stats(reset=True)
-    for _ in range(5):
-        packed.matmul(a, out)
-    assert np.array_equal(out, want)
-    assert kernels.gemm_pool_stats()["runs"] == 5
     assert kernels.gemm_openmp_stats()["runs"] == 0
 
 

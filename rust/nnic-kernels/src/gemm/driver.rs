@@ -194,12 +194,7 @@ pub(super) fn drive(
             finish(blk, out.0);
         }
     };
-    // Streaming products (few row panels: the weights' bandwidth bounds them) are short runs: on the kernel pool.
-    if panels_m <= SMALL_M_PANELS {
-        par::for_each_short(blocks.len(), threads, &|i| run(blocks[i]));
-    } else {
-        par::for_each(blocks.len(), threads, &|i| run(blocks[i]));
-    }
+    par::for_each(blocks.len(), threads, &|i| run(blocks[i]));
 }
 
 pub(super) fn check_out<T>(what: &str, got: &[T], want: usize) -> Result<()> {

@@ -1,6 +1,5 @@
 //! Where the GEMM's parallel tasks run: on the process's OpenMP team when libgomp is loaded (PyTorch loads
-//! it), else on the kernels' own threads (the GEMM team, [`crate::team`], sized by [`crate::pool`]); short runs
-//! ([`for_each_short`]: GEMMs of a few rows) always on the kernels' own threads.
+//! it), else on the kernels' own threads (the GEMM team, [`crate::team`], sized by [`crate::pool`]).
 //!
 //! Why: PyTorch's OpenMP workers spin for milliseconds after each torch op. A GEMM that runs on other
 //! threads right after one (the normal case inside a model) shares the cores with those spinning threads
@@ -275,22 +274,6 @@ pub fn reset_pool_stats() {
 
 /// Runs `f(i)` for every `i` in `0..n`, on up to `threads` threads (tasks taken in order, dynamically).
 pub(crate) fn for_each(n: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
-    run(n, threads, f, false)
-}
-
-/// [`for_each`] for a short run (well under a millisecond of work, as a GEMM at a few rows): always on the kernel
-/// pool, whatever the backend. Why: `GOMP_parallel` returns only after every team thread has arrived, and a team
-/// thread woken from its sleep arrives 60-190 us after the start (measured by `bench/gemm.py`'s trace on the Zen 4
-/// machine at M = 1), a large share of a 0.6-0.8 ms product; on the pool the caller starts at once and never waits
-/// for a helper that has not started. Measured there (quiet, 2 threads, 4096 x 4096, interleaved with torch's
-/// calls, so its OpenMP workers spin beside the helper): `int8_linear` at M = 1 took 0.73-0.82 ms on the pool
-/// against 0.875-1.157 ms on the team, and 1.15-1.17x `quantize_dynamic` at M = 16 against 0.89-1.08x.
-pub(crate) fn for_each_short(n: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
-    run(n, threads, f, true)
-}
-
-/// [`for_each`], on the kernel pool when `short` (see [`for_each_short`]).
-fn run(n: usize, threads: usize, f: &(dyn Fn(usize) + Sync), short: bool) {
     if n == 0 {
         return;
     }
@@ -299,7 +282,7 @@ fn run(n: usize, threads: usize, f: &(dyn Fn(usize) + Sync), short: bool) {
         (0..n).for_each(f);
         return;
     }
-    match gomp().filter(|_| !short) {
+    match gomp() {
         Some(parallel) if !team_contended() => {
             let start = Instant::now();
             let job = Job {
