@@ -16,9 +16,7 @@ A bad value is a ``ValueError`` naming the variable, raised by the import that l
 
 from __future__ import annotations
 
-import functools
 import os
-from pathlib import Path
 
 from nnic import _kernels as native
 from nnic.kernels.adapters import as_int
@@ -37,21 +35,13 @@ def cpu_features() -> list[str]:
     return list(native.cpu_features())
 
 
-@functools.cache
 def last_level_cache_bytes() -> int | None:
-    """Size of the CPU's last-level cache as Linux reports it (sysfs, read once), or None where it cannot be read.
-    What fits in it decides how far ahead weights can usefully be warmed and when a model meets its weights cold;
-    it differs by an order of magnitude between machines (32 MiB per Zen 4 CCX, 260 MB on a large Xeon)."""
-    best: tuple[int, int] | None = None
-    for d in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
-        try:
-            level = int((d / "level").read_text())
-            text = (d / "size").read_text().strip().upper()
-            size = int(text.rstrip("KMG")) * {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
-        except (OSError, ValueError):
-            continue
-        best = max(best or (level, size), (level, size))
-    return None if best is None else best[1]
+    """Size of the CPU's last-level cache (the L3, else the L2), or None where it cannot be read. The kernels read
+    it once (sysfs, else CPUID: ``native.cache_sizes()``, the sizes their GEMM blocking uses). What fits in it
+    decides how far ahead weights can usefully be warmed and when a model meets its weights cold; it differs by an
+    order of magnitude between machines (32 MiB per Zen 4 CCX, 260 MB on a large Xeon)."""
+    _, l2, l3 = native.cache_sizes()
+    return (l3 or l2) or None
 
 
 def supported_isas() -> list[str]:

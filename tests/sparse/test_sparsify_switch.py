@@ -218,6 +218,12 @@ def test_the_flushes_evict_the_dense_layer_and_each_candidate(monkeypatch):
     assert flushed == [dense, cand]
 
 
-def test_the_last_level_cache_size_is_read_from_sysfs_or_none():
+def test_the_last_level_cache_size_is_the_kernels_reading_or_none():
+    from nnic import _kernels as native
+
+    l1d, l2, l3 = native.cache_sizes()  # what the GEMM blocking uses; 0 where unknown
+    assert all(size >= 0 for size in (l1d, l2, l3))
+    assert not (l1d and l2) or l1d <= l2
     llc = sparsify_mod._last_level_cache_bytes()
+    assert llc == ((l3 or l2) or None)
     assert llc is None or llc >= 1 << 20

@@ -26,7 +26,7 @@ mod _kernels {
     use crate::sparse::{flush_caches, set_sparse_bitmask_break_even, sparse_bitmask_break_even, SparseWeight};
     use crate::errors::{isa, slice, slice_mut, to_py};
     use nnic_kernels::quant::Params;
-    use nnic_kernels::{cpu, mask, nibbles, pool, quant, reduce, select, Layout};
+    use nnic_kernels::{cache, cpu, mask, nibbles, pool, quant, reduce, select, Layout};
     use numpy::{PyArray1, PyReadonlyArray1, PyReadonlyArrayDyn, PyReadwriteArrayDyn, PyUntypedArrayMethods};
     use pyo3::prelude::*;
 
@@ -167,6 +167,14 @@ mod _kernels {
         let xs = slice(&x, "x")?;
         let (lo, hi) = to_py(py.detach(|| reduce::min_max(xs, layout)))?;
         Ok((PyArray1::from_vec(py, lo), PyArray1::from_vec(py, hi)))
+    }
+
+    /// Bytes of one core's L1 data cache, of its L2 and of the L3 (0 where unknown), as the kernels' blocking
+    /// reads them: sysfs, else CPUID.
+    #[pyfunction]
+    fn cache_sizes() -> (usize, usize, usize) {
+        let s = cache::sizes();
+        (s.l1d, s.l2, s.l3)
     }
 
     /// Instruction-set extensions found on this CPU.
