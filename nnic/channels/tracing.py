@@ -45,11 +45,10 @@ def trace(model: nn.Module, args: tuple, kwargs: dict, *, leaf_types: Iterable[t
         raise ValueError(f"leaf_modules: {unknown} are not modules of {type(model).__name__}")
 
     def tracer_for(shapes_only: bool) -> Tracer:
-        if concrete:
-            return ConcreteTracer(types, names, list(placeholder_values(model, args, kwargs).values()))
-        if values is not None:
-            return ValueTracer(types, names, list(placeholder_values(model, args, kwargs).values()), shapes_only)
-        return Tracer(types, names)
+        if not concrete and values is None:
+            return Tracer(types, names)
+        kind = ConcreteTracer if concrete else ValueTracer  # ConcreteTracer runs every layer (no stand-ins)
+        return kind(types, names, list(placeholder_values(model, args, kwargs).values()), shapes_only)
 
     tracer = tracer_for(shapes_only=True)
     sig = inspect.signature(model.forward)

@@ -372,8 +372,8 @@ def sparsify(model: nn.Module, dummy_input: Any, masks: Mapping | None = None, *
             if in_f > layout.MAX_IN_FEATURES:
                 d.reason = f"in_features above {layout.MAX_IN_FEATURES}"
                 continue
-            if kind == "Conv2d" and unsupported_conv(module):
-                d.reason = unsupported_conv(module)
+            if kind == "Conv2d" and (why := unsupported_conv(module)):
+                d.reason = why
                 continue
             _, cands = _candidates(module, kind)
             x = torch.randn(in_shape) if kind == "Conv2d" else torch.randn(max(1, d.tokens), in_f)
