@@ -91,18 +91,22 @@ multiversion! {
     fn skip_norm_row(x: &[f32], r: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) = skip_norm_row_body;
 }
 
-/// Sum of `f(i)` over `0..n` in [`LANES`] independent lanes (vectorisable without reassociating floats).
+/// Sum of `f(v[i])` over `v` in [`LANES`] independent lanes (vectorisable without reassociating floats). The
+/// lanes are read through fixed-size array chunks: indexing the slice by position inside the closure kept a
+/// bounds check per value, and the loop stayed scalar on every ISA (0.57 ms for 1024 x 768 on AVX-512 as on
+/// scalar code).
 #[inline(always)]
-fn lane_sum(n: usize, f: impl Fn(usize) -> f32) -> f32 {
+fn lane_sum(v: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut acc = [0.0f32; LANES];
-    let full = n - n % LANES;
-    for base in (0..full).step_by(LANES) {
-        for (l, a) in acc.iter_mut().enumerate() {
-            *a += f(base + l);
+    let mut chunks = v.chunks_exact(LANES);
+    for c in &mut chunks {
+        let c: &[f32; LANES] = c.try_into().expect("chunks_exact yields LANES values");
+        for l in 0..LANES {
+            acc[l] += f(c[l]);
         }
     }
-    for (l, i) in (full..n).enumerate() {
-        acc[l] += f(i);
+    for (a, &x) in acc.iter_mut().zip(chunks.remainder()) {
+        *a += f(x);
     }
     acc.iter().sum()
 }
@@ -114,9 +118,9 @@ fn skip_norm_row_body(x: &[f32], r: &[f32], gamma: &[f32], beta: &[f32], eps: f3
     for ((o, &a), &b) in out.iter_mut().zip(x).zip(r) {
         *o = a + b;
     }
-    let mean = lane_sum(n, |i| out[i]) / n as f32;
-    let var = lane_sum(n, |i| {
-        let d = out[i] - mean;
+    let mean = lane_sum(out, |v| v) / n as f32;
+    let var = lane_sum(out, |v| {
+        let d = v - mean;
         d * d
     }) / n as f32;
     let rstd = 1.0 / (var + eps).sqrt();
