@@ -23,6 +23,7 @@ from torch import fx, nn
 
 from nnic.channels import reuse
 from nnic.channels.capture import Capture, capture
+from nnic.channels.collector import collection_paused
 from nnic.channels.graph import Call, NeedsValues, Spec, State, describe
 from nnic.channels.tracer import fetch_attr, placeholder_values, split_dummy_input
 
@@ -249,6 +250,7 @@ def _value_free(model: nn.Module, captured: Capture, args: tuple, kwargs: dict, 
     return prop
 
 
+@collection_paused()
 def analyze(model: nn.Module, dummy_input: Any, table: RuleTable, *, leaf_modules: Iterable[str | type] = (),
             strict: bool = False, fallback: bool = True, structure_only: bool = False,
             value_free: bool = False) -> Propagation:

@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from nnic.channels.capture import split_dummy_input
+from nnic.channels.collector import collection_paused
 from nnic.channels.graph import Spec, State
 from nnic.channels.propagate import Propagation, RuleTable, SpeedupError, analyze
 from nnic.masking import ParameterMask, check_masks
@@ -239,6 +240,7 @@ class ModelSpeedup:
     def speedup_model(self) -> nn.Module:
         return self._run(remasked=False)
 
+    @collection_paused()
     def _run(self, remasked: bool) -> nn.Module:
         """:meth:`speedup_model`; ``remasked=True`` when the caller attaches ``self.masks`` again if this
         fails (:func:`~nnic.speedup.prune_and_speedup`), so the masked weights' values under their masks need
