@@ -1,4 +1,5 @@
-"""Python's cyclic garbage collector paused while channel analysis and speedup run.
+"""Python's cyclic garbage collector paused while a pruner computes and attaches its masks, and while channel
+analysis and speedup run.
 
 Why: tracing, propagation and speedup allocate some hundred thousand small objects (fx nodes and proxies, channel
 id lists, specs, rule calls) that all stay alive until the analysis ends. Each allocation burst triggers the

@@ -110,10 +110,7 @@ class StructuredPruner(Pruner):
     def calculate_masks(self) -> Masks:
         scores = {k: v.detach().double().cpu() for k, v in self.channel_scores().items()}
         if self.dependency_aware:
-            from nnic.channels.collector import collection_paused
-
-            with collection_paused():  # the trace and the coupling allocate much and free little
-                pruned = self._dependency_aware(scores)
+            pruned = self._dependency_aware(scores)
         else:
             pruned = self._independent(scores)
         return self._masks(pruned)

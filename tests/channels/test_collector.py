@@ -51,3 +51,14 @@ def test_prune_and_speedup_pause_it_and_leave_it_enabled(collector_enabled):
     nnic.prune_and_speedup(pruner)
     assert model[0].out_channels == 4 and gc.isenabled()
     assert seen and not any(seen)  # every forward the analysis and verification ran: collector paused
+
+
+def test_compress_and_speedup_model_leave_it_enabled(collector_enabled):
+    """The two calls: masks computed and attached as parametrizations, then speedup."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    x = torch.randn(1, 3, 8, 8)
+    _, masks = nnic.pruner("l1norm", model, [{"sparsity": 0.5, "op_names": ["0"]}], dependency_aware=True,
+                           dummy_input=x).compress()
+    assert gc.isenabled()
+    nnic.speedup_model(model, x, masks)
+    assert model[0].out_channels == 4 and gc.isenabled()
