@@ -23,6 +23,7 @@ from torch import fx, nn
 
 from nnic.channels import reuse
 from nnic.channels.capture import Capture, capture
+from nnic.channels.collector import collection_paused
 from nnic.channels.graph import Call, NeedsValues, Spec, State, describe
 from nnic.channels.tracer import fetch_attr, placeholder_values, split_dummy_input
 
@@ -84,8 +85,10 @@ class RuleTable:
 def _is_inplace(node: fx.Node, module: nn.Module | None) -> bool:
     if node.op == "call_method":
         return node.target.endswith("_") and not node.target.endswith("__")
-    if node.op == "call_module":
-        return bool(getattr(module, "inplace", False))
+    if node.op == "call_module":  # a plain attribute, read without nn.Module.__getattr__, whose miss raises an
+        # AttributeError (2 us on every module without ``inplace``, twice a node)
+        found = vars(module).get("inplace", _MISSING)
+        return bool(getattr(type(module), "inplace", False) if found is _MISSING else found)
     return node.target in _INPLACE_OPS or bool(node.kwargs.get("inplace", False))
 
 
@@ -247,6 +250,7 @@ def _value_free(model: nn.Module, captured: Capture, args: tuple, kwargs: dict, 
     return prop
 
 
+@collection_paused()
 def analyze(model: nn.Module, dummy_input: Any, table: RuleTable, *, leaf_modules: Iterable[str | type] = (),
             strict: bool = False, fallback: bool = True, structure_only: bool = False,
             value_free: bool = False) -> Propagation:

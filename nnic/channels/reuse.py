@@ -35,6 +35,7 @@ from nnic.channels.graph import UnionRecord
 from nnic.channels.tracer import fetch_attr, graph_module
 
 _PLAIN = (type(None), bool, int, float, str, torch.dtype, torch.device)
+_PLAIN_TYPES = frozenset(_PLAIN)  # the exact types: one set lookup per value (a fingerprint reads thousands)
 _GRAPHS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, fx.GraphModule]] = weakref.WeakKeyDictionary()
 _UNIONS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, UnionRecord]] = weakref.WeakKeyDictionary()
 _VALUES: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, list[tuple[torch.Tensor, int]], dict]] = \
@@ -42,6 +43,8 @@ _VALUES: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, list[tuple[torch.Tens
 
 
 def _plain(value: Any) -> bool:
+    if type(value) in _PLAIN_TYPES:
+        return True
     if isinstance(value, (tuple, list)):
         return all(_plain(v) for v in value)
     return isinstance(value, _PLAIN)
@@ -62,7 +65,7 @@ def fingerprint(model: nn.Module, args: tuple, kwargs: dict, leaf_types: Iterabl
     """Everything a symbolic trace of ``model`` on these arguments reads, as a comparable tuple."""
     modules = []
     for name, m in model.named_modules():
-        attrs = tuple(sorted((k, repr(v)) for k, v in vars(m).items() if not k.startswith("_") and _plain(v)))
+        attrs = tuple(sorted([(k, repr(v)) for k, v in vars(m).items() if not k.startswith("_") and _plain(v)]))
         tensors = tuple((k, tuple(t.shape)) for k, t in (*m._parameters.items(), *m._buffers.items())
                         if t is not None)
         modules.append((name, type(m), type(m).forward, m.training, attrs, tensors))  # forward: patched since?

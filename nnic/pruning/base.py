@@ -38,18 +38,23 @@ class Pruner(Compressor):
         what a step that consumes the masks at once (:func:`nnic.speedup.prune_and_speedup`) starts from."""
         import torch
 
-        with torch.no_grad():
+        from nnic.channels.collector import collection_paused
+
+        with torch.no_grad(), collection_paused():  # a dependency-aware trace allocates much and frees little
             masks = self.calculate_masks()
-        masking.check_masks(self.model, masks)
+            masking.check_masks(self.model, masks)
         return masks
 
     def attach(self, masks: Masks) -> None:
         """Attach ``masks`` (from :meth:`checked_masks`) as :meth:`compress` does, and keep them as ``self.masks``."""
+        from nnic.channels.collector import collection_paused
+
         modules = dict(self.model.named_modules())
-        for layer, per_param in masks.items():
-            for pname, mask in per_param.items():
-                if mask is not None:
-                    masking.attach_mask(modules[layer], pname, mask)
+        with collection_paused():  # each parametrization makes a class of its own: allocations, nothing to free
+            for layer, per_param in masks.items():
+                for pname, mask in per_param.items():
+                    if mask is not None:
+                        masking.attach_mask(modules[layer], pname, mask)
         self.masks = masks
 
     def export_model(self, model_path: io.PathLike, mask_path: io.PathLike | None = None) -> None:

@@ -206,9 +206,18 @@ class StructuredPruner(Pruner):
         if parts is None:
             return lowest(roots, n_prune)
         chosen = []
-        for part in parts:
-            unique = np.unique(np.asarray(part, dtype=np.int64))
-            chosen.append(lowest(unique, len(unique) - self._keep_count(len(unique), amount(sparsity, len(unique)))))
+        blocks_ids = np.sort(np.asarray(parts, dtype=np.int64), axis=1)  # [block, ids] (equal-sized blocks)
+        if (blocks_ids[:, 1:] != blocks_ids[:, :-1]).all():  # distinct ids in every block: one count, one sort
+            per = blocks_ids.shape[1]
+            k = max(per - self._keep_count(per, amount(sparsity, per)), 0)
+            scores = total[np.searchsorted(roots, blocks_ids)]
+            order = np.lexsort((blocks_ids, scores), axis=1)[:, :k]  # by score, ties to the lower id, per block
+            chosen.append(np.take_along_axis(blocks_ids, order, 1).reshape(-1))
+        else:
+            for part in parts:
+                unique = np.unique(np.asarray(part, dtype=np.int64))
+                n = len(unique)
+                chosen.append(lowest(unique, n - self._keep_count(n, amount(sparsity, n))))
         rest = np.setdiff1d(roots, np.asarray([r for part in parts for r in part], dtype=np.int64))
         if len(rest):
             chosen.append(lowest(rest, len(rest) - self._keep_count(len(rest), amount(sparsity, len(rest)))))

@@ -12,10 +12,12 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from nnic.channels.capture import split_dummy_input
+from nnic.channels.collector import collection_paused
 from nnic.channels.graph import Spec, State
 from nnic.channels.propagate import Propagation, RuleTable, SpeedupError, analyze
 from nnic.masking import ParameterMask, check_masks
 from nnic.speedup.engine import apply, apply_masks, decide, same_tensor, unwrap_masks
+from nnic.speedup.reference import masked_output
 from nnic.speedup.ties import retie, tied_parameters
 
 # Verification tolerances (rtol, atol) by dtype: shrinking changes summation order, whose rounding grows with
@@ -238,6 +240,7 @@ class ModelSpeedup:
     def speedup_model(self) -> nn.Module:
         return self._run(remasked=False)
 
+    @collection_paused()
     def _run(self, remasked: bool) -> nn.Module:
         """:meth:`speedup_model`; ``remasked=True`` when the caller attaches ``self.masks`` again if this
         fails (:func:`~nnic.speedup.prune_and_speedup`), so the masked weights' values under their masks need
@@ -365,12 +368,12 @@ def _reference(model: nn.Module, dummy_input: Any, prop: Propagation) -> Any:
     """The masked model's output, to verify against. A capture of the whole model (``"fx"``, ``"concrete"``)
     propagated on values computed it, on the same weights and input: no second forward. A value-free
     propagation ran nothing, and a region capture did not run the model's own code between its regions, so
-    the model runs once more."""
+    the model runs once more, its large layers skipping the exact zeros of weights and activations
+    (:mod:`~nnic.speedup.reference`)."""
     if prop.capture is not None and prop.capture.kind in ("fx", "concrete") and prop.values_why:
         return _clone(prop.output)
     args, kwargs = split_dummy_input(model, dummy_input)
-    with torch.no_grad():
-        return _clone(model(*args, **kwargs))
+    return _clone(masked_output(model, args, kwargs))
 
 
 def kept_groups(prop: Propagation, why: dict[int, str]) -> list[KeptGroup]:

@@ -274,7 +274,7 @@ class ChannelMixRule(Rule):
         bias = getattr(module, "bias", None)
         const = (bias.detach().double().cpu() if isinstance(bias, torch.Tensor)
                  else torch.zeros(len(dead_out), dtype=torch.float64))
-        bad = dead_in & ~(spec.known() == 0) if spec is not None else dead_in
+        bad = dead_in & (spec.known() != 0) if spec is not None else dead_in  # NaN (unknown) counts as bad
         if bool(bad.any()):
             g, _, ip = blocks.shape
             reads_bad = any_along(blocks & bad.reshape(g, 1, ip), 2).reshape(-1)

@@ -6,6 +6,7 @@ RegNetX-400MF and a small ResNeXt reach the parameter ratios Torch-Pruning 1.6.1
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -61,6 +62,47 @@ def test_grouped_convolution_loses_the_same_channels_in_every_block_inputs_with_
     assert torch.equal(pruned_a, pruned_b)  # input channel k goes with output channel k
     assert (model.b.groups, model.b.in_channels, model.b.out_channels) == (4, 8, 8)
     assert model.a.out_channels == 8 and model.c.in_channels == 8
+
+
+def _select_by_definition(pruner, roots, total, n_prune, sparsity, blocks):
+    """The grouped selection spelled out: the first block list all of whose ids are among ``roots``; from each
+    block its distinct ids' lowest-scored (ties to the lower id), as many as the sparsity asks of that block; from
+    the ids in no block, the same; without such a list, the ``n_prune`` lowest of all."""
+    from nnic.selection import amount
+
+    def lowest(ids, k):
+        return sorted(ids, key=lambda r: (total[list(roots).index(r)], r))[:max(k, 0)]
+
+    present = set(roots.tolist())
+    parts = next((b for b in blocks if all(r in present for part in b for r in part)), None)
+    if parts is None:
+        return sorted(lowest(roots.tolist(), n_prune))
+    chosen = []
+    for part in parts + [sorted(present - {r for part in parts for r in part})]:
+        unique = sorted(set(part))
+        if unique:
+            chosen += lowest(unique, len(unique) - pruner._keep_count(len(unique), amount(sparsity, len(unique))))
+    return sorted(chosen)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_grouped_selection_equals_its_definition(seed):
+    """Blocks of distinct ids are selected in one vectorised pass; blocks that repeat an id one by one: both as
+    the definition says, scores with ties included."""
+    rng = np.random.default_rng(seed)
+    pruner = nnic.pruner("l1norm", nn.Sequential(nn.Linear(2, 2)), [{"sparsity": 0.5, "op_types": ["Linear"]}],
+                         round_to=int(rng.integers(1, 3)))
+    g, per = int(rng.integers(1, 6)), int(rng.integers(1, 7))
+    roots = np.sort(rng.choice(1000, size=g * per + int(rng.integers(0, 5)), replace=False)).astype(np.int64)
+    total = rng.integers(0, 4, size=len(roots)).astype(np.float64)  # few values: many ties
+    ids = rng.permutation(roots)[:g * per].reshape(g, per)
+    if seed % 3 == 0:  # a block that repeats an id (an input coupled to an output of the same block)
+        ids[0, -1] = ids[0, 0]
+    blocks = [[[5000, 5001]], ids.tolist()] if seed % 2 else [ids.tolist()]
+    sparsity = float(rng.choice([0.25, 0.5, 0.7]))
+    n_prune = int(rng.integers(0, len(roots)))
+    got = pruner._select(roots, total, n_prune, sparsity, blocks)
+    assert sorted(got.tolist()) == _select_by_definition(pruner, roots, total, n_prune, sparsity, blocks)
 
 
 def test_grouped_convolution_with_more_outputs_than_inputs_is_still_balanced():
