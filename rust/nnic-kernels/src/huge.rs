@@ -15,13 +15,13 @@ use std::alloc::{self, Layout};
 use std::ptr::NonNull;
 
 /// Bytes of a huge page, and the smallest buffer that asks for them.
-pub(crate) const HUGE: usize = 2 << 20;
+pub const HUGE: usize = 2 << 20;
 
 /// Alignment of smaller buffers: a cache line, so that 64-byte loads of a line-aligned layout do not split.
 const LINE: usize = 64;
 
 /// An owned, zero-initialised `[T]` of fixed length (see the module docs); derefs to a slice.
-pub(crate) struct HugeBuf<T: Copy> {
+pub struct HugeBuf<T: Copy> {
     ptr: NonNull<T>,
     len: usize,
 }
@@ -33,7 +33,7 @@ unsafe impl<T: Copy + Sync> Sync for HugeBuf<T> {}
 impl<T: Copy> HugeBuf<T> {
     /// `len` zero bytes' worth of `T` (`T` must be a type for which all-zero bytes are a valid value: integers,
     /// floats, arrays of them).
-    pub(crate) fn zeroed(len: usize) -> HugeBuf<T> {
+    pub fn zeroed(len: usize) -> HugeBuf<T> {
         let Some(layout) = Self::layout(len) else {
             return HugeBuf { ptr: NonNull::dangling(), len };
         };

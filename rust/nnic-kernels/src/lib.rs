@@ -26,8 +26,8 @@
 //! - [`pool`]: the kernels' own rayon pool (resizable); [`team`]: the GEMM's helper threads (a bounded poll
 //!   for the next GEMM, then park). [`error`]: [`KernelError`]. [`layout`]: per-tensor / per-channel walks
 //!   ([`Layout`]).
+//! - [`huge`]: zeroed buffers on 2 MiB pages for packed weights (fewer TLB misses in a weight stream).
 //! - `simd` (private): the `multiversion!` macro and bit helpers; `nt`: streaming stores for large outputs;
-//!   `huge`: zeroed buffers on 2 MiB pages for packed weights (fewer TLB misses in a weight stream);
 //!   `split`: a list of slices split into groups of the concatenated index space.
 //!
 //! # SIMD style (how to add a kernel)
@@ -56,7 +56,7 @@ pub mod cpu;
 pub mod error;
 pub mod gemm;
 pub mod half;
-mod huge;
+pub mod huge;
 pub mod layout;
 pub mod mask;
 mod nt;
