@@ -194,6 +194,33 @@ def test_large_outputs_come_from_huge_page_buffers_and_equal_a_torch_allocated_o
     assert small.shape == (2, 3) and small.dtype == torch.float32 and small.untyped_storage().resizable()
 
 
+def test_int8_linear_gives_the_same_values_for_every_form_of_one_input():
+    """The plain-tensor call (one ``numpy()`` view) and the checked path it falls back to (autograd, a
+    non-contiguous view, a numpy array, leading dimensions) give the same bits; a torch input returns a torch
+    tensor, a numpy one a numpy array; what the fast view cannot take is still named by the checked path."""
+    rng = np.random.default_rng(7)
+    k, n = 40, 24
+    packed = gemm.pack_int8_weight(rng.integers(-127, 128, (n, k), dtype=np.int8), np.float32(0.01))
+    xn = rng.standard_normal((6, k)).astype(np.float32)
+    want = gemm.int8_linear(torch.from_numpy(xn), packed)
+    assert isinstance(want, torch.Tensor) and want.shape == (6, n) and want.dtype == torch.float32
+    as_numpy = gemm.int8_linear(xn, packed)
+    assert isinstance(as_numpy, np.ndarray) and np.array_equal(as_numpy, want.numpy())
+    grad = torch.from_numpy(xn.copy()).requires_grad_()
+    assert torch.equal(gemm.int8_linear(grad, packed), want)
+    strided = torch.from_numpy(np.ascontiguousarray(xn.T)).t()
+    assert not strided.is_contiguous() and torch.equal(gemm.int8_linear(strided, packed), want)
+    lead = gemm.int8_linear(torch.from_numpy(xn).reshape(2, 3, k), packed)
+    assert lead.shape == (2, 3, n) and torch.equal(lead.reshape(6, n), want)
+    assert torch.equal(gemm.int8_linear(torch.from_numpy(xn[0]), packed), want[0])
+    with pytest.raises(TypeError, match="float32"):
+        gemm.int8_linear(torch.from_numpy(xn).double(), packed)
+    with pytest.raises(ValueError, match=r"shape \[\.\.\., 40\]"):
+        gemm.int8_linear(torch.zeros(6, k + 1), packed)
+    with pytest.raises(ValueError, match=r"shape \[\.\.\., 40\]"):
+        gemm.int8_linear(torch.tensor(1.0), packed)
+
+
 def test_int8_linear_bad_input():
     packed = gemm.pack_int8_weight(np.zeros((4, 8), np.int8), 1.0)
     with pytest.raises(TypeError, match="float32"):

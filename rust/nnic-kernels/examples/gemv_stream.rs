@@ -1,9 +1,10 @@
 //! How close the int8 GEMV (M = 1) comes to a plain read of its weights:
 //! `cargo run --release --example gemv_stream [rounds] [k] [n]` (4096 × 4096 by default).
 //!
-//! The weights live in enough copies (over 400 MB) that each call reads a copy no call touched in the last
-//! 250 MB, so every call streams from DRAM as a model's layer does (the L3 of the machines this ran on holds up
-//! to 260 MB). Per round, interleaved, one call of each case on the next copy:
+//! The weights live in enough copies (over 400 MB) that each call reads a copy no call touched in the last 250 MB,
+//! so every call streams from DRAM as a model's layer does (the L3 of the machines this ran on holds up to 260 MB);
+//! the plain copies that the read cases sum are on 2 MiB pages where the OS gives them, as `PackedLinear` keeps
+//! its weights (`nnic_kernels::huge`). Per round, interleaved, one call of each case on the next copy:
 //! - `read 1t`: one thread sums a copy as 64-bit words (64-byte loads, four accumulators, `prefetcht1` 4 KiB
 //!   ahead as the GEMV tile does): one core's stream;
 //! - `read 2t`: the same on two threads, each its contiguous half (the partner polls for 200 µs after each job,
@@ -19,6 +20,7 @@
 //! and distance, in thread CPU time: what the GEMV tile's prefetch (`GEMV_AHEAD` in `src/gemm/micro.rs`) was
 //! chosen from. `PF=bytes` sets the read cases' prefetch distance (default 4096, 0: none).
 use nnic_kernels::gemm::{int8_linear, matmul_i8, ActQuant, Activation, PackedLinear, Path};
+use nnic_kernels::huge::HugeBuf;
 use nnic_kernels::pool;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -162,7 +164,14 @@ fn main() {
     let w: Vec<i8> = (0..bytes).map(|_| rng.next() as i8).collect();
     let scale: Vec<f32> = (0..n).map(|j| 0.01 + j as f32 * 1e-6).collect();
     let packed: Vec<PackedLinear> = (0..copies).map(|_| PackedLinear::new(&w, n, k, &scale, &[]).unwrap()).collect();
-    let plain: Vec<Vec<u8>> = (0..copies).map(|_| w.iter().map(|&v| v as u8).collect()).collect();
+    // On 2 MiB pages like the packed weights (see `nnic_kernels::huge`), so that the read is the GEMV's ceiling.
+    let plain: Vec<HugeBuf<u8>> = (0..copies)
+        .map(|_| {
+            let mut b = HugeBuf::<u8>::zeroed(bytes);
+            b.iter_mut().zip(&w).for_each(|(d, &v)| *d = v as u8);
+            b
+        })
+        .collect();
     let x: Vec<f32> = (0..k).map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0).collect();
     let xa: Vec<i8> = (0..k).map(|i| (i % 251) as i8).collect();
     let mut out = vec![0f32; n];
@@ -219,7 +228,7 @@ fn main() {
 
 /// With `PROBE=1`: one thread's read rate with software prefetch of each hint and distance, interleaved rounds,
 /// thread CPU time (what the GEMV tile's prefetch should use).
-fn probe_prefetch(plain: &[Vec<u8>], rounds: usize) {
+fn probe_prefetch(plain: &[HugeBuf<u8>], rounds: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_MM_HINT_NTA, _MM_HINT_T0, _MM_HINT_T1, _MM_HINT_T2};

@@ -26,6 +26,7 @@
 //! - [`pool`]: the kernels' own rayon pool (resizable); [`team`]: the GEMM's helper threads (a bounded poll
 //!   for the next GEMM, then park). [`error`]: [`KernelError`]. [`layout`]: per-tensor / per-channel walks
 //!   ([`Layout`]).
+//! - [`huge`]: zeroed buffers on 2 MiB pages for packed weights (fewer TLB misses in a weight stream).
 //! - `simd` (private): the `multiversion!` macro and bit helpers; `nt`: streaming stores for large outputs;
 //!   `split`: a list of slices split into groups of the concatenated index space.
 //!
@@ -55,6 +56,7 @@ pub mod cpu;
 pub mod error;
 pub mod gemm;
 pub mod half;
+pub mod huge;
 pub mod layout;
 pub mod mask;
 mod nt;

@@ -66,6 +66,40 @@ fn matmul_exact_all_paths() {
     }
 }
 
+/// Few-row products large enough to run in parallel (the weights streamed once, in column blocks that the threads
+/// take dynamically), with a partial last block and a partial last column panel: the integer products stay exact,
+/// the float outputs match the reference and have the same bits on every path, with the epilogue in the tiles (K
+/// within one slice) and after the block (K > KC).
+#[test]
+fn parallel_few_row_products_are_exact() {
+    let mut rng = Rng(53);
+    for (m, k, n) in [(1, 4096, 1000), (2, 2 * gemm::KC + 9, 170), (16, 1031, 300), (24, 700, 515)] {
+        let a = rng.i8s(m * k);
+        let b = rng.i8s(k * n);
+        let want = ref_mm(&a, &b, m, k, n);
+        let x: Vec<f32> = rng.f32s(m * k);
+        let w = rng.i8s(n * k);
+        let bias = rng.f32s(n);
+        let sw: Vec<f32> = (0..n).map(|j| 0.001 + j as f32 * 1e-5).collect();
+        let packed = PackedLinear::new(&w, n, k, &sw, &[]).unwrap();
+        let want_f = ref_linear(&x, m, k, &w, n, &sw, &[], &bias, false);
+        let act = ActQuant::DynamicPerRow { symmetric: false };
+        let mut bits = Vec::new();
+        for p in paths() {
+            let mut c = vec![0i32; m * n];
+            gemm::int8_matmul(p, &a, m, k, &b, n, &mut c).unwrap();
+            assert_eq!(c, want, "path {p:?} shape {m}x{k}x{n}");
+            let mut out = vec![0f32; m * n];
+            gemm::int8_linear(p, &x, m, &packed, Some(&bias), act, Activation::Identity, &mut out).unwrap();
+            for (g, w) in out.iter().zip(&want_f) {
+                assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{p:?} {m}x{k}x{n}: {g} vs {w}");
+            }
+            bits.push(out.iter().map(|v| v.to_bits()).collect::<Vec<u32>>());
+        }
+        assert!(bits.windows(2).all(|w| w[0] == w[1]), "{m}x{k}x{n}: the paths' float bits differ");
+    }
+}
+
 #[test]
 fn matmul_extremes() {
     // All -128: the largest products; exactness of the +128 shift and compensation.

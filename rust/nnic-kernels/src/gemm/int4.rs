@@ -18,6 +18,7 @@ use super::int4_micro::{tile_mv, Panel, MR4, SPLIT_MAX_PAIRS};
 use super::panels::{round_up, PackedA, NR};
 use super::{isa_of, Block, Path};
 use crate::error::{KernelError, Result};
+use crate::huge::HugeBuf;
 use crate::half::f16_to_f32;
 use crate::pool;
 
@@ -78,7 +79,8 @@ pub struct PackedInt4 {
     kp: usize,
     /// Panels of 32 columns, each `kp / group` blocks of `stride` bytes: the group's codes, then its 32 scales
     /// (layout: [`super::int4_micro`]).
-    data: Vec<Line>,
+    /// On 2 MiB pages where the OS gives them ([`HugeBuf`]): a GEMV streams it from DRAM.
+    data: HugeBuf<Line>,
     stride: usize,
     /// The scales are half-precision bits (else `f32`).
     half: bool,
@@ -129,7 +131,8 @@ impl PackedInt4 {
         let pairs = group / 8;
         let half = matches!(scales, GroupScales::F16(_));
         let stride = Panel::stride_of(pairs, half);
-        let mut data = vec![Line([0x88; 64]); np / NR * gp * stride / 64];
+        let mut data = HugeBuf::<Line>::zeroed(np / NR * gp * stride / 64);
+        data.fill(Line([0x88; 64]));
         let mut csum = vec![0f32; np];
         let mut zs = if affine { vec![8u8; np * gp] } else { Vec::new() };
         {
@@ -198,7 +201,7 @@ impl PackedInt4 {
     }
 
     fn bytes(&self) -> &[u8] {
-        // SAFETY: `Line` is 64 plain bytes (`repr(C)`, no padding); the slice covers exactly the vector's lines.
+        // SAFETY: `Line` is 64 plain bytes (`repr(C)`, no padding); the slice covers exactly the buffer's lines.
         unsafe { std::slice::from_raw_parts(self.data.as_ptr() as *const u8, 64 * self.data.len()) }
     }
 

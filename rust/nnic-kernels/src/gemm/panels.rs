@@ -7,6 +7,7 @@
 //!   of **u8**. Signed activations are stored shifted (`a + 128`), the shift is undone in the epilogue
 //!   through the weights' column sums. Padding is the byte 0, which contributes nothing.
 use crate::error::{KernelError, Result};
+use crate::huge::HugeBuf;
 
 /// Columns per weight panel.
 pub const NR: usize = 32;
@@ -63,7 +64,8 @@ pub struct PackedB {
     n: usize,
     /// K padded to a multiple of 4.
     kp: usize,
-    data: Vec<i8>,
+    /// On 2 MiB pages where the OS gives them ([`HugeBuf`]): the few-row products stream it from DRAM.
+    data: HugeBuf<i8>,
     /// `sum_k B[k, j]` for each (padded) column.
     colsum: Vec<i32>,
 }
@@ -103,7 +105,7 @@ impl PackedB {
         }
         let kp = round_up(k.max(1), 4);
         let np = round_up(n.max(1), NR);
-        let mut data = vec![0i8; kp * np];
+        let mut data = HugeBuf::<i8>::zeroed(kp * np);
         let mut colsum = vec![0i32; np];
         // A run of panels `p0..`: reads walk the source in memory order (for [K, N]: row by row across the
         // run of panels, so that each source row is read sequentially once).
