@@ -23,6 +23,7 @@
 //! - [`cpu`]: CPU feature detection and the process-wide ISA switch ([`Isa`]).
 //! - [`prefetch`]: a background thread that warms the next weights into the cache while small ops run between
 //!   GEMVs (decoding), cancelled by every int4/int8 linear call.
+//! - [`pages`]: line-aligned byte buffers on transparent huge pages where the OS gives them (streamed weights).
 //! - [`pool`]: the kernels' own rayon pool (resizable); [`team`]: the GEMM's helper threads (a bounded poll
 //!   for the next GEMM, then park). [`error`]: [`KernelError`]. [`layout`]: per-tensor / per-channel walks
 //!   ([`Layout`]).
@@ -60,6 +61,7 @@ pub mod mask;
 mod nt;
 pub mod nibbles;
 pub mod norm;
+pub mod pages;
 pub mod pool;
 pub mod prefetch;
 pub mod quant;

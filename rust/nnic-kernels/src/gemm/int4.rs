@@ -19,6 +19,7 @@ use super::panels::{round_up, PackedA, NR};
 use super::{isa_of, Block, Path};
 use crate::error::{KernelError, Result};
 use crate::half::f16_to_f32;
+use crate::pages::Lines;
 use crate::pool;
 
 /// Per-group scales `[n, ceil(k / group)]` as given to [`PackedInt4::new`].
@@ -63,12 +64,6 @@ impl GroupScales<'_> {
     }
 }
 
-/// One cache line, the unit of [`PackedInt4`]'s buffer: panels and group blocks start on line boundaries, so the
-/// tiles' 64-byte loads never split a line (a plain `Vec<u8>` of this size starts 16 bytes into one).
-#[derive(Copy, Clone, Debug, PartialEq)]
-#[repr(C, align(64))]
-struct Line([u8; 64]);
-
 /// Packed int4 weights of a `[n, k]` linear layer.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PackedInt4 {
@@ -77,8 +72,10 @@ pub struct PackedInt4 {
     group: usize,
     kp: usize,
     /// Panels of 32 columns, each `kp / group` blocks of `stride` bytes: the group's codes, then its 32 scales
-    /// (layout: [`super::int4_micro`]).
-    data: Vec<Line>,
+    /// (layout: [`super::int4_micro`]). Line aligned, so that the tiles' 64-byte loads never split a line (a
+    /// plain `Vec<u8>` of this size starts 16 bytes into one), and on huge pages where the OS gives them
+    /// ([`crate::pages`]: the GEMV streams this buffer once per call).
+    data: Lines,
     stride: usize,
     /// The scales are half-precision bits (else `f32`).
     half: bool,
@@ -129,11 +126,11 @@ impl PackedInt4 {
         let pairs = group / 8;
         let half = matches!(scales, GroupScales::F16(_));
         let stride = Panel::stride_of(pairs, half);
-        let mut data = vec![Line([0x88; 64]); np / NR * gp * stride / 64];
+        let mut data = Lines::new(np / NR * gp * stride, 0x88);
         let mut csum = vec![0f32; np];
         let mut zs = if affine { vec![8u8; np * gp] } else { Vec::new() };
         {
-            let bytes = lines_mut(&mut data);
+            let bytes = data.as_mut_slice();
             for j in 0..n {
                 let (p, c) = (j / NR, j % NR);
                 let panel = &mut bytes[p * gp * stride..(p + 1) * gp * stride];
@@ -186,7 +183,7 @@ impl PackedInt4 {
     }
     /// Bytes held.
     pub fn nbytes(&self) -> usize {
-        64 * self.data.len() + self.zeros.len() + 4 * self.csum.len()
+        self.data.len() + self.zeros.len() + 4 * self.csum.len()
     }
     /// Whether the scales are stored as half-precision bits.
     pub fn has_f16_scales(&self) -> bool {
@@ -198,8 +195,7 @@ impl PackedInt4 {
     }
 
     fn bytes(&self) -> &[u8] {
-        // SAFETY: `Line` is 64 plain bytes (`repr(C)`, no padding); the slice covers exactly the vector's lines.
-        unsafe { std::slice::from_raw_parts(self.data.as_ptr() as *const u8, 64 * self.data.len()) }
+        self.data.as_slice()
     }
 
     /// Weight panel `p` (32 columns).
@@ -255,11 +251,6 @@ impl PackedInt4 {
         };
         Some((0..self.n * ng).map(|i| at(i / ng, i % ng)).collect())
     }
-}
-
-fn lines_mut(v: &mut [Line]) -> &mut [u8] {
-    // SAFETY: as `PackedInt4::bytes`.
-    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, 64 * v.len()) }
 }
 
 impl crate::prefetch::Resident for PackedInt4 {
@@ -415,19 +406,20 @@ fn tile(path: Path, rows: usize, ap: *const u8, na: &[i32], w: Panel<'_>, f: &mu
         let affine = !w.zeros.is_empty();
         let (bp, zp, np) = (w.bytes.as_ptr(), w.zeros.as_ptr(), na.as_ptr());
         let split = pairs <= SPLIT_MAX_PAIRS;
+        let pf = x86::software_prefetch();
         macro_rules! vnni {
             ($h:literal) => {
                 match (rows, split) {
-                    (1, true) => x86::vnni::<1, $h, true>(groups, pairs, stride, ap, np, bp, zp, affine, f),
-                    (2, true) => x86::vnni::<2, $h, true>(groups, pairs, stride, ap, np, bp, zp, affine, f),
-                    (1, false) => x86::vnni::<1, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, f),
-                    (2, false) => x86::vnni::<2, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, f),
-                    (3, _) => x86::vnni::<3, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, f),
-                    (4, _) => x86::vnni::<4, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, f),
-                    (5, _) => x86::vnni::<5, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, f),
-                    (6, _) => x86::vnni::<6, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, f),
-                    (7, _) => x86::vnni::<7, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, f),
-                    _ => x86::vnni::<8, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, f),
+                    (1, true) => x86::vnni::<1, $h, true>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
+                    (2, true) => x86::vnni::<2, $h, true>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
+                    (1, false) => x86::vnni::<1, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
+                    (2, false) => x86::vnni::<2, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
+                    (3, _) => x86::vnni::<3, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
+                    (4, _) => x86::vnni::<4, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
+                    (5, _) => x86::vnni::<5, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
+                    (6, _) => x86::vnni::<6, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
+                    (7, _) => x86::vnni::<7, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
+                    _ => x86::vnni::<8, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
                 }
             };
         }
