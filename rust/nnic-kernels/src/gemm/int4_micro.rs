@@ -197,8 +197,7 @@ pub(super) mod x86 {
     pub(crate) fn software_prefetch() -> bool {
         static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         *ON.get_or_init(|| {
-            // SAFETY: CPUID leaf 0 exists on every x86-64 CPU.
-            let vendor = unsafe { __cpuid(0) };
+            let vendor = __cpuid(0); // leaf 0 exists on every x86-64 CPU
             let amd = vendor.ebx == u32::from_le_bytes(*b"Auth") || vendor.ebx == u32::from_le_bytes(*b"Hygo");
             !amd
         })
