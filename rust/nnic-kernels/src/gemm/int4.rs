@@ -418,19 +418,20 @@ fn tile(path: Path, rows: usize, ap: *const u8, na: &[i32], w: Panel<'_>, f: &mu
         let affine = !w.zeros.is_empty();
         let (bp, zp, np) = (w.bytes.as_ptr(), w.zeros.as_ptr(), na.as_ptr());
         let split = pairs <= SPLIT_MAX_PAIRS;
+        let pf = x86::software_prefetch();
         macro_rules! vnni {
             ($h:literal) => {
                 match (rows, split) {
-                    (1, true) => x86::vnni::<1, $h, true>(groups, pairs, stride, ap, np, bp, zp, affine, f),
-                    (2, true) => x86::vnni::<2, $h, true>(groups, pairs, stride, ap, np, bp, zp, affine, f),
-                    (1, false) => x86::vnni::<1, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, f),
-                    (2, false) => x86::vnni::<2, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, f),
-                    (3, _) => x86::vnni::<3, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, f),
-                    (4, _) => x86::vnni::<4, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, f),
-                    (5, _) => x86::vnni::<5, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, f),
-                    (6, _) => x86::vnni::<6, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, f),
-                    (7, _) => x86::vnni::<7, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, f),
-                    _ => x86::vnni::<8, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, f),
+                    (1, true) => x86::vnni::<1, $h, true>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
+                    (2, true) => x86::vnni::<2, $h, true>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
+                    (1, false) => x86::vnni::<1, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
+                    (2, false) => x86::vnni::<2, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
+                    (3, _) => x86::vnni::<3, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
+                    (4, _) => x86::vnni::<4, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
+                    (5, _) => x86::vnni::<5, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
+                    (6, _) => x86::vnni::<6, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
+                    (7, _) => x86::vnni::<7, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
+                    _ => x86::vnni::<8, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
                 }
             };
         }

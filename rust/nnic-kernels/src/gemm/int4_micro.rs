@@ -181,23 +181,41 @@ pub(super) mod x86 {
     }
 
     /// How far ahead (bytes) the VNNI tile prefetches its weight stream into L2 (`prefetcht1`, every line of it,
-    /// scales included): a stream from DRAM needs more lines in flight than L1's fill buffers hold. Against
-    /// `prefetcht0` 2 KiB ahead on the codes only (the scales were a second array then), with the one-stream
-    /// layout, cold 4096² GEMV, one thread, CPU time, quiet machine: 4, 8 and 16 KiB ahead within 1 % of one
-    /// another, adding `prefetcht0` 1 KiB ahead nothing, one prefetch per 128 bytes (the adjacent line left to
-    /// the hardware) 0.89×, no software prefetch 0.72×; at two threads 4 KiB was as fast as 8 KiB or faster.
+    /// scales included) where it prefetches at all ([`software_prefetch`]): a stream from DRAM needs more lines
+    /// in flight than L1's fill buffers hold. On the Intel part (Ice Lake-SP), against `prefetcht0` 2 KiB ahead
+    /// on the codes only (the scales were a second array then), with the one-stream layout, cold 4096² GEMV, one
+    /// thread, CPU time, quiet machine: 4, 8 and 16 KiB ahead within 1 % of one another, adding `prefetcht0`
+    /// 1 KiB ahead nothing, one prefetch per 128 bytes (the adjacent line left to the hardware) 0.89×, no
+    /// software prefetch 0.72×; at two threads 4 KiB was as fast as 8 KiB or faster.
     const AHEAD: usize = 4096;
 
-    /// Prefetches the line `AHEAD` bytes after `p` into L2 (wrapping address arithmetic: a prefetch never faults,
-    /// past the end of the buffer included).
+    /// Whether the VNNI tile prefetches its stream [`AHEAD`] bytes ahead: everywhere but on AMD CPUs. On Zen 4
+    /// the hardware prefetchers keep the stream in flight by themselves, and the software prefetches only cost:
+    /// cold 4096² GEMV on huge pages ([`crate::huge`]), interleaved rounds, medians: one thread (CPU time) 19.5
+    /// GB/s at 4 KiB ahead, 24.6 at 1.5 KiB, 26.0 at 512 bytes, 27-28 without; two threads 31.3 against 32.8-33.6
+    /// without (17.1 against 24.4 in a loaded run). Read once (CPUID vendor).
+    pub(crate) fn software_prefetch() -> bool {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ON.get_or_init(|| {
+            let vendor = __cpuid(0); // leaf 0 exists on every x86-64 CPU
+            let amd = vendor.ebx == u32::from_le_bytes(*b"Auth") || vendor.ebx == u32::from_le_bytes(*b"Hygo");
+            !amd
+        })
+    }
+
+    /// Prefetches the line `AHEAD` bytes after `p` into L2 when `on` (wrapping address arithmetic: a prefetch
+    /// never faults, past the end of the buffer included).
     #[inline(always)]
-    unsafe fn prefetch(p: *const u8) {
-        unsafe { _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(AHEAD) as *const i8) }
+    unsafe fn prefetch(on: bool, p: *const u8) {
+        if on {
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(AHEAD) as *const i8) }
+        }
     }
 
     /// VNNI tile of `MR` rows (see the module doc); `H`: the scales are half-precision bits; `S` (one or two
     /// rows, groups of at most [`super::SPLIT_MAX_PAIRS`] pairs): high nibbles used in place, as `16 · nib`, with
-    /// their own accumulators (four independent `vpdpbusd` chains per row).
+    /// their own accumulators (four independent `vpdpbusd` chains per row); `pf`: prefetch the stream
+    /// ([`software_prefetch`]).
     ///
     /// # Safety
     /// `a`: `2 * groups * pairs` k quads of `MR` rows of signed bytes; `na`: `groups * MR` sums; `b`: `groups`
@@ -214,6 +232,7 @@ pub(super) mod x86 {
         b: *const u8,
         z: *const u8,
         affine: bool,
+        pf: bool,
         f: &mut [[f32; NR]; MR4],
     ) {
         unsafe {
@@ -234,8 +253,8 @@ pub(super) mod x86 {
                 for _ in 0..pairs {
                     let x0 = _mm512_loadu_si512(bp as *const __m512i);
                     let x1 = _mm512_loadu_si512(bp.add(64) as *const __m512i);
-                    prefetch(bp);
-                    prefetch(bp.add(64));
+                    prefetch(pf, bp);
+                    prefetch(pf, bp.add(64));
                     let (l0, l1) = (_mm512_and_si512(x0, lo), _mm512_and_si512(x1, lo));
                     let (h0, h1) = if S {
                         (_mm512_and_si512(x0, hi), _mm512_and_si512(x1, hi))
@@ -260,14 +279,14 @@ pub(super) mod x86 {
                     bp = bp.add(128);
                 }
                 // Group end: f += float(sum) * scale; the scales follow the codes (1 or 2 lines).
-                prefetch(bp);
+                prefetch(pf, bp);
                 if !H {
-                    prefetch(bp.add(64));
+                    prefetch(pf, bp.add(64));
                 }
                 let w = if H { 2 } else { 4 };
                 let s0 = scales16::<H>(bp);
                 let s1 = scales16::<H>(bp.add(16 * w));
-                if affine {
+                if affine && pf {
                     _mm_prefetch::<_MM_HINT_T1>(z.wrapping_add(g * NR + AHEAD / stride * NR) as *const i8);
                 }
                 for r in 0..MR {
