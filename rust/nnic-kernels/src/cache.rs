@@ -113,9 +113,11 @@ fn from_cpuid() -> Sizes {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::__cpuid_count;
-        let vendor = __cpuid_count(0, 0);
-        let amd = vendor.ebx == u32::from_le_bytes(*b"Auth") || vendor.ebx == u32::from_le_bytes(*b"Hygo");
-        let (leaf, max) = if amd { (0x8000_001d, __cpuid_count(0x8000_0000, 0).eax) } else { (4, vendor.eax) };
+        let (leaf, max) = if crate::cpu::is_amd() {
+            (0x8000_001d, __cpuid_count(0x8000_0000, 0).eax)
+        } else {
+            (4, __cpuid_count(0, 0).eax)
+        };
         if max < leaf {
             return s;
         }

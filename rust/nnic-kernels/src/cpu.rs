@@ -107,6 +107,22 @@ pub fn has_vnni_vbmi2() -> bool {
     false
 }
 
+/// Whether this is an AMD (or Hygon) x86-64 CPU, from the CPUID vendor string (read once). Where the vendors
+/// differ for the kernels: the CPUID leaf that describes the caches (`cache`), and the int4 tile's software
+/// prefetch, which AMD's hardware prefetchers make a cost (`gemm::int4_micro`).
+pub fn is_amd() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AMD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AMD.get_or_init(|| {
+            let vendor = std::arch::x86_64::__cpuid(0); // leaf 0 exists on every x86-64 CPU
+            vendor.ebx == u32::from_le_bytes(*b"Auth") || vendor.ebx == u32::from_le_bytes(*b"Hygo")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// Instruction-set extensions found on this CPU, e.g. `["avx2", "fma", "avx512f", ...]`.
 pub fn features() -> Vec<&'static str> {
     let mut found = Vec::new();

@@ -193,14 +193,9 @@ pub(super) mod x86 {
     /// the hardware prefetchers keep the stream in flight by themselves, and the software prefetches only cost:
     /// cold 4096² GEMV on huge pages ([`crate::huge`]), interleaved rounds, medians: one thread (CPU time) 19.5
     /// GB/s at 4 KiB ahead, 24.6 at 1.5 KiB, 26.0 at 512 bytes, 27-28 without; two threads 31.3 against 32.8-33.6
-    /// without (17.1 against 24.4 in a loaded run). Read once (CPUID vendor).
+    /// without (17.1 against 24.4 in a loaded run).
     pub(crate) fn software_prefetch() -> bool {
-        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *ON.get_or_init(|| {
-            let vendor = __cpuid(0); // leaf 0 exists on every x86-64 CPU
-            let amd = vendor.ebx == u32::from_le_bytes(*b"Auth") || vendor.ebx == u32::from_le_bytes(*b"Hygo");
-            !amd
-        })
+        !crate::cpu::is_amd()
     }
 
     /// Prefetches the line `AHEAD` bytes after `p` into L2 when `on` (wrapping address arithmetic: a prefetch
