@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -36,13 +36,29 @@ def _live(t: torch.Tensor, dim: int) -> torch.Tensor:
     return (t.amax(dim=other) != 0) | (t.amin(dim=other) != 0)
 
 
-def _filled(bias: torch.Tensor | None, shape: tuple[int, ...], dim: int, like: torch.Tensor) -> torch.Tensor:
-    """A tensor of ``shape`` holding ``bias`` (or zeros) along ``dim``: the output of all-zero weight rows."""
+def _on_live(module: nn.Module, x: torch.Tensor, dim: int, dense: Callable[..., torch.Tensor],
+             macs: int) -> torch.Tensor:
+    """``dense(x, weight, bias)``, the layer's product with its channels along ``dim`` of ``x`` and of the output,
+    computed on the live part only when the layer is large (``macs``) and enough of it is zero (module docstring):
+    the live weight rows from the live input channels, the other outputs filled with their bias."""
+    w, bias = module.weight, module.bias
+    if macs < MIN_MACS:
+        return dense(x, w, bias)
+    rows, cols = _live(w, 0), _live(x, dim)
+    n_rows, n_cols = int(rows.sum()), int(cols.sum())
+    if not (n_rows and n_cols) or n_rows * n_cols > MAX_LIVE_SHARE * w.shape[0] * w.shape[1]:
+        return dense(x, w, bias)
+    rows_at, cols_at = rows.nonzero().squeeze(1), cols.nonzero().squeeze(1)
+    y = dense(x.index_select(dim, cols_at), w.index_select(0, rows_at).index_select(1, cols_at),
+              None if bias is None else bias.index_select(0, rows_at))
+    shape = (*y.shape[:dim], w.shape[0], *y.shape[dim + 1:])
     if bias is None:
-        return like.new_zeros(shape)
-    view = [1] * len(shape)
-    view[dim] = -1
-    return bias.detach().to(like.dtype).reshape(view).expand(shape).clone()
+        out = y.new_zeros(shape)
+    else:  # all-zero weight rows output their bias
+        view = [1] * len(shape)
+        view[dim] = -1
+        out = bias.detach().to(y.dtype).reshape(view).expand(shape).clone()
+    return out.index_copy_(dim, rows_at, y)
 
 
 def _sparse_conv(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -50,34 +66,14 @@ def _sparse_conv(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     if x.dim() != 4 or x.dtype != w.dtype or not x.is_floating_point():
         return module._conv_forward(x, w, module.bias)
     out_hw = x.shape[2] * x.shape[3] // (module.stride[0] * module.stride[1])
-    if x.shape[0] * out_hw * w.numel() < MIN_MACS:
-        return module._conv_forward(x, w, module.bias)
-    rows, cols = _live(w, 0), _live(x, 1)
-    n_rows, n_cols = int(rows.sum()), int(cols.sum())
-    if not (n_rows and n_cols) or n_rows * n_cols > MAX_LIVE_SHARE * w.shape[0] * w.shape[1]:
-        return module._conv_forward(x, w, module.bias)
-    rows_at, cols_at = rows.nonzero().squeeze(1), cols.nonzero().squeeze(1)
-    bias = module.bias.index_select(0, rows_at) if module.bias is not None else None
-    y = module._conv_forward(x.index_select(1, cols_at), w.index_select(0, rows_at).index_select(1, cols_at), bias)
-    out = _filled(module.bias, (y.shape[0], w.shape[0], *y.shape[2:]), 1, y)
-    return out.index_copy_(1, rows_at, y)
+    return _on_live(module, x, 1, module._conv_forward, x.shape[0] * out_hw * w.numel())
 
 
 def _sparse_linear(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     w = module.weight
     if x.dim() < 1 or x.dtype != w.dtype or not x.is_floating_point():
         return F.linear(x, w, module.bias)
-    if x.numel() // max(x.shape[-1], 1) * w.numel() < MIN_MACS:
-        return F.linear(x, w, module.bias)
-    rows, cols = _live(w, 0), _live(x, x.dim() - 1)
-    n_rows, n_cols = int(rows.sum()), int(cols.sum())
-    if not (n_rows and n_cols) or n_rows * n_cols > MAX_LIVE_SHARE * w.numel():
-        return F.linear(x, w, module.bias)
-    rows_at, cols_at = rows.nonzero().squeeze(1), cols.nonzero().squeeze(1)
-    bias = module.bias.index_select(0, rows_at) if module.bias is not None else None
-    y = F.linear(x.index_select(-1, cols_at), w.index_select(0, rows_at).index_select(1, cols_at), bias)
-    out = _filled(module.bias, (*y.shape[:-1], w.shape[0]), y.dim() - 1, y)
-    return out.index_copy_(y.dim() - 1, rows_at, y)
+    return _on_live(module, x, x.dim() - 1, F.linear, x.numel() // max(x.shape[-1], 1) * w.numel())
 
 
 @contextlib.contextmanager
