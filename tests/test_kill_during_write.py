@@ -30,6 +30,10 @@ KILLS = 6
 MAX_KILLS = 40  # when none of the first KILLS landed mid-write (a fast disk, a loaded machine), keep killing
 CHILD_TIMEOUT_S = 120  # one write takes well under a second; a child silent this long is stuck
 PIPE_BUF = 4096  # a pipe write up to this size arrives whole
+# Each fsync in the writing child first waits this long, as a real disk's would take: on a fast one (a page-cache
+# backed /tmp) a small artefact's temporary lived for a few microseconds of a cycle spent mostly serialising, and 40
+# random kills in a row could all miss it (seen in CI for the JSON writer).
+CHILD_FSYNC_S = 0.01
 
 
 def kill_while_writing(directory: Path, write: Callable[[int], None], check: Callable[[], int | None],
@@ -52,6 +56,13 @@ def kill_while_writing(directory: Path, write: Callable[[int], None], check: Cal
             try:
                 os.close(done_r)
                 torch.set_num_threads(1)  # the parent's OpenMP team did not survive the fork
+                fsync = os.fsync
+
+                def disk_fsync(fd: int) -> None:
+                    time.sleep(CHILD_FSYNC_S)
+                    fsync(fd)
+
+                os.fsync = disk_fsync  # this child's only: it never returns into pytest
                 version = 0
                 while True:
                     version = 1 - version
