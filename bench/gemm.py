@@ -15,10 +15,13 @@ times are medians (``--stat min`` for the least-disturbed round);
 GOPS count 2·M·K·N; "%peak" is against the measured int8 VNNI peak (PERF.md: 1342 GOPS at 2 threads, 665
 at 1; ``--peak`` overrides) and the theoretical one from the clock (cores × GHz × 2 ports × 64 MAC × 2).
 
-``--contention`` measures every shape twice: quiet, then beside a neighbour (another torch process, started
-with the ``spawn`` method, doing float32 matmuls on ``--neighbour-threads`` threads until the benchmark stops
-it), and prints nnic's ratio to the best dynamic-quantized torch Linear (``quantize_dynamic``'s module) in
-both settings and their quotient (the issue's goal: contended ratio >= 0.9x the quiet one).
+``--contention`` measures every shape quiet and beside a neighbour (another torch process, started with the
+``spawn`` method, doing float32 matmuls on ``--neighbour-threads`` threads), in alternating rounds: the neighbour
+is paused for a quiet round (every kernel once), resumed for a contended round, paused again, and so on, so that
+both settings see the same machine state (other processes' load, clock, what the other kernels left in the
+caches) and a one-off disturbance does not decide either setting. It prints nnic's ratio to the best
+dynamic-quantized torch Linear (``quantize_dynamic``'s module) in both settings and their quotient (the issue's
+goal: contended ratio >= 0.9x the quiet one).
 
 After each shape the OpenMP team's counters are printed (``kernels.gemm_openmp_stats``: per GEMM, how long after
 the start its last thread arrived, how long the region lasted after the last task, and the share of tasks the
@@ -81,8 +84,9 @@ def dynamic_linear(w: torch.Tensor, engine: str):
     return lin
 
 
-def bench_shape(m: int, k: int, n: int, repeats: int, engines: list[str], budget: float,
-                clock=time.perf_counter) -> dict[str, list[float]]:
+def shape_kernels(m: int, k: int, n: int, engines: list[str]) -> dict:
+    """Every kernel of the comparison at one shape, as argument-free callables (inputs made and weights packed
+    here, outside the timings)."""
     g = torch.Generator().manual_seed(0)
     a = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=g)
     w8 = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=g)
@@ -135,7 +139,7 @@ def bench_shape(m: int, k: int, n: int, repeats: int, engines: list[str], budget
     # correctness spot check (outside the timings)
     ref = torch._int_mm(a, b) if "torch._int_mm" in fns else (a.long() @ b.long()).int()
     assert torch.equal(kernels.int8_matmul(a, b), ref), "nnic int8_matmul differs from torch"
-    return timeit_interleaved(fns, repeats, budget, clock)
+    return fns
 
 
 def bench_bert(batch: int, seq: int, engines: list[str], repeats: int, budget: float, stat_name: str, clock) -> None:
@@ -193,34 +197,69 @@ def bench_bert(batch: int, seq: int, engines: list[str], repeats: int, budget: f
               f"{dyn[best] / t:5.2f}x best quantize_dynamic   cos {cos:.5f}")
 
 
-def neighbour(stop, threads: int) -> None:
-    """A process that keeps the cores busy with float matmuls until ``stop`` is set (spawned by the bench)."""
+def neighbour(stop, run, threads: int) -> None:
+    """A process that keeps the cores busy with float matmuls while ``run`` is set, idles (blocked, no CPU)
+    while it is clear, and exits when ``stop`` is set (spawned by the bench)."""
     torch.set_num_threads(threads)
     a = torch.randn(512, 512)
     while not stop.is_set():
+        if not run.wait(0.05):
+            continue
         for _ in range(8):
             a = torch.tanh(a @ a * 0.05)
 
 
-@contextlib.contextmanager
-def neighbour_running(threads: int):
-    import multiprocessing as mp
+class Neighbour:
+    """The contending process, started once and switched on and off between rounds (``busy``)."""
 
-    ctx = mp.get_context("spawn")
-    stop = ctx.Event()
-    proc = ctx.Process(target=neighbour, args=(stop, threads), daemon=True)
-    proc.start()
-    try:
-        import time
+    SETTLE_S = 0.2  # after a switch: the neighbour's threads are running (or parked) before timing starts
 
+    def __init__(self, threads: int) -> None:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self._stop, self._run = ctx.Event(), ctx.Event()
+        self._run.set()
+        self._proc = ctx.Process(target=neighbour, args=(self._stop, self._run, threads), daemon=True)
+        self._proc.start()
         time.sleep(2.0)  # let it import torch and start multiplying
-        yield
-    finally:
-        stop.set()
-        proc.join(10)
-        if proc.is_alive():
-            proc.terminate()
-            proc.join()
+
+    def busy(self, on: bool) -> None:
+        if on:
+            self._run.set()
+        else:
+            self._run.clear()
+        time.sleep(self.SETTLE_S)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._run.set()
+        self._proc.join(10)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join()
+
+
+def time_alternating(fns: dict, repeats: int, budget: float, nb: Neighbour, clock) -> dict[str, dict[str, list[float]]]:
+    """Seconds per call of each function in alternating quiet / contended rounds (each round: every function
+    once, round-robin); ``budget`` bounds both settings' rounds together."""
+    once = 0.0
+    for fn in fns.values():
+        fn()
+        t0 = clock()
+        fn()
+        once += clock() - t0
+    rounds = max(3, min(repeats, int(budget / 2 / max(once, 1e-9))))
+    times: dict[str, dict[str, list[float]]] = {s: {name: [] for name in fns} for s in ("quiet", "contended")}
+    for _ in range(rounds):
+        for setting in ("quiet", "contended"):
+            nb.busy(setting == "contended")
+            for name, fn in fns.items():
+                t0 = clock()
+                fn()
+                times[setting][name].append(clock() - t0)
+    nb.busy(False)
+    return times
 
 
 def main() -> None:
@@ -262,22 +301,28 @@ def main() -> None:
         return
     all_res = {}
     summary = []
-    settings = ["quiet", "contended"] if args.contention else ["quiet"]
-    for spec in args.shapes:
-        m, k, n = (int(v) for v in spec.lower().split("x"))
-        ratios = {}
-        for setting in settings:
-            ctx = neighbour_running(args.neighbour_threads) if setting == "contended" else contextlib.nullcontext()
-            with ctx:
-                kernels.gemm_team_stats(reset=True)
-                kernels.gemm_openmp_stats(reset=True)
-                times = bench_shape(m, k, n, args.repeats, engines, args.budget, clock)
-                team, omp = kernels.gemm_team_stats(), kernels.gemm_openmp_stats()
-            all_res[f"{spec} {setting}"] = times
-            ratios[setting] = report(m, k, n, times, args.stat, peak, setting)
-            print(f"  GEMM helpers: {team_line(team)}")
-            print(f"  torch's OpenMP team: {openmp_line(omp)}")
-        summary.append((spec, ratios))
+    nb = Neighbour(args.neighbour_threads) if args.contention else None
+    try:
+        for spec in args.shapes:
+            m, k, n = (int(v) for v in spec.lower().split("x"))
+            kernels.gemm_team_stats(reset=True)
+            kernels.gemm_openmp_stats(reset=True)
+            fns = shape_kernels(m, k, n, engines)
+            if nb is None:
+                per_setting = {"quiet": timeit_interleaved(fns, args.repeats, args.budget, clock)}
+            else:
+                per_setting = time_alternating(fns, args.repeats, 2 * args.budget, nb, clock)
+            team, omp = kernels.gemm_team_stats(), kernels.gemm_openmp_stats()
+            ratios = {}
+            for setting, times in per_setting.items():
+                all_res[f"{spec} {setting}"] = times
+                ratios[setting] = report(m, k, n, times, args.stat, peak, setting)
+            print(f"  GEMM helpers (both settings): {team_line(team)}")
+            print(f"  torch's OpenMP team (both settings): {openmp_line(omp)}")
+            summary.append((spec, ratios))
+    finally:
+        if nb is not None:
+            nb.close()
     if args.contention:
         print("\nnnic int8_linear vs best dynamic-quantized torch Linear, quiet and beside the neighbour:")
         print(f"  {'(M, K, N)':18s} {'quiet':>7s} {'contended':>9s} {'contended/quiet':>15s}")
