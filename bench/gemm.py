@@ -12,8 +12,11 @@ Rows per (M, K, N): float32 ``torch.matmul`` (MKL), ``torch._int_mm`` (s8·s8→
 per-token activations, fused epilogue) and ``int4_linear`` (int4 weights, M ≤ 16 only). All kernels of a
 shape are timed round-robin (one call each per round) so that load from other processes hits them alike;
 times are medians (``--stat min`` for the least-disturbed round);
-GOPS count 2·M·K·N; "%peak" is against the measured int8 VNNI peak (PERF.md: 1342 GOPS at 2 threads, 665
-at 1; ``--peak`` overrides) and the theoretical one from the clock (cores × GHz × 2 ports × 64 MAC × 2).
+GOPS count 2·M·K·N; "%peak" is against the int8 VNNI peak measured at start on this machine
+(``kernels.gemm_vnni_peak_gops``: one core's ``vpdpbusd`` on registers, × threads; ``--peak`` overrides; the
+theoretical one from the clock, cores × GHz × 2 ports × 64 MAC × 2, where VNNI is missing). Why measured: PERF.md's
+1342 / 665 GOPS came from a 2-port Intel core; a Zen 4 core runs one 512-bit ``vpdpbusd`` a cycle (about 465 GOPS
+a core at 3.6 GHz), so against 1342 a GEMM at the 2-core ceiling read 70 %.
 
 ``--contention`` measures every shape quiet and beside a neighbour (another torch process, started with the
 ``spawn`` method, doing float32 matmuls on ``--neighbour-threads`` threads), in alternating rounds: the neighbour
@@ -62,7 +65,6 @@ from _timing import timeit_interleaved  # noqa: E402
 
 OWN_HELPERS = "nnic int8_linear, nnic's own helpers"
 SHAPES = [(1, 4096, 4096), (16, 4096, 4096), (128, 768, 3072), (512, 768, 768), (2048, 4096, 4096)]
-MEASURED_PEAK = {1: 665.0, 2: 1342.0}
 
 
 def clock_ghz() -> float:
@@ -291,10 +293,12 @@ def main() -> None:
     engines = [e for e in ("fbgemm", "onednn", "x86") if e in torch.backends.quantized.supported_engines]
     ghz = clock_ghz()
     theo = args.threads * ghz * 2 * 64 * 2
-    peak = args.peak or MEASURED_PEAK.get(args.threads, theo)
+    core = None if args.peak else kernels.gemm_vnni_peak_gops()
+    peak = args.peak or (core * args.threads if core else theo)
     print(f"torch {torch.__version__}, threads {args.threads}, nnic path {kernels.gemm_path()}, GEMM backend "
           f"{kernels.gemm_backend()}, helper poll bound {kernels.gemm_spin_us():.0f} us, engines {engines}")
-    print(f"int8 peak: measured {peak:.0f} GOPS, theoretical {theo:.0f} GOPS ({ghz:.2f} GHz x 2 VNNI ports x 64 MAC); "
+    print(f"int8 peak: {peak:.0f} GOPS (measured: {core or float('nan'):.0f} a core x {args.threads}), theoretical "
+          f"{theo:.0f} GOPS ({ghz:.2f} GHz x 2 VNNI ports x 64 MAC); "
           f"clock {args.clock}")
     if args.bert:
         bench_bert(args.bert_batch, args.seq, engines, args.repeats, args.budget * 10, args.stat, clock)

@@ -91,6 +91,15 @@ def test_bad_path_name():
         gemm.int8_matmul(np.zeros((1, 1), np.int8), np.zeros((1, 1), np.int8), path="sse9")
 
 
+def test_vnni_peak_is_a_positive_rate_exactly_where_the_vnni_path_exists():
+    """The benchmark's %peak is against this: a number where the CPU has AVX-512 VNNI, ``None`` where it lacks it."""
+    peak = gemm.gemm_vnni_peak_gops(rounds=2)
+    if "avx512vnni" in PATHS:
+        assert isinstance(peak, float) and peak > 0
+    else:
+        assert peak is None
+
+
 def test_follows_set_isa():
     from nnic import kernels
 

@@ -1,5 +1,6 @@
 //! The int8 linear layer at BERT-base's shapes (M = 1024 rows: batch 8 × seq 128), stage by stage, against the
-//! VNNI peak: `cargo run --release -p nnic-kernels --example gemm_parts [M]`.
+//! VNNI peak: `cargo run --release -p nnic-kernels --example gemm_parts [M] [KxN ...]` (shapes after M replace
+//! BERT-base's four, with no activation: e.g. `128 4096x4096`).
 //!
 //! Peak: 24 independent `vpdpbusd` chains on registers (no loads), one thread's CPU time. Each shape: one thread
 //! (thread CPU time: other processes' load does not enter it), the stages of `gemm::profile::stage_seconds`
@@ -27,8 +28,18 @@ fn main() {
         })
         .fold(0.0, f64::max);
     println!("path {}; VNNI peak (registers only, one thread): {:.1} GMAC/s", path.name(), peak / 1e9);
-    let shapes = [(768, 2304, Activation::Identity, "QKV"), (768, 768, Activation::Identity, "attention out"),
-                  (768, 3072, Activation::Gelu, "MLP up + GELU"), (3072, 768, Activation::Identity, "MLP down")];
+    let mut shapes = vec![(768, 2304, Activation::Identity, "QKV"), (768, 768, Activation::Identity, "attention out"),
+                          (768, 3072, Activation::Gelu, "MLP up + GELU"), (3072, 768, Activation::Identity, "MLP down")];
+    let given: Vec<(usize, usize, Activation, &str)> = std::env::args()
+        .skip(2)
+        .map(|v| {
+            let (k, n) = v.split_once('x').expect("shapes are KxN");
+            (k.parse().expect("K must be an integer"), n.parse().expect("N must be an integer"), Activation::Identity, "given")
+        })
+        .collect();
+    if !given.is_empty() {
+        shapes = given;
+    }
     let act = ActQuant::DynamicPerRow { symmetric: false }; // as `quantization_speedup` does
     for (k, n, activation, what) in shapes {
         let w: Vec<i8> = (0..n * k).map(|i| ((i * 7919 + 13) % 255) as i8).collect();

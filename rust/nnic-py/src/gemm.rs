@@ -130,6 +130,13 @@ pub fn gemm_path() -> &'static str {
     Path::active().name()
 }
 
+/// Runs `iters` rounds of 24 independent `vpdpbusd` on registers (no loads) on the calling thread and returns
+/// the multiply-adds done, or `None` without AVX-512 VNNI; the caller times the call: the int8 peak of one core.
+#[pyfunction]
+pub fn gemm_vnni_peak(py: Python<'_>, iters: usize) -> Option<u64> {
+    py.detach(|| gemm::profile::vnni_peak(iters))
+}
+
 /// Exact `out[m, n] = a[m, k] @ b[k, n]` in int32 (s8 inputs).
 #[pyfunction]
 #[pyo3(signature = (a, b, out, path=None))]

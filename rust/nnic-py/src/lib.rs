@@ -15,8 +15,8 @@ use pyo3::prelude::*;
 mod _kernels {
     #[pymodule_export]
     use crate::gemm::{
-        gemm_backend, gemm_openmp_stats, gemm_path, gemm_paths, gemm_pool_stats, gemm_spin_us, gemm_team_stats, int8_matmul,
-        set_gemm_backend, set_gemm_spin_us, PackedInt4Weight, PackedInt8Weight,
+        gemm_backend, gemm_openmp_stats, gemm_path, gemm_paths, gemm_pool_stats, gemm_spin_us, gemm_team_stats, gemm_vnni_peak,
+        int8_matmul, set_gemm_backend, set_gemm_spin_us, PackedInt4Weight, PackedInt8Weight,
     };
     #[pymodule_export]
     use crate::encoder::{attention, skip_layer_norm};

@@ -134,13 +134,15 @@ pub(crate) mod x86 {
         epi: Option<&TileAt>,
     ) {
         unsafe {
-            // The output tile's lines, requested for writing now so that they arrive while the tile computes
-            // (see [`prefetch_tile`]).
-            prefetch_tile::<MR>(c, ldc);
             let mut s = [[_mm512_setzero_si512(); 2]; MR];
             let mut ap = a;
             let mut bp = b;
-            for _ in 0..kg {
+            for g in 0..kg {
+                // The output tile's lines, requested for writing one per k group at the start of the K loop so
+                // that they arrive while the tile computes (see [`prefetch_tile_line`]).
+                if g < 2 * MR {
+                    prefetch_tile_line(c, ldc, g);
+                }
                 let b0 = _mm512_loadu_si512(bp as *const __m512i);
                 let b1 = _mm512_loadu_si512(bp.add(64) as *const __m512i);
                 if stream {
@@ -247,22 +249,22 @@ pub(crate) mod x86 {
         }
     }
 
-    /// Prefetches the `MR` rows × 128 bytes of an output tile for writing (`prefetchw`). Why: the tile's stores
-    /// come after its whole K loop, and at BERT-base's M = 1024 with N = 2304-3072 the output (9-13 MB of i32) is
-    /// not in L2 when a tile stores it: the stores then wait for their lines from L3 at the end of every tile.
+    /// Prefetches line `h` (row `h / 2`, half `h % 2`) of an output tile for writing (`prefetchw`). Why: the
+    /// tile's stores come after its whole K loop, and at BERT-base's M = 1024 with N = 2304-3072 the output (9-13
+    /// MB of i32) is not in L2 when a tile stores it: the stores then wait for their lines from L3 at the end of
+    /// every tile. Why one line per k group rather than all `2 · MR` at the tile's start: on Zen 4 the burst of 24
+    /// write prefetches ahead of the first loads of A and B held the miss buffers those loads need (one thread,
+    /// thread CPU time, `examples/gemm_parts`, four alternated runs at load 1.1-2.0: the product of 1024×768×2304
+    /// 204-212 → 212-218 GMAC/s, 1024×768×3072 198-202 → 208-210, 1024×3072×768 unchanged; prefetching the next
+    /// row panel's tile instead, half way through the K loop, was 2-5 % slower than this).
     ///
     /// # Safety
     /// None beyond the CPU having SSE (a prefetch never faults).
     #[inline(always)]
-    unsafe fn prefetch_tile<const MR: usize>(c: *mut i32, ldc: usize) {
-        for r in 0..MR {
-            let p = c.wrapping_add(r * ldc) as *const i8;
-            // SAFETY: prefetches do not fault.
-            unsafe {
-                _mm_prefetch::<_MM_HINT_ET0>(p);
-                _mm_prefetch::<_MM_HINT_ET0>(p.wrapping_add(64));
-            }
-        }
+    unsafe fn prefetch_tile_line(c: *mut i32, ldc: usize, h: usize) {
+        let p = c.wrapping_add((h / 2) * ldc + (h % 2) * 16) as *const i8;
+        // SAFETY: prefetches do not fault.
+        unsafe { _mm_prefetch::<_MM_HINT_ET0>(p) };
     }
 
     /// VNNI kernel for 1 or 2 rows: k groups split over two accumulator sets to hide `vpdpbusd` latency; the
