@@ -286,9 +286,7 @@ fn scores(isa: Isa, q: &Operand<'_>, shape: Shape, b: usize, h: usize, i0: usize
 /// Stage 3: each score row, plus the mask, into unnormalised probabilities `e^(x - max)`, and `1 / sum` of each.
 fn softmax(isa: Isa, m: usize, seq: usize, mask: &[f32], s: &mut Scratch) {
     s.inv.resize(QUERY_BLOCK, 0.0);
-    for (r, inv) in s.scores[..m * seq].chunks_exact_mut(seq).zip(&mut s.inv) {
-        *inv = softmax_row(isa, r, mask);
-    }
+    softmax_rows(isa, &mut s.scores[..m * seq], seq, mask, &mut s.inv[..m]);
 }
 
 /// Stage 4: the block's context before normalisation, `P V`.
@@ -345,13 +343,79 @@ fn transpose(isa: Isa, x: &[f32], ldx: usize, rows: usize, cols: usize, out: &mu
     transpose_portable(isa, x, ldx, rows, cols, out)
 }
 
-/// In place: `row = e^(row + mask - max)` (`mask` empty: none); returns `1 / sum(row)`.
-fn softmax_row(isa: Isa, row: &mut [f32], mask: &[f32]) -> f32 {
+/// In place, for each of the `inv.len()` rows of `seq` values in `rows`: `row = e^(row + mask - max)` (`mask`
+/// empty: none), and its `1 / sum(row)` into `inv`. AVX-512 runs [`SOFTMAX_ROWS`] rows at a time
+/// ([`x86::softmax_rows`]; a row's bits do not depend on the grouping), the other paths one row at a time.
+fn softmax_rows(isa: Isa, rows: &mut [f32], seq: usize, mask: &[f32], inv: &mut [f32]) {
+    assert!(rows.len() == inv.len() * seq, "attention softmax: {} values for {} rows of {seq}", rows.len(), inv.len());
+    assert!(mask.is_empty() || mask.len() >= seq, "attention mask shorter than the row");
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 {
-        assert!(mask.is_empty() || mask.len() >= row.len(), "attention mask shorter than the row");
-        // SAFETY: as in `matmul`.
-        return unsafe { x86::softmax_row(row, mask) };
+        let mut groups = inv.chunks_exact_mut(SOFTMAX_ROWS);
+        let mut at = 0;
+        for g in groups.by_ref() {
+            // SAFETY: the CPU has AVX-512 (`cpu::active` only selects supported ISAs); the group's rows are inside
+            // `rows` (checked above), and so is the mask.
+            g.copy_from_slice(&unsafe { x86::softmax_rows::<SOFTMAX_ROWS>(rows[at..].as_mut_ptr(), seq, seq, mask) });
+            at += SOFTMAX_ROWS * seq;
+        }
+        for i in groups.into_remainder() {
+            // SAFETY: as above, one row.
+            *i = unsafe { x86::softmax_rows::<1>(rows[at..].as_mut_ptr(), seq, seq, mask) }[0];
+            at += seq;
+        }
+        return;
     }
-    softmax_portable(isa, row, mask)
+    for (r, i) in rows.chunks_exact_mut(seq).zip(inv) {
+        *i = softmax_portable(isa, r, mask);
+    }
+}
+
+/// Score rows per step of the AVX-512 softmax ([`softmax_rows`]).
+const SOFTMAX_ROWS: usize = 4;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The AVX-512 softmax gives each row the same bits whether it runs in a group of [`SOFTMAX_ROWS`] or alone:
+    /// blocks of 1 to 9 rows (groups and a remainder), rows shorter than, equal to and longer than one vector,
+    /// with and without a padding mask (a dropped key is -3.4e38), and a NaN score that must stay in its own row.
+    #[test]
+    fn grouped_softmax_rows_equal_rows_one_at_a_time() {
+        if !cpu::supported().contains(&Isa::Avx512) {
+            return; // the grouped path is AVX-512's only
+        }
+        let mut seed = 11u64;
+        let mut next = move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 30.0
+        };
+        for seq in [1usize, 15, 16, 17, 128, 130] {
+            let mask: Vec<f32> = (0..seq).map(|j| if j % 5 == 3 { f32::MIN } else { 0.0 }).collect();
+            for m in 1..=9 {
+                for with_mask in [false, true] {
+                    let mask = if with_mask { &mask[..] } else { &[][..] };
+                    let mut x: Vec<f32> = (0..m * seq).map(|_| next()).collect();
+                    if m > 2 {
+                        x[seq + seq / 2] = f32::NAN;
+                    }
+                    let (mut grouped, mut alone) = (x.clone(), x);
+                    let (mut inv_grouped, mut inv_alone) = (vec![0.0f32; m], vec![0.0f32; m]);
+                    softmax_rows(Isa::Avx512, &mut grouped, seq, mask, &mut inv_grouped);
+                    for (r, i) in alone.chunks_exact_mut(seq).zip(&mut inv_alone) {
+                        // SAFETY: AVX-512 is supported (checked above); one row of `seq` values, the mask as long.
+                        *i = unsafe { x86::softmax_rows::<1>(r.as_mut_ptr(), seq, seq, mask) }[0];
+                    }
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    let what = format!("seq {seq}, {m} rows, mask {with_mask}");
+                    assert_eq!(bits(&grouped), bits(&alone), "{what}: probabilities");
+                    assert_eq!(bits(&inv_grouped), bits(&inv_alone), "{what}: 1 / sum");
+                    for (r, row) in grouped.chunks_exact(seq).enumerate() {
+                        assert_eq!(row.iter().any(|v| v.is_nan()), m > 2 && r == 1, "{what}: NaN only in its row");
+                    }
+                }
+            }
+        }
+    }
 }

@@ -166,40 +166,49 @@ fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
     }
 }
 
-/// `portable::softmax_body` on 16 lanes: two passes over the row (mask and max, then exp and sum).
+/// `portable::softmax_body` on 16 lanes for `R` rows at once (row `r` at `p + r·ld`, `n` values each): two passes
+/// (mask and max, then exp and sum), returning each row's `1 / sum`. Every row gets the same operations in the same
+/// order whatever `R` is, so its bits do not depend on the grouping. Why several rows: at seq 128 a row is 8
+/// vectors, and one row alone waits on its own max reduction before its exponentials and on its sum reduction
+/// after them; the rows' independent chains fill those waits.
 ///
 /// # Safety
-/// The CPU has AVX-512F; `mask` is empty or holds at least `row.len()` values.
+/// The CPU has AVX-512F; `p` holds `R` rows of `n` values `ld` apart; `mask` is empty or holds at least `n` values.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn softmax_row(row: &mut [f32], mask: &[f32]) -> f32 {
-    let n = row.len();
-    let p = row.as_mut_ptr();
-    let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
+pub(super) unsafe fn softmax_rows<const R: usize>(p: *mut f32, ld: usize, n: usize, mask: &[f32]) -> [f32; R] {
+    let mut mx = [_mm512_set1_ps(f32::NEG_INFINITY); R];
     for j in (0..n).step_by(16) {
         let m = lanes((n - j).min(16));
-        // SAFETY: lanes j .. j + 16 masked to the row (and to the mask, as long as the row).
+        // SAFETY: lanes j .. j + 16 masked to the rows (and to the mask, as long as a row).
         unsafe {
-            let mut x = _mm512_mask_loadu_ps(_mm512_set1_ps(f32::NEG_INFINITY), m, p.add(j));
-            if !mask.is_empty() {
-                x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(m, mask.as_ptr().add(j)));
-                _mm512_mask_storeu_ps(p.add(j), m, x);
+            let add = (!mask.is_empty()).then(|| _mm512_maskz_loadu_ps(m, mask.as_ptr().add(j)));
+            for (r, mx) in mx.iter_mut().enumerate() {
+                let at = p.add(r * ld + j);
+                let mut x = _mm512_mask_loadu_ps(_mm512_set1_ps(f32::NEG_INFINITY), m, at);
+                if let Some(add) = add {
+                    x = _mm512_add_ps(x, add);
+                    _mm512_mask_storeu_ps(at, m, x);
+                }
+                *mx = _mm512_max_ps(*mx, x);
             }
-            mx = _mm512_max_ps(mx, x);
         }
     }
     // max skips a NaN score, as the portable path's does; that score's exp is NaN, and so are the sum and the row.
-    let max = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
-    let mut sum = _mm512_setzero_ps();
+    let max = mx.map(|v| _mm512_set1_ps(_mm512_reduce_max_ps(v)));
+    let mut sum = [_mm512_setzero_ps(); R];
     for j in (0..n).step_by(16) {
         let m = lanes((n - j).min(16));
-        // SAFETY: as above.
-        unsafe {
-            let e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, p.add(j)), max));
-            _mm512_mask_storeu_ps(p.add(j), m, e);
-            sum = _mm512_mask_add_ps(sum, m, sum, e);
+        for (r, sum) in sum.iter_mut().enumerate() {
+            // SAFETY: as above.
+            unsafe {
+                let at = p.add(r * ld + j);
+                let e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, at), max[r]));
+                _mm512_mask_storeu_ps(at, m, e);
+                *sum = _mm512_mask_add_ps(*sum, m, *sum, e);
+            }
         }
     }
-    1.0 / _mm512_reduce_add_ps(sum)
+    sum.map(|s| 1.0 / _mm512_reduce_add_ps(s))
 }
 
 /// `portable::exp_body` on 16 lanes, the same constants and steps.
@@ -218,8 +227,68 @@ fn exp16(x: __m512) -> __m512 {
             p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
         }
         let y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0));
+        // y · 2^n in one instruction, where the portable path builds 2^n in the exponent bits and multiplies (four
+        // here): the same bits, as both are exact products by a power of two rounded once (n >= -126 after the clamp)
+        _mm512_scalef_ps(y, n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `exp16` as it was before `vscalefps`: `2^n` built in the exponent bits, then multiplied.
+    #[target_feature(enable = "avx512f")]
+    fn exp16_by_exponent_bits(x: __m512) -> __m512 {
+        const ROUND: f32 = 12_582_912.0;
+        let x = _mm512_max_ps(_mm512_set1_ps(-87.3), x);
+        let t = _mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)), _mm512_set1_ps(ROUND));
+        let n = _mm512_sub_ps(t, _mm512_set1_ps(ROUND));
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm512_set1_ps(1.987_569_1e-4);
+        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
+        let y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0));
         let bits = _mm512_sub_epi32(_mm512_castps_si512(t), _mm512_castps_si512(_mm512_set1_ps(ROUND)));
         let two_n = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(bits, _mm512_set1_epi32(127))));
         _mm512_mul_ps(y, two_n)
+    }
+
+    /// On its domain (the shifted scores, `x <= 0`, or NaN), the exponential's `vscalefps` gives the bits of the
+    /// exponent-bit construction: every 37th f32 from -0 to -100 (about 29 million), the 2000 above the clamp at
+    /// -87.3 and their neighbours 1000 ulps below (subnormal results), ±0, -inf and NaN.
+    #[test]
+    fn scalef_exponential_equals_the_exponent_bits_construction() {
+        if !std::is_x86_feature_detected!("avx512f") {
+            return; // no AVX-512 here: the path is never selected
+        }
+        let mut xs: Vec<f32> = (0..(100.0f32).to_bits()).step_by(37).map(|b| -f32::from_bits(b)).collect();
+        let mut around = -87.3f32;
+        for _ in 0..2000 {
+            xs.extend([around, f32::from_bits(around.to_bits() - 1000)]);
+            around = f32::from_bits(around.to_bits() + 1);
+        }
+        xs.extend([0.0, -0.0, f32::NEG_INFINITY, f32::NAN]);
+        let mut checked = 0usize;
+        for c in xs.chunks(16) {
+            let mut v = [0.0f32; 16];
+            v[..c.len()].copy_from_slice(c);
+            // SAFETY: AVX-512F is present (checked above); the arrays hold 16 values.
+            let (got, want) = unsafe {
+                let x = _mm512_loadu_ps(v.as_ptr());
+                let (mut g, mut w) = ([0.0f32; 16], [0.0f32; 16]);
+                _mm512_storeu_ps(g.as_mut_ptr(), exp16(x));
+                _mm512_storeu_ps(w.as_mut_ptr(), exp16_by_exponent_bits(x));
+                (g, w)
+            };
+            for l in 0..c.len() {
+                assert!(got[l].to_bits() == want[l].to_bits() || (got[l].is_nan() && want[l].is_nan()),
+                        "exp({:e}): {:e} against {:e}", v[l], got[l], want[l]);
+                checked += 1;
+            }
+        }
+        assert!(checked > 20_000_000, "only {checked} values checked");
     }
 }
