@@ -33,7 +33,15 @@ int8). Anything else (prefill, other dtypes, grad mode, attention weights reques
 projections) runs the original class's forward. Like ``fuse_projections``, a swapped model serves one thread at a
 time (the kept arrays are per layer), and it is for the model you run: ``copy.deepcopy`` works, pickling the whole
 module does not (its class is made at run time; state dicts are unchanged).
-"""
+
+
+``fast_decode(model, exact=False)`` (opt-in) gives up bit-identity for speed (:meth:`FastDecoderLayer._kernel_step`):
+the small ops become four calls of nnic's decode kernels (``nnic.kernels.decoder``) on the kept arrays: RMSNorm
+into the q/k/v GEMM's input; rotary, the key/value write and grouped-query attention of the one query in one call,
+over a preallocated cache adopted from transformers' ``DynamicLayer`` (:class:`_KernelKV`: written in place, no
+``cat``; the layer's tensors become views of it) and written into the output projection's input; the residual
+add with the second RMSNorm; SiLU times up into the down projection's input. Equal up to float32 rounding; steps
+it does not cover (a mask, a sliding window about to drop positions, other caches) run the exact step."""
 
 from __future__ import annotations
 
@@ -328,11 +336,11 @@ class _KernelKV:
     def of(cache, layer_idx: int, attention_mask: torch.Tensor | None) -> tuple | None:
         """(the ``_KernelKV``, the cache layer) for layer ``layer_idx`` of ``cache``, or ``None`` where the kernel
         step does not apply: a mask (padding; the kernel attends every cached position, which is the causal mask
-        of the newest token), a cache that is not a ``DynamicCache`` of plain ``DynamicLayer`` (sliding windows,
-        offloading, quantized or static caches), an uninitialised layer."""
+        of the newest token), a cache that is not a ``DynamicCache`` of ``DynamicLayer`` or
+        ``DynamicSlidingWindowLayer`` (offloading, quantized or static caches), an uninitialised layer."""
         if attention_mask is not None:
             return None
-        from transformers.cache_utils import DynamicCache, DynamicLayer
+        from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
         if not isinstance(cache, DynamicCache) or getattr(cache, "offloading", False):
             return None
@@ -340,7 +348,8 @@ class _KernelKV:
         if layer_idx is None or layer_idx >= len(layers):
             return None
         layer = layers[layer_idx]
-        if type(layer) is not DynamicLayer or not layer.is_initialized or not isinstance(layer.keys, torch.Tensor):
+        if type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer) or not layer.is_initialized or \
+                not isinstance(layer.keys, torch.Tensor):
             return None
         kv = layer.__dict__.get("_nnic_kv")
         if kv is None:
@@ -349,12 +358,15 @@ class _KernelKV:
 
     def reserve(self, layer, batch: int, kv_heads: int, head_dim: int) -> int | None:
         """The position this step writes (the layer's current length), after making room for it; ``None`` when
-        the layer's tensors are not float32 ``[batch, kv_heads, length, head_dim]``."""
+        the layer's tensors are not float32 ``[batch, kv_heads, length, head_dim]``, or when a sliding-window layer
+        would drop a position this step (the kernel keeps them all: it runs while the window is not full)."""
         keys, values = layer.keys, layer.values
         if keys.dim() != 4 or keys.dtype is not torch.float32 or not isinstance(values, torch.Tensor):
             return None
         n = keys.shape[2]
         if tuple(keys.shape) != (batch, kv_heads, n, head_dim) or values.shape != keys.shape:
+            return None
+        if layer.is_sliding and (layer.record_past or layer.cumulative_length != n or n + 1 >= layer.sliding_window):
             return None
         if keys is not self.views[0] or values is not self.views[1]:
             self._remake(keys, values, n)
@@ -377,6 +389,8 @@ class _KernelKV:
         with torch.inference_mode(False):
             self.views = (self.kt[:, :, :length], self.vt[:, :, :length])
         layer.keys, layer.values = self.views
+        if layer.is_sliding:  # what DynamicSlidingWindowLayer.update counts (all positions kept: see reserve)
+            layer.cumulative_length = length
 
     def __deepcopy__(self, memo: dict) -> _KernelKV:
         return _KernelKV()
