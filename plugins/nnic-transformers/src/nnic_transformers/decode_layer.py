@@ -193,7 +193,7 @@ class FastDecoderLayer(nn.Module):
         (``nnic.kernels.decoder``) around the four GEMMs, the keys and values written in place into a
         preallocated cache (:class:`_KernelKV`). ``None`` (the caller then runs the exact step) where the step is
         not plain causal attention over a transformers ``DynamicCache`` layer: an attention mask (padding), a
-        sliding-window or offloaded cache, an uninitialised layer."""
+        sliding window about to drop a position, an offloaded or other cache, an uninitialised layer."""
         attn, mlp = self.self_attn, self.mlp
         found = _KernelKV.of(cache, attn.layer_idx, attention_mask)
         if found is None or not hidden_states.is_contiguous():
