@@ -33,7 +33,9 @@ nnic variant K, ``K+fast``: the same model object (same weights) run with ``nnic
 decoder layers (one-token steps with about half the torch ops) and RMSNorms (one ``F.rms_norm`` call), float32
 logits bit-identical (the warm-up tokens are compared), swapped in for its runs only, timed in the same
 interleaved rounds; ``--prefetch`` adds ``K+fast+pf``, the same with ``fast_decode(model, prefetch=True)``
-(the next GEMMs' weights walked into the cache by a background thread while the small ops run). ``--profile`` also counts the torch ops of a decode step per decoder layer, lists them by self CPU time
+(the next GEMMs' weights walked into the cache by a background thread while the small ops run); ``--kernels`` adds
+``K+fast+kernels`` (and ``K+fast+kernels+pf``), ``fast_decode(model, exact=False)``: the step's small ops in nnic's
+decode kernels, equal to the exact path up to float32 rounding. ``--profile`` also counts the torch ops of a decode step per decoder layer, lists them by self CPU time
 (``torch.profiler``), times the GEMMs inside ``fast_decode`` layers and times one small op; ``--lm-head-error`` measures (no timing) what an int8 / int4 ``lm_head`` does to the logits.
 """
 
@@ -207,11 +209,13 @@ def pruned(m: nn.Module, fraction: float, prompts: list[torch.Tensor], new: int,
 FAST_MODULES: dict[str, tuple[dict[str, nn.Module], dict[str, nn.Module]]] = {}  # "K+fast": (fast, original) modules
 
 
-def with_fast_decode(models: dict[str, nn.Module], prefetch: bool = False) -> dict[str, nn.Module]:
+def with_fast_decode(models: dict[str, nn.Module], prefetch: bool = False,
+                     kernels: bool = False) -> dict[str, nn.Module]:
     """``models`` with ``K+fast`` after each nnic variant ``K``: the same model object (same weights, same memory),
     whose decoder layers and RMSNorms :func:`running` swaps for ``nnic_transformers.fast_decode``'s while ``K+fast``
     runs (``fast_decode``'s default: no background prefetch of the next weights); ``prefetch`` adds ``K+fast+pf``,
-    with it (``fast_decode(model, prefetch=True)``)."""
+    with it (``fast_decode(model, prefetch=True)``). ``kernels`` adds ``K+fast+kernels`` (and ``K+fast+kernels+pf``
+    with ``prefetch``): ``fast_decode(model, exact=False)``, the step's small ops in nnic's decode kernels."""
     from nnic_transformers import fast_decode
 
     out = {}
@@ -219,9 +223,12 @@ def with_fast_decode(models: dict[str, nn.Module], prefetch: bool = False) -> di
         out[k] = m
         if not k.startswith("nnic-"):
             continue
-        for suffix, pf in (("+fast", False), ("+fast+pf", True)) if prefetch else (("+fast", False),):
+        kinds = [("+fast", False, True)] + ([("+fast+pf", True, True)] if prefetch else [])
+        if kernels:
+            kinds += [("+fast+kernels", False, False)] + ([("+fast+kernels+pf", True, False)] if prefetch else [])
+        for suffix, pf, exact in kinds:
             original = {n: mod for n, mod in m.named_modules()}
-            names = fast_decode(m, prefetch=pf)  # decoder layers first, then norms: put back in that order
+            names = fast_decode(m, prefetch=pf, exact=exact)  # decoder layers first, then norms: put back in that order
             fast = {n: m.get_submodule(n) for n in names}
             set_modules(m, {n: original[n] for n in names})
             if fast:
@@ -526,6 +533,9 @@ def main() -> None:
                     "module kind (projections, norms, attention, lm_head, ...), for each variant")
     ap.add_argument("--fast-decode", action="store_true", help="also time every nnic variant after "
                     "nnic_transformers.fast_decode (as K+fast, same rounds)")
+    ap.add_argument("--kernels", action="store_true", help="with --fast-decode: also K+fast+kernels, "
+                    "fast_decode(model, exact=False): the step's small ops in nnic's decode kernels (float32 "
+                    "rounding-level differences; same rounds)")
     ap.add_argument("--prefetch", action="store_true", help="with --fast-decode: K+fast runs without the background "
                     "prefetch of the next weights, and K+fast+pf with it (same rounds)")
     ap.add_argument("--lm-head-error", action="store_true", help="instead of timing: the logit error of an int8 / "
@@ -567,7 +577,7 @@ def main() -> None:
                 built[kind] = variant(base, kind, args.group_size)
         models = {k: built[k] for k in args.variants if built.get(k) is not None}
         if args.fast_decode:
-            models = with_fast_decode(models, args.prefetch)
+            models = with_fast_decode(models, args.prefetch, args.kernels)
         wbytes = {k: weight_bytes(m) for k, m in models.items()}
         if args.profile:
             for k, mod in models.items():
@@ -607,7 +617,7 @@ def main() -> None:
                 print(note)
             for k, same in fast_same.items():
                 print(f"  {k}: warm-up tokens {'equal to' if same else 'DIFFERENT from'} {base_of(k)}'s")
-            print(f"  {'variant':20s} {'prefill ms':>10s} {'decode tok/s':>12s} {'vs fp32':>8s} {'weights MB':>10s} "
+            print(f"  {'variant':26s} {'prefill ms':>10s} {'decode tok/s':>12s} {'vs fp32':>8s} {'weights MB':>10s} "
                   f"{'GB/s':>6s} {'%bw':>5s} {'same tokens as fp32 (of 8)':>26s}")
             ref = statistics.median(d for _, d in times["fp32"]) if "fp32" in times else None
             for k in models:
@@ -616,7 +626,7 @@ def main() -> None:
                 steps = (args.new - 1) / dec
                 gbs = wbytes[k] * steps / 1e9
                 same = (first[k] == first["fp32"]).float().mean().item() * 8 if "fp32" in first else float("nan")
-                print(f"  {k:20s} {pre * 1e3:10.1f} {batch * steps:12.1f} {(ref / dec if ref else float('nan')):7.2f}x "
+                print(f"  {k:26s} {pre * 1e3:10.1f} {batch * steps:12.1f} {(ref / dec if ref else float('nan')):7.2f}x "
                       f"{wbytes[k] / 1e6:10.0f} {gbs:6.1f} {100 * gbs * 1e9 / bw:4.0f}% {same:26.1f}")
         del models, base
 

@@ -16,6 +16,8 @@
 //! - [`sparse`]: sparse × dense products for Linear weights (unstructured CSR and N:M layouts, f32 or int8 values).
 //! - [`attention`]: an encoder's multi-head self-attention, read from the projections' rows and written into the
 //!   output projection's rows; [`norm`]: LayerNorm of a residual sum (skip LayerNorm).
+//! - [`decoder`]: the small ops of a one-token decoder step (RMSNorm, SiLU-gated product, rotary + in-place
+//!   KV cache + grouped-query attention of one query).
 //! - [`gemm`]: int8 / int4 GEMM: path dispatch, the blocked driver, `PackedLinear`, epilogues, conv2d (see
 //!   its module doc for its files).
 //!
@@ -53,6 +55,7 @@
 pub mod attention;
 pub mod cache;
 pub mod cpu;
+pub mod decoder;
 pub mod error;
 pub mod gemm;
 pub mod half;

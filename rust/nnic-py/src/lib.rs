@@ -3,6 +3,7 @@
 //! Every function takes C-contiguous numpy arrays of one dtype (the torch/numpy adaptation, dtype checks
 //! and output allocation live in the `nnic.kernels` package); outputs are written into caller-provided arrays so
 //! that torch tensors can be filled without a copy. The GIL is released around every kernel.
+mod decoder;
 mod encoder;
 mod errors;
 mod gemm;
@@ -18,6 +19,8 @@ mod _kernels {
         gemm_backend, gemm_openmp_stats, gemm_path, gemm_paths, gemm_pool_stats, gemm_spin_us, gemm_team_stats, gemm_vnni_peak,
         int8_matmul, set_gemm_backend, set_gemm_spin_us, PackedInt4Weight, PackedInt8Weight,
     };
+    #[pymodule_export]
+    use crate::decoder::{add_rms_norm, decode_attention, rms_norm, silu_mul};
     #[pymodule_export]
     use crate::encoder::{attention, skip_layer_norm};
     #[pymodule_export]

@@ -33,10 +33,19 @@ int8). Anything else (prefill, other dtypes, grad mode, attention weights reques
 projections) runs the original class's forward. Like ``fuse_projections``, a swapped model serves one thread at a
 time (the kept arrays are per layer), and it is for the model you run: ``copy.deepcopy`` works, pickling the whole
 module does not (its class is made at run time; state dicts are unchanged).
-"""
+
+
+``fast_decode(model, exact=False)`` (opt-in) gives up bit-identity for speed (:meth:`FastDecoderLayer._kernel_step`):
+the small ops become four calls of nnic's decode kernels (``nnic.kernels.decoder``) on the kept arrays: RMSNorm
+into the q/k/v GEMM's input; rotary, the key/value write and grouped-query attention of the one query in one call,
+over a preallocated cache adopted from transformers' ``DynamicLayer`` (:class:`_KernelKV`: written in place, no
+``cat``; the layer's tensors become views of it) and written into the output projection's input; the residual
+add with the second RMSNorm; SiLU times up into the down projection's input. Equal up to float32 rounding; steps
+it does not cover (a mask, a sliding window about to drop positions, other caches) run the exact step."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -128,6 +137,11 @@ class FastDecoderLayer(nn.Module):
         threads = torch.get_num_threads()
         torch.set_num_threads(SMALL_OP_THREADS or threads)
         try:
+            link = self.__dict__.get("_decode_link")
+            if link is not None and not link.exact:
+                out = self._kernel_step(hidden_states, attention_mask, cache, position_embeddings)
+                if out is not None:
+                    return out
             return self._decode_step(hidden_states, attention_mask, position_ids, cache, use_cache,
                                      position_embeddings, kwargs)
         finally:
@@ -173,6 +187,57 @@ class FastDecoderLayer(nn.Module):
         self._prefetch_after(3)
         return h + down
 
+    def _kernel_step(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, cache,
+                     position_embeddings: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor | None:
+        """The step of ``fast_decode(model, exact=False)``: the small ops as four calls of nnic's decode kernels
+        (``nnic.kernels.decoder``) around the four GEMMs, the keys and values written in place into a
+        preallocated cache (:class:`_KernelKV`). ``None`` (the caller then runs the exact step) where the step is
+        not plain causal attention over a transformers ``DynamicCache`` layer: an attention mask (padding), a
+        sliding window about to drop a position, an offloaded or other cache, an uninitialised layer."""
+        attn, mlp = self.self_attn, self.mlp
+        found = _KernelKV.of(cache, attn.layer_idx, attention_mask)
+        if found is None or not hidden_states.is_contiguous():
+            return None
+        kv, cache_layer = found
+        b, d = hidden_states.shape[0], attn.head_dim
+        rotary = _rotary_rows(position_embeddings, b)
+        if rotary is None:
+            return None
+        heads, kv_heads = attn.qkv_proj.splits[0] // d, attn.qkv_proj.splits[1] // d
+        pos = kv.reserve(cache_layer, b, kv_heads, d)
+        if pos is None:
+            return None
+        io = self._io(b)
+        run = io.kernels
+        weights = self._norm_weights()
+        x = hidden_states.numpy()
+        run.rms_norm(x, weights[0], self.input_layernorm.variance_epsilon, io.arrays["qkv"][0])
+        io.gemm(attn.qkv_proj.fused, "qkv")
+        self._prefetch_after(0)
+        run.decode_attention(io.arrays["qkv"][1], rotary[0], rotary[1], kv.k, kv.v, heads, kv_heads, d, pos,
+                             attn.scaling, io.arrays["o"][0])
+        kv.publish(cache_layer, pos + 1)
+        io.gemm(attn.o_proj, "o")
+        self._prefetch_after(1)
+        run.add_rms_norm(x, io.arrays["o"][1], weights[1], self.post_attention_layernorm.variance_epsilon,
+                         io.residual, io.arrays["gate_up"][0])
+        io.gemm(mlp.gate_up_proj.fused, "gate_up")
+        self._prefetch_after(2)
+        run.silu_mul(io.arrays["gate_up"][1], mlp.gate_up_proj.splits[0], io.arrays["down"][0])
+        down = io.gemm(mlp.down_proj, "down")
+        self._prefetch_after(3)
+        return torch.add(io.residual_t, down)
+
+    def _norm_weights(self) -> tuple:
+        """The two norms' weights as numpy arrays (kept: a fresh view per call costs microseconds), made again
+        when a norm's weight tensor is replaced."""
+        w1, w2 = self.input_layernorm.weight, self.post_attention_layernorm.weight
+        held = self.__dict__.get("_norm_arrays")
+        if held is None or held[0] is not w1 or held[1] is not w2:
+            held = self.__dict__["_norm_arrays"] = (w1, w2, w1.detach().contiguous().numpy(),
+                                                    w2.detach().contiguous().numpy())
+        return held[2], held[3]
+
     def gemms(self) -> tuple[nn.Module, nn.Module, nn.Module, nn.Module]:
         """The layer's four low-bit GEMMs in the order a decode step runs them."""
         attn, mlp = self.self_attn, self.mlp
@@ -207,11 +272,11 @@ class _StepIO:
     overwrites them."""
 
     def __init__(self, batch: int, shapes: dict[str, tuple[int, int]]) -> None:
-        import numpy as np
-
         from nnic.kernels import run_packed_linear
+        from nnic.kernels.runtime import native
 
         self.run = run_packed_linear  # the one call of a packed weight's kernel, imported once per layer
+        self.kernels = native  # the decode kernels (exact=False), called on the kept arrays directly
         self.arrays: dict[str, tuple] = {}
         # Normal tensors even when first called under inference mode, so that later steps outside it (no_grad)
         # may write them.
@@ -220,6 +285,10 @@ class _StepIO:
                 x, y = np.zeros((batch, k), np.float32), np.zeros((batch, n), np.float32)
                 setattr(self, f"{name}_in", torch.from_numpy(x).view(batch, 1, k))
                 self.arrays[name] = (x, y, torch.from_numpy(y).view(batch, 1, n))
+            # exact=False: the residual sum after attention (written by ``add_rms_norm``, read by the last add)
+            hidden = shapes["o"][1]
+            self.residual = np.zeros((batch, hidden), np.float32)
+            self.residual_t = torch.from_numpy(self.residual).view(batch, 1, hidden)
 
     def gemm(self, layer: nn.Module, name: str) -> torch.Tensor:
         """``layer``'s output for the input in ``<name>_in``, written into (and returned as) ``name``'s output."""
@@ -243,6 +312,117 @@ class _Held:
         return (_Held, ())
 
 
+class _KernelKV:
+    """The keys and values of one transformers ``DynamicLayer`` in preallocated ``[batch, kv_heads, capacity,
+    head_dim]`` buffers, for ``fast_decode(model, exact=False)``: the decode kernel writes each step's key and value
+    in place (``DynamicLayer.update`` copies the whole cache into a fresh tensor per step: ``torch.cat``), and the
+    layer's ``keys`` / ``values`` become views of the first positions, so the cache's length, masks and any later
+    step the exact path runs (``cat`` onto the view) see what they saw before.
+
+    Held in the layer's ``__dict__``. A step adopts the layer's tensors (one copy into a fresh buffer with room for
+    ``max(length, GROW)`` more positions) whenever they are not the views it published last: the first step after
+    a prefill, after a step the exact path ran, after ``crop`` or a beam reorder (which replace the tensors). A
+    copy of the cache (``copy.deepcopy``) starts without buffers (its copied views would not share memory with
+    copied numpy arrays)."""
+
+    GROW = 256  # positions added beside the current length when the buffers are (re)made: amortised O(1) growth
+
+    def __init__(self) -> None:
+        self.k = self.v = None  # numpy buffers, written by the kernel
+        self.kt = self.vt = None  # torch tensors over the same memory
+        self.views: tuple = (None, None)  # what publish() last set as the layer's keys / values
+
+    @staticmethod
+    def of(cache, layer_idx: int, attention_mask: torch.Tensor | None) -> tuple | None:
+        """(the ``_KernelKV``, the cache layer) for layer ``layer_idx`` of ``cache``, or ``None`` where the kernel
+        step does not apply: a mask (padding; the kernel attends every cached position, which is the causal mask
+        of the newest token), a cache that is not a ``DynamicCache`` of ``DynamicLayer`` or
+        ``DynamicSlidingWindowLayer`` (offloading, quantized or static caches), an uninitialised layer."""
+        if attention_mask is not None:
+            return None
+        from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
+
+        if not isinstance(cache, DynamicCache) or getattr(cache, "offloading", False):
+            return None
+        layers = getattr(cache, "layers", ())
+        if layer_idx is None or layer_idx >= len(layers):
+            return None
+        layer = layers[layer_idx]
+        if type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer) or not layer.is_initialized or \
+                not isinstance(layer.keys, torch.Tensor):
+            return None
+        kv = layer.__dict__.get("_nnic_kv")
+        if kv is None:
+            kv = layer.__dict__["_nnic_kv"] = _KernelKV()
+        return kv, layer
+
+    def reserve(self, layer, batch: int, kv_heads: int, head_dim: int) -> int | None:
+        """The position this step writes (the layer's current length), after making room for it; ``None`` when
+        the layer's tensors are not float32 ``[batch, kv_heads, length, head_dim]``, or when a sliding-window layer
+        would drop a position this step (the kernel keeps them all: it runs while the window is not full)."""
+        keys, values = layer.keys, layer.values
+        if keys.dim() != 4 or keys.dtype is not torch.float32 or not isinstance(values, torch.Tensor):
+            return None
+        n = keys.shape[2]
+        if tuple(keys.shape) != (batch, kv_heads, n, head_dim) or values.shape != keys.shape:
+            return None
+        if layer.is_sliding and (layer.record_past or layer.cumulative_length != n or n + 1 >= layer.sliding_window):
+            return None
+        if keys is not self.views[0] or values is not self.views[1]:
+            self._remake(keys, values, n)
+        elif n + 1 > self.k.shape[2]:
+            self._remake(self.kt[:, :, :n], self.vt[:, :, :n], n)
+        return n
+
+    def _remake(self, keys: torch.Tensor, values: torch.Tensor, n: int) -> None:
+        b, h, _, d = keys.shape
+        cap = n + 1 + max(n, self.GROW)
+        k, v = np.empty((b, h, cap, d), np.float32), np.empty((b, h, cap, d), np.float32)
+        with torch.inference_mode(False):  # normal tensors: a later step outside inference mode may read them
+            kt, vt = torch.from_numpy(k), torch.from_numpy(v)
+        kt[:, :, :n].copy_(keys)
+        vt[:, :, :n].copy_(values)
+        self.k, self.v, self.kt, self.vt = k, v, kt, vt
+
+    def publish(self, layer, length: int) -> None:
+        """The layer's keys and values become the buffers' first ``length`` positions."""
+        with torch.inference_mode(False):
+            self.views = (self.kt[:, :, :length], self.vt[:, :, :length])
+        layer.keys, layer.values = self.views
+        if layer.is_sliding:  # what DynamicSlidingWindowLayer.update counts (all positions kept: see reserve)
+            layer.cumulative_length = length
+
+    def __deepcopy__(self, memo: dict) -> _KernelKV:
+        return _KernelKV()
+
+    def __reduce__(self):
+        return (_KernelKV, ())
+
+
+class _RotaryRows:
+    """The rotary ``cos`` / ``sin`` of the current step as ``[batch, head_dim]`` numpy arrays (one row repeated
+    when transformers broadcasts one position over the batch), made once per step (every layer gets the same two
+    tensors) instead of once per layer."""
+
+    def __init__(self) -> None:
+        self.held: tuple = (None, None, None)
+
+    def __call__(self, position_embeddings: tuple[torch.Tensor, torch.Tensor], batch: int) -> tuple | None:
+        cos, sin = position_embeddings
+        held = self.held
+        if held[0] is cos and held[1] is sin and held[2][0].shape[0] == batch:
+            return held[2]
+        if cos.dtype is not torch.float32 or sin.dtype is not torch.float32 or cos.dim() != 3 or \
+                cos.shape[1] != 1 or sin.shape != cos.shape or cos.shape[0] not in (1, batch) or not cos.is_cpu:
+            return None
+        rows = tuple(t.reshape(t.shape[0], -1).expand(batch, -1).contiguous().numpy() for t in (cos, sin))
+        self.held = (cos, sin, rows)
+        return rows
+
+
+_rotary_rows = _RotaryRows()
+
+
 class _Link:
     """The GEMMs that follow each of a layer's four in a decode step (its own, then the next layer's, or the model's
     low-bit ``lm_head`` after the last layer), fixed when the layers are linked, and whether to prefetch them.
@@ -251,11 +431,13 @@ class _Link:
 
     AHEAD = 2  # GEMMs queued after each GEMM: the next one, and the one after it for a gap the first fills
 
-    def __init__(self, ahead: tuple[tuple[nn.Module, ...], ...] = ((), (), (), ()), prefetch: bool = False) -> None:
+    def __init__(self, ahead: tuple[tuple[nn.Module, ...], ...] = ((), (), (), ()), prefetch: bool = False,
+                 exact: bool = True) -> None:
         from nnic.kernels import prefetch_weights
         from nnic.kernels.runtime import last_level_cache_bytes
 
         self.ahead, self.prefetch, self.warm = ahead, prefetch, prefetch_weights
+        self.exact = exact  # False: the step runs nnic's decode kernels (FastDecoderLayer._kernel_step)
         llc = last_level_cache_bytes()
         # Bytes queued per GEMM: half the last-level cache, so that a walk never evicts its own first lines (nor
         # the KV cache and activations) before the GEMM reads them. With a 32 MiB L3 the next two GEMMs of an int8
@@ -269,14 +451,16 @@ class _Link:
         return (_Link, ())
 
 
-def link_layers(layers: list[FastDecoderLayer], lm_head: nn.Module | None, prefetch: bool) -> None:
+def link_layers(layers: list[FastDecoderLayer], lm_head: nn.Module | None, prefetch: bool,
+                exact: bool = True) -> None:
     """Chains ``layers`` (in the order a decode step runs them) and ``lm_head`` (a low-bit output projection, or
-    None) for :meth:`FastDecoderLayer._prefetch_after`; ``prefetch=False`` turns the warming off. Link again after
-    swapping any of these modules."""
+    None) for :meth:`FastDecoderLayer._prefetch_after`; ``prefetch=False`` turns the warming off; ``exact=False``
+    makes the layers run nnic's decode kernels (:meth:`FastDecoderLayer._kernel_step`). Link again after swapping
+    any of these modules."""
     seq = [g for layer in layers for g in layer.gemms()] + ([lm_head] if lm_head is not None else [])
     for i, layer in enumerate(layers):
         ahead = tuple(tuple(seq[4 * i + step + 1:4 * i + step + 1 + _Link.AHEAD]) for step in range(4))
-        layer.__dict__["_decode_link"] = _Link(ahead, prefetch)
+        layer.__dict__["_decode_link"] = _Link(ahead, prefetch, exact)
 
 
 def _rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,132 @@
+"""The small ops of a one-token decoder step, fused: RMSNorm (of a residual sum), the SiLU-gated product of a
+LLaMA-style MLP, and the attention of one query token over a preallocated key/value cache written in place.
+
+At batch 1 a decode step of a compressed 1B LLaMA spends ~30 % of its time outside the weight GEMVs, in ~30 torch
+ops per layer on hidden states of a few kilobytes: each op is microseconds of dispatch around nanoseconds of
+arithmetic, and ``scaled_dot_product_attention``'s flash kernel, built for long query blocks, takes ~80 us for one
+query over 200 keys after the cache's ``cat`` copied the whole cache once more. These run in Rust instead
+(``nnic_kernels::decoder``), on one thread, into caller-provided buffers: the rotary embedding of the query and
+key heads, the key and value written at their position of a ``[batch, kv_heads, capacity, head_dim]`` cache (no
+``cat``, no growth), and grouped-query softmax attention over the positions so far.
+
+They compute in float32 and equal torch's ops up to float32 rounding (other summation orders, a polynomial
+exponential of ~1 ulp), not bit for bit: ``nnic_transformers.fast_decode(model, exact=False)`` uses them; its
+default exact path keeps torch's ops. CPU float32 only (the decode path they serve is a CPU one).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from nnic.kernels.adapters import Array, check_dtype
+from nnic.kernels.runtime import native
+
+
+def _cpu_array(x: Array, name: str, contiguous: bool = True) -> np.ndarray:
+    """``x`` as a float32 numpy array sharing its memory (a C-contiguous copy when ``contiguous`` allows one)."""
+    check_dtype(x, name, ("float32",))
+    if isinstance(x, torch.Tensor):
+        if x.device.type != "cpu":
+            raise ValueError(f"{name} must be on the CPU, got {x.device}")
+        x = x.detach()
+        if not x.is_contiguous():
+            if not contiguous:
+                raise ValueError(f"{name} must be C-contiguous (it is written in place)")
+            x = x.contiguous()
+        return x.numpy()
+    if not x.flags.c_contiguous:
+        if not contiguous:
+            raise ValueError(f"{name} must be C-contiguous (it is written in place)")
+        x = np.ascontiguousarray(x)
+    return x
+
+
+def _like(first: Array, out: np.ndarray) -> Array:
+    return torch.from_numpy(out) if isinstance(first, torch.Tensor) else out
+
+
+def _check_eps(eps: float) -> float:
+    eps = float(eps)
+    if not (math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"eps must be finite and >= 0, got {eps}")
+    return eps
+
+
+def rms_norm(x: Array, weight: Array, eps: float = 1e-6) -> Array:
+    """``x / sqrt(mean(x², -1) + eps) * weight`` over the last dimension (``weight.numel()`` values): the
+    LLaMA / Qwen2 / Mistral RMSNorm in float32. Returns a new tensor/array of ``x``'s kind and shape."""
+    xa, wa = _cpu_array(x, "x"), _cpu_array(weight, "weight")
+    if wa.ndim != 1 or xa.ndim == 0 or xa.shape[-1] != wa.shape[0]:
+        raise ValueError(f"rms_norm: weight must be 1-D with x's last dimension; got x {xa.shape}, weight "
+                         f"{wa.shape}")
+    out = np.empty_like(xa)
+    if out.size:
+        native.rms_norm(xa, wa, _check_eps(eps), out)
+    return _like(x, out)
+
+
+def add_rms_norm(x: Array, residual: Array, weight: Array, eps: float = 1e-6) -> tuple[Array, Array]:
+    """``(h, rms_norm(h, weight, eps))`` with ``h = x + residual``, in one pass: a decoder layer's residual add and
+    the norm that follows it."""
+    xa, ra, wa = _cpu_array(x, "x"), _cpu_array(residual, "residual"), _cpu_array(weight, "weight")
+    if xa.shape != ra.shape:
+        raise ValueError(f"add_rms_norm: residual has shape {ra.shape}, x has {xa.shape}")
+    if wa.ndim != 1 or xa.ndim == 0 or xa.shape[-1] != wa.shape[0]:
+        raise ValueError(f"add_rms_norm: weight must be 1-D with x's last dimension; got x {xa.shape}, weight "
+                         f"{wa.shape}")
+    h, out = np.empty_like(xa), np.empty_like(xa)
+    if out.size:
+        native.add_rms_norm(xa, ra, wa, _check_eps(eps), h, out)
+    return _like(x, h), _like(x, out)
+
+
+def silu_mul(gate_up: Array) -> Array:
+    """``silu(gate) * up`` where ``gate, up`` are the two halves of ``gate_up``'s last dimension (a fused gate/up
+    projection's output). Returns ``[..., inner]``."""
+    ga = _cpu_array(gate_up, "gate_up")
+    if ga.ndim == 0 or ga.shape[-1] % 2 or ga.shape[-1] == 0:
+        raise ValueError(f"silu_mul: gate_up's last dimension must be even and >= 2, got shape {ga.shape}")
+    inner = ga.shape[-1] // 2
+    out = np.empty((*ga.shape[:-1], inner), np.float32)
+    if out.size:
+        native.silu_mul(ga, inner, out)
+    return _like(gate_up, out)
+
+
+def decode_attention(qkv: Array, cos: Array, sin: Array, k_cache: Array, v_cache: Array, heads: int, pos: int,
+                     scale: float | None = None) -> Array:
+    """One query token's attention, for every row of a batch.
+
+    ``qkv``: ``[batch, (heads + 2 kv_heads) head_dim]``, a fused q/k/v projection's rows (query heads, then key
+    heads, then value heads); ``cos``, ``sin``: ``[batch, head_dim]``, the rotary embedding of the token's
+    position; ``k_cache``, ``v_cache``: ``[batch, kv_heads, capacity, head_dim]``, C-contiguous float32, **written
+    in place**: the rotated key and the value go to position ``pos``. Returns ``out``, ``[batch, heads
+    head_dim]``: for each query head ``h`` (rotated: ``x cos + rotate_half(x) sin``) ``softmax(scale q_h K[:pos+1]ᵀ)
+    V[:pos+1]`` with the key/value head of its group (``h // (heads // kv_heads)``). ``scale`` defaults to
+    ``head_dim ** -0.5``."""
+    ka, va = _cpu_array(k_cache, "k_cache", contiguous=False), _cpu_array(v_cache, "v_cache", contiguous=False)
+    if ka.ndim != 4 or ka.shape != va.shape:
+        raise ValueError(f"decode_attention: k_cache and v_cache must be [batch, kv_heads, capacity, head_dim] "
+                         f"alike, got {ka.shape} and {va.shape}")
+    batch, kv_heads, capacity, head_dim = ka.shape
+    qa, ca, sa = _cpu_array(qkv, "qkv"), _cpu_array(cos, "cos"), _cpu_array(sin, "sin")
+    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
+        raise ValueError(f"decode_attention: heads must be a positive integer, got {heads!r}")
+    if qa.shape != (batch, (heads + 2 * kv_heads) * head_dim):
+        raise ValueError(f"decode_attention: qkv must be [batch, (heads + 2 kv_heads) head_dim] = "
+                         f"{(batch, (heads + 2 * kv_heads) * head_dim)}, got {qa.shape}")
+    for name, a in (("cos", ca), ("sin", sa)):
+        if a.shape != (batch, head_dim):
+            raise ValueError(f"decode_attention: {name} must be [batch, head_dim] = {(batch, head_dim)}, got {a.shape}")
+    if isinstance(pos, bool) or not isinstance(pos, int) or not 0 <= pos < capacity:
+        raise ValueError(f"decode_attention: pos must be an integer in [0, capacity={capacity}), got {pos!r}")
+    scale = head_dim ** -0.5 if scale is None else float(scale)
+    out = np.empty((batch, heads * head_dim), np.float32)
+    native.decode_attention(qa, ca, sa, ka, va, heads, kv_heads, head_dim, pos, scale, out)
+    return _like(qkv, out)
+
+
+__all__ = ["add_rms_norm", "decode_attention", "rms_norm", "silu_mul"]

@@ -1,0 +1,562 @@
+//! The small ops of one decode step of a LLaMA-style decoder layer (batch of one-token rows): RMSNorm (of a
+//! residual sum), the SiLU-gated product of the MLP, and the attention of one query token: rotary embedding of the
+//! query and key heads, the key and value written in place into a preallocated cache, grouped-query attention over
+//! the cache, the context written where the output projection reads it.
+//!
+//! In torch these are ~30 ops per layer (the norm alone is a composite of six; attention is `cat` into a growing
+//! cache, then `scaled_dot_product_attention`, whose flash kernel is built for long query blocks and takes ~80 us
+//! for one query over 200 keys), each a few microseconds of dispatch around a few hundred nanoseconds of
+//! arithmetic on a hidden state that fits in L1. Here each is one call on one thread (the work is a few kilobytes;
+//! the GEMMs keep the threads), compiled for every ISA by `multiversion!`.
+//!
+//! Numerics: float32 throughout, sums in 16 independent lanes (vectorised without reassociating inside a lane);
+//! the exponential is the attention kernels' polynomial (`attention::exp_body`, ~1 ulp). Results equal torch's up
+//! to float32 rounding, not bit for bit (the decode layer's exact path keeps torch's ops).
+use crate::attention::exp_body;
+use crate::cpu;
+use crate::error::{KernelError, Result};
+use crate::simd::multiversion;
+
+/// Lanes of the per-row sums (a multiple of every ISA's f32 vector width).
+const LANES: usize = 16;
+
+/// Sum of `f(a[i], b[i])` in [`LANES`] independent lanes (fixed-size chunks, so that the wider ISA copies
+/// vectorise it), then across the lanes.
+#[inline(always)]
+fn lane_sum2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
+    let n = a.len();
+    let b = &b[..n];
+    let mut acc = [0.0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        let x: &[f32; LANES] = x.try_into().expect("chunks_exact yields LANES values");
+        let y: &[f32; LANES] = y.try_into().expect("chunks_exact yields LANES values");
+        for l in 0..LANES {
+            acc[l] += f(x[l], y[l]);
+        }
+    }
+    for (a, (&x, &y)) in acc.iter_mut().zip(ra.iter().zip(rb)) {
+        *a += f(x, y);
+    }
+    lanes_total(acc)
+}
+
+/// The sum of the lanes as a tree (halves added lane-wise: shuffles and vector adds), not a chain of 15
+/// dependent scalar adds: a 64-value dot product was dominated by that chain (66 us for one query's 32 heads over
+/// 180 keys, with it; see `group_body`).
+#[inline(always)]
+fn lanes_total(mut acc: [f32; LANES]) -> f32 {
+    let mut w = LANES / 2;
+    while w > 0 {
+        for l in 0..w {
+            acc[l] += acc[l + w];
+        }
+        w /= 2;
+    }
+    acc[0]
+}
+
+fn check_rows(name: &'static str, len: usize, cols: usize, rows: usize) -> Result<()> {
+    if len != rows * cols {
+        return Err(KernelError::Mismatch { what: format!("{name} has {len} values, expected {rows} rows of {cols}") });
+    }
+    Ok(())
+}
+
+fn check_eps(eps: f32) -> Result<()> {
+    if !(eps.is_finite() && eps >= 0.0) {
+        return Err(KernelError::Invalid { what: format!("eps must be finite and >= 0, got {eps}") });
+    }
+    Ok(())
+}
+
+/// `out[r] = x[r] / sqrt(mean(x[r]²) + eps) * weight` for every row `r` of `weight.len()` values (transformers'
+/// LLaMA / Qwen2 / Mistral RMSNorm in float32).
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) -> Result<()> {
+    let cols = weight.len();
+    if cols == 0 {
+        return Err(KernelError::Empty { arg: "weight" });
+    }
+    check_eps(eps)?;
+    if !x.len().is_multiple_of(cols) {
+        return Err(KernelError::Mismatch { what: format!("x has {} values, not rows of {cols}", x.len()) });
+    }
+    check_rows("out", out.len(), cols, x.len() / cols)?;
+    let isa = cpu::active();
+    for (x, o) in x.chunks_exact(cols).zip(out.chunks_exact_mut(cols)) {
+        rms_row(isa, x, weight, eps, o);
+    }
+    Ok(())
+}
+
+/// `sum = x + residual`, then `out = rms_norm(sum)` (see [`rms_norm`]), row by row: a decoder layer's residual
+/// add and its second norm in one pass over L1-resident rows.
+pub fn add_rms_norm(x: &[f32], residual: &[f32], weight: &[f32], eps: f32, sum: &mut [f32], out: &mut [f32]) -> Result<()> {
+    let cols = weight.len();
+    if cols == 0 {
+        return Err(KernelError::Empty { arg: "weight" });
+    }
+    check_eps(eps)?;
+    if !x.len().is_multiple_of(cols) {
+        return Err(KernelError::Mismatch { what: format!("x has {} values, not rows of {cols}", x.len()) });
+    }
+    let rows = x.len() / cols;
+    check_rows("residual", residual.len(), cols, rows)?;
+    check_rows("sum", sum.len(), cols, rows)?;
+    check_rows("out", out.len(), cols, rows)?;
+    let isa = cpu::active();
+    for (((x, r), s), o) in x.chunks_exact(cols).zip(residual.chunks_exact(cols)).zip(sum.chunks_exact_mut(cols))
+        .zip(out.chunks_exact_mut(cols))
+    {
+        add_row(isa, x, r, s);
+        rms_row(isa, s, weight, eps, o);
+    }
+    Ok(())
+}
+
+multiversion! {
+    fn rms_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) = rms_row_body;
+}
+multiversion! {
+    fn add_row(x: &[f32], r: &[f32], out: &mut [f32]) = add_row_body;
+}
+
+#[inline(always)]
+fn rms_row_body(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let n = out.len();
+    let (x, w) = (&x[..n], &w[..n]);
+    let mean = lane_sum2(x, x, |a, b| a * b) / n as f32;
+    let inv = 1.0 / (mean + eps).sqrt();
+    for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
+        *o = v * inv * g;
+    }
+}
+
+#[inline(always)]
+fn add_row_body(x: &[f32], r: &[f32], out: &mut [f32]) {
+    let n = out.len();
+    for ((o, &a), &b) in out.iter_mut().zip(&x[..n]).zip(&r[..n]) {
+        *o = a + b;
+    }
+}
+
+/// `out[r, i] = silu(gate_up[r, i]) * gate_up[r, inner + i]` for `i < inner`: the gated MLP's activation, read
+/// from the fused gate/up GEMM's `[rows, 2 · inner]` output; `out` is `[rows, inner]`.
+pub fn silu_mul(gate_up: &[f32], inner: usize, out: &mut [f32]) -> Result<()> {
+    if inner == 0 {
+        return Err(KernelError::Invalid { what: "inner must be >= 1, got 0".into() });
+    }
+    if !gate_up.len().is_multiple_of(2 * inner) {
+        return Err(KernelError::Mismatch {
+            what: format!("gate_up has {} values, not rows of 2 * inner = {}", gate_up.len(), 2 * inner),
+        });
+    }
+    check_rows("out", out.len(), inner, gate_up.len() / (2 * inner))?;
+    let isa = cpu::active();
+    for (g, o) in gate_up.chunks_exact(2 * inner).zip(out.chunks_exact_mut(inner)) {
+        let (gate, up) = g.split_at(inner);
+        silu_mul_row(isa, gate, up, o);
+    }
+    Ok(())
+}
+
+multiversion! {
+    fn silu_mul_row(gate: &[f32], up: &[f32], out: &mut [f32]) = silu_mul_body;
+}
+
+#[inline(always)]
+fn silu_mul_body(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    let n = out.len();
+    for ((o, &g), &u) in out.iter_mut().zip(&gate[..n]).zip(&up[..n]) {
+        *o = silu(g) * u;
+    }
+}
+
+/// `x · sigmoid(x)`, with the exponential taken of `-|x|` only (no overflow): `sigmoid(x) = 1 / (1 + e^-x)` for
+/// `x >= 0`, `e^x / (1 + e^x)` below. NaN stays NaN.
+#[inline(always)]
+fn silu(x: f32) -> f32 {
+    let e = exp_body(-x.abs());
+    let s = if x >= 0.0 { 1.0 / (1.0 + e) } else { e / (1.0 + e) };
+    x * s
+}
+
+/// The sizes of a one-token attention step: `batch` rows, `heads` query heads sharing `kv_heads` key/value heads
+/// (grouped-query attention: query head `h` reads key/value head `h / (heads / kv_heads)`), `head_dim` values
+/// per head, and a cache of `capacity` positions per (row, key/value head).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepShape {
+    pub batch: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub capacity: usize,
+}
+
+impl StepShape {
+    /// Values per row of the fused q/k/v projection's output: `(heads + 2 · kv_heads) · head_dim`.
+    pub fn qkv_width(&self) -> usize {
+        (self.heads + 2 * self.kv_heads) * self.head_dim
+    }
+
+    fn check(&self) -> Result<()> {
+        let StepShape { batch, heads, kv_heads, head_dim, capacity } = *self;
+        for (name, n) in [("batch", batch), ("heads", heads), ("kv_heads", kv_heads), ("head_dim", head_dim),
+                          ("capacity", capacity)] {
+            if n == 0 {
+                return Err(KernelError::Invalid { what: format!("{name} must be >= 1, got 0") });
+            }
+        }
+        if !heads.is_multiple_of(kv_heads) {
+            return Err(KernelError::Invalid { what: format!("heads {heads} is not a multiple of kv_heads {kv_heads}") });
+        }
+        if !head_dim.is_multiple_of(2) {
+            return Err(KernelError::Invalid { what: format!("head_dim must be even (rotary halves), got {head_dim}") });
+        }
+        Ok(())
+    }
+}
+
+/// One decode step's attention for every row `b` of the batch, at cache position `pos`:
+///
+/// 1. the query and key heads of `qkv[b]` (`[heads · d | kv_heads · d | kv_heads · d]`, the fused projection's
+///    row) get the rotary embedding `x · cos + rotate_half(x) · sin` with `cos[b]`, `sin[b]` (`head_dim` values
+///    each; `rotate_half(x) = [-x[d/2..], x[..d/2]]`, transformers' LLaMA convention);
+/// 2. the rotated key and the value of each key/value head are written at position `pos` of `k_cache` /
+///    `v_cache` (`[batch, kv_heads, capacity, head_dim]`, row-major);
+/// 3. `out[b, h · d .. (h+1) · d] = softmax(scale · q_h · K[0..=pos]ᵀ) · V[0..=pos]` with the key/value head of
+///    `h`'s group (no mask: every cached position is attended, the causal mask of a single newest query).
+///
+/// `qkv` is not modified (the rotated query lives in a scratch row).
+#[allow(clippy::too_many_arguments)]
+pub fn decode_attention(
+    qkv: &[f32],
+    cos: &[f32],
+    sin: &[f32],
+    k_cache: &mut [f32],
+    v_cache: &mut [f32],
+    shape: StepShape,
+    pos: usize,
+    scale: f32,
+    out: &mut [f32],
+) -> Result<()> {
+    shape.check()?;
+    let StepShape { batch, heads, kv_heads, head_dim: d, capacity } = shape;
+    if pos >= capacity {
+        return Err(KernelError::Invalid { what: format!("pos {pos} is outside the cache's capacity {capacity}") });
+    }
+    if !scale.is_finite() {
+        return Err(KernelError::Invalid { what: format!("scale must be finite, got {scale}") });
+    }
+    check_rows("qkv", qkv.len(), shape.qkv_width(), batch)?;
+    check_rows("cos", cos.len(), d, batch)?;
+    check_rows("sin", sin.len(), d, batch)?;
+    check_rows("k_cache", k_cache.len(), kv_heads * capacity * d, batch)?;
+    check_rows("v_cache", v_cache.len(), kv_heads * capacity * d, batch)?;
+    check_rows("out", out.len(), heads * d, batch)?;
+    let isa = cpu::active();
+    let group = heads / kv_heads;
+    let len = pos + 1;
+    let mut q_rot = vec![0.0f32; heads * d];
+    let mut scores = vec![0.0f32; group * len];
+    let mut qt = vec![0.0f32; d * HEAD_BLOCK];
+    let per_head = capacity * d;
+    for b in 0..batch {
+        let row = &qkv[b * shape.qkv_width()..(b + 1) * shape.qkv_width()];
+        let (c, s) = (&cos[b * d..(b + 1) * d], &sin[b * d..(b + 1) * d]);
+        for h in 0..heads {
+            rotary(isa, &row[h * d..(h + 1) * d], c, s, &mut q_rot[h * d..(h + 1) * d]);
+        }
+        for g in 0..kv_heads {
+            let at = (b * kv_heads + g) * per_head + pos * d;
+            let k = &row[(heads + g) * d..(heads + g + 1) * d];
+            let v = &row[(heads + kv_heads + g) * d..(heads + kv_heads + g + 1) * d];
+            rotary(isa, k, c, s, &mut k_cache[at..at + d]);
+            v_cache[at..at + d].copy_from_slice(v);
+        }
+        for g in 0..kv_heads {
+            let base = (b * kv_heads + g) * per_head;
+            let keys = &k_cache[base..base + len * d];
+            let values = &v_cache[base..base + len * d];
+            let q = &q_rot[g * group * d..(g + 1) * group * d];
+            let o = &mut out[b * heads * d + g * group * d..b * heads * d + (g + 1) * group * d];
+            group_attention(isa, q, keys, values, d, scale, &mut scores, &mut qt, o);
+        }
+    }
+    Ok(())
+}
+
+multiversion! {
+    fn rotary(x: &[f32], cos: &[f32], sin: &[f32], out: &mut [f32]) = rotary_body;
+}
+multiversion! {
+    fn group_attention(q: &[f32], keys: &[f32], values: &[f32], d: usize, scale: f32, scores: &mut [f32], qt: &mut [f32], out: &mut [f32]) = group_body;
+}
+
+/// `out = x · cos + rotate_half(x) · sin`, `rotate_half(x) = [-x[half..], x[..half]]`.
+#[inline(always)]
+fn rotary_body(x: &[f32], cos: &[f32], sin: &[f32], out: &mut [f32]) {
+    let d = out.len();
+    let half = d / 2;
+    let (x, cos, sin) = (&x[..d], &cos[..d], &sin[..d]);
+    let (lo, hi) = out.split_at_mut(half);
+    for i in 0..half {
+        lo[i] = x[i] * cos[i] + (-x[half + i]) * sin[i];
+    }
+    for i in 0..half {
+        hi[i] = x[half + i] * cos[half + i] + x[i] * sin[half + i];
+    }
+}
+
+/// The query heads of one group (`q`: `group` rows of `d`) against the group's `keys` / `values` (`len` rows of
+/// `d`), in three passes with no horizontal sums in the inner loops, [`HEAD_BLOCK`] heads at a time:
+///
+/// 1. scores: the block's queries are transposed once into `qt` (`[d][HEAD_BLOCK]`, zero-padded), then each key
+///    row gives the block's scores as `Σ_i k[i] · qt[i]` (one vector of heads per step; four independent
+///    accumulators for the add latency);
+/// 2. softmax per head, in place, keeping `1 / sum`;
+/// 3. context, [`LANES`] columns at a time: each value row's chunk is loaded once and added into the block's
+///    heads (eight accumulators, one per head), times `1 / sum` at the end.
+///
+/// A plain loop (a 64-value dot product per (head, key) reduced across its lanes, then each value row added into
+/// every head's context) took 66 us for 32 heads over 181 keys: the lane reductions, and the value rows read once
+/// per head and column chunk (32 passes over 46 KB per group, from L2).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn group_body(q: &[f32], keys: &[f32], values: &[f32], d: usize, scale: f32, scores: &mut [f32], qt: &mut [f32],
+              out: &mut [f32]) {
+    let group = q.len() / d;
+    let len = keys.len() / d;
+    let scores = &mut scores[..group * len];
+    let values = &values[..len * d];
+    let qt = &mut qt[..d * HEAD_BLOCK];
+    let zeros = vec![0.0f32; len];
+    for h0 in (0..group).step_by(HEAD_BLOCK) {
+        let hn = HEAD_BLOCK.min(group - h0);
+        for i in 0..d {
+            for jj in 0..HEAD_BLOCK {
+                qt[i * HEAD_BLOCK + jj] = if jj < hn { q[(h0 + jj) * d + i] } else { 0.0 };
+            }
+        }
+        let qt: &[f32] = qt;
+        for (t, k) in keys.chunks_exact(d).enumerate() {
+            // four named accumulators: LLVM keeps those in registers (a `[[f32; 8]; 4]` stayed on the stack)
+            let (mut a0, mut a1, mut a2, mut a3) = ([0.0f32; HEAD_BLOCK], [0.0f32; HEAD_BLOCK], [0.0f32; HEAD_BLOCK],
+                                                    [0.0f32; HEAD_BLOCK]);
+            let mut k4s = k.chunks_exact(4);
+            for (k4, q4) in (&mut k4s).zip(qt.chunks_exact(4 * HEAD_BLOCK)) {
+                let q0: &[f32; HEAD_BLOCK] = q4[..HEAD_BLOCK].try_into().expect("block");
+                let q1: &[f32; HEAD_BLOCK] = q4[HEAD_BLOCK..2 * HEAD_BLOCK].try_into().expect("block");
+                let q2: &[f32; HEAD_BLOCK] = q4[2 * HEAD_BLOCK..3 * HEAD_BLOCK].try_into().expect("block");
+                let q3: &[f32; HEAD_BLOCK] = q4[3 * HEAD_BLOCK..].try_into().expect("block");
+                let (k0, k1, k2, k3) = (k4[0], k4[1], k4[2], k4[3]);
+                for l in 0..HEAD_BLOCK {
+                    a0[l] += k0 * q0[l];
+                    a1[l] += k1 * q1[l];
+                    a2[l] += k2 * q2[l];
+                    a3[l] += k3 * q3[l];
+                }
+            }
+            for (&kv, q0) in k4s.remainder().iter().zip(qt[(d - d % 4) * HEAD_BLOCK..].chunks_exact(HEAD_BLOCK)) {
+                for l in 0..HEAD_BLOCK {
+                    a0[l] += kv * q0[l];
+                }
+            }
+            for jj in 0..hn {
+                scores[(h0 + jj) * len + t] = scale * ((a0[jj] + a1[jj]) + (a2[jj] + a3[jj]));
+            }
+        }
+        let mut inv = [0.0f32; HEAD_BLOCK];
+        for jj in 0..hn {
+            inv[jj] = softmax_unnormalised(&mut scores[(h0 + jj) * len..(h0 + jj + 1) * len]);
+        }
+        let scores: &[f32] = scores;
+        // a missing head of the last block reads zero probabilities (its context is not written)
+        let prob = |jj: usize| -> &[f32] { if jj < hn { &scores[(h0 + jj) * len..(h0 + jj + 1) * len] } else { &zeros } };
+        let (p0, p1, p2, p3, p4, p5, p6, p7) = (prob(0), prob(1), prob(2), prob(3), prob(4), prob(5), prob(6), prob(7));
+        let mut c0 = 0;
+        while c0 + LANES <= d {
+            let (mut a0, mut a1, mut a2, mut a3) = ([0.0f32; LANES], [0.0f32; LANES], [0.0f32; LANES], [0.0f32; LANES]);
+            let (mut a4, mut a5, mut a6, mut a7) = ([0.0f32; LANES], [0.0f32; LANES], [0.0f32; LANES], [0.0f32; LANES]);
+            for (t, row) in values.chunks_exact(d).enumerate() {
+                let v: &[f32; LANES] = row[c0..c0 + LANES].try_into().expect("LANES values");
+                let (w0, w1, w2, w3) = (p0[t], p1[t], p2[t], p3[t]);
+                let (w4, w5, w6, w7) = (p4[t], p5[t], p6[t], p7[t]);
+                for l in 0..LANES {
+                    a0[l] += w0 * v[l];
+                    a1[l] += w1 * v[l];
+                    a2[l] += w2 * v[l];
+                    a3[l] += w3 * v[l];
+                    a4[l] += w4 * v[l];
+                    a5[l] += w5 * v[l];
+                    a6[l] += w6 * v[l];
+                    a7[l] += w7 * v[l];
+                }
+            }
+            for (jj, a) in [a0, a1, a2, a3, a4, a5, a6, a7].iter().enumerate().take(hn) {
+                let o = &mut out[(h0 + jj) * d + c0..(h0 + jj) * d + c0 + LANES];
+                for (o, &x) in o.iter_mut().zip(a) {
+                    *o = x * inv[jj];
+                }
+            }
+            c0 += LANES;
+        }
+        for c in c0..d {
+            for jj in 0..hn {
+                let p = &scores[(h0 + jj) * len..(h0 + jj + 1) * len];
+                let mut a = 0.0f32;
+                for (t, &pt) in p.iter().enumerate() {
+                    a += pt * values[t * d + c];
+                }
+                out[(h0 + jj) * d + c] = a * inv[jj];
+            }
+        }
+    }
+}
+
+/// Query heads per block (LLaMA-style models group 4 to 8 query heads per key/value head): the scores pass
+/// computes one vector of the block's scores per key row, the context pass adds each value chunk into the block's
+/// eight accumulators (named in the code: this constant must stay 8).
+const HEAD_BLOCK: usize = 8;
+
+/// In place `row = e^(row - max(row))`; returns `1 / sum(row)`. Max and sum in [`LANES`] lanes.
+#[inline(always)]
+fn softmax_unnormalised(row: &mut [f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for ch in &mut chunks {
+        for l in 0..LANES {
+            lanes[l] = if ch[l] > lanes[l] { ch[l] } else { lanes[l] };
+        }
+    }
+    let max = chunks.remainder().iter().chain(&lanes).fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+    let mut sums = [0.0f32; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for ch in &mut chunks {
+        for l in 0..LANES {
+            ch[l] = exp_body(ch[l] - max);
+            sums[l] += ch[l];
+        }
+    }
+    let mut sum: f32 = sums.iter().sum();
+    for x in chunks.into_remainder() {
+        *x = exp_body(*x - max);
+        sum += *x;
+    }
+    1.0 / sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seeded(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// The same step in f64 with plain loops: rotary, cache write, softmax attention per head.
+    #[allow(clippy::too_many_arguments)]
+    fn reference(qkv: &[f32], cos: &[f32], sin: &[f32], kc: &mut [f32], vc: &mut [f32], sh: StepShape, pos: usize,
+                 scale: f32) -> Vec<f64> {
+        let StepShape { batch, heads, kv_heads, head_dim: d, capacity } = sh;
+        let rot = |x: &[f32], c: &[f32], s: &[f32]| -> Vec<f32> {
+            (0..d).map(|i| {
+                let r = if i < d / 2 { -x[i + d / 2] } else { x[i - d / 2] };
+                x[i] * c[i] + r * s[i]
+            }).collect()
+        };
+        let mut out = vec![0.0f64; batch * heads * d];
+        for b in 0..batch {
+            let row = &qkv[b * sh.qkv_width()..];
+            let (c, s) = (&cos[b * d..], &sin[b * d..]);
+            for g in 0..kv_heads {
+                let at = (b * kv_heads + g) * capacity * d + pos * d;
+                kc[at..at + d].copy_from_slice(&rot(&row[(heads + g) * d..], c, s));
+                vc[at..at + d].copy_from_slice(&row[(heads + kv_heads + g) * d..(heads + kv_heads + g + 1) * d]);
+            }
+            for h in 0..heads {
+                let g = h / (heads / kv_heads);
+                let q = rot(&row[h * d..], c, s);
+                let base = (b * kv_heads + g) * capacity * d;
+                let sc: Vec<f64> = (0..=pos)
+                    .map(|t| scale as f64 * (0..d).map(|i| q[i] as f64 * kc[base + t * d + i] as f64).sum::<f64>())
+                    .collect();
+                let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = sc.iter().map(|x| (x - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for i in 0..d {
+                    out[(b * heads + h) * d + i] =
+                        (0..=pos).map(|t| e[t] * vc[base + t * d + i] as f64).sum::<f64>() / z;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn decode_attention_matches_f64_reference_on_every_isa() {
+        for &(batch, heads, kv_heads, d, pos) in &[(1, 32, 4, 64, 130), (2, 4, 2, 16, 0), (3, 6, 6, 10, 37), (1, 2, 1, 8, 15)] {
+            let sh = StepShape { batch, heads, kv_heads, head_dim: d, capacity: pos + 5 };
+            let qkv = seeded(batch * sh.qkv_width(), 1);
+            let (cos, sin) = (seeded(batch * d, 2), seeded(batch * d, 3));
+            let cache = batch * kv_heads * sh.capacity * d;
+            let (k0, v0) = (seeded(cache, 4), seeded(cache, 5));
+            let (mut kr, mut vr) = (k0.clone(), v0.clone());
+            let want = reference(&qkv, &cos, &sin, &mut kr, &mut vr, sh, pos, 0.3);
+            for isa in cpu::supported() {
+                cpu::set_isa(Some(isa)).unwrap();
+                let (mut k, mut v) = (k0.clone(), v0.clone());
+                let mut out = vec![0.0f32; batch * heads * d];
+                decode_attention(&qkv, &cos, &sin, &mut k, &mut v, sh, pos, 0.3, &mut out).unwrap();
+                assert_eq!(v, vr, "{isa:?}: the value is copied into its slot, nothing else changes");
+                for (a, b) in k.iter().zip(&kr) {
+                    assert!((a - b).abs() <= 1e-6, "{isa:?}: key cache {a} vs {b}");
+                }
+                for (a, b) in out.iter().zip(&want) {
+                    assert!((*a as f64 - b).abs() <= 1e-5, "{isa:?}: {a} vs {b}");
+                }
+            }
+            cpu::set_isa(None).unwrap();
+        }
+    }
+
+    #[test]
+    fn norms_and_silu_match_f64_on_every_isa() {
+        let (n, rows) = (77, 3);
+        let (x, r, w) = (seeded(n * rows, 7), seeded(n * rows, 8), seeded(n, 9));
+        for isa in cpu::supported() {
+            cpu::set_isa(Some(isa)).unwrap();
+            let (mut s, mut o, mut o2) = (vec![0.0; n * rows], vec![0.0; n * rows], vec![0.0; n * rows]);
+            add_rms_norm(&x, &r, &w, 1e-5, &mut s, &mut o).unwrap();
+            rms_norm(&s, &w, 1e-5, &mut o2).unwrap();
+            assert_eq!(o, o2, "{isa:?}: add_rms_norm is the add, then rms_norm");
+            for row in 0..rows {
+                let h: Vec<f64> = (0..n).map(|i| x[row * n + i] as f64 + r[row * n + i] as f64).collect();
+                let inv = 1.0 / (h.iter().map(|v| v * v).sum::<f64>() / n as f64 + 1e-5).sqrt();
+                for i in 0..n {
+                    assert!((o[row * n + i] as f64 - h[i] * inv * w[i] as f64).abs() <= 1e-5);
+                }
+            }
+            let gu: Vec<f32> = seeded(2 * n * rows, 10).iter().map(|v| v * 30.0).collect();
+            let mut out = vec![0.0; n * rows];
+            silu_mul(&gu, n, &mut out).unwrap();
+            for row in 0..rows {
+                for i in 0..n {
+                    let (g, u) = (gu[row * 2 * n + i] as f64, gu[row * 2 * n + n + i] as f64);
+                    let want = g / (1.0 + (-g).exp()) * u;
+                    assert!((out[row * n + i] as f64 - want).abs() <= 1e-5 * want.abs().max(1.0), "{isa:?}");
+                }
+            }
+        }
+        cpu::set_isa(None).unwrap();
+    }
+}
