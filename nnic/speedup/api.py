@@ -15,6 +15,7 @@ from nnic.channels.capture import split_dummy_input
 from nnic.channels.collector import collection_paused
 from nnic.channels.graph import Spec, State
 from nnic.channels.propagate import Propagation, RuleTable, SpeedupError, analyze
+from nnic.channels.tracer import submodule
 from nnic.masking import ParameterMask, check_masks
 from nnic.speedup.engine import apply, apply_masks, decide, same_tensor, unwrap_masks
 from nnic.speedup.reference import masked_output
@@ -318,7 +319,7 @@ class ModelSpeedup:
                     out.append(plist.original)
                 out += attached  # the masks themselves: read, never written
         for layer, per_param in self.masks.items() if remasked else ():
-            module = self.model.get_submodule(layer)
+            module = submodule(self.model, layer)
             for pname, mask in per_param.items():
                 if mask is not None and not parametrize.is_parametrized(module, pname):
                     out.append(getattr(module, pname))
