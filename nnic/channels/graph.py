@@ -39,6 +39,28 @@ class UnionRecord:
     roots: np.ndarray
 
 
+class IdRange(list):
+    """Consecutive channel ids ``start, start + 1, ...`` as :meth:`UnionFind.new` gives them (a slot's ids): a
+    list that knows its start, so that reading its roots is a slice (:meth:`State.roots_of`) instead of a check
+    of every id. Slots are shared by every call of a module: changing one in place would change them all, so it
+    refuses (``list(ids)`` is a copy to change)."""
+
+    __slots__ = ("start",)
+
+    def __init__(self, start: int, n: int) -> None:
+        super().__init__(range(start, start + n))
+        self.start = start
+
+    def __reduce__(self) -> tuple:
+        return IdRange, (self.start, len(self))
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("a slot's ids are shared by every call of its module: copy them (list(ids)) to change them")
+
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse  # type: ignore[assignment]
+    append = extend = insert = pop = remove = reverse = sort = clear = _refuse  # type: ignore[assignment]
+
+
 class UnionFind:
     """Channel ids 0, 1, 2...; every root is its group's smallest id.
 
@@ -69,7 +91,7 @@ class UnionFind:
         start = self._size
         self._size += n
         self._roots = None
-        return list(range(start, start + n))
+        return IdRange(start, n)
 
     def find(self, i: int) -> int:
         parent = self.parent
@@ -307,6 +329,8 @@ class State:
         """The roots of ``ids`` (an int64 array): a slice of :meth:`UnionFind.root_array` for the consecutive
         ids a slot holds, a gather otherwise."""
         roots = self.uf.root_array()
+        if type(ids) is IdRange:
+            return roots[ids.start:ids.start + len(ids)]
         if ids and ids[-1] - ids[0] == len(ids) - 1 and ids == list(range(ids[0], ids[-1] + 1)):
             return roots[ids[0]:ids[-1] + 1]
         return roots[np.asarray(ids, dtype=np.int64)] if ids else roots[:0]

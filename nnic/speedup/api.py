@@ -242,12 +242,14 @@ class ModelSpeedup:
         return self._run(remasked=False)
 
     @collection_paused()
-    def _run(self, remasked: bool) -> nn.Module:
+    def _run(self, remasked: bool, checked: bool = False) -> nn.Module:
         """:meth:`speedup_model`; ``remasked=True`` when the caller attaches ``self.masks`` again if this
         fails (:func:`~nnic.speedup.prune_and_speedup`), so the masked weights' values under their masks need
-        not be kept for the restore (:class:`_Snapshot`)."""
+        not be kept for the restore (:class:`_Snapshot`); ``checked=True`` when the caller has just checked
+        ``self.masks`` against the model (``Pruner.checked_masks``)."""
         model = self.model
-        check_masks(model, self.masks)
+        if not checked:
+            check_masks(model, self.masks)
         split_dummy_input(model, self.dummy_input)  # its TypeError before any work
         table = RuleTable(registered_rules() + self.rules)
         # Before the masks are folded: a failure must not leave zeroed weights (unless they are masked again).

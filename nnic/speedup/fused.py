@@ -65,7 +65,8 @@ def prune_and_speedup(pruner: Pruner, dummy_input: Any = None, **kwargs: Any) ->
         masks = pruner.checked_masks()
         try:
             speedup = ModelSpeedup(pruner.model, dummy_input, masks, **kwargs)
-            speedup._run(remasked=True)  # the masks are attached below if it fails: values under them need no copy
+            # The masks are attached below if it fails (values under them need no copy), and were just checked.
+            speedup._run(remasked=True, checked=True)
         except BaseException:
             pruner.attach(masks)  # speedup put the model back as it was given: mask it as compress() would
             raise
