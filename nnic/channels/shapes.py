@@ -105,13 +105,14 @@ def zeros_of(module: nn.Module, args: tuple, kwargs: dict, at_least: float) -> t
     return torch.zeros((), dtype=x.dtype, device=x.device).expand(shape)
 
 
-# Elementwise ops between layers: the result's shape is the broadcast of the tensor arguments' shapes and its
-# dtype torch's promotion of all arguments (exact types; keyword arguments that change neither).
-_ELEMENTWISE = {operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.isub,
-                operator.imul, operator.itruediv, torch.add, torch.sub, torch.mul, torch.div, torch.relu,
-                torch.sigmoid, torch.tanh, F.relu, F.relu6, F.hardswish, F.hardsigmoid, F.silu, F.gelu}
-_ELEMENTWISE_METHODS = {"add", "sub", "mul", "div", "add_", "sub_", "mul_", "div_", "relu", "relu_", "sigmoid",
-                        "sigmoid_", "tanh", "tanh_"}
+# Elementwise ops between layers, by number of positional arguments: the result's shape is the broadcast of the
+# tensor arguments' shapes, its dtype theirs when they share one float dtype (Python numbers do not change it);
+# keyword arguments only those that change neither.
+_BINARY = {operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.isub, operator.imul,
+           operator.itruediv, torch.add, torch.sub, torch.mul, torch.div}
+_UNARY = {torch.relu, torch.sigmoid, torch.tanh, F.relu, F.relu6, F.hardswish, F.hardsigmoid, F.silu, F.gelu}
+_BINARY_METHODS = {"add", "sub", "mul", "div", "add_", "sub_", "mul_", "div_"}
+_UNARY_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_"}
 _IN_PLACE: set[Any] = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
 _SHAPE_KWARGS = {"alpha", "inplace", "approximate"}
 
@@ -122,13 +123,15 @@ def op_zeros(kind: str, target: Any, args: tuple, kwargs: dict, at_least: float)
     least ``at_least`` elements; else ``None`` (the op runs, and raises where it would). An in-place op
     qualifies only when it writes into a stand-in (whose values are already wrong): one writing into a real
     tensor changes values that later ops read."""
-    if kind == "call_method":
-        if not (isinstance(target, str) and target in _ELEMENTWISE_METHODS):
-            return None
+    if kind == "call_method" and isinstance(target, str):
+        arity = 2 if target in _BINARY_METHODS else 1 if target in _UNARY_METHODS else 0
         in_place = target.endswith("_")
-    elif kind == "call_function" and _known(target, _ELEMENTWISE):
+    elif kind == "call_function":
+        arity = 2 if _known(target, _BINARY) else 1 if _known(target, _UNARY) else 0
         in_place = _known(target, _IN_PLACE) or kwargs.get("inplace") is True
     else:
+        return None
+    if not arity or len(args) != arity:  # F.relu(x, True): an in-place flag passed by position
         return None
     if not set(kwargs) <= _SHAPE_KWARGS or not args or not isinstance(args[0], torch.Tensor):
         return None

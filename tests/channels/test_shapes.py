@@ -133,6 +133,7 @@ def test_elementwise_ops_get_zeros_of_the_real_results_shape_and_dtype(kind, op,
     ("call_function", operator.add, (torch.randn(2, 3), torch.randn(2, 3))),  # small: computed, kept real
     ("call_function", operator.getitem, (torch.randn(2, 8, 9, 9), 0)),  # not elementwise
     ("call_method", "view", (torch.randn(2, 8, 9, 9), -1)),
+    ("call_function", F.relu, (torch.randn(2, 8, 9, 9), True)),  # in place, the flag given by position
 ])
 def test_ops_it_is_unsure_of_get_none(kind, op, args):
     assert op_zeros(kind, op, args, {}, at_least=100) is None
