@@ -16,7 +16,6 @@ from typing import Any, NamedTuple
 from torch import nn
 
 from nnic.channels import reuse
-from nnic.channels.collector import collection_paused
 from nnic.masking import Masks
 from nnic.pruning.base import Pruner
 from nnic.speedup.api import ModelSpeedup, SpeedupReport
@@ -59,9 +58,10 @@ def prune_and_speedup(pruner: Pruner, dummy_input: Any = None, **kwargs: Any) ->
         speedup = ModelSpeedup(model, dummy_input, masks, **kwargs)
         speedup.speedup_model()
         return Pruned(model, masks, speedup.report)
-    # One collector pause for both steps (one collection after, not one between), and the model held still
-    # between the pruner's analysis and speedup's: only weight values change, so one fingerprint walk does.
-    with collection_paused(), reuse.held(pruner.model):
+    # The model is held still between the pruner's analysis and speedup's: only weight values change, so one
+    # fingerprint walk does. (The collector pauses in each step, not across both: one collection after both
+    # traverses more live objects than the two do, ResNet-50 282 against 271 ms.)
+    with reuse.held(pruner.model):
         masks = pruner.checked_masks()
         try:
             speedup = ModelSpeedup(pruner.model, dummy_input, masks, **kwargs)
