@@ -15,8 +15,8 @@ import torch
 from torch import fx, nn
 from torch.fx import _symbolic_trace as st
 
-from nnic.channels.shapes import zeros_of
-from nnic.channels.tracer import Tracer, fetch_attr
+from nnic.channels.shapes import op_zeros, zeros_of
+from nnic.channels.tracer import Tracer, fetch_attr, submodule
 
 _MISSING = object()
 _ORIGINAL_CALL = st._orig_module_call  # nn.Module.__call__ as it was before fx patched it
@@ -143,9 +143,10 @@ class ValueTracer(Tracer):
 
     def _compute(self, node: fx.Node, kind: str, target: Any, a: tuple, kw: dict) -> Any:
         unreal = any(n in self.unreal for n in node.all_input_nodes)
-        module = self.root.get_submodule(target) if kind == "call_module" else None
-        if module is not None and self.shapes_only:
-            value = zeros_of(module, a, kw, self.stand_in_min)
+        module = submodule(self.root, target) if kind == "call_module" else None
+        if self.shapes_only:
+            value = zeros_of(module, a, kw, self.stand_in_min) if module is not None else \
+                op_zeros(kind, target, a, kw, self.stand_in_min)
             if value is not None:
                 self.unreal.add(node)
                 return value

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import fx
 
-from nnic.channels.graph import Call, Spec
+from nnic.channels.graph import Call, Spec, flags, values_of
 
 _NAN = float("nan")
 
@@ -64,18 +65,22 @@ def probe_constants(call: Call, dim: int, n: int) -> torch.Tensor | None:
 
 
 def uniform_along(out: torch.Tensor, dim: int) -> torch.Tensor:
-    """Per index along ``dim``: the value when every element there is equal (and not NaN), else NaN."""
-    v = out.detach().double()
+    """Per index along ``dim``: the value when every element there is equal (and not NaN), else NaN. In numpy:
+    a probe holds one element per channel (see :func:`~nnic.channels.graph.flags` for why)."""
+    v = values_of(out)
     other = tuple(d for d in range(v.ndim) if d != dim)
-    hi, lo = (v.amax(dim=other), v.amin(dim=other)) if other and v.numel() else (v.reshape(-1), v.reshape(-1))
-    return torch.where(hi == lo, hi, torch.full_like(hi, _NAN)).cpu()
+    hi, lo = (v.max(axis=other), v.min(axis=other)) if other and v.size else (v.reshape(-1), v.reshape(-1))
+    return torch.from_numpy(np.where(hi == lo, hi, _NAN))
 
 
 def only_dead(const: torch.Tensor | None, dead: torch.Tensor) -> torch.Tensor | None:
     """``const`` where ``dead``, NaN elsewhere (a live channel has no constant); ``None`` when nothing is dead."""
-    if const is None or not bool(dead.any()):
+    if const is None:
         return None
-    return torch.where(dead, const, torch.full_like(const, _NAN))
+    d = flags(dead)
+    if not d.any():
+        return None
+    return torch.from_numpy(np.where(d, values_of(const), _NAN))
 
 
 __all__ = ["only_dead", "probe_constants", "uniform_along"]

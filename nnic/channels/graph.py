@@ -39,6 +39,28 @@ class UnionRecord:
     roots: np.ndarray
 
 
+class IdRange(list):
+    """Consecutive channel ids ``start, start + 1, ...`` as :meth:`UnionFind.new` gives them (a slot's ids): a
+    list that knows its start, so that reading its roots is a slice (:meth:`State.roots_of`) instead of a check
+    of every id. Slots are shared by every call of a module: changing one in place would change them all, so it
+    refuses (``list(ids)`` is a copy to change)."""
+
+    __slots__ = ("start",)
+
+    def __init__(self, start: int, n: int) -> None:
+        super().__init__(range(start, start + n))
+        self.start = start
+
+    def __reduce__(self) -> tuple:
+        return IdRange, (self.start, len(self))
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("a slot's ids are shared by every call of its module: copy them (list(ids)) to change them")
+
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse  # type: ignore[assignment]
+    append = extend = insert = pop = remove = reverse = sort = clear = _refuse  # type: ignore[assignment]
+
+
 class UnionFind:
     """Channel ids 0, 1, 2...; every root is its group's smallest id.
 
@@ -48,14 +70,15 @@ class UnionFind:
     them."""
 
     def __init__(self) -> None:
-        self._parent: list[int] = []
+        self._parent: list[int] = []  # ids from len(_parent) to size are their own parents (new() is lazy)
+        self._size = 0
         self.pairs: list[tuple[list[int], list[int]]] = []  # every union asked for, in order
         self._applied = 0  # pairs[:_applied] are in _parent
         self._roots: np.ndarray | None = None  # every id's root, until the next change
 
     @property
     def size(self) -> int:
-        return len(self._parent)
+        return self._size
 
     @property
     def parent(self) -> list[int]:
@@ -63,10 +86,12 @@ class UnionFind:
         return self._parent
 
     def new(self, n: int) -> list[int]:
-        start = len(self._parent)
-        self._parent.extend(range(start, start + n))
+        """``n`` fresh ids, each its own group. Their parent entries are written when the unions are applied:
+        a slot's ids are asked for on every propagation, and most are never united."""
+        start = self._size
+        self._size += n
         self._roots = None
-        return list(range(start, start + n))
+        return IdRange(start, n)
 
     def find(self, i: int) -> int:
         parent = self.parent
@@ -85,6 +110,8 @@ class UnionFind:
 
     def _flush(self) -> None:
         parent = self._parent
+        if len(parent) < self._size:
+            parent.extend(range(len(parent), self._size))
         for a, b in self.pairs[self._applied:]:
             for i, j in zip(a, b):
                 while parent[i] != i:
@@ -127,6 +154,7 @@ class UnionFind:
         if record.size != self.size or len(record.pairs) != len(self.pairs) or record.pairs != self.pairs:
             return False
         self._parent, self._applied, self._roots = list(record.parent), len(self.pairs), record.roots
+        self._size = record.size
         return True
 
 
@@ -301,9 +329,26 @@ class State:
         """The roots of ``ids`` (an int64 array): a slice of :meth:`UnionFind.root_array` for the consecutive
         ids a slot holds, a gather otherwise."""
         roots = self.uf.root_array()
+        if type(ids) is IdRange:
+            return roots[ids.start:ids.start + len(ids)]
         if ids and ids[-1] - ids[0] == len(ids) - 1 and ids == list(range(ids[0], ids[-1] + 1)):
             return roots[ids[0]:ids[-1] + 1]
         return roots[np.asarray(ids, dtype=np.int64)] if ids else roots[:0]
+
+
+def flags(t: torch.Tensor | np.ndarray | Sequence[bool]) -> np.ndarray:
+    """Per-channel flags as a numpy bool array (a view of a CPU bool tensor's memory, no copy). The rules'
+    flag arithmetic runs on a few hundred values a call, where a torch op costs 3-15 us and numpy's 1-3: the
+    value-free propagation does some thirty such ops per channel-mixing layer."""
+    if isinstance(t, torch.Tensor):
+        t = t.detach().cpu()
+        return t.numpy() if t.dtype == torch.bool else t.numpy().astype(bool)
+    return np.asarray(t, dtype=bool)
+
+
+def values_of(t: torch.Tensor) -> np.ndarray:
+    """A tensor's values as a float64 numpy array (one conversion in torch: numpy has no bfloat16)."""
+    return t.detach().double().cpu().numpy()
 
 
 def _flatten(obj: Any) -> list[Any]:
@@ -409,13 +454,15 @@ class Call:
         if self.state.structure_only:
             return
         where = f"{self.name or self.node.name}"
-        removable = torch.as_tensor(removable, dtype=torch.bool).cpu()
-        kept = np.flatnonzero(~removable.numpy())  # numpy: a tenth of torch's cost on a few hundred flags
+        removable = flags(removable)  # numpy: a tenth of torch's cost on a few hundred flags
+        kept = np.flatnonzero(~removable)
         if kept.size:
             self.state.block(np.asarray(ids, dtype=np.int64)[kept], where)
         if fold is not None:
-            for k in (torch.as_tensor(fold, dtype=torch.bool).cpu() & removable).nonzero().flatten().tolist():
-                self.state.folds.append(Fold(self.name, slot, k, float(fold_values[k])))
+            positions = np.flatnonzero(flags(fold) & removable)
+            if positions.size:
+                values = values_of(torch.as_tensor(fold_values))[positions]
+                self.state.folds += [Fold(self.name, slot, k, v) for k, v in zip(positions.tolist(), values.tolist())]
 
     def constraint(self, fn: Callable[[Callable[[int], bool]], Iterable[int]]) -> None:
         """Add ``fn(removed) -> ids to keep``: ``removed(id)`` tells whether an id is to be removed so far."""
@@ -446,9 +493,9 @@ class Call:
         d = spec.dim if dim is None else dim
         if not self.state.value_free or self.state.structure_only:
             return self.stats(value, d, spec.dead)
-        c = self._dead_constants(spec)
-        dead = spec.dead
-        return ChannelStats(dead & (c == 0), dead.clone(), torch.where(dead, c, torch.zeros_like(c)))
+        c, dead = self._dead_constants(spec), flags(spec.dead)
+        return ChannelStats(torch.from_numpy(dead & (c == 0)), torch.from_numpy(dead.copy()),
+                            torch.from_numpy(np.where(dead, c, 0.0)))
 
     def zero_dead(self, value: torch.Tensor, spec: Spec, dim: int | None = None) -> torch.Tensor:
         """Per channel of ``spec``: dead, and all zero in ``value`` along ``dim`` (``spec.dim`` by default), which
@@ -457,13 +504,13 @@ class Call:
         if self.state.structure_only:
             return torch.zeros(len(spec.ids), dtype=torch.bool)
         if self.state.value_free:
-            return spec.dead & (self._dead_constants(spec) == 0)
+            return torch.from_numpy(flags(spec.dead) & (self._dead_constants(spec) == 0))
         return spec.dead & channel_zero(value, d, spec.dead)
 
-    def _dead_constants(self, spec: Spec) -> torch.Tensor:
-        """``spec``'s constants, every dead channel's known, else :class:`NeedsValues`."""
-        c = spec.known()
-        if bool((torch.isnan(c) & spec.dead).any()):  # no boolean indexing: half the time on small tensors
+    def _dead_constants(self, spec: Spec) -> np.ndarray:
+        """``spec``'s constants (float64 numpy), every dead channel's known, else :class:`NeedsValues`."""
+        c = np.full(len(spec), np.nan) if spec.const is None else values_of(spec.const)
+        if (np.isnan(c) & flags(spec.dead)).any():
             raise NeedsValues(f"{self.name or self.node.name} ({_describe(self.node)}) reads dead channels whose "
                               f"value the masks alone do not give")
         return c

@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from nnic.channels.propagate import RuleTable, analyze
+from nnic.channels.tracer import submodule
 
 
 @dataclass
@@ -41,7 +42,7 @@ def coupling(model: nn.Module, dummy_input: Any, rules: RuleTable | Iterable[Any
     uf = state.uf
     grouped = []
     for (name, slot), ids in state.slots.items():
-        m = model.get_submodule(name)
+        m = submodule(model, name)
         if slot != "out" or not isinstance(m, nn.modules.conv._ConvNd) or m.groups == 1:
             continue
         ins = state.slots[(name, "in")]

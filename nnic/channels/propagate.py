@@ -25,7 +25,7 @@ from nnic.channels import reuse
 from nnic.channels.capture import Capture, capture
 from nnic.channels.collector import collection_paused
 from nnic.channels.graph import Call, NeedsValues, Spec, State, describe
-from nnic.channels.tracer import fetch_attr, placeholder_values, split_dummy_input
+from nnic.channels.tracer import fetch_attr, placeholder_values, split_dummy_input, submodule
 
 _MISSING = object()
 _SHAPE_INPLACE = {"unsqueeze_", "squeeze_", "t_", "transpose_", "swapdims_", "swapaxes_", "resize_", "resize_as_",
@@ -156,7 +156,7 @@ class Propagation:
                 continue
             args = fx.node.map_arg(node.args, lambda n: state.values[n])
             kwargs = fx.node.map_arg(node.kwargs, lambda n: state.values[n])
-            module = gm.get_submodule(node.target) if node.op == "call_module" else None
+            module = submodule(gm, node.target) if node.op == "call_module" else None
             if module is not None:
                 state.calls[node.target] = state.calls.get(node.target, 0) + 1
             is_const = all(n in state.const for n in node.all_input_nodes)

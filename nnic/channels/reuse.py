@@ -24,8 +24,9 @@ unchanged since (same objects, same version counters), and are handed out once.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -40,6 +41,8 @@ _GRAPHS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, fx.GraphModule]] = we
 _UNIONS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, UnionRecord]] = weakref.WeakKeyDictionary()
 _VALUES: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, list[tuple[torch.Tensor, int]], dict]] = \
     weakref.WeakKeyDictionary()
+# Models whose module tree the caller holds still (see held()): their fingerprint's module part, once computed.
+_HELD: weakref.WeakKeyDictionary[nn.Module, list] = weakref.WeakKeyDictionary()
 
 
 def _plain(value: Any) -> bool:
@@ -60,17 +63,52 @@ def _arg_shape(obj: Any) -> Any:
     return ("value", repr(obj)) if _plain(obj) else ("object", type(obj).__qualname__, id(obj))
 
 
-def fingerprint(model: nn.Module, args: tuple, kwargs: dict, leaf_types: Iterable[type],
-                leaf_modules: Iterable[str | type]) -> tuple:
-    """Everything a symbolic trace of ``model`` on these arguments reads, as a comparable tuple."""
-    modules = []
+@contextlib.contextmanager
+def held(model: nn.Module) -> Iterator[None]:
+    """Within the block the caller changes nothing in ``model`` that a fingerprint reads (its modules, their
+    classes, plain attributes and tensor shapes) except through code that calls :func:`forget`: the module
+    part of the fingerprint is computed once, and a second analysis compares the train/eval flags only.
+    ``nnic.prune_and_speedup`` holds its model from the pruner's analysis to speedup's, between which only
+    weight values change (and mask parametrizations are folded, which forgets)."""
+    _HELD[model] = []
+    try:
+        yield
+    finally:
+        _HELD.pop(model, None)
+
+
+def forget(model: nn.Module) -> None:
+    """``model``'s module tree changed within :func:`held`: the next fingerprint walks it again."""
+    found = _HELD.get(model)
+    if found is not None:
+        found.clear()
+
+
+def _modules_part(model: nn.Module) -> tuple:
+    found = _HELD.get(model)
+    if found:
+        part, objects = found
+        if all(entry[3] == m.training for entry, m in zip(part, objects)):
+            return part
+    objects, modules = [], []
     for name, m in model.named_modules():
         attrs = tuple(sorted([(k, repr(v)) for k, v in vars(m).items() if not k.startswith("_") and _plain(v)]))
         tensors = tuple((k, tuple(t.shape)) for k, t in (*m._parameters.items(), *m._buffers.items())
                         if t is not None)
         modules.append((name, type(m), type(m).forward, m.training, attrs, tensors))  # forward: patched since?
+        objects.append(m)
+    part = tuple(modules)
+    if found is not None:
+        found[:] = [part, objects]
+    return part
+
+
+def fingerprint(model: nn.Module, args: tuple, kwargs: dict, leaf_types: Iterable[type],
+                leaf_modules: Iterable[str | type]) -> tuple:
+    """Everything a symbolic trace of ``model`` on these arguments reads, as a comparable tuple (its module
+    part computed once while the model is :func:`held`)."""
     leaves = tuple(sorted(repr(m) for m in leaf_modules)) + tuple(sorted(t.__qualname__ for t in leaf_types))
-    return tuple(modules), leaves, _arg_shape(args), _arg_shape(kwargs)
+    return _modules_part(model), leaves, _arg_shape(args), _arg_shape(kwargs)
 
 
 def _bound_to(gm: fx.GraphModule, model: nn.Module) -> bool:

@@ -15,6 +15,7 @@ from nnic.channels.capture import split_dummy_input
 from nnic.channels.collector import collection_paused
 from nnic.channels.graph import Spec, State
 from nnic.channels.propagate import Propagation, RuleTable, SpeedupError, analyze
+from nnic.channels.tracer import submodule
 from nnic.masking import ParameterMask, check_masks
 from nnic.speedup.engine import apply, apply_masks, decide, same_tensor, unwrap_masks
 from nnic.speedup.reference import masked_output
@@ -241,12 +242,14 @@ class ModelSpeedup:
         return self._run(remasked=False)
 
     @collection_paused()
-    def _run(self, remasked: bool) -> nn.Module:
+    def _run(self, remasked: bool, checked: bool = False) -> nn.Module:
         """:meth:`speedup_model`; ``remasked=True`` when the caller attaches ``self.masks`` again if this
         fails (:func:`~nnic.speedup.prune_and_speedup`), so the masked weights' values under their masks need
-        not be kept for the restore (:class:`_Snapshot`)."""
+        not be kept for the restore (:class:`_Snapshot`); ``checked=True`` when the caller has just checked
+        ``self.masks`` against the model (``Pruner.checked_masks``)."""
         model = self.model
-        check_masks(model, self.masks)
+        if not checked:
+            check_masks(model, self.masks)
         split_dummy_input(model, self.dummy_input)  # its TypeError before any work
         table = RuleTable(registered_rules() + self.rules)
         # Before the masks are folded: a failure must not leave zeroed weights (unless they are masked again).
@@ -318,7 +321,7 @@ class ModelSpeedup:
                     out.append(plist.original)
                 out += attached  # the masks themselves: read, never written
         for layer, per_param in self.masks.items() if remasked else ():
-            module = self.model.get_submodule(layer)
+            module = submodule(self.model, layer)
             for pname, mask in per_param.items():
                 if mask is not None and not parametrize.is_parametrized(module, pname):
                     out.append(getattr(module, pname))

@@ -10,8 +10,10 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from nnic.channels import reuse
 from nnic.channels.graph import State
 from nnic.channels.propagate import SpeedupError
+from nnic.channels.tracer import submodule
 from nnic.masking import zero_masked_
 from nnic.selection import replace_module
 from nnic.speedup.rules import slice_param
@@ -115,13 +117,13 @@ def apply(model: nn.Module, state: State, removed: set[int],
             folds[(f.module, f.slot)].append(f)
     with torch.no_grad():
         for (name, slot), fs in folds.items():
-            module = model.get_submodule(name)
+            module = submodule(model, name)
             before_write(module)
             positions = torch.tensor([f.position for f in fs], dtype=torch.long)
             values = torch.tensor([f.value for f in fs], dtype=torch.float64)
             state.slot_rules[name].fold(module, slot, positions, values)
         for name, keep in keeps.items():
-            module = model.get_submodule(name)
+            module = submodule(model, name)
             rule = state.slot_rules[name]
             if getattr(rule, "shrink_in_place", True):
                 before_write(module)
@@ -137,7 +139,7 @@ def apply(model: nn.Module, state: State, removed: set[int],
             index = _kept(gone_root[state.roots_of(ids)])
             if index is not None:
                 owner_name, _, attr = path.rpartition(".")
-                owner = model.get_submodule(owner_name)
+                owner = submodule(model, owner_name)
                 slice_param(owner, attr, index, dim)
     return dict(keeps)
 
@@ -149,6 +151,8 @@ def unwrap_masks(model: nn.Module) -> dict[tuple[str, str], list[torch.Tensor]]:
     from nnic.masking import ParameterMask, fold_masks
 
     parametrized = [(name, m) for name, m in model.named_modules() if parametrize.is_parametrized(m)]
+    if parametrized:
+        reuse.forget(model)  # their classes and parameters change
     for name, module in parametrized:
         for pname, plist in module.parametrizations.items():
             if not all(isinstance(p, ParameterMask) for p in plist):
@@ -172,7 +176,7 @@ def apply_masks(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tensor 
     folded = folded or {}
     with torch.no_grad():
         for layer, per_param in masks.items():
-            module = model.get_submodule(layer)
+            module = submodule(model, layer)
             for pname, mask in per_param.items():
                 if mask is None:
                     continue

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 from torch import nn
 
+from nnic.channels import reuse
 from nnic.masking import Masks
 from nnic.pruning.base import Pruner
 from nnic.speedup.api import ModelSpeedup, SpeedupReport
@@ -57,13 +58,18 @@ def prune_and_speedup(pruner: Pruner, dummy_input: Any = None, **kwargs: Any) ->
         speedup = ModelSpeedup(model, dummy_input, masks, **kwargs)
         speedup.speedup_model()
         return Pruned(model, masks, speedup.report)
-    masks = pruner.checked_masks()
-    try:
-        speedup = ModelSpeedup(pruner.model, dummy_input, masks, **kwargs)
-        speedup._run(remasked=True)  # the masks are attached below if it fails: values under them need no copy
-    except BaseException:
-        pruner.attach(masks)  # speedup put the model back as it was given: mask it as compress() would
-        raise
+    # The model is held still between the pruner's analysis and speedup's: only weight values change, so one
+    # fingerprint walk does. (The collector pauses in each step, not across both: one collection after both
+    # traverses more live objects than the two do, ResNet-50 282 against 271 ms.)
+    with reuse.held(pruner.model):
+        masks = pruner.checked_masks()
+        try:
+            speedup = ModelSpeedup(pruner.model, dummy_input, masks, **kwargs)
+            # The masks are attached below if it fails (values under them need no copy), and were just checked.
+            speedup._run(remasked=True, checked=True)
+        except BaseException:
+            pruner.attach(masks)  # speedup put the model back as it was given: mask it as compress() would
+            raise
     pruner.masks = masks
     return Pruned(pruner.model, masks, speedup.report)
 

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from nnic.channels.constants import only_dead, probe_constants, uniform_along
-from nnic.channels.graph import Call, Spec
+from nnic.channels.graph import Call, Spec, flags, values_of
 
 
 class Rule:
@@ -150,7 +150,7 @@ class PerChannelRule(Rule):
         call.couple(ids, spec.ids)
         dead = self.dead_out(call.module, spec.dead)
         const = None
-        if call.state.value_free and bool(dead.any()) and self.exact_on_probe(call.module):
+        if call.state.value_free and flags(dead).any() and self.exact_on_probe(call.module):
             const = self._constants(call, spec, x, dead)
         call.set_output(Spec(d, spec.ids, dead, only_dead(const, dead)))
 
@@ -161,9 +161,8 @@ class PerChannelRule(Rule):
         m = call.module
         w, b = getattr(m, "weight", None), getattr(m, "bias", None)
         if isinstance(w, torch.Tensor) and isinstance(b, torch.Tensor) and w.ndim == 1 and b.shape == w.shape:
-            w_zero = (w.detach() == 0).cpu()
-            if not bool((dead & ~w_zero).any()):
-                return b.detach().double().cpu()
+            if not (flags(dead) & (values_of(w) != 0)).any():
+                return torch.from_numpy(values_of(b))
         probe = Spec(spec.dim, spec.ids, spec.dead, torch.where(spec.dead, spec.known(), torch.zeros(len(spec))))
         return self._probe(call, probe, x)
 
@@ -237,49 +236,53 @@ class ChannelMixRule(Rule):
         blocks = local.reshape(g_use, n_out // g_use, ip)  # [group, out in group, in in group]
         in_ids, out_ids = call.slot("in", x.shape[d]), call.slot("out", n_out)
         first_call = call.state.calls.get(call.name, 1) == 1
+        # Per-channel flags in numpy (graph.flags), the [out, in] usage blocks in torch (vectorised byte max).
         if spec is not None and spec.dim == d:
             call.couple(in_ids, spec.ids)
             dead_in = spec.dead
-            unused = ~any_along(blocks, 1).reshape(-1)
+            dead = flags(dead_in)
+            unused = ~flags(any_along(blocks, 1)).reshape(-1)
             if first_call and self.can_fold(module, x):
                 st = call.dead_stats(x, spec, d)
-                zero = dead_in & st.zero
-                foldable = dead_in & st.uniform & ~zero & ~unused
+                zero = dead & flags(st.zero)
+                foldable = dead & flags(st.uniform) & ~zero & ~unused
                 call.sink(in_ids, unused | zero | foldable, fold=foldable, fold_values=st.value)
             else:  # only zero channels can go: one pass over them, not the statistics for folding
-                call.sink(in_ids, unused | call.zero_dead(x, spec, d))
+                call.sink(in_ids, unused | flags(call.zero_dead(x, spec, d)))
         else:
             call.pin(in_ids, f"{call.name}: its input channels are not tracked")
             dead_in = torch.full((len(in_ids),), call.is_const(0), dtype=torch.bool)
+            dead = flags(dead_in)
         if not first_call:
             # A module called again (shared weights) cannot fold: the same bias would absorb two constants.
             for f in call.state.folds:
                 if f.module == call.name:
                     call.state.block([in_ids[f.position]], f"{call.name} (called twice)")
         # An output channel is dead when every input it reads is dead: when it reads no live input.
-        live = blocks if not bool(dead_in.any()) else blocks & ~dead_in.reshape(g_use, 1, ip)
-        reads_live = any_along(live, 2)
-        dead_out = ~reads_live.reshape(-1)
+        live = blocks if not dead.any() else blocks & ~dead_in.reshape(g_use, 1, ip)
+        dead_out = ~any_along(live, 2).reshape(-1)
         const = None
-        if call.state.value_free and bool(dead_out.any()):
-            const = self._constants(module, blocks, dead_in, spec if spec is not None and spec.dim == d else None,
-                                    dead_out)
+        if call.state.value_free and flags(dead_out).any():
+            const = self._constants(module, blocks, dead, spec if spec is not None and spec.dim == d else None,
+                                    flags(dead_out))
         self._output(call, x, d, y, out_ids, dead_out, in_ids, first_call, const)
 
-    def _constants(self, module: nn.Module, blocks: torch.Tensor, dead_in: torch.Tensor, spec: Spec | None,
-                   dead_out: torch.Tensor) -> torch.Tensor | None:
+    def _constants(self, module: nn.Module, blocks: torch.Tensor, dead_in: np.ndarray, spec: Spec | None,
+                   dead_out: np.ndarray) -> torch.Tensor | None:
         """A dead output channel's constant: the bias there when every dead input it reads is zero (zero
         inputs, zero padding: the bias everywhere); unknown when it reads a non-zero or unknown constant
-        (padding makes the borders differ)."""
+        (padding makes the borders differ). Flags in numpy (see :func:`~nnic.channels.graph.flags`)."""
         bias = getattr(module, "bias", None)
-        const = (bias.detach().double().cpu() if isinstance(bias, torch.Tensor)
-                 else torch.zeros(len(dead_out), dtype=torch.float64))
-        bad = dead_in & (spec.known() != 0) if spec is not None else dead_in  # NaN (unknown) counts as bad
-        if bool(bad.any()):
+        const = values_of(bias) if isinstance(bias, torch.Tensor) else np.zeros(len(dead_out))
+        if spec is not None and spec.const is not None:
+            bad = dead_in & (values_of(spec.const) != 0)  # NaN (unknown) counts as bad
+        else:
+            bad = dead_in
+        if bad.any():
             g, _, ip = blocks.shape
-            reads_bad = any_along(blocks & bad.reshape(g, 1, ip), 2).reshape(-1)
-            const = torch.where(reads_bad, torch.full_like(const, float("nan")), const)
-        return only_dead(const, dead_out)
+            reads_bad = flags(any_along(blocks & torch.from_numpy(bad).reshape(g, 1, ip), 2)).reshape(-1)
+            const = np.where(reads_bad, np.nan, const)
+        return torch.from_numpy(np.where(dead_out, const, np.nan))
 
     def _couple_only(self, call: Call, x: torch.Tensor, d: int, y: torch.Tensor) -> None:
         """:meth:`propagate` of a structure-only propagation: the same ids, couplings, pins and constraints,

@@ -205,3 +205,42 @@ def test_union_find_adopts_a_record_only_of_the_same_unions():
     assert same.adopt(record) and same.roots() == [0, 1, 0, 1, 4, 5]
     assert not other.adopt(record) and other.roots() == [0, 1, 1, 0, 4, 5]
     assert not bigger.adopt(record) and bigger.roots() == [0, 1, 0, 1, 4, 5, 6]
+
+
+def test_a_held_model_is_walked_once_for_its_fingerprint_and_again_after_a_change(monkeypatch):
+    """Within ``reuse.held`` the fingerprint's module walk runs once; it equals a fresh one; a module switched
+    to training mode, or a change announced with ``reuse.forget``, gives the fresh fingerprint again."""
+    from nnic.channels import reuse
+
+    model = Block().eval()
+    walks = [0]
+    real = nn.Module.named_modules
+
+    def counting(self, *args, **kwargs):
+        if self is model:
+            walks[0] += 1
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(nn.Module, "named_modules", counting)
+
+    def key():
+        return reuse.fingerprint(model, (X,), {}, TABLE.leaf_types, [])
+
+    fresh = key()
+    walks[0] = 0
+    with reuse.held(model):
+        assert key() == fresh and key() == fresh
+        assert walks[0] == 1
+        model.b.train()
+        trained = key()
+        assert trained != fresh
+        model.b.eval()
+        assert key() == fresh
+        model.a = nn.Conv2d(3, 8, 1)  # a change the caller announces
+        reuse.forget(model)
+        changed = key()
+    assert changed != fresh
+    assert changed == key()  # outside the block: a fresh walk gives the same
+    model.b.train()
+    entry_b = [entry for entry in key()[0] if entry[0] == "b"]
+    assert entry_b == [entry for entry in trained[0] if entry[0] == "b"]  # as seen held (a fresh walk of "b")

@@ -41,3 +41,41 @@ def test_batched_unions_and_roots_match_a_reference(case):
     assert roots == [uf.find(i) for i in range(n)]  # one pass agrees with find
     assert all(roots[r] == r and r <= i for i, r in enumerate(roots))  # a root is its group's smallest id
     assert partition(roots) == reference_partition(n, [p for batch in batches for p in batch])
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 20), min_size=1, max_size=6), st.data())
+def test_roots_of_new_ids_are_those_of_each_id(sizes, data):
+    """Ids made in several ``new`` calls, some united: a slot's roots (read as a slice) are its ids' roots one
+    by one, also after unions that came after the ids were made."""
+    from nnic.channels.graph import State
+
+    state = State()
+    slots = [state.uf.new(n) for n in sizes]
+    n = state.uf.size
+    if n:
+        pairs = data.draw(st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)), max_size=10))
+        state.uf.union_pairs([a for a, _ in pairs], [b for _, b in pairs])
+    every = state.uf.roots()
+    for ids in slots:
+        assert state.roots_of(ids).tolist() == [every[i] for i in ids]
+        assert state.roots_of(list(ids)).tolist() == [every[i] for i in ids]  # a plain list of the same ids
+
+
+def test_a_slots_ids_refuse_changes_in_place_and_copy_as_plain_lists():
+    import copy
+    import pickle
+
+    import pytest
+
+    ids = UnionFind().new(4)
+    assert ids == [0, 1, 2, 3]
+    for change in (lambda: ids.append(4), lambda: ids.__setitem__(0, 9), lambda: ids.sort(), lambda: ids.pop(),
+                   lambda: ids.extend([4])):
+        with pytest.raises(TypeError):
+            change()
+    assert ids == [0, 1, 2, 3]
+    mine = list(ids)
+    mine.append(4)
+    assert mine == [0, 1, 2, 3, 4] and type(ids[1:]) is list and ids + [4] == mine
+    assert pickle.loads(pickle.dumps(ids)) == ids and copy.deepcopy(ids) == ids
