@@ -12,7 +12,7 @@
 //! Numerics: float32 throughout, sums in 16 independent lanes (vectorised without reassociating inside a lane);
 //! the exponential is the attention kernels' polynomial (`attention::exp_body`, ~1 ulp). Results equal torch's up
 //! to float32 rounding, not bit for bit (the decode layer's exact path keeps torch's ops).
-use crate::attention::exp_body;
+use crate::attention::{exp_body, softmax_unnormalised};
 use crate::cpu;
 use crate::error::{KernelError, Result};
 use crate::simd::multiversion;
@@ -71,9 +71,8 @@ fn check_eps(eps: f32) -> Result<()> {
     Ok(())
 }
 
-/// `out[r] = x[r] / sqrt(mean(x[r]²) + eps) * weight` for every row `r` of `weight.len()` values (transformers'
-/// LLaMA / Qwen2 / Mistral RMSNorm in float32).
-pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) -> Result<()> {
+/// The rows of `x` for a norm over rows of `weight.len()` values with `eps`: both norms' argument checks.
+fn norm_rows(x: &[f32], weight: &[f32], eps: f32) -> Result<usize> {
     let cols = weight.len();
     if cols == 0 {
         return Err(KernelError::Empty { arg: "weight" });
@@ -82,7 +81,14 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) -> Result<
     if !x.len().is_multiple_of(cols) {
         return Err(KernelError::Mismatch { what: format!("x has {} values, not rows of {cols}", x.len()) });
     }
-    check_rows("out", out.len(), cols, x.len() / cols)?;
+    Ok(x.len() / cols)
+}
+
+/// `out[r] = x[r] / sqrt(mean(x[r]²) + eps) * weight` for every row `r` of `weight.len()` values (transformers'
+/// LLaMA / Qwen2 / Mistral RMSNorm in float32).
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) -> Result<()> {
+    let (cols, rows) = (weight.len(), norm_rows(x, weight, eps)?);
+    check_rows("out", out.len(), cols, rows)?;
     let isa = cpu::active();
     for (x, o) in x.chunks_exact(cols).zip(out.chunks_exact_mut(cols)) {
         rms_row(isa, x, weight, eps, o);
@@ -93,15 +99,7 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) -> Result<
 /// `sum = x + residual`, then `out = rms_norm(sum)` (see [`rms_norm`]), row by row: a decoder layer's residual
 /// add and its second norm in one pass over L1-resident rows.
 pub fn add_rms_norm(x: &[f32], residual: &[f32], weight: &[f32], eps: f32, sum: &mut [f32], out: &mut [f32]) -> Result<()> {
-    let cols = weight.len();
-    if cols == 0 {
-        return Err(KernelError::Empty { arg: "weight" });
-    }
-    check_eps(eps)?;
-    if !x.len().is_multiple_of(cols) {
-        return Err(KernelError::Mismatch { what: format!("x has {} values, not rows of {cols}", x.len()) });
-    }
-    let rows = x.len() / cols;
+    let (cols, rows) = (weight.len(), norm_rows(x, weight, eps)?);
     check_rows("residual", residual.len(), cols, rows)?;
     check_rows("sum", sum.len(), cols, rows)?;
     check_rows("out", out.len(), cols, rows)?;
@@ -419,33 +417,6 @@ fn group_body(q: &[f32], keys: &[f32], values: &[f32], d: usize, scale: f32, sco
 /// computes one vector of the block's scores per key row, the context pass adds each value chunk into the block's
 /// eight accumulators (named in the code: this constant must stay 8).
 const HEAD_BLOCK: usize = 8;
-
-/// In place `row = e^(row - max(row))`; returns `1 / sum(row)`. Max and sum in [`LANES`] lanes.
-#[inline(always)]
-fn softmax_unnormalised(row: &mut [f32]) -> f32 {
-    let mut lanes = [f32::NEG_INFINITY; LANES];
-    let mut chunks = row.chunks_exact(LANES);
-    for ch in &mut chunks {
-        for l in 0..LANES {
-            lanes[l] = if ch[l] > lanes[l] { ch[l] } else { lanes[l] };
-        }
-    }
-    let max = chunks.remainder().iter().chain(&lanes).fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
-    let mut sums = [0.0f32; LANES];
-    let mut chunks = row.chunks_exact_mut(LANES);
-    for ch in &mut chunks {
-        for l in 0..LANES {
-            ch[l] = exp_body(ch[l] - max);
-            sums[l] += ch[l];
-        }
-    }
-    let mut sum: f32 = sums.iter().sum();
-    for x in chunks.into_remainder() {
-        *x = exp_body(*x - max);
-        sum += *x;
-    }
-    1.0 / sum
-}
 
 #[cfg(test)]
 mod tests {

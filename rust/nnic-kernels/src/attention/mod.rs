@@ -27,7 +27,7 @@ use crate::gemm::par;
 use crate::pool;
 use portable::{rows1, rows4, softmax_portable, transpose_portable, TILE_ROWS};
 /// The exponential of the softmax, shared with the decode-step kernels ([`crate::decoder`]).
-pub(crate) use portable::exp_body;
+pub(crate) use portable::{exp_body, softmax_unnormalised};
 
 mod portable;
 #[cfg(target_arch = "x86_64")]

@@ -103,14 +103,21 @@ fn transpose_body(x: &[f32], ldx: usize, rows: usize, cols: usize, out: &mut [f3
 const LANES: usize = 16;
 
 /// In place: `row = e^(row + mask - max)` (`mask` empty: none), returning `1 / sum(row)`: the normalisation is
-/// applied to the `head_dim` context values of the row ([`super::write`]) instead of its `seq` probabilities. The max
-/// and the sum run in [`LANES`] independent lanes so that they vectorise.
+/// applied to the `head_dim` context values of the row ([`super::write`]) instead of its `seq` probabilities.
 #[inline(always)]
 fn softmax_body(row: &mut [f32], mask: &[f32]) -> f32 {
     let n = row.len();
     if !mask.is_empty() {
         row.iter_mut().zip(&mask[..n]).for_each(|(x, &m)| *x += m);
     }
+    softmax_unnormalised(row)
+}
+
+/// In place `row = e^(row - max(row))`, returning `1 / sum(row)` (the encoder's rows after their mask, the decode
+/// step's scores). The max and the sum run in [`LANES`] independent lanes so that they vectorise (inlined into
+/// each ISA's compiled caller).
+#[inline(always)]
+pub(crate) fn softmax_unnormalised(row: &mut [f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; LANES];
     let mut chunks = row.chunks_exact(LANES);
     for ch in &mut chunks {
