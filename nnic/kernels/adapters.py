@@ -65,6 +65,14 @@ def cpu_numpy(x: Array, name: str) -> np.ndarray:
     return to_numpy(x)
 
 
+def check_eps(eps: Any, where: str) -> float:
+    """A norm's ``eps`` as a float: finite and >= 0 (``where`` names the function in the error)."""
+    eps = float(eps)
+    if not (math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"{where}: eps must be finite and >= 0, got {eps}")
+    return eps
+
+
 def plain(v: Any) -> Any:
     """A tensor as a CPU numpy array; anything else as it is (scales and zero points given either way)."""
     return v.detach().cpu().numpy() if is_torch(v) else v

@@ -16,12 +16,10 @@ default exact path keeps torch's ops. CPU float32 only (the decode path they ser
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
-from nnic.kernels.adapters import Array, check_dtype
+from nnic.kernels.adapters import Array, check_dtype, check_eps
 from nnic.kernels.runtime import native
 
 
@@ -48,13 +46,6 @@ def _like(first: Array, out: np.ndarray) -> Array:
     return torch.from_numpy(out) if isinstance(first, torch.Tensor) else out
 
 
-def _check_eps(eps: float) -> float:
-    eps = float(eps)
-    if not (math.isfinite(eps) and eps >= 0):
-        raise ValueError(f"eps must be finite and >= 0, got {eps}")
-    return eps
-
-
 def rms_norm(x: Array, weight: Array, eps: float = 1e-6) -> Array:
     """``x / sqrt(mean(x², -1) + eps) * weight`` over the last dimension (``weight.numel()`` values): the
     LLaMA / Qwen2 / Mistral RMSNorm in float32. Returns a new tensor/array of ``x``'s kind and shape."""
@@ -64,7 +55,7 @@ def rms_norm(x: Array, weight: Array, eps: float = 1e-6) -> Array:
                          f"{wa.shape}")
     out = np.empty_like(xa)
     if out.size:
-        native.rms_norm(xa, wa, _check_eps(eps), out)
+        native.rms_norm(xa, wa, check_eps(eps, "rms_norm"), out)
     return _like(x, out)
 
 
@@ -79,7 +70,7 @@ def add_rms_norm(x: Array, residual: Array, weight: Array, eps: float = 1e-6) ->
                          f"{wa.shape}")
     h, out = np.empty_like(xa), np.empty_like(xa)
     if out.size:
-        native.add_rms_norm(xa, ra, wa, _check_eps(eps), h, out)
+        native.add_rms_norm(xa, ra, wa, check_eps(eps, "add_rms_norm"), h, out)
     return _like(x, h), _like(x, out)
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from nnic.kernels import twins
-from nnic.kernels.adapters import Array, check_dtype, float_output, on_device
+from nnic.kernels.adapters import Array, check_dtype, check_eps, float_output, on_device
 from nnic.kernels.runtime import native
 
 
@@ -48,9 +48,7 @@ def skip_layer_norm(x: Array, residual: Array, weight: Array, bias: Array, eps: 
     if xt.dim() == 0 or xt.shape[-1] != n or wt.dim() != 1 or bt.shape != wt.shape:
         raise ValueError(f"skip_layer_norm: weight and bias must be 1-D with x's last dimension; got x "
                          f"{tuple(xt.shape)}, weight {tuple(wt.shape)}, bias {tuple(bt.shape)}")
-    eps = float(eps)
-    if not (math.isfinite(eps) and eps >= 0):
-        raise ValueError(f"skip_layer_norm: eps must be finite and >= 0, got {eps}")
+    eps = check_eps(eps, "skip_layer_norm")
     if any(on_device(t) for t in (xt, rt, wt, bt)):
         return twins.skip_layer_norm(xt, rt, wt, bt, eps)
     out = float_output(*xt.shape)

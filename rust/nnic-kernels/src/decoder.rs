@@ -15,47 +15,11 @@
 use crate::attention::{exp_body, softmax_unnormalised};
 use crate::cpu;
 use crate::error::{KernelError, Result};
+use crate::norm::lane_sum;
 use crate::simd::multiversion;
 
-/// Lanes of the per-row sums (a multiple of every ISA's f32 vector width).
+/// Columns of the attention context computed per pass (a multiple of every ISA's f32 vector width).
 const LANES: usize = 16;
-
-/// Sum of `f(a[i], b[i])` in [`LANES`] independent lanes (fixed-size chunks, so that the wider ISA copies
-/// vectorise it), then across the lanes.
-#[inline(always)]
-fn lane_sum2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
-    let n = a.len();
-    let b = &b[..n];
-    let mut acc = [0.0f32; LANES];
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        let x: &[f32; LANES] = x.try_into().expect("chunks_exact yields LANES values");
-        let y: &[f32; LANES] = y.try_into().expect("chunks_exact yields LANES values");
-        for l in 0..LANES {
-            acc[l] += f(x[l], y[l]);
-        }
-    }
-    for (a, (&x, &y)) in acc.iter_mut().zip(ra.iter().zip(rb)) {
-        *a += f(x, y);
-    }
-    lanes_total(acc)
-}
-
-/// The sum of the lanes as a tree (halves added lane-wise: shuffles and vector adds), not a chain of 15
-/// dependent scalar adds: a 64-value dot product was dominated by that chain (66 us for one query's 32 heads over
-/// 180 keys, with it; see `group_body`).
-#[inline(always)]
-fn lanes_total(mut acc: [f32; LANES]) -> f32 {
-    let mut w = LANES / 2;
-    while w > 0 {
-        for l in 0..w {
-            acc[l] += acc[l + w];
-        }
-        w /= 2;
-    }
-    acc[0]
-}
 
 fn check_rows(name: &'static str, len: usize, cols: usize, rows: usize) -> Result<()> {
     if len != rows * cols {
@@ -124,7 +88,7 @@ multiversion! {
 fn rms_row_body(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let n = out.len();
     let (x, w) = (&x[..n], &w[..n]);
-    let mean = lane_sum2(x, x, |a, b| a * b) / n as f32;
+    let mean = lane_sum(x, |v| v * v) / n as f32;
     let inv = 1.0 / (mean + eps).sqrt();
     for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
         *o = v * inv * g;
