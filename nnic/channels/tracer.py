@@ -104,21 +104,26 @@ def graph_module(root: nn.Module, graph: fx.Graph, class_name: str) -> fx.GraphM
     return kind(root, graph, class_name=class_name)
 
 
+def _walk(root: nn.Module, path: str) -> nn.Module | None:
+    """The module at dotted ``path`` under ``root`` found through the ``_modules`` dicts alone, or ``None`` where
+    the path is not such a walk (a missing name, a ``None`` entry, an attribute that is not a submodule)."""
+    module: Any = root
+    try:
+        for part in path.split(".") if path else ():
+            module = module._modules[part]
+    except (KeyError, AttributeError):
+        return None
+    return module
+
+
 def submodule(root: nn.Module, target: str) -> nn.Module:
     """``root.get_submodule(target)`` for the dotted module paths fx and ``named_modules`` give: a walk down the
     ``_modules`` dicts. ``get_submodule`` checks and reads each step through ``hasattr`` and ``getattr``, both of
     which miss the instance and class attributes before ``nn.Module.__getattr__`` finds the submodule (some
     20 us a path, and propagation, tracing and speedup ask for one per module call); a path that is not such a
     walk takes ``get_submodule`` and its errors."""
-    module = root
-    try:
-        for part in target.split(".") if target else ():
-            module = module._modules[part]
-    except (KeyError, AttributeError):
-        return root.get_submodule(target)
-    if module is None:
-        return root.get_submodule(target)
-    return module
+    module = _walk(root, target)
+    return root.get_submodule(target) if module is None else module
 
 
 def fetch_attr(root: nn.Module, target: str) -> Any:
@@ -126,12 +131,7 @@ def fetch_attr(root: nn.Module, target: str) -> Any:
     modules on the way as :func:`submodule` finds them, the last name through ``getattr`` (a parameter may be a
     parametrization's property)."""
     owner, _, name = target.rpartition(".")
-    module = root
-    try:
-        for part in owner.split(".") if owner else ():
-            module = module._modules[part]
-    except (KeyError, AttributeError):
-        module = None
+    module = _walk(root, owner)
     if module is None:  # not a plain walk down submodules: attribute by attribute
         obj: Any = root
         for part in target.split("."):
