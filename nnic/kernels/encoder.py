@@ -76,10 +76,11 @@ def _rows(t: torch.Tensor, name: str, batch: int, seq: int, hidden: int) -> tupl
 #: The number formats the attention's two products (``q kᵀ`` and ``p v``) can run in (:func:`attention`).
 PRODUCTS = ("float32", "bfloat16")
 
-#: What ``products="bfloat16"`` guarantees, with q, k, v of unit scale (each value's magnitude below ~4, head_dim
-#: 64, scale ``head_dim ** -0.5``): every output within this many times the largest ``|v|`` of its head of the
-#: float64 attention (``tests/test_attention_bf16.py`` measures about a third of it).
-BF16_TOLERANCE = 0.03
+#: What ``products="bfloat16"`` is tested to: with q, k, v of unit scale or below (standard normal values, head_dim
+#: 1 to 128, scale ``head_dim ** -0.5``), every output within this many times the largest ``|v|`` of its
+#: (sequence, head) of the float64 attention. Measured worst over 300 random shapes: 0.0043
+#: (``tests/kernels/test_attention_bf16.py``). The scores' error grows with ``|q| · |k|``: larger q and k lose more.
+BF16_TOLERANCE = 0.01
 
 
 def bf16_products_run() -> bool:

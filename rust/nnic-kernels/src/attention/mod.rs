@@ -99,7 +99,8 @@ pub enum Products {
     /// unnormalised probabilities rounded to bfloat16 (8 significant bits, round to nearest even), products
     /// accumulated in float32 by `vdpbf16ps`, twice the multiply-adds per instruction of float32 FMAs. The
     /// rounding is of the order of the int8 activations' own (1/256 of a value against 1/255 of a row's range);
-    /// the tests bound the result against float64 (see `tests/test_attention_bf16.py`).
+    /// the tests bound the result against float64 (`tests/kernels/test_attention_bf16.py`: within 1 % of a head's
+    /// largest `|v|` at unit scale).
     Bf16,
 }
 

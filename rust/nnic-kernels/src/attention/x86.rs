@@ -386,6 +386,54 @@ mod tests {
         _mm512_mul_ps(y, two_n)
     }
 
+    /// bfloat16 of `x` by rounding its bits to the nearest even (subnormals to zero), for finite `x`.
+    fn bf16_bits(x: f32) -> u32 {
+        if x.abs() < f32::MIN_POSITIVE {
+            return (x.to_bits() & 0x8000_0000) >> 16;
+        }
+        let b = x.to_bits();
+        (b + 0x7fff + ((b >> 16) & 1)) >> 16
+    }
+
+    /// The bfloat16 pairs of a row ([`to_bf16_pairs`]) and of two rows ([`interleave_bf16`]) hold the rounded
+    /// values where the products expect them, for lengths around the 16- and 32-value steps (odd ones padded with
+    /// zero), values across the exponent range with ties both ways.
+    #[test]
+    fn bf16_pairs_round_to_nearest_even_and_pad_with_zero() {
+        if !(std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bf16")) {
+            return; // the bfloat16 products never run here
+        }
+        let mut seed = 3u64;
+        let mut next = move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let v = f32::from_bits((seed >> 32) as u32 & 0x7fff_ffff).min(1e30);
+            let v = if seed & 1 == 0 { v } else { -v };
+            if seed & 6 == 0 { f32::from_bits(v.to_bits() & 0xffff_8000 | 0x8000) } else { v } // a tie
+        };
+        for n in [1usize, 2, 15, 16, 17, 31, 32, 33, 64, 65, 130] {
+            let (x0, x1): (Vec<f32>, Vec<f32>) = (0..n).map(|_| (next(), next())).unzip();
+            let mut pairs = vec![u32::MAX; n.div_ceil(2) + 1];
+            let mut rows = vec![u32::MAX; n + 1];
+            let mut alone = vec![u32::MAX; n + 1];
+            // SAFETY: AVX-512F and AVX512_BF16 are present (checked above); the buffers hold what the calls write.
+            unsafe {
+                to_bf16_pairs(x0.as_ptr(), n, pairs.as_mut_ptr());
+                interleave_bf16(x0.as_ptr(), Some(x1.as_ptr()), n, rows.as_mut_ptr());
+                interleave_bf16(x0.as_ptr(), None, n, alone.as_mut_ptr());
+            }
+            for p in 0..n.div_ceil(2) {
+                let hi = if 2 * p + 1 < n { bf16_bits(x0[2 * p + 1]) } else { 0 };
+                assert_eq!(pairs[p], bf16_bits(x0[2 * p]) | hi << 16, "n {n}, pair {p}");
+            }
+            assert_eq!(pairs[n.div_ceil(2)], u32::MAX, "n {n}: wrote past the pairs");
+            for c in 0..n {
+                assert_eq!(rows[c], bf16_bits(x0[c]) | bf16_bits(x1[c]) << 16, "n {n}, column {c}");
+                assert_eq!(alone[c], bf16_bits(x0[c]), "n {n}, column {c}, no second row");
+            }
+            assert_eq!((rows[n], alone[n]), (u32::MAX, u32::MAX), "n {n}: wrote past the row");
+        }
+    }
+
     /// On its domain (the shifted scores, `x <= 0`, or NaN), the exponential's `vscalefps` gives the bits of the
     /// exponent-bit construction: every 37th f32 from -0 to -100 (about 29 million), the 2000 above the clamp at
     /// -87.3 and their neighbours 1000 ulps below (subnormal results), ±0, -inf and NaN.
