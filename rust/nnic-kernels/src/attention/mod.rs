@@ -263,9 +263,8 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
-/// One (sequence `b`, head `h`) pair: the stages of [`Stage`], block by block.
-#[allow(clippy::too_many_arguments)]
-/// `bf16`: the products in bfloat16 ([`Products::Bf16`], checked supported by the caller).
+/// One (sequence `b`, head `h`) pair: the stages of [`Stage`], block by block; `bf16`: the products in bfloat16
+/// ([`Products::Bf16`], checked supported by the caller).
 #[allow(clippy::too_many_arguments)]
 fn head(isa: Isa, bf16: bool, [q, k, v]: [&Operand<'_>; 3], shape: Shape, b: usize, h: usize,
         next: Option<(usize, usize)>, scale: f32, mask: &[f32], out: &OutRows) {

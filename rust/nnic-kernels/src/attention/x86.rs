@@ -157,7 +157,7 @@ unsafe fn tile_bf16<const R: usize, const W: usize>(a: *const u32, lda: usize, b
                                                     alpha: f32, tail: __mmask16, c: *mut f32, ldc: usize) {
     // SAFETY (whole body): the caller's bounds; the last vector's loads and stores are masked to `tail`.
     unsafe {
-        let bh = |v: __m512i| -> __m512bh { std::mem::transmute(v) };
+        let bh = |v: __m512i| std::mem::transmute::<__m512i, __m512bh>(v);
         let mut acc = [[_mm512_setzero_ps(); W]; R];
         for p in 0..kk {
             let bp = b.add(p * ldb);
@@ -205,7 +205,7 @@ pub(super) unsafe fn to_bf16_pairs(x: *const f32, n: usize, out: *mut u32) {
         unsafe {
             let lo = _mm512_maskz_loadu_ps(lanes(len.min(16)), x.add(j));
             let hi = _mm512_maskz_loadu_ps(lanes(len.saturating_sub(16)), x.add(j + 16));
-            let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+            let v = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
             _mm512_mask_storeu_epi32(out.add(j / 2) as *mut i32, lanes(len.div_ceil(2)), v);
         }
         j += 32;
@@ -224,7 +224,7 @@ pub(super) unsafe fn interleave_bf16(x0: *const f32, x1: Option<*const f32>, n: 
         let m = lanes((n - j).min(16));
         // SAFETY: values j .. j + 16 of the rows and of `out`, masked to `n`.
         unsafe {
-            let widen = |v: __m512| -> __m512i { _mm512_cvtepu16_epi32(std::mem::transmute(_mm512_cvtneps_pbh(v))) };
+            let widen = |v: __m512| -> __m512i { _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v))) };
             let lo = widen(_mm512_maskz_loadu_ps(m, x0.add(j)));
             let hi = x1.map_or(_mm512_setzero_si512(), |x1| widen(_mm512_maskz_loadu_ps(m, x1.add(j))));
             let v = _mm512_or_si512(lo, _mm512_slli_epi32::<16>(hi));
