@@ -88,6 +88,7 @@ def test_bf16_attention_products_keep_the_int8_bert_output_within_its_own_quanti
     fuse_encoder(f32)
     assert len(fuse_encoder(bf16, attention_products="bfloat16")) == 6
     assert bf16.encoder.layer[1].attention.self.products == "bfloat16"
+    assert "products=bfloat16" in repr(bf16.encoder.layer[0].attention.self)
     kw = inputs()
     with torch.inference_mode():
         ref, a, b = (m(**kw).last_hidden_state.double() for m in (model, f32, bf16))

@@ -38,6 +38,9 @@ class FusedSelfAttention(nn.Module):
         self.inner = inner
         self.products = products
 
+    def extra_repr(self) -> str:
+        return f"products={self.products}"
+
     def _key_mask(self, mask: torch.Tensor | None, batch: int, seq: int) -> torch.Tensor | None | bool:
         """The ``[batch, seq]`` key mask of transformers' ``[batch, 1, seq|1, seq]`` mask, or ``False`` when it
         varies between query rows (a causal or 2-D mask: the kernel takes one mask row per sequence)."""
