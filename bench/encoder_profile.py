@@ -5,6 +5,7 @@ kernels) against onnxruntime running its own ``quantize_dynamic`` model.
     python bench/encoder_profile.py --threads 1 --rounds 3   # one thread (on a loaded machine: see the CPU column)
     python bench/encoder_profile.py --attention               # the attention kernel alone, per ISA path
     python bench/encoder_profile.py --kernel-calls --threads 1  # each kernel call of the fused forward, no profiler
+    python bench/encoder_profile.py --kernel-calls --threads 1 --attention-products bfloat16  # with the bf16 opt-in
 
 ``--attention`` times ``nnic.kernels.attention`` alone at the model's shape (one fused QKV buffer read in place),
 on every ISA path this CPU has, in interleaved rounds: one thread (that thread's CPU time) and two threads (wall),
@@ -164,8 +165,9 @@ def kernel_calls(model: nn.Module, ids: torch.Tensor, rounds: int, threads: int)
         for layer in bert_model.encoder.layer:
             sa, so, out = layer.attention.self.inner, layer.attention.output.inner, layer.output.inner
             qkv = timed("GEMM QKV", linear, sa.qkv.fused, h).view(batch, seq, 3 * hidden)
-            ctx = timed("attention", kernels.attention, qkv[..., :hidden], qkv[..., hidden:2 * hidden],
-                        qkv[..., 2 * hidden:], sa.num_attention_heads, sa.scaling, None)
+            ctx = timed("attention", lambda: kernels.attention(
+                qkv[..., :hidden], qkv[..., hidden:2 * hidden], qkv[..., 2 * hidden:], sa.num_attention_heads,
+                sa.scaling, None, products=layer.attention.self.products))
             y = timed("GEMM attention output", linear, so.dense, ctx.view(-1, hidden))
             a = timed("skip LayerNorm", norm, y, h, so)
             m = timed("GEMM MLP up + GELU", linear, layer.intermediate.dense, a)
@@ -204,6 +206,8 @@ def main() -> None:
     ap.add_argument("--no-ort", action="store_true", help="skip onnxruntime (its export takes about a minute)")
     ap.add_argument("--attention", action="store_true", help="time the attention kernel alone (see above)")
     ap.add_argument("--kernel-calls", action="store_true", help="time each kernel call of the fused forward (see above)")
+    ap.add_argument("--attention-products", choices=("float32", "bfloat16"), default="float32",
+                    help="fuse_encoder's attention products (bfloat16: the opt-in, where the CPU has AVX512_BF16)")
     args = ap.parse_args()
     if args.attention:
         attention_alone(args.batch, args.seq, max(args.rounds, 15))
@@ -222,7 +226,7 @@ def main() -> None:
     fuse_mlp_activations(q)
     fuse_projections(q)
     fused = copy.deepcopy(q)
-    fuse_encoder(fused)
+    fuse_encoder(fused, attention_products=args.attention_products)
     ids = torch.randint(0, 30522, (args.batch, args.seq), generator=torch.Generator().manual_seed(args.batch))
     if args.kernel_calls:
         kernel_calls(fused, ids, args.rounds, args.threads)

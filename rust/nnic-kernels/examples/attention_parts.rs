@@ -8,7 +8,7 @@
 //! prefetches each thread's next pair): `examples/encoder_kernels.rs`, and `python bench/encoder_profile.py
 //! --attention` (one thread and two).
 use nnic_kernels::attention::profile::{stage_seconds, thread_cpu, STAGES};
-use nnic_kernels::attention::{Operand, Shape};
+use nnic_kernels::attention::{Operand, Products, Shape};
 use std::time::Instant;
 use nnic_kernels::cpu;
 
@@ -35,11 +35,15 @@ fn main() {
     let scale = 1.0 / (head_dim as f32).sqrt();
     let start = Instant::now();
     let clock = || thread_cpu().unwrap_or_else(|| start.elapsed().as_secs_f64());
-    let isas = cpu::supported();
+    // every ISA with float32 products, and AVX-512 with bfloat16 ones where the CPU has them
+    let mut isas: Vec<(cpu::Isa, Products)> = cpu::supported().into_iter().map(|i| (i, Products::F32)).collect();
+    if Products::bf16_on(cpu::Isa::Avx512) {
+        isas.push((cpu::Isa::Avx512, Products::Bf16));
+    }
     let mut times = vec![vec![[0.0f64; 5]; rounds]; isas.len()];
     for r in 0..rounds + 1 {
-        for (i, &isa) in isas.iter().enumerate() {
-            let t = stage_seconds(isa, op(0), op(1), op(2), shape, scale, &mut out, clock);
+        for (i, &(isa, products)) in isas.iter().enumerate() {
+            let t = stage_seconds(isa, products, op(0), op(1), op(2), shape, scale, &mut out, clock);
             if r > 0 {
                 times[i][r - 1] = t; // round 0 warms up
             }
@@ -48,18 +52,18 @@ fn main() {
     let macs = (batch * heads * seq * seq * head_dim) as f64; // per product
     let exps = (batch * heads * seq * seq) as f64;
     println!("attention stages, one thread (its CPU time), {shape:?}, {rounds} interleaved rounds, median ms per call");
-    print!("{:8}", "isa");
+    print!("{:12}", "isa");
     for s in STAGES {
         print!(" {s:>15}");
     }
     println!(" {:>9} {:>11} {:>9} {:>10}", "total", "QK^T GMAC/s", "PV GMAC/s", "ns per exp");
-    for (i, isa) in isas.iter().enumerate() {
+    for (i, (isa, products)) in isas.iter().enumerate() {
         let med = |f: &dyn Fn(&[f64; 5]) -> f64| {
             let mut v: Vec<f64> = times[i].iter().map(f).collect();
             v.sort_by(f64::total_cmp);
             v[v.len() / 2]
         };
-        print!("{:8}", isa.name());
+        print!("{:12}", format!("{}{}", isa.name(), if *products == Products::Bf16 { " bf16" } else { "" }));
         for s in 0..5 {
             print!(" {:>15.3}", med(&|t| t[s]) * 1e3);
         }

@@ -135,7 +135,7 @@ pub fn features() -> Vec<&'static str> {
                 }
             )*};
         }
-        probe!("sse4.1", "avx", "avx2", "fma", "bmi2", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vnni", "avx512vbmi2");
+        probe!("sse4.1", "avx", "avx2", "fma", "bmi2", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vnni", "avx512vbmi2", "avx512bf16");
     }
     found
 }

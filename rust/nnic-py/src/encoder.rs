@@ -1,6 +1,6 @@
 //! Bindings of the encoder kernels (attention, skip LayerNorm): argument checks, GIL release and error mapping only.
 use crate::errors::{slice, slice_mut, to_py};
-use nnic_kernels::attention::{attention as attend, Operand, Shape};
+use nnic_kernels::attention::{attention_with, Operand, Products, Shape};
 use nnic_kernels::norm;
 use numpy::{PyReadonlyArrayDyn, PyReadwriteArrayDyn};
 use pyo3::prelude::*;
@@ -24,9 +24,10 @@ pub fn skip_layer_norm(
 
 /// Multi-head attention into `out` (`[batch * seq, heads * head_dim]`). `q`, `k`, `v` are flat float32 buffers,
 /// each with the offset of its first value and its row stride (one fused QKV buffer may be passed three times);
-/// `mask`: optional additive `[batch, seq]` key mask.
+/// `mask`: optional additive `[batch, seq]` key mask; `bf16`: the products in bfloat16 where the CPU has them
+/// (`Products::Bf16`).
 #[pyfunction]
-#[pyo3(signature = (q, q_offset, q_stride, k, k_offset, k_stride, v, v_offset, v_stride, batch, seq, heads, head_dim, scale, mask, out))]
+#[pyo3(signature = (q, q_offset, q_stride, k, k_offset, k_stride, v, v_offset, v_stride, batch, seq, heads, head_dim, scale, mask, out, bf16=false))]
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     py: Python<'_>,
@@ -46,6 +47,7 @@ pub fn attention(
     scale: f32,
     mask: Option<PyReadonlyArrayDyn<'_, f32>>,
     mut out: PyReadwriteArrayDyn<'_, f32>,
+    bf16: bool,
 ) -> PyResult<()> {
     let q = Operand { data: slice(&q, "q")?, offset: q_offset, row_stride: q_stride };
     let k = Operand { data: slice(&k, "k")?, offset: k_offset, row_stride: k_stride };
@@ -53,5 +55,6 @@ pub fn attention(
     let mask = mask.as_ref().map(|m| slice(m, "mask")).transpose()?;
     let out = slice_mut(&mut out, "out")?;
     let shape = Shape { batch, seq, heads, head_dim };
-    to_py(py.detach(|| attend(q, k, v, shape, scale, mask, out)))
+    let products = if bf16 { Products::Bf16 } else { Products::F32 };
+    to_py(py.detach(|| attention_with(q, k, v, shape, scale, mask, products, out)))
 }

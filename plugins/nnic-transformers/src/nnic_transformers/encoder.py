@@ -25,12 +25,21 @@ from nnic_transformers.fusion import _same_code
 
 
 class FusedSelfAttention(nn.Module):
-    """A BERT-style self-attention (``inner``, its projections kept) computed by :func:`nnic.kernels.attention`.
+    """A BERT-style self-attention (``inner``, its projections kept) computed by :func:`nnic.kernels.attention`
+    with its two products in ``products`` (``"float32"``, or the opt-in ``"bfloat16"``: see that function).
     Returns ``(context, None)`` like the original (no attention weights)."""
 
-    def __init__(self, inner: nn.Module) -> None:
+    def __init__(self, inner: nn.Module, products: str = "float32") -> None:
         super().__init__()
+        from nnic.kernels.encoder import PRODUCTS
+
+        if products not in PRODUCTS:
+            raise ValueError(f"FusedSelfAttention: products must be one of {PRODUCTS}, got {products!r}")
         self.inner = inner
+        self.products = products
+
+    def extra_repr(self) -> str:
+        return f"products={self.products}"
 
     def _key_mask(self, mask: torch.Tensor | None, batch: int, seq: int) -> torch.Tensor | None | bool:
         """The ``[batch, seq]`` key mask of transformers' ``[batch, 1, seq|1, seq]`` mask, or ``False`` when it
@@ -57,7 +66,7 @@ class FusedSelfAttention(nn.Module):
         from nnic import kernels
 
         q, k, v = inner.query(hidden_states), inner.key(hidden_states), inner.value(hidden_states)
-        out = kernels.attention(q, k, v, inner.num_attention_heads, inner.scaling, mask)
+        out = kernels.attention(q, k, v, inner.num_attention_heads, inner.scaling, mask, products=self.products)
         return out.to(hidden_states.dtype), None
 
 
@@ -90,15 +99,21 @@ def _forward_classes() -> tuple[type, type, type]:
     return BertSelfAttention, BertSelfOutput, BertOutput
 
 
-def fuse_encoder(model: nn.Module) -> list[str]:
+def fuse_encoder(model: nn.Module, attention_products: str = "float32") -> list[str]:
     """Wraps, in place, every BERT-style self-attention in :class:`FusedSelfAttention` and every BERT-style block
     ending (residual add + LayerNorm) in :class:`SkipLayerNormOutput`; returns the wrapped modules' names. The
-    outputs equal the unwrapped model's up to float32 rounding. Apply it to the model you run, in eval mode, after
+    outputs equal the unwrapped model's up to float32 rounding; with ``attention_products="bfloat16"`` (opt-in)
+    the attention's two products round their operands to bfloat16 where the CPU has AVX512_BF16
+    (:func:`nnic.kernels.attention`: within ``nnic.kernels.encoder.BF16_TOLERANCE`` of a head's largest value at
+    unit scale). Apply it to the model you run, in eval mode, after
     ``quantization_speedup`` and :func:`nnic_transformers.fuse_projections` (either order works for the
     outputs; the attention reads a fused QKV output in place). The wrapped layout (``...self.inner.query``) is
     not what ``save_pretrained`` or nnic's manifest describe. Calling it twice wraps nothing new."""
+    from nnic.kernels.encoder import PRODUCTS
     from nnic.selection import replace_module
 
+    if attention_products not in PRODUCTS:
+        raise ValueError(f"fuse_encoder: attention_products must be one of {PRODUCTS}, got {attention_products!r}")
     attention, *outputs = _forward_classes()
     wrapped: list[str] = []
     done = [f"{n}." for n, m in model.named_modules() if isinstance(m, (FusedSelfAttention, SkipLayerNormOutput))]
@@ -107,7 +122,7 @@ def fuse_encoder(model: nn.Module) -> list[str]:
             continue
         forward = type(m).forward
         if _same_code(forward, attention.forward) and not getattr(m, "is_decoder", False):
-            new: nn.Module = FusedSelfAttention(m)
+            new: nn.Module = FusedSelfAttention(m, attention_products)
         elif any(_same_code(forward, cls.forward) for cls in outputs):
             new = SkipLayerNormOutput(m)
         else:

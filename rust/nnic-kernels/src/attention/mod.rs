@@ -88,10 +88,42 @@ fn check_operand(name: &'static str, op: &Operand<'_>, shape: &Shape) -> Result<
     Ok(())
 }
 
+/// The number format of the attention's two products (`Q Kᵀ` and `P V`); the softmax, the sums and the output
+/// are float32 either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Products {
+    /// float32 operands (the default).
+    #[default]
+    F32,
+    /// bfloat16 operands where the CPU has AVX512_BF16 on the AVX-512 path, float32 elsewhere: Q, K, V and the
+    /// unnormalised probabilities rounded to bfloat16 (8 significant bits, round to nearest even), products
+    /// accumulated in float32 by `vdpbf16ps`, twice the multiply-adds per instruction of float32 FMAs. The
+    /// rounding is of the order of the int8 activations' own (1/256 of a value against 1/255 of a row's range);
+    /// the tests bound the result against float64 (`tests/kernels/test_attention_bf16.py`: within 1 % of a head's
+    /// largest `|v|` at unit scale).
+    Bf16,
+}
+
+impl Products {
+    /// Whether `Bf16` runs in bfloat16 with `isa` on this CPU (else it runs the float32 products).
+    pub fn bf16_on(isa: Isa) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            isa == Isa::Avx512 && std::arch::is_x86_feature_detected!("avx512bf16")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = isa;
+            false
+        }
+    }
+}
+
 /// `out[t, h·d .. (h+1)·d] = softmax(q_h(t) · K_hᵀ · scale + mask[sequence]) · V_h` for every token `t` and head
 /// `h`, where the keys and values are those of `t`'s own sequence. `mask` (optional, `[batch, seq]`) is added to
 /// every score row of its sequence (one value per key: a padding mask, `0` or a large negative number). `out` is
-/// `[batch · seq, heads · head_dim]`, row-major. The (sequence, head) pairs run on the kernel pool.
+/// `[batch · seq, heads · head_dim]`, row-major. The (sequence, head) pairs run on the kernel pool. float32
+/// products: [`attention_with`] chooses.
 pub fn attention(
     q: Operand<'_>,
     k: Operand<'_>,
@@ -99,6 +131,21 @@ pub fn attention(
     shape: Shape,
     scale: f32,
     mask: Option<&[f32]>,
+    out: &mut [f32],
+) -> Result<()> {
+    attention_with(q, k, v, shape, scale, mask, Products::F32, out)
+}
+
+/// [`attention`] with the products in the format `products` says.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_with(
+    q: Operand<'_>,
+    k: Operand<'_>,
+    v: Operand<'_>,
+    shape: Shape,
+    scale: f32,
+    mask: Option<&[f32]>,
+    products: Products,
     out: &mut [f32],
 ) -> Result<()> {
     let Shape { batch, seq, heads, head_dim } = shape;
@@ -127,6 +174,7 @@ pub fn attention(
         return Err(KernelError::Invalid { what: format!("scale must be finite, got {scale}") });
     }
     let isa = cpu::active();
+    let bf16 = products == Products::Bf16 && Products::bf16_on(isa);
     let out = OutRows { ptr: out.as_mut_ptr(), len: out.len() };
     let threads = pool::num_threads();
     let task = |pair: usize| {
@@ -135,7 +183,7 @@ pub fn attention(
         // The tasks are taken in order, one at a time per thread: this thread's next pair is most likely `threads`
         // further on.
         let next = Some(pair + threads).filter(|&p| p < batch * heads).map(|p| (p / heads, p % heads));
-        head(isa, [&q, &k, &v], shape, b, h, next, scale, mask, &out);
+        head(isa, bf16, [&q, &k, &v], shape, b, h, next, scale, mask, &out);
     };
     par::for_each(batch * heads, threads, &task);
     Ok(())
@@ -200,30 +248,124 @@ pub(crate) struct Scratch {
     ctx: Vec<f32>,
     /// `1 / sum` of each probability row of the block.
     inv: Vec<f32>,
+    /// The bfloat16 products' operands as pairs ([`x86::to_bf16_pairs`]), when they run: this head's keys
+    /// `[seq, head_dim / 2]`, then `Kᵀ` in panels as `kt` (of pairs), `V` as pairs of rows `[seq / 2, head_dim]`,
+    /// the query block `[QUERY_BLOCK, head_dim / 2]` and its probabilities `[QUERY_BLOCK, seq / 2]` (halves
+    /// rounded up).
+    k2: Vec<u32>,
+    kt2: Vec<u32>,
+    v2: Vec<u32>,
+    q2: Vec<u32>,
+    p2: Vec<u32>,
 }
 
 thread_local! {
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
-/// One (sequence `b`, head `h`) pair: the stages of [`Stage`], block by block.
+/// One (sequence `b`, head `h`) pair: the stages of [`Stage`], block by block; `bf16`: the products in bfloat16
+/// ([`Products::Bf16`], checked supported by the caller).
 #[allow(clippy::too_many_arguments)]
-fn head(isa: Isa, [q, k, v]: [&Operand<'_>; 3], shape: Shape, b: usize, h: usize, next: Option<(usize, usize)>,
-        scale: f32, mask: &[f32], out: &OutRows) {
+fn head(isa: Isa, bf16: bool, [q, k, v]: [&Operand<'_>; 3], shape: Shape, b: usize, h: usize,
+        next: Option<(usize, usize)>, scale: f32, mask: &[f32], out: &OutRows) {
     SCRATCH.with_borrow_mut(|s| {
-        pack_kv(isa, k, v, shape, b, h, s);
+        if bf16 {
+            bf16::pack_kv(k, v, shape, b, h, s);
+        } else {
+            pack_kv(isa, k, v, shape, b, h, s);
+        }
         for i0 in (0..shape.seq).step_by(QUERY_BLOCK) {
             let m = QUERY_BLOCK.min(shape.seq - i0);
             if let Some((nb, nh)) = next {
                 prefetch_rows([q, k, v], shape, nb, nh, i0..i0 + m);
                 out.prefetch(shape, nb, nh, i0..i0 + m);
             }
-            scores(isa, q, shape, b, h, i0, m, scale, s);
-            softmax(isa, m, shape.seq, mask, s);
-            context(isa, m, shape, s);
+            if bf16 {
+                bf16::scores(q, shape, b, h, i0, m, scale, s);
+                softmax(isa, m, shape.seq, mask, s);
+                bf16::context(m, shape, s);
+            } else {
+                scores(isa, q, shape, b, h, i0, m, scale, s);
+                softmax(isa, m, shape.seq, mask, s);
+                context(isa, m, shape, s);
+            }
             write(shape, b, h, i0, m, s, out);
         }
     })
+}
+
+/// The stages whose products run in bfloat16 ([`Products::Bf16`]); called only where [`Products::bf16_on`].
+mod bf16 {
+    use super::{row, Operand, Scratch, Shape, KEY_PANEL, QUERY_BLOCK};
+    #[cfg(target_arch = "x86_64")]
+    use super::x86;
+
+    /// Stage 1 in bfloat16: this head's keys as pairs, transposed into panels of pairs, and `V` as pairs of rows.
+    pub(super) fn pack_kv(k: &Operand<'_>, v: &Operand<'_>, shape: Shape, b: usize, h: usize, s: &mut Scratch) {
+        let (seq, d) = (shape.seq, shape.head_dim);
+        let dh = d.div_ceil(2);
+        s.k2.resize(seq * dh, 0);
+        s.kt2.resize(seq.div_ceil(KEY_PANEL) * dh * KEY_PANEL, 0);
+        s.v2.resize(seq.div_ceil(2) * d, 0);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512 with AVX512_BF16 (`Products::bf16_on`); every row read is inside its operand
+        // (`check_operand`), every write inside the buffers sized above.
+        unsafe {
+            for j in 0..seq {
+                x86::to_bf16_pairs(k.data[row(k, shape, b, h, j)..][..d].as_ptr(), d, s.k2[j * dh..].as_mut_ptr());
+            }
+            x86::transpose(s.k2.as_ptr().cast(), dh, seq, dh, s.kt2.as_mut_ptr().cast());
+            for p in 0..seq.div_ceil(2) {
+                let x0 = v.data[row(v, shape, b, h, 2 * p)..][..d].as_ptr();
+                let x1 = (2 * p + 1 < seq).then(|| v.data[row(v, shape, b, h, 2 * p + 1)..][..d].as_ptr());
+                x86::interleave_bf16(x0, x1, d, s.v2[p * d..].as_mut_ptr());
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("bfloat16 products run on x86-64 only ({k:?} {v:?} {b} {h})");
+    }
+
+    /// Stage 2 in bfloat16: the query block as pairs, then its scores against each panel of `Kᵀ`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn scores(q: &Operand<'_>, shape: Shape, b: usize, h: usize, i0: usize, m: usize, scale: f32,
+                         s: &mut Scratch) {
+        let (seq, d) = (shape.seq, shape.head_dim);
+        let dh = d.div_ceil(2);
+        s.scores.resize(QUERY_BLOCK.min(seq) * seq, 0.0);
+        s.q2.resize(QUERY_BLOCK.min(seq) * dh, 0);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `pack_kv`; the panels hold `dh` rows of `KEY_PANEL` pairs, the scores `m` rows of `seq`.
+        unsafe {
+            for r in 0..m {
+                x86::to_bf16_pairs(q.data[row(q, shape, b, h, i0 + r)..][..d].as_ptr(), d, s.q2[r * dh..].as_mut_ptr());
+            }
+            for (p, panel) in s.kt2.chunks_exact(dh * KEY_PANEL).enumerate() {
+                let (j, n) = (p * KEY_PANEL, KEY_PANEL.min(seq - p * KEY_PANEL));
+                x86::matmul_bf16(s.q2.as_ptr(), dh, panel.as_ptr(), KEY_PANEL, m, dh, n, scale,
+                                 s.scores[j..].as_mut_ptr(), seq);
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("bfloat16 products run on x86-64 only ({q:?} {b} {h} {i0} {m} {scale})");
+    }
+
+    /// Stage 4 in bfloat16: the block's probabilities as pairs, times `V`'s pairs of rows.
+    pub(super) fn context(m: usize, shape: Shape, s: &mut Scratch) {
+        let (seq, d) = (shape.seq, shape.head_dim);
+        let sh = seq.div_ceil(2);
+        s.ctx.resize(QUERY_BLOCK * d, 0.0);
+        s.p2.resize(QUERY_BLOCK * sh, 0);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `pack_kv`; `m` rows of `seq` probabilities, `sh` pairs of `V` rows of `d` values.
+        unsafe {
+            for r in 0..m {
+                x86::to_bf16_pairs(s.scores[r * seq..][..seq].as_ptr(), seq, s.p2[r * sh..].as_mut_ptr());
+            }
+            x86::matmul_bf16(s.p2.as_ptr(), sh, s.v2.as_ptr(), d, m, sh, d, 1.0, s.ctx.as_mut_ptr(), d);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("bfloat16 products run on x86-64 only ({m} {seq} {d})");
+    }
 }
 
 /// Asks for rows `rows` of pair (`b`, `h`)'s Q, K and V to be brought into L2 (one prefetch per 64-byte line).
