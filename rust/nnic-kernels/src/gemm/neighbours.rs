@@ -5,8 +5,8 @@
 //! after repeated late retries) run on nnic's own helpers. Once the neighbour has gone, those helpers share the
 //! cores with torch's still-spinning OpenMP thread and lose ~40 % at ~1 ms shapes, for the rest of the window.
 //! Retrying the team to find out costs a scheduler slice whenever the neighbour is still there; reading
-//! `/proc/stat` costs ~10 µs and says the same without the stall: the busy time of our CPUs minus this process's
-//! own CPU time is what the others took.
+//! `/proc/stat` costs ~13 µs of CPU and says the same without the stall: the busy time of our CPUs minus this
+//! process's own CPU time is what the others took.
 //!
 //! A [`Sample`] holds the busy time of the allowed CPUs (everything but idle and iowait, steal included: a
 //! hypervisor's other guests keep a thread off its core as a neighbour does) and this process's CPU time; two
@@ -155,7 +155,8 @@ mod tests {
     fn others_cores_are_busy_time_less_our_own_per_wall_time() {
         let t0 = Instant::now();
         let a = Sample { at: t0, busy_ns: 1_000, self_ns: 500, cpus: 2 };
-        let later = |busy: u64, own: u64| Sample { at: t0 + Duration::from_millis(100), busy_ns: busy, self_ns: own, cpus: 2 };
+        let later =
+            |busy: u64, own: u64| Sample { at: t0 + Duration::from_millis(100), busy_ns: busy, self_ns: own, cpus: 2 };
         // 150 ms busy, 50 ms ours over 100 ms: another process held one core
         assert!((a.others_cores(&later(1_000 + 150_000_000, 500 + 50_000_000)) - 1.0).abs() < 1e-9);
         // our own time above the busy time (tick rounding) reads as no neighbour, not a negative one

@@ -25,7 +25,7 @@
 //! per window, as in a benchmark's interleaved rounds or a server's requests, retried on every call.
 //!
 //! A window also ends early when the neighbour has left: every [`PROBE_EVERY`] inside it, a GEMM reads how much
-//! CPU other processes took on our CPUs since the last look ([`super::neighbours`], ~10 µs); when they left
+//! CPU other processes took on our CPUs since the last look ([`super::neighbours`], ~13 µs); when they left
 //! room for all the team's threads, the next run tries the team. Why: once the neighbour is gone, nnic's helpers
 //! share the cores with torch's still-spinning OpenMP thread and lost ~40 % at ~1 ms shapes (`bench/gemm.py
 //! --contention`'s quiet leg at 128×768×3072: 0.68× against 1.11× in a plain run) for the rest of a window of
