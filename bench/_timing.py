@@ -5,9 +5,11 @@ from __future__ import annotations
 import time
 
 
-def timeit_interleaved(fns: dict, repeats: int, budget: float, clock=time.perf_counter) -> dict[str, list[float]]:
+def timeit_interleaved(fns: dict, repeats: int, budget: float, clock=time.perf_counter,
+                       after=None) -> dict[str, list[float]]:
     """Seconds per call of each function, measured round-robin (one call of each per round), so that
-    load from other processes hits all of them alike. ``clock=time.process_time`` counts CPU time only."""
+    load from other processes hits all of them alike. ``clock=time.process_time`` counts CPU time only.
+    ``after(name)``, when given, runs after each timed call, outside the timing (to read counters)."""
     once = {}
     for name, fn in fns.items():
         fn()
@@ -21,4 +23,6 @@ def timeit_interleaved(fns: dict, repeats: int, budget: float, clock=time.perf_c
             t0 = clock()
             fn()
             times[name].append(clock() - t0)
+            if after is not None:
+                after(name)
     return times

@@ -31,7 +31,9 @@ the start its last thread arrived, how long the region lasted after the last tas
 caller's team mates took), and the GEMM helpers' counters (``kernels.gemm_team_stats``: GEMMs handed to the
 kernels' own helper threads, the share a helper took while still polling rather than after a kernel wake-up,
 and the polling time per GEMM, which is what the bound ``--spin`` (microseconds, default 50) costs the other
-processes at most). ``NNIC_GEMM_BACKEND=rayon`` puts every GEMM on those helpers instead of torch's team.
+processes at most). ``NNIC_GEMM_BACKEND=rayon`` puts every GEMM on those helpers instead of torch's team. Each
+table also says in how many of its timed calls the default ``int8_linear`` row ran on torch's team (the rest went
+to the helpers after a late team thread): the row's time depends on it.
 
 ``--bert`` times a BERT-base encoder (12 x 768, FFN 3072, random init, sequence ``--seq``, batch ``--bert-batch``)
 instead: float32, ``torch.ao.quantization.quantize_dynamic`` (every installed engine; the best is the baseline),
@@ -66,6 +68,32 @@ from nnic import kernels  # noqa: E402
 from _timing import timeit_interleaved  # noqa: E402
 
 OWN_HELPERS = "nnic int8_linear, nnic's own helpers"
+DEFAULT_LINEAR = "nnic int8_linear f32->f32"
+
+
+class BackendTally:
+    """Where the default ``int8_linear`` row's calls ran: on torch's OpenMP team, or not (nnic's own helpers after
+    a late team thread, see ``gemm_openmp_stats``). Called after every timed call, outside the timing: a call of
+    the default row that raised the team's run count ran there. Why: the row's time depends on it (on the helpers
+    it shares the cores with torch's still-spinning OpenMP thread), and which one a run got is what moved M = 1
+    and M = 16 between quiet runs."""
+
+    def __init__(self) -> None:
+        self.last: int | None = None
+        self.team = self.other = 0
+
+    def __call__(self, name: str) -> None:
+        runs = kernels.gemm_openmp_stats()["runs"]
+        if name == DEFAULT_LINEAR and self.last is not None:
+            if runs > self.last:
+                self.team += 1
+            else:
+                self.other += 1
+        self.last = runs
+
+    def line(self) -> str:
+        return (f"default int8_linear row on torch's OpenMP team in {self.team} of {self.team + self.other} timed "
+                f"calls (the others on nnic's own helpers)")
 SHAPES = [(1, 4096, 4096), (16, 4096, 4096), (128, 768, 3072), (512, 768, 768), (2048, 4096, 4096)]
 
 
@@ -121,7 +149,7 @@ def shape_kernels(m: int, k: int, n: int, engines: list[str]) -> dict:
     fns["nnic prepacked matmul s8->s32"] = lambda: packed.matmul(an, out)
     q, s = kernels.quantize_int8_weight(wf)
     pl = kernels.pack_int8_weight(q, s)
-    fns["nnic int8_linear f32->f32"] = lambda: kernels.int8_linear(x, pl)
+    fns[DEFAULT_LINEAR] = lambda: kernels.int8_linear(x, pl)
     if kernels.gemm_backend() == "openmp":  # the same call on nnic's own helpers, in the same rounds
         # Its own copy of the weights: it runs right after the default call, which would otherwise leave it the
         # same 16 MB hot in L3 while every other kernel reads weights that other calls have pushed out since.
@@ -248,9 +276,11 @@ class Neighbour:
             self._proc.join()
 
 
-def time_alternating(fns: dict, repeats: int, budget: float, nb: Neighbour, clock) -> dict[str, dict[str, list[float]]]:
+def time_alternating(fns: dict, repeats: int, budget: float, nb: Neighbour, clock,
+                     tallies: dict[str, BackendTally]) -> dict[str, dict[str, list[float]]]:
     """Seconds per call of each function in alternating quiet / contended rounds (each round: every function
-    once, round-robin); ``budget`` bounds both settings' rounds together."""
+    once, round-robin); ``budget`` bounds both settings' rounds together; ``tallies[setting]`` is called after each
+    timed call of that setting."""
     once = 0.0
     for fn in fns.values():
         fn()
@@ -266,6 +296,7 @@ def time_alternating(fns: dict, repeats: int, budget: float, nb: Neighbour, cloc
                 t0 = clock()
                 fn()
                 times[setting][name].append(clock() - t0)
+                tallies[setting](name)
     nb.busy(False)
     return times
 
@@ -318,15 +349,18 @@ def main() -> None:
             kernels.gemm_team_stats(reset=True)
             kernels.gemm_openmp_stats(reset=True)
             fns = shape_kernels(m, k, n, engines)
+            tallies = {"quiet": BackendTally(), "contended": BackendTally()}
             if nb is None:
-                per_setting = {"quiet": timeit_interleaved(fns, args.repeats, args.budget, clock)}
+                per_setting = {"quiet": timeit_interleaved(fns, args.repeats, args.budget, clock, tallies["quiet"])}
             else:
-                per_setting = time_alternating(fns, args.repeats, 2 * args.budget, nb, clock)
+                per_setting = time_alternating(fns, args.repeats, 2 * args.budget, nb, clock, tallies)
             team, omp = kernels.gemm_team_stats(), kernels.gemm_openmp_stats()
             ratios = {}
             for setting, times in per_setting.items():
                 all_res[f"{spec} {setting}"] = times
                 ratios[setting] = report(m, k, n, times, args.stat, peak, setting)
+                if kernels.gemm_backend() == "openmp" and args.threads > 1:
+                    print(f"  {tallies[setting].line()}")
             print(f"  GEMM helpers (both settings): {team_line(team)}")
             print(f"  torch's OpenMP team (both settings): {openmp_line(omp)}")
             summary.append((spec, ratios))
@@ -377,7 +411,7 @@ def report(m: int, k: int, n: int, times: dict[str, list[float]], stat_name: str
     torch_int8 = {key: v for key, v in res.items() if key.startswith("torch")}
     best_name = min(torch_int8, key=torch_int8.get)
     nn_mm = res["nnic prepacked matmul s8->s32"]
-    nn_lin = res["nnic int8_linear f32->f32"]
+    nn_lin = res[DEFAULT_LINEAR]
     dyn = [v for key, v in res.items() if "dynamic" in key]
     lines = [f"nnic matmul vs best torch int8 ({best_name}): {torch_int8[best_name] / nn_mm:.2f}x"]
     if "torch._int_mm" in res:

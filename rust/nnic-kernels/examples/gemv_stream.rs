@@ -14,11 +14,16 @@
 //! - `i32 2t`: the exact s8 product (`matmul_i8`), no float epilogue.
 //!
 //! Printed: the median wall time per call, GB/s of weight bytes, and each case against `read` on as many
-//! threads. Report the load average beside the numbers (other processes share the memory bus).
+//! threads. Report the load average beside the numbers (other processes share the memory bus). `CLOCK=cpu` times
+//! every case in process CPU time instead (all threads: a loaded machine's descheduling does not enter it, a
+//! stalled load does).
 //!
 //! With `PROBE=1` instead: one thread's read rate with software prefetch of each hint (`prefetcht0/t1/t2/nta`)
 //! and distance, in thread CPU time: what the GEMV tile's prefetch (`GEMV_AHEAD` in `src/gemm/micro.rs`) was
-//! chosen from. `PF=bytes` sets the read cases' prefetch distance (default 4096, 0: none).
+//! chosen from. `PF=bytes` sets the read cases' prefetch distance (default 4096, 0: none). `M=rows` runs the
+//! GEMM cases with that many activation rows (default 1): at M = 16 the product's compute (0.57 ms at the 2-core
+//! VNNI peak for 4096²) and the weight stream (~0.6 ms from DRAM) are about equal, and this shows which one it
+//! is held to.
 use nnic_kernels::gemm::{int8_linear, matmul_i8, ActQuant, Activation, PackedLinear, Path};
 use nnic_kernels::huge::HugeBuf;
 use nnic_kernels::pool;
@@ -172,16 +177,18 @@ fn main() {
             b
         })
         .collect();
-    let x: Vec<f32> = (0..k).map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0).collect();
-    let xa: Vec<i8> = (0..k).map(|i| (i % 251) as i8).collect();
-    let mut out = vec![0f32; n];
-    let mut out_i = vec![0i32; n];
+    let m: usize = std::env::var("M").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let x: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0).collect();
+    let xa: Vec<i8> = (0..m * k).map(|i| (i % 251) as i8).collect();
+    let mut out = vec![0f32; m * n];
+    let mut out_i = vec![0i32; m * n];
     let path = Path::active();
     let act = ActQuant::DynamicPerRow { symmetric: true };
     if std::env::var("PROBE").is_ok_and(|v| v == "1") {
         probe_prefetch(&plain, rounds);
         return;
     }
+    let cpu = std::env::var("CLOCK").is_ok_and(|v| v == "cpu");
     let partner = Partner::start();
     let cases = ["read 1t", "read 2t", "gemv 1t", "gemv 2t", "i32 2t"];
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
@@ -195,25 +202,25 @@ fn main() {
             if pool::num_threads() != threads && name.starts_with(['g', 'i']) {
                 pool::set_num_threads(threads).unwrap();
                 // a new pool starts a new helper: one untimed call first, so that it is running
-                int8_linear(path, &x, 1, &packed[0], None, act, Activation::Identity, &mut out).unwrap();
+                int8_linear(path, &x, m, &packed[0], None, act, Activation::Identity, &mut out).unwrap();
             }
-            let t0 = Instant::now();
+            let (t0, c0) = (Instant::now(), process_cpu());
             match *name {
                 "read 1t" => sink = sink.wrapping_add(byte_sum(&plain[i])),
                 "read 2t" => sink = sink.wrapping_add(partner.sum2(&plain[i])),
                 "gemv 1t" | "gemv 2t" => {
-                    int8_linear(path, &x, 1, &packed[i], None, act, Activation::Identity, &mut out).unwrap()
+                    int8_linear(path, &x, m, &packed[i], None, act, Activation::Identity, &mut out).unwrap()
                 }
-                _ => matmul_i8(path, &xa, 1, packed[i].packed(), &mut out_i).unwrap(),
+                _ => matmul_i8(path, &xa, m, packed[i].packed(), &mut out_i).unwrap(),
             }
-            let dt = t0.elapsed().as_secs_f64();
+            let dt = if cpu { process_cpu() - c0 } else { t0.elapsed().as_secs_f64() };
             if round >= 2 {
                 times[c].push(dt);
             }
         }
     }
     std::hint::black_box(sink);
-    println!("GEMV {k}x{n} int8 ({:.1} MB of weights, {copies} copies), path {}, medians of {rounds} rounds", bytes as f64 / 1e6, path.name());
+    println!("GEMV (M = {m}) {k}x{n} int8 ({:.1} MB of weights, {copies} copies), path {}, medians of {rounds} rounds", bytes as f64 / 1e6, path.name());
     let med: Vec<f64> = times.into_iter().map(median).collect();
     for (c, name) in cases.iter().enumerate() {
         let base = if name.ends_with("2t") { med[1] } else { med[0] };
@@ -271,4 +278,21 @@ fn probe_prefetch(plain: &[HugeBuf<u8>], rounds: usize) {
 
 fn thread_cpu() -> f64 {
     nnic_kernels::attention::profile::thread_cpu().expect("a thread CPU clock (Linux)")
+}
+
+/// Seconds of CPU this process has used (all threads; `CLOCK=cpu` times the cases with it: what a loaded machine's
+/// descheduling does not inflate).
+fn process_cpu() -> f64 {
+    #[repr(C)]
+    struct Timespec {
+        sec: i64,
+        nsec: i64,
+    }
+    extern "C" {
+        fn clock_gettime(clock: i32, tp: *mut Timespec) -> i32;
+    }
+    let mut t = Timespec { sec: 0, nsec: 0 };
+    // SAFETY: a valid, writable timespec; CLOCK_PROCESS_CPUTIME_ID = 2.
+    unsafe { clock_gettime(2, &mut t) };
+    t.sec as f64 + t.nsec as f64 * 1e-9
 }

@@ -22,7 +22,8 @@
 //! - [`linear`]: [`PackedLinear`] and [`int8_linear`];
 //! - [`conv`]: int8 conv2d by im2col into the activation panels; [`int4`]: int4 weights (tiles in
 //!   `int4_micro`);
-//! - [`par`]: where the parallel tasks run (OpenMP team or the kernel pool);
+//! - [`par`]: where the parallel tasks run (OpenMP team or the kernel pool); `neighbours`: the probe of other
+//!   processes' CPU use that ends its avoidance of the team once they have left;
 //! - [`profile`]: the stages of one linear layer timed apart, and the VNNI peak (for `examples/gemm_parts.rs`).
 mod act_pack;
 pub mod conv;
@@ -32,6 +33,7 @@ pub mod int4;
 mod int4_micro;
 pub mod linear;
 mod micro;
+mod neighbours;
 mod panels;
 pub mod par;
 pub mod path;

@@ -23,6 +23,15 @@
 //! `bench/handoff.py`: a 90 % batch-1 sparse product's caller waited 9-17 ms for the late thread, against a
 //! 0.3-1 ms product; `bench/gemm.py`'s M=1 rows found 8 of 8 team runs late), and calls that come less than once
 //! per window, as in a benchmark's interleaved rounds or a server's requests, retried on every call.
+//!
+//! A window also ends early when the neighbour has left: every [`PROBE_EVERY`] inside it, a GEMM reads how much
+//! CPU other processes took on our CPUs since the last look ([`super::neighbours`], ~13 µs); when they left
+//! room for all the team's threads, the next run tries the team. Why: once the neighbour is gone, nnic's helpers
+//! share the cores with torch's still-spinning OpenMP thread and lost ~40 % at ~1 ms shapes (`bench/gemm.py
+//! --contention`'s quiet leg at 128×768×3072: 0.68× against 1.11× in a plain run) for the rest of a window of
+//! up to 8 s. A probe that let a retry run late anyway (a neighbour inside this process, say) doubles the time
+//! to its next look, so a wrong probe costs at most what the windows cost before.
+use super::neighbours;
 use crate::error::{KernelError, Result};
 use crate::team;
 use std::ffi::c_void;
@@ -64,10 +73,93 @@ fn nanos_since_epoch(t: Instant) -> u64 {
     t.saturating_duration_since(epoch()).as_nanos() as u64
 }
 
-/// Whether a recent run on the team found a thread late (see the module docs).
-fn team_contended() -> bool {
+/// How often a GEMM inside an avoidance window looks whether other processes have left the cores.
+const PROBE_EVERY: Duration = Duration::from_millis(100);
+/// Cores short of the team's threads that the others may still have held, on average over the look interval, for
+/// the probe to call the team back. Why half a core: the interval runs from the last look, which may lie before an
+/// idle gap (no GEMM, so no look): a neighbour that stopped 100 ms into a 300 ms interval reads as a third of a
+/// core; one that stays reads as its whole core (and `/proc/stat`'s 10 ms ticks read a 100 ms interval to about
+/// ±0.1 core per CPU). A lighter neighbour that this lets through makes the retry late, and the look interval
+/// backs off.
+const PROBE_SLACK: f64 = 0.5;
+/// The look interval doubles after each retry that a probe allowed and that found a thread late, up to this
+/// many times (100 ms · 2⁶ = 6.4 s, near [`MAX_AVOID`]).
+const MAX_PROBE_BACKOFF: u32 = 6;
+
+/// The probe's state: the sample that the current interval starts from, how many probe-allowed retries in a row
+/// were late, and whether the last window was ended by the probe.
+struct Probe {
+    last: Option<neighbours::Sample>,
+    misses: u32,
+    ended_early: bool,
+}
+
+static PROBE: Mutex<Probe> = Mutex::new(Probe { last: None, misses: 0, ended_early: false });
+
+/// Whether other processes, between two samples, left room for `threads` threads of ours on the CPUs we may use.
+fn room_for(threads: usize, earlier: &neighbours::Sample, now: &neighbours::Sample) -> bool {
+    now.cpus as f64 - earlier.others_cores(now) >= threads as f64 - PROBE_SLACK
+}
+
+/// The look interval after `misses` late probe-allowed retries in a row.
+fn probe_every(misses: u32) -> Duration {
+    PROBE_EVERY * (1u32 << misses.min(MAX_PROBE_BACKOFF))
+}
+
+impl Probe {
+    /// Inside a window, at `now`: whether the others have left room for `threads` threads over the last look
+    /// interval (then the window ends). Takes a new sample (`sample`) at most every [`probe_every`]; answers no
+    /// when none can be read.
+    fn look(&mut self, threads: usize, now: Instant, sample: impl FnOnce() -> Option<neighbours::Sample>) -> bool {
+        let Some(last) = self.last else {
+            self.last = sample();
+            return false;
+        };
+        if now.saturating_duration_since(last.at) < probe_every(self.misses) {
+            return false;
+        }
+        let Some(next) = sample() else { return false };
+        self.last = Some(next);
+        let left = room_for(threads, &last, &next);
+        self.ended_early |= left;
+        left
+    }
+
+    /// After a run on the team: a late one starts the next interval at `sample` (and counts a miss when the probe
+    /// had ended the window before it); one on time clears the misses.
+    fn after_team_run(&mut self, late: bool, sample: impl FnOnce() -> Option<neighbours::Sample>) {
+        if late {
+            if self.ended_early {
+                self.misses = self.misses.saturating_add(1);
+            }
+            self.last = sample();
+        } else {
+            self.misses = 0;
+        }
+        self.ended_early = false;
+    }
+}
+
+/// [`Probe::look`] on the process's probe; a call that finds it busy on another thread answers no.
+fn neighbours_left(threads: usize) -> bool {
+    match PROBE.try_lock() {
+        Ok(mut p) => p.look(threads, Instant::now(), neighbours::sample),
+        Err(_) => false,
+    }
+}
+
+/// Whether a recent run on the team found a thread late and the others still hold the cores that a run of
+/// `threads` threads would need (see the module docs).
+fn team_contended(threads: usize) -> bool {
     let until = AVOID_UNTIL.load(Ordering::Relaxed);
-    until != 0 && nanos_since_epoch(Instant::now()) < until
+    if until == 0 || nanos_since_epoch(Instant::now()) >= until {
+        return false;
+    }
+    if neighbours_left(threads) {
+        AVOID_UNTIL.store(0, Ordering::Relaxed);
+        return false;
+    }
+    true
 }
 
 type GompParallel = unsafe extern "C" fn(extern "C" fn(*mut c_void), *mut c_void, u32, u32);
@@ -283,7 +375,7 @@ pub(crate) fn for_each(n: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
         return;
     }
     match gomp() {
-        Some(parallel) if !team_contended() => {
+        Some(parallel) if !team_contended(threads) => {
             let start = Instant::now();
             let job = Job {
                 f,
@@ -307,6 +399,7 @@ pub(crate) fn for_each(n: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
                 let until = nanos_since_epoch(Instant::now() + Duration::from_nanos(w)).max(1);
                 AVOID_UNTIL.store(until, Ordering::Relaxed);
             }
+            PROBE.lock().unwrap_or_else(|e| e.into_inner()).after_team_run(late, neighbours::sample);
             OPENMP_RUNS.add(
                 late,
                 n,
@@ -506,6 +599,66 @@ mod tests {
         assert_eq!(&seen[..3], &[first, 2 * first, 4 * first]);
         assert!(seen.windows(2).all(|w| w[1] == (2 * w[0]).min(max)) && *seen.last().unwrap() == max);
         assert_eq!(avoid_window(false, window), (None, first));
+    }
+
+    /// The probe calls the team back when the others left room for its threads (up to half a core short on
+    /// average over the interval).
+    #[test]
+    fn the_probe_finds_room_when_the_others_leave_the_team_its_cores() {
+        let t0 = Instant::now();
+        let at = |ms: u64, busy_ms: u64, own_ms: u64, cpus: usize| neighbours::Sample {
+            at: t0 + Duration::from_millis(ms),
+            busy_ns: busy_ms * 1_000_000,
+            self_ns: own_ms * 1_000_000,
+            cpus,
+        };
+        let start = at(0, 0, 0, 2);
+        // over 100 ms on 2 CPUs: a neighbour's full core (100 ms busy not ours) leaves no room for 2 threads
+        assert!(!room_for(2, &start, &at(100, 250, 150, 2)));
+        // a tenth of a core of others does, and so does a neighbour that left a third into the interval
+        assert!(room_for(2, &start, &at(100, 210, 200, 2)));
+        assert!(room_for(2, &start, &at(300, 700, 600, 2)));
+        // one that held a core for half the interval and more does not
+        assert!(!room_for(2, &start, &at(300, 760, 600, 2)));
+        // on 16 CPUs a neighbour's core leaves room for 2 threads
+        assert!(room_for(2, &at(0, 0, 0, 16), &at(100, 300, 200, 16)));
+    }
+
+    /// Inside a window the probe samples every interval and says whether the others left; a retry it allowed
+    /// that finds a thread late doubles the interval (bounded), a run on time resets it.
+    #[test]
+    fn a_wrong_probe_backs_off_and_a_run_on_time_resets_it() {
+        let t0 = Instant::now();
+        let ms = |v: u64| t0 + Duration::from_millis(v);
+        let quiet = |v: u64| Some(neighbours::Sample { at: ms(v), busy_ns: 0, self_ns: 0, cpus: 2 });
+        let busy = |v: u64| Some(neighbours::Sample { at: ms(v), busy_ns: v * 1_000_000, self_ns: 0, cpus: 2 });
+        let mut p = Probe { last: None, misses: 0, ended_early: false };
+        p.after_team_run(true, || busy(0)); // a late run starts the window and the first interval
+        assert!(!p.look(2, ms(50), || panic!("sampled before the interval ended")));
+        assert!(!p.look(2, ms(100), || busy(100)), "a neighbour held a core");
+        assert!(p.look(2, ms(200), || quiet(200)), "no one else ran: the team is tried again");
+        // that retry is late after all (say a neighbour within the process): the next look waits twice as long
+        p.after_team_run(true, || quiet(210));
+        assert_eq!((p.misses, probe_every(p.misses)), (1, 2 * PROBE_EVERY));
+        assert!(!p.look(2, ms(300), || panic!("sampled before the doubled interval ended")));
+        assert!(p.look(2, ms(410), || quiet(410)));
+        p.after_team_run(true, || quiet(420));
+        assert_eq!(p.misses, 2);
+        for _ in 0..10 {
+            p.ended_early = true;
+            p.after_team_run(true, || quiet(420));
+        }
+        assert_eq!(probe_every(p.misses), PROBE_EVERY * (1 << MAX_PROBE_BACKOFF));
+        // a window that ran out by itself and a late retry: no miss of the probe's
+        let before = p.misses;
+        p.after_team_run(true, || quiet(430));
+        assert_eq!(p.misses, before);
+        p.after_team_run(false, || panic!("a run on time takes no sample"));
+        assert_eq!((p.misses, probe_every(p.misses)), (0, PROBE_EVERY));
+        // no readable sample (not Linux): the probe never ends a window
+        let mut q = Probe { last: None, misses: 0, ended_early: false };
+        q.after_team_run(true, || None);
+        assert!(!q.look(2, ms(1_000), || None) && !q.look(2, ms(2_000), || None));
     }
 
     /// Several callers at once (each publishes its job; a newer one replaces an untaken older one): every
