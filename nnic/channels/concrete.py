@@ -72,7 +72,8 @@ class ValueTracer(Tracer):
     stand_in_min = 1 << 14  # elements
 
     # A layer whose output would become a stand-in and whose shape :mod:`~nnic.channels.shapes` knows is not
-    # run: its value is a stand-in from the start (ResNet-50's trace 0.20 -> 0.05 s). What is computed from
+    # run: its value is a stand-in from the start (ResNet-50's trace 0.20 -> 0.05 s); nor is one whose input is
+    # already unreal (below), whatever its output's size: zeros of its shape. What is computed from
     # such a value ("unreal", small values included) has the right shape and the wrong values; nothing the
     # structure pass reads depends on floating-point values, but an integer or bool tensor (indices, masks)
     # or an ``item()``/``tolist()`` computed off one may steer shapes or channels: then ``unsure`` names the
@@ -145,11 +146,16 @@ class ValueTracer(Tracer):
         unreal = any(n in self.unreal for n in node.all_input_nodes)
         module = submodule(self.root, target) if kind == "call_module" else None
         if self.shapes_only:
-            value = zeros_of(module, a, kw, self.stand_in_min) if module is not None else \
-                op_zeros(kind, target, a, kw, self.stand_in_min)
+            # From an unreal input the value is wrong whatever its size: its shape, at any size, does as well
+            # (EfficientNet's squeeze-excitation convolutions and the small late layers ran on stand-ins).
+            at_least = 0 if unreal else self.stand_in_min
+            value = zeros_of(module, a, kw, at_least) if module is not None else \
+                op_zeros(kind, target, a, kw, at_least)
             if value is not None:
                 self.unreal.add(node)
-                return value
+                # A small value is kept as it is (rules may read it): zeros in memory of their own, as any
+                # other small tensor has, not an expanded zero.
+                return value.contiguous() if value.numel() < self.stand_in_min else value
         try:
             value = _run(kind, target, module, a, kw)
         except Exception:

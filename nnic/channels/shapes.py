@@ -5,7 +5,9 @@ Why: the dependency-aware pruner's trace (:class:`~nnic.channels.concrete.ValueT
 of a large activation, yet computing it was a dense forward of the model: on ResNet-50 the convolutions were
 two thirds of the trace. A layer listed here whose output is large gets zeros of the right shape (without
 memory) instead; a layer or an input this module is unsure of (another dtype, a channel count that does not match,
-a subclass with its own forward) gets ``None``, and the layer runs.
+a subclass with its own forward) gets ``None``, and the layer runs. A layer whose input is already such zeros gets
+zeros of its shape whatever their size (the trace asks with ``at_least=0``): EfficientNet's squeeze-excitation
+layers (an adaptive average pool, two 1x1 convolutions) and its small late layers ran on stand-ins.
 
 The same holds for the elementwise ops between layers (a residual ``out += identity``, a squeeze-excitation or
 layer-scale product, a functional activation) and for pooling: on stand-in inputs they computed a full-size
@@ -30,6 +32,7 @@ _SAME_SHAPE = {nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigm
 _BATCH_NORMS = {nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d}
 _POOLS = {nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.AvgPool1d: 1, nn.AvgPool2d: 2}
 _CONVS = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
+_ADAPTIVE_AVG_POOLS = {nn.AdaptiveAvgPool1d: 1, nn.AdaptiveAvgPool2d: 2, nn.AdaptiveAvgPool3d: 3}
 
 
 def _conv(m: nn.modules.conv._ConvNd, x: torch.Tensor, dims: int) -> tuple[int, ...] | None:
@@ -71,6 +74,17 @@ def _pool(m: nn.Module, x: torch.Tensor, dims: int) -> tuple[int, ...] | None:
     return (*x.shape[:-dims], *out)
 
 
+def _adaptive_pool(m: nn.Module, x: torch.Tensor, dims: int) -> tuple[int, ...] | None:
+    """An adaptive pool's output: its ``output_size`` (``None`` entries keep the input's size), over the input's
+    leading dimensions (batched or not); ``None`` for an empty spatial input (torch refuses it)."""
+    size = m.output_size
+    size = tuple(size) if isinstance(size, (tuple, list)) else (size,) * dims
+    if x.dim() not in (dims + 1, dims + 2) or len(size) != dims or 0 in x.shape[-dims:]:
+        return None
+    out = tuple(s if o is None else o for o, s in zip(size, x.shape[-dims:]))
+    return (*x.shape[:-dims], *out) if all(isinstance(o, int) and o > 0 for o in out) else None
+
+
 def output_shape(module: nn.Module, args: tuple, kwargs: dict) -> tuple[int, ...] | None:
     """The shape of ``module(*args, **kwargs)``, or ``None`` when only running it tells (or it would fail)."""
     if kwargs or len(args) != 1 or not isinstance(args[0], torch.Tensor) or not args[0].is_floating_point():
@@ -85,6 +99,8 @@ def output_shape(module: nn.Module, args: tuple, kwargs: dict) -> tuple[int, ...
         return tuple(x.shape)
     if kind in _POOLS:
         return _pool(module, x, _POOLS[kind])
+    if kind in _ADAPTIVE_AVG_POOLS:
+        return _adaptive_pool(module, x, _ADAPTIVE_AVG_POOLS[kind])
     if kind in _BATCH_NORMS or kind is nn.GroupNorm:
         channels = module.num_channels if kind is nn.GroupNorm else module.num_features
         return tuple(x.shape) if x.dim() >= 2 and x.shape[1] == channels else None

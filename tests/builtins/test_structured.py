@@ -65,6 +65,19 @@ def test_l1norm_prunes_the_smallest_norm_channels():
     assert set(torch.nonzero(~kept).flatten().tolist()) == set(torch.argsort(norms)[:8].tolist())
 
 
+def test_l1_scores_are_the_bits_of_abs_then_sum_whatever_the_layout_and_dtype():
+    from nnic.builtins.norm import l1_rows
+
+    torch.manual_seed(0)
+    rows = {"big": torch.randn(96, 3 * 49), "small": torch.randn(7, 5), "wide": torch.randn(3, 1000),
+            "double": torch.randn(16, 33, dtype=torch.float64), "half": torch.randn(8, 9).half(),
+            "strided": torch.randn(40, 12).t(), "empty": torch.randn(0, 4)}  # .t(): not contiguous
+    got = l1_rows(rows)
+    for name, r in rows.items():
+        assert got[name].dtype == torch.float64
+        assert torch.equal(got[name], r.abs().sum(1).double()), name
+
+
 def test_a_layer_is_never_emptied_and_round_to_rounds_the_kept_count_up():
     model = net()
     _, masks = nnic.pruner("l1norm", model, [{"sparsity": 0.99, "op_types": ["Conv2d"]}]).compress()

@@ -30,6 +30,10 @@ CASES = [
     (nn.ReLU(inplace=True), (2, 3)),
     (nn.Hardswish(), (2, 3, 4)),
     (nn.Dropout(0.5), (2, 3)),
+    (nn.AdaptiveAvgPool2d(1), (2, 4, 7, 9)),
+    (nn.AdaptiveAvgPool2d((3, None)), (4, 7, 9)),  # unbatched; None keeps the input's width
+    (nn.AdaptiveAvgPool1d(5), (2, 4, 12)),
+    (nn.AdaptiveAvgPool3d((1, 2, 3)), (1, 2, 4, 5, 6)),
 ]
 
 
@@ -56,7 +60,8 @@ class Doubled(nn.Conv2d):
     (nn.BatchNorm2d(4), torch.randn(2, 3, 3, 3)),
     (nn.LayerNorm(5), torch.randn(2, 3, 4)),
     (Doubled(4, 6, 3), torch.randn(1, 4, 8, 8)),  # a subclass with its own forward
-    (nn.AdaptiveAvgPool2d(1), torch.randn(1, 4, 8, 8)),  # not listed
+    (nn.AdaptiveMaxPool2d(1), torch.randn(1, 4, 8, 8)),  # not listed
+    (nn.AdaptiveAvgPool2d(1), torch.randn(1, 4, 0, 8)),  # an empty input: the forward raises
     (nn.MaxPool2d(2, return_indices=True), torch.randn(1, 4, 8, 8)),  # two outputs
     (nn.MaxPool2d(3, padding=2), torch.randn(1, 4, 8, 8)),  # more padding than torch allows: the forward raises
 ])

@@ -48,13 +48,30 @@ def test_large_values_are_stand_ins_and_small_ones_real():
     assert by_name["mean"].shape == (1, 32) and by_name["head"].shape == (1, 4)  # small: right shapes
 
 
-def test_layers_whose_large_output_has_a_known_shape_are_not_run():
-    model, x = Net().eval(), torch.randn(1, 3, 32, 32)
-    calls = []
+def _traced_calls(model: nn.Module, x: torch.Tensor) -> list[str]:
+    calls: list[str] = []
     for name in ("a", "b", "head"):
         getattr(model, name).register_forward_hook(lambda m, i, o, name=name: calls.append(name))
     trace(model, (x,), {}, values={})
-    assert calls == ["head"]  # the convolutions' 32 x 32 x 32 outputs are zeros of their shape; the head runs
+    return calls
+
+
+def test_layers_whose_large_output_has_a_known_shape_are_not_run_nor_those_computing_from_them():
+    # The convolutions' 32 x 32 x 32 outputs are zeros of their shape; the head's small output is computed
+    # from them (its value would be wrong anyway): zeros of its shape too.
+    assert _traced_calls(Net().eval(), torch.randn(1, 3, 32, 32)) == []
+
+
+def test_small_layers_on_real_values_run():
+    assert _traced_calls(Net().eval(), torch.randn(1, 3, 8, 8)) == ["a", "b", "head"]  # 32 x 8 x 8: small
+
+
+def test_small_values_computed_from_a_layer_that_did_not_run_have_memory_of_their_own():
+    model, x = Net().eval(), torch.randn(1, 3, 32, 32)
+    values: dict = {}
+    gm = trace(model, (x,), {}, values=values)
+    head = {n.name: values.get(n) for n in gm.graph.nodes}["head"]
+    assert head.shape == (1, 4) and head.is_contiguous() and not head.any()
 
 
 class InPlace(nn.Module):
@@ -99,7 +116,7 @@ def test_an_index_computed_off_a_layer_that_did_not_run_makes_every_layer_run():
     assert torch.equal({n.name: values.get(n) for n in gm.graph.nodes}["getitem"], top)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "shufflenet_v2_x0_5"])
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "shufflenet_v2_x0_5", "efficientnet_b0"])
 def test_the_pruners_masks_are_those_computed_from_real_values(name, monkeypatch):
     torch.manual_seed(0)
     dense = tvm.get_model(name, weights=None).eval()
