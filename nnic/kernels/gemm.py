@@ -193,7 +193,8 @@ def run_packed_linear(packed: Any, x2: Any, out: Any, bias: np.ndarray | None = 
     numpy arrays, ``bias`` a float32 numpy array of N values or None, ``act`` / ``activation`` valid names.
     The native code still checks shapes and dtypes (a ``ValueError`` / ``TypeError``, never a crash); what this
     skips is the Python layer's conversions and messages, ~12 µs per call, against ~5 µs for a small decode GEMV:
-    nnic's quantized layers call it once their input passes a cheap check."""
+    the decode layers call it with outputs they reuse (nnic's quantized modules call the packed weight's ``linear``
+    with ``out=None`` instead, which allocates a fresh output natively)."""
     xn = x2.numpy() if type(x2) is torch.Tensor else x2
     on = out.numpy() if type(out) is torch.Tensor else out
     packed.linear(xn, on, bias, act, symmetric, act_scale, act_zero_point, path, activation)

@@ -187,7 +187,8 @@ class Int8Linear(_Int8Base):
         return new.to(w.device)
 
     def kernel_args(self) -> tuple:
-        """The activation settings this layer passes to :func:`nnic.kernels.run_packed_linear` after the bias."""
+        """The activation settings this layer passes to its packed weight's ``linear`` after the bias (the arguments
+        of :func:`nnic.kernels.run_packed_linear` after ``bias``)."""
         static = (float(self.act_scale), int(self.act_zero_point)) if self.act == "static" else (None, None)
         return (self.act, self.symmetric, *static, None, self.activation or "none")
 
@@ -432,7 +433,7 @@ class Int4Linear(nn.Module):
         return self._packed
 
     def kernel_args(self) -> tuple:
-        """The activation settings this layer passes to :func:`nnic.kernels.run_packed_linear` after the bias
+        """The activation settings this layer passes to its packed weight's ``linear`` after the bias
         (int4 layers quantize activations per token: the defaults)."""
         return ()
 
