@@ -176,11 +176,11 @@ def _run_linear(packed: Any, x: Array, bias: Array | None, symmetric: bool, kw: 
             raise ValueError(f"bias must have {n} values, got {bias.shape[0]}")
         b = _numpy_view(bias, "bias")
     x2 = xn if len(lead) == 1 else xn.reshape(-1, k)  # a 2-D input is its own [M, K] view (no numpy call)
-    # A numpy output, shared with the returned tensor (one call into torch; numpy also asks for 2 MiB pages on
-    # large outputs, see `float_output`).
-    res = np.empty((x2.shape[0], n), _F32)
-    run_packed_linear(packed, x2, res, b, kw["act"], symmetric, kw.get("act_scale"), kw.get("act_zero_point"),
-                      kw.get("path"), activation)
+    # The native call allocates the output (numpy's allocator, from C: a Python-level `np.empty` costs 35-60 µs
+    # right after a weight stream; numpy also asks for 2 MiB pages on large outputs, see `float_output`), shared
+    # with the returned tensor (one call into torch).
+    res = packed.linear(x2, None, b, kw["act"], symmetric, kw.get("act_scale"), kw.get("act_zero_point"),
+                        kw.get("path"), activation)
     res = res if len(lead) == 1 else res.reshape(*lead, n)
     return torch.from_numpy(res) if isinstance(x, torch.Tensor) else res
 
@@ -193,7 +193,8 @@ def run_packed_linear(packed: Any, x2: Any, out: Any, bias: np.ndarray | None = 
     numpy arrays, ``bias`` a float32 numpy array of N values or None, ``act`` / ``activation`` valid names.
     The native code still checks shapes and dtypes (a ``ValueError`` / ``TypeError``, never a crash); what this
     skips is the Python layer's conversions and messages, ~12 µs per call, against ~5 µs for a small decode GEMV:
-    nnic's quantized layers call it once their input passes a cheap check."""
+    the decode layers call it with outputs they reuse (nnic's quantized modules call the packed weight's ``linear``
+    with ``out=None`` instead, which allocates a fresh output natively)."""
     xn = x2.numpy() if type(x2) is torch.Tensor else x2
     on = out.numpy() if type(out) is torch.Tensor else out
     packed.linear(xn, on, bias, act, symmetric, act_scale, act_zero_point, path, activation)
@@ -218,11 +219,46 @@ def int8_linear(
     ``activation``: ``None``, ``"relu"`` or ``"gelu"`` (exact, erf form, as ``torch.nn.functional.gelu``),
     applied in the GEMM's epilogue while each output block is in cache, instead of a pass of its own.
     """
+    if type(packed) is PackedInt8Weight:
+        y = _direct_linear(x, packed, bias, act, symmetric, act_scale, act_zero_point, path, activation)
+        if y is not None:
+            return y
     if not isinstance(packed, PackedInt8Weight):
         raise TypeError(f"packed must come from pack_int8_weight, got {type(packed).__name__}")
     kw = {"act": act, "act_scale": act_scale, "act_zero_point": act_zero_point, "path": path,
           "activation": activation}
     return _run_linear(packed, x, bias, symmetric, kw)
+
+
+def _direct_linear(x: Array, packed: Any, bias: Array | None, act: str, symmetric: bool, act_scale: float | None,
+                   act_zero_point: int | None, path: str | None, activation: str | None) -> Array | None:
+    """The linear layer from one native call, for the usual arguments: a plain float32 CPU tensor (or numpy array)
+    ``x[..., K]``, the bias as such or None; else (or on any error) ``None``, and the caller takes the checked path,
+    which names what is wrong (the native call has checked everything it reads before the kernel runs).
+
+    Why: right after a weight stream has pushed numpy's and torch's code and data out of the caches, each crossing
+    into them costs 30-60 µs (one thread, CPU time), and the checked path's conversions, attribute checks and
+    output allocation made a 4096 × 4096 call at M = 1 cost ~0.14 ms more than its kernel. Here there are three:
+    the input's numpy view, the native call (which checks dtypes, shapes and contiguity, allocates the output and
+    runs the kernel) and the tensor wrapped around the output."""
+    tx = type(x)
+    try:
+        if tx is torch.Tensor:
+            xn = x.numpy()
+        elif tx is np.ndarray:
+            xn = x
+        else:
+            return None
+        if bias is not None:
+            tb = type(bias)
+            if tb is torch.Tensor:
+                bias = bias.numpy()
+            elif tb is not np.ndarray:
+                return None
+        res = packed.linear(xn, None, bias, act, symmetric, act_scale, act_zero_point, path, activation or "none")
+    except (RuntimeError, TypeError, ValueError, OverflowError):
+        return None
+    return torch.from_numpy(res) if tx is torch.Tensor else res
 
 
 def int8_conv2d(

@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnic import kernels
-from nnic.kernels.adapters import float_output
 
 
 def _check_float_input(module: nn.Module, x: Any, k: int | None = None) -> None:
@@ -34,25 +33,24 @@ def _check_float_input(module: nn.Module, x: Any, k: int | None = None) -> None:
         raise ValueError(f"{type(module).__name__}: input must have shape [..., {k}], got {tuple(x.shape)}")
 
 
-def _kernel_input(x: Any, k: int, bias: torch.Tensor | None) -> torch.Tensor | None:
-    """``x`` as ``[M, k]`` when a layer may call its CPU kernel directly (:func:`nnic.kernels.run_packed_linear`):
-    a contiguous CPU float32 tensor without autograd whose last dimension is ``k``, and a float32 bias or none.
-    Else ``None``, and the layer takes the checked path, which converts what it can and names what it cannot.
-    A decode step calls each layer once on one token: this check costs ~1 µs where the checked path costs ~12."""
-    if type(x) is torch.Tensor and x.dtype is torch.float32 and x.is_cpu and x.shape[-1:] == (k,) and \
-            x.is_contiguous() and not x.requires_grad and (bias is None or bias.dtype is torch.float32):
-        return x.view(-1, k)
-    return None
+def _run_direct(layer: nn.Module, x: Any) -> torch.Tensor | None:
+    """``layer``'s output for ``x`` from one native call of its packed weight's kernel, for the usual input: a plain
+    CPU float32 tensor ``[..., in_features]``, contiguous, without autograd, and a float32 bias or none. Else (or on
+    any error) ``None``, and the layer takes the checked path, which converts what it can and names what it cannot.
 
-
-def _run_direct(layer: nn.Module, x: torch.Tensor, x2: torch.Tensor, *kernel_args: Any) -> torch.Tensor:
-    """``layer``'s output for ``x`` (viewed as ``x2`` by :func:`_kernel_input`) from one call of its packed
-    weight's kernel, shaped like ``x`` with ``out_features`` last; ``kernel_args``: the activation settings of
-    :func:`nnic.kernels.run_packed_linear` after the bias."""
-    y = float_output(x2.shape[0], layer.out_features)
-    bias = None if layer.bias is None else layer.bias.numpy()
-    kernels.run_packed_linear(layer._packed_weight(), x2, y, bias, *kernel_args)
-    return y if x.dim() == 2 else y.view(*x.shape[:-1], layer.out_features)
+    Why one call: right after a weight stream has pushed torch's and numpy's code and data out of the caches, each
+    crossing into them costs tens of µs (one thread, CPU time), and the attribute checks, ``torch.empty`` output
+    and views of the earlier direct path cost ~90 µs more than this at M = 1 on a 4096 × 4096 layer. The native
+    call checks dtypes, shapes and contiguity before it runs, and allocates the ``[..., out_features]`` output."""
+    if type(x) is not torch.Tensor:
+        return None
+    try:
+        xn = x.numpy()
+        bias = None if layer.bias is None else layer.bias.numpy()
+        y = layer._packed_weight().linear(xn, None, bias, *layer.kernel_args())
+    except (RuntimeError, TypeError, ValueError, OverflowError):
+        return None
+    return torch.from_numpy(y)
 
 
 def _version(t: torch.Tensor) -> int:
@@ -189,14 +187,15 @@ class Int8Linear(_Int8Base):
         return new.to(w.device)
 
     def kernel_args(self) -> tuple:
-        """The activation settings this layer passes to :func:`nnic.kernels.run_packed_linear` after the bias."""
+        """The activation settings this layer passes to its packed weight's ``linear`` after the bias (the arguments
+        of :func:`nnic.kernels.run_packed_linear` after ``bias``)."""
         static = (float(self.act_scale), int(self.act_zero_point)) if self.act == "static" else (None, None)
         return (self.act, self.symmetric, *static, None, self.activation or "none")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = _kernel_input(x, self.in_features, self.bias)
-        if x2 is not None:
-            return _run_direct(self, x, x2, *self.kernel_args())
+        y = _run_direct(self, x)
+        if y is not None:
+            return y
         _check_float_input(self, x, self.in_features)
         if x.dim() == 2:
             y = self._linear(x)
@@ -434,14 +433,14 @@ class Int4Linear(nn.Module):
         return self._packed
 
     def kernel_args(self) -> tuple:
-        """The activation settings this layer passes to :func:`nnic.kernels.run_packed_linear` after the bias
+        """The activation settings this layer passes to its packed weight's ``linear`` after the bias
         (int4 layers quantize activations per token: the defaults)."""
         return ()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = _kernel_input(x, self.in_features, self.bias) if self.input_perm is None else None
-        if x2 is not None:
-            return _run_direct(self, x, x2, *self.kernel_args())
+        y = _run_direct(self, x) if self.input_perm is None else None
+        if y is not None:
+            return y
         _check_float_input(self, x, self.in_features)
         x2 = x.reshape(-1, self.in_features)
         if x2.dtype != torch.float32:

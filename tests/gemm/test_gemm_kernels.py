@@ -230,6 +230,36 @@ def test_int8_linear_gives_the_same_values_for_every_form_of_one_input():
         gemm.int8_linear(torch.tensor(1.0), packed)
 
 
+def test_native_linear_allocates_a_fresh_output_shaped_like_the_input():
+    """``linear(x, None)`` (the one native call of ``int8_linear``'s usual case) takes ``x[..., K]`` of any rank,
+    returns a new ``[..., N]`` array per call with the bits of the call into a given output, and refuses what it
+    cannot read before running (``int8_linear`` then takes the checked path); each ``int8_linear`` result owns its
+    memory, whether the bias came as a tensor or an array."""
+    rng = np.random.default_rng(11)
+    k, n = 24, 40
+    packed = gemm.pack_int8_weight(rng.integers(-127, 128, (n, k), dtype=np.int8), rng.uniform(1e-3, 1e-2, n))
+    x = rng.standard_normal((2, 3, k)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    into = np.empty((6, n), np.float32)
+    assert packed.linear(x.reshape(6, k), into, bias) is None
+    a, b = packed.linear(x, None, bias), packed.linear(x, None, bias)
+    assert a.shape == (2, 3, n) and a.dtype == np.float32 and a.flags.c_contiguous
+    assert np.array_equal(a.reshape(6, n), into) and np.array_equal(a, b) and not np.shares_memory(a, b)
+    assert np.array_equal(packed.linear(x[0, 0], None, bias), into[0])
+    with pytest.raises(ValueError, match="x has 23 columns"):
+        packed.linear(x[..., 1:].copy(), None)
+    with pytest.raises(ValueError, match="0-d"):
+        packed.linear(np.zeros((), np.float32), None)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        packed.linear(np.ascontiguousarray(x.reshape(6, k).T).T, None)
+    with pytest.raises(ValueError, match=r"out must be \[6, 40\]"):
+        packed.linear(x, np.empty((2, n), np.float32))
+    xt = torch.from_numpy(x)
+    y1, y2 = gemm.int8_linear(xt, packed, torch.from_numpy(bias)), gemm.int8_linear(xt, packed, bias)
+    assert torch.equal(y1.reshape(6, n), torch.from_numpy(into)) and torch.equal(y1, y2)
+    assert y1.data_ptr() != y2.data_ptr()
+
+
 def test_int8_linear_bad_input():
     packed = gemm.pack_int8_weight(np.zeros((4, 8), np.int8), 1.0)
     with pytest.raises(TypeError, match="float32"):

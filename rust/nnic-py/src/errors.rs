@@ -10,7 +10,7 @@ pub fn to_py<T>(r: Result<T, KernelError>) -> pyo3::PyResult<T> {
     r.map_err(|e| PyValueError::new_err(e.to_string()))
 }
 
-fn not_contiguous(name: &str) -> PyErr {
+pub(crate) fn not_contiguous(name: &str) -> PyErr {
     PyValueError::new_err(format!("{name} must be a C-contiguous array (nnic.kernels makes contiguous copies)"))
 }
 

@@ -1,12 +1,12 @@
 //! Bindings of the int8/int4 GEMM: shape and contiguity checks, GIL release, error mapping only.
 //! Outputs are caller-provided (see `nnic/kernels/gemm.py`, which allocates torch tensors and passes numpy views).
-use crate::errors::{slice, slice_mut, to_py};
+use crate::errors::{not_contiguous, slice, slice_mut, to_py};
 use nnic_kernels::gemm::conv::{int8_conv2d, ConvGeom};
 use nnic_kernels::gemm::{self, int4, ActQuant, Activation, PackedLinear, Path};
 use nnic_kernels::prefetch::{self, Resident};
 use numpy::{
-    Element, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray2,
-    PyReadonlyArray4, PyUntypedArrayMethods,
+    Element, IxDyn, PyArray1, PyArray2, PyArrayDyn, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2,
+    PyReadonlyArrayDyn, PyReadwriteArray2, PyReadonlyArray4, PyUntypedArrayMethods,
 };
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -227,25 +227,57 @@ impl LinearWeight for int4::PackedInt4 {
 
 /// `out[m, n] = linear(x)` with weight `w`: shape checks, then the kernel with the GIL released. A background
 /// prefetch walk is stopped first (`nnic_kernels::prefetch`: it must not take a core from the GEMM), and `w`'s
-/// walked record forgotten.
-fn linear_into<W: LinearWeight + Resident>(
-    py: Python<'_>,
+/// walked record forgotten. `out = None`: a new C-contiguous `[m, n]` array is allocated here and returned.
+///
+/// Why allocate here: after a weight stream has pushed numpy's code and data out of the caches, a Python-level
+/// `np.empty` costs 35-60 µs of CPU; numpy's C allocator called from here skips its argument parsing and dtype
+/// conversion (the same allocator, so outputs from 4 MiB up still get numpy's 2 MiB-page advice).
+#[allow(clippy::too_many_arguments)]
+fn linear_into<'py, W: LinearWeight + Resident>(
+    py: Python<'py>,
     w: &W,
-    x: PyReadonlyArray2<'_, f32>,
-    mut out: PyReadwriteArray2<'_, f32>,
-    bias: Option<PyReadonlyArray1<'_, f32>>,
+    x: PyReadonlyArrayDyn<'py, f32>,
+    out: Option<PyReadwriteArray2<'py, f32>>,
+    bias: Option<PyReadonlyArray1<'py, f32>>,
     act: ActQuant,
     activation: &str,
     path: Option<&str>,
-) -> PyResult<()> {
+) -> PyResult<Option<Bound<'py, PyArrayDyn<f32>>>> {
     let p = self::path(path)?;
     let activation = to_py(Activation::parse(activation))?;
-    let m = check_linear_shapes("x", &x, &out, w.in_features(), w.out_features())?;
-    let x = ro(&x, "x")?;
+    let (k, n) = (w.in_features(), w.out_features());
+    let shape = x.shape();
+    let Some((&kx, lead)) = shape.split_last() else {
+        return Err(shape_err(format!("x must have shape [..., {k}], got a 0-d array")));
+    };
+    if kx != k {
+        return Err(shape_err(format!("x has {kx} columns, the weight expects {k}")));
+    }
+    let m = lead.iter().product::<usize>();
+    let xs = slice(&x, "x")?;
     let bias = bias.as_ref().map(|b| ro1(b, "bias")).transpose()?;
-    let out = rw(&mut out, "out")?;
-    prefetch::cancel(Some(w));
-    to_py(py.detach(|| w.run(p, x, m, bias, act, activation, out)))
+    match out {
+        Some(mut out) => {
+            let od = [out.shape()[0], out.shape()[1]];
+            if od != [m, n] {
+                return Err(shape_err(format!("out must be [{m}, {n}], got {od:?}")));
+            }
+            let out = rw(&mut out, "out")?;
+            prefetch::cancel(Some(w));
+            to_py(py.detach(|| w.run(p, xs, m, bias, act, activation, out)))?;
+            Ok(None)
+        }
+        None => {
+            let dims: Vec<usize> = lead.iter().copied().chain([n]).collect();
+            // SAFETY: the array is new and C-contiguous, nothing else refers to it yet, and the kernel writes
+            // every element before it is returned (on an error it is dropped unread).
+            let fresh = unsafe { PyArrayDyn::<f32>::new(py, IxDyn(&dims), false) };
+            let out = unsafe { fresh.as_slice_mut() }.map_err(|_| not_contiguous("out"))?;
+            prefetch::cancel(Some(w));
+            to_py(py.detach(|| w.run(p, xs, m, bias, act, activation, out)))?;
+            Ok(Some(fresh))
+        }
+    }
 }
 
 /// Defines a weight class's `#[pymethods]`: the surface both classes share (`in_features`, `out_features`,
@@ -270,22 +302,25 @@ macro_rules! packed_weight_methods {
             }
 
             #[doc = $linear_doc]
+            #[doc = ""]
+            #[doc = "`x` may have any leading dimensions (`m` is their product) with `out=None`: the result then goes to"]
+            #[doc = "a new array `[..., n]`, which is returned (else `x` is `[m, k]`, and `None` is returned)."]
             #[pyo3(signature = (x, out, bias=None, act="per_token", symmetric=$symmetric, act_scale=None,
                                 act_zero_point=None, path=None, activation="none"))]
             #[allow(clippy::too_many_arguments)]
-            fn linear(
+            fn linear<'py>(
                 &self,
-                py: Python<'_>,
-                x: PyReadonlyArray2<'_, f32>,
-                out: PyReadwriteArray2<'_, f32>,
-                bias: Option<PyReadonlyArray1<'_, f32>>,
+                py: Python<'py>,
+                x: PyReadonlyArrayDyn<'py, f32>,
+                out: Option<PyReadwriteArray2<'py, f32>>,
+                bias: Option<PyReadonlyArray1<'py, f32>>,
                 act: &str,
                 symmetric: bool,
                 act_scale: Option<f32>,
                 act_zero_point: Option<i32>,
                 path: Option<&str>,
                 activation: &str,
-            ) -> PyResult<()> {
+            ) -> PyResult<Option<Bound<'py, PyArrayDyn<f32>>>> {
                 let aq = act_quant(act, symmetric, act_scale, act_zero_point)?;
                 linear_into(py, &*self.inner, x, out, bias, aq, activation, path)
             }
