@@ -185,3 +185,30 @@ def test_every_layer_stays_a_fast_layer_with_the_same_state_dict():
     exact, fast = pair("llama", 4)
     assert all(isinstance(layer, FastDecoderLayer) for layer in fast.model.layers)
     assert fast.state_dict().keys() == exact.state_dict().keys()
+
+
+def test_prefetch_in_the_one_call_step_queues_the_next_weights_and_changes_no_bit():
+    """``fast_decode(model, exact=False, prefetch=True)``: the one native call per layer queues the next two GEMMs'
+    packed weights after each of its four (the next layer's as its last step used them, then the lm_head); the
+    logits are those of the same model without prefetch, bit for bit, also after a weight is repacked."""
+    from nnic import kernels
+
+    plain = quantized("llama", 4)
+    warm = copy.deepcopy(plain)
+    fast_decode(plain, exact=False)
+    fast_decode(warm, exact=False, prefetch=True)
+    ids = torch.randint(0, 100, (1, 10), generator=torch.Generator().manual_seed(12))
+    before = kernels.prefetch_stats()["jobs"]
+    got, got_tokens = decode_logits(warm, ids, 5)
+    queued = kernels.prefetch_stats()["jobs"] - before
+    want, want_tokens = decode_logits(plain, ids, 5)
+    assert torch.equal(got, want) and torch.equal(got_tokens, want_tokens)
+    layers = warm.model.layers
+    assert queued >= 4 * 4 * len(layers)  # four decode steps x four GEMMs per layer
+    seen = layers[0].__dict__["_decode_link"].seen
+    assert all(seen[g] is g._packed_weight() for layer in layers for g in layer.gemms())
+    with torch.no_grad():  # a new packed weight for layer 1's q/k/v in both models: a stale prefetch changes nothing
+        for model in (plain, warm):
+            model.model.layers[1].self_attn.qkv_proj.fused.weight_scales.mul_(0.5)
+    got, _ = decode_logits(warm, ids, 3)
+    assert torch.equal(got, decode_logits(plain, ids, 3)[0])

@@ -377,6 +377,93 @@ fn group_body(q: &[f32], keys: &[f32], values: &[f32], d: usize, scale: f32, sco
     }
 }
 
+/// A decoder layer's step apart from its GEMMs: the two norms' weights and epsilons, the MLP's inner width, the
+/// attention's sizes, the cache position written and the score scale.
+#[derive(Clone, Copy, Debug)]
+pub struct LayerStep<'a> {
+    pub input_norm: &'a [f32],
+    pub input_eps: f32,
+    pub post_norm: &'a [f32],
+    pub post_eps: f32,
+    pub inner: usize,
+    pub shape: StepShape,
+    pub pos: usize,
+    pub scale: f32,
+}
+
+/// The layer's GEMM `i` (0: q/k/v, 1: output projection, 2: gate/up, 3: down) of every row of its input into its
+/// output: supplied by the caller (the packed weights, and any prefetch between GEMMs, live outside this crate's
+/// decoder module).
+pub type LayerGemm<'f> = dyn FnMut(usize, &[f32], &mut [f32]) -> Result<()> + 'f;
+
+thread_local! {
+    /// The intermediate rows of [`decode_layer`], kept per thread and reused by every layer and step: a few tens
+    /// of kilobytes that stay in the cache instead of a fresh allocation (and its page touches) per call.
+    static LAYER_SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One decode step of a LLaMA-style decoder layer for every row of `x` (`[batch, hidden]`, `hidden =
+/// input_norm.len()`), into `out` (same shape): `h = x + o_proj(attention(qkv(rms_norm(x))))`, then
+/// `out = h + down(silu(gate) · up)` with `gate | up = gate_up(rms_norm(h))`; the attention is
+/// [`decode_attention`] (rotary, key/value written at `step.pos` of the caches, grouped-query attention over
+/// `0..=pos`). The same kernels, in the same order, as calling [`rms_norm`], the GEMM, [`decode_attention`], the
+/// GEMM, [`add_rms_norm`], the GEMM, [`silu_mul`], the GEMM and an add one by one (the same bits), in one call:
+/// a caller in Python pays one call per layer instead of nine, and no intermediate leaves this thread's scratch.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_layer(
+    step: &LayerStep<'_>,
+    x: &[f32],
+    cos: &[f32],
+    sin: &[f32],
+    k_cache: &mut [f32],
+    v_cache: &mut [f32],
+    gemm: &mut LayerGemm<'_>,
+    out: &mut [f32],
+) -> Result<()> {
+    let sh = step.shape;
+    sh.check()?;
+    let hidden = step.input_norm.len();
+    let rows = norm_rows(x, step.input_norm, step.input_eps)?;
+    if rows != sh.batch {
+        return Err(KernelError::Mismatch { what: format!("x has {rows} rows of {hidden}, the step's batch is {}", sh.batch) });
+    }
+    check_eps(step.post_eps)?;
+    check_rows("post_norm", step.post_norm.len(), hidden, 1)?;
+    check_rows("out", out.len(), hidden, rows)?;
+    if step.inner == 0 {
+        return Err(KernelError::Invalid { what: "inner must be >= 1, got 0".into() });
+    }
+    let sizes = [hidden, sh.qkv_width(), sh.heads * sh.head_dim, hidden, hidden, 2 * step.inner, step.inner, hidden];
+    LAYER_SCRATCH.with(|cell| {
+        let mut held = cell.borrow_mut();
+        let total: usize = sizes.iter().map(|n| n * rows).sum();
+        if held.len() < total {
+            held.resize(total, 0.0);
+        }
+        let rest = &mut held[..total];
+        let (normed, rest) = rest.split_at_mut(sizes[0] * rows);
+        let (qkv, rest) = rest.split_at_mut(sizes[1] * rows);
+        let (context, rest) = rest.split_at_mut(sizes[2] * rows);
+        let (o, rest) = rest.split_at_mut(sizes[3] * rows);
+        let (h, rest) = rest.split_at_mut(sizes[4] * rows);
+        let (gate_up, rest) = rest.split_at_mut(sizes[5] * rows);
+        let (act, down) = rest.split_at_mut(sizes[6] * rows);
+        rms_norm(x, step.input_norm, step.input_eps, normed)?;
+        gemm(0, normed, qkv)?;
+        decode_attention(qkv, cos, sin, k_cache, v_cache, sh, step.pos, step.scale, context)?;
+        gemm(1, context, o)?;
+        add_rms_norm(x, o, step.post_norm, step.post_eps, h, normed)?;
+        gemm(2, normed, gate_up)?;
+        silu_mul(gate_up, step.inner, act)?;
+        gemm(3, act, down)?;
+        let isa = cpu::active();
+        for ((h, d), o) in h.chunks_exact(hidden).zip(down.chunks_exact(hidden)).zip(out.chunks_exact_mut(hidden)) {
+            add_row(isa, h, d, o);
+        }
+        Ok(())
+    })
+}
+
 /// Query heads per block (LLaMA-style models group 4 to 8 query heads per key/value head): the scores pass
 /// computes one vector of the block's scores per key row, the context pass adds each value chunk into the block's
 /// eight accumulators (named in the code: this constant must stay 8).
