@@ -117,13 +117,20 @@ def test_the_cache_is_written_in_place_and_stays_a_transformers_cache():
 
 
 @torch.inference_mode()
-def test_buffers_grow_and_copies_of_the_cache_are_independent(monkeypatch):
+@pytest.mark.parametrize("views_ahead", [1, 2, 32])
+def test_buffers_grow_and_copies_of_the_cache_are_independent(monkeypatch, views_ahead):
     monkeypatch.setattr(_KernelKV, "GROW", 1)  # a remake every few steps
+    monkeypatch.setattr(_KernelKV, "VIEWS_AHEAD", views_ahead)  # views made one, two or all lengths at a time
     exact, fast = pair("qwen2", 8)
     ids = torch.randint(0, 100, (2, 3), generator=torch.Generator().manual_seed(3))
     want, want_tokens = decode_logits(exact, ids, 12)
     got, got_tokens = decode_logits(fast, ids, 12)
     assert close(got, want) and torch.equal(got_tokens, want_tokens)
+    cache = last_cache(fast, ids, 12)
+    for layer in cache.layers:  # the published views are the buffers' first `length` positions, nothing stale
+        kv = layer.__dict__["_nnic_kv"]
+        assert layer.keys.shape[2] == kv.length == cache.get_seq_length() == 3 + 12
+        assert layer.keys.data_ptr() == kv.kt.data_ptr() and layer.values.data_ptr() == kv.vt.data_ptr()
     # a deep copy of a cache mid-decode continues like the original (the copy adopts its own buffers)
     out = fast(input_ids=ids, use_cache=True)
     out = fast(input_ids=out.logits[:, -1:].argmax(-1), cache=out.cache, use_cache=True)
