@@ -36,11 +36,14 @@ module does not (its class is made at run time; state dicts are unchanged).
 
 
 ``fast_decode(model, exact=False)`` (opt-in) gives up bit-identity for speed (:meth:`FastDecoderLayer._kernel_step`):
-the small ops become four calls of nnic's decode kernels (``nnic.kernels.decoder``) on the kept arrays: RMSNorm
-into the q/k/v GEMM's input; rotary, the key/value write and grouped-query attention of the one query in one call,
-over a preallocated cache adopted from transformers' ``DynamicLayer`` (:class:`_KernelKV`: written in place, no
-``cat``; the layer's tensors become views of it) and written into the output projection's input; the residual
-add with the second RMSNorm; SiLU times up into the down projection's input. Equal up to float32 rounding; steps
+the whole layer step is one call of nnic's decode kernels (``nnic.kernels.decode_layer``'s native call, the GIL
+released once): RMSNorm, the q/k/v GEMM, rotary + key/value write + grouped-query attention of the one query over a
+preallocated cache adopted from transformers' ``DynamicLayer`` (:class:`_KernelKV`: written in place, no ``cat``;
+the layer's tensors become views of it), the output GEMM, the residual add with the second RMSNorm, the gate/up
+GEMM, SiLU times up, the down GEMM and the last residual add. Nine Python-level calls per layer had cost more than
+their microbenchmarks said: after a GEMM has streamed megabytes of weights, the interpreter's and torch's code and
+data come back from DRAM, so each call between two GEMMs took tens of microseconds of CPU (~300 us of Python per
+layer measured in a 1B model under load, against ~60 us hot). Equal up to float32 rounding; steps
 it does not cover (a mask, a sliding window about to drop positions, other caches) run the exact step."""
 
 from __future__ import annotations
