@@ -16,6 +16,8 @@ default exact path keeps torch's ops. CPU float32 only (the decode path they ser
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -120,4 +122,45 @@ def decode_attention(qkv: Array, cos: Array, sin: Array, k_cache: Array, v_cache
     return _like(qkv, out)
 
 
-__all__ = ["add_rms_norm", "decode_attention", "rms_norm", "silu_mul"]
+#: Each packed weight class's activation settings when none are given (``linear``'s defaults): per-token dynamic
+#: int8 activations, symmetric for int4, asymmetric for int8; the active ISA's path; no fused activation.
+_DEFAULT_SETTINGS = {"PackedInt4Weight": ("per_token", True, None, None, None, "none"),
+                     "PackedInt8Weight": ("per_token", False, None, None, None, "none")}
+
+
+def decode_layer(x: Array, input_norm: Array, input_eps: float, post_norm: Array, post_eps: float,
+                 weights: Sequence, biases: Sequence[Array | None], cos: Array, sin: Array, k_cache: Array,
+                 v_cache: Array, heads: int, pos: int, scale: float | None = None,
+                 settings: Sequence[tuple] | None = None) -> Array:
+    """One decode step of a LLaMA-style decoder layer for every row of ``x`` (``[batch, hidden]``), in one native
+    call: ``h = x + o(decode_attention(qkv(rms_norm(x))))``, then ``h + down(silu(gate) · up)`` with ``gate | up =
+    gate_up(rms_norm(h))``. The same kernels in the same order as :func:`rms_norm`, the packed weights' ``linear``,
+    :func:`decode_attention` (``k_cache`` / ``v_cache`` written in place at ``pos``), :func:`add_rms_norm`,
+    :func:`silu_mul` and an add, so the same bits; what it saves is eight Python calls and their argument handling
+    per layer.
+
+    ``weights``: the q/k/v, output, gate/up and down projections' packed int4/int8 weights (``pack_int4_weight`` /
+    ``pack_int8_weight``); ``biases``: their float32 biases or None; ``settings``: each GEMM's ``(act, symmetric,
+    act_scale, act_zero_point, path, activation)`` as ``run_packed_linear`` takes them (default: the packed
+    class's ``linear`` defaults). Returns a new tensor/array of ``x``'s kind and shape."""
+    xa = _cpu_array(x, "x")
+    if xa.ndim != 2:
+        raise ValueError(f"decode_layer: x must be [batch, hidden], got shape {xa.shape}")
+    if len(weights) != 4 or len(biases) != 4:
+        raise ValueError(f"decode_layer: 4 weights and 4 biases (q/k/v, o, gate/up, down), got {len(weights)} and "
+                         f"{len(biases)}")
+    if settings is None:
+        settings = [_DEFAULT_SETTINGS.get(type(w).__name__, _DEFAULT_SETTINGS["PackedInt4Weight"]) for w in weights]
+    ka, va = _cpu_array(k_cache, "k_cache", contiguous=False), _cpu_array(v_cache, "v_cache", contiguous=False)
+    head_dim = ka.shape[-1] if ka.ndim == 4 else 0
+    scale = head_dim ** -0.5 if scale is None else float(scale)
+    out = np.empty_like(xa)
+    native.decode_layer_step(xa, out, _cpu_array(input_norm, "input_norm"), check_eps(input_eps, "decode_layer"),
+                             _cpu_array(post_norm, "post_norm"), check_eps(post_eps, "decode_layer"), list(weights),
+                             [None if b is None else _cpu_array(b, "bias") for b in biases],
+                             [tuple(s) for s in settings], _cpu_array(cos, "cos"), _cpu_array(sin, "sin"), ka, va,
+                             heads, pos, scale)
+    return _like(x, out)
+
+
+__all__ = ["add_rms_norm", "decode_attention", "decode_layer", "rms_norm", "silu_mul"]

@@ -153,3 +153,89 @@ def test_bad_input_is_refused_with_the_argument_named():
         kernels.rms_norm(np.zeros((2, 4), np.float32), np.ones(4, np.float32), -1.0)
     with pytest.raises(ValueError, match="even"):
         kernels.silu_mul(np.zeros((2, 5), np.float32))
+
+
+def _layer_weights(rng: np.random.Generator, kind: str, out_features: int, in_features: int):
+    w = rng.standard_normal((out_features, in_features)).astype(np.float32) * in_features ** -0.5
+    if kind == "int8":
+        q, s = kernels.quantize_int8_weight(torch.from_numpy(w))
+        return kernels.pack_int8_weight(q, s)
+    groups = -(-in_features // 32)
+    q = rng.integers(-8, 8, (out_features, in_features)).astype(np.int8)
+    scales = (rng.uniform(0.5, 1.5, (out_features, groups)) / (8 * in_features ** 0.5)).astype(np.float32)
+    return kernels.pack_int4_weight(q, scales, 32)
+
+
+def _layer_inputs(rng: np.random.Generator, batch: int, kv_heads: int, group: int, d: int, hidden: int, inner: int,
+                  pos: int, kind: str, qkv_bias: bool) -> dict:
+    heads = kv_heads * group
+    shapes = [((heads + 2 * kv_heads) * d, hidden), (hidden, heads * d), (2 * inner, hidden), (hidden, inner)]
+    weights = [_layer_weights(rng, kind, n, k) for n, k in shapes]
+    biases = [rng.standard_normal(shapes[0][0]).astype(np.float32) if qkv_bias else None, None, None, None]
+    angle = rng.uniform(0, 100, (batch, d // 2))
+    cos = np.concatenate([np.cos(angle)] * 2, -1).astype(np.float32)
+    sin = np.concatenate([np.sin(angle)] * 2, -1).astype(np.float32)
+    cache = (batch, kv_heads, pos + 3, d)
+    return dict(x=rng.standard_normal((batch, hidden)).astype(np.float32),
+                norms=(rng.uniform(0.5, 1.5, hidden).astype(np.float32), 1e-5,
+                       rng.uniform(0.5, 1.5, hidden).astype(np.float32), 1e-6),
+                weights=weights, biases=biases, cos=cos, sin=sin, heads=heads, pos=pos,
+                k=rng.standard_normal(cache).astype(np.float32), v=rng.standard_normal(cache).astype(np.float32))
+
+
+@st.composite
+def layer_case(draw):
+    """A LLaMA-style layer step: GQA sizes, hidden / inner widths off and on the 16-lane multiples, int4 or int8
+    weights (q/k/v with or without a bias, as Qwen2 has), a cache with earlier positions filled."""
+    return _layer_inputs(np.random.default_rng(draw(st.integers(0, 2**32 - 1))), batch=draw(st.sampled_from([1, 2])),
+                         kv_heads=draw(st.sampled_from([1, 2])), group=draw(st.sampled_from([1, 4])),
+                         d=draw(st.sampled_from([8, 16, 64])), hidden=draw(st.sampled_from([32, 96, 136])),
+                         inner=draw(st.sampled_from([40, 64, 200])), pos=draw(st.sampled_from([0, 5, 70])),
+                         kind=draw(st.sampled_from(["int4", "int8"])), qkv_bias=draw(st.booleans()))
+
+
+def _layer_by_calls(c: dict, k: np.ndarray, v: np.ndarray, scale: float) -> np.ndarray:
+    """The layer step as the separate kernel calls, in the order decode_layer makes them."""
+    w_in, eps_in, w_post, eps_post = c["norms"]
+    qkv_w, o_w, gu_w, down_w = c["weights"]
+
+    def gemm(w, x, bias):
+        out = np.empty((x.shape[0], w.out_features), np.float32)
+        w.linear(x, out, bias)
+        return out
+
+    qkv = gemm(qkv_w, kernels.rms_norm(c["x"], w_in, eps_in), c["biases"][0])
+    context = kernels.decode_attention(qkv, c["cos"], c["sin"], k, v, c["heads"], c["pos"], scale)
+    h, normed = kernels.add_rms_norm(c["x"], gemm(o_w, context, None), w_post, eps_post)
+    return h + gemm(down_w, kernels.silu_mul(gemm(gu_w, normed, None)), None)
+
+
+@SETTINGS
+@given(case=layer_case())
+def test_decode_layer_is_the_separate_kernel_calls_bit_for_bit(isa, case):
+    """One call per layer computes exactly what the nine calls it replaces compute, caches included."""
+    k1, v1, k2, v2 = case["k"].copy(), case["v"].copy(), case["k"].copy(), case["v"].copy()
+    scale = 0.125
+    want = _layer_by_calls(case, k1, v1, scale)
+    got = kernels.decode_layer(case["x"], *case["norms"], case["weights"], case["biases"], case["cos"], case["sin"],
+                               k2, v2, case["heads"], case["pos"], scale)
+    assert got.shape == case["x"].shape and got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(k2, k1)
+    np.testing.assert_array_equal(v2, v1)
+
+
+def test_decode_layer_refuses_weights_of_the_wrong_shape_naming_the_gemm():
+    case = _layer_inputs(np.random.default_rng(0), batch=1, kv_heads=2, group=2, d=16, hidden=32, inner=40, pos=3,
+                         kind="int4", qkv_bias=False)
+    w = list(case["weights"])
+    w[1], w[3] = w[3], w[1]  # o and down swapped: o reads heads * d = 64 values, down reads inner = 40
+    with pytest.raises(ValueError, match="the o weight"):
+        kernels.decode_layer(case["x"], *case["norms"], w, case["biases"], case["cos"], case["sin"], case["k"],
+                             case["v"], case["heads"], case["pos"])
+    with pytest.raises(ValueError, match="4 weights"):
+        kernels.decode_layer(case["x"], *case["norms"], case["weights"][:3], case["biases"], case["cos"],
+                             case["sin"], case["k"], case["v"], case["heads"], case["pos"])
+    with pytest.raises(TypeError, match="PackedInt4Weight or PackedInt8Weight"):
+        kernels.decode_layer(case["x"], *case["norms"], [None] * 4, case["biases"], case["cos"], case["sin"],
+                             case["k"], case["v"], case["heads"], case["pos"])

@@ -117,13 +117,20 @@ def test_the_cache_is_written_in_place_and_stays_a_transformers_cache():
 
 
 @torch.inference_mode()
-def test_buffers_grow_and_copies_of_the_cache_are_independent(monkeypatch):
+@pytest.mark.parametrize("views_ahead", [1, 2, 32])
+def test_buffers_grow_and_copies_of_the_cache_are_independent(monkeypatch, views_ahead):
     monkeypatch.setattr(_KernelKV, "GROW", 1)  # a remake every few steps
+    monkeypatch.setattr(_KernelKV, "VIEWS_AHEAD", views_ahead)  # views made one, two or all lengths at a time
     exact, fast = pair("qwen2", 8)
     ids = torch.randint(0, 100, (2, 3), generator=torch.Generator().manual_seed(3))
     want, want_tokens = decode_logits(exact, ids, 12)
     got, got_tokens = decode_logits(fast, ids, 12)
     assert close(got, want) and torch.equal(got_tokens, want_tokens)
+    cache = last_cache(fast, ids, 12)
+    for layer in cache.layers:  # the published views are the buffers' first `length` positions, nothing stale
+        kv = layer.__dict__["_nnic_kv"]
+        assert layer.keys.shape[2] == kv.length == cache.get_seq_length() == 3 + 12
+        assert layer.keys.data_ptr() == kv.kt.data_ptr() and layer.values.data_ptr() == kv.vt.data_ptr()
     # a deep copy of a cache mid-decode continues like the original (the copy adopts its own buffers)
     out = fast(input_ids=ids, use_cache=True)
     out = fast(input_ids=out.logits[:, -1:].argmax(-1), cache=out.cache, use_cache=True)
@@ -185,3 +192,30 @@ def test_every_layer_stays_a_fast_layer_with_the_same_state_dict():
     exact, fast = pair("llama", 4)
     assert all(isinstance(layer, FastDecoderLayer) for layer in fast.model.layers)
     assert fast.state_dict().keys() == exact.state_dict().keys()
+
+
+def test_prefetch_in_the_one_call_step_queues_the_next_weights_and_changes_no_bit():
+    """``fast_decode(model, exact=False, prefetch=True)``: the one native call per layer queues the next two GEMMs'
+    packed weights after each of its four (the next layer's as its last step used them, then the lm_head); the
+    logits are those of the same model without prefetch, bit for bit, also after a weight is repacked."""
+    from nnic import kernels
+
+    plain = quantized("llama", 4)
+    warm = copy.deepcopy(plain)
+    fast_decode(plain, exact=False)
+    fast_decode(warm, exact=False, prefetch=True)
+    ids = torch.randint(0, 100, (1, 10), generator=torch.Generator().manual_seed(12))
+    before = kernels.prefetch_stats()["jobs"]
+    got, got_tokens = decode_logits(warm, ids, 5)
+    queued = kernels.prefetch_stats()["jobs"] - before
+    want, want_tokens = decode_logits(plain, ids, 5)
+    assert torch.equal(got, want) and torch.equal(got_tokens, want_tokens)
+    layers = warm.model.layers
+    assert queued >= 4 * 4 * len(layers)  # four decode steps x four GEMMs per layer
+    seen = layers[0].__dict__["_decode_link"].seen
+    assert all(seen[g] is g._packed_weight() for layer in layers for g in layer.gemms())
+    with torch.no_grad():  # a new packed weight for layer 1's q/k/v in both models: a stale prefetch changes nothing
+        for model in (plain, warm):
+            model.model.layers[1].self_attn.qkv_proj.fused.weight_scales.mul_(0.5)
+    got, _ = decode_logits(warm, ids, 3)
+    assert torch.equal(got, decode_logits(plain, ids, 3)[0])

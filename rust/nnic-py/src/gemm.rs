@@ -25,7 +25,7 @@ fn rw<'a, T: Element>(a: &'a mut PyReadwriteArray2<'_, T>, name: &str) -> PyResu
 }
 
 /// `None`: the path of the active ISA; else a path or ISA name that this CPU supports.
-fn path(name: Option<&str>) -> PyResult<Path> {
+pub(crate) fn path(name: Option<&str>) -> PyResult<Path> {
     let p = match name {
         None => Path::active(),
         Some(n) => to_py(Path::parse(n))?,
@@ -40,7 +40,7 @@ fn shape_err(msg: String) -> PyErr {
     PyValueError::new_err(msg)
 }
 
-fn act_quant(act: &str, symmetric: bool, scale: Option<f32>, zero_point: Option<i32>) -> PyResult<ActQuant> {
+pub(crate) fn act_quant(act: &str, symmetric: bool, scale: Option<f32>, zero_point: Option<i32>) -> PyResult<ActQuant> {
     match act {
         "per_tensor" => Ok(ActQuant::DynamicPerTensor { symmetric }),
         "per_token" => Ok(ActQuant::DynamicPerRow { symmetric }),
@@ -186,7 +186,7 @@ fn check_linear_shapes<T: Element, U: Element>(
 
 /// The surface the int8 and int4 weight classes share: their shape and the float linear layer. Each class's
 /// `linear` is one call to [`linear_into`], so argument checks and GIL handling are written once.
-trait LinearWeight: Sync {
+pub(crate) trait LinearWeight: Sync {
     fn in_features(&self) -> usize;
     fn out_features(&self) -> usize;
     #[allow(clippy::too_many_arguments)]

@@ -20,7 +20,7 @@ mod _kernels {
         int8_matmul, set_gemm_backend, set_gemm_spin_us, PackedInt4Weight, PackedInt8Weight,
     };
     #[pymodule_export]
-    use crate::decoder::{add_rms_norm, decode_attention, rms_norm, silu_mul};
+    use crate::decoder::{add_rms_norm, decode_attention, decode_layer_step, rms_norm, silu_mul};
     #[pymodule_export]
     use crate::encoder::{attention, skip_layer_norm};
     #[pymodule_export]

@@ -36,11 +36,14 @@ module does not (its class is made at run time; state dicts are unchanged).
 
 
 ``fast_decode(model, exact=False)`` (opt-in) gives up bit-identity for speed (:meth:`FastDecoderLayer._kernel_step`):
-the small ops become four calls of nnic's decode kernels (``nnic.kernels.decoder``) on the kept arrays: RMSNorm
-into the q/k/v GEMM's input; rotary, the key/value write and grouped-query attention of the one query in one call,
-over a preallocated cache adopted from transformers' ``DynamicLayer`` (:class:`_KernelKV`: written in place, no
-``cat``; the layer's tensors become views of it) and written into the output projection's input; the residual
-add with the second RMSNorm; SiLU times up into the down projection's input. Equal up to float32 rounding; steps
+the whole layer step is one call of nnic's decode kernels (``nnic.kernels.decode_layer``'s native call, the GIL
+released once): RMSNorm, the q/k/v GEMM, rotary + key/value write + grouped-query attention of the one query over a
+preallocated cache adopted from transformers' ``DynamicLayer`` (:class:`_KernelKV`: written in place, no ``cat``;
+the layer's tensors become views of it), the output GEMM, the residual add with the second RMSNorm, the gate/up
+GEMM, SiLU times up, the down GEMM and the last residual add. Nine Python-level calls per layer had cost more than
+their microbenchmarks said: after a GEMM has streamed megabytes of weights, the interpreter's and torch's code and
+data come back from DRAM, so each call between two GEMMs took tens of microseconds of CPU (~300 us of Python per
+layer measured in a 1B model under load, against ~60 us hot). Equal up to float32 rounding; steps
 it does not cover (a mask, a sliding window about to drop positions, other caches) run the exact step."""
 
 from __future__ import annotations
@@ -189,9 +192,10 @@ class FastDecoderLayer(nn.Module):
 
     def _kernel_step(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, cache,
                      position_embeddings: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor | None:
-        """The step of ``fast_decode(model, exact=False)``: the small ops as four calls of nnic's decode kernels
-        (``nnic.kernels.decoder``) around the four GEMMs, the keys and values written in place into a
-        preallocated cache (:class:`_KernelKV`). ``None`` (the caller then runs the exact step) where the step is
+        """The step of ``fast_decode(model, exact=False)``: the whole layer as one call of nnic's decode kernels
+        (``decode_layer_step``: the norms, the four GEMMs, rotary + in-place key/value write + attention, the
+        SiLU-gated product and both residual adds, with the GIL released once), the keys and values written in
+        place into a preallocated cache (:class:`_KernelKV`). ``None`` (the caller then runs the exact step) where the step is
         not plain causal attention over a transformers ``DynamicCache`` layer: an attention mask (padding), a
         sliding window about to drop a position, an offloaded or other cache, an uninitialised layer."""
         attn, mlp = self.self_attn, self.mlp
@@ -207,26 +211,20 @@ class FastDecoderLayer(nn.Module):
         pos = kv.reserve(cache_layer, b, kv_heads, d)
         if pos is None:
             return None
-        io = self._io(b)
-        run = io.kernels
+        gemms = self.gemms()
+        packed = [g._packed_weight() for g in gemms]
+        link = self.__dict__["_decode_link"]
+        ahead = link.ahead_packed(gemms, packed) if link.prefetch else None
         weights = self._norm_weights()
-        x = hidden_states.numpy()
-        run.rms_norm(x, weights[0], self.input_layernorm.variance_epsilon, io.arrays["qkv"][0])
-        io.gemm(attn.qkv_proj.fused, "qkv")
-        self._prefetch_after(0)
-        run.decode_attention(io.arrays["qkv"][1], rotary[0], rotary[1], kv.k, kv.v, heads, kv_heads, d, pos,
-                             attn.scaling, io.arrays["o"][0])
+        out = torch.empty_like(hidden_states)
+        _native().decode_layer_step(
+            hidden_states.numpy(), out.numpy(), weights[0], self.input_layernorm.variance_epsilon, weights[1],
+            self.post_attention_layernorm.variance_epsilon, packed,
+            [None if g.bias is None else g.bias.numpy() for g in gemms],
+            [g.kernel_args() or _INT4_SETTINGS for g in gemms], rotary[0], rotary[1], kv.k, kv.v, heads, pos,
+            attn.scaling, ahead, link.budget)
         kv.publish(cache_layer, pos + 1)
-        io.gemm(attn.o_proj, "o")
-        self._prefetch_after(1)
-        run.add_rms_norm(x, io.arrays["o"][1], weights[1], self.post_attention_layernorm.variance_epsilon,
-                         io.residual, io.arrays["gate_up"][0])
-        io.gemm(mlp.gate_up_proj.fused, "gate_up")
-        self._prefetch_after(2)
-        run.silu_mul(io.arrays["gate_up"][1], mlp.gate_up_proj.splits[0], io.arrays["down"][0])
-        down = io.gemm(mlp.down_proj, "down")
-        self._prefetch_after(3)
-        return torch.add(io.residual_t, down)
+        return out
 
     def _norm_weights(self) -> tuple:
         """The two norms' weights as numpy arrays (kept: a fresh view per call costs microseconds), made again
@@ -273,10 +271,8 @@ class _StepIO:
 
     def __init__(self, batch: int, shapes: dict[str, tuple[int, int]]) -> None:
         from nnic.kernels import run_packed_linear
-        from nnic.kernels.runtime import native
 
         self.run = run_packed_linear  # the one call of a packed weight's kernel, imported once per layer
-        self.kernels = native  # the decode kernels (exact=False), called on the kept arrays directly
         self.arrays: dict[str, tuple] = {}
         # Normal tensors even when first called under inference mode, so that later steps outside it (no_grad)
         # may write them.
@@ -285,10 +281,6 @@ class _StepIO:
                 x, y = np.zeros((batch, k), np.float32), np.zeros((batch, n), np.float32)
                 setattr(self, f"{name}_in", torch.from_numpy(x).view(batch, 1, k))
                 self.arrays[name] = (x, y, torch.from_numpy(y).view(batch, 1, n))
-            # exact=False: the residual sum after attention (written by ``add_rms_norm``, read by the last add)
-            hidden = shapes["o"][1]
-            self.residual = np.zeros((batch, hidden), np.float32)
-            self.residual_t = torch.from_numpy(self.residual).view(batch, 1, hidden)
 
     def gemm(self, layer: nn.Module, name: str) -> torch.Tensor:
         """``layer``'s output for the input in ``<name>_in``, written into (and returned as) ``name``'s output."""
@@ -326,11 +318,14 @@ class _KernelKV:
     copied numpy arrays)."""
 
     GROW = 256  # positions added beside the current length when the buffers are (re)made: amortised O(1) growth
+    VIEWS_AHEAD = 32  # the cache views publish() makes in one go, for this length and the next ones
 
     def __init__(self) -> None:
         self.k = self.v = None  # numpy buffers, written by the kernel
         self.kt = self.vt = None  # torch tensors over the same memory
         self.views: tuple = (None, None)  # what publish() last set as the layer's keys / values
+        self.length = 0  # their length
+        self.prepared: dict[int, tuple] = {}  # length -> views of the current buffers, made ahead by publish()
 
     @staticmethod
     def of(cache, layer_idx: int, attention_mask: torch.Tensor | None) -> tuple | None:
@@ -361,14 +356,19 @@ class _KernelKV:
         the layer's tensors are not float32 ``[batch, kv_heads, length, head_dim]``, or when a sliding-window layer
         would drop a position this step (the kernel keeps them all: it runs while the window is not full)."""
         keys, values = layer.keys, layer.values
-        if keys.dim() != 4 or keys.dtype is not torch.float32 or not isinstance(values, torch.Tensor):
-            return None
-        n = keys.shape[2]
-        if tuple(keys.shape) != (batch, kv_heads, n, head_dim) or values.shape != keys.shape:
-            return None
+        if keys is self.views[0] and values is self.views[1]:  # our own views: shape and dtype known
+            n, own = self.length, True
+            if self.k.shape[0] != batch or self.k.shape[1] != kv_heads or self.k.shape[3] != head_dim:
+                return None
+        else:
+            if keys.dim() != 4 or keys.dtype is not torch.float32 or not isinstance(values, torch.Tensor):
+                return None
+            n, own = keys.shape[2], False
+            if tuple(keys.shape) != (batch, kv_heads, n, head_dim) or values.shape != keys.shape:
+                return None
         if layer.is_sliding and (layer.record_past or layer.cumulative_length != n or n + 1 >= layer.sliding_window):
             return None
-        if keys is not self.views[0] or values is not self.views[1]:
+        if not own:
             self._remake(keys, values, n)
         elif n + 1 > self.k.shape[2]:
             self._remake(self.kt[:, :, :n], self.vt[:, :, :n], n)
@@ -383,12 +383,20 @@ class _KernelKV:
         kt[:, :, :n].copy_(keys)
         vt[:, :, :n].copy_(values)
         self.k, self.v, self.kt, self.vt = k, v, kt, vt
+        self.prepared = {}
 
     def publish(self, layer, length: int) -> None:
-        """The layer's keys and values become the buffers' first ``length`` positions."""
-        with torch.inference_mode(False):
-            self.views = (self.kt[:, :, :length], self.vt[:, :, :length])
-        layer.keys, layer.values = self.views
+        """The layer's keys and values become the buffers' first ``length`` positions: views made
+        :attr:`VIEWS_AHEAD` lengths at a time (a view made alone, between two GEMMs that evicted torch's code and
+        data from the caches, took ~100 us of CPU in a 1B model; made in a row, a few us each)."""
+        views = self.prepared.get(length)
+        if views is None:
+            last = min(length + self.VIEWS_AHEAD, self.k.shape[2] + 1)
+            with torch.inference_mode(False):
+                self.prepared = {n: (self.kt[:, :, :n], self.vt[:, :, :n]) for n in range(length, last)}
+            views = self.prepared[length]
+        self.views, self.length = views, length
+        layer.keys, layer.values = views
         if layer.is_sliding:  # what DynamicSlidingWindowLayer.update counts (all positions kept: see reserve)
             layer.cumulative_length = length
 
@@ -427,22 +435,36 @@ class _Link:
     """The GEMMs that follow each of a layer's four in a decode step (its own, then the next layer's, or the model's
     low-bit ``lm_head`` after the last layer), fixed when the layers are linked, and whether to prefetch them.
     Kept in the layer's ``__dict__`` (not a submodule: no state-dict entry, no recursion); a copy of the layer
-    (``copy.deepcopy``, pickling) starts unlinked, since it would otherwise point into the original model."""
+    (``copy.deepcopy``, pickling) starts unlinked, since it would otherwise point into the original model.
+
+    ``seen`` is shared by the linked layers of a model: each GEMM module's packed weight as its layer's last
+    ``exact=False`` step used it, so that the step's prefetch list names the next layer's weights without asking
+    each module again (``_packed_weight()`` checks a module's tensors: ~3 us, eight per layer). A weight repacked
+    since then is walked once more in its old form (only reads: a wasted walk, never a wrong output)."""
 
     AHEAD = 2  # GEMMs queued after each GEMM: the next one, and the one after it for a gap the first fills
 
     def __init__(self, ahead: tuple[tuple[nn.Module, ...], ...] = ((), (), (), ()), prefetch: bool = False,
-                 exact: bool = True) -> None:
+                 exact: bool = True, seen: dict | None = None) -> None:
         from nnic.kernels import prefetch_weights
         from nnic.kernels.runtime import last_level_cache_bytes
 
         self.ahead, self.prefetch, self.warm = ahead, prefetch, prefetch_weights
         self.exact = exact  # False: the step runs nnic's decode kernels (FastDecoderLayer._kernel_step)
+        self.seen = {} if seen is None else seen
         llc = last_level_cache_bytes()
         # Bytes queued per GEMM: half the last-level cache, so that a walk never evicts its own first lines (nor
         # the KV cache and activations) before the GEMM reads them. With a 32 MiB L3 the next two GEMMs of an int8
         # 1B layer (gate/up 23 MB + down 11.5 MB) would not fit; with a 260 MB L3 the cap never bound.
         self.budget = None if llc is None else llc // 2
+
+    def ahead_packed(self, gemms: tuple[nn.Module, ...], packed: list) -> list[list]:
+        """The packed weights to walk after each of the layer's four GEMMs (``gemms``, whose current packed weights
+        are ``packed``), from :attr:`seen` where a step recorded them."""
+        seen = self.seen
+        for g, p in zip(gemms, packed):
+            seen[g] = p
+        return [[seen[m] if m in seen else m._packed_weight() for m in mods] for mods in self.ahead]
 
     def __deepcopy__(self, memo: dict) -> _Link:
         return _Link()
@@ -458,15 +480,27 @@ def link_layers(layers: list[FastDecoderLayer], lm_head: nn.Module | None, prefe
     makes the layers run nnic's decode kernels (:meth:`FastDecoderLayer._kernel_step`). Link again after swapping
     any of these modules."""
     seq = [g for layer in layers for g in layer.gemms()] + ([lm_head] if lm_head is not None else [])
+    seen: dict = {}
     for i, layer in enumerate(layers):
         ahead = tuple(tuple(seq[4 * i + step + 1:4 * i + step + 1 + _Link.AHEAD]) for step in range(4))
-        layer.__dict__["_decode_link"] = _Link(ahead, prefetch, exact)
+        layer.__dict__["_decode_link"] = _Link(ahead, prefetch, exact, seen)
 
 
 def _rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """transformers' RMSNorm of float32 ``x`` with float32 weights, in one op (bit-identical: see FastRMSNorm)."""
     eps = norm.variance_epsilon
     return F.rms_norm(x, norm.weight.shape, norm.weight, eps)
+
+
+def _native():
+    from nnic.kernels.runtime import native
+
+    return native
+
+
+#: A packed int4 weight's activation settings (``Int4Linear.kernel_args()`` is empty: the defaults), spelled out
+#: for ``decode_layer_step``, which takes each GEMM's six.
+_INT4_SETTINGS = ("per_token", True, None, None, None, "none")
 
 
 def _attention(attn: nn.Module):

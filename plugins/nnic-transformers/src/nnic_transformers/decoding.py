@@ -72,10 +72,10 @@ def fast_decode(model: nn.Module, *, prefetch: bool = False, exact: bool = True)
     idle between GEMVs; ``bench/decode.py --fast-decode --prefetch`` measures both. A second call re-links the
     layers with its own ``prefetch`` and ``exact`` settings.
 
-    ``exact=False`` (opt-in) trades bit-identity for speed: a fast layer's one-token steps run nnic's decode kernels
-    (``nnic.kernels.decoder``: RMSNorm, the residual add fused into the second norm, SiLU-gated product, and rotary
-    + key/value write + grouped-query attention of the one query in one call over a preallocated cache written in
-    place, no ``cat``) instead of ~30 torch ops. Each kernel equals torch's op up to float32 rounding (other
+    ``exact=False`` (opt-in) trades bit-identity for speed: a fast layer's one-token step is one call of nnic's decode
+    kernels (``nnic.kernels.decode_layer``: RMSNorm, the four packed GEMMs, the residual add fused into the second
+    norm, SiLU-gated product, and rotary + key/value write + grouped-query attention of the one query over a
+    preallocated cache written in place, no ``cat``) instead of ~30 torch ops. Each kernel equals torch's op up to float32 rounding (other
     summation orders, a polynomial exponential), but the next GEMM quantizes its activation row to int8, so a
     one-ulp difference that lands on a rounding boundary moves a code by one step, and a deep model carries that
     on: on the small LLaMA / Qwen2 / Mistral test configs (2 layers), int4 and int8, batch 1 and 2, the logits
