@@ -226,3 +226,51 @@ fn norm_in_place(gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) {
         *o = (*o - mean) * rstd * g + b;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / (1 << 24) as f32 - 0.5).collect()
+    }
+
+    /// The embedding LayerNorm is the skip LayerNorm of (word + type rows, position rows): the same float32
+    /// operations in the same order, across the parallel row split (every ISA path: the Python tests).
+    #[test]
+    fn embed_layer_norm_is_the_skip_layer_norm_of_the_looked_up_rows() {
+        let (cols, tokens) = (40, 2000);
+        let (word, types, pos) = (values(50 * cols, 1), values(2 * cols, 2), values(9 * cols, 3));
+        let ids: Vec<i64> = (0..tokens as i64).map(|t| t * 7 % 50).collect();
+        let tt: Vec<i64> = (0..tokens as i64).map(|t| t % 2).collect();
+        let pp: Vec<i64> = (0..tokens as i64).map(|t| t % 9).collect();
+        let (g, b) = (values(cols, 4), values(cols, 5));
+        let row = |table: &[f32], ids: &[i64], t: usize| table[ids[t] as usize * cols..][..cols].to_vec();
+        let mut x = Vec::new();
+        let mut r = Vec::new();
+        for t in 0..tokens {
+            x.extend(row(&word, &ids, t).iter().zip(row(&types, &tt, t)).map(|(a, b)| a + b));
+            r.extend(row(&pos, &pp, t));
+        }
+        let mut want = vec![0.0; tokens * cols];
+        skip_layer_norm(&x, &r, &g, &b, 1e-12, &mut want).unwrap();
+        let mut got = vec![0.0; tokens * cols];
+        let lookups =
+            [Lookup { table: &word, ids: &ids }, Lookup { table: &types, ids: &tt }, Lookup { table: &pos, ids: &pp }];
+        embed_layer_norm(&lookups, &g, &b, 1e-12, &mut got).unwrap();
+        assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
+
+    #[test]
+    fn embed_layer_norm_refuses_indices_outside_their_table() {
+        let table = values(3 * 4, 1);
+        let (g, b) = (vec![1.0; 4], vec![0.0; 4]);
+        let mut out = vec![0.0; 8];
+        for bad in [-1i64, 3] {
+            let ids = [0, bad];
+            let err = embed_layer_norm(&[Lookup { table: &table, ids: &ids }], &g, &b, 1e-5, &mut out).unwrap_err();
+            assert!(err.to_string().contains(&format!("token 1 has index {bad}, outside the table's 3 rows")), "{err}");
+        }
+        assert!(embed_layer_norm(&[], &g, &b, 1e-5, &mut out).is_err());
+    }
+}

@@ -1,15 +1,18 @@
 """BERT-style encoder blocks on nnic's fused encoder kernels (:mod:`nnic.kernels.encoder`): the self-attention as
-one kernel that reads Q, K and V where the projections wrote them, and each block's residual add + LayerNorm
-(``BertSelfOutput``, ``BertOutput``) as one skip LayerNorm.
+one kernel that reads Q, K and V where the projections wrote them, each block's residual add + LayerNorm
+(``BertSelfOutput``, ``BertOutput``) as one skip LayerNorm, and the embedding layer (``BertEmbeddings``: three
+lookups, two adds, a LayerNorm) as one embedding LayerNorm.
 
 Hugging Face's BERT attention views each projection as ``[batch, heads, seq, head_dim]``, runs
 ``scaled_dot_product_attention`` and copies the result back into ``[batch, seq, hidden]``; its block endings add
 the residual and normalise in two passes over fresh tensors. Together these are about a quarter of an int8
-BERT-base forward on nnic's GEMMs. With :func:`nnic_transformers.fuse_projections` applied first, the query, key
+BERT-base forward on nnic's GEMMs. The embeddings are little work (1.7 ms of a 570 ms forward on one thread) but
+six torch kernels with static thread splits: at two threads beside other processes each waits for its slower
+thread, 40-90 ms per forward where nnic's kernels take their chunks dynamically. With :func:`nnic_transformers.fuse_projections` applied first, the query, key
 and value are column slices of one GEMM output, which the attention kernel reads in place.
 
 Modules qualify by code, not by class: a module whose ``forward`` is the same code as BERT's
-``BertSelfAttention`` (or ``BertSelfOutput`` / ``BertOutput``) is wrapped, so the many "copied from BERT"
+``BertSelfAttention`` (or ``BertSelfOutput`` / ``BertOutput`` / ``BertEmbeddings``) is wrapped, so the many "copied from BERT"
 encoders (RoBERTa, ELECTRA, XLM-R, ...) are too, and anything else is left alone. A wrapped module runs its
 original ``forward`` whenever the fused one would not compute the same thing: in training (dropout), with a cache
 or cross-attention inputs, with an attention mask that is not one padding mask per sequence, or in a dtype other
@@ -154,8 +157,9 @@ def _forward_classes() -> tuple[type, type, type, type]:
 
 
 def fuse_encoder(model: nn.Module, attention_products: str = "float32") -> list[str]:
-    """Wraps, in place, every BERT-style self-attention in :class:`FusedSelfAttention` and every BERT-style block
-    ending (residual add + LayerNorm) in :class:`SkipLayerNormOutput`; returns the wrapped modules' names. The
+    """Wraps, in place, every BERT-style self-attention in :class:`FusedSelfAttention`, every BERT-style block
+    ending (residual add + LayerNorm) in :class:`SkipLayerNormOutput` and every BERT-style embedding layer in
+    :class:`EmbedLayerNorm`; returns the wrapped modules' names. The
     outputs equal the unwrapped model's up to float32 rounding; with ``attention_products="bfloat16"`` (opt-in)
     the attention's two products round their operands to bfloat16 where the CPU has AVX512_BF16
     (:func:`nnic.kernels.attention`: within ``nnic.kernels.encoder.BF16_TOLERANCE`` of a head's largest value at
