@@ -56,7 +56,8 @@ from nnic import kernels  # noqa: E402
 CLASSES = {"nnic int8 GEMM": "int8 GEMMs (+ activation quantization)",
            "aten::_scaled_dot_product_flash_attention_for_cpu": "attention", "nnic attention": "attention",
            "aten::native_layer_norm": "LayerNorm + residual add", "aten::add": "LayerNorm + residual add",
-           "nnic skip_layer_norm": "LayerNorm + residual add", "aten::index_select": "embeddings"}
+           "nnic skip_layer_norm": "LayerNorm + residual add", "aten::index_select": "embeddings",
+           "nnic embed_layer_norm": "embeddings"}
 
 
 def _traced(fn, label: str):
@@ -220,6 +221,7 @@ def main() -> None:
     Int8Linear.forward = _traced(Int8Linear.forward, "nnic int8 GEMM")
     kernels.attention = _traced(kernels.attention, "nnic attention")
     kernels.skip_layer_norm = _traced(kernels.skip_layer_norm, "nnic skip_layer_norm")
+    kernels.embed_layer_norm = _traced(kernels.embed_layer_norm, "nnic embed_layer_norm")
     model = LastHidden(bert()).eval()
     q = nnic.quantization_speedup(copy.deepcopy(model), {
         n: 8 for n, m in model.named_modules() if isinstance(m, nn.Linear)})

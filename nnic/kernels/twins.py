@@ -227,6 +227,15 @@ def skip_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tenso
     return F.layer_norm(x.float() + residual.float(), (weight.numel(),), weight.float(), bias.float(), eps)
 
 
+def embed_layer_norm(lookups: list[tuple[torch.Tensor, torch.Tensor]], weight: torch.Tensor, bias: torch.Tensor,
+                     eps: float) -> torch.Tensor:
+    (table, ids), *rest = lookups
+    h = F.embedding(ids.to(table.device), table.float())
+    for t, i in rest:
+        h = h + F.embedding(i.to(t.device), t.float())
+    return F.layer_norm(h, (weight.numel(),), weight.float(), bias.float(), eps)
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, scale: float,
               mask: torch.Tensor | None) -> torch.Tensor:
     b, s, hidden = q.shape

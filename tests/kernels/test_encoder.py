@@ -140,3 +140,83 @@ def test_empty_batch_gives_empty_outputs():
     q = torch.zeros(0, 4, 16)
     assert kernels.attention(q, q, q, 2).shape == (0, 4, 16)
     assert kernels.skip_layer_norm(q, q, torch.ones(16), torch.zeros(16)).shape == (0, 4, 16)
+    ids = torch.zeros(0, 4, dtype=torch.long)
+    assert kernels.embed_layer_norm([(torch.ones(3, 16), ids)], torch.ones(16), torch.zeros(16)).shape == (0, 4, 16)
+
+
+def embedding_case(rng: np.random.Generator, tables: int, tokens: int, cols: int, scale: float):
+    """``tables`` float32 tables of 1 to 50 rows with random indices into each, one per token."""
+    pairs = []
+    for _ in range(tables):
+        entries = int(rng.integers(1, 50))
+        pairs.append(((rng.standard_normal((entries, cols)) * scale).astype(np.float32),
+                      rng.integers(0, entries, tokens)))
+    w, b = rng.standard_normal(cols).astype(np.float32), rng.standard_normal(cols).astype(np.float32)
+    return pairs, w, b
+
+
+@SETTINGS
+@given(tables=st.sampled_from([1, 2, 3]), tokens=st.sampled_from([1, 7, 100, 1100]),
+       cols=st.sampled_from([1, 15, 16, 17, 64, 768]), scale=st.sampled_from([1e-3, 1.0, 1e3]),
+       seed=st.integers(0, 2**32 - 1))
+def test_embed_layer_norm_matches_float64_reference(isa, tables, tokens, cols, scale, seed):
+    rng = np.random.default_rng(seed)
+    pairs, w, b = embedding_case(rng, tables, tokens, cols, scale)
+    got = kernels.embed_layer_norm(pairs, w, b, 1e-12)
+    assert isinstance(got, np.ndarray) and got.shape == (tokens, cols)
+    h = pairs[0][0][pairs[0][1]]
+    for table, ids in pairs[1:]:
+        h = h + table[ids]  # the float32 sum, in order, as torch adds the looked-up rows
+    h = h.astype(np.float64)
+    mean = h.mean(-1, keepdims=True)
+    std = np.sqrt(((h - mean) ** 2).mean(-1, keepdims=True) + 1e-12)
+    want = (h - mean) / std * w + b
+    cond = 1 + (np.abs(h).mean(-1, keepdims=True) / std).max()  # as in the skip LayerNorm's test above
+    assert np.abs(got - want).max() <= 1e-5 * cond * (1 + np.abs(w).max() * 4 + np.abs(b).max())
+
+
+@SETTINGS
+@given(tokens=st.sampled_from([1, 9, 1024]), cols=st.sampled_from([3, 16, 33, 768]), seed=st.integers(0, 2**32 - 1))
+def test_embed_layer_norm_is_the_skip_layer_norm_of_the_looked_up_rows_bit_for_bit(isa, tokens, cols, seed):
+    """Word + token type rows, then the position rows as the residual: the same float32 operations in the same
+    order, so the same bits on every ISA path."""
+    pairs, w, b = embedding_case(np.random.default_rng(seed), 3, tokens, cols, 1.0)
+    (word, i), (types, j), (pos, k) = pairs
+    got = kernels.embed_layer_norm(pairs, w, b, 1e-12)
+    want = kernels.skip_layer_norm(word[i] + types[j], np.ascontiguousarray(pos[k]), w, b, 1e-12)
+    assert np.array_equal(got, want)
+
+
+def test_embed_layer_norm_takes_torch_ids_of_any_shape_and_equals_torch():
+    torch.manual_seed(2)
+    word, types, pos = torch.randn(100, 32), torch.randn(2, 32), torch.randn(16, 32)
+    ids = torch.randint(0, 100, (3, 16))
+    tt = torch.randint(0, 2, (3, 16), dtype=torch.int32)
+    positions = torch.arange(16).expand(3, 16)  # broadcast views are read through a copy
+    w, b = torch.randn(32), torch.randn(32)
+    got = kernels.embed_layer_norm([(word, ids), (types, tt), (pos, positions)], w, b, 1e-12)
+    assert isinstance(got, torch.Tensor) and got.shape == (3, 16, 32)
+    want = F.layer_norm(F.embedding(ids, word) + F.embedding(tt, types) + F.embedding(positions, pos), (32,), w, b,
+                        1e-12)
+    assert (got - want).abs().max() < 1e-5
+    twin = kernels.twins.embed_layer_norm([(word, ids), (types, tt), (pos, positions)], w, b, 1e-12)
+    assert torch.equal(twin, want)
+
+
+@pytest.mark.parametrize("lookups, error, match", [
+    (lambda t, i: [], ValueError, "at least one"),
+    (lambda t, i: [(t, i), (t, i[:, :2])], ValueError, "ids 1 have shape"),
+    (lambda t, i: [(t[:, :8], i)], ValueError, "table 0 must be"),
+    (lambda t, i: [(t.double(), i)], TypeError, "float32"),
+    (lambda t, i: [(t, i.float())], TypeError, "must be integers"),
+    (lambda t, i: [(t, i), (t[:5], i)], ValueError, "lookup 1: token 4 has index 5, outside the table.s 5 rows"),
+    (lambda t, i: [(t, i - 1)], ValueError, "lookup 0: token 0 has index -1"),
+])
+def test_embed_layer_norm_bad_input_is_a_clear_error(lookups, error, match):
+    table, ids = torch.randn(10, 16), torch.arange(8).reshape(2, 4)
+    ids = ids.clone()
+    ids[1, 0] = 5  # token 4
+    with pytest.raises(error, match=match):
+        kernels.embed_layer_norm(lookups(table, ids), torch.ones(16), torch.zeros(16))
+    with pytest.raises(ValueError, match="eps"):
+        kernels.embed_layer_norm([(table, ids)], torch.ones(16), torch.zeros(16), float("nan"))

@@ -1,5 +1,5 @@
-"""``fuse_encoder``: BERT-style self-attention and residual + LayerNorm block endings on nnic's fused encoder
-kernels, with the unfused model's output (float32 rounding apart); anything the kernels do not compute (training,
+"""``fuse_encoder``: BERT-style embeddings, self-attention and residual + LayerNorm block endings on nnic's fused
+encoder kernels, with the unfused model's output (float32 rounding apart); anything the kernels do not compute (training,
 decoders, masks that differ between query rows) runs the original code."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import nnic
 
 transformers = pytest.importorskip("transformers")
 from nnic_transformers import (  # noqa: E402
+    EmbedLayerNorm,
     FusedSelfAttention,
     SkipLayerNormOutput,
     fuse_encoder,
@@ -48,7 +49,8 @@ def test_float_bert_gives_the_same_output_within_float32_rounding(attn, padded):
     model = bert(attn=attn)
     fused = copy.deepcopy(model)
     names = fuse_encoder(fused)
-    assert names == [f"encoder.layer.{i}.{b}" for i in range(2) for b in LAYER_BLOCKS]
+    assert names == ["embeddings"] + [f"encoder.layer.{i}.{b}" for i in range(2) for b in LAYER_BLOCKS]
+    assert isinstance(fused.embeddings, EmbedLayerNorm)
     assert isinstance(fused.encoder.layer[0].attention.self, FusedSelfAttention)
     assert isinstance(fused.encoder.layer[1].output, SkipLayerNormOutput)
     kw = inputs()
@@ -67,7 +69,7 @@ def test_int8_bert_with_one_qkv_gemm_reads_it_in_place_with_the_same_output():
     fuse_mlp_activations(q)
     fuse_projections(q)
     fused = copy.deepcopy(q)
-    assert len(fuse_encoder(fused)) == 6
+    assert len(fuse_encoder(fused)) == 7
     kw = inputs()
     with torch.inference_mode():
         want, got = q(**kw).last_hidden_state, fused(**kw).last_hidden_state
@@ -86,7 +88,7 @@ def test_bf16_attention_products_keep_the_int8_bert_output_within_its_own_quanti
     fuse_projections(q)
     f32, bf16 = copy.deepcopy(q), copy.deepcopy(q)
     fuse_encoder(f32)
-    assert len(fuse_encoder(bf16, attention_products="bfloat16")) == 6
+    assert len(fuse_encoder(bf16, attention_products="bfloat16")) == 7
     assert bf16.encoder.layer[1].attention.self.products == "bfloat16"
     assert "products=bfloat16" in repr(bf16.encoder.layer[0].attention.self)
     kw = inputs()
@@ -161,3 +163,36 @@ def test_other_dtypes_run_the_original_code():
     kw = inputs()
     with torch.inference_mode():
         torch.testing.assert_close(fused(**kw).last_hidden_state, model(**kw).last_hidden_state)
+
+
+def test_embeddings_run_as_one_kernel_with_the_original_defaults_and_ids():
+    model = bert(type_vocab_size=3)
+    fused = copy.deepcopy(model)
+    fuse_encoder(fused)
+    emb, original = fused.embeddings, model.embeddings
+    ids = inputs()["input_ids"]
+    types = torch.randint(0, 3, ids.shape, generator=torch.Generator().manual_seed(2))
+    positions = torch.arange(5, 29).expand(3, 24)
+    with torch.inference_mode():
+        for kw in ({}, {"token_type_ids": types}, {"position_ids": positions}, {"cache_length": 7}):
+            want = original(input_ids=ids, **kw)
+            # the sums are torch's; the LayerNorm differs by float32 rounding
+            torch.testing.assert_close(emb(input_ids=ids, **kw), want, atol=2e-6, rtol=1e-6)
+    assert emb.word_embeddings is emb.inner.word_embeddings
+    assert fused.get_input_embeddings() is emb.inner.word_embeddings  # attributes read through
+
+
+def test_embeddings_fall_back_to_the_original_code():
+    model = bert()
+    fused = copy.deepcopy(model)
+    fuse_encoder(fused)
+    ids = inputs()["input_ids"]
+    embeds = torch.randn(3, 24, 64)
+    with torch.inference_mode():  # inputs_embeds: nothing to look up, so the original code, bit for bit
+        assert torch.equal(fused.embeddings(inputs_embeds=embeds), model.embeddings(inputs_embeds=embeds))
+    model.train()
+    fused.train()
+    torch.manual_seed(3)
+    want = model.embeddings(input_ids=ids)
+    torch.manual_seed(3)
+    assert torch.equal(fused.embeddings(input_ids=ids), want)  # training: same dropout draws, same code

@@ -1,8 +1,8 @@
-//! Bindings of the encoder kernels (attention, skip LayerNorm): argument checks, GIL release and error mapping only.
+//! Bindings of the encoder kernels (attention, skip LayerNorm, embedding LayerNorm): argument checks, GIL release and error mapping only.
 use crate::errors::{slice, slice_mut, to_py};
 use nnic_kernels::attention::{attention_with, Operand, Products, Shape};
 use nnic_kernels::norm;
-use numpy::{PyReadonlyArrayDyn, PyReadwriteArrayDyn};
+use numpy::{PyReadonlyArray1, PyReadonlyArrayDyn, PyReadwriteArrayDyn};
 use pyo3::prelude::*;
 
 /// `out = LayerNorm(x + residual) * gamma + beta` over rows of `gamma.size` values (all float32, C-contiguous).
@@ -20,6 +20,26 @@ pub fn skip_layer_norm(
     let (g, b) = (slice(&gamma, "gamma")?, slice(&beta, "beta")?);
     let out = slice_mut(&mut out, "out")?;
     to_py(py.detach(|| norm::skip_layer_norm(x, r, g, b, eps, out)))
+}
+
+/// `out[t] = LayerNorm(sum_i tables[i][ids[i][t]]) * gamma + beta` (row sums in the order of `lookups`; tables
+/// float32 `[entries, cols]`, ids int64, one per token; all C-contiguous).
+#[pyfunction]
+pub fn embed_layer_norm(
+    py: Python<'_>,
+    lookups: Vec<(PyReadonlyArrayDyn<'_, f32>, PyReadonlyArray1<'_, i64>)>,
+    gamma: PyReadonlyArrayDyn<'_, f32>,
+    beta: PyReadonlyArrayDyn<'_, f32>,
+    eps: f32,
+    mut out: PyReadwriteArrayDyn<'_, f32>,
+) -> PyResult<()> {
+    let lookups = lookups
+        .iter()
+        .map(|(table, ids)| Ok(norm::Lookup { table: slice(table, "table")?, ids: slice(ids, "ids")? }))
+        .collect::<PyResult<Vec<_>>>()?;
+    let (g, b) = (slice(&gamma, "gamma")?, slice(&beta, "beta")?);
+    let out = slice_mut(&mut out, "out")?;
+    to_py(py.detach(|| norm::embed_layer_norm(&lookups, g, b, eps, out)))
 }
 
 /// Multi-head attention into `out` (`[batch * seq, heads * head_dim]`). `q`, `k`, `v` are flat float32 buffers,

@@ -1,15 +1,18 @@
 """BERT-style encoder blocks on nnic's fused encoder kernels (:mod:`nnic.kernels.encoder`): the self-attention as
-one kernel that reads Q, K and V where the projections wrote them, and each block's residual add + LayerNorm
-(``BertSelfOutput``, ``BertOutput``) as one skip LayerNorm.
+one kernel that reads Q, K and V where the projections wrote them, each block's residual add + LayerNorm
+(``BertSelfOutput``, ``BertOutput``) as one skip LayerNorm, and the embedding layer (``BertEmbeddings``: three
+lookups, two adds, a LayerNorm) as one embedding LayerNorm.
 
 Hugging Face's BERT attention views each projection as ``[batch, heads, seq, head_dim]``, runs
 ``scaled_dot_product_attention`` and copies the result back into ``[batch, seq, hidden]``; its block endings add
 the residual and normalise in two passes over fresh tensors. Together these are about a quarter of an int8
-BERT-base forward on nnic's GEMMs. With :func:`nnic_transformers.fuse_projections` applied first, the query, key
+BERT-base forward on nnic's GEMMs. The embeddings are little work (1.7 ms of a 570 ms forward on one thread) but
+six torch kernels with static thread splits: at two threads beside other processes each waits for its slower
+thread, 40-90 ms per forward where nnic's kernels take their chunks dynamically. With :func:`nnic_transformers.fuse_projections` applied first, the query, key
 and value are column slices of one GEMM output, which the attention kernel reads in place.
 
 Modules qualify by code, not by class: a module whose ``forward`` is the same code as BERT's
-``BertSelfAttention`` (or ``BertSelfOutput`` / ``BertOutput``) is wrapped, so the many "copied from BERT"
+``BertSelfAttention`` (or ``BertSelfOutput`` / ``BertOutput`` / ``BertEmbeddings``) is wrapped, so the many "copied from BERT"
 encoders (RoBERTa, ELECTRA, XLM-R, ...) are too, and anything else is left alone. A wrapped module runs its
 original ``forward`` whenever the fused one would not compute the same thing: in training (dropout), with a cache
 or cross-attention inputs, with an attention mask that is not one padding mask per sequence, or in a dtype other
@@ -93,15 +96,70 @@ class SkipLayerNormOutput(nn.Module):
         return kernels.skip_layer_norm(h, input_tensor, norm.weight, norm.bias, norm.eps)
 
 
-def _forward_classes() -> tuple[type, type, type]:
-    from transformers.models.bert.modeling_bert import BertOutput, BertSelfAttention, BertSelfOutput
+class EmbedLayerNorm(nn.Module):
+    """A BERT-style embedding layer (``inner``: word, position and token type tables, ``LayerNorm``, ``dropout``)
+    whose three lookups, two adds and LayerNorm run as one :func:`nnic.kernels.embed_layer_norm` (the rows summed
+    in the original's order). Falls back to ``inner`` in training, for ``inputs_embeds``, for tables or norms that
+    are not float32 ``nn.Embedding`` / ``nn.LayerNorm`` with weight and bias, and off the CPU."""
 
-    return BertSelfAttention, BertSelfOutput, BertOutput
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def __getattr__(self, name: str):
+        """The wrapped module's attributes read through (``BertModel.get_input_embeddings`` reads
+        ``embeddings.word_embeddings``)."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("inner"), name)
+
+    def _ids(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None, position_ids: torch.Tensor | None,
+             cache_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The token type and position ids the original forward would use (its defaults), as ``[batch, seq]``."""
+        inner = self.inner
+        batch, seq = input_ids.shape
+        if position_ids is None:
+            position_ids = inner.position_ids[:, cache_length:seq + cache_length]
+        if token_type_ids is None:
+            if hasattr(inner, "token_type_ids"):
+                buffered = inner.token_type_ids.expand(position_ids.shape[0], -1)
+                token_type_ids = torch.gather(buffered, dim=1, index=position_ids).expand(batch, seq)
+            else:
+                token_type_ids = torch.zeros((batch, seq), dtype=torch.long, device=input_ids.device)
+        return token_type_ids.expand(batch, seq), position_ids.expand(batch, seq)
+
+    def forward(self, input_ids: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
+                cache_length: int = 0, **kwargs) -> torch.Tensor:
+        inner = self.inner
+        tables = (inner.word_embeddings, inner.token_type_embeddings, inner.position_embeddings)
+        norm = inner.LayerNorm
+        if self.training or kwargs or inputs_embeds is not None or input_ids is None or input_ids.dim() != 2 \
+                or input_ids.device.type != "cpu" or not isinstance(norm, nn.LayerNorm) \
+                or len(norm.normalized_shape) != 1 or norm.weight is None or norm.bias is None \
+                or norm.weight.dtype != torch.float32 \
+                or not all(type(t) is nn.Embedding and t.weight.dtype == torch.float32 for t in tables):
+            return inner(input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids,
+                         inputs_embeds=inputs_embeds, cache_length=cache_length, **kwargs)
+        from nnic import kernels
+
+        types, positions = self._ids(input_ids, token_type_ids, position_ids, cache_length)
+        ids = (input_ids, types, positions)
+        return kernels.embed_layer_norm([(t.weight, i) for t, i in zip(tables, ids)], norm.weight, norm.bias,
+                                        norm.eps)
+
+
+def _forward_classes() -> tuple[type, type, type, type]:
+    from transformers.models.bert.modeling_bert import BertEmbeddings, BertOutput, BertSelfAttention, BertSelfOutput
+
+    return BertSelfAttention, BertEmbeddings, BertSelfOutput, BertOutput
 
 
 def fuse_encoder(model: nn.Module, attention_products: str = "float32") -> list[str]:
-    """Wraps, in place, every BERT-style self-attention in :class:`FusedSelfAttention` and every BERT-style block
-    ending (residual add + LayerNorm) in :class:`SkipLayerNormOutput`; returns the wrapped modules' names. The
+    """Wraps, in place, every BERT-style self-attention in :class:`FusedSelfAttention`, every BERT-style block
+    ending (residual add + LayerNorm) in :class:`SkipLayerNormOutput` and every BERT-style embedding layer in
+    :class:`EmbedLayerNorm`; returns the wrapped modules' names. The
     outputs equal the unwrapped model's up to float32 rounding; with ``attention_products="bfloat16"`` (opt-in)
     the attention's two products round their operands to bfloat16 where the CPU has AVX512_BF16
     (:func:`nnic.kernels.attention`: within ``nnic.kernels.encoder.BF16_TOLERANCE`` of a head's largest value at
@@ -114,15 +172,18 @@ def fuse_encoder(model: nn.Module, attention_products: str = "float32") -> list[
 
     if attention_products not in PRODUCTS:
         raise ValueError(f"fuse_encoder: attention_products must be one of {PRODUCTS}, got {attention_products!r}")
-    attention, *outputs = _forward_classes()
+    attention, embeddings, *outputs = _forward_classes()
+    ours = (FusedSelfAttention, SkipLayerNormOutput, EmbedLayerNorm)
     wrapped: list[str] = []
-    done = [f"{n}." for n, m in model.named_modules() if isinstance(m, (FusedSelfAttention, SkipLayerNormOutput))]
+    done = [f"{n}." for n, m in model.named_modules() if isinstance(m, ours)]
     for name, m in list(model.named_modules()):
-        if not name or isinstance(m, (FusedSelfAttention, SkipLayerNormOutput)) or name.startswith(tuple(done)):
+        if not name or isinstance(m, ours) or name.startswith(tuple(done)):
             continue
         forward = type(m).forward
         if _same_code(forward, attention.forward) and not getattr(m, "is_decoder", False):
             new: nn.Module = FusedSelfAttention(m, attention_products)
+        elif _same_code(forward, embeddings.forward):
+            new = EmbedLayerNorm(m)
         elif any(_same_code(forward, cls.forward) for cls in outputs):
             new = SkipLayerNormOutput(m)
         else:
@@ -133,4 +194,4 @@ def fuse_encoder(model: nn.Module, attention_products: str = "float32") -> list[
     return wrapped
 
 
-__all__ = ["FusedSelfAttention", "SkipLayerNormOutput", "fuse_encoder"]
+__all__ = ["EmbedLayerNorm", "FusedSelfAttention", "SkipLayerNormOutput", "fuse_encoder"]
