@@ -7,7 +7,8 @@
 //! the ISAs run in interleaved rounds and each number is the median over rounds. The whole kernel (which also
 //! prefetches each thread's next pair): `examples/encoder_kernels.rs`, and `python bench/encoder_profile.py
 //! --attention` (one thread and two).
-use nnic_kernels::attention::profile::{stage_seconds, thread_cpu, STAGES};
+use nnic_kernels::attention::profile::{stage_seconds, STAGES};
+use nnic_kernels::clock::thread_cpu;
 use nnic_kernels::attention::{Operand, Products, Shape};
 use std::time::Instant;
 use nnic_kernels::cpu;

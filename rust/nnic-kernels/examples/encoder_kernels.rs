@@ -1,7 +1,7 @@
 //! Times the encoder kernels at BERT-base shapes on one thread, on every ISA or the one named:
 //! `cargo run --release --example encoder_kernels [scalar|avx2|avx512]`. The kernel pool has one thread, so the
 //! attention runs on the calling thread (its CPU time is measured); the skip LayerNorm's rows run on the pool's.
-use nnic_kernels::attention::profile::thread_cpu;
+use nnic_kernels::clock::thread_cpu;
 use nnic_kernels::attention::{attention, Operand, Shape};
 use nnic_kernels::norm::skip_layer_norm;
 use nnic_kernels::{cpu, pool};

@@ -8,7 +8,7 @@
 //! apply the epilogue in registers) against the same with the epilogue on blocks, in the same rounds (and the
 //! ratio); then two threads (wall). Minimum of 7 calls each; the product's GMAC/s and its % of the one-thread peak
 //! (× threads). Activations per token, asymmetric, as `quantization_speedup` quantizes them.
-use nnic_kernels::attention::profile::thread_cpu;
+use nnic_kernels::clock::thread_cpu;
 use nnic_kernels::gemm::profile::{int8_linear_block_epilogue, stage_seconds, vnni_peak, STAGES};
 use nnic_kernels::gemm::{int8_linear, ActQuant, Activation, PackedLinear, Path};
 use nnic_kernels::pool;

@@ -277,22 +277,11 @@ fn probe_prefetch(plain: &[HugeBuf<u8>], rounds: usize) {
 }
 
 fn thread_cpu() -> f64 {
-    nnic_kernels::attention::profile::thread_cpu().expect("a thread CPU clock (Linux)")
+    nnic_kernels::clock::thread_cpu().expect("a thread CPU clock (Linux)")
 }
 
 /// Seconds of CPU this process has used (all threads; `CLOCK=cpu` times the cases with it: what a loaded machine's
 /// descheduling does not inflate).
 fn process_cpu() -> f64 {
-    #[repr(C)]
-    struct Timespec {
-        sec: i64,
-        nsec: i64,
-    }
-    extern "C" {
-        fn clock_gettime(clock: i32, tp: *mut Timespec) -> i32;
-    }
-    let mut t = Timespec { sec: 0, nsec: 0 };
-    // SAFETY: a valid, writable timespec; CLOCK_PROCESS_CPUTIME_ID = 2.
-    unsafe { clock_gettime(2, &mut t) };
-    t.sec as f64 + t.nsec as f64 * 1e-9
+    nnic_kernels::clock::process_cpu().expect("a process CPU clock (Linux)")
 }

@@ -24,7 +24,7 @@ use nnic_kernels::sparse::{self, csr, nm, Index, SparseLinear, Values};
 use std::time::Instant;
 
 fn thread_cpu() -> f64 {
-    nnic_kernels::attention::profile::thread_cpu().expect("a thread CPU clock (Linux)")
+    nnic_kernels::clock::thread_cpu().expect("a thread CPU clock (Linux)")
 }
 
 struct Rng(u64);

@@ -54,6 +54,7 @@
 //! `NNIC_KERNEL_ISA`), so the tests can run every path on one machine.
 pub mod attention;
 pub mod cache;
+pub mod clock;
 pub mod cpu;
 pub mod decoder;
 pub mod error;

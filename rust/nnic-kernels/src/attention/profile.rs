@@ -1,32 +1,9 @@
 //! Where one thread's attention time goes, stage by stage (`examples/attention_parts.rs` prints it). Not part of
 //! the kernels' API: it runs the same stage functions as [`super::attention`], one (sequence, head) pair after
 //! another on the calling thread, and sums the time of each stage on the caller's clock (the example passes
-//! [`thread_cpu`], which a busy machine does not inflate as it does wall time).
+//! [`crate::clock::thread_cpu`], which a busy machine does not inflate as it does wall time).
 use super::{bf16, context, pack_kv, scores, softmax, write, Operand, OutRows, Products, Scratch, Shape, QUERY_BLOCK};
 use crate::cpu::Isa;
-
-#[repr(C)]
-struct Timespec {
-    sec: i64,
-    nsec: i64,
-}
-
-extern "C" {
-    fn clock_gettime(clock: i32, tp: *mut Timespec) -> i32;
-}
-
-/// Seconds this thread has run on a CPU (POSIX `CLOCK_THREAD_CPUTIME_ID` on Linux x86-64: other processes' load
-/// does not enter it); `None` elsewhere. For the examples' timings.
-pub fn thread_cpu() -> Option<f64> {
-    const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
-    if !cfg!(all(target_os = "linux", target_pointer_width = "64")) {
-        return None;
-    }
-    let mut t = Timespec { sec: 0, nsec: 0 };
-    // SAFETY: `t` is a valid, writable timespec; the call only writes it.
-    let rc = unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut t) };
-    (rc == 0).then_some(t.sec as f64 + t.nsec as f64 * 1e-9)
-}
 
 /// Stages of one pair, in order.
 pub const STAGES: [&str; 5] = ["pack K^T and V", "Q K^T", "softmax (exp)", "P V", "output writes"];

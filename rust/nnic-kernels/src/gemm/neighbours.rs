@@ -85,19 +85,11 @@ mod linux {
     use super::{busy_ticks, Sample};
     use std::time::Instant;
 
-    #[repr(C)]
-    struct Timespec {
-        sec: i64,
-        nsec: i64,
-    }
-
     extern "C" {
-        fn clock_gettime(clock: i32, tp: *mut Timespec) -> i32;
         fn sched_getaffinity(pid: i32, size: usize, mask: *mut u64) -> i32;
         fn sysconf(name: i32) -> i64;
     }
 
-    const CLOCK_PROCESS_CPUTIME_ID: i32 = 2;
     const SC_CLK_TCK: i32 = 2;
     /// CPUs the affinity mask can name here (the kernel's mask may be longer only beyond 4096 CPUs).
     const MASK_WORDS: usize = 64;
@@ -114,17 +106,13 @@ mod linux {
             return None;
         }
         let stat = std::fs::read_to_string("/proc/stat").ok()?;
-        let mut t = Timespec { sec: 0, nsec: 0 };
-        // SAFETY: `t` is a valid, writable timespec; the call only writes it.
-        if unsafe { clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &mut t) } != 0 {
-            return None;
-        }
+        let self_ns = crate::clock::process_cpu_ns()?;
         let allowed = |cpu: usize| cpu < 64 * MASK_WORDS && mask[cpu / 64] >> (cpu % 64) & 1 == 1;
         let (ticks, cpus) = busy_ticks(&stat, allowed)?;
         Some(Sample {
             at: Instant::now(),
             busy_ns: ticks.saturating_mul(1_000_000_000 / hz as u64),
-            self_ns: t.sec as u64 * 1_000_000_000 + t.nsec as u64,
+            self_ns,
             cpus,
         })
     }
