@@ -22,6 +22,61 @@ fn lanes(n: usize) -> __mmask16 {
     ((1u32 << n) - 1) as __mmask16
 }
 
+/// The body of [`matmul`] and [`matmul_bf16`]: column panels of `b` outside, row tiles inside (one panel of `b`,
+/// `kk × 64` values, serves every row tile from L1), each tile the instantiation of `$tile` for its size (rows
+/// `1..=MR`, vectors `1..=NV`, the last vector's columns masked). A macro, not a function, so that each caller's
+/// tiles compile inside its own `target_feature`.
+macro_rules! tiled {
+    ($tile:ident, $a:ident, $lda:ident, $b:ident, $ldb:ident, $m:ident, $kk:ident, $n:ident, $alpha:ident, $c:ident,
+     $ldc:ident) => {{
+        let mut j = 0;
+        while j < $n {
+            let cols = ($n - j).min(16 * NV);
+            let w = cols.div_ceil(16);
+            let tail = lanes(cols - 16 * (w - 1));
+            let mut i = 0;
+            while i < $m {
+                let r = ($m - i).min(MR);
+                let (lda, ldb, kk, alpha, ldc) = ($lda, $ldb, $kk, $alpha, $ldc);
+                // SAFETY: the tile reads rows i .. i + r of `a`, columns j .. j + cols of `b` and writes the same
+                // of `c`: inside the caller's bounds.
+                unsafe {
+                    let (a, b, c) = ($a.add(i * lda), $b.add(j), $c.add(i * ldc + j));
+                    match (r, w) {
+                        (6, 4) => $tile::<6, 4>(a, lda, b, ldb, kk, alpha, tail, c, ldc),
+                        (6, 3) => $tile::<6, 3>(a, lda, b, ldb, kk, alpha, tail, c, ldc),
+                        (6, 2) => $tile::<6, 2>(a, lda, b, ldb, kk, alpha, tail, c, ldc),
+                        (6, 1) => $tile::<6, 1>(a, lda, b, ldb, kk, alpha, tail, c, ldc),
+                        (5, 4) => $tile::<5, 4>(a, lda, b, ldb, kk, alpha, tail, c, ldc),
+                        (5, 3) => $tile::<5, 3>(a, lda, b, ldb, kk, alpha, tail, c, ldc),
+                        (5, 2) => $tile::<5, 2>(a, lda, b, ldb, kk, alpha, tail, c, ldc),
+                        (5, 1) => $tile::<5, 1>(a, lda, b, ldb, kk, alpha, tail, c, ldc),
+                        (4, 4) => $tile::<4, 4>(a, lda, b, ldb, kk, alpha, tail, c, ldc),
+                        (4, 3) => $tile::<4, 3>(a, lda, b, ldb, kk, alpha, tail, c, ldc),
+                        (4, 2) => $tile::<4, 2>(a, lda, b, ldb, kk, alpha, tail, c, ldc),
+                        (4, 1) => $tile::<4, 1>(a, lda, b, ldb, kk, alpha, tail, c, ldc),
+                        (3, 4) => $tile::<3, 4>(a, lda, b, ldb, kk, alpha, tail, c, ldc),
+                        (3, 3) => $tile::<3, 3>(a, lda, b, ldb, kk, alpha, tail, c, ldc),
+                        (3, 2) => $tile::<3, 2>(a, lda, b, ldb, kk, alpha, tail, c, ldc),
+                        (3, 1) => $tile::<3, 1>(a, lda, b, ldb, kk, alpha, tail, c, ldc),
+                        (2, 4) => $tile::<2, 4>(a, lda, b, ldb, kk, alpha, tail, c, ldc),
+                        (2, 3) => $tile::<2, 3>(a, lda, b, ldb, kk, alpha, tail, c, ldc),
+                        (2, 2) => $tile::<2, 2>(a, lda, b, ldb, kk, alpha, tail, c, ldc),
+                        (2, 1) => $tile::<2, 1>(a, lda, b, ldb, kk, alpha, tail, c, ldc),
+                        (1, 4) => $tile::<1, 4>(a, lda, b, ldb, kk, alpha, tail, c, ldc),
+                        (1, 3) => $tile::<1, 3>(a, lda, b, ldb, kk, alpha, tail, c, ldc),
+                        (1, 2) => $tile::<1, 2>(a, lda, b, ldb, kk, alpha, tail, c, ldc),
+                        (1, 1) => $tile::<1, 1>(a, lda, b, ldb, kk, alpha, tail, c, ldc),
+                        _ => unreachable!("tile rows in 1..=6, vectors in 1..=4"),
+                    }
+                }
+                i += r;
+            }
+            j += cols;
+        }
+    }};
+}
+
 /// `c[m × n] = alpha · a[m × kk] · b[kk × n]` (row strides `lda`, `ldb`, `ldc`).
 ///
 /// # Safety
@@ -30,41 +85,7 @@ fn lanes(n: usize) -> __mmask16 {
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn matmul(a: *const f32, lda: usize, b: *const f32, ldb: usize, m: usize, kk: usize, n: usize,
                             alpha: f32, c: *mut f32, ldc: usize) {
-    macro_rules! tile {
-        ($r:expr, $w:expr, $($args:expr),*) => {
-            match ($r, $w) {
-                (6, 4) => tile::<6, 4>($($args),*), (6, 3) => tile::<6, 3>($($args),*),
-                (6, 2) => tile::<6, 2>($($args),*), (6, 1) => tile::<6, 1>($($args),*),
-                (5, 4) => tile::<5, 4>($($args),*), (5, 3) => tile::<5, 3>($($args),*),
-                (5, 2) => tile::<5, 2>($($args),*), (5, 1) => tile::<5, 1>($($args),*),
-                (4, 4) => tile::<4, 4>($($args),*), (4, 3) => tile::<4, 3>($($args),*),
-                (4, 2) => tile::<4, 2>($($args),*), (4, 1) => tile::<4, 1>($($args),*),
-                (3, 4) => tile::<3, 4>($($args),*), (3, 3) => tile::<3, 3>($($args),*),
-                (3, 2) => tile::<3, 2>($($args),*), (3, 1) => tile::<3, 1>($($args),*),
-                (2, 4) => tile::<2, 4>($($args),*), (2, 3) => tile::<2, 3>($($args),*),
-                (2, 2) => tile::<2, 2>($($args),*), (2, 1) => tile::<2, 1>($($args),*),
-                (1, 4) => tile::<1, 4>($($args),*), (1, 3) => tile::<1, 3>($($args),*),
-                (1, 2) => tile::<1, 2>($($args),*), (1, 1) => tile::<1, 1>($($args),*),
-                _ => unreachable!("tile rows in 1..=6, vectors in 1..=4"),
-            }
-        };
-    }
-    // Column panels outside, row tiles inside: one panel of `b` (`kk × 64` values) serves every row tile from L1.
-    let mut j = 0;
-    while j < n {
-        let cols = (n - j).min(16 * NV);
-        let w = cols.div_ceil(16);
-        let tail = lanes(cols - 16 * (w - 1));
-        let mut i = 0;
-        while i < m {
-            let r = (m - i).min(MR);
-            // SAFETY: the tile reads rows i .. i + r of `a`, columns j .. j + cols of `b` and writes the same of
-            // `c`: inside the caller's bounds.
-            unsafe { tile!(r, w, a.add(i * lda), lda, b.add(j), ldb, kk, alpha, tail, c.add(i * ldc + j), ldc) };
-            i += r;
-        }
-        j += cols;
-    }
+    tiled!(tile, a, lda, b, ldb, m, kk, n, alpha, c, ldc);
 }
 
 /// One `R × 16·W` tile: `c = alpha · a · b`, the last vector's columns limited to `tail`.
@@ -115,39 +136,7 @@ unsafe fn tile<const R: usize, const W: usize>(a: *const f32, lda: usize, b: *co
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn matmul_bf16(a: *const u32, lda: usize, b: *const u32, ldb: usize, m: usize, kk: usize, n: usize,
                                  alpha: f32, c: *mut f32, ldc: usize) {
-    macro_rules! tile {
-        ($r:expr, $w:expr, $($args:expr),*) => {
-            match ($r, $w) {
-                (6, 4) => tile_bf16::<6, 4>($($args),*), (6, 3) => tile_bf16::<6, 3>($($args),*),
-                (6, 2) => tile_bf16::<6, 2>($($args),*), (6, 1) => tile_bf16::<6, 1>($($args),*),
-                (5, 4) => tile_bf16::<5, 4>($($args),*), (5, 3) => tile_bf16::<5, 3>($($args),*),
-                (5, 2) => tile_bf16::<5, 2>($($args),*), (5, 1) => tile_bf16::<5, 1>($($args),*),
-                (4, 4) => tile_bf16::<4, 4>($($args),*), (4, 3) => tile_bf16::<4, 3>($($args),*),
-                (4, 2) => tile_bf16::<4, 2>($($args),*), (4, 1) => tile_bf16::<4, 1>($($args),*),
-                (3, 4) => tile_bf16::<3, 4>($($args),*), (3, 3) => tile_bf16::<3, 3>($($args),*),
-                (3, 2) => tile_bf16::<3, 2>($($args),*), (3, 1) => tile_bf16::<3, 1>($($args),*),
-                (2, 4) => tile_bf16::<2, 4>($($args),*), (2, 3) => tile_bf16::<2, 3>($($args),*),
-                (2, 2) => tile_bf16::<2, 2>($($args),*), (2, 1) => tile_bf16::<2, 1>($($args),*),
-                (1, 4) => tile_bf16::<1, 4>($($args),*), (1, 3) => tile_bf16::<1, 3>($($args),*),
-                (1, 2) => tile_bf16::<1, 2>($($args),*), (1, 1) => tile_bf16::<1, 1>($($args),*),
-                _ => unreachable!("tile rows in 1..=6, vectors in 1..=4"),
-            }
-        };
-    }
-    let mut j = 0;
-    while j < n {
-        let cols = (n - j).min(16 * NV);
-        let w = cols.div_ceil(16);
-        let tail = lanes(cols - 16 * (w - 1));
-        let mut i = 0;
-        while i < m {
-            let r = (m - i).min(MR);
-            // SAFETY: as in `matmul`.
-            unsafe { tile!(r, w, a.add(i * lda), lda, b.add(j), ldb, kk, alpha, tail, c.add(i * ldc + j), ldc) };
-            i += r;
-        }
-        j += cols;
-    }
+    tiled!(tile_bf16, a, lda, b, ldb, m, kk, n, alpha, c, ldc);
 }
 
 /// One `R × 16·W` tile of [`matmul_bf16`].
