@@ -220,7 +220,7 @@ def int8_linear(
     applied in the GEMM's epilogue while each output block is in cache, instead of a pass of its own.
     """
     if type(packed) is PackedInt8Weight:
-        y = _direct_linear(x, packed, bias, act, symmetric, act_scale, act_zero_point, path, activation)
+        y = try_native_linear(packed, x, bias, act, symmetric, act_scale, act_zero_point, path, activation or "none")
         if y is not None:
             return y
     if not isinstance(packed, PackedInt8Weight):
@@ -230,11 +230,13 @@ def int8_linear(
     return _run_linear(packed, x, bias, symmetric, kw)
 
 
-def _direct_linear(x: Array, packed: Any, bias: Array | None, act: str, symmetric: bool, act_scale: float | None,
-                   act_zero_point: int | None, path: str | None, activation: str | None) -> Array | None:
-    """The linear layer from one native call, for the usual arguments: a plain float32 CPU tensor (or numpy array)
-    ``x[..., K]``, the bias as such or None; else (or on any error) ``None``, and the caller takes the checked path,
-    which names what is wrong (the native call has checked everything it reads before the kernel runs).
+def try_native_linear(packed: Any, x: Array, bias: Array | None, *kernel_args: Any) -> Array | None:
+    """``packed.linear`` of ``x`` from one native call, for the usual arguments: a plain float32 CPU tensor (or
+    numpy array) ``x[..., K]``, the bias as such or None, ``kernel_args`` the packed weight's settings after the
+    bias (``act, symmetric, act_scale, act_zero_point, path, activation`` for int8; none for int4's defaults).
+    Else (or on any error) ``None``, and the caller takes its checked path, which names what is wrong (the native
+    call checks everything it reads before the kernel runs). :func:`int8_linear` and nnic's quantized Linear
+    layers call it first.
 
     Why: right after a weight stream has pushed numpy's and torch's code and data out of the caches, each crossing
     into them costs 30-60 µs (one thread, CPU time), and the checked path's conversions, attribute checks and
@@ -255,7 +257,7 @@ def _direct_linear(x: Array, packed: Any, bias: Array | None, act: str, symmetri
                 bias = bias.numpy()
             elif tb is not np.ndarray:
                 return None
-        res = packed.linear(xn, None, bias, act, symmetric, act_scale, act_zero_point, path, activation or "none")
+        res = packed.linear(xn, None, bias, *kernel_args)
     except (RuntimeError, TypeError, ValueError, OverflowError):
         return None
     return torch.from_numpy(res) if tx is torch.Tensor else res

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnic import kernels
+from nnic.kernels.gemm import try_native_linear
 
 
 def _check_float_input(module: nn.Module, x: Any, k: int | None = None) -> None:
@@ -34,23 +35,13 @@ def _check_float_input(module: nn.Module, x: Any, k: int | None = None) -> None:
 
 
 def _run_direct(layer: nn.Module, x: Any) -> torch.Tensor | None:
-    """``layer``'s output for ``x`` from one native call of its packed weight's kernel, for the usual input: a plain
-    CPU float32 tensor ``[..., in_features]``, contiguous, without autograd, and a float32 bias or none. Else (or on
-    any error) ``None``, and the layer takes the checked path, which converts what it can and names what it cannot.
-
-    Why one call: right after a weight stream has pushed torch's and numpy's code and data out of the caches, each
-    crossing into them costs tens of µs (one thread, CPU time), and the attribute checks, ``torch.empty`` output
-    and views of the earlier direct path cost ~90 µs more than this at M = 1 on a 4096 × 4096 layer. The native
-    call checks dtypes, shapes and contiguity before it runs, and allocates the ``[..., out_features]`` output."""
-    if type(x) is not torch.Tensor:
+    """``layer``'s output for ``x`` from one native call of its packed weight's kernel
+    (:func:`nnic.kernels.gemm.try_native_linear`), for the usual input: a plain CPU float32 tensor
+    ``[..., in_features]``, contiguous, without autograd, and a float32 bias or none. Else (or on any error)
+    ``None``, and the layer takes the checked path, which converts what it can and names what it cannot."""
+    if type(x) is not torch.Tensor or not x.is_cpu:  # (a CUDA layer's weight is not packed for the CPU kernel)
         return None
-    try:
-        xn = x.numpy()
-        bias = None if layer.bias is None else layer.bias.numpy()
-        y = layer._packed_weight().linear(xn, None, bias, *layer.kernel_args())
-    except (RuntimeError, TypeError, ValueError, OverflowError):
-        return None
-    return torch.from_numpy(y)
+    return try_native_linear(layer._packed_weight(), x, layer.bias, *layer.kernel_args())
 
 
 def _version(t: torch.Tensor) -> int:
