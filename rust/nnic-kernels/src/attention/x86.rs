@@ -109,6 +109,21 @@ unsafe fn tile<const R: usize, const W: usize>(a: *const f32, lda: usize, b: *co
                 }
             }
         }
+        store_tile(&acc, alpha, tail, c, ldc);
+    }
+}
+
+/// `c[r, 16·v ..] = alpha · acc[r][v]` for a tile's `R × W` accumulators, the last vector's columns masked to
+/// `tail`: the end of both products' tiles ([`tile`], [`tile_bf16`]).
+///
+/// # Safety
+/// AVX-512F (inlined into the products' `target_feature` functions); `c` holds the tile's rows (stride `ldc`).
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+unsafe fn store_tile<const R: usize, const W: usize>(acc: &[[__m512; W]; R], alpha: f32, tail: __mmask16, c: *mut f32,
+                                                     ldc: usize) {
+    // SAFETY: the caller's bounds; the last vector's stores are masked to `tail`.
+    unsafe {
         let al = _mm512_set1_ps(alpha);
         for r in 0..R {
             for v in 0..W {
@@ -165,18 +180,7 @@ unsafe fn tile_bf16<const R: usize, const W: usize>(a: *const u32, lda: usize, b
                 }
             }
         }
-        let al = _mm512_set1_ps(alpha);
-        for r in 0..R {
-            for v in 0..W {
-                let x = _mm512_mul_ps(acc[r][v], al);
-                let at = c.add(r * ldc + 16 * v);
-                if v + 1 == W {
-                    _mm512_mask_storeu_ps(at, tail, x);
-                } else {
-                    _mm512_storeu_ps(at, x);
-                }
-            }
-        }
+        store_tile(&acc, alpha, tail, c, ldc);
     }
 }
 
