@@ -456,7 +456,7 @@ pub(crate) fn for_panels(pa: &mut PackedA, work: usize, f: impl Fn(usize, Panel<
 /// Packs s8 `a[m, k]` as u8 (`a + 128`, zero point 128).
 pub(crate) fn pack_s8(path: Path, a: &[i8], m: usize, k: usize, kp: usize) -> PackedA {
     let isa = isa_of(path);
-    let mut pa = packed(m, kp, path.mr());
+    let mut pa = packed(m, kp, path.mr_for(m));
     let mr = pa.mr;
     pa.zero.fill(128);
     pa.scale = vec![1.0; m];

@@ -110,7 +110,7 @@ pub fn int8_conv2d(
         super::par::for_each(qs.len(), pool::num_threads(), &task);
     }
     // 2. im2col from the u8 NHWC codes into the packed panels.
-    let mut pa = act_pack::packed(m, w.packed().kp(), path.mr());
+    let mut pa = act_pack::packed(m, w.packed().kp(), path.mr_for(m));
     let mr = pa.mr;
     let need_sum = !w.zero_point().is_empty();
     let zb = z as u8;

@@ -6,7 +6,7 @@ use super::act_pack;
 use super::epilogue::{epilogue_int, TileEpilogue};
 use super::panels::{self, PackedA, PackedB, NR};
 use super::par;
-use super::micro::MR_VNNI;
+use super::micro::{MR_TALL, MR_VNNI};
 use super::path::{isa_of, micro_kernel, Path};
 use crate::error::{KernelError, Result};
 use crate::pool;
@@ -136,7 +136,7 @@ pub(super) fn drive(
     let panel_tiles = |blk: Block, j0: usize, k0: usize, kg: usize, next: *const i8, stream: bool, fused: bool| {
         #[allow(clippy::redundant_locals)] // captures the Sync wrapper, not its raw pointer field
         let out = out;
-        let mut tile = [0i32; MR_VNNI * NR];
+        let mut tile = [0i32; MR_TALL * NR];
         let acc = k0 > 0;
         let nr = (blk.j1 - j0).min(NR);
         let bp = b.panel_ptr(j0 / NR, k0 / 4);

@@ -105,7 +105,7 @@ pub fn int8_linear(
     let k = w.b.k();
     check_out("x", x, m * k)?;
     check_linear(m, w, bias, act, out)?;
-    let pa = act_pack::pack_f32(path, path.mr(), x, m, k, w.b.kp(), act, !w.zero.is_empty())?;
+    let pa = act_pack::pack_f32(path, path.mr_for(m), x, m, k, w.b.kp(), act, !w.zero.is_empty())?;
     finish_linear(path, m, pa, w, bias, activation, out, true);
     Ok(())
 }

@@ -13,6 +13,9 @@ use super::panels::NR;
 pub(crate) const MR_SCALAR: usize = 4;
 pub(crate) const MR_AVX2: usize = 4;
 pub(crate) const MR_VNNI: usize = 12;
+/// Most rows of the VNNI tall tile ([`x86::vnni_tall`]: 16 columns, one accumulator per row), which takes a
+/// whole block of 13 to 24 rows in one row panel.
+pub(crate) const MR_TALL: usize = 24;
 
 /// Portable kernel. `c` has row stride `ldc`; `acc` adds to it instead of overwriting.
 ///
@@ -165,13 +168,82 @@ pub(crate) mod x86 {
                 ap = ap.add(MR * 4);
                 bp = bp.add(128);
             }
+            store_tile::<MR, 2>(&s, c, ldc, acc, epi, 0);
+        }
+    }
+
+    /// How far ahead (bytes of the panel, whose 64-byte halves the tile reads every other line of) the tall tile
+    /// prefetches its weight stream into L2.
+    pub(crate) const TALL_AHEAD: usize = 8192;
+
+    /// AVX-512 VNNI kernel for 13 ≤ `MR` ≤ [`super::MR_TALL`] rows: the 32-column panel as two halves of 16
+    /// columns, each over the whole of `kg`, with one zmm accumulator per row. Each 64-byte weight vector is
+    /// loaded once and feeds all `MR` rows.
+    ///
+    /// Why: the 32-column tile holds 2 × `MR` accumulators, so at most 12 rows (of 32 registers); 13 to 24 rows
+    /// were two row panels (e.g. 8 + 8 at M = 16), the first streaming each weight panel from DRAM at twice the
+    /// rate the whole product consumes it (128 bytes per 16 `vpdpbusd` at 8 rows: ~30 GB/s a core, what one core
+    /// reads, two cores over the memory's ~30 GB/s) and the second re-reading it from L2 while the memory idled.
+    /// Here every weight line is read once, at one rate: 64 bytes per `MR` `vpdpbusd` (at M = 16, 15 GB/s a core
+    /// at the VNNI peak). Each row's activation word is broadcast twice (once per half) instead of once.
+    /// The weights are read once, in memory order within each half: used by the driver's small-M blocks only,
+    /// where every tile sees the whole of K; prefetched [`TALL_AHEAD`] bytes ahead into L2.
+    ///
+    /// # Safety
+    /// As [`vnni`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(crate) unsafe fn vnni_tall<const MR: usize>(
+        kg: usize,
+        a: *const u8,
+        b: *const i8,
+        c: *mut i32,
+        ldc: usize,
+        acc: bool,
+        epi: Option<&TileAt>,
+    ) {
+        unsafe {
+            for h in 0..2 {
+                let mut s = [[_mm512_setzero_si512(); 1]; MR];
+                let mut ap = a;
+                let mut bp = b.add(64 * h);
+                for _ in 0..kg {
+                    let w = _mm512_loadu_si512(bp as *const __m512i);
+                    _mm_prefetch::<_MM_HINT_T1>(bp.wrapping_add(TALL_AHEAD));
+                    for r in 0..MR {
+                        let av = _mm512_set1_epi32((ap.add(r * 4) as *const i32).read_unaligned());
+                        s[r][0] = _mm512_dpbusd_epi32(s[r][0], av, w);
+                    }
+                    ap = ap.add(MR * 4);
+                    bp = bp.add(128);
+                }
+                store_tile::<MR, 1>(&s, c, ldc, acc, epi, 16 * h);
+            }
+        }
+    }
+
+    /// Stores the accumulators `s` (`MR` rows × `H` vectors of 16 columns) at column `c0` of the tile at `c`:
+    /// finished in registers when `epi` is given (see [`finish_tile`]), else as i32 (added to what is there when
+    /// `acc`).
+    ///
+    /// # Safety
+    /// As [`vnni`]; `c0 + 16 H` ≤ 32.
+    #[inline(always)]
+    unsafe fn store_tile<const MR: usize, const H: usize>(
+        s: &[[__m512i; H]; MR],
+        c: *mut i32,
+        ldc: usize,
+        acc: bool,
+        epi: Option<&TileAt>,
+        c0: usize,
+    ) {
+        unsafe {
             if let Some(e) = epi {
-                finish_tile::<MR>(&s, c, ldc, e);
+                finish_tile::<MR, H>(s, c, ldc, e, c0);
                 return;
             }
             for (r, sr) in s.iter().enumerate() {
                 for (h, &v) in sr.iter().enumerate() {
-                    let p = c.add(r * ldc + h * 16) as *mut __m512i;
+                    let p = c.add(r * ldc + c0 + h * 16) as *mut __m512i;
                     let v = if acc { _mm512_add_epi32(_mm512_loadu_si512(p), v) } else { v };
                     _mm512_storeu_si512(p, v);
                 }
@@ -186,20 +258,27 @@ pub(crate) mod x86 {
     /// a value at BERT-base's shapes, one thread); here the values are in registers.
     ///
     /// # Safety
-    /// As [`vnni`]; `e`'s pointers hold 32 columns and `MR` rows; `c` holds `MR` rows of 32 at `ldc`.
+    /// As [`vnni`]; `e`'s pointers hold 32 columns and `MR` rows; `c` holds `MR` rows of 32 at `ldc`; the `H`
+    /// vectors of each row are columns `c0 ..` `c0 + 16 H` ≤ 32.
     #[inline(always)]
-    unsafe fn finish_tile<const MR: usize>(s: &[[__m512i; 2]; MR], c: *mut i32, ldc: usize, e: &TileAt) {
+    unsafe fn finish_tile<const MR: usize, const H: usize>(
+        s: &[[__m512i; H]; MR],
+        c: *mut i32,
+        ldc: usize,
+        e: &TileAt,
+        c0: usize,
+    ) {
         unsafe {
-            let li = |p: *const i32, h: usize| _mm512_loadu_si512(p.add(16 * h) as *const __m512i);
-            let lf = |p: *const f32, h: usize| _mm512_loadu_ps(p.add(16 * h));
-            let cs = [li(e.colsum, 0), li(e.colsum, 1)];
-            let sw = [lf(e.sw, 0), lf(e.sw, 1)];
-            let zw = (!e.zw.is_null()).then(|| [li(e.zw, 0), li(e.zw, 1)]);
-            let bias = (!e.bias.is_null()).then(|| [lf(e.bias, 0), lf(e.bias, 1)]);
+            let li = |p: *const i32, h: usize| _mm512_loadu_si512(p.add(c0 + 16 * h) as *const __m512i);
+            let lf = |p: *const f32, h: usize| _mm512_loadu_ps(p.add(c0 + 16 * h));
+            let cs: [__m512i; H] = std::array::from_fn(|h| li(e.colsum, h));
+            let sw: [__m512; H] = std::array::from_fn(|h| lf(e.sw, h));
+            let zw = (!e.zw.is_null()).then(|| -> [__m512i; H] { std::array::from_fn(|h| li(e.zw, h)) });
+            let bias = (!e.bias.is_null()).then(|| -> [__m512; H] { std::array::from_fn(|h| lf(e.bias, h)) });
             for r in 0..MR {
                 let za = _mm512_set1_epi32(*e.za.add(r));
                 let sa = _mm512_set1_ps(*e.sa.add(r));
-                for h in 0..2 {
+                for h in 0..H {
                     let mut v = s[r][h];
                     if let Some(zw) = zw {
                         v = _mm512_add_epi32(v, _mm512_mullo_epi32(zw[h], _mm512_set1_epi32(*e.r.add(r))));
@@ -218,7 +297,7 @@ pub(crate) mod x86 {
                         }
                         Activation::Gelu => gelu16(f),
                     };
-                    _mm512_storeu_ps(c.add(r * ldc + 16 * h) as *mut f32, f);
+                    _mm512_storeu_ps(c.add(r * ldc + c0 + 16 * h) as *mut f32, f);
                 }
             }
         }
@@ -320,18 +399,7 @@ pub(crate) mod x86 {
                     s[r][h] = _mm512_add_epi32(s[r][h], t[r][h]);
                 }
             }
-            if let Some(e) = epi {
-                finish_tile::<MR>(&s, c, ldc, e);
-                return;
-            }
-            for r in 0..MR {
-                for h in 0..2 {
-                    let v = s[r][h];
-                    let p = c.add(r * ldc + h * 16) as *mut __m512i;
-                    let v = if acc { _mm512_add_epi32(_mm512_loadu_si512(p), v) } else { v };
-                    _mm512_storeu_si512(p, v);
-                }
-            }
+            store_tile::<MR, 2>(&s, c, ldc, acc, epi, 0);
         }
     }
 }

@@ -2,7 +2,7 @@
 //! the dispatch to the micro-kernel of a path. A new micro-kernel family is a new `Path` variant here plus
 //! its kernel in `micro.rs`; the driver, packing and epilogues do not change.
 use super::epilogue::TileAt;
-use super::micro::{self, MR_AVX2, MR_SCALAR, MR_VNNI};
+use super::micro::{self, MR_AVX2, MR_SCALAR, MR_TALL, MR_VNNI};
 use crate::cpu::{self, Isa};
 use crate::error::{KernelError, Result};
 
@@ -79,6 +79,16 @@ impl Path {
             Path::Vnni => MR_VNNI,
         }
     }
+
+    /// The most rows per activation panel for a product of `m` rows (the packing balances the panels under it):
+    /// [`Path::mr`], except that VNNI takes 13 to [`MR_TALL`] rows as one panel, for its tall tile
+    /// ([`micro::x86::vnni_tall`], which reads each weight line once for all of them).
+    pub(crate) fn mr_for(self, m: usize) -> usize {
+        match self {
+            Path::Vnni if m > MR_VNNI && m <= MR_TALL => MR_TALL,
+            _ => self.mr(),
+        }
+    }
 }
 
 fn has_vnni() -> bool {
@@ -90,7 +100,8 @@ fn has_vnni() -> bool {
     false
 }
 
-/// Runs the micro-kernel of `path` for a panel of `mr` rows (≤ `path.mr()`); `next` (or null) is the weight
+/// Runs the micro-kernel of `path` for a panel of `mr` rows (≤ `path.mr()`, or for VNNI ≤ [`MR_TALL`]: the tall
+/// tile, which ignores `next` and `stream` as it is made for streamed small-M blocks); `next` (or null) is the weight
 /// micro-panel of the driver's next tile, which the VNNI tile prefetches into L2, and `stream` says that the
 /// weights are read once from DRAM (both: see [`micro::x86::vnni`]); `epi`, only on the VNNI path and for a
 /// tile's whole product (`acc` false), finishes the tile in registers and stores f32 (see `TileEpilogue`).
@@ -127,7 +138,8 @@ pub(super) unsafe fn micro_kernel(
                 Path::Vnni => match mr {
                     1 => vnni_small::<1>(kg, a, b, c, ldc, acc, epi),
                     2 => vnni_small::<2>(kg, a, b, c, ldc, acc, epi),
-                    _ => pick!(vnni (kg, a, b, c, ldc, acc, next, stream, epi); 3 4 5 6 7 8 9 10 11 12),
+                    3..=MR_VNNI => pick!(vnni (kg, a, b, c, ldc, acc, next, stream, epi); 3 4 5 6 7 8 9 10 11 12),
+                    _ => pick!(vnni_tall (kg, a, b, c, ldc, acc, epi); 13 14 15 16 17 18 19 20 21 22 23 24),
                 },
                 Path::Avx2 => pick!(avx2 (kg, a, b, c, ldc, acc); 1 2 3 4),
                 Path::Scalar => micro::scalar(mr, kg, a, b, c, ldc, acc),

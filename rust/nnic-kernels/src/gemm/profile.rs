@@ -34,7 +34,7 @@ pub fn stage_seconds(
     let (k, n) = (w.in_features(), w.out_features());
     let b = w.packed();
     let t0 = clock();
-    let pa = act_pack::pack_f32(path, path.mr(), x, m, k, b.kp(), act, !w.zero_point().is_empty())?;
+    let pa = act_pack::pack_f32(path, path.mr_for(m), x, m, k, b.kp(), act, !w.zero_point().is_empty())?;
     let t1 = clock();
     let (colsum, zw) = (b.colsum(), w.zero_point());
     let scale = w.scale();
@@ -114,7 +114,7 @@ pub fn int8_linear_block_epilogue(
     path.check()?;
     check_linear(m, w, None, act, out)?;
     let b = w.packed();
-    let pa = act_pack::pack_f32(path, path.mr(), x, m, w.in_features(), b.kp(), act, !w.zero_point().is_empty())?;
+    let pa = act_pack::pack_f32(path, path.mr_for(m), x, m, w.in_features(), b.kp(), act, !w.zero_point().is_empty())?;
     finish_linear(path, m, pa, w, None, activation, out, false);
     Ok(())
 }
