@@ -2,21 +2,23 @@
 //! weights hot and to the weight stream with them cold:
 //! `cargo run --release -p nnic-kernels --example small_m [rounds] [M ...]` (default 15 rounds, M = 4 8 16 24 32).
 //!
-//! Per M and round, interleaved: one `int8_linear` call (f32 in and out, per-token asymmetric activations, as
-//! `quantization_speedup` quantizes them) on one packed copy called over and over (`hot`: the 16.8 MB sit in the
-//! 32 MiB L3 after the first call) and one on the next of enough copies (over 250 MB) that each call streams its
-//! weights from DRAM (`cold`), as a model's layers do. One thread, thread CPU time (other processes' load does not
-//! enter it; a stalled load does). `THREADS=2`: two threads of the kernel pool, wall time (then the load average
-//! decides; report it). Printed: median and minimum per call, the product's GMAC/s (of the median) and the weight
-//! bytes' GB/s. Compare builds by running their binaries alternately.
+//! Per M and round, interleaved, for each of the two tilings of 13-28 rows (`two`: two or three row panels of
+//! the 12-row tile, as before the tall tile; `tall`: [`set_tall_tile`]), in alternating order: one `int8_linear` call (f32 in
+//! and out, per-token asymmetric activations, as `quantization_speedup` quantizes them) on one packed copy called
+//! over and over (`hot`: the 16.8 MB sit in the 32 MiB L3) and one on the next of enough copies (over 250 MB)
+//! that each call streams its weights from DRAM (`cold`), as a model's layers do. Outside 13-28 rows both
+//! settings run the same code: their ratio shows the noise. One thread, thread CPU time (other processes' load
+//! does not enter it; a stalled load does). `THREADS=2`: two threads of the kernel pool, wall time (then the load
+//! average decides; report it). Printed: medians per call, the product's GMAC/s, the weight bytes' GB/s (cold),
+//! and `two` ÷ `tall` (above 1: the tall tile is faster).
 use nnic_kernels::clock::thread_cpu;
-use nnic_kernels::gemm::{int8_linear, ActQuant, Activation, PackedLinear, Path};
+use nnic_kernels::gemm::{int8_linear, set_tall_tile, ActQuant, Activation, PackedLinear, Path};
 use nnic_kernels::pool;
 use std::time::Instant;
 
-fn stats(mut v: Vec<f64>) -> (f64, f64) {
+fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    (v[v.len() / 2], v[0])
+    v[v.len() / 2]
 }
 
 fn main() {
@@ -42,7 +44,7 @@ fn main() {
     };
     let act = ActQuant::DynamicPerRow { symmetric: false };
     println!(
-        "int8_linear {k}x{n}, path {}, {threads} thread(s) ({}), {copies} copies, {rounds} rounds: median / min us",
+        "int8_linear {k}x{n}, path {}, {threads} thread(s) ({}), {copies} copies, {rounds} rounds: medians, us",
         path.name(),
         if threads == 1 { "thread CPU time" } else { "wall" }
     );
@@ -56,23 +58,35 @@ fn main() {
             clock() - t
         };
         call(&packed[0]);
-        let (mut hot, mut cold) = (Vec::new(), Vec::new());
-        for _ in 0..rounds {
-            hot.push(call(&packed[0]));
-            cold.push(call(&packed[next]));
-            next = next % (copies - 1) + 1;
+        // [two, tall] × [hot, cold]
+        let mut t: [[Vec<f64>; 2]; 2] = Default::default();
+        for round in 0..rounds {
+            for v in [round % 2, 1 - round % 2] {
+                set_tall_tile(v == 1);
+                t[v][0].push(call(&packed[0]));
+                t[v][1].push(call(&packed[next]));
+                next = next % (copies - 1) + 1;
+            }
         }
-        let ((hm, hmin), (cm, cmin)) = (stats(hot), stats(cold));
+        set_tall_tile(true);
+        let [[th, tc], [nh, nc]] = t.map(|v| v.map(median));
         let macs = (m * k * n) as f64;
+        let gmacs = |s: f64| macs / s / 1e9;
         println!(
-            "M = {m:2}: hot {:7.1} / {:7.1} ({:5.1} GMAC/s), cold {:7.1} / {:7.1} ({:5.1} GMAC/s, {:4.1} GB/s)",
-            hm * 1e6,
-            hmin * 1e6,
-            macs / hm / 1e9,
-            cm * 1e6,
-            cmin * 1e6,
-            macs / cm / 1e9,
-            (n * k) as f64 / cm / 1e9
+            "M = {m:2}: hot two {:7.1} tall {:7.1} us ({:5.1} / {:5.1} GMAC/s, {:.3}x); cold two {:7.1} tall {:7.1} us \
+             ({:5.1} / {:5.1} GMAC/s, {:4.1} / {:4.1} GB/s, {:.3}x)",
+            th * 1e6,
+            nh * 1e6,
+            gmacs(th),
+            gmacs(nh),
+            th / nh,
+            tc * 1e6,
+            nc * 1e6,
+            gmacs(tc),
+            gmacs(nc),
+            (n * k) as f64 / tc / 1e9,
+            (n * k) as f64 / nc / 1e9,
+            tc / nc
         );
     }
 }

@@ -481,3 +481,47 @@ fn every_path_gives_the_same_float_bits() {
         }
     }
 }
+
+#[test]
+fn the_tall_tile_gives_the_bits_of_the_two_panel_tiles() {
+    // 13 to 28 rows run on the VNNI tall tile (one row panel, 16 columns per pass) unless it is turned off, when
+    // they run as two or three panels of the 12-row tile: same exact products, same finishing, so the same float bits and
+    // i32 values; 12 and 29 rows (no tall tile either way) guard the edges. K past one slice (4100) and partial
+    // column panels (7, 33, 70) included. Other tests may run meanwhile: either setting gives them the same bits.
+    if !Path::Vnni.is_supported() {
+        return;
+    }
+    let mut rng = Rng(43);
+    for m in 12..=29 {
+        for (k, n) in [(300, 70), (64, 33), (4100, 7), (768, 96)] {
+            let x: Vec<f32> = rng.f32s(m * k).into_iter().map(|v| 4.0 * v).collect();
+            let a = rng.i8s(m * k);
+            let w = rng.i8s(n * k);
+            let bias: Vec<f32> = rng.f32s(n);
+            let sw: Vec<f32> = (0..n).map(|j| 0.001 + j as f32 * 3e-5).collect();
+            let zw: Vec<i32> = if m % 2 == 0 { (0..n).map(|j| (j as i32 % 7) - 3).collect() } else { Vec::new() };
+            let packed = PackedLinear::new(&w, n, k, &sw, &zw).unwrap();
+            let run = |tall: bool, act: ActQuant, f: Activation| {
+                gemm::set_tall_tile(tall);
+                let mut out = vec![0f32; m * n];
+                gemm::int8_linear(Path::Vnni, &x, m, &packed, Some(&bias), act, f, &mut out).unwrap();
+                let mut exact = vec![0i32; m * n];
+                gemm::matmul_i8(Path::Vnni, &a, m, packed.packed(), &mut exact).unwrap();
+                gemm::set_tall_tile(true);
+                (out.iter().map(|v| v.to_bits()).collect::<Vec<u32>>(), exact)
+            };
+            for act in [ActQuant::DynamicPerRow { symmetric: false }, ActQuant::DynamicPerRow { symmetric: true }] {
+                for f in [Activation::Identity, Activation::Gelu] {
+                    let (tall, two) = (run(true, act, f), run(false, act, f));
+                    assert_eq!(tall, two, "{m}x{k}x{n} {act:?} {f:?}");
+                    assert_eq!(tall.1, ref_mm(&a, &w_kn(&w, n, k), m, k, n), "{m}x{k}x{n}");
+                }
+            }
+        }
+    }
+}
+
+/// `w[n, k]` as `[k, n]`.
+fn w_kn(w: &[i8], n: usize, k: usize) -> Vec<i8> {
+    (0..k * n).map(|i| w[(i % n) * k + i / n]).collect()
+}

@@ -14,8 +14,9 @@ pub(crate) const MR_SCALAR: usize = 4;
 pub(crate) const MR_AVX2: usize = 4;
 pub(crate) const MR_VNNI: usize = 12;
 /// Most rows of the VNNI tall tile ([`x86::vnni_tall`]: 16 columns, one accumulator per row), which takes a
-/// whole block of 13 to 24 rows in one row panel.
-pub(crate) const MR_TALL: usize = 24;
+/// whole block of 13 to 28 rows in one row panel (28 accumulators, the weight vector and a broadcast: 30 of
+/// the 32 zmm registers).
+pub(crate) const MR_TALL: usize = 28;
 
 /// Portable kernel. `c` has row stride `ldc`; `acc` adds to it instead of overwriting.
 ///
@@ -181,9 +182,10 @@ pub(crate) mod x86 {
     /// loaded once and feeds all `MR` rows.
     ///
     /// Why: the 32-column tile holds 2 × `MR` accumulators, so at most 12 rows (of 32 registers); 13 to 24 rows
-    /// were two row panels (e.g. 8 + 8 at M = 16), the first streaming each weight panel from DRAM at twice the
-    /// rate the whole product consumes it (128 bytes per 16 `vpdpbusd` at 8 rows: ~30 GB/s a core, what one core
-    /// reads, two cores over the memory's ~30 GB/s) and the second re-reading it from L2 while the memory idled.
+    /// were two row panels (e.g. 8 + 8 at M = 16; 25 to 28 rows three), the first streaming each weight panel from
+    /// DRAM at twice the rate the whole product consumes it (128 bytes per 16 `vpdpbusd` at 8 rows: ~30 GB/s a
+    /// core, what one core reads; two cores ask for twice the memory's ~30 GB/s) and the second re-reading it from
+    /// L2 while the memory idled.
     /// Here every weight line is read once, at one rate: 64 bytes per `MR` `vpdpbusd` (at M = 16, 15 GB/s a core
     /// at the VNNI peak). Each row's activation word is broadcast twice (once per half) instead of once.
     /// The weights are read once, in memory order within each half: used by the driver's small-M blocks only,

@@ -45,7 +45,7 @@ pub use epilogue::Activation;
 pub(crate) use epilogue::{gelu, relu};
 pub use linear::{int8_linear, PackedLinear};
 pub use panels::{PackedB, MAX_K, NR};
-pub use path::Path;
+pub use path::{set_tall_tile, Path};
 
 pub(crate) use driver::{plan, Block};
 pub(crate) use linear::{check_linear, finish_linear};

@@ -5,6 +5,18 @@ use super::epilogue::TileAt;
 use super::micro::{self, MR_AVX2, MR_SCALAR, MR_TALL, MR_VNNI};
 use crate::cpu::{self, Isa};
 use crate::error::{KernelError, Result};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Whether the VNNI path takes 13 to [`MR_TALL`] rows as one panel for its tall tile ([`Path::mr_for`]).
+static TALL_TILE: AtomicBool = AtomicBool::new(true);
+
+/// Turns the VNNI tall tile on (the default) or off (13 to 28 rows then run as two or three row panels of the
+/// 12-row tile, as before it). Both give the same bits. A measurement aid: `examples/small_m` times the two in the same
+/// rounds of one process, where a comparison of two builds run one after the other drowned in other processes'
+/// load; and the tests compare their results.
+pub fn set_tall_tile(on: bool) {
+    TALL_TILE.store(on, Ordering::Relaxed);
+}
 
 /// A micro-kernel family.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -85,7 +97,7 @@ impl Path {
     /// ([`micro::x86::vnni_tall`], which reads each weight line once for all of them).
     pub(crate) fn mr_for(self, m: usize) -> usize {
         match self {
-            Path::Vnni if m > MR_VNNI && m <= MR_TALL => MR_TALL,
+            Path::Vnni if m > MR_VNNI && m <= MR_TALL && TALL_TILE.load(Ordering::Relaxed) => MR_TALL,
             _ => self.mr(),
         }
     }
@@ -139,7 +151,7 @@ pub(super) unsafe fn micro_kernel(
                     1 => vnni_small::<1>(kg, a, b, c, ldc, acc, epi),
                     2 => vnni_small::<2>(kg, a, b, c, ldc, acc, epi),
                     3..=MR_VNNI => pick!(vnni (kg, a, b, c, ldc, acc, next, stream, epi); 3 4 5 6 7 8 9 10 11 12),
-                    _ => pick!(vnni_tall (kg, a, b, c, ldc, acc, epi); 13 14 15 16 17 18 19 20 21 22 23 24),
+                    _ => pick!(vnni_tall (kg, a, b, c, ldc, acc, epi); 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28),
                 },
                 Path::Avx2 => pick!(avx2 (kg, a, b, c, ldc, acc); 1 2 3 4),
                 Path::Scalar => micro::scalar(mr, kg, a, b, c, ldc, acc),
