@@ -9,7 +9,9 @@
 Rows per (M, K, N): float32 ``torch.matmul`` (MKL), ``torch._int_mm`` (s8·s8→s32), dynamic-quantized
 ``nn.quantized.dynamic.Linear`` with every installed engine (fbgemm / onednn / x86), and nnic's
 ``int8_matmul`` (packs B on every call), prepacked ``matmul`` (s8→s32), ``int8_linear`` (f32→f32, dynamic
-per-token activations, fused epilogue) and ``int4_linear`` (int4 weights, M ≤ 16 only). All kernels of a
+per-token activations, fused epilogue), at 13 ≤ M ≤ 28 on the VNNI path the same without its tall tile
+(``kernels.set_gemm_tall_tile(False)``: two or three row panels, the tiling before it) and ``int4_linear`` (int4
+weights, M ≤ 16 only). All kernels of a
 shape are timed round-robin (one call each per round) so that load from other processes hits them alike;
 times are medians (``--stat min`` for the least-disturbed round);
 GOPS count 2·M·K·N; "%peak" is against the int8 VNNI peak measured at start on this machine
@@ -69,6 +71,9 @@ from _timing import timeit_interleaved  # noqa: E402
 
 OWN_HELPERS = "nnic int8_linear, nnic's own helpers"
 DEFAULT_LINEAR = "nnic int8_linear f32->f32"
+TWO_PANELS = "nnic int8_linear, no tall tile"
+#: Rows that the VNNI path's tall tile takes as one row panel (``set_gemm_tall_tile``).
+TALL_ROWS = range(13, 29)
 
 
 class BackendTally:
@@ -163,6 +168,17 @@ def shape_kernels(m: int, k: int, n: int, engines: list[str]) -> dict:
                 kernels.set_gemm_backend("openmp")
 
         fns[OWN_HELPERS] = own_helpers
+    if m in TALL_ROWS and kernels.gemm_path() == "avx512vnni":  # the tiling before the tall tile, same rounds
+        pl_two = kernels.pack_int8_weight(q, s)  # its own copy, as above
+
+        def two_panels():
+            kernels.set_gemm_tall_tile(False)
+            try:
+                kernels.int8_linear(x, pl_two)
+            finally:
+                kernels.set_gemm_tall_tile(True)
+
+        fns[TWO_PANELS] = two_panels
     if m <= 16:
         for gs in (32, 128):
             q4, s4 = kernels.quantize_int4_weight(wf, gs)
@@ -420,6 +436,9 @@ def report(m: int, k: int, n: int, times: dict[str, list[float]], stat_name: str
         lines.append(f"nnic int8_linear vs best dynamic Linear: {min(dyn) / nn_lin:.2f}x")
     if dyn and OWN_HELPERS in res:
         lines.append(f"on nnic's own helpers (NNIC_GEMM_BACKEND=rayon): {min(dyn) / res[OWN_HELPERS]:.2f}x")
+    if dyn and TWO_PANELS in res:
+        lines.append(f"without the tall tile: {min(dyn) / res[TWO_PANELS]:.2f}x (the tall tile's speedup "
+                     f"{res[TWO_PANELS] / nn_lin:.2f}x)")
     lines.append(f"nnic int8_linear vs fp32 MKL: {res['fp32 torch.matmul (MKL)'] / nn_lin:.2f}x")
     for name in res:
         if name.startswith("nnic int4_linear"):

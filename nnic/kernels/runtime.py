@@ -25,7 +25,7 @@ from nnic.kernels.adapters import as_int
 __all__ = [
     "active_isa", "apply_env", "cpu_features", "gemm_backend", "gemm_openmp_stats", "gemm_path", "gemm_paths",
     "gemm_pool_stats", "gemm_spin_us", "gemm_team_stats", "gemm_vnni_peak_gops", "get_num_threads", "last_level_cache_bytes", "native",
-    "set_gemm_backend", "set_gemm_spin_us", "set_isa", "set_num_threads", "supported_isas",
+    "set_gemm_backend", "set_gemm_spin_us", "set_gemm_tall_tile", "set_isa", "set_num_threads", "supported_isas",
 ]
 
 GEMM_BACKENDS = ("openmp", "rayon")
@@ -127,6 +127,20 @@ def set_gemm_backend(name: str) -> None:
     if not isinstance(name, str) or name not in GEMM_BACKENDS:
         raise ValueError(f"GEMM backend must be one of {GEMM_BACKENDS}, got {name!r}")
     native.set_gemm_backend(name)
+
+
+def set_gemm_tall_tile(on: bool) -> None:
+    """Turns the VNNI int8 GEMM's tall tile on (the default) or off. With it, 13 to 28 activation rows run as one
+    row panel whose tile reads each weight line once for all rows; without it, as two or three panels of the
+    12-row tile (the first streams the weights from DRAM at twice the product's average rate, the others re-read
+    them from L2). Both give the same bits: the switch exists to time the two in the same rounds
+    (``bench/gemm.py``, ``examples/small_m``).
+
+    :raises TypeError: ``on`` is not a bool.
+    """
+    if not isinstance(on, bool):
+        raise TypeError(f"on must be a bool, got {type(on).__name__}")
+    native.set_gemm_tall_tile(on)
 
 
 def gemm_spin_us() -> float:

@@ -64,3 +64,31 @@ def test_int8_linear_gives_the_portable_path_s_bits(path, m, k, n, seed, symmetr
     want = gemm.int8_linear(x, packed, b, symmetric=symmetric, activation=activation, path="scalar")
     assert got.shape == (m, n)
     np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
+
+
+@pytest.mark.parametrize("m", [12, 13, 16, 24, 28, 29])
+def test_turning_the_tall_tile_off_changes_no_bit(m):
+    """Off, 13 to 28 rows run as two or three row panels of the 12-row tile (the tiling before the tall tile):
+    the exact products and the float results are the same either way, on every path."""
+    rng = np.random.default_rng(m)
+    x = (rng.standard_normal((m, 1031)) * 2.0).astype(np.float32)
+    w = rng.integers(-128, 128, (70, 1031), dtype=np.int8)
+    packed = gemm.pack_int8_weight(w, rng.uniform(1e-3, 1e-1, 70).astype(np.float32))
+    a = rng.integers(-128, 128, (m, 1031), dtype=np.int8)
+    b = np.ascontiguousarray(w.T)
+
+    def run(on: bool) -> list[np.ndarray]:
+        gemm.set_gemm_tall_tile(on)
+        try:
+            return [gemm.int8_linear(x, packed, activation="gelu", path=p).view(np.int32) for p in PATHS] + [
+                gemm.int8_matmul(a, b, path=p) for p in PATHS]
+        finally:
+            gemm.set_gemm_tall_tile(True)
+
+    for tall, two in zip(run(True), run(False)):
+        np.testing.assert_array_equal(tall, two)
+
+
+def test_set_gemm_tall_tile_takes_a_bool():
+    with pytest.raises(TypeError, match="on must be a bool, got int"):
+        gemm.set_gemm_tall_tile(1)

@@ -70,6 +70,13 @@ pub fn set_gemm_backend(name: &str) -> PyResult<()> {
     to_py(gemm::par::set_backend(name))
 }
 
+/// Turns the VNNI path's tall tile (13 to 28 rows as one row panel) on (the default) or off (two or three row
+/// panels of the 12-row tile, as before it): the same bits either way; for timing the two in the same rounds.
+#[pyfunction]
+pub fn set_gemm_tall_tile(on: bool) {
+    gemm::set_tall_tile(on)
+}
+
 /// How long the GEMM's helper threads poll for the next GEMM before parking, in microseconds.
 #[pyfunction]
 pub fn gemm_spin_us() -> f64 {
