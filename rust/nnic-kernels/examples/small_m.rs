@@ -9,9 +9,10 @@
 //! that each call streams its weights from DRAM (`cold`), as a model's layers do. Outside 13-28 rows both
 //! settings run the same code: their ratio shows the noise. One thread, thread CPU time (other processes' load
 //! does not enter it; a stalled load does). `THREADS=2`: two threads of the kernel pool, wall time (then the load
-//! average decides; report it). Printed: medians [10th percentiles] per call, the product's GMAC/s and the weight
+//! average decides; report it), or with `CLOCK=cpu` the process's CPU time (both threads' time added up: what a
+//! thread spends stalled on the memory counts, time waiting for a core does not). Printed: medians [10th percentiles] per call, the product's GMAC/s and the weight
 //! bytes' GB/s (cold) of the medians, and `two` ÷ `tall` (above 1: the tall tile is faster).
-use nnic_kernels::clock::thread_cpu;
+use nnic_kernels::clock::{process_cpu, thread_cpu};
 use nnic_kernels::gemm::{int8_linear, set_tall_tile, ActQuant, Activation, PackedLinear, Path};
 use nnic_kernels::pool;
 use std::time::Instant;
@@ -36,18 +37,24 @@ fn main() {
     let copies = 250_000_000 / (n * k) + 1;
     let packed: Vec<PackedLinear> = (0..copies).map(|_| PackedLinear::new(&w, n, k, &scale, &[]).unwrap()).collect();
     let start = Instant::now();
+    let process = std::env::var("CLOCK").is_ok_and(|v| v == "cpu");
     let clock = || {
-        if threads == 1 {
-            thread_cpu().unwrap_or_else(|| start.elapsed().as_secs_f64())
-        } else {
-            start.elapsed().as_secs_f64()
-        }
+        let cpu = match (threads, process) {
+            (1, _) => thread_cpu(),
+            (_, true) => process_cpu(),
+            _ => None,
+        };
+        cpu.unwrap_or_else(|| start.elapsed().as_secs_f64())
     };
     let act = ActQuant::DynamicPerRow { symmetric: false };
     println!(
         "int8_linear {k}x{n}, path {}, {threads} thread(s) ({}), {copies} copies, {rounds} rounds: medians [p10], us",
         path.name(),
-        if threads == 1 { "thread CPU time" } else { "wall" }
+        match (threads, process) {
+            (1, _) => "thread CPU time",
+            (_, true) => "process CPU time",
+            _ => "wall",
+        }
     );
     let mut next = 1;
     for m in ms {
