@@ -136,7 +136,6 @@ pub(super) fn drive(
     let panel_tiles = |blk: Block, j0: usize, k0: usize, kg: usize, next: *const i8, stream: bool, fused: bool| {
         #[allow(clippy::redundant_locals)] // captures the Sync wrapper, not its raw pointer field
         let out = out;
-        let mut tile = [0i32; MR_TALL * NR];
         let acc = k0 > 0;
         let nr = (blk.j1 - j0).min(NR);
         let bp = b.panel_ptr(j0 / NR, k0 / 4);
@@ -152,6 +151,9 @@ pub(super) fn drive(
                 if nr == NR {
                     micro_kernel(path, rows, kg, ap, bp, cp, n, acc, next, stream, at);
                 } else {
+                    // A partial column panel: the tile writes 32 columns into this buffer (made here, not zeroed
+                    // for every full panel: with the tall tile's 28 rows it is 3.5 KiB).
+                    let mut tile = [0i32; MR_TALL * NR];
                     if acc {
                         for r in 0..rows {
                             std::ptr::copy_nonoverlapping(cp.add(r * n), tile.as_mut_ptr().add(r * NR), nr);

@@ -183,17 +183,25 @@ pub(crate) mod x86 {
     ///
     /// Why: the 32-column tile holds 2 × `MR` accumulators, so at most 12 rows (of 32 registers); 13 to 24 rows
     /// were two row panels (e.g. 8 + 8 at M = 16; 25 to 28 rows three), the first streaming each weight panel from
-    /// DRAM at twice the rate the whole product consumes it (128 bytes per 16 `vpdpbusd` at 8 rows: ~30 GB/s a
-    /// core, what one core reads; two cores ask for twice the memory's ~30 GB/s) and the second re-reading it from
-    /// L2 while the memory idled.
-    /// Here every weight line is read once, at one rate: 64 bytes per `MR` `vpdpbusd` (at M = 16, 15 GB/s a core
-    /// at the VNNI peak). Each row's activation word is broadcast twice (once per half) instead of once.
+    /// DRAM at twice the rate the whole product consumes it (128 bytes per 16 `vpdpbusd` at 8 rows: ~27 GB/s a
+    /// core at the VNNI peak; two cores in that phase at once ask for more than the memory's 30-43 GB/s) and the
+    /// second re-reading it from L2 while the memory idled. Here every weight line is read once, at one rate: 64
+    /// bytes per `MR` `vpdpbusd` (at M = 16, ~13.5 GB/s a core at the peak). Each row's activation word is
+    /// broadcast twice (once per half) instead of once.
+    ///
+    /// Measured: one thread is bound by `vpdpbusd` either way (M = 16 at 91-97 % of the register peak with the
+    /// weights hot or cold on a lightly loaded core, within ±5 % of the two-panel tiling, `examples/small_m`); the two-thread regime that
+    /// this is for (both cores streaming) has to be judged on a quiet machine (`bench/gemm.py`'s row "no tall
+    /// tile", `THREADS=2` with `small_m`).
+    ///
     /// The weights are read once, in memory order within each half: used by the driver's small-M blocks only,
     /// where every tile sees the whole of K. Prefetched [`TALL_AHEAD`] bytes ahead into L2, the prefetch turning
     /// at each half's end to the start of the next half (the second half's lines, then the next panel's first
     /// half) rather than running on past it: a plain read of 16.8 MB in this order (every other line of each
-    /// 128 KiB panel, then the others; one thread, thread CPU time, memory-bound) ran at 20.7-21.9 GB/s with the
-    /// turn against 18.0-18.9 without, and 30-34 GB/s in memory order.
+    /// 128 KiB panel, then the others; one thread, thread CPU time, memory-bound) ran at 20.7-22.8 GB/s with the
+    /// first half's turn against 18.0-20.8 without (the six of nine runs with the least load), and 25-34 GB/s in
+    /// memory order. That read order is
+    /// this tile's risk: when both cores stream, one core's read in it may fall below the ~13.5 GB/s it needs.
     ///
     /// # Safety
     /// As [`vnni`].
