@@ -109,7 +109,7 @@ __all__ = [
     "kth_smallest_abs", "min_max", "pack_int4", "pack_int4_weight", "pack_int8_weight", "prefetch_stats",
     "prefetch_wait", "prefetch_weights", "prune_by_threshold_", "quantize", "quantize_int4_weight",
     "quantize_int8_weight", "rms_norm", "run_packed_linear", "set_gemm_backend", "set_gemm_spin_us",
-    "set_gemm_tall_tile", "set_isa", "set_num_threads", "set_sparse_bitmask_break_even", "silu_mul", "skip_layer_norm", "smallest_abs_mask",
-    "sparse_bitmask_break_even", "sparse_linear", "sparse_weight_csr", "sparse_weight_nm", "supported_isas",
-    "twins", "unpack_int4",
+    "set_gemm_tall_tile", "set_isa", "set_num_threads", "set_sparse_bitmask_break_even", "silu_mul",
+    "skip_layer_norm", "smallest_abs_mask", "sparse_bitmask_break_even", "sparse_linear", "sparse_weight_csr",
+    "sparse_weight_nm", "supported_isas", "twins", "unpack_int4",
 ]

@@ -2,16 +2,16 @@
 //! weights hot and to the weight stream with them cold:
 //! `cargo run --release -p nnic-kernels --example small_m [rounds] [M ...]` (default 15 rounds, M = 4 8 16 24 32).
 //!
-//! Per M and round, interleaved, for each of the two tilings of 13-28 rows (`two`: two or three row panels of
-//! the 12-row tile, as before the tall tile; `tall`: [`set_tall_tile`]), in alternating order: one `int8_linear` call (f32 in
-//! and out, per-token asymmetric activations, as `quantization_speedup` quantizes them) on one packed copy called
-//! over and over (`hot`: the 16.8 MB sit in the 32 MiB L3) and one on the next of enough copies (over 250 MB)
-//! that each call streams its weights from DRAM (`cold`), as a model's layers do. Outside 13-28 rows both
-//! settings run the same code: their ratio shows the noise. One thread, thread CPU time (other processes' load
-//! does not enter it; a stalled load does). `THREADS=2`: two threads of the kernel pool, wall time (then the load
-//! average decides; report it), or with `CLOCK=cpu` the process's CPU time (both threads' time added up: what a
-//! thread spends stalled on the memory counts, time waiting for a core does not). Printed: medians [10th percentiles] per call, the product's GMAC/s and the weight
-//! bytes' GB/s (cold) of the medians, and `two` ÷ `tall` (above 1: the tall tile is faster).
+//! Per M and round, interleaved, for each of the two tilings of 13-28 rows (`two`: two or three row panels of the
+//! 12-row tile, as before the tall tile; `tall`: [`set_tall_tile`]), in alternating order: one `int8_linear` call (f32
+//! in and out, per-token asymmetric activations, as `quantization_speedup` quantizes them) on one packed copy called
+//! over and over (`hot`: the 16.8 MB sit in the 32 MiB L3) and one on the next of enough copies (over 250 MB) that each
+//! call streams its weights from DRAM (`cold`), as a model's layers do. Outside 13-28 rows both settings run the same
+//! code: their ratio shows the noise. One thread, thread CPU time (other processes' load does not enter it; a stalled
+//! load does). `THREADS=2`: two threads of the kernel pool, wall time (then the load average decides; report it), or
+//! with `CLOCK=cpu` the process's CPU time (both threads' time added up: what a thread spends stalled on the memory
+//! counts, time waiting for a core does not). Printed: medians [10th percentiles] per call, the product's GMAC/s and
+//! the weight bytes' GB/s (cold) of the medians, and `two` ÷ `tall` (above 1: the tall tile is faster).
 use nnic_kernels::clock::{process_cpu, thread_cpu};
 use nnic_kernels::gemm::{int8_linear, set_tall_tile, ActQuant, Activation, PackedLinear, Path};
 use nnic_kernels::pool;

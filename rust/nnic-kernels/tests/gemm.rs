@@ -484,10 +484,10 @@ fn every_path_gives_the_same_float_bits() {
 
 #[test]
 fn the_tall_tile_gives_the_bits_of_the_two_panel_tiles() {
-    // 13 to 28 rows run on the VNNI tall tile (one row panel, 16 columns per pass) unless it is turned off, when
-    // they run as two or three panels of the 12-row tile: same exact products, same finishing, so the same float bits and
-    // i32 values; 12 and 29 rows (no tall tile either way) guard the edges. K past one slice (4100) and partial
-    // column panels (7, 33, 70) included. Other tests may run meanwhile: either setting gives them the same bits.
+    // 13 to 28 rows run on the VNNI tall tile (one row panel, 16 columns per pass) unless it is turned off, when they
+    // run as two or three panels of the 12-row tile: same exact products, same finishing, so the same float bits and
+    // i32 values; 12 and 29 rows (no tall tile either way) guard the edges. K past one slice (4100) and partial column
+    // panels (7, 33, 70) included. Other tests may run meanwhile: either setting gives them the same bits.
     if !Path::Vnni.is_supported() {
         return;
     }

@@ -189,10 +189,10 @@ pub(crate) mod x86 {
     /// bytes per `MR` `vpdpbusd` (at M = 16, ~13.5 GB/s a core at the peak). Each row's activation word is
     /// broadcast twice (once per half) instead of once.
     ///
-    /// Measured: one thread is bound by `vpdpbusd` either way (M = 16 at 91-97 % of the register peak with the
-    /// weights hot or cold on a lightly loaded core, within ±5 % of the two-panel tiling, `examples/small_m`); the two-thread regime that
-    /// this is for (both cores streaming) has to be judged on a quiet machine (`bench/gemm.py`'s row "no tall
-    /// tile", `THREADS=2` with `small_m`).
+    /// Measured: one thread is bound by `vpdpbusd` either way (M = 16 at 91-97 % of the register peak with the weights
+    /// hot or cold on a lightly loaded core, within ±5 % of the two-panel tiling, `examples/small_m`); the two-thread
+    /// regime that this is for (both cores streaming) has to be judged on a quiet machine (`bench/gemm.py`'s row "no
+    /// tall tile", `THREADS=2` with `small_m`).
     ///
     /// The weights are read once, in memory order within each half: used by the driver's small-M blocks only,
     /// where every tile sees the whole of K. Prefetched [`TALL_AHEAD`] bytes ahead into L2, the prefetch turning

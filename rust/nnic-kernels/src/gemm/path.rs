@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// Whether the VNNI path takes 13 to [`MR_TALL`] rows as one panel for its tall tile ([`Path::mr_for`]).
 static TALL_TILE: AtomicBool = AtomicBool::new(true);
 
-/// Turns the VNNI tall tile on (the default) or off (13 to 28 rows then run as two or three row panels of the
-/// 12-row tile, as before it). Both give the same bits. A measurement aid: `examples/small_m` times the two in the same
-/// rounds of one process, where a comparison of two builds run one after the other drowned in other processes'
-/// load; and the tests compare their results.
+/// Turns the VNNI tall tile on (the default) or off (13 to 28 rows then run as two or three row panels of the 12-row
+/// tile, as before it). Both give the same bits. A measurement aid: `examples/small_m` times the two in the same rounds
+/// of one process, where a comparison of two builds run one after the other drowned in other processes' load; and the
+/// tests compare their results.
 pub fn set_tall_tile(on: bool) {
     TALL_TILE.store(on, Ordering::Relaxed);
 }
@@ -112,11 +112,11 @@ fn has_vnni() -> bool {
     false
 }
 
-/// Runs the micro-kernel of `path` for a panel of `mr` rows (≤ `path.mr()`, or for VNNI ≤ [`MR_TALL`]: the tall
-/// tile, which ignores `next` and `stream` as it is made for streamed small-M blocks); `next` (or null) is the weight
-/// micro-panel of the driver's next tile, which the VNNI tile prefetches into L2, and `stream` says that the
-/// weights are read once from DRAM (both: see [`micro::x86::vnni`]); `epi`, only on the VNNI path and for a
-/// tile's whole product (`acc` false), finishes the tile in registers and stores f32 (see `TileEpilogue`).
+/// Runs the micro-kernel of `path` for a panel of `mr` rows (≤ `path.mr()`, or for VNNI ≤ [`MR_TALL`]: the tall tile,
+/// which ignores `next` and `stream` as it is made for streamed small-M blocks); `next` (or null) is the weight
+/// micro-panel of the driver's next tile, which the VNNI tile prefetches into L2, and `stream` says that the weights
+/// are read once from DRAM (both: see [`micro::x86::vnni`]); `epi`, only on the VNNI path and for a tile's whole
+/// product (`acc` false), finishes the tile in registers and stores f32 (see `TileEpilogue`).
 ///
 /// # Safety
 /// Pointers as in [`micro::scalar`]; `path` is supported; `next` is null or a micro-panel of `kg` groups.
