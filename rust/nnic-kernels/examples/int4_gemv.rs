@@ -1,8 +1,9 @@
 //! The int4 GEMV tile's own speed: `cargo run --release --example int4_gemv [rounds]`.
 //!
 //! `int4_linear` at M = 1 on one thread, timed in thread CPU time, for a weight that fits L2 (512 × 1024) and one
-//! that fits only L3 (4096 × 4096), groups of `G` (default 32), float16 scales (`F32=1`: float32): what the tile
-//! costs per group of one 32-column panel when the weights are near, without Python's call or DRAM in the way.
+//! that fits only L3 (4096 × 4096), groups of `G` (default 32), float16 scales (`F32=1`: float32), on the active
+//! path (`TILE=avx2` or `TILE=scalar`: that path's tile): what the tile costs per group of one 32-column panel
+//! when the weights are near, without Python's call or DRAM in the way.
 //! Each round times `WORK / (n · k)` calls (default 2e8 weights); printed per shape: the best and median call,
 //! GB/s of packed bytes and nanoseconds per group-panel (1 group × 32 columns), and a hash of the output bits, so
 //! that two builds (say, before and after a change to the tile) can be compared for identical results and, run
@@ -15,7 +16,7 @@ fn main() {
     let rounds: usize = std::env::args().nth(1).and_then(|v| v.parse().ok()).unwrap_or(9);
     let env = |name: &str, default: usize| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
     let (g, work, half) = (env("G", 32), env("WORK", 200_000_000), std::env::var("F32").is_err());
-    let path = Path::active();
+    let path = std::env::var("TILE").map_or(Ok(Path::active()), |name| Path::parse(&name)).expect("a GEMM path name");
     let mut seed = 1u64;
     let mut rnd = || {
         seed ^= seed << 13;
