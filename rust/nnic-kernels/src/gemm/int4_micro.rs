@@ -23,10 +23,13 @@
 //! (both u8 operands as they are), so the low columns' sums are `P - Q` and the high columns' `Q / 16` (exact:
 //! an arithmetic shift of a multiple of 16): one `vpandd` and two `vpdpbusd` per 64 bytes of weights, against
 //! two and two with the nibbles of one column per byte (measured on Zen 4, where a 512-bit op takes two of the
-//! four vector pipes, the masks were a fifth of a GEMV's vector work). `P` sums up to `255 · 128` per k, which
-//! bounds the group ([`WHOLE_BYTE_MAX_GROUP`]); larger groups mask both nibbles. (`vpmaddubsw` saturates its
-//! i16 pair sums, so the AVX2 tile masks both: `255 · 128 · 2` would not fit.) Integer sums run per group and
-//! are scaled into `f` at each group end; the tiles widen half scales to `f32` (exactly) when they apply them.
+//! four vector pipes, the masks were a fifth of a GEMV's vector work). That is for one or two rows: tiles of
+//! more rows share each mask among them, and there the whole byte's per-row work (the initial value, `P - Q`,
+//! the shift) costs more than the masks it saves (8 rows: 0.92× against masking both nibbles), so they mask
+//! both. `P` sums up to `255 · 128` per k, which bounds the group ([`WHOLE_BYTE_MAX_GROUP`]); larger groups
+//! mask both nibbles too. (`vpmaddubsw` saturates its i16 pair sums, so the AVX2 tile masks both: `255 · 128 · 2`
+//! would not fit.) Integer sums run per group and are scaled into `f` at each group end; the tiles widen half
+//! scales to `f32` (exactly) when they apply them.
 #![allow(clippy::needless_range_loop)] // register tiles are indexed by row
 use super::panels::NR;
 use crate::half::f16_to_f32;
