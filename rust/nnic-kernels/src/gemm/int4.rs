@@ -14,7 +14,7 @@
 //! values of the half scales.
 #![allow(clippy::needless_range_loop)] // the epilogue indexes the register tile by row and column
 use super::act_pack::{self, ActQuant};
-use super::int4_micro::{tile_mv, Panel, MR4, SPLIT_MAX_PAIRS};
+use super::int4_micro::{tile_mv, Panel, MR4, WHOLE_BYTE_MAX_GROUP};
 use super::panels::{round_up, PackedA, NR};
 use super::{isa_of, Block, Path};
 use crate::error::{KernelError, Result};
@@ -143,10 +143,10 @@ impl PackedInt4 {
                 let row = &q[j * k..(j + 1) * k];
                 for (kk, &v) in row.iter().enumerate() {
                     let (g, r) = (kk / group, kk % group);
-                    let (t, hi, e) = (r / 8, (r / 4) % 2, r % 4);
-                    let byte = &mut panel[g * stride + t * 128 + c * 4 + e];
+                    let (at, hi) = Panel::code_at(r, c);
+                    let byte = &mut panel[g * stride + at];
                     let nib = (v + 8) as u8;
-                    *byte = if hi == 1 { (*byte & 0x0F) | (nib << 4) } else { (*byte & 0xF0) | nib };
+                    *byte = if hi { (*byte & 0x0F) | (nib << 4) } else { (*byte & 0xF0) | nib };
                 }
                 let mut cs = 0f32;
                 for g in 0..ng {
@@ -230,9 +230,10 @@ impl PackedInt4 {
         for j in 0..self.n {
             let (w, c) = (self.panel(j / NR), j % NR);
             for kk in 0..self.k {
-                let r = kk % self.group;
-                let byte = w.codes(kk / self.group, r / 8)[c * 4 + r % 4];
-                let nib = if (r / 4) % 2 == 1 { byte >> 4 } else { byte & 0x0F };
+                let (g, r) = (kk / self.group, kk % self.group);
+                let (at, hi) = Panel::code_at(r, c);
+                let byte = w.bytes[g * w.stride + at];
+                let nib = if hi { byte >> 4 } else { byte & 0x0F };
                 q[j * self.k + kk] = nib as i8 - 8;
             }
             for g in 0..ng {
@@ -417,21 +418,23 @@ fn tile(path: Path, rows: usize, ap: *const u8, na: &[i32], w: Panel<'_>, f: &mu
         use super::int4_micro::x86;
         let affine = !w.zeros.is_empty();
         let (bp, zp, np) = (w.bytes.as_ptr(), w.zeros.as_ptr(), na.as_ptr());
-        let split = pairs <= SPLIT_MAX_PAIRS;
+        // Whole-byte sums for one or two rows (module doc of `int4_micro`); more rows share each mask, and there
+        // the whole byte's per-row work (initial value, `P - Q`, shift) costs more than the masks it saves.
+        let whole = pairs * 8 <= WHOLE_BYTE_MAX_GROUP;
         let pf = x86::software_prefetch();
         macro_rules! vnni {
             ($h:literal) => {
-                match (rows, split) {
-                    (1, true) => x86::vnni::<1, $h, true>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
-                    (2, true) => x86::vnni::<2, $h, true>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
-                    (1, false) => x86::vnni::<1, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
-                    (2, false) => x86::vnni::<2, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
-                    (3, _) => x86::vnni::<3, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
-                    (4, _) => x86::vnni::<4, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
-                    (5, _) => x86::vnni::<5, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
-                    (6, _) => x86::vnni::<6, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
-                    (7, _) => x86::vnni::<7, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
-                    _ => x86::vnni::<8, $h, false>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
+                match (rows, whole) {
+                    (1, true) => x86::vnni::<1, $h, true, 2>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
+                    (2, true) => x86::vnni::<2, $h, true, 2>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
+                    (1, false) => x86::vnni::<1, $h, false, 2>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
+                    (2, false) => x86::vnni::<2, $h, false, 2>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
+                    (3, _) => x86::vnni::<3, $h, false, 1>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
+                    (4, _) => x86::vnni::<4, $h, false, 1>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
+                    (5, _) => x86::vnni::<5, $h, false, 1>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
+                    (6, _) => x86::vnni::<6, $h, false, 1>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
+                    (7, _) => x86::vnni::<7, $h, false, 1>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
+                    _ => x86::vnni::<8, $h, false, 1>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
                 }
             };
         }
@@ -500,15 +503,16 @@ mod tests {
         }
     }
 
-    /// The integer sums at their largest: every activation at a code extreme and every weight code -8 or 7,
-    /// with zero points at the other extreme, in groups around the VNNI tile's limit for in-place high nibbles
-    /// ([`SPLIT_MAX_PAIRS`] pairs: 16 · nib · a summed over half a group) and for one to three rows (the
-    /// split and unsplit tiles), on every path, against an exact i64 reference. Scales of 1 and activations
-    /// whose codes are their values make the expected outputs integers that `f32` holds exactly (below 2^24 · 2^13).
+    /// The integer sums at their largest: every activation at a code extreme and every weight code -8 or 7
+    /// (so that each byte is 0x00 or 0xFF, the largest whole-byte sums), with zero points at the other extreme,
+    /// in groups around the VNNI tile's limit for whole-byte sums ([`WHOLE_BYTE_MAX_GROUP`]) and for one to
+    /// three rows (the whole-byte tiles of one and two rows, the masked one of three), on every path, against an exact i64
+    /// reference. Scales of 1 and activations whose codes are their values make the expected outputs integers
+    /// that `f32` holds exactly (multiples of 8 below 2^27).
     #[test]
-    fn largest_sums_are_exact_around_the_split_limit() {
+    fn largest_sums_are_exact_around_the_whole_byte_limit() {
         let paths: Vec<Path> = Path::ALL.into_iter().filter(|p| p.is_supported()).collect();
-        for group in [8 * SPLIT_MAX_PAIRS, 8 * SPLIT_MAX_PAIRS + 8] {
+        for group in [WHOLE_BYTE_MAX_GROUP, WHOLE_BYTE_MAX_GROUP + 8] {
             let (n, k) = (33, group);
             for (m, code) in [(1, 127.0f32), (2, -127.0), (3, 127.0)] {
                 for affine in [false, true] {

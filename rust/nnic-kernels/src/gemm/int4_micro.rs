@@ -2,10 +2,12 @@
 //! [`MR4`] rows and one 32-column panel, one per path (portable, AVX2, AVX-512 VNNI).
 //!
 //! Layout (see [`super::int4`]): a weight panel is one stream of `groups` blocks of [`Panel::stride`] bytes, one
-//! per k group, in the order the tiles read them: `pairs` rows of 128 bytes (8 k values × 32 columns, column `c`
-//! at bytes `4c..4c+4`; in row `t` the low nibbles are k values `8t..8t+4` and the high nibbles `8t+4..8t+8` of
-//! the group, each stored as `q + 8` in [0, 15]), then the group's 32 scales (`f32`, or half-precision bits). The
-//! stride is a whole number of 64-byte lines (`pairs · 128 + 32 · 4` or `+ 32 · 2`) and the buffer is line
+//! per k group, in the order the tiles read them: `group / 4` quad rows of 64 bytes (4 k values × 32 columns:
+//! in quad row `t`, byte `4j + e` holds k value `4t + e` of column `j` in its low nibble and of column `j + 16`
+//! in its high nibble, each stored as `q + 8` in [0, 15]), then the group's 32 scales (`f32`, or half-precision
+//! bits). So the two nibbles of a byte share their activation, and one 64-byte row is one `vpdpbusd` operand for
+//! all 32 columns (the low nibbles in the 16 lanes of columns 0..16, the high ones of columns 16..32). The
+//! stride is a whole number of 64-byte lines (`group · 16 + 32 · 4` or `+ 32 · 2`) and the buffer is line
 //! aligned, so no load splits a cache line, and the scales arrive with the codes they scale: the tiles prefetch
 //! one stream instead of two (before, the scales were a second array, fetched by demand misses at every 4 KiB page
 //! of it). `z[g][c]` is the stored zero point `zero + 8` (a separate `groups × 32` array of affine weights; 8 for
@@ -16,11 +18,18 @@
 //! Why signed activations: the nibbles are then the *unsigned* operand of `vpdpbusd` / `vpmaddubsw`, used as
 //! they are masked out of the byte, and the zero point enters once per group, as the accumulator's initial
 //! value `z · na` (`sum a · (nib - z) = sum a · nib + z · na`), instead of a byte subtraction per 64 weights.
-//! The VNNI tile for one or two rows does not even shift the high nibbles: `byte & 0xF0` is `16 · nib`
-//! (at most 240, a valid u8), accumulated apart and divided by 16 (exactly: an arithmetic shift) at the group
-//! end; that leaves two `vpandd` and two `vpdpbusd` per 64 bytes of weights. (`vpmaddubsw` saturates its i16
-//! pair sums, so the AVX2 tile shifts: `240 · 128 · 2` would not fit.) Integer sums run per group and are
-//! scaled into `f` at each group end; the tiles widen half scales to `f32` (exactly) when they apply them.
+//! Why the two columns per byte: the VNNI tile masks once per 64 bytes instead of twice. It sums the *whole*
+//! byte, `P = sum a · (lo + 16 · hi)`, and its high part, `Q = sum a · (byte & 0xF0) = 16 · sum a · hi`
+//! (both u8 operands as they are), so the low columns' sums are `P - Q` and the high columns' `Q / 16` (exact:
+//! an arithmetic shift of a multiple of 16): one `vpandd` and two `vpdpbusd` per 64 bytes of weights, against
+//! two and two with the nibbles of one column per byte (measured on Zen 4, where a 512-bit op takes two of the
+//! four vector pipes, the masks were a fifth of a GEMV's vector work). That is for one or two rows: tiles of
+//! more rows share each mask among them, and there the whole byte's per-row work (the initial value, `P - Q`,
+//! the shift) costs more than the masks it saves (8 rows: 0.92× against masking both nibbles), so they mask
+//! both. `P` sums up to `255 · 128` per k, which bounds the group ([`WHOLE_BYTE_MAX_GROUP`]); larger groups
+//! mask both nibbles too. (`vpmaddubsw` saturates its i16 pair sums, so the AVX2 tile masks both: `255 · 128 · 2`
+//! would not fit.) Integer sums run per group and are scaled into `f` at each group end; the tiles widen half
+//! scales to `f32` (exactly) when they apply them.
 #![allow(clippy::needless_range_loop)] // register tiles are indexed by row
 use super::panels::NR;
 use crate::half::f16_to_f32;
@@ -28,9 +37,10 @@ use crate::half::f16_to_f32;
 /// Rows per register tile.
 pub(super) const MR4: usize = 8;
 
-/// Most k pairs per group for the VNNI tile's in-place high nibbles: their accumulator sums `16 · nib · a`,
-/// at most `(group / 2) · 240 · 128`, which stays inside i32 for groups of up to 65536 (8192 pairs).
-pub(super) const SPLIT_MAX_PAIRS: usize = 8192;
+/// Largest group for the VNNI tile's whole-byte sums (module doc): `P` starts at `(z_lo + 16 · z_hi) · na` and
+/// adds `a · byte` for each k of the group, at most `(15 + 240 + 255) · 128 · group` in all, inside i32 for
+/// groups of up to 32896 k values; larger groups mask both nibbles.
+pub(super) const WHOLE_BYTE_MAX_GROUP: usize = 32768;
 
 /// One weight panel (32 columns): `groups` blocks of `stride` bytes (codes, then scales: module doc) and the
 /// stored zero points (`groups × 32`, or empty for symmetric weights, whose stored zero point is 8).
@@ -46,14 +56,21 @@ pub(super) struct Panel<'a> {
 }
 
 impl Panel<'_> {
-    /// Bytes per group block: `pairs` code rows and 32 scales of 2 (`half`) or 4 bytes, a multiple of 64.
+    /// Bytes per group block: `pairs · 2` quad rows of 64 bytes and 32 scales of 2 (`half`) or 4 bytes, a
+    /// multiple of 64.
     pub(super) fn stride_of(pairs: usize, half: bool) -> usize {
         pairs * 128 + NR * if half { 2 } else { 4 }
     }
-    /// Row `t` of group `g`'s codes (128 bytes).
+    /// Quad row `t` of group `g`'s codes (64 bytes: k values `4t..4t + 4` of the group, module doc).
     #[inline(always)]
-    pub(super) fn codes(&self, g: usize, t: usize) -> &[u8] {
-        &self.bytes[g * self.stride + t * 128..][..128]
+    pub(super) fn quad(&self, g: usize, t: usize) -> &[u8] {
+        &self.bytes[g * self.stride + t * 64..][..64]
+    }
+    /// Where k value `r` of a group and column `c` sit in the group's codes: byte offset and whether in the high
+    /// nibble.
+    #[inline(always)]
+    pub(super) fn code_at(r: usize, c: usize) -> (usize, bool) {
+        ((r / 4) * 64 + (c % 16) * 4 + r % 4, c >= 16)
     }
     /// The scale of group `g`, column `c`.
     #[inline(always)]
@@ -79,23 +96,23 @@ pub(super) fn tile_body(rows: usize, a: &[u8], w: Panel<'_>, f: &mut [[f32; NR];
     for fr in f.iter_mut() {
         *fr = [0.0; NR];
     }
+    let quads = 2 * w.pairs;
     for g in 0..w.groups {
         let mut acc = [[0i32; NR]; MR4];
-        for t in 0..w.pairs {
-            let tt = g * w.pairs + t;
-            let bb = w.codes(g, t);
+        let z: [i32; NR] = std::array::from_fn(|c| w.zero(g, c));
+        for t in 0..quads {
+            let bb = w.quad(g, t);
             for (r, accr) in acc.iter_mut().enumerate().take(rows) {
-                let a0 = &a[(2 * tt) * rows * 4 + r * 4..][..4];
-                let a1 = &a[(2 * tt + 1) * rows * 4 + r * 4..][..4];
-                for (c, acc) in accr.iter_mut().enumerate() {
-                    let zc = w.zero(g, c);
-                    let mut s = 0i32;
+                let aq = &a[(g * quads + t) * rows * 4 + r * 4..][..4];
+                for j in 0..NR / 2 {
+                    let (mut lo, mut hi) = (0i32, 0i32);
                     for e in 0..4 {
-                        let byte = bb[c * 4 + e];
-                        s += a0[e] as i8 as i32 * ((byte & 0x0F) as i32 - zc)
-                            + a1[e] as i8 as i32 * ((byte >> 4) as i32 - zc);
+                        let (byte, av) = (bb[j * 4 + e], aq[e] as i8 as i32);
+                        lo += av * ((byte & 0x0F) as i32 - z[j]);
+                        hi += av * ((byte >> 4) as i32 - z[j + NR / 2]);
                     }
-                    *acc += s;
+                    accr[j] += lo;
+                    accr[j + NR / 2] += hi;
                 }
             }
         }
@@ -207,18 +224,19 @@ pub(super) mod x86 {
         }
     }
 
-    /// VNNI tile of `MR` rows (see the module doc); `H`: the scales are half-precision bits; `S` (one or two
-    /// rows, groups of at most [`super::SPLIT_MAX_PAIRS`] pairs): high nibbles used in place, as `16 · nib`, with
-    /// their own accumulators (four independent `vpdpbusd` chains per row); `pf`: prefetch the stream
+    /// VNNI tile of `MR` rows (see the module doc); `H`: the scales are half-precision bits; `W`: whole-byte sums
+    /// (`P` and `Q`, groups of at most [`super::WHOLE_BYTE_MAX_GROUP`]), else both nibbles masked; `C` chains
+    /// of accumulators per row, taking alternate quad rows (two where one or two rows leave too few
+    /// independent `vpdpbusd` chains to cover its latency), added at the group end; `pf`: prefetch the stream
     /// ([`software_prefetch`]).
     ///
     /// # Safety
     /// `a`: `2 * groups * pairs` k quads of `MR` rows of signed bytes; `na`: `groups * MR` sums; `b`: `groups`
     /// blocks of `stride` bytes (`pairs * 128` of codes, then 32 scales: `f32`, or `u16` when `H`); `z`:
-    /// `groups * 32` bytes when `affine`; the CPU has AVX-512 VNNI.
+    /// `groups * 32` bytes when `affine`; the CPU has AVX-512 VNNI; `C` is 1 or 2 (it divides `2 * pairs`).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     #[allow(clippy::too_many_arguments)]
-    pub(crate) unsafe fn vnni<const MR: usize, const H: bool, const S: bool>(
+    pub(crate) unsafe fn vnni<const MR: usize, const H: bool, const W: bool, const C: usize>(
         groups: usize,
         pairs: usize,
         stride: usize,
@@ -233,45 +251,42 @@ pub(super) mod x86 {
         unsafe {
             let lo = _mm512_set1_epi8(0x0F);
             let hi = _mm512_set1_epi8(0xF0u8 as i8);
+            let quads = 2 * pairs;
             let mut fv = [[_mm512_setzero_ps(); 2]; MR];
             let mut ap = a;
             for g in 0..groups {
                 let blk = b.add(g * stride);
-                let mut s = [[_mm512_setzero_si512(); 2]; MR];
-                let mut t = [[_mm512_setzero_si512(); 2]; MR];
+                // Per row and chain: the sums of the low-nibble columns (`P` when `W`) and of the high ones (`Q`).
+                let mut s = [[_mm512_setzero_si512(); C]; MR];
+                let mut t = [[_mm512_setzero_si512(); C]; MR];
                 for r in 0..MR {
                     let n = *na.add(g * MR + r);
-                    s[r][0] = zero_term16(affine, z.add(g * NR), n);
-                    s[r][1] = zero_term16(affine, z.add(g * NR + 16), n);
+                    let (zl, zh) = (zero_term16(affine, z.add(g * NR), n), zero_term16(affine, z.add(g * NR + 16), n));
+                    if W {
+                        let zh16 = _mm512_slli_epi32::<4>(zh);
+                        (s[r][0], t[r][0]) = (_mm512_add_epi32(zl, zh16), zh16);
+                    } else {
+                        (s[r][0], t[r][0]) = (zl, zh);
+                    }
                 }
                 let mut bp = blk;
-                for _ in 0..pairs {
-                    let x0 = _mm512_loadu_si512(bp as *const __m512i);
-                    let x1 = _mm512_loadu_si512(bp.add(64) as *const __m512i);
-                    prefetch(pf, bp);
-                    prefetch(pf, bp.add(64));
-                    let (l0, l1) = (_mm512_and_si512(x0, lo), _mm512_and_si512(x1, lo));
-                    let (h0, h1) = if S {
-                        (_mm512_and_si512(x0, hi), _mm512_and_si512(x1, hi))
-                    } else {
-                        let shifted = |x| _mm512_and_si512(_mm512_srli_epi16::<4>(x), lo);
-                        (shifted(x0), shifted(x1))
-                    };
-                    for r in 0..MR {
-                        let a0 = _mm512_set1_epi32((ap.add(r * 4) as *const i32).read_unaligned());
-                        let a1 = _mm512_set1_epi32((ap.add(MR * 4 + r * 4) as *const i32).read_unaligned());
-                        s[r][0] = _mm512_dpbusd_epi32(s[r][0], l0, a0);
-                        s[r][1] = _mm512_dpbusd_epi32(s[r][1], l1, a0);
-                        if S {
-                            t[r][0] = _mm512_dpbusd_epi32(t[r][0], h0, a1);
-                            t[r][1] = _mm512_dpbusd_epi32(t[r][1], h1, a1);
+                for _ in 0..quads / C {
+                    for c in 0..C {
+                        let x = _mm512_loadu_si512(bp as *const __m512i);
+                        prefetch(pf, bp);
+                        let (u, v) = if W {
+                            (x, _mm512_and_si512(x, hi))
                         } else {
-                            s[r][0] = _mm512_dpbusd_epi32(s[r][0], h0, a1);
-                            s[r][1] = _mm512_dpbusd_epi32(s[r][1], h1, a1);
+                            (_mm512_and_si512(x, lo), _mm512_and_si512(_mm512_srli_epi16::<4>(x), lo))
+                        };
+                        for r in 0..MR {
+                            let av = _mm512_set1_epi32((ap.add(r * 4) as *const i32).read_unaligned());
+                            s[r][c] = _mm512_dpbusd_epi32(s[r][c], u, av);
+                            t[r][c] = _mm512_dpbusd_epi32(t[r][c], v, av);
                         }
+                        ap = ap.add(MR * 4);
+                        bp = bp.add(64);
                     }
-                    ap = ap.add(2 * MR * 4);
-                    bp = bp.add(128);
                 }
                 // Group end: f += float(sum) * scale; the scales follow the codes (1 or 2 lines).
                 prefetch(pf, bp);
@@ -285,12 +300,11 @@ pub(super) mod x86 {
                     _mm_prefetch::<_MM_HINT_T1>(z.wrapping_add(g * NR + AHEAD / stride * NR) as *const i8);
                 }
                 for r in 0..MR {
-                    let (v0, v1) = if S {
-                        (_mm512_add_epi32(s[r][0], _mm512_srai_epi32::<4>(t[r][0])),
-                         _mm512_add_epi32(s[r][1], _mm512_srai_epi32::<4>(t[r][1])))
-                    } else {
-                        (s[r][0], s[r][1])
-                    };
+                    let (mut p, mut q) = (s[r][0], t[r][0]);
+                    for c in 1..C {
+                        (p, q) = (_mm512_add_epi32(p, s[r][c]), _mm512_add_epi32(q, t[r][c]));
+                    }
+                    let (v0, v1) = if W { (_mm512_sub_epi32(p, q), _mm512_srai_epi32::<4>(q)) } else { (p, q) };
                     fv[r][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v0), s0, fv[r][0]);
                     fv[r][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v1), s1, fv[r][1]);
                 }
@@ -302,9 +316,10 @@ pub(super) mod x86 {
         }
     }
 
-    /// AVX2 tile of `MR` (≤ 4) rows starting at row `r0` of a panel of `rows` rows, 16 columns at a time:
-    /// `vpmaddubsw` (u8 nibbles × s8 activations to i16, exact: `|pair sum| <= 2 · 15 · 128`) then `vpmaddwd`
-    /// by ones into i32.
+    /// AVX2 tile of `MR` (≤ 4) rows starting at row `r0` of a panel of `rows` rows, in two halves of 8 lanes
+    /// (half `h`: columns `8h..8h + 8` in the low nibbles, `16 + 8h..24 + 8h` in the high ones): both nibbles
+    /// masked, `vpmaddubsw` (u8 nibbles × s8 activations to i16) over two quad rows added in i16 (exact:
+    /// `|sum| <= 4 · 15 · 128`), then `vpmaddwd` by ones into i32.
     ///
     /// # Safety
     /// As [`vnni`] with `rows` rows per k quad and `groups * rows` sums at `na` (`r0 + MR <= rows`), and the
@@ -334,18 +349,19 @@ pub(super) mod x86 {
             }
             for half in 0..2 {
                 let mut ap = a.add(r0 * 4);
+                let (cl, ch) = (8 * half, 16 + 8 * half); // first column of the low / high nibbles
                 for g in 0..groups {
                     let blk = b.add(g * stride);
-                    let zc = z.add(g * NR + half * 16);
+                    let zc = z.add(g * NR);
                     let mut s = [[_mm256_setzero_si256(); 2]; MR];
                     for r in 0..MR {
                         let n = *na.add(g * rows + r0 + r);
-                        s[r] = [zero_term8(affine, zc, n), zero_term8(affine, zc.add(8), n)];
+                        s[r] = [zero_term8(affine, zc.add(cl), n), zero_term8(affine, zc.add(ch), n)];
                     }
-                    let mut bp = blk.add(half * 64);
+                    let mut bp = blk.add(half * 32);
                     for _ in 0..pairs {
                         let x0 = _mm256_loadu_si256(bp as *const __m256i);
-                        let x1 = _mm256_loadu_si256(bp.add(32) as *const __m256i);
+                        let x1 = _mm256_loadu_si256(bp.add(64) as *const __m256i);
                         let l0 = _mm256_and_si256(x0, mask);
                         let l1 = _mm256_and_si256(x1, mask);
                         let h0 = _mm256_and_si256(_mm256_srli_epi16::<4>(x0), mask);
@@ -353,20 +369,20 @@ pub(super) mod x86 {
                         for r in 0..MR {
                             let a0 = _mm256_set1_epi32((ap.add(r * 4) as *const i32).read_unaligned());
                             let a1 = _mm256_set1_epi32((ap.add(step + r * 4) as *const i32).read_unaligned());
-                            let p0 = _mm256_add_epi16(_mm256_maddubs_epi16(l0, a0), _mm256_maddubs_epi16(h0, a1));
-                            let p1 = _mm256_add_epi16(_mm256_maddubs_epi16(l1, a0), _mm256_maddubs_epi16(h1, a1));
-                            s[r][0] = _mm256_add_epi32(s[r][0], _mm256_madd_epi16(p0, ones));
-                            s[r][1] = _mm256_add_epi32(s[r][1], _mm256_madd_epi16(p1, ones));
+                            let pl = _mm256_add_epi16(_mm256_maddubs_epi16(l0, a0), _mm256_maddubs_epi16(l1, a1));
+                            let ph = _mm256_add_epi16(_mm256_maddubs_epi16(h0, a0), _mm256_maddubs_epi16(h1, a1));
+                            s[r][0] = _mm256_add_epi32(s[r][0], _mm256_madd_epi16(pl, ones));
+                            s[r][1] = _mm256_add_epi32(s[r][1], _mm256_madd_epi16(ph, ones));
                         }
                         ap = ap.add(2 * step);
                         bp = bp.add(128);
                     }
-                    let sp = blk.add(pairs * 128 + half * 16 * w);
-                    let (s0, s1) = (scales8::<H>(sp), scales8::<H>(sp.add(8 * w)));
+                    let sp = blk.add(pairs * 128);
+                    let (s0, s1) = (scales8::<H>(sp.add(cl * w)), scales8::<H>(sp.add(ch * w)));
                     for r in 0..MR {
-                        let p = f[r0 + r].as_mut_ptr().add(half * 16);
-                        _mm256_storeu_ps(p, _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[r][0]), s0, _mm256_loadu_ps(p)));
-                        _mm256_storeu_ps(p.add(8), _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[r][1]), s1, _mm256_loadu_ps(p.add(8))));
+                        let p = f[r0 + r].as_mut_ptr();
+                        _mm256_storeu_ps(p.add(cl), _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[r][0]), s0, _mm256_loadu_ps(p.add(cl))));
+                        _mm256_storeu_ps(p.add(ch), _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[r][1]), s1, _mm256_loadu_ps(p.add(ch))));
                     }
                 }
             }
