@@ -10,7 +10,7 @@ use super::micro::MR_VNNI;
 use super::path::{isa_of, micro_kernel, Path};
 use crate::error::{KernelError, Result};
 use crate::pool;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// K values per K slice (multiple of 4). The 32-column weight micro-panel of a slice (up to 128 KiB) lives
 /// in L2, not L1: the tile reads 128 bytes of it per 24 `vpdpbusd` (about 10 bytes a cycle, a fraction of
@@ -127,17 +127,27 @@ fn wait_packed(flags: &[AtomicBool]) {
     }
 }
 
+/// Work that [`drive`] runs in the GEMM's own parallel region besides the products: each is a fork and a join less
+/// than a region of its own before or after it, and a thread that runs out of one kind of task goes on to the next.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Hooks<'a> {
+    /// `a` is not packed yet: `pack(p)` fills its row panel `p` (and whatever `finish` and `epi` read of the
+    /// panel's rows). The panels are the region's first tasks, each block waiting for its own row panels (taken
+    /// in order, they are all taken before the first block is, so a wait is only for a panel that another thread
+    /// is packing).
+    pub pack: Option<&'a (dyn Fn(usize) + Sync)>,
+    /// `rows_done(i0, i1, c)` runs once per row block `[i0, i1)`, on the thread that finished its last column
+    /// block (finished: `finish` or `epi` applied), while those rows are in cache: the layer's own row-wise
+    /// ending (a residual LayerNorm).
+    pub rows_done: Option<&'a (dyn Fn(usize, usize, *mut i32) + Sync)>,
+}
+
 /// `C[m, n] = A · B` in wrapping i32 into `c` (row stride `n`), then `finish(block, c)` on each block; or, with
 /// `epi` on the VNNI path, for blocks whose tiles see all of K at once (every block when K ≤ [`KC`]), the tiles
 /// apply `epi` to their registers and store f32 (the same bits as `finish` would give: see [`TileEpilogue`]) and
 /// `finish` is not called for those blocks.
 ///
-/// With `pack`, `a` is not packed yet: `pack(p)` fills its row panel `p` (and whatever `finish` and `epi` read of
-/// the panel's rows), and the panels are the first tasks of the same parallel region as the blocks, each block
-/// waiting for its own row panels (taken in order, they are all taken before the first block is, so a wait is
-/// only for a panel that another thread is packing). Why: packing in a region of its own before the GEMM's cost
-/// a fork and a join per call, and a thread that runs out of panels now goes on to the products.
-#[allow(clippy::too_many_arguments)]
+/// `hooks` (see [`Hooks`]) put more of the layer's work in the same parallel region.
 pub(super) fn drive(
     path: Path,
     m: usize,
@@ -146,8 +156,9 @@ pub(super) fn drive(
     c: &mut [i32],
     finish: &(dyn Fn(Block, *mut i32) + Sync),
     epi: Option<&TileEpilogue>,
-    pack: Option<&(dyn Fn(usize) + Sync)>,
+    hooks: Hooks,
 ) {
+    let Hooks { pack, rows_done } = hooks;
     let n = b.n();
     let kp = b.kp();
     debug_assert_eq!(c.len(), m * n);
@@ -234,6 +245,12 @@ pub(super) fn drive(
     };
     let packs = if pack.is_some() { panels_m } else { 0 };
     let packed: Vec<AtomicBool> = (0..packs).map(|_| AtomicBool::new(false)).collect();
+    // Blocks are planned row block by row block, each with the same columns.
+    let per_row = blocks.iter().take_while(|b| b.i0 == 0).count();
+    let left: Vec<AtomicUsize> = match rows_done {
+        Some(_) => (0..blocks.len() / per_row).map(|_| AtomicUsize::new(per_row)).collect(),
+        None => Vec::new(),
+    };
     let task = |i: usize| match pack {
         Some(pack) if i < packs => {
             let _done = SetOnDrop(&packed[i]);
@@ -244,7 +261,15 @@ pub(super) fn drive(
             if packs > 0 {
                 wait_packed(&packed[blk.i0 / mr..blk.i1.div_ceil(mr)]);
             }
-            run(blk)
+            run(blk);
+            if let Some(rows_done) = rows_done {
+                #[allow(clippy::redundant_locals)] // captures the Sync wrapper, not its raw pointer field
+                let out = out;
+                // AcqRel: the thread that finishes a row block last sees the other blocks' outputs.
+                if left[(i - packs) / per_row].fetch_sub(1, Ordering::AcqRel) == 1 {
+                    rows_done(blk.i0, blk.i1, out.0);
+                }
+            }
         }
     };
     par::for_each(packs + blocks.len(), threads, &task);
@@ -272,7 +297,7 @@ pub fn matmul_i8(path: Path, a: &[i8], m: usize, b: &PackedB, out: &mut [i32]) -
             epilogue_int(isa_of(path), row, &colsum[blk.j0..blk.j1], 128);
         }
     };
-    drive(path, m, &pa, b, out, &finish, None, None);
+    drive(path, m, &pa, b, out, &finish, None, Hooks::default());
     act_pack::release(pa);
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! [`PackedLinear`]: prepacked int8 weights of a linear layer with scales and zero points, and the float
 //! path [`int8_linear`] `f32 = dequant(quant(x) · W_s8ᵀ) + bias` built on the driver and the f32 epilogue.
 use super::act_pack::{self, ActQuant};
-use super::driver::{check_out, drive, Block};
+use super::driver::{check_out, drive, Block, Hooks};
 use super::epilogue::{epilogue_f32, Activation, RowTerms, TileEpilogue};
 use super::panels::{self, PackedA, PackedB, NR};
 use super::path::{isa_of, Path};
@@ -106,7 +106,49 @@ pub fn int8_linear(
     check_out("x", x, m * k)?;
     check_linear(m, w, bias, act, out)?;
     let (pa, panels) = act_pack::F32Panels::new(path, path.mr(), x, m, k, w.b.kp(), act, !w.zero.is_empty())?;
-    finish_linear(path, m, pa, w, bias, activation, out, true, Some(&panels));
+    finish_linear(path, m, pa, w, bias, activation, out, true, Some(&panels), None);
+    panels.check()
+}
+
+/// `out[m, n] = LayerNorm(dequant(quant(x) · qᵀ) + bias + residual) * gamma + beta` per row: [`int8_linear`]
+/// followed by [`crate::norm::skip_layer_norm`] of its output and `residual` (`[m, n]`; `gamma`, `beta`: `n`
+/// values), the same bits as the two calls. A BERT-style block ending (`BertSelfOutput`, `BertOutput`: the
+/// projection back to the hidden size, the residual add and the LayerNorm) in one parallel region: each row block
+/// is normalised by the thread that finished its last column block, while its rows are in cache, where the
+/// separate LayerNorm was a region of its own that read the output back (in the forward: 0.77 ms a call against
+/// 0.27 ms on data just written, one thread) and scaled worst of the encoder's stages at two threads.
+#[allow(clippy::too_many_arguments)]
+pub fn int8_linear_skip_layer_norm(
+    path: Path,
+    x: &[f32],
+    m: usize,
+    w: &PackedLinear,
+    bias: Option<&[f32]>,
+    act: ActQuant,
+    residual: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    out: &mut [f32],
+) -> Result<()> {
+    path.check()?;
+    let (k, n) = (w.b.k(), w.b.n());
+    check_out("x", x, m * k)?;
+    check_linear(m, w, bias, act, out)?;
+    check_out("residual", residual, m * n)?;
+    if crate::norm::check_norm(gamma, beta, eps)? != n {
+        return Err(KernelError::Mismatch {
+            what: format!("gamma has {} values, the layer has {n} outputs", gamma.len()),
+        });
+    }
+    let isa = crate::cpu::active();
+    let rows_done = |i0: usize, i1: usize, c: *mut i32| {
+        // SAFETY: rows [i0, i1) are finished (f32 by now) and belong to this call alone.
+        let rows = unsafe { std::slice::from_raw_parts_mut((c as *mut f32).add(i0 * n), (i1 - i0) * n) };
+        crate::norm::skip_layer_norm_rows_in_place(isa, &residual[i0 * n..i1 * n], gamma, beta, eps, rows);
+    };
+    let (pa, panels) = act_pack::F32Panels::new(path, path.mr(), x, m, k, w.b.kp(), act, !w.zero.is_empty())?;
+    finish_linear(path, m, pa, w, bias, Activation::Identity, out, true, Some(&panels), Some(&rows_done));
     panels.check()
 }
 
@@ -149,7 +191,8 @@ unsafe impl Sync for RowR {}
 /// The GEMM and float epilogue (with `activation`) of packed activations `pa` (`m` rows) with `w`, into
 /// `out[m, n]`; `in_tiles`: the VNNI tiles apply the epilogue to their registers where they can (see [`drive`]),
 /// else it runs on each finished block (the same bits; `false` only to measure the difference). With `panels`,
-/// `pa` is not packed yet: the GEMM's region packs its panels first ([`drive`]'s `pack`).
+/// `pa` is not packed yet: the GEMM's region packs its panels first ([`Hooks::pack`]); `rows_done` runs on each
+/// finished row block ([`Hooks::rows_done`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn finish_linear(
     path: Path,
@@ -161,6 +204,7 @@ pub(crate) fn finish_linear(
     out: &mut [f32],
     in_tiles: bool,
     panels: Option<&act_pack::F32Panels>,
+    rows_done: Option<&(dyn Fn(usize, usize, *mut i32) + Sync)>,
 ) {
     let (k, n) = (w.b.k(), w.b.n());
     let colsum = w.b.colsum();
@@ -223,7 +267,7 @@ pub(crate) fn finish_linear(
         act: activation,
     };
     let pack = pack.as_ref().map(|f| f as &(dyn Fn(usize) + Sync));
-    drive(path, m, &pa, &w.b, c, &finish, in_tiles.then_some(&epi), pack);
+    drive(path, m, &pa, &w.b, c, &finish, in_tiles.then_some(&epi), Hooks { pack, rows_done });
     drop(r_of);
     act_pack::release(pa);
 }
@@ -267,7 +311,7 @@ mod tests {
                         int8_linear(path, &x, m, &w, Some(&bias), act, activation, &mut got).unwrap();
                         let mut want = vec![f32::NAN; m * n];
                         let pa = act_pack::pack_f32(path, path.mr(), &x, m, k, w.b.kp(), act, zp).unwrap();
-                        finish_linear(path, m, pa, &w, Some(&bias), activation, &mut want, true, None);
+                        finish_linear(path, m, pa, &w, Some(&bias), activation, &mut want, true, None, None);
                         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                         assert_eq!(bits(&got), bits(&want), "{what}");
                         assert!(got.iter().all(|v| v.is_finite()), "{what}");
@@ -283,6 +327,48 @@ mod tests {
                 let msg = format!("{}", err.unwrap_err());
                 assert!(msg.contains(&format!("flat index {}", m * k - 1)), "{msg}");
             }
+        }
+    }
+
+    /// The block ending in one region ([`int8_linear_skip_layer_norm`]) gives the bits of [`int8_linear`] followed
+    /// by [`crate::norm::skip_layer_norm`] on every GEMM path (the LayerNorm's ISA paths: the Python tests): one
+    /// row to several row blocks (each normalised by the thread that finishes it), column counts of one and of
+    /// several blocks, K beyond one slice; a LayerNorm that does not fit the outputs is an error.
+    #[test]
+    fn the_block_ending_in_one_region_gives_the_bits_of_the_linear_then_the_skip_layer_norm() {
+        let mut seed = 5u64;
+        let mut next = move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5
+        };
+        for &(m, k, n) in &[(1, 40, 24), (13, 64, 100), (200, 300, 768), (301, 4100, 96)] {
+            let x: Vec<f32> = (0..m * k).map(|_| next() * 4.0).collect();
+            let residual: Vec<f32> = (0..m * n).map(|_| next() * 2.0).collect();
+            let codes: Vec<i8> = (0..n * k).map(|_| (next() * 255.0) as i8).collect();
+            let scale: Vec<f32> = (0..n).map(|_| 0.001 + next().abs() * 0.01).collect();
+            let bias: Vec<f32> = (0..n).map(|_| next()).collect();
+            let gamma: Vec<f32> = (0..n).map(|_| 1.0 + next()).collect();
+            let beta: Vec<f32> = (0..n).map(|_| next()).collect();
+            let w = PackedLinear::new(&codes, n, k, &scale, &[]).unwrap();
+            let act = ActQuant::DynamicPerRow { symmetric: false };
+            for path in Path::ALL.into_iter().filter(|p| p.is_supported()) {
+                let mut y = vec![0.0; m * n];
+                int8_linear(path, &x, m, &w, Some(&bias), act, Activation::Identity, &mut y).unwrap();
+                let mut want = vec![0.0; m * n];
+                crate::norm::skip_layer_norm(&y, &residual, &gamma, &beta, 1e-12, &mut want).unwrap();
+                let mut got = vec![f32::NAN; m * n];
+                let r = &residual;
+                let (g, b) = (&gamma, &beta);
+                int8_linear_skip_layer_norm(path, &x, m, &w, Some(&bias), act, r, g, b, 1e-12, &mut got).unwrap();
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{path:?} {m}x{k}x{n}");
+            }
+            let mut out = vec![0.0; m * n];
+            let short = &gamma[..n - 1];
+            let r = &residual;
+            let p = Path::active();
+            let err = int8_linear_skip_layer_norm(p, &x, m, &w, None, act, r, short, short, 1e-12, &mut out);
+            assert!(format!("{}", err.unwrap_err()).contains("outputs"), "gamma of {} values", n - 1);
         }
     }
 }

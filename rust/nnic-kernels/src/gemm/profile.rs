@@ -3,7 +3,7 @@
 //! one after another on the kernel pool, timing each on the caller's clock; [`vnni_peak`] runs `vpdpbusd` on
 //! registers only (no loads), the ceiling of any int8 product on this core.
 use super::act_pack::{self, ActQuant};
-use super::driver::{drive, Block};
+use super::driver::{drive, Block, Hooks};
 use super::epilogue::{epilogue_f32, Activation};
 use super::linear::{check_linear, finish_linear, PackedLinear};
 use super::path::{isa_of, Path};
@@ -55,7 +55,7 @@ pub fn stage_seconds(
         }
         *epilogue.lock().unwrap() += clock() - t;
     };
-    drive(path, m, &pa, b, c, &finish, None, None);
+    drive(path, m, &pa, b, c, &finish, None, Hooks::default());
     let t2 = clock();
     act_pack::release(pa);
     let e = epilogue.into_inner().unwrap() / pool::num_threads() as f64;
@@ -115,7 +115,7 @@ pub fn int8_linear_block_epilogue(
     check_linear(m, w, None, act, out)?;
     let b = w.packed();
     let pa = act_pack::pack_f32(path, path.mr(), x, m, w.in_features(), b.kp(), act, !w.zero_point().is_empty())?;
-    finish_linear(path, m, pa, w, None, activation, out, false, None);
+    finish_linear(path, m, pa, w, None, activation, out, false, None, None);
     Ok(())
 }
 
@@ -136,6 +136,6 @@ pub fn int8_linear_packed_first(
     check_linear(m, w, None, act, out)?;
     let b = w.packed();
     let pa = act_pack::pack_f32(path, path.mr(), x, m, w.in_features(), b.kp(), act, !w.zero_point().is_empty())?;
-    finish_linear(path, m, pa, w, None, activation, out, true, None);
+    finish_linear(path, m, pa, w, None, activation, out, true, None, None);
     Ok(())
 }
