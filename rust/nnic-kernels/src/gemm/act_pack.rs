@@ -423,7 +423,7 @@ unsafe impl Sync for Ptrs {}
 /// region costs: a fork and join, and on the OpenMP team an end barrier that waits for a thread woken from its
 /// sleep (60-190 us late at M = 1 there). Below that (M = 64 at K = 4096) a second region before the GEMM's own
 /// only adds its overhead.
-const PACK_PAR_MIN: usize = 1 << 18;
+pub(crate) const PACK_PAR_MIN: usize = 1 << 18;
 
 /// Panel `p`'s slices of the buffers behind `ptrs` (`m` rows of `kp` bytes, panels of `mr` rows).
 ///

@@ -105,8 +105,35 @@ pub fn int8_linear(
     let k = w.b.k();
     check_out("x", x, m * k)?;
     check_linear(m, w, bias, act, out)?;
+    run_linear(path, x, m, w, bias, act, activation, out, None)
+}
+
+/// Quantizes and packs `x` and runs the GEMM with its epilogue (and `rows_done`: see [`Hooks::rows_done`]).
+/// Activations of at least [`act_pack::PACK_PAR_MIN`] values are packed inside the GEMM's region
+/// ([`Hooks::pack`]); smaller ones on the calling thread first, as before. Why: packing them takes microseconds,
+/// and a helper that took the only panel (M = 1) and was then descheduled by another process would hold up every
+/// block until it ran again, where the caller packing it itself cannot be held up.
+#[allow(clippy::too_many_arguments)]
+fn run_linear(
+    path: Path,
+    x: &[f32],
+    m: usize,
+    w: &PackedLinear,
+    bias: Option<&[f32]>,
+    act: ActQuant,
+    activation: Activation,
+    out: &mut [f32],
+    rows_done: Option<&(dyn Fn(usize, usize, *mut i32) + Sync)>,
+) -> Result<()> {
+    let k = w.b.k();
     let (pa, panels) = act_pack::F32Panels::new(path, path.mr(), x, m, k, w.b.kp(), act, !w.zero.is_empty())?;
-    finish_linear(path, m, pa, w, bias, activation, out, true, Some(&panels), None);
+    let in_region = m * k >= act_pack::PACK_PAR_MIN;
+    if !in_region {
+        // SAFETY: `pa` is not otherwise touched until the GEMM, and each panel is packed once.
+        (0..panels.count()).for_each(|p| unsafe { panels.pack(p) });
+        panels.check()?;
+    }
+    finish_linear(path, m, pa, w, bias, activation, out, true, in_region.then_some(&panels), rows_done);
     panels.check()
 }
 
@@ -147,9 +174,7 @@ pub fn int8_linear_skip_layer_norm(
         let rows = unsafe { std::slice::from_raw_parts_mut((c as *mut f32).add(i0 * n), (i1 - i0) * n) };
         crate::norm::skip_layer_norm_rows_in_place(isa, &residual[i0 * n..i1 * n], gamma, beta, eps, rows);
     };
-    let (pa, panels) = act_pack::F32Panels::new(path, path.mr(), x, m, k, w.b.kp(), act, !w.zero.is_empty())?;
-    finish_linear(path, m, pa, w, bias, Activation::Identity, out, true, Some(&panels), Some(&rows_done));
-    panels.check()
+    run_linear(path, x, m, w, bias, act, Activation::Identity, out, Some(&rows_done))
 }
 
 /// Output, bias, activation and exact-accumulation checks of the float paths.
@@ -276,8 +301,9 @@ pub(crate) fn finish_linear(
 mod tests {
     use super::*;
 
-    /// The activations packed as the first tasks of the GEMM's region ([`int8_linear`]) give the bits of packing
-    /// them in a region of their own first: on every path, for per-row, per-tensor and static activations, with
+    /// The activations packed as the first tasks of the GEMM's region ([`int8_linear`] from
+    /// [`act_pack::PACK_PAR_MIN`] values, on the caller first below) give the bits of packing them in a region of
+    /// their own first: on every path, for per-row, per-tensor and static activations, with
     /// and without weight zero points, with GELU, from one row to several row blocks, K inside one slice and
     /// beyond it (the epilogue on finished blocks), N not a multiple of 32 and N = 0; a non-finite input is the
     /// same error.
@@ -293,7 +319,7 @@ mod tests {
             ActQuant::DynamicPerTensor { symmetric: true },
             ActQuant::Static { scale: 0.01, zero_point: 120 },
         ];
-        let shapes = [(1, 3, 33), (13, 770, 200), (100, 64, 33), (100, 4100, 40), (300, 770, 200), (37, 96, 0)];
+        let shapes = [(1, 3, 33), (13, 770, 200), (100, 64, 33), (100, 4100, 40), (400, 770, 200), (700, 400, 0)];
         for (case, &(m, k, n)) in shapes.iter().enumerate() {
             let x: Vec<f32> = (0..m * k).map(|_| next() * 8.0).collect();
             let codes: Vec<i8> = (0..n * k).map(|_| (next() * 255.0) as i8).collect();
@@ -341,7 +367,7 @@ mod tests {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             (seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5
         };
-        for &(m, k, n) in &[(1, 40, 24), (13, 64, 100), (200, 300, 768), (301, 4100, 96)] {
+        for &(m, k, n) in &[(1, 40, 24), (13, 64, 100), (400, 700, 768), (301, 4100, 96)] {
             let x: Vec<f32> = (0..m * k).map(|_| next() * 4.0).collect();
             let residual: Vec<f32> = (0..m * n).map(|_| next() * 2.0).collect();
             let codes: Vec<i8> = (0..n * k).map(|_| (next() * 255.0) as i8).collect();
