@@ -37,7 +37,13 @@ from __future__ import annotations
 
 from nnic.kernels import twins
 from nnic.kernels.decoder import add_rms_norm, decode_attention, decode_layer, rms_norm, silu_mul
-from nnic.kernels.encoder import attention, bf16_products_run, embed_layer_norm, skip_layer_norm
+from nnic.kernels.encoder import (
+    attention,
+    bf16_products_run,
+    embed_layer_norm,
+    linear_skip_layer_norm,
+    skip_layer_norm,
+)
 from nnic.kernels.gemm import (
     ACTIVATIONS,
     ACT_MODES,
@@ -106,7 +112,8 @@ __all__ = [
     "flush_caches", "gemm_backend", "gemm_openmp_stats", "gemm_path", "gemm_paths", "gemm_pool_stats",
     "gemm_spin_us", "gemm_team_stats", "gemm_vnni_peak_gops", "get_num_threads", "global_kth_smallest_abs",
     "global_smallest_abs_masks", "int4_group_scales", "int4_linear", "int8_conv2d", "int8_linear", "int8_matmul",
-    "kth_smallest_abs", "min_max", "pack_int4", "pack_int4_weight", "pack_int8_weight", "prefetch_stats",
+    "kth_smallest_abs", "linear_skip_layer_norm", "min_max", "pack_int4", "pack_int4_weight", "pack_int8_weight",
+    "prefetch_stats",
     "prefetch_wait", "prefetch_weights", "prune_by_threshold_", "quantize", "quantize_int4_weight",
     "quantize_int8_weight", "rms_norm", "run_packed_linear", "set_gemm_backend", "set_gemm_spin_us",
     "set_gemm_tall_tile", "set_isa", "set_num_threads", "set_sparse_bitmask_break_even", "silu_mul",

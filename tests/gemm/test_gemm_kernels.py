@@ -170,6 +170,37 @@ def test_int8_linear_matches_reference(path, act, case, symmetric):
     assert np.all(np.abs(got - want) <= tol), np.abs(got - want).max()
 
 
+@pytest.mark.parametrize("backend", ["openmp", "rayon"])
+@pytest.mark.parametrize("act", ["per_token", "per_tensor", "static"])
+@given(m=st.sampled_from([97, 200, 301]), k=st.sampled_from([64, 770, 3001]), n=st.sampled_from([33, 200]),
+       seed=st.integers(0, 2**32 - 1), affine=st.booleans())
+def test_int8_linear_packs_many_row_panels_inside_its_region_on_any_thread_count(backend, act, m, k, n, seed, affine):
+    """Several row blocks, so the GEMM's region packs many row panels while other tasks wait for theirs: the result
+    matches the numpy reference and is the same bits on one thread and on two, on torch's team and on nnic's own."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((m, k)) * 3).astype(np.float32)
+    w = rng.integers(-128, 128, (n, k), dtype=np.int8)
+    scale = rng.uniform(1e-3, 1e-1, n).astype(np.float32)
+    zero = rng.integers(-20, 20, n).astype(np.int32) if affine else np.zeros(n, np.int32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    packed = gemm.pack_int8_weight(w, scale, zero if affine else None)
+    kw = {"act_scale": 0.05, "act_zero_point": 120} if act == "static" else {}
+    threads, before = gemm.get_num_threads(), gemm.gemm_backend()
+    got = {}
+    try:
+        gemm.set_gemm_backend(backend)
+        for t in (1, 2):
+            gemm.set_num_threads(t)
+            got[t] = gemm.int8_linear(x, packed, bias, act=act, symmetric=False, **kw)
+    finally:
+        gemm.set_num_threads(threads)
+        gemm.set_gemm_backend(before)
+    np.testing.assert_array_equal(got[1].view(np.int32), got[2].view(np.int32))
+    want, size = ref_linear(x, w, scale, zero, bias, act, False, kw.get("act_scale"), kw.get("act_zero_point"))
+    tol = EPILOGUE_RTOL * (size + size.max(initial=0) * 1e-3 + 1e-30)
+    assert np.all(np.abs(got[2] - want) <= tol), np.abs(got[2] - want).max()
+
+
 def test_int8_linear_torch_shapes_and_accuracy():
     torch.manual_seed(0)
     lin = torch.nn.Linear(96, 40)

@@ -220,3 +220,51 @@ def test_embed_layer_norm_bad_input_is_a_clear_error(lookups, error, match):
         kernels.embed_layer_norm(lookups(table, ids), torch.ones(16), torch.zeros(16))
     with pytest.raises(ValueError, match="eps"):
         kernels.embed_layer_norm([(table, ids)], torch.ones(16), torch.zeros(16), float("nan"))
+
+
+@SETTINGS
+@given(m=st.sampled_from([1, 13, 200, 300]), k=st.sampled_from([16, 300, 3072]), n=st.sampled_from([24, 768]),
+       act=st.sampled_from(["per_token", "per_tensor", "static"]), with_bias=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
+def test_linear_skip_layer_norm_is_the_linear_then_the_skip_layer_norm_bit_for_bit(isa, m, k, n, act, with_bias,
+                                                                                   seed):
+    """A block ending in one native call equals :func:`int8_linear` followed by :func:`skip_layer_norm` bit for bit
+    on every ISA and GEMM path (row blocks normalised by whichever thread finishes them), and the float64
+    LayerNorm of the float64 product of the same int8 codes within float32 rounding."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    residual = rng.standard_normal((m, n)).astype(np.float32)
+    codes = rng.integers(-128, 128, (n, k), dtype=np.int8)
+    scale = rng.uniform(1e-3, 1e-2, n).astype(np.float32)
+    packed = kernels.pack_int8_weight(codes, scale)
+    w, b = (rng.standard_normal(n).astype(np.float32) for _ in range(2))
+    lb = rng.standard_normal(n).astype(np.float32) if with_bias else None
+    kw = {"act_scale": 0.05, "act_zero_point": 120} if act == "static" else {}
+    for path in kernels.gemm_paths():
+        got = kernels.linear_skip_layer_norm(x, packed, residual, w, b, 1e-12, linear_bias=lb, act=act, path=path,
+                                             **kw)
+        y = kernels.int8_linear(x, packed, lb, act=act, path=path, **kw)
+        assert np.array_equal(got, kernels.skip_layer_norm(y, residual, w, b, 1e-12)), path
+    h = y.astype(np.float64) + residual
+    mean = h.mean(-1, keepdims=True)
+    std = np.sqrt(((h - mean) ** 2).mean(-1, keepdims=True) + 1e-12)
+    want = (h - mean) / std * w + b
+    assert np.abs(got - want).max() <= 1e-4 * (1 + np.abs(w).max() + np.abs(b).max())
+
+
+def test_linear_skip_layer_norm_takes_torch_tensors_of_any_leading_shape_and_names_bad_input():
+    g = torch.Generator().manual_seed(3)
+    x, residual = torch.randn(2, 5, 40, generator=g), torch.randn(2, 5, 24, generator=g)
+    packed = kernels.pack_int8_weight(torch.randint(-128, 128, (24, 40), generator=g, dtype=torch.int8),
+                                      torch.full((24,), 0.01))
+    w, b = torch.randn(24, generator=g), torch.randn(24, generator=g)
+    got = kernels.linear_skip_layer_norm(x, packed, residual, w, b, 1e-5)
+    assert isinstance(got, torch.Tensor) and got.shape == (2, 5, 24)
+    want = kernels.skip_layer_norm(kernels.int8_linear(x, packed), residual, w, b, 1e-5)
+    assert torch.equal(got, want)
+    with pytest.raises(ValueError, match=r"residual \[\.\.\., 24\] with the same leading dimensions"):
+        kernels.linear_skip_layer_norm(x, packed, residual[:1], w, b)
+    with pytest.raises(ValueError, match="gamma has 23 values, the layer has 24 outputs"):
+        kernels.linear_skip_layer_norm(x, packed, residual, w[:23], b[:23])
+    with pytest.raises(TypeError, match="pack_int8_weight"):
+        kernels.linear_skip_layer_norm(x, object(), residual, w, b)

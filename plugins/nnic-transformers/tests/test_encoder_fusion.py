@@ -81,6 +81,29 @@ def test_int8_bert_with_one_qkv_gemm_reads_it_in_place_with_the_same_output():
     assert (got[valid] - want[valid]).abs().max() < 0.05
 
 
+def test_int8_block_endings_run_as_one_call_with_the_bits_of_the_linear_then_the_skip_layer_norm(monkeypatch):
+    """With nnic's int8 ``dense``, each block ending is one ``linear_skip_layer_norm`` call (4 in 2 layers), and the
+    model's output is bit for bit the one its ``dense`` forward followed by ``skip_layer_norm`` gives."""
+    from nnic import kernels
+
+    q = nnic.quantization_speedup(copy.deepcopy(bert()), {
+        n: 8 for n, m in bert().named_modules() if isinstance(m, nn.Linear)})
+    fuse_mlp_activations(q)
+    fuse_projections(q)
+    fuse_encoder(q)
+    kw = inputs()
+    calls = []
+    one_call = kernels.linear_skip_layer_norm
+    monkeypatch.setattr(kernels, "linear_skip_layer_norm", lambda *a, **k: calls.append(1) or one_call(*a, **k))
+    with torch.inference_mode():
+        got = q(**kw).last_hidden_state
+        assert len(calls) == 4
+        monkeypatch.setattr(SkipLayerNormOutput, "_in_one_region", lambda self, h, r: None)
+        want = q(**kw).last_hidden_state
+    assert len(calls) == 4
+    assert torch.equal(got, want)
+
+
 def test_bf16_attention_products_keep_the_int8_bert_output_within_its_own_quantization_error():
     model = bert()
     q = nnic.quantization_speedup(copy.deepcopy(model), {

@@ -5,14 +5,20 @@
 //! Peak: 24 independent `vpdpbusd` chains on registers (no loads), one thread's CPU time. Each shape: one thread
 //! (thread CPU time: other processes' load does not enter it), the stages of `gemm::profile::stage_seconds`
 //! (quantize + pack, product, the epilogue on each finished block) and the whole `int8_linear` (whose VNNI tiles
-//! apply the epilogue in registers) against the same with the epilogue on blocks, in the same rounds (and the
-//! ratio); then two threads (wall). Minimum of 7 calls each; the product's GMAC/s and its % of the one-thread peak
-//! (× threads). Activations per token, asymmetric, as `quantization_speedup` quantizes them.
+//! apply the epilogue in registers, its row panels packed as the first tasks of the GEMM's region) against the same
+//! with the epilogue on blocks and against the same with the activations packed in a region of their own first, in
+//! the same rounds (and the ratios); then two threads (wall). Minimum of [`ROUNDS`] calls each; the product's GMAC/s
+//! and its % of the one-thread peak (× threads). Activations per token, asymmetric, as `quantization_speedup` quantizes them.
 use nnic_kernels::clock::thread_cpu;
-use nnic_kernels::gemm::profile::{int8_linear_block_epilogue, stage_seconds, vnni_peak, STAGES};
+use nnic_kernels::gemm::profile::{
+    int8_linear_block_epilogue, int8_linear_packed_first, stage_seconds, vnni_peak, STAGES,
+};
 use nnic_kernels::gemm::{int8_linear, ActQuant, Activation, PackedLinear, Path};
 use nnic_kernels::pool;
 use std::time::Instant;
+
+/// Interleaved rounds per shape and thread count (the minimum of each is printed).
+const ROUNDS: usize = 11;
 
 fn main() {
     let m: usize = std::env::args().nth(1).map(|v| v.parse().expect("M must be an integer")).unwrap_or(1024);
@@ -51,8 +57,8 @@ fn main() {
         for threads in [1, 2] {
             pool::set_num_threads(threads).unwrap();
             let clock: &(dyn Fn() -> f64 + Sync) = if threads == 1 { &cpu } else { &wall };
-            let mut best = [f64::INFINITY; 5];
-            for _ in 0..7 {
+            let mut best = [f64::INFINITY; 6];
+            for _ in 0..ROUNDS {
                 let s = stage_seconds(path, &x, m, &pw, act, activation, &mut out, clock).unwrap();
                 let t = clock();
                 int8_linear_block_epilogue(path, &x, m, &pw, act, activation, &mut out).unwrap();
@@ -60,20 +66,25 @@ fn main() {
                 let t = clock();
                 int8_linear(path, &x, m, &pw, None, act, activation, &mut out).unwrap();
                 let whole = clock() - t;
-                for (b, v) in best.iter_mut().zip(s.iter().chain([whole, blocks].iter())) {
+                let t = clock();
+                int8_linear_packed_first(path, &x, m, &pw, act, activation, &mut out).unwrap();
+                let first = clock() - t;
+                for (b, v) in best.iter_mut().zip(s.iter().chain([whole, blocks, first].iter())) {
                     *b = b.min(*v);
                 }
             }
             let parts: Vec<String> = STAGES.iter().zip(best).map(|(s, t)| format!("{s} {:.3}", t * 1e3)).collect();
             println!(
-                "{m}x{k}x{n} {what}, {threads} thread{} ({}): {} ms; whole {:.3} ms (epilogue on blocks: {:.3}, {:.3}x); \
-                 product {:.1} GMAC/s = {:.0} % of peak",
+                "{m}x{k}x{n} {what}, {threads} thread{} ({}): {} ms; whole {:.3} ms (epilogue on blocks: {:.3}, {:.3}x; \
+                 packed first: {:.3}, {:.3}x); product {:.1} GMAC/s = {:.0} % of peak",
                 if threads == 1 { "" } else { "s" },
                 if threads == 1 { "CPU" } else { "wall" },
                 parts.join(", "),
                 best[3] * 1e3,
                 best[4] * 1e3,
                 best[4] / best[3],
+                best[5] * 1e3,
+                best[5] / best[3],
                 macs / best[1] / 1e9,
                 100.0 * macs / best[1] / (peak * threads as f64)
             );

@@ -50,7 +50,7 @@ pub fn skip_layer_norm(
 }
 
 /// Checks of the LayerNorm's parameters shared by the row kernels: `cols` = `gamma.len()` > 0, `beta` alike, `eps`.
-fn check_norm(gamma: &[f32], beta: &[f32], eps: f32) -> Result<usize> {
+pub(crate) fn check_norm(gamma: &[f32], beta: &[f32], eps: f32) -> Result<usize> {
     let cols = gamma.len();
     if cols == 0 {
         return Err(KernelError::Empty { arg: "gamma" });
@@ -199,6 +199,31 @@ pub(crate) fn lane_sum(v: &[f32], f: impl Fn(f32) -> f32) -> f32 {
         *a += f(x);
     }
     acc.iter().sum()
+}
+
+/// [`skip_layer_norm`] of rows that are already in `out` (`x` there, then overwritten), with `residual` the same
+/// rows' residuals: the same float32 operations, so the same bits. Runs on the calling thread (the GEMM that wrote
+/// the rows calls it on each finished row block: `gemm::int8_linear_skip_layer_norm`).
+pub(crate) fn skip_layer_norm_rows_in_place(isa: cpu::Isa, residual: &[f32], gamma: &[f32], beta: &[f32], eps: f32,
+                                            out: &mut [f32]) {
+    let cols = gamma.len();
+    assert!(cols > 0 && residual.len() == out.len() && out.len().is_multiple_of(cols));
+    skip_norm_rows_in_place(isa, residual, gamma, beta, eps, out);
+}
+
+#[inline(always)]
+fn skip_norm_rows_in_place_body(residual: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) {
+    let cols = gamma.len();
+    for (o, r) in out.chunks_exact_mut(cols).zip(residual.chunks_exact(cols)) {
+        for (o, &b) in o.iter_mut().zip(r) {
+            *o += b;
+        }
+        norm_in_place(gamma, beta, eps, o);
+    }
+}
+multiversion! {
+    fn skip_norm_rows_in_place(residual: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) =
+        skip_norm_rows_in_place_body;
 }
 
 #[inline(always)]

@@ -422,6 +422,53 @@ packed_weight_methods!(PackedInt8Weight, symmetric = false,
         to_py(py.detach(|| int8_conv2d(p, x, g, w, bias, aq, out)))
     }
 
+    /// `LayerNorm(linear(x) + residual) * gamma + beta` per row, as a new array shaped like `residual`
+    /// (`[..., n]`, float32, C-contiguous like `x[..., k]`): a BERT-style block ending in one parallel region
+    /// (`nnic_kernels::gemm::int8_linear_skip_layer_norm`), the same bits as `linear` then `skip_layer_norm`.
+    #[pyo3(signature = (x, residual, gamma, beta, eps, bias=None, act="per_token", symmetric=false, act_scale=None,
+                        act_zero_point=None, path=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn linear_skip_layer_norm<'py>(
+        &self,
+        py: Python<'py>,
+        x: PyReadonlyArrayDyn<'py, f32>,
+        residual: PyReadonlyArrayDyn<'py, f32>,
+        gamma: PyReadonlyArray1<'py, f32>,
+        beta: PyReadonlyArray1<'py, f32>,
+        eps: f32,
+        bias: Option<PyReadonlyArray1<'py, f32>>,
+        act: &str,
+        symmetric: bool,
+        act_scale: Option<f32>,
+        act_zero_point: Option<i32>,
+        path: Option<&str>,
+    ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+        let p = self::path(path)?;
+        let aq = act_quant(act, symmetric, act_scale, act_zero_point)?;
+        let (k, n) = (self.inner.in_features(), self.inner.out_features());
+        let (xs, rs) = (x.shape(), residual.shape());
+        let (Some((&kx, lead)), Some((&nr, rlead))) = (xs.split_last(), rs.split_last()) else {
+            return Err(shape_err("x and residual must have at least one dimension".into()));
+        };
+        if kx != k || nr != n || lead != rlead {
+            return Err(shape_err(format!(
+                "x must be [..., {k}] and residual [..., {n}] with the same leading dimensions, got {xs:?} and {rs:?}"
+            )));
+        }
+        let m = lead.iter().product::<usize>();
+        let (xv, rv) = (slice(&x, "x")?, slice(&residual, "residual")?);
+        let (g, b) = (ro1(&gamma, "gamma")?, ro1(&beta, "beta")?);
+        let bias = bias.as_ref().map(|b| ro1(b, "bias")).transpose()?;
+        // SAFETY: the array is new and C-contiguous, nothing else refers to it yet, and the kernel writes every
+        // element before it is returned (on an error it is dropped unread).
+        let fresh = unsafe { PyArrayDyn::<f32>::new(py, IxDyn(rs), false) };
+        let out = unsafe { fresh.as_slice_mut() }.map_err(|_| not_contiguous("out"))?;
+        let w = &*self.inner;
+        prefetch::cancel(Some(w));
+        to_py(py.detach(|| gemm::int8_linear_skip_layer_norm(p, xv, m, w, bias, aq, rv, g, b, eps, out)))?;
+        Ok(fresh)
+    }
+
     /// Exact `out[m, n] = a[m, k] @ w.T` in int32.
     #[pyo3(signature = (a, out, path=None))]
     fn matmul(

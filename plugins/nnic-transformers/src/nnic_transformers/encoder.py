@@ -75,7 +75,8 @@ class FusedSelfAttention(nn.Module):
 
 class SkipLayerNormOutput(nn.Module):
     """A BERT-style block ending (``inner``: ``dense``, ``dropout``, ``LayerNorm``) whose residual add and
-    LayerNorm run as one :func:`nnic.kernels.skip_layer_norm`."""
+    LayerNorm run as one :func:`nnic.kernels.skip_layer_norm`; with nnic's int8 ``dense`` on the CPU, the
+    projection too (:func:`nnic.kernels.linear_skip_layer_norm`: one parallel region, the same bits)."""
 
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()
@@ -90,10 +91,31 @@ class SkipLayerNormOutput(nn.Module):
             return inner(hidden_states, input_tensor)
         from nnic import kernels
 
+        y = self._in_one_region(hidden_states, input_tensor)
+        if y is not None:
+            return y
         h = inner.dense(hidden_states)
         if h.dtype != torch.float32:
             return norm(inner.dropout(h) + input_tensor)
         return kernels.skip_layer_norm(h, input_tensor, norm.weight, norm.bias, norm.eps)
+
+    def _in_one_region(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor | None:
+        """The block ending as one :func:`nnic.kernels.linear_skip_layer_norm` call when ``dense`` is nnic's int8
+        Linear without a fused activation and the inputs are plain float32 CPU tensors (the same bits as its
+        forward then :func:`nnic.kernels.skip_layer_norm`); else ``None``."""
+        from nnic import kernels
+        from nnic.quantization.modules import Int8Linear
+
+        dense, norm = self.inner.dense, self.inner.LayerNorm
+        if type(dense) is not Int8Linear or dense.activation or type(hidden_states) is not torch.Tensor \
+                or not hidden_states.is_cpu or hidden_states.dtype != torch.float32 or not input_tensor.is_cpu \
+                or hidden_states.shape[:-1] != input_tensor.shape[:-1]:
+            return None
+        act, symmetric, act_scale, act_zero_point, path, _ = dense.kernel_args()
+        return kernels.linear_skip_layer_norm(
+            hidden_states, dense._packed_weight(), input_tensor, norm.weight, norm.bias, norm.eps,
+            linear_bias=dense.bias, act=act, symmetric=symmetric, act_scale=act_scale, act_zero_point=act_zero_point,
+            path=path)
 
 
 class EmbedLayerNorm(nn.Module):

@@ -423,7 +423,33 @@ unsafe impl Sync for Ptrs {}
 /// region costs: a fork and join, and on the OpenMP team an end barrier that waits for a thread woken from its
 /// sleep (60-190 us late at M = 1 there). Below that (M = 64 at K = 4096) a second region before the GEMM's own
 /// only adds its overhead.
-const PACK_PAR_MIN: usize = 1 << 18;
+pub(crate) const PACK_PAR_MIN: usize = 1 << 18;
+
+/// Panel `p`'s slices of the buffers behind `ptrs` (`m` rows of `kp` bytes, panels of `mr` rows).
+///
+/// # Safety
+/// `ptrs` point into a [`PackedA`] of these dimensions that is alive, and no other slice or reference to panel
+/// `p`'s bytes, sums, scales or zero points is in use while the returned one is.
+unsafe fn panel_at<'a>(ptrs: Ptrs, p: usize, mr: usize, kp: usize, m: usize) -> Panel<'a> {
+    let (r0, r1) = (p * mr, ((p + 1) * mr).min(m));
+    // SAFETY: panel `p` covers rows [r0, r1) and bytes [r0 * kp, r1 * kp): in bounds, and the caller's contract
+    // makes the slices unique.
+    unsafe {
+        Panel {
+            data: std::slice::from_raw_parts_mut(ptrs.0.add(r0 * kp), (r1 - r0) * kp),
+            sums: std::slice::from_raw_parts_mut(ptrs.1.add(r0), r1 - r0),
+            scale: std::slice::from_raw_parts_mut(ptrs.2.add(r0), r1 - r0),
+            zero: std::slice::from_raw_parts_mut(ptrs.3.add(r0), r1 - r0),
+        }
+    }
+}
+
+/// The raw pointers of `pa`'s buffers (their heap storage: they stay valid when `pa` is moved).
+fn ptrs_of(pa: &mut PackedA) -> Ptrs {
+    let m = pa.m;
+    assert!(pa.scale.len() == m && pa.zero.len() == m && pa.rowsum.len() == m && pa.data.len() >= m * pa.kp);
+    Ptrs(pa.data.as_mut_ptr(), pa.rowsum.as_mut_ptr(), pa.scale.as_mut_ptr(), pa.zero.as_mut_ptr())
+}
 
 /// Runs `f(panel_index, panel)` over the row panels (in parallel when `work` is large). `pa.scale` must have
 /// `m` entries.
@@ -432,23 +458,9 @@ pub(crate) fn for_panels(pa: &mut PackedA, work: usize, f: impl Fn(usize, Panel<
     if m == 0 {
         return;
     }
-    assert!(pa.scale.len() == m && pa.zero.len() == m && pa.rowsum.len() == m && pa.data.len() >= m * kp);
-    let ptrs = Ptrs(pa.data.as_mut_ptr(), pa.rowsum.as_mut_ptr(), pa.scale.as_mut_ptr(), pa.zero.as_mut_ptr());
-    let task = |p: usize| {
-        #[allow(clippy::redundant_locals)] // captures the Sync wrapper, not its raw pointer fields
-        let ptrs = ptrs;
-        let (r0, r1) = (p * mr, ((p + 1) * mr).min(m));
-        // SAFETY: panel `p` covers rows [r0, r1) and bytes [r0 * kp, r1 * kp): disjoint between tasks, in bounds.
-        let panel = unsafe {
-            Panel {
-                data: std::slice::from_raw_parts_mut(ptrs.0.add(r0 * kp), (r1 - r0) * kp),
-                sums: std::slice::from_raw_parts_mut(ptrs.1.add(r0), r1 - r0),
-                scale: std::slice::from_raw_parts_mut(ptrs.2.add(r0), r1 - r0),
-                zero: std::slice::from_raw_parts_mut(ptrs.3.add(r0), r1 - r0),
-            }
-        };
-        f(p, panel)
-    };
+    let ptrs = ptrs_of(pa);
+    // SAFETY: `pa` is borrowed for the call; every task gets its own panel.
+    let task = |p: usize| f(p, unsafe { panel_at(ptrs, p, mr, kp, m) });
     let threads = if work < PACK_PAR_MIN { 1 } else { pool::num_threads() };
     super::par::for_each(m.div_ceil(mr), threads, &task);
 }
@@ -483,43 +495,108 @@ pub(crate) fn pack_f32(
     act: ActQuant,
     rowsum: bool,
 ) -> Result<PackedA> {
-    let isa = isa_of(path);
-    let mut pa = packed(m, kp, mr);
-    let mr = pa.mr;
-    let row = |i: usize| &x[i * k..(i + 1) * k];
-    let per_row = match act {
-        ActQuant::Static { scale, zero_point } => {
-            pa.scale = vec![scale; m];
-            pa.zero.fill(zero_point);
-            None
-        }
-        ActQuant::DynamicPerTensor { symmetric } => {
-            let (s, z) = if m * k == 0 {
-                (1.0, if symmetric { 128 } else { 0 })
-            } else {
-                let (lo, hi) = tensor_range(isa, x)?;
-                qparams(lo, hi, symmetric)
-            };
-            pa.scale = vec![s; m];
-            pa.zero.fill(z);
-            None
-        }
-        ActQuant::DynamicPerRow { symmetric } => {
-            pa.scale = vec![1.0; m];
-            Some(symmetric)
-        }
-    };
-    let bad = AtomicBool::new(false);
-    for_panels(&mut pa, m * k, |p, pn| {
+    let (pa, panels) = F32Panels::new(path, mr, x, m, k, kp, act, rowsum)?;
+    let threads = if m * k < PACK_PAR_MIN { 1 } else { pool::num_threads() };
+    // SAFETY: `pa` is not touched until every panel is in, and each task packs its own panel once.
+    super::par::for_each(panels.count(), threads, &|p| unsafe { panels.pack(p) });
+    panels.check()?;
+    Ok(pa)
+}
+
+/// f32 activations `x[m, k]` to be quantized and packed one row panel at a time, into the [`PackedA`] that
+/// [`F32Panels::new`] returns with them. [`pack_f32`] packs every panel in a parallel region of its own;
+/// `int8_linear` packs them as the first tasks of the GEMM's own region instead (see `driver::drive`): one fork
+/// and join per call fewer (4 of the 11 per BERT layer), and a thread that runs out of panels to pack goes on to
+/// the products instead of waiting at the end of a region. Whatever needs the whole input (a per-tensor range)
+/// is taken in `new`; a panel needs only its own rows.
+pub(crate) struct F32Panels<'x> {
+    isa: Isa,
+    x: &'x [f32],
+    m: usize,
+    k: usize,
+    mr: usize,
+    kp: usize,
+    /// `Some(symmetric)`: each row's range is taken when its panel is packed.
+    per_row: Option<bool>,
+    rowsum: bool,
+    /// A panel found a non-finite value (per-row ranges).
+    bad: AtomicBool,
+    ptrs: Ptrs,
+}
+
+impl<'x> F32Panels<'x> {
+    /// The packed buffer for `x[m, k]` (K padded to `kp`, panels of at most `mr` rows) with the scales and zero
+    /// points known before packing (static, or per tensor from `x`'s range: an error names a non-finite value),
+    /// and the panels still to pack into it.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        path: Path,
+        mr: usize,
+        x: &'x [f32],
+        m: usize,
+        k: usize,
+        kp: usize,
+        act: ActQuant,
+        rowsum: bool,
+    ) -> Result<(PackedA, F32Panels<'x>)> {
+        let isa = isa_of(path);
+        let mut pa = packed(m, kp, mr);
+        let per_row = match act {
+            ActQuant::Static { scale, zero_point } => {
+                pa.scale = vec![scale; m];
+                pa.zero.fill(zero_point);
+                None
+            }
+            ActQuant::DynamicPerTensor { symmetric } => {
+                let (s, z) = if m * k == 0 {
+                    (1.0, if symmetric { 128 } else { 0 })
+                } else {
+                    let (lo, hi) = tensor_range(isa, x)?;
+                    qparams(lo, hi, symmetric)
+                };
+                pa.scale = vec![s; m];
+                pa.zero.fill(z);
+                None
+            }
+            ActQuant::DynamicPerRow { symmetric } => {
+                pa.scale = vec![1.0; m];
+                Some(symmetric)
+            }
+        };
+        let ptrs = ptrs_of(&mut pa);
+        let panels = F32Panels { isa, x, m, k, mr: pa.mr, kp, per_row, rowsum, bad: AtomicBool::new(false), ptrs };
+        Ok((pa, panels))
+    }
+
+    /// Row panels (each packed by one [`F32Panels::pack`]).
+    pub(crate) fn count(&self) -> usize {
+        self.m.div_ceil(self.mr)
+    }
+
+    /// Rows per panel (the [`PackedA`]'s `mr`).
+    pub(crate) fn mr(&self) -> usize {
+        self.mr
+    }
+
+    /// Quantizes and packs row panel `p`: its bytes, and its rows' scales, zero points and byte sums.
+    ///
+    /// # Safety
+    /// The [`PackedA`] returned with `self` is alive, each panel is packed once, and nothing reads or writes panel
+    /// `p`'s bytes, sums, scales or zero points until this returns (the GEMM waits for each panel's flag).
+    pub(crate) unsafe fn pack(&self, p: usize) {
+        let (isa, k, mr) = (self.isa, self.k, self.mr);
+        // SAFETY: the contract above.
+        let pn = unsafe { panel_at(self.ptrs, p, mr, self.kp, self.m) };
+        let row = |i: usize| &self.x[i * k..(i + 1) * k];
         let rows = pn.sums.len();
-        if let Some(symmetric) = per_row {
+        if let Some(symmetric) = self.per_row {
             for r in 0..rows {
                 let (s, z) = if k == 0 {
                     (1.0, if symmetric { 128 } else { 0 })
                 } else {
                     let (lo, hi, nonfinite) = min_max(isa, row(p * mr + r));
                     if nonfinite {
-                        bad.store(true, Ordering::Relaxed);
+                        self.bad.store(true, Ordering::Relaxed);
                     }
                     qparams(lo, hi, symmetric)
                 };
@@ -529,16 +606,21 @@ pub(crate) fn pack_f32(
         }
         for kk in (0..k).step_by(CHUNK) {
             let cols = kk..(kk + CHUNK).min(k);
-            put_panel_cols(isa, pn.data, kk, &|r| &row(p * mr + r)[cols.clone()], pn.scale, pn.zero, rowsum, pn.sums);
+            let x = |r: usize| &row(p * mr + r)[cols.clone()];
+            put_panel_cols(isa, pn.data, kk, &x, pn.scale, pn.zero, self.rowsum, pn.sums);
         }
         for r in 0..rows {
             zero_tail(pn.data, rows, r, k.div_ceil(4));
         }
-    });
-    if bad.load(Ordering::Relaxed) {
-        tensor_range(isa, x)?; // the error, naming the first non-finite value
     }
-    Ok(pa)
+
+    /// After every panel is packed: the error that names the first non-finite value, if a row's range met one.
+    pub(crate) fn check(&self) -> Result<()> {
+        if self.bad.load(Ordering::Relaxed) {
+            tensor_range(self.isa, self.x)?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -144,7 +144,7 @@ pub fn int8_conv2d(
             *sum = if need_sum { buf.iter().map(|&v| v as i32).sum() } else { 0 };
         }
     });
-    finish_linear(path, m, pa, w, bias, Activation::Identity, out, true);
+    finish_linear(path, m, pa, w, bias, Activation::Identity, out, true, None, None);
     Ok(())
 }
 

@@ -10,6 +10,7 @@ use super::micro::{MR_TALL, MR_VNNI};
 use super::path::{isa_of, micro_kernel, Path};
 use crate::error::{KernelError, Result};
 use crate::pool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// K values per K slice (multiple of 4). The 32-column weight micro-panel of a slice (up to 128 KiB) lives
 /// in L2, not L1: the tile reads 128 bytes of it per 24 `vpdpbusd` (about 10 bytes a cycle, a fraction of
@@ -100,10 +101,53 @@ pub(crate) fn plan(m: usize, n: usize, mr: usize, threads: usize, mut mc: usize,
     out
 }
 
+/// Sets its flag when dropped: a row panel counts as packed even when its packing panicked, so that no task waits
+/// for it forever (the panic is raised on the caller when the region ends).
+struct SetOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// Waits until every flag is set: each one is a row panel that another thread has taken and is packing (a few
+/// microseconds), so it spins briefly, then yields the core (that thread may be waiting for it).
+fn wait_packed(flags: &[AtomicBool]) {
+    for f in flags {
+        let mut spins = 0u32;
+        while !f.load(Ordering::Acquire) {
+            if spins < 1 << 12 {
+                std::hint::spin_loop();
+                spins += 1;
+            } else {
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+/// Work that [`drive`] runs in the GEMM's own parallel region besides the products: each is a fork and a join less
+/// than a region of its own before or after it, and a thread that runs out of one kind of task goes on to the next.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Hooks<'a> {
+    /// `a` is not packed yet: `pack(p)` fills its row panel `p` (and whatever `finish` and `epi` read of the
+    /// panel's rows). The panels are the region's first tasks, each block waiting for its own row panels (taken
+    /// in order, they are all taken before the first block is, so a wait is only for a panel that another thread
+    /// is packing).
+    pub pack: Option<&'a (dyn Fn(usize) + Sync)>,
+    /// `rows_done(i0, i1, c)` runs once per row block `[i0, i1)`, on the thread that finished its last column
+    /// block (finished: `finish` or `epi` applied), while those rows are in cache: the layer's own row-wise
+    /// ending (a residual LayerNorm).
+    pub rows_done: Option<&'a (dyn Fn(usize, usize, *mut i32) + Sync)>,
+}
+
 /// `C[m, n] = A · B` in wrapping i32 into `c` (row stride `n`), then `finish(block, c)` on each block; or, with
 /// `epi` on the VNNI path, for blocks whose tiles see all of K at once (every block when K ≤ [`KC`]), the tiles
 /// apply `epi` to their registers and store f32 (the same bits as `finish` would give: see [`TileEpilogue`]) and
 /// `finish` is not called for those blocks.
+///
+/// `hooks` (see [`Hooks`]) put more of the layer's work in the same parallel region.
 pub(super) fn drive(
     path: Path,
     m: usize,
@@ -112,14 +156,19 @@ pub(super) fn drive(
     c: &mut [i32],
     finish: &(dyn Fn(Block, *mut i32) + Sync),
     epi: Option<&TileEpilogue>,
+    hooks: Hooks,
 ) {
+    let Hooks { pack, rows_done } = hooks;
     let n = b.n();
     let kp = b.kp();
     debug_assert_eq!(c.len(), m * n);
+    let mr = a.mr;
     if m == 0 || n == 0 {
+        if let Some(pack) = pack {
+            (0..m.div_ceil(mr)).for_each(pack);
+        }
         return;
     }
-    let mr = a.mr;
     let out = OutPtr(c.as_mut_ptr());
     let serial = m * n * kp < PAR_MIN_OPS || pool::num_threads() == 1;
     let threads = if serial { 1 } else { pool::num_threads() };
@@ -196,7 +245,36 @@ pub(super) fn drive(
             finish(blk, out.0);
         }
     };
-    par::for_each(blocks.len(), threads, &|i| run(blocks[i]));
+    let packs = if pack.is_some() { panels_m } else { 0 };
+    let packed: Vec<AtomicBool> = (0..packs).map(|_| AtomicBool::new(false)).collect();
+    // Blocks are planned row block by row block, each with the same columns.
+    let per_row = blocks.iter().take_while(|b| b.i0 == 0).count();
+    let left: Vec<AtomicUsize> = match rows_done {
+        Some(_) => (0..blocks.len() / per_row).map(|_| AtomicUsize::new(per_row)).collect(),
+        None => Vec::new(),
+    };
+    let task = |i: usize| match pack {
+        Some(pack) if i < packs => {
+            let _done = SetOnDrop(&packed[i]);
+            pack(i);
+        }
+        _ => {
+            let blk = blocks[i - packs];
+            if packs > 0 {
+                wait_packed(&packed[blk.i0 / mr..blk.i1.div_ceil(mr)]);
+            }
+            run(blk);
+            if let Some(rows_done) = rows_done {
+                #[allow(clippy::redundant_locals)] // captures the Sync wrapper, not its raw pointer field
+                let out = out;
+                // AcqRel: the thread that finishes a row block last sees the other blocks' outputs.
+                if left[(i - packs) / per_row].fetch_sub(1, Ordering::AcqRel) == 1 {
+                    rows_done(blk.i0, blk.i1, out.0);
+                }
+            }
+        }
+    };
+    par::for_each(packs + blocks.len(), threads, &task);
 }
 
 pub(super) fn check_out<T>(what: &str, got: &[T], want: usize) -> Result<()> {
@@ -221,7 +299,7 @@ pub fn matmul_i8(path: Path, a: &[i8], m: usize, b: &PackedB, out: &mut [i32]) -
             epilogue_int(isa_of(path), row, &colsum[blk.j0..blk.j1], 128);
         }
     };
-    drive(path, m, &pa, b, out, &finish, None);
+    drive(path, m, &pa, b, out, &finish, None, Hooks::default());
     act_pack::release(pa);
     Ok(())
 }

@@ -156,10 +156,38 @@ pub(super) fn epilogue_f32(
     epilogue_f32_mv(isa, row, colsum, za, zw, r, sa, sw, bias, act)
 }
 
+/// Each row's activation zero point `za`, `K·za - rowsum` (the weight zero-point term) `r` and scale `sa`, `rows`
+/// values each. Raw pointers, not slices: when the activations are packed inside the GEMM's region
+/// (`driver::drive` with `pack`), the task that packs a row panel writes its rows' values while other tasks read
+/// the rows of panels packed before (each after waiting for its panels' flags).
+#[derive(Copy, Clone)]
+pub(crate) struct RowTerms {
+    pub za: *const i32,
+    pub r: *const i32,
+    pub sa: *const f32,
+    pub rows: usize,
+}
+// SAFETY: read only for rows whose panel is packed (see above); the buffers outlive the GEMM.
+unsafe impl Send for RowTerms {}
+unsafe impl Sync for RowTerms {}
+
+impl RowTerms {
+    /// Row `i`'s `(za, r, sa)`.
+    ///
+    /// # Safety
+    /// `i < rows`, and row `i`'s values are written and visible to this thread.
+    #[inline(always)]
+    pub(crate) unsafe fn get(&self, i: usize) -> (i32, i32, f32) {
+        debug_assert!(i < self.rows);
+        // SAFETY: the caller's contract.
+        unsafe { (*self.za.add(i), *self.r.add(i), *self.sa.add(i)) }
+    }
+}
+
 /// The float epilogue of a whole linear layer in the form the VNNI tile applies to its accumulator registers
 /// before storing them (`x86::finish_tile` in `micro.rs`), so that the i32 products never reach memory: the
 /// same operations as [`epilogue_f32`], in the same order, so the bits are the same. Column arrays hold the
-/// weights' padded columns (a multiple of 32: the tile reads 32 at a time); row arrays hold `m` rows.
+/// weights' padded columns (a multiple of 32: the tile reads 32 at a time); `row` the terms of the `m` rows.
 pub(crate) struct TileEpilogue<'a> {
     pub colsum: &'a [i32],
     pub sw: &'a [f32],
@@ -167,10 +195,7 @@ pub(crate) struct TileEpilogue<'a> {
     pub zw: Option<&'a [i32]>,
     /// The bias padded with zeros to the columns of `colsum`.
     pub bias: Option<Vec<f32>>,
-    /// Activation zero point, `K·za - rowsum` (the weight zero-point term) and scale of each row.
-    pub za: &'a [i32],
-    pub r: Vec<i32>,
-    pub sa: &'a [f32],
+    pub row: RowTerms,
     pub act: Activation,
 }
 
@@ -190,16 +215,18 @@ pub(crate) struct TileAt {
 impl TileEpilogue<'_> {
     /// The pointers for the tile at row `i0`, column `j0` (a multiple of 32).
     pub(crate) fn at(&self, i0: usize, j0: usize) -> TileAt {
-        debug_assert!(j0 + 32 <= self.colsum.len() && j0 + 32 <= self.sw.len() && i0 < self.za.len());
+        assert!(j0 + 32 <= self.colsum.len() && j0 + 32 <= self.sw.len() && i0 < self.row.rows);
         let col = |v: Option<&[i32]>| v.map_or(std::ptr::null(), |v| v[j0..j0 + 32].as_ptr());
+        // SAFETY: `i0 < rows` (checked above): the row pointers stay inside their buffers.
+        let (za, r, sa) = unsafe { (self.row.za.add(i0), self.row.r.add(i0), self.row.sa.add(i0)) };
         TileAt {
             colsum: self.colsum[j0..].as_ptr(),
             sw: self.sw[j0..].as_ptr(),
             zw: col(self.zw),
             bias: self.bias.as_ref().map_or(std::ptr::null(), |b| b[j0..j0 + 32].as_ptr()),
-            za: self.za[i0..].as_ptr(),
-            r: self.r[i0..].as_ptr(),
-            sa: self.sa[i0..].as_ptr(),
+            za,
+            r,
+            sa,
             act: self.act,
         }
     }

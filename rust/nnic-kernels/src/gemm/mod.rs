@@ -19,7 +19,8 @@
 //! - `act_pack`: activations into u8 row panels (s8 shifted, or f32 quantized on the fly: [`ActQuant`]);
 //! - `driver`: blocking, the parallel blocked driver, exact `i32` products;
 //! - `epilogue`: the integer and float epilogues run on each finished block ([`Activation`]: GELU / ReLU);
-//! - [`linear`]: [`PackedLinear`] and [`int8_linear`];
+//! - [`linear`]: [`PackedLinear`], [`int8_linear`] and [`int8_linear_skip_layer_norm`] (a block ending: the
+//!   projection, residual add and LayerNorm in one region);
 //! - [`conv`]: int8 conv2d by im2col into the activation panels; [`int4`]: int4 weights (tiles in
 //!   `int4_micro`);
 //! - [`par`]: where the parallel tasks run (OpenMP team or the kernel pool); `neighbours`: the probe of other
@@ -43,7 +44,7 @@ pub use act_pack::{qparams as act_qparams, ActQuant};
 pub use driver::{int8_matmul, matmul_i8, KC};
 pub use epilogue::Activation;
 pub(crate) use epilogue::{gelu, relu};
-pub use linear::{int8_linear, PackedLinear};
+pub use linear::{int8_linear, int8_linear_skip_layer_norm, PackedLinear};
 pub use panels::{PackedB, MAX_K, NR};
 pub use path::{set_tall_tile, Path};
 

@@ -3,7 +3,7 @@
 //! one after another on the kernel pool, timing each on the caller's clock; [`vnni_peak`] runs `vpdpbusd` on
 //! registers only (no loads), the ceiling of any int8 product on this core.
 use super::act_pack::{self, ActQuant};
-use super::driver::{drive, Block};
+use super::driver::{drive, Block, Hooks};
 use super::epilogue::{epilogue_f32, Activation};
 use super::linear::{check_linear, finish_linear, PackedLinear};
 use super::path::{isa_of, Path};
@@ -55,7 +55,7 @@ pub fn stage_seconds(
         }
         *epilogue.lock().unwrap() += clock() - t;
     };
-    drive(path, m, &pa, b, c, &finish, None);
+    drive(path, m, &pa, b, c, &finish, None, Hooks::default());
     let t2 = clock();
     act_pack::release(pa);
     let e = epilogue.into_inner().unwrap() / pool::num_threads() as f64;
@@ -99,8 +99,8 @@ mod x86 {
 }
 
 /// `int8_linear(path, x, m, w, None, act, activation, out)` with the epilogue run as a pass over each finished
-/// block instead of in the VNNI tiles' registers (what it did before the tiles could): the baseline that
-/// `examples/gemm_parts.rs` times against in the same rounds.
+/// block instead of in the VNNI tiles' registers (what it did before the tiles could), the activations packed
+/// before the GEMM's region: the baseline that `examples/gemm_parts.rs` times against in the same rounds.
 #[allow(clippy::too_many_arguments)]
 pub fn int8_linear_block_epilogue(
     path: Path,
@@ -115,6 +115,27 @@ pub fn int8_linear_block_epilogue(
     check_linear(m, w, None, act, out)?;
     let b = w.packed();
     let pa = act_pack::pack_f32(path, path.mr_for(m), x, m, w.in_features(), b.kp(), act, !w.zero_point().is_empty())?;
-    finish_linear(path, m, pa, w, None, activation, out, false);
+    finish_linear(path, m, pa, w, None, activation, out, false, None, None);
+    Ok(())
+}
+
+/// `int8_linear(path, x, m, w, None, act, activation, out)` with the activations quantized and packed in a parallel
+/// region of their own before the GEMM's (what it did before the GEMM's region packed them as its first tasks):
+/// the baseline that `examples/gemm_parts.rs` times against in the same rounds.
+#[allow(clippy::too_many_arguments)]
+pub fn int8_linear_packed_first(
+    path: Path,
+    x: &[f32],
+    m: usize,
+    w: &PackedLinear,
+    act: ActQuant,
+    activation: Activation,
+    out: &mut [f32],
+) -> Result<()> {
+    path.check()?;
+    check_linear(m, w, None, act, out)?;
+    let b = w.packed();
+    let pa = act_pack::pack_f32(path, path.mr_for(m), x, m, w.in_features(), b.kp(), act, !w.zero_point().is_empty())?;
+    finish_linear(path, m, pa, w, None, activation, out, true, None, None);
     Ok(())
 }
