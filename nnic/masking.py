@@ -30,6 +30,13 @@ class ParameterMask(nn.Module):
         return value * self.mask
 
 
+def is_parametrized(module: nn.Module, name: str | None = None) -> bool:
+    """``torch.nn.utils.parametrize.is_parametrized``, answered first from the module's ``_modules``: torch's
+    reads ``module.parametrizations`` through ``getattr``, which on the many modules without any goes through
+    ``nn.Module.__getattr__`` and an ``AttributeError`` (some 2 us; speedup asks for every module, several times)."""
+    return "parametrizations" in module._modules and parametrize.is_parametrized(module, name)
+
+
 def prunable_parameters(module: nn.Module) -> list[str]:
     """The module's own weight parameters (``weight``, ``in_proj_weight``...): what a weight pruner masks."""
     names = _original_names(module)
@@ -38,14 +45,14 @@ def prunable_parameters(module: nn.Module) -> list[str]:
 
 def _original_names(module: nn.Module) -> list[str]:
     direct = [n for n, _ in module.named_parameters(recurse=False)]
-    if parametrize.is_parametrized(module):
+    if is_parametrized(module):
         direct += list(module.parametrizations.keys())
     return direct
 
 
 def parameter(module: nn.Module, name: str) -> torch.Tensor:
     """The stored tensor behind ``module.<name>``: the parametrization's original if there is one."""
-    if parametrize.is_parametrized(module, name):
+    if is_parametrized(module, name):
         return module.parametrizations[name].original
     return getattr(module, name)
 
@@ -64,7 +71,7 @@ def attach_masks(module: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
     torch's function, and a parameter already masked gets the new mask in place of the old one."""
     targets = []
     for name, mask in masks.items():
-        plist = module.parametrizations[name] if parametrize.is_parametrized(module, name) else None
+        plist = module.parametrizations[name] if is_parametrized(module, name) else None
         target = getattr(module, name) if plist is None else plist.original
         targets.append((name, target, mask.to(device=target.device, dtype=torch.bool), plist))
     if _fresh_ok(module, targets):
@@ -172,7 +179,7 @@ def zero_masked_(t: torch.Tensor, mask: torch.Tensor) -> None:
 
 
 def _masks_of(module: nn.Module, name: str) -> list[ParameterMask]:
-    if not parametrize.is_parametrized(module, name):
+    if not is_parametrized(module, name):
         return []
     return [p for p in module.parametrizations[name] if isinstance(p, ParameterMask)]
 
@@ -189,7 +196,7 @@ def fold_masks(module: nn.Module) -> list[tuple[str, list[torch.Tensor]]]:
 
     Other parametrizations on the same parameter (a quantizer's fake-quant, say) are kept.
     """
-    if not parametrize.is_parametrized(module):
+    if not is_parametrized(module):
         return []
     if _only_masks(module):
         return _unparametrize(module)
@@ -270,11 +277,20 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def check_masks(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tensor | None]]) -> None:
     """Raise a clear error for masks that do not fit the model: unknown layer, parameter, shape or values."""
-    modules = dict(model.named_modules())
+    from nnic.channels.tracer import submodule
+
     if not isinstance(masks, Mapping):
         raise TypeError(f"masks: expected a dict {{layer_name: {{param_name: mask}}}}, got {type(masks).__name__}")
+    modules: dict[str, nn.Module] | None = None  # every name, built only for a name that is not found
     for layer, per_param in masks.items():
-        if layer not in modules:
+        try:
+            module = submodule(model, layer) if isinstance(layer, str) else None
+        except AttributeError:
+            module = None
+        if module is None:
+            modules = dict(model.named_modules()) if modules is None else modules
+            module = modules.get(layer)
+        if module is None:
             import difflib
 
             close = difflib.get_close_matches(str(layer), list(modules), n=3)
@@ -284,7 +300,6 @@ def check_masks(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tensor 
             )
         if not isinstance(per_param, Mapping):
             raise TypeError(f"masks[{layer!r}]: expected a dict {{param_name: mask}}, got {type(per_param).__name__}")
-        module = modules[layer]
         params = _original_names(module)
         for pname, mask in per_param.items():
             if mask is None:
