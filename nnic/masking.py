@@ -136,7 +136,8 @@ def _fresh_ok(module: nn.Module, targets: list) -> bool:
     existing parametrizations)`` (see above)."""
     from torch.nn.modules import module as torch_module
 
-    return (_HAS_INJECT and "parametrizations" not in module._modules and "parametrizations" not in vars(module)
+    return (_HAS_INJECT and _plain_registration(type(module))
+            and "parametrizations" not in module._modules and "parametrizations" not in vars(module)
             and not hasattr(type(module), "parametrizations") and not any(plist is not None for *_, plist in targets)
             and all(type(module._parameters.get(name)) is nn.Parameter and module._parameters[name] is target
                     for name, target, *_ in targets)
@@ -147,6 +148,13 @@ def _fresh_ok(module: nn.Module, targets: list) -> bool:
 
 
 _HAS_INJECT = hasattr(parametrize, "_inject_new_class") and hasattr(parametrize, "_inject_property")
+
+
+def _plain_registration(cls: type) -> bool:
+    """Whether ``cls`` registers, sets and deletes attributes as ``nn.Module`` does (torch's functions go through
+    a subclass's own ``__setattr__``, ``__delattr__`` or ``register_parameter``; the fast paths do not)."""
+    return (cls.__setattr__ is nn.Module.__setattr__ and cls.__delattr__ is nn.Module.__delattr__
+            and cls.register_parameter is nn.Module.register_parameter)
 
 
 def _parametrize_fresh(module: nn.Module, targets: list[tuple[str, nn.Parameter, torch.Tensor]]) -> None:
@@ -230,6 +238,7 @@ def _only_masks(module: nn.Module) -> bool:
 
     plists = module._modules.get("parametrizations")
     return (type(plists) is nn.ModuleDict and _HAS_INJECT and len(type(module).__bases__) == 1
+            and _plain_registration(type(module))
             and not getattr(torch_module, "_global_parameter_registration_hooks", True)
             and all(type(plist) is parametrize.ParametrizationList and len(plist._modules) == 1
                     and type(plist._modules.get("0")) is ParameterMask and plist.is_tensor

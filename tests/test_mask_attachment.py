@@ -150,3 +150,17 @@ def test_a_module_already_parametrized_gets_torchs_path(already):
     assert [type(p) for p in m.parametrizations.weight] == [ParameterMask]
     assert torch.equal(current_mask(m, "weight"), second)
     assert bool((m.weight[~second] == 0).all())
+
+
+def test_a_module_with_its_own_setattr_sees_what_torchs_path_sets():
+    class Watched(nn.Linear):
+        def __setattr__(self, name, value):
+            if name == "parametrizations":
+                self.__dict__.setdefault("seen", []).append(name)
+            super().__setattr__(name, value)
+
+    m = Watched(4, 3)
+    attach_masks(m, {"weight": torch.ones(3, 4, dtype=torch.bool).tril()})
+    assert m.seen == ["parametrizations"] and parametrize.is_parametrized(m, "weight")
+    fold_masks(m)
+    assert type(m) is Watched and not parametrize.is_parametrized(m)
