@@ -164,3 +164,39 @@ def test_a_module_with_its_own_setattr_sees_what_torchs_path_sets():
     assert m.seen == ["parametrizations"] and parametrize.is_parametrized(m, "weight")
     fold_masks(m)
     assert type(m) is Watched and not parametrize.is_parametrized(m)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_small"])
+def test_compress_then_speedup_gives_what_torchs_attachment_gave(arch):
+    """The pruner's masks attached the fast way and through torch's function, then speedup: the same masked
+    state dicts (keys in order, values) and outputs, and the same pruned models."""
+    import torchvision
+
+    import nnic
+
+    torch.manual_seed(0)
+    dense = torchvision.models.get_model(arch, weights=None).eval()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    cfg = [{"sparsity": 0.5, "op_types": ["Conv2d", "Linear"]},
+           {"exclude": True, "op_names": ["fc" if arch == "resnet18" else "classifier.3"]}]
+    results = []
+    for fast in (True, False):
+        model = copy.deepcopy(dense)
+        pruner = nnic.pruner("l1norm", model, cfg, dependency_aware=True, dummy_input=x)
+        if fast:
+            _, masks = pruner.compress()
+        else:
+            masks = pruner.checked_masks()
+            torch_attach(model, {k: {n: m for n, m in v.items() if m is not None} for k, v in masks.items()})
+        masked_state = model.state_dict()
+        with torch.no_grad():
+            masked_out = model(x)
+        nnic.ModelSpeedup(model, x, masks).speedup_model()
+        with torch.no_grad():
+            results.append((masked_state, masked_out, model.state_dict(), model(x)))
+    (ms_a, mo_a, ps_a, po_a), (ms_b, mo_b, ps_b, po_b) = results
+    assert list(ms_a) == list(ms_b) and all(torch.equal(ms_a[k], ms_b[k]) for k in ms_a)
+    assert torch.equal(mo_a, mo_b)
+    assert list(ps_a) == list(ps_b) and all(torch.equal(ps_a[k], ps_b[k]) for k in ps_a)
+    assert torch.equal(po_a, po_b)
+    assert sum(v.numel() for v in ps_a.values()) < 0.8 * sum(v.numel() for v in dense.state_dict().values())
