@@ -313,13 +313,13 @@ def check_masks(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tensor 
             )
         if not isinstance(per_param, Mapping):
             raise TypeError(f"masks[{layer!r}]: expected a dict {{param_name: mask}}, got {type(per_param).__name__}")
-        params = _original_names(module)
         for pname, mask in per_param.items():
             if mask is None:
                 continue
             where = f"masks[{layer!r}][{pname!r}]"
-            if pname not in params:
-                raise ValueError(f"{where}: {type(module).__name__} {layer!r} has no parameter {pname!r}; it has {params}")
+            if module._parameters.get(pname) is None and not is_parametrized(module, pname):
+                raise ValueError(f"{where}: {type(module).__name__} {layer!r} has no parameter {pname!r}; it has "
+                                 f"{_original_names(module)}")
             if not isinstance(mask, torch.Tensor):
                 raise TypeError(f"{where}: expected a tensor, got {type(mask).__name__}")
             shape = tuple(parameter(module, pname).shape)
