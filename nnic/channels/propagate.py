@@ -291,7 +291,8 @@ def analyze(model: nn.Module, dummy_input: Any, table: RuleTable, *, leaf_module
                 reuse.remember_unions(model, captured.key, prop.state.uf.record())
     finally:
         for m, mode in modes.items():
-            m.training = mode
+            if m.training != mode:  # a set through nn.Module.__setattr__ is some 2 us a module
+                m.training = mode
     return prop
 
 

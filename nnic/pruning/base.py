@@ -49,12 +49,12 @@ class Pruner(Compressor):
         """Attach ``masks`` (from :meth:`checked_masks`) as :meth:`compress` does, and keep them as ``self.masks``."""
         from nnic.channels.collector import collection_paused
 
-        modules = dict(self.model.named_modules())
+        from nnic.channels.tracer import submodule
+
         with collection_paused():  # each parametrization makes a class of its own: allocations, nothing to free
             for layer, per_param in masks.items():
-                for pname, mask in per_param.items():
-                    if mask is not None:
-                        masking.attach_mask(modules[layer], pname, mask)
+                masking.attach_masks(submodule(self.model, layer),
+                                     {pname: mask for pname, mask in per_param.items() if mask is not None})
         self.masks = masks
 
     def export_model(self, model_path: io.PathLike, mask_path: io.PathLike | None = None) -> None:

@@ -9,14 +9,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from nnic.channels.capture import split_dummy_input
 from nnic.channels.collector import collection_paused
 from nnic.channels.graph import Spec, State
 from nnic.channels.propagate import Propagation, RuleTable, SpeedupError, analyze
 from nnic.channels.tracer import submodule
-from nnic.masking import ParameterMask, check_masks
+from nnic.masking import ParameterMask, check_masks, is_parametrized
 from nnic.speedup.engine import apply, apply_masks, decide, same_tensor, unwrap_masks
 from nnic.speedup.reference import masked_output
 from nnic.speedup.ties import retie, tied_parameters
@@ -46,7 +45,7 @@ class _Snapshot:
                         for m in modules]  # the class too: mask parametrizations swap it
         # Removing a parametrization deletes its property from the generated class: keep them to put back.
         self.properties = {m.__class__: {k: v for k, v in vars(m.__class__).items() if isinstance(v, property)}
-                           for m in modules if parametrize.is_parametrized(m)}
+                           for m in modules if is_parametrized(m)}
         tensors = {id(t): t for m in modules for t in (*m._parameters.values(), *m._buffers.values())
                    if t is not None}
         skip = {id(t) for t in remasked} & tensors.keys()
@@ -297,9 +296,10 @@ class ModelSpeedup:
             raise
         finally:
             for m, mode in modes.items():
-                m.training = mode
+                if m.training != mode:  # a set through nn.Module.__setattr__ is some 2 us a module
+                    m.training = mode
             for m in model.modules():
-                if m not in modes:
+                if m not in modes and m.training != model.training:
                     m.training = model.training
         return model
 
@@ -311,7 +311,7 @@ class ModelSpeedup:
         mask."""
         out = []
         for name, module in self.model.named_modules():
-            if not parametrize.is_parametrized(module):
+            if not is_parametrized(module):
                 continue
             for pname in module.parametrizations:
                 plist = module.parametrizations[pname]
@@ -323,7 +323,7 @@ class ModelSpeedup:
         for layer, per_param in self.masks.items() if remasked else ():
             module = submodule(self.model, layer)
             for pname, mask in per_param.items():
-                if mask is not None and not parametrize.is_parametrized(module, pname):
+                if mask is not None and not is_parametrized(module, pname):
                     out.append(getattr(module, pname))
         return out
 
@@ -416,13 +416,20 @@ def registered_rules() -> list[Any]:
 
 
 def _check_not_meta(model: nn.Module, dummy_input: Any) -> None:
+    if any(t is not None and t.is_meta for m in model.modules() for t in (*m._parameters.values(),
+                                                                         *m._buffers.values())):
+        _name_meta(model)
+    for t in _flat_tensors(dummy_input):
+        if t.is_meta:
+            raise ValueError("dummy_input: holds a tensor on the meta device; pass real values")
+
+
+def _name_meta(model: nn.Module) -> None:
+    """Raise for the first tensor on the meta device, by name (the names are built only when one is)."""
     for name, t in (*model.named_parameters(), *model.named_buffers()):
         if t.is_meta:
             raise ValueError(f"model: {name!r} is on the meta device (no values); speedup reads the weights: "
                              f"materialize the model first (to_empty(device=...) and load its weights)")
-    for t in _flat_tensors(dummy_input):
-        if t.is_meta:
-            raise ValueError("dummy_input: holds a tensor on the meta device; pass real values")
 
 
 def _flat_tensors(obj: Any) -> list[torch.Tensor]:

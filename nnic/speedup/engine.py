@@ -8,7 +8,6 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from nnic.channels import reuse
 from nnic.channels.graph import State
@@ -148,9 +147,9 @@ def unwrap_masks(model: nn.Module) -> dict[tuple[str, str], list[torch.Tensor]]:
     """Fold nnic's mask parametrizations into plain weights (speedup needs plain modules); returns the masks
     folded, ``{(layer, parameter): [mask, ...]}``. Checks every module first, so a parametrization that is not
     an nnic mask raises before anything is folded."""
-    from nnic.masking import ParameterMask, fold_masks
+    from nnic.masking import ParameterMask, fold_masks, is_parametrized
 
-    parametrized = [(name, m) for name, m in model.named_modules() if parametrize.is_parametrized(m)]
+    parametrized = [(name, m) for name, m in model.named_modules() if is_parametrized(m)]
     if parametrized:
         reuse.forget(model)  # their classes and parameters change
     for name, module in parametrized:
