@@ -101,7 +101,6 @@ mod x86 {
 /// `int8_linear(path, x, m, w, None, act, activation, out)` with the epilogue run as a pass over each finished
 /// block instead of in the VNNI tiles' registers (what it did before the tiles could), the activations packed
 /// before the GEMM's region: the baseline that `examples/gemm_parts.rs` times against in the same rounds.
-#[allow(clippy::too_many_arguments)]
 pub fn int8_linear_block_epilogue(
     path: Path,
     x: &[f32],
@@ -111,18 +110,12 @@ pub fn int8_linear_block_epilogue(
     activation: Activation,
     out: &mut [f32],
 ) -> Result<()> {
-    path.check()?;
-    check_linear(m, w, None, act, out)?;
-    let b = w.packed();
-    let pa = act_pack::pack_f32(path, path.mr_for(m), x, m, w.in_features(), b.kp(), act, !w.zero_point().is_empty())?;
-    finish_linear(path, m, pa, w, None, activation, out, false, None, None);
-    Ok(())
+    packed_first(path, x, m, w, act, activation, out, false)
 }
 
 /// `int8_linear(path, x, m, w, None, act, activation, out)` with the activations quantized and packed in a parallel
 /// region of their own before the GEMM's (what it did before the GEMM's region packed them as its first tasks):
 /// the baseline that `examples/gemm_parts.rs` times against in the same rounds.
-#[allow(clippy::too_many_arguments)]
 pub fn int8_linear_packed_first(
     path: Path,
     x: &[f32],
@@ -132,10 +125,26 @@ pub fn int8_linear_packed_first(
     activation: Activation,
     out: &mut [f32],
 ) -> Result<()> {
+    packed_first(path, x, m, w, act, activation, out, true)
+}
+
+/// The two baselines above: activations packed in a region before the GEMM's, the epilogue in the tiles' registers
+/// (`in_tiles`) or as a pass over each finished block.
+#[allow(clippy::too_many_arguments)]
+fn packed_first(
+    path: Path,
+    x: &[f32],
+    m: usize,
+    w: &PackedLinear,
+    act: ActQuant,
+    activation: Activation,
+    out: &mut [f32],
+    in_tiles: bool,
+) -> Result<()> {
     path.check()?;
     check_linear(m, w, None, act, out)?;
     let b = w.packed();
     let pa = act_pack::pack_f32(path, path.mr_for(m), x, m, w.in_features(), b.kp(), act, !w.zero_point().is_empty())?;
-    finish_linear(path, m, pa, w, None, activation, out, true, None, None);
+    finish_linear(path, m, pa, w, None, activation, out, in_tiles, None, None);
     Ok(())
 }
