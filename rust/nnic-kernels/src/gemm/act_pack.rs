@@ -497,9 +497,8 @@ pub(crate) fn pack_f32(
 ) -> Result<PackedA> {
     let (pa, panels) = F32Panels::new(path, mr, x, m, k, kp, act, rowsum)?;
     let threads = if m * k < PACK_PAR_MIN { 1 } else { pool::num_threads() };
-    // SAFETY: `pa` is not touched until every panel is in, and each task packs its own panel once.
-    super::par::for_each(panels.count(), threads, &|p| unsafe { panels.pack(p) });
-    panels.check()?;
+    // SAFETY: `pa` is alive and not touched until `pack_all` returns.
+    unsafe { panels.pack_all(threads) }?;
     Ok(pa)
 }
 
@@ -612,6 +611,17 @@ impl<'x> F32Panels<'x> {
         for r in 0..rows {
             zero_tail(pn.data, rows, r, k.div_ceil(4));
         }
+    }
+
+    /// Packs every row panel on `threads` threads (one task per panel), then [`F32Panels::check`]s.
+    ///
+    /// # Safety
+    /// The [`PackedA`] returned with `self` is alive, no panel is packed yet, and nothing reads or writes it until
+    /// this returns.
+    pub(crate) unsafe fn pack_all(&self, threads: usize) -> Result<()> {
+        // SAFETY: the contract above; each task packs its own panel once.
+        super::par::for_each(self.count(), threads, &|p| unsafe { self.pack(p) });
+        self.check()
     }
 
     /// After every panel is packed: the error that names the first non-finite value, if a row's range met one.

@@ -129,9 +129,8 @@ fn run_linear(
     let (pa, panels) = act_pack::F32Panels::new(path, path.mr_for(m), x, m, k, w.b.kp(), act, !w.zero.is_empty())?;
     let in_region = m * k >= act_pack::PACK_PAR_MIN;
     if !in_region {
-        // SAFETY: `pa` is not otherwise touched until the GEMM, and each panel is packed once.
-        (0..panels.count()).for_each(|p| unsafe { panels.pack(p) });
-        panels.check()?;
+        // SAFETY: `pa` is not otherwise touched until the GEMM, and no panel is packed yet.
+        unsafe { panels.pack_all(1) }?;
     }
     finish_linear(path, m, pa, w, bias, activation, out, true, in_region.then_some(&panels), rows_done);
     panels.check()
