@@ -15,9 +15,9 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from nnic.config import _SELECTORS, DEFAULT_OP_TYPES, Key, _closest, _got, _where, validate_config_list
+from nnic.masking import is_parametrized
 
 __all__ = ["LayerConfig", "amount", "count_nonzero", "named_layers", "op_type", "replace_module", "select_layers"]
 
@@ -59,7 +59,7 @@ def op_type(module: nn.Module) -> str:
     (``ParametrizedLinear``); a config_list written for the model must still see a ``Linear``.
     """
     cls = type(module)
-    return cls.__bases__[0].__name__ if parametrize.is_parametrized(module) else cls.__name__
+    return cls.__bases__[0].__name__ if is_parametrized(module) else cls.__name__
 
 
 def named_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -77,7 +77,7 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def _has_own_parameters(module: nn.Module) -> bool:
-    return parametrize.is_parametrized(module) or next(module.parameters(recurse=False), None) is not None
+    return is_parametrized(module) or next(module.parameters(recurse=False), None) is not None
 
 
 def _matches(entry: dict[str, Any], name: str, module: nn.Module) -> bool:

@@ -17,7 +17,7 @@ from torch.nn.utils import parametrize
 import nnic
 from nnic.pruning.iterative import masks_from_scores
 from nnic.evaluator import Evaluator
-from nnic.masking import Masks, attach_mask
+from nnic.masking import Masks, attach_mask, is_parametrized
 from nnic.pruning.base import Pruner
 
 __all__ = ["MovementMask", "MovementPruner"]
@@ -98,7 +98,7 @@ class MovementPruner(Pruner):
 
     def calculate_masks(self, fraction: float = 1.0) -> Masks:
         """Masks from the accumulated scores (plain magnitude before any training) at ``fraction`` of the target."""
-        if all(parametrize.is_parametrized(cfg.module, "weight") for cfg in self.layers.values()) and \
+        if all(is_parametrized(cfg.module, "weight") for cfg in self.layers.values()) and \
                 all(any(isinstance(p, MovementMask) for p in cfg.module.parametrizations["weight"])
                     for cfg in self.layers.values()):
             scores = {name: mm.score for name, mm in self._movement_masks().items()}

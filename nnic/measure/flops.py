@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from nnic.masking import is_parametrized
 from nnic.measure._inputs import call, eval_mode
 
 
@@ -132,7 +133,7 @@ def _stored_weights(m: nn.Module) -> Iterator[tuple[str, torch.Tensor, torch.Ten
     """``(name, stored tensor, effective tensor, element count)`` for each weight the module itself holds:
     its parameters (a masked parameter's effective value is ``original * mask``), and the weight codes and
     bias that nnic's low-bit modules keep as buffers. Quantization scales and zero points are not weights."""
-    parametrized = parametrize.is_parametrized(m)
+    parametrized = is_parametrized(m)
     for name, p in m.named_parameters(recurse=False):
         yield name, p, p, p.numel()
     if parametrized:

@@ -146,7 +146,7 @@ class Quantizer(Compressor):
 
 
 def _parametrizations(module: nn.Module, name: str) -> list[nn.Module]:
-    return list(module.parametrizations[name]) if parametrize.is_parametrized(module, name) else []
+    return list(module.parametrizations[name]) if masking.is_parametrized(module, name) else []
 
 
 def _weight_before(module: nn.Module, stop: nn.Module) -> torch.Tensor:

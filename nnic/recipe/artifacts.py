@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from nnic import io
+from nnic.masking import is_parametrized
 from nnic.recipe.errors import RecipeError
 from nnic.recipe.resolve import build_fresh_model, resolve_path
 from nnic.selection import replace_module
@@ -31,7 +32,7 @@ def _plain_copy(model: nn.Module) -> nn.Module:
     """A copy with every parametrization applied and removed, and no activation fake-quant attached."""
     from nnic.quantization import activation
 
-    has_extras = any(parametrize.is_parametrized(m) or activation.find(m, "input") is not None
+    has_extras = any(is_parametrized(m) or activation.find(m, "input") is not None
                      or activation.find(m, "output") is not None for m in model.modules())
     if not has_extras:
         return model
@@ -39,7 +40,7 @@ def _plain_copy(model: nn.Module) -> nn.Module:
     for m in list(plain.modules()):
         for quant_type in ("input", "output"):
             activation.detach(m, quant_type)
-        if parametrize.is_parametrized(m):
+        if is_parametrized(m):
             # Not parametrize.remove_parametrizations: it deletes the property from the parametrized class,
             # which the copy shares with the original model. Give the copy its plain class back instead.
             with torch.no_grad():

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
+from nnic.masking import is_parametrized
 from nnic.selection import op_type
 from nnic.measure import count_flops, params_per_layer, size_on_disk
 from nnic.measure._inputs import call, eval_mode, num_threads
@@ -73,7 +73,7 @@ def weight_bits(m: nn.Module) -> tuple[int | None, bool]:
     w = buffers.get("weight")
     if isinstance(w, torch.Tensor) and not w.is_floating_point():
         return torch.iinfo(w.dtype).bits, False
-    if parametrize.is_parametrized(m, "weight"):
+    if is_parametrized(m, "weight"):
         for p in m.parametrizations["weight"]:
             spec = getattr(p, "spec", None)
             if spec is not None and hasattr(spec, "bits"):
@@ -115,7 +115,7 @@ def is_masked(m: nn.Module) -> bool:
     """Whether a pruner's mask is attached to one of the module's parameters."""
     from nnic.masking import ParameterMask
 
-    return parametrize.is_parametrized(m) and any(
+    return is_parametrized(m) and any(
         isinstance(p, ParameterMask) for plist in m.parametrizations.values() for p in plist)
 
 

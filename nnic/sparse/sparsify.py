@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from nnic.kernels.runtime import last_level_cache_bytes as _last_level_cache_bytes
+from nnic.masking import is_parametrized
 from nnic.selection import replace_module
 from nnic.sparse import layout
 from nnic.sparse.conv import SparseConv2d, unsupported_conv
@@ -115,7 +115,7 @@ def _fold_and_apply(model: nn.Module, masks: Mapping | None) -> None:
     if masks:
         check_masks(model, masks)
     for name, module in model.named_modules():
-        if parametrize.is_parametrized(module) and _candidate_kind(module):
+        if is_parametrized(module) and _candidate_kind(module):
             if all(isinstance(p, ParameterMask) for ps in module.parametrizations.values() for p in ps):
                 fold_masks(module)
     with torch.no_grad():

@@ -20,8 +20,8 @@ from __future__ import annotations
 import sys
 
 from torch import nn
-from torch.nn.utils import parametrize
 
+from nnic.masking import is_parametrized
 from nnic.quantization.base import WeightFakeQuant
 from nnic.quantization.calibration import LayerCalibration
 from nnic.quantization.lowering import LoweringContext, LoweringTable, float_linear
@@ -32,7 +32,7 @@ __all__ = ["Conv1DLowering"]
 def _fake_quantized_per_input(module: nn.Module) -> bool:
     """Whether a generic quantizer's per-channel fake quantization (channels = the stored weight's axis 0, the
     inputs of a ``Conv1D``) is attached to ``module``'s weight."""
-    if not parametrize.is_parametrized(module, "weight"):
+    if not is_parametrized(module, "weight"):
         return False
     return any(isinstance(p, WeightFakeQuant) and p.spec.per_channel for p in module.parametrizations["weight"])
 
