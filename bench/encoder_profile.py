@@ -6,6 +6,7 @@ kernels) against onnxruntime running its own ``quantize_dynamic`` model.
     python bench/encoder_profile.py --attention               # the attention kernel alone, per ISA path
     python bench/encoder_profile.py --kernel-calls --threads 1  # each kernel call of the fused forward, no profiler
     python bench/encoder_profile.py --kernel-calls --threads 1 --attention-products bfloat16  # with the bf16 opt-in
+    python bench/encoder_profile.py --kernel-calls --threads 1 2  # one and two threads alternated: what scales
 
 ``--attention`` times ``nnic.kernels.attention`` alone at the model's shape (one fused QKV buffer read in place),
 on every ISA path this CPU has, in interleaved rounds: one thread (that thread's CPU time) and two threads (wall),
@@ -17,7 +18,10 @@ per layer: QKV GEMM, attention, output GEMM + skip LayerNorm (one call), MLP up 
 its output is checked equal to the model's, bit for bit) and times each call on the thread's CPU clock at one thread (wall
 time with more), in interleaved rounds with the model's own forward: where the time goes inside the real forward,
 with its cache state (each kernel alone, on data it just used, is faster: the MLP-up GEMM 12.4 against 13.8 ms, a
-skip LayerNorm 0.27 against 0.77 ms), and without the profiler's own cost per op.
+skip LayerNorm 0.27 against 0.77 ms), and without the profiler's own cost per op. Several ``--threads`` alternate
+within each round and print each stage's time against the first count's, with the process's CPU time beside the
+wall time: a two-thread stage whose process CPU is well under twice its wall time did not have both cores (another
+process held one), so only rounds on a quiet machine say how a stage scales.
 
 The model is bench/onnx.py's (BERT-base, random init, seed 0, every Linear int8, GELU in the GEMM epilogue, one
 QKV GEMM per layer). nnic's forwards run under ``torch.profiler``; each nnic kernel call is wrapped in a
@@ -137,11 +141,11 @@ def attention_alone(batch: int, seq: int, rounds: int, heads: int = 12, head_dim
               f"2 threads (wall) {two * 1e3:8.2f} ms {macs / two / 1e9:6.1f} GMAC/s")
 
 
-def kernel_calls(model: nn.Module, ids: torch.Tensor, rounds: int, threads: int) -> None:
-    """Prints the ms per forward of each kernel class of the all-fused model's forward (see the module doc)."""
+def kernel_calls(model: nn.Module, ids: torch.Tensor, rounds: int, thread_counts: list[int]) -> None:
+    """Prints the ms per forward of each kernel class of the all-fused model's forward (see the module doc), at each
+    thread count in ``thread_counts``, the counts alternating within every round."""
     from nnic.kernels.adapters import float_output
 
-    clock = time.thread_time if threads == 1 else time.perf_counter
     bert_model = model.model if isinstance(model, LastHidden) else model
 
     def linear(layer: nn.Module, x2: torch.Tensor) -> torch.Tensor:
@@ -157,11 +161,12 @@ def kernel_calls(model: nn.Module, ids: torch.Tensor, rounds: int, threads: int)
                                               linear_bias=dense.bias, act=act, symmetric=symmetric,
                                               act_scale=act_scale, act_zero_point=act_zero_point, path=path)
 
-    def forward(times: collections.Counter) -> torch.Tensor:
+    def forward(times: collections.Counter, cpu: collections.Counter, clock) -> torch.Tensor:
         def timed(name: str, fn, *args):
-            t = clock()
+            t, c = clock(), time.process_time()
             y = fn(*args)
             times[name] += clock() - t
+            cpu[name] += time.process_time() - c
             return y
 
         h = timed("embeddings", lambda: bert_model.embeddings(input_ids=ids))
@@ -178,34 +183,59 @@ def kernel_calls(model: nn.Module, ids: torch.Tensor, rounds: int, threads: int)
             h = timed("GEMM MLP down + LN", ending, m, a, out)
         return h.view(batch, seq, hidden)
 
+    def set_threads(threads: int) -> None:
+        torch.set_num_threads(threads)
+        kernels.set_num_threads(threads)
+
     with torch.inference_mode():
-        want = model(ids)
-        if not torch.equal(forward(collections.Counter()), want):
-            raise SystemExit("the kernel calls do not reproduce the fused model's output: the model's layout changed")
-        per: dict[str, list[float]] = collections.defaultdict(list)
+        for threads in thread_counts:
+            set_threads(threads)
+            want = model(ids)
+            if not torch.equal(forward(collections.Counter(), collections.Counter(), time.perf_counter), want):
+                raise SystemExit("the kernel calls do not reproduce the fused model's output: the model's layout "
+                                 "changed")
+        # per (name, threads): the clock's ms (thread CPU at one thread, wall with more) and the process's CPU ms
+        per: dict[tuple[str, int], list[float]] = collections.defaultdict(list)
+        per_cpu: dict[tuple[str, int], list[float]] = collections.defaultdict(list)
         for _ in range(rounds):
-            times: collections.Counter = collections.Counter()
-            t = clock()
-            forward(times)
-            times["forward by kernel calls"] = clock() - t
-            t = clock()
-            model(ids)
-            times["model forward (modules)"] = clock() - t
-            for k, v in times.items():
-                per[k].append(v)
-    med = {k: statistics.median(v) * 1e3 for k, v in per.items()}
-    total = med["forward by kernel calls"]
-    print(f"kernel calls of the all-fused forward, {'thread CPU' if threads == 1 else 'wall'} time, median of "
-          f"{rounds} interleaved rounds, ms per forward")
-    for k, v in med.items():
-        print(f"  {k:32s} {v:8.1f} {100 * v / total:6.1f} %")
+            for threads in thread_counts:
+                set_threads(threads)
+                clock = time.thread_time if threads == 1 else time.perf_counter
+                times: collections.Counter = collections.Counter()
+                cpu: collections.Counter = collections.Counter()
+                t, c = clock(), time.process_time()
+                forward(times, cpu, clock)
+                times["forward by kernel calls"], cpu["forward by kernel calls"] = clock() - t, time.process_time() - c
+                t, c = clock(), time.process_time()
+                model(ids)
+                times["model forward (modules)"], cpu["model forward (modules)"] = clock() - t, time.process_time() - c
+                for k in times:
+                    per[k, threads].append(times[k] * 1e3)
+                    per_cpu[k, threads].append(cpu[k] * 1e3)
+    names = list(dict.fromkeys(k for k, _ in per))
+    med = {k: statistics.median(v) for k, v in per.items()}
+    med_cpu = {k: statistics.median(v) for k, v in per_cpu.items()}
+    print(f"kernel calls of the all-fused forward, median of {rounds} interleaved rounds, ms per forward; at one "
+          f"thread that thread's CPU time, with more the wall time, and the process's CPU time beside it (both "
+          f"threads' work plus any spinning: about twice the wall time when both cores were ours throughout)")
+    first = thread_counts[0]
+    for threads in thread_counts:
+        total = med["forward by kernel calls", threads]
+        clock = "thread CPU" if threads == 1 else "wall"
+        print(f"\n{threads} thread{'s' if threads > 1 else ''}: {clock:10s} share  process CPU"
+              + (f"  {clock} / {first} thread{'s' if first > 1 else ''}'s" if threads != first else ""))
+        for k in names:
+            v = med[k, threads]
+            ratio = f"  {v / med[k, first]:9.3f}" if threads != first else ""
+            print(f"  {k:32s} {v:8.1f} {100 * v / total:6.1f} %  {med_cpu[k, threads]:8.1f}{ratio}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=128)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, nargs="+", default=[2],
+                    help="thread count (several, with --kernel-calls: alternated within each round)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--no-ort", action="store_true", help="skip onnxruntime (its export takes about a minute)")
     ap.add_argument("--attention", action="store_true", help="time the attention kernel alone (see above)")
@@ -216,8 +246,9 @@ def main() -> None:
     if args.attention:
         attention_alone(args.batch, args.seq, max(args.rounds, 15))
         return
-    torch.set_num_threads(args.threads)
-    kernels.set_num_threads(args.threads)
+    threads = args.threads[0]
+    torch.set_num_threads(threads)
+    kernels.set_num_threads(threads)
     from nnic.quantization.modules import Int8Linear
     from nnic_transformers import fuse_encoder, fuse_mlp_activations, fuse_projections
 
@@ -237,7 +268,7 @@ def main() -> None:
     if args.kernel_calls:
         kernel_calls(fused, ids, args.rounds, args.threads)
         return
-    print(f"batch {args.batch}, seq {args.seq}, threads {args.threads}, {args.rounds} forwards each; ms per forward")
+    print(f"batch {args.batch}, seq {args.seq}, threads {threads}, {args.rounds} forwards each; ms per forward")
     tables = {"nnic int8 (GELU + QKV fused)": profile_nnic(q, ids, args.rounds),
               "nnic int8 + fuse_encoder": profile_nnic(fused, ids, args.rounds)}
     if not args.no_ort:
@@ -250,7 +281,7 @@ def main() -> None:
                 warnings.simplefilter("ignore")
                 quantize_dynamic(str(tmp / "float.onnx"), str(tmp / "ort.onnx"), per_channel=True,
                                  weight_type=QuantType.QInt8)
-            tables["onnxruntime quantize_dynamic"] = profile_ort(str(tmp / "ort.onnx"), ids, args.threads,
+            tables["onnxruntime quantize_dynamic"] = profile_ort(str(tmp / "ort.onnx"), ids, threads,
                                                                  args.rounds, tmp)
     for title, rows in tables.items():
         print(f"\n{title}")

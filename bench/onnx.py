@@ -22,6 +22,10 @@ interleaved rounds) at the same thread count:
 - ``ort: quantize_dynamic``: the float model exported to ONNX, then
   ``onnxruntime.quantization.quantize_dynamic(..., per_channel=True, weight_type=QInt8)``.
 
+``--ops`` prints the op types onnxruntime runs for each ONNX model (its optimised graph, as the sessions here build
+it): ``quantize_dynamic``'s BERT runs its 72 weight products as ``DynamicQuantizeMatMul`` / ``MatMulIntegerToFloat``
+and the attention's two activation products (``q kᵀ``, ``p v``) as float32 ``FusedMatMul`` / ``MatMul``, unfused.
+
 ``--clock cpu`` times process CPU time instead of wall time (use it with ``--threads 1`` on a loaded machine).
 Agreement: cosine similarity and max |diff| of the last hidden state against float32 torch. Each ONNX file is
 exported once at batch 1 and run at every batch (the batch and sequence axes are dynamic).
@@ -83,6 +87,24 @@ def session(path: str, threads: int):
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
+def op_counts(path: str, threads: int, tmp: Path) -> list[tuple[str, int]]:
+    """The op types (``domain:op``, ``com.microsoft`` for onnxruntime's contrib ops) of the graph onnxruntime runs
+    for the model at ``path`` after its graph optimisations (the default level, as :func:`session` uses), most
+    frequent first."""
+    import collections
+
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    options.optimized_model_filepath = str(tmp / f"optimised-{Path(path).name}")
+    ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    graph = onnx.load(options.optimized_model_filepath, load_external_data=False).graph
+    return collections.Counter(f"{n.domain or 'ai.onnx'}:{n.op_type}" for n in graph.node).most_common()
+
+
 def agreement(y: np.ndarray | torch.Tensor, ref: torch.Tensor) -> str:
     y = torch.as_tensor(y)
     c = F.cosine_similarity(y.flatten().double(), ref.flatten().double(), dim=0).item()
@@ -97,6 +119,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=11, help="max rounds")
     ap.add_argument("--budget", type=float, default=40.0, help="seconds per batch")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="wall time, or process CPU time")
+    ap.add_argument("--ops", action="store_true", help="print the op types onnxruntime runs for each ONNX model")
     args = ap.parse_args()
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     import onnxruntime as ort
@@ -134,6 +157,11 @@ def main() -> None:
             warnings.simplefilter("ignore")
             quantize_dynamic(str(tmp / "float.onnx"), str(tmp / "ort-dynamic.onnx"), per_channel=True,
                              weight_type=QuantType.QInt8)
+        if args.ops:
+            for name, path in (("nnic export (integer)", files["integer"]), ("nnic export (qdq)", files["qdq"]),
+                               ("quantize_dynamic", str(tmp / "ort-dynamic.onnx"))):
+                ops = ", ".join(f"{op} {n}" for op, n in op_counts(path, args.threads, tmp))
+                print(f"onnxruntime runs for {name}: {ops}")
         sessions = {"integer": session(files["integer"], args.threads), "qdq": session(files["qdq"], args.threads),
                     "ort": session(str(tmp / "ort-dynamic.onnx"), args.threads)}
         for batch in args.batches:
