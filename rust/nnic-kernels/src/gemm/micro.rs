@@ -169,8 +169,27 @@ pub(crate) mod x86 {
                 ap = ap.add(MR * 4);
                 bp = bp.add(128);
             }
-            store_tile::<MR, 2>(&s, c, ldc, acc, epi, 0);
+            store_tile::<MR, 2>(&spill(&s), c, ldc, acc, epi, 0);
         }
+    }
+
+    /// `s` copied into a fresh array, element by element. Why: the epilogue's row loop ([`finish_tile`]) is not
+    /// unrolled, so the array it reads lives on the stack; handed `s` itself, the tile kept `s` there too, zeroed
+    /// by a `memset` call of `2 · MR` vectors at every tile's start (1 % of a BERT-base forward's `perf` samples,
+    /// one thread), although the K loop runs in registers and overwrites it. A copy made at the end lets `s` stay
+    /// a set of registers from the start, and only the copy is written to the stack, once.
+    #[inline(always)]
+    fn spill<const MR: usize, const H: usize>(s: &[[__m512i; H]; MR]) -> [[__m512i; H]; MR] {
+        let mut out = std::mem::MaybeUninit::<[[__m512i; H]; MR]>::uninit();
+        let p = out.as_mut_ptr() as *mut __m512i;
+        for r in 0..MR {
+            for h in 0..H {
+                // SAFETY: `r · H + h` < `MR · H`, the array's length in vectors.
+                unsafe { p.add(r * H + h).write(s[r][h]) };
+            }
+        }
+        // SAFETY: every element was written above.
+        unsafe { out.assume_init() }
     }
 
     /// How far ahead (bytes of the panel, whose 64-byte halves the tile reads every other line of) the tall tile
@@ -227,7 +246,7 @@ pub(crate) mod x86 {
                 let turned = pf.wrapping_sub(if h == 0 { 128 * kg - 64 } else { 64 });
                 tall_steps::<MR>(&mut s, kg - ahead, &mut ap, &mut bp, pf);
                 tall_steps::<MR>(&mut s, ahead, &mut ap, &mut bp, turned.wrapping_add(128 * (kg - ahead)));
-                store_tile::<MR, 1>(&s, c, ldc, acc, epi, 16 * h);
+                store_tile::<MR, 1>(&spill(&s), c, ldc, acc, epi, 16 * h);
             }
         }
     }
@@ -440,7 +459,7 @@ pub(crate) mod x86 {
                     s[r][h] = _mm512_add_epi32(s[r][h], t[r][h]);
                 }
             }
-            store_tile::<MR, 2>(&s, c, ldc, acc, epi, 0);
+            store_tile::<MR, 2>(&spill(&s), c, ldc, acc, epi, 0);
         }
     }
 }
