@@ -36,7 +36,8 @@ and the polling time per GEMM, which is what the bound ``--spin`` (microseconds,
 processes at most). ``NNIC_GEMM_BACKEND=rayon`` puts every GEMM on those helpers instead of torch's team. Each
 table also says in how many of its timed calls the default ``int8_linear`` row ran on torch's team, on the helpers
 (after a late team thread) and on the caller alone, with each part's median: the row's median is that of the mixture
-(one late team thread sends the calls of the next 0.1-0.5 s to the helpers, several rounds at M = 1).
+(a late team thread beside other processes' load sends the calls of the next 0.1-0.5 s to the helpers, several
+rounds at M = 1).
 
 ``--bert`` times a BERT-base encoder (12 x 768, FFN 3072, random init, sequence ``--seq``, batch ``--bert-batch``)
 instead: float32, ``torch.ao.quantization.quantize_dynamic`` (every installed engine; the best is the baseline),
