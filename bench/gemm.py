@@ -34,8 +34,10 @@ caller's team mates took), and the GEMM helpers' counters (``kernels.gemm_team_s
 kernels' own helper threads, the share a helper took while still polling rather than after a kernel wake-up,
 and the polling time per GEMM, which is what the bound ``--spin`` (microseconds, default 50) costs the other
 processes at most). ``NNIC_GEMM_BACKEND=rayon`` puts every GEMM on those helpers instead of torch's team. Each
-table also says in how many of its timed calls the default ``int8_linear`` row ran on torch's team (the rest went
-to the helpers after a late team thread): the row's time depends on it.
+table also says in how many of its timed calls the default ``int8_linear`` row ran on torch's team, on the helpers
+(after a late team thread) and on the caller alone, with each part's median: the row's median is that of the mixture
+(a late team thread beside other processes' load sends the calls of the next 0.1-0.5 s to the helpers, several
+rounds at M = 1).
 
 ``--bert`` times a BERT-base encoder (12 x 768, FFN 3072, random init, sequence ``--seq``, batch ``--bert-batch``)
 instead: float32, ``torch.ao.quantization.quantize_dynamic`` (every installed engine; the best is the baseline),
@@ -77,28 +79,39 @@ TALL_ROWS = range(13, 29)
 
 
 class BackendTally:
-    """Where the default ``int8_linear`` row's calls ran: on torch's OpenMP team, or not (nnic's own helpers after
-    a late team thread, see ``gemm_openmp_stats``). Called after every timed call, outside the timing: a call of
-    the default row that raised the team's run count ran there. Why: the row's time depends on it (on the helpers
-    it shares the cores with torch's still-spinning OpenMP thread), and which one a run got is what moved M = 1
-    and M = 16 between quiet runs."""
+    """Where the default ``int8_linear`` row's calls ran: on torch's OpenMP team, on nnic's own helpers (after a
+    late team thread, see ``gemm_openmp_stats``), or on the caller alone (a product too small to split). Called
+    after every timed call, outside the timing: a call of the default row that raised the team's (the helpers')
+    run count ran there. Why: the row's time depends on it (on the helpers it shares the cores with torch's
+    still-spinning OpenMP thread), and which one a run got is what moved M = 1 and M = 16 between quiet runs: the
+    row's median is the median of a mixture, so :meth:`line` also gives each part's median (quiet runs of
+    2026-12-01 at M = 1: with 7 of 15 calls on the team the row read 0.713 ms, with 10 of 15 0.592 ms)."""
+
+    WHERE = ("team", "helpers", "caller")
 
     def __init__(self) -> None:
-        self.last: int | None = None
-        self.team = self.other = 0
+        self.last: tuple[int, int] | None = None
+        #: Where each timed call of the default row ran, in order (one of :attr:`WHERE`).
+        self.where: list[str] = []
 
     def __call__(self, name: str) -> None:
-        runs = kernels.gemm_openmp_stats()["runs"]
+        runs = (kernels.gemm_openmp_stats()["runs"], kernels.gemm_pool_stats()["runs"])
         if name == DEFAULT_LINEAR and self.last is not None:
-            if runs > self.last:
-                self.team += 1
-            else:
-                self.other += 1
+            self.where.append("team" if runs[0] > self.last[0] else "helpers" if runs[1] > self.last[1] else "caller")
         self.last = runs
 
-    def line(self) -> str:
-        return (f"default int8_linear row on torch's OpenMP team in {self.team} of {self.team + self.other} timed "
-                f"calls (the others on nnic's own helpers)")
+    def line(self, times: list[float] | None = None) -> str:
+        """The tally in words; with the row's ``times`` (one per call), also the median of each part."""
+        counts = {w: self.where.count(w) for w in self.WHERE}
+        text = (f"default int8_linear row on torch's OpenMP team in {counts['team']} of {len(self.where)} timed "
+                f"calls, on nnic's own helpers in {counts['helpers']}, on the caller alone in {counts['caller']}")
+        if times is not None and len(times) == len(self.where):
+            parts = {w: [t for t, at in zip(times, self.where) if at == w] for w in self.WHERE}
+            text += "; medians: " + ", ".join(f"{w} {statistics.median(ts) * 1e3:.3f} ms"
+                                              for w, ts in parts.items() if ts)
+        return text
+
+
 SHAPES = [(1, 4096, 4096), (16, 4096, 4096), (128, 768, 3072), (512, 768, 768), (2048, 4096, 4096)]
 
 
@@ -376,7 +389,7 @@ def main() -> None:
                 all_res[f"{spec} {setting}"] = times
                 ratios[setting] = report(m, k, n, times, args.stat, peak, setting)
                 if kernels.gemm_backend() == "openmp" and args.threads > 1:
-                    print(f"  {tallies[setting].line()}")
+                    print(f"  {tallies[setting].line(times.get(DEFAULT_LINEAR))}")
             print(f"  GEMM helpers (both settings): {team_line(team)}")
             print(f"  torch's OpenMP team (both settings): {openmp_line(omp)}")
             summary.append((spec, ratios))

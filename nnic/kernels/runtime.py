@@ -178,8 +178,10 @@ def gemm_openmp_stats(reset: bool = False) -> dict[str, int]:
     """What the parallel runs (GEMMs, sparse products) on torch's OpenMP team did since start (or the last
     ``reset=True``), summed over runs: ``runs``; ``late`` (runs whose last thread arrived over 0.5 ms after the
     start, which send the next 0.5 s of runs to nnic's own helpers, twice as long after each late retry, up to
-    8 s, or until a look at ``/proc/stat`` every 0.1 s finds that other processes left the cores); ``tasks`` and ``tasks_by_team`` (taken by team threads other than the caller: about half with two
-    threads when the team starts at once); ``arrival_ns`` (start to the last thread's arrival: the fork),
+    8 s, or until a look at ``/proc/stat`` every 0.1 s finds that other processes left the cores; a late run
+    after runs on time, with the cores left to this process over the last 0.1 s or more, sends none); ``tasks``
+    and ``tasks_by_team`` (taken by team threads other than the caller: about half with two threads when the team
+    starts at once); ``arrival_ns`` (start to the last thread's arrival: the fork),
     ``tail_ns`` (no task left to the region's end: the join), ``region_ns`` (the whole parallel region) and
     ``wait_ns`` (the caller's own last task to the region's end: what waiting for the others cost it). Runs on
     nnic's own helpers count in :func:`gemm_pool_stats` instead."""
