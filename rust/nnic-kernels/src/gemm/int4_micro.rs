@@ -324,6 +324,10 @@ pub(super) mod x86 {
             for g in 0..groups {
                 let (co, so) = group_at::<S>(g, stride, pairs);
                 let blk = b.add(co);
+                if S == U8 && g % 2 == 0 {
+                    // The pair's scale line precedes its codes: touch it first, so the stream is read in order.
+                    _mm_prefetch::<_MM_HINT_T0>(b.add(so) as *const i8);
+                }
                 // Per row and chain: the sums of the low-nibble columns (`P` when `W`) and of the high ones (`Q`).
                 let mut s = [[_mm512_setzero_si512(); C]; MR];
                 let mut t = [[_mm512_setzero_si512(); C]; MR];
@@ -423,6 +427,9 @@ pub(super) mod x86 {
                 for g in 0..groups {
                     let (co, so) = group_at::<S>(g, stride, pairs);
                     let blk = b.add(co);
+                    if S == U8 && g % 2 == 0 {
+                        _mm_prefetch::<_MM_HINT_T0>(b.add(so) as *const i8); // read the stream in order (as `vnni`)
+                    }
                     let zc = z.add(g * NR);
                     let mut s = [[_mm256_setzero_si256(); 2]; MR];
                     for r in 0..MR {
