@@ -111,8 +111,8 @@ pub struct PackedInt4 {
 
 impl PackedInt4 {
     /// Packs codes `q[n, k]` (each in [-8, 7]) with `scales[n, ceil(k / group)]` (`f32`, half-precision bits,
-    /// or 8-bit codes with per-column steps: [`GroupScales`]) and zero points `zeros` (empty, or `[n, ceil(k / group)]` values in [-8, 7]);
-    /// `group` is a multiple of 8.
+    /// or 8-bit codes with per-column steps: [`GroupScales`]) and zero points `zeros` (empty, or
+    /// `[n, ceil(k / group)]` values in [-8, 7]); `group` is a multiple of 8.
     pub fn new<'a>(q: &[i8], n: usize, k: usize, scales: impl Into<GroupScales<'a>>, zeros: &[i8], group: usize)
         -> Result<PackedInt4> {
         let scales = scales.into();
@@ -170,7 +170,7 @@ impl PackedInt4 {
             for j in 0..n {
                 let (p, c) = (j / NR, j % NR);
                 let panel = &mut bytes[p * plen..(p + 1) * plen];
-                let place = |g: usize| Panel { bytes: &[], zeros: &[], groups: gp, pairs, stride, fmt }.group_at(g);
+                let place = |g: usize| fmt.group_at(g, stride, pairs);
                 let row = &q[j * k..(j + 1) * k];
                 for (kk, &v) in row.iter().enumerate() {
                     let (g, r) = (kk / group, kk % group);
@@ -199,12 +199,8 @@ impl PackedInt4 {
             }
             // Scales of the padding columns (and the unused half of an unpaired group's 8-bit scale line): 0 (their
             // outputs are never written).
-            let w = match fmt {
-                ScaleFmt::F32 => 4,
-                ScaleFmt::F16 => 2,
-                ScaleFmt::U8 => 1,
-            };
-            let place = |g: usize| Panel { bytes: &[], zeros: &[], groups: gp, pairs, stride, fmt }.group_at(g);
+            let w = fmt.width();
+            let place = |g: usize| fmt.group_at(g, stride, pairs);
             for j in n..np {
                 let (p, c) = (j / NR, j % NR);
                 for g in 0..gp {

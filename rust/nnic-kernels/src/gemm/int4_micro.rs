@@ -61,6 +61,26 @@ pub(super) enum ScaleFmt {
     U8,
 }
 
+impl ScaleFmt {
+    /// Bytes per scale.
+    pub(super) fn width(self) -> usize {
+        match self {
+            ScaleFmt::F32 => 4,
+            ScaleFmt::F16 => 2,
+            ScaleFmt::U8 => 1,
+        }
+    }
+    /// Byte offsets in a panel of this format of group `g`'s codes and of its 32 scales ([`group_at`]).
+    #[inline(always)]
+    pub(super) fn group_at(self, g: usize, stride: usize, pairs: usize) -> (usize, usize) {
+        match self {
+            ScaleFmt::F32 => group_at::<0>(g, stride, pairs),
+            ScaleFmt::F16 => group_at::<1>(g, stride, pairs),
+            ScaleFmt::U8 => group_at::<2>(g, stride, pairs),
+        }
+    }
+}
+
 /// Where group `g`'s codes and scales start in a panel of format `S` (0, 1, 2: [`ScaleFmt`]'s order, the
 /// tiles' `x86::F32`, `x86::F16`, `x86::U8`) with `stride` bytes
 /// per group block (per *pair* of groups for 8-bit scales) and `pairs · 128` bytes of codes per group.
@@ -107,11 +127,7 @@ impl Panel<'_> {
     /// Byte offsets of group `g`'s codes and of its 32 scales.
     #[inline(always)]
     pub(super) fn group_at(&self, g: usize) -> (usize, usize) {
-        match self.fmt {
-            ScaleFmt::F32 => group_at::<0>(g, self.stride, self.pairs),
-            ScaleFmt::F16 => group_at::<1>(g, self.stride, self.pairs),
-            ScaleFmt::U8 => group_at::<2>(g, self.stride, self.pairs),
-        }
+        self.fmt.group_at(g, self.stride, self.pairs)
     }
     /// Quad row `t` of group `g`'s codes (64 bytes: k values `4t..4t + 4` of the group, module doc).
     #[inline(always)]
