@@ -6,8 +6,8 @@
 
 Each model (random weights from a transformers config, seeded) is run teacher-forced on ``--seqs`` random token
 sequences of ``--len`` tokens as float32, as nnic int4 (every Linear, ``lm_head`` included, groups of 32) with
-float32 scales, with float16 scales and with 8-bit scale codes. Printed per int4 variant, against the float model: the logits' RMS
-difference, the mean KL divergence of the next-token distributions, the top-1 agreement, and a perplexity
+float32 scales, with float16 scales and with 8-bit scale codes. Printed per int4 variant, against the float model: the
+logits' RMS difference, the mean KL divergence of the next-token distributions, the top-1 agreement, and a perplexity
 proxy (the perplexity of the float model's own top-1 tokens). Then the float16 and 8-bit variants against the
 float32 one: their logits' RMS and max difference as a fraction of the int4 error itself. One process, no timing.
 """

@@ -77,7 +77,8 @@ def main() -> None:
         print(f"  {where}: per call µs, median / best: " + ", ".join(
             f"{kd} {med[kd] * 1e6:.1f} / {best[kd] * 1e6:.1f}" for kd in packs))
         print(f"  {where}: uint8 scales {med['float16'] / med['uint8']:.3f}x float16 (best "
-              f"{best['float16'] / best['uint8']:.3f}x; bytes {packs['float16'][0].nbytes / packs['uint8'][0].nbytes:.3f}x); "
+              f"{best['float16'] / best['uint8']:.3f}x; bytes "
+              f"{packs['float16'][0].nbytes / packs['uint8'][0].nbytes:.3f}x); "
               f"÷ int8: float16 {med['int8'] / med['float16']:.2f}x, uint8 {med['int8'] / med['uint8']:.2f}x (best "
               f"{best['int8'] / best['float16']:.2f}x, {best['int8'] / best['uint8']:.2f}x)")
 

@@ -297,8 +297,8 @@ def _unpack_nibbles(p: torch.Tensor, k: int) -> torch.Tensor:
     return ((u ^ 8) - 8).to(torch.int8)
 
 
-def _requantize_for_scale_codes(q: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor | None,
-                                group_size: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+def _requantize_for_scale_codes(q: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor | None, group_size: int
+                                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """Codes, zero points, 8-bit scale codes and steps for ``w = s · (q - z)`` given with float scales: each
     scale rounded up to ``s' = code · step`` (:func:`nnic.kernels.int4_scale_codes`), the zero points and codes
     re-rounded to it (``z' = round(z · r)``, ``q' = round((q - z) · r) + z'`` with ``r = s / s' <= 1``, clamped
@@ -476,7 +476,8 @@ class Int4Linear(nn.Module):
         # Checked on every call, flat (this is per-layer overhead of every decode step).
         wp, ws, wz, st = self.weight_packed, self.weight_scales, self.weight_zero_points, self.weight_scale_step
         key = (wp.data_ptr(), _version(wp), ws.data_ptr(), _version(ws),
-               None if wz is None else (wz.data_ptr(), _version(wz)), None if st is None else (st.data_ptr(), _version(st)))
+               None if wz is None else (wz.data_ptr(), _version(wz)),
+               None if st is None else (st.data_ptr(), _version(st)))
         if self._packed is None or key != self._packed_key:
             z = None if self.weight_zero_points is None else self.weight_zero_points.cpu()
             step = None if st is None else st.detach().cpu().float().contiguous()

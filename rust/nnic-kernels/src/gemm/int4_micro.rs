@@ -307,8 +307,8 @@ pub(super) mod x86 {
         }
     }
 
-    /// VNNI tile of `MR` rows (see the module doc); `S`: the scale format ([`F32`], [`F16`], [`U8`]); `W`: whole-byte sums
-    /// (`P` and `Q`, groups of at most [`super::WHOLE_BYTE_MAX_GROUP`]), else both nibbles masked; `C` chains
+    /// VNNI tile of `MR` rows (see the module doc); `S`: the scale format ([`F32`], [`F16`], [`U8`]); `W`: whole-byte
+    /// sums (`P` and `Q`, groups of at most [`super::WHOLE_BYTE_MAX_GROUP`]), else both nibbles masked; `C` chains
     /// of accumulators per row, taking alternate quad rows (two where one or two rows leave too few
     /// independent `vpdpbusd` chains to cover its latency), added at the group end; `pf`: prefetch the stream
     /// ([`software_prefetch`]).
