@@ -1,14 +1,15 @@
-"""What storing int4 group scales in float16 instead of float32 does to a language model's outputs.
+"""What storing int4 group scales in float16, or as 8-bit codes times a float32 step per output column
+(``torch.uint8``: double-quantized), instead of float32 does to a language model's outputs.
 
     python bench/int4_scales.py                      # tiny LLaMA (4 layers, hidden 256) and llama-110m shapes
     python bench/int4_scales.py --models tiny --seqs 4
 
 Each model (random weights from a transformers config, seeded) is run teacher-forced on ``--seqs`` random token
 sequences of ``--len`` tokens as float32, as nnic int4 (every Linear, ``lm_head`` included, groups of 32) with
-float32 scales, and with float16 scales. Printed per int4 variant, against the float model: the logits' RMS
-difference, the mean KL divergence of the next-token distributions, the top-1 agreement, and a perplexity
-proxy (the perplexity of the float model's own top-1 tokens). Then the float16 variant against the float32 one:
-its logits' RMS and max difference as a fraction of the int4 error itself. One process, no timing.
+float32 scales, with float16 scales and with 8-bit scale codes. Printed per int4 variant, against the float model: the
+logits' RMS difference, the mean KL divergence of the next-token distributions, the top-1 agreement, and a perplexity
+proxy (the perplexity of the float model's own top-1 tokens). Then the float16 and 8-bit variants against the
+float32 one: their logits' RMS and max difference as a fraction of the int4 error itself. One process, no timing.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def main() -> None:
         print(f"\n{name}: {args.seqs} x {args.len} tokens, teacher-forced; float32 perplexity proxy "
               f"{torch.exp(-p_ref.gather(1, label[:, None]).mean()):.4f}")
         got = {}
-        for dt in (torch.float32, torch.float16):
+        for dt in (torch.float32, torch.float16, torch.uint8):
             got[dt] = logits(int4(base, dt), seqs)
             lp = got[dt].log_softmax(-1)
             kl = (p_ref.exp() * (p_ref - lp)).sum(-1).mean()
@@ -79,12 +80,13 @@ def main() -> None:
                   f"(float logits RMS {ref.pow(2).mean().sqrt():.4f}), KL {kl:.3e}, top-1 agreement "
                   f"{(got[dt].argmax(-1) == label).double().mean():.4f}, perplexity proxy "
                   f"{torch.exp(-lp.gather(1, label[:, None]).mean()):.4f}")
-        d = got[torch.float16] - got[torch.float32]
         e = got[torch.float32] - ref
-        print(f"  float16 vs float32 scales: logits RMS diff {d.pow(2).mean().sqrt():.5f} = "
-              f"{d.pow(2).mean().sqrt() / e.pow(2).mean().sqrt():.3f} of int4's own RMS error; max |diff| "
-              f"{d.abs().max():.5f} (int4's own max {e.abs().max():.5f}); top-1 agreement between the two "
-              f"{(got[torch.float16].argmax(-1) == got[torch.float32].argmax(-1)).double().mean():.4f}")
+        for dt in (torch.float16, torch.uint8):
+            d = got[dt] - got[torch.float32]
+            print(f"  {str(dt)[6:]} vs float32 scales: logits RMS diff {d.pow(2).mean().sqrt():.5f} = "
+                  f"{d.pow(2).mean().sqrt() / e.pow(2).mean().sqrt():.3f} of int4's own RMS error; max |diff| "
+                  f"{d.abs().max():.5f} (int4's own max {e.abs().max():.5f}); top-1 agreement between the two "
+                  f"{(got[dt].argmax(-1) == got[torch.float32].argmax(-1)).double().mean():.4f}")
 
 
 if __name__ == "__main__":

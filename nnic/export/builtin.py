@@ -139,7 +139,7 @@ def _int4_symbolic(module: Int4Linear, block: int):
     packed = (u[..., 0::2] | (u[..., 1::2] << 4)).contiguous()  # low nibble first, like nnic's layout
     last_group = module.weight_scales.shape[1] - 1
     group_of_block = torch.clamp(torch.arange(blocks) * block // module.group_size, max=last_group)
-    scales = module.weight_scales.float()[:, group_of_block].reshape(-1).contiguous()
+    scales = module.group_scales()[:, group_of_block].reshape(-1).contiguous()
     bias = module.bias
 
     def symbolic(g: Any, x: Any) -> Any:

@@ -46,8 +46,8 @@ _F32 = np.dtype(np.float32)
 __all__ = [
     "ACTIVATIONS", "ACT_MODES", "DEFAULT_INT4_SCALE_DTYPE", "INT4_SCALE_DTYPES", "MAX_K", "PackedInt4Weight",
     "PackedInt8Weight", "check_int4_scale_dtype", "int4_linear", "int8_conv2d", "int8_linear", "int4_group_scales",
-    "int8_matmul", "pack_int4_weight", "pack_int8_weight", "quantize_int4_weight", "quantize_int8_weight",
-    "run_packed_linear",
+    "int4_scale_codes", "int8_matmul", "pack_int4_weight", "pack_int8_weight", "quantize_int4_weight",
+    "quantize_int4_weight_scale_codes", "quantize_int8_weight", "run_packed_linear",
 ]
 
 
@@ -340,8 +340,10 @@ def _check_fits(nbytes: int, what: str) -> None:
 
 
 # --------------------------------------------------------------------------- int4
-#: Dtypes int4 group scales are stored in: half precision (2 bytes per group, as GGUF/GPTQ/AWQ keep them) or float32.
-INT4_SCALE_DTYPES = (torch.float16, torch.float32)
+#: Dtypes int4 group scales are stored in: half precision (2 bytes per group, as GGUF/GPTQ/AWQ keep them), float32,
+#: or ``torch.uint8``: double-quantized, 8-bit codes (1 byte per group) times one float32 step per output column
+#: (:func:`int4_scale_codes`; ~4.26 bits per weight at groups of 32 instead of 4.5).
+INT4_SCALE_DTYPES = (torch.float16, torch.float32, torch.uint8)
 #: The one default of ``Int4Linear`` and ``quantization_speedup`` (README: "16-bit group scales" for why).
 DEFAULT_INT4_SCALE_DTYPE = torch.float16
 
@@ -350,7 +352,7 @@ def check_int4_scale_dtype(dtype: Any, name: str = "scale_dtype") -> None:
     """A ``ValueError`` naming ``name`` unless ``dtype`` is one of :data:`INT4_SCALE_DTYPES`: the one check of
     every argument that chooses how int4 group scales are stored."""
     if dtype not in INT4_SCALE_DTYPES:
-        raise ValueError(f"{name} must be torch.float16 or torch.float32, got {dtype!r}")
+        raise ValueError(f"{name} must be torch.float16, torch.float32 or torch.uint8, got {dtype!r}")
 
 
 def int4_group_scales(scales: Any, dtype: torch.dtype, name: str = "scales") -> torch.Tensor:
@@ -359,6 +361,8 @@ def int4_group_scales(scales: Any, dtype: torch.dtype, name: str = "scales") -> 
     one below half its smallest subnormal (2**-25, which would round to 0), is a ``ValueError`` naming ``name``
     and the offending value. Subnormal float16 scales (below 2**-14) keep an absolute error of at most 2**-25."""
     check_int4_scale_dtype(dtype, f"{name}: int4 scale dtype")
+    if dtype == torch.uint8:
+        raise ValueError(f"{name}: 8-bit int4 scales are codes with a step per column: int4_scale_codes makes them")
     t = torch.as_tensor(plain(scales)).detach().cpu()
     if not t.is_floating_point():
         raise TypeError(f"{name} must be floating point, got {t.dtype}")
@@ -372,6 +376,31 @@ def int4_group_scales(scales: Any, dtype: torch.dtype, name: str = "scales") -> 
         raise ValueError(f"{name}[{i}] = {v:.6g} is not a positive finite {str(dtype).removeprefix('torch.')} scale"
                          f"{hint}")
     return out.clone() if out.data_ptr() == t.data_ptr() else out
+
+
+def int4_scale_codes(scales: Any, name: str = "scales") -> tuple[torch.Tensor, torch.Tensor]:
+    """Double-quantizes positive group scales ``[N, G]`` into uint8 codes ``[N, G]`` in [1, 255] and one float32
+    step per row ``[N]``: ``step ≈ max / 255`` and ``code = ceil(s / step)``, so every scale rounds *up*
+    (``code · step >= s``, checked exactly in float64): codes chosen for the new scales then never clip. A
+    scale below a 255th of its row's largest loses relative precision (up to ``1 / code``); the step carries
+    the rows' range, so rows of different magnitudes do not."""
+    t = torch.as_tensor(plain(scales)).detach().cpu()
+    if not t.is_floating_point() or t.ndim != 2:
+        raise TypeError(f"{name} must be a 2-D floating point tensor, got {t.dtype} of shape {tuple(t.shape)}")
+    s = t.double()
+    bad = ~(torch.isfinite(s) & (s > 0))
+    if bool(bad.any()):
+        i = int(bad.reshape(-1).nonzero()[0])
+        raise ValueError(f"{name}[{i}] = {float(s.reshape(-1)[i]):.6g} is not a positive finite scale")
+    top = s.amax(dim=1) if s.shape[1] else torch.ones(s.shape[0], dtype=torch.float64)
+    step = (top / 255).float()
+    short = step.double() * 255 < top  # float32 rounding took the step below max / 255: one ulp up
+    step = torch.where(short, torch.nextafter(step, torch.full_like(step, math.inf)), step)
+    if not bool(torch.isfinite(step * 255).all()):
+        raise ValueError(f"{name}: a row's largest scale does not fit a float32 step times 255")
+    codes = torch.ceil(s / step.double()[:, None]).clamp(1, 255)
+    codes = torch.where(codes * step.double()[:, None] < s, codes + 1, codes).clamp(max=255)
+    return codes.to(torch.uint8).contiguous(), step.contiguous()
 
 
 def quantize_int4_weight(w: torch.Tensor, group_size: int = 32, scale_dtype: torch.dtype = torch.float32
@@ -393,15 +422,38 @@ def quantize_int4_weight(w: torch.Tensor, group_size: int = 32, scale_dtype: tor
     return q.contiguous(), scale
 
 
-def pack_int4_weight(q: Array, scales: Array, group_size: int, zero_points: Array | None = None) -> PackedInt4Weight:
+def quantize_int4_weight_scale_codes(w: torch.Tensor, group_size: int = 32
+                                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Symmetric int4 codes ``[N, K]`` with double-quantized scales (``torch.uint8`` in
+    :data:`INT4_SCALE_DTYPES`): ``absmax / 7`` per group, rounded *up* to ``code · step``
+    (:func:`int4_scale_codes`), then the codes nearest for those scales (in [-7, 7]: nothing clips). Returns
+    ``(codes, scale codes uint8 [N, groups], step float32 [N])``."""
+    group_size = as_int(group_size, "group_size")
+    if group_size <= 0 or group_size % 8:
+        raise ValueError(f"group_size must be a positive multiple of 8, got {group_size}")
+    w = w.detach().float().reshape(w.shape[0], -1)
+    n, k = w.shape
+    g = -(-k // group_size)
+    wp = torch.nn.functional.pad(w, (0, g * group_size - k)).reshape(n, g, group_size).double()
+    amax = wp.abs().amax(dim=2)
+    top = amax.amax(dim=1, keepdim=True)
+    codes, step = int4_scale_codes(torch.where(amax > 0, amax, torch.where(top > 0, top, 7.0)) / 7)
+    scale = codes.double() * step.double()[:, None]
+    q = torch.clamp(torch.round(wp / scale[..., None]), -7, 7).reshape(n, -1)[:, :k].to(torch.int8)
+    return q.contiguous(), codes, step
+
+
+def pack_int4_weight(q: Array, scales: Array, group_size: int, zero_points: Array | None = None, *,
+                     scale_step: Array | None = None) -> PackedInt4Weight:
     """Packs int4 codes ``q[N, K]`` (int8 values in [-8, 7]) with per-group scales ``[N, ceil(K/group_size)]``
     and optional per-group zero points of the same shape (integers in [-8, 7]; ``w = s * (q - z)``).
 
     The scales are stored in their own dtype: float32, or float16 (half the scale bytes: 0.5625 instead of
     0.625 bytes per weight at groups of 32; the kernels widen them exactly, so results are those of the
-    float16 values)."""
+    float16 values), or uint8 codes in [1, 255] with ``scale_step`` (float32 ``[N]``, given only with them):
+    ``s = code * step`` of its output column (0.53 bytes per weight; :func:`int4_scale_codes`)."""
     _check(q, "q", "int8")
-    check_dtype(scales, "scales", ("float32", "float16"), 2)
+    check_dtype(scales, "scales", ("float32", "float16", "uint8"), 2)
     g = as_int(group_size, "group_size")
     if g <= 0 or g % 8:
         raise ValueError(f"group_size must be a positive multiple of 8, got {g}")
@@ -410,7 +462,13 @@ def pack_int4_weight(q: Array, scales: Array, group_size: int, zero_points: Arra
         _check(zero_points, "zero_points", "int8")
         z = cpu_numpy(zero_points, "zero_points")
     s = cpu_numpy(scales, "scales")
-    return native.PackedInt4Weight(cpu_numpy(q, "q"), s.view(np.uint16) if s.dtype == np.float16 else s, g, z)
+    if (s.dtype == np.uint8) != (scale_step is not None):
+        raise TypeError("scale_step goes with uint8 scale codes, and only with them")
+    step = None
+    if scale_step is not None:
+        check_dtype(scale_step, "scale_step", ("float32",), 1)
+        step = cpu_numpy(scale_step, "scale_step")
+    return native.PackedInt4Weight(cpu_numpy(q, "q"), s.view(np.uint16) if s.dtype == np.float16 else s, g, z, step)
 
 
 def int4_linear(

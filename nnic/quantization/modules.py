@@ -297,6 +297,25 @@ def _unpack_nibbles(p: torch.Tensor, k: int) -> torch.Tensor:
     return ((u ^ 8) - 8).to(torch.int8)
 
 
+def _requantize_for_scale_codes(q: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor | None, group_size: int
+                                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """Codes, zero points, 8-bit scale codes and steps for ``w = s · (q - z)`` given with float scales: each
+    scale rounded up to ``s' = code · step`` (:func:`nnic.kernels.int4_scale_codes`), the zero points and codes
+    re-rounded to it (``z' = round(z · r)``, ``q' = round((q - z) · r) + z'`` with ``r = s / s' <= 1``, clamped
+    to [-8, 7]: the shrunken range fits but for the rounding of ``z'``)."""
+    codes, step = kernels.int4_scale_codes(scales.float(), "scales")
+    r = scales.double() / (codes.double() * step.double()[:, None])
+    k = q.shape[1]
+    expand = lambda t: t.repeat_interleave(group_size, dim=1)[:, :k]  # noqa: E731
+    if zero_points is None:
+        q2 = torch.round(q.double() * expand(r))
+        return q2.clamp(-8, 7).to(torch.int8), None, codes, step
+    z = torch.as_tensor(zero_points).detach().cpu().double()
+    z2 = torch.round(z * r).clamp(-8, 7)
+    q2 = torch.round((q.double() - expand(z)) * expand(r)) + expand(z2)
+    return q2.clamp(-8, 7).to(torch.int8), z2.to(torch.int8), codes, step
+
+
 class Int4Linear(nn.Module):
     """int4 weights (two per byte, one scale per group of ``group_size`` inputs, optional per-group zero
     points) × int8 activations quantized per token: for decoding and small batches, where reading the weights
@@ -308,8 +327,12 @@ class Int4Linear(nn.Module):
     ``scale_dtype``: the scales are stored (buffer, state dict and kernel) in float16 by default, as GGUF, GPTQ
     and AWQ store them: a group of 32 codes then reads 18 bytes instead of 20 per output, and decoding is bound
     by those bytes. The effect is one rounding of each scale (relative 2**-11 at most, against int4's own
-    rounding of up to half a step per weight); ``torch.float32`` keeps them exact. Loading a state dict adopts
-    the dtype of its ``weight_scales``, so a saved module reloads to the same outputs either way.
+    rounding of up to half a step per weight); ``torch.float32`` keeps them exact. ``torch.uint8``
+    double-quantizes them: ``weight_scales`` holds 8-bit codes and ``weight_scale_step`` one float32 step per
+    output (scale = code × step, :func:`nnic.kernels.int4_scale_codes`), 17 bytes per group of 32 instead of
+    18; each scale is rounded *up* and the codes (and zero points) re-rounded for it, so nothing clips. Loading a
+    state dict adopts the format of its ``weight_scales``, so a saved module reloads to the same outputs either
+    way.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, group_size: int = 32,
@@ -322,6 +345,8 @@ class Int4Linear(nn.Module):
         groups = -(-in_features // group_size)
         self.register_buffer("weight_packed", torch.zeros(out_features, (in_features + 1) // 2, dtype=torch.uint8))
         self.register_buffer("weight_scales", torch.ones(out_features, groups, dtype=scale_dtype))
+        self.register_buffer("weight_scale_step",
+                             torch.ones(out_features) if scale_dtype == torch.uint8 else None)
         self.register_buffer("weight_zero_points",
                              torch.zeros(out_features, groups, dtype=torch.int8) if affine else None)
         self.register_buffer("input_perm", torch.arange(in_features) if permuted else None)
@@ -335,31 +360,52 @@ class Int4Linear(nn.Module):
                    weight_zero_points: torch.Tensor | None = None, input_perm: torch.Tensor | None = None,
                    scale_dtype: torch.dtype = kernels.DEFAULT_INT4_SCALE_DTYPE) -> Int4Linear:
         """From a float ``nn.Linear``: symmetric int4 codes per group (nearest to the scales as stored in
-        ``scale_dtype``), or the given codes, scales (rounded to ``scale_dtype``), zero points and input
-        permutation (codes then in permuted column order)."""
+        ``scale_dtype``), or the given codes, scales (rounded to ``scale_dtype``, see :meth:`set_weight`), zero
+        points and input permutation (codes then in permuted column order)."""
         w = mod.weight if weight is None else weight
         new = cls(mod.in_features, mod.out_features, mod.bias is not None, group_size=group_size,
                   affine=weight_zero_points is not None, permuted=input_perm is not None, scale_dtype=scale_dtype)
-        if weight_q is None:
+        step = None
+        if weight_q is None and scale_dtype == torch.uint8:
+            weight_q, weight_scales, step = kernels.quantize_int4_weight_scale_codes(w, group_size)
+        elif weight_q is None:
             weight_q, weight_scales = kernels.quantize_int4_weight(w, group_size, scale_dtype)
-        new.set_weight(weight_q, weight_scales, weight_zero_points, input_perm)
+        new.set_weight(weight_q, weight_scales, weight_zero_points, input_perm, scale_step=step)
         if mod.bias is not None:
             new.bias = mod.bias.detach().float().cpu().clone()
         return new.to(w.device)
 
     def set_weight(self, q: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor | None = None,
-                   input_perm: torch.Tensor | None = None) -> None:
+                   input_perm: torch.Tensor | None = None, *, scale_step: torch.Tensor | None = None) -> None:
         """Codes ``q[out, in]`` (int8 in [-8, 7]), ``scales[out, groups]`` (stored in the module's
         :attr:`scale_dtype`), optional ``zero_points[out, groups]`` (integers in [-8, 7]) and ``input_perm`` (a
-        permutation of the inputs)."""
+        permutation of the inputs).
+
+        With 8-bit scales (``scale_dtype=torch.uint8``): uint8 scale codes with ``scale_step`` (float32
+        ``[out]``) are stored as given; float scales are double-quantized (each rounded up,
+        :func:`nnic.kernels.int4_scale_codes`) and the codes and zero points re-rounded to the new scales
+        (``q' = round((q - z) · s / s') + z'``, ``z' = round(z · s / s')``, clamped to [-8, 7])."""
         if q.dtype != torch.int8 or tuple(q.shape) != (self.out_features, self.in_features):
             raise ValueError(f"codes must be int8 [{self.out_features}, {self.in_features}], got {q.dtype} {tuple(q.shape)}")
         if int(q.min()) < -8 or int(q.max()) > 7:
             raise ValueError("int4 codes must be in [-8, 7]")
-        scales = torch.as_tensor(scales).detach().cpu()
+        scales, step = torch.as_tensor(scales).detach().cpu(), None
         if tuple(scales.shape) != tuple(self.weight_scales.shape):
             raise ValueError(f"scales must have shape {tuple(self.weight_scales.shape)}, got {tuple(scales.shape)}")
-        scales = kernels.int4_group_scales(scales, self.scale_dtype)
+        if (scale_step is not None) != (scales.dtype == torch.uint8) or \
+                (scale_step is not None and self.scale_dtype != torch.uint8):
+            raise ValueError("scale_step goes with uint8 scale codes, for a module with scale_dtype=torch.uint8")
+        if scale_step is not None:
+            step = torch.as_tensor(scale_step).detach().cpu().float().reshape(-1).contiguous()
+            if step.numel() != self.out_features or int(scales.min()) < 1 or \
+                    not bool((torch.isfinite(step * 255) & (step > 0)).all()):
+                raise ValueError(f"8-bit scales need codes in [1, 255] and {self.out_features} positive finite "
+                                 f"steps")
+            scales = scales.contiguous()
+        elif self.scale_dtype == torch.uint8:
+            q, zero_points, scales, step = _requantize_for_scale_codes(q, scales, zero_points, self.group_size)
+        else:
+            scales = kernels.int4_group_scales(scales, self.scale_dtype)
         if zero_points is not None:
             z = torch.as_tensor(zero_points).detach().cpu()
             if tuple(z.shape) != tuple(scales.shape) or z.is_floating_point() or z.is_complex():
@@ -375,23 +421,38 @@ class Int4Linear(nn.Module):
             input_perm = perm
         self.weight_packed = _pack_nibbles(q.detach().cpu())
         self.weight_scales = scales
+        self.weight_scale_step = step
         self.weight_zero_points = zero_points
         self.input_perm = input_perm
         self._packed = None
 
     @property
     def scale_dtype(self) -> torch.dtype:
-        """The dtype the group scales are stored in (``torch.float16`` or ``torch.float32``)."""
+        """The dtype the group scales are stored in (``torch.float16``, ``torch.float32``, or ``torch.uint8``:
+        codes times :attr:`weight_scale_step`)."""
         return self.weight_scales.dtype
+
+    def group_scales(self) -> torch.Tensor:
+        """The group scales ``[out, groups]`` as float32 values (for 8-bit scales the float32 products of code
+        and step, which the kernels apply in two factors)."""
+        if self.weight_scale_step is None:
+            return self.weight_scales.float()
+        return self.weight_scales.float() * self.weight_scale_step.float()[:, None]
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs) -> None:
         # The saved scales' dtype is part of the saved module (float16 or float32 scales give different outputs):
         # adopt it, rather than rounding float32 scales into a float16 buffer.
+        # 8-bit scales come with their steps, the other formats without: the step buffer follows the file (a
+        # manifest load may have made it a parameter meanwhile).
         saved = state_dict.get(prefix + "weight_scales")
         if isinstance(saved, torch.Tensor) and saved.dtype in kernels.INT4_SCALE_DTYPES and \
                 saved.dtype != self.weight_scales.dtype:
             self.weight_scales = torch.empty_like(self.weight_scales, dtype=saved.dtype)
+        if isinstance(saved, torch.Tensor):
+            eight_bit = saved.dtype == torch.uint8
+            self._parameters.pop("weight_scale_step", None)
+            self.register_buffer("weight_scale_step", torch.ones(self.out_features) if eight_bit else None)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
@@ -406,20 +467,22 @@ class Int4Linear(nn.Module):
         q = self.codes().float()
         if self.weight_zero_points is not None:
             q = q - expand(self.weight_zero_points.float())
-        w = q * expand(self.weight_scales.float()).to(dev)
+        w = q * expand(self.group_scales()).to(dev)
         if self.input_perm is not None:
             w = w[:, torch.argsort(self.input_perm.to(dev))]
         return w
 
     def _packed_weight(self) -> kernels.PackedInt4Weight:
         # Checked on every call, flat (this is per-layer overhead of every decode step).
-        wp, ws, wz = self.weight_packed, self.weight_scales, self.weight_zero_points
+        wp, ws, wz, st = self.weight_packed, self.weight_scales, self.weight_zero_points, self.weight_scale_step
         key = (wp.data_ptr(), _version(wp), ws.data_ptr(), _version(ws),
-               None if wz is None else (wz.data_ptr(), _version(wz)))
+               None if wz is None else (wz.data_ptr(), _version(wz)),
+               None if st is None else (st.data_ptr(), _version(st)))
         if self._packed is None or key != self._packed_key:
             z = None if self.weight_zero_points is None else self.weight_zero_points.cpu()
+            step = None if st is None else st.detach().cpu().float().contiguous()
             self._packed = kernels.pack_int4_weight(self.codes().cpu(), self.weight_scales.cpu(), self.group_size,
-                                                    zero_points=z)
+                                                    zero_points=z, scale_step=step)
             self._packed_key = key
         return self._packed
 

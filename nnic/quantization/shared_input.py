@@ -134,6 +134,8 @@ def why_not_shared(a: nn.Module, b: nn.Module) -> str | None:
     if isinstance(a, Int4Linear):
         if a.group_size != b.group_size:
             return f"group_size {b.group_size} != {a.group_size}"
+        if (a.scale_dtype == torch.uint8) != (b.scale_dtype == torch.uint8):
+            return f"scale format {b.scale_dtype} vs {a.scale_dtype} (8-bit scale codes go only with 8-bit ones)"
         pa, pb = a.input_perm, b.input_perm
         if (pa is None) != (pb is None) or (pa is not None and not torch.equal(pa, pb)):
             return "a different input permutation (act order)"
@@ -158,9 +160,11 @@ def _concat_int4(layers: list[Int4Linear]) -> Int4Linear:
     affine = any(lin.weight_zero_points is not None for lin in layers)
     n = sum(lin.out_features for lin in layers)
     fused = Int4Linear(a.in_features, n, bias=False, group_size=a.group_size, affine=affine,
-                       permuted=a.input_perm is not None)
+                       permuted=a.input_perm is not None, scale_dtype=a.scale_dtype)
     fused.weight_packed = torch.cat([lin.weight_packed.cpu() for lin in layers])
     fused.weight_scales = torch.cat([lin.weight_scales.cpu() for lin in layers])
+    if a.weight_scale_step is not None:  # 8-bit scales: each layer's steps stay with its outputs
+        fused.weight_scale_step = torch.cat([lin.weight_scale_step.cpu() for lin in layers])
     if affine:
         fused.weight_zero_points = torch.cat([
             torch.zeros_like(lin.weight_scales, dtype=torch.int8) if lin.weight_zero_points is None

@@ -332,23 +332,44 @@ def int4_case(draw):
     x = rng.standard_normal((m, k)).astype(np.float32)
     q = rng.integers(-8, 8, (n, k), dtype=np.int8)
     s = rng.uniform(1e-3, 1e-1, (n, -(-k // g))).astype(np.float32)
-    scales = draw(st.sampled_from(["float32", "float16", "float16-subnormal"]))
+    scales = draw(st.sampled_from(["float32", "float16", "float16-subnormal", "uint8"]))
     if scales == "float16":
         s = s.astype(np.float16)
     elif scales == "float16-subnormal":  # below float16's smallest normal 2**-14: the widening's other branch
         s = rng.uniform(1e-7, 1e-4, s.shape).astype(np.float16)
+    elif scales == "uint8":  # 8-bit codes over their whole range, a float32 step per output column
+        s = Int4Scales(rng.integers(1, 256, s.shape, dtype=np.uint8), rng.uniform(1e-6, 1e-3, n).astype(np.float32))
     z = rng.integers(-8, 8, s.shape, dtype=np.int8) if draw(st.booleans()) else None
     return x, q, s, g, z
+
+
+class Int4Scales:
+    """8-bit scale codes ``[N, groups]`` with their float32 steps ``[N]``: scale = code × step of its row."""
+
+    def __init__(self, codes: np.ndarray, step: np.ndarray) -> None:
+        self.codes, self.step = codes, step
+        self.shape, self.dtype = codes.shape, codes.dtype
+
+    def values(self) -> np.ndarray:
+        """The scales in float64 (exact products)."""
+        return self.codes.astype(np.float64) * self.step.astype(np.float64)[:, None]
+
+
+def pack4(q, s, g, z=None):
+    """``pack_int4_weight`` for float scales or :class:`Int4Scales`."""
+    if isinstance(s, Int4Scales):
+        return gemm.pack_int4_weight(q, s.codes, g, zero_points=z, scale_step=s.step)
+    return gemm.pack_int4_weight(q, s, g, zero_points=z)
 
 
 @pytest.mark.parametrize("path", PATHS)
 @given(case=int4_case(), symmetric=st.booleans())
 def test_int4_linear_matches_reference(path, case, symmetric):
     """Group-wise int4 weights (symmetric, or affine with per-group zero points; float32 or float16 group
-    scales, normal and subnormal) × int8 activations quantized per token (symmetric or asymmetric), against a
-    float64 reference of the same integer codes and the same scale values."""
+    scales, normal and subnormal, or 8-bit codes times a step per column) × int8 activations quantized per token
+    (symmetric or asymmetric), against a float64 reference of the same integer codes and the same scale values."""
     x, q, s, g, z = case
-    packed = gemm.pack_int4_weight(q, s, g, zero_points=z)
+    packed = pack4(q, s, g, z)
     got = gemm.int4_linear(x, packed, symmetric=symmetric, path=path)
     assert_int4_close(got, x, q, s, g, z, symmetric)
 
@@ -357,6 +378,7 @@ def assert_int4_close(got, x, q, s, g, z, symmetric):
     """``got`` is ``int4_linear``'s output for these codes, scales and zero points: a float64 reference of the
     same integers and scale values, within :data:`INT4_RTOL` of the sum of the terms' absolute values."""
     zw = 0 if z is None else np.repeat(z, g, axis=1)[:, : q.shape[1]]
+    s = s.values() if isinstance(s, Int4Scales) else s
     w = (q.astype(np.float64) - zw) * np.repeat(s, g, axis=1)[:, : q.shape[1]]
     want = np.empty((x.shape[0], q.shape[0]))
     size = np.empty_like(want)
@@ -378,15 +400,17 @@ def test_int4_weights_past_one_huge_page(path):
     n, k, g = 1100, 4096, 32
     q = rng.integers(-8, 8, (n, k), dtype=np.int8)
     s = rng.uniform(1e-3, 1e-1, (n, k // g)).astype(np.float16)
-    for z in (None, rng.integers(-8, 8, s.shape, dtype=np.int8)):
-        packed = gemm.pack_int4_weight(q, s, g, zero_points=z)
+    s8 = Int4Scales(rng.integers(1, 256, s.shape, dtype=np.uint8), rng.uniform(1e-4, 1e-3, n).astype(np.float32))
+    for s, z in ((s, None), (s, rng.integers(-8, 8, s.shape, dtype=np.int8)), (s8, None)):
+        packed = pack4(q, s, g, z)
         assert packed.nbytes > 2 << 20
         for m in (1, 5):
             x = rng.standard_normal((m, k)).astype(np.float32)
             assert_int4_close(gemm.int4_linear(x, packed, path=path), x, q, s, g, z, True)
         q2, s2, z2 = packed.unpack()
         np.testing.assert_array_equal(q2, q)
-        np.testing.assert_array_equal(s2, s.astype(np.float32))
+        np.testing.assert_array_equal(s2, s.values().astype(np.float32) if isinstance(s, Int4Scales)
+                                      else s.astype(np.float32))
         if z is not None:
             np.testing.assert_array_equal(z2, z)
 
@@ -394,13 +418,20 @@ def test_int4_weights_past_one_huge_page(path):
 @given(case=int4_case())
 def test_pack_int4_round_trip(case):
     _, q, s, g, z = case
-    p = gemm.pack_int4_weight(q, s, g, zero_points=z)
+    p = pack4(q, s, g, z)
     q2, s2, z2 = p.unpack()
     np.testing.assert_array_equal(q2, q)
     assert s2.dtype == np.float32 and p.scale_dtype == s.dtype.name
-    np.testing.assert_array_equal(s2, s.astype(np.float32))  # half scales widen exactly
+    if isinstance(s, Int4Scales):  # the codes and steps as given; the values as their float32 products
+        codes, step = p.scale_codes()
+        np.testing.assert_array_equal(codes, s.codes)
+        np.testing.assert_array_equal(step, s.step)
+        np.testing.assert_array_equal(s2, s.codes.astype(np.float32) * s.step[:, None])
+    else:
+        np.testing.assert_array_equal(s2, s.astype(np.float32))  # half scales widen exactly
+        assert p.scale_codes() is None
     bits = p.scale_bits()
-    assert (bits is None) == (s.dtype == np.float32)
+    assert (bits is None) == (s.dtype != np.float16)
     if bits is not None:
         np.testing.assert_array_equal(bits, s.view(np.uint16))
     if z is None or not z.any():  # all-zero zero points pack as symmetric weights
@@ -431,7 +462,7 @@ def test_half_scales_take_half_the_scale_bytes_and_torch_tensors_pack_too():
     b32 = gemm.pack_int4_weight(q, torch.ones(64, 8), 32).nbytes
     b16 = gemm.pack_int4_weight(q, torch.ones(64, 8, dtype=torch.float16), 32).nbytes
     assert b32 - b16 == 2 * 64 * 8
-    with pytest.raises(TypeError, match="scales must have dtype float32 or float16, got bfloat16"):
+    with pytest.raises(TypeError, match="scales must have dtype float32 or float16 or uint8, got bfloat16"):
         gemm.pack_int4_weight(q, torch.ones(64, 8, dtype=torch.bfloat16), 32)
     for bad in (0.0, float("inf"), -1.0, float("nan")):
         with pytest.raises(ValueError, match="scale"):
@@ -447,8 +478,10 @@ def test_int4_group_scales_rounds_to_half_and_names_what_does_not_fit():
         gemm.int4_group_scales(torch.tensor([1.0, 7e4]), torch.float16)
     with pytest.raises(ValueError, match=r"weight_scales\[0\] = 1e-09 .*float16.*float32"):
         gemm.int4_group_scales(torch.tensor([1e-9]), torch.float16, "weight_scales")
-    with pytest.raises(ValueError, match="torch.float16 or torch.float32, got torch.bfloat16"):
+    with pytest.raises(ValueError, match="torch.float16, torch.float32 or torch.uint8, got torch.bfloat16"):
         gemm.int4_group_scales(s, torch.bfloat16)
+    with pytest.raises(ValueError, match="int4_scale_codes"):
+        gemm.int4_group_scales(s, torch.uint8)
     with pytest.raises(TypeError, match="floating point"):
         gemm.int4_group_scales(torch.ones(2, dtype=torch.int32), torch.float16)
 
@@ -462,6 +495,62 @@ def test_quantize_int4_weight_codes_are_nearest_for_the_stored_scales(scale_dtyp
     step = s.float().repeat_interleave(32, 1)
     # every code is the nearest in [-7, 7] for the scale as stored
     assert torch.all((w - q.float() * step).abs() <= step / 2 * (1 + 1e-6) + (w.abs() - 7 * step).clamp_min(0))
+
+
+def test_eight_bit_scales_take_one_byte_per_group_and_a_step_per_column():
+    q = torch.zeros(64, 256, dtype=torch.int8)
+    b16 = gemm.pack_int4_weight(q, torch.ones(64, 8, dtype=torch.float16), 32).nbytes
+    b8 = gemm.pack_int4_weight(q, torch.ones(64, 8, dtype=torch.uint8), 32, scale_step=torch.ones(64)).nbytes
+    assert b16 - b8 == 64 * 8 - 4 * 64
+    with pytest.raises(TypeError, match="scale_step goes with uint8"):
+        gemm.pack_int4_weight(q, torch.ones(64, 8, dtype=torch.uint8), 32)
+    with pytest.raises(TypeError, match="scale_step goes with uint8"):
+        gemm.pack_int4_weight(q, torch.ones(64, 8), 32, scale_step=torch.ones(64))
+    with pytest.raises(ValueError, match="scale"):  # code 0: scale 0
+        gemm.pack_int4_weight(q, torch.zeros(64, 8, dtype=torch.uint8), 32, scale_step=torch.ones(64))
+    for bad in (0.0, -1.0, float("inf"), float("nan"), 3e38):
+        with pytest.raises(ValueError, match="scale"):
+            gemm.pack_int4_weight(q, torch.ones(64, 8, dtype=torch.uint8), 32, scale_step=torch.full((64,), bad))
+    with pytest.raises(ValueError, match="steps have 63 elements"):
+        gemm.pack_int4_weight(q, torch.ones(64, 8, dtype=torch.uint8), 32, scale_step=torch.ones(63))
+
+
+@given(seed=st.integers(0, 2**32 - 1), spread=st.sampled_from([1.0, 1e3, 1e30]))
+def test_int4_scale_codes_round_every_scale_up_to_the_smallest_code(seed, spread):
+    """``code · step >= s`` exactly (so codes re-rounded for the new scale never clip), with the smallest such
+    code, and ``255 · step >= max`` with the smallest float32 step that allows it; rows far apart in magnitude
+    each get their own step."""
+    rng = np.random.default_rng(seed)
+    s = torch.from_numpy(rng.uniform(1e-4, 1, (7, 13)) * spread ** rng.uniform(-1, 1, (7, 1))).float()
+    codes, step = gemm.int4_scale_codes(s)
+    assert codes.dtype == torch.uint8 and step.dtype == torch.float32 and tuple(step.shape) == (7,)
+    c, st64, s64 = codes.double(), step.double()[:, None], s.double()
+    assert int(codes.min()) >= 1 and torch.all(c * st64 >= s64)
+    assert torch.all((c == 1) | ((c - 1) * st64 < s64))
+    top = s64.amax(dim=1)
+    assert torch.all(255 * step.double() >= top)
+    below = torch.nextafter(step, torch.zeros_like(step)).double()
+    assert torch.all(255 * below < top)
+    with pytest.raises(ValueError, match=r"scales\[3\] = 0 is not a positive"):
+        gemm.int4_scale_codes(torch.tensor([[1.0, 2.0], [1.0, 0.0]]))
+
+
+@pytest.mark.parametrize("k", [96, 100])
+def test_quantize_int4_weight_scale_codes_are_nearest_for_the_rounded_up_scales(k):
+    torch.manual_seed(1)
+    w = torch.randn(16, k) * torch.logspace(-3, 0, 16)[:, None]
+    w[3, :32] = 0  # an all-zero group still gets a positive scale
+    q, codes, step = gemm.quantize_int4_weight_scale_codes(w, 32)
+    s = (codes.double() * step.double()[:, None]).repeat_interleave(32, 1)[:, :k]
+    amax = torch.nn.functional.pad(w.abs(), (0, 128 - k)).reshape(16, 4, 32).amax(2).double()
+    assert torch.all(codes.double() * step.double()[:, None] >= amax[:, : codes.shape[1]] / 7)  # nothing clips
+    assert int(q.abs().max()) <= 7
+    assert torch.all((w.double() - q.double() * s).abs() <= s / 2 * (1 + 1e-9))  # nearest codes
+    packed = gemm.pack_int4_weight(q, codes, 32, scale_step=step)
+    x = torch.randn(3, k)
+    ref = x.double() @ (q.double() * s).T
+    got = gemm.int4_linear(x, packed)
+    assert torch.nn.functional.cosine_similarity(got.double().flatten(), ref.flatten(), dim=0) > 0.999
 
 
 def test_quantize_int4_weight_accuracy():

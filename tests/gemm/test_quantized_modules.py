@@ -219,11 +219,80 @@ def test_int4_linear_scales_are_float16_by_default_and_reload_in_their_saved_dty
         fresh.load_state_dict(load_file(tmp_path / "q.safetensors"))
         assert fresh.scale_dtype == q.scale_dtype
         torch.testing.assert_close(fresh(x), q(x), rtol=0, atol=0)
-    with pytest.raises(ValueError, match="scale_dtype must be torch.float16 or torch.float32"):
+    with pytest.raises(ValueError, match="scale_dtype must be torch.float16, torch.float32 or torch.uint8"):
         Int4Linear(16, 4, scale_dtype=torch.bfloat16)
     with pytest.raises(ValueError, match=r"scales\[0\] = 1e\+06 is not a positive finite float16"):
         Int4Linear.from_float(nn.Linear(8, 1), group_size=8, weight_q=torch.zeros(1, 8, dtype=torch.int8),
                               weight_scales=torch.full((1, 1), 1e6))
+
+
+def test_int4_linear_eight_bit_scales_save_and_reload_in_every_direction(tmp_path):
+    """8-bit scale codes with a float32 step per output: 1 byte per group instead of 2, outputs those of the
+    dequantized weight, accuracy next to float16 scales; a saved module reloads (safetensors state dict, or
+    nnic's manifest) into a default module with its own format, and a float16 file into an 8-bit module."""
+    from safetensors.torch import load_file, save_file
+
+    from nnic.speedup import load_pruned, save_pruned
+
+    torch.manual_seed(0)
+    lin = nn.Linear(256, 64)
+    x = torch.randn(3, 256)
+    half, eight = Int4Linear.from_float(lin), Int4Linear.from_float(lin, scale_dtype=torch.uint8)
+    assert eight.scale_dtype == torch.uint8 and eight._packed_weight().scale_dtype == "uint8"
+    assert eight.weight_scale_step.dtype == torch.float32 and tuple(eight.weight_scale_step.shape) == (64,)
+    assert half._packed_weight().nbytes - eight._packed_weight().nbytes == 64 * 8 - 4 * 64
+    with torch.no_grad():
+        ref = x @ eight.dequantized_weight().T + lin.bias  # up to the activations' int8 rounding
+        assert cos(eight(x), ref) > 0.9999
+    err = {q: float((q(x) - lin(x)).detach().norm()) for q in (half, eight)}
+    assert err[eight] < 1.05 * err[half]
+    save_file(eight.state_dict(), tmp_path / "u8.safetensors")
+    save_file(half.state_dict(), tmp_path / "f16.safetensors")
+    for file, src, into in (("u8", eight, torch.float16), ("u8", eight, torch.uint8), ("f16", half, torch.uint8)):
+        fresh = Int4Linear(256, 64, scale_dtype=into)
+        fresh.load_state_dict(load_file(tmp_path / f"{file}.safetensors"))
+        assert fresh.scale_dtype == src.scale_dtype and set(fresh.state_dict()) == set(src.state_dict())
+        torch.testing.assert_close(fresh(x), src(x), rtol=0, atol=0)
+    model = nn.Sequential(eight, nn.ReLU())
+    save_pruned(model, tmp_path / "saved")
+    fresh = load_pruned(nn.Sequential(Int4Linear(256, 64), nn.ReLU()), tmp_path / "saved")
+    assert fresh[0].scale_dtype == torch.uint8 and "weight_scale_step" in dict(fresh[0].named_buffers())
+    torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("affine", [False, True])
+def test_int4_linear_eight_bit_scales_re_round_given_codes_to_the_rounded_up_scales(affine):
+    """Codes and float scales given to an 8-bit-scale module: each scale rounds up to code × step, and each weight
+    moves by at most half a new step (symmetric), or one and a half with zero points (two roundings and a clamp)."""
+    g = torch.Generator().manual_seed(3)
+    q = torch.randint(-8, 8, (40, 96), generator=g, dtype=torch.int8)
+    s = torch.rand(40, 3, generator=g) * torch.logspace(-3, 0, 40)[:, None] + 1e-4
+    z = torch.randint(-8, 8, (40, 3), generator=g, dtype=torch.int8) if affine else None
+    lin = nn.Linear(96, 40)
+    given = Int4Linear.from_float(lin, weight_q=q, weight_scales=s, weight_zero_points=z, scale_dtype=torch.float32)
+    eight = Int4Linear.from_float(lin, weight_q=q, weight_scales=s, weight_zero_points=z, scale_dtype=torch.uint8)
+    new_s = eight.group_scales().double()
+    assert torch.all(new_s >= s.double()) and torch.all(new_s <= s.double() * 1.5)
+    moved = (eight.dequantized_weight().double() - given.dequantized_weight().double()).abs()
+    bound = (0.5 if not affine else 1.5) * new_s.repeat_interleave(32, 1) * (1 + 1e-6)
+    assert torch.all(moved <= bound)
+    x = torch.randn(2, 96, generator=g)
+    assert cos(eight(x), given(x)) > 0.999
+    with pytest.raises(ValueError, match="scale_step goes with uint8 scale codes"):
+        given.set_weight(q, s, scale_step=torch.ones(40))
+
+
+def test_quantization_speedup_lowers_to_eight_bit_scales():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 16))
+    x = torch.randn(4, 64)
+    want = model(x)
+    got = {}
+    for dt in (torch.float16, torch.uint8):
+        q = nnic.quantization_speedup(copy.deepcopy(model), {"0": 4, "2": 4}, int4_scale_dtype=dt)
+        assert all(m.scale_dtype == dt for m in q.modules() if isinstance(m, Int4Linear))
+        got[dt] = q(x)
+    assert cos(got[torch.uint8], want) > 0.99 and cos(got[torch.uint8], got[torch.float16]) > 0.999
 
 
 def test_safetensors_quarter_size(tmp_path):

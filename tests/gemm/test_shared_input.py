@@ -51,6 +51,7 @@ CASES = {
     "int4 symmetric": lambda ls: [int4(lin) for lin in ls],
     "int4 affine and symmetric mixed": lambda ls: [int4(ls[0], affine=True), int4(ls[1]), int4(ls[2], affine=True)],
     "int4 act order": lambda ls: [int4_act_order(lin) for lin in ls],
+    "int4 8-bit scales": lambda ls: [Int4Linear.from_float(lin, scale_dtype=torch.uint8) for lin in ls],
     "int8 per token": lambda ls: [Int8Linear.from_float(lin) for lin in ls],
     "int8 static": lambda ls: [Int8Linear.from_float(lin, act="static", act_scale=0.02, act_zero_point=128)
                                for lin in ls],

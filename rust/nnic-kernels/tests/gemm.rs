@@ -277,16 +277,31 @@ fn int4_matches_reference() {
         let s16: Vec<u16> = (0..n * ng).map(|i| 0x2000 + (i % 977) as u16).collect();
         let s32: Vec<f32> = (0..n * ng).map(|i| 0.01 + (i % 13) as f32 * 1e-3).collect();
         let zeros: Vec<i8> = rng.i8s(n * ng).into_iter().map(|v| v >> 4).collect();
-        for (zw, sym, half) in [(&[][..], true, false), (&zeros[..], true, false), (&zeros[..], false, false),
-                                (&[][..], false, false), (&[][..], true, true), (&zeros[..], false, true)] {
-            let (packed, s) = if half {
-                let p = int4::PackedInt4::new(&q, n, k, int4::GroupScales::F16(&s16), zw, g).unwrap();
-                (p, s16.iter().map(|&h| nnic_kernels::half::f16_to_f32(h)).collect::<Vec<f32>>())
-            } else {
-                (int4::PackedInt4::new(&q, n, k, &s32, zw, g).unwrap(), s32.clone())
+        // 8-bit scale codes over the whole range, and per-column steps.
+        let codes: Vec<u8> = (0..n * ng).map(|i| 1 + (i * 37 % 255) as u8).collect();
+        let step: Vec<f32> = (0..n).map(|j| 4e-5 * (1 + j % 7) as f32).collect();
+        for (zw, sym, fmt) in [(&[][..], true, 0), (&zeros[..], true, 0), (&zeros[..], false, 0), (&[][..], false, 0),
+                               (&[][..], true, 1), (&zeros[..], false, 1), (&[][..], true, 2), (&zeros[..], false, 2),
+                               (&[][..], false, 2)] {
+            let (packed, s) = match fmt {
+                1 => {
+                    let p = int4::PackedInt4::new(&q, n, k, int4::GroupScales::F16(&s16), zw, g).unwrap();
+                    (p, s16.iter().map(|&h| nnic_kernels::half::f16_to_f32(h) as f64).collect::<Vec<f64>>())
+                }
+                2 => {
+                    let p = int4::PackedInt4::new(&q, n, k, int4::GroupScales::U8 { codes: &codes, step: &step }, zw, g);
+                    (p.unwrap(), (0..n * ng).map(|i| codes[i] as f64 * step[i / ng] as f64).collect())
+                }
+                _ => (int4::PackedInt4::new(&q, n, k, &s32, zw, g).unwrap(), s32.iter().map(|&v| v as f64).collect()),
             };
-            assert_eq!(packed.has_f16_scales(), half);
-            assert_eq!(packed.unpack().1, s);
+            assert_eq!(packed.has_f16_scales(), fmt == 1);
+            assert_eq!(packed.has_u8_scales(), fmt == 2);
+            let unpacked: Vec<f64> = packed.unpack().1.into_iter().map(|v| v as f64).collect();
+            if fmt == 2 {
+                assert_eq!(packed.u8_scales(), Some((codes.clone(), step.clone())));
+            } else {
+                assert_eq!(unpacked, s);
+            }
             // Reference: the same per-row activation quantization, f64 accumulation.
             let mut want = vec![0f64; m * n];
             for i in 0..m {
@@ -302,7 +317,7 @@ fn int4_matches_reference() {
                     let mut acc = 0f64;
                     for kk in 0..k {
                         let z = if zw.is_empty() { 0 } else { zw[j * ng + kk / g] } as f64;
-                        acc += qa[kk] * (q[j * k + kk] as f64 - z) * s[j * ng + kk / g] as f64;
+                        acc += qa[kk] * (q[j * k + kk] as f64 - z) * s[j * ng + kk / g];
                     }
                     want[i * n + j] = acc * sa as f64;
                 }
@@ -327,6 +342,15 @@ fn int4_matches_reference() {
     let b16 = int4::PackedInt4::new(&q, 64, 256, int4::GroupScales::F16(&s16), &[], 32).unwrap().nbytes();
     let b32 = int4::PackedInt4::new(&q, 64, 256, &s32, &[], 32).unwrap().nbytes();
     assert_eq!(b32 - b16, 2 * 64 * 8);
+    // 8-bit scales: 1 byte per group and column, plus one step per (padded) column; codes 0 and bad steps refused.
+    let (codes, step) = (vec![1u8; 64 * 8], vec![1f32; 64]);
+    let b8 = int4::PackedInt4::new(&q, 64, 256, int4::GroupScales::U8 { codes: &codes, step: &step }, &[], 32).unwrap();
+    assert_eq!(b16 - b8.nbytes(), 64 * 8 - 4 * 64);
+    assert!(int4::PackedInt4::new(&[0; 8], 1, 8, int4::GroupScales::U8 { codes: &[0], step: &[1.0] }, &[], 8).is_err());
+    for bad in [0.0f32, -1.0, f32::INFINITY, f32::NAN, f32::MAX] {
+        assert!(int4::PackedInt4::new(&[0; 8], 1, 8, int4::GroupScales::U8 { codes: &[1], step: &[bad] }, &[], 8).is_err());
+    }
+    assert!(int4::PackedInt4::new(&[0; 8], 1, 8, int4::GroupScales::U8 { codes: &[1], step: &[1.0, 1.0] }, &[], 8).is_err());
 }
 
 #[test]

@@ -488,7 +488,7 @@ packed_weight_methods!(PackedInt8Weight, symmetric = false,
 });
 
 /// int4 linear weights `[n, k]` (codes in [-8, 7], two per byte) with per-group scales `[n, groups]`
-/// (float32, or IEEE half-precision bits given as uint16).
+/// (float32, IEEE half-precision bits given as uint16, or uint8 codes times a float32 step per output column).
 #[pyclass(frozen, module = "nnic._kernels")]
 pub struct PackedInt4Weight {
     /// Shared with queued prefetch walks (`crate::prefetch`), which keep it alive until they are done.
@@ -497,20 +497,30 @@ pub struct PackedInt4Weight {
 
 packed_weight_methods!(PackedInt4Weight, symmetric = true,
     "`out[m, n] = quant(x) @ dequant(w).T + bias` (activations quantized on the fly, per token by default).", {
-    /// `scales`: float32 `[n, groups]`, or uint16 `[n, groups]` holding half-precision bits.
+    /// `scales`: float32 `[n, groups]`, uint16 `[n, groups]` holding half-precision bits, or uint8 `[n, groups]`
+    /// codes in [1, 255] with `scale_step` (float32 `[n]`, given only then): scale = code × step of its column.
     #[new]
-    #[pyo3(signature = (q, scales, group_size, zero_points=None))]
+    #[pyo3(signature = (q, scales, group_size, zero_points=None, scale_step=None))]
     fn new(
         py: Python<'_>,
         q: PyReadonlyArray2<'_, i8>,
         scales: &Bound<'_, PyAny>,
         group_size: usize,
         zero_points: Option<PyReadonlyArray2<'_, i8>>,
+        scale_step: Option<PyReadonlyArray1<'_, f32>>,
     ) -> PyResult<Self> {
         let [n, k] = dims(&q);
         let q = ro(&q, "q")?;
         let z = zero_points.as_ref().map(|z| ro(z, "zero_points")).transpose()?.unwrap_or(&[]);
-        let inner = if let Ok(s) = scales.extract::<PyReadonlyArray2<'_, f32>>() {
+        let is_u8 = scales.extract::<PyReadonlyArray2<'_, u8>>().is_ok();
+        if is_u8 != scale_step.is_some() {
+            return Err(PyTypeError::new_err("scale_step goes with uint8 scale codes, and only with them"));
+        }
+        let inner = if let Some(step) = scale_step.as_ref() {
+            let codes = scales.extract::<PyReadonlyArray2<'_, u8>>()?;
+            let (codes, step) = (ro(&codes, "scales")?, ro1(step, "scale_step")?);
+            py.detach(|| int4::PackedInt4::new(q, n, k, int4::GroupScales::U8 { codes, step }, z, group_size))
+        } else if let Ok(s) = scales.extract::<PyReadonlyArray2<'_, f32>>() {
             let s = ro(&s, "scales")?;
             py.detach(|| int4::PackedInt4::new(q, n, k, s, z, group_size))
         } else if let Ok(s) = scales.extract::<PyReadonlyArray2<'_, u16>>() {
@@ -518,7 +528,7 @@ packed_weight_methods!(PackedInt4Weight, symmetric = true,
             py.detach(|| int4::PackedInt4::new(q, n, k, int4::GroupScales::F16(s), z, group_size))
         } else {
             return Err(PyTypeError::new_err(
-                "scales must be a 2-D float32 array, or uint16 holding half-precision bits",
+                "scales must be a 2-D float32 array, uint16 holding half-precision bits, or uint8 codes",
             ));
         };
         Ok(PackedInt4Weight { inner: Arc::new(to_py(inner)?) })
@@ -534,14 +544,22 @@ packed_weight_methods!(PackedInt4Weight, symmetric = true,
         self.inner.is_affine()
     }
 
-    /// `"float16"` when the scales are stored as half-precision bits, else `"float32"`.
+    /// `"float16"` when the scales are stored as half-precision bits, `"uint8"` for 8-bit codes with per-column
+    /// steps, else `"float32"`.
     #[getter]
     fn scale_dtype(&self) -> &'static str {
-        if self.inner.has_f16_scales() { "float16" } else { "float32" }
+        if self.inner.has_f16_scales() {
+            "float16"
+        } else if self.inner.has_u8_scales() {
+            "uint8"
+        } else {
+            "float32"
+        }
     }
 
     /// `(codes [n, k] int8, scales [n, groups] float32, zero points [n, groups] int8 or None)`; half-precision
-    /// scales come widened (exactly) to float32, their bits from `scale_bits`.
+    /// scales come widened (exactly) to float32, their bits from `scale_bits`; 8-bit ones as the float32 products
+    /// of code and step, the two from `scale_codes`.
     #[allow(clippy::type_complexity)]
     fn unpack<'py>(
         &self,
@@ -558,5 +576,19 @@ packed_weight_methods!(PackedInt4Weight, symmetric = true,
     fn scale_bits<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyArray2<u16>>>> {
         let (n, g) = (self.inner.out_features(), self.inner.in_features().div_ceil(self.inner.group_size()));
         self.inner.f16_scales().map(|b| PyArray1::from_vec(py, b).reshape([n, g])).transpose()
+    }
+
+    /// The 8-bit scale codes `[n, groups]` (uint8) and per-column steps `[n]` (float32), or None when the scales
+    /// are stored otherwise.
+    #[allow(clippy::type_complexity)]
+    fn scale_codes<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<Option<(Bound<'py, PyArray2<u8>>, Bound<'py, PyArray1<f32>>)>> {
+        let (n, g) = (self.inner.out_features(), self.inner.in_features().div_ceil(self.inner.group_size()));
+        self.inner
+            .u8_scales()
+            .map(|(c, s)| Ok((PyArray1::from_vec(py, c).reshape([n, g])?, PyArray1::from_vec(py, s))))
+            .transpose()
     }
 });

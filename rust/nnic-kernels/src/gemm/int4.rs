@@ -12,9 +12,13 @@
 //! keep them), which makes a group of 32 codes 18 bytes instead of 20 (0.5625 bytes per weight instead of
 //! 0.625); the tiles widen them exactly to `f32` at each group end, so the result is the one of the `f32`
 //! values of the half scales.
+//!
+//! Or double-quantized ([`GroupScales::U8`]): unsigned 8-bit codes times one `f32` step per output column, 17
+//! bytes per group of 32 codes and column (0.53 bytes per weight, ~4.26 bits); the tiles scale each group's
+//! integer sum by its code, and the epilogue multiplies by the column's step (layout: [`super::int4_micro`]).
 #![allow(clippy::needless_range_loop)] // the epilogue indexes the register tile by row and column
 use super::act_pack::{self, ActQuant};
-use super::int4_micro::{tile_mv, Panel, MR4, WHOLE_BYTE_MAX_GROUP};
+use super::int4_micro::{tile_mv, Panel, ScaleFmt, MR4, WHOLE_BYTE_MAX_GROUP};
 use super::panels::{round_up, PackedA, NR};
 use super::{isa_of, Block, Path};
 use crate::error::{KernelError, Result};
@@ -29,6 +33,9 @@ pub enum GroupScales<'a> {
     F32(&'a [f32]),
     /// IEEE 754 half-precision bits.
     F16(&'a [u16]),
+    /// Double-quantized: scale `s[j, g] = codes[j, g] · step[j]`, codes in [1, 255] (`[n, groups]`) and one
+    /// finite positive `f32` step per output column (`[n]`).
+    U8 { codes: &'a [u8], step: &'a [f32] },
 }
 
 impl<'a> From<&'a [f32]> for GroupScales<'a> {
@@ -54,12 +61,22 @@ impl GroupScales<'_> {
         match self {
             GroupScales::F32(s) => s.len(),
             GroupScales::F16(s) => s.len(),
+            GroupScales::U8 { codes, .. } => codes.len(),
         }
     }
+    /// Scale `i` in the units the tiles apply (the code itself for 8-bit scales: the step comes at the end).
     fn get(&self, i: usize) -> f32 {
         match self {
             GroupScales::F32(s) => s[i],
             GroupScales::F16(s) => f16_to_f32(s[i]),
+            GroupScales::U8 { codes, .. } => codes[i] as f32,
+        }
+    }
+    fn fmt(&self) -> ScaleFmt {
+        match self {
+            GroupScales::F32(_) => ScaleFmt::F32,
+            GroupScales::F16(_) => ScaleFmt::F16,
+            GroupScales::U8 { .. } => ScaleFmt::U8,
         }
     }
 }
@@ -78,22 +95,24 @@ pub struct PackedInt4 {
     group: usize,
     kp: usize,
     /// Panels of 32 columns, each `kp / group` blocks of `stride` bytes: the group's codes, then its 32 scales
-    /// (layout: [`super::int4_micro`]).
+    /// (8-bit scales: pairs of groups of `stride` bytes behind their scale line; layout: [`super::int4_micro`]).
     /// On 2 MiB pages where the OS gives them ([`HugeBuf`]): a GEMV streams it from DRAM.
     data: HugeBuf<Line>,
     stride: usize,
-    /// The scales are half-precision bits (else `f32`).
-    half: bool,
+    /// How the group scales are stored.
+    fmt: ScaleFmt,
+    /// The per-column steps of 8-bit scales (padded columns 0), else empty.
+    step: Vec<f32>,
     /// Stored zero points `zw + 8`, `[panel][group][32]`; empty when every zero point is 0.
     zeros: Vec<u8>,
-    /// `sum_g s[j, g] · sum_{k in g} q[j, k]` per padded column.
+    /// `sum_g s[j, g] · sum_{k in g} q[j, k]` per padded column (8-bit scales: in units of the column's step).
     csum: Vec<f32>,
 }
 
 impl PackedInt4 {
-    /// Packs codes `q[n, k]` (each in [-8, 7]) with `scales[n, ceil(k / group)]` (`f32`, or half-precision
-    /// bits: [`GroupScales`]) and zero points `zeros` (empty, or `[n, ceil(k / group)]` values in [-8, 7]);
-    /// `group` is a multiple of 8.
+    /// Packs codes `q[n, k]` (each in [-8, 7]) with `scales[n, ceil(k / group)]` (`f32`, half-precision bits,
+    /// or 8-bit codes with per-column steps: [`GroupScales`]) and zero points `zeros` (empty, or
+    /// `[n, ceil(k / group)]` values in [-8, 7]); `group` is a multiple of 8.
     pub fn new<'a>(q: &[i8], n: usize, k: usize, scales: impl Into<GroupScales<'a>>, zeros: &[i8], group: usize)
         -> Result<PackedInt4> {
         let scales = scales.into();
@@ -125,13 +144,24 @@ impl PackedInt4 {
         if let Some((i, s)) = (0..scales.len()).map(|i| (i, scales.get(i))).find(|(_, s)| !(s.is_finite() && *s > 0.0)) {
             return Err(KernelError::BadScale { channel: Some(i), value: s });
         }
+        if let GroupScales::U8 { step, .. } = scales {
+            if step.len() != n {
+                return Err(KernelError::Mismatch {
+                    what: format!("scale steps have {} elements, expected one per output column, {n}", step.len()),
+                });
+            }
+            if let Some((j, &v)) = step.iter().enumerate().find(|(_, v)| !((**v * 255.0).is_finite() && **v > 0.0)) {
+                return Err(KernelError::BadScale { channel: Some(j), value: v });
+            }
+        }
         let kp = round_up(k.max(1), group);
         let np = round_up(n.max(1), NR);
         let gp = kp / group;
         let pairs = group / 8;
-        let half = matches!(scales, GroupScales::F16(_));
-        let stride = Panel::stride_of(pairs, half);
-        let mut data = HugeBuf::<Line>::zeroed(np / NR * gp * stride / 64);
+        let fmt = scales.fmt();
+        let stride = Panel::stride_of(pairs, fmt);
+        let plen = Panel::len_of(gp, pairs, fmt);
+        let mut data = HugeBuf::<Line>::zeroed(np / NR * plen / 64);
         data.fill(Line([0x88; 64]));
         let mut csum = vec![0f32; np];
         let mut zs = if affine { vec![8u8; np * gp] } else { Vec::new() };
@@ -139,22 +169,24 @@ impl PackedInt4 {
             let bytes = lines_mut(&mut data);
             for j in 0..n {
                 let (p, c) = (j / NR, j % NR);
-                let panel = &mut bytes[p * gp * stride..(p + 1) * gp * stride];
+                let panel = &mut bytes[p * plen..(p + 1) * plen];
+                let place = |g: usize| fmt.group_at(g, stride, pairs);
                 let row = &q[j * k..(j + 1) * k];
                 for (kk, &v) in row.iter().enumerate() {
                     let (g, r) = (kk / group, kk % group);
                     let (at, hi) = Panel::code_at(r, c);
-                    let byte = &mut panel[g * stride + at];
+                    let byte = &mut panel[place(g).0 + at];
                     let nib = (v + 8) as u8;
                     *byte = if hi { (*byte & 0x0F) | (nib << 4) } else { (*byte & 0xF0) | nib };
                 }
                 let mut cs = 0f32;
                 for g in 0..ng {
                     let s = scales.get(j * ng + g);
-                    let at = g * stride + pairs * 128;
+                    let at = place(g).1;
                     match scales {
                         GroupScales::F32(from) => panel[at + 4 * c..at + 4 * c + 4].copy_from_slice(&from[j * ng + g].to_le_bytes()),
                         GroupScales::F16(from) => panel[at + 2 * c..at + 2 * c + 2].copy_from_slice(&from[j * ng + g].to_le_bytes()),
+                        GroupScales::U8 { codes, .. } => panel[at + c] = codes[j * ng + g],
                     }
                     let zw = if affine { zeros[j * ng + g] as i32 } else { 0 };
                     if affine {
@@ -165,17 +197,29 @@ impl PackedInt4 {
                 }
                 csum[j] = cs;
             }
-            // Scales of the padding columns: 0 (their outputs are never written).
-            let w = if half { 2 } else { 4 };
+            // Scales of the padding columns (and the unused half of an unpaired group's 8-bit scale line): 0 (their
+            // outputs are never written).
+            let w = fmt.width();
+            let place = |g: usize| fmt.group_at(g, stride, pairs);
             for j in n..np {
                 let (p, c) = (j / NR, j % NR);
                 for g in 0..gp {
-                    let at = (p * gp + g) * stride + pairs * 128 + w * c;
+                    let at = p * plen + place(g).1 + w * c;
                     bytes[at..at + w].fill(0);
                 }
             }
+            if fmt == ScaleFmt::U8 && gp % 2 == 1 {
+                for p in 0..np / NR {
+                    let at = p * plen + place(gp - 1).1 + NR;
+                    bytes[at..at + NR].fill(0);
+                }
+            }
         }
-        Ok(PackedInt4 { n, k, group, kp, data, stride, half, zeros: zs, csum })
+        let step = match scales {
+            GroupScales::U8 { step, .. } => (0..np).map(|j| step.get(j).copied().unwrap_or(0.0)).collect(),
+            _ => Vec::new(),
+        };
+        Ok(PackedInt4 { n, k, group, kp, data, stride, fmt, step, zeros: zs, csum })
     }
 
     pub fn in_features(&self) -> usize {
@@ -189,11 +233,15 @@ impl PackedInt4 {
     }
     /// Bytes held.
     pub fn nbytes(&self) -> usize {
-        64 * self.data.len() + self.zeros.len() + 4 * self.csum.len()
+        64 * self.data.len() + self.zeros.len() + 4 * self.csum.len() + 4 * self.step.len()
     }
     /// Whether the scales are stored as half-precision bits.
     pub fn has_f16_scales(&self) -> bool {
-        self.half
+        self.fmt == ScaleFmt::F16
+    }
+    /// Whether the scales are 8-bit codes with per-column steps ([`GroupScales::U8`]).
+    pub fn has_u8_scales(&self) -> bool {
+        self.fmt == ScaleFmt::U8
     }
     /// Whether the weights have zero points.
     pub fn is_affine(&self) -> bool {
@@ -208,19 +256,20 @@ impl PackedInt4 {
     /// Weight panel `p` (32 columns).
     fn panel(&self, p: usize) -> Panel<'_> {
         let groups = self.kp / self.group;
-        let len = groups * self.stride;
+        let len = Panel::len_of(groups, self.group / 8, self.fmt);
         Panel {
             bytes: &self.bytes()[p * len..(p + 1) * len],
             zeros: if self.is_affine() { &self.zeros[p * groups * NR..(p + 1) * groups * NR] } else { &[] },
             groups,
             pairs: self.group / 8,
             stride: self.stride,
-            half: self.half,
+            fmt: self.fmt,
         }
     }
 
     /// The codes `[n, k]`, scales `[n, groups]` (as `f32`: exact for half-precision scales, see
-    /// [`PackedInt4::f16_scales`]) and zero points (`[n, groups]`, or empty when symmetric): the round trip
+    /// [`PackedInt4::f16_scales`]; for 8-bit ones the `f32` product of code and step, see
+    /// [`PackedInt4::u8_scales`]) and zero points (`[n, groups]`, or empty when symmetric): the round trip
     /// of [`PackedInt4::new`].
     pub fn unpack(&self) -> (Vec<i8>, Vec<f32>, Vec<i8>) {
         let ng = self.k.div_ceil(self.group);
@@ -232,12 +281,12 @@ impl PackedInt4 {
             for kk in 0..self.k {
                 let (g, r) = (kk / self.group, kk % self.group);
                 let (at, hi) = Panel::code_at(r, c);
-                let byte = w.bytes[g * w.stride + at];
+                let byte = w.bytes[w.group_at(g).0 + at];
                 let nib = if hi { byte >> 4 } else { byte & 0x0F };
                 q[j * self.k + kk] = nib as i8 - 8;
             }
             for g in 0..ng {
-                s[j * ng + g] = w.scale(g, c);
+                s[j * ng + g] = if self.has_u8_scales() { w.scale(g, c) * self.step[j] } else { w.scale(g, c) };
                 if self.is_affine() {
                     z[j * ng + g] = w.zero(g, c) as i8 - 8;
                 }
@@ -248,16 +297,26 @@ impl PackedInt4 {
 
     /// The half-precision bits of the scales `[n, groups]`, when they are stored so.
     pub fn f16_scales(&self) -> Option<Vec<u16>> {
-        if !self.half {
+        if !self.has_f16_scales() {
             return None;
         }
         let ng = self.k.div_ceil(self.group);
         let at = |j: usize, g: usize| {
             let w = self.panel(j / NR);
-            let i = g * w.stride + w.pairs * 128 + 2 * (j % NR);
+            let i = w.group_at(g).1 + 2 * (j % NR);
             u16::from_le_bytes([w.bytes[i], w.bytes[i + 1]])
         };
         Some((0..self.n * ng).map(|i| at(i / ng, i % ng)).collect())
+    }
+
+    /// The 8-bit scale codes `[n, groups]` and per-column steps `[n]`, when the scales are stored so.
+    pub fn u8_scales(&self) -> Option<(Vec<u8>, Vec<f32>)> {
+        if !self.has_u8_scales() {
+            return None;
+        }
+        let ng = self.k.div_ceil(self.group);
+        let codes = (0..self.n * ng).map(|i| self.panel(i / ng / NR).scale(i % ng, i / ng % NR) as u8).collect();
+        Some((codes, self.step[..self.n].to_vec()))
     }
 }
 
@@ -272,7 +331,7 @@ impl crate::prefetch::Resident for PackedInt4 {
     /// out).
     fn regions(&self) -> Vec<&[u8]> {
         let gp = self.kp / self.group;
-        let plen = gp * self.stride;
+        let plen = Panel::len_of(gp, self.group / 8, self.fmt);
         let bytes = self.bytes();
         let panels = bytes.len() / plen;
         let mut out = Vec::new();
@@ -348,6 +407,14 @@ pub fn int4_linear(
                     let (sa, za) = (pa.scale[i], (pa.zero[i] - 128) as f32);
                     // SAFETY: row i, columns j0..j0 + nr are inside this task's block.
                     let y = unsafe { std::slice::from_raw_parts_mut(o.0.add(i * n + j0), nr) };
+                    if w.has_u8_scales() {
+                        // The sums are in units of each column's step.
+                        let st = &w.step[j0..j0 + nr];
+                        for (c, y) in y.iter_mut().enumerate() {
+                            *y = sa * st[c] * (f[r][c] - za * cs[c]) + bias.map_or(0.0, |b| b[j0 + c]);
+                        }
+                        continue;
+                    }
                     match bias {
                         Some(b) => {
                             for ((y, (&f, &c)), &b) in y.iter_mut().zip(f[r].iter().zip(cs)).zip(&b[j0..j0 + nr]) {
@@ -423,30 +490,30 @@ fn tile(path: Path, rows: usize, ap: *const u8, na: &[i32], w: Panel<'_>, f: &mu
         let whole = pairs * 8 <= WHOLE_BYTE_MAX_GROUP;
         let pf = x86::software_prefetch();
         macro_rules! vnni {
-            ($h:literal) => {
+            ($h:path) => {
                 match (rows, whole) {
-                    (1, true) => x86::vnni::<1, $h, true, 2>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
-                    (2, true) => x86::vnni::<2, $h, true, 2>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
-                    (1, false) => x86::vnni::<1, $h, false, 2>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
-                    (2, false) => x86::vnni::<2, $h, false, 2>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
-                    (3, _) => x86::vnni::<3, $h, false, 1>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
-                    (4, _) => x86::vnni::<4, $h, false, 1>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
-                    (5, _) => x86::vnni::<5, $h, false, 1>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
-                    (6, _) => x86::vnni::<6, $h, false, 1>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
-                    (7, _) => x86::vnni::<7, $h, false, 1>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
-                    _ => x86::vnni::<8, $h, false, 1>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
+                    (1, true) => x86::vnni::<1, { $h }, true, 2>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
+                    (2, true) => x86::vnni::<2, { $h }, true, 2>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
+                    (1, false) => x86::vnni::<1, { $h }, false, 2>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
+                    (2, false) => x86::vnni::<2, { $h }, false, 2>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
+                    (3, _) => x86::vnni::<3, { $h }, false, 1>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
+                    (4, _) => x86::vnni::<4, { $h }, false, 1>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
+                    (5, _) => x86::vnni::<5, { $h }, false, 1>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
+                    (6, _) => x86::vnni::<6, { $h }, false, 1>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
+                    (7, _) => x86::vnni::<7, { $h }, false, 1>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
+                    _ => x86::vnni::<8, { $h }, false, 1>(groups, pairs, stride, ap, np, bp, zp, affine, pf, f),
                 }
             };
         }
         macro_rules! avx2 {
-            ($h:literal) => {{
+            ($h:path) => {{
                 let mut r0 = 0;
                 while r0 < rows {
                     match rows - r0 {
-                        1 => x86::avx2::<1, $h>(groups, pairs, stride, ap, np, rows, r0, bp, zp, affine, f),
-                        2 => x86::avx2::<2, $h>(groups, pairs, stride, ap, np, rows, r0, bp, zp, affine, f),
-                        3 => x86::avx2::<3, $h>(groups, pairs, stride, ap, np, rows, r0, bp, zp, affine, f),
-                        _ => x86::avx2::<4, $h>(groups, pairs, stride, ap, np, rows, r0, bp, zp, affine, f),
+                        1 => x86::avx2::<1, { $h }>(groups, pairs, stride, ap, np, rows, r0, bp, zp, affine, f),
+                        2 => x86::avx2::<2, { $h }>(groups, pairs, stride, ap, np, rows, r0, bp, zp, affine, f),
+                        3 => x86::avx2::<3, { $h }>(groups, pairs, stride, ap, np, rows, r0, bp, zp, affine, f),
+                        _ => x86::avx2::<4, { $h }>(groups, pairs, stride, ap, np, rows, r0, bp, zp, affine, f),
                     }
                     r0 += 4;
                 }
@@ -455,14 +522,22 @@ fn tile(path: Path, rows: usize, ap: *const u8, na: &[i32], w: Panel<'_>, f: &mu
         match path {
             // SAFETY: sizes by the layouts (checked above); VNNI checked by the caller (`path.is_supported()`).
             Path::Vnni => unsafe {
-                if w.half { vnni!(true) } else { vnni!(false) }
+                match w.fmt {
+                    ScaleFmt::F32 => vnni!(x86::F32),
+                    ScaleFmt::F16 => vnni!(x86::F16),
+                    ScaleFmt::U8 => vnni!(x86::U8),
+                }
                 return;
             },
             // SAFETY: as above; AVX2 (and FMA, which every AVX2 path of the crate assumes) checked by the caller,
             // F16C (the tile converts half scales) here: CPUs with AVX2 have it, the portable tile covers one
             // that would not.
             Path::Avx2 if std::arch::is_x86_feature_detected!("f16c") => unsafe {
-                if w.half { avx2!(true) } else { avx2!(false) }
+                match w.fmt {
+                    ScaleFmt::F32 => avx2!(x86::F32),
+                    ScaleFmt::F16 => avx2!(x86::F16),
+                    ScaleFmt::U8 => avx2!(x86::U8),
+                }
                 return;
             },
             Path::Avx2 | Path::Scalar => {}
@@ -479,26 +554,43 @@ mod tests {
     use super::*;
 
     /// Every group block starts on a cache line (the buffer is line aligned and the stride a whole number of
-    /// lines, for every group size and scale format), and its scales follow its codes: the round trip holds.
+    /// lines, for every group size and scale format, odd group counts included), and its scales come with its
+    /// codes: the round trip holds.
     #[test]
     fn group_blocks_are_whole_lines_with_their_scales() {
         for group in [8usize, 32, 40, 64, 128] {
-            for half in [false, true] {
-                let (n, k): (usize, usize) = (45, 3 * group + 8);
+            for groups in [3usize, 4] {
+                let (n, k): (usize, usize) = (45, (groups - 1) * group + 8);
                 let ng = k.div_ceil(group);
                 let q: Vec<i8> = (0..n * k).map(|i| (i % 16) as i8 - 8).collect();
                 let s16: Vec<u16> = (0..n * ng).map(|i| 0x2000 + i as u16).collect();
                 let s32: Vec<f32> = s16.iter().map(|&h| f16_to_f32(h)).collect();
-                let w = if half {
-                    PackedInt4::new(&q, n, k, GroupScales::F16(&s16), &[], group).unwrap()
-                } else {
-                    PackedInt4::new(&q, n, k, &s32, &[], group).unwrap()
-                };
-                assert_eq!(w.bytes().as_ptr() as usize % 64, 0);
-                assert_eq!(w.stride % 64, 0);
-                assert_eq!(w.stride, group / 8 * 128 + if half { 64 } else { 128 });
-                assert_eq!(w.unpack(), (q, s32, vec![]));
-                assert_eq!(w.f16_scales().is_some(), half);
+                let codes: Vec<u8> = (0..n * ng).map(|i| 1 + (i % 255) as u8).collect();
+                let step: Vec<f32> = (0..n).map(|j| 1e-3 * (j + 1) as f32).collect();
+                for fmt in [ScaleFmt::F32, ScaleFmt::F16, ScaleFmt::U8] {
+                    let scales = match fmt {
+                        ScaleFmt::F32 => GroupScales::F32(&s32),
+                        ScaleFmt::F16 => GroupScales::F16(&s16),
+                        ScaleFmt::U8 => GroupScales::U8 { codes: &codes, step: &step },
+                    };
+                    let w = PackedInt4::new(&q, n, k, scales, &[], group).unwrap();
+                    assert_eq!(w.bytes().as_ptr() as usize % 64, 0);
+                    assert_eq!(w.stride % 64, 0);
+                    assert_eq!(Panel::len_of(ng, group / 8, fmt) % 64, 0);
+                    let want = match fmt {
+                        ScaleFmt::F32 => group / 8 * 128 + 128,
+                        ScaleFmt::F16 => group / 8 * 128 + 64,
+                        ScaleFmt::U8 => 64 + 2 * (group / 8 * 128),
+                    };
+                    assert_eq!(w.stride, want);
+                    let s = match fmt {
+                        ScaleFmt::U8 => (0..n * ng).map(|i| codes[i] as f32 * step[i / ng]).collect(),
+                        _ => s32.clone(),
+                    };
+                    assert_eq!(w.unpack(), (q.clone(), s, vec![]));
+                    assert_eq!(w.f16_scales().is_some(), fmt == ScaleFmt::F16);
+                    assert_eq!(w.u8_scales(), (fmt == ScaleFmt::U8).then(|| (codes.clone(), step.clone())));
+                }
             }
         }
     }

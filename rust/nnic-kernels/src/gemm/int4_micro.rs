@@ -15,6 +15,13 @@
 //! k quad `j` of the panel holds `rows × 4` bytes (row stride 4), and `na[g][r]` comes with them: `-sum_{k in g}
 //! a_s8[r, k]`, times 8 for symmetric weights (their zero-point term, ready to broadcast).
 //!
+//! Double-quantized scales ([`ScaleFmt::U8`]): each group scale is an unsigned 8-bit code, in units of one `f32`
+//! step per column that the epilogue applies, so a group of 32 codes costs 16 + 1 bytes per column instead of
+//! 16 + 2. 32 one-byte scales are half a line, so groups go in pairs: one line holding both groups' 32 + 32 scale
+//! codes, then the first group's codes, then the second's (`64 + 2 · group · 16` bytes, whole lines again; a
+//! last unpaired group keeps its line). The tiles sum the group in integers as before and multiply by the
+//! exactly widened code at its end, where the other formats multiply by the scale.
+//!
 //! Why signed activations: the nibbles are then the *unsigned* operand of `vpdpbusd` / `vpmaddubsw`, used as
 //! they are masked out of the byte, and the zero point enters once per group, as the accumulator's initial
 //! value `z · na` (`sum a · (nib - z) = sum a · nib + z · na`), instead of a byte subtraction per 64 weights.
@@ -42,8 +49,54 @@ pub(super) const MR4: usize = 8;
 /// groups of up to 32896 k values; larger groups mask both nibbles.
 pub(super) const WHOLE_BYTE_MAX_GROUP: usize = 32768;
 
-/// One weight panel (32 columns): `groups` blocks of `stride` bytes (codes, then scales: module doc) and the
-/// stored zero points (`groups × 32`, or empty for symmetric weights, whose stored zero point is 8).
+/// How a panel stores its group scales (module doc).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(super) enum ScaleFmt {
+    /// `f32`, after each group's codes.
+    F32,
+    /// Half-precision bits, after each group's codes.
+    F16,
+    /// Unsigned 8-bit codes in units of one `f32` step per column (kept outside the panel, applied by the
+    /// epilogue): groups go in pairs, each pair one line of the two groups' 32 + 32 codes, then their codes.
+    U8,
+}
+
+impl ScaleFmt {
+    /// Bytes per scale.
+    pub(super) fn width(self) -> usize {
+        match self {
+            ScaleFmt::F32 => 4,
+            ScaleFmt::F16 => 2,
+            ScaleFmt::U8 => 1,
+        }
+    }
+    /// Byte offsets in a panel of this format of group `g`'s codes and of its 32 scales ([`group_at`]).
+    #[inline(always)]
+    pub(super) fn group_at(self, g: usize, stride: usize, pairs: usize) -> (usize, usize) {
+        match self {
+            ScaleFmt::F32 => group_at::<0>(g, stride, pairs),
+            ScaleFmt::F16 => group_at::<1>(g, stride, pairs),
+            ScaleFmt::U8 => group_at::<2>(g, stride, pairs),
+        }
+    }
+}
+
+/// Where group `g`'s codes and scales start in a panel of format `S` (0, 1, 2: [`ScaleFmt`]'s order, the
+/// tiles' `x86::F32`, `x86::F16`, `x86::U8`) with `stride` bytes
+/// per group block (per *pair* of groups for 8-bit scales) and `pairs · 128` bytes of codes per group.
+#[inline(always)]
+pub(super) fn group_at<const S: u8>(g: usize, stride: usize, pairs: usize) -> (usize, usize) {
+    if S == 2 {
+        let at = (g / 2) * stride + (g % 2) * pairs * 128;
+        (at + 64, (g / 2) * stride + (g % 2) * NR)
+    } else {
+        (g * stride, g * stride + pairs * 128)
+    }
+}
+
+/// One weight panel (32 columns): `groups` blocks of `stride` bytes (codes, then scales: module doc; for 8-bit
+/// scales, pairs of groups behind their scale line) and the stored zero points (`groups × 32`, or empty for
+/// symmetric weights, whose stored zero point is 8).
 #[derive(Copy, Clone, Debug)]
 pub(super) struct Panel<'a> {
     pub(super) bytes: &'a [u8],
@@ -51,20 +104,35 @@ pub(super) struct Panel<'a> {
     pub(super) groups: usize,
     pub(super) pairs: usize,
     pub(super) stride: usize,
-    /// The scales are half-precision bits (else `f32`).
-    pub(super) half: bool,
+    pub(super) fmt: ScaleFmt,
 }
 
 impl Panel<'_> {
-    /// Bytes per group block: `pairs · 2` quad rows of 64 bytes and 32 scales of 2 (`half`) or 4 bytes, a
-    /// multiple of 64.
-    pub(super) fn stride_of(pairs: usize, half: bool) -> usize {
-        pairs * 128 + NR * if half { 2 } else { 4 }
+    /// Bytes per group block: `pairs · 2` quad rows of 64 bytes and 32 scales of 4 or 2 bytes; for 8-bit scales,
+    /// per pair of groups: their scale line and both groups' codes. A multiple of 64.
+    pub(super) fn stride_of(pairs: usize, fmt: ScaleFmt) -> usize {
+        match fmt {
+            ScaleFmt::F32 => pairs * 128 + NR * 4,
+            ScaleFmt::F16 => pairs * 128 + NR * 2,
+            ScaleFmt::U8 => 64 + 2 * pairs * 128,
+        }
+    }
+    /// Bytes of a panel of `groups` groups (the last pair of 8-bit-scale groups may hold one group).
+    pub(super) fn len_of(groups: usize, pairs: usize, fmt: ScaleFmt) -> usize {
+        match fmt {
+            ScaleFmt::U8 => groups.div_ceil(2) * 64 + groups * pairs * 128,
+            _ => groups * Self::stride_of(pairs, fmt),
+        }
+    }
+    /// Byte offsets of group `g`'s codes and of its 32 scales.
+    #[inline(always)]
+    pub(super) fn group_at(&self, g: usize) -> (usize, usize) {
+        self.fmt.group_at(g, self.stride, self.pairs)
     }
     /// Quad row `t` of group `g`'s codes (64 bytes: k values `4t..4t + 4` of the group, module doc).
     #[inline(always)]
     pub(super) fn quad(&self, g: usize, t: usize) -> &[u8] {
-        &self.bytes[g * self.stride + t * 64..][..64]
+        &self.bytes[self.group_at(g).0 + t * 64..][..64]
     }
     /// Where k value `r` of a group and column `c` sit in the group's codes: byte offset and whether in the high
     /// nibble.
@@ -72,14 +140,14 @@ impl Panel<'_> {
     pub(super) fn code_at(r: usize, c: usize) -> (usize, bool) {
         ((r / 4) * 64 + (c % 16) * 4 + r % 4, c >= 16)
     }
-    /// The scale of group `g`, column `c`.
+    /// The scale of group `g`, column `c` (for 8-bit scales: the code, in units of the column's step).
     #[inline(always)]
     pub(super) fn scale(&self, g: usize, c: usize) -> f32 {
-        let at = g * self.stride + self.pairs * 128;
-        if self.half {
-            f16_to_f32(u16::from_le_bytes([self.bytes[at + 2 * c], self.bytes[at + 2 * c + 1]]))
-        } else {
-            f32::from_le_bytes(self.bytes[at + 4 * c..at + 4 * c + 4].try_into().expect("4 bytes"))
+        let at = self.group_at(g).1;
+        match self.fmt {
+            ScaleFmt::F16 => f16_to_f32(u16::from_le_bytes([self.bytes[at + 2 * c], self.bytes[at + 2 * c + 1]])),
+            ScaleFmt::F32 => f32::from_le_bytes(self.bytes[at + 4 * c..at + 4 * c + 4].try_into().expect("4 bytes")),
+            ScaleFmt::U8 => self.bytes[at + c] as f32,
         }
     }
     /// The stored zero point (`zero + 8`) of group `g`, column `c`.
@@ -129,21 +197,36 @@ crate::simd::multiversion!(pub(super) fn tile_mv(rows: usize, a: &[u8], w: Panel
 
 #[cfg(target_arch = "x86_64")]
 pub(super) mod x86 {
-    use super::{MR4, NR};
+    use super::{group_at, MR4, NR};
     use std::arch::x86_64::*;
 
-    /// 16 scales at `p` as `f32`: half-precision bits when `H` (`vcvtph2ps`), else `f32`.
+    /// Scale format tags of the tiles' const parameter `S` ([`super::ScaleFmt`]'s order).
+    pub(crate) const F32: u8 = 0;
+    pub(crate) const F16: u8 = 1;
+    pub(crate) const U8: u8 = 2;
+
+    /// Bytes per scale of format `S`.
+    const fn scale_bytes(s: u8) -> usize {
+        match s {
+            F32 => 4,
+            F16 => 2,
+            _ => 1,
+        }
+    }
+
+    /// 16 scales at `p` as `f32`: `f32`, half-precision bits (`vcvtph2ps`) or 8-bit codes (zero-extended and
+    /// converted, exactly) as `S` says.
     ///
     /// # Safety
     /// `p` points to 16 scales of that format; the CPU has AVX-512F.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn scales16<const H: bool>(p: *const u8) -> __m512 {
+    unsafe fn scales16<const S: u8>(p: *const u8) -> __m512 {
         unsafe {
-            if H {
-                _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
-            } else {
-                _mm512_loadu_ps(p as *const f32)
+            match S {
+                F16 => _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)),
+                U8 => _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i))),
+                _ => _mm512_loadu_ps(p as *const f32),
             }
         }
     }
@@ -151,15 +234,15 @@ pub(super) mod x86 {
     /// 8 scales at `p` as `f32`, as [`scales16`].
     ///
     /// # Safety
-    /// `p` points to 8 scales of that format; the CPU has AVX and F16C.
+    /// `p` points to 8 scales of that format; the CPU has AVX2 and F16C.
     #[inline]
-    #[target_feature(enable = "avx,f16c")]
-    unsafe fn scales8<const H: bool>(p: *const u8) -> __m256 {
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn scales8<const S: u8>(p: *const u8) -> __m256 {
         unsafe {
-            if H {
-                _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
-            } else {
-                _mm256_loadu_ps(p as *const f32)
+            match S {
+                F16 => _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)),
+                U8 => _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i))),
+                _ => _mm256_loadu_ps(p as *const f32),
             }
         }
     }
@@ -224,19 +307,19 @@ pub(super) mod x86 {
         }
     }
 
-    /// VNNI tile of `MR` rows (see the module doc); `H`: the scales are half-precision bits; `W`: whole-byte sums
-    /// (`P` and `Q`, groups of at most [`super::WHOLE_BYTE_MAX_GROUP`]), else both nibbles masked; `C` chains
+    /// VNNI tile of `MR` rows (see the module doc); `S`: the scale format ([`F32`], [`F16`], [`U8`]); `W`: whole-byte
+    /// sums (`P` and `Q`, groups of at most [`super::WHOLE_BYTE_MAX_GROUP`]), else both nibbles masked; `C` chains
     /// of accumulators per row, taking alternate quad rows (two where one or two rows leave too few
     /// independent `vpdpbusd` chains to cover its latency), added at the group end; `pf`: prefetch the stream
     /// ([`software_prefetch`]).
     ///
     /// # Safety
-    /// `a`: `2 * groups * pairs` k quads of `MR` rows of signed bytes; `na`: `groups * MR` sums; `b`: `groups`
-    /// blocks of `stride` bytes (`pairs * 128` of codes, then 32 scales: `f32`, or `u16` when `H`); `z`:
+    /// `a`: `2 * groups * pairs` k quads of `MR` rows of signed bytes; `na`: `groups * MR` sums; `b`: a panel of
+    /// `groups` groups of format `S` ([`super::Panel::len_of`], `stride` as [`super::Panel::stride_of`]); `z`:
     /// `groups * 32` bytes when `affine`; the CPU has AVX-512 VNNI; `C` is 1 or 2 (it divides `2 * pairs`).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     #[allow(clippy::too_many_arguments)]
-    pub(crate) unsafe fn vnni<const MR: usize, const H: bool, const W: bool, const C: usize>(
+    pub(crate) unsafe fn vnni<const MR: usize, const S: u8, const W: bool, const C: usize>(
         groups: usize,
         pairs: usize,
         stride: usize,
@@ -255,7 +338,12 @@ pub(super) mod x86 {
             let mut fv = [[_mm512_setzero_ps(); 2]; MR];
             let mut ap = a;
             for g in 0..groups {
-                let blk = b.add(g * stride);
+                let (co, so) = group_at::<S>(g, stride, pairs);
+                let blk = b.add(co);
+                if S == U8 && g % 2 == 0 {
+                    // The pair's scale line precedes its codes: touch it first, so the stream is read in order.
+                    _mm_prefetch::<_MM_HINT_T0>(b.add(so) as *const i8);
+                }
                 // Per row and chain: the sums of the low-nibble columns (`P` when `W`) and of the high ones (`Q`).
                 let mut s = [[_mm512_setzero_si512(); C]; MR];
                 let mut t = [[_mm512_setzero_si512(); C]; MR];
@@ -288,14 +376,16 @@ pub(super) mod x86 {
                         bp = bp.add(64);
                     }
                 }
-                // Group end: f += float(sum) * scale; the scales follow the codes (1 or 2 lines).
+                // Group end: f += float(sum) * scale; the scales follow the codes (1 or 2 lines; 8-bit ones
+                // precede each pair of groups, already read).
                 prefetch(pf, bp);
-                if !H {
+                if S == F32 {
                     prefetch(pf, bp.add(64));
                 }
-                let w = if H { 2 } else { 4 };
-                let s0 = scales16::<H>(bp);
-                let s1 = scales16::<H>(bp.add(16 * w));
+                let sp = b.add(so);
+                let w = scale_bytes(S);
+                let s0 = scales16::<S>(sp);
+                let s1 = scales16::<S>(sp.add(16 * w));
                 if affine && pf {
                     _mm_prefetch::<_MM_HINT_T1>(z.wrapping_add(g * NR + AHEAD / stride * NR) as *const i8);
                 }
@@ -323,10 +413,10 @@ pub(super) mod x86 {
     ///
     /// # Safety
     /// As [`vnni`] with `rows` rows per k quad and `groups * rows` sums at `na` (`r0 + MR <= rows`), and the
-    /// CPU has AVX2 and FMA (and F16C when `H`).
+    /// CPU has AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
-    pub(crate) unsafe fn avx2<const MR: usize, const H: bool>(
+    pub(crate) unsafe fn avx2<const MR: usize, const S: u8>(
         groups: usize,
         pairs: usize,
         stride: usize,
@@ -343,7 +433,7 @@ pub(super) mod x86 {
             let mask = _mm256_set1_epi8(0x0F);
             let ones = _mm256_set1_epi16(1);
             let step = rows * 4;
-            let w = if H { 2 } else { 4 };
+            let w = scale_bytes(S);
             for r in 0..MR {
                 f[r0 + r] = [0.0; NR];
             }
@@ -351,7 +441,11 @@ pub(super) mod x86 {
                 let mut ap = a.add(r0 * 4);
                 let (cl, ch) = (8 * half, 16 + 8 * half); // first column of the low / high nibbles
                 for g in 0..groups {
-                    let blk = b.add(g * stride);
+                    let (co, so) = group_at::<S>(g, stride, pairs);
+                    let blk = b.add(co);
+                    if S == U8 && g % 2 == 0 {
+                        _mm_prefetch::<_MM_HINT_T0>(b.add(so) as *const i8); // read the stream in order (as `vnni`)
+                    }
                     let zc = z.add(g * NR);
                     let mut s = [[_mm256_setzero_si256(); 2]; MR];
                     for r in 0..MR {
@@ -377,8 +471,8 @@ pub(super) mod x86 {
                         ap = ap.add(2 * step);
                         bp = bp.add(128);
                     }
-                    let sp = blk.add(pairs * 128);
-                    let (s0, s1) = (scales8::<H>(sp.add(cl * w)), scales8::<H>(sp.add(ch * w)));
+                    let sp = b.add(so);
+                    let (s0, s1) = (scales8::<S>(sp.add(cl * w)), scales8::<S>(sp.add(ch * w)));
                     for r in 0..MR {
                         let p = f[r0 + r].as_mut_ptr();
                         _mm256_storeu_ps(p.add(cl), _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[r][0]), s0, _mm256_loadu_ps(p.add(cl))));
