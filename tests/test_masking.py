@@ -80,3 +80,33 @@ def test_unwrap_masks_refuses_a_foreign_parametrization_before_folding_anything(
     with pytest.raises(SpeedupError, match=r"1\.weight has a parametrization other than an nnic mask"):
         unwrap_masks(model)
     assert parametrize.is_parametrized(model[0], "weight")  # nothing folded
+
+
+def test_a_partly_masked_module_is_checked_against_its_stored_tensors_as_torch_reads_them():
+    """``parameter`` and ``check_masks`` read a module's stored tensors through its own dicts: the original behind
+    an attached mask, a plain parameter beside it, a buffer, a parameter torch parametrized with something else.
+    Each gives what torch's attribute reads give, and a mask that does not fit is still refused."""
+    from torch.nn.utils import parametrize
+
+    from nnic.masking import attach_mask, parameter
+
+    class Double(nn.Module):
+        def forward(self, w):
+            return w * 2
+
+    net = model()
+    attach_mask(net[3], "weight", torch.ones(2, 4, dtype=torch.bool))
+    parametrize.register_parametrization(net[0], "bias", Double())
+    assert parameter(net[3], "weight") is net[3].parametrizations.weight.original
+    assert parameter(net[3], "bias") is net[3].bias
+    assert parameter(net[0], "bias") is net[0].parametrizations.bias.original
+    assert parameter(net[0], "weight") is net[0].weight
+    assert parameter(net[1], "running_mean") is net[1].running_mean
+    check_masks(net, {"3": {"weight": torch.ones(2, 4), "bias": torch.ones(2)},
+                      "0": {"weight": torch.ones(4, 3, 3, 3), "bias": torch.ones(4)}})
+    for masks, message in [({"3": {"weight": torch.ones(4, 2)}}, r"expected shape \(2, 4\)"),
+                           ({"3": {"bias": torch.ones(3)}}, r"expected shape \(2,\)"),
+                           ({"0": {"bias": torch.ones(2)}}, r"expected shape \(4,\)"),
+                           ({"1": {"running_mean": torch.ones(4)}}, r"has no parameter 'running_mean'")]:
+        with pytest.raises(ValueError, match=message):
+            check_masks(net, masks)

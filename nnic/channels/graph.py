@@ -35,7 +35,7 @@ class UnionRecord:
 
     size: int
     pairs: list[tuple[list[int], list[int]]]
-    parent: list[int]
+    parent: np.ndarray  # int64, read-only
     roots: np.ndarray
 
 
@@ -64,13 +64,14 @@ class IdRange(list):
 class UnionFind:
     """Channel ids 0, 1, 2...; every root is its group's smallest id.
 
-    Unions are recorded as they are asked for and applied (path halving, the larger root hung under the
-    smaller) when a root is first read: propagation only writes unions, and speedup and pruning read the
-    groups once it is done, so a propagation whose unions match a recorded one (:meth:`adopt`) never runs
-    them."""
+    Unions are recorded as they are asked for and applied when a root is first read: propagation only writes
+    unions, and speedup and pruning read the groups once it is done, so a propagation whose unions match a
+    recorded one (:meth:`adopt`) never runs them. They are applied all at once, vectorised (:meth:`_flush`):
+    every parent entry ends up pointing at its root."""
 
     def __init__(self) -> None:
-        self._parent: list[int] = []  # ids from len(_parent) to size are their own parents (new() is lazy)
+        # int64; ids from len(_parent) to size are their own parents (new() is lazy)
+        self._parent: np.ndarray = np.zeros(0, dtype=np.int64)
         self._size = 0
         self.pairs: list[tuple[list[int], list[int]]] = []  # every union asked for, in order
         self._applied = 0  # pairs[:_applied] are in _parent
@@ -81,7 +82,8 @@ class UnionFind:
         return self._size
 
     @property
-    def parent(self) -> list[int]:
+    def parent(self) -> np.ndarray:
+        """Every id's parent (after the flush, its root); int64."""
         self._flush()
         return self._parent
 
@@ -94,11 +96,7 @@ class UnionFind:
         return IdRange(start, n)
 
     def find(self, i: int) -> int:
-        parent = self.parent
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
+        return int(self.parent[i])  # the flush leaves every entry pointing at its root
 
     def union_pairs(self, a: Iterable[int], b: Iterable[int]) -> None:
         """Unite ``a[k]`` with ``b[k]`` for each k (propagation couples whole channel lists at a time: a ResNet-50
@@ -109,32 +107,40 @@ class UnionFind:
         self._roots = None
 
     def _flush(self) -> None:
+        """Apply the pending unions, all at once: each pass reads both ends' roots, hangs every larger root
+        under the smallest root it is paired with (``minimum.at``), and jumps pointers until each entry points
+        at its root (a parent is never larger than its child); passes repeat until every pair shares a root.
+        The roots are the groups' smallest ids, as uniting pair by pair makes them. A Python loop over the
+        pairs (a RegNetX-400MF couples some 44 000, a ResNet-50 66 000) took 8-15 ms; this takes a few."""
+        pending = self.pairs[self._applied:]
+        if not pending and len(self._parent) == self._size:
+            return
         parent = self._parent
         if len(parent) < self._size:
-            parent.extend(range(len(parent), self._size))
-        for a, b in self.pairs[self._applied:]:
-            for i, j in zip(a, b):
-                while parent[i] != i:
-                    parent[i] = i = parent[parent[i]]
-                while parent[j] != j:
-                    parent[j] = j = parent[parent[j]]
-                if i < j:
-                    parent[j] = i
-                elif j < i:
-                    parent[i] = j
+            parent = np.concatenate([parent, np.arange(len(parent), self._size, dtype=np.int64)])
+        if pending:
+            a = np.concatenate([np.asarray(x, dtype=np.int64) for x, _ in pending])
+            b = np.concatenate([np.asarray(y, dtype=np.int64) for _, y in pending])
+            while True:
+                while True:  # every entry to its root
+                    up = parent[parent]
+                    if np.array_equal(up, parent):
+                        break
+                    parent = up
+                ra, rb = parent[a], parent[b]
+                apart = ra != rb
+                if not apart.any():
+                    break
+                ra, rb = ra[apart], rb[apart]
+                np.minimum.at(parent, np.maximum(ra, rb), np.minimum(ra, rb))
+        self._parent = parent
         self._applied = len(self.pairs)
 
     def root_array(self) -> np.ndarray:
-        """``find(i)`` of every id as an int64 array (read-only), computed once until the next union: speedup's
-        decision, shrinking and report all read it. A parent is never larger than its child, so pointer
-        jumping (``root = root[root]``) reaches the roots in a few vectorised passes."""
+        """``find(i)`` of every id as an int64 array (read-only), kept until the next union: speedup's decision,
+        shrinking and report all read it."""
         if self._roots is None:
-            r = np.asarray(self.parent, dtype=np.int64)
-            while True:
-                up = r[r]
-                if np.array_equal(up, r):
-                    break
-                r = up
+            r = self.parent.copy()  # already the roots (see _flush)
             r.setflags(write=False)
             self._roots = r
         return self._roots
@@ -146,14 +152,14 @@ class UnionFind:
     def record(self) -> UnionRecord:
         """The unions so far and their result (copies: this union-find may go on uniting)."""
         roots = self.root_array()
-        return UnionRecord(self.size, list(self.pairs), list(self._parent), roots)
+        return UnionRecord(self.size, list(self.pairs), roots, roots)
 
     def adopt(self, record: UnionRecord) -> bool:
         """Take ``record``'s result if it was computed from exactly these unions over as many ids (then nothing
         is applied here); returns whether it was."""
         if record.size != self.size or len(record.pairs) != len(self.pairs) or record.pairs != self.pairs:
             return False
-        self._parent, self._applied, self._roots = list(record.parent), len(self.pairs), record.roots
+        self._parent, self._applied, self._roots = record.parent.copy(), len(self.pairs), record.roots
         self._size = record.size
         return True
 

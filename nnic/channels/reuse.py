@@ -53,6 +53,20 @@ def _plain(value: Any) -> bool:
     return isinstance(value, _PLAIN)
 
 
+_EXACT_TYPES = frozenset((type(None), bool, int, str))
+
+
+def _attr_key(value: Any) -> Any:
+    """A plain attribute as the fingerprint compares it: ``(type, value)`` for None, bools, ints and strings and
+    for tuples of ints (sizes, strides), whose equality is exact within their type, and its ``repr`` for the
+    rest (floats: NaN equals itself and -0.0 differs from 0.0; dtypes, devices, lists and nested tuples). The
+    ``repr`` of every attribute was most of the fingerprint's walk (some 10 us a module)."""
+    kind = type(value)
+    if kind in _EXACT_TYPES or (kind is tuple and all(type(v) is int for v in value)):
+        return kind, value
+    return repr(value)
+
+
 def _arg_shape(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return ("tensor", tuple(obj.shape), obj.dtype, obj.device.type)
@@ -92,10 +106,9 @@ def _modules_part(model: nn.Module) -> tuple:
             return part
     objects, modules = [], []
     for name, m in model.named_modules():
-        attrs = tuple(sorted([(k, repr(v)) for k, v in vars(m).items() if not k.startswith("_") and _plain(v)]))
-        tensors = tuple((k, tuple(t.shape)) for k, t in (*m._parameters.items(), *m._buffers.items())
-                        if t is not None)
-        modules.append((name, type(m), type(m).forward, m.training, attrs, tensors))  # forward: patched since?
+        attrs = sorted([(k, _attr_key(v)) for k, v in m.__dict__.items() if k[0] != "_" and _plain(v)])
+        tensors = tuple([(k, t.shape) for k, t in (*m._parameters.items(), *m._buffers.items()) if t is not None])
+        modules.append((name, type(m), type(m).forward, m.training, tuple(attrs), tensors))  # forward: patched?
         objects.append(m)
     part = tuple(modules)
     if found is not None:

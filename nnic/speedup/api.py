@@ -313,11 +313,14 @@ class ModelSpeedup:
         for name, module in self.model.named_modules():
             if not is_parametrized(module):
                 continue
-            for pname in module.parametrizations:
-                plist = module.parametrizations[pname]
-                attached = [p.mask for p in plist if isinstance(p, ParameterMask)]
-                given = (self.masks.get(name) or {}).get(pname)
-                if len(attached) == len(plist) and (given is None or any(same_tensor(given, m) for m in attached)):
+            given_here = self.masks.get(name) or {}
+            # Through the modules' own dicts: 2 us of nn.Module.__getattr__ per read, some 900 reads after a
+            # pruner's compress() (a ModuleDict, a ParametrizationList and a mask per masked parameter).
+            for pname, plist in module._modules["parametrizations"]._modules.items():
+                steps = list(plist._modules.values())
+                attached = [p._buffers["mask"] for p in steps if isinstance(p, ParameterMask)]
+                given = given_here.get(pname)
+                if len(attached) == len(steps) and (given is None or any(same_tensor(given, m) for m in attached)):
                     out.append(plist.original)
                 out += attached  # the masks themselves: read, never written
         for layer, per_param in self.masks.items() if remasked else ():

@@ -244,3 +244,34 @@ def test_a_held_model_is_walked_once_for_its_fingerprint_and_again_after_a_chang
     model.b.train()
     entry_b = [entry for entry in key()[0] if entry[0] == "b"]
     assert entry_b == [entry for entry in trained[0] if entry[0] == "b"]  # as seen held (a fresh walk of "b")
+
+
+@pytest.mark.parametrize("before, after", [(1, True), (1, 1.0), (0.0, -0.0), ((1, 2), (1.0, 2)), ((1, 2), [1, 2]),
+                                           ("1", 1), (None, False), (torch.float32, torch.float16)])
+def test_an_attribute_changed_to_an_equal_value_of_another_kind_changes_the_fingerprint(before, after):
+    """A trace may branch on an attribute's type (``is True``, ``isinstance``), so the fingerprint tells apart
+    values that Python calls equal (``1 == True == 1.0``, ``0.0 == -0.0``, ``(1, 2) == (1.0, 2)``)."""
+    from nnic.channels import reuse
+
+    model = Block().eval()
+
+    def key():
+        return reuse.fingerprint(model, (X,), {}, TABLE.leaf_types, [])
+
+    model.b.flag = before
+    first = key()
+    model.b.flag = after
+    assert key() != first
+    model.b.flag = before
+    assert key() == first
+
+
+def test_a_nan_attribute_gives_an_equal_fingerprint_each_time():
+    """An unchanged model keeps its fingerprint even where an attribute is NaN (NaN != NaN as a float): the
+    graph is reused, not traced again on every analysis."""
+    from nnic.channels import reuse
+
+    model = Block().eval()
+    model.b.eps = float("nan")
+    assert reuse.fingerprint(model, (X,), {}, TABLE.leaf_types, []) == \
+        reuse.fingerprint(model, (X,), {}, TABLE.leaf_types, [])

@@ -43,6 +43,26 @@ def test_batched_unions_and_roots_match_a_reference(case):
     assert partition(roots) == reference_partition(n, [p for batch in batches for p in batch])
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 8), st.lists(st.tuples(st.integers(0, 60), st.integers(0, 60)),
+                                                         max_size=10)), min_size=1, max_size=6))
+def test_roots_read_between_batches_of_new_ids_and_unions_match_a_reference(steps):
+    """Unions applied in several flushes (roots read after each batch, more ids made in between): every read
+    gives the reference partition so far, each group's smallest id as its root, and plain ints from ``find``."""
+    uf, done = UnionFind(), []
+    for n_new, pairs in steps:
+        uf.new(n_new)
+        n = uf.size
+        batch = [(a % n, b % n) for a, b in pairs] if n else []
+        uf.union_pairs([a for a, _ in batch], [b for _, b in batch])
+        done += batch
+        roots = uf.roots()
+        assert len(roots) == n
+        assert all(roots[r] == r and r <= i for i, r in enumerate(roots))
+        assert partition(roots) == reference_partition(n, done)
+        assert all(type(uf.find(i)) is int and uf.find(i) == roots[i] for i in range(n))
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.integers(0, 20), min_size=1, max_size=6), st.data())
 def test_roots_of_new_ids_are_those_of_each_id(sizes, data):
