@@ -403,18 +403,25 @@ def int4_scale_codes(scales: Any, name: str = "scales") -> tuple[torch.Tensor, t
     return codes.to(torch.uint8).contiguous(), step.contiguous()
 
 
-def quantize_int4_weight(w: torch.Tensor, group_size: int = 32, scale_dtype: torch.dtype = torch.float32
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int4 codes ``[N, K]`` (int8 values in [-7, 7]) and scales ``[N, ceil(K / group_size)]`` of
-    ``scale_dtype``: ``absmax / 7`` per group, rounded to that dtype first, so the codes are the nearest ones
-    for the scale actually stored."""
+def _weight_groups(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, int]:
+    """``w`` as float32 ``[N, groups, group_size]`` (the last group zero-padded) and its input count ``K``: the
+    grouping every int4 quantizer starts from, with the one check of ``group_size``."""
     group_size = as_int(group_size, "group_size")
     if group_size <= 0 or group_size % 8:
         raise ValueError(f"group_size must be a positive multiple of 8, got {group_size}")
     w = w.detach().float().reshape(w.shape[0], -1)
     n, k = w.shape
     g = -(-k // group_size)
-    wp = torch.nn.functional.pad(w, (0, g * group_size - k)).reshape(n, g, group_size)
+    return torch.nn.functional.pad(w, (0, g * group_size - k)).reshape(n, g, group_size), k
+
+
+def quantize_int4_weight(w: torch.Tensor, group_size: int = 32, scale_dtype: torch.dtype = torch.float32
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int4 codes ``[N, K]`` (int8 values in [-7, 7]) and scales ``[N, ceil(K / group_size)]`` of
+    ``scale_dtype``: ``absmax / 7`` per group, rounded to that dtype first, so the codes are the nearest ones
+    for the scale actually stored."""
+    wp, k = _weight_groups(w, group_size)
+    n = wp.shape[0]
     amax = wp.abs().amax(dim=2)
     scale = torch.where(amax > 0, amax / 7, torch.ones_like(amax)).clamp_min(torch.finfo(torch.float32).tiny)
     scale = int4_group_scales(scale, scale_dtype)
@@ -428,13 +435,8 @@ def quantize_int4_weight_scale_codes(w: torch.Tensor, group_size: int = 32
     :data:`INT4_SCALE_DTYPES`): ``absmax / 7`` per group, rounded *up* to ``code · step``
     (:func:`int4_scale_codes`), then the codes nearest for those scales (in [-7, 7]: nothing clips). Returns
     ``(codes, scale codes uint8 [N, groups], step float32 [N])``."""
-    group_size = as_int(group_size, "group_size")
-    if group_size <= 0 or group_size % 8:
-        raise ValueError(f"group_size must be a positive multiple of 8, got {group_size}")
-    w = w.detach().float().reshape(w.shape[0], -1)
-    n, k = w.shape
-    g = -(-k // group_size)
-    wp = torch.nn.functional.pad(w, (0, g * group_size - k)).reshape(n, g, group_size).double()
+    wp, k = _weight_groups(w, group_size)
+    wp, n = wp.double(), wp.shape[0]
     amax = wp.abs().amax(dim=2)
     top = amax.amax(dim=1, keepdim=True)
     codes, step = int4_scale_codes(torch.where(amax > 0, amax, torch.where(top > 0, top, 7.0)) / 7)
