@@ -13,6 +13,7 @@ These are inference modules: no gradients flow through them (the weights are int
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -439,12 +440,13 @@ class Int4Linear(nn.Module):
             return self.weight_scales.float()
         return self.weight_scales.float() * self.weight_scale_step.float()[:, None]
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs) -> None:
-        # The saved scales' dtype is part of the saved module (float16 or float32 scales give different outputs):
-        # adopt it, rather than rounding float32 scales into a float16 buffer.
-        # 8-bit scales come with their steps, the other formats without: the step buffer follows the file (a
-        # manifest load may have made it a parameter meanwhile).
+    def adopt_state_format(self, state_dict: Mapping[str, torch.Tensor], prefix: str = "") -> None:
+        """Take the scale format of the saved ``state_dict`` (entries under ``prefix``) before loading it: the
+        saved scales' dtype is part of the saved module (float16 or float32 scales give different outputs), so it
+        is adopted rather than rounding float32 scales into a float16 buffer; 8-bit scales come with their steps,
+        the other formats without, so the step buffer follows the file (a manifest load may have made it a
+        parameter meanwhile). :func:`nnic.speedup.load_pruned` calls it before it compares the model's keys with
+        the file's, and ``load_state_dict`` calls it through the module's own load."""
         saved = state_dict.get(prefix + "weight_scales")
         if isinstance(saved, torch.Tensor) and saved.dtype in kernels.INT4_SCALE_DTYPES and \
                 saved.dtype != self.weight_scales.dtype:
@@ -453,6 +455,10 @@ class Int4Linear(nn.Module):
             eight_bit = saved.dtype == torch.uint8
             self._parameters.pop("weight_scale_step", None)
             self.register_buffer("weight_scale_step", torch.ones(self.out_features) if eight_bit else None)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        self.adopt_state_format(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 

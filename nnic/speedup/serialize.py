@@ -90,7 +90,9 @@ def load_pruned(model: nn.Module, directory: io.PathLike) -> nn.Module:
     """Give a freshly constructed ``model`` the pruned shapes saved in ``directory`` and load the weights.
 
     The manifest is checked before the model changes (see :mod:`nnic.speedup.manifest`): a malformed one, a
-    class no installed speedup rule handles, or an attribute change a rule does not declare raises ValueError."""
+    class no installed speedup rule handles, or an attribute change a rule does not declare raises ValueError. A
+    module with an ``adopt_state_format(state_dict, prefix)`` method (``Int4Linear``: its scale format) takes the
+    saved format before the model's keys are compared with the file's."""
     from nnic.speedup.api import registered_rules
 
     directory = Path(directory)
@@ -136,6 +138,10 @@ def load_pruned(model: nn.Module, directory: io.PathLike) -> nn.Module:
                 setattr(m, k, nn.Parameter(new_t, requires_grad=t.requires_grad if t is not None else True))
             else:
                 m._buffers[k] = new_t
+    for name, m in model.named_modules():  # modules whose tensors follow the file's format (int4 scale formats)
+        adopt = getattr(m, "adopt_state_format", None)
+        if callable(adopt):
+            adopt(state, f"{name}." if name else "")
     expected = model.state_dict()
     wrong = sorted(set(expected) ^ set(state)) or [k for k in state if state[k].shape != expected[k].shape]
     if wrong:

@@ -229,7 +229,8 @@ def test_int4_linear_scales_are_float16_by_default_and_reload_in_their_saved_dty
 def test_int4_linear_eight_bit_scales_save_and_reload_in_every_direction(tmp_path):
     """8-bit scale codes with a float32 step per output: 1 byte per group instead of 2, outputs those of the
     dequantized weight, accuracy next to float16 scales; a saved module reloads (safetensors state dict, or
-    nnic's manifest) into a default module with its own format, and a float16 file into an 8-bit module."""
+    nnic's manifest) into a default module with its own format, and a float16 file (either way) into an 8-bit
+    module."""
     from safetensors.torch import load_file, save_file
 
     from nnic.speedup import load_pruned, save_pruned
@@ -257,6 +258,12 @@ def test_int4_linear_eight_bit_scales_save_and_reload_in_every_direction(tmp_pat
     save_pruned(model, tmp_path / "saved")
     fresh = load_pruned(nn.Sequential(Int4Linear(256, 64), nn.ReLU()), tmp_path / "saved")
     assert fresh[0].scale_dtype == torch.uint8 and "weight_scale_step" in dict(fresh[0].named_buffers())
+    torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
+    model = nn.Sequential(half, nn.ReLU())  # a float16 save into a model built with 8-bit scales
+    save_pruned(model, tmp_path / "saved_f16")
+    fresh = load_pruned(nn.Sequential(Int4Linear(256, 64, scale_dtype=torch.uint8), nn.ReLU()), tmp_path / "saved_f16")
+    assert fresh[0].scale_dtype == torch.float16 and fresh[0].weight_scale_step is None
+    assert set(fresh.state_dict()) == set(model.state_dict())
     torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
 
 
