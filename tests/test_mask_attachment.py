@@ -62,15 +62,27 @@ def structure(m: nn.Module) -> list:
     return out
 
 
-def test_attaching_builds_what_torchs_register_parametrization_builds():
+def attached_both_ways() -> tuple[nn.Sequential, nn.Sequential, dict[str, dict[str, torch.Tensor]]]:
+    """Two equal models, the same masks attached by :func:`attach_masks` to the first and by torch's
+    ``register_parametrization`` to the second."""
     fast, slow = model(), model()
     masks = masks_for(fast)
     for layer, per_param in masks.items():
         attach_masks(fast.get_submodule(layer), per_param)
     torch_attach(slow, masks)
-    assert structure(fast) == structure(slow)
+    return fast, slow, masks
+
+
+def assert_same_state(fast: nn.Module, slow: nn.Module) -> None:
+    """The two models' state dicts hold equal tensors, key by key in order (the keys are compared by structure)."""
     for (k, a), (_, b) in zip(fast.state_dict().items(), slow.state_dict().items()):
         assert torch.equal(a, b), k
+
+
+def test_attaching_builds_what_torchs_register_parametrization_builds():
+    fast, slow, masks = attached_both_ways()
+    assert structure(fast) == structure(slow)
+    assert_same_state(fast, slow)
     for layer, per_param in masks.items():  # every read is masked; the stored values are zero under the mask
         for name, mask in per_param.items():
             module = fast.get_submodule(layer)
@@ -80,11 +92,7 @@ def test_attaching_builds_what_torchs_register_parametrization_builds():
 
 
 def test_the_fast_attachment_trains_deepcopies_and_composes_like_torchs():
-    fast, slow = model(), model()
-    masks = masks_for(fast)
-    for layer, per_param in masks.items():
-        attach_masks(fast.get_submodule(layer), per_param)
-    torch_attach(slow, masks)
+    fast, slow, masks = attached_both_ways()
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     fast.train(), slow.train()
     for m in (fast, slow):  # one SGD step with momentum and weight decay: masked weights stay zero
@@ -92,8 +100,7 @@ def test_the_fast_attachment_trains_deepcopies_and_composes_like_torchs():
         m(x).square().sum().backward()
         opt.step()
     assert structure(fast) == structure(slow)
-    for (k, a), (_, b) in zip(fast.state_dict().items(), slow.state_dict().items()):
-        assert torch.equal(a, b), k
+    assert_same_state(fast, slow)
     assert bool((fast[0].parametrizations.weight.original[~masks["0"]["weight"]] == 0).all())
     twin = copy.deepcopy(fast)
     assert torch.equal(twin(x), fast(x)) and structure(twin) == structure(fast)
@@ -116,8 +123,7 @@ def test_folding_leaves_what_torchs_remove_parametrizations_leaves():
     folded = {name: fold_masks(module) for name, module in fast.named_modules()}
     torch_fold(slow)
     assert structure(fast) == structure(slow)  # the folded parameters registered last, in the same order
-    for (k, a), (_, b) in zip(fast.state_dict().items(), slow.state_dict().items()):
-        assert torch.equal(a, b), k
+    assert_same_state(fast, slow)
     assert [type(m) for m in fast.modules()] == [type(m) for m in model().modules()]
     assert {n: [p for p, _ in f] for n, f in folded.items() if f} == {k: list(v) for k, v in masks.items()}
     assert all(torch.equal(f[0][1][0], masks["1"]["weight"]) for n, f in folded.items() if n == "1")
