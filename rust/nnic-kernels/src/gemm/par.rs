@@ -105,8 +105,7 @@ struct Probe {
     late_before: bool,
 }
 
-static PROBE: Mutex<Probe> =
-    Mutex::new(Probe { last: None, misses: 0, ended_early: false, late_before: false });
+static PROBE: Mutex<Probe> = Mutex::new(Probe::START);
 
 /// Whether other processes, between two samples, left room for `threads` threads of ours on the CPUs we may use.
 fn room_for(threads: usize, earlier: &neighbours::Sample, now: &neighbours::Sample) -> bool {
@@ -119,6 +118,9 @@ fn probe_every(misses: u32) -> Duration {
 }
 
 impl Probe {
+    /// No sample yet, no misses, no window ended, no late run: the state before the first run on the team.
+    const START: Probe = Probe { last: None, misses: 0, ended_early: false, late_before: false };
+
     /// Inside a window, at `now`: whether the others have left room for `threads` threads over the last look
     /// interval (then the window ends). Takes a new sample (`sample`) at most every [`probe_every`]; answers no
     /// when none can be read.
@@ -671,7 +673,7 @@ mod tests {
         let ms = |v: u64| t0 + Duration::from_millis(v);
         let quiet = |v: u64| Some(neighbours::Sample { at: ms(v), busy_ns: 0, self_ns: 0, cpus: 2 });
         let busy = |v: u64| Some(neighbours::Sample { at: ms(v), busy_ns: v * 1_000_000, self_ns: 0, cpus: 2 });
-        let mut p = Probe { last: None, misses: 0, ended_early: false, late_before: false };
+        let mut p = Probe::START;
         assert!(!p.after_team_run(true, 2, ms(0), || busy(0))); // a late run starts the window and the first interval
         assert!(!p.look(2, ms(50), || panic!("sampled before the interval ended")));
         assert!(!p.look(2, ms(100), || busy(100)), "a neighbour held a core");
@@ -695,7 +697,7 @@ mod tests {
         assert!(!p.after_team_run(false, 2, ms(430), || panic!("a run on time inside the interval takes no sample")));
         assert_eq!((p.misses, probe_every(p.misses)), (0, PROBE_EVERY));
         // no readable sample (not Linux): the probe never ends a window
-        let mut q = Probe { last: None, misses: 0, ended_early: false, late_before: false };
+        let mut q = Probe::START;
         q.after_team_run(true, 2, ms(0), || None);
         assert!(!q.look(2, ms(1_000), || None) && !q.look(2, ms(2_000), || None));
     }
@@ -711,7 +713,7 @@ mod tests {
         let at = |v: u64, others_ms: u64| {
             Some(neighbours::Sample { at: ms(v), busy_ns: others_ms * 1_000_000, self_ns: 0, cpus: 2 })
         };
-        let mut p = Probe { last: None, misses: 0, ended_early: false, late_before: false };
+        let mut p = Probe::START;
         assert!(!p.after_team_run(false, 2, ms(0), || at(0, 0)), "a run on time never starts a window");
         assert!(p.last.is_some(), "the first run on time takes the baseline");
         assert!(!p.after_team_run(false, 2, ms(50), || panic!("no new baseline inside the interval")));
@@ -728,7 +730,7 @@ mod tests {
         // late after 200 ms in which a neighbour held a core for 150 ms: not forgiven
         assert!(!p.after_team_run(true, 2, ms(600), || at(600, 155)));
         // no readable sample: never forgiven
-        let mut q = Probe { last: None, misses: 0, ended_early: false, late_before: false };
+        let mut q = Probe::START;
         q.after_team_run(false, 2, ms(0), || None);
         assert!(!q.after_team_run(true, 2, ms(500), || None));
     }
