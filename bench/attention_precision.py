@@ -12,8 +12,10 @@ shaped (12 x 768, FFN 3072, 12 heads) with random weights: ``--models RANGE:SEED
 in trained models), where rounding q and k to bfloat16 moves the scores most.
 
 For each model: the float32 model (torch), nnic int8 (``quantization_speedup`` of every Linear, GELU in the GEMM,
-one QKV GEMM, ``fuse_encoder``) with ``attention_products="float32"`` and ``"bfloat16"``, and onnxruntime running
-``quantize_dynamic(per_channel=True, weight_type=QInt8)`` of the float model's ONNX export. Per input shape: the
+one QKV GEMM, ``fuse_encoder``) with ``attention_products="float32"`` and ``"bfloat16"``, onnxruntime running
+``quantize_dynamic(per_channel=True, weight_type=QInt8)`` of the float model's ONNX export, and the float model with
+only its attention's products in bfloat16 (``fuse_encoder(float model, attention_products="bfloat16")``: the
+rounding's own error, without int8's). Per input shape: the
 last hidden state's cosine with float32, its error norm relative to float32's norm and its max |diff|; and a
 classification head (BERT's pooler, tanh of a dense layer on the first token, then a 3-way linear classifier, in
 float32, seeded like the model) on each variant's last hidden state: its logits' max |diff| from the float32
@@ -43,7 +45,8 @@ import nnic  # noqa: E402
 from bench.onnx import LastHidden, session  # noqa: E402
 from nnic import kernels  # noqa: E402
 
-VARIANTS = ("nnic int8, float32 attention", "nnic int8, bf16 attention", "ort quantize_dynamic")
+VARIANTS = ("nnic int8, float32 attention", "nnic int8, bf16 attention", "ort quantize_dynamic",
+            "float32 model, bf16 attention")
 
 
 def bert(init_range: float, seed: int) -> nn.Module:
@@ -103,9 +106,10 @@ def main() -> None:
             n: 8 for n, m in model.named_modules() if isinstance(m, nn.Linear)})
         fuse_mlp_activations(q)
         fuse_projections(q)
-        f32, bf16 = copy.deepcopy(q), copy.deepcopy(q)
+        f32, bf16, float_bf16 = copy.deepcopy(q), copy.deepcopy(q), copy.deepcopy(model)
         fuse_encoder(f32, attention_products="float32")
         fuse_encoder(bf16, attention_products="bfloat16")
+        fuse_encoder(float_bf16, attention_products="bfloat16")
         with tempfile.TemporaryDirectory(prefix="nnic-bench-precision-") as tmp_name:
             tmp = Path(tmp_name)
             nnic.export_onnx(model, {"input_ids": torch.randint(0, 30522, (1, 128))}, tmp / "float.onnx")
@@ -122,17 +126,29 @@ def main() -> None:
                         with torch.inference_mode():
                             ref = model(ids)
                             ys = {VARIANTS[0]: f32(ids), VARIANTS[1]: bf16(ids),
-                                  VARIANTS[2]: torch.from_numpy(ort.run(None, {"input_ids": ids.numpy()})[0])}
+                                  VARIANTS[2]: torch.from_numpy(ort.run(None, {"input_ids": ids.numpy()})[0]),
+                                  VARIANTS[3]: float_bf16(ids)}
                             ref_logits = head(ref)
                             line = [f"range {init_range} seed {seed} seq {seq:3d} batch {batch} draw {draw}:"]
                             for name, y in ys.items():
                                 r = compare(y, ref, head(y), ref_logits)
                                 r["case"] = (init_range, seed, seq, batch, draw)
                                 results[name].append(r)
-                                line.append(f"{name.split(',')[-1].strip()} cos {r['cos']:.6f} rel {r['rel']:.4f} "
+                                line.append(f"{name} cos {r['cos']:.6f} rel {r['rel']:.4f} "
                                             f"max {r['max']:.3f} logits {r['logit_max']:.4f} "
                                             f"argmax {r['agree']}/{r['n']}")
                         print("\n  ".join(line), flush=True)
+    by_model: dict[tuple, dict[str, list[dict]]] = {}
+    for name, rs in results.items():
+        for r in rs:
+            by_model.setdefault(r["case"][:2], {}).setdefault(name, []).append(r)
+    for (init_range, seed), per in by_model.items():
+        print(f"\nmodel range {init_range} seed {seed}, medians over {len(per[VARIANTS[0]])} cases (worst)")
+        for name, rs in per.items():
+            print(f"  {name:30s} " + "  ".join(
+                f"{k} {statistics.median(r[k] for r in rs):.{d}f} ({w(r[k] for r in rs):.{d}f})"
+                for k, d, w in (("cos", 6, min), ("rel", 4, max), ("max", 3, max), ("logit_max", 4, max)))
+                + f"  argmax {sum(r['agree'] for r in rs)}/{sum(r['n'] for r in rs)}")
     print("\nsummary over all cases (hidden state: cosine, relative error, max |diff|; logits: max |diff|, argmax)")
     for name, rs in results.items():
         cos, rel, mx, lm = ([r[k] for r in rs] for k in ("cos", "rel", "max", "logit_max"))
@@ -145,12 +161,6 @@ def main() -> None:
     wins = sum(a["cos"] >= b["cos"] for a, b in zip(bf, o))
     print(f"\nbf16 attention's cosine >= onnxruntime's in {wins} of {len(bf)} cases; worst margin "
           f"{min(a['cos'] - b['cos'] for a, b in zip(bf, o)):+.6f}")
-    by_model: dict[tuple, list] = {}
-    for a, b in zip(bf, o):
-        by_model.setdefault(a["case"][:2], []).append((a, b))
-    for key, pairs in by_model.items():
-        print(f"  model range {key[0]} seed {key[1]}: bf16 rel error worst {max(a['rel'] for a, _ in pairs):.4f} "
-              f"against onnxruntime's best {min(b['rel'] for _, b in pairs):.4f}")
 
 
 if __name__ == "__main__":
