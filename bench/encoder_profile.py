@@ -5,7 +5,7 @@ kernels) against onnxruntime running its own ``quantize_dynamic`` model.
     python bench/encoder_profile.py --threads 1 --rounds 3   # one thread (on a loaded machine: see the CPU column)
     python bench/encoder_profile.py --attention               # the attention kernel alone, per ISA path
     python bench/encoder_profile.py --kernel-calls --threads 1  # each kernel call of the fused forward, no profiler
-    python bench/encoder_profile.py --kernel-calls --threads 1 --attention-products bfloat16  # with the bf16 opt-in
+    python bench/encoder_profile.py --kernel-calls --threads 1 --attention-products float32  # float32 products
     python bench/encoder_profile.py --kernel-calls --threads 1 2  # one and two threads alternated: what scales
 
 ``--attention`` times ``nnic.kernels.attention`` alone at the model's shape (one fused QKV buffer read in place),
@@ -177,7 +177,7 @@ def kernel_calls(model: nn.Module, ids: torch.Tensor, rounds: int, thread_counts
             qkv = timed("GEMM QKV", linear, sa.qkv.fused, h).view(batch, seq, 3 * hidden)
             ctx = timed("attention", lambda: kernels.attention(
                 qkv[..., :hidden], qkv[..., hidden:2 * hidden], qkv[..., 2 * hidden:], sa.num_attention_heads,
-                sa.scaling, None, products=layer.attention.self.products))
+                sa.scaling, None, products=layer.attention.self.products_now()))
             a = timed("GEMM attention output + LN", ending, ctx.view(-1, hidden), h, so)
             m = timed("GEMM MLP up + GELU", linear, layer.intermediate.dense, a)
             h = timed("GEMM MLP down + LN", ending, m, a, out)
@@ -240,8 +240,9 @@ def main() -> None:
     ap.add_argument("--no-ort", action="store_true", help="skip onnxruntime (its export takes about a minute)")
     ap.add_argument("--attention", action="store_true", help="time the attention kernel alone (see above)")
     ap.add_argument("--kernel-calls", action="store_true", help="time each kernel call of the fused forward (see above)")
-    ap.add_argument("--attention-products", choices=("float32", "bfloat16"), default="float32",
-                    help="fuse_encoder's attention products (bfloat16: the opt-in, where the CPU has AVX512_BF16)")
+    ap.add_argument("--attention-products", choices=("auto", "float32", "bfloat16"), default="auto",
+                    help="fuse_encoder's attention products (auto, the default: bfloat16 where the CPU has "
+                         "AVX512_BF16, the projections being int8; float32: the switch back)")
     args = ap.parse_args()
     if args.attention:
         attention_alone(args.batch, args.seq, max(args.rounds, 15))

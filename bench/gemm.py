@@ -44,9 +44,9 @@ instead: float32, ``torch.ao.quantization.quantize_dynamic`` (every installed en
 nnic int8 (``quantization_speedup`` on every Linear: per-channel weights, per-token activations), nnic int8
 with the MLP's GELU fused into the GEMM epilogue (``nnic_transformers.fuse_mlp_activations``), and that with
 each self-attention's query/key/value as one GEMM (``nnic_transformers.fuse_projections``), and that with the
-attention and residual + LayerNorm on the fused encoder kernels (``nnic_transformers.fuse_encoder``), and, where
-the CPU has AVX512_BF16, that with the attention's products in bfloat16 (``attention_products="bfloat16"``, an
-opt-in that rounds; the goal rows use the float32 one); interleaved
+attention and residual + LayerNorm on the fused encoder kernels (``nnic_transformers.fuse_encoder``: by default
+with the attention's products in bfloat16 where the CPU has AVX512_BF16, the goal rows), and, where it has, that
+with float32 products (``attention_products="float32"``, the switch back); interleaved
 rounds, agreement as cosine with float32. ``--clock cpu`` times process CPU time instead of wall time (with
 ``--threads 1`` it is immune to other processes' load; with more threads it adds the threads' CPU up).
 """
@@ -222,9 +222,9 @@ def bench_bert(batch: int, seq: int, engines: list[str], repeats: int, budget: f
     shared = copy.deepcopy(fused)
     fuse_projections(shared)
     encoder = copy.deepcopy(shared)
-    bf16 = copy.deepcopy(shared)
+    f32_attention = copy.deepcopy(shared)
     fuse_encoder(encoder)
-    fuse_encoder(bf16, attention_products="bfloat16")
+    fuse_encoder(f32_attention, attention_products="float32")
     models = {"float32 torch": (model, None)}
     for eng in engines:
         torch.backends.quantized.engine = eng
@@ -237,7 +237,7 @@ def bench_bert(batch: int, seq: int, engines: list[str], repeats: int, budget: f
     models["nnic int8, GELU fused, one QKV GEMM"] = (shared, None)
     models["nnic int8, all fused (fuse_encoder)"] = (encoder, None)
     if kernels.bf16_products_run():
-        models["nnic int8, all fused, bf16 attention"] = (bf16, None)
+        models["nnic int8, all fused, float32 attention"] = (f32_attention, None)
 
     def call(m, eng):
         def f():

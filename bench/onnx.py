@@ -13,9 +13,10 @@ interleaved rounds) at the same thread count:
   ``nnic_transformers.fuse_mlp_activations`` (the MLP's GELU computed in the GEMM epilogue); ``GELU + QKV
   fused``: also each self-attention's query/key/value as one GEMM (``nnic_transformers.fuse_projections``);
   ``all fused``: also the attention and each residual + LayerNorm on nnic's fused encoder kernels
-  (``nnic_transformers.fuse_encoder``: the attention reads the QKV GEMM's output in place); ``all fused, bf16
-  attention`` (where the CPU has AVX512_BF16): with the attention's products in bfloat16, an opt-in that rounds
-  (``fuse_encoder(..., attention_products="bfloat16")``; the goal rows use the float32 one);
+  (``nnic_transformers.fuse_encoder``: the attention reads the QKV GEMM's output in place; its default computes
+  the attention's products in bfloat16 where the CPU has AVX512_BF16, since the projections are int8: the goal
+  rows); ``all fused, float32 attn``: the same with ``fuse_encoder(..., attention_products="float32")``, the
+  switch back (the default before 2026-12-02);
 - ``ort: nnic export (integer)`` / ``(qdq)``: that model written by ``nnic.export_onnx`` with
   ``int8_format="integer"`` (DynamicQuantizeLinear + MatMulInteger) and ``"qdq"`` (Quantize/DequantizeLinear
   around float MatMul), run by onnxruntime;
@@ -139,9 +140,9 @@ def main() -> None:
     shared = copy.deepcopy(fused)
     fuse_projections(shared)
     encoder = copy.deepcopy(shared)
-    bf16 = copy.deepcopy(shared)
+    f32_attention = copy.deepcopy(shared)
     fuse_encoder(encoder)
-    fuse_encoder(bf16, attention_products="bfloat16")
+    fuse_encoder(f32_attention, attention_products="float32")
     example = {"input_ids": torch.randint(0, 30522, (1, args.seq))}
     # the exported models (~0.9 GB) are removed when the run ends, on success or error
     with tempfile.TemporaryDirectory(prefix="nnic-bench-onnx-") as tmp_name:
@@ -175,7 +176,8 @@ def main() -> None:
                 "nnic int8, GELU fused": lambda: fused(ids),
                 "nnic int8, GELU + QKV fused": lambda: shared(ids),
                 "nnic int8, all fused": lambda: encoder(ids),
-                **({"nnic int8, all fused, bf16 attn": lambda: bf16(ids)} if kernels.bf16_products_run() else {}),
+                **({"nnic int8, all fused, f32 attn": lambda: f32_attention(ids)} if kernels.bf16_products_run()
+                   else {}),
                 "ort: nnic export (integer)": lambda: sessions["integer"].run(None, feed),
                 "ort: nnic export (qdq)": lambda: sessions["qdq"].run(None, feed),
                 "ort: quantize_dynamic": lambda: sessions["ort"].run(None, feed),
@@ -184,7 +186,7 @@ def main() -> None:
                 times = _timing.timeit_interleaved(fns, args.repeats, args.budget, clock)
                 outputs = {"float32 torch": ref, "nnic int8": qmodel(ids), "nnic int8, GELU fused": fused(ids),
                            "nnic int8, GELU + QKV fused": shared(ids), "nnic int8, all fused": encoder(ids),
-                           "nnic int8, all fused, bf16 attn": bf16(ids)}
+                           "nnic int8, all fused, f32 attn": f32_attention(ids)}
             outputs.update({k: fns[k]()[0] for k in fns if k.startswith("ort")})
             med = {k: statistics.median(v) for k, v in times.items()}
             print(f"\nbatch {batch}  [median of {len(times['nnic int8'])} rounds]")
