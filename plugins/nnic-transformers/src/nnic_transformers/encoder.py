@@ -310,10 +310,11 @@ def fuse_encoder(model: nn.Module, attention_products: str = "auto") -> list[str
 
     The attention's two products (``q kᵀ``, ``p v``) run in ``attention_products``. The default, ``"auto"``, is
     bfloat16 (AVX512_BF16's ``vdpbf16ps``, float32 sums, :func:`nnic.kernels.attention`) in attentions whose
-    query/key/value are nnic's int8/int4 layers, where the CPU has AVX512_BF16, and float32 elsewhere: on a
-    BERT-base int8 model the output's agreement with the float32 model is the same with either (cosine 0.99979 at
-    the default init), and better than onnxruntime's ``quantize_dynamic`` (0.99968); the attention is 1.3x
-    faster (docs/performance/onnx.md). ``"float32"`` switches back (float32 products always: the unwrapped
+    query/key/value are nnic's int8/int4 layers, where the CPU has AVX512_BF16, and float32 elsewhere. On int8
+    BERT-base models the output's agreement with the float32 model is the same with either at the default init
+    (cosine 0.99979; onnxruntime's ``quantize_dynamic`` 0.99968) and 1-2 % more relative error with bfloat16 where
+    the attention is peaked (larger weights: level with onnxruntime there); the attention runs 1.3x faster
+    (``bench/attention_precision.py``, docs/performance/onnx.md). ``"float32"`` switches back (float32 products always: the unwrapped
     model's output up to float32 rounding for a float model, and the int8 model's without the bfloat16
     rounding); ``"bfloat16"`` rounds in float models too.
 
