@@ -254,8 +254,6 @@ def main() -> None:
     from nnic_transformers import fuse_encoder, fuse_mlp_activations, fuse_projections
 
     Int8Linear.forward = _traced(Int8Linear.forward, "nnic int8 GEMM")
-    # fuse_encoder's ReusedIntermediate calls the MLP up projection's kernel directly, into its reused buffer
-    kernels.run_packed_linear = _traced(kernels.run_packed_linear, "nnic int8 GEMM")
     kernels.attention = _traced(kernels.attention, "nnic attention")
     kernels.skip_layer_norm = _traced(kernels.skip_layer_norm, "nnic skip_layer_norm")
     kernels.embed_layer_norm = _traced(kernels.embed_layer_norm, "nnic embed_layer_norm")
