@@ -179,7 +179,7 @@ def kernel_calls(model: nn.Module, ids: torch.Tensor, rounds: int, thread_counts
                 qkv[..., :hidden], qkv[..., hidden:2 * hidden], qkv[..., 2 * hidden:], sa.num_attention_heads,
                 sa.scaling, None, products=layer.attention.self.products_now()))
             a = timed("GEMM attention output + LN", ending, ctx.view(-1, hidden), h, so)
-            m = timed("GEMM MLP up + GELU", layer.intermediate, a)  # into the reused buffer
+            m = timed("GEMM MLP up + GELU", linear, layer.intermediate.dense, a)
             h = timed("GEMM MLP down + LN", ending, m, a, out)
         return h.view(batch, seq, hidden)
 

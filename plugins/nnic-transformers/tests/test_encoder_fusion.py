@@ -16,14 +16,13 @@ transformers = pytest.importorskip("transformers")
 from nnic_transformers import (  # noqa: E402
     EmbedLayerNorm,
     FusedSelfAttention,
-    ReusedIntermediate,
     SkipLayerNormOutput,
     fuse_encoder,
     fuse_mlp_activations,
     fuse_projections,
 )
 
-LAYER_BLOCKS = ("attention.self", "attention.output", "intermediate", "output")
+LAYER_BLOCKS = ("attention.self", "attention.output", "output")
 
 
 def bert(model_cls=None, attn="sdpa", **kw) -> nn.Module:
@@ -70,7 +69,7 @@ def test_int8_bert_with_one_qkv_gemm_reads_it_in_place_with_the_same_output():
     fuse_mlp_activations(q)
     fuse_projections(q)
     fused = copy.deepcopy(q)
-    assert len(fuse_encoder(fused, attention_products="float32")) == 9  # the switch back from the default
+    assert len(fuse_encoder(fused, attention_products="float32")) == 7  # the switch back from the default
     assert fused.encoder.layer[0].attention.self.products_now() == "float32"
     kw = inputs()
     with torch.inference_mode():
@@ -120,9 +119,9 @@ def test_int8_bert_defaults_to_bf16_attention_products_within_its_own_quantizati
     the float model stays that of the float32 products."""
     model, q = bert(), int8_bert()
     default, f32, bf16 = copy.deepcopy(q), copy.deepcopy(q), copy.deepcopy(q)
-    assert len(fuse_encoder(default)) == 9
+    assert len(fuse_encoder(default)) == 7
     fuse_encoder(f32, attention_products="float32")
-    assert len(fuse_encoder(bf16, attention_products="bfloat16")) == 9
+    assert len(fuse_encoder(bf16, attention_products="bfloat16")) == 7
     attention = default.encoder.layer[1].attention.self
     assert attention.products == "auto" and attention.products_now() == "bfloat16"
     assert "products=auto" in repr(attention)
@@ -278,52 +277,3 @@ def test_embeddings_fall_back_to_the_original_code():
     want = model.embeddings(input_ids=ids)
     torch.manual_seed(3)
     assert torch.equal(fused.embeddings(input_ids=ids), want)  # training: same dropout draws, same code
-
-
-def test_int8_mlp_intermediates_share_one_buffer_while_nothing_holds_them():
-    """With the GELU in the int8 GEMM's epilogue, every layer's intermediate is written into one buffer (the same
-    bits as a fresh output); an output that a hook keeps makes the next layer write elsewhere, so it stays intact."""
-    q = int8_bert()
-    fuse_mlp_activations(q)
-    fused = copy.deepcopy(q)
-    fuse_encoder(fused)
-    fresh = copy.deepcopy(fused)  # the same model with each intermediate's own output
-    for layer in fresh.encoder.layer:
-        layer.intermediate = layer.intermediate.inner
-    blocks = [layer.intermediate for layer in fused.encoder.layer]
-    assert all(isinstance(b, ReusedIntermediate) for b in blocks) and blocks[0].buffer is blocks[1].buffer
-    kw = inputs()
-    addresses = []
-    hooks = [b.register_forward_hook(lambda m, a, y: addresses.append(y.data_ptr())) for b in blocks]
-    with torch.inference_mode():
-        want, got = fresh(**kw).last_hidden_state, fused(**kw).last_hidden_state
-        assert torch.equal(got, want)
-        assert addresses[0] == addresses[1]  # the second layer wrote where the first one had
-        x = torch.randn(3, 24, 64)
-        assert torch.equal(blocks[0](x), q.encoder.layer[0].intermediate(x))
-    for h in hooks:
-        h.remove()
-    kept = []
-    hooks = [b.register_forward_hook(lambda m, a, y: kept.append((y, y.clone()))) for b in blocks]
-    with torch.inference_mode():
-        assert torch.equal(fused(**kw).last_hidden_state, want)
-    assert kept[0][0].data_ptr() != kept[1][0].data_ptr()
-    assert all(torch.equal(y, copy_) for y, copy_ in kept)  # nothing overwrote an output that was held
-    for h in hooks:
-        h.remove()
-    view = blocks[0](x)[1]  # a view alone holds the buffer too
-    before = view.clone()
-    blocks[1](torch.randn(3, 24, 64))
-    assert torch.equal(view, before)
-    assert blocks[0].buffer.__getstate__() == {}  # the buffer is not saved with the model
-
-
-def test_intermediate_blocks_without_a_fused_int8_gemm_run_their_own_code():
-    model = bert()
-    q = int8_bert()  # int8, GELU not fused into the GEMM
-    for m in (model, q):
-        fused = copy.deepcopy(m)
-        fuse_encoder(fused)
-        x = torch.randn(3, 24, 64)
-        with torch.inference_mode():
-            assert torch.equal(fused.encoder.layer[0].intermediate(x), m.encoder.layer[0].intermediate(x))

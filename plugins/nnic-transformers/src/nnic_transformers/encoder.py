@@ -1,8 +1,7 @@
 """BERT-style encoder blocks on nnic's fused encoder kernels (:mod:`nnic.kernels.encoder`): the self-attention as
 one kernel that reads Q, K and V where the projections wrote them, each block's residual add + LayerNorm
 (``BertSelfOutput``, ``BertOutput``) as one skip LayerNorm, and the embedding layer (``BertEmbeddings``: three
-lookups, two adds, a LayerNorm) as one embedding LayerNorm; the MLP intermediate blocks (``BertIntermediate``)
-write their outputs into one buffer that the model reuses.
+lookups, two adds, a LayerNorm) as one embedding LayerNorm.
 
 Hugging Face's BERT attention views each projection as ``[batch, heads, seq, head_dim]``, runs
 ``scaled_dot_product_attention`` and copies the result back into ``[batch, seq, hidden]``; its block endings add
@@ -22,10 +21,6 @@ than float32 (the kernels compute in float32).
 
 from __future__ import annotations
 
-import sys
-import threading
-
-import numpy as np
 import torch
 from torch import nn
 
@@ -156,76 +151,6 @@ class SkipLayerNormOutput(nn.Module):
             path=path)
 
 
-class _ReusedBuffer:
-    """One float32 buffer that a model's MLP intermediate blocks write their outputs into in turn, as
-    onnxruntime's memory planner places a tensor in memory another one has just released.
-
-    Why: the intermediate (``batch·seq × 3072`` float32, 12.6 MB for BERT-base at batch 8) is written by the up
-    projection and read once by the down projection. A fresh output lands wherever the allocator finds room, often
-    on lines no kernel has touched lately, each fetched from memory before it is written; the previous layer's
-    intermediate, read by the previous down projection, is partly still in the L3. One thread, BERT-base int8 batch
-    8 (21 interleaved rounds, CPU time, load 4.4): 545.9 -> 537.4 ms per forward, median per-round ratio 1.012.
-
-    The buffer is handed out only while nothing else holds it: the tensor a block returned and every view of it
-    keep a reference to the array (``torch.from_numpy``), so a reference count of the buffer's own (the attribute)
-    means that the last output is gone. A hook, a caller or another thread still holding it gets a fresh array
-    instead (and the buffer moves to that one). Not saved or copied with the model (a new one starts empty)."""
-
-    def __init__(self) -> None:
-        self._array: np.ndarray | None = None
-        self._lock = threading.Lock()
-
-    def take(self, rows: int, cols: int) -> np.ndarray:
-        """A C-contiguous float32 ``[rows, cols]`` array on the buffer; a fresh one when the buffer is held or too
-        small."""
-        n = rows * cols
-        with self._lock:
-            # 2: the attribute and getrefcount's own argument
-            if self._array is None or self._array.size < n or sys.getrefcount(self._array) > 2:
-                self._array = np.empty(n, np.float32)
-            return self._array[:n].reshape(rows, cols)
-
-    def __getstate__(self) -> dict:
-        return {}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__()
-
-
-class ReusedIntermediate(nn.Module):
-    """A BERT-style MLP intermediate block (``inner``: ``dense``, ``intermediate_act_fn``) whose up projection is
-    nnic's int8 Linear with the activation in its epilogue (``nnic_transformers.fuse_mlp_activations``), writing
-    its output into a buffer shared with the model's other intermediate blocks (``buffer``, see
-    :class:`_ReusedBuffer`) instead of a fresh one: the same bits. Anything else (another layer or activation,
-    training, hooks on ``dense``, an input that is not a plain float32 CPU tensor) runs ``inner``."""
-
-    def __init__(self, inner: nn.Module, buffer: _ReusedBuffer | None = None) -> None:
-        super().__init__()
-        self.inner = inner
-        self.buffer = buffer if buffer is not None else _ReusedBuffer()
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        from nnic.quantization.modules import Int8Linear
-
-        inner = self.inner
-        dense = getattr(inner, "dense", None)
-        x = hidden_states
-        if self.training or type(dense) is not Int8Linear or dense.activation is None \
-                or type(getattr(inner, "intermediate_act_fn", None)) is not nn.Identity \
-                or dense._forward_hooks or dense._forward_pre_hooks or type(x) is not torch.Tensor \
-                or not x.is_cpu or x.dtype != torch.float32 or x.requires_grad or x.dim() < 2 \
-                or x.shape[-1] != dense.in_features or not x.is_contiguous() \
-                or (dense.bias is not None and dense.bias.dtype != torch.float32):
-            return inner(hidden_states)
-        from nnic import kernels
-
-        x2 = x.view(-1, dense.in_features)
-        out = self.buffer.take(x2.shape[0], dense.out_features)
-        bias = None if dense.bias is None else dense.bias.numpy()
-        kernels.run_packed_linear(dense._packed_weight(), x2, out, bias, *dense.kernel_args())
-        return torch.from_numpy(out).view(*x.shape[:-1], dense.out_features)
-
-
 class EmbedLayerNorm(nn.Module):
     """A BERT-style embedding layer (``inner``: word, position and token type tables, ``LayerNorm``, ``dropout``)
     whose three lookups, two adds and LayerNorm run as one :func:`nnic.kernels.embed_layer_norm` (the rows summed
@@ -280,23 +205,16 @@ class EmbedLayerNorm(nn.Module):
                                         norm.eps)
 
 
-def _forward_classes() -> tuple[type, type, type, type, type]:
-    from transformers.models.bert.modeling_bert import (
-        BertEmbeddings,
-        BertIntermediate,
-        BertOutput,
-        BertSelfAttention,
-        BertSelfOutput,
-    )
+def _forward_classes() -> tuple[type, type, type, type]:
+    from transformers.models.bert.modeling_bert import BertEmbeddings, BertOutput, BertSelfAttention, BertSelfOutput
 
-    return BertSelfAttention, BertEmbeddings, BertIntermediate, BertSelfOutput, BertOutput
+    return BertSelfAttention, BertEmbeddings, BertSelfOutput, BertOutput
 
 
 def fuse_encoder(model: nn.Module, attention_products: str = "auto") -> list[str]:
     """Wraps, in place, every BERT-style self-attention in :class:`FusedSelfAttention`, every BERT-style block
-    ending (residual add + LayerNorm) in :class:`SkipLayerNormOutput`, every BERT-style embedding layer in
-    :class:`EmbedLayerNorm` and every BERT-style MLP intermediate block in :class:`ReusedIntermediate` (the model's
-    intermediates written into one reused buffer); returns the wrapped modules' names.
+    ending (residual add + LayerNorm) in :class:`SkipLayerNormOutput` and every BERT-style embedding layer in
+    :class:`EmbedLayerNorm`; returns the wrapped modules' names.
 
     The attention's two products (``q kᵀ``, ``p v``) run in ``attention_products``. The default, ``"auto"``, is
     bfloat16 (AVX512_BF16's ``vdpbf16ps``, float32 sums, :func:`nnic.kernels.attention`) in attentions whose
@@ -317,9 +235,8 @@ def fuse_encoder(model: nn.Module, attention_products: str = "auto") -> list[str
     if attention_products not in ATTENTION_PRODUCTS:
         raise ValueError(f"fuse_encoder: attention_products must be one of {ATTENTION_PRODUCTS}, got "
                          f"{attention_products!r}")
-    attention, embeddings, intermediate, *outputs = _forward_classes()
-    ours = (FusedSelfAttention, SkipLayerNormOutput, EmbedLayerNorm, ReusedIntermediate)
-    buffer = next((m.buffer for m in model.modules() if isinstance(m, ReusedIntermediate)), None) or _ReusedBuffer()
+    attention, embeddings, *outputs = _forward_classes()
+    ours = (FusedSelfAttention, SkipLayerNormOutput, EmbedLayerNorm)
     wrapped: list[str] = []
     done = [f"{n}." for n, m in model.named_modules() if isinstance(m, ours)]
     for name, m in list(model.named_modules()):
@@ -330,8 +247,6 @@ def fuse_encoder(model: nn.Module, attention_products: str = "auto") -> list[str
             new: nn.Module = FusedSelfAttention(m, attention_products)
         elif _same_code(forward, embeddings.forward):
             new = EmbedLayerNorm(m)
-        elif _same_code(forward, intermediate.forward):
-            new = ReusedIntermediate(m, buffer)
         elif any(_same_code(forward, cls.forward) for cls in outputs):
             new = SkipLayerNormOutput(m)
         else:
@@ -342,5 +257,4 @@ def fuse_encoder(model: nn.Module, attention_products: str = "auto") -> list[str
     return wrapped
 
 
-__all__ = ["ATTENTION_PRODUCTS", "EmbedLayerNorm", "FusedSelfAttention", "ReusedIntermediate", "SkipLayerNormOutput",
-           "fuse_encoder"]
+__all__ = ["ATTENTION_PRODUCTS", "EmbedLayerNorm", "FusedSelfAttention", "SkipLayerNormOutput", "fuse_encoder"]
