@@ -54,11 +54,12 @@ class FusedSelfAttention(nn.Module):
     (decided at each call, so quantizing after wrapping counts), float32 otherwise. Returns ``(context, None)``
     like the original (no attention weights).
 
-    Why bfloat16 for quantized projections: their per-token int8 activations already round q, k and v more
-    coarsely than bfloat16 does, and BERT-base's output agrees with the float32 model as well with bfloat16
-    products as with float32 ones, and better than onnxruntime's ``quantize_dynamic`` does
-    (``bench/attention_precision.py``, docs/performance/onnx.md), while the attention runs 1.3x faster. A float
-    model keeps float32 products (bfloat16 would add an error it does not otherwise have)."""
+    Why bfloat16 for quantized projections: q, k and v from int8 GEMMs already carry quantization errors well above
+    bfloat16's rounding (2^-9 of a value), and an int8 BERT-base's output agrees with the float32 model as well
+    with bfloat16 products as with float32 ones (within the int8 error's spread), and as well as or better than
+    onnxruntime's ``quantize_dynamic`` (``bench/attention_precision.py``, docs/performance/onnx.md), while the
+    attention runs 1.3x faster. A float model keeps float32 products (bfloat16 would add an error it does not
+    otherwise have)."""
 
     def __init__(self, inner: nn.Module, products: str = "auto") -> None:
         super().__init__()
@@ -222,9 +223,9 @@ def fuse_encoder(model: nn.Module, attention_products: str = "auto") -> list[str
     BERT-base models the output's agreement with the float32 model is the same with either at the default init
     (cosine 0.99979; onnxruntime's ``quantize_dynamic`` 0.99968) and 1-2 % more relative error with bfloat16 where
     the attention is peaked (larger weights: level with onnxruntime there); the attention runs 1.3x faster
-    (``bench/attention_precision.py``, docs/performance/onnx.md). ``"float32"`` switches back (float32 products always: the unwrapped
-    model's output up to float32 rounding for a float model, and the int8 model's without the bfloat16
-    rounding); ``"bfloat16"`` rounds in float models too.
+    (``bench/attention_precision.py``, docs/performance/onnx.md). ``"float32"`` switches back (float32 products
+    always: the unwrapped model's output up to float32 rounding for a float model, and the int8 model's without
+    the bfloat16 rounding); ``"bfloat16"`` rounds in float models too.
 
     Apply it to the model you run, in eval mode, after ``quantization_speedup`` and
     :func:`nnic_transformers.fuse_projections` (either order works for the outputs; the attention reads a fused
