@@ -106,7 +106,16 @@ def _modules_part(model: nn.Module) -> tuple:
             return part
     objects, modules = [], []
     for name, m in model.named_modules():
-        attrs = sorted([(k, _attr_key(v)) for k, v in m.__dict__.items() if k[0] != "_" and _plain(v)])
+        attrs = []
+        for k, v in m.__dict__.items():  # [(k, _attr_key(v)) for plain v], its common cases first
+            if k[0] == "_":
+                continue
+            kind = type(v)
+            if kind in _EXACT_TYPES or (kind is tuple and all(type(x) is int for x in v)):
+                attrs.append((k, (kind, v)))
+            elif _plain(v):
+                attrs.append((k, repr(v)))
+        attrs.sort()
         tensors = tuple([(k, t.shape) for k, t in (*m._parameters.items(), *m._buffers.items()) if t is not None])
         modules.append((name, type(m), type(m).forward, m.training, tuple(attrs), tensors))  # forward: patched?
         objects.append(m)
