@@ -39,7 +39,7 @@ class _ModuleTree:
 
     def __init__(self, model: nn.Module) -> None:
         named: list[tuple[str, nn.Module]] = []
-        self.sealed: list[nn.Module] = []
+        self.sealed: dict[nn.Module, None] = {}  # in walk order
         self.parametrized: list[tuple[str, nn.Module]] = []
         can_seal = _plain_unregistration()
         seen: set[nn.Module] = set()
@@ -53,7 +53,7 @@ class _ModuleTree:
             children, skip = m._modules, None
             if "parametrizations" in children:
                 if can_seal and _mask_structure_only(m):
-                    self.sealed.append(m)
+                    self.sealed[m] = None
                     self.parametrized.append((name, m))
                     skip = "parametrizations"
                 elif is_parametrized(m):
@@ -381,7 +381,7 @@ class ModelSpeedup:
         return out
 
     def _fold_masks(self) -> None:
-        apply_masks(self.model, self.masks, unwrap_masks(self.model, self._tree.parametrized))
+        apply_masks(self.model, self.masks, unwrap_masks(self.model, self._tree.parametrized, self._tree.sealed))
         # The walk holds every module left after the fold (and the containers of parametrizations folded
         # torch's way, now out of the model: at worst an eval() that was not needed).
         eval_mode(self.model, (m for _, m in self._tree.named))

@@ -33,7 +33,7 @@ def test_the_walk_is_named_modules_less_the_folded_parametrizations():
     masked = ("0", "2.0", "2.1")  # the convs and the BatchNorm after the pruned one
     expected = [(n, x) for n, x in m.named_modules() if not n.startswith(tuple(f"{k}.parametrizations" for k in masked))]
     assert tree.named == expected
-    assert tree.sealed == [m.get_submodule(k) for k in masked]
+    assert list(tree.sealed) == [m.get_submodule(k) for k in masked]
     assert [n for n, _ in tree.parametrized] == [*masked, "6"]
     originals = [plist.original for k in masked for plist in m.get_submodule(k).parametrizations.values()]
     assert len(tree.sealed_originals()) == len(originals) == 6
