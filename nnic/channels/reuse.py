@@ -142,6 +142,16 @@ def _bound_to(gm: fx.GraphModule, model: nn.Module) -> bool:
         return False
 
 
+def canonical(model: nn.Module, key: tuple) -> tuple:
+    """The fingerprint kept for ``model`` when it equals ``key`` (else ``key``): the one object that every
+    later comparison of this analysis (graph, trace values, unions) then finds equal by identity. A fresh
+    fingerprint equal to the kept one compares entry by entry, some 1.5 ms on a 300-module model each time,
+    three times per speedup after a pruner's ``compress()`` (a model :func:`held` shares its module part, and
+    compares fast already)."""
+    found = _GRAPHS.get(model)
+    return found[0] if found is not None and found[0] == key else key
+
+
 def recall(model: nn.Module, key: tuple) -> fx.GraphModule | None:
     """The graph traced before for this fingerprint, bound to the model's current modules and tensors."""
     found = _GRAPHS.get(model)
