@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules import module as torch_module
 from torch.nn.utils import parametrize
 
 Masks = dict[str, dict[str, torch.Tensor | None]]
@@ -153,8 +154,6 @@ def _fresh(cls: type, **given: Any) -> nn.Module:
 def _fresh_ok(module: nn.Module, targets: list) -> bool:
     """Whether :func:`_parametrize_fresh` builds what torch's function would for these ``(name, tensor, mask,
     existing parametrizations)`` (see above)."""
-    from torch.nn.modules import module as torch_module
-
     return (_HAS_INJECT and _plain_registration(type(module))
             and "parametrizations" not in module._modules and "parametrizations" not in vars(module)
             and not hasattr(type(module), "parametrizations") and not any(plist is not None for *_, plist in targets)
@@ -253,12 +252,21 @@ def _only_masks(module: nn.Module) -> bool:
     """Whether the module's parametrizations are masks only, one on each plain parameter, as
     :func:`_parametrize_fresh` (or torch's function, called as :func:`attach_masks` calls it) leaves them, and
     torch's ``remove_parametrizations`` would leave plain parameters behind without any registration hook."""
-    from torch.nn.modules import module as torch_module
+    return _plain_unregistration() and _mask_structure_only(module)
 
+
+def _plain_unregistration() -> bool:
+    """The part of :func:`_only_masks` that is the same for every module: torch has the functions whose classes
+    :func:`_unparametrize` undoes, and no global parameter registration hook would see the originals registered
+    again."""
+    return _HAS_INJECT and not getattr(torch_module, "_global_parameter_registration_hooks", True)
+
+
+def _mask_structure_only(module: nn.Module) -> bool:
+    """The part of :func:`_only_masks` that is the module's own (asked module by module where the rest holds)."""
     plists = module._modules.get("parametrizations")
-    return (type(plists) is nn.ModuleDict and _HAS_INJECT and len(type(module).__bases__) == 1
+    return (type(plists) is nn.ModuleDict and len(type(module).__bases__) == 1
             and _plain_registration(type(module))
-            and not getattr(torch_module, "_global_parameter_registration_hooks", True)
             and all(type(plist) is parametrize.ParametrizationList and len(plist._modules) == 1
                     and type(plist._modules.get("0")) is ParameterMask and plist.is_tensor
                     and type(plist._parameters.get("original")) is nn.Parameter and not plist._buffers
@@ -269,19 +277,23 @@ def _unparametrize(module: nn.Module) -> list[tuple[str, list[torch.Tensor]]]:
     """``remove_parametrizations(module, name, leave_parametrized=False)`` for each parametrized name in turn,
     the originals zeroed under their masks first, on a module :func:`_only_masks` accepts: the same result (the
     originals registered again, last, in that order; the generated class's properties deleted; the module's
-    own class back), without torch's checks and registrations, some 25 us a parameter."""
+    own class back), without torch's checks and registrations, some 25 us a parameter.
+
+    The parametrization containers (the ``ModuleDict``, its ``ParametrizationList``s and their masks) are
+    detached whole and left as they were, where torch's function empties them one by one: nothing reads them
+    afterwards, and speedup's snapshot then need not record them to put them back (it restores the module's
+    own ``_modules``, which still holds them: :class:`nnic.speedup.api._ModuleTree`)."""
     cls, plists = type(module), module._modules["parametrizations"]
     folded = []
     with torch.no_grad():
-        for name, plist in list(plists._modules.items()):
+        for name, plist in plists._modules.items():
             mask, original = plist._modules["0"].mask, plist._parameters["original"]
             zero_masked_(original.data, mask)
             delattr(cls, name)
-            del plists._modules[name]
             module._parameters[name] = original
             folded.append((name, [mask]))
     del module._modules["parametrizations"]
-    module.__class__ = cls.__bases__[0]
+    object.__setattr__(module, "__class__", cls.__bases__[0])  # what nn.Module.__setattr__ does with it, in 1/3
     return folded
 
 

@@ -206,3 +206,17 @@ def test_compress_then_speedup_gives_what_torchs_attachment_gave(arch):
     assert list(ps_a) == list(ps_b) and all(torch.equal(ps_a[k], ps_b[k]) for k in ps_a)
     assert torch.equal(po_a, po_b)
     assert sum(v.numel() for v in ps_a.values()) < 0.8 * sum(v.numel() for v in dense.state_dict().values())
+
+
+def test_folding_detaches_the_parametrization_containers_unchanged():
+    """What speedup's snapshot relies on to restore a folded module without recording its parametrizations."""
+    fast, _, masks = attached_both_ways()
+    plists = fast[0].parametrizations
+    lists = dict(plists.items())
+    originals = {name: plist.original for name, plist in lists.items()}
+    fold_masks(fast[0])
+    assert "parametrizations" not in fast[0]._modules
+    assert dict(plists.items()) == lists  # the same lists, each with its original and mask
+    assert all(plist.original is originals[name] and torch.equal(plist[0].mask, masks["0"][name])
+               for name, plist in lists.items())
+    assert all(getattr(fast[0], name) is originals[name] for name in lists)

@@ -50,7 +50,7 @@ def capture(model: nn.Module, args: tuple, kwargs: dict, *, leaf_types: Iterable
     analysed on every call. ``values=True``: a graph traced now carries every node's value (``Capture.values``).
     """
     leaf_modules, leaf_types = list(leaf_modules), tuple(leaf_types)
-    key = reuse.fingerprint(model, args, kwargs, leaf_types, leaf_modules)
+    key = reuse.canonical(model, reuse.fingerprint(model, args, kwargs, leaf_types, leaf_modules))
     gm = reuse.recall(model, key)
     if gm is not None:  # traced before (dependency-aware pruning, then speedup): the same graph
         return Capture("fx", [Part("", gm, [(model, args, kwargs)])], key=key, reused=True)

@@ -25,7 +25,7 @@ from nnic.channels import reuse
 from nnic.channels.capture import Capture, capture
 from nnic.channels.collector import collection_paused
 from nnic.channels.graph import Call, NeedsValues, Spec, State, describe
-from nnic.channels.tracer import fetch_attr, placeholder_values, split_dummy_input, submodule
+from nnic.channels.tracer import eval_mode, fetch_attr, placeholder_values, split_dummy_input, submodule
 
 _MISSING = object()
 _SHAPE_INPLACE = {"unsqueeze_", "squeeze_", "t_", "transpose_", "swapdims_", "swapaxes_", "resize_", "resize_as_",
@@ -265,7 +265,7 @@ def analyze(model: nn.Module, dummy_input: Any, table: RuleTable, *, leaf_module
     args, kwargs = split_dummy_input(model, dummy_input)
     modes = {m: m.training for m in model.modules()}
     try:
-        model.eval()
+        eval_mode(model, modes)
         captured = capture(model, args, kwargs, leaf_types=table.leaf_types, leaf_modules=leaf_modules,
                            fallback=fallback, values=structure_only)
         # Values computed while tracing, for the shapes a structure-only propagation reads (large ones as

@@ -106,7 +106,16 @@ def _modules_part(model: nn.Module) -> tuple:
             return part
     objects, modules = [], []
     for name, m in model.named_modules():
-        attrs = sorted([(k, _attr_key(v)) for k, v in m.__dict__.items() if k[0] != "_" and _plain(v)])
+        attrs = []
+        for k, v in m.__dict__.items():  # [(k, _attr_key(v)) for plain v], its common cases first
+            if k[0] == "_":
+                continue
+            kind = type(v)
+            if kind in _EXACT_TYPES or (kind is tuple and all(type(x) is int for x in v)):
+                attrs.append((k, (kind, v)))
+            elif _plain(v):
+                attrs.append((k, repr(v)))
+        attrs.sort()
         tensors = tuple([(k, t.shape) for k, t in (*m._parameters.items(), *m._buffers.items()) if t is not None])
         modules.append((name, type(m), type(m).forward, m.training, tuple(attrs), tensors))  # forward: patched?
         objects.append(m)
@@ -131,6 +140,16 @@ def _bound_to(gm: fx.GraphModule, model: nn.Module) -> bool:
                    for n in gm.graph.nodes if n.op in ("call_module", "get_attr"))
     except AttributeError:
         return False
+
+
+def canonical(model: nn.Module, key: tuple) -> tuple:
+    """The fingerprint kept for ``model`` when it equals ``key`` (else ``key``): the one object that every
+    later comparison of this analysis (graph, trace values, unions) then finds equal by identity. A fresh
+    fingerprint equal to the kept one compares entry by entry, some 1.5 ms on a 300-module model each time,
+    three times per speedup after a pruner's ``compress()`` (a model :func:`held` shares its module part, and
+    compares fast already)."""
+    found = _GRAPHS.get(model)
+    return found[0] if found is not None and found[0] == key else key
 
 
 def recall(model: nn.Module, key: tuple) -> fx.GraphModule | None:

@@ -7,6 +7,7 @@ parameters, and :class:`CaptureError`. The symbolic trace (:mod:`~nnic.channels.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -104,6 +105,17 @@ def graph_module(root: nn.Module, graph: fx.Graph, class_name: str) -> fx.GraphM
     return kind(root, graph, class_name=class_name)
 
 
+def eval_mode(model: nn.Module, modules: Iterable[nn.Module]) -> None:
+    """``model.eval()``, skipped where it would change nothing: every one of ``modules`` (the model's modules,
+    as the caller has them) already in eval mode, with ``nn.Module``'s own ``train`` (an override may do more
+    than set the flag). ``eval()`` sets each module's flag through ``nn.Module.__setattr__``, some 4 us a
+    module even when the flag is already False (1.2 ms on RegNetX-400MF), and speedup and the analyses before
+    it ask for it three times on a model that is usually in eval mode already."""
+    train = nn.Module.train
+    if any(m.training or type(m).train is not train for m in modules):
+        model.eval()
+
+
 def _walk(root: nn.Module, path: str) -> nn.Module | None:
     """The module at dotted ``path`` under ``root`` found through the ``_modules`` dicts alone, or ``None`` where
     the path is not such a walk (a missing name, a ``None`` entry, an attribute that is not a submodule)."""
@@ -140,5 +152,5 @@ def fetch_attr(root: nn.Module, target: str) -> Any:
     return getattr(module, name)
 
 
-__all__ = ["CaptureError", "Tracer", "fetch_attr", "graph_module", "placeholder_values", "split_dummy_input",
+__all__ = ["CaptureError", "Tracer", "eval_mode", "fetch_attr", "graph_module", "placeholder_values", "split_dummy_input",
            "submodule"]

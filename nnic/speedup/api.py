@@ -14,8 +14,9 @@ from nnic.channels.capture import split_dummy_input
 from nnic.channels.collector import collection_paused
 from nnic.channels.graph import Spec, State
 from nnic.channels.propagate import Propagation, RuleTable, SpeedupError, analyze
-from nnic.channels.tracer import submodule
-from nnic.masking import ParameterMask, check_masks, is_parametrized
+from nnic.channels.tracer import eval_mode, submodule
+from nnic.masking import (ParameterMask, _mask_structure_only, _plain_unregistration, check_masks,
+                           is_parametrized)
 from nnic.speedup.engine import apply, apply_masks, decide, same_tensor, unwrap_masks
 from nnic.speedup.reference import masked_output
 from nnic.speedup.ties import retie, tied_parameters
@@ -24,6 +25,47 @@ from nnic.speedup.ties import retie, tied_parameters
 # the dtype's epsilon; float32's tolerances would fail every half-precision model.
 _TOLERANCES = {torch.float16: (1e-2, 1e-3), torch.bfloat16: (5e-2, 1e-2)}
 _DEFAULT_TOLERANCE = (1e-4, 1e-5)
+
+
+class _ModuleTree:
+    """The model's modules, walked once for speedup's snapshot, its scan of attached masks and its fold: the
+    ``named`` modules in ``named_modules`` order, less the mask parametrizations that the fold removes whole
+    and leaves unchanged (:func:`nnic.masking._unparametrize`, on a module :func:`nnic.masking._only_masks`
+    accepts). Their modules are ``sealed``: their ``parametrizations`` container is not walked, so a restore
+    that puts the module's own ``_modules`` back puts them back as they were. A pruner's ``compress()`` leaves
+    every masked module so (a ModuleDict, a ParametrizationList and a ParameterMask per masked parameter: some
+    two thirds of a compressed torchvision classifier's modules), and the snapshot recorded and the scan and
+    fold walked each of them (some 5 ms of RegNetX-400MF's two calls)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        named: list[tuple[str, nn.Module]] = []
+        self.sealed: dict[nn.Module, None] = {}  # in walk order
+        self.parametrized: list[tuple[str, nn.Module]] = []
+        can_seal = _plain_unregistration()
+        seen: set[nn.Module] = set()
+        stack = [("", model)]
+        while stack:  # pre-order, each module once under its first name: as named_modules
+            name, m = stack.pop()
+            if m in seen:
+                continue
+            seen.add(m)
+            named.append((name, m))
+            children, skip = m._modules, None
+            if "parametrizations" in children:
+                if can_seal and _mask_structure_only(m):
+                    self.sealed[m] = None
+                    self.parametrized.append((name, m))
+                    skip = "parametrizations"
+                elif is_parametrized(m):
+                    self.parametrized.append((name, m))
+            prefix = name + "." if name else ""
+            stack.extend((prefix + k, c) for k, c in reversed(children.items()) if c is not None and k != skip)
+        self.named = named
+
+    def sealed_originals(self) -> list[torch.Tensor]:
+        """The stored tensors behind the sealed modules' masks (which the fold registers on the modules)."""
+        return [plist._parameters["original"] for m in self.sealed
+                for plist in m._modules["parametrizations"]._modules.values()]
 
 
 class _Snapshot:
@@ -39,15 +81,20 @@ class _Snapshot:
     ``fold``, a plugin rule's ``shrink``) calls :meth:`protect` first, which copies them then. Copying every
     tensor was 0.03-0.05 s of a torchvision classifier's speedup, most of it for the masked weights."""
 
-    def __init__(self, model: nn.Module, remasked: Iterable[torch.Tensor] = ()) -> None:
-        modules = list(model.modules())  # one walk of the module tree (a MobileNet's has some 300 modules)
+    def __init__(self, model: nn.Module, remasked: Iterable[torch.Tensor] = (),
+                 tree: _ModuleTree | None = None) -> None:
+        tree = _ModuleTree(model) if tree is None else tree
+        modules = [m for _, m in tree.named]
         self.modules = [(m, m.__class__, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules))
                         for m in modules]  # the class too: mask parametrizations swap it
         # Removing a parametrization deletes its property from the generated class: keep them to put back.
         self.properties = {m.__class__: {k: v for k, v in vars(m.__class__).items() if isinstance(v, property)}
-                           for m in modules if is_parametrized(m)}
+                           for _, m in tree.parametrized}
         tensors = {id(t): t for m in modules for t in (*m._parameters.values(), *m._buffers.values())
                    if t is not None}
+        # The originals behind sealed parametrizations (their containers are not walked): a fold registers
+        # them on their module, where a rule may write into them.
+        tensors.update((id(t), t) for t in tree.sealed_originals())
         skip = {id(t) for t in remasked} & tensors.keys()
         self.storage = {i: (tensors[i], tensors[i].detach()) for i in skip}  # id -> (tensor, its storage now)
         with torch.no_grad():
@@ -252,8 +299,10 @@ class ModelSpeedup:
         split_dummy_input(model, self.dummy_input)  # its TypeError before any work
         table = RuleTable(registered_rules() + self.rules)
         # Before the masks are folded: a failure must not leave zeroed weights (unless they are masked again).
-        snapshot = _Snapshot(model, self._masked_tensors(remasked))
+        self._tree = _ModuleTree(model)
+        snapshot = _Snapshot(model, self._masked_tensors(remasked), self._tree)
         modes = {m: m.training for m, *_ in snapshot.modules}
+        failed = False
         try:
             self._fold_masks()
             prop = analyze(model, self.dummy_input, table, leaf_modules=self.leaf_modules, strict=self.strict,
@@ -292,13 +341,16 @@ class ModelSpeedup:
                 if not outputs_close(got, reference, self.rtol, self.atol):
                     raise SpeedupError(self._mismatch(model, args, kwargs, prop, removed, snapshot))
         except BaseException:
+            failed = True
             snapshot.restore()  # a failed speedup leaves the model as it was, masks included
             raise
         finally:
             for m, mode in modes.items():
                 if m.training != mode:  # a set through nn.Module.__setattr__ is some 2 us a module
                     m.training = mode
-            for m in model.modules():
+            # Modules a rule put in take the model's mode. (Restored, the model holds none; the containers of
+            # its sealed parametrizations, back in it, were out of it, untouched, while speedup ran.)
+            for m in () if failed else model.modules():
                 if m not in modes and m.training != model.training:
                     m.training = model.training
         return model
@@ -310,9 +362,7 @@ class ModelSpeedup:
         those very masks) and their masks (never written), and with ``remasked`` those that ``self.masks``
         mask."""
         out = []
-        for name, module in self.model.named_modules():
-            if not is_parametrized(module):
-                continue
+        for name, module in self._tree.parametrized:
             given_here = self.masks.get(name) or {}
             # Through the modules' own dicts: 2 us of nn.Module.__getattr__ per read, some 900 reads after a
             # pruner's compress() (a ModuleDict, a ParametrizationList and a mask per masked parameter).
@@ -321,7 +371,7 @@ class ModelSpeedup:
                 attached = [p._buffers["mask"] for p in steps if isinstance(p, ParameterMask)]
                 given = given_here.get(pname)
                 if len(attached) == len(steps) and (given is None or any(same_tensor(given, m) for m in attached)):
-                    out.append(plist.original)
+                    out.append(plist._parameters["original"] if "original" in plist._parameters else plist.original)
                 out += attached  # the masks themselves: read, never written
         for layer, per_param in self.masks.items() if remasked else ():
             module = submodule(self.model, layer)
@@ -331,8 +381,10 @@ class ModelSpeedup:
         return out
 
     def _fold_masks(self) -> None:
-        apply_masks(self.model, self.masks, unwrap_masks(self.model))
-        self.model.eval()
+        apply_masks(self.model, self.masks, unwrap_masks(self.model, self._tree.parametrized, self._tree.sealed))
+        # The walk holds every module left after the fold (and the containers of parametrizations folded
+        # torch's way, now out of the model: at worst an eval() that was not needed).
+        eval_mode(self.model, (m for _, m in self._tree.named))
 
     def _report(self, prop: Propagation, removed: set[int], why: dict[int, str], shrunk: dict) -> SpeedupReport:
         state = prop.state

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -143,21 +143,29 @@ def apply(model: nn.Module, state: State, removed: set[int],
     return dict(keeps)
 
 
-def unwrap_masks(model: nn.Module) -> dict[tuple[str, str], list[torch.Tensor]]:
+def unwrap_masks(model: nn.Module, parametrized: Iterable[tuple[str, nn.Module]] | None = None,
+                 masks_only: Collection[nn.Module] = ()) -> dict[tuple[str, str], list[torch.Tensor]]:
     """Fold nnic's mask parametrizations into plain weights (speedup needs plain modules); returns the masks
     folded, ``{(layer, parameter): [mask, ...]}``. Checks every module first, so a parametrization that is not
-    an nnic mask raises before anything is folded."""
-    from nnic.masking import ParameterMask, fold_masks, is_parametrized
+    an nnic mask raises before anything is folded. ``parametrized``: the model's parametrized modules by name,
+    where the caller has just walked them; ``masks_only``: those of them that hold masks only, as
+    :func:`nnic.masking._only_masks` has just found (speedup's module walk does both)."""
+    from nnic.masking import ParameterMask, _unparametrize, fold_masks, is_parametrized
 
-    parametrized = [(name, m) for name, m in model.named_modules() if is_parametrized(m)]
+    if parametrized is None:
+        parametrized = [(name, m) for name, m in model.named_modules() if is_parametrized(m)]
+    parametrized = list(parametrized)
     if parametrized:
         reuse.forget(model)  # their classes and parameters change
     for name, module in parametrized:
-        for pname, plist in module.parametrizations.items():
+        if module in masks_only:
+            continue
+        for pname, plist in module._modules["parametrizations"].items():
             if not all(isinstance(p, ParameterMask) for p in plist):
                 raise SpeedupError(f"{name}.{pname} has a parametrization other than an nnic mask; remove it "
                                    f"(e.g. unwrap the quantizer) before speedup")
-    return {(name, pname): masks for name, module in parametrized for pname, masks in fold_masks(module)}
+    return {(name, pname): masks for name, module in parametrized
+            for pname, masks in (_unparametrize(module) if module in masks_only else fold_masks(module))}
 
 
 def same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -275,3 +275,20 @@ def test_a_nan_attribute_gives_an_equal_fingerprint_each_time():
     model.b.eps = float("nan")
     assert reuse.fingerprint(model, (X,), {}, TABLE.leaf_types, []) == \
         reuse.fingerprint(model, (X,), {}, TABLE.leaf_types, [])
+
+
+def test_an_equal_fresh_fingerprint_is_replaced_by_the_kept_one_and_a_different_one_is_not():
+    """What lets the later comparisons of one analysis (graph, trace values, unions) be by identity."""
+    from nnic.channels import reuse
+
+    model = Block().eval()
+    fresh = lambda: reuse.fingerprint(model, (X,), {}, TABLE.leaf_types, [])  # noqa: E731
+    key = fresh()
+    assert reuse.canonical(model, key) is key  # nothing kept for this model yet
+    analyze(model, X, TABLE)
+    kept = reuse._GRAPHS[model][0]
+    again = fresh()
+    assert again is not kept and again == kept and reuse.canonical(model, again) is kept
+    model.pool = False  # a plain attribute the trace reads: another fingerprint, never the kept one
+    changed = fresh()
+    assert reuse.canonical(model, changed) is changed and changed != kept

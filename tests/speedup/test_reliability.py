@@ -209,3 +209,25 @@ def test_half_precision_models_verify(dtype):
     with torch.no_grad():
         error = float((model(x).float() - reference).abs().max() / reference.abs().max())
     assert error < 0.05  # a few units in the last place of bfloat16; a wrong speedup differs by order 1
+
+
+def test_a_failed_speedup_puts_back_the_very_parametrization_objects_a_pruner_attached():
+    """The fold detaches a pruner's parametrizations whole and speedup's snapshot does not record them: the
+    restore must put back the same containers, lists and masks, with their own train/eval flags."""
+    class Lying(nnic.speedup.Rule):
+        name, targets = "test.lying-mean", (Mean,)
+
+        def propagate(self, call):
+            call.sink(call.spec(0).ids, torch.ones(len(call.spec(0)), dtype=torch.bool))
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), Mean(), nn.Conv2d(1, 2, 1)).eval()
+    nnic.pruner("l1norm", model, [{"sparsity": 0.5, "op_names": ["0"]}]).compress()
+    objects = [(n, m, m.training) for n, m in model.named_modules()]
+    plists = model[0].parametrizations
+    assert any(m.training for n, m, _ in objects if "parametrizations" in n)  # torch makes them in train mode
+    with pytest.raises(SpeedupError, match="verify"):
+        nnic.speedup_model(model, X, rules=[Lying()], leaf_modules=[Mean])
+    assert [(n, m, m.training) for n, m in model.named_modules()] == objects
+    assert model[0].parametrizations is plists and list(plists.keys()) == ["weight", "bias"]
+    assert torch.equal(model[0].weight, model[0].parametrizations.weight.original * plists.weight[0].mask)
