@@ -10,7 +10,9 @@ Rows per (M, K, N): float32 ``torch.matmul`` (MKL), ``torch._int_mm`` (s8·s8→
 ``nn.quantized.dynamic.Linear`` with every installed engine (fbgemm / onednn / x86), and nnic's
 ``int8_matmul`` (packs B on every call), prepacked ``matmul`` (s8→s32), ``int8_linear`` (f32→f32, dynamic
 per-token activations, fused epilogue), at 13 ≤ M ≤ 28 on the VNNI path the same without its tall tile
-(``kernels.set_gemm_tall_tile(False)``: two or three row panels, the tiling before it) and ``int4_linear`` (int4
+(``kernels.set_gemm_tall_tile(False)``: two or three row panels, the tiling before it), at 29 ≤ M ≤ 192 (K ≤ 4096)
+on the VNNI path the same on the planned column blocks instead of its column lanes
+(``kernels.set_gemm_column_lanes(False)``, the scheduling before them) and ``int4_linear`` (int4
 weights, M ≤ 16 only). All kernels of a
 shape are timed round-robin (one call each per round) so that load from other processes hits them alike;
 times are medians (``--stat min`` for the least-disturbed round);
@@ -76,6 +78,9 @@ DEFAULT_LINEAR = "nnic int8_linear f32->f32"
 TWO_PANELS = "nnic int8_linear, no tall tile"
 #: Rows that the VNNI path's tall tile takes as one row panel (``set_gemm_tall_tile``).
 TALL_ROWS = range(13, 29)
+BLOCKS = "nnic int8_linear, column blocks"
+#: Rows that the VNNI path runs as one row block on column lanes (``set_gemm_column_lanes``), at K <= 4096.
+LANE_ROWS = range(29, 193)
 
 
 class BackendTally:
@@ -192,6 +197,17 @@ def shape_kernels(m: int, k: int, n: int, engines: list[str]) -> dict:
                 kernels.set_gemm_tall_tile(True)
 
         fns[TWO_PANELS] = two_panels
+    if m in LANE_ROWS and k <= 4096 and kernels.gemm_path() == "avx512vnni":  # before the lanes, same rounds
+        pl_blocks = kernels.pack_int8_weight(q, s)  # its own copy, as above
+
+        def column_blocks():
+            kernels.set_gemm_column_lanes(False)
+            try:
+                kernels.int8_linear(x, pl_blocks)
+            finally:
+                kernels.set_gemm_column_lanes(True)
+
+        fns[BLOCKS] = column_blocks
     if m <= 16:
         for gs in (32, 128):
             q4, s4 = kernels.quantize_int4_weight(wf, gs)
@@ -452,6 +468,9 @@ def report(m: int, k: int, n: int, times: dict[str, list[float]], stat_name: str
     if dyn and TWO_PANELS in res:
         lines.append(f"without the tall tile: {min(dyn) / res[TWO_PANELS]:.2f}x (the tall tile's speedup "
                      f"{res[TWO_PANELS] / nn_lin:.2f}x)")
+    if dyn and BLOCKS in res:
+        lines.append(f"on column blocks: {min(dyn) / res[BLOCKS]:.2f}x (the column lanes' speedup "
+                     f"{res[BLOCKS] / nn_lin:.2f}x)")
     lines.append(f"nnic int8_linear vs fp32 MKL: {res['fp32 torch.matmul (MKL)'] / nn_lin:.2f}x")
     for name in res:
         if name.startswith("nnic int4_linear"):
