@@ -25,7 +25,8 @@ from nnic.kernels.adapters import as_int
 __all__ = [
     "active_isa", "apply_env", "cpu_features", "gemm_backend", "gemm_openmp_stats", "gemm_path", "gemm_paths",
     "gemm_pool_stats", "gemm_spin_us", "gemm_team_stats", "gemm_vnni_peak_gops", "get_num_threads", "last_level_cache_bytes", "native",
-    "set_gemm_backend", "set_gemm_column_lanes", "set_gemm_spin_us", "set_gemm_tall_tile", "set_isa", "set_num_threads", "supported_isas",
+    "set_gemm_backend", "set_gemm_column_lanes", "set_gemm_spin_us", "set_gemm_tall_tile", "set_isa", "set_num_threads",
+    "supported_isas",
 ]
 
 GEMM_BACKENDS = ("openmp", "rayon")
