@@ -15,8 +15,9 @@ from nnic import kernels as gemm
 PATHS = gemm.gemm_paths()
 #: Around the lanes' row range: two row panels (streamed, no lanes), the first and last single row block, two blocks.
 LANE_ROWS = st.sampled_from([24, 25, 29, 40, 97, 128, 150, 192, 193, 200])
-#: Partial and whole 32-column panels, fewer panels than threads, many panels.
-COLS = st.sampled_from([1, 31, 33, 64, 96, 200, 520])
+#: Partial and whole 32-column panels; few columns (the plan splits the rows instead: no lanes) and enough for lanes
+#: at 2 threads (897 and more) and at 3 (1409 and more).
+COLS = st.sampled_from([1, 33, 200, 520, 1000, 1505])
 #: One slice, exactly the slice (4096), and beyond it (K slices: no lanes).
 K_DIMS = st.sampled_from([1, 5, 64, 1031, 4096, 4099])
 
@@ -41,13 +42,14 @@ def test_int8_matmul_is_exact_on_any_thread_count(backend, m, k, n, threads, see
     a = rng.integers(-128, 128, (m, k), dtype=np.int8)
     b = rng.integers(-128, 128, (k, n), dtype=np.int8)
     got = on_threads(threads, backend, lambda: gemm.int8_matmul(a, b))
-    np.testing.assert_array_equal(got, a.astype(np.int64) @ b.astype(np.int64))
+    # float64 products and sums are exact here (|sum| <= 128 * 128 * 4099 < 2**53), and BLAS makes them fast.
+    np.testing.assert_array_equal(got, (a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64))
 
 
 @pytest.mark.parametrize("path", PATHS)
-@given(m=LANE_ROWS, k=K_DIMS, n=COLS, seed=st.integers(0, 2**32 - 1), zero_points=st.booleans(),
-       activation=st.sampled_from([None, "gelu"]))
-@settings(max_examples=30, deadline=None)
+@given(m=LANE_ROWS, k=st.sampled_from([1, 5, 64, 1031]), n=COLS, seed=st.integers(0, 2**32 - 1),
+       zero_points=st.booleans(), activation=st.sampled_from([None, "gelu"]))
+@settings(max_examples=20, deadline=None)
 def test_int8_linear_on_two_threads_gives_the_portable_path_s_bits(path, m, k, n, seed, zero_points, activation):
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal((m, k)) * 3.0).astype(np.float32)
@@ -67,7 +69,7 @@ def test_turning_the_lanes_off_changes_no_bit(m, threads):
     """Off, the row block runs as the planned column blocks (the scheduling before the lanes): the exact products,
     the float results and the fused LayerNorm ending (which the thread of the last panel runs) are the same."""
     rng = np.random.default_rng(m)
-    k, n = 1031, 200
+    k, n = 260, 1000  # 1000 columns: one row block of 128 rows runs on lanes at 2 threads too
     x = (rng.standard_normal((m, k)) * 2.0).astype(np.float32)
     w = rng.integers(-128, 128, (n, k), dtype=np.int8)
     packed = gemm.pack_int8_weight(w, rng.uniform(1e-3, 1e-1, n).astype(np.float32))

@@ -73,6 +73,14 @@ pub fn set_column_lanes(on: bool) {
     LANES.store(on, Ordering::Relaxed);
 }
 
+/// Whether the planned `blocks` of an `m`-row product (row panels of `mr`, `kp` padded K, K slices of `kc`) run on
+/// column lanes (see `lanes`) instead: when they are one row block of more than [`SMALL_M_PANELS`] row panels (the
+/// blocks that reuse each weight panel from L2) and K is one slice. At 2 threads that is 29-192 rows at N ≥ 897 on the
+/// VNNI path ([`plan`] splits rows when there are fewer than 4 column blocks of 128 or more per thread).
+fn on_lanes(blocks: &[Block], m: usize, mr: usize, kp: usize, kc: usize) -> bool {
+    blocks.first().is_some_and(|b| b.i1 == m) && m > SMALL_M_PANELS * mr && kp <= kc
+}
+
 /// Problems with fewer multiply-adds run on the calling thread.
 const PAR_MIN_OPS: usize = 1 << 21;
 
@@ -260,9 +268,7 @@ pub(super) fn drive(
     };
     let packs = if pack.is_some() { panels_m } else { 0 };
     let packed: Vec<AtomicBool> = (0..packs).map(|_| AtomicBool::new(false)).collect();
-    // One row block of more than `SMALL_M_PANELS` row panels, K within one slice: the row block runs on column
-    // lanes (see `lanes`), one range of 32-column panels per thread, instead of as its planned column blocks.
-    let lanes = (LANES.load(Ordering::Relaxed) && blocks[0].i1 == m && m > SMALL_M_PANELS * mr && kp <= kc_max)
+    let lanes = (LANES.load(Ordering::Relaxed) && on_lanes(&blocks, m, mr, kp, kc_max))
         .then(|| Lanes::new(n.div_ceil(NR), threads));
     // Blocks are planned row block by row block, each with the same columns.
     let per_row = blocks.iter().take_while(|b| b.i0 == 0).count();
@@ -362,6 +368,26 @@ mod tests {
 
     /// The K slice follows the L2: 2 MiB (Intel) and 1 MiB (Zen 4) keep `KC`, 512 KiB gets 3072, an unknown L2
     /// falls back to `KC`, and a tiny one is bounded below.
+    /// M = 128 at 4096 outputs runs on lanes at 1-3 threads; not with few columns (the plan splits the rows), two row
+    /// panels or fewer (streamed blocks), more rows than a block, or K beyond one slice.
+    #[test]
+    fn lanes_take_one_row_block_of_reused_panels_within_one_k_slice() {
+        let lanes = |m: usize, n: usize, threads: usize, kp: usize| {
+            // As `drive` plans: all rows in one block up to twice the usual height.
+            let panels_m = m.div_ceil(MR_VNNI);
+            let mc = MR_VNNI * if panels_m <= 2 * MC_PANELS { panels_m } else { MC_PANELS };
+            on_lanes(&plan(m, n, MR_VNNI, threads, mc, NC), m, MR_VNNI, kp, KC)
+        };
+        for threads in 1..=3 {
+            assert!(lanes(128, 4096, threads, 4096));
+            assert!(!lanes(128, 4096, threads, 4100));
+            assert!(!lanes(24, 4096, threads, 4096));
+        }
+        assert!(lanes(29, 1000, 2, 64) && lanes(192, 897, 2, 64));
+        assert!(!lanes(128, 896, 2, 64) && !lanes(128, 200, 1, 64));
+        assert!(!lanes(200, 4096, 2, 64));
+    }
+
     #[test]
     fn the_k_slice_shrinks_with_the_l2_from_kc_to_a_floor() {
         assert_eq!(kc_for_l2(2 << 20, MR_VNNI), KC);
