@@ -10,7 +10,7 @@ Rows per (M, K, N): float32 ``torch.matmul`` (MKL), ``torch._int_mm`` (s8·s8→
 ``nn.quantized.dynamic.Linear`` with every installed engine (fbgemm / onednn / x86), and nnic's
 ``int8_matmul`` (packs B on every call), prepacked ``matmul`` (s8→s32), ``int8_linear`` (f32→f32, dynamic
 per-token activations, fused epilogue), at 13 ≤ M ≤ 28 on the VNNI path the same without its tall tile
-(``kernels.set_gemm_tall_tile(False)``: two or three row panels, the tiling before it), at 29 ≤ M ≤ 192 (K ≤ 4096)
+(``kernels.set_gemm_tall_tile(False)``: two or three row panels, the tiling before it), at 29 ≤ M ≤ 192 (K ≤ 4096, N ≥ 897)
 on the VNNI path the same on the planned column blocks instead of its column lanes
 (``kernels.set_gemm_column_lanes(False)``, the scheduling before them) and ``int4_linear`` (int4
 weights, M ≤ 16 only). All kernels of a
@@ -85,7 +85,8 @@ TWO_PANELS = "nnic int8_linear, no tall tile"
 #: Rows that the VNNI path's tall tile takes as one row panel (``set_gemm_tall_tile``).
 TALL_ROWS = range(13, 29)
 BLOCKS = "nnic int8_linear, column blocks"
-#: Rows that the VNNI path runs as one row block on column lanes (``set_gemm_column_lanes``), at K <= 4096.
+#: Rows that the VNNI path runs as one row block on column lanes (``set_gemm_column_lanes``), at K <= 4096 and (two
+#: threads) N >= 897.
 LANE_ROWS = range(29, 193)
 
 
@@ -234,7 +235,7 @@ def shape_kernels(m: int, k: int, n: int, engines: list[str]) -> dict:
     q, s = kernels.quantize_int8_weight(wf)
     pl = kernels.pack_int8_weight(q, s)
     fns[DEFAULT_LINEAR] = lambda: kernels.int8_linear(x, pl)
-    if m in LANE_ROWS and k <= 4096 and kernels.gemm_path() == "avx512vnni":
+    if m in LANE_ROWS and k <= 4096 and n >= 897 and kernels.gemm_path() == "avx512vnni":
         # The scheduling before the column lanes, right after the default call (so that both follow a GEMM on
         # torch's team, and find its threads in the same state), on its own copy of the weights (see below).
         pl_blocks = kernels.pack_int8_weight(q, s)

@@ -146,12 +146,12 @@ def set_gemm_tall_tile(on: bool) -> None:
 
 def set_gemm_column_lanes(on: bool) -> None:
     """Turns the int8 GEMM's column lanes on (the default) or off. With them, a product whose rows form one row
-    block (the VNNI path: 25 to 192 rows, K within one slice) gives each thread one contiguous range of weight
-    panels, walked in order with the next panel prefetched, and a thread whose range has run out takes the back
-    half of the fullest other range, so the threads finish within one 32-column panel of each other; without
-    them, the output's planned column blocks (256 columns at 4096 outputs) go to the threads from a shared
-    counter, and one thread can idle for a whole block at the end. Both give the same bits: the switch exists to
-    time the two in the same rounds (``bench/gemm.py``).
+    block (the VNNI path: 29 to 192 rows, K within one slice, and at two threads 897 or more outputs) gives each
+    thread one contiguous range of weight panels, walked in order with the next panel prefetched, and a thread whose
+    range has run out takes the back half of the fullest other range, so the threads finish within one 32-column
+    panel of each other; without them, the output's planned column blocks (256 columns at 4096 outputs) go to the
+    threads from a shared counter, and one thread can idle for a whole block at the end. Both give the same bits:
+    the switch exists to time the two in the same rounds (``bench/gemm.py``).
 
     :raises TypeError: ``on`` is not a bool.
     """

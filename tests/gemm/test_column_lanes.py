@@ -1,7 +1,8 @@
-"""Column lanes: a product whose rows form one row block (the VNNI path: 29 to 192 rows, K within one slice) runs as
-one contiguous range of weight panels per thread, halved by a thread whose range has run out. Whatever thread ends
-up with a panel, the results are numpy's exact products and the same bits as the column blocks before the lanes, on
-every path, on one thread and on several, on torch's OpenMP team and on nnic's own helpers."""
+"""Column lanes: a product whose rows form one row block (the VNNI path: 29 to 192 rows, K within one slice, at two
+threads 897 or more outputs) runs as one contiguous range of weight panels per thread, halved by a thread whose range
+has run out. Whatever thread ends up with a panel, the results are numpy's exact products and the same bits as the
+column blocks before the lanes, on every path, on one thread and on several, on torch's OpenMP team and on nnic's own
+helpers."""
 
 from __future__ import annotations
 
