@@ -366,8 +366,6 @@ pub fn int8_matmul(path: Path, a: &[i8], m: usize, k: usize, b: &[i8], n: usize,
 mod tests {
     use super::*;
 
-    /// The K slice follows the L2: 2 MiB (Intel) and 1 MiB (Zen 4) keep `KC`, 512 KiB gets 3072, an unknown L2
-    /// falls back to `KC`, and a tiny one is bounded below.
     /// M = 128 at 4096 outputs runs on lanes at 1-3 threads; not with few columns (the plan splits the rows), two row
     /// panels or fewer (streamed blocks), more rows than a block, or K beyond one slice.
     #[test]
@@ -388,6 +386,8 @@ mod tests {
         assert!(!lanes(200, 4096, 2, 64));
     }
 
+    /// The K slice follows the L2: 2 MiB (Intel) and 1 MiB (Zen 4) keep `KC`, 512 KiB gets 3072, an unknown L2
+    /// falls back to `KC`, and a tiny one is bounded below.
     #[test]
     fn the_k_slice_shrinks_with_the_l2_from_kc_to_a_floor() {
         assert_eq!(kc_for_l2(2 << 20, MR_VNNI), KC);
