@@ -10,7 +10,9 @@ Rows per (M, K, N): float32 ``torch.matmul`` (MKL), ``torch._int_mm`` (s8·s8→
 ``nn.quantized.dynamic.Linear`` with every installed engine (fbgemm / onednn / x86), and nnic's
 ``int8_matmul`` (packs B on every call), prepacked ``matmul`` (s8→s32), ``int8_linear`` (f32→f32, dynamic
 per-token activations, fused epilogue), at 13 ≤ M ≤ 28 on the VNNI path the same without its tall tile
-(``kernels.set_gemm_tall_tile(False)``: two or three row panels, the tiling before it) and ``int4_linear`` (int4
+(``kernels.set_gemm_tall_tile(False)``: two or three row panels, the tiling before it), at 29 ≤ M ≤ 192 (K ≤ 4096, N ≥ 897)
+on the VNNI path the same on the planned column blocks instead of its column lanes
+(``kernels.set_gemm_column_lanes(False)``, the scheduling before them) and ``int4_linear`` (int4
 weights, M ≤ 16 only). All kernels of a
 shape are timed round-robin (one call each per round) so that load from other processes hits them alike;
 times are medians (``--stat min`` for the least-disturbed round);
@@ -39,6 +41,11 @@ table also says in how many of its timed calls the default ``int8_linear`` row r
 (a late team thread beside other processes' load sends the calls of the next 0.1-0.5 s to the helpers, several
 rounds at M = 1).
 
+With the wall clock, each table also gives nnic's ratio over the undisturbed calls only: those in which no thread
+of the process waited for a core (``/proc/self/task/*/schedstat``, read after every timed call), each row's median
+over its own undisturbed calls. On a shared machine these are the quiet machine's times, and the line says how many
+calls of the default row it had (see ``Undisturbed``).
+
 ``--bert`` times a BERT-base encoder (12 x 768, FFN 3072, random init, sequence ``--seq``, batch ``--bert-batch``)
 instead: float32, ``torch.ao.quantization.quantize_dynamic`` (every installed engine; the best is the baseline),
 nnic int8 (``quantization_speedup`` on every Linear: per-channel weights, per-token activations), nnic int8
@@ -55,8 +62,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import copy
+import json
+import os
 import statistics
 import sys
 import time
@@ -76,6 +84,10 @@ DEFAULT_LINEAR = "nnic int8_linear f32->f32"
 TWO_PANELS = "nnic int8_linear, no tall tile"
 #: Rows that the VNNI path's tall tile takes as one row panel (``set_gemm_tall_tile``).
 TALL_ROWS = range(13, 29)
+BLOCKS = "nnic int8_linear, column blocks"
+#: Rows that the VNNI path runs as one row block on column lanes (``set_gemm_column_lanes``), at K <= 4096 and (two
+#: threads) N >= 897.
+LANE_ROWS = range(29, 193)
 
 
 class BackendTally:
@@ -113,6 +125,61 @@ class BackendTally:
 
 
 SHAPES = [(1, 4096, 4096), (16, 4096, 4096), (128, 768, 3072), (512, 768, 768), (2048, 4096, 4096)]
+
+
+def run_queue_wait_ns() -> int | None:
+    """Nanoseconds that this process's threads have waited on a run queue (runnable, not running), summed over
+    ``/proc/self/task/*/schedstat``; ``None`` where that is not readable."""
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    total = 0
+    for tid in tids:
+        with contextlib.suppress(OSError, ValueError, IndexError), open(f"/proc/self/task/{tid}/schedstat") as f:
+            total += int(f.read().split()[1])
+    return total
+
+
+class Undisturbed:
+    """Which timed calls ran undisturbed: no thread of this process waited for a core for more than
+    :attr:`LIMIT_NS` during the call (read after every timed call, outside the timing; the difference to the
+    reading before covers the call and the few microseconds between calls, so a wait there counts against the
+    call). On this 2-CPU guest such a call had both cores to itself from start to end, i.e. it took what it takes
+    on a quiet machine, whatever the load average. Why: at load 3-7 (2026-12-01) the M = 128 rows' medians read
+    10-30 ms, their undisturbed calls 5.25-5.5 ms, the same as in the quiet minutes; and the "quiet" runs at load
+    0.4-2.2 mixed some disturbed calls into their medians (the M = 128 ratio moved 1.08-1.18 between them, against
+    1.19-1.25 in undisturbed calls). ``last`` is shared between the settings of a contention run (one reading,
+    alternate rounds)."""
+
+    LIMIT_NS = 100_000
+
+    def __init__(self, last: list[int | None]) -> None:
+        self.last = last
+        #: Per row, for each timed call in order: whether it ran undisturbed.
+        self.calm: dict[str, list[bool]] = {}
+
+    def __call__(self, name: str) -> None:
+        now, before = run_queue_wait_ns(), self.last[0]
+        self.calm.setdefault(name, []).append(now is not None and before is not None and now - before < self.LIMIT_NS)
+        self.last[0] = now
+
+    def line(self, times: dict[str, list[float]]) -> str:
+        """nnic ``int8_linear``'s median over its undisturbed calls against the best dynamic Linear's, each row's
+        median over its own undisturbed calls (rows with at least 3)."""
+        calm = {name: [t for t, ok in zip(ts, self.calm.get(name, [])) if ok] for name, ts in times.items()}
+        med = {name: statistics.median(ts) for name, ts in calm.items() if len(ts) >= 3}
+        dyn = {name: t for name, t in med.items() if "dynamic" in name}
+        counts = f"{len(calm.get(DEFAULT_LINEAR, []))} of {len(times.get(DEFAULT_LINEAR, []))}"
+        if DEFAULT_LINEAR not in med or not dyn:
+            return f"undisturbed calls (no thread waited for a core): too few ({counts} of the default row)"
+        best = min(dyn, key=dyn.get)
+        nn = med[DEFAULT_LINEAR]
+        text = (f"undisturbed calls (no thread waited for a core): nnic int8_linear {nn * 1e3:.3f} ms ({counts}), "
+                f"{best} {dyn[best] * 1e3:.3f} ms ({len(calm[best])}): {dyn[best] / nn:.2f}x")
+        if BLOCKS in med:
+            text += f"; column blocks {med[BLOCKS] * 1e3:.3f} ms (lanes' speedup {med[BLOCKS] / nn:.2f}x)"
+        return text
 
 
 def clock_ghz() -> float:
@@ -168,6 +235,19 @@ def shape_kernels(m: int, k: int, n: int, engines: list[str]) -> dict:
     q, s = kernels.quantize_int8_weight(wf)
     pl = kernels.pack_int8_weight(q, s)
     fns[DEFAULT_LINEAR] = lambda: kernels.int8_linear(x, pl)
+    if m in LANE_ROWS and k <= 4096 and n >= 897 and kernels.gemm_path() == "avx512vnni":
+        # The scheduling before the column lanes, right after the default call (so that both follow a GEMM on
+        # torch's team, and find its threads in the same state), on its own copy of the weights (see below).
+        pl_blocks = kernels.pack_int8_weight(q, s)
+
+        def column_blocks():
+            kernels.set_gemm_column_lanes(False)
+            try:
+                kernels.int8_linear(x, pl_blocks)
+            finally:
+                kernels.set_gemm_column_lanes(True)
+
+        fns[BLOCKS] = column_blocks
     if kernels.gemm_backend() == "openmp":  # the same call on nnic's own helpers, in the same rounds
         # Its own copy of the weights: it runs right after the default call, which would otherwise leave it the
         # same 16 MB hot in L3 while every other kernel reads weights that other calls have pushed out since.
@@ -306,10 +386,10 @@ class Neighbour:
 
 
 def time_alternating(fns: dict, repeats: int, budget: float, nb: Neighbour, clock,
-                     tallies: dict[str, BackendTally]) -> dict[str, dict[str, list[float]]]:
+                     after: dict) -> dict[str, dict[str, list[float]]]:
     """Seconds per call of each function in alternating quiet / contended rounds (each round: every function
-    once, round-robin); ``budget`` bounds both settings' rounds together; ``tallies[setting]`` is called after each
-    timed call of that setting."""
+    once, round-robin); ``budget`` bounds both settings' rounds together; ``after[setting](name)`` is called after
+    each timed call of that setting."""
     once = 0.0
     for fn in fns.values():
         fn()
@@ -325,7 +405,7 @@ def time_alternating(fns: dict, repeats: int, budget: float, nb: Neighbour, cloc
                 t0 = clock()
                 fn()
                 times[setting][name].append(clock() - t0)
-                tallies[setting](name)
+                after[setting](name)
     nb.busy(False)
     return times
 
@@ -379,10 +459,14 @@ def main() -> None:
             kernels.gemm_openmp_stats(reset=True)
             fns = shape_kernels(m, k, n, engines)
             tallies = {"quiet": BackendTally(), "contended": BackendTally()}
+            last = [run_queue_wait_ns()]
+            calm = {"quiet": Undisturbed(last), "contended": Undisturbed(last)}
+            after = {setting: (lambda name, setting=setting: (tallies[setting](name), calm[setting](name)))
+                     for setting in tallies}
             if nb is None:
-                per_setting = {"quiet": timeit_interleaved(fns, args.repeats, args.budget, clock, tallies["quiet"])}
+                per_setting = {"quiet": timeit_interleaved(fns, args.repeats, args.budget, clock, after["quiet"])}
             else:
-                per_setting = time_alternating(fns, args.repeats, 2 * args.budget, nb, clock, tallies)
+                per_setting = time_alternating(fns, args.repeats, 2 * args.budget, nb, clock, after)
             team, omp = kernels.gemm_team_stats(), kernels.gemm_openmp_stats()
             ratios = {}
             for setting, times in per_setting.items():
@@ -390,6 +474,8 @@ def main() -> None:
                 ratios[setting] = report(m, k, n, times, args.stat, peak, setting)
                 if kernels.gemm_backend() == "openmp" and args.threads > 1:
                     print(f"  {tallies[setting].line(times.get(DEFAULT_LINEAR))}")
+                if args.clock == "wall":
+                    print(f"  {calm[setting].line(times)}")
             print(f"  GEMM helpers (both settings): {team_line(team)}")
             print(f"  torch's OpenMP team (both settings): {openmp_line(omp)}")
             summary.append((spec, ratios))
@@ -452,6 +538,9 @@ def report(m: int, k: int, n: int, times: dict[str, list[float]], stat_name: str
     if dyn and TWO_PANELS in res:
         lines.append(f"without the tall tile: {min(dyn) / res[TWO_PANELS]:.2f}x (the tall tile's speedup "
                      f"{res[TWO_PANELS] / nn_lin:.2f}x)")
+    if dyn and BLOCKS in res:
+        lines.append(f"on column blocks: {min(dyn) / res[BLOCKS]:.2f}x (the column lanes' speedup "
+                     f"{res[BLOCKS] / nn_lin:.2f}x)")
     lines.append(f"nnic int8_linear vs fp32 MKL: {res['fp32 torch.matmul (MKL)'] / nn_lin:.2f}x")
     for name in res:
         if name.startswith("nnic int4_linear"):

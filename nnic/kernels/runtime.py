@@ -25,7 +25,8 @@ from nnic.kernels.adapters import as_int
 __all__ = [
     "active_isa", "apply_env", "cpu_features", "gemm_backend", "gemm_openmp_stats", "gemm_path", "gemm_paths",
     "gemm_pool_stats", "gemm_spin_us", "gemm_team_stats", "gemm_vnni_peak_gops", "get_num_threads", "last_level_cache_bytes", "native",
-    "set_gemm_backend", "set_gemm_spin_us", "set_gemm_tall_tile", "set_isa", "set_num_threads", "supported_isas",
+    "set_gemm_backend", "set_gemm_column_lanes", "set_gemm_spin_us", "set_gemm_tall_tile", "set_isa", "set_num_threads",
+    "supported_isas",
 ]
 
 GEMM_BACKENDS = ("openmp", "rayon")
@@ -141,6 +142,22 @@ def set_gemm_tall_tile(on: bool) -> None:
     if not isinstance(on, bool):
         raise TypeError(f"on must be a bool, got {type(on).__name__}")
     native.set_gemm_tall_tile(on)
+
+
+def set_gemm_column_lanes(on: bool) -> None:
+    """Turns the int8 GEMM's column lanes on (the default) or off. With them, a product whose rows form one row
+    block (the VNNI path: 29 to 192 rows, K within one slice, and at two threads 897 or more outputs) gives each
+    thread one contiguous range of weight panels, walked in order with the next panel prefetched, and a thread whose
+    range has run out takes the back half of the fullest other range, so the threads finish within one 32-column
+    panel of each other; without them, the output's planned column blocks (256 columns at 4096 outputs) go to the
+    threads from a shared counter, and one thread can idle for a whole block at the end. Both give the same bits:
+    the switch exists to time the two in the same rounds (``bench/gemm.py``).
+
+    :raises TypeError: ``on`` is not a bool.
+    """
+    if not isinstance(on, bool):
+        raise TypeError(f"on must be a bool, got {type(on).__name__}")
+    native.set_gemm_column_lanes(on)
 
 
 def gemm_spin_us() -> float:

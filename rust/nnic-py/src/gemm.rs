@@ -77,6 +77,14 @@ pub fn set_gemm_tall_tile(on: bool) {
     gemm::set_tall_tile(on)
 }
 
+/// Turns the int8 GEMM's column lanes (a one-row-block product as one contiguous range of weight panels per
+/// thread, halved by a thread that runs out) on (the default) or off (the planned column blocks, as before them):
+/// the same bits either way; for timing the two in the same rounds.
+#[pyfunction]
+pub fn set_gemm_column_lanes(on: bool) {
+    gemm::set_column_lanes(on)
+}
+
 /// How long the GEMM's helper threads poll for the next GEMM before parking, in microseconds.
 #[pyfunction]
 pub fn gemm_spin_us() -> f64 {

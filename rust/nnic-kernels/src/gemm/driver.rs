@@ -1,9 +1,11 @@
-//! The blocked driver (BLIS-like): output blocks of `mc × nc` on the kernel pool, K slices of [`KC`],
+//! The blocked driver (BLIS-like): output blocks of `mc × nc` on the kernel pool (or, for a product whose rows
+//! form one block, per-thread column lanes: see `lanes`), K slices of [`KC`],
 //! 32-column weight panels, row panels of activations, the micro-kernel of the [`Path`] on each tile, and a
 //! caller-given `finish` (the epilogue) once per block while it is in cache. Also the exact `i32`
 //! products [`matmul_i8`] / [`int8_matmul`], whose epilogue only undoes the activation shift.
 use super::act_pack;
 use super::epilogue::{epilogue_int, TileEpilogue};
+use super::lanes::Lanes;
 use super::panels::{self, PackedA, PackedB, NR};
 use super::par;
 use super::micro::{MR_TALL, MR_VNNI};
@@ -58,6 +60,25 @@ fn blocking() -> (usize, usize, usize) {
         };
         parse().unwrap_or((kc_for_l2(crate::cache::sizes().l2, MR_VNNI), MC_PANELS, NC))
     })
+}
+
+/// Whether one-row-block products run on column lanes ([`set_column_lanes`]).
+static LANES: AtomicBool = AtomicBool::new(true);
+
+/// Turns the column lanes on (the default) or off (the product of a single row block then runs as the planned
+/// column blocks taken from a shared counter, as before them). Both give the same bits. A measurement aid, as
+/// [`super::set_tall_tile`] is: two-thread wall times on this shared machine drift between processes, so the two
+/// are compared in the same rounds of one process; and the tests compare their results.
+pub fn set_column_lanes(on: bool) {
+    LANES.store(on, Ordering::Relaxed);
+}
+
+/// Whether the planned `blocks` of an `m`-row product (row panels of `mr`, `kp` padded K, K slices of `kc`) run on
+/// column lanes (see `lanes`) instead: when they are one row block of more than [`SMALL_M_PANELS`] row panels (the
+/// blocks that reuse each weight panel from L2) and K is one slice. At 2 threads that is 29-192 rows at N ≥ 897 on the
+/// VNNI path ([`plan`] splits rows when there are fewer than 4 column blocks of 128 or more per thread).
+fn on_lanes(blocks: &[Block], m: usize, mr: usize, kp: usize, kc: usize) -> bool {
+    blocks.first().is_some_and(|b| b.i1 == m) && m > SMALL_M_PANELS * mr && kp <= kc
 }
 
 /// Problems with fewer multiply-adds run on the calling thread.
@@ -247,34 +268,63 @@ pub(super) fn drive(
     };
     let packs = if pack.is_some() { panels_m } else { 0 };
     let packed: Vec<AtomicBool> = (0..packs).map(|_| AtomicBool::new(false)).collect();
+    let lanes = (LANES.load(Ordering::Relaxed) && on_lanes(&blocks, m, mr, kp, kc_max))
+        .then(|| Lanes::new(n.div_ceil(NR), threads));
     // Blocks are planned row block by row block, each with the same columns.
     let per_row = blocks.iter().take_while(|b| b.i0 == 0).count();
+    // Units (blocks, or a lane's panels) per row block, counted down to the one that runs `rows_done`.
+    let units = if lanes.is_some() { n.div_ceil(NR) } else { per_row };
     let left: Vec<AtomicUsize> = match rows_done {
-        Some(_) => (0..blocks.len() / per_row).map(|_| AtomicUsize::new(per_row)).collect(),
+        Some(_) => (0..blocks.len() / per_row).map(|_| AtomicUsize::new(units)).collect(),
         None => Vec::new(),
+    };
+    let unit_done = |row_block: usize, blk: Block| {
+        if let Some(rows_done) = rows_done {
+            #[allow(clippy::redundant_locals)] // captures the Sync wrapper, not its raw pointer field
+            let out = out;
+            // AcqRel: the thread that finishes a row block last sees the other units' outputs.
+            if left[row_block].fetch_sub(1, Ordering::AcqRel) == 1 {
+                rows_done(blk.i0, blk.i1, out.0);
+            }
+        }
     };
     let task = |i: usize| match pack {
         Some(pack) if i < packs => {
             let _done = SetOnDrop(&packed[i]);
             pack(i);
         }
-        _ => {
-            let blk = blocks[i - packs];
-            if packs > 0 {
-                wait_packed(&packed[blk.i0 / mr..blk.i1.div_ceil(mr)]);
-            }
-            run(blk);
-            if let Some(rows_done) = rows_done {
+        _ => match &lanes {
+            Some(lanes) => {
+                if packs > 0 {
+                    wait_packed(&packed);
+                }
                 #[allow(clippy::redundant_locals)] // captures the Sync wrapper, not its raw pointer field
                 let out = out;
-                // AcqRel: the thread that finishes a row block last sees the other blocks' outputs.
-                if left[(i - packs) / per_row].fetch_sub(1, Ordering::AcqRel) == 1 {
-                    rows_done(blk.i0, blk.i1, out.0);
-                }
+                // As `run` does for a block of one K slice, one panel at a time; the next panel of the lane is
+                // prefetched while this one is multiplied.
+                let fused = epi.is_some();
+                lanes.run(i - packs, &mut |p, more| {
+                    let j0 = p * NR;
+                    let blk = Block { i0: 0, i1: m, j0, j1: (j0 + NR).min(n) };
+                    let next = if more { b.panel_ptr(p + 1, 0) } else { std::ptr::null() };
+                    panel_tiles(blk, j0, 0, kp / 4, next, false, fused);
+                    if !fused {
+                        finish(blk, out.0);
+                    }
+                    unit_done(0, blk);
+                });
             }
-        }
+            None => {
+                let blk = blocks[i - packs];
+                if packs > 0 {
+                    wait_packed(&packed[blk.i0 / mr..blk.i1.div_ceil(mr)]);
+                }
+                run(blk);
+                unit_done((i - packs) / per_row, blk);
+            }
+        },
     };
-    par::for_each(packs + blocks.len(), threads, &task);
+    par::for_each(packs + lanes.as_ref().map_or(blocks.len(), Lanes::len), threads, &task);
 }
 
 pub(super) fn check_out<T>(what: &str, got: &[T], want: usize) -> Result<()> {
@@ -315,6 +365,26 @@ pub fn int8_matmul(path: Path, a: &[i8], m: usize, k: usize, b: &[i8], n: usize,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// M = 128 at 4096 outputs runs on lanes at 1-3 threads; not with few columns (the plan splits the rows), two row
+    /// panels or fewer (streamed blocks), more rows than a block, or K beyond one slice.
+    #[test]
+    fn lanes_take_one_row_block_of_reused_panels_within_one_k_slice() {
+        let lanes = |m: usize, n: usize, threads: usize, kp: usize| {
+            // As `drive` plans: all rows in one block up to twice the usual height.
+            let panels_m = m.div_ceil(MR_VNNI);
+            let mc = MR_VNNI * if panels_m <= 2 * MC_PANELS { panels_m } else { MC_PANELS };
+            on_lanes(&plan(m, n, MR_VNNI, threads, mc, NC), m, MR_VNNI, kp, KC)
+        };
+        for threads in 1..=3 {
+            assert!(lanes(128, 4096, threads, 4096));
+            assert!(!lanes(128, 4096, threads, 4100));
+            assert!(!lanes(24, 4096, threads, 4096));
+        }
+        assert!(lanes(29, 1000, 2, 64) && lanes(192, 897, 2, 64));
+        assert!(!lanes(128, 896, 2, 64) && !lanes(128, 200, 1, 64));
+        assert!(!lanes(200, 4096, 2, 64));
+    }
 
     /// The K slice follows the L2: 2 MiB (Intel) and 1 MiB (Zen 4) keep `KC`, 512 KiB gets 3072, an unknown L2
     /// falls back to `KC`, and a tiny one is bounded below.

@@ -3,7 +3,8 @@
 //! ([`int4`]).
 //!
 //! Structure (BLIS-like): weights are packed once ([`PackedB`]), activations per call into row panels;
-//! the output is split into blocks of `mc × nc` that run on the kernel pool; inside a block, K runs in
+//! the output is split into blocks of `mc × nc` that run on the kernel pool (a product whose rows form one
+//! block: into per-thread ranges of 32-column panels, the column lanes); inside a block, K runs in
 //! slices of [`KC`] (the partial sums live in the output buffer itself), then panels of 32 columns (the
 //! weight micro-panel stays in L2 and is reused by every row panel; the next one is prefetched) and row
 //! panels (the activation block stays in L2); the micro-kernel keeps an `mr × 32` tile in registers. The epilogue runs once per block, while it is in cache, or (VNNI, K within one slice) in
@@ -18,6 +19,8 @@
 //! - `panels`: the packed operand layouts ([`PackedB`] weight panels, activation row panels);
 //! - `act_pack`: activations into u8 row panels (s8 shifted, or f32 quantized on the fly: [`ActQuant`]);
 //! - `driver`: blocking, the parallel blocked driver, exact `i32` products;
+//! - `lanes`: a one-row-block product's weight panels as one contiguous range per thread, walked in order and
+//!   halved by a thread whose own range has run out (in place of column blocks from a shared counter);
 //! - `epilogue`: the integer and float epilogues run on each finished block ([`Activation`]: GELU / ReLU);
 //! - [`linear`]: [`PackedLinear`], [`int8_linear`] and [`int8_linear_skip_layer_norm`] (a block ending: the
 //!   projection, residual add and LayerNorm in one region);
@@ -32,6 +35,7 @@ mod driver;
 mod epilogue;
 pub mod int4;
 mod int4_micro;
+mod lanes;
 pub mod linear;
 mod micro;
 mod neighbours;
@@ -41,7 +45,7 @@ pub mod path;
 pub mod profile;
 
 pub use act_pack::{qparams as act_qparams, ActQuant};
-pub use driver::{int8_matmul, matmul_i8, KC};
+pub use driver::{int8_matmul, matmul_i8, set_column_lanes, KC};
 pub use epilogue::Activation;
 pub(crate) use epilogue::{gelu, relu};
 pub use linear::{int8_linear, int8_linear_skip_layer_norm, PackedLinear};
