@@ -327,8 +327,8 @@ fn lines_mut(v: &mut [Line]) -> &mut [u8] {
 
 impl crate::prefetch::Resident for PackedInt4 {
     /// The GEMV's read order: blocks of 8 panels (the tasks' column blocks, taken in order), each block's codes
-    /// and scales (one stream) then its zero points (the column sums are read once per panel, 128 bytes: left
-    /// out).
+    /// and scales (one stream) then its zero points (the column sums and steps, read once per block after its
+    /// panels, 1-2 KiB: left out).
     fn regions(&self) -> Vec<&[u8]> {
         let gp = self.kp / self.group;
         let plen = Panel::len_of(gp, self.group / 8, self.fmt);
