@@ -415,6 +415,41 @@ def test_int4_weights_past_one_huge_page(path):
             np.testing.assert_array_equal(z2, z)
 
 
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("scales", ["float32", "float16", "uint8"])
+def test_int4_bias_and_column_terms_land_on_their_columns_across_blocks_and_threads(path, scales):
+    """A layer several 256-column blocks wide with a partial last panel (the threads' tasks; each block's ending
+    runs once after its panels): the bias adds exactly to the output without it, column by column (so each
+    column got its own bias, column sums and scale steps, past every block boundary), the output without bias
+    is the reference's, and one and two threads give the same bits, for one row, a few and more than a panel."""
+    rng = np.random.default_rng(29)
+    n, k, g = 1100, 512, 32
+    q = rng.integers(-8, 8, (n, k), dtype=np.int8)
+    s = rng.uniform(1e-3, 1e-1, (n, k // g)).astype(np.float16 if scales == "float16" else np.float32)
+    if scales == "uint8":
+        s = Int4Scales(rng.integers(1, 256, s.shape, dtype=np.uint8), rng.uniform(1e-4, 1e-3, n).astype(np.float32))
+    z = rng.integers(-8, 8, s.shape, dtype=np.int8)
+    bias = rng.standard_normal(n).astype(np.float32)
+    threads = gemm.get_num_threads()
+    try:
+        for zero in (None, z):
+            packed = pack4(q, s, g, zero)
+            for m in (1, 3, 9):
+                x = rng.standard_normal((m, k)).astype(np.float32)
+                got = {}
+                for t in (1, 2):
+                    gemm.set_num_threads(t)
+                    got[t] = (gemm.int4_linear(x, packed, path=path, symmetric=False),
+                              gemm.int4_linear(x, packed, torch.from_numpy(bias), path=path, symmetric=False))
+                for one, two in zip(got[1], got[2]):
+                    np.testing.assert_array_equal(np.asarray(one).view(np.int32), np.asarray(two).view(np.int32))
+                plain, biased = (np.asarray(v) for v in got[1])
+                np.testing.assert_array_equal(biased, plain + bias)
+                assert_int4_close(plain, x, q, s, g, zero, False)
+    finally:
+        gemm.set_num_threads(threads)
+
+
 @given(case=int4_case())
 def test_pack_int4_round_trip(case):
     _, q, s, g, z = case

@@ -327,8 +327,8 @@ fn lines_mut(v: &mut [Line]) -> &mut [u8] {
 
 impl crate::prefetch::Resident for PackedInt4 {
     /// The GEMV's read order: blocks of 8 panels (the tasks' column blocks, taken in order), each block's codes
-    /// and scales (one stream) then its zero points (the column sums are read once per panel, 128 bytes: left
-    /// out).
+    /// and scales (one stream) then its zero points (the column sums and steps, read once per block after its
+    /// panels, 1-2 KiB: left out).
     fn regions(&self) -> Vec<&[u8]> {
         let gp = self.kp / self.group;
         let plen = Panel::len_of(gp, self.group / 8, self.fmt);
@@ -392,49 +392,80 @@ pub fn int4_linear(
         #[allow(clippy::redundant_locals)] // captures the Sync wrapper, not its raw pointer field
         let o = o;
         let mut f = [[0f32; NR]; MR4];
+        // The tiles' sums go to the output as they are, and the epilogue runs once over the block after its last
+        // panel ([`finish_rows`] says why).
         for j0 in (blk.j0..blk.j1).step_by(NR) {
-            let p = j0 / NR;
             let nr = (blk.j1 - j0).min(NR);
-            let panel = w.panel(p);
+            let panel = w.panel(j0 / NR);
             for i0 in (blk.i0..blk.i1).step_by(mr) {
                 let rows = (blk.i1 - i0).min(mr);
                 let ap = pa.panel_ptr_rows(i0 / mr, 0);
                 let nap = &na[i0 * groups..(i0 + rows) * groups];
                 tile(path, rows, ap, nap, panel, &mut f);
-                let cs = &w.csum[j0..j0 + nr];
-                for r in 0..rows {
-                    let i = i0 + r;
-                    let (sa, za) = (pa.scale[i], (pa.zero[i] - 128) as f32);
-                    // SAFETY: row i, columns j0..j0 + nr are inside this task's block.
-                    let y = unsafe { std::slice::from_raw_parts_mut(o.0.add(i * n + j0), nr) };
-                    if w.has_u8_scales() {
-                        // The sums are in units of each column's step.
-                        let st = &w.step[j0..j0 + nr];
-                        for (c, y) in y.iter_mut().enumerate() {
-                            *y = sa * st[c] * (f[r][c] - za * cs[c]) + bias.map_or(0.0, |b| b[j0 + c]);
-                        }
-                        continue;
-                    }
-                    match bias {
-                        Some(b) => {
-                            for ((y, (&f, &c)), &b) in y.iter_mut().zip(f[r].iter().zip(cs)).zip(&b[j0..j0 + nr]) {
-                                *y = sa * (f - za * c) + b;
-                            }
-                        }
-                        None => {
-                            for (y, (&f, &c)) in y.iter_mut().zip(f[r].iter().zip(cs)) {
-                                *y = sa * (f - za * c);
-                            }
-                        }
-                    }
+                for (r, fr) in f.iter().enumerate().take(rows) {
+                    // SAFETY: row i0 + r, columns j0..j0 + nr are inside this task's block.
+                    let y = unsafe { std::slice::from_raw_parts_mut(o.0.add((i0 + r) * n + j0), nr) };
+                    y.copy_from_slice(&fr[..nr]);
                 }
             }
+        }
+        let (j0, j1) = (blk.j0, blk.j1);
+        let st = if w.has_u8_scales() { &w.step[j0..j1] } else { &[][..] };
+        let b = bias.map_or(&[][..], |b| &b[j0..j1]);
+        for i in blk.i0..blk.i1 {
+            let (sa, za) = (pa.scale[i], (pa.zero[i] - 128) as f32);
+            // SAFETY: row i, columns j0..j1 are this task's block.
+            let y = unsafe { std::slice::from_raw_parts_mut(o.0.add(i * n + j0), j1 - j0) };
+            finish_rows(isa_of(path), y, &w.csum[j0..j1], st, b, sa, za);
         }
     };
     super::par::for_each(blocks.len(), threads, &|i| run(blocks[i]));
     act_pack::release(pa);
     Ok(())
 }
+
+/// One output row of a block from the tiles' sums `y` (in place): `y = sa · (y - za · cs) + b`, or for 8-bit
+/// scales `y = sa · st · (y - za · cs) + b` (the sums in units of each column's step `st`; `+ 0` without a bias),
+/// an empty `st` / `b` meaning none; per element the operations of the per-panel ending it replaced, in the same
+/// order (the same bits).
+///
+/// Why once per block (256 columns) and not at each 32-column panel's end: the column sums and steps are per-layer
+/// arrays that the weight stream evicts between calls, and read at every panel's end (between two ~68 KB runs of
+/// the stream) they cost the cold GEMV ~6 % of its time (one thread, 4096², 8-bit scales: `examples/int4_stream`
+/// with the ending skipped, or reading them from the panel's own last lines instead: half of it); here they are
+/// read in one sequential run per block: ~4 % faster per call (both endings in one binary, eight processes).
+#[inline(always)]
+fn finish_rows_body(y: &mut [f32], cs: &[f32], st: &[f32], b: &[f32], sa: f32, za: f32) {
+    let n = y.len();
+    let cs = &cs[..n];
+    match (st.is_empty(), b.is_empty()) {
+        (false, false) => {
+            let (st, b) = (&st[..n], &b[..n]);
+            for c in 0..n {
+                y[c] = sa * st[c] * (y[c] - za * cs[c]) + b[c];
+            }
+        }
+        (false, true) => {
+            let st = &st[..n];
+            for c in 0..n {
+                y[c] = sa * st[c] * (y[c] - za * cs[c]) + 0.0;
+            }
+        }
+        (true, false) => {
+            let b = &b[..n];
+            for c in 0..n {
+                y[c] = sa * (y[c] - za * cs[c]) + b[c];
+            }
+        }
+        (true, true) => {
+            for c in 0..n {
+                y[c] = sa * (y[c] - za * cs[c]);
+            }
+        }
+    }
+}
+crate::simd::multiversion!(fn finish_rows(y: &mut [f32], cs: &[f32], st: &[f32], b: &[f32], sa: f32, za: f32)
+    = finish_rows_body;);
 
 /// Turns the u8 codes of the activation panels into signed bytes `qa - 128` in place (padding past `k` stays 0)
 /// and returns `na[i][g] = -mult · sum_{k in g} (qa[i, k] - 128)` for each row `i` and k group `g` of `group`
