@@ -190,6 +190,18 @@ def clock_ghz() -> float:
         return float("nan")
 
 
+def switched(set_switch, off, on, call):
+    """``call`` with one of nnic's scheduling switches set to ``off`` for its duration (and ``on`` again after, also
+    when it raises): the older scheduling timed in the same rounds as the default one."""
+    def run():
+        set_switch(off)
+        try:
+            call()
+        finally:
+            set_switch(on)
+    return run
+
+
 def dynamic_linear(w: torch.Tensor, engine: str):
     import torch.ao.nn.quantized.dynamic as nnqd
 
@@ -239,39 +251,15 @@ def shape_kernels(m: int, k: int, n: int, engines: list[str]) -> dict:
         # The scheduling before the column lanes, right after the default call (so that both follow a GEMM on
         # torch's team, and find its threads in the same state), on its own copy of the weights (see below).
         pl_blocks = kernels.pack_int8_weight(q, s)
-
-        def column_blocks():
-            kernels.set_gemm_column_lanes(False)
-            try:
-                kernels.int8_linear(x, pl_blocks)
-            finally:
-                kernels.set_gemm_column_lanes(True)
-
-        fns[BLOCKS] = column_blocks
+        fns[BLOCKS] = switched(kernels.set_gemm_column_lanes, False, True, lambda: kernels.int8_linear(x, pl_blocks))
     if kernels.gemm_backend() == "openmp":  # the same call on nnic's own helpers, in the same rounds
         # Its own copy of the weights: it runs right after the default call, which would otherwise leave it the
         # same 16 MB hot in L3 while every other kernel reads weights that other calls have pushed out since.
         pl_own = kernels.pack_int8_weight(q, s)
-
-        def own_helpers():
-            kernels.set_gemm_backend("rayon")
-            try:
-                kernels.int8_linear(x, pl_own)
-            finally:
-                kernels.set_gemm_backend("openmp")
-
-        fns[OWN_HELPERS] = own_helpers
+        fns[OWN_HELPERS] = switched(kernels.set_gemm_backend, "rayon", "openmp", lambda: kernels.int8_linear(x, pl_own))
     if m in TALL_ROWS and kernels.gemm_path() == "avx512vnni":  # the tiling before the tall tile, same rounds
         pl_two = kernels.pack_int8_weight(q, s)  # its own copy, as above
-
-        def two_panels():
-            kernels.set_gemm_tall_tile(False)
-            try:
-                kernels.int8_linear(x, pl_two)
-            finally:
-                kernels.set_gemm_tall_tile(True)
-
-        fns[TWO_PANELS] = two_panels
+        fns[TWO_PANELS] = switched(kernels.set_gemm_tall_tile, False, True, lambda: kernels.int8_linear(x, pl_two))
     if m <= 16:
         for gs in (32, 128):
             q4, s4 = kernels.quantize_int4_weight(wf, gs)
