@@ -53,18 +53,11 @@ def _plain(value: Any) -> bool:
     return isinstance(value, _PLAIN)
 
 
+# A plain attribute as the fingerprint compares it (:func:`_modules_part`): ``(type, value)`` for None, bools, ints
+# and strings and for tuples of ints (sizes, strides), whose equality is exact within their type, and its ``repr``
+# for the rest (floats: NaN equals itself and -0.0 differs from 0.0; dtypes, devices, lists and nested tuples).
+# The ``repr`` of every attribute was most of the fingerprint's walk (some 10 us a module).
 _EXACT_TYPES = frozenset((type(None), bool, int, str))
-
-
-def _attr_key(value: Any) -> Any:
-    """A plain attribute as the fingerprint compares it: ``(type, value)`` for None, bools, ints and strings and
-    for tuples of ints (sizes, strides), whose equality is exact within their type, and its ``repr`` for the
-    rest (floats: NaN equals itself and -0.0 differs from 0.0; dtypes, devices, lists and nested tuples). The
-    ``repr`` of every attribute was most of the fingerprint's walk (some 10 us a module)."""
-    kind = type(value)
-    if kind in _EXACT_TYPES or (kind is tuple and all(type(v) is int for v in value)):
-        return kind, value
-    return repr(value)
 
 
 def _arg_shape(obj: Any) -> Any:
@@ -107,7 +100,7 @@ def _modules_part(model: nn.Module) -> tuple:
     objects, modules = [], []
     for name, m in model.named_modules():
         attrs = []
-        for k, v in m.__dict__.items():  # [(k, _attr_key(v)) for plain v], its common cases first
+        for k, v in m.__dict__.items():  # keys as _EXACT_TYPES' comment says, the exact cases first
             if k[0] == "_":
                 continue
             kind = type(v)

@@ -152,5 +152,5 @@ def fetch_attr(root: nn.Module, target: str) -> Any:
     return getattr(module, name)
 
 
-__all__ = ["CaptureError", "Tracer", "eval_mode", "fetch_attr", "graph_module", "placeholder_values", "split_dummy_input",
-           "submodule"]
+__all__ = ["CaptureError", "Tracer", "eval_mode", "fetch_attr", "graph_module", "placeholder_values",
+           "split_dummy_input", "submodule"]
