@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from nnic.masking import (ParameterMask, _only_masks, attach_masks, current_mask, fold_masks, plain_state_dict,
+from nnic.masking import (ParameterMask, attach_masks, current_mask, fold_masks, only_masks_test, plain_state_dict,
                           zero_masked_)
 
 
@@ -119,7 +119,7 @@ def test_folding_leaves_what_torchs_remove_parametrizations_leaves():
         torch_attach(m, masks)
         with torch.no_grad():  # a write into a stored value under a mask, which folding must zero again
             m[0].parametrizations.weight.original.add_(1.0)
-    assert all(_only_masks(m) for m in fast.modules() if parametrize.is_parametrized(m))  # the fast fold, compared
+    assert all(only_masks_test()(m) for m in fast.modules() if parametrize.is_parametrized(m))  # the fast fold, compared
     folded = {name: fold_masks(module) for name, module in fast.named_modules()}
     torch_fold(slow)
     assert structure(fast) == structure(slow)  # the folded parameters registered last, in the same order
@@ -141,6 +141,23 @@ def test_a_global_registration_hook_sees_the_registrations_torch_makes():
     finally:
         handle.remove()
     assert seen == ["original", "weight"]  # the parametrization's original, then the folded weight
+
+
+def test_only_masks_test_accepts_masks_alone_on_plain_parameters_and_nothing_under_a_registration_hook():
+    from torch.nn.modules.module import register_module_parameter_registration_hook
+
+    masked, other, plain = nn.Linear(4, 3), nn.Linear(4, 3), nn.Linear(4, 3)
+    attach_masks(masked, {"weight": torch.ones(3, 4, dtype=torch.bool).tril()})
+    attach_masks(other, {"weight": torch.ones(3, 4, dtype=torch.bool).tril()})
+    parametrize.register_parametrization(other, "weight", nn.Identity())  # a second step on the masked weight
+    test = only_masks_test()
+    assert test(masked) and not test(other) and not test(plain)
+    handle = register_module_parameter_registration_hook(lambda module, name, p: None)
+    try:
+        assert not only_masks_test()(masked)  # the hook would see the folded weight registered again
+    finally:
+        handle.remove()
+    assert only_masks_test()(masked)
 
 
 @pytest.mark.parametrize("already", ["masked", "other"])

@@ -15,8 +15,7 @@ from nnic.channels.collector import collection_paused
 from nnic.channels.graph import Spec, State
 from nnic.channels.propagate import Propagation, RuleTable, SpeedupError, analyze
 from nnic.channels.tracer import eval_mode, submodule
-from nnic.masking import (ParameterMask, _mask_structure_only, _plain_unregistration, check_masks,
-                           is_parametrized)
+from nnic.masking import ParameterMask, check_masks, is_parametrized, only_masks_test
 from nnic.speedup.engine import apply, apply_masks, decide, same_tensor, unwrap_masks
 from nnic.speedup.reference import masked_output
 from nnic.speedup.ties import retie, tied_parameters
@@ -30,7 +29,7 @@ _DEFAULT_TOLERANCE = (1e-4, 1e-5)
 class _ModuleTree:
     """The model's modules, walked once for speedup's snapshot, its scan of attached masks and its fold: the
     ``named`` modules in ``named_modules`` order, less the mask parametrizations that the fold removes whole
-    and leaves unchanged (:func:`nnic.masking._unparametrize`, on a module :func:`nnic.masking._only_masks`
+    and leaves unchanged (:func:`nnic.masking.fold_only_masks`, on a module :func:`nnic.masking.only_masks_test`
     accepts). Their modules are ``sealed``: their ``parametrizations`` container is not walked, so a restore
     that puts the module's own ``_modules`` back puts them back as they were. A pruner's ``compress()`` leaves
     every masked module so (a ModuleDict, a ParametrizationList and a ParameterMask per masked parameter: some
@@ -41,7 +40,7 @@ class _ModuleTree:
         named: list[tuple[str, nn.Module]] = []
         self.sealed: dict[nn.Module, None] = {}  # in walk order
         self.parametrized: list[tuple[str, nn.Module]] = []
-        can_seal = _plain_unregistration()
+        sealable = only_masks_test()
         seen: set[nn.Module] = set()
         stack = [("", model)]
         while stack:  # pre-order, each module once under its first name: as named_modules
@@ -52,7 +51,7 @@ class _ModuleTree:
             named.append((name, m))
             children, skip = m._modules, None
             if "parametrizations" in children:
-                if can_seal and _mask_structure_only(m):
+                if sealable(m):
                     self.sealed[m] = None
                     self.parametrized.append((name, m))
                     skip = "parametrizations"

@@ -149,8 +149,8 @@ def unwrap_masks(model: nn.Module, parametrized: Iterable[tuple[str, nn.Module]]
     folded, ``{(layer, parameter): [mask, ...]}``. Checks every module first, so a parametrization that is not
     an nnic mask raises before anything is folded. ``parametrized``: the model's parametrized modules by name,
     where the caller has just walked them; ``masks_only``: those of them that hold masks only, as
-    :func:`nnic.masking._only_masks` has just found (speedup's module walk does both)."""
-    from nnic.masking import ParameterMask, _unparametrize, fold_masks, is_parametrized
+    :func:`nnic.masking.only_masks_test` has just found (speedup's module walk does both)."""
+    from nnic.masking import ParameterMask, fold_masks, fold_only_masks, is_parametrized
 
     if parametrized is None:
         parametrized = [(name, m) for name, m in model.named_modules() if is_parametrized(m)]
@@ -165,7 +165,7 @@ def unwrap_masks(model: nn.Module, parametrized: Iterable[tuple[str, nn.Module]]
                 raise SpeedupError(f"{name}.{pname} has a parametrization other than an nnic mask; remove it "
                                    f"(e.g. unwrap the quantizer) before speedup")
     return {(name, pname): masks for name, module in parametrized
-            for pname, masks in (_unparametrize(module) if module in masks_only else fold_masks(module))}
+            for pname, masks in (fold_only_masks(module) if module in masks_only else fold_masks(module))}
 
 
 def same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
