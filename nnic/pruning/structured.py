@@ -167,11 +167,15 @@ class StructuredPruner(Pruner):
                 continue
             roots = np.unique(np.concatenate([ids[n] for n in names]))
             total = np.zeros(len(roots))  # the coupled channels' summed scores, per group
+            smallest = len(roots)  # the fewest groups any of the layers has
             for n in names:
-                total += np.bincount(np.searchsorted(roots, ids[n]), weights=scores[n].numpy(), minlength=len(roots))
+                at = np.searchsorted(roots, ids[n])  # each channel's group, as its place in roots
+                total += np.bincount(at, weights=scores[n].numpy(), minlength=len(roots))
+                # The layer's distinct groups: its places in roots, counted (a np.unique of its ids per layer
+                # was a third of this loop, some 3 ms of EfficientNet-B0's pruning).
+                smallest = min(smallest, int(np.count_nonzero(np.bincount(at, minlength=len(roots)))))
             sparsity = min(self.layers[n].config.get("sparsity", self.layers[n].config.get("total_sparsity", 0.0))
                            for n in names)
-            smallest = min(len(np.unique(ids[n])) for n in names)
             n_prune = smallest - self._keep_count(smallest, amount(sparsity, smallest))
             chosen.append(self._select(roots, total, n_prune, sparsity, found.blocks))
         is_pruned = np.zeros(max((int(i.max()) + 1 for i in ids.values() if i.size), default=0), dtype=bool)
