@@ -100,8 +100,10 @@ class UnionFind:
 
     def union_pairs(self, a: Iterable[int], b: Iterable[int]) -> None:
         """Unite ``a[k]`` with ``b[k]`` for each k (propagation couples whole channel lists at a time: a ResNet-50
-        couples some 160 000 pairs, and a call per pair and per find was most of its analysis)."""
-        a, b = list(a), list(b)
+        couples some 160 000 pairs, and a call per pair and per find was most of its analysis). A slot's ids
+        (:class:`IdRange`, which refuses changes) are kept as they are, other sequences copied."""
+        a = a if type(a) is IdRange else list(a)
+        b = b if type(b) is IdRange else list(b)
         n = min(len(a), len(b))
         self.pairs.append((a[:n], b[:n]) if n < max(len(a), len(b)) else (a, b))
         self._roots = None
@@ -119,8 +121,8 @@ class UnionFind:
         if len(parent) < self._size:
             parent = np.concatenate([parent, np.arange(len(parent), self._size, dtype=np.int64)])
         if pending:
-            a = np.concatenate([np.asarray(x, dtype=np.int64) for x, _ in pending])
-            b = np.concatenate([np.asarray(y, dtype=np.int64) for _, y in pending])
+            a = np.concatenate([_id_array(x) for x, _ in pending])
+            b = np.concatenate([_id_array(y) for _, y in pending])
             while True:
                 while True:  # every entry to its root
                     up = parent[parent]
@@ -162,6 +164,14 @@ class UnionFind:
         self._parent, self._applied, self._roots = record.parent.copy(), len(self.pairs), record.roots
         self._size = record.size
         return True
+
+
+def _id_array(ids: list[int]) -> np.ndarray:
+    """``ids`` as an int64 array: a slot's consecutive ids (:class:`IdRange`, most of what propagation couples)
+    made by ``arange``, anything else converted int by int (which was a third of the flush)."""
+    if type(ids) is IdRange:
+        return np.arange(ids.start, ids.start + len(ids), dtype=np.int64)
+    return np.asarray(ids, dtype=np.int64)
 
 
 class NeedsValues(Exception):

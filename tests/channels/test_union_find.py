@@ -99,3 +99,33 @@ def test_a_slots_ids_refuse_changes_in_place_and_copy_as_plain_lists():
     mine.append(4)
     assert mine == [0, 1, 2, 3, 4] and type(ids[1:]) is list and ids + [4] == mine
     assert pickle.loads(pickle.dumps(ids)) == ids and copy.deepcopy(ids) == ids
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(1, 12), min_size=2, max_size=6), st.data())
+def test_unions_of_whole_slots_kept_as_given_match_a_reference(sizes, data):
+    """Unions between slots (their ids kept as the slots, not copied), cut to the shorter end, and between
+    plain lists, flushed together: the reference partition; and a union-find that asked for the same unions
+    as plain lists adopts the first one's record."""
+    uf = UnionFind()
+    slots = [uf.new(n) for n in sizes]
+    n = uf.size
+    asked, done = [], []
+    for _ in range(data.draw(st.integers(1, 8))):
+        i, j = data.draw(st.integers(0, len(slots) - 1)), data.draw(st.integers(0, len(slots) - 1))
+        if data.draw(st.booleans()):
+            a, b = slots[i], slots[j]
+        else:
+            a = data.draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=8))
+            b = data.draw(st.lists(st.integers(0, n - 1), min_size=len(a), max_size=len(a)))
+        uf.union_pairs(a, b)
+        asked.append((list(a), list(b)))
+        done += list(zip(a, b))
+    roots = uf.roots()
+    assert partition(roots) == reference_partition(n, done)
+    assert all(roots[r] == r and r <= i for i, r in enumerate(roots))
+    again = UnionFind()
+    again.new(n)
+    for a, b in asked:
+        again.union_pairs(a, b)
+    assert again.adopt(uf.record()) and again.roots() == roots
