@@ -160,7 +160,7 @@ class StructuredPruner(Pruner):
         found = coupling(self.model, self.dummy_input, rules)
         groups = found.groups  # layer -> list of root ids per out channel
         self._coupled = groups
-        ids = {n: np.asarray(g, dtype=np.int64) for n, g in groups.items()}
+        ids = found.arrays or {n: np.asarray(g, dtype=np.int64) for n, g in groups.items()}
         chosen: list[np.ndarray] = []
         for names in _coupled_layers(list(self.layers), ids):
             if not all(n in groups for n in names):

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from nnic.channels import reuse
-from nnic.channels.graph import State
+from nnic.channels.graph import IdRange, State
 from nnic.channels.propagate import SpeedupError
 from nnic.channels.tracer import submodule
 from nnic.masking import zero_masked_
@@ -70,7 +70,7 @@ def decide(state: State, why: dict[int, str] | None = None) -> set[int]:
         return find(i) in removed
 
     def many(ids) -> np.ndarray:  # or a whole list at once (see nnic.speedup.rules.removed_flags)
-        return gone[roots[np.asarray(ids, dtype=np.int64)]]
+        return gone[state.roots_of(ids) if type(ids) is IdRange else roots[np.asarray(ids, dtype=np.int64)]]
 
     is_removed.many = many  # type: ignore[attr-defined]
 

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from nnic.channels.constants import only_dead, probe_constants, uniform_along
-from nnic.channels.graph import Call, Spec, flags, values_of
+from nnic.channels.graph import Call, Spec, flags, id_array, values_of
 
 
 class Rule:
@@ -335,7 +335,7 @@ def _keep_balanced(flags: np.ndarray, kept_blocks: np.ndarray) -> np.ndarray:
 
 def grouped_constraint(in_ids: list[int], out_ids: list[int], groups: int, where: str = "a grouped module"):
     """Keep a grouped module's groups balanced; drop a group only when all its inputs and outputs go."""
-    ins, outs = np.asarray(in_ids, dtype=np.int64), np.asarray(out_ids, dtype=np.int64)
+    ins, outs = id_array(in_ids), id_array(out_ids)
 
     def keep(removed) -> list[int]:
         rin = removed_flags(removed, in_ids).reshape(groups, -1)

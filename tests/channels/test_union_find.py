@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nnic.channels.graph import UnionFind
+from nnic.channels.graph import IdRange, UnionFind
 
 
 def reference_partition(n: int, pairs: list[tuple[int, int]]) -> set[frozenset[int]]:
@@ -99,6 +99,15 @@ def test_a_slots_ids_refuse_changes_in_place_and_copy_as_plain_lists():
     mine.append(4)
     assert mine == [0, 1, 2, 3, 4] and type(ids[1:]) is list and ids + [4] == mine
     assert pickle.loads(pickle.dumps(ids)) == ids and copy.deepcopy(ids) == ids
+
+
+def test_slots_ids_compare_as_the_lists_they_hold():
+    uf = UnionFind()
+    a, b = uf.new(3), uf.new(3)
+    same = IdRange(a.start, 3)
+    assert a == same and not (a != same) and a == [0, 1, 2] and [0, 1, 2] == a and not (a != [0, 1, 2])
+    assert a != b and not (a == b) and a != IdRange(a.start, 2) and a != [0, 1] and a != (0, 1, 2)
+    assert (a, b) == (IdRange(0, 3), [3, 4, 5]) and [(a, b)] != [(b, a)]
 
 
 @settings(max_examples=150, deadline=None)
