@@ -138,3 +138,16 @@ def test_unions_of_whole_slots_kept_as_given_match_a_reference(sizes, data):
     for a, b in asked:
         again.union_pairs(a, b)
     assert again.adopt(uf.record()) and again.roots() == roots
+
+
+def test_a_slots_ids_are_its_range_below_at_and_beyond_the_shared_ids(monkeypatch):
+    """Slots take their int objects from one shared list up to a cap, and make the rest: the ids are the same
+    whether they come from it, from beyond it, or straddle it."""
+    from nnic.channels import graph
+
+    monkeypatch.setattr(graph, "_IDS", [])
+    monkeypatch.setattr(graph, "_IDS_MAX", 40)
+    for start, n in [(0, 0), (0, 3), (5, 20), (30, 10), (35, 10), (40, 5), (100, 7), (0, 39), (2, 1)]:
+        ids = IdRange(start, n)
+        assert ids == list(range(start, start + n)) and ids.start == start and type(ids[:]) is list
+        assert len(graph._IDS) <= 40 and graph._IDS == list(range(len(graph._IDS)))
