@@ -68,6 +68,8 @@ def uniform_along(out: torch.Tensor, dim: int) -> torch.Tensor:
     """Per index along ``dim``: the value when every element there is equal (and not NaN), else NaN. In numpy:
     a probe holds one element per channel (see :func:`~nnic.channels.graph.flags` for why)."""
     v = values_of(out)
+    if v.size and v.size == v.shape[dim]:  # one element per index, as a probe's output has: each is its own
+        return torch.from_numpy(v.reshape(-1).copy())  # value (NaN stays NaN), no reductions over nothing
     other = tuple(d for d in range(v.ndim) if d != dim)
     hi, lo = (v.max(axis=other), v.min(axis=other)) if other and v.size else (v.reshape(-1), v.reshape(-1))
     return torch.from_numpy(np.where(hi == lo, hi, _NAN))
