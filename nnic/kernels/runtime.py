@@ -24,7 +24,8 @@ from nnic.kernels.adapters import as_int
 
 __all__ = [
     "active_isa", "apply_env", "cpu_features", "gemm_backend", "gemm_openmp_stats", "gemm_path", "gemm_paths",
-    "gemm_pool_stats", "gemm_spin_us", "gemm_team_stats", "gemm_vnni_peak_gops", "get_num_threads", "last_level_cache_bytes", "native",
+    "gemm_pool_stats", "gemm_route_stats", "gemm_spin_us", "gemm_team_stats", "gemm_vnni_peak_gops",
+    "get_num_threads", "last_level_cache_bytes", "native",
     "set_gemm_backend", "set_gemm_column_lanes", "set_gemm_spin_us", "set_gemm_tall_tile", "set_isa", "set_num_threads",
     "supported_isas",
 ]
@@ -210,6 +211,16 @@ def gemm_pool_stats(reset: bool = False) -> dict[str, int]:
     ``rayon`` backend, and the fallback after a late OpenMP thread): ``late`` counts the runs in which no helper
     took a task (the caller ran them all) and ``arrival_ns`` sums the first helper's arrival."""
     return dict(zip(_RUN_STATS, native.gemm_pool_stats(bool(reset))))
+
+
+def gemm_route_stats(reset: bool = False) -> dict[str, int]:
+    """Where the GEMMs' parallel runs went since start (or the last ``reset=True``) when torch's OpenMP team is
+    there to choose: ``team`` and ``helpers`` (runs on each way), ``probes`` (runs that tried the way their shape
+    class had not chosen) and ``switches`` (a class changing ways). Each class of shapes keeps what its last runs
+    cost per multiply-add on each way and runs on the cheaper one, trying the other now and then (every 8-64 runs):
+    a late OpenMP thread now and then does not send a series of GEMMs to the helpers, a team that is late on
+    every run does (``rust/nnic-kernels/src/gemm/route.rs``)."""
+    return dict(zip(("team", "helpers", "probes", "switches"), native.gemm_route_stats(bool(reset))))
 
 
 def apply_env() -> None:

@@ -146,3 +146,21 @@ def test_own_helper_counters_account_for_every_task(pool_of_two):
     assert 0 < s["region_ns"] and s["tail_ns"] <= s["wait_ns"] <= s["region_ns"]
     assert kernels.gemm_pool_stats(reset=True) == s
     assert kernels.gemm_pool_stats()["runs"] == 0
+
+
+def test_routed_gemms_are_counted_and_probe_the_other_way(openmp_team_of_two):
+    """With torch's OpenMP team there, each GEMM's parallel run goes the way its shape class found cheaper lately
+    and tries the other one at most 64 runs apart: 70 runs of one shape count 70 routed runs, at least one of them
+    a probe, and every result is exact whichever way it went (the costs depend on the machine's load, the
+    counts' invariants do not)."""
+    a, packed, want = _problem(4, m=96)
+    out = np.empty(want.shape, np.int32)
+    kernels.gemm_route_stats(reset=True)
+    for _ in range(70):
+        packed.matmul(a, out)
+        assert np.array_equal(out, want)
+    s = kernels.gemm_route_stats()
+    assert s["team"] + s["helpers"] == 70
+    assert 1 <= s["probes"] <= 70
+    assert kernels.gemm_route_stats(reset=True) == s
+    assert kernels.gemm_route_stats() == {"team": 0, "helpers": 0, "probes": 0, "switches": 0}

@@ -135,6 +135,18 @@ pub fn gemm_pool_stats(reset: bool) -> (u64, u64, u64, u64, u64, u64, u64, u64) 
     stats_tuple(s)
 }
 
+/// Where the GEMMs' routed parallel runs went: `(team, helpers, probes, switches)` (see `gemm::route`); `reset`
+/// zeroes them after reading.
+#[pyfunction]
+#[pyo3(signature = (reset=false))]
+pub fn gemm_route_stats(reset: bool) -> (u64, u64, u64, u64) {
+    let s = gemm::par::route_stats();
+    if reset {
+        gemm::par::reset_route_stats();
+    }
+    (s.team, s.helpers, s.probes, s.switches)
+}
+
 fn stats_tuple(s: gemm::par::TeamStats) -> (u64, u64, u64, u64, u64, u64, u64, u64) {
     (s.runs, s.late, s.tasks, s.tasks_by_team, s.arrival_ns, s.tail_ns, s.region_ns, s.wait_ns)
 }

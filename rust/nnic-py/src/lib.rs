@@ -16,7 +16,7 @@ use pyo3::prelude::*;
 mod _kernels {
     #[pymodule_export]
     use crate::gemm::{
-        gemm_backend, gemm_openmp_stats, gemm_path, gemm_paths, gemm_pool_stats, gemm_spin_us, gemm_team_stats, gemm_vnni_peak,
+        gemm_backend, gemm_openmp_stats, gemm_path, gemm_paths, gemm_pool_stats, gemm_route_stats, gemm_spin_us, gemm_team_stats, gemm_vnni_peak,
         int8_matmul, set_gemm_backend, set_gemm_column_lanes, set_gemm_spin_us, set_gemm_tall_tile, PackedInt4Weight,
         PackedInt8Weight,
     };
