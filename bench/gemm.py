@@ -12,7 +12,9 @@ Rows per (M, K, N): float32 ``torch.matmul`` (MKL), ``torch._int_mm`` (s8·s8→
 per-token activations, fused epilogue), at 13 ≤ M ≤ 28 on the VNNI path the same without its tall tile
 (``kernels.set_gemm_tall_tile(False)``: two or three row panels, the tiling before it), at 29 ≤ M ≤ 192 (K ≤ 4096, N ≥ 897)
 on the VNNI path the same on the planned column blocks instead of its column lanes
-(``kernels.set_gemm_column_lanes(False)``, the scheduling before them) and ``int4_linear`` (int4
+(``kernels.set_gemm_column_lanes(False)``, the scheduling before them), with torch's OpenMP team loaded the same
+with the GEMM's routing by measured cost off (``kernels.set_gemm_routing(False)``: the avoidance window after a late
+OpenMP thread, the routing before it; right after the default call) and ``int4_linear`` (int4
 weights, M ≤ 16 only). All kernels of a
 shape are timed round-robin (one call each per round) so that load from other processes hits them alike;
 times are medians (``--stat min`` for the least-disturbed round);
@@ -85,6 +87,9 @@ TWO_PANELS = "nnic int8_linear, no tall tile"
 #: Rows that the VNNI path's tall tile takes as one row panel (``set_gemm_tall_tile``).
 TALL_ROWS = range(13, 29)
 BLOCKS = "nnic int8_linear, column blocks"
+#: The default call with the GEMM's routing by measured cost off (``kernels.set_gemm_routing(False)``): its runs
+#: follow the avoidance window a late OpenMP thread opens, as before the routing.
+WINDOW = "nnic int8_linear, avoidance window"
 #: Rows that the VNNI path runs as one row block on column lanes (``set_gemm_column_lanes``), at K <= 4096 and (two
 #: threads) N >= 897.
 LANE_ROWS = range(29, 193)
@@ -247,6 +252,9 @@ def shape_kernels(m: int, k: int, n: int, engines: list[str]) -> dict:
     q, s = kernels.quantize_int8_weight(wf)
     pl = kernels.pack_int8_weight(q, s)
     fns[DEFAULT_LINEAR] = lambda: kernels.int8_linear(x, pl)
+    if kernels.gemm_backend() == "openmp":  # the routing before the measured costs, right after the default call
+        pl_window = kernels.pack_int8_weight(q, s)  # its own copy, as below
+        fns[WINDOW] = switched(kernels.set_gemm_routing, False, True, lambda: kernels.int8_linear(x, pl_window))
     if m in LANE_ROWS and k <= 4096 and n >= 897 and kernels.gemm_path() == "avx512vnni":
         # The scheduling before the column lanes, right after the default call (so that both follow a GEMM on
         # torch's team, and find its threads in the same state), on its own copy of the weights (see below).
@@ -475,6 +483,15 @@ def main() -> None:
         print(f"  {'(M, K, N)':18s} {'quiet':>7s} {'contended':>9s} {'contended/quiet':>15s}")
         for spec, r in summary:
             print(f"  {spec:18s} {r['quiet']:6.2f}x {r['contended']:8.2f}x {r['contended'] / r['quiet']:14.2f}x")
+        stat = min if args.stat == "min" else statistics.median
+        per = {key: {name: stat(ts) for name, ts in times.items()} for key, times in all_res.items()}
+        if all(WINDOW in t for t in per.values()):
+            print("the same with the avoidance window (routing by measured cost off), and routing's speedup:")
+            for spec, _ in summary:
+                q, c = per[f"{spec} quiet"], per[f"{spec} contended"]
+                rq, rc = (min(v for name, v in t.items() if "dynamic" in name) / t[WINDOW] for t in (q, c))
+                print(f"  {spec:18s} {rq:6.2f}x {rc:8.2f}x {rc / rq:14.2f}x   routing's speedup quiet "
+                      f"{q[WINDOW] / q[DEFAULT_LINEAR]:.2f}x, contended {c[WINDOW] / c[DEFAULT_LINEAR]:.2f}x")
     if args.json:
         with contextlib.suppress(OSError):
             args.json.write_text(json.dumps(all_res, indent=1))
@@ -526,6 +543,9 @@ def report(m: int, k: int, n: int, times: dict[str, list[float]], stat_name: str
     if dyn and TWO_PANELS in res:
         lines.append(f"without the tall tile: {min(dyn) / res[TWO_PANELS]:.2f}x (the tall tile's speedup "
                      f"{res[TWO_PANELS] / nn_lin:.2f}x)")
+    if dyn and WINDOW in res:
+        lines.append(f"with the avoidance window: {min(dyn) / res[WINDOW]:.2f}x (the routing's speedup "
+                     f"{res[WINDOW] / nn_lin:.2f}x)")
     if dyn and BLOCKS in res:
         lines.append(f"on column blocks: {min(dyn) / res[BLOCKS]:.2f}x (the column lanes' speedup "
                      f"{res[BLOCKS] / nn_lin:.2f}x)")

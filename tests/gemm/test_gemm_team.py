@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from nnic import kernels
 from nnic.kernels import runtime
@@ -150,10 +151,13 @@ def test_own_helper_counters_account_for_every_task(pool_of_two):
 
 def test_routed_gemms_are_counted_and_probe_the_other_way(openmp_team_of_two):
     """With torch's OpenMP team there, each GEMM's parallel run goes the way its shape class found cheaper lately
-    and tries the other one at most 64 runs apart: 70 runs of one shape count 70 routed runs, at least one of them
-    a probe, and every result is exact whichever way it went (the costs depend on the machine's load, the
-    counts' invariants do not)."""
-    a, packed, want = _problem(4, m=96)
+    and tries the other one now and then, the first time 2 runs after the class starts: 70 runs of a shape no
+    other test uses count 70 routed runs, at least one of them a probe, and every result is exact whichever way
+    it went (the costs depend on the machine's load, the counts' invariants do not)."""
+    rng = np.random.default_rng(4)
+    a = rng.integers(-128, 128, (96, 1996), dtype=np.int8)
+    w = rng.integers(-128, 128, (480, 1996), dtype=np.int8)
+    packed, want = kernels.pack_int8_weight(w, 1.0), a.astype(np.int64) @ w.T.astype(np.int64)
     out = np.empty(want.shape, np.int32)
     kernels.gemm_route_stats(reset=True)
     for _ in range(70):
@@ -164,3 +168,24 @@ def test_routed_gemms_are_counted_and_probe_the_other_way(openmp_team_of_two):
     assert 1 <= s["probes"] <= 70
     assert kernels.gemm_route_stats(reset=True) == s
     assert kernels.gemm_route_stats() == {"team": 0, "helpers": 0, "probes": 0, "switches": 0}
+
+
+def test_routing_off_gives_the_same_bits_and_counts_no_routed_run(openmp_team_of_two):
+    """``set_gemm_routing(False)`` (the avoidance window, as before the routing) changes where runs go, never the
+    result: an int8 Linear's outputs are identical with it on and off, and with it off no run counts as routed."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((128, 1024), dtype=np.float32)
+    q, s = kernels.quantize_int8_weight(torch.from_numpy(rng.standard_normal((768, 1024), dtype=np.float32)))
+    packed = kernels.pack_int8_weight(q, s)
+    routed = kernels.int8_linear(x, packed)
+    try:
+        kernels.set_gemm_routing(False)
+        kernels.gemm_route_stats(reset=True)
+        window = [kernels.int8_linear(x, packed) for _ in range(5)]
+        assert kernels.gemm_route_stats() == {"team": 0, "helpers": 0, "probes": 0, "switches": 0}
+    finally:
+        kernels.set_gemm_routing(True)
+    for out in window:
+        assert np.array_equal(np.asarray(out), np.asarray(routed))
+    with pytest.raises(TypeError, match="on must be a bool, got int"):
+        kernels.set_gemm_routing(1)

@@ -85,6 +85,14 @@ pub fn set_gemm_column_lanes(on: bool) {
     gemm::set_column_lanes(on)
 }
 
+/// Turns the int8 GEMM's routing by measured cost (each run on torch's OpenMP team or nnic's helpers, whichever
+/// cost its shape class less lately) on (the default) or off (the avoidance window after a late team thread, as
+/// before it): the same bits either way; for timing the two in the same rounds.
+#[pyfunction]
+pub fn set_gemm_routing(on: bool) {
+    gemm::set_routing(on)
+}
+
 /// How long the GEMM's helper threads poll for the next GEMM before parking, in microseconds.
 #[pyfunction]
 pub fn gemm_spin_us() -> f64 {

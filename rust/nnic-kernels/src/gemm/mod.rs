@@ -52,6 +52,7 @@ pub use epilogue::Activation;
 pub(crate) use epilogue::{gelu, relu};
 pub use linear::{int8_linear, int8_linear_skip_layer_norm, PackedLinear};
 pub use panels::{PackedB, MAX_K, NR};
+pub use par::set_routing;
 pub use path::{set_tall_tile, Path};
 
 pub(crate) use driver::{plan, Block};

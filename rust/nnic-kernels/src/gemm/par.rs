@@ -42,7 +42,8 @@
 //! 10 of 15 0.592 ms, the team's own calls ~0.59 ms. A neighbour that arrives costs one late run more than before.
 //!
 //! The GEMM's own runs ([`for_each_routed`], from `super::driver`) no longer follow the window: each goes the way
-//! that cost its shape class least over its last runs, the other way tried every 8-64 runs ([`super::route`]).
+//! that cost its shape class least over its last runs, the other way tried now and then, so that
+//! probing costs ~2 % ([`super::route`]).
 //! Why: one late run in a window's worth of good ones sent the next 0.5 s of GEMMs to the helpers, where beside a
 //! neighbour they cost ~1.8× the team's (`bench/gemm.py --contention` at 512 × 768 × 768, run M of 2026-12-01:
 //! 7 of 15 contended calls, 1.76 ms against 0.975 ms, the row at 0.79× its quiet ratio); a team that is late on
@@ -434,6 +435,17 @@ pub(crate) fn for_each_routed(n: usize, threads: usize, work: Work, f: &(dyn Fn(
 /// The classes of [`for_each_routed`].
 static ROUTER: Mutex<Router> = Mutex::new(Router::new());
 
+/// Whether [`for_each_routed`] routes by cost ([`set_routing`]).
+static ROUTING: AtomicBool = AtomicBool::new(true);
+
+/// Turns the GEMM's routing by measured cost on (the default) or off (its runs then follow the avoidance window,
+/// as the other kernels' do, and as before the routing). The same bits either way; a measurement aid, as
+/// [`super::set_column_lanes`] is: two-thread wall times beside other processes drift between processes, so the
+/// two are compared in the same rounds of one process.
+pub fn set_routing(on: bool) {
+    ROUTING.store(on, Ordering::Relaxed);
+}
+
 /// How many [`for_each_routed`] runs went each way, and how many of them were probes (not the way their class
 /// had chosen), since the process started (or the last reset).
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
@@ -475,7 +487,7 @@ fn run(n: usize, threads: usize, work: Option<Work>, f: &(dyn Fn(usize) + Sync))
         on_pool(n, threads, f);
         return;
     };
-    let Some(work) = work else {
+    let Some(work) = work.filter(|_| ROUTING.load(Ordering::Relaxed)) else {
         if team_contended(threads) {
             on_pool(n, threads, f);
         } else {
