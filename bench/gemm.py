@@ -14,7 +14,8 @@ per-token activations, fused epilogue), at 13 ≤ M ≤ 28 on the VNNI path the 
 on the VNNI path the same on the planned column blocks instead of its column lanes
 (``kernels.set_gemm_column_lanes(False)``, the scheduling before them), with torch's OpenMP team loaded the same
 with the GEMM's routing by measured cost off (``kernels.set_gemm_routing(False)``: the avoidance window after a late
-OpenMP thread, the routing before it; right after the default call) and ``int4_linear`` (int4
+OpenMP thread, the routing before it; right after the default call, the two trading places every other round)
+and ``int4_linear`` (int4
 weights, M ≤ 16 only). All kernels of a
 shape are timed round-robin (one call each per round) so that load from other processes hits them alike;
 times are medians (``--stat min`` for the least-disturbed round);
@@ -79,7 +80,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nnic import kernels  # noqa: E402
-from _timing import timeit_interleaved  # noqa: E402
+from _timing import round_order, timeit_interleaved  # noqa: E402
 
 OWN_HELPERS = "nnic int8_linear, nnic's own helpers"
 DEFAULT_LINEAR = "nnic int8_linear f32->f32"
@@ -382,10 +383,10 @@ class Neighbour:
 
 
 def time_alternating(fns: dict, repeats: int, budget: float, nb: Neighbour, clock,
-                     after: dict) -> dict[str, dict[str, list[float]]]:
+                     after: dict, swap: tuple[str, str] | None = None) -> dict[str, dict[str, list[float]]]:
     """Seconds per call of each function in alternating quiet / contended rounds (each round: every function
-    once, round-robin); ``budget`` bounds both settings' rounds together; ``after[setting](name)`` is called after
-    each timed call of that setting."""
+    once, round-robin, the rows of ``swap`` trading places every other round); ``budget`` bounds both settings'
+    rounds together; ``after[setting](name)`` is called after each timed call of that setting."""
     once = 0.0
     for fn in fns.values():
         fn()
@@ -394,10 +395,11 @@ def time_alternating(fns: dict, repeats: int, budget: float, nb: Neighbour, cloc
         once += clock() - t0
     rounds = max(3, min(repeats, int(budget / 2 / max(once, 1e-9))))
     times: dict[str, dict[str, list[float]]] = {s: {name: [] for name in fns} for s in ("quiet", "contended")}
-    for _ in range(rounds):
+    for r in range(rounds):
         for setting in ("quiet", "contended"):
             nb.busy(setting == "contended")
-            for name, fn in fns.items():
+            for name in round_order(list(fns), r, swap):
+                fn = fns[name]
                 t0 = clock()
                 fn()
                 times[setting][name].append(clock() - t0)
@@ -460,9 +462,11 @@ def main() -> None:
             after = {setting: (lambda name, setting=setting: (tallies[setting](name), calm[setting](name)))
                      for setting in tallies}
             if nb is None:
-                per_setting = {"quiet": timeit_interleaved(fns, args.repeats, args.budget, clock, after["quiet"])}
+                per_setting = {"quiet": timeit_interleaved(fns, args.repeats, args.budget, clock, after["quiet"],
+                                                           swap=(DEFAULT_LINEAR, WINDOW))}
             else:
-                per_setting = time_alternating(fns, args.repeats, 2 * args.budget, nb, clock, after)
+                per_setting = time_alternating(fns, args.repeats, 2 * args.budget, nb, clock, after,
+                                               swap=(DEFAULT_LINEAR, WINDOW))
             team, omp = kernels.gemm_team_stats(), kernels.gemm_openmp_stats()
             ratios = {}
             for setting, times in per_setting.items():

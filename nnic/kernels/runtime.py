@@ -232,8 +232,8 @@ def gemm_route_stats(reset: bool = False) -> dict[str, int]:
     """Where the GEMMs' parallel runs went since start (or the last ``reset=True``) when torch's OpenMP team is
     there to choose: ``team`` and ``helpers`` (runs on each way), ``probes`` (runs that tried the way their shape
     class had not chosen) and ``switches`` (a class changing ways). Each class of shapes keeps what its last runs
-    cost per multiply-add on each way and runs on the cheaper one, trying the other now and then (as often as 2 %
-    of the time pays for: every 40 runs when it costs 1.8 times as much): a late OpenMP thread now and then does
+    cost per multiply-add on each way and runs on the cheaper one, trying the other now and then (as often as 1 %
+    of the time pays for: every 80 runs when it costs 1.8 times as much): a late OpenMP thread now and then does
     not send a series of GEMMs to the helpers, a team that is late on every run does
     (``rust/nnic-kernels/src/gemm/route.rs``)."""
     return dict(zip(("team", "helpers", "probes", "switches"), native.gemm_route_stats(bool(reset))))

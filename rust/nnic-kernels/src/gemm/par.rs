@@ -43,7 +43,7 @@
 //!
 //! The GEMM's own runs ([`for_each_routed`], from `super::driver`) no longer follow the window: each goes the way
 //! that cost its shape class least over its last runs, the other way tried now and then, so that
-//! probing costs ~2 % ([`super::route`]).
+//! probing costs ~1 % ([`super::route`]).
 //! Why: one late run in a window's worth of good ones sent the next 0.5 s of GEMMs to the helpers, where beside a
 //! neighbour they cost ~1.8× the team's (`bench/gemm.py --contention` at 512 × 768 × 768, run M of 2026-12-01:
 //! 7 of 15 contended calls, 1.76 ms against 0.975 ms, the row at 0.79× its quiet ratio); a team that is late on
