@@ -14,7 +14,8 @@
 //! shapes of one class compare per unit), each way keeps its last [`SAMPLES`] costs per unit; its estimate is their
 //! mean without the largest one (a single late run, the event that opened the old window, does not move it;
 //! repeated ones do). Runs go the way the class chose. The other way is tried (a probe) [`FIRST_PROBE`] runs after
-//! a class starts or switches, and then as often as [`PROBE_SHARE`] of the class's time pays for: a way that costs
+//! a class starts or switches, again every [`FIRST_PROBE`] runs until it has [`TRUSTED`] costs, and then as often
+//! as [`PROBE_SHARE`] of the class's time pays for: a way that costs
 //! `r` times the chosen one is tried once every `(r - 1) / PROBE_SHARE` runs (80 runs at r = 1.8, 900 at r = 10,
 //! bounded by [`MAX_GAP`]), so probing costs about 1 % whatever the gap between the ways, and a near tie is looked
 //! at often (where looking is cheap). Why not a fixed interval: under load 7 (other sessions' builds), a team run
@@ -55,6 +56,10 @@ pub(crate) const SAMPLES: usize = 4;
 pub(crate) const FIRST_PROBE: u32 = 2;
 /// The share of a class's time that probing the dearer way may cost.
 pub(crate) const PROBE_SHARE: f64 = 0.01;
+/// Costs of a way before its probes are spaced by [`gap`]: until then, every [`FIRST_PROBE`] runs. Why: one cost can
+/// be an outlier (a probe that met the neighbour's burst, 50 ms against 1.6 ms, under load 8), and from one cost the
+/// gap would keep the class off that way for dozens of runs; from three, the estimate drops the largest.
+pub(crate) const TRUSTED: usize = 3;
 /// The longest gap between probes, in runs of the class.
 pub(crate) const MAX_GAP: u32 = 1024;
 /// The other way's estimate must be below this fraction of the chosen way's for the class to switch: ties and
@@ -193,6 +198,8 @@ impl Router {
         // A probe that did not switch.
         if chosen.is_some_and(|mine| cost < SWITCH * mine) {
             c.until_probe = 0; // cheaper than the chosen way for once: look again at the next run
+        } else if c.costs[way.index()].len < TRUSTED {
+            c.until_probe = FIRST_PROBE; // too few costs to trust the gap they give
         } else {
             c.until_probe = gap(chosen, c.estimate(way));
         }
@@ -244,8 +251,9 @@ mod tests {
         assert_eq!(c.estimate(), Some(7.0 / 3.0));
     }
 
-    /// A new class runs on the team and tries the helpers after [`FIRST_PROBE`] runs; when they are dearer it tries
-    /// them again as often as [`PROBE_SHARE`] of its time pays for: 1.8 times as dear, every 80 runs.
+    /// A new class runs on the team and tries the helpers after [`FIRST_PROBE`] runs, and so on until it has
+    /// [`TRUSTED`] costs of theirs; when they are dearer it tries them again as often as [`PROBE_SHARE`] of its time
+    /// pays for: 1.8 times as dear, every 80 runs.
     #[test]
     fn the_dearer_way_is_probed_as_often_as_its_share_of_the_time_allows() {
         let mut r = Router::new();
@@ -253,9 +261,11 @@ mod tests {
         let probes: Vec<usize> = (0..ways.len()).filter(|&i| ways[i] == Way::Helpers).collect();
         assert_eq!(probes[0], FIRST_PROBE as usize, "the first probe follows FIRST_PROBE runs on the team");
         let gaps: Vec<usize> = probes.windows(2).map(|p| p[1] - p[0] - 1).collect();
-        assert!(gaps.iter().all(|&g| g == 80), "{gaps:?}");
-        // after the second probe (the first comes FIRST_PROBE runs into the class, on top of the share)
-        let later = &ways[probes[1] + 1..];
+        let f = FIRST_PROBE as usize;
+        assert_eq!(gaps[..TRUSTED - 1], [f; TRUSTED - 1], "the first costs come FIRST_PROBE runs apart");
+        assert!(gaps[TRUSTED - 1..].iter().all(|&g| g == 80), "{gaps:?}");
+        // once the spacing holds (the first TRUSTED probes come on top of the share)
+        let later = &ways[probes[TRUSTED - 1] + 1..];
         let time: f64 = later.iter().map(|&w| if w == Way::Team { 1.0 } else { 1.8 }).sum();
         let extra = 0.8 * count(later, Way::Helpers) as f64;
         assert!(extra / time <= PROBE_SHARE, "probing cost {:.4} of the time", extra / time);
@@ -283,6 +293,25 @@ mod tests {
         });
         assert!(only_probes(&ways, Way::Helpers), "{ways:?}");
         assert!(count(&ways, Way::Helpers) <= 300 / 80 + 1, "{ways:?}");
+    }
+
+    /// Under load 8 a single probe of the helpers once cost 50 ms against 1.6 ms on them usually, and the class
+    /// stayed on a team that cost 24 ms a run: a first cost that is an outlier does not space the next probes, so the
+    /// class still moves to the cheaper way within a few probes.
+    #[test]
+    fn an_outlier_first_probe_does_not_keep_the_class_off_the_cheaper_way() {
+        let mut r = Router::new();
+        let helpers_runs = Cell::new(0usize);
+        let ways = drive(&mut r, 9, 40, |w, _| match w {
+            Way::Team => 24.0,
+            Way::Helpers => {
+                helpers_runs.set(helpers_runs.get() + 1);
+                if helpers_runs.get() == 1 { 50.0 } else { 1.6 }
+            }
+        });
+        let moved = ways.windows(3).position(|p| p == [Way::Helpers; 3]).unwrap();
+        assert!(moved <= 3 * (FIRST_PROBE as usize + 1), "{ways:?}");
+        assert!(only_probes(&ways[moved..], Way::Team), "{ways:?}");
     }
 
     /// A neighbour that makes every team run stall: the class goes to the helpers after two such runs, tries the
