@@ -17,6 +17,14 @@ def round_order(names: list[str], r: int, swap: tuple[str, str] | None = None) -
     return order
 
 
+def even_if_swapped(rounds: int, swap: tuple[str, str] | None) -> int:
+    """``rounds``, made even (one more) when two rows trade places: each then sits in each place equally often. Why:
+    with 15 rounds one of them had 8 calls right after the row before the pair and the other 7, and at 512 × 768 ×
+    768 under load a call there took 9 ms against 1.7 ms after the other nnic row, so the row medians came from
+    different groups (2026-12-02: the same routing read 0.2-1.0x the other between runs)."""
+    return rounds + rounds % 2 if swap is not None else rounds
+
+
 def timeit_interleaved(fns: dict, repeats: int, budget: float, clock=time.perf_counter,
                        after=None, swap: tuple[str, str] | None = None) -> dict[str, list[float]]:
     """Seconds per call of each function, measured round-robin (one call of each per round), so that
@@ -29,7 +37,7 @@ def timeit_interleaved(fns: dict, repeats: int, budget: float, clock=time.perf_c
         t0 = clock()
         fn()
         once[name] = clock() - t0
-    rounds = max(3, min(repeats, int(budget / max(sum(once.values()), 1e-9))))
+    rounds = even_if_swapped(max(3, min(repeats, int(budget / max(sum(once.values()), 1e-9)))), swap)
     times: dict[str, list[float]] = {name: [] for name in fns}
     for r in range(rounds):
         for name in round_order(list(fns), r, swap):
