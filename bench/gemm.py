@@ -13,8 +13,8 @@ per-token activations, fused epilogue), at 13 ≤ M ≤ 28 on the VNNI path the 
 (``kernels.set_gemm_tall_tile(False)``: two or three row panels, the tiling before it), at 29 ≤ M ≤ 192 (K ≤ 4096, N ≥ 897)
 on the VNNI path the same on the planned column blocks instead of its column lanes
 (``kernels.set_gemm_column_lanes(False)``, the scheduling before them), with torch's OpenMP team loaded the same
-with the GEMM's routing by measured cost off (``kernels.set_gemm_routing(False)``: the avoidance window after a late
-OpenMP thread, the routing before it; right after the default call, the two trading places every other round)
+with the GEMM's routing by measured cost on (``kernels.set_gemm_routing(True)``; by default the runs follow the
+avoidance window after a late OpenMP thread; right after the default call, the two trading places every other round)
 and ``int4_linear`` (int4
 weights, M ≤ 16 only). All kernels of a
 shape are timed round-robin (one call each per round) so that load from other processes hits them alike;
@@ -57,8 +57,7 @@ each self-attention's query/key/value as one GEMM (``nnic_transformers.fuse_proj
 attention and residual + LayerNorm on the fused encoder kernels (``nnic_transformers.fuse_encoder``: by default
 with the attention's products in bfloat16 where the CPU has AVX512_BF16, the goal rows), and, where it has, that
 with float32 products (``attention_products="float32"``, the switch back), and the goal row (all fused) with the
-GEMMs' routing by measured cost off (``kernels.set_gemm_routing(False)``, the two trading places every other
-round); interleaved rounds, agreement as cosine with float32. ``--clock cpu`` times process CPU time instead of wall time (with
+GEMMs' routing by measured cost on (``kernels.set_gemm_routing(True)``, the two trading places every other round); interleaved rounds, agreement as cosine with float32. ``--clock cpu`` times process CPU time instead of wall time (with
 ``--threads 1`` it is immune to other processes' load; with more threads it adds the threads' CPU up).
 """
 
@@ -89,9 +88,9 @@ TWO_PANELS = "nnic int8_linear, no tall tile"
 #: Rows that the VNNI path's tall tile takes as one row panel (``set_gemm_tall_tile``).
 TALL_ROWS = range(13, 29)
 BLOCKS = "nnic int8_linear, column blocks"
-#: The default call with the GEMM's routing by measured cost off (``kernels.set_gemm_routing(False)``): its runs
-#: follow the avoidance window a late OpenMP thread opens, as before the routing.
-WINDOW = "nnic int8_linear, avoidance window"
+#: The default call with the GEMM's routing by measured cost on (``kernels.set_gemm_routing(True)``; off by default,
+#: when the runs follow the avoidance window a late OpenMP thread opens).
+ROUTED = "nnic int8_linear, routed by cost"
 #: Rows that the VNNI path runs as one row block on column lanes (``set_gemm_column_lanes``), at K <= 4096 and (two
 #: threads) N >= 897.
 LANE_ROWS = range(29, 193)
@@ -254,9 +253,9 @@ def shape_kernels(m: int, k: int, n: int, engines: list[str]) -> dict:
     q, s = kernels.quantize_int8_weight(wf)
     pl = kernels.pack_int8_weight(q, s)
     fns[DEFAULT_LINEAR] = lambda: kernels.int8_linear(x, pl)
-    if kernels.gemm_backend() == "openmp":  # the routing before the measured costs, right after the default call
-        pl_window = kernels.pack_int8_weight(q, s)  # its own copy, as below
-        fns[WINDOW] = switched(kernels.set_gemm_routing, False, True, lambda: kernels.int8_linear(x, pl_window))
+    if kernels.gemm_backend() == "openmp":  # routing by measured cost, right after the default call
+        pl_routed = kernels.pack_int8_weight(q, s)  # its own copy, as below
+        fns[ROUTED] = switched(kernels.set_gemm_routing, True, False, lambda: kernels.int8_linear(x, pl_routed))
     if m in LANE_ROWS and k <= 4096 and n >= 897 and kernels.gemm_path() == "avx512vnni":
         # The scheduling before the column lanes, right after the default call (so that both follow a GEMM on
         # torch's team, and find its threads in the same state), on its own copy of the weights (see below).
@@ -325,15 +324,15 @@ def bench_bert(batch: int, seq: int, engines: list[str], repeats: int, budget: f
         return f
 
     fns = {name: call(*me) for name, me in models.items()}
-    goal, window = "nnic int8, all fused (fuse_encoder)", "nnic int8, all fused, avoidance window"
-    if kernels.gemm_backend() == "openmp":  # the goal row with the GEMMs' routing by measured cost off
+    goal, routed = "nnic int8, all fused (fuse_encoder)", "nnic int8, all fused, routed by cost"
+    if kernels.gemm_backend() == "openmp":  # the goal row with the GEMMs' routing by measured cost on
         fns = dict(fns)
         names = list(fns)
-        fns[window] = switched(kernels.set_gemm_routing, False, True, call(encoder, None))
-        names.insert(names.index(goal) + 1, window)
+        fns[routed] = switched(kernels.set_gemm_routing, True, False, call(encoder, None))
+        names.insert(names.index(goal) + 1, routed)
         fns = {name: fns[name] for name in names}
     with torch.inference_mode():
-        times = timeit_interleaved(fns, repeats, budget, clock, swap=(goal, window))
+        times = timeit_interleaved(fns, repeats, budget, clock, swap=(goal, routed))
         outs = {name: f() for name, f in fns.items()}
     stat = min if stat_name == "min" else statistics.median
     res = {name: stat(ts) for name, ts in times.items()}
@@ -345,9 +344,9 @@ def bench_bert(batch: int, seq: int, engines: list[str], repeats: int, budget: f
         cos = torch.nn.functional.cosine_similarity(outs[name].flatten().double(), ref, dim=0).item()
         print(f"  {name:34s} {t * 1e3:9.1f} ms  {res['float32 torch'] / t:5.2f}x float32  "
               f"{dyn[best] / t:5.2f}x best quantize_dynamic   cos {cos:.5f}")
-    if window in res:
-        print(f"  routing's speedup (avoidance window ÷ routed, the two trading places every other round): "
-              f"{res[window] / res[goal]:.3f}x")
+    if routed in res:
+        print(f"  routing's speedup (default ÷ routed by cost, the two trading places every other round): "
+              f"{res[goal] / res[routed]:.3f}x")
 
 
 def neighbour(stop, run, threads: int) -> None:
@@ -474,10 +473,10 @@ def main() -> None:
                      for setting in tallies}
             if nb is None:
                 per_setting = {"quiet": timeit_interleaved(fns, args.repeats, args.budget, clock, after["quiet"],
-                                                           swap=(DEFAULT_LINEAR, WINDOW))}
+                                                           swap=(DEFAULT_LINEAR, ROUTED))}
             else:
                 per_setting = time_alternating(fns, args.repeats, 2 * args.budget, nb, clock, after,
-                                               swap=(DEFAULT_LINEAR, WINDOW))
+                                               swap=(DEFAULT_LINEAR, ROUTED))
             team, omp = kernels.gemm_team_stats(), kernels.gemm_openmp_stats()
             ratios = {}
             for setting, times in per_setting.items():
@@ -500,13 +499,13 @@ def main() -> None:
             print(f"  {spec:18s} {r['quiet']:6.2f}x {r['contended']:8.2f}x {r['contended'] / r['quiet']:14.2f}x")
         stat = min if args.stat == "min" else statistics.median
         per = {key: {name: stat(ts) for name, ts in times.items()} for key, times in all_res.items()}
-        if all(WINDOW in t for t in per.values()):
-            print("the same with the avoidance window (routing by measured cost off), and routing's speedup:")
+        if all(ROUTED in t for t in per.values()):
+            print("the same routed by measured cost (kernels.set_gemm_routing(True)), and routing's speedup:")
             for spec, _ in summary:
                 q, c = per[f"{spec} quiet"], per[f"{spec} contended"]
-                rq, rc = (min(v for name, v in t.items() if "dynamic" in name) / t[WINDOW] for t in (q, c))
+                rq, rc = (min(v for name, v in t.items() if "dynamic" in name) / t[ROUTED] for t in (q, c))
                 print(f"  {spec:18s} {rq:6.2f}x {rc:8.2f}x {rc / rq:14.2f}x   routing's speedup quiet "
-                      f"{q[WINDOW] / q[DEFAULT_LINEAR]:.2f}x, contended {c[WINDOW] / c[DEFAULT_LINEAR]:.2f}x")
+                      f"{q[DEFAULT_LINEAR] / q[ROUTED]:.2f}x, contended {c[DEFAULT_LINEAR] / c[ROUTED]:.2f}x")
     if args.json:
         with contextlib.suppress(OSError):
             args.json.write_text(json.dumps(all_res, indent=1))
@@ -558,9 +557,9 @@ def report(m: int, k: int, n: int, times: dict[str, list[float]], stat_name: str
     if dyn and TWO_PANELS in res:
         lines.append(f"without the tall tile: {min(dyn) / res[TWO_PANELS]:.2f}x (the tall tile's speedup "
                      f"{res[TWO_PANELS] / nn_lin:.2f}x)")
-    if dyn and WINDOW in res:
-        lines.append(f"with the avoidance window: {min(dyn) / res[WINDOW]:.2f}x (the routing's speedup "
-                     f"{res[WINDOW] / nn_lin:.2f}x)")
+    if dyn and ROUTED in res:
+        lines.append(f"routed by cost: {min(dyn) / res[ROUTED]:.2f}x (the routing's speedup "
+                     f"{nn_lin / res[ROUTED]:.2f}x)")
     if dyn and BLOCKS in res:
         lines.append(f"on column blocks: {min(dyn) / res[BLOCKS]:.2f}x (the column lanes' speedup "
                      f"{res[BLOCKS] / nn_lin:.2f}x)")

@@ -215,11 +215,16 @@ def gemm_pool_stats(reset: bool = False) -> dict[str, int]:
 
 
 def set_gemm_routing(on: bool) -> None:
-    """Turns the int8 GEMM's routing by measured cost on (the default) or off. With it, each GEMM's parallel run
+    """Turns the int8 GEMM's routing by measured cost on, or off (the default). With it, each GEMM's parallel run
     goes to torch's OpenMP team or to nnic's own helpers, whichever cost its shape class less per multiply-add over
     its last runs (:func:`gemm_route_stats`); without it, GEMMs follow the avoidance window that a late OpenMP
-    thread opens (0.5-8 s on the helpers), as before the routing and as the other kernels' parallel runs do. Both
-    give the same bits: the switch exists to time the two in the same rounds (``bench/gemm.py``).
+    thread opens (0.5-8 s on the helpers), as the other kernels' parallel runs do. Both give the same bits.
+
+    Off by default because a way's cost depends on what the process ran just before it (torch's OpenMP thread spins
+    for milliseconds after its runs), so a probe of the other way finds it dear: under load (2026-12-02) routing
+    gained 1.1-8x for int8 Linear calls between torch ops beside a neighbour (``bench/gemm.py --contention``), but
+    kept the fused BERT encoder's GEMMs on a late team, 1.2-1.5x slower than the window (``bench/gemm.py --bert``,
+    which times both in the same rounds).
 
     :raises TypeError: ``on`` is not a bool.
     """
@@ -229,8 +234,8 @@ def set_gemm_routing(on: bool) -> None:
 
 
 def gemm_route_stats(reset: bool = False) -> dict[str, int]:
-    """Where the GEMMs' parallel runs went since start (or the last ``reset=True``) when torch's OpenMP team is
-    there to choose: ``team`` and ``helpers`` (runs on each way), ``probes`` (runs that tried the way their shape
+    """Where the GEMMs' parallel runs went since start (or the last ``reset=True``) with :func:`set_gemm_routing`
+    on and torch's OpenMP team there to choose: ``team`` and ``helpers`` (runs on each way), ``probes`` (runs that tried the way their shape
     class had not chosen) and ``switches`` (a class changing ways). Each class of shapes keeps what its last runs
     cost per multiply-add on each way and runs on the cheaper one, trying the other now and then (as often as 1 %
     of the time pays for: every 80 runs when it costs 1.8 times as much): a late OpenMP thread now and then does

@@ -86,8 +86,8 @@ pub fn set_gemm_column_lanes(on: bool) {
 }
 
 /// Turns the int8 GEMM's routing by measured cost (each run on torch's OpenMP team or nnic's helpers, whichever
-/// cost its shape class less lately) on (the default) or off (the avoidance window after a late team thread, as
-/// before it): the same bits either way; for timing the two in the same rounds.
+/// cost its shape class less lately) on, or off (the default: the avoidance window after a late team thread): the
+/// same bits either way (see `gemm::par::set_routing` for why it is off by default).
 #[pyfunction]
 pub fn set_gemm_routing(on: bool) {
     gemm::set_routing(on)

@@ -41,9 +41,9 @@
 //! call shares the cores with torch's spinning OpenMP thread: 7 of 15 calls on the team gave a median of 0.713 ms,
 //! 10 of 15 0.592 ms, the team's own calls ~0.59 ms. A neighbour that arrives costs one late run more than before.
 //!
-//! The GEMM's own runs ([`for_each_routed`], from `super::driver`) no longer follow the window: each goes the way
-//! that cost its shape class least over its last runs, the other way tried now and then, so that
-//! probing costs ~1 % ([`super::route`]).
+//! With [`set_routing`] on (off by default: see there why), the GEMM's own runs ([`for_each_routed`], from
+//! `super::driver`) do not follow the window: each goes the way that cost its shape class least over its last runs,
+//! the other way tried now and then, so that probing costs ~1 % ([`super::route`]).
 //! Why: one late run in a window's worth of good ones sent the next 0.5 s of GEMMs to the helpers, where beside a
 //! neighbour they cost ~1.8× the team's (`bench/gemm.py --contention` at 512 × 768 × 768, run M of 2026-12-01:
 //! 7 of 15 contended calls, 1.76 ms against 0.975 ms, the row at 0.79× its quiet ratio); a team that is late on
@@ -425,9 +425,10 @@ pub(crate) struct Work {
     pub units: f64,
 }
 
-/// [`for_each`] for a GEMM whose runs go the way that cost its class least lately ([`super::route`]), the team or
-/// the helpers, with the other way tried now and then; the avoidance window does not apply (a late team run costs
-/// the class's team estimate what it cost, see `route`'s docs for why).
+/// [`for_each`] for a GEMM: with [`set_routing`] on, its runs go the way that cost its class least lately
+/// ([`super::route`]), the team or the helpers, with the other way tried now and then, and the avoidance window
+/// does not apply (a late team run costs the class's team estimate what it cost, see `route`'s docs for why);
+/// off (the default), as [`for_each`].
 pub(crate) fn for_each_routed(n: usize, threads: usize, work: Work, f: &(dyn Fn(usize) + Sync)) {
     run(n, threads, Some(work), f)
 }
@@ -435,13 +436,18 @@ pub(crate) fn for_each_routed(n: usize, threads: usize, work: Work, f: &(dyn Fn(
 /// The classes of [`for_each_routed`].
 static ROUTER: Mutex<Router> = Mutex::new(Router::new());
 
-/// Whether [`for_each_routed`] routes by cost ([`set_routing`]).
-static ROUTING: AtomicBool = AtomicBool::new(true);
+/// Whether [`for_each_routed`] routes by cost ([`set_routing`]); off by default.
+static ROUTING: AtomicBool = AtomicBool::new(false);
 
-/// Turns the GEMM's routing by measured cost on (the default) or off (its runs then follow the avoidance window,
-/// as the other kernels' do, and as before the routing). The same bits either way; a measurement aid, as
-/// [`super::set_column_lanes`] is: two-thread wall times beside other processes drift between processes, so the
-/// two are compared in the same rounds of one process.
+/// Turns the GEMM's routing by measured cost on or off (the default: its runs then follow the avoidance window, as
+/// the other kernels' do). The same bits either way. Why off by default: each way's cost depends on what the
+/// process ran just before (torch's OpenMP thread spins for milliseconds after a team region and takes a core from
+/// the helpers; after helper runs it sleeps and a team run waits for its wake-up), so a one-run probe of the other
+/// way is measured in the chosen way's wake and finds it dear. Under load 6-9 (2026-12-02) the BERT encoder's
+/// GEMMs stayed on a late team (35-47 of 48 runs, 27-42 of them late) and the forward took 1.2-1.5× the window's,
+/// which keeps every run of the process on the helpers; calls between torch ops (`bench/gemm.py`'s rows) gained
+/// 1.1-8× from it beside a neighbour. Routing that decides for the whole process over phases of runs is the next
+/// step (see `docs/performance/low-bit.md`).
 pub fn set_routing(on: bool) {
     ROUTING.store(on, Ordering::Relaxed);
 }
