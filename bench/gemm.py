@@ -57,8 +57,9 @@ each self-attention's query/key/value as one GEMM (``nnic_transformers.fuse_proj
 attention and residual + LayerNorm on the fused encoder kernels (``nnic_transformers.fuse_encoder``: by default
 with the attention's products in bfloat16 where the CPU has AVX512_BF16, the goal rows), and, where it has, that
 with float32 products (``attention_products="float32"``, the switch back), and the goal row (all fused) with the
-GEMMs' routing by measured cost on (``kernels.set_gemm_routing(True)``, the two trading places every other round); interleaved rounds, agreement as cosine with float32. ``--clock cpu`` times process CPU time instead of wall time (with
-``--threads 1`` it is immune to other processes' load; with more threads it adds the threads' CPU up).
+GEMMs' routing by measured cost on (``kernels.set_gemm_routing(True)``, the two trading places every other round);
+interleaved rounds, agreement as cosine with float32. ``--clock cpu`` times process CPU time instead of wall time
+(with ``--threads 1`` it is immune to other processes' load; with more threads it adds the threads' CPU up).
 """
 
 from __future__ import annotations
