@@ -1,5 +1,7 @@
 //! Which of the two ways a GEMM's parallel run goes, torch's OpenMP team or nnic's own helpers, decided per call
-//! from what each way has cost the same shape class lately (see `super::par`, which times the runs).
+//! from what each way has cost the same shape class lately (see `super::par`, which times the runs), when
+//! `super::par::set_routing` has turned it on (off by default: a one-run probe is measured in the wake of the other
+//! way, see there and `docs/performance/low-bit.md`).
 //!
 //! Why measured cost and not the avoidance window alone: the window (`super::par`'s module docs) sends every run of
 //! the next 0.5-8 s to the helpers after one late team thread. Beside a neighbour that only now and then keeps a team
