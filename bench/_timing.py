@@ -5,21 +5,43 @@ from __future__ import annotations
 import time
 
 
+def round_order(names: list[str], r: int, swap: tuple[str, str] | None = None) -> list[str]:
+    """The order of round ``r``: ``names``, with the two rows of ``swap`` (when given, and both there) trading
+    places in every odd round. Why: a row's time depends on what ran right before it (what the previous call left
+    in the caches, which threads it left spinning), so two rows compared against each other take turns in both
+    places."""
+    order = list(names)
+    if swap is not None and r % 2 == 1 and all(s in order for s in swap):
+        i, j = order.index(swap[0]), order.index(swap[1])
+        order[i], order[j] = order[j], order[i]
+    return order
+
+
+def even_if_swapped(rounds: int, swap: tuple[str, str] | None) -> int:
+    """``rounds``, made even (one more) when two rows trade places: each then sits in each place equally often. Why:
+    with 15 rounds one of them had 8 calls right after the row before the pair and the other 7, and at 512 × 768 ×
+    768 under load a call there took 9 ms against 1.7 ms after the other nnic row, so the row medians came from
+    different groups (2026-12-02: the same routing read 0.2-1.0x the other between runs)."""
+    return rounds + rounds % 2 if swap is not None else rounds
+
+
 def timeit_interleaved(fns: dict, repeats: int, budget: float, clock=time.perf_counter,
-                       after=None) -> dict[str, list[float]]:
+                       after=None, swap: tuple[str, str] | None = None) -> dict[str, list[float]]:
     """Seconds per call of each function, measured round-robin (one call of each per round), so that
     load from other processes hits all of them alike. ``clock=time.process_time`` counts CPU time only.
-    ``after(name)``, when given, runs after each timed call, outside the timing (to read counters)."""
+    ``after(name)``, when given, runs after each timed call, outside the timing (to read counters); ``swap``: two
+    rows that trade places every other round (:func:`round_order`)."""
     once = {}
     for name, fn in fns.items():
         fn()
         t0 = clock()
         fn()
         once[name] = clock() - t0
-    rounds = max(3, min(repeats, int(budget / max(sum(once.values()), 1e-9))))
+    rounds = even_if_swapped(max(3, min(repeats, int(budget / max(sum(once.values()), 1e-9)))), swap)
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
+    for r in range(rounds):
+        for name in round_order(list(fns), r, swap):
+            fn = fns[name]
             t0 = clock()
             fn()
             times[name].append(clock() - t0)

@@ -12,7 +12,10 @@ Rows per (M, K, N): float32 ``torch.matmul`` (MKL), ``torch._int_mm`` (s8·s8→
 per-token activations, fused epilogue), at 13 ≤ M ≤ 28 on the VNNI path the same without its tall tile
 (``kernels.set_gemm_tall_tile(False)``: two or three row panels, the tiling before it), at 29 ≤ M ≤ 192 (K ≤ 4096, N ≥ 897)
 on the VNNI path the same on the planned column blocks instead of its column lanes
-(``kernels.set_gemm_column_lanes(False)``, the scheduling before them) and ``int4_linear`` (int4
+(``kernels.set_gemm_column_lanes(False)``, the scheduling before them), with torch's OpenMP team loaded the same
+with the GEMM's routing by measured cost on (``kernels.set_gemm_routing(True)``; by default the runs follow the
+avoidance window after a late OpenMP thread; right after the default call, the two trading places every other round)
+and ``int4_linear`` (int4
 weights, M ≤ 16 only). All kernels of a
 shape are timed round-robin (one call each per round) so that load from other processes hits them alike;
 times are medians (``--stat min`` for the least-disturbed round);
@@ -53,9 +56,10 @@ with the MLP's GELU fused into the GEMM epilogue (``nnic_transformers.fuse_mlp_a
 each self-attention's query/key/value as one GEMM (``nnic_transformers.fuse_projections``), and that with the
 attention and residual + LayerNorm on the fused encoder kernels (``nnic_transformers.fuse_encoder``: by default
 with the attention's products in bfloat16 where the CPU has AVX512_BF16, the goal rows), and, where it has, that
-with float32 products (``attention_products="float32"``, the switch back); interleaved
-rounds, agreement as cosine with float32. ``--clock cpu`` times process CPU time instead of wall time (with
-``--threads 1`` it is immune to other processes' load; with more threads it adds the threads' CPU up).
+with float32 products (``attention_products="float32"``, the switch back), and the goal row (all fused) with the
+GEMMs' routing by measured cost on (``kernels.set_gemm_routing(True)``, the two trading places every other round);
+interleaved rounds, agreement as cosine with float32. ``--clock cpu`` times process CPU time instead of wall time
+(with ``--threads 1`` it is immune to other processes' load; with more threads it adds the threads' CPU up).
 """
 
 from __future__ import annotations
@@ -77,7 +81,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nnic import kernels  # noqa: E402
-from _timing import timeit_interleaved  # noqa: E402
+from _timing import even_if_swapped, round_order, timeit_interleaved  # noqa: E402
 
 OWN_HELPERS = "nnic int8_linear, nnic's own helpers"
 DEFAULT_LINEAR = "nnic int8_linear f32->f32"
@@ -85,6 +89,9 @@ TWO_PANELS = "nnic int8_linear, no tall tile"
 #: Rows that the VNNI path's tall tile takes as one row panel (``set_gemm_tall_tile``).
 TALL_ROWS = range(13, 29)
 BLOCKS = "nnic int8_linear, column blocks"
+#: The default call with the GEMM's routing by measured cost on (``kernels.set_gemm_routing(True)``; off by default,
+#: when the runs follow the avoidance window a late OpenMP thread opens).
+ROUTED = "nnic int8_linear, routed by cost"
 #: Rows that the VNNI path runs as one row block on column lanes (``set_gemm_column_lanes``), at K <= 4096 and (two
 #: threads) N >= 897.
 LANE_ROWS = range(29, 193)
@@ -192,11 +199,11 @@ def clock_ghz() -> float:
 
 def switched(set_switch, off, on, call):
     """``call`` with one of nnic's scheduling switches set to ``off`` for its duration (and ``on`` again after, also
-    when it raises): the older scheduling timed in the same rounds as the default one."""
+    when it raises), returning what it returns: the older scheduling timed in the same rounds as the default one."""
     def run():
         set_switch(off)
         try:
-            call()
+            return call()
         finally:
             set_switch(on)
     return run
@@ -247,6 +254,9 @@ def shape_kernels(m: int, k: int, n: int, engines: list[str]) -> dict:
     q, s = kernels.quantize_int8_weight(wf)
     pl = kernels.pack_int8_weight(q, s)
     fns[DEFAULT_LINEAR] = lambda: kernels.int8_linear(x, pl)
+    if kernels.gemm_backend() == "openmp":  # routing by measured cost, right after the default call
+        pl_routed = kernels.pack_int8_weight(q, s)  # its own copy, as below
+        fns[ROUTED] = switched(kernels.set_gemm_routing, True, False, lambda: kernels.int8_linear(x, pl_routed))
     if m in LANE_ROWS and k <= 4096 and n >= 897 and kernels.gemm_path() == "avx512vnni":
         # The scheduling before the column lanes, right after the default call (so that both follow a GEMM on
         # torch's team, and find its threads in the same state), on its own copy of the weights (see below).
@@ -315,8 +325,15 @@ def bench_bert(batch: int, seq: int, engines: list[str], repeats: int, budget: f
         return f
 
     fns = {name: call(*me) for name, me in models.items()}
+    goal, routed = "nnic int8, all fused (fuse_encoder)", "nnic int8, all fused, routed by cost"
+    if kernels.gemm_backend() == "openmp":  # the goal row with the GEMMs' routing by measured cost on
+        fns = dict(fns)
+        names = list(fns)
+        fns[routed] = switched(kernels.set_gemm_routing, True, False, call(encoder, None))
+        names.insert(names.index(goal) + 1, routed)
+        fns = {name: fns[name] for name in names}
     with torch.inference_mode():
-        times = timeit_interleaved(fns, repeats, budget, clock)
+        times = timeit_interleaved(fns, repeats, budget, clock, swap=(goal, routed))
         outs = {name: f() for name, f in fns.items()}
     stat = min if stat_name == "min" else statistics.median
     res = {name: stat(ts) for name, ts in times.items()}
@@ -328,6 +345,9 @@ def bench_bert(batch: int, seq: int, engines: list[str], repeats: int, budget: f
         cos = torch.nn.functional.cosine_similarity(outs[name].flatten().double(), ref, dim=0).item()
         print(f"  {name:34s} {t * 1e3:9.1f} ms  {res['float32 torch'] / t:5.2f}x float32  "
               f"{dyn[best] / t:5.2f}x best quantize_dynamic   cos {cos:.5f}")
+    if routed in res:
+        print(f"  routing's speedup (default ÷ routed by cost, the two trading places every other round): "
+              f"{res[goal] / res[routed]:.3f}x")
 
 
 def neighbour(stop, run, threads: int) -> None:
@@ -374,22 +394,23 @@ class Neighbour:
 
 
 def time_alternating(fns: dict, repeats: int, budget: float, nb: Neighbour, clock,
-                     after: dict) -> dict[str, dict[str, list[float]]]:
+                     after: dict, swap: tuple[str, str] | None = None) -> dict[str, dict[str, list[float]]]:
     """Seconds per call of each function in alternating quiet / contended rounds (each round: every function
-    once, round-robin); ``budget`` bounds both settings' rounds together; ``after[setting](name)`` is called after
-    each timed call of that setting."""
+    once, round-robin, the rows of ``swap`` trading places every other round); ``budget`` bounds both settings'
+    rounds together; ``after[setting](name)`` is called after each timed call of that setting."""
     once = 0.0
     for fn in fns.values():
         fn()
         t0 = clock()
         fn()
         once += clock() - t0
-    rounds = max(3, min(repeats, int(budget / 2 / max(once, 1e-9))))
+    rounds = even_if_swapped(max(3, min(repeats, int(budget / 2 / max(once, 1e-9)))), swap)
     times: dict[str, dict[str, list[float]]] = {s: {name: [] for name in fns} for s in ("quiet", "contended")}
-    for _ in range(rounds):
+    for r in range(rounds):
         for setting in ("quiet", "contended"):
             nb.busy(setting == "contended")
-            for name, fn in fns.items():
+            for name in round_order(list(fns), r, swap):
+                fn = fns[name]
                 t0 = clock()
                 fn()
                 times[setting][name].append(clock() - t0)
@@ -452,9 +473,11 @@ def main() -> None:
             after = {setting: (lambda name, setting=setting: (tallies[setting](name), calm[setting](name)))
                      for setting in tallies}
             if nb is None:
-                per_setting = {"quiet": timeit_interleaved(fns, args.repeats, args.budget, clock, after["quiet"])}
+                per_setting = {"quiet": timeit_interleaved(fns, args.repeats, args.budget, clock, after["quiet"],
+                                                           swap=(DEFAULT_LINEAR, ROUTED))}
             else:
-                per_setting = time_alternating(fns, args.repeats, 2 * args.budget, nb, clock, after)
+                per_setting = time_alternating(fns, args.repeats, 2 * args.budget, nb, clock, after,
+                                               swap=(DEFAULT_LINEAR, ROUTED))
             team, omp = kernels.gemm_team_stats(), kernels.gemm_openmp_stats()
             ratios = {}
             for setting, times in per_setting.items():
@@ -475,6 +498,15 @@ def main() -> None:
         print(f"  {'(M, K, N)':18s} {'quiet':>7s} {'contended':>9s} {'contended/quiet':>15s}")
         for spec, r in summary:
             print(f"  {spec:18s} {r['quiet']:6.2f}x {r['contended']:8.2f}x {r['contended'] / r['quiet']:14.2f}x")
+        stat = min if args.stat == "min" else statistics.median
+        per = {key: {name: stat(ts) for name, ts in times.items()} for key, times in all_res.items()}
+        if all(ROUTED in t for t in per.values()):
+            print("the same routed by measured cost (kernels.set_gemm_routing(True)), and routing's speedup:")
+            for spec, _ in summary:
+                q, c = per[f"{spec} quiet"], per[f"{spec} contended"]
+                rq, rc = (min(v for name, v in t.items() if "dynamic" in name) / t[ROUTED] for t in (q, c))
+                print(f"  {spec:18s} {rq:6.2f}x {rc:8.2f}x {rc / rq:14.2f}x   routing's speedup quiet "
+                      f"{q[DEFAULT_LINEAR] / q[ROUTED]:.2f}x, contended {c[DEFAULT_LINEAR] / c[ROUTED]:.2f}x")
     if args.json:
         with contextlib.suppress(OSError):
             args.json.write_text(json.dumps(all_res, indent=1))
@@ -526,6 +558,9 @@ def report(m: int, k: int, n: int, times: dict[str, list[float]], stat_name: str
     if dyn and TWO_PANELS in res:
         lines.append(f"without the tall tile: {min(dyn) / res[TWO_PANELS]:.2f}x (the tall tile's speedup "
                      f"{res[TWO_PANELS] / nn_lin:.2f}x)")
+    if dyn and ROUTED in res:
+        lines.append(f"routed by cost: {min(dyn) / res[ROUTED]:.2f}x (the routing's speedup "
+                     f"{nn_lin / res[ROUTED]:.2f}x)")
     if dyn and BLOCKS in res:
         lines.append(f"on column blocks: {min(dyn) / res[BLOCKS]:.2f}x (the column lanes' speedup "
                      f"{res[BLOCKS] / nn_lin:.2f}x)")

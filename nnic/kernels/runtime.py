@@ -24,8 +24,10 @@ from nnic.kernels.adapters import as_int
 
 __all__ = [
     "active_isa", "apply_env", "cpu_features", "gemm_backend", "gemm_openmp_stats", "gemm_path", "gemm_paths",
-    "gemm_pool_stats", "gemm_spin_us", "gemm_team_stats", "gemm_vnni_peak_gops", "get_num_threads", "last_level_cache_bytes", "native",
-    "set_gemm_backend", "set_gemm_column_lanes", "set_gemm_spin_us", "set_gemm_tall_tile", "set_isa", "set_num_threads",
+    "gemm_pool_stats", "gemm_route_stats", "gemm_spin_us", "gemm_team_stats", "gemm_vnni_peak_gops",
+    "get_num_threads", "last_level_cache_bytes", "native",
+    "set_gemm_backend", "set_gemm_column_lanes", "set_gemm_routing", "set_gemm_spin_us", "set_gemm_tall_tile",
+    "set_isa", "set_num_threads",
     "supported_isas",
 ]
 
@@ -210,6 +212,36 @@ def gemm_pool_stats(reset: bool = False) -> dict[str, int]:
     ``rayon`` backend, and the fallback after a late OpenMP thread): ``late`` counts the runs in which no helper
     took a task (the caller ran them all) and ``arrival_ns`` sums the first helper's arrival."""
     return dict(zip(_RUN_STATS, native.gemm_pool_stats(bool(reset))))
+
+
+def set_gemm_routing(on: bool) -> None:
+    """Turns the int8 GEMM's routing by measured cost on, or off (the default). With it, each GEMM's parallel run
+    goes to torch's OpenMP team or to nnic's own helpers, whichever cost its shape class less per multiply-add over
+    its last runs (:func:`gemm_route_stats`); without it, GEMMs follow the avoidance window that a late OpenMP
+    thread opens (0.5-8 s on the helpers), as the other kernels' parallel runs do. Both give the same bits.
+
+    Off by default because a way's cost depends on what the process ran just before it (torch's OpenMP thread spins
+    for milliseconds after its runs), so a probe of the other way finds it dear: under load (2026-12-02) routing
+    gained 1.1-8x for int8 Linear calls between torch ops beside a neighbour (``bench/gemm.py --contention``), but
+    kept the fused BERT encoder's GEMMs on a late team, 1.2-1.5x slower than the window (``bench/gemm.py --bert``,
+    which times both in the same rounds).
+
+    :raises TypeError: ``on`` is not a bool.
+    """
+    if not isinstance(on, bool):
+        raise TypeError(f"on must be a bool, got {type(on).__name__}")
+    native.set_gemm_routing(on)
+
+
+def gemm_route_stats(reset: bool = False) -> dict[str, int]:
+    """Where the GEMMs' parallel runs went since start (or the last ``reset=True``) with :func:`set_gemm_routing`
+    on and torch's OpenMP team there to choose: ``team`` and ``helpers`` (runs on each way), ``probes`` (runs that tried the way their shape
+    class had not chosen) and ``switches`` (a class changing ways). Each class of shapes keeps what its last runs
+    cost per multiply-add on each way and runs on the cheaper one, trying the other now and then (as often as 1 %
+    of the time pays for: every 80 runs when it costs 1.8 times as much): a late OpenMP thread now and then does
+    not send a series of GEMMs to the helpers, a team that is late on every run does
+    (``rust/nnic-kernels/src/gemm/route.rs``)."""
+    return dict(zip(("team", "helpers", "probes", "switches"), native.gemm_route_stats(bool(reset))))
 
 
 def apply_env() -> None:

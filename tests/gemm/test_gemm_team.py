@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from nnic import kernels
 from nnic.kernels import runtime
@@ -146,3 +147,51 @@ def test_own_helper_counters_account_for_every_task(pool_of_two):
     assert 0 < s["region_ns"] and s["tail_ns"] <= s["wait_ns"] <= s["region_ns"]
     assert kernels.gemm_pool_stats(reset=True) == s
     assert kernels.gemm_pool_stats()["runs"] == 0
+
+
+def test_routed_gemms_are_counted_and_probe_the_other_way(openmp_team_of_two):
+    """With routing by measured cost on and torch's OpenMP team there, each GEMM's parallel run goes the way its
+    shape class found cheaper lately and tries the other one now and then, the first time 2 runs after the class
+    starts: 70 runs of a shape no other test uses count 70 routed runs, at least one of them a probe, and every
+    result is exact whichever way it went (the costs depend on the machine's load, the counts' invariants do
+    not)."""
+    rng = np.random.default_rng(4)
+    a = rng.integers(-128, 128, (96, 1996), dtype=np.int8)
+    w = rng.integers(-128, 128, (480, 1996), dtype=np.int8)
+    packed, want = kernels.pack_int8_weight(w, 1.0), a.astype(np.int64) @ w.T.astype(np.int64)
+    out = np.empty(want.shape, np.int32)
+    kernels.set_gemm_routing(True)
+    try:
+        kernels.gemm_route_stats(reset=True)
+        for _ in range(70):
+            packed.matmul(a, out)
+            assert np.array_equal(out, want)
+        s = kernels.gemm_route_stats()
+    finally:
+        kernels.set_gemm_routing(False)
+    assert s["team"] + s["helpers"] == 70
+    assert 1 <= s["probes"] <= 70
+    assert kernels.gemm_route_stats(reset=True) == s
+    assert kernels.gemm_route_stats() == {"team": 0, "helpers": 0, "probes": 0, "switches": 0}
+
+
+def test_routing_gives_the_same_bits_and_is_off_by_default(openmp_team_of_two):
+    """Routing changes where runs go, never the result: an int8 Linear's outputs are identical with it on and off;
+    off (the default), no run counts as routed."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((128, 1024), dtype=np.float32)
+    q, s = kernels.quantize_int8_weight(torch.from_numpy(rng.standard_normal((768, 1024), dtype=np.float32)))
+    packed = kernels.pack_int8_weight(q, s)
+    kernels.gemm_route_stats(reset=True)
+    window = kernels.int8_linear(x, packed)
+    assert kernels.gemm_route_stats() == {"team": 0, "helpers": 0, "probes": 0, "switches": 0}
+    kernels.set_gemm_routing(True)
+    try:
+        routed = [kernels.int8_linear(x, packed) for _ in range(5)]
+        assert kernels.gemm_route_stats()["team"] + kernels.gemm_route_stats()["helpers"] == 5
+    finally:
+        kernels.set_gemm_routing(False)
+    for out in routed:
+        assert np.array_equal(np.asarray(out), np.asarray(window))
+    with pytest.raises(TypeError, match="on must be a bool, got int"):
+        kernels.set_gemm_routing(1)

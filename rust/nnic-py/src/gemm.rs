@@ -85,6 +85,14 @@ pub fn set_gemm_column_lanes(on: bool) {
     gemm::set_column_lanes(on)
 }
 
+/// Turns the int8 GEMM's routing by measured cost (each run on torch's OpenMP team or nnic's helpers, whichever
+/// cost its shape class less lately) on, or off (the default: the avoidance window after a late team thread): the
+/// same bits either way (see `gemm::par::set_routing` for why it is off by default).
+#[pyfunction]
+pub fn set_gemm_routing(on: bool) {
+    gemm::set_routing(on)
+}
+
 /// How long the GEMM's helper threads poll for the next GEMM before parking, in microseconds.
 #[pyfunction]
 pub fn gemm_spin_us() -> f64 {
@@ -133,6 +141,18 @@ pub fn gemm_pool_stats(reset: bool) -> (u64, u64, u64, u64, u64, u64, u64, u64) 
         gemm::par::reset_pool_stats();
     }
     stats_tuple(s)
+}
+
+/// Where the GEMMs' routed parallel runs went: `(team, helpers, probes, switches)` (see `gemm::route`); `reset`
+/// zeroes them after reading.
+#[pyfunction]
+#[pyo3(signature = (reset=false))]
+pub fn gemm_route_stats(reset: bool) -> (u64, u64, u64, u64) {
+    let s = gemm::par::route_stats();
+    if reset {
+        gemm::par::reset_route_stats();
+    }
+    (s.team, s.helpers, s.probes, s.switches)
 }
 
 fn stats_tuple(s: gemm::par::TeamStats) -> (u64, u64, u64, u64, u64, u64, u64, u64) {

@@ -16,9 +16,9 @@ use pyo3::prelude::*;
 mod _kernels {
     #[pymodule_export]
     use crate::gemm::{
-        gemm_backend, gemm_openmp_stats, gemm_path, gemm_paths, gemm_pool_stats, gemm_spin_us, gemm_team_stats, gemm_vnni_peak,
-        int8_matmul, set_gemm_backend, set_gemm_column_lanes, set_gemm_spin_us, set_gemm_tall_tile, PackedInt4Weight,
-        PackedInt8Weight,
+        gemm_backend, gemm_openmp_stats, gemm_path, gemm_paths, gemm_pool_stats, gemm_route_stats, gemm_spin_us,
+        gemm_team_stats, gemm_vnni_peak, int8_matmul, set_gemm_backend, set_gemm_column_lanes, set_gemm_routing,
+        set_gemm_spin_us, set_gemm_tall_tile, PackedInt4Weight, PackedInt8Weight,
     };
     #[pymodule_export]
     use crate::decoder::{add_rms_norm, decode_attention, decode_layer_step, rms_norm, silu_mul};

@@ -324,7 +324,23 @@ pub(super) fn drive(
             }
         },
     };
-    par::for_each(packs + lanes.as_ref().map_or(blocks.len(), Lanes::len), threads, &task);
+    let work = par::Work { key: class_key(path, m, n, kp, threads, hooks), units: (m * n * kp) as f64 };
+    par::for_each_routed(packs + lanes.as_ref().map_or(blocks.len(), Lanes::len), threads, work, &task);
+}
+
+/// The shape class of a product for [`par::for_each_routed`]: the path, the rows rounded up to a power of two
+/// (a layer called with a varying number of tokens shares its costs per multiply-add between neighbouring
+/// counts), N, padded K, the threads and which hooks run in the region (FNV-1a over them).
+fn class_key(path: Path, m: usize, n: usize, kp: usize, threads: usize, hooks: Hooks) -> u64 {
+    let parts = [
+        path as u64,
+        m.next_power_of_two() as u64,
+        n as u64,
+        kp as u64,
+        threads as u64,
+        hooks.pack.is_some() as u64 | (hooks.rows_done.is_some() as u64) << 1,
+    ];
+    parts.iter().fold(0xcbf2_9ce4_8422_2325, |h, &v| (h ^ v).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 pub(super) fn check_out<T>(what: &str, got: &[T], want: usize) -> Result<()> {

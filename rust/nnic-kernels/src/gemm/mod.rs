@@ -26,8 +26,9 @@
 //!   projection, residual add and LayerNorm in one region);
 //! - [`conv`]: int8 conv2d by im2col into the activation panels; [`int4`]: int4 weights (tiles in
 //!   `int4_micro`);
-//! - [`par`]: where the parallel tasks run (OpenMP team or the kernel pool); `neighbours`: the probe of other
-//!   processes' CPU use that ends its avoidance of the team once they have left;
+//! - [`par`]: where the parallel tasks run (OpenMP team or the kernel pool); `route`: the GEMM's choice between
+//!   the two per shape class, from what each cost lately; `neighbours`: the probe of other processes' CPU use that
+//!   ends the avoidance window of the team (for the other kernels' parallel runs) once they have left;
 //! - [`profile`]: the stages of one linear layer timed apart, and the VNNI peak (for `examples/gemm_parts.rs`).
 mod act_pack;
 pub mod conv;
@@ -43,6 +44,7 @@ mod panels;
 pub mod par;
 pub mod path;
 pub mod profile;
+mod route;
 
 pub use act_pack::{qparams as act_qparams, ActQuant};
 pub use driver::{int8_matmul, matmul_i8, set_column_lanes, KC};
@@ -50,6 +52,7 @@ pub use epilogue::Activation;
 pub(crate) use epilogue::{gelu, relu};
 pub use linear::{int8_linear, int8_linear_skip_layer_norm, PackedLinear};
 pub use panels::{PackedB, MAX_K, NR};
+pub use par::set_routing;
 pub use path::{set_tall_tile, Path};
 
 pub(crate) use driver::{plan, Block};

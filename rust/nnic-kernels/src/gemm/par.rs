@@ -40,7 +40,18 @@
 //! window at its first look), and each window sent the next 0.1 s of calls, 5-8 rounds, to the helpers, where the
 //! call shares the cores with torch's spinning OpenMP thread: 7 of 15 calls on the team gave a median of 0.713 ms,
 //! 10 of 15 0.592 ms, the team's own calls ~0.59 ms. A neighbour that arrives costs one late run more than before.
+//!
+//! With [`set_routing`] on (off by default: see there why), the GEMM's own runs ([`for_each_routed`], from
+//! `super::driver`) do not follow the window: each goes the way that cost its shape class least over its last runs,
+//! the other way tried now and then, so that probing costs ~1 % ([`super::route`]).
+//! Why: one late run in a window's worth of good ones sent the next 0.5 s of GEMMs to the helpers, where beside a
+//! neighbour they cost ~1.8× the team's (`bench/gemm.py --contention` at 512 × 768 × 768, run M of 2026-12-01:
+//! 7 of 15 contended calls, 1.76 ms against 0.975 ms, the row at 0.79× its quiet ratio); a team that is late on
+//! every run still loses the class after two runs. Their team runs still feed the window (a late one opens it) for
+//! the other kernels' runs ([`for_each`]: attention, sparse products, packing), which have no class to keep costs
+//! for.
 use super::neighbours;
+use super::route::{Router, Way};
 use crate::error::{KernelError, Result};
 use crate::team;
 use std::ffi::c_void;
@@ -400,8 +411,76 @@ pub fn reset_pool_stats() {
     POOL_RUNS.reset()
 }
 
-/// Runs `f(i)` for every `i` in `0..n`, on up to `threads` threads (tasks taken in order, dynamically).
+/// Runs `f(i)` for every `i` in `0..n`, on up to `threads` threads (tasks taken in order, dynamically): on the
+/// OpenMP team unless a recent late team thread opened an avoidance window (see the module docs).
 pub(crate) fn for_each(n: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
+    run(n, threads, None, f)
+}
+
+/// What a GEMM tells [`for_each_routed`] about its run: `key` names its shape class (runs of one class are
+/// compared with each other), `units` its work (the costs are kept per unit, so that shapes of one class compare).
+#[derive(Copy, Clone, Debug)]
+pub(crate) struct Work {
+    pub key: u64,
+    pub units: f64,
+}
+
+/// [`for_each`] for a GEMM: with [`set_routing`] on, its runs go the way that cost its class least lately
+/// ([`super::route`]), the team or the helpers, with the other way tried now and then, and the avoidance window
+/// does not apply (a late team run costs the class's team estimate what it cost, see `route`'s docs for why);
+/// off (the default), as [`for_each`].
+pub(crate) fn for_each_routed(n: usize, threads: usize, work: Work, f: &(dyn Fn(usize) + Sync)) {
+    run(n, threads, Some(work), f)
+}
+
+/// The classes of [`for_each_routed`].
+static ROUTER: Mutex<Router> = Mutex::new(Router::new());
+
+/// Whether [`for_each_routed`] routes by cost ([`set_routing`]); off by default.
+static ROUTING: AtomicBool = AtomicBool::new(false);
+
+/// Turns the GEMM's routing by measured cost on or off (the default: its runs then follow the avoidance window, as
+/// the other kernels' do). The same bits either way. Why off by default: each way's cost depends on what the
+/// process ran just before (torch's OpenMP thread spins for milliseconds after a team region and takes a core from
+/// the helpers; after helper runs it sleeps and a team run waits for its wake-up), so a one-run probe of the other
+/// way is measured in the chosen way's wake and finds it dear. Under load 6-9 (2026-12-02) the BERT encoder's
+/// GEMMs stayed on a late team (35-47 of 48 runs, 27-42 of them late) and the forward took 1.2-1.5× the window's,
+/// which keeps every run of the process on the helpers; calls between torch ops (`bench/gemm.py`'s rows) gained
+/// 1.1-8× from it beside a neighbour. Routing that decides for the whole process over phases of runs is the next
+/// step (see `docs/performance/low-bit.md`).
+pub fn set_routing(on: bool) {
+    ROUTING.store(on, Ordering::Relaxed);
+}
+
+/// How many [`for_each_routed`] runs went each way, and how many of them were probes (not the way their class
+/// had chosen), since the process started (or the last reset).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouteStats {
+    pub team: u64,
+    pub helpers: u64,
+    pub probes: u64,
+    /// Switches of a class from one way to the other.
+    pub switches: u64,
+}
+
+static ROUTED: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+
+/// The counters of [`RouteStats`].
+pub fn route_stats() -> RouteStats {
+    let c = |i: usize| ROUTED[i].load(Ordering::Relaxed);
+    RouteStats { team: c(0), helpers: c(1), probes: c(2), switches: c(3) }
+}
+
+/// Sets the counters of [`route_stats`] to zero.
+pub fn reset_route_stats() {
+    ROUTED.iter().for_each(|c| c.store(0, Ordering::Relaxed));
+}
+
+fn router() -> std::sync::MutexGuard<'static, Router> {
+    ROUTER.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn run(n: usize, threads: usize, work: Option<Work>, f: &(dyn Fn(usize) + Sync)) {
     if n == 0 {
         return;
     }
@@ -410,51 +489,73 @@ pub(crate) fn for_each(n: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
         (0..n).for_each(f);
         return;
     }
-    match gomp() {
-        Some(parallel) if !team_contended(threads) => {
-            let start = Instant::now();
-            let job = Job {
-                f,
-                next: AtomicUsize::new(0),
-                n,
-                panicked: AtomicBool::new(false),
-                start,
-                caller: std::thread::current().id(),
-                last_arrival: AtomicU64::new(0),
-                last_done: AtomicU64::new(0),
-                by_team: AtomicUsize::new(0),
-                caller_done: AtomicU64::new(0),
-            };
-            // SAFETY: `trampoline` only reads `job`, which outlives the call; flags 0 = default binding.
-            unsafe { parallel(trampoline, &job as *const Job as *mut c_void, threads as u32, 0) };
-            let region_ns = start.elapsed().as_nanos() as u64;
-            let late = job.last_arrival.load(Ordering::Relaxed) > LATE.as_nanos() as u64;
-            let forgiven = PROBE.lock().unwrap_or_else(|e| e.into_inner()).after_team_run(
-                late,
-                threads,
-                Instant::now(),
-                neighbours::sample,
-            );
-            let (now_avoid, next) = avoid_window(late && !forgiven, AVOID_NS.load(Ordering::Relaxed));
-            AVOID_NS.store(next, Ordering::Relaxed);
-            if let Some(w) = now_avoid {
-                let until = nanos_since_epoch(Instant::now() + Duration::from_nanos(w)).max(1);
-                AVOID_UNTIL.store(until, Ordering::Relaxed);
-            }
-            OPENMP_RUNS.add(
-                late,
-                n,
-                job.by_team.load(Ordering::Relaxed),
-                job.last_arrival.load(Ordering::Relaxed),
-                job.last_done.load(Ordering::Relaxed),
-                job.caller_done.load(Ordering::Relaxed),
-                region_ns,
-            );
-            if job.panicked.load(Ordering::Relaxed) {
-                panic!("a GEMM task panicked");
-            }
+    let Some(parallel) = gomp() else {
+        on_pool(n, threads, f);
+        return;
+    };
+    let Some(work) = work.filter(|_| ROUTING.load(Ordering::Relaxed)) else {
+        if team_contended(threads) {
+            on_pool(n, threads, f);
+        } else {
+            on_team(parallel, n, threads, f);
         }
-        _ => on_pool(n, threads, f),
+        return;
+    };
+    let (way, probe) = router().choose(work.key);
+    let start = Instant::now();
+    match way {
+        Way::Team => on_team(parallel, n, threads, f),
+        Way::Helpers => on_pool(n, threads, f),
+    }
+    let cost = start.elapsed().as_nanos() as f64 / work.units.max(1.0);
+    let switched = router().record(work.key, way, cost);
+    for (i, add) in [way == Way::Team, way == Way::Helpers, probe, switched].into_iter().enumerate() {
+        ROUTED[i].fetch_add(add as u64, Ordering::Relaxed);
+    }
+}
+
+/// One run on the OpenMP team; records how late its last thread arrived (the avoidance window) and the counters.
+fn on_team(parallel: GompParallel, n: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
+    let start = Instant::now();
+    let job = Job {
+        f,
+        next: AtomicUsize::new(0),
+        n,
+        panicked: AtomicBool::new(false),
+        start,
+        caller: std::thread::current().id(),
+        last_arrival: AtomicU64::new(0),
+        last_done: AtomicU64::new(0),
+        by_team: AtomicUsize::new(0),
+        caller_done: AtomicU64::new(0),
+    };
+    // SAFETY: `trampoline` only reads `job`, which outlives the call; flags 0 = default binding.
+    unsafe { parallel(trampoline, &job as *const Job as *mut c_void, threads as u32, 0) };
+    let region_ns = start.elapsed().as_nanos() as u64;
+    let late = job.last_arrival.load(Ordering::Relaxed) > LATE.as_nanos() as u64;
+    let forgiven = PROBE.lock().unwrap_or_else(|e| e.into_inner()).after_team_run(
+        late,
+        threads,
+        Instant::now(),
+        neighbours::sample,
+    );
+    let (now_avoid, next) = avoid_window(late && !forgiven, AVOID_NS.load(Ordering::Relaxed));
+    AVOID_NS.store(next, Ordering::Relaxed);
+    if let Some(w) = now_avoid {
+        let until = nanos_since_epoch(Instant::now() + Duration::from_nanos(w)).max(1);
+        AVOID_UNTIL.store(until, Ordering::Relaxed);
+    }
+    OPENMP_RUNS.add(
+        late,
+        n,
+        job.by_team.load(Ordering::Relaxed),
+        job.last_arrival.load(Ordering::Relaxed),
+        job.last_done.load(Ordering::Relaxed),
+        job.caller_done.load(Ordering::Relaxed),
+        region_ns,
+    );
+    if job.panicked.load(Ordering::Relaxed) {
+        panic!("a GEMM task panicked");
     }
 }
 
