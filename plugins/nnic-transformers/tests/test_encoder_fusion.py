@@ -15,6 +15,7 @@ import nnic
 transformers = pytest.importorskip("transformers")
 from nnic_transformers import (  # noqa: E402
     EmbedLayerNorm,
+    FusedEncoderLayer,
     FusedSelfAttention,
     SkipLayerNormOutput,
     fuse_encoder,
@@ -23,6 +24,8 @@ from nnic_transformers import (  # noqa: E402
 )
 
 LAYER_BLOCKS = ("attention.self", "attention.output", "output")
+#: The layers ``fuse_encoder`` wraps whole (transformers 5's ``BertLayer``, which returns a tensor), after their blocks.
+WHOLE_LAYERS = ["encoder.layer.0", "encoder.layer.1"] if int(transformers.__version__.split(".")[0]) >= 5 else []
 
 
 def bert(model_cls=None, attn="sdpa", **kw) -> nn.Module:
@@ -49,7 +52,7 @@ def test_float_bert_gives_the_same_output_within_float32_rounding(attn, padded):
     model = bert(attn=attn)
     fused = copy.deepcopy(model)
     names = fuse_encoder(fused)
-    assert names == ["embeddings"] + [f"encoder.layer.{i}.{b}" for i in range(2) for b in LAYER_BLOCKS]
+    assert names == ["embeddings"] + [f"encoder.layer.{i}.{b}" for i in range(2) for b in LAYER_BLOCKS] + WHOLE_LAYERS
     assert isinstance(fused.embeddings, EmbedLayerNorm)
     assert isinstance(fused.encoder.layer[0].attention.self, FusedSelfAttention)
     assert isinstance(fused.encoder.layer[1].output, SkipLayerNormOutput)
@@ -69,7 +72,7 @@ def test_int8_bert_with_one_qkv_gemm_reads_it_in_place_with_the_same_output():
     fuse_mlp_activations(q)
     fuse_projections(q)
     fused = copy.deepcopy(q)
-    assert len(fuse_encoder(fused, attention_products="float32")) == 7  # the switch back from the default
+    assert len(fuse_encoder(fused, attention_products="float32")) == 7 + len(WHOLE_LAYERS)  # the switch back
     assert fused.encoder.layer[0].attention.self.products_now() == "float32"
     kw = inputs()
     with torch.inference_mode():
@@ -119,9 +122,9 @@ def test_int8_bert_defaults_to_bf16_attention_products_within_its_own_quantizati
     the float model stays that of the float32 products."""
     model, q = bert(), int8_bert()
     default, f32, bf16 = copy.deepcopy(q), copy.deepcopy(q), copy.deepcopy(q)
-    assert len(fuse_encoder(default)) == 7
+    assert len(fuse_encoder(default)) == 7 + len(WHOLE_LAYERS)
     fuse_encoder(f32, attention_products="float32")
-    assert len(fuse_encoder(bf16, attention_products="bfloat16")) == 7
+    assert len(fuse_encoder(bf16, attention_products="bfloat16")) == 7 + len(WHOLE_LAYERS)
     attention = default.encoder.layer[1].attention.self
     assert attention.products == "auto" and attention.products_now() == "bfloat16"
     assert "products=auto" in repr(attention)
@@ -277,3 +280,90 @@ def test_embeddings_fall_back_to_the_original_code():
     want = model.embeddings(input_ids=ids)
     torch.manual_seed(3)
     assert torch.equal(fused.embeddings(input_ids=ids), want)  # training: same dropout draws, same code
+
+
+def fused_int8_bert() -> nn.Module:
+    """The int8 model as the benches run it: GELU in the MLP's GEMM, one QKV GEMM, ``fuse_encoder``."""
+    q = int8_bert()
+    fuse_mlp_activations(q)
+    fuse_encoder(q)
+    return q
+
+
+def unwrapped_layers(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose :class:`FusedEncoderLayer` wrappers are replaced by the layers they wrap."""
+    copied = copy.deepcopy(model)
+    layers = copied.encoder.layer
+    for i, layer in enumerate(layers):
+        if isinstance(layer, FusedEncoderLayer):
+            layers[i] = layer.inner
+    return copied
+
+
+@pytest.mark.skipif(not WHOLE_LAYERS, reason="transformers before 5: BertLayer returns a tuple, not wrapped")
+def test_int8_layers_call_their_fused_blocks_directly_with_the_same_bits(monkeypatch):
+    """Each layer runs its fused blocks' forwards without transformers' module calls between them (no
+    ``apply_chunking_to_forward``), and the output is bit for bit that of the layers' own forward."""
+    from transformers.models.bert import modeling_bert
+
+    q = fused_int8_bert()
+    assert all(isinstance(layer, FusedEncoderLayer) for layer in q.encoder.layer)
+    layer = q.encoder.layer[0]
+    assert layer.attention is layer.inner.attention and layer.output is layer.inner.output  # read through
+    reference = unwrapped_layers(q)
+    chunked = []
+    original = modeling_bert.apply_chunking_to_forward
+    monkeypatch.setattr(modeling_bert, "apply_chunking_to_forward",
+                        lambda *a, **k: chunked.append(1) or original(*a, **k))
+    for kw in (inputs(), {"input_ids": inputs()["input_ids"]}):  # a padding mask, and none
+        with torch.inference_mode():
+            got = q(**kw).last_hidden_state
+            assert not chunked  # the direct calls ran
+            want = reference(**kw).last_hidden_state
+            assert len(chunked) == 2  # the layers' own forwards ran
+        chunked.clear()
+        assert torch.equal(got, want)
+    assert fuse_encoder(q) == []  # already wrapped
+
+
+@pytest.mark.skipif(not WHOLE_LAYERS, reason="transformers before 5: BertLayer returns a tuple, not wrapped")
+def test_layers_with_hooks_or_in_training_run_their_own_forward():
+    """A hook on a module the direct calls would skip sees its calls (the layer's own forward ran), with the same
+    output; so does training, with the original's dropout draws."""
+    q = fused_int8_bert()
+    reference = unwrapped_layers(q)
+    kw = inputs()
+    seen = []
+    dense = q.encoder.layer[1].intermediate.dense
+    handle = dense.register_forward_hook(lambda m, args, out: seen.append(out.shape))
+    with torch.inference_mode():
+        assert torch.equal(q(**kw).last_hidden_state, reference(**kw).last_hidden_state)
+    assert seen == [(3, 24, 128)]
+    handle.remove()
+    handle = q.encoder.layer[0].attention.self.inner.query.register_forward_pre_hook(lambda m, args: seen.append(0))
+    with torch.inference_mode():
+        assert torch.equal(q(**kw).last_hidden_state, reference(**kw).last_hidden_state)
+    assert seen[1:] == [0]  # the query's part ran as a module
+    handle.remove()
+
+    model = bert(hidden_dropout_prob=0.5)
+    fused = copy.deepcopy(model)
+    fuse_encoder(fused)
+    assert isinstance(fused.encoder.layer[0], FusedEncoderLayer)
+    model.train()
+    fused.train()
+    torch.manual_seed(5)
+    want = model(**kw).last_hidden_state
+    torch.manual_seed(5)
+    torch.testing.assert_close(fused(**kw).last_hidden_state, want)  # same draws: the same code ran
+
+
+@pytest.mark.skipif(not WHOLE_LAYERS, reason="transformers before 5: BertLayer returns a tuple, not wrapped")
+def test_float_layers_call_their_blocks_directly_with_the_same_bits():
+    """Without int8 layers (a float model: the MLP's GELU a module of its own) the direct calls give the layers'
+    own output too."""
+    fused = bert()
+    fuse_encoder(fused)
+    kw = inputs()
+    with torch.inference_mode():
+        assert torch.equal(fused(**kw).last_hidden_state, unwrapped_layers(fused)(**kw).last_hidden_state)

@@ -33,6 +33,20 @@ from nnic_transformers.fusion import _same_code
 ATTENTION_PRODUCTS = ("auto", "float32", "bfloat16")
 
 
+def direct_calls(*modules: nn.Module) -> bool:
+    """Whether calling ``modules`` runs nothing but their ``forward``: no forward or backward hook on any of them
+    or on all modules, and no tracing or compiling (which record module calls). Then a fused block calls their
+    ``forward`` directly, saving ``nn.Module.__call__``'s Python (see :class:`FusedEncoderLayer`)."""
+    from torch.nn.modules import module as torch_module
+
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks \
+            or torch_module._global_backward_hooks or torch_module._global_backward_pre_hooks \
+            or torch._C._get_tracing_state() or torch.compiler.is_compiling():
+        return False
+    return not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+                   for m in modules)
+
+
 def _quantized_projections(inner: nn.Module) -> bool:
     """Whether ``inner``'s query, key and value are nnic int8/int4 layers (also as parts of one fused QKV GEMM)."""
     from nnic.quantization.modules import Int4Linear, Int8Linear
@@ -78,6 +92,22 @@ class FusedSelfAttention(nn.Module):
             return self.products
         return "bfloat16" if _quantized_projections(self.inner) else "float32"
 
+    def _projections(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``inner``'s query, key and value of ``hidden_states``. When they are the three parts of one fused GEMM
+        (:func:`nnic_transformers.fuse_projections`) and no hook watches the parts or the GEMM, that GEMM's
+        ``forward`` runs once, directly, and its output is split as the parts would split it (the same views of
+        the same bits); else the three module calls."""
+        from nnic.quantization.shared_input import SharedInputPart
+
+        inner = self.inner
+        q, k, v = inner.query, inner.key, inner.value
+        if type(q) is SharedInputPart and type(k) is SharedInputPart and type(v) is SharedInputPart:
+            shared = q.shared
+            if k.shared is shared and v.shared is shared and (q.index, k.index, v.index) == (0, 1, 2) \
+                    and len(shared.splits) == 3 and direct_calls(q, k, v, shared, shared.fused):
+                return tuple(torch.split(shared.fused.forward(hidden_states), shared.splits, dim=-1))
+        return q(hidden_states), k(hidden_states), v(hidden_states)
+
     def _key_mask(self, mask: torch.Tensor | None, batch: int, seq: int) -> torch.Tensor | None | bool:
         """The ``[batch, seq]`` key mask of transformers' ``[batch, 1, seq|1, seq]`` mask, or ``False`` when it
         varies between query rows (a causal or 2-D mask: the kernel takes one mask row per sequence)."""
@@ -102,7 +132,7 @@ class FusedSelfAttention(nn.Module):
             return inner(hidden_states, attention_mask=attention_mask, cache=cache, **kwargs)
         from nnic import kernels
 
-        q, k, v = inner.query(hidden_states), inner.key(hidden_states), inner.value(hidden_states)
+        q, k, v = self._projections(hidden_states)
         out = kernels.attention(q, k, v, inner.num_attention_heads, inner.scaling, mask, products=self.products_now())
         return out.to(hidden_states.dtype), None
 
@@ -206,6 +236,95 @@ class EmbedLayerNorm(nn.Module):
                                         norm.eps)
 
 
+class FusedEncoderLayer(nn.Module):
+    """A BERT-style encoder layer (``inner``: transformers 5's ``BertLayer`` code) whose fused blocks
+    (:class:`FusedSelfAttention`, :class:`SkipLayerNormOutput`, the MLP's int8 GEMM with its GELU) run one after
+    another with their ``forward`` called directly: the same kernel calls on the same tensors, so the same bits,
+    without the module calls between them (``BertLayer`` → ``BertAttention`` → ..., transformers'
+    ``apply_chunking_to_forward``, each part of the fused QKV GEMM).
+
+    Why: those calls are Python run right after a GEMM has pushed the interpreter's code and data out of the
+    caches: about 5 ms of a batch-8 BERT-base forward's 530 ms at one thread (docs/performance/onnx.md, round of
+    2026-12-02), serial time that the second thread cannot share. Everything else runs ``inner``: training, a
+    cache or cross-attention inputs, other keyword arguments, a chunked feed-forward, parts that are not the fused
+    wrappers, and any hook on the layer or on the modules it would skip (:func:`direct_calls`)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def __getattr__(self, name: str):
+        """The wrapped layer's attributes read through (``BertModel.prune_heads`` reads ``layer.attention``)."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("inner"), name)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                encoder_hidden_states: torch.Tensor | None = None, *args, **kwargs) -> torch.Tensor:
+        inner = self.inner
+        if self.training or encoder_hidden_states is not None or args \
+                or any(v is not None for v in kwargs.values()) or not self._direct(inner):
+            return inner(hidden_states, attention_mask, encoder_hidden_states, *args, **kwargs)
+        attention, intermediate = inner.attention, inner.intermediate
+        # BertAttention.forward, then BertLayer.feed_forward_chunk (unchunked), as their forwards call them
+        context, _ = attention.self.forward(hidden_states, encoder_hidden_states=None, attention_mask=attention_mask,
+                                            cache=None)
+        attention_output = attention.output.forward(context, hidden_states)
+        dense, act = intermediate.dense, intermediate.intermediate_act_fn
+        if type(act) is nn.Identity and direct_calls(intermediate, dense, act):  # the GELU is in dense's epilogue
+            mlp = dense.forward(attention_output)
+        else:
+            mlp = intermediate(attention_output)
+        return inner.output.forward(mlp, attention_output)
+
+    @staticmethod
+    def _direct(inner: nn.Module) -> bool:
+        """Whether ``inner``'s blocks are the fused wrappers and plain BERT code, so that calling their forwards in
+        order computes ``inner``'s forward."""
+        attention, intermediate, output = (inner._modules.get(n) for n in ("attention", "intermediate", "output"))
+        if attention is None or intermediate is None or output is None or inner.chunk_size_feed_forward \
+                or getattr(attention, "is_cross_attention", True):
+            return False
+        parts = attention._modules.get("self"), attention._modules.get("output")
+        if type(parts[0]) is not FusedSelfAttention or type(parts[1]) is not SkipLayerNormOutput \
+                or type(output) is not SkipLayerNormOutput:
+            return False
+        codes = _layer_classes()
+        return _code_is(type(inner).forward, codes[0].forward) \
+            and _code_is(type(inner).feed_forward_chunk, codes[0].feed_forward_chunk) \
+            and _code_is(type(attention).forward, codes[1].forward) \
+            and _code_is(type(intermediate).forward, codes[2].forward) \
+            and direct_calls(inner, attention, *parts, output)
+
+
+#: :func:`_code_is`'s answers, per pair of functions (class lookups are the same function objects every call).
+_SAME_CODE: dict[tuple, bool] = {}
+
+
+def _code_is(f, reference) -> bool:
+    """:func:`~nnic_transformers.fusion._same_code`, remembered per pair (it is asked per layer call)."""
+    key = (f, reference)
+    same = _SAME_CODE.get(key)
+    if same is None:
+        same = _SAME_CODE[key] = _same_code(f, reference)
+    return same
+
+
+def _layer_classes() -> tuple[type, type, type]:
+    from transformers.models.bert.modeling_bert import BertAttention, BertIntermediate, BertLayer
+
+    return BertLayer, BertAttention, BertIntermediate
+
+
+def _layers_return_tensors() -> bool:
+    """Whether this transformers' ``BertLayer`` returns its hidden states as a tensor (version 5 on; earlier ones
+    return a tuple, which :class:`FusedEncoderLayer` does not reproduce)."""
+    import transformers
+
+    return int(transformers.__version__.split(".")[0]) >= 5
+
+
 def _forward_classes() -> tuple[type, type, type, type]:
     from transformers.models.bert.modeling_bert import BertEmbeddings, BertOutput, BertSelfAttention, BertSelfOutput
 
@@ -215,7 +334,8 @@ def _forward_classes() -> tuple[type, type, type, type]:
 def fuse_encoder(model: nn.Module, attention_products: str = "auto") -> list[str]:
     """Wraps, in place, every BERT-style self-attention in :class:`FusedSelfAttention`, every BERT-style block
     ending (residual add + LayerNorm) in :class:`SkipLayerNormOutput` and every BERT-style embedding layer in
-    :class:`EmbedLayerNorm`; returns the wrapped modules' names.
+    :class:`EmbedLayerNorm`, then (with transformers 5 or later) every ``BertLayer``-style layer whose
+    self-attention it wrapped in :class:`FusedEncoderLayer`; returns the wrapped modules' names.
 
     The attention's two products (``q kᵀ``, ``p v``) run in ``attention_products``. The default, ``"auto"``, is
     bfloat16 (AVX512_BF16's ``vdpbf16ps``, float32 sums, :func:`nnic.kernels.attention`) in attentions whose
@@ -237,7 +357,7 @@ def fuse_encoder(model: nn.Module, attention_products: str = "auto") -> list[str
         raise ValueError(f"fuse_encoder: attention_products must be one of {ATTENTION_PRODUCTS}, got "
                          f"{attention_products!r}")
     attention, embeddings, *outputs = _forward_classes()
-    ours = (FusedSelfAttention, SkipLayerNormOutput, EmbedLayerNorm)
+    ours = (FusedSelfAttention, SkipLayerNormOutput, EmbedLayerNorm, FusedEncoderLayer)
     wrapped: list[str] = []
     done = [f"{n}." for n, m in model.named_modules() if isinstance(m, ours)]
     for name, m in list(model.named_modules()):
@@ -255,7 +375,17 @@ def fuse_encoder(model: nn.Module, attention_products: str = "auto") -> list[str
         new.train(m.training)
         replace_module(model, name, new)
         wrapped.append(name)
+    if _layers_return_tensors():
+        layer = _layer_classes()[0]
+        for name, m in list(model.named_modules()):
+            if name and not name.startswith(tuple(done)) and _same_code(type(m).forward, layer.forward) \
+                    and type(getattr(getattr(m, "attention", None), "self", None)) is FusedSelfAttention:
+                new = FusedEncoderLayer(m)
+                new.train(m.training)
+                replace_module(model, name, new)
+                wrapped.append(name)
     return wrapped
 
 
-__all__ = ["ATTENTION_PRODUCTS", "EmbedLayerNorm", "FusedSelfAttention", "SkipLayerNormOutput", "fuse_encoder"]
+__all__ = ["ATTENTION_PRODUCTS", "EmbedLayerNorm", "FusedEncoderLayer", "FusedSelfAttention", "SkipLayerNormOutput",
+           "direct_calls", "fuse_encoder"]
