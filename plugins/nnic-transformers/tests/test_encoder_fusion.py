@@ -87,7 +87,8 @@ def test_int8_bert_with_one_qkv_gemm_reads_it_in_place_with_the_same_output():
 
 def test_int8_block_endings_run_as_one_call_with_the_bits_of_the_linear_then_the_skip_layer_norm(monkeypatch):
     """With nnic's int8 ``dense``, each block ending is one ``linear_skip_layer_norm`` call (4 in 2 layers), and the
-    model's output is bit for bit the one its ``dense`` forward followed by ``skip_layer_norm`` gives."""
+    model's output is bit for bit the one its ``dense`` forward followed by ``skip_layer_norm`` gives (the layers
+    as their own modules: whole, each is one native call, tested below)."""
     from nnic import kernels
 
     q = nnic.quantization_speedup(copy.deepcopy(bert()), {
@@ -95,6 +96,7 @@ def test_int8_block_endings_run_as_one_call_with_the_bits_of_the_linear_then_the
     fuse_mlp_activations(q)
     fuse_projections(q)
     fuse_encoder(q)
+    q = unwrapped_layers(q)
     kw = inputs()
     calls = []
     one_call = kernels.linear_skip_layer_norm
@@ -311,18 +313,31 @@ def test_int8_layers_call_their_fused_blocks_directly_with_the_same_bits(monkeyp
     layer = q.encoder.layer[0]
     assert layer.attention is layer.inner.attention and layer.output is layer.inner.output  # read through
     reference = unwrapped_layers(q)
-    chunked = []
-    original = modeling_bert.apply_chunking_to_forward
+    chunked, one_calls = [], []
+    original, one_call = modeling_bert.apply_chunking_to_forward, nnic.kernels.encoder_layer
     monkeypatch.setattr(modeling_bert, "apply_chunking_to_forward",
                         lambda *a, **k: chunked.append(1) or original(*a, **k))
+
+    def counted(*args):  # counts the calls that returned
+        y = one_call(*args)
+        one_calls.append(1)
+        return y
+
+    monkeypatch.setattr(nnic.kernels, "encoder_layer", counted)
     for kw in (inputs(), {"input_ids": inputs()["input_ids"]}):  # a padding mask, and none
         with torch.inference_mode():
             got = q(**kw).last_hidden_state
-            assert not chunked  # the direct calls ran
+            assert not chunked and len(one_calls) == 2  # each layer was one native call
             want = reference(**kw).last_hidden_state
-            assert len(chunked) == 2  # the layers' own forwards ran
+            assert len(chunked) == 2 and len(one_calls) == 2  # the layers' own forwards ran
         chunked.clear()
+        one_calls.clear()
         assert torch.equal(got, want)
+    # the blocks' forwards called one after another (the one call refused): the same bits again
+    monkeypatch.setattr(FusedEncoderLayer, "_one_call", staticmethod(lambda *a: None))
+    with torch.inference_mode():
+        assert torch.equal(q(**kw).last_hidden_state, want)
+    assert not chunked
     assert fuse_encoder(q) == []  # already wrapped
 
 

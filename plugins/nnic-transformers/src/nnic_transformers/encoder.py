@@ -21,6 +21,8 @@ than float32 (the kernels compute in float32).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -163,6 +165,19 @@ class SkipLayerNormOutput(nn.Module):
             return norm(inner.dropout(h) + input_tensor)
         return kernels.skip_layer_norm(h, input_tensor, norm.weight, norm.bias, norm.eps)
 
+    def _one_region_norm(self) -> bool:
+        """Whether this block ending runs as one :func:`nnic.kernels.linear_skip_layer_norm` call on float32 CPU
+        tensors, as far as the module decides it (the inputs decide the rest): not training, ``dense`` nnic's int8
+        Linear without a fused activation, a plain float32 CPU ``LayerNorm`` over the last dimension."""
+        from nnic.quantization.modules import Int8Linear
+
+        inner = self.inner
+        norm, dense = inner.LayerNorm, inner.dense
+        return not self.training and isinstance(norm, nn.LayerNorm) and len(norm.normalized_shape) == 1 \
+            and norm.weight is not None and norm.bias is not None and norm.weight.dtype == torch.float32 \
+            and norm.bias.dtype == torch.float32 and norm.weight.is_cpu and norm.bias.is_cpu \
+            and type(dense) is Int8Linear and not dense.activation
+
     def _in_one_region(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor | None:
         """The block ending as one :func:`nnic.kernels.linear_skip_layer_norm` call when ``dense`` is nnic's int8
         Linear without a fused activation and the inputs are plain float32 CPU tensors (the same bits as its
@@ -238,16 +253,21 @@ class EmbedLayerNorm(nn.Module):
 
 class FusedEncoderLayer(nn.Module):
     """A BERT-style encoder layer (``inner``: transformers 5's ``BertLayer`` code) whose fused blocks
-    (:class:`FusedSelfAttention`, :class:`SkipLayerNormOutput`, the MLP's int8 GEMM with its GELU) run one after
-    another with their ``forward`` called directly: the same kernel calls on the same tensors, so the same bits,
-    without the module calls between them (``BertLayer`` → ``BertAttention`` → ..., transformers'
-    ``apply_chunking_to_forward``, each part of the fused QKV GEMM).
+    (:class:`FusedSelfAttention`, :class:`SkipLayerNormOutput`, the MLP's GEMM with its GELU) run without the
+    module calls between them (``BertLayer`` → ``BertAttention`` → ..., transformers' ``apply_chunking_to_forward``,
+    each part of the fused QKV GEMM): the same kernel calls on the same tensors, so the same bits.
 
-    Why: those calls are Python run right after a GEMM has pushed the interpreter's code and data out of the
-    caches: about 5 ms of a batch-8 BERT-base forward's 530 ms at one thread (docs/performance/onnx.md, round of
-    2026-12-02), serial time that the second thread cannot share. Everything else runs ``inner``: training, a
-    cache or cross-attention inputs, other keyword arguments, a chunked feed-forward, parts that are not the fused
-    wrappers, and any hook on the layer or on the modules it would skip (:func:`direct_calls`)."""
+    - When all four GEMMs are nnic's int8 layers (query, key and value fused) on plain float32 CPU input, the
+      layer is one :func:`nnic.kernels.encoder_layer` call: the five kernels one after another in Rust.
+    - Else the blocks' ``forward`` methods are called directly, one after another.
+    - Else (training, a cache or cross-attention inputs, other keyword arguments, a chunked feed-forward, blocks
+      that are not the fused wrappers, a hook on the layer or on a module it would skip: :func:`direct_calls`)
+      ``inner`` runs.
+
+    Why: the Python between the kernels runs right after a GEMM has pushed the interpreter's and torch's code and
+    data out of the caches, which makes each call cost tens of microseconds: measured with ``perf``, 5-6 % of a
+    batch-8 int8 BERT-base forward's one-thread time was outside nnic's kernels (docs/performance/onnx.md, round of
+    2026-12-02), and at two threads that time is serial."""
 
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()
@@ -267,6 +287,10 @@ class FusedEncoderLayer(nn.Module):
                 or any(v is not None for v in kwargs.values()) or not self._direct(inner):
             return inner(hidden_states, attention_mask, encoder_hidden_states, *args, **kwargs)
         attention, intermediate = inner.attention, inner.intermediate
+        y = self._one_call(hidden_states, attention_mask, attention.self, attention.output, intermediate,
+                           inner.output)
+        if y is not None:
+            return y
         # BertAttention.forward, then BertLayer.feed_forward_chunk (unchunked), as their forwards call them
         context, _ = attention.self.forward(hidden_states, encoder_hidden_states=None, attention_mask=attention_mask,
                                             cache=None)
@@ -277,6 +301,51 @@ class FusedEncoderLayer(nn.Module):
         else:
             mlp = intermediate(attention_output)
         return inner.output.forward(mlp, attention_output)
+
+    @staticmethod
+    def _one_call(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, attention: FusedSelfAttention,
+                  ending: SkipLayerNormOutput, intermediate: nn.Module, output: SkipLayerNormOutput,
+                  ) -> torch.Tensor | None:
+        """The layer as one :func:`nnic.kernels.encoder_layer` call, when every step would run the native call that
+        it makes (its four GEMMs nnic's int8 layers on the CPU, the query, key and value one fused GEMM, the block
+        endings in one region, the MLP's activation in its GEMM, a contiguous float32 input without autograd);
+        else ``None``."""
+        from nnic import kernels
+        from nnic.quantization.modules import Int8Linear
+        from nnic.quantization.shared_input import SharedInputPart
+
+        if type(hidden_states) is not torch.Tensor or not hidden_states.is_cpu \
+                or hidden_states.dtype != torch.float32 or hidden_states.dim() != 3 \
+                or hidden_states.requires_grad or not hidden_states.is_contiguous() or attention.training:
+            return None
+        batch, seq, _ = hidden_states.shape
+        mask = attention._key_mask(attention_mask, batch, seq)
+        inner = attention.inner
+        q, k, v = inner.query, inner.key, inner.value
+        if mask is False or type(q) is not SharedInputPart or type(k) is not SharedInputPart \
+                or type(v) is not SharedInputPart:
+            return None
+        shared = q.shared
+        qkv, up, act = shared.fused, intermediate.dense, intermediate.intermediate_act_fn
+        if not (k.shared is shared and v.shared is shared and (q.index, k.index, v.index) == (0, 1, 2)
+                and len(shared.splits) == 3 and type(act) is nn.Identity
+                and direct_calls(q, k, v, shared, qkv, intermediate, up, act)):
+            return None
+        gemms = (qkv, ending.inner.dense, up, output.inner.dense)
+        if any(type(g) is not Int8Linear or (g.bias is not None and not g.bias.is_cpu) for g in gemms) \
+                or qkv.activation or any(not e._one_region_norm() for e in (ending, output)):
+            return None
+        norms = [(n.weight, n.bias, n.eps) for n in (ending.inner.LayerNorm, output.inner.LayerNorm)]
+        args = [(g._packed_weight(), g.bias, g.kernel_args()) for g in gemms]
+        scale = float(inner.scaling)
+        if not math.isfinite(scale):
+            return None
+        try:
+            return kernels.encoder_layer(hidden_states, args[0], inner.num_attention_heads, scale,
+                                         mask, attention.products_now(), args[1],
+                                         norms[0], args[2], args[3], norms[1])
+        except (RuntimeError, TypeError, ValueError):  # the step-by-step calls name what is wrong
+            return None
 
     @staticmethod
     def _direct(inner: nn.Module) -> bool:
