@@ -42,6 +42,7 @@ from nnic.kernels.encoder import (
     bf16_products_run,
     embed_layer_norm,
     encoder_layer,
+    encoder_layers,
     linear_skip_layer_norm,
     skip_layer_norm,
 )
@@ -112,7 +113,7 @@ __all__ = [
     "ACTIVATIONS", "ACT_MODES", "DEFAULT_INT4_SCALE_DTYPE", "INT4_SCALE_DTYPES", "MAX_K", "PackedInt4Weight",
     "PackedInt8Weight", "SPARSE_ACT_MODES", "SparseWeight", "abs_max", "active_isa", "add_rms_norm", "apply_mask_",
     "attention", "bf16_products_run", "cancel_prefetch", "check_int4_scale_dtype", "cpu_features", "decode_attention",
-    "decode_layer", "dequantize", "embed_layer_norm", "encoder_layer",
+    "decode_layer", "dequantize", "embed_layer_norm", "encoder_layer", "encoder_layers",
     "flush_caches", "gemm_backend", "gemm_openmp_stats", "gemm_path", "gemm_paths", "gemm_pool_stats",
     "gemm_spin_us", "gemm_team_stats", "gemm_vnni_peak_gops", "get_num_threads", "global_kth_smallest_abs",
     "global_smallest_abs_masks", "int4_group_scales", "int4_linear", "int4_scale_codes", "int8_conv2d", "int8_linear",

@@ -114,8 +114,17 @@ def encoder_layer(x: torch.Tensor, qkv: LayerGemm, heads: int, scale: float, mas
 
     Every tensor must be a float32 CPU tensor (``x`` and the norms' weights contiguous); a ``TypeError`` says which
     is not (callers check before: this is the fast path, not a converting one)."""
-    if products not in PRODUCTS:
-        raise ValueError(f"encoder_layer: products must be one of {PRODUCTS}, got {products!r}")
+    return encoder_layers(x, [(qkv, heads, scale, mask, products, attention_output, norm1, up, down, norm2)])
+
+
+#: One layer of :func:`encoder_layers`: :func:`encoder_layer`'s arguments after ``x``.
+EncoderLayerArgs = tuple
+
+
+def encoder_layers(x: torch.Tensor, layers: Sequence[EncoderLayerArgs]) -> torch.Tensor:
+    """:func:`encoder_layer` of each of ``layers`` in turn, each on the previous one's output: a stack of encoder
+    layers as one native call (each layer's arguments as :func:`encoder_layer` takes them after ``x``). The bits of
+    the layers called one by one; what it saves is the Python between them."""
 
     def array(t: torch.Tensor, name: str) -> np.ndarray:
         if not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or not t.is_cpu:
@@ -132,10 +141,15 @@ def encoder_layer(x: torch.Tensor, qkv: LayerGemm, heads: int, scale: float, mas
                 check_eps(eps, "encoder_layer"))
 
     batch, seq, _ = x.shape
-    m = None if mask is None else _key_mask(mask, batch, seq).contiguous().numpy()
-    return torch.from_numpy(native.encoder_layer(
-        array(x, "x"), gemm(qkv, "qkv"), heads, scale, m, products == "bfloat16", gemm(attention_output, "the "
-        "attention output"), norm(norm1, "norm1"), gemm(up, "up"), gemm(down, "down"), norm(norm2, "norm2")))
+    native_layers = []
+    for qkv, heads, scale, mask, products, attention_output, norm1, up, down, norm2 in layers:
+        if products not in PRODUCTS:
+            raise ValueError(f"encoder_layer: products must be one of {PRODUCTS}, got {products!r}")
+        m = None if mask is None else _key_mask(mask, batch, seq).contiguous().numpy()
+        native_layers.append((gemm(qkv, "qkv"), heads, scale, m, products == "bfloat16",
+                              gemm(attention_output, "the attention output"), norm(norm1, "norm1"), gemm(up, "up"),
+                              gemm(down, "down"), norm(norm2, "norm2")))
+    return torch.from_numpy(native.encoder_layers(array(x, "x"), native_layers))
 
 
 def embed_layer_norm(lookups: Sequence[tuple[Array, Array]], weight: Array, bias: Array, eps: float = 1e-5) -> Array:

@@ -15,6 +15,7 @@ import nnic
 transformers = pytest.importorskip("transformers")
 from nnic_transformers import (  # noqa: E402
     EmbedLayerNorm,
+    FusedEncoder,
     FusedEncoderLayer,
     FusedSelfAttention,
     SkipLayerNormOutput,
@@ -24,8 +25,10 @@ from nnic_transformers import (  # noqa: E402
 )
 
 LAYER_BLOCKS = ("attention.self", "attention.output", "output")
-#: The layers ``fuse_encoder`` wraps whole (transformers 5's ``BertLayer``, which returns a tensor), after their blocks.
-WHOLE_LAYERS = ["encoder.layer.0", "encoder.layer.1"] if int(transformers.__version__.split(".")[0]) >= 5 else []
+#: The layers and the encoder ``fuse_encoder`` wraps whole (transformers 5's ``BertLayer``, which returns a tensor, and
+#: ``BertEncoder``), after their blocks.
+WHOLE_LAYERS = ["encoder.layer.0", "encoder.layer.1", "encoder"] if int(transformers.__version__.split(".")[0]) >= 5 \
+    else []
 
 
 def bert(model_cls=None, attn="sdpa", **kw) -> nn.Module:
@@ -292,59 +295,67 @@ def fused_int8_bert() -> nn.Module:
     return q
 
 
-def unwrapped_layers(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` whose :class:`FusedEncoderLayer` wrappers are replaced by the layers they wrap."""
+def unwrapped_layers(model: nn.Module, layers: bool = True) -> nn.Module:
+    """A copy of ``model`` whose :class:`FusedEncoder` (and, with ``layers``, :class:`FusedEncoderLayer`) wrappers
+    are replaced by the modules they wrap."""
     copied = copy.deepcopy(model)
-    layers = copied.encoder.layer
-    for i, layer in enumerate(layers):
-        if isinstance(layer, FusedEncoderLayer):
-            layers[i] = layer.inner
+    if isinstance(copied.encoder, FusedEncoder):
+        copied.encoder = copied.encoder.inner
+    for i, layer in enumerate(copied.encoder.layer):
+        if layers and isinstance(layer, FusedEncoderLayer):
+            copied.encoder.layer[i] = layer.inner
     return copied
 
 
 @pytest.mark.skipif(not WHOLE_LAYERS, reason="transformers before 5: BertLayer returns a tuple, not wrapped")
 def test_int8_layers_call_their_fused_blocks_directly_with_the_same_bits(monkeypatch):
-    """Each layer runs its fused blocks' forwards without transformers' module calls between them (no
-    ``apply_chunking_to_forward``), and the output is bit for bit that of the layers' own forward."""
+    """The encoder's layers run as one native call (``encoder_layers``); without the encoder's wrapper each layer is
+    one native call (``encoder_layer``); without that, its blocks' forwards are called one after another. In every
+    form there are no transformers module calls between the blocks (no ``apply_chunking_to_forward``), and the
+    output is bit for bit that of the layers' own forward."""
     from transformers.models.bert import modeling_bert
 
     q = fused_int8_bert()
-    assert all(isinstance(layer, FusedEncoderLayer) for layer in q.encoder.layer)
+    assert isinstance(q.encoder, FusedEncoder)
+    assert all(isinstance(layer, FusedEncoderLayer) for layer in q.encoder.layer)  # read through
     layer = q.encoder.layer[0]
-    assert layer.attention is layer.inner.attention and layer.output is layer.inner.output  # read through
-    reference = unwrapped_layers(q)
-    chunked, one_calls = [], []
-    original, one_call = modeling_bert.apply_chunking_to_forward, nnic.kernels.encoder_layer
+    assert layer.attention is layer.inner.attention and layer.output is layer.inner.output
+    per_layer, reference = unwrapped_layers(q, layers=False), unwrapped_layers(q)
+    calls: list[str] = []
+    original = modeling_bert.apply_chunking_to_forward
     monkeypatch.setattr(modeling_bert, "apply_chunking_to_forward",
-                        lambda *a, **k: chunked.append(1) or original(*a, **k))
+                        lambda *a, **k: calls.append("module") or original(*a, **k))
+    for name in ("encoder_layer", "encoder_layers"):
+        def counted(*args, name=name, call=getattr(nnic.kernels, name)):  # counts the calls that returned
+            y = call(*args)
+            calls.append(name)
+            return y
 
-    def counted(*args):  # counts the calls that returned
-        y = one_call(*args)
-        one_calls.append(1)
-        return y
-
-    monkeypatch.setattr(nnic.kernels, "encoder_layer", counted)
+        monkeypatch.setattr(nnic.kernels, name, counted)
     for kw in (inputs(), {"input_ids": inputs()["input_ids"]}):  # a padding mask, and none
         with torch.inference_mode():
             got = q(**kw).last_hidden_state
-            assert not chunked and len(one_calls) == 2  # each layer was one native call
+            assert calls == ["encoder_layers"]
+            calls.clear()
+            assert torch.equal(per_layer(**kw).last_hidden_state, got)
+            assert calls == ["encoder_layer"] * 2
+            calls.clear()
             want = reference(**kw).last_hidden_state
-            assert len(chunked) == 2 and len(one_calls) == 2  # the layers' own forwards ran
-        chunked.clear()
-        one_calls.clear()
+            assert calls == ["module"] * 2  # the layers' own forwards ran
+            calls.clear()
         assert torch.equal(got, want)
     # the blocks' forwards called one after another (the one call refused): the same bits again
-    monkeypatch.setattr(FusedEncoderLayer, "_one_call", staticmethod(lambda *a: None))
+    monkeypatch.setattr(FusedEncoderLayer, "_one_call_args", staticmethod(lambda *a: None))
     with torch.inference_mode():
         assert torch.equal(q(**kw).last_hidden_state, want)
-    assert not chunked
+    assert not calls
     assert fuse_encoder(q) == []  # already wrapped
 
 
 @pytest.mark.skipif(not WHOLE_LAYERS, reason="transformers before 5: BertLayer returns a tuple, not wrapped")
 def test_layers_with_hooks_or_in_training_run_their_own_forward():
-    """A hook on a module the direct calls would skip sees its calls (the layer's own forward ran), with the same
-    output; so does training, with the original's dropout draws."""
+    """A hook on a module the direct calls would skip sees its calls (that module was called), with the same
+    output; training runs the original code, with the original's dropout draws."""
     q = fused_int8_bert()
     reference = unwrapped_layers(q)
     kw = inputs()

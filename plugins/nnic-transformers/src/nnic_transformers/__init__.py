@@ -18,6 +18,7 @@ from nnic_transformers.decode_layer import FastDecoderLayer
 from nnic_transformers.decoding import FastRMSNorm, fast_decode
 from nnic_transformers.encoder import (
     EmbedLayerNorm,
+    FusedEncoder,
     FusedEncoderLayer,
     FusedSelfAttention,
     SkipLayerNormOutput,
@@ -50,6 +51,7 @@ def register_lowerings(register) -> None:
     register(Conv1DLowering())
 
 
-__all__ = ["EmbedLayerNorm", "FastDecoderLayer", "FastRMSNorm", "FusedEncoderLayer", "FusedSelfAttention", "Heads", "HiddenSizePruner", "Layout",
-           "PrunedRMSNorm", "SkipLayerNormOutput", "TransformerHeadPruner", "fast_decode", "find_heads",
-           "fuse_encoder", "fuse_mlp_activations", "fuse_projections", "pruned_config", "standard_norms"]
+__all__ = ["EmbedLayerNorm", "FastDecoderLayer", "FastRMSNorm", "FusedEncoder", "FusedEncoderLayer",
+           "FusedSelfAttention", "Heads", "HiddenSizePruner", "Layout", "PrunedRMSNorm", "SkipLayerNormOutput",
+           "TransformerHeadPruner", "fast_decode", "find_heads", "fuse_encoder", "fuse_mlp_activations",
+           "fuse_projections", "pruned_config", "standard_norms"]
