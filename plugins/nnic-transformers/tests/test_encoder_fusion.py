@@ -393,3 +393,16 @@ def test_float_layers_call_their_blocks_directly_with_the_same_bits():
     kw = inputs()
     with torch.inference_mode():
         assert torch.equal(fused(**kw).last_hidden_state, unwrapped_layers(fused)(**kw).last_hidden_state)
+
+
+@pytest.mark.skipif(not WHOLE_LAYERS, reason="transformers before 5: BertLayer returns a tuple, not wrapped")
+def test_requested_hidden_states_are_each_layers_own():
+    """transformers records each layer's output when asked (``output_hidden_states``): the wrapped encoder gives the
+    same states, bit for bit, as its layers' own forwards."""
+    q = fused_int8_bert()
+    reference = unwrapped_layers(q)
+    kw = inputs()
+    with torch.inference_mode():
+        got, want = q(**kw, output_hidden_states=True), reference(**kw, output_hidden_states=True)
+    assert len(got.hidden_states) == len(want.hidden_states) == 3
+    assert all(torch.equal(g, w) for g, w in zip(got.hidden_states, want.hidden_states))
