@@ -27,8 +27,9 @@ The model is bench/onnx.py's (BERT-base, random init, seed 0, every Linear int8,
 QKV GEMM per layer). nnic's forwards run under ``torch.profiler``; each nnic kernel call is wrapped in a
 ``record_function`` so that its time counts as one class (its self time is the kernel). Classes: int8 GEMMs
 (activation quantization included: it is inside the kernel call), attention (torch's SDPA or nnic's kernel),
-LayerNorm and residual adds (torch's two ops, or nnic's skip LayerNorm), embeddings, other torch ops; "Python and
-glue" is the forward's wall time minus all of these. onnxruntime's rows are its own profile
+LayerNorm and residual adds (torch's two ops, or nnic's skip LayerNorm), embeddings, other torch ops, and for the
+all-fused model (``fuse_encoder``: its encoder is one native call since 2026-12-02) the encoder layers as one class,
+whose stages ``--kernel-calls`` splits; "Python and glue" is the forward's wall time minus all of these. onnxruntime's rows are its own profile
 (``SessionOptions.enable_profiling``), per op type, summed over the same number of runs. Printed per forward.
 """
 
@@ -62,7 +63,8 @@ CLASSES = {"nnic int8 GEMM": "int8 GEMMs (+ activation quantization)",
            "aten::native_layer_norm": "LayerNorm + residual add", "aten::add": "LayerNorm + residual add",
            "nnic skip_layer_norm": "LayerNorm + residual add", "aten::index_select": "embeddings",
            "nnic embed_layer_norm": "embeddings",
-           "nnic linear_skip_layer_norm": "block endings (int8 GEMM + skip LayerNorm, one call)"}
+           "nnic linear_skip_layer_norm": "block endings (int8 GEMM + skip LayerNorm, one call)",
+           "nnic encoder layers": "encoder layers (all their kernels, one native call)"}
 
 
 def _traced(fn, label: str):
@@ -258,6 +260,8 @@ def main() -> None:
     kernels.skip_layer_norm = _traced(kernels.skip_layer_norm, "nnic skip_layer_norm")
     kernels.embed_layer_norm = _traced(kernels.embed_layer_norm, "nnic embed_layer_norm")
     kernels.linear_skip_layer_norm = _traced(kernels.linear_skip_layer_norm, "nnic linear_skip_layer_norm")
+    kernels.encoder_layer = _traced(kernels.encoder_layer, "nnic encoder layers")
+    kernels.encoder_layers = _traced(kernels.encoder_layers, "nnic encoder layers")
     model = LastHidden(bert()).eval()
     q = nnic.quantization_speedup(copy.deepcopy(model), {
         n: 8 for n, m in model.named_modules() if isinstance(m, nn.Linear)})

@@ -41,6 +41,8 @@ from nnic.kernels.encoder import (
     attention,
     bf16_products_run,
     embed_layer_norm,
+    encoder_layer,
+    encoder_layers,
     linear_skip_layer_norm,
     skip_layer_norm,
 )
@@ -113,7 +115,7 @@ __all__ = [
     "ACTIVATIONS", "ACT_MODES", "DEFAULT_INT4_SCALE_DTYPE", "INT4_SCALE_DTYPES", "MAX_K", "PackedInt4Weight",
     "PackedInt8Weight", "SPARSE_ACT_MODES", "SparseWeight", "abs_max", "active_isa", "add_rms_norm", "apply_mask_",
     "attention", "bf16_products_run", "cancel_prefetch", "check_int4_scale_dtype", "cpu_features", "decode_attention",
-    "decode_layer", "dequantize", "embed_layer_norm",
+    "decode_layer", "dequantize", "embed_layer_norm", "encoder_layer", "encoder_layers",
     "flush_caches", "gemm_backend", "gemm_openmp_stats", "gemm_path", "gemm_paths", "gemm_pool_stats",
     "gemm_route_stats", "gemm_spin_us", "gemm_team_stats", "gemm_vnni_peak_gops", "get_num_threads",
     "global_kth_smallest_abs",

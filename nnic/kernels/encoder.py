@@ -92,6 +92,66 @@ def linear_skip_layer_norm(x: Array, packed: PackedInt8Weight, residual: Array, 
     return out if isinstance(x, np.ndarray) else torch.from_numpy(out)
 
 
+#: One GEMM of :func:`encoder_layer`: the packed weight, its bias (or None) and the settings its layer passes after
+#: the bias (``Int8Linear.kernel_args()``: act, symmetric, act_scale, act_zero_point, path, activation).
+LayerGemm = tuple[PackedInt8Weight, "torch.Tensor | None", tuple]
+
+
+def encoder_layer(x: torch.Tensor, qkv: LayerGemm, heads: int, scale: float, mask: Array | None, products: str,
+                  attention_output: LayerGemm, norm1: tuple[torch.Tensor, torch.Tensor, float], up: LayerGemm,
+                  down: LayerGemm, norm2: tuple[torch.Tensor, torch.Tensor, float]) -> torch.Tensor:
+    """A BERT-style encoder layer on float32 CPU ``x[batch, seq, hidden]`` as one native call, the same bits as its
+    five kernel calls one after another: ``int8_linear`` with ``qkv`` (query, key and value, ``3 * hidden``
+    outputs), :func:`attention` of its three column slices (``heads``, ``scale``, ``mask``, ``products``),
+    :func:`linear_skip_layer_norm` with ``attention_output`` and ``norm1`` (weight, bias, eps) on the residual
+    ``x``, ``int8_linear`` with ``up`` (its fused activation in the settings), and :func:`linear_skip_layer_norm`
+    with ``down`` and ``norm2`` on the first block ending's output. Returns a new ``[batch, seq, hidden]`` tensor.
+
+    Why one call: between two kernel calls the layer's Python runs right after a GEMM has pushed the interpreter's
+    and torch's code and data out of the caches; on one thread that was 2-3 % of an int8 BERT-base forward, and at
+    two threads it is serial time (docs/performance/onnx.md, round of 2026-12-02). The arrays between the steps are
+    allocated and freed at the points the five calls would allocate and free them.
+
+    Every tensor must be a float32 CPU tensor (``x`` and the norms' weights contiguous); a ``TypeError`` says which
+    is not (callers check before: this is the fast path, not a converting one)."""
+    return encoder_layers(x, [(qkv, heads, scale, mask, products, attention_output, norm1, up, down, norm2)])
+
+
+#: One layer of :func:`encoder_layers`: :func:`encoder_layer`'s arguments after ``x``.
+EncoderLayerArgs = tuple
+
+
+def encoder_layers(x: torch.Tensor, layers: Sequence[EncoderLayerArgs]) -> torch.Tensor:
+    """:func:`encoder_layer` of each of ``layers`` in turn, each on the previous one's output: a stack of encoder
+    layers as one native call (each layer's arguments as :func:`encoder_layer` takes them after ``x``). The bits of
+    the layers called one by one; what it saves is the Python between them."""
+
+    def array(t: torch.Tensor, name: str) -> np.ndarray:
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or not t.is_cpu:
+            raise TypeError(f"encoder_layer: {name} must be a float32 CPU tensor")
+        return t.detach().numpy()
+
+    def gemm(g: LayerGemm, name: str) -> tuple:
+        packed, bias, settings = g
+        return (packed, None if bias is None else array(bias, f"{name}'s bias").reshape(-1), *settings)
+
+    def norm(n: tuple, name: str) -> tuple:
+        weight, bias, eps = n
+        return (array(weight, f"{name}'s weight").reshape(-1), array(bias, f"{name}'s bias").reshape(-1),
+                check_eps(eps, "encoder_layer"))
+
+    batch, seq, _ = x.shape
+    native_layers = []
+    for qkv, heads, scale, mask, products, attention_output, norm1, up, down, norm2 in layers:
+        if products not in PRODUCTS:
+            raise ValueError(f"encoder_layer: products must be one of {PRODUCTS}, got {products!r}")
+        m = None if mask is None else _key_mask(mask, batch, seq).contiguous().numpy()
+        native_layers.append((gemm(qkv, "qkv"), heads, scale, m, products == "bfloat16",
+                              gemm(attention_output, "the attention output"), norm(norm1, "norm1"), gemm(up, "up"),
+                              gemm(down, "down"), norm(norm2, "norm2")))
+    return torch.from_numpy(native.encoder_layers(array(x, "x"), native_layers))
+
+
 def embed_layer_norm(lookups: Sequence[tuple[Array, Array]], weight: Array, bias: Array, eps: float = 1e-5) -> Array:
     """``layer_norm(table_0[ids_0] + table_1[ids_1] + ..., (n,), weight, bias, eps)``, the rows summed in the order
     of ``lookups``: the embedding layer of BERT-style encoders (word, token type and position rows) in one pass

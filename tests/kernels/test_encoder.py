@@ -268,3 +268,71 @@ def test_linear_skip_layer_norm_takes_torch_tensors_of_any_leading_shape_and_nam
         kernels.linear_skip_layer_norm(x, packed, residual, w[:23], b[:23])
     with pytest.raises(TypeError, match="pack_int8_weight"):
         kernels.linear_skip_layer_norm(x, object(), residual, w, b)
+
+
+def layer_case(rng: np.random.Generator, batch: int, seq: int, hidden: int, inner: int, activation: str):
+    """Random weights of a BERT-style layer: four packed int8 GEMMs (with their biases and settings) and two
+    LayerNorms, as :func:`kernels.encoder_layer` takes them."""
+
+    def gemm(n: int, k: int, act: str = "none") -> tuple:
+        codes = torch.from_numpy(rng.integers(-128, 128, (n, k), dtype=np.int8))
+        packed = kernels.pack_int8_weight(codes, torch.from_numpy(rng.uniform(1e-3, 1e-2, n).astype(np.float32)))
+        bias = torch.from_numpy(rng.standard_normal(n).astype(np.float32))
+        return packed, bias, ("per_token", False, None, None, None, act)
+
+    def norm() -> tuple:
+        w, b = (torch.from_numpy(rng.standard_normal(hidden).astype(np.float32)) for _ in range(2))
+        return w, b, 1e-12
+
+    x = torch.from_numpy(rng.standard_normal((batch, seq, hidden)).astype(np.float32))
+    return x, gemm(3 * hidden, hidden), gemm(hidden, hidden), norm(), gemm(inner, hidden, activation), \
+        gemm(hidden, inner), norm()
+
+
+def layer_by_calls(x, qkv, heads, scale, mask, products, attention_output, norm1, up, down, norm2):
+    """The layer as its five kernel calls, one after another."""
+    hidden = x.shape[-1]
+    y = kernels.int8_linear(x, qkv[0], qkv[1], act=qkv[2][0], activation=qkv[2][5])
+    ctx = kernels.attention(y[..., :hidden], y[..., hidden:2 * hidden], y[..., 2 * hidden:], heads, scale, mask,
+                            products=products)
+    a = kernels.linear_skip_layer_norm(ctx, attention_output[0], x, *norm1, linear_bias=attention_output[1])
+    m = kernels.int8_linear(a, up[0], up[1], activation=up[2][5])
+    return kernels.linear_skip_layer_norm(m, down[0], a, *norm2, linear_bias=down[1])
+
+
+@pytest.mark.parametrize("products", ["float32", "bfloat16"])
+@SETTINGS
+@given(batch=st.integers(1, 3), seq=st.sampled_from([1, 7, 33]), shape=st.sampled_from([(32, 2, 64), (64, 4, 96)]),
+       activation=st.sampled_from(["gelu", "relu", "none"]), masked=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_encoder_layer_is_its_five_kernel_calls_bit_for_bit(isa, products, batch, seq, shape, activation, masked,
+                                                            seed):
+    """One native call of a whole layer gives the bits of the QKV GEMM, the attention, the two block endings and
+    the MLP up GEMM called one after another, on every ISA path, with and without a padding mask."""
+    hidden, heads, inner = shape
+    rng = np.random.default_rng(seed)
+    x, qkv, out, norm1, up, down, norm2 = layer_case(rng, batch, seq, hidden, inner, activation)
+    mask = None
+    if masked:
+        mask = torch.zeros(batch, seq)
+        mask[0, seq // 2 + 1:] = torch.finfo(torch.float32).min  # a padded sequence
+    scale = (hidden // heads) ** -0.5
+    got = kernels.encoder_layer(x, qkv, heads, scale, mask, products, out, norm1, up, down, norm2)
+    want = layer_by_calls(x, qkv, heads, scale, mask, products, out, norm1, up, down, norm2)
+    assert got.shape == x.shape
+    assert torch.equal(got, want)
+
+
+def test_encoder_layer_names_what_it_does_not_take():
+    rng = np.random.default_rng(0)
+    x, qkv, out, norm1, up, down, norm2 = layer_case(rng, 2, 5, 32, 64, "gelu")
+    with pytest.raises(ValueError, match=r"the GEMMs \(in, out\) must be"):
+        kernels.encoder_layer(x, qkv, 2, 0.25, None, "float32", up, norm1, out, down, norm2)  # up and out swapped
+    with pytest.raises(ValueError, match="heads"):
+        kernels.encoder_layer(x, qkv, 3, 0.25, None, "float32", out, norm1, up, down, norm2)
+    with pytest.raises(TypeError, match="x must be a float32 CPU tensor"):
+        kernels.encoder_layer(x.double(), qkv, 2, 0.25, None, "float32", out, norm1, up, down, norm2)
+    with pytest.raises(ValueError, match="no activation"):
+        kernels.encoder_layer(x, qkv, 2, 0.25, None, "float32", out[:2] + (out[2][:5] + ("gelu",),), norm1, up,
+                              down, norm2)
+    with pytest.raises(ValueError, match="products must be one of"):
+        kernels.encoder_layer(x, qkv, 2, 0.25, None, "float16", out, norm1, up, down, norm2)

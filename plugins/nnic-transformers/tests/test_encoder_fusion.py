@@ -15,6 +15,8 @@ import nnic
 transformers = pytest.importorskip("transformers")
 from nnic_transformers import (  # noqa: E402
     EmbedLayerNorm,
+    FusedEncoder,
+    FusedEncoderLayer,
     FusedSelfAttention,
     SkipLayerNormOutput,
     fuse_encoder,
@@ -23,6 +25,10 @@ from nnic_transformers import (  # noqa: E402
 )
 
 LAYER_BLOCKS = ("attention.self", "attention.output", "output")
+#: The layers and the encoder ``fuse_encoder`` wraps whole (transformers 5's ``BertLayer``, which returns a tensor, and
+#: ``BertEncoder``), after their blocks.
+WHOLE_LAYERS = ["encoder.layer.0", "encoder.layer.1", "encoder"] if int(transformers.__version__.split(".")[0]) >= 5 \
+    else []
 
 
 def bert(model_cls=None, attn="sdpa", **kw) -> nn.Module:
@@ -49,7 +55,7 @@ def test_float_bert_gives_the_same_output_within_float32_rounding(attn, padded):
     model = bert(attn=attn)
     fused = copy.deepcopy(model)
     names = fuse_encoder(fused)
-    assert names == ["embeddings"] + [f"encoder.layer.{i}.{b}" for i in range(2) for b in LAYER_BLOCKS]
+    assert names == ["embeddings"] + [f"encoder.layer.{i}.{b}" for i in range(2) for b in LAYER_BLOCKS] + WHOLE_LAYERS
     assert isinstance(fused.embeddings, EmbedLayerNorm)
     assert isinstance(fused.encoder.layer[0].attention.self, FusedSelfAttention)
     assert isinstance(fused.encoder.layer[1].output, SkipLayerNormOutput)
@@ -69,7 +75,7 @@ def test_int8_bert_with_one_qkv_gemm_reads_it_in_place_with_the_same_output():
     fuse_mlp_activations(q)
     fuse_projections(q)
     fused = copy.deepcopy(q)
-    assert len(fuse_encoder(fused, attention_products="float32")) == 7  # the switch back from the default
+    assert len(fuse_encoder(fused, attention_products="float32")) == 7 + len(WHOLE_LAYERS)  # the switch back
     assert fused.encoder.layer[0].attention.self.products_now() == "float32"
     kw = inputs()
     with torch.inference_mode():
@@ -84,7 +90,8 @@ def test_int8_bert_with_one_qkv_gemm_reads_it_in_place_with_the_same_output():
 
 def test_int8_block_endings_run_as_one_call_with_the_bits_of_the_linear_then_the_skip_layer_norm(monkeypatch):
     """With nnic's int8 ``dense``, each block ending is one ``linear_skip_layer_norm`` call (4 in 2 layers), and the
-    model's output is bit for bit the one its ``dense`` forward followed by ``skip_layer_norm`` gives."""
+    model's output is bit for bit the one its ``dense`` forward followed by ``skip_layer_norm`` gives (the layers
+    as their own modules: whole, each is one native call, tested below)."""
     from nnic import kernels
 
     q = nnic.quantization_speedup(copy.deepcopy(bert()), {
@@ -92,6 +99,7 @@ def test_int8_block_endings_run_as_one_call_with_the_bits_of_the_linear_then_the
     fuse_mlp_activations(q)
     fuse_projections(q)
     fuse_encoder(q)
+    q = unwrapped_layers(q)
     kw = inputs()
     calls = []
     one_call = kernels.linear_skip_layer_norm
@@ -119,9 +127,9 @@ def test_int8_bert_defaults_to_bf16_attention_products_within_its_own_quantizati
     the float model stays that of the float32 products."""
     model, q = bert(), int8_bert()
     default, f32, bf16 = copy.deepcopy(q), copy.deepcopy(q), copy.deepcopy(q)
-    assert len(fuse_encoder(default)) == 7
+    assert len(fuse_encoder(default)) == 7 + len(WHOLE_LAYERS)
     fuse_encoder(f32, attention_products="float32")
-    assert len(fuse_encoder(bf16, attention_products="bfloat16")) == 7
+    assert len(fuse_encoder(bf16, attention_products="bfloat16")) == 7 + len(WHOLE_LAYERS)
     attention = default.encoder.layer[1].attention.self
     assert attention.products == "auto" and attention.products_now() == "bfloat16"
     assert "products=auto" in repr(attention)
@@ -277,3 +285,124 @@ def test_embeddings_fall_back_to_the_original_code():
     want = model.embeddings(input_ids=ids)
     torch.manual_seed(3)
     assert torch.equal(fused.embeddings(input_ids=ids), want)  # training: same dropout draws, same code
+
+
+def fused_int8_bert() -> nn.Module:
+    """The int8 model as the benches run it: GELU in the MLP's GEMM, one QKV GEMM, ``fuse_encoder``."""
+    q = int8_bert()
+    fuse_mlp_activations(q)
+    fuse_encoder(q)
+    return q
+
+
+def unwrapped_layers(model: nn.Module, layers: bool = True) -> nn.Module:
+    """A copy of ``model`` whose :class:`FusedEncoder` (and, with ``layers``, :class:`FusedEncoderLayer`) wrappers
+    are replaced by the modules they wrap."""
+    copied = copy.deepcopy(model)
+    if isinstance(copied.encoder, FusedEncoder):
+        copied.encoder = copied.encoder.inner
+    for i, layer in enumerate(copied.encoder.layer):
+        if layers and isinstance(layer, FusedEncoderLayer):
+            copied.encoder.layer[i] = layer.inner
+    return copied
+
+
+@pytest.mark.skipif(not WHOLE_LAYERS, reason="transformers before 5: BertLayer returns a tuple, not wrapped")
+def test_int8_layers_call_their_fused_blocks_directly_with_the_same_bits(monkeypatch):
+    """The encoder's layers run as one native call (``encoder_layers``); without the encoder's wrapper each layer is
+    one native call (``encoder_layer``); without that, its blocks' forwards are called one after another. In every
+    form there are no transformers module calls between the blocks (no ``apply_chunking_to_forward``), and the
+    output is bit for bit that of the layers' own forward."""
+    from transformers.models.bert import modeling_bert
+
+    q = fused_int8_bert()
+    assert isinstance(q.encoder, FusedEncoder)
+    assert all(isinstance(layer, FusedEncoderLayer) for layer in q.encoder.layer)  # read through
+    layer = q.encoder.layer[0]
+    assert layer.attention is layer.inner.attention and layer.output is layer.inner.output
+    per_layer, reference = unwrapped_layers(q, layers=False), unwrapped_layers(q)
+    calls: list[str] = []
+    original = modeling_bert.apply_chunking_to_forward
+    monkeypatch.setattr(modeling_bert, "apply_chunking_to_forward",
+                        lambda *a, **k: calls.append("module") or original(*a, **k))
+    for name in ("encoder_layer", "encoder_layers"):
+        def counted(*args, name=name, call=getattr(nnic.kernels, name)):  # counts the calls that returned
+            y = call(*args)
+            calls.append(name)
+            return y
+
+        monkeypatch.setattr(nnic.kernels, name, counted)
+    for kw in (inputs(), {"input_ids": inputs()["input_ids"]}):  # a padding mask, and none
+        with torch.inference_mode():
+            got = q(**kw).last_hidden_state
+            assert calls == ["encoder_layers"]
+            calls.clear()
+            assert torch.equal(per_layer(**kw).last_hidden_state, got)
+            assert calls == ["encoder_layer"] * 2
+            calls.clear()
+            want = reference(**kw).last_hidden_state
+            assert calls == ["module"] * 2  # the layers' own forwards ran
+            calls.clear()
+        assert torch.equal(got, want)
+    # the blocks' forwards called one after another (the one call refused): the same bits again
+    monkeypatch.setattr(FusedEncoderLayer, "_one_call_args", staticmethod(lambda *a: None))
+    with torch.inference_mode():
+        assert torch.equal(q(**kw).last_hidden_state, want)
+    assert not calls
+    assert fuse_encoder(q) == []  # already wrapped
+
+
+@pytest.mark.skipif(not WHOLE_LAYERS, reason="transformers before 5: BertLayer returns a tuple, not wrapped")
+def test_layers_with_hooks_or_in_training_run_their_own_forward():
+    """A hook on a module the direct calls would skip sees its calls (that module was called), with the same
+    output; training runs the original code, with the original's dropout draws."""
+    q = fused_int8_bert()
+    reference = unwrapped_layers(q)
+    kw = inputs()
+    seen = []
+    dense = q.encoder.layer[1].intermediate.dense
+    handle = dense.register_forward_hook(lambda m, args, out: seen.append(out.shape))
+    with torch.inference_mode():
+        assert torch.equal(q(**kw).last_hidden_state, reference(**kw).last_hidden_state)
+    assert seen == [(3, 24, 128)]
+    handle.remove()
+    handle = q.encoder.layer[0].attention.self.inner.query.register_forward_pre_hook(lambda m, args: seen.append(0))
+    with torch.inference_mode():
+        assert torch.equal(q(**kw).last_hidden_state, reference(**kw).last_hidden_state)
+    assert seen[1:] == [0]  # the query's part ran as a module
+    handle.remove()
+
+    model = bert(hidden_dropout_prob=0.5)
+    fused = copy.deepcopy(model)
+    fuse_encoder(fused)
+    assert isinstance(fused.encoder.layer[0], FusedEncoderLayer)
+    model.train()
+    fused.train()
+    torch.manual_seed(5)
+    want = model(**kw).last_hidden_state
+    torch.manual_seed(5)
+    torch.testing.assert_close(fused(**kw).last_hidden_state, want)  # same draws: the same code ran
+
+
+@pytest.mark.skipif(not WHOLE_LAYERS, reason="transformers before 5: BertLayer returns a tuple, not wrapped")
+def test_float_layers_call_their_blocks_directly_with_the_same_bits():
+    """Without int8 layers (a float model: the MLP's GELU a module of its own) the direct calls give the layers'
+    own output too."""
+    fused = bert()
+    fuse_encoder(fused)
+    kw = inputs()
+    with torch.inference_mode():
+        assert torch.equal(fused(**kw).last_hidden_state, unwrapped_layers(fused)(**kw).last_hidden_state)
+
+
+@pytest.mark.skipif(not WHOLE_LAYERS, reason="transformers before 5: BertLayer returns a tuple, not wrapped")
+def test_requested_hidden_states_are_each_layers_own():
+    """transformers records each layer's output when asked (``output_hidden_states``): the wrapped encoder gives the
+    same states, bit for bit, as its layers' own forwards."""
+    q = fused_int8_bert()
+    reference = unwrapped_layers(q)
+    kw = inputs()
+    with torch.inference_mode():
+        got, want = q(**kw, output_hidden_states=True), reference(**kw, output_hidden_states=True)
+    assert len(got.hidden_states) == len(want.hidden_states) == 3
+    assert all(torch.equal(g, w) for g, w in zip(got.hidden_states, want.hidden_states))

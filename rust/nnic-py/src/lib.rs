@@ -23,7 +23,7 @@ mod _kernels {
     #[pymodule_export]
     use crate::decoder::{add_rms_norm, decode_attention, decode_layer_step, rms_norm, silu_mul};
     #[pymodule_export]
-    use crate::encoder::{attention, embed_layer_norm, skip_layer_norm};
+    use crate::encoder::{attention, embed_layer_norm, encoder_layers, skip_layer_norm};
     #[pymodule_export]
     use crate::prefetch::{cancel_prefetch, prefetch_stats, prefetch_wait, prefetch_weights};
     #[pymodule_export]

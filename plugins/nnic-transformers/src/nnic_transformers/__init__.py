@@ -16,7 +16,14 @@ from __future__ import annotations
 import nnic
 from nnic_transformers.decode_layer import FastDecoderLayer
 from nnic_transformers.decoding import FastRMSNorm, fast_decode
-from nnic_transformers.encoder import EmbedLayerNorm, FusedSelfAttention, SkipLayerNormOutput, fuse_encoder
+from nnic_transformers.encoder import (
+    EmbedLayerNorm,
+    FusedEncoder,
+    FusedEncoderLayer,
+    FusedSelfAttention,
+    SkipLayerNormOutput,
+    fuse_encoder,
+)
 from nnic_transformers.fusion import fuse_mlp_activations, fuse_projections
 from nnic_transformers.head_pruner import TransformerHeadPruner
 from nnic_transformers.hidden_pruner import HiddenSizePruner
@@ -44,6 +51,7 @@ def register_lowerings(register) -> None:
     register(Conv1DLowering())
 
 
-__all__ = ["EmbedLayerNorm", "FastDecoderLayer", "FastRMSNorm", "FusedSelfAttention", "Heads", "HiddenSizePruner", "Layout",
-           "PrunedRMSNorm", "SkipLayerNormOutput", "TransformerHeadPruner", "fast_decode", "find_heads",
-           "fuse_encoder", "fuse_mlp_activations", "fuse_projections", "pruned_config", "standard_norms"]
+__all__ = ["EmbedLayerNorm", "FastDecoderLayer", "FastRMSNorm", "FusedEncoder", "FusedEncoderLayer",
+           "FusedSelfAttention", "Heads", "HiddenSizePruner", "Layout", "PrunedRMSNorm", "SkipLayerNormOutput",
+           "TransformerHeadPruner", "fast_decode", "find_heads", "fuse_encoder", "fuse_mlp_activations",
+           "fuse_projections", "pruned_config", "standard_norms"]

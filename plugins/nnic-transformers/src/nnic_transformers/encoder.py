@@ -21,6 +21,8 @@ than float32 (the kernels compute in float32).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -31,6 +33,20 @@ from nnic_transformers.fusion import _same_code
 #: default: bfloat16 when the attention's query/key/value projections are nnic's int8 or int4 layers, float32
 #: otherwise), or one of ``nnic.kernels.encoder.PRODUCTS`` always.
 ATTENTION_PRODUCTS = ("auto", "float32", "bfloat16")
+
+
+def direct_calls(*modules: nn.Module) -> bool:
+    """Whether calling ``modules`` runs nothing but their ``forward``: no forward or backward hook on any of them
+    or on all modules, and no tracing or compiling (which record module calls). Then a fused block calls their
+    ``forward`` directly, saving ``nn.Module.__call__``'s Python (see :class:`FusedEncoderLayer`)."""
+    from torch.nn.modules import module as torch_module
+
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks \
+            or torch_module._global_backward_hooks or torch_module._global_backward_pre_hooks \
+            or torch._C._get_tracing_state() or torch.compiler.is_compiling():
+        return False
+    return not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+                   for m in modules)
 
 
 def _quantized_projections(inner: nn.Module) -> bool:
@@ -78,6 +94,22 @@ class FusedSelfAttention(nn.Module):
             return self.products
         return "bfloat16" if _quantized_projections(self.inner) else "float32"
 
+    def _projections(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``inner``'s query, key and value of ``hidden_states``. When they are the three parts of one fused GEMM
+        (:func:`nnic_transformers.fuse_projections`) and no hook watches the parts or the GEMM, that GEMM's
+        ``forward`` runs once, directly, and its output is split as the parts would split it (the same views of
+        the same bits); else the three module calls."""
+        from nnic.quantization.shared_input import SharedInputPart
+
+        inner = self.inner
+        q, k, v = inner.query, inner.key, inner.value
+        if type(q) is SharedInputPart and type(k) is SharedInputPart and type(v) is SharedInputPart:
+            shared = q.shared
+            if k.shared is shared and v.shared is shared and (q.index, k.index, v.index) == (0, 1, 2) \
+                    and len(shared.splits) == 3 and direct_calls(q, k, v, shared, shared.fused):
+                return tuple(torch.split(shared.fused.forward(hidden_states), shared.splits, dim=-1))
+        return q(hidden_states), k(hidden_states), v(hidden_states)
+
     def _key_mask(self, mask: torch.Tensor | None, batch: int, seq: int) -> torch.Tensor | None | bool:
         """The ``[batch, seq]`` key mask of transformers' ``[batch, 1, seq|1, seq]`` mask, or ``False`` when it
         varies between query rows (a causal or 2-D mask: the kernel takes one mask row per sequence)."""
@@ -102,7 +134,7 @@ class FusedSelfAttention(nn.Module):
             return inner(hidden_states, attention_mask=attention_mask, cache=cache, **kwargs)
         from nnic import kernels
 
-        q, k, v = inner.query(hidden_states), inner.key(hidden_states), inner.value(hidden_states)
+        q, k, v = self._projections(hidden_states)
         out = kernels.attention(q, k, v, inner.num_attention_heads, inner.scaling, mask, products=self.products_now())
         return out.to(hidden_states.dtype), None
 
@@ -132,6 +164,19 @@ class SkipLayerNormOutput(nn.Module):
         if h.dtype != torch.float32:
             return norm(inner.dropout(h) + input_tensor)
         return kernels.skip_layer_norm(h, input_tensor, norm.weight, norm.bias, norm.eps)
+
+    def _one_region_norm(self) -> bool:
+        """Whether this block ending runs as one :func:`nnic.kernels.linear_skip_layer_norm` call on float32 CPU
+        tensors, as far as the module decides it (the inputs decide the rest): not training, ``dense`` nnic's int8
+        Linear without a fused activation, a plain float32 CPU ``LayerNorm`` over the last dimension."""
+        from nnic.quantization.modules import Int8Linear
+
+        inner = self.inner
+        norm, dense = inner.LayerNorm, inner.dense
+        return not self.training and isinstance(norm, nn.LayerNorm) and len(norm.normalized_shape) == 1 \
+            and norm.weight is not None and norm.bias is not None and norm.weight.dtype == torch.float32 \
+            and norm.bias.dtype == torch.float32 and norm.weight.is_cpu and norm.bias.is_cpu \
+            and type(dense) is Int8Linear and not dense.activation
 
     def _in_one_region(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor | None:
         """The block ending as one :func:`nnic.kernels.linear_skip_layer_norm` call when ``dense`` is nnic's int8
@@ -206,6 +251,224 @@ class EmbedLayerNorm(nn.Module):
                                         norm.eps)
 
 
+class FusedEncoderLayer(nn.Module):
+    """A BERT-style encoder layer (``inner``: transformers 5's ``BertLayer`` code) whose fused blocks
+    (:class:`FusedSelfAttention`, :class:`SkipLayerNormOutput`, the MLP's GEMM with its GELU) run without the
+    module calls between them (``BertLayer`` → ``BertAttention`` → ..., transformers' ``apply_chunking_to_forward``,
+    each part of the fused QKV GEMM): the same kernel calls on the same tensors, so the same bits.
+
+    - When all four GEMMs are nnic's int8 layers (query, key and value fused) on plain float32 CPU input, the
+      layer is one :func:`nnic.kernels.encoder_layer` call: the five kernels one after another in Rust.
+    - Else the blocks' ``forward`` methods are called directly, one after another.
+    - Else (training, a cache or cross-attention inputs, other keyword arguments, a chunked feed-forward, blocks
+      that are not the fused wrappers, a hook on the layer or on a module it would skip: :func:`direct_calls`)
+      ``inner`` runs.
+
+    Why: the Python between the kernels runs right after a GEMM has pushed the interpreter's and torch's code and
+    data out of the caches, which makes each call cost tens of microseconds: measured with ``perf``, 5-6 % of a
+    batch-8 int8 BERT-base forward's one-thread time was outside nnic's kernels (docs/performance/onnx.md, round of
+    2026-12-02), and at two threads that time is serial."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def __getattr__(self, name: str):
+        """The wrapped layer's attributes read through (``BertModel.prune_heads`` reads ``layer.attention``)."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("inner"), name)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                encoder_hidden_states: torch.Tensor | None = None, *args, **kwargs) -> torch.Tensor:
+        inner = self.inner
+        if self.training or encoder_hidden_states is not None or args \
+                or any(v is not None for v in kwargs.values()) or not self._direct(inner):
+            return inner(hidden_states, attention_mask, encoder_hidden_states, *args, **kwargs)
+        attention, intermediate = inner.attention, inner.intermediate
+        y = self._one_call(hidden_states, attention_mask, attention.self, attention.output, intermediate,
+                           inner.output)
+        if y is not None:
+            return y
+        # BertAttention.forward, then BertLayer.feed_forward_chunk (unchunked), as their forwards call them
+        context, _ = attention.self.forward(hidden_states, encoder_hidden_states=None, attention_mask=attention_mask,
+                                            cache=None)
+        attention_output = attention.output.forward(context, hidden_states)
+        dense, act = intermediate.dense, intermediate.intermediate_act_fn
+        if type(act) is nn.Identity and direct_calls(intermediate, dense, act):  # the GELU is in dense's epilogue
+            mlp = dense.forward(attention_output)
+        else:
+            mlp = intermediate(attention_output)
+        return inner.output.forward(mlp, attention_output)
+
+    @staticmethod
+    def _one_call(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, attention: FusedSelfAttention,
+                  ending: SkipLayerNormOutput, intermediate: nn.Module, output: SkipLayerNormOutput,
+                  ) -> torch.Tensor | None:
+        """The layer as one :func:`nnic.kernels.encoder_layer` call where :meth:`_one_call_args` allows it; else
+        ``None``."""
+        from nnic import kernels
+
+        args = FusedEncoderLayer._one_call_args(hidden_states, attention_mask, attention, ending, intermediate, output)
+        if args is None:
+            return None
+        try:
+            return kernels.encoder_layer(hidden_states, *args)
+        except (RuntimeError, TypeError, ValueError):  # the step-by-step calls name what is wrong
+            return None
+
+    @staticmethod
+    def _one_call_args(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None,
+                       attention: FusedSelfAttention, ending: SkipLayerNormOutput, intermediate: nn.Module,
+                       output: SkipLayerNormOutput) -> tuple | None:
+        """:func:`nnic.kernels.encoder_layer`'s arguments after ``x`` for this layer, when every step would run the
+        native call that it makes (its four GEMMs nnic's int8 layers on the CPU, the query, key and value one
+        fused GEMM, the block endings in one region, the MLP's activation in its GEMM, a contiguous float32 input
+        without autograd); else ``None``."""
+        from nnic.quantization.modules import Int8Linear
+        from nnic.quantization.shared_input import SharedInputPart
+
+        if type(hidden_states) is not torch.Tensor or not hidden_states.is_cpu \
+                or hidden_states.dtype != torch.float32 or hidden_states.dim() != 3 \
+                or hidden_states.requires_grad or not hidden_states.is_contiguous() or attention.training:
+            return None
+        batch, seq, _ = hidden_states.shape
+        mask = attention._key_mask(attention_mask, batch, seq)
+        inner = attention.inner
+        q, k, v = inner.query, inner.key, inner.value
+        if mask is False or type(q) is not SharedInputPart or type(k) is not SharedInputPart \
+                or type(v) is not SharedInputPart:
+            return None
+        shared = q.shared
+        qkv, up, act = shared.fused, intermediate.dense, intermediate.intermediate_act_fn
+        if not (k.shared is shared and v.shared is shared and (q.index, k.index, v.index) == (0, 1, 2)
+                and len(shared.splits) == 3 and type(act) is nn.Identity
+                and direct_calls(q, k, v, shared, qkv, intermediate, up, act)):
+            return None
+        gemms = (qkv, ending.inner.dense, up, output.inner.dense)
+        if any(type(g) is not Int8Linear or (g.bias is not None and not g.bias.is_cpu) for g in gemms) \
+                or qkv.activation or any(not e._one_region_norm() for e in (ending, output)):
+            return None
+        scale = float(inner.scaling)
+        if not math.isfinite(scale):
+            return None
+        (qkv, out, up, down) = ((g._packed_weight(), g.bias, g.kernel_args()) for g in gemms)
+        norm1, norm2 = ((n.weight, n.bias, n.eps) for n in (ending.inner.LayerNorm, output.inner.LayerNorm))
+        return qkv, inner.num_attention_heads, scale, mask, attention.products_now(), out, norm1, up, down, norm2
+
+    @staticmethod
+    def _direct(inner: nn.Module) -> bool:
+        """Whether ``inner``'s blocks are the fused wrappers and plain BERT code, so that calling their forwards in
+        order computes ``inner``'s forward."""
+        attention, intermediate, output = (inner._modules.get(n) for n in ("attention", "intermediate", "output"))
+        if attention is None or intermediate is None or output is None or inner.chunk_size_feed_forward \
+                or getattr(attention, "is_cross_attention", True):
+            return False
+        parts = attention._modules.get("self"), attention._modules.get("output")
+        if type(parts[0]) is not FusedSelfAttention or type(parts[1]) is not SkipLayerNormOutput \
+                or type(output) is not SkipLayerNormOutput:
+            return False
+        codes = _layer_classes()
+        return _code_is(type(inner).forward, codes[0].forward) \
+            and _code_is(type(inner).feed_forward_chunk, codes[0].feed_forward_chunk) \
+            and _code_is(type(attention).forward, codes[1].forward) \
+            and _code_is(type(intermediate).forward, codes[2].forward) \
+            and direct_calls(inner, attention, *parts, output)
+
+
+class FusedEncoder(nn.Module):
+    """A BERT-style encoder (``inner``: transformers 5's ``BertEncoder`` code, its ``layer`` list) whose layers all
+    run as one native call each (:class:`FusedEncoderLayer`) run as one :func:`nnic.kernels.encoder_layers` call,
+    the same bits: the layers' arguments are gathered in one Python pass before the kernels start, instead of
+    between them, where each layer's Python ran on caches its GEMMs had just emptied (~0.45 ms a layer of a batch-8
+    BERT-base at one thread). Anything else (training, cross-attention or a cache, other keyword arguments, hooks
+    on the encoder or a layer, a layer that would not be one call) runs ``inner``."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def __getattr__(self, name: str):
+        """The wrapped encoder's attributes read through (``model.encoder.layer``)."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("inner"), name)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                encoder_hidden_states: torch.Tensor | None = None,
+                encoder_attention_mask: torch.Tensor | None = None, cache=None, use_cache: bool | None = None,
+                **kwargs):
+        y = None
+        if not (self.training or encoder_hidden_states is not None or encoder_attention_mask is not None
+                or cache is not None or any(v is not None for v in kwargs.values())):
+            y = self._one_call(hidden_states, attention_mask)
+        if y is None:
+            return self.inner(hidden_states, attention_mask, encoder_hidden_states,
+                              encoder_attention_mask=encoder_attention_mask, cache=cache, use_cache=use_cache,
+                              **kwargs)
+        from transformers.models.bert import modeling_bert
+
+        return modeling_bert.BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=y, cache=None)
+
+    def _one_call(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+        from nnic import kernels
+
+        inner = self.inner
+        layers = inner._modules.get("layer")
+        if not layers or not _code_is(type(inner).forward, _encoder_class().forward) or not direct_calls(inner):
+            return None
+        args = []
+        for layer in layers:
+            if type(layer) is not FusedEncoderLayer or layer.training or not direct_calls(layer) \
+                    or not FusedEncoderLayer._direct(layer.inner):
+                return None
+            block = layer.inner
+            one = FusedEncoderLayer._one_call_args(hidden_states, attention_mask, block.attention.self,
+                                                   block.attention.output, block.intermediate, block.output)
+            if one is None:
+                return None
+            args.append(one)
+        try:
+            return kernels.encoder_layers(hidden_states, args)
+        except (RuntimeError, TypeError, ValueError):  # the layers one by one name what is wrong
+            return None
+
+
+#: :func:`_code_is`'s answers, per pair of functions (class lookups are the same function objects every call).
+_SAME_CODE: dict[tuple, bool] = {}
+
+
+def _code_is(f, reference) -> bool:
+    """:func:`~nnic_transformers.fusion._same_code`, remembered per pair (it is asked per layer call)."""
+    key = (f, reference)
+    same = _SAME_CODE.get(key)
+    if same is None:
+        same = _SAME_CODE[key] = _same_code(f, reference)
+    return same
+
+
+def _layer_classes() -> tuple[type, type, type]:
+    from transformers.models.bert.modeling_bert import BertAttention, BertIntermediate, BertLayer
+
+    return BertLayer, BertAttention, BertIntermediate
+
+
+def _encoder_class() -> type:
+    from transformers.models.bert.modeling_bert import BertEncoder
+
+    return BertEncoder
+
+
+def _layers_return_tensors() -> bool:
+    """Whether this transformers' ``BertLayer`` returns its hidden states as a tensor (version 5 on; earlier ones
+    return a tuple, which :class:`FusedEncoderLayer` does not reproduce)."""
+    import transformers
+
+    return int(transformers.__version__.split(".")[0]) >= 5
+
+
 def _forward_classes() -> tuple[type, type, type, type]:
     from transformers.models.bert.modeling_bert import BertEmbeddings, BertOutput, BertSelfAttention, BertSelfOutput
 
@@ -215,7 +478,9 @@ def _forward_classes() -> tuple[type, type, type, type]:
 def fuse_encoder(model: nn.Module, attention_products: str = "auto") -> list[str]:
     """Wraps, in place, every BERT-style self-attention in :class:`FusedSelfAttention`, every BERT-style block
     ending (residual add + LayerNorm) in :class:`SkipLayerNormOutput` and every BERT-style embedding layer in
-    :class:`EmbedLayerNorm`; returns the wrapped modules' names.
+    :class:`EmbedLayerNorm`, then (with transformers 5 or later) every ``BertLayer``-style layer whose
+    self-attention it wrapped in :class:`FusedEncoderLayer` and every ``BertEncoder``-style stack of such layers in
+    :class:`FusedEncoder`; returns the wrapped modules' names.
 
     The attention's two products (``q kᵀ``, ``p v``) run in ``attention_products``. The default, ``"auto"``, is
     bfloat16 (AVX512_BF16's ``vdpbf16ps``, float32 sums, :func:`nnic.kernels.attention`) in attentions whose
@@ -237,7 +502,7 @@ def fuse_encoder(model: nn.Module, attention_products: str = "auto") -> list[str
         raise ValueError(f"fuse_encoder: attention_products must be one of {ATTENTION_PRODUCTS}, got "
                          f"{attention_products!r}")
     attention, embeddings, *outputs = _forward_classes()
-    ours = (FusedSelfAttention, SkipLayerNormOutput, EmbedLayerNorm)
+    ours = (FusedSelfAttention, SkipLayerNormOutput, EmbedLayerNorm, FusedEncoderLayer, FusedEncoder)
     wrapped: list[str] = []
     done = [f"{n}." for n, m in model.named_modules() if isinstance(m, ours)]
     for name, m in list(model.named_modules()):
@@ -255,7 +520,27 @@ def fuse_encoder(model: nn.Module, attention_products: str = "auto") -> list[str
         new.train(m.training)
         replace_module(model, name, new)
         wrapped.append(name)
+    if _layers_return_tensors():
+        layer = _layer_classes()[0]
+        for name, m in list(model.named_modules()):
+            if name and not name.startswith(tuple(done)) and _same_code(type(m).forward, layer.forward) \
+                    and type(getattr(getattr(m, "attention", None), "self", None)) is FusedSelfAttention:
+                new = FusedEncoderLayer(m)
+                new.train(m.training)
+                replace_module(model, name, new)
+                wrapped.append(name)
+        encoder = _encoder_class()
+        for name, m in list(model.named_modules()):
+            layers = getattr(m, "layer", None)
+            if name and not name.startswith(tuple(done)) and _same_code(type(m).forward, encoder.forward) \
+                    and isinstance(layers, nn.ModuleList) and len(layers) \
+                    and all(type(layer) is FusedEncoderLayer for layer in layers):
+                new = FusedEncoder(m)
+                new.train(m.training)
+                replace_module(model, name, new)
+                wrapped.append(name)
     return wrapped
 
 
-__all__ = ["ATTENTION_PRODUCTS", "EmbedLayerNorm", "FusedSelfAttention", "SkipLayerNormOutput", "fuse_encoder"]
+__all__ = ["ATTENTION_PRODUCTS", "EmbedLayerNorm", "FusedEncoder", "FusedEncoderLayer", "FusedSelfAttention",
+           "SkipLayerNormOutput", "direct_calls", "fuse_encoder"]
