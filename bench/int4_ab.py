@@ -64,7 +64,8 @@ def main() -> None:
     n, k = args.shape
     g = args.group_size
     w = torch.randn(n, k)
-    q4, s4 = kernels.quantize_int4_weight(w, g, torch.float16 if args.scales == "uint8" else getattr(torch, args.scales))
+    float_scales = torch.float16 if args.scales == "uint8" else getattr(torch, args.scales)
+    q4, s4 = kernels.quantize_int4_weight(w, g, float_scales)
     qn, step = q4.numpy(), None
     sn = s4.numpy().view(np.uint16) if args.scales == "float16" else s4.numpy()
     if args.scales == "uint8":

@@ -458,9 +458,9 @@ pub fn int4_linear(
                 unsafe { panels.pack(p) };
             }
             // SAFETY: as above: the packed bytes and the sums are this task's until `ready` is set.
-            let (a, sums) = unsafe {
-                (std::slice::from_raw_parts_mut(prep.a(), m * kp), std::slice::from_raw_parts_mut(prep.na(), m * groups))
-            };
+            let a = unsafe { std::slice::from_raw_parts_mut(prep.a(), m * kp) };
+            // SAFETY: as above.
+            let sums = unsafe { std::slice::from_raw_parts_mut(prep.na(), m * groups) };
             signed_activations(a, m, mr, kp, k, w.group, mult, sums);
         };
         super::par::for_each(blocks.len() + 1, threads, &|i| if i == 0 { quantize() } else { run(blocks[i - 1]) });
@@ -584,7 +584,16 @@ crate::simd::multiversion!(fn finish_rows(y: &mut [f32], cs: &[f32], st: &[f32],
 /// point, so that the tiles broadcast the zero-point term as it is), else 1 (the tiles multiply by each column's
 /// zero point).
 #[allow(clippy::too_many_arguments)]
-fn signed_activations(data: &mut [u8], m: usize, mr: usize, kp: usize, k: usize, group: usize, mult: i32, na: &mut [i32]) {
+fn signed_activations(
+    data: &mut [u8],
+    m: usize,
+    mr: usize,
+    kp: usize,
+    k: usize,
+    group: usize,
+    mult: i32,
+    na: &mut [i32],
+) {
     let groups = kp / group;
     debug_assert!(data.len() == m * kp && na.len() == m * groups);
     for (p, panel) in data.chunks_mut(mr * kp).enumerate() {
