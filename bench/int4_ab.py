@@ -6,6 +6,7 @@ and input, with this tree's int8 GEMV for the issue's ratio.
     ... rebuild ...
     python bench/int4_ab.py --before /tmp/before.so                        # one thread, thread CPU time
     python bench/int4_ab.py --before /tmp/before.so --threads 2 --rounds 31  # two threads, wall time
+    python bench/int4_ab.py --before /tmp/before.so --scales uint8           # 8-bit scale codes
 
 First it checks that both builds return the same bits. Then rounds of (hot, cold) × (before, now, int8), the order
 reversed every other round: "hot" calls one packed weight again and again (L3-resident at 4096 x 4096), "cold"
@@ -48,7 +49,8 @@ def main() -> None:
     ap.add_argument("--before", required=True, help="a previous build's nnic/_kernels*.so (copied)")
     ap.add_argument("--shape", type=int, nargs=2, default=[4096, 4096], metavar=("N", "K"))
     ap.add_argument("--group-size", type=int, default=32)
-    ap.add_argument("--scales", choices=("float16", "float32"), default="float16")
+    ap.add_argument("--scales", choices=("float16", "float32", "uint8"), default="float16",
+                    help="uint8: the float16 scales double-quantized (int4_scale_codes)")
     ap.add_argument("--threads", type=int, default=1, help="1: thread CPU time; more: wall time")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--cold", type=int, default=24, help="copies cycled for the DRAM case")
@@ -62,13 +64,17 @@ def main() -> None:
     n, k = args.shape
     g = args.group_size
     w = torch.randn(n, k)
-    q4, s4 = kernels.quantize_int4_weight(w, g, getattr(torch, args.scales))
-    qn = q4.numpy()
+    float_scales = torch.float16 if args.scales == "uint8" else getattr(torch, args.scales)
+    q4, s4 = kernels.quantize_int4_weight(w, g, float_scales)
+    qn, step = q4.numpy(), None
     sn = s4.numpy().view(np.uint16) if args.scales == "float16" else s4.numpy()
+    if args.scales == "uint8":
+        codes, step = kernels.int4_scale_codes(s4.float())
+        sn, step = codes.numpy(), step.numpy()
     q8, s8 = kernels.quantize_int8_weight(w)
     packs = {
-        "before": [before.PackedInt4Weight(qn, sn, g, None) for _ in range(args.cold)],
-        "now": [native.PackedInt4Weight(qn, sn, g, None) for _ in range(args.cold)],
+        "before": [before.PackedInt4Weight(qn, sn, g, None, step) for _ in range(args.cold)],
+        "now": [native.PackedInt4Weight(qn, sn, g, None, step) for _ in range(args.cold)],
         "int8": [kernels.pack_int8_weight(q8, s8) for _ in range(args.cold)],
     }
     x = torch.randn(1, k).numpy()

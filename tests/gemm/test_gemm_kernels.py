@@ -450,6 +450,42 @@ def test_int4_bias_and_column_terms_land_on_their_columns_across_blocks_and_thre
         gemm.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("act", ["per_token", "per_tensor", "static"])
+def test_int4_gemv_quantizing_inside_the_two_thread_region_gives_the_one_thread_bits(path, act):
+    """On two threads a decode step's activations (M = 1, and a few rows) are quantized as the parallel region's
+    first task while the other thread waits on its first block; one thread quantizes them before its blocks. The
+    outputs are the same bits for every activation mode, symmetric and affine weights, and a NaN in the input is
+    still reported (per token: found inside the region)."""
+    rng = np.random.default_rng(31)
+    n, k, g = 1100, 1024, 32  # M x N x K over 2**20: two threads
+    q = rng.integers(-8, 8, (n, k), dtype=np.int8)
+    s = Int4Scales(rng.integers(1, 256, (n, k // g), dtype=np.uint8), rng.uniform(1e-4, 1e-3, n).astype(np.float32))
+    kw = {"act": act, "path": path, "symmetric": False}
+    if act == "static":
+        kw.update(act_scale=0.02, act_zero_point=3)
+    threads = gemm.get_num_threads()
+    try:
+        for z in (None, rng.integers(-8, 8, s.shape, dtype=np.int8)):
+            packed = pack4(q, s, g, z)
+            for m in (1, 4):
+                x = rng.standard_normal((m, k)).astype(np.float32)
+                got = {}
+                for t in (1, 2):
+                    gemm.set_num_threads(t)
+                    got[t] = np.asarray(gemm.int4_linear(x, packed, **kw))
+                np.testing.assert_array_equal(got[1].view(np.int32), got[2].view(np.int32))
+                if act == "per_token":
+                    assert_int4_close(got[2], x, q, s, g, z, False)
+        if act != "static":
+            x = rng.standard_normal((1, k)).astype(np.float32)
+            x[0, 700] = np.nan
+            with pytest.raises(ValueError, match="NaN at flat index 700"):
+                gemm.int4_linear(x, packed, **kw)
+    finally:
+        gemm.set_num_threads(threads)
+
+
 @given(case=int4_case())
 def test_pack_int4_round_trip(case):
     _, q, s, g, z = case

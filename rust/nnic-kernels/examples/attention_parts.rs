@@ -7,6 +7,9 @@
 //! the ISAs run in interleaved rounds and each number is the median over rounds. The whole kernel (which also
 //! prefetches each thread's next pair): `examples/encoder_kernels.rs`, and `python bench/encoder_profile.py
 //! --attention` (one thread and two).
+mod common;
+
+use common::Rng;
 use nnic_kernels::attention::profile::{stage_seconds, STAGES};
 use nnic_kernels::clock::thread_cpu;
 use nnic_kernels::attention::{Operand, Products, Shape};
@@ -22,15 +25,8 @@ fn main() {
     };
     let shape = Shape { batch, seq, heads, head_dim };
     let hidden = heads * head_dim;
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let qkv: Vec<f32> = (0..batch * seq * 3 * hidden)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        })
-        .collect();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let qkv: Vec<f32> = (0..batch * seq * 3 * hidden).map(|_| rng.f()).collect();
     let op = |part: usize| Operand { data: &qkv, offset: part * hidden, row_stride: 3 * hidden };
     let mut out = vec![0.0f32; batch * seq * hidden];
     let scale = 1.0 / (head_dim as f32).sqrt();

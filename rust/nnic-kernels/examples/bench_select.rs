@@ -1,4 +1,7 @@
 //! Quick timing of the radix select without Python: `cargo run --release --example bench_select [n] [threads]`.
+mod common;
+
+use common::Rng;
 use nnic_kernels::{pool, select};
 use std::time::Instant;
 
@@ -9,12 +12,10 @@ fn main() {
     if let Ok(isa) = std::env::var("NNIC_KERNEL_ISA") {
         nnic_kernels::cpu::set_isa(Some(nnic_kernels::Isa::parse(&isa).expect("isa"))).expect("supported");
     }
-    let mut s = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let x: Vec<f32> = (0..n)
         .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
+            let s = rng.next();
             ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * ((s & 0xff) as f32 / 64.0)
         })
         .collect();

@@ -24,22 +24,15 @@
 //! GEMM cases with that many activation rows (default 1): at M = 16 the product's compute (0.57 ms at the 2-core
 //! VNNI peak for 4096²) and the weight stream (~0.6 ms from DRAM) are about equal, and this shows which one it
 //! is held to.
+mod common;
+
+use common::Rng;
 use nnic_kernels::gemm::{int8_linear, matmul_i8, ActQuant, Activation, PackedLinear, Path};
 use nnic_kernels::huge::HugeBuf;
 use nnic_kernels::pool;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
 
 /// Sum of `b` as wrapping u64 words: 64-byte AVX-512 loads, four independent accumulators, and `prefetcht1`
 /// [`pf`] bytes ahead (as the GEMV tile), so that it reads at the memory system's speed.

@@ -8,6 +8,9 @@
 //! GB/s of packed bytes and nanoseconds per group-panel (1 group × 32 columns), and a hash of the output bits, so
 //! that two builds (say, before and after a change to the tile) can be compared for identical results and, run
 //! alternately, for speed (best of many short rounds is what a shared machine's noise leaves intact).
+mod common;
+
+use common::Rng;
 use nnic_kernels::gemm::int4::{int4_linear, GroupScales, PackedInt4};
 use nnic_kernels::gemm::{ActQuant, Path};
 
@@ -17,23 +20,17 @@ fn main() {
     let env = |name: &str, default: usize| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
     let (g, work, half, m) = (env("G", 32), env("WORK", 200_000_000), std::env::var("F32").is_err(), env("M", 1));
     let path = std::env::var("TILE").map_or(Ok(Path::active()), |name| Path::parse(&name)).expect("a GEMM path name");
-    let mut seed = 1u64;
-    let mut rnd = || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut rng = Rng(1);
     for (n, k) in [(512usize, 1024usize), (4096, 4096)] {
-        let q: Vec<i8> = (0..n * k).map(|_| (rnd() % 16) as i8 - 8).collect();
-        let s16: Vec<u16> = (0..n * k.div_ceil(g)).map(|_| 0x2000 + (rnd() % 1024) as u16).collect();
+        let q: Vec<i8> = (0..n * k).map(|_| (rng.next() % 16) as i8 - 8).collect();
+        let s16: Vec<u16> = (0..n * k.div_ceil(g)).map(|_| 0x2000 + (rng.next() % 1024) as u16).collect();
         let s32: Vec<f32> = s16.iter().map(|&h| nnic_kernels::half::f16_to_f32(h)).collect();
         let w = if half {
             PackedInt4::new(&q, n, k, GroupScales::F16(&s16), &[], g).expect("valid weight")
         } else {
             PackedInt4::new(&q, n, k, &s32, &[], g).expect("valid weight")
         };
-        let x: Vec<f32> = (0..m * k).map(|_| (rnd() % 2001) as f32 / 1000.0 - 1.0).collect();
+        let x: Vec<f32> = (0..m * k).map(|_| (rng.next() % 2001) as f32 / 1000.0 - 1.0).collect();
         let act = ActQuant::DynamicPerRow { symmetric: false };
         let mut out = vec![0f32; m * n];
         let reps = (work / (n * k)).max(10);

@@ -17,6 +17,9 @@
 //! Printed: the 25th percentile and median per call, GB/s of packed bytes, and the ratios (int8 ÷ int4 is the
 //! issue's row; int4 ÷ read is what the call loses against its own bytes). What it showed is in
 //! `docs/performance/low-bit.md` ("where the cold int4 GEMV loses against its own bytes").
+mod common;
+
+use common::Rng;
 use nnic_kernels::gemm::int4::{int4_linear, GroupScales, PackedInt4};
 use nnic_kernels::gemm::{int8_linear, ActQuant, Activation, PackedLinear, Path};
 use nnic_kernels::pool;
@@ -131,18 +134,12 @@ fn main() {
     #[cfg(not(target_arch = "x86_64"))]
     let probes = false;
     pool::set_num_threads(threads).expect("thread count");
-    let mut seed = 1u64;
-    let mut rnd = || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut rng = Rng(1);
     let ng = k.div_ceil(G);
-    let q: Vec<i8> = (0..n * k).map(|_| (rnd() % 16) as i8 - 8).collect();
-    let codes: Vec<u8> = (0..n * ng).map(|_| 1 + (rnd() % 255) as u8).collect();
+    let q: Vec<i8> = (0..n * k).map(|_| (rng.next() % 16) as i8 - 8).collect();
+    let codes: Vec<u8> = (0..n * ng).map(|_| 1 + (rng.next() % 255) as u8).collect();
     let step: Vec<f32> = (0..n).map(|j| 1e-4 * (1 + j % 7) as f32).collect();
-    let w8: Vec<i8> = (0..n * k).map(|_| rnd() as i8).collect();
+    let w8: Vec<i8> = (0..n * k).map(|_| rng.next() as i8).collect();
     let s8: Vec<f32> = (0..n).map(|j| 0.01 + j as f32 * 1e-6).collect();
     // Allocated in turn (the first allocations get the free 2 MiB pages: neither kind should get them all).
     let (c8, c4) = (10usize, 14usize);
@@ -153,9 +150,9 @@ fn main() {
         }
         p4.push(PackedInt4::new(&q, n, k, GroupScales::U8 { codes: &codes, step: &step }, &[], G).expect("int4 weight"));
     }
-    let x: Vec<f32> = (0..k).map(|_| (rnd() % 2001) as f32 / 1000.0 - 1.0).collect();
-    let a: Vec<u8> = (0..k).map(|_| rnd() as u8).collect();
-    let na: Vec<i32> = (0..ng).map(|_| -((rnd() % 4096) as i32)).collect();
+    let x: Vec<f32> = (0..k).map(|_| (rng.next() % 2001) as f32 / 1000.0 - 1.0).collect();
+    let a: Vec<u8> = (0..k).map(|_| rng.next() as u8).collect();
+    let na: Vec<i32> = (0..ng).map(|_| -((rng.next() % 4096) as i32)).collect();
     let act = ActQuant::DynamicPerRow { symmetric: false };
     let mut out = vec![0f32; n];
     let mut cases = vec!["int8", "int4"];

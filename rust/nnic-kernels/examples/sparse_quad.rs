@@ -11,6 +11,9 @@
 //! at one thread, the fraction of that peak each product reaches, counting the instructions it needs: dense
 //! `m/16 · k/4 · n`, sparse `m/16 ·` (nonzero K-quads) — including everything around the products
 //! (activation quantization, packing, epilogue), so it is the end-to-end efficiency of the call.
+mod common;
+
+use common::Rng;
 use nnic_kernels::gemm::{int8_linear, ActQuant, Activation, PackedLinear, Path};
 use nnic_kernels::pool;
 use nnic_kernels::sparse::{csr, SparseLinear, Values};
@@ -18,16 +21,6 @@ use std::time::Instant;
 
 fn thread_cpu() -> f64 {
     nnic_kernels::clock::thread_cpu().expect("a thread CPU clock (Linux)")
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

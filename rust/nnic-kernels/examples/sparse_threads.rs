@@ -18,6 +18,9 @@
 //! core clock, which is measured first (a chain of dependent integer adds, one cycle each); for `split`, wall
 //! time times the clock times two threads, so a perfect split costs what `alone` costs. It also prints the
 //! density from which batch-1 products read the bitmask instead of gathering (`sparse::bitmask_break_even`).
+mod common;
+
+use common::Rng;
 use nnic_kernels::gemm::ActQuant;
 use nnic_kernels::pool;
 use nnic_kernels::sparse::{self, csr, nm, Index, SparseLinear, Values};
@@ -25,19 +28,6 @@ use std::time::Instant;
 
 fn thread_cpu() -> f64 {
     nnic_kernels::clock::thread_cpu().expect("a thread CPU clock (Linux)")
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn f(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-    }
 }
 
 fn csr(rng: &mut Rng, n: usize, k: usize, density: f64, int8: bool) -> SparseLinear {

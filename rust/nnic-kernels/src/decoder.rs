@@ -494,20 +494,19 @@ pub fn decode_layer(
 /// eight accumulators (named in the code: this constant must stay 8).
 const HEAD_BLOCK: usize = 8;
 
+/// The examples' seeded generator (one copy in the crate).
+#[cfg(test)]
+#[path = "../examples/common/mod.rs"]
+mod xorshift;
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// `n` values in [-1, 1) from a generator seeded by `seed` (distinct seeds, distinct sequences).
     fn seeded(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
-            })
-            .collect()
+        let mut rng = xorshift::Rng((seed as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(1));
+        (0..n).map(|_| 2.0 * rng.f()).collect()
     }
 
     /// The same step in f64 with plain loops: rotary, cache write, softmax attention per head.

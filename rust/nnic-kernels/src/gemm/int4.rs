@@ -19,12 +19,13 @@
 #![allow(clippy::needless_range_loop)] // the epilogue indexes the register tile by row and column
 use super::act_pack::{self, ActQuant};
 use super::int4_micro::{tile_mv, Panel, ScaleFmt, MR4, WHOLE_BYTE_MAX_GROUP};
-use super::panels::{round_up, PackedA, NR};
+use super::panels::{round_up, NR};
 use super::{isa_of, Block, Path};
 use crate::error::{KernelError, Result};
 use crate::huge::HugeBuf;
 use crate::half::f16_to_f32;
 use crate::pool;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Per-group scales `[n, ceil(k / group)]` as given to [`PackedInt4::new`].
 #[derive(Copy, Clone, Debug)]
@@ -253,10 +254,15 @@ impl PackedInt4 {
         unsafe { std::slice::from_raw_parts(self.data.as_ptr() as *const u8, 64 * self.data.len()) }
     }
 
+    /// Bytes of one weight panel (32 columns).
+    fn panel_len(&self) -> usize {
+        Panel::len_of(self.kp / self.group, self.group / 8, self.fmt)
+    }
+
     /// Weight panel `p` (32 columns).
     fn panel(&self, p: usize) -> Panel<'_> {
         let groups = self.kp / self.group;
-        let len = Panel::len_of(groups, self.group / 8, self.fmt);
+        let len = self.panel_len();
         Panel {
             bytes: &self.bytes()[p * len..(p + 1) * len],
             zeros: if self.is_affine() { &self.zeros[p * groups * NR..(p + 1) * groups * NR] } else { &[] },
@@ -380,17 +386,38 @@ pub fn int4_linear(
     if m == 0 || n == 0 {
         return Ok(());
     }
-    let mut pa: PackedA = act_pack::pack_f32(path, MR4, x, m, k, w.kp, act, false)?;
-    let affine = w.is_affine();
-    let na = signed_activations(&mut pa, k, w.group, if affine { 1 } else { 8 });
-    let groups = w.kp / w.group;
-    let o = OutF(out.as_mut_ptr());
+    let (mut pa, panels) = act_pack::F32Panels::new(path, MR4, x, m, k, w.kp, act, false)?;
+    let (mr, kp, groups) = (pa.mr, pa.kp, w.kp / w.group);
+    let mult = if w.is_affine() { 1 } else { 8 };
+    let mut na = vec![0i32; m * groups];
     let threads = if m * n * k < (1 << 20) { 1 } else { pool::num_threads() };
-    let mr = pa.mr;
-    let blocks = super::plan(m, n, mr, threads, 64, 8 * NR);
+    let blocks = finer_tail(super::plan(m, n, mr, threads, 64, 8 * NR), threads);
+    // Small activations (a decode step's) are quantized as the region's first task, large ones by a parallel
+    // pass of their own before it ([`Prep`] says why).
+    let in_region = threads > 1 && m * k < act_pack::PACK_PAR_MIN;
+    if !in_region {
+        let pack_threads = if m * k < act_pack::PACK_PAR_MIN { 1 } else { pool::num_threads() };
+        // SAFETY: `pa` is not otherwise touched until this returns, and no panel is packed yet.
+        unsafe { panels.pack_all(pack_threads) }?;
+        signed_activations(&mut pa.data[..m * kp], m, mr, kp, k, w.group, mult, &mut na);
+    }
+    let prep = Prep {
+        ready: AtomicBool::new(!in_region),
+        a: pa.data.as_mut_ptr(),
+        na: na.as_mut_ptr(),
+        scale: pa.scale.as_ptr(),
+        zero: pa.zero.as_ptr(),
+    };
+    let o = OutF(out.as_mut_ptr());
     let run = |blk: Block| {
         #[allow(clippy::redundant_locals)] // captures the Sync wrapper, not its raw pointer field
         let o = o;
+        if !prep.ready.load(Ordering::Acquire) {
+            let (p0, p1) = (blk.j0 / NR, blk.j1.div_ceil(NR));
+            prep.wait_prefetching(&w.bytes()[p0 * w.panel_len()..p1 * w.panel_len()]);
+        }
+        // SAFETY: the activations are ready (above): nothing writes them any more; `m * groups` sums.
+        let na = unsafe { std::slice::from_raw_parts(prep.na() as *const i32, m * groups) };
         let mut f = [[0f32; NR]; MR4];
         // The tiles' sums go to the output as they are, and the epilogue runs once over the block after its last
         // panel ([`finish_rows`] says why).
@@ -399,7 +426,8 @@ pub fn int4_linear(
             let panel = w.panel(j0 / NR);
             for i0 in (blk.i0..blk.i1).step_by(mr) {
                 let rows = (blk.i1 - i0).min(mr);
-                let ap = pa.panel_ptr_rows(i0 / mr, 0);
+                // SAFETY: row panel `i0 / mr` starts at byte `i0 * kp` of the `m * kp` packed bytes.
+                let ap = unsafe { prep.a().add(i0 * kp) } as *const u8;
                 let nap = &na[i0 * groups..(i0 + rows) * groups];
                 tile(path, rows, ap, nap, panel, &mut f);
                 for (r, fr) in f.iter().enumerate().take(rows) {
@@ -413,16 +441,123 @@ pub fn int4_linear(
         let st = if w.has_u8_scales() { &w.step[j0..j1] } else { &[][..] };
         let b = bias.map_or(&[][..], |b| &b[j0..j1]);
         for i in blk.i0..blk.i1 {
-            let (sa, za) = (pa.scale[i], (pa.zero[i] - 128) as f32);
+            // SAFETY: row i < m of the `m` scales and zero points, final once the activations are ready.
+            let (sa, za) = unsafe { (*prep.scale.add(i), (*prep.zero.add(i) - 128) as f32) };
             // SAFETY: row i, columns j0..j1 are this task's block.
             let y = unsafe { std::slice::from_raw_parts_mut(o.0.add(i * n + j0), j1 - j0) };
             finish_rows(isa_of(path), y, &w.csum[j0..j1], st, b, sa, za);
         }
     };
-    super::par::for_each(blocks.len(), threads, &|i| run(blocks[i]));
+    if in_region {
+        // Task 0 quantizes (the caller's, as a rule: it is in the region first); a block task taken before it is
+        // done waits for it.
+        let quantize = || {
+            let _ready = SetOnDrop(&prep.ready);
+            for p in 0..panels.count() {
+                // SAFETY: each panel packed once, by this task alone; the block tasks read none before `ready`.
+                unsafe { panels.pack(p) };
+            }
+            // SAFETY: as above: the packed bytes and the sums are this task's until `ready` is set.
+            let a = unsafe { std::slice::from_raw_parts_mut(prep.a(), m * kp) };
+            // SAFETY: as above.
+            let sums = unsafe { std::slice::from_raw_parts_mut(prep.na(), m * groups) };
+            signed_activations(a, m, mr, kp, k, w.group, mult, sums);
+        };
+        super::par::for_each(blocks.len() + 1, threads, &|i| if i == 0 { quantize() } else { run(blocks[i - 1]) });
+    } else {
+        super::par::for_each(blocks.len(), threads, &|i| run(blocks[i]));
+    }
     act_pack::release(pa);
-    Ok(())
+    // A non-finite value met by a per-row range inside the region (the output is then meaningless).
+    panels.check()
 }
+
+/// The quantized activations of one call as the block tasks read them: the signed packed bytes `a`, their group
+/// sums `na`, each row's scale and u8 zero point, all final once `ready` is set.
+///
+/// Why a decode step quantizes inside the region: quantizing a token's activations (and their signed form and group
+/// sums) took 4.6-6 µs per call on the calling thread before the region, with the weights just streamed having
+/// pushed `x`, the buffers and the code out of the caches, while the other core waited; as the region's first task
+/// the other core starts at once on its first block and fetches that block's first weight lines while it waits
+/// ([`Prep::wait_prefetching`]). The caller, in the region first, almost always takes task 0 itself, so a helper
+/// descheduled by another process rarely holds up the activations. Large activations (prefill, `m · k` from
+/// [`act_pack::PACK_PAR_MIN`]) keep their parallel pass before the region: one task would serialize it.
+struct Prep {
+    ready: AtomicBool,
+    a: *mut u8,
+    na: *mut i32,
+    scale: *const f32,
+    zero: *const i32,
+}
+// SAFETY: the buffers behind the pointers are written by the quantizing task only (`scale` and `zero`, for per-row
+// ranges, through the packer's own pointers to them) and read by the block tasks only after `ready`.
+unsafe impl Sync for Prep {}
+
+impl Prep {
+    // Methods rather than fields in the closures: a closure that names `prep.a` captures the bare pointer.
+    fn a(&self) -> *mut u8 {
+        self.a
+    }
+    fn na(&self) -> *mut i32 {
+        self.na
+    }
+
+    /// Spins until the activations are ready, meanwhile prefetching `block`'s weight lines (this thread's next
+    /// bytes) into L2 one line per check, in order: the wait overlaps the stream's start. After the block's
+    /// last line (a wait of ~40 µs: the quantizing thread was descheduled) it yields its core.
+    fn wait_prefetching(&self, block: &[u8]) {
+        let mut at = 0;
+        while !self.ready.load(Ordering::Acquire) {
+            if at < block.len() {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: a prefetch of an address inside `block`; it never faults.
+                unsafe {
+                    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+                    _mm_prefetch::<_MM_HINT_T1>(block.as_ptr().add(at) as *const i8)
+                };
+                at += 64;
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+/// Sets its flag when dropped: the activations count as ready even when quantizing them panicked, so that no block
+/// task waits forever (the panic is raised on the caller when the region ends).
+struct SetOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// `blocks` (taken in order) with the last `threads` of them split into column pieces of [`TAIL_PANELS`] panels,
+/// so that the threads run out of work within one small piece of each other.
+///
+/// Why: the threads take the blocks dynamically, so the last to finish ends up to one block after the others,
+/// which wait: a GEMV block of 256 columns streams ~0.55 MB (4096 deep, 8-bit scales), ~36 µs at two threads on
+/// the Zen 4 machine, and quiet the caller waited 12-25 µs per 4096² call for the other thread's last block (team
+/// counters, `wait_ns`). The other blocks stay whole: each block's ending reads its column terms in one run
+/// ([`finish_rows`]).
+fn finer_tail(blocks: Vec<Block>, threads: usize) -> Vec<Block> {
+    if threads <= 1 || blocks.len() <= threads {
+        return blocks;
+    }
+    let cut = blocks.len() - threads;
+    let mut out = blocks[..cut].to_vec();
+    for b in &blocks[cut..] {
+        for j0 in (b.j0..b.j1).step_by(TAIL_PANELS * NR) {
+            out.push(Block { j0, j1: (j0 + TAIL_PANELS * NR).min(b.j1), ..*b });
+        }
+    }
+    out
+}
+
+/// Panels per piece of the last blocks ([`finer_tail`]).
+const TAIL_PANELS: usize = 2;
 
 /// One output row of a block from the tiles' sums `y` (in place): `y = sa · (y - za · cs) + b`, or for 8-bit
 /// scales `y = sa · st · (y - za · cs) + b` (the sums in units of each column's step `st`; `+ 0` without a bias),
@@ -467,16 +602,26 @@ fn finish_rows_body(y: &mut [f32], cs: &[f32], st: &[f32], b: &[f32], sa: f32, z
 crate::simd::multiversion!(fn finish_rows(y: &mut [f32], cs: &[f32], st: &[f32], b: &[f32], sa: f32, za: f32)
     = finish_rows_body;);
 
-/// Turns the u8 codes of the activation panels into signed bytes `qa - 128` in place (padding past `k` stays 0)
-/// and returns `na[i][g] = -mult · sum_{k in g} (qa[i, k] - 128)` for each row `i` and k group `g` of `group`
-/// values, laid out so that a panel of `rows` rows starting at row `i0` finds its `[g][rows]` sums at
-/// `i0 * groups`. `mult` is 8 for symmetric weights (their stored zero point, so that the tiles broadcast the
-/// zero-point term as it is), else 1 (the tiles multiply by each column's zero point).
-fn signed_activations(pa: &mut PackedA, k: usize, group: usize, mult: i32) -> Vec<i32> {
-    let (m, mr, kp) = (pa.m, pa.mr, pa.kp);
+/// Turns the u8 codes of the activation panels `data` (`m` rows of `kp` bytes in panels of `mr` rows) into signed
+/// bytes `qa - 128` in place (padding past `k` stays 0) and writes `na[i][g] = -mult · sum_{k in g} (qa[i, k] -
+/// 128)` for each row `i` and k group `g` of `group` values, laid out so that a panel of `rows` rows starting at
+/// row `i0` finds its `[g][rows]` sums at `i0 * groups`. `mult` is 8 for symmetric weights (their stored zero
+/// point, so that the tiles broadcast the zero-point term as it is), else 1 (the tiles multiply by each column's
+/// zero point).
+#[allow(clippy::too_many_arguments)]
+fn signed_activations(
+    data: &mut [u8],
+    m: usize,
+    mr: usize,
+    kp: usize,
+    k: usize,
+    group: usize,
+    mult: i32,
+    na: &mut [i32],
+) {
     let groups = kp / group;
-    let mut na = vec![0i32; m * groups];
-    for (p, panel) in pa.data[..m * kp].chunks_mut(mr * kp).enumerate() {
+    debug_assert!(data.len() == m * kp && na.len() == m * groups);
+    for (p, panel) in data.chunks_mut(mr * kp).enumerate() {
         let rows = panel.len() / kp;
         for v in panel.iter_mut() {
             *v ^= 0x80;
@@ -489,20 +634,18 @@ fn signed_activations(pa: &mut PackedA, k: usize, group: usize, mult: i32) -> Ve
         let sums = &mut na[p * mr * groups..(p * mr + rows) * groups];
         for (chunk, s) in panel.chunks_exact(group * rows).zip(sums.chunks_exact_mut(rows)) {
             if rows == 1 {
-                s[0] = -chunk.iter().map(|&v| v as i8 as i32).sum::<i32>();
+                s[0] = -mult * chunk.iter().map(|&v| v as i8 as i32).sum::<i32>();
                 continue;
             }
+            s.fill(0);
             for quad in chunk.chunks_exact(rows * 4) {
                 for (r, sr) in s.iter_mut().enumerate() {
                     *sr -= quad[r * 4..r * 4 + 4].iter().map(|&v| v as i8 as i32).sum::<i32>();
                 }
             }
+            s.iter_mut().for_each(|v| *v *= mult);
         }
     }
-    if mult != 1 {
-        na.iter_mut().for_each(|v| *v *= mult);
-    }
-    na
 }
 
 /// Runs the tile of `path` for `rows` (≤ [`MR4`]) rows of the signed activation panel at `ap` (`rows × kp`
