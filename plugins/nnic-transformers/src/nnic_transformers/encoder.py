@@ -251,7 +251,23 @@ class EmbedLayerNorm(nn.Module):
                                         norm.eps)
 
 
-class FusedEncoderLayer(nn.Module):
+class _ReadThrough(nn.Module):
+    """A wrapper module whose wrapped ``inner`` module's attributes read through, so code that walks the original
+    structure keeps working (``BertModel.prune_heads`` reads ``layer.attention``, users read
+    ``model.encoder.layer``)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("inner"), name)
+
+
+class FusedEncoderLayer(_ReadThrough):
     """A BERT-style encoder layer (``inner``: transformers 5's ``BertLayer`` code) whose fused blocks
     (:class:`FusedSelfAttention`, :class:`SkipLayerNormOutput`, the MLP's GEMM with its GELU) run without the
     module calls between them (``BertLayer`` → ``BertAttention`` → ..., transformers' ``apply_chunking_to_forward``,
@@ -268,17 +284,6 @@ class FusedEncoderLayer(nn.Module):
     data out of the caches, which makes each call cost tens of microseconds: measured with ``perf``, 5-6 % of a
     batch-8 int8 BERT-base forward's one-thread time was outside nnic's kernels (docs/performance/onnx.md, round of
     2026-12-02), and at two threads that time is serial."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def __getattr__(self, name: str):
-        """The wrapped layer's attributes read through (``BertModel.prune_heads`` reads ``layer.attention``)."""
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(super().__getattr__("inner"), name)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 encoder_hidden_states: torch.Tensor | None = None, *args, **kwargs) -> torch.Tensor:
@@ -377,24 +382,13 @@ class FusedEncoderLayer(nn.Module):
             and direct_calls(inner, attention, *parts, output)
 
 
-class FusedEncoder(nn.Module):
+class FusedEncoder(_ReadThrough):
     """A BERT-style encoder (``inner``: transformers 5's ``BertEncoder`` code, its ``layer`` list) whose layers all
     run as one native call each (:class:`FusedEncoderLayer`) run as one :func:`nnic.kernels.encoder_layers` call,
     the same bits: the layers' arguments are gathered in one Python pass before the kernels start, instead of
     between them, where each layer's Python ran on caches its GEMMs had just emptied (~0.45 ms a layer of a batch-8
     BERT-base at one thread). Anything else (training, cross-attention or a cache, other keyword arguments, hooks
     on the encoder or a layer, a layer that would not be one call) runs ``inner``."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def __getattr__(self, name: str):
-        """The wrapped encoder's attributes read through (``model.encoder.layer``)."""
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(super().__getattr__("inner"), name)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 encoder_hidden_states: torch.Tensor | None = None,
