@@ -1,11 +1,11 @@
 //! Bindings of the encoder kernels (attention, skip LayerNorm, embedding LayerNorm, BERT-style layers as
 //! their sequence): argument checks, GIL release and error mapping only.
 use crate::errors::{not_contiguous, slice, slice_mut, to_py};
-use crate::gemm::{act_quant, path, PackedInt8Weight};
+use crate::gemm::{act_quant, fresh, path, PackedInt8Weight};
 use nnic_kernels::attention::{attention_with, Operand, Products, Shape};
 use nnic_kernels::gemm::{self, Activation};
 use nnic_kernels::{norm, prefetch};
-use numpy::{IxDyn, PyArrayDyn, PyArrayMethods, PyReadonlyArray1, PyReadonlyArrayDyn, PyReadwriteArrayDyn,
+use numpy::{PyArrayDyn, PyArrayMethods, PyReadonlyArray1, PyReadonlyArrayDyn, PyReadwriteArrayDyn,
             PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -99,14 +99,6 @@ type LayerGemm<'py> = (
 
 /// A LayerNorm of [`encoder_layers`]: weight, bias, eps.
 type LayerNorm<'py> = (PyReadonlyArray1<'py, f32>, PyReadonlyArray1<'py, f32>, f32);
-
-/// A new C-contiguous float32 array for a kernel to write every element of (numpy's allocator: from 4 MiB up it
-/// advises 2 MiB pages, as `nnic.kernels.adapters.float_output` relies on).
-fn fresh<'py>(py: Python<'py>, dims: &[usize]) -> Bound<'py, PyArrayDyn<f32>> {
-    // SAFETY: the array is new and nothing else refers to it; each caller's kernel writes every element before it
-    // is read (on an error it is dropped unread).
-    unsafe { PyArrayDyn::<f32>::new(py, IxDyn(dims), false) }
-}
 
 /// `out[m, n] = linear(x)` for one [`LayerGemm`] (the call `PackedInt8Weight.linear` makes), GIL released.
 fn layer_linear(py: Python<'_>, g: &LayerGemm<'_>, x: &[f32], m: usize, out: &mut [f32]) -> PyResult<()> {

@@ -16,6 +16,14 @@ fn ro<'a, T: Element>(a: &'a PyReadonlyArray2<'_, T>, name: &str) -> PyResult<&'
     slice(a, name)
 }
 
+/// A new C-contiguous float32 array for a kernel to write every element of (numpy's allocator: from 4 MiB up it
+/// advises 2 MiB pages, as `nnic.kernels.adapters.float_output` relies on).
+pub(crate) fn fresh<'py>(py: Python<'py>, dims: &[usize]) -> Bound<'py, PyArrayDyn<f32>> {
+    // SAFETY: the array is new and nothing else refers to it; every caller's kernel writes every element before it
+    // is read (on an error it is dropped unread).
+    unsafe { PyArrayDyn::<f32>::new(py, IxDyn(dims), false) }
+}
+
 fn ro1<'a, T: Element>(a: &'a PyReadonlyArray1<'_, T>, name: &str) -> PyResult<&'a [T]> {
     slice(a, name)
 }
@@ -304,9 +312,7 @@ fn linear_into<'py, W: LinearWeight + Resident>(
         }
         None => {
             let dims: Vec<usize> = lead.iter().copied().chain([n]).collect();
-            // SAFETY: the array is new and C-contiguous, nothing else refers to it yet, and the kernel writes
-            // every element before it is returned (on an error it is dropped unread).
-            let fresh = unsafe { PyArrayDyn::<f32>::new(py, IxDyn(&dims), false) };
+            let fresh = fresh(py, &dims);
             let out = unsafe { fresh.as_slice_mut() }.map_err(|_| not_contiguous("out"))?;
             prefetch::cancel(Some(w));
             to_py(py.detach(|| w.run(p, xs, m, bias, act, activation, out)))?;
@@ -487,9 +493,7 @@ packed_weight_methods!(PackedInt8Weight, symmetric = false,
         let (xv, rv) = (slice(&x, "x")?, slice(&residual, "residual")?);
         let (g, b) = (ro1(&gamma, "gamma")?, ro1(&beta, "beta")?);
         let bias = bias.as_ref().map(|b| ro1(b, "bias")).transpose()?;
-        // SAFETY: the array is new and C-contiguous, nothing else refers to it yet, and the kernel writes every
-        // element before it is returned (on an error it is dropped unread).
-        let fresh = unsafe { PyArrayDyn::<f32>::new(py, IxDyn(rs), false) };
+        let fresh = fresh(py, rs);
         let out = unsafe { fresh.as_slice_mut() }.map_err(|_| not_contiguous("out"))?;
         let w = &*self.inner;
         prefetch::cancel(Some(w));
