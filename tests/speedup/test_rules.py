@@ -210,3 +210,27 @@ def test_any_along_is_numpys_any_on_every_layout(shape, data):
         flags = flags.transpose(0, -1)
     dim = data.draw(st.integers(0, flags.ndim - 1))
     assert np.array_equal(any_along(flags, dim).numpy(), flags.numpy().any(dim))
+
+
+_SPECIAL = [0.0, -0.0, 1.0, -2.5, float("nan"), float("inf"), float("-inf"), 1e-30]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 4), min_size=3, max_size=5), st.data())
+def test_nonzero_kernels_is_any_over_each_kernel_for_every_dtype_and_layout(shape, data):
+    """A convolution's usage (``nonzero_kernels``): for each (output, input) pair, whether any value of its
+    kernel is non-zero, as ``!= 0`` says (NaN and infinities count, -0.0 does not), for the float dtypes numpy
+    holds and those it does not (bfloat16), empty and 1x1 kernels, and non-contiguous weights."""
+    from nnic.speedup.rules import nonzero_kernels
+
+    n = int(np.prod(shape))
+    values = data.draw(st.lists(st.sampled_from(_SPECIAL), min_size=n, max_size=n))
+    dtype = data.draw(st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16]))
+    weight = torch.tensor(values, dtype=torch.float64).reshape(shape).to(dtype)
+    if data.draw(st.booleans()):
+        weight = weight.transpose(0, 1)  # a [in, out/groups, *k] view, as a transposed convolution reads it
+    kernel = int(np.prod(weight.shape[2:]))
+    expected = (weight.double().numpy() != 0).reshape(weight.shape[0], weight.shape[1], kernel).any(2)
+    got = nonzero_kernels(nn.Parameter(weight))
+    assert got.dtype == torch.bool and got.shape == weight.shape[:2]
+    assert np.array_equal(got.numpy(), expected)

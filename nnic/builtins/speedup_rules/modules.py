@@ -14,7 +14,8 @@ from nnic.builtins.speedup_rules.functional import spatial_constants
 from nnic.channels.graph import Call, Spec
 from nnic.channels.labels import propagate_by_labels
 from nnic.builtins.speedup_rules.layer_norm import LayerNormRule
-from nnic.speedup.rules import ChannelMixRule, PassThroughRule, PerChannelRule, Rule, block_usage, slice_param
+from nnic.speedup.rules import (ChannelMixRule, PassThroughRule, PerChannelRule, Rule, block_usage, nonzero_kernels,
+                                slice_param)
 
 
 def _param(t: torch.Tensor, requires_grad: bool) -> nn.Parameter:
@@ -86,9 +87,7 @@ class ConvRule(ChannelMixRule):
         return block_usage(*self.grouped_usage(module), module.in_channels)
 
     def grouped_usage(self, module):
-        # any() of the float weight over each kernel: one pass, no bool copy of the weight (-0.0 reads as zero,
-        # NaN as non-zero, as with != 0).
-        return module.weight.detach().flatten(2).any(2).cpu(), module.groups
+        return nonzero_kernels(module.weight), module.groups
 
     def can_fold(self, module, x):
         pad = module.padding
@@ -107,7 +106,7 @@ class ConvTransposeRule(ConvRule):
 
     def grouped_usage(self, module):
         g = module.groups
-        local_t = module.weight.detach().flatten(2).any(2).cpu()  # [in, out/g]
+        local_t = nonzero_kernels(module.weight)  # [in, out/g]
         ip = module.in_channels // g
         return local_t.reshape(g, ip, -1).transpose(1, 2).reshape(module.out_channels, ip), g
 
