@@ -253,7 +253,7 @@ def _value_free(model: nn.Module, captured: Capture, args: tuple, kwargs: dict, 
 @collection_paused()
 def analyze(model: nn.Module, dummy_input: Any, table: RuleTable, *, leaf_modules: Iterable[str | type] = (),
             strict: bool = False, fallback: bool = True, structure_only: bool = False,
-            value_free: bool = False) -> Propagation:
+            value_free: bool = False, modules: Iterable[nn.Module] | None = None) -> Propagation:
     """Capture ``model`` (:func:`~nnic.channels.capture.capture`: fx, or regions when fx cannot trace it) and
     propagate channel labels through it with ``table``'s rules, in eval mode and without gradients; the model's
     train/eval modes are restored; ``prop.capture`` says how it was captured (``fallback=False``: fx or an
@@ -261,9 +261,10 @@ def analyze(model: nn.Module, dummy_input: Any, table: RuleTable, *, leaf_module
     dependency-aware pruning reads), not for what speedup decides with (dead channels, sinks, folds).
     ``value_free=True`` tries the value-free propagation first (see the module docstring) and runs on values
     when it cannot; ``prop.values_why`` says why it did ("" when it did not). The one spelling of capture +
-    propagation that speedup and dependency-aware pruning share."""
+    propagation that speedup and dependency-aware pruning share. ``modules``: the model's modules where the
+    caller has just walked them (speedup's walk: ``modules()`` is some 0.7 ms on a 330-module model)."""
     args, kwargs = split_dummy_input(model, dummy_input)
-    modes = {m: m.training for m in model.modules()}
+    modes = {m: m.training for m in (model.modules() if modules is None else modules)}
     try:
         eval_mode(model, modes)
         captured = capture(model, args, kwargs, leaf_types=table.leaf_types, leaf_modules=leaf_modules,

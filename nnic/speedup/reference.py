@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -77,12 +77,13 @@ def _sparse_linear(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def skipping_zeros(model: nn.Module) -> Iterator[None]:
+def skipping_zeros(model: nn.Module, modules: Iterable[nn.Module] | None = None) -> Iterator[None]:
     """Within the block, ``model``'s Conv2d (ungrouped) and Linear layers, exact types only, skip the work on
     all-zero weight rows and all-zero input channels (see the module docstring); their outputs are the dense
-    ones up to rounding. Hooks still run: only each layer's ``forward`` is replaced, and put back after."""
+    ones up to rounding. Hooks still run: only each layer's ``forward`` is replaced, and put back after.
+    ``modules``: the model's modules, where the caller has them already (else ``model.modules()``)."""
     patched = []
-    for m in model.modules():
+    for m in model.modules() if modules is None else modules:
         if "forward" in m.__dict__:  # a forward of its own already (patched by someone): leave it
             continue
         if type(m) is nn.Conv2d and m.groups == 1:
@@ -99,9 +100,10 @@ def skipping_zeros(model: nn.Module) -> Iterator[None]:
             del m.forward
 
 
-def masked_output(model: nn.Module, args: tuple, kwargs: dict) -> object:
-    """``model(*args, **kwargs)`` without gradients, its zeros skipped (:func:`skipping_zeros`)."""
-    with torch.no_grad(), skipping_zeros(model):
+def masked_output(model: nn.Module, args: tuple, kwargs: dict, modules: Iterable[nn.Module] | None = None) -> object:
+    """``model(*args, **kwargs)`` without gradients, its zeros skipped (:func:`skipping_zeros`; ``modules`` as
+    there)."""
+    with torch.no_grad(), skipping_zeros(model, modules):
         return model(*args, **kwargs)
 
 
