@@ -216,11 +216,12 @@ _SPECIAL = [0.0, -0.0, 1.0, -2.5, float("nan"), float("inf"), float("-inf"), 1e-
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.integers(0, 4), min_size=3, max_size=5), st.data())
+@given(st.lists(st.integers(0, 4), min_size=2, max_size=5), st.data())
 def test_nonzero_kernels_is_any_over_each_kernel_for_every_dtype_and_layout(shape, data):
-    """A convolution's usage (``nonzero_kernels``): for each (output, input) pair, whether any value of its
-    kernel is non-zero, as ``!= 0`` says (NaN and infinities count, -0.0 does not), for the float dtypes numpy
-    holds and those it does not (bfloat16), empty and 1x1 kernels, and non-contiguous weights."""
+    """A convolution's or linear layer's usage (``nonzero_kernels``): for each (output, input) pair, whether
+    any value of its kernel is non-zero, as ``!= 0`` says (NaN and infinities count, -0.0 does not), for the
+    float dtypes numpy holds and those it does not (bfloat16), 2-D weights, empty and 1x1 kernels, and
+    non-contiguous weights."""
     from nnic.speedup.rules import nonzero_kernels
 
     n = int(np.prod(shape))

@@ -132,7 +132,7 @@ class LinearRule(ChannelMixRule):
     shrink_in_place = False  # its shrink replaces the tensors it slices
 
     def usage(self, module):
-        return (module.weight.detach() != 0).cpu()
+        return nonzero_kernels(module.weight)
 
     def can_fold(self, module, x):
         return True
