@@ -139,6 +139,20 @@ def test_a_meta_device_model_is_a_value_error_before_any_work():
         nnic.speedup_model(cnn(), X.to("meta"), {})
 
 
+def test_a_meta_buffer_deep_in_the_tree_or_behind_a_mask_is_found_and_named():
+    """The meta check walks every module's own parameters and buffers, nested containers and the originals
+    behind attached masks included."""
+    model = nn.Sequential(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), nn.ReLU())
+    model[0][1].register_buffer("running_mean", torch.empty(4, device="meta"))
+    with pytest.raises(ValueError, match=r"model: '0.1.running_mean' is on the meta device"):
+        nnic.speedup_model(model.eval(), torch.randn(1, 3, 8, 8), {})
+    masked = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    nnic.masking.attach_masks(masked[0], {"weight": torch.ones(4, 3, 3, 3, dtype=torch.bool)})
+    masked[0].parametrizations.weight.original = nn.Parameter(torch.empty(4, 3, 3, 3, device="meta"))
+    with pytest.raises(ValueError, match=r"model: '0.parametrizations.weight.original' is on the meta device"):
+        nnic.speedup_model(masked.eval(), torch.randn(1, 3, 8, 8), {})
+
+
 class TiedLM(nn.Module):
     """Embedding -> (optional MLP) -> output layer whose weight is the embedding's (weight tying)."""
 
