@@ -259,8 +259,7 @@ class ChannelMixRule(Rule):
                 if f.module == call.name:
                     call.state.block([in_ids[f.position]], f"{call.name} (called twice)")
         # An output channel is dead when every input it reads is dead: when it reads no live input.
-        live = blocks if not dead.any() else blocks & ~dead_in.reshape(g_use, 1, ip)
-        dead_out = ~any_along(live, 2).reshape(-1)
+        dead_out = reads_no_live(blocks, dead)
         const = None
         if call.state.value_free and flags(dead_out).any():
             const = self._constants(module, blocks, dead, spec if spec is not None and spec.dim == d else None,
@@ -279,8 +278,7 @@ class ChannelMixRule(Rule):
         else:
             bad = dead_in
         if bad.any():
-            g, _, ip = blocks.shape
-            reads_bad = flags(any_along(blocks & torch.from_numpy(bad).reshape(g, 1, ip), 2)).reshape(-1)
+            reads_bad = ~flags(reads_no_live(blocks, ~bad))  # reads an input outside the good ones
             const = np.where(reads_bad, np.nan, const)
         return torch.from_numpy(np.where(dead_out, const, np.nan))
 
@@ -338,6 +336,24 @@ def nonzero_kernels(weight: torch.Tensor) -> torch.Tensor:
     if nonzero.shape[1] == 1:
         return torch.from_numpy(nonzero.reshape(rows, cols))
     return torch.from_numpy(np.logical_or.reduce(np.ascontiguousarray(nonzero.T), axis=0).reshape(rows, cols))
+
+
+# Up to this many usage flags, the and/any of :func:`reads_no_live` run in numpy: 2-5x faster than torch's on a
+# grouped convolution's blocks and on layers of a few hundred channels (a RegNetX-400MF has some seventy), slower
+# on the largest (a 2048 x 512 convolution, a 1000 x 1280 classifier), where torch's byte max runs along long rows.
+_NUMPY_FLAGS_MAX = 1 << 19
+
+
+def reads_no_live(blocks: torch.Tensor, dead: np.ndarray) -> torch.Tensor:
+    """Per output channel of the usage ``blocks`` (bool ``[groups, out per group, in per group]``): whether it
+    reads no input channel outside ``dead`` (bool flags, ``groups * in per group``), as a bool tensor."""
+    g, _, ip = blocks.shape
+    if blocks.numel() <= _NUMPY_FLAGS_MAX:
+        usage = blocks.numpy()
+        live = usage & ~dead.reshape(g, 1, ip) if dead.any() else usage
+        return torch.from_numpy(~live.any(2).reshape(-1))
+    live = blocks & ~torch.from_numpy(dead).reshape(g, 1, ip) if dead.any() else blocks
+    return ~any_along(live, 2).reshape(-1)
 
 
 def removed_flags(removed: Callable[[int], bool], ids: Sequence[int]) -> np.ndarray:

@@ -235,3 +235,20 @@ def test_nonzero_kernels_is_any_over_each_kernel_for_every_dtype_and_layout(shap
     got = nonzero_kernels(nn.Parameter(weight))
     assert got.dtype == torch.bool and got.shape == weight.shape[:2]
     assert np.array_equal(got.numpy(), expected)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.sampled_from([(1, 3, 4), (4, 2, 3), (1, 0, 5), (2, 3, 0), (5, 7, 1), (1, 1100, 500)]), st.data())
+def test_reads_no_live_is_an_output_reading_only_dead_inputs_on_both_paths(shape, data):
+    """An output channel of a usage matrix is dead when no input it reads is live: numpy's path (small usage)
+    and torch's (over half a million flags) give the reference's flags, with no, some and every input dead."""
+    from nnic.speedup.rules import reads_no_live
+
+    g, per_out, per_in = shape
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**31 - 1)))
+    density = data.draw(st.sampled_from([0.0, 0.05, 0.5, 1.0]))
+    usage = rng.random(shape) < density
+    dead = rng.random(g * per_in) < data.draw(st.sampled_from([0.0, 0.5, 1.0]))
+    expected = ~(usage & ~dead.reshape(g, 1, per_in)).any(2).reshape(-1)
+    got = reads_no_live(torch.from_numpy(usage), dead)
+    assert got.dtype == torch.bool and np.array_equal(got.numpy(), expected)
