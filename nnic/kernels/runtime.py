@@ -26,8 +26,8 @@ __all__ = [
     "active_isa", "apply_env", "cpu_features", "gemm_backend", "gemm_openmp_stats", "gemm_path", "gemm_paths",
     "gemm_pool_stats", "gemm_route_stats", "gemm_spin_us", "gemm_team_stats", "gemm_vnni_peak_gops",
     "get_num_threads", "last_level_cache_bytes", "native",
-    "set_gemm_backend", "set_gemm_column_lanes", "set_gemm_routing", "set_gemm_spin_us", "set_gemm_tall_tile",
-    "set_isa", "set_num_threads",
+    "set_gemm_backend", "set_gemm_column_lanes", "set_gemm_routing", "set_gemm_spin_us", "set_gemm_tail_pieces",
+    "set_gemm_tall_tile", "set_isa", "set_num_threads",
     "supported_isas",
 ]
 
@@ -160,6 +160,21 @@ def set_gemm_column_lanes(on: bool) -> None:
     if not isinstance(on, bool):
         raise TypeError(f"on must be a bool, got {type(on).__name__}")
     native.set_gemm_column_lanes(on)
+
+
+def set_gemm_tail_pieces(on: bool) -> None:
+    """Turns the int8 GEMM's tail pieces on (the default) or off. With them, a product planned as output blocks
+    (more rows than one block, or K beyond one slice) runs its last two blocks per thread as single 32-column panels:
+    a thread that another process deschedules while it holds a block holds it until it runs again, and at the end
+    the threads still on their cores take the tail's panels instead of waiting for it (quiet, the threads also
+    finish within one panel of each other instead of one block). Without them every block is one task. Both give the
+    same bits: the switch exists to time the two in the same rounds (``bench/gemm.py``).
+
+    :raises TypeError: ``on`` is not a bool.
+    """
+    if not isinstance(on, bool):
+        raise TypeError(f"on must be a bool, got {type(on).__name__}")
+    native.set_gemm_tail_pieces(on)
 
 
 def gemm_spin_us() -> float:

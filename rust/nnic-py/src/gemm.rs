@@ -93,6 +93,14 @@ pub fn set_gemm_column_lanes(on: bool) {
     gemm::set_column_lanes(on)
 }
 
+/// Turns the int8 GEMM's tail pieces (the last two planned blocks per thread of a block-planned product run as single
+/// 32-column panels, so that the threads still on their cores take them while one is descheduled) on (the default)
+/// or off (every block one task, as before them): the same bits either way; for timing the two in the same rounds.
+#[pyfunction]
+pub fn set_gemm_tail_pieces(on: bool) {
+    gemm::set_tail_pieces(on)
+}
+
 /// Turns the int8 GEMM's routing by measured cost (each run on torch's OpenMP team or nnic's helpers, whichever
 /// cost its shape class less lately) on, or off (the default: the avoidance window after a late team thread): the
 /// same bits either way (see `gemm::par::set_routing` for why it is off by default).

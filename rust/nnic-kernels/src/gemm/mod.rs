@@ -47,7 +47,7 @@ pub mod profile;
 mod route;
 
 pub use act_pack::{qparams as act_qparams, ActQuant};
-pub use driver::{int8_matmul, matmul_i8, set_column_lanes, KC};
+pub use driver::{int8_matmul, matmul_i8, set_column_lanes, set_tail_pieces, KC};
 pub use epilogue::Activation;
 pub(crate) use epilogue::{gelu, relu};
 pub use linear::{int8_linear, int8_linear_skip_layer_norm, PackedLinear};
