@@ -12,7 +12,9 @@ Rows per (M, K, N): float32 ``torch.matmul`` (MKL), ``torch._int_mm`` (s8·s8→
 per-token activations, fused epilogue), at 13 ≤ M ≤ 28 on the VNNI path the same without its tall tile
 (``kernels.set_gemm_tall_tile(False)``: two or three row panels, the tiling before it), at 29 ≤ M ≤ 192 (K ≤ 4096, N ≥ 897)
 on the VNNI path the same on the planned column blocks instead of its column lanes
-(``kernels.set_gemm_column_lanes(False)``, the scheduling before them), with torch's OpenMP team loaded the same
+(``kernels.set_gemm_column_lanes(False)``, the scheduling before them), above 192 rows (or K beyond 4096) the same
+with every planned block one task (``kernels.set_gemm_tail_pieces(False)``, before the tail pieces), with torch's
+OpenMP team loaded the same
 with the GEMM's routing by measured cost on (``kernels.set_gemm_routing(True)``; by default the runs follow the
 avoidance window after a late OpenMP thread; right after the default call, the two trading places every other round)
 and ``int4_linear`` (int4
@@ -95,6 +97,14 @@ ROUTED = "nnic int8_linear, routed by cost"
 #: Rows that the VNNI path runs as one row block on column lanes (``set_gemm_column_lanes``), at K <= 4096 and (two
 #: threads) N >= 897.
 LANE_ROWS = range(29, 193)
+WHOLE = "nnic int8_linear, whole tail blocks"
+
+
+def tail_in_pieces(m: int, k: int) -> bool:
+    """Whether the product runs as planned output blocks whose last ones are cut into 32-column pieces
+    (``set_gemm_tail_pieces``): more rows than one row block (192 on the VNNI path), or K beyond one 4096 slice with
+    more rows than two row panels (the tall tile's 28 rows each)."""
+    return m > 192 or (m > 56 and k > 4096)
 
 
 class BackendTally:
@@ -262,6 +272,9 @@ def shape_kernels(m: int, k: int, n: int, engines: list[str]) -> dict:
         # torch's team, and find its threads in the same state), on its own copy of the weights (see below).
         pl_blocks = kernels.pack_int8_weight(q, s)
         fns[BLOCKS] = switched(kernels.set_gemm_column_lanes, False, True, lambda: kernels.int8_linear(x, pl_blocks))
+    if tail_in_pieces(m, k):  # every planned block one task (before the tail pieces), right after the default call
+        pl_whole = kernels.pack_int8_weight(q, s)  # its own copy, as below
+        fns[WHOLE] = switched(kernels.set_gemm_tail_pieces, False, True, lambda: kernels.int8_linear(x, pl_whole))
     if kernels.gemm_backend() == "openmp":  # the same call on nnic's own helpers, in the same rounds
         # Its own copy of the weights: it runs right after the default call, which would otherwise leave it the
         # same 16 MB hot in L3 while every other kernel reads weights that other calls have pushed out since.
@@ -561,6 +574,9 @@ def report(m: int, k: int, n: int, times: dict[str, list[float]], stat_name: str
     if dyn and ROUTED in res:
         lines.append(f"routed by cost: {min(dyn) / res[ROUTED]:.2f}x (the routing's speedup "
                      f"{nn_lin / res[ROUTED]:.2f}x)")
+    if dyn and WHOLE in res:
+        lines.append(f"with whole tail blocks: {min(dyn) / res[WHOLE]:.2f}x (the tail pieces' speedup "
+                     f"{res[WHOLE] / nn_lin:.2f}x)")
     if dyn and BLOCKS in res:
         lines.append(f"on column blocks: {min(dyn) / res[BLOCKS]:.2f}x (the column lanes' speedup "
                      f"{res[BLOCKS] / nn_lin:.2f}x)")

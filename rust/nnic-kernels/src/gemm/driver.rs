@@ -478,9 +478,11 @@ mod tests {
             let tasks = tail_pieces(&blocks, threads, small, NR);
             let cut = blocks.len() - 2 * threads;
             assert_eq!(cells(&tasks), cells(&blocks), "{m}x{n}: the pieces cover the blocks once");
-            assert!(tasks[..cut].iter().zip(&blocks[..cut]).all(|(t, b)| (t.i0, t.i1, t.j0, t.j1) == (b.i0, b.i1, b.j0, b.j1)));
+            let corners = |b: &Block| (b.i0, b.i1, b.j0, b.j1);
+            assert!(tasks[..cut].iter().zip(&blocks[..cut]).all(|(t, b)| corners(t) == corners(b)));
             let tail = &tasks[cut..];
-            let split = blocks[cut..].iter().map(|b| if b.i1 - b.i0 > small { b.j1.div_ceil(NR) - b.j0 / NR } else { 1 });
+            let pieces = |b: &Block| if b.i1 - b.i0 > small { b.j1.div_ceil(NR) - b.j0 / NR } else { 1 };
+            let split = blocks[cut..].iter().map(pieces);
             assert_eq!(tail.len(), split.sum::<usize>(), "{m}x{n}");
             assert!(tail.iter().all(|t| t.j1 - t.j0 <= NR || t.i1 - t.i0 <= small));
             assert!(tail.windows(2).all(|w| (w[0].i0, w[0].j0) < (w[1].i0, w[1].j0)), "in order");
