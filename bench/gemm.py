@@ -33,7 +33,9 @@ is paused for a quiet round (every kernel once), resumed for a contended round, 
 both settings see the same machine state (other processes' load, clock, what the other kernels left in the
 caches) and a one-off disturbance does not decide either setting. It prints nnic's ratio to the best
 dynamic-quantized torch Linear (``quantize_dynamic``'s module) in both settings and their quotient (the issue's
-goal: contended ratio >= 0.9x the quiet one).
+goal: contended ratio >= 0.9x the quiet one), and the same for the default call without the spreading (the row
+"nnic int8_linear, no spreading", ``kernels.set_gemm_spread(False)``: the caller stays on a CPU its team mate shares
+while the neighbour has the other to itself, as the scheduler left them).
 
 After each shape the OpenMP team's counters are printed (``kernels.gemm_openmp_stats``: per GEMM, how long after
 the start its last thread arrived, how long the region lasted after the last task, and the share of tasks the
@@ -98,6 +100,9 @@ ROUTED = "nnic int8_linear, routed by cost"
 #: threads) N >= 897.
 LANE_ROWS = range(29, 193)
 WHOLE = "nnic int8_linear, whole tail blocks"
+#: The default call with the caller's move off a CPU its team mate shares turned off (``set_gemm_spread(False)``),
+#: timed in ``--contention`` runs only.
+UNSPREAD = "nnic int8_linear, no spreading"
 
 
 def tail_in_pieces(m: int, k: int) -> bool:
@@ -230,9 +235,9 @@ def dynamic_linear(w: torch.Tensor, engine: str):
     return lin
 
 
-def shape_kernels(m: int, k: int, n: int, engines: list[str]) -> dict:
+def shape_kernels(m: int, k: int, n: int, engines: list[str], unspread: bool = False) -> dict:
     """Every kernel of the comparison at one shape, as argument-free callables (inputs made and weights packed
-    here, outside the timings)."""
+    here, outside the timings); ``unspread``: also the default call without the spreading (``UNSPREAD``)."""
     g = torch.Generator().manual_seed(0)
     a = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=g)
     w8 = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=g)
@@ -272,6 +277,9 @@ def shape_kernels(m: int, k: int, n: int, engines: list[str]) -> dict:
         # torch's team, and find its threads in the same state), on its own copy of the weights (see below).
         pl_blocks = kernels.pack_int8_weight(q, s)
         fns[BLOCKS] = switched(kernels.set_gemm_column_lanes, False, True, lambda: kernels.int8_linear(x, pl_blocks))
+    if unspread:  # the caller stays where the scheduler put it, right after the default call
+        pl_unspread = kernels.pack_int8_weight(q, s)  # its own copy, as below
+        fns[UNSPREAD] = switched(kernels.set_gemm_spread, False, True, lambda: kernels.int8_linear(x, pl_unspread))
     if tail_in_pieces(m, k):  # every planned block one task (before the tail pieces), right after the default call
         pl_whole = kernels.pack_int8_weight(q, s)  # its own copy, as below
         fns[WHOLE] = switched(kernels.set_gemm_tail_pieces, False, True, lambda: kernels.int8_linear(x, pl_whole))
@@ -479,7 +487,8 @@ def main() -> None:
             m, k, n = (int(v) for v in spec.lower().split("x"))
             kernels.gemm_team_stats(reset=True)
             kernels.gemm_openmp_stats(reset=True)
-            fns = shape_kernels(m, k, n, engines)
+            kernels.gemm_pool_stats(reset=True)
+            fns = shape_kernels(m, k, n, engines, unspread=nb is not None)
             tallies = {"quiet": BackendTally(), "contended": BackendTally()}
             last = [run_queue_wait_ns()]
             calm = {"quiet": Undisturbed(last), "contended": Undisturbed(last)}
@@ -500,7 +509,8 @@ def main() -> None:
                     print(f"  {tallies[setting].line(times.get(DEFAULT_LINEAR))}")
                 if args.clock == "wall":
                     print(f"  {calm[setting].line(times)}")
-            print(f"  GEMM helpers (both settings): {team_line(team)}")
+            print(f"  GEMM helpers (both settings): {team_line(team)}; the caller moved off a CPU a helper shared "
+                  f"{kernels.gemm_pool_stats()['moves']} times")
             print(f"  torch's OpenMP team (both settings): {openmp_line(omp)}")
             summary.append((spec, ratios))
     finally:
@@ -513,6 +523,13 @@ def main() -> None:
             print(f"  {spec:18s} {r['quiet']:6.2f}x {r['contended']:8.2f}x {r['contended'] / r['quiet']:14.2f}x")
         stat = min if args.stat == "min" else statistics.median
         per = {key: {name: stat(ts) for name, ts in times.items()} for key, times in all_res.items()}
+        if all(UNSPREAD in t for t in per.values()):
+            print("the same without spreading (kernels.set_gemm_spread(False)), and the spreading's speedup:")
+            for spec, _ in summary:
+                q, c = per[f"{spec} quiet"], per[f"{spec} contended"]
+                uq, uc = (min(v for name, v in t.items() if "dynamic" in name) / t[UNSPREAD] for t in (q, c))
+                print(f"  {spec:18s} {uq:6.2f}x {uc:8.2f}x {uc / uq:14.2f}x   spreading's speedup quiet "
+                      f"{q[UNSPREAD] / q[DEFAULT_LINEAR]:.2f}x, contended {c[UNSPREAD] / c[DEFAULT_LINEAR]:.2f}x")
         if all(ROUTED in t for t in per.values()):
             print("the same routed by measured cost (kernels.set_gemm_routing(True)), and routing's speedup:")
             for spec, _ in summary:
@@ -543,7 +560,8 @@ def openmp_line(s: dict[str, int]) -> str:
     per = {key: s[key] / s["runs"] / 1e3 for key in ("arrival_ns", "tail_ns", "region_ns")}
     return (f"{s['runs']} GEMMs ({s['late']} with a thread over 0.5 ms late); per GEMM: last thread in after "
             f"{per['arrival_ns']:.1f} us, region {per['region_ns']:.1f} us of which {per['tail_ns']:.1f} us after the "
-            f"last task; tasks taken by the team's other threads {s['tasks_by_team']} of {s['tasks']}")
+            f"last task; tasks taken by the team's other threads {s['tasks_by_team']} of {s['tasks']}; the caller "
+            f"moved off a CPU its team mate shared {s['moves']} times")
 
 
 def report(m: int, k: int, n: int, times: dict[str, list[float]], stat_name: str, peak: float, setting: str) -> float:
@@ -574,6 +592,9 @@ def report(m: int, k: int, n: int, times: dict[str, list[float]], stat_name: str
     if dyn and ROUTED in res:
         lines.append(f"routed by cost: {min(dyn) / res[ROUTED]:.2f}x (the routing's speedup "
                      f"{nn_lin / res[ROUTED]:.2f}x)")
+    if dyn and UNSPREAD in res:
+        lines.append(f"without spreading: {min(dyn) / res[UNSPREAD]:.2f}x (the spreading's speedup "
+                     f"{res[UNSPREAD] / nn_lin:.2f}x)")
     if dyn and WHOLE in res:
         lines.append(f"with whole tail blocks: {min(dyn) / res[WHOLE]:.2f}x (the tail pieces' speedup "
                      f"{res[WHOLE] / nn_lin:.2f}x)")
