@@ -277,9 +277,6 @@ def shape_kernels(m: int, k: int, n: int, engines: list[str], unspread: bool = F
         # torch's team, and find its threads in the same state), on its own copy of the weights (see below).
         pl_blocks = kernels.pack_int8_weight(q, s)
         fns[BLOCKS] = switched(kernels.set_gemm_column_lanes, False, True, lambda: kernels.int8_linear(x, pl_blocks))
-    if unspread:  # the caller stays where the scheduler put it, right after the default call
-        pl_unspread = kernels.pack_int8_weight(q, s)  # its own copy, as below
-        fns[UNSPREAD] = switched(kernels.set_gemm_spread, False, True, lambda: kernels.int8_linear(x, pl_unspread))
     if tail_in_pieces(m, k):  # every planned block one task (before the tail pieces), right after the default call
         pl_whole = kernels.pack_int8_weight(q, s)  # its own copy, as below
         fns[WHOLE] = switched(kernels.set_gemm_tail_pieces, False, True, lambda: kernels.int8_linear(x, pl_whole))
@@ -288,6 +285,10 @@ def shape_kernels(m: int, k: int, n: int, engines: list[str], unspread: bool = F
         # same 16 MB hot in L3 while every other kernel reads weights that other calls have pushed out since.
         pl_own = kernels.pack_int8_weight(q, s)
         fns[OWN_HELPERS] = switched(kernels.set_gemm_backend, "rayon", "openmp", lambda: kernels.int8_linear(x, pl_own))
+    if unspread:  # the caller stays where the scheduler put it; last, after a call on nnic's helpers as the
+        # default row's often is (the row after the routed one found torch's OpenMP thread still spinning)
+        pl_unspread = kernels.pack_int8_weight(q, s)  # its own copy, as above
+        fns[UNSPREAD] = switched(kernels.set_gemm_spread, False, True, lambda: kernels.int8_linear(x, pl_unspread))
     if m in TALL_ROWS and kernels.gemm_path() == "avx512vnni":  # the tiling before the tall tile, same rounds
         pl_two = kernels.pack_int8_weight(q, s)  # its own copy, as above
         fns[TWO_PANELS] = switched(kernels.set_gemm_tall_tile, False, True, lambda: kernels.int8_linear(x, pl_two))
