@@ -296,7 +296,7 @@ pub fn set_spread(on: bool) {
 /// At a task start, `ns` after the run's start: another thread notes its CPU in `seen`; the caller looks whether
 /// one has shared its CPU long enough and moves off it (counted in `moves`). See [`spread`].
 fn spread_look(caller: Option<&mut Watch>, seen: &Seen, moves: &AtomicU64, ns: u64) {
-    if !SPREAD.load(Ordering::Relaxed) {
+    if ns < spread::LOOK_AFTER.as_nanos() as u64 || !SPREAD.load(Ordering::Relaxed) {
         return;
     }
     let Some(cpu) = spread::current_cpu() else { return };

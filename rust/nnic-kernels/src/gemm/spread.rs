@@ -9,8 +9,8 @@
 //! neighbour then ran 441 ms of a 498 ms call). The tasks are dynamic, so any CPU time either thread gets is used;
 //! what is lost is the other CPU.
 //!
-//! Each thread notes, as it starts a task, on which CPU it is ([`Seen`]); the caller, at each of its own task
-//! starts, compares ([`Watch`]). When another thread of the run has been on the caller's CPU at every look for
+//! Each thread notes, as it starts a task from [`LOOK_AFTER`] on, on which CPU it is ([`Seen`]); the caller, at
+//! each of its own task starts, compares ([`Watch`]). When another thread of the run has been on the caller's CPU at every look for
 //! [`SHARED_FOR`], the caller moves to another CPU of its mask ([`move_off`]: the mask without this CPU, then the
 //! mask as it was, so nothing stays changed but where the thread runs), at most once per [`MOVE_GAP`]. A CPU left
 //! idle is not the case this is for: the kernel's idle balancing pulls a waiting thread within a tick, so two
@@ -20,6 +20,9 @@ use std::time::Duration;
 
 /// How long another thread of the run must have shared the caller's CPU (at every look) before the caller moves.
 pub(super) const SHARED_FOR: Duration = Duration::from_millis(2);
+/// Runs look only from this long after their start: a run that ends sooner (an M = 1 GEMM: ~0.3-0.6 ms) could not
+/// move anyway, and pays nothing for the watch but reading the clock once per task.
+pub(super) const LOOK_AFTER: Duration = Duration::from_millis(1);
 /// The least time between two moves of the caller within a run.
 pub(super) const MOVE_GAP: Duration = Duration::from_millis(20);
 /// A note of another thread's CPU counts for this long. Why not [`SHARED_FOR`]: two threads on one CPU take turns
