@@ -889,6 +889,43 @@ mod tests {
         assert!(!q.after_team_run(true, 2, ms(500), || None));
     }
 
+    /// The watch in a run's task loop: another thread noting the caller's CPU at every look for the bound moves the
+    /// caller once (where the mask has a second CPU), counted; before [`spread::LOOK_AFTER`] nothing is looked at;
+    /// with the spreading off nothing moves. The run's clock is injected.
+    #[test]
+    fn a_caller_that_shares_its_cpu_for_the_bound_moves_once_and_is_counted() {
+        std::thread::spawn(|| {
+            let Some(cpu) = spread::current_cpu() else { return };
+            let two_cpus = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
+            let (seen, moves, mut watch) = (Seen::new(), AtomicU64::new(0), Watch::new());
+            let ms = |v: u64| v * 1_000_000;
+            // The other thread's note comes from wherever the caller is now: the two look as one CPU.
+            let step = |t: u64, watch: &mut Watch| {
+                seen.note(spread::current_cpu().unwrap_or(cpu), ms(t));
+                spread_look(Some(watch), &seen, &moves, ms(t));
+            };
+            spread_look(None, &seen, &moves, 0);
+            assert!(seen.get_for_test().is_none(), "no note before LOOK_AFTER");
+            for t in 1..=4 {
+                step(t, &mut watch);
+            }
+            assert_eq!(moves.load(Ordering::Relaxed), u64::from(two_cpus), "one move after 2 ms together");
+            for t in 5..=20 {
+                step(t, &mut watch);
+            }
+            assert_eq!(moves.load(Ordering::Relaxed), u64::from(two_cpus), "none again within the gap");
+            set_spread(false);
+            let mut off = Watch::new();
+            for t in 30..=60 {
+                step(t, &mut off);
+            }
+            set_spread(true);
+            assert_eq!(moves.load(Ordering::Relaxed), u64::from(two_cpus), "the spreading off: no move");
+        })
+        .join()
+        .unwrap();
+    }
+
     /// Several callers at once (each publishes its job; a newer one replaces an untaken older one): every
     /// task of every call runs exactly once.
     #[test]
