@@ -50,6 +50,10 @@
 //! every run still loses the class after two runs. Their team runs still feed the window (a late one opens it) for
 //! the other kernels' runs ([`for_each`]: attention, sparse products, packing), which have no class to keep costs
 //! for.
+//!
+//! On either way, a caller that another thread of its run has shared a CPU with for milliseconds moves itself to
+//! another CPU of its affinity mask ([`super::spread`], [`set_spread`]): beside a neighbour the scheduler can leave
+//! the run's two threads on one CPU for a whole call while the neighbour has the other to itself.
 use super::neighbours;
 use super::route::{Router, Way};
 use super::spread::{self, Seen, Watch};
