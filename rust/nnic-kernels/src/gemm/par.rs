@@ -52,7 +52,7 @@
 //! for.
 //!
 //! On either way, a caller that another thread of its run has shared a CPU with for milliseconds moves itself to
-//! another CPU of its affinity mask ([`super::spread`], [`set_spread`]): beside a neighbour the scheduler can leave
+//! another CPU of its affinity mask (`gemm::spread`, [`set_spread`]): beside a neighbour the scheduler can leave
 //! the run's two threads on one CPU for a whole call while the neighbour has the other to itself.
 use super::neighbours;
 use super::route::{Router, Way};
@@ -291,7 +291,7 @@ struct Job<'a> {
 /// Whether the caller of a parallel run moves off a CPU that another thread of the run shares ([`set_spread`]).
 static SPREAD: AtomicBool = AtomicBool::new(true);
 
-/// Turns the caller's move off a CPU shared with another thread of its run on (the default) or off ([`spread`]
+/// Turns the caller's move off a CPU shared with another thread of its run on (the default) or off (`gemm::spread`
 /// says why). The same bits either way; a measurement aid, for timing the two in the same rounds.
 pub fn set_spread(on: bool) {
     SPREAD.store(on, Ordering::Relaxed);
@@ -368,8 +368,8 @@ pub struct TeamStats {
     /// Nanoseconds the caller spent after it found no task left (waiting for tasks other threads still ran,
     /// then the join), summed: what the split costs the caller beyond its own share.
     pub wait_ns: u64,
-    /// Times the caller moved to another CPU because a thread of its run had shared its CPU for
-    /// [`spread::SHARED_FOR`] (see [`spread`]).
+    /// Times the caller moved to another CPU because a thread of its run had shared its CPU for 2 ms (see
+    /// `gemm::spread`).
     pub moves: u64,
 }
 
