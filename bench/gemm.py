@@ -12,7 +12,9 @@ Rows per (M, K, N): float32 ``torch.matmul`` (MKL), ``torch._int_mm`` (s8·s8→
 per-token activations, fused epilogue), at 13 ≤ M ≤ 28 on the VNNI path the same without its tall tile
 (``kernels.set_gemm_tall_tile(False)``: two or three row panels, the tiling before it), at 29 ≤ M ≤ 192 (K ≤ 4096, N ≥ 897)
 on the VNNI path the same on the planned column blocks instead of its column lanes
-(``kernels.set_gemm_column_lanes(False)``, the scheduling before them), with torch's OpenMP team loaded the same
+(``kernels.set_gemm_column_lanes(False)``, the scheduling before them), above 192 rows (or K beyond 4096) the same
+with every planned block one task (``kernels.set_gemm_tail_pieces(False)``, before the tail pieces), with torch's
+OpenMP team loaded the same
 with the GEMM's routing by measured cost on (``kernels.set_gemm_routing(True)``; by default the runs follow the
 avoidance window after a late OpenMP thread; right after the default call, the two trading places every other round)
 and ``int4_linear`` (int4
@@ -31,7 +33,9 @@ is paused for a quiet round (every kernel once), resumed for a contended round, 
 both settings see the same machine state (other processes' load, clock, what the other kernels left in the
 caches) and a one-off disturbance does not decide either setting. It prints nnic's ratio to the best
 dynamic-quantized torch Linear (``quantize_dynamic``'s module) in both settings and their quotient (the issue's
-goal: contended ratio >= 0.9x the quiet one).
+goal: contended ratio >= 0.9x the quiet one), and the same for the default call without the spreading (the row
+"nnic int8_linear, no spreading", ``kernels.set_gemm_spread(False)``: the caller stays on a CPU its team mate shares
+while the neighbour has the other to itself, as the scheduler left them).
 
 After each shape the OpenMP team's counters are printed (``kernels.gemm_openmp_stats``: per GEMM, how long after
 the start its last thread arrived, how long the region lasted after the last task, and the share of tasks the
@@ -95,6 +99,17 @@ ROUTED = "nnic int8_linear, routed by cost"
 #: Rows that the VNNI path runs as one row block on column lanes (``set_gemm_column_lanes``), at K <= 4096 and (two
 #: threads) N >= 897.
 LANE_ROWS = range(29, 193)
+WHOLE = "nnic int8_linear, whole tail blocks"
+#: The default call with the caller's move off a CPU its team mate shares turned off (``set_gemm_spread(False)``),
+#: timed in ``--contention`` runs only.
+UNSPREAD = "nnic int8_linear, no spreading"
+
+
+def tail_in_pieces(m: int, k: int) -> bool:
+    """Whether the product runs as planned output blocks whose last ones are cut into 32-column pieces
+    (``set_gemm_tail_pieces``): more rows than one row block (192 on the VNNI path), or K beyond one 4096 slice with
+    more rows than two row panels (the tall tile's 28 rows each)."""
+    return m > 192 or (m > 56 and k > 4096)
 
 
 class BackendTally:
@@ -220,9 +235,9 @@ def dynamic_linear(w: torch.Tensor, engine: str):
     return lin
 
 
-def shape_kernels(m: int, k: int, n: int, engines: list[str]) -> dict:
+def shape_kernels(m: int, k: int, n: int, engines: list[str], unspread: bool = False) -> dict:
     """Every kernel of the comparison at one shape, as argument-free callables (inputs made and weights packed
-    here, outside the timings)."""
+    here, outside the timings); ``unspread``: also the default call without the spreading (``UNSPREAD``)."""
     g = torch.Generator().manual_seed(0)
     a = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=g)
     w8 = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=g)
@@ -262,11 +277,18 @@ def shape_kernels(m: int, k: int, n: int, engines: list[str]) -> dict:
         # torch's team, and find its threads in the same state), on its own copy of the weights (see below).
         pl_blocks = kernels.pack_int8_weight(q, s)
         fns[BLOCKS] = switched(kernels.set_gemm_column_lanes, False, True, lambda: kernels.int8_linear(x, pl_blocks))
+    if tail_in_pieces(m, k):  # every planned block one task (before the tail pieces), right after the default call
+        pl_whole = kernels.pack_int8_weight(q, s)  # its own copy, as below
+        fns[WHOLE] = switched(kernels.set_gemm_tail_pieces, False, True, lambda: kernels.int8_linear(x, pl_whole))
     if kernels.gemm_backend() == "openmp":  # the same call on nnic's own helpers, in the same rounds
         # Its own copy of the weights: it runs right after the default call, which would otherwise leave it the
         # same 16 MB hot in L3 while every other kernel reads weights that other calls have pushed out since.
         pl_own = kernels.pack_int8_weight(q, s)
         fns[OWN_HELPERS] = switched(kernels.set_gemm_backend, "rayon", "openmp", lambda: kernels.int8_linear(x, pl_own))
+    if unspread:  # the caller stays where the scheduler put it; last, after a call on nnic's helpers as the
+        # default row's often is (the row after the routed one found torch's OpenMP thread still spinning)
+        pl_unspread = kernels.pack_int8_weight(q, s)  # its own copy, as above
+        fns[UNSPREAD] = switched(kernels.set_gemm_spread, False, True, lambda: kernels.int8_linear(x, pl_unspread))
     if m in TALL_ROWS and kernels.gemm_path() == "avx512vnni":  # the tiling before the tall tile, same rounds
         pl_two = kernels.pack_int8_weight(q, s)  # its own copy, as above
         fns[TWO_PANELS] = switched(kernels.set_gemm_tall_tile, False, True, lambda: kernels.int8_linear(x, pl_two))
@@ -466,7 +488,8 @@ def main() -> None:
             m, k, n = (int(v) for v in spec.lower().split("x"))
             kernels.gemm_team_stats(reset=True)
             kernels.gemm_openmp_stats(reset=True)
-            fns = shape_kernels(m, k, n, engines)
+            kernels.gemm_pool_stats(reset=True)
+            fns = shape_kernels(m, k, n, engines, unspread=nb is not None)
             tallies = {"quiet": BackendTally(), "contended": BackendTally()}
             last = [run_queue_wait_ns()]
             calm = {"quiet": Undisturbed(last), "contended": Undisturbed(last)}
@@ -487,7 +510,8 @@ def main() -> None:
                     print(f"  {tallies[setting].line(times.get(DEFAULT_LINEAR))}")
                 if args.clock == "wall":
                     print(f"  {calm[setting].line(times)}")
-            print(f"  GEMM helpers (both settings): {team_line(team)}")
+            print(f"  GEMM helpers (both settings): {team_line(team)}; the caller moved off a CPU a helper shared "
+                  f"{kernels.gemm_pool_stats()['moves']} times")
             print(f"  torch's OpenMP team (both settings): {openmp_line(omp)}")
             summary.append((spec, ratios))
     finally:
@@ -500,6 +524,13 @@ def main() -> None:
             print(f"  {spec:18s} {r['quiet']:6.2f}x {r['contended']:8.2f}x {r['contended'] / r['quiet']:14.2f}x")
         stat = min if args.stat == "min" else statistics.median
         per = {key: {name: stat(ts) for name, ts in times.items()} for key, times in all_res.items()}
+        if all(UNSPREAD in t for t in per.values()):
+            print("the same without spreading (kernels.set_gemm_spread(False)), and the spreading's speedup:")
+            for spec, _ in summary:
+                q, c = per[f"{spec} quiet"], per[f"{spec} contended"]
+                uq, uc = (min(v for name, v in t.items() if "dynamic" in name) / t[UNSPREAD] for t in (q, c))
+                print(f"  {spec:18s} {uq:6.2f}x {uc:8.2f}x {uc / uq:14.2f}x   spreading's speedup quiet "
+                      f"{q[UNSPREAD] / q[DEFAULT_LINEAR]:.2f}x, contended {c[UNSPREAD] / c[DEFAULT_LINEAR]:.2f}x")
         if all(ROUTED in t for t in per.values()):
             print("the same routed by measured cost (kernels.set_gemm_routing(True)), and routing's speedup:")
             for spec, _ in summary:
@@ -530,7 +561,8 @@ def openmp_line(s: dict[str, int]) -> str:
     per = {key: s[key] / s["runs"] / 1e3 for key in ("arrival_ns", "tail_ns", "region_ns")}
     return (f"{s['runs']} GEMMs ({s['late']} with a thread over 0.5 ms late); per GEMM: last thread in after "
             f"{per['arrival_ns']:.1f} us, region {per['region_ns']:.1f} us of which {per['tail_ns']:.1f} us after the "
-            f"last task; tasks taken by the team's other threads {s['tasks_by_team']} of {s['tasks']}")
+            f"last task; tasks taken by the team's other threads {s['tasks_by_team']} of {s['tasks']}; the caller "
+            f"moved off a CPU its team mate shared {s['moves']} times")
 
 
 def report(m: int, k: int, n: int, times: dict[str, list[float]], stat_name: str, peak: float, setting: str) -> float:
@@ -561,6 +593,12 @@ def report(m: int, k: int, n: int, times: dict[str, list[float]], stat_name: str
     if dyn and ROUTED in res:
         lines.append(f"routed by cost: {min(dyn) / res[ROUTED]:.2f}x (the routing's speedup "
                      f"{nn_lin / res[ROUTED]:.2f}x)")
+    if dyn and UNSPREAD in res:
+        lines.append(f"without spreading: {min(dyn) / res[UNSPREAD]:.2f}x (the spreading's speedup "
+                     f"{res[UNSPREAD] / nn_lin:.2f}x)")
+    if dyn and WHOLE in res:
+        lines.append(f"with whole tail blocks: {min(dyn) / res[WHOLE]:.2f}x (the tail pieces' speedup "
+                     f"{res[WHOLE] / nn_lin:.2f}x)")
     if dyn and BLOCKS in res:
         lines.append(f"on column blocks: {min(dyn) / res[BLOCKS]:.2f}x (the column lanes' speedup "
                      f"{res[BLOCKS] / nn_lin:.2f}x)")

@@ -26,8 +26,8 @@ __all__ = [
     "active_isa", "apply_env", "cpu_features", "gemm_backend", "gemm_openmp_stats", "gemm_path", "gemm_paths",
     "gemm_pool_stats", "gemm_route_stats", "gemm_spin_us", "gemm_team_stats", "gemm_vnni_peak_gops",
     "get_num_threads", "last_level_cache_bytes", "native",
-    "set_gemm_backend", "set_gemm_column_lanes", "set_gemm_routing", "set_gemm_spin_us", "set_gemm_tall_tile",
-    "set_isa", "set_num_threads",
+    "set_gemm_backend", "set_gemm_column_lanes", "set_gemm_routing", "set_gemm_spin_us", "set_gemm_spread",
+    "set_gemm_tail_pieces", "set_gemm_tall_tile", "set_isa", "set_num_threads",
     "supported_isas",
 ]
 
@@ -162,6 +162,38 @@ def set_gemm_column_lanes(on: bool) -> None:
     native.set_gemm_column_lanes(on)
 
 
+def set_gemm_spread(on: bool) -> None:
+    """Turns the parallel runs' spreading on (the default) or off. With it, each thread of a GEMM's (or another
+    kernel's) parallel run notes on which CPU it starts each task, and when another thread of the run has been on the
+    caller's CPU at every look for 2 ms, the caller moves to another CPU of its affinity mask (the mask is set without
+    that CPU and then given back as it was), at most once per 20 ms. Why: with three runnable threads on two CPUs
+    (the run's two and another process's), the kernel counts two and one as balanced whichever threads they are, and
+    when the run's two share a CPU it gets one core where it could get one and a half, for the whole call (beside
+    ``bench/gemm.py``'s neighbour, 2026-12-02: about half the 2048 x 4096 x 4096 calls). Both give the same bits: the
+    switch exists to time the two in the same rounds.
+
+    :raises TypeError: ``on`` is not a bool.
+    """
+    if not isinstance(on, bool):
+        raise TypeError(f"on must be a bool, got {type(on).__name__}")
+    native.set_gemm_spread(on)
+
+
+def set_gemm_tail_pieces(on: bool) -> None:
+    """Turns the int8 GEMM's tail pieces on (the default) or off. With them, a product planned as output blocks
+    (more rows than one block, or K beyond one slice) runs its last two blocks per thread as single 32-column panels:
+    a thread that another process deschedules while it holds a block holds it until it runs again, and at the end
+    the threads still on their cores take the tail's panels instead of waiting for it (quiet, the threads also
+    finish within one panel of each other instead of one block). Without them every block is one task. Both give the
+    same bits: the switch exists to time the two in the same rounds (``bench/gemm.py``).
+
+    :raises TypeError: ``on`` is not a bool.
+    """
+    if not isinstance(on, bool):
+        raise TypeError(f"on must be a bool, got {type(on).__name__}")
+    native.set_gemm_tail_pieces(on)
+
+
 def gemm_spin_us() -> float:
     """Microseconds a GEMM helper of the kernels' pool polls for the next GEMM before it parks."""
     return float(native.gemm_spin_us())
@@ -190,7 +222,7 @@ def gemm_team_stats(reset: bool = False) -> dict[str, int]:
     return {"jobs": jobs, "taken_spinning": spinning, "taken_parked": parked, "spin_ns": spin_ns}
 
 
-_RUN_STATS = ("runs", "late", "tasks", "tasks_by_team", "arrival_ns", "tail_ns", "region_ns", "wait_ns")
+_RUN_STATS = ("runs", "late", "tasks", "tasks_by_team", "arrival_ns", "tail_ns", "region_ns", "wait_ns", "moves")
 
 
 def gemm_openmp_stats(reset: bool = False) -> dict[str, int]:
@@ -202,8 +234,9 @@ def gemm_openmp_stats(reset: bool = False) -> dict[str, int]:
     and ``tasks_by_team`` (taken by team threads other than the caller: about half with two threads when the team
     starts at once); ``arrival_ns`` (start to the last thread's arrival: the fork),
     ``tail_ns`` (no task left to the region's end: the join), ``region_ns`` (the whole parallel region) and
-    ``wait_ns`` (the caller's own last task to the region's end: what waiting for the others cost it). Runs on
-    nnic's own helpers count in :func:`gemm_pool_stats` instead."""
+    ``wait_ns`` (the caller's own last task to the region's end: what waiting for the others cost it); ``moves``
+    (times the caller moved to another CPU because a thread of its run had shared its CPU for 2 ms, see
+    :func:`set_gemm_spread`). Runs on nnic's own helpers count in :func:`gemm_pool_stats` instead."""
     return dict(zip(_RUN_STATS, native.gemm_openmp_stats(bool(reset))))
 
 

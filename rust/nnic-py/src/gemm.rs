@@ -93,6 +93,22 @@ pub fn set_gemm_column_lanes(on: bool) {
     gemm::set_column_lanes(on)
 }
 
+/// Turns the int8 GEMM's tail pieces (the last two planned blocks per thread of a block-planned product run as single
+/// 32-column panels, so that the threads still on their cores take them while one is descheduled) on (the default)
+/// or off (every block one task, as before them): the same bits either way; for timing the two in the same rounds.
+#[pyfunction]
+pub fn set_gemm_tail_pieces(on: bool) {
+    gemm::set_tail_pieces(on)
+}
+
+/// Turns the parallel runs' spreading (a caller that another thread of its run has shared a CPU with for 2 ms moves
+/// to another CPU of its mask) on (the default) or off: the same bits either way; for timing the two in the same
+/// rounds.
+#[pyfunction]
+pub fn set_gemm_spread(on: bool) {
+    gemm::set_spread(on)
+}
+
 /// Turns the int8 GEMM's routing by measured cost (each run on torch's OpenMP team or nnic's helpers, whichever
 /// cost its shape class less lately) on, or off (the default: the avoidance window after a late team thread): the
 /// same bits either way (see `gemm::par::set_routing` for why it is off by default).
@@ -129,10 +145,10 @@ pub fn gemm_team_stats(reset: bool) -> (u64, u64, u64, u64) {
 }
 
 /// Counters of the parallel runs on the OpenMP team: `(runs, late, tasks, tasks_by_team, arrival_ns, tail_ns,
-/// region_ns, wait_ns)`; `reset` zeroes them after reading.
+/// region_ns, wait_ns, moves)`; `reset` zeroes them after reading.
 #[pyfunction]
 #[pyo3(signature = (reset=false))]
-pub fn gemm_openmp_stats(reset: bool) -> (u64, u64, u64, u64, u64, u64, u64, u64) {
+pub fn gemm_openmp_stats(reset: bool) -> (u64, u64, u64, u64, u64, u64, u64, u64, u64) {
     let s = gemm::par::team_stats();
     if reset {
         gemm::par::reset_team_stats();
@@ -143,7 +159,7 @@ pub fn gemm_openmp_stats(reset: bool) -> (u64, u64, u64, u64, u64, u64, u64, u64
 /// The same counters for the runs on nnic's own helpers (`late`: runs no helper took a task of).
 #[pyfunction]
 #[pyo3(signature = (reset=false))]
-pub fn gemm_pool_stats(reset: bool) -> (u64, u64, u64, u64, u64, u64, u64, u64) {
+pub fn gemm_pool_stats(reset: bool) -> (u64, u64, u64, u64, u64, u64, u64, u64, u64) {
     let s = gemm::par::pool_stats();
     if reset {
         gemm::par::reset_pool_stats();
@@ -163,8 +179,8 @@ pub fn gemm_route_stats(reset: bool) -> (u64, u64, u64, u64) {
     (s.team, s.helpers, s.probes, s.switches)
 }
 
-fn stats_tuple(s: gemm::par::TeamStats) -> (u64, u64, u64, u64, u64, u64, u64, u64) {
-    (s.runs, s.late, s.tasks, s.tasks_by_team, s.arrival_ns, s.tail_ns, s.region_ns, s.wait_ns)
+fn stats_tuple(s: gemm::par::TeamStats) -> (u64, u64, u64, u64, u64, u64, u64, u64, u64) {
+    (s.runs, s.late, s.tasks, s.tasks_by_team, s.arrival_ns, s.tail_ns, s.region_ns, s.wait_ns, s.moves)
 }
 
 /// The GEMM path used now (follows `set_isa`).

@@ -18,7 +18,7 @@ mod _kernels {
     use crate::gemm::{
         gemm_backend, gemm_openmp_stats, gemm_path, gemm_paths, gemm_pool_stats, gemm_route_stats, gemm_spin_us,
         gemm_team_stats, gemm_vnni_peak, int8_matmul, set_gemm_backend, set_gemm_column_lanes, set_gemm_routing,
-        set_gemm_spin_us, set_gemm_tall_tile, PackedInt4Weight, PackedInt8Weight,
+        set_gemm_spin_us, set_gemm_spread, set_gemm_tail_pieces, set_gemm_tall_tile, PackedInt4Weight, PackedInt8Weight,
     };
     #[pymodule_export]
     use crate::decoder::{add_rms_norm, decode_attention, decode_layer_step, rms_norm, silu_mul};

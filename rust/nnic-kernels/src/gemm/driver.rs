@@ -73,6 +73,42 @@ pub fn set_column_lanes(on: bool) {
     LANES.store(on, Ordering::Relaxed);
 }
 
+/// Whether the last blocks of a block-planned product run as single column panels ([`set_tail_pieces`]).
+static TAIL_PIECES: AtomicBool = AtomicBool::new(true);
+
+/// Turns the tail pieces on (the default) or off (every planned block stays one task, as before them). Both give the
+/// same bits. A measurement aid, as [`set_column_lanes`] is: the two are timed in the same rounds of one process.
+pub fn set_tail_pieces(on: bool) {
+    TAIL_PIECES.store(on, Ordering::Relaxed);
+}
+
+/// Planned blocks per thread at the end of a product that run as single 32-column panels instead.
+const TAIL_BLOCKS_PER_THREAD: usize = 2;
+
+/// The tasks of a block-planned product: `blocks` in order, with the last [`TAIL_BLOCKS_PER_THREAD`] per thread cut
+/// into single column panels (`nr` columns) when they reuse each weight panel over more than `small_rows` rows and
+/// there are more blocks than that tail. Why: a thread that another process deschedules while it holds a block
+/// holds it until it runs again, and at the end the other threads have nothing left to take: the caller waited for
+/// it at the join (2048 × 4096², beside other processes' load: 0.6-6 ms of a 250 ms call, 2026-12-02). A panel of
+/// the last blocks is ~1/8 of a block (96 rows × 32 columns × 4096: ~55 µs on a Zen 4 core), so the threads
+/// still on their cores take the tail's panels while the held one waits, and quiet, the threads finish within one
+/// panel of each other instead of one block. Blocks of few rows (which stream each weight panel once) and short
+/// plans are left whole: their blocks are a few µs to begin with.
+fn tail_pieces(blocks: &[Block], threads: usize, small_rows: usize, nr: usize) -> Vec<Block> {
+    let tail = TAIL_BLOCKS_PER_THREAD * threads;
+    let split = threads > 1 && blocks.len() > tail;
+    let cut = if split { blocks.len() - tail } else { blocks.len() };
+    let mut out = blocks[..cut].to_vec();
+    for &b in &blocks[cut..] {
+        if b.i1 - b.i0 <= small_rows {
+            out.push(b);
+            continue;
+        }
+        out.extend((b.j0..b.j1).step_by(nr).map(|j0| Block { j0, j1: (j0 + nr).min(b.j1), ..b }));
+    }
+    out
+}
+
 /// Whether the planned `blocks` of an `m`-row product (row panels of `mr`, `kp` padded K, K slices of `kc`) run on
 /// column lanes (see `lanes`) instead: when they are one row block of more than [`SMALL_M_PANELS`] row panels (the
 /// blocks that reuse each weight panel from L2) and K is one slice. At 2 threads that is 29-192 rows at N ≥ 897 on the
@@ -270,13 +306,34 @@ pub(super) fn drive(
     let packed: Vec<AtomicBool> = (0..packs).map(|_| AtomicBool::new(false)).collect();
     let lanes = (LANES.load(Ordering::Relaxed) && on_lanes(&blocks, m, mr, kp, kc_max))
         .then(|| Lanes::new(n.div_ceil(NR), threads));
-    // Blocks are planned row block by row block, each with the same columns.
-    let per_row = blocks.iter().take_while(|b| b.i0 == 0).count();
-    // Units (blocks, or a lane's panels) per row block, counted down to the one that runs `rows_done`.
-    let units = if lanes.is_some() { n.div_ceil(NR) } else { per_row };
-    let left: Vec<AtomicUsize> = match rows_done {
-        Some(_) => (0..blocks.len() / per_row).map(|_| AtomicUsize::new(units)).collect(),
+    let blocks = if lanes.is_none() && TAIL_PIECES.load(Ordering::Relaxed) {
+        tail_pieces(&blocks, threads, SMALL_M_PANELS * mr, NR)
+    } else {
+        blocks
+    };
+    // Blocks are planned row block by row block, each row block with the same columns; the row block of each
+    // task, and the units (blocks or tail pieces, or a lane's panels) per row block, counted down to the one that
+    // runs `rows_done`.
+    let row_block: Vec<usize> = match rows_done {
+        Some(_) => blocks
+            .iter()
+            .scan((0, 0), |(rb, i0), b| {
+                if b.i0 != *i0 {
+                    (*rb, *i0) = (*rb + 1, b.i0);
+                }
+                Some(*rb)
+            })
+            .collect(),
         None => Vec::new(),
+    };
+    let left: Vec<AtomicUsize> = match (rows_done, &lanes) {
+        (Some(_), Some(_)) => vec![AtomicUsize::new(n.div_ceil(NR))],
+        (Some(_), None) => {
+            let mut units = vec![0; row_block.last().map_or(0, |&rb| rb + 1)];
+            row_block.iter().for_each(|&rb| units[rb] += 1);
+            units.into_iter().map(AtomicUsize::new).collect()
+        }
+        (None, _) => Vec::new(),
     };
     let unit_done = |row_block: usize, blk: Block| {
         if let Some(rows_done) = rows_done {
@@ -320,7 +377,9 @@ pub(super) fn drive(
                     wait_packed(&packed[blk.i0 / mr..blk.i1.div_ceil(mr)]);
                 }
                 run(blk);
-                unit_done((i - packs) / per_row, blk);
+                if rows_done.is_some() {
+                    unit_done(row_block[i - packs], blk);
+                }
             }
         },
     };
@@ -400,6 +459,44 @@ mod tests {
         assert!(lanes(29, 1000, 2, 64) && lanes(192, 897, 2, 64));
         assert!(!lanes(128, 896, 2, 64) && !lanes(128, 200, 1, 64));
         assert!(!lanes(200, 4096, 2, 64));
+    }
+
+    /// The tail pieces: the last two planned blocks per thread become single 32-column panels that cover them
+    /// exactly, in order, and everything before them stays; blocks of few rows, one thread and plans no longer than
+    /// the tail stay whole.
+    #[test]
+    fn the_last_blocks_per_thread_run_as_single_panels_covering_them_exactly() {
+        let cells = |bs: &[Block]| -> Vec<(usize, usize)> {
+            let mut c: Vec<(usize, usize)> =
+                bs.iter().flat_map(|b| (b.i0..b.i1).flat_map(move |i| (b.j0..b.j1).map(move |j| (i, j)))).collect();
+            c.sort_unstable();
+            c
+        };
+        let small = SMALL_M_PANELS * MR_VNNI;
+        for (m, n, threads) in [(2048, 4096, 2), (1024, 768, 2), (1000, 1000, 3), (300, 70, 2), (2048, 4096, 4)] {
+            let blocks = plan(m, n, MR_VNNI, threads, MR_VNNI * MC_PANELS, NC);
+            let tasks = tail_pieces(&blocks, threads, small, NR);
+            let cut = blocks.len() - 2 * threads;
+            assert_eq!(cells(&tasks), cells(&blocks), "{m}x{n}: the pieces cover the blocks once");
+            let corners = |b: &Block| (b.i0, b.i1, b.j0, b.j1);
+            assert!(tasks[..cut].iter().zip(&blocks[..cut]).all(|(t, b)| corners(t) == corners(b)));
+            let tail = &tasks[cut..];
+            let pieces = |b: &Block| if b.i1 - b.i0 > small { b.j1.div_ceil(NR) - b.j0 / NR } else { 1 };
+            let split = blocks[cut..].iter().map(pieces);
+            assert_eq!(tail.len(), split.sum::<usize>(), "{m}x{n}");
+            assert!(tail.iter().all(|t| t.j1 - t.j0 <= NR || t.i1 - t.i0 <= small));
+            assert!(tail.windows(2).all(|w| (w[0].i0, w[0].j0) < (w[1].i0, w[1].j0)), "in order");
+        }
+        // 2048 x 4096 at 2 threads: 352 blocks, the last 4 (96 or 32 rows x 256 columns) in 8 panels each
+        let blocks = plan(2048, 4096, MR_VNNI, 2, MR_VNNI * MC_PANELS, NC);
+        assert_eq!((blocks.len(), tail_pieces(&blocks, 2, small, NR).len()), (352, 348 + 32));
+        // whole: one thread, a plan no longer than the tail, blocks of two row panels or fewer
+        let few: Vec<Block> = (0..5).map(|r| Block { i0: 96 * r, i1: 96 * (r + 1), j0: 0, j1: 256 }).collect();
+        assert_eq!(tail_pieces(&few[..4], 2, small, NR).len(), 4);
+        assert_eq!(tail_pieces(&few, 2, small, NR).len(), 1 + 4 * 8);
+        assert_eq!(tail_pieces(&blocks, 1, small, NR).len(), blocks.len());
+        let thin = plan(24, 4096, MR_VNNI, 2, MR_VNNI * MC_PANELS, NC);
+        assert_eq!(tail_pieces(&thin, 2, small, NR).len(), thin.len());
     }
 
     /// The K slice follows the L2: 2 MiB (Intel) and 1 MiB (Zen 4) keep `KC`, 512 KiB gets 3072, an unknown L2

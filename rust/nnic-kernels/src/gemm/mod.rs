@@ -45,14 +45,15 @@ pub mod par;
 pub mod path;
 pub mod profile;
 mod route;
+mod spread;
 
 pub use act_pack::{qparams as act_qparams, ActQuant};
-pub use driver::{int8_matmul, matmul_i8, set_column_lanes, KC};
+pub use driver::{int8_matmul, matmul_i8, set_column_lanes, set_tail_pieces, KC};
 pub use epilogue::Activation;
 pub(crate) use epilogue::{gelu, relu};
 pub use linear::{int8_linear, int8_linear_skip_layer_norm, PackedLinear};
 pub use panels::{PackedB, MAX_K, NR};
-pub use par::set_routing;
+pub use par::{set_routing, set_spread};
 pub use path::{set_tall_tile, Path};
 
 pub(crate) use driver::{plan, Block};

@@ -50,8 +50,13 @@
 //! every run still loses the class after two runs. Their team runs still feed the window (a late one opens it) for
 //! the other kernels' runs ([`for_each`]: attention, sparse products, packing), which have no class to keep costs
 //! for.
+//!
+//! On either way, a caller that another thread of its run has shared a CPU with for milliseconds moves itself to
+//! another CPU of its affinity mask (`gemm::spread`, [`set_spread`]): beside a neighbour the scheduler can leave
+//! the run's two threads on one CPU for a whole call while the neighbour has the other to itself.
 use super::neighbours;
 use super::route::{Router, Way};
+use super::spread::{self, Seen, Watch};
 use crate::error::{KernelError, Result};
 use crate::team;
 use std::ffi::c_void;
@@ -277,18 +282,52 @@ struct Job<'a> {
     by_team: AtomicUsize,
     /// When the caller found no task left, in nanoseconds after `start`.
     caller_done: AtomicU64,
+    /// Where the other threads started their latest task ([`spread`]).
+    seen: Seen,
+    /// Times the caller moved to another CPU ([`spread`]).
+    moves: AtomicU64,
+}
+
+/// Whether the caller of a parallel run moves off a CPU that another thread of the run shares ([`set_spread`]).
+static SPREAD: AtomicBool = AtomicBool::new(true);
+
+/// Turns the caller's move off a CPU shared with another thread of its run on (the default) or off (`gemm::spread`
+/// says why). The same bits either way; a measurement aid, for timing the two in the same rounds.
+pub fn set_spread(on: bool) {
+    SPREAD.store(on, Ordering::Relaxed);
+}
+
+/// At a task start, `ns` after the run's start: another thread notes its CPU in `seen`; the caller looks whether
+/// one has shared its CPU long enough and moves off it (counted in `moves`). See [`spread`].
+fn spread_look(caller: Option<&mut Watch>, seen: &Seen, moves: &AtomicU64, ns: u64) {
+    if ns < spread::LOOK_AFTER.as_nanos() as u64 || !SPREAD.load(Ordering::Relaxed) {
+        return;
+    }
+    let Some(cpu) = spread::current_cpu() else { return };
+    match caller {
+        None => seen.note(cpu, ns),
+        Some(watch) => {
+            if watch.look(cpu, ns, seen) && spread::move_off(cpu) {
+                moves.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 extern "C" fn trampoline(data: *mut c_void) {
     // SAFETY: `data` is the `Job` that `for_each` keeps alive until `GOMP_parallel` returns.
     let job = unsafe { &*(data as *const Job) };
     job.last_arrival.fetch_max(job.start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    let is_caller = std::thread::current().id() == job.caller;
+    let mut watch = Watch::new();
     let mut ran = 0;
     loop {
         let i = job.next.fetch_add(1, Ordering::Relaxed);
         if i >= job.n || job.panicked.load(Ordering::Relaxed) {
             break;
         }
+        let ns = job.start.elapsed().as_nanos() as u64;
+        spread_look(is_caller.then_some(&mut watch), &job.seen, &job.moves, ns);
         // A panic must not unwind through C frames: record it and re-raise on the calling thread.
         if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (job.f)(i))).is_err() {
             job.panicked.store(true, Ordering::Relaxed);
@@ -297,7 +336,7 @@ extern "C" fn trampoline(data: *mut c_void) {
     }
     let done = job.start.elapsed().as_nanos() as u64;
     job.last_done.fetch_max(done, Ordering::Relaxed);
-    if std::thread::current().id() != job.caller {
+    if !is_caller {
         job.by_team.fetch_add(ran, Ordering::Relaxed);
     } else {
         job.caller_done.store(done, Ordering::Relaxed);
@@ -329,9 +368,12 @@ pub struct TeamStats {
     /// Nanoseconds the caller spent after it found no task left (waiting for tasks other threads still ran,
     /// then the join), summed: what the split costs the caller beyond its own share.
     pub wait_ns: u64,
+    /// Times the caller moved to another CPU because a thread of its run had shared its CPU for 2 ms (see
+    /// `gemm::spread`).
+    pub moves: u64,
 }
 
-const FIELDS: usize = 8;
+const FIELDS: usize = 9;
 
 /// Counters of one backend's runs, in the order of [`TeamStats`]'s fields.
 struct Counters([AtomicU64; FIELDS]);
@@ -352,6 +394,7 @@ impl Counters {
             tail_ns: c(5),
             region_ns: c(6),
             wait_ns: c(7),
+            moves: c(8),
         }
     }
 
@@ -360,7 +403,7 @@ impl Counters {
     }
 
     /// Adds one run: `late` as defined per backend, `done` when the last thread found no task left and
-    /// `caller_done` when the caller did, both in nanoseconds after the start.
+    /// `caller_done` when the caller did, both in nanoseconds after the start; `moves` of the caller.
     #[allow(clippy::too_many_arguments)]
     fn add(
         &self,
@@ -371,6 +414,7 @@ impl Counters {
         done: u64,
         caller_done: u64,
         region_ns: u64,
+        moves: u64,
     ) {
         let add = [
             1,
@@ -381,6 +425,7 @@ impl Counters {
             region_ns.saturating_sub(done),
             region_ns,
             region_ns.saturating_sub(caller_done),
+            moves,
         ];
         for (c, v) in self.0.iter().zip(add) {
             c.fetch_add(v, Ordering::Relaxed);
@@ -528,6 +573,8 @@ fn on_team(parallel: GompParallel, n: usize, threads: usize, f: &(dyn Fn(usize) 
         last_done: AtomicU64::new(0),
         by_team: AtomicUsize::new(0),
         caller_done: AtomicU64::new(0),
+        seen: Seen::new(),
+        moves: AtomicU64::new(0),
     };
     // SAFETY: `trampoline` only reads `job`, which outlives the call; flags 0 = default binding.
     unsafe { parallel(trampoline, &job as *const Job as *mut c_void, threads as u32, 0) };
@@ -553,6 +600,7 @@ fn on_team(parallel: GompParallel, n: usize, threads: usize, f: &(dyn Fn(usize) 
         job.last_done.load(Ordering::Relaxed),
         job.caller_done.load(Ordering::Relaxed),
         region_ns,
+        job.moves.load(Ordering::Relaxed),
     );
     if job.panicked.load(Ordering::Relaxed) {
         panic!("a GEMM task panicked");
@@ -579,6 +627,9 @@ struct Shared {
     by_helpers: AtomicUsize,
     /// When the last thread found no task left, in nanoseconds after `start`.
     last_done: AtomicU64,
+    /// Where the helpers started their latest task, and the caller's moves ([`spread`]).
+    seen: Seen,
+    moves: AtomicU64,
 }
 // SAFETY: `f` is `Sync` and used only while valid (see above); the rest are thread-safe types.
 unsafe impl Send for Shared {}
@@ -587,12 +638,15 @@ unsafe impl Sync for Shared {}
 impl Shared {
     /// Claims and runs tasks until none is left (`helper`: on a helper thread, counted as such).
     fn work(&self, helper: bool) {
+        let mut watch = Watch::new();
         loop {
             let i = self.next.fetch_add(1, Ordering::AcqRel);
             if i >= self.n {
                 self.last_done.fetch_max(self.start.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 return;
             }
+            let ns = self.start.elapsed().as_nanos() as u64;
+            spread_look((!helper).then_some(&mut watch), &self.seen, &self.moves, ns);
             if helper {
                 // counted before the task is reported done, so the caller reads every helper task
                 self.by_helpers.fetch_add(1, Ordering::Relaxed);
@@ -638,6 +692,8 @@ fn on_pool(n: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
         first_arrival: AtomicU64::new(u64::MAX),
         by_helpers: AtomicUsize::new(0),
         last_done: AtomicU64::new(0),
+        seen: Seen::new(),
+        moves: AtomicU64::new(0),
     });
     let team = team::team();
     if team.helpers() > 0 {
@@ -667,7 +723,8 @@ fn on_pool(n: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
     let by_helpers = shared.by_helpers.load(Ordering::Relaxed);
     let done = shared.last_done.load(Ordering::Relaxed).max(caller_done);
     let arrival = if arrival == u64::MAX { 0 } else { arrival };
-    POOL_RUNS.add(by_helpers == 0, n, by_helpers, arrival, done, caller_done, region_ns);
+    let moves = shared.moves.load(Ordering::Relaxed);
+    POOL_RUNS.add(by_helpers == 0, n, by_helpers, arrival, done, caller_done, region_ns, moves);
     if shared.panicked.load(Ordering::Relaxed) {
         panic!("a GEMM task panicked");
     }
@@ -834,6 +891,43 @@ mod tests {
         let mut q = Probe::START;
         q.after_team_run(false, 2, ms(0), || None);
         assert!(!q.after_team_run(true, 2, ms(500), || None));
+    }
+
+    /// The watch in a run's task loop: another thread noting the caller's CPU at every look for the bound moves the
+    /// caller once (where the mask has a second CPU), counted; before [`spread::LOOK_AFTER`] nothing is looked at;
+    /// with the spreading off nothing moves. The run's clock is injected.
+    #[test]
+    fn a_caller_that_shares_its_cpu_for_the_bound_moves_once_and_is_counted() {
+        std::thread::spawn(|| {
+            let Some(cpu) = spread::current_cpu() else { return };
+            let two_cpus = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
+            let (seen, moves, mut watch) = (Seen::new(), AtomicU64::new(0), Watch::new());
+            let ms = |v: u64| v * 1_000_000;
+            // The other thread's note comes from wherever the caller is now: the two look as one CPU.
+            let step = |t: u64, watch: &mut Watch| {
+                seen.note(spread::current_cpu().unwrap_or(cpu), ms(t));
+                spread_look(Some(watch), &seen, &moves, ms(t));
+            };
+            spread_look(None, &seen, &moves, 0);
+            assert!(seen.get_for_test().is_none(), "no note before LOOK_AFTER");
+            for t in 1..=4 {
+                step(t, &mut watch);
+            }
+            assert_eq!(moves.load(Ordering::Relaxed), u64::from(two_cpus), "one move after 2 ms together");
+            for t in 5..=20 {
+                step(t, &mut watch);
+            }
+            assert_eq!(moves.load(Ordering::Relaxed), u64::from(two_cpus), "none again within the gap");
+            set_spread(false);
+            let mut off = Watch::new();
+            for t in 30..=60 {
+                step(t, &mut off);
+            }
+            set_spread(true);
+            assert_eq!(moves.load(Ordering::Relaxed), u64::from(two_cpus), "the spreading off: no move");
+        })
+        .join()
+        .unwrap();
     }
 
     /// Several callers at once (each publishes its job; a newer one replaces an untaken older one): every
