@@ -111,6 +111,11 @@ def main() -> None:
             print(f"  {case} {stat:6s}: before {t['before'] * 1e6:8.1f} us, now {t['now'] * 1e6:8.1f} us "
                   f"({t['before'] / t['now']:.3f}x), int8 {t['int8'] * 1e6:8.1f} us: int4 is "
                   f"{t['int8'] / t['before']:.2f}x -> {t['int8'] / t['now']:.2f}x nnic int8 per call")
+        # Each round's before ÷ now: both saw that round's load, so the ratios spread less than the times do.
+        ratios = sorted(b / n for b, n in zip(times[(case, "before")], times[(case, "now")]))
+        q = lambda f: ratios[int(f * (len(ratios) - 1))]  # noqa: E731
+        print(f"  {case} per-round before / now: median {statistics.median(ratios):.3f}x, quartiles "
+              f"{q(0.25):.3f}-{q(0.75):.3f}x, now faster in {sum(r > 1 for r in ratios)} of {len(ratios)} rounds")
 
 
 if __name__ == "__main__":
