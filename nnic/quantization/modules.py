@@ -325,13 +325,13 @@ class Int4Linear(nn.Module):
     ``input_perm`` (a GPTQ act-order permutation) says which input column each code column holds: groups run
     over permuted columns, so the input is gathered by it before the GEMM (``x[..., perm]``).
 
-    ``scale_dtype``: the scales are stored (buffer, state dict and kernel) in float16 by default, as GGUF, GPTQ
-    and AWQ store them: a group of 32 codes then reads 18 bytes instead of 20 per output, and decoding is bound
-    by those bytes. The effect is one rounding of each scale (relative 2**-11 at most, against int4's own
-    rounding of up to half a step per weight); ``torch.float32`` keeps them exact. ``torch.uint8``
-    double-quantizes them: ``weight_scales`` holds 8-bit codes and ``weight_scale_step`` one float32 step per
-    output (scale = code × step, :func:`nnic.kernels.int4_scale_codes`), 17 bytes per group of 32 instead of
-    18; each scale is rounded *up* and the codes (and zero points) re-rounded for it, so nothing clips. Loading a
+    ``scale_dtype``: how the scales are stored (buffer, state dict and kernel); decoding is bound by the bytes a
+    step reads, so the default is the smallest format, ``torch.uint8``: double-quantized, ``weight_scales`` holds
+    8-bit codes and ``weight_scale_step`` one float32 step per output (scale = code × step,
+    :func:`nnic.kernels.int4_scale_codes`), 17 bytes per group of 32 codes instead of 18 (float16) or 20 (float32);
+    each scale is rounded *up* and the codes (and zero points) re-rounded for it, so nothing clips, and the
+    outputs' error stays that of float16 scales within int4's own. ``torch.float16`` stores them as GGUF, GPTQ and
+    AWQ do (one rounding of each scale, relative 2**-11 at most); ``torch.float32`` keeps them exact. Loading a
     state dict (or :func:`nnic.speedup.load_pruned`) adopts the saved format: the dtype of its ``weight_scales``
     and whether it has zero points and an input permutation (:meth:`adopt_state_format`), so a saved module
     reloads to the same outputs into a module built with any of these options.
@@ -394,6 +394,14 @@ class Int4Linear(nn.Module):
         scales, step = torch.as_tensor(scales).detach().cpu(), None
         if tuple(scales.shape) != tuple(self.weight_scales.shape):
             raise ValueError(f"scales must have shape {tuple(self.weight_scales.shape)}, got {tuple(scales.shape)}")
+        if zero_points is not None:  # checked as given: 8-bit scales re-round (and clamp) them below
+            z = torch.as_tensor(zero_points).detach().cpu()
+            if tuple(z.shape) != tuple(scales.shape) or z.is_floating_point() or z.is_complex():
+                raise ValueError(f"zero_points must be integers of shape {tuple(scales.shape)}, got {z.dtype} "
+                                 f"{tuple(z.shape)}")
+            if z.numel() and (int(z.min()) < -8 or int(z.max()) > 7):
+                raise ValueError(f"int4 zero points must be in [-8, 7], got [{int(z.min())}, {int(z.max())}]")
+            zero_points = z
         if (scale_step is not None) != (scales.dtype == torch.uint8) or \
                 (scale_step is not None and self.scale_dtype != torch.uint8):
             raise ValueError("scale_step goes with uint8 scale codes, for a module with scale_dtype=torch.uint8")
@@ -409,13 +417,7 @@ class Int4Linear(nn.Module):
         else:
             scales = kernels.int4_group_scales(scales, self.scale_dtype)
         if zero_points is not None:
-            z = torch.as_tensor(zero_points).detach().cpu()
-            if tuple(z.shape) != tuple(scales.shape) or z.is_floating_point() or z.is_complex():
-                raise ValueError(f"zero_points must be integers of shape {tuple(scales.shape)}, got {z.dtype} "
-                                 f"{tuple(z.shape)}")
-            if z.numel() and (int(z.min()) < -8 or int(z.max()) > 7):
-                raise ValueError(f"int4 zero points must be in [-8, 7], got [{int(z.min())}, {int(z.max())}]")
-            zero_points = z.to(torch.int8).contiguous()
+            zero_points = zero_points.to(torch.int8).contiguous()
         if input_perm is not None:
             perm = torch.as_tensor(input_perm).detach().cpu().long().reshape(-1)
             if not torch.equal(torch.sort(perm).values, torch.arange(self.in_features)):
