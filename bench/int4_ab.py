@@ -11,7 +11,9 @@ and input, with this tree's int8 GEMV for the issue's ratio.
 First it checks that both builds return the same bits. Then rounds of (hot, cold) × (before, now, int8), the order
 reversed every other round: "hot" calls one packed weight again and again (L3-resident at 4096 x 4096), "cold"
 cycles ``--cold`` copies (streamed from DRAM). Printed: medians and bests of the per-call times, now against before,
-and int8 against each (the issue's ">= 1.8x nnic int8"). Why one process: on a machine others load, the noise of
+and int8 against each (the issue's ">= 1.8x nnic int8"), then the median and quartiles of each round's before ÷ now
+and how many rounds now won. Run it once with a copy of this tree's own build as ``--before`` (an A/A) to see how
+far the load alone moves these ratios. Why one process: on a machine others load, the noise of
 two processes run apart is larger than a tile change; here both builds see the same load within a round.
 """
 
