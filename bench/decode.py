@@ -24,9 +24,9 @@ them alike): a prefill of ``--prompt`` random tokens, then ``--new`` greedy deco
 points included, once per step whatever the batch) times steps per second, and "%bw" divides it by the copy
 bandwidth measured in the same run (``dst.copy_(src)`` of 512 MiB, read + write bytes, best of 5).
 GPT-2's ``Conv1D`` layers are turned into ``nn.Linear`` first (same function), so that every variant sees the
-same Linear layers. nnic int4 is symmetric per group of ``--group-size`` (32), float16 group scales (on request:
-float32, ``nnic-int4-f32scales``, or 8-bit codes times a float32 step per output, ``nnic-int4-u8scales``), with per-token
-int8 activations.
+same Linear layers. nnic int4 is symmetric per group of ``--group-size`` (32), group scales in nnic's default format
+(8-bit codes times a float32 step per output; ``nnic-int4-u8scales`` names it explicitly; on request float16,
+``nnic-int4-f16scales``, the default before, or float32, ``nnic-int4-f32scales``), with per-token int8 activations.
 Every Linear is quantized, the vocabulary projection (``lm_head``) included unless ``--float-lm-head``. The nnic variants run each block's
 q/k/v and gate/up projections as one GEMM each (``nnic_transformers.fuse_projections``, same outputs);
 ``nnic-int8-unfused`` / ``nnic-int4-unfused`` (on request) keep them separate. ``--fast-decode`` adds, for every
@@ -72,7 +72,7 @@ MODELS = {
 VARIANTS = ("fp32", "bf16", "torch-dynamic-int8", "nnic-int8", "nnic-int4", "torchao-int8", "torchao-int4", "pruned")
 # On request: the nnic variants without fuse_projections, and nnic int4 with float32 group scales or 8-bit scale
 # codes times a float32 step per output (default float16).
-EXTRA = ("nnic-int8-unfused", "nnic-int4-unfused", "nnic-int4-f32scales", "nnic-int4-u8scales")
+EXTRA = ("nnic-int8-unfused", "nnic-int4-unfused", "nnic-int4-f16scales", "nnic-int4-f32scales", "nnic-int4-u8scales")
 
 
 def build(name: str) -> nn.Module:
@@ -141,7 +141,8 @@ def variant(base: nn.Module, kind: str, group_size: int) -> nn.Module | None:
         else:
             from nnic.quantization import Int4Linear
 
-            scales = {"-f32scales": torch.float32, "-u8scales": torch.uint8}.get(kind[len("nnic-int4"):], torch.float16)
+            scales = {"-f16scales": torch.float16, "-f32scales": torch.float32, "-u8scales": torch.uint8}.get(
+                kind[len("nnic-int4"):], kernels.DEFAULT_INT4_SCALE_DTYPE)
             for n in names:
                 parent, _, leaf = n.rpartition(".")
                 owner = m.get_submodule(parent) if parent else m

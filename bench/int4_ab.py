@@ -11,7 +11,9 @@ and input, with this tree's int8 GEMV for the issue's ratio.
 First it checks that both builds return the same bits. Then rounds of (hot, cold) × (before, now, int8), the order
 reversed every other round: "hot" calls one packed weight again and again (L3-resident at 4096 x 4096), "cold"
 cycles ``--cold`` copies (streamed from DRAM). Printed: medians and bests of the per-call times, now against before,
-and int8 against each (the issue's ">= 1.8x nnic int8"). Why one process: on a machine others load, the noise of
+and int8 against each (the issue's ">= 1.8x nnic int8"), then the median and quartiles of each round's before ÷ now
+and how many rounds now won. Run it once with a copy of this tree's own build as ``--before`` (an A/A) to see how
+far the load alone moves these ratios. Why one process: on a machine others load, the noise of
 two processes run apart is larger than a tile change; here both builds see the same load within a round.
 """
 
@@ -111,6 +113,11 @@ def main() -> None:
             print(f"  {case} {stat:6s}: before {t['before'] * 1e6:8.1f} us, now {t['now'] * 1e6:8.1f} us "
                   f"({t['before'] / t['now']:.3f}x), int8 {t['int8'] * 1e6:8.1f} us: int4 is "
                   f"{t['int8'] / t['before']:.2f}x -> {t['int8'] / t['now']:.2f}x nnic int8 per call")
+        # Each round's before ÷ now: both saw that round's load, so the ratios spread less than the times do.
+        ratios = sorted(b / n for b, n in zip(times[(case, "before")], times[(case, "now")]))
+        q = lambda f: ratios[int(f * (len(ratios) - 1))]  # noqa: E731
+        print(f"  {case} per-round before / now: median {statistics.median(ratios):.3f}x, quartiles "
+              f"{q(0.25):.3f}-{q(0.75):.3f}x, now faster in {sum(r > 1 for r in ratios)} of {len(ratios)} rounds")
 
 
 if __name__ == "__main__":

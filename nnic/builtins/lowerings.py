@@ -8,7 +8,8 @@ A plugin like any other (``register_lowerings``); a third-party plugin adds a mo
   ``naive``/``ptq`` 4-bit): symmetric or affine (per-group zero points), per channel (one group spanning the
   inputs), per group when the calibration has a group size (a multiple of 8; a GPTQ act-order permutation
   gathers the inputs), or per group of 32 from plain bits; scales stored in the context's ``int4_scale_dtype``
-  (float16 unless the caller of ``quantization_speedup`` asks for float32, or uint8: 8-bit codes times a step).
+  (uint8, 8-bit codes times a step per output, unless the caller of ``quantization_speedup`` asks for float16 or
+  float32).
 """
 
 from __future__ import annotations

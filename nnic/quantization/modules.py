@@ -325,15 +325,16 @@ class Int4Linear(nn.Module):
     ``input_perm`` (a GPTQ act-order permutation) says which input column each code column holds: groups run
     over permuted columns, so the input is gathered by it before the GEMM (``x[..., perm]``).
 
-    ``scale_dtype``: the scales are stored (buffer, state dict and kernel) in float16 by default, as GGUF, GPTQ
-    and AWQ store them: a group of 32 codes then reads 18 bytes instead of 20 per output, and decoding is bound
-    by those bytes. The effect is one rounding of each scale (relative 2**-11 at most, against int4's own
-    rounding of up to half a step per weight); ``torch.float32`` keeps them exact. ``torch.uint8``
-    double-quantizes them: ``weight_scales`` holds 8-bit codes and ``weight_scale_step`` one float32 step per
-    output (scale = code × step, :func:`nnic.kernels.int4_scale_codes`), 17 bytes per group of 32 instead of
-    18; each scale is rounded *up* and the codes (and zero points) re-rounded for it, so nothing clips. Loading a
-    state dict adopts the format of its ``weight_scales``, so a saved module reloads to the same outputs either
-    way.
+    ``scale_dtype``: how the scales are stored (buffer, state dict and kernel); decoding is bound by the bytes a
+    step reads, so the default is the smallest format, ``torch.uint8``: double-quantized, ``weight_scales`` holds
+    8-bit codes and ``weight_scale_step`` one float32 step per output (scale = code × step,
+    :func:`nnic.kernels.int4_scale_codes`), 17 bytes per group of 32 codes instead of 18 (float16) or 20 (float32);
+    each scale is rounded *up* and the codes (and zero points) re-rounded for it, so nothing clips, and the
+    outputs' error stays that of float16 scales within int4's own. ``torch.float16`` stores them as GGUF, GPTQ and
+    AWQ do (one rounding of each scale, relative 2**-11 at most); ``torch.float32`` keeps them exact. Loading a
+    state dict (or :func:`nnic.speedup.load_pruned`) adopts the saved format: the dtype of its ``weight_scales``
+    and whether it has zero points and an input permutation (:meth:`adopt_state_format`), so a saved module
+    reloads to the same outputs into a module built with any of these options.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, group_size: int = 32,
@@ -393,6 +394,14 @@ class Int4Linear(nn.Module):
         scales, step = torch.as_tensor(scales).detach().cpu(), None
         if tuple(scales.shape) != tuple(self.weight_scales.shape):
             raise ValueError(f"scales must have shape {tuple(self.weight_scales.shape)}, got {tuple(scales.shape)}")
+        if zero_points is not None:  # checked as given: 8-bit scales re-round (and clamp) them below
+            z = torch.as_tensor(zero_points).detach().cpu()
+            if tuple(z.shape) != tuple(scales.shape) or z.is_floating_point() or z.is_complex():
+                raise ValueError(f"zero_points must be integers of shape {tuple(scales.shape)}, got {z.dtype} "
+                                 f"{tuple(z.shape)}")
+            if z.numel() and (int(z.min()) < -8 or int(z.max()) > 7):
+                raise ValueError(f"int4 zero points must be in [-8, 7], got [{int(z.min())}, {int(z.max())}]")
+            zero_points = z
         if (scale_step is not None) != (scales.dtype == torch.uint8) or \
                 (scale_step is not None and self.scale_dtype != torch.uint8):
             raise ValueError("scale_step goes with uint8 scale codes, for a module with scale_dtype=torch.uint8")
@@ -408,13 +417,7 @@ class Int4Linear(nn.Module):
         else:
             scales = kernels.int4_group_scales(scales, self.scale_dtype)
         if zero_points is not None:
-            z = torch.as_tensor(zero_points).detach().cpu()
-            if tuple(z.shape) != tuple(scales.shape) or z.is_floating_point() or z.is_complex():
-                raise ValueError(f"zero_points must be integers of shape {tuple(scales.shape)}, got {z.dtype} "
-                                 f"{tuple(z.shape)}")
-            if z.numel() and (int(z.min()) < -8 or int(z.max()) > 7):
-                raise ValueError(f"int4 zero points must be in [-8, 7], got [{int(z.min())}, {int(z.max())}]")
-            zero_points = z.to(torch.int8).contiguous()
+            zero_points = zero_points.to(torch.int8).contiguous()
         if input_perm is not None:
             perm = torch.as_tensor(input_perm).detach().cpu().long().reshape(-1)
             if not torch.equal(torch.sort(perm).values, torch.arange(self.in_features)):
@@ -441,20 +444,37 @@ class Int4Linear(nn.Module):
         return self.weight_scales.float() * self.weight_scale_step.float()[:, None]
 
     def adopt_state_format(self, state_dict: Mapping[str, torch.Tensor], prefix: str = "") -> None:
-        """Take the scale format of the saved ``state_dict`` (entries under ``prefix``) before loading it: the
-        saved scales' dtype is part of the saved module (float16 or float32 scales give different outputs), so it
-        is adopted rather than rounding float32 scales into a float16 buffer; 8-bit scales come with their steps,
-        the other formats without, so the step buffer follows the file (a manifest load may have made it a
-        parameter meanwhile). :func:`nnic.speedup.load_pruned` calls it before it compares the model's keys with
-        the file's, and ``load_state_dict`` calls it through the module's own load."""
+        """Take the saved module's format from ``state_dict`` (entries under ``prefix``) before loading it: the
+        dtype of its scales (float16 or float32 scales give different outputs, so float32 scales are adopted, not
+        rounded into a float16 buffer; 8-bit codes come with their ``weight_scale_step``, the other formats
+        without) and whether it has zero points (asymmetric weights: AWQ, affine RTN) and an input permutation
+        (GPTQ act order). A module built with any default thus reloads any save exactly as saved. Nothing changes
+        unless the entry holds the module's ``weight_scales``; scales in a dtype no int4 kernel takes are a
+        ``ValueError``, not a silent rounding. :func:`nnic.speedup.load_pruned` calls it before it applies the
+        manifest's shapes, and ``load_state_dict`` calls it through the module's own load."""
         saved = state_dict.get(prefix + "weight_scales")
-        if isinstance(saved, torch.Tensor) and saved.dtype in kernels.INT4_SCALE_DTYPES and \
-                saved.dtype != self.weight_scales.dtype:
-            self.weight_scales = torch.empty_like(self.weight_scales, dtype=saved.dtype)
-        if isinstance(saved, torch.Tensor):
-            eight_bit = saved.dtype == torch.uint8
-            self._parameters.pop("weight_scale_step", None)
-            self.register_buffer("weight_scale_step", torch.ones(self.out_features) if eight_bit else None)
+        if not isinstance(saved, torch.Tensor):
+            return
+        if saved.dtype not in kernels.INT4_SCALE_DTYPES:
+            raise ValueError(f"{prefix}weight_scales: saved as {saved.dtype}, which no int4 kernel reads "
+                             f"(torch.float16, torch.float32 or torch.uint8 with weight_scale_step)")
+        dev = self.weight_packed.device
+        shape = tuple(self.weight_scales.shape)
+        present = {
+            "weight_scale_step": (saved.dtype == torch.uint8,
+                                  lambda: torch.ones(self.out_features, device=dev)),
+            "weight_zero_points": (isinstance(state_dict.get(prefix + "weight_zero_points"), torch.Tensor),
+                                   lambda: torch.zeros(shape, dtype=torch.int8, device=dev)),
+            "input_perm": (isinstance(state_dict.get(prefix + "input_perm"), torch.Tensor),
+                           lambda: torch.arange(self.in_features, device=dev)),
+        }
+        if saved.dtype != self.weight_scales.dtype:
+            self.weight_scales = torch.empty(shape, dtype=saved.dtype, device=dev)
+        for name, (wanted, make) in present.items():
+            if wanted != (getattr(self, name) is not None) or name in self._parameters:
+                self._parameters.pop(name, None)  # a manifest load may have made it a parameter
+                self.register_buffer(name, make() if wanted else None)
+        self._packed = None
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs) -> None:

@@ -74,10 +74,11 @@ def quantization_speedup(
         ``"warn"`` logs a warning (logger ``nnic.quantization``) and keeps it float.
     :param act: dynamic activation quantization, ``"per_token"`` or ``"per_tensor"`` (static when calibrated).
     :param symmetric: symmetric dynamic activation quantization.
-    :param int4_scale_dtype: the dtype ``Int4Linear`` stores its group scales in: ``torch.float16`` (default,
-        as GGUF/GPTQ/AWQ: 0.5625 instead of 0.625 bytes per weight at groups of 32, each scale rounded once),
-        ``torch.float32`` (the calibration's scales exactly) or ``torch.uint8`` (8-bit codes times a float32 step
-        per output: 0.53 bytes per weight; each scale rounded up and the calibration's codes re-rounded to it).
+    :param int4_scale_dtype: the dtype ``Int4Linear`` stores its group scales in: ``torch.uint8`` (default: 8-bit
+        codes times a float32 step per output, 0.53 bytes per weight at groups of 32, the fewest a decode step
+        reads; each scale rounded up and the calibration's codes re-rounded to it), ``torch.float16`` (as
+        GGUF/GPTQ/AWQ: 0.5625 bytes per weight, each scale rounded once) or ``torch.float32`` (the calibration's
+        scales exactly, 0.625).
     """
     if on_unsupported not in ("error", "warn"):
         raise ValueError(f"on_unsupported must be 'error' or 'warn', got {on_unsupported!r}")

@@ -91,8 +91,9 @@ def load_pruned(model: nn.Module, directory: io.PathLike) -> nn.Module:
 
     The manifest is checked before the model changes (see :mod:`nnic.speedup.manifest`): a malformed one, a
     class no installed speedup rule handles, or an attribute change a rule does not declare raises ValueError. A
-    module with an ``adopt_state_format(state_dict, prefix)`` method (``Int4Linear``: its scale format) takes the
-    saved format before the model's keys are compared with the file's."""
+    module with an ``adopt_state_format(state_dict, prefix)`` method (``Int4Linear``: its scale format, zero points
+    and input permutation) takes the saved format before the manifest's shapes are applied to it, so a model built
+    with another default (or another calibration's options) loads the file as saved."""
     from nnic.speedup.api import registered_rules
 
     directory = Path(directory)
@@ -126,6 +127,9 @@ def load_pruned(model: nn.Module, directory: io.PathLike) -> nn.Module:
             rebuilt.append(name)
         elif not any(name.startswith(f"{r}.") for r in rebuilt):
             manifest.apply_attrs(name, m, entry["attrs"], table.for_module(m))
+        adopt = getattr(m, "adopt_state_format", None)
+        if callable(adopt):  # the file's format first (int4 scale formats, optional buffers), then its shapes
+            adopt(state, f"{name}." if name else "")
         tensors = _direct_tensors(m)
         for k, shape in entry["tensors"].items():
             t = tensors.get(k)
@@ -138,10 +142,6 @@ def load_pruned(model: nn.Module, directory: io.PathLike) -> nn.Module:
                 setattr(m, k, nn.Parameter(new_t, requires_grad=t.requires_grad if t is not None else True))
             else:
                 m._buffers[k] = new_t
-    for name, m in model.named_modules():  # modules whose tensors follow the file's format (int4 scale formats)
-        adopt = getattr(m, "adopt_state_format", None)
-        if callable(adopt):
-            adopt(state, f"{name}." if name else "")
     expected = model.state_dict()
     wrong = sorted(set(expected) ^ set(state)) or [k for k in state if state[k].shape != expected[k].shape]
     if wrong:

@@ -452,11 +452,10 @@ def test_int4_bias_and_column_terms_land_on_their_columns_across_blocks_and_thre
 
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("act", ["per_token", "per_tensor", "static"])
-def test_int4_gemv_quantizing_inside_the_two_thread_region_gives_the_one_thread_bits(path, act):
-    """On two threads a decode step's activations (M = 1, and a few rows) are quantized as the parallel region's
-    first task while the other thread waits on its first block; one thread quantizes them before its blocks. The
-    outputs are the same bits for every activation mode, symmetric and affine weights, and a NaN in the input is
-    still reported (per token: found inside the region)."""
+def test_int4_gemv_on_two_threads_gives_the_one_thread_bits(path, act):
+    """A decode step's GEMV (M = 1, and a few rows) split over two threads, the last blocks in smaller pieces: the
+    outputs are the one-thread bits for every activation mode, symmetric and affine weights, and a NaN in the input
+    is reported."""
     rng = np.random.default_rng(31)
     n, k, g = 1100, 1024, 32  # M x N x K over 2**20: two threads
     q = rng.integers(-8, 8, (n, k), dtype=np.int8)

@@ -192,21 +192,29 @@ def test_layers_built_under_inference_mode_run_and_see_new_weights(make):
         fresh = make(other)
         if isinstance(q, Int4Linear):
             q.weight_packed, q.weight_scales = fresh.weight_packed, fresh.weight_scales
+            q.weight_scale_step = fresh.weight_scale_step  # 8-bit scales (the default): codes times these steps
         else:
             q.weight, q.weight_scale = fresh.weight, fresh.weight_scale
         q.bias = fresh.bias
         assert torch.equal(q(x), fresh(x))
 
 
-def test_int4_linear_scales_are_float16_by_default_and_reload_in_their_saved_dtype(tmp_path):
-    """Half scales: 2 bytes per group in the buffer and the file; a module saved with float32 scales (or by an
-    older nnic) reloads into a default (float16) module with its own float32 scales, so outputs stay equal."""
+def test_int4_linear_scales_are_eight_bit_by_default_float16_and_float32_on_request(tmp_path):
+    """The default is the smallest format (8-bit codes and a step per output) everywhere a layer is made: the
+    module, ``from_float`` and ``quantization_speedup``; float16 (2 bytes per group in the buffer and the file)
+    and float32 stay selectable, and a module saved with either reloads into a default module with its own
+    scales, so outputs stay equal."""
     from safetensors.torch import load_file, save_file
 
     torch.manual_seed(0)
     lin = nn.Linear(256, 64)
     x = torch.randn(3, 256)
-    half, full = Int4Linear.from_float(lin), Int4Linear.from_float(lin, scale_dtype=torch.float32)
+    assert gemm.DEFAULT_INT4_SCALE_DTYPE == torch.uint8
+    assert Int4Linear(256, 64).scale_dtype == torch.uint8 and Int4Linear.from_float(lin).scale_dtype == torch.uint8
+    lowered = nnic.quantization_speedup(nn.Sequential(copy.deepcopy(lin)), {"0": 4})
+    assert lowered[0].scale_dtype == torch.uint8 and lowered[0].weight_scale_step is not None
+    half = Int4Linear.from_float(lin, scale_dtype=torch.float16)
+    full = Int4Linear.from_float(lin, scale_dtype=torch.float32)
     assert half.scale_dtype == torch.float16 and full.scale_dtype == torch.float32
     assert half._packed_weight().scale_dtype == "float16" and full._packed_weight().scale_dtype == "float32"
     assert full._packed_weight().nbytes - half._packed_weight().nbytes == 2 * 64 * 8
@@ -223,7 +231,7 @@ def test_int4_linear_scales_are_float16_by_default_and_reload_in_their_saved_dty
         Int4Linear(16, 4, scale_dtype=torch.bfloat16)
     with pytest.raises(ValueError, match=r"scales\[0\] = 1e\+06 is not a positive finite float16"):
         Int4Linear.from_float(nn.Linear(8, 1), group_size=8, weight_q=torch.zeros(1, 8, dtype=torch.int8),
-                              weight_scales=torch.full((1, 1), 1e6))
+                              weight_scales=torch.full((1, 1), 1e6), scale_dtype=torch.float16)
 
 
 def test_int4_linear_eight_bit_scales_save_and_reload_in_every_direction(tmp_path):
@@ -238,7 +246,7 @@ def test_int4_linear_eight_bit_scales_save_and_reload_in_every_direction(tmp_pat
     torch.manual_seed(0)
     lin = nn.Linear(256, 64)
     x = torch.randn(3, 256)
-    half, eight = Int4Linear.from_float(lin), Int4Linear.from_float(lin, scale_dtype=torch.uint8)
+    half, eight = Int4Linear.from_float(lin, scale_dtype=torch.float16), Int4Linear.from_float(lin)
     assert eight.scale_dtype == torch.uint8 and eight._packed_weight().scale_dtype == "uint8"
     assert eight.weight_scale_step.dtype == torch.float32 and tuple(eight.weight_scale_step.shape) == (64,)
     assert half._packed_weight().nbytes - eight._packed_weight().nbytes == 64 * 8 - 4 * 64
@@ -438,12 +446,18 @@ def test_affine_group_wise_calibrations_run_on_int4(bits, group_size, permuted, 
     torch.testing.assert_close(fresh(x), q(x), rtol=0, atol=0)
 
 
-def test_int4_zero_points_out_of_range_are_refused():
+@pytest.mark.parametrize("scale_dtype", gemm.INT4_SCALE_DTYPES)
+def test_int4_zero_points_out_of_range_are_refused(scale_dtype):
+    """Refused as given, in every scale format (8-bit scales re-round the zero points, which must not clamp a bad
+    one into range first)."""
     lin = nn.Linear(16, 4)
     q = torch.zeros(4, 16, dtype=torch.int8)
     with pytest.raises(ValueError, match=r"zero points must be in \[-8, 7\]"):
         Int4Linear.from_float(lin, group_size=8, weight_q=q, weight_scales=torch.ones(4, 2),
-                              weight_zero_points=torch.full((4, 2), 9))
+                              weight_zero_points=torch.full((4, 2), 9), scale_dtype=scale_dtype)
+    with pytest.raises(ValueError, match="zero_points must be integers"):
+        Int4Linear.from_float(lin, group_size=8, weight_q=q, weight_scales=torch.ones(4, 2),
+                              weight_zero_points=torch.full((4, 2), 0.5), scale_dtype=scale_dtype)
     with pytest.raises(ValueError, match="input_perm must be a permutation of 16"):
         Int4Linear.from_float(lin, group_size=8, weight_q=q, weight_scales=torch.ones(4, 2),
-                              input_perm=torch.zeros(16, dtype=torch.long))
+                              input_perm=torch.zeros(16, dtype=torch.long), scale_dtype=scale_dtype)

@@ -199,13 +199,19 @@ def test_group_wise_4_bit_linear_runs_on_int4_with_the_calibrations_scales():
     entry = _group_entry(fc.weight.detach(), 16)
     scale = torch.tensor(entry["weight_scale"]).repeat_interleave(16, 1)
     codes = torch.round(fc.weight.detach() / scale)
-    half = nnic.quantization_speedup(copy.deepcopy(model), {"0": entry})  # default: scales stored in float16
+    eight = nnic.quantization_speedup(copy.deepcopy(model), {"0": entry})  # default: 8-bit scale codes
+    half = nnic.quantization_speedup(copy.deepcopy(model), {"0": entry}, int4_scale_dtype=torch.float16)
     nnic.quantization_speedup(model, {"0": entry}, int4_scale_dtype=torch.float32)
     assert isinstance(model[0], Int4Linear) and model[0].group_size == 16
     assert torch.allclose(model[0].dequantized_weight(), codes * scale, atol=1e-6)
     # the same codes; each scale rounded once to float16
     assert torch.equal(half[0].codes(), model[0].codes()) and half[0].weight_scales.dtype == torch.float16
     assert torch.allclose(half[0].dequantized_weight(), codes * scale.half().float(), atol=1e-6)
+    # each scale rounded up to code x step, each weight re-rounded to it: within half a new step
+    assert eight[0].weight_scales.dtype == torch.uint8 and eight[0].group_size == 16
+    new_scale = eight[0].group_scales().repeat_interleave(16, 1)
+    assert torch.all(new_scale >= scale * (1 - 1e-6))
+    assert torch.all((eight[0].dequantized_weight() - codes * scale).abs() <= 0.5 * new_scale * (1 + 1e-5))
     assert Calibration.from_dict({"0": entry}).to_dict() == {"0": entry}
 
 

@@ -216,6 +216,7 @@ def test_prefetch_in_the_one_call_step_queues_the_next_weights_and_changes_no_bi
     assert all(seen[g] is g._packed_weight() for layer in layers for g in layer.gemms())
     with torch.no_grad():  # a new packed weight for layer 1's q/k/v in both models: a stale prefetch changes nothing
         for model in (plain, warm):
-            model.model.layers[1].self_attn.qkv_proj.fused.weight_scales.mul_(0.5)
+            fused = model.model.layers[1].self_attn.qkv_proj.fused  # 8-bit scales: codes times these steps
+            (fused.weight_scales if fused.weight_scale_step is None else fused.weight_scale_step).mul_(0.5)
     got, _ = decode_logits(warm, ids, 3)
     assert torch.equal(got, decode_logits(plain, ids, 3)[0])

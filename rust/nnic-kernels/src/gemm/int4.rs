@@ -25,7 +25,6 @@ use crate::error::{KernelError, Result};
 use crate::huge::HugeBuf;
 use crate::half::f16_to_f32;
 use crate::pool;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Per-group scales `[n, ceil(k / group)]` as given to [`PackedInt4::new`].
 #[derive(Copy, Clone, Debug)]
@@ -386,38 +385,16 @@ pub fn int4_linear(
     if m == 0 || n == 0 {
         return Ok(());
     }
-    let (mut pa, panels) = act_pack::F32Panels::new(path, MR4, x, m, k, w.kp, act, false)?;
+    let mut pa = act_pack::pack_f32(path, MR4, x, m, k, w.kp, act, false)?;
     let (mr, kp, groups) = (pa.mr, pa.kp, w.kp / w.group);
-    let mult = if w.is_affine() { 1 } else { 8 };
     let mut na = vec![0i32; m * groups];
+    signed_activations(&mut pa.data[..m * kp], m, mr, kp, k, w.group, if w.is_affine() { 1 } else { 8 }, &mut na);
     let threads = if m * n * k < (1 << 20) { 1 } else { pool::num_threads() };
     let blocks = finer_tail(super::plan(m, n, mr, threads, 64, 8 * NR), threads);
-    // Small activations (a decode step's) are quantized as the region's first task, large ones by a parallel
-    // pass of their own before it ([`Prep`] says why).
-    let in_region = threads > 1 && m * k < act_pack::PACK_PAR_MIN;
-    if !in_region {
-        let pack_threads = if m * k < act_pack::PACK_PAR_MIN { 1 } else { pool::num_threads() };
-        // SAFETY: `pa` is not otherwise touched until this returns, and no panel is packed yet.
-        unsafe { panels.pack_all(pack_threads) }?;
-        signed_activations(&mut pa.data[..m * kp], m, mr, kp, k, w.group, mult, &mut na);
-    }
-    let prep = Prep {
-        ready: AtomicBool::new(!in_region),
-        a: pa.data.as_mut_ptr(),
-        na: na.as_mut_ptr(),
-        scale: pa.scale.as_ptr(),
-        zero: pa.zero.as_ptr(),
-    };
     let o = OutF(out.as_mut_ptr());
     let run = |blk: Block| {
         #[allow(clippy::redundant_locals)] // captures the Sync wrapper, not its raw pointer field
         let o = o;
-        if !prep.ready.load(Ordering::Acquire) {
-            let (p0, p1) = (blk.j0 / NR, blk.j1.div_ceil(NR));
-            prep.wait_prefetching(&w.bytes()[p0 * w.panel_len()..p1 * w.panel_len()]);
-        }
-        // SAFETY: the activations are ready (above): nothing writes them any more; `m * groups` sums.
-        let na = unsafe { std::slice::from_raw_parts(prep.na() as *const i32, m * groups) };
         let mut f = [[0f32; NR]; MR4];
         // The tiles' sums go to the output as they are, and the epilogue runs once over the block after its last
         // panel ([`finish_rows`] says why).
@@ -426,8 +403,7 @@ pub fn int4_linear(
             let panel = w.panel(j0 / NR);
             for i0 in (blk.i0..blk.i1).step_by(mr) {
                 let rows = (blk.i1 - i0).min(mr);
-                // SAFETY: row panel `i0 / mr` starts at byte `i0 * kp` of the `m * kp` packed bytes.
-                let ap = unsafe { prep.a().add(i0 * kp) } as *const u8;
+                let ap = pa.panel_ptr_rows(i0 / mr, 0);
                 let nap = &na[i0 * groups..(i0 + rows) * groups];
                 tile(path, rows, ap, nap, panel, &mut f);
                 for (r, fr) in f.iter().enumerate().take(rows) {
@@ -441,97 +417,15 @@ pub fn int4_linear(
         let st = if w.has_u8_scales() { &w.step[j0..j1] } else { &[][..] };
         let b = bias.map_or(&[][..], |b| &b[j0..j1]);
         for i in blk.i0..blk.i1 {
-            // SAFETY: row i < m of the `m` scales and zero points, final once the activations are ready.
-            let (sa, za) = unsafe { (*prep.scale.add(i), (*prep.zero.add(i) - 128) as f32) };
+            let (sa, za) = (pa.scale[i], (pa.zero[i] - 128) as f32);
             // SAFETY: row i, columns j0..j1 are this task's block.
             let y = unsafe { std::slice::from_raw_parts_mut(o.0.add(i * n + j0), j1 - j0) };
             finish_rows(isa_of(path), y, &w.csum[j0..j1], st, b, sa, za);
         }
     };
-    if in_region {
-        // Task 0 quantizes (the caller's, as a rule: it is in the region first); a block task taken before it is
-        // done waits for it.
-        let quantize = || {
-            let _ready = SetOnDrop(&prep.ready);
-            for p in 0..panels.count() {
-                // SAFETY: each panel packed once, by this task alone; the block tasks read none before `ready`.
-                unsafe { panels.pack(p) };
-            }
-            // SAFETY: as above: the packed bytes and the sums are this task's until `ready` is set.
-            let a = unsafe { std::slice::from_raw_parts_mut(prep.a(), m * kp) };
-            // SAFETY: as above.
-            let sums = unsafe { std::slice::from_raw_parts_mut(prep.na(), m * groups) };
-            signed_activations(a, m, mr, kp, k, w.group, mult, sums);
-        };
-        super::par::for_each(blocks.len() + 1, threads, &|i| if i == 0 { quantize() } else { run(blocks[i - 1]) });
-    } else {
-        super::par::for_each(blocks.len(), threads, &|i| run(blocks[i]));
-    }
+    super::par::for_each(blocks.len(), threads, &|i| run(blocks[i]));
     act_pack::release(pa);
-    // A non-finite value met by a per-row range inside the region (the output is then meaningless).
-    panels.check()
-}
-
-/// The quantized activations of one call as the block tasks read them: the signed packed bytes `a`, their group
-/// sums `na`, each row's scale and u8 zero point, all final once `ready` is set.
-///
-/// Why a decode step quantizes inside the region: quantizing a token's activations (and their signed form and group
-/// sums) took 4.6-6 µs per call on the calling thread before the region, with the weights just streamed having
-/// pushed `x`, the buffers and the code out of the caches, while the other core waited; as the region's first task
-/// the other core starts at once on its first block and fetches that block's first weight lines while it waits
-/// ([`Prep::wait_prefetching`]). The caller, in the region first, almost always takes task 0 itself, so a helper
-/// descheduled by another process rarely holds up the activations. Large activations (prefill, `m · k` from
-/// [`act_pack::PACK_PAR_MIN`]) keep their parallel pass before the region: one task would serialize it.
-struct Prep {
-    ready: AtomicBool,
-    a: *mut u8,
-    na: *mut i32,
-    scale: *const f32,
-    zero: *const i32,
-}
-// SAFETY: the buffers behind the pointers are written by the quantizing task only (`scale` and `zero`, for per-row
-// ranges, through the packer's own pointers to them) and read by the block tasks only after `ready`.
-unsafe impl Sync for Prep {}
-
-impl Prep {
-    // Methods rather than fields in the closures: a closure that names `prep.a` captures the bare pointer.
-    fn a(&self) -> *mut u8 {
-        self.a
-    }
-    fn na(&self) -> *mut i32 {
-        self.na
-    }
-
-    /// Spins until the activations are ready, meanwhile prefetching `block`'s weight lines (this thread's next
-    /// bytes) into L2 one line per check, in order: the wait overlaps the stream's start. After the block's
-    /// last line (a wait of ~40 µs: the quantizing thread was descheduled) it yields its core.
-    fn wait_prefetching(&self, block: &[u8]) {
-        let mut at = 0;
-        while !self.ready.load(Ordering::Acquire) {
-            if at < block.len() {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: a prefetch of an address inside `block`; it never faults.
-                unsafe {
-                    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-                    _mm_prefetch::<_MM_HINT_T1>(block.as_ptr().add(at) as *const i8)
-                };
-                at += 64;
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
-        }
-    }
-}
-
-/// Sets its flag when dropped: the activations count as ready even when quantizing them panicked, so that no block
-/// task waits forever (the panic is raised on the caller when the region ends).
-struct SetOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for SetOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Release);
-    }
+    Ok(())
 }
 
 /// `blocks` (taken in order) with the last `threads` of them split into column pieces of [`TAIL_PANELS`] panels,
