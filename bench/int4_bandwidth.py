@@ -8,9 +8,9 @@ streamed from DRAM.
 
 "hot": one packed weight called again and again (L3-resident when it fits); "cold": ``--cold`` different packed
 weights of the same shape called in turn (more bytes than the L3 holds, so each call streams from DRAM). ``int4``
-stores its group scales in float16 (8-bit is now the default), ``int4-f32`` in float32 (same codes), ``int4-u8`` as 8-bit
-codes times a float32 step per output column (double-quantized: each scale rounded up, codes re-rounded). GB/s is the
-packed bytes (codes, scales, column sums) per call over the call's time; ``copy_`` counts read + write bytes
+stores its group scales in float16 (8-bit is now the default), ``int4-f32`` in float32 (same codes), ``int4-u8`` as
+8-bit codes times a float32 step per output column (double-quantized: each scale rounded up, codes re-rounded).
+GB/s is the packed bytes (codes, scales, column sums) per call over the call's time; ``copy_`` counts read + write bytes
 of a 256 MiB float32 copy. Each round runs every case once (interleaved), the table gives medians over rounds.
 
 ``--gap-us G`` adds the decode pattern: the cold calls separated by G µs of other work on the calling thread (a
