@@ -524,20 +524,20 @@ def main() -> None:
             print(f"  {spec:18s} {r['quiet']:6.2f}x {r['contended']:8.2f}x {r['contended'] / r['quiet']:14.2f}x")
         stat = min if args.stat == "min" else statistics.median
         per = {key: {name: stat(ts) for name, ts in times.items()} for key, times in all_res.items()}
-        if all(UNSPREAD in t for t in per.values()):
-            print("the same without spreading (kernels.set_gemm_spread(False)), and the spreading's speedup:")
+        # Each switch's row beside the default's: its row, the rows without and with the switch, what it is.
+        switches = (
+            (UNSPREAD, UNSPREAD, DEFAULT_LINEAR, "spreading", "without spreading (kernels.set_gemm_spread(False))"),
+            (ROUTED, DEFAULT_LINEAR, ROUTED, "routing", "routed by measured cost (kernels.set_gemm_routing(True))"),
+        )
+        for row, without, with_, name, title in switches:
+            if not all(row in t for t in per.values()):
+                continue
+            print(f"the same {title}, and the {name}'s speedup:")
             for spec, _ in summary:
                 q, c = per[f"{spec} quiet"], per[f"{spec} contended"]
-                uq, uc = (min(v for name, v in t.items() if "dynamic" in name) / t[UNSPREAD] for t in (q, c))
-                print(f"  {spec:18s} {uq:6.2f}x {uc:8.2f}x {uc / uq:14.2f}x   spreading's speedup quiet "
-                      f"{q[UNSPREAD] / q[DEFAULT_LINEAR]:.2f}x, contended {c[UNSPREAD] / c[DEFAULT_LINEAR]:.2f}x")
-        if all(ROUTED in t for t in per.values()):
-            print("the same routed by measured cost (kernels.set_gemm_routing(True)), and routing's speedup:")
-            for spec, _ in summary:
-                q, c = per[f"{spec} quiet"], per[f"{spec} contended"]
-                rq, rc = (min(v for name, v in t.items() if "dynamic" in name) / t[ROUTED] for t in (q, c))
-                print(f"  {spec:18s} {rq:6.2f}x {rc:8.2f}x {rc / rq:14.2f}x   routing's speedup quiet "
-                      f"{q[DEFAULT_LINEAR] / q[ROUTED]:.2f}x, contended {c[DEFAULT_LINEAR] / c[ROUTED]:.2f}x")
+                xq, xc = (min(v for n, v in t.items() if "dynamic" in n) / t[row] for t in (q, c))
+                print(f"  {spec:18s} {xq:6.2f}x {xc:8.2f}x {xc / xq:14.2f}x   {name}'s speedup quiet "
+                      f"{q[without] / q[with_]:.2f}x, contended {c[without] / c[with_]:.2f}x")
     if args.json:
         with contextlib.suppress(OSError):
             args.json.write_text(json.dumps(all_res, indent=1))

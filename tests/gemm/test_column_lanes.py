@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gemm_threads import on_threads
 from nnic import kernels as gemm
 
 PATHS = gemm.gemm_paths()
@@ -21,18 +22,6 @@ LANE_ROWS = st.sampled_from([24, 25, 29, 40, 97, 128, 150, 192, 193, 200])
 COLS = st.sampled_from([1, 33, 200, 520, 1000, 1505])
 #: One slice, exactly the slice (4096), and beyond it (K slices: no lanes).
 K_DIMS = st.sampled_from([1, 5, 64, 1031, 4096, 4099])
-
-
-def on_threads(threads: int, backend: str, f):
-    """``f()`` with the kernels' pool on ``threads`` threads and ``backend``; both restored after."""
-    before_threads, before_backend = gemm.get_num_threads(), gemm.gemm_backend()
-    try:
-        gemm.set_gemm_backend(backend)
-        gemm.set_num_threads(threads)
-        return f()
-    finally:
-        gemm.set_num_threads(before_threads)
-        gemm.set_gemm_backend(before_backend)
 
 
 @pytest.mark.parametrize("backend", ["openmp", "rayon"])

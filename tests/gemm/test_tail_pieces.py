@@ -11,21 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gemm_threads import on_threads
 from nnic import kernels as gemm
 
 PATHS = gemm.gemm_paths()
-
-
-def on_threads(threads: int, backend: str, f):
-    """``f()`` with the kernels' pool on ``threads`` threads and ``backend``; both restored after."""
-    before_threads, before_backend = gemm.get_num_threads(), gemm.gemm_backend()
-    try:
-        gemm.set_gemm_backend(backend)
-        gemm.set_num_threads(threads)
-        return f()
-    finally:
-        gemm.set_num_threads(before_threads)
-        gemm.set_gemm_backend(before_backend)
 
 
 def with_pieces(on: bool, f):
