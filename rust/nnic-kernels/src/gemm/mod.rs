@@ -31,6 +31,8 @@
 //!   ends the avoidance window of the team (for the other kernels' parallel runs) once they have left;
 //! - [`profile`]: the stages of one linear layer timed apart, and the VNNI peak (for `examples/gemm_parts.rs`).
 mod act_pack;
+#[cfg(target_os = "linux")]
+mod affinity;
 pub mod conv;
 mod driver;
 mod epilogue;

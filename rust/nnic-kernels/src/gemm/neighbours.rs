@@ -83,23 +83,17 @@ pub(crate) fn sample() -> Option<Sample> {
 #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
 mod linux {
     use super::{busy_ticks, Sample};
+    use crate::gemm::affinity;
     use std::time::Instant;
 
     extern "C" {
-        fn sched_getaffinity(pid: i32, size: usize, mask: *mut u64) -> i32;
         fn sysconf(name: i32) -> i64;
     }
 
     const SC_CLK_TCK: i32 = 2;
-    /// CPUs the affinity mask can name here (the kernel's mask may be longer only beyond 4096 CPUs).
-    const MASK_WORDS: usize = 64;
 
     pub(super) fn sample() -> Option<Sample> {
-        let mut mask = [0u64; MASK_WORDS];
-        // SAFETY: `mask` is writable for its size in bytes; pid 0 is the calling thread.
-        if unsafe { sched_getaffinity(0, std::mem::size_of_val(&mask), mask.as_mut_ptr()) } < 0 {
-            return None;
-        }
+        let mask = affinity::mask()?;
         // SAFETY: no arguments beyond the constant name.
         let hz = unsafe { sysconf(SC_CLK_TCK) };
         if hz <= 0 {
@@ -107,7 +101,7 @@ mod linux {
         }
         let stat = std::fs::read_to_string("/proc/stat").ok()?;
         let self_ns = crate::clock::process_cpu_ns()?;
-        let allowed = |cpu: usize| cpu < 64 * MASK_WORDS && mask[cpu / 64] >> (cpu % 64) & 1 == 1;
+        let allowed = |cpu: usize| affinity::holds(&mask, cpu);
         let (ticks, cpus) = busy_ticks(&stat, allowed)?;
         Some(Sample {
             at: Instant::now(),

@@ -125,33 +125,15 @@ pub(super) fn move_off(cpu: u32) -> bool {
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 mod linux {
-    extern "C" {
-        fn sched_getaffinity(pid: i32, size: usize, mask: *mut u64) -> i32;
-        fn sched_setaffinity(pid: i32, size: usize, mask: *const u64) -> i32;
-    }
-
-    /// CPUs the mask can name (as `neighbours` reads it).
-    const MASK_WORDS: usize = 64;
-
-    pub(super) fn mask() -> Option<[u64; MASK_WORDS]> {
-        let mut m = [0u64; MASK_WORDS];
-        // SAFETY: `m` is writable for its size in bytes; pid 0 is the calling thread.
-        (unsafe { sched_getaffinity(0, std::mem::size_of_val(&m), m.as_mut_ptr()) } >= 0).then_some(m)
-    }
-
-    pub(super) fn set_mask(m: &[u64; MASK_WORDS]) -> bool {
-        // SAFETY: `m` is readable for its size in bytes; pid 0 is the calling thread.
-        unsafe { sched_setaffinity(0, std::mem::size_of_val(m), m.as_ptr()) == 0 }
-    }
+    use crate::gemm::affinity::{holds, mask, set_mask};
 
     pub(super) fn move_off(cpu: u32) -> bool {
-        let (word, bit) = (cpu as usize / 64, cpu % 64);
         let Some(before) = mask() else { return false };
-        if word >= MASK_WORDS || before[word] >> bit & 1 == 0 || before.iter().map(|w| w.count_ones()).sum::<u32>() < 2 {
+        if !holds(&before, cpu as usize) || before.iter().map(|w| w.count_ones()).sum::<u32>() < 2 {
             return false;
         }
         let mut without = before;
-        without[word] &= !(1u64 << bit);
+        without[cpu as usize / 64] &= !(1u64 << (cpu % 64));
         // The kernel moves the thread to a CPU of the new mask before the call returns; giving the old mask back
         // leaves it there.
         let moved = set_mask(&without);
@@ -166,6 +148,8 @@ mod linux {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    use crate::gemm::affinity;
 
     const MS: u64 = 1_000_000;
 
@@ -217,19 +201,19 @@ mod tests {
     #[test]
     fn a_move_gives_the_mask_back_and_needs_a_second_cpu() {
         std::thread::spawn(|| {
-            let before = linux::mask().expect("the affinity mask is readable");
+            let before = affinity::mask().expect("the affinity mask is readable");
             let cpus: Vec<u32> = (0..64 * 64).filter(|&c| before[c / 64] >> (c % 64) & 1 == 1).map(|c| c as u32).collect();
             let here = current_cpu().expect("sched_getcpu works here");
             if cpus.len() >= 2 {
                 assert!(move_off(here));
-                assert_eq!(linux::mask().unwrap(), before, "the mask is given back");
+                assert_eq!(affinity::mask().unwrap(), before, "the mask is given back");
             }
             assert!(!move_off(u32::MAX / 2), "a CPU outside the mask: nothing to move off");
             let mut one = [0u64; 64];
             one[cpus[0] as usize / 64] = 1 << (cpus[0] % 64);
-            assert!(linux::set_mask(&one));
+            assert!(affinity::set_mask(&one));
             assert!(!move_off(cpus[0]), "one CPU: nowhere to go");
-            assert_eq!(linux::mask().unwrap(), one);
+            assert_eq!(affinity::mask().unwrap(), one);
         })
         .join()
         .unwrap();
