@@ -4,11 +4,8 @@ and the most specific registered class wins."""
 from __future__ import annotations
 
 import importlib
-import re
 import sys
 import textwrap
-import types
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,8 +15,6 @@ import nnic
 from nnic.quantization import Int8Linear
 from nnic.quantization.lowering import LoweringTable
 from nnic.registry import PluginInfo, Source
-
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "plugin-hooks.md"
 
 # A distribution that brings its own module type and the lowering for it.
 PLUGIN = """
@@ -160,9 +155,5 @@ def test_a_conflict_between_registered_lowerings_names_both_plugins_and_how_to_d
         LoweringTable([type("Bad", (), {"name": "a", "targets": ("Linear",)})()])
 
 
-def test_the_lowering_example_in_the_hook_docs_runs(fresh_registry, monkeypatch):
-    section = DOCS.read_text().split("## register_lowerings(register)", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    module = types.ModuleType("docs_lowering_example")
-    monkeypatch.setitem(sys.modules, module.__name__, module)
-    exec(compile(code, str(DOCS), "exec"), module.__dict__)
+def test_the_lowering_example_in_the_hook_docs_runs(plugin_hooks_example):
+    plugin_hooks_example("## register_lowerings(register)", "docs_lowering_example")  # it asserts its own result
