@@ -231,11 +231,11 @@ def gemm_openmp_stats(reset: bool = False) -> dict[str, int]:
     ``reset=True``), summed over runs: ``runs``; ``late`` (runs whose last thread arrived over 0.5 ms after the
     start); ``windows`` (those of them that sent the next 0.5 s of runs to nnic's own helpers, twice as long after
     each late retry, up to 8 s, or until a look at ``/proc/stat`` every 0.1 s finds that other processes left the
-    cores: a late thread counts only when it also arrived after half of the caller's own part of the run, so a big
-    run hides it, and a late run after runs on time, with the cores left to this process over the last 0.1 s or
-    more, sends none); ``tasks``
-    and ``tasks_by_team`` (taken by team threads other than the caller: about half with two threads when the team
-    starts at once); ``arrival_ns`` (start to the last thread's arrival: the fork),
+    cores: a late thread counts only when it also arrived after half of the caller's own part of the run or the
+    run's end then kept the caller waiting over 0.5 ms, so a big run hides it, and a late run after runs on time,
+    with the cores left to this process over the last 0.1 s or more, sends none); ``tasks`` and ``tasks_by_team``
+    (taken by team threads other than the caller: about half with two threads when the team starts at once);
+    ``arrival_ns`` (start to the last thread's arrival: the fork),
     ``tail_ns`` (no task left to the region's end: the join), ``region_ns`` (the whole parallel region) and
     ``wait_ns`` (the caller's own last task to the region's end: what waiting for the others cost it); ``moves``
     (times the caller moved to another CPU because a thread of its run had shared its CPU for 2 ms, see
