@@ -13,18 +13,18 @@
 //! helper finishes). A helper that arrives after the last task is claimed leaves at once. So a
 //! helper descheduled by another process costs at most the task it holds, not a static share of the work.
 //!
-//! The OpenMP team cannot do that: `GOMP_parallel` returns only when every team thread has passed the region,
-//! so a thread that another process keeps off its core stalls the GEMM for a scheduler time slice (milliseconds)
-//! even when the other threads took all its tasks. So each run on the team records how late its last thread
-//! arrived; when one arrives more than [`LATE`] after the start (a neighbour holds a core), and after half of the
-//! caller's own part of the run or with a stalled join (a big run hides a thread's lateness behind the caller's
-//! tasks otherwise: [`late_run`]), the
-//! runs of the next [`AVOID`] go to the kernel pool instead, and then the team is tried again. A retry that finds a thread
-//! late again doubles the window (up to [`MAX_AVOID`]); a run whose threads all arrive in time resets it. Why:
-//! with a neighbour that stays, every retry stalled for a scheduler slice (measured under load 5-7 with
-//! `bench/handoff.py`: a 90 % batch-1 sparse product's caller waited 9-17 ms for the late thread, against a
-//! 0.3-1 ms product; `bench/gemm.py`'s M=1 rows found 8 of 8 team runs late), and calls that come less than once
-//! per window, as in a benchmark's interleaved rounds or a server's requests, retried on every call.
+//! The OpenMP team cannot do that: `GOMP_parallel` returns only when every team thread has passed the region, so a
+//! thread that another process keeps off its core stalls the GEMM for a scheduler time slice (milliseconds) even
+//! when the other threads took all its tasks. So each run on the team records how late its last thread arrived;
+//! when one arrives more than [`LATE`] after the start (a neighbour holds a core), and after half of the caller's
+//! own part of the run or with a stalled join (a big run hides a thread's lateness behind the caller's tasks
+//! otherwise: [`late_run`]), the runs of the next [`AVOID`] go to the kernel pool instead, and then the team is
+//! tried again. A retry that finds a thread late again doubles the window (up to [`MAX_AVOID`]); a run whose
+//! threads all arrive in time resets it. Why: with a neighbour that stays, every retry stalled for a scheduler
+//! slice (measured under load 5-7 with `bench/handoff.py`: a 90 % batch-1 sparse product's caller waited 9-17 ms
+//! for the late thread, against a 0.3-1 ms product; `bench/gemm.py`'s M=1 rows found 8 of 8 team runs late), and
+//! calls that come less than once per window, as in a benchmark's interleaved rounds or a server's requests,
+//! retried on every call.
 //!
 //! A window also ends early when the neighbour has left: every [`PROBE_EVERY`] inside it, a GEMM reads how much
 //! CPU other processes took on our CPUs since the last look ([`super::neighbours`], ~13 µs); when they left
@@ -80,16 +80,17 @@ static AVOID_NS: AtomicU64 = AtomicU64::new(AVOID.as_nanos() as u64);
 /// Whether a run on the team counts as late for the window: its last thread arrived more than [`LATE`] after the
 /// start (`arrival_ns`), and either later than half of the caller's own part of the run (`caller_done_ns`, when the
 /// caller found no task left) or the caller then waited more than [`LATE`] for the run's end (`region_ns`: the
-/// join, which nnic's helpers do not make it wait for). Why relative to the run: a thread that arrives in the first half of the caller's part still
-/// takes tasks from the shared counter until the end, so the run lost at most about a third to it, no more than
-/// the helpers lose quiet beside torch's spinning OpenMP worker (`bench/gemm.py`'s helpers row: 1.17-1.6× the
-/// team's time), and the join has the caller's remaining tasks to hide the thread's arrival behind. On the quiet
-/// guest, 7 of 85 M = 128 × 4096² runs (5 ms) had a thread 0.5 ms late (~2.5 ms on average), and each sent the next
-/// calls to the helpers, 6.4 ms against the team's 5.1 (run S of 2026-12-02). A thread that arrives after the caller
-/// ran out of tasks (a small run beside a neighbour) makes the caller wait in the join for a scheduler slice: that
-/// is what the window avoids, and it still counts; so does a big run whose join stalled (beside a neighbour that
-/// holds a core the team thread needs to reach `GOMP_parallel`'s end: under other processes' load, M = 128 × 4096²
-/// calls on the team took 13-22 ms against 10-11 on the helpers, with 1.1-1.8 ms per run after the last task).
+/// join, which nnic's helpers do not make it wait for). Why relative to the run: a thread that arrives in the first
+/// half of the caller's part still takes tasks from the shared counter until the end, so the run lost at most about
+/// a third to it, no more than the helpers lose quiet beside torch's spinning OpenMP worker (`bench/gemm.py`'s
+/// helpers row: 1.17-1.6× the team's time), and the join has the caller's remaining tasks to hide the thread's
+/// arrival behind. On the quiet guest, 7 of 85 M = 128 × 4096² runs (5 ms) had a thread 0.5 ms late (~2.5 ms on
+/// average), and each sent the next calls to the helpers, 6.4 ms against the team's 5.1 (run S of 2026-12-02). A
+/// thread that arrives after the caller ran out of tasks (a small run beside a neighbour) makes the caller wait in
+/// the join for a scheduler slice: that is what the window avoids, and it still counts; so does a big run whose
+/// join stalled (beside a neighbour that holds a core the team thread needs to reach `GOMP_parallel`'s end: under
+/// other processes' load, M = 128 × 4096² calls on the team took 13-22 ms against 10-11 on the helpers, with
+/// 1.1-1.8 ms per run after the last task).
 fn late_run(arrival_ns: u64, caller_done_ns: u64, region_ns: u64) -> bool {
     let late = LATE.as_nanos() as u64;
     arrival_ns > late
@@ -391,8 +392,9 @@ pub struct TeamStats {
     /// helper took a task (the caller ran them all).
     pub late: u64,
     /// OpenMP team: runs that started an avoidance window (the runs of the next [`AVOID`], or longer after a late
-    /// retry, went to the kernel pool): late ones whose thread also arrived after half the caller's part of the run or
-    /// whose join held the caller ([`late_run`]), and that were not forgiven as a brief hold-up ([`Probe::after_team_run`]). Own helpers: 0.
+    /// retry, went to the kernel pool): late ones whose thread also arrived after half the caller's part of the run
+    /// or whose join held the caller ([`late_run`]), and that were not forgiven as a brief hold-up
+    /// ([`Probe::after_team_run`]). Own helpers: 0.
     pub windows: u64,
     /// Tasks, and tasks taken by threads other than the caller (about half with two threads when the helper
     /// starts at once; few when it wakes late).
@@ -443,8 +445,9 @@ impl Counters {
         self.0.iter().for_each(|c| c.store(0, Ordering::Relaxed));
     }
 
-    /// Adds one run: `late` as defined per backend, `window` whether it started an avoidance window, `done` when the last thread found no task left and
-    /// `caller_done` when the caller did, both in nanoseconds after the start; `moves` of the caller.
+    /// Adds one run: `late` as defined per backend, `window` whether it started an avoidance window, `done` when
+    /// the last thread found no task left and `caller_done` when the caller did, both in nanoseconds after the
+    /// start; `moves` of the caller.
     #[allow(clippy::too_many_arguments)]
     fn add(
         &self,
