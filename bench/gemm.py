@@ -559,7 +559,8 @@ def openmp_line(s: dict[str, int]) -> str:
     if not s["runs"]:
         return "no GEMM ran on it"
     per = {key: s[key] / s["runs"] / 1e3 for key in ("arrival_ns", "tail_ns", "region_ns")}
-    return (f"{s['runs']} GEMMs ({s['late']} with a thread over 0.5 ms late); per GEMM: last thread in after "
+    return (f"{s['runs']} GEMMs ({s['late']} with a thread over 0.5 ms late, {s['windows']} of them opening an "
+            f"avoidance window); per GEMM: last thread in after "
             f"{per['arrival_ns']:.1f} us, region {per['region_ns']:.1f} us of which {per['tail_ns']:.1f} us after the "
             f"last task; tasks taken by the team's other threads {s['tasks_by_team']} of {s['tasks']}; the caller "
             f"moved off a CPU its team mate shared {s['moves']} times")

@@ -222,17 +222,20 @@ def gemm_team_stats(reset: bool = False) -> dict[str, int]:
     return {"jobs": jobs, "taken_spinning": spinning, "taken_parked": parked, "spin_ns": spin_ns}
 
 
-_RUN_STATS = ("runs", "late", "tasks", "tasks_by_team", "arrival_ns", "tail_ns", "region_ns", "wait_ns", "moves")
+_RUN_STATS = ("runs", "late", "windows", "tasks", "tasks_by_team", "arrival_ns", "tail_ns", "region_ns", "wait_ns",
+              "moves")
 
 
 def gemm_openmp_stats(reset: bool = False) -> dict[str, int]:
     """What the parallel runs (GEMMs, sparse products) on torch's OpenMP team did since start (or the last
     ``reset=True``), summed over runs: ``runs``; ``late`` (runs whose last thread arrived over 0.5 ms after the
-    start, which send the next 0.5 s of runs to nnic's own helpers, twice as long after each late retry, up to
-    8 s, or until a look at ``/proc/stat`` every 0.1 s finds that other processes left the cores; a late run
-    after runs on time, with the cores left to this process over the last 0.1 s or more, sends none); ``tasks``
-    and ``tasks_by_team`` (taken by team threads other than the caller: about half with two threads when the team
-    starts at once); ``arrival_ns`` (start to the last thread's arrival: the fork),
+    start); ``windows`` (those of them that sent the next 0.5 s of runs to nnic's own helpers, twice as long after
+    each late retry, up to 8 s, or until a look at ``/proc/stat`` every 0.1 s finds that other processes left the
+    cores: a late thread counts only when it also arrived after half of the caller's own part of the run or the
+    run's end then kept the caller waiting over 0.5 ms, so a big run hides it, and a late run after runs on time,
+    with the cores left to this process over the last 0.1 s or more, sends none); ``tasks`` and ``tasks_by_team``
+    (taken by team threads other than the caller: about half with two threads when the team starts at once);
+    ``arrival_ns`` (start to the last thread's arrival: the fork),
     ``tail_ns`` (no task left to the region's end: the join), ``region_ns`` (the whole parallel region) and
     ``wait_ns`` (the caller's own last task to the region's end: what waiting for the others cost it); ``moves``
     (times the caller moved to another CPU because a thread of its run had shared its CPU for 2 ms, see
@@ -243,7 +246,7 @@ def gemm_openmp_stats(reset: bool = False) -> dict[str, int]:
 def gemm_pool_stats(reset: bool = False) -> dict[str, int]:
     """The counters of :func:`gemm_openmp_stats` for the parallel runs on nnic's own helper threads (the
     ``rayon`` backend, and the fallback after a late OpenMP thread): ``late`` counts the runs in which no helper
-    took a task (the caller ran them all) and ``arrival_ns`` sums the first helper's arrival."""
+    took a task (the caller ran them all), ``windows`` is 0, and ``arrival_ns`` sums the first helper's arrival."""
     return dict(zip(_RUN_STATS, native.gemm_pool_stats(bool(reset))))
 
 

@@ -38,7 +38,7 @@ def test_spreading_changes_no_bit_and_leaves_the_affinity_as_it_was(backend):
 
 
 def test_the_run_counters_name_the_callers_moves_and_a_reset_zeroes_them():
-    keys = {"runs", "late", "tasks", "tasks_by_team", "arrival_ns", "tail_ns", "region_ns", "wait_ns", "moves"}
+    keys = {"runs", "late", "windows", "tasks", "tasks_by_team", "arrival_ns", "tail_ns", "region_ns", "wait_ns", "moves"}
     for read in (gemm.gemm_openmp_stats, gemm.gemm_pool_stats):
         assert set(read()) == keys
         read(reset=True)

@@ -144,11 +144,11 @@ pub fn gemm_team_stats(reset: bool) -> (u64, u64, u64, u64) {
     (s.jobs, s.taken_spinning, s.taken_parked, s.spin_ns)
 }
 
-/// Counters of the parallel runs on the OpenMP team: `(runs, late, tasks, tasks_by_team, arrival_ns, tail_ns,
-/// region_ns, wait_ns, moves)`; `reset` zeroes them after reading.
+/// Counters of the parallel runs on the OpenMP team: `(runs, late, windows, tasks, tasks_by_team, arrival_ns,
+/// tail_ns, region_ns, wait_ns, moves)`; `reset` zeroes them after reading.
 #[pyfunction]
 #[pyo3(signature = (reset=false))]
-pub fn gemm_openmp_stats(reset: bool) -> (u64, u64, u64, u64, u64, u64, u64, u64, u64) {
+pub fn gemm_openmp_stats(reset: bool) -> (u64, u64, u64, u64, u64, u64, u64, u64, u64, u64) {
     let s = gemm::par::team_stats();
     if reset {
         gemm::par::reset_team_stats();
@@ -156,10 +156,10 @@ pub fn gemm_openmp_stats(reset: bool) -> (u64, u64, u64, u64, u64, u64, u64, u64
     stats_tuple(s)
 }
 
-/// The same counters for the runs on nnic's own helpers (`late`: runs no helper took a task of).
+/// The same counters for the runs on nnic's own helpers (`late`: runs no helper took a task of; `windows`: 0).
 #[pyfunction]
 #[pyo3(signature = (reset=false))]
-pub fn gemm_pool_stats(reset: bool) -> (u64, u64, u64, u64, u64, u64, u64, u64, u64) {
+pub fn gemm_pool_stats(reset: bool) -> (u64, u64, u64, u64, u64, u64, u64, u64, u64, u64) {
     let s = gemm::par::pool_stats();
     if reset {
         gemm::par::reset_pool_stats();
@@ -179,8 +179,8 @@ pub fn gemm_route_stats(reset: bool) -> (u64, u64, u64, u64) {
     (s.team, s.helpers, s.probes, s.switches)
 }
 
-fn stats_tuple(s: gemm::par::TeamStats) -> (u64, u64, u64, u64, u64, u64, u64, u64, u64) {
-    (s.runs, s.late, s.tasks, s.tasks_by_team, s.arrival_ns, s.tail_ns, s.region_ns, s.wait_ns, s.moves)
+fn stats_tuple(s: gemm::par::TeamStats) -> (u64, u64, u64, u64, u64, u64, u64, u64, u64, u64) {
+    (s.runs, s.late, s.windows, s.tasks, s.tasks_by_team, s.arrival_ns, s.tail_ns, s.region_ns, s.wait_ns, s.moves)
 }
 
 /// The GEMM path used now (follows `set_isa`).

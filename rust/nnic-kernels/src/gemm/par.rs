@@ -13,16 +13,18 @@
 //! helper finishes). A helper that arrives after the last task is claimed leaves at once. So a
 //! helper descheduled by another process costs at most the task it holds, not a static share of the work.
 //!
-//! The OpenMP team cannot do that: `GOMP_parallel` returns only when every team thread has passed the region,
-//! so a thread that another process keeps off its core stalls the GEMM for a scheduler time slice (milliseconds)
-//! even when the other threads took all its tasks. So each run on the team records how late its last thread
-//! arrived; when one arrives more than [`LATE`] after the start (a neighbour holds a core), the runs of the
-//! next [`AVOID`] go to the kernel pool instead, and then the team is tried again. A retry that finds a thread
-//! late again doubles the window (up to [`MAX_AVOID`]); a run whose threads all arrive in time resets it. Why:
-//! with a neighbour that stays, every retry stalled for a scheduler slice (measured under load 5-7 with
-//! `bench/handoff.py`: a 90 % batch-1 sparse product's caller waited 9-17 ms for the late thread, against a
-//! 0.3-1 ms product; `bench/gemm.py`'s M=1 rows found 8 of 8 team runs late), and calls that come less than once
-//! per window, as in a benchmark's interleaved rounds or a server's requests, retried on every call.
+//! The OpenMP team cannot do that: `GOMP_parallel` returns only when every team thread has passed the region, so a
+//! thread that another process keeps off its core stalls the GEMM for a scheduler time slice (milliseconds) even
+//! when the other threads took all its tasks. So each run on the team records how late its last thread arrived;
+//! when one arrives more than [`LATE`] after the start (a neighbour holds a core), and after half of the caller's
+//! own part of the run or with a stalled join (a big run hides a thread's lateness behind the caller's tasks
+//! otherwise: [`late_run`]), the runs of the next [`AVOID`] go to the kernel pool instead, and then the team is
+//! tried again. A retry that finds a thread late again doubles the window (up to [`MAX_AVOID`]); a run whose
+//! threads all arrive in time resets it. Why: with a neighbour that stays, every retry stalled for a scheduler
+//! slice (measured under load 5-7 with `bench/handoff.py`: a 90 % batch-1 sparse product's caller waited 9-17 ms
+//! for the late thread, against a 0.3-1 ms product; `bench/gemm.py`'s M=1 rows found 8 of 8 team runs late), and
+//! calls that come less than once per window, as in a benchmark's interleaved rounds or a server's requests,
+//! retried on every call.
 //!
 //! A window also ends early when the neighbour has left: every [`PROBE_EVERY`] inside it, a GEMM reads how much
 //! CPU other processes took on our CPUs since the last look ([`super::neighbours`], ~13 µs); when they left
@@ -74,6 +76,26 @@ const MAX_AVOID: Duration = Duration::from_secs(8);
 
 /// The window that the next late run starts, in nanoseconds ([`AVOID`] until a retry is late again).
 static AVOID_NS: AtomicU64 = AtomicU64::new(AVOID.as_nanos() as u64);
+
+/// Whether a run on the team counts as late for the window: its last thread arrived more than [`LATE`] after the
+/// start (`arrival_ns`), and either later than half of the caller's own part of the run (`caller_done_ns`, when the
+/// caller found no task left) or the caller then waited more than [`LATE`] for the run's end (`region_ns`: the
+/// join, which nnic's helpers do not make it wait for). Why relative to the run: a thread that arrives in the first
+/// half of the caller's part still takes tasks from the shared counter until the end, so the run lost at most about
+/// a third to it, no more than the helpers lose quiet beside torch's spinning OpenMP worker (`bench/gemm.py`'s
+/// helpers row: 1.17-1.6× the team's time), and the join has the caller's remaining tasks to hide the thread's
+/// arrival behind. On the quiet guest, 7 of 85 M = 128 × 4096² runs (5 ms) had a thread 0.5 ms late (~2.5 ms on
+/// average), and each sent the next calls to the helpers, 6.4 ms against the team's 5.1 (run S of 2026-12-02). A
+/// thread that arrives after the caller ran out of tasks (a small run beside a neighbour) makes the caller wait in
+/// the join for a scheduler slice: that is what the window avoids, and it still counts; so does a big run whose
+/// join stalled (beside a neighbour that holds a core the team thread needs to reach `GOMP_parallel`'s end: under
+/// other processes' load, M = 128 × 4096² calls on the team took 13-22 ms against 10-11 on the helpers, with
+/// 1.1-1.8 ms per run after the last task).
+fn late_run(arrival_ns: u64, caller_done_ns: u64, region_ns: u64) -> bool {
+    let late = LATE.as_nanos() as u64;
+    arrival_ns > late
+        && (arrival_ns.saturating_mul(2) > caller_done_ns || region_ns.saturating_sub(caller_done_ns) > late)
+}
 
 /// The window after a run on the team: `late` starts `window` (and the next late run's window doubles it, up to
 /// [`MAX_AVOID`]); a run on time starts none and resets the next one to [`AVOID`]. Returns (this run's window,
@@ -282,10 +304,8 @@ struct Job<'a> {
     by_team: AtomicUsize,
     /// When the caller found no task left, in nanoseconds after `start`.
     caller_done: AtomicU64,
-    /// Where the other threads started their latest task ([`spread`]).
-    seen: Seen,
-    /// Times the caller moved to another CPU ([`spread`]).
-    moves: AtomicU64,
+    /// Where the other threads started their latest task, and the caller's moves ([`spread`]).
+    spreading: Spreading,
 }
 
 /// Whether the caller of a parallel run moves off a CPU that another thread of the run shares ([`set_spread`]).
@@ -297,20 +317,38 @@ pub fn set_spread(on: bool) {
     SPREAD.store(on, Ordering::Relaxed);
 }
 
-/// At a task start, `ns` after the run's start: another thread notes its CPU in `seen`; the caller looks whether
-/// one has shared its CPU long enough and moves off it (counted in `moves`). See [`spread`].
-fn spread_look(caller: Option<&mut Watch>, seen: &Seen, moves: &AtomicU64, ns: u64) {
-    if ns < spread::LOOK_AFTER.as_nanos() as u64 || !SPREAD.load(Ordering::Relaxed) {
-        return;
+/// One run's spreading ([`spread`]): where its other threads started their latest task, and how often the caller
+/// moved off a CPU they shared with it. One value per run, read by every thread of it.
+struct Spreading {
+    seen: Seen,
+    moves: AtomicU64,
+}
+
+impl Spreading {
+    const fn new() -> Spreading {
+        Spreading { seen: Seen::new(), moves: AtomicU64::new(0) }
     }
-    let Some(cpu) = spread::current_cpu() else { return };
-    match caller {
-        None => seen.note(cpu, ns),
-        Some(watch) => {
-            if watch.look(cpu, ns, seen) && spread::move_off(cpu) {
-                moves.fetch_add(1, Ordering::Relaxed);
+
+    /// At a task start, `ns` after the run's start: another thread (`caller` `None`) notes its CPU; the caller looks
+    /// whether one has shared its CPU long enough and moves off it (counted in [`Spreading::moves`]).
+    fn look(&self, caller: Option<&mut Watch>, ns: u64) {
+        if ns < spread::LOOK_AFTER.as_nanos() as u64 || !SPREAD.load(Ordering::Relaxed) {
+            return;
+        }
+        let Some(cpu) = spread::current_cpu() else { return };
+        match caller {
+            None => self.seen.note(cpu, ns),
+            Some(watch) => {
+                if watch.look(cpu, ns, &self.seen) && spread::move_off(cpu) {
+                    self.moves.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
+    }
+
+    /// Times the caller moved so far.
+    fn moves(&self) -> u64 {
+        self.moves.load(Ordering::Relaxed)
     }
 }
 
@@ -327,7 +365,7 @@ extern "C" fn trampoline(data: *mut c_void) {
             break;
         }
         let ns = job.start.elapsed().as_nanos() as u64;
-        spread_look(is_caller.then_some(&mut watch), &job.seen, &job.moves, ns);
+        job.spreading.look(is_caller.then_some(&mut watch), ns);
         // A panic must not unwind through C frames: record it and re-raise on the calling thread.
         if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (job.f)(i))).is_err() {
             job.panicked.store(true, Ordering::Relaxed);
@@ -350,10 +388,14 @@ extern "C" fn trampoline(data: *mut c_void) {
 pub struct TeamStats {
     /// Runs.
     pub runs: u64,
-    /// OpenMP team: runs whose last thread arrived more than [`LATE`] after the start (the runs of the next
-    /// [`AVOID`], or longer after a late retry, went to the kernel pool). Own helpers: runs in which no helper
-    /// took a task (the caller ran them all).
+    /// OpenMP team: runs whose last thread arrived more than [`LATE`] after the start. Own helpers: runs in which no
+    /// helper took a task (the caller ran them all).
     pub late: u64,
+    /// OpenMP team: runs that started an avoidance window (the runs of the next [`AVOID`], or longer after a late
+    /// retry, went to the kernel pool): late ones whose thread also arrived after half the caller's part of the run
+    /// or whose join held the caller ([`late_run`]), and that were not forgiven as a brief hold-up
+    /// ([`Probe::after_team_run`]). Own helpers: 0.
+    pub windows: u64,
     /// Tasks, and tasks taken by threads other than the caller (about half with two threads when the helper
     /// starts at once; few when it wakes late).
     pub tasks: u64,
@@ -373,7 +415,7 @@ pub struct TeamStats {
     pub moves: u64,
 }
 
-const FIELDS: usize = 9;
+const FIELDS: usize = 10;
 
 /// Counters of one backend's runs, in the order of [`TeamStats`]'s fields.
 struct Counters([AtomicU64; FIELDS]);
@@ -388,13 +430,14 @@ impl Counters {
         TeamStats {
             runs: c(0),
             late: c(1),
-            tasks: c(2),
-            tasks_by_team: c(3),
-            arrival_ns: c(4),
-            tail_ns: c(5),
-            region_ns: c(6),
-            wait_ns: c(7),
-            moves: c(8),
+            windows: c(2),
+            tasks: c(3),
+            tasks_by_team: c(4),
+            arrival_ns: c(5),
+            tail_ns: c(6),
+            region_ns: c(7),
+            wait_ns: c(8),
+            moves: c(9),
         }
     }
 
@@ -402,12 +445,14 @@ impl Counters {
         self.0.iter().for_each(|c| c.store(0, Ordering::Relaxed));
     }
 
-    /// Adds one run: `late` as defined per backend, `done` when the last thread found no task left and
-    /// `caller_done` when the caller did, both in nanoseconds after the start; `moves` of the caller.
+    /// Adds one run: `late` as defined per backend, `window` whether it started an avoidance window, `done` when
+    /// the last thread found no task left and `caller_done` when the caller did, both in nanoseconds after the
+    /// start; `moves` of the caller.
     #[allow(clippy::too_many_arguments)]
     fn add(
         &self,
         late: bool,
+        window: bool,
         tasks: usize,
         by_team: usize,
         arrival_ns: u64,
@@ -419,6 +464,7 @@ impl Counters {
         let add = [
             1,
             late as u64,
+            window as u64,
             tasks as u64,
             by_team as u64,
             arrival_ns,
@@ -573,13 +619,13 @@ fn on_team(parallel: GompParallel, n: usize, threads: usize, f: &(dyn Fn(usize) 
         last_done: AtomicU64::new(0),
         by_team: AtomicUsize::new(0),
         caller_done: AtomicU64::new(0),
-        seen: Seen::new(),
-        moves: AtomicU64::new(0),
+        spreading: Spreading::new(),
     };
     // SAFETY: `trampoline` only reads `job`, which outlives the call; flags 0 = default binding.
     unsafe { parallel(trampoline, &job as *const Job as *mut c_void, threads as u32, 0) };
     let region_ns = start.elapsed().as_nanos() as u64;
-    let late = job.last_arrival.load(Ordering::Relaxed) > LATE.as_nanos() as u64;
+    let arrival = job.last_arrival.load(Ordering::Relaxed);
+    let late = late_run(arrival, job.caller_done.load(Ordering::Relaxed), region_ns);
     let forgiven = PROBE.lock().unwrap_or_else(|e| e.into_inner()).after_team_run(
         late,
         threads,
@@ -593,14 +639,15 @@ fn on_team(parallel: GompParallel, n: usize, threads: usize, f: &(dyn Fn(usize) 
         AVOID_UNTIL.store(until, Ordering::Relaxed);
     }
     OPENMP_RUNS.add(
-        late,
+        arrival > LATE.as_nanos() as u64,
+        now_avoid.is_some(),
         n,
         job.by_team.load(Ordering::Relaxed),
-        job.last_arrival.load(Ordering::Relaxed),
+        arrival,
         job.last_done.load(Ordering::Relaxed),
         job.caller_done.load(Ordering::Relaxed),
         region_ns,
-        job.moves.load(Ordering::Relaxed),
+        job.spreading.moves(),
     );
     if job.panicked.load(Ordering::Relaxed) {
         panic!("a GEMM task panicked");
@@ -628,8 +675,7 @@ struct Shared {
     /// When the last thread found no task left, in nanoseconds after `start`.
     last_done: AtomicU64,
     /// Where the helpers started their latest task, and the caller's moves ([`spread`]).
-    seen: Seen,
-    moves: AtomicU64,
+    spreading: Spreading,
 }
 // SAFETY: `f` is `Sync` and used only while valid (see above); the rest are thread-safe types.
 unsafe impl Send for Shared {}
@@ -646,7 +692,7 @@ impl Shared {
                 return;
             }
             let ns = self.start.elapsed().as_nanos() as u64;
-            spread_look((!helper).then_some(&mut watch), &self.seen, &self.moves, ns);
+            self.spreading.look((!helper).then_some(&mut watch), ns);
             if helper {
                 // counted before the task is reported done, so the caller reads every helper task
                 self.by_helpers.fetch_add(1, Ordering::Relaxed);
@@ -692,8 +738,7 @@ fn on_pool(n: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
         first_arrival: AtomicU64::new(u64::MAX),
         by_helpers: AtomicUsize::new(0),
         last_done: AtomicU64::new(0),
-        seen: Seen::new(),
-        moves: AtomicU64::new(0),
+        spreading: Spreading::new(),
     });
     let team = team::team();
     if team.helpers() > 0 {
@@ -723,8 +768,8 @@ fn on_pool(n: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
     let by_helpers = shared.by_helpers.load(Ordering::Relaxed);
     let done = shared.last_done.load(Ordering::Relaxed).max(caller_done);
     let arrival = if arrival == u64::MAX { 0 } else { arrival };
-    let moves = shared.moves.load(Ordering::Relaxed);
-    POOL_RUNS.add(by_helpers == 0, n, by_helpers, arrival, done, caller_done, region_ns, moves);
+    let moves = shared.spreading.moves();
+    POOL_RUNS.add(by_helpers == 0, false, n, by_helpers, arrival, done, caller_done, region_ns, moves);
     if shared.panicked.load(Ordering::Relaxed) {
         panic!("a GEMM task panicked");
     }
@@ -798,6 +843,31 @@ mod tests {
         assert_eq!(&seen[..3], &[first, 2 * first, 4 * first]);
         assert!(seen.windows(2).all(|w| w[1] == (2 * w[0]).min(max)) && *seen.last().unwrap() == max);
         assert_eq!(avoid_window(false, window), (None, first));
+    }
+
+    /// A thread over [`LATE`] late counts for the window only when it also arrived after half the caller's part of
+    /// the run or the join then held the caller over [`LATE`]: a big run (M = 128 × 4096², the caller's part ~6 ms)
+    /// keeps a thread 2.5 ms late on the team when the run then ends with the caller's last task; a small one, any run
+    /// whose thread came after the caller ran out of tasks, or a big one whose join stalled, does not. Timings
+    /// injected.
+    #[test]
+    fn a_late_thread_counts_only_when_it_arrived_after_half_the_callers_part_or_stalled_the_join() {
+        let us = |v: u64| v * 1_000;
+        // M = 128 at 4096²: a quiet hiccup of 2.5 ms inside a 6 ms caller part, and 3 ms of 6.5, each run ending
+        // 0.1 ms after the caller's last task
+        assert!(!late_run(us(2_500), us(6_000), us(6_100)));
+        assert!(!late_run(us(3_000), us(6_500), us(6_600)));
+        // the same run whose join then held the caller 1.5 ms (the team thread off its core at the end)
+        assert!(late_run(us(2_500), us(6_000), us(7_500)));
+        // M = 1 beside a neighbour: 1 ms late, the caller done at 1.2 ms (it ran almost all the tasks)
+        assert!(late_run(us(1_000), us(1_200), us(1_300)));
+        // after the caller ran out of tasks: the join waited for it, whatever the run's size
+        assert!(late_run(us(9_000), us(8_000), us(9_500)));
+        // never before LATE, however small the run or long the join
+        assert!(!late_run(us(400), us(300), us(5_000)) && !late_run(LATE.as_nanos() as u64, 0, us(5_000)));
+        // the bounds: half the caller's part, and LATE of join
+        assert!(!late_run(us(5_000), us(10_000), us(10_500)) && late_run(us(5_001), us(10_000), us(10_000)));
+        assert!(late_run(us(1_000), us(10_000), us(10_501)));
     }
 
     /// The probe calls the team back when the others left room for its threads (up to half a core short on
@@ -901,30 +971,30 @@ mod tests {
         std::thread::spawn(|| {
             let Some(cpu) = spread::current_cpu() else { return };
             let two_cpus = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
-            let (seen, moves, mut watch) = (Seen::new(), AtomicU64::new(0), Watch::new());
+            let (run, mut watch) = (Spreading::new(), Watch::new());
             let ms = |v: u64| v * 1_000_000;
             // The other thread's note comes from wherever the caller is now: the two look as one CPU.
             let step = |t: u64, watch: &mut Watch| {
-                seen.note(spread::current_cpu().unwrap_or(cpu), ms(t));
-                spread_look(Some(watch), &seen, &moves, ms(t));
+                run.seen.note(spread::current_cpu().unwrap_or(cpu), ms(t));
+                run.look(Some(watch), ms(t));
             };
-            spread_look(None, &seen, &moves, 0);
-            assert!(seen.get_for_test().is_none(), "no note before LOOK_AFTER");
+            run.look(None, 0);
+            assert!(run.seen.get_for_test().is_none(), "no note before LOOK_AFTER");
             for t in 1..=4 {
                 step(t, &mut watch);
             }
-            assert_eq!(moves.load(Ordering::Relaxed), u64::from(two_cpus), "one move after 2 ms together");
+            assert_eq!(run.moves(), u64::from(two_cpus), "one move after 2 ms together");
             for t in 5..=20 {
                 step(t, &mut watch);
             }
-            assert_eq!(moves.load(Ordering::Relaxed), u64::from(two_cpus), "none again within the gap");
+            assert_eq!(run.moves(), u64::from(two_cpus), "none again within the gap");
             set_spread(false);
             let mut off = Watch::new();
             for t in 30..=60 {
                 step(t, &mut off);
             }
             set_spread(true);
-            assert_eq!(moves.load(Ordering::Relaxed), u64::from(two_cpus), "the spreading off: no move");
+            assert_eq!(run.moves(), u64::from(two_cpus), "the spreading off: no move");
         })
         .join()
         .unwrap();
