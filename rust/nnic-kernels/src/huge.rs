@@ -9,15 +9,17 @@
 //!
 //! Linux with transparent huge pages set to `madvise` (the default of many distributions, and of that machine)
 //! gives 2 MiB pages only to ranges advised with `MADV_HUGEPAGE` before they are first touched: so a buffer of at
-//! least [`HUGE`] bytes is allocated 2 MiB-aligned, advised, and only then zeroed. Where the advice is refused
-//! (THP off, another OS) it is an ordinary 64-byte-aligned buffer; nothing else depends on the page size.
+//! least [`HUGE`] bytes lies in an advised range and is zeroed only then. Where the advice is refused (THP off,
+//! another OS) it is ordinary 64-byte-aligned memory; nothing else depends on the page size.
 //!
-//! Buffers of at least [`HUGE`] bytes are carved one after another from shared chunks ([`CHUNK`] bytes or more,
-//! 2 MiB-aligned, advised whole), not allocated one by one: a buffer of its own could have only its whole 2 MiB
+//! Those buffers are carved one after another from shared chunks ([`CHUNK`] bytes or more, 2 MiB-aligned,
+//! advised whole), not allocated one by one: a buffer of its own could have only its whole 2 MiB
 //! pages advised, and its last partial page (up to 2 MiB) stayed on 4 KiB pages. A 4096 × 4096 int4 weight with
 //! 8-bit scales is 8.53 MB: 0.53 MB on 4 KiB pages, which cost its cold GEMV ~7-10 % per call (one thread,
-//! `examples/int4_stream`, twelve alternated processes per build: 324 against 290-301 µs, int8 ÷ int4 1.77 →
-//! 1.93-1.96; a build that allocated whole 2 MiB pages but advised as before: no gain). Rounding each buffer up
+//! `examples/int4_stream`, twelve alternated processes per build, two builds per side: each buffer rounded up to
+//! whole advised pages 290-301 against 324 µs, int8 ÷ int4 1.93-1.96 against 1.77; rounded up but advised as
+//! before: no gain, so the pages it is; carved from chunks 1.92-1.93 against 1.77-1.79, two threads 1.89-1.91
+//! against 1.73-1.77; `docs/performance/low-bit.md`, 2026-12-02 morning). Rounding each buffer up
 //! to whole 2 MiB pages would cost that much memory per buffer (17 % of that weight, 80 % of a 2048 × 2048
 //! one); in a chunk, neighbouring buffers share the boundary pages. A chunk is freed when its last buffer is;
 //! a dropped buffer gives its whole 2 MiB pages back to the OS at once (`MADV_DONTNEED`), so a chunk's dead
