@@ -2,8 +2,8 @@
 ``nnic/_kernels*.so``, loaded beside this tree's, as in ``bench/int4_ab.py``) and this tree's, on the same packed
 codes and inputs, over every path this CPU has (portable, AVX2, VNNI), every scale format (float32, float16, 8-bit
 codes with per-column steps), symmetric and affine weights, each activation mode (per token symmetric and affine,
-per tensor, static), bias or none, M = 1-9 (1-3 at 4096 x 4096), one and two threads, and seven shapes
-(groups 8-128, padded columns and k).
+per tensor, static), bias or none, M = 1-9, 65 and 66 (a last block of one or two rows; 1-3 at 4096 x 4096), one
+and two threads, and seven shapes (groups 8-128, padded columns and k).
 
     cp /work/main/nnic/_kernels.abi3.so /tmp/before.so
     python bench/int4_bits_ab.py --before /tmp/before.so
@@ -62,7 +62,7 @@ def main() -> None:
             z = zs if affine else None
             scales = {"float32": s, "float16": s.astype(np.float16).view(np.uint16), "uint8": codes}[fmt]
             packed = [mod.PackedInt4Weight(q, scales, g, z, step if fmt == "uint8" else None) for mod in (before, native)]
-            for m in range(1, 10) if n * k < 5_000_000 else (1, 2, 3):
+            for m in [*range(1, 10), 65, 66] if n * k < 5_000_000 else (1, 2, 3):
                 x = rng.standard_normal((m, k)).astype(np.float32)
                 for threads in (1, 2):
                     before.set_num_threads(threads)
