@@ -291,6 +291,37 @@ def test_native_linear_allocates_a_fresh_output_shaped_like_the_input():
     assert y1.data_ptr() != y2.data_ptr()
 
 
+@pytest.mark.parametrize("act", [{}, {"symmetric": False}, {"act": "per_tensor"},
+                                 {"act": "static", "act_scale": 0.03, "act_zero_point": 120}])
+def test_int4_linear_plain_inputs_take_one_native_call_with_the_checked_paths_bits(act):
+    """A plain float32 tensor or array goes to the kernel in one native call (as for ``int8_linear``); inputs that
+    call refuses (non-contiguous, needing grad) take the checked path: the same bits either way, for any rank, a
+    bias as tensor or array, and each activation mode; bad inputs still raise the checked path's errors."""
+    rng = np.random.default_rng(12)
+    k, n, g = 64, 40, 32
+    q = rng.integers(-8, 8, (n, k), dtype=np.int8)
+    packed = gemm.pack_int4_weight(q, rng.uniform(1e-3, 1e-2, (n, k // g)).astype(np.float32), g)
+    x = rng.standard_normal((2, 3, k)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    xt = torch.from_numpy(x)
+    strided = torch.from_numpy(np.ascontiguousarray(np.swapaxes(x, 0, 1))).transpose(0, 1)
+    assert not strided.is_contiguous() and torch.equal(strided, xt)
+    for b in (None, bias, torch.from_numpy(bias)):
+        fast = gemm.int4_linear(xt, packed, b, **act)
+        assert fast.shape == (2, 3, n) and fast.dtype == torch.float32
+        for other in (strided, xt.clone().requires_grad_()):
+            assert torch.equal(gemm.int4_linear(other, packed, b, **act).detach(), fast)
+        assert np.array_equal(gemm.int4_linear(x, packed, b, **act), fast.numpy())
+        row = gemm.int4_linear(xt[1, 2], packed, b, **act)
+        assert row.shape == (n,) and torch.equal(gemm.int4_linear(xt[1, 2].clone().requires_grad_(), packed, b, **act), row)
+    with pytest.raises(TypeError, match="float32"):
+        gemm.int4_linear(xt.double(), packed)
+    with pytest.raises(ValueError, match=r"shape \[\.\.\., 64\]"):
+        gemm.int4_linear(torch.zeros(6, k + 1), packed)
+    with pytest.raises(ValueError, match="act must be one of"):
+        gemm.int4_linear(xt, packed, act="per_row")
+
+
 def test_int8_linear_bad_input():
     packed = gemm.pack_int8_weight(np.zeros((4, 8), np.int8), 1.0)
     with pytest.raises(TypeError, match="float32"):

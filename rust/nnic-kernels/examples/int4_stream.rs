@@ -10,7 +10,7 @@
 //!   on this core;
 //! - `loop`: the int4 tile's inner loop for one row (the whole-byte `vpdpbusd` pair, the activation broadcast, the
 //!   group end with the 8-bit scale codes) run over the same bytes in the same order, without the call around it
-//!   (activation quantization, the per-panel epilogue): what the tile's instructions cost on a stream;
+//!   (activation quantization, the per-block ending): what the tile's instructions cost on a stream;
 //! - `work8`: 8 `vpdpbusd` per 64-byte line of the same bytes (4× the tile's per line): whether compute per byte
 //!   slows a stream at all.
 //!

@@ -19,7 +19,7 @@
 #![allow(clippy::needless_range_loop)] // the epilogue indexes the register tile by row and column
 use super::act_pack::{self, ActQuant};
 use super::int4_micro::{tile_mv, Panel, ScaleFmt, MR4, WHOLE_BYTE_MAX_GROUP};
-use super::panels::{round_up, NR};
+use super::panels::{round_up, PackedA, NR};
 use super::{isa_of, Block, Path};
 use crate::error::{KernelError, Result};
 use crate::huge::HugeBuf;
@@ -395,22 +395,12 @@ pub fn int4_linear(
     let run = |blk: Block| {
         #[allow(clippy::redundant_locals)] // captures the Sync wrapper, not its raw pointer field
         let o = o;
-        let mut f = [[0f32; NR]; MR4];
         // The tiles' sums go to the output as they are, and the epilogue runs once over the block after its last
         // panel ([`finish_rows`] says why).
-        for j0 in (blk.j0..blk.j1).step_by(NR) {
-            let nr = (blk.j1 - j0).min(NR);
-            let panel = w.panel(j0 / NR);
-            for i0 in (blk.i0..blk.i1).step_by(mr) {
-                let rows = (blk.i1 - i0).min(mr);
-                let ap = pa.panel_ptr_rows(i0 / mr, 0);
-                let nap = &na[i0 * groups..(i0 + rows) * groups];
-                tile(path, rows, ap, nap, panel, &mut f);
-                for (r, fr) in f.iter().enumerate().take(rows) {
-                    // SAFETY: row i0 + r, columns j0..j0 + nr are inside this task's block.
-                    let y = unsafe { std::slice::from_raw_parts_mut(o.0.add((i0 + r) * n + j0), nr) };
-                    y.copy_from_slice(&fr[..nr]);
-                }
+        // SAFETY: `o` is the `[m, n]` output, and rows blk.i0..blk.i1, columns blk.j0..blk.j1 are this task's block.
+        unsafe {
+            if !block_tile(path, &pa, &na, w, blk, o.0, n) {
+                panel_tiles(path, &pa, &na, w, blk, o.0, n);
             }
         }
         let (j0, j1) = (blk.j0, blk.j1);
@@ -426,6 +416,85 @@ pub fn int4_linear(
     super::par::for_each(blocks.len(), threads, &|i| run(blocks[i]));
     act_pack::release(pa);
     Ok(())
+}
+
+/// The tiles' sums of block `blk` into `out` (`[m, n]`, row stride `n`), panel by panel: one tile call per
+/// 32-column panel and row panel, each panel's sums copied from the register tile to the output.
+///
+/// # Safety
+/// `out` is the `[m, n]` output; no other thread writes `blk`'s part of it meanwhile.
+unsafe fn panel_tiles(path: Path, pa: &PackedA, na: &[i32], w: &PackedInt4, blk: Block, out: *mut f32, n: usize) {
+    let (mr, groups) = (pa.mr, w.kp / w.group);
+    let mut f = [[0f32; NR]; MR4];
+    for j0 in (blk.j0..blk.j1).step_by(NR) {
+        let nr = (blk.j1 - j0).min(NR);
+        let panel = w.panel(j0 / NR);
+        for i0 in (blk.i0..blk.i1).step_by(mr) {
+            let rows = (blk.i1 - i0).min(mr);
+            let ap = pa.panel_ptr_rows(i0 / mr, 0);
+            let nap = &na[i0 * groups..(i0 + rows) * groups];
+            tile(path, rows, ap, nap, panel, &mut f);
+            for (r, fr) in f.iter().enumerate().take(rows) {
+                // SAFETY: row i0 + r, columns j0..j0 + nr are inside the block.
+                let y = unsafe { std::slice::from_raw_parts_mut(out.add((i0 + r) * n + j0), nr) };
+                y.copy_from_slice(&fr[..nr]);
+            }
+        }
+    }
+}
+
+/// The tiles' sums of block `blk` into `out` as [`panel_tiles`] writes them (the same bits), in one call of the
+/// VNNI one- or two-row tile over all of the block's panels (`int4_micro::x86::vnni_block`), where the block is
+/// one row panel of one or two rows with whole-byte sums (every GEMV and M = 2 step); returns whether it did.
+///
+/// Why: the threads' tasks are blocks of up to 256 columns, and per 32-column panel the call, the dispatch on
+/// rows and scale format and the copy out of the register tile stood between two ~68 KB runs of the weight
+/// stream (4096 deep); here the stream is read as one run per block.
+///
+/// # Safety
+/// As [`panel_tiles`].
+unsafe fn block_tile(path: Path, pa: &PackedA, na: &[i32], w: &PackedInt4, blk: Block, out: *mut f32, n: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::int4_micro::x86;
+        let (mr, groups, pairs) = (pa.mr, w.kp / w.group, w.group / 8);
+        let rows = blk.i1 - blk.i0;
+        if path != Path::Vnni || rows > 2 || rows > mr || !blk.i0.is_multiple_of(mr) || pairs * 8 > WHOLE_BYTE_MAX_GROUP {
+            return false;
+        }
+        let (p0, plen) = (blk.j0 / NR, w.panel_len());
+        debug_assert!(blk.j0.is_multiple_of(NR));
+        let panels = (blk.j1 - blk.j0).div_ceil(NR);
+        let affine = w.is_affine();
+        let b = w.bytes()[p0 * plen..(p0 + panels) * plen].as_ptr();
+        let z = if affine { w.zeros[p0 * groups * NR..(p0 + panels) * groups * NR].as_ptr() } else { w.zeros.as_ptr() };
+        let ap = pa.panel_ptr_rows(blk.i0 / mr, 0);
+        let np = na[blk.i0 * groups..blk.i1 * groups].as_ptr();
+        let (y, cols, stride, pf) = (unsafe { out.add(blk.i0 * n + blk.j0) }, blk.j1 - blk.j0, w.stride, x86::software_prefetch());
+        macro_rules! run {
+            ($h:path) => {
+                match rows {
+                    1 => x86::vnni_block::<1, { $h }, true, 2>(panels, plen, groups, pairs, stride, ap, np, b, z, affine, pf, y, n, cols),
+                    _ => x86::vnni_block::<2, { $h }, true, 2>(panels, plen, groups, pairs, stride, ap, np, b, z, affine, pf, y, n, cols),
+                }
+            };
+        }
+        // SAFETY: the panels, zero points and activation panel by the layouts (as in `tile`); VNNI checked by the
+        // caller (`path.is_supported()`); rows blk.i0..blk.i1, columns blk.j0..blk.j1 of `out` are the block.
+        unsafe {
+            match w.fmt {
+                ScaleFmt::F32 => run!(x86::F32),
+                ScaleFmt::F16 => run!(x86::F16),
+                ScaleFmt::U8 => run!(x86::U8),
+            }
+        }
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (path, pa, na, w, blk, out, n);
+        false
+    }
 }
 
 /// `blocks` (taken in order) with the last `threads` of them split into column pieces of [`TAIL_PANELS`] panels,
