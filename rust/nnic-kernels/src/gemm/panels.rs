@@ -221,6 +221,11 @@ impl PackedB {
     pub fn nbytes(&self) -> usize {
         self.data.len() + 4 * self.colsum.len()
     }
+    /// The packed panels as stored (32-column panels, each all of K in groups of 4, panel after panel): for
+    /// measurements that read the same memory as the tiles with other loops (`examples/gemv_split`).
+    pub fn data_bytes(&self) -> &[i8] {
+        &self.data
+    }
     /// Pointer to panel `p` at k group `g`.
     #[inline]
     pub(crate) fn panel_ptr(&self, p: usize, g: usize) -> *const i8 {
