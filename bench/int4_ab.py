@@ -20,7 +20,6 @@ two processes run apart is larger than a tile change; here both builds see the s
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import sys
 import time
@@ -31,19 +30,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _builds import load_before  # noqa: E402
 from nnic import kernels  # noqa: E402
 from nnic.kernels.runtime import native  # noqa: E402
-
-
-def load_before(path: str):
-    """The native module in the shared object at ``path``, as ``nnic_before._kernels`` (its init function is named
-    after the last component, so any package name works; its statics, thread pool included, are its own)."""
-    spec = importlib.util.spec_from_file_location("nnic_before._kernels", path)
-    if spec is None or spec.loader is None:
-        raise SystemExit(f"cannot load {path}")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def main() -> None:

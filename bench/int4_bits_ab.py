@@ -16,7 +16,6 @@ each differing case and the count; exits 1 if any differs.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 import sys
 from pathlib import Path
@@ -25,21 +24,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _builds import load_before  # noqa: E402
 from nnic.kernels.runtime import native  # noqa: E402
 
 SHAPES = [(33, 40, 8), (64, 256, 32), (300, 520, 32), (290, 1000, 64), (1030, 777, 32), (96, 384, 128),
           (4096, 4096, 32)]
 ACTS = [("per_token", True), ("per_token", False), ("per_tensor", False), ("static", False)]
-
-
-def load_before(path: str):
-    """The native module in the shared object at ``path``, as ``nnic_before._kernels``."""
-    spec = importlib.util.spec_from_file_location("nnic_before._kernels", path)
-    if spec is None or spec.loader is None:
-        raise SystemExit(f"cannot load {path}")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def main() -> None:
