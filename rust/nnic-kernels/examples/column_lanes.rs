@@ -8,19 +8,13 @@
 //! thread of this process waited on a run queue for more than 50 µs (`/proc/self/task/*/schedstat`): on a machine
 //! shared with other processes these are the calls that ran with both cores free, i.e. what a quiet machine gives.
 //! `THREADS=2` skips the one-thread rounds. Printed: best and median per setting, and `blocks` ÷ `lanes`.
+mod common;
+
+use common::run_queue_wait_ns;
 use nnic_kernels::clock::thread_cpu;
 use nnic_kernels::gemm::{int8_linear, set_column_lanes, ActQuant, Activation, PackedLinear, Path};
 use nnic_kernels::pool;
 use std::time::Instant;
-
-/// Nanoseconds the threads of this process have waited on a run queue (runnable, not running), summed.
-fn run_queue_wait_ns() -> u64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0 };
-    tasks
-        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .sum()
-}
 
 /// The best and the median of `v` (sorted in place), in milliseconds.
 fn best_median(v: &mut [f64]) -> (f64, f64) {

@@ -22,7 +22,7 @@
 //! with GB/s of weight bytes, and how often the other thread was absent or over 100 µs late.
 mod common;
 
-use common::Rng;
+use common::{run_queue_wait_ns, Rng};
 use nnic_kernels::gemm::{int8_linear, par, ActQuant, Activation, PackedLinear, Path};
 use nnic_kernels::huge::HugeBuf;
 use nnic_kernels::{pool, team};
@@ -322,15 +322,6 @@ impl Drop for Partner {
         self.job.0.fetch_add(1, Ordering::Release);
         self.thread.unpark();
     }
-}
-
-/// Nanoseconds the threads of this process have waited on a run queue, summed.
-fn run_queue_wait_ns() -> u64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0 };
-    tasks
-        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .sum()
 }
 
 fn median(v: &[u64]) -> f64 {

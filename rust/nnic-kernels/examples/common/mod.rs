@@ -1,7 +1,8 @@
 //! The seeded generator the examples (and `src/decoder.rs`'s tests, through a `#[path]` module) draw their data
 //! from: xorshift64 (Marsaglia's 13 / 7 / 17), in one place rather than a copy per file. Not for statistics: fast,
 //! reproducible across runs and machines (so that a number in `docs/performance` can be measured again on the
-//! same bytes), and any nonzero seed gives a full-period sequence.
+//! same bytes), and any nonzero seed gives a full-period sequence. Also the examples' one reading of how long this
+//! process's threads waited for a core ([`run_queue_wait_ns`]), by which they tell undisturbed calls from others.
 #![allow(dead_code)] // each includer uses what it needs of it
 
 /// xorshift64 state; the seed must be nonzero.
@@ -20,4 +21,14 @@ impl Rng {
     pub fn f(&mut self) -> f32 {
         (self.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5
     }
+}
+
+/// Nanoseconds the threads of this process have waited on a run queue (runnable, not running), summed over
+/// `/proc/self/task/*/schedstat`; 0 where that cannot be read.
+pub fn run_queue_wait_ns() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0 };
+    tasks
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
 }
