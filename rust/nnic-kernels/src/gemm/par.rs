@@ -201,16 +201,19 @@ impl Probe {
         let mut forgiven = false;
         if late {
             let next = sample();
+            // The first late run after runs on time (not a retry the probe allowed), and its baseline's age.
+            let first_late = !self.late_before && self.misses == 0 && !self.ended_early;
+            let baseline = match (&self.last, &next) {
+                (Some(l), Some(n)) => Some((l, n, n.at.saturating_duration_since(l.at))),
+                _ => None,
+            };
             forgiven = !self.late_before
                 && self.misses == 0
-                && matches!((&self.last, &next), (Some(l), Some(n))
-                    if n.at.saturating_duration_since(l.at) >= PROBE_EVERY && room_for(threads, l, n));
+                && baseline.is_some_and(|(l, n, age)| age >= PROBE_EVERY && room_for(threads, l, n));
+            let young_baseline = first_late && baseline.is_some_and(|(_, _, age)| age < PROBE_EVERY);
             if self.ended_early {
                 self.misses = self.misses.saturating_add(1);
             }
-            let young_baseline = !self.late_before
-                && self.misses == 0
-                && matches!((&self.last, &next), (Some(l), Some(n)) if n.at.saturating_duration_since(l.at) < PROBE_EVERY);
             if !forgiven && !young_baseline {
                 self.last = next;
             }
