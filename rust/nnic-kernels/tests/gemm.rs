@@ -116,6 +116,33 @@ fn matmul_extremes() {
     }
 }
 
+/// Weights without the byte -128 (what symmetric quantization gives) take the AVX2 path's `vpmaddubsw` kernel,
+/// whose pair sums come within 255 of i16's limit at the extremes (|a - 128| = 128 against |w| = 127): exact on
+/// every path, at the extremes and on random bytes, over K slices, partial column panels and the parallel few-row
+/// products.
+#[test]
+fn weights_without_minus_128_are_exact_on_every_path() {
+    let mut rng = Rng(91);
+    for p in paths() {
+        for &(m, k, n) in &[(5, 4099, 33), (1, 64, 64), (2, 70, 31)] {
+            for (va, vb) in [(-128i8, -127i8), (-128, 127), (127, -127), (127, 127), (0, 127)] {
+                let a = vec![va; m * k];
+                let b = vec![vb; k * n];
+                let mut c = vec![0i32; m * n];
+                gemm::int8_matmul(p, &a, m, k, &b, n, &mut c).unwrap();
+                assert!(c.iter().all(|&v| v as i64 == va as i64 * vb as i64 * k as i64), "{p:?} {va} {vb}");
+            }
+        }
+        for &(m, k, n) in &[(1, 4096, 1000), (3, 13, 31), (16, 1031, 300), (40, 2 * gemm::KC + 809, 70), (130, 2051, 100)] {
+            let a = rng.i8s(m * k);
+            let b: Vec<i8> = rng.i8s(k * n).into_iter().map(|v| v.max(-127)).collect();
+            let mut c = vec![0i32; m * n];
+            gemm::int8_matmul(p, &a, m, k, &b, n, &mut c).unwrap();
+            assert_eq!(c, ref_mm(&a, &b, m, k, n), "path {p:?} shape {m}x{k}x{n}");
+        }
+    }
+}
+
 #[test]
 fn k_limit() {
     let k = gemm::MAX_K + 1;
@@ -477,16 +504,18 @@ fn nonfinite_activation_is_named_by_its_flat_index_in_large_inputs() {
 fn every_path_gives_the_same_float_bits() {
     // The integer products are exact and the epilogues do the same float operations in the same order, so the
     // float outputs are bit-identical on every path: also where the VNNI tile finishes its registers itself (K up
-    // to one K slice, any M including the 1-2 row tiles, partial column panels) and where it does not (K > KC).
+    // to one K slice, any M including the 1-2 row tiles, partial column panels) and where it does not (K > KC); and
+    // with the weight byte -128 (the AVX2 path's widening kernel) or without it (its `vpmaddubsw` kernel).
     let mut rng = Rng(41);
     for (m, k, n) in [(1, 300, 70), (2, 64, 33), (5, 7, 32), (13, 300, 7), (40, 768, 96), (300, 96, 40), (30, 4100, 33)] {
         let x: Vec<f32> = rng.f32s(m * k).into_iter().map(|v| 4.0 * v).collect();
-        let w = rng.i8s(n * k);
+        let raw = rng.i8s(n * k);
+        let min_free: Vec<i8> = raw.iter().map(|&v| v.max(-127)).collect();
         let bias: Vec<f32> = rng.f32s(n);
         let sw: Vec<f32> = (0..n).map(|j| 0.001 + j as f32 * 3e-5).collect();
         let zw: Vec<i32> = (0..n).map(|j| (j as i32 % 7) - 3).collect();
-        for zw in [&[][..], &zw[..]] {
-            let packed = PackedLinear::new(&w, n, k, &sw, zw).unwrap();
+        for (w, zw) in [&raw, &min_free].into_iter().flat_map(|w| [(w, &[][..]), (w, &zw[..])]) {
+            let packed = PackedLinear::new(w, n, k, &sw, zw).unwrap();
             for act in [ActQuant::DynamicPerRow { symmetric: false }, ActQuant::DynamicPerTensor { symmetric: true }] {
                 for a in [Activation::Identity, Activation::Relu, Activation::Gelu] {
                     for b in [None, Some(&bias[..])] {

@@ -11,7 +11,7 @@ use super::panels::NR;
 
 /// Rows per register tile of each path.
 pub(crate) const MR_SCALAR: usize = 4;
-pub(crate) const MR_AVX2: usize = 4;
+pub(crate) const MR_AVX2: usize = 2;
 pub(crate) const MR_VNNI: usize = 12;
 /// Most rows of the VNNI tall tile ([`x86::vnni_tall`]: 16 columns, one accumulator per row), which takes a
 /// whole block of 13 to 28 rows in one row panel (28 accumulators, the weight vector and a broadcast: 30 of
@@ -107,6 +107,71 @@ pub(crate) mod x86 {
                         let v = if acc { _mm256_add_epi32(_mm256_loadu_si256(p), v) } else { v };
                         _mm256_storeu_si256(p, v);
                     }
+                }
+            }
+        }
+    }
+
+    /// AVX2 kernel for `MR` ≤ 2 rows × 32 columns with `vpmaddubsw`, for weights without the byte -128
+    /// (`PackedB::min_free`: what symmetric quantization gives). Why not plain `vpmaddubsw` on the u8 activations:
+    /// its i16 pair sum saturates (255·127 + 255·127). Here each activation byte is shifted to s8 (`a' = a - 128`,
+    /// an xor), the sign moves onto the weight (`vpsignb`: `w·sgn(a')`) and the magnitude `|a'|` ≤ 128 is the u8
+    /// operand, so a pair sum is at most 2·128·127 = 32512: exact. `vpmaddwd` with ones widens the pairs to i32.
+    /// The shift comes back through the column sums: `Σ a·w = Σ a'·w + 128·Σ w`, added when the tile starts
+    /// (`acc` false) from `colsum` (the panel's 32 sums over all of K). Per row and 32 weight bytes: 4 operations,
+    /// 2 of them multiplies, where the widening kernel ([`avx2`]) needs 5 and 2 plus the weight unpacking.
+    ///
+    /// `stream`: the weights are read once from DRAM (small-M blocks): prefetched [`GEMV_AHEAD`] bytes ahead into
+    /// L2, else 1 KiB ahead into L1.
+    ///
+    /// # Safety
+    /// As [`super::scalar`], the CPU has AVX2, no weight byte is -128, and `colsum` holds 32 values.
+    #[target_feature(enable = "avx2")]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn avx2_sign<const MR: usize>(
+        kg: usize,
+        a: *const u8,
+        b: *const i8,
+        c: *mut i32,
+        ldc: usize,
+        acc: bool,
+        colsum: *const i32,
+        stream: bool,
+    ) {
+        unsafe {
+            let ones = _mm256_set1_epi16(1);
+            let flip = _mm256_set1_epi8(i8::MIN);
+            let mut s = [[_mm256_setzero_si256(); 4]; MR];
+            for g in 0..kg {
+                let bp = b.add(g * 128);
+                if stream {
+                    _mm_prefetch::<_MM_HINT_T1>(bp.wrapping_add(GEMV_AHEAD));
+                    _mm_prefetch::<_MM_HINT_T1>(bp.wrapping_add(GEMV_AHEAD + 64));
+                } else {
+                    _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(1024));
+                    _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(1024 + 64));
+                }
+                let ag = a.add(g * MR * 4);
+                let mut sa = [_mm256_setzero_si256(); MR];
+                let mut ua = [_mm256_setzero_si256(); MR];
+                for r in 0..MR {
+                    sa[r] = _mm256_xor_si256(_mm256_set1_epi32((ag.add(r * 4) as *const i32).read_unaligned()), flip);
+                    ua[r] = _mm256_abs_epi8(sa[r]);
+                }
+                for v in 0..4 {
+                    let w = _mm256_loadu_si256(bp.add(32 * v) as *const __m256i);
+                    for r in 0..MR {
+                        let p = _mm256_maddubs_epi16(ua[r], _mm256_sign_epi8(w, sa[r]));
+                        s[r][v] = _mm256_add_epi32(s[r][v], _mm256_madd_epi16(p, ones));
+                    }
+                }
+            }
+            for v in 0..4 {
+                let shift = _mm256_slli_epi32::<7>(_mm256_loadu_si256(colsum.add(8 * v) as *const __m256i));
+                for r in 0..MR {
+                    let p = c.add(r * ldc + 8 * v) as *mut __m256i;
+                    let base = if acc { _mm256_loadu_si256(p) } else { shift };
+                    _mm256_storeu_si256(p, _mm256_add_epi32(base, s[r][v]));
                 }
             }
         }

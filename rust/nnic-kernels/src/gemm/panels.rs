@@ -68,6 +68,8 @@ pub struct PackedB {
     data: HugeBuf<i8>,
     /// `sum_k B[k, j]` for each (padded) column.
     colsum: Vec<i32>,
+    /// No byte is -128, so the AVX2 path may take its `vpmaddubsw` kernel ([`super::micro::x86::avx2_sign`]).
+    min_free: bool,
 }
 
 fn check_k(k: usize) -> Result<()> {
@@ -175,7 +177,8 @@ impl PackedB {
                     .for_each(|(i, (d, s))| run(i * per, d, s))
             });
         }
-        Ok(PackedB { k, n, kp, data, colsum })
+        let min_free = !data.contains(&i8::MIN);
+        Ok(PackedB { k, n, kp, data, colsum, min_free })
     }
 
     /// The original `[K, N]` matrix (round trip of [`PackedB::from_kn`]).
@@ -216,6 +219,10 @@ impl PackedB {
     }
     pub(crate) fn colsum(&self) -> &[i32] {
         &self.colsum
+    }
+    /// Whether no weight byte is -128 (see the field).
+    pub(crate) fn min_free(&self) -> bool {
+        self.min_free
     }
     /// Bytes held (packed data and column sums).
     pub fn nbytes(&self) -> usize {

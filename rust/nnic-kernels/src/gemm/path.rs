@@ -116,7 +116,9 @@ fn has_vnni() -> bool {
 /// which ignores `next` and `stream` as it is made for streamed small-M blocks); `next` (or null) is the weight
 /// micro-panel of the driver's next tile, which the VNNI tile prefetches into L2, and `stream` says that the weights
 /// are read once from DRAM (both: see [`micro::x86::vnni`]); `epi`, only on the VNNI path and for a tile's whole
-/// product (`acc` false), finishes the tile in registers and stores f32 (see `TileEpilogue`).
+/// product (`acc` false), finishes the tile in registers and stores f32 (see `TileEpilogue`); `colsum`, on the AVX2
+/// path, is the weight panel's 32 column sums when no weight byte is -128 (then its `vpmaddubsw` kernel runs, see
+/// [`micro::x86::avx2_sign`]), else null.
 ///
 /// # Safety
 /// Pointers as in [`micro::scalar`]; `path` is supported; `next` is null or a micro-panel of `kg` groups.
@@ -134,6 +136,7 @@ pub(super) unsafe fn micro_kernel(
     next: *const i8,
     stream: bool,
     epi: Option<&TileAt>,
+    colsum: *const i32,
 ) {
     debug_assert!(epi.is_none() || (path == Path::Vnni && !acc), "only the VNNI tile finishes a whole product");
     #[cfg(target_arch = "x86_64")]
@@ -153,6 +156,7 @@ pub(super) unsafe fn micro_kernel(
                     3..=MR_VNNI => pick!(vnni (kg, a, b, c, ldc, acc, next, stream, epi); 3 4 5 6 7 8 9 10 11 12),
                     _ => pick!(vnni_tall (kg, a, b, c, ldc, acc, epi); 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28),
                 },
+                Path::Avx2 if !colsum.is_null() => pick!(avx2_sign (kg, a, b, c, ldc, acc, colsum, stream); 1 2),
                 Path::Avx2 => pick!(avx2 (kg, a, b, c, ldc, acc); 1 2 3 4),
                 Path::Scalar => micro::scalar(mr, kg, a, b, c, ldc, acc),
             }
@@ -161,7 +165,7 @@ pub(super) unsafe fn micro_kernel(
     #[cfg(not(target_arch = "x86_64"))]
     // SAFETY: caller's contract.
     unsafe {
-        let _ = (path, next, stream, epi);
+        let _ = (path, next, stream, epi, colsum);
         micro::scalar(mr, kg, a, b, c, ldc, acc)
     }
 }
