@@ -121,6 +121,9 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=40.0, help="seconds per batch")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="wall time, or process CPU time")
     ap.add_argument("--ops", action="store_true", help="print the op types onnxruntime runs for each ONNX model")
+    ap.add_argument("--int8-weights", choices=("uint8", "int8"), default="uint8",
+                    help="how nnic's export stores the weight codes (export_onnx's int8_weights; the README's onnx "
+                         "rows before 2026-12-02 are int8, on a VNNI machine)")
     args = ap.parse_args()
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     import onnxruntime as ort
@@ -149,7 +152,8 @@ def main() -> None:
         tmp = Path(tmp_name)
         files = {}
         for fmt in ("integer", "qdq"):
-            result = nnic.export_onnx(qmodel, example, tmp / f"nnic-{fmt}.onnx", int8_format=fmt)
+            result = nnic.export_onnx(qmodel, example, tmp / f"nnic-{fmt}.onnx", int8_format=fmt,
+                                      int8_weights=args.int8_weights)
             print(f"nnic export ({fmt}): verified at batch 1 and 2, error {max(result.errors.values()):.3g} of the peak "
                   f"(tolerance {nnic.export.TOLERANCES[result.kind]})")
             files[fmt] = str(result.path)

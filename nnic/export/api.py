@@ -30,6 +30,7 @@ from nnic.selection import replace_module
 __all__ = ["ExportError", "ExportResult", "export_onnx"]
 
 INT8_FORMATS = ("integer", "qdq")
+INT8_WEIGHTS = ("uint8", "int8")
 
 
 class ExportError(ValueError):
@@ -124,7 +125,8 @@ def _write(flat: Flat, inputs: Inputs, path: str, *, opset: int, output_names: l
 
 
 def export_onnx(model: nn.Module, example_input: Any, path: str | os.PathLike, *, verify: bool | None = None,
-                opset: int = 17, int8_format: str = "integer", int4_matmulnbits: bool = True,
+                opset: int = 17, int8_format: str = "integer", int8_weights: str = "uint8",
+                int4_matmulnbits: bool = True,
                 dynamic_axes: dict[str, dict[int, str]] | bool = True, output_names: list[str] | None = None,
                 tolerance: float | None = None, handlers: list[Any] | tuple[Any, ...] = ()) -> ExportResult:
     """Writes ``model`` (float, pruned/sped-up, or quantized by ``nnic.quantization_speedup``) as ONNX to ``path``.
@@ -137,6 +139,11 @@ def export_onnx(model: nn.Module, example_input: Any, path: str | os.PathLike, *
     :param opset: ONNX opset of the default domain (17; ``MatMulNBits`` is in ``com.microsoft`` version 1).
     :param int8_format: ``"integer"`` (MatMulInteger / ConvInteger, dynamic activations: fastest in onnxruntime)
         or ``"qdq"`` (QuantizeLinear / DequantizeLinear around float MatMul / Conv).
+    :param int8_weights: how int8 weight codes are stored. ``"uint8"`` (default): the codes plus 128, around zero
+        points plus 128 (the same values), which onnxruntime multiplies exactly on every x86 CPU. ``"int8"``: as
+        they are; onnxruntime runs u8 x s8 faster where the CPU has VNNI, but its AVX2 and AVX-512 kernels without
+        VNNI (``vpmaddubsw``) saturate the sum of two products (255 x 127 twice), so outputs go wrong there
+        (measured on a Zen 3 machine: 0.149 of the output's peak on a small CNN; verification reports it).
     :param int4_matmulnbits: ``Int4Linear`` as ``com.microsoft.MatMulNBits`` (else a dequantized float weight).
     :param dynamic_axes: ``True``: batch (axis 0 of every input) and sequence (axis 1 of 2-D integer and 3-D float
         inputs) dynamic; ``False``: static shapes; a dict: torch's ``dynamic_axes`` as given.
@@ -148,6 +155,8 @@ def export_onnx(model: nn.Module, example_input: Any, path: str | os.PathLike, *
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     if int8_format not in INT8_FORMATS:
         raise ValueError(f"int8_format: expected one of {INT8_FORMATS}, got {int8_format!r}")
+    if int8_weights not in INT8_WEIGHTS:
+        raise ValueError(f"int8_weights: expected one of {INT8_WEIGHTS}, got {int8_weights!r}")
     if not isinstance(opset, int) or not 13 <= opset <= 20:
         raise ValueError(f"opset: expected an int in [13, 20] (per-channel QuantizeLinear needs 13), got {opset!r}")
     if tolerance is not None and not (isinstance(tolerance, (int, float)) and tolerance > 0):
@@ -160,7 +169,8 @@ def export_onnx(model: nn.Module, example_input: Any, path: str | os.PathLike, *
     elif verify:
         _require("onnxruntime")
     inputs = Inputs(example_input)
-    options = ExportOptions(int8_format=int8_format, int4_matmulnbits=int4_matmulnbits, opset=opset)
+    options = ExportOptions(int8_format=int8_format, int8_weights=int8_weights, int4_matmulnbits=int4_matmulnbits,
+                            opset=opset)
     table = ExportTable.from_registry(handlers)
 
     modes = [(m, m.training) for m in model.modules()]  # restored one by one: train(True) would recurse

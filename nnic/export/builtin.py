@@ -50,24 +50,41 @@ def _weight_zero_point(module: nn.Module) -> torch.Tensor | None:
     return None if not bool(z.any()) else z.to(torch.int8)
 
 
+def _stored(weight: torch.Tensor, zero: torch.Tensor | None, channels: int,
+            options: ExportOptions) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The weight codes and zero points as the file stores them (``options.int8_weights``): int8 as they are (no
+    zero points: None), or uint8 shifted by 128 with zero points 128 where there were none (``channels`` of them,
+    or one for a scalar zero point)."""
+    if options.int8_weights == "int8":
+        return weight, zero
+    zero = torch.zeros(channels, dtype=torch.int8) if zero is None else zero
+    return (weight.to(torch.int16) + 128).to(torch.uint8), (zero.to(torch.int16) + 128).to(torch.uint8)
+
+
 def _qdq(g: Any, x: Any, module: nn.Module, weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,
-         axis: int) -> tuple[Any, Any]:
+         axis: int, options: ExportOptions) -> tuple[Any, Any]:
     """The QDQ layout's float operands: the activation quantized and dequantized again, and the int8 ``weight``
-    dequantized per channel along ``axis`` (its zero points, or zeros)."""
+    dequantized per channel along ``axis`` (its zero points, or zeros), stored as ``options`` says."""
     c = SymbolicStandIn.const
     xq, xs, xz = _act_quantize(g, x, module)
     channels = weight.shape[axis]
+    weight, zero = _stored(weight, zero, channels, options)
     wz = c(g, torch.zeros(channels, dtype=torch.int8) if zero is None else zero)
     return g.op("DequantizeLinear", xq, xs, xz), g.op("DequantizeLinear", c(g, weight), c(g, scale), wz, axis_i=axis)
 
 
 def _integer(g: Any, op: str, x: Any, module: nn.Module, weight: torch.Tensor, zero: torch.Tensor | None,
-             scale: torch.Tensor, bias: torch.Tensor | None, **attrs: Any) -> Any:
+             scale: torch.Tensor, bias: torch.Tensor | None, options: ExportOptions, channels: int,
+             **attrs: Any) -> Any:
     """The integer layout: ``op`` (``MatMulInteger`` / ``ConvInteger``) on the activation's and the weight's
-    codes, its int32 accumulator cast to float and scaled by activation × weight scales (``scale`` shaped to
-    broadcast over the output), plus ``bias`` (shaped likewise)."""
+    codes (stored as ``options`` says; ``channels`` zero points, 1 for the scalar one of ``ConvInteger``), its int32
+    accumulator cast to float and scaled by activation × weight scales (``scale`` shaped to broadcast over the
+    output), plus ``bias`` (shaped likewise)."""
     c = SymbolicStandIn.const
     xq, xs, xz = _act_quantize(g, x, module)
+    weight, zero = _stored(weight, zero, channels, options)
+    if zero is not None and channels == 1:
+        zero = zero.reshape(())
     args = [xq, c(g, weight), xz] + ([] if zero is None else [c(g, zero)])
     acc = g.op("Cast", g.op(op, *args, **attrs), to_i=_FLOAT)
     y = g.op("Mul", acc, g.op("Mul", xs, c(g, scale)))
@@ -92,8 +109,9 @@ def _int8_linear_symbolic(module: Int8Linear, options: ExportOptions):
 
     def symbolic(g: Any, x: Any) -> Any:
         if options.int8_format != "qdq":
-            return _activation(g, _integer(g, "MatMulInteger", x, module, w_t, zero, scale, bias), module.activation)
-        xd, wd = _qdq(g, x, module, w_t, scale, zero, axis=1)
+            return _activation(g, _integer(g, "MatMulInteger", x, module, w_t, zero, scale, bias, options,
+                                           channels=w_t.shape[1]), module.activation)
+        xd, wd = _qdq(g, x, module, w_t, scale, zero, axis=1, options=options)
         y = g.op("MatMul", xd, wd)
         y = y if bias is None else g.op("Add", y, SymbolicStandIn.const(g, bias.float()))
         return _activation(g, y, module.activation)
@@ -112,10 +130,10 @@ def _int8_conv_symbolic(module: Int8Conv2d, options: ExportOptions):
 
     def symbolic(g: Any, x: Any) -> Any:
         if not qdq:
-            return _integer(g, "ConvInteger", x, module, module.weight, None if zero is None else zero[:1].reshape(()),
+            return _integer(g, "ConvInteger", x, module, module.weight, None if zero is None else zero[:1],
                             scale.reshape(1, out, 1, 1), None if bias is None else bias.reshape(1, out, 1, 1),
-                            **attrs)
-        xd, wd = _qdq(g, x, module, module.weight, scale, zero, axis=0)
+                            options, channels=1, **attrs)
+        xd, wd = _qdq(g, x, module, module.weight, scale, zero, axis=0, options=options)
         inputs = [xd, wd] + ([] if bias is None else [SymbolicStandIn.const(g, bias.float())])
         return g.op("Conv", *inputs, **attrs)
 

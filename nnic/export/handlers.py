@@ -34,10 +34,13 @@ __all__ = ["ExportOptions", "ExportTable", "SymbolicStandIn"]
 @dataclass(frozen=True)
 class ExportOptions:
     """The caller's choices that handlers honour: the int8 layout (``"integer"``: DynamicQuantizeLinear +
-    MatMulInteger/ConvInteger; ``"qdq"``: QuantizeLinear/DequantizeLinear around float MatMul/Conv), whether
-    4-bit weights may use onnxruntime's ``com.microsoft`` ``MatMulNBits``, and the ONNX opset."""
+    MatMulInteger/ConvInteger; ``"qdq"``: QuantizeLinear/DequantizeLinear around float MatMul/Conv), the type the
+    int8 weight codes are stored as (``"uint8"``: the codes plus 128 around zero points plus 128; ``"int8"``: as
+    they are; see ``nnic.export_onnx``), whether 4-bit weights may use onnxruntime's ``com.microsoft``
+    ``MatMulNBits``, and the ONNX opset."""
 
     int8_format: str = "integer"
+    int8_weights: str = "uint8"
     int4_matmulnbits: bool = True
     opset: int = 17
 

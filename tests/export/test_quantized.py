@@ -53,6 +53,30 @@ def test_int8_model_exports_and_matches(tmp_path, fmt, expected, absent):
     assert np.abs(got - dense.numpy()).max() < 3 * nnic_err + 1e-3
 
 
+def weight_types(path) -> set[int]:
+    """ONNX element types of the int8 layers' weight codes and zero points (the integer initializers)."""
+    integer = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
+    graph = onnx.load(str(path)).graph
+    tensors = list(graph.initializer) + [a.t for n in graph.node if n.op_type == "Constant" for a in n.attribute]
+    return {t.data_type for t in tensors if t.data_type in integer}
+
+
+@pytest.mark.parametrize("fmt", ["integer", "qdq"])
+def test_int8_weights_are_stored_as_uint8_unless_asked_for_int8(tmp_path, fmt):
+    """uint8 weights (codes + 128 around zero points + 128) by default: onnxruntime's u8 x s8 kernels without VNNI
+    saturate pair sums; the same values stored either way give the same outputs where nothing saturates."""
+    model = net()
+    x = torch.randn(2, 3, 16, 16)
+    nnic.quantization_speedup(model, {"0": 8, "2": 8, "4": 8, "6": 8})
+    default = nnic.export_onnx(model, x, tmp_path / "u8.onnx", int8_format=fmt)
+    assert weight_types(tmp_path / "u8.onnx") == {onnx.TensorProto.UINT8}
+    assert default.errors["output"] <= nnic.export.TOLERANCES["int8"]
+    nnic.export_onnx(model, x, tmp_path / "s8.onnx", int8_format=fmt, int8_weights="int8", verify=False)
+    assert onnx.TensorProto.INT8 in weight_types(tmp_path / "s8.onnx")
+    with pytest.raises(ValueError, match=r"int8_weights: expected one of \('uint8', 'int8'\), got 'u8'"):
+        nnic.export_onnx(model, x, tmp_path / "bad.onnx", int8_weights="u8")
+
+
 def test_static_activations_match_closely(tmp_path):
     model = net()
     batches = [torch.randn(4, 3, 16, 16) for _ in range(4)]
