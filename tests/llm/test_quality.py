@@ -113,12 +113,21 @@ def test_gptq_and_awq_beat_round_to_nearest_at_the_same_group_size(lm, bits, gro
     # the spread between seeds, so 4 bits are asserted on layer outputs (tests/llm/test_obs.py), not here.
     # Measured increases over dense (seed 0): 3 bits per row rtn +0.046, gptq +0.011, awq +0.019; 3 bits in
     # groups of 32: rtn +0.085, gptq +0.004, awq -0.004.
+    # On a Zen 3 machine (AVX2, torch 2.15) the same seed trains another model: 3 bits per row rtn +0.090, gptq
+    # -0.011, awq +0.083 (perplexity does not order AWQ and RTN there); in groups of 32 rtn +0.168, gptq +0.000,
+    # awq +0.020. What AWQ promises is smaller layer outputs' error, and that holds on both machines' models:
+    # mean relative error 0.0040 against RTN's 0.0074 per row, 0.0030 against 0.0048 in groups (Zen 3, seed 0).
     cfg = [{"quant_types": ["weight"], "quant_bits": bits, "group_size": group,
             "quant_scheme": "per_channel_symmetric", "op_types": ["Conv1D"]}]
-    dense = text.perplexity(lm[0], lm[1])
-    rtn = ppl_after(lm, "quantizer", "rtn", cfg) - dense
-    assert ppl_after(lm, "quantizer", "gptq", cfg) - dense < 0.7 * rtn
-    assert ppl_after(lm, "quantizer", "awq", cfg) - dense < 0.8 * rtn
+    model, heldout, _ = lm
+    dense = text.perplexity(model, heldout)
+    rtn = compressed_copy(lm, "quantizer", "rtn", cfg)
+    awq = compressed_copy(lm, "quantizer", "awq", cfg)
+    assert ppl_after(lm, "quantizer", "gptq", cfg) - dense < 0.7 * (text.perplexity(rtn, heldout) - dense)
+    errors = {name: mean_layer_output_error(model, m, heldout[:64]) for name, m in (("rtn", rtn), ("awq", awq))}
+    assert errors["awq"] < 0.8 * errors["rtn"], errors
+    if group:
+        assert text.perplexity(awq, heldout) - dense < 0.8 * (text.perplexity(rtn, heldout) - dense)
 
 
 def with_outlier_channels(model: torch.nn.Module, factor: float = 40.0) -> torch.nn.Module:
