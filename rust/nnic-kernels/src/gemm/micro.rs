@@ -3,8 +3,10 @@
 //! All paths read the same packed layouts (see [`super::panels`]) and compute `sum_k a_u8 * b_s8` exactly
 //! (modulo 2^32, which the epilogue relies on):
 //! - `scalar`: plain Rust, the readable ground truth;
-//! - `avx2`: `vpmaddwd` on bytes widened to i16 (exact: no `vpmaddubsw`, whose i16 pair sum saturates
-//!   for u8 × s8 products such as 255·127 + 255·127);
+//! - `avx2_sign`: `vpmaddubsw` on the activations shifted to s8, the sign moved onto the weight (`vpsignb`), exact
+//!   for weights without the byte -128 (what symmetric quantization gives: the AVX2 path's usual kernel);
+//! - `avx2`: `vpmaddwd` on bytes widened to i16, for weights with -128 (exact: plain `vpmaddubsw` on the u8
+//!   activations saturates its i16 pair sum for products such as 255·127 + 255·127);
 //! - `vnni`: AVX-512 VNNI `vpdpbusd` (u8 × s8, four products per i32 lane, non-saturating).
 #![allow(clippy::needless_range_loop)] // register tiles are indexed by row
 use super::panels::NR;
@@ -71,7 +73,8 @@ pub(crate) mod x86 {
     /// the 1 KiB `prefetcht0`: at M = 128 `prefetcht1` 4-8 KiB was 1-10 % slower.
     pub(crate) const STREAM_AHEAD: usize = 8192;
 
-    /// AVX2 kernel for `MR` ≤ 4 rows, two halves of 16 columns.
+    /// AVX2 widening kernel for `MR` ≤ 4 rows, two halves of 16 columns: the AVX2 path's kernel for weights holding the
+    /// byte -128 ([`avx2_sign`] otherwise; 3.5-4.5× slower than it at M = 1 on a Zen 3 core, one thread).
     ///
     /// # Safety
     /// As [`super::scalar`], and the CPU has AVX2.
