@@ -569,9 +569,10 @@ pub(super) mod x86 {
     const I16_QUADS: usize = 8;
 
     /// The 32 sums of rows `r0..r0 + MR` (`MR` ≤ 4) of a panel of `rows` rows against one weight panel, as
-    /// registers `[row][columns 8q..8q + 8]`. Per group, in one pass over each of its 64-byte quad rows (GEMV) or
-    /// in two over their 32-byte halves (more rows: half `h` holds columns `8h..8h + 8` in its low nibbles and
-    /// `16 + 8h..24 + 8h` in its high ones, so that accumulators and sums fit 16 registers): both nibbles masked,
+    /// registers `[row][columns 8q..8q + 8]`. Per group, in one pass over each of its 64-byte quad rows (one or two
+    /// rows) or in two over their 32-byte halves (three or four: half `h` holds columns `8h..8h + 8` in its low
+    /// nibbles and `16 + 8h..24 + 8h` in its high ones, so that the i16 accumulators fit 16 registers; the output
+    /// sums of two or more rows live on the stack between group ends, as before): both nibbles masked,
     /// `vpmaddubsw` (u8 nibbles × s8 activations) added in i16 over up to [`I16_QUADS`] quad rows, then one
     /// `vpmaddwd` by ones into i32 per run of them; at the group end the zero-point term `z · na` is added and the
     /// sums scaled into the output registers, `f = fma(float(sum), s, f)` per group in group order (the bits of the
@@ -593,8 +594,9 @@ pub(super) mod x86 {
             let step = rows * 4;
             let quads = 2 * pairs;
             let w = scale_bytes(S);
-            // Halves of each quad row per pass: both for one row, else one (module doc of this function).
-            let hp = if MR == 1 { 2 } else { 1 };
+            // Halves of each quad row per pass (doc above): both for one or two rows (two rows, 4096² at two
+            // threads, interleaved rounds, load ~3.3: 1.07-1.12× against two passes), else one.
+            let hp = if MR <= 2 { 2 } else { 1 };
             let mut fv = [[_mm256_setzero_ps(); 4]; MR];
             let a = a.add(r0 * 4);
             for g in 0..groups {
