@@ -681,6 +681,7 @@ fn tile(path: Path, rows: usize, ap: *const u8, na: &[i32], w: Panel<'_>, f: &mu
                 }
                 return;
             },
+            // AVX2 blocks go to `block_tile`'s AVX2 tiles; here only where the CPU lacks F16C.
             Path::Avx2 | Path::Scalar => {}
         }
     }
