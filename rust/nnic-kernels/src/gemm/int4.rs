@@ -443,9 +443,10 @@ unsafe fn panel_tiles(path: Path, pa: &PackedA, na: &[i32], w: &PackedInt4, blk:
     }
 }
 
-/// The tiles' sums of block `blk` into `out` as [`panel_tiles`] writes them (the same bits), in one call of the
-/// VNNI one- or two-row tile over all of the block's panels (`int4_micro::x86::vnni_block`), where the block is
-/// one row panel of one or two rows with whole-byte sums (every GEMV and M = 2 step); returns whether it did.
+/// The tiles' sums of block `blk` into `out` as [`panel_tiles`] writes them (the same bits), in one call over
+/// all of the block's panels: of the VNNI one- or two-row tile (`int4_micro::x86::vnni_block`) where the block is
+/// one row panel of one or two rows with whole-byte sums (every GEMV and M = 2 step), of the AVX2 tiles
+/// (`int4_micro::x86::avx2_block`, per row panel) for any block; returns whether it did.
 ///
 /// Why: the threads' tasks are blocks of up to 256 columns, and per 32-column panel the call, the dispatch on
 /// rows and scale format and the copy out of the register tile stood between two ~68 KB runs of the weight
@@ -459,7 +460,11 @@ unsafe fn block_tile(path: Path, pa: &PackedA, na: &[i32], w: &PackedInt4, blk: 
         use super::int4_micro::x86;
         let (mr, groups, pairs) = (pa.mr, w.kp / w.group, w.group / 8);
         let rows = blk.i1 - blk.i0;
-        if path != Path::Vnni || rows > 2 || rows > mr || !blk.i0.is_multiple_of(mr) || pairs * 8 > WHOLE_BYTE_MAX_GROUP {
+        let vnni = path == Path::Vnni && rows <= 2 && rows <= mr && pairs * 8 <= WHOLE_BYTE_MAX_GROUP;
+        // F16C: the AVX2 tiles convert half scales; CPUs with AVX2 have it, the portable tile covers one that would
+        // not.
+        let avx2 = path == Path::Avx2 && std::arch::is_x86_feature_detected!("f16c");
+        if !(vnni || avx2) || !blk.i0.is_multiple_of(mr) {
             return false;
         }
         let (p0, plen) = (blk.j0 / NR, w.panel_len());
@@ -468,9 +473,33 @@ unsafe fn block_tile(path: Path, pa: &PackedA, na: &[i32], w: &PackedInt4, blk: 
         let affine = w.is_affine();
         let b = w.bytes()[p0 * plen..(p0 + panels) * plen].as_ptr();
         let z = if affine { w.zeros[p0 * groups * NR..(p0 + panels) * groups * NR].as_ptr() } else { w.zeros.as_ptr() };
+        let (cols, stride, pf) = (blk.j1 - blk.j0, w.stride, x86::software_prefetch());
+        if avx2 {
+            for i0 in (blk.i0..blk.i1).step_by(mr) {
+                let rp = (blk.i1 - i0).min(mr);
+                let ap = pa.panel_ptr_rows(i0 / mr, 0);
+                let np = na[i0 * groups..(i0 + rp) * groups].as_ptr();
+                let y = unsafe { out.add(i0 * n + blk.j0) };
+                macro_rules! run {
+                    ($h:path) => {
+                        x86::avx2_block::<{ $h }>(panels, plen, groups, pairs, stride, ap, np, rp, b, z, affine, y, n, cols)
+                    };
+                }
+                // SAFETY: as below; AVX2 (and FMA, which every AVX2 path of the crate assumes) checked by the caller,
+                // F16C above.
+                unsafe {
+                    match w.fmt {
+                        ScaleFmt::F32 => run!(x86::F32),
+                        ScaleFmt::F16 => run!(x86::F16),
+                        ScaleFmt::U8 => run!(x86::U8),
+                    }
+                }
+            }
+            return true;
+        }
         let ap = pa.panel_ptr_rows(blk.i0 / mr, 0);
         let np = na[blk.i0 * groups..blk.i1 * groups].as_ptr();
-        let (y, cols, stride, pf) = (unsafe { out.add(blk.i0 * n + blk.j0) }, blk.j1 - blk.j0, w.stride, x86::software_prefetch());
+        let y = unsafe { out.add(blk.i0 * n + blk.j0) };
         macro_rules! run {
             ($h:path) => {
                 match rows {
@@ -642,20 +671,6 @@ fn tile(path: Path, rows: usize, ap: *const u8, na: &[i32], w: Panel<'_>, f: &mu
                 }
             };
         }
-        macro_rules! avx2 {
-            ($h:path) => {{
-                let mut r0 = 0;
-                while r0 < rows {
-                    match rows - r0 {
-                        1 => x86::avx2::<1, { $h }>(groups, pairs, stride, ap, np, rows, r0, bp, zp, affine, f),
-                        2 => x86::avx2::<2, { $h }>(groups, pairs, stride, ap, np, rows, r0, bp, zp, affine, f),
-                        3 => x86::avx2::<3, { $h }>(groups, pairs, stride, ap, np, rows, r0, bp, zp, affine, f),
-                        _ => x86::avx2::<4, { $h }>(groups, pairs, stride, ap, np, rows, r0, bp, zp, affine, f),
-                    }
-                    r0 += 4;
-                }
-            }};
-        }
         match path {
             // SAFETY: sizes by the layouts (checked above); VNNI checked by the caller (`path.is_supported()`).
             Path::Vnni => unsafe {
@@ -666,17 +681,7 @@ fn tile(path: Path, rows: usize, ap: *const u8, na: &[i32], w: Panel<'_>, f: &mu
                 }
                 return;
             },
-            // SAFETY: as above; AVX2 (and FMA, which every AVX2 path of the crate assumes) checked by the caller,
-            // F16C (the tile converts half scales) here: CPUs with AVX2 have it, the portable tile covers one
-            // that would not.
-            Path::Avx2 if std::arch::is_x86_feature_detected!("f16c") => unsafe {
-                match w.fmt {
-                    ScaleFmt::F32 => avx2!(x86::F32),
-                    ScaleFmt::F16 => avx2!(x86::F16),
-                    ScaleFmt::U8 => avx2!(x86::U8),
-                }
-                return;
-            },
+            // AVX2 blocks go to `block_tile`'s AVX2 tiles; here only where the CPU lacks F16C.
             Path::Avx2 | Path::Scalar => {}
         }
     }

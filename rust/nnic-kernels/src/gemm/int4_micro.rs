@@ -280,13 +280,13 @@ pub(super) mod x86 {
         }
     }
 
-    /// How far ahead (bytes) the VNNI tile prefetches its weight stream into L2 (`prefetcht1`, every line of it,
-    /// scales included) where it prefetches at all ([`software_prefetch`]): a stream from DRAM needs more lines
-    /// in flight than L1's fill buffers hold. On the Intel part (Ice Lake-SP), against `prefetcht0` 2 KiB ahead
-    /// on the codes only (the scales were a second array then), with the one-stream layout, cold 4096² GEMV, one
-    /// thread, CPU time, quiet machine: 4, 8 and 16 KiB ahead within 1 % of one another, adding `prefetcht0`
-    /// 1 KiB ahead nothing, one prefetch per 128 bytes (the adjacent line left to the hardware) 0.89×, no
-    /// software prefetch 0.72×; at two threads 4 KiB was as fast as 8 KiB or faster.
+    /// How far ahead (bytes) the VNNI and AVX2 tiles prefetch their weight stream into L2 (`prefetcht1`, every line of
+    /// it, scales included) where they prefetch at all ([`software_prefetch`]): a stream from DRAM needs more lines in
+    /// flight than L1's fill buffers hold. On the Intel part (Ice Lake-SP), against `prefetcht0` 2 KiB ahead on the
+    /// codes only (the scales were a second array then), with the one-stream layout, cold 4096² GEMV, one thread, CPU
+    /// time, quiet machine: 4, 8 and 16 KiB ahead within 1 % of one another, adding `prefetcht0` 1 KiB ahead nothing,
+    /// one prefetch per 128 bytes (the adjacent line left to the hardware) 0.89×, no software prefetch 0.72×; at two
+    /// threads 4 KiB was as fast as 8 KiB or faster.
     const AHEAD: usize = 4096;
 
     /// Whether the VNNI tile prefetches its stream [`AHEAD`] bytes ahead: everywhere but on AMD CPUs. On Zen 4
@@ -480,80 +480,192 @@ pub(super) mod x86 {
         }
     }
 
-    /// AVX2 tile of `MR` (≤ 4) rows starting at row `r0` of a panel of `rows` rows, in two halves of 8 lanes
-    /// (half `h`: columns `8h..8h + 8` in the low nibbles, `16 + 8h..24 + 8h` in the high ones): both nibbles
-    /// masked, `vpmaddubsw` (u8 nibbles × s8 activations to i16) over two quad rows added in i16 (exact:
-    /// `|sum| <= 4 · 15 · 128`), then `vpmaddwd` by ones into i32.
+    /// AVX2 tiles over the `panels` consecutive weight panels of a block (`plen` bytes apart, their zero points
+    /// `groups * 32` bytes apart) for the `rows` rows of one activation panel, writing the sums straight into the
+    /// block's output rows: row `r`'s `cols` columns at `y + r * ldy` (as [`vnni_block`]). Per panel, the rows go
+    /// in tiles of up to 4 ([`avx2_sums`]), so a panel (68 KB at 4096 deep) is streamed once and re-read from L2
+    /// by the next tile of rows; the first tile prefetches the stream [`AHEAD`] bytes ahead, every line of it,
+    /// on every CPU (unlike [`vnni`], which leaves AMD's Zen 4 to its hardware prefetchers).
+    ///
+    /// Why prefetch on Zen 3: 4096² GEMV, 8-bit scales, two threads, wall time, interleaved rounds (25) in one
+    /// process, load average 2.4-3.3 on the 2-core VM: against no software prefetch, 1.26× cold (median of the
+    /// per-round ratios, 25 of 25 rounds faster) and 1.28× hot (L3-resident); 2 KiB ahead 0.91× cold against 4
+    /// KiB, 8 KiB 0.97× (10 of 25 rounds faster); `prefetcht0` instead of `prefetcht1` 0.99×.
     ///
     /// # Safety
-    /// As [`vnni`] with `rows` rows per k quad and `groups * rows` sums at `na` (`r0 + MR <= rows`), and the
-    /// CPU has AVX2, FMA and F16C.
+    /// As [`vnni_block`] with `rows` (1..=8) rows per k quad and `groups * rows` sums at `na`, and the CPU has
+    /// AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
-    pub(crate) unsafe fn avx2<const MR: usize, const S: u8>(
+    pub(crate) unsafe fn avx2_block<const S: u8>(
+        panels: usize,
+        plen: usize,
         groups: usize,
         pairs: usize,
         stride: usize,
         a: *const u8,
         na: *const i32,
         rows: usize,
-        r0: usize,
         b: *const u8,
         z: *const u8,
         affine: bool,
-        f: &mut [[f32; NR]; MR4],
+        y: *mut f32,
+        ldy: usize,
+        cols: usize,
     ) {
+        unsafe {
+            for p in 0..panels {
+                let bp = b.add(p * plen);
+                let zp = if affine { z.add(p * groups * NR) } else { z };
+                let c0 = p * NR;
+                let nr = (cols - c0).min(NR);
+                let mut r0 = 0;
+                while r0 < rows {
+                    let yr = y.wrapping_add(r0 * ldy + c0);
+                    let args = (groups, pairs, stride, a, na, rows, r0, bp, zp, affine, r0 == 0);
+                    match rows - r0 {
+                        1 => store_rows(&avx2_sums::<1, S>(args), yr, ldy, nr),
+                        2 => store_rows(&avx2_sums::<2, S>(args), yr, ldy, nr),
+                        3 => store_rows(&avx2_sums::<3, S>(args), yr, ldy, nr),
+                        _ => store_rows(&avx2_sums::<4, S>(args), yr, ldy, nr),
+                    }
+                    r0 += 4;
+                }
+            }
+        }
+    }
+
+    /// Writes the first `nr` columns of each row's 32 sums to `y + r * ldy`.
+    ///
+    /// # Safety
+    /// `y + r * ldy` holds `nr` writable `f32` for each row `r`; the CPU has AVX.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn store_rows<const MR: usize>(fv: &[[__m256; 4]; MR], y: *mut f32, ldy: usize, nr: usize) {
+        unsafe {
+            for r in 0..MR {
+                let yr = y.add(r * ldy);
+                if nr == NR {
+                    for q in 0..4 {
+                        _mm256_storeu_ps(yr.add(8 * q), fv[r][q]);
+                    }
+                } else {
+                    let mut t = [0f32; NR];
+                    for q in 0..4 {
+                        _mm256_storeu_ps(t.as_mut_ptr().add(8 * q), fv[r][q]);
+                    }
+                    std::ptr::copy_nonoverlapping(t.as_ptr(), yr, nr);
+                }
+            }
+        }
+    }
+
+    /// Arguments of [`avx2_sums`]: `(groups, pairs, stride, a, na, rows, r0, b, z, affine, pf)`, `pf`: prefetch the
+    /// stream (the first tile of rows of a panel).
+    type Avx2Args = (usize, usize, usize, *const u8, *const i32, usize, usize, *const u8, *const u8, bool, bool);
+
+    /// Quad rows whose `vpmaddubsw` pair sums one i16 lane can add exactly: each is at most `2 · 15 · 128 =
+    /// 3840` in magnitude, and `8 · 3840 = 30720 < 2^15`.
+    const I16_QUADS: usize = 8;
+
+    /// The 32 sums of rows `r0..r0 + MR` (`MR` ≤ 4) of a panel of `rows` rows against one weight panel, as
+    /// registers `[row][columns 8q..8q + 8]`. Per group, in one pass over each of its 64-byte quad rows (one or two
+    /// rows) or in two over their 32-byte halves (three or four: half `h` holds columns `8h..8h + 8` in its low
+    /// nibbles and `16 + 8h..24 + 8h` in its high ones, so that the i16 accumulators fit 16 registers; the output
+    /// sums of two or more rows live on the stack between group ends, as before): both nibbles masked,
+    /// `vpmaddubsw` (u8 nibbles × s8 activations) added in i16 over up to [`I16_QUADS`] quad rows, then one
+    /// `vpmaddwd` by ones into i32 per run of them; at the group end the zero-point term `z · na` is added and the
+    /// sums scaled into the output registers, `f = fma(float(sum), s, f)` per group in group order (the bits of the
+    /// per-panel tile this replaced).
+    ///
+    /// Why: the tile before it made two half passes with per-group sums in i32 (one `vpmaddwd` and one `vpaddd`
+    /// per two quad rows and nibble) and its `f` in a stack array (a load, FMA and store per row, group and 8
+    /// columns), about one vector operation per cycle. Per 128 codes (one 64-byte quad row, one row) the loop now
+    /// issues 14 vector operations (2 shifts, 4 masks, 4 `vpmaddubsw`, 4 i16 adds) besides 2 loads, a broadcast
+    /// and a prefetch, and each group end 3 more per 128 codes (`vpmaddwd`, zero term, convert, FMA, scales),
+    /// against ~22 before. Measured on Zen 3 (2-core VM, load average 3.2-3.5 from another process), 4096² GEMV,
+    /// 8-bit scales, two threads, interleaved rounds (25) in one process (`bench/int4_ab.py`), same bits: 1.46×
+    /// cold and 1.26× hot (median per-round ratios, 25 of 25 rounds faster); ÷ nnic int8 (`int4_scales_ab`, two
+    /// runs each): cold 1.28-1.33 → 1.80-1.84, hot 1.47-1.61 → 2.24-2.29.
+    ///
+    /// # Safety
+    /// As [`avx2_block`] for one panel; `r0 + MR <= rows`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn avx2_sums<const MR: usize, const S: u8>(args: Avx2Args) -> [[__m256; 4]; MR] {
+        let (groups, pairs, stride, a, na, rows, r0, b, z, affine, pf) = args;
         unsafe {
             let mask = _mm256_set1_epi8(0x0F);
             let ones = _mm256_set1_epi16(1);
             let step = rows * 4;
+            let quads = 2 * pairs;
             let w = scale_bytes(S);
-            for r in 0..MR {
-                f[r0 + r] = [0.0; NR];
-            }
-            for half in 0..2 {
-                let mut ap = a.add(r0 * 4);
-                let (cl, ch) = (8 * half, 16 + 8 * half); // first column of the low / high nibbles
-                for g in 0..groups {
-                    let (co, so) = group_at::<S>(g, stride, pairs);
-                    let blk = b.add(co);
-                    if S == U8 && g % 2 == 0 {
-                        _mm_prefetch::<_MM_HINT_T0>(b.add(so) as *const i8); // read the stream in order (as `vnni`)
-                    }
-                    let zc = z.add(g * NR);
-                    let mut s = [[_mm256_setzero_si256(); 2]; MR];
-                    for r in 0..MR {
-                        let n = *na.add(g * rows + r0 + r);
-                        s[r] = [zero_term8(affine, zc.add(cl), n), zero_term8(affine, zc.add(ch), n)];
-                    }
-                    let mut bp = blk.add(half * 32);
-                    for _ in 0..pairs {
-                        let x0 = _mm256_loadu_si256(bp as *const __m256i);
-                        let x1 = _mm256_loadu_si256(bp.add(64) as *const __m256i);
-                        let l0 = _mm256_and_si256(x0, mask);
-                        let l1 = _mm256_and_si256(x1, mask);
-                        let h0 = _mm256_and_si256(_mm256_srli_epi16::<4>(x0), mask);
-                        let h1 = _mm256_and_si256(_mm256_srli_epi16::<4>(x1), mask);
-                        for r in 0..MR {
-                            let a0 = _mm256_set1_epi32((ap.add(r * 4) as *const i32).read_unaligned());
-                            let a1 = _mm256_set1_epi32((ap.add(step + r * 4) as *const i32).read_unaligned());
-                            let pl = _mm256_add_epi16(_mm256_maddubs_epi16(l0, a0), _mm256_maddubs_epi16(l1, a1));
-                            let ph = _mm256_add_epi16(_mm256_maddubs_epi16(h0, a0), _mm256_maddubs_epi16(h1, a1));
-                            s[r][0] = _mm256_add_epi32(s[r][0], _mm256_madd_epi16(pl, ones));
-                            s[r][1] = _mm256_add_epi32(s[r][1], _mm256_madd_epi16(ph, ones));
+            // Halves of each quad row per pass (doc above): both for one or two rows (two rows, 4096² at two
+            // threads, interleaved rounds, load ~3.3: 1.07-1.12× against two passes), else one.
+            let hp = if MR <= 2 { 2 } else { 1 };
+            let mut fv = [[_mm256_setzero_ps(); 4]; MR];
+            let a = a.add(r0 * 4);
+            for g in 0..groups {
+                let (co, so) = group_at::<S>(g, stride, pairs);
+                let blk = b.add(co);
+                if S == U8 && g % 2 == 0 {
+                    _mm_prefetch::<_MM_HINT_T0>(b.add(so) as *const i8); // read the stream in order (as `vnni`)
+                    prefetch(pf, b.add(so));
+                }
+                let ag = a.add(g * quads * step);
+                let sp = b.add(so);
+                let zc = z.add(g * NR);
+                for pass in 0..2 / hp {
+                    let h0 = pass * hp;
+                    // Per row, half of the pass and nibble: the group's i32 sums.
+                    let mut s = [[[_mm256_setzero_si256(); 2]; 2]; MR];
+                    let mut t0 = 0;
+                    while t0 < quads {
+                        let t1 = (t0 + I16_QUADS).min(quads);
+                        let mut p = [[[_mm256_setzero_si256(); 2]; 2]; MR];
+                        for t in t0..t1 {
+                            let at = ag.add(t * step);
+                            let mut av = [_mm256_setzero_si256(); MR];
+                            for r in 0..MR {
+                                av[r] = _mm256_set1_epi32((at.add(r * 4) as *const i32).read_unaligned());
+                            }
+                            if h0 == 0 {
+                                prefetch(pf, blk.add(t * 64));
+                            }
+                            for hh in 0..hp {
+                                let x = _mm256_loadu_si256(blk.add(t * 64 + (h0 + hh) * 32) as *const __m256i);
+                                let lo = _mm256_and_si256(x, mask);
+                                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(x), mask);
+                                for r in 0..MR {
+                                    p[r][hh][0] = _mm256_add_epi16(p[r][hh][0], _mm256_maddubs_epi16(lo, av[r]));
+                                    p[r][hh][1] = _mm256_add_epi16(p[r][hh][1], _mm256_maddubs_epi16(hi, av[r]));
+                                }
+                            }
                         }
-                        ap = ap.add(2 * step);
-                        bp = bp.add(128);
+                        for r in 0..MR {
+                            for hh in 0..hp {
+                                for e in 0..2 {
+                                    s[r][hh][e] = _mm256_add_epi32(s[r][hh][e], _mm256_madd_epi16(p[r][hh][e], ones));
+                                }
+                            }
+                        }
+                        t0 = t1;
                     }
-                    let sp = b.add(so);
-                    let (s0, s1) = (scales8::<S>(sp.add(cl * w)), scales8::<S>(sp.add(ch * w)));
-                    for r in 0..MR {
-                        let p = f[r0 + r].as_mut_ptr();
-                        _mm256_storeu_ps(p.add(cl), _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[r][0]), s0, _mm256_loadu_ps(p.add(cl))));
-                        _mm256_storeu_ps(p.add(ch), _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[r][1]), s1, _mm256_loadu_ps(p.add(ch))));
+                    for hh in 0..hp {
+                        let h = h0 + hh;
+                        let (cl, ch) = (8 * h, 16 + 8 * h); // first column of the low / high nibbles
+                        let (s0, s1) = (scales8::<S>(sp.add(cl * w)), scales8::<S>(sp.add(ch * w)));
+                        for r in 0..MR {
+                            let n = *na.add(g * rows + r0 + r);
+                            let vl = _mm256_add_epi32(s[r][hh][0], zero_term8(affine, zc.add(cl), n));
+                            let vh = _mm256_add_epi32(s[r][hh][1], zero_term8(affine, zc.add(ch), n));
+                            fv[r][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(vl), s0, fv[r][h]);
+                            fv[r][2 + h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(vh), s1, fv[r][2 + h]);
+                        }
                     }
                 }
             }
+            fv
         }
     }
 }
