@@ -73,8 +73,9 @@ pub(crate) mod x86 {
     /// the 1 KiB `prefetcht0`: at M = 128 `prefetcht1` 4-8 KiB was 1-10 % slower.
     pub(crate) const STREAM_AHEAD: usize = 8192;
 
-    /// AVX2 widening kernel for `MR` ≤ 4 rows, two halves of 16 columns: the AVX2 path's kernel for weights holding the
-    /// byte -128 ([`avx2_sign`] otherwise; 3.5-4.5× slower than it at M = 1 on a Zen 3 core, one thread).
+    /// AVX2 widening kernel for `MR` ≤ [`super::MR_AVX2`] rows, two halves of 16 columns: the AVX2 path's kernel for
+    /// weights holding the byte -128 ([`avx2_sign`] otherwise; 3.5-4.5× slower than it at M = 1 on a Zen 3 core, one
+    /// thread).
     ///
     /// # Safety
     /// As [`super::scalar`], and the CPU has AVX2.

@@ -157,7 +157,7 @@ pub(super) unsafe fn micro_kernel(
                     _ => pick!(vnni_tall (kg, a, b, c, ldc, acc, epi); 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28),
                 },
                 Path::Avx2 if !colsum.is_null() => pick!(avx2_sign (kg, a, b, c, ldc, acc, colsum, stream); 1 2),
-                Path::Avx2 => pick!(avx2 (kg, a, b, c, ldc, acc); 1 2 3 4),
+                Path::Avx2 => pick!(avx2 (kg, a, b, c, ldc, acc); 1 2),
                 Path::Scalar => micro::scalar(mr, kg, a, b, c, ldc, acc),
             }
         }
