@@ -158,10 +158,11 @@ def kernel_calls(model: nn.Module, ids: torch.Tensor, rounds: int, thread_counts
 
     def ending(x2: torch.Tensor, residual: torch.Tensor, block: nn.Module) -> torch.Tensor:
         dense, ln = block.dense, block.LayerNorm
-        act, symmetric, act_scale, act_zero_point, path, _ = dense.kernel_args()
+        act, symmetric, act_scale, act_zero_point, path, _, reduce_range = dense.kernel_args()
         return kernels.linear_skip_layer_norm(x2, dense._packed_weight(), residual, ln.weight, ln.bias, ln.eps,
                                               linear_bias=dense.bias, act=act, symmetric=symmetric,
-                                              act_scale=act_scale, act_zero_point=act_zero_point, path=path)
+                                              act_scale=act_scale, act_zero_point=act_zero_point, path=path,
+                                              reduce_range=reduce_range)
 
     def forward(times: collections.Counter, cpu: collections.Counter, clock) -> torch.Tensor:
         def timed(name: str, fn, *args):

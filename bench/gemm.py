@@ -9,7 +9,8 @@
 Rows per (M, K, N): float32 ``torch.matmul`` (MKL), ``torch._int_mm`` (s8·s8→s32), dynamic-quantized
 ``nn.quantized.dynamic.Linear`` with every installed engine (fbgemm / onednn / x86), and nnic's
 ``int8_matmul`` (packs B on every call), prepacked ``matmul`` (s8→s32), ``int8_linear`` (f32→f32, dynamic
-per-token activations, fused epilogue), at 13 ≤ M ≤ 28 on the VNNI path the same without its tall tile
+per-token activations, fused epilogue), the same with ``reduce_range`` (7-bit activations, as ``quantize_dynamic``
+quantizes them on x86), at 13 ≤ M ≤ 28 on the VNNI path the same without its tall tile
 (``kernels.set_gemm_tall_tile(False)``: two or three row panels, the tiling before it), at 29 ≤ M ≤ 192 (K ≤ 4096, N ≥ 897)
 on the VNNI path the same on the planned column blocks instead of its column lanes
 (``kernels.set_gemm_column_lanes(False)``, the scheduling before them), above 192 rows (or K beyond 4096) the same
@@ -62,7 +63,8 @@ attention and residual + LayerNorm on the fused encoder kernels (``nnic_transfor
 with the attention's products in bfloat16 where the CPU has AVX512_BF16, the goal rows), and, where it has, that
 with float32 products (``attention_products="float32"``, the switch back), and the goal row (all fused) with the
 GEMMs' routing by measured cost on (``kernels.set_gemm_routing(True)``, the two trading places every other round);
-interleaved rounds, agreement as cosine with float32. ``--clock cpu`` times process CPU time instead of wall time
+interleaved rounds, agreement as cosine with float32. The rows with ``reduce_range`` run the same model lowered with
+``quantization_speedup(..., reduce_range=True)`` (7-bit activations, the precision of ``quantize_dynamic`` on x86). ``--clock cpu`` times process CPU time instead of wall time
 (with ``--threads 1`` it is immune to other processes' load; with more threads it adds the threads' CPU up).
 """
 
@@ -103,6 +105,9 @@ WHOLE = "nnic int8_linear, whole tail blocks"
 #: The default call with the caller's move off a CPU its team mate shares turned off (``set_gemm_spread(False)``),
 #: timed in ``--contention`` runs only.
 UNSPREAD = "nnic int8_linear, no spreading"
+#: The default call with 7-bit activations (``reduce_range=True``: the precision of ``quantize_dynamic``, which uses
+#: them on x86; without VNNI nnic then runs its 3-operation AVX2 tile). Timed with every other row.
+REDUCED = "nnic int8_linear, reduce_range"
 
 
 def tail_in_pieces(m: int, k: int) -> bool:
@@ -281,6 +286,8 @@ def shape_kernels(m: int, k: int, n: int, engines: list[str], unspread: bool = F
     q, s = kernels.quantize_int8_weight(wf)
     pl = kernels.pack_int8_weight(q, s)
     fns[DEFAULT_LINEAR] = lambda: kernels.int8_linear(x, pl)
+    pl_reduced = kernels.pack_int8_weight(q, s)  # its own copy, as below
+    fns[REDUCED] = lambda: kernels.int8_linear(x, pl_reduced, reduce_range=True)
     if kernels.gemm_backend() == "openmp":  # routing by measured cost, right after the default call
         pl_routed = kernels.pack_int8_weight(q, s)  # its own copy, as below
         fns[ROUTED] = switched(kernels.set_gemm_routing, True, False, lambda: kernels.int8_linear(x, pl_routed))
@@ -327,8 +334,12 @@ def bench_bert(batch: int, seq: int, engines: list[str], repeats: int, budget: f
     torch.manual_seed(0)
     model = BertModel(BertConfig(), add_pooling_layer=False).eval()
     ids = torch.randint(0, model.config.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(1))
-    q = nnic.quantization_speedup(copy.deepcopy(model), {n: 8 for n, m in model.named_modules()
-                                                         if isinstance(m, nn.Linear)})
+    linears = {n: 8 for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    q = nnic.quantization_speedup(copy.deepcopy(model), linears)
+    reduced = nnic.quantization_speedup(copy.deepcopy(model), linears, reduce_range=True)
+    fuse_mlp_activations(reduced)
+    fuse_projections(reduced)
+    fuse_encoder(reduced)
     fused = copy.deepcopy(q)
     fuse_mlp_activations(fused)
     shared = copy.deepcopy(fused)
@@ -348,6 +359,7 @@ def bench_bert(batch: int, seq: int, engines: list[str], repeats: int, budget: f
     models["nnic int8, GELU fused"] = (fused, None)
     models["nnic int8, GELU fused, one QKV GEMM"] = (shared, None)
     models["nnic int8, all fused (fuse_encoder)"] = (encoder, None)
+    models["nnic int8, all fused, reduce_range"] = (reduced, None)
     if kernels.bf16_products_run():
         models["nnic int8, all fused, float32 attention"] = (f32_attention, None)
 
@@ -538,6 +550,7 @@ def main() -> None:
         per = {key: {name: stat(ts) for name, ts in times.items()} for key, times in all_res.items()}
         # Each switch's row beside the default's: its row, the rows without and with the switch, what it is.
         switches = (
+            (REDUCED, DEFAULT_LINEAR, REDUCED, "7-bit activations", "with reduce_range (7-bit activations)"),
             (UNSPREAD, UNSPREAD, DEFAULT_LINEAR, "spreading", "without spreading (kernels.set_gemm_spread(False))"),
             (ROUTED, DEFAULT_LINEAR, ROUTED, "routing", "routed by measured cost (kernels.set_gemm_routing(True))"),
         )
@@ -598,6 +611,8 @@ def report(m: int, k: int, n: int, times: dict[str, list[float]], stat_name: str
         lines.append(f"vs torch._int_mm: {res['torch._int_mm'] / nn_mm:.2f}x")
     if dyn:
         lines.append(f"nnic int8_linear vs best dynamic Linear: {min(dyn) / nn_lin:.2f}x")
+    if dyn and REDUCED in res:
+        lines.append(f"with reduce_range (7-bit activations, as quantize_dynamic): {min(dyn) / res[REDUCED]:.2f}x")
     if dyn and OWN_HELPERS in res:
         lines.append(f"on nnic's own helpers (NNIC_GEMM_BACKEND=rayon): {min(dyn) / res[OWN_HELPERS]:.2f}x")
     if dyn and TWO_PANELS in res:

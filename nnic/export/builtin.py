@@ -37,7 +37,9 @@ _FLOAT = 1  # onnx.TensorProto.FLOAT
 
 
 def _act_quantize(g: Any, x: Any, module: nn.Module) -> tuple[Any, Any, Any]:
-    """(uint8 codes, scale, zero point) of the activation ``x``: calibrated static range, else dynamic."""
+    """(uint8 codes, scale, zero point) of the activation ``x``: calibrated static range, else dynamic (ONNX's
+    ``DynamicQuantizeLinear``: 8 bits per tensor, also for per-token and ``reduce_range`` layers, whose graph thus
+    rounds activations no coarser than the layer does)."""
     if module.act == "static":
         s = SymbolicStandIn.const(g, module.act_scale.reshape(()).float())
         z = SymbolicStandIn.const(g, module.act_zero_point.reshape(()).to(torch.uint8))

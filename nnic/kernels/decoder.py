@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from nnic.kernels.adapters import Array, check_dtype, check_eps
+from nnic.kernels.gemm import full_settings
 from nnic.kernels.runtime import native
 
 
@@ -124,8 +125,9 @@ def decode_attention(qkv: Array, cos: Array, sin: Array, k_cache: Array, v_cache
 
 #: Each packed weight class's activation settings when none are given (``linear``'s defaults): per-token dynamic
 #: int8 activations, symmetric for int4, asymmetric for int8; the active ISA's path; no fused activation.
-_DEFAULT_SETTINGS = {"PackedInt4Weight": ("per_token", True, None, None, None, "none"),
-                     "PackedInt8Weight": ("per_token", False, None, None, None, "none")}
+_DEFAULT_SETTINGS = {"PackedInt4Weight": ("per_token", True, None, None, None, "none", False),
+                     "PackedInt8Weight": ("per_token", False, None, None, None, "none", False)}
+
 
 
 def decode_layer(x: Array, input_norm: Array, input_eps: float, post_norm: Array, post_eps: float,
@@ -141,7 +143,7 @@ def decode_layer(x: Array, input_norm: Array, input_eps: float, post_norm: Array
 
     ``weights``: the q/k/v, output, gate/up and down projections' packed int4/int8 weights (``pack_int4_weight`` /
     ``pack_int8_weight``); ``biases``: their float32 biases or None; ``settings``: each GEMM's ``(act, symmetric,
-    act_scale, act_zero_point, path, activation)`` as ``run_packed_linear`` takes them (default: the packed
+    act_scale, act_zero_point, path, activation[, reduce_range])`` as ``run_packed_linear`` takes them (default: the packed
     class's ``linear`` defaults). Returns a new tensor/array of ``x``'s kind and shape."""
     xa = _cpu_array(x, "x")
     if xa.ndim != 2:
@@ -158,7 +160,7 @@ def decode_layer(x: Array, input_norm: Array, input_eps: float, post_norm: Array
     native.decode_layer_step(xa, out, _cpu_array(input_norm, "input_norm"), check_eps(input_eps, "decode_layer"),
                              _cpu_array(post_norm, "post_norm"), check_eps(post_eps, "decode_layer"), list(weights),
                              [None if b is None else _cpu_array(b, "bias") for b in biases],
-                             [tuple(s) for s in settings], _cpu_array(cos, "cos"), _cpu_array(sin, "sin"), ka, va,
+                             [full_settings(s) for s in settings], _cpu_array(cos, "cos"), _cpu_array(sin, "sin"), ka, va,
                              heads, pos, scale)
     return _like(x, out)
 

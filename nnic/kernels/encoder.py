@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from nnic.kernels import twins
-from nnic.kernels.gemm import PackedInt8Weight, int8_linear
+from nnic.kernels.gemm import PackedInt8Weight, full_settings, int8_linear
 from nnic.kernels.adapters import Array, check_dtype, check_eps, float_output, on_device
 from nnic.kernels.runtime import active_isa, cpu_features, native
 
@@ -63,7 +63,8 @@ def skip_layer_norm(x: Array, residual: Array, weight: Array, bias: Array, eps: 
 def linear_skip_layer_norm(x: Array, packed: PackedInt8Weight, residual: Array, weight: Array, bias: Array,
                            eps: float = 1e-5, *, linear_bias: Array | None = None, act: str = "per_token",
                            symmetric: bool = False, act_scale: float | None = None,
-                           act_zero_point: int | None = None, path: str | None = None) -> Array:
+                           act_zero_point: int | None = None, path: str | None = None,
+                           reduce_range: bool = False) -> Array:
     """``skip_layer_norm(int8_linear(x, packed, linear_bias, act=..., ...), residual, weight, bias, eps)``, the
     same bits, as one native call: a BERT-style block ending (the projection back to the hidden size, the residual
     add and the LayerNorm). ``x[..., K]`` and ``residual[..., N]`` with the same leading dimensions; the rest as
@@ -78,7 +79,7 @@ def linear_skip_layer_norm(x: Array, packed: PackedInt8Weight, residual: Array, 
     if type(packed) is not PackedInt8Weight:
         raise TypeError(f"linear_skip_layer_norm: packed must come from pack_int8_weight, got {type(packed).__name__}")
     settings = {"act": act, "symmetric": symmetric, "act_scale": act_scale, "act_zero_point": act_zero_point,
-                "path": path}
+                "path": path, "reduce_range": reduce_range}
     tensors = [_as_tensor(a) for a in (x, residual, weight, bias)]
     lb = None if linear_bias is None else _as_tensor(linear_bias)
     if any(on_device(t) or t.dtype != torch.float32 for t in tensors + ([] if lb is None else [lb])):
@@ -88,12 +89,13 @@ def linear_skip_layer_norm(x: Array, packed: PackedInt8Weight, residual: Array, 
     xt, rt, wt, bt = (t.contiguous().numpy() for t in tensors)
     out = packed.linear_skip_layer_norm(xt, rt, wt.reshape(-1), bt.reshape(-1), eps,
                                         None if lb is None else lb.contiguous().numpy().reshape(-1), act, symmetric,
-                                        act_scale, act_zero_point, path)
+                                        act_scale, act_zero_point, path, reduce_range)
     return out if isinstance(x, np.ndarray) else torch.from_numpy(out)
 
 
 #: One GEMM of :func:`encoder_layer`: the packed weight, its bias (or None) and the settings its layer passes after
-#: the bias (``Int8Linear.kernel_args()``: act, symmetric, act_scale, act_zero_point, path, activation).
+#: the bias (``Int8Linear.kernel_args()``: act, symmetric, act_scale, act_zero_point, path, activation,
+#: reduce_range).
 LayerGemm = tuple[PackedInt8Weight, "torch.Tensor | None", tuple]
 
 
@@ -133,7 +135,7 @@ def encoder_layers(x: torch.Tensor, layers: Sequence[EncoderLayerArgs]) -> torch
 
     def gemm(g: LayerGemm, name: str) -> tuple:
         packed, bias, settings = g
-        return (packed, None if bias is None else array(bias, f"{name}'s bias").reshape(-1), *settings)
+        return (packed, None if bias is None else array(bias, f"{name}'s bias").reshape(-1), *full_settings(settings))
 
     def norm(n: tuple, name: str) -> tuple:
         weight, bias, eps = n

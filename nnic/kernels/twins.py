@@ -176,12 +176,13 @@ def int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def int8_linear(x: torch.Tensor, w_codes: torch.Tensor, w_scale: torch.Tensor, w_zero_point: torch.Tensor,
                 bias: torch.Tensor | None, act: str, symmetric: bool = True, act_scale: torch.Tensor | None = None,
-                act_zero_point: torch.Tensor | None = None) -> torch.Tensor:
+                act_zero_point: torch.Tensor | None = None, *, reduce_range: bool = False) -> torch.Tensor:
     """Twin of ``PackedInt8Weight.linear`` for float32 ``x[M, K]`` and int8 codes ``w_codes[N, K]``.
 
     Dynamic activations are quantized symmetrically (per token or per tensor; ``symmetric`` is accepted for
-    the CPU signature, the integer product is the same), static ones with the calibrated u8 scale and zero
-    point; then :func:`int_mm` and the float epilogue (weight zero points, scales, bias).
+    the CPU signature, the integer product is the same), to codes in [-127, 127], or [-63, 63] with
+    ``reduce_range``; static ones with the calibrated u8 scale and zero point; then :func:`int_mm` and the float
+    epilogue (weight zero points, scales, bias).
     """
     w_t = w_codes.t().to(x.device)
     if act == "static":
@@ -191,8 +192,9 @@ def int8_linear(x: torch.Tensor, w_codes: torch.Tensor, w_scale: torch.Tensor, w
         q = q - z  # centred codes in [-255, 255]: exact in int_mm's float64 fallback
     else:
         amax = x.abs().amax(dim=1, keepdim=True) if act == "per_token" else x.abs().amax()
-        s = torch.where(amax > 0, amax / 127, torch.ones_like(amax))
-        q = torch.clamp(torch.round(x / s), -127, 127)
+        top = 63 if reduce_range else 127
+        s = torch.where(amax > 0, amax / top, torch.ones_like(amax))
+        q = torch.clamp(torch.round(x / s), -top, top)
     acc = int_mm(q, w_t)
     zw = w_zero_point.to(x.device)
     if bool(zw.any()):

@@ -48,6 +48,7 @@ class LoweringContext:
     act: str = "per_token"
     symmetric: bool = False
     int4_scale_dtype: torch.dtype = DEFAULT_INT4_SCALE_DTYPE
+    reduce_range: bool = False
 
     def where(self, key: str | None = None) -> str:
         return f"calibration[{self.name!r}]" + (f"[{key!r}]" if key is not None else "")
@@ -149,7 +150,9 @@ class Int8Lowering:
         tc = layer.weight
         assert tc is not None
         w = module.weight  # the effective weight: parametrizations (masks, fake quantization) applied
-        kw = {"act": context.act, "symmetric": context.symmetric, **static_activation(layer, context)}
+        static = static_activation(layer, context)
+        kw = {"act": context.act, "symmetric": context.symmetric, "reduce_range": context.reduce_range and not static,
+              **static}
         if tc.scale is None:  # plain bits: quantize directly
             if tc.bits == 8:
                 return self.module_class.from_float(module, weight=w, **kw)

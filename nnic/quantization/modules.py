@@ -6,7 +6,9 @@ run :mod:`nnic.kernels`; CUDA tensors run its torch twins (``torch._int_mm`` for
 matmul (int4).
 
 Activations are quantized on the fly: ``act="per_token"`` (default; one scale per row), ``"per_tensor"``, or
-``"static"`` with a calibrated ``act_scale`` / ``act_zero_point`` (u8 domain, [0, 255]).
+``"static"`` with a calibrated ``act_scale`` / ``act_zero_point`` (u8 domain, [0, 255]). ``reduce_range=True``
+gives dynamic activations 7-bit codes (``torch.ao``'s x86 default): a CPU without AVX512-VNNI multiplies them with
+one operation fewer (:func:`nnic.kernels.int8_linear`); the results are the same on every CPU.
 
 These are inference modules: no gradients flow through them (the weights are integer buffers).
 """
@@ -68,12 +70,14 @@ class _Int8Base(nn.Module):
     bias: torch.Tensor | None
 
     def _init_common(self, shape: tuple[int, ...], bias: bool, act: str, symmetric: bool,
-                     act_scale: float | None, act_zero_point: int | None) -> None:
+                     act_scale: float | None, act_zero_point: int | None, reduce_range: bool = False) -> None:
         if act not in kernels.ACT_MODES:
             raise ValueError(f"act must be one of {kernels.ACT_MODES}, got {act!r}")
         if act == "static" and (act_scale is None or act_zero_point is None):
             raise ValueError("act='static' needs act_scale and act_zero_point")
-        self.act, self.symmetric = act, bool(symmetric)
+        if act == "static" and reduce_range:
+            raise ValueError("reduce_range (7-bit activation codes) applies to dynamic activations, not act='static'")
+        self.act, self.symmetric, self.reduce_range = act, bool(symmetric), bool(reduce_range)
         self.register_buffer("weight", torch.zeros(shape, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.ones(shape[0], dtype=torch.float32))
         self.register_buffer("weight_zero_point", torch.zeros(shape[0], dtype=torch.int32))
@@ -122,7 +126,7 @@ class _Int8Base(nn.Module):
         x2 = x2.float()
         if x2.is_cuda:
             return self._linear_cuda(x2)
-        kw: dict[str, Any] = {"act": self.act, "symmetric": self.symmetric}
+        kw: dict[str, Any] = {"act": self.act, "symmetric": self.symmetric, "reduce_range": self.reduce_range}
         if self.act == "static":
             kw.update(act_scale=float(self.act_scale), act_zero_point=int(self.act_zero_point))
         return kernels.int8_linear(x2, self._packed_weight(), None if self.bias is None else self.bias.float(),
@@ -131,7 +135,8 @@ class _Int8Base(nn.Module):
     def _linear_cuda(self, x: torch.Tensor) -> torch.Tensor:
         static = (self.act_scale, self.act_zero_point) if self.act == "static" else (None, None)
         y = kernels.twins.int8_linear(x, self.weight.reshape(self.weight.shape[0], -1), self.weight_scale,
-                                      self.weight_zero_point, self.bias, self.act, self.symmetric, *static)
+                                      self.weight_zero_point, self.bias, self.act, self.symmetric, *static,
+                                      reduce_range=self.reduce_range)
         return kernels.twins.activation(y, self.activation)
 
     def __getstate__(self) -> dict:
@@ -139,9 +144,14 @@ class _Int8Base(nn.Module):
         state["_packed"], state["_packed_key"] = None, ()
         return state
 
+    def __setstate__(self, state: dict) -> None:
+        state.setdefault("reduce_range", False)  # layers pickled before the option had 8-bit activations
+        self.__dict__.update(state)
+
     def _extra(self) -> str:
         per = "per_channel" if bool((self.weight_scale != self.weight_scale[0]).any()) else "per_tensor"
-        return f"weight={per}, act={self.act}{', symmetric' if self.symmetric else ''}"
+        flags = (", symmetric" if self.symmetric else "") + (", reduce_range" if self.reduce_range else "")
+        return f"weight={per}, act={self.act}{flags}"
 
 
 class Int8Linear(_Int8Base):
@@ -154,10 +164,10 @@ class Int8Linear(_Int8Base):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, act: str = "per_token",
                  symmetric: bool = False, act_scale: float | None = None, act_zero_point: int | None = None,
-                 activation: str | None = None) -> None:
+                 activation: str | None = None, reduce_range: bool = False) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self._init_common((out_features, in_features), bias, act, symmetric, act_scale, act_zero_point)
+        self._init_common((out_features, in_features), bias, act, symmetric, act_scale, act_zero_point, reduce_range)
         if activation not in (None, *kernels.ACTIVATIONS[1:]):
             raise ValueError(f"activation must be None or one of {kernels.ACTIVATIONS[1:]}, got {activation!r}")
         self.activation = activation
@@ -182,7 +192,7 @@ class Int8Linear(_Int8Base):
         """The activation settings this layer passes to its packed weight's ``linear`` after the bias (the arguments
         of :func:`nnic.kernels.run_packed_linear` after ``bias``)."""
         static = (float(self.act_scale), int(self.act_zero_point)) if self.act == "static" else (None, None)
-        return (self.act, self.symmetric, *static, None, self.activation or "none")
+        return (self.act, self.symmetric, *static, None, self.activation or "none", self.reduce_range)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = _run_direct(self, x)
@@ -208,7 +218,7 @@ class Int8Conv2d(_Int8Base):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1, padding: Any = 0,
                  dilation: Any = 1, bias: bool = True, *, act: str = "per_token", symmetric: bool = False,
-                 act_scale: float | None = None, act_zero_point: int | None = None) -> None:
+                 act_scale: float | None = None, act_zero_point: int | None = None, reduce_range: bool = False) -> None:
         super().__init__()
         pair = nn.modules.utils._pair
         self.in_channels, self.out_channels = in_channels, out_channels
@@ -217,7 +227,7 @@ class Int8Conv2d(_Int8Base):
         if not all(isinstance(p, int) for p in self.padding):
             raise ValueError(f"Int8Conv2d needs integer padding, got {padding!r}")
         shape = (out_channels, in_channels, *self.kernel_size)
-        self._init_common(shape, bias, act, symmetric, act_scale, act_zero_point)
+        self._init_common(shape, bias, act, symmetric, act_scale, act_zero_point, reduce_range)
 
     @staticmethod
     def supports(mod: nn.Module) -> str | None:
@@ -265,7 +275,7 @@ class Int8Conv2d(_Int8Base):
         if x.device.type == "cpu":
             kw: dict[str, Any] = {"act": "static", "act_scale": float(self.act_scale),
                                   "act_zero_point": int(self.act_zero_point)} if self.act == "static" else \
-                {"act": "per_tensor", "symmetric": self.symmetric}
+                {"act": "per_tensor", "symmetric": self.symmetric, "reduce_range": self.reduce_range}
             bias = None if self.bias is None else self.bias.float()
             y = kernels.int8_conv2d(x.float(), self._packed_weight(), bias, kernel_size=self.kernel_size,
                                  stride=self.stride, padding=self.padding, dilation=self.dilation, **kw)

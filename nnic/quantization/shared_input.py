@@ -140,9 +140,11 @@ def why_not_shared(a: nn.Module, b: nn.Module) -> str | None:
         if (pa is None) != (pb is None) or (pa is not None and not torch.equal(pa, pb)):
             return "a different input permutation (act order)"
         return None
-    if (a.act, a.symmetric, a.activation) != (b.act, b.symmetric, b.activation) or a.activation is not None:
+    if (a.act, a.symmetric, a.reduce_range, a.activation) != (b.act, b.symmetric, b.reduce_range, b.activation) \
+            or a.activation is not None:
         return (f"activation quantization / fused activation differ or are set: (act={b.act}, symmetric={b.symmetric}, "
-                f"activation={b.activation}) vs (act={a.act}, symmetric={a.symmetric}, activation={a.activation})")
+                f"reduce_range={b.reduce_range}, activation={b.activation}) vs (act={a.act}, symmetric={a.symmetric}, "
+                f"reduce_range={a.reduce_range}, activation={a.activation})")
     if a.act == "static" and (float(a.act_scale), int(a.act_zero_point)) != (float(b.act_scale), int(b.act_zero_point)):
         return "a different static activation range"
     return None
@@ -179,7 +181,7 @@ def _concat_int8(layers: list[Int8Linear]) -> Int8Linear:
     a = layers[0]
     static = {"act_scale": float(a.act_scale), "act_zero_point": int(a.act_zero_point)} if a.act == "static" else {}
     fused = Int8Linear(a.in_features, sum(lin.out_features for lin in layers), bias=False, act=a.act,
-                       symmetric=a.symmetric, **static)
+                       symmetric=a.symmetric, reduce_range=a.reduce_range, **static)
     fused.set_weight(torch.cat([lin.weight.cpu() for lin in layers]),
                      torch.cat([lin.weight_scale.cpu() for lin in layers]),
                      torch.cat([lin.weight_zero_point.cpu() for lin in layers]))

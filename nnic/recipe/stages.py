@@ -152,7 +152,7 @@ def _validate_quantize(where: Where, spec: dict, seen: list[str], has_data: bool
 
 def _validate_quantization_speedup(where: Where, spec: dict, seen: list[str], has_data: bool) -> dict:
     kwargs = _takes_only(where.key("kwargs"), check_kwargs(where.key("kwargs"), spec.get("kwargs")),
-                         ("on_unsupported", "act", "symmetric"), "quantization_speedup")
+                         ("on_unsupported", "act", "symmetric", "reduce_range"), "quantization_speedup")
     out: dict[str, Any] = {"stage": "quantization_speedup", "kwargs": kwargs}
     if "bits" in spec:
         bits = spec["bits"]

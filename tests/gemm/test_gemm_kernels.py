@@ -113,26 +113,27 @@ def test_follows_set_isa():
 
 
 # --------------------------------------------------------------------------- float epilogue
-def act_qparams(lo: float, hi: float, symmetric: bool) -> tuple[np.float32, int]:
+def act_qparams(lo: float, hi: float, symmetric: bool, qmax: int = 255) -> tuple[np.float32, int]:
+    """Scale and u8 zero point for codes in [0, qmax] (255; 127 with ``reduce_range``)."""
     lo, hi = np.float32(min(lo, 0.0)), np.float32(max(hi, 0.0))
     fix = lambda s: np.float32(1.0) if s == 0 else max(s, np.finfo(np.float32).tiny)  # noqa: E731
     if symmetric:
-        return fix(np.float32(max(-lo, hi)) / np.float32(127)), 128
-    s = fix(np.float32(hi - lo) / np.float32(255))
-    return s, int(np.clip(-np.rint(lo / s), 0, 255))
+        return fix(np.float32(max(-lo, hi)) / np.float32(qmax // 2)), (qmax + 1) // 2
+    s = fix(np.float32(hi - lo) / np.float32(qmax))
+    return s, int(np.clip(-np.rint(lo / s), 0, qmax))
 
 
-def ref_linear(x, w_q, scale, zero, bias, act, symmetric, act_scale=None, act_zp=None):
+def ref_linear(x, w_q, scale, zero, bias, act, symmetric, act_scale=None, act_zp=None, qmax=255):
     """numpy reference: the same activation quantization, exact int64 products, float64 epilogue."""
     rows = []
     for i in range(x.shape[0]):
         if act == "static":
             s, z = np.float32(act_scale), act_zp
         elif act == "per_tensor":
-            s, z = act_qparams(x.min(initial=0), x.max(initial=0), symmetric)
+            s, z = act_qparams(x.min(initial=0), x.max(initial=0), symmetric, qmax)
         else:
-            s, z = act_qparams(x[i].min(initial=0), x[i].max(initial=0), symmetric)
-        q = np.clip(np.rint(x[i] * (np.float32(1) / s)) + z, 0, 255).astype(np.int64) - z
+            s, z = act_qparams(x[i].min(initial=0), x[i].max(initial=0), symmetric, qmax)
+        q = np.clip(np.rint(x[i] * (np.float32(1) / s)) + z, 0, qmax).astype(np.int64) - z
         acc = (w_q.astype(np.int64) - zero.astype(np.int64)[:, None]) @ q
         prod = acc * np.float64(s) * scale.astype(np.float64)
         b = 0 if bias is None else bias.astype(np.float64)
@@ -168,6 +169,37 @@ def test_int8_linear_matches_reference(path, act, case, symmetric):
     want, size = ref_linear(x, w, s, z, bias, act, symmetric, kw.get("act_scale"), kw.get("act_zero_point"))
     tol = EPILOGUE_RTOL * (size + size.max(initial=0) * 1e-3 + 1e-30)
     assert np.all(np.abs(got - want) <= tol), np.abs(got - want).max()
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("act", ["per_token", "per_tensor"])
+@given(case=linear_case(), symmetric=st.booleans())
+def test_reduce_range_quantizes_activations_to_7_bits_on_every_path(path, act, case, symmetric):
+    """``reduce_range``: codes in [0, 127] (symmetric: zero point 64, scale max|x| / 63), on every path the
+    reference's values; weights hold -128 here (AVX2 then multiplies with its narrow tile, exact for them too)."""
+    x, w, scale, zero, bias = case
+    packed = gemm.pack_int8_weight(w, scale, zero)
+    got = gemm.int8_linear(x, packed, bias, act=act, symmetric=symmetric, path=path, reduce_range=True)
+    z = np.zeros(w.shape[0], np.int32) if zero is None else zero
+    want, size = ref_linear(x, w, np.broadcast_to(scale, (w.shape[0],)), z, bias, act, symmetric, qmax=127)
+    tol = EPILOGUE_RTOL * (size + size.max(initial=0) * 1e-3 + 1e-30)
+    assert np.all(np.abs(got - want) <= tol), np.abs(got - want).max()
+    assert np.array_equal(got, gemm.int8_linear(x, packed, bias, act=act, symmetric=symmetric, path="scalar",
+                                                reduce_range=True))
+
+
+def test_reduce_range_halves_the_activation_resolution_and_refuses_static_activations():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((64, 512)).astype(np.float32)
+    w = rng.standard_normal((256, 512)).astype(np.float32)
+    q, s = gemm.quantize_int8_weight(torch.from_numpy(w))
+    packed = gemm.pack_int8_weight(q, s)
+    exact = x @ (q.numpy().astype(np.float32) * s.numpy()[:, None]).T
+    err8 = np.abs(gemm.int8_linear(x, packed) - exact).mean()
+    err7 = np.abs(gemm.int8_linear(x, packed, reduce_range=True) - exact).mean()
+    assert 1.6 < err7 / err8 < 2.4  # half the levels: about twice the rounding error
+    with pytest.raises(ValueError, match="reduce_range.*static"):
+        gemm.int8_linear(x, packed, act="static", act_scale=0.1, act_zero_point=128, reduce_range=True)
 
 
 @pytest.mark.parametrize("backend", ["openmp", "rayon"])

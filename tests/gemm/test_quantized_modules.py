@@ -40,6 +40,29 @@ def test_int8_linear_close_to_float(act, symmetric, per_channel):
     assert cos(y, lin(x)) > INT8_COSINE
 
 
+def test_reduce_range_layers_run_7_bit_activations_everywhere_and_keep_the_setting():
+    """``quantization_speedup(..., reduce_range=True)``: every int8 layer (Linear and Conv2d) quantizes its dynamic
+    activations to 7 bits, as the kernel does when asked directly; the CPU twin (the CUDA path's torch code) gives
+    the same values; the setting survives pickling and shows in the repr; static activations refuse it."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8 * 6 * 6, 40), nn.ReLU(), nn.Linear(40, 10))
+    q = nnic.quantization_speedup(copy.deepcopy(model), {"0": 8, "2": 8, "4": 8}, reduce_range=True, symmetric=True)
+    layers = [q[0], q[2], q[4]]
+    assert all(layer.reduce_range for layer in layers) and "reduce_range" in repr(q[2])
+    x = torch.randn(5, 3, 8, 8)
+    assert cos(q(x), model(x)) > 0.998
+    h = torch.randn(7, 288)
+    want = gemm.int8_linear(h, q[2]._packed_weight(), q[2].bias, symmetric=True, reduce_range=True)
+    torch.testing.assert_close(q[2](h), want, rtol=0, atol=0)
+    assert not torch.equal(want, gemm.int8_linear(h, q[2]._packed_weight(), q[2].bias, symmetric=True))
+    twin = gemm.twins.int8_linear(h, q[2].weight, q[2].weight_scale, q[2].weight_zero_point, q[2].bias, "per_token",
+                                  True, reduce_range=True)
+    torch.testing.assert_close(twin, want, rtol=1e-5, atol=1e-5)
+    clone = copy.deepcopy(q)
+    assert clone[2].reduce_range and torch.equal(clone(x), q(x))
+    with pytest.raises(ValueError, match="reduce_range"):
+        Int8Linear(4, 4, act="static", act_scale=0.1, act_zero_point=128, reduce_range=True)
+
+
 def test_int8_linear_static_activations():
     lin = nn.Linear(64, 16)
     x = torch.randn(20, 64)

@@ -48,7 +48,7 @@ fn main() {
     let flush = std::env::var("FLUSH").is_ok();
     let counts: Vec<usize> = if std::env::var("THREADS").is_ok_and(|v| v == "2") { vec![2] } else { vec![1, 2] };
     let path = Path::active();
-    let act = ActQuant::DynamicPerRow { symmetric: false };
+    let act = ActQuant::DynamicPerRow { symmetric: false, reduce_range: false };
     let w: Vec<i8> = (0..n * k).map(|i| ((i * 7919 + 13) % 255) as i8).collect();
     let scale: Vec<f32> = (0..n).map(|j| 0.001 + j as f32 * 1e-6).collect();
     let pw = PackedLinear::new(&w, n, k, &scale, &[]).unwrap();

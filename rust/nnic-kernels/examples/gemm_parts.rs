@@ -46,7 +46,7 @@ fn main() {
     if !given.is_empty() {
         shapes = given;
     }
-    let act = ActQuant::DynamicPerRow { symmetric: false }; // as `quantization_speedup` does
+    let act = ActQuant::DynamicPerRow { symmetric: false, reduce_range: false }; // as `quantization_speedup` does
     for (k, n, activation, what) in shapes {
         let w: Vec<i8> = (0..n * k).map(|i| ((i * 7919 + 13) % 255) as i8).collect();
         let scale: Vec<f32> = (0..n).map(|j| 0.001 + j as f32 * 1e-6).collect();

@@ -196,7 +196,7 @@ fn one_thread(plain: &[HugeBuf<u8>], packed: &[PackedLinear], x: &[f32], k: usiz
                 }
                 6 => nnic_kernels::gemm::matmul_i8(path, &xa, 1, packed[i].packed(), &mut o32).unwrap(),
                 _ => {
-                    let act = ActQuant::DynamicPerRow { symmetric: true };
+                    let act = ActQuant::DynamicPerRow { symmetric: true, reduce_range: false };
                     int8_linear(path, x, 1, &packed[i], None, act, Activation::Identity, &mut out).unwrap()
                 }
             }
@@ -380,7 +380,7 @@ fn main() {
     let x: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0).collect();
     let mut out = vec![0f32; m * n];
     let path = Path::active();
-    let act = ActQuant::DynamicPerRow { symmetric: true };
+    let act = ActQuant::DynamicPerRow { symmetric: true, reduce_range: false };
     pool::set_num_threads(2).unwrap();
     int8_linear(path, &x, m, &packed[0], None, act, Activation::Identity, &mut out).unwrap();
     let partner = Partner::start();

@@ -176,7 +176,7 @@ fn main() {
     let mut out = vec![0f32; m * n];
     let mut out_i = vec![0i32; m * n];
     let path = Path::active();
-    let act = ActQuant::DynamicPerRow { symmetric: true };
+    let act = ActQuant::DynamicPerRow { symmetric: true, reduce_range: false };
     if std::env::var("PROBE").is_ok_and(|v| v == "1") {
         probe_prefetch(&plain, rounds);
         return;

@@ -31,7 +31,7 @@ fn main() {
             PackedInt4::new(&q, n, k, &s32, &[], g).expect("valid weight")
         };
         let x: Vec<f32> = (0..m * k).map(|_| (rng.next() % 2001) as f32 / 1000.0 - 1.0).collect();
-        let act = ActQuant::DynamicPerRow { symmetric: false };
+        let act = ActQuant::DynamicPerRow { symmetric: false, reduce_range: false };
         let mut out = vec![0f32; m * n];
         let reps = (work / (n * k)).max(10);
         let mut times = Vec::with_capacity(rounds);

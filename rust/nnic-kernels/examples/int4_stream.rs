@@ -153,7 +153,7 @@ fn main() {
     let x: Vec<f32> = (0..k).map(|_| (rng.next() % 2001) as f32 / 1000.0 - 1.0).collect();
     let a: Vec<u8> = (0..k).map(|_| rng.next() as u8).collect();
     let na: Vec<i32> = (0..ng).map(|_| -((rng.next() % 4096) as i32)).collect();
-    let act = ActQuant::DynamicPerRow { symmetric: false };
+    let act = ActQuant::DynamicPerRow { symmetric: false, reduce_range: false };
     let mut out = vec![0f32; n];
     let mut cases = vec!["int8", "int4"];
     if probes && threads == 1 {

@@ -46,7 +46,7 @@ fn main() {
         };
         cpu.unwrap_or_else(|| start.elapsed().as_secs_f64())
     };
-    let act = ActQuant::DynamicPerRow { symmetric: false };
+    let act = ActQuant::DynamicPerRow { symmetric: false, reduce_range: false };
     println!(
         "int8_linear {k}x{n}, path {}, {threads} thread(s) ({}), {copies} copies, {rounds} rounds: medians [p10], us",
         path.name(),

@@ -91,7 +91,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let rounds: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(30);
     let density: f64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(0.1);
-    let act = ActQuant::DynamicPerRow { symmetric: false };
+    let act = ActQuant::DynamicPerRow { symmetric: false, reduce_range: false };
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     println!("density {density}, {rounds} interleaved rounds, medians; ratio = dense / sparse");
     let peak = vpdpbusd_peak();

@@ -250,7 +250,7 @@ fn main() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let k = 4096;
     let x: Vec<f32> = (0..k).map(|_| rng.f()).collect();
-    let act = Some(ActQuant::DynamicPerRow { symmetric: false });
+    let act = Some(ActQuant::DynamicPerRow { symmetric: false, reduce_range: false });
     let cases: Vec<(&str, SparseLinear, Option<ActQuant>)> = vec![
         ("90% csr", csr(&mut rng, 4096, k, 0.1, false), None),
         ("70% bitmask", csr(&mut rng, 4096, k, 0.3, false), None),

@@ -61,7 +61,7 @@ fn main() {
     let macs = (iters * 24 * 64) as f64;
     let (m, k, n) = (128, 4096, 2048);
     let path = Path::active();
-    let act = ActQuant::DynamicPerRow { symmetric: false };
+    let act = ActQuant::DynamicPerRow { symmetric: false, reduce_range: false };
     let layer = |seed: usize| {
         let w: Vec<i8> = (0..n * k).map(|i| ((i * 7919 + 13 + seed) % 255) as i8).collect();
         PackedLinear::new(&w, n, k, &vec![0.001; n], &[]).unwrap()

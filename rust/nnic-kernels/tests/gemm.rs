@@ -69,7 +69,8 @@ fn matmul_exact_all_paths() {
 /// Few-row products large enough to run in parallel (the weights streamed once, in column blocks that the threads
 /// take dynamically), with a partial last block and a partial last column panel: the integer products stay exact,
 /// the float outputs match the reference and have the same bits on every path, with the epilogue in the tiles (K
-/// within one slice) and after the block (K > KC).
+/// within one slice) and after the block (K > KC), for 8- and 7-bit activations (`reduce_range`: the AVX2 path's
+/// narrow tile).
 #[test]
 fn parallel_few_row_products_are_exact() {
     let mut rng = Rng(53);
@@ -82,21 +83,25 @@ fn parallel_few_row_products_are_exact() {
         let bias = rng.f32s(n);
         let sw: Vec<f32> = (0..n).map(|j| 0.001 + j as f32 * 1e-5).collect();
         let packed = PackedLinear::new(&w, n, k, &sw, &[]).unwrap();
-        let want_f = ref_linear(&x, m, k, &w, n, &sw, &[], &bias, false);
-        let act = ActQuant::DynamicPerRow { symmetric: false };
-        let mut bits = Vec::new();
         for p in paths() {
             let mut c = vec![0i32; m * n];
             gemm::int8_matmul(p, &a, m, k, &b, n, &mut c).unwrap();
             assert_eq!(c, want, "path {p:?} shape {m}x{k}x{n}");
-            let mut out = vec![0f32; m * n];
-            gemm::int8_linear(p, &x, m, &packed, Some(&bias), act, Activation::Identity, &mut out).unwrap();
-            for (g, w) in out.iter().zip(&want_f) {
-                assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{p:?} {m}x{k}x{n}: {g} vs {w}");
-            }
-            bits.push(out.iter().map(|v| v.to_bits()).collect::<Vec<u32>>());
         }
-        assert!(bits.windows(2).all(|w| w[0] == w[1]), "{m}x{k}x{n}: the paths' float bits differ");
+        for reduce_range in [false, true] {
+            let act = ActQuant::DynamicPerRow { symmetric: false, reduce_range };
+            let want_f = ref_linear(&x, m, k, &w, n, &sw, &[], &bias, false, act.qmax());
+            let mut bits = Vec::new();
+            for p in paths() {
+                let mut out = vec![0f32; m * n];
+                gemm::int8_linear(p, &x, m, &packed, Some(&bias), act, Activation::Identity, &mut out).unwrap();
+                for (g, w) in out.iter().zip(&want_f) {
+                    assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{p:?} {m}x{k}x{n} {act:?}: {g} vs {w}");
+                }
+                bits.push(out.iter().map(|v| v.to_bits()).collect::<Vec<u32>>());
+            }
+            assert!(bits.windows(2).all(|w| w[0] == w[1]), "{m}x{k}x{n} {act:?}: the paths' float bits differ");
+        }
     }
 }
 
@@ -143,6 +148,36 @@ fn weights_without_minus_128_are_exact_on_every_path() {
     }
 }
 
+/// 7-bit activations (`reduce_range`) at their extremes (codes 0 and 127) against weights at theirs (-128 and 127):
+/// the pair sums of the AVX2 path's narrow tile reach 2·127·128 = 32512, within i16; every path is exact (the
+/// reference sums in i64) and gives the same bits, per row and per tensor, over K slices and partial panels.
+#[test]
+fn seven_bit_activations_are_exact_at_the_extremes_on_every_path() {
+    for &(m, k, n) in &[(5, 4099, 33), (1, 64, 64), (2, 70, 31), (40, 2 * gemm::KC + 9, 70)] {
+        // Rows alternating ±1 (codes 0 and 127 with zero point 64 or 63) and rows of one positive value (all 127).
+        let x: Vec<f32> = (0..m * k).map(|i| if (i / k) % 2 == 0 { [1.0, -1.0][i % 2] } else { 0.5 }).collect();
+        let bias = vec![0.0f32; n];
+        for wv in [-128i8, 127] {
+            let w = vec![wv; n * k];
+            let packed = PackedLinear::new(&w, n, k, &[0.01], &[]).unwrap();
+            for sym in [false, true] {
+                let act = ActQuant::DynamicPerRow { symmetric: sym, reduce_range: true };
+                let want = ref_linear(&x, m, k, &w, n, &[0.01], &[], &bias, sym, 127);
+                let mut bits = Vec::new();
+                for p in paths() {
+                    let mut out = vec![0f32; m * n];
+                    gemm::int8_linear(p, &x, m, &packed, None, act, Activation::Identity, &mut out).unwrap();
+                    for (g, w) in out.iter().zip(&want) {
+                        assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{p:?} {m}x{k}x{n} {act:?} w={wv}: {g} vs {w}");
+                    }
+                    bits.push(out.iter().map(|v| v.to_bits()).collect::<Vec<u32>>());
+                }
+                assert!(bits.windows(2).all(|w| w[0] == w[1]), "{m}x{k}x{n} {act:?} w={wv}: the paths' float bits differ");
+            }
+        }
+    }
+}
+
 #[test]
 fn k_limit() {
     let k = gemm::MAX_K + 1;
@@ -184,15 +219,18 @@ fn packing_round_trips() {
     }
 }
 
-/// Reference of the float path with the same activation quantization.
-fn ref_linear(x: &[f32], m: usize, k: usize, w: &[i8], n: usize, sw: &[f32], zw: &[i32], bias: &[f32], sym: bool) -> Vec<f32> {
+/// Reference of the float path with the same activation quantization (codes up to `qmax`: 255, or 127 for
+/// `reduce_range`).
+#[allow(clippy::too_many_arguments)]
+fn ref_linear(x: &[f32], m: usize, k: usize, w: &[i8], n: usize, sw: &[f32], zw: &[i32], bias: &[f32], sym: bool, qmax: i32) -> Vec<f32> {
     let mut out = vec![0f32; m * n];
     for i in 0..m {
         let row = &x[i * k..(i + 1) * k];
         let lo = row.iter().cloned().fold(f32::INFINITY, f32::min);
         let hi = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let (s, z) = gemm::act_qparams(lo, hi, sym);
-        let q: Vec<i64> = row.iter().map(|&v| (((v * (1.0 / s)).round_ties_even() + z as f32).clamp(0.0, 255.0)) as i64 - z as i64).collect();
+        let (s, z) = gemm::act_qparams(lo, hi, sym, qmax);
+        let q: Vec<i64> =
+            row.iter().map(|&v| (((v * (1.0 / s)).round_ties_even() + z as f32).clamp(0.0, qmax as f32)) as i64 - z as i64).collect();
         for j in 0..n {
             let zj = if zw.is_empty() { 0 } else { zw[j] } as i64;
             let acc: i64 = (0..k).map(|kk| q[kk] * (w[j * k + kk] as i64 - zj)).sum();
@@ -214,14 +252,14 @@ fn linear_matches_reference() {
         let zw: Vec<i32> = (0..n).map(|j| (j as i32 % 7) - 3).collect();
         for (sw, zw) in [(&sw[..1], &[][..]), (&sw[..], &zw[..])] {
             let packed = PackedLinear::new(&w, n, k, sw, zw).unwrap();
-            for sym in [true, false] {
-                let want = ref_linear(&x, m, k, &w, n, sw, zw, &bias, sym);
+            for (sym, reduce_range) in [(true, false), (false, false), (true, true), (false, true)] {
+                let act = ActQuant::DynamicPerRow { symmetric: sym, reduce_range };
+                let want = ref_linear(&x, m, k, &w, n, sw, zw, &bias, sym, act.qmax());
                 for p in paths() {
                     let mut out = vec![0f32; m * n];
-                    let act = ActQuant::DynamicPerRow { symmetric: sym };
                     gemm::int8_linear(p, &x, m, &packed, Some(&bias), act, Activation::Identity, &mut out).unwrap();
                     for (g, w) in out.iter().zip(&want) {
-                        assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{p:?} {m}x{k}x{n}: {g} vs {w}");
+                        assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{p:?} {m}x{k}x{n} {act:?}: {g} vs {w}");
                     }
                 }
             }
@@ -265,7 +303,7 @@ fn linear_activations_are_applied_in_the_epilogue() {
     let zw: Vec<i32> = (0..n).map(|j| (j as i32 % 5) - 2).collect();
     for zw in [&[][..], &zw[..]] {
         let packed = PackedLinear::new(&w, n, k, &sw, zw).unwrap();
-        let act = ActQuant::DynamicPerRow { symmetric: false };
+        let act = ActQuant::DynamicPerRow { symmetric: false, reduce_range: false };
         for p in paths() {
             let run = |a: Activation| {
                 let mut out = vec![0f32; m * n];
@@ -335,7 +373,7 @@ fn int4_matches_reference() {
                 let row = &x[i * k..(i + 1) * k];
                 let lo = row.iter().cloned().fold(f32::INFINITY, f32::min);
                 let hi = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                let (sa, za) = gemm::act_qparams(lo, hi, sym);
+                let (sa, za) = gemm::act_qparams(lo, hi, sym, 255);
                 let qa: Vec<f64> = row
                     .iter()
                     .map(|&v| (((v * (1.0 / sa)).round_ties_even() + za as f32).clamp(0.0, 255.0) as i32 - za) as f64)
@@ -351,7 +389,7 @@ fn int4_matches_reference() {
             }
             for p in paths() {
                 let mut out = vec![0f32; m * n];
-                int4::int4_linear(p, &x, m, &packed, None, ActQuant::DynamicPerRow { symmetric: sym }, &mut out).unwrap();
+                int4::int4_linear(p, &x, m, &packed, None, ActQuant::DynamicPerRow { symmetric: sym, reduce_range: false }, &mut out).unwrap();
                 for (gv, wv) in out.iter().zip(&want) {
                     assert!((*gv as f64 - wv).abs() <= 1e-4 * (1.0 + wv.abs()), "{p:?} {m}x{k}x{n} g{g}: {gv} vs {wv}");
                 }
@@ -402,12 +440,12 @@ fn conv2d_matches_reference() {
         for sym in [false, true] {
             let lo = x.iter().cloned().fold(f32::INFINITY, f32::min);
             let hi = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-            let (s, z) = gemm::act_qparams(lo, hi, sym);
+            let (s, z) = gemm::act_qparams(lo, hi, sym, 255);
             let q: Vec<i64> =
                 x.iter().map(|&v| ((v * (1.0 / s)).round_ties_even() + z as f32).clamp(0.0, 255.0) as i64 - z as i64).collect();
             for p in paths() {
                 let mut out = vec![0f32; g.n * ho * wo * co];
-                int8_conv2d(p, &x, g, &pw, Some(&bias), ActQuant::DynamicPerTensor { symmetric: sym }, &mut out).unwrap();
+                int8_conv2d(p, &x, g, &pw, Some(&bias), ActQuant::DynamicPerTensor { symmetric: sym, reduce_range: false }, &mut out).unwrap();
                 for img in 0..g.n {
                     for oy in 0..ho {
                         for ox in 0..wo {
@@ -494,7 +532,7 @@ fn nonfinite_activation_is_named_by_its_flat_index_in_large_inputs() {
     x[bad] = f32::NAN;
     for p in paths() {
         let mut out = vec![0f32; m * n];
-        let act = ActQuant::DynamicPerTensor { symmetric: false };
+        let act = ActQuant::DynamicPerTensor { symmetric: false, reduce_range: false };
         let e = gemm::int8_linear(p, &x, m, &packed, None, act, Activation::Identity, &mut out).unwrap_err().to_string();
         assert!(e.contains(&format!("flat index {bad}")), "{p:?}: {e}");
     }
@@ -516,7 +554,7 @@ fn every_path_gives_the_same_float_bits() {
         let zw: Vec<i32> = (0..n).map(|j| (j as i32 % 7) - 3).collect();
         for (w, zw) in [&raw, &min_free].into_iter().flat_map(|w| [(w, &[][..]), (w, &zw[..])]) {
             let packed = PackedLinear::new(w, n, k, &sw, zw).unwrap();
-            for act in [ActQuant::DynamicPerRow { symmetric: false }, ActQuant::DynamicPerTensor { symmetric: true }] {
+            for act in [ActQuant::DynamicPerRow { symmetric: false, reduce_range: false }, ActQuant::DynamicPerTensor { symmetric: true, reduce_range: false }] {
                 for a in [Activation::Identity, Activation::Relu, Activation::Gelu] {
                     for b in [None, Some(&bias[..])] {
                         let run = |p: Path| {
@@ -563,7 +601,7 @@ fn the_tall_tile_gives_the_bits_of_the_two_panel_tiles() {
                 gemm::set_tall_tile(true);
                 (out.iter().map(|v| v.to_bits()).collect::<Vec<u32>>(), exact)
             };
-            for act in [ActQuant::DynamicPerRow { symmetric: false }, ActQuant::DynamicPerRow { symmetric: true }] {
+            for act in [ActQuant::DynamicPerRow { symmetric: false, reduce_range: false }, ActQuant::DynamicPerRow { symmetric: true, reduce_range: false }] {
                 for f in [Activation::Identity, Activation::Gelu] {
                     let (tall, two) = (run(true, act, f), run(false, act, f));
                     assert_eq!(tall, two, "{m}x{k}x{n} {act:?} {f:?}");

@@ -161,7 +161,7 @@ fn int8_activations_match_exact_integer_sums() {
     let x = rng.normals(6 * 300, 2.0);
     let mut out = vec![0f32; 6 * 13];
     for_each_isa(|_| {
-        w.linear(&x, 6, None, Some(ActQuant::DynamicPerRow { symmetric: true }), &mut out).unwrap();
+        w.linear(&x, 6, None, Some(ActQuant::DynamicPerRow { symmetric: true, reduce_range: false }), &mut out).unwrap();
         let d = w.to_dense();
         for i in 0..6 {
             let row = &x[i * 300..(i + 1) * 300];
@@ -176,7 +176,7 @@ fn int8_activations_match_exact_integer_sums() {
     });
     let mut x2 = x.clone();
     x2[5] = f32::NAN;
-    assert!(w.linear(&x2, 6, None, Some(ActQuant::DynamicPerRow { symmetric: true }), &mut out).is_err());
+    assert!(w.linear(&x2, 6, None, Some(ActQuant::DynamicPerRow { symmetric: true, reduce_range: false }), &mut out).is_err());
 }
 
 #[test]
@@ -214,7 +214,7 @@ fn int8_activations_at_small_batches_are_exact_integer_sums_on_every_path() {
             let w = random_csr(&mut rng, 9, k, density, true);
             for m in 1..=3 {
                 let x = rng.normals(m * k, 3.0);
-                for act in [ActQuant::DynamicPerRow { symmetric: false }, ActQuant::DynamicPerTensor { symmetric: true }] {
+                for act in [ActQuant::DynamicPerRow { symmetric: false, reduce_range: false }, ActQuant::DynamicPerTensor { symmetric: true, reduce_range: false }] {
                     let want = int8_reference(&w, &x, m, act);
                     let mut out = vec![f32::NAN; m * 9];
                     for_each_isa(|isa| {
@@ -247,7 +247,7 @@ fn products_split_over_threads_equal_the_one_thread_product_bit_for_bit() {
             for m in [1, 3, 70] {
                 let x = rng.normals(m * k, 1.0);
                 let bias = rng.normals(n, 1.0);
-                let act = [None, Some(ActQuant::DynamicPerRow { symmetric: false })];
+                let act = [None, Some(ActQuant::DynamicPerRow { symmetric: false, reduce_range: false })];
                 for a in act {
                     let run = |threads: usize| {
                         pool::set_num_threads(threads).unwrap();

@@ -131,14 +131,14 @@ struct StepGemm<'a> {
 }
 
 /// A layer GEMM's activation settings, as `kernel_args()` gives them: `(act, symmetric, act_scale,
-/// act_zero_point, path, activation)`.
-type GemmSettings = (String, bool, Option<f32>, Option<i32>, Option<String>, String);
+/// act_zero_point, path, activation, reduce_range)`.
+type GemmSettings = (String, bool, Option<f32>, Option<i32>, Option<String>, String, bool);
 
 /// One decode step of a LLaMA-style decoder layer (`nnic_kernels::decoder::decode_layer`) in one call with the
 /// GIL released once: RMSNorm, the q/k/v GEMM, rotary + key/value write at `pos` + grouped-query attention, the
 /// output GEMM, residual add + RMSNorm, the gate/up GEMM, SiLU-gated product, the down GEMM and the residual add
 /// into `out` (`[batch, hidden]`, like `x`). `weights`, `biases`, `settings`: the four GEMMs' packed weights,
-/// biases (or None) and activation settings (`kernel_args()`'s six values). `ahead` (optional): for each GEMM, the
+/// biases (or None) and activation settings (`kernel_args()`'s seven values). `ahead` (optional): for each GEMM, the
 /// packed weights to queue for the background prefetch walk after it (at most `budget` bytes each time).
 #[pyfunction]
 #[pyo3(signature = (x, out, input_norm, input_eps, post_norm, post_eps, weights, biases, settings, cos, sin,
@@ -180,12 +180,12 @@ pub fn decode_layer_step(
     }
     let mut gemms = Vec::with_capacity(4);
     for (i, ((w, b), s)) in weights.iter().zip(&biases).zip(&settings).enumerate() {
-        let (act, symmetric, act_scale, act_zero_point, p, activation) = s;
+        let (act, symmetric, act_scale, act_zero_point, p, activation, reduce_range) = s;
         gemms.push(StepGemm {
             weight: Packed::of(w, &format!("weights[{i}]"))?,
             bias: b.as_ref().map(|b| slice(b, "bias")).transpose()?,
             path: path(p.as_deref())?,
-            act: act_quant(act, *symmetric, *act_scale, *act_zero_point)?,
+            act: act_quant(act, *symmetric, *act_scale, *act_zero_point, *reduce_range)?,
             activation: to_py(Activation::parse(activation))?,
         });
     }

@@ -85,7 +85,7 @@ pub fn attention(
 }
 
 /// One int8 GEMM of [`encoder_layers`]: the packed weight, its bias, and the settings its layer passes after the bias
-/// (`Int8Linear.kernel_args()`: act, symmetric, act_scale, act_zero_point, path, activation).
+/// (`Int8Linear.kernel_args()`: act, symmetric, act_scale, act_zero_point, path, activation, reduce_range).
 type LayerGemm<'py> = (
     PyRef<'py, PackedInt8Weight>,
     Option<PyReadonlyArray1<'py, f32>>,
@@ -95,6 +95,7 @@ type LayerGemm<'py> = (
     Option<i32>,
     Option<String>,
     String,
+    bool,
 );
 
 /// A LayerNorm of [`encoder_layers`]: weight, bias, eps.
@@ -102,8 +103,8 @@ type LayerNorm<'py> = (PyReadonlyArray1<'py, f32>, PyReadonlyArray1<'py, f32>, f
 
 /// `out[m, n] = linear(x)` for one [`LayerGemm`] (the call `PackedInt8Weight.linear` makes), GIL released.
 fn layer_linear(py: Python<'_>, g: &LayerGemm<'_>, x: &[f32], m: usize, out: &mut [f32]) -> PyResult<()> {
-    let (w, bias, act, symmetric, act_scale, act_zero_point, p, activation) = g;
-    let (p, aq) = (path(p.as_deref())?, act_quant(act, *symmetric, *act_scale, *act_zero_point)?);
+    let (w, bias, act, symmetric, act_scale, act_zero_point, p, activation, reduce_range) = g;
+    let (p, aq) = (path(p.as_deref())?, act_quant(act, *symmetric, *act_scale, *act_zero_point, *reduce_range)?);
     let activation = to_py(Activation::parse(activation))?;
     let bias = bias.as_ref().map(|b| slice(b, "bias")).transpose()?;
     let w = &*w.inner;
@@ -115,11 +116,11 @@ fn layer_linear(py: Python<'_>, g: &LayerGemm<'_>, x: &[f32], m: usize, out: &mu
 /// `PackedInt8Weight.linear_skip_layer_norm` makes), GIL released.
 fn layer_ending(py: Python<'_>, g: &LayerGemm<'_>, x: &[f32], m: usize, residual: &[f32], norm: &LayerNorm<'_>,
                 out: &mut [f32]) -> PyResult<()> {
-    let (w, bias, act, symmetric, act_scale, act_zero_point, p, activation) = g;
+    let (w, bias, act, symmetric, act_scale, act_zero_point, p, activation, reduce_range) = g;
     if activation != "none" {
         return Err(PyValueError::new_err(format!("encoder_layer: a block ending's GEMM has no activation, got {activation:?}")));
     }
-    let (p, aq) = (path(p.as_deref())?, act_quant(act, *symmetric, *act_scale, *act_zero_point)?);
+    let (p, aq) = (path(p.as_deref())?, act_quant(act, *symmetric, *act_scale, *act_zero_point, *reduce_range)?);
     let bias = bias.as_ref().map(|b| slice(b, "bias")).transpose()?;
     let (gamma, beta, eps) = (slice(&norm.0, "LayerNorm weight")?, slice(&norm.1, "LayerNorm bias")?, norm.2);
     let w = &*w.inner;

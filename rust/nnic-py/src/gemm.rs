@@ -48,10 +48,22 @@ fn shape_err(msg: String) -> PyErr {
     PyValueError::new_err(msg)
 }
 
-pub(crate) fn act_quant(act: &str, symmetric: bool, scale: Option<f32>, zero_point: Option<i32>) -> PyResult<ActQuant> {
+/// The activation quantization that `act`, `symmetric`, `act_scale`, `act_zero_point` and `reduce_range` (7-bit
+/// codes, dynamic modes only) name.
+pub(crate) fn act_quant(
+    act: &str,
+    symmetric: bool,
+    scale: Option<f32>,
+    zero_point: Option<i32>,
+    reduce_range: bool,
+) -> PyResult<ActQuant> {
     match act {
-        "per_tensor" => Ok(ActQuant::DynamicPerTensor { symmetric }),
-        "per_token" => Ok(ActQuant::DynamicPerRow { symmetric }),
+        "per_tensor" => Ok(ActQuant::DynamicPerTensor { symmetric, reduce_range }),
+        "per_token" => Ok(ActQuant::DynamicPerRow { symmetric, reduce_range }),
+        "static" if reduce_range => Err(PyValueError::new_err(
+            "reduce_range (7-bit activation codes) applies to dynamic activations ('per_token', 'per_tensor'), not \
+             act='static': calibrate the static scale and zero point for the codes you want",
+        )),
         "static" => match (scale, zero_point) {
             (Some(scale), Some(zero_point)) => Ok(ActQuant::Static { scale, zero_point }),
             _ => Err(PyValueError::new_err("act='static' needs act_scale and act_zero_point (u8 domain, 0..255)")),
@@ -363,7 +375,7 @@ macro_rules! packed_weight_methods {
             #[doc = "`x` may have any leading dimensions (`m` is their product) with `out=None`: the result then goes to"]
             #[doc = "a new array `[..., n]`, which is returned (else `x` is `[m, k]`, and `None` is returned)."]
             #[pyo3(signature = (x, out, bias=None, act="per_token", symmetric=$symmetric, act_scale=None,
-                                act_zero_point=None, path=None, activation="none"))]
+                                act_zero_point=None, path=None, activation="none", reduce_range=false))]
             #[allow(clippy::too_many_arguments)]
             fn linear<'py>(
                 &self,
@@ -377,8 +389,9 @@ macro_rules! packed_weight_methods {
                 act_zero_point: Option<i32>,
                 path: Option<&str>,
                 activation: &str,
+                reduce_range: bool,
             ) -> PyResult<Option<Bound<'py, PyArrayDyn<f32>>>> {
-                let aq = act_quant(act, symmetric, act_scale, act_zero_point)?;
+                let aq = act_quant(act, symmetric, act_scale, act_zero_point, reduce_range)?;
                 linear_into(py, &*self.inner, x, out, bias, aq, activation, path)
             }
 
@@ -424,7 +437,7 @@ packed_weight_methods!(PackedInt8Weight, symmetric = false,
     /// Convolution of NHWC float32 `x[n, h, w, c]` with this weight (packed as `[c_out, kh*kw*c]`, K ordered
     /// `(dy, dx, c)`) into `out[n*ho*wo, c_out]`; activations quantized per tensor or statically.
     #[pyo3(signature = (x, out, kernel_size, stride, padding, dilation, bias=None, act="per_tensor", symmetric=false,
-                        act_scale=None, act_zero_point=None, path=None))]
+                        act_scale=None, act_zero_point=None, path=None, reduce_range=false))]
     #[allow(clippy::too_many_arguments)]
     fn conv2d(
         &self,
@@ -441,9 +454,10 @@ packed_weight_methods!(PackedInt8Weight, symmetric = false,
         act_scale: Option<f32>,
         act_zero_point: Option<i32>,
         path: Option<&str>,
+        reduce_range: bool,
     ) -> PyResult<()> {
         let p = self::path(path)?;
-        let aq = act_quant(act, symmetric, act_scale, act_zero_point)?;
+        let aq = act_quant(act, symmetric, act_scale, act_zero_point, reduce_range)?;
         let sh = x.shape();
         let g = ConvGeom {
             n: sh[0],
@@ -476,7 +490,7 @@ packed_weight_methods!(PackedInt8Weight, symmetric = false,
     /// (`[..., n]`, float32, C-contiguous like `x[..., k]`): a BERT-style block ending in one parallel region
     /// (`nnic_kernels::gemm::int8_linear_skip_layer_norm`), the same bits as `linear` then `skip_layer_norm`.
     #[pyo3(signature = (x, residual, gamma, beta, eps, bias=None, act="per_token", symmetric=false, act_scale=None,
-                        act_zero_point=None, path=None))]
+                        act_zero_point=None, path=None, reduce_range=false))]
     #[allow(clippy::too_many_arguments)]
     fn linear_skip_layer_norm<'py>(
         &self,
@@ -492,9 +506,10 @@ packed_weight_methods!(PackedInt8Weight, symmetric = false,
         act_scale: Option<f32>,
         act_zero_point: Option<i32>,
         path: Option<&str>,
+        reduce_range: bool,
     ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
         let p = self::path(path)?;
-        let aq = act_quant(act, symmetric, act_scale, act_zero_point)?;
+        let aq = act_quant(act, symmetric, act_scale, act_zero_point, reduce_range)?;
         let (k, n) = (self.inner.in_features(), self.inner.out_features());
         let (xs, rs) = (x.shape(), residual.shape());
         let (Some((&kx, lead)), Some((&nr, rlead))) = (xs.split_last(), rs.split_last()) else {

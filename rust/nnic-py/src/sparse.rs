@@ -32,10 +32,10 @@ fn scale(s: Option<PyReadonlyArray1<'_, f32>>) -> PyResult<Vec<f32>> {
 fn act(act: Option<&str>, scale: Option<f32>, zero_point: Option<i32>) -> PyResult<Option<ActQuant>> {
     Ok(match act {
         None | Some("none") => None,
-        Some("per_token") => Some(ActQuant::DynamicPerRow { symmetric: false }),
-        Some("per_token_symmetric") => Some(ActQuant::DynamicPerRow { symmetric: true }),
-        Some("per_tensor") => Some(ActQuant::DynamicPerTensor { symmetric: false }),
-        Some("per_tensor_symmetric") => Some(ActQuant::DynamicPerTensor { symmetric: true }),
+        Some("per_token") => Some(ActQuant::DynamicPerRow { symmetric: false, reduce_range: false }),
+        Some("per_token_symmetric") => Some(ActQuant::DynamicPerRow { symmetric: true, reduce_range: false }),
+        Some("per_tensor") => Some(ActQuant::DynamicPerTensor { symmetric: false, reduce_range: false }),
+        Some("per_tensor_symmetric") => Some(ActQuant::DynamicPerTensor { symmetric: true, reduce_range: false }),
         Some("static") => match (scale, zero_point) {
             (Some(scale), Some(zero_point)) => Some(ActQuant::Static { scale, zero_point }),
             _ => return Err(PyValueError::new_err("act='static' needs act_scale and act_zero_point")),

@@ -499,8 +499,8 @@ def _native():
 
 
 #: A packed int4 weight's activation settings (``Int4Linear.kernel_args()`` is empty: the defaults), spelled out
-#: for ``decode_layer_step``, which takes each GEMM's six.
-_INT4_SETTINGS = ("per_token", True, None, None, None, "none")
+#: for ``decode_layer_step``, which takes each GEMM's seven.
+_INT4_SETTINGS = ("per_token", True, None, None, None, "none", False)
 
 
 def _attention(attn: nn.Module):

@@ -190,11 +190,11 @@ class SkipLayerNormOutput(nn.Module):
                 or not hidden_states.is_cpu or hidden_states.dtype != torch.float32 or not input_tensor.is_cpu \
                 or hidden_states.shape[:-1] != input_tensor.shape[:-1]:
             return None
-        act, symmetric, act_scale, act_zero_point, path, _ = dense.kernel_args()
+        act, symmetric, act_scale, act_zero_point, path, _, reduce_range = dense.kernel_args()
         return kernels.linear_skip_layer_norm(
             hidden_states, dense._packed_weight(), input_tensor, norm.weight, norm.bias, norm.eps,
             linear_bias=dense.bias, act=act, symmetric=symmetric, act_scale=act_scale, act_zero_point=act_zero_point,
-            path=path)
+            path=path, reduce_range=reduce_range)
 
 
 class EmbedLayerNorm(nn.Module):

@@ -5,7 +5,10 @@
 //! `np.rint(x * (np.float32(1) / s))`):
 //! - symmetric: `s = max|x| / 127`, `z = 128` (the s8 code plus 128);
 //! - asymmetric: `s = (max(x, 0) - min(x, 0)) / 255`, `z = clamp(-round_half_even(min(x, 0) / s), 0, 255)`;
-//! - a zero range gives `s = 1`; per tensor or per row (token); or static, from a calibrated scale/zero point.
+//! - a zero range gives `s = 1`; per tensor or per row (token); or static, from a calibrated scale/zero point;
+//! - `reduce_range` (dynamic only): 7-bit codes, as `torch.ao`'s x86 default: `qmax` = 127 instead of 255 above
+//!   (symmetric: `s = max|x| / 63`, `z = 64`). On AVX2 without VNNI the GEMM then runs a tile with one operation
+//!   fewer per multiply ([`super::micro::x86::avx2_narrow`]); every path gives the same bits for the same codes.
 use super::panels::PackedA;
 use super::{isa_of, Path};
 use crate::cpu::Isa;
@@ -16,10 +19,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// How activations are quantized on the fly.
 #[derive(Copy, Clone, Debug, PartialEq)]
 pub enum ActQuant {
-    /// One scale and zero point for the whole input, from its range.
-    DynamicPerTensor { symmetric: bool },
-    /// One scale and zero point per row (token), from the row's range.
-    DynamicPerRow { symmetric: bool },
+    /// One scale and zero point for the whole input, from its range; 7-bit codes with `reduce_range`.
+    DynamicPerTensor { symmetric: bool, reduce_range: bool },
+    /// One scale and zero point per row (token), from the row's range; 7-bit codes with `reduce_range`.
+    DynamicPerRow { symmetric: bool, reduce_range: bool },
     /// A calibrated scale and a zero point in the u8 domain [0, 255] (for s8 codes with zero point `z`,
     /// pass `z + 128`: the results are the same).
     Static { scale: f32, zero_point: i32 },
@@ -40,19 +43,48 @@ impl ActQuant {
 
     /// Whether the codes stay within 128 of the zero point (bounds the exact-accumulation K).
     pub(crate) fn is_symmetric(&self) -> bool {
-        matches!(self, ActQuant::DynamicPerTensor { symmetric: true } | ActQuant::DynamicPerRow { symmetric: true })
+        matches!(self, ActQuant::DynamicPerTensor { symmetric: true, .. } | ActQuant::DynamicPerRow { symmetric: true, .. })
+    }
+
+    /// The largest code: 127 with `reduce_range`, else 255.
+    pub fn qmax(&self) -> i32 {
+        match self {
+            ActQuant::DynamicPerTensor { reduce_range: true, .. } | ActQuant::DynamicPerRow { reduce_range: true, .. } => 127,
+            _ => 255,
+        }
+    }
+
+    /// The scale and zero point of the dynamic range `[lo, hi]` ([`qparams`] with this mode's symmetry and
+    /// code range; a static mode gives its own).
+    pub fn params(&self, lo: f32, hi: f32) -> (f32, i32) {
+        match *self {
+            ActQuant::Static { scale, zero_point } => (scale, zero_point),
+            ActQuant::DynamicPerTensor { symmetric, .. } | ActQuant::DynamicPerRow { symmetric, .. } => {
+                qparams(lo, hi, symmetric, self.qmax())
+            }
+        }
+    }
+
+    /// The scale and zero point of an empty input (no range): scale 1 at the code range's zero.
+    pub(crate) fn empty_params(&self) -> (f32, i32) {
+        match *self {
+            ActQuant::Static { scale, zero_point } => (scale, zero_point),
+            _ if self.is_symmetric() => (1.0, (self.qmax() + 1) / 2),
+            _ => (1.0, 0),
+        }
     }
 }
 
-/// Scale and u8 zero point for the range `[lo, hi]` (see the module doc).
-pub fn qparams(lo: f32, hi: f32, symmetric: bool) -> (f32, i32) {
+/// Scale and u8 zero point for the range `[lo, hi]` with codes in `[0, qmax]` (255, or 127 for `reduce_range`;
+/// see the module doc).
+pub fn qparams(lo: f32, hi: f32, symmetric: bool, qmax: i32) -> (f32, i32) {
     let fix = |s: f32| if s == 0.0 { 1.0 } else { s.max(f32::MIN_POSITIVE) };
     let (lo, hi) = (lo.min(0.0), hi.max(0.0));
     if symmetric {
-        (fix((-lo).max(hi) / 127.0), 128)
+        (fix((-lo).max(hi) / (qmax / 2) as f32), (qmax + 1) / 2)
     } else {
-        let s = fix((hi - lo) / 255.0);
-        (s, (-(lo / s).round_ties_even()).clamp(0.0, 255.0) as i32)
+        let s = fix((hi - lo) / qmax as f32);
+        (s, (-(lo / s).round_ties_even()).clamp(0.0, qmax as f32) as i32)
     }
 }
 
@@ -136,12 +168,32 @@ pub(crate) fn zero_tail(panel: &mut [u8], rows: usize, r: usize, g0: usize) {
     }
 }
 
-/// The u8 code of `v`: `clamp(round_half_even(v * inv) + z, 0, 255)`, NaN to 0.
+/// One row's quantizer: `inv = 1 / scale`, the zero point `z` and the largest code `top` (255 or 127), as floats.
+#[derive(Copy, Clone, Debug)]
+pub(crate) struct RowCode {
+    pub inv: f32,
+    pub z: f32,
+    pub top: f32,
+}
+
+impl RowCode {
+    pub(crate) fn new(scale: f32, zero: i32, qmax: i32) -> RowCode {
+        RowCode { inv: 1.0 / scale, z: zero as f32, top: qmax as f32 }
+    }
+
+    #[inline(always)]
+    pub(crate) fn of(self, v: f32) -> u8 {
+        code(v, self.inv, self.z, self.top)
+    }
+}
+
+/// The u8 code of `v`: `clamp(round_half_even(v * inv) + z, 0, top)`, NaN to 0 (`top`: the code range's
+/// largest, 255 or 127; every activation quantizer of the crate goes through here).
 #[inline(always)]
-fn code(v: f32, inv: f32, z: f32) -> u8 {
+pub(crate) fn code(v: f32, inv: f32, z: f32, top: f32) -> u8 {
     let t = (v * inv).round_ties_even() + z;
-    // NaN goes to 0; afterwards t is in [0, 255], so the unchecked conversion is exact (and vectorizes).
-    let t = if t > 0.0 { if t < 255.0 { t } else { 255.0 } } else { 0.0 };
+    // NaN goes to 0; afterwards t is in [0, top] ⊂ [0, 255], so the unchecked conversion is exact (and vectorizes).
+    let t = if t > 0.0 { if t < top { t } else { top } } else { 0.0 };
     // SAFETY: t is finite and in [0, 255].
     unsafe { t.to_int_unchecked::<i32>() as u8 }
 }
@@ -151,13 +203,13 @@ fn code(v: f32, inv: f32, z: f32) -> u8 {
 /// ([`zero_tail`]).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn put_row_body(panel: &mut [u8], rows: usize, r: usize, kk: usize, x: &[f32], inv: f32, z: f32, sum: bool) -> i32 {
+fn put_row_body(panel: &mut [u8], rows: usize, r: usize, kk: usize, x: &[f32], q: RowCode, sum: bool) -> i32 {
     let mut lanes = [0u32; 64];
     let mut buf = [0u8; 64];
     for (c, xs) in x.chunks(64).enumerate() {
         let b = &mut buf[..xs.len()];
-        for (q, &v) in b.iter_mut().zip(xs) {
-            *q = code(v, inv, z);
+        for (o, &v) in b.iter_mut().zip(xs) {
+            *o = q.of(v);
         }
         if sum {
             for (l, &q) in lanes.iter_mut().zip(b.iter()) {
@@ -168,30 +220,29 @@ fn put_row_body(panel: &mut [u8], rows: usize, r: usize, kk: usize, x: &[f32], i
     }
     lanes.iter().sum::<u32>() as i32
 }
-crate::simd::multiversion!(fn put_row_mv(panel: &mut [u8], rows: usize, r: usize, kk: usize, x: &[f32], inv: f32,
-    z: f32, sum: bool) -> i32 = put_row_body;);
+crate::simd::multiversion!(fn put_row_mv(panel: &mut [u8], rows: usize, r: usize, kk: usize, x: &[f32], q: RowCode,
+    sum: bool) -> i32 = put_row_body;);
 
 /// Quantizes the values `x` of row `r` from column `kk` (a multiple of 4) into a panel of `rows` rows with
-/// `scale` and u8 zero point `zero` (see the module doc); returns their byte sum when `sum` is set. AVX-512
-/// quantizes 16 values per step and stores their four k groups straight into the panel; the other ISAs run
-/// the multiversioned loop (its ground truth).
+/// the quantizer `q` (see the module doc); returns their byte sum when `sum` is set. AVX-512 quantizes 16 values
+/// per step and stores their four k groups straight into the panel; the other ISAs run the multiversioned loop
+/// (its ground truth).
 #[allow(clippy::too_many_arguments)]
-fn put_row_f32(isa: Isa, panel: &mut [u8], rows: usize, r: usize, kk: usize, x: &[f32], scale: f32, zero: i32, sum: bool) -> i32 {
-    let (inv, z) = (1.0 / scale, zero as f32);
+fn put_row_f32(isa: Isa, panel: &mut [u8], rows: usize, r: usize, kk: usize, x: &[f32], q: RowCode, sum: bool) -> i32 {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 {
         let full = x.len() / 16 * 16;
         assert!(kk % 4 == 0 && panel.len() >= (kk + x.len()).div_ceil(4) * rows * 4 && r < rows);
         // SAFETY: AVX-512 is active (so supported); the panel holds k groups `kk / 4` up to the last value's of
         // row `r` (checked above).
-        let s = unsafe { x86::put_row16(panel.as_mut_ptr().add(kk / 4 * rows * 4), rows, r, &x[..full], inv, z, sum) };
-        return s.wrapping_add(put_row_mv(Isa::Scalar, panel, rows, r, kk + full, &x[full..], inv, z, sum));
+        let s = unsafe { x86::put_row16(panel.as_mut_ptr().add(kk / 4 * rows * 4), rows, r, &x[..full], q, sum) };
+        return s.wrapping_add(put_row_mv(Isa::Scalar, panel, rows, r, kk + full, &x[full..], q, sum));
     }
-    put_row_mv(isa, panel, rows, r, kk, x, inv, z, sum)
+    put_row_mv(isa, panel, rows, r, kk, x, q, sum)
 }
 
 /// Quantizes the columns from `kk` (a multiple of 4) of every row of a panel into it, `x(r)` being row `r`'s
-/// values there (one length for all rows), with each row's `scale` and `zero`; adds the byte sums to `sums`
+/// values there (one length for all rows), with each row's `scale` and `zero` and codes up to `qmax`; adds the byte sums to `sums`
 /// (one per row) when `sum` is set. AVX-512 quantizes four rows at a time ([`x86::put_rows4`]); the other
 /// rows, a last part shorter than 16 values and the other ISAs go row by row ([`put_row_f32`]).
 #[allow(clippy::too_many_arguments)]
@@ -202,9 +253,11 @@ fn put_panel_cols<'a>(
     x: &dyn Fn(usize) -> &'a [f32],
     scale: &[f32],
     zero: &[i32],
+    qmax: i32,
     sum: bool,
     sums: &mut [i32],
 ) {
+    let code = |r: usize| RowCode::new(scale[r], zero[r], qmax);
     let rows = sums.len();
     let len = x(0).len();
     let mut done = 0; // columns already put for rows below `quads`
@@ -216,11 +269,10 @@ fn put_panel_cols<'a>(
         assert!(kk % 4 == 0 && panel.len() >= (kk + len).div_ceil(4) * rows * 4);
         for r in (0..quads).step_by(4) {
             let xs = [0, 1, 2, 3].map(|i| &x(r + i)[..done]);
-            let inv = [0, 1, 2, 3].map(|i| 1.0 / scale[r + i]);
-            let z = [0, 1, 2, 3].map(|i| zero[r + i] as f32);
+            let q = [0, 1, 2, 3].map(|i| code(r + i));
             // SAFETY: AVX-512 is active (so supported); the panel holds the k groups of these columns (checked
             // above) and `r + 4 <= rows`.
-            unsafe { x86::put_rows4(panel.as_mut_ptr().add(kk / 4 * rows * 4), rows, r, xs, inv, z, sum, &mut sums[r..r + 4]) };
+            unsafe { x86::put_rows4(panel.as_mut_ptr().add(kk / 4 * rows * 4), rows, r, xs, q, sum, &mut sums[r..r + 4]) };
         }
     }
     for r in 0..rows {
@@ -228,7 +280,7 @@ fn put_panel_cols<'a>(
         if from == len {
             continue; // all of this row's columns are in (a per-row call costs ~40 ns: 0.15 ns a value at K = 3072)
         }
-        let s = put_row_f32(isa, panel, rows, r, kk + from, &x(r)[from..], scale[r], zero[r], sum);
+        let s = put_row_f32(isa, panel, rows, r, kk + from, &x(r)[from..], code(r), sum);
         sums[r] = sums[r].wrapping_add(s);
     }
 }
@@ -244,24 +296,24 @@ const CHUNK: usize = 256;
 mod x86 {
     use std::arch::x86_64::*;
 
-    /// The 16 codes of `x[0..16]` as i32 lanes in [0, 255], bit-exact with [`super::code`]: `v = x * inv` is
-    /// clamped to ±1024 (`max` first, which sends NaN to -1024 and so to code 0; beyond ±1024 every code is 0 or 255
-    /// anyway, as `z` is in [0, 255]), converted with round-half-even, `z` added and the sum clamped in integers
-    /// (`max` with 0 here, the 255 side by the caller's unsigned saturating narrowing). The conversion rounds by
+    /// The 16 codes of `x[0..16]` as i32 lanes in [0, top], bit-exact with [`super::code`]: `v = x * inv` is
+    /// clamped to ±1024 (`max` first, which sends NaN to -1024 and so to code 0; beyond ±1024 every code is 0 or
+    /// `top` anyway, as `z` is in [0, 255]), converted with round-half-even, `z` added and the sum clamped to
+    /// [0, top] in integers. The conversion rounds by
     /// itself, where rounding first (`vrndscaleps`, two µops) then converting took one step more; quantization is
     /// compute-bound once its rows are in L2: the static pass went from 0.150-0.164 to 0.138-0.149 ns per value
     /// (one thread, 96 rows in L2, alternated twice).
     #[inline(always)]
-    unsafe fn codes16(x: *const f32, vinv: __m512, vz: __m512i) -> __m512i {
+    unsafe fn codes16(x: *const f32, vinv: __m512, vz: __m512i, vtop: __m512i) -> __m512i {
         unsafe {
             let v = _mm512_mul_ps(_mm512_loadu_ps(x), vinv);
             let v = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(-1024.0)), _mm512_set1_ps(1024.0));
             let q = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
-            _mm512_max_epi32(_mm512_add_epi32(q, vz), _mm512_setzero_si512())
+            _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(q, vz), _mm512_setzero_si512()), vtop)
         }
     }
 
-    /// The codes of [`codes16`] (non-negative i32 lanes) as 16 bytes, values above 255 saturated to 255.
+    /// The codes of [`codes16`] (i32 lanes in [0, 255]) as 16 bytes.
     ///
     /// # Safety
     /// The CPU has AVX-512F (callers run on the AVX-512 paths).
@@ -277,15 +329,14 @@ mod x86 {
     /// # Safety
     /// The CPU has AVX-512F/BW; `panel` holds `x.len() / 4` k groups of `rows` rows × 4 bytes, and `r < rows`.
     #[target_feature(enable = "avx512f,avx512bw")]
-    pub(super) unsafe fn put_row16(panel: *mut u8, rows: usize, r: usize, x: &[f32], inv: f32, z: f32, sum: bool) -> i32 {
+    pub(super) unsafe fn put_row16(panel: *mut u8, rows: usize, r: usize, x: &[f32], q: super::RowCode, sum: bool) -> i32 {
         unsafe {
-            let (vinv, vz) = (_mm512_set1_ps(inv), _mm512_set1_epi32(z as i32));
+            let (vinv, vz, vtop) = (_mm512_set1_ps(q.inv), _mm512_set1_epi32(q.z as i32), _mm512_set1_epi32(q.top as i32));
             let mut acc = _mm512_setzero_si512();
             let stride = rows * 4;
             let mut dst = panel.add(r * 4);
             for c in x.chunks_exact(16) {
-                let q = codes16(c.as_ptr(), vinv, vz);
-                let b = bytes16(q);
+                let b = bytes16(codes16(c.as_ptr(), vinv, vz, vtop));
                 if sum {
                     acc = _mm512_add_epi32(acc, _mm512_cvtepu8_epi32(b));
                 }
@@ -317,14 +368,14 @@ mod x86 {
         rows: usize,
         r: usize,
         x: [&[f32]; 4],
-        inv: [f32; 4],
-        z: [f32; 4],
+        q: [super::RowCode; 4],
         sum: bool,
         sums: &mut [i32],
     ) {
         unsafe {
-            let vinv = inv.map(|v| _mm512_set1_ps(v));
-            let vz = z.map(|v| _mm512_set1_epi32(v as i32));
+            let vinv = q.map(|q| _mm512_set1_ps(q.inv));
+            let vz = q.map(|q| _mm512_set1_epi32(q.z as i32));
+            let vtop = q.map(|q| _mm512_set1_epi32(q.top as i32));
             let mut acc = [_mm512_setzero_si512(); 4];
             let stride = rows * 4;
             let mut dst = panel.add(r * 4);
@@ -334,7 +385,7 @@ mod x86 {
             while c < len {
                 let mut b = [_mm_setzero_si128(); 4];
                 for i in 0..4 {
-                    b[i] = bytes16(codes16(x[i].as_ptr().add(c), vinv[i], vz[i]));
+                    b[i] = bytes16(codes16(x[i].as_ptr().add(c), vinv[i], vz[i], vtop[i]));
                     if sum {
                         acc[i] = _mm512_add_epi32(acc[i], _mm512_cvtepu8_epi32(b[i]));
                     }
@@ -400,7 +451,7 @@ pub(crate) fn packed(m: usize, kp: usize, mr: usize) -> PackedA {
         data.resize(len, 0);
     }
     data.truncate(len);
-    PackedA { m, mr, kp, data, zero: vec![0; m], scale: Vec::new(), rowsum: vec![0; m] }
+    PackedA { m, mr, kp, data, zero: vec![0; m], scale: Vec::new(), rowsum: vec![0; m], narrow: false }
 }
 
 /// One row panel's slices: packed bytes, and the row sums, scales and zero points of its rows.
@@ -515,8 +566,7 @@ pub(crate) struct F32Panels<'x> {
     k: usize,
     mr: usize,
     kp: usize,
-    /// `Some(symmetric)`: each row's range is taken when its panel is packed.
-    per_row: Option<bool>,
+    act: ActQuant,
     rowsum: bool,
     /// A panel found a non-finite value (per-row ranges).
     bad: AtomicBool,
@@ -540,30 +590,19 @@ impl<'x> F32Panels<'x> {
     ) -> Result<(PackedA, F32Panels<'x>)> {
         let isa = isa_of(path);
         let mut pa = packed(m, kp, mr);
-        let per_row = match act {
-            ActQuant::Static { scale, zero_point } => {
-                pa.scale = vec![scale; m];
-                pa.zero.fill(zero_point);
-                None
+        let (s, z) = match act {
+            ActQuant::DynamicPerTensor { .. } if m * k > 0 => {
+                let (lo, hi) = tensor_range(isa, x)?;
+                act.params(lo, hi)
             }
-            ActQuant::DynamicPerTensor { symmetric } => {
-                let (s, z) = if m * k == 0 {
-                    (1.0, if symmetric { 128 } else { 0 })
-                } else {
-                    let (lo, hi) = tensor_range(isa, x)?;
-                    qparams(lo, hi, symmetric)
-                };
-                pa.scale = vec![s; m];
-                pa.zero.fill(z);
-                None
-            }
-            ActQuant::DynamicPerRow { symmetric } => {
-                pa.scale = vec![1.0; m];
-                Some(symmetric)
-            }
+            ActQuant::DynamicPerRow { .. } => (1.0, 0), // each panel's rows get theirs when it is packed
+            _ => act.empty_params(),
         };
+        pa.scale = vec![s; m];
+        pa.zero.fill(z);
+        pa.narrow = act.qmax() <= 127;
         let ptrs = ptrs_of(&mut pa);
-        let panels = F32Panels { isa, x, m, k, mr: pa.mr, kp, per_row, rowsum, bad: AtomicBool::new(false), ptrs };
+        let panels = F32Panels { isa, x, m, k, mr: pa.mr, kp, act, rowsum, bad: AtomicBool::new(false), ptrs };
         Ok((pa, panels))
     }
 
@@ -588,16 +627,16 @@ impl<'x> F32Panels<'x> {
         let pn = unsafe { panel_at(self.ptrs, p, mr, self.kp, self.m) };
         let row = |i: usize| &self.x[i * k..(i + 1) * k];
         let rows = pn.sums.len();
-        if let Some(symmetric) = self.per_row {
+        if let ActQuant::DynamicPerRow { .. } = self.act {
             for r in 0..rows {
                 let (s, z) = if k == 0 {
-                    (1.0, if symmetric { 128 } else { 0 })
+                    self.act.empty_params()
                 } else {
                     let (lo, hi, nonfinite) = min_max(isa, row(p * mr + r));
                     if nonfinite {
                         self.bad.store(true, Ordering::Relaxed);
                     }
-                    qparams(lo, hi, symmetric)
+                    self.act.params(lo, hi)
                 };
                 pn.scale[r] = s;
                 pn.zero[r] = z;
@@ -606,7 +645,7 @@ impl<'x> F32Panels<'x> {
         for kk in (0..k).step_by(CHUNK) {
             let cols = kk..(kk + CHUNK).min(k);
             let x = |r: usize| &row(p * mr + r)[cols.clone()];
-            put_panel_cols(isa, pn.data, kk, &x, pn.scale, pn.zero, self.rowsum, pn.sums);
+            put_panel_cols(isa, pn.data, kk, &x, pn.scale, pn.zero, self.act.qmax(), self.rowsum, pn.sums);
         }
         for r in 0..rows {
             zero_tail(pn.data, rows, r, k.div_ceil(4));
@@ -648,9 +687,9 @@ mod tests {
             ((seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 40.0
         };
         let acts = [
-            ActQuant::DynamicPerRow { symmetric: true },
-            ActQuant::DynamicPerRow { symmetric: false },
-            ActQuant::DynamicPerTensor { symmetric: false },
+            ActQuant::DynamicPerRow { symmetric: true, reduce_range: false },
+            ActQuant::DynamicPerRow { symmetric: false, reduce_range: false },
+            ActQuant::DynamicPerTensor { symmetric: false, reduce_range: false },
             ActQuant::Static { scale: 0.07, zero_point: 117 },
         ];
         for m in [1, 3, 4, 5, 8, 12, 13, 29] {

@@ -5,7 +5,7 @@
 //! The weights are a [`PackedLinear`] of shape `[c_out, kh * kw * c_in]` with K ordered `(dy, dx, c)` (i.e.
 //! the conv weight permuted to `[c_out, kh, kw, c_in]`). Zero padding is the activation zero point (the code
 //! of 0.0). The output is `[n * ho * wo, c_out]` (NHWC).
-use super::act_pack::{self, qparams, ActQuant};
+use super::act_pack::{self, ActQuant, RowCode};
 use super::{check_linear, finish_linear, isa_of, Activation, PackedLinear, Path};
 use crate::error::{KernelError, Result};
 use crate::pool;
@@ -42,15 +42,12 @@ impl ConvGeom {
 }
 
 #[inline(always)]
-fn quant_body(x: &[f32], inv: f32, z: f32, out: &mut [u8]) {
+fn quant_body(x: &[f32], q: RowCode, out: &mut [u8]) {
     for (o, &v) in out.iter_mut().zip(x) {
-        let t = (v * inv).round_ties_even() + z;
-        let t = if t > 0.0 { if t < 255.0 { t } else { 255.0 } } else { 0.0 };
-        // SAFETY: t is finite and in [0, 255].
-        *o = unsafe { t.to_int_unchecked::<i32>() } as u8;
+        *o = q.of(v);
     }
 }
-crate::simd::multiversion!(fn quant(x: &[f32], inv: f32, z: f32, out: &mut [u8]) = quant_body;);
+crate::simd::multiversion!(fn quant(x: &[f32], q: RowCode, out: &mut [u8]) = quant_body;);
 
 /// `out[n*ho*wo, c_out] = conv2d(x, w) + bias` for NHWC `x[n, h, w, c]`, with int8 weights and activations
 /// quantized per tensor (`act` must be per tensor or static).
@@ -80,15 +77,11 @@ pub fn int8_conv2d(
     check_linear(m, w, bias, act, out)?;
     let isa = isa_of(path);
     let (s, z) = match act {
-        ActQuant::Static { scale, zero_point } => (scale, zero_point),
-        ActQuant::DynamicPerTensor { symmetric } => {
-            if x.is_empty() {
-                (1.0, if symmetric { 128 } else { 0 })
-            } else {
-                let (lo, hi) = act_pack::tensor_range(isa, x)?;
-                qparams(lo, hi, symmetric)
-            }
+        ActQuant::DynamicPerTensor { .. } if !x.is_empty() => {
+            let (lo, hi) = act_pack::tensor_range(isa, x)?;
+            act.params(lo, hi)
         }
+        ActQuant::Static { .. } | ActQuant::DynamicPerTensor { .. } => act.empty_params(),
         ActQuant::DynamicPerRow { .. } => {
             return Err(KernelError::Invalid {
                 what: "convolutions quantize activations per tensor (or statically), not per row".into(),
@@ -97,15 +90,15 @@ pub fn int8_conv2d(
     };
     // 1. Quantize into u8 (same NHWC layout).
     let mut q = vec![0u8; x.len()];
-    let (inv, zf) = (1.0 / s, z as f32);
+    let code = RowCode::new(s, z, act.qmax());
     if x.len() < pool::PAR_MIN {
-        quant(isa, x, inv, zf, &mut q);
+        quant(isa, x, code, &mut q);
     } else {
         let c = pool::chunk_len(x.len(), 64);
         let qs: Vec<std::sync::Mutex<&mut [u8]>> = q.chunks_mut(c).map(std::sync::Mutex::new).collect();
         let task = |i: usize| {
             let mut qi = qs[i].lock().unwrap_or_else(|e| e.into_inner());
-            quant(isa, &x[i * c..((i + 1) * c).min(x.len())], inv, zf, &mut qi);
+            quant(isa, &x[i * c..((i + 1) * c).min(x.len())], code, &mut qi);
         };
         super::par::for_each(qs.len(), pool::num_threads(), &task);
     }
@@ -116,6 +109,7 @@ pub fn int8_conv2d(
     let zb = z as u8;
     pa.scale = vec![s; m];
     pa.zero = vec![z; m];
+    pa.narrow = act.qmax() <= 127;
     act_pack::for_panels(&mut pa, m * k, |p, pn| {
         let rows = pn.sums.len();
         let d = pn.data;
@@ -168,7 +162,7 @@ mod tests {
         let wq: Vec<i8> = (0..co * c).map(|i| ((i * 53 % 255) as i32 - 127) as i8).collect();
         let pw = PackedLinear::new(&wq, co, c, &[0.01], &[]).unwrap();
         let g = ConvGeom { n, c, h, w, kh: 1, kw: 1, stride: (1, 1), padding: (0, 0), dilation: (1, 1) };
-        let act = ActQuant::DynamicPerTensor { symmetric: false };
+        let act = ActQuant::DynamicPerTensor { symmetric: false, reduce_range: false };
         let mut out = vec![0f32; n * h * w * co];
         int8_conv2d(Path::Scalar, &x, g, &pw, None, act, &mut out).unwrap();
         // the same through int8_linear: NHWC rows are the linear layer's rows

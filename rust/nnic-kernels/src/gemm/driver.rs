@@ -9,7 +9,7 @@ use super::lanes::Lanes;
 use super::panels::{self, PackedA, PackedB, NR};
 use super::par;
 use super::micro::{MR_AVX2, MR_TALL, MR_VNNI};
-use super::path::{isa_of, micro_kernel, Path};
+use super::path::{isa_of, micro_kernel, Avx2Tile, Path};
 use crate::error::{KernelError, Result};
 use crate::pool;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -265,8 +265,13 @@ pub(super) fn drive(
         let acc = k0 > 0;
         let nr = (blk.j1 - j0).min(NR);
         let bp = b.panel_ptr(j0 / NR, k0 / 4);
-        // The AVX2 path's `vpmaddubsw` kernel adds the activation shift back from the panel's column sums.
-        let colsum = if path == Path::Avx2 && b.min_free() { b.colsum()[j0..].as_ptr() } else { std::ptr::null() };
+        let avx2 = if a.narrow {
+            Avx2Tile::Narrow
+        } else if b.min_free() {
+            Avx2Tile::Sign(b.colsum()[j0..].as_ptr())
+        } else {
+            Avx2Tile::Widen
+        };
         for i0 in (blk.i0..blk.i1).step_by(mr) {
             let rows = (blk.i1 - i0).min(mr);
             let next = if i0 == blk.i0 { next } else { std::ptr::null() };
@@ -277,7 +282,7 @@ pub(super) fn drive(
             unsafe {
                 let cp = out.0.add(i0 * n + j0);
                 if nr == NR {
-                    micro_kernel(path, rows, kg, ap, bp, cp, n, acc, next, stream, at, colsum);
+                    micro_kernel(path, rows, kg, ap, bp, cp, n, acc, next, stream, at, avx2);
                 } else {
                     // A partial column panel: the tile writes 32 columns into this buffer (made here, not zeroed
                     // for every full panel: with the tall tile's 28 rows it is 3.5 KiB).
@@ -287,7 +292,7 @@ pub(super) fn drive(
                             std::ptr::copy_nonoverlapping(cp.add(r * n), tile.as_mut_ptr().add(r * NR), nr);
                         }
                     }
-                    micro_kernel(path, rows, kg, ap, bp, tile.as_mut_ptr(), NR, acc, next, stream, at, colsum);
+                    micro_kernel(path, rows, kg, ap, bp, tile.as_mut_ptr(), NR, acc, next, stream, at, avx2);
                     for r in 0..rows {
                         std::ptr::copy_nonoverlapping(tile.as_ptr().add(r * NR), cp.add(r * n), nr);
                     }

@@ -314,8 +314,8 @@ mod tests {
             (seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5
         };
         let acts = [
-            ActQuant::DynamicPerRow { symmetric: false },
-            ActQuant::DynamicPerTensor { symmetric: true },
+            ActQuant::DynamicPerRow { symmetric: false, reduce_range: false },
+            ActQuant::DynamicPerTensor { symmetric: true, reduce_range: false },
             ActQuant::Static { scale: 0.01, zero_point: 120 },
         ];
         let shapes = [(1, 3, 33), (13, 770, 200), (100, 64, 33), (100, 4100, 40), (400, 770, 200), (700, 400, 0)];
@@ -375,7 +375,7 @@ mod tests {
             let gamma: Vec<f32> = (0..n).map(|_| 1.0 + next()).collect();
             let beta: Vec<f32> = (0..n).map(|_| next()).collect();
             let w = PackedLinear::new(&codes, n, k, &scale, &[]).unwrap();
-            let act = ActQuant::DynamicPerRow { symmetric: false };
+            let act = ActQuant::DynamicPerRow { symmetric: false, reduce_range: false };
             for path in Path::ALL.into_iter().filter(|p| p.is_supported()) {
                 let mut y = vec![0.0; m * n];
                 int8_linear(path, &x, m, &w, Some(&bias), act, Activation::Identity, &mut y).unwrap();

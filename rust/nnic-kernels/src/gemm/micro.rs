@@ -181,6 +181,61 @@ pub(crate) mod x86 {
         }
     }
 
+    /// AVX2 kernel for activations of 7 bits (codes ≤ 127: `ActQuant`'s `reduce_range`), `MR` ≤
+    /// [`super::MR_AVX2`] rows × 32 columns: plain `vpmaddubsw` on the u8 activations, whose i16 pair sum is then
+    /// at most 2·127·128 = 32512 for every weight byte (-128 included): exact. `vpmaddwd` with ones widens the
+    /// pairs to i32. Per row and 32 weight bytes: 3 operations, 2 of them multiplies, against [`avx2_sign`]'s 4
+    /// (its `vpsignb` shares the multiply ports).
+    ///
+    /// `stream`: as in [`avx2_sign`].
+    ///
+    /// # Safety
+    /// As [`super::scalar`], the CPU has AVX2, and no activation byte exceeds 127.
+    #[target_feature(enable = "avx2")]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn avx2_narrow<const MR: usize>(
+        kg: usize,
+        a: *const u8,
+        b: *const i8,
+        c: *mut i32,
+        ldc: usize,
+        acc: bool,
+        stream: bool,
+    ) {
+        unsafe {
+            let ones = _mm256_set1_epi16(1);
+            let mut s = [[_mm256_setzero_si256(); 4]; MR];
+            for g in 0..kg {
+                let bp = b.add(g * 128);
+                if stream {
+                    _mm_prefetch::<_MM_HINT_T1>(bp.wrapping_add(GEMV_AHEAD));
+                    _mm_prefetch::<_MM_HINT_T1>(bp.wrapping_add(GEMV_AHEAD + 64));
+                } else {
+                    _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(1024));
+                    _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(1024 + 64));
+                }
+                let ag = a.add(g * MR * 4);
+                let mut av = [_mm256_setzero_si256(); MR];
+                for r in 0..MR {
+                    av[r] = _mm256_set1_epi32((ag.add(r * 4) as *const i32).read_unaligned());
+                }
+                for v in 0..4 {
+                    let w = _mm256_loadu_si256(bp.add(32 * v) as *const __m256i);
+                    for r in 0..MR {
+                        s[r][v] = _mm256_add_epi32(s[r][v], _mm256_madd_epi16(_mm256_maddubs_epi16(av[r], w), ones));
+                    }
+                }
+            }
+            for v in 0..4 {
+                for r in 0..MR {
+                    let p = c.add(r * ldc + 8 * v) as *mut __m256i;
+                    let x = if acc { _mm256_add_epi32(_mm256_loadu_si256(p), s[r][v]) } else { s[r][v] };
+                    _mm256_storeu_si256(p, x);
+                }
+            }
+        }
+    }
+
     /// AVX-512 VNNI kernel for `MR` ≤ 12 rows × 32 columns (2 × `MR` zmm accumulators).
     ///
     /// `next`, when not null, is the weight micro-panel the driver multiplies after this one (`kg` groups of

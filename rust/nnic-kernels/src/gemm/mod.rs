@@ -50,6 +50,7 @@ mod route;
 mod spread;
 
 pub use act_pack::{qparams as act_qparams, ActQuant};
+pub(crate) use act_pack::RowCode;
 pub use driver::{int8_matmul, matmul_i8, set_column_lanes, set_tail_pieces, KC};
 pub use epilogue::Activation;
 pub(crate) use epilogue::{gelu, relu};

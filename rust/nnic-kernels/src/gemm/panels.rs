@@ -255,6 +255,8 @@ pub(crate) struct PackedA {
     pub scale: Vec<f32>,
     /// `sum_k A_u8[i, k]` of each row (used with weight zero points).
     pub rowsum: Vec<i32>,
+    /// Every code is at most 127 (7-bit activations, `reduce_range`): the AVX2 path's narrow tile is exact.
+    pub narrow: bool,
 }
 
 impl PackedA {

@@ -112,13 +112,25 @@ fn has_vnni() -> bool {
     false
 }
 
+/// The AVX2 path's tile for a weight panel: each is exact on the codes it is chosen for, and the first that applies
+/// is the fastest (per row and 32 weight bytes: 3, 4 and 5 operations plus the weight unpacking).
+#[derive(Copy, Clone, Debug)]
+pub(crate) enum Avx2Tile {
+    /// 7-bit activations ([`super::panels::PackedA::narrow`]): [`micro::x86::avx2_narrow`].
+    Narrow,
+    /// No weight byte is -128 ([`super::panels::PackedB::min_free`]): [`micro::x86::avx2_sign`], with the weight
+    /// panel's 32 column sums here.
+    Sign(*const i32),
+    /// Any codes: [`micro::x86::avx2`].
+    Widen,
+}
+
 /// Runs the micro-kernel of `path` for a panel of `mr` rows (≤ `path.mr()`, or for VNNI ≤ [`MR_TALL`]: the tall tile,
 /// which ignores `next` and `stream` as it is made for streamed small-M blocks); `next` (or null) is the weight
 /// micro-panel of the driver's next tile, which the VNNI tile prefetches into L2, and `stream` says that the weights
 /// are read once from DRAM (both: see [`micro::x86::vnni`]); `epi`, only on the VNNI path and for a tile's whole
-/// product (`acc` false), finishes the tile in registers and stores f32 (see `TileEpilogue`); `colsum`, on the AVX2
-/// path, is the weight panel's 32 column sums when no weight byte is -128 (then its `vpmaddubsw` kernel runs, see
-/// [`micro::x86::avx2_sign`]), else null.
+/// product (`acc` false), finishes the tile in registers and stores f32 (see `TileEpilogue`); `tile` picks the AVX2
+/// path's tile (the other paths ignore it).
 ///
 /// # Safety
 /// Pointers as in [`micro::scalar`]; `path` is supported; `next` is null or a micro-panel of `kg` groups.
@@ -136,7 +148,7 @@ pub(super) unsafe fn micro_kernel(
     next: *const i8,
     stream: bool,
     epi: Option<&TileAt>,
-    colsum: *const i32,
+    tile: Avx2Tile,
 ) {
     debug_assert!(epi.is_none() || (path == Path::Vnni && !acc), "only the VNNI tile finishes a whole product");
     #[cfg(target_arch = "x86_64")]
@@ -156,8 +168,11 @@ pub(super) unsafe fn micro_kernel(
                     3..=MR_VNNI => pick!(vnni (kg, a, b, c, ldc, acc, next, stream, epi); 3 4 5 6 7 8 9 10 11 12),
                     _ => pick!(vnni_tall (kg, a, b, c, ldc, acc, epi); 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28),
                 },
-                Path::Avx2 if !colsum.is_null() => pick!(avx2_sign (kg, a, b, c, ldc, acc, colsum, stream); 1 2),
-                Path::Avx2 => pick!(avx2 (kg, a, b, c, ldc, acc); 1 2),
+                Path::Avx2 => match tile {
+                    Avx2Tile::Narrow => pick!(avx2_narrow (kg, a, b, c, ldc, acc, stream); 1 2),
+                    Avx2Tile::Sign(colsum) => pick!(avx2_sign (kg, a, b, c, ldc, acc, colsum, stream); 1 2),
+                    Avx2Tile::Widen => pick!(avx2 (kg, a, b, c, ldc, acc); 1 2),
+                },
                 Path::Scalar => micro::scalar(mr, kg, a, b, c, ldc, acc),
             }
         }
@@ -165,7 +180,7 @@ pub(super) unsafe fn micro_kernel(
     #[cfg(not(target_arch = "x86_64"))]
     // SAFETY: caller's contract.
     unsafe {
-        let _ = (path, next, stream, epi, colsum);
+        let _ = (path, next, stream, epi, tile);
         micro::scalar(mr, kg, a, b, c, ldc, acc)
     }
 }

@@ -1,11 +1,11 @@
 //! Activation quantization for int8 sparse layers, with the int8 GEMM's exact formulas
-//! ([`crate::gemm::act_qparams`]): u8 codes `q = clamp(round_half_even(x / s) + z, 0, 255)` with one scale and
+//! ([`crate::gemm::act_qparams`]): u8 codes `q = clamp(round_half_even(x / s) + z, 0, qmax)` with one scale and
 //! zero point per row. The integer kernels take `q` as it is (and subtract `z · Σ codes` per row); the float
 //! kernels take the centred codes `q - z` as floats (exact integers). Either way the epilogue multiplies by
 //! `s_a · s_w` once. The loops are multiversioned, so rounding is one vector instruction, not a libm call.
 use crate::cpu::{self, Isa};
 use crate::error::{KernelError, Result};
-use crate::gemm::{act_qparams, par, ActQuant};
+use crate::gemm::{par, ActQuant, RowCode};
 
 /// u8 codes `[m, k]`, one activation scale and zero point per row.
 pub struct Quantized {
@@ -51,15 +51,12 @@ fn min_max_body(x: &[f32]) -> (f32, f32, bool) {
 crate::simd::multiversion!(fn min_max(x: &[f32]) -> (f32, f32, bool) = min_max_body;);
 
 #[inline(always)]
-fn quant_row_body(x: &[f32], inv: f32, z: f32, q: &mut [u8]) {
+fn quant_row_body(x: &[f32], code: RowCode, q: &mut [u8]) {
     for (o, &v) in q.iter_mut().zip(x) {
-        let t = (v * inv).round_ties_even() + z;
-        let t = if t > 0.0 { if t < 255.0 { t } else { 255.0 } } else { 0.0 };
-        // SAFETY: t is finite (inputs were checked) and in [0, 255].
-        *o = unsafe { t.to_int_unchecked::<i32>() } as u8;
+        *o = code.of(v);
     }
 }
-crate::simd::multiversion!(fn quant_row(x: &[f32], inv: f32, z: f32, q: &mut [u8]) = quant_row_body;);
+crate::simd::multiversion!(fn quant_row(x: &[f32], code: RowCode, q: &mut [u8]) = quant_row_body;);
 
 #[inline(always)]
 fn centre_row_body(q: &[u8], z: f32, out: &mut [f32]) {
@@ -94,11 +91,11 @@ pub fn fake_quant(x: &[f32], m: usize, k: usize, act: ActQuant, threads: usize) 
     }
     let params: Vec<(f32, i32)> = match act {
         ActQuant::Static { scale, zero_point } => vec![(scale, zero_point); m],
-        ActQuant::DynamicPerTensor { symmetric } => {
+        ActQuant::DynamicPerTensor { .. } => {
             let (lo, hi) = ranges.iter().fold((0f32, 0f32), |(lo, hi), r| (lo.min(r.0), hi.max(r.1)));
-            vec![act_qparams(lo, hi, symmetric); m]
+            vec![act.params(lo, hi); m]
         }
-        ActQuant::DynamicPerRow { symmetric } => ranges.iter().map(|r| act_qparams(r.0, r.1, symmetric)).collect(),
+        ActQuant::DynamicPerRow { .. } => ranges.iter().map(|r| act.params(r.0, r.1)).collect(),
     };
     let mut q = vec![0u8; m * k];
     let qp = Rows(q.as_mut_ptr());
@@ -106,7 +103,7 @@ pub fn fake_quant(x: &[f32], m: usize, k: usize, act: ActQuant, threads: usize) 
         let (s, z) = params[i];
         // SAFETY: task i writes row i of q (k codes from i · k, inside its m · k) only.
         let row = unsafe { std::slice::from_raw_parts_mut({ &qp }.0.add(i * k), k) };
-        quant_row(isa, &x[i * k..(i + 1) * k], 1.0 / s, z as f32, row);
+        quant_row(isa, &x[i * k..(i + 1) * k], RowCode::new(s, z, act.qmax()), row);
     });
     Ok(Quantized { q, scale: params.iter().map(|p| p.0).collect(), zero: params.iter().map(|p| p.1).collect() })
 }
@@ -119,13 +116,13 @@ mod tests {
     fn quantization_on_two_threads_equals_one_thread() {
         let (m, k) = (130, 1000); // above the parallel threshold
         let x: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1013) as f32 / 97.0 - 5.0 + (i / k) as f32 * 0.01).collect();
-        for act in [ActQuant::DynamicPerRow { symmetric: false }, ActQuant::DynamicPerTensor { symmetric: true }] {
+        for act in [ActQuant::DynamicPerRow { symmetric: false, reduce_range: false }, ActQuant::DynamicPerTensor { symmetric: true, reduce_range: false }] {
             let (a, b) = (fake_quant(&x, m, k, act, 1).unwrap(), fake_quant(&x, m, k, act, 2).unwrap());
             assert_eq!((a.q, a.scale, a.zero), (b.q, b.scale, b.zero));
         }
         let mut bad = x.clone();
         bad[77 * k + 3] = f32::NAN;
-        let err = fake_quant(&bad, m, k, ActQuant::DynamicPerRow { symmetric: false }, 2).err().expect("NaN rejected").to_string();
+        let err = fake_quant(&bad, m, k, ActQuant::DynamicPerRow { symmetric: false, reduce_range: false }, 2).err().expect("NaN rejected").to_string();
         assert!(err.contains(&format!("flat index {}", 77 * k + 3)), "{err}");
     }
 }
