@@ -243,6 +243,8 @@ def main() -> None:
     ap.add_argument("--no-ort", action="store_true", help="skip onnxruntime (its export takes about a minute)")
     ap.add_argument("--attention", action="store_true", help="time the attention kernel alone (see above)")
     ap.add_argument("--kernel-calls", action="store_true", help="time each kernel call of the fused forward (see above)")
+    ap.add_argument("--reduce-range", action="store_true",
+                    help="lower with reduce_range=True (7-bit activations, as torch's quantize_dynamic on x86)")
     ap.add_argument("--attention-products", choices=("auto", "float32", "bfloat16"), default="auto",
                     help="fuse_encoder's attention products (auto, the default: bfloat16 where the CPU has "
                          "AVX512_BF16, the projections being int8; float32: the switch back)")
@@ -265,7 +267,7 @@ def main() -> None:
     kernels.encoder_layers = _traced(kernels.encoder_layers, "nnic encoder layers")
     model = LastHidden(bert()).eval()
     q = nnic.quantization_speedup(copy.deepcopy(model), {
-        n: 8 for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+        n: 8 for n, m in model.named_modules() if isinstance(m, nn.Linear)}, reduce_range=args.reduce_range)
     fuse_mlp_activations(q)
     fuse_projections(q)
     fused = copy.deepcopy(q)

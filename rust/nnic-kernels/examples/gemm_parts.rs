@@ -8,7 +8,8 @@
 //! apply the epilogue in registers, its row panels packed as the first tasks of the GEMM's region) against the same
 //! with the epilogue on blocks and against the same with the activations packed in a region of their own first, in
 //! the same rounds (and the ratios); then two threads (wall). Minimum of [`ROUNDS`] calls each; the product's GMAC/s
-//! and its % of the one-thread peak (× threads). Activations per token, asymmetric, as `quantization_speedup` quantizes them.
+//! and its % of the one-thread peak (× threads). Activations per token, asymmetric, as `quantization_speedup` quantizes them
+//! (7-bit with `REDUCE_RANGE=1`).
 use nnic_kernels::clock::thread_cpu;
 use nnic_kernels::gemm::profile::{
     int8_linear_block_epilogue, int8_linear_packed_first, stage_seconds, vnni_peak, STAGES,
@@ -46,7 +47,9 @@ fn main() {
     if !given.is_empty() {
         shapes = given;
     }
-    let act = ActQuant::DynamicPerRow { symmetric: false, reduce_range: false }; // as `quantization_speedup` does
+    // As `quantization_speedup` quantizes them; `REDUCE_RANGE=1`: with 7-bit codes (`reduce_range`).
+    let reduce_range = std::env::var("REDUCE_RANGE").is_ok_and(|v| v == "1");
+    let act = ActQuant::DynamicPerRow { symmetric: false, reduce_range };
     for (k, n, activation, what) in shapes {
         let w: Vec<i8> = (0..n * k).map(|i| ((i * 7919 + 13) % 255) as i8).collect();
         let scale: Vec<f32> = (0..n).map(|j| 0.001 + j as f32 * 1e-6).collect();

@@ -263,6 +263,22 @@ fn put_panel_cols<'a>(
     let mut done = 0; // columns already put for rows below `quads`
     let mut quads = 0;
     #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 && rows <= 2 {
+        // The AVX2 path's panels (one or two rows): both rows 32 values a step, their k groups interleaved in
+        // registers and stored as whole lines (see `x86::put_rows_avx2`).
+        done = len / 32 * 32;
+        quads = rows;
+        assert!(kk % 4 == 0 && panel.len() >= (kk + len).div_ceil(4) * rows * 4);
+        let xs = [0, rows - 1].map(|i| &x(i)[..done]);
+        let q = [0, rows - 1].map(code);
+        let mut two = [0i32; 2];
+        // SAFETY: AVX2 is active (so supported); the panel holds the k groups of these columns (checked above).
+        unsafe { x86::put_rows_avx2(panel.as_mut_ptr().add(kk / 4 * rows * 4), rows, xs, q, sum, &mut two) };
+        for (r, s) in sums.iter_mut().enumerate() {
+            *s = s.wrapping_add(two[r]);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 && rows >= 4 {
         done = len / 16 * 16;
         quads = rows / 4 * 4;
@@ -295,6 +311,78 @@ const CHUNK: usize = 256;
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+
+    /// The 32 codes of `x[0..32]` as bytes in order, bit-exact with [`super::code`] (as [`codes16`] is: `v = x · inv`
+    /// clamped to ±1024, NaN to -1024, converted with round-half-even (the default rounding mode), `z` added; the
+    /// saturating packs clamp to [0, 255], `vtop` (bytes) to the code range's top).
+    #[inline(always)]
+    unsafe fn codes32(x: *const f32, vinv: __m256, vz: __m256i, vtop: __m256i) -> __m256i {
+        unsafe {
+            let (lo, hi) = (_mm256_set1_ps(-1024.0), _mm256_set1_ps(1024.0));
+            let q = |i: usize| {
+                let v = _mm256_mul_ps(_mm256_loadu_ps(x.add(8 * i)), vinv);
+                _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, lo), hi)), vz)
+            };
+            // The packs work per 128-bit lane: dwords come out as values 0-3, 8-11, 16-19, 24-27, 4-7, ...
+            let c = _mm256_packus_epi16(_mm256_packs_epi32(q(0), q(1)), _mm256_packs_epi32(q(2), q(3)));
+            _mm256_min_epu8(_mm256_permutevar8x32_epi32(c, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)), vtop)
+        }
+    }
+
+    /// The AVX2 path's panel of `rows` (1 or 2) rows: `x[r]` (row `r`'s values, one length, a multiple of 32;
+    /// `x[1]` is ignored for one row) quantized with `q[r]` 32 values a step. Two rows' codes are interleaved per k
+    /// group in registers (`vpunpck{l,h}dq` and a lane swap), so each step stores two whole 32-byte lines instead of
+    /// sixteen 4-byte slots. `sums[r]`: row `r`'s byte sum when `sum` is set. Bit-exact with
+    /// [`super::put_row_body`], 2.5-3.5× faster than it: BERT's MLP-down input (1024 × 3072, read from memory, one
+    /// thread, wall time, two alternated process pairs on the Zen 3 machine) packed in 0.35-0.56 ns a value against
+    /// 1.20-1.46 with a static scale, and in 0.57-0.68 against 1.46-1.63 with per-row ranges (their pass included).
+    ///
+    /// # Safety
+    /// The CPU has AVX2; `panel` holds `x[0].len() / 4` k groups of `rows` rows × 4 bytes.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn put_rows_avx2(
+        panel: *mut u8,
+        rows: usize,
+        x: [&[f32]; 2],
+        q: [super::RowCode; 2],
+        sum: bool,
+        sums: &mut [i32; 2],
+    ) {
+        unsafe {
+            let vinv = q.map(|q| _mm256_set1_ps(q.inv));
+            let vz = q.map(|q| _mm256_set1_epi32(q.z as i32));
+            let vtop = q.map(|q| _mm256_set1_epi8(q.top as u8 as i8));
+            let mut acc = [_mm256_setzero_si256(); 2];
+            let len = x[0].len();
+            debug_assert!(len % 32 == 0 && (rows == 1 || x[1].len() == len) && (1..=2).contains(&rows));
+            let mut dst = panel;
+            for c in (0..len).step_by(32) {
+                let a = codes32(x[0].as_ptr().add(c), vinv[0], vz[0], vtop[0]);
+                if sum {
+                    acc[0] = _mm256_add_epi64(acc[0], _mm256_sad_epu8(a, _mm256_setzero_si256()));
+                }
+                if rows == 1 {
+                    _mm256_storeu_si256(dst as *mut __m256i, a);
+                    dst = dst.add(32);
+                    continue;
+                }
+                let b = codes32(x[1].as_ptr().add(c), vinv[1], vz[1], vtop[1]);
+                if sum {
+                    acc[1] = _mm256_add_epi64(acc[1], _mm256_sad_epu8(b, _mm256_setzero_si256()));
+                }
+                let (lo, hi) = (_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b));
+                _mm256_storeu_si256(dst as *mut __m256i, _mm256_permute2x128_si256::<0x20>(lo, hi));
+                _mm256_storeu_si256(dst.add(32) as *mut __m256i, _mm256_permute2x128_si256::<0x31>(lo, hi));
+                dst = dst.add(64);
+            }
+            if sum {
+                for r in 0..rows {
+                    let v: [i64; 4] = std::mem::transmute(acc[r]);
+                    sums[r] = v.iter().sum::<i64>() as i32;
+                }
+            }
+        }
+    }
 
     /// The 16 codes of `x[0..16]` as i32 lanes in [0, top], bit-exact with [`super::code`]: `v = x * inv` is
     /// clamped to ±1024 (`max` first, which sends NaN to -1024 and so to code 0; beyond ±1024 every code is 0 or
@@ -677,8 +765,9 @@ mod tests {
     use super::*;
 
     /// Every path packs f32 activations into the same bytes, row sums, scales and zero points as the portable
-    /// one: AVX-512's four-row transposed stores (`put_rows4`), its single rows and the scalar tails cover panels
-    /// of 1 to 13 rows and K around the 16-value steps and the column chunks.
+    /// one: AVX-512's four-row transposed stores (`put_rows4`), its single rows, AVX2's one- and two-row panels
+    /// (`put_rows_avx2`) and the scalar tails cover panels of 1 to 13 rows (panels of at most 12 and of at most 2)
+    /// and K around the 16- and 32-value steps and the column chunks, with 8- and 7-bit codes.
     #[test]
     fn f32_packing_is_identical_on_every_path() {
         let mut seed = 7u64;
@@ -690,17 +779,19 @@ mod tests {
             ActQuant::DynamicPerRow { symmetric: true, reduce_range: false },
             ActQuant::DynamicPerRow { symmetric: false, reduce_range: false },
             ActQuant::DynamicPerTensor { symmetric: false, reduce_range: false },
+            ActQuant::DynamicPerRow { symmetric: false, reduce_range: true },
+            ActQuant::DynamicPerTensor { symmetric: true, reduce_range: true },
             ActQuant::Static { scale: 0.07, zero_point: 117 },
         ];
-        for m in [1, 3, 4, 5, 8, 12, 13, 29] {
-            for k in [1usize, 15, 16, 17, 63, 255, 256, 257, 1000, 3001] {
+        for (m, mr) in [1, 3, 4, 5, 8, 12, 13, 29].into_iter().flat_map(|m| [(m, 12), (m, 2)]) {
+            for k in [1usize, 15, 16, 17, 31, 32, 33, 63, 255, 256, 257, 1000, 3001] {
                 let x: Vec<f32> = (0..m * k).map(|_| next()).collect();
                 let kp = k.div_ceil(4) * 4;
                 for act in acts {
-                    let want = pack_f32(Path::Scalar, 12, &x, m, k, kp, act, true).unwrap();
+                    let want = pack_f32(Path::Scalar, mr, &x, m, k, kp, act, true).unwrap();
                     for path in Path::ALL.into_iter().filter(|p| p.is_supported()) {
-                        let got = pack_f32(path, 12, &x, m, k, kp, act, true).unwrap();
-                        let what = format!("{path:?} m={m} k={k} {act:?}");
+                        let got = pack_f32(path, mr, &x, m, k, kp, act, true).unwrap();
+                        let what = format!("{path:?} m={m} mr={mr} k={k} {act:?}");
                         assert_eq!(got.mr, want.mr, "{what}");
                         assert_eq!(got.data[..m * kp], want.data[..m * kp], "{what}: bytes");
                         assert_eq!(got.rowsum, want.rowsum, "{what}: row sums");
@@ -716,7 +807,8 @@ mod tests {
 
     /// Static ranges quantize whatever comes: every path gives the portable path's codes for NaN (0), infinities,
     /// values far beyond the clamp (|x / s| up to 1e30, where the vector path clamps before converting), exact
-    /// ties around it and around the u8 ends, for zero points 0, 128 and 255.
+    /// ties around it and around the u8 ends, for zero points 0, 128 and 255, in panels of at most 12 and 2 rows;
+    /// and the same codes with the 7-bit top (the clamp at 127 that `reduce_range` codes get), panel by panel.
     #[test]
     fn extreme_static_inputs_quantize_alike_on_every_path() {
         let s = 0.5f32;
@@ -724,20 +816,39 @@ mod tests {
         for t in [0.25f32, 0.75, 63.75, 64.25, 127.25, 127.75, 511.75, 512.25, 1023.75, 1024.25, 5000.0] {
             x.extend([t, -t, t + 0.5, -t - 0.5]);
         }
-        for m in [1usize, 4, 12] {
+        for (m, mr) in [(1usize, 12), (4, 12), (12, 12), (1, 2), (2, 2), (5, 2)] {
             let k = x.len() * 2 + 3;
             let xs: Vec<f32> = (0..m * k).map(|i| x[(i * 7 + i / k) % x.len()]).collect();
             let kp = k.div_ceil(4) * 4;
             for zero_point in [0, 128, 255] {
                 let act = ActQuant::Static { scale: s, zero_point };
-                let want = pack_f32(Path::Scalar, 12, &xs, m, k, kp, act, true).unwrap();
+                let want = pack_f32(Path::Scalar, mr, &xs, m, k, kp, act, true).unwrap();
                 for path in Path::ALL.into_iter().filter(|p| p.is_supported()) {
-                    let got = pack_f32(path, 12, &xs, m, k, kp, act, true).unwrap();
-                    assert_eq!(got.data[..m * kp], want.data[..m * kp], "{path:?} m={m} z={zero_point}: bytes");
-                    assert_eq!(got.rowsum, want.rowsum, "{path:?} m={m} z={zero_point}: row sums");
+                    let got = pack_f32(path, mr, &xs, m, k, kp, act, true).unwrap();
+                    let what = format!("{path:?} m={m} mr={mr} z={zero_point}");
+                    assert_eq!(got.data[..m * kp], want.data[..m * kp], "{what}: bytes");
+                    assert_eq!(got.rowsum, want.rowsum, "{what}: row sums");
                     release(got);
                 }
                 release(want);
+            }
+        }
+        for rows in [1usize, 2, 4] {
+            let k = x.len() / 4 * 4 * 2;
+            let xs: Vec<f32> = (0..rows * k).map(|i| x[(i * 7 + i / k) % x.len()]).collect();
+            let row = |r: usize| &xs[r * k..(r + 1) * k];
+            for zero_point in [0, 64, 127] {
+                let (scale, zero) = (vec![s; rows], vec![zero_point; rows]);
+                let put = |isa: Isa| {
+                    let (mut panel, mut sums) = (vec![0u8; k * rows], vec![0i32; rows]);
+                    put_panel_cols(isa, &mut panel, 0, &row, &scale, &zero, 127, true, &mut sums);
+                    (panel, sums)
+                };
+                let want = put(Isa::Scalar);
+                assert!(want.0.iter().all(|&c| c <= 127) && want.0.contains(&127));
+                for isa in [Isa::Avx2, Isa::Avx512].into_iter().filter(|i| i.is_supported()) {
+                    assert_eq!(put(isa), want, "{isa:?} rows={rows} z={zero_point}: 7-bit codes");
+                }
             }
         }
     }
