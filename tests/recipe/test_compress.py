@@ -55,6 +55,18 @@ def test_a_full_recipe_writes_every_output_and_the_model_loads_back(tmp_path):
     assert report.after.latency["repeats"] == 3 and report.after.latency["threads"] == 1
 
 
+def test_reduce_range_reaches_the_int8_layers_and_survives_the_saved_model(tmp_path):
+    recipe = validate(tiny([QUANTIZE, {"stage": "quantization_speedup", "kwargs": {"reduce_range": True}}]), "t.yaml")
+    result = compress(recipe, tmp_path, quiet=True)
+    layers = [m for m in result.model.modules() if type(m).__name__ in ("Int8Linear", "Int8Conv2d")]
+    assert layers and all(m.reduce_range for m in layers)
+    loaded = load_model(tmp_path)
+    assert all(m.reduce_range for m in loaded.modules() if type(m).__name__ in ("Int8Linear", "Int8Conv2d"))
+    x = torch.rand(5, 1, 8, 8)
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), result.model(x))
+
+
 def test_masked_and_simulated_models_are_called_what_they_are(tmp_path):
     level = {"stage": "prune", "pruner": "level", "config_list": [{"sparsity": 0.8, "op_types": ["Linear"]}]}
     result = compress(validate(tiny([level, QUANTIZE]), "t.yaml"), tmp_path, quiet=True)
