@@ -148,13 +148,7 @@ pub(crate) mod x86 {
             let mut s = [[_mm256_setzero_si256(); 4]; MR];
             for g in 0..kg {
                 let bp = b.add(g * 128);
-                if stream {
-                    _mm_prefetch::<_MM_HINT_T1>(bp.wrapping_add(GEMV_AHEAD));
-                    _mm_prefetch::<_MM_HINT_T1>(bp.wrapping_add(GEMV_AHEAD + 64));
-                } else {
-                    _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(1024));
-                    _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(1024 + 64));
-                }
+                prefetch_group(bp, stream);
                 let ag = a.add(g * MR * 4);
                 let mut sa = [_mm256_setzero_si256(); MR];
                 let mut ua = [_mm256_setzero_si256(); MR];
@@ -170,11 +164,42 @@ pub(crate) mod x86 {
                     }
                 }
             }
+            let shift = [0, 1, 2, 3].map(|v| _mm256_slli_epi32::<7>(_mm256_loadu_si256(colsum.add(8 * v) as *const __m256i)));
+            store_avx2_tile(&s, c, ldc, acc, shift);
+        }
+    }
+
+    /// The AVX2 `vpmaddubsw` tiles' prefetch for k group `bp` (128 weight bytes): with `stream` [`GEMV_AHEAD`] bytes
+    /// ahead into L2, else 1 KiB ahead into L1.
+    ///
+    /// # Safety
+    /// The CPU has SSE (every x86-64 does).
+    #[inline(always)]
+    unsafe fn prefetch_group(bp: *const i8, stream: bool) {
+        // SAFETY: prefetches never fault (the addresses are computed with wrapping arithmetic).
+        unsafe {
+            if stream {
+                _mm_prefetch::<_MM_HINT_T1>(bp.wrapping_add(GEMV_AHEAD));
+                _mm_prefetch::<_MM_HINT_T1>(bp.wrapping_add(GEMV_AHEAD + 64));
+            } else {
+                _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(1024));
+                _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(1024 + 64));
+            }
+        }
+    }
+
+    /// Stores an AVX2 tile's `MR` rows × 32 sums at `c` (row stride `ldc`): added to what is there with `acc`, else
+    /// to `init` (per 8-column vector: the sign tile's activation shift, zero for the narrow tile).
+    ///
+    /// # Safety
+    /// The CPU has AVX2; `c` holds `MR` rows of 32 at `ldc`.
+    #[inline(always)]
+    unsafe fn store_avx2_tile<const MR: usize>(s: &[[__m256i; 4]; MR], c: *mut i32, ldc: usize, acc: bool, init: [__m256i; 4]) {
+        unsafe {
             for v in 0..4 {
-                let shift = _mm256_slli_epi32::<7>(_mm256_loadu_si256(colsum.add(8 * v) as *const __m256i));
                 for r in 0..MR {
                     let p = c.add(r * ldc + 8 * v) as *mut __m256i;
-                    let base = if acc { _mm256_loadu_si256(p) } else { shift };
+                    let base = if acc { _mm256_loadu_si256(p) } else { init[v] };
                     _mm256_storeu_si256(p, _mm256_add_epi32(base, s[r][v]));
                 }
             }
@@ -207,13 +232,7 @@ pub(crate) mod x86 {
             let mut s = [[_mm256_setzero_si256(); 4]; MR];
             for g in 0..kg {
                 let bp = b.add(g * 128);
-                if stream {
-                    _mm_prefetch::<_MM_HINT_T1>(bp.wrapping_add(GEMV_AHEAD));
-                    _mm_prefetch::<_MM_HINT_T1>(bp.wrapping_add(GEMV_AHEAD + 64));
-                } else {
-                    _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(1024));
-                    _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(1024 + 64));
-                }
+                prefetch_group(bp, stream);
                 let ag = a.add(g * MR * 4);
                 let mut av = [_mm256_setzero_si256(); MR];
                 for r in 0..MR {
@@ -226,13 +245,7 @@ pub(crate) mod x86 {
                     }
                 }
             }
-            for v in 0..4 {
-                for r in 0..MR {
-                    let p = c.add(r * ldc + 8 * v) as *mut __m256i;
-                    let x = if acc { _mm256_add_epi32(_mm256_loadu_si256(p), s[r][v]) } else { s[r][v] };
-                    _mm256_storeu_si256(p, x);
-                }
-            }
+            store_avx2_tile(&s, c, ldc, acc, [_mm256_setzero_si256(); 4]);
         }
     }
 
