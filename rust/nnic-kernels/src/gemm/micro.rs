@@ -148,7 +148,7 @@ pub(crate) mod x86 {
             let mut s = [[_mm256_setzero_si256(); 4]; MR];
             for g in 0..kg {
                 let bp = b.add(g * 128);
-                prefetch_group(bp, stream);
+                prefetch_group::<GEMV_AHEAD>(bp, stream);
                 let ag = a.add(g * MR * 4);
                 let mut sa = [_mm256_setzero_si256(); MR];
                 let mut ua = [_mm256_setzero_si256(); MR];
@@ -169,18 +169,18 @@ pub(crate) mod x86 {
         }
     }
 
-    /// The AVX2 `vpmaddubsw` tiles' prefetch for k group `bp` (128 weight bytes): with `stream` [`GEMV_AHEAD`] bytes
-    /// ahead into L2, else 1 KiB ahead into L1.
+    /// A tile's prefetch for k group `bp` (128 weight bytes): with `stream` `AHEAD` bytes ahead into L2
+    /// ([`GEMV_AHEAD`] for the AVX2 tiles, [`STREAM_AHEAD`] for VNNI's), else 1 KiB ahead into L1.
     ///
     /// # Safety
     /// The CPU has SSE (every x86-64 does).
     #[inline(always)]
-    unsafe fn prefetch_group(bp: *const i8, stream: bool) {
+    unsafe fn prefetch_group<const AHEAD: usize>(bp: *const i8, stream: bool) {
         // SAFETY: prefetches never fault (the addresses are computed with wrapping arithmetic).
         unsafe {
             if stream {
-                _mm_prefetch::<_MM_HINT_T1>(bp.wrapping_add(GEMV_AHEAD));
-                _mm_prefetch::<_MM_HINT_T1>(bp.wrapping_add(GEMV_AHEAD + 64));
+                _mm_prefetch::<_MM_HINT_T1>(bp.wrapping_add(AHEAD));
+                _mm_prefetch::<_MM_HINT_T1>(bp.wrapping_add(AHEAD + 64));
             } else {
                 _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(1024));
                 _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(1024 + 64));
@@ -232,7 +232,7 @@ pub(crate) mod x86 {
             let mut s = [[_mm256_setzero_si256(); 4]; MR];
             for g in 0..kg {
                 let bp = b.add(g * 128);
-                prefetch_group(bp, stream);
+                prefetch_group::<GEMV_AHEAD>(bp, stream);
                 let ag = a.add(g * MR * 4);
                 let mut av = [_mm256_setzero_si256(); MR];
                 for r in 0..MR {
@@ -286,13 +286,7 @@ pub(crate) mod x86 {
                 }
                 let b0 = _mm512_loadu_si512(bp as *const __m512i);
                 let b1 = _mm512_loadu_si512(bp.add(64) as *const __m512i);
-                if stream {
-                    _mm_prefetch::<_MM_HINT_T1>(bp.wrapping_add(STREAM_AHEAD));
-                    _mm_prefetch::<_MM_HINT_T1>(bp.wrapping_add(STREAM_AHEAD + 64));
-                } else {
-                    _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(1024));
-                    _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(1024 + 64));
-                }
+                prefetch_group::<STREAM_AHEAD>(bp, stream);
                 if !next.is_null() {
                     let np = next.add(bp.offset_from(b) as usize);
                     _mm_prefetch::<_MM_HINT_T1>(np);
