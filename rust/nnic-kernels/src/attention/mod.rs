@@ -15,7 +15,7 @@
 //!
 //! Paths: AVX-512 has its own products (6 × 64 register tiles of 24 accumulators, near the FMA peak), `Kᵀ` packing
 //! (16 × 16 register transposes) and softmax (the exponential on 16 lanes), in [`x86`]; AVX2 its own products
-//! (6 × 16 tiles of 12 accumulators, [`avx2`]); the portable stages ([`portable`], compiled for the baseline and for
+//! (6 × 16 tiles of 12 accumulators) and softmax (8 lanes, four rows at a time), in [`avx2`]; the portable stages ([`portable`], compiled for the baseline and for
 //! AVX2 by `multiversion!`) are their ground truth.
 //!
 //! The products accumulate in the order of the head dimension (Q Kᵀ) and of the keys (P V), the same order a
@@ -496,24 +496,35 @@ fn transpose(isa: Isa, x: &[f32], ldx: usize, rows: usize, cols: usize, out: &mu
 }
 
 /// In place, for each of the `inv.len()` rows of `seq` values in `rows`: `row = e^(row + mask - max)` (`mask`
-/// empty: none), and its `1 / sum(row)` into `inv`. AVX-512 runs [`SOFTMAX_ROWS`] rows at a time
-/// ([`x86::softmax_rows`]; a row's bits do not depend on the grouping), the other paths one row at a time.
+/// empty: none), and its `1 / sum(row)` into `inv`. AVX-512 and AVX2 run [`SOFTMAX_ROWS`] rows at a time
+/// ([`x86::softmax_rows`], [`avx2::softmax_rows`]; a row's bits do not depend on the grouping), the portable path
+/// one row at a time.
 fn softmax_rows(isa: Isa, rows: &mut [f32], seq: usize, mask: &[f32], inv: &mut [f32]) {
     assert!(rows.len() == inv.len() * seq, "attention softmax: {} values for {} rows of {seq}", rows.len(), inv.len());
     assert!(mask.is_empty() || mask.len() >= seq, "attention mask shorter than the row");
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 {
+    if isa == Isa::Avx512 || isa == Isa::Avx2 {
         let mut groups = inv.chunks_exact_mut(SOFTMAX_ROWS);
         let mut at = 0;
         for g in groups.by_ref() {
-            // SAFETY: the CPU has AVX-512 (`cpu::active` only selects supported ISAs); the group's rows are inside
-            // `rows` (checked above), and so is the mask.
-            g.copy_from_slice(&unsafe { x86::softmax_rows::<SOFTMAX_ROWS>(rows[at..].as_mut_ptr(), seq, seq, mask) });
+            let p = rows[at..].as_mut_ptr();
+            // SAFETY: the CPU has the ISA's features (`cpu::active` only selects supported ISAs); the group's rows
+            // are inside `rows` (checked above), and so is the mask.
+            g.copy_from_slice(&unsafe {
+                if isa == Isa::Avx512 {
+                    x86::softmax_rows::<SOFTMAX_ROWS>(p, seq, seq, mask)
+                } else {
+                    avx2::softmax_rows::<SOFTMAX_ROWS>(p, seq, seq, mask)
+                }
+            });
             at += SOFTMAX_ROWS * seq;
         }
         for i in groups.into_remainder() {
+            let p = rows[at..].as_mut_ptr();
             // SAFETY: as above, one row.
-            *i = unsafe { x86::softmax_rows::<1>(rows[at..].as_mut_ptr(), seq, seq, mask) }[0];
+            *i = unsafe {
+                if isa == Isa::Avx512 { x86::softmax_rows::<1>(p, seq, seq, mask) } else { avx2::softmax_rows::<1>(p, seq, seq, mask) }
+            }[0];
             at += seq;
         }
         return;
@@ -523,7 +534,7 @@ fn softmax_rows(isa: Isa, rows: &mut [f32], seq: usize, mask: &[f32], inv: &mut 
     }
 }
 
-/// Score rows per step of the AVX-512 softmax ([`softmax_rows`]).
+/// Score rows per step of the AVX-512 and AVX2 softmax ([`softmax_rows`]).
 const SOFTMAX_ROWS: usize = 4;
 
 #[cfg(test)]
@@ -561,6 +572,42 @@ mod tests {
                         assert!(row[..n].iter().all(|x| x.is_finite()), "m {m}, kk {kk}, n {n}: row {i} unwritten");
                         assert!(row[n..].iter().all(|x| x.is_nan()), "m {m}, kk {kk}, n {n}: row {i} past column n");
                     }
+                }
+            }
+        }
+    }
+
+    /// The AVX2 softmax ([`avx2::softmax_rows`], a group of rows and single rows) gives the portable path's bits
+    /// (the scalar ISA's rows, 16 lanes and `fmaf`): probabilities and `1 / sum`, rows shorter than, equal to and longer than the 16-value step,
+    /// scores across the exponential's range (down past its clamp at -87.3), with and without a padding mask (a
+    /// dropped key is -3.4e38 or -inf), and a NaN score that makes its row NaN.
+    #[test]
+    fn avx2_softmax_equals_the_portable_softmax_bit_for_bit() {
+        if !cpu::supported().contains(&Isa::Avx2) {
+            return; // the AVX2 path is never selected here
+        }
+        let mut seed = 7u64;
+        let mut next = move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 200.0
+        };
+        for seq in [1usize, 7, 15, 16, 17, 31, 32, 128, 130] {
+            let mask: Vec<f32> = (0..seq).map(|j| [0.0, f32::MIN, 0.0, f32::NEG_INFINITY, -1.5][j % 5]).collect();
+            for with_mask in [false, true] {
+                let mask = if with_mask { &mask[..] } else { &[][..] };
+                let m = SOFTMAX_ROWS + 2; // a group and a remainder
+                let mut x: Vec<f32> = (0..m * seq).map(|_| next()).collect();
+                x[seq + seq / 2] = f32::NAN;
+                let (mut got, mut want) = (x.clone(), x);
+                let (mut inv_got, mut inv_want) = (vec![0.0f32; m], vec![0.0f32; m]);
+                softmax_rows(Isa::Avx2, &mut got, seq, mask, &mut inv_got);
+                softmax_rows(Isa::Scalar, &mut want, seq, mask, &mut inv_want);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                let what = format!("seq {seq}, mask {with_mask}");
+                assert_eq!(bits(&got), bits(&want), "{what}: probabilities");
+                assert_eq!(bits(&inv_got), bits(&inv_want), "{what}: 1 / sum");
+                for (r, i) in inv_got.iter().enumerate() {
+                    assert_eq!(i.is_nan(), r == 1, "{what}: NaN only in its row");
                 }
             }
         }
