@@ -7,13 +7,13 @@
 //! accumulators must be in flight, and AVX2 has 16 ymm registers. The portable 4 × 32 tile compiled for AVX2 wants
 //! 16 accumulators, so LLVM spills them and the loads of `B` and broadcasts of `A` queue behind the spills
 //! (15-21 GMAC/s one thread at BERT-base's shape in `examples/attention_parts.rs`, of a ~16 MAC/cycle peak; this
-//! tile 19-27 there, loads 1.7-4.6 on two cores, and 31-38 on a 48 × 128 by 128 × 64 product held in L1). The whole
-//! attention at that shape, wall time, one thread, median of 40 calls, 10 alternated runs of each build at load 4:
-//! 16.5 ms before, 14.2 ms with this file. 6 × 16 keeps 12 accumulators, two
-//! vectors of `B` and one broadcast in registers: 12 FMAs per 2 loads and 6 broadcasts (loads, not shuffles, on
-//! Zen 3). `P V` at head_dim 64 is four tiles wide, `Q Kᵀ`'s panels of 64 keys too; a query block of 48 rows is
-//! 8 tiles high. Edge tiles (fewer rows, one vector, a last vector of fewer than 8 columns loaded and stored with
-//! `vmaskmovps`) are the same kernel instantiated for their size, in the same summation order.
+//! tile 19-27 there, loads 1.7-4.6 on two cores, and 31-38 on a 48 × 128 by 128 × 64 product held in L1). 6 × 16
+//! keeps 12 accumulators, two vectors of `B` and one broadcast in registers: 12 FMAs per 2 loads and 6 broadcasts.
+//! `P V` at head_dim 64 is four tiles wide, `Q Kᵀ`'s panels of 64 keys too; a query block of 48 rows is 8 tiles
+//! high. Edge tiles (fewer rows, one vector, a last vector of fewer than 8 columns loaded and stored with
+//! `vmaskmovps`) are the same kernel instantiated for their size, in the same summation order. (4 × 24 measured the
+//! same in L1, 3 × 32 spills: 19 GMAC/s.) The whole attention at BERT-base's shape, wall time, one thread, median of
+//! 40 calls, 10 alternated runs of each build at load 4: 16.5 ms before this file, 14.2 ms with it.
 use std::arch::x86_64::*;
 
 /// Rows of the register tile.
@@ -30,8 +30,8 @@ fn lanes(n: usize) -> __m256i {
 
 /// `c[m × n] = alpha · a[m × kk] · b[kk × n]` (row strides `lda`, `ldb`, `ldc`): row tiles outside, the tiles
 /// of 16 columns inside (a tile's 6 rows of `a`, 3 KiB at kk 128, stay in L1 while `b` streams). The other order
-/// (one 16-column panel of `b` for every row tile) measured 3-7 % slower in `examples/attention_parts.rs`: `P V`'s
-/// panel has rows 256 bytes apart, which fall in a quarter of L1's sets.
+/// (one 16-column panel of `b` for every row tile) measured 3-7 % slower in `examples/attention_parts.rs` (a guess
+/// at why: `P V`'s panel has rows 256 bytes apart, which fall in a quarter of L1's sets).
 ///
 /// # Safety
 /// The CPU has AVX2 and FMA; `a`, `b` and `c` hold the rows described (`(m-1)·lda + kk` values of `a`, and so on).
