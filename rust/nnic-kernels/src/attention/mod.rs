@@ -14,8 +14,9 @@
 //! (`examples/attention_parts.rs`).
 //!
 //! Paths: AVX-512 has its own products (6 × 64 register tiles of 24 accumulators, near the FMA peak), `Kᵀ` packing
-//! (16 × 16 register transposes) and softmax (the exponential on 16 lanes), in [`x86`]; the portable stages
-//! ([`portable`], compiled for the baseline and for AVX2 by `multiversion!`) are their ground truth.
+//! (16 × 16 register transposes) and softmax (the exponential on 16 lanes), in [`x86`]; AVX2 its own products
+//! (6 × 16 tiles of 12 accumulators) and softmax (8 lanes, four rows at a time), in [`avx2`]; the portable stages ([`portable`], compiled for the baseline and for
+//! AVX2 by `multiversion!`) are their ground truth.
 //!
 //! The products accumulate in the order of the head dimension (Q Kᵀ) and of the keys (P V), the same order a
 //! plain loop uses, with fused multiply-adds, on every path; the exponential is a degree-6 polynomial after range
@@ -29,6 +30,8 @@ use portable::{rows1, rows4, softmax_portable, transpose_portable, TILE_ROWS};
 /// The exponential of the softmax, shared with the decode-step kernels ([`crate::decoder`]).
 pub(crate) use portable::{exp_body, softmax_unnormalised};
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 mod portable;
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -36,7 +39,7 @@ mod x86;
 pub mod profile;
 
 /// Query rows per block: the scores block is `QUERY_BLOCK × seq` floats (24 KiB at seq 128); a multiple of both
-/// paths' tile rows (4 portable, 6 AVX-512).
+/// paths' tile rows (4 portable, 6 AVX2 and AVX-512).
 const QUERY_BLOCK: usize = 48;
 /// Keys per panel of the packed `Kᵀ`: each panel, `[head_dim, KEY_PANEL]`, is contiguous (16 KiB at head_dim 64),
 /// so that the scores' product streams one L1-resident panel per column block instead of rows 4 × seq bytes apart.
@@ -462,6 +465,11 @@ fn matmul(isa: Isa, a: &[f32], lda: usize, b: &[f32], ldb: usize, m: usize, kk: 
         // SAFETY: the CPU has AVX-512 (`cpu::active` only selects supported ISAs); bounds checked above.
         return unsafe { x86::matmul(a.as_ptr(), lda, b.as_ptr(), ldb, m, kk, n, alpha, c.as_mut_ptr(), ldc) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        // SAFETY: the CPU has AVX2 and FMA (`cpu::active` only selects supported ISAs); bounds checked above.
+        return unsafe { avx2::matmul(a.as_ptr(), lda, b.as_ptr(), ldb, m, kk, n, alpha, c.as_mut_ptr(), ldc) };
+    }
     let mut i = 0;
     while i + TILE_ROWS <= m {
         rows4(isa, &a[i * lda..], lda, b, ldb, kk, n, alpha, &mut c[i * ldc..], ldc);
@@ -488,24 +496,35 @@ fn transpose(isa: Isa, x: &[f32], ldx: usize, rows: usize, cols: usize, out: &mu
 }
 
 /// In place, for each of the `inv.len()` rows of `seq` values in `rows`: `row = e^(row + mask - max)` (`mask`
-/// empty: none), and its `1 / sum(row)` into `inv`. AVX-512 runs [`SOFTMAX_ROWS`] rows at a time
-/// ([`x86::softmax_rows`]; a row's bits do not depend on the grouping), the other paths one row at a time.
+/// empty: none), and its `1 / sum(row)` into `inv`. AVX-512 and AVX2 run [`SOFTMAX_ROWS`] rows at a time
+/// ([`x86::softmax_rows`], [`avx2::softmax_rows`]; a row's bits do not depend on the grouping), the portable path
+/// one row at a time.
 fn softmax_rows(isa: Isa, rows: &mut [f32], seq: usize, mask: &[f32], inv: &mut [f32]) {
     assert!(rows.len() == inv.len() * seq, "attention softmax: {} values for {} rows of {seq}", rows.len(), inv.len());
     assert!(mask.is_empty() || mask.len() >= seq, "attention mask shorter than the row");
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 {
+    if isa == Isa::Avx512 || isa == Isa::Avx2 {
         let mut groups = inv.chunks_exact_mut(SOFTMAX_ROWS);
         let mut at = 0;
         for g in groups.by_ref() {
-            // SAFETY: the CPU has AVX-512 (`cpu::active` only selects supported ISAs); the group's rows are inside
-            // `rows` (checked above), and so is the mask.
-            g.copy_from_slice(&unsafe { x86::softmax_rows::<SOFTMAX_ROWS>(rows[at..].as_mut_ptr(), seq, seq, mask) });
+            let p = rows[at..].as_mut_ptr();
+            // SAFETY: the CPU has the ISA's features (`cpu::active` only selects supported ISAs); the group's rows
+            // are inside `rows` (checked above), and so is the mask.
+            g.copy_from_slice(&unsafe {
+                if isa == Isa::Avx512 {
+                    x86::softmax_rows::<SOFTMAX_ROWS>(p, seq, seq, mask)
+                } else {
+                    avx2::softmax_rows::<SOFTMAX_ROWS>(p, seq, seq, mask)
+                }
+            });
             at += SOFTMAX_ROWS * seq;
         }
         for i in groups.into_remainder() {
+            let p = rows[at..].as_mut_ptr();
             // SAFETY: as above, one row.
-            *i = unsafe { x86::softmax_rows::<1>(rows[at..].as_mut_ptr(), seq, seq, mask) }[0];
+            *i = unsafe {
+                if isa == Isa::Avx512 { x86::softmax_rows::<1>(p, seq, seq, mask) } else { avx2::softmax_rows::<1>(p, seq, seq, mask) }
+            }[0];
             at += seq;
         }
         return;
@@ -515,12 +534,84 @@ fn softmax_rows(isa: Isa, rows: &mut [f32], seq: usize, mask: &[f32], inv: &mut 
     }
 }
 
-/// Score rows per step of the AVX-512 softmax ([`softmax_rows`]).
+/// Score rows per step of the AVX-512 and AVX2 softmax ([`softmax_rows`]).
 const SOFTMAX_ROWS: usize = 4;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The AVX2 products ([`avx2::matmul`]) give the portable path's bits (the scalar ISA: `fmaf` in the order of
+    /// `kk`, then `× alpha`), over row counts that leave every tile height (1 to 13 rows), column counts around
+    /// the 8-lane vectors and the 16-column tile (masked tails), sums of 1 to 128 terms, strides wider than the
+    /// operands, and they write nothing outside `c`'s `m × n` values.
+    #[test]
+    fn avx2_products_equal_the_portable_products_bit_for_bit() {
+        if !cpu::supported().contains(&Isa::Avx2) {
+            return; // the AVX2 path is never selected here
+        }
+        let mut seed = 5u64;
+        let mut next = move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5
+        };
+        for kk in [1usize, 63, 64, 65, 128] {
+            for n in [1usize, 7, 8, 9, 15, 16, 17, 31, 33, 64] {
+                for m in [1usize, 2, 5, 6, 7, 11, 12, 13] {
+                    let (lda, ldb, ldc) = (kk + 3, n + 5, n + 2);
+                    let a: Vec<f32> = (0..m * lda).map(|_| next()).collect();
+                    let b: Vec<f32> = (0..kk * ldb).map(|_| next()).collect();
+                    let alpha = if kk % 2 == 0 { 0.125 } else { 0.3 };
+                    let mut want = vec![f32::NAN; m * ldc];
+                    let mut got = want.clone();
+                    matmul(Isa::Scalar, &a, lda, &b, ldb, m, kk, n, alpha, &mut want, ldc);
+                    matmul(Isa::Avx2, &a, lda, &b, ldb, m, kk, n, alpha, &mut got, ldc);
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&got), bits(&want), "m {m}, kk {kk}, n {n}");
+                    for (i, row) in got.chunks_exact(ldc).enumerate() {
+                        assert!(row[..n].iter().all(|x| x.is_finite()), "m {m}, kk {kk}, n {n}: row {i} unwritten");
+                        assert!(row[n..].iter().all(|x| x.is_nan()), "m {m}, kk {kk}, n {n}: row {i} past column n");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The AVX2 softmax ([`avx2::softmax_rows`], a group of rows and single rows) gives the portable path's bits
+    /// (the scalar ISA's rows, 16 lanes and `fmaf`): probabilities and `1 / sum`, rows shorter than, equal to and longer than the 16-value step,
+    /// scores across the exponential's range (down past its clamp at -87.3), with and without a padding mask (a
+    /// dropped key is -3.4e38 or -inf), and a NaN score that makes its row NaN.
+    #[test]
+    fn avx2_softmax_equals_the_portable_softmax_bit_for_bit() {
+        if !cpu::supported().contains(&Isa::Avx2) {
+            return; // the AVX2 path is never selected here
+        }
+        let mut seed = 7u64;
+        let mut next = move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 200.0
+        };
+        for seq in [1usize, 7, 15, 16, 17, 31, 32, 128, 130] {
+            let mask: Vec<f32> = (0..seq).map(|j| [0.0, f32::MIN, 0.0, f32::NEG_INFINITY, -1.5][j % 5]).collect();
+            for with_mask in [false, true] {
+                let mask = if with_mask { &mask[..] } else { &[][..] };
+                let m = SOFTMAX_ROWS + 2; // a group and a remainder
+                let mut x: Vec<f32> = (0..m * seq).map(|_| next()).collect();
+                x[seq + seq / 2] = f32::NAN;
+                let (mut got, mut want) = (x.clone(), x);
+                let (mut inv_got, mut inv_want) = (vec![0.0f32; m], vec![0.0f32; m]);
+                softmax_rows(Isa::Avx2, &mut got, seq, mask, &mut inv_got);
+                softmax_rows(Isa::Scalar, &mut want, seq, mask, &mut inv_want);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                let what = format!("seq {seq}, mask {with_mask}");
+                assert_eq!(bits(&got), bits(&want), "{what}: probabilities");
+                assert_eq!(bits(&inv_got), bits(&inv_want), "{what}: 1 / sum");
+                for (r, i) in inv_got.iter().enumerate() {
+                    assert_eq!(i.is_nan(), r == 1, "{what}: NaN only in its row");
+                }
+            }
+        }
+    }
 
     /// The AVX-512 softmax gives each row the same bits whether it runs in a group of [`SOFTMAX_ROWS`] or alone:
     /// blocks of 1 to 9 rows (groups and a remainder), rows shorter than, equal to and longer than one vector,
