@@ -125,11 +125,13 @@ pub(crate) mod x86 {
     /// (`acc` false) from `colsum` (the panel's 32 sums over all of K). Per row and 32 weight bytes: 4 operations,
     /// 2 of them multiplies, where the widening kernel ([`avx2`]) needs 5 and 2 plus the weight unpacking.
     ///
-    /// `stream`: the weights are read once from DRAM (small-M blocks): prefetched [`GEMV_AHEAD`] bytes ahead into
-    /// L2, else 1 KiB ahead into L1.
+    /// `next` (or null): part of the driver's next weight micro-panel, whose first `next_groups` k groups (two lines
+    /// each) this tile prefetches into L2 alongside its own. `stream`: the weights are read once from DRAM (small-M
+    /// blocks): prefetched [`GEMV_AHEAD`] bytes ahead into L2, else 1 KiB ahead into L1.
     ///
     /// # Safety
-    /// As [`super::scalar`], the CPU has AVX2, no weight byte is -128, and `colsum` holds 32 values.
+    /// As [`super::scalar`], the CPU has AVX2, no weight byte is -128, and `colsum` holds 32 values (`next` is only
+    /// prefetched: any address).
     #[target_feature(enable = "avx2")]
     #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn avx2_sign<const MR: usize>(
@@ -140,6 +142,8 @@ pub(crate) mod x86 {
         ldc: usize,
         acc: bool,
         colsum: *const i32,
+        next: *const i8,
+        next_groups: usize,
         stream: bool,
     ) {
         unsafe {
@@ -149,6 +153,10 @@ pub(crate) mod x86 {
             for g in 0..kg {
                 let bp = b.add(g * 128);
                 prefetch_group::<GEMV_AHEAD>(bp, stream);
+                if g < next_groups {
+                    _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(g * 128));
+                    _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(g * 128 + 64));
+                }
                 let ag = a.add(g * MR * 4);
                 let mut sa = [_mm256_setzero_si256(); MR];
                 let mut ua = [_mm256_setzero_si256(); MR];
@@ -212,7 +220,7 @@ pub(crate) mod x86 {
     /// pairs to i32. Per row and 32 weight bytes: 3 operations, 2 of them multiplies, against [`avx2_sign`]'s 4
     /// (its `vpsignb` shares the multiply ports).
     ///
-    /// `stream`: as in [`avx2_sign`].
+    /// `next`, `next_groups` and `stream`: as in [`avx2_sign`].
     ///
     /// # Safety
     /// As [`super::scalar`], the CPU has AVX2, and no activation byte exceeds 127.
@@ -225,6 +233,8 @@ pub(crate) mod x86 {
         c: *mut i32,
         ldc: usize,
         acc: bool,
+        next: *const i8,
+        next_groups: usize,
         stream: bool,
     ) {
         unsafe {
@@ -233,6 +243,10 @@ pub(crate) mod x86 {
             for g in 0..kg {
                 let bp = b.add(g * 128);
                 prefetch_group::<GEMV_AHEAD>(bp, stream);
+                if g < next_groups {
+                    _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(g * 128));
+                    _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(g * 128 + 64));
+                }
                 let ag = a.add(g * MR * 4);
                 let mut av = [_mm256_setzero_si256(); MR];
                 for r in 0..MR {

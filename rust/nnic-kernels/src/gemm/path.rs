@@ -127,7 +127,8 @@ pub(crate) enum Avx2Tile {
 
 /// Runs the micro-kernel of `path` for a panel of `mr` rows (≤ `path.mr()`, or for VNNI ≤ [`MR_TALL`]: the tall tile,
 /// which ignores `next` and `stream` as it is made for streamed small-M blocks); `next` (or null) is the weight
-/// micro-panel of the driver's next tile, which the VNNI tile prefetches into L2, and `stream` says that the weights
+/// micro-panel of the driver's next tile, which the VNNI tile prefetches into L2 (all of it) and the AVX2 `vpmaddubsw`
+/// tiles in part (its first `next_groups` k groups: the driver shares it out over a block's row panels), and `stream` says that the weights
 /// are read once from DRAM (both: see [`micro::x86::vnni`]); `epi`, only on the VNNI path and for a tile's whole
 /// product (`acc` false), finishes the tile in registers and stores f32 (see `TileEpilogue`); `tile` picks the AVX2
 /// path's tile (the other paths ignore it).
@@ -146,6 +147,7 @@ pub(super) unsafe fn micro_kernel(
     ldc: usize,
     acc: bool,
     next: *const i8,
+    next_groups: usize,
     stream: bool,
     epi: Option<&TileAt>,
     tile: Avx2Tile,
@@ -169,8 +171,8 @@ pub(super) unsafe fn micro_kernel(
                     _ => pick!(vnni_tall (kg, a, b, c, ldc, acc, epi); 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28),
                 },
                 Path::Avx2 => match tile {
-                    Avx2Tile::Narrow => pick!(avx2_narrow (kg, a, b, c, ldc, acc, stream); 1 2),
-                    Avx2Tile::Sign(colsum) => pick!(avx2_sign (kg, a, b, c, ldc, acc, colsum, stream); 1 2),
+                    Avx2Tile::Narrow => pick!(avx2_narrow (kg, a, b, c, ldc, acc, next, next_groups, stream); 1 2),
+                    Avx2Tile::Sign(colsum) => pick!(avx2_sign (kg, a, b, c, ldc, acc, colsum, next, next_groups, stream); 1 2),
                     Avx2Tile::Widen => pick!(avx2 (kg, a, b, c, ldc, acc); 1 2),
                 },
                 Path::Scalar => micro::scalar(mr, kg, a, b, c, ldc, acc),
@@ -180,7 +182,7 @@ pub(super) unsafe fn micro_kernel(
     #[cfg(not(target_arch = "x86_64"))]
     // SAFETY: caller's contract.
     unsafe {
-        let _ = (path, next, stream, epi, tile);
+        let _ = (path, next, next_groups, stream, epi, tile);
         micro::scalar(mr, kg, a, b, c, ldc, acc)
     }
 }
