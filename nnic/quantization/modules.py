@@ -146,7 +146,7 @@ class _Int8Base(nn.Module):
 
     def __setstate__(self, state: dict) -> None:
         state.setdefault("reduce_range", False)  # layers pickled before the option had 8-bit activations
-        self.__dict__.update(state)
+        super().__setstate__(state)
 
     def _extra(self) -> str:
         per = "per_channel" if bool((self.weight_scale != self.weight_scale[0]).any()) else "per_tensor"
