@@ -153,10 +153,7 @@ pub(crate) mod x86 {
             for g in 0..kg {
                 let bp = b.add(g * 128);
                 prefetch_group::<GEMV_AHEAD>(bp, stream);
-                if g < next_groups {
-                    _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(g * 128));
-                    _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(g * 128 + 64));
-                }
+                prefetch_next(next, g, next_groups);
                 let ag = a.add(g * MR * 4);
                 let mut sa = [_mm256_setzero_si256(); MR];
                 let mut ua = [_mm256_setzero_si256(); MR];
@@ -192,6 +189,22 @@ pub(crate) mod x86 {
             } else {
                 _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(1024));
                 _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(1024 + 64));
+            }
+        }
+    }
+
+    /// The AVX2 `vpmaddubsw` tiles' share of the next weight micro-panel: its k group `g` (two lines) into L2 while
+    /// `g < next_groups` (see [`avx2_sign`]).
+    ///
+    /// # Safety
+    /// The CPU has SSE (every x86-64 does).
+    #[inline(always)]
+    unsafe fn prefetch_next(next: *const i8, g: usize, next_groups: usize) {
+        if g < next_groups {
+            // SAFETY: prefetches never fault (the addresses are computed with wrapping arithmetic).
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(g * 128));
+                _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(g * 128 + 64));
             }
         }
     }
@@ -243,10 +256,7 @@ pub(crate) mod x86 {
             for g in 0..kg {
                 let bp = b.add(g * 128);
                 prefetch_group::<GEMV_AHEAD>(bp, stream);
-                if g < next_groups {
-                    _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(g * 128));
-                    _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(g * 128 + 64));
-                }
+                prefetch_next(next, g, next_groups);
                 let ag = a.add(g * MR * 4);
                 let mut av = [_mm256_setzero_si256(); MR];
                 for r in 0..MR {
