@@ -22,21 +22,23 @@ def _latency(model, x) -> float:
 
 
 def test_found_configuration_meets_the_latency_bound_when_measured_again(model, evaluator, example, tmp_path):
-    dense_ms = statistics.median(_latency(model, example) for _ in range(3))
-    bound = 0.6 * dense_ms
-    result = nnic.auto_compress(model, evaluator, example, constraints={"latency_ms": bound}, n_trials=10,
+    """The bound is a ratio to the dense model (``latency_ratio``), which the search times in rounds interleaved with
+    it: an absolute bound in ms measured here before the search failed when the shared machine slowed down during it
+    (the search's dense model took 2.98 ms against 1.38 here, so no trial could meet 0.83 ms)."""
+    bound = 0.6
+    result = nnic.auto_compress(model, evaluator, example, constraints={"latency_ratio": bound}, n_trials=10,
                                 space={"bits": [8, "float"]}, measure=MEASURE, fine_tune_steps=20,
                                 out_dir=tmp_path, progress=False, seed=1)
     best = result.best
     assert best is not None, result.report()
-    assert best.measured["latency_ms"] <= bound  # as the search measured it
+    assert best.measured["latency_ratio"] <= bound  # as the search measured it
     compressed = result.apply(model)
     # Measured again here, interleaved with the dense model: the ratio holds (25 % margin for a shared machine).
     ratios = []
     for _ in range(3):
         dense, small = _latency(model, example), _latency(compressed, example)
         ratios.append(small / dense)
-    assert statistics.median(ratios) <= 0.6 * 1.25, (ratios, result.report())
+    assert statistics.median(ratios) <= bound * 1.25, (ratios, result.report())
     # apply() rebuilt the configuration the search scored: same FLOPs, same score (same seed, same fine-tuning).
     assert int(count_flops(compressed, example)) == best.measured["flops_count"]
     assert evaluator.evaluate(compressed) == pytest.approx(best.measured["score"], abs=0.01)
