@@ -286,10 +286,8 @@ pub(super) fn drive(
             } else if path == Path::Avx2 {
                 let from = (p * share).min(kg);
                 (next.wrapping_add(from * 128), share.min(kg - from))
-            } else if p == 0 {
-                (next, kg)
             } else {
-                (std::ptr::null(), 0)
+                (next, if p == 0 { kg } else { 0 })
             };
             let ap = a.panel_ptr_rows(i0 / mr, k0 / 4);
             let at = epi.filter(|_| fused).map(|e| e.at(i0, j0));

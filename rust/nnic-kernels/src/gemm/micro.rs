@@ -193,8 +193,8 @@ pub(crate) mod x86 {
         }
     }
 
-    /// The AVX2 `vpmaddubsw` tiles' share of the next weight micro-panel: its k group `g` (two lines) into L2 while
-    /// `g < next_groups` (see [`avx2_sign`]).
+    /// A tile's share of the next weight micro-panel: its k group `g` (two lines) into L2 while `g < next_groups`
+    /// (see [`avx2_sign`] and [`vnni`]).
     ///
     /// # Safety
     /// The CPU has SSE (every x86-64 does).
@@ -275,9 +275,10 @@ pub(crate) mod x86 {
 
     /// AVX-512 VNNI kernel for `MR` ≤ 12 rows × 32 columns (2 × `MR` zmm accumulators).
     ///
-    /// `next`, when not null, is the weight micro-panel the driver multiplies after this one (`kg` groups of
-    /// 128 bytes): its lines are prefetched into L2 alongside, two per k group, so that it arrives from L3/DRAM
-    /// while this tile computes instead of stalling the next tile's first row panel.
+    /// `next`, when `next_groups` is not 0, is the weight micro-panel the driver multiplies after this one (the
+    /// driver gives all `kg` groups of 128 bytes to the first row panel's tile): its lines are prefetched into L2
+    /// alongside, two per k group ([`prefetch_next`]), so that it arrives from L3/DRAM while this tile computes
+    /// instead of stalling the next tile's first row panel.
     ///
     /// `stream`: the weights are read once, in memory order, from DRAM (the driver's small-M blocks): the tile
     /// then prefetches [`STREAM_AHEAD`] bytes ahead into L2 instead of 1 KiB ahead into L1 (see there).
@@ -295,6 +296,7 @@ pub(crate) mod x86 {
         ldc: usize,
         acc: bool,
         next: *const i8,
+        next_groups: usize,
         stream: bool,
         epi: Option<&TileAt>,
     ) {
@@ -311,11 +313,7 @@ pub(crate) mod x86 {
                 let b0 = _mm512_loadu_si512(bp as *const __m512i);
                 let b1 = _mm512_loadu_si512(bp.add(64) as *const __m512i);
                 prefetch_group::<STREAM_AHEAD>(bp, stream);
-                if !next.is_null() {
-                    let np = next.add(bp.offset_from(b) as usize);
-                    _mm_prefetch::<_MM_HINT_T1>(np);
-                    _mm_prefetch::<_MM_HINT_T1>(np.add(64));
-                }
+                prefetch_next(next, g, next_groups);
                 for r in 0..MR {
                     let av = _mm512_set1_epi32((ap.add(r * 4) as *const i32).read_unaligned());
                     s[r][0] = _mm512_dpbusd_epi32(s[r][0], av, b0);

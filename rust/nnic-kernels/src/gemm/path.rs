@@ -126,15 +126,16 @@ pub(crate) enum Avx2Tile {
 }
 
 /// Runs the micro-kernel of `path` for a panel of `mr` rows (≤ `path.mr()`, or for VNNI ≤ [`MR_TALL`]: the tall tile,
-/// which ignores `next` and `stream` as it is made for streamed small-M blocks); `next` (or null) is the weight
-/// micro-panel of the driver's next tile, which the VNNI tile prefetches into L2 (all of it) and the AVX2 `vpmaddubsw`
-/// tiles in part (its first `next_groups` k groups: the driver shares it out over a block's row panels), and `stream` says that the weights
-/// are read once from DRAM (both: see [`micro::x86::vnni`]); `epi`, only on the VNNI path and for a tile's whole
+/// which ignores `next` and `stream` as it is made for streamed small-M blocks); `next` is the weight micro-panel of
+/// the driver's next tile (or the part of it this tile takes), of which the VNNI and AVX2 `vpmaddubsw` tiles
+/// prefetch the first `next_groups` k groups into L2 (the driver gives a VNNI block's first tile all of it and shares
+/// it out over an AVX2 block's row panels), and `stream` says that the weights are read once from DRAM (both: see
+/// [`micro::x86::vnni`]); `epi`, only on the VNNI path and for a tile's whole
 /// product (`acc` false), finishes the tile in registers and stores f32 (see `TileEpilogue`); `tile` picks the AVX2
 /// path's tile (the other paths ignore it).
 ///
 /// # Safety
-/// Pointers as in [`micro::scalar`]; `path` is supported; `next` is null or a micro-panel of `kg` groups.
+/// Pointers as in [`micro::scalar`]; `path` is supported (`next` is only prefetched: any address).
 #[inline]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn micro_kernel(
@@ -167,7 +168,7 @@ pub(super) unsafe fn micro_kernel(
                 Path::Vnni => match mr {
                     1 => vnni_small::<1>(kg, a, b, c, ldc, acc, epi),
                     2 => vnni_small::<2>(kg, a, b, c, ldc, acc, epi),
-                    3..=MR_VNNI => pick!(vnni (kg, a, b, c, ldc, acc, next, stream, epi); 3 4 5 6 7 8 9 10 11 12),
+                    3..=MR_VNNI => pick!(vnni (kg, a, b, c, ldc, acc, next, next_groups, stream, epi); 3 4 5 6 7 8 9 10 11 12),
                     _ => pick!(vnni_tall (kg, a, b, c, ldc, acc, epi); 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28),
                 },
                 Path::Avx2 => match tile {
