@@ -55,22 +55,13 @@ impl ActQuant {
     }
 
     /// The scale and zero point of the dynamic range `[lo, hi]` ([`qparams`] with this mode's symmetry and
-    /// code range; a static mode gives its own).
+    /// code range; a static mode gives its own). An empty input takes `[0, 0]`: scale 1 at the code range's zero.
     pub fn params(&self, lo: f32, hi: f32) -> (f32, i32) {
         match *self {
             ActQuant::Static { scale, zero_point } => (scale, zero_point),
             ActQuant::DynamicPerTensor { symmetric, .. } | ActQuant::DynamicPerRow { symmetric, .. } => {
                 qparams(lo, hi, symmetric, self.qmax())
             }
-        }
-    }
-
-    /// The scale and zero point of an empty input (no range): scale 1 at the code range's zero.
-    pub(crate) fn empty_params(&self) -> (f32, i32) {
-        match *self {
-            ActQuant::Static { scale, zero_point } => (scale, zero_point),
-            _ if self.is_symmetric() => (1.0, (self.qmax() + 1) / 2),
-            _ => (1.0, 0),
         }
     }
 }
@@ -169,6 +160,8 @@ pub(crate) fn zero_tail(panel: &mut [u8], rows: usize, r: usize, g0: usize) {
 }
 
 /// One row's quantizer: `inv = 1 / scale`, the zero point `z` and the largest code `top` (255 or 127), as floats.
+/// Every activation quantizer of the crate (the GEMM's packing, the convolution's, the sparse layers') goes through
+/// [`RowCode::of`].
 #[derive(Copy, Clone, Debug)]
 pub(crate) struct RowCode {
     pub inv: f32,
@@ -188,9 +181,9 @@ impl RowCode {
 }
 
 /// The u8 code of `v`: `clamp(round_half_even(v * inv) + z, 0, top)`, NaN to 0 (`top`: the code range's
-/// largest, 255 or 127; every activation quantizer of the crate goes through here).
+/// largest, 255 or 127).
 #[inline(always)]
-pub(crate) fn code(v: f32, inv: f32, z: f32, top: f32) -> u8 {
+fn code(v: f32, inv: f32, z: f32, top: f32) -> u8 {
     let t = (v * inv).round_ties_even() + z;
     // NaN goes to 0; afterwards t is in [0, top] ⊂ [0, 255], so the unchecked conversion is exact (and vectorizes).
     let t = if t > 0.0 { if t < top { t } else { top } } else { 0.0 };
@@ -242,8 +235,8 @@ fn put_row_f32(isa: Isa, panel: &mut [u8], rows: usize, r: usize, kk: usize, x: 
 }
 
 /// Quantizes the columns from `kk` (a multiple of 4) of every row of a panel into it, `x(r)` being row `r`'s
-/// values there (one length for all rows), with each row's `scale` and `zero` and codes up to `qmax`; adds the byte sums to `sums`
-/// (one per row) when `sum` is set. AVX-512 quantizes four rows at a time ([`x86::put_rows4`]); the other
+/// values there (one length for all rows), with each row's `scale` and `zero` and codes up to `qmax`; adds the byte
+/// sums to `sums` (one per row) when `sum` is set. AVX-512 quantizes four rows at a time ([`x86::put_rows4`]); the other
 /// rows, a last part shorter than 16 values and the other ISAs go row by row ([`put_row_f32`]).
 #[allow(clippy::too_many_arguments)]
 fn put_panel_cols<'a>(
@@ -684,7 +677,7 @@ impl<'x> F32Panels<'x> {
                 act.params(lo, hi)
             }
             ActQuant::DynamicPerRow { .. } => (1.0, 0), // each panel's rows get theirs when it is packed
-            _ => act.empty_params(),
+            _ => act.params(0.0, 0.0),
         };
         pa.scale = vec![s; m];
         pa.zero.fill(z);
@@ -718,7 +711,7 @@ impl<'x> F32Panels<'x> {
         if let ActQuant::DynamicPerRow { .. } = self.act {
             for r in 0..rows {
                 let (s, z) = if k == 0 {
-                    self.act.empty_params()
+                    self.act.params(0.0, 0.0)
                 } else {
                     let (lo, hi, nonfinite) = min_max(isa, row(p * mr + r));
                     if nonfinite {
@@ -763,6 +756,18 @@ impl<'x> F32Panels<'x> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An empty input's range `[0, 0]` gives scale 1 at the code range's zero: 128 / 64 symmetric (8 / 7 bits), 0
+    /// asymmetric; a static mode keeps its own.
+    #[test]
+    fn an_empty_range_quantizes_at_scale_one_and_the_code_ranges_zero() {
+        for (symmetric, reduce_range, zero) in [(true, false, 128), (true, true, 64), (false, false, 0), (false, true, 0)] {
+            for act in [ActQuant::DynamicPerRow { symmetric, reduce_range }, ActQuant::DynamicPerTensor { symmetric, reduce_range }] {
+                assert_eq!(act.params(0.0, 0.0), (1.0, zero), "{act:?}");
+            }
+        }
+        assert_eq!(ActQuant::Static { scale: 0.5, zero_point: 7 }.params(0.0, 0.0), (0.5, 7));
+    }
 
     /// Every path packs f32 activations into the same bytes, row sums, scales and zero points as the portable
     /// one: AVX-512's four-row transposed stores (`put_rows4`), its single rows, AVX2's one- and two-row panels

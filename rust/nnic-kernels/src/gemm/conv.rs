@@ -81,7 +81,7 @@ pub fn int8_conv2d(
             let (lo, hi) = act_pack::tensor_range(isa, x)?;
             act.params(lo, hi)
         }
-        ActQuant::Static { .. } | ActQuant::DynamicPerTensor { .. } => act.empty_params(),
+        ActQuant::Static { .. } | ActQuant::DynamicPerTensor { .. } => act.params(0.0, 0.0),
         ActQuant::DynamicPerRow { .. } => {
             return Err(KernelError::Invalid {
                 what: "convolutions quantize activations per tensor (or statically), not per row".into(),
