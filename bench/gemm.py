@@ -64,8 +64,9 @@ with the attention's products in bfloat16 where the CPU has AVX512_BF16, the goa
 with float32 products (``attention_products="float32"``, the switch back), and the goal row (all fused) with the
 GEMMs' routing by measured cost on (``kernels.set_gemm_routing(True)``, the two trading places every other round);
 interleaved rounds, agreement as cosine with float32. The rows with ``reduce_range`` run the same model lowered with
-``quantization_speedup(..., reduce_range=True)`` (7-bit activations, the precision of ``quantize_dynamic`` on x86). ``--clock cpu`` times process CPU time instead of wall time
-(with ``--threads 1`` it is immune to other processes' load; with more threads it adds the threads' CPU up).
+``quantization_speedup(..., reduce_range=True)`` (7-bit activations, the precision of ``quantize_dynamic`` on x86).
+``--clock cpu`` times process CPU time instead of wall time (with ``--threads 1`` it is immune to other processes'
+load; with more threads it adds the threads' CPU up).
 """
 
 from __future__ import annotations

@@ -143,8 +143,8 @@ def decode_layer(x: Array, input_norm: Array, input_eps: float, post_norm: Array
 
     ``weights``: the q/k/v, output, gate/up and down projections' packed int4/int8 weights (``pack_int4_weight`` /
     ``pack_int8_weight``); ``biases``: their float32 biases or None; ``settings``: each GEMM's ``(act, symmetric,
-    act_scale, act_zero_point, path, activation[, reduce_range])`` as ``run_packed_linear`` takes them (default: the packed
-    class's ``linear`` defaults). Returns a new tensor/array of ``x``'s kind and shape."""
+    act_scale, act_zero_point, path, activation[, reduce_range])`` as ``run_packed_linear`` takes them (default:
+    the packed class's ``linear`` defaults). Returns a new tensor/array of ``x``'s kind and shape."""
     xa = _cpu_array(x, "x")
     if xa.ndim != 2:
         raise ValueError(f"decode_layer: x must be [batch, hidden], got shape {xa.shape}")
@@ -160,8 +160,8 @@ def decode_layer(x: Array, input_norm: Array, input_eps: float, post_norm: Array
     native.decode_layer_step(xa, out, _cpu_array(input_norm, "input_norm"), check_eps(input_eps, "decode_layer"),
                              _cpu_array(post_norm, "post_norm"), check_eps(post_eps, "decode_layer"), list(weights),
                              [None if b is None else _cpu_array(b, "bias") for b in biases],
-                             [full_settings(s) for s in settings], _cpu_array(cos, "cos"), _cpu_array(sin, "sin"), ka, va,
-                             heads, pos, scale)
+                             [full_settings(s) for s in settings], _cpu_array(cos, "cos"), _cpu_array(sin, "sin"),
+                             ka, va, heads, pos, scale)
     return _like(x, out)
 
 
