@@ -15,8 +15,8 @@
 //!
 //! Paths: AVX-512 has its own products (6 × 64 register tiles of 24 accumulators, near the FMA peak), `Kᵀ` packing
 //! (16 × 16 register transposes) and softmax (the exponential on 16 lanes), in [`x86`]; AVX2 its own products
-//! (6 × 16 tiles of 12 accumulators) and softmax (8 lanes, four rows at a time), in [`avx2`]; the portable stages ([`portable`], compiled for the baseline and for
-//! AVX2 by `multiversion!`) are their ground truth.
+//! (6 × 16 tiles of 12 accumulators) and softmax (8 lanes, four rows at a time), in [`avx2`]; the portable stages
+//! ([`portable`], compiled for the baseline and for AVX2 by `multiversion!`) are their ground truth.
 //!
 //! The products accumulate in the order of the head dimension (Q Kᵀ) and of the keys (P V), the same order a
 //! plain loop uses, with fused multiply-adds, on every path; the exponential is a degree-6 polynomial after range
@@ -506,25 +506,30 @@ fn softmax_rows(isa: Isa, rows: &mut [f32], seq: usize, mask: &[f32], inv: &mut 
     if isa == Isa::Avx512 || isa == Isa::Avx2 {
         let mut groups = inv.chunks_exact_mut(SOFTMAX_ROWS);
         let mut at = 0;
+        /// `R` rows from `p` on the active vector path.
+        ///
+        /// # Safety
+        /// The CPU has `isa` (AVX-512 or AVX2 with FMA); `p` holds `R` rows of `seq`, and `mask` is empty or `seq`
+        /// long.
+        unsafe fn group<const R: usize>(isa: Isa, p: *mut f32, seq: usize, mask: &[f32]) -> [f32; R] {
+            // SAFETY: the caller's contract.
+            unsafe {
+                if isa == Isa::Avx512 {
+                    x86::softmax_rows::<R>(p, seq, seq, mask)
+                } else {
+                    avx2::softmax_rows::<R>(p, seq, seq, mask)
+                }
+            }
+        }
         for g in groups.by_ref() {
-            let p = rows[at..].as_mut_ptr();
             // SAFETY: the CPU has the ISA's features (`cpu::active` only selects supported ISAs); the group's rows
             // are inside `rows` (checked above), and so is the mask.
-            g.copy_from_slice(&unsafe {
-                if isa == Isa::Avx512 {
-                    x86::softmax_rows::<SOFTMAX_ROWS>(p, seq, seq, mask)
-                } else {
-                    avx2::softmax_rows::<SOFTMAX_ROWS>(p, seq, seq, mask)
-                }
-            });
+            g.copy_from_slice(&unsafe { group::<SOFTMAX_ROWS>(isa, rows[at..].as_mut_ptr(), seq, mask) });
             at += SOFTMAX_ROWS * seq;
         }
         for i in groups.into_remainder() {
-            let p = rows[at..].as_mut_ptr();
             // SAFETY: as above, one row.
-            *i = unsafe {
-                if isa == Isa::Avx512 { x86::softmax_rows::<1>(p, seq, seq, mask) } else { avx2::softmax_rows::<1>(p, seq, seq, mask) }
-            }[0];
+            *i = unsafe { group::<1>(isa, rows[at..].as_mut_ptr(), seq, mask) }[0];
             at += seq;
         }
         return;
@@ -541,6 +546,14 @@ const SOFTMAX_ROWS: usize = 4;
 mod tests {
     use super::*;
 
+    /// Uniform values in `[-width / 2, width / 2)` from a linear congruential generator seeded with `seed`.
+    fn uniform(mut seed: u64, width: f32) -> impl FnMut() -> f32 {
+        move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * width
+        }
+    }
+
     /// The AVX2 products ([`avx2::matmul`]) give the portable path's bits (the scalar ISA: `fmaf` in the order of
     /// `kk`, then `× alpha`), over row counts that leave every tile height (1 to 13 rows), column counts around
     /// the 8-lane vectors and the 16-column tile (masked tails), sums of 1 to 128 terms, strides wider than the
@@ -550,11 +563,7 @@ mod tests {
         if !cpu::supported().contains(&Isa::Avx2) {
             return; // the AVX2 path is never selected here
         }
-        let mut seed = 5u64;
-        let mut next = move || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5
-        };
+        let mut next = uniform(5, 1.0);
         for kk in [1usize, 63, 64, 65, 128] {
             for n in [1usize, 7, 8, 9, 15, 16, 17, 31, 33, 64] {
                 for m in [1usize, 2, 5, 6, 7, 11, 12, 13] {
@@ -578,19 +587,15 @@ mod tests {
     }
 
     /// The AVX2 softmax ([`avx2::softmax_rows`], a group of rows and single rows) gives the portable path's bits
-    /// (the scalar ISA's rows, 16 lanes and `fmaf`): probabilities and `1 / sum`, rows shorter than, equal to and longer than the 16-value step,
-    /// scores across the exponential's range (down past its clamp at -87.3), with and without a padding mask (a
+    /// (the scalar ISA's rows, 16 lanes and `fmaf`): probabilities and `1 / sum`, rows shorter than, equal to and
+    /// longer than the 16-value step, scores across the exponential's range (down past its clamp at -87.3), with and without a padding mask (a
     /// dropped key is -3.4e38 or -inf), and a NaN score that makes its row NaN.
     #[test]
     fn avx2_softmax_equals_the_portable_softmax_bit_for_bit() {
         if !cpu::supported().contains(&Isa::Avx2) {
             return; // the AVX2 path is never selected here
         }
-        let mut seed = 7u64;
-        let mut next = move || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 200.0
-        };
+        let mut next = uniform(7, 200.0);
         for seq in [1usize, 7, 15, 16, 17, 31, 32, 128, 130] {
             let mask: Vec<f32> = (0..seq).map(|j| [0.0, f32::MIN, 0.0, f32::NEG_INFINITY, -1.5][j % 5]).collect();
             for with_mask in [false, true] {
@@ -619,13 +624,9 @@ mod tests {
     #[test]
     fn grouped_softmax_rows_equal_rows_one_at_a_time() {
         if !cpu::supported().contains(&Isa::Avx512) {
-            return; // the grouped path is AVX-512's only
+            return; // AVX2's grouping is checked against the portable rows (`avx2_softmax_equals_...`)
         }
-        let mut seed = 11u64;
-        let mut next = move || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 30.0
-        };
+        let mut next = uniform(11, 30.0);
         for seq in [1usize, 15, 16, 17, 128, 130] {
             let mask: Vec<f32> = (0..seq).map(|j| if j % 5 == 3 { f32::MIN } else { 0.0 }).collect();
             for m in 1..=9 {
