@@ -257,9 +257,10 @@ pub(super) fn drive(
     let mc_panels = if panels_m <= 2 * mc_panels { panels_m } else { mc_panels };
     let blocks = plan(m, n, mr, threads, mr * mc_panels, nc);
     // The tiles of one weight micro-panel (column panel `j0`, K slice from `k0` of `kg` groups) with every row
-    // panel of the block; `next` and `stream` as [`micro_kernel`] says.
+    // panel of the block; `next`: the micro-panel multiplied after this one and its k groups (null and 0: none),
+    // prefetched as [`micro_kernel`] says; `stream` as it says.
     let epi = epi.filter(|_| path == Path::Vnni);
-    let panel_tiles = |blk: Block, j0: usize, k0: usize, kg: usize, next: *const i8, stream: bool, fused: bool| {
+    let panel_tiles = |blk: Block, j0: usize, k0: usize, kg: usize, next: (*const i8, usize), stream: bool, fused: bool| {
         #[allow(clippy::redundant_locals)] // captures the Sync wrapper, not its raw pointer field
         let out = out;
         let acc = k0 > 0;
@@ -277,17 +278,18 @@ pub(super) fn drive(
         // the time of one tile). M = 16 × 4096², reduce_range, ratio to `quantize_dynamic` in alternated processes
         // (one and two threads, three pairs each, load 0.9-2): median 1.04 against 0.95 without any; M = 128 1.22 / 1.35
         // against 1.20 / 1.31.
-        let share = kg.div_ceil((blk.i1 - blk.i0).div_ceil(mr));
+        let (next, next_kg) = next;
+        let share = next_kg.div_ceil((blk.i1 - blk.i0).div_ceil(mr));
         for i0 in (blk.i0..blk.i1).step_by(mr) {
             let rows = (blk.i1 - i0).min(mr);
             let p = (i0 - blk.i0) / mr;
             let (next, next_groups) = if next.is_null() {
                 (next, 0)
             } else if path == Path::Avx2 {
-                let from = (p * share).min(kg);
-                (next.wrapping_add(from * 128), share.min(kg - from))
+                let from = (p * share).min(next_kg);
+                (next.wrapping_add(from * 128), share.min(next_kg - from))
             } else {
-                (next, if p == 0 { kg } else { 0 })
+                (next, if p == 0 { next_kg } else { 0 })
             };
             let ap = a.panel_ptr_rows(i0 / mr, k0 / 4);
             let at = epi.filter(|_| fused).map(|e| e.at(i0, j0));
@@ -325,16 +327,24 @@ pub(super) fn drive(
             // sequentially, panel after panel, and the output is written once. (K slices of 512-2048 that keep
             // a slice in L1 for the second row panel at M = 16 measured no better than whole panels.)
             for j0 in (blk.j0..blk.j1).step_by(NR) {
-                panel_tiles(blk, j0, 0, kp / 4, std::ptr::null(), true, fused);
+                panel_tiles(blk, j0, 0, kp / 4, (std::ptr::null(), 0), true, fused);
             }
         } else {
             for k0 in (0..kp).step_by(kc_max) {
                 let kg = (kp - k0).min(kc_max) / 4;
+                let k1 = k0 + kg * 4;
                 for j0 in (blk.j0..blk.j1).step_by(NR) {
-                    // The weight micro-panel of the next column panel of this K slice (same `kg`): the first row
-                    // panel's tile prefetches it into L2 while the other row panels reuse this one from cache.
-                    // The last column panel has none (the next K slice's first panel has another length).
-                    let next = if j0 + NR < blk.j1 { b.panel_ptr(j0 / NR + 1, k0 / 4) } else { std::ptr::null() };
+                    // The weight micro-panel multiplied next, prefetched into L2 (see `panel_tiles`) while this
+                    // one is reused from cache: the next column panel's in this K slice, after the last column
+                    // panel the block's first one in the next K slice (M = 16 × 4096², AVX2: 1.01-1.04× against
+                    // none there), after the last slice none.
+                    let next = if j0 + NR < blk.j1 {
+                        (b.panel_ptr(j0 / NR + 1, k0 / 4), kg)
+                    } else if k1 < kp {
+                        (b.panel_ptr(blk.j0 / NR, k1 / 4), (kp - k1).min(kc_max) / 4)
+                    } else {
+                        (std::ptr::null(), 0)
+                    };
                     panel_tiles(blk, j0, k0, kg, next, false, fused);
                 }
             }
@@ -404,7 +414,7 @@ pub(super) fn drive(
                 lanes.run(i - packs, &mut |p, more| {
                     let j0 = p * NR;
                     let blk = Block { i0: 0, i1: m, j0, j1: (j0 + NR).min(n) };
-                    let next = if more { b.panel_ptr(p + 1, 0) } else { std::ptr::null() };
+                    let next = if more { (b.panel_ptr(p + 1, 0), kp / 4) } else { (std::ptr::null(), 0) };
                     panel_tiles(blk, j0, 0, kp / 4, next, false, fused);
                     if !fused {
                         finish(blk, out.0);

@@ -126,8 +126,9 @@ pub(crate) mod x86 {
     /// 2 of them multiplies, where the widening kernel ([`avx2`]) needs 5 and 2 plus the weight unpacking.
     ///
     /// `next` (or null): part of the driver's next weight micro-panel, whose first `next_groups` k groups (two lines
-    /// each) this tile prefetches into L2 alongside its own. `stream`: the weights are read once from DRAM (small-M
-    /// blocks): prefetched [`GEMV_AHEAD`] bytes ahead into L2, else 1 KiB ahead into L1.
+    /// each) this tile prefetches into L2 alongside its own, spread over its `kg` groups ([`SpreadPrefetch`]).
+    /// `stream`: the weights are read once from DRAM (small-M blocks): prefetched [`GEMV_AHEAD`] bytes ahead into
+    /// L2, else 1 KiB ahead into L1.
     ///
     /// # Safety
     /// As [`super::scalar`], the CPU has AVX2, no weight byte is -128, and `colsum` holds 32 values (`next` is only
@@ -150,10 +151,11 @@ pub(crate) mod x86 {
             let ones = _mm256_set1_epi16(1);
             let flip = _mm256_set1_epi8(i8::MIN);
             let mut s = [[_mm256_setzero_si256(); 4]; MR];
+            let mut ahead = SpreadPrefetch::new(next, next_groups, kg);
             for g in 0..kg {
                 let bp = b.add(g * 128);
                 prefetch_group::<GEMV_AHEAD>(bp, stream);
-                prefetch_next(next, g, next_groups);
+                ahead.tick();
                 let ag = a.add(g * MR * 4);
                 let mut sa = [_mm256_setzero_si256(); MR];
                 let mut ua = [_mm256_setzero_si256(); MR];
@@ -193,8 +195,8 @@ pub(crate) mod x86 {
         }
     }
 
-    /// A tile's share of the next weight micro-panel: its k group `g` (two lines) into L2 while `g < next_groups`
-    /// (see [`avx2_sign`] and [`vnni`]).
+    /// The VNNI tile's prefetch of the next weight micro-panel: its k group `g` (two lines) into L2 while
+    /// `g < next_groups` (see [`vnni`]; the driver gives a block's first tile all of it, two lines per k group).
     ///
     /// # Safety
     /// The CPU has SSE (every x86-64 does).
@@ -206,6 +208,62 @@ pub(crate) mod x86 {
                 _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(g * 128));
                 _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(g * 128 + 64));
             }
+        }
+    }
+
+    /// An AVX2 tile's share of the next weight micro-panel (`groups` k groups from `next`, two lines each) into L2,
+    /// one line every [`PACE`](Self::PACE) k groups of the tile's own from its first, or evenly over all of them where
+    /// the share has more lines than that leaves room for ([`tick`](Self::tick) once per group).
+    ///
+    /// Why paced: the driver shares the next micro-panel out over a block's 2-row panels, and each tile used to ask
+    /// for its share as two lines per k group in its first groups: at M = 16 a burst of 64 lines from L3/DRAM at
+    /// once, which the tile's own loads then queued behind. Probe of `int8_linear` (4096 × 4096, 7-bit activations,
+    /// Zen 3, the variants interleaved in one process, 25 rounds, medians of the per-round ratios; the weights read
+    /// from DRAM): paced against the burst M = 16 1.05-1.07× (one and two threads), 4096 × 11008 1.07×, M = 32 and
+    /// M = 128 1.00×. Spread evenly over every tile's groups instead: M = 16 1.08×, but M = 128 0.94-0.96× (its
+    /// tiles' shares are 8 lines, one every 32 groups: too late).
+    pub(crate) struct SpreadPrefetch {
+        next: *const i8,
+        lines: usize,
+        /// The k groups over which the lines are spread: the tile's, or fewer at the pace.
+        span: usize,
+        /// `lines` per k group, counted in units of `span` (Bresenham's line: no division in the loop).
+        credit: usize,
+        line: usize,
+    }
+
+    impl SpreadPrefetch {
+        /// k groups of the tile's own per line of the next panel's: its own stream is 128 bytes a group, so this
+        /// adds an eighth (at M = 16 the share is 64 lines of a 256-group tile: spread over all of it).
+        const PACE: usize = 4;
+
+        #[inline(always)]
+        pub(crate) fn new(next: *const i8, groups: usize, kg: usize) -> Self {
+            let lines = if next.is_null() { 0 } else { 2 * groups };
+            let span = kg.min(Self::PACE * lines).max(1);
+            // The first line is asked for with the tile's first k group.
+            Self { next, lines, span, credit: span.saturating_sub(lines), line: 0 }
+        }
+
+        /// One k group of the tile: the lines of the share that are due by now (`lines / kg` a group on average).
+        #[inline(always)]
+        pub(crate) fn tick(&mut self) {
+            if self.line < self.lines {
+                self.credit += self.lines;
+                while self.credit >= self.span && self.line < self.lines {
+                    // SAFETY: prefetches never fault (the address is computed with wrapping arithmetic), and SSE is
+                    // on every x86-64.
+                    unsafe { _mm_prefetch::<_MM_HINT_T1>(self.next.wrapping_add(self.line * 64)) };
+                    self.line += 1;
+                    self.credit -= self.span;
+                }
+            }
+        }
+
+        /// Lines asked for so far.
+        #[cfg(test)]
+        pub(crate) fn asked(&self) -> usize {
+            self.line
         }
     }
 
@@ -253,10 +311,11 @@ pub(crate) mod x86 {
         unsafe {
             let ones = _mm256_set1_epi16(1);
             let mut s = [[_mm256_setzero_si256(); 4]; MR];
+            let mut ahead = SpreadPrefetch::new(next, next_groups, kg);
             for g in 0..kg {
                 let bp = b.add(g * 128);
                 prefetch_group::<GEMV_AHEAD>(bp, stream);
-                prefetch_next(next, g, next_groups);
+                ahead.tick();
                 let ag = a.add(g * MR * 4);
                 let mut av = [_mm256_setzero_si256(); MR];
                 for r in 0..MR {
@@ -614,5 +673,38 @@ pub(crate) mod x86 {
             }
             store_tile::<MR, 2>(&spill(&s), c, ldc, acc, epi, 0);
         }
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::x86::SpreadPrefetch;
+
+    /// A tile asks for each line of its share of the next micro-panel once: one every 4 k groups from its first
+    /// while they fit, else evenly over all its groups (half of them, give or take one, by the middle), also where the
+    /// share has more lines than the tile has groups; a null `next` asks for none.
+    #[test]
+    fn a_tile_asks_for_its_share_of_the_next_panel_at_a_pace_or_evenly_over_its_k_groups() {
+        let next = 4096 as *const i8; // only prefetched: any address
+        for (groups, kg) in [(32, 256), (4, 256), (3, 256), (86, 256), (128, 256), (200, 256), (300, 256), (5, 7), (1, 1), (0, 9)] {
+            let lines = 2 * groups;
+            let mut ahead = SpreadPrefetch::new(next, groups, kg);
+            let mut asked = Vec::new();
+            for _ in 0..kg {
+                ahead.tick();
+                asked.push(ahead.asked());
+            }
+            assert_eq!(ahead.asked(), lines, "{groups} groups over {kg}");
+            if 4 * lines <= kg {
+                let paced = (1..=kg).map(|g| g.div_ceil(4).min(lines)).collect::<Vec<_>>();
+                assert_eq!(asked, paced, "{groups} groups over {kg}: one line every 4 groups");
+            } else if kg >= 2 {
+                let middle = asked[kg / 2 - 1];
+                assert!(middle.abs_diff(lines * (kg / 2) / kg) <= 1, "{groups} groups over {kg}: {middle} by the middle");
+            }
+        }
+        let mut none = SpreadPrefetch::new(std::ptr::null(), 32, 256);
+        (0..256).for_each(|_| none.tick());
+        assert_eq!(none.asked(), 0);
     }
 }
