@@ -126,7 +126,7 @@ pub(crate) mod x86 {
     /// 2 of them multiplies, where the widening kernel ([`avx2`]) needs 5 and 2 plus the weight unpacking.
     ///
     /// `next` (or null): part of the driver's next weight micro-panel, whose first `next_groups` k groups (two lines
-    /// each) this tile prefetches into L2 alongside its own, spread over its `kg` groups ([`SpreadPrefetch`]).
+    /// each) this tile prefetches into L2 alongside its own, paced over its `kg` groups ([`PacedPrefetch`]).
     /// `stream`: the weights are read once from DRAM (small-M blocks): prefetched [`GEMV_AHEAD`] bytes ahead into
     /// L2, else 1 KiB ahead into L1.
     ///
@@ -210,7 +210,7 @@ pub(crate) mod x86 {
 
     /// The AVX2 `vpmaddubsw` tiles' k loop: `step(g, s)` adds k group `g` (128 weight bytes at `b + 128·g`) into the
     /// accumulators `s`, two groups a turn, each turn prefetching its weights (with `stream` [`GEMV_AHEAD`] bytes
-    /// ahead into L2, else 1 KiB ahead into L1) and its share of the next micro-panel ([`SpreadPrefetch`]).
+    /// ahead into L2, else 1 KiB ahead into L1) and its share of the next micro-panel ([`PacedPrefetch`]).
     ///
     /// Why two groups a turn, and `stream` a constant of each loop: per k group and 2-row tile the multiplies are 16
     /// of about 40 operations, the rest loads, prefetches and the loop's own (the `stream` test, the prefetch pacing,
@@ -239,7 +239,7 @@ pub(crate) mod x86 {
         fn turns<S, const MR: usize, const STREAM: bool>(
             kg: usize,
             b: *const i8,
-            mut ahead: SpreadPrefetch,
+            mut ahead: PacedPrefetch,
             s: &mut [[__m256i; 4]; MR],
             step: S,
         ) where
@@ -263,7 +263,7 @@ pub(crate) mod x86 {
                 step(g, s);
             }
         }
-        let ahead = SpreadPrefetch::new(next, next_groups, kg);
+        let ahead = PacedPrefetch::new(next, next_groups, kg);
         if stream {
             turns::<S, MR, true>(kg, b, ahead, s, step)
         } else {
@@ -282,7 +282,7 @@ pub(crate) mod x86 {
     /// from DRAM): paced against the burst M = 16 1.05-1.07× (one and two threads), 4096 × 11008 1.07×, M = 32 and
     /// M = 128 1.00×. Spread evenly over every tile's groups instead: M = 16 1.08×, but M = 128 0.94-0.96× (its
     /// tiles' shares are 8 lines, one every 32 groups: too late).
-    pub(crate) struct SpreadPrefetch {
+    pub(crate) struct PacedPrefetch {
         next: *const i8,
         lines: usize,
         /// The k groups over which the lines are spread: the tile's, or fewer at the pace.
@@ -292,7 +292,7 @@ pub(crate) mod x86 {
         line: usize,
     }
 
-    impl SpreadPrefetch {
+    impl PacedPrefetch {
         /// k groups of the tile's own per line of the next panel's: its own stream is 128 bytes a group, so this
         /// adds an eighth (at M = 16 the share is 64 lines of a 256-group tile: spread over all of it).
         const PACE: usize = 4;
@@ -305,7 +305,7 @@ pub(crate) mod x86 {
             Self { next, lines, span, credit: span.saturating_sub(lines), line: 0 }
         }
 
-        /// One k group of the tile: the lines of the share that are due by now (`lines / kg` a group on average).
+        /// One k group of the tile: the lines of the share that are due by now (`lines / span` a group on average).
         #[inline(always)]
         pub(crate) fn tick(&mut self) {
             if self.line < self.lines {
@@ -735,7 +735,7 @@ pub(crate) mod x86 {
 
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
-    use super::x86::SpreadPrefetch;
+    use super::x86::PacedPrefetch;
 
     /// A tile asks for each line of its share of the next micro-panel once: one every 4 k groups from its first
     /// while they fit, else evenly over all its groups (half of them, give or take one, by the middle), also where the
@@ -745,7 +745,7 @@ mod tests {
         let next = 4096 as *const i8; // only prefetched: any address
         for (groups, kg) in [(32, 256), (4, 256), (3, 256), (86, 256), (128, 256), (200, 256), (300, 256), (5, 7), (1, 1), (0, 9)] {
             let lines = 2 * groups;
-            let mut ahead = SpreadPrefetch::new(next, groups, kg);
+            let mut ahead = PacedPrefetch::new(next, groups, kg);
             let mut asked = Vec::new();
             for _ in 0..kg {
                 ahead.tick();
@@ -760,7 +760,7 @@ mod tests {
                 assert!(middle.abs_diff(lines * (kg / 2) / kg) <= 1, "{groups} groups over {kg}: {middle} by the middle");
             }
         }
-        let mut none = SpreadPrefetch::new(std::ptr::null(), 32, 256);
+        let mut none = PacedPrefetch::new(std::ptr::null(), 32, 256);
         (0..256).for_each(|_| none.tick());
         assert_eq!(none.asked(), 0);
     }
