@@ -337,7 +337,8 @@ pub(super) fn drive(
                     // The weight micro-panel multiplied next, prefetched into L2 (see `panel_tiles`) while this
                     // one is reused from cache: the next column panel's in this K slice, after the last column
                     // panel the block's first one in the next K slice (M = 16 × 4096², AVX2: 1.01-1.04× against
-                    // none there), after the last slice none.
+                    // none there; on VNNI, where only K beyond one slice of up to 4096 has a next slice, not
+                    // measured), after the last slice none.
                     let next = if j0 + NR < blk.j1 {
                         (b.panel_ptr(j0 / NR + 1, k0 / 4), kg)
                     } else if k1 < kp {

@@ -129,8 +129,9 @@ pub(crate) enum Avx2Tile {
 /// which ignores `next` and `stream` as it is made for streamed small-M blocks); `next` is the weight micro-panel of
 /// the driver's next tile (or the part of it this tile takes), of which the VNNI and AVX2 `vpmaddubsw` tiles
 /// prefetch the first `next_groups` k groups into L2 (the driver gives a VNNI block's first tile all of it and shares
-/// it out over an AVX2 block's row panels, whose tiles pace theirs: `micro::x86::PacedPrefetch`), and `stream` says that the weights are read once from DRAM (both: see
-/// [`micro::x86::vnni`]); `epi`, only on the VNNI path and for a tile's whole
+/// it out over an AVX2 block's row panels, whose tiles pace theirs: `micro::x86::PacedPrefetch`), and `stream` says
+/// that the weights are read once from DRAM (both: see [`micro::x86::vnni`]); `epi`, only on the VNNI path and for a
+/// tile's whole
 /// product (`acc` false), finishes the tile in registers and stores f32 (see `TileEpilogue`); `tile` picks the AVX2
 /// path's tile (the other paths ignore it).
 ///
