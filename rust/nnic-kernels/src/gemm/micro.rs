@@ -260,6 +260,7 @@ pub(crate) mod x86 {
                 g += 2;
             }
             if g < kg {
+                ahead.tick();
                 step(g, s);
             }
         }

@@ -131,9 +131,8 @@ pub(crate) enum Avx2Tile {
 /// prefetch the first `next_groups` k groups into L2 (the driver gives a VNNI block's first tile all of it and shares
 /// it out over an AVX2 block's row panels, whose tiles pace theirs: `micro::x86::PacedPrefetch`), and `stream` says
 /// that the weights are read once from DRAM (both: see [`micro::x86::vnni`]); `epi`, only on the VNNI path and for a
-/// tile's whole
-/// product (`acc` false), finishes the tile in registers and stores f32 (see `TileEpilogue`); `tile` picks the AVX2
-/// path's tile (the other paths ignore it).
+/// tile's whole product (`acc` false), finishes the tile in registers and stores f32 (see `TileEpilogue`); `tile`
+/// picks the AVX2 path's tile (the other paths ignore it).
 ///
 /// # Safety
 /// Pointers as in [`micro::scalar`]; `path` is supported (`next` is only prefetched: any address).
