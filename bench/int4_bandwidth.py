@@ -1,5 +1,5 @@
-"""GB/s of the int4 GEMV (``int4_linear`` at M = 1) against nnic int8 and ``copy_``, with the weights in L3 and
-streamed from DRAM.
+"""GB/s of the int4 GEMV (``int4_linear`` at M = 1) against nnic int8, torch's dynamic int8 Linear and the memory's
+own rates (``copy_``, a plain read), with the weights in L3 and streamed from DRAM.
 
     python bench/int4_bandwidth.py                      # 2 threads, wall time, 4096 x 4096, groups of 32
     python bench/int4_bandwidth.py --threads 1 --clock cpu --quick
@@ -10,8 +10,12 @@ streamed from DRAM.
 weights of the same shape called in turn (more bytes than the L3 holds, so each call streams from DRAM). ``int4``
 stores its group scales in float16 (8-bit is now the default), ``int4-f32`` in float32 (same codes), ``int4-u8`` as
 8-bit codes times a float32 step per output column (double-quantized: each scale rounded up, codes re-rounded).
-GB/s is the packed bytes (codes, scales, column sums) per call over the call's time; ``copy_`` counts read + write bytes
-of a 256 MiB float32 copy. Each round runs every case once (interleaved), the table gives medians over rounds.
+``torch-<engine>`` is ``quantize_dynamic``'s Linear (the same int8 codes, per-channel scales) on each quantized engine
+torch offers here: nnic int8 ÷ the best of them, cold, is the M = 1 ratio of ``bench/gemm.py`` with the weights
+streamed from DRAM, as in a model larger than the L3, and the read rate bounds it: a GEMV cannot beat the memory,
+so once nnic reads at the memory's rate the ratio is whatever share of it torch reaches.
+GB/s is the packed bytes (codes, scales, column sums; torch's rows are counted with nnic int8's bytes) per call over
+the call's time; ``copy_`` counts read + write bytes of a 256 MiB float32 copy, ``read`` the bytes of a ``sum`` over it. Each round runs every case once (interleaved), the table gives medians over rounds.
 
 ``--gap-us G`` adds the decode pattern: the cold calls separated by G µs of other work on the calling thread (a
 spin), as the small ops of a decode step separate its GEMVs; "gap" leaves the other core idle then, "gap+pf" hands
@@ -85,6 +89,10 @@ def main() -> None:
             packs[kind].append(f())
     run = {"int4": kernels.int4_linear, "int4-f32": kernels.int4_linear, "int4-u8": kernels.int4_linear,
            "int8": kernels.int8_linear}
+    engines = [e for e in ("x86", "fbgemm", "onednn") if e in torch.backends.quantized.supported_engines]
+    for engine in engines:  # after nnic's packs: they keep the first huge pages, as before these rows
+        packs[f"torch-{engine}"] = [torch_dynamic_linear(w, engine) for _ in range(args.cold)]
+        run[f"torch-{engine}"] = engine_call(engine)
     x = torch.randn(1, k)
     big = torch.ones(1 << 26)
     dst = torch.empty_like(big)
@@ -95,11 +103,14 @@ def main() -> None:
             fn(i)
         return nbytes * reps / (clock() - t0)
 
+    def nbytes(kind: str) -> int:
+        return packs["int8" if kind.startswith("torch-") else kind][0].nbytes
+
     def case(kind: str, cold: bool):
-        ws, f = packs[kind], run[kind]
+        ws, f, nb = packs[kind], run[kind], nbytes(kind)
         if cold:
-            return lambda: rate(ws[0].nbytes, lambda i: f(x, ws[i % args.cold]), 2 * args.cold)
-        return lambda: rate(ws[0].nbytes, lambda i: f(x, ws[0]), 50)
+            return lambda: rate(nb, lambda i: f(x, ws[i % args.cold]), 2 * args.cold)
+        return lambda: rate(nb, lambda i: f(x, ws[0]), 50)
 
     def gapped(kind: str, prefetch: bool):
         """Cold calls with ``args.gap_us`` of spinning after each (the next weight prefetched meanwhile, or not);
@@ -126,6 +137,7 @@ def main() -> None:
             cases[f"{kind} gap"] = gapped(kind, False)
             cases[f"{kind} gap+pf"] = gapped(kind, True)
     cases["copy_"] = lambda: rate(2 * big.numel() * 4, lambda i: dst.copy_(big), 3)
+    cases["read"] = lambda: rate(big.numel() * 4, lambda i: big.sum(), 3)
     for fn in cases.values():  # warm-up
         fn()
     res: dict[str, list[float]] = {c: [] for c in cases}
@@ -133,7 +145,7 @@ def main() -> None:
         for c, fn in cases.items():
             res[c].append(fn())
     med = {c: statistics.median(v) for c, v in res.items()}
-    mb = ", ".join(f"{kind} {ws[0].nbytes / 1e6:.2f} MB" for kind, ws in packs.items())
+    mb = ", ".join(f"{kind} {ws[0].nbytes / 1e6:.2f} MB" for kind, ws in packs.items() if not kind.startswith("torch-"))
     print(f"{n} x {k}, groups of {args.group_size}, threads {args.threads}, clock {args.clock}, medians of {rounds} "
           f"rounds; packed {mb}")
     for c, v in med.items():
@@ -144,8 +156,13 @@ def main() -> None:
             nb, gap = packs[kind][0].nbytes, args.gap_us * 1e-6
             print(f"  {kind}, {args.gap_us:g} us gaps: prefetched calls {b / a:.3f}x the calls without, per step "
                   f"(call + gap) {(nb / a + gap) / (nb / b + gap):.3f}x; walker {kernels.prefetch_stats()}")
-    call = {c: packs[c.split()[0]][0].nbytes / med[c] for c in med if c != "copy_"}  # seconds per call
+    call = {c: nbytes(c.split()[0]) / med[c] for c in med if c not in ("copy_", "read")}  # seconds per call
     for where in ("hot", "cold"):
+        if engines:
+            best = min((f"torch-{e} {where}" for e in engines), key=call.__getitem__)
+            print(f"  {where}: nnic int8 is {call[best] / call[f'int8 {where}']:.2f}x the best torch dynamic int8 "
+                  f"({best.split()[0]}) per call; nnic int8 at {100 * med[f'int8 {where}'] / med['read']:.0f} %, "
+                  f"{best.split()[0]} at {100 * med[best] / med['read']:.0f} % of the read rate")
         for kind in ("int4", "int4-f32", "int4-u8"):
             print(f"  {where}: {kind} is {call[f'int8 {where}'] / call[f'{kind} {where}']:.2f}x nnic int8 per call, at "
                   f"{100 * med[f'{kind} {where}'] / med['copy_']:.0f} % of copy_ GB/s")
@@ -154,6 +171,26 @@ def main() -> None:
         print(f"  {where}: 8-bit scales {call[f'int4 {where}'] / call[f'int4-u8 {where}']:.3f}x float16 scales per "
               f"call "
               f"(bytes ratio {packs['int4'][0].nbytes / packs['int4-u8'][0].nbytes:.3f})")
+
+
+def torch_dynamic_linear(w: torch.Tensor, engine: str) -> torch.nn.Module:
+    """``quantize_dynamic``'s Linear for ``w`` on ``engine``: per-channel symmetric int8 codes, as nnic's."""
+    import torch.ao.nn.quantized.dynamic as nnqd
+
+    torch.backends.quantized.engine = engine
+    scale = (w.abs().amax(dim=1) / 127).double()
+    q = torch.quantize_per_channel(w, scale, torch.zeros(w.shape[0], dtype=torch.int64), 0, torch.qint8)
+    lin = nnqd.Linear(w.shape[1], w.shape[0], bias_=False)
+    lin.set_weight_bias(q, None)
+    return lin
+
+
+def engine_call(engine: str):
+    """A ``run`` entry for torch's rows: selects the quantized engine the Linear was packed for, then calls it."""
+    def call(x: torch.Tensor, lin: torch.nn.Module) -> torch.Tensor:
+        torch.backends.quantized.engine = engine
+        return lin(x)
+    return call
 
 
 def spin(seconds: float) -> None:

@@ -473,7 +473,7 @@ unsafe fn block_tile(path: Path, pa: &PackedA, na: &[i32], w: &PackedInt4, blk: 
         let affine = w.is_affine();
         let b = w.bytes()[p0 * plen..(p0 + panels) * plen].as_ptr();
         let z = if affine { w.zeros[p0 * groups * NR..(p0 + panels) * groups * NR].as_ptr() } else { w.zeros.as_ptr() };
-        let (cols, stride, pf) = (blk.j1 - blk.j0, w.stride, x86::software_prefetch());
+        let (cols, stride, pf) = (blk.j1 - blk.j0, w.stride, crate::cpu::stream_prefetch_in_software());
         if avx2 {
             for i0 in (blk.i0..blk.i1).step_by(mr) {
                 let rp = (blk.i1 - i0).min(mr);
@@ -654,7 +654,7 @@ fn tile(path: Path, rows: usize, ap: *const u8, na: &[i32], w: Panel<'_>, f: &mu
         // Whole-byte sums for one or two rows (module doc of `int4_micro`); more rows share each mask, and there
         // the whole byte's per-row work (initial value, `P - Q`, shift) costs more than the masks it saves.
         let whole = pairs * 8 <= WHOLE_BYTE_MAX_GROUP;
-        let pf = x86::software_prefetch();
+        let pf = crate::cpu::stream_prefetch_in_software();
         macro_rules! vnni {
             ($h:path) => {
                 match (rows, whole) {

@@ -281,22 +281,13 @@ pub(super) mod x86 {
     }
 
     /// How far ahead (bytes) the VNNI and AVX2 tiles prefetch their weight stream into L2 (`prefetcht1`, every line of
-    /// it, scales included) where they prefetch at all ([`software_prefetch`]): a stream from DRAM needs more lines in
+    /// it, scales included) where they prefetch at all ([`crate::cpu::stream_prefetch_in_software`]): a stream from DRAM needs more lines in
     /// flight than L1's fill buffers hold. On the Intel part (Ice Lake-SP), against `prefetcht0` 2 KiB ahead on the
     /// codes only (the scales were a second array then), with the one-stream layout, cold 4096² GEMV, one thread, CPU
     /// time, quiet machine: 4, 8 and 16 KiB ahead within 1 % of one another, adding `prefetcht0` 1 KiB ahead nothing,
     /// one prefetch per 128 bytes (the adjacent line left to the hardware) 0.89×, no software prefetch 0.72×; at two
     /// threads 4 KiB was as fast as 8 KiB or faster.
     const AHEAD: usize = 4096;
-
-    /// Whether the VNNI tile prefetches its stream [`AHEAD`] bytes ahead: everywhere but on AMD CPUs. On Zen 4
-    /// the hardware prefetchers keep the stream in flight by themselves, and the software prefetches only cost:
-    /// cold 4096² GEMV on huge pages ([`crate::huge`]), interleaved rounds, medians: one thread (CPU time) 19.5
-    /// GB/s at 4 KiB ahead, 24.6 at 1.5 KiB, 26.0 at 512 bytes, 27-28 without; two threads 31.3 against 32.8-33.6
-    /// without (17.1 against 24.4 in a loaded run).
-    pub(crate) fn software_prefetch() -> bool {
-        !crate::cpu::is_amd()
-    }
 
     /// Prefetches the line `AHEAD` bytes after `p` into L2 when `on` (wrapping address arithmetic: a prefetch
     /// never faults, past the end of the buffer included).
@@ -311,7 +302,7 @@ pub(super) mod x86 {
     /// sums (`P` and `Q`, groups of at most [`super::WHOLE_BYTE_MAX_GROUP`]), else both nibbles masked; `C` chains
     /// of accumulators per row, taking alternate quad rows (two where one or two rows leave too few
     /// independent `vpdpbusd` chains to cover its latency), added at the group end; `pf`: prefetch the stream
-    /// ([`software_prefetch`]).
+    /// ([`crate::cpu::stream_prefetch_in_software`]).
     ///
     /// # Safety
     /// `a`: `2 * groups * pairs` k quads of `MR` rows of signed bytes; `na`: `groups * MR` sums; `b`: a panel of

@@ -64,7 +64,8 @@ pub(crate) mod x86 {
     /// read 5-7 % faster with `prefetcht1` 4-8 KiB ahead than with `prefetcht0` 2 KiB (before) or none;
     /// `prefetchnta` halved the rate. The GEMV against the previous kernel, both linked into one binary (order
     /// alternating per round, 41 rounds, one thread, thread CPU time, 4096² weights read from DRAM, load 4.8-7.6):
-    /// 0.98-1.14×, median 1.05× over six runs.
+    /// 0.98-1.14×, median 1.05× over six runs. On AMD the VNNI tile leaves the stream to the hardware
+    /// ([`crate::cpu::stream_prefetch_in_software`]).
     pub(crate) const GEMV_AHEAD: usize = 4096;
     /// The same for the `MR`-row tile on weights streamed once ([`vnni`] with `stream`; before: `prefetcht0`
     /// 1 KiB ahead, which left the M = 16 product neither compute- nor bandwidth-bound): M = 16 1.00-1.18×,
@@ -677,7 +678,8 @@ pub(crate) mod x86 {
     }
 
     /// VNNI kernel for 1 or 2 rows: k groups split over two accumulator sets to hide `vpdpbusd` latency; the
-    /// weights stream from DRAM, prefetched [`GEMV_AHEAD`] bytes ahead into L2.
+    /// weights stream from DRAM (or L3), prefetched [`GEMV_AHEAD`] bytes ahead into L2 where the CPU wants it
+    /// ([`crate::cpu::stream_prefetch_in_software`]: not on AMD, where it cost 12-26 % with the weights in L3).
     ///
     /// # Safety
     /// As [`vnni`].
@@ -692,6 +694,7 @@ pub(crate) mod x86 {
         epi: Option<&TileAt>,
     ) {
         unsafe {
+            let pf = crate::cpu::stream_prefetch_in_software();
             let mut s = [[_mm512_setzero_si512(); 2]; MR];
             let mut t = [[_mm512_setzero_si512(); 2]; MR];
             let mut g = 0;
@@ -701,8 +704,10 @@ pub(crate) mod x86 {
                 let b1 = _mm512_loadu_si512(bp.add(64) as *const __m512i);
                 let b2 = _mm512_loadu_si512(bp.add(128) as *const __m512i);
                 let b3 = _mm512_loadu_si512(bp.add(192) as *const __m512i);
-                for l in 0..4 {
-                    _mm_prefetch::<_MM_HINT_T1>(bp.wrapping_add(GEMV_AHEAD + 64 * l));
+                if pf {
+                    for l in 0..4 {
+                        _mm_prefetch::<_MM_HINT_T1>(bp.wrapping_add(GEMV_AHEAD + 64 * l));
+                    }
                 }
                 for r in 0..MR {
                     let a0 = _mm512_set1_epi32((a.add(g * MR * 4 + r * 4) as *const i32).read_unaligned());
