@@ -140,18 +140,18 @@ pub fn features() -> Vec<&'static str> {
     found
 }
 
-/// Whether the GEMV tiles, which read their weights once in memory order (int4 at every M, int8 at one and two
-/// rows), prefetch that stream in software ahead of their loads: everywhere but on AMD CPUs. Why: on Zen 4 the
-/// hardware prefetchers keep a sequential stream in flight by themselves (weights on 2 MiB pages, [`crate::huge`]),
-/// and the software prefetches, one per line, only take load slots. int4 4096² GEMV from DRAM, interleaved rounds,
-/// medians: one thread (CPU time) 19.5 GB/s at 4 KiB ahead, 24.6 at 1.5 KiB, 26.0 at 512 bytes, 27-28 without; two
-/// threads 31.3 against 32.8-33.6 without (17.1 against 24.4 in a loaded run). int8 4096² at one and two rows
-/// (`vnni_small`; `int8_linear`, interleaved rounds, 40 of each, medians; without ÷ with, time): weights hot in
-/// the L3, one thread 0.82-0.88 (M = 1), 0.74 (M = 2), two threads 0.82-0.85 (M = 1), 0.85 (M = 2); from DRAM one
-/// thread 0.95-0.97 (M = 1), 0.89 (M = 2), two threads 1.00-1.02 (M = 1), 0.95 (M = 2). On the Intel part the
-/// prefetch measured 1.05× (int8, M = 1, DRAM) to 1.39× (int4) faster, so it stays there. The tiles that read a
-/// panel in another order or reuse it (int8 at 3 rows or more) keep theirs on every CPU: without it the tall tile
-/// (13-28 rows) took 1.5-1.9× as long on Zen 4 (M = 16 and 24, hot and cold, one and two threads).
+/// Whether the GEMV tiles, which read their weights once in memory order (int4 at every M, int8 at one and two rows),
+/// prefetch that stream in software ahead of their loads: everywhere but on AMD CPUs. Why: on Zen 4 the hardware
+/// prefetchers keep a sequential stream in flight by themselves (weights on 2 MiB pages, [`crate::huge`]), and the
+/// software prefetches, one per line, only take load slots. int4 4096² GEMV from DRAM, interleaved rounds, medians: one
+/// thread (CPU time) 19.5 GB/s at 4 KiB ahead, 24.6 at 1.5 KiB, 26.0 at 512 bytes, 27-28 without; two threads 31.3
+/// against 32.8-33.6 without (17.1 against 24.4 in a loaded run). int8 4096² at one and two rows (`vnni_small`;
+/// `int8_linear`, interleaved rounds, 40 of each, medians; without ÷ with, time): weights hot in the L3, one thread
+/// 0.82-0.88 (M = 1), 0.74 (M = 2), two threads 0.82-0.85 (M = 1), 0.85 (M = 2); from DRAM one thread 0.95-0.97 (M =
+/// 1), 0.89 (M = 2), two threads 1.00-1.02 (M = 1), 0.95 (M = 2). On the Intel part the prefetch measured 1.05× (int8,
+/// M = 1, DRAM) to 1.39× (int4) faster, so it stays there. The tiles that read a panel in another order or reuse it
+/// (int8 at 3 rows or more) keep theirs on every CPU: without it the tall tile (13-28 rows) took 1.5-1.9× as long on
+/// Zen 4 (M = 16 and 24, hot and cold, one and two threads).
 pub fn stream_prefetch_in_software() -> bool {
     !is_amd()
 }

@@ -281,12 +281,12 @@ pub(super) mod x86 {
     }
 
     /// How far ahead (bytes) the VNNI and AVX2 tiles prefetch their weight stream into L2 (`prefetcht1`, every line of
-    /// it, scales included) where they prefetch at all ([`crate::cpu::stream_prefetch_in_software`]): a stream from DRAM needs more lines in
-    /// flight than L1's fill buffers hold. On the Intel part (Ice Lake-SP), against `prefetcht0` 2 KiB ahead on the
-    /// codes only (the scales were a second array then), with the one-stream layout, cold 4096² GEMV, one thread, CPU
-    /// time, quiet machine: 4, 8 and 16 KiB ahead within 1 % of one another, adding `prefetcht0` 1 KiB ahead nothing,
-    /// one prefetch per 128 bytes (the adjacent line left to the hardware) 0.89×, no software prefetch 0.72×; at two
-    /// threads 4 KiB was as fast as 8 KiB or faster.
+    /// it, scales included) where they prefetch at all ([`crate::cpu::stream_prefetch_in_software`]): a stream from
+    /// DRAM needs more lines in flight than L1's fill buffers hold. On the Intel part (Ice Lake-SP), against
+    /// `prefetcht0` 2 KiB ahead on the codes only (the scales were a second array then), with the one-stream layout,
+    /// cold 4096² GEMV, one thread, CPU time, quiet machine: 4, 8 and 16 KiB ahead within 1 % of one another, adding
+    /// `prefetcht0` 1 KiB ahead nothing, one prefetch per 128 bytes (the adjacent line left to the hardware) 0.89×, no
+    /// software prefetch 0.72×; at two threads 4 KiB was as fast as 8 KiB or faster.
     const AHEAD: usize = 4096;
 
     /// Prefetches the line `AHEAD` bytes after `p` into L2 when `on` (wrapping address arithmetic: a prefetch
