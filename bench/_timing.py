@@ -26,11 +26,11 @@ def even_if_swapped(rounds: int, swap: tuple[str, str] | None) -> int:
 
 
 def timeit_interleaved(fns: dict, repeats: int, budget: float, clock=time.perf_counter,
-                       after=None, swap: tuple[str, str] | None = None) -> dict[str, list[float]]:
+                       after=None, swap: tuple[str, str] | None = None, before=None) -> dict[str, list[float]]:
     """Seconds per call of each function, measured round-robin (one call of each per round), so that
     load from other processes hits all of them alike. ``clock=time.process_time`` counts CPU time only.
-    ``after(name)``, when given, runs after each timed call, outside the timing (to read counters); ``swap``: two
-    rows that trade places every other round (:func:`round_order`)."""
+    ``before()`` and ``after(name)``, when given, run before and after each timed call, outside the timing (to evict
+    the caches, to read counters); ``swap``: two rows that trade places every other round (:func:`round_order`)."""
     once = {}
     for name, fn in fns.items():
         fn()
@@ -42,6 +42,8 @@ def timeit_interleaved(fns: dict, repeats: int, budget: float, clock=time.perf_c
     for r in range(rounds):
         for name in round_order(list(fns), r, swap):
             fn = fns[name]
+            if before is not None:
+                before()
             t0 = clock()
             fn()
             times[name].append(clock() - t0)

@@ -5,6 +5,7 @@
     python bench/gemm.py --contention --shapes 1x4096x4096 16x4096x4096 128x4096x4096   # beside a neighbour
     python bench/gemm.py --bert                                # BERT-base encoder, batch 8, seq 128
     python bench/gemm.py --threads 1 --clock cpu               # on a loaded machine: CPU time, one thread
+    python bench/gemm.py --cold                                # every call after a 256 MiB sweep of the caches
 
 Rows per (M, K, N): float32 ``torch.matmul`` (MKL), ``torch._int_mm`` (s8·s8→s32), dynamic-quantized
 ``nn.quantized.dynamic.Linear`` with every installed engine (fbgemm / onednn / x86), and nnic's
@@ -53,6 +54,13 @@ With the wall clock, each table also gives nnic's ratio over the undisturbed cal
 of the process waited for a core (``/proc/self/task/*/schedstat``, read after every timed call), each row's median
 over its own undisturbed calls. On a shared machine these are the quiet machine's times, and the line says how many
 calls of the default row it had (see ``Undisturbed``).
+
+``--cold`` reads a 256 MiB buffer (a sum, on the same threads) before every timed call, outside the timing: each call then reads its weights from DRAM with nothing of its own in the caches, as a layer of a model
+larger than the L3 does when other work runs between its calls. Why: the plain rounds leave each kernel's weights
+partly in the L3 (the other rows' weights pass through it between two calls of one row, but consecutive nnic rows
+share one packed weight), between the hot and the cold regime, and on a shared host the L3 forgets 16 MiB within
+milliseconds of other guests' work (docs/performance/low-bit.md, "Small hours of 2026-12-03"). Not with
+``--contention``.
 
 ``--bert`` times a BERT-base encoder (12 x 768, FFN 3072, random init, sequence ``--seq``, batch ``--bert-batch``)
 instead: float32, ``torch.ao.quantization.quantize_dynamic`` (every installed engine; the best is the baseline),
@@ -485,7 +493,10 @@ def main() -> None:
                     help="microseconds the GEMM helpers poll for the next GEMM before parking (default: 50)")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="wall (default) or cpu: process CPU time, for --threads 1 on a loaded machine")
+    ap.add_argument("--cold", action="store_true", help="sweep 256 MiB before every timed call (see above)")
     args = ap.parse_args()
+    if args.cold and args.contention:
+        ap.error("--cold and --contention measure different things: run them separately")
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
 
     torch.set_num_threads(args.threads)
@@ -508,6 +519,10 @@ def main() -> None:
     all_res = {}
     summary = []
     nb = Neighbour(args.neighbour_threads) if args.contention else None
+    sweep = torch.ones(64 << 20) if args.cold else None  # 256 MiB of float32: more than any L3 here
+    before = sweep.sum if sweep is not None else None  # a read: the lines it leaves are clean, free to evict
+    if sweep is not None:
+        print("cold: every timed call after a 256 MiB sweep of the caches")
     try:
         for spec in args.shapes:
             m, k, n = (int(v) for v in spec.lower().split("x"))
@@ -522,7 +537,7 @@ def main() -> None:
                      for setting in tallies}
             if nb is None:
                 per_setting = {"quiet": timeit_interleaved(fns, args.repeats, args.budget, clock, after["quiet"],
-                                                           swap=(DEFAULT_LINEAR, ROUTED))}
+                                                           swap=(DEFAULT_LINEAR, ROUTED), before=before)}
             else:
                 per_setting = time_alternating(fns, args.repeats, 2 * args.budget, nb, clock, after,
                                                swap=(DEFAULT_LINEAR, ROUTED))
@@ -530,7 +545,7 @@ def main() -> None:
             ratios = {}
             for setting, times in per_setting.items():
                 all_res[f"{spec} {setting}"] = times
-                ratios[setting] = report(m, k, n, times, args.stat, peak, setting)
+                ratios[setting] = report(m, k, n, times, args.stat, peak, "cold" if args.cold else setting)
                 if kernels.gemm_backend() == "openmp" and args.threads > 1:
                     print(f"  {tallies[setting].line(times.get(DEFAULT_LINEAR))}")
                 if args.clock == "wall":
