@@ -60,7 +60,7 @@ larger than the L3 does when other work runs between its calls. Why: the plain r
 partly in the L3 (the other rows' weights pass through it between two calls of one row, but consecutive nnic rows
 share one packed weight), between the hot and the cold regime, and on a shared host the L3 forgets 16 MiB within
 milliseconds of other guests' work (docs/performance/low-bit.md, "Small hours of 2026-12-03"). Not with
-``--contention``.
+``--contention`` or ``--bert``.
 
 ``--bert`` times a BERT-base encoder (12 x 768, FFN 3072, random init, sequence ``--seq``, batch ``--bert-batch``)
 instead: float32, ``torch.ao.quantization.quantize_dynamic`` (every installed engine; the best is the baseline),
@@ -495,8 +495,8 @@ def main() -> None:
                     help="wall (default) or cpu: process CPU time, for --threads 1 on a loaded machine")
     ap.add_argument("--cold", action="store_true", help="sweep 256 MiB before every timed call (see above)")
     args = ap.parse_args()
-    if args.cold and args.contention:
-        ap.error("--cold and --contention measure different things: run them separately")
+    if args.cold and (args.contention or args.bert):
+        ap.error("--cold times GEMM shapes alone: run it without --contention and --bert")
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
 
     torch.set_num_threads(args.threads)
