@@ -8,6 +8,7 @@
 //!   through the weights' column sums. Padding is the byte 0, which contributes nothing.
 use crate::error::{KernelError, Result};
 use crate::huge::HugeBuf;
+use std::sync::Mutex;
 
 /// Columns per weight panel.
 pub const NR: usize = 32;
@@ -169,12 +170,16 @@ impl PackedB {
         if threads == 1 {
             run(0, &mut data, &mut colsum);
         } else {
-            use rayon::prelude::*;
-            crate::pool::install(|| {
-                data.par_chunks_mut(per * kp * NR)
-                    .zip(colsum.par_chunks_mut(per * NR))
-                    .enumerate()
-                    .for_each(|(i, (d, s))| run(i * per, d, s))
+            // On the GEMMs' own threads (`par::for_each`: torch's OpenMP team), not on the rayon pool. Why:
+            // `int8_matmul` packs B on every call, and the GEMM that follows found the team thread that shares a
+            // CPU with a just-used rayon worker 1-5 ms late (a scheduler slice) in 1 of 30 rounds of
+            // `bench/gemm.py`'s M = 1 rows, which opened the avoidance window for the calls after it.
+            let chunks: Vec<Mutex<(&mut [i8], &mut [i32])>> =
+                data.chunks_mut(per * kp * NR).zip(colsum.chunks_mut(per * NR)).map(Mutex::new).collect();
+            super::par::for_each(chunks.len(), threads, &|i| {
+                let mut chunk = chunks[i].lock().unwrap_or_else(|e| e.into_inner());
+                let (d, s) = &mut *chunk;
+                run(i * per, d, s);
             });
         }
         let min_free = !data.contains(&i8::MIN);
