@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 
 
@@ -17,6 +18,16 @@ def round_order(names: list[str], r: int, swap: tuple[str, str] | None = None) -
     return order
 
 
+def shuffled_order(names: list[str], r: int) -> list[str]:
+    """A permutation of ``names`` for round ``r``, the same in every run (seeded by the round). Why: with a fixed
+    order each row always follows the same one, and what ran just before moves a call's time (at 1 × 4096² in
+    ``bench/gemm.py`` an nnic call right after the prepacked s8 product took 0.45 ms, right after another nnic Linear
+    0.35 ms); in a new order each round every row follows every other about equally often."""
+    order = list(names)
+    random.Random(r).shuffle(order)
+    return order
+
+
 def even_if_swapped(rounds: int, swap: tuple[str, str] | None) -> int:
     """``rounds``, made even (one more) when two rows trade places: each then sits in each place equally often. Why:
     with 15 rounds one of them had 8 calls right after the row before the pair and the other 7, and at 512 × 768 ×
@@ -26,11 +37,15 @@ def even_if_swapped(rounds: int, swap: tuple[str, str] | None) -> int:
 
 
 def timeit_interleaved(fns: dict, repeats: int, budget: float, clock=time.perf_counter,
-                       after=None, swap: tuple[str, str] | None = None, before=None) -> dict[str, list[float]]:
+                       after=None, swap: tuple[str, str] | None = None, before=None,
+                       shuffle: bool = False) -> dict[str, list[float]]:
     """Seconds per call of each function, measured round-robin (one call of each per round), so that
     load from other processes hits all of them alike. ``clock=time.process_time`` counts CPU time only.
     ``before()`` and ``after(name)``, when given, run before and after each timed call, outside the timing (to evict
-    the caches, to read counters); ``swap``: two rows that trade places every other round (:func:`round_order`)."""
+    the caches, to read counters); ``swap``: two rows that trade places every other round (:func:`round_order`);
+    ``shuffle``: each round in its own order instead (:func:`shuffled_order`; not with ``swap``)."""
+    if shuffle and swap is not None:
+        raise ValueError("shuffle already moves every row: give swap or shuffle, not both")
     once = {}
     for name, fn in fns.items():
         fn()
@@ -40,7 +55,7 @@ def timeit_interleaved(fns: dict, repeats: int, budget: float, clock=time.perf_c
     rounds = even_if_swapped(max(3, min(repeats, int(budget / max(sum(once.values()), 1e-9)))), swap)
     times: dict[str, list[float]] = {name: [] for name in fns}
     for r in range(rounds):
-        for name in round_order(list(fns), r, swap):
+        for name in shuffled_order(list(fns), r) if shuffle else round_order(list(fns), r, swap):
             fn = fns[name]
             if before is not None:
                 before()

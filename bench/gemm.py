@@ -18,10 +18,13 @@ on the VNNI path the same on the planned column blocks instead of its column lan
 with every planned block one task (``kernels.set_gemm_tail_pieces(False)``, before the tail pieces), with torch's
 OpenMP team loaded the same
 with the GEMM's routing by measured cost on (``kernels.set_gemm_routing(True)``; by default the runs follow the
-avoidance window after a late OpenMP thread; right after the default call, the two trading places every other round)
+avoidance window after a late OpenMP thread)
 and ``int4_linear`` (int4
 weights, M ≤ 16 only). All kernels of a
-shape are timed round-robin (one call each per round) so that load from other processes hits them alike;
+shape are timed round-robin (one call each per round) so that load from other processes hits them alike, each
+round in its own order (seeded, the same in every run: ``_timing.shuffled_order``), so that no row always follows
+the same one: what ran just before moves a call's time (at 1 × 4096² an nnic call right after the prepacked s8
+product took 0.45 ms, right after another nnic Linear 0.35);
 times are medians (``--stat min`` for the least-disturbed round);
 GOPS count 2·M·K·N; "%peak" is against the int8 VNNI peak measured at start on this machine
 (``kernels.gemm_vnni_peak_gops``: one core's ``vpdpbusd`` on registers, × threads; ``--peak`` overrides; the
@@ -96,7 +99,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nnic import kernels  # noqa: E402
-from _timing import even_if_swapped, round_order, timeit_interleaved  # noqa: E402
+from _timing import shuffled_order, timeit_interleaved  # noqa: E402
 
 OWN_HELPERS = "nnic int8_linear, nnic's own helpers"
 DEFAULT_LINEAR = "nnic int8_linear f32->f32"
@@ -297,24 +300,22 @@ def shape_kernels(m: int, k: int, n: int, engines: list[str], unspread: bool = F
     fns[DEFAULT_LINEAR] = lambda: kernels.int8_linear(x, pl)
     pl_reduced = kernels.pack_int8_weight(q, s)  # its own copy, as below
     fns[REDUCED] = lambda: kernels.int8_linear(x, pl_reduced, reduce_range=True)
-    if kernels.gemm_backend() == "openmp":  # routing by measured cost, right after the default call
+    if kernels.gemm_backend() == "openmp":  # routing by measured cost
         pl_routed = kernels.pack_int8_weight(q, s)  # its own copy, as below
         fns[ROUTED] = switched(kernels.set_gemm_routing, True, False, lambda: kernels.int8_linear(x, pl_routed))
     if m in LANE_ROWS and k <= 4096 and n >= 897 and kernels.gemm_path() == "avx512vnni":
-        # The scheduling before the column lanes, right after the default call (so that both follow a GEMM on
-        # torch's team, and find its threads in the same state), on its own copy of the weights (see below).
+        # The scheduling before the column lanes, on its own copy of the weights (see below).
         pl_blocks = kernels.pack_int8_weight(q, s)
         fns[BLOCKS] = switched(kernels.set_gemm_column_lanes, False, True, lambda: kernels.int8_linear(x, pl_blocks))
-    if tail_in_pieces(m, k):  # every planned block one task (before the tail pieces), right after the default call
+    if tail_in_pieces(m, k):  # every planned block one task (before the tail pieces)
         pl_whole = kernels.pack_int8_weight(q, s)  # its own copy, as below
         fns[WHOLE] = switched(kernels.set_gemm_tail_pieces, False, True, lambda: kernels.int8_linear(x, pl_whole))
     if kernels.gemm_backend() == "openmp":  # the same call on nnic's own helpers, in the same rounds
-        # Its own copy of the weights: it runs right after the default call, which would otherwise leave it the
-        # same 16 MB hot in L3 while every other kernel reads weights that other calls have pushed out since.
+        # Its own copy of the weights: a row right after the default call would otherwise find the same 16 MB hot
+        # in L3 while every other kernel reads weights that other calls have pushed out since.
         pl_own = kernels.pack_int8_weight(q, s)
         fns[OWN_HELPERS] = switched(kernels.set_gemm_backend, "rayon", "openmp", lambda: kernels.int8_linear(x, pl_own))
-    if unspread:  # the caller stays where the scheduler put it; last, after a call on nnic's helpers as the
-        # default row's often is (the row after the routed one found torch's OpenMP thread still spinning)
+    if unspread:  # the caller stays where the scheduler put it
         pl_unspread = kernels.pack_int8_weight(q, s)  # its own copy, as above
         fns[UNSPREAD] = switched(kernels.set_gemm_spread, False, True, lambda: kernels.int8_linear(x, pl_unspread))
     if m in TALL_ROWS and kernels.gemm_path() == "avx512vnni":  # the tiling before the tall tile, same rounds
@@ -449,9 +450,9 @@ class Neighbour:
 
 
 def time_alternating(fns: dict, repeats: int, budget: float, nb: Neighbour, clock,
-                     after: dict, swap: tuple[str, str] | None = None) -> dict[str, dict[str, list[float]]]:
+                     after: dict) -> dict[str, dict[str, list[float]]]:
     """Seconds per call of each function in alternating quiet / contended rounds (each round: every function
-    once, round-robin, the rows of ``swap`` trading places every other round); ``budget`` bounds both settings'
+    once, in the round's own order, the same in both settings: ``shuffled_order``); ``budget`` bounds both settings'
     rounds together; ``after[setting](name)`` is called after each timed call of that setting."""
     once = 0.0
     for fn in fns.values():
@@ -459,12 +460,12 @@ def time_alternating(fns: dict, repeats: int, budget: float, nb: Neighbour, cloc
         t0 = clock()
         fn()
         once += clock() - t0
-    rounds = even_if_swapped(max(3, min(repeats, int(budget / 2 / max(once, 1e-9)))), swap)
+    rounds = max(3, min(repeats, int(budget / 2 / max(once, 1e-9))))
     times: dict[str, dict[str, list[float]]] = {s: {name: [] for name in fns} for s in ("quiet", "contended")}
     for r in range(rounds):
         for setting in ("quiet", "contended"):
             nb.busy(setting == "contended")
-            for name in round_order(list(fns), r, swap):
+            for name in shuffled_order(list(fns), r):
                 fn = fns[name]
                 t0 = clock()
                 fn()
@@ -537,10 +538,9 @@ def main() -> None:
                      for setting in tallies}
             if nb is None:
                 per_setting = {"quiet": timeit_interleaved(fns, args.repeats, args.budget, clock, after["quiet"],
-                                                           swap=(DEFAULT_LINEAR, ROUTED), before=before)}
+                                                           before=before, shuffle=True)}
             else:
-                per_setting = time_alternating(fns, args.repeats, 2 * args.budget, nb, clock, after,
-                                               swap=(DEFAULT_LINEAR, ROUTED))
+                per_setting = time_alternating(fns, args.repeats, 2 * args.budget, nb, clock, after)
             team, omp = kernels.gemm_team_stats(), kernels.gemm_openmp_stats()
             ratios = {}
             for setting, times in per_setting.items():

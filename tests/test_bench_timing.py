@@ -3,9 +3,11 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
-from _timing import timeit_interleaved  # noqa: E402
+from _timing import shuffled_order, timeit_interleaved  # noqa: E402
 
 
 def test_before_runs_ahead_of_every_timed_call_and_after_follows_it_outside_the_timing():
@@ -22,3 +24,17 @@ def test_before_runs_ahead_of_every_timed_call_and_after_follows_it_outside_the_
     assert events[:4] == ["a", "a", "b", "b"]
     assert timed == ["sweep", "a", "after a", "sweep", "b", "after b"] * 3
     assert times == {"a": [1, 1, 1], "b": [1, 1, 1]}
+
+
+def test_shuffled_rounds_are_permutations_fixed_per_round_in_which_every_row_follows_every_other():
+    names = [f"row {i}" for i in range(8)]
+    rounds = [shuffled_order(names, r) for r in range(64)]
+    assert all(sorted(order) == sorted(names) for order in rounds)
+    assert rounds == [shuffled_order(names, r) for r in range(64)], "the same order for a round in every run"
+    followed = {(order[i - 1], order[i]) for order in rounds for i in range(1, len(order))}
+    assert followed == {(a, b) for a in names for b in names if a != b}
+
+
+def test_shuffle_and_swap_together_are_refused():
+    with pytest.raises(ValueError, match="swap or shuffle"):
+        timeit_interleaved({"a": lambda: None}, 3, 1.0, swap=("a", "b"), shuffle=True)
