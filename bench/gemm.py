@@ -22,8 +22,8 @@ avoidance window after a late OpenMP thread)
 and ``int4_linear`` (int4
 weights, M ≤ 16 only). All kernels of a
 shape are timed round-robin (one call each per round) so that load from other processes hits them alike, each
-round in its own order (seeded, the same in every run: ``_timing.shuffled_order``), so that no row always follows
-the same one: what ran just before moves a call's time (at 1 × 4096² an nnic call right after the prepacked s8
+round in its own order (seeded, the same in every run: ``_timing.shuffled_order``; ``--contention`` keeps a fixed
+order, see ``time_alternating``), so that no row always follows the same one: what ran just before moves a call's time (at 1 × 4096² an nnic call right after the prepacked s8
 product took 0.45 ms, right after another nnic Linear 0.35);
 times are medians (``--stat min`` for the least-disturbed round);
 GOPS count 2·M·K·N; "%peak" is against the int8 VNNI peak measured at start on this machine
@@ -99,7 +99,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nnic import kernels  # noqa: E402
-from _timing import shuffled_order, timeit_interleaved  # noqa: E402
+from _timing import even_if_swapped, round_order, timeit_interleaved  # noqa: E402
 
 OWN_HELPERS = "nnic int8_linear, nnic's own helpers"
 DEFAULT_LINEAR = "nnic int8_linear f32->f32"
@@ -450,22 +450,28 @@ class Neighbour:
 
 
 def time_alternating(fns: dict, repeats: int, budget: float, nb: Neighbour, clock,
-                     after: dict) -> dict[str, dict[str, list[float]]]:
+                     after: dict, swap: tuple[str, str] | None = None) -> dict[str, dict[str, list[float]]]:
     """Seconds per call of each function in alternating quiet / contended rounds (each round: every function
-    once, in the round's own order, the same in both settings: ``shuffled_order``); ``budget`` bounds both settings'
-    rounds together; ``after[setting](name)`` is called after each timed call of that setting."""
+    once, round-robin, the rows of ``swap`` trading places every other round); ``budget`` bounds both settings'
+    rounds together; ``after[setting](name)`` is called after each timed call of that setting.
+
+    In the fixed order, not in shuffled ones (``shuffled_order``, as the plain runs): a quiet round starts right
+    after a contended one, whose late team threads opened the avoidance window, and a row early in the quiet round
+    still runs inside it (the probe closes it within 0.1 s): shuffled, the default row ran on the helpers in 6-13
+    of 15 quiet calls (0.84-1.00x `quantize_dynamic` at 16 x 4096² and 128 x 768 x 3072), in the fixed order, where it
+    comes eighth, in 0-3. This mode compares the two settings, each in the same order."""
     once = 0.0
     for fn in fns.values():
         fn()
         t0 = clock()
         fn()
         once += clock() - t0
-    rounds = max(3, min(repeats, int(budget / 2 / max(once, 1e-9))))
+    rounds = even_if_swapped(max(3, min(repeats, int(budget / 2 / max(once, 1e-9)))), swap)
     times: dict[str, dict[str, list[float]]] = {s: {name: [] for name in fns} for s in ("quiet", "contended")}
     for r in range(rounds):
         for setting in ("quiet", "contended"):
             nb.busy(setting == "contended")
-            for name in shuffled_order(list(fns), r):
+            for name in round_order(list(fns), r, swap):
                 fn = fns[name]
                 t0 = clock()
                 fn()
@@ -540,7 +546,8 @@ def main() -> None:
                 per_setting = {"quiet": timeit_interleaved(fns, args.repeats, args.budget, clock, after["quiet"],
                                                            before=before, shuffle=True)}
             else:
-                per_setting = time_alternating(fns, args.repeats, 2 * args.budget, nb, clock, after)
+                per_setting = time_alternating(fns, args.repeats, 2 * args.budget, nb, clock, after,
+                                               swap=(DEFAULT_LINEAR, ROUTED))
             team, omp = kernels.gemm_team_stats(), kernels.gemm_openmp_stats()
             ratios = {}
             for setting, times in per_setting.items():
