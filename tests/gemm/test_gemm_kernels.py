@@ -55,6 +55,21 @@ def test_int8_matmul_extremes(path):
         np.testing.assert_array_equal(gemm.int8_matmul(a, b, path=path), np.full((13, 35), va * vb * 4099))
 
 
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("k, n", [(13, 33), (64, 64), (4099, 35)])
+def test_int8_matmul_calls_in_a_row_give_each_its_own_product(path, k, n):
+    """Each call packs its B into the buffer of the thread's previous one when the sizes match: nothing of the
+    earlier B (its values, its column sums, the padding past K and N) reaches a later product."""
+    rng = np.random.default_rng(k * n)
+    a = rng.integers(-128, 128, (5, k), dtype=np.int8)
+    earlier = np.full((k, n), -128, np.int8)
+    later = rng.integers(-3, 4, (k, n), dtype=np.int8)
+    other = rng.integers(-128, 128, (k + 1, n), dtype=np.int8)
+    for b in (earlier, later, later, other, earlier, later):
+        x = a if b.shape[0] == k else rng.integers(-128, 128, (5, b.shape[0]), dtype=np.int8)
+        np.testing.assert_array_equal(gemm.int8_matmul(x, b, path=path), x.astype(np.int64) @ b.astype(np.int64))
+
+
 def test_int8_matmul_torch_in_torch_out_and_matches_int_mm():
     a = torch.randint(-128, 128, (32, 64), dtype=torch.int8)
     b = torch.randint(-128, 128, (64, 48), dtype=torch.int8)

@@ -485,8 +485,22 @@ pub fn matmul_i8(path: Path, a: &[i8], m: usize, b: &PackedB, out: &mut [i32]) -
 pub fn int8_matmul(path: Path, a: &[i8], m: usize, k: usize, b: &[i8], n: usize, out: &mut [i32]) -> Result<()> {
     panels::check_dims(m, k, n)?;
     check_out("a", a, m * k)?;
-    let pb = PackedB::from_kn(b, k, n)?;
-    matmul_i8(path, a, m, &pb, out)
+    // The calling thread's last packed B, whose buffer the next call of the same size packs into (see
+    // `PackedB::from_kn_reusing`); kept only up to `KEEP_PACKED_B` bytes, so a one-off huge product leaves nothing.
+    thread_local! {
+        static LAST_B: std::cell::RefCell<Option<PackedB>> = const { std::cell::RefCell::new(None) };
+    }
+    const KEEP_PACKED_B: usize = 64 << 20;
+    let last = LAST_B.with(|c| c.borrow_mut().take());
+    let pb = match last {
+        Some(old) => PackedB::from_kn_reusing(old, b, k, n)?,
+        None => PackedB::from_kn(b, k, n)?,
+    };
+    let done = matmul_i8(path, a, m, &pb, out);
+    if pb.nbytes() <= KEEP_PACKED_B {
+        LAST_B.with(|c| *c.borrow_mut() = Some(pb));
+    }
+    done
 }
 
 #[cfg(test)]

@@ -91,15 +91,26 @@ pub(crate) fn check_dims(m: usize, k: usize, n: usize) -> Result<()> {
 impl PackedB {
     /// Packs `b`, row-major `[K, N]` (the layout of `torch._int_mm`'s second operand).
     pub fn from_kn(b: &[i8], k: usize, n: usize) -> Result<PackedB> {
-        Self::pack(b, k, n, false)
+        Self::pack(b, k, n, false, None)
+    }
+
+    /// [`PackedB::from_kn`] into the buffer of `old` where it has the size this shape needs (else a new one).
+    /// Why: a product that packs its B on every call (`int8_matmul`) otherwise takes a fresh 2 MiB-page buffer
+    /// each time, whose pages the OS faults in and zeroes, which this then zeroes and writes again, and gives
+    /// back at the end: at 4096 × 4096 that was most of the call.
+    pub fn from_kn_reusing(old: PackedB, b: &[i8], k: usize, n: usize) -> Result<PackedB> {
+        Self::pack(b, k, n, false, Some(old.data))
     }
 
     /// Packs `w`, row-major `[N, K]` (the layout of `nn.Linear.weight`): `B = w.T`.
     pub fn from_nk(w: &[i8], n: usize, k: usize) -> Result<PackedB> {
-        Self::pack(w, k, n, true)
+        Self::pack(w, k, n, true, None)
     }
 
-    fn pack(src: &[i8], k: usize, n: usize, nk: bool) -> Result<PackedB> {
+    /// Packs `src` (`[K, N]`, or `[N, K]` when `nk`) into `reuse` when it holds exactly the bytes this shape
+    /// needs (zeroed first where the shape pads K or N: the packing writes every other byte), else into a new
+    /// zeroed buffer.
+    fn pack(src: &[i8], k: usize, n: usize, nk: bool, reuse: Option<HugeBuf<i8>>) -> Result<PackedB> {
         check_k(k)?;
         if src.len() != k * n {
             return Err(KernelError::Mismatch {
@@ -108,7 +119,15 @@ impl PackedB {
         }
         let kp = round_up(k.max(1), 4);
         let np = round_up(n.max(1), NR);
-        let mut data = HugeBuf::<i8>::zeroed(kp * np);
+        let mut data = match reuse {
+            Some(mut d) if d.len() == kp * np => {
+                if kp != k || np != n {
+                    d.fill(0);
+                }
+                d
+            }
+            _ => HugeBuf::<i8>::zeroed(kp * np),
+        };
         let mut colsum = vec![0i32; np];
         // A run of panels `p0..`: reads walk the source in memory order (for [K, N]: row by row across the
         // run of panels, so that each source row is read sequentially once).
