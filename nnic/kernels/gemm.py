@@ -67,7 +67,9 @@ def int8_matmul(a: Array, b: Array, *, path: str | None = None) -> Array:
     """Exact ``a @ b`` in int32 for int8 ``a[M, K]`` and ``b[K, N]`` (numpy in, numpy out; torch in, torch out).
 
     CUDA tensors use ``torch._int_mm`` (which needs M > 16 and K, N multiples of 8 there; other shapes fall
-    back to an int32 matmul on the device).
+    back to an int32 matmul on the device). On CPU ``b`` is packed on every call, into a buffer that each calling
+    thread keeps for its next call of the same size (up to 64 MiB); a ``b`` used more than once is faster packed
+    once with :func:`pack_int8_weight`.
     """
     _check(a, "a", "int8")
     _check(b, "b", "int8")
