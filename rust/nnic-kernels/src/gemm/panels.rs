@@ -49,7 +49,8 @@ unsafe fn transpose_4x32(r0: *const i8, r1: *const i8, r2: *const i8, r3: *const
             _mm256_cvtepi8_epi16(if h == 0 { _mm256_castsi256_si128(x) } else { _mm256_extracti128_si256::<1>(x) })
         };
         for h in 0..2 {
-            let t = _mm256_add_epi16(_mm256_add_epi16(wide(x0, h), wide(x1, h)), _mm256_add_epi16(wide(x2, h), wide(x3, h)));
+            let (a, b) = (_mm256_add_epi16(wide(x0, h), wide(x1, h)), _mm256_add_epi16(wide(x2, h), wide(x3, h)));
+            let t = _mm256_add_epi16(a, b);
             for q in 0..2 {
                 let part = if q == 0 { _mm256_castsi256_si128(t) } else { _mm256_extracti128_si256::<1>(t) };
                 let p = sums.add(16 * h + 8 * q) as *mut __m256i;
