@@ -1,13 +1,23 @@
 """The benchmarks' round-robin timer (``bench/_timing.py``): what runs around each timed call, and in which order."""
 
-import sys
+import importlib.util
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
-from _timing import shuffled_order, timeit_interleaved  # noqa: E402
+def _load_timing():
+    """``bench/_timing.py`` loaded from its file. Why not ``bench`` on ``sys.path``: that folder holds ``onnx.py``,
+    which would then shadow the ``onnx`` package for every later test of the session."""
+    path = Path(__file__).resolve().parent.parent / "bench" / "_timing.py"
+    spec = importlib.util.spec_from_file_location("bench_timing", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_timing = _load_timing()
+shuffled_order, timeit_interleaved = _timing.shuffled_order, _timing.timeit_interleaved
 
 
 def test_before_runs_ahead_of_every_timed_call_and_after_follows_it_outside_the_timing():
