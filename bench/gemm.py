@@ -23,8 +23,9 @@ and ``int4_linear`` (int4
 weights, M ≤ 16 only). All kernels of a
 shape are timed round-robin (one call each per round) so that load from other processes hits them alike, each
 round in its own order (seeded, the same in every run: ``_timing.shuffled_order``; ``--contention`` keeps a fixed
-order, see ``time_alternating``), so that no row always follows the same one: what ran just before moves a call's time (at 1 × 4096² an nnic call right after the prepacked s8
-product took 0.45 ms, right after another nnic Linear 0.35);
+order, see ``time_alternating``), so that no row always follows the same one: what ran just before moves a call's
+time (at 1 × 4096² an nnic call right after the prepacked s8 product took 0.45 ms, right after another nnic Linear
+0.35);
 times are medians (``--stat min`` for the least-disturbed round);
 GOPS count 2·M·K·N; "%peak" is against the int8 VNNI peak measured at start on this machine
 (``kernels.gemm_vnni_peak_gops``: one core's ``vpdpbusd`` on registers, × threads; ``--peak`` overrides; the
@@ -58,8 +59,9 @@ of the process waited for a core (``/proc/self/task/*/schedstat``, read after ev
 over its own undisturbed calls. On a shared machine these are the quiet machine's times, and the line says how many
 calls of the default row it had (see ``Undisturbed``).
 
-``--cold`` reads a 256 MiB buffer (a sum, on the same threads) before every timed call, outside the timing: each call then reads its weights from DRAM with nothing of its own in the caches, as a layer of a model
-larger than the L3 does when other work runs between its calls. Why: the plain rounds leave each kernel's weights
+``--cold`` reads a 256 MiB buffer (a sum, on the same threads) before every timed call, outside the timing: each
+call then reads its weights from DRAM with nothing of its own in the caches, as a layer of a model larger than the
+L3 does when other work runs between its calls. Why: the plain rounds leave each kernel's weights
 partly in the L3 (the other rows' weights pass through it between two calls of one row, but consecutive nnic rows
 share one packed weight), between the hot and the cold regime, and on a shared host the L3 forgets 16 MiB within
 milliseconds of other guests' work (docs/performance/low-bit.md, "Small hours of 2026-12-03"). Not with
@@ -99,6 +101,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nnic import kernels  # noqa: E402
+from _baselines import dynamic_linear  # noqa: E402
 from _timing import even_if_swapped, round_order, timeit_interleaved  # noqa: E402
 
 OWN_HELPERS = "nnic int8_linear, nnic's own helpers"
@@ -239,17 +242,6 @@ def switched(set_switch, off, on, call):
         finally:
             set_switch(on)
     return run
-
-
-def dynamic_linear(w: torch.Tensor, engine: str):
-    import torch.ao.nn.quantized.dynamic as nnqd
-
-    torch.backends.quantized.engine = engine
-    scale = (w.abs().amax(dim=1) / 127).double()
-    q = torch.quantize_per_channel(w, scale, torch.zeros(w.shape[0], dtype=torch.int64), 0, torch.qint8)
-    lin = nnqd.Linear(w.shape[1], w.shape[0])
-    lin.set_weight_bias(q, None)
-    return lin
 
 
 def shape_kernels(m: int, k: int, n: int, engines: list[str], unspread: bool = False) -> dict:

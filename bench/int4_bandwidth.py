@@ -15,7 +15,8 @@ torch offers here: nnic int8 ÷ the best of them, cold, is the M = 1 ratio of ``
 streamed from DRAM, as in a model larger than the L3, and the read rate bounds it: a GEMV cannot beat the memory,
 so once nnic reads at the memory's rate the ratio is whatever share of it torch reaches.
 GB/s is the packed bytes (codes, scales, column sums; torch's rows are counted with nnic int8's bytes) per call over
-the call's time; ``copy_`` counts read + write bytes of a 256 MiB float32 copy, ``read`` the bytes of a ``sum`` over it. Each round runs every case once (interleaved), the table gives medians over rounds.
+the call's time; ``copy_`` counts read + write bytes of a 256 MiB float32 copy, ``read`` the bytes of a ``sum`` over
+it. Each round runs every case once (interleaved), the table gives medians over rounds.
 
 ``--gap-us G`` adds the decode pattern: the cold calls separated by G µs of other work on the calling thread (a
 spin), as the small ops of a decode step separate its GEMVs; "gap" leaves the other core idle then, "gap+pf" hands
@@ -43,6 +44,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nnic import kernels  # noqa: E402
+from _baselines import dynamic_linear  # noqa: E402
 
 
 def main() -> None:
@@ -91,7 +93,7 @@ def main() -> None:
            "int8": kernels.int8_linear}
     engines = [e for e in ("x86", "fbgemm", "onednn") if e in torch.backends.quantized.supported_engines]
     for engine in engines:  # after nnic's packs: they keep the first huge pages, as before these rows
-        packs[f"torch-{engine}"] = [torch_dynamic_linear(w, engine) for _ in range(args.cold)]
+        packs[f"torch-{engine}"] = [dynamic_linear(w, engine) for _ in range(args.cold)]
         run[f"torch-{engine}"] = engine_call(engine)
     x = torch.randn(1, k)
     big = torch.ones(1 << 26)
@@ -171,18 +173,6 @@ def main() -> None:
         print(f"  {where}: 8-bit scales {call[f'int4 {where}'] / call[f'int4-u8 {where}']:.3f}x float16 scales per "
               f"call "
               f"(bytes ratio {packs['int4'][0].nbytes / packs['int4-u8'][0].nbytes:.3f})")
-
-
-def torch_dynamic_linear(w: torch.Tensor, engine: str) -> torch.nn.Module:
-    """``quantize_dynamic``'s Linear for ``w`` on ``engine``: per-channel symmetric int8 codes, as nnic's."""
-    import torch.ao.nn.quantized.dynamic as nnqd
-
-    torch.backends.quantized.engine = engine
-    scale = (w.abs().amax(dim=1) / 127).double()
-    q = torch.quantize_per_channel(w, scale, torch.zeros(w.shape[0], dtype=torch.int64), 0, torch.qint8)
-    lin = nnqd.Linear(w.shape[1], w.shape[0], bias_=False)
-    lin.set_weight_bias(q, None)
-    return lin
 
 
 def engine_call(engine: str):
