@@ -207,8 +207,8 @@ impl PackedB {
         } else {
             // On the GEMMs' own threads (`par::for_each`: torch's OpenMP team), not on the rayon pool. Why:
             // `int8_matmul` packs B on every call, and the GEMM that follows found the team thread that shares a
-            // CPU with a just-used rayon worker 1-5 ms late (a scheduler slice) in 1 of 30 rounds of
-            // `bench/gemm.py`'s M = 1 rows, which opened the avoidance window for the calls after it.
+            // CPU with a just-used rayon worker 1-5 ms late (a scheduler slice) once or twice in 30 rounds of
+            // `bench/gemm.py`'s M = 1 rows (4 of 5 probes), which opened the avoidance window for the calls after it.
             let chunks: Vec<Mutex<(&mut [i8], &mut [i32])>> =
                 data.chunks_mut(per * kp * NR).zip(colsum.chunks_mut(per * NR)).map(Mutex::new).collect();
             super::par::for_each(chunks.len(), threads, &|i| {
