@@ -105,6 +105,43 @@ fn parallel_few_row_products_are_exact() {
     }
 }
 
+/// Products of up to four rows read B in its own `[K, N]` layout on VNNI (`int8_matmul` does not pack it there): exact
+/// with K not a multiple of a block's 8 rows and N not a multiple of the 64-column strip, on one thread and in
+/// parallel runs of k groups, at the extremes (sums of the shifted weights that wrap the i32 before the shift comes
+/// off) and at the largest K.
+#[test]
+fn few_row_products_without_packing_are_exact() {
+    let mut rng = Rng(71);
+    for m in 1..=4 {
+        for (k, n) in [(1, 1), (9, 65), (15, 127), (100, 128), (4099, 200), (8003, 193)] {
+            let a = rng.i8s(m * k);
+            let b = rng.i8s(k * n);
+            let want = ref_mm(&a, &b, m, k, n);
+            for p in paths() {
+                let mut c = vec![0i32; m * n];
+                gemm::int8_matmul(p, &a, m, k, &b, n, &mut c).unwrap();
+                assert_eq!(c, want, "path {p:?} shape {m}x{k}x{n}");
+            }
+        }
+        for (va, vb) in [(-128i8, -128i8), (127, -128), (-128, 127), (127, 127)] {
+            let (k, n) = (4099, 65);
+            let mut c = vec![0i32; m * n];
+            for p in paths() {
+                gemm::int8_matmul(p, &vec![va; m * k], m, k, &vec![vb; k * n], n, &mut c).unwrap();
+                assert!(c.iter().all(|&v| v as i64 == va as i64 * vb as i64 * k as i64), "{p:?} {m} rows {va} {vb}");
+            }
+        }
+    }
+    let (k, n) = (gemm::MAX_K, 70);
+    for (va, vb) in [(-128i8, -128i8), (-128, 127)] {
+        for p in paths() {
+            let mut c = vec![0i32; n];
+            gemm::int8_matmul(p, &vec![va; k], 1, k, &vec![vb; k * n], n, &mut c).unwrap();
+            assert!(c.iter().all(|&v| v as i64 == va as i64 * vb as i64 * k as i64), "{p:?} K = {k} {va} {vb}");
+        }
+    }
+}
+
 #[test]
 fn matmul_extremes() {
     // All -128: the largest products; exactness of the +128 shift and compensation.

@@ -485,6 +485,12 @@ pub fn matmul_i8(path: Path, a: &[i8], m: usize, b: &PackedB, out: &mut [i32]) -
 pub fn int8_matmul(path: Path, a: &[i8], m: usize, k: usize, b: &[i8], n: usize, out: &mut [i32]) -> Result<()> {
     panels::check_dims(m, k, n)?;
     check_out("a", a, m * k)?;
+    #[cfg(target_arch = "x86_64")]
+    if path == Path::Vnni && m <= super::unpacked::MAX_ROWS {
+        path.check()?;
+        // SAFETY: the CPU has AVX-512F/BW and VNNI (the path is supported).
+        return unsafe { super::unpacked::matmul(a, m, k, b, n, out) };
+    }
     // The calling thread's last packed B, whose buffer the next call of the same size packs into (see
     // `PackedB::from_kn_reusing`); kept only up to `KEEP_PACKED_B` bytes, so a one-off huge product leaves nothing.
     thread_local! {

@@ -19,6 +19,7 @@
 //! - `panels`: the packed operand layouts ([`PackedB`] weight panels, activation row panels);
 //! - `act_pack`: activations into u8 row panels (s8 shifted, or f32 quantized on the fly: [`ActQuant`]);
 //! - `driver`: blocking, the parallel blocked driver, exact `i32` products;
+//! - `unpacked`: exact few-row products that read B in its own `[K, N]` layout (`int8_matmul` on VNNI);
 //! - `lanes`: a one-row-block product's weight panels as one contiguous range per thread, walked in order and
 //!   halved by a thread whose own range has run out (in place of column blocks from a shared counter);
 //! - `epilogue`: the integer and float epilogues run on each finished block ([`Activation`]: GELU / ReLU);
@@ -48,6 +49,8 @@ pub mod path;
 pub mod profile;
 mod route;
 mod spread;
+#[cfg(target_arch = "x86_64")]
+mod unpacked;
 
 pub use act_pack::{qparams as act_qparams, ActQuant};
 pub(crate) use act_pack::RowCode;
