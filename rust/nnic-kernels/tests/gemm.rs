@@ -55,14 +55,19 @@ fn matmul_exact_all_paths() {
         (24, 1031, 33),
     ];
     for &(m, k, n) in &shapes {
-        let a = rng.i8s(m * k);
-        let b = rng.i8s(k * n);
-        let want = ref_mm(&a, &b, m, k, n);
-        for p in paths() {
-            let mut c = vec![0i32; m * n];
-            gemm::int8_matmul(p, &a, m, k, &b, n, &mut c).unwrap();
-            assert_eq!(c, want, "path {p:?} shape {m}x{k}x{n}");
-        }
+        matmul_is_exact_on_every_path(&mut rng, m, k, n);
+    }
+}
+
+/// `int8_matmul` of random `a[m, k]` and `b[k, n]` equals the i64 reference on every path this CPU has.
+fn matmul_is_exact_on_every_path(rng: &mut Rng, m: usize, k: usize, n: usize) {
+    let a = rng.i8s(m * k);
+    let b = rng.i8s(k * n);
+    let want = ref_mm(&a, &b, m, k, n);
+    for p in paths() {
+        let mut c = vec![0i32; m * n];
+        gemm::int8_matmul(p, &a, m, k, &b, n, &mut c).unwrap();
+        assert_eq!(c, want, "path {p:?} shape {m}x{k}x{n}");
     }
 }
 
@@ -114,14 +119,7 @@ fn few_row_products_without_packing_are_exact() {
     let mut rng = Rng(71);
     for m in 1..=4 {
         for (k, n) in [(1, 1), (9, 65), (15, 127), (100, 128), (4099, 200), (8003, 193)] {
-            let a = rng.i8s(m * k);
-            let b = rng.i8s(k * n);
-            let want = ref_mm(&a, &b, m, k, n);
-            for p in paths() {
-                let mut c = vec![0i32; m * n];
-                gemm::int8_matmul(p, &a, m, k, &b, n, &mut c).unwrap();
-                assert_eq!(c, want, "path {p:?} shape {m}x{k}x{n}");
-            }
+            matmul_is_exact_on_every_path(&mut rng, m, k, n);
         }
         for (va, vb) in [(-128i8, -128i8), (127, -128), (-128, 127), (127, 127)] {
             let (k, n) = (4099, 65);
