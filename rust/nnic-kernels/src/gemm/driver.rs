@@ -488,8 +488,11 @@ pub fn int8_matmul(path: Path, a: &[i8], m: usize, k: usize, b: &[i8], n: usize,
     #[cfg(target_arch = "x86_64")]
     if path == Path::Vnni && m <= super::unpacked::MAX_ROWS {
         path.check()?;
-        // SAFETY: the CPU has AVX-512F/BW and VNNI (the path is supported).
-        return unsafe { super::unpacked::matmul(a, m, k, b, n, out) };
+        check_out("b", b, k * n)?;
+        check_out("out", out, m * n)?;
+        // SAFETY: the CPU has AVX-512F/BW and VNNI (the path is supported); the sizes and K are checked above.
+        unsafe { super::unpacked::matmul(a, m, k, b, n, out) };
+        return Ok(());
     }
     // The calling thread's last packed B, whose buffer the next call of the same size packs into (see
     // `PackedB::from_kn_reusing`); kept only up to `KEEP_PACKED_B` bytes, so a one-off huge product leaves nothing.
