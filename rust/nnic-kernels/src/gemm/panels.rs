@@ -105,14 +105,16 @@ unsafe fn pack_groups_avx2(
     }
 }
 
-/// K groups a block of the `[K, N]` packing takes at a time: its `4 · groups` source rows (at most 256 KiB) stay in
-/// cache while every panel's part of them is written (16 at N = 2048, 8 at 4096; at 4096² runs of 1 to 16 groups
-/// measured within the noise of each other), at most 16 (the i16 column sums of [`pack_groups_avx2`]).
+/// Source bytes a block of the `[K, N]` packing reads (see [`kn_block_groups`]).
+const KN_BLOCK_BYTES: usize = 128 << 10;
+
+/// K groups a block of the `[K, N]` packing takes at a time: its `4 · groups` source rows ([`KN_BLOCK_BYTES`])
+/// stay in cache while every panel's part of them is written (16 groups at N = 2048, 8 at 4096; at 4096² blocks of
+/// 1 to 16 groups measured within the noise of each other), at most 16 (the i16 column sums of
+/// [`pack_groups_avx2`]).
 fn kn_block_groups(n: usize) -> usize {
     (KN_BLOCK_BYTES / (4 * n.max(1))).clamp(1, 16)
 }
-
-const KN_BLOCK_BYTES: usize = 128 << 10;
 
 /// A pointer that tasks writing disjoint parts of one buffer share.
 #[derive(Clone, Copy)]
@@ -185,7 +187,7 @@ unsafe fn pack_kn_groups(
 ///
 /// Where the source and its packed copy do not both fit the L3, the panels are written with streaming stores: the
 /// lines are not read before they are written, and the product that follows would find them gone from the cache
-/// anyway. `int8_matmul`, 2 threads, alternated, median of 40 each (ms, plain ÷ streaming): 4096 × 4096 M = 1
+/// anyway. `int8_matmul`, 2 threads, alternated, median of 40 each (ms, plain / streaming): 4096 × 4096 M = 1
 /// 2.86 / 2.37, M = 16 2.82 / 2.23, M = 128 7.20 / 6.69; 4096 × 11008 M = 1 5.12 / 3.90. Below that they cost: 2048
 /// × 4096 M = 1 0.64 / 0.79, 3072 × 4096 1.03 / 1.23 (the product then reads its B from the cache).
 fn pack_kn(src: &[i8], k: usize, n: usize, kp: usize, out: &mut [i8], colsum: &mut [i32]) -> bool {
