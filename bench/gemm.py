@@ -31,7 +31,10 @@ GOPS count 2·M·K·N; "%peak" is against the int8 VNNI peak measured at start o
 (``kernels.gemm_vnni_peak_gops``: one core's ``vpdpbusd`` on registers, × threads; ``--peak`` overrides; the
 theoretical one from the clock, cores × GHz × 2 ports × 64 MAC × 2, where VNNI is missing). Why measured: PERF.md's
 1342 / 665 GOPS came from a 2-port Intel core; a Zen 4 core runs one 512-bit ``vpdpbusd`` a cycle (about 465 GOPS
-a core at 3.6 GHz), so against 1342 a GEMM at the 2-core ceiling read 70 %.
+a core at 3.6 GHz), so against 1342 a GEMM at the 2-core ceiling read 70 %. The ratios include "the compute
+ceiling": the best dynamic Linear's time against a kernel at that peak, what no int8 kernel can beat at the shape
+(at 128 × 4096² on Zen 4 1.15-1.30 across runs, as torch ran at 77-87 % of the peak); and ``int8_matmul`` against
+``torch._int_mm``, like for like (both take B as it is on every call).
 
 ``--contention`` measures every shape quiet and beside a neighbour (another torch process, started with the
 ``spawn`` method, doing float32 matmuls on ``--neighbour-threads`` threads), in alternating rounds: the neighbour
