@@ -62,11 +62,8 @@ pub(crate) unsafe fn matmul(a: &[i8], m: usize, k: usize, b: &[i8], n: usize, ou
             unsafe { x86::block(b.as_ptr(), k, n, blk * GROUPS * 4, apad.as_ptr().add(blk * GROUPS * 4), ka, m, &mut sums, n64) };
         }
     };
-    if runs == 1 {
-        run(0);
-    } else {
-        super::par::for_each(runs, threads, &run);
-    }
+    // One run stays on the calling thread (`par::for_each` runs a single task inline).
+    super::par::for_each(runs, threads, &run);
     // The sums in the strip's column order (see `x86::block`), added up, less `128 Σ a`.
     let parts: Vec<Vec<i32>> = parts.into_iter().map(|p| p.into_inner().unwrap_or_else(|e| e.into_inner())).collect();
     for r in 0..m {
@@ -94,7 +91,7 @@ fn column(p: usize) -> usize {
     16 * l + 4 * i + c
 }
 
-#[cfg(target_arch = "x86_64")]
+/// The AVX-512 part (this whole module is x86-64 only: `gemm/mod.rs` declares it so).
 mod x86 {
     use super::{GROUPS, STRIP};
     use std::arch::x86_64::*;
