@@ -225,10 +225,13 @@ fn pack_kn(src: &[i8], k: usize, n: usize, kp: usize, out: &mut [i8], colsum: &m
     !seen.into_inner()
 }
 
-/// Packs `src` (`[N, K]`, row-major: `nn.Linear.weight`) into `out` and its column sums into `colsum`. The threads
-/// take runs of panels; each column of a panel is one source row, read in memory order.
-fn pack_nk(src: &[i8], k: usize, n: usize, kp: usize, out: &mut [i8], colsum: &mut [i32]) {
+/// Packs `src` (`[N, K]`, row-major: `nn.Linear.weight`) into `out` and its column sums into `colsum`; returns
+/// whether no byte is -128 (as [`pack_kn`]). The threads take runs of panels; each column of a panel is one source
+/// row, read in memory order.
+fn pack_nk(src: &[i8], k: usize, n: usize, kp: usize, out: &mut [i8], colsum: &mut [i32]) -> bool {
+    // Whether a -128 was among the run's bytes.
     let run = |p0: usize, out: &mut [i8], sums: &mut [i32]| {
+        let mut seen = false;
         for (pp, o) in out.chunks_mut(kp * NR).enumerate() {
             let cols = n.saturating_sub((p0 + pp) * NR).min(NR);
             for c in 0..cols {
@@ -237,25 +240,31 @@ fn pack_nk(src: &[i8], k: usize, n: usize, kp: usize, out: &mut [i8], colsum: &m
                 for (kk, &v) in src[j * k..(j + 1) * k].iter().enumerate() {
                     o[(kk / 4) * NR * 4 + c * 4 + kk % 4] = v;
                     s += v as i32;
+                    seen |= v == i8::MIN;
                 }
                 sums[pp * NR + c] = s;
             }
         }
+        seen
     };
     let panels = colsum.len() / NR;
     let threads = if k * n < crate::pool::PAR_MIN { 1 } else { crate::pool::num_threads() };
     if threads == 1 {
-        return run(0, out, colsum);
+        return !run(0, out, colsum);
     }
     // On the GEMMs' own threads, as `pack_kn` says.
     let per = panels.div_ceil(threads * 2).max(1);
+    let seen = std::sync::atomic::AtomicBool::new(false);
     let chunks: Vec<Mutex<(&mut [i8], &mut [i32])>> =
         out.chunks_mut(per * kp * NR).zip(colsum.chunks_mut(per * NR)).map(Mutex::new).collect();
     super::par::for_each(chunks.len(), threads, &|i| {
         let mut chunk = chunks[i].lock().unwrap_or_else(|e| e.into_inner());
         let (d, s) = &mut *chunk;
-        run(i * per, d, s);
+        if run(i * per, d, s) {
+            seen.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
     });
+    !seen.into_inner()
 }
 
 /// s8 weights `B[K, N]` packed for the micro-kernels, with per-column sums (for the zero-point terms).
@@ -330,8 +339,7 @@ impl PackedB {
         };
         let mut colsum = vec![0i32; np];
         let min_free = if nk {
-            pack_nk(src, k, n, kp, &mut data, &mut colsum);
-            !data.contains(&i8::MIN)
+            pack_nk(src, k, n, kp, &mut data, &mut colsum)
         } else {
             pack_kn(src, k, n, kp, &mut data, &mut colsum)
         };
@@ -457,7 +465,8 @@ mod tests {
 
     /// `[K, N]` packing at shapes with and without partial panels and k groups, on one thread and on the pool (K·N
     /// from 65536): the bytes of the definition, each column's sum, and whether a -128 was seen wherever it sits (in
-    /// the vectorised part, the last partial panel, the last partial group, or nowhere).
+    /// the vectorised part, the last partial panel, the last partial group, or nowhere); `[N, K]` packing of the
+    /// transpose gives the same.
     #[test]
     fn kn_packing_gives_the_layout_the_column_sums_and_the_minus_128_flag() {
         for (k, n) in [(1, 1), (3, 5), (4, 32), (7, 33), (64, 64), (67, 95), (256, 256), (259, 300), (1030, 96)] {
@@ -479,6 +488,9 @@ mod tests {
                 // Packed again into the same buffer (`int8_matmul`'s reuse): the same bytes, padding included.
                 let again = PackedB::from_kn_reusing(PackedB::from_kn(&clean, k, n).unwrap(), &src, k, n).unwrap();
                 assert_eq!(again, pb);
+                // From the transpose (`[N, K]`, a Linear's weight): the same packing, sums and flag.
+                let nk: Vec<i8> = (0..n * k).map(|i| src[(i % k) * n + i / k]).collect();
+                assert_eq!(PackedB::from_nk(&nk, n, k).unwrap(), pb, "K {k} N {n} -128 at {at:?}");
             }
         }
     }
