@@ -655,6 +655,7 @@ pub(crate) mod x86 {
             q = _mm512_fmadd_ps(t2, q, c(-7.37332916720468e-03));
             q = _mm512_fmadd_ps(t2, q, c(-1.42647390514189e-02));
             let erf = _mm512_div_ps(_mm512_mul_ps(t, p), q);
+            let erf = _mm512_min_ps(_mm512_max_ps(erf, c(-1.0)), c(1.0));
             _mm512_mul_ps(_mm512_mul_ps(c(0.5), x), _mm512_add_ps(c(1.0), erf))
         }
     }
